@@ -1,0 +1,183 @@
+//! Element types of tensors and the dtype classes that type rules accept.
+
+use std::fmt;
+
+/// The element type of a tensor.
+///
+/// Quantized block types (e.g. 4-bit blocks of 32 with an f16 scale) will join this enum; every
+/// size computation therefore goes through [`DType::storage_bytes`], which knows that an element
+/// need not occupy a whole number of bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum DType {
+    F16,
+    BF16,
+    F32,
+    F64,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    Bool,
+}
+
+impl DType {
+    pub const ALL: [DType; 13] = [
+        DType::F16,
+        DType::BF16,
+        DType::F32,
+        DType::F64,
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+        DType::U16,
+        DType::U32,
+        DType::U64,
+        DType::Bool,
+    ];
+
+    /// The name used in `.kir` text (`f32`, `i64`, `bool`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::I8 => "i8",
+            DType::I16 => "i16",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::U8 => "u8",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
+            DType::U64 => "u64",
+            DType::Bool => "bool",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// Bits one element occupies in memory.
+    pub fn bits(self) -> u32 {
+        match self {
+            DType::Bool | DType::I8 | DType::U8 => 8,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 16,
+            DType::F32 | DType::I32 | DType::U32 => 32,
+            DType::F64 | DType::I64 | DType::U64 => 64,
+        }
+    }
+
+    /// Bytes needed to store `numel` elements, or `None` on overflow.
+    pub fn storage_bytes(self, numel: u64) -> Option<u64> {
+        numel.checked_mul(u64::from(self.bits()))?.checked_add(7).map(|b| b / 8)
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+    }
+
+    pub fn is_signed_int(self) -> bool {
+        matches!(self, DType::I8 | DType::I16 | DType::I32 | DType::I64)
+    }
+
+    pub fn is_unsigned_int(self) -> bool {
+        matches!(self, DType::U8 | DType::U16 | DType::U32 | DType::U64)
+    }
+
+    pub fn is_int(self) -> bool {
+        self.is_signed_int() || self.is_unsigned_int()
+    }
+
+    pub fn is_bool(self) -> bool {
+        self == DType::Bool
+    }
+
+    /// The class bit of this dtype, for matching against a [`DTypeSet`].
+    fn class(self) -> DTypeSet {
+        if self.is_float() {
+            DTypeSet::FLOAT
+        } else if self.is_signed_int() {
+            DTypeSet::SINT
+        } else if self.is_unsigned_int() {
+            DTypeSet::UINT
+        } else {
+            DTypeSet::BOOL
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of dtype classes: what an op's type rule accepts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DTypeSet(u8);
+
+impl DTypeSet {
+    pub const FLOAT: DTypeSet = DTypeSet(1);
+    pub const SINT: DTypeSet = DTypeSet(2);
+    pub const UINT: DTypeSet = DTypeSet(4);
+    pub const BOOL: DTypeSet = DTypeSet(8);
+    pub const INT: DTypeSet = DTypeSet(2 | 4);
+    pub const SIGNED: DTypeSet = DTypeSet(1 | 2);
+    pub const NUM: DTypeSet = DTypeSet(1 | 2 | 4);
+    pub const LOGIC: DTypeSet = DTypeSet(2 | 4 | 8);
+    pub const ALL: DTypeSet = DTypeSet(15);
+
+    pub fn contains(self, dtype: DType) -> bool {
+        self.0 & dtype.class().0 != 0
+    }
+
+    /// A human description for error messages ("float or signed integer").
+    pub fn describe(self) -> String {
+        let names = [
+            (DTypeSet::FLOAT, "float"),
+            (DTypeSet::SINT, "signed integer"),
+            (DTypeSet::UINT, "unsigned integer"),
+            (DTypeSet::BOOL, "bool"),
+        ];
+        let parts: Vec<&str> = names
+            .iter()
+            .filter(|(set, _)| self.0 & set.0 != 0)
+            .map(|(_, n)| *n)
+            .collect();
+        parts.join(" or ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(DType::from_name(d.name()), Some(d));
+        }
+        assert_eq!(DType::from_name("f8"), None);
+    }
+
+    #[test]
+    fn storage_bytes_checks_overflow() {
+        assert_eq!(DType::F32.storage_bytes(3), Some(12));
+        assert_eq!(DType::F64.storage_bytes(u64::MAX / 4), None);
+    }
+
+    #[test]
+    fn classes() {
+        assert!(DTypeSet::SIGNED.contains(DType::I8));
+        assert!(!DTypeSet::SIGNED.contains(DType::U8));
+        assert!(DTypeSet::LOGIC.contains(DType::Bool));
+        assert_eq!(DTypeSet::SIGNED.describe(), "float or signed integer");
+    }
+}

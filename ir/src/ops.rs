@@ -1,0 +1,469 @@
+//! The op table: every operation of the IR declared once, with its mnemonic, kind, operand count,
+//! attributes and type rule. The `Op` enum, its printer and parser hooks and its type inference
+//! are all generated from this one table, so adding an op is adding a row.
+
+use crate::attr::{Attr, AttrCtx, ConstValue, Lit, PadMode, ReduceKind, ScatterReduction};
+use crate::dim::Dim;
+use crate::dtype::{DType, DTypeSet};
+use crate::infer::*;
+use crate::shape::{Shape, TensorType};
+
+/// How many operands an op takes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arity {
+    Exactly(usize),
+    AtLeast(usize),
+}
+
+impl Arity {
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            Arity::Exactly(k) => n == k,
+            Arity::AtLeast(k) => n >= k,
+        }
+    }
+}
+
+impl std::fmt::Display for Arity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arity::Exactly(1) => write!(f, "1 operand"),
+            Arity::Exactly(k) => write!(f, "{k} operands"),
+            Arity::AtLeast(k) => write!(f, "at least {k} operands"),
+        }
+    }
+}
+
+/// The family an op belongs to; passes and backends dispatch on it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum OpKind {
+    /// Graph inputs and constants: no operands.
+    Source,
+    /// One operand, applied element by element.
+    Unary,
+    /// Two operands of identical type, element by element.
+    Binary,
+    /// `select`: a bool condition and two operands of identical type.
+    Ternary,
+    /// Element type conversion.
+    Cast,
+    /// Data movement without arithmetic: reshape, transpose, broadcast, slice, pad, concat,
+    /// gather and scatter.
+    Movement,
+    /// Reductions over axes.
+    Reduce,
+    /// Contractions: `dot` and `conv`.
+    Contraction,
+    /// Sliding-window reductions (pooling).
+    Window,
+    /// Sorting: `topk`.
+    Sort,
+}
+
+macro_rules! attr_out {
+    ($out:ident, $f:ident) => {
+        $out.push((stringify!($f), Attr::to_lit($f)))
+    };
+    ($out:ident, $f:ident, default($($d:tt)*)) => {
+        if *$f != $($d)* {
+            $out.push((stringify!($f), Attr::to_lit($f)))
+        }
+    };
+    ($out:ident, $f:ident, result($($d:tt)*)) => {
+        let _ = $f;
+    };
+}
+
+macro_rules! attr_in {
+    ($attrs:ident, $ctx:ident, $f:ident, $t:ty) => {
+        take_attr::<$t>($attrs, stringify!($f), $ctx)?
+            .ok_or_else(|| format!("missing attribute `{}`", stringify!($f)))?
+    };
+    ($attrs:ident, $ctx:ident, $f:ident, $t:ty, default($($d:tt)*)) => {
+        take_attr::<$t>($attrs, stringify!($f), $ctx)?.unwrap_or_else(|| $($d)*)
+    };
+    ($attrs:ident, $ctx:ident, $f:ident, $t:ty, result($($d:tt)*)) => {
+        ($($d)*)($ctx.results)?
+    };
+}
+
+fn take_attr<T: Attr>(
+    attrs: &mut Vec<(String, Lit)>,
+    name: &str,
+    ctx: &AttrCtx,
+) -> Result<Option<T>, String> {
+    match attrs.iter().position(|(n, _)| n == name) {
+        None => Ok(None),
+        Some(i) => {
+            let (_, lit) = attrs.remove(i);
+            T::from_lit(&lit, ctx)
+                .map(Some)
+                .map_err(|e| format!("attribute `{name}`: {e}"))
+        }
+    }
+}
+
+macro_rules! ops {
+    ($(
+        $(#[doc = $doc:literal])*
+        $var:ident = $mn:literal, $kind:ident, $arity:expr
+            $(, { $( $f:ident : $t:ty $( = $how:ident ( $($hx:tt)* ) )? ),* $(,)? })?
+            => $rule:expr;
+    )*) => {
+        /// An operation of the IR. See the table in `ops.rs` for each op's semantics.
+        #[derive(Clone, PartialEq, Eq, Hash, Debug)]
+        pub enum Op {
+            $( $(#[doc = $doc])* $var $({ $( $f: $t ),* })? ),*
+        }
+
+        impl Op {
+            /// Every mnemonic, in table order.
+            pub const MNEMONICS: &'static [&'static str] = &[$($mn),*];
+
+            /// The name of the op in `.kir` text.
+            pub fn mnemonic(&self) -> &'static str {
+                match self { $( Op::$var { .. } => $mn, )* }
+            }
+
+            pub fn kind(&self) -> OpKind {
+                match self { $( Op::$var { .. } => OpKind::$kind, )* }
+            }
+
+            pub fn arity(&self) -> Arity {
+                match self { $( Op::$var { .. } => $arity, )* }
+            }
+
+            /// The op's documentation line from the table.
+            pub fn doc_of(mnemonic: &str) -> Option<&'static str> {
+                match mnemonic { $( $mn => Some(concat!($($doc, "\n"),*).trim()), )* _ => None }
+            }
+
+            /// Result types from operand types, or why the operands are not acceptable.
+            pub fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+                let arity = self.arity();
+                if !arity.accepts(inputs.len()) {
+                    return Err(format!(
+                        "`{}` takes {arity}, got {}",
+                        self.mnemonic(),
+                        inputs.len()
+                    ));
+                }
+                let out = match self {
+                    $( Op::$var { $($($f),*)? } => ($rule)(inputs $($(, $f)*)?), )*
+                }?;
+                for t in &out {
+                    check_result_type(t)?;
+                }
+                Ok(out)
+            }
+
+            /// The attributes that text shows, in table order; defaults and attributes implied by
+            /// the result types are left out.
+            pub fn attrs(&self) -> Vec<(&'static str, Lit)> {
+                #[allow(unused_mut)]
+                let mut out = Vec::new();
+                match self {
+                    $( Op::$var { $($($f),*)? } => { $($( attr_out!(out, $f $(, $how($($hx)*))?); )*)? } )*
+                }
+                out
+            }
+
+            /// Builds an op from its mnemonic and attribute literals; `Ok(None)` for an unknown
+            /// mnemonic. Every attribute must be consumed.
+            pub fn from_text(
+                mnemonic: &str,
+                mut attrs: Vec<(String, Lit)>,
+                ctx: &AttrCtx,
+            ) -> Result<Option<Op>, String> {
+                #[allow(unused)]
+                let a = &mut attrs;
+                let op = match mnemonic {
+                    $( $mn => Op::$var $({ $( $f: attr_in!(a, ctx, $f, $t $(, $how($($hx)*))?) ),* })?, )*
+                    _ => return Ok(None),
+                };
+                if let Some((name, _)) = attrs.first() {
+                    return Err(format!("`{mnemonic}` has no attribute `{name}`"));
+                }
+                Ok(Some(op))
+            }
+        }
+    };
+}
+
+fn result_type(results: &[TensorType]) -> Result<TensorType, String> {
+    results.first().cloned().ok_or_else(|| "missing result type".to_string())
+}
+
+fn result_shape(results: &[TensorType]) -> Result<Shape, String> {
+    result_type(results).map(|t| t.shape)
+}
+
+fn result_dtype(results: &[TensorType]) -> Result<DType, String> {
+    result_type(results).map(|t| t.dtype)
+}
+
+use Arity::{AtLeast, Exactly};
+
+ops! {
+    /// Graph input `name`, of the type written after the colon.
+    Param = "param", Source, Exactly(0), { name: String, ty: TensorType = result(result_type) }
+        => rule_param;
+    /// A constant tensor: inline elements, a splat, or `@name` of a module constant.
+    Constant = "constant", Source, Exactly(0), { value: ConstValue } => rule_constant;
+    /// Counts 0, 1, 2, ... along `axis`, repeated along the other axes.
+    Iota = "iota", Source, Exactly(0), { axis: i64, ty: TensorType = result(result_type) }
+        => rule_iota;
+    /// The values of dimension expressions as an i64 vector, evaluated when the graph runs
+    /// (what ONNX `Shape` becomes when dims are symbolic).
+    Dims = "dims", Source, Exactly(0), { values: Vec<Dim> } => rule_dims;
+
+    /// -x
+    Neg = "neg", Unary, Exactly(1) => unary(DTypeSet::SIGNED);
+    /// |x|
+    Abs = "abs", Unary, Exactly(1) => unary(DTypeSet::NUM);
+    /// -1, 0 or 1 (NaN stays NaN)
+    Sign = "sign", Unary, Exactly(1) => unary(DTypeSet::NUM);
+    /// e^x
+    Exp = "exp", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// natural logarithm
+    Log = "log", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// square root
+    Sqrt = "sqrt", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// 1/sqrt(x)
+    Rsqrt = "rsqrt", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// 1/x
+    Recip = "recip", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// sine
+    Sin = "sin", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// cosine
+    Cos = "cos", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// tangent
+    Tan = "tan", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// arcsine
+    Asin = "asin", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// arccosine
+    Acos = "acos", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// arctangent
+    Atan = "atan", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// hyperbolic sine
+    Sinh = "sinh", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// hyperbolic cosine
+    Cosh = "cosh", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// inverse hyperbolic sine
+    Asinh = "asinh", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// inverse hyperbolic cosine
+    Acosh = "acosh", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// inverse hyperbolic tangent
+    Atanh = "atanh", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// hyperbolic tangent
+    Tanh = "tanh", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// 1/(1+e^-x)
+    Sigmoid = "sigmoid", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// the Gauss error function
+    Erf = "erf", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// round toward -inf
+    Floor = "floor", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// round toward +inf
+    Ceil = "ceil", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// round half to even
+    Round = "round", Unary, Exactly(1) => unary(DTypeSet::FLOAT);
+    /// logical not of bools, bitwise not of integers
+    Not = "not", Unary, Exactly(1) => unary(DTypeSet::LOGIC);
+    /// whether x is NaN
+    IsNan = "is_nan", Unary, Exactly(1) => predicate(DTypeSet::FLOAT);
+    /// whether x is +inf or -inf
+    IsInf = "is_inf", Unary, Exactly(1) => predicate(DTypeSet::FLOAT);
+
+    /// a + b (integers wrap)
+    Add = "add", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// a - b
+    Sub = "sub", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// a * b
+    Mul = "mul", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// a / b (integers truncate toward zero; dividing an integer by zero is an error)
+    Div = "div", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// remainder with the sign of a, like C fmod
+    Rem = "rem", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// remainder with the sign of b, like Python %
+    Mod = "mod", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// a to the power b
+    Pow = "pow", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// the larger of a and b (NaN if either is)
+    Max = "max", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// the smaller of a and b (NaN if either is)
+    Min = "min", Binary, Exactly(2) => binary(DTypeSet::NUM);
+    /// atan(a/b) in the quadrant of (b, a)
+    Atan2 = "atan2", Binary, Exactly(2) => binary(DTypeSet::FLOAT);
+    /// logical and of bools, bitwise and of integers
+    And = "and", Binary, Exactly(2) => binary(DTypeSet::LOGIC);
+    /// logical or of bools, bitwise or of integers
+    Or = "or", Binary, Exactly(2) => binary(DTypeSet::LOGIC);
+    /// logical xor of bools, bitwise xor of integers
+    Xor = "xor", Binary, Exactly(2) => binary(DTypeSet::LOGIC);
+    /// a shifted left by b bits (0 once b reaches the bit width)
+    Shl = "shl", Binary, Exactly(2) => binary(DTypeSet::INT);
+    /// a shifted right by b bits (arithmetic for signed integers)
+    Shr = "shr", Binary, Exactly(2) => binary(DTypeSet::INT);
+    /// a == b
+    Eq = "eq", Binary, Exactly(2) => compare(DTypeSet::ALL);
+    /// a != b
+    Ne = "ne", Binary, Exactly(2) => compare(DTypeSet::ALL);
+    /// a < b
+    Lt = "lt", Binary, Exactly(2) => compare(DTypeSet::ALL);
+    /// a <= b
+    Le = "le", Binary, Exactly(2) => compare(DTypeSet::ALL);
+    /// a > b
+    Gt = "gt", Binary, Exactly(2) => compare(DTypeSet::ALL);
+    /// a >= b
+    Ge = "ge", Binary, Exactly(2) => compare(DTypeSet::ALL);
+    /// cond ? a : b, element by element
+    Select = "select", Ternary, Exactly(3) => rule_select;
+
+    /// Converts elements to the result dtype (floats to integers truncate and saturate; NaN
+    /// becomes 0; nonzero becomes true).
+    Cast = "cast", Cast, Exactly(1), { dtype: DType = result(result_dtype) } => rule_cast;
+
+    /// The same elements in row-major order under the result shape.
+    Reshape = "reshape", Movement, Exactly(1), { shape: Shape = result(result_shape) }
+        => rule_reshape;
+    /// Result axis i is operand axis perm[i].
+    Transpose = "transpose", Movement, Exactly(1), { perm: Vec<i64> } => rule_transpose;
+    /// Operand axis i becomes result axis dims[i] (dims strictly increasing); operand dims of
+    /// size 1 stretch; the other result axes repeat.
+    Broadcast = "broadcast", Movement, Exactly(1),
+        { dims: Vec<i64>, shape: Shape = result(result_shape) } => rule_broadcast;
+    /// Elements start, start+stride, ... before limit, per axis; a negative stride walks down
+    /// from start to just above limit.
+    Slice = "slice", Movement, Exactly(1), { start: Vec<Dim>, limit: Vec<Dim>, stride: Vec<i64> }
+        => rule_slice;
+    /// Adds low/high elements before/after each axis (negative amounts crop), filled with the
+    /// scalar second operand or by the mode.
+    Pad = "pad", Movement, Exactly(2),
+        { low: Vec<i64>, high: Vec<i64>, mode: PadMode = default(PadMode::Constant) } => rule_pad;
+    /// Joins operands along `axis`.
+    Concat = "concat", Movement, AtLeast(1), { axis: i64 } => rule_concat;
+    /// Picks slices of the first operand along `axis` by the integer indices of the second;
+    /// negative indices count from the end; an index out of range is an error.
+    Gather = "gather", Movement, Exactly(2), { axis: i64 } => rule_gather;
+    /// Picks slices addressed by the last axis of the indices (ONNX GatherND).
+    GatherNd = "gather_nd", Movement, Exactly(2), { batch_dims: i64 = default(0) }
+        => rule_gather_nd;
+    /// Copies the data and writes updates at the addressed slices (ONNX ScatterND).
+    ScatterNd = "scatter_nd", Movement, Exactly(3),
+        { reduction: ScatterReduction = default(ScatterReduction::None) } => rule_scatter_nd;
+
+    /// Sum over `axes` (which disappear from the shape).
+    ReduceSum = "reduce_sum", Reduce, Exactly(1), { axes: Vec<i64> } => reduce(DTypeSet::NUM);
+    /// Product over `axes`.
+    ReduceProd = "reduce_prod", Reduce, Exactly(1), { axes: Vec<i64> } => reduce(DTypeSet::NUM);
+    /// Maximum over `axes`.
+    ReduceMax = "reduce_max", Reduce, Exactly(1), { axes: Vec<i64> } => reduce(DTypeSet::NUM);
+    /// Minimum over `axes`.
+    ReduceMin = "reduce_min", Reduce, Exactly(1), { axes: Vec<i64> } => reduce(DTypeSet::NUM);
+    /// Index (i64) of the first maximum along `axis`, or of the last with `last=true`.
+    ArgMax = "argmax", Reduce, Exactly(1), { axis: i64, last: bool = default(false) }
+        => rule_arg_reduce;
+    /// Index (i64) of the first minimum along `axis`, or of the last with `last=true`.
+    ArgMin = "argmin", Reduce, Exactly(1), { axis: i64, last: bool = default(false) }
+        => rule_arg_reduce;
+
+    /// General contraction: result axes are the batch axes, then the remaining lhs axes, then
+    /// the remaining rhs axes; contracted axes are summed over.
+    Dot = "dot", Contraction, Exactly(2), {
+        lhs_batch: Vec<i64> = default(Vec::<i64>::new()),
+        rhs_batch: Vec<i64> = default(Vec::<i64>::new()),
+        lhs_contract: Vec<i64>,
+        rhs_contract: Vec<i64>,
+    } => rule_dot;
+    /// N-d convolution (cross-correlation) of input [N, C, ...] with weight [O, C/groups, ...].
+    Conv = "conv", Contraction, Exactly(2), {
+        stride: Vec<i64>,
+        dilation: Vec<i64>,
+        pad_low: Vec<i64>,
+        pad_high: Vec<i64>,
+        groups: i64 = default(1),
+    } => rule_conv;
+    /// Sliding-window reduction over every axis (pooling); padding takes the identity of `kind`.
+    ReduceWindow = "reduce_window", Window, Exactly(1), {
+        kind: ReduceKind,
+        window: Vec<i64>,
+        stride: Vec<i64>,
+        dilation: Vec<i64>,
+        pad_low: Vec<i64>,
+        pad_high: Vec<i64>,
+    } => rule_reduce_window;
+    /// The k largest (or smallest) elements along `axis`, sorted, and their i64 indices; ties
+    /// go to the lower index.
+    TopK = "topk", Sort, Exactly(1), { k: i64, axis: i64, largest: bool = default(true) }
+        => rule_topk;
+}
+
+impl Op {
+    /// Elementwise ops: unary, binary, select and cast.
+    pub fn is_elementwise(&self) -> bool {
+        matches!(
+            self.kind(),
+            OpKind::Unary | OpKind::Binary | OpKind::Ternary | OpKind::Cast
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mnemonics_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for m in Op::MNEMONICS {
+            assert!(seen.insert(m), "duplicate mnemonic {m}");
+            assert!(Op::doc_of(m).is_some_and(|d| !d.is_empty()), "{m} has no doc");
+        }
+    }
+
+    #[test]
+    fn attrs_round_trip_through_text() {
+        let op = Op::Dot {
+            lhs_batch: vec![0],
+            rhs_batch: vec![0],
+            lhs_contract: vec![2],
+            rhs_contract: vec![1],
+        };
+        let attrs: Vec<(String, Lit)> = op
+            .attrs()
+            .into_iter()
+            .map(|(n, l)| (n.to_string(), l))
+            .collect();
+        let ctx = AttrCtx {
+            results: &[],
+            constant: &|_| None,
+        };
+        assert_eq!(Op::from_text("dot", attrs, &ctx), Ok(Some(op)));
+    }
+
+    #[test]
+    fn defaults_are_not_printed() {
+        let op = Op::Dot {
+            lhs_batch: vec![],
+            rhs_batch: vec![],
+            lhs_contract: vec![1],
+            rhs_contract: vec![0],
+        };
+        let names: Vec<_> = op.attrs().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["lhs_contract", "rhs_contract"]);
+    }
+
+    #[test]
+    fn unknown_and_missing_attributes() {
+        let ctx = AttrCtx {
+            results: &[],
+            constant: &|_| None,
+        };
+        let e = Op::from_text("transpose", vec![], &ctx).unwrap_err();
+        assert_eq!(e, "missing attribute `perm`");
+        let attrs = vec![("axis".to_string(), Lit::Num("0".into()))];
+        let e = Op::from_text("add", attrs, &ctx).unwrap_err();
+        assert_eq!(e, "`add` has no attribute `axis`");
+        assert_eq!(Op::from_text("frobnicate", vec![], &ctx), Ok(None));
+    }
+}
