@@ -1,1 +1,145 @@
-//! kiln
+//! kiln — an optimizing compiler for machine-learning models.
+//!
+//! This crate is the public API and the driver: it re-exports the IR (build graphs with
+//! [`Builder`], read and write `.kir` text), runs graphs on the reference interpreter, and reads
+//! and writes `.npz` tensors. The `kiln` binary is a thin CLI over these functions.
+//!
+//! ```
+//! use kiln::{shape, Builder, DType, Tensor};
+//!
+//! let mut b = Builder::new("double");
+//! let x = b.param("x", DType::F32, shape!["n"])?;
+//! let y = b.add(x, x)?;
+//! b.output("y", y)?;
+//! let g = b.finish()?;
+//! let x = Tensor::from_vec(vec![3], vec![1.0f32, 2.0, 3.0])?;
+//! let out = kiln::interpret(&g, &[("x".into(), x)], &Default::default())?;
+//! assert_eq!(out[0].1.as_slice::<f32>(), Some(&[2.0f32, 4.0, 6.0][..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod format;
+pub mod npz;
+
+use std::collections::HashMap;
+
+pub use ir::{
+    parse_graph, parse_module, print_graph, print_module, shape, verify, Builder, DType, Data,
+    Dim, Graph, Module, Op, Shape, Tensor, TensorType, Value,
+};
+pub use runtime::interp::{self, InterpError};
+pub use runtime::Rng;
+
+/// Everything that can go wrong in the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Ir(#[from] ir::Error),
+    #[error(transparent)]
+    Interp(#[from] InterpError),
+    #[error(transparent)]
+    Npz(#[from] npz::NpzError),
+    #[error("missing input \"{name}\" (the graph takes {})", expected.join(", "))]
+    MissingInput { name: String, expected: Vec<String> },
+}
+
+impl From<ir::ParseError> for Error {
+    fn from(e: ir::ParseError) -> Error {
+        Error::Ir(e.into())
+    }
+}
+
+impl From<ir::VerifyErrors> for Error {
+    fn from(e: ir::VerifyErrors) -> Error {
+        Error::Ir(e.into())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The parameters of a graph: name and declared type, in order.
+pub fn params(g: &Graph) -> Vec<(String, TensorType)> {
+    g.params()
+        .iter()
+        .filter_map(|&p| match g.node(p).op() {
+            Op::Param { name, ty } => Some((name.clone(), ty.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Orders named tensors as the graph's parameters.
+fn inputs_in_order(g: &Graph, inputs: &[(String, Tensor)]) -> Result<Vec<Tensor>> {
+    let expected: Vec<String> = params(g).into_iter().map(|(n, _)| n).collect();
+    expected
+        .iter()
+        .map(|name| {
+            inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| Error::MissingInput {
+                    name: name.clone(),
+                    expected: expected.clone(),
+                })
+        })
+        .collect()
+}
+
+/// Verifies `g` and runs it on the reference interpreter with inputs matched by parameter name;
+/// returns the outputs with their names.
+pub fn interpret(
+    g: &Graph,
+    inputs: &[(String, Tensor)],
+    bindings: &HashMap<String, i64>,
+) -> Result<Vec<(String, Tensor)>> {
+    let v = verify(g)?;
+    let ordered = inputs_in_order(g, inputs)?;
+    let opts = interp::Options {
+        bindings: bindings.clone(),
+        ..Default::default()
+    };
+    let outs = interp::run_with(&v, &ordered, &opts)?;
+    Ok(g
+        .outputs()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .zip(outs)
+        .collect())
+}
+
+/// Deterministic random inputs for every parameter; symbols take their value from `bindings`
+/// or, when absent there, 1 (the symbols so defaulted are returned too).
+pub fn random_inputs(
+    g: &Graph,
+    bindings: &HashMap<String, i64>,
+    seed: u64,
+) -> Result<(Vec<(String, Tensor)>, Vec<String>)> {
+    let mut rng = Rng::new(seed);
+    let mut defaulted = Vec::new();
+    let mut out = Vec::new();
+    for (name, ty) in params(g) {
+        let mut dims = Vec::with_capacity(ty.rank());
+        for d in ty.shape.dims() {
+            for s in d.symbols() {
+                if !bindings.contains_key(&*s) && !defaulted.iter().any(|x: &String| **x == *s) {
+                    defaulted.push(s.to_string());
+                }
+            }
+            let v = d.eval(&|s| bindings.get(s).copied().or(Some(1))).map_err(|e| {
+                Error::Interp(InterpError::Input {
+                    name: name.clone(),
+                    message: e.to_string(),
+                })
+            })?;
+            dims.push(usize::try_from(v).map_err(|_| {
+                Error::Interp(InterpError::Input {
+                    name: name.clone(),
+                    message: format!("dimension {d} evaluates to {v}"),
+                })
+            })?);
+        }
+        out.push((name, rng.tensor(ty.dtype, &dims)));
+    }
+    Ok((out, defaulted))
+}

@@ -1,1 +1,327 @@
-fn main(){}
+//! The `kiln` command-line interface: a thin layer over the library that owns the files,
+//! prints diagnostics as `file:line:col: error: ...` and sets the exit code.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kiln::{format, npz, Graph, Tensor};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "An optimizing compiler for machine-learning models")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Parse and verify .kir files, reporting every error with its location
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a .kir file in canonical form (comments are not kept)
+    Fmt {
+        file: PathBuf,
+        /// Exit with an error if the file is not already formatted
+        #[arg(long)]
+        check: bool,
+        /// Rewrite the file in place
+        #[arg(short, long, conflicts_with = "check")]
+        write: bool,
+    },
+    /// Run a model on the reference interpreter and print (and optionally save) its outputs
+    Run {
+        file: PathBuf,
+        /// The function to run (default: @main, else the first function)
+        #[arg(long)]
+        func: Option<String>,
+        /// Inputs by parameter name, from an .npz archive
+        #[arg(long, value_name = "NPZ")]
+        inputs: Option<PathBuf>,
+        /// Write the outputs to this .npz archive
+        #[arg(long, short, value_name = "NPZ")]
+        output: Option<PathBuf>,
+        /// Generate deterministic random values for inputs not given by --inputs
+        #[arg(long)]
+        random_inputs: bool,
+        /// Seed for --random-inputs
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Bind a symbolic dimension, e.g. --dim batch=8 (repeatable)
+        #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
+        dims: Vec<(String, i64)>,
+        /// Print every value instead of the first few
+        #[arg(long)]
+        full: bool,
+    },
+    /// List the ops of the IR with their documentation
+    Ops,
+}
+
+fn parse_binding(s: &str) -> Result<(String, i64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))?;
+    let v = value
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("`{value}` is not an integer"))?;
+    if v < 0 {
+        return Err(format!("a dimension cannot be negative, got {v}"));
+    }
+    Ok((name.trim().to_string(), v))
+}
+
+/// A failure already described to the user (or to be described by `main`).
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure(e.to_string())
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))
+}
+
+fn read_text(path: &Path) -> Result<String, Failure> {
+    String::from_utf8(read(path)?).map_err(|_| Failure(format!("{} is not UTF-8 text", path.display())))
+}
+
+/// Parses a .kir file, with diagnostics prefixed by the path.
+fn parse_kir(path: &Path) -> Result<kiln::Module, Failure> {
+    let text = read_text(path)?;
+    kiln::parse_module(&text).map_err(|e| {
+        Failure(format!("{}:{}: error: {}", path.display(), e.loc, e.message))
+    })
+}
+
+fn verify_diagnostics(path: &Path, g: &Graph) -> Vec<String> {
+    match kiln::verify(g) {
+        Ok(_) => vec![],
+        Err(errs) => errs
+            .errors
+            .iter()
+            .map(|e| {
+                let at = e.origin.loc.map_or(String::new(), |l| format!("{l}:"));
+                let node = e.node.as_ref().map_or(String::new(), |n| format!("{n}: "));
+                format!("{}:{at} error: {node}{}", path.display(), e.message)
+            })
+            .collect(),
+    }
+}
+
+fn check(files: &[PathBuf]) -> Result<(), Failure> {
+    let mut failed = 0;
+    for path in files {
+        let m = match parse_kir(path) {
+            Ok(m) => m,
+            Err(Failure(msg)) => {
+                eprintln!("{msg}");
+                failed += 1;
+                continue;
+            }
+        };
+        let diags: Vec<String> = m.graphs().flat_map(|g| verify_diagnostics(path, g)).collect();
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        if diags.is_empty() {
+            println!("{}: ok ({} functions)", path.display(), m.funcs.len());
+        } else {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(Failure(format!("{failed} of {} files have errors", files.len())));
+    }
+    Ok(())
+}
+
+fn fmt(file: &Path, check: bool, write: bool) -> Result<(), Failure> {
+    let text = read_text(file)?;
+    let m = parse_kir(file)?;
+    let graphs: Vec<Graph> = m.graphs().cloned().collect();
+    let pretty = kiln::print_module(&graphs);
+    if check {
+        if pretty != text {
+            return Err(Failure(format!("{} is not formatted", file.display())));
+        }
+    } else if write {
+        if pretty != text {
+            std::fs::write(file, &pretty)
+                .map_err(|e| Failure(format!("cannot write {}: {e}", file.display())))?;
+        }
+    } else {
+        print!("{pretty}");
+    }
+    Ok(())
+}
+
+struct RunArgs {
+    func: Option<String>,
+    inputs: Option<PathBuf>,
+    output: Option<PathBuf>,
+    random_inputs: bool,
+    seed: u64,
+    dims: Vec<(String, i64)>,
+    full: bool,
+}
+
+fn pick_function(path: &Path, m: kiln::Module, name: Option<&str>) -> Result<Graph, Failure> {
+    let names: Vec<String> = m.graphs().map(|g| format!("@{}", g.name())).collect();
+    let mut graphs: Vec<Graph> = m.funcs.into_iter().map(|f| f.graph).collect();
+    let want = name.map(|n| n.trim_start_matches('@'));
+    let pos = match want {
+        Some(n) => graphs.iter().position(|g| g.name() == n),
+        None => graphs
+            .iter()
+            .position(|g| g.name() == "main")
+            .or((!graphs.is_empty()).then_some(0)),
+    };
+    match pos {
+        Some(i) => Ok(graphs.swap_remove(i)),
+        None if names.is_empty() => Err(Failure(format!("{} has no functions", path.display()))),
+        None => Err(Failure(format!(
+            "{} has no function @{}; it has {}",
+            path.display(),
+            want.unwrap_or("main"),
+            names.join(", ")
+        ))),
+    }
+}
+
+fn run(file: &Path, a: RunArgs) -> Result<(), Failure> {
+    let g = pick_function(file, parse_kir(file)?, a.func.as_deref())?;
+    let diags = verify_diagnostics(file, &g);
+    if !diags.is_empty() {
+        return Err(Failure(diags.join("\n")));
+    }
+    let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
+    let params = kiln::params(&g);
+    let mut inputs: Vec<(String, Tensor)> = match &a.inputs {
+        Some(p) => npz::read_npz(&read(p)?)
+            .map_err(|e| Failure(format!("{}: {e}", p.display())))?,
+        None => vec![],
+    };
+    for (name, _) in &inputs {
+        if !params.iter().any(|(p, _)| p == name) {
+            eprintln!("note: input \"{name}\" is not a parameter of @{}; ignored", g.name());
+        }
+    }
+    let missing: Vec<&str> = params
+        .iter()
+        .filter(|(p, _)| !inputs.iter().any(|(n, _)| n == p))
+        .map(|(p, _)| p.as_str())
+        .collect();
+    if !missing.is_empty() {
+        if !a.random_inputs {
+            return Err(Failure(format!(
+                "@{} needs inputs {}: pass --inputs FILE.npz or --random-inputs",
+                g.name(),
+                missing.join(", ")
+            )));
+        }
+        let mut env = bindings.clone();
+        // Symbols already fixed by the given inputs keep their values.
+        let given: Vec<Tensor> = params
+            .iter()
+            .map(|(p, ty)| {
+                inputs
+                    .iter()
+                    .find(|(n, _)| n == p)
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_else(|| Tensor::zeros(ty.dtype, vec![]))
+            })
+            .collect();
+        for ((_, ty), t) in params.iter().zip(&given) {
+            if t.shape().len() == ty.rank() {
+                for (d, &n) in ty.shape.dims().iter().zip(t.shape()) {
+                    if let Some(s) = d.as_sym() {
+                        env.entry(s.to_string()).or_insert(n as i64);
+                    }
+                }
+            }
+        }
+        let (random, defaulted) = kiln::random_inputs(&g, &env, a.seed)?;
+        for s in defaulted {
+            eprintln!("note: symbol `{s}` set to 1 (bind it with --dim {s}=N)");
+        }
+        for (name, t) in random {
+            if missing.contains(&name.as_str()) {
+                inputs.push((name, t));
+            }
+        }
+    }
+    let outputs = kiln::interpret(&g, &inputs, &bindings)?;
+    for (name, t) in &outputs {
+        let values = if a.full {
+            format::values(t)
+        } else {
+            format::head(t, 8)
+        };
+        println!("{name}: {} = {values}", t.ty());
+    }
+    if let Some(path) = &a.output {
+        let bytes = npz::write_npz(&outputs)?;
+        std::fs::write(path, bytes)
+            .map_err(|e| Failure(format!("cannot write {}: {e}", path.display())))?;
+        eprintln!("wrote {} outputs to {}", outputs.len(), path.display());
+    }
+    Ok(())
+}
+
+fn ops() {
+    for m in kiln::Op::MNEMONICS {
+        let doc = kiln::Op::doc_of(m).unwrap_or_default().replace('\n', " ");
+        println!("{m:<14} {doc}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Check { files } => check(&files),
+        Cmd::Fmt { file, check, write } => fmt(&file, check, write),
+        Cmd::Run {
+            file,
+            func,
+            inputs,
+            output,
+            random_inputs,
+            seed,
+            dims,
+            full,
+        } => run(
+            &file,
+            RunArgs {
+                func,
+                inputs,
+                output,
+                random_inputs,
+                seed,
+                dims,
+                full,
+            },
+        ),
+        Cmd::Ops => {
+            ops();
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            if msg.contains(": error: ") {
+                eprintln!("{msg}");
+            } else {
+                eprintln!("error: {msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

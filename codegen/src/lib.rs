@@ -1,1 +1,3 @@
-//! placeholder
+//! kiln's code generator: the loop-level kernel IR lowered from fused graph nodes and the
+//! backends that compile it (Cranelift by default, LLVM behind a feature). Codegen never
+//! optimizes the graph, and only verified IR reaches it. Depends on `ir` only.

@@ -1,0 +1,578 @@
+//! Reference kernels for the ops that do more than map or move elements: reductions, arg
+//! reductions, top-k, gather and scatter, contractions and sliding windows. Straightforward
+//! loops over widened data; accuracy first (f64 accumulation, compensated sums), speed second.
+
+use std::cmp::Ordering;
+
+use ir::{DType, Data, ReduceKind, ScatterReduction};
+
+use super::index::{for_each_index, numel, strides, transpose};
+use super::wide::{fmax, fmin, int_range, Wide};
+
+/// Neumaier-compensated running sum.
+#[derive(Clone, Copy, Default)]
+struct Sum {
+    s: f64,
+    c: f64,
+}
+
+impl Sum {
+    fn add(&mut self, x: f64) {
+        let t = self.s + x;
+        if self.s.abs() >= x.abs() {
+            self.c += (self.s - t) + x;
+        } else {
+            self.c += (x - t) + self.s;
+        }
+        self.s = t;
+    }
+
+    fn get(self) -> f64 {
+        if self.s.is_finite() {
+            self.s + self.c
+        } else {
+            self.s
+        }
+    }
+}
+
+/// For each input element, the flat position of the output element it reduces into.
+fn reduce_targets(shape: &[usize], axes: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let out_shape: Vec<usize> = (0..shape.len())
+        .filter(|a| !axes.contains(a))
+        .map(|a| shape[a])
+        .collect();
+    let ost = strides(&out_shape);
+    let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).collect();
+    let mut targets = Vec::with_capacity(numel(shape));
+    for_each_index(shape, |i| {
+        targets.push(kept.iter().zip(&ost).map(|(&a, &s)| i[a] * s).sum());
+    });
+    (out_shape, targets)
+}
+
+pub fn reduce(kind: ReduceKind, x: &Wide, shape: &[usize], axes: &[usize], dtype: DType) -> Wide {
+    let (out_shape, targets) = reduce_targets(shape, axes);
+    let n = numel(&out_shape);
+    match x {
+        Wide::F(v) => {
+            if kind == ReduceKind::Sum {
+                let mut acc = vec![Sum::default(); n];
+                for (&t, &x) in targets.iter().zip(v) {
+                    acc[t].add(x);
+                }
+                return Wide::F(acc.into_iter().map(Sum::get).collect());
+            }
+            let (init, f): (f64, fn(f64, f64) -> f64) = match kind {
+                ReduceKind::Prod => (1.0, |a, b| a * b),
+                ReduceKind::Max => (f64::NEG_INFINITY, fmax),
+                ReduceKind::Min => (f64::INFINITY, fmin),
+                ReduceKind::Sum => unreachable!("handled above"),
+            };
+            let mut acc = vec![init; n];
+            for (&t, &x) in targets.iter().zip(v) {
+                acc[t] = f(acc[t], x);
+            }
+            Wide::F(acc)
+        }
+        Wide::I(v) => {
+            let (lo, hi) = int_range(dtype);
+            let (init, f): (i128, fn(i128, i128) -> i128) = match kind {
+                ReduceKind::Sum => (0, i128::wrapping_add),
+                ReduceKind::Prod => (1, i128::wrapping_mul),
+                ReduceKind::Max => (lo, i128::max),
+                ReduceKind::Min => (hi, i128::min),
+            };
+            let mut acc = vec![init; n];
+            for (&t, &x) in targets.iter().zip(v) {
+                acc[t] = f(acc[t], x);
+            }
+            Wide::I(acc)
+        }
+        Wide::B(_) => unreachable!("the verifier admits no bool reductions"),
+    }
+}
+
+/// NaN-aware ordering: NaN sorts above everything.
+fn fcmp(a: f64, b: f64) -> Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+    }
+}
+
+/// Compares element `i` with element `j` of `x`.
+fn cmp_at(x: &Wide, i: usize, j: usize) -> Ordering {
+    match x {
+        Wide::F(v) => fcmp(v[i], v[j]),
+        Wide::I(v) => v[i].cmp(&v[j]),
+        Wide::B(v) => v[i].cmp(&v[j]),
+    }
+}
+
+fn is_nan_at(x: &Wide, i: usize) -> bool {
+    matches!(x, Wide::F(v) if v[i].is_nan())
+}
+
+/// Splits `shape` around `axis` into (outer, extent, inner).
+fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+/// argmax/argmin: the first (or last) extreme element; a NaN counts as the extreme.
+pub fn arg_reduce(x: &Wide, shape: &[usize], axis: usize, max: bool, last: bool) -> Vec<i64> {
+    let (outer, d, inner) = around(shape, axis);
+    let mut out = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| (o * d + k) * inner + i;
+            let mut best = 0;
+            for k in 1..d {
+                let (v, b) = (at(k), at(best));
+                let better = match (is_nan_at(x, v), is_nan_at(x, b)) {
+                    (true, false) => true,
+                    (true, true) => last,
+                    (false, true) => false,
+                    _ => {
+                        let ord = cmp_at(x, v, b);
+                        let ord = if max { ord } else { ord.reverse() };
+                        ord == Ordering::Greater || (last && ord == Ordering::Equal)
+                    }
+                };
+                if better {
+                    best = k;
+                }
+            }
+            out.push(best as i64);
+        }
+    }
+    out
+}
+
+/// The k largest (or smallest) along `axis`, sorted, ties to the lower index.
+pub fn topk(x: &Wide, shape: &[usize], axis: usize, k: usize, largest: bool) -> (Vec<usize>, Vec<i64>) {
+    let (outer, d, inner) = around(shape, axis);
+    let mut src = vec![0usize; outer * k * inner];
+    let mut idx = vec![0i64; outer * k * inner];
+    let mut order: Vec<usize> = Vec::with_capacity(d);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * d + j) * inner + i;
+            order.clear();
+            order.extend(0..d);
+            order.sort_by(|&a, &b| {
+                let ord = cmp_at(x, at(a), at(b));
+                if largest {
+                    ord.reverse()
+                } else {
+                    ord
+                }
+            });
+            for (r, &j) in order.iter().take(k).enumerate() {
+                let dst = (o * k + r) * inner + i;
+                src[dst] = at(j);
+                idx[dst] = j as i64;
+            }
+        }
+    }
+    (src, idx)
+}
+
+/// Resolves a possibly negative index against an extent.
+fn resolve(i: i128, n: usize, what: &str) -> Result<usize, String> {
+    let n_i = n as i128;
+    let j = if i < 0 { i + n_i } else { i };
+    if (0..n_i).contains(&j) {
+        Ok(j as usize)
+    } else {
+        Err(format!("{what} {i} is out of range for an axis of size {n}"))
+    }
+}
+
+fn indices(idx: &Wide) -> &[i128] {
+    match idx {
+        Wide::I(v) => v,
+        _ => unreachable!("the verifier admits only integer indices"),
+    }
+}
+
+pub fn gather(shape: &[usize], idx: &Wide, axis: usize) -> Result<Vec<usize>, String> {
+    let (outer, d, inner) = around(shape, axis);
+    let idx = indices(idx);
+    let resolved: Vec<usize> = idx
+        .iter()
+        .map(|&i| resolve(i, d, "index"))
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(outer * idx.len() * inner);
+    for o in 0..outer {
+        for &j in &resolved {
+            out.extend((0..inner).map(|i| (o * d + j) * inner + i));
+        }
+    }
+    Ok(out)
+}
+
+/// The flat offsets addressed by the index tuples of gather_nd/scatter_nd: for tuple t, the
+/// start of the addressed slice (of `slice` elements) in the data.
+fn tuple_offsets(
+    data_shape: &[usize],
+    idx_shape: &[usize],
+    idx: &Wide,
+    batch_dims: usize,
+) -> Result<(Vec<usize>, usize), String> {
+    let m = *idx_shape.last().unwrap_or(&0);
+    let idx = indices(idx);
+    let batch: usize = data_shape[..batch_dims].iter().product();
+    let per_batch = if batch == 0 { 0 } else { idx.len() / m.max(1) / batch };
+    let slice: usize = data_shape[batch_dims + m..].iter().product();
+    let batch_stride: usize = data_shape[batch_dims..].iter().product();
+    let addr = &data_shape[batch_dims..batch_dims + m];
+    let ast = strides(addr);
+    let mut out = Vec::with_capacity(batch * per_batch);
+    for b in 0..batch {
+        for t in 0..per_batch {
+            let tuple = &idx[(b * per_batch + t) * m..(b * per_batch + t + 1) * m];
+            let mut off = 0;
+            for ((&i, &n), &s) in tuple.iter().zip(addr).zip(&ast) {
+                off += resolve(i, n, "index")? * s;
+            }
+            out.push(b * batch_stride + off * slice);
+        }
+    }
+    Ok((out, slice))
+}
+
+pub fn gather_nd(
+    data_shape: &[usize],
+    idx_shape: &[usize],
+    idx: &Wide,
+    batch_dims: usize,
+) -> Result<Vec<usize>, String> {
+    let (offsets, slice) = tuple_offsets(data_shape, idx_shape, idx, batch_dims)?;
+    Ok(offsets
+        .iter()
+        .flat_map(|&o| o..o + slice)
+        .collect())
+}
+
+pub fn scatter_nd(
+    data: &Wide,
+    data_shape: &[usize],
+    idx_shape: &[usize],
+    idx: &Wide,
+    updates: &Wide,
+    reduction: ScatterReduction,
+) -> Result<Wide, String> {
+    let (offsets, slice) = tuple_offsets(data_shape, idx_shape, idx, 0)?;
+    let mut out = data.clone();
+    for (t, &o) in offsets.iter().enumerate() {
+        for e in 0..slice {
+            let (dst, src) = (o + e, t * slice + e);
+            match (&mut out, updates) {
+                (Wide::F(d), Wide::F(u)) => {
+                    d[dst] = match reduction {
+                        ScatterReduction::None => u[src],
+                        ScatterReduction::Add => d[dst] + u[src],
+                        ScatterReduction::Mul => d[dst] * u[src],
+                        ScatterReduction::Max => fmax(d[dst], u[src]),
+                        ScatterReduction::Min => fmin(d[dst], u[src]),
+                    }
+                }
+                (Wide::I(d), Wide::I(u)) => {
+                    d[dst] = match reduction {
+                        ScatterReduction::None => u[src],
+                        ScatterReduction::Add => d[dst].wrapping_add(u[src]),
+                        ScatterReduction::Mul => d[dst].wrapping_mul(u[src]),
+                        ScatterReduction::Max => d[dst].max(u[src]),
+                        ScatterReduction::Min => d[dst].min(u[src]),
+                    }
+                }
+                (Wide::B(d), Wide::B(u)) => d[dst] = u[src],
+                _ => unreachable!("data and updates share a dtype"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Multiply-accumulate over widened operands, dispatching once on the representation.
+enum Acc<'a> {
+    F(&'a [f64], &'a [f64]),
+    I(&'a [i128], &'a [i128]),
+}
+
+fn acc_pair<'a>(a: &'a Wide, b: &'a Wide) -> Acc<'a> {
+    match (a, b) {
+        (Wide::F(x), Wide::F(y)) => Acc::F(x, y),
+        (Wide::I(x), Wide::I(y)) => Acc::I(x, y),
+        _ => unreachable!("the verifier admits only numeric operands of one dtype"),
+    }
+}
+
+pub struct DotDims<'a> {
+    pub lhs_batch: &'a [usize],
+    pub rhs_batch: &'a [usize],
+    pub lhs_contract: &'a [usize],
+    pub rhs_contract: &'a [usize],
+}
+
+pub fn dot(l: &Wide, ls: &[usize], r: &Wide, rs: &[usize], d: &DotDims) -> Wide {
+    let free = |rank: usize, b: &[usize], c: &[usize]| -> Vec<usize> {
+        (0..rank).filter(|a| !b.contains(a) && !c.contains(a)).collect()
+    };
+    let lfree = free(ls.len(), d.lhs_batch, d.lhs_contract);
+    let rfree = free(rs.len(), d.rhs_batch, d.rhs_contract);
+    let prod = |s: &[usize], axes: &[usize]| -> usize { axes.iter().map(|&a| s[a]).product() };
+    let (b, m, k, n) = (
+        prod(ls, d.lhs_batch),
+        prod(ls, &lfree),
+        prod(ls, d.lhs_contract),
+        prod(rs, &rfree),
+    );
+    let lperm: Vec<usize> = [d.lhs_batch, &lfree, d.lhs_contract].concat();
+    let rperm: Vec<usize> = [d.rhs_batch, &rfree, d.rhs_contract].concat();
+    let lt = l.take(&transpose(ls, &lperm).1);
+    let rt = r.take(&transpose(rs, &rperm).1);
+    let cell = |bi: usize, mi: usize, ni: usize| ((bi * m + mi) * k, (bi * n + ni) * k);
+    match acc_pair(&lt, &rt) {
+        Acc::F(x, y) => {
+            let mut out = Vec::with_capacity(b * m * n);
+            for bi in 0..b {
+                for mi in 0..m {
+                    for ni in 0..n {
+                        let (p, q) = cell(bi, mi, ni);
+                        out.push(x[p..p + k].iter().zip(&y[q..q + k]).map(|(a, b)| a * b).sum());
+                    }
+                }
+            }
+            Wide::F(out)
+        }
+        Acc::I(x, y) => {
+            let mut out = Vec::with_capacity(b * m * n);
+            for bi in 0..b {
+                for mi in 0..m {
+                    for ni in 0..n {
+                        let (p, q) = cell(bi, mi, ni);
+                        out.push(
+                            x[p..p + k]
+                                .iter()
+                                .zip(&y[q..q + k])
+                                .fold(0i128, |s, (a, b)| s.wrapping_add(a.wrapping_mul(*b))),
+                        );
+                    }
+                }
+            }
+            Wide::I(out)
+        }
+    }
+}
+
+/// Strides, dilations and low padding of a sliding window over some axes.
+pub struct Window<'a> {
+    pub stride: &'a [i64],
+    pub dilation: &'a [i64],
+    pub pad_low: &'a [i64],
+}
+
+/// For each output position, the (window position, input offset) pairs that fall inside the
+/// input; padding positions are simply absent.
+fn taps(in_shape: &[usize], win: &[usize], out_shape: &[usize], w: &Window) -> Vec<Vec<(usize, usize)>> {
+    let ist = strides(in_shape);
+    let mut wins: Vec<Vec<usize>> = Vec::new();
+    for_each_index(win, |k| wins.push(k.to_vec()));
+    let mut out = Vec::with_capacity(numel(out_shape));
+    for_each_index(out_shape, |o| {
+        let mut list = Vec::new();
+        'win: for (kp, k) in wins.iter().enumerate() {
+            let mut off = 0usize;
+            for a in 0..o.len() {
+                let c = o[a] as i64 * w.stride[a] - w.pad_low[a] + k[a] as i64 * w.dilation[a];
+                if c < 0 || c >= in_shape[a] as i64 {
+                    continue 'win;
+                }
+                off += c as usize * ist[a];
+            }
+            list.push((kp, off));
+        }
+        out.push(list);
+    });
+    out
+}
+
+pub fn conv(
+    x: &Wide,
+    xs: &[usize],
+    w: &Wide,
+    ws: &[usize],
+    win: &Window,
+    groups: usize,
+    out_shape: &[usize],
+) -> Wide {
+    let (n, c, o) = (xs[0], xs[1], ws[0]);
+    let cg = ws[1];
+    let og = o / groups;
+    let is: usize = xs[2..].iter().product();
+    let ks: usize = ws[2..].iter().product();
+    let os: usize = out_shape[2..].iter().product();
+    let taps = taps(&xs[2..], &ws[2..], &out_shape[2..], win);
+    let xi = |ni: usize, ch: usize, off: usize| (ni * c + ch) * is + off;
+    let wi = |oi: usize, ch: usize, kp: usize| (oi * cg + ch) * ks + kp;
+    match acc_pair(x, w) {
+        Acc::F(xv, wv) => {
+            let mut out = vec![0.0; n * o * os];
+            for ni in 0..n {
+                for oi in 0..o {
+                    let g = oi / og;
+                    for (p, t) in taps.iter().enumerate() {
+                        let mut acc = 0.0;
+                        for &(kp, off) in t {
+                            for ch in 0..cg {
+                                acc += xv[xi(ni, g * cg + ch, off)] * wv[wi(oi, ch, kp)];
+                            }
+                        }
+                        out[(ni * o + oi) * os + p] = acc;
+                    }
+                }
+            }
+            Wide::F(out)
+        }
+        Acc::I(xv, wv) => {
+            let mut out = vec![0i128; n * o * os];
+            for ni in 0..n {
+                for oi in 0..o {
+                    let g = oi / og;
+                    for (p, t) in taps.iter().enumerate() {
+                        let mut acc = 0i128;
+                        for &(kp, off) in t {
+                            for ch in 0..cg {
+                                acc = acc.wrapping_add(
+                                    xv[xi(ni, g * cg + ch, off)].wrapping_mul(wv[wi(oi, ch, kp)]),
+                                );
+                            }
+                        }
+                        out[(ni * o + oi) * os + p] = acc;
+                    }
+                }
+            }
+            Wide::I(out)
+        }
+    }
+}
+
+pub fn reduce_window(
+    kind: ReduceKind,
+    x: &Wide,
+    xs: &[usize],
+    window: &[usize],
+    win: &Window,
+    out_shape: &[usize],
+    dtype: DType,
+) -> Wide {
+    let taps = taps(xs, window, out_shape, win);
+    match x {
+        Wide::F(v) => Wide::F(
+            taps.iter()
+                .map(|t| {
+                    let vals = t.iter().map(|&(_, off)| v[off]);
+                    match kind {
+                        ReduceKind::Sum => {
+                            let mut s = Sum::default();
+                            vals.for_each(|x| s.add(x));
+                            s.get()
+                        }
+                        ReduceKind::Prod => vals.product(),
+                        ReduceKind::Max => vals.fold(f64::NEG_INFINITY, fmax),
+                        ReduceKind::Min => vals.fold(f64::INFINITY, fmin),
+                    }
+                })
+                .collect(),
+        ),
+        Wide::I(v) => {
+            let (lo, hi) = int_range(dtype);
+            Wide::I(
+                taps.iter()
+                    .map(|t| {
+                        let vals = t.iter().map(|&(_, off)| v[off]);
+                        match kind {
+                            ReduceKind::Sum => vals.fold(0, i128::wrapping_add),
+                            ReduceKind::Prod => vals.fold(1, i128::wrapping_mul),
+                            ReduceKind::Max => vals.fold(lo, i128::max),
+                            ReduceKind::Min => vals.fold(hi, i128::min),
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        Wide::B(_) => unreachable!("the verifier admits no bool windows"),
+    }
+}
+
+/// Elementwise `cond ? a : b` on data of one dtype.
+pub fn select(cond: &[bool], a: &Data, b: &Data) -> Data {
+    ir::with_data!(a, x, W => match b {
+        W(y) => W(cond.iter().zip(x.iter().zip(y)).map(|(&c, (&p, &q))| if c { p } else { q }).collect()),
+        _ => unreachable!("the verifier admits only operands of one dtype"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compensated_sum_is_exact_for_cancelling_terms() {
+        let x = Wide::F(vec![1e16, 1.0, -1e16, 1.0]);
+        match reduce(ReduceKind::Sum, &x, &[4], &[0], DType::F64) {
+            Wide::F(v) => assert_eq!(v, vec![2.0]),
+            _ => panic!("float in, float out"),
+        }
+        let x = Wide::F(vec![f64::INFINITY, 1.0]);
+        match reduce(ReduceKind::Sum, &x, &[2], &[0], DType::F64) {
+            Wide::F(v) => assert_eq!(v, vec![f64::INFINITY]),
+            _ => panic!("float in, float out"),
+        }
+    }
+
+    #[test]
+    fn arg_and_topk_ties_prefer_lower_index() {
+        let x = Wide::F(vec![1.0, 3.0, 3.0, 2.0]);
+        assert_eq!(arg_reduce(&x, &[4], 0, true, false), vec![1]);
+        assert_eq!(arg_reduce(&x, &[4], 0, true, true), vec![2]);
+        assert_eq!(arg_reduce(&x, &[4], 0, false, false), vec![0]);
+        let (_, idx) = topk(&x, &[4], 0, 3, true);
+        assert_eq!(idx, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn gather_checks_range_and_wraps_negatives() {
+        let idx = Wide::I(vec![-1, 0]);
+        assert_eq!(gather(&[3, 2], &idx, 0).unwrap(), vec![4, 5, 0, 1]);
+        let bad = Wide::I(vec![3]);
+        assert_eq!(
+            gather(&[3, 2], &bad, 0).unwrap_err(),
+            "index 3 is out of range for an axis of size 3"
+        );
+    }
+
+    #[test]
+    fn matmul_2x3_by_3x2() {
+        let a = Wide::F(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = Wide::F(vec![7.0, 8.0, 9.0, 10.0, 11.0, 12.0]);
+        let d = DotDims {
+            lhs_batch: &[],
+            rhs_batch: &[],
+            lhs_contract: &[1],
+            rhs_contract: &[0],
+        };
+        match dot(&a, &[2, 3], &b, &[3, 2], &d) {
+            Wide::F(v) => assert_eq!(v, vec![58.0, 64.0, 139.0, 154.0]),
+            _ => panic!("float in, float out"),
+        }
+    }
+}

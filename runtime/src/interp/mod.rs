@@ -1,0 +1,430 @@
+//! The reference interpreter: executes every op for every dtype it accepts, slowly and
+//! carefully. It is the oracle every optimization and backend is checked against, so its code
+//! favours obviousness: floats compute in f64 and round once, sums are compensated, integer
+//! arithmetic wraps to the dtype width, and out-of-range indices are errors.
+
+mod compute;
+mod index;
+mod wide;
+
+use std::collections::HashMap;
+
+use ir::{Data, Dim, Graph, Op, Tensor, Value, Verified};
+
+use compute::{DotDims, Window};
+use wide::{narrow, widen};
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InterpError {
+    #[error("expected {expected} inputs, got {got}")]
+    InputCount { expected: usize, got: usize },
+    #[error("input \"{name}\": {message}")]
+    Input { name: String, message: String },
+    #[error("symbol `{0}` is not bound by any input; bind it explicitly")]
+    Unbound(String),
+    #[error("{node}: {message}")]
+    Node { node: String, message: String },
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Values for symbols that no input shape determines.
+    pub bindings: HashMap<String, i64>,
+    /// The largest tensor (in bytes) a run may create; beyond it the run stops with an error
+    /// instead of exhausting memory.
+    pub max_tensor_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            bindings: HashMap::new(),
+            max_tensor_bytes: 8 << 30,
+        }
+    }
+}
+
+/// Runs a verified graph on inputs given in parameter order.
+pub fn run(v: &Verified, inputs: &[Tensor]) -> Result<Vec<Tensor>, InterpError> {
+    run_with(v, inputs, &Options::default())
+}
+
+/// Binds every symbol of the parameter shapes from the input tensors, checking that constant
+/// dims match and that each symbol gets one value.
+pub fn bind_symbols(
+    g: &Graph,
+    inputs: &[Tensor],
+    explicit: &HashMap<String, i64>,
+) -> Result<HashMap<String, i64>, InterpError> {
+    if inputs.len() != g.params().len() {
+        return Err(InterpError::InputCount {
+            expected: g.params().len(),
+            got: inputs.len(),
+        });
+    }
+    let mut env = explicit.clone();
+    let mut deferred = Vec::new();
+    for (&p, t) in g.params().iter().zip(inputs) {
+        let (name, ty) = match g.node(p).op() {
+            Op::Param { name, ty } => (name, ty),
+            _ => unreachable!("params are param nodes"),
+        };
+        let fail = |message: String| InterpError::Input {
+            name: name.clone(),
+            message,
+        };
+        if t.dtype() != ty.dtype || t.shape().len() != ty.rank() {
+            return Err(fail(format!(
+                "expected {ty}, got {}{:?}",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        for (a, (d, &n)) in ty.shape.dims().iter().zip(t.shape()).enumerate() {
+            let n = n as i64;
+            match (d.as_const(), d.as_sym()) {
+                (Some(c), _) if c != n => {
+                    return Err(fail(format!("axis {a} has size {n}, expected {c}")))
+                }
+                (Some(_), _) => {}
+                (None, Some(s)) => match env.get(s) {
+                    Some(&prev) if prev != n => {
+                        return Err(fail(format!(
+                            "axis {a} has size {n}, but symbol `{s}` is already bound to {prev}"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        env.insert(s.to_string(), n);
+                    }
+                },
+                (None, None) => deferred.push((name.clone(), a, d.clone(), n)),
+            }
+        }
+    }
+    for (name, a, d, n) in deferred {
+        let v = d.eval(&|s| env.get(s).copied()).map_err(|e| InterpError::Input {
+            name: name.clone(),
+            message: format!("axis {a} is {d}: {e}"),
+        })?;
+        if v != n {
+            return Err(InterpError::Input {
+                name,
+                message: format!("axis {a} has size {n}, but {d} = {v}"),
+            });
+        }
+    }
+    Ok(env)
+}
+
+struct Interp<'a> {
+    g: &'a Graph,
+    env: HashMap<String, i64>,
+    numbering: HashMap<Value, usize>,
+    max_bytes: u64,
+}
+
+/// Runs a verified graph with options.
+pub fn run_with(v: &Verified, inputs: &[Tensor], opts: &Options) -> Result<Vec<Tensor>, InterpError> {
+    let g = v.graph();
+    let env = bind_symbols(g, inputs, &opts.bindings)?;
+    let it = Interp {
+        g,
+        env,
+        numbering: g.numbering().unwrap_or_default(),
+        max_bytes: opts.max_tensor_bytes,
+    };
+    // Remaining uses of each value, so intermediates are freed as soon as possible.
+    let mut uses: HashMap<Value, usize> = HashMap::new();
+    for &id in v.order() {
+        for &inp in g.node(id).inputs() {
+            *uses.entry(inp).or_default() += 1;
+        }
+    }
+    for (_, out) in g.outputs() {
+        *uses.entry(*out).or_default() += 1;
+    }
+    let param_pos: HashMap<_, _> = g.params().iter().enumerate().map(|(i, &p)| (p, i)).collect();
+    let mut values: HashMap<Value, Tensor> = HashMap::new();
+    for &id in v.order() {
+        let node = g.node(id);
+        let results = match param_pos.get(&id) {
+            Some(&i) => vec![inputs[i].clone()],
+            None => {
+                let args: Vec<&Tensor> = node.inputs().iter().map(|v| &values[v]).collect();
+                it.node(id, &args)?
+            }
+        };
+        for &inp in node.inputs() {
+            let left = uses.get_mut(&inp).expect("every input was counted");
+            *left -= 1;
+            if *left == 0 {
+                values.remove(&inp);
+            }
+        }
+        for (i, t) in results.into_iter().enumerate() {
+            let val = Value::new(id, i as u32);
+            if uses.get(&val).copied().unwrap_or(0) > 0 {
+                values.insert(val, t);
+            }
+        }
+    }
+    Ok(g.outputs().iter().map(|(_, v)| values[v].clone()).collect())
+}
+
+fn usizes(v: &[i64]) -> Vec<usize> {
+    v.iter().map(|&x| x as usize).collect()
+}
+
+impl Interp<'_> {
+    fn label(&self, id: ir::NodeId) -> String {
+        let node = self.g.node(id);
+        let n = self
+            .numbering
+            .get(&Value::new(id, 0))
+            .map_or("%?".into(), |n| format!("%{n}"));
+        let mut s = String::new();
+        if let Some(loc) = node.origin().loc {
+            s.push_str(&format!("{loc}: "));
+        }
+        s.push_str(&format!("{n} ({})", node.op().mnemonic()));
+        if let Some(name) = &node.origin().name {
+            s.push_str(&format!(" from node \"{name}\""));
+        }
+        s
+    }
+
+    fn eval_dim(&self, d: &Dim) -> Result<i64, String> {
+        d.eval(&|s| self.env.get(s).copied()).map_err(|e| e.to_string())
+    }
+
+    /// Evaluates a node: concrete result shapes from the declared types, then the op.
+    fn node(&self, id: ir::NodeId, args: &[&Tensor]) -> Result<Vec<Tensor>, InterpError> {
+        let node = self.g.node(id);
+        let fail = |message: String| InterpError::Node {
+            node: self.label(id),
+            message,
+        };
+        let mut shapes = Vec::new();
+        for ty in node.types() {
+            let dims = ty
+                .shape
+                .eval(&|s| self.env.get(s).copied())
+                .map_err(|e| match e {
+                    ir::DimError::Unbound(s) => InterpError::Unbound(s),
+                    e => fail(e.to_string()),
+                })?;
+            if let Some(d) = dims.iter().find(|&&d| d < 0) {
+                return Err(fail(format!("result dimension evaluates to {d}")));
+            }
+            let numel = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            let bytes = numel.and_then(|n| ty.dtype.storage_bytes(n));
+            if bytes.is_none_or(|b| b > self.max_bytes) {
+                return Err(fail(format!(
+                    "result {}{dims:?} exceeds the limit of {} bytes per tensor",
+                    ty.dtype, self.max_bytes
+                )));
+            }
+            shapes.push(usizes(&dims));
+        }
+        let datas = self.compute(node.op(), args, &shapes).map_err(fail)?;
+        let mut out = Vec::with_capacity(datas.len());
+        for ((data, shape), ty) in datas.into_iter().zip(shapes).zip(node.types()) {
+            if data.dtype() != ty.dtype {
+                return Err(fail(format!(
+                    "interpreter bug: produced {} for a {} result",
+                    data.dtype(),
+                    ty.dtype
+                )));
+            }
+            out.push(Tensor::new(shape, data).map_err(|e| fail(format!("interpreter bug: {e}")))?);
+        }
+        Ok(out)
+    }
+
+    fn compute(&self, op: &Op, args: &[&Tensor], shapes: &[Vec<usize>]) -> Result<Vec<Data>, String> {
+        let out_shape = &shapes[0];
+        let arg = |i: usize| args[i];
+        let wide0 = || widen(arg(0).data());
+        let moved = |index: &[usize]| Ok(vec![arg(0).data().take_all(index)]);
+        let dtype0 = || arg(0).dtype();
+        match op {
+            Op::Param { .. } => unreachable!("params are bound before evaluation"),
+            Op::Constant { value } => Ok(vec![value.tensor.data().clone()]),
+            Op::Iota { axis, ty } => {
+                let mut v = Vec::with_capacity(index::numel(out_shape));
+                index::for_each_index(out_shape, |i| v.push(i[*axis as usize] as i128));
+                Ok(vec![Data::from_i128s(ty.dtype, &v)])
+            }
+            Op::Dims { values } => Ok(vec![Data::I64(
+                values.iter().map(|d| self.eval_dim(d)).collect::<Result<_, _>>()?,
+            )]),
+            _ if op.kind() == ir::OpKind::Unary => {
+                Ok(vec![narrow(&wide::unary(op, &wide0()), self.out_dtype(op, args))])
+            }
+            _ if op.kind() == ir::OpKind::Binary => {
+                let r = wide::binary(op, &wide0(), &widen(arg(1).data()), dtype0())?;
+                Ok(vec![narrow(&r, self.out_dtype(op, args))])
+            }
+            Op::Select => {
+                let cond = match arg(0).data() {
+                    Data::Bool(c) => c,
+                    _ => unreachable!("the verifier admits only bool conditions"),
+                };
+                Ok(vec![compute::select(cond, arg(1).data(), arg(2).data())])
+            }
+            Op::Cast { dtype } => Ok(vec![narrow(&wide0(), *dtype)]),
+            Op::Reshape { .. } => Ok(vec![arg(0).data().clone()]),
+            Op::Transpose { perm } => moved(&index::transpose(arg(0).shape(), &usizes(perm)).1),
+            Op::Broadcast { dims, .. } => {
+                moved(&index::broadcast(arg(0).shape(), &usizes(dims), out_shape))
+            }
+            Op::Slice { start, limit, stride } => {
+                let start: Vec<i64> = start.iter().map(|d| self.eval_dim(d)).collect::<Result<_, _>>()?;
+                let limit: Vec<i64> = limit.iter().map(|d| self.eval_dim(d)).collect::<Result<_, _>>()?;
+                for (a, &n) in arg(0).shape().iter().enumerate() {
+                    let (s, l, n) = (start[a], limit[a], n as i64);
+                    let ok = if stride[a] > 0 {
+                        0 <= s && s <= l && l <= n
+                    } else {
+                        -1 <= l && l <= s && s < n
+                    };
+                    if !ok {
+                        return Err(format!(
+                            "slice {s}..{l} by {} is out of bounds for axis {a} of size {n}",
+                            stride[a]
+                        ));
+                    }
+                }
+                moved(&index::slice(arg(0).shape(), &start, stride, out_shape))
+            }
+            Op::Pad { low, mode, .. } => {
+                let index = index::pad(arg(0).shape(), low, *mode, out_shape);
+                Ok(vec![arg(0).data().take(&index, Some(arg(1).data()))])
+            }
+            Op::Concat { axis } => {
+                let shapes: Vec<Vec<usize>> = args.iter().map(|t| t.shape().to_vec()).collect();
+                let parts: Vec<&Data> = args.iter().map(|t| t.data()).collect();
+                let all = Data::concat(&parts).ok_or("operands of different dtypes")?;
+                Ok(vec![all.take_all(&index::concat(&shapes, *axis as usize))])
+            }
+            Op::Gather { axis } => {
+                moved(&compute::gather(arg(0).shape(), &widen(arg(1).data()), *axis as usize)?)
+            }
+            Op::GatherNd { batch_dims } => moved(&compute::gather_nd(
+                arg(0).shape(),
+                arg(1).shape(),
+                &widen(arg(1).data()),
+                *batch_dims as usize,
+            )?),
+            Op::ScatterNd { reduction } => {
+                let r = compute::scatter_nd(
+                    &wide0(),
+                    arg(0).shape(),
+                    arg(1).shape(),
+                    &widen(arg(1).data()),
+                    &widen(arg(2).data()),
+                    *reduction,
+                )?;
+                Ok(vec![narrow(&r, dtype0())])
+            }
+            Op::ReduceSum { axes }
+            | Op::ReduceProd { axes }
+            | Op::ReduceMax { axes }
+            | Op::ReduceMin { axes } => {
+                let kind = match op {
+                    Op::ReduceSum { .. } => ir::ReduceKind::Sum,
+                    Op::ReduceProd { .. } => ir::ReduceKind::Prod,
+                    Op::ReduceMax { .. } => ir::ReduceKind::Max,
+                    _ => ir::ReduceKind::Min,
+                };
+                let r = compute::reduce(kind, &wide0(), arg(0).shape(), &usizes(axes), dtype0());
+                Ok(vec![narrow(&r, dtype0())])
+            }
+            Op::ArgMax { axis, last } | Op::ArgMin { axis, last } => {
+                let max = matches!(op, Op::ArgMax { .. });
+                let idx = compute::arg_reduce(&wide0(), arg(0).shape(), *axis as usize, max, *last);
+                Ok(vec![Data::I64(idx)])
+            }
+            Op::TopK { k, axis, largest } => {
+                let (src, idx) =
+                    compute::topk(&wide0(), arg(0).shape(), *axis as usize, *k as usize, *largest);
+                Ok(vec![arg(0).data().take_all(&src), Data::I64(idx)])
+            }
+            Op::Dot {
+                lhs_batch,
+                rhs_batch,
+                lhs_contract,
+                rhs_contract,
+            } => {
+                let dims = DotDims {
+                    lhs_batch: &usizes(lhs_batch),
+                    rhs_batch: &usizes(rhs_batch),
+                    lhs_contract: &usizes(lhs_contract),
+                    rhs_contract: &usizes(rhs_contract),
+                };
+                let r = compute::dot(&wide0(), arg(0).shape(), &widen(arg(1).data()), arg(1).shape(), &dims);
+                Ok(vec![narrow(&r, dtype0())])
+            }
+            Op::Conv {
+                stride,
+                dilation,
+                pad_low,
+                groups,
+                ..
+            } => {
+                let win = Window {
+                    stride,
+                    dilation,
+                    pad_low,
+                };
+                let r = compute::conv(
+                    &wide0(),
+                    arg(0).shape(),
+                    &widen(arg(1).data()),
+                    arg(1).shape(),
+                    &win,
+                    *groups as usize,
+                    out_shape,
+                );
+                Ok(vec![narrow(&r, dtype0())])
+            }
+            Op::ReduceWindow {
+                kind,
+                window,
+                stride,
+                dilation,
+                pad_low,
+                ..
+            } => {
+                let win = Window {
+                    stride,
+                    dilation,
+                    pad_low,
+                };
+                let r = compute::reduce_window(
+                    *kind,
+                    &wide0(),
+                    arg(0).shape(),
+                    &usizes(window),
+                    &win,
+                    out_shape,
+                    dtype0(),
+                );
+                Ok(vec![narrow(&r, dtype0())])
+            }
+            _ => Err(format!("the interpreter does not implement `{}`", op.mnemonic())),
+        }
+    }
+
+    /// The result dtype of an elementwise op (bool for comparisons and predicates).
+    fn out_dtype(&self, op: &Op, args: &[&Tensor]) -> ir::DType {
+        let types: Vec<_> = args.iter().map(|t| t.ty()).collect();
+        op.infer(&types)
+            .ok()
+            .and_then(|t| t.first().map(|t| t.dtype))
+            .unwrap_or(args[0].dtype())
+    }
+}
