@@ -319,7 +319,8 @@ fn element_text(lit: &Lit) -> Result<&str, String> {
     }
 }
 
-/// Decodes the elements of a tensor of type `ty` (which must be static).
+/// Decodes the elements of a tensor of type `ty` (which must be static). Nested lists are
+/// read in row-major order; a single element fills the whole tensor.
 pub fn tensor_from_lit(lit: &Lit, ty: &TensorType) -> Result<Tensor, String> {
     let dims = ty
         .shape
@@ -334,15 +335,23 @@ pub fn tensor_from_lit(lit: &Lit, ty: &TensorType) -> Result<Tensor, String> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= 1 << 32)
         .ok_or_else(|| format!("constant of shape {} is too large", ty.shape))?;
+    fn flatten<'a>(l: &'a Lit, out: &mut Vec<&'a Lit>) {
+        match l {
+            Lit::List(items) => items.iter().for_each(|i| flatten(i, out)),
+            _ => out.push(l),
+        }
+    }
     let items: Vec<&Lit> = match lit {
-        Lit::List(items) => {
+        Lit::List(_) => {
+            let mut items = Vec::new();
+            flatten(lit, &mut items);
             if items.len() != n {
                 return Err(format!(
                     "constant of type {ty} needs {n} elements, got {}",
                     items.len()
                 ));
             }
-            items.iter().collect()
+            items
         }
         _ => vec![lit; n],
     };

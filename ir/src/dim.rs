@@ -396,7 +396,6 @@ impl fmt::Display for Dim {
             Dim::Const(c) => return write!(f, "{c}"),
             Dim::Expr(p) => p,
         };
-        let alone = p.terms.len() == 1 && p.terms[0].mono.len() == 1 && p.terms[0].coeff == 1;
         for (i, t) in p.terms.iter().enumerate() {
             let mag = t.coeff.unsigned_abs();
             if t.coeff < 0 {
@@ -411,6 +410,9 @@ impl fmt::Display for Dim {
             if mag != 1 {
                 write!(f, "{mag}*")?;
             }
+            // `x/2` may stand bare only as a whole term: `2*x/2` or `-x/2` would read back
+            // with a different grouping.
+            let alone = t.coeff == 1 && t.mono.len() == 1;
             for (j, a) in t.mono.iter().enumerate() {
                 if j > 0 {
                     f.write_str("*")?;

@@ -140,17 +140,19 @@ impl DTypeSet {
 
     /// A human description for error messages ("float or signed integer").
     pub fn describe(self) -> String {
-        let names = [
-            (DTypeSet::FLOAT, "float"),
-            (DTypeSet::SINT, "signed integer"),
-            (DTypeSet::UINT, "unsigned integer"),
-            (DTypeSet::BOOL, "bool"),
-        ];
-        let parts: Vec<&str> = names
-            .iter()
-            .filter(|(set, _)| self.0 & set.0 != 0)
-            .map(|(_, n)| *n)
-            .collect();
+        let mut parts = Vec::new();
+        if self.0 & DTypeSet::FLOAT.0 != 0 {
+            parts.push("float");
+        }
+        match self.0 & DTypeSet::INT.0 {
+            6 => parts.push("integer"),
+            2 => parts.push("signed integer"),
+            4 => parts.push("unsigned integer"),
+            _ => {}
+        }
+        if self.0 & DTypeSet::BOOL.0 != 0 {
+            parts.push("bool");
+        }
         parts.join(" or ")
     }
 }
@@ -179,5 +181,6 @@ mod tests {
         assert!(!DTypeSet::SIGNED.contains(DType::U8));
         assert!(DTypeSet::LOGIC.contains(DType::Bool));
         assert_eq!(DTypeSet::SIGNED.describe(), "float or signed integer");
+        assert_eq!(DTypeSet::LOGIC.describe(), "integer or bool");
     }
 }

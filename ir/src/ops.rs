@@ -175,6 +175,18 @@ macro_rules! ops {
                 mut attrs: Vec<(String, Lit)>,
                 ctx: &AttrCtx,
             ) -> Result<Option<Op>, String> {
+                let known: &[&str] = match mnemonic {
+                    $( $mn => &[$($(stringify!($f)),*)?], )*
+                    _ => return Ok(None),
+                };
+                if let Some((name, _)) = attrs.iter().find(|(n, _)| !known.contains(&n.as_str())) {
+                    let has = if known.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        format!("it has {}", known.join(", "))
+                    };
+                    return Err(format!("`{mnemonic}` has no attribute `{name}` ({has})"));
+                }
                 #[allow(unused)]
                 let a = &mut attrs;
                 let op = match mnemonic {
@@ -463,7 +475,7 @@ mod tests {
         assert_eq!(e, "missing attribute `perm`");
         let attrs = vec![("axis".to_string(), Lit::Num("0".into()))];
         let e = Op::from_text("add", attrs, &ctx).unwrap_err();
-        assert_eq!(e, "`add` has no attribute `axis`");
+        assert_eq!(e, "`add` has no attribute `axis` (it has none)");
         assert_eq!(Op::from_text("frobnicate", vec![], &ctx), Ok(None));
     }
 }

@@ -474,7 +474,13 @@ impl Parser {
         if types.len() != results.len() {
             return err(
                 op_loc,
-                format!("{} results but {} types", results.len(), types.len()),
+                format!(
+                    "{} result{} but {} type{}",
+                    results.len(),
+                    if results.len() == 1 { "" } else { "s" },
+                    types.len(),
+                    if types.len() == 1 { "" } else { "s" }
+                ),
             );
         }
         let consts = &self.consts;

@@ -173,7 +173,7 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, VerifyErrors> {
             errors.push(VerifyError {
                 node: None,
                 origin: Origin::default(),
-                message: format!("output name \"{name}\" is used twice"),
+                message: format!("`return` uses the output name \"{name}\" twice"),
             });
         }
     }
