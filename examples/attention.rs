@@ -15,7 +15,11 @@ pub fn build(d_model: usize, heads: usize) -> kiln::Result<Graph> {
         let y = b.reshape(y, split.clone())?;
         Ok(b.transpose(y, &[1, 0, 2])?)
     };
-    let (q, k, v) = (project(&mut b, "wq")?, project(&mut b, "wk")?, project(&mut b, "wv")?);
+    let (q, k, v) = (
+        project(&mut b, "wq")?,
+        project(&mut b, "wk")?,
+        project(&mut b, "wv")?,
+    );
     let kt = b.transpose_last2(k)?;
     let scores = b.matmul(q, kt)?;
     let scores = b.scale(scores, 1.0 / (dh as f64).sqrt())?;

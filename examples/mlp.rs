@@ -28,7 +28,10 @@ fn main() -> kiln::Result<()> {
     for batch in [1usize, 7] {
         let x = Rng::new(batch as u64).tensor(DType::F32, &[batch, 4]);
         let out = kiln::interpret(&g, &[("x".into(), x)], &Default::default())?;
-        println!("; batch {batch}: probs = {}", kiln::format::values(&out[0].1));
+        println!(
+            "; batch {batch}: probs = {}",
+            kiln::format::values(&out[0].1)
+        );
     }
     Ok(())
 }

@@ -23,9 +23,12 @@ pub mod npz;
 
 use std::collections::HashMap;
 
+/// The whole IR crate, for what the re-exports above leave out.
+pub use ir;
 pub use ir::{
-    parse_graph, parse_module, print_graph, print_module, shape, verify, Builder, DType, Data,
-    Dim, Graph, Module, Op, Shape, Tensor, TensorType, Value,
+    parse_graph, parse_module, print_graph, print_module, shape, verify, Builder, ConstValue,
+    DType, Data, Dim, Graph, Module, Op, PadMode, ReduceKind, ScatterReduction, Shape, Tensor,
+    TensorType, Value,
 };
 pub use runtime::interp::{self, InterpError};
 pub use runtime::Rng;
@@ -100,13 +103,21 @@ pub fn interpret(
         ..Default::default()
     };
     let outs = interp::run_with(&v, &ordered, &opts)?;
-    Ok(g
-        .outputs()
+    Ok(g.outputs()
         .iter()
         .map(|(n, _)| n.clone())
         .zip(outs)
         .collect())
 }
+
+/// Generated inputs, and the symbols that were not bound and so were set to 1.
+pub struct RandomInputs {
+    pub inputs: Vec<(String, Tensor)>,
+    pub defaulted: Vec<String>,
+}
+
+/// The largest random input [`random_inputs`] makes.
+pub const MAX_RANDOM_BYTES: u64 = 4 << 30;
 
 /// Deterministic random inputs for every parameter; symbols take their value from `bindings`
 /// or, when absent there, 1 (the symbols so defaulted are returned too).
@@ -114,7 +125,7 @@ pub fn random_inputs(
     g: &Graph,
     bindings: &HashMap<String, i64>,
     seed: u64,
-) -> Result<(Vec<(String, Tensor)>, Vec<String>)> {
+) -> Result<RandomInputs> {
     let mut rng = Rng::new(seed);
     let mut defaulted = Vec::new();
     let mut out = Vec::new();
@@ -126,12 +137,14 @@ pub fn random_inputs(
                     defaulted.push(s.to_string());
                 }
             }
-            let v = d.eval(&|s| bindings.get(s).copied().or(Some(1))).map_err(|e| {
-                Error::Interp(InterpError::Input {
-                    name: name.clone(),
-                    message: e.to_string(),
-                })
-            })?;
+            let v = d
+                .eval(&|s| bindings.get(s).copied().or(Some(1)))
+                .map_err(|e| {
+                    Error::Interp(InterpError::Input {
+                        name: name.clone(),
+                        message: e.to_string(),
+                    })
+                })?;
             dims.push(usize::try_from(v).map_err(|_| {
                 Error::Interp(InterpError::Input {
                     name: name.clone(),
@@ -139,7 +152,23 @@ pub fn random_inputs(
                 })
             })?);
         }
+        let numel = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        if numel
+            .and_then(|n| ty.dtype.storage_bytes(n))
+            .is_none_or(|b| b > MAX_RANDOM_BYTES)
+        {
+            return Err(Error::Interp(InterpError::Input {
+                name,
+                message: format!(
+                    "a random {}{dims:?} input would exceed {MAX_RANDOM_BYTES} bytes",
+                    ty.dtype
+                ),
+            }));
+        }
         out.push((name, rng.tensor(ty.dtype, &dims)));
     }
-    Ok((out, defaulted))
+    Ok(RandomInputs {
+        inputs: out,
+        defaulted,
+    })
 }

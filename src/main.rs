@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use kiln::{format, npz, Graph, Tensor};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "An optimizing compiler for machine-learning models")]
+#[command(
+    name = "kiln",
+    version,
+    about = "An optimizing compiler for machine-learning models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -89,14 +93,20 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
 }
 
 fn read_text(path: &Path) -> Result<String, Failure> {
-    String::from_utf8(read(path)?).map_err(|_| Failure(format!("{} is not UTF-8 text", path.display())))
+    String::from_utf8(read(path)?)
+        .map_err(|_| Failure(format!("{} is not UTF-8 text", path.display())))
 }
 
 /// Parses a .kir file, with diagnostics prefixed by the path.
 fn parse_kir(path: &Path) -> Result<kiln::Module, Failure> {
     let text = read_text(path)?;
     kiln::parse_module(&text).map_err(|e| {
-        Failure(format!("{}:{}: error: {}", path.display(), e.loc, e.message))
+        Failure(format!(
+            "{}:{}: error: {}",
+            path.display(),
+            e.loc,
+            e.message
+        ))
     })
 }
 
@@ -126,7 +136,10 @@ fn check(files: &[PathBuf]) -> Result<(), Failure> {
                 continue;
             }
         };
-        let diags: Vec<String> = m.graphs().flat_map(|g| verify_diagnostics(path, g)).collect();
+        let diags: Vec<String> = m
+            .graphs()
+            .flat_map(|g| verify_diagnostics(path, g))
+            .collect();
         for d in &diags {
             eprintln!("{d}");
         }
@@ -137,7 +150,10 @@ fn check(files: &[PathBuf]) -> Result<(), Failure> {
         }
     }
     if failed > 0 {
-        return Err(Failure(format!("{failed} of {} files have errors", files.len())));
+        return Err(Failure(format!(
+            "{failed} of {} files have errors",
+            files.len()
+        )));
     }
     Ok(())
 }
@@ -204,13 +220,17 @@ fn run(file: &Path, a: RunArgs) -> Result<(), Failure> {
     let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
     let params = kiln::params(&g);
     let mut inputs: Vec<(String, Tensor)> = match &a.inputs {
-        Some(p) => npz::read_npz(&read(p)?)
-            .map_err(|e| Failure(format!("{}: {e}", p.display())))?,
+        Some(p) => {
+            npz::read_npz(&read(p)?).map_err(|e| Failure(format!("{}: {e}", p.display())))?
+        }
         None => vec![],
     };
     for (name, _) in &inputs {
         if !params.iter().any(|(p, _)| p == name) {
-            eprintln!("note: input \"{name}\" is not a parameter of @{}; ignored", g.name());
+            eprintln!(
+                "note: input \"{name}\" is not a parameter of @{}; ignored",
+                g.name()
+            );
         }
     }
     let missing: Vec<&str> = params
@@ -247,11 +267,11 @@ fn run(file: &Path, a: RunArgs) -> Result<(), Failure> {
                 }
             }
         }
-        let (random, defaulted) = kiln::random_inputs(&g, &env, a.seed)?;
-        for s in defaulted {
+        let random = kiln::random_inputs(&g, &env, a.seed)?;
+        for s in random.defaulted {
             eprintln!("note: symbol `{s}` set to 1 (bind it with --dim {s}=N)");
         }
-        for (name, t) in random {
+        for (name, t) in random.inputs {
             if missing.contains(&name.as_str()) {
                 inputs.push((name, t));
             }

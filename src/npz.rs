@@ -60,7 +60,11 @@ fn read_array<R: Read>(f: NpyFile<R>, max_bytes: u64) -> Result<Tensor, NpzError
         })?;
     match dtype.storage_bytes(numel) {
         Some(b) if b <= max_bytes => {}
-        _ => return fail(format!("header claims shape {shape:?}, larger than the data")),
+        _ => {
+            return fail(format!(
+                "header claims shape {shape:?}, larger than the data"
+            ))
+        }
     }
     let fortran = matches!(f.order(), npyz::Order::Fortran);
     let io = |e: std::io::Error| NpzError {
@@ -132,7 +136,17 @@ pub fn read_npy(bytes: &[u8]) -> Result<Tensor, NpzError> {
 pub fn read_npz(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, NpzError> {
     let mut ar =
         NpzArchive::new(Cursor::new(bytes)).or_else(|e| fail(format!("not a valid .npz: {e}")))?;
-    let names: Vec<String> = ar.array_names().map(str::to_string).collect();
+    // In archive order (the zip crate's name list is unordered).
+    let zip = ar.zip_archive();
+    let mut names = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let f = zip
+            .by_index(i)
+            .or_else(|e| fail(format!("entry {i} of the archive: {e}")))?;
+        if let Some(name) = f.name().strip_suffix(".npy") {
+            names.push(name.to_string());
+        }
+    }
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         let size = ar
@@ -159,9 +173,7 @@ pub fn write_npz(arrays: &[(String, Tensor)]) -> Result<Vec<u8>, NpzError> {
         for (name, t) in arrays {
             write_array(&mut npz, name, t).or_else(|e| fail(format!("array \"{name}\": {e}")))?;
         }
-        npz.zip_writer()
-            .finish()
-            .or_else(|e| fail(e.to_string()))?;
+        npz.zip_writer().finish().or_else(|e| fail(e.to_string()))?;
     }
     Ok(buf.into_inner())
 }
@@ -207,10 +219,22 @@ mod tests {
     #[test]
     fn round_trips_every_dtype() {
         let arrays: Vec<(String, Tensor)> = vec![
-            ("a".into(), Tensor::from_vec(vec![2, 2], vec![1.5f32, -2.0, 0.0, 4.0]).unwrap()),
-            ("b".into(), Tensor::from_vec(vec![3], vec![1i64, -2, 3]).unwrap()),
-            ("c".into(), Tensor::from_vec(vec![2], vec![true, false]).unwrap()),
-            ("d".into(), Tensor::from_vec(vec![1], vec![f16::from_f32(0.5)]).unwrap()),
+            (
+                "a".into(),
+                Tensor::from_vec(vec![2, 2], vec![1.5f32, -2.0, 0.0, 4.0]).unwrap(),
+            ),
+            (
+                "b".into(),
+                Tensor::from_vec(vec![3], vec![1i64, -2, 3]).unwrap(),
+            ),
+            (
+                "c".into(),
+                Tensor::from_vec(vec![2], vec![true, false]).unwrap(),
+            ),
+            (
+                "d".into(),
+                Tensor::from_vec(vec![1], vec![f16::from_f32(0.5)]).unwrap(),
+            ),
             ("e".into(), Tensor::scalar(7u8)),
         ];
         let bytes = write_npz(&arrays).unwrap();

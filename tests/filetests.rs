@@ -46,7 +46,13 @@ fn block_at(lines: &[&str], from: usize) -> (Vec<String>, usize) {
 fn format_block(lines: &[String]) -> Vec<String> {
     lines
         .iter()
-        .map(|l| if l.is_empty() { ";".to_string() } else { format!("; {l}") })
+        .map(|l| {
+            if l.is_empty() {
+                ";".to_string()
+            } else {
+                format!("; {l}")
+            }
+        })
         .collect()
 }
 
@@ -55,7 +61,12 @@ fn actual_output(cmd: &str, g: &kiln::Graph) -> Vec<String> {
         "parse" => kiln::print_graph(g),
         "verify" => match kiln::verify(g) {
             Ok(_) => "ok".to_string(),
-            Err(e) => e.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
+            Err(e) => e
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
         },
         "run" => run(g),
         other => panic!("unknown filetest command `{other}`"),
@@ -73,7 +84,7 @@ fn run(g: &kiln::Graph) -> String {
         }
     }
     let inputs = match kiln::random_inputs(g, &bindings, 0) {
-        Ok((inputs, _)) => inputs,
+        Ok(r) => r.inputs,
         Err(e) => return format!("error: {e}"),
     };
     match kiln::interpret(g, &inputs, &HashMap::new()) {
@@ -179,6 +190,10 @@ fn filetests() {
         files.len(),
         failures.join("\n")
     );
-    assert!(files.len() >= 30, "expected at least 30 filetests, found {}", files.len());
+    assert!(
+        files.len() >= 30,
+        "expected at least 30 filetests, found {}",
+        files.len()
+    );
     eprintln!("{} filetests, {cases} cases", files.len());
 }

@@ -319,6 +319,9 @@ fn element_text(lit: &Lit) -> Result<&str, String> {
     }
 }
 
+/// The most elements a single-value literal may expand to.
+const MAX_SPLAT: usize = 1 << 24;
+
 /// Decodes the elements of a tensor of type `ty` (which must be static). Nested lists are
 /// read in row-major order; a single element fills the whole tensor.
 pub fn tensor_from_lit(lit: &Lit, ty: &TensorType) -> Result<Tensor, String> {
@@ -335,6 +338,11 @@ pub fn tensor_from_lit(lit: &Lit, ty: &TensorType) -> Result<Tensor, String> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= 1 << 32)
         .ok_or_else(|| format!("constant of shape {} is too large", ty.shape))?;
+    if !matches!(lit, Lit::List(_)) && n > MAX_SPLAT {
+        return Err(format!(
+            "a splat constant of {n} elements is too large; broadcast a scalar instead"
+        ));
+    }
     fn flatten<'a>(l: &'a Lit, out: &mut Vec<&'a Lit>) {
         match l {
             Lit::List(items) => items.iter().for_each(|i| flatten(i, out)),

@@ -73,9 +73,7 @@ impl Builder {
             return Err(self.fail(op.mnemonic(), format!("{v:?} is not a value of this graph")));
         }
         let types: Vec<TensorType> = inputs.iter().map(|&v| self.ty(v).clone()).collect();
-        let out = op
-            .infer(&types)
-            .map_err(|m| self.fail(op.mnemonic(), m))?;
+        let out = op.infer(&types).map_err(|m| self.fail(op.mnemonic(), m))?;
         let n = out.len();
         let id = self
             .graph
@@ -103,7 +101,12 @@ impl Builder {
     }
 
     pub fn constant(&mut self, tensor: Tensor) -> Result<Value> {
-        self.op1(Op::Constant { value: ConstValue { name: None, tensor } }, &[])
+        self.op1(
+            Op::Constant {
+                value: ConstValue { name: None, tensor },
+            },
+            &[],
+        )
     }
 
     /// A constant that prints as `@name` (weights).
@@ -150,7 +153,10 @@ impl Builder {
         if (0..rank).contains(&a) {
             Ok(a)
         } else {
-            Err(self.fail("axis", format!("axis {axis} is out of range for rank {rank}")))
+            Err(self.fail(
+                "axis",
+                format!("axis {axis} is out of range for rank {rank}"),
+            ))
         }
     }
 
@@ -182,7 +188,10 @@ impl Builder {
         if rx > r {
             return Err(self.fail(
                 "broadcast",
-                format!("cannot broadcast {} to the lower rank {shape}", self.shape(x)),
+                format!(
+                    "cannot broadcast {} to the lower rank {shape}",
+                    self.shape(x)
+                ),
             ));
         }
         let dims = ((r - rx) as i64..r as i64).collect();
@@ -308,7 +317,12 @@ impl Builder {
         if perm.iter().enumerate().all(|(i, &p)| p == i as i64) && perm.len() == self.rank(x) {
             return Ok(x);
         }
-        self.op1(Op::Transpose { perm: perm.to_vec() }, &[x])
+        self.op1(
+            Op::Transpose {
+                perm: perm.to_vec(),
+            },
+            &[x],
+        )
     }
 
     /// Swaps the last two axes.
@@ -340,7 +354,13 @@ impl Builder {
             .dims()
             .iter()
             .enumerate()
-            .map(|(i, d)| if axes.contains(&(i as i64)) { Dim::Const(1) } else { d.clone() })
+            .map(|(i, d)| {
+                if axes.contains(&(i as i64)) {
+                    Dim::Const(1)
+                } else {
+                    d.clone()
+                }
+            })
             .collect::<Vec<_>>();
         self.reshape(r, Shape::new(dims))
     }
@@ -389,7 +409,10 @@ impl Builder {
     pub fn reduce_mean(&mut self, x: Value, axes: &[i64], keepdims: bool) -> Result<Value> {
         let axes = self.axes(x, axes)?;
         let s = self.reduce_sum(x, &axes, keepdims)?;
-        let dims: Vec<Dim> = axes.iter().map(|&a| self.shape(x).dim(a as usize).clone()).collect();
+        let dims: Vec<Dim> = axes
+            .iter()
+            .map(|&a| self.shape(x).dim(a as usize).clone())
+            .collect();
         let n = self.dim_product(&dims, self.dtype(x))?;
         self.div(s, n)
     }
@@ -505,7 +528,10 @@ mod tests {
         let x = b.param("x", DType::F32, shape![3]).unwrap();
         let y = b.param("y", DType::F32, shape![4]).unwrap();
         let e = b.add(x, y).unwrap_err();
-        assert_eq!(e.to_string(), "broadcast: shapes [3] and [4] do not broadcast");
+        assert_eq!(
+            e.to_string(),
+            "broadcast: shapes [3] and [4] do not broadcast"
+        );
         let i = b.param("i", DType::I32, shape![3]).unwrap();
         let e = b.unary(Op::Exp, i).unwrap_err();
         assert_eq!(e.to_string(), "exp: operand has dtype i32, expected float");

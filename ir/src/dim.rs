@@ -19,6 +19,8 @@ pub enum DimError {
     DivByZero,
     #[error("symbol `{0}` is not bound")]
     Unbound(String),
+    #[error("dimension expression is too complex")]
+    TooComplex,
 }
 
 /// One dimension of a shape.
@@ -50,6 +52,10 @@ enum Atom {
     Div(Box<Dim>, Box<Dim>),
     Mod(Box<Dim>, Box<Dim>),
 }
+
+/// Bounds on canonical forms, so that hostile input cannot make products of sums explode.
+const MAX_TERMS: usize = 256;
+const MAX_DEGREE: usize = 16;
 
 fn floor_div_i64(a: i64, b: i64) -> Result<i64, DimError> {
     if b == 0 {
@@ -139,6 +145,9 @@ impl Dim {
             }
         }
         merged.retain(|t| t.coeff != 0);
+        if merged.len() > MAX_TERMS || merged.iter().any(|t| t.mono.len() > MAX_DEGREE) {
+            return Err(DimError::TooComplex);
+        }
         Ok(match merged.as_slice() {
             [] => Dim::Const(0),
             [t] if t.is_const => Dim::Const(t.coeff),
@@ -178,6 +187,9 @@ impl Dim {
             return a.checked_mul(*b).map(Dim::Const).ok_or(DimError::Overflow);
         }
         let (a, b) = (self.terms(), other.terms());
+        if a.len() * b.len() > MAX_TERMS * MAX_TERMS {
+            return Err(DimError::TooComplex);
+        }
         let mut terms = Vec::with_capacity(a.len() * b.len());
         for x in &a {
             for y in &b {
@@ -200,7 +212,10 @@ impl Dim {
         let mut r = Vec::new();
         for t in self.terms() {
             let (qc, rc) = (t.coeff.div_euclid(c), t.coeff.rem_euclid(c));
-            q.push(Term { coeff: qc, ..t.clone() });
+            q.push(Term {
+                coeff: qc,
+                ..t.clone()
+            });
             r.push(Term { coeff: rc, ..t });
         }
         Ok((Dim::from_terms(q)?, Dim::from_terms(r)?))
@@ -507,6 +522,27 @@ mod tests {
     }
 
     #[test]
+    fn explosive_products_are_refused() {
+        let mut sum = Dim::Const(0);
+        for n in ["a", "b", "c", "d", "e", "f"] {
+            sum = sum.add(&s(n)).unwrap();
+        }
+        let mut p = sum.clone();
+        let mut refused = false;
+        for _ in 0..20 {
+            match p.mul(&sum) {
+                Ok(q) => p = q,
+                Err(e) => {
+                    assert_eq!(e, DimError::TooComplex);
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused);
+    }
+
+    #[test]
     fn eval_and_substitute() {
         let e = s("a").mul(&s("b")).unwrap().add(&c(2)).unwrap();
         let look = |n: &str| match n {
@@ -515,10 +551,7 @@ mod tests {
             _ => None,
         };
         assert_eq!(e.eval(&look), Ok(14));
-        assert_eq!(
-            s("z").eval(&look),
-            Err(DimError::Unbound("z".to_string()))
-        );
+        assert_eq!(s("z").eval(&look), Err(DimError::Unbound("z".to_string())));
         let sub = e.substitute(&|n| (n == "a").then(|| c(5))).unwrap();
         assert_eq!(sub, s("b").mul(&c(5)).unwrap().add(&c(2)).unwrap());
         let d = s("n").floor_div(&c(2)).unwrap();

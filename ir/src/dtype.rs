@@ -76,7 +76,10 @@ impl DType {
 
     /// Bytes needed to store `numel` elements, or `None` on overflow.
     pub fn storage_bytes(self, numel: u64) -> Option<u64> {
-        numel.checked_mul(u64::from(self.bits()))?.checked_add(7).map(|b| b / 8)
+        numel
+            .checked_mul(u64::from(self.bits()))?
+            .checked_add(7)
+            .map(|b| b / 8)
     }
 
     pub fn is_float(self) -> bool {

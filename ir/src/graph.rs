@@ -333,7 +333,10 @@ impl Graph {
         {
             return Err(GraphError::HasUsers(id));
         }
-        let node = self.dag.remove_node(id.ix()).ok_or(GraphError::UnknownNode(id))?;
+        let node = self
+            .dag
+            .remove_node(id.ix())
+            .ok_or(GraphError::UnknownNode(id))?;
         self.params.retain(|&p| p != id);
         Ok(node)
     }
@@ -358,7 +361,9 @@ impl Graph {
             let ix = NodeIndex::new(ix as usize);
             order.push(NodeId::of(ix));
             for e in self.dag.edges_directed(ix, Direction::Outgoing) {
-                let d = indegree.get_mut(&e.target()).expect("edge target is a node");
+                let d = indegree
+                    .get_mut(&e.target())
+                    .expect("edge target is a node");
                 *d -= 1;
                 if *d == 0 {
                     let t = e.target();
@@ -411,7 +416,11 @@ impl PartialEq for Graph {
             nx.op == ny.op
                 && nx.types == ny.types
                 && nx.inputs.len() == ny.inputs.len()
-                && nx.inputs.iter().zip(&ny.inputs).all(|(p, q)| same_value(p, q))
+                && nx
+                    .inputs
+                    .iter()
+                    .zip(&ny.inputs)
+                    .all(|(p, q)| same_value(p, q))
         });
         nodes_match
             && self.params.len() == other.params.len()
@@ -446,7 +455,9 @@ mod tests {
             name: name.into(),
             ty: ty.clone(),
         };
-        g.add_node(op, vec![], vec![ty], Origin::default()).unwrap().into()
+        g.add_node(op, vec![], vec![ty], Origin::default())
+            .unwrap()
+            .into()
     }
 
     fn add(g: &mut Graph, a: Value, b: Value) -> Value {
@@ -467,7 +478,10 @@ mod tests {
         g.replace_all_uses(x, y).unwrap();
         assert!(g.users(x).is_empty());
         assert_eq!(g.node(s.node).inputs(), &[y, y]);
-        assert_eq!(g.remove_node(s.node).unwrap_err(), GraphError::HasUsers(s.node));
+        assert_eq!(
+            g.remove_node(s.node).unwrap_err(),
+            GraphError::HasUsers(s.node)
+        );
         assert!(g.remove_node(x.node).is_ok());
         assert_eq!(g.params(), &[y.node]);
     }

@@ -105,7 +105,10 @@ pub(crate) fn compare(set: DTypeSet) -> impl Fn(&[TensorType]) -> Rule {
 
 pub(crate) fn rule_select(ins: &[TensorType]) -> Rule {
     if ins[0].dtype != DType::Bool {
-        return Err(format!("condition has dtype {}, expected bool", ins[0].dtype));
+        return Err(format!(
+            "condition has dtype {}, expected bool",
+            ins[0].dtype
+        ));
     }
     check_same(&ins[1..])?;
     if ins[0].shape != ins[1].shape {
@@ -121,7 +124,7 @@ pub(crate) fn rule_cast(ins: &[TensorType], dtype: &DType) -> Rule {
     Ok(vec![TensorType::new(*dtype, ins[0].shape.clone())])
 }
 
-pub(crate) fn rule_param(_: &[TensorType], name: &String, ty: &TensorType) -> Rule {
+pub(crate) fn rule_param(_: &[TensorType], name: &str, ty: &TensorType) -> Rule {
     if name.is_empty() {
         return Err("a parameter needs a non-empty name".into());
     }
@@ -138,8 +141,11 @@ pub(crate) fn rule_iota(_: &[TensorType], ax: &i64, ty: &TensorType) -> Rule {
     Ok(vec![ty.clone()])
 }
 
-pub(crate) fn rule_dims(_: &[TensorType], values: &Vec<Dim>) -> Rule {
-    Ok(vec![TensorType::new(DType::I64, Shape::from_usizes(&[values.len()]))])
+pub(crate) fn rule_dims(_: &[TensorType], values: &[Dim]) -> Rule {
+    Ok(vec![TensorType::new(
+        DType::I64,
+        Shape::from_usizes(&[values.len()]),
+    )])
 }
 
 pub(crate) fn rule_reshape(ins: &[TensorType], shape: &Shape) -> Rule {
@@ -154,7 +160,7 @@ pub(crate) fn rule_reshape(ins: &[TensorType], shape: &Shape) -> Rule {
     Ok(vec![TensorType::new(ins[0].dtype, shape.clone())])
 }
 
-pub(crate) fn rule_transpose(ins: &[TensorType], perm: &Vec<i64>) -> Rule {
+pub(crate) fn rule_transpose(ins: &[TensorType], perm: &[i64]) -> Rule {
     let rank = ins[0].rank();
     check_len(perm, rank, "perm")?;
     let mut seen = vec![false; rank];
@@ -169,7 +175,7 @@ pub(crate) fn rule_transpose(ins: &[TensorType], perm: &Vec<i64>) -> Rule {
     Ok(vec![TensorType::new(ins[0].dtype, Shape::new(dims))])
 }
 
-pub(crate) fn rule_broadcast(ins: &[TensorType], dims: &Vec<i64>, shape: &Shape) -> Rule {
+pub(crate) fn rule_broadcast(ins: &[TensorType], dims: &[i64], shape: &Shape) -> Rule {
     let x = &ins[0];
     check_len(dims, x.rank(), "dims")?;
     let mut prev: Option<usize> = None;
@@ -198,12 +204,7 @@ fn nonneg(d: &Dim, what: impl FnOnce() -> String) -> Result<(), String> {
     }
 }
 
-pub(crate) fn rule_slice(
-    ins: &[TensorType],
-    start: &Vec<Dim>,
-    limit: &Vec<Dim>,
-    stride: &Vec<i64>,
-) -> Rule {
+pub(crate) fn rule_slice(ins: &[TensorType], start: &[Dim], limit: &[Dim], stride: &[i64]) -> Rule {
     let x = &ins[0];
     let rank = x.rank();
     check_len(start, rank, "start")?;
@@ -219,8 +220,17 @@ pub(crate) fn rule_slice(
             (l.sub(s).map_err(dim_err)?, st)
         } else if st < 0 {
             nonneg(&l.add(&Dim::Const(1)).map_err(dim_err)?, bad)?;
-            nonneg(&d.sub(s).map_err(dim_err)?.sub(&Dim::Const(1)).map_err(dim_err)?, bad)?;
-            (s.sub(l).map_err(dim_err)?, st.checked_neg().ok_or("stride overflows")?)
+            nonneg(
+                &d.sub(s)
+                    .map_err(dim_err)?
+                    .sub(&Dim::Const(1))
+                    .map_err(dim_err)?,
+                bad,
+            )?;
+            (
+                s.sub(l).map_err(dim_err)?,
+                st.checked_neg().ok_or("stride overflows")?,
+            )
         } else {
             return Err(format!("stride of axis {a} is zero"));
         };
@@ -234,7 +244,7 @@ pub(crate) fn rule_slice(
     Ok(vec![TensorType::new(x.dtype, Shape::new(dims))])
 }
 
-pub(crate) fn rule_pad(ins: &[TensorType], low: &Vec<i64>, high: &Vec<i64>, mode: &PadMode) -> Rule {
+pub(crate) fn rule_pad(ins: &[TensorType], low: &[i64], high: &[i64], mode: &PadMode) -> Rule {
     let x = &ins[0];
     if ins[1] != TensorType::new(x.dtype, Shape::scalar()) {
         return Err(format!(
@@ -360,7 +370,7 @@ fn check_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
-pub(crate) fn reduce(set: DTypeSet) -> impl Fn(&[TensorType], &Vec<i64>) -> Rule {
+pub(crate) fn reduce(set: DTypeSet) -> impl Fn(&[TensorType], &[i64]) -> Rule {
     move |ins, axes| {
         let x = &ins[0];
         check_dtype(set, x, "operand")?;
@@ -387,10 +397,10 @@ pub(crate) fn rule_arg_reduce(ins: &[TensorType], ax: &i64, _last: &bool) -> Rul
 
 pub(crate) fn rule_dot(
     ins: &[TensorType],
-    lhs_batch: &Vec<i64>,
-    rhs_batch: &Vec<i64>,
-    lhs_contract: &Vec<i64>,
-    rhs_contract: &Vec<i64>,
+    lhs_batch: &[i64],
+    rhs_batch: &[i64],
+    lhs_contract: &[i64],
+    rhs_contract: &[i64],
 ) -> Rule {
     let (l, r) = (&ins[0], &ins[1]);
     check_same_dtype(l, r)?;
@@ -398,18 +408,19 @@ pub(crate) fn rule_dot(
     if lhs_batch.len() != rhs_batch.len() || lhs_contract.len() != rhs_contract.len() {
         return Err("lhs and rhs must name as many batch and contracting axes".into());
     }
-    let used = |side: &TensorType, b: &[i64], c: &[i64], name: &str| -> Result<Vec<usize>, String> {
-        let mut seen = vec![false; side.rank()];
-        let mut out = Vec::new();
-        for &a in b.iter().chain(c) {
-            let a = axis(a, side.rank(), &format!("{name} axis"))?;
-            if std::mem::replace(&mut seen[a], true) {
-                return Err(format!("{name} axis {a} is used twice"));
+    let used =
+        |side: &TensorType, b: &[i64], c: &[i64], name: &str| -> Result<Vec<usize>, String> {
+            let mut seen = vec![false; side.rank()];
+            let mut out = Vec::new();
+            for &a in b.iter().chain(c) {
+                let a = axis(a, side.rank(), &format!("{name} axis"))?;
+                if std::mem::replace(&mut seen[a], true) {
+                    return Err(format!("{name} axis {a} is used twice"));
+                }
+                out.push(a);
             }
-            out.push(a);
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     let lu = used(l, lhs_batch, lhs_contract, "lhs")?;
     let ru = used(r, rhs_batch, rhs_contract, "rhs")?;
     for (&la, &ra) in lu.iter().zip(&ru) {
@@ -425,8 +436,16 @@ pub(crate) fn rule_dot(
         .iter()
         .map(|&a| l.shape.dim(a).clone())
         .collect();
-    dims.extend((0..l.rank()).filter(|a| !lu.contains(a)).map(|a| l.shape.dim(a).clone()));
-    dims.extend((0..r.rank()).filter(|a| !ru.contains(a)).map(|a| r.shape.dim(a).clone()));
+    dims.extend(
+        (0..l.rank())
+            .filter(|a| !lu.contains(a))
+            .map(|a| l.shape.dim(a).clone()),
+    );
+    dims.extend(
+        (0..r.rank())
+            .filter(|a| !ru.contains(a))
+            .map(|a| r.shape.dim(a).clone()),
+    );
     Ok(vec![TensorType::new(l.dtype, Shape::new(dims))])
 }
 
@@ -434,7 +453,10 @@ fn check_same_dtype(l: &TensorType, r: &TensorType) -> Result<(), String> {
     if l.dtype == r.dtype {
         Ok(())
     } else {
-        Err(format!("operand dtypes differ: {} and {}", l.dtype, r.dtype))
+        Err(format!(
+            "operand dtypes differ: {} and {}",
+            l.dtype, r.dtype
+        ))
     }
 }
 
@@ -449,7 +471,9 @@ fn window_extent(
     a: usize,
 ) -> Result<Dim, String> {
     if stride < 1 || dilation < 1 {
-        return Err(format!("stride and dilation of axis {a} must be at least 1"));
+        return Err(format!(
+            "stride and dilation of axis {a} must be at least 1"
+        ));
     }
     if lo < 0 || hi < 0 {
         return Err(format!("padding of axis {a} must not be negative"));
@@ -475,10 +499,10 @@ fn window_extent(
 
 pub(crate) fn rule_conv(
     ins: &[TensorType],
-    stride: &Vec<i64>,
-    dilation: &Vec<i64>,
-    pad_low: &Vec<i64>,
-    pad_high: &Vec<i64>,
+    stride: &[i64],
+    dilation: &[i64],
+    pad_low: &[i64],
+    pad_high: &[i64],
     groups: &i64,
 ) -> Rule {
     let (x, w) = (&ins[0], &ins[1]);
@@ -492,7 +516,12 @@ pub(crate) fn rule_conv(
         ));
     }
     let sp = x.rank() - 2;
-    for (v, n) in [(stride, "stride"), (dilation, "dilation"), (pad_low, "pad_low"), (pad_high, "pad_high")] {
+    for (v, n) in [
+        (stride, "stride"),
+        (dilation, "dilation"),
+        (pad_low, "pad_low"),
+        (pad_high, "pad_high"),
+    ] {
         check_len(v, sp, n)?;
     }
     if *groups < 1 {
@@ -510,7 +539,9 @@ pub(crate) fn rule_conv(
     }
     if let Some(o) = w.shape.dim(0).as_const() {
         if o % groups != 0 {
-            return Err(format!("{o} output channels do not divide into {groups} groups"));
+            return Err(format!(
+                "{o} output channels do not divide into {groups} groups"
+            ));
         }
     }
     let mut dims = vec![x.shape.dim(0).clone(), w.shape.dim(0).clone()];
@@ -531,11 +562,11 @@ pub(crate) fn rule_conv(
 pub(crate) fn rule_reduce_window(
     ins: &[TensorType],
     _kind: &ReduceKind,
-    window: &Vec<i64>,
-    stride: &Vec<i64>,
-    dilation: &Vec<i64>,
-    pad_low: &Vec<i64>,
-    pad_high: &Vec<i64>,
+    window: &[i64],
+    stride: &[i64],
+    dilation: &[i64],
+    pad_low: &[i64],
+    pad_high: &[i64],
 ) -> Rule {
     let x = &ins[0];
     check_dtype(DTypeSet::NUM, x, "operand")?;

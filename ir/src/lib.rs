@@ -33,7 +33,9 @@ mod shape;
 mod tensor;
 mod verify;
 
-pub use attr::{is_ident, tensor_from_lit, AttrCtx, ConstValue, Lit, PadMode, ReduceKind, ScatterReduction};
+pub use attr::{
+    is_ident, tensor_from_lit, AttrCtx, ConstValue, Lit, PadMode, ReduceKind, ScatterReduction,
+};
 pub use builder::Builder;
 pub use dim::{Dim, DimError};
 pub use dtype::{DType, DTypeSet};

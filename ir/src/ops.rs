@@ -203,7 +203,10 @@ macro_rules! ops {
 }
 
 fn result_type(results: &[TensorType]) -> Result<TensorType, String> {
-    results.first().cloned().ok_or_else(|| "missing result type".to_string())
+    results
+        .first()
+        .cloned()
+        .ok_or_else(|| "missing result type".to_string())
 }
 
 fn result_shape(results: &[TensorType]) -> Result<Shape, String> {
@@ -429,7 +432,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for m in Op::MNEMONICS {
             assert!(seen.insert(m), "duplicate mnemonic {m}");
-            assert!(Op::doc_of(m).is_some_and(|d| !d.is_empty()), "{m} has no doc");
+            assert!(
+                Op::doc_of(m).is_some_and(|d| !d.is_empty()),
+                "{m} has no doc"
+            );
         }
     }
 

@@ -497,11 +497,7 @@ impl Parser {
         if !op.arity().accepts(inputs.len()) {
             return err(
                 op_loc,
-                format!(
-                    "`{mnemonic}` takes {}, got {}",
-                    op.arity(),
-                    inputs.len()
-                ),
+                format!("`{mnemonic}` takes {}, got {}", op.arity(), inputs.len()),
             );
         }
         let id = g
@@ -606,11 +602,7 @@ impl Parser {
         self.nest()?;
         let mut extra = 0;
         let mut lhs = self.term()?;
-        loop {
-            let op = match self.peek() {
-                Tok::Punct(c @ ('+' | '-')) => *c,
-                _ => break,
-            };
+        while let &Tok::Punct(op @ ('+' | '-')) = self.peek() {
             self.next();
             self.nest()?;
             extra += 1;
@@ -663,16 +655,13 @@ impl Parser {
 fn ex_to_dim(ex: &Ex) -> Result<Dim, String> {
     let overflow = |e: crate::dim::DimError| e.to_string();
     match ex {
-        Ex::Num(s) => s
-            .parse::<i64>()
-            .map(Dim::Const)
-            .map_err(|_| {
-                if s.bytes().all(|b| b.is_ascii_digit()) {
-                    format!("dimension {s} overflows i64")
-                } else {
-                    format!("dimension `{s}` is not an integer")
-                }
-            }),
+        Ex::Num(s) => s.parse::<i64>().map(Dim::Const).map_err(|_| {
+            if s.bytes().all(|b| b.is_ascii_digit()) {
+                format!("dimension {s} overflows i64")
+            } else {
+                format!("dimension `{s}` is not an integer")
+            }
+        }),
         Ex::Ident(s) => Ok(Dim::sym(s)),
         Ex::Neg(x) => ex_to_dim(x)?.neg().map_err(overflow),
         Ex::Bin(op, a, b) => {
@@ -720,18 +709,25 @@ mod tests {
             "2:12: undefined value %9"
         );
         assert_eq!(
-            parse_err("func @f {\n  %0 = param {name=\"x\"} : f32[99999999999999999999]\n  return %0\n}"),
+            parse_err(
+                "func @f {\n  %0 = param {name=\"x\"} : f32[99999999999999999999]\n  return %0\n}"
+            ),
             "2:31: dimension 99999999999999999999 overflows i64"
         );
         assert_eq!(
-            parse_err("func @f {\n  %0 = param {name=\"x\"} : f32[4611686018427387904*2]\n  return %0\n}"),
+            parse_err(
+                "func @f {\n  %0 = param {name=\"x\"} : f32[4611686018427387904*2]\n  return %0\n}"
+            ),
             "2:31: dimension arithmetic overflows i64"
         );
         assert_eq!(
             parse_err("func @f {\n  %0 = param {name=\"x\"} : f32[2]\n  %1 = add %0 : f32[2]\n  return %1\n}"),
             "3:8: `add` takes 2 operands, got 1"
         );
-        assert_eq!(parse_err("func @f {\n  %0 = # "), "2:8: unexpected character '#'");
+        assert_eq!(
+            parse_err("func @f {\n  %0 = # "),
+            "2:8: unexpected character '#'"
+        );
         assert_eq!(parse_err("func @f {"), "1:10: function @f has no `return`");
     }
 
@@ -757,9 +753,15 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_crash() {
         let deep = format!("const @c : f32[1] = {}", "[".repeat(100_000));
         assert!(parse_err(&deep).contains("nesting is too deep"));
-        let deep = format!("func @f {{ %0 = param {{name=\"x\"}} : f32[{}", "(".repeat(100_000));
+        let deep = format!(
+            "func @f {{ %0 = param {{name=\"x\"}} : f32[{}",
+            "(".repeat(100_000)
+        );
         assert!(parse_err(&deep).contains("nesting is too deep"));
-        let long = format!("func @f {{ %0 = param {{name=\"x\"}} : f32[{}1]", "1+".repeat(100_000));
+        let long = format!(
+            "func @f {{ %0 = param {{name=\"x\"}} : f32[{}1]",
+            "1+".repeat(100_000)
+        );
         assert!(parse_err(&long).contains("nesting is too deep"));
     }
 }

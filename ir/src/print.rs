@@ -151,4 +151,3 @@ pub fn attrs_text(op: &Op) -> String {
     s.push('}');
     s
 }
-

@@ -155,14 +155,20 @@ mod tests {
     fn macro_and_display() {
         let s = shape!["batch", 784];
         assert_eq!(s.to_string(), "[batch, 784]");
-        assert_eq!(TensorType::new(DType::F32, s).to_string(), "f32[batch, 784]");
+        assert_eq!(
+            TensorType::new(DType::F32, s).to_string(),
+            "f32[batch, 784]"
+        );
         assert_eq!(Shape::scalar().to_string(), "[]");
     }
 
     #[test]
     fn numel_is_symbolic_and_checked() {
         let s = shape!["batch", 4, 2];
-        assert_eq!(s.numel().unwrap(), Dim::sym("batch").mul(&Dim::Const(8)).unwrap());
+        assert_eq!(
+            s.numel().unwrap(),
+            Dim::sym("batch").mul(&Dim::Const(8)).unwrap()
+        );
         let big = shape![i64::MAX, 2];
         assert!(big.numel().is_err());
     }

@@ -34,19 +34,71 @@ pub enum Data {
 macro_rules! with_data {
     ($data:expr, $v:ident, $wrap:ident => $body:expr) => {
         match $data {
-            $crate::Data::F16($v) => { #[allow(unused)] use $crate::Data::F16 as $wrap; $body }
-            $crate::Data::BF16($v) => { #[allow(unused)] use $crate::Data::BF16 as $wrap; $body }
-            $crate::Data::F32($v) => { #[allow(unused)] use $crate::Data::F32 as $wrap; $body }
-            $crate::Data::F64($v) => { #[allow(unused)] use $crate::Data::F64 as $wrap; $body }
-            $crate::Data::I8($v) => { #[allow(unused)] use $crate::Data::I8 as $wrap; $body }
-            $crate::Data::I16($v) => { #[allow(unused)] use $crate::Data::I16 as $wrap; $body }
-            $crate::Data::I32($v) => { #[allow(unused)] use $crate::Data::I32 as $wrap; $body }
-            $crate::Data::I64($v) => { #[allow(unused)] use $crate::Data::I64 as $wrap; $body }
-            $crate::Data::U8($v) => { #[allow(unused)] use $crate::Data::U8 as $wrap; $body }
-            $crate::Data::U16($v) => { #[allow(unused)] use $crate::Data::U16 as $wrap; $body }
-            $crate::Data::U32($v) => { #[allow(unused)] use $crate::Data::U32 as $wrap; $body }
-            $crate::Data::U64($v) => { #[allow(unused)] use $crate::Data::U64 as $wrap; $body }
-            $crate::Data::Bool($v) => { #[allow(unused)] use $crate::Data::Bool as $wrap; $body }
+            $crate::Data::F16($v) => {
+                #[allow(unused)]
+                use $crate::Data::F16 as $wrap;
+                $body
+            }
+            $crate::Data::BF16($v) => {
+                #[allow(unused)]
+                use $crate::Data::BF16 as $wrap;
+                $body
+            }
+            $crate::Data::F32($v) => {
+                #[allow(unused)]
+                use $crate::Data::F32 as $wrap;
+                $body
+            }
+            $crate::Data::F64($v) => {
+                #[allow(unused)]
+                use $crate::Data::F64 as $wrap;
+                $body
+            }
+            $crate::Data::I8($v) => {
+                #[allow(unused)]
+                use $crate::Data::I8 as $wrap;
+                $body
+            }
+            $crate::Data::I16($v) => {
+                #[allow(unused)]
+                use $crate::Data::I16 as $wrap;
+                $body
+            }
+            $crate::Data::I32($v) => {
+                #[allow(unused)]
+                use $crate::Data::I32 as $wrap;
+                $body
+            }
+            $crate::Data::I64($v) => {
+                #[allow(unused)]
+                use $crate::Data::I64 as $wrap;
+                $body
+            }
+            $crate::Data::U8($v) => {
+                #[allow(unused)]
+                use $crate::Data::U8 as $wrap;
+                $body
+            }
+            $crate::Data::U16($v) => {
+                #[allow(unused)]
+                use $crate::Data::U16 as $wrap;
+                $body
+            }
+            $crate::Data::U32($v) => {
+                #[allow(unused)]
+                use $crate::Data::U32 as $wrap;
+                $body
+            }
+            $crate::Data::U64($v) => {
+                #[allow(unused)]
+                use $crate::Data::U64 as $wrap;
+                $body
+            }
+            $crate::Data::Bool($v) => {
+                #[allow(unused)]
+                use $crate::Data::Bool as $wrap;
+                $body
+            }
         }
     };
 }
@@ -215,7 +267,9 @@ impl Data {
     /// data of the same dtype), which is how padding is expressed.
     pub fn take(&self, index: &[Option<usize>], fill: Option<&Data>) -> Data {
         let zero = Data::zeros(self.dtype(), 1);
-        let fill = fill.filter(|f| f.dtype() == self.dtype() && !f.is_empty()).unwrap_or(&zero);
+        let fill = fill
+            .filter(|f| f.dtype() == self.dtype() && !f.is_empty())
+            .unwrap_or(&zero);
         with_data!(self, v, W => {
             let f = match fill {
                 W(x) => x[0],
@@ -387,7 +441,10 @@ mod tests {
     fn length_is_checked() {
         assert!(Tensor::from_vec(vec![2, 2], vec![1.0f32; 4]).is_ok());
         let e = Tensor::from_vec(vec![2, 3], vec![1.0f32; 4]).unwrap_err();
-        assert_eq!(e.to_string(), "tensor of shape [2, 3] needs 6 elements, got 4");
+        assert_eq!(
+            e.to_string(),
+            "tensor of shape [2, 3] needs 6 elements, got 4"
+        );
     }
 
     #[test]

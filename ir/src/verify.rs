@@ -123,10 +123,8 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, VerifyErrors> {
             })
         };
         match node.op() {
-            Op::Param { name, .. } => {
-                if param_names.insert(name, id).is_some() {
-                    report(format!("parameter name \"{name}\" is used twice"));
-                }
+            Op::Param { name, .. } if param_names.insert(name, id).is_some() => {
+                report(format!("parameter name \"{name}\" is used twice"));
             }
             Op::Constant { value } => {
                 if let Some(name) = &value.name {
@@ -140,7 +138,11 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, VerifyErrors> {
             }
             _ => {}
         }
-        let inputs: Vec<_> = node.inputs().iter().map(|&v| g.value_type(v).clone()).collect();
+        let inputs: Vec<_> = node
+            .inputs()
+            .iter()
+            .map(|&v| g.value_type(v).clone())
+            .collect();
         match node.op().infer(&inputs) {
             Err(m) => report(m),
             Ok(inferred) => {
@@ -160,7 +162,9 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, VerifyErrors> {
                             } else {
                                 String::new()
                             };
-                            report(format!("{which}is declared {got} but the op produces {want}"));
+                            report(format!(
+                                "{which}is declared {got} but the op produces {want}"
+                            ));
                         }
                     }
                 }

@@ -49,7 +49,9 @@ impl Rng {
     /// Floats with the given scale, e.g. weights `N(0, 1)`-ish scaled by 1/sqrt(fan_in).
     pub fn weights(&mut self, shape: &[usize], scale: f64) -> Tensor {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| (self.range(-1.0, 1.0) * scale) as f32).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| (self.range(-1.0, 1.0) * scale) as f32)
+            .collect();
         Tensor::from_vec(shape.to_vec(), v).expect("length matches shape")
     }
 }

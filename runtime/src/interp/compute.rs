@@ -156,7 +156,13 @@ pub fn arg_reduce(x: &Wide, shape: &[usize], axis: usize, max: bool, last: bool)
 }
 
 /// The k largest (or smallest) along `axis`, sorted, ties to the lower index.
-pub fn topk(x: &Wide, shape: &[usize], axis: usize, k: usize, largest: bool) -> (Vec<usize>, Vec<i64>) {
+pub fn topk(
+    x: &Wide,
+    shape: &[usize],
+    axis: usize,
+    k: usize,
+    largest: bool,
+) -> (Vec<usize>, Vec<i64>) {
     let (outer, d, inner) = around(shape, axis);
     let mut src = vec![0usize; outer * k * inner];
     let mut idx = vec![0i64; outer * k * inner];
@@ -191,7 +197,9 @@ fn resolve(i: i128, n: usize, what: &str) -> Result<usize, String> {
     if (0..n_i).contains(&j) {
         Ok(j as usize)
     } else {
-        Err(format!("{what} {i} is out of range for an axis of size {n}"))
+        Err(format!(
+            "{what} {i} is out of range for an axis of size {n}"
+        ))
     }
 }
 
@@ -229,7 +237,7 @@ fn tuple_offsets(
     let m = *idx_shape.last().unwrap_or(&0);
     let idx = indices(idx);
     let batch: usize = data_shape[..batch_dims].iter().product();
-    let per_batch = if batch == 0 { 0 } else { idx.len() / m.max(1) / batch };
+    let per_batch = (idx.len() / m.max(1)).checked_div(batch).unwrap_or(0);
     let slice: usize = data_shape[batch_dims + m..].iter().product();
     let batch_stride: usize = data_shape[batch_dims..].iter().product();
     let addr = &data_shape[batch_dims..batch_dims + m];
@@ -255,10 +263,7 @@ pub fn gather_nd(
     batch_dims: usize,
 ) -> Result<Vec<usize>, String> {
     let (offsets, slice) = tuple_offsets(data_shape, idx_shape, idx, batch_dims)?;
-    Ok(offsets
-        .iter()
-        .flat_map(|&o| o..o + slice)
-        .collect())
+    Ok(offsets.iter().flat_map(|&o| o..o + slice).collect())
 }
 
 pub fn scatter_nd(
@@ -324,7 +329,9 @@ pub struct DotDims<'a> {
 
 pub fn dot(l: &Wide, ls: &[usize], r: &Wide, rs: &[usize], d: &DotDims) -> Wide {
     let free = |rank: usize, b: &[usize], c: &[usize]| -> Vec<usize> {
-        (0..rank).filter(|a| !b.contains(a) && !c.contains(a)).collect()
+        (0..rank)
+            .filter(|a| !b.contains(a) && !c.contains(a))
+            .collect()
     };
     let lfree = free(ls.len(), d.lhs_batch, d.lhs_contract);
     let rfree = free(rs.len(), d.rhs_batch, d.rhs_contract);
@@ -347,7 +354,13 @@ pub fn dot(l: &Wide, ls: &[usize], r: &Wide, rs: &[usize], d: &DotDims) -> Wide 
                 for mi in 0..m {
                     for ni in 0..n {
                         let (p, q) = cell(bi, mi, ni);
-                        out.push(x[p..p + k].iter().zip(&y[q..q + k]).map(|(a, b)| a * b).sum());
+                        out.push(
+                            x[p..p + k]
+                                .iter()
+                                .zip(&y[q..q + k])
+                                .map(|(a, b)| a * b)
+                                .sum(),
+                        );
                     }
                 }
             }
@@ -382,7 +395,12 @@ pub struct Window<'a> {
 
 /// For each output position, the (window position, input offset) pairs that fall inside the
 /// input; padding positions are simply absent.
-fn taps(in_shape: &[usize], win: &[usize], out_shape: &[usize], w: &Window) -> Vec<Vec<(usize, usize)>> {
+fn taps(
+    in_shape: &[usize],
+    win: &[usize],
+    out_shape: &[usize],
+    w: &Window,
+) -> Vec<Vec<(usize, usize)>> {
     let ist = strides(in_shape);
     let mut wins: Vec<Vec<usize>> = Vec::new();
     for_each_index(win, |k| wins.push(k.to_vec()));

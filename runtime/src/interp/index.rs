@@ -78,7 +78,12 @@ pub fn slice(in_shape: &[usize], start: &[i64], stride: &[i64], out_shape: &[usi
 }
 
 /// Source position per result element; `None` where the constant pad value goes.
-pub fn pad(in_shape: &[usize], low: &[i64], mode: PadMode, out_shape: &[usize]) -> Vec<Option<usize>> {
+pub fn pad(
+    in_shape: &[usize],
+    low: &[i64],
+    mode: PadMode,
+    out_shape: &[usize],
+) -> Vec<Option<usize>> {
     let st = strides(in_shape);
     let mut index = Vec::with_capacity(numel(out_shape));
     for_each_index(out_shape, |o| {

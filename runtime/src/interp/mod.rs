@@ -105,10 +105,12 @@ pub fn bind_symbols(
         }
     }
     for (name, a, d, n) in deferred {
-        let v = d.eval(&|s| env.get(s).copied()).map_err(|e| InterpError::Input {
-            name: name.clone(),
-            message: format!("axis {a} is {d}: {e}"),
-        })?;
+        let v = d
+            .eval(&|s| env.get(s).copied())
+            .map_err(|e| InterpError::Input {
+                name: name.clone(),
+                message: format!("axis {a} is {d}: {e}"),
+            })?;
         if v != n {
             return Err(InterpError::Input {
                 name,
@@ -127,7 +129,11 @@ struct Interp<'a> {
 }
 
 /// Runs a verified graph with options.
-pub fn run_with(v: &Verified, inputs: &[Tensor], opts: &Options) -> Result<Vec<Tensor>, InterpError> {
+pub fn run_with(
+    v: &Verified,
+    inputs: &[Tensor],
+    opts: &Options,
+) -> Result<Vec<Tensor>, InterpError> {
     let g = v.graph();
     let env = bind_symbols(g, inputs, &opts.bindings)?;
     let it = Interp {
@@ -146,7 +152,12 @@ pub fn run_with(v: &Verified, inputs: &[Tensor], opts: &Options) -> Result<Vec<T
     for (_, out) in g.outputs() {
         *uses.entry(*out).or_default() += 1;
     }
-    let param_pos: HashMap<_, _> = g.params().iter().enumerate().map(|(i, &p)| (p, i)).collect();
+    let param_pos: HashMap<_, _> = g
+        .params()
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p, i))
+        .collect();
     let mut values: HashMap<Value, Tensor> = HashMap::new();
     for &id in v.order() {
         let node = g.node(id);
@@ -197,7 +208,8 @@ impl Interp<'_> {
     }
 
     fn eval_dim(&self, d: &Dim) -> Result<i64, String> {
-        d.eval(&|s| self.env.get(s).copied()).map_err(|e| e.to_string())
+        d.eval(&|s| self.env.get(s).copied())
+            .map_err(|e| e.to_string())
     }
 
     /// Evaluates a node: concrete result shapes from the declared types, then the op.
@@ -244,7 +256,12 @@ impl Interp<'_> {
         Ok(out)
     }
 
-    fn compute(&self, op: &Op, args: &[&Tensor], shapes: &[Vec<usize>]) -> Result<Vec<Data>, String> {
+    fn compute(
+        &self,
+        op: &Op,
+        args: &[&Tensor],
+        shapes: &[Vec<usize>],
+    ) -> Result<Vec<Data>, String> {
         let out_shape = &shapes[0];
         let arg = |i: usize| args[i];
         let wide0 = || widen(arg(0).data());
@@ -259,11 +276,15 @@ impl Interp<'_> {
                 Ok(vec![Data::from_i128s(ty.dtype, &v)])
             }
             Op::Dims { values } => Ok(vec![Data::I64(
-                values.iter().map(|d| self.eval_dim(d)).collect::<Result<_, _>>()?,
+                values
+                    .iter()
+                    .map(|d| self.eval_dim(d))
+                    .collect::<Result<_, _>>()?,
             )]),
-            _ if op.kind() == ir::OpKind::Unary => {
-                Ok(vec![narrow(&wide::unary(op, &wide0()), self.out_dtype(op, args))])
-            }
+            _ if op.kind() == ir::OpKind::Unary => Ok(vec![narrow(
+                &wide::unary(op, &wide0()),
+                self.out_dtype(op, args),
+            )]),
             _ if op.kind() == ir::OpKind::Binary => {
                 let r = wide::binary(op, &wide0(), &widen(arg(1).data()), dtype0())?;
                 Ok(vec![narrow(&r, self.out_dtype(op, args))])
@@ -281,9 +302,19 @@ impl Interp<'_> {
             Op::Broadcast { dims, .. } => {
                 moved(&index::broadcast(arg(0).shape(), &usizes(dims), out_shape))
             }
-            Op::Slice { start, limit, stride } => {
-                let start: Vec<i64> = start.iter().map(|d| self.eval_dim(d)).collect::<Result<_, _>>()?;
-                let limit: Vec<i64> = limit.iter().map(|d| self.eval_dim(d)).collect::<Result<_, _>>()?;
+            Op::Slice {
+                start,
+                limit,
+                stride,
+            } => {
+                let start: Vec<i64> = start
+                    .iter()
+                    .map(|d| self.eval_dim(d))
+                    .collect::<Result<_, _>>()?;
+                let limit: Vec<i64> = limit
+                    .iter()
+                    .map(|d| self.eval_dim(d))
+                    .collect::<Result<_, _>>()?;
                 for (a, &n) in arg(0).shape().iter().enumerate() {
                     let (s, l, n) = (start[a], limit[a], n as i64);
                     let ok = if stride[a] > 0 {
@@ -310,9 +341,11 @@ impl Interp<'_> {
                 let all = Data::concat(&parts).ok_or("operands of different dtypes")?;
                 Ok(vec![all.take_all(&index::concat(&shapes, *axis as usize))])
             }
-            Op::Gather { axis } => {
-                moved(&compute::gather(arg(0).shape(), &widen(arg(1).data()), *axis as usize)?)
-            }
+            Op::Gather { axis } => moved(&compute::gather(
+                arg(0).shape(),
+                &widen(arg(1).data()),
+                *axis as usize,
+            )?),
             Op::GatherNd { batch_dims } => moved(&compute::gather_nd(
                 arg(0).shape(),
                 arg(1).shape(),
@@ -349,8 +382,13 @@ impl Interp<'_> {
                 Ok(vec![Data::I64(idx)])
             }
             Op::TopK { k, axis, largest } => {
-                let (src, idx) =
-                    compute::topk(&wide0(), arg(0).shape(), *axis as usize, *k as usize, *largest);
+                let (src, idx) = compute::topk(
+                    &wide0(),
+                    arg(0).shape(),
+                    *axis as usize,
+                    *k as usize,
+                    *largest,
+                );
                 Ok(vec![arg(0).data().take_all(&src), Data::I64(idx)])
             }
             Op::Dot {
@@ -365,7 +403,13 @@ impl Interp<'_> {
                     lhs_contract: &usizes(lhs_contract),
                     rhs_contract: &usizes(rhs_contract),
                 };
-                let r = compute::dot(&wide0(), arg(0).shape(), &widen(arg(1).data()), arg(1).shape(), &dims);
+                let r = compute::dot(
+                    &wide0(),
+                    arg(0).shape(),
+                    &widen(arg(1).data()),
+                    arg(1).shape(),
+                    &dims,
+                );
                 Ok(vec![narrow(&r, dtype0())])
             }
             Op::Conv {
@@ -415,7 +459,10 @@ impl Interp<'_> {
                 );
                 Ok(vec![narrow(&r, dtype0())])
             }
-            _ => Err(format!("the interpreter does not implement `{}`", op.mnemonic())),
+            _ => Err(format!(
+                "the interpreter does not implement `{}`",
+                op.mnemonic()
+            )),
         }
     }
 

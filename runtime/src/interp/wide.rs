@@ -13,7 +13,6 @@ pub enum Wide {
 }
 
 impl Wide {
-
     /// Takes elements by source index.
     pub fn take(&self, index: &[usize]) -> Wide {
         match self {
@@ -223,9 +222,7 @@ fn binary_i(op: &Op, a: i128, b: i128, dtype: DType) -> Result<i128, String> {
         Op::Add => a.wrapping_add(b),
         Op::Sub => a.wrapping_sub(b),
         Op::Mul => a.wrapping_mul(b),
-        Op::Div | Op::Rem | Op::Mod if b == 0 => {
-            return Err("integer division by zero".to_string())
-        }
+        Op::Div | Op::Rem | Op::Mod if b == 0 => return Err("integer division by zero".to_string()),
         Op::Div => a / b,
         Op::Rem => a % b,
         Op::Mod => a.rem_euclid(b) + if b < 0 && a.rem_euclid(b) != 0 { b } else { 0 },
@@ -302,7 +299,13 @@ mod tests {
         let b = widen(&Data::U8(vec![10]));
         let s = binary(&Op::Add, &a, &b, DType::U8).unwrap();
         assert!(matches!(narrow(&s, DType::U8), Data::U8(v) if v == vec![4]));
-        let m = binary(&Op::Mul, &widen(&Data::I64(vec![i64::MAX])), &widen(&Data::I64(vec![2])), DType::I64).unwrap();
+        let m = binary(
+            &Op::Mul,
+            &widen(&Data::I64(vec![i64::MAX])),
+            &widen(&Data::I64(vec![2])),
+            DType::I64,
+        )
+        .unwrap();
         assert!(matches!(narrow(&m, DType::I64), Data::I64(v) if v == vec![-2]));
     }
 

@@ -1,0 +1,231 @@
+//! The `kiln` binary end to end: commands, exit codes and diagnostics, including bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln::{npz, Tensor};
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run kiln")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs kiln, asserts the exit status and that nothing panicked; returns (stdout, stderr).
+fn expect(args: &[&str], success: bool) -> (String, String) {
+    let out = kiln(args);
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert!(!se.contains("panicked"), "kiln {args:?} panicked:\n{se}");
+    assert_eq!(
+        out.status.success(),
+        success,
+        "kiln {args:?}\nstdout:\n{so}\nstderr:\n{se}"
+    );
+    (so, se)
+}
+
+fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn runs_the_shipped_example_and_writes_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.npz");
+    let (so, _) = expect(
+        &[
+            "run",
+            "examples/mlp.kir",
+            "--inputs",
+            "examples/mlp_inputs.npz",
+            "-o",
+            s(&out),
+        ],
+        true,
+    );
+    assert!(so.starts_with("probs: f32[5, 3] = ["), "{so}");
+    let outs = npz::read_npz(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(outs[0].0, "probs");
+    let p = outs[0].1.to_f64_vec();
+    for row in p.chunks(3) {
+        assert!(
+            (row.iter().sum::<f64>() - 1.0).abs() < 1e-6,
+            "softmax rows sum to 1"
+        );
+    }
+}
+
+#[test]
+fn random_inputs_bind_symbols() {
+    let (so, _) = expect(
+        &[
+            "run",
+            "examples/mlp.kir",
+            "--random-inputs",
+            "--dim",
+            "batch=7",
+        ],
+        true,
+    );
+    assert!(so.starts_with("probs: f32[7, 3]"), "{so}");
+    let (so, se) = expect(
+        &["run", "examples/mlp.kir", "--random-inputs", "--full"],
+        true,
+    );
+    assert!(so.starts_with("probs: f32[1, 3] = [["), "{so}");
+    assert!(se.contains("symbol `batch` set to 1"), "{se}");
+}
+
+#[test]
+fn missing_inputs_are_explained() {
+    let (_, se) = expect(&["run", "examples/mlp.kir"], false);
+    assert!(
+        se.contains("@mlp needs inputs x: pass --inputs FILE.npz or --random-inputs"),
+        "{se}"
+    );
+}
+
+#[test]
+fn wrong_input_shape_and_dtype_name_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_shape = npz::write_npz(&[(
+        "x".into(),
+        Tensor::from_vec(vec![2, 5], vec![0.0f32; 10]).unwrap(),
+    )])
+    .unwrap();
+    let p = write(dir.path(), "shape.npz", &bad_shape);
+    let (_, se) = expect(&["run", "examples/mlp.kir", "--inputs", s(&p)], false);
+    assert!(
+        se.contains("input \"x\": axis 1 has size 5, expected 4"),
+        "{se}"
+    );
+    let bad_dtype = npz::write_npz(&[(
+        "x".into(),
+        Tensor::from_vec(vec![2, 4], vec![0i64; 8]).unwrap(),
+    )])
+    .unwrap();
+    let p = write(dir.path(), "dtype.npz", &bad_dtype);
+    let (_, se) = expect(&["run", "examples/mlp.kir", "--inputs", s(&p)], false);
+    assert!(
+        se.contains("input \"x\": expected f32[batch, 4], got i64[2, 4]"),
+        "{se}"
+    );
+}
+
+#[test]
+fn garbage_and_truncated_npz_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "junk.npz", b"PK\x03\x04 definitely not a zip");
+    let (_, se) = expect(&["run", "examples/mlp.kir", "--inputs", s(&p)], false);
+    assert!(se.contains("not a valid .npz"), "{se}");
+    let good = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mlp_inputs.npz"))
+        .unwrap();
+    for cut in [1, good.len() / 3, good.len() - 3] {
+        let p = write(dir.path(), "cut.npz", &good[..cut]);
+        expect(&["run", "examples/mlp.kir", "--inputs", s(&p)], false);
+    }
+}
+
+#[test]
+fn check_reports_every_error_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "types.kir",
+        b"func @f {\n  %x = param {name=\"x\"} : f32[2]\n  %y = exp %x : f32[3]\n  %z = add %x, %y : f32[2]\n  return %z\n}\n",
+    );
+    let (_, se) = expect(&["check", s(&p)], false);
+    assert!(
+        se.contains(
+            "types.kir:3:8: error: %1 (exp): is declared f32[3] but the op produces f32[2]"
+        ),
+        "{se}"
+    );
+    assert!(
+        se.contains("types.kir:4:8: error: %2 (add): operand 1 has type f32[3]"),
+        "{se}"
+    );
+    let p = write(
+        dir.path(),
+        "syntax.kir",
+        b"func @f {\n  %x = frob : f32[2]\n",
+    );
+    let (_, se) = expect(&["check", s(&p)], false);
+    assert!(
+        se.contains("syntax.kir:2:8: error: unknown op `frob`"),
+        "{se}"
+    );
+    let (so, _) = expect(&["check", "examples/mlp.kir"], true);
+    assert!(so.contains("examples/mlp.kir: ok (1 functions)"), "{so}");
+}
+
+#[test]
+fn truncated_kir_is_an_error_at_every_cut() {
+    let full =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mlp.kir"))
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cuts: Vec<usize> = (1..full.len()).step_by(full.len() / 13).collect();
+    for cut in cuts {
+        let cut = (0..=cut).rev().find(|&c| full.is_char_boundary(c)).unwrap();
+        let p = write(dir.path(), "cut.kir", &full.as_bytes()[..cut]);
+        let (_, se) = expect(&["check", s(&p)], false);
+        assert!(se.contains("cut.kir:"), "{se}");
+    }
+}
+
+#[test]
+fn fmt_prints_checks_and_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "messy.kir",
+        b"; a comment\nfunc @f {\n  %in = param {name=\"x\"} : f32[seq*2]\n  %out = neg %in : f32[2*seq]\n  return %out\n}\n",
+    );
+    let (so, _) = expect(&["fmt", s(&p)], true);
+    assert_eq!(so, "func @f {\n  %0 = param {name=\"x\"} : f32[2*seq]\n  %1 = neg %0 : f32[2*seq]\n  return %1\n}\n");
+    let (_, se) = expect(&["fmt", "--check", s(&p)], false);
+    assert!(se.contains("is not formatted"), "{se}");
+    expect(&["fmt", "-w", s(&p)], true);
+    expect(&["fmt", "--check", s(&p)], true);
+    expect(&["fmt", "--check", "examples/mlp.kir"], true);
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    let out = kiln(&["run", "examples/mlp.kir", "--dim", "batch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("expected NAME=VALUE"));
+    let (_, se) = expect(&["run", "nope.kir"], false);
+    assert!(se.contains("cannot read nope.kir"), "{se}");
+    let (_, se) = expect(
+        &[
+            "run",
+            "examples/mlp.kir",
+            "--func",
+            "other",
+            "--random-inputs",
+        ],
+        false,
+    );
+    assert!(se.contains("has no function @other; it has @mlp"), "{se}");
+}
+
+#[test]
+fn ops_lists_the_table() {
+    let (so, _) = expect(&["ops"], true);
+    assert_eq!(so.lines().count(), kiln::Op::MNEMONICS.len());
+    assert!(so.contains("reduce_window"));
+}

@@ -1,0 +1,363 @@
+//! Shared test support: a generator of random well-typed graphs, driven by a seed.
+
+use kiln::{Builder, DType, Dim, Graph, Op, Rng, Shape, Tensor, Value};
+
+const DTYPES: [DType; 8] = [
+    DType::F32,
+    DType::F64,
+    DType::F16,
+    DType::BF16,
+    DType::I32,
+    DType::I64,
+    DType::U8,
+    DType::Bool,
+];
+
+fn pick<T: Clone>(rng: &mut Rng, xs: &[T]) -> T {
+    xs[(rng.next_u64() % xs.len() as u64) as usize].clone()
+}
+
+fn below(rng: &mut Rng, n: usize) -> usize {
+    (rng.next_u64() % n.max(1) as u64) as usize
+}
+
+fn random_dim(rng: &mut Rng) -> Dim {
+    match below(rng, 6) {
+        0 => Dim::sym("n"),
+        1 => Dim::sym("m"),
+        2 => Dim::sym("n").mul(&Dim::Const(2)).unwrap(),
+        _ => Dim::Const(1 + below(rng, 4) as i64),
+    }
+}
+
+fn random_shape(rng: &mut Rng) -> Shape {
+    let rank = below(rng, 4);
+    Shape::new((0..rank).map(|_| random_dim(rng)).collect())
+}
+
+/// Tensor data with awkward values mixed in (NaN, infinities, -0.0, extremes).
+fn random_tensor(rng: &mut Rng, dtype: DType, shape: &[usize]) -> Tensor {
+    let t = rng.tensor(dtype, shape);
+    if dtype.is_float() && t.numel() > 0 && below(rng, 2) == 0 {
+        let mut v = t.to_f64_vec();
+        let specials = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            1e-30,
+            3.5e38,
+        ];
+        let i = below(rng, v.len());
+        v[i] = pick(rng, &specials);
+        return Tensor::new(shape.to_vec(), kiln::Data::from_f64s(dtype, &v)).unwrap();
+    }
+    t
+}
+
+fn static_dims(b: &Builder, v: Value) -> Option<Vec<usize>> {
+    b.shape(v)
+        .as_consts()
+        .map(|d| d.iter().map(|&x| x as usize).collect())
+}
+
+/// Tries to add one random op over existing values; type errors just mean "try again".
+fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
+    let v = pick(rng, vals);
+    let ty = b.ty(v).clone();
+    let rank = ty.rank();
+    let r = |rng: &mut Rng, n: usize| below(rng, n) as i64;
+    let unary = [
+        Op::Neg,
+        Op::Abs,
+        Op::Exp,
+        Op::Log,
+        Op::Sqrt,
+        Op::Tanh,
+        Op::Sigmoid,
+        Op::Erf,
+        Op::Floor,
+        Op::Round,
+        Op::Not,
+        Op::IsNan,
+        Op::Sign,
+        Op::Recip,
+    ];
+    let binary = [
+        Op::Add,
+        Op::Sub,
+        Op::Mul,
+        Op::Div,
+        Op::Max,
+        Op::Min,
+        Op::Pow,
+        Op::Rem,
+        Op::Mod,
+        Op::And,
+        Op::Or,
+        Op::Xor,
+        Op::Eq,
+        Op::Lt,
+        Op::Ge,
+    ];
+    let result = match below(rng, 26) {
+        0..=3 => b.op1(pick(rng, &unary), &[v]),
+        4..=6 => {
+            let w = vals
+                .iter()
+                .copied()
+                .filter(|&w| *b.ty(w) == ty)
+                .nth(below(rng, 3))
+                .unwrap_or(v);
+            b.op1(pick(rng, &binary), &[v, w])
+        }
+        7 => {
+            let c = b.op1(Op::Lt, &[v, v]).ok()?;
+            b.op1(Op::Select, &[c, v, v])
+        }
+        8 => b.op1(
+            Op::Cast {
+                dtype: pick(rng, &DTYPES),
+            },
+            &[v],
+        ),
+        9 => {
+            let mut perm: Vec<i64> = (0..rank as i64).collect();
+            for i in (1..perm.len()).rev() {
+                perm.swap(i, below(rng, i + 1));
+            }
+            b.op1(Op::Transpose { perm }, &[v])
+        }
+        10 => {
+            let numel = ty.shape.numel().ok()?;
+            b.op1(
+                Op::Reshape {
+                    shape: Shape::new(vec![numel]),
+                },
+                &[v],
+            )
+        }
+        11 => {
+            let mut dims = vec![Dim::Const(3)];
+            dims.extend(ty.shape.dims().iter().cloned());
+            let op = Op::Broadcast {
+                dims: (1..=rank as i64).collect(),
+                shape: Shape::new(dims),
+            };
+            b.op1(op, &[v])
+        }
+        12 => {
+            let axes: Vec<i64> = (0..rank as i64).filter(|_| below(rng, 2) == 0).collect();
+            let op = match below(rng, 4) {
+                0 => Op::ReduceSum { axes },
+                1 => Op::ReduceMax { axes },
+                2 => Op::ReduceMin { axes },
+                _ => Op::ReduceProd { axes },
+            };
+            b.op1(op, &[v])
+        }
+        13 if rank > 0 => {
+            let axis = r(rng, rank);
+            b.op1(Op::Concat { axis }, &[v, v])
+        }
+        14 if rank > 0 => {
+            let k = (rank - 1) as i64;
+            let op = Op::Dot {
+                lhs_batch: vec![],
+                rhs_batch: vec![],
+                lhs_contract: vec![k],
+                rhs_contract: vec![k],
+            };
+            b.op1(op, &[v, v])
+        }
+        15 => {
+            let dims = static_dims(b, v)?;
+            let mut start = Vec::new();
+            let mut limit = Vec::new();
+            let mut stride = Vec::new();
+            for &d in &dims {
+                let s = below(rng, d + 1) as i64;
+                let l = s + below(rng, d + 1 - s as usize) as i64;
+                if below(rng, 3) == 0 && d > 0 {
+                    // Walk down from the end.
+                    start.push(Dim::Const(d as i64 - 1));
+                    limit.push(Dim::Const(-1));
+                    stride.push(-1 - r(rng, 2));
+                } else {
+                    start.push(Dim::Const(s));
+                    limit.push(Dim::Const(l));
+                    stride.push(1 + r(rng, 2));
+                }
+            }
+            b.op1(
+                Op::Slice {
+                    start,
+                    limit,
+                    stride,
+                },
+                &[v],
+            )
+        }
+        16 => {
+            let pad = b.constant(random_tensor(rng, ty.dtype, &[])).ok()?;
+            let low = (0..rank).map(|_| r(rng, 3)).collect();
+            let high = (0..rank).map(|_| r(rng, 3) - 1).collect();
+            b.op1(
+                Op::Pad {
+                    low,
+                    high,
+                    mode: kiln::PadMode::Constant,
+                },
+                &[v, pad],
+            )
+        }
+        17 if rank > 0 => {
+            let dims = static_dims(b, v)?;
+            let axis = below(rng, rank);
+            if dims[axis] == 0 {
+                return None;
+            }
+            let k = below(rng, dims[axis] + 1) as i64;
+            let outs = b
+                .op(
+                    Op::TopK {
+                        k,
+                        axis: axis as i64,
+                        largest: below(rng, 2) == 0,
+                    },
+                    &[v],
+                )
+                .ok()?;
+            return Some(outs[below(rng, 2)]);
+        }
+        18 if rank > 0 => {
+            let axis = below(rng, rank);
+            let n = b.shape(v).dim(axis).as_const()?;
+            if n == 0 {
+                return None;
+            }
+            let idx: Vec<i64> = (0..3).map(|_| r(rng, 2 * n as usize) - n).collect();
+            let idx = b.constant(Tensor::from_vec(vec![3], idx).unwrap()).ok()?;
+            b.op1(Op::Gather { axis: axis as i64 }, &[v, idx])
+        }
+        19 if rank > 0 => {
+            let axis = below(rng, rank) as i64;
+            let last = below(rng, 2) == 0;
+            let op = if below(rng, 2) == 0 {
+                Op::ArgMax { axis, last }
+            } else {
+                Op::ArgMin { axis, last }
+            };
+            b.op1(op, &[v])
+        }
+        20 if rank == 3 => {
+            let d = static_dims(b, v)?;
+            let k = 1 + below(rng, d[2].max(1));
+            let groups = if d[1] > 1 && below(rng, 2) == 0 {
+                d[1]
+            } else {
+                1
+            };
+            let w = random_tensor(rng, ty.dtype, &[2 * groups, d[1] / groups, k]);
+            let w = b.constant(w).ok()?;
+            let op = Op::Conv {
+                stride: vec![1 + r(rng, 2)],
+                dilation: vec![1],
+                pad_low: vec![r(rng, 2)],
+                pad_high: vec![r(rng, 2)],
+                groups: groups as i64,
+            };
+            b.op1(op, &[v, w])
+        }
+        21 => {
+            let d = static_dims(b, v)?;
+            let window: Vec<i64> = d.iter().map(|&n| 1 + r(rng, n.max(1))).collect();
+            let op = Op::ReduceWindow {
+                kind: pick(rng, kiln::ReduceKind::ALL),
+                window,
+                stride: (0..rank).map(|_| 1 + r(rng, 2)).collect(),
+                dilation: vec![1; rank],
+                pad_low: (0..rank).map(|_| r(rng, 2)).collect(),
+                pad_high: vec![0; rank],
+            };
+            b.op1(op, &[v])
+        }
+        22 | 23 if rank > 0 => {
+            let d = static_dims(b, v)?;
+            if d[0] == 0 {
+                return None;
+            }
+            let idx: Vec<i64> = (0..2).map(|_| r(rng, d[0])).collect();
+            let idx = b
+                .constant(Tensor::from_vec(vec![2, 1], idx).unwrap())
+                .ok()?;
+            if below(rng, 2) == 0 {
+                b.op1(Op::GatherNd { batch_dims: 0 }, &[v, idx])
+            } else {
+                let mut ushape = vec![2];
+                ushape.extend_from_slice(&d[1..]);
+                let u = b.constant(random_tensor(rng, ty.dtype, &ushape)).ok()?;
+                let reduction = pick(rng, kiln::ScatterReduction::ALL);
+                b.op1(Op::ScatterNd { reduction }, &[v, idx, u])
+            }
+        }
+        _ => {
+            let dtype = pick(rng, &DTYPES);
+            let shape: Vec<usize> = (0..below(rng, 3)).map(|_| 1 + below(rng, 3)).collect();
+            match below(rng, 3) {
+                0 => b.constant(random_tensor(rng, dtype, &shape)),
+                1 if !shape.is_empty() => b.op1(
+                    Op::Iota {
+                        axis: below(rng, shape.len()) as i64,
+                        ty: kiln::TensorType::new(
+                            if dtype == DType::Bool {
+                                DType::I32
+                            } else {
+                                dtype
+                            },
+                            Shape::from_usizes(&shape),
+                        ),
+                    },
+                    &[],
+                ),
+                _ => b.op1(
+                    Op::Dims {
+                        values: vec![random_dim(rng), Dim::sym("n").add(&Dim::Const(1)).unwrap()],
+                    },
+                    &[],
+                ),
+            }
+        }
+    };
+    result.ok()
+}
+
+/// A random well-typed graph with `size` attempted ops.
+pub fn random_graph(seed: u64, size: usize) -> Graph {
+    let mut rng = Rng::new(seed);
+    let mut b = Builder::new(&format!("g{}", seed % 1000));
+    let mut vals = Vec::new();
+    for i in 0..1 + below(&mut rng, 3) {
+        let dtype = pick(&mut rng, &DTYPES);
+        let shape = random_shape(&mut rng);
+        vals.push(b.param(&format!("p{i}"), dtype, shape).unwrap());
+    }
+    for _ in 0..size {
+        if let Some(v) = random_op(&mut b, &mut rng, &vals) {
+            vals.push(v);
+        }
+    }
+    for i in 0..1 + below(&mut rng, 3) {
+        let v = pick(&mut rng, &vals);
+        b.output(&format!("y{i}"), v).unwrap();
+    }
+    b.finish().expect("the builder only adds well-typed nodes")
+}
+
+/// Proptest case count: `PROPTEST_CASES` when set (for long fuzzing runs), else `default`.
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

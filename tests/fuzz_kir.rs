@@ -1,0 +1,209 @@
+//! Robustness: mutated `.kir` text (from random graphs and from the filetests) goes through the
+//! parser, the verifier and, when it verifies, the interpreter. Any outcome but a panic is
+//! fine. Run longer with `PROPTEST_CASES=200000 cargo test --release --test fuzz_kir`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use kiln::{interp, Graph, Op};
+use proptest::prelude::*;
+
+const TOKENS: &[&str] = &[
+    "%0",
+    "%99",
+    "@w",
+    "@\"q\"",
+    "{",
+    "}",
+    "[",
+    "]",
+    "(",
+    ")",
+    ",",
+    "=",
+    ":",
+    "-",
+    "*",
+    "/",
+    " mod ",
+    "f32",
+    "bool",
+    "u64",
+    "i8[",
+    "add",
+    "dot",
+    "topk",
+    "param",
+    "constant",
+    "func @h {",
+    "return",
+    "as",
+    "\"s\"",
+    "nan",
+    "-inf",
+    "1e400",
+    "0",
+    "-1",
+    "9223372036854775807",
+    "18446744073709551616",
+    "99999999999999999999999",
+    "n",
+    "seq*seq*seq*seq",
+    "\\u{0}",
+    "\"",
+    ";",
+    "\n",
+    "const @c : f32[2] = [1.0, 2.0]\n",
+    "{value=@nope}",
+    "{axes=[0, 0]}",
+    "{k=-3, axis=0}",
+    "{perm=[1, 1]}",
+    "é",
+    "\u{feff}",
+];
+
+fn corpus() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests");
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                // Drop the `test` header so the text is plain .kir.
+                out.push(text.lines().skip(1).collect::<Vec<_>>().join("\n"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn mutate(text: &str, muts: &[(u8, u32, u32)]) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    for &(kind, a, b) in muts {
+        let n = chars.len().max(1);
+        let (a, b) = (a as usize % n, b as usize % n);
+        match kind % 6 {
+            0 => {
+                let end = (a + b % 16 + 1).min(chars.len());
+                if a < end {
+                    chars.drain(a..end);
+                }
+            }
+            1 => {
+                let tok = TOKENS[b % TOKENS.len()];
+                let at = a.min(chars.len());
+                chars.splice(at..at, tok.chars());
+            }
+            2 | 3 => {
+                let s: String = chars.iter().collect();
+                let mut lines: Vec<&str> = s.lines().collect();
+                if !lines.is_empty() {
+                    let (i, j) = (a % lines.len(), b % lines.len());
+                    if kind % 6 == 2 {
+                        lines.insert(j, lines[i]);
+                    } else {
+                        lines.swap(i, j);
+                    }
+                }
+                chars = lines.join("\n").chars().collect();
+            }
+            4 => {
+                // Replace a digit with a run of them, often overflowing.
+                if let Some(i) = (a..chars.len()).find(|&i| chars[i].is_ascii_digit()) {
+                    let run = "9".repeat(b % 25 + 1);
+                    chars.splice(i..i + 1, run.chars());
+                }
+            }
+            _ => {
+                if a < chars.len() {
+                    const SET: &[u8] = b" %@{}[](),=:-*/;\"\\0123456789abcxyz";
+                    chars[a] = char::from(SET[b % SET.len()]);
+                }
+            }
+        }
+    }
+    chars.into_iter().collect()
+}
+
+/// Runs a verified graph on small random inputs; errors are fine, panics are not.
+fn try_run(g: &Graph) {
+    let Ok(v) = kiln::verify(g) else { return };
+    let mut bindings = HashMap::new();
+    for (_, ty) in kiln::params(g) {
+        for d in ty.shape.dims() {
+            for s in d.symbols() {
+                bindings.insert(s.to_string(), 2);
+            }
+        }
+    }
+    let small = kiln::params(g).iter().all(|(_, ty)| {
+        ty.shape.eval(&|s| bindings.get(s).copied()).is_ok_and(|d| {
+            d.iter().all(|&x| (0..64).contains(&x)) && d.iter().product::<i64>() <= 4096
+        })
+    });
+    if !small {
+        return;
+    }
+    let Ok(random) = kiln::random_inputs(g, &bindings, 1) else {
+        return;
+    };
+    let inputs: Vec<_> = random.inputs.into_iter().map(|(_, t)| t).collect();
+    let opts = interp::Options {
+        bindings,
+        max_tensor_bytes: 1 << 20,
+    };
+    let _ = interp::run_with(&v, &inputs, &opts);
+}
+
+fn check(text: &str) {
+    if let Ok(m) = kiln::parse_module(text) {
+        for f in &m.funcs {
+            let printed = kiln::print_graph(&f.graph);
+            // Whatever parses must print to text that parses to the same graph.
+            let back = kiln::parse_graph(&printed).expect("printed text parses");
+            assert!(back == f.graph, "reprint changed the graph:\n{printed}");
+            for id in f.graph.node_ids() {
+                let _ = Op::doc_of(f.graph.node(id).op().mnemonic());
+            }
+            try_run(&f.graph);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(500)))]
+
+    #[test]
+    fn mutated_random_graphs_never_panic(
+        seed in any::<u64>(),
+        size in 1usize..30,
+        muts in prop::collection::vec((any::<u8>(), any::<u32>(), any::<u32>()), 1..6),
+    ) {
+        let text = kiln::print_graph(&common::random_graph(seed, size));
+        check(&mutate(&text, &muts));
+    }
+
+    #[test]
+    fn mutated_filetests_never_panic(
+        pick in any::<usize>(),
+        muts in prop::collection::vec((any::<u8>(), any::<u32>(), any::<u32>()), 1..6),
+    ) {
+        let corpus = corpus();
+        prop_assume!(!corpus.is_empty());
+        check(&mutate(&corpus[pick % corpus.len()], &muts));
+    }
+
+    #[test]
+    fn random_graphs_run_without_panicking(seed in any::<u64>(), size in 1usize..30) {
+        try_run(&common::random_graph(seed, size));
+    }
+}
