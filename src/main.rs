@@ -37,30 +37,7 @@ enum Cmd {
         write: bool,
     },
     /// Run a model on the reference interpreter and print (and optionally save) its outputs
-    Run {
-        file: PathBuf,
-        /// The function to run (default: @main, else the first function)
-        #[arg(long)]
-        func: Option<String>,
-        /// Inputs by parameter name, from an .npz archive
-        #[arg(long, value_name = "NPZ")]
-        inputs: Option<PathBuf>,
-        /// Write the outputs to this .npz archive
-        #[arg(long, short, value_name = "NPZ")]
-        output: Option<PathBuf>,
-        /// Generate deterministic random values for inputs not given by --inputs
-        #[arg(long)]
-        random_inputs: bool,
-        /// Seed for --random-inputs
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Bind a symbolic dimension, e.g. --dim batch=8 (repeatable)
-        #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
-        dims: Vec<(String, i64)>,
-        /// Print every value instead of the first few
-        #[arg(long)]
-        full: bool,
-    },
+    Run(RunArgs),
     /// List the ops of the IR with their documentation
     Ops,
 }
@@ -178,13 +155,29 @@ fn fmt(file: &Path, check: bool, write: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct RunArgs {
+    file: PathBuf,
+    /// The function to run (default: @main, else the first function)
+    #[arg(long)]
     func: Option<String>,
+    /// Inputs by parameter name, from an .npz archive
+    #[arg(long, value_name = "NPZ")]
     inputs: Option<PathBuf>,
+    /// Write the outputs to this .npz archive
+    #[arg(long, short, value_name = "NPZ")]
     output: Option<PathBuf>,
+    /// Generate deterministic random values for inputs not given by --inputs
+    #[arg(long)]
     random_inputs: bool,
+    /// Seed for --random-inputs
+    #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Bind a symbolic dimension, e.g. --dim batch=8 (repeatable)
+    #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
     dims: Vec<(String, i64)>,
+    /// Print every value instead of the first few
+    #[arg(long)]
     full: bool,
 }
 
@@ -211,7 +204,8 @@ fn pick_function(path: &Path, m: kiln::Module, name: Option<&str>) -> Result<Gra
     }
 }
 
-fn run(file: &Path, a: RunArgs) -> Result<(), Failure> {
+fn run(a: RunArgs) -> Result<(), Failure> {
+    let file = a.file.as_path();
     let g = pick_function(file, parse_kir(file)?, a.func.as_deref())?;
     let diags = verify_diagnostics(file, &g);
     if !diags.is_empty() {
@@ -307,27 +301,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Check { files } => check(&files),
         Cmd::Fmt { file, check, write } => fmt(&file, check, write),
-        Cmd::Run {
-            file,
-            func,
-            inputs,
-            output,
-            random_inputs,
-            seed,
-            dims,
-            full,
-        } => run(
-            &file,
-            RunArgs {
-                func,
-                inputs,
-                output,
-                random_inputs,
-                seed,
-                dims,
-                full,
-            },
-        ),
+        Cmd::Run(args) => run(args),
         Cmd::Ops => {
             ops();
             Ok(())

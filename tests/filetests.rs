@@ -97,8 +97,11 @@ fn run(g: &kiln::Graph) -> String {
     }
 }
 
+/// Which ops each command's filetests exercise, for the coverage check.
+type Coverage = HashMap<String, std::collections::BTreeSet<&'static str>>;
+
 /// Checks one file; returns its diff on mismatch (after blessing, when asked).
-fn check_file(path: &Path, bless: bool) -> Result<usize, String> {
+fn check_file(path: &Path, bless: bool, cover: &mut Coverage) -> Result<usize, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let lines: Vec<&str> = text.lines().collect();
     let header = lines
@@ -131,6 +134,10 @@ fn check_file(path: &Path, bless: bool) -> Result<usize, String> {
         (Ok(_), "parse-error") => return Err(format!("{}: parsed without error", path.display())),
         (Err(e), _) => return Err(format!("{}: {e}", path.display())),
         (Ok(m), _) => {
+            let seen = cover.entry(cmd.to_string()).or_default();
+            for g in m.graphs() {
+                seen.extend(g.node_ids().iter().map(|&id| g.node(id).op().mnemonic()));
+            }
             for f in &m.funcs {
                 let after = f.span.end.line as usize;
                 let (expected, end) = block_at(&lines, after);
@@ -153,7 +160,7 @@ fn check_file(path: &Path, bless: bool) -> Result<usize, String> {
         out.extend(lines[i..].iter().map(|l| l.to_string()));
         std::fs::write(path, out.join("\n") + "\n").map_err(|e| e.to_string())?;
         // Expected output may mention line numbers that the rewrite just moved: check again.
-        return check_file(path, bless);
+        return check_file(path, bless, cover);
     }
     let mut report = String::new();
     for (at, expected, actual, _) in blocks.iter().filter(|(_, e, a, _)| e != a) {
@@ -177,8 +184,9 @@ fn filetests() {
     walk(&root, &mut files);
     let mut failures = Vec::new();
     let mut cases = 0;
+    let mut cover = Coverage::new();
     for f in &files {
-        match check_file(f, bless) {
+        match check_file(f, bless, &mut cover) {
             Ok(n) => cases += n,
             Err(report) => failures.push(report),
         }

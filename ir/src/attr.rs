@@ -115,7 +115,8 @@ impl Attr for Dim {
     fn from_lit(lit: &Lit, ctx: &AttrCtx) -> Result<Dim, String> {
         match lit {
             Lit::Num(_) => i64::from_lit(lit, ctx).map(Dim::Const),
-            Lit::Ident(s) => Ok(Dim::sym(s)),
+            Lit::Ident(s) if crate::dim::is_valid_symbol(s) => Ok(Dim::sym(s)),
+            Lit::Ident(s) => Err(format!("`{s}` cannot name a dimension")),
             Lit::Dim(d) => Ok(d.clone()),
             _ => Err(format!("expected a dimension, got `{}`", describe(lit))),
         }
@@ -361,7 +362,13 @@ pub fn tensor_from_lit(lit: &Lit, ty: &TensorType) -> Result<Tensor, String> {
             }
             items
         }
-        _ => vec![lit; n],
+        // A splat: decode the one element, then repeat the decoded value.
+        _ => {
+            let one = TensorType::new(ty.dtype, Shape::scalar());
+            let t = tensor_from_lit(&Lit::List(vec![lit.clone()]), &one)?;
+            let data = t.data().take_all(&vec![0; n]);
+            return Tensor::new(shape, data).map_err(|e| e.to_string());
+        }
     };
     macro_rules! ints {
         ($t:ty, $v:ident) => {

@@ -538,6 +538,22 @@ mod tests {
     }
 
     #[test]
+    fn cloning_a_graph_shares_its_weights() {
+        let mut b = Builder::new("f");
+        let w = Tensor::from_vec(vec![1000], vec![0.5f32; 1000]).unwrap();
+        let c = b.named_constant("w", w.clone()).unwrap();
+        b.output("w", c).unwrap();
+        let g = b.finish().unwrap();
+        let copy = g.clone();
+        let held = |g: &Graph| match g.node(g.outputs()[0].1.node).op() {
+            Op::Constant { value } => value.tensor.clone(),
+            _ => unreachable!("the output is the constant"),
+        };
+        assert!(held(&copy).ptr_eq(&w));
+        assert!(held(&g).ptr_eq(&held(&copy)));
+    }
+
+    #[test]
     fn matmul_shapes() {
         let mut b = Builder::new("f");
         let a = b.param("a", DType::F32, shape!["b", 2, 3]).unwrap();

@@ -81,6 +81,17 @@ fn floor_mod_i64(a: i64, b: i64) -> Result<i64, DimError> {
     }
 }
 
+/// Words that cannot name a symbol because they mean something else in text.
+const RESERVED: [&str; 3] = ["inf", "nan", "mod"];
+
+/// Whether `name` can be a symbol: an identifier that is not a reserved word.
+pub fn is_valid_symbol(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !RESERVED.contains(&name)
+}
+
 impl Dim {
     pub fn constant(v: i64) -> Dim {
         Dim::Const(v)
@@ -230,10 +241,11 @@ impl Dim {
             (_, Dim::Const(c)) if *c > 0 => {
                 // floor((c*q + r) / c) == q + floor(r / c) for integer-valued q.
                 let (q, r) = self.split_by(*c)?;
-                if r == Dim::Const(0) {
-                    return Ok(q);
+                match r {
+                    // Every coefficient of r lies in 0..c, so a constant r divides to 0.
+                    Dim::Const(_) => Ok(q),
+                    _ => q.add(&Dim::atom(Atom::Div(Box::new(r), Box::new(other.clone())))),
                 }
-                q.add(&Dim::atom(Atom::Div(Box::new(r), Box::new(other.clone()))))
             }
             (Dim::Const(0), _) => Ok(Dim::Const(0)),
             _ if self == other => Ok(Dim::Const(1)),
@@ -501,6 +513,15 @@ mod tests {
         assert_eq!(seq.floor_div(&seq).unwrap(), c(1));
         assert_eq!(c(-7).floor_div(&c(2)).unwrap(), c(-4));
         assert_eq!(seq.floor_div(&c(0)), Err(DimError::DivByZero));
+        // A constant remainder is always below the divisor and vanishes.
+        let e = seq
+            .mul(&seq)
+            .unwrap()
+            .mul(&c(-2))
+            .unwrap()
+            .sub(&c(1))
+            .unwrap();
+        assert_eq!(e.floor_div(&c(2)).unwrap().to_string(), "-seq*seq-1");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use attr::{
     is_ident, tensor_from_lit, AttrCtx, ConstValue, Lit, PadMode, ReduceKind, ScatterReduction,
 };
 pub use builder::Builder;
-pub use dim::{Dim, DimError};
+pub use dim::{is_valid_symbol, Dim, DimError};
 pub use dtype::{DType, DTypeSet};
 pub use error::{Error, Result};
 pub use graph::{Cycle, Graph, GraphError, Loc, Node, NodeId, Origin, Value};

@@ -662,7 +662,8 @@ fn ex_to_dim(ex: &Ex) -> Result<Dim, String> {
                 format!("dimension `{s}` is not an integer")
             }
         }),
-        Ex::Ident(s) => Ok(Dim::sym(s)),
+        Ex::Ident(s) if crate::dim::is_valid_symbol(s) => Ok(Dim::sym(s)),
+        Ex::Ident(s) => Err(format!("`{s}` cannot name a dimension")),
         Ex::Neg(x) => ex_to_dim(x)?.neg().map_err(overflow),
         Ex::Bin(op, a, b) => {
             let (a, b) = (ex_to_dim(a)?, ex_to_dim(b)?);

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use crate::dim::{is_valid_symbol, Dim};
 use crate::graph::{Graph, NodeId, Origin, Value};
 use crate::ops::Op;
 use crate::tensor::Tensor;
@@ -138,6 +139,19 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, VerifyErrors> {
             }
             _ => {}
         }
+        let mut dims: Vec<&Dim> = node.types().iter().flat_map(|t| t.shape.dims()).collect();
+        match node.op() {
+            Op::Slice { start, limit, .. } => dims.extend(start.iter().chain(limit)),
+            Op::Dims { values } => dims.extend(values),
+            _ => {}
+        }
+        if let Some(bad) = dims
+            .iter()
+            .flat_map(|d| d.symbols())
+            .find(|s| !is_valid_symbol(s))
+        {
+            report(format!("`{bad}` cannot name a dimension"));
+        }
         let inputs: Vec<_> = node
             .inputs()
             .iter()
@@ -218,6 +232,19 @@ mod tests {
                 "5:8: %3 (exp): is declared f32[3, 2] but the op produces f32[2, 3]",
             ]
         );
+    }
+
+    #[test]
+    fn symbols_must_be_printable() {
+        let mut b = crate::Builder::new("f");
+        let x = b.param(
+            "x",
+            crate::DType::F32,
+            crate::Shape::new(vec![Dim::sym("two words")]),
+        );
+        b.output("x", x.unwrap()).unwrap();
+        let e = b.finish().unwrap_err().to_string();
+        assert!(e.contains("`two words` cannot name a dimension"), "{e}");
     }
 
     #[test]

@@ -346,43 +346,34 @@ pub fn dot(l: &Wide, ls: &[usize], r: &Wide, rs: &[usize], d: &DotDims) -> Wide 
     let rperm: Vec<usize> = [d.rhs_batch, &rfree, d.rhs_contract].concat();
     let lt = l.take(&transpose(ls, &lperm).1);
     let rt = r.take(&transpose(rs, &rperm).1);
-    let cell = |bi: usize, mi: usize, ni: usize| ((bi * m + mi) * k, (bi * n + ni) * k);
+    // out[b, m, n] = sum over k of lhs[b, m, k] * rhs[b, n, k]
+    fn contract<T: Copy>(
+        x: &[T],
+        y: &[T],
+        (b, m, n, k): (usize, usize, usize, usize),
+        dot: impl Fn(&[T], &[T]) -> T,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(b * m * n);
+        for bi in 0..b {
+            for mi in 0..m {
+                let row = &x[(bi * m + mi) * k..][..k];
+                for ni in 0..n {
+                    out.push(dot(row, &y[(bi * n + ni) * k..][..k]));
+                }
+            }
+        }
+        out
+    }
+    let dims = (b, m, n, k);
     match acc_pair(&lt, &rt) {
-        Acc::F(x, y) => {
-            let mut out = Vec::with_capacity(b * m * n);
-            for bi in 0..b {
-                for mi in 0..m {
-                    for ni in 0..n {
-                        let (p, q) = cell(bi, mi, ni);
-                        out.push(
-                            x[p..p + k]
-                                .iter()
-                                .zip(&y[q..q + k])
-                                .map(|(a, b)| a * b)
-                                .sum(),
-                        );
-                    }
-                }
-            }
-            Wide::F(out)
-        }
-        Acc::I(x, y) => {
-            let mut out = Vec::with_capacity(b * m * n);
-            for bi in 0..b {
-                for mi in 0..m {
-                    for ni in 0..n {
-                        let (p, q) = cell(bi, mi, ni);
-                        out.push(
-                            x[p..p + k]
-                                .iter()
-                                .zip(&y[q..q + k])
-                                .fold(0i128, |s, (a, b)| s.wrapping_add(a.wrapping_mul(*b))),
-                        );
-                    }
-                }
-            }
-            Wide::I(out)
-        }
+        Acc::F(x, y) => Wide::F(contract(x, y, dims, |p, q| {
+            p.iter().zip(q).map(|(a, b)| a * b).sum()
+        })),
+        Acc::I(x, y) => Wide::I(contract(x, y, dims, |p, q| {
+            p.iter()
+                .zip(q)
+                .fold(0i128, |s, (a, b)| s.wrapping_add(a.wrapping_mul(*b)))
+        })),
     }
 }
 
@@ -394,7 +385,8 @@ pub struct Window<'a> {
 }
 
 /// For each output position, the (window position, input offset) pairs that fall inside the
-/// input; padding positions are simply absent.
+/// input; padding positions are simply absent. Only in-bounds window positions are visited, so
+/// a huge window over a small padded input costs no more than the input.
 fn taps(
     in_shape: &[usize],
     win: &[usize],
@@ -402,22 +394,39 @@ fn taps(
     w: &Window,
 ) -> Vec<Vec<(usize, usize)>> {
     let ist = strides(in_shape);
-    let mut wins: Vec<Vec<usize>> = Vec::new();
-    for_each_index(win, |k| wins.push(k.to_vec()));
+    let wst = strides(win);
     let mut out = Vec::with_capacity(numel(out_shape));
     for_each_index(out_shape, |o| {
-        let mut list = Vec::new();
-        'win: for (kp, k) in wins.iter().enumerate() {
-            let mut off = 0usize;
-            for a in 0..o.len() {
-                let c = o[a] as i64 * w.stride[a] - w.pad_low[a] + k[a] as i64 * w.dilation[a];
-                if c < 0 || c >= in_shape[a] as i64 {
-                    continue 'win;
-                }
-                off += c as usize * ist[a];
+        // Per axis: the window positions k (and input coordinates) that land inside the input.
+        let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(o.len());
+        let mut lo = Vec::with_capacity(o.len());
+        for a in 0..o.len() {
+            let base = o[a] as i128 * w.stride[a] as i128 - w.pad_low[a] as i128;
+            let (n, d, k) = (in_shape[a] as i128, w.dilation[a] as i128, win[a] as i128);
+            let k_lo = if base >= 0 { 0 } else { (-base + d - 1) / d };
+            let k_hi = if n - 1 - base < 0 {
+                -1
+            } else {
+                ((n - 1 - base) / d).min(k - 1)
+            };
+            if k_lo > k_hi {
+                out.push(Vec::new());
+                return;
+            }
+            ranges.push((k_lo as usize, (k_hi - k_lo + 1) as usize));
+            lo.push(base);
+        }
+        let counts: Vec<usize> = ranges.iter().map(|r| r.1).collect();
+        let mut list = Vec::with_capacity(numel(&counts));
+        for_each_index(&counts, |j| {
+            let (mut kp, mut off) = (0usize, 0usize);
+            for a in 0..j.len() {
+                let k = ranges[a].0 + j[a];
+                kp += k * wst[a];
+                off += (lo[a] + k as i128 * w.dilation[a] as i128) as usize * ist[a];
             }
             list.push((kp, off));
-        }
+        });
         out.push(list);
     });
     out
@@ -437,49 +446,46 @@ pub fn conv(
     let og = o / groups;
     let is: usize = xs[2..].iter().product();
     let ks: usize = ws[2..].iter().product();
-    let os: usize = out_shape[2..].iter().product();
     let taps = taps(&xs[2..], &ws[2..], &out_shape[2..], win);
-    let xi = |ni: usize, ch: usize, off: usize| (ni * c + ch) * is + off;
-    let wi = |oi: usize, ch: usize, kp: usize| (oi * cg + ch) * ks + kp;
+    // out[n, o, p] = sum over taps t of p and channels ch of its group: x[n, g*cg + ch, t] * w[o, ch, t]
+    fn accumulate<T: Copy>(
+        xv: &[T],
+        wv: &[T],
+        zero: T,
+        mac: impl Fn(T, T, T) -> T,
+        (n, c, o, cg, og, is, ks): (usize, usize, usize, usize, usize, usize, usize),
+        taps: &[Vec<(usize, usize)>],
+    ) -> Vec<T> {
+        let os = taps.len();
+        let mut out = vec![zero; n * o * os];
+        for ni in 0..n {
+            for oi in 0..o {
+                let g = oi / og;
+                for (p, t) in taps.iter().enumerate() {
+                    let mut acc = zero;
+                    for &(kp, off) in t {
+                        for ch in 0..cg {
+                            let xe = xv[(ni * c + g * cg + ch) * is + off];
+                            acc = mac(acc, xe, wv[(oi * cg + ch) * ks + kp]);
+                        }
+                    }
+                    out[(ni * o + oi) * os + p] = acc;
+                }
+            }
+        }
+        out
+    }
+    let geom = (n, c, o, cg, og, is, ks);
     match acc_pair(x, w) {
-        Acc::F(xv, wv) => {
-            let mut out = vec![0.0; n * o * os];
-            for ni in 0..n {
-                for oi in 0..o {
-                    let g = oi / og;
-                    for (p, t) in taps.iter().enumerate() {
-                        let mut acc = 0.0;
-                        for &(kp, off) in t {
-                            for ch in 0..cg {
-                                acc += xv[xi(ni, g * cg + ch, off)] * wv[wi(oi, ch, kp)];
-                            }
-                        }
-                        out[(ni * o + oi) * os + p] = acc;
-                    }
-                }
-            }
-            Wide::F(out)
-        }
-        Acc::I(xv, wv) => {
-            let mut out = vec![0i128; n * o * os];
-            for ni in 0..n {
-                for oi in 0..o {
-                    let g = oi / og;
-                    for (p, t) in taps.iter().enumerate() {
-                        let mut acc = 0i128;
-                        for &(kp, off) in t {
-                            for ch in 0..cg {
-                                acc = acc.wrapping_add(
-                                    xv[xi(ni, g * cg + ch, off)].wrapping_mul(wv[wi(oi, ch, kp)]),
-                                );
-                            }
-                        }
-                        out[(ni * o + oi) * os + p] = acc;
-                    }
-                }
-            }
-            Wide::I(out)
-        }
+        Acc::F(xv, wv) => Wide::F(accumulate(xv, wv, 0.0, |a, p, q| a + p * q, geom, &taps)),
+        Acc::I(xv, wv) => Wide::I(accumulate(
+            xv,
+            wv,
+            0,
+            |a: i128, p: i128, q| a.wrapping_add(p.wrapping_mul(q)),
+            geom,
+            &taps,
+        )),
     }
 }
 

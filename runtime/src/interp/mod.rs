@@ -241,7 +241,17 @@ impl Interp<'_> {
             }
             shapes.push(usizes(&dims));
         }
-        let datas = self.compute(node.op(), args, &shapes).map_err(fail)?;
+        // Empty results need no computation; skipping it also keeps kernels from forming index
+        // products over the other (possibly huge) dims of empty operands.
+        let empty = shapes.iter().all(|s| s.contains(&0));
+        let datas = if empty && !matches!(node.op(), Op::Constant { .. }) {
+            node.types()
+                .iter()
+                .map(|t| Data::zeros(t.dtype, 0))
+                .collect()
+        } else {
+            self.compute(node.op(), args, &shapes).map_err(fail)?
+        };
         let mut out = Vec::with_capacity(datas.len());
         for ((data, shape), ty) in datas.into_iter().zip(shapes).zip(node.types()) {
             if data.dtype() != ty.dtype {

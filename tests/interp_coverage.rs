@@ -1,0 +1,204 @@
+//! The interpreter runs every op on every dtype the op's type rule accepts: each op of the table
+//! is instantiated for all thirteen dtypes, and every instance the verifier accepts must run
+//! on random data (integer division by zero being the one legitimate run-time error).
+
+use kiln::{
+    Builder, DType, Dim, Op, PadMode, ReduceKind, Rng, ScatterReduction, Shape, Tensor, TensorType,
+};
+
+/// One instance of each op over operands of `dtype` (shape [2, 3] where it matters).
+fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
+    let mut rng = Rng::new(dtype as u64);
+    let x = rng.tensor(dtype, &[2, 3]);
+    let y = rng.tensor(dtype, &[2, 3]);
+    let cond = rng.tensor(DType::Bool, &[2, 3]);
+    let scalar = rng.tensor(dtype, &[]);
+    let idx = Tensor::from_vec(vec![2], vec![2i64, -1]).unwrap();
+    let nd = Tensor::from_vec(vec![2, 1], vec![1i32, 0]).unwrap();
+    let upd = rng.tensor(dtype, &[2, 3]);
+    let img = rng.tensor(dtype, &[1, 2, 4]);
+    let ker = rng.tensor(dtype, &[2, 1, 3]);
+    let ty = TensorType::new(dtype, Shape::from_consts(&[2, 3]));
+    let mut out: Vec<(Op, Vec<Tensor>)> = Vec::new();
+    for m in Op::MNEMONICS {
+        let op = match *m {
+            "param" | "constant" | "dims" => continue,
+            "iota" => Op::Iota {
+                axis: 1,
+                ty: ty.clone(),
+            },
+            "select" => {
+                out.push((Op::Select, vec![cond.clone(), x.clone(), y.clone()]));
+                continue;
+            }
+            "cast" => {
+                for to in DType::ALL {
+                    out.push((Op::Cast { dtype: to }, vec![x.clone()]));
+                }
+                continue;
+            }
+            "reshape" => Op::Reshape {
+                shape: Shape::from_consts(&[3, 2]),
+            },
+            "transpose" => Op::Transpose { perm: vec![1, 0] },
+            "broadcast" => Op::Broadcast {
+                dims: vec![1, 2],
+                shape: Shape::from_consts(&[2, 2, 3]),
+            },
+            "slice" => Op::Slice {
+                start: vec![Dim::Const(1), Dim::Const(2)],
+                limit: vec![Dim::Const(2), Dim::Const(-1)],
+                stride: vec![1, -2],
+            },
+            "pad" => {
+                for mode in PadMode::ALL {
+                    let op = Op::Pad {
+                        low: vec![1, 1],
+                        high: vec![0, 2],
+                        mode: *mode,
+                    };
+                    out.push((op, vec![x.clone(), scalar.clone()]));
+                }
+                continue;
+            }
+            "concat" => {
+                out.push((Op::Concat { axis: 0 }, vec![x.clone(), y.clone()]));
+                continue;
+            }
+            "gather" => {
+                out.push((Op::Gather { axis: 1 }, vec![x.clone(), idx.clone()]));
+                continue;
+            }
+            "gather_nd" => {
+                out.push((Op::GatherNd { batch_dims: 0 }, vec![x.clone(), nd.clone()]));
+                continue;
+            }
+            "scatter_nd" => {
+                for r in ScatterReduction::ALL {
+                    let op = Op::ScatterNd { reduction: *r };
+                    out.push((op, vec![x.clone(), nd.clone(), upd.clone()]));
+                }
+                continue;
+            }
+            "reduce_sum" => Op::ReduceSum { axes: vec![1] },
+            "reduce_prod" => Op::ReduceProd { axes: vec![0, 1] },
+            "reduce_max" => Op::ReduceMax { axes: vec![0] },
+            "reduce_min" => Op::ReduceMin { axes: vec![] },
+            "argmax" => Op::ArgMax {
+                axis: 1,
+                last: false,
+            },
+            "argmin" => Op::ArgMin {
+                axis: 0,
+                last: true,
+            },
+            "dot" => {
+                let op = Op::Dot {
+                    lhs_batch: vec![],
+                    rhs_batch: vec![],
+                    lhs_contract: vec![1],
+                    rhs_contract: vec![1],
+                };
+                out.push((op, vec![x.clone(), y.clone()]));
+                continue;
+            }
+            "conv" => {
+                let op = Op::Conv {
+                    stride: vec![1],
+                    dilation: vec![1],
+                    pad_low: vec![1],
+                    pad_high: vec![0],
+                    groups: 2,
+                };
+                out.push((op, vec![img.clone(), ker.clone()]));
+                continue;
+            }
+            "reduce_window" => {
+                for kind in ReduceKind::ALL {
+                    let op = Op::ReduceWindow {
+                        kind: *kind,
+                        window: vec![1, 2],
+                        stride: vec![1, 2],
+                        dilation: vec![1, 1],
+                        pad_low: vec![0, 1],
+                        pad_high: vec![0, 0],
+                    };
+                    out.push((op, vec![x.clone()]));
+                }
+                continue;
+            }
+            "topk" => Op::TopK {
+                k: 2,
+                axis: 1,
+                largest: false,
+            },
+            _ => {
+                // Elementwise unary or binary ops, chosen by their arity.
+                let ctx = kiln::ir::AttrCtx {
+                    results: &[],
+                    constant: &|_| None,
+                };
+                let op = Op::from_text(m, vec![], &ctx).unwrap().unwrap();
+                let args = match op.arity() {
+                    kiln::ir::Arity::Exactly(1) => vec![x.clone()],
+                    _ => vec![x.clone(), y.clone()],
+                };
+                out.push((op, args));
+                continue;
+            }
+        };
+        let args = if op.arity() == kiln::ir::Arity::Exactly(0) {
+            vec![]
+        } else {
+            vec![x.clone()]
+        };
+        out.push((op, args));
+    }
+    out
+}
+
+#[test]
+fn every_op_runs_on_every_accepted_dtype() {
+    let mut ran = std::collections::BTreeMap::<&str, usize>::new();
+    for dtype in DType::ALL {
+        for (op, args) in instances(dtype) {
+            let name = op.mnemonic();
+            let types: Vec<TensorType> = args.iter().map(Tensor::ty).collect();
+            if op.infer(&types).is_err() {
+                continue;
+            }
+            let mut b = Builder::new("t");
+            let params: Vec<_> = args
+                .iter()
+                .enumerate()
+                .map(|(i, t)| b.param(&format!("a{i}"), t.dtype(), t.ty().shape).unwrap())
+                .collect();
+            let outs = b.op(op.clone(), &params).unwrap();
+            for (i, v) in outs.iter().enumerate() {
+                b.output(&format!("y{i}"), *v).unwrap();
+            }
+            let g = b.finish().unwrap();
+            let named: Vec<_> = args
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| (format!("a{i}"), t))
+                .collect();
+            match kiln::interpret(&g, &named, &Default::default()) {
+                Ok(outs) => {
+                    for ((_, t), v) in outs.iter().zip(g.outputs()) {
+                        assert_eq!(t.ty(), *g.value_type(v.1), "{name} on {dtype}");
+                    }
+                    *ran.entry(name).or_default() += 1;
+                }
+                Err(e) if e.to_string().contains("division by zero") => {}
+                Err(e) => panic!("{name} on {dtype}: {e}"),
+            }
+        }
+    }
+    let missing: Vec<&str> = Op::MNEMONICS
+        .iter()
+        .copied()
+        .filter(|m| !ran.contains_key(m) && !["param", "constant", "dims"].contains(m))
+        .collect();
+    assert!(missing.is_empty(), "ops never run: {missing:?}");
+}
