@@ -64,7 +64,13 @@ const TOKENS: &[&str] = &[
     "\u{feff}",
 ];
 
-fn corpus() -> Vec<String> {
+/// The filetests as plain `.kir` text, read once.
+fn corpus() -> &'static [String] {
+    static CORPUS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(read_corpus)
+}
+
+fn read_corpus() -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/filetests");
     let mut out = Vec::new();
     let mut stack = vec![root];
