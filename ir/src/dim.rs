@@ -232,6 +232,32 @@ impl Dim {
         Ok((Dim::from_terms(q)?, Dim::from_terms(r)?))
     }
 
+    /// `self / other` when `other` is one term `c*m` that divides every term of `self` exactly
+    /// (so `(768*b*s) / (12*b*s)` is `64`); `None` otherwise.
+    pub fn exact_div(&self, other: &Dim) -> Option<Dim> {
+        let d = other.terms();
+        let [Term { mono: m, coeff: c, .. }] = d.as_slice() else {
+            return None;
+        };
+        let mut out = Vec::new();
+        for t in self.terms() {
+            if t.coeff % c != 0 {
+                return None;
+            }
+            let mut rest = t.mono.clone();
+            for a in m {
+                let i = rest.iter().position(|x| x == a)?;
+                rest.remove(i);
+            }
+            out.push(Term {
+                is_const: false,
+                mono: rest,
+                coeff: t.coeff / c,
+            });
+        }
+        Dim::from_terms(out).ok()
+    }
+
     /// Floor division.
     pub fn floor_div(&self, other: &Dim) -> Result<Dim, DimError> {
         match (self, other) {
@@ -249,6 +275,9 @@ impl Dim {
             }
             (Dim::Const(0), _) => Ok(Dim::Const(0)),
             _ if self == other => Ok(Dim::Const(1)),
+            (_, Dim::Expr(_)) if self.exact_div(other).is_some() => {
+                Ok(self.exact_div(other).expect("checked just above"))
+            }
             _ => Ok(Dim::atom(Atom::Div(
                 Box::new(self.clone()),
                 Box::new(other.clone()),
@@ -512,6 +541,11 @@ mod tests {
         assert_eq!(plus1.floor_div(&c(2)).unwrap().to_string(), "(seq+1)/2");
         assert_eq!(seq.floor_div(&seq).unwrap(), c(1));
         assert_eq!(c(-7).floor_div(&c(2)).unwrap(), c(-4));
+        let b = s("b");
+        let bs = b.mul(&seq).unwrap();
+        assert_eq!(bs.mul(&c(768)).unwrap().floor_div(&bs.mul(&c(12)).unwrap()).unwrap(), c(64));
+        assert_eq!(bs.mul(&c(6)).unwrap().floor_div(&seq).unwrap(), b.mul(&c(6)).unwrap());
+        assert!(bs.floor_div(&seq.mul(&c(2)).unwrap()).unwrap().as_const().is_none());
         assert_eq!(seq.floor_div(&c(0)), Err(DimError::DivByZero));
         // A constant remainder is always below the divisor and vanishes.
         let e = seq
