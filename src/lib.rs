@@ -20,6 +20,7 @@
 
 pub mod format;
 pub mod npz;
+pub mod onnx;
 
 use std::collections::HashMap;
 
@@ -42,6 +43,8 @@ pub enum Error {
     Interp(#[from] InterpError),
     #[error(transparent)]
     Npz(#[from] npz::NpzError),
+    #[error(transparent)]
+    Import(frontends::onnx::ImportError),
     #[error("missing input \"{name}\" (the graph takes {})", expected.join(", "))]
     MissingInput { name: String, expected: Vec<String> },
 }

@@ -1,5 +1,8 @@
 //! kiln's frontends: turn model formats into `ir` graphs.
 //!
-//! The ONNX importer (prost messages written in Rust, an op registry keyed by domain, op type
-//! and opset range, composite ops decomposed into IR primitives) lands here next; every
-//! frontend exposes one entry that takes bytes and returns a graph. Depends on `ir` only.
+//! [`onnx`] decodes ONNX models (prost messages written in Rust, no protoc) and imports them
+//! through an op registry keyed by domain, op type and opset version; composite operators
+//! decompose into IR primitives. Every frontend takes bytes and returns a graph; it depends
+//! on `ir` only.
+
+pub mod onnx;

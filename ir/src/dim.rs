@@ -236,7 +236,10 @@ impl Dim {
     /// (so `(768*b*s) / (12*b*s)` is `64`); `None` otherwise.
     pub fn exact_div(&self, other: &Dim) -> Option<Dim> {
         let d = other.terms();
-        let [Term { mono: m, coeff: c, .. }] = d.as_slice() else {
+        let [Term {
+            mono: m, coeff: c, ..
+        }] = d.as_slice()
+        else {
             return None;
         };
         let mut out = Vec::new();
@@ -543,9 +546,22 @@ mod tests {
         assert_eq!(c(-7).floor_div(&c(2)).unwrap(), c(-4));
         let b = s("b");
         let bs = b.mul(&seq).unwrap();
-        assert_eq!(bs.mul(&c(768)).unwrap().floor_div(&bs.mul(&c(12)).unwrap()).unwrap(), c(64));
-        assert_eq!(bs.mul(&c(6)).unwrap().floor_div(&seq).unwrap(), b.mul(&c(6)).unwrap());
-        assert!(bs.floor_div(&seq.mul(&c(2)).unwrap()).unwrap().as_const().is_none());
+        assert_eq!(
+            bs.mul(&c(768))
+                .unwrap()
+                .floor_div(&bs.mul(&c(12)).unwrap())
+                .unwrap(),
+            c(64)
+        );
+        assert_eq!(
+            bs.mul(&c(6)).unwrap().floor_div(&seq).unwrap(),
+            b.mul(&c(6)).unwrap()
+        );
+        assert!(bs
+            .floor_div(&seq.mul(&c(2)).unwrap())
+            .unwrap()
+            .as_const()
+            .is_none());
         assert_eq!(seq.floor_div(&c(0)), Err(DimError::DivByZero));
         // A constant remainder is always below the divisor and vanishes.
         let e = seq

@@ -1,0 +1,543 @@
+//! The import driver: decodes the model, binds inputs and initializers, walks the nodes in
+//! order through the op registry, folds constant subcomputations, and names the outputs.
+
+use std::collections::HashMap;
+
+use ir::{Builder, DType, Dim, Graph, Op, Origin, Shape, Tensor, TensorType, Value};
+
+use super::proto::{self, AttributeProto, GraphProto, ModelProto, NodeProto, TypeValue};
+use super::registry;
+use super::tensor::{decode, require_dtype};
+use super::value::{Known, V};
+use super::{ImportError, ImportOptions};
+
+/// Results of the largest folded computation kept as constants, in elements.
+const FOLD_LIMIT: usize = 1 << 22;
+
+/// Ops that must not be folded even on constant inputs.
+const NO_FOLD: &[&str] = &[
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Bernoulli",
+    "Multinomial",
+    "Dropout",
+];
+
+/// One node being imported: the proto, its resolved opset version, and attribute access.
+pub struct Node<'a> {
+    pub proto: &'a NodeProto,
+    pub version: i64,
+}
+
+impl<'a> Node<'a> {
+    pub fn op(&self) -> &str {
+        &self.proto.op_type
+    }
+
+    /// Input `i`'s name, `None` when absent or empty (an omitted optional input).
+    pub fn input(&self, i: usize) -> Option<&'a str> {
+        self.proto
+            .input
+            .get(i)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn num_inputs(&self) -> usize {
+        self.proto.input.len()
+    }
+
+    /// Input `i`, which must be present.
+    pub fn req(&self, i: usize) -> Result<&'a str, String> {
+        self.input(i)
+            .ok_or_else(|| format!("missing required input {i}"))
+    }
+
+    pub fn num_outputs(&self) -> usize {
+        self.proto.output.len()
+    }
+
+    /// Whether output `i` is wanted (present and non-empty).
+    pub fn wants_output(&self, i: usize) -> bool {
+        self.proto.output.get(i).is_some_and(|s| !s.is_empty())
+    }
+
+    fn attr(&self, name: &str) -> Option<&'a AttributeProto> {
+        self.proto.attribute.iter().find(|a| a.name == name)
+    }
+
+    fn typed(&self, name: &str, want: i32) -> Result<Option<&'a AttributeProto>, String> {
+        match self.attr(name) {
+            None => Ok(None),
+            Some(a) if a.r#type == want || a.r#type == proto::attr_type::UNDEFINED => Ok(Some(a)),
+            Some(a) => Err(format!(
+                "attribute `{name}` has type {}, expected {}",
+                attr_type_name(a.r#type),
+                attr_type_name(want)
+            )),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.attr(name).is_some()
+    }
+
+    pub fn int(&self, name: &str) -> Result<Option<i64>, String> {
+        Ok(self.typed(name, proto::attr_type::INT)?.map(|a| a.i))
+    }
+
+    pub fn int_or(&self, name: &str, default: i64) -> Result<i64, String> {
+        Ok(self.int(name)?.unwrap_or(default))
+    }
+
+    pub fn float(&self, name: &str) -> Result<Option<f32>, String> {
+        Ok(self.typed(name, proto::attr_type::FLOAT)?.map(|a| a.f))
+    }
+
+    pub fn float_or(&self, name: &str, default: f32) -> Result<f32, String> {
+        Ok(self.float(name)?.unwrap_or(default))
+    }
+
+    pub fn string(&self, name: &str) -> Result<Option<String>, String> {
+        self.typed(name, proto::attr_type::STRING)?
+            .map(|a| {
+                String::from_utf8(a.s.clone())
+                    .map_err(|_| format!("attribute `{name}` is not UTF-8"))
+            })
+            .transpose()
+    }
+
+    pub fn string_or(&self, name: &str, default: &str) -> Result<String, String> {
+        Ok(self.string(name)?.unwrap_or_else(|| default.to_string()))
+    }
+
+    pub fn ints(&self, name: &str) -> Result<Option<Vec<i64>>, String> {
+        Ok(self
+            .typed(name, proto::attr_type::INTS)?
+            .map(|a| a.ints.clone()))
+    }
+
+    pub fn floats(&self, name: &str) -> Result<Option<Vec<f32>>, String> {
+        Ok(self
+            .typed(name, proto::attr_type::FLOATS)?
+            .map(|a| a.floats.clone()))
+    }
+
+    pub fn strings(&self, name: &str) -> Result<Option<Vec<String>>, String> {
+        self.typed(name, proto::attr_type::STRINGS)?
+            .map(|a| {
+                a.strings
+                    .iter()
+                    .map(|s| {
+                        String::from_utf8(s.clone())
+                            .map_err(|_| format!("attribute `{name}` is not UTF-8"))
+                    })
+                    .collect()
+            })
+            .transpose()
+    }
+
+    pub fn tensor(&self, name: &str, ext: &super::ExternalData) -> Result<Option<Tensor>, String> {
+        self.typed(name, proto::attr_type::TENSOR)?
+            .map(|a| {
+                let t =
+                    a.t.as_ref()
+                        .ok_or_else(|| format!("attribute `{name}` has no tensor"))?;
+                decode(t, ext).map_err(|e| format!("attribute `{name}`: {e}"))
+            })
+            .transpose()
+    }
+}
+
+fn attr_type_name(t: i32) -> &'static str {
+    use proto::attr_type::*;
+    match t {
+        FLOAT => "FLOAT",
+        INT => "INT",
+        STRING => "STRING",
+        TENSOR => "TENSOR",
+        GRAPH => "GRAPH",
+        FLOATS => "FLOATS",
+        INTS => "INTS",
+        STRINGS => "STRINGS",
+        TENSORS => "TENSORS",
+        GRAPHS => "GRAPHS",
+        SPARSE_TENSOR => "SPARSE_TENSOR",
+        SPARSE_TENSORS => "SPARSE_TENSORS",
+        TYPE_PROTO => "TYPE_PROTO",
+        TYPE_PROTOS => "TYPE_PROTOS",
+        _ => "UNDEFINED",
+    }
+}
+
+/// The state of one import.
+pub struct Ctx<'o> {
+    pub b: Builder,
+    env: HashMap<String, V>,
+    pub opts: &'o ImportOptions<'o>,
+    fresh: usize,
+}
+
+impl<'o> Ctx<'o> {
+    fn new(name: &str, opts: &'o ImportOptions<'o>) -> Ctx<'o> {
+        Ctx {
+            b: Builder::new(name),
+            env: HashMap::new(),
+            opts,
+            fresh: 0,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Result<&V, String> {
+        self.env
+            .get(name)
+            .ok_or_else(|| format!("value `{name}` is used before it is defined"))
+    }
+
+    /// Type of the named value.
+    pub fn ty(&self, name: &str) -> Result<TensorType, String> {
+        Ok(self.get(name)?.ty.clone())
+    }
+
+    /// The IR value of `name`, materializing a known value on first use.
+    pub fn ir(&mut self, name: &str) -> Result<Value, String> {
+        let v = self.get(name)?.clone();
+        if let Some(value) = v.value {
+            return Ok(value);
+        }
+        let value = self.materialize(&v)?;
+        if let Some(e) = self.env.get_mut(name) {
+            e.value = Some(value);
+        }
+        Ok(value)
+    }
+
+    /// An IR value for a V that may only be known.
+    pub fn value_of(&mut self, v: &V) -> Result<Value, String> {
+        match v.value {
+            Some(x) => Ok(x),
+            None => self.materialize(v),
+        }
+    }
+
+    fn materialize(&mut self, v: &V) -> Result<Value, String> {
+        match &v.known {
+            Some(Known::Data(t)) => self.b.constant(t.clone()).map_err(|e| e.to_string()),
+            Some(Known::Dims { dims, scalar }) => {
+                if let Some(t) = v.known_tensor() {
+                    return self.b.constant(t).map_err(|e| e.to_string());
+                }
+                let d = self
+                    .b
+                    .op1(
+                        Op::Dims {
+                            values: dims.clone(),
+                        },
+                        &[],
+                    )
+                    .map_err(|e| e.to_string())?;
+                let d = if *scalar {
+                    self.b
+                        .reshape(d, Shape::scalar())
+                        .map_err(|e| e.to_string())?
+                } else {
+                    d
+                };
+                self.b.cast(d, v.ty.dtype).map_err(|e| e.to_string())
+            }
+            None => Err("value has neither an IR value nor a known value".into()),
+        }
+    }
+
+    /// The known value of an input as integers (dims must be constant), falling back to a
+    /// specialized graph input.
+    pub fn static_ints(&self, name: &str) -> Result<Vec<i64>, String> {
+        let v = self.get(name)?;
+        if let Some(x) = v.known_ints() {
+            return Ok(x);
+        }
+        if let Some(t) = self.opts.specialize.get(name) {
+            if t.dtype().is_int() {
+                return Ok((0..t.numel())
+                    .map(|i| t.data().get_i128(i) as i64)
+                    .collect());
+            }
+        }
+        Err(format!(
+            "`{name}` must be known when the model is imported (it sets a shape or size)"
+        ))
+    }
+
+    /// Like [`Ctx::static_ints`] but symbolic dims are allowed.
+    pub fn static_dims(&self, name: &str) -> Result<Vec<Dim>, String> {
+        let v = self.get(name)?;
+        if let Some(x) = v.known_dims() {
+            return Ok(x);
+        }
+        self.static_ints(name)
+            .map(|v| v.into_iter().map(Dim::Const).collect())
+    }
+
+    /// The known value of an input as a tensor.
+    pub fn static_tensor(&self, name: &str) -> Result<Tensor, String> {
+        let v = self.get(name)?;
+        if let Some(t) = v.known_tensor() {
+            return Ok(t);
+        }
+        self.opts
+            .specialize
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("`{name}` must be known when the model is imported"))
+    }
+
+    /// A V for an IR value.
+    pub fn v(&self, value: Value) -> V {
+        V {
+            value: Some(value),
+            ty: self.b.ty(value).clone(),
+            known: None,
+        }
+    }
+
+    /// A fresh symbol for a dim nobody named.
+    pub fn fresh_symbol(&mut self, hint: &str) -> Dim {
+        self.fresh += 1;
+        Dim::sym(&format!("{}_{}", sanitize(hint), self.fresh))
+    }
+}
+
+/// Turns an ONNX dim_param or value name into a valid symbol.
+pub fn sanitize(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        s.insert(0, 'd');
+    }
+    if !ir::is_valid_symbol(&s) {
+        s.push('_');
+    }
+    s
+}
+
+/// The dtype and shape an input declares; unnamed dims become fresh symbols.
+fn input_type(ctx: &mut Ctx, vi: &proto::ValueInfoProto) -> Result<TensorType, String> {
+    let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(TypeValue::TensorType(tt)) => tt,
+        Some(TypeValue::SequenceType(_)) => return Err("sequence inputs are not supported".into()),
+        Some(TypeValue::MapType(_)) => return Err("map inputs are not supported".into()),
+        Some(TypeValue::OptionalType(_)) => return Err("optional inputs are not supported".into()),
+        Some(TypeValue::SparseTensorType(_)) => {
+            return Err("sparse inputs are not supported".into())
+        }
+        None => return Err("input has no type".into()),
+    };
+    let dtype = require_dtype(tt.elem_type)?;
+    let shape = tt
+        .shape
+        .as_ref()
+        .ok_or("input has no shape (its rank is unknown)")?;
+    let mut dims = Vec::with_capacity(shape.dim.len());
+    for (a, d) in shape.dim.iter().enumerate() {
+        dims.push(match &d.value {
+            Some(proto::DimValue::DimValue(v)) if *v >= 0 => Dim::Const(*v),
+            Some(proto::DimValue::DimValue(v)) => return Err(format!("axis {a} has size {v}")),
+            Some(proto::DimValue::DimParam(p)) if !p.is_empty() => Dim::sym(&sanitize(p)),
+            _ => ctx.fresh_symbol(&format!("{}_{a}", vi.name)),
+        });
+    }
+    Ok(TensorType::new(dtype, Shape::new(dims)))
+}
+
+/// The opset version per domain; `ai.onnx` and the empty domain are the same.
+pub fn opsets(model: &ModelProto) -> HashMap<String, i64> {
+    let mut out = HashMap::new();
+    for o in &model.opset_import {
+        let domain = if o.domain == "ai.onnx" {
+            ""
+        } else {
+            o.domain.as_str()
+        };
+        out.insert(domain.to_string(), o.version);
+    }
+    out
+}
+
+fn node_error(n: &NodeProto, message: String) -> ImportError {
+    ImportError {
+        node: Some(n.name.clone())
+            .filter(|s| !s.is_empty())
+            .or_else(|| n.output.first().cloned()),
+        op: Some(if n.domain.is_empty() || n.domain == "ai.onnx" {
+            n.op_type.clone()
+        } else {
+            format!("{}::{}", n.domain, n.op_type)
+        }),
+        message,
+    }
+}
+
+/// Imports a decoded model.
+pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    let fail = |message: String| ImportError {
+        node: None,
+        op: None,
+        message,
+    };
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| fail("the model has no graph".into()))?;
+    let opsets = opsets(model);
+    if !opsets.contains_key("") && graph.node.iter().any(|n| n.domain.is_empty()) {
+        return Err(fail("the model imports no ai.onnx opset".into()));
+    }
+    let name = if graph.name.is_empty() {
+        "main"
+    } else {
+        &graph.name
+    };
+    let mut ctx = Ctx::new(&sanitize(name), opts);
+    bind_graph_inputs(&mut ctx, graph).map_err(fail)?;
+    for n in &graph.node {
+        import_node(&mut ctx, n, &opsets)?;
+    }
+    for out in &graph.output {
+        let v = ctx
+            .ir(&out.name)
+            .map_err(|e| fail(format!("output `{}`: {e}", out.name)))?;
+        ctx.b
+            .output(&out.name, v)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    ctx.b.finish().map_err(|e| fail(e.to_string()))
+}
+
+fn bind_graph_inputs(ctx: &mut Ctx, graph: &GraphProto) -> Result<(), String> {
+    for init in &graph.initializer {
+        let t = decode(init, &ctx.opts.external_data)
+            .map_err(|e| format!("initializer `{}`: {e}", init.name))?;
+        ctx.env.insert(init.name.clone(), V::data(t));
+    }
+    if !graph.sparse_initializer.is_empty() {
+        return Err("sparse initializers are not supported".into());
+    }
+    for input in &graph.input {
+        if ctx.env.contains_key(&input.name) {
+            continue; // an initializer listed as an input (IR < 4) stays a constant
+        }
+        let ty = input_type(ctx, input).map_err(|e| format!("input `{}`: {e}", input.name))?;
+        let p = ctx
+            .b
+            .param(&input.name, ty.dtype, ty.shape.clone())
+            .map_err(|e| format!("input `{}`: {e}", input.name))?;
+        ctx.env.insert(input.name.clone(), ctx.v(p));
+    }
+    Ok(())
+}
+
+fn import_node(
+    ctx: &mut Ctx,
+    n: &NodeProto,
+    opsets: &HashMap<String, i64>,
+) -> Result<(), ImportError> {
+    let domain = if n.domain == "ai.onnx" {
+        ""
+    } else {
+        n.domain.as_str()
+    };
+    let version = *opsets.get(domain).ok_or_else(|| {
+        node_error(
+            n,
+            format!("the model imports no opset for domain `{}`", n.domain),
+        )
+    })?;
+    let f = registry::lookup(domain, &n.op_type, version).ok_or_else(|| {
+        node_error(
+            n,
+            format!(
+                "unsupported op {}{} (opset {version})",
+                if domain.is_empty() {
+                    String::new()
+                } else {
+                    format!("{domain}::")
+                },
+                n.op_type
+            ),
+        )
+    })?;
+    let node = Node { proto: n, version };
+    for name in n.input.iter().filter(|s| !s.is_empty()) {
+        ctx.get(name).map_err(|e| node_error(n, e))?;
+    }
+    let label = if n.name.is_empty() {
+        n.output.first().cloned().unwrap_or_default()
+    } else {
+        n.name.clone()
+    };
+    ctx.b.set_origin(Origin::named(&label));
+    let outs = match fold(ctx, &node, f) {
+        Some(outs) => outs,
+        None => f(ctx, &node).map_err(|e| node_error(n, e))?,
+    };
+    for (i, name) in n.output.iter().enumerate() {
+        if name.is_empty() {
+            continue;
+        }
+        let v = outs
+            .get(i)
+            .cloned()
+            .ok_or_else(|| node_error(n, format!("output {i} (`{name}`) is not supported")))?;
+        ctx.env.insert(name.clone(), v);
+    }
+    Ok(())
+}
+
+/// Evaluates a node whose inputs are all known constants, when the options carry an evaluator:
+/// the node is imported into a scratch graph over constants and run. Any failure just means
+/// "import it normally".
+fn fold(ctx: &mut Ctx, node: &Node, f: registry::ImportFn) -> Option<Vec<V>> {
+    let eval = ctx.opts.evaluate?;
+    if NO_FOLD.contains(&node.op()) || node.proto.input.iter().all(|s| s.is_empty()) {
+        return None;
+    }
+    let mut scratch = Ctx::new("fold", ctx.opts);
+    for name in node.proto.input.iter().filter(|s| !s.is_empty()) {
+        let t = ctx.get(name).ok()?.known_tensor()?;
+        scratch.env.insert(name.clone(), V::data(t));
+    }
+    let outs = f(&mut scratch, node).ok()?;
+    if outs.iter().all(|v| v.value.is_none()) {
+        // Computed from known values alone (e.g. Shape arithmetic): nothing to run.
+        return Some(outs);
+    }
+    for (i, v) in outs.iter().enumerate() {
+        let x = scratch.value_of(v).ok()?;
+        scratch.b.output(&format!("o{i}"), x).ok()?;
+    }
+    let g = scratch.b.finish().ok()?;
+    let results = eval(&g).ok()?;
+    if results.iter().any(|t| t.numel() > FOLD_LIMIT) {
+        return None;
+    }
+    Some(results.into_iter().map(V::data).collect())
+}
+
+/// The constant type of a known dims vector of `dtype`.
+pub fn int_dtype_or_i64(d: DType) -> DType {
+    if d.is_int() {
+        d
+    } else {
+        DType::I64
+    }
+}

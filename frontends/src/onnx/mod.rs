@@ -1,0 +1,87 @@
+//! The ONNX frontend: decodes a model (prost messages written in Rust, no protoc) and imports
+//! its graph into kiln's IR through an op registry keyed by domain, op type and opset version.
+//! Composite operators decompose into IR primitives; shape computations fold at import time.
+//!
+//! The library takes bytes: external data files and, optionally, an evaluator for folding
+//! constant subgraphs come in through [`ImportOptions`].
+
+mod import;
+mod ops;
+pub mod proto;
+mod registry;
+mod tensor;
+mod value;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use ir::{Graph, Tensor};
+use prost::Message;
+
+pub use import::{import_model, opsets};
+pub use registry::{is_supported, supported_ops};
+pub use tensor::{decode as decode_tensor, dtype_of, ExternalData};
+
+/// Evaluates a graph without parameters; used to fold constant subcomputations at import.
+pub type Evaluator<'a> = &'a (dyn Fn(&Graph) -> Result<Vec<Tensor>, String> + Sync);
+
+/// How to import.
+#[derive(Default)]
+pub struct ImportOptions<'a> {
+    /// The bytes of external data files, by the `location` the model records.
+    pub external_data: ExternalData,
+    /// Values of graph inputs that may stand in where an op needs a value known at import
+    /// time (a shape, a size, axes). Other uses of these inputs stay runtime inputs.
+    pub specialize: HashMap<String, Tensor>,
+    /// Folds nodes whose inputs are all constants by running them; `None` keeps them.
+    pub evaluate: Option<Evaluator<'a>>,
+}
+
+/// Why a model could not be imported, naming the node and op where there is one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ImportError {
+    pub node: Option<String>,
+    pub op: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.op, &self.node) {
+            (Some(op), Some(node)) => write!(f, "{op} node \"{node}\": {}", self.message),
+            (Some(op), None) => write!(f, "{op}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Decodes the protobuf of a model.
+pub fn decode_model(bytes: &[u8]) -> Result<proto::ModelProto, ImportError> {
+    proto::ModelProto::decode(bytes).map_err(|e| ImportError {
+        node: None,
+        op: None,
+        message: format!("not a valid ONNX model: {e}"),
+    })
+}
+
+/// Decodes and imports a model.
+pub fn import(bytes: &[u8], opts: &ImportOptions) -> Result<Graph, ImportError> {
+    import_model(&decode_model(bytes)?, opts)
+}
+
+/// The external data files a model refers to, so the caller can read them.
+pub fn external_data_locations(model: &proto::ModelProto) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(g) = &model.graph {
+        for t in &g.initializer {
+            if t.data_location == 1 {
+                for e in &t.external_data {
+                    if e.key == "location" && !out.contains(&e.value) {
+                        out.push(e.value.clone());
+                    }
+                }
+            }
+        }
+    }
+    out
+}

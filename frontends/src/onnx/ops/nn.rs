@@ -1,0 +1,919 @@
+//! Neural-network operators: contractions, convolutions, pooling, normalizations, the softmax
+//! family, einsum and top-k, all decomposed into IR primitives.
+
+use ir::{Builder, DType, Dim, Op, PadMode, ReduceKind, Shape, Value};
+
+use super::{axes, axis, one, product, s, Res};
+use crate::onnx::import::{Ctx, Node};
+
+type R<T> = Result<T, String>;
+
+pub fn matmul(ctx: &mut Ctx, n: &Node) -> Res {
+    let (a, b) = (ctx.ir(n.req(0)?)?, ctx.ir(n.req(1)?)?);
+    let y = ctx.b.matmul(a, b).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn gemm(ctx: &mut Ctx, n: &Node) -> Res {
+    let mut a = ctx.ir(n.req(0)?)?;
+    let mut b = ctx.ir(n.req(1)?)?;
+    let c = n.input(2).map(|c| ctx.ir(c)).transpose()?;
+    let (alpha, beta) = (
+        n.float_or("alpha", 1.0)? as f64,
+        n.float_or("beta", 1.0)? as f64,
+    );
+    let bl = &mut ctx.b;
+    if n.int_or("transA", 0)? != 0 {
+        a = bl.transpose(a, &[1, 0]).map_err(s)?;
+    }
+    if n.int_or("transB", 0)? != 0 {
+        b = bl.transpose(b, &[1, 0]).map_err(s)?;
+    }
+    let mut y = bl.matmul(a, b).map_err(s)?;
+    if alpha != 1.0 {
+        y = bl.scale(y, alpha).map_err(s)?;
+    }
+    if let Some(c) = c {
+        let c = if beta != 1.0 {
+            bl.scale(c, beta).map_err(s)?
+        } else {
+            c
+        };
+        y = bl.add(y, c).map_err(s)?;
+    }
+    one(ctx, y)
+}
+
+/// Per-axis padding (low, high) for `auto_pad`, explicit `pads`, or none.
+struct Geometry {
+    kernel: Vec<Dim>,
+    strides: Vec<i64>,
+    dilations: Vec<i64>,
+    low: Vec<i64>,
+    high: Vec<i64>,
+}
+
+fn geometry(n: &Node, input: &[Dim], kernel: Vec<Dim>, transpose: bool) -> R<Geometry> {
+    let sp = kernel.len();
+    let strides = n.ints("strides")?.unwrap_or_else(|| vec![1; sp]);
+    let dilations = n.ints("dilations")?.unwrap_or_else(|| vec![1; sp]);
+    if strides.len() != sp || dilations.len() != sp {
+        return Err(format!("strides/dilations must have {sp} entries"));
+    }
+    let mut low = vec![0; sp];
+    let mut high = vec![0; sp];
+    match n.string_or("auto_pad", "NOTSET")?.as_str() {
+        "NOTSET" => {
+            if let Some(p) = n.ints("pads")? {
+                if p.len() != 2 * sp {
+                    return Err(format!("pads must have {} entries", 2 * sp));
+                }
+                low.copy_from_slice(&p[..sp]);
+                high.copy_from_slice(&p[sp..]);
+            }
+        }
+        "VALID" => {}
+        mode @ ("SAME_UPPER" | "SAME_LOWER") if !transpose => {
+            for i in 0..sp {
+                let k = kernel[i]
+                    .as_const()
+                    .ok_or("SAME padding needs a static kernel")?;
+                let span = (k - 1) * dilations[i] + 1;
+                let total = if strides[i] == 1 {
+                    span - 1
+                } else {
+                    let inp = input[i]
+                        .as_const()
+                        .ok_or("SAME padding with stride > 1 needs static input dims")?;
+                    let out = (inp + strides[i] - 1) / strides[i];
+                    ((out - 1) * strides[i] + span - inp).max(0)
+                };
+                let half = total / 2;
+                (low[i], high[i]) = if mode == "SAME_UPPER" {
+                    (half, total - half)
+                } else {
+                    (total - half, half)
+                };
+            }
+        }
+        mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+            // ConvTranspose: output = input * stride; padding is whatever makes that so.
+            let outpad = n.ints("output_padding")?.unwrap_or_else(|| vec![0; sp]);
+            for i in 0..sp {
+                let k = kernel[i]
+                    .as_const()
+                    .ok_or("SAME padding needs a static kernel")?;
+                let inp = input[i]
+                    .as_const()
+                    .ok_or("SAME padding needs static input dims")?;
+                let total = (strides[i] * (inp - 1) + outpad[i] + (k - 1) * dilations[i] + 1
+                    - inp * strides[i])
+                    .max(0);
+                let half = total / 2;
+                (low[i], high[i]) = if mode == "SAME_UPPER" {
+                    (half, total - half)
+                } else {
+                    (total - half, half)
+                };
+            }
+        }
+        m => return Err(format!("unknown auto_pad `{m}`")),
+    }
+    Ok(Geometry {
+        kernel,
+        strides,
+        dilations,
+        low,
+        high,
+    })
+}
+
+/// Reshapes a per-channel vector [C] to [1, C, 1, ...] for rank `rank`.
+fn per_channel(b: &mut Builder, v: Value, rank: usize) -> R<Value> {
+    let c = b.shape(v).numel().map_err(s)?;
+    let mut dims = vec![Dim::Const(1); rank];
+    dims[1] = c;
+    b.reshape(v, Shape::new(dims)).map_err(s)
+}
+
+pub fn conv(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let w = ctx.ir(n.req(1)?)?;
+    let bias = n.input(2).map(|b| ctx.ir(b)).transpose()?;
+    let b = &mut ctx.b;
+    let xs = b.shape(x).dims().to_vec();
+    let ws = b.shape(w).dims().to_vec();
+    if xs.len() < 3 {
+        return Err(format!("Conv needs rank at least 3, got {}", xs.len()));
+    }
+    let g = geometry(n, &xs[2..], ws[2..].to_vec(), false)?;
+    let op = Op::Conv {
+        stride: g.strides,
+        dilation: g.dilations,
+        pad_low: g.low,
+        pad_high: g.high,
+        groups: n.int_or("group", 1)?,
+    };
+    let mut y = b.op1(op, &[x, w]).map_err(s)?;
+    if let Some(bias) = bias {
+        let bias = per_channel(b, bias, xs.len())?;
+        y = b.add(y, bias).map_err(s)?;
+    }
+    one(ctx, y)
+}
+
+/// Reverses `x` along `axes`.
+fn flip(b: &mut Builder, x: Value, axes: &[usize]) -> R<Value> {
+    let dims = b.shape(x).dims().to_vec();
+    let r = dims.len();
+    let mut start = vec![Dim::Const(0); r];
+    let mut limit = dims.clone();
+    let mut stride = vec![1; r];
+    for &a in axes {
+        start[a] = dims[a].sub(&Dim::Const(1)).map_err(s)?;
+        limit[a] = Dim::Const(-1);
+        stride[a] = -1;
+    }
+    b.op1(
+        Op::Slice {
+            start,
+            limit,
+            stride,
+        },
+        &[x],
+    )
+    .map_err(s)
+}
+
+/// Inserts `s - 1` zeros between elements along `axis`.
+fn dilate(b: &mut Builder, x: Value, axis: usize, stride: i64) -> R<Value> {
+    if stride == 1 {
+        return Ok(x);
+    }
+    let dims = b.shape(x).dims().to_vec();
+    let mut with_unit = dims.clone();
+    with_unit.insert(axis + 1, Dim::Const(1));
+    let y = b.reshape(x, Shape::new(with_unit.clone())).map_err(s)?;
+    let zero = b.scalar(0.0, b.dtype(x)).map_err(s)?;
+    let mut high = vec![0; with_unit.len()];
+    high[axis + 1] = stride - 1;
+    let y = b
+        .op1(
+            Op::Pad {
+                low: vec![0; with_unit.len()],
+                high,
+                mode: PadMode::Constant,
+            },
+            &[y, zero],
+        )
+        .map_err(s)?;
+    let mut flat = dims.clone();
+    flat[axis] = dims[axis].mul(&Dim::Const(stride)).map_err(s)?;
+    let y = b.reshape(y, Shape::new(flat.clone())).map_err(s)?;
+    let mut limit = flat;
+    limit[axis] = dims[axis]
+        .sub(&Dim::Const(1))
+        .and_then(|d| d.mul(&Dim::Const(stride)))
+        .and_then(|d| d.add(&Dim::Const(1)))
+        .map_err(s)?;
+    let r = limit.len();
+    b.op1(
+        Op::Slice {
+            start: vec![Dim::Const(0); r],
+            limit,
+            stride: vec![1; r],
+        },
+        &[y],
+    )
+    .map_err(s)
+}
+
+pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let w = ctx.ir(n.req(1)?)?;
+    let bias = n.input(2).map(|b| ctx.ir(b)).transpose()?;
+    let b = &mut ctx.b;
+    let xs = b.shape(x).dims().to_vec();
+    let ws = b.shape(w).dims().to_vec();
+    let r = xs.len();
+    if r < 3 {
+        return Err("ConvTranspose needs rank at least 3".into());
+    }
+    let sp = r - 2;
+    let groups = n.int_or("group", 1)?;
+    let mut g = geometry(n, &xs[2..], ws[2..].to_vec(), true)?;
+    let outpad = n.ints("output_padding")?.unwrap_or_else(|| vec![0; sp]);
+    if let Some(os) = n.ints("output_shape")? {
+        // Padding that produces the requested output shape.
+        let os = &os[os.len().saturating_sub(sp)..];
+        for i in 0..sp {
+            let k = g.kernel[i]
+                .as_const()
+                .ok_or("output_shape needs a static kernel")?;
+            let inp = xs[i + 2]
+                .as_const()
+                .ok_or("output_shape needs static input dims")?;
+            let total = g.strides[i] * (inp - 1) + outpad[i] + (k - 1) * g.dilations[i] + 1 - os[i];
+            let half = total / 2;
+            if n.string_or("auto_pad", "NOTSET")? == "SAME_LOWER" {
+                (g.low[i], g.high[i]) = (total - half, half);
+            } else {
+                (g.low[i], g.high[i]) = (half, total - half);
+            }
+        }
+    }
+    // Weight [C, M/g, k...] -> [M, C/g, k...], spatially flipped.
+    let c = ws[0].clone();
+    let mg = ws[1].clone();
+    let cg = c.floor_div(&Dim::Const(groups)).map_err(s)?;
+    let mut grouped = vec![Dim::Const(groups), cg.clone(), mg.clone()];
+    grouped.extend(ws[2..].iter().cloned());
+    let wt = b.reshape(w, Shape::new(grouped)).map_err(s)?;
+    let mut perm: Vec<i64> = vec![0, 2, 1];
+    perm.extend(3..3 + sp as i64);
+    let wt = b.transpose(wt, &perm).map_err(s)?;
+    let mut merged = vec![mg.mul(&Dim::Const(groups)).map_err(s)?, cg];
+    merged.extend(ws[2..].iter().cloned());
+    let wt = b.reshape(wt, Shape::new(merged)).map_err(s)?;
+    let wt = flip(b, wt, &(2..r).collect::<Vec<_>>())?;
+    // Zero-stuff the input, pad so the flipped kernel sees the full overlap, convolve.
+    let mut xin = x;
+    for i in 0..sp {
+        xin = dilate(b, xin, i + 2, g.strides[i])?;
+    }
+    let mut low = vec![0; r];
+    let mut high = vec![0; r];
+    for i in 0..sp {
+        let k = g.kernel[i]
+            .as_const()
+            .ok_or("ConvTranspose needs a static kernel")?;
+        let full = (k - 1) * g.dilations[i];
+        low[i + 2] = full - g.low[i];
+        high[i + 2] = full - g.high[i] + outpad[i];
+    }
+    let zero = b.scalar(0.0, b.dtype(x)).map_err(s)?;
+    let xin = b
+        .op1(
+            Op::Pad {
+                low,
+                high,
+                mode: PadMode::Constant,
+            },
+            &[xin, zero],
+        )
+        .map_err(s)?;
+    let op = Op::Conv {
+        stride: vec![1; sp],
+        dilation: g.dilations,
+        pad_low: vec![0; sp],
+        pad_high: vec![0; sp],
+        groups,
+    };
+    let mut y = b.op1(op, &[xin, wt]).map_err(s)?;
+    if let Some(bias) = bias {
+        let bias = per_channel(b, bias, r)?;
+        y = b.add(y, bias).map_err(s)?;
+    }
+    one(ctx, y)
+}
+
+pub fn pool(ctx: &mut Ctx, n: &Node) -> Res {
+    if n.op() == "MaxPool" && n.wants_output(1) {
+        return Err("MaxPool's Indices output is not supported".into());
+    }
+    let x = ctx.ir(n.req(0)?)?;
+    let b = &mut ctx.b;
+    let xs = b.shape(x).dims().to_vec();
+    let r = xs.len();
+    if r < 3 {
+        return Err("pooling needs rank at least 3".into());
+    }
+    let sp = r - 2;
+    let kernel: Vec<Dim> = n
+        .ints("kernel_shape")?
+        .ok_or("missing attribute `kernel_shape`")?
+        .into_iter()
+        .map(Dim::Const)
+        .collect();
+    if kernel.len() != sp {
+        return Err(format!("kernel_shape must have {sp} entries"));
+    }
+    let g = geometry(n, &xs[2..], kernel, false)?;
+    let k: Vec<i64> = g.kernel.iter().map(|d| d.as_const().unwrap_or(1)).collect();
+    // ceil_mode: extra high padding so that floor division yields the ceiling, minus windows
+    // that would start entirely in the padding.
+    let mut extra = vec![0; sp];
+    if n.int_or("ceil_mode", 0)? != 0 {
+        for i in 0..sp {
+            let inp = xs[i + 2]
+                .as_const()
+                .ok_or("ceil_mode needs static input dims")?;
+            let span = (k[i] - 1) * g.dilations[i] + 1;
+            let room = inp + g.low[i] + g.high[i] - span;
+            let mut out = (room + g.strides[i] - 1).div_euclid(g.strides[i]) + 1;
+            if (out - 1) * g.strides[i] >= inp + g.low[i] {
+                out -= 1;
+            }
+            extra[i] = ((out - 1) * g.strides[i] + span - (inp + g.low[i] + g.high[i])).max(0);
+        }
+    }
+    let full = |v: &[i64], fill: i64| -> Vec<i64> {
+        let mut o = vec![fill; 2];
+        o.extend_from_slice(v);
+        o
+    };
+    let high_all: Vec<i64> = g.high.iter().zip(&extra).map(|(h, e)| h + e).collect();
+    let window = |kind, low: &[i64], high: &[i64]| Op::ReduceWindow {
+        kind,
+        window: full(&k, 1),
+        stride: full(&g.strides, 1),
+        dilation: full(&g.dilations, 1),
+        pad_low: full(low, 0),
+        pad_high: full(high, 0),
+    };
+    let y = match n.op() {
+        "MaxPool" => b
+            .op1(window(ReduceKind::Max, &g.low, &high_all), &[x])
+            .map_err(s)?,
+        "LpPool" => {
+            let p = n.int_or("p", 2)? as f64;
+            let ax = b.unary(Op::Abs, x).map_err(s)?;
+            let pv = b.scalar_like(p, ax).map_err(s)?;
+            let xp = b.pow(ax, pv).map_err(s)?;
+            let sum = b
+                .op1(window(ReduceKind::Sum, &g.low, &high_all), &[xp])
+                .map_err(s)?;
+            let inv = b.scalar_like(1.0 / p, sum).map_err(s)?;
+            b.pow(sum, inv).map_err(s)?
+        }
+        _ => {
+            // Average: window sums over the divisor, which counts real elements (and, with
+            // count_include_pad, the explicit padding but never the ceil_mode extension).
+            let sum = b
+                .op1(window(ReduceKind::Sum, &g.low, &high_all), &[x])
+                .map_err(s)?;
+            let one = b.scalar_like(1.0, x).map_err(s)?;
+            let shape = b.shape(x).clone();
+            let ones = b.broadcast_to(one, &shape).map_err(s)?;
+            let count = if n.int_or("count_include_pad", 0)? != 0 {
+                let onev = b.scalar(1.0, b.dtype(x)).map_err(s)?;
+                let padded = b
+                    .op1(
+                        Op::Pad {
+                            low: full(&g.low, 0),
+                            high: full(&g.high, 0),
+                            mode: PadMode::Constant,
+                        },
+                        &[ones, onev],
+                    )
+                    .map_err(s)?;
+                b.op1(window(ReduceKind::Sum, &vec![0; sp], &extra), &[padded])
+                    .map_err(s)?
+            } else {
+                b.op1(window(ReduceKind::Sum, &g.low, &high_all), &[ones])
+                    .map_err(s)?
+            };
+            b.div(sum, count).map_err(s)?
+        }
+    };
+    one(ctx, y)
+}
+
+pub fn global_pool(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let r = ctx.b.rank(x);
+    let ax: Vec<i64> = (2..r as i64).collect();
+    let b = &mut ctx.b;
+    let y = match n.op() {
+        "GlobalMaxPool" => b.reduce_max(x, &ax, true),
+        "GlobalLpPool" => (|| {
+            let p = n.int_or("p", 2).unwrap_or(2) as f64;
+            let a = b.unary(Op::Abs, x)?;
+            let pv = b.scalar_like(p, a)?;
+            let xp = b.pow(a, pv)?;
+            let t = b.reduce_sum(xp, &ax, true)?;
+            let inv = b.scalar_like(1.0 / p, t)?;
+            b.pow(t, inv)
+        })(),
+        _ => b.reduce_mean(x, &ax, true),
+    }
+    .map_err(s)?;
+    one(ctx, y)
+}
+
+/// (x - mean) / sqrt(var + eps) over `axes` (kept as size 1), var the population variance.
+fn normalize(b: &mut Builder, x: Value, axes: &[i64], eps: f64) -> R<(Value, Value, Value)> {
+    let mean = b.reduce_mean(x, axes, true).map_err(s)?;
+    let d = b.sub(x, mean).map_err(s)?;
+    let sq = b.mul(d, d).map_err(s)?;
+    let var = b.reduce_mean(sq, axes, true).map_err(s)?;
+    let e = b.scalar(eps, b.dtype(x)).map_err(s)?;
+    let ve = b.add(var, e).map_err(s)?;
+    let inv = b.unary(Op::Rsqrt, ve).map_err(s)?;
+    let y = b.mul(d, inv).map_err(s)?;
+    Ok((y, mean, inv))
+}
+
+pub fn batch_norm(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let names = [n.req(1)?, n.req(2)?, n.req(3)?, n.req(4)?];
+    let [scale, bias, mean, var] = names.map(|m| ctx.ir(m));
+    let (scale, bias, mean, var) = (scale?, bias?, mean?, var?);
+    let eps = n.float_or("epsilon", 1e-5)? as f64;
+    let training = n.int_or("training_mode", 0)? != 0;
+    let b = &mut ctx.b;
+    let r = b.rank(x);
+    let (scale, bias) = (per_channel(b, scale, r)?, per_channel(b, bias, r)?);
+    if training {
+        let ax: Vec<i64> = std::iter::once(0).chain(2..r as i64).collect();
+        let (y, bmean, inv) = normalize(b, x, &ax, eps)?;
+        let y = b.mul(y, scale).map_err(s)?;
+        let y = b.add(y, bias).map_err(s)?;
+        let momentum = n.float_or("momentum", 0.9)? as f64;
+        let bm = b.reshape(bmean, b.shape(mean).clone()).map_err(s)?;
+        // Running variance uses the population variance of the batch.
+        let e = b.scalar(eps, b.dtype(x)).map_err(s)?;
+        let inv2 = b.mul(inv, inv).map_err(s)?;
+        let onev = b.scalar_like(1.0, inv2).map_err(s)?;
+        let bv = b.div(onev, inv2).map_err(s)?;
+        let bv = b.sub(bv, e).map_err(s)?;
+        let bv = b.reshape(bv, b.shape(var).clone()).map_err(s)?;
+        let mix = |b: &mut Builder, run: Value, cur: Value| -> R<Value> {
+            let a = b.scale(run, momentum).map_err(s)?;
+            let c = b.scale(cur, 1.0 - momentum).map_err(s)?;
+            b.add(a, c).map_err(s)
+        };
+        let rm = mix(b, mean, bm)?;
+        let rv = mix(b, var, bv)?;
+        return Ok(vec![ctx.v(y), ctx.v(rm), ctx.v(rv)]);
+    }
+    let mean = per_channel(b, mean, r)?;
+    let var = per_channel(b, var, r)?;
+    let e = b.scalar(eps, b.dtype(x)).map_err(s)?;
+    let ve = b.add(var, e).map_err(s)?;
+    let inv = b.unary(Op::Rsqrt, ve).map_err(s)?;
+    let d = b.sub(x, mean).map_err(s)?;
+    let y = b.mul(d, inv).map_err(s)?;
+    let y = b.mul(y, scale).map_err(s)?;
+    let y = b.add(y, bias).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn instance_norm(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let scale = ctx.ir(n.req(1)?)?;
+    let bias = ctx.ir(n.req(2)?)?;
+    let eps = n.float_or("epsilon", 1e-5)? as f64;
+    let b = &mut ctx.b;
+    let r = b.rank(x);
+    let ax: Vec<i64> = (2..r as i64).collect();
+    let (y, _, _) = normalize(b, x, &ax, eps)?;
+    let scale = per_channel(b, scale, r)?;
+    let bias = per_channel(b, bias, r)?;
+    let y = b.mul(y, scale).map_err(s)?;
+    let y = b.add(y, bias).map_err(s)?;
+    one(ctx, y)
+}
+
+/// The compute dtype for normalizations: f32 (or f64) for low-precision inputs.
+fn stash(b: &mut Builder, x: Value, n: &Node) -> R<(Value, DType)> {
+    let orig = b.dtype(x);
+    let want = match n.int_or("stash_type", 1)? {
+        11 => DType::F64,
+        _ if orig == DType::F64 => DType::F64,
+        _ => DType::F32,
+    };
+    Ok((b.cast(x, want).map_err(s)?, orig))
+}
+
+pub fn layer_norm(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let scale = ctx.ir(n.req(1)?)?;
+    let bias = n.input(2).map(|b| ctx.ir(b)).transpose()?;
+    let eps = n.float_or("epsilon", 1e-5)? as f64;
+    let b = &mut ctx.b;
+    let r = b.rank(x);
+    let a = axis(n.int_or("axis", -1)?, r)?;
+    let ax: Vec<i64> = (a as i64..r as i64).collect();
+    let (xc, orig) = stash(b, x, n)?;
+    let (y, mean, inv) = normalize(b, xc, &ax, eps)?;
+    let y = b.cast(y, orig).map_err(s)?;
+    let y = b.mul(y, scale).map_err(s)?;
+    let y = match bias {
+        Some(bias) => b.add(y, bias).map_err(s)?,
+        None => y,
+    };
+    Ok(vec![ctx.v(y), ctx.v(mean), ctx.v(inv)])
+}
+
+pub fn group_norm(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let scale = ctx.ir(n.req(1)?)?;
+    let bias = ctx.ir(n.req(2)?)?;
+    let eps = n.float_or("epsilon", 1e-5)? as f64;
+    let groups = n
+        .int("num_groups")?
+        .ok_or("missing attribute `num_groups`")?;
+    let b = &mut ctx.b;
+    let dims = b.shape(x).dims().to_vec();
+    let r = dims.len();
+    let (xc, orig) = stash(b, x, n)?;
+    let g = Dim::Const(groups);
+    let per = dims[1].floor_div(&g).map_err(s)?;
+    let rest = product(&dims[2..])?;
+    let grouped = b
+        .reshape(
+            xc,
+            Shape::new(vec![dims[0].clone(), g.clone(), per.mul(&rest).map_err(s)?]),
+        )
+        .map_err(s)?;
+    let (y, _, _) = normalize(b, grouped, &[2], eps)?;
+    let y = b.reshape(y, Shape::new(dims.clone())).map_err(s)?;
+    let y = b.cast(y, orig).map_err(s)?;
+    // Opset 18 scales per group, opset 21 per channel.
+    let (scale, bias) = if b.shape(scale).dims() == [g.clone()] && per != Dim::Const(1) {
+        let expand = |b: &mut Builder, v: Value| -> R<Value> {
+            let v = b
+                .reshape(v, Shape::new(vec![g.clone(), Dim::Const(1)]))
+                .map_err(s)?;
+            let v = b
+                .broadcast_to(v, &Shape::new(vec![g.clone(), per.clone()]))
+                .map_err(s)?;
+            b.reshape(v, Shape::new(vec![dims[1].clone()])).map_err(s)
+        };
+        (expand(b, scale)?, expand(b, bias)?)
+    } else {
+        (scale, bias)
+    };
+    let scale = per_channel(b, scale, r)?;
+    let bias = per_channel(b, bias, r)?;
+    let y = b.mul(y, scale).map_err(s)?;
+    let y = b.add(y, bias).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn rms_norm(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let scale = ctx.ir(n.req(1)?)?;
+    let eps = n.float_or("epsilon", 1e-5)? as f64;
+    let b = &mut ctx.b;
+    let r = b.rank(x);
+    let a = axis(n.int_or("axis", -1)?, r)?;
+    let ax: Vec<i64> = (a as i64..r as i64).collect();
+    let (xc, orig) = stash(b, x, n)?;
+    let sq = b.mul(xc, xc).map_err(s)?;
+    let ms = b.reduce_mean(sq, &ax, true).map_err(s)?;
+    let e = b.scalar(eps, b.dtype(xc)).map_err(s)?;
+    let ms = b.add(ms, e).map_err(s)?;
+    let inv = b.unary(Op::Rsqrt, ms).map_err(s)?;
+    let y = b.mul(xc, inv).map_err(s)?;
+    let y = b.cast(y, orig).map_err(s)?;
+    let y = b.mul(y, scale).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn lp_norm(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let b = &mut ctx.b;
+    let a = axis(n.int_or("axis", -1)?, b.rank(x))? as i64;
+    let norm = match n.int_or("p", 2)? {
+        1 => b
+            .unary(Op::Abs, x)
+            .and_then(|v| b.reduce_sum(v, &[a], true)),
+        2 => b
+            .mul(x, x)
+            .and_then(|v| b.reduce_sum(v, &[a], true))
+            .and_then(|v| b.sqrt(v)),
+        p => return Err(format!("p must be 1 or 2, got {p}")),
+    }
+    .map_err(s)?;
+    let y = b.div(x, norm).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn mean_variance_norm(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let b = &mut ctx.b;
+    let r = b.rank(x);
+    let ax = n.ints("axes")?.unwrap_or_else(|| vec![0, 2, 3]);
+    let ax: Vec<i64> = axes(&ax, r)?.into_iter().map(|a| a as i64).collect();
+    let mean = b.reduce_mean(x, &ax, true).map_err(s)?;
+    let d = b.sub(x, mean).map_err(s)?;
+    let sq = b.mul(d, d).map_err(s)?;
+    let var = b.reduce_mean(sq, &ax, true).map_err(s)?;
+    let sd = b.sqrt(var).map_err(s)?;
+    let e = b.scalar_like(1e-9, sd).map_err(s)?;
+    let sd = b.add(sd, e).map_err(s)?;
+    let y = b.div(d, sd).map_err(s)?;
+    one(ctx, y)
+}
+
+/// Softmax, LogSoftmax or Hardmax of `x` along one axis.
+fn softmax_along(b: &mut Builder, op: &str, x: Value, a: i64) -> R<Value> {
+    match op {
+        "Hardmax" => {
+            let am = b
+                .op1(
+                    Op::ArgMax {
+                        axis: a,
+                        last: false,
+                    },
+                    &[x],
+                )
+                .map_err(s)?;
+            let shape = b.shape(x).clone();
+            let r = shape.rank() as i64;
+            let pos = b
+                .op1(
+                    Op::Iota {
+                        axis: a,
+                        ty: ir::TensorType::new(DType::I64, shape.clone()),
+                    },
+                    &[],
+                )
+                .map_err(s)?;
+            let dims: Vec<i64> = (0..r).filter(|&i| i != a).collect();
+            let am = b.op1(Op::Broadcast { dims, shape }, &[am]).map_err(s)?;
+            let hit = b.op1(Op::Eq, &[pos, am]).map_err(s)?;
+            b.cast(hit, b.dtype(x)).map_err(s)
+        }
+        "LogSoftmax" => {
+            let m = b.reduce_max(x, &[a], true).map_err(s)?;
+            let d = b.sub(x, m).map_err(s)?;
+            let e = b.exp(d).map_err(s)?;
+            let t = b.reduce_sum(e, &[a], true).map_err(s)?;
+            let l = b.unary(Op::Log, t).map_err(s)?;
+            b.sub(d, l).map_err(s)
+        }
+        _ => b.softmax(x, a).map_err(s),
+    }
+}
+
+pub fn softmax(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let a = axis(n.int_or("axis", -1)?, ctx.b.rank(x))? as i64;
+    let y = softmax_along(&mut ctx.b, n.op(), x, a)?;
+    one(ctx, y)
+}
+
+/// Before opset 13 the softmax family flattens to 2-d at `axis` and works on the last axis.
+pub fn softmax_v1(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let dims = ctx.b.shape(x).dims().to_vec();
+    let a = axis(n.int_or("axis", 1)?, dims.len().max(1))?;
+    let flat = Shape::new(vec![product(&dims[..a])?, product(&dims[a..])?]);
+    let b = &mut ctx.b;
+    let y = b.reshape(x, flat).map_err(s)?;
+    let y = softmax_along(b, n.op(), y, 1)?;
+    let y = b.reshape(y, Shape::new(dims)).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn lrn(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let size = n.int("size")?.ok_or("missing attribute `size`")?;
+    let (alpha, beta, bias) = (
+        n.float_or("alpha", 1e-4)? as f64,
+        n.float_or("beta", 0.75)? as f64,
+        n.float_or("bias", 1.0)? as f64,
+    );
+    let b = &mut ctx.b;
+    let r = b.rank(x);
+    let sq = b.mul(x, x).map_err(s)?;
+    let lo = (size - 1) / 2;
+    let mut window = vec![1; r];
+    window[1] = size;
+    let mut pad_low = vec![0; r];
+    let mut pad_high = vec![0; r];
+    pad_low[1] = lo;
+    pad_high[1] = size - 1 - lo;
+    let sum = b
+        .op1(
+            Op::ReduceWindow {
+                kind: ReduceKind::Sum,
+                window,
+                stride: vec![1; r],
+                dilation: vec![1; r],
+                pad_low,
+                pad_high,
+            },
+            &[sq],
+        )
+        .map_err(s)?;
+    let t = b.scale(sum, alpha / size as f64).map_err(s)?;
+    let bv = b.scalar_like(bias, t).map_err(s)?;
+    let t = b.add(t, bv).map_err(s)?;
+    let be = b.scalar_like(beta, t).map_err(s)?;
+    let t = b.pow(t, be).map_err(s)?;
+    let y = b.div(x, t).map_err(s)?;
+    one(ctx, y)
+}
+
+/// Einsum over two operands at a time: letters in both operands and the output are batch
+/// axes, letters in both but not kept are contracted, the rest are free.
+pub fn einsum(ctx: &mut Ctx, n: &Node) -> Res {
+    let eq = n
+        .string("equation")?
+        .ok_or("missing attribute `equation`")?;
+    let eq: String = eq.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, out) = match eq.split_once("->") {
+        Some((l, o)) => (l.to_string(), Some(o.to_string())),
+        None => (eq.clone(), None),
+    };
+    let terms: Vec<Vec<char>> = lhs.split(',').map(|t| t.chars().collect()).collect();
+    if terms.iter().flatten().any(|&c| c == '.') {
+        return Err("einsum ellipses are not supported".into());
+    }
+    let names: Vec<&str> = (0..n.num_inputs()).filter_map(|i| n.input(i)).collect();
+    if names.len() != terms.len() {
+        return Err(format!(
+            "{} operands for {} terms",
+            names.len(),
+            terms.len()
+        ));
+    }
+    let out: Vec<char> = match out {
+        Some(o) => o.chars().collect(),
+        None => {
+            // Implicit output: letters seen once, alphabetically.
+            let mut once: Vec<char> = terms
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|c| terms.iter().flatten().filter(|d| *d == c).count() == 1)
+                .collect();
+            once.sort_unstable();
+            once
+        }
+    };
+    let mut vals = Vec::new();
+    for (name, t) in names.iter().zip(&terms) {
+        let v = ctx.ir(name)?;
+        if ctx.b.rank(v) != t.len() {
+            return Err(format!(
+                "operand `{name}` has rank {}, term `{}`",
+                ctx.b.rank(v),
+                t.iter().collect::<String>()
+            ));
+        }
+        if t.iter().any(|c| t.iter().filter(|d| *d == c).count() > 1) {
+            return Err("einsum diagonals (repeated letters in one term) are not supported".into());
+        }
+        vals.push(v);
+    }
+    let b = &mut ctx.b;
+    // Sums out the letters of `t` that no later term and not the output need.
+    let reduce_unneeded = |b: &mut Builder,
+                           v: Value,
+                           t: &[char],
+                           keep: &dyn Fn(char) -> bool|
+     -> R<(Value, Vec<char>)> {
+        let drop: Vec<i64> = t
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !keep(**c))
+            .map(|(i, _)| i as i64)
+            .collect();
+        if drop.is_empty() {
+            return Ok((v, t.to_vec()));
+        }
+        let v = b.reduce_sum(v, &drop, false).map_err(s)?;
+        Ok((v, t.iter().copied().filter(|c| keep(*c)).collect()))
+    };
+    let needed_after =
+        |i: usize, c: char| out.contains(&c) || terms[i + 1..].iter().any(|t| t.contains(&c));
+    let (mut acc, mut at) = reduce_unneeded(b, vals[0], &terms[0], &|c| {
+        needed_after(0, c) || terms.len() > 1 && terms[1].contains(&c)
+    })?;
+    for i in 1..terms.len() {
+        let (v, vt) = reduce_unneeded(b, vals[i], &terms[i], &|c| {
+            needed_after(i, c) || at.contains(&c)
+        })?;
+        let keep = |c: char| needed_after(i, c);
+        let batch: Vec<char> = at
+            .iter()
+            .copied()
+            .filter(|c| vt.contains(c) && keep(*c))
+            .collect();
+        let contract: Vec<char> = at
+            .iter()
+            .copied()
+            .filter(|c| vt.contains(c) && !keep(*c))
+            .collect();
+        let pos =
+            |t: &[char], c: char| t.iter().position(|&d| d == c).expect("letter in term") as i64;
+        let op = Op::Dot {
+            lhs_batch: batch.iter().map(|&c| pos(&at, c)).collect(),
+            rhs_batch: batch.iter().map(|&c| pos(&vt, c)).collect(),
+            lhs_contract: contract.iter().map(|&c| pos(&at, c)).collect(),
+            rhs_contract: contract.iter().map(|&c| pos(&vt, c)).collect(),
+        };
+        acc = b.op1(op, &[acc, v]).map_err(s)?;
+        let mut next = batch.clone();
+        next.extend(at.iter().copied().filter(|c| !vt.contains(c)));
+        next.extend(vt.iter().copied().filter(|c| !at.contains(c)));
+        at = next;
+    }
+    let (acc, at) = reduce_unneeded(b, acc, &at, &|c| out.contains(&c))?;
+    let perm: Vec<i64> = out
+        .iter()
+        .map(|c| {
+            at.iter()
+                .position(|d| d == c)
+                .map(|p| p as i64)
+                .ok_or_else(|| format!("output letter `{c}` is not in any input"))
+        })
+        .collect::<R<_>>()?;
+    let y = b.transpose(acc, &perm).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn topk(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let k = match n.input(1) {
+        Some(k) => *ctx.static_ints(k)?.first().ok_or("empty k")?,
+        None => n.int("k")?.ok_or("missing attribute `k`")?,
+    };
+    let a = axis(n.int_or("axis", -1)?, ctx.b.rank(x))? as i64;
+    let largest = n.int_or("largest", 1)? != 0;
+    let outs = ctx
+        .b
+        .op(
+            Op::TopK {
+                k,
+                axis: a,
+                largest,
+            },
+            &[x],
+        )
+        .map_err(s)?;
+    Ok(vec![ctx.v(outs[0]), ctx.v(outs[1])])
+}
+
+fn unsupported(what: &str) -> Res {
+    Err(format!("{what} is not supported yet"))
+}
+
+pub fn attention(_: &mut Ctx, _: &Node) -> Res {
+    unsupported("Attention")
+}
+
+pub fn rotary_embedding(_: &mut Ctx, _: &Node) -> Res {
+    unsupported("RotaryEmbedding")
+}
+
+pub fn resize(_: &mut Ctx, _: &Node) -> Res {
+    unsupported("Resize")
+}
+
+pub fn upsample(_: &mut Ctx, _: &Node) -> Res {
+    unsupported("Upsample")
+}
+
+pub fn nll_loss(_: &mut Ctx, _: &Node) -> Res {
+    unsupported("NegativeLogLikelihoodLoss")
+}
+
+pub fn softmax_cross_entropy(_: &mut Ctx, _: &Node) -> Res {
+    unsupported("SoftmaxCrossEntropyLoss")
+}

@@ -1,0 +1,181 @@
+//! ONNX models through the driver: import with the reference interpreter as the folding
+//! evaluator, and compare results against reference tensors.
+
+use std::collections::HashMap;
+
+use frontends::onnx::{self, ExternalData, ImportOptions};
+use ir::{Graph, Tensor};
+
+use crate::{interp, verify, Error, Result};
+
+/// Runs a parameterless graph; how the importer folds constant subcomputations.
+pub fn evaluate(g: &Graph) -> std::result::Result<Vec<Tensor>, String> {
+    let v = verify(g).map_err(|e| e.to_string())?;
+    interp::run(&v, &[]).map_err(|e| e.to_string())
+}
+
+/// Imports an ONNX model. `external` holds the bytes of external data files by location;
+/// `specialize` may give values for inputs that set shapes.
+pub fn import(
+    bytes: &[u8],
+    external: ExternalData,
+    specialize: HashMap<String, Tensor>,
+) -> Result<Graph> {
+    let opts = ImportOptions {
+        external_data: external,
+        specialize,
+        evaluate: Some(&evaluate),
+    };
+    onnx::import(bytes, &opts).map_err(Error::Import)
+}
+
+/// How a result compares with the reference.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    pub rtol: f64,
+    pub atol: f64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Tolerance {
+        Tolerance {
+            rtol: 1e-3,
+            atol: 1e-5,
+        }
+    }
+}
+
+/// `None` when `got` matches `want`: same dtype and shape, floats within tolerance (NaN
+/// matching NaN), integers and bools exactly; otherwise why not.
+pub fn mismatch(got: &Tensor, want: &Tensor, tol: Tolerance) -> Option<String> {
+    if got.dtype() != want.dtype() {
+        return Some(format!("dtype {} instead of {}", got.dtype(), want.dtype()));
+    }
+    if got.shape() != want.shape() {
+        return Some(format!(
+            "shape {:?} instead of {:?}",
+            got.shape(),
+            want.shape()
+        ));
+    }
+    if got.dtype().is_float() {
+        let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+        let mut worst: Option<(usize, f64)> = None;
+        for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+            let ok = (a.is_nan() && b.is_nan())
+                || a == b
+                || (a - b).abs() <= tol.atol + tol.rtol * b.abs();
+            if !ok {
+                let d = if a.is_finite() && b.is_finite() {
+                    (a - b).abs()
+                } else {
+                    f64::INFINITY
+                };
+                if worst.is_none_or(|(_, x)| d > x) {
+                    worst = Some((i, d));
+                }
+            }
+        }
+        worst.map(|(i, d)| {
+            format!(
+                "max abs diff {d:.3e} at element {i} (got {}, want {})",
+                g[i], w[i]
+            )
+        })
+    } else {
+        (0..got.numel())
+            .find(|&i| got.data().get_i128(i) != want.data().get_i128(i))
+            .map(|i| {
+                format!(
+                    "element {i} is {} instead of {}",
+                    got.data().get_i128(i),
+                    want.data().get_i128(i)
+                )
+            })
+    }
+}
+
+/// The op types of a model, for per-op accounting (`domain::Op` outside ai.onnx).
+pub fn op_types(bytes: &[u8]) -> Vec<String> {
+    let Ok(m) = onnx::decode_model(bytes) else {
+        return vec![];
+    };
+    let mut ops: Vec<String> = m
+        .graph
+        .iter()
+        .flat_map(|g| g.node.iter())
+        .map(|n| {
+            if n.domain.is_empty() || n.domain == "ai.onnx" {
+                n.op_type.clone()
+            } else {
+                format!("{}::{}", n.domain, n.op_type)
+            }
+        })
+        .collect();
+    ops.sort();
+    ops.dedup();
+    ops
+}
+
+/// The outcome of one conformance case.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Pass,
+    Fail(String),
+}
+
+/// Runs one ONNX node test: the model, its serialized input tensors and expected outputs.
+pub fn check_case(
+    model: &[u8],
+    inputs: &[Vec<u8>],
+    outputs: &[Vec<u8>],
+    tol: Tolerance,
+) -> Outcome {
+    match run_case(model, inputs, outputs, tol) {
+        Ok(()) => Outcome::Pass,
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+fn run_case(
+    model: &[u8],
+    inputs: &[Vec<u8>],
+    outputs: &[Vec<u8>],
+    tol: Tolerance,
+) -> std::result::Result<(), String> {
+    use prost::Message;
+    let m = onnx::decode_model(model).map_err(|e| e.to_string())?;
+    let g = m.graph.as_ref().ok_or("the model has no graph")?;
+    let inits: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let input_names: Vec<&str> = g
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| !inits.contains(n))
+        .collect();
+    let decode = |bytes: &Vec<u8>, what: &str| -> std::result::Result<Tensor, String> {
+        let t = onnx::proto::TensorProto::decode(bytes.as_slice())
+            .map_err(|e| format!("{what}: {e}"))?;
+        onnx::decode_tensor(&t, &ExternalData::new()).map_err(|e| format!("{what}: {e}"))
+    };
+    let mut named = Vec::new();
+    for (i, bytes) in inputs.iter().enumerate() {
+        let name = input_names
+            .get(i)
+            .ok_or("more input files than graph inputs")?;
+        named.push((name.to_string(), decode(bytes, &format!("input {i}"))?));
+    }
+    let spec: HashMap<String, Tensor> = named.iter().cloned().collect();
+    let graph = import(model, ExternalData::new(), spec).map_err(|e| e.to_string())?;
+    let got = crate::interpret(&graph, &named, &HashMap::new()).map_err(|e| e.to_string())?;
+    if got.len() != outputs.len() {
+        return Err(format!("{} outputs, expected {}", got.len(), outputs.len()));
+    }
+    for (i, (bytes, (name, t))) in outputs.iter().zip(&got).enumerate() {
+        let want = decode(bytes, &format!("output {i}"))?;
+        if let Some(why) = mismatch(t, &want, tol) {
+            return Err(format!("output {i} ({name}): {why}"));
+        }
+    }
+    Ok(())
+}
