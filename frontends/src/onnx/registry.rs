@@ -3,7 +3,7 @@
 //! function serves a range of versions and a semantic change is a new row.
 
 use super::import::{Ctx, Node};
-use super::ops::{ew, ml, nn, quant, reduce, rnn, shape};
+use super::ops::{attention, ew, ml, nn, quant, reduce, resize, rnn, shape};
 use super::value::V;
 
 pub type ImportFn = fn(&mut Ctx, &Node) -> Result<Vec<V>, String>;
@@ -80,8 +80,8 @@ table! {
         "LogSoftmax" 1 => nn::softmax_v1, "LogSoftmax" 13 => nn::softmax,
         "Hardmax" 1 => nn::softmax_v1, "Hardmax" 13 => nn::softmax,
         "LRN" 1 => nn::lrn, "Einsum" 12 => nn::einsum, "TopK" 1 => nn::topk,
-        "Attention" 23 => nn::attention, "RotaryEmbedding" 23 => nn::rotary_embedding,
-        "Resize" 10 => nn::resize, "Upsample" 7 => nn::upsample,
+        "Attention" 23 => attention::attention, "RotaryEmbedding" 23 => attention::rotary_embedding,
+        "Resize" 10 => resize::resize, "Upsample" 7 => resize::upsample,
         "NegativeLogLikelihoodLoss" 12 => nn::nll_loss,
         "SoftmaxCrossEntropyLoss" 12 => nn::softmax_cross_entropy,
         "LSTM" 1 => rnn::lstm, "GRU" 1 => rnn::gru, "RNN" 1 => rnn::rnn,

@@ -1,11 +1,13 @@
 //! Import functions, one file per family. Each takes the import context and a node and returns
 //! the node's output values; errors are plain messages that the driver tags with the node.
 
+pub mod attention;
 pub mod ew;
 pub mod ml;
 pub mod nn;
 pub mod quant;
 pub mod reduce;
+pub mod resize;
 pub mod rnn;
 pub mod shape;
 
@@ -56,5 +58,25 @@ pub fn axes(list: &[i64], rank: usize) -> Result<Vec<usize>, String> {
 pub fn product(dims: &[Dim]) -> Result<Dim, String> {
     dims.iter()
         .try_fold(Dim::Const(1), |a, d| a.mul(d))
+        .map_err(s)
+}
+
+/// Elements `start, start+stride, ...` before `end` along `axis` of `x`.
+pub fn slice_axis(
+    b: &mut ir::Builder,
+    x: Value,
+    axis: usize,
+    start: Dim,
+    end: Dim,
+    stride: i64,
+) -> Result<Value, String> {
+    let dims = b.shape(x).dims().to_vec();
+    let mut st: Vec<Dim> = vec![Dim::Const(0); dims.len()];
+    let mut lim = dims.clone();
+    let mut strides = vec![1; dims.len()];
+    st[axis] = start;
+    lim[axis] = end;
+    strides[axis] = stride;
+    b.op1(ir::Op::Slice { start: st, limit: lim, stride: strides }, &[x])
         .map_err(s)
 }

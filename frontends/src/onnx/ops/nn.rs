@@ -894,26 +894,83 @@ fn unsupported(what: &str) -> Res {
     Err(format!("{what} is not supported yet"))
 }
 
-pub fn attention(_: &mut Ctx, _: &Node) -> Res {
-    unsupported("Attention")
+/// Negative log-likelihood of `logp` [N, C, d...] at the classes in `target` [N, d...], with
+/// optional class weights and an ignored class, reduced as asked.
+fn nll(ctx: &mut Ctx, n: &Node, logp: Value, target: Value, weight: Option<Value>) -> R<Value> {
+    let ignore = n.int("ignore_index")?;
+    let reduction = n.string_or("reduction", "mean")?;
+    let xshape = ctx.b.shape(logp).clone();
+    let c = xshape.dim(1).clone();
+    let b = &mut ctx.b;
+    let t = b.cast(target, DType::I64).map_err(s)?;
+    let tshape = b.shape(t).clone();
+    let t1 = b.scalar(1.0, DType::Bool).map_err(s)?;
+    let valid = match ignore {
+        Some(i) => {
+            let iv = b.scalar(i as f64, DType::I64).map_err(s)?;
+            let iv = b.broadcast_to(iv, &tshape).map_err(s)?;
+            b.op1(Op::Ne, &[t, iv]).map_err(s)?
+        }
+        None => b.broadcast_to(t1, &tshape).map_err(s)?,
+    };
+    let zero_i = b.scalar(0.0, DType::I64).map_err(s)?;
+    let zero_b = b.broadcast_to(zero_i, &tshape).map_err(s)?;
+    let safe = b.op1(Op::Select, &[valid, t, zero_b]).map_err(s)?;
+    // Pick logp[n, t, d...] through full index tuples along axis 1.
+    let picked_idx = b.unsqueeze(safe, 1).map_err(s)?;
+    let tuples = super::shape::element_tuples(ctx, &xshape, picked_idx, 1)?;
+    let b = &mut ctx.b;
+    let picked = b.op1(Op::GatherNd { batch_dims: 0 }, &[logp, tuples]).map_err(s)?;
+    let picked = b.reshape(picked, tshape.clone()).map_err(s)?;
+    let neg = b.neg(picked).map_err(s)?;
+    let zero = b.scalar_like(0.0, neg).map_err(s)?;
+    let mut loss = b.op1(Op::Select, &[valid, neg, zero]).map_err(s)?;
+    let dtype = b.dtype(loss);
+    let w = match weight {
+        Some(w) => {
+            let cm1 = c.sub(&Dim::Const(1)).map_err(s)?;
+            let hi = b.dim_product(&[cm1], DType::I64).map_err(s)?;
+            let hi = b.broadcast_to(hi, &tshape).map_err(s)?;
+            let clipped = b.min(t, hi).map_err(s)?;
+            let clipped = b.max(clipped, zero_b).map_err(s)?;
+            let gw = b.op1(Op::Gather { axis: 0 }, &[w, clipped]).map_err(s)?;
+            let zw = b.scalar_like(0.0, gw).map_err(s)?;
+            Some(b.op1(Op::Select, &[valid, gw, zw]).map_err(s)?)
+        }
+        None if ignore.is_some() => Some(b.cast(valid, dtype).map_err(s)?),
+        None => None,
+    };
+    if let Some(w) = w {
+        loss = b.mul(loss, w).map_err(s)?;
+        if reduction == "mean" {
+            let all: Vec<i64> = (0..tshape.rank() as i64).collect();
+            let num = b.reduce_sum(loss, &all, false).map_err(s)?;
+            let den = b.reduce_sum(w, &all, false).map_err(s)?;
+            return b.div(num, den).map_err(s);
+        }
+    }
+    let all: Vec<i64> = (0..tshape.rank() as i64).collect();
+    match reduction.as_str() {
+        "none" => Ok(loss),
+        "sum" => b.reduce_sum(loss, &all, false).map_err(s),
+        "mean" => b.reduce_mean(loss, &all, false).map_err(s),
+        r => Err(format!("unknown reduction `{r}`")),
+    }
 }
 
-pub fn rotary_embedding(_: &mut Ctx, _: &Node) -> Res {
-    unsupported("RotaryEmbedding")
+pub fn nll_loss(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let t = ctx.ir(n.req(1)?)?;
+    let w = n.input(2).map(|w| ctx.ir(w)).transpose()?;
+    let y = nll(ctx, n, x, t, w)?;
+    one(ctx, y)
 }
 
-pub fn resize(_: &mut Ctx, _: &Node) -> Res {
-    unsupported("Resize")
-}
-
-pub fn upsample(_: &mut Ctx, _: &Node) -> Res {
-    unsupported("Upsample")
-}
-
-pub fn nll_loss(_: &mut Ctx, _: &Node) -> Res {
-    unsupported("NegativeLogLikelihoodLoss")
-}
-
-pub fn softmax_cross_entropy(_: &mut Ctx, _: &Node) -> Res {
-    unsupported("SoftmaxCrossEntropyLoss")
+pub fn softmax_cross_entropy(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let t = ctx.ir(n.req(1)?)?;
+    let w = n.input(2).map(|w| ctx.ir(w)).transpose()?;
+    let logp = softmax_along(&mut ctx.b, "LogSoftmax", x, 1)?;
+    let y = nll(ctx, n, logp, t, w)?;
+    Ok(vec![ctx.v(y), ctx.v(logp)])
 }

@@ -217,25 +217,6 @@ pub fn concat(ctx: &mut Ctx, n: &Node) -> Res {
     one(ctx, y)
 }
 
-/// Slices `x` along `axis` from `start` to `end` (ir semantics), stride 1.
-fn slice_axis(ctx: &mut Ctx, x: Value, axis: usize, start: Dim, end: Dim) -> Result<Value, String> {
-    let dims = ctx.b.shape(x).dims().to_vec();
-    let mut st: Vec<Dim> = vec![Dim::Const(0); dims.len()];
-    let mut lim = dims.clone();
-    st[axis] = start;
-    lim[axis] = end;
-    ctx.b
-        .op1(
-            Op::Slice {
-                start: st,
-                limit: lim,
-                stride: vec![1; dims.len()],
-            },
-            &[x],
-        )
-        .map_err(s)
-}
-
 pub fn split(ctx: &mut Ctx, n: &Node) -> Res {
     let name = n.req(0)?;
     let x = ctx.ir(name)?;
@@ -260,7 +241,7 @@ pub fn split(ctx: &mut Ctx, n: &Node) -> Res {
     let mut out = Vec::new();
     for size in sizes {
         let end = start.add(&size).map_err(s)?;
-        let piece = slice_axis(ctx, x, a, start.clone(), end.clone())?;
+        let piece = super::slice_axis(&mut ctx.b, x, a, start.clone(), end.clone(), 1)?;
         out.push(ctx.v(piece));
         start = end;
     }
@@ -409,7 +390,7 @@ pub fn gather(ctx: &mut Ctx, n: &Node) -> Res {
 
 /// Full index tuples `[..., rank]` addressing `data` element by element: `idx` along `axis`
 /// (negatives wrapped), the position itself along every other axis.
-fn element_tuples(
+pub fn element_tuples(
     ctx: &mut Ctx,
     data_shape: &Shape,
     idx: Value,

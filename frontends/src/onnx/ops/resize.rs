@@ -1,0 +1,313 @@
+//! Resize and Upsample. Interpolation is separable, so each resized axis becomes one
+//! contraction with a static [out, in] weight matrix built here from the coordinate mapping
+//! and the interpolation kernel (nearest, linear, cubic, with or without antialiasing).
+
+use ir::{DType, Op, Tensor, Value};
+
+use super::{axes as norm_axes, one, s, Res};
+use crate::onnx::import::{Ctx, Node};
+
+type R<T> = Result<T, String>;
+
+struct Kernel {
+    mode: String,
+    nearest: String,
+    cubic_a: f64,
+    antialias: bool,
+}
+
+impl Kernel {
+    /// Interpolation coefficients for a fractional position `ratio` at `scale`.
+    fn coeffs(&self, ratio: f64, scale: f64) -> Vec<f64> {
+        let a = self.cubic_a;
+        match (self.mode.as_str(), self.antialias) {
+            ("nearest", _) => {
+                if ratio.fract() == 0.0 {
+                    return vec![0.0, 1.0];
+                }
+                let up = match self.nearest.as_str() {
+                    "round_prefer_ceil" => ratio >= 0.5,
+                    "floor" => false,
+                    "ceil" => true,
+                    _ => ratio > 0.5,
+                };
+                if up { vec![0.0, 1.0] } else { vec![1.0, 0.0] }
+            }
+            ("linear", false) => vec![1.0 - ratio, ratio],
+            ("linear", true) => {
+                let sc = scale.min(1.0);
+                let start = (-1.0 / sc).floor() as i64 + 1;
+                let footprint = 2 - 2 * start;
+                let c: Vec<f64> = (start..start + footprint)
+                    .map(|i| (1.0 - ((i as f64 - ratio) * sc).abs()).clamp(0.0, 1.0))
+                    .collect();
+                let sum: f64 = c.iter().sum();
+                c.into_iter().map(|x| x / sum).collect()
+            }
+            (_, false) => {
+                let r1 = ratio + 1.0;
+                let q = 1.0 - ratio;
+                let q1 = q + 1.0;
+                vec![
+                    ((a * r1 - 5.0 * a) * r1 + 8.0 * a) * r1 - 4.0 * a,
+                    ((a + 2.0) * ratio - (a + 3.0)) * ratio * ratio + 1.0,
+                    ((a + 2.0) * q - (a + 3.0)) * q * q + 1.0,
+                    ((a * q1 - 5.0 * a) * q1 + 8.0 * a) * q1 - 4.0 * a,
+                ]
+            }
+            (_, true) => {
+                let sc = scale.min(1.0);
+                let f = |x: f64| {
+                    let x = x.abs();
+                    let (x2, x3) = (x * x, x * x * x);
+                    if x <= 1.0 {
+                        (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
+                    } else if x < 2.0 {
+                        a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
+                    } else {
+                        0.0
+                    }
+                };
+                let i_start = (-2.0 / sc).floor() as i64 + 1;
+                let i_end = 2 - i_start;
+                let c: Vec<f64> = (i_start..i_end).map(|i| f(sc * (i as f64 - ratio))).collect();
+                let sum: f64 = c.iter().sum();
+                c.into_iter().map(|x| x / sum).collect()
+            }
+        }
+    }
+}
+
+struct Axis {
+    input: usize,
+    output: usize,
+    scale: f64,
+    roi: Option<(f64, f64)>,
+}
+
+/// Source coordinate of output position `y`, and whether it falls outside the input
+/// (tf_crop_and_resize extrapolates there).
+fn source(mode: &str, y: f64, ax: &Axis) -> R<(f64, bool)> {
+    let (inw, outw) = (ax.input as f64, ax.scale * ax.input as f64);
+    Ok(match mode {
+        "align_corners" => (if outw == 1.0 { 0.0 } else { y * (inw - 1.0) / (outw - 1.0) }, false),
+        "asymmetric" => (y / ax.scale, false),
+        "tf_crop_and_resize" => {
+            let (r0, r1) = ax.roi.ok_or("tf_crop_and_resize needs roi")?;
+            let x = if outw == 1.0 {
+                (r1 - r0) * (inw - 1.0) / 2.0
+            } else {
+                y * (r1 - r0) * (inw - 1.0) / (outw - 1.0)
+            } + r0 * (inw - 1.0);
+            (x, x < 0.0 || x > inw - 1.0)
+        }
+        "pytorch_half_pixel" => (if outw == 1.0 { -0.5 } else { (y + 0.5) / ax.scale - 0.5 }, false),
+        "half_pixel" => ((y + 0.5) / ax.scale - 0.5, false),
+        "half_pixel_symmetric" => {
+            let adjustment = ax.output as f64 / outw;
+            let offset = inw / 2.0 * (1.0 - adjustment);
+            (offset + (y + 0.5) / ax.scale - 0.5, false)
+        }
+        m => return Err(format!("unknown coordinate_transformation_mode `{m}`")),
+    })
+}
+
+/// The [out, in] weights of one axis and its extrapolated rows.
+fn weights(ax: &Axis, kernel: &Kernel, coord: &str, exclude_outside: bool) -> R<(Vec<f64>, Vec<bool>)> {
+    let (inw, outw) = (ax.input, ax.output);
+    let mut w = vec![0.0; outw * inw];
+    let mut outside = vec![false; outw];
+    for y in 0..outw {
+        let (x, ext) = source(coord, y as f64, ax)?;
+        outside[y] = ext;
+        let xi = x.floor();
+        let ratio = if x == xi { 1.0 } else { x - xi };
+        let mut c = kernel.coeffs(ratio, ax.scale);
+        let n = c.len() as i64;
+        let pad = (n + 1) / 2;
+        let xp = x + pad as f64;
+        let pp = xp.floor();
+        let frac = xp - pp;
+        let off = if n % 2 == 0 {
+            if frac == 0.0 { -(n / 2) } else { -(n / 2) + 1 }
+        } else {
+            let base = -((n - 1) / 2);
+            if frac <= 0.5 { base } else { base + 1 }
+        };
+        let start = pp as i64 + off - pad;
+        let idx: Vec<i64> = (0..n).map(|k| start + k).collect();
+        if exclude_outside {
+            for (k, &i) in idx.iter().enumerate() {
+                if i < 0 || i >= inw as i64 {
+                    c[k] = 0.0;
+                }
+            }
+            let sum: f64 = c.iter().sum();
+            let sum = if sum == 0.0 { 1.0 } else { sum };
+            c.iter_mut().for_each(|v| *v /= sum);
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            let j = i.clamp(0, inw as i64 - 1) as usize;
+            w[y * inw + j] += c[k];
+        }
+    }
+    Ok((w, outside))
+}
+
+/// Resizes `x` per the plan; computes in f64 and casts back (integers round and saturate).
+fn apply(ctx: &mut Ctx, x: Value, plan: &[(usize, Axis)], kernel: &Kernel, coord: &str, exclude: bool, extrap: f64) -> R<Value> {
+    let b = &mut ctx.b;
+    let dtype = b.dtype(x);
+    let mut y = b.cast(x, DType::F64).map_err(s)?;
+    for (a, ax) in plan {
+        let (w, outside) = weights(ax, kernel, coord, exclude)?;
+        let wt = Tensor::from_vec(vec![ax.output, ax.input], w).map_err(s)?;
+        let wv = b.constant(wt).map_err(s)?;
+        let r = b.rank(y);
+        y = b
+            .op1(Op::Dot { lhs_batch: vec![], rhs_batch: vec![], lhs_contract: vec![*a as i64], rhs_contract: vec![1] }, &[y, wv])
+            .map_err(s)?;
+        // The new axis comes last; move it back to `a`.
+        let mut perm: Vec<i64> = (0..r as i64 - 1).collect();
+        perm.insert(*a, r as i64 - 1);
+        y = b.transpose(y, &perm).map_err(s)?;
+        if outside.iter().any(|&o| o) {
+            let m = Tensor::from_vec(vec![ax.output], outside).map_err(s)?;
+            let m = b.constant(m).map_err(s)?;
+            let shape = b.shape(y).clone();
+            let m = b.op1(Op::Broadcast { dims: vec![*a as i64], shape: shape.clone() }, &[m]).map_err(s)?;
+            let e = b.scalar(extrap, DType::F64).map_err(s)?;
+            let e = b.broadcast_to(e, &shape).map_err(s)?;
+            y = b.op1(Op::Select, &[m, e, y]).map_err(s)?;
+        }
+    }
+    if dtype.is_int() {
+        y = b.unary(Op::Round, y).map_err(s)?;
+    }
+    b.cast(y, dtype).map_err(s)
+}
+
+fn input_dims(ctx: &Ctx, x: Value) -> R<Vec<usize>> {
+    ctx.b
+        .shape(x)
+        .dims()
+        .iter()
+        .map(|d| d.as_const().map(|c| c as usize).ok_or_else(|| "Resize needs static input dims".to_string()))
+        .collect()
+}
+
+pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let dims = input_dims(ctx, x)?;
+    let r = dims.len();
+    let (roi_in, scales_in, sizes_in) = if n.version < 11 { (None, n.input(1), None) } else { (n.input(1), n.input(2), n.input(3)) };
+    let read = |ctx: &Ctx, name: Option<&str>| -> R<Option<Vec<f64>>> {
+        match name {
+            Some(nm) => {
+                let t = ctx.static_tensor(nm)?;
+                Ok(if t.numel() == 0 { None } else { Some(t.to_f64_vec()) })
+            }
+            None => Ok(None),
+        }
+    };
+    let roi = read(ctx, roi_in)?;
+    let scales = read(ctx, scales_in)?;
+    let sizes = read(ctx, sizes_in)?;
+    // Axes in the given order: scales, sizes and roi follow it.
+    let axes: Vec<usize> = match n.ints("axes")? {
+        Some(a) => {
+            norm_axes(&a, r)?;
+            a.iter().map(|&x| super::axis(x, r)).collect::<R<_>>()?
+        }
+        None => (0..r).collect(),
+    };
+    let k = axes.len();
+    let policy = n.string_or("keep_aspect_ratio_policy", "stretch")?;
+    let mut scale = vec![1.0; r];
+    let mut out: Vec<usize> = dims.clone();
+    match (scales, sizes) {
+        (Some(sc), _) => {
+            if sc.len() != k {
+                return Err(format!("{} scales for {k} axes", sc.len()));
+            }
+            for (i, &a) in axes.iter().enumerate() {
+                scale[a] = sc[i];
+                out[a] = (sc[i] * dims[a] as f64) as usize;
+            }
+        }
+        (None, Some(sz)) => {
+            if sz.len() != k {
+                return Err(format!("{} sizes for {k} axes", sz.len()));
+            }
+            for (i, &a) in axes.iter().enumerate() {
+                out[a] = sz[i] as usize;
+                scale[a] = sz[i] / dims[a] as f64;
+            }
+            if policy != "stretch" {
+                let pick = axes.iter().map(|&a| scale[a]);
+                let sc = if policy == "not_larger" { pick.fold(f64::INFINITY, f64::min) } else { pick.fold(f64::NEG_INFINITY, f64::max) };
+                for &a in &axes {
+                    scale[a] = sc;
+                    out[a] = (sc * dims[a] as f64 + 0.5) as usize;
+                }
+            }
+        }
+        (None, None) => return Err("Resize needs scales or sizes".into()),
+    }
+    let roi_of = |a: usize| -> Option<(f64, f64)> {
+        let roi = roi.as_ref()?;
+        if roi.len() == 2 * k {
+            let i = axes.iter().position(|&x| x == a)?;
+            Some((roi[i], roi[k + i]))
+        } else if roi.len() == 2 * r {
+            Some((roi[a], roi[r + a]))
+        } else {
+            None
+        }
+    };
+    let coord = n.string_or("coordinate_transformation_mode", "half_pixel")?;
+    let kernel = Kernel {
+        mode: n.string_or("mode", "nearest")?,
+        nearest: n.string_or("nearest_mode", "round_prefer_floor")?,
+        cubic_a: n.float_or("cubic_coeff_a", -0.75)? as f64,
+        antialias: n.int_or("antialias", 0)? != 0,
+    };
+    let plan: Vec<(usize, Axis)> = axes
+        .iter()
+        .filter(|&&a| {
+            let trivial_roi = roi_of(a).is_none_or(|(lo, hi)| (lo - 0.0).abs() < 1e-9 && (hi - 1.0).abs() < 1e-9);
+            !((scale[a] - 1.0).abs() < 1e-9 && out[a] == dims[a] && trivial_roi)
+        })
+        .map(|&a| (a, Axis { input: dims[a], output: out[a], scale: scale[a], roi: roi_of(a) }))
+        .collect();
+    let y = apply(
+        ctx,
+        x,
+        &plan,
+        &kernel,
+        &coord,
+        n.int_or("exclude_outside", 0)? != 0,
+        n.float_or("extrapolation_value", 0.0)? as f64,
+    )?;
+    one(ctx, y)
+}
+
+pub fn upsample(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let dims = input_dims(ctx, x)?;
+    let scales: Vec<f64> = match n.floats("scales")? {
+        Some(v) => v.into_iter().map(f64::from).collect(),
+        None => ctx.static_tensor(n.req(1)?)?.to_f64_vec(),
+    };
+    if scales.len() != dims.len() {
+        return Err(format!("{} scales for rank {}", scales.len(), dims.len()));
+    }
+    let plan: Vec<(usize, Axis)> = (0..dims.len())
+        .filter(|&a| scales[a] != 1.0)
+        .map(|a| (a, Axis { input: dims[a], output: (scales[a] * dims[a] as f64) as usize, scale: scales[a], roi: None }))
+        .collect();
+    let mode = n.string_or("mode", "nearest")?;
+    let kernel = Kernel { mode: if mode == "bilinear" { "linear".into() } else { mode }, nearest: "floor".into(), cubic_a: -0.75, antialias: false };
+    let y = apply(ctx, x, &plan, &kernel, "asymmetric", false, 0.0)?;
+    one(ctx, y)
+}
