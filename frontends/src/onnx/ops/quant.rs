@@ -1,19 +1,345 @@
-//! Quantization operators, imported faithfully as integer and float arithmetic.
+//! Quantization operators, imported faithfully as integer and float arithmetic: the
+//! interpreter runs them exactly as specified; fast quantized kernels are a codegen concern.
 
-use super::Res;
+use ir::{Builder, DType, Dim, Op, Shape, Value};
+
+use super::{axis, one, s, Res};
 use crate::onnx::import::{Ctx, Node};
+use crate::onnx::tensor::require_dtype;
 
-macro_rules! todo_op {
-    ($($f:ident $name:literal),*) => {$(
-        pub fn $f(_: &mut Ctx, _: &Node) -> Res {
-            Err(concat!($name, " is not supported yet").into())
+type R<T> = Result<T, String>;
+
+/// Makes a scale or zero point broadcastable against `shape`: scalars stay scalars, vectors
+/// lie along `axis`, blocked parameters repeat `block` times along it.
+fn broadcastable(b: &mut Builder, v: Value, shape: &Shape, ax: R<usize>, block: i64) -> R<Value> {
+    let vs = b.shape(v).clone();
+    let one_element = vs.numel().ok().and_then(|d| d.as_const()) == Some(1);
+    if vs.rank() == 0 || one_element {
+        return b.reshape(v, Shape::scalar()).map_err(s);
+    }
+    // Only per-axis and blocked parameters need the axis.
+    let ax = ax?;
+    if block <= 0 {
+        if vs.rank() != 1 {
+            return Err(format!("a per-axis parameter must be 1-d, got {vs}"));
         }
-    )*};
+        let mut dims = vec![Dim::Const(1); shape.rank()];
+        dims[ax] = vs.dim(0).clone();
+        return b.reshape(v, Shape::new(dims)).map_err(s);
+    }
+    // Blocked: repeat each entry `block` times along the axis, then trim to the extent.
+    let mut with_unit = vs.dims().to_vec();
+    with_unit.insert(ax + 1, Dim::Const(1));
+    let y = b.reshape(v, Shape::new(with_unit.clone())).map_err(s)?;
+    let mut wide = with_unit;
+    wide[ax + 1] = Dim::Const(block);
+    let y = b.broadcast_to(y, &Shape::new(wide)).map_err(s)?;
+    let mut merged = vs.dims().to_vec();
+    merged[ax] = merged[ax].mul(&Dim::Const(block)).map_err(s)?;
+    let y = b.reshape(y, Shape::new(merged)).map_err(s)?;
+    super::slice_axis(b, y, ax, Dim::Const(0), shape.dim(ax).clone(), 1)
 }
 
-todo_op!(
-    quantize_linear "QuantizeLinear", dequantize_linear "DequantizeLinear",
-    dynamic_quantize_linear "DynamicQuantizeLinear", matmul_integer "MatMulInteger",
-    conv_integer "ConvInteger", qlinear_matmul "QLinearMatMul", qlinear_conv "QLinearConv",
-    matmul_nbits "MatMulNBits"
-);
+fn int_range(d: DType) -> R<(f64, f64)> {
+    Ok(match d {
+        DType::U8 => (0.0, 255.0),
+        DType::I8 => (-128.0, 127.0),
+        DType::U16 => (0.0, 65535.0),
+        DType::I16 => (-32768.0, 32767.0),
+        DType::I32 => (i32::MIN as f64, i32::MAX as f64),
+        other => return Err(format!("{other} is not a quantized type kiln supports")),
+    })
+}
+
+/// round(x) + zp, clamped to the range of `dtype` and converted.
+fn saturate(b: &mut Builder, x: Value, zp: Option<Value>, dtype: DType) -> R<Value> {
+    let (lo, hi) = int_range(dtype)?;
+    let mut r = b.unary(Op::Round, x).map_err(s)?;
+    if let Some(zp) = zp {
+        let zp = b.cast(zp, b.dtype(r)).map_err(s)?;
+        r = b.add(r, zp).map_err(s)?;
+    }
+    let lo = b.scalar_like(lo, r).map_err(s)?;
+    let hi = b.scalar_like(hi, r).map_err(s)?;
+    let r = b.op1(Op::Max, &[r, lo]).map_err(s)?;
+    let r = b.op1(Op::Min, &[r, hi]).map_err(s)?;
+    b.cast(r, dtype).map_err(s)
+}
+
+pub fn quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let scale = ctx.ir(n.req(1)?)?;
+    let zp = n.input(2).map(|z| ctx.ir(z)).transpose()?;
+    let b = &mut ctx.b;
+    let shape = b.shape(x).clone();
+    let ax = axis(n.int_or("axis", 1)?, shape.rank());
+    let block = n.int_or("block_size", 0)?;
+    let out = match (zp, n.int("output_dtype")?) {
+        (Some(z), _) => b.dtype(z),
+        (None, Some(t)) if t != 0 => require_dtype(t as i32)?,
+        _ => DType::U8,
+    };
+    let scale = broadcastable(b, scale, &shape, ax.clone(), block)?;
+    let zp = zp.map(|z| broadcastable(b, z, &shape, ax.clone(), block)).transpose()?;
+    // Divide in the operands' type (the wider one when they differ).
+    let (dx, ds) = (b.dtype(x), b.dtype(scale));
+    let work = if dx == ds { dx } else if dx == DType::F64 || ds == DType::F64 { DType::F64 } else { DType::F32 };
+    let xw = b.cast(x, work).map_err(s)?;
+    let sw = b.cast(scale, work).map_err(s)?;
+    let q = b.div(xw, sw).map_err(s)?;
+    let y = saturate(b, q, zp, out)?;
+    one(ctx, y)
+}
+
+pub fn dequantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let scale = ctx.ir(n.req(1)?)?;
+    let zp = n.input(2).map(|z| ctx.ir(z)).transpose()?;
+    let b = &mut ctx.b;
+    let shape = b.shape(x).clone();
+    let ax = axis(n.int_or("axis", 1)?, shape.rank());
+    let block = n.int_or("block_size", 0)?;
+    let out = match n.int("output_dtype")? {
+        Some(t) if t != 0 => require_dtype(t as i32)?,
+        _ => b.dtype(scale),
+    };
+    let scale = broadcastable(b, scale, &shape, ax.clone(), block)?;
+    let work = if b.dtype(scale) == DType::F64 { DType::F64 } else { DType::F32 };
+    let mut d = b.cast(x, work).map_err(s)?;
+    if let Some(zp) = zp {
+        let zp = broadcastable(b, zp, &shape, ax.clone(), block)?;
+        let zp = b.cast(zp, work).map_err(s)?;
+        d = b.sub(d, zp).map_err(s)?;
+    }
+    let sw = b.cast(scale, work).map_err(s)?;
+    let y = b.mul(d, sw).map_err(s)?;
+    let y = b.cast(y, out).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn dynamic_quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let b = &mut ctx.b;
+    let dt = b.dtype(x);
+    let all: Vec<i64> = (0..b.rank(x) as i64).collect();
+    let x32 = b.cast(x, DType::F32).map_err(s)?;
+    let zero = b.scalar(0.0, DType::F32).map_err(s)?;
+    let mx = b.reduce_max(x32, &all, false).map_err(s)?;
+    let mx = b.max(mx, zero).map_err(s)?;
+    let mn = b.reduce(|axes| Op::ReduceMin { axes }, x32, &all, false).map_err(s)?;
+    let mn = b.min(mn, zero).map_err(s)?;
+    let range = b.sub(mx, mn).map_err(s)?;
+    let same = b.op1(Op::Eq, &[mx, mn]).map_err(s)?;
+    let onev = b.scalar(1.0, DType::F32).map_err(s)?;
+    let range = b.op1(Op::Select, &[same, onev, range]).map_err(s)?;
+    let q = b.scalar(255.0, DType::F32).map_err(s)?;
+    let scale = b.div(range, q).map_err(s)?;
+    let mz = b.div(mn, scale).map_err(s)?;
+    let zp = b.sub(zero, mz).map_err(s)?;
+    let zp = b.max(zp, zero).map_err(s)?;
+    let zp = b.min(zp, q).map_err(s)?;
+    let zpr = b.unary(Op::Round, zp).map_err(s)?;
+    let xs = b.div(x32, scale).map_err(s)?;
+    let y = saturate(b, xs, Some(zpr), DType::U8)?;
+    let zp_u8 = b.cast(zpr, DType::U8).map_err(s)?;
+    let scale_out = b.cast(scale, dt).map_err(s)?;
+    Ok(vec![ctx.v(y), ctx.v(scale_out), ctx.v(zp_u8)])
+}
+
+/// `v - zp` in i32, with `zp` broadcast along `zp_axis` of `v` when it is a vector.
+fn minus_zero_point(b: &mut Builder, v: Value, zp: Option<Value>, zp_axis: usize) -> R<Value> {
+    let vi = b.cast(v, DType::I32).map_err(s)?;
+    let Some(zp) = zp else { return Ok(vi) };
+    let shape = b.shape(vi).clone();
+    let zp = broadcastable(b, zp, &shape, Ok(zp_axis), 0)?;
+    let zp = b.cast(zp, DType::I32).map_err(s)?;
+    b.sub(vi, zp).map_err(s)
+}
+
+pub fn matmul_integer(ctx: &mut Ctx, n: &Node) -> Res {
+    let a = ctx.ir(n.req(0)?)?;
+    let bv = ctx.ir(n.req(1)?)?;
+    let azp = n.input(2).map(|z| ctx.ir(z)).transpose()?;
+    let bzp = n.input(3).map(|z| ctx.ir(z)).transpose()?;
+    let b = &mut ctx.b;
+    let (ra, rb) = (b.rank(a), b.rank(bv));
+    // A's zero point runs along its rows, B's along its columns.
+    let a = minus_zero_point(b, a, azp, ra.saturating_sub(2))?;
+    let bv = minus_zero_point(b, bv, bzp, rb - 1)?;
+    let y = b.matmul(a, bv).map_err(s)?;
+    one(ctx, y)
+}
+
+fn conv_attrs(n: &Node, x: &[Dim], w: &[Dim]) -> R<Op> {
+    let sp = x.len() - 2;
+    let strides = n.ints("strides")?.unwrap_or_else(|| vec![1; sp]);
+    let dilations = n.ints("dilations")?.unwrap_or_else(|| vec![1; sp]);
+    let mut low = vec![0; sp];
+    let mut high = vec![0; sp];
+    match n.string_or("auto_pad", "NOTSET")?.as_str() {
+        "NOTSET" | "VALID" => {
+            if let Some(p) = n.ints("pads")? {
+                low.copy_from_slice(&p[..sp]);
+                high.copy_from_slice(&p[sp..]);
+            }
+        }
+        mode => {
+            for i in 0..sp {
+                let k = w[i + 2].as_const().ok_or("SAME padding needs a static kernel")?;
+                let inp = x[i + 2].as_const().ok_or("SAME padding needs static input dims")?;
+                let out = (inp + strides[i] - 1) / strides[i];
+                let total = ((out - 1) * strides[i] + (k - 1) * dilations[i] + 1 - inp).max(0);
+                let half = total / 2;
+                (low[i], high[i]) = if mode == "SAME_UPPER" { (half, total - half) } else { (total - half, half) };
+            }
+        }
+    }
+    Ok(Op::Conv { stride: strides, dilation: dilations, pad_low: low, pad_high: high, groups: n.int_or("group", 1)? })
+}
+
+pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let w = ctx.ir(n.req(1)?)?;
+    let xzp = n.input(2).map(|z| ctx.ir(z)).transpose()?;
+    let wzp = n.input(3).map(|z| ctx.ir(z)).transpose()?;
+    let b = &mut ctx.b;
+    let (xs, ws) = (b.shape(x).dims().to_vec(), b.shape(w).dims().to_vec());
+    let op = conv_attrs(n, &xs, &ws)?;
+    let x = minus_zero_point(b, x, xzp, 1)?;
+    let w = minus_zero_point(b, w, wzp, 0)?;
+    let y = b.op1(op, &[x, w]).map_err(s)?;
+    one(ctx, y)
+}
+
+/// Requantizes an i32 accumulator: round(acc * a_scale * b_scale / y_scale) + y_zp, saturated.
+fn requantize(b: &mut Builder, acc: Value, a_scale: Value, b_scale: Value, y_scale: Value, y_zp: Option<Value>, out: DType) -> R<Value> {
+    let accf = b.cast(acc, DType::F32).map_err(s)?;
+    let ab = b.mul(a_scale, b_scale).map_err(s)?;
+    let m = b.div(ab, y_scale).map_err(s)?;
+    let m = b.cast(m, DType::F32).map_err(s)?;
+    let d = b.mul(accf, m).map_err(s)?;
+    saturate(b, d, y_zp, out)
+}
+
+pub fn qlinear_matmul(ctx: &mut Ctx, n: &Node) -> Res {
+    let names: Vec<&str> = (0..8).map(|i| n.req(i)).collect::<R<_>>()?;
+    let mut v = Vec::new();
+    for nm in &names {
+        v.push(ctx.ir(nm)?);
+    }
+    let b = &mut ctx.b;
+    let out = b.dtype(v[7]);
+    let (ra, rb) = (b.rank(v[0]), b.rank(v[3]));
+    let a = minus_zero_point(b, v[0], Some(v[2]), ra.saturating_sub(2))?;
+    let bm = minus_zero_point(b, v[3], Some(v[5]), rb - 1)?;
+    let acc = b.matmul(a, bm).map_err(s)?;
+    let shape = b.shape(acc).clone();
+    let r = shape.rank();
+    let a_scale = broadcastable(b, v[1], &shape, Ok(r.saturating_sub(2)), 0)?;
+    let b_scale = broadcastable(b, v[4], &shape, Ok(r - 1), 0)?;
+    let y = requantize(b, acc, a_scale, b_scale, v[6], Some(v[7]), out)?;
+    one(ctx, y)
+}
+
+pub fn qlinear_conv(ctx: &mut Ctx, n: &Node) -> Res {
+    let names: Vec<&str> = (0..8).map(|i| n.req(i)).collect::<R<_>>()?;
+    let mut v = Vec::new();
+    for nm in &names {
+        v.push(ctx.ir(nm)?);
+    }
+    let bias = n.input(8).map(|b| ctx.ir(b)).transpose()?;
+    let b = &mut ctx.b;
+    let out = b.dtype(v[7]);
+    let (xs, ws) = (b.shape(v[0]).dims().to_vec(), b.shape(v[3]).dims().to_vec());
+    let op = conv_attrs(n, &xs, &ws)?;
+    let x = minus_zero_point(b, v[0], Some(v[2]), 1)?;
+    let w = minus_zero_point(b, v[3], Some(v[5]), 0)?;
+    let mut acc = b.op1(op, &[x, w]).map_err(s)?;
+    let shape = b.shape(acc).clone();
+    if let Some(bias) = bias {
+        let bias = broadcastable(b, bias, &shape, Ok(1), 0)?;
+        let bias = b.cast(bias, DType::I32).map_err(s)?;
+        acc = b.add(acc, bias).map_err(s)?;
+    }
+    let x_scale = broadcastable(b, v[1], &shape, Ok(1), 0)?;
+    let w_scale = broadcastable(b, v[4], &shape, Ok(1), 0)?;
+    let y = requantize(b, acc, x_scale, w_scale, v[6], Some(v[7]), out)?;
+    one(ctx, y)
+}
+
+/// com.microsoft MatMulNBits: A [..., K] times a weight stored as N rows of K/block_size
+/// blocks of packed `bits`-bit values with per-block scales (and optional zero points).
+pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
+    let a = ctx.ir(n.req(0)?)?;
+    let packed = ctx.ir(n.req(1)?)?;
+    let scales = ctx.ir(n.req(2)?)?;
+    let zps = n.input(3).map(|z| ctx.ir(z)).transpose()?;
+    let bias = n.input(5).map(|z| ctx.ir(z)).transpose()?;
+    let k = n.int("K")?.ok_or("missing attribute `K`")?;
+    let nn = n.int("N")?.ok_or("missing attribute `N`")?;
+    let bits = n.int_or("bits", 4)?;
+    let block = n.int("block_size")?.ok_or("missing attribute `block_size`")?;
+    if bits != 4 && bits != 8 {
+        return Err(format!("{bits}-bit weights are not supported (4 or 8)"));
+    }
+    if n.input(4).is_some() {
+        return Err("g_idx is not supported".into());
+    }
+    let b = &mut ctx.b;
+    let nb = (k + block - 1) / block;
+    let per_byte = 8 / bits;
+    let blob = block / per_byte;
+    let dt = b.dtype(a);
+    // Unpack: [N, nb, blob] bytes -> [N, nb, blob, per_byte] values, low bits first.
+    let unpack = |b: &mut Builder, bytes: Value, groups: &[Dim]| -> R<Value> {
+        if bits == 8 {
+            return Ok(bytes);
+        }
+        let mut with = groups.to_vec();
+        with.push(Dim::Const(1));
+        let x = b.reshape(bytes, Shape::new(with.clone())).map_err(s)?;
+        let mut full = groups.to_vec();
+        full.push(Dim::Const(per_byte));
+        let x = b.broadcast_to(x, &Shape::new(full.clone())).map_err(s)?;
+        let shift = b
+            .op1(Op::Iota { axis: full.len() as i64 - 1, ty: ir::TensorType::new(DType::U8, Shape::new(full.clone())) }, &[])
+            .map_err(s)?;
+        let four = b.scalar(bits as f64, DType::U8).map_err(s)?;
+        let four = b.broadcast_to(four, &Shape::new(full.clone())).map_err(s)?;
+        let shift = b.mul(shift, four).map_err(s)?;
+        let x = b.op1(Op::Shr, &[x, shift]).map_err(s)?;
+        let mask = b.scalar(((1 << bits) - 1) as f64, DType::U8).map_err(s)?;
+        let mask = b.broadcast_to(mask, &Shape::new(full.clone())).map_err(s)?;
+        let x = b.op1(Op::And, &[x, mask]).map_err(s)?;
+        let mut merged = groups[..groups.len() - 1].to_vec();
+        merged.push(groups[groups.len() - 1].mul(&Dim::Const(per_byte)).map_err(s)?);
+        b.reshape(x, Shape::new(merged)).map_err(s)
+    };
+    let q = b.reshape(packed, Shape::from_consts(&[nn, nb, blob])).map_err(s)?;
+    let q = unpack(b, q, &[Dim::Const(nn), Dim::Const(nb), Dim::Const(blob)])?;
+    let qf = b.cast(q, dt).map_err(s)?;
+    let scales = b.reshape(scales, Shape::from_consts(&[nn, nb, 1])).map_err(s)?;
+    let zp = match zps {
+        Some(z) if b.dtype(z) == DType::U8 => {
+            // Packed like the weights, one value per block, rows padded to whole bytes.
+            let zb = (nb * bits + 7) / 8;
+            let z = b.reshape(z, Shape::from_consts(&[nn, zb])).map_err(s)?;
+            let z = unpack(b, z, &[Dim::Const(nn), Dim::Const(zb)])?;
+            let z = super::slice_axis(b, z, 1, Dim::Const(0), Dim::Const(nb), 1)?;
+            let z = b.reshape(z, Shape::from_consts(&[nn, nb, 1])).map_err(s)?;
+            b.cast(z, dt).map_err(s)?
+        }
+        Some(z) => b.reshape(z, Shape::from_consts(&[nn, nb, 1])).map_err(s)?,
+        None => b.scalar((1i64 << (bits - 1)) as f64, dt).map_err(s)?,
+    };
+    let w = b.sub(qf, zp).map_err(s)?;
+    let w = b.mul(w, scales).map_err(s)?;
+    let w = b.reshape(w, Shape::from_consts(&[nn, nb * block])).map_err(s)?;
+    let w = super::slice_axis(b, w, 1, Dim::Const(0), Dim::Const(k), 1)?;
+    let wt = b.transpose(w, &[1, 0]).map_err(s)?;
+    let mut y = b.matmul(a, wt).map_err(s)?;
+    if let Some(bias) = bias {
+        y = b.add(y, bias).map_err(s)?;
+    }
+    one(ctx, y)
+}

@@ -1,16 +1,459 @@
-//! Recurrent layers (LSTM, GRU, RNN), unrolled over a static sequence length.
+//! Recurrent layers (LSTM, GRU, RNN) unrolled over a static sequence length: the input
+//! projection of all steps is one matmul, then each step is a small matmul plus gates.
+//! Variable sequence lengths freeze the state and zero the output past each sequence's end.
 
-use super::Res;
+use ir::{Builder, DType, Dim, Op, Shape, Value};
+
+use super::{s, slice_axis};
 use crate::onnx::import::{Ctx, Node};
+use crate::onnx::value::V;
 
-pub fn lstm(_: &mut Ctx, _: &Node) -> Res {
-    Err("LSTM is not supported yet".into())
+type R<T> = Result<T, String>;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Lstm,
+    Gru,
+    Rnn,
 }
 
-pub fn gru(_: &mut Ctx, _: &Node) -> Res {
-    Err("GRU is not supported yet".into())
+impl Kind {
+    fn gates(self) -> i64 {
+        match self {
+            Kind::Lstm => 4,
+            Kind::Gru => 3,
+            Kind::Rnn => 1,
+        }
+    }
+
+    fn default_acts(self) -> &'static [&'static str] {
+        match self {
+            Kind::Lstm => &["Sigmoid", "Tanh", "Tanh"],
+            Kind::Gru => &["Sigmoid", "Tanh"],
+            Kind::Rnn => &["Tanh"],
+        }
+    }
 }
 
-pub fn rnn(_: &mut Ctx, _: &Node) -> Res {
-    Err("RNN is not supported yet".into())
+#[derive(Clone)]
+struct Act {
+    name: String,
+    alpha: Option<f64>,
+    beta: Option<f64>,
+}
+
+fn activate(b: &mut Builder, a: &Act, x: Value) -> R<Value> {
+    let alpha = |d: f64| a.alpha.unwrap_or(d);
+    let beta = |d: f64| a.beta.unwrap_or(d);
+    let r = (|| -> ir::Result<Value> {
+        Ok(match a.name.to_ascii_lowercase().as_str() {
+            "sigmoid" => b.sigmoid(x)?,
+            "tanh" => b.tanh(x)?,
+            "relu" => b.relu(x)?,
+            "affine" => {
+                let y = b.scale(x, alpha(1.0))?;
+                let c = b.scalar_like(beta(0.0), y)?;
+                b.add(y, c)?
+            }
+            "leakyrelu" => {
+                let z = b.scalar_like(0.0, x)?;
+                let neg = b.op1(Op::Lt, &[x, z])?;
+                let ax = b.scale(x, alpha(0.01))?;
+                b.op1(Op::Select, &[neg, ax, x])?
+            }
+            "thresholdedrelu" => {
+                let t = b.scalar_like(alpha(1.0), x)?;
+                let z = b.scalar_like(0.0, x)?;
+                let gt = b.op1(Op::Gt, &[x, t])?;
+                b.op1(Op::Select, &[gt, x, z])?
+            }
+            "scaledtanh" => {
+                let y = b.scale(x, beta(1.0))?;
+                let y = b.tanh(y)?;
+                b.scale(y, alpha(1.0))?
+            }
+            "hardsigmoid" => {
+                let y = b.scale(x, alpha(0.2))?;
+                let c = b.scalar_like(beta(0.5), y)?;
+                let y = b.add(y, c)?;
+                let one = b.scalar_like(1.0, y)?;
+                let zero = b.scalar_like(0.0, y)?;
+                let y = b.min(y, one)?;
+                b.max(y, zero)?
+            }
+            "elu" => {
+                let z = b.scalar_like(0.0, x)?;
+                let e = b.exp(x)?;
+                let one = b.scalar_like(1.0, x)?;
+                let em1 = b.sub(e, one)?;
+                let neg = b.scale(em1, alpha(1.0))?;
+                let pos = b.op1(Op::Gt, &[x, z])?;
+                b.op1(Op::Select, &[pos, x, neg])?
+            }
+            "softsign" => {
+                let ax = b.unary(Op::Abs, x)?;
+                let one = b.scalar_like(1.0, x)?;
+                let d = b.add(ax, one)?;
+                b.div(x, d)?
+            }
+            "softplus" => {
+                let e = b.exp(x)?;
+                let one = b.scalar_like(1.0, x)?;
+                let t = b.add(e, one)?;
+                b.unary(Op::Log, t)?
+            }
+            other => {
+                return Err(ir::Error::Build {
+                    op: other.to_string(),
+                    origin: None,
+                    message: "unknown recurrent activation".into(),
+                })
+            }
+        })
+    })();
+    r.map_err(s)
+}
+
+fn activations(n: &Node, kind: Kind, dirs: usize) -> R<Vec<Vec<Act>>> {
+    let names: Vec<String> = match n.strings("activations")? {
+        Some(v) => v,
+        None => kind.default_acts().iter().cycle().take(kind.default_acts().len() * dirs).map(|s| s.to_string()).collect(),
+    };
+    let per = kind.default_acts().len();
+    if names.len() != per * dirs {
+        return Err(format!("{} activations, expected {}", names.len(), per * dirs));
+    }
+    let mut alphas = n.floats("activation_alpha")?.unwrap_or_default().into_iter();
+    let mut betas = n.floats("activation_beta")?.unwrap_or_default().into_iter();
+    let uses_alpha = |m: &str| matches!(m.to_ascii_lowercase().as_str(), "affine" | "leakyrelu" | "thresholdedrelu" | "scaledtanh" | "hardsigmoid" | "elu");
+    let uses_beta = |m: &str| matches!(m.to_ascii_lowercase().as_str(), "affine" | "scaledtanh" | "hardsigmoid");
+    let acts: Vec<Act> = names
+        .into_iter()
+        .map(|name| Act {
+            alpha: if uses_alpha(&name) { alphas.next().map(f64::from) } else { None },
+            beta: if uses_beta(&name) { betas.next().map(f64::from) } else { None },
+            name,
+        })
+        .collect();
+    Ok(acts.chunks(per).map(|c| c.to_vec()).collect())
+}
+
+struct Dir<'a> {
+    w: Value,
+    r: Value,
+    bias: Option<(Value, Value)>,
+    peep: Option<Value>,
+    h0: Value,
+    c0: Option<Value>,
+    acts: &'a [Act],
+    reverse: bool,
+}
+
+struct Cfg {
+    kind: Kind,
+    hidden: i64,
+    clip: Option<f64>,
+    input_forget: bool,
+    linear_before_reset: bool,
+}
+
+/// Gate `g` of a [batch, G*H] pre-activation.
+fn gate(b: &mut Builder, pre: Value, g: i64, h: i64) -> R<Value> {
+    slice_axis(b, pre, 1, Dim::Const(g * h), Dim::Const((g + 1) * h), 1)
+}
+
+fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
+    match clip {
+        Some(c) => {
+            let lo = b.scalar_like(-c, x).map_err(s)?;
+            let hi = b.scalar_like(c, x).map_err(s)?;
+            let y = b.max(x, lo).map_err(s)?;
+            b.min(y, hi).map_err(s)
+        }
+        None => Ok(x),
+    }
+}
+
+/// Runs one direction; returns the per-step outputs (in time order) and the final states.
+fn run(b: &mut Builder, cfg: &Cfg, d: &Dir, xs: &[Value], masks: &[Option<Value>]) -> R<(Vec<Value>, Value, Option<Value>)> {
+    let h = cfg.hidden;
+    let seq = xs.len();
+    let wt = b.transpose(d.w, &[1, 0]).map_err(s)?;
+    let rt = b.transpose(d.r, &[1, 0]).map_err(s)?;
+    // Bias split into input and recurrent halves (GRU needs them apart).
+    let (wb, rb) = match d.bias {
+        Some((wb, rb)) => (Some(wb), Some(rb)),
+        None => (None, None),
+    };
+    let (mut hs, mut cs) = (d.h0, d.c0);
+    let mut ys = vec![None; seq];
+    let order: Vec<usize> = if d.reverse { (0..seq).rev().collect() } else { (0..seq).collect() };
+    for t in order {
+        let mut xw = b.matmul(xs[t], wt).map_err(s)?;
+        if let Some(wb) = wb {
+            xw = b.add(xw, wb).map_err(s)?;
+        }
+        let mut hr = b.matmul(hs, rt).map_err(s)?;
+        if let Some(rb) = rb {
+            hr = b.add(hr, rb).map_err(s)?;
+        }
+        let (h_new, c_new) = match cfg.kind {
+            Kind::Rnn => {
+                let pre = b.add(xw, hr).map_err(s)?;
+                let pre = clipped(b, pre, cfg.clip)?;
+                (activate(b, &d.acts[0], pre)?, None)
+            }
+            Kind::Lstm => {
+                let pre = b.add(xw, hr).map_err(s)?;
+                let c_prev = cs.ok_or("LSTM needs a cell state")?;
+                let peep = |b: &mut Builder, k: i64, c: Value| -> R<Option<Value>> {
+                    match d.peep {
+                        Some(p) => {
+                            let pk = slice_axis(b, p, 0, Dim::Const(k * h), Dim::Const((k + 1) * h), 1)?;
+                            Ok(Some(b.mul(c, pk).map_err(s)?))
+                        }
+                        None => Ok(None),
+                    }
+                };
+                let with = |b: &mut Builder, x: Value, extra: Option<Value>| -> R<Value> {
+                    match extra {
+                        Some(e) => b.add(x, e).map_err(s),
+                        None => Ok(x),
+                    }
+                };
+                let (gi, go, gf, gc) = (gate(b, pre, 0, h)?, gate(b, pre, 1, h)?, gate(b, pre, 2, h)?, gate(b, pre, 3, h)?);
+                let pi = peep(b, 0, c_prev)?;
+                let gi = with(b, gi, pi)?;
+                let gi = clipped(b, gi, cfg.clip)?;
+                let i = activate(b, &d.acts[0], gi)?;
+                let f = if cfg.input_forget {
+                    let one = b.scalar_like(1.0, i).map_err(s)?;
+                    b.sub(one, i).map_err(s)?
+                } else {
+                    let pf = peep(b, 2, c_prev)?;
+                    let gf = with(b, gf, pf)?;
+                    let gf = clipped(b, gf, cfg.clip)?;
+                    activate(b, &d.acts[0], gf)?
+                };
+                let gc = clipped(b, gc, cfg.clip)?;
+                let cand = activate(b, &d.acts[1], gc)?;
+                let fc = b.mul(f, c_prev).map_err(s)?;
+                let ic = b.mul(i, cand).map_err(s)?;
+                let c = b.add(fc, ic).map_err(s)?;
+                let po = peep(b, 1, c)?;
+                let go = with(b, go, po)?;
+                let go = clipped(b, go, cfg.clip)?;
+                let o = activate(b, &d.acts[0], go)?;
+                let hc = activate(b, &d.acts[2], c)?;
+                (b.mul(o, hc).map_err(s)?, Some(c))
+            }
+            Kind::Gru => {
+                let (xz, xr, xh) = (gate(b, xw, 0, h)?, gate(b, xw, 1, h)?, gate(b, xw, 2, h)?);
+                let (hz, hrr) = (gate(b, hr, 0, h)?, gate(b, hr, 1, h)?);
+                let z = b.add(xz, hz).map_err(s)?;
+                let z = clipped(b, z, cfg.clip)?;
+                let z = activate(b, &d.acts[0], z)?;
+                let r = b.add(xr, hrr).map_err(s)?;
+                let r = clipped(b, r, cfg.clip)?;
+                let r = activate(b, &d.acts[0], r)?;
+                let rh_w = slice_axis(b, rt, 1, Dim::Const(2 * h), Dim::Const(3 * h), 1)?;
+                let rbh = match rb {
+                    Some(rb) => Some(slice_axis(b, rb, 0, Dim::Const(2 * h), Dim::Const(3 * h), 1)?),
+                    None => None,
+                };
+                let hh = if cfg.linear_before_reset {
+                    let mut t = b.matmul(hs, rh_w).map_err(s)?;
+                    if let Some(rbh) = rbh {
+                        t = b.add(t, rbh).map_err(s)?;
+                    }
+                    b.mul(r, t).map_err(s)?
+                } else {
+                    let rhs = b.mul(r, hs).map_err(s)?;
+                    let mut t = b.matmul(rhs, rh_w).map_err(s)?;
+                    if let Some(rbh) = rbh {
+                        t = b.add(t, rbh).map_err(s)?;
+                    }
+                    t
+                };
+                let pre = b.add(xh, hh).map_err(s)?;
+                let pre = clipped(b, pre, cfg.clip)?;
+                let cand = activate(b, &d.acts[1], pre)?;
+                let one = b.scalar_like(1.0, z).map_err(s)?;
+                let omz = b.sub(one, z).map_err(s)?;
+                let a = b.mul(omz, cand).map_err(s)?;
+                let zh = b.mul(z, hs).map_err(s)?;
+                (b.add(a, zh).map_err(s)?, None)
+            }
+        };
+        // Past a sequence's end the state stays and the output is zero.
+        let (h_next, c_next, y) = match masks[t] {
+            Some(m) => {
+                let zero = b.scalar_like(0.0, h_new).map_err(s)?;
+                let hn = b.select(m, h_new, hs).map_err(s)?;
+                let cn = match (c_new, cs) {
+                    (Some(cn), Some(cp)) => Some(b.select(m, cn, cp).map_err(s)?),
+                    _ => None,
+                };
+                let y = b.select(m, h_new, zero).map_err(s)?;
+                (hn, cn, y)
+            }
+            None => (h_new, c_new, h_new),
+        };
+        hs = h_next;
+        cs = c_next;
+        ys[t] = Some(y);
+    }
+    let ys = ys.into_iter().map(|y| y.ok_or_else(|| "a step produced no output".to_string())).collect::<R<Vec<_>>>()?;
+    Ok((ys, hs, cs))
+}
+
+fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
+    let mut x = ctx.ir(n.req(0)?)?;
+    let w = ctx.ir(n.req(1)?)?;
+    let r = ctx.ir(n.req(2)?)?;
+    let bias = n.input(3).map(|v| ctx.ir(v)).transpose()?;
+    let lens = n.input(4).map(|v| ctx.ir(v)).transpose()?;
+    let h0 = n.input(5).map(|v| ctx.ir(v)).transpose()?;
+    let c0 = if kind == Kind::Lstm { n.input(6).map(|v| ctx.ir(v)).transpose()? } else { None };
+    let peep = if kind == Kind::Lstm { n.input(7).map(|v| ctx.ir(v)).transpose()? } else { None };
+    let direction = n.string_or("direction", "forward")?;
+    let dirs = if direction == "bidirectional" { 2 } else { 1 };
+    let layout = n.int_or("layout", 0)?;
+    let acts = activations(n, kind, dirs)?;
+    let hidden = match n.int("hidden_size")? {
+        Some(h) => h,
+        None => ctx.b.shape(r).dim(2).as_const().ok_or("hidden_size must be static")?,
+    };
+    let cfg = Cfg {
+        kind,
+        hidden,
+        clip: n.float("clip")?.map(f64::from),
+        input_forget: n.int_or("input_forget", 0)? != 0,
+        linear_before_reset: n.int_or("linear_before_reset", 0)? != 0,
+    };
+    let b = &mut ctx.b;
+    if layout == 1 {
+        x = b.transpose(x, &[1, 0, 2]).map_err(s)?;
+    }
+    let xshape = b.shape(x).clone();
+    let seq = xshape.dim(0).as_const().ok_or("recurrent layers need a static sequence length")? as usize;
+    let batch = xshape.dim(1).clone();
+    let dt = b.dtype(x);
+    let xs: Vec<Value> = (0..seq)
+        .map(|t| {
+            let xt = slice_axis(b, x, 0, Dim::Const(t as i64), Dim::Const(t as i64 + 1), 1)?;
+            b.reshape(xt, Shape::new(vec![batch.clone(), xshape.dim(2).clone()])).map_err(s)
+        })
+        .collect::<R<_>>()?;
+    let masks: Vec<Option<Value>> = match lens {
+        Some(l) => {
+            let l = b.cast(l, DType::I64).map_err(s)?;
+            let l = b.reshape(l, Shape::new(vec![batch.clone(), Dim::Const(1)])).map_err(s)?;
+            (0..seq)
+                .map(|t| {
+                    let tv = b.scalar(t as f64, DType::I64).map_err(s)?;
+                    let tv = b.broadcast_to(tv, &Shape::new(vec![batch.clone(), Dim::Const(1)])).map_err(s)?;
+                    let m = b.op1(Op::Lt, &[tv, l]).map_err(s)?;
+                    b.broadcast_to(m, &Shape::new(vec![batch.clone(), Dim::Const(hidden)])).map(Some).map_err(s)
+                })
+                .collect::<R<_>>()?
+        }
+        None => vec![None; seq],
+    };
+    let state_shape = Shape::new(vec![batch.clone(), Dim::Const(hidden)]);
+    let zeros = |b: &mut Builder| -> R<Value> {
+        let z = b.scalar(0.0, dt).map_err(s)?;
+        b.broadcast_to(z, &state_shape).map_err(s)
+    };
+    let pick = |b: &mut Builder, v: Value, d: usize, len: Dim| -> R<Value> {
+        let x = slice_axis(b, v, 0, Dim::Const(d as i64), Dim::Const(d as i64 + 1), 1)?;
+        let mut rest = b.shape(x).dims()[1..].to_vec();
+        if rest.is_empty() {
+            rest.push(len);
+        }
+        b.reshape(x, Shape::new(rest)).map_err(s)
+    };
+    let g = kind.gates();
+    let mut ys_all = Vec::new();
+    let mut hs_all = Vec::new();
+    let mut cs_all = Vec::new();
+    for d in 0..dirs {
+        let wd = pick(b, w, d, Dim::Const(0))?;
+        let rd = pick(b, r, d, Dim::Const(0))?;
+        let bias_d = match bias {
+            Some(bv) => {
+                let bd = pick(b, bv, d, Dim::Const(0))?;
+                let wb = slice_axis(b, bd, 0, Dim::Const(0), Dim::Const(g * hidden), 1)?;
+                let rb = slice_axis(b, bd, 0, Dim::Const(g * hidden), Dim::Const(2 * g * hidden), 1)?;
+                Some((wb, rb))
+            }
+            None => None,
+        };
+        let h0d = match h0 {
+            Some(h) => pick(b, h, d, Dim::Const(0))?,
+            None => zeros(b)?,
+        };
+        let c0d = match (kind, c0) {
+            (Kind::Lstm, Some(c)) => Some(pick(b, c, d, Dim::Const(0))?),
+            (Kind::Lstm, None) => Some(zeros(b)?),
+            _ => None,
+        };
+        let peep_d = match peep {
+            Some(p) => Some(pick(b, p, d, Dim::Const(0))?),
+            None => None,
+        };
+        let dir = Dir {
+            w: wd,
+            r: rd,
+            bias: bias_d,
+            peep: peep_d,
+            h0: h0d,
+            c0: c0d,
+            acts: &acts[d],
+            reverse: direction == "reverse" || d == 1,
+        };
+        let (ys, hl, cl) = run(b, &cfg, &dir, &xs, &masks)?;
+        ys_all.push(ys);
+        hs_all.push(hl);
+        if let Some(c) = cl {
+            cs_all.push(c);
+        }
+    }
+    // Y: [seq, dirs, batch, hidden]; Y_h, Y_c: [dirs, batch, hidden].
+    let unit = |b: &mut Builder, v: Value, at: usize| -> R<Value> { b.unsqueeze(v, at as i64).map_err(s) };
+    let mut steps = Vec::with_capacity(seq);
+    for t in 0..seq {
+        let per_dir: Vec<Value> = (0..dirs).map(|d| unit(b, ys_all[d][t], 0)).collect::<R<_>>()?;
+        let st = b.op1(Op::Concat { axis: 0 }, &per_dir).map_err(s)?;
+        steps.push(unit(b, st, 0)?);
+    }
+    let mut y = b.op1(Op::Concat { axis: 0 }, &steps).map_err(s)?;
+    let stack = |b: &mut Builder, vs: &[Value]| -> R<Value> {
+        let u: Vec<Value> = vs.iter().map(|&v| unit(b, v, 0)).collect::<R<_>>()?;
+        b.op1(Op::Concat { axis: 0 }, &u).map_err(s)
+    };
+    let mut yh = stack(b, &hs_all)?;
+    let mut yc = if cs_all.is_empty() { None } else { Some(stack(b, &cs_all)?) };
+    if layout == 1 {
+        y = b.transpose(y, &[2, 0, 1, 3]).map_err(s)?;
+        yh = b.transpose(yh, &[1, 0, 2]).map_err(s)?;
+        yc = yc.map(|c| b.transpose(c, &[1, 0, 2])).transpose().map_err(s)?;
+    }
+    let mut out = vec![ctx.v(y), ctx.v(yh)];
+    if let Some(c) = yc {
+        out.push(ctx.v(c));
+    }
+    Ok(out)
+}
+
+pub fn lstm(ctx: &mut Ctx, n: &Node) -> super::Res {
+    recurrent(ctx, n, Kind::Lstm)
+}
+
+pub fn gru(ctx: &mut Ctx, n: &Node) -> super::Res {
+    recurrent(ctx, n, Kind::Gru)
+}
+
+pub fn rnn(ctx: &mut Ctx, n: &Node) -> super::Res {
+    recurrent(ctx, n, Kind::Rnn)
 }
