@@ -356,9 +356,39 @@ fn pick_function(path: &Path, m: kiln::Module, name: Option<&str>) -> Result<Gra
     }
 }
 
+/// Loads an ONNX model and the external data files it names (relative to the model).
+fn load_onnx(
+    path: &Path,
+    specialize: std::collections::HashMap<String, Tensor>,
+) -> Result<Graph, Failure> {
+    let bytes = read(path)?;
+    let model = frontends::onnx::decode_model(&bytes)
+        .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    let mut external = frontends::onnx::ExternalData::new();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for loc in frontends::onnx::external_data_locations(&model) {
+        let data = read(&dir.join(&loc))?;
+        external.insert(loc, data.into());
+    }
+    kiln::onnx::import(&bytes, external, specialize)
+        .map_err(|e| Failure(format!("{}: {e}", path.display())))
+}
+
+fn is_onnx(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "onnx")
+}
+
+/// A graph from a .kir or .onnx file.
+fn load_graph(path: &Path, func: Option<&str>) -> Result<Graph, Failure> {
+    if is_onnx(path) {
+        return load_onnx(path, Default::default());
+    }
+    pick_function(path, parse_kir(path)?, func)
+}
+
 fn run(a: RunArgs) -> Result<(), Failure> {
     let file = a.file.as_path();
-    let g = pick_function(file, parse_kir(file)?, a.func.as_deref())?;
+    let g = load_graph(file, a.func.as_deref())?;
     let diags = verify_diagnostics(file, &g);
     if !diags.is_empty() {
         return Err(Failure(diags.join("\n")));

@@ -12,14 +12,27 @@ type R<T> = Result<T, String>;
 fn split_heads(b: &mut Builder, x: Value, heads: i64) -> R<Value> {
     let d = b.shape(x).dims().to_vec();
     let hd = d[2].floor_div(&Dim::Const(heads)).map_err(s)?;
-    let y = b.reshape(x, Shape::new(vec![d[0].clone(), d[1].clone(), Dim::Const(heads), hd])).map_err(s)?;
+    let y = b
+        .reshape(
+            x,
+            Shape::new(vec![d[0].clone(), d[1].clone(), Dim::Const(heads), hd]),
+        )
+        .map_err(s)?;
     b.transpose(y, &[0, 2, 1, 3]).map_err(s)
 }
 
 /// A `[q, kv]` i64 grid of `j - i` (key index minus query index).
 fn key_minus_query(b: &mut Builder, q: &Dim, kv: &Dim) -> R<Value> {
     let ty = TensorType::new(DType::I64, Shape::new(vec![q.clone(), kv.clone()]));
-    let i = b.op1(Op::Iota { axis: 0, ty: ty.clone() }, &[]).map_err(s)?;
+    let i = b
+        .op1(
+            Op::Iota {
+                axis: 0,
+                ty: ty.clone(),
+            },
+            &[],
+        )
+        .map_err(s)?;
     let j = b.op1(Op::Iota { axis: 1, ty }, &[]).map_err(s)?;
     b.sub(j, i).map_err(s)
 }
@@ -42,20 +55,36 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
     let is_causal = n.int_or("is_causal", 0)? != 0;
     let softcap = n.float_or("softcap", 0.0)? as f64;
     let mode = n.int_or("qk_matmul_output_mode", 0)?;
-    let (left_w, right_w) = (n.int_or("left_window_size", -1)?, n.int_or("right_window_size", -1)?);
+    let (left_w, right_w) = (
+        n.int_or("left_window_size", -1)?,
+        n.int_or("right_window_size", -1)?,
+    );
     let precision = n.int("softmax_precision")?;
     let b = &mut ctx.b;
     let dtype = b.dtype(q_in);
     let rank3 = b.rank(q_in) == 3;
     let (q, k, v) = if rank3 {
         let qh = n.int("q_num_heads")?.ok_or("3-d inputs need q_num_heads")?;
-        let kh = n.int("kv_num_heads")?.ok_or("3-d inputs need kv_num_heads")?;
-        (split_heads(b, q_in, qh)?, split_heads(b, k_in, kh)?, split_heads(b, v_in, kh)?)
+        let kh = n
+            .int("kv_num_heads")?
+            .ok_or("3-d inputs need kv_num_heads")?;
+        (
+            split_heads(b, q_in, qh)?,
+            split_heads(b, k_in, kh)?,
+            split_heads(b, v_in, kh)?,
+        )
     } else {
         (q_in, k_in, v_in)
     };
-    let head = b.shape(q).dim(3).as_const().ok_or("the head size must be static")?;
-    let scale = n.float("scale")?.map(f64::from).unwrap_or(1.0 / (head as f64).sqrt());
+    let head = b
+        .shape(q)
+        .dim(3)
+        .as_const()
+        .ok_or("the head size must be static")?;
+    let scale = n
+        .float("scale")?
+        .map(f64::from)
+        .unwrap_or(1.0 / (head as f64).sqrt());
     let root = (scale.sqrt() as f32) as f64;
     let (k, v) = match (past_k, past_v) {
         (Some(pk), Some(pv)) => (
@@ -83,11 +112,25 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
         let pad = kvlen.sub(&mlen).map_err(s)?;
         if let Some(p) = pad.as_const().filter(|&p| p > 0) {
             let r = b.rank(m);
-            let fill = if b.dtype(m) == DType::Bool { 0.0 } else { f64::NEG_INFINITY };
+            let fill = if b.dtype(m) == DType::Bool {
+                0.0
+            } else {
+                f64::NEG_INFINITY
+            };
             let fv = b.scalar(fill, b.dtype(m)).map_err(s)?;
             let mut high = vec![0; r];
             high[r - 1] = p;
-            mask = Some(b.op1(Op::Pad { low: vec![0; r], high, mode: PadMode::Constant }, &[m, fv]).map_err(s)?);
+            mask = Some(
+                b.op1(
+                    Op::Pad {
+                        low: vec![0; r],
+                        high,
+                        mode: PadMode::Constant,
+                    },
+                    &[m, fv],
+                )
+                .map_err(s)?,
+            );
         }
     }
     let mask = match mask {
@@ -104,7 +147,13 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
             let ql = b.dim_product(&[qlen.clone()], DType::I64).map_err(s)?;
             let off = b.sub(np, ql).map_err(s)?;
             let nb = b.shape(off).dim(0).clone();
-            Some(b.reshape(off, Shape::new(vec![nb, Dim::Const(1), Dim::Const(1), Dim::Const(1)])).map_err(s)?)
+            Some(
+                b.reshape(
+                    off,
+                    Shape::new(vec![nb, Dim::Const(1), Dim::Const(1), Dim::Const(1)]),
+                )
+                .map_err(s)?,
+            )
         }
         _ => None,
     };
@@ -148,28 +197,69 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
     if let Some(np) = nonpad {
         let np = b.cast(np, DType::I64).map_err(s)?;
         let nb = b.shape(np).dim(0).clone();
-        let np = b.reshape(np, Shape::new(vec![nb.clone(), Dim::Const(1)])).map_err(s)?;
+        let np = b
+            .reshape(np, Shape::new(vec![nb.clone(), Dim::Const(1)]))
+            .map_err(s)?;
         let ty = TensorType::new(DType::I64, Shape::new(vec![nb.clone(), kvlen.clone()]));
         let j = b.op1(Op::Iota { axis: 1, ty }, &[]).map_err(s)?;
         let j_shape = b.shape(j).clone();
         let np = b.broadcast_to(np, &j_shape).map_err(s)?;
         let keep = b.op1(Op::Lt, &[j, np]).map_err(s)?;
         let pm = additive(b, keep, dtype)?;
-        let pm = b.reshape(pm, Shape::new(vec![nb, Dim::Const(1), Dim::Const(1), kvlen.clone()])).map_err(s)?;
+        let pm = b
+            .reshape(
+                pm,
+                Shape::new(vec![nb, Dim::Const(1), Dim::Const(1), kvlen.clone()]),
+            )
+            .map_err(s)?;
         bias = b.add(bias, pm).map_err(s)?;
     }
     // Grouped-query attention: repeat each KV head for its group of query heads.
     let (hq, hk) = (b.shape(q).dim(1).clone(), b.shape(k).dim(1).clone());
     let (k, v) = if hq != hk {
-        let (hq, hk) = (hq.as_const().ok_or("head counts must be static")?, hk.as_const().ok_or("head counts must be static")?);
+        let (hq, hk) = (
+            hq.as_const().ok_or("head counts must be static")?,
+            hk.as_const().ok_or("head counts must be static")?,
+        );
         if hq % hk != 0 {
             return Err(format!("{hq} query heads do not group over {hk} key heads"));
         }
         let rep = |b: &mut Builder, x: Value| -> R<Value> {
             let d = b.shape(x).dims().to_vec();
-            let x5 = b.reshape(x, Shape::new(vec![d[0].clone(), d[1].clone(), Dim::Const(1), d[2].clone(), d[3].clone()])).map_err(s)?;
-            let x5 = b.broadcast_to(x5, &Shape::new(vec![d[0].clone(), d[1].clone(), Dim::Const(hq / hk), d[2].clone(), d[3].clone()])).map_err(s)?;
-            b.reshape(x5, Shape::new(vec![d[0].clone(), Dim::Const(hq), d[2].clone(), d[3].clone()])).map_err(s)
+            let x5 = b
+                .reshape(
+                    x,
+                    Shape::new(vec![
+                        d[0].clone(),
+                        d[1].clone(),
+                        Dim::Const(1),
+                        d[2].clone(),
+                        d[3].clone(),
+                    ]),
+                )
+                .map_err(s)?;
+            let x5 = b
+                .broadcast_to(
+                    x5,
+                    &Shape::new(vec![
+                        d[0].clone(),
+                        d[1].clone(),
+                        Dim::Const(hq / hk),
+                        d[2].clone(),
+                        d[3].clone(),
+                    ]),
+                )
+                .map_err(s)?;
+            b.reshape(
+                x5,
+                Shape::new(vec![
+                    d[0].clone(),
+                    Dim::Const(hq),
+                    d[2].clone(),
+                    d[3].clone(),
+                ]),
+            )
+            .map_err(s)
         };
         (rep(b, k)?, rep(b, v)?)
     } else {
@@ -221,9 +311,16 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
         y = b.transpose(y, &[0, 2, 1, 3]).map_err(s)?;
         let d = b.shape(y).dims().to_vec();
         let hidden = d[2].mul(&d[3]).map_err(s)?;
-        y = b.reshape(y, Shape::new(vec![d[0].clone(), d[1].clone(), hidden])).map_err(s)?;
+        y = b
+            .reshape(y, Shape::new(vec![d[0].clone(), d[1].clone(), hidden]))
+            .map_err(s)?;
     }
-    Ok(vec![ctx.v(y), ctx.v(present_k), ctx.v(present_v), ctx.v(qk_out)])
+    Ok(vec![
+        ctx.v(y),
+        ctx.v(present_k),
+        ctx.v(present_v),
+        ctx.v(qk_out),
+    ])
 }
 
 pub fn rotary_embedding(ctx: &mut Ctx, n: &Node) -> Res {
@@ -245,9 +342,17 @@ pub fn rotary_embedding(ctx: &mut Ctx, n: &Node) -> Res {
         }
         let d = shape_in.dims();
         let hd = d[2].floor_div(&Dim::Const(heads)).map_err(s)?;
-        b.reshape(x_in, Shape::new(vec![d[0].clone(), d[1].clone(), Dim::Const(heads), hd])).map_err(s)?
+        b.reshape(
+            x_in,
+            Shape::new(vec![d[0].clone(), d[1].clone(), Dim::Const(heads), hd]),
+        )
+        .map_err(s)?
     };
-    let head = b.shape(x).dim(3).as_const().ok_or("the head size must be static")?;
+    let head = b
+        .shape(x)
+        .dim(3)
+        .as_const()
+        .ok_or("the head size must be static")?;
     let rd = if rot_dim == 0 { head } else { rot_dim };
     let half = rd / 2;
     let (cos, sin) = match pos {

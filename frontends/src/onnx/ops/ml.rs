@@ -1,20 +1,920 @@
-//! `ai.onnx.ml` operators (trees, linear models, SVMs, preprocessing) as tensor computations.
+//! `ai.onnx.ml` operators as tensor computations: tree ensembles become gather tables walked
+//! a fixed number of steps (every sample and tree in lockstep), linear models and SVMs become
+//! matmuls and kernels, and the preprocessing ops elementwise math. No op is evaluated by
+//! interpreting model objects at run time.
 
-use super::Res;
+use std::collections::HashMap;
+
+use ir::{Builder, DType, Dim, Op, Shape, Tensor, TensorType, Value};
+
+use super::{one, s, Res};
 use crate::onnx::import::{Ctx, Node};
 
-macro_rules! todo_op {
-    ($($f:ident $name:literal),*) => {$(
-        pub fn $f(_: &mut Ctx, _: &Node) -> Res {
-            Err(concat!($name, " is not supported yet").into())
-        }
-    )*};
+type R<T> = Result<T, String>;
+
+fn constant<T: ir::Element>(b: &mut Builder, shape: Vec<usize>, v: Vec<T>) -> R<Value> {
+    let t = Tensor::from_vec(shape, v).map_err(s)?;
+    b.constant(t).map_err(s)
 }
 
-todo_op!(
-    tree_ensemble_classifier "TreeEnsembleClassifier", tree_ensemble_regressor "TreeEnsembleRegressor",
-    tree_ensemble "TreeEnsemble", linear_classifier "LinearClassifier",
-    linear_regressor "LinearRegressor", svm_classifier "SVMClassifier", svm_regressor "SVMRegressor",
-    scaler "Scaler", normalizer "Normalizer", binarizer "Binarizer",
-    array_feature_extractor "ArrayFeatureExtractor", label_encoder "LabelEncoder"
-);
+/// Features as f32 (or f64 when given f64), as the ML operators compute.
+fn features(ctx: &mut Ctx, name: &str) -> R<Value> {
+    let x = ctx.ir(name)?;
+    let b = &mut ctx.b;
+    let x = if b.dtype(x) == DType::F64 {
+        x
+    } else {
+        b.cast(x, DType::F32).map_err(s)?
+    };
+    if b.rank(x) == 1 {
+        return b.unsqueeze(x, 0).map_err(s);
+    }
+    Ok(x)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Rule {
+    Leq,
+    Lt,
+    Gte,
+    Gt,
+    Eq,
+    Neq,
+    Leaf,
+}
+
+fn rule(m: &str) -> R<Rule> {
+    Ok(match m {
+        "BRANCH_LEQ" => Rule::Leq,
+        "BRANCH_LT" => Rule::Lt,
+        "BRANCH_GTE" => Rule::Gte,
+        "BRANCH_GT" => Rule::Gt,
+        "BRANCH_EQ" => Rule::Eq,
+        "BRANCH_NEQ" => Rule::Neq,
+        "LEAF" => Rule::Leaf,
+        other => return Err(format!("unknown node mode `{other}`")),
+    })
+}
+
+/// A forest flattened into per-node tables; leaves point at themselves so that walking past
+/// a leaf stays there.
+struct Forest {
+    feature: Vec<i64>,
+    threshold: Vec<f32>,
+    rule: Vec<Rule>,
+    yes: Vec<i64>,
+    no: Vec<i64>,
+    missing_yes: Vec<bool>,
+    roots: Vec<i64>,
+    depth: usize,
+    /// [nodes, targets] leaf contributions.
+    leaf: Vec<f32>,
+    targets: usize,
+}
+
+fn ints(n: &Node, name: &str) -> R<Vec<i64>> {
+    n.ints(name)?
+        .ok_or_else(|| format!("missing attribute `{name}`"))
+}
+
+fn floats(n: &Node, name: &str) -> R<Vec<f32>> {
+    if let Some(v) = n.floats(name)? {
+        return Ok(v);
+    }
+    Err(format!("missing attribute `{name}`"))
+}
+
+/// Builds the forest tables from the TreeEnsembleClassifier/Regressor attributes; `prefix` is
+/// `class` or `target`.
+fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
+    let tree = ints(n, "nodes_treeids")?;
+    let node = ints(n, "nodes_nodeids")?;
+    let feat = ints(n, "nodes_featureids")?;
+    let vals = match n.floats("nodes_values")? {
+        Some(v) => v,
+        None => {
+            return Err(
+                "missing attribute `nodes_values` (nodes_values_as_tensor is not supported)".into(),
+            )
+        }
+    };
+    let modes = n
+        .strings("nodes_modes")?
+        .ok_or("missing attribute `nodes_modes`")?;
+    let yes_ids = ints(n, "nodes_truenodeids")?;
+    let no_ids = ints(n, "nodes_falsenodeids")?;
+    let missing = n
+        .ints("nodes_missing_value_tracks_true")?
+        .unwrap_or_default();
+    let count = tree.len();
+    for (what, len) in [
+        ("nodes_nodeids", node.len()),
+        ("nodes_featureids", feat.len()),
+        ("nodes_values", vals.len()),
+        ("nodes_modes", modes.len()),
+        ("nodes_truenodeids", yes_ids.len()),
+        ("nodes_falsenodeids", no_ids.len()),
+    ] {
+        if len != count {
+            return Err(format!("`{what}` has {len} entries, expected {count}"));
+        }
+    }
+    let index: HashMap<(i64, i64), usize> = tree
+        .iter()
+        .zip(&node)
+        .enumerate()
+        .map(|(i, (&t, &nd))| ((t, nd), i))
+        .collect();
+    let mut roots: Vec<(i64, usize)> = Vec::new();
+    for (i, &t) in tree.iter().enumerate() {
+        if !roots.iter().any(|(rt, _)| *rt == t) {
+            roots.push((t, i));
+        }
+    }
+    roots.sort();
+    let mut f = Forest {
+        feature: feat.clone(),
+        threshold: vals,
+        rule: modes.iter().map(|m| rule(m)).collect::<R<_>>()?,
+        yes: vec![0; count],
+        no: vec![0; count],
+        missing_yes: (0..count)
+            .map(|i| missing.get(i).copied().unwrap_or(0) != 0)
+            .collect(),
+        roots: roots.iter().map(|&(_, i)| i as i64).collect(),
+        depth: 0,
+        leaf: vec![0.0; count * targets],
+        targets,
+    };
+    for i in 0..count {
+        if f.rule[i] == Rule::Leaf {
+            f.yes[i] = i as i64;
+            f.no[i] = i as i64;
+            continue;
+        }
+        let look = |id: i64| {
+            index.get(&(tree[i], id)).map(|&j| j as i64).ok_or_else(|| {
+                format!(
+                    "tree {} node {} refers to missing node {id}",
+                    tree[i], node[i]
+                )
+            })
+        };
+        f.yes[i] = look(yes_ids[i])?;
+        f.no[i] = look(no_ids[i])?;
+        if feat[i] < 0 {
+            return Err(format!(
+                "negative feature id at tree {} node {}",
+                tree[i], node[i]
+            ));
+        }
+    }
+    // Depth by walking from each root; a revisit means a cycle.
+    for &(_, root) in &roots {
+        let mut stack = vec![(root, 0usize)];
+        let mut seen = vec![false; count];
+        while let Some((i, d)) = stack.pop() {
+            if f.rule[i] == Rule::Leaf {
+                f.depth = f.depth.max(d);
+                continue;
+            }
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(format!("tree {} has a cycle", tree[i]));
+            }
+            stack.push((f.yes[i] as usize, d + 1));
+            stack.push((f.no[i] as usize, d + 1));
+        }
+    }
+    let ids = ints(n, &format!("{prefix}_ids"))?;
+    let tids = ints(n, &format!("{prefix}_treeids"))?;
+    let nids = ints(n, &format!("{prefix}_nodeids"))?;
+    let w = floats(n, &format!("{prefix}_weights"))?;
+    if ids.len() != w.len() || tids.len() != w.len() || nids.len() != w.len() {
+        return Err(format!("{prefix} attributes differ in length"));
+    }
+    for k in 0..w.len() {
+        let i = *index.get(&(tids[k], nids[k])).ok_or_else(|| {
+            format!(
+                "{prefix} weight {k} names missing node ({}, {})",
+                tids[k], nids[k]
+            )
+        })?;
+        let t = usize::try_from(ids[k])
+            .ok()
+            .filter(|&t| t < targets)
+            .ok_or_else(|| format!("{prefix} id {} is out of range", ids[k]))?;
+        f.leaf[i * targets + t] += w[k];
+    }
+    Ok(f)
+}
+
+/// Per-sample, per-tree leaf contributions summed over trees: [batch, targets], plus the
+/// per-tree values for other aggregations.
+fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
+    let batch = b.shape(x).dim(0).clone();
+    let trees = f.roots.len();
+    let dt = b.dtype(x);
+    let nodes = f.feature.len();
+    let bt = Shape::new(vec![batch.clone(), Dim::from(trees)]);
+    let table_i = |b: &mut Builder, v: &[i64]| constant(b, vec![nodes], v.to_vec());
+    let feat_t = table_i(b, &f.feature)?;
+    let yes_t = table_i(b, &f.yes)?;
+    let no_t = table_i(b, &f.no)?;
+    let thr = Tensor::new(
+        vec![nodes],
+        ir::Data::from_f64s(
+            dt,
+            &f.threshold
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect::<Vec<_>>(),
+        ),
+    )
+    .map_err(s)?;
+    let thr_t = b.constant(thr).map_err(s)?;
+    let roots = constant(b, vec![trees], f.roots.clone())?;
+    let mut cur = b.broadcast_to(roots, &bt).map_err(s)?;
+    let rules: Vec<Rule> = {
+        let mut r: Vec<Rule> = f
+            .rule
+            .iter()
+            .copied()
+            .filter(|&r| r != Rule::Leaf)
+            .collect();
+        r.dedup();
+        r.sort_by_key(|&r| r as u8);
+        r.dedup();
+        r
+    };
+    let any_missing = f.missing_yes.iter().any(|&m| m);
+    let row = b
+        .op1(
+            Op::Iota {
+                axis: 0,
+                ty: TensorType::new(DType::I64, bt.clone()),
+            },
+            &[],
+        )
+        .map_err(s)?;
+    let row = b.unsqueeze(row, 2).map_err(s)?;
+    for _ in 0..f.depth {
+        let feat = b.op1(Op::Gather { axis: 0 }, &[feat_t, cur]).map_err(s)?;
+        let fe = b.unsqueeze(feat, 2).map_err(s)?;
+        let tuples = b.op1(Op::Concat { axis: 2 }, &[row, fe]).map_err(s)?;
+        let xv = b
+            .op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples])
+            .map_err(s)?;
+        let th = b.op1(Op::Gather { axis: 0 }, &[thr_t, cur]).map_err(s)?;
+        let cmp = |b: &mut Builder, r: Rule| -> R<Value> {
+            let op = match r {
+                Rule::Leq => Op::Le,
+                Rule::Lt => Op::Lt,
+                Rule::Gte => Op::Ge,
+                Rule::Gt => Op::Gt,
+                Rule::Eq => Op::Eq,
+                Rule::Neq => Op::Ne,
+                Rule::Leaf => unreachable!("leaves are filtered out"),
+            };
+            b.op1(op, &[xv, th]).map_err(s)
+        };
+        let mut cond = match rules.as_slice() {
+            [] => break,
+            [r] => cmp(b, *r)?,
+            _ => {
+                let codes: Vec<i64> = f.rule.iter().map(|&r| r as i64).collect();
+                let code_t = table_i(b, &codes)?;
+                let code = b.op1(Op::Gather { axis: 0 }, &[code_t, cur]).map_err(s)?;
+                let mut acc = cmp(b, rules[0])?;
+                for &r in &rules[1..] {
+                    let c = cmp(b, r)?;
+                    let k = b.scalar(r as i64 as f64, DType::I64).map_err(s)?;
+                    let k = b.broadcast_to(k, &bt).map_err(s)?;
+                    let is = b.op1(Op::Eq, &[code, k]).map_err(s)?;
+                    acc = b.op1(Op::Select, &[is, c, acc]).map_err(s)?;
+                }
+                acc
+            }
+        };
+        if any_missing {
+            let mt = constant(b, vec![nodes], f.missing_yes.clone())?;
+            let mt = b.op1(Op::Gather { axis: 0 }, &[mt, cur]).map_err(s)?;
+            let nan = b.unary(Op::IsNan, xv).map_err(s)?;
+            cond = b.op1(Op::Select, &[nan, mt, cond]).map_err(s)?;
+        }
+        let y = b.op1(Op::Gather { axis: 0 }, &[yes_t, cur]).map_err(s)?;
+        let nn = b.op1(Op::Gather { axis: 0 }, &[no_t, cur]).map_err(s)?;
+        cur = b.op1(Op::Select, &[cond, y, nn]).map_err(s)?;
+    }
+    let leaf = constant(b, vec![nodes, f.targets], f.leaf.clone())?;
+    let leaf = b.cast(leaf, DType::F32).map_err(s)?;
+    b.op1(Op::Gather { axis: 0 }, &[leaf, cur]).map_err(s)
+}
+
+/// The classifier post transforms of the ML domain, on [batch, classes].
+fn post_transform(b: &mut Builder, scores: Value, how: &str) -> R<Value> {
+    Ok(match how {
+        "NONE" | "" => scores,
+        "LOGISTIC" => b.sigmoid(scores).map_err(s)?,
+        "SOFTMAX" => b.softmax(scores, -1).map_err(s)?,
+        "SOFTMAX_ZERO" => {
+            // exp(v - max) for non-zero v, v * exp(-max) for (near) zero v, normalized; an
+            // all-zero row becomes 0.5 everywhere.
+            let m = b.reduce_max(scores, &[-1], true).map_err(s)?;
+            let d = b.sub(scores, m).map_err(s)?;
+            let e = b.exp(d).map_err(s)?;
+            let nm = b.neg(m).map_err(s)?;
+            let em = b.exp(nm).map_err(s)?;
+            let zv = b.mul(scores, em).map_err(s)?;
+            let a = b.unary(Op::Abs, scores).map_err(s)?;
+            let tiny = b.scalar_like(1e-7, a).map_err(s)?;
+            let big = b.op1(Op::Gt, &[a, tiny]).map_err(s)?;
+            let v = b.op1(Op::Select, &[big, e, zv]).map_err(s)?;
+            let sum = b.reduce_sum(v, &[-1], true).map_err(s)?;
+            let zero = b.scalar_like(0.0, sum).map_err(s)?;
+            let is0 = b.op1(Op::Eq, &[sum, zero]).map_err(s)?;
+            let y = b.div(v, sum).map_err(s)?;
+            let half = b.scalar_like(0.5, y).map_err(s)?;
+            b.select(is0, half, y).map_err(s)?
+        }
+        "PROBIT" => {
+            // sqrt(2) * erfinv(2p - 1), with the approximation the reference uses.
+            let two = b.scale(scores, 2.0).map_err(s)?;
+            let one = b.scalar_like(1.0, two).map_err(s)?;
+            let x = b.sub(two, one).map_err(s)?;
+            let sgn = b.unary(Op::Sign, x).map_err(s)?;
+            let om = b.sub(one, x).map_err(s)?;
+            let op = b.add(one, x).map_err(s)?;
+            let w = b.mul(om, op).map_err(s)?;
+            let lg = b.unary(Op::Log, w).map_err(s)?;
+            let c1 = b
+                .scalar_like(2.0 / (std::f64::consts::PI * 0.147), lg)
+                .map_err(s)?;
+            let hl = b.scale(lg, 0.5).map_err(s)?;
+            let v = b.add(c1, hl).map_err(s)?;
+            let v2 = b.scale(lg, 1.0 / 0.147).map_err(s)?;
+            let vv = b.mul(v, v).map_err(s)?;
+            let r = b.sub(vv, v2).map_err(s)?;
+            let r = b.sqrt(r).map_err(s)?;
+            let v3 = b.sub(r, v).map_err(s)?;
+            let e = b.sqrt(v3).map_err(s)?;
+            let e = b.mul(sgn, e).map_err(s)?;
+            b.scale(e, 1.41421356).map_err(s)?
+        }
+        other => return Err(format!("unknown post_transform `{other}`")),
+    })
+}
+
+/// Class labels from the int64 label list (string labels are not supported).
+fn labels(n: &Node, key: &str) -> R<Vec<i64>> {
+    if n.has("classlabels_strings") {
+        return Err("string class labels are not supported".into());
+    }
+    ints(n, key)
+}
+
+/// Label of the first maximal score, mapped through the label table.
+fn argmax_label(b: &mut Builder, scores: Value, labels: &[i64]) -> R<Value> {
+    let am = b
+        .op1(
+            Op::ArgMax {
+                axis: 1,
+                last: false,
+            },
+            &[scores],
+        )
+        .map_err(s)?;
+    let t = constant(b, vec![labels.len()], labels.to_vec())?;
+    b.op1(Op::Gather { axis: 0 }, &[t, am]).map_err(s)
+}
+
+pub fn tree_ensemble_classifier(ctx: &mut Ctx, n: &Node) -> Res {
+    let labels = labels(n, "classlabels_int64s")?;
+    let classes = labels.len();
+    let x = features(ctx, n.req(0)?)?;
+    let f = forest(n, "class", classes.max(1))?;
+    let class_ids = ints(n, "class_ids")?;
+    let binary = {
+        let mut u = class_ids.clone();
+        u.sort_unstable();
+        u.dedup();
+        u.len() == 1
+    };
+    let post = n.string_or("post_transform", "NONE")?;
+    let base = n.floats("base_values")?;
+    let b = &mut ctx.b;
+    let per_tree = walk(b, x, &f)?;
+    let mut res = b.reduce_sum(per_tree, &[1], false).map_err(s)?;
+    if let Some(base) = base {
+        let bl = base.len();
+        let bv = constant(b, vec![bl], base)?;
+        res = b.add(res, bv).map_err(s)?;
+    }
+    if binary {
+        // The one scored class becomes the second column; the first is its complement.
+        let s1 = super::slice_axis(b, res, 1, Dim::Const(0), Dim::Const(1), 1)?;
+        let s0 = if matches!(post.as_str(), "NONE" | "PROBIT") {
+            let one = b.scalar_like(1.0, s1).map_err(s)?;
+            b.sub(one, s1).map_err(s)?
+        } else {
+            b.neg(s1).map_err(s)?
+        };
+        let rest = if classes > 2 {
+            Some(super::slice_axis(
+                b,
+                res,
+                1,
+                Dim::Const(2),
+                Dim::from(classes),
+                1,
+            )?)
+        } else {
+            None
+        };
+        let mut cols = vec![s0, s1];
+        cols.extend(rest);
+        res = b.op1(Op::Concat { axis: 1 }, &cols).map_err(s)?;
+    }
+    let scores = post_transform(b, res, &post)?;
+    let lab = if classes == 1 {
+        // A single label 1: argmax over the two columns maps 1 -> 1, 0 -> 0.
+        b.op1(
+            Op::ArgMax {
+                axis: 1,
+                last: false,
+            },
+            &[scores],
+        )
+        .map_err(s)?
+    } else {
+        argmax_label(b, scores, &labels)?
+    };
+    Ok(vec![ctx.v(lab), ctx.v(scores)])
+}
+
+pub fn tree_ensemble_regressor(ctx: &mut Ctx, n: &Node) -> Res {
+    let targets = n.int_or("n_targets", 1)? as usize;
+    let x = features(ctx, n.req(0)?)?;
+    let f = forest(n, "target", targets)?;
+    let agg = n.string_or("aggregate_function", "SUM")?;
+    let post = n.string_or("post_transform", "NONE")?;
+    let base = n.floats("base_values")?;
+    let b = &mut ctx.b;
+    let per_tree = walk(b, x, &f)?;
+    let mut res = match agg.as_str() {
+        "SUM" => b.reduce_sum(per_tree, &[1], false),
+        "AVERAGE" => b.reduce_mean(per_tree, &[1], false),
+        "MIN" => b.reduce(|axes| Op::ReduceMin { axes }, per_tree, &[1], false),
+        "MAX" => b.reduce_max(per_tree, &[1], false),
+        other => return Err(format!("unknown aggregate_function `{other}`")),
+    }
+    .map_err(s)?;
+    if let Some(base) = base {
+        let bl = base.len();
+        let bv = constant(b, vec![bl], base)?;
+        res = b.add(res, bv).map_err(s)?;
+    }
+    let y = post_transform(b, res, &post)?;
+    one(ctx, y)
+}
+
+pub fn tree_ensemble(_: &mut Ctx, _: &Node) -> Res {
+    Err(
+        "TreeEnsemble (ai.onnx.ml 5) is not supported yet; TreeEnsembleClassifier/Regressor are"
+            .into(),
+    )
+}
+
+/// x @ coefficients^T + intercepts for `rows` output columns.
+fn linear(b: &mut Builder, x: Value, coef: Vec<f32>, intercepts: Option<Vec<f32>>) -> R<Value> {
+    let f = b
+        .shape(x)
+        .dim(1)
+        .as_const()
+        .ok_or("the feature count must be static")? as usize;
+    if f == 0 || coef.len() % f != 0 {
+        return Err(format!(
+            "{} coefficients do not divide into rows of {f} features",
+            coef.len()
+        ));
+    }
+    let rows = coef.len() / f;
+    let w = Tensor::new(
+        vec![rows, f],
+        ir::Data::from_f64s(
+            b.dtype(x),
+            &coef.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        ),
+    )
+    .map_err(s)?;
+    let w = b.constant(w).map_err(s)?;
+    let wt = b.transpose(w, &[1, 0]).map_err(s)?;
+    let mut y = b.matmul(x, wt).map_err(s)?;
+    if let Some(ic) = intercepts.filter(|v| !v.is_empty()) {
+        let ic = Tensor::new(
+            vec![ic.len()],
+            ir::Data::from_f64s(
+                b.dtype(x),
+                &ic.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+            ),
+        )
+        .map_err(s)?;
+        let ic = b.constant(ic).map_err(s)?;
+        y = b.add(y, ic).map_err(s)?;
+    }
+    Ok(y)
+}
+
+pub fn linear_classifier(ctx: &mut Ctx, n: &Node) -> Res {
+    let labels = labels(n, "classlabels_ints")?;
+    let x = features(ctx, n.req(0)?)?;
+    let coef = floats(n, "coefficients")?;
+    let intercepts = n.floats("intercepts")?;
+    let post = n.string_or("post_transform", "NONE")?;
+    let b = &mut ctx.b;
+    let mut scores = linear(b, x, coef, intercepts)?;
+    let cols = b.shape(scores).dim(1).as_const().unwrap_or(0);
+    if cols == 1 && labels.len() == 2 {
+        let neg = b.neg(scores).map_err(s)?;
+        scores = b.op1(Op::Concat { axis: 1 }, &[neg, scores]).map_err(s)?;
+    }
+    let scores = post_transform(b, scores, &post)?;
+    let lab = if b.shape(scores).dim(1).as_const().unwrap_or(0) > 1 {
+        argmax_label(b, scores, &labels)?
+    } else {
+        let th = b
+            .scalar_like(if post == "NONE" { 0.0 } else { 0.5 }, scores)
+            .map_err(s)?;
+        let ge = b.op1(Op::Ge, &[scores, th]).map_err(s)?;
+        let first = b
+            .scalar(labels.first().copied().unwrap_or(1) as f64, DType::I64)
+            .map_err(s)?;
+        let zero = b.scalar(0.0, DType::I64).map_err(s)?;
+        let l = b.select(ge, first, zero).map_err(s)?;
+        let batch = b.shape(l).dim(0).clone();
+        b.reshape(l, Shape::new(vec![batch])).map_err(s)?
+    };
+    Ok(vec![ctx.v(lab), ctx.v(scores)])
+}
+
+pub fn linear_regressor(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = features(ctx, n.req(0)?)?;
+    let coef = floats(n, "coefficients")?;
+    let intercepts = n.floats("intercepts")?;
+    let post = n.string_or("post_transform", "NONE")?;
+    let b = &mut ctx.b;
+    let y = linear(b, x, coef, intercepts)?;
+    let y = post_transform(b, y, &post)?;
+    one(ctx, y)
+}
+
+struct Kernel {
+    kind: String,
+    gamma: f64,
+    coef0: f64,
+    degree: f64,
+}
+
+fn kernel(n: &Node) -> R<Kernel> {
+    let p = n.floats("kernel_params")?.unwrap_or_default();
+    Ok(Kernel {
+        kind: n.string_or("kernel_type", "LINEAR")?.to_ascii_lowercase(),
+        gamma: p.first().copied().unwrap_or(0.0) as f64,
+        coef0: p.get(1).copied().unwrap_or(0.0) as f64,
+        degree: p.get(2).copied().unwrap_or(0.0).trunc() as f64,
+    })
+}
+
+/// K(x, sv) for every sample and support vector: [batch, n_sv].
+fn kernel_matrix(b: &mut Builder, x: Value, sv: Vec<f32>, k: &Kernel) -> R<Value> {
+    let f = b
+        .shape(x)
+        .dim(1)
+        .as_const()
+        .ok_or("the feature count must be static")? as usize;
+    if f == 0 || sv.len() % f != 0 {
+        return Err("support vectors do not match the feature count".into());
+    }
+    let m = sv.len() / f;
+    let svt = Tensor::new(
+        vec![m, f],
+        ir::Data::from_f64s(
+            b.dtype(x),
+            &sv.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        ),
+    )
+    .map_err(s)?;
+    let svv = b.constant(svt).map_err(s)?;
+    let svt = b.transpose(svv, &[1, 0]).map_err(s)?;
+    let dot = b.matmul(x, svt).map_err(s)?;
+    let r = (|| -> ir::Result<Value> {
+        Ok(match k.kind.as_str() {
+            "linear" => dot,
+            "poly" => {
+                let t = b.scale(dot, k.gamma)?;
+                let c = b.scalar_like(k.coef0, t)?;
+                let t = b.add(t, c)?;
+                let d = b.scalar_like(k.degree, t)?;
+                b.pow(t, d)?
+            }
+            "sigmoid" => {
+                let t = b.scale(dot, k.gamma)?;
+                let c = b.scalar_like(k.coef0, t)?;
+                let t = b.add(t, c)?;
+                b.tanh(t)?
+            }
+            "rbf" => {
+                // |x - sv|^2 = |x|^2 - 2 x.sv + |sv|^2
+                let xx = b.mul(x, x)?;
+                let xn = b.reduce_sum(xx, &[1], true)?;
+                let sq = b.mul(svv, svv)?;
+                let sn = b.reduce_sum(sq, &[1], false)?;
+                let two = b.scale(dot, -2.0)?;
+                let d = b.add(two, xn)?;
+                let d = b.add(d, sn)?;
+                let zero = b.scalar_like(0.0, d)?;
+                let d = b.max(d, zero)?;
+                let t = b.scale(d, -k.gamma)?;
+                b.exp(t)?
+            }
+            other => {
+                return Err(ir::Error::Build {
+                    op: other.into(),
+                    origin: None,
+                    message: "unknown kernel".into(),
+                })
+            }
+        })
+    })();
+    r.map_err(s)
+}
+
+pub fn svm_regressor(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = features(ctx, n.req(0)?)?;
+    let k = kernel(n)?;
+    let coef = floats(n, "coefficients")?;
+    let rho = n.floats("rho")?.unwrap_or_default();
+    let n_sv = n.int_or("n_supports", 0)?;
+    let one_class = n.int_or("one_class", 0)? != 0;
+    let post = n.string_or("post_transform", "NONE")?;
+    let b = &mut ctx.b;
+    let mut z = if n_sv > 0 {
+        let sv = n
+            .floats("support_vectors")?
+            .ok_or("missing attribute `support_vectors`")?;
+        let km = kernel_matrix(b, x, sv, &k)?;
+        let c = Tensor::new(
+            vec![coef.len(), 1],
+            ir::Data::from_f64s(
+                b.dtype(x),
+                &coef.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+            ),
+        )
+        .map_err(s)?;
+        let c = b.constant(c).map_err(s)?;
+        b.matmul(km, c).map_err(s)?
+    } else {
+        linear(b, x, coef, None)?
+    };
+    let r0 = b
+        .scalar_like(rho.first().copied().unwrap_or(0.0) as f64, z)
+        .map_err(s)?;
+    z = b.add(z, r0).map_err(s)?;
+    if one_class {
+        let zero = b.scalar_like(0.0, z).map_err(s)?;
+        let pos = b.op1(Op::Gt, &[z, zero]).map_err(s)?;
+        let p1 = b.scalar_like(1.0, z).map_err(s)?;
+        let m1 = b.scalar_like(-1.0, z).map_err(s)?;
+        z = b.op1(Op::Select, &[pos, p1, m1]).map_err(s)?;
+    }
+    let y = post_transform(b, z, &post)?;
+    one(ctx, y)
+}
+
+pub fn svm_classifier(ctx: &mut Ctx, n: &Node) -> Res {
+    if n.floats("prob_a")?.is_some_and(|v| !v.is_empty()) {
+        return Err(
+            "SVMClassifier probability calibration (prob_a/prob_b) is not supported".into(),
+        );
+    }
+    let labels = labels(n, "classlabels_ints")?;
+    let x = features(ctx, n.req(0)?)?;
+    let k = kernel(n)?;
+    let coef = floats(n, "coefficients")?;
+    let rho = n.floats("rho")?.unwrap_or_default();
+    let vpc = n.ints("vectors_per_class")?.unwrap_or_default();
+    let post = n.string_or("post_transform", "NONE")?;
+    let classes = labels.len();
+    let b = &mut ctx.b;
+    let sv_count: i64 = vpc.iter().sum();
+    if sv_count == 0 {
+        return Err("linear SVMClassifier without support vectors is not supported".into());
+    }
+    let sv = n
+        .floats("support_vectors")?
+        .ok_or("missing attribute `support_vectors`")?;
+    let km = kernel_matrix(b, x, sv, &k)?;
+    let m = sv_count as usize;
+    if coef.len() != (classes - 1) * m || vpc.len() != classes {
+        return Err("coefficients and vectors_per_class do not match the classes".into());
+    }
+    let start: Vec<usize> = vpc
+        .iter()
+        .scan(0usize, |acc, &c| {
+            let s0 = *acc;
+            *acc += c as usize;
+            Some(s0)
+        })
+        .collect();
+    // One-vs-one: for each pair (i, j), a weight vector over all support vectors.
+    let pairs: Vec<(usize, usize)> = (0..classes)
+        .flat_map(|i| (i + 1..classes).map(move |j| (i, j)))
+        .collect();
+    let mut w = vec![0.0f64; m * pairs.len()];
+    for (p, &(i, j)) in pairs.iter().enumerate() {
+        for v in start[i]..start[i] + vpc[i] as usize {
+            w[v * pairs.len() + p] = f64::from(coef[(j - 1) * m + v]);
+        }
+        for v in start[j]..start[j] + vpc[j] as usize {
+            w[v * pairs.len() + p] = f64::from(coef[i * m + v]);
+        }
+    }
+    let wt = Tensor::new(vec![m, pairs.len()], ir::Data::from_f64s(b.dtype(x), &w)).map_err(s)?;
+    let wt = b.constant(wt).map_err(s)?;
+    let dec = b.matmul(km, wt).map_err(s)?;
+    let rt = Tensor::new(
+        vec![pairs.len()],
+        ir::Data::from_f64s(
+            b.dtype(x),
+            &rho.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        ),
+    )
+    .map_err(s)?;
+    let rt = b.constant(rt).map_err(s)?;
+    let dec = b.add(dec, rt).map_err(s)?;
+    // Votes: pair p goes to i when its decision is positive, else to j.
+    let mut vote = vec![0.0f64; pairs.len() * classes];
+    let mut against = vec![0.0f64; pairs.len() * classes];
+    for (p, &(i, j)) in pairs.iter().enumerate() {
+        vote[p * classes + i] = 1.0;
+        against[p * classes + j] = 1.0;
+    }
+    let zero = b.scalar_like(0.0, dec).map_err(s)?;
+    let pos = b.op1(Op::Gt, &[dec, zero]).map_err(s)?;
+    let posf = b.cast(pos, b.dtype(dec)).map_err(s)?;
+    let one_v = b.scalar_like(1.0, posf).map_err(s)?;
+    let negf = b.sub(one_v, posf).map_err(s)?;
+    let vt = Tensor::new(
+        vec![pairs.len(), classes],
+        ir::Data::from_f64s(b.dtype(x), &vote),
+    )
+    .map_err(s)?;
+    let at = Tensor::new(
+        vec![pairs.len(), classes],
+        ir::Data::from_f64s(b.dtype(x), &against),
+    )
+    .map_err(s)?;
+    let vt = b.constant(vt).map_err(s)?;
+    let at = b.constant(at).map_err(s)?;
+    let v1 = b.matmul(posf, vt).map_err(s)?;
+    let v2 = b.matmul(negf, at).map_err(s)?;
+    let votes = b.add(v1, v2).map_err(s)?;
+    let lab = argmax_label(b, votes, &labels)?;
+    let scores = post_transform(b, dec, &post)?;
+    Ok(vec![ctx.v(lab), ctx.v(scores)])
+}
+
+pub fn scaler(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = features(ctx, n.req(0)?)?;
+    let offset = n.floats("offset")?.unwrap_or_else(|| vec![0.0]);
+    let scale = n.floats("scale")?.unwrap_or_else(|| vec![1.0]);
+    let b = &mut ctx.b;
+    let mk = |b: &mut Builder, v: Vec<f32>| -> R<Value> {
+        let len = v.len();
+        let t = constant(b, vec![len], v)?;
+        b.cast(t, b.dtype(x)).map_err(s)
+    };
+    let o = mk(b, offset)?;
+    let sc = mk(b, scale)?;
+    let y = b.sub(x, o).map_err(s)?;
+    let y = b.mul(y, sc).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn normalizer(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = features(ctx, n.req(0)?)?;
+    let norm = n.string_or("norm", "MAX")?;
+    let b = &mut ctx.b;
+    let d = match norm.as_str() {
+        "MAX" => b.reduce_max(x, &[1], true),
+        "L1" => b
+            .unary(Op::Abs, x)
+            .and_then(|a| b.reduce_sum(a, &[1], true)),
+        "L2" => b
+            .mul(x, x)
+            .and_then(|a| b.reduce_sum(a, &[1], true))
+            .and_then(|a| b.sqrt(a)),
+        other => return Err(format!("unknown norm `{other}`")),
+    }
+    .map_err(s)?;
+    let y = b.div(x, d).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn binarizer(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let th = n.float_or("threshold", 0.0)? as f64;
+    let b = &mut ctx.b;
+    let t = b.scalar_like(th, x).map_err(s)?;
+    let gt = b.op1(Op::Gt, &[x, t]).map_err(s)?;
+    let y = b.cast(gt, b.dtype(x)).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn array_feature_extractor(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let idx = ctx.ir(n.req(1)?)?;
+    let b = &mut ctx.b;
+    let r = b.rank(x);
+    let flat = b.shape(idx).numel().map_err(s)?;
+    let idx = b.reshape(idx, Shape::new(vec![flat])).map_err(s)?;
+    let y = b
+        .op1(Op::Gather { axis: r as i64 - 1 }, &[x, idx])
+        .map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn label_encoder(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let (keys, values, default): (Vec<f64>, Vec<f64>, f64) =
+        if let Some(k) = n.ints("keys_int64s")? {
+            let k: Vec<f64> = k.into_iter().map(|v| v as f64).collect();
+            match (n.ints("values_int64s")?, n.floats("values_floats")?) {
+                (Some(v), _) => (
+                    k,
+                    v.into_iter().map(|v| v as f64).collect(),
+                    n.int_or("default_int64", -1)? as f64,
+                ),
+                (_, Some(v)) => (
+                    k,
+                    v.into_iter().map(f64::from).collect(),
+                    n.float_or("default_float", -0.0)? as f64,
+                ),
+                _ => return Err("string values are not supported".into()),
+            }
+        } else if let Some(k) = n.floats("keys_floats")? {
+            let k: Vec<f64> = k.into_iter().map(f64::from).collect();
+            match (n.ints("values_int64s")?, n.floats("values_floats")?) {
+                (Some(v), _) => (
+                    k,
+                    v.into_iter().map(|v| v as f64).collect(),
+                    n.int_or("default_int64", -1)? as f64,
+                ),
+                (_, Some(v)) => (
+                    k,
+                    v.into_iter().map(f64::from).collect(),
+                    n.float_or("default_float", -0.0)? as f64,
+                ),
+                _ => return Err("string values are not supported".into()),
+            }
+        } else if n.has("keys_tensor") {
+            let kt = n
+                .tensor("keys_tensor", &ctx.opts.external_data)?
+                .ok_or("bad keys_tensor")?;
+            let vt = n
+                .tensor("values_tensor", &ctx.opts.external_data)?
+                .ok_or("missing values_tensor")?;
+            let dt = n.tensor("default_tensor", &ctx.opts.external_data)?;
+            let d = dt
+                .map(|t| t.to_f64_vec().first().copied().unwrap_or(0.0))
+                .unwrap_or(if vt.dtype().is_float() { -0.0 } else { -1.0 });
+            (kt.to_f64_vec(), vt.to_f64_vec(), d)
+        } else {
+            return Err("string keys are not supported".into());
+        };
+    if keys.len() != values.len() {
+        return Err("keys and values differ in length".into());
+    }
+    let out_dtype = if n.has("values_int64s") {
+        DType::I64
+    } else if n.has("values_floats") {
+        DType::F32
+    } else {
+        n.tensor("values_tensor", &ctx.opts.external_data)?
+            .map(|t| t.dtype())
+            .unwrap_or(DType::F32)
+    };
+    let b = &mut ctx.b;
+    let shape = b.shape(x).clone();
+    let mut y = b.scalar(default, out_dtype).map_err(s)?;
+    y = b.broadcast_to(y, &shape).map_err(s)?;
+    // Later keys win ties, as a dictionary built in order would.
+    for (k, v) in keys.iter().zip(&values) {
+        let kv = b.scalar(*k, b.dtype(x)).map_err(s)?;
+        let kv = b.broadcast_to(kv, &shape).map_err(s)?;
+        let hit = b.op1(Op::Eq, &[x, kv]).map_err(s)?;
+        let vv = b.scalar(*v, out_dtype).map_err(s)?;
+        let vv = b.broadcast_to(vv, &shape).map_err(s)?;
+        y = b.op1(Op::Select, &[hit, vv, y]).map_err(s)?;
+    }
+    one(ctx, y)
+}

@@ -77,6 +77,13 @@ pub fn slice_axis(
     st[axis] = start;
     lim[axis] = end;
     strides[axis] = stride;
-    b.op1(ir::Op::Slice { start: st, limit: lim, stride: strides }, &[x])
-        .map_err(s)
+    b.op1(
+        ir::Op::Slice {
+            start: st,
+            limit: lim,
+            stride: strides,
+        },
+        &[x],
+    )
+    .map_err(s)
 }

@@ -920,7 +920,9 @@ fn nll(ctx: &mut Ctx, n: &Node, logp: Value, target: Value, weight: Option<Value
     let picked_idx = b.unsqueeze(safe, 1).map_err(s)?;
     let tuples = super::shape::element_tuples(ctx, &xshape, picked_idx, 1)?;
     let b = &mut ctx.b;
-    let picked = b.op1(Op::GatherNd { batch_dims: 0 }, &[logp, tuples]).map_err(s)?;
+    let picked = b
+        .op1(Op::GatherNd { batch_dims: 0 }, &[logp, tuples])
+        .map_err(s)?;
     let picked = b.reshape(picked, tshape.clone()).map_err(s)?;
     let neg = b.neg(picked).map_err(s)?;
     let zero = b.scalar_like(0.0, neg).map_err(s)?;

@@ -80,10 +80,18 @@ pub fn quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
         _ => DType::U8,
     };
     let scale = broadcastable(b, scale, &shape, ax.clone(), block)?;
-    let zp = zp.map(|z| broadcastable(b, z, &shape, ax.clone(), block)).transpose()?;
+    let zp = zp
+        .map(|z| broadcastable(b, z, &shape, ax.clone(), block))
+        .transpose()?;
     // Divide in the operands' type (the wider one when they differ).
     let (dx, ds) = (b.dtype(x), b.dtype(scale));
-    let work = if dx == ds { dx } else if dx == DType::F64 || ds == DType::F64 { DType::F64 } else { DType::F32 };
+    let work = if dx == ds {
+        dx
+    } else if dx == DType::F64 || ds == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
     let xw = b.cast(x, work).map_err(s)?;
     let sw = b.cast(scale, work).map_err(s)?;
     let q = b.div(xw, sw).map_err(s)?;
@@ -104,7 +112,11 @@ pub fn dequantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
         _ => b.dtype(scale),
     };
     let scale = broadcastable(b, scale, &shape, ax.clone(), block)?;
-    let work = if b.dtype(scale) == DType::F64 { DType::F64 } else { DType::F32 };
+    let work = if b.dtype(scale) == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
     let mut d = b.cast(x, work).map_err(s)?;
     if let Some(zp) = zp {
         let zp = broadcastable(b, zp, &shape, ax.clone(), block)?;
@@ -126,7 +138,9 @@ pub fn dynamic_quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
     let zero = b.scalar(0.0, DType::F32).map_err(s)?;
     let mx = b.reduce_max(x32, &all, false).map_err(s)?;
     let mx = b.max(mx, zero).map_err(s)?;
-    let mn = b.reduce(|axes| Op::ReduceMin { axes }, x32, &all, false).map_err(s)?;
+    let mn = b
+        .reduce(|axes| Op::ReduceMin { axes }, x32, &all, false)
+        .map_err(s)?;
     let mn = b.min(mn, zero).map_err(s)?;
     let range = b.sub(mx, mn).map_err(s)?;
     let same = b.op1(Op::Eq, &[mx, mn]).map_err(s)?;
@@ -185,16 +199,30 @@ fn conv_attrs(n: &Node, x: &[Dim], w: &[Dim]) -> R<Op> {
         }
         mode => {
             for i in 0..sp {
-                let k = w[i + 2].as_const().ok_or("SAME padding needs a static kernel")?;
-                let inp = x[i + 2].as_const().ok_or("SAME padding needs static input dims")?;
+                let k = w[i + 2]
+                    .as_const()
+                    .ok_or("SAME padding needs a static kernel")?;
+                let inp = x[i + 2]
+                    .as_const()
+                    .ok_or("SAME padding needs static input dims")?;
                 let out = (inp + strides[i] - 1) / strides[i];
                 let total = ((out - 1) * strides[i] + (k - 1) * dilations[i] + 1 - inp).max(0);
                 let half = total / 2;
-                (low[i], high[i]) = if mode == "SAME_UPPER" { (half, total - half) } else { (total - half, half) };
+                (low[i], high[i]) = if mode == "SAME_UPPER" {
+                    (half, total - half)
+                } else {
+                    (total - half, half)
+                };
             }
         }
     }
-    Ok(Op::Conv { stride: strides, dilation: dilations, pad_low: low, pad_high: high, groups: n.int_or("group", 1)? })
+    Ok(Op::Conv {
+        stride: strides,
+        dilation: dilations,
+        pad_low: low,
+        pad_high: high,
+        groups: n.int_or("group", 1)?,
+    })
 }
 
 pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
@@ -212,7 +240,15 @@ pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
 }
 
 /// Requantizes an i32 accumulator: round(acc * a_scale * b_scale / y_scale) + y_zp, saturated.
-fn requantize(b: &mut Builder, acc: Value, a_scale: Value, b_scale: Value, y_scale: Value, y_zp: Option<Value>, out: DType) -> R<Value> {
+fn requantize(
+    b: &mut Builder,
+    acc: Value,
+    a_scale: Value,
+    b_scale: Value,
+    y_scale: Value,
+    y_zp: Option<Value>,
+    out: DType,
+) -> R<Value> {
     let accf = b.cast(acc, DType::F32).map_err(s)?;
     let ab = b.mul(a_scale, b_scale).map_err(s)?;
     let m = b.div(ab, y_scale).map_err(s)?;
@@ -278,7 +314,9 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
     let k = n.int("K")?.ok_or("missing attribute `K`")?;
     let nn = n.int("N")?.ok_or("missing attribute `N`")?;
     let bits = n.int_or("bits", 4)?;
-    let block = n.int("block_size")?.ok_or("missing attribute `block_size`")?;
+    let block = n
+        .int("block_size")?
+        .ok_or("missing attribute `block_size`")?;
     if bits != 4 && bits != 8 {
         return Err(format!("{bits}-bit weights are not supported (4 or 8)"));
     }
@@ -302,7 +340,13 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
         full.push(Dim::Const(per_byte));
         let x = b.broadcast_to(x, &Shape::new(full.clone())).map_err(s)?;
         let shift = b
-            .op1(Op::Iota { axis: full.len() as i64 - 1, ty: ir::TensorType::new(DType::U8, Shape::new(full.clone())) }, &[])
+            .op1(
+                Op::Iota {
+                    axis: full.len() as i64 - 1,
+                    ty: ir::TensorType::new(DType::U8, Shape::new(full.clone())),
+                },
+                &[],
+            )
             .map_err(s)?;
         let four = b.scalar(bits as f64, DType::U8).map_err(s)?;
         let four = b.broadcast_to(four, &Shape::new(full.clone())).map_err(s)?;
@@ -312,13 +356,21 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
         let mask = b.broadcast_to(mask, &Shape::new(full.clone())).map_err(s)?;
         let x = b.op1(Op::And, &[x, mask]).map_err(s)?;
         let mut merged = groups[..groups.len() - 1].to_vec();
-        merged.push(groups[groups.len() - 1].mul(&Dim::Const(per_byte)).map_err(s)?);
+        merged.push(
+            groups[groups.len() - 1]
+                .mul(&Dim::Const(per_byte))
+                .map_err(s)?,
+        );
         b.reshape(x, Shape::new(merged)).map_err(s)
     };
-    let q = b.reshape(packed, Shape::from_consts(&[nn, nb, blob])).map_err(s)?;
+    let q = b
+        .reshape(packed, Shape::from_consts(&[nn, nb, blob]))
+        .map_err(s)?;
     let q = unpack(b, q, &[Dim::Const(nn), Dim::Const(nb), Dim::Const(blob)])?;
     let qf = b.cast(q, dt).map_err(s)?;
-    let scales = b.reshape(scales, Shape::from_consts(&[nn, nb, 1])).map_err(s)?;
+    let scales = b
+        .reshape(scales, Shape::from_consts(&[nn, nb, 1]))
+        .map_err(s)?;
     let zp = match zps {
         Some(z) if b.dtype(z) == DType::U8 => {
             // Packed like the weights, one value per block, rows padded to whole bytes.
@@ -334,7 +386,9 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
     };
     let w = b.sub(qf, zp).map_err(s)?;
     let w = b.mul(w, scales).map_err(s)?;
-    let w = b.reshape(w, Shape::from_consts(&[nn, nb * block])).map_err(s)?;
+    let w = b
+        .reshape(w, Shape::from_consts(&[nn, nb * block]))
+        .map_err(s)?;
     let w = super::slice_axis(b, w, 1, Dim::Const(0), Dim::Const(k), 1)?;
     let wt = b.transpose(w, &[1, 0]).map_err(s)?;
     let mut y = b.matmul(a, wt).map_err(s)?;

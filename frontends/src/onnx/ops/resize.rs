@@ -31,7 +31,11 @@ impl Kernel {
                     "ceil" => true,
                     _ => ratio > 0.5,
                 };
-                if up { vec![0.0, 1.0] } else { vec![1.0, 0.0] }
+                if up {
+                    vec![0.0, 1.0]
+                } else {
+                    vec![1.0, 0.0]
+                }
             }
             ("linear", false) => vec![1.0 - ratio, ratio],
             ("linear", true) => {
@@ -70,7 +74,9 @@ impl Kernel {
                 };
                 let i_start = (-2.0 / sc).floor() as i64 + 1;
                 let i_end = 2 - i_start;
-                let c: Vec<f64> = (i_start..i_end).map(|i| f(sc * (i as f64 - ratio))).collect();
+                let c: Vec<f64> = (i_start..i_end)
+                    .map(|i| f(sc * (i as f64 - ratio)))
+                    .collect();
                 let sum: f64 = c.iter().sum();
                 c.into_iter().map(|x| x / sum).collect()
             }
@@ -90,7 +96,14 @@ struct Axis {
 fn source(mode: &str, y: f64, ax: &Axis) -> R<(f64, bool)> {
     let (inw, outw) = (ax.input as f64, ax.scale * ax.input as f64);
     Ok(match mode {
-        "align_corners" => (if outw == 1.0 { 0.0 } else { y * (inw - 1.0) / (outw - 1.0) }, false),
+        "align_corners" => (
+            if outw == 1.0 {
+                0.0
+            } else {
+                y * (inw - 1.0) / (outw - 1.0)
+            },
+            false,
+        ),
         "asymmetric" => (y / ax.scale, false),
         "tf_crop_and_resize" => {
             let (r0, r1) = ax.roi.ok_or("tf_crop_and_resize needs roi")?;
@@ -101,7 +114,14 @@ fn source(mode: &str, y: f64, ax: &Axis) -> R<(f64, bool)> {
             } + r0 * (inw - 1.0);
             (x, x < 0.0 || x > inw - 1.0)
         }
-        "pytorch_half_pixel" => (if outw == 1.0 { -0.5 } else { (y + 0.5) / ax.scale - 0.5 }, false),
+        "pytorch_half_pixel" => (
+            if outw == 1.0 {
+                -0.5
+            } else {
+                (y + 0.5) / ax.scale - 0.5
+            },
+            false,
+        ),
         "half_pixel" => ((y + 0.5) / ax.scale - 0.5, false),
         "half_pixel_symmetric" => {
             let adjustment = ax.output as f64 / outw;
@@ -113,7 +133,12 @@ fn source(mode: &str, y: f64, ax: &Axis) -> R<(f64, bool)> {
 }
 
 /// The [out, in] weights of one axis and its extrapolated rows.
-fn weights(ax: &Axis, kernel: &Kernel, coord: &str, exclude_outside: bool) -> R<(Vec<f64>, Vec<bool>)> {
+fn weights(
+    ax: &Axis,
+    kernel: &Kernel,
+    coord: &str,
+    exclude_outside: bool,
+) -> R<(Vec<f64>, Vec<bool>)> {
     let (inw, outw) = (ax.input, ax.output);
     let mut w = vec![0.0; outw * inw];
     let mut outside = vec![false; outw];
@@ -129,10 +154,18 @@ fn weights(ax: &Axis, kernel: &Kernel, coord: &str, exclude_outside: bool) -> R<
         let pp = xp.floor();
         let frac = xp - pp;
         let off = if n % 2 == 0 {
-            if frac == 0.0 { -(n / 2) } else { -(n / 2) + 1 }
+            if frac == 0.0 {
+                -(n / 2)
+            } else {
+                -(n / 2) + 1
+            }
         } else {
             let base = -((n - 1) / 2);
-            if frac <= 0.5 { base } else { base + 1 }
+            if frac <= 0.5 {
+                base
+            } else {
+                base + 1
+            }
         };
         let start = pp as i64 + off - pad;
         let idx: Vec<i64> = (0..n).map(|k| start + k).collect();
@@ -155,7 +188,15 @@ fn weights(ax: &Axis, kernel: &Kernel, coord: &str, exclude_outside: bool) -> R<
 }
 
 /// Resizes `x` per the plan; computes in f64 and casts back (integers round and saturate).
-fn apply(ctx: &mut Ctx, x: Value, plan: &[(usize, Axis)], kernel: &Kernel, coord: &str, exclude: bool, extrap: f64) -> R<Value> {
+fn apply(
+    ctx: &mut Ctx,
+    x: Value,
+    plan: &[(usize, Axis)],
+    kernel: &Kernel,
+    coord: &str,
+    exclude: bool,
+    extrap: f64,
+) -> R<Value> {
     let b = &mut ctx.b;
     let dtype = b.dtype(x);
     let mut y = b.cast(x, DType::F64).map_err(s)?;
@@ -165,7 +206,15 @@ fn apply(ctx: &mut Ctx, x: Value, plan: &[(usize, Axis)], kernel: &Kernel, coord
         let wv = b.constant(wt).map_err(s)?;
         let r = b.rank(y);
         y = b
-            .op1(Op::Dot { lhs_batch: vec![], rhs_batch: vec![], lhs_contract: vec![*a as i64], rhs_contract: vec![1] }, &[y, wv])
+            .op1(
+                Op::Dot {
+                    lhs_batch: vec![],
+                    rhs_batch: vec![],
+                    lhs_contract: vec![*a as i64],
+                    rhs_contract: vec![1],
+                },
+                &[y, wv],
+            )
             .map_err(s)?;
         // The new axis comes last; move it back to `a`.
         let mut perm: Vec<i64> = (0..r as i64 - 1).collect();
@@ -175,7 +224,15 @@ fn apply(ctx: &mut Ctx, x: Value, plan: &[(usize, Axis)], kernel: &Kernel, coord
             let m = Tensor::from_vec(vec![ax.output], outside).map_err(s)?;
             let m = b.constant(m).map_err(s)?;
             let shape = b.shape(y).clone();
-            let m = b.op1(Op::Broadcast { dims: vec![*a as i64], shape: shape.clone() }, &[m]).map_err(s)?;
+            let m = b
+                .op1(
+                    Op::Broadcast {
+                        dims: vec![*a as i64],
+                        shape: shape.clone(),
+                    },
+                    &[m],
+                )
+                .map_err(s)?;
             let e = b.scalar(extrap, DType::F64).map_err(s)?;
             let e = b.broadcast_to(e, &shape).map_err(s)?;
             y = b.op1(Op::Select, &[m, e, y]).map_err(s)?;
@@ -192,7 +249,11 @@ fn input_dims(ctx: &Ctx, x: Value) -> R<Vec<usize>> {
         .shape(x)
         .dims()
         .iter()
-        .map(|d| d.as_const().map(|c| c as usize).ok_or_else(|| "Resize needs static input dims".to_string()))
+        .map(|d| {
+            d.as_const()
+                .map(|c| c as usize)
+                .ok_or_else(|| "Resize needs static input dims".to_string())
+        })
         .collect()
 }
 
@@ -200,12 +261,20 @@ pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
     let dims = input_dims(ctx, x)?;
     let r = dims.len();
-    let (roi_in, scales_in, sizes_in) = if n.version < 11 { (None, n.input(1), None) } else { (n.input(1), n.input(2), n.input(3)) };
+    let (roi_in, scales_in, sizes_in) = if n.version < 11 {
+        (None, n.input(1), None)
+    } else {
+        (n.input(1), n.input(2), n.input(3))
+    };
     let read = |ctx: &Ctx, name: Option<&str>| -> R<Option<Vec<f64>>> {
         match name {
             Some(nm) => {
                 let t = ctx.static_tensor(nm)?;
-                Ok(if t.numel() == 0 { None } else { Some(t.to_f64_vec()) })
+                Ok(if t.numel() == 0 {
+                    None
+                } else {
+                    Some(t.to_f64_vec())
+                })
             }
             None => Ok(None),
         }
@@ -245,7 +314,11 @@ pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
             }
             if policy != "stretch" {
                 let pick = axes.iter().map(|&a| scale[a]);
-                let sc = if policy == "not_larger" { pick.fold(f64::INFINITY, f64::min) } else { pick.fold(f64::NEG_INFINITY, f64::max) };
+                let sc = if policy == "not_larger" {
+                    pick.fold(f64::INFINITY, f64::min)
+                } else {
+                    pick.fold(f64::NEG_INFINITY, f64::max)
+                };
                 for &a in &axes {
                     scale[a] = sc;
                     out[a] = (sc * dims[a] as f64 + 0.5) as usize;
@@ -275,10 +348,21 @@ pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
     let plan: Vec<(usize, Axis)> = axes
         .iter()
         .filter(|&&a| {
-            let trivial_roi = roi_of(a).is_none_or(|(lo, hi)| (lo - 0.0).abs() < 1e-9 && (hi - 1.0).abs() < 1e-9);
+            let trivial_roi =
+                roi_of(a).is_none_or(|(lo, hi)| (lo - 0.0).abs() < 1e-9 && (hi - 1.0).abs() < 1e-9);
             !((scale[a] - 1.0).abs() < 1e-9 && out[a] == dims[a] && trivial_roi)
         })
-        .map(|&a| (a, Axis { input: dims[a], output: out[a], scale: scale[a], roi: roi_of(a) }))
+        .map(|&a| {
+            (
+                a,
+                Axis {
+                    input: dims[a],
+                    output: out[a],
+                    scale: scale[a],
+                    roi: roi_of(a),
+                },
+            )
+        })
         .collect();
     let y = apply(
         ctx,
@@ -304,10 +388,29 @@ pub fn upsample(ctx: &mut Ctx, n: &Node) -> Res {
     }
     let plan: Vec<(usize, Axis)> = (0..dims.len())
         .filter(|&a| scales[a] != 1.0)
-        .map(|a| (a, Axis { input: dims[a], output: (scales[a] * dims[a] as f64) as usize, scale: scales[a], roi: None }))
+        .map(|a| {
+            (
+                a,
+                Axis {
+                    input: dims[a],
+                    output: (scales[a] * dims[a] as f64) as usize,
+                    scale: scales[a],
+                    roi: None,
+                },
+            )
+        })
         .collect();
     let mode = n.string_or("mode", "nearest")?;
-    let kernel = Kernel { mode: if mode == "bilinear" { "linear".into() } else { mode }, nearest: "floor".into(), cubic_a: -0.75, antialias: false };
+    let kernel = Kernel {
+        mode: if mode == "bilinear" {
+            "linear".into()
+        } else {
+            mode
+        },
+        nearest: "floor".into(),
+        cubic_a: -0.75,
+        antialias: false,
+    };
     let y = apply(ctx, x, &plan, &kernel, "asymmetric", false, 0.0)?;
     one(ctx, y)
 }

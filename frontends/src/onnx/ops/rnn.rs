@@ -117,21 +117,52 @@ fn activate(b: &mut Builder, a: &Act, x: Value) -> R<Value> {
 fn activations(n: &Node, kind: Kind, dirs: usize) -> R<Vec<Vec<Act>>> {
     let names: Vec<String> = match n.strings("activations")? {
         Some(v) => v,
-        None => kind.default_acts().iter().cycle().take(kind.default_acts().len() * dirs).map(|s| s.to_string()).collect(),
+        None => kind
+            .default_acts()
+            .iter()
+            .cycle()
+            .take(kind.default_acts().len() * dirs)
+            .map(|s| s.to_string())
+            .collect(),
     };
     let per = kind.default_acts().len();
     if names.len() != per * dirs {
-        return Err(format!("{} activations, expected {}", names.len(), per * dirs));
+        return Err(format!(
+            "{} activations, expected {}",
+            names.len(),
+            per * dirs
+        ));
     }
-    let mut alphas = n.floats("activation_alpha")?.unwrap_or_default().into_iter();
+    let mut alphas = n
+        .floats("activation_alpha")?
+        .unwrap_or_default()
+        .into_iter();
     let mut betas = n.floats("activation_beta")?.unwrap_or_default().into_iter();
-    let uses_alpha = |m: &str| matches!(m.to_ascii_lowercase().as_str(), "affine" | "leakyrelu" | "thresholdedrelu" | "scaledtanh" | "hardsigmoid" | "elu");
-    let uses_beta = |m: &str| matches!(m.to_ascii_lowercase().as_str(), "affine" | "scaledtanh" | "hardsigmoid");
+    let uses_alpha = |m: &str| {
+        matches!(
+            m.to_ascii_lowercase().as_str(),
+            "affine" | "leakyrelu" | "thresholdedrelu" | "scaledtanh" | "hardsigmoid" | "elu"
+        )
+    };
+    let uses_beta = |m: &str| {
+        matches!(
+            m.to_ascii_lowercase().as_str(),
+            "affine" | "scaledtanh" | "hardsigmoid"
+        )
+    };
     let acts: Vec<Act> = names
         .into_iter()
         .map(|name| Act {
-            alpha: if uses_alpha(&name) { alphas.next().map(f64::from) } else { None },
-            beta: if uses_beta(&name) { betas.next().map(f64::from) } else { None },
+            alpha: if uses_alpha(&name) {
+                alphas.next().map(f64::from)
+            } else {
+                None
+            },
+            beta: if uses_beta(&name) {
+                betas.next().map(f64::from)
+            } else {
+                None
+            },
             name,
         })
         .collect();
@@ -175,7 +206,13 @@ fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
 }
 
 /// Runs one direction; returns the per-step outputs (in time order) and the final states.
-fn run(b: &mut Builder, cfg: &Cfg, d: &Dir, xs: &[Value], masks: &[Option<Value>]) -> R<(Vec<Value>, Value, Option<Value>)> {
+fn run(
+    b: &mut Builder,
+    cfg: &Cfg,
+    d: &Dir,
+    xs: &[Value],
+    masks: &[Option<Value>],
+) -> R<(Vec<Value>, Value, Option<Value>)> {
     let h = cfg.hidden;
     let seq = xs.len();
     let wt = b.transpose(d.w, &[1, 0]).map_err(s)?;
@@ -187,7 +224,11 @@ fn run(b: &mut Builder, cfg: &Cfg, d: &Dir, xs: &[Value], masks: &[Option<Value>
     };
     let (mut hs, mut cs) = (d.h0, d.c0);
     let mut ys = vec![None; seq];
-    let order: Vec<usize> = if d.reverse { (0..seq).rev().collect() } else { (0..seq).collect() };
+    let order: Vec<usize> = if d.reverse {
+        (0..seq).rev().collect()
+    } else {
+        (0..seq).collect()
+    };
     for t in order {
         let mut xw = b.matmul(xs[t], wt).map_err(s)?;
         if let Some(wb) = wb {
@@ -209,7 +250,8 @@ fn run(b: &mut Builder, cfg: &Cfg, d: &Dir, xs: &[Value], masks: &[Option<Value>
                 let peep = |b: &mut Builder, k: i64, c: Value| -> R<Option<Value>> {
                     match d.peep {
                         Some(p) => {
-                            let pk = slice_axis(b, p, 0, Dim::Const(k * h), Dim::Const((k + 1) * h), 1)?;
+                            let pk =
+                                slice_axis(b, p, 0, Dim::Const(k * h), Dim::Const((k + 1) * h), 1)?;
                             Ok(Some(b.mul(c, pk).map_err(s)?))
                         }
                         None => Ok(None),
@@ -221,7 +263,12 @@ fn run(b: &mut Builder, cfg: &Cfg, d: &Dir, xs: &[Value], masks: &[Option<Value>
                         None => Ok(x),
                     }
                 };
-                let (gi, go, gf, gc) = (gate(b, pre, 0, h)?, gate(b, pre, 1, h)?, gate(b, pre, 2, h)?, gate(b, pre, 3, h)?);
+                let (gi, go, gf, gc) = (
+                    gate(b, pre, 0, h)?,
+                    gate(b, pre, 1, h)?,
+                    gate(b, pre, 2, h)?,
+                    gate(b, pre, 3, h)?,
+                );
                 let pi = peep(b, 0, c_prev)?;
                 let gi = with(b, gi, pi)?;
                 let gi = clipped(b, gi, cfg.clip)?;
@@ -258,7 +305,14 @@ fn run(b: &mut Builder, cfg: &Cfg, d: &Dir, xs: &[Value], masks: &[Option<Value>
                 let r = activate(b, &d.acts[0], r)?;
                 let rh_w = slice_axis(b, rt, 1, Dim::Const(2 * h), Dim::Const(3 * h), 1)?;
                 let rbh = match rb {
-                    Some(rb) => Some(slice_axis(b, rb, 0, Dim::Const(2 * h), Dim::Const(3 * h), 1)?),
+                    Some(rb) => Some(slice_axis(
+                        b,
+                        rb,
+                        0,
+                        Dim::Const(2 * h),
+                        Dim::Const(3 * h),
+                        1,
+                    )?),
                     None => None,
                 };
                 let hh = if cfg.linear_before_reset {
@@ -303,7 +357,10 @@ fn run(b: &mut Builder, cfg: &Cfg, d: &Dir, xs: &[Value], masks: &[Option<Value>
         cs = c_next;
         ys[t] = Some(y);
     }
-    let ys = ys.into_iter().map(|y| y.ok_or_else(|| "a step produced no output".to_string())).collect::<R<Vec<_>>>()?;
+    let ys = ys
+        .into_iter()
+        .map(|y| y.ok_or_else(|| "a step produced no output".to_string()))
+        .collect::<R<Vec<_>>>()?;
     Ok((ys, hs, cs))
 }
 
@@ -314,15 +371,28 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
     let bias = n.input(3).map(|v| ctx.ir(v)).transpose()?;
     let lens = n.input(4).map(|v| ctx.ir(v)).transpose()?;
     let h0 = n.input(5).map(|v| ctx.ir(v)).transpose()?;
-    let c0 = if kind == Kind::Lstm { n.input(6).map(|v| ctx.ir(v)).transpose()? } else { None };
-    let peep = if kind == Kind::Lstm { n.input(7).map(|v| ctx.ir(v)).transpose()? } else { None };
+    let c0 = if kind == Kind::Lstm {
+        n.input(6).map(|v| ctx.ir(v)).transpose()?
+    } else {
+        None
+    };
+    let peep = if kind == Kind::Lstm {
+        n.input(7).map(|v| ctx.ir(v)).transpose()?
+    } else {
+        None
+    };
     let direction = n.string_or("direction", "forward")?;
     let dirs = if direction == "bidirectional" { 2 } else { 1 };
     let layout = n.int_or("layout", 0)?;
     let acts = activations(n, kind, dirs)?;
     let hidden = match n.int("hidden_size")? {
         Some(h) => h,
-        None => ctx.b.shape(r).dim(2).as_const().ok_or("hidden_size must be static")?,
+        None => ctx
+            .b
+            .shape(r)
+            .dim(2)
+            .as_const()
+            .ok_or("hidden_size must be static")?,
     };
     let cfg = Cfg {
         kind,
@@ -336,25 +406,35 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
         x = b.transpose(x, &[1, 0, 2]).map_err(s)?;
     }
     let xshape = b.shape(x).clone();
-    let seq = xshape.dim(0).as_const().ok_or("recurrent layers need a static sequence length")? as usize;
+    let seq = xshape
+        .dim(0)
+        .as_const()
+        .ok_or("recurrent layers need a static sequence length")? as usize;
     let batch = xshape.dim(1).clone();
     let dt = b.dtype(x);
     let xs: Vec<Value> = (0..seq)
         .map(|t| {
             let xt = slice_axis(b, x, 0, Dim::Const(t as i64), Dim::Const(t as i64 + 1), 1)?;
-            b.reshape(xt, Shape::new(vec![batch.clone(), xshape.dim(2).clone()])).map_err(s)
+            b.reshape(xt, Shape::new(vec![batch.clone(), xshape.dim(2).clone()]))
+                .map_err(s)
         })
         .collect::<R<_>>()?;
     let masks: Vec<Option<Value>> = match lens {
         Some(l) => {
             let l = b.cast(l, DType::I64).map_err(s)?;
-            let l = b.reshape(l, Shape::new(vec![batch.clone(), Dim::Const(1)])).map_err(s)?;
+            let l = b
+                .reshape(l, Shape::new(vec![batch.clone(), Dim::Const(1)]))
+                .map_err(s)?;
             (0..seq)
                 .map(|t| {
                     let tv = b.scalar(t as f64, DType::I64).map_err(s)?;
-                    let tv = b.broadcast_to(tv, &Shape::new(vec![batch.clone(), Dim::Const(1)])).map_err(s)?;
+                    let tv = b
+                        .broadcast_to(tv, &Shape::new(vec![batch.clone(), Dim::Const(1)]))
+                        .map_err(s)?;
                     let m = b.op1(Op::Lt, &[tv, l]).map_err(s)?;
-                    b.broadcast_to(m, &Shape::new(vec![batch.clone(), Dim::Const(hidden)])).map(Some).map_err(s)
+                    b.broadcast_to(m, &Shape::new(vec![batch.clone(), Dim::Const(hidden)]))
+                        .map(Some)
+                        .map_err(s)
                 })
                 .collect::<R<_>>()?
         }
@@ -384,7 +464,14 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
             Some(bv) => {
                 let bd = pick(b, bv, d, Dim::Const(0))?;
                 let wb = slice_axis(b, bd, 0, Dim::Const(0), Dim::Const(g * hidden), 1)?;
-                let rb = slice_axis(b, bd, 0, Dim::Const(g * hidden), Dim::Const(2 * g * hidden), 1)?;
+                let rb = slice_axis(
+                    b,
+                    bd,
+                    0,
+                    Dim::Const(g * hidden),
+                    Dim::Const(2 * g * hidden),
+                    1,
+                )?;
                 Some((wb, rb))
             }
             None => None,
@@ -420,10 +507,13 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
         }
     }
     // Y: [seq, dirs, batch, hidden]; Y_h, Y_c: [dirs, batch, hidden].
-    let unit = |b: &mut Builder, v: Value, at: usize| -> R<Value> { b.unsqueeze(v, at as i64).map_err(s) };
+    let unit =
+        |b: &mut Builder, v: Value, at: usize| -> R<Value> { b.unsqueeze(v, at as i64).map_err(s) };
     let mut steps = Vec::with_capacity(seq);
     for t in 0..seq {
-        let per_dir: Vec<Value> = (0..dirs).map(|d| unit(b, ys_all[d][t], 0)).collect::<R<_>>()?;
+        let per_dir: Vec<Value> = (0..dirs)
+            .map(|d| unit(b, ys_all[d][t], 0))
+            .collect::<R<_>>()?;
         let st = b.op1(Op::Concat { axis: 0 }, &per_dir).map_err(s)?;
         steps.push(unit(b, st, 0)?);
     }
@@ -433,11 +523,18 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
         b.op1(Op::Concat { axis: 0 }, &u).map_err(s)
     };
     let mut yh = stack(b, &hs_all)?;
-    let mut yc = if cs_all.is_empty() { None } else { Some(stack(b, &cs_all)?) };
+    let mut yc = if cs_all.is_empty() {
+        None
+    } else {
+        Some(stack(b, &cs_all)?)
+    };
     if layout == 1 {
         y = b.transpose(y, &[2, 0, 1, 3]).map_err(s)?;
         yh = b.transpose(yh, &[1, 0, 2]).map_err(s)?;
-        yc = yc.map(|c| b.transpose(c, &[1, 0, 2])).transpose().map_err(s)?;
+        yc = yc
+            .map(|c| b.transpose(c, &[1, 0, 2]))
+            .transpose()
+            .map_err(s)?;
     }
     let mut out = vec![ctx.v(y), ctx.v(yh)];
     if let Some(c) = yc {
