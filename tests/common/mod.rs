@@ -361,3 +361,22 @@ pub fn cases(default: u32) -> u32 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+
+/// The shared material (`../shared`, or `KILN_SHARED`), or `None` with a note saying the
+/// suite is skipped.
+#[allow(dead_code)]
+pub fn shared(what: &str) -> Option<std::path::PathBuf> {
+    let root = std::env::var_os("KILN_SHARED")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let dir = root.join(what);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is missing (set KILN_SHARED to the shared folder)",
+            dir.display()
+        );
+        None
+    }
+}
