@@ -178,6 +178,11 @@ pub struct Ctx<'o> {
     env: HashMap<String, V>,
     pub opts: &'o ImportOptions<'o>,
     fresh: usize,
+    /// The node (and opset version) that produced each value, for demand-driven
+    /// specialization: a value needed at import time is recomputed from its producers.
+    producers: HashMap<String, (NodeProto, i64, usize)>,
+    /// Values so recomputed.
+    demanded: std::cell::RefCell<HashMap<String, Tensor>>,
 }
 
 impl<'o> Ctx<'o> {
@@ -187,6 +192,8 @@ impl<'o> Ctx<'o> {
             env: HashMap::new(),
             opts,
             fresh: 0,
+            producers: HashMap::new(),
+            demanded: Default::default(),
         }
     }
 
@@ -251,23 +258,61 @@ impl<'o> Ctx<'o> {
         }
     }
 
-    /// The known value of an input as integers (dims must be constant), falling back to a
-    /// specialized graph input.
+    /// The value of `name` at import time: known, a specialized input, or recomputed from
+    /// its producers when those lead back to known values and specialized inputs only.
+    fn demand(&self, name: &str, depth: usize) -> Option<Tensor> {
+        if let Some(t) = self.env.get(name).and_then(V::known_tensor) {
+            return Some(t);
+        }
+        if let Some(t) = self.opts.specialize.get(name) {
+            return Some(t.clone());
+        }
+        if let Some(t) = self.demanded.borrow().get(name) {
+            return Some(t.clone());
+        }
+        let eval = self.opts.evaluate?;
+        let (proto, version, index) = self.producers.get(name)?;
+        if depth > 64 || NO_FOLD.contains(&proto.op_type.as_str()) {
+            return None;
+        }
+        let domain = if proto.domain == "ai.onnx" { "" } else { proto.domain.as_str() };
+        let f = registry::lookup(domain, &proto.op_type, *version)?;
+        let mut scratch = Ctx::new("demand", self.opts);
+        for input in proto.input.iter().filter(|s| !s.is_empty()) {
+            let t = self.demand(input, depth + 1)?;
+            if t.numel() > FOLD_LIMIT {
+                return None;
+            }
+            scratch.env.insert(input.clone(), V::data(t));
+        }
+        let node = Node { proto, version: *version };
+        let outs = f(&mut scratch, &node).ok()?;
+        let v = outs.get(*index)?;
+        let t = match v.known_tensor() {
+            Some(t) => t,
+            None => {
+                let x = scratch.value_of(v).ok()?;
+                scratch.b.output("o", x).ok()?;
+                let g = scratch.b.finish().ok()?;
+                eval(&g).ok()?.into_iter().next()?
+            }
+        };
+        self.demanded.borrow_mut().insert(name.to_string(), t.clone());
+        Some(t)
+    }
+
+    /// The known value of an input as integers (dims must be constant); see [`Ctx::demand`].
     pub fn static_ints(&self, name: &str) -> Result<Vec<i64>, String> {
         let v = self.get(name)?;
         if let Some(x) = v.known_ints() {
             return Ok(x);
         }
-        if let Some(t) = self.opts.specialize.get(name) {
-            if t.dtype().is_int() {
-                return Ok((0..t.numel())
-                    .map(|i| t.data().get_i128(i) as i64)
-                    .collect());
-            }
+        match self.demand(name, 0) {
+            Some(t) if t.dtype().is_int() => Ok((0..t.numel()).map(|i| t.data().get_i128(i) as i64).collect()),
+            _ => Err(format!(
+                "`{name}` must be known when the model is imported (it sets a shape or size)"
+            )),
         }
-        Err(format!(
-            "`{name}` must be known when the model is imported (it sets a shape or size)"
-        ))
     }
 
     /// Like [`Ctx::static_ints`] but symbolic dims are allowed.
@@ -280,16 +325,10 @@ impl<'o> Ctx<'o> {
             .map(|v| v.into_iter().map(Dim::Const).collect())
     }
 
-    /// The known value of an input as a tensor.
+    /// The known value of an input as a tensor; see [`Ctx::demand`].
     pub fn static_tensor(&self, name: &str) -> Result<Tensor, String> {
-        let v = self.get(name)?;
-        if let Some(t) = v.known_tensor() {
-            return Ok(t);
-        }
-        self.opts
-            .specialize
-            .get(name)
-            .cloned()
+        self.get(name)?;
+        self.demand(name, 0)
             .ok_or_else(|| format!("`{name}` must be known when the model is imported"))
     }
 
@@ -494,6 +533,7 @@ fn import_node(
         if name.is_empty() {
             continue;
         }
+        ctx.producers.insert(name.clone(), (n.clone(), version, i));
         let v = outs
             .get(i)
             .cloned()

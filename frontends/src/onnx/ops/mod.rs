@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod ew;
+pub mod misc;
 pub mod ml;
 pub mod nn;
 pub mod quant;

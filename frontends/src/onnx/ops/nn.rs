@@ -627,6 +627,11 @@ pub fn lp_norm(ctx: &mut Ctx, n: &Node) -> Res {
         p => return Err(format!("p must be 1 or 2, got {p}")),
     }
     .map_err(s)?;
+    // A zero norm gives zeros, not NaN.
+    let zero = b.scalar_like(0.0, norm).map_err(s)?;
+    let onev = b.scalar_like(1.0, norm).map_err(s)?;
+    let is0 = b.op1(Op::Eq, &[norm, zero]).map_err(s)?;
+    let norm = b.op1(Op::Select, &[is0, onev, norm]).map_err(s)?;
     let y = b.div(x, norm).map_err(s)?;
     one(ctx, y)
 }

@@ -35,6 +35,18 @@ pub fn reduce(ctx: &mut Ctx, n: &Node) -> Res {
     };
     let ax: Vec<i64> = ax.iter().map(|&a| a as i64).collect();
     let b = &mut ctx.b;
+    // Max and min of bools are any and all: reduce them as bytes.
+    if b.dtype(x) == DType::Bool && matches!(n.op(), "ReduceMax" | "ReduceMin") {
+        let u = b.cast(x, DType::U8).map_err(s)?;
+        let y = if n.op() == "ReduceMax" {
+            b.reduce_max(u, &ax, keep)
+        } else {
+            b.reduce(|axes| Op::ReduceMin { axes }, u, &ax, keep)
+        }
+        .map_err(s)?;
+        let y = b.cast(y, DType::Bool).map_err(s)?;
+        return one(ctx, y);
+    }
     let sum = |b: &mut ir::Builder, v| b.reduce_sum(v, &ax, keep);
     let y = match n.op() {
         "ReduceSum" => sum(b, x),

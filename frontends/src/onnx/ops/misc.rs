@@ -1,0 +1,132 @@
+//! Assorted operators: center crop/pad, window functions, sequence reversal, cache scatter and
+//! SwiGLU.
+
+use ir::{DType, Dim, Op, PadMode, Tensor, TensorType};
+
+use super::{axis, one, s, slice_axis, Res};
+use crate::onnx::import::{Ctx, Node};
+use crate::onnx::tensor::require_dtype;
+use crate::onnx::value::V;
+
+pub fn center_crop_pad(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let target = ctx.static_ints(n.req(1)?)?;
+    let b = &mut ctx.b;
+    let r = b.rank(x);
+    let axes: Vec<usize> = match n.ints("axes")? {
+        Some(a) => a.iter().map(|&a| axis(a, r)).collect::<Result<_, _>>()?,
+        None => (0..r).collect(),
+    };
+    if axes.len() != target.len() {
+        return Err(format!("{} sizes for {} axes", target.len(), axes.len()));
+    }
+    let mut y = x;
+    let mut low = vec![0; r];
+    let mut high = vec![0; r];
+    for (&a, &sh) in axes.iter().zip(&target) {
+        let dim = b.shape(y).dim(a).as_const().ok_or("CenterCropPad needs static dims")?;
+        if sh < dim {
+            let start = (dim - sh) / 2;
+            y = slice_axis(b, y, a, Dim::Const(start), Dim::Const(start + sh), 1)?;
+        } else if sh > dim {
+            let d = sh - dim;
+            low[a] = d / 2;
+            high[a] = d - d / 2;
+        }
+    }
+    if low.iter().chain(&high).any(|&p| p != 0) {
+        let zero = b.scalar(0.0, b.dtype(y)).map_err(s)?;
+        y = b.op1(Op::Pad { low, high, mode: PadMode::Constant }, &[y, zero]).map_err(s)?;
+    }
+    one(ctx, y)
+}
+
+/// Hann, Hamming and Blackman windows of a size known at import time.
+pub fn window(ctx: &mut Ctx, n: &Node) -> Res {
+    let size = *ctx.static_ints(n.req(0)?)?.first().ok_or("empty size")?;
+    if !(0..=1 << 24).contains(&size) {
+        return Err(format!("window size {size} is out of range"));
+    }
+    let periodic = n.int_or("periodic", 1)? != 0;
+    let dtype = require_dtype(n.int_or("output_datatype", 1)? as i32)?;
+    let denom = if periodic { size } else { size - 1 } as f64;
+    let pi = std::f64::consts::PI;
+    let values: Vec<f64> = (0..size)
+        .map(|i| {
+            let i = i as f64;
+            match n.op() {
+                "HannWindow" => (i * pi / denom).sin().powi(2),
+                "HammingWindow" => 25.0 / 46.0 - (i * pi * 2.0 / denom).cos() * (21.0 / 46.0),
+                _ => 0.42 - 0.5 * (i * pi * 2.0 / denom).cos() + 0.08 * (i * pi * 4.0 / denom).cos(),
+            }
+        })
+        .collect();
+    let t = Tensor::new(vec![size as usize], ir::Data::from_f64s(dtype, &values)).map_err(s)?;
+    Ok(vec![V::data(t)])
+}
+
+pub fn reverse_sequence(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let lens = ctx.ir(n.req(1)?)?;
+    let b = &mut ctx.b;
+    let shape = b.shape(x).clone();
+    let r = shape.rank();
+    let ba = axis(n.int_or("batch_axis", 1)?, r)?;
+    let ta = axis(n.int_or("time_axis", 0)?, r)?;
+    // Source time index per element: len-1-t inside the sequence, t past its end.
+    let ty = TensorType::new(DType::I64, shape.clone());
+    let t = b.op1(Op::Iota { axis: ta as i64, ty }, &[]).map_err(s)?;
+    let lens = b.cast(lens, DType::I64).map_err(s)?;
+    let l = b.op1(Op::Broadcast { dims: vec![ba as i64], shape: shape.clone() }, &[lens]).map_err(s)?;
+    let inside = b.op1(Op::Lt, &[t, l]).map_err(s)?;
+    let one_v = b.scalar_like(1.0, l).map_err(s)?;
+    let last = b.sub(l, one_v).map_err(s)?;
+    let rev = b.sub(last, t).map_err(s)?;
+    let src = b.op1(Op::Select, &[inside, rev, t]).map_err(s)?;
+    let tuples = super::shape::element_tuples(ctx, &shape, src, ta)?;
+    let y = ctx.b.op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples]).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn tensor_scatter(ctx: &mut Ctx, n: &Node) -> Res {
+    let cache = ctx.ir(n.req(0)?)?;
+    let upd = ctx.ir(n.req(1)?)?;
+    let wi = n.input(2).map(|w| ctx.ir(w)).transpose()?;
+    let circular = match n.string_or("mode", "linear")?.as_str() {
+        "linear" => false,
+        "circular" => true,
+        m => return Err(format!("unknown mode `{m}`")),
+    };
+    let b = &mut ctx.b;
+    let cshape = b.shape(cache).clone();
+    let ushape = b.shape(upd).clone();
+    let r = cshape.rank();
+    let a = axis(n.int_or("axis", -2)?, r)?;
+    let ty = TensorType::new(DType::I64, ushape.clone());
+    let mut pos = b.op1(Op::Iota { axis: a as i64, ty }, &[]).map_err(s)?;
+    if let Some(w) = wi {
+        let w = b.cast(w, DType::I64).map_err(s)?;
+        let w = b.op1(Op::Broadcast { dims: vec![0], shape: ushape.clone() }, &[w]).map_err(s)?;
+        pos = b.add(pos, w).map_err(s)?;
+    }
+    if circular {
+        let m = b.dim_product(&[cshape.dim(a).clone()], DType::I64).map_err(s)?;
+        let m = b.broadcast_to(m, &ushape).map_err(s)?;
+        pos = b.op1(Op::Mod, &[pos, m]).map_err(s)?;
+    }
+    let tuples = super::shape::element_tuples(ctx, &cshape, pos, a)?;
+    let y = ctx.b.op1(Op::ScatterNd { reduction: ir::ScatterReduction::None }, &[cache, tuples, upd]).map_err(s)?;
+    one(ctx, y)
+}
+
+pub fn swiglu(ctx: &mut Ctx, n: &Node) -> Res {
+    let a = ctx.ir(n.req(0)?)?;
+    let bv = ctx.ir(n.req(1)?)?;
+    let alpha = n.float_or("alpha", 1.0)? as f64;
+    let b = &mut ctx.b;
+    let sa = b.scale(a, alpha).map_err(s)?;
+    let sg = b.sigmoid(sa).map_err(s)?;
+    let sw = b.mul(a, sg).map_err(s)?;
+    let y = b.mul(sw, bv).map_err(s)?;
+    one(ctx, y)
+}
