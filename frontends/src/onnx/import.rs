@@ -139,6 +139,12 @@ impl<'a> Node<'a> {
             .transpose()
     }
 
+    pub fn graph(&self, name: &str) -> Result<&'a GraphProto, String> {
+        self.typed(name, proto::attr_type::GRAPH)?
+            .and_then(|a| a.g.as_deref())
+            .ok_or_else(|| format!("missing graph attribute `{name}`"))
+    }
+
     pub fn tensor(&self, name: &str, ext: &super::ExternalData) -> Result<Option<Tensor>, String> {
         self.typed(name, proto::attr_type::TENSOR)?
             .map(|a| {
@@ -183,6 +189,10 @@ pub struct Ctx<'o> {
     producers: HashMap<String, (NodeProto, i64, usize)>,
     /// Values so recomputed.
     demanded: std::cell::RefCell<HashMap<String, Tensor>>,
+    /// Opset versions per domain, for the nodes of subgraphs too.
+    opsets: HashMap<String, i64>,
+    /// Nesting depth of inlined subgraphs.
+    depth: usize,
 }
 
 impl<'o> Ctx<'o> {
@@ -194,6 +204,8 @@ impl<'o> Ctx<'o> {
             fresh: 0,
             producers: HashMap::new(),
             demanded: Default::default(),
+            opsets: HashMap::new(),
+            depth: 0,
         }
     }
 
@@ -275,9 +287,14 @@ impl<'o> Ctx<'o> {
         if depth > 64 || NO_FOLD.contains(&proto.op_type.as_str()) {
             return None;
         }
-        let domain = if proto.domain == "ai.onnx" { "" } else { proto.domain.as_str() };
+        let domain = if proto.domain == "ai.onnx" {
+            ""
+        } else {
+            proto.domain.as_str()
+        };
         let f = registry::lookup(domain, &proto.op_type, *version)?;
         let mut scratch = Ctx::new("demand", self.opts);
+        scratch.opsets = self.opsets.clone();
         for input in proto.input.iter().filter(|s| !s.is_empty()) {
             let t = self.demand(input, depth + 1)?;
             if t.numel() > FOLD_LIMIT {
@@ -285,7 +302,10 @@ impl<'o> Ctx<'o> {
             }
             scratch.env.insert(input.clone(), V::data(t));
         }
-        let node = Node { proto, version: *version };
+        let node = Node {
+            proto,
+            version: *version,
+        };
         let outs = f(&mut scratch, &node).ok()?;
         let v = outs.get(*index)?;
         let t = match v.known_tensor() {
@@ -297,7 +317,9 @@ impl<'o> Ctx<'o> {
                 eval(&g).ok()?.into_iter().next()?
             }
         };
-        self.demanded.borrow_mut().insert(name.to_string(), t.clone());
+        self.demanded
+            .borrow_mut()
+            .insert(name.to_string(), t.clone());
         Some(t)
     }
 
@@ -308,7 +330,9 @@ impl<'o> Ctx<'o> {
             return Ok(x);
         }
         match self.demand(name, 0) {
-            Some(t) if t.dtype().is_int() => Ok((0..t.numel()).map(|i| t.data().get_i128(i) as i64).collect()),
+            Some(t) if t.dtype().is_int() => Ok((0..t.numel())
+                .map(|i| t.data().get_i128(i) as i64)
+                .collect()),
             _ => Err(format!(
                 "`{name}` must be known when the model is imported (it sets a shape or size)"
             )),
@@ -330,6 +354,68 @@ impl<'o> Ctx<'o> {
         self.get(name)?;
         self.demand(name, 0)
             .ok_or_else(|| format!("`{name}` must be known when the model is imported"))
+    }
+
+    /// Imports the nodes of a subgraph (a Scan/Loop body or an If branch) into the current
+    /// graph with its formal inputs bound to `args`, and returns its outputs. Names the body
+    /// defines are scoped to it; outer values stay visible.
+    pub fn inline(&mut self, g: &GraphProto, args: Vec<V>) -> Result<Vec<V>, String> {
+        if self.depth > 16 {
+            return Err("subgraphs nest too deeply".into());
+        }
+        if g.input.len() != args.len() {
+            return Err(format!(
+                "the subgraph takes {} inputs, got {}",
+                g.input.len(),
+                args.len()
+            ));
+        }
+        let mut shadowed: Vec<(String, Option<V>)> = Vec::new();
+        let mut bind = |env: &mut HashMap<String, V>, name: &str, v: V| {
+            shadowed.push((name.to_string(), env.insert(name.to_string(), v)));
+        };
+        for init in &g.initializer {
+            let t = decode(init, &self.opts.external_data)
+                .map_err(|e| format!("initializer `{}`: {e}", init.name))?;
+            bind(&mut self.env, &init.name, V::data(t));
+        }
+        for (vi, v) in g.input.iter().zip(args) {
+            bind(&mut self.env, &vi.name, v);
+        }
+        for n in &g.node {
+            for out in n.output.iter().filter(|o| !o.is_empty()) {
+                let prev = self.env.get(out).cloned();
+                shadowed.push((out.clone(), prev));
+            }
+        }
+        self.depth += 1;
+        let opsets = self.opsets.clone();
+        let mut result = Ok(());
+        for n in &g.node {
+            if let Err(e) = import_node(self, n, &opsets) {
+                result = Err(format!("in subgraph: {e}"));
+                break;
+            }
+        }
+        self.depth -= 1;
+        let outs = result.and_then(|()| {
+            g.output
+                .iter()
+                .map(|o| self.get(&o.name).cloned())
+                .collect::<Result<Vec<_>, _>>()
+        });
+        // Restore the outer scope, newest binding first.
+        for (name, prev) in shadowed.into_iter().rev() {
+            match prev {
+                Some(v) => {
+                    self.env.insert(name, v);
+                }
+                None => {
+                    self.env.remove(&name);
+                }
+            }
+        }
+        outs
     }
 
     /// A V for an IR value.
@@ -447,6 +533,7 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph, I
         &graph.name
     };
     let mut ctx = Ctx::new(&sanitize(name), opts);
+    ctx.opsets = opsets.clone();
     bind_graph_inputs(&mut ctx, graph).map_err(fail)?;
     for n in &graph.node {
         import_node(&mut ctx, n, &opsets)?;
@@ -552,6 +639,7 @@ fn fold(ctx: &mut Ctx, node: &Node, f: registry::ImportFn) -> Option<Vec<V>> {
         return None;
     }
     let mut scratch = Ctx::new("fold", ctx.opts);
+    scratch.opsets = ctx.opsets.clone();
     for name in node.proto.input.iter().filter(|s| !s.is_empty()) {
         let t = ctx.get(name).ok()?.known_tensor()?;
         scratch.env.insert(name.clone(), V::data(t));

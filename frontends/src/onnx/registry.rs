@@ -3,7 +3,7 @@
 //! function serves a range of versions and a semantic change is a new row.
 
 use super::import::{Ctx, Node};
-use super::ops::{attention, ew, misc, ml, nn, quant, reduce, resize, rnn, shape};
+use super::ops::{attention, control, ew, misc, ml, nn, quant, reduce, resize, rnn, shape};
 use super::value::V;
 
 pub type ImportFn = fn(&mut Ctx, &Node) -> Result<Vec<V>, String>;
@@ -88,6 +88,7 @@ table! {
         "HammingWindow" 17 => misc::window, "BlackmanWindow" 17 => misc::window,
         "ReverseSequence" 10 => misc::reverse_sequence, "TensorScatter" 24 => misc::tensor_scatter,
         "SwiGLU" 1 => misc::swiglu,
+        "Scan" 8 => control::scan, "If" 1 => control::if_, "Loop" 1 => control::loop_,
         "LSTM" 1 => rnn::lstm, "GRU" 1 => rnn::gru, "RNN" 1 => rnn::rnn,
         "QuantizeLinear" 10 => quant::quantize_linear,
         "DequantizeLinear" 10 => quant::dequantize_linear,

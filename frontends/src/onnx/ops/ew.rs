@@ -315,7 +315,11 @@ pub fn activation(ctx: &mut Ctx, n: &Node) -> Res {
     let b = &mut ctx.b;
     // Half-precision inputs compute in f32 and round once at the end.
     let half = matches!(b.dtype(x_in), DType::F16 | DType::BF16);
-    let x = if half { b.cast(x_in, DType::F32).map_err(s)? } else { x_in };
+    let x = if half {
+        b.cast(x_in, DType::F32).map_err(s)?
+    } else {
+        x_in
+    };
     let c = |b: &mut ir::Builder, v: f64| b.scalar_like(v, x);
     let y = (|| -> ir::Result<ir::Value> {
         let zero = c(b, 0.0)?;
@@ -449,7 +453,11 @@ pub fn activation(ctx: &mut Ctx, n: &Node) -> Res {
         })
     })()
     .map_err(s)?;
-    let y = if half { ctx.b.cast(y, ctx.b.dtype(x_in)).map_err(s)? } else { y };
+    let y = if half {
+        ctx.b.cast(y, ctx.b.dtype(x_in)).map_err(s)?
+    } else {
+        y
+    };
     one(ctx, y)
 }
 

@@ -24,7 +24,11 @@ pub fn center_crop_pad(ctx: &mut Ctx, n: &Node) -> Res {
     let mut low = vec![0; r];
     let mut high = vec![0; r];
     for (&a, &sh) in axes.iter().zip(&target) {
-        let dim = b.shape(y).dim(a).as_const().ok_or("CenterCropPad needs static dims")?;
+        let dim = b
+            .shape(y)
+            .dim(a)
+            .as_const()
+            .ok_or("CenterCropPad needs static dims")?;
         if sh < dim {
             let start = (dim - sh) / 2;
             y = slice_axis(b, y, a, Dim::Const(start), Dim::Const(start + sh), 1)?;
@@ -36,7 +40,16 @@ pub fn center_crop_pad(ctx: &mut Ctx, n: &Node) -> Res {
     }
     if low.iter().chain(&high).any(|&p| p != 0) {
         let zero = b.scalar(0.0, b.dtype(y)).map_err(s)?;
-        y = b.op1(Op::Pad { low, high, mode: PadMode::Constant }, &[y, zero]).map_err(s)?;
+        y = b
+            .op1(
+                Op::Pad {
+                    low,
+                    high,
+                    mode: PadMode::Constant,
+                },
+                &[y, zero],
+            )
+            .map_err(s)?;
     }
     one(ctx, y)
 }
@@ -57,7 +70,9 @@ pub fn window(ctx: &mut Ctx, n: &Node) -> Res {
             match n.op() {
                 "HannWindow" => (i * pi / denom).sin().powi(2),
                 "HammingWindow" => 25.0 / 46.0 - (i * pi * 2.0 / denom).cos() * (21.0 / 46.0),
-                _ => 0.42 - 0.5 * (i * pi * 2.0 / denom).cos() + 0.08 * (i * pi * 4.0 / denom).cos(),
+                _ => {
+                    0.42 - 0.5 * (i * pi * 2.0 / denom).cos() + 0.08 * (i * pi * 4.0 / denom).cos()
+                }
             }
         })
         .collect();
@@ -75,16 +90,35 @@ pub fn reverse_sequence(ctx: &mut Ctx, n: &Node) -> Res {
     let ta = axis(n.int_or("time_axis", 0)?, r)?;
     // Source time index per element: len-1-t inside the sequence, t past its end.
     let ty = TensorType::new(DType::I64, shape.clone());
-    let t = b.op1(Op::Iota { axis: ta as i64, ty }, &[]).map_err(s)?;
+    let t = b
+        .op1(
+            Op::Iota {
+                axis: ta as i64,
+                ty,
+            },
+            &[],
+        )
+        .map_err(s)?;
     let lens = b.cast(lens, DType::I64).map_err(s)?;
-    let l = b.op1(Op::Broadcast { dims: vec![ba as i64], shape: shape.clone() }, &[lens]).map_err(s)?;
+    let l = b
+        .op1(
+            Op::Broadcast {
+                dims: vec![ba as i64],
+                shape: shape.clone(),
+            },
+            &[lens],
+        )
+        .map_err(s)?;
     let inside = b.op1(Op::Lt, &[t, l]).map_err(s)?;
     let one_v = b.scalar_like(1.0, l).map_err(s)?;
     let last = b.sub(l, one_v).map_err(s)?;
     let rev = b.sub(last, t).map_err(s)?;
     let src = b.op1(Op::Select, &[inside, rev, t]).map_err(s)?;
     let tuples = super::shape::element_tuples(ctx, &shape, src, ta)?;
-    let y = ctx.b.op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples]).map_err(s)?;
+    let y = ctx
+        .b
+        .op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples])
+        .map_err(s)?;
     one(ctx, y)
 }
 
@@ -106,16 +140,34 @@ pub fn tensor_scatter(ctx: &mut Ctx, n: &Node) -> Res {
     let mut pos = b.op1(Op::Iota { axis: a as i64, ty }, &[]).map_err(s)?;
     if let Some(w) = wi {
         let w = b.cast(w, DType::I64).map_err(s)?;
-        let w = b.op1(Op::Broadcast { dims: vec![0], shape: ushape.clone() }, &[w]).map_err(s)?;
+        let w = b
+            .op1(
+                Op::Broadcast {
+                    dims: vec![0],
+                    shape: ushape.clone(),
+                },
+                &[w],
+            )
+            .map_err(s)?;
         pos = b.add(pos, w).map_err(s)?;
     }
     if circular {
-        let m = b.dim_product(&[cshape.dim(a).clone()], DType::I64).map_err(s)?;
+        let m = b
+            .dim_product(&[cshape.dim(a).clone()], DType::I64)
+            .map_err(s)?;
         let m = b.broadcast_to(m, &ushape).map_err(s)?;
         pos = b.op1(Op::Mod, &[pos, m]).map_err(s)?;
     }
     let tuples = super::shape::element_tuples(ctx, &cshape, pos, a)?;
-    let y = ctx.b.op1(Op::ScatterNd { reduction: ir::ScatterReduction::None }, &[cache, tuples, upd]).map_err(s)?;
+    let y = ctx
+        .b
+        .op1(
+            Op::ScatterNd {
+                reduction: ir::ScatterReduction::None,
+            },
+            &[cache, tuples, upd],
+        )
+        .map_err(s)?;
     one(ctx, y)
 }
 

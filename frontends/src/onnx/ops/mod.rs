@@ -2,6 +2,7 @@
 //! the node's output values; errors are plain messages that the driver tags with the node.
 
 pub mod attention;
+pub mod control;
 pub mod ew;
 pub mod misc;
 pub mod ml;

@@ -1,0 +1,277 @@
+//! Control flow. Scan and Loop unroll over trip counts known at import time (their subgraphs
+//! are inlined once per iteration); If inlines the taken branch when its condition is known,
+//! else computes both branches and selects.
+
+use ir::{Builder, Dim, Op, Shape, Tensor, Value};
+
+use super::{axis, s, slice_axis, Res};
+use crate::onnx::import::{Ctx, Node};
+use crate::onnx::value::V;
+
+type R<T> = Result<T, String>;
+
+/// Most iterations a Loop may unroll to.
+const MAX_ITERATIONS: usize = 4096;
+
+/// Element `t` of `x` along `axis`, with that axis removed.
+fn take(b: &mut Builder, x: Value, a: usize, t: i64) -> R<Value> {
+    let y = slice_axis(b, x, a, Dim::Const(t), Dim::Const(t + 1), 1)?;
+    let mut dims = b.shape(y).dims().to_vec();
+    dims.remove(a);
+    b.reshape(y, Shape::new(dims)).map_err(s)
+}
+
+/// Stacks per-iteration values along a new `axis`.
+fn stack(b: &mut Builder, vs: &[Value], a: usize) -> R<Value> {
+    let units: Vec<Value> = vs
+        .iter()
+        .map(|&v| b.unsqueeze(v, a as i64).map_err(s))
+        .collect::<R<_>>()?;
+    b.op1(Op::Concat { axis: a as i64 }, &units).map_err(s)
+}
+
+/// Scan (opset 9+) over explicit states and scan inputs.
+fn scan_core(ctx: &mut Ctx, n: &Node, states: Vec<V>, scans: Vec<Value>) -> R<Vec<Value>> {
+    let body = n.graph("body")?;
+    let m = scans.len();
+    let in_axes = n.ints("scan_input_axes")?.unwrap_or_else(|| vec![0; m]);
+    let in_dirs = n
+        .ints("scan_input_directions")?
+        .unwrap_or_else(|| vec![0; m]);
+    let k = body.output.len().saturating_sub(states.len());
+    let out_axes = n.ints("scan_output_axes")?.unwrap_or_else(|| vec![0; k]);
+    let out_dirs = n
+        .ints("scan_output_directions")?
+        .unwrap_or_else(|| vec![0; k]);
+    if in_axes.len() != m || in_dirs.len() != m || out_axes.len() != k || out_dirs.len() != k {
+        return Err("scan axes/directions do not match the scan inputs and outputs".into());
+    }
+    let mut len = None;
+    let mut axes_in = Vec::with_capacity(m);
+    for (j, &x) in scans.iter().enumerate() {
+        let r = ctx.b.rank(x);
+        let a = axis(in_axes[j], r)?;
+        let l = ctx
+            .b
+            .shape(x)
+            .dim(a)
+            .as_const()
+            .ok_or("Scan needs a static sequence length")?;
+        if len.replace(l).is_some_and(|p| p != l) {
+            return Err("scan inputs differ in length".into());
+        }
+        axes_in.push(a);
+    }
+    let len = len.ok_or("Scan needs at least one scan input")? as usize;
+    let nstate = states.len();
+    let mut states = states;
+    let mut collected: Vec<Vec<Value>> = vec![Vec::new(); k];
+    for t in 0..len {
+        let mut args = states.clone();
+        for (j, &x) in scans.iter().enumerate() {
+            let idx = if in_dirs[j] == 1 { len - 1 - t } else { t };
+            let e = take(&mut ctx.b, x, axes_in[j], idx as i64)?;
+            args.push(ctx.v(e));
+        }
+        let outs = ctx.inline(body, args)?;
+        if outs.len() != nstate + k {
+            return Err("the Scan body has the wrong number of outputs".into());
+        }
+        states = outs[..nstate].to_vec();
+        for (i, v) in outs[nstate..].iter().enumerate() {
+            let x = ctx.value_of(v)?;
+            collected[i].push(x);
+        }
+    }
+    let mut results = Vec::with_capacity(nstate + k);
+    for v in &states {
+        results.push(ctx.value_of(v)?);
+    }
+    for (i, mut vs) in collected.into_iter().enumerate() {
+        if vs.is_empty() {
+            return Err("a Scan over zero steps has no outputs to stack".into());
+        }
+        if out_dirs[i] == 1 {
+            vs.reverse();
+        }
+        let r = ctx.b.rank(vs[0]) + 1;
+        let a = axis(out_axes[i], r)?;
+        results.push(stack(&mut ctx.b, &vs, a)?);
+    }
+    Ok(results)
+}
+
+pub fn scan(ctx: &mut Ctx, n: &Node) -> Res {
+    let m = n
+        .int("num_scan_inputs")?
+        .ok_or("missing attribute `num_scan_inputs`")? as usize;
+    if n.version < 9 {
+        return scan_v8(ctx, n, m);
+    }
+    let names: Vec<&str> = (0..n.num_inputs()).filter_map(|i| n.input(i)).collect();
+    if names.len() < m {
+        return Err("fewer inputs than num_scan_inputs".into());
+    }
+    let nstate = names.len() - m;
+    let states: Vec<V> = names[..nstate]
+        .iter()
+        .map(|nm| ctx.get(nm).cloned())
+        .collect::<R<_>>()?;
+    let scans: Vec<Value> = names[nstate..]
+        .iter()
+        .map(|nm| ctx.ir(nm))
+        .collect::<R<_>>()?;
+    let outs = scan_core(ctx, n, states, scans)?;
+    Ok(outs.into_iter().map(|v| ctx.v(v)).collect())
+}
+
+/// Opset 8: every tensor carries a leading batch axis and scanning runs along axis 1, per
+/// batch element.
+fn scan_v8(ctx: &mut Ctx, n: &Node, m: usize) -> Res {
+    if n.input(0).is_some() {
+        return Err("Scan-8 sequence_lens is not supported".into());
+    }
+    let names: Vec<&str> = (1..n.num_inputs()).filter_map(|i| n.input(i)).collect();
+    let nstate = names
+        .len()
+        .checked_sub(m)
+        .ok_or("fewer inputs than num_scan_inputs")?;
+    let vals: Vec<Value> = names.iter().map(|nm| ctx.ir(nm)).collect::<R<_>>()?;
+    let batch = ctx
+        .b
+        .shape(vals[0])
+        .dim(0)
+        .as_const()
+        .ok_or("Scan-8 needs a static batch")?;
+    let mut per_batch: Vec<Vec<Value>> = Vec::new();
+    for bi in 0..batch {
+        let states = vals[..nstate]
+            .iter()
+            .map(|&v| take(&mut ctx.b, v, 0, bi).map(|x| ctx.v(x)))
+            .collect::<R<Vec<_>>>()?;
+        let scans = vals[nstate..]
+            .iter()
+            .map(|&v| take(&mut ctx.b, v, 0, bi))
+            .collect::<R<Vec<_>>>()?;
+        per_batch.push(scan_core(ctx, n, states, scans)?);
+    }
+    let outs = per_batch[0].len();
+    (0..outs)
+        .map(|i| {
+            let column: Vec<Value> = per_batch.iter().map(|r| r[i]).collect();
+            stack(&mut ctx.b, &column, 0).map(|v| ctx.v(v))
+        })
+        .collect()
+}
+
+fn known_bool(ctx: &Ctx, name: &str) -> Option<bool> {
+    ctx.get(name)
+        .ok()?
+        .known_tensor()
+        .map(|t| t.data().get_i128(0) != 0)
+}
+
+pub fn if_(ctx: &mut Ctx, n: &Node) -> Res {
+    let cond = n.req(0)?;
+    let then_g = n.graph("then_branch")?;
+    let else_g = n.graph("else_branch")?;
+    if let Some(c) = known_bool(ctx, cond) {
+        return ctx.inline(if c { then_g } else { else_g }, vec![]);
+    }
+    // Both branches, then a select per output: valid because branches have no effects.
+    let t = ctx.inline(then_g, vec![])?;
+    let e = ctx.inline(else_g, vec![])?;
+    if t.len() != e.len() {
+        return Err("If branches have different numbers of outputs".into());
+    }
+    let c = ctx.ir(cond)?;
+    let c = ctx.b.reshape(c, Shape::scalar()).map_err(s)?;
+    let mut out = Vec::with_capacity(t.len());
+    for (tv, ev) in t.iter().zip(&e) {
+        let (x, y) = (ctx.value_of(tv)?, ctx.value_of(ev)?);
+        if ctx.b.ty(x) != ctx.b.ty(y) {
+            return Err(format!(
+                "If branches produce {} and {} and the condition is only known at run time",
+                ctx.b.ty(x),
+                ctx.b.ty(y)
+            ));
+        }
+        let shape = ctx.b.shape(x).clone();
+        let cb = ctx.b.broadcast_to(c, &shape).map_err(s)?;
+        let r = ctx.b.op1(Op::Select, &[cb, x, y]).map_err(s)?;
+        out.push(ctx.v(r));
+    }
+    Ok(out)
+}
+
+pub fn loop_(ctx: &mut Ctx, n: &Node) -> Res {
+    let body = n.graph("body")?;
+    let trip = n
+        .input(0)
+        .map(|m| ctx.static_ints(m))
+        .transpose()?
+        .map(|v| v.first().copied().unwrap_or(0));
+    let mut cond = match n.input(1) {
+        Some(c) => Some(
+            ctx.static_tensor(c)
+                .map_err(|_| {
+                    "the Loop condition must be known when the model is imported".to_string()
+                })?
+                .data()
+                .get_i128(0)
+                != 0,
+        ),
+        None => None,
+    };
+    let names: Vec<&str> = (2..n.num_inputs()).filter_map(|i| n.input(i)).collect();
+    let mut carried: Vec<V> = names
+        .iter()
+        .map(|nm| ctx.get(nm).cloned())
+        .collect::<R<_>>()?;
+    let k = body.output.len().saturating_sub(1 + carried.len());
+    let mut collected: Vec<Vec<Value>> = vec![Vec::new(); k];
+    let mut i: i64 = 0;
+    loop {
+        if trip.is_some_and(|m| i >= m) || cond == Some(false) {
+            break;
+        }
+        if i as usize >= MAX_ITERATIONS {
+            return Err(format!("Loop runs more than {MAX_ITERATIONS} iterations"));
+        }
+        let mut args = vec![
+            V::data(Tensor::scalar(i)),
+            V::data(Tensor::scalar(cond.unwrap_or(true))),
+        ];
+        args.extend(carried.iter().cloned());
+        let outs = ctx.inline(body, args)?;
+        if outs.len() != 1 + carried.len() + k {
+            return Err("the Loop body has the wrong number of outputs".into());
+        }
+        cond = Some(
+            outs[0]
+                .known_tensor()
+                .ok_or("the Loop condition is only known at run time")?
+                .data()
+                .get_i128(0)
+                != 0,
+        );
+        carried = outs[1..1 + carried.len()].to_vec();
+        for (j, v) in outs[1 + carried.len()..].iter().enumerate() {
+            let x = ctx.value_of(v)?;
+            collected[j].push(x);
+        }
+        i += 1;
+        if trip.is_none() && cond.is_none() {
+            return Err("a Loop without trip count or condition never ends".into());
+        }
+    }
+    let mut out = carried;
+    for vs in collected {
+        if vs.is_empty() {
+            return Err("a Loop that runs zero times has no scan outputs to stack".into());
+        }
+        let x = stack(&mut ctx.b, &vs, 0)?;
+        out.push(ctx.v(x));
+    }
+    Ok(out)
+}
