@@ -220,9 +220,12 @@ fn numbered_pbs(dir: &Path, prefix: &str) -> Result<Vec<Vec<u8>>, Failure> {
     files.into_iter().map(|(_, p)| read(&p)).collect()
 }
 
+/// A test case's model, serialized inputs and serialized expected outputs.
+type CaseFiles = (Vec<u8>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 fn run_conformance_case(dir: &Path) -> (Vec<String>, kiln::onnx::Outcome) {
     use kiln::onnx::Outcome;
-    let load = || -> Result<(Vec<u8>, Vec<Vec<u8>>, Vec<Vec<u8>>), Failure> {
+    let load = || -> Result<CaseFiles, Failure> {
         let model = read(&dir.join("model.onnx"))?;
         let data = dir.join("test_data_set_0");
         Ok((

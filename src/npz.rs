@@ -1,7 +1,8 @@
 //! Reading and writing NumPy `.npy`/`.npz` data as kiln tensors (through the npyz crate). Takes
 //! and returns bytes; callers own the files.
 //!
-//! Every numpy dtype kiln has maps to itself; bf16, which numpy lacks, is written as f32.
+//! Every numpy dtype kiln has maps to itself; bf16 and the float8/float4 types, which numpy
+//! lacks, are written as f32, and 4- and 2-bit integers as 8-bit ones.
 
 use std::io::{Cursor, Read};
 
@@ -83,7 +84,7 @@ fn read_array<R: Read>(f: NpyFile<R>, max_bytes: u64) -> Result<Tensor, NpzError
         DType::U32 => Data::U32(f.into_vec::<u32>().map_err(io)?),
         DType::U64 => Data::U64(f.into_vec::<u64>().map_err(io)?),
         DType::Bool => Data::Bool(f.into_vec::<bool>().map_err(io)?),
-        DType::BF16 => unreachable!("numpy has no bf16"),
+        _ => unreachable!("dtype_of yields only numpy's types"),
     };
     if fortran && shape.len() > 1 {
         // Column-major data is the row-major data of the reversed shape, transposed.
@@ -209,6 +210,10 @@ fn write_array<W: std::io::Write + std::io::Seek>(
         Data::U32(v) => put!(u32, v.iter().copied()),
         Data::U64(v) => put!(u64, v.iter().copied()),
         Data::Bool(v) => put!(bool, v.iter().copied()),
+        // Narrow types have no numpy dtype: integers widen to 8 bits, floats to f32.
+        d if d.dtype().is_float() => put!(f32, (0..d.len()).map(|i| d.get_f64(i) as f32)),
+        d if d.dtype().is_signed_int() => put!(i8, (0..d.len()).map(|i| d.get_i128(i) as i8)),
+        d => put!(u8, (0..d.len()).map(|i| d.get_i128(i) as u8)),
     }
 }
 

@@ -33,7 +33,20 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
             }
             "cast" => {
                 for to in DType::ALL {
-                    out.push((Op::Cast { dtype: to }, vec![x.clone()]));
+                    out.push((
+                        Op::Cast {
+                            dtype: to,
+                            saturate: true,
+                        },
+                        vec![x.clone()],
+                    ));
+                    out.push((
+                        Op::Cast {
+                            dtype: to,
+                            saturate: false,
+                        },
+                        vec![x.clone()],
+                    ));
                 }
                 continue;
             }

@@ -279,6 +279,7 @@ fn element_lit(d: &Data, i: usize) -> Lit {
         Data::F32(v) => Lit::Num(f32_text(v[i])),
         Data::F64(v) => Lit::Num(float_text(v[i])),
         Data::Bool(v) => Lit::Ident(v[i].to_string()),
+        d if d.dtype().is_narrow() && d.dtype().is_float() => Lit::Num(float_text(d.get_f64(i))),
         _ => Lit::Num(d.get_i128(i).to_string()),
     }
 }
@@ -424,6 +425,39 @@ pub fn tensor_from_lit(lit: &Lit, ty: &TensorType) -> Result<Tensor, String> {
         DType::U16 => ints!(u16, U16),
         DType::U32 => ints!(u32, U32),
         DType::U64 => ints!(u64, U64),
+        d @ (DType::I4
+        | DType::U4
+        | DType::I2
+        | DType::U2
+        | DType::F8E4M3FN
+        | DType::F8E4M3FNUZ
+        | DType::F8E5M2
+        | DType::F8E5M2FNUZ
+        | DType::F8E8M0
+        | DType::F4E2M1) => {
+            let v = if d.is_float() {
+                floats(&|s| parse_float(s))?
+            } else {
+                items
+                    .iter()
+                    .map(|l| {
+                        let s = element_text(l)?;
+                        s.parse::<i128>()
+                            .map(|x| x as f64)
+                            .map_err(|_| format!("`{s}` is not a valid {d} value"))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?
+            };
+            // Exact values only: a literal must name a representable element.
+            let data = Data::from_f64s_narrow(d, &v, false);
+            for (i, &x) in v.iter().enumerate() {
+                let back = data.get_f64(i);
+                if !(back == x || back.is_nan() && x.is_nan()) {
+                    return Err(format!("`{x}` is not a {d} value"));
+                }
+            }
+            data
+        }
         DType::Bool => Data::Bool(
             items
                 .iter()

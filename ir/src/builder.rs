@@ -302,7 +302,13 @@ impl Builder {
         if self.dtype(x) == dtype {
             return Ok(x);
         }
-        self.op1(Op::Cast { dtype }, &[x])
+        self.op1(
+            Op::Cast {
+                dtype,
+                saturate: true,
+            },
+            &[x],
+        )
     }
 
     pub fn reshape(&mut self, x: Value, shape: impl Into<Shape>) -> Result<Value> {

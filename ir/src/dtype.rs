@@ -22,10 +22,30 @@ pub enum DType {
     U32,
     U64,
     Bool,
+    /// 4-bit signed integer.
+    I4,
+    /// 4-bit unsigned integer.
+    U4,
+    /// 2-bit signed integer.
+    I2,
+    /// 2-bit unsigned integer.
+    U2,
+    /// 8-bit float, 4 exponent bits, 3 mantissa bits, no infinities (OCP FP8 E4M3).
+    F8E4M3FN,
+    /// E4M3 without negative zero; NaN is 0x80.
+    F8E4M3FNUZ,
+    /// 8-bit float, 5 exponent bits, 2 mantissa bits, IEEE-style (OCP FP8 E5M2).
+    F8E5M2,
+    /// E5M2 without negative zero or infinities; NaN is 0x80.
+    F8E5M2FNUZ,
+    /// Power-of-two scale: 8 exponent bits, no sign or mantissa (OCP MX E8M0).
+    F8E8M0,
+    /// 4-bit float, 2 exponent bits, 1 mantissa bit (OCP MX FP4).
+    F4E2M1,
 }
 
 impl DType {
-    pub const ALL: [DType; 13] = [
+    pub const ALL: [DType; 23] = [
         DType::F16,
         DType::BF16,
         DType::F32,
@@ -39,6 +59,16 @@ impl DType {
         DType::U32,
         DType::U64,
         DType::Bool,
+        DType::I4,
+        DType::U4,
+        DType::I2,
+        DType::U2,
+        DType::F8E4M3FN,
+        DType::F8E4M3FNUZ,
+        DType::F8E5M2,
+        DType::F8E5M2FNUZ,
+        DType::F8E8M0,
+        DType::F4E2M1,
     ];
 
     /// The name used in `.kir` text (`f32`, `i64`, `bool`, ...).
@@ -57,6 +87,16 @@ impl DType {
             DType::U32 => "u32",
             DType::U64 => "u64",
             DType::Bool => "bool",
+            DType::I4 => "i4",
+            DType::U4 => "u4",
+            DType::I2 => "i2",
+            DType::U2 => "u2",
+            DType::F8E4M3FN => "f8e4m3fn",
+            DType::F8E4M3FNUZ => "f8e4m3fnuz",
+            DType::F8E5M2 => "f8e5m2",
+            DType::F8E5M2FNUZ => "f8e5m2fnuz",
+            DType::F8E8M0 => "f8e8m0",
+            DType::F4E2M1 => "f4e2m1",
         }
     }
 
@@ -67,7 +107,14 @@ impl DType {
     /// Bits one element occupies in memory.
     pub fn bits(self) -> u32 {
         match self {
+            DType::I2 | DType::U2 => 2,
+            DType::I4 | DType::U4 | DType::F4E2M1 => 4,
             DType::Bool | DType::I8 | DType::U8 => 8,
+            DType::F8E4M3FN
+            | DType::F8E4M3FNUZ
+            | DType::F8E5M2
+            | DType::F8E5M2FNUZ
+            | DType::F8E8M0 => 8,
             DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 16,
             DType::F32 | DType::I32 | DType::U32 => 32,
             DType::F64 | DType::I64 | DType::U64 => 64,
@@ -83,15 +130,39 @@ impl DType {
     }
 
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+        matches!(
+            self,
+            DType::F16
+                | DType::BF16
+                | DType::F32
+                | DType::F64
+                | DType::F8E4M3FN
+                | DType::F8E4M3FNUZ
+                | DType::F8E5M2
+                | DType::F8E5M2FNUZ
+                | DType::F8E8M0
+                | DType::F4E2M1
+        )
     }
 
     pub fn is_signed_int(self) -> bool {
-        matches!(self, DType::I8 | DType::I16 | DType::I32 | DType::I64)
+        matches!(
+            self,
+            DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::I4 | DType::I2
+        )
     }
 
     pub fn is_unsigned_int(self) -> bool {
-        matches!(self, DType::U8 | DType::U16 | DType::U32 | DType::U64)
+        matches!(
+            self,
+            DType::U8 | DType::U16 | DType::U32 | DType::U64 | DType::U4 | DType::U2
+        )
+    }
+
+    /// Types narrower than a byte or minifloats: stored one bit pattern per byte in memory,
+    /// converted by [`crate::narrow`].
+    pub fn is_narrow(self) -> bool {
+        crate::narrow::is_narrow(self)
     }
 
     pub fn is_int(self) -> bool {

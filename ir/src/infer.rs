@@ -120,7 +120,7 @@ pub(crate) fn rule_select(ins: &[TensorType]) -> Rule {
     Ok(vec![ins[1].clone()])
 }
 
-pub(crate) fn rule_cast(ins: &[TensorType], dtype: &DType) -> Rule {
+pub(crate) fn rule_cast(ins: &[TensorType], dtype: &DType, _saturate: &bool) -> Rule {
     Ok(vec![TensorType::new(*dtype, ins[0].shape.clone())])
 }
 

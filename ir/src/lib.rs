@@ -26,6 +26,7 @@ mod dtype;
 mod error;
 mod graph;
 mod infer;
+pub mod narrow;
 mod ops;
 mod parse;
 mod print;

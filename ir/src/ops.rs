@@ -334,9 +334,11 @@ ops! {
     /// cond ? a : b, element by element
     Select = "select", Ternary, Exactly(3) => rule_select;
 
-    /// Converts elements to the result dtype (floats to integers truncate and saturate; NaN
-    /// becomes 0; nonzero becomes true).
-    Cast = "cast", Cast, Exactly(1), { dtype: DType = result(result_dtype) } => rule_cast;
+    /// Converts elements to the result dtype (floats to integers truncate and saturate, NaN
+    /// becoming 0; nonzero becomes true). Narrow floats round to nearest-even; out-of-range
+    /// values clamp to the largest finite value, or with `saturate=false` become inf/NaN.
+    Cast = "cast", Cast, Exactly(1),
+        { dtype: DType = result(result_dtype), saturate: bool = default(true) } => rule_cast;
 
     /// The same elements in row-major order under the result shape.
     Reshape = "reshape", Movement, Exactly(1), { shape: Shape = result(result_shape) }

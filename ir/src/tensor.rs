@@ -26,6 +26,24 @@ pub enum Data {
     U32(Vec<u32>),
     U64(Vec<u64>),
     Bool(Vec<bool>),
+    // Narrow types: one bit pattern per element (see `narrow`).
+    I4(Vec<u8>),
+    U4(Vec<u8>),
+    I2(Vec<u8>),
+    U2(Vec<u8>),
+    F8E4M3FN(Vec<u8>),
+    F8E4M3FNUZ(Vec<u8>),
+    F8E5M2(Vec<u8>),
+    F8E5M2FNUZ(Vec<u8>),
+    F8E8M0(Vec<u8>),
+    F4E2M1(Vec<u8>),
+}
+
+/// Narrow dtypes with their Data constructors, for the macros below.
+macro_rules! narrow_variants {
+    ($m:ident) => {
+        $m!(I4, U4, I2, U2, F8E4M3FN, F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ, F8E8M0, F4E2M1)
+    };
 }
 
 /// Runs `$body` with `$v` bound to the element vector of `$data`, whatever its dtype. The body
@@ -99,6 +117,56 @@ macro_rules! with_data {
                 use $crate::Data::Bool as $wrap;
                 $body
             }
+            $crate::Data::I4($v) => {
+                #[allow(unused)]
+                use $crate::Data::I4 as $wrap;
+                $body
+            }
+            $crate::Data::U4($v) => {
+                #[allow(unused)]
+                use $crate::Data::U4 as $wrap;
+                $body
+            }
+            $crate::Data::I2($v) => {
+                #[allow(unused)]
+                use $crate::Data::I2 as $wrap;
+                $body
+            }
+            $crate::Data::U2($v) => {
+                #[allow(unused)]
+                use $crate::Data::U2 as $wrap;
+                $body
+            }
+            $crate::Data::F8E4M3FN($v) => {
+                #[allow(unused)]
+                use $crate::Data::F8E4M3FN as $wrap;
+                $body
+            }
+            $crate::Data::F8E4M3FNUZ($v) => {
+                #[allow(unused)]
+                use $crate::Data::F8E4M3FNUZ as $wrap;
+                $body
+            }
+            $crate::Data::F8E5M2($v) => {
+                #[allow(unused)]
+                use $crate::Data::F8E5M2 as $wrap;
+                $body
+            }
+            $crate::Data::F8E5M2FNUZ($v) => {
+                #[allow(unused)]
+                use $crate::Data::F8E5M2FNUZ as $wrap;
+                $body
+            }
+            $crate::Data::F8E8M0($v) => {
+                #[allow(unused)]
+                use $crate::Data::F8E8M0 as $wrap;
+                $body
+            }
+            $crate::Data::F4E2M1($v) => {
+                #[allow(unused)]
+                use $crate::Data::F4E2M1 as $wrap;
+                $body
+            }
         }
     };
 }
@@ -148,7 +216,43 @@ impl Data {
             Data::U32(_) => DType::U32,
             Data::U64(_) => DType::U64,
             Data::Bool(_) => DType::Bool,
+            Data::I4(_) => DType::I4,
+            Data::U4(_) => DType::U4,
+            Data::I2(_) => DType::I2,
+            Data::U2(_) => DType::U2,
+            Data::F8E4M3FN(_) => DType::F8E4M3FN,
+            Data::F8E4M3FNUZ(_) => DType::F8E4M3FNUZ,
+            Data::F8E5M2(_) => DType::F8E5M2,
+            Data::F8E5M2FNUZ(_) => DType::F8E5M2FNUZ,
+            Data::F8E8M0(_) => DType::F8E8M0,
+            Data::F4E2M1(_) => DType::F4E2M1,
         }
+    }
+
+    /// Narrow data from bit patterns (one per element).
+    pub fn from_patterns(dtype: DType, v: Vec<u8>) -> Option<Data> {
+        macro_rules! pick {
+            ($($var:ident),*) => {
+                match dtype {
+                    $(DType::$var => Some(Data::$var(v)),)*
+                    _ => None,
+                }
+            };
+        }
+        narrow_variants!(pick)
+    }
+
+    /// The bit patterns of narrow data.
+    pub fn patterns(&self) -> Option<&[u8]> {
+        macro_rules! pick {
+            ($($var:ident),*) => {
+                match self {
+                    $(Data::$var(v) => Some(v),)*
+                    _ => None,
+                }
+            };
+        }
+        narrow_variants!(pick)
     }
 
     pub fn len(&self) -> usize {
@@ -175,6 +279,8 @@ impl Data {
             DType::U32 => Data::U32(vec![0; n]),
             DType::U64 => Data::U64(vec![0; n]),
             DType::Bool => Data::Bool(vec![false; n]),
+            d => Data::from_patterns(d, vec![crate::narrow::encode_f64(d, 0.0, true); n])
+                .expect("every remaining dtype is narrow"),
         }
     }
 
@@ -195,7 +301,18 @@ impl Data {
             DType::U32 => Data::U32(v.iter().map(|&x| x as u32).collect()),
             DType::U64 => Data::U64(v.iter().map(|&x| x as u64).collect()),
             DType::Bool => Data::Bool(v.iter().map(|&x| x != 0.0).collect()),
+            d => Data::from_f64s_narrow(d, v, true),
         }
+    }
+
+    /// Converts f64 values to a narrow dtype; `saturate` clamps out-of-range floats to the
+    /// largest finite value instead of infinity or NaN.
+    pub fn from_f64s_narrow(dtype: DType, v: &[f64], saturate: bool) -> Data {
+        let p = v
+            .iter()
+            .map(|&x| crate::narrow::encode_f64(dtype, x, saturate))
+            .collect();
+        Data::from_patterns(dtype, p).expect("a narrow dtype")
     }
 
     /// Converts i128 values to `dtype`, wrapping integers to their width.
@@ -214,6 +331,13 @@ impl Data {
             DType::BF16 => Data::BF16(v.iter().map(|&x| bf16::from_f64(x as f64)).collect()),
             DType::F32 => Data::F32(v.iter().map(|&x| x as f32).collect()),
             DType::F64 => Data::F64(v.iter().map(|&x| x as f64).collect()),
+            d => Data::from_patterns(
+                d,
+                v.iter()
+                    .map(|&x| crate::narrow::encode_i128(d, x))
+                    .collect(),
+            )
+            .expect("every remaining dtype is narrow"),
         }
     }
 
@@ -233,6 +357,7 @@ impl Data {
             Data::U32(v) => f64::from(v[i]),
             Data::U64(v) => v[i] as f64,
             Data::Bool(v) => f64::from(u8::from(v[i])),
+            d => crate::narrow::decode(d.dtype(), d.patterns().expect("narrow")[i]),
         }
     }
 
@@ -248,6 +373,9 @@ impl Data {
             Data::U32(v) => v[i].into(),
             Data::U64(v) => v[i].into(),
             Data::Bool(v) => v[i].into(),
+            d if d.dtype().is_narrow() => {
+                crate::narrow::decode_i128(d.dtype(), d.patterns().expect("narrow")[i])
+            }
             _ => self.get_f64(i) as i128,
         }
     }
@@ -259,6 +387,7 @@ impl Data {
             Data::BF16(v) => v[i].to_bits().into(),
             Data::F32(v) => v[i].to_bits().into(),
             Data::F64(v) => v[i].to_bits(),
+            d if d.dtype().is_narrow() => u64::from(d.patterns().expect("narrow")[i]),
             _ => self.get_i128(i) as u64,
         }
     }

@@ -1,8 +1,13 @@
 //! Shared test support: a generator of random well-typed graphs, driven by a seed.
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
 
 use kiln::{Builder, DType, Dim, Graph, Op, Rng, Shape, Tensor, Value};
 
-const DTYPES: [DType; 8] = [
+const DTYPES: [DType; 11] = [
+    DType::F8E4M3FN,
+    DType::I4,
+    DType::F4E2M1,
     DType::F32,
     DType::F64,
     DType::F16,
@@ -118,6 +123,7 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
         8 => b.op1(
             Op::Cast {
                 dtype: pick(rng, &DTYPES),
+                saturate: below(rng, 2) == 0,
             },
             &[v],
         ),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use ir::{Builder, DType, Dim, Graph, Op, Origin, Shape, Tensor, TensorType, Value};
+use ir::{Builder, Dim, Graph, Op, Origin, Shape, Tensor, TensorType, Value};
 
 use super::proto::{self, AttributeProto, GraphProto, ModelProto, NodeProto, TypeValue};
 use super::registry;
@@ -659,13 +659,4 @@ fn fold(ctx: &mut Ctx, node: &Node, f: registry::ImportFn) -> Option<Vec<V>> {
         return None;
     }
     Some(results.into_iter().map(V::data).collect())
-}
-
-/// The constant type of a known dims vector of `dtype`.
-pub fn int_dtype_or_i64(d: DType) -> DType {
-    if d.is_int() {
-        d
-    } else {
-        DType::I64
-    }
 }

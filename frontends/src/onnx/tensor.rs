@@ -23,6 +23,16 @@ pub fn dtype_of(t: i32) -> Option<DType> {
         dt::UINT32 => DType::U32,
         dt::UINT64 => DType::U64,
         dt::BFLOAT16 => DType::BF16,
+        dt::INT4 => DType::I4,
+        dt::UINT4 => DType::U4,
+        dt::INT2 => DType::I2,
+        dt::UINT2 => DType::U2,
+        dt::FLOAT8E4M3FN => DType::F8E4M3FN,
+        dt::FLOAT8E4M3FNUZ => DType::F8E4M3FNUZ,
+        dt::FLOAT8E5M2 => DType::F8E5M2,
+        dt::FLOAT8E5M2FNUZ => DType::F8E5M2FNUZ,
+        dt::FLOAT8E8M0 => DType::F8E8M0,
+        dt::FLOAT4E2M1 => DType::F4E2M1,
         _ => return None,
     })
 }
@@ -101,6 +111,9 @@ pub fn decode(t: &TensorProto, ext: &ExternalData) -> Result<Tensor, String> {
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or("element count overflows")?;
+    if dtype.is_narrow() {
+        return decode_narrow(t, dtype, shape, numel, ext);
+    }
     let size = dtype.bits() as usize / 8;
     let raw: Option<&[u8]> = if t.data_location == 1 {
         Some(external_bytes(t, ext)?)
@@ -128,6 +141,7 @@ pub fn decode(t: &TensorProto, ext: &ExternalData) -> Result<Tensor, String> {
             DType::U32 => Data::U32(from_le(raw, u32::from_le_bytes)),
             DType::U64 => Data::U64(from_le(raw, u64::from_le_bytes)),
             DType::Bool => Data::Bool(raw.iter().map(|&b| b != 0).collect()),
+            _ => unreachable!("narrow types are decoded above"),
         }
     } else {
         // Typed fields; an empty tensor has none.
@@ -164,8 +178,55 @@ pub fn decode(t: &TensorProto, ext: &ExternalData) -> Result<Tensor, String> {
             DType::Bool => Data::Bool(i32s()?.iter().map(|&x| x != 0).collect()),
             DType::F16 => Data::F16(i32s()?.iter().map(|&x| f16::from_bits(x as u16)).collect()),
             DType::BF16 => Data::BF16(i32s()?.iter().map(|&x| bf16::from_bits(x as u16)).collect()),
+            _ => unreachable!("narrow types are decoded above"),
         }
     };
+    Tensor::new(shape, data).map_err(|e| e.to_string())
+}
+
+/// Unpacks elements of `bits` bits, low bits first, from bytes.
+fn unpack(bytes: &[u8], bits: u32, numel: usize) -> Vec<u8> {
+    let per = (8 / bits) as usize;
+    let mask = ((1u16 << bits) - 1) as u8;
+    (0..numel)
+        .map(|i| (bytes[i / per] >> ((i % per) as u32 * bits)) & mask)
+        .collect()
+}
+
+/// Narrow types: raw data packs sub-byte elements (low bits first); the typed field holds one
+/// packed byte per int32.
+fn decode_narrow(
+    t: &TensorProto,
+    dtype: DType,
+    shape: Vec<usize>,
+    numel: usize,
+    ext: &ExternalData,
+) -> Result<Tensor, String> {
+    let bits = dtype.bits();
+    let need = numel
+        .checked_mul(bits as usize)
+        .ok_or("byte size overflows")?
+        .div_ceil(8);
+    let bytes: Vec<u8> = if t.data_location == 1 {
+        external_bytes(t, ext)?.to_vec()
+    } else if !t.raw_data.is_empty() {
+        t.raw_data.clone()
+    } else {
+        t.int32_data.iter().map(|&x| x as u8).collect()
+    };
+    if bytes.len() != need {
+        return Err(format!(
+            "{} holds {} bytes, expected {need}",
+            dtype,
+            bytes.len()
+        ));
+    }
+    let patterns = if bits == 8 {
+        bytes
+    } else {
+        unpack(&bytes, bits, numel)
+    };
+    let data = Data::from_patterns(dtype, patterns).ok_or("not a narrow type")?;
     Tensor::new(shape, data).map_err(|e| e.to_string())
 }
 

@@ -85,8 +85,4 @@ impl V {
     pub fn dtype(&self) -> DType {
         self.ty.dtype
     }
-
-    pub fn shape(&self) -> &Shape {
-        &self.ty.shape
-    }
 }

@@ -306,7 +306,12 @@ impl Interp<'_> {
                 };
                 Ok(vec![compute::select(cond, arg(1).data(), arg(2).data())])
             }
-            Op::Cast { dtype } => Ok(vec![narrow(&wide0(), *dtype)]),
+            Op::Cast { dtype, saturate } => match wide0() {
+                wide::Wide::F(v) if dtype.is_narrow() && dtype.is_float() => {
+                    Ok(vec![Data::from_f64s_narrow(*dtype, &v, *saturate)])
+                }
+                w => Ok(vec![narrow(&w, *dtype)]),
+            },
             Op::Reshape { .. } => Ok(vec![arg(0).data().clone()]),
             Op::Transpose { perm } => moved(&index::transpose(arg(0).shape(), &usizes(perm)).1),
             Op::Broadcast { dims, .. } => {

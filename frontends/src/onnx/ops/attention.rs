@@ -144,7 +144,9 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
     let offset = match (&nonpad, past_k) {
         (Some(np), None) => {
             let np = b.cast(*np, DType::I64).map_err(s)?;
-            let ql = b.dim_product(&[qlen.clone()], DType::I64).map_err(s)?;
+            let ql = b
+                .dim_product(std::slice::from_ref(&qlen), DType::I64)
+                .map_err(s)?;
             let off = b.sub(np, ql).map_err(s)?;
             let nb = b.shape(off).dim(0).clone();
             Some(
@@ -162,7 +164,9 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
         // j - (i + offset)
         Some(off) => b.sub(diff, off).map_err(s)?,
         None => {
-            let p = b.dim_product(&[past_len.clone()], DType::I64).map_err(s)?;
+            let p = b
+                .dim_product(std::slice::from_ref(&past_len), DType::I64)
+                .map_err(s)?;
             b.sub(diff, p).map_err(s)?
         }
     };

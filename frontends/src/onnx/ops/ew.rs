@@ -475,7 +475,7 @@ pub fn identity(ctx: &mut Ctx, n: &Node) -> Res {
     Ok(vec![ctx.get(n.req(0)?)?.clone()])
 }
 
-fn cast_to(ctx: &mut Ctx, name: &str, to: DType) -> Res {
+fn cast_to(ctx: &mut Ctx, name: &str, to: DType, saturate: bool) -> Res {
     let v = ctx.get(name)?.clone();
     if let (Some(Known::Dims { dims, scalar }), true) = (&v.known, to.is_int()) {
         if v.value.is_none() {
@@ -483,19 +483,31 @@ fn cast_to(ctx: &mut Ctx, name: &str, to: DType) -> Res {
         }
     }
     let x = ctx.ir(name)?;
-    let y = ctx.b.cast(x, to).map_err(s)?;
+    if ctx.b.dtype(x) == to {
+        return one(ctx, x);
+    }
+    let y = ctx
+        .b
+        .op1(
+            Op::Cast {
+                dtype: to,
+                saturate,
+            },
+            &[x],
+        )
+        .map_err(s)?;
     one(ctx, y)
 }
 
 pub fn cast(ctx: &mut Ctx, n: &Node) -> Res {
     let to = n.int("to")?.ok_or("missing attribute `to`")?;
     let to = require_dtype(to as i32)?;
-    cast_to(ctx, n.req(0)?, to)
+    cast_to(ctx, n.req(0)?, to, n.int_or("saturate", 1)? != 0)
 }
 
 pub fn cast_like(ctx: &mut Ctx, n: &Node) -> Res {
     let to = ctx.get(n.req(1)?)?.dtype();
-    cast_to(ctx, n.req(0)?, to)
+    cast_to(ctx, n.req(0)?, to, n.int_or("saturate", 1)? != 0)
 }
 
 pub fn dropout(ctx: &mut Ctx, n: &Node) -> Res {

@@ -358,7 +358,7 @@ fn post_transform(b: &mut Builder, scores: Value, how: &str) -> R<Value> {
             let v3 = b.sub(r, v).map_err(s)?;
             let e = b.sqrt(v3).map_err(s)?;
             let e = b.mul(sgn, e).map_err(s)?;
-            b.scale(e, 1.41421356).map_err(s)?
+            b.scale(e, std::f64::consts::SQRT_2).map_err(s)?
         }
         other => return Err(format!("unknown post_transform `{other}`")),
     })
@@ -491,7 +491,7 @@ fn linear(b: &mut Builder, x: Value, coef: Vec<f32>, intercepts: Option<Vec<f32>
         .dim(1)
         .as_const()
         .ok_or("the feature count must be static")? as usize;
-    if f == 0 || coef.len() % f != 0 {
+    if f == 0 || !coef.len().is_multiple_of(f) {
         return Err(format!(
             "{} coefficients do not divide into rows of {f} features",
             coef.len()
@@ -591,7 +591,7 @@ fn kernel_matrix(b: &mut Builder, x: Value, sv: Vec<f32>, k: &Kernel) -> R<Value
         .dim(1)
         .as_const()
         .ok_or("the feature count must be static")? as usize;
-    if f == 0 || sv.len() % f != 0 {
+    if f == 0 || !sv.len().is_multiple_of(f) {
         return Err("support vectors do not match the feature count".into());
     }
     let m = sv.len() / f;

@@ -895,10 +895,6 @@ pub fn topk(ctx: &mut Ctx, n: &Node) -> Res {
     Ok(vec![ctx.v(outs[0]), ctx.v(outs[1])])
 }
 
-fn unsupported(what: &str) -> Res {
-    Err(format!("{what} is not supported yet"))
-}
-
 /// Negative log-likelihood of `logp` [N, C, d...] at the classes in `target` [N, d...], with
 /// optional class weights and an ignored class, reduced as asked.
 fn nll(ctx: &mut Ctx, n: &Node, logp: Value, target: Value, weight: Option<Value>) -> R<Value> {

@@ -42,6 +42,10 @@ fn broadcastable(b: &mut Builder, v: Value, shape: &Shape, ax: R<usize>, block: 
 
 fn int_range(d: DType) -> R<(f64, f64)> {
     Ok(match d {
+        DType::I4 => (-8.0, 7.0),
+        DType::U4 => (0.0, 15.0),
+        DType::I2 => (-2.0, 1.0),
+        DType::U2 => (0.0, 3.0),
         DType::U8 => (0.0, 255.0),
         DType::I8 => (-128.0, 127.0),
         DType::U16 => (0.0, 65535.0),
@@ -51,8 +55,37 @@ fn int_range(d: DType) -> R<(f64, f64)> {
     })
 }
 
-/// round(x) + zp, clamped to the range of `dtype` and converted.
+/// round(x) + zp, clamped to the range of `dtype` and converted; float outputs (float8,
+/// float4) convert with rounding to nearest, saturating unless told otherwise.
 fn saturate(b: &mut Builder, x: Value, zp: Option<Value>, dtype: DType) -> R<Value> {
+    saturate_with(b, x, zp, dtype, true)
+}
+
+fn saturate_with(
+    b: &mut Builder,
+    x: Value,
+    zp: Option<Value>,
+    dtype: DType,
+    sat: bool,
+) -> R<Value> {
+    if dtype.is_float() {
+        let x = match zp {
+            Some(zp) if dtype == DType::F4E2M1 => {
+                let zp = b.cast(zp, b.dtype(x)).map_err(s)?;
+                b.add(x, zp).map_err(s)?
+            }
+            _ => x,
+        };
+        return b
+            .op1(
+                Op::Cast {
+                    dtype,
+                    saturate: sat,
+                },
+                &[x],
+            )
+            .map_err(s);
+    }
     let (lo, hi) = int_range(dtype)?;
     let mut r = b.unary(Op::Round, x).map_err(s)?;
     if let Some(zp) = zp {
@@ -95,7 +128,7 @@ pub fn quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
     let xw = b.cast(x, work).map_err(s)?;
     let sw = b.cast(scale, work).map_err(s)?;
     let q = b.div(xw, sw).map_err(s)?;
-    let y = saturate(b, q, zp, out)?;
+    let y = saturate_with(b, q, zp, out, n.int_or("saturate", 1)? != 0)?;
     one(ctx, y)
 }
 

@@ -457,7 +457,7 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
     let mut ys_all = Vec::new();
     let mut hs_all = Vec::new();
     let mut cs_all = Vec::new();
-    for d in 0..dirs {
+    for (d, acts_d) in acts.iter().enumerate() {
         let wd = pick(b, w, d, Dim::Const(0))?;
         let rd = pick(b, r, d, Dim::Const(0))?;
         let bias_d = match bias {
@@ -496,7 +496,7 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
             peep: peep_d,
             h0: h0d,
             c0: c0d,
-            acts: &acts[d],
+            acts: acts_d,
             reverse: direction == "reverse" || d == 1,
         };
         let (ys, hl, cl) = run(b, &cfg, &dir, &xs, &masks)?;
@@ -511,8 +511,9 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
         |b: &mut Builder, v: Value, at: usize| -> R<Value> { b.unsqueeze(v, at as i64).map_err(s) };
     let mut steps = Vec::with_capacity(seq);
     for t in 0..seq {
-        let per_dir: Vec<Value> = (0..dirs)
-            .map(|d| unit(b, ys_all[d][t], 0))
+        let per_dir: Vec<Value> = ys_all
+            .iter()
+            .map(|ys| unit(b, ys[t], 0))
             .collect::<R<_>>()?;
         let st = b.op1(Op::Concat { axis: 0 }, &per_dir).map_err(s)?;
         steps.push(unit(b, st, 0)?);
