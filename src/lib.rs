@@ -24,6 +24,8 @@ pub mod onnx;
 
 use std::collections::HashMap;
 
+/// The model importers (ONNX decoding and import from bytes).
+pub use frontends;
 /// The whole IR crate, for what the re-exports above leave out.
 pub use ir;
 pub use ir::{

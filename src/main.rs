@@ -40,6 +40,8 @@ enum Cmd {
     Run(RunArgs),
     /// Run the ONNX backend node tests in DIR on kiln and report pass counts per op
     Conformance(ConformanceArgs),
+    /// Summarize an ONNX model: opsets, inputs and outputs, parameters, op histogram
+    Inspect { file: PathBuf },
     /// List the ops of the IR with their documentation
     Ops,
 }
@@ -359,11 +361,8 @@ fn pick_function(path: &Path, m: kiln::Module, name: Option<&str>) -> Result<Gra
     }
 }
 
-/// Loads an ONNX model and the external data files it names (relative to the model).
-fn load_onnx(
-    path: &Path,
-    specialize: std::collections::HashMap<String, Tensor>,
-) -> Result<Graph, Failure> {
+/// Reads an ONNX model and the external data files it names (relative to the model).
+fn read_onnx(path: &Path) -> Result<(Vec<u8>, frontends::onnx::ExternalData), Failure> {
     let bytes = read(path)?;
     let model = frontends::onnx::decode_model(&bytes)
         .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
@@ -373,8 +372,25 @@ fn load_onnx(
         let data = read(&dir.join(&loc))?;
         external.insert(loc, data.into());
     }
+    Ok((bytes, external))
+}
+
+/// Loads an ONNX model with its external data.
+fn load_onnx(
+    path: &Path,
+    specialize: std::collections::HashMap<String, Tensor>,
+) -> Result<Graph, Failure> {
+    let (bytes, external) = read_onnx(path)?;
     kiln::onnx::import(&bytes, external, specialize)
         .map_err(|e| Failure(format!("{}: {e}", path.display())))
+}
+
+fn inspect(path: &Path) -> Result<(), Failure> {
+    let (bytes, external) = read_onnx(path)?;
+    let summary = kiln::onnx::inspect(&bytes, external)
+        .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    print!("{summary}");
+    Ok(())
 }
 
 fn is_onnx(path: &Path) -> bool {
@@ -488,6 +504,7 @@ fn main() -> ExitCode {
         Cmd::Fmt { file, check, write } => fmt(&file, check, write),
         Cmd::Run(args) => run(args),
         Cmd::Conformance(args) => conformance(args),
+        Cmd::Inspect { file } => inspect(&file),
         Cmd::Ops => {
             ops();
             Ok(())

@@ -229,3 +229,42 @@ fn ops_lists_the_table() {
     assert_eq!(so.lines().count(), kiln::Op::MNEMONICS.len());
     assert!(so.contains("reduce_window"));
 }
+
+#[test]
+fn shipped_onnx_example_matches_onnxruntime() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.npz");
+    let (so, _) = expect(
+        &[
+            "run",
+            "examples/classifier.onnx",
+            "--inputs",
+            "examples/classifier_inputs.npz",
+            "-o",
+            s(&out),
+        ],
+        true,
+    );
+    assert!(
+        so.contains("probs: f32[4, 10]") && so.contains("label: i64[4]"),
+        "{so}"
+    );
+    let got = npz::read_npz(&std::fs::read(&out).unwrap()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let want =
+        npz::read_npz(&std::fs::read(root.join("examples/classifier_expected.npz")).unwrap())
+            .unwrap();
+    for (name, w) in &want {
+        let (_, g) = got.iter().find(|(n, _)| n == name).expect("output present");
+        assert_eq!(
+            kiln::onnx::mismatch(g, w, Default::default()),
+            None,
+            "{name}"
+        );
+    }
+    let (so, _) = expect(&["inspect", "examples/classifier.onnx"], true);
+    assert!(
+        so.contains("image: f32[batch, 3, 16, 16]") && so.contains("probs: f32[batch, 10]"),
+        "{so}"
+    );
+}

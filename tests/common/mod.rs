@@ -2,6 +2,8 @@
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod onnx;
+
 use kiln::{Builder, DType, Dim, Graph, Op, Rng, Shape, Tensor, Value};
 
 const DTYPES: [DType; 11] = [

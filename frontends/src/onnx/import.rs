@@ -119,6 +119,18 @@ impl<'a> Node<'a> {
             .map(|a| a.ints.clone()))
     }
 
+    /// An ints attribute that must have `len` entries; `[default; len]` when absent.
+    pub fn ints_len(&self, name: &str, len: usize, default: i64) -> Result<Vec<i64>, String> {
+        match self.ints(name)? {
+            None => Ok(vec![default; len]),
+            Some(v) if v.len() == len => Ok(v),
+            Some(v) => Err(format!(
+                "attribute `{name}` has {} entries, expected {len}",
+                v.len()
+            )),
+        }
+    }
+
     pub fn floats(&self, name: &str) -> Result<Option<Vec<f32>>, String> {
         Ok(self
             .typed(name, proto::attr_type::FLOATS)?
@@ -612,10 +624,22 @@ fn import_node(
         n.name.clone()
     };
     ctx.b.set_origin(Origin::named(&label));
-    let outs = match fold(ctx, &node, f) {
-        Some(outs) => outs,
-        None => f(ctx, &node).map_err(|e| node_error(n, e))?,
-    };
+    // An importer that panics is a bug in kiln, but the user still gets an error naming the
+    // node rather than an abort.
+    let outs =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match fold(ctx, &node, f) {
+            Some(outs) => Ok(outs),
+            None => f(ctx, &node),
+        }))
+        .unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("internal error (a bug in kiln): {msg}"))
+        })
+        .map_err(|e| node_error(n, e))?;
     for (i, name) in n.output.iter().enumerate() {
         if name.is_empty() {
             continue;

@@ -212,6 +212,40 @@ impl Interp<'_> {
             .map_err(|e| e.to_string())
     }
 
+    /// `op` with the symbols in its attributes replaced by their bound values.
+    fn bound_op(&self, op: &Op) -> Result<Op, String> {
+        let shape = |s: &ir::Shape| -> Result<ir::Shape, String> {
+            let dims: Vec<i64> = s
+                .dims()
+                .iter()
+                .map(|d| self.eval_dim(d))
+                .collect::<Result<_, _>>()?;
+            Ok(ir::Shape::from_consts(&dims))
+        };
+        let dims = |ds: &[Dim]| -> Result<Vec<Dim>, String> {
+            ds.iter()
+                .map(|d| self.eval_dim(d).map(Dim::Const))
+                .collect()
+        };
+        Ok(match op {
+            Op::Reshape { shape: s } => Op::Reshape { shape: shape(s)? },
+            Op::Broadcast { dims: d, shape: s } => Op::Broadcast {
+                dims: d.clone(),
+                shape: shape(s)?,
+            },
+            Op::Slice {
+                start,
+                limit,
+                stride,
+            } => Op::Slice {
+                start: dims(start)?,
+                limit: dims(limit)?,
+                stride: stride.clone(),
+            },
+            op => op.clone(),
+        })
+    }
+
     /// Evaluates a node: concrete result shapes from the declared types, then the op.
     fn node(&self, id: ir::NodeId, args: &[&Tensor]) -> Result<Vec<Tensor>, InterpError> {
         let node = self.g.node(id);
@@ -240,6 +274,34 @@ impl Interp<'_> {
                 )));
             }
             shapes.push(usizes(&dims));
+        }
+        // Constraints that involve symbols (divisibility by groups or heads, channel counts that
+        // must agree) are only decidable once the symbols are bound: re-check the op on the
+        // concrete operand types.
+        let symbolic = node
+            .inputs()
+            .iter()
+            .any(|&v| !self.g.value_type(v).shape.is_static());
+        if symbolic && !args.is_empty() {
+            let concrete: Vec<ir::TensorType> = args
+                .iter()
+                .map(|t| ir::TensorType::new(t.dtype(), ir::Shape::from_usizes(t.shape())))
+                .collect();
+            let inferred = self
+                .bound_op(node.op())
+                .map_err(&fail)?
+                .infer(&concrete)
+                .map_err(&fail)?;
+            for (ty, dims) in inferred.iter().zip(&shapes) {
+                if ty.shape.as_consts().is_some_and(|s| usizes(&s) != *dims) {
+                    let operands: Vec<String> = concrete.iter().map(|t| t.to_string()).collect();
+                    return Err(fail(format!(
+                        "operands {} give a result of shape {}, but its type says {dims:?}",
+                        operands.join(", "),
+                        ty.shape
+                    )));
+                }
+            }
         }
         // Empty results need no computation; skipping it also keeps kernels from forming index
         // products over the other (possibly huge) dims of empty operands.

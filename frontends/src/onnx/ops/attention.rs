@@ -62,7 +62,18 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
     let precision = n.int("softmax_precision")?;
     let b = &mut ctx.b;
     let dtype = b.dtype(q_in);
-    let rank3 = b.rank(q_in) == 3;
+    let r = super::rank_in(b, q_in, &[3, 4], "Q")?;
+    super::rank_in(b, k_in, &[r], "K")?;
+    super::rank_in(b, v_in, &[r], "V")?;
+    for (p, what) in [(past_k, "past_key"), (past_v, "past_value")] {
+        if let Some(p) = p {
+            super::rank_in(b, p, &[4], what)?;
+        }
+    }
+    if let Some(np) = nonpad {
+        super::rank_in(b, np, &[1], "nonpad_kv_seqlen")?;
+    }
+    let rank3 = r == 3;
     let (q, k, v) = if rank3 {
         let qh = n.int("q_num_heads")?.ok_or("3-d inputs need q_num_heads")?;
         let kh = n
@@ -225,7 +236,7 @@ pub fn attention(ctx: &mut Ctx, n: &Node) -> Res {
             hq.as_const().ok_or("head counts must be static")?,
             hk.as_const().ok_or("head counts must be static")?,
         );
-        if hq % hk != 0 {
+        if hk == 0 || hq % hk != 0 {
             return Err(format!("{hq} query heads do not group over {hk} key heads"));
         }
         let rep = |b: &mut Builder, x: Value| -> R<Value> {
@@ -336,6 +347,7 @@ pub fn rotary_embedding(ctx: &mut Ctx, n: &Node) -> Res {
     let rot_dim = n.int_or("rotary_embedding_dim", 0)?;
     let heads = n.int_or("num_heads", 0)?;
     let b = &mut ctx.b;
+    super::rank_in(b, x_in, &[3, 4], "input")?;
     let shape_in = b.shape(x_in).clone();
     // To [B, S, H, D].
     let x = if shape_in.rank() == 4 {

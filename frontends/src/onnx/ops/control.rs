@@ -63,6 +63,11 @@ fn scan_core(ctx: &mut Ctx, n: &Node, states: Vec<V>, scans: Vec<Value>) -> R<Ve
         axes_in.push(a);
     }
     let len = len.ok_or("Scan needs at least one scan input")? as usize;
+    if len > MAX_ITERATIONS {
+        return Err(format!(
+            "Scan over {len} steps is more than kiln unrolls ({MAX_ITERATIONS})"
+        ));
+    }
     let nstate = states.len();
     let mut states = states;
     let mut collected: Vec<Vec<Value>> = vec![Vec::new(); k];
@@ -137,12 +142,23 @@ fn scan_v8(ctx: &mut Ctx, n: &Node, m: usize) -> Res {
         .checked_sub(m)
         .ok_or("fewer inputs than num_scan_inputs")?;
     let vals: Vec<Value> = names.iter().map(|nm| ctx.ir(nm)).collect::<R<_>>()?;
+    if vals.is_empty() {
+        return Err("Scan-8 needs at least one input".into());
+    }
+    for (i, &v) in vals.iter().enumerate() {
+        super::rank_at_least(&ctx.b, v, 1 + usize::from(i >= nstate), "a Scan-8 input")?;
+    }
     let batch = ctx
         .b
         .shape(vals[0])
         .dim(0)
         .as_const()
         .ok_or("Scan-8 needs a static batch")?;
+    if batch as usize > MAX_ITERATIONS {
+        return Err(format!(
+            "Scan-8 over a batch of {batch} is more than kiln unrolls"
+        ));
+    }
     let mut per_batch: Vec<Vec<Value>> = Vec::new();
     for bi in 0..batch {
         let states = vals[..nstate]

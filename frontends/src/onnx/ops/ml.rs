@@ -26,10 +26,11 @@ fn features(ctx: &mut Ctx, name: &str) -> R<Value> {
     } else {
         b.cast(x, DType::F32).map_err(s)?
     };
-    if b.rank(x) == 1 {
-        return b.unsqueeze(x, 0).map_err(s);
+    match b.rank(x) {
+        1 => b.unsqueeze(x, 0).map_err(s),
+        2 => Ok(x),
+        r => Err(format!("features must have rank 1 or 2, got {r}")),
     }
-    Ok(x)
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -56,6 +56,33 @@ pub fn axes(list: &[i64], rank: usize) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
+/// The rank of `v`, which must be one of `allowed`.
+pub fn rank_in(b: &ir::Builder, v: Value, allowed: &[usize], what: &str) -> Result<usize, String> {
+    let r = b.rank(v);
+    if allowed.contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "{what} has rank {r}, expected {}",
+            allowed
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ))
+    }
+}
+
+/// The rank of `v`, which must be at least `min`.
+pub fn rank_at_least(b: &ir::Builder, v: Value, min: usize, what: &str) -> Result<usize, String> {
+    let r = b.rank(v);
+    if r >= min {
+        Ok(r)
+    } else {
+        Err(format!("{what} has rank {r}, expected at least {min}"))
+    }
+}
+
 /// The product of dims.
 pub fn product(dims: &[Dim]) -> Result<Dim, String> {
     dims.iter()

@@ -55,18 +55,24 @@ struct Geometry {
 
 fn geometry(n: &Node, input: &[Dim], kernel: Vec<Dim>, transpose: bool) -> R<Geometry> {
     let sp = kernel.len();
-    let strides = n.ints("strides")?.unwrap_or_else(|| vec![1; sp]);
-    let dilations = n.ints("dilations")?.unwrap_or_else(|| vec![1; sp]);
-    if strides.len() != sp || dilations.len() != sp {
-        return Err(format!("strides/dilations must have {sp} entries"));
+    let strides = n.ints_len("strides", sp, 1)?;
+    let dilations = n.ints_len("dilations", sp, 1)?;
+    if strides
+        .iter()
+        .chain(&dilations)
+        .any(|&v| !(1..=1 << 24).contains(&v))
+    {
+        return Err(format!(
+            "strides {strides:?} and dilations {dilations:?} must lie in 1..=2^24"
+        ));
     }
     let mut low = vec![0; sp];
     let mut high = vec![0; sp];
     match n.string_or("auto_pad", "NOTSET")?.as_str() {
         "NOTSET" => {
             if let Some(p) = n.ints("pads")? {
-                if p.len() != 2 * sp {
-                    return Err(format!("pads must have {} entries", 2 * sp));
+                if p.len() != 2 * sp || p.iter().any(|&v| !(0..=1 << 24).contains(&v)) {
+                    return Err(format!("pads must be {} entries in 0..=2^24", 2 * sp));
                 }
                 low.copy_from_slice(&p[..sp]);
                 high.copy_from_slice(&p[sp..]);
@@ -98,7 +104,7 @@ fn geometry(n: &Node, input: &[Dim], kernel: Vec<Dim>, transpose: bool) -> R<Geo
         }
         mode @ ("SAME_UPPER" | "SAME_LOWER") => {
             // ConvTranspose: output = input * stride; padding is whatever makes that so.
-            let outpad = n.ints("output_padding")?.unwrap_or_else(|| vec![0; sp]);
+            let outpad = n.ints_len("output_padding", sp, 0)?;
             for i in 0..sp {
                 let k = kernel[i]
                     .as_const()
@@ -130,6 +136,11 @@ fn geometry(n: &Node, input: &[Dim], kernel: Vec<Dim>, transpose: bool) -> R<Geo
 
 /// Reshapes a per-channel vector [C] to [1, C, 1, ...] for rank `rank`.
 fn per_channel(b: &mut Builder, v: Value, rank: usize) -> R<Value> {
+    if rank < 2 {
+        return Err(format!(
+            "a per-channel parameter needs an input of rank at least 2, got {rank}"
+        ));
+    }
     let c = b.shape(v).numel().map_err(s)?;
     let mut dims = vec![Dim::Const(1); rank];
     dims[1] = c;
@@ -143,23 +154,33 @@ pub fn conv(ctx: &mut Ctx, n: &Node) -> Res {
     let b = &mut ctx.b;
     let xs = b.shape(x).dims().to_vec();
     let ws = b.shape(w).dims().to_vec();
-    if xs.len() < 3 {
-        return Err(format!("Conv needs rank at least 3, got {}", xs.len()));
-    }
-    let g = geometry(n, &xs[2..], ws[2..].to_vec(), false)?;
-    let op = Op::Conv {
-        stride: g.strides,
-        dilation: g.dilations,
-        pad_low: g.low,
-        pad_high: g.high,
-        groups: n.int_or("group", 1)?,
-    };
+    let op = conv_op(n, &xs, &ws)?;
     let mut y = b.op1(op, &[x, w]).map_err(s)?;
     if let Some(bias) = bias {
         let bias = per_channel(b, bias, xs.len())?;
         y = b.add(y, bias).map_err(s)?;
     }
     one(ctx, y)
+}
+
+/// The convolution a Conv-like node (Conv, ConvInteger, QLinearConv) describes, given its input
+/// and weight dims.
+pub fn conv_op(n: &Node, xs: &[Dim], ws: &[Dim]) -> R<Op> {
+    if xs.len() < 3 || ws.len() != xs.len() {
+        return Err(format!(
+            "convolution needs input and weight of one rank, at least 3; got {} and {}",
+            xs.len(),
+            ws.len()
+        ));
+    }
+    let g = geometry(n, &xs[2..], ws[2..].to_vec(), false)?;
+    Ok(Op::Conv {
+        stride: g.strides,
+        dilation: g.dilations,
+        pad_low: g.low,
+        pad_high: g.high,
+        groups: n.int_or("group", 1)?,
+    })
 }
 
 /// Reverses `x` along `axes`.
@@ -236,16 +257,22 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
     let xs = b.shape(x).dims().to_vec();
     let ws = b.shape(w).dims().to_vec();
     let r = xs.len();
-    if r < 3 {
-        return Err("ConvTranspose needs rank at least 3".into());
+    if r < 3 || ws.len() != r {
+        return Err("ConvTranspose needs input and weight of one rank, at least 3".into());
     }
     let sp = r - 2;
     let groups = n.int_or("group", 1)?;
     let mut g = geometry(n, &xs[2..], ws[2..].to_vec(), true)?;
-    let outpad = n.ints("output_padding")?.unwrap_or_else(|| vec![0; sp]);
+    let outpad = n.ints_len("output_padding", sp, 0)?;
     if let Some(os) = n.ints("output_shape")? {
         // Padding that produces the requested output shape.
-        let os = &os[os.len().saturating_sub(sp)..];
+        if os.len() < sp {
+            return Err(format!(
+                "output_shape has {} entries, expected {sp}",
+                os.len()
+            ));
+        }
+        let os = &os[os.len() - sp..];
         for i in 0..sp {
             let k = g.kernel[i]
                 .as_const()
@@ -555,6 +582,7 @@ pub fn group_norm(ctx: &mut Ctx, n: &Node) -> Res {
         .int("num_groups")?
         .ok_or("missing attribute `num_groups`")?;
     let b = &mut ctx.b;
+    super::rank_at_least(b, x, 2, "input")?;
     let dims = b.shape(x).dims().to_vec();
     let r = dims.len();
     let (xc, orig) = stash(b, x, n)?;
@@ -723,7 +751,7 @@ pub fn lrn(ctx: &mut Ctx, n: &Node) -> Res {
         n.float_or("bias", 1.0)? as f64,
     );
     let b = &mut ctx.b;
-    let r = b.rank(x);
+    let r = super::rank_at_least(b, x, 2, "input")?;
     let sq = b.mul(x, x).map_err(s)?;
     let lo = (size - 1) / 2;
     let mut window = vec![1; r];
@@ -900,6 +928,7 @@ pub fn topk(ctx: &mut Ctx, n: &Node) -> Res {
 fn nll(ctx: &mut Ctx, n: &Node, logp: Value, target: Value, weight: Option<Value>) -> R<Value> {
     let ignore = n.int("ignore_index")?;
     let reduction = n.string_or("reduction", "mean")?;
+    super::rank_at_least(&ctx.b, logp, 2, "input")?;
     let xshape = ctx.b.shape(logp).clone();
     let c = xshape.dim(1).clone();
     let b = &mut ctx.b;

@@ -28,6 +28,11 @@ fn broadcastable(b: &mut Builder, v: Value, shape: &Shape, ax: R<usize>, block: 
         return b.reshape(v, Shape::new(dims)).map_err(s);
     }
     // Blocked: repeat each entry `block` times along the axis, then trim to the extent.
+    if vs.rank() != shape.rank() || ax >= vs.rank() {
+        return Err(format!(
+            "a blocked parameter {vs} must have the rank of its input {shape}"
+        ));
+    }
     let mut with_unit = vs.dims().to_vec();
     with_unit.insert(ax + 1, Dim::Const(1));
     let y = b.reshape(v, Shape::new(with_unit.clone())).map_err(s)?;
@@ -212,50 +217,9 @@ pub fn matmul_integer(ctx: &mut Ctx, n: &Node) -> Res {
     let (ra, rb) = (b.rank(a), b.rank(bv));
     // A's zero point runs along its rows, B's along its columns.
     let a = minus_zero_point(b, a, azp, ra.saturating_sub(2))?;
-    let bv = minus_zero_point(b, bv, bzp, rb - 1)?;
+    let bv = minus_zero_point(b, bv, bzp, rb.saturating_sub(1))?;
     let y = b.matmul(a, bv).map_err(s)?;
     one(ctx, y)
-}
-
-fn conv_attrs(n: &Node, x: &[Dim], w: &[Dim]) -> R<Op> {
-    let sp = x.len() - 2;
-    let strides = n.ints("strides")?.unwrap_or_else(|| vec![1; sp]);
-    let dilations = n.ints("dilations")?.unwrap_or_else(|| vec![1; sp]);
-    let mut low = vec![0; sp];
-    let mut high = vec![0; sp];
-    match n.string_or("auto_pad", "NOTSET")?.as_str() {
-        "NOTSET" | "VALID" => {
-            if let Some(p) = n.ints("pads")? {
-                low.copy_from_slice(&p[..sp]);
-                high.copy_from_slice(&p[sp..]);
-            }
-        }
-        mode => {
-            for i in 0..sp {
-                let k = w[i + 2]
-                    .as_const()
-                    .ok_or("SAME padding needs a static kernel")?;
-                let inp = x[i + 2]
-                    .as_const()
-                    .ok_or("SAME padding needs static input dims")?;
-                let out = (inp + strides[i] - 1) / strides[i];
-                let total = ((out - 1) * strides[i] + (k - 1) * dilations[i] + 1 - inp).max(0);
-                let half = total / 2;
-                (low[i], high[i]) = if mode == "SAME_UPPER" {
-                    (half, total - half)
-                } else {
-                    (total - half, half)
-                };
-            }
-        }
-    }
-    Ok(Op::Conv {
-        stride: strides,
-        dilation: dilations,
-        pad_low: low,
-        pad_high: high,
-        groups: n.int_or("group", 1)?,
-    })
 }
 
 pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
@@ -265,7 +229,7 @@ pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
     let wzp = n.input(3).map(|z| ctx.ir(z)).transpose()?;
     let b = &mut ctx.b;
     let (xs, ws) = (b.shape(x).dims().to_vec(), b.shape(w).dims().to_vec());
-    let op = conv_attrs(n, &xs, &ws)?;
+    let op = super::nn::conv_op(n, &xs, &ws)?;
     let x = minus_zero_point(b, x, xzp, 1)?;
     let w = minus_zero_point(b, w, wzp, 0)?;
     let y = b.op1(op, &[x, w]).map_err(s)?;
@@ -300,12 +264,12 @@ pub fn qlinear_matmul(ctx: &mut Ctx, n: &Node) -> Res {
     let out = b.dtype(v[7]);
     let (ra, rb) = (b.rank(v[0]), b.rank(v[3]));
     let a = minus_zero_point(b, v[0], Some(v[2]), ra.saturating_sub(2))?;
-    let bm = minus_zero_point(b, v[3], Some(v[5]), rb - 1)?;
+    let bm = minus_zero_point(b, v[3], Some(v[5]), rb.saturating_sub(1))?;
     let acc = b.matmul(a, bm).map_err(s)?;
     let shape = b.shape(acc).clone();
     let r = shape.rank();
     let a_scale = broadcastable(b, v[1], &shape, Ok(r.saturating_sub(2)), 0)?;
-    let b_scale = broadcastable(b, v[4], &shape, Ok(r - 1), 0)?;
+    let b_scale = broadcastable(b, v[4], &shape, Ok(r.saturating_sub(1)), 0)?;
     let y = requantize(b, acc, a_scale, b_scale, v[6], Some(v[7]), out)?;
     one(ctx, y)
 }
@@ -320,7 +284,7 @@ pub fn qlinear_conv(ctx: &mut Ctx, n: &Node) -> Res {
     let b = &mut ctx.b;
     let out = b.dtype(v[7]);
     let (xs, ws) = (b.shape(v[0]).dims().to_vec(), b.shape(v[3]).dims().to_vec());
-    let op = conv_attrs(n, &xs, &ws)?;
+    let op = super::nn::conv_op(n, &xs, &ws)?;
     let x = minus_zero_point(b, v[0], Some(v[2]), 1)?;
     let w = minus_zero_point(b, v[3], Some(v[5]), 0)?;
     let mut acc = b.op1(op, &[x, w]).map_err(s)?;
@@ -355,6 +319,12 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
     }
     if n.input(4).is_some() {
         return Err("g_idx is not supported".into());
+    }
+    if !(1..=1 << 24).contains(&k) || !(1..=1 << 24).contains(&nn) {
+        return Err(format!("K = {k} and N = {nn} must lie in 1..=2^24"));
+    }
+    if !(2..=1 << 16).contains(&block) || block % (8 / bits) != 0 {
+        return Err(format!("block_size {block} is not a usable block size"));
     }
     let b = &mut ctx.b;
     let nb = (k + block - 1) / block;

@@ -140,7 +140,14 @@ fn weights(
     exclude_outside: bool,
 ) -> R<(Vec<f64>, Vec<bool>)> {
     let (inw, outw) = (ax.input, ax.output);
-    let mut w = vec![0.0; outw * inw];
+    // The weights are dense [out, in]; refuse sizes that would not fit comfortably.
+    let cells = outw
+        .checked_mul(inw)
+        .filter(|&c| c <= 1 << 26)
+        .ok_or_else(|| {
+            format!("resizing an axis of {inw} to {outw} needs a weight matrix that is too large")
+        })?;
+    let mut w = vec![0.0; cells];
     let mut outside = vec![false; outw];
     for y in 0..outw {
         let (x, ext) = source(coord, y as f64, ax)?;

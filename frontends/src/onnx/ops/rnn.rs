@@ -368,6 +368,9 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
     let mut x = ctx.ir(n.req(0)?)?;
     let w = ctx.ir(n.req(1)?)?;
     let r = ctx.ir(n.req(2)?)?;
+    super::rank_in(&ctx.b, x, &[3], "X")?;
+    super::rank_in(&ctx.b, w, &[3], "W")?;
+    super::rank_in(&ctx.b, r, &[3], "R")?;
     let bias = n.input(3).map(|v| ctx.ir(v)).transpose()?;
     let lens = n.input(4).map(|v| ctx.ir(v)).transpose()?;
     let h0 = n.input(5).map(|v| ctx.ir(v)).transpose()?;
@@ -410,6 +413,11 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
         .dim(0)
         .as_const()
         .ok_or("recurrent layers need a static sequence length")? as usize;
+    if seq > 4096 {
+        return Err(format!(
+            "a sequence of {seq} steps is more than kiln unrolls (4096)"
+        ));
+    }
     let batch = xshape.dim(1).clone();
     let dt = b.dtype(x);
     let xs: Vec<Value> = (0..seq)

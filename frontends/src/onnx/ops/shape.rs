@@ -229,6 +229,11 @@ pub fn split(ctx: &mut Ctx, n: &Node) -> Res {
         ctx.static_ints(sp)?.into_iter().map(Dim::Const).collect()
     } else {
         let parts = n.int("num_outputs")?.unwrap_or(outs as i64).max(1);
+        if parts as usize > outs.max(1) {
+            return Err(format!(
+                "num_outputs is {parts} but the node has {outs} outputs"
+            ));
+        }
         let total = dims[a]
             .as_const()
             .ok_or("splitting a symbolic axis evenly is not supported")?;
@@ -662,7 +667,17 @@ pub fn range(ctx: &mut Ctx, n: &Node) -> Res {
             ctx.static_tensor(li)?,
             ctx.static_tensor(de)?,
         );
-        let (a, b, d) = (a.to_f64_vec()[0], b.to_f64_vec()[0], d.to_f64_vec()[0]);
+        let first = |t: &ir::Tensor, what: &str| {
+            t.to_f64_vec()
+                .first()
+                .copied()
+                .ok_or_else(|| format!("Range {what} is empty"))
+        };
+        let (a, b, d) = (
+            first(&a, "start")?,
+            first(&b, "limit")?,
+            first(&d, "delta")?,
+        );
         Dim::Const(((b - a) / d).ceil().max(0.0) as i64)
     };
     let b = &mut ctx.b;

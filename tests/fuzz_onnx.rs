@@ -1,0 +1,153 @@
+//! Robustness of ONNX decoding and import: byte-level mutations of real models (the node
+//! tests and small shared models when `../shared` is present, a built-in model otherwise) go
+//! through decode, import and, when the result is small, the interpreter. Errors are fine;
+//! panics are not. Long run: `PROPTEST_CASES=2000000 cargo test --release --test fuzz_onnx`.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::onnx::{model, node, vi};
+use kiln::frontends::onnx::proto::*;
+use kiln::interp;
+use proptest::prelude::*;
+
+fn builtin() -> Vec<u8> {
+    let shape = TensorProto {
+        name: "shape".into(),
+        dims: vec![2],
+        data_type: data_type::INT64,
+        int64_data: vec![3, 2],
+        ..Default::default()
+    };
+    let nodes = vec![
+        node("Relu", "relu", &["x"], &["r"], vec![]),
+        node("Shape", "shape_of", &["r"], &["s"], vec![]),
+        node("Reshape", "reshape", &["r", "shape"], &["y"], vec![]),
+        node("Softmax", "softmax", &["y"], &["z"], vec![]),
+    ];
+    let (float, int64) = (data_type::FLOAT, data_type::INT64);
+    model(
+        nodes,
+        vec![vi("x", float, &[2, 3])],
+        vec![vi("z", float, &[3, 2]), vi("s", int64, &[2])],
+        vec![shape],
+        17,
+    )
+}
+
+fn corpus() -> &'static [Vec<u8>] {
+    static CORPUS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let mut out = vec![builtin()];
+        for dir in ["onnx-node-tests/node", "models"] {
+            let Some(root) = common::shared(dir) else {
+                continue;
+            };
+            let mut paths: Vec<_> = std::fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("model.onnx"))
+                .collect();
+            paths.sort();
+            for p in paths {
+                if let Ok(b) = std::fs::read(&p) {
+                    if b.len() <= 1 << 20 {
+                        out.push(b);
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+fn mutate(bytes: &[u8], muts: &[(u8, u32, u32)]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    for &(kind, x, y) in muts {
+        if b.is_empty() {
+            break;
+        }
+        let n = b.len();
+        let (i, j) = (x as usize % n, y as usize % n);
+        match kind % 6 {
+            0 => b[i] ^= 1 << (y % 8),
+            1 => b[i] = y as u8,
+            2 => {
+                b.drain(i..(i + (y as usize % 16) + 1).min(n));
+            }
+            3 => b.insert(i, y as u8),
+            4 => b.truncate(i),
+            _ => {
+                let (lo, hi) = (i.min(j), i.max(j).min(lo_plus(i.min(j), 64, n)));
+                let chunk = b[lo..hi].to_vec();
+                b.splice(i..i, chunk);
+            }
+        }
+    }
+    b
+}
+
+fn lo_plus(a: usize, k: usize, n: usize) -> usize {
+    (a + k).min(n)
+}
+
+fn check(bytes: &[u8]) {
+    let g = match kiln::onnx::import(bytes, Default::default(), HashMap::new()) {
+        Ok(g) => g,
+        Err(e) => {
+            // Import converts importer panics into errors; those are still bugs.
+            let msg = e.to_string();
+            assert!(!msg.contains("internal error"), "{msg}");
+            return;
+        }
+    };
+    let params = kiln::params(&g);
+    let mut bindings = HashMap::new();
+    for (_, ty) in &params {
+        for d in ty.shape.dims() {
+            for s in d.symbols() {
+                bindings.insert(s.to_string(), 2);
+            }
+        }
+    }
+    let small = params.iter().all(|(_, ty)| {
+        ty.shape.eval(&|s| bindings.get(s).copied()).is_ok_and(|d| {
+            d.iter().all(|&x| (0..4096).contains(&x)) && d.iter().product::<i64>() <= 4096
+        })
+    });
+    if !small || g.len() > 2000 {
+        return;
+    }
+    let Ok(v) = kiln::verify(&g) else { return };
+    let Ok(r) = kiln::random_inputs(&g, &bindings, 3) else {
+        return;
+    };
+    let inputs: Vec<_> = r.inputs.into_iter().map(|(_, t)| t).collect();
+    let opts = interp::Options {
+        bindings,
+        max_tensor_bytes: 1 << 20,
+    };
+    let _ = interp::run_with(&v, &inputs, &opts);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(300)))]
+
+    #[test]
+    fn mutated_models_never_panic(
+        pick in any::<usize>(),
+        muts in prop::collection::vec((any::<u8>(), any::<u32>(), any::<u32>()), 1..5),
+    ) {
+        let c = corpus();
+        check(&mutate(&c[pick % c.len()], &muts));
+    }
+}
+
+#[test]
+fn unmutated_corpus_imports_without_panicking() {
+    for m in corpus().iter().take(300) {
+        check(m);
+    }
+}

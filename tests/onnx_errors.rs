@@ -1,0 +1,215 @@
+//! Malformed ONNX input is an `ImportError` naming the node and op, never a panic: truncated
+//! and garbled protobuf, unknown data types, missing values, wrong attribute types, cycles,
+//! unsupported opsets; and the CLI reports them with a non-zero exit.
+
+use std::collections::HashMap;
+
+mod common;
+
+use common::onnx::{ints_attr, model, node, vi};
+use kiln::frontends::onnx::proto::*;
+use prost::Message;
+
+fn import_err(bytes: &[u8]) -> String {
+    match kiln::onnx::import(bytes, Default::default(), HashMap::new()) {
+        Ok(_) => panic!("imported a malformed model"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A small valid model: y = transpose(x + w).
+fn good() -> Vec<u8> {
+    let w = TensorProto {
+        name: "w".into(),
+        dims: vec![2, 3],
+        data_type: data_type::FLOAT,
+        float_data: vec![1.0; 6],
+        ..Default::default()
+    };
+    model(
+        vec![
+            node("Add", "add", &["x", "w"], &["s"], vec![]),
+            node(
+                "Transpose",
+                "t",
+                &["s"],
+                &["y"],
+                vec![ints_attr("perm", &[1, 0])],
+            ),
+        ],
+        vec![vi("x", data_type::FLOAT, &[2, 3])],
+        vec![vi("y", data_type::FLOAT, &[3, 2])],
+        vec![w],
+        17,
+    )
+}
+
+#[test]
+fn the_good_model_imports_and_runs() {
+    let g = kiln::onnx::import(&good(), Default::default(), HashMap::new()).unwrap();
+    let x = kiln::Tensor::from_vec(vec![2, 3], vec![0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    let out = kiln::interpret(&g, &[("x".into(), x)], &HashMap::new()).unwrap();
+    assert_eq!(
+        out[0].1.as_slice::<f32>(),
+        Some(&[1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0][..])
+    );
+}
+
+#[test]
+fn truncated_and_garbled_bytes() {
+    let bytes = good();
+    for cut in [1, 7, bytes.len() / 2, bytes.len() - 1] {
+        // Any result but a panic; most cuts are invalid protobuf or an incomplete graph.
+        let _ = kiln::onnx::import(&bytes[..cut], Default::default(), HashMap::new());
+    }
+    let e = import_err(&bytes[..bytes.len() / 2]);
+    assert!(
+        e.contains("not a valid ONNX model") || e.contains("used before") || e.contains("no graph"),
+        "{e}"
+    );
+    assert!(import_err(b"\xff\xff\xff\xff garbage").contains("not a valid ONNX model"));
+}
+
+#[test]
+fn unknown_dtype_in_an_initializer() {
+    let w = TensorProto {
+        name: "w".into(),
+        dims: vec![1],
+        data_type: 99,
+        raw_data: vec![0; 4],
+        ..Default::default()
+    };
+    let bytes = model(
+        vec![node("Identity", "id", &["w"], &["y"], vec![])],
+        vec![],
+        vec![vi("y", 1, &[1])],
+        vec![w],
+        17,
+    );
+    assert_eq!(
+        import_err(&bytes),
+        "initializer `w`: data type UNDEFINED is not supported"
+    );
+}
+
+#[test]
+fn missing_value_names_the_node() {
+    let bytes = model(
+        vec![node("Add", "sum", &["x", "nowhere"], &["y"], vec![])],
+        vec![vi("x", 1, &[2])],
+        vec![vi("y", 1, &[2])],
+        vec![],
+        17,
+    );
+    assert_eq!(
+        import_err(&bytes),
+        "Add node \"sum\": value `nowhere` is used before it is defined"
+    );
+}
+
+#[test]
+fn wrong_attribute_type_names_the_node() {
+    let perm = AttributeProto {
+        name: "perm".into(),
+        r#type: attr_type::FLOAT,
+        f: 1.0,
+        ..Default::default()
+    };
+    let bytes = model(
+        vec![node("Transpose", "t", &["x"], &["y"], vec![perm])],
+        vec![vi("x", 1, &[2, 3])],
+        vec![vi("y", 1, &[3, 2])],
+        vec![],
+        17,
+    );
+    assert_eq!(
+        import_err(&bytes),
+        "Transpose node \"t\": attribute `perm` has type FLOAT, expected INTS"
+    );
+}
+
+#[test]
+fn a_cycle_is_an_error() {
+    let bytes = model(
+        vec![
+            node("Relu", "a", &["b_out"], &["a_out"], vec![]),
+            node("Relu", "b", &["a_out"], &["b_out"], vec![]),
+        ],
+        vec![],
+        vec![vi("b_out", 1, &[2])],
+        vec![],
+        17,
+    );
+    assert_eq!(
+        import_err(&bytes),
+        "Relu node \"a\": value `b_out` is used before it is defined"
+    );
+}
+
+#[test]
+fn unsupported_ops_and_opsets() {
+    for (op, name) in [("Gelu", "g"), ("FancyOp", "f")] {
+        let bytes = model(
+            vec![node(op, name, &["x"], &["y"], vec![])],
+            vec![vi("x", 1, &[2])],
+            vec![vi("y", 1, &[2])],
+            vec![],
+            17,
+        );
+        assert_eq!(
+            import_err(&bytes),
+            format!("{op} node \"{name}\": unsupported op {op} (opset 17)")
+        );
+    }
+    let mut m = ModelProto::decode(good().as_slice()).unwrap();
+    m.opset_import.clear();
+    assert_eq!(
+        import_err(&m.encode_to_vec()),
+        "the model imports no ai.onnx opset"
+    );
+}
+
+#[test]
+fn a_type_error_in_an_imported_node_names_it() {
+    let bytes = model(
+        vec![node("Add", "bad_add", &["x", "z"], &["y"], vec![])],
+        vec![vi("x", 1, &[2, 3]), vi("z", 1, &[4])],
+        vec![vi("y", 1, &[2, 3])],
+        vec![],
+        17,
+    );
+    let e = import_err(&bytes);
+    assert!(e.starts_with("Add node \"bad_add\": broadcast"), "{e}");
+    assert!(e.contains("[2, 3] and [4] do not broadcast"), "{e}");
+}
+
+#[test]
+fn the_cli_reports_import_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.onnx");
+    std::fs::write(&p, &good()[..20]).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["run", p.to_str().unwrap(), "--random-inputs"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.onnx: ") && !err.contains("panicked"),
+        "{err}"
+    );
+    let p = dir.path().join("good.onnx");
+    std::fs::write(&p, good()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["inspect", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("x: f32[2, 3]")
+            && text.contains("y: f32[3, 2]")
+            && text.contains("parameters: 6 elements"),
+        "{text}"
+    );
+}
