@@ -33,6 +33,8 @@ pub use ir::{
     DType, Data, Dim, Graph, Module, Op, PadMode, ReduceKind, ScatterReduction, Shape, Tensor,
     TensorType, Value,
 };
+/// The optimizer: pass registry, pipeline and options.
+pub use passes;
 pub use runtime::interp::{self, InterpError};
 pub use runtime::Rng;
 
@@ -47,6 +49,8 @@ pub enum Error {
     Npz(#[from] npz::NpzError),
     #[error(transparent)]
     Import(frontends::onnx::ImportError),
+    #[error(transparent)]
+    Pass(#[from] passes::Error),
     #[error("missing input \"{name}\" (the graph takes {})", expected.join(", "))]
     MissingInput { name: String, expected: Vec<String> },
 }
@@ -92,6 +96,35 @@ fn inputs_in_order(g: &Graph, inputs: &[(String, Tensor)]) -> Result<Vec<Tensor>
                 })
         })
         .collect()
+}
+
+/// Evaluates a graph without parameters on the reference interpreter: the constant folder of
+/// the ONNX importer and of the `fold` pass. Folding is an optimization, so a computation too
+/// large to fold is an error here and simply stays in the graph.
+pub fn evaluate(g: &Graph) -> std::result::Result<Vec<Tensor>, String> {
+    let v = verify(g).map_err(|e| e.to_string())?;
+    let opts = interp::Options {
+        max_tensor_bytes: 1 << 28,
+        ..Default::default()
+    };
+    interp::run_with(&v, &[], &opts).map_err(|e| e.to_string())
+}
+
+/// Pass options with the interpreter as constant evaluator and the given symbol bindings.
+pub fn pass_options(bindings: &HashMap<String, i64>) -> passes::Options<'static> {
+    passes::Options {
+        evaluate: Some(&evaluate),
+        bindings: bindings.clone(),
+        ..Default::default()
+    }
+}
+
+/// Optimizes `g` with the passes of a comma-separated list (`fold,cse`), or the default
+/// pipeline for `None`.
+pub fn optimize(g: &Graph, passes: Option<&str>, bindings: &HashMap<String, i64>) -> Result<Graph> {
+    let list = passes::pass_list(passes)?;
+    let (g, _) = passes::run(g, &list, &pass_options(bindings), &mut |_, _| {})?;
+    Ok(g)
 }
 
 /// Verifies `g` and runs it on the reference interpreter with inputs matched by parameter name;

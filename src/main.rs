@@ -42,6 +42,10 @@ enum Cmd {
     Conformance(ConformanceArgs),
     /// Summarize an ONNX model: opsets, inputs and outputs, parameters, op histogram
     Inspect { file: PathBuf },
+    /// Optimize a model (.kir or .onnx) and print the resulting IR
+    Opt(OptArgs),
+    /// List the optimizer's passes and the default pipeline
+    Passes,
     /// List the ops of the IR with their documentation
     Ops,
 }
@@ -155,6 +159,94 @@ fn fmt(file: &Path, check: bool, write: bool) -> Result<(), Failure> {
         }
     } else {
         print!("{pretty}");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct OptArgs {
+    file: PathBuf,
+    /// Comma-separated passes to run instead of the default pipeline (see `kiln passes`)
+    #[arg(long, value_name = "A,B,...")]
+    passes: Option<String>,
+    /// Print the IR after every pass, to stderr
+    #[arg(long)]
+    print_after_all: bool,
+    /// Report each pass's time and node counts, to stderr
+    #[arg(long)]
+    time_passes: bool,
+    /// Specialize a symbolic dimension, e.g. --dim batch=8 (repeatable)
+    #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
+    dims: Vec<(String, i64)>,
+    /// Write the optimized IR to this file instead of stdout
+    #[arg(long, short, value_name = "KIR")]
+    output: Option<PathBuf>,
+}
+
+fn opt(a: OptArgs) -> Result<(), Failure> {
+    let file = a.file.as_path();
+    let graphs: Vec<Graph> = if is_onnx(file) {
+        vec![load_onnx(file, Default::default())?]
+    } else {
+        parse_kir(file)?
+            .funcs
+            .into_iter()
+            .map(|f| f.graph)
+            .collect()
+    };
+    for g in &graphs {
+        let diags = verify_diagnostics(file, g);
+        if !diags.is_empty() {
+            return Err(Failure(diags.join("\n")));
+        }
+    }
+    let list = kiln::passes::pass_list(a.passes.as_deref())?;
+    let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
+    let opts = kiln::pass_options(&bindings);
+    let mut out = Vec::with_capacity(graphs.len());
+    for g in &graphs {
+        let mut print_after = |p: &kiln::passes::Pass, g: &Graph| {
+            if a.print_after_all {
+                eprint!("; after {}\n{}", p.name, kiln::print_graph(g));
+            }
+        };
+        let (g2, runs) = kiln::passes::run(g, &list, &opts, &mut print_after)
+            .map_err(|e| Failure(format!("{}: @{}: {e}", file.display(), g.name())))?;
+        if a.time_passes {
+            eprintln!(
+                "@{}: {:<14} {:>10} {:>7} {:>7}",
+                g.name(),
+                "pass",
+                "time",
+                "nodes",
+                "after"
+            );
+            let mut total = std::time::Duration::ZERO;
+            for r in &runs {
+                total += r.time;
+                eprintln!(
+                    "@{}: {:<14} {:>8.3}ms {:>7} {:>7}",
+                    g.name(),
+                    r.pass,
+                    r.time.as_secs_f64() * 1e3,
+                    r.nodes_before,
+                    r.nodes_after
+                );
+            }
+            eprintln!(
+                "@{}: {:<14} {:>8.3}ms",
+                g.name(),
+                "total",
+                total.as_secs_f64() * 1e3
+            );
+        }
+        out.push(g2);
+    }
+    let text = kiln::print_module(&out);
+    match &a.output {
+        Some(p) => std::fs::write(p, text)
+            .map_err(|e| Failure(format!("cannot write {}: {e}", p.display())))?,
+        None => print!("{text}"),
     }
     Ok(())
 }
@@ -505,6 +597,14 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(args),
         Cmd::Conformance(args) => conformance(args),
         Cmd::Inspect { file } => inspect(&file),
+        Cmd::Opt(args) => opt(args),
+        Cmd::Passes => {
+            for p in kiln::passes::PASSES {
+                println!("{:<14} {}", p.name, p.summary);
+            }
+            println!("\npipeline: {}", kiln::passes::PIPELINE.join(","));
+            Ok(())
+        }
         Cmd::Ops => {
             ops();
             Ok(())

@@ -6,18 +6,7 @@ use std::collections::HashMap;
 use frontends::onnx::{self, ExternalData, ImportOptions};
 use ir::{Graph, Tensor};
 
-use crate::{interp, verify, Error, Result};
-
-/// Runs a parameterless graph; how the importer folds constant subcomputations.
-pub fn evaluate(g: &Graph) -> std::result::Result<Vec<Tensor>, String> {
-    let v = verify(g).map_err(|e| e.to_string())?;
-    // Folding is an optimization: a computation too large to fold just stays in the graph.
-    let opts = interp::Options {
-        max_tensor_bytes: 1 << 28,
-        ..Default::default()
-    };
-    interp::run_with(&v, &[], &opts).map_err(|e| e.to_string())
-}
+use crate::{Error, Result};
 
 /// Imports an ONNX model. `external` holds the bytes of external data files by location;
 /// `specialize` may give values for inputs that set shapes.
@@ -29,7 +18,7 @@ pub fn import(
     let opts = ImportOptions {
         external_data: external,
         specialize,
-        evaluate: Some(&evaluate),
+        evaluate: Some(&crate::evaluate),
     };
     onnx::import(bytes, &opts).map_err(Error::Import)
 }

@@ -268,3 +268,51 @@ fn shipped_onnx_example_matches_onnxruntime() {
         "{so}"
     );
 }
+
+#[test]
+fn opt_prints_the_optimized_ir_and_reports_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = b"func @main {\n  %x = param {name=\"x\"} : f32[n, 3]\n  %t = transpose %x {perm=[1, 0]} : f32[3, n]\n  %u = transpose %t {perm=[1, 0]} : f32[n, 3]\n  %e = exp %u : f32[n, 3]\n  %f = exp %u : f32[n, 3]\n  %y = add %e, %f : f32[n, 3]\n  return %y\n}\n";
+    let f = write(dir.path(), "m.kir", src);
+    let (so, se) = expect(&["opt", s(&f), "--time-passes", "--print-after-all"], true);
+    assert_eq!(
+        so,
+        "func @main {\n  %0 = param {name=\"x\"} : f32[n, 3]\n  %1 = exp %0 : f32[n, 3]\n  %2 = add %1, %1 : f32[n, 3]\n  return %2\n}\n"
+    );
+    for p in kiln::passes::PIPELINE {
+        assert!(se.contains(&format!("; after {p}\n")), "{se}");
+    }
+    assert!(se.contains("@main: total"), "{se}");
+    // A chosen list, with a specialization; the result is valid .kir that runs.
+    let out = dir.path().join("o.kir");
+    expect(
+        &[
+            "opt",
+            s(&f),
+            "--passes",
+            "shapes,canonicalize",
+            "--dim",
+            "n=2",
+            "-o",
+            s(&out),
+        ],
+        true,
+    );
+    let o = std::fs::read_to_string(&out).unwrap();
+    assert!(o.contains("param {name=\"x\"} : f32[2, 3]"), "{o}");
+    expect(&["run", s(&out), "--random-inputs"], true);
+    // Unknown passes and invalid input are errors, not panics.
+    let (_, se) = expect(&["opt", s(&f), "--passes", "fold,nope"], false);
+    assert!(
+        se.contains("unknown pass `nope` (passes: shapes, fold,"),
+        "{se}"
+    );
+    let bad = write(dir.path(), "bad.kir", b"func @main {\n  %x = param {name=\"x\"} : f32[2]\n  %y = exp %x : f32[3]\n  return %y\n}\n");
+    let (_, se) = expect(&["opt", s(&bad)], false);
+    assert!(se.contains("bad.kir:3:8: error:"), "{se}");
+    let (so, _) = expect(&["passes"], true);
+    assert!(
+        so.contains("canonicalize") && so.contains("pipeline: "),
+        "{so}"
+    );
+}

@@ -8,6 +8,9 @@
 //! - `verify`: `ok` or every verifier error;
 //! - `run`: the outputs on the reference interpreter (parameters get deterministic random
 //!   inputs, with every symbol bound to 2), or the runtime error;
+//! - `pass a,b`: the function after those passes; `optimize`: after the default pipeline.
+//!   Either way the result must compute what the original does on random inputs (symbols
+//!   bound to 2 and to 3), which blessing cannot override;
 //! - `parse-error`: the file does not parse; the expected error is the `; ` block that ends the
 //!   file.
 
@@ -56,7 +59,9 @@ fn format_block(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn actual_output(cmd: &str, g: &kiln::Graph) -> Vec<String> {
+/// The output of `cmd` on `g`; an error is a failure that blessing cannot accept (an optimized
+/// graph that computes something else).
+fn actual_output(cmd: &str, g: &kiln::Graph) -> Result<Vec<String>, String> {
     let text = match cmd {
         "parse" => kiln::print_graph(g),
         "verify" => match kiln::verify(g) {
@@ -69,9 +74,85 @@ fn actual_output(cmd: &str, g: &kiln::Graph) -> Vec<String> {
                 .join("\n"),
         },
         "run" => run(g),
-        other => panic!("unknown filetest command `{other}`"),
+        "optimize" => optimized(g, None, &HashMap::new())?,
+        _ => match cmd.strip_prefix("pass ") {
+            Some(rest) => {
+                // `pass a,b NAME=VALUE...`: passes, then symbol bindings for `shapes`.
+                let mut words = rest.split_whitespace();
+                let list = words.next().unwrap_or_default();
+                let bindings = words
+                    .map(|w| {
+                        let (n, v) = w.split_once('=').expect("a binding NAME=VALUE");
+                        (n.to_string(), v.parse().expect("an integer binding"))
+                    })
+                    .collect();
+                optimized(g, Some(list), &bindings)?
+            }
+            None => panic!("unknown filetest command `{cmd}`"),
+        },
     };
-    text.lines().map(str::to_string).collect()
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// The graph after the passes (the default pipeline for `None`), checked to compute what the
+/// original computes on random inputs.
+fn optimized(
+    g: &kiln::Graph,
+    passes: Option<&str>,
+    bindings: &HashMap<String, i64>,
+) -> Result<String, String> {
+    let o = match kiln::optimize(g, passes, bindings) {
+        Ok(o) => o,
+        Err(e) => return Ok(format!("error: {e}")),
+    };
+    same_semantics(g, &o, bindings).map_err(|e| format!("@{}: {e}", g.name()))?;
+    Ok(kiln::print_graph(&o))
+}
+
+/// Runs both graphs on the same random inputs (symbols bound to 2, then 3, unless `fixed`
+/// binds them) and compares.
+fn same_semantics(
+    a: &kiln::Graph,
+    b: &kiln::Graph,
+    fixed: &HashMap<String, i64>,
+) -> Result<(), String> {
+    let tol = kiln::onnx::Tolerance {
+        rtol: 1e-4,
+        atol: 1e-5,
+    };
+    for (size, seed) in [(2, 0), (3, 1)] {
+        let mut bindings = HashMap::new();
+        for (_, ty) in kiln::params(a) {
+            for d in ty.shape.dims() {
+                for s in d.symbols() {
+                    let v = fixed.get(&*s).copied().unwrap_or(size);
+                    bindings.insert(s.to_string(), v);
+                }
+            }
+        }
+        let Ok(r) = kiln::random_inputs(a, &bindings, seed) else {
+            return Ok(());
+        };
+        let want = kiln::interpret(a, &r.inputs, &HashMap::new());
+        let got = kiln::interpret(b, &r.inputs, &HashMap::new());
+        match (want, got) {
+            (Ok(want), Ok(got)) => {
+                for ((name, w), (_, g)) in want.iter().zip(&got) {
+                    if let Some(m) = kiln::onnx::mismatch(g, w, tol) {
+                        return Err(format!("the optimized graph changes output {name}: {m}"));
+                    }
+                }
+            }
+            (Err(_), Err(_)) => {}
+            (Ok(_), Err(e)) => return Err(format!("the optimized graph fails: {e}")),
+            (Err(e), Ok(_)) => {
+                return Err(format!(
+                    "the original fails ({e}) but the optimized graph runs"
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run(g: &kiln::Graph) -> String {
@@ -138,10 +219,22 @@ fn check_file(path: &Path, bless: bool, cover: &mut Coverage) -> Result<usize, S
             for g in m.graphs() {
                 seen.extend(g.node_ids().iter().map(|&id| g.node(id).op().mnemonic()));
             }
+            // Every valid function of every filetest also goes through the default pipeline,
+            // which must not change what it computes.
+            if matches!(cmd, "parse" | "run" | "verify") {
+                for g in m.graphs().filter(|g| kiln::verify(g).is_ok()) {
+                    let o = kiln::optimize(g, None, &HashMap::new())
+                        .map_err(|e| format!("{}: @{}: {e}", path.display(), g.name()))?;
+                    same_semantics(g, &o, &HashMap::new())
+                        .map_err(|e| format!("{}: @{}: {e}", path.display(), g.name()))?;
+                }
+            }
             for f in &m.funcs {
                 let after = f.span.end.line as usize;
                 let (expected, end) = block_at(&lines, after);
-                blocks.push((after, expected, actual_output(cmd, &f.graph), end));
+                let actual =
+                    actual_output(cmd, &f.graph).map_err(|e| format!("{}: {e}", path.display()))?;
+                blocks.push((after, expected, actual, end));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The model suite: every model in `../shared/models` imports, runs on the reference
 //! interpreter with its `inputs.npz`, and matches onnxruntime's `expected.npz` within the
-//! `suggested_tol` of its `meta.json` (integer outputs such as labels and indices exactly).
+//! `suggested_tol` of its `meta.json` (integer outputs such as labels and indices exactly), both
+//! as imported and after the default optimization pipeline.
 //! Skips, saying so, when the shared folder is missing.
 
 mod common;
@@ -22,14 +23,18 @@ fn check_model(dir: &Path) -> Result<(), String> {
     let expected = kiln::npz::read_npz(&read("expected.npz")?).map_err(|e| e.to_string())?;
     let graph = kiln::onnx::import(&read("model.onnx")?, Default::default(), HashMap::new())
         .map_err(|e| e.to_string())?;
-    let got = kiln::interpret(&graph, &inputs, &HashMap::new()).map_err(|e| e.to_string())?;
-    for (name, want) in &expected {
-        let (_, t) = got
-            .iter()
-            .find(|(n, _)| n == name)
-            .ok_or_else(|| format!("no output `{name}`"))?;
-        if let Some(why) = mismatch(t, want, tol) {
-            return Err(format!("output `{name}`: {why}"));
+    let optimized = kiln::optimize(&graph, None, &HashMap::new()).map_err(|e| e.to_string())?;
+    for (what, g) in [("imported", &graph), ("optimized", &optimized)] {
+        let got =
+            kiln::interpret(g, &inputs, &HashMap::new()).map_err(|e| format!("{what}: {e}"))?;
+        for (name, want) in &expected {
+            let (_, t) = got
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| format!("{what}: no output `{name}`"))?;
+            if let Some(why) = mismatch(t, want, tol) {
+                return Err(format!("{what}: output `{name}`: {why}"));
+            }
         }
     }
     Ok(())

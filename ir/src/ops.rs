@@ -416,6 +416,43 @@ ops! {
 }
 
 impl Op {
+    /// This op with every dimension expression in its attributes (parameter and `iota` types,
+    /// `dims` values, `reshape` and `broadcast` shapes, `slice` bounds) mapped by `f`: how
+    /// symbols are bound or specialized.
+    pub fn map_dims<E>(&self, f: &dyn Fn(&Dim) -> Result<Dim, E>) -> Result<Op, E> {
+        let dims = |ds: &[Dim]| ds.iter().map(f).collect::<Result<Vec<Dim>, E>>();
+        let shape = |s: &Shape| dims(s.dims()).map(Shape::new);
+        let ty = |t: &TensorType| Ok(TensorType::new(t.dtype, shape(&t.shape)?));
+        Ok(match self {
+            Op::Param { name, ty: t } => Op::Param {
+                name: name.clone(),
+                ty: ty(t)?,
+            },
+            Op::Iota { axis, ty: t } => Op::Iota {
+                axis: *axis,
+                ty: ty(t)?,
+            },
+            Op::Dims { values } => Op::Dims {
+                values: dims(values)?,
+            },
+            Op::Reshape { shape: s } => Op::Reshape { shape: shape(s)? },
+            Op::Broadcast { dims: d, shape: s } => Op::Broadcast {
+                dims: d.clone(),
+                shape: shape(s)?,
+            },
+            Op::Slice {
+                start,
+                limit,
+                stride,
+            } => Op::Slice {
+                start: dims(start)?,
+                limit: dims(limit)?,
+                stride: stride.clone(),
+            },
+            op => op.clone(),
+        })
+    }
+
     /// Elementwise ops: unary, binary, select and cast.
     pub fn is_elementwise(&self) -> bool {
         matches!(

@@ -214,36 +214,7 @@ impl Interp<'_> {
 
     /// `op` with the symbols in its attributes replaced by their bound values.
     fn bound_op(&self, op: &Op) -> Result<Op, String> {
-        let shape = |s: &ir::Shape| -> Result<ir::Shape, String> {
-            let dims: Vec<i64> = s
-                .dims()
-                .iter()
-                .map(|d| self.eval_dim(d))
-                .collect::<Result<_, _>>()?;
-            Ok(ir::Shape::from_consts(&dims))
-        };
-        let dims = |ds: &[Dim]| -> Result<Vec<Dim>, String> {
-            ds.iter()
-                .map(|d| self.eval_dim(d).map(Dim::Const))
-                .collect()
-        };
-        Ok(match op {
-            Op::Reshape { shape: s } => Op::Reshape { shape: shape(s)? },
-            Op::Broadcast { dims: d, shape: s } => Op::Broadcast {
-                dims: d.clone(),
-                shape: shape(s)?,
-            },
-            Op::Slice {
-                start,
-                limit,
-                stride,
-            } => Op::Slice {
-                start: dims(start)?,
-                limit: dims(limit)?,
-                stride: stride.clone(),
-            },
-            op => op.clone(),
-        })
+        op.map_dims(&|d| self.eval_dim(d).map(Dim::Const))
     }
 
     /// Evaluates a node: concrete result shapes from the declared types, then the op.

@@ -1,0 +1,150 @@
+//! `fold`: constant folding. A node whose operands are all constants is evaluated (by the
+//! injected evaluator) and replaced by constants. Results larger than `fold_max_bytes`, or that
+//! would be much larger than the operands they come from, stay in the graph; a result whose
+//! elements are all equal becomes a scalar constant and a `broadcast`, the normal form of
+//! splats. `dims` whose expressions are all constants fold without an evaluator.
+
+use std::collections::HashSet;
+
+use ir::{Builder, ConstValue, Data, Node, Op, Shape, Tensor, Value};
+
+use crate::manager::Options;
+use crate::rebuild::{rebuild, Settings, R};
+
+/// Results up to this size fold even when they are larger than their operands.
+const SMALL: u64 = 64 << 10;
+
+pub(crate) fn run(g: &ir::Graph, opts: &Options) -> R<ir::Graph> {
+    let mut names: HashSet<String> = HashSet::new();
+    for id in g.node_ids() {
+        if let Op::Constant { value } = g.node(id).op() {
+            if let Some(n) = &value.name {
+                names.insert(n.to_string());
+            }
+        }
+    }
+    rebuild(
+        g,
+        &Settings::STRICT,
+        &mut |b: &mut Builder, node: &Node, inputs: &[Value]| {
+            fold_node(b, node, inputs, opts, &mut names)
+        },
+    )
+}
+
+fn constant_of(b: &Builder, v: Value) -> Option<&ConstValue> {
+    match b.graph().node(v.node).op() {
+        Op::Constant { value } => Some(value),
+        _ => None,
+    }
+}
+
+fn fold_node(
+    b: &mut Builder,
+    node: &Node,
+    inputs: &[Value],
+    opts: &Options,
+    names: &mut HashSet<String>,
+) -> R<Option<Vec<Value>>> {
+    match node.op() {
+        Op::Dims { values } => {
+            let Some(v) = values
+                .iter()
+                .map(|d| d.as_const())
+                .collect::<Option<Vec<i64>>>()
+            else {
+                return Ok(None);
+            };
+            let t = Tensor::new(vec![v.len()], Data::I64(v)).map_err(|e| e.to_string())?;
+            return b
+                .constant(t)
+                .map(|v| Some(vec![v]))
+                .map_err(|e| e.to_string());
+        }
+        // Sources stay; broadcasts keep constants small (their normal form).
+        Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } | Op::Broadcast { .. } => {
+            return Ok(None)
+        }
+        _ => {}
+    }
+    let Some(eval) = opts.evaluate else {
+        return Ok(None);
+    };
+    let Some(consts) = inputs
+        .iter()
+        .map(|&v| constant_of(b, v).cloned())
+        .collect::<Option<Vec<ConstValue>>>()
+    else {
+        return Ok(None);
+    };
+    let mut out_bytes = 0u64;
+    for ty in node.types() {
+        let Some(dims) = ty.shape.as_consts() else {
+            return Ok(None);
+        };
+        let n = dims.iter().map(|&d| d as u64).product::<u64>();
+        out_bytes += ty.dtype.storage_bytes(n).unwrap_or(u64::MAX);
+    }
+    let in_bytes: u64 = consts
+        .iter()
+        .map(|c| {
+            c.tensor
+                .dtype()
+                .storage_bytes(c.tensor.numel() as u64)
+                .unwrap_or(0)
+        })
+        .sum();
+    if out_bytes > opts.fold_max_bytes || (out_bytes > SMALL && out_bytes > in_bytes) {
+        return Ok(None);
+    }
+    // A scratch graph: the constants and the node.
+    let mut s = Builder::new("fold");
+    let mut args = Vec::with_capacity(consts.len());
+    for c in &consts {
+        args.push(s.constant(c.tensor.clone()).map_err(|e| e.to_string())?);
+    }
+    let outs = s.op(node.op().clone(), &args).map_err(|e| e.to_string())?;
+    for (i, v) in outs.iter().enumerate() {
+        s.output(&format!("r{i}"), *v).map_err(|e| e.to_string())?;
+    }
+    // Evaluation failures (an out-of-range index, say) are the program's behaviour at run time:
+    // leave the node for the runtime to report.
+    let Ok(results) = eval(&s.into_graph()) else {
+        return Ok(None);
+    };
+    let base = consts
+        .iter()
+        .find_map(|c| c.name.as_deref())
+        .map(|n| format!("{n}.{}", node.op().mnemonic()));
+    let mut values = Vec::with_capacity(results.len());
+    for t in results {
+        values.push(emit(b, t, base.as_deref(), names)?);
+    }
+    Ok(Some(values))
+}
+
+/// A folded tensor as a constant: a scalar and a broadcast when every element is the same,
+/// named after the weight it came from when there is one (so it prints as `@name`).
+fn emit(b: &mut Builder, t: Tensor, base: Option<&str>, names: &mut HashSet<String>) -> R<Value> {
+    let n = t.numel();
+    let data = t.data();
+    if n > 1 && (1..n).all(|i| data.bits(i) == data.bits(0)) {
+        let scalar = Tensor::new(vec![], data.take_all(&[0])).map_err(|e| e.to_string())?;
+        let s = b.constant(scalar).map_err(|e| e.to_string())?;
+        let shape = Shape::from_usizes(t.shape());
+        return b.broadcast_to(s, &shape).map_err(|e| e.to_string());
+    }
+    let v = match base {
+        Some(base) if n > 16 => {
+            let mut name = base.to_string();
+            let mut k = 1;
+            while !names.insert(name.clone()) {
+                k += 1;
+                name = format!("{base}{k}");
+            }
+            b.named_constant(&name, t)
+        }
+        _ => b.constant(t),
+    };
+    v.map_err(|e| e.to_string())
+}

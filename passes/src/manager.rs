@@ -1,0 +1,175 @@
+//! The pass manager: the registry of named passes, the default pipeline, and the driver that runs
+//! a list of passes with optional printing, timing and verification after each.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use ir::{Graph, Tensor};
+
+use crate::rebuild::{rebuild, Settings, R};
+
+/// Evaluates a graph without parameters (the reference interpreter, injected by the driver so
+/// that this crate depends on `ir` only).
+pub type Evaluator<'a> = &'a dyn Fn(&Graph) -> Result<Vec<Tensor>, String>;
+
+/// What the passes may use and how far they may go.
+#[derive(Clone)]
+pub struct Options<'a> {
+    /// Evaluates constant subgraphs for `fold`; without it `fold` folds only `dims`.
+    pub evaluate: Option<Evaluator<'a>>,
+    /// `fold` leaves results larger than this many bytes in the graph.
+    pub fold_max_bytes: u64,
+    /// Symbol values to specialize to (`shapes`).
+    pub bindings: HashMap<String, i64>,
+    /// Run the verifier after every pass (on by default in debug and test builds).
+    pub verify_each: bool,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            evaluate: None,
+            fold_max_bytes: 16 << 20,
+            bindings: HashMap::new(),
+            verify_each: cfg!(debug_assertions),
+        }
+    }
+}
+
+/// A named graph-to-graph transformation.
+pub struct Pass {
+    pub name: &'static str,
+    pub summary: &'static str,
+    run: fn(&Graph, &Options) -> R<Graph>,
+}
+
+impl fmt::Debug for Pass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pass({})", self.name)
+    }
+}
+
+/// Every pass, by name.
+pub static PASSES: &[Pass] = &[
+    Pass {
+        name: "shapes",
+        summary: "specialize symbols to the given bindings and re-infer every type",
+        run: crate::shapes::run,
+    },
+    Pass {
+        name: "fold",
+        summary: "evaluate nodes whose operands are all constants (size-capped)",
+        run: crate::fold::run,
+    },
+    Pass {
+        name: "canonicalize",
+        summary: "identities, transpose/reshape/broadcast chains, broadcasts sunk below math",
+        run: crate::canon::run,
+    },
+    Pass {
+        name: "cse",
+        summary: "merge identical nodes",
+        run: cse,
+    },
+    Pass {
+        name: "dce",
+        summary: "remove nodes no output depends on",
+        run: dce,
+    },
+];
+
+/// The default pipeline, in order.
+pub static PIPELINE: &[&str] = &["shapes", "fold", "canonicalize", "cse", "fold", "dce"];
+
+fn cse(g: &Graph, _: &Options) -> R<Graph> {
+    rebuild(g, &Settings::CSE, &mut |_, _, _| Ok(None))
+}
+
+fn dce(g: &Graph, _: &Options) -> R<Graph> {
+    let mut out = g.clone();
+    crate::rebuild::sweep(&mut out);
+    Ok(out)
+}
+
+/// The pass called `name`.
+pub fn pass(name: &str) -> Option<&'static Pass> {
+    PASSES.iter().find(|p| p.name == name)
+}
+
+/// The passes of a comma-separated list (`fold,cse`), or the default pipeline for `None`.
+pub fn pass_list(names: Option<&str>) -> Result<Vec<&'static Pass>, Error> {
+    let names: Vec<&str> = match names {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => PIPELINE.to_vec(),
+    };
+    names
+        .into_iter()
+        .map(|n| {
+            pass(n).ok_or_else(|| Error::UnknownPass {
+                name: n.to_string(),
+                known: PASSES.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+            })
+        })
+        .collect()
+}
+
+/// A pass failure.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("unknown pass `{name}` (passes: {known})")]
+    UnknownPass { name: String, known: String },
+    #[error("pass `{pass}`: {message}")]
+    Failed { pass: String, message: String },
+    #[error("pass `{pass}` produced an ill-typed graph: {message}")]
+    IllTyped { pass: String, message: String },
+}
+
+/// What one pass did.
+#[derive(Clone, Debug)]
+pub struct PassRun {
+    pub pass: &'static str,
+    pub time: Duration,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+}
+
+/// Runs `passes` in order on `g`. `after` sees the graph after each pass (for
+/// `--print-after-all`). With `verify_each`, a pass that leaves an ill-typed graph is an error
+/// naming it.
+pub fn run(
+    g: &Graph,
+    passes: &[&'static Pass],
+    opts: &Options,
+    after: &mut dyn FnMut(&Pass, &Graph),
+) -> Result<(Graph, Vec<PassRun>), Error> {
+    let mut g = g.clone();
+    let mut runs = Vec::with_capacity(passes.len());
+    for p in passes {
+        let start = Instant::now();
+        let out = (p.run)(&g, opts).map_err(|message| Error::Failed {
+            pass: p.name.to_string(),
+            message,
+        })?;
+        let time = start.elapsed();
+        if opts.verify_each {
+            ir::verify(&out).map_err(|e| Error::IllTyped {
+                pass: p.name.to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        runs.push(PassRun {
+            pass: p.name,
+            time,
+            nodes_before: g.len(),
+            nodes_after: out.len(),
+        });
+        after(p, &out);
+        g = out;
+    }
+    Ok((g, runs))
+}
