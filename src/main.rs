@@ -232,6 +232,9 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
                     r.nodes_before,
                     r.nodes_after
                 );
+                for n in &r.notes {
+                    eprintln!("@{}:   {n}", g.name());
+                }
             }
             eprintln!(
                 "@{}: {:<14} {:>8.3}ms",

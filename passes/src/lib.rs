@@ -8,11 +8,12 @@
 //! one when asked (always in debug and test builds).
 
 mod canon;
+pub mod egraph;
 mod fold;
 mod manager;
 mod rebuild;
 mod shapes;
 
 pub use manager::{
-    pass, pass_list, run, Error, Evaluator, Options, Pass, PassRun, PASSES, PIPELINE,
+    pass, pass_list, run, Done, Error, Evaluator, Options, Pass, PassRun, PASSES, PIPELINE,
 };

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ir::{Graph, Tensor};
 
+use crate::egraph::{rules, Limits, Stage, Target};
 use crate::rebuild::{rebuild, Settings, R};
 
 /// Evaluates a graph without parameters (the reference interpreter, injected by the driver so
@@ -24,6 +25,10 @@ pub struct Options<'a> {
     pub bindings: HashMap<String, i64>,
     /// Run the verifier after every pass (on by default in debug and test builds).
     pub verify_each: bool,
+    /// How far equality saturation may go.
+    pub limits: Limits,
+    /// The machine the cost model prices.
+    pub target: Target,
 }
 
 impl Default for Options<'_> {
@@ -33,6 +38,8 @@ impl Default for Options<'_> {
             fold_max_bytes: 16 << 20,
             bindings: HashMap::new(),
             verify_each: cfg!(debug_assertions),
+            limits: Limits::default(),
+            target: Target::default(),
         }
     }
 }
@@ -41,7 +48,22 @@ impl Default for Options<'_> {
 pub struct Pass {
     pub name: &'static str,
     pub summary: &'static str,
-    run: fn(&Graph, &Options) -> R<Graph>,
+    run: fn(&Graph, &Options) -> R<Done>,
+}
+
+/// A pass's result: the graph and what the pass wants to report (e-graph stop reasons).
+pub struct Done {
+    pub graph: Graph,
+    pub notes: Vec<String>,
+}
+
+impl From<Graph> for Done {
+    fn from(graph: Graph) -> Done {
+        Done {
+            graph,
+            notes: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for Pass {
@@ -55,17 +77,22 @@ pub static PASSES: &[Pass] = &[
     Pass {
         name: "shapes",
         summary: "specialize symbols to the given bindings and re-infer every type",
-        run: crate::shapes::run,
+        run: |g, o| crate::shapes::run(g, o).map(Done::from),
     },
     Pass {
         name: "fold",
         summary: "evaluate nodes whose operands are all constants (size-capped)",
-        run: crate::fold::run,
+        run: |g, o| crate::fold::run(g, o).map(Done::from),
     },
     Pass {
         name: "canonicalize",
         summary: "identities, transpose/reshape/broadcast chains, broadcasts sunk below math",
-        run: crate::canon::run,
+        run: |g, o| crate::canon::run(g, o).map(Done::from),
+    },
+    Pass {
+        name: "simplify",
+        summary: "e-graph: algebraic identities, scalars through dot, layout (transposes into dot)",
+        run: |g, o| saturate(g, o, &[&rules::SIMPLIFY]),
     },
     Pass {
         name: "cse",
@@ -80,16 +107,49 @@ pub static PASSES: &[Pass] = &[
 ];
 
 /// The default pipeline, in order.
-pub static PIPELINE: &[&str] = &["shapes", "fold", "canonicalize", "cse", "fold", "dce"];
+pub static PIPELINE: &[&str] = &[
+    "shapes",
+    "fold",
+    "canonicalize",
+    "cse",
+    "simplify",
+    "fold",
+    "cse",
+];
 
-fn cse(g: &Graph, _: &Options) -> R<Graph> {
-    rebuild(g, &Settings::CSE, &mut |_, _, _| Ok(None))
+/// Runs e-graph stages and extracts; notes each stage's stop reason and rule applications.
+fn saturate(g: &Graph, opts: &Options, stages: &[&Stage]) -> R<Done> {
+    let (graph, reports) = crate::egraph::optimize(g, stages, &opts.limits, &opts.target)?;
+    let notes = reports
+        .iter()
+        .map(|r| {
+            let applied: Vec<String> = r.applied.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+            format!(
+                "{}: {} after {} iterations, {} nodes in {} classes; {}",
+                r.stage,
+                r.stop,
+                r.iterations,
+                r.nodes,
+                r.classes,
+                if applied.is_empty() {
+                    "no rewrites".to_string()
+                } else {
+                    applied.join(" ")
+                }
+            )
+        })
+        .collect();
+    Ok(Done { graph, notes })
 }
 
-fn dce(g: &Graph, _: &Options) -> R<Graph> {
+fn cse(g: &Graph, _: &Options) -> R<Done> {
+    rebuild(g, &Settings::CSE, &mut |_, _, _| Ok(None)).map(Done::from)
+}
+
+fn dce(g: &Graph, _: &Options) -> R<Done> {
     let mut out = g.clone();
     crate::rebuild::sweep(&mut out);
-    Ok(out)
+    Ok(out.into())
 }
 
 /// The pass called `name`.
@@ -136,6 +196,7 @@ pub struct PassRun {
     pub time: Duration,
     pub nodes_before: usize,
     pub nodes_after: usize,
+    pub notes: Vec<String>,
 }
 
 /// Runs `passes` in order on `g`. `after` sees the graph after each pass (for
@@ -151,7 +212,7 @@ pub fn run(
     let mut runs = Vec::with_capacity(passes.len());
     for p in passes {
         let start = Instant::now();
-        let out = (p.run)(&g, opts).map_err(|message| Error::Failed {
+        let Done { graph: out, notes } = (p.run)(&g, opts).map_err(|message| Error::Failed {
             pass: p.name.to_string(),
             message,
         })?;
@@ -167,6 +228,7 @@ pub fn run(
             time,
             nodes_before: g.len(),
             nodes_after: out.len(),
+            notes,
         });
         after(p, &out);
         g = out;

@@ -1,0 +1,105 @@
+//! The cost model: the time a node would take on a target, as bytes moved over the target's
+//! bandwidth plus flops over its peak plus a fixed cost per kernel launch. Values that depend
+//! only on constants cost nothing (they fold); sources and reshapes (views) cost nothing.
+//! Symbolic dims count as [`Target::symbol_size`].
+
+use ir::{Dim, Op, TensorType};
+
+use super::lang::{EOp, Info};
+
+/// What the cost model knows of a machine.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: &'static str,
+    /// Bytes per nanosecond.
+    pub bandwidth: f64,
+    /// Flops per nanosecond.
+    pub peak: f64,
+    /// Nanoseconds per kernel launch.
+    pub launch: f64,
+    /// The size assumed for a symbolic dim.
+    pub symbol_size: i64,
+}
+
+impl Default for Target {
+    /// A 2-core x86-64 CPU (the machine kiln is developed on).
+    fn default() -> Target {
+        Target {
+            name: "cpu",
+            bandwidth: 10.0,
+            peak: 50.0,
+            launch: 200.0,
+            symbol_size: 16,
+        }
+    }
+}
+
+impl Target {
+    pub fn numel(&self, ty: &TensorType) -> f64 {
+        ty.shape.dims().iter().map(|d| self.dim(d) as f64).product()
+    }
+
+    pub fn dim(&self, d: &Dim) -> i64 {
+        d.eval(&|_| Some(self.symbol_size))
+            .unwrap_or(self.symbol_size)
+    }
+
+    pub fn bytes(&self, ty: &TensorType) -> f64 {
+        self.numel(ty) * ty.dtype.bits() as f64 / 8.0
+    }
+
+    /// The cost of computing a node of class `info` from operands `args`.
+    pub fn node_cost(&self, op: &EOp, info: &Info, args: &[&Info]) -> f64 {
+        let op = match op {
+            EOp::Proj(_) => return 0.0,
+            EOp::Ir(op) => op,
+        };
+        if info.constant {
+            return 0.0;
+        }
+        match op {
+            Op::Param { .. } | Op::Constant { .. } | Op::Reshape { .. } | Op::Dims { .. } => {
+                return 0.0
+            }
+            _ => {}
+        }
+        let out: f64 = info.types.iter().map(|t| self.bytes(t)).sum();
+        let inp: f64 = args.iter().map(|a| self.bytes(a.ty())).sum();
+        let flops = self.flops(op, info, args);
+        self.launch + (out + inp) / self.bandwidth + flops / self.peak
+    }
+
+    fn flops(&self, op: &Op, info: &Info, args: &[&Info]) -> f64 {
+        let out = self.numel(info.ty());
+        match op {
+            Op::Dot { lhs_contract, .. } => {
+                let lhs = args[0].ty();
+                let k: f64 = lhs_contract
+                    .iter()
+                    .map(|&a| self.dim(lhs.shape.dim(a as usize)) as f64)
+                    .product();
+                2.0 * out * k
+            }
+            Op::Conv { groups, .. } => {
+                let w = args[1].ty();
+                let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;
+                let _ = groups;
+                2.0 * out * per
+            }
+            Op::ReduceWindow { window, .. } => out * window.iter().product::<i64>() as f64,
+            _ if op.kind() == ir::OpKind::Reduce => self.numel(args[0].ty()),
+            Op::Exp
+            | Op::Log
+            | Op::Tanh
+            | Op::Sigmoid
+            | Op::Erf
+            | Op::Sin
+            | Op::Cos
+            | Op::Pow
+            | Op::Sqrt
+            | Op::Rsqrt => 8.0 * out,
+            Op::Div | Op::Rem | Op::Mod | Op::Recip => 4.0 * out,
+            _ => out,
+        }
+    }
+}

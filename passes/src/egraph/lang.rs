@@ -1,0 +1,218 @@
+//! The e-graph language and its analysis. The language is the IR's op table itself: an e-node is
+//! an interned [`Op`] (attributes and constant tensors included, so two nodes are equal exactly
+//! when their ops and operands are) over child e-classes, plus `proj` to pick one result of a
+//! multi-result op. Tensor data stays out of the hashcons: constants are interned once and
+//! e-nodes carry a small id.
+//!
+//! The analysis gives every e-class its types (by the verifier's own `Op::infer`, one
+//! implementation of typing), whether it depends only on constants, the value of all of its
+//! elements when they are known to be equal (a splat), and whether it is known positive.
+
+use std::collections::HashMap;
+
+use egg::{DidMerge, Id, Language};
+use ir::{Op, Shape, TensorType};
+
+/// An operator of the e-graph language.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum EOp {
+    Ir(Op),
+    /// Result `i` of a multi-result operand.
+    Proj(u32),
+}
+
+/// Index of an interned [`EOp`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct OpId(pub u32);
+
+/// An e-node: an interned operator over e-classes.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ENode {
+    pub op: OpId,
+    pub children: Vec<Id>,
+}
+
+impl Language for ENode {
+    type Discriminant = OpId;
+
+    fn discriminant(&self) -> OpId {
+        self.op
+    }
+
+    fn matches(&self, other: &Self) -> bool {
+        self.op == other.op && self.children.len() == other.children.len()
+    }
+
+    fn children(&self) -> &[Id] {
+        &self.children
+    }
+
+    fn children_mut(&mut self) -> &mut [Id] {
+        &mut self.children
+    }
+}
+
+/// What is known of an e-class.
+#[derive(Clone, Debug)]
+pub struct Info {
+    /// One type for a value; one per result for a multi-result class.
+    pub types: Vec<TensorType>,
+    /// The value depends on constants only (it will fold).
+    pub constant: bool,
+    /// Every element equals this value.
+    pub splat: Option<f64>,
+    /// Every element is known to be > 0.
+    pub positive: bool,
+}
+
+impl Info {
+    pub fn ty(&self) -> &TensorType {
+        &self.types[0]
+    }
+
+    /// The facts beyond the types, comparable (NaN splats included).
+    fn facts(&self) -> (bool, Option<u64>, bool) {
+        (self.constant, self.splat.map(f64::to_bits), self.positive)
+    }
+}
+
+/// The analysis: the operator interner and the type rules.
+#[derive(Default)]
+pub struct Analysis {
+    pub ops: Vec<EOp>,
+    ids: HashMap<EOp, OpId>,
+    /// Classes found to have two different types: a bug in a rule, reported by the runner.
+    pub conflicts: Vec<String>,
+}
+
+impl Analysis {
+    pub fn intern(&mut self, op: EOp) -> OpId {
+        if let Some(&id) = self.ids.get(&op) {
+            return id;
+        }
+        let id = OpId(self.ops.len() as u32);
+        self.ops.push(op.clone());
+        self.ids.insert(op, id);
+        id
+    }
+
+    pub fn op(&self, id: OpId) -> &EOp {
+        &self.ops[id.0 as usize]
+    }
+}
+
+pub type EGraph = egg::EGraph<ENode, Analysis>;
+
+/// The types of `op` over operands of the given types; the runner checks this before adding a
+/// node, so `make` only meets well-typed nodes.
+pub fn infer(op: &EOp, operands: &[&Info]) -> Result<Vec<TensorType>, String> {
+    match op {
+        EOp::Ir(op) => {
+            let tys: Vec<TensorType> = operands
+                .iter()
+                .map(|i| match i.types.as_slice() {
+                    [t] => Ok(t.clone()),
+                    _ => Err("a multi-result value used without `proj`".to_string()),
+                })
+                .collect::<Result<_, _>>()?;
+            op.infer(&tys)
+        }
+        EOp::Proj(i) => match operands {
+            [x] => x
+                .types
+                .get(*i as usize)
+                .cloned()
+                .map(|t| vec![t])
+                .ok_or_else(|| format!("proj {i} of a value with {} results", x.types.len())),
+            _ => Err("proj takes one operand".into()),
+        },
+    }
+}
+
+fn splat_of(op: &Op, operands: &[&Info]) -> Option<f64> {
+    match op {
+        Op::Constant { value } => {
+            let t = &value.tensor;
+            let n = t.numel();
+            let d = t.data();
+            if n == 0 || (1..n).any(|i| d.bits(i) != d.bits(0)) {
+                return None;
+            }
+            // Only values that survive the trip through f64 (not every i64 does).
+            let v = t.to_f64_vec()[0];
+            (ir::Data::from_f64s(t.dtype(), &[v]).bits(0) == d.bits(0)).then_some(v)
+        }
+        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } => operands[0].splat,
+        _ => None,
+    }
+}
+
+fn positive_of(op: &Op, operands: &[&Info], splat: Option<f64>) -> bool {
+    if splat.is_some_and(|v| v > 0.0) {
+        return true;
+    }
+    let all = || operands.iter().all(|i| i.positive);
+    match op {
+        Op::Exp | Op::Sigmoid => true,
+        Op::Sqrt | Op::Rsqrt | Op::Recip => all(),
+        Op::Add | Op::Mul | Op::Div | Op::Max | Op::Min => all(),
+        Op::Broadcast { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::ReduceSum { .. }
+        | Op::ReduceMax { .. }
+        | Op::ReduceMin { .. }
+        | Op::ReduceProd { .. } => all(),
+        _ => false,
+    }
+}
+
+impl egg::Analysis<ENode> for Analysis {
+    type Data = Info;
+
+    fn make(egraph: &mut EGraph, enode: &ENode, _: Id) -> Info {
+        let operands: Vec<&Info> = enode.children.iter().map(|&c| &egraph[c].data).collect();
+        let op = egraph.analysis.op(enode.op);
+        let types = infer(op, &operands).unwrap_or_else(|e| {
+            // Unreachable: nodes are checked before they are added.
+            debug_assert!(false, "ill-typed e-node {op:?}: {e}");
+            vec![TensorType::new(ir::DType::F32, Shape::scalar())]
+        });
+        let (constant, splat, positive) = match op {
+            EOp::Ir(op) => {
+                let constant = match op {
+                    Op::Param { .. } => false,
+                    Op::Constant { .. } | Op::Iota { .. } => true,
+                    Op::Dims { values } => values.iter().all(|d| d.as_const().is_some()),
+                    _ => operands.iter().all(|i| i.constant),
+                };
+                let splat = splat_of(op, &operands);
+                (constant, splat, positive_of(op, &operands, splat))
+            }
+            EOp::Proj(_) => (operands[0].constant, None, false),
+        };
+        Info {
+            types,
+            constant,
+            splat,
+            positive,
+        }
+    }
+
+    fn merge(&mut self, a: &mut Info, b: Info) -> DidMerge {
+        if a.types != b.types {
+            let ta: Vec<String> = a.types.iter().map(|t| t.to_string()).collect();
+            let tb: Vec<String> = b.types.iter().map(|t| t.to_string()).collect();
+            self.conflicts.push(format!(
+                "merged values of types {} and {}",
+                ta.join(", "),
+                tb.join(", ")
+            ));
+        }
+        let before = a.facts();
+        a.constant |= b.constant;
+        a.splat = a.splat.or(b.splat);
+        a.positive |= b.positive;
+        DidMerge(a.facts() != before, a.facts() != b.facts())
+    }
+}

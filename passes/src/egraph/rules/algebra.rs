@@ -1,0 +1,220 @@
+//! Algebraic simplification: identities of arithmetic, inverse functions, division by a
+//! constant, scalar factors moving through `dot`, and splat constants as scalar broadcasts.
+
+use egg::Id;
+use ir::Op;
+
+use super::{find, info, is_splat, nodes, splat_expr};
+use crate::egraph::lang::EGraph;
+use crate::egraph::{Expr, Rule};
+
+/// x * 1 = 1 * x = x
+pub const MUL_ONE: Rule = Rule {
+    name: "mul-one",
+    search: |eg, id| unit(eg, id, |op| matches!(op, Op::Mul), 1.0, true),
+};
+
+/// x + 0 = 0 + x = x
+pub const ADD_ZERO: Rule = Rule {
+    name: "add-zero",
+    search: |eg, id| unit(eg, id, |op| matches!(op, Op::Add), 0.0, true),
+};
+
+/// x - 0 = x
+pub const SUB_ZERO: Rule = Rule {
+    name: "sub-zero",
+    search: |eg, id| unit(eg, id, |op| matches!(op, Op::Sub), 0.0, false),
+};
+
+/// x / 1 = x
+pub const DIV_ONE: Rule = Rule {
+    name: "div-one",
+    search: |eg, id| unit(eg, id, |op| matches!(op, Op::Div), 1.0, false),
+};
+
+/// An operand that is the identity element of a binary op leaves the other one.
+fn unit(eg: &EGraph, id: Id, is: fn(&Op) -> bool, e: f64, commutes: bool) -> Vec<Expr> {
+    let mut out = Vec::new();
+    for (op, args) in nodes(eg, id) {
+        if !is(op) {
+            continue;
+        }
+        if is_splat(eg, args[1], e) {
+            out.push(args[0].into());
+        } else if commutes && is_splat(eg, args[0], e) {
+            out.push(args[1].into());
+        }
+    }
+    out
+}
+
+/// --x = x
+pub const NEG_NEG: Rule = Rule {
+    name: "neg-neg",
+    search: |eg, id| {
+        inverse(
+            eg,
+            id,
+            |op| matches!(op, Op::Neg),
+            |op| matches!(op, Op::Neg),
+            false,
+        )
+    },
+};
+
+/// exp(log x) = x for x known positive
+pub const EXP_LOG: Rule = Rule {
+    name: "exp-log",
+    search: |eg, id| {
+        inverse(
+            eg,
+            id,
+            |op| matches!(op, Op::Exp),
+            |op| matches!(op, Op::Log),
+            true,
+        )
+    },
+};
+
+/// log(exp x) = x
+pub const LOG_EXP: Rule = Rule {
+    name: "log-exp",
+    search: |eg, id| {
+        inverse(
+            eg,
+            id,
+            |op| matches!(op, Op::Log),
+            |op| matches!(op, Op::Exp),
+            false,
+        )
+    },
+};
+
+/// outer(inner(x)) = x.
+fn inverse(
+    eg: &EGraph,
+    id: Id,
+    outer: fn(&Op) -> bool,
+    inner: fn(&Op) -> bool,
+    needs_positive: bool,
+) -> Vec<Expr> {
+    let mut out = Vec::new();
+    for (op, args) in nodes(eg, id) {
+        if !outer(op) {
+            continue;
+        }
+        if let Some((_, x)) = find(eg, args[0], inner) {
+            if !needs_positive || info(eg, x[0]).positive {
+                out.push(x[0].into());
+            }
+        }
+    }
+    out
+}
+
+/// x / c = x * (1/c) for a float constant c (the reciprocal folds).
+pub const DIV_CONST: Rule = Rule {
+    name: "div-const",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        for (op, args) in nodes(eg, id) {
+            let (x, c) = match (op, args) {
+                (Op::Div, [x, c]) => (*x, *c),
+                _ => continue,
+            };
+            let ci = info(eg, c);
+            if !ci.constant || !ci.ty().dtype.is_float() || ci.splat == Some(1.0) {
+                continue;
+            }
+            let recip = match ci.splat {
+                Some(v) => splat_expr(1.0 / v, ci.ty().dtype, &ci.ty().shape),
+                None => Some(Expr::op(Op::Recip, [c.into()])),
+            };
+            if let Some(r) = recip {
+                out.push(Expr::op(Op::Mul, [x.into(), r]));
+            }
+        }
+        out
+    },
+};
+
+/// The operand of `mul` that is a splat, with its value, and the other operand.
+fn scaled(eg: &EGraph, id: Id) -> Option<(Id, f64)> {
+    nodes(eg, id).find_map(|(op, args)| match (op, args) {
+        (Op::Mul, [a, b]) => match (info(eg, *a).splat, info(eg, *b).splat) {
+            (_, Some(v)) => Some((*a, v)),
+            (Some(v), _) => Some((*b, v)),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// dot(s*A, B) = s * dot(A, B), and likewise for a scaled B.
+pub const SCALE_OUT_OF_DOT: Rule = Rule {
+    name: "scale-out-of-dot",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        let ty = info(eg, id).ty().clone();
+        for (op, args) in nodes(eg, id) {
+            if !matches!(op, Op::Dot { .. }) || !ty.dtype.is_float() {
+                continue;
+            }
+            for side in 0..2 {
+                let Some((inner, v)) = scaled(eg, args[side]) else {
+                    continue;
+                };
+                let mut operands: Vec<Expr> = args.iter().map(|&a| a.into()).collect();
+                operands[side] = inner.into();
+                let Some(s) = splat_expr(v, ty.dtype, &ty.shape) else {
+                    continue;
+                };
+                out.push(Expr::op(Op::Mul, [Expr::op(op.clone(), operands), s]));
+            }
+        }
+        out
+    },
+};
+
+/// s * dot(A, B) = dot(s*A, B) = dot(A, s*B): the cost model scales the smallest.
+pub const SCALE_INTO_DOT: Rule = Rule {
+    name: "scale-into-dot",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        let Some((d, v)) = scaled(eg, id) else {
+            return out;
+        };
+        let Some((dot, args)) = find(eg, d, |op| matches!(op, Op::Dot { .. })) else {
+            return out;
+        };
+        for side in 0..2 {
+            let ty = info(eg, args[side]).ty();
+            let Some(s) = splat_expr(v, ty.dtype, &ty.shape) else {
+                continue;
+            };
+            let mut operands: Vec<Expr> = args.iter().map(|&a| a.into()).collect();
+            operands[side] = Expr::op(Op::Mul, [args[side].into(), s]);
+            out.push(Expr::op(dot.clone(), operands));
+        }
+        out
+    },
+};
+
+/// A constant tensor whose elements are all equal is a scalar constant broadcast.
+pub const SPLAT_CONSTANT: Rule = Rule {
+    name: "splat-constant",
+    search: |eg, id| {
+        let i = info(eg, id);
+        let Some(v) = i.splat else { return vec![] };
+        let big_constant = nodes(eg, id).any(|(op, _)| match op {
+            Op::Constant { value } => value.tensor.numel() > 1,
+            _ => false,
+        });
+        if !big_constant {
+            return vec![];
+        }
+        splat_expr(v, i.ty().dtype, &i.ty().shape)
+            .into_iter()
+            .collect()
+    },
+};

@@ -1,0 +1,84 @@
+//! Rule sets, one file per topic; `README.md` states the invariants every rule keeps. This
+//! module holds the matching helpers the rules share and the stages the passes run.
+
+pub mod algebra;
+pub mod layout;
+
+use egg::Id;
+use ir::{ConstValue, DType, Data, Op, Shape, Tensor};
+
+use super::lang::{EGraph, EOp, Info};
+use super::{Expr, Stage};
+
+/// Algebraic simplification and layout normalization, run together.
+pub static SIMPLIFY: Stage = Stage {
+    name: "simplify",
+    rules: &[
+        algebra::MUL_ONE,
+        algebra::ADD_ZERO,
+        algebra::SUB_ZERO,
+        algebra::DIV_ONE,
+        algebra::NEG_NEG,
+        algebra::EXP_LOG,
+        algebra::LOG_EXP,
+        algebra::DIV_CONST,
+        algebra::SCALE_OUT_OF_DOT,
+        algebra::SCALE_INTO_DOT,
+        algebra::SPLAT_CONSTANT,
+        layout::TRANSPOSE_TRANSPOSE,
+        layout::TRANSPOSE_IDENTITY,
+        layout::RESHAPE_RESHAPE,
+        layout::RESHAPE_IDENTITY,
+        layout::TRANSPOSE_INTO_DOT,
+        layout::SINK_BROADCAST,
+    ],
+};
+
+/// The IR nodes of class `id`, with their operand classes.
+pub fn nodes(eg: &EGraph, id: Id) -> impl Iterator<Item = (&Op, &[Id])> {
+    eg[id]
+        .nodes
+        .iter()
+        .filter_map(|n| match eg.analysis.op(n.op) {
+            EOp::Ir(op) => Some((op, n.children.as_slice())),
+            EOp::Proj(_) => None,
+        })
+}
+
+/// The operands of the first node of class `id` whose op satisfies `pred`.
+pub fn find(eg: &EGraph, id: Id, pred: impl Fn(&Op) -> bool) -> Option<(&Op, &[Id])> {
+    nodes(eg, id).find(|(op, _)| pred(op))
+}
+
+pub fn info(eg: &EGraph, id: Id) -> &Info {
+    &eg[id].data
+}
+
+/// Whether every element of class `id` is `v`.
+pub fn is_splat(eg: &EGraph, id: Id, v: f64) -> bool {
+    info(eg, id).splat == Some(v)
+}
+
+/// A scalar constant `v` of `dtype`, broadcast to `shape`.
+pub fn splat_expr(v: f64, dtype: DType, shape: &Shape) -> Option<Expr> {
+    let t = Tensor::new(vec![], Data::from_f64s(dtype, &[v])).ok()?;
+    let c = Expr::op(
+        Op::Constant {
+            value: ConstValue {
+                name: None,
+                tensor: t,
+            },
+        },
+        [],
+    );
+    if shape.rank() == 0 {
+        return Some(c);
+    }
+    Some(Expr::op(
+        Op::Broadcast {
+            dims: vec![],
+            shape: shape.clone(),
+        },
+        [c],
+    ))
+}
