@@ -178,9 +178,12 @@ struct OptArgs {
     /// Specialize a symbolic dimension, e.g. --dim batch=8 (repeatable)
     #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
     dims: Vec<(String, i64)>,
-    /// Write the optimized IR to this file instead of stdout
+    /// Write the optimized IR to this file (in full) instead of stdout
     #[arg(long, short, value_name = "KIR")]
     output: Option<PathBuf>,
+    /// Print constants with more than 64 elements in full instead of as `...`
+    #[arg(long)]
+    full: bool,
 }
 
 fn opt(a: OptArgs) -> Result<(), Failure> {
@@ -203,11 +206,15 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
     let list = kiln::passes::pass_list(a.passes.as_deref())?;
     let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
     let opts = kiln::pass_options(&bindings);
+    let shown = kiln::ir::PrintOptions {
+        max_elements: (!a.full).then_some(64),
+    };
     let mut out = Vec::with_capacity(graphs.len());
     for g in &graphs {
         let mut print_after = |p: &kiln::passes::Pass, g: &Graph| {
             if a.print_after_all {
-                eprint!("; after {}\n{}", p.name, kiln::print_graph(g));
+                let text = kiln::ir::print_module_with(std::slice::from_ref(g), &shown);
+                eprint!("; after {}\n{text}", p.name);
             }
         };
         let (g2, runs) = kiln::passes::run(g, &list, &opts, &mut print_after)
@@ -245,11 +252,10 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
         }
         out.push(g2);
     }
-    let text = kiln::print_module(&out);
     match &a.output {
-        Some(p) => std::fs::write(p, text)
+        Some(p) => std::fs::write(p, kiln::print_module(&out))
             .map_err(|e| Failure(format!("cannot write {}: {e}", p.display())))?,
-        None => print!("{text}"),
+        None => print!("{}", kiln::ir::print_module_with(&out, &shown)),
     }
     Ok(())
 }

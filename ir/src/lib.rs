@@ -44,7 +44,10 @@ pub use error::{Error, Result};
 pub use graph::{Cycle, Graph, GraphError, Loc, Node, NodeId, Origin, Value};
 pub use ops::{Arity, Op, OpKind};
 pub use parse::{parse_graph, parse_module, Func, Module, ParseError, Span};
-pub use print::{attrs_text, default_output_name, print_graph, print_module, tensor_literal};
+pub use print::{
+    attrs_text, default_output_name, print_graph, print_module, print_module_with, tensor_literal,
+    PrintOptions,
+};
 pub use shape::{Shape, TensorType};
 pub use tensor::{Data, Element, ShapeMismatch, Tensor};
 pub use verify::{verify, Verified, VerifyError, VerifyErrors};

@@ -257,6 +257,13 @@ fn lex(text: &str) -> Result<Vec<(Tok, Loc)>, ParseError> {
                 lx.bump();
                 Tok::Punct(c)
             }
+            '.' if lx.chars.clone().take(3).collect::<String>() == "..." => {
+                return err(
+                    start,
+                    "constant data was elided when this text was printed; print it in full \
+                     (`kiln opt --full`, or `-o FILE`) to parse it",
+                )
+            }
             other => return err(start, format!("unexpected character {other:?}")),
         };
         out.push((tok, start));

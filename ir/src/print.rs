@@ -38,11 +38,29 @@ fn named_constants(g: &Graph) -> BTreeMap<String, Tensor> {
     out
 }
 
-fn print_const_def(out: &mut String, name: &str, t: &Tensor) {
+/// How much to print.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrintOptions {
+    /// Print constants with more elements than this as `...` (for reading, not parsing: the
+    /// parser rejects elided data with a message saying so).
+    pub max_elements: Option<usize>,
+}
+
+impl PrintOptions {
+    fn elides(&self, t: &Tensor) -> bool {
+        self.max_elements.is_some_and(|m| t.numel() > m)
+    }
+}
+
+fn print_const_def(out: &mut String, name: &str, t: &Tensor, opts: &PrintOptions) {
     out.push_str("const ");
     write_at_name(out, name);
     let _ = write!(out, " : {} = ", t.ty());
-    tensor_to_lit(t).write(out);
+    if opts.elides(t) {
+        out.push_str("...");
+    } else {
+        tensor_to_lit(t).write(out);
+    }
     out.push('\n');
 }
 
@@ -53,24 +71,29 @@ pub fn print_graph(g: &Graph) -> String {
 
 /// Prints several functions; shared named constants are defined once, before the first function.
 pub fn print_module(graphs: &[Graph]) -> String {
+    print_module_with(graphs, &PrintOptions::default())
+}
+
+/// Prints several functions under `opts`.
+pub fn print_module_with(graphs: &[Graph], opts: &PrintOptions) -> String {
     let mut consts = BTreeMap::new();
     for g in graphs {
         consts.extend(named_constants(g));
     }
     let mut out = String::new();
     for (name, t) in &consts {
-        print_const_def(&mut out, name, t);
+        print_const_def(&mut out, name, t, opts);
     }
     for (i, g) in graphs.iter().enumerate() {
         if i > 0 || !consts.is_empty() {
             out.push('\n');
         }
-        print_func(&mut out, g);
+        print_func(&mut out, g, opts);
     }
     out
 }
 
-fn print_func(out: &mut String, g: &Graph) {
+fn print_func(out: &mut String, g: &Graph, opts: &PrintOptions) {
     out.push_str("func ");
     write_at_name(out, g.name());
     out.push_str(" {\n");
@@ -105,7 +128,12 @@ fn print_func(out: &mut String, g: &Graph) {
             out.push_str(if i == 0 { " " } else { ", " });
             out.push_str(&name(v));
         }
-        let attrs = attrs_text(node.op());
+        let attrs = match node.op() {
+            Op::Constant { value } if value.name.is_none() && opts.elides(&value.tensor) => {
+                "{value=...}".to_string()
+            }
+            op => attrs_text(op),
+        };
         if !attrs.is_empty() {
             out.push(' ');
             out.push_str(&attrs);

@@ -70,13 +70,22 @@ fn fold_node(
     let Some(eval) = opts.evaluate else {
         return Ok(None);
     };
-    let Some(consts) = inputs
-        .iter()
-        .map(|&v| constant_of(b, v).cloned())
-        .collect::<Option<Vec<ConstValue>>>()
-    else {
-        return Ok(None);
-    };
+    // Operands must be constants, or broadcasts of constants (the normal form of splats).
+    let mut consts: Vec<(ConstValue, Option<Op>)> = Vec::with_capacity(inputs.len());
+    for &v in inputs {
+        if let Some(c) = constant_of(b, v) {
+            consts.push((c.clone(), None));
+            continue;
+        }
+        let node = b.graph().node(v.node);
+        match (node.op(), node.inputs()) {
+            (op @ Op::Broadcast { .. }, [src]) => match constant_of(b, *src) {
+                Some(c) => consts.push((c.clone(), Some(op.clone()))),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        }
+    }
     let mut out_bytes = 0u64;
     for ty in node.types() {
         let Some(dims) = ty.shape.as_consts() else {
@@ -87,7 +96,7 @@ fn fold_node(
     }
     let in_bytes: u64 = consts
         .iter()
-        .map(|c| {
+        .map(|(c, _)| {
             c.tensor
                 .dtype()
                 .storage_bytes(c.tensor.numel() as u64)
@@ -97,11 +106,15 @@ fn fold_node(
     if out_bytes > opts.fold_max_bytes || (out_bytes > SMALL && out_bytes > in_bytes) {
         return Ok(None);
     }
-    // A scratch graph: the constants and the node.
+    // A scratch graph: the constants (and their broadcasts) and the node.
     let mut s = Builder::new("fold");
     let mut args = Vec::with_capacity(consts.len());
-    for c in &consts {
-        args.push(s.constant(c.tensor.clone()).map_err(|e| e.to_string())?);
+    for (c, broadcast) in &consts {
+        let mut v = s.constant(c.tensor.clone()).map_err(|e| e.to_string())?;
+        if let Some(op) = broadcast {
+            v = s.op1(op.clone(), &[v]).map_err(|e| e.to_string())?;
+        }
+        args.push(v);
     }
     let outs = s.op(node.op().clone(), &args).map_err(|e| e.to_string())?;
     for (i, v) in outs.iter().enumerate() {
@@ -114,7 +127,7 @@ fn fold_node(
     };
     let base = consts
         .iter()
-        .find_map(|c| c.name.as_deref())
+        .find_map(|(c, _)| c.name.as_deref())
         .map(|n| format!("{n}.{}", node.op().mnemonic()));
     let mut values = Vec::with_capacity(results.len());
     for t in results {

@@ -205,6 +205,8 @@ pub struct Ctx<'o> {
     opsets: HashMap<String, i64>,
     /// Nesting depth of inlined subgraphs.
     depth: usize,
+    /// Names given to constants (after their ONNX values), to keep them unique.
+    const_names: HashMap<String, Tensor>,
 }
 
 impl<'o> Ctx<'o> {
@@ -217,6 +219,7 @@ impl<'o> Ctx<'o> {
             producers: HashMap::new(),
             demanded: Default::default(),
             opsets: HashMap::new(),
+            const_names: HashMap::new(),
             depth: 0,
         }
     }
@@ -238,7 +241,7 @@ impl<'o> Ctx<'o> {
         if let Some(value) = v.value {
             return Ok(value);
         }
-        let value = self.materialize(&v)?;
+        let value = self.materialize(&v, Some(name))?;
         if let Some(e) = self.env.get_mut(name) {
             e.value = Some(value);
         }
@@ -249,13 +252,34 @@ impl<'o> Ctx<'o> {
     pub fn value_of(&mut self, v: &V) -> Result<Value, String> {
         match v.value {
             Some(x) => Ok(x),
-            None => self.materialize(v),
+            None => self.materialize(v, None),
         }
     }
 
-    fn materialize(&mut self, v: &V) -> Result<Value, String> {
+    /// A constant for known data: named after its ONNX value (so it prints as `@name`) unless
+    /// it is small.
+    fn constant(&mut self, t: &Tensor, name: Option<&str>) -> Result<Value, String> {
+        let Some(base) = name.filter(|_| t.numel() > 16) else {
+            return self.b.constant(t.clone()).map_err(|e| e.to_string());
+        };
+        let mut name = base.to_string();
+        let mut k = 1;
+        while let Some(existing) = self.const_names.get(&name) {
+            if existing == t {
+                break;
+            }
+            k += 1;
+            name = format!("{base}.{k}");
+        }
+        self.const_names.insert(name.clone(), t.clone());
+        self.b
+            .named_constant(&name, t.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    fn materialize(&mut self, v: &V, name: Option<&str>) -> Result<Value, String> {
         match &v.known {
-            Some(Known::Data(t)) => self.b.constant(t.clone()).map_err(|e| e.to_string()),
+            Some(Known::Data(t)) => self.constant(t, name),
             Some(Known::Dims { dims, scalar }) => {
                 if let Some(t) = v.known_tensor() {
                     return self.b.constant(t).map_err(|e| e.to_string());
