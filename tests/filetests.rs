@@ -291,6 +291,16 @@ fn filetests() {
         files.len(),
         failures.join("\n")
     );
+    // Every op is printed and parsed by some `parse` filetest and run by some `run` filetest.
+    for cmd in ["parse", "run"] {
+        let seen = cover.get(cmd).cloned().unwrap_or_default();
+        let missing: Vec<&str> = kiln::Op::MNEMONICS
+            .iter()
+            .copied()
+            .filter(|m| !(seen.contains(m) || (cmd == "run" && *m == "param")))
+            .collect();
+        assert!(missing.is_empty(), "no `{cmd}` filetest uses {missing:?}");
+    }
     assert!(
         files.len() >= 30,
         "expected at least 30 filetests, found {}",

@@ -140,6 +140,19 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 }
                 continue;
             }
+            "fused" => {
+                // A kernel whose body moves its operand (every dtype can be reshaped).
+                let mut body = Builder::new("body");
+                let p = body
+                    .param("in0", dtype, Shape::from_consts(&[2, 3]))
+                    .unwrap();
+                let r = body.reshape(p, Shape::from_consts(&[3, 2])).unwrap();
+                body.output("out0", r).unwrap();
+                Op::Fused {
+                    kind: "move".into(),
+                    body: kiln::ir::Region::new(body.into_graph()),
+                }
+            }
             "topk" => Op::TopK {
                 k: 2,
                 axis: 1,
@@ -150,6 +163,7 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 let ctx = kiln::ir::AttrCtx {
                     results: &[],
                     constant: &|_| None,
+                    region: None,
                 };
                 let op = Op::from_text(m, vec![], &ctx).unwrap().unwrap();
                 let args = match op.arity() {

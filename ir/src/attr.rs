@@ -35,6 +35,8 @@ pub enum Lit {
 pub struct AttrCtx<'a> {
     pub results: &'a [TensorType],
     pub constant: &'a dyn Fn(&str) -> Option<Tensor>,
+    /// The body block written after the node's type, for kernel ops.
+    pub region: Option<crate::region::Region>,
 }
 
 /// A type that can be an op attribute.
@@ -536,6 +538,7 @@ mod tests {
 
     fn ctx_for(results: &[TensorType]) -> AttrCtx<'_> {
         AttrCtx {
+            region: None,
             results,
             constant: &|_| None,
         }

@@ -341,6 +341,37 @@ impl Graph {
         Ok(node)
     }
 
+    /// A copy with every op replaced by `f(op)` and every type inferred again.
+    pub fn map_ops<E: From<String>>(&self, f: &dyn Fn(&Op) -> Result<Op, E>) -> Result<Graph, E> {
+        let order = self
+            .topo_order()
+            .map_err(|_| E::from("the graph has a cycle".to_string()))?;
+        let mut out = Graph::new(&self.name);
+        let mut map: HashMap<Value, Value> = HashMap::new();
+        for id in order {
+            let node = self.node(id);
+            let op = f(&node.op)?;
+            let inputs: Vec<Value> = node.inputs.iter().map(|v| map[v]).collect();
+            let types: Vec<TensorType> =
+                inputs.iter().map(|&v| out.value_type(v).clone()).collect();
+            let types = op.infer(&types).map_err(E::from)?;
+            let n = types.len();
+            let new = out
+                .add_node(op, inputs, types, node.origin.clone())
+                .map_err(|e| E::from(e.to_string()))?;
+            for i in 0..n {
+                map.insert(Value::new(id, i as u32), Value::new(new, i as u32));
+            }
+        }
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|(name, v)| (name.clone(), map[v]))
+            .collect();
+        out.outputs = outputs;
+        Ok(out)
+    }
+
     /// Nodes in topological order, ties broken by creation order.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, Cycle> {
         let mut indegree: HashMap<NodeIndex<u32>, usize> = self

@@ -5,6 +5,7 @@
 use crate::attr::{ConstValue, PadMode, ReduceKind, ScatterReduction};
 use crate::dim::{Dim, DimError};
 use crate::dtype::{DType, DTypeSet};
+use crate::region::Region;
 use crate::shape::{Shape, TensorType};
 
 pub(crate) type Rule = Result<Vec<TensorType>, String>;
@@ -617,4 +618,35 @@ pub(crate) fn rule_topk(ins: &[TensorType], k: &i64, ax: &i64, _largest: &bool) 
         TensorType::new(x.dtype, shape.clone()),
         TensorType::new(DType::I64, shape),
     ])
+}
+
+pub(crate) fn rule_fused(inputs: &[TensorType], _kind: &String, body: &Region) -> Rule {
+    let g = body.graph();
+    let params = g.params();
+    if params.len() != inputs.len() {
+        return Err(format!(
+            "the body takes {} parameters but the node has {} operands",
+            params.len(),
+            inputs.len()
+        ));
+    }
+    for (i, (&p, t)) in params.iter().zip(inputs).enumerate() {
+        let pt = g
+            .node(p)
+            .types()
+            .first()
+            .ok_or("a body parameter has no type")?;
+        if pt != t {
+            return Err(format!(
+                "operand {i} has type {t} but the body's parameter {i} is {pt}"
+            ));
+        }
+    }
+    if g.outputs().is_empty() {
+        return Err("the body returns nothing".into());
+    }
+    Ok(g.outputs()
+        .iter()
+        .map(|(_, v)| g.value_type(*v).clone())
+        .collect())
 }

@@ -30,6 +30,7 @@ pub mod narrow;
 mod ops;
 mod parse;
 mod print;
+mod region;
 mod shape;
 mod tensor;
 mod verify;
@@ -48,6 +49,7 @@ pub use print::{
     attrs_text, default_output_name, print_graph, print_module, print_module_with, tensor_literal,
     PrintOptions,
 };
+pub use region::Region;
 pub use shape::{Shape, TensorType};
 pub use tensor::{Data, Element, ShapeMismatch, Tensor};
 pub use verify::{verify, Verified, VerifyError, VerifyErrors};

@@ -6,6 +6,7 @@ use crate::attr::{Attr, AttrCtx, ConstValue, Lit, PadMode, ReduceKind, ScatterRe
 use crate::dim::Dim;
 use crate::dtype::{DType, DTypeSet};
 use crate::infer::*;
+use crate::region::Region;
 use crate::shape::{Shape, TensorType};
 
 /// How many operands an op takes.
@@ -58,6 +59,8 @@ pub enum OpKind {
     Window,
     /// Sorting: `topk`.
     Sort,
+    /// Kernel nodes that own a region: `fused`.
+    Kernel,
 }
 
 macro_rules! attr_out {
@@ -72,6 +75,9 @@ macro_rules! attr_out {
     ($out:ident, $f:ident, result($($d:tt)*)) => {
         let _ = $f;
     };
+    ($out:ident, $f:ident, region()) => {
+        let _ = $f;
+    };
 }
 
 macro_rules! attr_in {
@@ -84,6 +90,11 @@ macro_rules! attr_in {
     };
     ($attrs:ident, $ctx:ident, $f:ident, $t:ty, result($($d:tt)*)) => {
         ($($d)*)($ctx.results)?
+    };
+    ($attrs:ident, $ctx:ident, $f:ident, $t:ty, region()) => {
+        $ctx.region
+            .clone()
+            .ok_or_else(|| "`fused` needs a body block after its type".to_string())?
     };
 }
 
@@ -413,16 +424,23 @@ ops! {
     /// go to the lower index.
     TopK = "topk", Sort, Exactly(1), { k: i64, axis: i64, largest: bool = default(true) }
         => rule_topk;
+
+    /// A kernel: runs its body (a region whose parameters are the operands, in order) as one
+    /// unit. `kind` names what the body computes when a pass recognized it (`softmax`).
+    Fused = "fused", Kernel, AtLeast(0), { kind: String = default(String::new()), body: Region = region() }
+        => rule_fused;
 }
 
 impl Op {
     /// This op with every dimension expression in its attributes (parameter and `iota` types,
     /// `dims` values, `reshape` and `broadcast` shapes, `slice` bounds) mapped by `f`: how
     /// symbols are bound or specialized.
-    pub fn map_dims<E>(&self, f: &dyn Fn(&Dim) -> Result<Dim, E>) -> Result<Op, E> {
+    pub fn map_dims<E: From<String>>(&self, f: &dyn Fn(&Dim) -> Result<Dim, E>) -> Result<Op, E> {
         let dims = |ds: &[Dim]| ds.iter().map(f).collect::<Result<Vec<Dim>, E>>();
         let shape = |s: &Shape| dims(s.dims()).map(Shape::new);
-        let ty = |t: &TensorType| Ok(TensorType::new(t.dtype, shape(&t.shape)?));
+        let ty = |t: &TensorType| -> Result<TensorType, E> {
+            Ok(TensorType::new(t.dtype, shape(&t.shape)?))
+        };
         Ok(match self {
             Op::Param { name, ty: t } => Op::Param {
                 name: name.clone(),
@@ -448,6 +466,10 @@ impl Op {
                 start: dims(start)?,
                 limit: dims(limit)?,
                 stride: stride.clone(),
+            },
+            Op::Fused { kind, body } => Op::Fused {
+                kind: kind.clone(),
+                body: Region::new(body.graph().map_ops(&|op| op.map_dims(f))?),
             },
             op => op.clone(),
         })
@@ -494,6 +516,7 @@ mod tests {
         let ctx = AttrCtx {
             results: &[],
             constant: &|_| None,
+            region: None,
         };
         assert_eq!(Op::from_text("dot", attrs, &ctx), Ok(Some(op)));
     }
@@ -515,6 +538,7 @@ mod tests {
         let ctx = AttrCtx {
             results: &[],
             constant: &|_| None,
+            region: None,
         };
         let e = Op::from_text("transpose", vec![], &ctx).unwrap_err();
         assert_eq!(e, "missing attribute `perm`");

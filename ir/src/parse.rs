@@ -7,7 +7,8 @@
 //! module   := (const | func)*
 //! const    := "const" @name ":" type "=" literal
 //! func     := "func" @name "{" stmt* "return" (ret ("," ret)*)? "}"
-//! stmt     := %v ("," %v)* "=" mnemonic (%v ("," %v)*)? attrs? ":" type ("," type)*
+//! stmt     := %v ("," %v)* "=" mnemonic (%v ("," %v)*)? attrs? ":" type ("," type)* block?
+//! block    := "{" stmt* "return" (ret ("," ret)*)? "}"      (the region of a `fused` kernel)
 //! ret      := %v ("as" "string")?
 //! attrs    := "{" (ident "=" literal ("," ident "=" literal)*)? "}"
 //! type     := dtype "[" (dim ("," dim)*)? "]"
@@ -24,6 +25,7 @@ use crate::dtype::DType;
 use crate::graph::{Graph, Loc, Origin, Value};
 use crate::ops::Op;
 use crate::print::default_output_name;
+use crate::region::Region;
 use crate::shape::{Shape, TensorType};
 use crate::tensor::Tensor;
 
@@ -392,11 +394,21 @@ impl Parser {
         let (_, start) = self.next();
         let (name, _) = self.at_name("a function name")?;
         self.expect('{')?;
-        let mut g = Graph::new(&name);
+        let (graph, end) = self.body(&name, &format!("function @{name}"))?;
+        Ok(Func {
+            graph,
+            span: Span { start, end },
+        })
+    }
+
+    /// Statements and a `return` up to the closing brace (the opening one already read): a
+    /// function's body or a kernel's region.
+    fn body(&mut self, name: &str, what: &str) -> Result<(Graph, Loc), ParseError> {
+        let mut g = Graph::new(name);
         let mut env: HashMap<String, (Value, Loc)> = HashMap::new();
         while !self.is_keyword("return") {
             if *self.peek() == Tok::Eof {
-                return err(self.loc(), format!("function @{name} has no `return`"));
+                return err(self.loc(), format!("{what} has no `return`"));
             }
             self.stmt(&mut g, &mut env)?;
         }
@@ -423,10 +435,7 @@ impl Parser {
         let end = self.expect('}')?;
         g.set_outputs(outputs)
             .or_else(|e| err(end, e.to_string()))?;
-        Ok(Func {
-            graph: g,
-            span: Span { start, end },
-        })
+        Ok((g, end))
     }
 
     fn operand(&mut self, env: &HashMap<String, (Value, Loc)>) -> Result<Value, ParseError> {
@@ -490,11 +499,26 @@ impl Parser {
                 ),
             );
         }
+        // A kernel's region follows its type as a block.
+        let region = if *self.peek() == Tok::Punct('{') {
+            let block = self.loc();
+            if mnemonic != "fused" {
+                return err(block, format!("`{mnemonic}` takes no body block"));
+            }
+            self.nest()?;
+            self.next();
+            let (body, _) = self.body("body", "a `fused` body")?;
+            self.depth -= 1;
+            Some(Region::new(body))
+        } else {
+            None
+        };
         let consts = &self.consts;
         let lookup = |n: &str| consts.get(n).cloned();
         let ctx = AttrCtx {
             results: &types,
             constant: &lookup,
+            region,
         };
         let op = match Op::from_text(&mnemonic, attrs, &ctx) {
             Ok(Some(op)) => op,

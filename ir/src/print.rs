@@ -29,10 +29,14 @@ pub fn default_output_name(i: usize) -> String {
 fn named_constants(g: &Graph) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
     for id in g.node_ids() {
-        if let Op::Constant { value } = g.node(id).op() {
-            if let Some(name) = &value.name {
-                out.insert(name.to_string(), value.tensor.clone());
+        match g.node(id).op() {
+            Op::Constant { value } => {
+                if let Some(name) = &value.name {
+                    out.insert(name.to_string(), value.tensor.clone());
+                }
             }
+            Op::Fused { body, .. } => out.extend(named_constants(body.graph())),
+            _ => {}
         }
     }
     out
@@ -97,6 +101,14 @@ fn print_func(out: &mut String, g: &Graph, opts: &PrintOptions) {
     out.push_str("func ");
     write_at_name(out, g.name());
     out.push_str(" {\n");
+    print_body(out, g, 1, opts);
+    out.push_str("}\n");
+}
+
+/// The statements and `return` of a function or region, at an indentation depth. Values are
+/// numbered per body: a region's values start again at `%0`.
+fn print_body(out: &mut String, g: &Graph, depth: usize, opts: &PrintOptions) {
+    let indent = "  ".repeat(depth);
     let order = g.topo_order().unwrap_or_else(|_| g.node_ids());
     let numbering: HashMap<Value, usize> = match g.numbering() {
         Some(n) => n,
@@ -117,7 +129,7 @@ fn print_func(out: &mut String, g: &Graph, opts: &PrintOptions) {
     };
     for id in order {
         let node = g.node(id);
-        out.push_str("  ");
+        out.push_str(&indent);
         let results: Vec<String> = (0..node.types().len())
             .map(|i| name(&Value::new(id, i as u32)))
             .collect();
@@ -141,9 +153,16 @@ fn print_func(out: &mut String, g: &Graph, opts: &PrintOptions) {
         out.push_str(" : ");
         let types: Vec<String> = node.types().iter().map(|t| t.to_string()).collect();
         out.push_str(&types.join(", "));
+        if let Op::Fused { body, .. } = node.op() {
+            out.push_str(" {\n");
+            print_body(out, body.graph(), depth + 1, opts);
+            out.push_str(&indent);
+            out.push('}');
+        }
         out.push('\n');
     }
-    out.push_str("  return");
+    out.push_str(&indent);
+    out.push_str("return");
     for (i, (oname, v)) in g.outputs().iter().enumerate() {
         out.push_str(if i == 0 { " " } else { ", " });
         out.push_str(&name(v));
@@ -152,7 +171,7 @@ fn print_func(out: &mut String, g: &Graph, opts: &PrintOptions) {
             write_quoted(out, oname);
         }
     }
-    out.push_str("\n}\n");
+    out.push('\n');
 }
 
 /// Formats a tensor's attribute literal; used by diagnostics and tools.

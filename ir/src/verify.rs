@@ -137,6 +137,15 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, VerifyErrors> {
                     }
                 }
             }
+            Op::Fused { body, .. } => {
+                // The region is checked like any graph; its errors carry this node's name.
+                if let Err(e) = check(body.graph()) {
+                    for err in e.errors {
+                        let inner = err.node.map_or(String::new(), |n| format!("{n}: "));
+                        report(format!("in its body: {inner}{}", err.message));
+                    }
+                }
+            }
             _ => {}
         }
         let mut dims: Vec<&Dim> = node.types().iter().flat_map(|t| t.shape.dims()).collect();

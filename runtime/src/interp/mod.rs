@@ -507,6 +507,17 @@ impl Interp<'_> {
                 );
                 Ok(vec![narrow(&r, dtype0())])
             }
+            Op::Fused { body, .. } => {
+                // The region runs as a graph of its own, with the outer symbol bindings.
+                let v = ir::verify(body.graph()).map_err(|e| format!("its body: {e}"))?;
+                let inputs: Vec<Tensor> = args.iter().map(|&t| t.clone()).collect();
+                let opts = Options {
+                    bindings: self.env.clone(),
+                    max_tensor_bytes: self.max_bytes,
+                };
+                let outs = run_with(&v, &inputs, &opts).map_err(|e| format!("in its body: {e}"))?;
+                Ok(outs.iter().map(|t| t.data().clone()).collect())
+            }
             _ => Err(format!(
                 "the interpreter does not implement `{}`",
                 op.mnemonic()
