@@ -10,6 +10,7 @@
 mod canon;
 pub mod egraph;
 mod fold;
+mod fuse;
 mod manager;
 mod rebuild;
 mod shapes;

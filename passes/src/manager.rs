@@ -95,6 +95,11 @@ pub static PASSES: &[Pass] = &[
         run: |g, o| saturate(g, o, &[&rules::SIMPLIFY]),
     },
     Pass {
+        name: "fuse",
+        summary: "fuse into kernels (elementwise chains, reductions with prologue/epilogue, dot/conv with epilogue), chosen by the cost model",
+        run: crate::fuse::run,
+    },
+    Pass {
         name: "cse",
         summary: "merge identical nodes",
         run: cse,
@@ -115,6 +120,7 @@ pub static PIPELINE: &[&str] = &[
     "simplify",
     "fold",
     "cse",
+    "fuse",
 ];
 
 /// Runs e-graph stages and extracts; notes each stage's stop reason and rule applications.

@@ -65,29 +65,46 @@ impl Target {
         }
         let out: f64 = info.types.iter().map(|t| self.bytes(t)).sum();
         let inp: f64 = args.iter().map(|a| self.bytes(a.ty())).sum();
-        let flops = self.flops(op, info, args);
+        let arg_types: Vec<&TensorType> = args.iter().map(|a| a.ty()).collect();
+        let flops = self.flops(op, &info.types, &arg_types);
         self.launch + (out + inp) / self.bandwidth + flops / self.peak
     }
 
-    fn flops(&self, op: &Op, info: &Info, args: &[&Info]) -> f64 {
-        let out = self.numel(info.ty());
+    /// Arithmetic work of one op; a kernel's is its body's.
+    pub fn flops(&self, op: &Op, results: &[TensorType], args: &[&TensorType]) -> f64 {
+        let Some(first) = results.first() else {
+            return 0.0;
+        };
+        let out = self.numel(first);
         match op {
+            Op::Fused { body, .. } => {
+                let g = body.graph();
+                g.node_ids()
+                    .into_iter()
+                    .map(|id| {
+                        let n = g.node(id);
+                        let ins: Vec<&TensorType> =
+                            n.inputs().iter().map(|&v| g.value_type(v)).collect();
+                        self.flops(n.op(), n.types(), &ins)
+                    })
+                    .sum()
+            }
+            Op::Param { .. } | Op::Constant { .. } | Op::Reshape { .. } | Op::Dims { .. } => 0.0,
             Op::Dot { lhs_contract, .. } => {
-                let lhs = args[0].ty();
+                let lhs = args[0];
                 let k: f64 = lhs_contract
                     .iter()
                     .map(|&a| self.dim(lhs.shape.dim(a as usize)) as f64)
                     .product();
                 2.0 * out * k
             }
-            Op::Conv { groups, .. } => {
-                let w = args[1].ty();
+            Op::Conv { .. } => {
+                let w = args[1];
                 let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;
-                let _ = groups;
                 2.0 * out * per
             }
             Op::ReduceWindow { window, .. } => out * window.iter().product::<i64>() as f64,
-            _ if op.kind() == ir::OpKind::Reduce => self.numel(args[0].ty()),
+            _ if op.kind() == ir::OpKind::Reduce => self.numel(args[0]),
             Op::Exp
             | Op::Log
             | Op::Tanh

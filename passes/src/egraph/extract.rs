@@ -20,6 +20,8 @@ pub struct Loaded {
     pub egraph: EGraph,
     pub params: Vec<Id>,
     pub outputs: Vec<(String, Id)>,
+    /// The class of each value of the loaded graph.
+    pub values: HashMap<Value, Id>,
 }
 
 /// The e-graph of `g`: one class per value.
@@ -57,6 +59,7 @@ pub fn load(g: &Graph) -> R<Loaded> {
         egraph: eg,
         params,
         outputs,
+        values: ids,
     })
 }
 

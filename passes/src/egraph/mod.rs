@@ -10,7 +10,7 @@
 //! the same input always gives the same output.
 
 pub mod cost;
-mod extract;
+pub(crate) mod extract;
 pub mod lang;
 pub mod rules;
 
