@@ -277,7 +277,7 @@ fn opt_prints_the_optimized_ir_and_reports_passes() {
     let (so, se) = expect(&["opt", s(&f), "--time-passes", "--print-after-all"], true);
     assert_eq!(
         so,
-        "func @main {\n  %0 = param {name=\"x\"} : f32[n, 3]\n  %1 = exp %0 : f32[n, 3]\n  %2 = add %1, %1 : f32[n, 3]\n  return %2\n}\n"
+        "func @main {\n  %0 = param {name=\"x\"} : f32[n, 3]\n  %1 = fused %0 {kind=\"elementwise\"} : f32[n, 3] {\n    %0 = param {name=\"in0\"} : f32[n, 3]\n    %1 = exp %0 : f32[n, 3]\n    %2 = add %1, %1 : f32[n, 3]\n    return %2\n  }\n  return %1\n}\n"
     );
     for p in kiln::passes::PIPELINE {
         assert!(se.contains(&format!("; after {p}\n")), "{se}");
