@@ -414,3 +414,39 @@ pub(crate) fn run(g: &Graph, opts: &Options) -> R<Done> {
         )],
     })
 }
+
+/// Optimizes every kernel body with the recognition and simplification rules, pricing only
+/// arithmetic (inside a kernel, intermediates are not materialized), and renames the kernel.
+pub(crate) fn optimize_bodies(g: &Graph, opts: &Options) -> R<Done> {
+    use crate::egraph::rules::{RECOGNIZE, SIMPLIFY};
+    let inner = opts.target.in_kernel();
+    let mut changed = 0;
+    let graph = crate::rebuild::rebuild(
+        g,
+        &crate::rebuild::Settings::STRICT,
+        &mut |b: &mut Builder, node, inputs: &[Value]| {
+            let Op::Fused { body, .. } = node.op() else {
+                return Ok(None);
+            };
+            let (new, _) = crate::egraph::optimize(
+                body.graph(),
+                &[&RECOGNIZE, &SIMPLIFY],
+                &opts.limits,
+                &inner,
+            )?;
+            if new == *body.graph() {
+                return Ok(None);
+            }
+            changed += 1;
+            let op = Op::Fused {
+                kind: name_kernel(&new),
+                body: Region::new(new),
+            };
+            b.op(op, inputs).map(Some).map_err(|e| e.to_string())
+        },
+    )?;
+    Ok(Done {
+        graph,
+        notes: vec![format!("kernels: {changed} bodies rewritten")],
+    })
+}

@@ -90,6 +90,17 @@ pub static PASSES: &[Pass] = &[
         run: |g, o| crate::canon::run(g, o).map(Done::from),
     },
     Pass {
+        name: "recognize",
+        summary: "e-graph: norm, softmax and activation variants toward canonical forms (x*x, rsqrt, recip, sigmoid)",
+        run: |g, o| {
+            let o = Options {
+                target: o.target.in_kernel(),
+                ..o.clone()
+            };
+            saturate(g, &o, &[&rules::RECOGNIZE])
+        },
+    },
+    Pass {
         name: "simplify",
         summary: "e-graph: algebraic identities, scalars through dot, layout (transposes into dot)",
         run: |g, o| saturate(g, o, &[&rules::SIMPLIFY]),
@@ -98,6 +109,11 @@ pub static PASSES: &[Pass] = &[
         name: "fuse",
         summary: "fuse into kernels (elementwise chains, reductions with prologue/epilogue, dot/conv with epilogue), chosen by the cost model",
         run: crate::fuse::run,
+    },
+    Pass {
+        name: "kernels",
+        summary: "optimize each kernel body (recognize, simplify) pricing arithmetic only",
+        run: crate::fuse::optimize_bodies,
     },
     Pass {
         name: "cse",
@@ -117,14 +133,16 @@ pub static PIPELINE: &[&str] = &[
     "fold",
     "canonicalize",
     "cse",
+    "recognize",
     "simplify",
     "fold",
     "cse",
     "fuse",
+    "kernels",
 ];
 
 /// Runs e-graph stages and extracts; notes each stage's stop reason and rule applications.
-fn saturate(g: &Graph, opts: &Options, stages: &[&Stage]) -> R<Done> {
+pub(crate) fn saturate(g: &Graph, opts: &Options, stages: &[&Stage]) -> R<Done> {
     let (graph, reports) = crate::egraph::optimize(g, stages, &opts.limits, &opts.target)?;
     let notes = reports
         .iter()

@@ -35,6 +35,16 @@ impl Default for Target {
 }
 
 impl Target {
+    /// Pricing inside a kernel body: intermediates stay in registers and there are no
+    /// launches, so only arithmetic counts.
+    pub fn in_kernel(&self) -> Target {
+        Target {
+            bandwidth: f64::INFINITY,
+            launch: 0.0,
+            ..self.clone()
+        }
+    }
+
     pub fn numel(&self, ty: &TensorType) -> f64 {
         ty.shape.dims().iter().map(|d| self.dim(d) as f64).product()
     }
@@ -58,9 +68,12 @@ impl Target {
             return 0.0;
         }
         match op {
-            Op::Param { .. } | Op::Constant { .. } | Op::Reshape { .. } | Op::Dims { .. } => {
-                return 0.0
-            }
+            // Views: folded into the indexing of whatever reads them.
+            Op::Param { .. }
+            | Op::Constant { .. }
+            | Op::Reshape { .. }
+            | Op::Broadcast { .. }
+            | Op::Dims { .. } => return 0.0,
             _ => {}
         }
         let out: f64 = info.types.iter().map(|t| self.bytes(t)).sum();
@@ -112,10 +125,11 @@ impl Target {
             | Op::Erf
             | Op::Sin
             | Op::Cos
-            | Op::Pow
             | Op::Sqrt
             | Op::Rsqrt => 8.0 * out,
             Op::Div | Op::Rem | Op::Mod | Op::Recip => 4.0 * out,
+            // exp(b * log a)
+            Op::Pow => 16.0 * out,
             _ => out,
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod algebra;
 pub mod layout;
+pub mod recognize;
 
 use egg::Id;
 use ir::{ConstValue, DType, Data, Op, Shape, Tensor};
@@ -31,6 +32,17 @@ pub static SIMPLIFY: Stage = Stage {
         layout::RESHAPE_IDENTITY,
         layout::TRANSPOSE_INTO_DOT,
         layout::SINK_BROADCAST,
+    ],
+};
+
+/// Variants of norms, softmax and activations toward their canonical forms.
+pub static RECOGNIZE: Stage = Stage {
+    name: "recognize",
+    rules: &[
+        recognize::POW_CONST,
+        recognize::RECIPROCALS,
+        recognize::DIV_BROADCAST,
+        recognize::SIGMOID,
     ],
 };
 
