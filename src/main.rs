@@ -184,6 +184,9 @@ struct OptArgs {
     /// Print constants with more than 64 elements in full instead of as `...`
     #[arg(long)]
     full: bool,
+    /// Report kernels and materialized intermediate bytes before and after, to stderr
+    #[arg(long)]
+    stats: bool,
 }
 
 fn opt(a: OptArgs) -> Result<(), Failure> {
@@ -249,6 +252,23 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
                 "total",
                 total.as_secs_f64() * 1e3
             );
+        }
+        if a.stats {
+            let (before, after) = (
+                kiln::passes::report(g, &opts.target),
+                kiln::passes::report(&g2, &opts.target),
+            );
+            eprintln!(
+                "@{}: kernels {} -> {}, intermediates {:.0} -> {:.0} bytes",
+                g.name(),
+                before.kernels,
+                after.kernels,
+                before.intermediate_bytes,
+                after.intermediate_bytes
+            );
+            for u in &after.unkept {
+                eprintln!("@{}:   not kept in a kernel: {u}", g.name());
+            }
         }
         out.push(g2);
     }

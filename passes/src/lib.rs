@@ -13,8 +13,10 @@ mod fold;
 mod fuse;
 mod manager;
 mod rebuild;
+mod report;
 mod shapes;
 
 pub use manager::{
     pass, pass_list, run, Done, Error, Evaluator, Options, Pass, PassRun, PASSES, PIPELINE,
 };
+pub use report::{report, Report};
