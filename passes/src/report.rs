@@ -105,11 +105,9 @@ pub fn report(g: &Graph, target: &Target) -> Report {
                 continue;
             }
             let (ca, cb) = (contents(a), contents(b));
-            // A dot/conv takes no reduction and only views of its operands, and a kernel holds
-            // one dot/conv: those boundaries are where kernels must materialize.
-            let must = (ca.heavy && (cb.heavy || cb.reduce))
-                || (cb.heavy && !ca.heavy)
-                || (ca.reduce && cb.heavy);
+            // A dot/conv kernel takes only views of its operands, holds one dot/conv and no
+            // reduction: those boundaries are where kernels must materialize.
+            let must = cb.heavy || (ca.heavy && cb.reduce);
             if !must {
                 unkept.push(format!(
                     "{} ({}) is read only by {} ({})",
