@@ -19,6 +19,7 @@
 //! ```
 
 pub mod format;
+pub mod graphviz;
 pub mod npz;
 pub mod onnx;
 

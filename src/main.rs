@@ -46,6 +46,8 @@ enum Cmd {
     Opt(OptArgs),
     /// List the optimizer's passes and the default pipeline
     Passes,
+    /// Draw a model's graph (kernels as clusters) as Graphviz .dot, or .svg through `dot`
+    Graph(GraphArgs),
     /// List the ops of the IR with their documentation
     Ops,
 }
@@ -278,6 +280,89 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
         None => print!("{}", kiln::ir::print_module_with(&out, &shown)),
     }
     Ok(())
+}
+
+#[derive(clap::Args)]
+struct GraphArgs {
+    file: PathBuf,
+    /// Draw the graph after the default pipeline has run through this pass (`all`: the whole
+    /// pipeline); without it, the graph as loaded
+    #[arg(long, value_name = "PASS")]
+    after: Option<String>,
+    /// The picture: .dot text, or .svg (needs Graphviz's `dot`)
+    #[arg(long, short, value_name = "OUT")]
+    output: PathBuf,
+    /// The function to draw (default: @main, else the first function)
+    #[arg(long)]
+    func: Option<String>,
+}
+
+fn graph(a: GraphArgs) -> Result<(), Failure> {
+    let file = a.file.as_path();
+    let mut g = load_graph(file, a.func.as_deref())?;
+    let diags = verify_diagnostics(file, &g);
+    if !diags.is_empty() {
+        return Err(Failure(diags.join("\n")));
+    }
+    if let Some(after) = &a.after {
+        let pipeline = kiln::passes::PIPELINE;
+        let upto = if after == "all" {
+            pipeline.len()
+        } else {
+            pipeline
+                .iter()
+                .position(|p| p == after)
+                .map(|i| i + 1)
+                .ok_or_else(|| {
+                    Failure(format!(
+                        "`{after}` is not in the pipeline ({}, or `all`)",
+                        pipeline.join(", ")
+                    ))
+                })?
+        };
+        let list = kiln::passes::pass_list(Some(&pipeline[..upto].join(",")))?;
+        let opts = kiln::pass_options(&HashMap::new());
+        g = kiln::passes::run(&g, &list, &opts, &mut |_, _| {})?.0;
+    }
+    let dot = kiln::graphviz::to_dot(&g);
+    let out = a.output.as_path();
+    let write = |p: &Path, bytes: &[u8]| {
+        std::fs::write(p, bytes).map_err(|e| Failure(format!("cannot write {}: {e}", p.display())))
+    };
+    match out.extension().and_then(|e| e.to_str()) {
+        Some("dot") | Some("gv") => write(out, dot.as_bytes()),
+        Some("svg") => {
+            use std::io::Write as _;
+            let child = std::process::Command::new("dot")
+                .arg("-Tsvg")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn();
+            let mut child = child.map_err(|_| {
+                Failure(
+                    "drawing SVG needs Graphviz's `dot` program, which is not installed \
+                     (apt-get install graphviz); write a .dot file instead"
+                        .into(),
+                )
+            })?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(dot.as_bytes())?;
+            }
+            let res = child.wait_with_output()?;
+            if !res.status.success() {
+                return Err(Failure(format!(
+                    "dot failed: {}",
+                    String::from_utf8_lossy(&res.stderr).trim()
+                )));
+            }
+            write(out, &res.stdout)
+        }
+        _ => Err(Failure(format!(
+            "{}: the picture must be a .dot or .svg file",
+            out.display()
+        ))),
+    }
 }
 
 #[derive(clap::Args)]
@@ -627,6 +712,7 @@ fn main() -> ExitCode {
         Cmd::Conformance(args) => conformance(args),
         Cmd::Inspect { file } => inspect(&file),
         Cmd::Opt(args) => opt(args),
+        Cmd::Graph(args) => graph(args),
         Cmd::Passes => {
             for p in kiln::passes::PASSES {
                 println!("{:<14} {}", p.name, p.summary);

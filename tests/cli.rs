@@ -316,3 +316,37 @@ fn opt_prints_the_optimized_ir_and_reports_passes() {
         "{so}"
     );
 }
+
+#[test]
+fn graph_draws_kernels_as_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = b"func @main {\n  %x = param {name=\"x\"} : f32[4]\n  %e = exp %x : f32[4]\n  %y = tanh %e : f32[4]\n  return %y\n}\n";
+    let f = write(dir.path(), "m.kir", src);
+    let dot = dir.path().join("g.dot");
+    expect(&["graph", s(&f), "-o", s(&dot)], true);
+    let picture = std::fs::read_to_string(&dot).unwrap();
+    assert!(
+        picture.starts_with("digraph \"main\" {") && picture.contains("exp\\nf32[4]"),
+        "{picture}"
+    );
+    assert!(!picture.contains("cluster"), "{picture}");
+    expect(&["graph", s(&f), "--after", "all", "-o", s(&dot)], true);
+    let picture = std::fs::read_to_string(&dot).unwrap();
+    assert!(
+        picture.contains("subgraph cluster_n1 {")
+            && picture.contains("label=\"elementwise : f32[4]\""),
+        "{picture}"
+    );
+    let (_, se) = expect(&["graph", s(&f), "--after", "nope", "-o", s(&dot)], false);
+    assert!(se.contains("`nope` is not in the pipeline"), "{se}");
+    let (_, se) = expect(&["graph", s(&f), "-o", "x.png"], false);
+    assert!(se.contains("must be a .dot or .svg file"), "{se}");
+    // SVG goes through Graphviz when it is installed, and says what is missing when not.
+    let svg = dir.path().join("g.svg");
+    let out = kiln(&["graph", s(&f), "-o", s(&svg)]);
+    if out.status.success() {
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    } else {
+        assert!(text(&out.stderr).contains("apt-get install graphviz"));
+    }
+}
