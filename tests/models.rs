@@ -133,3 +133,29 @@ fn fusion_report() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The optimized IR of every model, pinned (constants over 16 elements elided): any change to
+/// what the optimizer does to a model shows up in review as a snapshot diff.
+#[test]
+fn optimized_ir_snapshots() {
+    let Some(root) = common::shared("models") else {
+        return;
+    };
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("read models")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("model.onnx").is_file())
+        .collect();
+    dirs.sort();
+    let shown = kiln::ir::PrintOptions {
+        max_elements: Some(16),
+    };
+    for d in &dirs {
+        let name = d.file_name().unwrap().to_string_lossy().to_string();
+        let bytes = std::fs::read(d.join("model.onnx")).unwrap();
+        let g = kiln::onnx::import(&bytes, Default::default(), HashMap::new()).unwrap();
+        let o = kiln::optimize(&g, None, &HashMap::new()).unwrap();
+        let text = kiln::ir::print_module_with(&[o], &shown);
+        insta::assert_snapshot!(name, text);
+    }
+}
