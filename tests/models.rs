@@ -1,7 +1,8 @@
 //! The model suite: every model in `../shared/models` imports, runs on the reference
 //! interpreter with its `inputs.npz`, and matches onnxruntime's `expected.npz` within the
 //! `suggested_tol` of its `meta.json` (integer outputs such as labels and indices exactly), both
-//! as imported and after the default optimization pipeline.
+//! as imported and after the default optimization pipeline; the optimized graph must also match
+//! the imported one on random inputs with fixed seeds.
 //! Skips, saying so, when the shared folder is missing.
 
 mod common;
@@ -24,6 +25,42 @@ fn check_model(dir: &Path) -> Result<(), String> {
     let graph = kiln::onnx::import(&read("model.onnx")?, Default::default(), HashMap::new())
         .map_err(|e| e.to_string())?;
     let optimized = kiln::optimize(&graph, None, &HashMap::new()).map_err(|e| e.to_string())?;
+    // The optimized graph computes what the imported one does on random inputs too.
+    let bindings: HashMap<String, i64> = kiln::params(&graph)
+        .iter()
+        .flat_map(|(_, ty)| {
+            ty.shape
+                .dims()
+                .iter()
+                .flat_map(|d| d.symbols())
+                .collect::<Vec<_>>()
+        })
+        .map(|s| (s.to_string(), 3))
+        .collect();
+    for seed in [1, 2] {
+        let r = kiln::random_inputs(&graph, &bindings, seed).map_err(|e| e.to_string())?;
+        let a = kiln::interpret(&graph, &r.inputs, &HashMap::new());
+        let b = kiln::interpret(&optimized, &r.inputs, &HashMap::new());
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                for ((name, x), (_, y)) in a.iter().zip(&b) {
+                    if let Some(why) = mismatch(y, x, tol) {
+                        return Err(format!(
+                            "random inputs (seed {seed}): output `{name}`: {why}"
+                        ));
+                    }
+                }
+            }
+            (Err(e), Err(_)) => eprintln!("  random inputs (seed {seed}) fail both graphs: {e}"),
+            (a, b) => {
+                return Err(format!(
+                    "random inputs (seed {seed}): imported {:?}, optimized {:?}",
+                    a.err().map(|e| e.to_string()),
+                    b.err().map(|e| e.to_string())
+                ))
+            }
+        }
+    }
     for (what, g) in [("imported", &graph), ("optimized", &optimized)] {
         let got =
             kiln::interpret(g, &inputs, &HashMap::new()).map_err(|e| format!("{what}: {e}"))?;
