@@ -77,17 +77,23 @@ fn check_model(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn every_model_matches_onnxruntime() {
-    let Some(root) = common::shared("models") else {
-        return;
-    };
+/// The shared models' folders, sorted; `None` (with a SKIPPED note) without `../shared`.
+fn model_dirs() -> Option<Vec<std::path::PathBuf>> {
+    let root = common::shared("models")?;
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .expect("read models")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("model.onnx").is_file())
         .collect();
     dirs.sort();
+    Some(dirs)
+}
+
+#[test]
+fn every_model_matches_onnxruntime() {
+    let Some(dirs) = model_dirs() else {
+        return;
+    };
     let mut failures = Vec::new();
     for d in &dirs {
         let name = d.file_name().unwrap().to_string_lossy().to_string();
@@ -119,15 +125,9 @@ fn every_model_matches_onnxruntime() {
 /// most 35% as many kernels as non-Constant ONNX nodes.
 #[test]
 fn fusion_report() {
-    let Some(root) = common::shared("models") else {
+    let Some(dirs) = model_dirs() else {
         return;
     };
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .expect("read models")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.onnx").is_file())
-        .collect();
-    dirs.sort();
     let target = kiln::passes::egraph::Target::default();
     let mut problems = Vec::new();
     eprintln!(
@@ -175,15 +175,9 @@ fn fusion_report() {
 /// what the optimizer does to a model shows up in review as a snapshot diff.
 #[test]
 fn optimized_ir_snapshots() {
-    let Some(root) = common::shared("models") else {
+    let Some(dirs) = model_dirs() else {
         return;
     };
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .expect("read models")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.onnx").is_file())
-        .collect();
-    dirs.sort();
     let shown = kiln::ir::PrintOptions {
         max_elements: Some(16),
     };
