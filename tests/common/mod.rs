@@ -107,7 +107,7 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
         Op::Lt,
         Op::Ge,
     ];
-    let result = match below(rng, 26) {
+    let result = match below(rng, 27) {
         0..=3 => b.op1(pick(rng, &unary), &[v]),
         4..=6 => {
             let w = vals
@@ -308,6 +308,21 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
                 let reduction = pick(rng, kiln::ScatterReduction::ALL);
                 b.op1(Op::ScatterNd { reduction }, &[v, idx, u])
             }
+        }
+        26 => {
+            // A kernel whose body is a few random ops over the operand.
+            let mut body = Builder::new("body");
+            let p = body.param("in0", ty.dtype, ty.shape.clone()).ok()?;
+            let mut inner = vec![p];
+            for _ in 0..1 + below(rng, 3) {
+                if let Some(x) = random_op(&mut body, rng, &inner) {
+                    inner.push(x);
+                }
+            }
+            body.output("out0", *inner.last()?).ok()?;
+            let kind = pick(rng, &["", "elementwise", "softmax"]).to_string();
+            let body = kiln::ir::Region::new(body.into_graph());
+            b.op1(Op::Fused { kind, body }, &[v])
         }
         _ => {
             let dtype = pick(rng, &DTYPES);

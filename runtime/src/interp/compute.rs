@@ -9,15 +9,22 @@ use ir::{DType, Data, ReduceKind, ScatterReduction};
 use super::index::{for_each_index, numel, strides, transpose};
 use super::wide::{fmax, fmin, int_range, Wide};
 
-/// Neumaier-compensated running sum.
+/// Neumaier-compensated running sum. It starts from its first element (not from +0), so the
+/// sum of one element is that element, -0 included; an empty sum is +0.
 #[derive(Clone, Copy, Default)]
 struct Sum {
     s: f64,
     c: f64,
+    any: bool,
 }
 
 impl Sum {
     fn add(&mut self, x: f64) {
+        if !self.any {
+            self.s = x;
+            self.any = true;
+            return;
+        }
         let t = self.s + x;
         if self.s.abs() >= x.abs() {
             self.c += (self.s - t) + x;
@@ -28,7 +35,7 @@ impl Sum {
     }
 
     fn get(self) -> f64 {
-        if self.s.is_finite() {
+        if self.s.is_finite() && self.c != 0.0 {
             self.s + self.c
         } else {
             self.s

@@ -58,6 +58,7 @@ pub const NEG_NEG: Rule = Rule {
             |op| matches!(op, Op::Neg),
             |op| matches!(op, Op::Neg),
             false,
+            false,
         )
     },
 };
@@ -71,6 +72,7 @@ pub const EXP_LOG: Rule = Rule {
             id,
             |op| matches!(op, Op::Exp),
             |op| matches!(op, Op::Log),
+            true,
             true,
         )
     },
@@ -86,6 +88,7 @@ pub const LOG_EXP: Rule = Rule {
             |op| matches!(op, Op::Log),
             |op| matches!(op, Op::Exp),
             false,
+            true,
         )
     },
 };
@@ -97,8 +100,13 @@ fn inverse(
     outer: fn(&Op) -> bool,
     inner: fn(&Op) -> bool,
     needs_positive: bool,
+    real_only: bool,
 ) -> Vec<Expr> {
     let mut out = Vec::new();
+    // exp and log round in between: only for real floats (not 8- or 4-bit ones).
+    if real_only && !super::is_real(eg, id) {
+        return out;
+    }
     for (op, args) in nodes(eg, id) {
         if !outer(op) {
             continue;
@@ -112,7 +120,7 @@ fn inverse(
     out
 }
 
-/// x / c = x * (1/c) for a float constant c (the reciprocal folds).
+/// x / c = x * (1/c) for a constant splat c whose reciprocal is a normal f32/f64 number.
 pub const DIV_CONST: Rule = Rule {
     name: "div-const",
     search: |eg, id| {
@@ -123,14 +131,27 @@ pub const DIV_CONST: Rule = Rule {
                 _ => continue,
             };
             let ci = info(eg, c);
-            if !ci.constant || !ci.ty().dtype.is_float() || ci.splat == Some(1.0) {
+            if !ci.constant || !super::is_real(eg, c) || ci.splat == Some(1.0) {
                 continue;
             }
-            let recip = match ci.splat {
-                Some(v) => splat_expr(1.0 / v, ci.ty().dtype, &ci.ty().shape),
-                None => Some(Expr::op(Op::Recip, [c.into()])),
+            // Only where the reciprocal is a normal number: 1/c overflowing (c subnormal) or
+            // vanishing would change results by more than rounding.
+            let Some(v) = ci.splat else { continue };
+            let r = 1.0 / v;
+            let min_normal = match ci.ty().dtype {
+                ir::DType::F64 => f64::MIN_POSITIVE,
+                ir::DType::F32 => f32::MIN_POSITIVE as f64,
+                _ => continue,
             };
-            if let Some(r) = recip {
+            let max = if ci.ty().dtype == ir::DType::F64 {
+                f64::MAX
+            } else {
+                f32::MAX as f64
+            };
+            if !(min_normal..=max).contains(&r.abs()) {
+                continue;
+            }
+            if let Some(r) = splat_expr(r, ci.ty().dtype, &ci.ty().shape) {
                 out.push(Expr::op(Op::Mul, [x.into(), r]));
             }
         }
@@ -157,7 +178,7 @@ pub const SCALE_OUT_OF_DOT: Rule = Rule {
         let mut out = Vec::new();
         let ty = info(eg, id).ty().clone();
         for (op, args) in nodes(eg, id) {
-            if !matches!(op, Op::Dot { .. }) || !ty.dtype.is_float() {
+            if !matches!(op, Op::Dot { .. }) || !super::is_real(eg, id) {
                 continue;
             }
             for side in 0..2 {
@@ -184,6 +205,9 @@ pub const SCALE_INTO_DOT: Rule = Rule {
         let Some((d, v)) = scaled(eg, id) else {
             return out;
         };
+        if !super::is_real(eg, id) {
+            return out;
+        }
         let Some((dot, args)) = find(eg, d, |op| matches!(op, Op::Dot { .. })) else {
             return out;
         };

@@ -66,6 +66,14 @@ pub fn info(eg: &EGraph, id: Id) -> &Info {
     &eg[id].data
 }
 
+/// Whether class `id` holds real numbers wide enough for real-arithmetic identities (f16 and
+/// up): reassociating or taking reciprocals in 8- or 4-bit floats changes results by more
+/// than rounding.
+pub fn is_real(eg: &EGraph, id: Id) -> bool {
+    let d = info(eg, id).ty().dtype;
+    d.is_float() && !d.is_narrow()
+}
+
 /// Whether every element of class `id` is `v`.
 pub fn is_splat(eg: &EGraph, id: Id, v: f64) -> bool {
     info(eg, id).splat == Some(v)

@@ -16,7 +16,7 @@ use crate::egraph::lang::EGraph;
 use crate::egraph::{Expr, Rule};
 
 fn float(eg: &EGraph, id: Id) -> bool {
-    info(eg, id).ty().dtype.is_float()
+    super::is_real(eg, id)
 }
 
 /// pow(x, 2) = x*x; pow(x, 3) = x*x*x; pow(x, 0.5) = sqrt(x)
@@ -32,7 +32,11 @@ pub const POW_CONST: Rule = Rule {
             let sq = || Expr::op(Op::Mul, [x.clone(), x.clone()]);
             match info(eg, *e).splat {
                 Some(2.0) => out.push(sq()),
-                Some(3.0) => out.push(Expr::op(Op::Mul, [sq(), x.clone()])),
+                // Two roundings instead of one: fine for integers (wrapping products
+                // associate) and real floats, not for 8- and 4-bit floats.
+                Some(3.0) if !info(eg, id).ty().dtype.is_narrow() => {
+                    out.push(Expr::op(Op::Mul, [sq(), x.clone()]))
+                }
                 Some(0.5) if float(eg, id) => out.push(Expr::op(Op::Sqrt, [x.clone()])),
                 _ => {}
             }
