@@ -1,3 +1,7 @@
 //! kiln's code generator: the loop-level kernel IR lowered from fused graph nodes and the
 //! backends that compile it (Cranelift by default, LLVM behind a feature). Codegen never
 //! optimizes the graph, and only verified IR reaches it. Depends on `ir` only.
+
+pub mod kernel;
+
+pub use kernel::{Buf, BufId, BufKind, Expr, Kernel, Mark, Stmt, VarId};

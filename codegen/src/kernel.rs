@@ -1,0 +1,322 @@
+//! The loop-level kernel IR: buffers, loop nests with marks, scalar expressions over loads,
+//! accumulators and stores. Every backend takes this as its only input, and it prints as text
+//! so that lowering is snapshot-tested.
+//!
+//! Conventions a backend relies on:
+//! - every buffer is a dense row-major array of its dtype; `bool` is one byte, 0 or 1;
+//! - index expressions are `i64`; `Expr::Dim(k)` is entry `k` of the kernel's dim table, whose
+//!   value the caller passes at run time, so one compiled kernel serves every binding of the
+//!   graph's symbols;
+//! - scalar ops are `ir` elementwise ops and mean exactly what the reference interpreter makes
+//!   of them (float transcendental functions are evaluated in f64 and rounded);
+//! - a `Check` whose condition is false ends the kernel with its code (nonzero), before any
+//!   access that the check guards.
+
+use std::fmt::{self, Write};
+
+use ir::{DType, Dim, Op};
+
+/// Index of a buffer in [`Kernel::bufs`].
+pub type BufId = usize;
+/// Index of a scalar variable in [`Kernel::vars`].
+pub type VarId = usize;
+
+/// What a buffer is to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufKind {
+    /// Read-only operand.
+    Input,
+    /// Written once per element by the kernel.
+    Output,
+    /// Working memory of the kernel, provided by the caller; its contents do not survive.
+    Scratch,
+}
+
+/// A dense array the kernel reads or writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buf {
+    pub name: String,
+    pub dtype: DType,
+    /// Elements, as a dimension expression of the graph's symbols.
+    pub len: Dim,
+    pub kind: BufKind,
+}
+
+/// How a loop may be executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    Serial,
+    /// Iterations are independent and may run on different threads.
+    Parallel,
+    /// Iterations are independent and may run in SIMD lanes of this width.
+    Vector(u32),
+    /// The body may be replicated this many times.
+    Unroll(u32),
+}
+
+/// A statement.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// `for var in 0..extent`.
+    Loop {
+        var: VarId,
+        extent: Expr,
+        mark: Mark,
+        body: Vec<Stmt>,
+    },
+    /// Sets a scalar variable (declared by its first assignment; an accumulator is assigned
+    /// before a loop and updated inside it).
+    Set { var: VarId, value: Expr },
+    /// `buf[index] = value`.
+    Store { buf: BufId, index: Expr, value: Expr },
+    /// Ends the kernel with `code` unless `cond` (a bool) holds.
+    Check { cond: Expr, code: u32 },
+}
+
+/// A scalar expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// An integer or bool constant of the dtype (bools are 0 or 1).
+    Int(i64, DType),
+    /// A float constant of the dtype.
+    Float(f64, DType),
+    /// Entry of the dim table (i64).
+    Dim(usize),
+    /// A loop index (i64) or a scalar variable.
+    Var(VarId),
+    /// `buf[index]`.
+    Load { buf: BufId, index: Box<Expr> },
+    /// An elementwise `ir` op (unary, binary, compare, select, cast) giving `dtype`.
+    Op {
+        op: Op,
+        args: Vec<Expr>,
+        dtype: DType,
+    },
+}
+
+/// A kernel: one function over its buffers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    pub name: String,
+    /// Inputs, outputs and scratch buffers; the caller passes one pointer per buffer, in order.
+    pub bufs: Vec<Buf>,
+    /// Dimension expressions the caller evaluates and passes, in order.
+    pub dims: Vec<Dim>,
+    /// Types of scalar variables (loop indices are i64).
+    pub vars: Vec<DType>,
+    pub body: Vec<Stmt>,
+}
+
+/// Codes a `Check` may end a kernel with.
+pub mod codes {
+    /// An index operand outside its axis.
+    pub const INDEX_OUT_OF_RANGE: u32 = 1;
+    /// An integer division by zero.
+    pub const DIVISION_BY_ZERO: u32 = 2;
+
+    /// What a code means.
+    pub fn message(code: u32) -> &'static str {
+        match code {
+            INDEX_OUT_OF_RANGE => "an index is out of range",
+            DIVISION_BY_ZERO => "integer division by zero",
+            _ => "unknown failure",
+        }
+    }
+}
+
+/// Dtypes that kernels compute in natively.
+pub fn is_native(d: DType) -> bool {
+    matches!(
+        d,
+        DType::F32
+            | DType::F64
+            | DType::I8
+            | DType::I16
+            | DType::I32
+            | DType::I64
+            | DType::U8
+            | DType::U16
+            | DType::U32
+            | DType::U64
+            | DType::Bool
+    )
+}
+
+/// Bytes of one element of a native dtype.
+pub fn elem_bytes(d: DType) -> usize {
+    (d.bits() as usize).div_ceil(8)
+}
+
+impl Expr {
+    /// An i64 constant.
+    pub fn i64(v: i64) -> Expr {
+        Expr::Int(v, DType::I64)
+    }
+
+    /// `self + other` on i64 indices, folding constants.
+    pub fn add(self, other: Expr) -> Expr {
+        match (self, other) {
+            (Expr::Int(0, _), e) | (e, Expr::Int(0, _)) => e,
+            (Expr::Int(a, DType::I64), Expr::Int(b, DType::I64)) => Expr::i64(a.wrapping_add(b)),
+            (a, b) => Expr::Op {
+                op: Op::Add,
+                args: vec![a, b],
+                dtype: DType::I64,
+            },
+        }
+    }
+
+    /// `self * other` on i64 indices, folding constants.
+    pub fn mul(self, other: Expr) -> Expr {
+        match (self, other) {
+            (Expr::Int(0, _), _) | (_, Expr::Int(0, _)) => Expr::i64(0),
+            (Expr::Int(1, _), e) | (e, Expr::Int(1, _)) => e,
+            (Expr::Int(a, DType::I64), Expr::Int(b, DType::I64)) => Expr::i64(a.wrapping_mul(b)),
+            (a, b) => Expr::Op {
+                op: Op::Mul,
+                args: vec![a, b],
+                dtype: DType::I64,
+            },
+        }
+    }
+
+    /// An i64 op on indices (`div`, `mod`, ...).
+    pub fn index_op(op: Op, a: Expr, b: Expr) -> Expr {
+        Expr::Op {
+            op,
+            args: vec![a, b],
+            dtype: DType::I64,
+        }
+    }
+
+    /// The dtype of the value.
+    pub fn dtype(&self, k: &Kernel) -> DType {
+        match self {
+            Expr::Int(_, d) | Expr::Float(_, d) | Expr::Op { dtype: d, .. } => *d,
+            Expr::Dim(_) => DType::I64,
+            Expr::Var(v) => k.vars[*v],
+            Expr::Load { buf, .. } => k.bufs[*buf].dtype,
+        }
+    }
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mark::Serial => Ok(()),
+            Mark::Parallel => write!(f, " parallel"),
+            Mark::Vector(n) => write!(f, " vector({n})"),
+            Mark::Unroll(n) => write!(f, " unroll({n})"),
+        }
+    }
+}
+
+impl Kernel {
+    fn expr(&self, e: &Expr, out: &mut String) {
+        match e {
+            Expr::Int(v, DType::I64) => write!(out, "{v}").unwrap(),
+            Expr::Int(v, DType::Bool) => write!(out, "{}", *v != 0).unwrap(),
+            Expr::Int(v, d) => write!(out, "{v}:{d}").unwrap(),
+            Expr::Float(v, d) => write!(out, "{v:?}:{d}").unwrap(),
+            Expr::Dim(k) => write!(out, "{{{}}}", self.dims[*k]).unwrap(),
+            Expr::Var(v) => write!(out, "v{v}").unwrap(),
+            Expr::Load { buf, index } => {
+                out.push_str(&self.bufs[*buf].name);
+                out.push('[');
+                self.expr(index, out);
+                out.push(']');
+            }
+            Expr::Op { op, args, dtype } => {
+                let infix = match op {
+                    Op::Add => Some("+"),
+                    Op::Mul => Some("*"),
+                    _ => None,
+                };
+                match (infix, args.as_slice()) {
+                    (Some(sym), [a, b]) if *dtype == DType::I64 => {
+                        out.push('(');
+                        self.expr(a, out);
+                        write!(out, " {sym} ").unwrap();
+                        self.expr(b, out);
+                        out.push(')');
+                    }
+                    _ => {
+                        match op {
+                            Op::Cast { .. } => write!(out, "cast<{dtype}>").unwrap(),
+                            _ => out.push_str(op.mnemonic()),
+                        }
+                        out.push('(');
+                        for (i, a) in args.iter().enumerate() {
+                            if i > 0 {
+                                out.push_str(", ");
+                            }
+                            self.expr(a, out);
+                        }
+                        out.push(')');
+                    }
+                }
+            }
+        }
+    }
+
+    fn stmts(&self, body: &[Stmt], depth: usize, out: &mut String) {
+        let pad = "  ".repeat(depth);
+        for s in body {
+            out.push_str(&pad);
+            match s {
+                Stmt::Loop {
+                    var,
+                    extent,
+                    mark,
+                    body,
+                } => {
+                    write!(out, "for v{var} in 0..").unwrap();
+                    self.expr(extent, out);
+                    writeln!(out, "{mark} {{").unwrap();
+                    self.stmts(body, depth + 1, out);
+                    writeln!(out, "{pad}}}").unwrap();
+                    continue;
+                }
+                Stmt::Set { var, value } => {
+                    write!(out, "v{var}: {} = ", self.vars[*var]).unwrap();
+                    self.expr(value, out);
+                }
+                Stmt::Store { buf, index, value } => {
+                    write!(out, "{}[", self.bufs[*buf].name).unwrap();
+                    self.expr(index, out);
+                    out.push_str("] = ");
+                    self.expr(value, out);
+                }
+                Stmt::Check { cond, code } => {
+                    out.push_str("check ");
+                    self.expr(cond, out);
+                    write!(out, " else {code}").unwrap();
+                }
+            }
+            out.push('\n');
+        }
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = String::new();
+        write!(out, "kernel @{}(", self.name).unwrap();
+        let mut first = true;
+        for b in self.bufs.iter().filter(|b| b.kind != BufKind::Scratch) {
+            if !first {
+                out.push_str(", ");
+            }
+            first = false;
+            let dir = if b.kind == BufKind::Input { "in" } else { "out" };
+            write!(out, "{dir} {}: {}[{}]", b.name, b.dtype, b.len).unwrap();
+        }
+        out.push_str(") {\n");
+        for b in self.bufs.iter().filter(|b| b.kind == BufKind::Scratch) {
+            writeln!(out, "  scratch {}: {}[{}]", b.name, b.dtype, b.len).unwrap();
+        }
+        self.stmts(&self.body, 1, &mut out);
+        out.push('}');
+        f.write_str(&out)
+    }
+}
