@@ -25,6 +25,8 @@ pub mod onnx;
 
 use std::collections::HashMap;
 
+/// The optimizer: pass registry, pipeline and options.
+pub use codegen;
 /// The model importers (ONNX decoding and import from bytes).
 pub use frontends;
 /// The whole IR crate, for what the re-exports above leave out.
@@ -34,7 +36,6 @@ pub use ir::{
     DType, Data, Dim, Graph, Module, Op, PadMode, ReduceKind, ScatterReduction, Shape, Tensor,
     TensorType, Value,
 };
-/// The optimizer: pass registry, pipeline and options.
 pub use passes;
 pub use runtime::interp::{self, InterpError};
 pub use runtime::Rng;

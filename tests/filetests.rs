@@ -11,6 +11,8 @@
 //! - `pass a,b`: the function after those passes; `optimize`: after the default pipeline.
 //!   Either way the result must compute what the original does on random inputs (symbols
 //!   bound to 2 and to 3), which blessing cannot override;
+//! - `lower`: the kernel IR of every node that computes something (fused kernels and single
+//!   ops), or why it cannot be lowered;
 //! - `parse-error`: the file does not parse; the expected error is the `; ` block that ends the
 //!   file.
 
@@ -75,6 +77,7 @@ fn actual_output(cmd: &str, g: &kiln::Graph) -> Result<Vec<String>, String> {
         },
         "run" => run(g),
         "optimize" => optimized(g, None, &HashMap::new())?,
+        "lower" => lowered(g),
         _ => match cmd.strip_prefix("pass ") {
             Some(rest) => {
                 // `pass a,b NAME=VALUE...`: passes, then symbol bindings for `shapes`.
@@ -92,6 +95,24 @@ fn actual_output(cmd: &str, g: &kiln::Graph) -> Result<Vec<String>, String> {
         },
     };
     Ok(text.lines().map(str::to_string).collect())
+}
+
+/// The kernel of every computing node, in order.
+fn lowered(g: &kiln::Graph) -> String {
+    let mut out = Vec::new();
+    for id in g.topo_order().expect("acyclic") {
+        let op = g.node(id).op();
+        if matches!(op, kiln::Op::Param { .. } | kiln::Op::Constant { .. }) {
+            continue;
+        }
+        let name = format!("k{}", out.len());
+        let sub = kiln::codegen::single_node_graph(g, id);
+        out.push(match kiln::codegen::lower(&sub, &name) {
+            Ok(l) => l.kernel.to_string(),
+            Err(e) => format!("{name}: unsupported: {e}"),
+        });
+    }
+    out.join("\n")
 }
 
 /// The graph after the passes (the default pipeline for `None`), checked to compute what the

@@ -68,7 +68,11 @@ pub enum Stmt {
     /// before a loop and updated inside it).
     Set { var: VarId, value: Expr },
     /// `buf[index] = value`.
-    Store { buf: BufId, index: Expr, value: Expr },
+    Store {
+        buf: BufId,
+        index: Expr,
+        value: Expr,
+    },
     /// Ends the kernel with `code` unless `cond` (a bool) holds.
     Check { cond: Expr, code: u32 },
 }
@@ -308,7 +312,11 @@ impl fmt::Display for Kernel {
                 out.push_str(", ");
             }
             first = false;
-            let dir = if b.kind == BufKind::Input { "in" } else { "out" };
+            let dir = if b.kind == BufKind::Input {
+                "in"
+            } else {
+                "out"
+            };
             write!(out, "{dir} {}: {}[{}]", b.name, b.dtype, b.len).unwrap();
         }
         out.push_str(") {\n");

@@ -1,0 +1,834 @@
+//! Lowering of a fused kernel body (or a single graph node) to the loop-level kernel IR.
+//!
+//! The schedule is "materialize roots, inline the rest": reductions, contractions, gathers,
+//! concatenations, outputs and elementwise values read more than once get a buffer and a loop
+//! nest of their own; views (broadcast, reshape, transpose, slice) become index arithmetic,
+//! and single-use elementwise values become expressions inside their consumer's loop.
+//! Anything else is [`Unsupported`], and the caller runs that node another way.
+
+use std::collections::HashMap;
+
+use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, TensorType, Value};
+
+use crate::kernel::{codes, is_native, Buf, BufId, BufKind, Expr, Kernel, Mark, Stmt, VarId};
+
+/// Why a graph cannot be lowered (yet); the node then runs on the reference interpreter.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
+type Result<T> = std::result::Result<T, Unsupported>;
+
+fn unsupported<T>(what: impl Into<String>) -> Result<T> {
+    Err(Unsupported(what.into()))
+}
+
+/// A lowered kernel and the constant tensors its `const` buffers hold.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    /// Buffers: the graph's params in order, then its outputs in order, then constants and
+    /// scratch.
+    pub kernel: Kernel,
+    pub consts: Vec<(BufId, Tensor)>,
+}
+
+/// Lowers a graph (a fused body) to one kernel named `name`.
+pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
+    let mut l = Lowering::new(g, name)?;
+    l.run()?;
+    Ok(Lowered {
+        kernel: l.k,
+        consts: l.consts,
+    })
+}
+
+/// A graph holding node `id` of `g` alone, its operands as params: what [`lower`] takes to
+/// compile a node that is not a fused kernel.
+pub fn single_node_graph(g: &Graph, id: NodeId) -> Graph {
+    let node = g.node(id);
+    if let Op::Fused { body, .. } = node.op() {
+        return body.graph().clone();
+    }
+    let mut s = Graph::new(g.name());
+    let mut inputs = Vec::new();
+    for (i, &v) in node.inputs().iter().enumerate() {
+        let ty = g.value_type(v).clone();
+        let op = Op::Param {
+            name: format!("in{i}"),
+            ty: ty.clone(),
+        };
+        let p = s
+            .add_node(op, vec![], vec![ty], Default::default())
+            .expect("no operands");
+        inputs.push(Value::new(p, 0));
+    }
+    let n = s
+        .add_node(
+            node.op().clone(),
+            inputs,
+            node.types().to_vec(),
+            node.origin().clone(),
+        )
+        .expect("operands are params of this graph");
+    for i in 0..node.types().len() {
+        s.add_output(&format!("out{i}"), Value::new(n, i as u32))
+            .expect("a value of this graph");
+    }
+    s
+}
+
+struct Lowering<'g> {
+    g: &'g Graph,
+    k: Kernel,
+    consts: Vec<(BufId, Tensor)>,
+    /// Values that live in a buffer.
+    bufs: HashMap<Value, BufId>,
+    dims: HashMap<Dim, usize>,
+    /// Reads of each value, counted through views.
+    reads: HashMap<Value, usize>,
+    order: Vec<NodeId>,
+}
+
+fn is_view(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. }
+    )
+}
+
+fn is_elementwise(op: &Op) -> bool {
+    use ir::OpKind;
+    matches!(
+        op.kind(),
+        OpKind::Unary | OpKind::Binary | OpKind::Ternary | OpKind::Cast
+    )
+}
+
+impl<'g> Lowering<'g> {
+    fn new(g: &'g Graph, name: &str) -> Result<Lowering<'g>> {
+        let order = g
+            .topo_order()
+            .map_err(|_| Unsupported("a cyclic graph".into()))?;
+        let mut l = Lowering {
+            g,
+            k: Kernel {
+                name: name.to_string(),
+                bufs: Vec::new(),
+                dims: Vec::new(),
+                vars: Vec::new(),
+                body: Vec::new(),
+            },
+            consts: Vec::new(),
+            bufs: HashMap::new(),
+            dims: HashMap::new(),
+            reads: HashMap::new(),
+            order,
+        };
+        for &id in &l.order {
+            for ty in g.node(id).types() {
+                if !is_native(ty.dtype) {
+                    return unsupported(format!("dtype {}", ty.dtype));
+                }
+            }
+        }
+        // Reads through views: a view read twice reads its operand twice.
+        for &id in l.order.iter().rev() {
+            let node = g.node(id);
+            let outs = (0..node.types().len())
+                .map(|i| l.reads.get(&Value::new(id, i as u32)).copied().unwrap_or(0))
+                .sum::<usize>();
+            let per_use = if is_view(node.op()) { outs.max(1) } else { 1 };
+            for &v in node.inputs() {
+                *l.reads.entry(v).or_default() += per_use;
+            }
+        }
+        for (_, v) in g.outputs() {
+            *l.reads.entry(*v).or_default() += 1;
+        }
+        Ok(l)
+    }
+
+    fn ty(&self, v: Value) -> &'g TensorType {
+        self.g.value_type(v)
+    }
+
+    fn dim(&mut self, d: &Dim) -> Expr {
+        if let Some(c) = d.as_const() {
+            return Expr::i64(c);
+        }
+        let next = self.dims.len();
+        let k = *self.dims.entry(d.clone()).or_insert(next);
+        if k == next {
+            self.k.dims.push(d.clone());
+        }
+        Expr::Dim(k)
+    }
+
+    fn var(&mut self, dtype: DType) -> VarId {
+        self.k.vars.push(dtype);
+        self.k.vars.len() - 1
+    }
+
+    fn buf(&mut self, name: String, ty: &TensorType, kind: BufKind) -> Result<BufId> {
+        let len = ty
+            .shape
+            .numel()
+            .map_err(|e| Unsupported(format!("a tensor size: {e}")))?;
+        self.k.bufs.push(Buf {
+            name,
+            dtype: ty.dtype,
+            len,
+            kind,
+        });
+        Ok(self.k.bufs.len() - 1)
+    }
+
+    /// Row-major offset of `idx` in `shape` (Horner form).
+    fn linear(&mut self, idx: &[Expr], shape: &Shape) -> Expr {
+        let mut off = Expr::i64(0);
+        for (i, d) in idx.iter().zip(shape.dims()) {
+            let d = self.dim(d);
+            off = off.mul(d).add(i.clone());
+        }
+        off
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let g = self.g;
+        for (i, &p) in g.params().iter().enumerate() {
+            let ty = &g.node(p).types()[0];
+            let b = self.buf(format!("in{i}"), ty, BufKind::Input)?;
+            self.bufs.insert(Value::new(p, 0), b);
+        }
+        // Outputs get their buffers up front (the caller's order); a value that is an output
+        // lives in its first output buffer, and later outputs of the same value are copies.
+        let mut copies = Vec::new();
+        for (i, (_, v)) in g.outputs().iter().enumerate() {
+            let b = self.buf(format!("out{i}"), self.ty(*v), BufKind::Output)?;
+            if self.bufs.contains_key(v) {
+                copies.push((b, *v));
+            } else {
+                self.bufs.insert(*v, b);
+                if g.node(v.node).op().kind() == ir::OpKind::Source
+                    && !matches!(g.node(v.node).op(), Op::Param { .. })
+                {
+                    copies.push((b, *v));
+                    self.bufs.remove(v);
+                }
+            }
+        }
+        let order = self.order.clone();
+        for id in order {
+            let node = g.node(id);
+            let v = Value::new(id, 0);
+            let op = node.op();
+            let output_buf = self.bufs.get(&v).copied().filter(|&b| {
+                self.k.bufs[b].kind == BufKind::Output && !matches!(op, Op::Param { .. })
+            });
+            match op {
+                Op::Param { .. } => {}
+                Op::Constant { value } => {
+                    if value.tensor.numel() != 1 {
+                        let b = self.buf(
+                            format!("c{}", self.consts.len()),
+                            &node.types()[0],
+                            BufKind::Input,
+                        )?;
+                        self.consts.push((b, value.tensor.clone()));
+                        self.bufs.insert(v, b);
+                    }
+                }
+                _ if node.types().len() != 1 => {
+                    return unsupported(format!("`{}` (several results)", op.mnemonic()))
+                }
+                _ if is_view(op) || is_elementwise(op) || matches!(op, Op::Iota { .. }) => {
+                    let many = self.reads.get(&v).copied().unwrap_or(0) > 1;
+                    if output_buf.is_some() || (many && !is_view(op)) {
+                        let b = self.target(v, output_buf)?;
+                        self.elementwise_nest(v, b)?;
+                    }
+                }
+                Op::ReduceSum { axes }
+                | Op::ReduceProd { axes }
+                | Op::ReduceMax { axes }
+                | Op::ReduceMin { axes } => {
+                    let b = self.target(v, output_buf)?;
+                    self.reduce(v, op, axes, b)?;
+                }
+                Op::Dot { .. } => {
+                    let b = self.target(v, output_buf)?;
+                    self.dot(v, b)?;
+                }
+                Op::Gather { axis } => {
+                    let b = self.target(v, output_buf)?;
+                    self.gather(v, *axis as usize, b)?;
+                }
+                Op::Concat { axis } => {
+                    let b = self.target(v, output_buf)?;
+                    self.concat(v, *axis as usize, b)?;
+                }
+                _ => return unsupported(format!("`{}`", op.mnemonic())),
+            }
+        }
+        for (b, v) in copies {
+            let ty = self.ty(v);
+            self.nest(&ty.shape, ty.dtype, |l, idx| {
+                let value = l.expr(v, idx)?;
+                let index = l.linear(idx, &ty.shape);
+                Ok(vec![Stmt::Store {
+                    buf: b,
+                    index,
+                    value,
+                }])
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The buffer `v` is computed into: its output buffer, or new scratch.
+    fn target(&mut self, v: Value, output: Option<BufId>) -> Result<BufId> {
+        if let Some(b) = output {
+            return Ok(b);
+        }
+        let n = self.k.bufs.len();
+        let b = self.buf(format!("t{n}"), self.ty(v), BufKind::Scratch)?;
+        Ok(b)
+    }
+
+    /// A loop nest over `shape` whose innermost body `f` makes from the index variables.
+    fn nest(
+        &mut self,
+        shape: &Shape,
+        dtype: DType,
+        f: impl FnOnce(&mut Self, &[Expr]) -> Result<Vec<Stmt>>,
+    ) -> Result<()> {
+        let vars: Vec<VarId> = shape.dims().iter().map(|_| self.var(DType::I64)).collect();
+        let idx: Vec<Expr> = vars.iter().map(|&v| Expr::Var(v)).collect();
+        let mut body = f(self, &idx)?;
+        let rank = vars.len();
+        // Vector lanes only for innermost loops (no loop inside), threads for the outermost.
+        let leaf = !body.iter().any(|s| matches!(s, Stmt::Loop { .. }));
+        for (a, (&var, d)) in vars.iter().zip(shape.dims()).enumerate().rev() {
+            let mark = if a == 0 && rank > 1 {
+                Mark::Parallel
+            } else if a + 1 == rank && leaf && dtype == DType::F32 {
+                Mark::Vector(4)
+            } else {
+                Mark::Serial
+            };
+            let extent = self.dim(d);
+            body = vec![Stmt::Loop {
+                var,
+                extent,
+                mark,
+                body,
+            }];
+        }
+        self.k.body.extend(body);
+        Ok(())
+    }
+
+    fn elementwise_nest(&mut self, v: Value, b: BufId) -> Result<()> {
+        let ty = self.ty(v);
+        let result = self.nest(&ty.shape, ty.dtype, |l, idx| {
+            let value = l.inline(v, idx)?;
+            let index = l.linear(idx, &ty.shape);
+            Ok(vec![Stmt::Store {
+                buf: b,
+                index,
+                value,
+            }])
+        });
+        self.bufs.insert(v, b);
+        result
+    }
+
+    /// The value of `v` at `idx`: a load if it lives in a buffer, else computed in place.
+    fn expr(&mut self, v: Value, idx: &[Expr]) -> Result<Expr> {
+        if let Some(&b) = self.bufs.get(&v) {
+            let index = self.linear(idx, &self.ty(v).shape);
+            return Ok(Expr::Load {
+                buf: b,
+                index: Box::new(index),
+            });
+        }
+        self.inline(v, idx)
+    }
+
+    /// The value of `v` at `idx` computed from its operands.
+    fn inline(&mut self, v: Value, idx: &[Expr]) -> Result<Expr> {
+        let g = self.g;
+        let node = g.node(v.node);
+        let ty = self.ty(v);
+        let args = node.inputs();
+        match node.op() {
+            Op::Constant { value } => scalar(&value.tensor),
+            Op::Iota { axis, .. } => Ok(cast(idx[*axis as usize].clone(), ty.dtype)),
+            Op::Broadcast { dims, .. } => {
+                let from = self.ty(args[0]);
+                let mut sub = Vec::new();
+                for (j, d) in from.shape.dims().iter().enumerate() {
+                    let a = dims[j] as usize;
+                    if d == ty.shape.dim(a) {
+                        sub.push(idx[a].clone());
+                    } else {
+                        sub.push(Expr::i64(0));
+                    }
+                }
+                self.expr(args[0], &sub)
+            }
+            Op::Transpose { perm } => {
+                let mut sub = vec![Expr::i64(0); idx.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    sub[p as usize] = idx[i].clone();
+                }
+                self.expr(args[0], &sub)
+            }
+            Op::Slice {
+                start,
+                limit,
+                stride,
+            } => {
+                // Bounds were checked by the verifier only where everything is static.
+                let fixed = |d: &[Dim]| d.iter().all(|d| d.as_const().is_some());
+                if !fixed(start) || !fixed(limit) || !self.ty(args[0]).shape.is_static() {
+                    return unsupported("a slice with symbolic bounds");
+                }
+                let mut sub = Vec::new();
+                for (a, i) in idx.iter().enumerate() {
+                    let s = self.dim(&start[a]);
+                    sub.push(s.add(i.clone().mul(Expr::i64(stride[a]))));
+                }
+                self.expr(args[0], &sub)
+            }
+            Op::Reshape { .. } => {
+                let from = self.ty(args[0]).shape.clone();
+                let sub = self.reshape_index(idx, &ty.shape, &from)?;
+                self.expr(args[0], &sub)
+            }
+            op if is_elementwise(op) => {
+                if matches!(op, Op::Div | Op::Rem | Op::Mod) && !ty.dtype.is_float() {
+                    return unsupported(format!("integer `{}`", op.mnemonic()));
+                }
+                let mut xs = Vec::new();
+                for &a in args {
+                    xs.push(self.expr(a, idx)?);
+                }
+                Ok(Expr::Op {
+                    op: op.clone(),
+                    args: xs,
+                    dtype: ty.dtype,
+                })
+            }
+            op => unsupported(format!("`{}` inside an expression", op.mnemonic())),
+        }
+    }
+
+    /// Operand indices of a reshape from `from` to `to`: axes are matched in groups of equal
+    /// element count, and only within a group is the index linearized and split again.
+    fn reshape_index(&mut self, idx: &[Expr], to: &Shape, from: &Shape) -> Result<Vec<Expr>> {
+        let one = Dim::constant(1);
+        let (td, fd) = (to.dims(), from.dims());
+        let mut sub = vec![Expr::i64(0); fd.len()];
+        let (mut i, mut j) = (0, 0);
+        loop {
+            while i < td.len() && td[i] == one {
+                i += 1;
+            }
+            while j < fd.len() && fd[j] == one {
+                j += 1;
+            }
+            if i == td.len() || j == fd.len() {
+                break;
+            }
+            // Grow the group until both sides count the same elements; symbolic sizes that do
+            // not match take everything that is left.
+            let (mut ti, mut fj) = (vec![i], vec![j]);
+            let (mut tp, mut fp) = (td[i].clone(), fd[j].clone());
+            i += 1;
+            j += 1;
+            while tp != fp {
+                match (tp.as_const(), fp.as_const()) {
+                    (Some(a), Some(b)) if a < b && i < td.len() => {
+                        tp = tp.mul(&td[i]).map_err(|e| Unsupported(e.to_string()))?;
+                        ti.push(i);
+                        i += 1;
+                    }
+                    (Some(a), Some(b)) if b < a && j < fd.len() => {
+                        fp = fp.mul(&fd[j]).map_err(|e| Unsupported(e.to_string()))?;
+                        fj.push(j);
+                        j += 1;
+                    }
+                    _ => {
+                        ti.extend(i..td.len());
+                        fj.extend(j..fd.len());
+                        i = td.len();
+                        j = fd.len();
+                        break;
+                    }
+                }
+            }
+            if ti.len() == 1 && fj.len() == 1 {
+                sub[fj[0]] = idx[ti[0]].clone();
+                continue;
+            }
+            let mut lin = Expr::i64(0);
+            for &t in &ti {
+                let d = self.dim(&td[t]);
+                lin = lin.mul(d).add(idx[t].clone());
+            }
+            // Split: the first operand axis of the group needs no remainder, the last no
+            // quotient.
+            let mut stride = Dim::constant(1);
+            for (n, &f) in fj.iter().enumerate().rev() {
+                let s = self.dim(&stride);
+                let mut x = if n + 1 == fj.len() {
+                    lin.clone()
+                } else {
+                    Expr::index_op(Op::Div, lin.clone(), s)
+                };
+                if n > 0 {
+                    let d = self.dim(&fd[f]);
+                    x = Expr::index_op(Op::Rem, x, d);
+                }
+                sub[f] = x;
+                stride = stride.mul(&fd[f]).map_err(|e| Unsupported(e.to_string()))?;
+            }
+        }
+        Ok(sub)
+    }
+
+    fn reduce(&mut self, v: Value, op: &Op, axes: &[i64], b: BufId) -> Result<()> {
+        let x = self.g.node(v.node).inputs()[0];
+        let from = self.ty(x).shape.clone();
+        let ty = self.ty(v);
+        let dtype = ty.dtype;
+        let (init, step) = match op {
+            Op::ReduceSum { .. } => (constant(0.0, dtype), Op::Add),
+            Op::ReduceProd { .. } => (constant(1.0, dtype), Op::Mul),
+            Op::ReduceMax { .. } => (extreme(dtype, false), Op::Max),
+            _ => (extreme(dtype, true), Op::Min),
+        };
+        let acc = self.var(dtype);
+        self.nest(&ty.shape, dtype, |l, idx| {
+            let mut full = Vec::new();
+            let mut loops = Vec::new();
+            let mut kept = idx.iter();
+            for (a, d) in from.dims().iter().enumerate() {
+                if axes.contains(&(a as i64)) {
+                    let r = l.var(DType::I64);
+                    loops.push((r, d.clone()));
+                    full.push(Expr::Var(r));
+                } else {
+                    full.push(kept.next().expect("reduce keeps the other axes").clone());
+                }
+            }
+            let x = l.expr(x, &full)?;
+            let mut inner = vec![Stmt::Set {
+                var: acc,
+                value: Expr::Op {
+                    op: step,
+                    args: vec![Expr::Var(acc), x],
+                    dtype,
+                },
+            }];
+            for (r, d) in loops.into_iter().rev() {
+                let extent = l.dim(&d);
+                inner = vec![Stmt::Loop {
+                    var: r,
+                    extent,
+                    mark: Mark::Serial,
+                    body: inner,
+                }];
+            }
+            let index = l.linear(idx, &ty.shape);
+            let mut body = vec![Stmt::Set {
+                var: acc,
+                value: init,
+            }];
+            body.extend(inner);
+            body.push(Stmt::Store {
+                buf: b,
+                index,
+                value: Expr::Var(acc),
+            });
+            Ok(body)
+        })?;
+        self.bufs.insert(v, b);
+        Ok(())
+    }
+
+    /// Makes sure `v` lives in a buffer when it is more than a view of one (a contraction
+    /// reads each operand element many times).
+    fn materialized(&mut self, v: Value) -> Result<()> {
+        let mut s = v;
+        loop {
+            if self.bufs.contains_key(&s) {
+                return Ok(());
+            }
+            let node = self.g.node(s.node);
+            if is_view(node.op()) {
+                s = node.inputs()[0];
+                continue;
+            }
+            if matches!(node.op(), Op::Constant { .. }) {
+                return Ok(());
+            }
+            break;
+        }
+        let n = self.k.bufs.len();
+        let b = self.buf(format!("t{n}"), self.ty(s), BufKind::Scratch)?;
+        self.elementwise_nest(s, b)
+    }
+
+    fn dot(&mut self, v: Value, b: BufId) -> Result<()> {
+        let node = self.g.node(v.node);
+        let Op::Dot {
+            lhs_batch,
+            rhs_batch,
+            lhs_contract,
+            rhs_contract,
+        } = node.op()
+        else {
+            unreachable!("called on dots")
+        };
+        let (lv, rv) = (node.inputs()[0], node.inputs()[1]);
+        self.materialized(lv)?;
+        self.materialized(rv)?;
+        let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
+        let ty = self.ty(v);
+        let dtype = ty.dtype;
+        let us = |v: &[i64]| v.iter().map(|&a| a as usize).collect::<Vec<_>>();
+        let (lb, rb, lc, rc) = (
+            us(lhs_batch),
+            us(rhs_batch),
+            us(lhs_contract),
+            us(rhs_contract),
+        );
+        let free = |rank: usize, b: &[usize], c: &[usize]| -> Vec<usize> {
+            (0..rank)
+                .filter(|a| !b.contains(a) && !c.contains(a))
+                .collect()
+        };
+        let (lf, rf) = (free(ls.rank(), &lb, &lc), free(rs.rank(), &rb, &rc));
+        let acc = self.var(dtype);
+        self.nest(&ty.shape, dtype, |l, idx| {
+            let mut li = vec![Expr::i64(0); ls.rank()];
+            let mut ri = vec![Expr::i64(0); rs.rank()];
+            let mut o = idx.iter();
+            for (&a, &c) in lb.iter().zip(&rb) {
+                let e = o.next().expect("batch axes").clone();
+                li[a] = e.clone();
+                ri[c] = e;
+            }
+            for &a in &lf {
+                li[a] = o.next().expect("lhs free axes").clone();
+            }
+            for &a in &rf {
+                ri[a] = o.next().expect("rhs free axes").clone();
+            }
+            let mut loops = Vec::new();
+            for (&a, &c) in lc.iter().zip(&rc) {
+                let r = l.var(DType::I64);
+                li[a] = Expr::Var(r);
+                ri[c] = Expr::Var(r);
+                loops.push((r, ls.dim(a).clone()));
+            }
+            let x = l.expr(lv, &li)?;
+            let y = l.expr(rv, &ri)?;
+            let mut inner = vec![Stmt::Set {
+                var: acc,
+                value: Expr::Op {
+                    op: Op::Add,
+                    args: vec![
+                        Expr::Var(acc),
+                        Expr::Op {
+                            op: Op::Mul,
+                            args: vec![x, y],
+                            dtype,
+                        },
+                    ],
+                    dtype,
+                },
+            }];
+            for (r, d) in loops.into_iter().rev() {
+                let extent = l.dim(&d);
+                inner = vec![Stmt::Loop {
+                    var: r,
+                    extent,
+                    mark: Mark::Serial,
+                    body: inner,
+                }];
+            }
+            let index = l.linear(idx, &ty.shape);
+            let mut body = vec![Stmt::Set {
+                var: acc,
+                value: constant(0.0, dtype),
+            }];
+            body.extend(inner);
+            body.push(Stmt::Store {
+                buf: b,
+                index,
+                value: Expr::Var(acc),
+            });
+            Ok(body)
+        })?;
+        self.bufs.insert(v, b);
+        Ok(())
+    }
+
+    fn gather(&mut self, v: Value, axis: usize, b: BufId) -> Result<()> {
+        let node = self.g.node(v.node);
+        let (x, ids) = (node.inputs()[0], node.inputs()[1]);
+        let xs = self.ty(x).shape.clone();
+        let irank = self.ty(ids).rank();
+        let ty = self.ty(v);
+        let n = self.dim(xs.dim(axis));
+        let (t, u) = (self.var(DType::I64), self.var(DType::I64));
+        self.nest(&ty.shape, ty.dtype, |l, idx| {
+            let raw = l.expr(ids, &idx[axis..axis + irank])?;
+            let mut sub: Vec<Expr> = idx[..axis].to_vec();
+            sub.push(Expr::Var(u));
+            sub.extend_from_slice(&idx[axis + irank..]);
+            let value = l.expr(x, &sub)?;
+            let index = l.linear(idx, &ty.shape);
+            let i64op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
+            Ok(vec![
+                Stmt::Set {
+                    var: t,
+                    value: cast(raw, DType::I64),
+                },
+                Stmt::Set {
+                    var: u,
+                    value: i64op(
+                        Op::Select,
+                        vec![
+                            i64op(Op::Lt, vec![Expr::Var(t), Expr::i64(0)], DType::Bool),
+                            Expr::Var(t).add(n.clone()),
+                            Expr::Var(t),
+                        ],
+                        DType::I64,
+                    ),
+                },
+                Stmt::Check {
+                    cond: i64op(
+                        Op::And,
+                        vec![
+                            i64op(Op::Ge, vec![Expr::Var(u), Expr::i64(0)], DType::Bool),
+                            i64op(Op::Lt, vec![Expr::Var(u), n.clone()], DType::Bool),
+                        ],
+                        DType::Bool,
+                    ),
+                    code: codes::INDEX_OUT_OF_RANGE,
+                },
+                Stmt::Store {
+                    buf: b,
+                    index,
+                    value,
+                },
+            ])
+        })?;
+        self.bufs.insert(v, b);
+        Ok(())
+    }
+
+    fn concat(&mut self, v: Value, axis: usize, b: BufId) -> Result<()> {
+        let node = self.g.node(v.node);
+        let ty = self.ty(v);
+        let mut offset = Dim::constant(0);
+        for &p in node.inputs() {
+            let ps = self.ty(p).shape.clone();
+            let off = self.dim(&offset);
+            self.nest(&ps, ty.dtype, |l, idx| {
+                let value = l.expr(p, idx)?;
+                let mut at = idx.to_vec();
+                at[axis] = at[axis].clone().add(off);
+                let index = l.linear(&at, &ty.shape);
+                Ok(vec![Stmt::Store {
+                    buf: b,
+                    index,
+                    value,
+                }])
+            })?;
+            offset = offset
+                .add(ps.dim(axis))
+                .map_err(|e| Unsupported(e.to_string()))?;
+        }
+        self.bufs.insert(v, b);
+        Ok(())
+    }
+}
+
+/// `e` converted to `dtype` (nothing when it has it already, for i64 indices).
+fn cast(e: Expr, dtype: DType) -> Expr {
+    if dtype == DType::I64 && matches!(e, Expr::Var(_) | Expr::Int(_, DType::I64)) {
+        return e;
+    }
+    Expr::Op {
+        op: Op::Cast {
+            dtype,
+            saturate: false,
+        },
+        args: vec![e],
+        dtype,
+    }
+}
+
+fn constant(v: f64, dtype: DType) -> Expr {
+    if dtype.is_float() {
+        Expr::Float(v, dtype)
+    } else {
+        Expr::Int(v as i64, dtype)
+    }
+}
+
+/// The identity of max (`min = false`) or min over `dtype`.
+fn extreme(dtype: DType, min: bool) -> Expr {
+    let sign = if min { 1.0 } else { -1.0 };
+    match dtype {
+        DType::F32 | DType::F64 => Expr::Float(sign * f64::INFINITY, dtype),
+        DType::I8 => Expr::Int(if min { i8::MAX as i64 } else { i8::MIN as i64 }, dtype),
+        DType::I16 => Expr::Int(
+            if min {
+                i16::MAX as i64
+            } else {
+                i16::MIN as i64
+            },
+            dtype,
+        ),
+        DType::I32 => Expr::Int(
+            if min {
+                i32::MAX as i64
+            } else {
+                i32::MIN as i64
+            },
+            dtype,
+        ),
+        DType::U8 => Expr::Int(if min { u8::MAX as i64 } else { 0 }, dtype),
+        DType::U16 => Expr::Int(if min { u16::MAX as i64 } else { 0 }, dtype),
+        DType::U32 => Expr::Int(if min { u32::MAX as i64 } else { 0 }, dtype),
+        // u64::MAX as the bit pattern -1.
+        DType::U64 => Expr::Int(if min { -1 } else { 0 }, dtype),
+        _ => Expr::Int(if min { i64::MAX } else { i64::MIN }, dtype),
+    }
+}
+
+/// A one-element constant as a scalar expression.
+fn scalar(t: &Tensor) -> Result<Expr> {
+    use ir::Data;
+    let d = t.data();
+    Ok(match d {
+        Data::F32(v) => Expr::Float(v[0] as f64, DType::F32),
+        Data::F64(v) => Expr::Float(v[0], DType::F64),
+        Data::I8(v) => Expr::Int(v[0] as i64, DType::I8),
+        Data::I16(v) => Expr::Int(v[0] as i64, DType::I16),
+        Data::I32(v) => Expr::Int(v[0] as i64, DType::I32),
+        Data::I64(v) => Expr::Int(v[0], DType::I64),
+        Data::U8(v) => Expr::Int(v[0] as i64, DType::U8),
+        Data::U16(v) => Expr::Int(v[0] as i64, DType::U16),
+        Data::U32(v) => Expr::Int(v[0] as i64, DType::U32),
+        Data::U64(v) => Expr::Int(v[0] as i64, DType::U64),
+        Data::Bool(v) => Expr::Int(v[0] as i64, DType::Bool),
+        _ => return unsupported(format!("a {} constant", d.dtype())),
+    })
+}
