@@ -156,9 +156,12 @@ impl Expr {
     pub fn i64(v: i64) -> Expr {
         Expr::Int(v, DType::I64)
     }
+}
 
-    /// `self + other` on i64 indices, folding constants.
-    pub fn add(self, other: Expr) -> Expr {
+/// `a + b` on i64 indices, folding constants.
+impl std::ops::Add for Expr {
+    type Output = Expr;
+    fn add(self, other: Expr) -> Expr {
         match (self, other) {
             (Expr::Int(0, _), e) | (e, Expr::Int(0, _)) => e,
             (Expr::Int(a, DType::I64), Expr::Int(b, DType::I64)) => Expr::i64(a.wrapping_add(b)),
@@ -169,9 +172,12 @@ impl Expr {
             },
         }
     }
+}
 
-    /// `self * other` on i64 indices, folding constants.
-    pub fn mul(self, other: Expr) -> Expr {
+/// `a * b` on i64 indices, folding constants.
+impl std::ops::Mul for Expr {
+    type Output = Expr;
+    fn mul(self, other: Expr) -> Expr {
         match (self, other) {
             (Expr::Int(0, _), _) | (_, Expr::Int(0, _)) => Expr::i64(0),
             (Expr::Int(1, _), e) | (e, Expr::Int(1, _)) => e,
@@ -183,7 +189,9 @@ impl Expr {
             },
         }
     }
+}
 
+impl Expr {
     /// An i64 op on indices (`div`, `mod`, ...).
     pub fn index_op(op: Op, a: Expr, b: Expr) -> Expr {
         Expr::Op {

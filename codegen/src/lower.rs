@@ -188,7 +188,7 @@ impl<'g> Lowering<'g> {
         let mut off = Expr::i64(0);
         for (i, d) in idx.iter().zip(shape.dims()) {
             let d = self.dim(d);
-            off = off.mul(d).add(i.clone());
+            off = off * d + i.clone();
         }
         off
     }
@@ -397,7 +397,7 @@ impl<'g> Lowering<'g> {
                 let mut sub = Vec::new();
                 for (a, i) in idx.iter().enumerate() {
                     let s = self.dim(&start[a]);
-                    sub.push(s.add(i.clone().mul(Expr::i64(stride[a]))));
+                    sub.push(s + i.clone() * Expr::i64(stride[a]));
                 }
                 self.expr(args[0], &sub)
             }
@@ -475,7 +475,7 @@ impl<'g> Lowering<'g> {
             let mut lin = Expr::i64(0);
             for &t in &ti {
                 let d = self.dim(&td[t]);
-                lin = lin.mul(d).add(idx[t].clone());
+                lin = lin * d + idx[t].clone();
             }
             // Split: the first operand axis of the group needs no remainder, the last no
             // quotient.
@@ -704,7 +704,7 @@ impl<'g> Lowering<'g> {
                         Op::Select,
                         vec![
                             i64op(Op::Lt, vec![Expr::Var(t), Expr::i64(0)], DType::Bool),
-                            Expr::Var(t).add(n.clone()),
+                            Expr::Var(t) + n.clone(),
                             Expr::Var(t),
                         ],
                         DType::I64,
@@ -742,7 +742,7 @@ impl<'g> Lowering<'g> {
             self.nest(&ps, ty.dtype, |l, idx| {
                 let value = l.expr(p, idx)?;
                 let mut at = idx.to_vec();
-                at[axis] = at[axis].clone().add(off);
+                at[axis] = at[axis].clone() + off;
                 let index = l.linear(&at, &ty.shape);
                 Ok(vec![Stmt::Store {
                     buf: b,
