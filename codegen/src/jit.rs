@@ -1,0 +1,1905 @@
+//! The Cranelift JIT backend: compiles kernel IR to native functions of the host.
+//!
+//! Each kernel becomes `extern "C" fn(bufs: *const *mut u8, dims: *const i64) -> u32`, where
+//! `bufs[i]` points at the data of `kernel.bufs[i]` and `dims[k]` is the value of
+//! `kernel.dims[k]`; it returns 0, or the code of the first `Check` that fails.
+//!
+//! Scalar semantics follow the reference interpreter exactly. Floats: `+ - * /`, `sqrt`,
+//! `recip` and the roundings are native in the value's dtype (for f32 that is identical to
+//! computing in f64 and rounding once); everything else is computed in f64 — natively
+//! (`rsqrt`) or through `extern "C"` helpers in this file (`exp`, `log`, `erf`, `pow`, `rem`,
+//! ...) — and rounded to the dtype. Integers wrap at their width; division guards its divisor
+//! so that no instruction can trap (the lowering puts a `Check` before every division whose
+//! divisor may be zero). Loop marks are ignored: every loop runs serially.
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, BlockArg, FuncRef, Function, InstBuilder, MemFlagsData, Type,
+    UserFuncName, Value,
+};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FuncInstBuilder, FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use ir::{DType, Op, OpKind};
+
+use crate::kernel::{Expr, Kernel, Stmt};
+
+/// A compiled kernel: `bufs` holds one pointer per buffer of the kernel, `dims` one value per
+/// entry of its dim table. Returns 0 or the code of the failing check.
+pub type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64) -> u32;
+
+/// Why kernels could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    /// The kernel uses an op or dtype this backend does not implement.
+    #[error("kernel `{kernel}`: {message} is not supported by the Cranelift backend")]
+    Unsupported { kernel: String, message: String },
+    /// The kernel is malformed (an id out of range, operands of mismatched dtypes, ...).
+    #[error("kernel `{kernel}` is malformed: {message}")]
+    Invalid { kernel: String, message: String },
+    /// Cranelift rejected the generated code or failed to link it.
+    #[error("kernel `{kernel}`: Cranelift failed: {message}")]
+    Backend { kernel: String, message: String },
+    /// The host machine or its settings are not usable.
+    #[error("Cranelift cannot target the host: {0}")]
+    Host(String),
+}
+
+/// Kernels compiled into one JIT module. The code lives as long as this value.
+pub struct Compiled {
+    /// `None` only during drop.
+    module: Option<JITModule>,
+    fns: Vec<KernelFn>,
+}
+
+// SAFETY: after `finalize_definitions` the module's code and data are immutable, and `Compiled`
+// never touches the module again except to free it in `drop` (which needs `&mut self`, so no
+// other reference exists). The only thing shared through `&Compiled` is `fns`, plain function
+// pointers into that immutable code; the kernels keep no state between calls, so calling them
+// from several threads at once is safe as long as the buffers they write do not overlap. The
+// module is not `Sync` by itself only because of interior caches (a `RefCell` symbol table)
+// used while linking, which nothing reaches after `compile` returns. (`Send` needs no such
+// argument: `JITModule` is `Send`.)
+unsafe impl Sync for Compiled {}
+
+impl Compiled {
+    /// The entry point of kernel `i` (in the order given to [`compile`]).
+    ///
+    /// Calling it is `unsafe`: every pointer must be valid for the accesses the kernel makes
+    /// (for every index it computes, unless a `Check` stops it first), the dims must be the
+    /// values the kernel was lowered for, and `self` must outlive the call.
+    ///
+    /// # Panics
+    /// If `i` is not the index of a compiled kernel.
+    pub fn function(&self, i: usize) -> KernelFn {
+        self.fns[i]
+    }
+
+    /// Number of compiled kernels.
+    pub fn len(&self) -> usize {
+        self.fns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fns.is_empty()
+    }
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: `&mut self` means no call through `function` is running; pointers handed
+            // out must not be called after the drop, as `function` documents.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// Compiles kernels into one module for the host machine.
+pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
+    let host = |e: &dyn std::fmt::Display| JitError::Host(e.to_string());
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| host(&e))?;
+    flags
+        .set("use_colocated_libcalls", "false")
+        .map_err(|e| host(&e))?;
+    flags.set("is_pic", "false").map_err(|e| host(&e))?;
+    // cranelift_native enables what the host CPU has (SSE4.1, AVX, FMA, BMI, ...).
+    let isa = cranelift_native::builder()
+        .map_err(|e| host(&e))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| host(&e))?;
+    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+    for (name, _, addr) in libcalls() {
+        jb.symbol(name, addr);
+    }
+    let mut module = JITModule::new(jb);
+    match define_all(&mut module, kernels) {
+        Ok(ids) => {
+            let fns = ids
+                .iter()
+                .map(|&id| {
+                    let p = module.get_finalized_function(id);
+                    // SAFETY: the function was defined with exactly the `KernelFn` signature
+                    // (two pointers in, i32 out, the host's C calling convention).
+                    unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }
+                })
+                .collect();
+            Ok(Compiled {
+                module: Some(module),
+                fns,
+            })
+        }
+        Err(e) => {
+            // SAFETY: nothing from this module was handed out or run.
+            unsafe { module.free_memory() };
+            Err(e)
+        }
+    }
+}
+
+fn define_all(module: &mut JITModule, kernels: &[Kernel]) -> Result<Vec<FuncId>, JitError> {
+    let ptr = module.target_config().pointer_type();
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let mut ids = Vec::with_capacity(kernels.len());
+    for (i, k) in kernels.iter().enumerate() {
+        let backend = |message: String| JitError::Backend {
+            kernel: k.name.clone(),
+            message,
+        };
+        let mut sig = module.make_signature();
+        sig.params.push(AbiParam::new(ptr));
+        sig.params.push(AbiParam::new(ptr));
+        sig.returns.push(AbiParam::new(types::I32));
+        let id = module
+            .declare_function(&format!("kiln_kernel_{i}"), Linkage::Local, &sig)
+            .map_err(|e| backend(e.to_string()))?;
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        lower_kernel(module, &mut ctx.func, &mut fctx, k)?;
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| backend(format!("{e:?}")))?;
+        module.clear_context(&mut ctx);
+        ids.push(id);
+    }
+    module
+        .finalize_definitions()
+        .map_err(|e| JitError::Backend {
+            kernel: "<module>".into(),
+            message: e.to_string(),
+        })?;
+    Ok(ids)
+}
+
+/// The Cranelift type that holds a value of a native dtype.
+fn cl_type(d: DType) -> Option<Type> {
+    Some(match d {
+        DType::F32 => types::F32,
+        DType::F64 => types::F64,
+        DType::I8 | DType::U8 | DType::Bool => types::I8,
+        DType::I16 | DType::U16 => types::I16,
+        DType::I32 | DType::U32 => types::I32,
+        DType::I64 | DType::U64 => types::I64,
+        _ => return None,
+    })
+}
+
+fn is_int(d: DType) -> bool {
+    matches!(
+        d,
+        DType::I8
+            | DType::I16
+            | DType::I32
+            | DType::I64
+            | DType::U8
+            | DType::U16
+            | DType::U32
+            | DType::U64
+    )
+}
+
+fn is_signed(d: DType) -> bool {
+    matches!(d, DType::I8 | DType::I16 | DType::I32 | DType::I64)
+}
+
+fn is_float(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F64)
+}
+
+fn lower_kernel(
+    module: &mut JITModule,
+    func: &mut Function,
+    fctx: &mut FunctionBuilderContext,
+    k: &Kernel,
+) -> Result<(), JitError> {
+    let unsupported = |message: String| JitError::Unsupported {
+        kernel: k.name.clone(),
+        message,
+    };
+    for b in &k.bufs {
+        if cl_type(b.dtype).is_none() {
+            return Err(unsupported(format!(
+                "dtype {} (buffer `{}`)",
+                b.dtype, b.name
+            )));
+        }
+    }
+    let ptr = module.target_config().pointer_type();
+    let mut b = FunctionBuilder::new(func, fctx);
+    let mut vars = Vec::with_capacity(k.vars.len());
+    for (i, &d) in k.vars.iter().enumerate() {
+        let ty = cl_type(d).ok_or_else(|| unsupported(format!("dtype {d} (variable v{i})")))?;
+        vars.push(b.declare_var(ty));
+    }
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let (bufs_p, dims_p) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+    // Pointers and dims are loaded once, at entry; unused ones are removed by the optimizer.
+    let table = MemFlagsData::trusted().with_readonly();
+    let mut bases = Vec::with_capacity(k.bufs.len());
+    for i in 0..k.bufs.len() {
+        let off = i32::try_from(i * ptr.bytes() as usize).map_err(|_| JitError::Invalid {
+            kernel: k.name.clone(),
+            message: "too many buffers".into(),
+        })?;
+        bases.push(b.ins().load(ptr, table, bufs_p, off));
+    }
+    let mut dims = Vec::with_capacity(k.dims.len());
+    for i in 0..k.dims.len() {
+        let off = i32::try_from(i * 8).map_err(|_| JitError::Invalid {
+            kernel: k.name.clone(),
+            message: "too many dims".into(),
+        })?;
+        dims.push(b.ins().load(types::I64, table, dims_p, off));
+    }
+    let fail = b.create_block();
+    b.append_block_param(fail, types::I32);
+    let mut l = Lower {
+        k,
+        b,
+        module,
+        ptr,
+        bases,
+        dims,
+        vars,
+        fail,
+        refs: HashMap::new(),
+    };
+    l.stmts(&k.body)?;
+    let zero = l.b.ins().iconst(types::I32, 0);
+    l.b.ins().return_(&[zero]);
+    l.b.switch_to_block(fail);
+    let code = l.b.block_params(fail)[0];
+    l.b.ins().return_(&[code]);
+    l.b.seal_all_blocks();
+    let config = l.module.target_config();
+    l.b.finalize(config);
+    Ok(())
+}
+
+/// Signatures of the helper functions kernels call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shape {
+    /// `fn(f64) -> f64`
+    F1,
+    /// `fn(f64, f64) -> f64`
+    F2,
+    /// `fn(i64, i64) -> i64`
+    I2,
+}
+
+struct Lower<'a, 'f> {
+    k: &'a Kernel,
+    b: FunctionBuilder<'f>,
+    module: &'a mut JITModule,
+    ptr: Type,
+    bases: Vec<Value>,
+    dims: Vec<Value>,
+    vars: Vec<Variable>,
+    /// Returns its `i32` parameter: where failing checks go.
+    fail: Block,
+    refs: HashMap<&'static str, FuncRef>,
+}
+
+type R<T> = Result<T, JitError>;
+
+impl<'f> Lower<'_, 'f> {
+    fn ins(&mut self) -> FuncInstBuilder<'_, 'f> {
+        self.b.ins()
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> JitError {
+        JitError::Invalid {
+            kernel: self.k.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn unsupported(&self, message: impl Into<String>) -> JitError {
+        JitError::Unsupported {
+            kernel: self.k.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn var(&self, v: usize) -> R<(Variable, DType)> {
+        match (self.vars.get(v), self.k.vars.get(v)) {
+            (Some(&var), Some(&d)) => Ok((var, d)),
+            _ => Err(self.invalid(format!("variable v{v} is not declared"))),
+        }
+    }
+
+    fn stmts(&mut self, body: &[Stmt]) -> R<()> {
+        for s in body {
+            self.stmt(s)?;
+        }
+        Ok(())
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> R<()> {
+        match s {
+            Stmt::Loop {
+                var, extent, body, ..
+            } => {
+                // Every mark (parallel, vector, unroll) runs serially for now.
+                let (v, d) = self.var(*var)?;
+                if d != DType::I64 {
+                    return Err(self.invalid(format!("loop variable v{var} is {d}, not i64")));
+                }
+                let n = self.expr_of(extent, DType::I64, "a loop extent")?;
+                let zero = self.b.ins().iconst(types::I64, 0);
+                self.def(v, zero)?;
+                let body_b = self.b.create_block();
+                let exit = self.b.create_block();
+                let any = self.b.ins().icmp(IntCC::SignedGreaterThan, n, zero);
+                self.b.ins().brif(any, body_b, &[], exit, &[]);
+                self.b.switch_to_block(body_b);
+                self.stmts(body)?;
+                let i = self.use_var(v)?;
+                let next = self.b.ins().iadd_imm_s(i, 1);
+                self.def(v, next)?;
+                let more = self.b.ins().icmp(IntCC::SignedLessThan, next, n);
+                self.b.ins().brif(more, body_b, &[], exit, &[]);
+                self.b.switch_to_block(exit);
+            }
+            Stmt::Set { var, value } => {
+                let (v, d) = self.var(*var)?;
+                let x = self.expr_of(value, d, &format!("the value set to v{var}"))?;
+                self.def(v, x)?;
+            }
+            Stmt::Store { buf, index, value } => {
+                let d = self.buf_dtype(*buf)?;
+                let addr = self.address(*buf, index)?;
+                let name = &self.k.bufs[*buf].name;
+                let x = self.expr_of(value, d, &format!("the value stored to `{name}`"))?;
+                self.b
+                    .ins()
+                    .store(MemFlagsData::new().with_notrap(), x, addr, 0);
+            }
+            Stmt::Check { cond, code } => {
+                let c = self.expr_of(cond, DType::Bool, "a check condition")?;
+                let code = self.b.ins().iconst(types::I32, i64::from(*code));
+                let cont = self.b.create_block();
+                self.b
+                    .ins()
+                    .brif(c, cont, &[], self.fail, &[BlockArg::Value(code)]);
+                self.b.switch_to_block(cont);
+            }
+        }
+        Ok(())
+    }
+
+    fn def(&mut self, v: Variable, x: Value) -> R<()> {
+        self.b
+            .try_def_var(v, x)
+            .map_err(|e| self.invalid(format!("{e}")))
+    }
+
+    fn use_var(&mut self, v: Variable) -> R<Value> {
+        self.b
+            .try_use_var(v)
+            .map_err(|e| self.invalid(format!("{e}")))
+    }
+
+    fn buf_dtype(&self, buf: usize) -> R<DType> {
+        self.k
+            .bufs
+            .get(buf)
+            .map(|b| b.dtype)
+            .ok_or_else(|| self.invalid(format!("buffer {buf} does not exist")))
+    }
+
+    /// The address of `buf[index]`.
+    fn address(&mut self, buf: usize, index: &Expr) -> R<Value> {
+        let d = self.buf_dtype(buf)?;
+        let i = self.expr_of(index, DType::I64, "an index")?;
+        let i = if self.ptr == types::I64 {
+            i
+        } else {
+            self.b.ins().ireduce(self.ptr, i)
+        };
+        let shift = i64::from(crate::kernel::elem_bytes(d).trailing_zeros());
+        let off = self.b.ins().ishl_imm_u(i, shift);
+        Ok(self.b.ins().iadd(self.bases[buf], off))
+    }
+
+    /// Lowers `e`, which must have dtype `want`.
+    fn expr_of(&mut self, e: &Expr, want: DType, what: &str) -> R<Value> {
+        let (x, d) = self.expr(e)?;
+        if d != want {
+            return Err(self.invalid(format!("{what} is {d}, expected {want}")));
+        }
+        Ok(x)
+    }
+
+    /// An integer constant of `ty`, with the bits above the type's width cleared.
+    fn iconst(&mut self, ty: Type, v: i64) -> Value {
+        let bits = ty.bits();
+        let v = if bits >= 64 {
+            v
+        } else {
+            v & ((1i64 << bits) - 1)
+        };
+        self.b.ins().iconst(ty, v)
+    }
+
+    fn fconst(&mut self, d: DType, v: f64) -> Value {
+        if d == DType::F32 {
+            self.b.ins().f32const(v as f32)
+        } else {
+            self.b.ins().f64const(v)
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) -> R<(Value, DType)> {
+        Ok(match e {
+            Expr::Int(v, d) => {
+                let x = match *d {
+                    d if is_float(d) => self.fconst(d, *v as f64),
+                    DType::Bool => self.b.ins().iconst(types::I8, i64::from(*v != 0)),
+                    d => match cl_type(d) {
+                        Some(ty) => self.iconst(ty, *v),
+                        None => return Err(self.unsupported(format!("dtype {d} (a constant)"))),
+                    },
+                };
+                (x, *d)
+            }
+            Expr::Float(v, d) => {
+                if !is_float(*d) {
+                    return Err(self.unsupported(format!("a float constant of dtype {d}")));
+                }
+                (self.fconst(*d, *v), *d)
+            }
+            Expr::Dim(k) => match self.dims.get(*k) {
+                Some(&x) => (x, DType::I64),
+                None => return Err(self.invalid(format!("dim {k} is not in the dim table"))),
+            },
+            Expr::Var(v) => {
+                let (var, d) = self.var(*v)?;
+                (self.use_var(var)?, d)
+            }
+            Expr::Load { buf, index } => {
+                let d = self.buf_dtype(*buf)?;
+                let addr = self.address(*buf, index)?;
+                let ty = cl_type(d).expect("buffer dtypes were checked");
+                let x = self
+                    .b
+                    .ins()
+                    .load(ty, MemFlagsData::new().with_notrap(), addr, 0);
+                (x, d)
+            }
+            Expr::Op { op, args, dtype } => {
+                let x = self.op(op, args, *dtype)?;
+                (x, *dtype)
+            }
+        })
+    }
+
+    fn op(&mut self, op: &Op, args: &[Expr], dtype: DType) -> R<Value> {
+        let name = match op {
+            Op::Cast { .. } => "cast",
+            _ => op.mnemonic(),
+        };
+        let arity = match op.kind() {
+            OpKind::Unary | OpKind::Cast => 1,
+            OpKind::Binary => 2,
+            OpKind::Ternary => 3,
+            _ => return Err(self.unsupported(format!("op `{name}`"))),
+        };
+        if args.len() != arity {
+            return Err(self.invalid(format!(
+                "`{name}` takes {arity} operands, got {}",
+                args.len()
+            )));
+        }
+        let mut vals = Vec::with_capacity(arity);
+        for a in args {
+            vals.push(self.expr(a)?);
+        }
+        let (x, d) = match op.kind() {
+            OpKind::Unary => self.unary(op, vals[0].0, vals[0].1)?,
+            OpKind::Binary => {
+                let ((a, da), (b, db)) = (vals[0], vals[1]);
+                if da != db {
+                    return Err(self.invalid(format!("`{name}` of {da} and {db}")));
+                }
+                self.binary(op, a, b, da)?
+            }
+            OpKind::Ternary => {
+                let ((c, dc), (a, da), (b, db)) = (vals[0], vals[1], vals[2]);
+                if !matches!(op, Op::Select) {
+                    return Err(self.unsupported(format!("op `{name}`")));
+                }
+                if dc != DType::Bool || da != db {
+                    return Err(self.invalid(format!("`select` of {dc}, {da} and {db}")));
+                }
+                (self.b.ins().select(c, a, b), da)
+            }
+            _ => {
+                let Op::Cast { dtype: to, .. } = op else {
+                    return Err(self.unsupported(format!("op `{name}`")));
+                };
+                (self.cast(vals[0].0, vals[0].1, *to)?, *to)
+            }
+        };
+        if d != dtype {
+            return Err(self.invalid(format!(
+                "`{name}` gives {d}, but the expression is typed {dtype}"
+            )));
+        }
+        Ok(x)
+    }
+
+    /// Calls helper `name`; the arguments must match its shape.
+    fn call(&mut self, name: &'static str, args: &[Value]) -> R<Value> {
+        let f = match self.refs.get(name) {
+            Some(&f) => f,
+            None => {
+                let shape = libcalls()
+                    .iter()
+                    .find(|(n, _, _)| *n == name)
+                    .map(|&(_, s, _)| s)
+                    .expect("helpers are in the table");
+                let (arg, n) = match shape {
+                    Shape::F1 => (types::F64, 1),
+                    Shape::F2 => (types::F64, 2),
+                    Shape::I2 => (types::I64, 2),
+                };
+                let mut sig = self.module.make_signature();
+                for _ in 0..n {
+                    sig.params.push(AbiParam::new(arg));
+                }
+                sig.returns.push(AbiParam::new(arg));
+                let id = self
+                    .module
+                    .declare_function(name, Linkage::Import, &sig)
+                    .map_err(|e| JitError::Backend {
+                        kernel: self.k.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                let f = self.module.declare_func_in_func(id, self.b.func);
+                self.refs.insert(name, f);
+                f
+            }
+        };
+        let inst = self.b.ins().call(f, args);
+        Ok(self.b.inst_results(inst)[0])
+    }
+
+    fn widen(&mut self, x: Value, d: DType) -> Value {
+        if d == DType::F32 {
+            self.b.ins().fpromote(types::F64, x)
+        } else {
+            x
+        }
+    }
+
+    fn narrow(&mut self, x: Value, d: DType) -> Value {
+        if d == DType::F32 {
+            self.b.ins().fdemote(types::F32, x)
+        } else {
+            x
+        }
+    }
+
+    /// `name(x)` computed in f64 and rounded to `d`.
+    fn call_f1(&mut self, name: &'static str, x: Value, d: DType) -> R<Value> {
+        let w = self.widen(x, d);
+        let r = self.call(name, &[w])?;
+        Ok(self.narrow(r, d))
+    }
+
+    fn call_f2(&mut self, name: &'static str, a: Value, b: Value, d: DType) -> R<Value> {
+        let (wa, wb) = (self.widen(a, d), self.widen(b, d));
+        let r = self.call(name, &[wa, wb])?;
+        Ok(self.narrow(r, d))
+    }
+
+    fn unary(&mut self, op: &Op, x: Value, d: DType) -> R<(Value, DType)> {
+        let bad = |s: &Self| s.unsupported(format!("op `{}` on {d}", op.mnemonic()));
+        if is_float(d) {
+            let r = match op {
+                Op::IsNan => {
+                    let r = self.ins().fcmp(FloatCC::Unordered, x, x);
+                    return Ok((r, DType::Bool));
+                }
+                Op::IsInf => {
+                    let a = self.ins().fabs(x);
+                    let inf = self.fconst(d, f64::INFINITY);
+                    let r = self.ins().fcmp(FloatCC::Equal, a, inf);
+                    return Ok((r, DType::Bool));
+                }
+                Op::Neg => self.ins().fneg(x),
+                Op::Abs => self.ins().fabs(x),
+                Op::Sqrt => self.ins().sqrt(x),
+                Op::Floor => self.ins().floor(x),
+                Op::Ceil => self.ins().ceil(x),
+                Op::Round => self.ins().nearest(x),
+                Op::Recip => {
+                    let one = self.fconst(d, 1.0);
+                    self.ins().fdiv(one, x)
+                }
+                Op::Rsqrt => {
+                    // Two operations: in f64, rounded once, as the interpreter does.
+                    let w = self.widen(x, d);
+                    let s = self.ins().sqrt(w);
+                    let one = self.ins().f64const(1.0);
+                    let r = self.ins().fdiv(one, s);
+                    self.narrow(r, d)
+                }
+                _ => {
+                    let name = match op {
+                        Op::Sign => "kiln_sign",
+                        Op::Exp => "kiln_exp",
+                        Op::Log => "kiln_log",
+                        Op::Sin => "kiln_sin",
+                        Op::Cos => "kiln_cos",
+                        Op::Tan => "kiln_tan",
+                        Op::Asin => "kiln_asin",
+                        Op::Acos => "kiln_acos",
+                        Op::Atan => "kiln_atan",
+                        Op::Sinh => "kiln_sinh",
+                        Op::Cosh => "kiln_cosh",
+                        Op::Asinh => "kiln_asinh",
+                        Op::Acosh => "kiln_acosh",
+                        Op::Atanh => "kiln_atanh",
+                        Op::Tanh => "kiln_tanh",
+                        Op::Sigmoid => "kiln_sigmoid",
+                        Op::Erf => "kiln_erf",
+                        _ => return Err(bad(self)),
+                    };
+                    self.call_f1(name, x, d)?
+                }
+            };
+            return Ok((r, d));
+        }
+        if d == DType::Bool {
+            return match op {
+                Op::Not => Ok((self.ins().bxor_imm_u(x, 1), d)),
+                _ => Err(bad(self)),
+            };
+        }
+        if !is_int(d) {
+            return Err(bad(self));
+        }
+        let ty = cl_type(d).expect("integer dtypes are native");
+        let r = match op {
+            Op::Neg => self.ins().ineg(x),
+            Op::Abs if is_signed(d) => self.ins().iabs(x),
+            // Unsigned values are their own magnitude.
+            Op::Abs => x,
+            Op::Not => self.ins().bnot(x),
+            Op::Sign => {
+                let zero = self.iconst(ty, 0);
+                let cc = if is_signed(d) {
+                    IntCC::SignedGreaterThan
+                } else {
+                    IntCC::UnsignedGreaterThan
+                };
+                let gt = self.ins().icmp(cc, x, zero);
+                let lt = self.ins().icmp(IntCC::SignedLessThan, x, zero);
+                let (gt, lt) = if ty == types::I8 {
+                    (gt, lt)
+                } else {
+                    (self.ins().uextend(ty, gt), self.ins().uextend(ty, lt))
+                };
+                if is_signed(d) {
+                    self.ins().isub(gt, lt)
+                } else {
+                    gt
+                }
+            }
+            _ => return Err(bad(self)),
+        };
+        Ok((r, d))
+    }
+
+    fn binary(&mut self, op: &Op, a: Value, b: Value, d: DType) -> R<(Value, DType)> {
+        let bad = |s: &Self| s.unsupported(format!("op `{}` on {d}", op.mnemonic()));
+        let cmp = match op {
+            Op::Eq => Some((IntCC::Equal, IntCC::Equal, FloatCC::Equal)),
+            Op::Ne => Some((IntCC::NotEqual, IntCC::NotEqual, FloatCC::NotEqual)),
+            Op::Lt => Some((
+                IntCC::SignedLessThan,
+                IntCC::UnsignedLessThan,
+                FloatCC::LessThan,
+            )),
+            Op::Le => Some((
+                IntCC::SignedLessThanOrEqual,
+                IntCC::UnsignedLessThanOrEqual,
+                FloatCC::LessThanOrEqual,
+            )),
+            Op::Gt => Some((
+                IntCC::SignedGreaterThan,
+                IntCC::UnsignedGreaterThan,
+                FloatCC::GreaterThan,
+            )),
+            Op::Ge => Some((
+                IntCC::SignedGreaterThanOrEqual,
+                IntCC::UnsignedGreaterThanOrEqual,
+                FloatCC::GreaterThanOrEqual,
+            )),
+            _ => None,
+        };
+        if let Some((s, u, f)) = cmp {
+            // `!=` is true when either side is NaN (Cranelift's `ne` is unordered-or-unequal);
+            // the other float comparisons are ordered. Bools compare as 0 < 1.
+            let r = if is_float(d) {
+                self.ins().fcmp(f, a, b)
+            } else if is_signed(d) {
+                self.ins().icmp(s, a, b)
+            } else {
+                self.ins().icmp(u, a, b)
+            };
+            return Ok((r, DType::Bool));
+        }
+        if is_float(d) {
+            let r = match op {
+                Op::Add => self.ins().fadd(a, b),
+                Op::Sub => self.ins().fsub(a, b),
+                Op::Mul => self.ins().fmul(a, b),
+                Op::Div => self.ins().fdiv(a, b),
+                // NaN if either is NaN, like the interpreter's `fmax`/`fmin`.
+                Op::Max => self.ins().fmax(a, b),
+                Op::Min => self.ins().fmin(a, b),
+                Op::Rem => self.call_f2("kiln_rem", a, b, d)?,
+                Op::Mod => self.call_f2("kiln_mod", a, b, d)?,
+                Op::Pow => self.call_f2("kiln_pow", a, b, d)?,
+                Op::Atan2 => self.call_f2("kiln_atan2", a, b, d)?,
+                _ => return Err(bad(self)),
+            };
+            return Ok((r, d));
+        }
+        if d == DType::Bool {
+            let r = match op {
+                Op::And => self.ins().band(a, b),
+                Op::Or => self.ins().bor(a, b),
+                Op::Xor => self.ins().bxor(a, b),
+                _ => return Err(bad(self)),
+            };
+            return Ok((r, d));
+        }
+        if !is_int(d) {
+            return Err(bad(self));
+        }
+        let ty = cl_type(d).expect("integer dtypes are native");
+        let signed = is_signed(d);
+        let r = match op {
+            Op::Add => self.ins().iadd(a, b),
+            Op::Sub => self.ins().isub(a, b),
+            Op::Mul => self.ins().imul(a, b),
+            Op::And => self.ins().band(a, b),
+            Op::Or => self.ins().bor(a, b),
+            Op::Xor => self.ins().bxor(a, b),
+            Op::Max if signed => self.ins().smax(a, b),
+            Op::Max => self.ins().umax(a, b),
+            Op::Min if signed => self.ins().smin(a, b),
+            Op::Min => self.ins().umin(a, b),
+            Op::Div | Op::Rem | Op::Mod => self.divide(op, a, b, ty, signed),
+            Op::Shl | Op::Shr => {
+                // In range when 0 <= b < bits: as unsigned, that is one comparison.
+                let bits = self.iconst(ty, i64::from(ty.bits()));
+                let ok = self.ins().icmp(IntCC::UnsignedLessThan, b, bits);
+                match (op, signed) {
+                    (Op::Shl, _) => {
+                        let s = self.ins().ishl(a, b);
+                        let zero = self.iconst(ty, 0);
+                        self.ins().select(ok, s, zero)
+                    }
+                    (_, true) => {
+                        // Out of range gives the sign: a shift by bits - 1.
+                        let top = self.iconst(ty, i64::from(ty.bits()) - 1);
+                        let amt = self.ins().select(ok, b, top);
+                        self.ins().sshr(a, amt)
+                    }
+                    _ => {
+                        let s = self.ins().ushr(a, b);
+                        let zero = self.iconst(ty, 0);
+                        self.ins().select(ok, s, zero)
+                    }
+                }
+            }
+            Op::Pow => {
+                let (name, wa, wb) = if ty == types::I64 {
+                    let n = if signed { "kiln_ipow_s" } else { "kiln_ipow_u" };
+                    (n, a, b)
+                } else if signed {
+                    let wa = self.ins().sextend(types::I64, a);
+                    let wb = self.ins().sextend(types::I64, b);
+                    ("kiln_ipow_s", wa, wb)
+                } else {
+                    let wa = self.ins().uextend(types::I64, a);
+                    let wb = self.ins().uextend(types::I64, b);
+                    ("kiln_ipow_u", wa, wb)
+                };
+                let r = self.call(name, &[wa, wb])?;
+                if ty == types::I64 {
+                    r
+                } else {
+                    self.ins().ireduce(ty, r)
+                }
+            }
+            _ => return Err(bad(self)),
+        };
+        Ok((r, d))
+    }
+
+    /// Integer `div`, `rem` and `mod` that never trap: a zero divisor is replaced by 1 (the
+    /// lowering checks divisors before, so the result is never used), and a divisor of -1 is
+    /// handled without `sdiv`, whose `MIN / -1` traps.
+    fn divide(&mut self, op: &Op, a: Value, b: Value, ty: Type, signed: bool) -> Value {
+        let zero = self.iconst(ty, 0);
+        let one = self.iconst(ty, 1);
+        let is_zero = self.b.ins().icmp(IntCC::Equal, b, zero);
+        if !signed {
+            let safe = self.b.ins().select(is_zero, one, b);
+            return match op {
+                Op::Div => self.b.ins().udiv(a, safe),
+                _ => self.b.ins().urem(a, safe),
+            };
+        }
+        let minus_one = self.iconst(ty, -1);
+        let is_m1 = self.b.ins().icmp(IntCC::Equal, b, minus_one);
+        let unsafe_ = self.b.ins().bor(is_zero, is_m1);
+        let safe = self.b.ins().select(unsafe_, one, b);
+        match op {
+            Op::Div => {
+                // a / -1 = -a, wrapping (MIN / -1 = MIN, as the interpreter's wrap gives).
+                let q = self.b.ins().sdiv(a, safe);
+                let neg = self.b.ins().ineg(a);
+                self.b.ins().select(is_m1, neg, q)
+            }
+            // a % 1 = 0 = a % -1.
+            Op::Rem => self.b.ins().srem(a, safe),
+            _ => {
+                // Floor modulo: the remainder takes the sign of the divisor.
+                let r = self.b.ins().srem(a, safe);
+                let nonzero = self.b.ins().icmp(IntCC::NotEqual, r, zero);
+                let rneg = self.b.ins().icmp(IntCC::SignedLessThan, r, zero);
+                let bneg = self.b.ins().icmp(IntCC::SignedLessThan, b, zero);
+                let differ = self.b.ins().bxor(rneg, bneg);
+                let adjust = self.b.ins().band(nonzero, differ);
+                let sum = self.b.ins().iadd(r, b);
+                self.b.ins().select(adjust, sum, r)
+            }
+        }
+    }
+
+    /// Converts as the interpreter does: floats round to nearest; floats to integers truncate
+    /// and saturate, NaN becoming 0; integers wrap; nonzero becomes true; bools are 0 and 1.
+    fn cast(&mut self, x: Value, from: DType, to: DType) -> R<Value> {
+        let (Some(fty), Some(tty)) = (cl_type(from), cl_type(to)) else {
+            return Err(self.unsupported(format!("cast from {from} to {to}")));
+        };
+        if from == to {
+            return Ok(x);
+        }
+        if to == DType::Bool {
+            return Ok(if is_float(from) {
+                let zero = self.fconst(from, 0.0);
+                self.ins().fcmp(FloatCC::NotEqual, x, zero)
+            } else {
+                let zero = self.iconst(fty, 0);
+                self.ins().icmp(IntCC::NotEqual, x, zero)
+            });
+        }
+        if is_float(from) && is_float(to) {
+            return Ok(if to == DType::F64 {
+                self.ins().fpromote(tty, x)
+            } else {
+                self.ins().fdemote(tty, x)
+            });
+        }
+        if is_float(from) {
+            // Saturating conversions exist for 32 and 64 bits; narrower targets saturate to
+            // 32 bits and clamp, which is the same as saturating to their own range.
+            return Ok(match to {
+                DType::I32 | DType::I64 => self.ins().fcvt_to_sint_sat(tty, x),
+                DType::U32 | DType::U64 => self.ins().fcvt_to_uint_sat(tty, x),
+                DType::I8 | DType::I16 => {
+                    let w = self.ins().fcvt_to_sint_sat(types::I32, x);
+                    let bits = tty.bits();
+                    let lo = self.iconst(types::I32, -(1i64 << (bits - 1)));
+                    let hi = self.iconst(types::I32, (1i64 << (bits - 1)) - 1);
+                    let c = self.ins().smax(w, lo);
+                    let c = self.ins().smin(c, hi);
+                    self.ins().ireduce(tty, c)
+                }
+                _ => {
+                    let w = self.ins().fcvt_to_uint_sat(types::I32, x);
+                    let hi = self.iconst(types::I32, (1i64 << tty.bits()) - 1);
+                    let c = self.ins().umin(w, hi);
+                    self.ins().ireduce(tty, c)
+                }
+            });
+        }
+        // From an integer or a bool (unsigned 0 or 1).
+        let signed = is_signed(from);
+        if is_float(to) {
+            return Ok(match (fty == types::I64, signed) {
+                (true, true) => self.ins().fcvt_from_sint(tty, x),
+                (true, false) => self.ins().fcvt_from_uint(tty, x),
+                (false, true) => {
+                    let w = self.ins().sextend(types::I64, x);
+                    self.ins().fcvt_from_sint(tty, w)
+                }
+                (false, false) => {
+                    // Zero-extended, the value is a nonnegative i64: the signed conversion
+                    // is exact and cheaper.
+                    let w = self.ins().uextend(types::I64, x);
+                    self.ins().fcvt_from_sint(tty, w)
+                }
+            });
+        }
+        Ok(match fty.bits().cmp(&tty.bits()) {
+            std::cmp::Ordering::Equal => x,
+            std::cmp::Ordering::Greater => self.ins().ireduce(tty, x),
+            std::cmp::Ordering::Less if signed => self.ins().sextend(tty, x),
+            std::cmp::Ordering::Less => self.ins().uextend(tty, x),
+        })
+    }
+}
+
+/// Helper functions kernels call: name, signature, address.
+fn libcalls() -> [(&'static str, Shape, *const u8); 23] {
+    type F1 = extern "C" fn(f64) -> f64;
+    type F2 = extern "C" fn(f64, f64) -> f64;
+    type I2 = extern "C" fn(i64, i64) -> i64;
+    let f1 = |f: F1| f as *const u8;
+    let f2 = |f: F2| f as *const u8;
+    let i2 = |f: I2| f as *const u8;
+    [
+        ("kiln_sign", Shape::F1, f1(helpers::sign)),
+        ("kiln_exp", Shape::F1, f1(helpers::exp)),
+        ("kiln_log", Shape::F1, f1(helpers::log)),
+        ("kiln_sin", Shape::F1, f1(helpers::sin)),
+        ("kiln_cos", Shape::F1, f1(helpers::cos)),
+        ("kiln_tan", Shape::F1, f1(helpers::tan)),
+        ("kiln_asin", Shape::F1, f1(helpers::asin)),
+        ("kiln_acos", Shape::F1, f1(helpers::acos)),
+        ("kiln_atan", Shape::F1, f1(helpers::atan)),
+        ("kiln_sinh", Shape::F1, f1(helpers::sinh)),
+        ("kiln_cosh", Shape::F1, f1(helpers::cosh)),
+        ("kiln_asinh", Shape::F1, f1(helpers::asinh)),
+        ("kiln_acosh", Shape::F1, f1(helpers::acosh)),
+        ("kiln_atanh", Shape::F1, f1(helpers::atanh)),
+        ("kiln_tanh", Shape::F1, f1(helpers::tanh)),
+        ("kiln_sigmoid", Shape::F1, f1(helpers::sigmoid)),
+        ("kiln_erf", Shape::F1, f1(helpers::erf)),
+        ("kiln_rem", Shape::F2, f2(helpers::rem)),
+        ("kiln_mod", Shape::F2, f2(helpers::modulo)),
+        ("kiln_pow", Shape::F2, f2(helpers::pow)),
+        ("kiln_atan2", Shape::F2, f2(helpers::atan2)),
+        ("kiln_ipow_s", Shape::I2, i2(helpers::ipow_s)),
+        ("kiln_ipow_u", Shape::I2, i2(helpers::ipow_u)),
+    ]
+}
+
+/// The interpreter's formulas (`runtime/src/interp/wide.rs`), with the C ABI.
+mod helpers {
+    macro_rules! unary {
+        ($($name:ident($x:ident) $body:expr;)*) => {
+            $(pub extern "C" fn $name($x: f64) -> f64 { $body })*
+        };
+    }
+
+    unary! {
+        exp(x) x.exp();
+        log(x) x.ln();
+        sin(x) x.sin();
+        cos(x) x.cos();
+        tan(x) x.tan();
+        asin(x) x.asin();
+        acos(x) x.acos();
+        atan(x) x.atan();
+        sinh(x) x.sinh();
+        cosh(x) x.cosh();
+        asinh(x) x.asinh();
+        acosh(x) x.acosh();
+        atanh(x) x.atanh();
+        tanh(x) x.tanh();
+        erf(x) libm::erf(x);
+    }
+
+    pub extern "C" fn sign(x: f64) -> f64 {
+        if x.is_nan() {
+            x
+        } else if x > 0.0 {
+            1.0
+        } else if x < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    }
+
+    pub extern "C" fn sigmoid(x: f64) -> f64 {
+        // Written so that neither branch overflows.
+        if x >= 0.0 {
+            1.0 / (1.0 + (-x).exp())
+        } else {
+            let e = x.exp();
+            e / (1.0 + e)
+        }
+    }
+
+    pub extern "C" fn rem(a: f64, b: f64) -> f64 {
+        a % b
+    }
+
+    pub extern "C" fn modulo(a: f64, b: f64) -> f64 {
+        let r = a % b;
+        if r != 0.0 && ((r < 0.0) != (b < 0.0)) {
+            r + b
+        } else {
+            r
+        }
+    }
+
+    pub extern "C" fn pow(a: f64, b: f64) -> f64 {
+        a.powf(b)
+    }
+
+    pub extern "C" fn atan2(a: f64, b: f64) -> f64 {
+        a.atan2(b)
+    }
+
+    /// Integer power in i128, wrapping; negative exponents give 0 except for bases 1 and -1.
+    fn ipow(mut base: i128, mut exp: i128) -> i128 {
+        if exp < 0 {
+            return match base {
+                1 => 1,
+                -1 => {
+                    if exp % 2 == 0 {
+                        1
+                    } else {
+                        -1
+                    }
+                }
+                _ => 0,
+            };
+        }
+        let mut acc: i128 = 1;
+        while exp > 0 {
+            if exp & 1 == 1 {
+                acc = acc.wrapping_mul(base);
+            }
+            base = base.wrapping_mul(base);
+            exp >>= 1;
+        }
+        acc
+    }
+
+    /// Signed operands, sign-extended to i64; the result wraps to the caller's width.
+    pub extern "C" fn ipow_s(a: i64, b: i64) -> i64 {
+        ipow(a.into(), b.into()) as i64
+    }
+
+    /// Unsigned operands (as raw bits), zero-extended to 64 bits.
+    pub extern "C" fn ipow_u(a: i64, b: i64) -> i64 {
+        ipow((a as u64).into(), (b as u64).into()) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{codes, Buf, BufKind, Mark};
+    use ir::Dim;
+
+    const _: () = {
+        const fn send_sync<T: Send + Sync>() {}
+        send_sync::<Compiled>();
+    };
+
+    fn buf(name: &str, dtype: DType, kind: BufKind) -> Buf {
+        Buf {
+            name: name.into(),
+            dtype,
+            len: Dim::sym("n"),
+            kind,
+        }
+    }
+
+    fn op(op: Op, args: Vec<Expr>, dtype: DType) -> Expr {
+        Expr::Op { op, args, dtype }
+    }
+
+    fn load(buf: usize, index: Expr) -> Expr {
+        Expr::Load {
+            buf,
+            index: Box::new(index),
+        }
+    }
+
+    fn v(i: usize) -> Expr {
+        Expr::Var(i)
+    }
+
+    fn for_(var: usize, extent: Expr, body: Vec<Stmt>) -> Stmt {
+        Stmt::Loop {
+            var,
+            extent,
+            mark: Mark::Serial,
+            body,
+        }
+    }
+
+    fn store(buf: usize, index: Expr, value: Expr) -> Stmt {
+        Stmt::Store { buf, index, value }
+    }
+
+    fn call(c: &Compiled, i: usize, bufs: &[*mut u8], dims: &[i64]) -> u32 {
+        // SAFETY: each test sizes its buffers for the kernel it runs.
+        unsafe { c.function(i)(bufs.as_ptr(), dims.as_ptr()) }
+    }
+
+    fn ptr<T>(v: &mut [T]) -> *mut u8 {
+        v.as_mut_ptr().cast()
+    }
+
+    /// `out[i] = f(in[i])` for `i < dims[0]`.
+    fn map_kernel(from: DType, to: DType, f: impl Fn(Expr) -> Expr) -> Kernel {
+        Kernel {
+            name: "map".into(),
+            bufs: vec![
+                buf("x", from, BufKind::Input),
+                buf("y", to, BufKind::Output),
+            ],
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64],
+            body: vec![for_(
+                0,
+                Expr::Dim(0),
+                vec![store(1, v(0), f(load(0, v(0))))],
+            )],
+        }
+    }
+
+    fn run_map<A: Copy, B: Copy + Default>(k: Kernel, xs: &[A]) -> Vec<B> {
+        let c = compile(&[k]).unwrap();
+        let mut x = xs.to_vec();
+        let mut y = vec![B::default(); xs.len()];
+        assert_eq!(
+            call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[xs.len() as i64]),
+            0
+        );
+        y
+    }
+
+    /// `out[i] = f(a[i], b[i])`.
+    fn run_zip<A: Copy, B: Copy + Default>(
+        d: DType,
+        to: DType,
+        f: impl Fn(Expr, Expr) -> Expr,
+        a: &[A],
+        b: &[A],
+    ) -> Vec<B> {
+        let k = Kernel {
+            name: "zip".into(),
+            bufs: vec![
+                buf("a", d, BufKind::Input),
+                buf("b", d, BufKind::Input),
+                buf("y", to, BufKind::Output),
+            ],
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64],
+            body: vec![for_(
+                0,
+                Expr::Dim(0),
+                vec![store(2, v(0), f(load(0, v(0)), load(1, v(0))))],
+            )],
+        };
+        let c = compile(&[k]).unwrap();
+        let (mut a, mut b) = (a.to_vec(), b.to_vec());
+        let mut y = vec![B::default(); a.len()];
+        let n = a.len() as i64;
+        assert_eq!(
+            call(&c, 0, &[ptr(&mut a), ptr(&mut b), ptr(&mut y)], &[n]),
+            0
+        );
+        y
+    }
+
+    fn binop(o: Op, d: DType) -> impl Fn(Expr, Expr) -> Expr {
+        move |a, b| op(o.clone(), vec![a, b], d)
+    }
+
+    #[test]
+    fn elementwise_add_with_a_symbolic_length() {
+        let add = binop(Op::Add, DType::F32);
+        for n in [0usize, 1, 7, 1000] {
+            let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+            let b: Vec<f32> = (0..n).map(|i| 1.0 / (i as f32 + 1.0)).collect();
+            let y: Vec<f32> = run_zip(DType::F32, DType::F32, &add, &a, &b);
+            let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            assert_eq!(y, want);
+        }
+    }
+
+    #[test]
+    fn row_sums_with_an_accumulator() {
+        // y[r] = sum_c x[r * cols + c]
+        let k = Kernel {
+            name: "rowsum".into(),
+            bufs: vec![
+                buf("x", DType::F32, BufKind::Input),
+                buf("y", DType::F32, BufKind::Output),
+            ],
+            dims: vec![Dim::sym("r"), Dim::sym("c")],
+            vars: vec![DType::I64, DType::I64, DType::F32],
+            body: vec![for_(
+                0,
+                Expr::Dim(0),
+                vec![
+                    Stmt::Set {
+                        var: 2,
+                        value: Expr::Float(0.0, DType::F32),
+                    },
+                    for_(
+                        1,
+                        Expr::Dim(1),
+                        vec![Stmt::Set {
+                            var: 2,
+                            value: op(
+                                Op::Add,
+                                vec![v(2), load(0, v(0) * Expr::Dim(1) + v(1))],
+                                DType::F32,
+                            ),
+                        }],
+                    ),
+                    store(1, v(0), v(2)),
+                ],
+            )],
+        };
+        let c = compile(&[k]).unwrap();
+        let (rows, cols) = (3usize, 4usize);
+        let mut x: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut y = vec![0f32; rows];
+        let r = call(
+            &c,
+            0,
+            &[ptr(&mut x), ptr(&mut y)],
+            &[rows as i64, cols as i64],
+        );
+        assert_eq!(r, 0);
+        assert_eq!(y, vec![6.0, 22.0, 38.0]);
+        // Zero columns: every sum is the initial value.
+        let mut y = vec![9f32; rows];
+        call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[rows as i64, 0]);
+        assert_eq!(y, vec![0.0; 3]);
+    }
+
+    #[test]
+    fn dot_of_2x3_and_3x2() {
+        // c[i, j] = sum_k a[i, k] * b[k, j]
+        let (i, j, kk, acc) = (0, 1, 2, 3);
+        let k = Kernel {
+            name: "dot".into(),
+            bufs: vec![
+                buf("a", DType::F32, BufKind::Input),
+                buf("b", DType::F32, BufKind::Input),
+                buf("c", DType::F32, BufKind::Output),
+            ],
+            dims: vec![],
+            vars: vec![DType::I64, DType::I64, DType::I64, DType::F32],
+            body: vec![for_(
+                i,
+                Expr::i64(2),
+                vec![for_(
+                    j,
+                    Expr::i64(2),
+                    vec![
+                        Stmt::Set {
+                            var: acc,
+                            value: Expr::Float(0.0, DType::F32),
+                        },
+                        for_(
+                            kk,
+                            Expr::i64(3),
+                            vec![Stmt::Set {
+                                var: acc,
+                                value: op(
+                                    Op::Add,
+                                    vec![
+                                        v(acc),
+                                        op(
+                                            Op::Mul,
+                                            vec![
+                                                load(0, v(i) * Expr::i64(3) + v(kk)),
+                                                load(1, v(kk) * Expr::i64(2) + v(j)),
+                                            ],
+                                            DType::F32,
+                                        ),
+                                    ],
+                                    DType::F32,
+                                ),
+                            }],
+                        ),
+                        store(2, v(i) * Expr::i64(2) + v(j), v(acc)),
+                    ],
+                )],
+            )],
+        };
+        let c = compile(&[k]).unwrap();
+        let mut a = vec![1f32, 2., 3., 4., 5., 6.];
+        let mut b = vec![7f32, 8., 9., 10., 11., 12.];
+        let mut out = vec![0f32; 4];
+        assert_eq!(
+            call(&c, 0, &[ptr(&mut a), ptr(&mut b), ptr(&mut out)], &[]),
+            0
+        );
+        assert_eq!(out, vec![58., 64., 139., 154.]);
+    }
+
+    #[test]
+    fn transcendental_functions_round_from_f64() {
+        let xs: Vec<f32> = vec![
+            -3.5,
+            -1.0,
+            -0.3,
+            0.0,
+            0.1,
+            0.5,
+            0.9,
+            1.7,
+            20.0,
+            f32::NAN,
+            f32::INFINITY,
+        ];
+        type F = fn(f64) -> f64;
+        let cases: Vec<(Op, F)> = vec![
+            (Op::Exp, f64::exp),
+            (Op::Log, f64::ln),
+            (Op::Tanh, f64::tanh),
+            (Op::Erf, libm::erf),
+            (Op::Sin, f64::sin),
+            (Op::Cos, f64::cos),
+            (Op::Atan, f64::atan),
+            (Op::Asinh, f64::asinh),
+            (Op::Sigmoid, |x| helpers::sigmoid(x)),
+            (Op::Rsqrt, |x| 1.0 / x.sqrt()),
+            (Op::Recip, |x| 1.0 / x),
+            (Op::Sqrt, f64::sqrt),
+            (Op::Round, f64::round_ties_even),
+            (Op::Floor, f64::floor),
+            (Op::Sign, |x| helpers::sign(x)),
+        ];
+        for (o, f) in cases {
+            let k = map_kernel(DType::F32, DType::F32, |x| {
+                op(o.clone(), vec![x], DType::F32)
+            });
+            let y: Vec<f32> = run_map(k, &xs);
+            for (x, y) in xs.iter().zip(&y) {
+                let want = f(f64::from(*x)) as f32;
+                assert!(
+                    want.to_bits() == y.to_bits() || (want.is_nan() && y.is_nan()),
+                    "{}({x}) = {y}, expected {want}",
+                    o.mnemonic()
+                );
+            }
+            // f64 data calls the same helpers without rounding.
+            let xd: Vec<f64> = xs.iter().map(|&x| f64::from(x) * 1.1).collect();
+            let k = map_kernel(DType::F64, DType::F64, |x| {
+                op(o.clone(), vec![x], DType::F64)
+            });
+            let y: Vec<f64> = run_map(k, &xd);
+            for (x, y) in xd.iter().zip(&y) {
+                let want = f(*x);
+                assert!(want.to_bits() == y.to_bits() || (want.is_nan() && y.is_nan()));
+            }
+        }
+        assert_eq!(
+            run_map::<f32, f32>(
+                map_kernel(DType::F32, DType::F32, |x| op(
+                    Op::Sigmoid,
+                    vec![x],
+                    DType::F32
+                )),
+                &[-1000.0]
+            ),
+            vec![0.0]
+        );
+    }
+
+    #[test]
+    fn float_binary_ops() {
+        let a = [7.5f32, -7.0, 2.0, f32::NAN, 1.0, -0.5];
+        let b = [2.0f32, 2.0, 10.0, 1.0, f32::NAN, 3.0];
+        type F = fn(f64, f64) -> f64;
+        let cases: Vec<(Op, F)> = vec![
+            (Op::Rem, |a, b| a % b),
+            (Op::Mod, |a, b| helpers::modulo(a, b)),
+            (Op::Pow, f64::powf),
+            (Op::Atan2, f64::atan2),
+            (Op::Max, |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.max(b)
+                }
+            }),
+            (Op::Min, |a, b| {
+                if a.is_nan() || b.is_nan() {
+                    f64::NAN
+                } else {
+                    a.min(b)
+                }
+            }),
+            (Op::Div, |a, b| a / b),
+        ];
+        for (o, f) in cases {
+            let y: Vec<f32> = run_zip(DType::F32, DType::F32, binop(o.clone(), DType::F32), &a, &b);
+            for i in 0..a.len() {
+                let want = f(f64::from(a[i]), f64::from(b[i])) as f32;
+                assert!(
+                    want.to_bits() == y[i].to_bits() || (want.is_nan() && y[i].is_nan()),
+                    "{}({}, {}) = {}, expected {want}",
+                    o.mnemonic(),
+                    a[i],
+                    b[i],
+                    y[i]
+                );
+            }
+        }
+        // Comparisons: `ne` holds for NaN, the ordered ones do not.
+        let lt: Vec<bool> = run_zip(DType::F32, DType::Bool, binop(Op::Lt, DType::Bool), &a, &b);
+        assert_eq!(lt, vec![false, true, true, false, false, true]);
+        let ne: Vec<bool> = run_zip(DType::F32, DType::Bool, binop(Op::Ne, DType::Bool), &a, &b);
+        assert_eq!(ne, vec![true, true, true, true, true, true]);
+        let nan: Vec<bool> = run_map(
+            map_kernel(DType::F32, DType::Bool, |x| {
+                op(Op::IsNan, vec![x], DType::Bool)
+            }),
+            &[1.0f32, f32::NAN, f32::INFINITY],
+        );
+        assert_eq!(nan, vec![false, true, false]);
+        let inf: Vec<bool> = run_map(
+            map_kernel(DType::F64, DType::Bool, |x| {
+                op(Op::IsInf, vec![x], DType::Bool)
+            }),
+            &[1.0f64, f64::NAN, f64::NEG_INFINITY],
+        );
+        assert_eq!(inf, vec![false, false, true]);
+    }
+
+    #[test]
+    fn integers_wrap_and_shift_like_the_interpreter() {
+        let add = binop(Op::Add, DType::U8);
+        let y: Vec<u8> = run_zip(DType::U8, DType::U8, add, &[250u8, 1], &[10u8, 2]);
+        assert_eq!(y, vec![4, 3]);
+        let mul = binop(Op::Mul, DType::I64);
+        let y: Vec<i64> = run_zip(DType::I64, DType::I64, mul, &[i64::MAX, -3], &[2, 5]);
+        assert_eq!(y, vec![-2, -15]);
+        let sub = binop(Op::Sub, DType::I32);
+        let y: Vec<i32> = run_zip(DType::I32, DType::I32, sub, &[i32::MIN], &[1]);
+        assert_eq!(y, vec![i32::MAX]);
+
+        let shl = binop(Op::Shl, DType::U8);
+        let y: Vec<u8> = run_zip(
+            DType::U8,
+            DType::U8,
+            shl,
+            &[1u8, 1, 3, 1],
+            &[7u8, 8, 1, 255],
+        );
+        assert_eq!(y, vec![128, 0, 6, 0]);
+        let shr = binop(Op::Shr, DType::I64);
+        let y: Vec<i64> = run_zip(
+            DType::I64,
+            DType::I64,
+            shr,
+            &[-8i64, -8, 8, -8, 8],
+            &[70, 1, 64, -1, -1],
+        );
+        assert_eq!(y, vec![-1, -4, 0, -1, 0]);
+        let shr = binop(Op::Shr, DType::U16);
+        let y: Vec<u16> = run_zip(
+            DType::U16,
+            DType::U16,
+            shr,
+            &[0x8000u16, 0x8000],
+            &[15u16, 16],
+        );
+        assert_eq!(y, vec![1, 0]);
+        let shl = binop(Op::Shl, DType::I32);
+        let y: Vec<i32> = run_zip(DType::I32, DType::I32, shl, &[1i32, 1, 1], &[31, 32, -1]);
+        assert_eq!(y, vec![i32::MIN, 0, 0]);
+
+        let y: Vec<i8> = run_map(
+            map_kernel(DType::I8, DType::I8, |x| op(Op::Neg, vec![x], DType::I8)),
+            &[i8::MIN, 5],
+        );
+        assert_eq!(y, vec![i8::MIN, -5]);
+        let y: Vec<i32> = run_map(
+            map_kernel(DType::I32, DType::I32, |x| op(Op::Abs, vec![x], DType::I32)),
+            &[i32::MIN, -5, 5],
+        );
+        assert_eq!(y, vec![i32::MIN, 5, 5]);
+        let y: Vec<u8> = run_map(
+            map_kernel(DType::U8, DType::U8, |x| op(Op::Abs, vec![x], DType::U8)),
+            &[200u8],
+        );
+        assert_eq!(y, vec![200]);
+        let y: Vec<i16> = run_map(
+            map_kernel(DType::I16, DType::I16, |x| {
+                op(Op::Sign, vec![x], DType::I16)
+            }),
+            &[-300i16, 0, 7],
+        );
+        assert_eq!(y, vec![-1, 0, 1]);
+        let y: Vec<u32> = run_map(
+            map_kernel(DType::U32, DType::U32, |x| {
+                op(Op::Sign, vec![x], DType::U32)
+            }),
+            &[0u32, 0x8000_0000],
+        );
+        assert_eq!(y, vec![0, 1]);
+        let y: Vec<u16> = run_map(
+            map_kernel(DType::U16, DType::U16, |x| op(Op::Not, vec![x], DType::U16)),
+            &[0u16],
+        );
+        assert_eq!(y, vec![0xffff]);
+        let y: Vec<bool> = run_map(
+            map_kernel(DType::Bool, DType::Bool, |x| {
+                op(Op::Not, vec![x], DType::Bool)
+            }),
+            &[true, false],
+        );
+        assert_eq!(y, vec![false, true]);
+
+        // Max/min and comparisons follow the signedness of the dtype.
+        let max = binop(Op::Max, DType::U8);
+        let y: Vec<u8> = run_zip(DType::U8, DType::U8, max, &[200u8], &[100u8]);
+        assert_eq!(y, vec![200]);
+        let max = binop(Op::Max, DType::I8);
+        let y: Vec<i8> = run_zip(DType::I8, DType::I8, max, &[-56i8], &[100i8]);
+        assert_eq!(y, vec![100]);
+        let lt: Vec<bool> = run_zip(
+            DType::U32,
+            DType::Bool,
+            binop(Op::Lt, DType::Bool),
+            &[1u32],
+            &[u32::MAX],
+        );
+        assert_eq!(lt, vec![true]);
+        let lt: Vec<bool> = run_zip(
+            DType::I32,
+            DType::Bool,
+            binop(Op::Lt, DType::Bool),
+            &[1i32],
+            &[-1],
+        );
+        assert_eq!(lt, vec![false]);
+        let lt: Vec<bool> = run_zip(
+            DType::Bool,
+            DType::Bool,
+            binop(Op::Lt, DType::Bool),
+            &[false, true],
+            &[true, true],
+        );
+        assert_eq!(lt, vec![true, false]);
+    }
+
+    #[test]
+    fn integer_division_matches_and_never_traps() {
+        let a = [-7i32, 7, -7, 7, i32::MIN, i32::MIN, 5, 0];
+        let b = [2i32, -2, -2, 2, -1, 1, 0, 3];
+        let q: Vec<i32> = run_zip(DType::I32, DType::I32, binop(Op::Div, DType::I32), &a, &b);
+        let r: Vec<i32> = run_zip(DType::I32, DType::I32, binop(Op::Rem, DType::I32), &a, &b);
+        let m: Vec<i32> = run_zip(DType::I32, DType::I32, binop(Op::Mod, DType::I32), &a, &b);
+        // Index 6 divides by zero: any value, but no crash.
+        for i in [0, 1, 2, 3, 4, 5, 7] {
+            let (x, y) = (i128::from(a[i]), i128::from(b[i]));
+            assert_eq!(q[i], (x / y) as i32, "{x} / {y}");
+            assert_eq!(r[i], (x % y) as i32, "{x} % {y}");
+            let want = x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 };
+            assert_eq!(m[i], want as i32, "{x} mod {y}");
+        }
+        let q: Vec<i8> = run_zip(
+            DType::I8,
+            DType::I8,
+            binop(Op::Div, DType::I8),
+            &[i8::MIN, 9],
+            &[-1i8, 0],
+        );
+        assert_eq!(q[0], i8::MIN);
+        let q: Vec<u8> = run_zip(
+            DType::U8,
+            DType::U8,
+            binop(Op::Div, DType::U8),
+            &[200u8, 9],
+            &[3u8, 0],
+        );
+        assert_eq!(q[0], 66);
+        let m: Vec<u64> = run_zip(
+            DType::U64,
+            DType::U64,
+            binop(Op::Mod, DType::U64),
+            &[u64::MAX],
+            &[10],
+        );
+        assert_eq!(m, vec![5]);
+    }
+
+    #[test]
+    fn integer_pow() {
+        let p: Vec<i32> = run_zip(
+            DType::I32,
+            DType::I32,
+            binop(Op::Pow, DType::I32),
+            &[3i32, 2, 2, -1, 1, 5, 2],
+            &[4i32, 31, 32, -3, -7, -1, 0],
+        );
+        assert_eq!(p, vec![81, i32::MIN, 0, -1, 1, 0, 1]);
+        let p: Vec<u8> = run_zip(
+            DType::U8,
+            DType::U8,
+            binop(Op::Pow, DType::U8),
+            &[3u8, 255],
+            &[5u8, 2],
+        );
+        assert_eq!(p, vec![243, 1]);
+    }
+
+    #[test]
+    fn a_failing_check_returns_its_code_before_the_store() {
+        // for i: check idx[i] < 4 else 1; y[i] = x[idx[i]]
+        let k = Kernel {
+            name: "gather".into(),
+            bufs: vec![
+                buf("x", DType::F32, BufKind::Input),
+                buf("idx", DType::I64, BufKind::Input),
+                buf("y", DType::F32, BufKind::Output),
+            ],
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64],
+            body: vec![for_(
+                0,
+                Expr::Dim(0),
+                vec![
+                    Stmt::Check {
+                        cond: op(Op::Lt, vec![load(1, v(0)), Expr::i64(4)], DType::Bool),
+                        code: codes::INDEX_OUT_OF_RANGE,
+                    },
+                    store(2, v(0), load(0, load(1, v(0)))),
+                ],
+            )],
+        };
+        let c = compile(&[k]).unwrap();
+        let mut x = vec![10f32, 11., 12., 13.];
+        let mut idx = vec![3i64, 0, 1_000_000_000, 2];
+        let mut y = vec![-1f32; 4];
+        let r = call(&c, 0, &[ptr(&mut x), ptr(&mut idx), ptr(&mut y)], &[4]);
+        assert_eq!(r, codes::INDEX_OUT_OF_RANGE);
+        assert_eq!(y, vec![13., 10., -1., -1.]);
+        let mut idx = vec![3i64, 0, 1, 2];
+        let r = call(&c, 0, &[ptr(&mut x), ptr(&mut idx), ptr(&mut y)], &[4]);
+        assert_eq!(r, 0);
+        assert_eq!(y, vec![13., 10., 11., 12.]);
+    }
+
+    fn cast(to: DType) -> impl Fn(Expr) -> Expr {
+        move |x| {
+            op(
+                Op::Cast {
+                    dtype: to,
+                    saturate: true,
+                },
+                vec![x],
+                to,
+            )
+        }
+    }
+
+    #[test]
+    fn casts() {
+        let xs = [
+            -3.7f32,
+            3.7,
+            1e10,
+            -1e10,
+            f32::NAN,
+            f32::INFINITY,
+            -0.0,
+            255.9,
+            300.0,
+        ];
+        let y: Vec<i32> = run_map(map_kernel(DType::F32, DType::I32, cast(DType::I32)), &xs);
+        assert_eq!(y, xs.iter().map(|&x| x as i32).collect::<Vec<_>>());
+        let y: Vec<i8> = run_map(map_kernel(DType::F32, DType::I8, cast(DType::I8)), &xs);
+        assert_eq!(y, xs.iter().map(|&x| x as i8).collect::<Vec<_>>());
+        let y: Vec<u8> = run_map(map_kernel(DType::F32, DType::U8, cast(DType::U8)), &xs);
+        assert_eq!(y, xs.iter().map(|&x| x as u8).collect::<Vec<_>>());
+        let y: Vec<u16> = run_map(map_kernel(DType::F32, DType::U16, cast(DType::U16)), &xs);
+        assert_eq!(y, xs.iter().map(|&x| x as u16).collect::<Vec<_>>());
+        let y: Vec<u64> = run_map(map_kernel(DType::F32, DType::U64, cast(DType::U64)), &xs);
+        assert_eq!(y, xs.iter().map(|&x| x as u64).collect::<Vec<_>>());
+        let y: Vec<i64> = run_map(map_kernel(DType::F32, DType::I64, cast(DType::I64)), &xs);
+        assert_eq!(y, xs.iter().map(|&x| x as i64).collect::<Vec<_>>());
+        let y: Vec<bool> = run_map(map_kernel(DType::F32, DType::Bool, cast(DType::Bool)), &xs);
+        assert_eq!(
+            y,
+            vec![true, true, true, true, true, true, false, true, true]
+        );
+        let y: Vec<f64> = run_map(
+            map_kernel(DType::F32, DType::F64, cast(DType::F64)),
+            &xs[..2],
+        );
+        assert_eq!(y, vec![f64::from(-3.7f32), f64::from(3.7f32)]);
+        let y: Vec<f32> = run_map(
+            map_kernel(DType::F64, DType::F32, cast(DType::F32)),
+            &[0.1f64],
+        );
+        assert_eq!(y, vec![0.1f32]);
+
+        let is = [i64::MAX, i64::MIN, (1 << 53) + 1, -5, 0];
+        let y: Vec<f32> = run_map(map_kernel(DType::I64, DType::F32, cast(DType::F32)), &is);
+        assert_eq!(y, is.iter().map(|&x| x as f32).collect::<Vec<_>>());
+        let y: Vec<f64> = run_map(map_kernel(DType::I64, DType::F64, cast(DType::F64)), &is);
+        assert_eq!(y, is.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        let us = [u64::MAX, (1 << 63) + 1, 3];
+        let y: Vec<f32> = run_map(map_kernel(DType::U64, DType::F32, cast(DType::F32)), &us);
+        assert_eq!(y, us.iter().map(|&x| x as f32).collect::<Vec<_>>());
+        let y: Vec<f64> = run_map(
+            map_kernel(DType::U32, DType::F64, cast(DType::F64)),
+            &[u32::MAX],
+        );
+        assert_eq!(y, vec![f64::from(u32::MAX)]);
+        let y: Vec<f32> = run_map(
+            map_kernel(DType::I8, DType::F32, cast(DType::F32)),
+            &[-128i8],
+        );
+        assert_eq!(y, vec![-128.0]);
+
+        let y: Vec<f32> = run_map(
+            map_kernel(DType::Bool, DType::F32, cast(DType::F32)),
+            &[true, false],
+        );
+        assert_eq!(y, vec![1.0, 0.0]);
+        let y: Vec<i64> = run_map(
+            map_kernel(DType::Bool, DType::I64, cast(DType::I64)),
+            &[true, false],
+        );
+        assert_eq!(y, vec![1, 0]);
+        let y: Vec<bool> = run_map(
+            map_kernel(DType::I32, DType::Bool, cast(DType::Bool)),
+            &[0i32, -1, 256],
+        );
+        assert_eq!(y, vec![false, true, true]);
+        let y: Vec<i8> = run_map(
+            map_kernel(DType::I32, DType::I8, cast(DType::I8)),
+            &[300i32, -129],
+        );
+        assert_eq!(y, vec![44, 127]);
+        let y: Vec<i64> = run_map(map_kernel(DType::I8, DType::I64, cast(DType::I64)), &[-1i8]);
+        assert_eq!(y, vec![-1]);
+        let y: Vec<i32> = run_map(
+            map_kernel(DType::U8, DType::I32, cast(DType::I32)),
+            &[255u8],
+        );
+        assert_eq!(y, vec![255]);
+        let y: Vec<u32> = run_map(
+            map_kernel(DType::I32, DType::U32, cast(DType::U32)),
+            &[-1i32],
+        );
+        assert_eq!(y, vec![u32::MAX]);
+    }
+
+    #[test]
+    fn select_picks_by_condition() {
+        // y[i] = select(a[i] > b[i], a[i], b[i] * 2)
+        let f = |a: Expr, b: Expr| {
+            op(
+                Op::Select,
+                vec![
+                    op(Op::Gt, vec![a.clone(), b.clone()], DType::Bool),
+                    a,
+                    op(Op::Mul, vec![b, Expr::Float(2.0, DType::F64)], DType::F64),
+                ],
+                DType::F64,
+            )
+        };
+        let y: Vec<f64> = run_zip(DType::F64, DType::F64, f, &[1.0f64, 5.0], &[2.0, 3.0]);
+        assert_eq!(y, vec![4.0, 5.0]);
+    }
+
+    #[test]
+    fn many_buffers_and_many_kernels() {
+        const N: usize = 20;
+        let mut bufs: Vec<Buf> = (0..N)
+            .map(|i| buf(&format!("x{i}"), DType::I32, BufKind::Input))
+            .collect();
+        bufs.push(buf("y", DType::I32, BufKind::Output));
+        let sum = (1..N).fold(load(0, v(0)), |acc, i| {
+            op(Op::Add, vec![acc, load(i, v(0))], DType::I32)
+        });
+        let many = Kernel {
+            name: "many".into(),
+            bufs,
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64],
+            body: vec![for_(0, Expr::Dim(0), vec![store(N, v(0), sum)])],
+        };
+        let neg = map_kernel(DType::I32, DType::I32, |x| op(Op::Neg, vec![x], DType::I32));
+        let c = compile(&[neg, many]).unwrap();
+        assert_eq!(c.len(), 2);
+        let len = 5;
+        let mut ins: Vec<Vec<i32>> = (0..N).map(|i| vec![i as i32; len]).collect();
+        let mut y = vec![0i32; len];
+        let mut ptrs: Vec<*mut u8> = ins.iter_mut().map(|v| ptr(v)).collect();
+        ptrs.push(ptr(&mut y));
+        assert_eq!(call(&c, 1, &ptrs, &[len as i64]), 0);
+        assert_eq!(y, vec![(0..N as i32).sum::<i32>(); len]);
+        let mut z = vec![0i32; len];
+        assert_eq!(call(&c, 0, &[ptr(&mut y), ptr(&mut z)], &[len as i64]), 0);
+        assert_eq!(z, vec![-190; len]);
+        // Compiled kernels can be called from other threads.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut a = vec![1i32, 2];
+                let mut b = vec![0i32; 2];
+                assert_eq!(call(&c, 0, &[ptr(&mut a), ptr(&mut b)], &[2]), 0);
+                assert_eq!(b, vec![-1, -2]);
+            });
+        });
+    }
+
+    #[test]
+    fn unsupported_and_malformed_kernels_are_errors() {
+        let k = map_kernel(DType::F16, DType::F16, |x| x);
+        let e = compile(&[k]).err().unwrap();
+        assert!(matches!(e, JitError::Unsupported { .. }));
+        assert!(
+            e.to_string().contains("`map`") && e.to_string().contains("f16"),
+            "{e}"
+        );
+
+        let k = map_kernel(DType::F32, DType::F32, |x| {
+            op(Op::Shl, vec![x.clone(), x], DType::F32)
+        });
+        let e = compile(&[k]).err().unwrap();
+        assert!(e.to_string().contains("shl"), "{e}");
+
+        let k = map_kernel(DType::F32, DType::I32, |x| x);
+        let e = compile(&[k]).err().unwrap();
+        assert!(matches!(e, JitError::Invalid { .. }), "{e}");
+
+        let mut k = map_kernel(DType::F32, DType::F32, |x| x);
+        k.body
+            .push(store(7, Expr::i64(0), Expr::Float(0.0, DType::F32)));
+        assert!(matches!(compile(&[k]), Err(JitError::Invalid { .. })));
+
+        let k = map_kernel(DType::F32, DType::F32, |x| {
+            op(Op::ReduceSum { axes: vec![0] }, vec![x], DType::F32)
+        });
+        let e = compile(&[k]).err().unwrap();
+        assert!(e.to_string().contains("reduce_sum"), "{e}");
+    }
+}
