@@ -25,7 +25,7 @@ pub mod onnx;
 
 use std::collections::HashMap;
 
-/// The optimizer: pass registry, pipeline and options.
+/// The code generator: kernel IR, lowering and the JIT.
 pub use codegen;
 /// The model importers (ONNX decoding and import from bytes).
 pub use frontends;
@@ -36,7 +36,9 @@ pub use ir::{
     DType, Data, Dim, Graph, Module, Op, PadMode, ReduceKind, ScatterReduction, Shape, Tensor,
     TensorType, Value,
 };
+/// The optimizer: pass registry, pipeline and options.
 pub use passes;
+pub use runtime::exec::{CompileOptions, ExecError, Executable, RunStats};
 pub use runtime::interp::{self, InterpError};
 pub use runtime::Rng;
 
@@ -53,6 +55,8 @@ pub enum Error {
     Import(frontends::onnx::ImportError),
     #[error(transparent)]
     Pass(#[from] passes::Error),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
     #[error("missing input \"{name}\" (the graph takes {})", expected.join(", "))]
     MissingInput { name: String, expected: Vec<String> },
 }
@@ -127,6 +131,44 @@ pub fn optimize(g: &Graph, passes: Option<&str>, bindings: &HashMap<String, i64>
     let list = passes::pass_list(passes)?;
     let (g, _) = passes::run(g, &list, &pass_options(bindings), &mut |_, _| {})?;
     Ok(g)
+}
+
+/// Optimizes `g` with the default pipeline and compiles it: every kernel the code generator
+/// can lower becomes native code (the rest runs on the reference interpreter; see
+/// [`Executable::coverage`]).
+///
+/// ```
+/// use kiln::{shape, Builder, DType, Tensor};
+///
+/// let mut b = Builder::new("scale");
+/// let x = b.param("x", DType::F32, shape!["n"])?;
+/// let y = b.mul(x, x)?;
+/// b.output("y", y)?;
+/// let exe = kiln::compile(&b.finish()?, &Default::default())?;
+/// let out = exe.run(&[Tensor::from_vec(vec![3], vec![1.0f32, 2.0, 3.0])?])?;
+/// assert_eq!(out[0].as_slice::<f32>(), Some(&[1.0f32, 4.0, 9.0][..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable> {
+    let o = optimize(g, None, &HashMap::new())?;
+    Ok(Executable::new(&o, opts)?)
+}
+
+/// Runs a compiled graph with inputs matched by parameter name; returns the outputs with
+/// their names.
+pub fn execute(
+    exe: &Executable,
+    inputs: &[(String, Tensor)],
+    bindings: &HashMap<String, i64>,
+) -> Result<Vec<(String, Tensor)>> {
+    let g = exe.graph();
+    let ordered = inputs_in_order(g, inputs)?;
+    let outs = exe.run_with(&ordered, bindings)?;
+    Ok(g.outputs()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .zip(outs)
+        .collect())
 }
 
 /// Verifies `g` and runs it on the reference interpreter with inputs matched by parameter name;

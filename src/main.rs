@@ -36,7 +36,7 @@ enum Cmd {
         #[arg(short, long, conflicts_with = "check")]
         write: bool,
     },
-    /// Run a model on the reference interpreter and print (and optionally save) its outputs
+    /// Compile and run a model (or interpret it with --interp); print and optionally save outputs
     Run(RunArgs),
     /// Run the ONNX backend node tests in DIR on kiln and report pass counts per op
     Conformance(ConformanceArgs),
@@ -50,6 +50,8 @@ enum Cmd {
     Graph(GraphArgs),
     /// List the ops of the IR with their documentation
     Ops,
+    /// Compile a model and measure it: compile time, latency median and p90, peak memory
+    Bench(BenchArgs),
 }
 
 fn parse_binding(s: &str) -> Result<(String, i64), String> {
@@ -389,6 +391,38 @@ struct RunArgs {
     /// Print every value instead of the first few
     #[arg(long)]
     full: bool,
+    /// Run on the reference interpreter instead of compiled code
+    #[arg(long)]
+    interp: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    file: PathBuf,
+    /// The function to run (default: @main, else the first function)
+    #[arg(long)]
+    func: Option<String>,
+    /// Inputs by parameter name, from an .npz archive (missing ones are random)
+    #[arg(long, value_name = "NPZ")]
+    inputs: Option<PathBuf>,
+    /// Bind a symbolic dimension, e.g. --dim batch=8 (repeatable)
+    #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
+    dims: Vec<(String, i64)>,
+    /// Timed runs after warm-up
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Untimed runs first
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Threads for parallel loops (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Measure the reference interpreter instead of compiled code
+    #[arg(long)]
+    interp: bool,
+    /// Print one JSON object: compile_ms, median_ms, p90_ms, peak_bytes
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -407,6 +441,9 @@ struct ConformanceArgs {
     /// Worker threads (default: all cores)
     #[arg(long)]
     jobs: Option<usize>,
+    /// What runs the models
+    #[arg(long, value_enum, default_value_t)]
+    backend: kiln::onnx::Backend,
 }
 
 /// The numbered `prefix_N.pb` files of a test data set, in order.
@@ -431,7 +468,10 @@ fn numbered_pbs(dir: &Path, prefix: &str) -> Result<Vec<Vec<u8>>, Failure> {
 /// A test case's model, serialized inputs and serialized expected outputs.
 type CaseFiles = (Vec<u8>, Vec<Vec<u8>>, Vec<Vec<u8>>);
 
-fn run_conformance_case(dir: &Path) -> (Vec<String>, kiln::onnx::Outcome) {
+fn run_conformance_case(
+    dir: &Path,
+    backend: kiln::onnx::Backend,
+) -> (Vec<String>, kiln::onnx::Outcome) {
     use kiln::onnx::Outcome;
     let load = || -> Result<CaseFiles, Failure> {
         let model = read(&dir.join("model.onnx"))?;
@@ -448,7 +488,7 @@ fn run_conformance_case(dir: &Path) -> (Vec<String>, kiln::onnx::Outcome) {
     };
     let ops = kiln::onnx::op_types(&model);
     let outcome = std::panic::catch_unwind(|| {
-        kiln::onnx::check_case(&model, &inputs, &outputs, Default::default())
+        kiln::onnx::check_case(&model, &inputs, &outputs, Default::default(), backend)
     })
     .unwrap_or_else(|p| {
         let msg = p
@@ -499,7 +539,7 @@ fn conformance(a: ConformanceArgs) -> Result<(), Failure> {
                     .and_then(|n| n.to_str())
                     .unwrap_or("?")
                     .to_string();
-                let (ops, outcome) = run_conformance_case(dir);
+                let (ops, outcome) = run_conformance_case(dir, a.backend);
                 results
                     .lock()
                     .expect("no worker panics while holding the lock")
@@ -611,16 +651,16 @@ fn load_graph(path: &Path, func: Option<&str>) -> Result<Graph, Failure> {
     pick_function(path, parse_kir(path)?, func)
 }
 
-fn run(a: RunArgs) -> Result<(), Failure> {
-    let file = a.file.as_path();
-    let g = load_graph(file, a.func.as_deref())?;
-    let diags = verify_diagnostics(file, &g);
-    if !diags.is_empty() {
-        return Err(Failure(diags.join("\n")));
-    }
-    let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
-    let params = kiln::params(&g);
-    let mut inputs: Vec<(String, Tensor)> = match &a.inputs {
+/// The inputs of `g`: from an .npz archive, the missing ones random when `random` is set.
+fn prepare_inputs(
+    g: &Graph,
+    inputs_path: Option<&Path>,
+    random: bool,
+    seed: u64,
+    bindings: &HashMap<String, i64>,
+) -> Result<Vec<(String, Tensor)>, Failure> {
+    let params = kiln::params(g);
+    let mut inputs: Vec<(String, Tensor)> = match inputs_path {
         Some(p) => {
             npz::read_npz(&read(p)?).map_err(|e| Failure(format!("{}: {e}", p.display())))?
         }
@@ -640,7 +680,7 @@ fn run(a: RunArgs) -> Result<(), Failure> {
         .map(|(p, _)| p.as_str())
         .collect();
     if !missing.is_empty() {
-        if !a.random_inputs {
+        if !random {
             return Err(Failure(format!(
                 "@{} needs inputs {}: pass --inputs FILE.npz or --random-inputs",
                 g.name(),
@@ -668,7 +708,7 @@ fn run(a: RunArgs) -> Result<(), Failure> {
                 }
             }
         }
-        let random = kiln::random_inputs(&g, &env, a.seed)?;
+        let random = kiln::random_inputs(g, &env, seed)?;
         for s in random.defaulted {
             eprintln!("note: symbol `{s}` set to 1 (bind it with --dim {s}=N)");
         }
@@ -678,7 +718,105 @@ fn run(a: RunArgs) -> Result<(), Failure> {
             }
         }
     }
-    let outputs = kiln::interpret(&g, &inputs, &bindings)?;
+    Ok(inputs)
+}
+
+/// Says which nodes run on the interpreter because codegen cannot lower them yet.
+fn note_coverage(exe: &kiln::Executable) {
+    let (native, interp) = exe.coverage();
+    if !interp.is_empty() {
+        eprintln!(
+            "note: {native} kernels compiled, {} nodes on the reference interpreter:",
+            interp.len()
+        );
+        for (node, why) in interp.iter().take(5) {
+            eprintln!("  {node}: {why}");
+        }
+        if interp.len() > 5 {
+            eprintln!("  and {} more", interp.len() - 5);
+        }
+    }
+}
+
+fn bench(a: BenchArgs) -> Result<(), Failure> {
+    use std::time::Instant;
+    if a.runs == 0 {
+        return Err(Failure("--runs must be at least 1".into()));
+    }
+    let g = load_graph(&a.file, a.func.as_deref())?;
+    let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
+    let inputs = prepare_inputs(&g, a.inputs.as_deref(), true, 0, &bindings)?;
+    let opts = kiln::CompileOptions {
+        interpret_only: a.interp,
+        threads: a.threads,
+    };
+    let t0 = Instant::now();
+    let exe = kiln::compile(&g, &opts)?;
+    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if !a.json {
+        note_coverage(&exe);
+    }
+    let ordered: Vec<Tensor> = kiln::params(exe.graph())
+        .iter()
+        .map(|(p, _)| {
+            inputs
+                .iter()
+                .find(|(n, _)| n == p)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| Failure(format!("missing input \"{p}\"")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut peak = 0;
+    for _ in 0..a.warmup {
+        let (_, stats) = exe
+            .run_stats(&ordered, &bindings)
+            .map_err(kiln::Error::from)?;
+        peak = peak.max(stats.peak_bytes);
+    }
+    let mut times = Vec::with_capacity(a.runs);
+    for _ in 0..a.runs {
+        let t = Instant::now();
+        let (_, stats) = exe
+            .run_stats(&ordered, &bindings)
+            .map_err(kiln::Error::from)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        peak = peak.max(stats.peak_bytes);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let p90 = times[((times.len() * 9) / 10).min(times.len() - 1)];
+    if a.json {
+        println!(
+            "{{\"compile_ms\": {compile_ms:.3}, \"median_ms\": {median:.4}, \"p90_ms\": {p90:.4}, \"peak_bytes\": {peak}}}"
+        );
+    } else {
+        println!("compile   {compile_ms:>10.2} ms");
+        println!(
+            "median    {median:>10.4} ms  ({} runs after {} warm-up)",
+            a.runs, a.warmup
+        );
+        println!("p90       {p90:>10.4} ms");
+        println!("peak      {peak:>10} bytes");
+    }
+    Ok(())
+}
+
+fn run(a: RunArgs) -> Result<(), Failure> {
+    let file = a.file.as_path();
+    let g = load_graph(file, a.func.as_deref())?;
+    let diags = verify_diagnostics(file, &g);
+    if !diags.is_empty() {
+        return Err(Failure(diags.join("\n")));
+    }
+    let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
+    let inputs = prepare_inputs(&g, a.inputs.as_deref(), a.random_inputs, a.seed, &bindings)?;
+    let outputs = if a.interp {
+        kiln::interpret(&g, &inputs, &bindings)?
+    } else {
+        let exe = kiln::compile(&g, &Default::default())?;
+        note_coverage(&exe);
+        kiln::execute(&exe, &inputs, &bindings)?
+    };
     for (name, t) in &outputs {
         let values = if a.full {
             format::values(t)
@@ -724,6 +862,7 @@ fn main() -> ExitCode {
             ops();
             Ok(())
         }
+        Cmd::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

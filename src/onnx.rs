@@ -118,14 +118,25 @@ pub enum Outcome {
     Fail(String),
 }
 
+/// What executes a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The reference interpreter on the imported graph.
+    #[default]
+    Interp,
+    /// The default pipeline, then compiled code.
+    Jit,
+}
+
 /// Runs one ONNX node test: the model, its serialized input tensors and expected outputs.
 pub fn check_case(
     model: &[u8],
     inputs: &[Vec<u8>],
     outputs: &[Vec<u8>],
     tol: Tolerance,
+    backend: Backend,
 ) -> Outcome {
-    match run_case(model, inputs, outputs, tol) {
+    match run_case(model, inputs, outputs, tol, backend) {
         Ok(()) => Outcome::Pass,
         Err(e) => Outcome::Fail(e),
     }
@@ -136,6 +147,7 @@ fn run_case(
     inputs: &[Vec<u8>],
     outputs: &[Vec<u8>],
     tol: Tolerance,
+    backend: Backend,
 ) -> std::result::Result<(), String> {
     use prost::Message;
     let m = onnx::decode_model(model).map_err(|e| e.to_string())?;
@@ -161,7 +173,12 @@ fn run_case(
     }
     let spec: HashMap<String, Tensor> = named.iter().cloned().collect();
     let graph = import(model, ExternalData::new(), spec).map_err(|e| e.to_string())?;
-    let got = crate::interpret(&graph, &named, &HashMap::new()).map_err(|e| e.to_string())?;
+    let got = match backend {
+        Backend::Interp => crate::interpret(&graph, &named, &HashMap::new()),
+        Backend::Jit => crate::compile(&graph, &Default::default())
+            .and_then(|exe| crate::execute(&exe, &named, &HashMap::new())),
+    }
+    .map_err(|e| e.to_string())?;
     if got.len() != outputs.len() {
         return Err(format!("{} outputs, expected {}", got.len(), outputs.len()));
     }

@@ -7,7 +7,8 @@
 //! - `parse`: the function printed in canonical form;
 //! - `verify`: `ok` or every verifier error;
 //! - `run`: the outputs on the reference interpreter (parameters get deterministic random
-//!   inputs, with every symbol bound to 2), or the runtime error;
+//!   inputs, with every symbol bound to 2), or the runtime error; compiled code must agree
+//!   (which blessing cannot override);
 //! - `pass a,b`: the function after those passes; `optimize`: after the default pipeline.
 //!   Either way the result must compute what the original does on random inputs (symbols
 //!   bound to 2 and to 3), which blessing cannot override;
@@ -75,7 +76,7 @@ fn actual_output(cmd: &str, g: &kiln::Graph) -> Result<Vec<String>, String> {
                 .collect::<Vec<_>>()
                 .join("\n"),
         },
-        "run" => run(g),
+        "run" => run(g)?,
         "optimize" => optimized(g, None, &HashMap::new())?,
         "lower" => lowered(g),
         _ => match cmd.strip_prefix("pass ") {
@@ -176,7 +177,7 @@ fn same_semantics(
     Ok(())
 }
 
-fn run(g: &kiln::Graph) -> String {
+fn run(g: &kiln::Graph) -> Result<String, String> {
     let mut bindings = HashMap::new();
     for (_, ty) in kiln::params(g) {
         for d in ty.shape.dims() {
@@ -187,16 +188,46 @@ fn run(g: &kiln::Graph) -> String {
     }
     let inputs = match kiln::random_inputs(g, &bindings, 0) {
         Ok(r) => r.inputs,
-        Err(e) => return format!("error: {e}"),
+        Err(e) => return Ok(format!("error: {e}")),
     };
-    match kiln::interpret(g, &inputs, &HashMap::new()) {
+    let want = kiln::interpret(g, &inputs, &HashMap::new());
+    // Compiled code (each node alone) must agree with the interpreter.
+    let exe = kiln::Executable::new(g, &Default::default())
+        .map_err(|e| format!("@{}: compiling: {e}", g.name()))?;
+    let got = kiln::execute(&exe, &inputs, &HashMap::new());
+    let tol = kiln::onnx::Tolerance {
+        rtol: 1e-5,
+        atol: 1e-6,
+    };
+    match (&want, got) {
+        (Ok(want), Ok(got)) => {
+            for ((name, w), (_, x)) in want.iter().zip(&got) {
+                if let Some(m) = kiln::onnx::mismatch(x, w, tol) {
+                    return Err(format!(
+                        "@{}: compiled code differs on {name}: {m}\n{}",
+                        g.name(),
+                        exe.kernels_text()
+                    ));
+                }
+            }
+        }
+        (Err(_), Err(_)) => {}
+        (Ok(_), Err(e)) => return Err(format!("@{}: compiled code fails: {e}", g.name())),
+        (Err(e), Ok(_)) => {
+            return Err(format!(
+                "@{}: the interpreter fails ({e}) but compiled code runs",
+                g.name()
+            ))
+        }
+    }
+    Ok(match want {
         Ok(outs) => outs
             .iter()
             .map(|(n, t)| format!("{n}: {} = {}", t.ty(), kiln::format::values(t)))
             .collect::<Vec<_>>()
             .join("\n"),
         Err(e) => format!("error: {e}"),
-    }
+    })
 }
 
 /// Which ops each command's filetests exercise, for the coverage check.

@@ -61,9 +61,24 @@ fn check_model(dir: &Path) -> Result<(), String> {
             }
         }
     }
-    for (what, g) in [("imported", &graph), ("optimized", &optimized)] {
-        let got =
-            kiln::interpret(g, &inputs, &HashMap::new()).map_err(|e| format!("{what}: {e}"))?;
+    let exe = kiln::Executable::new(&optimized, &Default::default())
+        .map_err(|e| format!("compiling: {e}"))?;
+    let (native, interp) = exe.coverage();
+    eprintln!(
+        "  {native} kernels compiled, {} nodes interpreted{}",
+        interp.len(),
+        interp
+            .iter()
+            .map(|(n, why)| format!("\n    {n}: {why}"))
+            .collect::<String>()
+    );
+    for what in ["imported", "optimized", "compiled"] {
+        let got = match what {
+            "imported" => kiln::interpret(&graph, &inputs, &HashMap::new()),
+            "optimized" => kiln::interpret(&optimized, &inputs, &HashMap::new()),
+            _ => kiln::execute(&exe, &inputs, &HashMap::new()),
+        }
+        .map_err(|e| format!("{what}: {e}"))?;
         for (name, want) in &expected {
             let (_, t) = got
                 .iter()

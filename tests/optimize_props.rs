@@ -4,49 +4,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use kiln::{Graph, Op, Value};
+use kiln::Graph;
 use proptest::prelude::*;
-
-/// Whether an op turns a one-ulp difference of float operands into an arbitrary difference:
-/// rounding to integers, remainders, comparisons, float-to-integer casts, arg-reductions, and
-/// in 16-bit floats (whose rounding error is 2^-8) the ops with unbounded derivatives.
-fn unstable(g: &Graph, op: &Op, inputs: &[Value]) -> bool {
-    let float_in = inputs.iter().any(|&v| g.value_type(v).dtype.is_float());
-    let coarse = inputs.iter().any(|&v| {
-        let d = g.value_type(v).dtype;
-        d.is_float() && !matches!(d, kiln::DType::F32 | kiln::DType::F64)
-    });
-    float_in
-        && match op {
-            Op::Floor | Op::Ceil | Op::Round | Op::Sign | Op::Rem | Op::Mod => true,
-            Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => true,
-            Op::ArgMax { .. } | Op::ArgMin { .. } | Op::TopK { .. } => true,
-            Op::Cast { dtype, .. } => !dtype.is_float(),
-            Op::Div | Op::Recip | Op::Rsqrt | Op::Sqrt | Op::Log | Op::Pow => coarse,
-            Op::Tan | Op::Asin | Op::Acos | Op::Acosh | Op::Atanh => coarse,
-            Op::Fused { body, .. } => {
-                let b = body.graph();
-                b.node_ids()
-                    .into_iter()
-                    .any(|id| unstable(b, b.node(id).op(), b.node(id).inputs()))
-            }
-            _ => false,
-        }
-}
-
-/// Outputs of `g` whose value depends on no unstable op: there, rewrites that round
-/// differently may only differ by rounding.
-fn continuous_outputs(g: &Graph) -> Vec<bool> {
-    let mut memo: HashMap<kiln::ir::NodeId, bool> = HashMap::new();
-    for id in g.topo_order().expect("acyclic") {
-        let n = g.node(id);
-        let bad = unstable(g, n.op(), n.inputs()) || n.inputs().iter().any(|v| !memo[&v.node]);
-        memo.insert(id, !bad);
-    }
-    g.outputs().iter().map(|(_, v)| memo[&v.node]).collect()
-}
+use std::collections::HashMap;
 
 fn check(seed: u64, size: usize) -> Result<(), TestCaseError> {
     let g = common::random_graph(seed, size);
@@ -65,17 +25,7 @@ fn check(seed: u64, size: usize) -> Result<(), TestCaseError> {
     };
     // Rewrites may round differently (and log(exp x) = x is more exact than the original):
     // the tolerance follows the least precise float type the graph computes in.
-    let eps = g
-        .node_ids()
-        .into_iter()
-        .flat_map(|id| g.node(id).types().to_vec())
-        .map(|t| match t.dtype {
-            kiln::DType::F64 | kiln::DType::F32 => 1e-3,
-            kiln::DType::F16 | kiln::DType::BF16 => 3e-2,
-            d if d.is_float() => 0.3,
-            _ => 1e-3,
-        })
-        .fold(1e-3, f64::max);
+    let eps = common::float_eps(&g);
     let tol = kiln::onnx::Tolerance {
         rtol: eps,
         atol: eps / 3.0,
@@ -94,7 +44,7 @@ fn check(seed: u64, size: usize) -> Result<(), TestCaseError> {
     let (want, got) = (run(&g), run(&o));
     match (want, got) {
         (Ok(want), Ok(got)) => {
-            let compare = continuous_outputs(&g);
+            let compare = common::continuous_outputs(&g);
             let outs = names.iter().zip(&want).zip(&got).zip(&compare);
             for (((name, w), x), _) in outs.filter(|(_, c)| **c) {
                 if let Some(m) = kiln::onnx::mismatch(x, w, tol) {

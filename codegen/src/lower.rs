@@ -30,15 +30,43 @@ pub struct Lowered {
     /// scratch.
     pub kernel: Kernel,
     pub consts: Vec<(BufId, Tensor)>,
+    /// Shapes of the outputs, in order.
+    pub outputs: Vec<Shape>,
+}
+
+impl Lowered {
+    /// The output shapes under symbol bindings.
+    pub fn out_shapes(
+        &self,
+        env: &HashMap<String, i64>,
+    ) -> std::result::Result<Vec<Vec<usize>>, String> {
+        self.outputs
+            .iter()
+            .map(|s| {
+                let dims = s
+                    .eval(&|n| env.get(n).copied())
+                    .map_err(|e| e.to_string())?;
+                dims.into_iter()
+                    .map(|d| usize::try_from(d).map_err(|_| format!("a dimension is {d}")))
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// Lowers a graph (a fused body) to one kernel named `name`.
 pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
     let mut l = Lowering::new(g, name)?;
     l.run()?;
+    let outputs = g
+        .outputs()
+        .iter()
+        .map(|(_, v)| g.value_type(*v).shape.clone())
+        .collect();
     Ok(Lowered {
         kernel: l.k,
         consts: l.consts,
+        outputs,
     })
 }
 
@@ -509,7 +537,15 @@ impl<'g> Lowering<'g> {
             Op::ReduceMax { .. } => (extreme(dtype, false), Op::Max),
             _ => (extreme(dtype, true), Op::Min),
         };
-        let acc = self.var(dtype);
+        // f32 sums and products accumulate in f64, as the interpreter does: cancellation in
+        // long sums then costs nothing.
+        let wide = dtype == DType::F32 && matches!(step, Op::Add | Op::Mul);
+        let acc_ty = if wide { DType::F64 } else { dtype };
+        let init = match init {
+            Expr::Float(v, _) if wide => Expr::Float(v, DType::F64),
+            e => e,
+        };
+        let acc = self.var(acc_ty);
         self.nest(&ty.shape, dtype, |l, idx| {
             let mut full = Vec::new();
             let mut loops = Vec::new();
@@ -523,13 +559,16 @@ impl<'g> Lowering<'g> {
                     full.push(kept.next().expect("reduce keeps the other axes").clone());
                 }
             }
-            let x = l.expr(x, &full)?;
+            let mut x = l.expr(x, &full)?;
+            if wide {
+                x = cast(x, DType::F64);
+            }
             let mut inner = vec![Stmt::Set {
                 var: acc,
                 value: Expr::Op {
                     op: step,
                     args: vec![Expr::Var(acc), x],
-                    dtype,
+                    dtype: acc_ty,
                 },
             }];
             for (r, d) in loops.into_iter().rev() {
@@ -547,10 +586,15 @@ impl<'g> Lowering<'g> {
                 value: init,
             }];
             body.extend(inner);
+            let value = if wide {
+                cast(Expr::Var(acc), dtype)
+            } else {
+                Expr::Var(acc)
+            };
             body.push(Stmt::Store {
                 buf: b,
                 index,
-                value: Expr::Var(acc),
+                value,
             });
             Ok(body)
         })?;

@@ -9,3 +9,6 @@ pub mod interp;
 mod random;
 
 pub use random::Rng;
+pub mod exec;
+
+pub use exec::{CompileOptions, ExecError, Executable, RunStats};

@@ -4,6 +4,8 @@
 
 pub mod onnx;
 
+use std::collections::HashMap;
+
 use kiln::{Builder, DType, Dim, Graph, Op, Rng, Shape, Tensor, Value};
 
 const DTYPES: [DType; 11] = [
@@ -402,4 +404,57 @@ pub fn shared(what: &str) -> Option<std::path::PathBuf> {
         );
         None
     }
+}
+
+/// Whether an op turns a one-ulp difference of float operands into an arbitrary difference:
+/// rounding to integers, remainders, comparisons, float-to-integer casts, arg-reductions, and
+/// in 16-bit floats (whose rounding error is 2^-8) the ops with unbounded derivatives.
+pub fn unstable(g: &Graph, op: &Op, inputs: &[Value]) -> bool {
+    let float_in = inputs.iter().any(|&v| g.value_type(v).dtype.is_float());
+    let coarse = inputs.iter().any(|&v| {
+        let d = g.value_type(v).dtype;
+        d.is_float() && !matches!(d, kiln::DType::F32 | kiln::DType::F64)
+    });
+    float_in
+        && match op {
+            Op::Floor | Op::Ceil | Op::Round | Op::Sign | Op::Rem | Op::Mod => true,
+            Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => true,
+            Op::ArgMax { .. } | Op::ArgMin { .. } | Op::TopK { .. } => true,
+            Op::Cast { dtype, .. } => !dtype.is_float(),
+            Op::Div | Op::Recip | Op::Rsqrt | Op::Sqrt | Op::Log | Op::Pow => coarse,
+            Op::Tan | Op::Asin | Op::Acos | Op::Acosh | Op::Atanh => coarse,
+            Op::Fused { body, .. } => {
+                let b = body.graph();
+                b.node_ids()
+                    .into_iter()
+                    .any(|id| unstable(b, b.node(id).op(), b.node(id).inputs()))
+            }
+            _ => false,
+        }
+}
+
+/// Outputs of `g` whose value depends on no unstable op: there, rewrites that round
+/// differently may only differ by rounding.
+pub fn continuous_outputs(g: &Graph) -> Vec<bool> {
+    let mut memo: HashMap<kiln::ir::NodeId, bool> = HashMap::new();
+    for id in g.topo_order().expect("acyclic") {
+        let n = g.node(id);
+        let bad = unstable(g, n.op(), n.inputs()) || n.inputs().iter().any(|v| !memo[&v.node]);
+        memo.insert(id, !bad);
+    }
+    g.outputs().iter().map(|(_, v)| memo[&v.node]).collect()
+}
+
+/// The tolerance the optimizer's rewrites need: that of the least precise float dtype.
+pub fn float_eps(g: &Graph) -> f64 {
+    g.node_ids()
+        .into_iter()
+        .flat_map(|id| g.node(id).types().to_vec())
+        .map(|t| match t.dtype {
+            kiln::DType::F64 | kiln::DType::F32 => 1e-3,
+            kiln::DType::F16 | kiln::DType::BF16 => 3e-2,
+            d if d.is_float() => 0.3,
+            _ => 1e-3,
+        })
+        .fold(1e-3, f64::max)
 }

@@ -1,0 +1,113 @@
+//! Differential fuzz of code generation: random well-typed graphs (every op family, fused
+//! kernels, awkward shapes, broadcasts, strides and values) compiled — each node alone, and
+//! after the default pipeline — compute what the reference interpreter computes.
+//! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`.
+
+mod common;
+
+use std::collections::HashMap;
+
+use kiln::{Executable, Tensor};
+use proptest::prelude::*;
+
+fn check(seed: u64, size: usize) -> Result<(), TestCaseError> {
+    let g = common::random_graph(seed, size);
+    let mut bindings = HashMap::new();
+    for (_, ty) in kiln::params(&g) {
+        for d in ty.shape.dims() {
+            for s in d.symbols() {
+                bindings.insert(s.to_string(), 2 + (seed % 2) as i64);
+            }
+        }
+    }
+    let Ok(r) = kiln::random_inputs(&g, &bindings, seed) else {
+        return Ok(());
+    };
+    let inputs: Vec<Tensor> = r.inputs.iter().map(|(_, t)| t.clone()).collect();
+    // Random graphs can ask for tensors of gigabytes: a small limit turns those into errors,
+    // and only graphs the interpreter runs within it are compiled.
+    let want = {
+        let v = kiln::ir::verify(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let opts = kiln::interp::Options {
+            bindings: bindings.clone(),
+            max_tensor_bytes: 16 << 20,
+        };
+        match kiln::interp::run_with(&v, &inputs, &opts) {
+            Ok(w) => w,
+            Err(_) => return Ok(()),
+        }
+    };
+    let o = kiln::optimize(&g, None, &HashMap::new())
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", kiln::print_graph(&g))))?;
+    // Kernels accumulate in their own dtype where the interpreter accumulates in f64.
+    let tol = kiln::onnx::Tolerance {
+        rtol: 1e-3,
+        atol: 1e-4,
+    };
+    let compare = common::continuous_outputs(&g);
+    for (what, graph) in [("each node alone", &g), ("optimized", &o)] {
+        let exe = Executable::new(graph, &Default::default()).map_err(|e| {
+            TestCaseError::fail(format!(
+                "compiling ({what}): {e}\n{}",
+                kiln::print_graph(graph)
+            ))
+        })?;
+        let got = match exe.run_with(&inputs, &bindings) {
+            Ok(got) => got,
+            // Division by zero or an index out of range where the interpreter never looked
+            // (the optimizer may remove dead code, never add failures).
+            Err(e) if what == "optimized" => {
+                return Err(TestCaseError::fail(format!(
+                    "compiled ({what}) fails: {e}\n{}",
+                    kiln::print_graph(graph)
+                )))
+            }
+            Err(e) => {
+                return Err(TestCaseError::fail(format!(
+                    "compiled ({what}) fails where the interpreter does not: {e}\n{}\n{}",
+                    kiln::print_graph(graph),
+                    exe.kernels_text()
+                )))
+            }
+        };
+        for (i, ((w, x), c)) in want.iter().zip(&got).zip(&compare).enumerate() {
+            if w.dtype() != x.dtype() || w.shape() != x.shape() {
+                return Err(TestCaseError::fail(format!(
+                    "output {i} ({what}): {}{:?} instead of {}{:?}",
+                    x.dtype(),
+                    x.shape(),
+                    w.dtype(),
+                    w.shape()
+                )));
+            }
+            let tol = if *c && what != "optimized" {
+                tol
+            } else if *c {
+                let dt = common::float_eps(&g);
+                kiln::onnx::Tolerance {
+                    rtol: dt,
+                    atol: dt / 3.0,
+                }
+            } else {
+                continue;
+            };
+            if let Some(m) = kiln::onnx::mismatch(x, w, tol) {
+                return Err(TestCaseError::fail(format!(
+                    "output {i} ({what}): {m}\n{}\n{}",
+                    kiln::print_graph(graph),
+                    exe.kernels_text()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(200)))]
+
+    #[test]
+    fn compiled_code_matches_the_interpreter(seed in any::<u64>(), size in 1usize..20) {
+        check(seed, size)?;
+    }
+}
