@@ -1,7 +1,8 @@
 //! The ONNX backend node tests (`../shared/onnx-node-tests/node`) through `kiln conformance`.
 //! `tests/conformance/expected-pass.txt` lists the cases that pass; any of them failing is a
 //! regression and fails this test, so the pass count only goes up. New passes are reported;
-//! `KILN_BLESS=1` rewrites the list. No case may fail by panicking.
+//! `KILN_BLESS=1` rewrites the list. No case may fail by panicking. The same list must pass
+//! with `--backend jit` (the default pipeline, then compiled code).
 
 mod common;
 
@@ -11,6 +12,16 @@ use std::process::Command;
 
 #[test]
 fn conformance_does_not_regress() {
+    check_backend("interp");
+}
+
+/// Every case that passes on the interpreter passes optimized and compiled too.
+#[test]
+fn conformance_compiled_matches() {
+    check_backend("jit");
+}
+
+fn check_backend(backend: &str) {
     let Some(dir) = common::shared("onnx-node-tests/node") else {
         return;
     };
@@ -22,6 +33,8 @@ fn conformance_does_not_regress() {
             "conformance",
             dir.to_str().unwrap(),
             "--verbose",
+            "--backend",
+            backend,
             "--write-passing",
             passing_file.to_str().unwrap(),
         ])
@@ -54,7 +67,7 @@ fn conformance_does_not_regress() {
             .collect()
     };
     let passing = read(&passing_file);
-    if std::env::var("KILN_BLESS").is_ok_and(|v| v == "1") {
+    if backend == "interp" && std::env::var("KILN_BLESS").is_ok_and(|v| v == "1") {
         std::fs::create_dir_all(list.parent().unwrap()).unwrap();
         let text: String = passing.iter().map(|c| format!("{c}\n")).collect();
         std::fs::write(&list, text).unwrap();

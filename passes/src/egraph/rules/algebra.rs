@@ -120,7 +120,8 @@ fn inverse(
     out
 }
 
-/// x / c = x * (1/c) for a constant splat c whose reciprocal is a normal f32/f64 number.
+/// x / c = x * (1/c) for a constant splat c whose reciprocal is an exact, normal f32/f64
+/// number (c a power of two).
 pub const DIV_CONST: Rule = Rule {
     name: "div-const",
     search: |eg, id| {
@@ -149,6 +150,11 @@ pub const DIV_CONST: Rule = Rule {
                 f32::MAX as f64
             };
             if !(min_normal..=max).contains(&r.abs()) {
+                continue;
+            }
+            // And only where it is exact (c a power of two): quantizers round right after
+            // dividing by their scale, and one ulp there moves a result by a whole step.
+            if r.abs() != 2f64.powi(r.abs().log2().round() as i32) {
                 continue;
             }
             if let Some(r) = splat_expr(r, ci.ty().dtype, &ci.ty().shape) {

@@ -79,30 +79,6 @@ pub const RECIPROCALS: Rule = Rule {
     },
 };
 
-/// a / broadcast(s) = a * broadcast(recip(s)): one reciprocal per reduced element.
-pub const DIV_BROADCAST: Rule = Rule {
-    name: "div-broadcast",
-    search: |eg, id| {
-        let mut out = Vec::new();
-        if !float(eg, id) {
-            return out;
-        }
-        for (op, args) in nodes(eg, id) {
-            let (Op::Div, [a, b]) = (op, args) else {
-                continue;
-            };
-            if info(eg, *b).constant {
-                continue; // div-const handles constants
-            }
-            if let Some((bc, s)) = find(eg, *b, |o| matches!(o, Op::Broadcast { .. })) {
-                let r = Expr::op(Op::Recip, [s[0].into()]);
-                out.push(Expr::op(Op::Mul, [(*a).into(), Expr::op(bc.clone(), [r])]));
-            }
-        }
-        out
-    },
-};
-
 /// The x of a class that is `1 + exp(-x)` (either operand order).
 fn one_plus_exp_neg(eg: &EGraph, id: Id) -> Option<Id> {
     nodes(eg, id).find_map(|(op, args)| {
