@@ -116,6 +116,7 @@ pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
     for (name, _, addr) in libcalls() {
         jb.symbol(name, addr);
     }
+    jb.symbol("kiln_sgemm", crate::gemm::kiln_sgemm as *const u8);
     let mut module = JITModule::new(jb);
     match define_all(&mut module, kernels) {
         Ok(ids) => {
@@ -382,6 +383,7 @@ impl<'f> Lower<'_, 'f> {
                     .ins()
                     .store(MemFlagsData::new().with_notrap(), x, addr, 0);
             }
+            Stmt::Gemm(g) => self.gemm(g)?,
             Stmt::Check { cond, code } => {
                 let c = self.expr_of(cond, DType::Bool, "a check condition")?;
                 let code = self.b.ins().iconst(types::I32, i64::from(*code));
@@ -554,6 +556,62 @@ impl<'f> Lower<'_, 'f> {
             )));
         }
         Ok(x)
+    }
+
+    /// A call of the library matrix product.
+    fn gemm(&mut self, g: &crate::kernel::Gemm) -> R<()> {
+        for b in [g.a, g.b, g.c] {
+            if self.buf_dtype(b)? != DType::F32 {
+                return Err(self.unsupported("gemm on buffers that are not f32"));
+            }
+        }
+        let mut args = Vec::new();
+        for (buf, off, rs, cs) in [
+            (g.a, &g.a_off, Some(&g.a_rs), Some(&g.a_cs)),
+            (g.b, &g.b_off, Some(&g.b_rs), Some(&g.b_cs)),
+            (g.c, &g.c_off, None, None),
+        ] {
+            let p = self.address(buf, off)?;
+            args.push(p);
+            for x in [rs, cs].into_iter().flatten() {
+                args.push(self.expr_of(x, DType::I64, "a gemm stride")?);
+            }
+        }
+        for x in [&g.m, &g.n, &g.k] {
+            args.push(self.expr_of(x, DType::I64, "a gemm size")?);
+        }
+        let f = match self.refs.get("kiln_sgemm") {
+            Some(&f) => f,
+            None => {
+                let mut sig = self.module.make_signature();
+                for t in [
+                    self.ptr,
+                    types::I64,
+                    types::I64,
+                    self.ptr,
+                    types::I64,
+                    types::I64,
+                    self.ptr,
+                    types::I64,
+                    types::I64,
+                    types::I64,
+                ] {
+                    sig.params.push(AbiParam::new(t));
+                }
+                let id = self
+                    .module
+                    .declare_function("kiln_sgemm", Linkage::Import, &sig)
+                    .map_err(|e| JitError::Backend {
+                        kernel: self.k.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                let f = self.module.declare_func_in_func(id, self.b.func);
+                self.refs.insert("kiln_sgemm", f);
+                f
+            }
+        };
+        self.b.ins().call(f, &args);
+        Ok(())
     }
 
     /// Calls helper `name`; the arguments must match its shape.

@@ -75,6 +75,27 @@ pub enum Stmt {
     },
     /// Ends the kernel with `code` unless `cond` (a bool) holds.
     Check { cond: Expr, code: u32 },
+    /// A matrix product of f32 buffers by the library micro-kernel.
+    Gemm(Box<Gemm>),
+}
+
+/// `c[c_off + i*n + j] = Σ_l a[a_off + i*a_rs + l*a_cs] · b[b_off + l*b_rs + j*b_cs]` for
+/// `i < m`, `j < n`, `l < k`; every field an i64 expression except the buffers (f32).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gemm {
+    pub a: BufId,
+    pub a_off: Expr,
+    pub a_rs: Expr,
+    pub a_cs: Expr,
+    pub b: BufId,
+    pub b_off: Expr,
+    pub b_rs: Expr,
+    pub b_cs: Expr,
+    pub c: BufId,
+    pub c_off: Expr,
+    pub m: Expr,
+    pub n: Expr,
+    pub k: Expr,
 }
 
 /// A scalar expression.
@@ -303,6 +324,31 @@ impl Kernel {
                     out.push_str("check ");
                     self.expr(cond, out);
                     write!(out, " else {code}").unwrap();
+                }
+                Stmt::Gemm(g) => {
+                    let e = |x: &Expr| {
+                        let mut t = String::new();
+                        self.expr(x, &mut t);
+                        t
+                    };
+                    write!(
+                        out,
+                        "gemm {}[{}] = {}[{}; {}, {}] * {}[{}; {}, {}] ({} x {} x {})",
+                        self.bufs[g.c].name,
+                        e(&g.c_off),
+                        self.bufs[g.a].name,
+                        e(&g.a_off),
+                        e(&g.a_rs),
+                        e(&g.a_cs),
+                        self.bufs[g.b].name,
+                        e(&g.b_off),
+                        e(&g.b_rs),
+                        e(&g.b_cs),
+                        e(&g.m),
+                        e(&g.n),
+                        e(&g.k)
+                    )
+                    .unwrap();
                 }
             }
             out.push('\n');

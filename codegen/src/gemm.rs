@@ -1,0 +1,332 @@
+//! f32 matrix products for `Stmt::Gemm`: operands packed into panels, a register-tiled
+//! micro-kernel (6×16 with AVX2 and FMA when the CPU has them, chosen at run time; portable
+//! otherwise), and large products split over threads by column panels. Results do not depend on
+//! the thread count: every element sums over k in the same order.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const MR: usize = 6;
+const NR: usize = 16;
+const KC: usize = 256;
+const MC: usize = 96;
+
+/// Threads a product may use; 0 means all cores.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many threads large products use (0: all cores).
+pub fn set_threads(n: usize) {
+    THREADS.store(n, Ordering::Relaxed);
+}
+
+fn threads() -> usize {
+    match THREADS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// An operand: element (i, j) is at `p[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct Mat {
+    p: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: operands are only read, and the caller keeps them alive for the call.
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+
+impl Mat {
+    /// # Safety
+    /// (i, j) must be inside the operand.
+    unsafe fn at(&self, i: usize, j: usize) -> f32 {
+        unsafe { *self.p.offset(i as isize * self.rs + j as isize * self.cs) }
+    }
+}
+
+/// `c[m×n] = a[m×k] · b[k×n]`, `c` dense row-major; `a` and `b` strided.
+///
+/// # Safety
+/// Every element addressed through the strides must be readable, `c` writable for `m*n`
+/// elements and not overlapping the operands.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_sgemm(
+    a: *const f32,
+    a_rs: i64,
+    a_cs: i64,
+    b: *const f32,
+    b_rs: i64,
+    b_cs: i64,
+    c: *mut f32,
+    m: i64,
+    n: i64,
+    k: i64,
+) {
+    let (m, n, k) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let a = Mat {
+        p: a,
+        rs: a_rs as isize,
+        cs: a_cs as isize,
+    };
+    let b = Mat {
+        p: b,
+        rs: b_rs as isize,
+        cs: b_cs as isize,
+    };
+    if k == 0 {
+        // SAFETY: c holds m*n elements.
+        unsafe { std::ptr::write_bytes(c, 0, m * n) };
+        return;
+    }
+    let panels = n.div_ceil(NR);
+    let work = m * n * k;
+    let t = if work >= 1 << 21 {
+        threads().min(panels).max(1)
+    } else {
+        1
+    };
+    let c_addr = c as usize;
+    if t == 1 {
+        // SAFETY: forwarded from the caller.
+        unsafe { columns(a, b, c_addr as *mut f32, m, n, k, 0, panels) };
+        return;
+    }
+    std::thread::scope(|s| {
+        for w in 0..t {
+            let (lo, hi) = (panels * w / t, panels * (w + 1) / t);
+            s.spawn(move || {
+                // SAFETY: each worker writes only the columns of its own panels.
+                unsafe { columns(a, b, c_addr as *mut f32, m, n, k, lo, hi) }
+            });
+        }
+    });
+}
+
+/// The columns of panels `lo..hi` of the product.
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo: usize, hi: usize) {
+    let avx = avx2_fma();
+    let j0 = lo * NR;
+    let j1 = (hi * NR).min(n);
+    let np = hi - lo;
+    let mut bp = vec![0f32; np * NR * KC];
+    let mut ap = vec![0f32; MC.div_ceil(MR) * MR * KC];
+    let mut tile = [0f32; MR * NR];
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        // Pack B[pc.., j0..j1] as panels of NR columns, k-major, zero-padded.
+        for p in 0..np {
+            let dst = &mut bp[p * NR * kc..][..NR * kc];
+            for kk in 0..kc {
+                for jj in 0..NR {
+                    let j = j0 + p * NR + jj;
+                    dst[kk * NR + jj] = if j < j1 {
+                        // SAFETY: inside b.
+                        unsafe { b.at(pc + kk, j) }
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        for ic in (0..m).step_by(MC) {
+            let mc = MC.min(m - ic);
+            let mp = mc.div_ceil(MR);
+            for p in 0..mp {
+                let dst = &mut ap[p * MR * kc..][..MR * kc];
+                for kk in 0..kc {
+                    for ii in 0..MR {
+                        let i = ic + p * MR + ii;
+                        dst[kk * MR + ii] = if i < ic + mc {
+                            // SAFETY: inside a.
+                            unsafe { a.at(i, pc + kk) }
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+            for jp in 0..np {
+                let j = j0 + jp * NR;
+                let nr = NR.min(j1 - j);
+                for ip in 0..mp {
+                    let i = ic + ip * MR;
+                    let mr = MR.min(ic + mc - i);
+                    let (a_panel, b_panel) = (&ap[ip * MR * kc..], &bp[jp * NR * kc..]);
+                    if avx {
+                        // SAFETY: the CPU has AVX2 and FMA; panels hold kc steps.
+                        unsafe { micro_avx2(kc, a_panel.as_ptr(), b_panel.as_ptr(), &mut tile) };
+                    } else {
+                        micro_portable(kc, a_panel, b_panel, &mut tile);
+                    }
+                    for ii in 0..mr {
+                        for jj in 0..nr {
+                            // SAFETY: (i+ii, j+jj) is inside c.
+                            let dst = unsafe { &mut *c.add((i + ii) * n + j + jj) };
+                            let v = tile[ii * NR + jj];
+                            if pc == 0 {
+                                *dst = v;
+                            } else {
+                                *dst += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn micro_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
+    let mut acc = [[0f32; NR]; MR];
+    for kk in 0..kc {
+        let bv = &b[kk * NR..][..NR];
+        for (ii, row) in acc.iter_mut().enumerate() {
+            let av = a[kk * MR + ii];
+            for (x, &y) in row.iter_mut().zip(bv) {
+                *x += av * y;
+            }
+        }
+    }
+    for (ii, row) in acc.iter().enumerate() {
+        tile[ii * NR..][..NR].copy_from_slice(row);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; MR * NR]) {
+    use std::arch::x86_64::*;
+    let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    for kk in 0..kc {
+        // SAFETY: the packed panels hold kc steps of MR and NR values.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for (ii, row) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(kk * MR + ii));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+        }
+    }
+    for (ii, row) in c.iter().enumerate() {
+        // SAFETY: the tile holds MR rows of NR values.
+        unsafe {
+            _mm256_storeu_ps(tile.as_mut_ptr().add(ii * NR), row[0]);
+            _mm256_storeu_ps(tile.as_mut_ptr().add(ii * NR + 8), row[1]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro_avx2(_: usize, _: *const f32, _: *const f32, _: &mut [f32; MR * NR]) {
+    unreachable!("only called when the CPU has AVX2")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, bt: bool) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for kk in 0..k {
+                    let bv = if bt { b[j * k + kk] } else { b[kk * n + j] };
+                    s += a[i * k + kk] as f64 * bv as f64;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_match_the_naive_sum_on_awkward_shapes() {
+        let mut seed = 1u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 17, 5),
+            (6, 16, 256),
+            (13, 33, 300),
+            (100, 70, 513),
+            (128, 128, 128),
+            (3, 200, 1),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            for bt in [false, true] {
+                for t in [1, 2] {
+                    set_threads(t);
+                    let mut c = vec![f32::NAN; m * n];
+                    let (rs, cs) = if bt { (1, k as i64) } else { (n as i64, 1) };
+                    // SAFETY: the strides stay inside the vectors.
+                    unsafe {
+                        kiln_sgemm(
+                            a.as_ptr(),
+                            k as i64,
+                            1,
+                            b.as_ptr(),
+                            rs,
+                            cs,
+                            c.as_mut_ptr(),
+                            m as i64,
+                            n as i64,
+                            k as i64,
+                        )
+                    };
+                    let want = naive(&a, &b, m, n, k, bt);
+                    for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()) * (k as f32).sqrt(),
+                            "{m}x{n}x{k} bt={bt} threads={t}: element {i}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+        set_threads(0);
+    }
+
+    #[test]
+    fn an_empty_contraction_gives_zeros() {
+        let mut c = vec![f32::NAN; 6];
+        // SAFETY: no operand element is read; c holds 6 elements.
+        unsafe {
+            kiln_sgemm(
+                std::ptr::null(),
+                0,
+                1,
+                std::ptr::null(),
+                1,
+                1,
+                c.as_mut_ptr(),
+                2,
+                3,
+                0,
+            )
+        };
+        assert_eq!(c, vec![0.0; 6]);
+    }
+}
