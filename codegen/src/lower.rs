@@ -646,19 +646,18 @@ impl<'g> Lowering<'g> {
         let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
         let ty = self.ty(v);
         let dtype = ty.dtype;
-        let us = |v: &[i64]| v.iter().map(|&a| a as usize).collect::<Vec<_>>();
-        let (lb, rb, lc, rc) = (
-            us(lhs_batch),
-            us(rhs_batch),
-            us(lhs_contract),
-            us(rhs_contract),
+        let DotAxes {
+            lb,
+            rb,
+            lc,
+            rc,
+            lf,
+            rf,
+        } = DotAxes::new(
+            [lhs_batch, rhs_batch, lhs_contract, rhs_contract],
+            ls.rank(),
+            rs.rank(),
         );
-        let free = |rank: usize, b: &[usize], c: &[usize]| -> Vec<usize> {
-            (0..rank)
-                .filter(|a| !b.contains(a) && !c.contains(a))
-                .collect()
-        };
-        let (lf, rf) = (free(ls.rank(), &lb, &lc), free(rs.rank(), &rb, &rc));
         let acc = self.var(dtype);
         self.nest(&ty.shape, dtype, |l, idx| {
             let mut li = vec![Expr::i64(0); ls.rank()];
@@ -788,19 +787,18 @@ impl<'g> Lowering<'g> {
             return Ok(false);
         }
         let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
-        let us = |v: &[i64]| v.iter().map(|&a| a as usize).collect::<Vec<_>>();
-        let (lb, rb, lc, rc) = (
-            us(lhs_batch),
-            us(rhs_batch),
-            us(lhs_contract),
-            us(rhs_contract),
+        let DotAxes {
+            lb,
+            rb,
+            lc,
+            rc,
+            lf,
+            rf,
+        } = DotAxes::new(
+            [lhs_batch, rhs_batch, lhs_contract, rhs_contract],
+            ls.rank(),
+            rs.rank(),
         );
-        let free = |rank: usize, b: &[usize], c: &[usize]| -> Vec<usize> {
-            (0..rank)
-                .filter(|a| !b.contains(a) && !c.contains(a))
-                .collect()
-        };
-        let (lf, rf) = (free(ls.rank(), &lb, &lc), free(rs.rank(), &rb, &rc));
         let (la, lst) = self.as_strided(lv)?;
         let (ra, rst) = self.as_strided(rv)?;
         // Free axes merge into one matrix axis when they are laid out like one.
@@ -935,6 +933,37 @@ impl<'g> Lowering<'g> {
         }
         self.bufs.insert(v, b);
         Ok(())
+    }
+}
+
+/// The axes of a dot's operands: batch, contracted and free (in order), per side.
+struct DotAxes {
+    lb: Vec<usize>,
+    rb: Vec<usize>,
+    lc: Vec<usize>,
+    rc: Vec<usize>,
+    lf: Vec<usize>,
+    rf: Vec<usize>,
+}
+
+impl DotAxes {
+    fn new(attrs: [&Vec<i64>; 4], lrank: usize, rrank: usize) -> DotAxes {
+        let us = |v: &[i64]| v.iter().map(|&a| a as usize).collect::<Vec<_>>();
+        let [lb, rb, lc, rc] = attrs.map(|a| us(a));
+        let free = |rank: usize, b: &[usize], c: &[usize]| -> Vec<usize> {
+            (0..rank)
+                .filter(|a| !b.contains(a) && !c.contains(a))
+                .collect()
+        };
+        let (lf, rf) = (free(lrank, &lb, &lc), free(rrank, &rb, &rc));
+        DotAxes {
+            lb,
+            rb,
+            lc,
+            rc,
+            lf,
+            rf,
+        }
     }
 }
 
