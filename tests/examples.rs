@@ -144,3 +144,21 @@ fn shipped_kir_matches_the_builder_example() {
     assert_eq!(parsed, mlp::build().unwrap());
     assert_eq!(kiln::print_graph(&parsed), text);
 }
+
+#[allow(dead_code)]
+#[path = "../examples/jit.rs"]
+mod jit;
+
+/// The JIT example's compiled outputs equal the interpreter's.
+#[test]
+fn jit_example_matches_the_interpreter() {
+    let (got, want) = jit::run().expect("the example runs");
+    assert_eq!(got.len(), 2);
+    let tol = kiln::onnx::Tolerance {
+        rtol: 1e-4,
+        atol: 1e-5,
+    };
+    for ((name, t), (_, w)) in got.iter().zip(&want) {
+        assert!(kiln::onnx::mismatch(t, w, tol).is_none(), "{name}");
+    }
+}

@@ -38,8 +38,9 @@ enum Step {
 pub struct CompileOptions {
     /// Run every node on the reference interpreter (no code generation).
     pub interpret_only: bool,
-    /// Threads for parallel loops; `None` means all cores. (Kernels run on the calling
-    /// thread for now.)
+    /// Threads for large matrix products; `None` means all cores. The setting is
+    /// process-wide for now (the last compiled executable's wins); other loops run on the
+    /// calling thread.
     pub threads: Option<usize>,
 }
 
@@ -92,6 +93,7 @@ impl Executable {
             .into_iter()
             .filter(|id| live.contains(id) || matches!(g.node(*id).op(), Op::Param { .. }))
             .collect();
+        codegen::gemm::set_threads(opts.threads.unwrap_or(0));
         let numbering = g.numbering().unwrap_or_default();
         let mut steps = HashMap::new();
         let mut kernels = Vec::new();
