@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
+/// Named output tensors.
+pub type Outputs = Vec<(String, kiln::Tensor)>;
+
 /// Compiles the classifier and returns (compiled, interpreted) outputs on its example inputs.
-pub fn run(
-) -> Result<(Vec<(String, kiln::Tensor)>, Vec<(String, kiln::Tensor)>), Box<dyn std::error::Error>>
-{
+pub fn run() -> Result<(Outputs, Outputs), Box<dyn std::error::Error>> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
     let bytes = std::fs::read(format!("{dir}/classifier.onnx"))?;
     let graph = kiln::onnx::import(&bytes, Default::default(), HashMap::new())?;
