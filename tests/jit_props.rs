@@ -1,7 +1,8 @@
 //! Differential fuzz of code generation: random well-typed graphs (every op family, fused
 //! kernels, awkward shapes, broadcasts, strides and values) compiled — each node alone, and
 //! after the default pipeline — compute what the reference interpreter computes.
-//! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`.
+//! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`; `KILN_TRACE_SEED=1`
+//! with `--nocapture` prints each graph first (to find one that crashes the process).
 
 mod common;
 
@@ -12,6 +13,9 @@ use proptest::prelude::*;
 
 fn check(seed: u64, size: usize) -> Result<(), TestCaseError> {
     let g = common::random_graph(seed, size);
+    if std::env::var_os("KILN_TRACE_SEED").is_some() {
+        eprintln!("seed {seed} size {size}\n{}", kiln::print_graph(&g));
+    }
     let mut bindings = HashMap::new();
     for (_, ty) in kiln::params(&g) {
         for d in ty.shape.dims() {

@@ -291,6 +291,10 @@ impl<'g> Lowering<'g> {
                     let b = self.target(v, output_buf)?;
                     self.gather(v, *axis as usize, b)?;
                 }
+                Op::Conv { .. } => {
+                    let b = self.target(v, output_buf)?;
+                    self.conv(v, b)?;
+                }
                 Op::Concat { axis } => {
                     let b = self.target(v, output_buf)?;
                     self.concat(v, *axis as usize, b)?;
@@ -852,6 +856,215 @@ impl<'g> Lowering<'g> {
             Ok(vec![Stmt::Gemm(Box::new(g))])
         })?;
         Ok(true)
+    }
+
+    /// A convolution: f32 ones with enough channels per group as an im2col buffer and one
+    /// `gemm` per image and group; the rest (depthwise, integers) as direct loops. Padding is
+    /// a guarded load: the index is clamped and the value replaced by zero outside.
+    fn conv(&mut self, v: Value, out: BufId) -> Result<()> {
+        let node = self.g.node(v.node);
+        let Op::Conv {
+            stride,
+            dilation,
+            pad_low,
+            groups,
+            ..
+        } = node.op()
+        else {
+            unreachable!("called on convs")
+        };
+        let (xv, wv) = (node.inputs()[0], node.inputs()[1]);
+        let (xs, ws) = (self.ty(xv).shape.clone(), self.ty(wv).shape.clone());
+        let ty = self.ty(v);
+        let os = ty.shape.clone();
+        let dtype = ty.dtype;
+        let sp = xs.rank() - 2;
+        let groups = *groups;
+        // Operands in buffers, row-major.
+        for op in [xv, wv] {
+            if !self.bufs.contains_key(&op) {
+                let n = self.k.bufs.len();
+                let b = self.buf(format!("t{n}"), self.ty(op), BufKind::Scratch)?;
+                self.elementwise_nest(op, b)?;
+            }
+        }
+        let (xb, wb) = (self.bufs[&xv], self.bufs[&wv]);
+        let cg = ws.dim(1).clone();
+        let o = ws.dim(0).clone();
+        let og = o
+            .exact_div(&Dim::constant(groups))
+            .ok_or_else(|| Unsupported("output channels not divisible by groups".into()))?;
+        let prod = |ds: &[Dim]| -> Result<Dim> {
+            ds.iter().try_fold(Dim::constant(1), |a, d| {
+                a.mul(d).map_err(|e| Unsupported(e.to_string()))
+            })
+        };
+        let ks = prod(&ws.dims()[2..])?;
+        let ps = prod(&os.dims()[2..])?;
+        // A gemm pays off with several output channels per group and a long contraction.
+        let big = dtype == DType::F32
+            && og.as_const() != Some(1)
+            && cg
+                .mul(&ks)
+                .ok()
+                .and_then(|d| d.as_const())
+                .is_none_or(|n| n >= 8);
+        let i64op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
+        // The input position of output position `p` and window position `k` along spatial
+        // axis `d`, and whether it is inside the input.
+        let tap = |l: &mut Self, d: usize, p: Expr, k: Expr| -> (Expr, Expr) {
+            let i = p * Expr::i64(stride[d]) + Expr::i64(-pad_low[d]) + k * Expr::i64(dilation[d]);
+            let n = l.dim(xs.dim(2 + d));
+            let inside = i64op(
+                Op::And,
+                vec![
+                    i64op(Op::Ge, vec![i.clone(), Expr::i64(0)], DType::Bool),
+                    i64op(Op::Lt, vec![i.clone(), n], DType::Bool),
+                ],
+                DType::Bool,
+            );
+            (i, inside)
+        };
+        // x[n, ch, taps...] with zero outside the input.
+        let guarded = |l: &mut Self, n: Expr, ch: Expr, ps: &[Expr], ks: &[Expr]| -> Expr {
+            let mut idx = vec![n, ch];
+            let mut ok = Expr::Int(1, DType::Bool);
+            for d in 0..sp {
+                let (i, inside) = tap(l, d, ps[d].clone(), ks[d].clone());
+                idx.push(i64op(
+                    Op::Select,
+                    vec![inside.clone(), i, Expr::i64(0)],
+                    DType::I64,
+                ));
+                ok = i64op(Op::And, vec![ok, inside], DType::Bool);
+            }
+            let index = l.linear(&idx, &xs);
+            let load = Expr::Load {
+                buf: xb,
+                index: Box::new(index),
+            };
+            i64op(Op::Select, vec![ok, load, constant(0.0, dtype)], dtype)
+        };
+        if !big {
+            let acc = self.var(dtype);
+            self.nest(&os, dtype, |l, idx| {
+                let (n, oc) = (idx[0].clone(), idx[1].clone());
+                let og_e = l.dim(&og);
+                let cg_e = l.dim(&cg);
+                let g = Expr::index_op(Op::Div, oc.clone(), og_e);
+                let ch = l.var(DType::I64);
+                let kv: Vec<VarId> = (0..sp).map(|_| l.var(DType::I64)).collect();
+                let kx: Vec<Expr> = kv.iter().map(|&k| Expr::Var(k)).collect();
+                let x = guarded(l, n, g * cg_e + Expr::Var(ch), &idx[2..], &kx);
+                let mut widx = vec![oc, Expr::Var(ch)];
+                widx.extend(kx.iter().cloned());
+                let windex = l.linear(&widx, &ws);
+                let w = Expr::Load {
+                    buf: wb,
+                    index: Box::new(windex),
+                };
+                let mut inner = vec![Stmt::Set {
+                    var: acc,
+                    value: i64op(
+                        Op::Add,
+                        vec![Expr::Var(acc), i64op(Op::Mul, vec![x, w], dtype)],
+                        dtype,
+                    ),
+                }];
+                for (d, &k) in kv.iter().enumerate().rev() {
+                    let extent = l.dim(ws.dim(2 + d));
+                    inner = vec![Stmt::Loop {
+                        var: k,
+                        extent,
+                        mark: Mark::Serial,
+                        body: inner,
+                    }];
+                }
+                let extent = l.dim(&cg);
+                let index = l.linear(idx, &os);
+                Ok(vec![
+                    Stmt::Set {
+                        var: acc,
+                        value: constant(0.0, dtype),
+                    },
+                    Stmt::Loop {
+                        var: ch,
+                        extent,
+                        mark: Mark::Serial,
+                        body: inner,
+                    },
+                    Stmt::Store {
+                        buf: out,
+                        index,
+                        value: Expr::Var(acc),
+                    },
+                ])
+            })?;
+            self.bufs.insert(v, out);
+            return Ok(());
+        }
+        // im2col: col[(ch, k...), p...] for one image and group, then W_g · col.
+        let ck = cg.mul(&ks).map_err(|e| Unsupported(e.to_string()))?;
+        let col_len = ck.mul(&ps).map_err(|e| Unsupported(e.to_string()))?;
+        let col = self.buf(
+            format!("col{}", self.k.bufs.len()),
+            &TensorType::new(DType::F32, Shape::new(vec![col_len])),
+            BufKind::Scratch,
+        )?;
+        let mut col_shape = vec![cg.clone()];
+        col_shape.extend(ws.dims()[2..].iter().cloned());
+        col_shape.extend(os.dims()[2..].iter().cloned());
+        let col_shape = Shape::new(col_shape);
+        let outer = Shape::new(vec![xs.dim(0).clone(), Dim::constant(groups)]);
+        let (nv, gv) = (self.var(DType::I64), self.var(DType::I64));
+        let (n, g) = (Expr::Var(nv), Expr::Var(gv));
+        let mut body = Vec::new();
+        {
+            // The im2col nest, built with `nest` and moved inside the image/group loops.
+            let before = self.k.body.len();
+            let (n2, g2) = (n.clone(), g.clone());
+            self.nest(&col_shape, DType::F32, |l, idx| {
+                let cg_e = l.dim(&cg);
+                let ch = g2 * cg_e + idx[0].clone();
+                let value = guarded(l, n2, ch, &idx[1 + sp..], &idx[1..1 + sp]);
+                let index = l.linear(idx, &col_shape);
+                Ok(vec![Stmt::Store {
+                    buf: col,
+                    index,
+                    value,
+                }])
+            })?;
+            body.extend(self.k.body.drain(before..));
+        }
+        let (ck_e, ps_e, og_e, o_e) = (self.dim(&ck), self.dim(&ps), self.dim(&og), self.dim(&o));
+        body.push(Stmt::Gemm(Box::new(Gemm {
+            a: wb,
+            a_off: g.clone() * og_e.clone() * ck_e.clone(),
+            a_rs: ck_e.clone(),
+            a_cs: Expr::i64(1),
+            b: col,
+            b_off: Expr::i64(0),
+            b_rs: ps_e.clone(),
+            b_cs: Expr::i64(1),
+            c: out,
+            c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
+            m: og_e,
+            n: ps_e,
+            k: ck_e,
+        })));
+        let mut nest = body;
+        for (var, d) in [(gv, outer.dim(1).clone()), (nv, outer.dim(0).clone())] {
+            let extent = self.dim(&d);
+            nest = vec![Stmt::Loop {
+                var,
+                extent,
+                mark: Mark::Serial,
+                body: nest,
+            }];
+        }
+        self.k.body.extend(nest);
+        self.bufs.insert(v, out);
+        Ok(())
     }
 
     fn gather(&mut self, v: Value, axis: usize, b: BufId) -> Result<()> {

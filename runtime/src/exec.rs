@@ -367,13 +367,23 @@ fn run_kernel(
     }
     let mut owned: Vec<(usize, Data)> = Vec::new();
     let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); k.bufs.len()];
+    // Guarded loads (padding) clamp their index to 0 and read it: an empty operand gets a
+    // readable zero element instead of a dangling pointer.
+    static ZERO: [u64; 2] = [0; 2];
+    let readable = |t: &Tensor| {
+        if t.numel() == 0 {
+            ZERO.as_ptr() as *mut u8
+        } else {
+            const_ptr(t.data())
+        }
+    };
     for (i, a) in args.iter().enumerate() {
-        ptrs[i] = const_ptr(a.data());
+        ptrs[i] = readable(a);
     }
     let mut scratch = 0;
     for (i, b) in k.bufs.iter().enumerate().skip(args.len()) {
         if let Some((_, t)) = l.consts.iter().find(|(c, _)| *c == i) {
-            ptrs[i] = const_ptr(t.data());
+            ptrs[i] = readable(t);
             continue;
         }
         let n = len(i)?;
@@ -384,7 +394,8 @@ fn run_kernel(
         if b.kind == BufKind::Scratch {
             scratch += bytes;
         }
-        owned.push((i, Data::zeros(b.dtype, n)));
+        // At least one element: guarded loads read index 0 even of an empty buffer.
+        owned.push((i, Data::zeros(b.dtype, n.max(1))));
     }
     for (i, d) in owned.iter_mut() {
         ptrs[*i] = mut_ptr(d);
@@ -410,7 +421,11 @@ fn run_kernel(
             .position(|(j, _)| *j == i)
             .expect("outputs are allocated");
         let (_, data) = owned.swap_remove(pos);
-        outs.push(data);
+        outs.push(if len(i)? == 0 {
+            Data::zeros(k.bufs[i].dtype, 0)
+        } else {
+            data
+        });
     }
     let shapes = l.out_shapes(env)?;
     outs.into_iter()

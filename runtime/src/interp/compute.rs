@@ -484,7 +484,34 @@ pub fn conv(
     }
     let geom = (n, c, o, cg, og, is, ks);
     match acc_pair(x, w) {
-        Acc::F(xv, wv) => Wide::F(accumulate(xv, wv, 0.0, |a, p, q| a + p * q, geom, &taps)),
+        Acc::F(xv, wv) => {
+            let mut out = accumulate(xv, wv, 0.0, |a, p, q| a + p * q, geom, &taps);
+            // Padding is zeros (ONNX): a tap on padding multiplies 0 by its weight, which is
+            // NaN for an infinite or NaN weight. The taps skip padding, so add that back.
+            let bad: Vec<bool> = (0..o * ks)
+                .map(|i| (0..cg).any(|ch| !wv[((i / ks) * cg + ch) * ks + i % ks].is_finite()))
+                .collect();
+            if bad.iter().any(|&b| b) {
+                let os = taps.len();
+                for (p, t) in taps.iter().enumerate() {
+                    if t.len() == ks {
+                        continue;
+                    }
+                    let mut present = vec![false; ks];
+                    for &(kp, _) in t {
+                        present[kp] = true;
+                    }
+                    for oi in 0..o {
+                        if (0..ks).any(|kp| !present[kp] && bad[oi * ks + kp]) {
+                            for ni in 0..n {
+                                out[(ni * o + oi) * os + p] = f64::NAN;
+                            }
+                        }
+                    }
+                }
+            }
+            Wide::F(out)
+        }
         Acc::I(xv, wv) => Wide::I(accumulate(
             xv,
             wv,
