@@ -67,7 +67,10 @@ pub struct Executable {
 
 fn label(g: &Graph, id: NodeId, n: usize) -> String {
     let node = g.node(id);
-    let mut s = format!("%{n} ({})", node.op().mnemonic());
+    let mut s = match node.op() {
+        Op::Fused { kind, .. } if !kind.is_empty() => format!("%{n} (fused kernel \"{kind}\")"),
+        op => format!("%{n} ({})", op.mnemonic()),
+    };
     if let Some(name) = &node.origin().name {
         s.push_str(&format!(" from node \"{name}\""));
     }

@@ -1,0 +1,109 @@
+//! Compiled executables through the public API: concurrent runs, symbols bound per run,
+//! and bad inputs as errors that name what is wrong.
+
+use kiln::{Executable, Tensor};
+
+fn compile(text: &str) -> Executable {
+    let g = kiln::parse_graph(text).expect("parses");
+    kiln::compile(&g, &Default::default()).expect("compiles")
+}
+
+const EMBED: &str = r#"
+func @embed {
+  %0 = param {name="ids"} : i64[n]
+  %1 = constant {value=[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]} : f32[3, 2]
+  %2 = gather %1, %0 {axis=0} : f32[n, 2]
+  %3 = tanh %2 : f32[n, 2]
+  return %3 as "y"
+}
+"#;
+
+#[test]
+fn symbols_bind_per_run_without_recompiling() {
+    let exe = compile(EMBED);
+    for ids in [vec![0i64, 2], vec![1, -1, 0, 2]] {
+        let n = ids.len();
+        let out = exe
+            .run(&[Tensor::from_vec(vec![n], ids.clone()).unwrap()])
+            .unwrap();
+        let got = out[0].as_slice::<f32>().unwrap();
+        let table = [[1.0f64, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        for (i, &id) in ids.iter().enumerate() {
+            let row = table[id.rem_euclid(3) as usize];
+            for j in 0..2 {
+                assert_eq!(got[i * 2 + j], row[j].tanh() as f32);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_index_out_of_range_is_an_error_naming_the_node() {
+    let exe = compile(EMBED);
+    let err = exe
+        .run(&[Tensor::from_vec(vec![2], vec![0i64, 3]).unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("out of range") && err.starts_with("%1 ("),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_inputs_are_errors_naming_the_input() {
+    let exe = compile(EMBED);
+    let err = exe
+        .run(&[Tensor::from_vec(vec![2], vec![0i32, 1]).unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"ids\"") && err.contains("i64"), "{err}");
+    let err = exe
+        .run(&[Tensor::from_vec(vec![1, 2], vec![0i64, 1]).unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"ids\""), "{err}");
+    let err = exe.run(&[]).unwrap_err().to_string();
+    assert!(err.contains("expected 1 inputs"), "{err}");
+}
+
+#[test]
+fn runs_from_many_threads_agree() {
+    const MLP: &str = r#"
+func @mlp {
+  %0 = param {name="x"} : f32[b, 64]
+  %1 = param {name="w"} : f32[64, 96]
+  %2 = dot %0, %1 {lhs_contract=[1], rhs_contract=[0]} : f32[b, 96]
+  %3 = exp %2 : f32[b, 96]
+  %4 = reduce_sum %3 {axes=[1]} : f32[b]
+  return %4 as "s"
+}
+"#;
+    let exe = std::sync::Arc::new(compile(MLP));
+    let x = kiln::Rng::new(1).tensor(kiln::DType::F32, &[32, 64]);
+    let w = kiln::Rng::new(2).tensor(kiln::DType::F32, &[64, 96]);
+    let want = exe.run(&[x.clone(), w.clone()]).unwrap();
+    let g = kiln::parse_graph(MLP).unwrap();
+    let oracle = kiln::interpret(
+        &g,
+        &[("x".into(), x.clone()), ("w".into(), w.clone())],
+        &Default::default(),
+    )
+    .unwrap();
+    let tol = kiln::onnx::Tolerance {
+        rtol: 1e-4,
+        atol: 1e-5,
+    };
+    assert!(kiln::onnx::mismatch(&want[0], &oracle[0].1, tol).is_none());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (exe, x, w, want) = (exe.clone(), x.clone(), w.clone(), want.clone());
+            s.spawn(move || {
+                for _ in 0..20 {
+                    let got = exe.run(&[x.clone(), w.clone()]).unwrap();
+                    assert_eq!(got[0].as_slice::<f32>(), want[0].as_slice::<f32>());
+                }
+            });
+        }
+    });
+}
