@@ -295,6 +295,15 @@ impl<'g> Lowering<'g> {
                     let b = self.target(v, output_buf)?;
                     self.conv(v, b)?;
                 }
+                Op::ArgMax { axis, last } | Op::ArgMin { axis, last } => {
+                    let b = self.target(v, output_buf)?;
+                    let max = matches!(op, Op::ArgMax { .. });
+                    self.arg_reduce(v, *axis as usize, max, *last, b)?;
+                }
+                Op::ReduceWindow { .. } => {
+                    let b = self.target(v, output_buf)?;
+                    self.reduce_window(v, b)?;
+                }
                 Op::Concat { axis } => {
                     let b = self.target(v, output_buf)?;
                     self.concat(v, *axis as usize, b)?;
@@ -1063,6 +1072,231 @@ impl<'g> Lowering<'g> {
             }];
         }
         self.k.body.extend(nest);
+        self.bufs.insert(v, out);
+        Ok(())
+    }
+
+    /// argmax/argmin along `axis`: the first (or last, with `last`) extreme; a NaN is the
+    /// extreme, as in the interpreter.
+    fn arg_reduce(
+        &mut self,
+        v: Value,
+        axis: usize,
+        max: bool,
+        last: bool,
+        out: BufId,
+    ) -> Result<()> {
+        let x = self.g.node(v.node).inputs()[0];
+        let xs = self.ty(x).shape.clone();
+        let xd = self.ty(x).dtype;
+        let os = self.ty(v).shape.clone();
+        let (bi, bv, k, xvar) = (
+            self.var(DType::I64),
+            self.var(xd),
+            self.var(DType::I64),
+            self.var(xd),
+        );
+        let op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
+        let b = |x: bool| Expr::Int(x as i64, DType::Bool);
+        self.nest(&os, DType::I64, |l, idx| {
+            let mut full = idx[..axis].to_vec();
+            full.push(Expr::Var(k));
+            full.extend_from_slice(&idx[axis..]);
+            let load = l.expr(x, &full)?;
+            let x = Expr::Var(xvar);
+            let cur = Expr::Var(bv);
+            let strict = op(
+                if max { Op::Gt } else { Op::Lt },
+                vec![x.clone(), cur.clone()],
+                DType::Bool,
+            );
+            let eq = op(Op::Eq, vec![x.clone(), cur.clone()], DType::Bool);
+            let cmp = op(
+                Op::Or,
+                vec![strict, op(Op::And, vec![b(last), eq], DType::Bool)],
+                DType::Bool,
+            );
+            let better = if xd.is_float() {
+                let xn = op(Op::IsNan, vec![x.clone()], DType::Bool);
+                let cn = op(Op::IsNan, vec![cur], DType::Bool);
+                let not = |e: Expr| op(Op::Not, vec![e], DType::Bool);
+                op(
+                    Op::Or,
+                    vec![
+                        op(
+                            Op::And,
+                            vec![
+                                xn.clone(),
+                                op(Op::Or, vec![not(cn.clone()), b(last)], DType::Bool),
+                            ],
+                            DType::Bool,
+                        ),
+                        op(
+                            Op::And,
+                            vec![not(xn), op(Op::And, vec![not(cn), cmp], DType::Bool)],
+                            DType::Bool,
+                        ),
+                    ],
+                    DType::Bool,
+                )
+            } else {
+                cmp
+            };
+            let better = op(
+                Op::Or,
+                vec![
+                    op(Op::Eq, vec![Expr::Var(k), Expr::i64(0)], DType::Bool),
+                    better,
+                ],
+                DType::Bool,
+            );
+            let extent = l.dim(xs.dim(axis));
+            let index = l.linear(idx, &os);
+            Ok(vec![
+                Stmt::Set {
+                    var: bi,
+                    value: Expr::i64(0),
+                },
+                Stmt::Set {
+                    var: bv,
+                    value: constant(0.0, xd),
+                },
+                Stmt::Loop {
+                    var: k,
+                    extent,
+                    mark: Mark::Serial,
+                    body: vec![
+                        Stmt::Set {
+                            var: xvar,
+                            value: load,
+                        },
+                        Stmt::Set {
+                            var: bi,
+                            value: op(
+                                Op::Select,
+                                vec![better.clone(), Expr::Var(k), Expr::Var(bi)],
+                                DType::I64,
+                            ),
+                        },
+                        Stmt::Set {
+                            var: bv,
+                            value: op(Op::Select, vec![better, x, Expr::Var(bv)], xd),
+                        },
+                    ],
+                },
+                Stmt::Store {
+                    buf: out,
+                    index,
+                    value: Expr::Var(bi),
+                },
+            ])
+        })?;
+        self.bufs.insert(v, out);
+        Ok(())
+    }
+
+    /// Pooling: a reduction over each window; taps on padding are skipped (they read a
+    /// clamped index and contribute the identity).
+    fn reduce_window(&mut self, v: Value, out: BufId) -> Result<()> {
+        let node = self.g.node(v.node);
+        let Op::ReduceWindow {
+            kind,
+            window,
+            stride,
+            dilation,
+            pad_low,
+            ..
+        } = node.op()
+        else {
+            unreachable!("called on reduce_window")
+        };
+        let x = node.inputs()[0];
+        if !self.bufs.contains_key(&x) {
+            let n = self.k.bufs.len();
+            let b = self.buf(format!("t{n}"), self.ty(x), BufKind::Scratch)?;
+            self.elementwise_nest(x, b)?;
+        }
+        let xb = self.bufs[&x];
+        let xs = self.ty(x).shape.clone();
+        let os = self.ty(v).shape.clone();
+        let dtype = self.ty(v).dtype;
+        let (step, init) = match kind {
+            ir::ReduceKind::Sum => (Op::Add, constant(0.0, dtype)),
+            ir::ReduceKind::Prod => (Op::Mul, constant(1.0, dtype)),
+            ir::ReduceKind::Max => (Op::Max, extreme(dtype, false)),
+            ir::ReduceKind::Min => (Op::Min, extreme(dtype, true)),
+        };
+        let wide = dtype == DType::F32 && matches!(step, Op::Add | Op::Mul);
+        let acc_ty = if wide { DType::F64 } else { dtype };
+        let init = match init {
+            Expr::Float(x, _) if wide => Expr::Float(x, DType::F64),
+            e => e,
+        };
+        let acc = self.var(acc_ty);
+        let op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
+        self.nest(&os, dtype, |l, idx| {
+            let kv: Vec<VarId> = (0..xs.rank()).map(|_| l.var(DType::I64)).collect();
+            let mut at = Vec::new();
+            let mut ok = Expr::Int(1, DType::Bool);
+            for (d, &k) in kv.iter().enumerate() {
+                let i = idx[d].clone() * Expr::i64(stride[d])
+                    + Expr::i64(-pad_low[d])
+                    + Expr::Var(k) * Expr::i64(dilation[d]);
+                let n = l.dim(xs.dim(d));
+                let inside = op(
+                    Op::And,
+                    vec![
+                        op(Op::Ge, vec![i.clone(), Expr::i64(0)], DType::Bool),
+                        op(Op::Lt, vec![i.clone(), n], DType::Bool),
+                    ],
+                    DType::Bool,
+                );
+                at.push(op(
+                    Op::Select,
+                    vec![inside.clone(), i, Expr::i64(0)],
+                    DType::I64,
+                ));
+                ok = op(Op::And, vec![ok, inside], DType::Bool);
+            }
+            let index = l.linear(&at, &xs);
+            let mut xval = Expr::Load {
+                buf: xb,
+                index: Box::new(index),
+            };
+            if wide {
+                xval = cast(xval, DType::F64);
+            }
+            let next = op(step.clone(), vec![Expr::Var(acc), xval], acc_ty);
+            let mut inner = vec![Stmt::Set {
+                var: acc,
+                value: op(Op::Select, vec![ok, next, Expr::Var(acc)], acc_ty),
+            }];
+            for (d, &k) in kv.iter().enumerate().rev() {
+                inner = vec![Stmt::Loop {
+                    var: k,
+                    extent: Expr::i64(window[d]),
+                    mark: Mark::Serial,
+                    body: inner,
+                }];
+            }
+            let index = l.linear(idx, &os);
+            let value = if wide {
+                cast(Expr::Var(acc), dtype)
+            } else {
+                Expr::Var(acc)
+            };
+            let mut body = vec![Stmt::Set {
+                var: acc,
+                value: init,
+            }];
+            body.extend(inner);
+            body.push(Stmt::Store {
+                buf: out,
+                index,
+                value,
+            });
+            Ok(body)
+        })?;
         self.bufs.insert(v, out);
         Ok(())
     }
