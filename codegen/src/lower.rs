@@ -867,6 +867,33 @@ impl<'g> Lowering<'g> {
         Ok(true)
     }
 
+    /// Window taps `pos` (one per axis of `dims`) clamped into the axes, and whether all of
+    /// them were inside: a guarded load reads the clamped index and discards what it read
+    /// unless the condition holds.
+    fn clamp(&mut self, pos: &[Expr], dims: &[Dim]) -> (Vec<Expr>, Expr) {
+        let op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
+        let mut ok = Expr::Int(1, DType::Bool);
+        let mut out = Vec::new();
+        for (i, d) in pos.iter().zip(dims) {
+            let n = self.dim(d);
+            let inside = op(
+                Op::And,
+                vec![
+                    op(Op::Ge, vec![i.clone(), Expr::i64(0)], DType::Bool),
+                    op(Op::Lt, vec![i.clone(), n], DType::Bool),
+                ],
+                DType::Bool,
+            );
+            out.push(op(
+                Op::Select,
+                vec![inside.clone(), i.clone(), Expr::i64(0)],
+                DType::I64,
+            ));
+            ok = op(Op::And, vec![ok, inside], DType::Bool);
+        }
+        (out, ok)
+    }
+
     /// A convolution: f32 ones with enough channels per group as an im2col buffer and one
     /// `gemm` per image and group; the rest (depthwise, integers) as direct loops. Padding is
     /// a guarded load: the index is clamped and the value replaced by zero outside.
@@ -921,32 +948,18 @@ impl<'g> Lowering<'g> {
         let i64op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
         // The input position of output position `p` and window position `k` along spatial
         // axis `d`, and whether it is inside the input.
-        let tap = |l: &mut Self, d: usize, p: Expr, k: Expr| -> (Expr, Expr) {
-            let i = p * Expr::i64(stride[d]) + Expr::i64(-pad_low[d]) + k * Expr::i64(dilation[d]);
-            let n = l.dim(xs.dim(2 + d));
-            let inside = i64op(
-                Op::And,
-                vec![
-                    i64op(Op::Ge, vec![i.clone(), Expr::i64(0)], DType::Bool),
-                    i64op(Op::Lt, vec![i.clone(), n], DType::Bool),
-                ],
-                DType::Bool,
-            );
-            (i, inside)
-        };
         // x[n, ch, taps...] with zero outside the input.
         let guarded = |l: &mut Self, n: Expr, ch: Expr, ps: &[Expr], ks: &[Expr]| -> Expr {
+            let taps: Vec<Expr> = (0..sp)
+                .map(|d| {
+                    ps[d].clone() * Expr::i64(stride[d])
+                        + Expr::i64(-pad_low[d])
+                        + ks[d].clone() * Expr::i64(dilation[d])
+                })
+                .collect();
+            let (clamped, ok) = l.clamp(&taps, &xs.dims()[2..]);
             let mut idx = vec![n, ch];
-            let mut ok = Expr::Int(1, DType::Bool);
-            for d in 0..sp {
-                let (i, inside) = tap(l, d, ps[d].clone(), ks[d].clone());
-                idx.push(i64op(
-                    Op::Select,
-                    vec![inside.clone(), i, Expr::i64(0)],
-                    DType::I64,
-                ));
-                ok = i64op(Op::And, vec![ok, inside], DType::Bool);
-            }
+            idx.extend(clamped);
             let index = l.linear(&idx, &xs);
             let load = Expr::Load {
                 buf: xb,
@@ -1236,28 +1249,16 @@ impl<'g> Lowering<'g> {
         let op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
         self.nest(&os, dtype, |l, idx| {
             let kv: Vec<VarId> = (0..xs.rank()).map(|_| l.var(DType::I64)).collect();
-            let mut at = Vec::new();
-            let mut ok = Expr::Int(1, DType::Bool);
-            for (d, &k) in kv.iter().enumerate() {
-                let i = idx[d].clone() * Expr::i64(stride[d])
-                    + Expr::i64(-pad_low[d])
-                    + Expr::Var(k) * Expr::i64(dilation[d]);
-                let n = l.dim(xs.dim(d));
-                let inside = op(
-                    Op::And,
-                    vec![
-                        op(Op::Ge, vec![i.clone(), Expr::i64(0)], DType::Bool),
-                        op(Op::Lt, vec![i.clone(), n], DType::Bool),
-                    ],
-                    DType::Bool,
-                );
-                at.push(op(
-                    Op::Select,
-                    vec![inside.clone(), i, Expr::i64(0)],
-                    DType::I64,
-                ));
-                ok = op(Op::And, vec![ok, inside], DType::Bool);
-            }
+            let taps: Vec<Expr> = kv
+                .iter()
+                .enumerate()
+                .map(|(d, &k)| {
+                    idx[d].clone() * Expr::i64(stride[d])
+                        + Expr::i64(-pad_low[d])
+                        + Expr::Var(k) * Expr::i64(dilation[d])
+                })
+                .collect();
+            let (at, ok) = l.clamp(&taps, xs.dims());
             let index = l.linear(&at, &xs);
             let mut xval = Expr::Load {
                 buf: xb,
