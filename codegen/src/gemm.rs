@@ -82,6 +82,27 @@ pub unsafe extern "C" fn kiln_sgemm(
         unsafe { std::ptr::write_bytes(c, 0, m * n) };
         return;
     }
+    if m * n * k <= 4096 {
+        // Too small to pay for packing.
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0f32;
+                for l in 0..k {
+                    // SAFETY: inside the operands.
+                    acc += unsafe { a.at(i, l) * b.at(l, j) };
+                }
+                // SAFETY: c holds m*n elements.
+                unsafe { *c.add(i * n + j) = acc };
+            }
+        }
+        return;
+    }
+    if m <= 4 && (b.cs == 1 || b.rs == 1) {
+        // Matrix-vector shapes: packing B would cost as much as the product.
+        // SAFETY: forwarded from the caller.
+        unsafe { thin(a, b, c, m, n, k) };
+        return;
+    }
     let panels = n.div_ceil(NR);
     let work = m * n * k;
     // Spawning threads per call costs tens of microseconds: only for products of 8M MACs and up
@@ -115,8 +136,9 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
     let j0 = lo * NR;
     let j1 = (hi * NR).min(n);
     let np = hi - lo;
-    let mut bp = vec![0f32; np * NR * KC];
-    let mut ap = vec![0f32; MC.div_ceil(MR) * MR * KC];
+    let kc_max = KC.min(k);
+    let mut bp = vec![0f32; np * NR * kc_max];
+    let mut ap = vec![0f32; MC.min(m).div_ceil(MR) * MR * kc_max];
     let mut tile = [0f32; MR * NR];
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
@@ -178,6 +200,49 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Few rows of A: stream B once per row, along its contiguous axis.
+unsafe fn thin(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize) {
+    for i in 0..m {
+        // SAFETY: row i of c holds n elements.
+        let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * n), n) };
+        if b.cs == 1 {
+            // c[i, :] = Σ_l a[i, l] · b[l, :], rows of B contiguous.
+            out.fill(0.0);
+            for l in 0..k {
+                // SAFETY: inside the operands; row l of b holds n contiguous elements.
+                let (av, row) = unsafe {
+                    (
+                        a.at(i, l),
+                        std::slice::from_raw_parts(b.p.offset(l as isize * b.rs), n),
+                    )
+                };
+                for (o, &x) in out.iter_mut().zip(row) {
+                    *o += av * x;
+                }
+            }
+        } else {
+            // c[i, j] = a[i, :] · b[:, j], columns of B contiguous; eight partial sums.
+            let arow: Vec<f32> = (0..k).map(|l| unsafe { a.at(i, l) }).collect();
+            for (j, o) in out.iter_mut().enumerate() {
+                // SAFETY: column j of b holds k contiguous elements.
+                let col = unsafe { std::slice::from_raw_parts(b.p.offset(j as isize * b.cs), k) };
+                let mut acc = [0f32; 8];
+                let chunks = k / 8 * 8;
+                for l in (0..chunks).step_by(8) {
+                    for t in 0..8 {
+                        acc[t] += arow[l + t] * col[l + t];
+                    }
+                }
+                let mut sum = acc.iter().sum::<f32>();
+                for l in chunks..k {
+                    sum += arow[l] * col[l];
+                }
+                *o = sum;
             }
         }
     }
@@ -269,6 +334,9 @@ mod tests {
         };
         for &(m, n, k) in &[
             (1, 1, 1),
+            (4, 8, 100),
+            (2, 300, 200),
+            (1, 64, 1000),
             (7, 17, 5),
             (6, 16, 256),
             (13, 33, 300),
