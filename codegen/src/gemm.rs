@@ -105,9 +105,9 @@ pub unsafe extern "C" fn kiln_sgemm(
     }
     let panels = n.div_ceil(NR);
     let work = m * n * k;
-    // Spawning threads per call costs tens of microseconds: only for products of 8M MACs and up
+    // Spawning threads per call costs tens of microseconds: only for products of 32M MACs and up
     // (a pool would lower this).
-    let t = if work >= 1 << 23 {
+    let t = if work >= 1 << 25 {
         threads().min(panels).max(1)
     } else {
         1
@@ -343,7 +343,7 @@ mod tests {
             (100, 70, 513),
             (128, 128, 128),
             (3, 200, 1),
-            (256, 256, 128),
+            (256, 512, 256),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();

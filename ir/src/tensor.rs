@@ -464,6 +464,12 @@ impl Tensor {
         }
     }
 
+    /// The elements, when no other clone shares them (else the tensor back).
+    pub fn into_data(self) -> Result<Data, Tensor> {
+        let shape = self.shape;
+        Arc::try_unwrap(self.data).map_err(|data| Tensor { shape, data })
+    }
+
     pub fn from_vec<T: Element>(shape: Vec<usize>, v: Vec<T>) -> Result<Tensor, ShapeMismatch> {
         Tensor::new(shape, T::wrap(v))
     }

@@ -63,6 +63,33 @@ pub struct Executable {
     labels: HashMap<NodeId, String>,
     /// For each value, the position in `order` of its last reader (outputs: never freed).
     last_use: HashMap<Value, usize>,
+    /// Buffers of earlier runs' intermediates, reused by later kernels of the same dtype and
+    /// length (page faults of fresh large allocations otherwise dominate big models).
+    pool: Pool,
+}
+
+/// Recycled buffers.
+#[derive(Default)]
+struct Pool(std::sync::Mutex<Vec<Data>>);
+
+impl Pool {
+    const MAX: usize = 256;
+
+    /// A buffer of `n` elements of `dtype`; its contents are arbitrary.
+    fn take(&self, dtype: ir::DType, n: usize) -> Data {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match p.iter().position(|d| d.dtype() == dtype && d.len() == n) {
+            Some(i) => p.swap_remove(i),
+            None => Data::zeros(dtype, n),
+        }
+    }
+
+    fn give(&self, d: Data) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < Self::MAX && d.len() > 0 {
+            p.push(d);
+        }
+    }
 }
 
 fn label(g: &Graph, id: NodeId, n: usize) -> String {
@@ -150,6 +177,7 @@ impl Executable {
             compiled,
             labels,
             last_use,
+            pool: Pool::default(),
         })
     }
 
@@ -252,7 +280,8 @@ impl Executable {
                         .as_ref()
                         .expect("native steps have a module")
                         .function(*func);
-                    let (outs, scratch) = run_kernel(f, lowered, &args, &env).map_err(fail)?;
+                    let (outs, scratch) =
+                        run_kernel(f, lowered, &args, &env, &self.pool).map_err(fail)?;
                     stats.total_bytes += scratch + outs.iter().map(bytes).sum::<u64>();
                     stats.peak_bytes = stats
                         .peak_bytes
@@ -286,8 +315,14 @@ impl Executable {
             for &v in node.inputs() {
                 if self.last_use.get(&v) == Some(&pos) {
                     if let Some(t) = values.remove(&v) {
-                        if !matches!(g.node(v.node).op(), Op::Constant { .. }) {
+                        let producer = g.node(v.node).op();
+                        if !matches!(producer, Op::Constant { .. }) {
                             live -= bytes(&t);
+                        }
+                        if !matches!(producer, Op::Constant { .. } | Op::Param { .. }) {
+                            if let Ok(d) = t.into_data() {
+                                self.pool.give(d);
+                            }
                         }
                     }
                 }
@@ -342,6 +377,7 @@ fn run_kernel(
     l: &Lowered,
     args: &[&Tensor],
     env: &HashMap<String, i64>,
+    pool: &Pool,
 ) -> Result<(Vec<Tensor>, u64), String> {
     let k = &l.kernel;
     let dims: Vec<i64> = k
@@ -398,7 +434,7 @@ fn run_kernel(
             scratch += bytes;
         }
         // At least one element: guarded loads read index 0 even of an empty buffer.
-        owned.push((i, Data::zeros(b.dtype, n.max(1))));
+        owned.push((i, pool.take(b.dtype, n.max(1))));
     }
     for (i, d) in owned.iter_mut() {
         ptrs[*i] = mut_ptr(d);
@@ -429,6 +465,9 @@ fn run_kernel(
         } else {
             data
         });
+    }
+    for (_, d) in owned {
+        pool.give(d);
     }
     let shapes = l.out_shapes(env)?;
     outs.into_iter()
