@@ -86,7 +86,7 @@ impl Pool {
 
     fn give(&self, d: Data) {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() < Self::MAX && d.len() > 0 {
+        if p.len() < Self::MAX && !d.is_empty() {
             p.push(d);
         }
     }
