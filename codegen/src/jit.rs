@@ -25,7 +25,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use ir::{DType, Op, OpKind};
 
-use crate::kernel::{Expr, Kernel, Stmt};
+use crate::kernel::{is_native, Expr, Kernel, Stmt};
 
 /// A compiled kernel: `bufs` holds one pointer per buffer of the kernel, `dims` one value per
 /// entry of its dim table. Returns 0 or the code of the failing check.
@@ -190,26 +190,17 @@ fn cl_type(d: DType) -> Option<Type> {
     })
 }
 
+/// Integer dtypes kernels compute in.
 fn is_int(d: DType) -> bool {
-    matches!(
-        d,
-        DType::I8
-            | DType::I16
-            | DType::I32
-            | DType::I64
-            | DType::U8
-            | DType::U16
-            | DType::U32
-            | DType::U64
-    )
+    is_native(d) && d.is_int()
 }
 
 fn is_signed(d: DType) -> bool {
-    matches!(d, DType::I8 | DType::I16 | DType::I32 | DType::I64)
+    is_native(d) && d.is_signed_int()
 }
 
 fn is_float(d: DType) -> bool {
-    matches!(d, DType::F32 | DType::F64)
+    is_native(d) && d.is_float()
 }
 
 fn lower_kernel(

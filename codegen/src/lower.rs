@@ -550,14 +550,8 @@ impl<'g> Lowering<'g> {
             Op::ReduceMax { .. } => (extreme(dtype, false), Op::Max),
             _ => (extreme(dtype, true), Op::Min),
         };
-        // f32 sums and products accumulate in f64, as the interpreter does: cancellation in
-        // long sums then costs nothing.
-        let wide = dtype == DType::F32 && matches!(step, Op::Add | Op::Mul);
-        let acc_ty = if wide { DType::F64 } else { dtype };
-        let init = match init {
-            Expr::Float(v, _) if wide => Expr::Float(v, DType::F64),
-            e => e,
-        };
+        let (acc_ty, init) = accumulator(&step, dtype, init);
+        let wide = acc_ty != dtype;
         let acc = self.var(acc_ty);
         self.nest(&ty.shape, dtype, |l, idx| {
             let mut full = Vec::new();
@@ -566,7 +560,7 @@ impl<'g> Lowering<'g> {
             for (a, d) in from.dims().iter().enumerate() {
                 if axes.contains(&(a as i64)) {
                     let r = l.var(DType::I64);
-                    loops.push((r, d.clone()));
+                    loops.push((r, l.dim(d)));
                     full.push(Expr::Var(r));
                 } else {
                     full.push(kept.next().expect("reduce keeps the other axes").clone());
@@ -576,40 +570,28 @@ impl<'g> Lowering<'g> {
             if wide {
                 x = cast(x, DType::F64);
             }
-            let mut inner = vec![Stmt::Set {
-                var: acc,
-                value: Expr::Op {
-                    op: step,
-                    args: vec![Expr::Var(acc), x],
-                    dtype: acc_ty,
-                },
-            }];
-            for (r, d) in loops.into_iter().rev() {
-                let extent = l.dim(&d);
-                inner = vec![Stmt::Loop {
-                    var: r,
-                    extent,
-                    mark: Mark::Serial,
-                    body: inner,
-                }];
-            }
+            let update = Expr::Op {
+                op: step,
+                args: vec![Expr::Var(acc), x],
+                dtype: acc_ty,
+            };
             let index = l.linear(idx, &ty.shape);
-            let mut body = vec![Stmt::Set {
-                var: acc,
-                value: init,
-            }];
-            body.extend(inner);
             let value = if wide {
                 cast(Expr::Var(acc), dtype)
             } else {
                 Expr::Var(acc)
             };
-            body.push(Stmt::Store {
-                buf: b,
-                index,
-                value,
-            });
-            Ok(body)
+            Ok(accumulate(
+                acc,
+                init,
+                loops,
+                update,
+                Stmt::Store {
+                    buf: b,
+                    index,
+                    value,
+                },
+            ))
         })?;
         self.bufs.insert(v, b);
         Ok(())
@@ -692,46 +674,29 @@ impl<'g> Lowering<'g> {
                 let r = l.var(DType::I64);
                 li[a] = Expr::Var(r);
                 ri[c] = Expr::Var(r);
-                loops.push((r, ls.dim(a).clone()));
+                loops.push((r, l.dim(ls.dim(a))));
             }
             let x = l.expr(lv, &li)?;
             let y = l.expr(rv, &ri)?;
-            let mut inner = vec![Stmt::Set {
-                var: acc,
-                value: Expr::Op {
-                    op: Op::Add,
-                    args: vec![
-                        Expr::Var(acc),
-                        Expr::Op {
-                            op: Op::Mul,
-                            args: vec![x, y],
-                            dtype,
-                        },
-                    ],
-                    dtype,
-                },
-            }];
-            for (r, d) in loops.into_iter().rev() {
-                let extent = l.dim(&d);
-                inner = vec![Stmt::Loop {
-                    var: r,
-                    extent,
-                    mark: Mark::Serial,
-                    body: inner,
-                }];
-            }
+            let update = Expr::Op {
+                op: Op::Add,
+                args: vec![
+                    Expr::Var(acc),
+                    Expr::Op {
+                        op: Op::Mul,
+                        args: vec![x, y],
+                        dtype,
+                    },
+                ],
+                dtype,
+            };
             let index = l.linear(idx, &ty.shape);
-            let mut body = vec![Stmt::Set {
-                var: acc,
-                value: constant(0.0, dtype),
-            }];
-            body.extend(inner);
-            body.push(Stmt::Store {
+            let store = Stmt::Store {
                 buf: b,
                 index,
                 value: Expr::Var(acc),
-            });
-            Ok(body)
+            };
+            Ok(accumulate(acc, constant(0.0, dtype), loops, update, store))
         })?;
         self.bufs.insert(v, b);
         Ok(())
@@ -985,42 +950,22 @@ impl<'g> Lowering<'g> {
                     buf: wb,
                     index: Box::new(windex),
                 };
-                let mut inner = vec![Stmt::Set {
-                    var: acc,
-                    value: i64op(
-                        Op::Add,
-                        vec![Expr::Var(acc), i64op(Op::Mul, vec![x, w], dtype)],
-                        dtype,
-                    ),
-                }];
-                for (d, &k) in kv.iter().enumerate().rev() {
-                    let extent = l.dim(ws.dim(2 + d));
-                    inner = vec![Stmt::Loop {
-                        var: k,
-                        extent,
-                        mark: Mark::Serial,
-                        body: inner,
-                    }];
+                let update = i64op(
+                    Op::Add,
+                    vec![Expr::Var(acc), i64op(Op::Mul, vec![x, w], dtype)],
+                    dtype,
+                );
+                let mut loops = vec![(ch, l.dim(&cg))];
+                for (d, &k) in kv.iter().enumerate() {
+                    loops.push((k, l.dim(ws.dim(2 + d))));
                 }
-                let extent = l.dim(&cg);
                 let index = l.linear(idx, &os);
-                Ok(vec![
-                    Stmt::Set {
-                        var: acc,
-                        value: constant(0.0, dtype),
-                    },
-                    Stmt::Loop {
-                        var: ch,
-                        extent,
-                        mark: Mark::Serial,
-                        body: inner,
-                    },
-                    Stmt::Store {
-                        buf: out,
-                        index,
-                        value: Expr::Var(acc),
-                    },
-                ])
+                let store = Stmt::Store {
+                    buf: out,
+                    index,
+                    value: Expr::Var(acc),
+                };
+                Ok(accumulate(acc, constant(0.0, dtype), loops, update, store))
             })?;
             self.bufs.insert(v, out);
             return Ok(());
@@ -1074,17 +1019,8 @@ impl<'g> Lowering<'g> {
             n: ps_e,
             k: ck_e,
         })));
-        let mut nest = body;
-        for (var, d) in [(gv, outer.dim(1).clone()), (nv, outer.dim(0).clone())] {
-            let extent = self.dim(&d);
-            nest = vec![Stmt::Loop {
-                var,
-                extent,
-                mark: Mark::Serial,
-                body: nest,
-            }];
-        }
-        self.k.body.extend(nest);
+        let loops = vec![(nv, self.dim(outer.dim(0))), (gv, self.dim(outer.dim(1)))];
+        self.k.body.extend(serial(loops, body));
         self.bufs.insert(v, out);
         Ok(())
     }
@@ -1239,12 +1175,8 @@ impl<'g> Lowering<'g> {
             ir::ReduceKind::Max => (Op::Max, extreme(dtype, false)),
             ir::ReduceKind::Min => (Op::Min, extreme(dtype, true)),
         };
-        let wide = dtype == DType::F32 && matches!(step, Op::Add | Op::Mul);
-        let acc_ty = if wide { DType::F64 } else { dtype };
-        let init = match init {
-            Expr::Float(x, _) if wide => Expr::Float(x, DType::F64),
-            e => e,
-        };
+        let (acc_ty, init) = accumulator(&step, dtype, init);
+        let wide = acc_ty != dtype;
         let acc = self.var(acc_ty);
         let op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
         self.nest(&os, dtype, |l, idx| {
@@ -1268,35 +1200,24 @@ impl<'g> Lowering<'g> {
                 xval = cast(xval, DType::F64);
             }
             let next = op(step.clone(), vec![Expr::Var(acc), xval], acc_ty);
-            let mut inner = vec![Stmt::Set {
-                var: acc,
-                value: op(Op::Select, vec![ok, next, Expr::Var(acc)], acc_ty),
-            }];
-            for (d, &k) in kv.iter().enumerate().rev() {
-                inner = vec![Stmt::Loop {
-                    var: k,
-                    extent: Expr::i64(window[d]),
-                    mark: Mark::Serial,
-                    body: inner,
-                }];
-            }
+            let update = op(Op::Select, vec![ok, next, Expr::Var(acc)], acc_ty);
+            let loops = kv
+                .iter()
+                .enumerate()
+                .map(|(d, &k)| (k, Expr::i64(window[d])))
+                .collect();
             let index = l.linear(idx, &os);
             let value = if wide {
                 cast(Expr::Var(acc), dtype)
             } else {
                 Expr::Var(acc)
             };
-            let mut body = vec![Stmt::Set {
-                var: acc,
-                value: init,
-            }];
-            body.extend(inner);
-            body.push(Stmt::Store {
+            let store = Stmt::Store {
                 buf: out,
                 index,
                 value,
-            });
-            Ok(body)
+            };
+            Ok(accumulate(acc, init, loops, update, store))
         })?;
         self.bufs.insert(v, out);
         Ok(())
@@ -1412,6 +1333,56 @@ impl DotAxes {
             lf,
             rf,
         }
+    }
+}
+
+/// Serial loops (outermost first) around `body`.
+fn serial(loops: Vec<(VarId, Expr)>, body: Vec<Stmt>) -> Vec<Stmt> {
+    loops.into_iter().rev().fold(body, |body, (var, extent)| {
+        vec![Stmt::Loop {
+            var,
+            extent,
+            mark: Mark::Serial,
+            body,
+        }]
+    })
+}
+
+/// `acc = init`, then `acc = update` inside serial `loops`, then `store`.
+fn accumulate(
+    acc: VarId,
+    init: Expr,
+    loops: Vec<(VarId, Expr)>,
+    update: Expr,
+    store: Stmt,
+) -> Vec<Stmt> {
+    let mut body = vec![Stmt::Set {
+        var: acc,
+        value: init,
+    }];
+    body.extend(serial(
+        loops,
+        vec![Stmt::Set {
+            var: acc,
+            value: update,
+        }],
+    ));
+    body.push(store);
+    body
+}
+
+/// The dtype and initial value of an accumulator reducing by `step` into `dtype`: f32 sums
+/// and products accumulate in f64, as the interpreter does (cancellation in long sums then
+/// costs nothing).
+fn accumulator(step: &Op, dtype: DType, init: Expr) -> (DType, Expr) {
+    if dtype == DType::F32 && matches!(step, Op::Add | Op::Mul) {
+        let init = match init {
+            Expr::Float(v, _) => Expr::Float(v, DType::F64),
+            e => e,
+        };
+        (DType::F64, init)
+    } else {
+        (dtype, init)
     }
 }
 
