@@ -191,6 +191,10 @@ struct OptArgs {
     /// Report kernels and materialized intermediate bytes before and after, to stderr
     #[arg(long)]
     stats: bool,
+    /// Print the loop-level kernel IR that code generation makes of the optimized graph
+    /// (nodes it cannot lower are listed as running on the interpreter)
+    #[arg(long)]
+    kernels: bool,
 }
 
 fn opt(a: OptArgs) -> Result<(), Failure> {
@@ -275,6 +279,16 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
             }
         }
         out.push(g2);
+    }
+    if a.kernels {
+        for g in &out {
+            let exe = kiln::Executable::new(g, &Default::default())?;
+            print!("{}", exe.kernels_text());
+            for (node, why) in exe.coverage().1 {
+                println!("; {node} runs on the interpreter: {why}");
+            }
+        }
+        return Ok(());
     }
     match &a.output {
         Some(p) => std::fs::write(p, kiln::print_module(&out))
@@ -423,6 +437,9 @@ struct BenchArgs {
     /// Print one JSON object: compile_ms, median_ms, p90_ms, peak_bytes
     #[arg(long)]
     json: bool,
+    /// Also time every kernel and print the most expensive ones (median over the runs)
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "15")]
+    profile: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -774,6 +791,7 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
         peak = peak.max(stats.peak_bytes);
     }
     let mut times = Vec::with_capacity(a.runs);
+    let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
     for _ in 0..a.runs {
         let t = Instant::now();
         let (_, stats) = exe
@@ -781,6 +799,20 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
             .map_err(kiln::Error::from)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         peak = peak.max(stats.peak_bytes);
+    }
+    if a.profile.is_some() {
+        // Separate runs: timing every step perturbs the latency measured above.
+        for _ in 0..a.runs {
+            let (_, stats) = exe
+                .run_profiled(&ordered, &bindings)
+                .map_err(kiln::Error::from)?;
+            if per_step.is_empty() {
+                per_step = stats.steps.iter().map(|(l, _)| (l.clone(), vec![])).collect();
+            }
+            for ((_, v), (_, s)) in per_step.iter_mut().zip(&stats.steps) {
+                v.push(s * 1e3);
+            }
+        }
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -797,6 +829,28 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
         );
         println!("p90       {p90:>10.4} ms");
         println!("peak      {peak:>10} bytes");
+    }
+    if let Some(top) = a.profile {
+        let mut rows: Vec<(String, f64)> = per_step
+            .into_iter()
+            .map(|(l, mut v)| {
+                v.sort_by(f64::total_cmp);
+                (l, v[v.len() / 2])
+            })
+            .collect();
+        let sum: f64 = rows.iter().map(|r| r.1).sum();
+        rows.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let out = |s: String| {
+            if a.json {
+                eprintln!("{s}")
+            } else {
+                println!("{s}")
+            }
+        };
+        out(format!("profile   {sum:>10.4} ms in {} steps; the slowest:", rows.len()));
+        for (l, ms) in rows.iter().take(top) {
+            out(format!("  {ms:>9.4} ms {:>5.1}%  {l}", 100.0 * ms / sum.max(1e-12)));
+        }
     }
     Ok(())
 }

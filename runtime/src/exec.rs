@@ -52,6 +52,9 @@ pub struct RunStats {
     pub peak_bytes: u64,
     /// The sum of the sizes of all intermediates and scratch buffers the run created.
     pub total_bytes: u64,
+    /// With [`Executable::run_profiled`]: each step's label and wall time in seconds, in
+    /// execution order.
+    pub steps: Vec<(String, f64)>,
 }
 
 /// A compiled graph. `run(&self)` may be called from many threads at once.
@@ -235,6 +238,24 @@ impl Executable {
         inputs: &[Tensor],
         bindings: &HashMap<String, i64>,
     ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
+        self.run_inner(inputs, bindings, false)
+    }
+
+    /// [`Executable::run_stats`], also timing every step (`RunStats::steps`).
+    pub fn run_profiled(
+        &self,
+        inputs: &[Tensor],
+        bindings: &HashMap<String, i64>,
+    ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
+        self.run_inner(inputs, bindings, true)
+    }
+
+    fn run_inner(
+        &self,
+        inputs: &[Tensor],
+        bindings: &HashMap<String, i64>,
+        timed: bool,
+    ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
         let g = &self.graph;
         let env = interp::bind_symbols(g, inputs, bindings)?;
         let mut values: HashMap<Value, Tensor> = HashMap::new();
@@ -258,6 +279,7 @@ impl Executable {
                         .iter()
                         .any(|d| d.eval(&|s| env.get(s).copied()) == Ok(0))
                 });
+            let started = timed.then(std::time::Instant::now);
             let outs = match (node.op(), self.steps.get(&id)) {
                 (Op::Param { .. }, _) => continue,
                 (Op::Constant { value }, _) => vec![value.tensor.clone()],
@@ -303,6 +325,12 @@ impl Executable {
                 }
                 (op, None) => return Err(fail(format!("no step for `{}`", op.mnemonic()))),
             };
+            if let Some(t) = started {
+                if !matches!(node.op(), Op::Constant { .. }) {
+                    let secs = t.elapsed().as_secs_f64();
+                    stats.steps.push((self.labels[&id].clone(), secs));
+                }
+            }
             for (i, t) in outs.into_iter().enumerate() {
                 let v = Value::new(id, i as u32);
                 if !matches!(node.op(), Op::Constant { .. }) {
