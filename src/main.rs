@@ -434,7 +434,8 @@ struct BenchArgs {
     /// Measure the reference interpreter instead of compiled code
     #[arg(long)]
     interp: bool,
-    /// Print one JSON object: compile_ms, median_ms, p90_ms, peak_bytes
+    /// Print one JSON object: compile_ms, median_ms, p90_ms, peak_bytes, arena_bytes,
+    /// intermediate_bytes
     #[arg(long)]
     json: bool,
     /// Also time every kernel and print the most expensive ones (median over the runs)
@@ -784,11 +785,13 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
         })
         .collect::<Result<_, _>>()?;
     let mut peak = 0;
-    for _ in 0..a.warmup {
+    let (mut planned, mut total) = (0, 0);
+    for _ in 0..a.warmup.max(1) {
         let (_, stats) = exe
             .run_stats(&ordered, &bindings)
             .map_err(kiln::Error::from)?;
         peak = peak.max(stats.peak_bytes);
+        (planned, total) = (stats.planned_bytes, stats.total_bytes);
     }
     let mut times = Vec::with_capacity(a.runs);
     let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
@@ -807,7 +810,11 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
                 .run_profiled(&ordered, &bindings)
                 .map_err(kiln::Error::from)?;
             if per_step.is_empty() {
-                per_step = stats.steps.iter().map(|(l, _)| (l.clone(), vec![])).collect();
+                per_step = stats
+                    .steps
+                    .iter()
+                    .map(|(l, _)| (l.clone(), vec![]))
+                    .collect();
             }
             for ((_, v), (_, s)) in per_step.iter_mut().zip(&stats.steps) {
                 v.push(s * 1e3);
@@ -819,7 +826,7 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     let p90 = times[((times.len() * 9) / 10).min(times.len() - 1)];
     if a.json {
         println!(
-            "{{\"compile_ms\": {compile_ms:.3}, \"median_ms\": {median:.4}, \"p90_ms\": {p90:.4}, \"peak_bytes\": {peak}}}"
+            "{{\"compile_ms\": {compile_ms:.3}, \"median_ms\": {median:.4}, \"p90_ms\": {p90:.4}, \"peak_bytes\": {peak}, \"arena_bytes\": {planned}, \"intermediate_bytes\": {total}}}"
         );
     } else {
         println!("compile   {compile_ms:>10.2} ms");
@@ -829,6 +836,9 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
         );
         println!("p90       {p90:>10.4} ms");
         println!("peak      {peak:>10} bytes");
+        println!(
+            "arena     {planned:>10} bytes planned for {total} bytes of intermediates and scratch"
+        );
     }
     if let Some(top) = a.profile {
         let mut rows: Vec<(String, f64)> = per_step
@@ -847,9 +857,15 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
                 println!("{s}")
             }
         };
-        out(format!("profile   {sum:>10.4} ms in {} steps; the slowest:", rows.len()));
+        out(format!(
+            "profile   {sum:>10.4} ms in {} steps; the slowest:",
+            rows.len()
+        ));
         for (l, ms) in rows.iter().take(top) {
-            out(format!("  {ms:>9.4} ms {:>5.1}%  {l}", 100.0 * ms / sum.max(1e-12)));
+            out(format!(
+                "  {ms:>9.4} ms {:>5.1}%  {l}",
+                100.0 * ms / sum.max(1e-12)
+            ));
         }
     }
     Ok(())

@@ -107,3 +107,62 @@ func @mlp {
         }
     });
 }
+
+#[test]
+fn thread_counts_agree_and_intermediates_share_memory() {
+    // A softmax, a normalization and a batched product: stages big enough to be split over
+    // threads, and intermediates whose lifetimes allow reuse.
+    const NET: &str = r#"
+func @net {
+  %0 = param {name="x"} : f32[b, 8, 64, 64]
+  %1 = reduce_max %0 {axes=[3]} : f32[b, 8, 64]
+  %2 = broadcast %1 {dims=[0, 1, 2]} : f32[b, 8, 64, 64]
+  %3 = sub %0, %2 : f32[b, 8, 64, 64]
+  %4 = exp %3 : f32[b, 8, 64, 64]
+  %5 = reduce_sum %4 {axes=[3]} : f32[b, 8, 64]
+  %6 = broadcast %5 {dims=[0, 1, 2]} : f32[b, 8, 64, 64]
+  %7 = div %4, %6 : f32[b, 8, 64, 64]
+  %8 = dot %7, %0 {lhs_batch=[0, 1], rhs_batch=[0, 1], lhs_contract=[3], rhs_contract=[2]} : f32[b, 8, 64, 64]
+  %9 = tanh %8 : f32[b, 8, 64, 64]
+  %10 = mul %9, %7 : f32[b, 8, 64, 64]
+  %11 = reduce_sum %10 {axes=[1]} : f32[b, 64, 64]
+  return %11 as "y"
+}
+"#;
+    let g = kiln::parse_graph(NET).expect("parses");
+    let x = kiln::Rng::new(7).tensor(kiln::DType::F32, &[3, 8, 64, 64]);
+    let oracle = kiln::interpret(&g, &[("x".into(), x.clone())], &Default::default()).unwrap();
+    let mut first: Option<Tensor> = None;
+    for threads in [1, 2, 3] {
+        let opts = kiln::CompileOptions {
+            threads: Some(threads),
+            ..Default::default()
+        };
+        let exe = kiln::compile(&g, &opts).expect("compiles");
+        let (got, stats) = exe
+            .run_stats(std::slice::from_ref(&x), &Default::default())
+            .unwrap();
+        let tol = kiln::onnx::Tolerance {
+            rtol: 1e-4,
+            atol: 1e-5,
+        };
+        if let Some(m) = kiln::onnx::mismatch(&got[0], &oracle[0].1, tol) {
+            panic!("{threads} threads: {m}");
+        }
+        match &first {
+            None => first = Some(got[0].clone()),
+            Some(f) => assert_eq!(
+                got[0].as_slice::<f32>(),
+                f.as_slice::<f32>(),
+                "{threads} threads"
+            ),
+        }
+        assert!(stats.planned_bytes > 0);
+        assert!(
+            stats.planned_bytes < stats.total_bytes,
+            "{} planned for {}",
+            stats.planned_bytes,
+            stats.total_bytes
+        );
+    }
+}

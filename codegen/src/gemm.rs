@@ -1,29 +1,13 @@
 //! f32 matrix products for `Stmt::Gemm`: operands packed into panels, a register-tiled
 //! micro-kernel (6×16 with AVX2 and FMA when the CPU has them, chosen at run time; portable
-//! otherwise), and large products split over threads by column panels. Results do not depend on
-//! the thread count: every element sums over k in the same order.
-
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! otherwise), and large products split over the current rayon pool's threads by column
+//! panels or row blocks. Results do not depend on the thread count: every element sums over k
+//! in the same order.
 
 const MR: usize = 6;
 const NR: usize = 16;
 const KC: usize = 256;
 const MC: usize = 96;
-
-/// Threads a product may use; 0 means all cores.
-static THREADS: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets how many threads large products use (0: all cores).
-pub fn set_threads(n: usize) {
-    THREADS.store(n, Ordering::Relaxed);
-}
-
-fn threads() -> usize {
-    match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
-}
 
 /// An operand: element (i, j) is at `p[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -104,11 +88,11 @@ pub unsafe extern "C" fn kiln_sgemm(
         return;
     }
     let panels = n.div_ceil(NR);
-    let work = m * n * k;
-    // Spawning threads per call costs tens of microseconds: only for products of 32M MACs and up
-    // (a pool would lower this).
-    let t = if work >= 1 << 25 {
-        threads().min(panels).max(1)
+    // Tasks cost a few microseconds on the pool: only products of 2M MACs and up are split,
+    // into at most one task per thread (by columns when there are enough panels, else by
+    // rows).
+    let t = if m * n * k >= 1 << 21 {
+        rayon::current_num_threads().max(1)
     } else {
         1
     };
@@ -118,13 +102,41 @@ pub unsafe extern "C" fn kiln_sgemm(
         unsafe { columns(a, b, c_addr as *mut f32, m, n, k, 0, panels) };
         return;
     }
-    std::thread::scope(|s| {
-        for w in 0..t {
-            let (lo, hi) = (panels * w / t, panels * (w + 1) / t);
-            s.spawn(move || {
-                // SAFETY: each worker writes only the columns of its own panels.
-                unsafe { columns(a, b, c_addr as *mut f32, m, n, k, lo, hi) }
-            });
+    let row_blocks = m.div_ceil(MR);
+    let by_rows = panels < 2 * t && row_blocks >= 2 * t;
+    let parts = if by_rows {
+        t.min(row_blocks)
+    } else {
+        t.min(panels)
+    };
+    use rayon::prelude::*;
+    (0..parts).into_par_iter().for_each(|w| {
+        if by_rows {
+            let (r0, r1) = (
+                row_blocks * w / parts * MR,
+                (row_blocks * (w + 1) / parts * MR).min(m),
+            );
+            let a = Mat {
+                p: a.p.wrapping_offset(r0 as isize * a.rs),
+                ..a
+            };
+            // SAFETY: each task writes only its own rows; A's rows r0..r1 are inside A.
+            unsafe {
+                columns(
+                    a,
+                    b,
+                    (c_addr as *mut f32).add(r0 * n),
+                    r1 - r0,
+                    n,
+                    k,
+                    0,
+                    panels,
+                )
+            }
+        } else {
+            let (lo, hi) = (panels * w / parts, panels * (w + 1) / parts);
+            // SAFETY: each task writes only the columns of its own panels.
+            unsafe { columns(a, b, c_addr as *mut f32, m, n, k, lo, hi) }
         }
     });
 }
@@ -344,16 +356,20 @@ mod tests {
             (128, 128, 128),
             (3, 200, 1),
             (256, 512, 256),
+            (600, 20, 400),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             for bt in [false, true] {
-                for t in [1, 2] {
-                    set_threads(t);
+                for t in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(t)
+                        .build()
+                        .unwrap();
                     let mut c = vec![f32::NAN; m * n];
                     let (rs, cs) = if bt { (1, k as i64) } else { (n as i64, 1) };
                     // SAFETY: the strides stay inside the vectors.
-                    unsafe {
+                    pool.install(|| unsafe {
                         kiln_sgemm(
                             a.as_ptr(),
                             k as i64,
@@ -366,7 +382,7 @@ mod tests {
                             n as i64,
                             k as i64,
                         )
-                    };
+                    });
                     let want = naive(&a, &b, m, n, k, bt);
                     for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                         assert!(
@@ -377,7 +393,6 @@ mod tests {
                 }
             }
         }
-        set_threads(0);
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod kernel;
 pub use kernel::{Buf, BufId, BufKind, Expr, Kernel, Mark, Stmt, VarId};
 pub use lower::{lower, single_node_graph, Lowered, Unsupported};
 pub mod lower;
+pub mod stages;

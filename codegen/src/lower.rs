@@ -58,6 +58,7 @@ impl Lowered {
 pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
     let mut l = Lowering::new(g, name)?;
     l.run()?;
+    crate::stages::fuse(&mut l.k);
     let outputs = g
         .outputs()
         .iter()
@@ -337,22 +338,41 @@ impl<'g> Lowering<'g> {
     }
 
     /// A loop nest over `shape` whose innermost body `f` makes from the index variables.
+    /// Axes of extent 1 get no loop (their index is 0). The outermost loop is parallel when
+    /// something is nested in it; the innermost is vector when it holds only scalar code.
     fn nest(
         &mut self,
         shape: &Shape,
         dtype: DType,
         f: impl FnOnce(&mut Self, &[Expr]) -> Result<Vec<Stmt>>,
     ) -> Result<()> {
-        let vars: Vec<VarId> = shape.dims().iter().map(|_| self.var(DType::I64)).collect();
-        let idx: Vec<Expr> = vars.iter().map(|&v| Expr::Var(v)).collect();
+        let unit = |d: &Dim| d.as_const() == Some(1);
+        let vars: Vec<Option<VarId>> = shape
+            .dims()
+            .iter()
+            .map(|d| (!unit(d)).then(|| self.var(DType::I64)))
+            .collect();
+        let idx: Vec<Expr> = vars
+            .iter()
+            .map(|v| v.map_or(Expr::i64(0), Expr::Var))
+            .collect();
         let mut body = f(self, &idx)?;
-        let rank = vars.len();
-        // Vector lanes only for innermost loops (no loop inside), threads for the outermost.
-        let leaf = !body.iter().any(|s| matches!(s, Stmt::Loop { .. }));
-        for (a, (&var, d)) in vars.iter().zip(shape.dims()).enumerate().rev() {
-            let mark = if a == 0 && rank > 1 {
+        let loops: Vec<(VarId, &Dim)> = vars
+            .iter()
+            .zip(shape.dims())
+            .filter_map(|(v, d)| v.map(|v| (v, d)))
+            .collect();
+        let leaf = body.iter().all(|s| {
+            matches!(
+                s,
+                Stmt::Store { .. } | Stmt::Set { .. } | Stmt::Check { .. }
+            )
+        });
+        let n = loops.len();
+        for (a, &(var, d)) in loops.iter().enumerate().rev() {
+            let mark = if a == 0 && (n > 1 || !leaf) {
                 Mark::Parallel
-            } else if a + 1 == rank && leaf && dtype == DType::F32 {
+            } else if a + 1 == n && leaf && dtype == DType::F32 {
                 Mark::Vector(4)
             } else {
                 Mark::Serial

@@ -27,10 +27,20 @@ pub enum ExecError {
 
 /// How a node runs.
 enum Step {
-    /// A compiled kernel (function `func` of the module).
-    Native { lowered: Lowered, func: usize },
+    /// A compiled kernel: its stages in order, each a function of the module and, for
+    /// parallel stages, the extent of the loop threads share.
+    Native {
+        lowered: Lowered,
+        stages: Vec<NativeStage>,
+    },
     /// The reference interpreter on a graph of this node alone.
     Interp { graph: Graph, why: String },
+}
+
+struct NativeStage {
+    func: usize,
+    parallel: Option<codegen::Expr>,
+    body: Vec<codegen::Stmt>,
 }
 
 /// Compile-time choices.
@@ -38,20 +48,22 @@ enum Step {
 pub struct CompileOptions {
     /// Run every node on the reference interpreter (no code generation).
     pub interpret_only: bool,
-    /// Threads for large matrix products; `None` means all cores. The setting is
-    /// process-wide for now (the last compiled executable's wins); other loops run on the
-    /// calling thread.
+    /// Threads for parallel loops and large matrix products; `None` means all cores. Runs
+    /// use a pool of this many threads shared by every executable with the same count.
     pub threads: Option<usize>,
 }
 
 /// What a run measured.
 #[derive(Clone, Debug, Default)]
 pub struct RunStats {
-    /// The most bytes of tensors (inputs, intermediates, outputs and kernel scratch) alive at
-    /// once; constants are not counted.
+    /// The most bytes of tensors (inputs, the arena of intermediates and kernel scratch,
+    /// outputs, interpreter results) held at once; constants are not counted.
     pub peak_bytes: u64,
     /// The sum of the sizes of all intermediates and scratch buffers the run created.
     pub total_bytes: u64,
+    /// Bytes of the arena that the memory plan places intermediates and scratch in (the
+    /// planned peak; compare with `total_bytes`).
+    pub planned_bytes: u64,
     /// With [`Executable::run_profiled`]: each step's label and wall time in seconds, in
     /// execution order.
     pub steps: Vec<(String, f64)>,
@@ -66,33 +78,129 @@ pub struct Executable {
     labels: HashMap<NodeId, String>,
     /// For each value, the position in `order` of its last reader (outputs: never freed).
     last_use: HashMap<Value, usize>,
-    /// Buffers of earlier runs' intermediates, reused by later kernels of the same dtype and
-    /// length (page faults of fresh large allocations otherwise dominate big models).
-    pool: Pool,
+    arenas: Arenas,
+    /// Memory plans by symbol binding.
+    plans: std::sync::Mutex<HashMap<Binding, std::sync::Arc<MemPlan>>>,
+    /// Worker threads (none when running on one thread).
+    threads: Option<std::sync::Arc<rayon::ThreadPool>>,
 }
 
-/// Recycled buffers.
+/// The shared pool of `n` worker threads.
+fn thread_pool(n: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, ExecError> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&n) {
+        return Ok(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("kiln-worker-{i}"))
+        .build()
+        .map_err(|e| ExecError::Codegen(format!("cannot start {n} threads: {e}")))?;
+    let p = Arc::new(p);
+    pools.insert(n, p.clone());
+    Ok(p)
+}
+
+/// Arenas of earlier runs, reused by later ones (page faults of fresh large allocations
+/// otherwise dominate big models).
 #[derive(Default)]
-struct Pool(std::sync::Mutex<Vec<Data>>);
+struct Arenas(std::sync::Mutex<Vec<Vec<u128>>>);
 
-impl Pool {
-    const MAX: usize = 256;
-
-    /// A buffer of `n` elements of `dtype`; its contents are arbitrary.
-    fn take(&self, dtype: ir::DType, n: usize) -> Data {
+impl Arenas {
+    /// An arena of at least `bytes` bytes plus alignment slack; its contents are arbitrary.
+    fn take(&self, bytes: u64) -> Result<Vec<u128>, String> {
+        let words = usize::try_from(bytes.div_ceil(16) + crate::plan::ALIGN / 16)
+            .map_err(|_| format!("the run needs {bytes} bytes"))?;
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match p.iter().position(|d| d.dtype() == dtype && d.len() == n) {
-            Some(i) => p.swap_remove(i),
-            None => Data::zeros(dtype, n),
+        match p.iter().position(|a| a.len() >= words) {
+            Some(i) => Ok(p.swap_remove(i)),
+            None => Ok(vec![0u128; words]),
         }
     }
 
-    fn give(&self, d: Data) {
+    fn give(&self, a: Vec<u128>) {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() < Self::MAX && !d.is_empty() {
-            p.push(d);
+        if p.len() < 4 {
+            p.push(a);
         }
     }
+}
+
+/// Where a value lives during a run.
+enum Loc {
+    /// A tensor of its own: inputs, constants, outputs of the graph, interpreter results.
+    Tensor(Tensor),
+    /// A slot of the run's arena.
+    Arena {
+        off: u64,
+        dtype: ir::DType,
+        shape: Vec<usize>,
+    },
+}
+
+impl Loc {
+    fn dtype(&self) -> ir::DType {
+        match self {
+            Loc::Tensor(t) => t.dtype(),
+            Loc::Arena { dtype, .. } => *dtype,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            Loc::Tensor(t) => t.shape(),
+            Loc::Arena { shape, .. } => shape,
+        }
+    }
+
+    /// Where a kernel reads it (a readable element even when it is empty).
+    fn ptr(&self, base: *mut u8) -> *mut u8 {
+        // Guarded loads (padding) clamp their index to 0 and read it: an empty tensor gets a
+        // readable zero element instead of a dangling pointer.
+        static ZERO: [u64; 2] = [0; 2];
+        match self {
+            Loc::Tensor(t) if t.numel() == 0 => ZERO.as_ptr() as *mut u8,
+            Loc::Tensor(t) => const_ptr(t.data()),
+            // SAFETY: planned slots lie inside the arena.
+            Loc::Arena { off, .. } => unsafe { base.add(*off as usize) },
+        }
+    }
+
+    /// The value as a tensor of its own (copied out of the arena).
+    fn tensor(&self, base: *mut u8) -> Result<Tensor, String> {
+        match self {
+            Loc::Tensor(t) => Ok(t.clone()),
+            Loc::Arena { dtype, shape, .. } => {
+                let n = shape.iter().product::<usize>();
+                let mut d = Data::zeros(*dtype, n);
+                let bytes = dtype.storage_bytes(n as u64).unwrap_or(0) as usize;
+                // SAFETY: the slot holds `n` elements of the dtype; `d` as many.
+                unsafe { std::ptr::copy_nonoverlapping(self.ptr(base), mut_ptr(&mut d), bytes) };
+                Tensor::new(shape.clone(), d).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Values of the graph's symbols, sorted by name.
+type Binding = Vec<(String, i64)>;
+
+/// A memory plan for one binding of the symbols.
+struct MemPlan {
+    /// Arena offsets of the planned results of native kernels (those that are not outputs
+    /// of the graph).
+    values: HashMap<Value, u64>,
+    /// Arena offsets of kernels' scratch buffers.
+    scratch: HashMap<(NodeId, usize), u64>,
+    /// Bytes of the arena.
+    size: u64,
+    /// Bytes of all planned buffers together.
+    total: u64,
 }
 
 fn label(g: &Graph, id: NodeId, n: usize) -> String {
@@ -126,7 +234,16 @@ impl Executable {
             .into_iter()
             .filter(|id| live.contains(id) || matches!(g.node(*id).op(), Op::Param { .. }))
             .collect();
-        codegen::gemm::set_threads(opts.threads.unwrap_or(0));
+        let n_threads = match opts.threads {
+            Some(0) => return Err(ExecError::Codegen("threads must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let threads = if n_threads > 1 {
+            Some(thread_pool(n_threads)?)
+        } else {
+            None
+        };
         let numbering = g.numbering().unwrap_or_default();
         let mut steps = HashMap::new();
         let mut kernels = Vec::new();
@@ -146,11 +263,16 @@ impl Executable {
             };
             let step = match lowered {
                 Ok(l) => {
-                    kernels.push(l.kernel.clone());
-                    Step::Native {
-                        lowered: l,
-                        func: kernels.len() - 1,
+                    let mut stages = Vec::new();
+                    for s in codegen::stages::split(&l.kernel) {
+                        stages.push(NativeStage {
+                            func: kernels.len(),
+                            parallel: s.parallel,
+                            body: s.kernel.body.clone(),
+                        });
+                        kernels.push(s.kernel);
                     }
+                    Step::Native { lowered: l, stages }
                 }
                 Err(e) => Step::Interp {
                     graph: sub,
@@ -180,7 +302,9 @@ impl Executable {
             compiled,
             labels,
             last_use,
-            pool: Pool::default(),
+            arenas: Arenas::default(),
+            plans: Default::default(),
+            threads,
         })
     }
 
@@ -256,14 +380,145 @@ impl Executable {
         bindings: &HashMap<String, i64>,
         timed: bool,
     ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
+        match &self.threads {
+            Some(pool) => pool.install(|| self.run_here(inputs, bindings, timed)),
+            None => self.run_here(inputs, bindings, timed),
+        }
+    }
+
+    /// The memory plan for a binding of the symbols (made once per binding).
+    fn plan(&self, env: &HashMap<String, i64>) -> Result<std::sync::Arc<MemPlan>, ExecError> {
+        let mut key: Vec<(String, i64)> = env.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        key.sort();
+        if let Some(p) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
         let g = &self.graph;
-        let env = interp::bind_symbols(g, inputs, bindings)?;
-        let mut values: HashMap<Value, Tensor> = HashMap::new();
-        let mut stats = RunStats::default();
-        let mut live: u64 = inputs.iter().map(bytes).sum();
-        stats.peak_bytes = live;
+        let outputs: std::collections::HashSet<Value> =
+            g.outputs().iter().map(|(_, v)| *v).collect();
+        let size = |what: &dyn Fn() -> String, dtype: ir::DType, n: &ir::Dim| {
+            let n = n
+                .eval(&|s| env.get(s).copied())
+                .map_err(|e| format!("{}: {e}", what()))?;
+            let bytes = u64::try_from(n)
+                .ok()
+                .and_then(|n| dtype.storage_bytes(n))
+                .ok_or_else(|| format!("{} has {n} elements", what()))?;
+            if bytes > 8 << 30 {
+                return Err(format!("{} would take {bytes} bytes", what()));
+            }
+            Ok(bytes)
+        };
+        enum Key {
+            Value(Value),
+            Scratch(NodeId, usize),
+        }
+        let (mut items, mut keys) = (Vec::new(), Vec::new());
+        for (pos, &id) in self.order.iter().enumerate() {
+            let Some(Step::Native { lowered, .. }) = self.steps.get(&id) else {
+                continue;
+            };
+            let fail = |message: String| ExecError::Node {
+                node: self.labels[&id].clone(),
+                message,
+            };
+            for (i, ty) in g.node(id).types().iter().enumerate() {
+                let v = Value::new(id, i as u32);
+                if outputs.contains(&v) {
+                    continue;
+                }
+                let n = ty.shape.numel().map_err(|e| fail(e.to_string()))?;
+                let bytes = size(&|| format!("result {i}"), ty.dtype, &n).map_err(fail)?;
+                let end = self.last_use.get(&v).copied().unwrap_or(pos);
+                items.push(crate::plan::Interval {
+                    start: pos,
+                    end,
+                    bytes,
+                });
+                keys.push(Key::Value(v));
+            }
+            for (b, buf) in lowered.kernel.bufs.iter().enumerate() {
+                if buf.kind == BufKind::Scratch {
+                    let what = || format!("buffer {}", buf.name);
+                    let bytes = size(&what, buf.dtype, &buf.len).map_err(fail)?;
+                    items.push(crate::plan::Interval {
+                        start: pos,
+                        end: pos,
+                        bytes,
+                    });
+                    keys.push(Key::Scratch(id, b));
+                }
+            }
+        }
+        let p = crate::plan::plan(&items);
+        let mut mp = MemPlan {
+            values: HashMap::new(),
+            scratch: HashMap::new(),
+            size: p.size,
+            total: p.total,
+        };
+        for (k, off) in keys.into_iter().zip(p.offsets) {
+            match k {
+                Key::Value(v) => mp.values.insert(v, off),
+                Key::Scratch(id, b) => mp.scratch.insert((id, b), off),
+            };
+        }
+        let mp = std::sync::Arc::new(mp);
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, mp.clone());
+        Ok(mp)
+    }
+
+    fn run_here(
+        &self,
+        inputs: &[Tensor],
+        bindings: &HashMap<String, i64>,
+        timed: bool,
+    ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
+        let env = interp::bind_symbols(&self.graph, inputs, bindings)?;
+        let plan = self.plan(&env)?;
+        let mut arena = self.arenas.take(plan.size).map_err(|e| ExecError::Node {
+            node: "the memory plan".into(),
+            message: e,
+        })?;
+        let result = self.run_in(inputs, &env, &plan, &mut arena, timed);
+        self.arenas.give(arena);
+        result
+    }
+
+    fn run_in(
+        &self,
+        inputs: &[Tensor],
+        env: &HashMap<String, i64>,
+        plan: &MemPlan,
+        arena: &mut [u128],
+        timed: bool,
+    ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
+        let g = &self.graph;
+        let base = {
+            let p = arena.as_mut_ptr() as *mut u8;
+            // SAFETY: the arena has ALIGN bytes of slack for this.
+            unsafe { p.add(p.align_offset(crate::plan::ALIGN as usize)) }
+        };
+        let mut values: HashMap<Value, Loc> = HashMap::new();
+        let mut stats = RunStats {
+            planned_bytes: plan.size,
+            total_bytes: plan.total,
+            ..Default::default()
+        };
+        let in_bytes: u64 = inputs.iter().map(bytes).sum();
+        // Bytes of tensors held outside the arena: outputs and interpreter results.
+        let mut live: u64 = 0;
+        stats.peak_bytes = in_bytes + plan.size;
         for (&p, t) in g.params().iter().zip(inputs) {
-            values.insert(Value::new(p, 0), t.clone());
+            values.insert(Value::new(p, 0), Loc::Tensor(t.clone()));
         }
         for (pos, &id) in self.order.iter().enumerate() {
             let node = g.node(id);
@@ -280,9 +535,9 @@ impl Executable {
                         .any(|d| d.eval(&|s| env.get(s).copied()) == Ok(0))
                 });
             let started = timed.then(std::time::Instant::now);
-            let outs = match (node.op(), self.steps.get(&id)) {
+            let outs: Vec<Loc> = match (node.op(), self.steps.get(&id)) {
                 (Op::Param { .. }, _) => continue,
-                (Op::Constant { value }, _) => vec![value.tensor.clone()],
+                (Op::Constant { value }, _) => vec![Loc::Tensor(value.tensor.clone())],
                 (_, Some(_)) if empty => node
                     .types()
                     .iter()
@@ -292,27 +547,27 @@ impl Executable {
                             .eval(&|s| env.get(s).copied())
                             .map_err(|e| fail(e.to_string()))?;
                         let dims = dims.iter().map(|&d| d.max(0) as usize).collect();
-                        Ok(Tensor::zeros(t.dtype, dims))
+                        Ok(Loc::Tensor(Tensor::zeros(t.dtype, dims)))
                     })
                     .collect::<Result<_, ExecError>>()?,
-                (_, Some(Step::Native { lowered, func })) => {
-                    let args: Vec<&Tensor> = node.inputs().iter().map(|v| &values[v]).collect();
-                    let f = self
-                        .compiled
-                        .as_ref()
-                        .expect("native steps have a module")
-                        .function(*func);
-                    let (outs, scratch) =
-                        run_kernel(f, lowered, &args, &env, &self.pool).map_err(fail)?;
-                    stats.total_bytes += scratch + outs.iter().map(bytes).sum::<u64>();
-                    stats.peak_bytes = stats
-                        .peak_bytes
-                        .max(live + scratch + outs.iter().map(bytes).sum::<u64>());
-                    outs
+                (_, Some(Step::Native { lowered, stages })) => {
+                    let module = self.compiled.as_ref().expect("native steps have a module");
+                    let run = Kernel {
+                        module,
+                        lowered,
+                        stages,
+                        threads: self.threads.as_ref().map_or(1, |p| p.current_num_threads()),
+                    };
+                    let args: Vec<&Loc> = node.inputs().iter().map(|v| &values[v]).collect();
+                    run.call(id, &args, env, plan, base).map_err(fail)?
                 }
                 (_, Some(Step::Interp { graph, .. })) => {
-                    let args: Vec<Tensor> =
-                        node.inputs().iter().map(|v| values[v].clone()).collect();
+                    let args: Vec<Tensor> = node
+                        .inputs()
+                        .iter()
+                        .map(|v| values[v].tensor(base))
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?;
                     let v = ir::verify(graph).map_err(|e| fail(e.to_string()))?;
                     let opts = interp::Options {
                         bindings: env.clone(),
@@ -321,7 +576,7 @@ impl Executable {
                     let outs =
                         interp::run_with(&v, &args, &opts).map_err(|e| fail(e.to_string()))?;
                     stats.total_bytes += outs.iter().map(bytes).sum::<u64>();
-                    outs
+                    outs.into_iter().map(Loc::Tensor).collect()
                 }
                 (op, None) => return Err(fail(format!("no step for `{}`", op.mnemonic()))),
             };
@@ -331,32 +586,34 @@ impl Executable {
                     stats.steps.push((self.labels[&id].clone(), secs));
                 }
             }
-            for (i, t) in outs.into_iter().enumerate() {
-                let v = Value::new(id, i as u32);
-                if !matches!(node.op(), Op::Constant { .. }) {
-                    live += bytes(&t);
+            let own = !matches!(node.op(), Op::Constant { .. });
+            for (i, loc) in outs.into_iter().enumerate() {
+                if let (Loc::Tensor(t), true) = (&loc, own) {
+                    live += bytes(t);
                 }
-                values.insert(v, t);
+                values.insert(Value::new(id, i as u32), loc);
             }
-            stats.peak_bytes = stats.peak_bytes.max(live);
-            // Free what no later node reads.
+            stats.peak_bytes = stats.peak_bytes.max(in_bytes + plan.size + live);
+            // Drop what no later node reads.
             for &v in node.inputs() {
                 if self.last_use.get(&v) == Some(&pos) {
-                    if let Some(t) = values.remove(&v) {
-                        let producer = g.node(v.node).op();
-                        if !matches!(producer, Op::Constant { .. }) {
+                    if let Some(Loc::Tensor(t)) = values.remove(&v) {
+                        if !matches!(g.node(v.node).op(), Op::Constant { .. } | Op::Param { .. }) {
                             live -= bytes(&t);
-                        }
-                        if !matches!(producer, Op::Constant { .. } | Op::Param { .. }) {
-                            if let Ok(d) = t.into_data() {
-                                self.pool.give(d);
-                            }
                         }
                     }
                 }
             }
         }
-        let outs = g.outputs().iter().map(|(_, v)| values[v].clone()).collect();
+        let outs = g
+            .outputs()
+            .iter()
+            .map(|(_, v)| values[v].tensor(base))
+            .collect::<Result<_, _>>()
+            .map_err(|message| ExecError::Node {
+                node: "the outputs".into(),
+                message,
+            })?;
         Ok((outs, stats))
     }
 }
@@ -399,108 +656,172 @@ fn mut_ptr(d: &mut Data) -> *mut u8 {
     }
 }
 
-/// Runs one compiled kernel: returns its outputs and the bytes of scratch it used.
-fn run_kernel(
-    f: KernelFn,
-    l: &Lowered,
-    args: &[&Tensor],
-    env: &HashMap<String, i64>,
-    pool: &Pool,
-) -> Result<(Vec<Tensor>, u64), String> {
-    let k = &l.kernel;
-    let dims: Vec<i64> = k
-        .dims
-        .iter()
-        .map(|d| d.eval(&|s| env.get(s).copied()).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
-    let len = |i: usize| -> Result<usize, String> {
-        let n = k.bufs[i]
-            .len
-            .eval(&|s| env.get(s).copied())
-            .map_err(|e| e.to_string())?;
-        usize::try_from(n).map_err(|_| format!("buffer {} has {n} elements", k.bufs[i].name))
-    };
-    // Inputs must be exactly as large as the kernel assumes: it does not check its loads.
-    for (i, a) in args.iter().enumerate() {
-        if a.numel() != len(i)? || a.dtype() != k.bufs[i].dtype {
-            return Err(format!(
-                "operand {i} is {}{:?}, the kernel expects {} elements of {}",
-                a.dtype(),
-                a.shape(),
-                len(i)?,
-                k.bufs[i].dtype
-            ));
-        }
+/// A compiled kernel ready to call.
+struct Kernel<'a> {
+    module: &'a Compiled,
+    lowered: &'a Lowered,
+    stages: &'a [NativeStage],
+    threads: usize,
+}
+
+/// The kernel's buffer pointers, shared by the threads of a parallel stage.
+struct Ptrs<'a>(&'a [*mut u8]);
+
+// SAFETY: the pointers are only passed to kernel stages; the iterations of a parallel stage
+// that different threads run write disjoint elements (the lowering marks a loop parallel only
+// then), and stages are joined before the next starts.
+unsafe impl Send for Ptrs<'_> {}
+unsafe impl Sync for Ptrs<'_> {}
+
+impl Ptrs<'_> {
+    fn get(&self) -> *const *mut u8 {
+        self.0.as_ptr()
     }
-    let mut owned: Vec<(usize, Data)> = Vec::new();
-    let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); k.bufs.len()];
-    // Guarded loads (padding) clamp their index to 0 and read it: an empty operand gets a
-    // readable zero element instead of a dangling pointer.
-    static ZERO: [u64; 2] = [0; 2];
-    let readable = |t: &Tensor| {
-        if t.numel() == 0 {
-            ZERO.as_ptr() as *mut u8
-        } else {
-            const_ptr(t.data())
+}
+
+/// Scalar operations below which a parallel stage runs on one thread.
+const PARALLEL_MIN_COST: f64 = 32768.0;
+
+impl Kernel<'_> {
+    /// Runs the stages in order, parallel ones split over the pool's threads.
+    fn stages(&self, ptrs: &[*mut u8], dims: &[i64]) -> Result<(), String> {
+        let p = Ptrs(ptrs);
+        let call = |f: KernelFn, lo: i64, hi: i64| -> u32 {
+            let mut d = dims.to_vec();
+            d.push(lo);
+            d.push(hi);
+            // SAFETY: see `call`; `0 <= lo <= hi <= extent` of the parallel loop.
+            unsafe { f(p.get(), d.as_ptr()) }
+        };
+        for s in self.stages {
+            let f = self.module.function(s.func);
+            let code = match &s.parallel {
+                None => call(f, 0, 0),
+                Some(extent) => {
+                    let n = codegen::stages::eval(extent, dims)
+                        .ok_or("a parallel loop's extent cannot be evaluated")?
+                        .max(0);
+                    let mut full = dims.to_vec();
+                    full.extend([0, n]);
+                    let cost = codegen::stages::cost(&s.body, &full);
+                    let parts = if self.threads > 1 && n > 1 && cost >= PARALLEL_MIN_COST {
+                        n.min(4 * self.threads as i64)
+                    } else {
+                        1
+                    };
+                    if parts == 1 {
+                        call(f, 0, n)
+                    } else {
+                        use rayon::prelude::*;
+                        (0..parts)
+                            .into_par_iter()
+                            .map(|w| call(f, n * w / parts, n * (w + 1) / parts))
+                            .find_any(|&c| c != 0)
+                            .unwrap_or(0)
+                    }
+                }
+            };
+            if code != 0 {
+                return Err(codes::message(code).to_string());
+            }
         }
-    };
-    for (i, a) in args.iter().enumerate() {
-        ptrs[i] = readable(a);
+        Ok(())
     }
-    let mut scratch = 0;
-    for (i, b) in k.bufs.iter().enumerate().skip(args.len()) {
-        if let Some((_, t)) = l.consts.iter().find(|(c, _)| *c == i) {
-            ptrs[i] = readable(t);
-            continue;
-        }
-        let n = len(i)?;
-        let bytes = b.dtype.storage_bytes(n as u64).unwrap_or(u64::MAX);
-        if bytes > 8 << 30 {
-            return Err(format!("buffer {} would take {bytes} bytes", b.name));
-        }
-        if b.kind == BufKind::Scratch {
-            scratch += bytes;
-        }
-        // At least one element: guarded loads read index 0 even of an empty buffer.
-        owned.push((i, pool.take(b.dtype, n.max(1))));
-    }
-    for (i, d) in owned.iter_mut() {
-        ptrs[*i] = mut_ptr(d);
-    }
-    // SAFETY: every pointer addresses a live buffer of the length and dtype the kernel was
-    // lowered for (checked above for operands; allocated here for the rest); the kernel
-    // writes only output and scratch buffers, which nothing else references during the call.
-    let code = unsafe { f(ptrs.as_ptr(), dims.as_ptr()) };
-    if code != 0 {
-        return Err(codes::message(code).to_string());
-    }
-    let node_types = k
-        .bufs
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.kind == BufKind::Output)
-        .map(|(i, _)| i)
-        .collect::<Vec<_>>();
-    let mut outs = Vec::new();
-    for i in node_types {
-        let pos = owned
+
+    /// Runs the kernel of node `id` on its operands: returns where its results are (the
+    /// arena, or tensors of their own for the graph's outputs).
+    fn call(
+        &self,
+        id: NodeId,
+        args: &[&Loc],
+        env: &HashMap<String, i64>,
+        plan: &MemPlan,
+        base: *mut u8,
+    ) -> Result<Vec<Loc>, String> {
+        let l = self.lowered;
+        let k = &l.kernel;
+        let dims: Vec<i64> = k
+            .dims
             .iter()
-            .position(|(j, _)| *j == i)
-            .expect("outputs are allocated");
-        let (_, data) = owned.swap_remove(pos);
-        outs.push(if len(i)? == 0 {
-            Data::zeros(k.bufs[i].dtype, 0)
-        } else {
-            data
-        });
+            .map(|d| d.eval(&|s| env.get(s).copied()).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let len = |i: usize| -> Result<usize, String> {
+            let n = k.bufs[i]
+                .len
+                .eval(&|s| env.get(s).copied())
+                .map_err(|e| e.to_string())?;
+            usize::try_from(n).map_err(|_| format!("buffer {} has {n} elements", k.bufs[i].name))
+        };
+        // Operands must be exactly as large as the kernel assumes: it does not check loads.
+        for (i, a) in args.iter().enumerate() {
+            let n: usize = a.shape().iter().product();
+            if n != len(i)? || a.dtype() != k.bufs[i].dtype {
+                return Err(format!(
+                    "operand {i} is {}{:?}, the kernel expects {} elements of {}",
+                    a.dtype(),
+                    a.shape(),
+                    len(i)?,
+                    k.bufs[i].dtype
+                ));
+            }
+        }
+        let shapes = l.out_shapes(env)?;
+        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); k.bufs.len()];
+        for (i, a) in args.iter().enumerate() {
+            ptrs[i] = a.ptr(base);
+        }
+        let mut outs: Vec<Option<Loc>> = Vec::new();
+        let mut owned = Vec::new();
+        for (i, b) in k.bufs.iter().enumerate().skip(args.len()) {
+            if let Some((_, t)) = l.consts.iter().find(|(c, _)| *c == i) {
+                ptrs[i] = Loc::Tensor(t.clone()).ptr(base);
+                continue;
+            }
+            match b.kind {
+                BufKind::Output => {
+                    let r = outs.len();
+                    let v = Value::new(id, r as u32);
+                    let shape = shapes.get(r).ok_or("a result without a shape")?.clone();
+                    match plan.values.get(&v) {
+                        Some(&off) => {
+                            ptrs[i] = base.wrapping_add(off as usize);
+                            outs.push(Some(Loc::Arena {
+                                off,
+                                dtype: b.dtype,
+                                shape,
+                            }));
+                        }
+                        None => {
+                            // An output of the graph: a tensor of its own, built after the
+                            // call (at least one element: guarded loads read index 0).
+                            let mut d = Data::zeros(b.dtype, len(i)?.max(1));
+                            ptrs[i] = mut_ptr(&mut d);
+                            owned.push((r, d, shape));
+                            outs.push(None);
+                        }
+                    }
+                }
+                _ => {
+                    let off = plan
+                        .scratch
+                        .get(&(id, i))
+                        .ok_or_else(|| format!("buffer {} has no memory", b.name))?;
+                    ptrs[i] = base.wrapping_add(*off as usize);
+                }
+            }
+        }
+        // Every pointer addresses a live buffer of the length and dtype the kernel was lowered
+        // for (checked above for operands; planned or allocated here for the rest); the kernel
+        // writes only output and scratch buffers, which nothing else references during the call.
+        self.stages(&ptrs, &dims)?;
+        for (r, d, shape) in owned {
+            let t = if shape.iter().product::<usize>() == 0 {
+                Tensor::zeros(d.dtype(), shape)
+            } else {
+                Tensor::new(shape, d).map_err(|e| format!("kernel result: {e}"))?
+            };
+            outs[r] = Some(Loc::Tensor(t));
+        }
+        Ok(outs.into_iter().flatten().collect())
     }
-    for (_, d) in owned {
-        pool.give(d);
-    }
-    let shapes = l.out_shapes(env)?;
-    outs.into_iter()
-        .zip(shapes)
-        .map(|(d, s)| Tensor::new(s, d).map_err(|e| format!("kernel result: {e}")))
-        .collect::<Result<Vec<_>, _>>()
-        .map(|o| (o, scratch))
 }

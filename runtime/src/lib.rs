@@ -6,6 +6,7 @@
 //! it depends on `ir` and `codegen` only.
 
 pub mod interp;
+mod plan;
 mod random;
 
 pub use random::Rng;

@@ -1,0 +1,623 @@
+//! Stage-level kernel transformations: fusing consecutive loop nests that iterate the same
+//! outer space (a row's reduction next to the row's elementwise uses, as in softmax and
+//! normalizations), and splitting a kernel into the stages the runtime runs one after
+//! another, the parallel ones split over threads.
+//!
+//! Fusion is proven legal with an affine model of indices: an index is `Σ c(v)·v + c0` over
+//! loop variables, coefficients being polynomials with nonnegative-integer variables (the dim
+//! table). Two nests fuse when every buffer the first writes and the second reads is laid out
+//! in disjoint blocks along the shared loops, so iteration `J` of the second reads only what
+//! iteration `J` of the first wrote.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ir::{DType, Op};
+
+use crate::kernel::{BufId, Expr, Kernel, Mark, Stmt, VarId};
+
+/// A polynomial over dim-table entries: monomial (sorted entries) → coefficient.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+struct Poly(BTreeMap<Vec<usize>, i64>);
+
+impl Poly {
+    fn constant(c: i64) -> Poly {
+        let mut p = Poly::default();
+        if c != 0 {
+            p.0.insert(vec![], c);
+        }
+        p
+    }
+
+    fn add(&self, o: &Poly, sign: i64) -> Option<Poly> {
+        let mut p = self.clone();
+        for (m, c) in &o.0 {
+            let e = p.0.entry(m.clone()).or_insert(0);
+            *e = e.checked_add(c.checked_mul(sign)?)?;
+            if *e == 0 {
+                p.0.remove(m);
+            }
+        }
+        Some(p)
+    }
+
+    fn mul(&self, o: &Poly) -> Option<Poly> {
+        let mut p = Poly::default();
+        for (m1, c1) in &self.0 {
+            for (m2, c2) in &o.0 {
+                let mut m: Vec<usize> = m1.iter().chain(m2).copied().collect();
+                m.sort_unstable();
+                p = p.add(&Poly([(m, c1.checked_mul(*c2)?)].into()), 1)?;
+            }
+        }
+        Some(p)
+    }
+
+    /// Nonnegative for every value of the dims (which are never negative).
+    fn nonneg(&self) -> bool {
+        self.0.values().all(|&c| c >= 0)
+    }
+}
+
+/// `Σ terms[v]·v + constant`.
+#[derive(Clone, Debug, Default)]
+struct Affine {
+    terms: BTreeMap<VarId, Poly>,
+    constant: Poly,
+}
+
+impl Affine {
+    fn coeff(&self, v: VarId) -> Poly {
+        self.terms.get(&v).cloned().unwrap_or_default()
+    }
+
+    fn combine(&self, o: &Affine, sign: i64) -> Option<Affine> {
+        let mut a = self.clone();
+        a.constant = a.constant.add(&o.constant, sign)?;
+        for (v, c) in &o.terms {
+            let t = a.terms.entry(*v).or_default().add(c, sign)?;
+            if t.0.is_empty() {
+                a.terms.remove(v);
+            } else {
+                a.terms.insert(*v, t);
+            }
+        }
+        Some(a)
+    }
+
+    fn scale(&self, p: &Poly) -> Option<Affine> {
+        let mut a = Affine {
+            terms: BTreeMap::new(),
+            constant: self.constant.mul(p)?,
+        };
+        for (v, c) in &self.terms {
+            let t = c.mul(p)?;
+            if !t.0.is_empty() {
+                a.terms.insert(*v, t);
+            }
+        }
+        Some(a)
+    }
+}
+
+/// The affine form of an i64 index expression whose variables are all loop variables
+/// (`loops`), or `None`.
+fn affine(e: &Expr, loops: &HashMap<VarId, Poly>) -> Option<Affine> {
+    match e {
+        Expr::Int(v, DType::I64) => Some(Affine {
+            terms: BTreeMap::new(),
+            constant: Poly::constant(*v),
+        }),
+        Expr::Dim(k) => Some(Affine {
+            terms: BTreeMap::new(),
+            constant: Poly([(vec![*k], 1)].into()),
+        }),
+        Expr::Var(v) if loops.contains_key(v) => Some(Affine {
+            terms: [(*v, Poly::constant(1))].into(),
+            constant: Poly::default(),
+        }),
+        Expr::Op {
+            op,
+            args,
+            dtype: DType::I64,
+        } if args.len() == 2 => {
+            let (a, b) = (affine(&args[0], loops)?, affine(&args[1], loops)?);
+            match op {
+                Op::Add => a.combine(&b, 1),
+                Op::Sub => a.combine(&b, -1),
+                Op::Mul if a.terms.is_empty() => b.scale(&a.constant),
+                Op::Mul if b.terms.is_empty() => a.scale(&b.constant),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A polynomial of an expression without variables (a loop extent).
+fn poly(e: &Expr) -> Option<Poly> {
+    let a = affine(e, &HashMap::new())?;
+    a.terms.is_empty().then_some(a.constant)
+}
+
+/// Every buffer access of some statements: (buffer, index, is_store). Gemms make the
+/// statements unanalyzable (`None`).
+fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, &'a Expr, bool)>) -> Option<()> {
+    fn expr<'a>(e: &'a Expr, out: &mut Vec<(BufId, &'a Expr, bool)>) {
+        match e {
+            Expr::Load { buf, index } => {
+                out.push((*buf, index, false));
+                expr(index, out);
+            }
+            Expr::Op { args, .. } => args.iter().for_each(|a| expr(a, out)),
+            _ => {}
+        }
+    }
+    for s in body {
+        match s {
+            Stmt::Loop { extent, body, .. } => {
+                expr(extent, out);
+                accesses(body, out)?;
+            }
+            Stmt::Set { value, .. } => expr(value, out),
+            Stmt::Store { buf, index, value } => {
+                out.push((*buf, index, true));
+                expr(index, out);
+                expr(value, out);
+            }
+            Stmt::Check { cond, .. } => expr(cond, out),
+            Stmt::Gemm(_) => return None,
+        }
+    }
+    Some(())
+}
+
+/// Loop variables of statements with their extents (`None`: an extent is not a polynomial).
+fn loop_vars(body: &[Stmt], out: &mut HashMap<VarId, Poly>) -> Option<()> {
+    for s in body {
+        if let Stmt::Loop {
+            var, extent, body, ..
+        } = s
+        {
+            out.insert(*var, poly(extent)?);
+            loop_vars(body, out)?;
+        }
+    }
+    Some(())
+}
+
+fn subst_expr(e: &mut Expr, from: VarId, to: VarId) {
+    match e {
+        Expr::Var(v) if *v == from => *v = to,
+        Expr::Load { index, .. } => subst_expr(index, from, to),
+        Expr::Op { args, .. } => args.iter_mut().for_each(|a| subst_expr(a, from, to)),
+        _ => {}
+    }
+}
+
+fn subst(body: &mut [Stmt], from: VarId, to: VarId) {
+    for s in body {
+        match s {
+            Stmt::Loop {
+                var, extent, body, ..
+            } => {
+                if *var == from {
+                    *var = to;
+                }
+                subst_expr(extent, from, to);
+                subst(body, from, to);
+            }
+            Stmt::Set { value, .. } => subst_expr(value, from, to),
+            Stmt::Store { index, value, .. } => {
+                subst_expr(index, from, to);
+                subst_expr(value, from, to);
+            }
+            Stmt::Check { cond, .. } => subst_expr(cond, from, to),
+            Stmt::Gemm(_) => {}
+        }
+    }
+}
+
+/// Whether running `a`'s and `b`'s bodies one after the other per iteration of the shared
+/// loops `outer` (outermost first, with extents) computes what running all of `a` before all
+/// of `b` does.
+fn fusable(a: &[Stmt], b: &[Stmt], outer: &[(VarId, Poly)]) -> bool {
+    let (mut xa, mut xb) = (Vec::new(), Vec::new());
+    if accesses(a, &mut xa).is_none() || accesses(b, &mut xb).is_none() {
+        return false;
+    }
+    let mut loops: HashMap<VarId, Poly> = outer.iter().cloned().collect();
+    if loop_vars(a, &mut loops).is_none() || loop_vars(b, &mut loops).is_none() {
+        return false;
+    }
+    let written = |xs: &[(BufId, &Expr, bool)]| -> HashSet<BufId> {
+        xs.iter().filter(|x| x.2).map(|x| x.0).collect()
+    };
+    let (wa, wb) = (written(&xa), written(&xb));
+    // `b` must not write what `a` touches.
+    if xa.iter().any(|x| wb.contains(&x.0)) {
+        return false;
+    }
+    // Each access of a buffer `a` writes must stay in the block of the shared iteration.
+    let outer_vars: Vec<VarId> = outer.iter().map(|o| o.0).collect();
+    let mut shape: HashMap<BufId, Vec<Poly>> = HashMap::new();
+    for &(buf, index, _) in xa.iter().chain(&xb).filter(|x| wa.contains(&x.0)) {
+        let Some(f) = affine(index, &loops) else {
+            return false;
+        };
+        let coeffs: Vec<Poly> = outer_vars.iter().map(|&v| f.coeff(v)).collect();
+        match shape.get(&buf) {
+            Some(c) if *c != coeffs => return false,
+            Some(_) => {}
+            None => {
+                shape.insert(buf, coeffs.clone());
+            }
+        }
+        if !blocked(&f, &coeffs, outer, &loops) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `f` (with `coeffs` for the `outer` loops) maps distinct outer iterations to
+/// disjoint blocks: coefficients nest like a row-major layout and the rest of the index stays
+/// in `[0, innermost coefficient)`.
+fn blocked(
+    f: &Affine,
+    coeffs: &[Poly],
+    outer: &[(VarId, Poly)],
+    loops: &HashMap<VarId, Poly>,
+) -> bool {
+    let Some(last) = coeffs.last() else {
+        return false;
+    };
+    for j in 0..coeffs.len() - 1 {
+        let Some(inner) = coeffs[j + 1].mul(&outer[j + 1].1) else {
+            return false;
+        };
+        match coeffs[j].add(&inner, -1) {
+            Some(d) if d.nonneg() => {}
+            _ => return false,
+        }
+    }
+    // The rest: Σ c·v + c0 over inner loops, at most Σ c·(extent - 1) + c0.
+    if !f.constant.nonneg() {
+        return false;
+    }
+    let mut max = f.constant.clone();
+    for (v, c) in &f.terms {
+        if outer.iter().any(|o| o.0 == *v) {
+            continue;
+        }
+        if !c.nonneg() {
+            return false;
+        }
+        let Some(ext) = loops.get(v) else {
+            return false;
+        };
+        let Some(m) = ext
+            .add(&Poly::constant(1), -1)
+            .and_then(|e| c.mul(&e))
+            .and_then(|t| max.add(&t, 1))
+        else {
+            return false;
+        };
+        max = m;
+    }
+    matches!(
+        max.add(&Poly::constant(1), 1).and_then(|m| last.add(&m, -1)),
+        Some(d) if d.nonneg()
+    )
+}
+
+/// Fuses adjacent loops of `body` with equal extents and marks where that is legal, then the
+/// bodies of fused loops, recursively (`outer`: the enclosing fused loops).
+fn fuse_list(body: Vec<Stmt>, outer: &[(VarId, Poly)]) -> Vec<Stmt> {
+    let mut out: Vec<Stmt> = Vec::with_capacity(body.len());
+    for s in body {
+        if let (
+            Some(Stmt::Loop {
+                var: va,
+                extent: ea,
+                mark: ma,
+                body: ba,
+            }),
+            Stmt::Loop {
+                var: vb,
+                extent: eb,
+                mark: mb,
+                body: bb,
+            },
+        ) = (out.last_mut(), &s)
+        {
+            if ea == eb && ma == mb && !matches!(ma, Mark::Vector(_)) {
+                if let Some(ext) = poly(ea) {
+                    let mut chain = outer.to_vec();
+                    chain.push((*va, ext));
+                    let mut bb = bb.clone();
+                    subst(&mut bb, *vb, *va);
+                    if fusable(ba, &bb, &chain) {
+                        ba.extend(bb);
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push(s);
+    }
+    for s in &mut out {
+        if let Stmt::Loop {
+            var, extent, body, ..
+        } = s
+        {
+            if let Some(ext) = poly(extent) {
+                let mut chain = outer.to_vec();
+                chain.push((*var, ext));
+                *body = fuse_list(std::mem::take(body), &chain);
+            }
+        }
+    }
+    out
+}
+
+/// Fuses the kernel's loop nests where each shared iteration only reads what the same
+/// iteration wrote (see the module docs).
+pub fn fuse(k: &mut Kernel) {
+    k.body = fuse_list(std::mem::take(&mut k.body), &[]);
+}
+
+/// One step of running a kernel: a kernel over the same buffers holding some of the original
+/// top-level statements.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    /// Its dim table is the original's plus two entries, `lo` and `hi`, that the caller sets
+    /// per call: a parallel stage runs iterations `lo..hi` of its loop (`0 <= lo <= hi <=
+    /// extent`); other stages ignore them.
+    pub kernel: Kernel,
+    /// The extent of the parallel loop (over the original dim table), for parallel stages.
+    pub parallel: Option<Expr>,
+}
+
+/// Splits a kernel into stages: each top-level parallel loop is a stage that threads may
+/// share, and each run of other top-level statements is one serial stage. Stages run in
+/// order; scalar variables never live across stages (the lowering sets them inside nests).
+pub fn split(k: &Kernel) -> Vec<Stage> {
+    let n = k.dims.len();
+    let mut dims = k.dims.clone();
+    dims.push(ir::Dim::sym("$lo"));
+    dims.push(ir::Dim::sym("$hi"));
+    let stage = |body: Vec<Stmt>, vars: Vec<DType>, parallel: Option<Expr>| Stage {
+        kernel: Kernel {
+            name: k.name.clone(),
+            bufs: k.bufs.clone(),
+            dims: dims.clone(),
+            vars,
+            body,
+        },
+        parallel,
+    };
+    let mut stages = Vec::new();
+    let mut serial = Vec::new();
+    for s in &k.body {
+        match s {
+            Stmt::Loop {
+                var,
+                extent,
+                mark: Mark::Parallel,
+                body,
+            } => {
+                if !serial.is_empty() {
+                    stages.push(stage(std::mem::take(&mut serial), k.vars.clone(), None));
+                }
+                // for u in 0..hi-lo { var = u + lo; body }
+                let mut vars = k.vars.clone();
+                vars.push(DType::I64);
+                let u = vars.len() - 1;
+                let mut inner = vec![Stmt::Set {
+                    var: *var,
+                    value: Expr::Var(u) + Expr::Dim(n),
+                }];
+                inner.extend(body.iter().cloned());
+                let lp = Stmt::Loop {
+                    var: u,
+                    extent: Expr::index_op(Op::Sub, Expr::Dim(n + 1), Expr::Dim(n)),
+                    mark: Mark::Serial,
+                    body: inner,
+                };
+                stages.push(stage(vec![lp], vars, Some(extent.clone())));
+            }
+            s => serial.push(s.clone()),
+        }
+    }
+    if !serial.is_empty() {
+        stages.push(stage(serial, k.vars.clone(), None));
+    }
+    stages
+}
+
+/// The value of an index expression without variables under a dim table.
+pub fn eval(e: &Expr, dims: &[i64]) -> Option<i64> {
+    match e {
+        Expr::Int(v, DType::I64) => Some(*v),
+        Expr::Dim(k) => dims.get(*k).copied(),
+        Expr::Op {
+            op,
+            args,
+            dtype: DType::I64,
+        } if args.len() == 2 => {
+            let (a, b) = (eval(&args[0], dims)?, eval(&args[1], dims)?);
+            match op {
+                Op::Add => a.checked_add(b),
+                Op::Sub => a.checked_sub(b),
+                Op::Mul => a.checked_mul(b),
+                Op::Div if b != 0 => a.checked_div(b),
+                Op::Min => Some(a.min(b)),
+                Op::Max => Some(a.max(b)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A rough count of the scalar operations of statements under a dim table, for deciding
+/// whether threads pay off (extents that depend on variables count as 16).
+pub fn cost(body: &[Stmt], dims: &[i64]) -> f64 {
+    body.iter()
+        .map(|s| match s {
+            Stmt::Loop { extent, body, .. } => {
+                let n = eval(extent, dims).unwrap_or(16).max(0) as f64;
+                n * (1.0 + cost(body, dims))
+            }
+            Stmt::Gemm(g) => {
+                let e = |x: &Expr| eval(x, dims).unwrap_or(16).max(0) as f64;
+                e(&g.m) * e(&g.n) * e(&g.k)
+            }
+            _ => 1.0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{Buf, BufKind};
+    use ir::Dim;
+
+    fn buf(name: &str, len: i64, kind: BufKind) -> Buf {
+        Buf {
+            name: name.into(),
+            dtype: DType::F32,
+            len: Dim::constant(len),
+            kind,
+        }
+    }
+
+    fn lp(var: VarId, n: Expr, mark: Mark, body: Vec<Stmt>) -> Stmt {
+        Stmt::Loop {
+            var,
+            extent: n,
+            mark,
+            body,
+        }
+    }
+
+    fn load(buf: BufId, index: Expr) -> Expr {
+        Expr::Load {
+            buf,
+            index: Box::new(index),
+        }
+    }
+
+    /// `t[i*n + j] = in[i*n + j]` then `out[i*n + j] = t[<read>]` over i < 4, j < n.
+    fn two_nests(n: Expr, read: impl Fn(Expr, Expr) -> Expr) -> Kernel {
+        let (i, j) = (Expr::Var(0), Expr::Var(1));
+        let (i2, j2) = (Expr::Var(2), Expr::Var(3));
+        let first = lp(
+            0,
+            Expr::i64(4),
+            Mark::Parallel,
+            vec![lp(
+                1,
+                n.clone(),
+                Mark::Vector(4),
+                vec![Stmt::Store {
+                    buf: 2,
+                    index: i.clone() * n.clone() + j.clone(),
+                    value: load(0, i * n.clone() + j),
+                }],
+            )],
+        );
+        let second = lp(
+            2,
+            Expr::i64(4),
+            Mark::Parallel,
+            vec![lp(
+                3,
+                n.clone(),
+                Mark::Vector(4),
+                vec![Stmt::Store {
+                    buf: 1,
+                    index: i2.clone() * n.clone() + j2.clone(),
+                    value: load(2, read(i2, j2)),
+                }],
+            )],
+        );
+        Kernel {
+            name: "k".into(),
+            bufs: vec![
+                buf("in0", 64, BufKind::Input),
+                buf("out0", 64, BufKind::Output),
+                buf("t", 64, BufKind::Scratch),
+            ],
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64; 4],
+            body: vec![first, second],
+        }
+    }
+
+    fn top_loops(k: &Kernel) -> usize {
+        k.body.len()
+    }
+
+    #[test]
+    fn same_row_reads_fuse() {
+        for n in [Expr::i64(16), Expr::Dim(0)] {
+            let mut k = two_nests(n.clone(), |i, j| i * n.clone() + j);
+            fuse(&mut k);
+            assert_eq!(top_loops(&k), 1, "{k}");
+            // The inner vector loops stay apart (they are vector loops).
+            let Stmt::Loop { body, .. } = &k.body[0] else {
+                panic!()
+            };
+            assert_eq!(body.len(), 2, "{k}");
+        }
+    }
+
+    #[test]
+    fn reads_of_other_rows_do_not_fuse() {
+        let n = Expr::i64(16);
+        let cases: Vec<Box<dyn Fn(Expr, Expr) -> Expr>> = vec![
+            // The next row.
+            Box::new(|i, j| (i + Expr::i64(1)) * Expr::i64(16) + j),
+            // A transposed read.
+            Box::new(|i, j| j * Expr::i64(4) + i),
+            // Row 0 from every row.
+            Box::new(|_, j| j),
+            // Past the end of the row.
+            Box::new(|i, j| i * Expr::i64(16) + j + Expr::i64(1)),
+        ];
+        for read in cases {
+            let mut k = two_nests(n.clone(), read);
+            fuse(&mut k);
+            assert_eq!(top_loops(&k), 2, "{k}");
+        }
+    }
+
+    #[test]
+    fn symbolic_rows_must_match_the_layout() {
+        // Rows of n elements read with a stride of n - 1 could overlap the next row.
+        let n = Expr::Dim(0);
+        let mut k = two_nests(n.clone(), |i, j| {
+            i * Expr::index_op(Op::Sub, Expr::Dim(0), Expr::i64(1)) + j
+        });
+        fuse(&mut k);
+        assert_eq!(top_loops(&k), 2, "{k}");
+    }
+
+    #[test]
+    fn writes_of_what_the_first_nest_reads_do_not_fuse() {
+        let n = Expr::i64(16);
+        let mut k = two_nests(n.clone(), |i, j| i * Expr::i64(16) + j);
+        // The second nest writes `in0`'s rows: the first nest's later rows would see them.
+        if let Stmt::Loop { body, .. } = &mut k.body[1] {
+            if let Stmt::Loop { body, .. } = &mut body[0] {
+                if let Stmt::Store { buf, .. } = &mut body[0] {
+                    *buf = 0;
+                }
+            }
+        }
+        fuse(&mut k);
+        assert_eq!(top_loops(&k), 2, "{k}");
+    }
+}
