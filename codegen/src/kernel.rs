@@ -215,6 +215,9 @@ impl std::ops::Mul for Expr {
 impl Expr {
     /// An i64 op on indices (`div`, `mod`, ...).
     pub fn index_op(op: Op, a: Expr, b: Expr) -> Expr {
+        if matches!(op, Op::Div) && b == Expr::i64(1) {
+            return a;
+        }
         Expr::Op {
             op,
             args: vec![a, b],

@@ -879,6 +879,157 @@ impl<'g> Lowering<'g> {
         (out, ok)
     }
 
+    /// A direct f32 convolution (static shapes) that accumulates whole output rows, so that
+    /// the innermost loop runs along the output's last axis in vector lanes: per output row,
+    /// `row = 0`, then `row[w] += x[.., w·stride + k·dilation] · weight` for every input
+    /// channel of the group and window position (the order of the scalar loops, so sums
+    /// round identically). Padding is a zero-filled copy of the input, so loads need no guard.
+    fn conv_rows(&mut self, v: Value, out: BufId, xb: BufId, wb: BufId) -> Result<()> {
+        let node = self.g.node(v.node);
+        let Op::Conv {
+            stride,
+            dilation,
+            pad_low,
+            groups,
+            ..
+        } = node.op()
+        else {
+            unreachable!("called on convs")
+        };
+        let (xv, wv) = (node.inputs()[0], node.inputs()[1]);
+        let c = |d: &Dim| d.as_const().expect("static shapes");
+        let xs: Vec<i64> = self.ty(xv).shape.dims().iter().map(c).collect();
+        let ws: Vec<i64> = self.ty(wv).shape.dims().iter().map(c).collect();
+        let os_shape = self.ty(v).shape.clone();
+        let os: Vec<i64> = os_shape.dims().iter().map(c).collect();
+        let sp = xs.len() - 2;
+        let (cg, og) = (ws[1], ws[0] / *groups);
+        // The padded input covers every tap.
+        let padded: Vec<i64> = (0..sp)
+            .map(|d| {
+                let last = (os[2 + d] - 1) * stride[d] + (ws[2 + d] - 1) * dilation[d] + 1;
+                (xs[2 + d] + pad_low[d]).max(last)
+            })
+            .collect();
+        let needs_pad = (0..sp).any(|d| pad_low[d] != 0 || padded[d] != xs[2 + d]);
+        let mut ps = xs[..2].to_vec();
+        ps.extend(&padded);
+        let p_shape = Shape::new(ps.iter().map(|&d| Dim::constant(d)).collect());
+        let pb = if needs_pad {
+            let n = self.k.bufs.len();
+            let pb = self.buf(
+                format!("pad{n}"),
+                &TensorType::new(DType::F32, p_shape.clone()),
+                BufKind::Scratch,
+            )?;
+            let total: i64 = ps.iter().product();
+            self.nest(
+                &Shape::new(vec![Dim::constant(total)]),
+                DType::F32,
+                |_, idx| {
+                    Ok(vec![Stmt::Store {
+                        buf: pb,
+                        index: idx[0].clone(),
+                        value: Expr::Float(0.0, DType::F32),
+                    }])
+                },
+            )?;
+            let x_shape = self.ty(xv).shape.clone();
+            self.nest(&x_shape, DType::F32, |l, idx| {
+                let mut at = idx[..2].to_vec();
+                for d in 0..sp {
+                    at.push(idx[2 + d].clone() + Expr::i64(pad_low[d]));
+                }
+                let index = l.linear(&at, &p_shape);
+                let value = l.expr(xv, idx)?;
+                Ok(vec![Stmt::Store {
+                    buf: pb,
+                    index,
+                    value,
+                }])
+            })?;
+            pb
+        } else {
+            xb
+        };
+        let ow = *os.last().expect("convs have spatial axes");
+        let rows = Shape::new(os_shape.dims()[..os.len() - 1].to_vec());
+        let ws_shape = self.ty(wv).shape.clone();
+        let add = |a: Expr, b: Expr| Expr::Op {
+            op: Op::Add,
+            args: vec![a, b],
+            dtype: DType::F32,
+        };
+        let mul = |a: Expr, b: Expr| Expr::Op {
+            op: Op::Mul,
+            args: vec![a, b],
+            dtype: DType::F32,
+        };
+        self.nest(&rows, DType::F32, |l, idx| {
+            let (n, oc) = (idx[0].clone(), idx[1].clone());
+            let wv_ = l.var(DType::I64);
+            let w = Expr::Var(wv_);
+            let mut oidx = idx.to_vec();
+            oidx.push(w.clone());
+            let oindex = l.linear(&oidx, &os_shape);
+            let zero = Stmt::Loop {
+                var: wv_,
+                extent: Expr::i64(ow),
+                mark: Mark::Vector(4),
+                body: vec![Stmt::Store {
+                    buf: out,
+                    index: oindex.clone(),
+                    value: Expr::Float(0.0, DType::F32),
+                }],
+            };
+            let ch = l.var(DType::I64);
+            let kv: Vec<VarId> = (0..sp).map(|_| l.var(DType::I64)).collect();
+            let g = Expr::index_op(Op::Div, oc.clone(), Expr::i64(og));
+            let mut pidx = vec![n, g * Expr::i64(cg) + Expr::Var(ch)];
+            for d in 0..sp {
+                let o = if d + 1 == sp {
+                    w.clone()
+                } else {
+                    idx[2 + d].clone()
+                };
+                pidx.push(o * Expr::i64(stride[d]) + Expr::Var(kv[d]) * Expr::i64(dilation[d]));
+            }
+            let pindex = l.linear(&pidx, &p_shape);
+            let mut widx = vec![oc, Expr::Var(ch)];
+            widx.extend(kv.iter().map(|&k| Expr::Var(k)));
+            let windex = l.linear(&widx, &ws_shape);
+            let x = Expr::Load {
+                buf: pb,
+                index: Box::new(pindex),
+            };
+            let wt = Expr::Load {
+                buf: wb,
+                index: Box::new(windex),
+            };
+            let acc = Expr::Load {
+                buf: out,
+                index: Box::new(oindex.clone()),
+            };
+            let update = Stmt::Loop {
+                var: wv_,
+                extent: Expr::i64(ow),
+                mark: Mark::Vector(4),
+                body: vec![Stmt::Store {
+                    buf: out,
+                    index: oindex,
+                    value: add(acc, mul(x, wt)),
+                }],
+            };
+            let mut loops = vec![(ch, Expr::i64(cg))];
+            for (d, &k) in kv.iter().enumerate() {
+                loops.push((k, Expr::i64(ws[2 + d])));
+            }
+            let mut body = vec![zero];
+            body.extend(serial(loops, vec![update]));
+            Ok(body)
+        })
+    }
+
     /// A convolution: f32 ones with enough channels per group as an im2col buffer and one
     /// `gemm` per image and group; the rest (depthwise, integers) as direct loops. Padding is
     /// a guarded load: the index is clamped and the value replaced by zero outside.
@@ -952,6 +1103,12 @@ impl<'g> Lowering<'g> {
             };
             i64op(Op::Select, vec![ok, load, constant(0.0, dtype)], dtype)
         };
+        let fixed = [&xs, &ws, &os].iter().all(|s| s.is_static());
+        if !big && dtype == DType::F32 && fixed {
+            self.conv_rows(v, out, xb, wb)?;
+            self.bufs.insert(v, out);
+            return Ok(());
+        }
         if !big {
             let acc = self.var(dtype);
             self.nest(&os, dtype, |l, idx| {
@@ -990,8 +1147,41 @@ impl<'g> Lowering<'g> {
             self.bufs.insert(v, out);
             return Ok(());
         }
-        // im2col: col[(ch, k...), p...] for one image and group, then W_g · col.
         let ck = cg.mul(&ks).map_err(|e| Unsupported(e.to_string()))?;
+        // A pointwise conv (1×1 window, unit strides, no padding) is already a product with the
+        // image: x[n, g·cg.., p] is the right operand.
+        let one = Dim::constant(1);
+        let pointwise = ws.dims()[2..].iter().all(|d| *d == one)
+            && stride.iter().all(|&s| s == 1)
+            && pad_low.iter().all(|&p| p == 0)
+            && xs.dims()[2..] == os.dims()[2..];
+        if pointwise {
+            let (nv, gv) = (self.var(DType::I64), self.var(DType::I64));
+            let (n, g) = (Expr::Var(nv), Expr::Var(gv));
+            let (ck_e, ps_e, og_e, o_e) =
+                (self.dim(&ck), self.dim(&ps), self.dim(&og), self.dim(&o));
+            let c_e = self.dim(xs.dim(1));
+            let body = vec![Stmt::Gemm(Box::new(Gemm {
+                a: wb,
+                a_off: g.clone() * og_e.clone() * ck_e.clone(),
+                a_rs: ck_e.clone(),
+                a_cs: Expr::i64(1),
+                b: xb,
+                b_off: (n.clone() * c_e + g.clone() * ck_e.clone()) * ps_e.clone(),
+                b_rs: ps_e.clone(),
+                b_cs: Expr::i64(1),
+                c: out,
+                c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
+                m: og_e,
+                n: ps_e,
+                k: ck_e,
+            }))];
+            let loops = vec![(nv, self.dim(xs.dim(0))), (gv, Expr::i64(groups))];
+            self.k.body.extend(unit_free(serial(loops, body)));
+            self.bufs.insert(v, out);
+            return Ok(());
+        }
+        // im2col: col[(ch, k...), p...] for one image and group, then W_g · col.
         let col_len = ck.mul(&ps).map_err(|e| Unsupported(e.to_string()))?;
         let col = self.buf(
             format!("col{}", self.k.bufs.len()),
@@ -1366,6 +1556,40 @@ fn serial(loops: Vec<(VarId, Expr)>, body: Vec<Stmt>) -> Vec<Stmt> {
             body,
         }]
     })
+}
+
+/// Statements with loops of extent 1 replaced by their bodies (the variable set to 0).
+fn unit_free(body: Vec<Stmt>) -> Vec<Stmt> {
+    let mut out = Vec::new();
+    for s in body {
+        match s {
+            Stmt::Loop {
+                var,
+                extent: Expr::Int(1, _),
+                body,
+                ..
+            } => {
+                out.push(Stmt::Set {
+                    var,
+                    value: Expr::i64(0),
+                });
+                out.extend(unit_free(body));
+            }
+            Stmt::Loop {
+                var,
+                extent,
+                mark,
+                body,
+            } => out.push(Stmt::Loop {
+                var,
+                extent,
+                mark,
+                body: unit_free(body),
+            }),
+            s => out.push(s),
+        }
+    }
+    out
 }
 
 /// `acc = init`, then `acc = update` inside serial `loops`, then `store`.
