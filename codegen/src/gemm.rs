@@ -219,45 +219,110 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
 
 /// Few rows of A: stream B once per row, along its contiguous axis.
 unsafe fn thin(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize) {
+    if b.cs == 1 {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match (m, avx2_fma()) {
+                (1, true) => thin_rows_avx::<1>(a, b, c, n, k),
+                (2, true) => thin_rows_avx::<2>(a, b, c, n, k),
+                (3, true) => thin_rows_avx::<3>(a, b, c, n, k),
+                (4, true) => thin_rows_avx::<4>(a, b, c, n, k),
+                (1, false) => thin_rows::<1>(a, b, c, n, k),
+                (2, false) => thin_rows::<2>(a, b, c, n, k),
+                (3, false) => thin_rows::<3>(a, b, c, n, k),
+                _ => thin_rows::<4>(a, b, c, n, k),
+            }
+        }
+        return;
+    }
     for i in 0..m {
         // SAFETY: row i of c holds n elements.
         let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * n), n) };
-        if b.cs == 1 {
-            // c[i, :] = Σ_l a[i, l] · b[l, :], rows of B contiguous.
-            out.fill(0.0);
-            for l in 0..k {
-                // SAFETY: inside the operands; row l of b holds n contiguous elements.
-                let (av, row) = unsafe {
-                    (
-                        a.at(i, l),
-                        std::slice::from_raw_parts(b.p.offset(l as isize * b.rs), n),
-                    )
-                };
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o += av * x;
+        // c[i, j] = a[i, :] · b[:, j], columns of B contiguous; eight partial sums.
+        let arow: Vec<f32> = (0..k).map(|l| unsafe { a.at(i, l) }).collect();
+        for (j, o) in out.iter_mut().enumerate() {
+            // SAFETY: column j of b holds k contiguous elements.
+            let col = unsafe { std::slice::from_raw_parts(b.p.offset(j as isize * b.cs), k) };
+            let mut acc = [0f32; 8];
+            let chunks = k / 8 * 8;
+            for l in (0..chunks).step_by(8) {
+                for t in 0..8 {
+                    acc[t] += arow[l + t] * col[l + t];
                 }
             }
-        } else {
-            // c[i, j] = a[i, :] · b[:, j], columns of B contiguous; eight partial sums.
-            let arow: Vec<f32> = (0..k).map(|l| unsafe { a.at(i, l) }).collect();
-            for (j, o) in out.iter_mut().enumerate() {
-                // SAFETY: column j of b holds k contiguous elements.
-                let col = unsafe { std::slice::from_raw_parts(b.p.offset(j as isize * b.cs), k) };
-                let mut acc = [0f32; 8];
-                let chunks = k / 8 * 8;
-                for l in (0..chunks).step_by(8) {
-                    for t in 0..8 {
-                        acc[t] += arow[l + t] * col[l + t];
-                    }
-                }
-                let mut sum = acc.iter().sum::<f32>();
-                for l in chunks..k {
-                    sum += arow[l] * col[l];
-                }
-                *o = sum;
+            let mut sum = acc.iter().sum::<f32>();
+            for l in chunks..k {
+                sum += arow[l] * col[l];
             }
+            *o = sum;
         }
     }
+}
+
+/// `M` rows of `c = a · b` with B's rows contiguous: 16 columns at a time held in registers
+/// over the whole contraction (each element sums over l in order).
+///
+/// # Safety
+/// As [`kiln_sgemm`], with `b.cs == 1`.
+#[inline(always)]
+unsafe fn thin_rows_body<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
+    const W: usize = 16;
+    let mut j0 = 0;
+    while j0 < n {
+        let w = W.min(n - j0);
+        let mut acc = [[0f32; W]; M];
+        for l in 0..k {
+            // SAFETY: row l of B holds n contiguous elements from its start.
+            let row = unsafe { b.p.offset(l as isize * b.rs).add(j0) };
+            let mut bv = [0f32; W];
+            if w == W {
+                // SAFETY: W elements of the row from j0.
+                bv.copy_from_slice(unsafe { std::slice::from_raw_parts(row, W) });
+            } else {
+                // SAFETY: w elements of the row from j0.
+                bv[..w].copy_from_slice(unsafe { std::slice::from_raw_parts(row, w) });
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: (i, l) is inside A.
+                let av = unsafe { a.at(i, l) };
+                for (x, &y) in acc.iter_mut().zip(&bv) {
+                    *x = av.mul_add(y, *x);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            // SAFETY: row i of c holds n elements.
+            let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * n + j0), w) };
+            out.copy_from_slice(&acc[..w]);
+        }
+        j0 += W;
+    }
+}
+
+/// [`thin_rows_body`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// As [`thin_rows_body`]; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn thin_rows_avx<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
+    // SAFETY: forwarded.
+    unsafe { thin_rows_body::<M>(a, b, c, n, k) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn thin_rows_avx<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
+    // SAFETY: forwarded.
+    unsafe { thin_rows_body::<M>(a, b, c, n, k) }
+}
+
+/// [`thin_rows_body`] for any CPU.
+///
+/// # Safety
+/// As [`thin_rows_body`].
+unsafe fn thin_rows<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
+    // SAFETY: forwarded.
+    unsafe { thin_rows_body::<M>(a, b, c, n, k) }
 }
 
 fn avx2_fma() -> bool {
@@ -357,6 +422,8 @@ mod tests {
             (3, 200, 1),
             (256, 512, 256),
             (600, 20, 400),
+            (3, 37, 150),
+            (4, 50, 90),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
