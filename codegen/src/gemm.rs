@@ -149,42 +149,42 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
     let j1 = (hi * NR).min(n);
     let np = hi - lo;
     let kc_max = KC.min(k);
-    let mut bp = vec![0f32; np * NR * kc_max];
-    let mut ap = vec![0f32; MC.min(m).div_ceil(MR) * MR * kc_max];
+    // Packing buffers are kept per thread: allocating (and zeroing) them per call costs as
+    // much as packing for small products. Every element read is written by packing first.
+    thread_local! {
+        static BUFS: std::cell::Cell<(Vec<f32>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+    }
+    let (mut bp, mut ap) = BUFS.with(|b| b.take());
+    let (bn, an) = (np * NR * kc_max, MC.min(m).div_ceil(MR) * MR * kc_max);
+    if bp.len() < bn {
+        bp.resize(bn, 0.0);
+    }
+    if ap.len() < an {
+        ap.resize(an, 0.0);
+    }
     let mut tile = [0f32; MR * NR];
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         // Pack B[pc.., j0..j1] as panels of NR columns, k-major, zero-padded.
         for p in 0..np {
             let dst = &mut bp[p * NR * kc..][..NR * kc];
-            for kk in 0..kc {
-                for jj in 0..NR {
-                    let j = j0 + p * NR + jj;
-                    dst[kk * NR + jj] = if j < j1 {
-                        // SAFETY: inside b.
-                        unsafe { b.at(pc + kk, j) }
-                    } else {
-                        0.0
-                    };
-                }
-            }
+            let jb = j0 + p * NR;
+            // SAFETY: forwarded from the caller (the block is inside b).
+            unsafe { pack(b, pc, jb, kc, NR.min(j1 - jb), NR, dst) };
         }
         for ic in (0..m).step_by(MC) {
             let mc = MC.min(m - ic);
             let mp = mc.div_ceil(MR);
             for p in 0..mp {
                 let dst = &mut ap[p * MR * kc..][..MR * kc];
-                for kk in 0..kc {
-                    for ii in 0..MR {
-                        let i = ic + p * MR + ii;
-                        dst[kk * MR + ii] = if i < ic + mc {
-                            // SAFETY: inside a.
-                            unsafe { a.at(i, pc + kk) }
-                        } else {
-                            0.0
-                        };
-                    }
-                }
+                let ib = ic + p * MR;
+                let at = Mat {
+                    p: a.p,
+                    rs: a.cs,
+                    cs: a.rs,
+                };
+                // SAFETY: A transposed: (kk, i) is a[i, kk]; the block is inside a.
+                unsafe { pack(at, pc, ib, kc, MR.min(ic + mc - ib), MR, dst) };
             }
             for jp in 0..np {
                 let j = j0 + jp * NR;
@@ -212,6 +212,58 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
                         }
                     }
                 }
+            }
+        }
+    }
+    BUFS.with(|b| b.set((bp, ap)));
+}
+
+/// Packs `x[r0 + kk, c0 + jj]` for `kk < kc`, `jj < w` into `dst[kk * width + jj]`, zeros for
+/// `w <= jj < width`.
+///
+/// # Safety
+/// The block must be inside `x`; `dst` holds `kc * width` elements.
+unsafe fn pack(x: Mat, r0: usize, c0: usize, kc: usize, w: usize, width: usize, dst: &mut [f32]) {
+    if x.cs == 1 {
+        // Rows contiguous: one copy per row.
+        for kk in 0..kc {
+            // SAFETY: row r0+kk holds w elements from column c0.
+            let src = unsafe {
+                std::slice::from_raw_parts(x.p.offset((r0 + kk) as isize * x.rs + c0 as isize), w)
+            };
+            let d = &mut dst[kk * width..][..width];
+            d[..w].copy_from_slice(src);
+            d[w..].fill(0.0);
+        }
+    } else if x.rs == 1 {
+        // Columns contiguous: read each column along k.
+        for jj in 0..width {
+            if jj < w {
+                // SAFETY: column c0+jj holds kc elements from row r0.
+                let src = unsafe {
+                    std::slice::from_raw_parts(
+                        x.p.offset((c0 + jj) as isize * x.cs + r0 as isize),
+                        kc,
+                    )
+                };
+                for (kk, &v) in src.iter().enumerate() {
+                    dst[kk * width + jj] = v;
+                }
+            } else {
+                for kk in 0..kc {
+                    dst[kk * width + jj] = 0.0;
+                }
+            }
+        }
+    } else {
+        for kk in 0..kc {
+            for jj in 0..width {
+                dst[kk * width + jj] = if jj < w {
+                    // SAFETY: inside x.
+                    unsafe { x.at(r0 + kk, c0 + jj) }
+                } else {
+                    0.0
+                };
             }
         }
     }
