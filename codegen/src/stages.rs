@@ -185,6 +185,15 @@ fn loop_vars(body: &[Stmt], out: &mut HashMap<VarId, Poly>) -> Option<()> {
     Some(())
 }
 
+/// Whether statements assign `var` (as a loop variable or with `Set`).
+fn binds(body: &[Stmt], var: VarId) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Loop { var: v, body, .. } => *v == var || binds(body, var),
+        Stmt::Set { var: v, .. } => *v == var,
+        _ => false,
+    })
+}
+
 fn subst_expr(e: &mut Expr, from: VarId, to: VarId) {
     match e {
         Expr::Var(v) if *v == from => *v = to,
@@ -336,7 +345,8 @@ fn fuse_list(body: Vec<Stmt>, outer: &[(VarId, Poly)]) -> Vec<Stmt> {
                     chain.push((*va, ext));
                     let mut bb = bb.clone();
                     subst(&mut bb, *vb, *va);
-                    if fusable(ba, &bb, &chain) {
+                    // A body that binds the other loop's variable itself cannot be merged.
+                    if !binds(ba, *va) && !binds(&bb, *va) && fusable(ba, &bb, &chain) {
                         ba.extend(bb);
                         continue;
                     }
