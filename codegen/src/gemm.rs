@@ -170,7 +170,7 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
             let dst = &mut bp[p * NR * kc..][..NR * kc];
             let jb = j0 + p * NR;
             // SAFETY: forwarded from the caller (the block is inside b).
-            unsafe { pack(b, pc, jb, kc, NR.min(j1 - jb), NR, dst) };
+            unsafe { pack::<NR>(b, pc, jb, kc, NR.min(j1 - jb), dst) };
         }
         for ic in (0..m).step_by(MC) {
             let mc = MC.min(m - ic);
@@ -184,7 +184,7 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
                     cs: a.rs,
                 };
                 // SAFETY: A transposed: (kk, i) is a[i, kk]; the block is inside a.
-                unsafe { pack(at, pc, ib, kc, MR.min(ic + mc - ib), MR, dst) };
+                unsafe { pack::<MR>(at, pc, ib, kc, MR.min(ic + mc - ib), dst) };
             }
             for jp in 0..np {
                 let j = j0 + jp * NR;
@@ -223,7 +223,15 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
 ///
 /// # Safety
 /// The block must be inside `x`; `dst` holds `kc * width` elements.
-unsafe fn pack(x: Mat, r0: usize, c0: usize, kc: usize, w: usize, width: usize, dst: &mut [f32]) {
+unsafe fn pack<const WIDTH: usize>(
+    x: Mat,
+    r0: usize,
+    c0: usize,
+    kc: usize,
+    w: usize,
+    dst: &mut [f32],
+) {
+    let width = WIDTH;
     if x.cs == 1 {
         // Rows contiguous: one copy per row.
         for kk in 0..kc {
@@ -232,8 +240,15 @@ unsafe fn pack(x: Mat, r0: usize, c0: usize, kc: usize, w: usize, width: usize, 
                 std::slice::from_raw_parts(x.p.offset((r0 + kk) as isize * x.rs + c0 as isize), w)
             };
             let d = &mut dst[kk * width..][..width];
-            d[..w].copy_from_slice(src);
-            d[w..].fill(0.0);
+            if w == WIDTH {
+                // A fixed-size copy compiles to a few vector moves (not a memcpy call).
+                let s: &[f32; WIDTH] = src.try_into().expect("w == WIDTH");
+                let d: &mut [f32; WIDTH] = d.try_into().expect("a row of WIDTH");
+                *d = *s;
+            } else {
+                d[..w].copy_from_slice(src);
+                d[w..].fill(0.0);
+            }
         }
     } else if x.rs == 1 {
         // Columns contiguous: read each column along k.
