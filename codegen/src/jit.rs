@@ -25,7 +25,9 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use ir::{DType, Op, OpKind};
 
-use crate::kernel::{is_native, Expr, Kernel, Stmt};
+use crate::kernel::{is_native, Expr, Kernel, Mark, Stmt};
+
+mod simd;
 
 /// A compiled kernel: `bufs` holds one pointer per buffer of the kernel, `dims` one value per
 /// entry of its dim table. Returns 0 or the code of the failing check.
@@ -262,6 +264,7 @@ fn lower_kernel(
         vars,
         fail,
         refs: HashMap::new(),
+        hoisted: HashMap::new(),
     };
     l.stmts(&k.body)?;
     let zero = l.b.ins().iconst(types::I32, 0);
@@ -297,6 +300,9 @@ struct Lower<'a, 'f> {
     /// Returns its `i32` parameter: where failing checks go.
     fail: Block,
     refs: HashMap<&'static str, FuncRef>,
+    /// Loop-invariant subexpressions of the vector loop being lowered, computed before it
+    /// (keyed by address: they are nodes of `k`); empty outside vector loops.
+    hoisted: HashMap<*const Expr, (Value, DType)>,
 }
 
 type R<T> = Result<T, JitError>;
@@ -337,28 +343,26 @@ impl<'f> Lower<'_, 'f> {
     fn stmt(&mut self, s: &Stmt) -> R<()> {
         match s {
             Stmt::Loop {
-                var, extent, body, ..
+                var,
+                extent,
+                mark,
+                body,
             } => {
-                // Every mark (parallel, vector, unroll) runs serially for now.
                 let (v, d) = self.var(*var)?;
                 if d != DType::I64 {
                     return Err(self.invalid(format!("loop variable v{var} is {d}, not i64")));
                 }
+                // Vector loops and reductions get SIMD code (`simd.rs`); parallel and unroll
+                // marks run serially.
+                if matches!(mark, Mark::Vector(_)) && self.vector_loop(*var, extent, body)? {
+                    return Ok(());
+                }
+                if self.reduction_loop(*var, extent, body)? {
+                    return Ok(());
+                }
                 let n = self.expr_of(extent, DType::I64, "a loop extent")?;
                 let zero = self.b.ins().iconst(types::I64, 0);
-                self.def(v, zero)?;
-                let body_b = self.b.create_block();
-                let exit = self.b.create_block();
-                let any = self.b.ins().icmp(IntCC::SignedGreaterThan, n, zero);
-                self.b.ins().brif(any, body_b, &[], exit, &[]);
-                self.b.switch_to_block(body_b);
-                self.stmts(body)?;
-                let i = self.use_var(v)?;
-                let next = self.b.ins().iadd_imm_s(i, 1);
-                self.def(v, next)?;
-                let more = self.b.ins().icmp(IntCC::SignedLessThan, next, n);
-                self.b.ins().brif(more, body_b, &[], exit, &[]);
-                self.b.switch_to_block(exit);
+                self.counted_loop(v, zero, n, 1, None, &mut |s| s.stmts(body))?;
             }
             Stmt::Set { var, value } => {
                 let (v, d) = self.var(*var)?;
@@ -388,6 +392,41 @@ impl<'f> Lower<'_, 'f> {
         Ok(())
     }
 
+    /// `for v in start..end` by `step` (which must divide `end - start` unless it is 1): the
+    /// body runs while `v < end`; `pre` runs once before the first iteration, if any.
+    fn counted_loop(
+        &mut self,
+        v: Variable,
+        start: Value,
+        end: Value,
+        step: i64,
+        pre: Option<&mut dyn FnMut(&mut Self) -> R<()>>,
+        body: &mut dyn FnMut(&mut Self) -> R<()>,
+    ) -> R<()> {
+        self.def(v, start)?;
+        let body_b = self.b.create_block();
+        let exit = self.b.create_block();
+        let any = self.b.ins().icmp(IntCC::SignedLessThan, start, end);
+        if let Some(pre) = pre {
+            let pre_b = self.b.create_block();
+            self.b.ins().brif(any, pre_b, &[], exit, &[]);
+            self.b.switch_to_block(pre_b);
+            pre(self)?;
+            self.b.ins().jump(body_b, &[]);
+        } else {
+            self.b.ins().brif(any, body_b, &[], exit, &[]);
+        }
+        self.b.switch_to_block(body_b);
+        body(self)?;
+        let i = self.use_var(v)?;
+        let next = self.b.ins().iadd_imm_s(i, step);
+        self.def(v, next)?;
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, end);
+        self.b.ins().brif(more, body_b, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
     fn def(&mut self, v: Variable, x: Value) -> R<()> {
         self.b
             .try_def_var(v, x)
@@ -410,8 +449,13 @@ impl<'f> Lower<'_, 'f> {
 
     /// The address of `buf[index]`.
     fn address(&mut self, buf: usize, index: &Expr) -> R<Value> {
-        let d = self.buf_dtype(buf)?;
         let i = self.expr_of(index, DType::I64, "an index")?;
+        self.address_at(buf, i)
+    }
+
+    /// The address of `buf[i]`, `i` an i64 value.
+    fn address_at(&mut self, buf: usize, i: Value) -> R<Value> {
+        let d = self.buf_dtype(buf)?;
         let i = if self.ptr == types::I64 {
             i
         } else {
@@ -451,6 +495,9 @@ impl<'f> Lower<'_, 'f> {
     }
 
     fn expr(&mut self, e: &Expr) -> R<(Value, DType)> {
+        if let Some(&h) = self.hoisted.get(&(e as *const Expr)) {
+            return Ok(h);
+        }
         Ok(match e {
             Expr::Int(v, d) => {
                 let x = match *d {
@@ -495,6 +542,15 @@ impl<'f> Lower<'_, 'f> {
     }
 
     fn op(&mut self, op: &Op, args: &[Expr], dtype: DType) -> R<Value> {
+        let mut vals = Vec::with_capacity(args.len());
+        for a in args {
+            vals.push(self.expr(a)?);
+        }
+        self.apply(op, &vals, dtype)
+    }
+
+    /// `op` of lowered operands.
+    fn apply(&mut self, op: &Op, vals: &[(Value, DType)], dtype: DType) -> R<Value> {
         let name = match op {
             Op::Cast { .. } => "cast",
             _ => op.mnemonic(),
@@ -505,15 +561,11 @@ impl<'f> Lower<'_, 'f> {
             OpKind::Ternary => 3,
             _ => return Err(self.unsupported(format!("op `{name}`"))),
         };
-        if args.len() != arity {
+        if vals.len() != arity {
             return Err(self.invalid(format!(
                 "`{name}` takes {arity} operands, got {}",
-                args.len()
+                vals.len()
             )));
-        }
-        let mut vals = Vec::with_capacity(arity);
-        for a in args {
-            vals.push(self.expr(a)?);
         }
         let (x, d) = match op.kind() {
             OpKind::Unary => self.unary(op, vals[0].0, vals[0].1)?,
@@ -1159,7 +1211,7 @@ mod helpers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{codes, Buf, BufKind, Mark};
+    use crate::kernel::{codes, Buf, BufKind};
     use ir::Dim;
 
     const _: () = {
