@@ -39,6 +39,22 @@ use crate::kernel::{Expr, Kernel, Stmt, VarId};
 /// Lanes of the vector code.
 const W: usize = 4;
 
+#[cfg(test)]
+thread_local! {
+    /// Vector loops and reductions compiled on this thread, for tests to check that a kernel
+    /// took the SIMD path: `(vector loops, reductions)`.
+    pub(super) static COMPILED: std::cell::Cell<(usize, usize)> =
+        const { std::cell::Cell::new((0, 0)) };
+}
+
+#[cfg(test)]
+fn count(vector: usize, reduction: usize) {
+    COMPILED.with(|c| {
+        let (a, b) = c.get();
+        c.set((a + vector, b + reduction));
+    });
+}
+
 /// A value of the vector loop, for the 4 lanes `v = base .. base + 4`.
 #[derive(Clone, Copy, Debug)]
 enum V {
@@ -173,6 +189,8 @@ impl Lower<'_, '_> {
             return Ok(false);
         };
         let cx = Cx { var, temps };
+        #[cfg(test)]
+        count(1, 0);
         let (v, _) = self.var(var)?;
         let n = self.expr_of(extent, DType::I64, "a loop extent")?;
         let nv = self.b.ins().band_imm_s(n, -(W as i64));
@@ -242,6 +260,8 @@ impl Lower<'_, '_> {
             var,
             temps: HashSet::new(),
         };
+        #[cfg(test)]
+        count(0, 1);
         let (v, _) = self.var(var)?;
         let (accv, _) = self.var(acc)?;
         let n = self.expr_of(extent, DType::I64, "a loop extent")?;
@@ -837,6 +857,11 @@ impl Lower<'_, '_> {
         let p = self.b.ins().fmul(p, x);
         let small = self.b.ins().fadd(p, x);
         let a = self.b.ins().fabs(x);
+        // The sign of x on each magnitude (for the polynomial, that keeps -0 at -0).
+        let sign = self.splat_f32(-0.0);
+        let s = self.b.ins().band(x, sign);
+        let small = self.b.ins().fabs(small);
+        let small = self.b.ins().bor(small, s);
         let a2 = self.b.ins().fadd(a, a);
         let e = self.vexp(a2);
         let one = self.splat_f32(1.0);
@@ -844,9 +869,6 @@ impl Lower<'_, '_> {
         let d = self.b.ins().fadd(e, one);
         let q = self.b.ins().fdiv(two, d);
         let big = self.b.ins().fsub(one, q);
-        // The sign of x on the magnitude.
-        let sign = self.splat_f32(-0.0);
-        let s = self.b.ins().band(x, sign);
         let big = self.b.ins().bor(big, s);
         let limit = self.splat_f32(0.625);
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, a, limit);
