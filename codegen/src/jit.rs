@@ -10,7 +10,14 @@
 //! (`rsqrt`) or through `extern "C"` helpers in this file (`exp`, `log`, `erf`, `pow`, `rem`,
 //! ...) — and rounded to the dtype. Integers wrap at their width; division guards its divisor
 //! so that no instruction can trap (the lowering puts a `Check` before every division whose
-//! divisor may be zero). Loop marks are ignored: every loop runs serially.
+//! divisor may be zero).
+//!
+//! Loops marked `vector(_)` whose bodies are elementwise (stores and loop-local temporaries)
+//! run 4 lanes at a time in SIMD registers, and reductions (`max`/`min` of f32, f64 sums of
+//! f32 values) keep vector accumulators; both finish with the scalar loop. What is vectorized,
+//! and the accuracy contract of the vector `exp`, `sigmoid` and `tanh` (within 2 ulp of the
+//! f64 function rounded, instead of exactly it), are in `simd.rs`. Parallel and unroll marks
+//! run serially.
 
 use std::collections::HashMap;
 
@@ -306,6 +313,8 @@ struct Lower<'a, 'f> {
 }
 
 type R<T> = Result<T, JitError>;
+/// Code emitted by a callback (a loop body, a loop preheader).
+type Emit<'e, L> = &'e mut dyn FnMut(&mut L) -> R<()>;
 
 impl<'f> Lower<'_, 'f> {
     fn ins(&mut self) -> FuncInstBuilder<'_, 'f> {
@@ -400,8 +409,8 @@ impl<'f> Lower<'_, 'f> {
         start: Value,
         end: Value,
         step: i64,
-        pre: Option<&mut dyn FnMut(&mut Self) -> R<()>>,
-        body: &mut dyn FnMut(&mut Self) -> R<()>,
+        pre: Option<Emit<'_, Self>>,
+        body: Emit<'_, Self>,
     ) -> R<()> {
         self.def(v, start)?;
         let body_b = self.b.create_block();
@@ -2017,10 +2026,7 @@ mod tests {
     fn with_mark(mut k: Kernel, mark: Mark) -> Kernel {
         fn go(body: &mut [Stmt], m: Mark) {
             for s in body {
-                if let Stmt::Loop {
-                    mark: lm, body, ..
-                } = s
-                {
+                if let Stmt::Loop { mark: lm, body, .. } = s {
                     if body.iter().any(|s| matches!(s, Stmt::Loop { .. })) {
                         go(body, m);
                     } else {
@@ -2033,15 +2039,15 @@ mod tests {
         k
     }
 
-    fn same_bits<T: Copy + std::fmt::Debug>(a: &[T], b: &[T], what: &str)
-    where
-        T: PartialEq,
-    {
+    fn same_bits<T: Copy + std::fmt::Debug>(a: &[T], b: &[T], what: &str) {
         assert_eq!(a.len(), b.len());
         for i in 0..a.len() {
             let (x, y) = (format!("{:?}", a[i]), format!("{:?}", b[i]));
             // NaN payloads may differ; everything else (signed zeros too) must not.
-            assert!(x == y || (x == "NaN" && y == "NaN"), "{what}: element {i}: {x} vs {y}");
+            assert!(
+                x == y || (x == "NaN" && y == "NaN"),
+                "{what}: element {i}: {x} vs {y}"
+            );
         }
     }
 
@@ -2187,9 +2193,19 @@ mod tests {
                 let c = op(o.clone(), vec![x.clone(), y.clone()], DType::Bool);
                 op(Op::Select, vec![c, x, y], f)
             };
-            vector_vs_scalar::<f32>(zip_kernel(f, f, &sel), &mut [bytes(&a), bytes(&b)], n, "sel");
+            vector_vs_scalar::<f32>(
+                zip_kernel(f, f, &sel),
+                &mut [bytes(&a), bytes(&b)],
+                n,
+                "sel",
+            );
             let val = |x: Expr, y: Expr| cast(f)(op(o.clone(), vec![x, y], DType::Bool));
-            vector_vs_scalar::<f32>(zip_kernel(f, f, &val), &mut [bytes(&a), bytes(&b)], n, "cmp");
+            vector_vs_scalar::<f32>(
+                zip_kernel(f, f, &val),
+                &mut [bytes(&a), bytes(&b)],
+                n,
+                "cmp",
+            );
         }
         // Bool logic on masks, and casts.
         let logic = |x: Expr, y: Expr| {
@@ -2198,15 +2214,20 @@ mod tests {
             let r = op(Op::Ne, vec![y, Expr::Float(1.0, f)], DType::Bool);
             let pq = op(Op::And, vec![p.clone(), q.clone()], DType::Bool);
             let x1 = op(Op::Xor, vec![pq, r.clone()], DType::Bool);
-            let o1 = op(Op::Or, vec![op(Op::Not, vec![p], DType::Bool), r], DType::Bool);
+            let o1 = op(
+                Op::Or,
+                vec![op(Op::Not, vec![p], DType::Bool), r],
+                DType::Bool,
+            );
             let s = op(Op::And, vec![x1, o1], DType::Bool);
-            op(
-                Op::Add,
-                vec![cast(f)(s), cast(f)(cast(DType::Bool)(x))],
-                f,
-            )
+            op(Op::Add, vec![cast(f)(s), cast(f)(cast(DType::Bool)(x))], f)
         };
-        vector_vs_scalar::<f32>(zip_kernel(f, f, &logic), &mut [bytes(&a), bytes(&b)], n, "logic");
+        vector_vs_scalar::<f32>(
+            zip_kernel(f, f, &logic),
+            &mut [bytes(&a), bytes(&b)],
+            n,
+            "logic",
+        );
         let k = map_kernel(f, DType::I32, cast(DType::I32));
         let y: Vec<i32> = vector_vs_scalar(k, &mut [bytes(&a)], n, "f32 -> i32");
         assert_eq!(y, a.iter().map(|&x| x as i32).collect::<Vec<_>>());
@@ -2214,7 +2235,20 @@ mod tests {
 
     #[test]
     fn vector_integer_ops_and_casts_match_the_scalar_code() {
-        let vals = [0i32, 1, -1, 2, -7, 7, 123_456, -99_999, i32::MIN, i32::MAX, 1 << 24, 16_777_217];
+        let vals = [
+            0i32,
+            1,
+            -1,
+            2,
+            -7,
+            7,
+            123_456,
+            -99_999,
+            i32::MIN,
+            i32::MAX,
+            1 << 24,
+            16_777_217,
+        ];
         let (a, b): (Vec<i32>, Vec<i32>) = vals
             .iter()
             .flat_map(|&a| vals.iter().map(move |&b| (a, b)))
@@ -2235,9 +2269,10 @@ mod tests {
                 vector_vs_scalar::<i32>(k, &mut [bytes(&a), bytes(&b)], n, o.mnemonic());
             }
             for o in [Op::Eq, Op::Ne, Op::Lt, Op::Le, Op::Gt, Op::Ge] {
-                let k = zip_kernel(d, d, &|x, y| cast(d)(op(o.clone(), vec![x, y], DType::Bool)));
-                let y: Vec<i32> =
-                    vector_vs_scalar(k, &mut [bytes(&a), bytes(&b)], n, o.mnemonic());
+                let k = zip_kernel(d, d, &|x, y| {
+                    cast(d)(op(o.clone(), vec![x, y], DType::Bool))
+                });
+                let y: Vec<i32> = vector_vs_scalar(k, &mut [bytes(&a), bytes(&b)], n, o.mnemonic());
                 if o == Op::Lt {
                     let want: Vec<i32> = if d == DType::I32 {
                         a.iter().zip(&b).map(|(x, y)| i32::from(x < y)).collect()
@@ -2262,7 +2297,11 @@ mod tests {
                 a.iter().map(|&x| x as u32 as f32).collect()
             };
             same_bits(&y, &want, "int -> f32");
-            let other = if d == DType::I32 { DType::U32 } else { DType::I32 };
+            let other = if d == DType::I32 {
+                DType::U32
+            } else {
+                DType::I32
+            };
             let k = map_kernel(d, other, |x| cast(other)(cast(DType::Bool)(cast(other)(x))));
             vector_vs_scalar::<i32>(k, &mut [bytes(&a)], n, "int -> bool -> int");
             // Select on an integer condition between integers.
@@ -2345,7 +2384,9 @@ mod tests {
         ];
         for (o, f, bound) in cases {
             let k = with_mark(
-                map_kernel(DType::F32, DType::F32, |x| op(o.clone(), vec![x], DType::F32)),
+                map_kernel(DType::F32, DType::F32, |x| {
+                    op(o.clone(), vec![x], DType::F32)
+                }),
                 Mark::Vector(4),
             );
             let (c, counts) = compile_counting(k);
@@ -2509,7 +2550,11 @@ mod tests {
             ));
             let p = op(Op::Pow, vec![x.clone(), Expr::Float(0.5, f)], f);
             let s = op(Op::Sign, vec![x.clone()], f);
-            let sum = op(Op::Add, vec![op(Op::Add, vec![e, w], f), op(Op::Add, vec![p, s], f)], f);
+            let sum = op(
+                Op::Add,
+                vec![op(Op::Add, vec![e, w], f), op(Op::Add, vec![p, s], f)],
+                f,
+            );
             let es = op(
                 Op::Mul,
                 vec![op(Op::Exp, vec![x.clone()], f), op(Op::Sigmoid, vec![x], f)],
@@ -2523,7 +2568,10 @@ mod tests {
         assert_eq!(counts, (1, 0));
         let mut x = xs.clone();
         let mut y = vec![0f32; xs.len()];
-        assert_eq!(call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[xs.len() as i64]), 0);
+        assert_eq!(
+            call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[xs.len() as i64]),
+            0
+        );
         for (j, &x) in xs.iter().enumerate() {
             let xd = f64::from(x);
             let a = (libm::erf(xd) as f32 + (xd * 1.5) as f32)
@@ -2567,7 +2615,10 @@ mod tests {
                 0,
                 Expr::Dim(0),
                 vec![
-                    Stmt::Set { var: 2, value: init },
+                    Stmt::Set {
+                        var: 2,
+                        value: init,
+                    },
                     for_(
                         1,
                         Expr::Dim(1),
@@ -2638,7 +2689,11 @@ mod tests {
                         f32::INFINITY
                     };
                     let want = (0..cols).fold(init, |a, j| fold(&o, a, x[row * cols + j] * s[row]));
-                    same_bits(&[y[row]], &[want], &format!("{} cols {cols} row {row}", o.mnemonic()));
+                    same_bits(
+                        &[y[row]],
+                        &[want],
+                        &format!("{} cols {cols} row {row}", o.mnemonic()),
+                    );
                 }
             }
         }
@@ -2675,14 +2730,38 @@ mod tests {
         }
         // Special values: infinities and NaN propagate, -0 sums stay -0.
         for (vals, want) in [
-            (vec![1.0f32, f32::INFINITY, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], f64::INFINITY),
-            (vec![f32::INFINITY, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, f32::NEG_INFINITY], f64::NAN),
-            (vec![1.0, 2.0, 3.0, f32::NAN, 4.0, 5.0, 6.0, 7.0, 8.0], f64::NAN),
+            (
+                vec![1.0f32, f32::INFINITY, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+                f64::INFINITY,
+            ),
+            (
+                vec![
+                    f32::INFINITY,
+                    1.0,
+                    2.0,
+                    3.0,
+                    4.0,
+                    5.0,
+                    6.0,
+                    7.0,
+                    f32::NEG_INFINITY,
+                ],
+                f64::NAN,
+            ),
+            (
+                vec![1.0, 2.0, 3.0, f32::NAN, 4.0, 5.0, 6.0, 7.0, 8.0],
+                f64::NAN,
+            ),
         ] {
             let mut x = vals.clone();
             let mut s = vec![1.0f32];
             let mut y = vec![0f64; 1];
-            call(&c, 0, &[ptr(&mut x), ptr(&mut s), ptr(&mut y)], &[1, vals.len() as i64]);
+            call(
+                &c,
+                0,
+                &[ptr(&mut x), ptr(&mut s), ptr(&mut y)],
+                &[1, vals.len() as i64],
+            );
             same_bits(&y, &[want], "special sum");
         }
     }
@@ -2722,7 +2801,9 @@ mod tests {
         assert_eq!(call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[6]), 0);
         assert_eq!(y, vec![0., 1., 2., 3., 4., 5.]);
         let bytes_out = with_mark(
-            map_kernel(f, DType::Bool, |x| op(Op::Gt, vec![x, Expr::Float(0.0, f)], DType::Bool)),
+            map_kernel(f, DType::Bool, |x| {
+                op(Op::Gt, vec![x, Expr::Float(0.0, f)], DType::Bool)
+            }),
             Mark::Vector(4),
         );
         let (c, counts) = compile_counting(bytes_out);

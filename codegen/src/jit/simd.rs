@@ -30,7 +30,9 @@
 use std::collections::{HashMap, HashSet};
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+};
 use ir::{DType, Op};
 
 use super::{Lower, R};
@@ -165,8 +167,7 @@ fn vector_body(k: &Kernel, var: VarId, body: &[Stmt]) -> Option<HashSet<VarId>> 
             }
             Stmt::Store { buf, index, value } => {
                 let d = k.bufs.get(*buf)?.dtype;
-                if !matches!(d.bits(), 32 | 64) || !read_ok(index, &set) || !read_ok(value, &set)
-                {
+                if !matches!(d.bits(), 32 | 64) || !read_ok(index, &set) || !read_ok(value, &set) {
                     return None;
                 }
             }
@@ -296,7 +297,7 @@ impl Lower<'_, '_> {
                         s.def(v, next)?;
                     }
                     let x = s.vexpr(e, &cx, &HashMap::new())?;
-                    let x = s.to_vec(x, DType::F32);
+                    let x = s.vec_of(x, DType::F32);
                     if sum {
                         let lo = s.b.ins().fvpromote_low(x);
                         let hi = s.high_half(x);
@@ -326,7 +327,10 @@ impl Lower<'_, '_> {
             let s0 = self.b.ins().fadd(vals[0], vals[2]);
             let s1 = self.b.ins().fadd(vals[1], vals[3]);
             let s = self.b.ins().fadd(s0, s1);
-            let (l0, l1) = (self.b.ins().extractlane(s, 0), self.b.ins().extractlane(s, 1));
+            let (l0, l1) = (
+                self.b.ins().extractlane(s, 0),
+                self.b.ins().extractlane(s, 1),
+            );
             let h = self.b.ins().fadd(l0, l1);
             self.b.ins().fadd(before, h)
         } else {
@@ -354,12 +358,7 @@ impl Lower<'_, '_> {
     /// Lanes 2 and 3 of an `f32x4`, moved to lanes 0 and 1.
     fn high_half(&mut self, x: Value) -> Value {
         let bytes: Vec<u8> = (8..16).chain(8..16).collect();
-        let imm = self
-            .b
-            .func
-            .dfg
-            .immediates
-            .push(ConstantData::from(bytes));
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(bytes));
         let xb = self.b.ins().bitcast(types::I8X16, le(), x);
         let sh = self.b.ins().shuffle(xb, xb, imm);
         self.b.ins().bitcast(types::F32X4, le(), sh)
@@ -398,10 +397,8 @@ impl Lower<'_, '_> {
                     let (_, d) = self.var(*var)?;
                     let x = self.vexpr(value, cx, &env)?;
                     if x.1 != d {
-                        return Err(self.invalid(format!(
-                            "the value set to v{var} is {}, expected {d}",
-                            x.1
-                        )));
+                        return Err(self
+                            .invalid(format!("the value set to v{var} is {}, expected {d}", x.1)));
                     }
                     env.insert(*var, x);
                 }
@@ -417,12 +414,12 @@ impl Lower<'_, '_> {
                     let flags = MemFlagsData::new().with_notrap();
                     if cx.coeff(index) == Some(1) && vec_type(d).is_some() {
                         let addr = self.address(*buf, index)?;
-                        let x = self.to_vec((x, d), d);
+                        let x = self.vec_of((x, d), d);
                         self.b.ins().store(flags, x, addr, 0);
                     } else {
                         let i = self.vexpr(index, cx, &env)?;
                         let is = self.index_lanes(i)?;
-                        let xs = self.to_lanes((x, d));
+                        let xs = self.lanes_of((x, d));
                         for l in 0..W {
                             let addr = self.address_at(*buf, is[l])?;
                             self.b.ins().store(flags, xs[l], addr, 0);
@@ -435,7 +432,7 @@ impl Lower<'_, '_> {
         // After the loop, a temporary holds its value of the last iteration.
         for (&w, &x) in &env {
             let (var, _) = self.var(w)?;
-            let last = self.to_lanes(x)[W - 1];
+            let last = self.lanes_of(x)[W - 1];
             self.def(var, last)?;
         }
         Ok(())
@@ -445,7 +442,7 @@ impl Lower<'_, '_> {
         if d != DType::I64 {
             return Err(self.invalid(format!("an index is {d}, expected i64")));
         }
-        Ok(self.to_lanes((i, d)))
+        Ok(self.lanes_of((i, d)))
     }
 
     /// `e` over the lanes of the current trip (the loop variable holds the first lane's
@@ -500,7 +497,7 @@ impl Lower<'_, '_> {
                     return Ok((V::Vec(x), *dtype));
                 }
                 // Lane by lane, with the scalar lowering.
-                let lanes: Vec<[Value; W]> = vals.iter().map(|&x| self.to_lanes(x)).collect();
+                let lanes: Vec<[Value; W]> = vals.iter().map(|&x| self.lanes_of(x)).collect();
                 let Some(first) = lanes.first() else {
                     return Err(self.invalid("an op without operands"));
                 };
@@ -519,7 +516,7 @@ impl Lower<'_, '_> {
     }
 
     /// `x` as a native vector of `d` (which must have one).
-    fn to_vec(&mut self, (x, _): (V, DType), d: DType) -> Value {
+    fn vec_of(&mut self, (x, _): (V, DType), d: DType) -> Value {
         let vt = vec_type(d).expect("a dtype with a vector form");
         let lane = |s: &mut Self, x: Value| {
             if d == DType::Bool {
@@ -548,7 +545,7 @@ impl Lower<'_, '_> {
     }
 
     /// `x` as one scalar per lane.
-    fn to_lanes(&mut self, (x, d): (V, DType)) -> [Value; W] {
+    fn lanes_of(&mut self, (x, d): (V, DType)) -> [Value; W] {
         match x {
             V::Uni(x) => [x; W],
             V::Lanes(ls) => ls,
@@ -635,9 +632,7 @@ impl Lower<'_, '_> {
             ) if matches!(d, I32 | U32) && *a == d && *b == d => true,
             (Op::Neg | Op::Not, [a], d) if matches!(d, I32 | U32) && *a == d => true,
             (Op::Abs, [I32], I32) => true,
-            (o, [a, b], Bool) if matches!(a, I32 | U32) && a == b && icc(o, true).is_some() => {
-                true
-            }
+            (o, [a, b], Bool) if matches!(a, I32 | U32) && a == b && icc(o, true).is_some() => true,
             (Op::And | Op::Or | Op::Xor, [Bool, Bool], Bool) => true,
             (Op::Not, [Bool], Bool) => true,
             (Op::Select, [Bool, a, b], d) if *a == d && *b == d => true,
@@ -650,7 +645,7 @@ impl Lower<'_, '_> {
         if !ok {
             return Ok(None);
         }
-        let xs: Vec<Value> = vals.iter().map(|&(x, d)| self.to_vec((x, d), d)).collect();
+        let xs: Vec<Value> = vals.iter().map(|&(x, d)| self.vec_of((x, d), d)).collect();
         let r = match (op, ds.as_slice()) {
             (Op::IsNan, _) => self.ins().fcmp(FloatCC::Unordered, xs[0], xs[0]),
             (Op::IsInf, _) => {
@@ -777,7 +772,7 @@ impl Lower<'_, '_> {
         let log2e = self.splat_f32(std::f32::consts::LOG2_E);
         let t = self.b.ins().fmul(x, log2e);
         let n = self.b.ins().nearest(t);
-        let c1 = self.splat_f32(0.693_359_375);
+        let c1 = self.splat_f32(0.693_359_4);
         let c2 = self.splat_f32(-2.121_944_4e-4);
         let a = self.b.ins().fmul(n, c1);
         let r = self.b.ins().fsub(x, a);
@@ -789,7 +784,7 @@ impl Lower<'_, '_> {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            5e-1,
         ];
         let mut p = self.splat_f32(coefs[0]);
         for &c in &coefs[1..] {
@@ -842,10 +837,10 @@ impl Lower<'_, '_> {
         let z = self.b.ins().fmul(x, x);
         let coefs = [
             -5.704_988_7e-3f32,
-            2.063_908_9e-2,
+            2.063_909e-2,
             -5.373_971_6e-2,
             1.333_144_2e-1,
-            -3.333_328_2e-1,
+            -3.333_328e-1,
         ];
         let mut p = self.splat_f32(coefs[0]);
         for &c in &coefs[1..] {
