@@ -10,7 +10,14 @@
 //! (`rsqrt`) or through `extern "C"` helpers in this file (`exp`, `log`, `erf`, `pow`, `rem`,
 //! ...) — and rounded to the dtype. Integers wrap at their width; division guards its divisor
 //! so that no instruction can trap (the lowering puts a `Check` before every division whose
-//! divisor may be zero). Loop marks are ignored: every loop runs serially.
+//! divisor may be zero).
+//!
+//! Loops marked `vector(_)` whose bodies are elementwise (stores and loop-local temporaries)
+//! run 4 lanes at a time in SIMD registers, and reductions (`max`/`min` of f32, f64 sums of
+//! f32 values) keep vector accumulators; both finish with the scalar loop. What is vectorized,
+//! and the accuracy contract of the vector `exp`, `sigmoid` and `tanh` (within 2 ulp of the
+//! f64 function rounded, instead of exactly it), are in `simd.rs`. Parallel and unroll marks
+//! run serially.
 
 use std::collections::HashMap;
 
@@ -25,7 +32,9 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use ir::{DType, Op, OpKind};
 
-use crate::kernel::{is_native, Expr, Kernel, Stmt};
+use crate::kernel::{is_native, Expr, Kernel, Mark, Stmt};
+
+mod simd;
 
 /// A compiled kernel: `bufs` holds one pointer per buffer of the kernel, `dims` one value per
 /// entry of its dim table. Returns 0 or the code of the failing check.
@@ -262,6 +271,7 @@ fn lower_kernel(
         vars,
         fail,
         refs: HashMap::new(),
+        hoisted: HashMap::new(),
     };
     l.stmts(&k.body)?;
     let zero = l.b.ins().iconst(types::I32, 0);
@@ -297,9 +307,14 @@ struct Lower<'a, 'f> {
     /// Returns its `i32` parameter: where failing checks go.
     fail: Block,
     refs: HashMap<&'static str, FuncRef>,
+    /// Loop-invariant subexpressions of the vector loop being lowered, computed before it
+    /// (keyed by address: they are nodes of `k`); empty outside vector loops.
+    hoisted: HashMap<*const Expr, (Value, DType)>,
 }
 
 type R<T> = Result<T, JitError>;
+/// Code emitted by a callback (a loop body, a loop preheader).
+type Emit<'e, L> = &'e mut dyn FnMut(&mut L) -> R<()>;
 
 impl<'f> Lower<'_, 'f> {
     fn ins(&mut self) -> FuncInstBuilder<'_, 'f> {
@@ -337,28 +352,26 @@ impl<'f> Lower<'_, 'f> {
     fn stmt(&mut self, s: &Stmt) -> R<()> {
         match s {
             Stmt::Loop {
-                var, extent, body, ..
+                var,
+                extent,
+                mark,
+                body,
             } => {
-                // Every mark (parallel, vector, unroll) runs serially for now.
                 let (v, d) = self.var(*var)?;
                 if d != DType::I64 {
                     return Err(self.invalid(format!("loop variable v{var} is {d}, not i64")));
                 }
+                // Vector loops and reductions get SIMD code (`simd.rs`); parallel and unroll
+                // marks run serially.
+                if matches!(mark, Mark::Vector(_)) && self.vector_loop(*var, extent, body)? {
+                    return Ok(());
+                }
+                if self.reduction_loop(*var, extent, body)? {
+                    return Ok(());
+                }
                 let n = self.expr_of(extent, DType::I64, "a loop extent")?;
                 let zero = self.b.ins().iconst(types::I64, 0);
-                self.def(v, zero)?;
-                let body_b = self.b.create_block();
-                let exit = self.b.create_block();
-                let any = self.b.ins().icmp(IntCC::SignedGreaterThan, n, zero);
-                self.b.ins().brif(any, body_b, &[], exit, &[]);
-                self.b.switch_to_block(body_b);
-                self.stmts(body)?;
-                let i = self.use_var(v)?;
-                let next = self.b.ins().iadd_imm_s(i, 1);
-                self.def(v, next)?;
-                let more = self.b.ins().icmp(IntCC::SignedLessThan, next, n);
-                self.b.ins().brif(more, body_b, &[], exit, &[]);
-                self.b.switch_to_block(exit);
+                self.counted_loop(v, zero, n, 1, None, &mut |s| s.stmts(body))?;
             }
             Stmt::Set { var, value } => {
                 let (v, d) = self.var(*var)?;
@@ -388,6 +401,41 @@ impl<'f> Lower<'_, 'f> {
         Ok(())
     }
 
+    /// `for v in start..end` by `step` (which must divide `end - start` unless it is 1): the
+    /// body runs while `v < end`; `pre` runs once before the first iteration, if any.
+    fn counted_loop(
+        &mut self,
+        v: Variable,
+        start: Value,
+        end: Value,
+        step: i64,
+        pre: Option<Emit<'_, Self>>,
+        body: Emit<'_, Self>,
+    ) -> R<()> {
+        self.def(v, start)?;
+        let body_b = self.b.create_block();
+        let exit = self.b.create_block();
+        let any = self.b.ins().icmp(IntCC::SignedLessThan, start, end);
+        if let Some(pre) = pre {
+            let pre_b = self.b.create_block();
+            self.b.ins().brif(any, pre_b, &[], exit, &[]);
+            self.b.switch_to_block(pre_b);
+            pre(self)?;
+            self.b.ins().jump(body_b, &[]);
+        } else {
+            self.b.ins().brif(any, body_b, &[], exit, &[]);
+        }
+        self.b.switch_to_block(body_b);
+        body(self)?;
+        let i = self.use_var(v)?;
+        let next = self.b.ins().iadd_imm_s(i, step);
+        self.def(v, next)?;
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, end);
+        self.b.ins().brif(more, body_b, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
     fn def(&mut self, v: Variable, x: Value) -> R<()> {
         self.b
             .try_def_var(v, x)
@@ -410,8 +458,13 @@ impl<'f> Lower<'_, 'f> {
 
     /// The address of `buf[index]`.
     fn address(&mut self, buf: usize, index: &Expr) -> R<Value> {
-        let d = self.buf_dtype(buf)?;
         let i = self.expr_of(index, DType::I64, "an index")?;
+        self.address_at(buf, i)
+    }
+
+    /// The address of `buf[i]`, `i` an i64 value.
+    fn address_at(&mut self, buf: usize, i: Value) -> R<Value> {
+        let d = self.buf_dtype(buf)?;
         let i = if self.ptr == types::I64 {
             i
         } else {
@@ -451,6 +504,9 @@ impl<'f> Lower<'_, 'f> {
     }
 
     fn expr(&mut self, e: &Expr) -> R<(Value, DType)> {
+        if let Some(&h) = self.hoisted.get(&(e as *const Expr)) {
+            return Ok(h);
+        }
         Ok(match e {
             Expr::Int(v, d) => {
                 let x = match *d {
@@ -495,6 +551,15 @@ impl<'f> Lower<'_, 'f> {
     }
 
     fn op(&mut self, op: &Op, args: &[Expr], dtype: DType) -> R<Value> {
+        let mut vals = Vec::with_capacity(args.len());
+        for a in args {
+            vals.push(self.expr(a)?);
+        }
+        self.apply(op, &vals, dtype)
+    }
+
+    /// `op` of lowered operands.
+    fn apply(&mut self, op: &Op, vals: &[(Value, DType)], dtype: DType) -> R<Value> {
         let name = match op {
             Op::Cast { .. } => "cast",
             _ => op.mnemonic(),
@@ -505,15 +570,11 @@ impl<'f> Lower<'_, 'f> {
             OpKind::Ternary => 3,
             _ => return Err(self.unsupported(format!("op `{name}`"))),
         };
-        if args.len() != arity {
+        if vals.len() != arity {
             return Err(self.invalid(format!(
                 "`{name}` takes {arity} operands, got {}",
-                args.len()
+                vals.len()
             )));
-        }
-        let mut vals = Vec::with_capacity(arity);
-        for a in args {
-            vals.push(self.expr(a)?);
         }
         let (x, d) = match op.kind() {
             OpKind::Unary => self.unary(op, vals[0].0, vals[0].1)?,
@@ -1159,7 +1220,7 @@ mod helpers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{codes, Buf, BufKind, Mark};
+    use crate::kernel::{codes, Buf, BufKind};
     use ir::Dim;
 
     const _: () = {
@@ -1950,5 +2011,812 @@ mod tests {
         });
         let e = compile(&[k]).err().unwrap();
         assert!(e.to_string().contains("reduce_sum"), "{e}");
+    }
+
+    // ---- SIMD code (`simd.rs`) ----
+
+    /// Compiles `k`, returning how many vector loops and reductions took the SIMD path.
+    fn compile_counting(k: Kernel) -> (Compiled, (usize, usize)) {
+        simd::COMPILED.with(|c| c.set((0, 0)));
+        let c = compile(&[k]).unwrap();
+        (c, simd::COMPILED.with(|c| c.get()))
+    }
+
+    /// `k` with every innermost loop marked `mark`.
+    fn with_mark(mut k: Kernel, mark: Mark) -> Kernel {
+        fn go(body: &mut [Stmt], m: Mark) {
+            for s in body {
+                if let Stmt::Loop { mark: lm, body, .. } = s {
+                    if body.iter().any(|s| matches!(s, Stmt::Loop { .. })) {
+                        go(body, m);
+                    } else {
+                        *lm = m;
+                    }
+                }
+            }
+        }
+        go(&mut k.body, mark);
+        k
+    }
+
+    fn same_bits<T: Copy + std::fmt::Debug>(a: &[T], b: &[T], what: &str) {
+        assert_eq!(a.len(), b.len());
+        for i in 0..a.len() {
+            let (x, y) = (format!("{:?}", a[i]), format!("{:?}", b[i]));
+            // NaN payloads may differ; everything else (signed zeros too) must not.
+            assert!(
+                x == y || (x == "NaN" && y == "NaN"),
+                "{what}: element {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Special f32 values, then pseudo-random ones of every magnitude.
+    fn f32_samples() -> Vec<f32> {
+        let mut xs = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -0.5,
+            1.5,
+            2.5,
+            -2.5,
+            3.5,
+            1e-40,
+            -1e-40,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN,
+            1e10,
+            -3e9,
+            123.456,
+            7.0,
+        ];
+        let mut seed = 0x1234_5678u32;
+        for _ in 0..20 {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let x = f32::from_bits(seed);
+            xs.push(if x.is_nan() { 0.25 } else { x });
+            xs.push((seed >> 8) as f32 / 65536.0 - 128.0);
+        }
+        xs
+    }
+
+    /// Runs `k` (vector-marked innermost loops) and the same kernel with serial loops on
+    /// buffers `inputs` (as bytes) and one output of `n` elements of `T`, and checks both give
+    /// the same bits and that the vector one took the SIMD path.
+    fn vector_vs_scalar<T: Copy + Default + PartialEq + std::fmt::Debug>(
+        k: Kernel,
+        inputs: &mut [Vec<u8>],
+        n: usize,
+        what: &str,
+    ) -> Vec<T> {
+        let mut outs = Vec::new();
+        for mark in [Mark::Vector(4), Mark::Serial] {
+            let (c, (vec, _)) = compile_counting(with_mark(k.clone(), mark));
+            assert_eq!(vec, usize::from(mark != Mark::Serial), "{what}: SIMD path");
+            let mut y = vec![T::default(); n];
+            let mut ptrs: Vec<*mut u8> = inputs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+            ptrs.push(ptr(&mut y));
+            assert_eq!(call(&c, 0, &ptrs, &[n as i64]), 0);
+            outs.push(y);
+        }
+        same_bits(&outs[0], &outs[1], what);
+        outs.pop().unwrap()
+    }
+
+    fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
+        // SAFETY: plain numbers viewed as their bytes.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+            .to_vec()
+    }
+
+    fn zip_kernel(d: DType, to: DType, f: &dyn Fn(Expr, Expr) -> Expr) -> Kernel {
+        Kernel {
+            name: "zip".into(),
+            bufs: vec![
+                buf("a", d, BufKind::Input),
+                buf("b", d, BufKind::Input),
+                buf("y", to, BufKind::Output),
+            ],
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64],
+            body: vec![for_(
+                0,
+                Expr::Dim(0),
+                vec![store(2, v(0), f(load(0, v(0)), load(1, v(0))))],
+            )],
+        }
+    }
+
+    #[test]
+    fn vector_float_ops_match_the_scalar_code() {
+        let xs = f32_samples();
+        let (a, b): (Vec<f32>, Vec<f32>) = xs
+            .iter()
+            .flat_map(|&a| xs.iter().map(move |&b| (a, b)))
+            .unzip();
+        let n = a.len();
+        let f = DType::F32;
+        let unary = [
+            Op::Neg,
+            Op::Abs,
+            Op::Sqrt,
+            Op::Floor,
+            Op::Ceil,
+            Op::Round,
+            Op::Recip,
+        ];
+        for o in unary {
+            let k = map_kernel(f, f, |x| op(o.clone(), vec![x], f));
+            let y: Vec<f32> = vector_vs_scalar(k, &mut [bytes(&a)], n, o.mnemonic());
+            // And against Rust.
+            let r: fn(f32) -> f32 = match o {
+                Op::Neg => |x| -x,
+                Op::Abs => f32::abs,
+                Op::Sqrt => f32::sqrt,
+                Op::Floor => f32::floor,
+                Op::Ceil => f32::ceil,
+                Op::Round => f32::round_ties_even,
+                _ => |x| 1.0 / x,
+            };
+            same_bits(&y, &a.iter().map(|&x| r(x)).collect::<Vec<_>>(), "vs rust");
+        }
+        for o in [Op::IsNan, Op::IsInf] {
+            let k = map_kernel(f, DType::I32, |x| {
+                cast(DType::I32)(op(o.clone(), vec![x], DType::Bool))
+            });
+            vector_vs_scalar::<i32>(k, &mut [bytes(&a)], n, o.mnemonic());
+        }
+        for o in [Op::Add, Op::Sub, Op::Mul, Op::Div, Op::Max, Op::Min] {
+            let k = zip_kernel(f, f, &binop(o.clone(), f));
+            let y: Vec<f32> = vector_vs_scalar(k, &mut [bytes(&a), bytes(&b)], n, o.mnemonic());
+            if matches!(o, Op::Add | Op::Sub | Op::Mul | Op::Div) {
+                let r: fn(f32, f32) -> f32 = match o {
+                    Op::Add => |x, y| x + y,
+                    Op::Sub => |x, y| x - y,
+                    Op::Mul => |x, y| x * y,
+                    _ => |x, y| x / y,
+                };
+                let want: Vec<f32> = a.iter().zip(&b).map(|(&x, &y)| r(x, y)).collect();
+                same_bits(&y, &want, "vs rust");
+            }
+        }
+        for o in [Op::Eq, Op::Ne, Op::Lt, Op::Le, Op::Gt, Op::Ge] {
+            // As a mask for select, and as a value.
+            let sel = |x: Expr, y: Expr| {
+                let c = op(o.clone(), vec![x.clone(), y.clone()], DType::Bool);
+                op(Op::Select, vec![c, x, y], f)
+            };
+            vector_vs_scalar::<f32>(
+                zip_kernel(f, f, &sel),
+                &mut [bytes(&a), bytes(&b)],
+                n,
+                "sel",
+            );
+            let val = |x: Expr, y: Expr| cast(f)(op(o.clone(), vec![x, y], DType::Bool));
+            vector_vs_scalar::<f32>(
+                zip_kernel(f, f, &val),
+                &mut [bytes(&a), bytes(&b)],
+                n,
+                "cmp",
+            );
+        }
+        // Bool logic on masks, and casts.
+        let logic = |x: Expr, y: Expr| {
+            let p = op(Op::Lt, vec![x.clone(), y.clone()], DType::Bool);
+            let q = op(Op::Gt, vec![x.clone(), Expr::Float(0.0, f)], DType::Bool);
+            let r = op(Op::Ne, vec![y, Expr::Float(1.0, f)], DType::Bool);
+            let pq = op(Op::And, vec![p.clone(), q.clone()], DType::Bool);
+            let x1 = op(Op::Xor, vec![pq, r.clone()], DType::Bool);
+            let o1 = op(
+                Op::Or,
+                vec![op(Op::Not, vec![p], DType::Bool), r],
+                DType::Bool,
+            );
+            let s = op(Op::And, vec![x1, o1], DType::Bool);
+            op(Op::Add, vec![cast(f)(s), cast(f)(cast(DType::Bool)(x))], f)
+        };
+        vector_vs_scalar::<f32>(
+            zip_kernel(f, f, &logic),
+            &mut [bytes(&a), bytes(&b)],
+            n,
+            "logic",
+        );
+        let k = map_kernel(f, DType::I32, cast(DType::I32));
+        let y: Vec<i32> = vector_vs_scalar(k, &mut [bytes(&a)], n, "f32 -> i32");
+        assert_eq!(y, a.iter().map(|&x| x as i32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn vector_integer_ops_and_casts_match_the_scalar_code() {
+        let vals = [
+            0i32,
+            1,
+            -1,
+            2,
+            -7,
+            7,
+            123_456,
+            -99_999,
+            i32::MIN,
+            i32::MAX,
+            1 << 24,
+            16_777_217,
+        ];
+        let (a, b): (Vec<i32>, Vec<i32>) = vals
+            .iter()
+            .flat_map(|&a| vals.iter().map(move |&b| (a, b)))
+            .unzip();
+        let n = a.len();
+        for d in [DType::I32, DType::U32] {
+            for o in [
+                Op::Add,
+                Op::Sub,
+                Op::Mul,
+                Op::And,
+                Op::Or,
+                Op::Xor,
+                Op::Max,
+                Op::Min,
+            ] {
+                let k = zip_kernel(d, d, &binop(o.clone(), d));
+                vector_vs_scalar::<i32>(k, &mut [bytes(&a), bytes(&b)], n, o.mnemonic());
+            }
+            for o in [Op::Eq, Op::Ne, Op::Lt, Op::Le, Op::Gt, Op::Ge] {
+                let k = zip_kernel(d, d, &|x, y| {
+                    cast(d)(op(o.clone(), vec![x, y], DType::Bool))
+                });
+                let y: Vec<i32> = vector_vs_scalar(k, &mut [bytes(&a), bytes(&b)], n, o.mnemonic());
+                if o == Op::Lt {
+                    let want: Vec<i32> = if d == DType::I32 {
+                        a.iter().zip(&b).map(|(x, y)| i32::from(x < y)).collect()
+                    } else {
+                        a.iter()
+                            .zip(&b)
+                            .map(|(&x, &y)| i32::from((x as u32) < (y as u32)))
+                            .collect()
+                    };
+                    assert_eq!(y, want, "{d} lt");
+                }
+            }
+            for o in [Op::Neg, Op::Not, Op::Abs] {
+                let k = map_kernel(d, d, |x| op(o.clone(), vec![x], d));
+                vector_vs_scalar::<i32>(k, &mut [bytes(&a)], n, o.mnemonic());
+            }
+            let k = map_kernel(d, DType::F32, cast(DType::F32));
+            let y: Vec<f32> = vector_vs_scalar(k, &mut [bytes(&a)], n, "int -> f32");
+            let want: Vec<f32> = if d == DType::I32 {
+                a.iter().map(|&x| x as f32).collect()
+            } else {
+                a.iter().map(|&x| x as u32 as f32).collect()
+            };
+            same_bits(&y, &want, "int -> f32");
+            let other = if d == DType::I32 {
+                DType::U32
+            } else {
+                DType::I32
+            };
+            let k = map_kernel(d, other, |x| cast(other)(cast(DType::Bool)(cast(other)(x))));
+            vector_vs_scalar::<i32>(k, &mut [bytes(&a)], n, "int -> bool -> int");
+            // Select on an integer condition between integers.
+            let k = zip_kernel(d, d, &|x, y| {
+                let c = op(Op::Gt, vec![x.clone(), y.clone()], DType::Bool);
+                op(Op::Select, vec![c, y, x], d)
+            });
+            vector_vs_scalar::<i32>(k, &mut [bytes(&a), bytes(&b)], n, "select");
+        }
+        // u32 -> f32 rounds like the scalar code above 2^31.
+        let us = [
+            u32::MAX,
+            0x8000_0001,
+            0x8000_0080,
+            0x8000_0081,
+            0x8000_0180,
+            0xffff_ff7f,
+            0xffff_ff80,
+            3,
+            0x7fff_ffff,
+        ];
+        let k = map_kernel(DType::U32, DType::F32, cast(DType::F32));
+        let y: Vec<f32> = vector_vs_scalar(k, &mut [bytes(&us)], us.len(), "u32 -> f32");
+        same_bits(&y, &us.iter().map(|&x| x as f32).collect::<Vec<_>>(), "u32");
+    }
+
+    /// Distance in representable f32 values.
+    fn ulps(a: f32, b: f32) -> u64 {
+        let key = |x: f32| {
+            let i = i64::from(x.to_bits() as i32);
+            if i < 0 {
+                i64::from(i32::MIN) - i
+            } else {
+                i
+            }
+        };
+        (key(a) - key(b)).unsigned_abs()
+    }
+
+    #[test]
+    fn vector_exp_sigmoid_and_tanh_are_within_2_ulp() {
+        // Every 601st float in [-110, 95], the specials, subnormals and tiny values.
+        let mut xs: Vec<f32> = Vec::new();
+        let mut x = -110f32;
+        while x < 95.0 {
+            xs.push(x);
+            let b = x.to_bits();
+            x = f32::from_bits(if x > 0.0 {
+                b + 601
+            } else if b - 0x8000_0000 > 601 {
+                b - 601
+            } else {
+                0
+            });
+        }
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1e-45,
+            -1e-45,
+            1e-40,
+            1e-4,
+            -1e-4,
+            88.72283,
+            88.72284,
+            -103.972,
+            -87.33655,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        let n = xs.len();
+        type F = fn(f64) -> f64;
+        let cases: [(Op, F, u64); 3] = [
+            (Op::Exp, f64::exp, 1),
+            (Op::Sigmoid, |x| helpers::sigmoid(x), 2),
+            (Op::Tanh, f64::tanh, 1),
+        ];
+        for (o, f, bound) in cases {
+            let k = with_mark(
+                map_kernel(DType::F32, DType::F32, |x| {
+                    op(o.clone(), vec![x], DType::F32)
+                }),
+                Mark::Vector(4),
+            );
+            let (c, counts) = compile_counting(k);
+            assert_eq!(counts, (1, 0));
+            let mut x = xs.clone();
+            let mut y = vec![0f32; n];
+            assert_eq!(call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[n as i64]), 0);
+            let mut worst = (0, 0.0);
+            for (&x, &y) in xs.iter().zip(&y) {
+                let want = f(f64::from(x)) as f32;
+                if want.is_nan() {
+                    assert!(y.is_nan(), "{}({x}) = {y}", o.mnemonic());
+                    continue;
+                }
+                if !x.is_finite() || x == 0.0 {
+                    assert_eq!(y.to_bits(), want.to_bits(), "{}({x})", o.mnemonic());
+                }
+                let u = ulps(y, want);
+                if u > worst.0 {
+                    worst = (u, x);
+                }
+            }
+            assert!(
+                worst.0 <= bound,
+                "{}: {} ulp at {}",
+                o.mnemonic(),
+                worst.0,
+                worst.1
+            );
+        }
+    }
+
+    #[test]
+    fn vector_loops_handle_tails_strides_broadcasts_and_gathers() {
+        // for i vector:
+        //   t = (x[i] + s[0]) * x[2i + 1]
+        //   y[i] = t + x[idx[i]] + x[i / 2] + x[(n - 1) - i]
+        //   z[3i + 1] = t;  w[i] = cast<f64>(t) * 0.5;  q[i] = cast<i32>(t) + cast<i32>(i)
+        let f = DType::F32;
+        let (x, s, idx, y, z, w, q) = (0, 1, 2, 3, 4, 5, 6);
+        let add = |a, b| op(Op::Add, vec![a, b], f);
+        let i = || v(0);
+        let k = Kernel {
+            name: "mix".into(),
+            bufs: vec![
+                buf("x", f, BufKind::Input),
+                buf("s", f, BufKind::Input),
+                buf("idx", DType::I64, BufKind::Input),
+                buf("y", f, BufKind::Output),
+                buf("z", f, BufKind::Output),
+                buf("w", DType::F64, BufKind::Output),
+                buf("q", DType::I32, BufKind::Output),
+            ],
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64, f],
+            body: vec![Stmt::Loop {
+                var: 0,
+                extent: Expr::Dim(0),
+                mark: Mark::Vector(4),
+                body: vec![
+                    Stmt::Set {
+                        var: 1,
+                        value: op(
+                            Op::Mul,
+                            vec![
+                                add(load(x, i()), load(s, Expr::i64(0))),
+                                load(x, Expr::i64(2) * i() + Expr::i64(1)),
+                            ],
+                            f,
+                        ),
+                    },
+                    store(
+                        y,
+                        i(),
+                        add(
+                            add(v(1), load(x, load(idx, i()))),
+                            add(
+                                load(x, Expr::index_op(Op::Div, i(), Expr::i64(2))),
+                                load(
+                                    x,
+                                    Expr::index_op(Op::Sub, Expr::Dim(0) + Expr::i64(-1), i()),
+                                ),
+                            ),
+                        ),
+                    ),
+                    store(z, Expr::i64(3) * i() + Expr::i64(1), v(1)),
+                    store(
+                        w,
+                        i(),
+                        op(
+                            Op::Mul,
+                            vec![cast(DType::F64)(v(1)), Expr::Float(0.5, DType::F64)],
+                            DType::F64,
+                        ),
+                    ),
+                    store(
+                        q,
+                        i(),
+                        op(
+                            Op::Add,
+                            vec![cast(DType::I32)(v(1)), cast(DType::I32)(i())],
+                            DType::I32,
+                        ),
+                    ),
+                ],
+            }],
+        };
+        let (c, counts) = compile_counting(k);
+        assert_eq!(counts, (1, 0));
+        for n in [0usize, 1, 3, 4, 5, 7, 8, 17, 1000] {
+            let mut xv: Vec<f32> = (0..2 * n + 2).map(|j| (j as f32) * 0.25 - 3.0).collect();
+            let mut sv = vec![1.5f32];
+            let mut iv: Vec<i64> = (0..n).map(|j| ((j * 7 + 3) % (2 * n + 1)) as i64).collect();
+            let mut yv = vec![0f32; n];
+            let mut zv = vec![-9f32; 3 * n + 2];
+            let mut wv = vec![0f64; n];
+            let mut qv = vec![0i32; n];
+            let r = call(
+                &c,
+                0,
+                &[
+                    ptr(&mut xv),
+                    ptr(&mut sv),
+                    ptr(&mut iv),
+                    ptr(&mut yv),
+                    ptr(&mut zv),
+                    ptr(&mut wv),
+                    ptr(&mut qv),
+                ],
+                &[n as i64],
+            );
+            assert_eq!(r, 0);
+            for j in 0..n {
+                let t = (xv[j] + sv[0]) * xv[2 * j + 1];
+                let want = (t + xv[iv[j] as usize]) + (xv[j / 2] + xv[n - 1 - j]);
+                assert_eq!(yv[j].to_bits(), want.to_bits(), "n {n} y[{j}]");
+                assert_eq!(zv[3 * j + 1], t, "n {n} z[{}]", 3 * j + 1);
+                assert_eq!(wv[j], f64::from(t) * 0.5, "n {n} w[{j}]");
+                assert_eq!(qv[j], (t as i32).wrapping_add(j as i32), "n {n} q[{j}]");
+            }
+            // Strided stores leave the other elements alone.
+            for (j, &zj) in zv.iter().enumerate() {
+                if j % 3 != 1 || j / 3 >= n {
+                    assert_eq!(zj, -9.0, "n {n} z[{j}] was written");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_loops_mix_native_and_per_lane_ops() {
+        // y[i] = erf(x[i]) + cast<f32>(cast<f64>(x[i]) * 1.5) + pow(x[i], 0.5) + sign(x[i])
+        //        + exp(x[i]) * sigmoid(x[i])
+        let f = DType::F32;
+        let k = map_kernel(f, f, |x| {
+            let e = op(Op::Erf, vec![x.clone()], f);
+            let w = cast(f)(op(
+                Op::Mul,
+                vec![cast(DType::F64)(x.clone()), Expr::Float(1.5, DType::F64)],
+                DType::F64,
+            ));
+            let p = op(Op::Pow, vec![x.clone(), Expr::Float(0.5, f)], f);
+            let s = op(Op::Sign, vec![x.clone()], f);
+            let sum = op(
+                Op::Add,
+                vec![op(Op::Add, vec![e, w], f), op(Op::Add, vec![p, s], f)],
+                f,
+            );
+            let es = op(
+                Op::Mul,
+                vec![op(Op::Exp, vec![x.clone()], f), op(Op::Sigmoid, vec![x], f)],
+                f,
+            );
+            op(Op::Add, vec![sum, es], f)
+        });
+        let xs: Vec<f32> = (0..103).map(|j| (j as f32 - 50.0) * 0.173).collect();
+        let vk = with_mark(k.clone(), Mark::Vector(4));
+        let (c, counts) = compile_counting(vk);
+        assert_eq!(counts, (1, 0));
+        let mut x = xs.clone();
+        let mut y = vec![0f32; xs.len()];
+        assert_eq!(
+            call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[xs.len() as i64]),
+            0
+        );
+        for (j, &x) in xs.iter().enumerate() {
+            let xd = f64::from(x);
+            let a = (libm::erf(xd) as f32 + (xd * 1.5) as f32)
+                + (xd.powf(0.5) as f32 + helpers::sign(xd) as f32);
+            let want = a + xd.exp() as f32 * helpers::sigmoid(xd) as f32;
+            let got = y[j];
+            assert!(
+                (got.is_nan() && want.is_nan()) || (got - want).abs() <= 4e-7 * want.abs().max(1.0),
+                "x {x}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// `y[r] = fold over c < cols of x[r * cols + c] * s[r]` with `acc = op(acc, ...)`.
+    fn reduction_kernel(o: Op, sum: bool) -> Kernel {
+        let f = DType::F32;
+        let acc_t = if sum { DType::F64 } else { f };
+        let e = op(
+            Op::Mul,
+            vec![load(0, v(0) * Expr::Dim(1) + v(1)), load(1, v(0))],
+            f,
+        );
+        let e = if sum { cast(DType::F64)(e) } else { e };
+        let init = if sum {
+            Expr::Float(0.0, DType::F64)
+        } else if o == Op::Max {
+            Expr::Float(f64::NEG_INFINITY, f)
+        } else {
+            Expr::Float(f64::INFINITY, f)
+        };
+        Kernel {
+            name: "reduce".into(),
+            bufs: vec![
+                buf("x", f, BufKind::Input),
+                buf("s", f, BufKind::Input),
+                buf("y", acc_t, BufKind::Output),
+            ],
+            dims: vec![Dim::sym("r"), Dim::sym("c")],
+            vars: vec![DType::I64, DType::I64, acc_t],
+            body: vec![for_(
+                0,
+                Expr::Dim(0),
+                vec![
+                    Stmt::Set {
+                        var: 2,
+                        value: init,
+                    },
+                    for_(
+                        1,
+                        Expr::Dim(1),
+                        vec![Stmt::Set {
+                            var: 2,
+                            value: op(o, vec![v(2), e], acc_t),
+                        }],
+                    ),
+                    store(2, v(0), v(2)),
+                ],
+            )],
+        }
+    }
+
+    #[test]
+    fn max_and_min_reductions_match_the_sequential_fold() {
+        // Cranelift's fmax/fmin: NaN if either is NaN; -0 < +0.
+        let fold = |o: &Op, a: f32, b: f32| -> f32 {
+            if a.is_nan() || b.is_nan() {
+                f32::NAN
+            } else if a == b {
+                if (*o == Op::Max) == a.is_sign_positive() {
+                    a
+                } else {
+                    b
+                }
+            } else if *o == Op::Max {
+                a.max(b)
+            } else {
+                a.min(b)
+            }
+        };
+        for o in [Op::Max, Op::Min] {
+            let (c, counts) = compile_counting(reduction_kernel(o.clone(), false));
+            assert_eq!(counts, (0, 1));
+            for cols in [0usize, 1, 3, 7, 8, 9, 15, 16, 17, 100, 1000] {
+                let rows = 6;
+                let mut x: Vec<f32> = (0..rows * cols)
+                    .map(|j| ((j * 7919) % 1009) as f32 - 500.0)
+                    .collect();
+                // Row 1: a NaN in the middle; row 2: in the tail; row 3: signed zeros only;
+                // row 4: all -inf / +inf.
+                if cols > 0 {
+                    x[cols + cols / 2] = f32::NAN;
+                    x[2 * cols + cols - 1] = f32::NAN;
+                    for j in 0..cols {
+                        x[3 * cols + j] = if j % 3 == 0 { 0.0 } else { -0.0 };
+                        x[4 * cols + j] = if o == Op::Max {
+                            f32::NEG_INFINITY
+                        } else {
+                            f32::INFINITY
+                        };
+                    }
+                }
+                let mut s = vec![1.0f32, 1.0, 2.0, 1.0, 1.0, -0.5];
+                let mut y = vec![0f32; rows];
+                let r = call(
+                    &c,
+                    0,
+                    &[ptr(&mut x), ptr(&mut s), ptr(&mut y)],
+                    &[rows as i64, cols as i64],
+                );
+                assert_eq!(r, 0);
+                for row in 0..rows {
+                    let init = if o == Op::Max {
+                        f32::NEG_INFINITY
+                    } else {
+                        f32::INFINITY
+                    };
+                    let want = (0..cols).fold(init, |a, j| fold(&o, a, x[row * cols + j] * s[row]));
+                    same_bits(
+                        &[y[row]],
+                        &[want],
+                        &format!("{} cols {cols} row {row}", o.mnemonic()),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f64_sums_of_f32_values_match_the_sequential_sum() {
+        let (c, counts) = compile_counting(reduction_kernel(Op::Add, true));
+        assert_eq!(counts, (0, 1));
+        for cols in [0usize, 1, 3, 7, 8, 9, 15, 16, 17, 100, 1000, 4099] {
+            let rows = 3;
+            let mut x: Vec<f32> = (0..rows * cols)
+                .map(|j| (((j * 7919) % 1009) as f32 - 500.0) * 1.37e-3)
+                .collect();
+            let mut s = vec![1.0f32, -3.0, 0.1];
+            let mut y = vec![0f64; rows];
+            let r = call(
+                &c,
+                0,
+                &[ptr(&mut x), ptr(&mut s), ptr(&mut y)],
+                &[rows as i64, cols as i64],
+            );
+            assert_eq!(r, 0);
+            for row in 0..rows {
+                let terms = (0..cols).map(|j| f64::from(x[row * cols + j] * s[row]));
+                let want: f64 = terms.clone().sum();
+                let mag: f64 = terms.map(f64::abs).sum();
+                assert!(
+                    (y[row] - want).abs() <= 1e-15 * mag,
+                    "cols {cols} row {row}: {} vs {want}",
+                    y[row]
+                );
+            }
+        }
+        // Special values: infinities and NaN propagate, -0 sums stay -0.
+        for (vals, want) in [
+            (
+                vec![1.0f32, f32::INFINITY, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+                f64::INFINITY,
+            ),
+            (
+                vec![
+                    f32::INFINITY,
+                    1.0,
+                    2.0,
+                    3.0,
+                    4.0,
+                    5.0,
+                    6.0,
+                    7.0,
+                    f32::NEG_INFINITY,
+                ],
+                f64::NAN,
+            ),
+            (
+                vec![1.0, 2.0, 3.0, f32::NAN, 4.0, 5.0, 6.0, 7.0, 8.0],
+                f64::NAN,
+            ),
+        ] {
+            let mut x = vals.clone();
+            let mut s = vec![1.0f32];
+            let mut y = vec![0f64; 1];
+            call(
+                &c,
+                0,
+                &[ptr(&mut x), ptr(&mut s), ptr(&mut y)],
+                &[1, vals.len() as i64],
+            );
+            same_bits(&y, &[want], "special sum");
+        }
+    }
+
+    #[test]
+    fn loops_that_are_not_vectorizable_stay_scalar() {
+        // A loop-carried temporary, a check and a byte store: scalar, and still right.
+        let f = DType::F32;
+        let carried = Kernel {
+            name: "carried".into(),
+            bufs: vec![buf("x", f, BufKind::Input), buf("y", f, BufKind::Output)],
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64, f],
+            body: vec![
+                Stmt::Set {
+                    var: 1,
+                    value: Expr::Float(0.0, f),
+                },
+                Stmt::Loop {
+                    var: 0,
+                    extent: Expr::Dim(0),
+                    mark: Mark::Vector(4),
+                    body: vec![
+                        store(1, v(0), v(1)),
+                        Stmt::Set {
+                            var: 1,
+                            value: load(0, v(0)),
+                        },
+                    ],
+                },
+            ],
+        };
+        let (c, counts) = compile_counting(carried);
+        assert_eq!(counts, (0, 0));
+        let mut x = vec![1f32, 2., 3., 4., 5., 6.];
+        let mut y = vec![0f32; 6];
+        assert_eq!(call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[6]), 0);
+        assert_eq!(y, vec![0., 1., 2., 3., 4., 5.]);
+        let bytes_out = with_mark(
+            map_kernel(f, DType::Bool, |x| {
+                op(Op::Gt, vec![x, Expr::Float(0.0, f)], DType::Bool)
+            }),
+            Mark::Vector(4),
+        );
+        let (c, counts) = compile_counting(bytes_out);
+        assert_eq!(counts, (0, 0));
+        let mut x = vec![1f32, -2., 3., 0., 5.];
+        let mut y = vec![false; 5];
+        assert_eq!(call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[5]), 0);
+        assert_eq!(y, vec![true, false, true, false, true]);
+        // An f32 sum (not the lowering's f64 rule) is not reassociated.
+        let (_, counts) = compile_counting(Kernel {
+            vars: vec![DType::I64, DType::I64, f],
+            ..reduction_kernel(Op::Add, false)
+        });
+        assert_eq!(counts, (0, 0));
     }
 }
