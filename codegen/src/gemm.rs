@@ -1,7 +1,7 @@
 //! f32 matrix products for `Stmt::Gemm`: operands packed into panels, a register-tiled
 //! micro-kernel (6×16 with AVX2 and FMA when the CPU has them, chosen at run time; portable
-//! otherwise), and large products split over the current rayon pool's threads by column
-//! panels or row blocks. Results do not depend on the thread count: every element sums over k
+//! otherwise), and large products split over the threads of the rayon pool they run in (if
+//! any) by column panels or row blocks. Results do not depend on the thread count: every element sums over k
 //! in the same order.
 
 const MR: usize = 6;
@@ -91,7 +91,9 @@ pub unsafe extern "C" fn kiln_sgemm(
     // Tasks cost a few microseconds on the pool: only products of 2M MACs and up are split,
     // into at most one task per thread (by columns when there are enough panels, else by
     // rows).
-    let t = if m * n * k >= 1 << 21 {
+    // Only inside a pool (the runtime installs one when threads > 1): outside, the product
+    // runs on the calling thread rather than on rayon's implicit global pool.
+    let t = if m * n * k >= 1 << 21 && rayon::current_thread_index().is_some() {
         rayon::current_num_threads().max(1)
     } else {
         1
@@ -193,9 +195,24 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
                     let i = ic + ip * MR;
                     let mr = MR.min(ic + mc - i);
                     let (a_panel, b_panel) = (&ap[ip * MR * kc..], &bp[jp * NR * kc..]);
+                    if avx && mr == MR && nr == NR {
+                        // A whole tile goes straight to C (stored, or added after the first
+                        // block of k).
+                        let out = Out::C {
+                            // SAFETY: (i, j) is inside c, and so is the MR×NR tile from it.
+                            p: unsafe { c.add(i * n + j) },
+                            ld: n,
+                            add: pc > 0,
+                        };
+                        // SAFETY: the CPU has AVX2 and FMA; panels hold kc steps.
+                        unsafe { micro_avx2(kc, a_panel.as_ptr(), b_panel.as_ptr(), out) };
+                        continue;
+                    }
                     if avx {
                         // SAFETY: the CPU has AVX2 and FMA; panels hold kc steps.
-                        unsafe { micro_avx2(kc, a_panel.as_ptr(), b_panel.as_ptr(), &mut tile) };
+                        unsafe {
+                            micro_avx2(kc, a_panel.as_ptr(), b_panel.as_ptr(), Out::Tile(&mut tile))
+                        };
                     } else {
                         micro_portable(kc, a_panel, b_panel, &mut tile);
                     }
@@ -421,7 +438,7 @@ fn micro_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; MR * NR]) {
+unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, out: Out<'_>) {
     use std::arch::x86_64::*;
     let mut c = [[_mm256_setzero_ps(); 2]; MR];
     for kk in 0..kc {
@@ -436,17 +453,38 @@ unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; M
             }
         }
     }
+    let (p, ld, add) = match out {
+        Out::Tile(t) => (t.as_mut_ptr(), NR, false),
+        Out::C { p, ld, add } => (p, ld, add),
+    };
     for (ii, row) in c.iter().enumerate() {
-        // SAFETY: the tile holds MR rows of NR values.
+        // SAFETY: the destination holds MR rows of NR values `ld` apart.
         unsafe {
-            _mm256_storeu_ps(tile.as_mut_ptr().add(ii * NR), row[0]);
-            _mm256_storeu_ps(tile.as_mut_ptr().add(ii * NR + 8), row[1]);
+            let d = p.add(ii * ld);
+            let (mut r0, mut r1) = (row[0], row[1]);
+            if add {
+                r0 = _mm256_add_ps(r0, _mm256_loadu_ps(d));
+                r1 = _mm256_add_ps(r1, _mm256_loadu_ps(d.add(8)));
+            }
+            _mm256_storeu_ps(d, r0);
+            _mm256_storeu_ps(d.add(8), r1);
         }
     }
 }
 
+/// Where the micro-kernel puts its MR×NR result.
+enum Out<'a> {
+    Tile(&'a mut [f32; MR * NR]),
+    /// Rows `ld` apart from `p`, overwritten or (`add`) accumulated into.
+    C {
+        p: *mut f32,
+        ld: usize,
+        add: bool,
+    },
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_avx2(_: usize, _: *const f32, _: *const f32, _: &mut [f32; MR * NR]) {
+unsafe fn micro_avx2(_: usize, _: *const f32, _: *const f32, _: Out<'_>) {
     unreachable!("only called when the CPU has AVX2")
 }
 
