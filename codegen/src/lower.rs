@@ -924,53 +924,15 @@ impl<'g> Lowering<'g> {
         let sp = xs.len() - 2;
         let (cg, og) = (ws[1], ws[0] / *groups);
         // The padded input covers every tap.
-        let padded: Vec<i64> = (0..sp)
-            .map(|d| {
-                let last = (os[2 + d] - 1) * stride[d] + (ws[2 + d] - 1) * dilation[d] + 1;
-                (xs[2 + d] + pad_low[d]).max(last)
-            })
-            .collect();
-        let needs_pad = (0..sp).any(|d| pad_low[d] != 0 || padded[d] != xs[2 + d]);
-        let mut ps = xs[..2].to_vec();
-        ps.extend(&padded);
-        let p_shape = Shape::new(ps.iter().map(|&d| Dim::constant(d)).collect());
-        let pb = if needs_pad {
-            let n = self.k.bufs.len();
-            let pb = self.buf(
-                format!("pad{n}"),
-                &TensorType::new(DType::F32, p_shape.clone()),
-                BufKind::Scratch,
-            )?;
-            let total: i64 = ps.iter().product();
-            self.nest(
-                &Shape::new(vec![Dim::constant(total)]),
-                DType::F32,
-                |_, idx| {
-                    Ok(vec![Stmt::Store {
-                        buf: pb,
-                        index: idx[0].clone(),
-                        value: Expr::Float(0.0, DType::F32),
-                    }])
-                },
-            )?;
-            let x_shape = self.ty(xv).shape.clone();
-            self.nest(&x_shape, DType::F32, |l, idx| {
-                let mut at = idx[..2].to_vec();
-                for d in 0..sp {
-                    at.push(idx[2 + d].clone() + Expr::i64(pad_low[d]));
-                }
-                let index = l.linear(&at, &p_shape);
-                let value = l.expr(xv, idx)?;
-                Ok(vec![Stmt::Store {
-                    buf: pb,
-                    index,
-                    value,
-                }])
-            })?;
-            pb
-        } else {
-            xb
-        };
+        let mut pads = vec![0, 0];
+        pads.extend_from_slice(pad_low);
+        let mut padded = xs[..2].to_vec();
+        padded.extend((0..sp).map(|d| {
+            let last = (os[2 + d] - 1) * stride[d] + (ws[2 + d] - 1) * dilation[d] + 1;
+            (xs[2 + d] + pad_low[d]).max(last)
+        }));
+        let (pb, p_shape) =
+            self.padded_copy(xv, xb, &pads, &padded, Expr::Float(0.0, DType::F32))?;
         let ow = *os.last().expect("convs have spatial axes");
         let rows = Shape::new(os_shape.dims()[..os.len() - 1].to_vec());
         let ws_shape = self.ty(wv).shape.clone();
@@ -1047,6 +1009,57 @@ impl<'g> Lowering<'g> {
             body.extend(serial(loops, vec![update]));
             Ok(body)
         })
+    }
+
+    /// `x` (static shape, in buffer `xb`) copied into a buffer of shape `padded` at offset
+    /// `pad_low` per axis, the rest `fill` — or `xb` itself when nothing is padded. Loads of
+    /// windows then need no guard.
+    fn padded_copy(
+        &mut self,
+        x: Value,
+        xb: BufId,
+        pad_low: &[i64],
+        padded: &[i64],
+        fill: Expr,
+    ) -> Result<(BufId, Shape)> {
+        let xs = self.ty(x).shape.clone();
+        let dtype = self.ty(x).dtype;
+        let p_shape = Shape::new(padded.iter().map(|&d| Dim::constant(d)).collect());
+        if p_shape == xs && pad_low.iter().all(|&p| p == 0) {
+            return Ok((xb, p_shape));
+        }
+        let n = self.k.bufs.len();
+        let pb = self.buf(
+            format!("pad{n}"),
+            &TensorType::new(dtype, p_shape.clone()),
+            BufKind::Scratch,
+        )?;
+        let total: i64 = padded.iter().product();
+        self.nest(&Shape::new(vec![Dim::constant(total)]), dtype, |_, idx| {
+            Ok(vec![Stmt::Store {
+                buf: pb,
+                index: idx[0].clone(),
+                value: fill,
+            }])
+        })?;
+        self.nest(&xs, dtype, |l, idx| {
+            let at: Vec<Expr> = idx
+                .iter()
+                .zip(pad_low)
+                .map(|(i, &p)| i.clone() + Expr::i64(p))
+                .collect();
+            let index = l.linear(&at, &p_shape);
+            let value = Expr::Load {
+                buf: xb,
+                index: Box::new(l.linear(idx, &xs)),
+            };
+            Ok(vec![Stmt::Store {
+                buf: pb,
+                index,
+                value,
+            }])
+        })?;
+        Ok((pb, p_shape))
     }
 
     /// A convolution: f32 ones with enough channels per group as an im2col buffer and one
@@ -1214,6 +1227,25 @@ impl<'g> Lowering<'g> {
         let outer = Shape::new(vec![xs.dim(0).clone(), Dim::constant(groups)]);
         let (nv, gv) = (self.var(DType::I64), self.var(DType::I64));
         let (n, g) = (Expr::Var(nv), Expr::Var(gv));
+        // With static shapes, a zero-padded copy of the input spares every tap its guard.
+        let padded = if fixed {
+            let c = |d: &Dim| d.as_const().expect("static shapes");
+            let (xd, wd, od): (Vec<i64>, Vec<i64>, Vec<i64>) = (
+                xs.dims().iter().map(c).collect(),
+                ws.dims().iter().map(c).collect(),
+                os.dims().iter().map(c).collect(),
+            );
+            let mut pads = vec![0, 0];
+            pads.extend_from_slice(pad_low);
+            let mut dims = xd[..2].to_vec();
+            dims.extend((0..sp).map(|d| {
+                let last = (od[2 + d] - 1) * stride[d] + (wd[2 + d] - 1) * dilation[d] + 1;
+                (xd[2 + d] + pad_low[d]).max(last)
+            }));
+            Some(self.padded_copy(xv, xb, &pads, &dims, Expr::Float(0.0, DType::F32))?)
+        } else {
+            None
+        };
         let mut body = Vec::new();
         {
             // The im2col nest, built with `nest` and moved inside the image/group loops.
@@ -1222,7 +1254,22 @@ impl<'g> Lowering<'g> {
             self.nest(&col_shape, DType::F32, |l, idx| {
                 let cg_e = l.dim(&cg);
                 let ch = g2 * cg_e + idx[0].clone();
-                let value = guarded(l, n2, ch, &idx[1 + sp..], &idx[1..1 + sp]);
+                let value = match &padded {
+                    Some((pb, p_shape)) => {
+                        let mut at = vec![n2, ch];
+                        for d in 0..sp {
+                            at.push(
+                                idx[1 + sp + d].clone() * Expr::i64(stride[d])
+                                    + idx[1 + d].clone() * Expr::i64(dilation[d]),
+                            );
+                        }
+                        Expr::Load {
+                            buf: *pb,
+                            index: Box::new(l.linear(&at, p_shape)),
+                        }
+                    }
+                    None => guarded(l, n2, ch, &idx[1 + sp..], &idx[1..1 + sp]),
+                };
                 let index = l.linear(idx, &col_shape);
                 Ok(vec![Stmt::Store {
                     buf: col,
@@ -1249,7 +1296,9 @@ impl<'g> Lowering<'g> {
             k: ck_e,
         })));
         let loops = vec![(nv, self.dim(outer.dim(0))), (gv, self.dim(outer.dim(1)))];
-        self.k.body.extend(serial(loops, body));
+        // One image and one group (the common case): the im2col nest is top-level, and so
+        // parallel.
+        self.k.body.extend(unit_free(serial(loops, body)));
         self.bufs.insert(v, out);
         Ok(())
     }
@@ -1404,6 +1453,76 @@ impl<'g> Lowering<'g> {
             ir::ReduceKind::Max => (Op::Max, extreme(dtype, false)),
             ir::ReduceKind::Min => (Op::Min, extreme(dtype, true)),
         };
+        let static_f32 = dtype == DType::F32 && xs.is_static() && os.is_static() && xs.rank() > 0;
+        if static_f32 && matches!(step, Op::Max | Op::Min) {
+            // Max and min are exact in any order: accumulate whole output rows in vector
+            // loops over a copy of the input padded with the identity.
+            let c = |d: &Dim| d.as_const().expect("static shapes");
+            let (xd, od): (Vec<i64>, Vec<i64>) = (
+                xs.dims().iter().map(c).collect(),
+                os.dims().iter().map(c).collect(),
+            );
+            let padded: Vec<i64> = (0..xd.len())
+                .map(|d| {
+                    let last = (od[d] - 1) * stride[d] + (window[d] - 1) * dilation[d] + 1;
+                    (xd[d] + pad_low[d]).max(last)
+                })
+                .collect();
+            let (pb, p_shape) = self.padded_copy(x, xb, pad_low, &padded, init.clone())?;
+            let r = xd.len() - 1;
+            let rows = Shape::new(os.dims()[..r].to_vec());
+            let (wv, ow) = (self.var(DType::I64), od[r]);
+            self.nest(&rows, dtype, |l, idx| {
+                let w = Expr::Var(wv);
+                let mut oidx = idx.to_vec();
+                oidx.push(w.clone());
+                let oindex = l.linear(&oidx, &os);
+                let row = |body: Stmt| Stmt::Loop {
+                    var: wv,
+                    extent: Expr::i64(ow),
+                    mark: Mark::Vector(4),
+                    body: vec![body],
+                };
+                let kv: Vec<VarId> = (0..=r).map(|_| l.var(DType::I64)).collect();
+                let at: Vec<Expr> = (0..=r)
+                    .map(|d| {
+                        let o = if d == r { w.clone() } else { idx[d].clone() };
+                        o * Expr::i64(stride[d]) + Expr::Var(kv[d]) * Expr::i64(dilation[d])
+                    })
+                    .collect();
+                let tap = Expr::Load {
+                    buf: pb,
+                    index: Box::new(l.linear(&at, &p_shape)),
+                };
+                let cur = Expr::Load {
+                    buf: out,
+                    index: Box::new(oindex.clone()),
+                };
+                let update = row(Stmt::Store {
+                    buf: out,
+                    index: oindex.clone(),
+                    value: Expr::Op {
+                        op: step.clone(),
+                        args: vec![cur, tap],
+                        dtype,
+                    },
+                });
+                let loops = kv
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &k)| (k, Expr::i64(window[d])))
+                    .collect();
+                let mut body = vec![row(Stmt::Store {
+                    buf: out,
+                    index: oindex,
+                    value: init.clone(),
+                })];
+                body.extend(unit_free(serial(loops, vec![update])));
+                Ok(body)
+            })?;
+            self.bufs.insert(v, out);
+            return Ok(());
+        }
         let (acc_ty, init) = accumulator(&step, dtype, init);
         let wide = acc_ty != dtype;
         let acc = self.var(acc_ty);
@@ -1848,7 +1967,7 @@ fn serial(loops: Vec<(VarId, Expr)>, body: Vec<Stmt>) -> Vec<Stmt> {
     })
 }
 
-/// Statements with loops of extent 1 replaced by their bodies (the variable set to 0).
+/// Statements with loops of extent 1 replaced by their bodies (the variable replaced by 0).
 fn unit_free(body: Vec<Stmt>) -> Vec<Stmt> {
     let mut out = Vec::new();
     for s in body {
@@ -1859,10 +1978,8 @@ fn unit_free(body: Vec<Stmt>) -> Vec<Stmt> {
                 body,
                 ..
             } => {
-                out.push(Stmt::Set {
-                    var,
-                    value: Expr::i64(0),
-                });
+                let mut body = body;
+                crate::stages::replace_var(&mut body, var, &Expr::i64(0));
                 out.extend(unit_free(body));
             }
             Stmt::Loop {

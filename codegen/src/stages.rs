@@ -194,34 +194,77 @@ fn binds(body: &[Stmt], var: VarId) -> bool {
     })
 }
 
-fn subst_expr(e: &mut Expr, from: VarId, to: VarId) {
+fn subst_expr(e: &mut Expr, from: VarId, to: &Expr) {
     match e {
-        Expr::Var(v) if *v == from => *v = to,
+        Expr::Var(v) if *v == from => *e = to.clone(),
         Expr::Load { index, .. } => subst_expr(index, from, to),
-        Expr::Op { args, .. } => args.iter_mut().for_each(|a| subst_expr(a, from, to)),
+        Expr::Op { op, args, dtype } => {
+            args.iter_mut().for_each(|a| subst_expr(a, from, to));
+            // Fold what the substitution made constant.
+            if *dtype == DType::I64 && args.len() == 2 && matches!(op, Op::Add | Op::Mul) {
+                let (a, b) = (args[0].clone(), args[1].clone());
+                *e = if matches!(op, Op::Add) { a + b } else { a * b };
+            }
+        }
         _ => {}
     }
 }
 
-fn subst(body: &mut [Stmt], from: VarId, to: VarId) {
+/// Replaces every read of variable `var` in statements by `by` (loops binding `var` are left
+/// alone: callers substitute variables that nothing rebinds).
+pub fn replace_var(body: &mut [Stmt], var: VarId, by: &Expr) {
     for s in body {
         match s {
-            Stmt::Loop {
-                var, extent, body, ..
-            } => {
-                if *var == from {
-                    *var = to;
-                }
-                subst_expr(extent, from, to);
-                subst(body, from, to);
+            Stmt::Loop { extent, body, .. } => {
+                subst_expr(extent, var, by);
+                replace_var(body, var, by);
             }
-            Stmt::Set { value, .. } => subst_expr(value, from, to),
+            Stmt::Set { value, .. } => subst_expr(value, var, by),
             Stmt::Store { index, value, .. } => {
-                subst_expr(index, from, to);
-                subst_expr(value, from, to);
+                subst_expr(index, var, by);
+                subst_expr(value, var, by);
             }
-            Stmt::Check { cond, .. } => subst_expr(cond, from, to),
-            Stmt::Gemm(_) => {}
+            Stmt::Check { cond, .. } => subst_expr(cond, var, by),
+            Stmt::Gemm(g) => {
+                let g = &mut **g;
+                for e in [
+                    &mut g.a_off,
+                    &mut g.a_rs,
+                    &mut g.a_cs,
+                    &mut g.b_off,
+                    &mut g.b_rs,
+                    &mut g.b_cs,
+                    &mut g.c_off,
+                    &mut g.m,
+                    &mut g.n,
+                    &mut g.k,
+                ] {
+                    subst_expr(e, var, by);
+                }
+            }
+        }
+    }
+}
+
+/// Renames loop variable `from` to `to`, where it is bound and where it is read.
+fn subst(body: &mut [Stmt], from: VarId, to: VarId) {
+    for s in body.iter_mut() {
+        if let Stmt::Loop { var, body, .. } = s {
+            if *var == from {
+                *var = to;
+            }
+            subst(body, from, to);
+        }
+    }
+    replace_var_shallow(body, from, &Expr::Var(to));
+}
+
+/// [`replace_var`] without descending into loop bodies (which [`subst`] handles itself).
+fn replace_var_shallow(body: &mut [Stmt], var: VarId, by: &Expr) {
+    for s in body {
+        match s {
+            Stmt::Loop { extent, .. } => subst_expr(extent, var, by),
+            s => replace_var(std::slice::from_mut(s), var, by),
         }
     }
 }
