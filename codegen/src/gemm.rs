@@ -383,15 +383,60 @@ unsafe fn thin_rows_body<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, 
     }
 }
 
-/// [`thin_rows_body`] compiled for AVX2 and FMA.
+/// [`thin_rows_body`] with AVX2 and FMA: 16 columns of `M` rows in 2·M registers over the
+/// whole contraction; the last columns through the portable body.
 ///
 /// # Safety
 /// As [`thin_rows_body`]; the CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn thin_rows_avx<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
-    // SAFETY: forwarded.
-    unsafe { thin_rows_body::<M>(a, b, c, n, k) }
+    use std::arch::x86_64::*;
+    let full = n / 16 * 16;
+    let mut j0 = 0;
+    while j0 < full {
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        for l in 0..k {
+            // SAFETY: row l of B holds n contiguous elements; j0 + 16 <= n; (i, l) is in A.
+            unsafe {
+                let row = b.p.offset(l as isize * b.rs).add(j0);
+                let (b0, b1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(a.at(i, l));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            // SAFETY: row i of c holds n elements; j0 + 16 <= n.
+            unsafe {
+                let d = c.add(i * n + j0);
+                _mm256_storeu_ps(d, acc[0]);
+                _mm256_storeu_ps(d.add(8), acc[1]);
+            }
+        }
+        j0 += 16;
+    }
+    if full < n {
+        let b = Mat {
+            p: b.p.wrapping_add(full),
+            ..b
+        };
+        let rest = n - full;
+        // The last columns: a product of width `rest` written with row stride n.
+        for i in 0..M {
+            for j in 0..rest {
+                let mut s = 0f32;
+                for l in 0..k {
+                    // SAFETY: inside A and B.
+                    s = unsafe { a.at(i, l) }.mul_add(unsafe { b.at(l, j) }, s);
+                }
+                // SAFETY: (i, full + j) is inside c.
+                unsafe { *c.add(i * n + full + j) = s };
+            }
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
