@@ -953,19 +953,54 @@ impl<'g> Lowering<'g> {
             let mut oidx = idx.to_vec();
             oidx.push(w.clone());
             let oindex = l.linear(&oidx, &os_shape);
-            let zero = Stmt::Loop {
-                var: wv_,
-                extent: Expr::i64(ow),
-                mark: Mark::Vector(4),
-                body: vec![Stmt::Store {
-                    buf: out,
-                    index: oindex.clone(),
-                    value: Expr::Float(0.0, DType::F32),
-                }],
-            };
+            let oindex_zero = oindex.clone();
+            let g = Expr::index_op(Op::Div, oc.clone(), Expr::i64(og));
+            let taps = cg * ws[2..].iter().product::<i64>();
+            if taps <= 32 {
+                // Few taps: one vector loop whose value sums them all in registers, in the
+                // order of the loops below (so it rounds identically).
+                let mut sum = Expr::Float(0.0, DType::F32);
+                for t in 0..taps {
+                    let (mut rest, mut kpos) = (t, vec![0; sp]);
+                    for d in (0..sp).rev() {
+                        kpos[d] = rest % ws[2 + d];
+                        rest /= ws[2 + d];
+                    }
+                    let c = rest;
+                    let mut pidx = vec![n.clone(), g.clone() * Expr::i64(cg) + Expr::i64(c)];
+                    for d in 0..sp {
+                        let o = if d + 1 == sp {
+                            w.clone()
+                        } else {
+                            idx[2 + d].clone()
+                        };
+                        pidx.push(o * Expr::i64(stride[d]) + Expr::i64(kpos[d] * dilation[d]));
+                    }
+                    let mut widx = vec![oc.clone(), Expr::i64(c)];
+                    widx.extend(kpos.iter().map(|&k| Expr::i64(k)));
+                    let x = Expr::Load {
+                        buf: pb,
+                        index: Box::new(l.linear(&pidx, &p_shape)),
+                    };
+                    let wt = Expr::Load {
+                        buf: wb,
+                        index: Box::new(l.linear(&widx, &ws_shape)),
+                    };
+                    sum = add(sum, mul(x, wt));
+                }
+                return Ok(vec![Stmt::Loop {
+                    var: wv_,
+                    extent: Expr::i64(ow),
+                    mark: Mark::Vector(4),
+                    body: vec![Stmt::Store {
+                        buf: out,
+                        index: oindex,
+                        value: sum,
+                    }],
+                }]);
+            }
             let ch = l.var(DType::I64);
             let kv: Vec<VarId> = (0..sp).map(|_| l.var(DType::I64)).collect();
-            let g = Expr::index_op(Op::Div, oc.clone(), Expr::i64(og));
             let mut pidx = vec![n, g * Expr::i64(cg) + Expr::Var(ch)];
             for d in 0..sp {
                 let o = if d + 1 == sp {
@@ -1005,6 +1040,16 @@ impl<'g> Lowering<'g> {
             for (d, &k) in kv.iter().enumerate() {
                 loops.push((k, Expr::i64(ws[2 + d])));
             }
+            let zero = Stmt::Loop {
+                var: wv_,
+                extent: Expr::i64(ow),
+                mark: Mark::Vector(4),
+                body: vec![Stmt::Store {
+                    buf: out,
+                    index: oindex_zero,
+                    value: Expr::Float(0.0, DType::F32),
+                }],
+            };
             let mut body = vec![zero];
             body.extend(serial(loops, vec![update]));
             Ok(body)
@@ -1796,7 +1841,18 @@ impl<'g> Lowering<'g> {
                 vec![c.clone(), e.clone()],
                 DType::Bool,
             );
-            if dtype.is_float() {
+            // Equal in the order: ties go to the lower index (an entry pushed down the list
+            // meets entries with higher indices).
+            let tie = if dtype.is_float() {
+                let both_nan = op(Op::And, vec![nan(c.clone()), nan(e.clone())], DType::Bool);
+                let eq = op(Op::Eq, vec![c.clone(), e.clone()], DType::Bool);
+                op(Op::Or, vec![eq, both_nan], DType::Bool)
+            } else {
+                op(Op::Eq, vec![c.clone(), e.clone()], DType::Bool)
+            };
+            let lower = op(Op::Lt, vec![Expr::Var(ci), Expr::Var(ei)], DType::Bool);
+            let tie_wins = op(Op::And, vec![tie, lower], DType::Bool);
+            let strict = if dtype.is_float() {
                 let not = |x: Expr| op(Op::Not, vec![x], DType::Bool);
                 let nan_wins = if largest {
                     op(Op::And, vec![nan(c), not(nan(e))], DType::Bool)
@@ -1806,7 +1862,8 @@ impl<'g> Lowering<'g> {
                 op(Op::Or, vec![nan_wins, strict], DType::Bool)
             } else {
                 strict
-            }
+            };
+            op(Op::Or, vec![strict, tie_wins], DType::Bool)
         };
         self.nest(&rows, dtype, |l, idx| {
             let mut at = idx[..axis].to_vec();
