@@ -78,6 +78,16 @@ pub struct Executable {
     labels: HashMap<NodeId, String>,
     /// For each value, the position in `order` of its last reader (outputs: never freed).
     last_use: HashMap<Value, usize>,
+    /// Dense numbering of the values a run holds: per position in `order`, the slot of the
+    /// node's first result (the others follow), the slots of its operands, and the slots no
+    /// later node reads.
+    first_slot: Vec<usize>,
+    operand_slots: Vec<Vec<usize>>,
+    /// (slot, whether the run made it rather than received it).
+    dead_slots: Vec<Vec<(usize, bool)>>,
+    /// Slots of the graph's outputs, and how many slots there are.
+    output_slots: Vec<usize>,
+    n_slots: usize,
     arenas: Arenas,
     /// Memory plans by symbol binding.
     plans: std::sync::Mutex<HashMap<Binding, std::sync::Arc<MemPlan>>>,
@@ -201,6 +211,22 @@ struct MemPlan {
     size: u64,
     /// Bytes of all planned buffers together.
     total: u64,
+    /// What each native step needs under this binding, by node.
+    resolved: HashMap<NodeId, Resolved>,
+}
+
+/// A native step's sizes under one binding of the symbols.
+struct Resolved {
+    /// The kernel's dim table.
+    dims: Vec<i64>,
+    /// Elements of each of the kernel's buffers.
+    lens: Vec<usize>,
+    /// Shapes of its results.
+    out_shapes: Vec<Vec<usize>>,
+    /// Some result has no elements (then nothing runs).
+    empty: bool,
+    /// For each stage: how many parts threads split it into and the parallel extent.
+    parts: Vec<(i64, i64)>,
 }
 
 fn label(g: &Graph, id: NodeId, n: usize) -> String {
@@ -295,6 +321,43 @@ impl Executable {
         for (_, v) in g.outputs() {
             last_use.insert(*v, usize::MAX);
         }
+        let mut slot: HashMap<Value, usize> = HashMap::new();
+        let mut first_slot = Vec::with_capacity(order.len());
+        for &id in &order {
+            first_slot.push(slot.len());
+            for i in 0..g.node(id).types().len() {
+                let n = slot.len();
+                slot.insert(Value::new(id, i as u32), n);
+            }
+        }
+        let operand_slots = order
+            .iter()
+            .map(|&id| g.node(id).inputs().iter().map(|v| slot[v]).collect())
+            .collect();
+        let dead_slots = order
+            .iter()
+            .enumerate()
+            .map(|(pos, &id)| {
+                let mut dead: Vec<(usize, bool)> = g
+                    .node(id)
+                    .inputs()
+                    .iter()
+                    .filter(|v| last_use.get(v) == Some(&pos))
+                    .map(|v| {
+                        let made = g.node(v.node).op();
+                        (
+                            slot[v],
+                            !matches!(made, Op::Constant { .. } | Op::Param { .. }),
+                        )
+                    })
+                    .collect();
+                dead.sort_unstable();
+                dead.dedup();
+                dead
+            })
+            .collect();
+        let output_slots = g.outputs().iter().map(|(_, v)| slot[v]).collect();
+        let n_slots = slot.len();
         Ok(Executable {
             graph: g.clone(),
             order,
@@ -302,6 +365,11 @@ impl Executable {
             compiled,
             labels,
             last_use,
+            first_slot,
+            operand_slots,
+            dead_slots,
+            output_slots,
+            n_slots,
             arenas: Arenas::default(),
             plans: Default::default(),
             threads,
@@ -455,12 +523,25 @@ impl Executable {
                 }
             }
         }
+        let mut resolved = HashMap::new();
+        let threads = self.threads.as_ref().map_or(1, |p| p.current_num_threads());
+        for &id in &self.order {
+            if let Some(Step::Native { lowered, stages }) = self.steps.get(&id) {
+                let r =
+                    resolve(lowered, stages, env, threads).map_err(|message| ExecError::Node {
+                        node: self.labels[&id].clone(),
+                        message,
+                    })?;
+                resolved.insert(id, r);
+            }
+        }
         let p = crate::plan::plan(&items);
         let mut mp = MemPlan {
             values: HashMap::new(),
             scratch: HashMap::new(),
             size: p.size,
             total: p.total,
+            resolved,
         };
         for (k, off) in keys.into_iter().zip(p.offsets) {
             match k {
@@ -507,7 +588,7 @@ impl Executable {
             // SAFETY: the arena has ALIGN bytes of slack for this.
             unsafe { p.add(p.align_offset(crate::plan::ALIGN as usize)) }
         };
-        let mut values: HashMap<Value, Loc> = HashMap::new();
+        let mut values: Vec<Option<Loc>> = (0..self.n_slots).map(|_| None).collect();
         let mut stats = RunStats {
             planned_bytes: plan.size,
             total_bytes: plan.total,
@@ -517,8 +598,14 @@ impl Executable {
         // Bytes of tensors held outside the arena: outputs and interpreter results.
         let mut live: u64 = 0;
         stats.peak_bytes = in_bytes + plan.size;
+        let mut param_slot = HashMap::new();
+        for (pos, &id) in self.order.iter().enumerate() {
+            param_slot.insert(id, self.first_slot[pos]);
+        }
         for (&p, t) in g.params().iter().zip(inputs) {
-            values.insert(Value::new(p, 0), Loc::Tensor(t.clone()));
+            if let Some(&i) = param_slot.get(&p) {
+                values[i] = Some(Loc::Tensor(t.clone()));
+            }
         }
         for (pos, &id) in self.order.iter().enumerate() {
             let node = g.node(id);
@@ -527,13 +614,18 @@ impl Executable {
                 message,
             };
             // Like the interpreter, empty results need no computation.
-            let empty = !node.types().is_empty()
-                && node.types().iter().all(|t| {
-                    t.shape
-                        .dims()
-                        .iter()
-                        .any(|d| d.eval(&|s| env.get(s).copied()) == Ok(0))
-                });
+            let empty = match plan.resolved.get(&id) {
+                Some(r) => r.empty,
+                None => {
+                    !node.types().is_empty()
+                        && node.types().iter().all(|t| {
+                            t.shape
+                                .dims()
+                                .iter()
+                                .any(|d| d.eval(&|s| env.get(s).copied()) == Ok(0))
+                        })
+                }
+            };
             let started = timed.then(std::time::Instant::now);
             let outs: Vec<Loc> = match (node.op(), self.steps.get(&id)) {
                 (Op::Param { .. }, _) => continue,
@@ -556,18 +648,22 @@ impl Executable {
                         module,
                         lowered,
                         stages,
-                        threads: self.threads.as_ref().map_or(1, |p| p.current_num_threads()),
                     };
-                    let args: Vec<&Loc> = node.inputs().iter().map(|v| &values[v]).collect();
-                    run.call(id, &args, env, plan, base).map_err(fail)?
+                    let args: Vec<&Loc> = self.operand_slots[pos]
+                        .iter()
+                        .map(|&i| loc(&values, i))
+                        .collect::<Result<_, _>>()?;
+                    let r = plan
+                        .resolved
+                        .get(&id)
+                        .ok_or_else(|| fail("no plan".into()))?;
+                    run.call(id, &args, r, plan, base).map_err(fail)?
                 }
                 (_, Some(Step::Interp { graph, .. })) => {
-                    let args: Vec<Tensor> = node
-                        .inputs()
+                    let args: Vec<Tensor> = self.operand_slots[pos]
                         .iter()
-                        .map(|v| values[v].tensor(base))
-                        .collect::<Result<_, _>>()
-                        .map_err(fail)?;
+                        .map(|&i| loc(&values, i)?.tensor(base).map_err(fail))
+                        .collect::<Result<_, _>>()?;
                     let v = ir::verify(graph).map_err(|e| fail(e.to_string()))?;
                     let opts = interp::Options {
                         bindings: env.clone(),
@@ -587,35 +683,44 @@ impl Executable {
                 }
             }
             let own = !matches!(node.op(), Op::Constant { .. });
-            for (i, loc) in outs.into_iter().enumerate() {
-                if let (Loc::Tensor(t), true) = (&loc, own) {
+            for (i, l) in outs.into_iter().enumerate() {
+                if let (Loc::Tensor(t), true) = (&l, own) {
                     live += bytes(t);
                 }
-                values.insert(Value::new(id, i as u32), loc);
+                values[self.first_slot[pos] + i] = Some(l);
             }
             stats.peak_bytes = stats.peak_bytes.max(in_bytes + plan.size + live);
-            // Drop what no later node reads.
-            for &v in node.inputs() {
-                if self.last_use.get(&v) == Some(&pos) {
-                    if let Some(Loc::Tensor(t)) = values.remove(&v) {
-                        if !matches!(g.node(v.node).op(), Op::Constant { .. } | Op::Param { .. }) {
-                            live -= bytes(&t);
-                        }
+            // Drop what no later node reads (counting only what this run created).
+            for &(i, counted) in &self.dead_slots[pos] {
+                if let Some(Loc::Tensor(t)) = values[i].take() {
+                    if counted {
+                        live -= bytes(&t);
                     }
                 }
             }
         }
-        let outs = g
-            .outputs()
+        let outs = self
+            .output_slots
             .iter()
-            .map(|(_, v)| values[v].tensor(base))
-            .collect::<Result<_, _>>()
-            .map_err(|message| ExecError::Node {
-                node: "the outputs".into(),
-                message,
-            })?;
+            .map(|&i| {
+                loc(&values, i)?
+                    .tensor(base)
+                    .map_err(|message| ExecError::Node {
+                        node: "the outputs".into(),
+                        message,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         Ok((outs, stats))
     }
+}
+
+/// The value in slot `i` of a run.
+fn loc(values: &[Option<Loc>], i: usize) -> Result<&Loc, ExecError> {
+    values[i].as_ref().ok_or_else(|| ExecError::Node {
+        node: "a run".into(),
+        message: "a value was read before it was computed".into(),
+    })
 }
 
 fn bytes(t: &Tensor) -> u64 {
@@ -661,7 +766,6 @@ struct Kernel<'a> {
     module: &'a Compiled,
     lowered: &'a Lowered,
     stages: &'a [NativeStage],
-    threads: usize,
 }
 
 /// The kernel's buffer pointers, shared by the threads of a parallel stage.
@@ -682,44 +786,85 @@ impl Ptrs<'_> {
 /// Scalar operations below which a parallel stage runs on one thread.
 const PARALLEL_MIN_COST: f64 = 32768.0;
 
+/// A native step's sizes and thread split under the symbol values `env`.
+fn resolve(
+    l: &Lowered,
+    stages: &[NativeStage],
+    env: &HashMap<String, i64>,
+    threads: usize,
+) -> Result<Resolved, String> {
+    let k = &l.kernel;
+    let dims: Vec<i64> = k
+        .dims
+        .iter()
+        .map(|d| d.eval(&|s| env.get(s).copied()).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let lens = k
+        .bufs
+        .iter()
+        .map(|b| {
+            let n = b
+                .len
+                .eval(&|s| env.get(s).copied())
+                .map_err(|e| e.to_string())?;
+            usize::try_from(n).map_err(|_| format!("buffer {} has {n} elements", b.name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out_shapes = l.out_shapes(env)?;
+    let empty =
+        !out_shapes.is_empty() && out_shapes.iter().all(|s| s.iter().product::<usize>() == 0);
+    let mut parts = Vec::new();
+    for s in stages {
+        parts.push(match &s.parallel {
+            None => (1, 0),
+            Some(extent) => {
+                let n = codegen::stages::eval(extent, &dims)
+                    .ok_or("a parallel loop's extent cannot be evaluated")?
+                    .max(0);
+                let mut full = dims.clone();
+                full.extend([0, n]);
+                let cost = codegen::stages::cost(&s.body, &full);
+                let p = if threads > 1 && n > 1 && cost >= PARALLEL_MIN_COST {
+                    n.min(4 * threads as i64)
+                } else {
+                    1
+                };
+                (p, n)
+            }
+        });
+    }
+    Ok(Resolved {
+        dims,
+        lens,
+        out_shapes,
+        empty,
+        parts,
+    })
+}
+
 impl Kernel<'_> {
     /// Runs the stages in order, parallel ones split over the pool's threads.
-    fn stages(&self, ptrs: &[*mut u8], dims: &[i64]) -> Result<(), String> {
+    fn stages(&self, ptrs: &[*mut u8], r: &Resolved) -> Result<(), String> {
         let p = Ptrs(ptrs);
         let call = |f: KernelFn, lo: i64, hi: i64| -> u32 {
-            let mut d = dims.to_vec();
+            let mut d = Vec::with_capacity(r.dims.len() + 2);
+            d.extend_from_slice(&r.dims);
             d.push(lo);
             d.push(hi);
             // SAFETY: see `call`; `0 <= lo <= hi <= extent` of the parallel loop.
             unsafe { f(p.get(), d.as_ptr()) }
         };
-        for s in self.stages {
+        for (s, &(parts, n)) in self.stages.iter().zip(&r.parts) {
             let f = self.module.function(s.func);
-            let code = match &s.parallel {
-                None => call(f, 0, 0),
-                Some(extent) => {
-                    let n = codegen::stages::eval(extent, dims)
-                        .ok_or("a parallel loop's extent cannot be evaluated")?
-                        .max(0);
-                    let mut full = dims.to_vec();
-                    full.extend([0, n]);
-                    let cost = codegen::stages::cost(&s.body, &full);
-                    let parts = if self.threads > 1 && n > 1 && cost >= PARALLEL_MIN_COST {
-                        n.min(4 * self.threads as i64)
-                    } else {
-                        1
-                    };
-                    if parts == 1 {
-                        call(f, 0, n)
-                    } else {
-                        use rayon::prelude::*;
-                        (0..parts)
-                            .into_par_iter()
-                            .map(|w| call(f, n * w / parts, n * (w + 1) / parts))
-                            .find_any(|&c| c != 0)
-                            .unwrap_or(0)
-                    }
-                }
+            let code = if parts <= 1 {
+                call(f, 0, n)
+            } else {
+                use rayon::prelude::*;
+                (0..parts)
+                    .into_par_iter()
+                    .map(|w| call(f, n * w / parts, n * (w + 1) / parts))
+                    .find_any(|&c| c != 0)
+                    .unwrap_or(0)
             };
             if code != 0 {
                 return Err(codes::message(code).to_string());
@@ -734,38 +879,27 @@ impl Kernel<'_> {
         &self,
         id: NodeId,
         args: &[&Loc],
-        env: &HashMap<String, i64>,
+        r: &Resolved,
         plan: &MemPlan,
         base: *mut u8,
     ) -> Result<Vec<Loc>, String> {
         let l = self.lowered;
         let k = &l.kernel;
-        let dims: Vec<i64> = k
-            .dims
-            .iter()
-            .map(|d| d.eval(&|s| env.get(s).copied()).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
-        let len = |i: usize| -> Result<usize, String> {
-            let n = k.bufs[i]
-                .len
-                .eval(&|s| env.get(s).copied())
-                .map_err(|e| e.to_string())?;
-            usize::try_from(n).map_err(|_| format!("buffer {} has {n} elements", k.bufs[i].name))
-        };
+        let len = |i: usize| -> Result<usize, String> { Ok(r.lens[i]) };
         // Operands must be exactly as large as the kernel assumes: it does not check loads.
         for (i, a) in args.iter().enumerate() {
             let n: usize = a.shape().iter().product();
-            if n != len(i)? || a.dtype() != k.bufs[i].dtype {
+            if n != r.lens[i] || a.dtype() != k.bufs[i].dtype {
                 return Err(format!(
                     "operand {i} is {}{:?}, the kernel expects {} elements of {}",
                     a.dtype(),
                     a.shape(),
-                    len(i)?,
+                    r.lens[i],
                     k.bufs[i].dtype
                 ));
             }
         }
-        let shapes = l.out_shapes(env)?;
+        let shapes = &r.out_shapes;
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); k.bufs.len()];
         for (i, a) in args.iter().enumerate() {
             ptrs[i] = a.ptr(base);
@@ -813,7 +947,7 @@ impl Kernel<'_> {
         // Every pointer addresses a live buffer of the length and dtype the kernel was lowered
         // for (checked above for operands; planned or allocated here for the rest); the kernel
         // writes only output and scratch buffers, which nothing else references during the call.
-        self.stages(&ptrs, &dims)?;
+        self.stages(&ptrs, r)?;
         for (r, d, shape) in owned {
             let t = if shape.iter().product::<usize>() == 0 {
                 Tensor::zeros(d.dtype(), shape)
