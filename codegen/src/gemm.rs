@@ -47,6 +47,29 @@ pub unsafe extern "C" fn kiln_sgemm(
     n: i64,
     k: i64,
 ) {
+    // SAFETY: forwarded.
+    unsafe { kiln_sgemm_packed(a, a_rs, a_cs, b, b_rs, b_cs, std::ptr::null(), c, m, n, k) }
+}
+
+/// [`kiln_sgemm`] where `bp`, unless null, is `b` already packed by [`pack_b`] for this `k`
+/// and `n` (then B is not packed per call).
+///
+/// # Safety
+/// As [`kiln_sgemm`]; a non-null `bp` holds [`packed_len`]`(k, n)` elements.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_sgemm_packed(
+    a: *const f32,
+    a_rs: i64,
+    a_cs: i64,
+    b: *const f32,
+    b_rs: i64,
+    b_cs: i64,
+    bp: *const f32,
+    c: *mut f32,
+    m: i64,
+    n: i64,
+    k: i64,
+) {
     let (m, n, k) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
     if m == 0 || n == 0 {
         return;
@@ -61,6 +84,7 @@ pub unsafe extern "C" fn kiln_sgemm(
         rs: b_rs as isize,
         cs: b_cs as isize,
     };
+    let bsrc = Panels { b, packed: bp };
     if k == 0 {
         // SAFETY: c holds m*n elements.
         unsafe { std::ptr::write_bytes(c, 0, m * n) };
@@ -101,7 +125,7 @@ pub unsafe extern "C" fn kiln_sgemm(
     let c_addr = c as usize;
     if t == 1 {
         // SAFETY: forwarded from the caller.
-        unsafe { columns(a, b, c_addr as *mut f32, m, n, k, 0, panels) };
+        unsafe { columns(a, bsrc, c_addr as *mut f32, m, n, k, 0, panels) };
         return;
     }
     let row_blocks = m.div_ceil(MR);
@@ -126,7 +150,7 @@ pub unsafe extern "C" fn kiln_sgemm(
             unsafe {
                 columns(
                     a,
-                    b,
+                    bsrc,
                     (c_addr as *mut f32).add(r0 * n),
                     r1 - r0,
                     n,
@@ -138,14 +162,72 @@ pub unsafe extern "C" fn kiln_sgemm(
         } else {
             let (lo, hi) = (panels * w / parts, panels * (w + 1) / parts);
             // SAFETY: each task writes only the columns of its own panels.
-            unsafe { columns(a, b, c_addr as *mut f32, m, n, k, lo, hi) }
+            unsafe { columns(a, bsrc, c_addr as *mut f32, m, n, k, lo, hi) }
         }
     });
 }
 
 /// The columns of panels `lo..hi` of the product.
 #[allow(clippy::too_many_arguments)]
-unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo: usize, hi: usize) {
+/// The right operand: a matrix, and possibly its panels packed ahead of time.
+#[derive(Clone, Copy)]
+struct Panels {
+    b: Mat,
+    packed: *const f32,
+}
+
+// SAFETY: both are only read, and the caller keeps them alive for the call.
+unsafe impl Send for Panels {}
+unsafe impl Sync for Panels {}
+
+/// Elements of B packed for a `k`×`n` product: zero-padded panels of NR columns per block of
+/// KC steps.
+pub fn packed_len(k: usize, n: usize) -> usize {
+    k * n.div_ceil(NR) * NR
+}
+
+/// Packs B (element (l, j) at `b[l * rs + j * cs]`, `l < k`, `j < n`) the way products pack it
+/// per call: block `pc` (every KC steps) holds the panels of NR columns in turn, k-major, from
+/// element `pc * panels * NR`. `None` when an element would be outside `b`.
+pub fn pack_b(b: &[f32], rs: i64, cs: i64, k: usize, n: usize) -> Option<Vec<f32>> {
+    if k == 0 || n == 0 {
+        return Some(Vec::new());
+    }
+    let last = (k as i64 - 1).checked_mul(rs)? + (n as i64 - 1).checked_mul(cs)?;
+    if rs < 0 || cs < 0 || last >= b.len() as i64 {
+        return None;
+    }
+    let panels = n.div_ceil(NR);
+    let mut out = vec![0f32; packed_len(k, n)];
+    let x = Mat {
+        p: b.as_ptr(),
+        rs: rs as isize,
+        cs: cs as isize,
+    };
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        for p in 0..panels {
+            let dst = &mut out[pc * panels * NR + p * NR * kc..][..NR * kc];
+            let jb = p * NR;
+            // SAFETY: every element addressed is inside `b` (checked above).
+            unsafe { pack::<NR>(x, pc, jb, kc, NR.min(n - jb), dst) };
+        }
+    }
+    Some(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns(
+    a: Mat,
+    bsrc: Panels,
+    c: *mut f32,
+    m: usize,
+    n: usize,
+    k: usize,
+    lo: usize,
+    hi: usize,
+) {
+    let b = bsrc.b;
     let avx = avx2_fma();
     let j0 = lo * NR;
     let j1 = (hi * NR).min(n);
@@ -167,13 +249,26 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
     let mut tile = [0f32; MR * NR];
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
-        // Pack B[pc.., j0..j1] as panels of NR columns, k-major, zero-padded.
-        for p in 0..np {
-            let dst = &mut bp[p * NR * kc..][..NR * kc];
-            let jb = j0 + p * NR;
-            // SAFETY: forwarded from the caller (the block is inside b).
-            unsafe { pack::<NR>(b, pc, jb, kc, NR.min(j1 - jb), dst) };
-        }
+        // Pack B[pc.., j0..j1] as panels of NR columns, k-major, zero-padded (unless that
+        // was done ahead of time).
+        let b_block: &[f32] = if bsrc.packed.is_null() {
+            for p in 0..np {
+                let dst = &mut bp[p * NR * kc..][..NR * kc];
+                let jb = j0 + p * NR;
+                // SAFETY: forwarded from the caller (the block is inside b).
+                unsafe { pack::<NR>(b, pc, jb, kc, NR.min(j1 - jb), dst) };
+            }
+            &bp[..np * NR * kc]
+        } else {
+            let panels = n.div_ceil(NR);
+            // SAFETY: the packed operand holds every block's panels (see `pack_b`).
+            unsafe {
+                std::slice::from_raw_parts(
+                    bsrc.packed.add(pc * panels * NR + lo * NR * kc),
+                    np * NR * kc,
+                )
+            }
+        };
         for ic in (0..m).step_by(MC) {
             let mc = MC.min(m - ic);
             let mp = mc.div_ceil(MR);
@@ -194,7 +289,7 @@ unsafe fn columns(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize, lo:
                 for ip in 0..mp {
                     let i = ic + ip * MR;
                     let mr = MR.min(ic + mc - i);
-                    let (a_panel, b_panel) = (&ap[ip * MR * kc..], &bp[jp * NR * kc..]);
+                    let (a_panel, b_panel) = (&ap[ip * MR * kc..], &b_block[jp * NR * kc..]);
                     if avx && mr == MR && nr == NR {
                         // A whole tile goes straight to C (stored, or added after the first
                         // block of k).
@@ -577,39 +672,59 @@ mod tests {
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
-            for bt in [false, true] {
-                for t in [1, 2, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(t)
-                        .build()
-                        .unwrap();
-                    let mut c = vec![f32::NAN; m * n];
-                    let (rs, cs) = if bt { (1, k as i64) } else { (n as i64, 1) };
-                    // SAFETY: the strides stay inside the vectors.
-                    pool.install(|| unsafe {
-                        kiln_sgemm(
-                            a.as_ptr(),
-                            k as i64,
-                            1,
-                            b.as_ptr(),
-                            rs,
-                            cs,
-                            c.as_mut_ptr(),
-                            m as i64,
-                            n as i64,
-                            k as i64,
-                        )
-                    });
-                    let want = naive(&a, &b, m, n, k, bt);
-                    for (i, (x, y)) in c.iter().zip(&want).enumerate() {
-                        assert!(
-                            (x - y).abs() <= 1e-4 * (1.0 + y.abs()) * (k as f32).sqrt(),
-                            "{m}x{n}x{k} bt={bt} threads={t}: element {i}: {x} vs {y}"
-                        );
-                    }
+            for (bt, packed, t) in (0..12).map(|i| (i % 2 == 1, i % 4 >= 2, 1 + i / 4)) {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap();
+                let mut c = vec![f32::NAN; m * n];
+                let (rs, cs) = if bt { (1, k as i64) } else { (n as i64, 1) };
+                let bp = if packed {
+                    let p = pack_b(&b, rs, cs, k, n).expect("inside b");
+                    assert_eq!(p.len(), packed_len(k, n));
+                    p
+                } else {
+                    Vec::new()
+                };
+                // SAFETY: the strides stay inside the vectors; bp is B packed.
+                pool.install(|| unsafe {
+                    let bp_ptr = if packed {
+                        bp.as_ptr()
+                    } else {
+                        std::ptr::null()
+                    };
+                    kiln_sgemm_packed(
+                        a.as_ptr(),
+                        k as i64,
+                        1,
+                        b.as_ptr(),
+                        rs,
+                        cs,
+                        bp_ptr,
+                        c.as_mut_ptr(),
+                        m as i64,
+                        n as i64,
+                        k as i64,
+                    )
+                });
+                let want = naive(&a, &b, m, n, k, bt);
+                for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0 + y.abs()) * (k as f32).sqrt(),
+                        "{m}x{n}x{k} bt={bt} packed={packed} threads={t}: element {i}: {x} vs {y}"
+                    );
                 }
             }
         }
+    }
+
+    #[test]
+    fn packing_refuses_operands_too_small() {
+        let b = vec![0f32; 10];
+        assert!(pack_b(&b, 5, 1, 2, 5).is_some());
+        assert!(pack_b(&b, 5, 1, 3, 5).is_none());
+        assert!(pack_b(&b, -5, 1, 2, 5).is_none());
+        assert_eq!(pack_b(&b, 5, 1, 0, 5), Some(Vec::new()));
     }
 
     #[test]

@@ -126,6 +126,10 @@ pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
         jb.symbol(name, addr);
     }
     jb.symbol("kiln_sgemm", crate::gemm::kiln_sgemm as *const u8);
+    jb.symbol(
+        "kiln_sgemm_packed",
+        crate::gemm::kiln_sgemm_packed as *const u8,
+    );
     let mut module = JITModule::new(jb);
     match define_all(&mut module, kernels) {
         Ok(ids) => {
@@ -632,7 +636,20 @@ impl<'f> Lower<'_, 'f> {
         for x in [&g.m, &g.n, &g.k] {
             args.push(self.expr_of(x, DType::I64, "a gemm size")?);
         }
-        let f = match self.refs.get("kiln_sgemm") {
+        // kiln_sgemm_packed(a, a_rs, a_cs, b, b_rs, b_cs, bp, c, m, n, k); bp null unless B
+        // was packed ahead of time.
+        let bp = match g.b_packed {
+            Some(p) => {
+                if self.buf_dtype(p)? != DType::F32 {
+                    return Err(self.invalid("a packed gemm operand that is not f32"));
+                }
+                self.bases[p]
+            }
+            None => self.b.ins().iconst(self.ptr, 0),
+        };
+        args.insert(6, bp);
+        let name = "kiln_sgemm_packed";
+        let f = match self.refs.get(name) {
             Some(&f) => f,
             None => {
                 let mut sig = self.module.make_signature();
@@ -644,6 +661,7 @@ impl<'f> Lower<'_, 'f> {
                     types::I64,
                     types::I64,
                     self.ptr,
+                    self.ptr,
                     types::I64,
                     types::I64,
                     types::I64,
@@ -652,13 +670,13 @@ impl<'f> Lower<'_, 'f> {
                 }
                 let id = self
                     .module
-                    .declare_function("kiln_sgemm", Linkage::Import, &sig)
+                    .declare_function(name, Linkage::Import, &sig)
                     .map_err(|e| JitError::Backend {
                         kernel: self.k.name.clone(),
                         message: e.to_string(),
                     })?;
                 let f = self.module.declare_func_in_func(id, self.b.func);
-                self.refs.insert("kiln_sgemm", f);
+                self.refs.insert(name, f);
                 f
             }
         };

@@ -101,6 +101,9 @@ pub struct Gemm {
     pub m: Expr,
     pub n: Expr,
     pub k: Expr,
+    /// A buffer holding `b` already packed by [`crate::gemm::pack_b`] for this `k` and `n`
+    /// (set for constant operands, packed once at compile time).
+    pub b_packed: Option<BufId>,
 }
 
 /// A scalar expression.
@@ -357,6 +360,9 @@ impl Kernel {
                         e(&g.k)
                     )
                     .unwrap();
+                    if let Some(p) = g.b_packed {
+                        write!(out, " packed {}", self.bufs[p].name).unwrap();
+                    }
                 }
             }
             out.push('\n');

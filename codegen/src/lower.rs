@@ -71,6 +71,73 @@ pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
     })
 }
 
+/// Packs, once, the right operands of the kernel's products that are constant — kernel
+/// constants, or operands the caller knows (`operands[i]` for input buffer `i`) — with static
+/// offsets, strides and sizes, so that products do not pack them on every call. The packed
+/// copies become constant buffers of the kernel.
+pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>]) {
+    fn walk(body: &mut [Stmt], f: &mut dyn FnMut(&mut Gemm)) {
+        for s in body {
+            match s {
+                Stmt::Loop { body, .. } => walk(body, f),
+                Stmt::Gemm(g) => f(g),
+                _ => {}
+            }
+        }
+    }
+    let mut body = std::mem::take(&mut l.kernel.body);
+    let mut done: Vec<((BufId, [i64; 5]), BufId)> = Vec::new();
+    walk(&mut body, &mut |g: &mut Gemm| {
+        let c = |e: &Expr| crate::stages::eval(e, &[]);
+        let (Some(off), Some(rs), Some(cs), Some(n), Some(k)) =
+            (c(&g.b_off), c(&g.b_rs), c(&g.b_cs), c(&g.n), c(&g.k))
+        else {
+            return;
+        };
+        let key = (g.b, [off, rs, cs, n, k]);
+        if let Some((_, p)) = done.iter().find(|(x, _)| *x == key) {
+            g.b_packed = Some(*p);
+            return;
+        }
+        let known = operands.get(g.b).copied().flatten().or_else(|| {
+            l.consts
+                .iter()
+                .find(|(b, _)| *b == g.b)
+                .map(|(_, t)| t)
+        });
+        let Some(t) = known else { return };
+        let (Some(data), Ok(off), Ok(n), Ok(k)) = (
+            t.as_slice::<f32>(),
+            usize::try_from(off),
+            usize::try_from(n),
+            usize::try_from(k),
+        ) else {
+            return;
+        };
+        if k == 0 || n == 0 || off > data.len() {
+            return;
+        }
+        let Some(packed) = crate::gemm::pack_b(&data[off..], rs, cs, k, n) else {
+            return;
+        };
+        let len = packed.len();
+        let Ok(t) = Tensor::new(vec![len], ir::Data::F32(packed)) else {
+            return;
+        };
+        l.kernel.bufs.push(Buf {
+            name: format!("packed{}", l.kernel.bufs.len()),
+            dtype: DType::F32,
+            len: Dim::constant(len as i64),
+            kind: BufKind::Input,
+        });
+        let p = l.kernel.bufs.len() - 1;
+        l.consts.push((p, t));
+        g.b_packed = Some(p);
+        done.push((key, p));
+    });
+    l.kernel.body = body;
+}
+
 /// A graph holding node `id` of `g` alone, its operands as params: what [`lower`] takes to
 /// compile a node that is not a fused kernel.
 pub fn single_node_graph(g: &Graph, id: NodeId) -> Graph {
@@ -865,6 +932,7 @@ impl<'g> Lowering<'g> {
                 m: l.dim(&m),
                 n: l.dim(&n),
                 k: l.dim(&k),
+                b_packed: None,
             };
             Ok(vec![Stmt::Gemm(Box::new(g))])
         })?;
@@ -1252,6 +1320,7 @@ impl<'g> Lowering<'g> {
                 m: og_e,
                 n: ps_e,
                 k: ck_e,
+                b_packed: None,
             }))];
             let loops = vec![(nv, self.dim(xs.dim(0))), (gv, Expr::i64(groups))];
             self.k.body.extend(unit_free(serial(loops, body)));
@@ -1339,6 +1408,7 @@ impl<'g> Lowering<'g> {
             m: og_e,
             n: ps_e,
             k: ck_e,
+            b_packed: None,
         })));
         let loops = vec![(nv, self.dim(outer.dim(0))), (gv, self.dim(outer.dim(1)))];
         // One image and one group (the common case): the im2col nest is top-level, and so

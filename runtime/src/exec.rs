@@ -288,7 +288,16 @@ impl Executable {
                 codegen::lower(&sub, &format!("k{n}"))
             };
             let step = match lowered {
-                Ok(l) => {
+                Ok(mut l) => {
+                    let operands: Vec<Option<&Tensor>> = node
+                        .inputs()
+                        .iter()
+                        .map(|v| match g.node(v.node).op() {
+                            Op::Constant { value } => Some(&value.tensor),
+                            _ => None,
+                        })
+                        .collect();
+                    codegen::prepack(&mut l, &operands);
                     let mut stages = Vec::new();
                     for s in codegen::stages::split(&l.kernel) {
                         stages.push(NativeStage {
