@@ -22,10 +22,13 @@
 //! sum.
 //!
 //! **Accuracy contract.** Vector ops are IEEE-exact and identical to the scalar lowering,
-//! except f32 `exp`, `sigmoid` and `tanh`, which use `f32x4` polynomials (Cephes-style range
-//! reduction and coefficients): measured within 1 ulp (`exp`, `tanh`) and 2 ulp (`sigmoid`)
-//! of the f64 function rounded to f32 over all finite inputs, and exact at ±0, ±inf and NaN
-//! (NaN stays NaN). Every other transcendental function is the scalar libcall, per lane.
+//! except f32 `exp`, `log`, `sigmoid`, `tanh` and `erf`, which use `f32x4` polynomials
+//! (Cephes-style range reduction and coefficients for `exp`, `log` and `tanh`; fitted ones for
+//! `erf`): within 1 ulp (`exp`, `log`, `tanh`, `erf`) and 2 ulp (`sigmoid`) of the f64
+//! function rounded to f32 over all finite inputs (`log` and `erf` checked on every f32, by
+//! an ignored test in `jit.rs`), and exact at ±0, ±inf and NaN (NaN stays NaN; `log` gives
+//! -inf at ±0 and NaN below zero). Every other transcendental function is the scalar libcall,
+//! per lane.
 
 use std::collections::{HashMap, HashSet};
 
@@ -47,6 +50,13 @@ thread_local! {
     /// took the SIMD path: `(vector loops, reductions)`.
     pub(super) static COMPILED: std::cell::Cell<(usize, usize)> =
         const { std::cell::Cell::new((0, 0)) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Ops of vector loops lowered lane by lane (the scalar lowering per lane) on this thread,
+    /// for tests to check that an op took its native vector form.
+    pub(super) static LANEWISE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]
@@ -497,6 +507,8 @@ impl Lower<'_, '_> {
                     return Ok((V::Vec(x), *dtype));
                 }
                 // Lane by lane, with the scalar lowering.
+                #[cfg(test)]
+                LANEWISE.with(|c| c.set(c.get() + 1));
                 let lanes: Vec<[Value; W]> = vals.iter().map(|&x| self.lanes_of(x)).collect();
                 let Some(first) = lanes.first() else {
                     return Err(self.invalid("an op without operands"));
@@ -617,8 +629,10 @@ impl Lower<'_, '_> {
                 | Op::Round
                 | Op::Recip
                 | Op::Exp
+                | Op::Log
                 | Op::Sigmoid
-                | Op::Tanh,
+                | Op::Tanh
+                | Op::Erf,
                 [F32],
                 F32,
             ) => true,
@@ -709,7 +723,9 @@ impl Lower<'_, '_> {
                     self.ins().fdiv(one, xs[0])
                 }
                 Op::Exp => self.vexp(xs[0]),
+                Op::Log => self.vlog(xs[0]),
                 Op::Sigmoid => self.vsigmoid(xs[0]),
+                Op::Erf => self.verf(xs[0]),
                 _ => self.vtanh(xs[0]),
             },
             (_, [F32, F32]) => match op {
@@ -805,6 +821,148 @@ impl Lower<'_, '_> {
         let s2 = self.pow2(n2);
         let y = self.b.ins().fmul(y, s1);
         self.b.ins().fmul(y, s2)
+    }
+
+    /// `coefs[0] x^(n-1) + ... + coefs[n-1]` by Horner's rule (a multiply and an add per
+    /// coefficient, each rounded).
+    fn vpoly(&mut self, coefs: &[f32], x: Value) -> Value {
+        let mut p = self.splat_f32(coefs[0]);
+        for &c in &coefs[1..] {
+            let m = self.b.ins().fmul(p, x);
+            let c = self.splat_f32(c);
+            p = self.b.ins().fadd(m, c);
+        }
+        p
+    }
+
+    /// `erf` of an `f32x4` (see the accuracy contract in the module docs). For |x| < 0.921875,
+    /// `x + x·P(x²)` with `P` of degree 6 fitted to `erf(x)/x - 1`, which keeps -0 and
+    /// subnormals right; beyond, `±(1 - exp(-t²)·Q(t - 2.4609375))` with `t = min(|x|, 4)`
+    /// (erf rounds to ±1 from 3.92 on) and `Q` of degree 8 fitted to `erfc(t)·exp(t²)`, the
+    /// fit weighted by `exp(-t²)` (the error that reaches the result). Both fits are minimax
+    /// (Lawson's algorithm, coefficients rounded to f32). NaN stays NaN (through `fmin`).
+    fn verf(&mut self, x: Value) -> Value {
+        let z = self.b.ins().fmul(x, x);
+        let p = self.vpoly(
+            &[
+                8.397_798e-5,
+                -8.149_806_5e-4,
+                5.201_716e-3,
+                -2.685_970_3e-2,
+                1.128_370_2e-1,
+                -3.761_263_5e-1,
+                1.283_791_7e-1,
+            ],
+            z,
+        );
+        let xp = self.b.ins().fmul(x, p);
+        let small = self.b.ins().fadd(x, xp);
+        let a = self.b.ins().fabs(x);
+        let four = self.splat_f32(4.0);
+        let t = self.b.ins().fmin(a, four);
+        let c = self.splat_f32(2.460_937_5);
+        let s = self.b.ins().fsub(t, c);
+        let q = self.vpoly(
+            &[
+                1.280_071_4e-4,
+                2.978_029e-4,
+                6.767_867_6e-4,
+                -6.601_632e-4,
+                2.408_800_2e-3,
+                -8.580_101e-3,
+                2.586_160_6e-2,
+                -7.632_656e-2,
+                2.137_508_7e-1,
+            ],
+            s,
+        );
+        let t2 = self.b.ins().fmul(t, t);
+        let nt2 = self.b.ins().fneg(t2);
+        let e = self.vexp(nt2);
+        let eq = self.b.ins().fmul(e, q);
+        let one = self.splat_f32(1.0);
+        let big = self.b.ins().fsub(one, eq);
+        let sign = self.splat_f32(-0.0);
+        let sign = self.b.ins().band(x, sign);
+        let big = self.b.ins().bor(big, sign);
+        let limit = self.splat_f32(0.921_875);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, a, limit);
+        let is_small = self.b.ins().bitcast(types::F32X4, le(), is_small);
+        self.b.ins().bitselect(is_small, small, big)
+    }
+
+    /// `log` of an `f32x4` (see the accuracy contract in the module docs): subnormals scaled
+    /// by 2^23 first; `x = 2^k · m` with `m` in [sqrt(1/2), sqrt(2)), and with `f = m - 1`
+    /// (exact), `log x = f - f²/2 + f³·P(f) + k ln 2` (Cephes `logf`: its polynomial, and
+    /// `ln 2` in two parts, the first exact in products with `k`). Then the special values:
+    /// +inf for +inf, -inf for ±0, NaN below zero and for NaN.
+    fn vlog(&mut self, x: Value) -> Value {
+        let min = self.splat_f32(f32::MIN_POSITIVE);
+        let sub = self.b.ins().fcmp(FloatCC::LessThan, x, min);
+        let subf = self.b.ins().bitcast(types::F32X4, le(), sub);
+        let two23 = self.splat_f32(8_388_608.0);
+        let scaled = self.b.ins().fmul(x, two23);
+        let xs = self.b.ins().bitselect(subf, scaled, x);
+        let m23 = self.splat_i32(-23);
+        let kadj = self.b.ins().band(sub, m23);
+        // The mantissa moved into [sqrt(1/2), sqrt(2)), the exponent adjusted to match.
+        let ix = self.b.ins().bitcast(types::I32X4, le(), xs);
+        let off = self.splat_i32(0x3f80_0000 - 0x3f35_04f3);
+        let ix = self.b.ins().iadd(ix, off);
+        let amt = self.b.ins().iconst(types::I32, 23);
+        let k = self.b.ins().sshr(ix, amt);
+        let bias = self.splat_i32(-0x7f);
+        let k = self.b.ins().iadd(k, bias);
+        let k = self.b.ins().iadd(k, kadj);
+        let mask = self.splat_i32(0x007f_ffff);
+        let mb = self.b.ins().band(ix, mask);
+        let base = self.splat_i32(0x3f35_04f3);
+        let mb = self.b.ins().iadd(mb, base);
+        let m = self.b.ins().bitcast(types::F32X4, le(), mb);
+        let one = self.splat_f32(1.0);
+        let f = self.b.ins().fsub(m, one);
+        let e = self.b.ins().fcvt_from_sint(types::F32X4, k);
+        let z = self.b.ins().fmul(f, f);
+        let p = self.vpoly(
+            &[
+                7.037_683_6e-2,
+                -1.151_461e-1,
+                1.167_699_84e-1,
+                -1.242_014_1e-1,
+                1.424_932_3e-1,
+                -1.666_805_7e-1,
+                2.000_071_4e-1,
+                -2.499_999_4e-1,
+                3.333_333e-1,
+            ],
+            f,
+        );
+        let fz = self.b.ins().fmul(f, z);
+        let y = self.b.ins().fmul(fz, p);
+        let c2 = self.splat_f32(-2.121_944_4e-4);
+        let ec2 = self.b.ins().fmul(e, c2);
+        let y = self.b.ins().fadd(y, ec2);
+        let half = self.splat_f32(-0.5);
+        let hz = self.b.ins().fmul(half, z);
+        let y = self.b.ins().fadd(y, hz);
+        let r = self.b.ins().fadd(f, y);
+        let c1 = self.splat_f32(0.693_359_4);
+        let ec1 = self.b.ins().fmul(e, c1);
+        let r = self.b.ins().fadd(r, ec1);
+        // +inf stays; ±0 gives -inf; below zero and NaN give NaN.
+        let inf = self.splat_f32(f32::INFINITY);
+        let is_inf = self.b.ins().fcmp(FloatCC::Equal, x, inf);
+        let is_inf = self.b.ins().bitcast(types::F32X4, le(), is_inf);
+        let r = self.b.ins().bitselect(is_inf, x, r);
+        let zero = self.splat_f32(0.0);
+        let is_zero = self.b.ins().fcmp(FloatCC::Equal, x, zero);
+        let is_zero = self.b.ins().bitcast(types::F32X4, le(), is_zero);
+        let ninf = self.splat_f32(f32::NEG_INFINITY);
+        let r = self.b.ins().bitselect(is_zero, ninf, r);
+        let bad = self.b.ins().fcmp(FloatCC::UnorderedOrLessThan, x, zero);
+        let bad = self.b.ins().bitcast(types::F32X4, le(), bad);
+        let nan = self.splat_f32(f32::NAN);
+        self.b.ins().bitselect(bad, nan, r)
     }
 
     /// `2^n` for lanes `n` of an `i32x4` in the normal exponent range.
