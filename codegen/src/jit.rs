@@ -2151,10 +2151,13 @@ mod tests {
             Op::Ceil,
             Op::Round,
             Op::Recip,
+            Op::Rsqrt,
         ];
         for o in unary {
             let k = map_kernel(f, f, |x| op(o.clone(), vec![x], f));
+            simd::LANEWISE.with(|c| c.set(0));
             let y: Vec<f32> = vector_vs_scalar(k, &mut [bytes(&a)], n, o.mnemonic());
+            assert_eq!(simd::LANEWISE.with(|c| c.get()), 0, "{o:?} lane by lane");
             // And against Rust.
             let r: fn(f32) -> f32 = match o {
                 Op::Neg => |x| -x,
@@ -2163,6 +2166,7 @@ mod tests {
                 Op::Floor => f32::floor,
                 Op::Ceil => f32::ceil,
                 Op::Round => f32::round_ties_even,
+                Op::Rsqrt => |x| (1.0 / f64::from(x).sqrt()) as f32,
                 _ => |x| 1.0 / x,
             };
             same_bits(&y, &a.iter().map(|&x| r(x)).collect::<Vec<_>>(), "vs rust");
@@ -2387,10 +2391,24 @@ mod tests {
         }
     }
 
-    /// Runs `y[i] = o(x[i])` as a vector loop over `xs`, checking that the loop and `o` took
-    /// the SIMD path (no op lane by lane), that NaN gives NaN and that ±0, ±inf give exactly
-    /// `f` rounded; returns the largest distance in ulp from `f` rounded, and where.
+    /// Runs `y[i] = o(x[i])` as a vector loop over `xs`, with and without fused multiply-adds
+    /// (if the host has them), checking that the loop and `o` took the SIMD path (no op lane
+    /// by lane), that NaN gives NaN and that ±0, ±inf give exactly `f` rounded; returns the
+    /// largest distance in ulp from `f` rounded, and where.
     fn vector_ulps(o: &Op, f: fn(f64) -> f64, xs: &[f32]) -> (u64, f32) {
+        let mut worst = (0, 0.0);
+        for no_fma in [false, true] {
+            simd::NO_FMA.with(|c| c.set(no_fma));
+            let w = vector_ulps_once(o, f, xs);
+            simd::NO_FMA.with(|c| c.set(false));
+            if w.0 >= worst.0 {
+                worst = w;
+            }
+        }
+        worst
+    }
+
+    fn vector_ulps_once(o: &Op, f: fn(f64) -> f64, xs: &[f32]) -> (u64, f32) {
         let k = with_mark(
             map_kernel(DType::F32, DType::F32, |x| {
                 op(o.clone(), vec![x], DType::F32)
