@@ -36,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+    types, BlockArg, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_module::Module;
 use ir::{DType, Op};
@@ -888,7 +888,7 @@ impl Lower<'_, '_> {
 
     /// `erf` of an `f32x4` (see the accuracy contract in the module docs). For |x| < 0.921875,
     /// `x + x·P(x²)` with `P` of degree 6 fitted to `erf(x)/x - 1`, which keeps -0 and
-    /// subnormals right; beyond, `±(1 - exp(-t²)·Q(t - 2.4609375))` with `t = min(|x|, 4)`
+    /// subnormals right (and if all four lanes are there, that is all); beyond, `±(1 - exp(-t²)·Q(t - 2.4609375))` with `t = min(|x|, 4)`
     /// (erf rounds to ±1 from 3.92 on; NaN kept) and `Q` of degree 8 fitted to `erfc(t)·exp(t²)`, the
     /// fit weighted by `exp(-t²)` (the error that reaches the result). Both fits are minimax
     /// (Lawson's algorithm, coefficients rounded to f32).
@@ -909,6 +909,18 @@ impl Lower<'_, '_> {
         let xp = self.b.ins().fmul(x, p);
         let small = self.b.ins().fadd(x, xp);
         let a = self.b.ins().fabs(x);
+        let limit = self.splat_f32(0.921_875);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, a, limit);
+        // The other piece only if some lane needs it (often none does: GELU's inputs are
+        // mostly small).
+        let all_small = self.b.ins().vall_true(is_small);
+        let big_b = self.b.create_block();
+        let join = self.b.create_block();
+        let r = self.b.append_block_param(join, types::F32X4);
+        self.b
+            .ins()
+            .brif(all_small, join, &[BlockArg::Value(small)], big_b, &[]);
+        self.b.switch_to_block(big_b);
         let t = self.vmin_keep_nan(a, 4.0);
         let c = self.splat_f32(2.460_937_5);
         let s = self.b.ins().fsub(t, c);
@@ -935,10 +947,11 @@ impl Lower<'_, '_> {
         let sign = self.splat_f32(-0.0);
         let sign = self.b.ins().band(x, sign);
         let big = self.b.ins().bor(big, sign);
-        let limit = self.splat_f32(0.921_875);
-        let is_small = self.b.ins().fcmp(FloatCC::LessThan, a, limit);
         let is_small = self.b.ins().bitcast(types::F32X4, le(), is_small);
-        self.b.ins().bitselect(is_small, small, big)
+        let mixed = self.b.ins().bitselect(is_small, small, big);
+        self.b.ins().jump(join, &[BlockArg::Value(mixed)]);
+        self.b.switch_to_block(join);
+        r
     }
 
     /// `log` of an `f32x4` (see the accuracy contract in the module docs): subnormals scaled
