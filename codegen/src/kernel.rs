@@ -10,7 +10,7 @@
 //! - scalar ops are `ir` elementwise ops and mean exactly what the reference interpreter makes
 //!   of them (float transcendental functions are evaluated in f64 and rounded), except that in
 //!   `vector` loops a backend may compute f32 transcendental functions to within 2 ulp of that
-//!   (the Cranelift backend does for `exp`, `sigmoid` and `tanh`);
+//!   (the Cranelift backend does for `exp`, `log`, `sigmoid`, `tanh` and `erf`);
 //! - a loop whose body is only `acc = add(acc, cast<f64>(e))` (the f64 accumulator of an f32
 //!   sum) may be reassociated, so its result is within rounding of the sequential f64 sum;
 //!   `max`/`min` accumulators give exactly the sequential result;
