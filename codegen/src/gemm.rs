@@ -1,7 +1,7 @@
 //! f32 matrix products for `Stmt::Gemm`: operands packed into panels, a register-tiled
 //! micro-kernel (6×16 with AVX2 and FMA when the CPU has them, chosen at run time; portable
-//! otherwise), and large products split over the threads of the rayon pool they run in (if
-//! any) by column panels or row blocks. Results do not depend on the thread count: every element sums over k
+//! otherwise), and large products split over the calling thread and its helpers
+//! ([`crate::threads`]) by column panels or row blocks. Results do not depend on the thread count: every element sums over k
 //! in the same order.
 
 const MR: usize = 6;
@@ -115,10 +115,10 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     // Tasks cost a few microseconds on the pool: only products of 2M MACs and up are split,
     // into at most one task per thread (by columns when there are enough panels, else by
     // rows).
-    // Only inside a pool (the runtime installs one when threads > 1): outside, the product
-    // runs on the calling thread rather than on rayon's implicit global pool.
-    let t = if m * n * k >= 1 << 21 && rayon::current_thread_index().is_some() {
-        rayon::current_num_threads().max(1)
+    // Split only products big enough to pay for waking the helpers (if the runtime lent
+    // any; otherwise everything runs on the calling thread).
+    let t = if m * n * k >= 1 << 21 {
+        crate::threads::helpers() + 1
     } else {
         1
     };
@@ -135,8 +135,7 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     } else {
         t.min(panels)
     };
-    use rayon::prelude::*;
-    (0..parts).into_par_iter().for_each(|w| {
+    crate::threads::parallel_for(parts, |w| {
         if by_rows {
             let (r0, r1) = (
                 row_blocks * w / parts * MR,
@@ -673,10 +672,14 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             for (bt, packed, t) in (0..12).map(|i| (i % 2 == 1, i % 4 >= 2, 1 + i / 4)) {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(t)
-                    .build()
-                    .unwrap();
+                let pool = (t > 1).then(|| {
+                    std::sync::Arc::new(
+                        rayon::ThreadPoolBuilder::new()
+                            .num_threads(t - 1)
+                            .build()
+                            .unwrap(),
+                    )
+                });
                 let mut c = vec![f32::NAN; m * n];
                 let (rs, cs) = if bt { (1, k as i64) } else { (n as i64, 1) };
                 let bp = if packed {
@@ -687,7 +690,7 @@ mod tests {
                     Vec::new()
                 };
                 // SAFETY: the strides stay inside the vectors; bp is B packed.
-                pool.install(|| unsafe {
+                crate::threads::with_helpers(pool, || unsafe {
                     let bp_ptr = if packed {
                         bp.as_ptr()
                     } else {

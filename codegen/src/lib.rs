@@ -10,3 +10,4 @@ pub use kernel::{Buf, BufId, BufKind, Expr, Kernel, Mark, Stmt, VarId};
 pub use lower::{lower, prepack, single_node_graph, Lowered, Unsupported};
 pub mod lower;
 pub mod stages;
+pub mod threads;

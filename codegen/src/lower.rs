@@ -99,12 +99,11 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>]) {
             g.b_packed = Some(*p);
             return;
         }
-        let known = operands.get(g.b).copied().flatten().or_else(|| {
-            l.consts
-                .iter()
-                .find(|(b, _)| *b == g.b)
-                .map(|(_, t)| t)
-        });
+        let known = operands
+            .get(g.b)
+            .copied()
+            .flatten()
+            .or_else(|| l.consts.iter().find(|(b, _)| *b == g.b).map(|(_, t)| t));
         let Some(t) = known else { return };
         let (Some(data), Ok(off), Ok(n), Ok(k)) = (
             t.as_slice::<f32>(),

@@ -48,8 +48,9 @@ struct NativeStage {
 pub struct CompileOptions {
     /// Run every node on the reference interpreter (no code generation).
     pub interpret_only: bool,
-    /// Threads for parallel loops and large matrix products; `None` means all cores. Runs
-    /// use a pool of this many threads shared by every executable with the same count.
+    /// Threads for parallel loops and large matrix products; `None` means all cores. A run
+    /// works on the calling thread, helped in parallel stages and large products by a pool
+    /// of this many threads minus one, shared by every executable with the same count.
     pub threads: Option<usize>,
 }
 
@@ -265,8 +266,9 @@ impl Executable {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        // The calling thread works too: the pool holds the other n - 1.
         let threads = if n_threads > 1 {
-            Some(thread_pool(n_threads)?)
+            Some(thread_pool(n_threads - 1)?)
         } else {
             None
         };
@@ -457,10 +459,10 @@ impl Executable {
         bindings: &HashMap<String, i64>,
         timed: bool,
     ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
-        match &self.threads {
-            Some(pool) => pool.install(|| self.run_here(inputs, bindings, timed)),
-            None => self.run_here(inputs, bindings, timed),
-        }
+        // The run stays on the calling thread; helpers join parallel stages and products.
+        codegen::threads::with_helpers(self.threads.clone(), || {
+            self.run_here(inputs, bindings, timed)
+        })
     }
 
     /// The memory plan for a binding of the symbols (made once per binding).
@@ -533,7 +535,7 @@ impl Executable {
             }
         }
         let mut resolved = HashMap::new();
-        let threads = self.threads.as_ref().map_or(1, |p| p.current_num_threads());
+        let threads = 1 + self.threads.as_ref().map_or(0, |p| p.current_num_threads());
         for &id in &self.order {
             if let Some(Step::Native { lowered, stages }) = self.steps.get(&id) {
                 let r =
@@ -793,7 +795,7 @@ impl Ptrs<'_> {
 }
 
 /// Scalar operations below which a parallel stage runs on one thread.
-const PARALLEL_MIN_COST: f64 = 32768.0;
+const PARALLEL_MIN_COST: f64 = 65536.0;
 
 /// A native step's sizes and thread split under the symbol values `env`.
 fn resolve(
@@ -868,12 +870,16 @@ impl Kernel<'_> {
             let code = if parts <= 1 {
                 call(f, 0, n)
             } else {
-                use rayon::prelude::*;
-                (0..parts)
-                    .into_par_iter()
-                    .map(|w| call(f, n * w / parts, n * (w + 1) / parts))
-                    .find_any(|&c| c != 0)
-                    .unwrap_or(0)
+                use std::sync::atomic::{AtomicU32, Ordering};
+                let first = AtomicU32::new(0);
+                codegen::threads::parallel_for(parts as usize, |w| {
+                    let w = w as i64;
+                    let c = call(f, n * w / parts, n * (w + 1) / parts);
+                    if c != 0 {
+                        let _ = first.compare_exchange(0, c, Ordering::Relaxed, Ordering::Relaxed);
+                    }
+                });
+                first.into_inner()
             };
             if code != 0 {
                 return Err(codes::message(code).to_string());
