@@ -672,14 +672,8 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             for (bt, packed, t) in (0..12).map(|i| (i % 2 == 1, i % 4 >= 2, 1 + i / 4)) {
-                let pool = (t > 1).then(|| {
-                    std::sync::Arc::new(
-                        rayon::ThreadPoolBuilder::new()
-                            .num_threads(t - 1)
-                            .build()
-                            .unwrap(),
-                    )
-                });
+                let pool =
+                    (t > 1).then(|| std::sync::Arc::new(crate::threads::Pool::new(t - 1).unwrap()));
                 let mut c = vec![f32::NAN; m * n];
                 let (rs, cs) = if bt { (1, k as i64) } else { (n as i64, 1) };
                 let bp = if packed {

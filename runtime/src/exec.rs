@@ -93,13 +93,14 @@ pub struct Executable {
     /// Memory plans by symbol binding.
     plans: std::sync::Mutex<HashMap<Binding, std::sync::Arc<MemPlan>>>,
     /// Worker threads (none when running on one thread).
-    threads: Option<std::sync::Arc<rayon::ThreadPool>>,
+    threads: Option<std::sync::Arc<codegen::threads::Pool>>,
 }
 
-/// The shared pool of `n` worker threads.
-fn thread_pool(n: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, ExecError> {
+/// The shared pool of `n` helper threads.
+fn thread_pool(n: usize) -> Result<std::sync::Arc<codegen::threads::Pool>, ExecError> {
     use std::sync::{Arc, Mutex, OnceLock};
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    type Pools = Mutex<HashMap<usize, Arc<codegen::threads::Pool>>>;
+    static POOLS: OnceLock<Pools> = OnceLock::new();
     let mut pools = POOLS
         .get_or_init(Default::default)
         .lock()
@@ -107,10 +108,7 @@ fn thread_pool(n: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, ExecError>
     if let Some(p) = pools.get(&n) {
         return Ok(p.clone());
     }
-    let p = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("kiln-worker-{i}"))
-        .build()
+    let p = codegen::threads::Pool::new(n)
         .map_err(|e| ExecError::Codegen(format!("cannot start {n} threads: {e}")))?;
     let p = Arc::new(p);
     pools.insert(n, p.clone());
@@ -535,7 +533,7 @@ impl Executable {
             }
         }
         let mut resolved = HashMap::new();
-        let threads = 1 + self.threads.as_ref().map_or(0, |p| p.current_num_threads());
+        let threads = 1 + self.threads.as_ref().map_or(0, |p| p.len());
         for &id in &self.order {
             if let Some(Step::Native { lowered, stages }) = self.steps.get(&id) {
                 let r =
