@@ -22,6 +22,14 @@ unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
 impl Mat {
+    /// The matrix from column `j0` on.
+    fn columns_from(self, j0: usize) -> Mat {
+        Mat {
+            p: self.p.wrapping_offset(j0 as isize * self.cs),
+            ..self
+        }
+    }
+
     /// # Safety
     /// (i, j) must be inside the operand.
     unsafe fn at(&self, i: usize, j: usize) -> f32 {
@@ -398,19 +406,39 @@ unsafe fn pack<const WIDTH: usize>(
 /// Few rows of A: stream B once per row, along its contiguous axis.
 unsafe fn thin(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize) {
     if b.cs == 1 {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match (m, avx2_fma()) {
-                (1, true) => thin_rows_avx::<1>(a, b, c, n, k),
-                (2, true) => thin_rows_avx::<2>(a, b, c, n, k),
-                (3, true) => thin_rows_avx::<3>(a, b, c, n, k),
-                (4, true) => thin_rows_avx::<4>(a, b, c, n, k),
-                (1, false) => thin_rows::<1>(a, b, c, n, k),
-                (2, false) => thin_rows::<2>(a, b, c, n, k),
-                (3, false) => thin_rows::<3>(a, b, c, n, k),
-                _ => thin_rows::<4>(a, b, c, n, k),
+        // Columns split over the helpers (in multiples of 16) when there is enough work.
+        let t = if m * n * k >= 1 << 16 {
+            (crate::threads::helpers() + 1).min(n / 16).max(1)
+        } else {
+            1
+        };
+        let c_addr = c as usize;
+        crate::threads::parallel_for(t, |w| {
+            let (j0, j1) = (
+                n / 16 * w / t * 16,
+                if w + 1 == t {
+                    n
+                } else {
+                    n / 16 * (w + 1) / t * 16
+                },
+            );
+            let b = b.columns_from(j0);
+            let c = (c_addr as *mut f32).wrapping_add(j0);
+            let w = j1 - j0;
+            // SAFETY: forwarded from the caller; each part writes its own columns.
+            unsafe {
+                match (m, avx2_fma()) {
+                    (1, true) => thin_rows_avx::<1>(a, b, c, n, w, k),
+                    (2, true) => thin_rows_avx::<2>(a, b, c, n, w, k),
+                    (3, true) => thin_rows_avx::<3>(a, b, c, n, w, k),
+                    (4, true) => thin_rows_avx::<4>(a, b, c, n, w, k),
+                    (1, false) => thin_rows::<1>(a, b, c, n, w, k),
+                    (2, false) => thin_rows::<2>(a, b, c, n, w, k),
+                    (3, false) => thin_rows::<3>(a, b, c, n, w, k),
+                    _ => thin_rows::<4>(a, b, c, n, w, k),
+                }
             }
-        }
+        });
         return;
     }
     for i in 0..m {
@@ -443,7 +471,14 @@ unsafe fn thin(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize) {
 /// # Safety
 /// As [`kiln_sgemm`], with `b.cs == 1`.
 #[inline(always)]
-unsafe fn thin_rows_body<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
+unsafe fn thin_rows_body<const M: usize>(
+    a: Mat,
+    b: Mat,
+    c: *mut f32,
+    ldc: usize,
+    n: usize,
+    k: usize,
+) {
     const W: usize = 16;
     let mut j0 = 0;
     while j0 < n {
@@ -470,7 +505,7 @@ unsafe fn thin_rows_body<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, 
         }
         for (i, acc) in acc.iter().enumerate() {
             // SAFETY: row i of c holds n elements.
-            let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * n + j0), w) };
+            let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + j0), w) };
             out.copy_from_slice(&acc[..w]);
         }
         j0 += W;
@@ -484,7 +519,14 @@ unsafe fn thin_rows_body<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, 
 /// As [`thin_rows_body`]; the CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn thin_rows_avx<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
+unsafe fn thin_rows_avx<const M: usize>(
+    a: Mat,
+    b: Mat,
+    c: *mut f32,
+    ldc: usize,
+    n: usize,
+    k: usize,
+) {
     use std::arch::x86_64::*;
     let full = n / 16 * 16;
     let mut j0 = 0;
@@ -505,7 +547,7 @@ unsafe fn thin_rows_avx<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k
         for (i, acc) in acc.iter().enumerate() {
             // SAFETY: row i of c holds n elements; j0 + 16 <= n.
             unsafe {
-                let d = c.add(i * n + j0);
+                let d = c.add(i * ldc + j0);
                 _mm256_storeu_ps(d, acc[0]);
                 _mm256_storeu_ps(d.add(8), acc[1]);
             }
@@ -527,25 +569,32 @@ unsafe fn thin_rows_avx<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k
                     s = unsafe { a.at(i, l) }.mul_add(unsafe { b.at(l, j) }, s);
                 }
                 // SAFETY: (i, full + j) is inside c.
-                unsafe { *c.add(i * n + full + j) = s };
+                unsafe { *c.add(i * ldc + full + j) = s };
             }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn thin_rows_avx<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
+unsafe fn thin_rows_avx<const M: usize>(
+    a: Mat,
+    b: Mat,
+    c: *mut f32,
+    ldc: usize,
+    n: usize,
+    k: usize,
+) {
     // SAFETY: forwarded.
-    unsafe { thin_rows_body::<M>(a, b, c, n, k) }
+    unsafe { thin_rows_body::<M>(a, b, c, ldc, n, k) }
 }
 
 /// [`thin_rows_body`] for any CPU.
 ///
 /// # Safety
 /// As [`thin_rows_body`].
-unsafe fn thin_rows<const M: usize>(a: Mat, b: Mat, c: *mut f32, n: usize, k: usize) {
+unsafe fn thin_rows<const M: usize>(a: Mat, b: Mat, c: *mut f32, ldc: usize, n: usize, k: usize) {
     // SAFETY: forwarded.
-    unsafe { thin_rows_body::<M>(a, b, c, n, k) }
+    unsafe { thin_rows_body::<M>(a, b, c, ldc, n, k) }
 }
 
 fn avx2_fma() -> bool {
@@ -668,6 +717,7 @@ mod tests {
             (600, 20, 400),
             (3, 37, 150),
             (4, 50, 90),
+            (4, 100, 300),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
