@@ -998,8 +998,26 @@ impl<'g> Lowering<'g> {
             let last = (os[2 + d] - 1) * stride[d] + (ws[2 + d] - 1) * dilation[d] + 1;
             (xs[2 + d] + pad_low[d]).max(last)
         }));
-        let (pb, p_shape) =
-            self.padded_copy(xv, xb, &pads, &padded, Expr::Float(0.0, DType::F32))?;
+        // With a stride of 2 along the last axis, the copy keeps even and odd columns apart,
+        // so that each tap reads consecutive elements (vector loads, not gathers).
+        // (Only for the few-tap form below, whose taps are constants.)
+        let split = stride[sp - 1] == 2 && cg * ws[2..].iter().product::<i64>() <= 32;
+        let (pb, p_shape) = if split {
+            self.split_copy(xv, xb, &pads, &padded)?
+        } else {
+            self.padded_copy(xv, xb, &pads, &padded, Expr::Float(0.0, DType::F32))?
+        };
+        // The index in the copy of input position `at` (one per axis; the last one is
+        // `o * 2 + t` with `t` the tap's constant offset when split).
+        let tap_index = |l: &mut Self, mut at: Vec<Expr>, o: Expr, t: i64| -> Expr {
+            if split {
+                at.push(Expr::i64(t % 2));
+                at.push(o + Expr::i64(t / 2));
+            } else {
+                at.push(o * Expr::i64(stride[sp - 1]) + Expr::i64(t));
+            }
+            l.linear(&at, &p_shape)
+        };
         let ow = *os.last().expect("convs have spatial axes");
         let rows = Shape::new(os_shape.dims()[..os.len() - 1].to_vec());
         let ws_shape = self.ty(wv).shape.clone();
@@ -1035,19 +1053,19 @@ impl<'g> Lowering<'g> {
                     }
                     let c = rest;
                     let mut pidx = vec![n.clone(), g.clone() * Expr::i64(cg) + Expr::i64(c)];
-                    for d in 0..sp {
-                        let o = if d + 1 == sp {
-                            w.clone()
-                        } else {
-                            idx[2 + d].clone()
-                        };
-                        pidx.push(o * Expr::i64(stride[d]) + Expr::i64(kpos[d] * dilation[d]));
+                    for d in 0..sp - 1 {
+                        pidx.push(
+                            idx[2 + d].clone() * Expr::i64(stride[d])
+                                + Expr::i64(kpos[d] * dilation[d]),
+                        );
                     }
+                    let t = kpos[sp - 1] * dilation[sp - 1];
+                    let index = tap_index(l, pidx, w.clone(), t);
                     let mut widx = vec![oc.clone(), Expr::i64(c)];
                     widx.extend(kpos.iter().map(|&k| Expr::i64(k)));
                     let x = Expr::Load {
                         buf: pb,
-                        index: Box::new(l.linear(&pidx, &p_shape)),
+                        index: Box::new(index),
                     };
                     let wt = Expr::Load {
                         buf: wb,
@@ -1146,11 +1164,12 @@ impl<'g> Lowering<'g> {
             &TensorType::new(dtype, p_shape.clone()),
             BufKind::Scratch,
         )?;
-        let total: i64 = padded.iter().product();
-        self.nest(&Shape::new(vec![Dim::constant(total)]), dtype, |_, idx| {
+        // Filled per row, in a nest like the copy's (so it runs parallel, and may fuse with
+        // the copy per channel).
+        self.nest(&p_shape, dtype, |l, idx| {
             Ok(vec![Stmt::Store {
                 buf: pb,
-                index: idx[0].clone(),
+                index: l.linear(idx, &p_shape),
                 value: fill,
             }])
         })?;
@@ -1160,6 +1179,57 @@ impl<'g> Lowering<'g> {
                 .zip(pad_low)
                 .map(|(i, &p)| i.clone() + Expr::i64(p))
                 .collect();
+            let index = l.linear(&at, &p_shape);
+            let value = Expr::Load {
+                buf: xb,
+                index: Box::new(l.linear(idx, &xs)),
+            };
+            Ok(vec![Stmt::Store {
+                buf: pb,
+                index,
+                value,
+            }])
+        })?;
+        Ok((pb, p_shape))
+    }
+
+    /// Like [`Self::padded_copy`] with a zero fill, but the last axis is split by parity:
+    /// padded position `(.., col)` lands at `(.., col % 2, col / 2)` of the copy, whose shape
+    /// is `padded` with the last extent `e` replaced by `2, ceil(e / 2)`.
+    fn split_copy(
+        &mut self,
+        x: Value,
+        xb: BufId,
+        pad_low: &[i64],
+        padded: &[i64],
+    ) -> Result<(BufId, Shape)> {
+        let xs = self.ty(x).shape.clone();
+        let r = padded.len() - 1;
+        let mut dims: Vec<i64> = padded[..r].to_vec();
+        dims.extend([2, (padded[r] + 1) / 2]);
+        let p_shape = Shape::new(dims.iter().map(|&d| Dim::constant(d)).collect());
+        let n = self.k.bufs.len();
+        let pb = self.buf(
+            format!("pad{n}"),
+            &TensorType::new(DType::F32, p_shape.clone()),
+            BufKind::Scratch,
+        )?;
+        self.nest(&p_shape, DType::F32, |l, idx| {
+            Ok(vec![Stmt::Store {
+                buf: pb,
+                index: l.linear(idx, &p_shape),
+                value: Expr::Float(0.0, DType::F32),
+            }])
+        })?;
+        self.nest(&xs, DType::F32, |l, idx| {
+            let mut at: Vec<Expr> = idx[..r]
+                .iter()
+                .zip(pad_low)
+                .map(|(i, &p)| i.clone() + Expr::i64(p))
+                .collect();
+            let col = idx[r].clone() + Expr::i64(pad_low[r]);
+            at.push(Expr::index_op(Op::Rem, col.clone(), Expr::i64(2)));
+            at.push(Expr::index_op(Op::Div, col, Expr::i64(2)));
             let index = l.linear(&at, &p_shape);
             let value = Expr::Load {
                 buf: xb,
