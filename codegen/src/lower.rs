@@ -347,7 +347,10 @@ impl<'g> Lowering<'g> {
                 _ if node.types().len() != 1 => {
                     return unsupported(format!("`{}` (several results)", op.mnemonic()))
                 }
-                _ if is_view(op) || is_elementwise(op) || matches!(op, Op::Iota { .. }) => {
+                _ if is_view(op)
+                    || is_elementwise(op)
+                    || matches!(op, Op::Iota { .. } | Op::Pad { .. }) =>
+                {
                     let many = self.reads.get(&v).copied().unwrap_or(0) > 1;
                     if output_buf.is_some() || (many && !is_view(op)) {
                         let b = self.target(v, output_buf)?;
@@ -565,6 +568,61 @@ impl<'g> Lowering<'g> {
                     args: xs,
                     dtype: ty.dtype,
                 })
+            }
+            Op::Pad { low, mode, .. } => {
+                let from = self.ty(args[0]).shape.clone();
+                let pos: Vec<Expr> = idx
+                    .iter()
+                    .zip(low)
+                    .map(|(i, &p)| i.clone() + Expr::i64(-p))
+                    .collect();
+                if *mode == ir::PadMode::Constant {
+                    let (at, ok) = self.clamp(&pos, from.dims());
+                    let x = self.expr(args[0], &at)?;
+                    let fill = self.expr(args[1], &[])?;
+                    return Ok(Expr::Op {
+                        op: Op::Select,
+                        args: vec![ok, x, fill],
+                        dtype: ty.dtype,
+                    });
+                }
+                let mut at = Vec::new();
+                for (c, d) in pos.into_iter().zip(from.dims()) {
+                    let Some(n) = d.as_const().filter(|&n| n > 0) else {
+                        return unsupported(
+                            "`pad` by edge, reflect or wrap of a symbolic or empty axis",
+                        );
+                    };
+                    let op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
+                    let n_e = Expr::i64(n);
+                    at.push(match mode {
+                        ir::PadMode::Edge => op(
+                            Op::Min,
+                            vec![
+                                op(Op::Max, vec![c, Expr::i64(0)], DType::I64),
+                                Expr::i64(n - 1),
+                            ],
+                            DType::I64,
+                        ),
+                        ir::PadMode::Wrap => Expr::index_op(Op::Mod, c, n_e),
+                        _ if n == 1 => Expr::i64(0),
+                        _ => {
+                            // Reflect: m = c mod 2(n-1); m, or 2(n-1) - m past the end.
+                            let period = 2 * (n - 1);
+                            let m = Expr::index_op(Op::Mod, c, Expr::i64(period));
+                            op(
+                                Op::Select,
+                                vec![
+                                    op(Op::Lt, vec![m.clone(), n_e], DType::Bool),
+                                    m.clone(),
+                                    Expr::i64(period) + Expr::i64(-1) * m,
+                                ],
+                                DType::I64,
+                            )
+                        }
+                    });
+                }
+                self.expr(args[0], &at)
             }
             op => unsupported(format!("`{}` inside an expression", op.mnemonic())),
         }
