@@ -236,6 +236,9 @@ unsafe fn columns(
 ) {
     let b = bsrc.b;
     let avx = avx2_fma();
+    // With few column panels, packing A costs as much as the product: the micro-kernel reads
+    // full row tiles of a row-major A in place.
+    let direct = avx && a.cs == 1 && a.rs > 0 && (hi - lo) <= 8;
     let j0 = lo * NR;
     let j1 = (hi * NR).min(n);
     let np = hi - lo;
@@ -280,8 +283,12 @@ unsafe fn columns(
             let mc = MC.min(m - ic);
             let mp = mc.div_ceil(MR);
             for p in 0..mp {
-                let dst = &mut ap[p * MR * kc..][..MR * kc];
                 let ib = ic + p * MR;
+                if direct && ic + mc - ib >= MR {
+                    // Read in place by the micro-kernel.
+                    continue;
+                }
+                let dst = &mut ap[p * MR * kc..][..MR * kc];
                 let at = Mat {
                     p: a.p,
                     rs: a.cs,
@@ -297,6 +304,15 @@ unsafe fn columns(
                     let i = ic + ip * MR;
                     let mr = MR.min(ic + mc - i);
                     let (a_panel, b_panel) = (&ap[ip * MR * kc..], &b_block[jp * NR * kc..]);
+                    let a_rows = if direct && mr == MR {
+                        ARows {
+                            p: a.p.wrapping_offset(i as isize * a.rs + pc as isize),
+                            row: a.rs as usize,
+                            step: 1,
+                        }
+                    } else {
+                        ARows::packed(a_panel)
+                    };
                     if avx && mr == MR && nr == NR {
                         // A whole tile goes straight to C (stored, or added after the first
                         // block of k).
@@ -306,15 +322,13 @@ unsafe fn columns(
                             ld: n,
                             add: pc > 0,
                         };
-                        // SAFETY: the CPU has AVX2 and FMA; panels hold kc steps.
-                        unsafe { micro_avx2(kc, a_panel.as_ptr(), b_panel.as_ptr(), out) };
+                        // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
+                        unsafe { micro_avx2(kc, a_rows, b_panel.as_ptr(), out) };
                         continue;
                     }
                     if avx {
-                        // SAFETY: the CPU has AVX2 and FMA; panels hold kc steps.
-                        unsafe {
-                            micro_avx2(kc, a_panel.as_ptr(), b_panel.as_ptr(), Out::Tile(&mut tile))
-                        };
+                        // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
+                        unsafe { micro_avx2(kc, a_rows, b_panel.as_ptr(), Out::Tile(&mut tile)) };
                     } else {
                         micro_portable(kc, a_panel, b_panel, &mut tile);
                     }
@@ -626,18 +640,19 @@ fn micro_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, out: Out<'_>) {
+unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out<'_>) {
     use std::arch::x86_64::*;
     let mut c = [[_mm256_setzero_ps(); 2]; MR];
+    let ARows { p: a, row, step } = a;
     for kk in 0..kc {
-        // SAFETY: the packed panels hold kc steps of MR and NR values.
+        // SAFETY: the A rows hold kc steps; the packed B panel kc steps of NR values.
         unsafe {
             let b0 = _mm256_loadu_ps(b.add(kk * NR));
             let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-            for (ii, row) in c.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(kk * MR + ii));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            for (ii, acc) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(ii * row + kk * step));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
             }
         }
     }
@@ -660,6 +675,26 @@ unsafe fn micro_avx2(kc: usize, a: *const f32, b: *const f32, out: Out<'_>) {
     }
 }
 
+/// The micro-kernel's MR rows of A: element (ii, kk) at `p[ii * row + kk * step]` — a packed
+/// panel (`row` 1, `step` MR) or rows of a row-major A read in place (`row` its row stride,
+/// `step` 1).
+#[derive(Clone, Copy)]
+struct ARows {
+    p: *const f32,
+    row: usize,
+    step: usize,
+}
+
+impl ARows {
+    fn packed(p: &[f32]) -> ARows {
+        ARows {
+            p: p.as_ptr(),
+            row: 1,
+            step: MR,
+        }
+    }
+}
+
 /// Where the micro-kernel puts its MR×NR result.
 enum Out<'a> {
     Tile(&'a mut [f32; MR * NR]),
@@ -672,7 +707,7 @@ enum Out<'a> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_avx2(_: usize, _: *const f32, _: *const f32, _: Out<'_>) {
+unsafe fn micro_avx2(_: usize, _: ARows, _: *const f32, _: Out<'_>) {
     unreachable!("only called when the CPU has AVX2")
 }
 
