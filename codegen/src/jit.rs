@@ -2371,7 +2371,9 @@ mod tests {
         while x < 95.0 {
             xs.push(x);
             let b = x.to_bits();
-            x = f32::from_bits(if x > 0.0 {
+            // Positive floats (and +0) have the sign bit clear; negative ones step towards
+            // -0 by decreasing bits.
+            x = f32::from_bits(if b < 0x8000_0000 {
                 b + 601
             } else if b - 0x8000_0000 > 601 {
                 b - 601
