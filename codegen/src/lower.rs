@@ -577,7 +577,17 @@ impl<'g> Lowering<'g> {
                     .map(|(i, &p)| i.clone() + Expr::i64(-p))
                     .collect();
                 if *mode == ir::PadMode::Constant {
-                    let (at, ok) = self.clamp(&pos, from.dims());
+                    // Only axes that are padded (or cropped) need a guard.
+                    let padded: Vec<usize> = (0..pos.len())
+                        .filter(|&a| low[a] != 0 || ty.shape.dim(a) != from.dim(a))
+                        .collect();
+                    let dims: Vec<Dim> = padded.iter().map(|&a| from.dim(a).clone()).collect();
+                    let taps: Vec<Expr> = padded.iter().map(|&a| pos[a].clone()).collect();
+                    let (clamped, ok) = self.clamp(&taps, &dims);
+                    let mut at = pos.clone();
+                    for (&a, c) in padded.iter().zip(clamped) {
+                        at[a] = c;
+                    }
                     let x = self.expr(args[0], &at)?;
                     let fill = self.expr(args[1], &[])?;
                     return Ok(Expr::Op {
