@@ -1051,30 +1051,19 @@ impl<'g> Lowering<'g> {
             unreachable!("called on convs")
         };
         let (xv, wv) = (node.inputs()[0], node.inputs()[1]);
-        let c = |d: &Dim| d.as_const().expect("static shapes");
-        let xs: Vec<i64> = self.ty(xv).shape.dims().iter().map(c).collect();
-        let ws: Vec<i64> = self.ty(wv).shape.dims().iter().map(c).collect();
+        let xs = static_dims(&self.ty(xv).shape);
+        let ws = static_dims(&self.ty(wv).shape);
         let os_shape = self.ty(v).shape.clone();
-        let os: Vec<i64> = os_shape.dims().iter().map(c).collect();
+        let os = static_dims(&os_shape);
         let sp = xs.len() - 2;
         let (cg, og) = (ws[1], ws[0] / *groups);
-        // The padded input covers every tap.
-        let mut pads = vec![0, 0];
-        pads.extend_from_slice(pad_low);
-        let mut padded = xs[..2].to_vec();
-        padded.extend((0..sp).map(|d| {
-            let last = (os[2 + d] - 1) * stride[d] + (ws[2 + d] - 1) * dilation[d] + 1;
-            (xs[2 + d] + pad_low[d]).max(last)
-        }));
+        let (pads, padded) = conv_padding(&xs, &ws, &os, stride, dilation, pad_low);
         // With a stride of 2 along the last axis, the copy keeps even and odd columns apart,
         // so that each tap reads consecutive elements (vector loads, not gathers).
         // (Only for the few-tap form below, whose taps are constants.)
         let split = stride[sp - 1] == 2 && cg * ws[2..].iter().product::<i64>() <= 32;
-        let (pb, p_shape) = if split {
-            self.split_copy(xv, xb, &pads, &padded)?
-        } else {
-            self.padded_copy(xv, xb, &pads, &padded, Expr::Float(0.0, DType::F32))?
-        };
+        let zero = Expr::Float(0.0, DType::F32);
+        let (pb, p_shape) = self.padded_copy(xv, xb, &pads, &padded, zero, split)?;
         // The index in the copy of input position `at` (one per axis; the last one is
         // `o * 2 + t` with `t` the tap's constant offset when split).
         let tap_index = |l: &mut Self, mut at: Vec<Expr>, o: Expr, t: i64| -> Expr {
@@ -1211,7 +1200,9 @@ impl<'g> Lowering<'g> {
 
     /// `x` (static shape, in buffer `xb`) copied into a buffer of shape `padded` at offset
     /// `pad_low` per axis, the rest `fill` — or `xb` itself when nothing is padded. Loads of
-    /// windows then need no guard.
+    /// windows then need no guard. With `split`, the last axis is split by parity: padded
+    /// position `(.., col)` lands at `(.., col % 2, col / 2)`, and the copy's last extent `e`
+    /// becomes `2, ceil(e / 2)`.
     fn padded_copy(
         &mut self,
         x: Value,
@@ -1219,10 +1210,17 @@ impl<'g> Lowering<'g> {
         pad_low: &[i64],
         padded: &[i64],
         fill: Expr,
+        split: bool,
     ) -> Result<(BufId, Shape)> {
         let xs = self.ty(x).shape.clone();
         let dtype = self.ty(x).dtype;
-        let p_shape = Shape::new(padded.iter().map(|&d| Dim::constant(d)).collect());
+        let r = padded.len() - 1;
+        let mut dims = padded.to_vec();
+        if split {
+            dims[r] = 2;
+            dims.push((padded[r] + 1) / 2);
+        }
+        let p_shape = Shape::new(dims.iter().map(|&d| Dim::constant(d)).collect());
         if p_shape == xs && pad_low.iter().all(|&p| p == 0) {
             return Ok((xb, p_shape));
         }
@@ -1242,62 +1240,16 @@ impl<'g> Lowering<'g> {
             }])
         })?;
         self.nest(&xs, dtype, |l, idx| {
-            let at: Vec<Expr> = idx
+            let mut at: Vec<Expr> = idx
                 .iter()
                 .zip(pad_low)
                 .map(|(i, &p)| i.clone() + Expr::i64(p))
                 .collect();
-            let index = l.linear(&at, &p_shape);
-            let value = Expr::Load {
-                buf: xb,
-                index: Box::new(l.linear(idx, &xs)),
-            };
-            Ok(vec![Stmt::Store {
-                buf: pb,
-                index,
-                value,
-            }])
-        })?;
-        Ok((pb, p_shape))
-    }
-
-    /// Like [`Self::padded_copy`] with a zero fill, but the last axis is split by parity:
-    /// padded position `(.., col)` lands at `(.., col % 2, col / 2)` of the copy, whose shape
-    /// is `padded` with the last extent `e` replaced by `2, ceil(e / 2)`.
-    fn split_copy(
-        &mut self,
-        x: Value,
-        xb: BufId,
-        pad_low: &[i64],
-        padded: &[i64],
-    ) -> Result<(BufId, Shape)> {
-        let xs = self.ty(x).shape.clone();
-        let r = padded.len() - 1;
-        let mut dims: Vec<i64> = padded[..r].to_vec();
-        dims.extend([2, (padded[r] + 1) / 2]);
-        let p_shape = Shape::new(dims.iter().map(|&d| Dim::constant(d)).collect());
-        let n = self.k.bufs.len();
-        let pb = self.buf(
-            format!("pad{n}"),
-            &TensorType::new(DType::F32, p_shape.clone()),
-            BufKind::Scratch,
-        )?;
-        self.nest(&p_shape, DType::F32, |l, idx| {
-            Ok(vec![Stmt::Store {
-                buf: pb,
-                index: l.linear(idx, &p_shape),
-                value: Expr::Float(0.0, DType::F32),
-            }])
-        })?;
-        self.nest(&xs, DType::F32, |l, idx| {
-            let mut at: Vec<Expr> = idx[..r]
-                .iter()
-                .zip(pad_low)
-                .map(|(i, &p)| i.clone() + Expr::i64(p))
-                .collect();
-            let col = idx[r].clone() + Expr::i64(pad_low[r]);
-            at.push(Expr::index_op(Op::Rem, col.clone(), Expr::i64(2)));
-            at.push(Expr::index_op(Op::Div, col, Expr::i64(2)));
+            if split {
+                let col = at.pop().expect("a last axis");
+                at.push(Expr::index_op(Op::Rem, col.clone(), Expr::i64(2)));
+                at.push(Expr::index_op(Op::Div, col, Expr::i64(2)));
+            }
             let index = l.linear(&at, &p_shape);
             let value = Expr::Load {
                 buf: xb,
@@ -1480,20 +1432,10 @@ impl<'g> Lowering<'g> {
         let (n, g) = (Expr::Var(nv), Expr::Var(gv));
         // With static shapes, a zero-padded copy of the input spares every tap its guard.
         let padded = if fixed {
-            let c = |d: &Dim| d.as_const().expect("static shapes");
-            let (xd, wd, od): (Vec<i64>, Vec<i64>, Vec<i64>) = (
-                xs.dims().iter().map(c).collect(),
-                ws.dims().iter().map(c).collect(),
-                os.dims().iter().map(c).collect(),
-            );
-            let mut pads = vec![0, 0];
-            pads.extend_from_slice(pad_low);
-            let mut dims = xd[..2].to_vec();
-            dims.extend((0..sp).map(|d| {
-                let last = (od[2 + d] - 1) * stride[d] + (wd[2 + d] - 1) * dilation[d] + 1;
-                (xd[2 + d] + pad_low[d]).max(last)
-            }));
-            Some(self.padded_copy(xv, xb, &pads, &dims, Expr::Float(0.0, DType::F32))?)
+            let (xd, wd, od) = (static_dims(&xs), static_dims(&ws), static_dims(&os));
+            let (pads, dims) = conv_padding(&xd, &wd, &od, stride, dilation, pad_low);
+            let zero = Expr::Float(0.0, DType::F32);
+            Some(self.padded_copy(xv, xb, &pads, &dims, zero, false)?)
         } else {
             None
         };
@@ -1709,18 +1651,9 @@ impl<'g> Lowering<'g> {
         if static_f32 && matches!(step, Op::Max | Op::Min) {
             // Max and min are exact in any order: accumulate whole output rows in vector
             // loops over a copy of the input padded with the identity.
-            let c = |d: &Dim| d.as_const().expect("static shapes");
-            let (xd, od): (Vec<i64>, Vec<i64>) = (
-                xs.dims().iter().map(c).collect(),
-                os.dims().iter().map(c).collect(),
-            );
-            let padded: Vec<i64> = (0..xd.len())
-                .map(|d| {
-                    let last = (od[d] - 1) * stride[d] + (window[d] - 1) * dilation[d] + 1;
-                    (xd[d] + pad_low[d]).max(last)
-                })
-                .collect();
-            let (pb, p_shape) = self.padded_copy(x, xb, pad_low, &padded, init.clone())?;
+            let (xd, od) = (static_dims(&xs), static_dims(&os));
+            let padded = covering(&xd, &od, window, stride, dilation, pad_low);
+            let (pb, p_shape) = self.padded_copy(x, xb, pad_low, &padded, init.clone(), false)?;
             let r = xd.len() - 1;
             let rows = Shape::new(os.dims()[..r].to_vec());
             let (wv, ow) = (self.var(DType::I64), od[r]);
@@ -2220,6 +2153,56 @@ impl DotAxes {
 }
 
 /// Serial loops (outermost first) around `body`.
+/// The extents of a static shape.
+fn static_dims(s: &Shape) -> Vec<i64> {
+    s.dims()
+        .iter()
+        .map(|d| d.as_const().expect("a static shape"))
+        .collect()
+}
+
+/// Extents of a padded copy of an input of extents `x` that covers every tap of windows
+/// `window` (stride, dilation, low padding per axis) producing `out`.
+fn covering(
+    x: &[i64],
+    out: &[i64],
+    window: &[i64],
+    stride: &[i64],
+    dilation: &[i64],
+    pad_low: &[i64],
+) -> Vec<i64> {
+    (0..x.len())
+        .map(|d| {
+            let last = (out[d] - 1) * stride[d] + (window[d] - 1) * dilation[d] + 1;
+            (x[d] + pad_low[d]).max(last)
+        })
+        .collect()
+}
+
+/// The low padding and extents of a conv input's padded copy ([`covering`] over the spatial
+/// axes of input `x`, weight `w` and result `out`; batch and channels as they are).
+fn conv_padding(
+    x: &[i64],
+    w: &[i64],
+    out: &[i64],
+    stride: &[i64],
+    dilation: &[i64],
+    pad_low: &[i64],
+) -> (Vec<i64>, Vec<i64>) {
+    let mut pads = vec![0, 0];
+    pads.extend_from_slice(pad_low);
+    let mut padded = x[..2].to_vec();
+    padded.extend(covering(
+        &x[2..],
+        &out[2..],
+        &w[2..],
+        stride,
+        dilation,
+        pad_low,
+    ));
+    (pads, padded)
+}
+
 fn serial(loops: Vec<(VarId, Expr)>, body: Vec<Stmt>) -> Vec<Stmt> {
     loops.into_iter().rev().fold(body, |body, (var, extent)| {
         vec![Stmt::Loop {

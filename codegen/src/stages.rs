@@ -248,25 +248,18 @@ pub fn replace_var(body: &mut [Stmt], var: VarId, by: &Expr) {
 
 /// Renames loop variable `from` to `to`, where it is bound and where it is read.
 fn subst(body: &mut [Stmt], from: VarId, to: VarId) {
-    for s in body.iter_mut() {
-        if let Stmt::Loop { var, body, .. } = s {
-            if *var == from {
-                *var = to;
+    fn rebind(body: &mut [Stmt], from: VarId, to: VarId) {
+        for s in body {
+            if let Stmt::Loop { var, body, .. } = s {
+                if *var == from {
+                    *var = to;
+                }
+                rebind(body, from, to);
             }
-            subst(body, from, to);
         }
     }
-    replace_var_shallow(body, from, &Expr::Var(to));
-}
-
-/// [`replace_var`] without descending into loop bodies (which [`subst`] handles itself).
-fn replace_var_shallow(body: &mut [Stmt], var: VarId, by: &Expr) {
-    for s in body {
-        match s {
-            Stmt::Loop { extent, .. } => subst_expr(extent, var, by),
-            s => replace_var(std::slice::from_mut(s), var, by),
-        }
-    }
+    rebind(body, from, to);
+    replace_var(body, from, &Expr::Var(to));
 }
 
 /// Whether running `a`'s and `b`'s bodies one after the other per iteration of the shared

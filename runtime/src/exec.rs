@@ -898,7 +898,6 @@ impl Kernel<'_> {
     ) -> Result<Vec<Loc>, String> {
         let l = self.lowered;
         let k = &l.kernel;
-        let len = |i: usize| -> Result<usize, String> { Ok(r.lens[i]) };
         // Operands must be exactly as large as the kernel assumes: it does not check loads.
         for (i, a) in args.iter().enumerate() {
             let n: usize = a.shape().iter().product();
@@ -926,9 +925,9 @@ impl Kernel<'_> {
             }
             match b.kind {
                 BufKind::Output => {
-                    let r = outs.len();
-                    let v = Value::new(id, r as u32);
-                    let shape = shapes.get(r).ok_or("a result without a shape")?.clone();
+                    let res = outs.len();
+                    let v = Value::new(id, res as u32);
+                    let shape = shapes.get(res).ok_or("a result without a shape")?.clone();
                     match plan.values.get(&v) {
                         Some(&off) => {
                             ptrs[i] = base.wrapping_add(off as usize);
@@ -941,9 +940,9 @@ impl Kernel<'_> {
                         None => {
                             // An output of the graph: a tensor of its own, built after the
                             // call (at least one element: guarded loads read index 0).
-                            let mut d = Data::zeros(b.dtype, len(i)?.max(1));
+                            let mut d = Data::zeros(b.dtype, r.lens[i].max(1));
                             ptrs[i] = mut_ptr(&mut d);
-                            owned.push((r, d, shape));
+                            owned.push((res, d, shape));
                             outs.push(None);
                         }
                     }
