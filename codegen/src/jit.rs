@@ -127,6 +127,10 @@ pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
     }
     jb.symbol("kiln_sgemm", crate::gemm::kiln_sgemm as *const u8);
     jb.symbol(
+        "kiln_conv2d_plane",
+        crate::conv::kiln_conv2d_plane as *const u8,
+    );
+    jb.symbol(
         "kiln_sgemm_packed",
         crate::gemm::kiln_sgemm_packed as *const u8,
     );
@@ -178,6 +182,12 @@ fn define_all(module: &mut JITModule, kernels: &[Kernel]) -> Result<Vec<FuncId>,
         module
             .define_function(id, &mut ctx)
             .map_err(|e| backend(format!("{e:?}")))?;
+        if let Ok(d) = std::env::var("KILN_DUMP_CODE") {
+            let _ = std::fs::write(
+                format!("{d}/{i}.bin"),
+                ctx.compiled_code().unwrap().code_buffer(),
+            );
+        }
         module.clear_context(&mut ctx);
         ids.push(id);
     }
@@ -392,6 +402,7 @@ impl<'f> Lower<'_, 'f> {
                     .store(MemFlagsData::new().with_notrap(), x, addr, 0);
             }
             Stmt::Gemm(g) => self.gemm(g)?,
+            Stmt::Conv2d(c) => self.conv2d(c)?,
             Stmt::Check { cond, code } => {
                 let c = self.expr_of(cond, DType::Bool, "a check condition")?;
                 let code = self.b.ins().iconst(types::I32, i64::from(*code));
@@ -648,74 +659,92 @@ impl<'f> Lower<'_, 'f> {
             None => self.b.ins().iconst(self.ptr, 0),
         };
         args.insert(6, bp);
-        let name = "kiln_sgemm_packed";
-        let f = match self.refs.get(name) {
-            Some(&f) => f,
-            None => {
-                let mut sig = self.module.make_signature();
-                for t in [
-                    self.ptr,
-                    types::I64,
-                    types::I64,
-                    self.ptr,
-                    types::I64,
-                    types::I64,
-                    self.ptr,
-                    self.ptr,
-                    types::I64,
-                    types::I64,
-                    types::I64,
-                ] {
-                    sig.params.push(AbiParam::new(t));
-                }
-                let id = self
-                    .module
-                    .declare_function(name, Linkage::Import, &sig)
-                    .map_err(|e| JitError::Backend {
-                        kernel: self.k.name.clone(),
-                        message: e.to_string(),
-                    })?;
-                let f = self.module.declare_func_in_func(id, self.b.func);
-                self.refs.insert(name, f);
-                f
-            }
-        };
+        let f = self.import(
+            "kiln_sgemm_packed",
+            &[
+                self.ptr,
+                types::I64,
+                types::I64,
+                self.ptr,
+                types::I64,
+                types::I64,
+                self.ptr,
+                self.ptr,
+                types::I64,
+                types::I64,
+                types::I64,
+            ],
+            None,
+        )?;
         self.b.ins().call(f, &args);
         Ok(())
     }
 
+    /// `kiln_conv2d_plane(x, k, out, h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)`.
+    fn conv2d(&mut self, c: &crate::kernel::Conv2d) -> R<()> {
+        for b in [c.x, c.k, c.out] {
+            if self.buf_dtype(b)? != DType::F32 {
+                return Err(self.unsupported("conv2d on buffers that are not f32"));
+            }
+        }
+        let mut args = Vec::new();
+        for (buf, off) in [(c.x, &c.x_off), (c.k, &c.k_off), (c.out, &c.out_off)] {
+            args.push(self.address(buf, off)?);
+        }
+        let g = &c.geometry;
+        for v in [
+            g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.ph, g.pw,
+        ] {
+            args.push(self.b.ins().iconst(types::I64, v));
+        }
+        let mut params = vec![self.ptr; 3];
+        params.extend([types::I64; 12]);
+        let f = self.import("kiln_conv2d_plane", &params, None)?;
+        self.b.ins().call(f, &args);
+        Ok(())
+    }
+
+    /// A reference to library function `name` taking `params` and returning `ret` (declared
+    /// once per function).
+    fn import(
+        &mut self,
+        name: &'static str,
+        params: &[Type],
+        ret: Option<Type>,
+    ) -> R<cranelift_codegen::ir::FuncRef> {
+        if let Some(&f) = self.refs.get(name) {
+            return Ok(f);
+        }
+        let mut sig = self.module.make_signature();
+        for &t in params {
+            sig.params.push(AbiParam::new(t));
+        }
+        sig.returns.extend(ret.map(AbiParam::new));
+        let id = self
+            .module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(|e| JitError::Backend {
+                kernel: self.k.name.clone(),
+                message: e.to_string(),
+            })?;
+        let f = self.module.declare_func_in_func(id, self.b.func);
+        self.refs.insert(name, f);
+        Ok(f)
+    }
+
     /// Calls helper `name`; the arguments must match its shape.
     fn call(&mut self, name: &'static str, args: &[Value]) -> R<Value> {
-        let f = match self.refs.get(name) {
-            Some(&f) => f,
-            None => {
-                let shape = libcalls()
-                    .iter()
-                    .find(|(n, _, _)| *n == name)
-                    .map(|&(_, s, _)| s)
-                    .expect("helpers are in the table");
-                let (arg, n) = match shape {
-                    Shape::F1 => (types::F64, 1),
-                    Shape::F2 => (types::F64, 2),
-                    Shape::I2 => (types::I64, 2),
-                };
-                let mut sig = self.module.make_signature();
-                for _ in 0..n {
-                    sig.params.push(AbiParam::new(arg));
-                }
-                sig.returns.push(AbiParam::new(arg));
-                let id = self
-                    .module
-                    .declare_function(name, Linkage::Import, &sig)
-                    .map_err(|e| JitError::Backend {
-                        kernel: self.k.name.clone(),
-                        message: e.to_string(),
-                    })?;
-                let f = self.module.declare_func_in_func(id, self.b.func);
-                self.refs.insert(name, f);
-                f
-            }
+        let shape = libcalls()
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|&(_, s, _)| s)
+            .expect("helpers are in the table");
+        let (arg, n) = match shape {
+            Shape::F1 => (types::F64, 1),
+            Shape::F2 => (types::F64, 2),
+            Shape::I2 => (types::I64, 2),
         };
+        let f = self.import(name, &vec![arg; n], Some(arg))?;
         let inst = self.b.ins().call(f, args);
         Ok(self.b.inst_results(inst)[0])
     }

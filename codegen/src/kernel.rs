@@ -82,6 +82,51 @@ pub enum Stmt {
     Check { cond: Expr, code: u32 },
     /// A matrix product of f32 buffers by the library micro-kernel.
     Gemm(Box<Gemm>),
+    /// A 2-D convolution of one f32 plane by one filter plane, by the library kernel.
+    Conv2d(Box<Conv2d>),
+}
+
+/// `out[out_off + oy·ow + ox] = Σ x[x_off + iy·w + ix] · k[k_off + ky·kw + kx]` over the taps
+/// inside the input (`iy = oy·sh + ky·dh - ph`, `ix = ox·sw + kx·dw - pw`): one channel of a
+/// depthwise conv. Offsets are i64 expressions; the geometry is static.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2d {
+    pub x: BufId,
+    pub x_off: Expr,
+    pub k: BufId,
+    pub k_off: Expr,
+    pub out: BufId,
+    pub out_off: Expr,
+    pub geometry: crate::conv::Geometry,
+}
+
+impl Conv2d {
+    /// Each buffer it accesses with the first and last element (it touches every element
+    /// in between or may).
+    pub fn ranges(&self) -> [(BufId, Expr, Expr, bool); 3] {
+        let g = &self.geometry;
+        let last = |off: &Expr, n: i64| off.clone() + Expr::i64(n - 1);
+        [
+            (
+                self.x,
+                self.x_off.clone(),
+                last(&self.x_off, g.h * g.w),
+                false,
+            ),
+            (
+                self.k,
+                self.k_off.clone(),
+                last(&self.k_off, g.kh * g.kw),
+                false,
+            ),
+            (
+                self.out,
+                self.out_off.clone(),
+                last(&self.out_off, g.oh * g.ow),
+                true,
+            ),
+        ]
+    }
 }
 
 /// `c[c_off + i*n + j] = Σ_l a[a_off + i*a_rs + l*a_cs] · b[b_off + l*b_rs + j*b_cs]` for
@@ -335,6 +380,37 @@ impl Kernel {
                     out.push_str("check ");
                     self.expr(cond, out);
                     write!(out, " else {code}").unwrap();
+                }
+                Stmt::Conv2d(c) => {
+                    let e = |x: &Expr| {
+                        let mut t = String::new();
+                        self.expr(x, &mut t);
+                        t
+                    };
+                    let g = &c.geometry;
+                    write!(
+                        out,
+                        "conv2d {}[{}; {}x{}] = {}[{}; {}x{}] * {}[{}; {}x{}] stride {}x{} dilation {}x{} pad {}x{}",
+                        self.bufs[c.out].name,
+                        e(&c.out_off),
+                        g.oh,
+                        g.ow,
+                        self.bufs[c.x].name,
+                        e(&c.x_off),
+                        g.h,
+                        g.w,
+                        self.bufs[c.k].name,
+                        e(&c.k_off),
+                        g.kh,
+                        g.kw,
+                        g.sh,
+                        g.sw,
+                        g.dh,
+                        g.dw,
+                        g.ph,
+                        g.pw
+                    )
+                    .unwrap();
                 }
                 Stmt::Gemm(g) => {
                     let e = |x: &Expr| {

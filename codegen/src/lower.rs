@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, TensorType, Value};
 
-use crate::kernel::{codes, is_native, Buf, BufId, BufKind, Expr, Gemm, Kernel, Mark, Stmt, VarId};
+use crate::kernel::{
+    codes, is_native, Buf, BufId, BufKind, Conv2d, Expr, Gemm, Kernel, Mark, Stmt, VarId,
+};
 
 /// Why a graph cannot be lowered (yet); the node then runs on the reference interpreter.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -1033,12 +1035,8 @@ impl<'g> Lowering<'g> {
         (out, ok)
     }
 
-    /// A direct f32 convolution (static shapes) that accumulates whole output rows, so that
-    /// the innermost loop runs along the output's last axis in vector lanes: per output row,
-    /// `row = 0`, then `row[w] += x[.., w·stride + k·dilation] · weight` for every input
-    /// channel of the group and window position (the order of the scalar loops, so sums
-    /// round identically). Padding is a zero-filled copy of the input, so loads need no guard.
-    fn conv_rows(&mut self, v: Value, out: BufId, xb: BufId, wb: BufId) -> Result<()> {
+    /// A conv's attributes and operands with its (static) shapes.
+    fn static_conv(&self, v: Value) -> StaticConv {
         let node = self.g.node(v.node);
         let Op::Conv {
             stride,
@@ -1051,13 +1049,87 @@ impl<'g> Lowering<'g> {
             unreachable!("called on convs")
         };
         let (xv, wv) = (node.inputs()[0], node.inputs()[1]);
-        let xs = static_dims(&self.ty(xv).shape);
-        let ws = static_dims(&self.ty(wv).shape);
         let os_shape = self.ty(v).shape.clone();
-        let os = static_dims(&os_shape);
+        StaticConv {
+            stride: stride.clone(),
+            dilation: dilation.clone(),
+            pad_low: pad_low.clone(),
+            groups: *groups,
+            xv,
+            wv,
+            xs: static_dims(&self.ty(xv).shape),
+            ws: static_dims(&self.ty(wv).shape),
+            os: static_dims(&os_shape),
+            os_shape,
+        }
+    }
+
+    /// A static f32 2-D conv with one input channel per group (depthwise): one library plane
+    /// conv per image and output channel, in a parallel nest (which an epilogue may join).
+    fn conv_planes(&mut self, v: Value, out: BufId, xb: BufId, wb: BufId) -> Result<()> {
+        let StaticConv {
+            stride,
+            dilation,
+            pad_low,
+            groups,
+            xs,
+            ws,
+            os,
+            os_shape,
+            ..
+        } = self.static_conv(v);
+        let og = ws[0] / groups;
+        let geometry = crate::conv::Geometry {
+            h: xs[2],
+            w: xs[3],
+            oh: os[2],
+            ow: os[3],
+            kh: ws[2],
+            kw: ws[3],
+            sh: stride[0],
+            sw: stride[1],
+            dh: dilation[0],
+            dw: dilation[1],
+            ph: pad_low[0],
+            pw: pad_low[1],
+        };
+        let rows = Shape::new(os_shape.dims()[..2].to_vec());
+        self.nest(&rows, DType::F32, |_, idx| {
+            let (n, oc) = (idx[0].clone(), idx[1].clone());
+            let ch = Expr::index_op(Op::Div, oc.clone(), Expr::i64(og));
+            Ok(vec![Stmt::Conv2d(Box::new(Conv2d {
+                x: xb,
+                x_off: (n.clone() * Expr::i64(xs[1]) + ch) * Expr::i64(xs[2] * xs[3]),
+                k: wb,
+                k_off: oc.clone() * Expr::i64(ws[2] * ws[3]),
+                out,
+                out_off: (n * Expr::i64(os[1]) + oc) * Expr::i64(os[2] * os[3]),
+                geometry,
+            }))])
+        })
+    }
+
+    /// A direct f32 convolution (static shapes) that accumulates whole output rows, so that
+    /// the innermost loop runs along the output's last axis in vector lanes: per output row,
+    /// `row = 0`, then `row[w] += x[.., w·stride + k·dilation] · weight` for every input
+    /// channel of the group and window position (the order of the scalar loops, so sums
+    /// round identically). Padding is a zero-filled copy of the input, so loads need no guard.
+    fn conv_rows(&mut self, v: Value, out: BufId, xb: BufId, wb: BufId) -> Result<()> {
+        let StaticConv {
+            stride,
+            dilation,
+            pad_low,
+            groups,
+            xv,
+            wv,
+            xs,
+            ws,
+            os,
+            os_shape,
+        } = self.static_conv(v);
         let sp = xs.len() - 2;
-        let (cg, og) = (ws[1], ws[0] / *groups);
-        let (pads, padded) = conv_padding(&xs, &ws, &os, stride, dilation, pad_low);
+        let (cg, og) = (ws[1], ws[0] / groups);
+        let (pads, padded) = conv_padding(&xs, &ws, &os, &stride, &dilation, &pad_low);
         // With a stride of 2 along the last axis, the copy keeps even and odd columns apart,
         // so that each tap reads consecutive elements (vector loads, not gathers).
         // (Only for the few-tap form below, whose taps are constants.)
@@ -1338,6 +1410,11 @@ impl<'g> Lowering<'g> {
             i64op(Op::Select, vec![ok, load, constant(0.0, dtype)], dtype)
         };
         let fixed = [&xs, &ws, &os].iter().all(|s| s.is_static());
+        if dtype == DType::F32 && fixed && sp == 2 && cg.as_const() == Some(1) {
+            self.conv_planes(v, out, xb, wb)?;
+            self.bufs.insert(v, out);
+            return Ok(());
+        }
         if !big && dtype == DType::F32 && fixed {
             self.conv_rows(v, out, xb, wb)?;
             self.bufs.insert(v, out);
@@ -2212,6 +2289,20 @@ fn serial(loops: Vec<(VarId, Expr)>, body: Vec<Stmt>) -> Vec<Stmt> {
             body,
         }]
     })
+}
+
+/// A conv node's attributes, operands and static shapes (see `Lowering::static_conv`).
+struct StaticConv {
+    stride: Vec<i64>,
+    dilation: Vec<i64>,
+    pad_low: Vec<i64>,
+    groups: i64,
+    xv: Value,
+    wv: Value,
+    xs: Vec<i64>,
+    ws: Vec<i64>,
+    os: Vec<i64>,
+    os_shape: Shape,
 }
 
 /// Statements with loops of extent 1 replaced by their bodies (the variable replaced by 0).

@@ -9,6 +9,7 @@
 //! both, in disjoint blocks along the shared loops: then iteration `J` of either touches only
 //! block `J`, and each block sees the first nest's accesses before the second's.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ir::{DType, Op};
@@ -139,13 +140,14 @@ fn poly(e: &Expr) -> Option<Poly> {
     a.terms.is_empty().then_some(a.constant)
 }
 
-/// Every buffer access of some statements: (buffer, index, is_store). Gemms make the
+/// Every buffer access of some statements: (buffer, index, is_store). A plane conv counts
+/// as accesses to the first and last element of each range it touches; gemms make the
 /// statements unanalyzable (`None`).
-fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, &'a Expr, bool)>) -> Option<()> {
-    fn expr<'a>(e: &'a Expr, out: &mut Vec<(BufId, &'a Expr, bool)>) {
+fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, Cow<'a, Expr>, bool)>) -> Option<()> {
+    fn expr<'a>(e: &'a Expr, out: &mut Vec<(BufId, Cow<'a, Expr>, bool)>) {
         match e {
             Expr::Load { buf, index } => {
-                out.push((*buf, index, false));
+                out.push((*buf, Cow::Borrowed(&**index), false));
                 expr(index, out);
             }
             Expr::Op { args, .. } => args.iter().for_each(|a| expr(a, out)),
@@ -160,11 +162,17 @@ fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, &'a Expr, bool)>) -> Opt
             }
             Stmt::Set { value, .. } => expr(value, out),
             Stmt::Store { buf, index, value } => {
-                out.push((*buf, index, true));
+                out.push((*buf, Cow::Borrowed(index), true));
                 expr(index, out);
                 expr(value, out);
             }
             Stmt::Check { cond, .. } => expr(cond, out),
+            Stmt::Conv2d(c) => {
+                for (buf, first, last, write) in c.ranges() {
+                    out.push((buf, Cow::Owned(first), write));
+                    out.push((buf, Cow::Owned(last), write));
+                }
+            }
             Stmt::Gemm(_) => return None,
         }
     }
@@ -225,6 +233,11 @@ pub fn replace_var(body: &mut [Stmt], var: VarId, by: &Expr) {
                 subst_expr(value, var, by);
             }
             Stmt::Check { cond, .. } => subst_expr(cond, var, by),
+            Stmt::Conv2d(c) => {
+                for e in [&mut c.x_off, &mut c.k_off, &mut c.out_off] {
+                    subst_expr(e, var, by);
+                }
+            }
             Stmt::Gemm(g) => {
                 let g = &mut **g;
                 for e in [
@@ -274,12 +287,12 @@ fn fusable(a: &[Stmt], b: &[Stmt], outer: &[(VarId, Poly)]) -> bool {
     if loop_vars(a, &mut loops).is_none() || loop_vars(b, &mut loops).is_none() {
         return false;
     }
-    let written = |xs: &[(BufId, &Expr, bool)]| -> HashSet<BufId> {
+    let written = |xs: &[(BufId, Cow<Expr>, bool)]| -> HashSet<BufId> {
         xs.iter().filter(|x| x.2).map(|x| x.0).collect()
     };
     let (wa, wb) = (written(&xa), written(&xb));
     let touched =
-        |xs: &[(BufId, &Expr, bool)]| -> HashSet<BufId> { xs.iter().map(|x| x.0).collect() };
+        |xs: &[(BufId, Cow<Expr>, bool)]| -> HashSet<BufId> { xs.iter().map(|x| x.0).collect() };
     let (ta, tb) = (touched(&xa), touched(&xb));
     // A buffer one nest writes and the other touches is shared: every access to it (in
     // either nest) must stay in the block of the shared iteration. Then each block sees the
@@ -291,7 +304,8 @@ fn fusable(a: &[Stmt], b: &[Stmt], outer: &[(VarId, Poly)]) -> bool {
         .collect();
     let outer_vars: Vec<VarId> = outer.iter().map(|o| o.0).collect();
     let mut shape: HashMap<BufId, Vec<Poly>> = HashMap::new();
-    for &(buf, index, _) in xa.iter().chain(&xb).filter(|x| shared.contains(&x.0)) {
+    for (buf, index, _) in xa.iter().chain(&xb).filter(|x| shared.contains(&x.0)) {
+        let buf = *buf;
         let Some(f) = affine(index, &loops) else {
             return false;
         };
@@ -525,6 +539,10 @@ pub fn cost(body: &[Stmt], dims: &[i64]) -> f64 {
                 let e = |x: &Expr| eval(x, dims).unwrap_or(16).max(0) as f64;
                 e(&g.m) * e(&g.n) * e(&g.k)
             }
+            Stmt::Conv2d(c) => {
+                let g = &c.geometry;
+                (g.oh * g.ow * g.kh * g.kw) as f64
+            }
             _ => 1.0,
         })
         .sum()
@@ -623,6 +641,80 @@ mod tests {
                 panic!()
             };
             assert_eq!(body.len(), 2, "{k}");
+        }
+    }
+
+    /// A plane conv per channel (4 channels of 4×4, output plane `out_plane` long at
+    /// `out_at(c)`) then `out[c*16 + j] = t[c*16 + j]`.
+    fn conv_then_copy(out_at: impl Fn(Expr) -> Expr, out_plane: i64) -> Kernel {
+        let c = Expr::Var(0);
+        let geometry = crate::conv::Geometry {
+            h: 4,
+            w: 4,
+            oh: out_plane / 4,
+            ow: 4,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            ph: 0,
+            pw: 0,
+        };
+        let conv = lp(
+            0,
+            Expr::i64(4),
+            Mark::Parallel,
+            vec![Stmt::Conv2d(Box::new(crate::kernel::Conv2d {
+                x: 0,
+                x_off: c.clone() * Expr::i64(16),
+                k: 0,
+                k_off: Expr::i64(0),
+                out: 2,
+                out_off: out_at(c),
+                geometry,
+            }))],
+        );
+        let (i, j) = (Expr::Var(1), Expr::Var(2));
+        let copy = lp(
+            1,
+            Expr::i64(4),
+            Mark::Parallel,
+            vec![lp(
+                2,
+                Expr::i64(16),
+                Mark::Vector(4),
+                vec![Stmt::Store {
+                    buf: 1,
+                    index: i.clone() * Expr::i64(16) + j.clone(),
+                    value: load(2, i * Expr::i64(16) + j),
+                }],
+            )],
+        );
+        Kernel {
+            name: "k".into(),
+            bufs: vec![
+                buf("in0", 64, BufKind::Input),
+                buf("out0", 64, BufKind::Output),
+                buf("t", 80, BufKind::Scratch),
+            ],
+            dims: vec![],
+            vars: vec![DType::I64; 3],
+            body: vec![conv, copy],
+        }
+    }
+
+    #[test]
+    fn plane_convs_fuse_only_within_their_plane() {
+        let mut k = conv_then_copy(|c| c * Expr::i64(16), 16);
+        fuse(&mut k);
+        assert_eq!(top_loops(&k), 1, "{k}");
+        // Writing into the next channel's block, or a plane longer than the block: no.
+        for (at, len) in [(4, 16), (0, 20)] {
+            let mut k = conv_then_copy(move |c| c * Expr::i64(16) + Expr::i64(at), len);
+            fuse(&mut k);
+            assert_eq!(top_loops(&k), 2, "{k}");
         }
     }
 
