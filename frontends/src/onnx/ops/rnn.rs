@@ -205,16 +205,17 @@ fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
     }
 }
 
-/// Runs one direction; returns the per-step outputs (in time order) and the final states.
+/// Runs one direction over `x` ([seq, batch, input]); returns the per-step outputs (in time
+/// order) and the final states.
 fn run(
     b: &mut Builder,
     cfg: &Cfg,
     d: &Dir,
-    xs: &[Value],
+    x: Value,
     masks: &[Option<Value>],
 ) -> R<(Vec<Value>, Value, Option<Value>)> {
     let h = cfg.hidden;
-    let seq = xs.len();
+    let seq = masks.len();
     let wt = b.transpose(d.w, &[1, 0]).map_err(s)?;
     let rt = b.transpose(d.r, &[1, 0]).map_err(s)?;
     // Bias split into input and recurrent halves (GRU needs them apart).
@@ -222,6 +223,25 @@ fn run(
         Some((wb, rb)) => (Some(wb), Some(rb)),
         None => (None, None),
     };
+    // The input projection of every step at once: [seq·batch, input] · Wᵀ (+ input bias),
+    // one large product instead of one small one per step.
+    let xshape = b.shape(x).clone();
+    let batch = xshape.dim(1).clone();
+    let rows = Dim::Const(seq as i64).mul(&batch).map_err(s)?;
+    let x2 = b
+        .reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))
+        .map_err(s)?;
+    let mut xw_all = b.matmul(x2, wt).map_err(s)?;
+    if let Some(wb) = wb {
+        xw_all = b.add(xw_all, wb).map_err(s)?;
+    }
+    let gh = Dim::Const(cfg.kind.gates() * h);
+    let xw_all = b
+        .reshape(
+            xw_all,
+            Shape::new(vec![Dim::Const(seq as i64), batch.clone(), gh.clone()]),
+        )
+        .map_err(s)?;
     let (mut hs, mut cs) = (d.h0, d.c0);
     let mut ys = vec![None; seq];
     let order: Vec<usize> = if d.reverse {
@@ -230,10 +250,17 @@ fn run(
         (0..seq).collect()
     };
     for t in order {
-        let mut xw = b.matmul(xs[t], wt).map_err(s)?;
-        if let Some(wb) = wb {
-            xw = b.add(xw, wb).map_err(s)?;
-        }
+        let xw = slice_axis(
+            b,
+            xw_all,
+            0,
+            Dim::Const(t as i64),
+            Dim::Const(t as i64 + 1),
+            1,
+        )?;
+        let xw = b
+            .reshape(xw, Shape::new(vec![batch.clone(), gh.clone()]))
+            .map_err(s)?;
         let mut hr = b.matmul(hs, rt).map_err(s)?;
         if let Some(rb) = rb {
             hr = b.add(hr, rb).map_err(s)?;
@@ -420,13 +447,6 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
     }
     let batch = xshape.dim(1).clone();
     let dt = b.dtype(x);
-    let xs: Vec<Value> = (0..seq)
-        .map(|t| {
-            let xt = slice_axis(b, x, 0, Dim::Const(t as i64), Dim::Const(t as i64 + 1), 1)?;
-            b.reshape(xt, Shape::new(vec![batch.clone(), xshape.dim(2).clone()]))
-                .map_err(s)
-        })
-        .collect::<R<_>>()?;
     let masks: Vec<Option<Value>> = match lens {
         Some(l) => {
             let l = b.cast(l, DType::I64).map_err(s)?;
@@ -507,7 +527,7 @@ fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
             acts: acts_d,
             reverse: direction == "reverse" || d == 1,
         };
-        let (ys, hl, cl) = run(b, &cfg, &dir, &xs, &masks)?;
+        let (ys, hl, cl) = run(b, &cfg, &dir, x, &masks)?;
         ys_all.push(ys);
         hs_all.push(hl);
         if let Some(c) = cl {
