@@ -74,9 +74,13 @@ pub struct RunStats {
 pub struct Executable {
     graph: Graph,
     order: Vec<NodeId>,
-    steps: HashMap<NodeId, Step>,
+    /// How each node of `order` runs (parameters and constants: `None`), by position.
+    steps: Vec<Option<Step>>,
     compiled: Option<Compiled>,
-    labels: HashMap<NodeId, String>,
+    /// Each node's name in messages, by position.
+    labels: Vec<String>,
+    /// The slot of each parameter of the graph (`None`: nothing reads it).
+    param_slots: Vec<Option<usize>>,
     /// For each value, the position in `order` of its last reader (outputs: never freed).
     last_use: HashMap<Value, usize>,
     /// Dense numbering of the values a run holds: per position in `order`, the slot of the
@@ -171,10 +175,8 @@ impl Loc {
     fn ptr(&self, base: *mut u8) -> *mut u8 {
         // Guarded loads (padding) clamp their index to 0 and read it: an empty tensor gets a
         // readable zero element instead of a dangling pointer.
-        static ZERO: [u64; 2] = [0; 2];
         match self {
-            Loc::Tensor(t) if t.numel() == 0 => ZERO.as_ptr() as *mut u8,
-            Loc::Tensor(t) => const_ptr(t.data()),
+            Loc::Tensor(t) => tensor_ptr(t),
             // SAFETY: planned slots lie inside the arena.
             Loc::Arena { off, .. } => unsafe { base.add(*off as usize) },
         }
@@ -201,17 +203,12 @@ type Binding = Vec<(String, i64)>;
 
 /// A memory plan for one binding of the symbols.
 struct MemPlan {
-    /// Arena offsets of the planned results of native kernels (those that are not outputs
-    /// of the graph).
-    values: HashMap<Value, u64>,
-    /// Arena offsets of kernels' scratch buffers.
-    scratch: HashMap<(NodeId, usize), u64>,
     /// Bytes of the arena.
     size: u64,
     /// Bytes of all planned buffers together.
     total: u64,
-    /// What each native step needs under this binding, by node.
-    resolved: HashMap<NodeId, Resolved>,
+    /// What each native step needs under this binding, by position.
+    resolved: Vec<Option<Resolved>>,
 }
 
 /// A native step's sizes under one binding of the symbols.
@@ -226,6 +223,9 @@ struct Resolved {
     empty: bool,
     /// For each stage: how many parts threads split it into and the parallel extent.
     parts: Vec<(i64, i64)>,
+    /// For each of the kernel's buffers, its arena offset: planned results (not outputs of
+    /// the graph) and scratch.
+    offsets: Vec<Option<u64>>,
 }
 
 fn label(g: &Graph, id: NodeId, n: usize) -> String {
@@ -271,14 +271,15 @@ impl Executable {
             None
         };
         let numbering = g.numbering().unwrap_or_default();
-        let mut steps = HashMap::new();
+        let mut steps = Vec::with_capacity(order.len());
         let mut kernels = Vec::new();
-        let mut labels = HashMap::new();
+        let mut labels = Vec::with_capacity(order.len());
         for &id in &order {
             let node = g.node(id);
             let n = numbering.get(&Value::new(id, 0)).copied().unwrap_or(0);
-            labels.insert(id, label(g, id, n));
+            labels.push(label(g, id, n));
             if matches!(node.op(), Op::Param { .. } | Op::Constant { .. }) {
+                steps.push(None);
                 continue;
             }
             let sub = codegen::single_node_graph(g, id);
@@ -314,7 +315,7 @@ impl Executable {
                     why: e.0,
                 },
             };
-            steps.insert(id, step);
+            steps.push(Some(step));
         }
         let compiled = if kernels.is_empty() {
             None
@@ -366,6 +367,11 @@ impl Executable {
             })
             .collect();
         let output_slots = g.outputs().iter().map(|(_, v)| slot[v]).collect();
+        let param_slots = g
+            .params()
+            .iter()
+            .map(|&p| slot.get(&Value::new(p, 0)).copied())
+            .collect();
         let n_slots = slot.len();
         Ok(Executable {
             graph: g.clone(),
@@ -373,6 +379,7 @@ impl Executable {
             steps,
             compiled,
             labels,
+            param_slots,
             last_use,
             first_slot,
             operand_slots,
@@ -394,12 +401,10 @@ impl Executable {
     pub fn coverage(&self) -> (usize, Vec<(String, String)>) {
         let mut native = 0;
         let mut interp = Vec::new();
-        for id in &self.order {
-            match self.steps.get(id) {
+        for (step, label) in self.steps.iter().zip(&self.labels) {
+            match step {
                 Some(Step::Native { .. }) => native += 1,
-                Some(Step::Interp { why, .. }) => {
-                    interp.push((self.labels[id].clone(), why.clone()))
-                }
+                Some(Step::Interp { why, .. }) => interp.push((label.clone(), why.clone())),
                 None => {}
             }
         }
@@ -409,8 +414,8 @@ impl Executable {
     /// The kernel IR of every native step, as text.
     pub fn kernels_text(&self) -> String {
         let mut out = String::new();
-        for id in &self.order {
-            if let Some(Step::Native { lowered, .. }) = self.steps.get(id) {
+        for step in &self.steps {
+            if let Some(Step::Native { lowered, .. }) = step {
                 out.push_str(&lowered.kernel.to_string());
                 out.push('\n');
             }
@@ -491,74 +496,75 @@ impl Executable {
             }
             Ok(bytes)
         };
-        enum Key {
-            Value(Value),
-            Scratch(NodeId, usize),
-        }
+        // Planned buffers as (position, kernel buffer).
         let (mut items, mut keys) = (Vec::new(), Vec::new());
         for (pos, &id) in self.order.iter().enumerate() {
-            let Some(Step::Native { lowered, .. }) = self.steps.get(&id) else {
+            let Some(Step::Native { lowered, .. }) = &self.steps[pos] else {
                 continue;
             };
             let fail = |message: String| ExecError::Node {
-                node: self.labels[&id].clone(),
+                node: self.labels[pos].clone(),
                 message,
             };
-            for (i, ty) in g.node(id).types().iter().enumerate() {
-                let v = Value::new(id, i as u32);
-                if outputs.contains(&v) {
-                    continue;
-                }
-                let n = ty.shape.numel().map_err(|e| fail(e.to_string()))?;
-                let bytes = size(&|| format!("result {i}"), ty.dtype, &n).map_err(fail)?;
-                let end = self.last_use.get(&v).copied().unwrap_or(pos);
+            let n_args = g.node(id).inputs().len();
+            let types = g.node(id).types();
+            let mut result = 0;
+            for (b, buf) in lowered.kernel.bufs.iter().enumerate().skip(n_args) {
+                let (bytes, end) = match buf.kind {
+                    BufKind::Output => {
+                        let i = result;
+                        result += 1;
+                        let v = Value::new(id, i as u32);
+                        if outputs.contains(&v) {
+                            continue;
+                        }
+                        let ty = types
+                            .get(i)
+                            .ok_or_else(|| fail("a result without a type".into()))?;
+                        let n = ty.shape.numel().map_err(|e| fail(e.to_string()))?;
+                        let bytes = size(&|| format!("result {i}"), ty.dtype, &n).map_err(fail)?;
+                        (bytes, self.last_use.get(&v).copied().unwrap_or(pos))
+                    }
+                    BufKind::Scratch => {
+                        let what = || format!("buffer {}", buf.name);
+                        (size(&what, buf.dtype, &buf.len).map_err(fail)?, pos)
+                    }
+                    _ => continue,
+                };
                 items.push(crate::plan::Interval {
                     start: pos,
                     end,
                     bytes,
                 });
-                keys.push(Key::Value(v));
-            }
-            for (b, buf) in lowered.kernel.bufs.iter().enumerate() {
-                if buf.kind == BufKind::Scratch {
-                    let what = || format!("buffer {}", buf.name);
-                    let bytes = size(&what, buf.dtype, &buf.len).map_err(fail)?;
-                    items.push(crate::plan::Interval {
-                        start: pos,
-                        end: pos,
-                        bytes,
-                    });
-                    keys.push(Key::Scratch(id, b));
-                }
+                keys.push((pos, b));
             }
         }
-        let mut resolved = HashMap::new();
         let threads = 1 + self.threads.as_ref().map_or(0, |p| p.len());
-        for &id in &self.order {
-            if let Some(Step::Native { lowered, stages }) = self.steps.get(&id) {
-                let r =
-                    resolve(lowered, stages, env, threads).map_err(|message| ExecError::Node {
-                        node: self.labels[&id].clone(),
-                        message,
-                    })?;
-                resolved.insert(id, r);
-            }
+        let mut resolved = Vec::with_capacity(self.order.len());
+        for (pos, step) in self.steps.iter().enumerate() {
+            resolved.push(match step {
+                Some(Step::Native { lowered, stages }) => {
+                    Some(resolve(lowered, stages, env, threads).map_err(|message| {
+                        ExecError::Node {
+                            node: self.labels[pos].clone(),
+                            message,
+                        }
+                    })?)
+                }
+                _ => None,
+            });
         }
         let p = crate::plan::plan(&items);
-        let mut mp = MemPlan {
-            values: HashMap::new(),
-            scratch: HashMap::new(),
+        for ((pos, b), off) in keys.into_iter().zip(p.offsets) {
+            if let Some(r) = &mut resolved[pos] {
+                r.offsets[b] = Some(off);
+            }
+        }
+        let mp = std::sync::Arc::new(MemPlan {
             size: p.size,
             total: p.total,
             resolved,
-        };
-        for (k, off) in keys.into_iter().zip(p.offsets) {
-            match k {
-                Key::Value(v) => mp.values.insert(v, off),
-                Key::Scratch(id, b) => mp.scratch.insert((id, b), off),
-            };
-        }
-        let mp = std::sync::Arc::new(mp);
+        });
         self.plans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -607,23 +613,19 @@ impl Executable {
         // Bytes of tensors held outside the arena: outputs and interpreter results.
         let mut live: u64 = 0;
         stats.peak_bytes = in_bytes + plan.size;
-        let mut param_slot = HashMap::new();
-        for (pos, &id) in self.order.iter().enumerate() {
-            param_slot.insert(id, self.first_slot[pos]);
-        }
-        for (&p, t) in g.params().iter().zip(inputs) {
-            if let Some(&i) = param_slot.get(&p) {
+        for (slot, t) in self.param_slots.iter().zip(inputs) {
+            if let Some(i) = *slot {
                 values[i] = Some(Loc::Tensor(t.clone()));
             }
         }
         for (pos, &id) in self.order.iter().enumerate() {
             let node = g.node(id);
             let fail = |message: String| ExecError::Node {
-                node: self.labels[&id].clone(),
+                node: self.labels[pos].clone(),
                 message,
             };
             // Like the interpreter, empty results need no computation.
-            let empty = match plan.resolved.get(&id) {
+            let empty = match &plan.resolved[pos] {
                 Some(r) => r.empty,
                 None => {
                     !node.types().is_empty()
@@ -636,7 +638,7 @@ impl Executable {
                 }
             };
             let started = timed.then(std::time::Instant::now);
-            let outs: Vec<Loc> = match (node.op(), self.steps.get(&id)) {
+            let outs: Vec<Loc> = match (node.op(), &self.steps[pos]) {
                 (Op::Param { .. }, _) => continue,
                 (Op::Constant { value }, _) => vec![Loc::Tensor(value.tensor.clone())],
                 (_, Some(_)) if empty => node
@@ -662,11 +664,10 @@ impl Executable {
                         .iter()
                         .map(|&i| loc(&values, i))
                         .collect::<Result<_, _>>()?;
-                    let r = plan
-                        .resolved
-                        .get(&id)
+                    let r = plan.resolved[pos]
+                        .as_ref()
                         .ok_or_else(|| fail("no plan".into()))?;
-                    run.call(id, &args, r, plan, base).map_err(fail)?
+                    run.call(&args, r, base).map_err(fail)?
                 }
                 (_, Some(Step::Interp { graph, .. })) => {
                     let args: Vec<Tensor> = self.operand_slots[pos]
@@ -688,7 +689,7 @@ impl Executable {
             if let Some(t) = started {
                 if !matches!(node.op(), Op::Constant { .. }) {
                     let secs = t.elapsed().as_secs_f64();
-                    stats.steps.push((self.labels[&id].clone(), secs));
+                    stats.steps.push((self.labels[pos].clone(), secs));
                 }
             }
             let own = !matches!(node.op(), Op::Constant { .. });
@@ -734,6 +735,16 @@ fn loc(values: &[Option<Loc>], i: usize) -> Result<&Loc, ExecError> {
 
 fn bytes(t: &Tensor) -> u64 {
     t.dtype().storage_bytes(t.numel() as u64).unwrap_or(0)
+}
+
+/// Where a kernel reads a tensor: its data, or a readable zero element when it is empty.
+fn tensor_ptr(t: &Tensor) -> *mut u8 {
+    static ZERO: [u64; 2] = [0; 2];
+    if t.numel() == 0 {
+        ZERO.as_ptr() as *mut u8
+    } else {
+        const_ptr(t.data())
+    }
 }
 
 fn const_ptr(d: &Data) -> *mut u8 {
@@ -844,6 +855,7 @@ fn resolve(
     }
     Ok(Resolved {
         dims,
+        offsets: vec![None; lens.len()],
         lens,
         out_shapes,
         empty,
@@ -855,11 +867,20 @@ impl Kernel<'_> {
     /// Runs the stages in order, parallel ones split over the pool's threads.
     fn stages(&self, ptrs: &[*mut u8], r: &Resolved) -> Result<(), String> {
         let p = Ptrs(ptrs);
+        let n = r.dims.len();
         let call = |f: KernelFn, lo: i64, hi: i64| -> u32 {
-            let mut d = Vec::with_capacity(r.dims.len() + 2);
-            d.extend_from_slice(&r.dims);
-            d.push(lo);
-            d.push(hi);
+            // The dim table and the loop range (on the stack unless the table is long).
+            let mut small = [0i64; 32];
+            let mut large = Vec::new();
+            let d: &mut [i64] = if n + 2 <= small.len() {
+                &mut small[..n + 2]
+            } else {
+                large.resize(n + 2, 0);
+                &mut large
+            };
+            d[..n].copy_from_slice(&r.dims);
+            d[n] = lo;
+            d[n + 1] = hi;
             // SAFETY: see `call`; `0 <= lo <= hi <= extent` of the parallel loop.
             unsafe { f(p.get(), d.as_ptr()) }
         };
@@ -888,14 +909,7 @@ impl Kernel<'_> {
 
     /// Runs the kernel of node `id` on its operands: returns where its results are (the
     /// arena, or tensors of their own for the graph's outputs).
-    fn call(
-        &self,
-        id: NodeId,
-        args: &[&Loc],
-        r: &Resolved,
-        plan: &MemPlan,
-        base: *mut u8,
-    ) -> Result<Vec<Loc>, String> {
+    fn call(&self, args: &[&Loc], r: &Resolved, base: *mut u8) -> Result<Vec<Loc>, String> {
         let l = self.lowered;
         let k = &l.kernel;
         // Operands must be exactly as large as the kernel assumes: it does not check loads.
@@ -920,16 +934,15 @@ impl Kernel<'_> {
         let mut owned = Vec::new();
         for (i, b) in k.bufs.iter().enumerate().skip(args.len()) {
             if let Some((_, t)) = l.consts.iter().find(|(c, _)| *c == i) {
-                ptrs[i] = Loc::Tensor(t.clone()).ptr(base);
+                ptrs[i] = tensor_ptr(t);
                 continue;
             }
             match b.kind {
                 BufKind::Output => {
                     let res = outs.len();
-                    let v = Value::new(id, res as u32);
                     let shape = shapes.get(res).ok_or("a result without a shape")?.clone();
-                    match plan.values.get(&v) {
-                        Some(&off) => {
+                    match r.offsets[i] {
+                        Some(off) => {
                             ptrs[i] = base.wrapping_add(off as usize);
                             outs.push(Some(Loc::Arena {
                                 off,
@@ -948,11 +961,9 @@ impl Kernel<'_> {
                     }
                 }
                 _ => {
-                    let off = plan
-                        .scratch
-                        .get(&(id, i))
-                        .ok_or_else(|| format!("buffer {} has no memory", b.name))?;
-                    ptrs[i] = base.wrapping_add(*off as usize);
+                    let off =
+                        r.offsets[i].ok_or_else(|| format!("buffer {} has no memory", b.name))?;
+                    ptrs[i] = base.wrapping_add(off as usize);
                 }
             }
         }
