@@ -61,6 +61,7 @@ pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
     let mut l = Lowering::new(g, name)?;
     l.run()?;
     crate::stages::fuse(&mut l.k);
+    crate::stages::shrink_scratch(&mut l.k);
     let outputs = g
         .outputs()
         .iter()

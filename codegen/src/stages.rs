@@ -432,6 +432,247 @@ pub fn fuse(k: &mut Kernel) {
     k.body = fuse_list(std::mem::take(&mut k.body), &[]);
 }
 
+impl Poly {
+    fn as_const(&self) -> Option<i64> {
+        match self.0.len() {
+            0 => Some(0),
+            1 => self.0.get(&Vec::new()).copied(),
+            _ => None,
+        }
+    }
+}
+
+/// Every buffer a statement reads or writes.
+fn touches(s: &Stmt, b: BufId) -> bool {
+    fn expr(e: &Expr, b: BufId) -> bool {
+        match e {
+            Expr::Load { buf, index } => *buf == b || expr(index, b),
+            Expr::Op { args, .. } => args.iter().any(|a| expr(a, b)),
+            _ => false,
+        }
+    }
+    match s {
+        Stmt::Loop { extent, body, .. } => expr(extent, b) || body.iter().any(|s| touches(s, b)),
+        Stmt::Set { value, .. } => expr(value, b),
+        Stmt::Store { buf, index, value } => *buf == b || expr(index, b) || expr(value, b),
+        Stmt::Check { cond, .. } => expr(cond, b),
+        Stmt::Conv2d(c) => [c.x, c.k, c.out].contains(&b),
+        Stmt::Gemm(g) => [Some(g.a), Some(g.b), Some(g.c), g.b_packed].contains(&Some(b)),
+    }
+}
+
+/// The innermost loop holding every access to `b` (with the loops around it, outermost
+/// first), if the accesses are all inside one loop.
+fn holder<'a>(body: &'a [Stmt], b: BufId, chain: &mut Vec<&'a Stmt>) -> Option<()> {
+    let mut users = body.iter().filter(|s| touches(s, b));
+    let only = users.next()?;
+    if users.next().is_some() {
+        return None;
+    }
+    let Stmt::Loop { body: inner, .. } = only else {
+        return None;
+    };
+    chain.push(only);
+    let mut deeper = chain.clone();
+    if holder(inner, b, &mut deeper).is_some() {
+        *chain = deeper;
+    }
+    Some(())
+}
+
+/// Rewrites the index of every access to `b` in statements with `f`.
+fn reindex(body: &mut [Stmt], b: BufId, f: &dyn Fn(&mut Expr)) {
+    fn expr(e: &mut Expr, b: BufId, f: &dyn Fn(&mut Expr)) {
+        match e {
+            Expr::Load { buf, index } => {
+                expr(index, b, f);
+                if *buf == b {
+                    f(index);
+                }
+            }
+            Expr::Op { args, .. } => args.iter_mut().for_each(|a| expr(a, b, f)),
+            _ => {}
+        }
+    }
+    for s in body {
+        match s {
+            Stmt::Loop { extent, body, .. } => {
+                expr(extent, b, f);
+                reindex(body, b, f);
+            }
+            Stmt::Set { value, .. } => expr(value, b, f),
+            Stmt::Store { buf, index, value } => {
+                expr(index, b, f);
+                expr(value, b, f);
+                if *buf == b {
+                    f(index);
+                }
+            }
+            Stmt::Check { cond, .. } => expr(cond, b, f),
+            Stmt::Conv2d(c) => {
+                for (buf, off) in [
+                    (c.x, &mut c.x_off),
+                    (c.k, &mut c.k_off),
+                    (c.out, &mut c.out_off),
+                ] {
+                    if buf == b {
+                        f(off);
+                    }
+                }
+            }
+            Stmt::Gemm(_) => {}
+        }
+    }
+}
+
+/// Shrinks scratch buffers that live within one iteration of a serial loop: when every access
+/// to a buffer is inside one iteration's block (`v·B + [0, B)`, after fusion a row's
+/// intermediate), the iterations one thread runs one after another can share a block. The
+/// buffer then holds one block per iteration of the enclosing parallel loop (or one block),
+/// instead of one per element of the loop nest: a row instead of a matrix.
+pub fn shrink_scratch(k: &mut Kernel) {
+    for b in 0..k.bufs.len() {
+        if k.bufs[b].kind != crate::kernel::BufKind::Scratch {
+            continue;
+        }
+        let Some(len) = k.bufs[b].len.as_const() else {
+            continue;
+        };
+        let mut chain = Vec::new();
+        if holder(&k.body, b, &mut chain).is_none() {
+            continue;
+        }
+        let Some(plan) = shrink_plan(&chain, b) else {
+            continue;
+        };
+        let ShrinkPlan { outer, block, par } = plan;
+        let new_len = match &par {
+            Some((_, extent)) => block * extent,
+            None => block,
+        };
+        if new_len >= len {
+            continue;
+        }
+        // Walk to the holding loop again, mutably, and rewrite its accesses.
+        let depth = chain.len();
+        let mut body = &mut k.body;
+        let mut target = None;
+        for d in 0..depth {
+            let pos = body
+                .iter()
+                .position(|s| touches(s, b))
+                .expect("found above");
+            let Stmt::Loop { body: inner, .. } = &mut body[pos] else {
+                unreachable!("the chain is loops")
+            };
+            if d + 1 == depth {
+                target = Some(inner);
+                break;
+            }
+            body = inner;
+        }
+        let Some(inner) = target else {
+            continue;
+        };
+        let zero = Expr::i64(0);
+        reindex(inner, b, &|index: &mut Expr| {
+            for &v in &outer {
+                subst_expr(index, v, &zero);
+            }
+            if let Some((pv, _)) = &par {
+                let e = std::mem::replace(index, Expr::i64(0));
+                *index = e + Expr::Var(*pv) * Expr::i64(block);
+            }
+        });
+        k.bufs[b].len = ir::Dim::constant(new_len);
+    }
+}
+
+/// For the loops `chain` (outermost first) whose last holds every access to `b`: the loop
+/// variables to drop from its indices, the block size, and the enclosing parallel loop's
+/// variable and extent, if the accesses allow (see [`shrink_scratch`]).
+fn shrink_plan(chain: &[&Stmt], b: BufId) -> Option<ShrinkPlan> {
+    fn info(s: &Stmt) -> Option<(VarId, Expr, Mark, &[Stmt])> {
+        match s {
+            Stmt::Loop {
+                var,
+                extent,
+                mark,
+                body,
+            } => Some((*var, extent.clone(), *mark, body.as_slice())),
+            _ => None,
+        }
+    }
+    let (lv, _, lmark, lbody) = info(chain.last()?)?;
+    if lmark != Mark::Serial {
+        return None;
+    }
+    let mut loops: HashMap<VarId, Poly> = HashMap::new();
+    let mut outer = Vec::new();
+    for s in chain {
+        let (v, e, _, _) = info(s)?;
+        loops.insert(v, poly(&e)?);
+        outer.push(v);
+    }
+    loop_vars(lbody, &mut loops)?;
+    let par = match info(chain[0])? {
+        (v, e, Mark::Parallel, _) if v != lv => Some((v, poly(&e)?.as_const()?)),
+        (_, _, Mark::Parallel, _) => return None,
+        _ => None,
+    };
+    let mut xs = Vec::new();
+    accesses(lbody, &mut xs)?;
+    let mut block = None;
+    let mut outer_coeffs: Option<Vec<Poly>> = None;
+    for (_, index, _) in xs.iter().filter(|x| x.0 == b) {
+        let f = affine(index, &loops)?;
+        let coeffs: Vec<Poly> = outer.iter().map(|&v| f.coeff(v)).collect();
+        match &outer_coeffs {
+            Some(c) if *c != coeffs => return None,
+            Some(_) => {}
+            None => outer_coeffs = Some(coeffs.clone()),
+        }
+        let bsize = f.coeff(lv).as_const()?;
+        if *block.get_or_insert(bsize) != bsize || bsize <= 0 {
+            return None;
+        }
+        // The rest (inner loops and the constant) must stay in [0, B).
+        let (mut lo, mut hi) = (f.constant.as_const()?, f.constant.as_const()?);
+        for (v, c) in &f.terms {
+            if outer.contains(v) {
+                continue;
+            }
+            let c = c.as_const()?;
+            let n = loops.get(v)?.as_const()?;
+            if n <= 0 {
+                return None;
+            }
+            let t = c.checked_mul(n - 1)?;
+            if t < 0 {
+                lo += t;
+            } else {
+                hi += t;
+            }
+        }
+        if lo < 0 || hi >= bsize {
+            return None;
+        }
+    }
+    Some(ShrinkPlan {
+        outer,
+        block: block?,
+        par,
+    })
+}
+
+/// How [`shrink_scratch`] re-indexes a buffer: `index` with the `outer` loop variables set
+/// to 0, plus `par_var · block` when a parallel loop `(par_var, extent)` encloses them.
+struct ShrinkPlan {
+    outer: Vec<VarId>,
+    block: i64,
+    par: Option<(VarId, i64)>,
+}
+
 /// One step of running a kernel: a kernel over the same buffers holding some of the original
 /// top-level statements.
 #[derive(Clone, Debug)]
@@ -715,6 +956,86 @@ mod tests {
             let mut k = conv_then_copy(move |c| c * Expr::i64(16) + Expr::i64(at), len);
             fuse(&mut k);
             assert_eq!(top_loops(&k), 2, "{k}");
+        }
+    }
+
+    /// `for p in 0..2 parallel { for r in 0..4 { t[row·8 + j] = in[row·8 + j];
+    /// out[row·8 + j] = t[row·8 + j + off] } }` with `row = p·4 + r`, `j < 8` (t: 64 long);
+    /// with `after`, out is also read from t past the loop.
+    fn row_scratch(off: i64, mark: Mark, after: bool) -> Kernel {
+        let row = Expr::Var(0) * Expr::i64(4) + Expr::Var(1);
+        let at = |j: usize| row.clone() * Expr::i64(8) + Expr::Var(j);
+        let inner = vec![
+            lp(
+                2,
+                Expr::i64(8),
+                Mark::Vector(4),
+                vec![Stmt::Store {
+                    buf: 2,
+                    index: at(2),
+                    value: load(0, at(2)),
+                }],
+            ),
+            lp(
+                3,
+                Expr::i64(8),
+                Mark::Vector(4),
+                vec![Stmt::Store {
+                    buf: 1,
+                    index: at(3),
+                    value: load(2, at(3) + Expr::i64(off)),
+                }],
+            ),
+        ];
+        let mut body = vec![lp(
+            0,
+            Expr::i64(2),
+            Mark::Parallel,
+            vec![lp(1, Expr::i64(4), mark, inner)],
+        )];
+        if after {
+            body.push(lp(
+                4,
+                Expr::i64(8),
+                Mark::Vector(4),
+                vec![Stmt::Store {
+                    buf: 1,
+                    index: Expr::Var(4),
+                    value: load(2, Expr::Var(4)),
+                }],
+            ));
+        }
+        Kernel {
+            name: "k".into(),
+            bufs: vec![
+                buf("in0", 64, BufKind::Input),
+                buf("out0", 64, BufKind::Output),
+                buf("t", 72, BufKind::Scratch),
+            ],
+            dims: vec![],
+            vars: vec![DType::I64; 5],
+            body,
+        }
+    }
+
+    #[test]
+    fn row_scratch_shrinks_to_a_row_per_parallel_iteration() {
+        let mut k = row_scratch(0, Mark::Serial, false);
+        shrink_scratch(&mut k);
+        assert_eq!(k.bufs[2].len, Dim::constant(16), "{k}");
+        let text = k.to_string();
+        assert!(text.contains("t[(v2 + (v0 * 8))] = in0"), "{text}");
+        assert!(text.contains("t[(v3 + (v0 * 8))]"), "{text}");
+        // Reading the next element past the row, a vector row loop, or a read after the
+        // loop: the rows are not private to an iteration.
+        for k0 in [
+            row_scratch(1, Mark::Serial, false),
+            row_scratch(0, Mark::Vector(4), false),
+            row_scratch(0, Mark::Serial, true),
+        ] {
+            let mut k = k0.clone();
+            shrink_scratch(&mut k);
+            assert_eq!(k, k0);
         }
     }
 
