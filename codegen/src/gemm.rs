@@ -313,25 +313,22 @@ unsafe fn columns(
                     } else {
                         ARows::packed(a_panel)
                     };
-                    if avx && mr == MR && nr == NR {
-                        // A whole tile goes straight to C (stored, or added after the first
-                        // block of k).
-                        let out = Out::C {
-                            // SAFETY: (i, j) is inside c, and so is the MR×NR tile from it.
+                    if avx {
+                        // The tile goes straight to C (stored, or added after the first block
+                        // of k); only its `mr` rows and `nr` columns inside C.
+                        let out = Out {
+                            // SAFETY: (i, j) is inside c, and so is the mr×nr tile from it.
                             p: unsafe { c.add(i * n + j) },
                             ld: n,
                             add: pc > 0,
+                            rows: mr,
+                            cols: nr,
                         };
                         // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
                         unsafe { micro_avx2(kc, a_rows, b_panel.as_ptr(), out) };
                         continue;
                     }
-                    if avx {
-                        // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
-                        unsafe { micro_avx2(kc, a_rows, b_panel.as_ptr(), Out::Tile(&mut tile)) };
-                    } else {
-                        micro_portable(kc, a_panel, b_panel, &mut tile);
-                    }
+                    micro_portable(kc, a_panel, b_panel, &mut tile);
                     for ii in 0..mr {
                         for jj in 0..nr {
                             // SAFETY: (i+ii, j+jj) is inside c.
@@ -640,7 +637,7 @@ fn micro_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out<'_>) {
+unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out) {
     use std::arch::x86_64::*;
     let mut c = [[_mm256_setzero_ps(); 2]; MR];
     let ARows { p: a, row, step } = a;
@@ -656,24 +653,51 @@ unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out<'_>) {
             }
         }
     }
-    let (p, ld, add) = match out {
-        Out::Tile(t) => (t.as_mut_ptr(), NR, false),
-        Out::C { p, ld, add } => (p, ld, add),
-    };
-    for (ii, row) in c.iter().enumerate() {
-        // SAFETY: the destination holds MR rows of NR values `ld` apart.
-        unsafe {
-            let d = p.add(ii * ld);
-            let (mut r0, mut r1) = (row[0], row[1]);
-            if add {
-                r0 = _mm256_add_ps(r0, _mm256_loadu_ps(d));
-                r1 = _mm256_add_ps(r1, _mm256_loadu_ps(d.add(8)));
+    let Out {
+        p,
+        ld,
+        add,
+        rows,
+        cols,
+    } = out;
+    if cols == NR {
+        for (ii, row) in c.iter().enumerate().take(rows) {
+            // SAFETY: the destination holds `rows` rows of NR values `ld` apart.
+            unsafe {
+                let d = p.add(ii * ld);
+                let (mut r0, mut r1) = (row[0], row[1]);
+                if add {
+                    r0 = _mm256_add_ps(r0, _mm256_loadu_ps(d));
+                    r1 = _mm256_add_ps(r1, _mm256_loadu_ps(d.add(8)));
+                }
+                _mm256_storeu_ps(d, r0);
+                _mm256_storeu_ps(d.add(8), r1);
             }
-            _mm256_storeu_ps(d, r0);
-            _mm256_storeu_ps(d.add(8), r1);
+        }
+        return;
+    }
+    // Fewer columns: masked loads and stores of each half.
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let masks = [
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(cols.min(8) as i32), lane),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(cols.saturating_sub(8) as i32), lane),
+    ];
+    for (ii, row) in c.iter().enumerate().take(rows) {
+        for (h, (&r, &m)) in row.iter().zip(&masks).enumerate() {
+            // SAFETY: the masks select the `cols` columns inside the destination.
+            unsafe {
+                let d = p.add(ii * ld + 8 * h);
+                let r = if add {
+                    _mm256_add_ps(r, _mm256_maskload_ps(d, m))
+                } else {
+                    r
+                };
+                _mm256_maskstore_ps(d, m, r);
+            }
         }
     }
 }
+
 
 /// The micro-kernel's MR rows of A: element (ii, kk) at `p[ii * row + kk * step]` — a packed
 /// panel (`row` 1, `step` MR) or rows of a row-major A read in place (`row` its row stride,
@@ -695,19 +719,18 @@ impl ARows {
     }
 }
 
-/// Where the micro-kernel puts its MR×NR result.
-enum Out<'a> {
-    Tile(&'a mut [f32; MR * NR]),
-    /// Rows `ld` apart from `p`, overwritten or (`add`) accumulated into.
-    C {
-        p: *mut f32,
-        ld: usize,
-        add: bool,
-    },
+/// Where the micro-kernel puts its MR×NR result: the first `rows` rows and `cols` columns,
+/// rows `ld` apart from `p`, overwritten or (`add`) accumulated into.
+struct Out {
+    p: *mut f32,
+    ld: usize,
+    add: bool,
+    rows: usize,
+    cols: usize,
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_avx2(_: usize, _: ARows, _: *const f32, _: Out<'_>) {
+unsafe fn micro_avx2(_: usize, _: ARows, _: *const f32, _: Out) {
     unreachable!("only called when the CPU has AVX2")
 }
 
