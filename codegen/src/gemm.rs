@@ -698,7 +698,6 @@ unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out) {
     }
 }
 
-
 /// The micro-kernel's MR rows of A: element (ii, kk) at `p[ii * row + kk * step]` — a packed
 /// panel (`row` 1, `step` MR) or rows of a row-major A read in place (`row` its row stride,
 /// `step` 1).

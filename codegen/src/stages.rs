@@ -784,9 +784,37 @@ pub fn cost(body: &[Stmt], dims: &[i64]) -> f64 {
                 let g = &c.geometry;
                 (g.oh * g.ow * g.kh * g.kw) as f64
             }
-            _ => 1.0,
+            Stmt::Store { value, .. } => 1.0 + expr_cost(value),
+            Stmt::Set { value, .. } => 1.0 + expr_cost(value),
+            Stmt::Check { cond, .. } => 1.0 + expr_cost(cond),
         })
         .sum()
+}
+
+/// Scalar operations of a value: one per load and op (index arithmetic is not counted),
+/// transcendental functions (polynomials of a dozen or more operations) and divisions
+/// counting as 16.
+fn expr_cost(e: &Expr) -> f64 {
+    match e {
+        Expr::Load { .. } => 1.0,
+        Expr::Op { op, args, .. } => {
+            let own = match op {
+                Op::Exp
+                | Op::Log
+                | Op::Sigmoid
+                | Op::Tanh
+                | Op::Erf
+                | Op::Div
+                | Op::Recip
+                | Op::Rsqrt
+                | Op::Sqrt
+                | Op::Pow => 16.0,
+                _ => 1.0,
+            };
+            own + args.iter().map(expr_cost).sum::<f64>()
+        }
+        _ => 0.0,
+    }
 }
 
 #[cfg(test)]

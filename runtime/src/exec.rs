@@ -803,8 +803,10 @@ impl Ptrs<'_> {
     }
 }
 
-/// Scalar operations below which a parallel stage runs on one thread.
-const PARALLEL_MIN_COST: f64 = 65536.0;
+/// Scalar operations (as `codegen::stages::cost` counts them, transcendental functions
+/// weighing 16) below which a parallel stage runs on one thread: around a microsecond of
+/// work, a few times what handing half of it to a helper costs.
+const PARALLEL_MIN_COST: f64 = 32768.0;
 
 /// A native step's sizes and thread split under the symbol values `env`.
 fn resolve(
