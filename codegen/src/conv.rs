@@ -65,7 +65,7 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
 }
 
 /// Whether the AVX2 and FMA rows can run here (checked once).
-fn simd() -> bool {
+pub(crate) fn simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::atomic::{AtomicU8, Ordering};

@@ -34,6 +34,7 @@ use ir::{DType, Op, OpKind};
 
 use crate::kernel::{is_native, Expr, Kernel, Mark, Stmt};
 
+mod rows;
 mod simd;
 
 /// A compiled kernel: `bufs` holds one pointer per buffer of the kernel, `dims` one value per
@@ -126,6 +127,15 @@ pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
         jb.symbol(name, addr);
     }
     jb.symbol("kiln_sgemm", crate::gemm::kiln_sgemm as *const u8);
+    jb.symbol("kiln_row_max", crate::rows::kiln_row_max as *const u8);
+    jb.symbol(
+        "kiln_row_sum_f64",
+        crate::rows::kiln_row_sum_f64 as *const u8,
+    );
+    jb.symbol(
+        "kiln_row_exp_sub",
+        crate::rows::kiln_row_exp_sub as *const u8,
+    );
     jb.symbol(
         "kiln_conv2d_plane",
         crate::conv::kiln_conv2d_plane as *const u8,
@@ -377,6 +387,9 @@ impl<'f> Lower<'_, 'f> {
                 }
                 // Vector loops and reductions get SIMD code (`simd.rs`); parallel and unroll
                 // marks run serially.
+                if self.row_call(*var, extent, body, matches!(mark, Mark::Vector(_)))? {
+                    return Ok(());
+                }
                 if matches!(mark, Mark::Vector(_)) && self.vector_loop(*var, extent, body)? {
                     return Ok(());
                 }
@@ -2063,10 +2076,135 @@ mod tests {
     // ---- SIMD code (`simd.rs`) ----
 
     /// Compiles `k`, returning how many vector loops and reductions took the SIMD path.
+    /// A softmax row through the library routines and through the JIT's own code: the
+    /// maximum (NaN, ±0 included) and `exp` agree to the bit, the f64 sum closely.
+    #[test]
+    fn row_routines_agree_with_the_vector_code() {
+        // y[0] = max(x), y[1] = Σ x (f64, rounded), z[i] = exp(x[i] - y[0]).
+        let (mx, sum) = (1usize, 2usize);
+        let k = Kernel {
+            name: "rows".into(),
+            bufs: vec![
+                buf("x", DType::F32, BufKind::Input),
+                buf("y", DType::F32, BufKind::Output),
+                buf("z", DType::F32, BufKind::Output),
+            ],
+            dims: vec![Dim::sym("n")],
+            vars: vec![DType::I64, DType::F32, DType::F64, DType::I64, DType::I64],
+            body: vec![
+                Stmt::Set {
+                    var: mx,
+                    value: Expr::Float(f64::NEG_INFINITY, DType::F32),
+                },
+                for_(
+                    0,
+                    Expr::Dim(0),
+                    vec![Stmt::Set {
+                        var: mx,
+                        value: op(Op::Max, vec![v(mx), load(0, v(0))], DType::F32),
+                    }],
+                ),
+                store(1, Expr::i64(0), v(mx)),
+                Stmt::Set {
+                    var: sum,
+                    value: Expr::Float(0.0, DType::F64),
+                },
+                for_(
+                    3,
+                    Expr::Dim(0),
+                    vec![Stmt::Set {
+                        var: sum,
+                        value: op(
+                            Op::Add,
+                            vec![
+                                v(sum),
+                                op(
+                                    Op::Cast {
+                                        dtype: DType::F64,
+                                        saturate: false,
+                                    },
+                                    vec![load(0, v(3))],
+                                    DType::F64,
+                                ),
+                            ],
+                            DType::F64,
+                        ),
+                    }],
+                ),
+                store(
+                    1,
+                    Expr::i64(1),
+                    op(
+                        Op::Cast {
+                            dtype: DType::F32,
+                            saturate: false,
+                        },
+                        vec![v(sum)],
+                        DType::F32,
+                    ),
+                ),
+                Stmt::Loop {
+                    var: 4,
+                    extent: Expr::Dim(0),
+                    mark: Mark::Vector(4),
+                    body: vec![store(
+                        2,
+                        v(4) + Expr::i64(0),
+                        op(
+                            Op::Exp,
+                            vec![op(
+                                Op::Sub,
+                                vec![load(0, v(4)), load(1, Expr::i64(0))],
+                                DType::F32,
+                            )],
+                            DType::F32,
+                        ),
+                    )],
+                },
+            ],
+        };
+        let rows: Vec<Vec<f32>> = vec![
+            (0..1003)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37)
+                .collect(),
+            [vec![-0.0; 21], vec![0.0], vec![-2.0; 9]].concat(),
+            vec![-0.0; 19],
+            [vec![1.0; 40], vec![f32::NAN], vec![2.0; 3]].concat(),
+            vec![3.5; 5],
+        ];
+        let run = |lib: bool, x: &[f32]| -> (Vec<f32>, Vec<f32>) {
+            rows::NO_ROW_CALLS.with(|c| c.set(!lib));
+            let c = compile(std::slice::from_ref(&k)).unwrap();
+            rows::NO_ROW_CALLS.with(|c| c.set(false));
+            let (mut x, mut y, mut z) = (x.to_vec(), vec![0f32; 2], vec![0f32; x.len()]);
+            let dims = [x.len() as i64];
+            assert_eq!(
+                call(&c, 0, &[ptr(&mut x), ptr(&mut y), ptr(&mut z)], &dims),
+                0
+            );
+            (y, z)
+        };
+        for x in &rows {
+            let ((y1, z1), (y0, z0)) = (run(true, x), run(false, x));
+            assert_eq!(y1[0].to_bits(), y0[0].to_bits(), "max of {x:?}");
+            let close = (y1[1] - y0[1]).abs() <= 1e-6 * y0[1].abs().max(1.0);
+            assert!(close || (y1[1].is_nan() && y0[1].is_nan()), "sum of {x:?}");
+            if crate::conv::simd() {
+                for (a, b) in z1.iter().zip(&z0) {
+                    assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+                }
+            }
+        }
+    }
+
+    /// Compiles with the JIT's own vector code (no library row routines), counting the
+    /// vector loops and reductions it made.
     fn compile_counting(k: Kernel) -> (Compiled, (usize, usize)) {
         simd::COMPILED.with(|c| c.set((0, 0)));
-        let c = compile(&[k]).unwrap();
-        (c, simd::COMPILED.with(|c| c.get()))
+        rows::NO_ROW_CALLS.with(|c| c.set(true));
+        let c = compile(&[k]);
+        rows::NO_ROW_CALLS.with(|c| c.set(false));
+        (c.unwrap(), simd::COMPILED.with(|c| c.get()))
     }
 
     /// `k` with every innermost loop marked `mark`.

@@ -10,5 +10,6 @@ pub mod kernel;
 pub use kernel::{Buf, BufId, BufKind, Expr, Kernel, Mark, Stmt, VarId};
 pub use lower::{lower, prepack, single_node_graph, Lowered, Unsupported};
 pub mod lower;
+pub mod rows;
 pub mod stages;
 pub mod threads;

@@ -141,7 +141,7 @@ impl Cx {
 }
 
 /// Whether `e` reads a variable `f` holds for.
-fn mentions(e: &Expr, f: &dyn Fn(VarId) -> bool) -> bool {
+pub(super) fn mentions(e: &Expr, f: &dyn Fn(VarId) -> bool) -> bool {
     match e {
         Expr::Var(w) => f(*w),
         Expr::Int(..) | Expr::Float(..) | Expr::Dim(_) => false,
@@ -151,7 +151,7 @@ fn mentions(e: &Expr, f: &dyn Fn(VarId) -> bool) -> bool {
 }
 
 /// Whether every variable and buffer `e` names exists (so that `Expr::dtype` is safe).
-fn well_formed(k: &Kernel, e: &Expr) -> bool {
+pub(super) fn well_formed(k: &Kernel, e: &Expr) -> bool {
     match e {
         Expr::Var(w) => *w < k.vars.len(),
         Expr::Int(..) | Expr::Float(..) | Expr::Dim(_) => true,

@@ -1,0 +1,308 @@
+//! Library routines for the hottest loops over contiguous f32 rows — a row's maximum, its
+//! sum in f64, and `exp(x - s)` of every element (softmax's passes) — with 8-lane AVX2 and
+//! FMA code where the CPU has them, which Cranelift's 128-bit vectors cannot match. The JIT
+//! calls them in place of loops of exactly these shapes (`jit.rs`, `row_call`). Results keep
+//! the loops' semantics: the maximum is IEEE `maximum` (NaN if any element is NaN, -0 < +0);
+//! `exp` is the JIT's own vector algorithm lane for lane.
+
+/// `max(init, row[0], …, row[n-1])`, NaN if any of them is NaN, +0 above -0.
+///
+/// # Safety
+/// `row` must be readable for `n` elements (`n >= 0`).
+pub unsafe extern "C" fn kiln_row_max(row: *const f32, n: i64, init: f32) -> f32 {
+    let n = n.max(0) as usize;
+    #[cfg(target_arch = "x86_64")]
+    if crate::conv::simd() {
+        // SAFETY: the host has AVX2; forwarded.
+        return unsafe { avx2::max(row, n, init) };
+    }
+    // SAFETY: forwarded.
+    let xs = unsafe { std::slice::from_raw_parts(row, n) };
+    xs.iter().fold(init, |a, &x| maximum(a, x))
+}
+
+/// `init + Σ row[i]` in f64.
+///
+/// # Safety
+/// `row` must be readable for `n` elements (`n >= 0`).
+pub unsafe extern "C" fn kiln_row_sum_f64(row: *const f32, n: i64, init: f64) -> f64 {
+    let n = n.max(0) as usize;
+    #[cfg(target_arch = "x86_64")]
+    if crate::conv::simd() {
+        // SAFETY: the host has AVX2; forwarded.
+        return unsafe { avx2::sum(row, n, init) };
+    }
+    // SAFETY: forwarded.
+    let xs = unsafe { std::slice::from_raw_parts(row, n) };
+    xs.iter().fold(init, |a, &x| a + f64::from(x))
+}
+
+/// `dst[i] = exp(src[i] - s)` for `i < n` (`dst` may be `src`).
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` elements; they are the same or do not overlap.
+pub unsafe extern "C" fn kiln_row_exp_sub(src: *const f32, dst: *mut f32, n: i64, s: f32) {
+    let n = n.max(0) as usize;
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::conv::simd() {
+        // SAFETY: the host has AVX2 and FMA; forwarded.
+        i = unsafe { avx2::exp_sub(src, dst, n, s) };
+    }
+    while i < n {
+        // SAFETY: `i < n`.
+        unsafe { *dst.add(i) = exp(*src.add(i) - s) };
+        i += 1;
+    }
+}
+
+/// IEEE `maximum`: NaN if either is NaN, +0 above -0.
+fn maximum(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a == b {
+        // Equal: only the signs of zeros can differ; +0 wins.
+        if a.is_sign_negative() {
+            b
+        } else {
+            a
+        }
+    } else if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+// The JIT's `exp` (see `jit/simd.rs`, `vexp`): constants and steps are the same.
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const MAGIC: f32 = 12_582_912.0;
+const C1: f32 = 0.693_359_4;
+const C2: f32 = -2.121_944_4e-4;
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5e-1,
+];
+
+/// One lane of the JIT's vector `exp` (with fused multiply-adds in the polynomial).
+fn exp(x: f32) -> f32 {
+    // NaN stays NaN.
+    let x = x.clamp(-104.0, 89.0);
+    let tm = x * LOG2E + MAGIC;
+    let n = tm - MAGIC;
+    let ni = (tm.to_bits() as i32).wrapping_sub(0x4b40_0000);
+    let r = x - n * C1;
+    let r = r - n * C2;
+    let mut p = P[0];
+    for &c in &P[1..] {
+        p = p.mul_add(r, c);
+    }
+    let y = p * (r * r) + r + 1.0;
+    let n1 = ni >> 1;
+    let n2 = ni - n1;
+    let pow2 = |k: i32| f32::from_bits(((k + 127) << 23) as u32);
+    y * pow2(n1) * pow2(n2)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Float bits mapped to i32 so that signed order is the float order (-0 below +0).
+    #[inline(always)]
+    unsafe fn key(x: __m256) -> __m256i {
+        unsafe {
+            let b = _mm256_castps_si256(x);
+            let m = _mm256_srli_epi32::<1>(_mm256_srai_epi32::<31>(b));
+            _mm256_xor_si256(b, m)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn max(row: *const f32, n: usize, init: f32) -> f32 {
+        unsafe {
+            let mut k = [_mm256_set1_epi32(i32::MIN); 2];
+            let mut nan = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 16 <= n {
+                for (h, kh) in k.iter_mut().enumerate() {
+                    let x = _mm256_loadu_ps(row.add(i + 8 * h));
+                    nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                    *kh = _mm256_max_epi32(*kh, key(x));
+                }
+                i += 16;
+            }
+            let k = _mm256_max_epi32(k[0], k[1]);
+            let mut lanes = [0i32; 8];
+            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), k);
+            let any_nan = _mm256_movemask_ps(nan) != 0;
+            // Back from keys (the map is its own inverse) and the rest, in scalar.
+            let mut m = init;
+            for &l in &lanes {
+                let b = l ^ (((l >> 31) as u32) >> 1) as i32;
+                if l != i32::MIN {
+                    m = super::maximum(m, f32::from_bits(b as u32));
+                }
+            }
+            while i < n {
+                m = super::maximum(m, *row.add(i));
+                i += 1;
+            }
+            if any_nan {
+                f32::NAN
+            } else {
+                m
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn sum(row: *const f32, n: usize, init: f64) -> f64 {
+        unsafe {
+            let mut acc = [_mm256_setzero_pd(); 4];
+            let mut i = 0;
+            while i + 16 <= n {
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let x = _mm_loadu_ps(row.add(i + 4 * q));
+                    *a = _mm256_add_pd(*a, _mm256_cvtps_pd(x));
+                }
+                i += 16;
+            }
+            let s = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
+            let mut lanes = [0f64; 4];
+            _mm256_storeu_pd(lanes.as_mut_ptr(), s);
+            let mut t = init + ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]));
+            while i < n {
+                t += f64::from(*row.add(i));
+                i += 1;
+            }
+            t
+        }
+    }
+
+    /// Eight lanes of the JIT's `exp`.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        use super::{C1, C2, LOG2E, MAGIC, P};
+        unsafe {
+            let lo = _mm256_set1_ps(-104.0);
+            let hi = _mm256_set1_ps(89.0);
+            // Clamped with NaN kept (comparisons with NaN are false).
+            let x = _mm256_blendv_ps(x, lo, _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo));
+            let x = _mm256_blendv_ps(x, hi, _mm256_cmp_ps::<_CMP_LT_OQ>(hi, x));
+            let magic = _mm256_set1_ps(MAGIC);
+            let tm = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), magic);
+            let n = _mm256_sub_ps(tm, magic);
+            let ni = _mm256_sub_epi32(_mm256_castps_si256(tm), _mm256_set1_epi32(0x4b40_0000));
+            let r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(C1)));
+            let r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(C2)));
+            let mut p = _mm256_set1_ps(P[0]);
+            for &c in &P[1..] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let y = _mm256_mul_ps(p, _mm256_mul_ps(r, r));
+            let y = _mm256_add_ps(_mm256_add_ps(y, r), _mm256_set1_ps(1.0));
+            let n1 = _mm256_srai_epi32::<1>(ni);
+            let n2 = _mm256_sub_epi32(ni, n1);
+            let bias = _mm256_set1_epi32(127);
+            let s1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias)));
+            let s2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n2, bias)));
+            _mm256_mul_ps(_mm256_mul_ps(y, s1), s2)
+        }
+    }
+
+    /// Whole blocks of 8; returns where the rest starts.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_sub(src: *const f32, dst: *mut f32, n: usize, s: f32) -> usize {
+        unsafe {
+            let sv = _mm256_set1_ps(s);
+            let mut i = 0;
+            while i + 8 <= n {
+                let x = _mm256_sub_ps(_mm256_loadu_ps(src.add(i)), sv);
+                _mm256_storeu_ps(dst.add(i), exp8(x));
+                i += 8;
+            }
+            i
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_max_is_ieee_maximum() {
+        let rows: Vec<Vec<f32>> = vec![
+            (0..37).map(|i| (i as f32 * 0.37).sin()).collect(),
+            vec![-0.0; 20],
+            [vec![-0.0; 17], vec![0.0], vec![-1.0; 5]].concat(),
+            [vec![-3.0; 18], vec![f32::NAN], vec![5.0]].concat(),
+            vec![f32::NEG_INFINITY; 19],
+            vec![
+                -1e-40, -2e-40, 3e-41, -7.0, 1e30, -1e30, 0.5, 0.25, 0.125, 9.0, 1.0, 2.0, 3.0,
+                4.0, 5.0, 6.0, 7.5,
+            ],
+            vec![],
+        ];
+        for row in &rows {
+            for init in [f32::NEG_INFINITY, -0.0, 0.0, 100.0] {
+                let want = row.iter().fold(init, |a, &x| maximum(a, x));
+                // SAFETY: the row holds its elements.
+                let got = unsafe { kiln_row_max(row.as_ptr(), row.len() as i64, init) };
+                assert_eq!(got.to_bits(), want.to_bits(), "{row:?} from {init}");
+                if want.is_nan() {
+                    assert!(got.is_nan());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_sum_matches_f64_sum() {
+        let row: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.731).cos() * 1e3).collect();
+        let want: f64 = row.iter().map(|&x| f64::from(x)).sum::<f64>() + 0.5;
+        // SAFETY: the row holds its elements.
+        let got = unsafe { kiln_row_sum_f64(row.as_ptr(), row.len() as i64, 0.5) };
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+    }
+
+    #[test]
+    fn row_exp_matches_the_scalar_lanes_and_libm() {
+        let mut src: Vec<f32> = (0..4000).map(|i| (i as f32 - 2000.0) * 0.06).collect();
+        src.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            88.7,
+            -103.0,
+            -87.5,
+        ]);
+        let s = 0.25;
+        let mut dst = vec![0f32; src.len()];
+        // SAFETY: both hold `src.len()` elements.
+        unsafe { kiln_row_exp_sub(src.as_ptr(), dst.as_mut_ptr(), src.len() as i64, s) };
+        for (&x, &y) in src.iter().zip(&dst) {
+            let lane = exp(x - s);
+            assert!(
+                y.to_bits() == lane.to_bits() || (y.is_nan() && lane.is_nan()),
+                "exp({x} - {s}): {y} vs {lane}"
+            );
+            // The shift rounds to f32 first; from there, within 2 ulp of exp.
+            let exact = f64::from(x - s).exp();
+            if exact.is_finite() && exact > 1e-37 && exact < 1e38 {
+                let ulp = (exact as f32).to_bits().abs_diff(y.to_bits());
+                assert!(ulp <= 2, "exp({x} - {s}) = {y}, {ulp} ulp from {exact}");
+            }
+        }
+    }
+}
