@@ -56,14 +56,30 @@ pub unsafe extern "C" fn kiln_sgemm(
     k: i64,
 ) {
     // SAFETY: forwarded.
-    unsafe { kiln_sgemm_packed(a, a_rs, a_cs, b, b_rs, b_cs, std::ptr::null(), c, m, n, k) }
+    unsafe {
+        kiln_sgemm_packed(
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
+            std::ptr::null(),
+            c,
+            n,
+            m,
+            n,
+            k,
+        )
+    }
 }
 
 /// [`kiln_sgemm`] where `bp`, unless null, is `b` already packed by [`pack_b`] for this `k`
-/// and `n` (then B is not packed per call).
+/// and `n` (then B is not packed per call), and rows of C are `ldc >= n` elements apart.
 ///
 /// # Safety
-/// As [`kiln_sgemm`]; a non-null `bp` holds [`packed_len`]`(k, n)` elements.
+/// As [`kiln_sgemm`], C holding `m` rows `ldc` apart; a non-null `bp` holds
+/// [`packed_len`]`(k, n)` elements.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kiln_sgemm_packed(
     a: *const f32,
@@ -74,11 +90,13 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     b_cs: i64,
     bp: *const f32,
     c: *mut f32,
+    ldc: i64,
     m: i64,
     n: i64,
     k: i64,
 ) {
     let (m, n, k) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
+    let ldc = (ldc.max(0) as usize).max(n);
     if m == 0 || n == 0 {
         return;
     }
@@ -94,8 +112,10 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     };
     let bsrc = Panels { b, packed: bp };
     if k == 0 {
-        // SAFETY: c holds m*n elements.
-        unsafe { std::ptr::write_bytes(c, 0, m * n) };
+        for i in 0..m {
+            // SAFETY: row i of c holds n elements.
+            unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+        }
         return;
     }
     if m * n * k <= 4096 {
@@ -107,8 +127,8 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
                     // SAFETY: inside the operands.
                     acc += unsafe { a.at(i, l) * b.at(l, j) };
                 }
-                // SAFETY: c holds m*n elements.
-                unsafe { *c.add(i * n + j) = acc };
+                // SAFETY: (i, j) is inside c.
+                unsafe { *c.add(i * ldc + j) = acc };
             }
         }
         return;
@@ -116,7 +136,7 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     if m <= 4 && (b.cs == 1 || b.rs == 1) {
         // Matrix-vector shapes: packing B would cost as much as the product.
         // SAFETY: forwarded from the caller.
-        unsafe { thin(a, b, c, m, n, k) };
+        unsafe { thin(a, b, c, ldc, m, n, k) };
         return;
     }
     let panels = n.div_ceil(NR);
@@ -133,7 +153,7 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     let c_addr = c as usize;
     if t == 1 {
         // SAFETY: forwarded from the caller.
-        unsafe { columns(a, bsrc, c_addr as *mut f32, m, n, k, 0, panels) };
+        unsafe { columns(a, bsrc, c_addr as *mut f32, ldc, m, n, k, 0, panels) };
         return;
     }
     let row_blocks = m.div_ceil(MR);
@@ -158,7 +178,8 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
                 columns(
                     a,
                     bsrc,
-                    (c_addr as *mut f32).add(r0 * n),
+                    (c_addr as *mut f32).add(r0 * ldc),
+                    ldc,
                     r1 - r0,
                     n,
                     k,
@@ -169,7 +190,7 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
         } else {
             let (lo, hi) = (panels * w / parts, panels * (w + 1) / parts);
             // SAFETY: each task writes only the columns of its own panels.
-            unsafe { columns(a, bsrc, c_addr as *mut f32, m, n, k, lo, hi) }
+            unsafe { columns(a, bsrc, c_addr as *mut f32, ldc, m, n, k, lo, hi) }
         }
     });
 }
@@ -228,6 +249,7 @@ unsafe fn columns(
     a: Mat,
     bsrc: Panels,
     c: *mut f32,
+    ldc: usize,
     m: usize,
     n: usize,
     k: usize,
@@ -318,8 +340,8 @@ unsafe fn columns(
                         // of k); only its `mr` rows and `nr` columns inside C.
                         let out = Out {
                             // SAFETY: (i, j) is inside c, and so is the mr×nr tile from it.
-                            p: unsafe { c.add(i * n + j) },
-                            ld: n,
+                            p: unsafe { c.add(i * ldc + j) },
+                            ld: ldc,
                             add: pc > 0,
                             rows: mr,
                             cols: nr,
@@ -332,7 +354,7 @@ unsafe fn columns(
                     for ii in 0..mr {
                         for jj in 0..nr {
                             // SAFETY: (i+ii, j+jj) is inside c.
-                            let dst = unsafe { &mut *c.add((i + ii) * n + j + jj) };
+                            let dst = unsafe { &mut *c.add((i + ii) * ldc + j + jj) };
                             let v = tile[ii * NR + jj];
                             if pc == 0 {
                                 *dst = v;
@@ -415,7 +437,7 @@ unsafe fn pack<const WIDTH: usize>(
 }
 
 /// Few rows of A: stream B once per row, along its contiguous axis.
-unsafe fn thin(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize) {
+unsafe fn thin(a: Mat, b: Mat, c: *mut f32, ldc: usize, m: usize, n: usize, k: usize) {
     if b.cs == 1 {
         // Columns split over the helpers (in multiples of 16) when there is enough work.
         let t = if m * n * k >= 1 << 16 {
@@ -439,14 +461,14 @@ unsafe fn thin(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize) {
             // SAFETY: forwarded from the caller; each part writes its own columns.
             unsafe {
                 match (m, avx2_fma()) {
-                    (1, true) => thin_rows_avx::<1>(a, b, c, n, w, k),
-                    (2, true) => thin_rows_avx::<2>(a, b, c, n, w, k),
-                    (3, true) => thin_rows_avx::<3>(a, b, c, n, w, k),
-                    (4, true) => thin_rows_avx::<4>(a, b, c, n, w, k),
-                    (1, false) => thin_rows::<1>(a, b, c, n, w, k),
-                    (2, false) => thin_rows::<2>(a, b, c, n, w, k),
-                    (3, false) => thin_rows::<3>(a, b, c, n, w, k),
-                    _ => thin_rows::<4>(a, b, c, n, w, k),
+                    (1, true) => thin_rows_avx::<1>(a, b, c, ldc, w, k),
+                    (2, true) => thin_rows_avx::<2>(a, b, c, ldc, w, k),
+                    (3, true) => thin_rows_avx::<3>(a, b, c, ldc, w, k),
+                    (4, true) => thin_rows_avx::<4>(a, b, c, ldc, w, k),
+                    (1, false) => thin_rows::<1>(a, b, c, ldc, w, k),
+                    (2, false) => thin_rows::<2>(a, b, c, ldc, w, k),
+                    (3, false) => thin_rows::<3>(a, b, c, ldc, w, k),
+                    _ => thin_rows::<4>(a, b, c, ldc, w, k),
                 }
             }
         });
@@ -454,7 +476,7 @@ unsafe fn thin(a: Mat, b: Mat, c: *mut f32, m: usize, n: usize, k: usize) {
     }
     for i in 0..m {
         // SAFETY: row i of c holds n elements.
-        let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * n), n) };
+        let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n) };
         // c[i, j] = a[i, :] · b[:, j], columns of B contiguous; eight partial sums.
         let arow: Vec<f32> = (0..k).map(|l| unsafe { a.at(i, l) }).collect();
         for (j, o) in out.iter_mut().enumerate() {
@@ -781,7 +803,9 @@ mod tests {
             for (bt, packed, t) in (0..12).map(|i| (i % 2 == 1, i % 4 >= 2, 1 + i / 4)) {
                 let pool =
                     (t > 1).then(|| std::sync::Arc::new(crate::threads::Pool::new(t - 1).unwrap()));
-                let mut c = vec![f32::NAN; m * n];
+                // Rows of C apart by more than n in some cases (the rest must stay untouched).
+                let ldc = n + t - 1;
+                let mut c = vec![f32::NAN; m * ldc];
                 let (rs, cs) = if bt { (1, k as i64) } else { (n as i64, 1) };
                 let bp = if packed {
                     let p = pack_b(&b, rs, cs, k, n).expect("inside b");
@@ -806,12 +830,17 @@ mod tests {
                         cs,
                         bp_ptr,
                         c.as_mut_ptr(),
+                        ldc as i64,
                         m as i64,
                         n as i64,
                         k as i64,
                     )
                 });
                 let want = naive(&a, &b, m, n, k, bt);
+                for (r, row) in c.chunks(ldc).enumerate() {
+                    assert!(row[n..].iter().all(|x| x.is_nan()), "past the row {r}");
+                }
+                let c: Vec<f32> = c.chunks(ldc).flat_map(|r| r[..n].to_vec()).collect();
                 for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                     assert!(
                         (x - y).abs() <= 1e-4 * (1.0 + y.abs()) * (k as f32).sqrt(),

@@ -657,11 +657,11 @@ impl<'f> Lower<'_, 'f> {
                 args.push(self.expr_of(x, DType::I64, "a gemm stride")?);
             }
         }
-        for x in [&g.m, &g.n, &g.k] {
+        for x in [&g.c_rs, &g.m, &g.n, &g.k] {
             args.push(self.expr_of(x, DType::I64, "a gemm size")?);
         }
-        // kiln_sgemm_packed(a, a_rs, a_cs, b, b_rs, b_cs, bp, c, m, n, k); bp null unless B
-        // was packed ahead of time.
+        // kiln_sgemm_packed(a, a_rs, a_cs, b, b_rs, b_cs, bp, c, ldc, m, n, k); bp null
+        // unless B was packed ahead of time.
         let bp = match g.b_packed {
             Some(p) => {
                 if self.buf_dtype(p)? != DType::F32 {
@@ -683,6 +683,7 @@ impl<'f> Lower<'_, 'f> {
                 types::I64,
                 self.ptr,
                 self.ptr,
+                types::I64,
                 types::I64,
                 types::I64,
                 types::I64,

@@ -129,8 +129,9 @@ impl Conv2d {
     }
 }
 
-/// `c[c_off + i*n + j] = Σ_l a[a_off + i*a_rs + l*a_cs] · b[b_off + l*b_rs + j*b_cs]` for
-/// `i < m`, `j < n`, `l < k`; every field an i64 expression except the buffers (f32).
+/// `c[c_off + i*c_rs + j] = Σ_l a[a_off + i*a_rs + l*a_cs] · b[b_off + l*b_rs + j*b_cs]` for
+/// `i < m`, `j < n`, `l < k` (`c_rs >= n`; `n` for a dense C); every field an i64 expression
+/// except the buffers (f32).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gemm {
     pub a: BufId,
@@ -143,6 +144,7 @@ pub struct Gemm {
     pub b_cs: Expr,
     pub c: BufId,
     pub c_off: Expr,
+    pub c_rs: Expr,
     pub m: Expr,
     pub n: Expr,
     pub k: Expr,
@@ -436,6 +438,9 @@ impl Kernel {
                         e(&g.k)
                     )
                     .unwrap();
+                    if g.c_rs != g.n {
+                        write!(out, " rows of {} {}", self.bufs[g.c].name, e(&g.c_rs)).unwrap();
+                    }
                     if let Some(p) = g.b_packed {
                         write!(out, " packed {}", self.bufs[p].name).unwrap();
                     }

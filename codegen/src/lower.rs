@@ -999,6 +999,7 @@ impl<'g> Lowering<'g> {
                 b_cs: l.dim(&b_cs),
                 c: out,
                 c_off,
+                c_rs: l.dim(&n),
                 m: l.dim(&m),
                 n: l.dim(&n),
                 k: l.dim(&k),
@@ -1484,6 +1485,7 @@ impl<'g> Lowering<'g> {
                 b_cs: Expr::i64(1),
                 c: out,
                 c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
+                c_rs: ps_e.clone(),
                 m: og_e,
                 n: ps_e,
                 k: ck_e,
@@ -1517,6 +1519,12 @@ impl<'g> Lowering<'g> {
         } else {
             None
         };
+        if let (Some((pb, p_shape)), true) = (&padded, sp == 2 && groups == 1) {
+            if let Some(()) = self.im2col_blocks(v, out, wb, *pb, p_shape, col)? {
+                self.bufs.insert(v, out);
+                return Ok(());
+            }
+        }
         let mut body = Vec::new();
         {
             // The im2col nest, built with `nest` and moved inside the image/group loops.
@@ -1562,6 +1570,7 @@ impl<'g> Lowering<'g> {
             b_cs: Expr::i64(1),
             c: out,
             c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
+            c_rs: ps_e.clone(),
             m: og_e,
             n: ps_e,
             k: ck_e,
@@ -1573,6 +1582,115 @@ impl<'g> Lowering<'g> {
         self.k.body.extend(unit_free(serial(loops, body)));
         self.bufs.insert(v, out);
         Ok(())
+    }
+
+    /// A static 2-D conv of one image and group as blocks of output rows, in parallel: per
+    /// block, the im2col columns of its rows (small enough to stay in cache) and their product
+    /// with the weights, written into the block's columns of the result. `None` (nothing
+    /// emitted) for shapes this does not cover.
+    #[allow(clippy::too_many_arguments)]
+    fn im2col_blocks(
+        &mut self,
+        v: Value,
+        out: BufId,
+        wb: BufId,
+        pb: BufId,
+        p_shape: &Shape,
+        col: BufId,
+    ) -> Result<Option<()>> {
+        let StaticConv {
+            stride,
+            dilation,
+            xs,
+            ws,
+            os,
+            ..
+        } = self.static_conv(v);
+        if xs[0] != 1 {
+            return Ok(None);
+        }
+        let (o, cg, kh, kw, oh, ow) = (ws[0], ws[1], ws[2], ws[3], os[2], os[3]);
+        let k = cg * kh * kw;
+        // Rows per block: the most whose columns take at most 256 KiB, leaving two blocks.
+        let Some(rows) = (1..=oh / 2)
+            .rev()
+            .find(|&r| oh % r == 0 && r * ow * k * 4 <= 256 << 10)
+        else {
+            return Ok(None);
+        };
+        let cols = rows * ow;
+        let rb = self.var(DType::I64);
+        let blk = Expr::Var(rb);
+        let before = self.k.body.len();
+        let k_shape = Shape::new(vec![
+            Dim::constant(cg),
+            Dim::constant(kh),
+            Dim::constant(kw),
+        ]);
+        let shape = Shape::new(vec![
+            Dim::constant(cg),
+            Dim::constant(kh),
+            Dim::constant(kw),
+            Dim::constant(rows),
+            Dim::constant(ow),
+        ]);
+        let b2 = blk.clone();
+        self.nest(&shape, DType::F32, |l, idx| {
+            let (ch, ky, kx, r, ox) = (&idx[0], &idx[1], &idx[2], &idx[3], &idx[4]);
+            let oy = b2.clone() * Expr::i64(rows) + r.clone();
+            let at = vec![
+                Expr::i64(0),
+                ch.clone(),
+                oy * Expr::i64(stride[0]) + ky.clone() * Expr::i64(dilation[0]),
+                ox.clone() * Expr::i64(stride[1]) + kx.clone() * Expr::i64(dilation[1]),
+            ];
+            let value = Expr::Load {
+                buf: pb,
+                index: Box::new(l.linear(&at, p_shape)),
+            };
+            let kk = l.linear(&idx[..3], &k_shape);
+            let index = (b2.clone() * Expr::i64(k) + kk) * Expr::i64(cols)
+                + r.clone() * Expr::i64(ow)
+                + ox.clone();
+            Ok(vec![Stmt::Store {
+                buf: col,
+                index,
+                value,
+            }])
+        })?;
+        let mut body: Vec<Stmt> = self.k.body.drain(before..).collect();
+        // The nest runs inside the block loop: serial there.
+        for s in &mut body {
+            if let Stmt::Loop { mark, .. } = s {
+                if *mark == Mark::Parallel {
+                    *mark = Mark::Serial;
+                }
+            }
+        }
+        body.push(Stmt::Gemm(Box::new(Gemm {
+            a: wb,
+            a_off: Expr::i64(0),
+            a_rs: Expr::i64(k),
+            a_cs: Expr::i64(1),
+            b: col,
+            b_off: blk.clone() * Expr::i64(k * cols),
+            b_rs: Expr::i64(cols),
+            b_cs: Expr::i64(1),
+            c: out,
+            c_off: blk * Expr::i64(cols),
+            c_rs: Expr::i64(oh * ow),
+            m: Expr::i64(o),
+            n: Expr::i64(cols),
+            k: Expr::i64(k),
+            b_packed: None,
+        })));
+        self.k.body.push(Stmt::Loop {
+            var: rb,
+            extent: Expr::i64(oh / rows),
+            mark: Mark::Parallel,
+            body,
+        });
+        Ok(Some(()))
     }
 
     /// argmax/argmin along `axis`: the first (or last, with `last`) extreme; a NaN is the

@@ -248,6 +248,7 @@ pub fn replace_var(body: &mut [Stmt], var: VarId, by: &Expr) {
                     &mut g.b_rs,
                     &mut g.b_cs,
                     &mut g.c_off,
+                    &mut g.c_rs,
                     &mut g.m,
                     &mut g.n,
                     &mut g.k,
