@@ -192,12 +192,6 @@ fn define_all(module: &mut JITModule, kernels: &[Kernel]) -> Result<Vec<FuncId>,
         module
             .define_function(id, &mut ctx)
             .map_err(|e| backend(format!("{e:?}")))?;
-        if let Ok(d) = std::env::var("KILN_DUMP_CODE") {
-            let _ = std::fs::write(
-                format!("{d}/{i}.bin"),
-                ctx.compiled_code().unwrap().code_buffer(),
-            );
-        }
         module.clear_context(&mut ctx);
         ids.push(id);
     }

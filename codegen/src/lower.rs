@@ -1611,13 +1611,14 @@ impl<'g> Lowering<'g> {
         }
         let (o, cg, kh, kw, oh, ow) = (ws[0], ws[1], ws[2], ws[3], os[2], os[3]);
         let k = cg * kh * kw;
-        // Rows per block: the most whose columns take at most 256 KiB, leaving two blocks.
-        let Some(rows) = (1..=oh / 2)
-            .rev()
-            .find(|&r| oh % r == 0 && r * ow * k * 4 <= 256 << 10)
-        else {
+        // Rows per block: the fewest that make 64 columns (four micro-kernel panels), if that
+        // leaves two blocks or more and a block's columns fit in 512 KiB (a core's cache).
+        let Some(rows) = (1..=oh / 2).find(|&r| oh % r == 0 && r * ow >= 64) else {
             return Ok(None);
         };
+        if rows * ow * k * 4 > 512 << 10 {
+            return Ok(None);
+        }
         let cols = rows * ow;
         let rb = self.var(DType::I64);
         let blk = Expr::Var(rb);
