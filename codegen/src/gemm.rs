@@ -140,12 +140,11 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
         return;
     }
     let panels = n.div_ceil(NR);
-    // Tasks cost a few microseconds on the pool: only products of 2M MACs and up are split,
-    // into at most one task per thread (by columns when there are enough panels, else by
-    // rows).
-    // Split only products big enough to pay for waking the helpers (if the runtime lent
-    // any; otherwise everything runs on the calling thread).
-    let t = if m * n * k >= 1 << 21 {
+    // Products of 256K MACs and up (about 5 µs on one core) are split, into at most one task
+    // per thread (by columns when there are enough panels, else by rows): helpers spinning
+    // between a run's steps take a task within a microsecond (moe_ffn's 16×256×128 products
+    // gain a third). Without helpers lent by the runtime, everything runs on this thread.
+    let t = if m * n * k >= 1 << 18 {
         crate::threads::helpers() + 1
     } else {
         1
