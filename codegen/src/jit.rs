@@ -108,8 +108,9 @@ impl Drop for Compiled {
     }
 }
 
-/// Compiles kernels into one module for the host machine.
-pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
+/// The code generator for the host machine: what its CPU has (SSE4.1, AVX, FMA, BMI, ...),
+/// optimizing for speed, library functions called by absolute address.
+pub(crate) fn host_isa() -> Result<cranelift_codegen::isa::OwnedTargetIsa, JitError> {
     let host = |e: &dyn std::fmt::Display| JitError::Host(e.to_string());
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| host(&e))?;
@@ -117,35 +118,56 @@ pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
         .set("use_colocated_libcalls", "false")
         .map_err(|e| host(&e))?;
     flags.set("is_pic", "false").map_err(|e| host(&e))?;
-    // cranelift_native enables what the host CPU has (SSE4.1, AVX, FMA, BMI, ...).
-    let isa = cranelift_native::builder()
+    cranelift_native::builder()
         .map_err(|e| host(&e))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| host(&e))?;
-    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-    for (name, _, addr) in libcalls() {
+        .map_err(|e| host(&e))
+}
+
+/// Every library function kernels may call, by the name their code refers to it.
+pub(crate) fn runtime_symbols() -> Vec<(&'static str, *const u8)> {
+    let mut v: Vec<(&'static str, *const u8)> =
+        libcalls().iter().map(|&(n, _, a)| (n, a)).collect();
+    v.extend([
+        ("kiln_sgemm", crate::gemm::kiln_sgemm as *const u8),
+        (
+            "kiln_sgemm_packed",
+            crate::gemm::kiln_sgemm_packed as *const u8,
+        ),
+        ("kiln_row_max", crate::rows::kiln_row_max as *const u8),
+        (
+            "kiln_row_sum_f64",
+            crate::rows::kiln_row_sum_f64 as *const u8,
+        ),
+        (
+            "kiln_row_exp_sub",
+            crate::rows::kiln_row_exp_sub as *const u8,
+        ),
+        (
+            "kiln_conv2d_plane",
+            crate::conv::kiln_conv2d_plane as *const u8,
+        ),
+    ]);
+    v
+}
+
+/// Compiles kernels into one module for the host machine.
+pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
+    let mut jb = JITBuilder::with_isa(host_isa()?, default_libcall_names());
+    for (name, addr) in runtime_symbols() {
         jb.symbol(name, addr);
     }
-    jb.symbol("kiln_sgemm", crate::gemm::kiln_sgemm as *const u8);
-    jb.symbol("kiln_row_max", crate::rows::kiln_row_max as *const u8);
-    jb.symbol(
-        "kiln_row_sum_f64",
-        crate::rows::kiln_row_sum_f64 as *const u8,
-    );
-    jb.symbol(
-        "kiln_row_exp_sub",
-        crate::rows::kiln_row_exp_sub as *const u8,
-    );
-    jb.symbol(
-        "kiln_conv2d_plane",
-        crate::conv::kiln_conv2d_plane as *const u8,
-    );
-    jb.symbol(
-        "kiln_sgemm_packed",
-        crate::gemm::kiln_sgemm_packed as *const u8,
-    );
     let mut module = JITModule::new(jb);
-    match define_all(&mut module, kernels) {
+    let defined = define_all(&mut module, kernels, Linkage::Local).and_then(|ids| {
+        module
+            .finalize_definitions()
+            .map_err(|e| JitError::Backend {
+                kernel: "<module>".into(),
+                message: e.to_string(),
+            })?;
+        Ok(ids)
+    });
+    match defined {
         Ok(ids) => {
             let fns = ids
                 .iter()
@@ -169,7 +191,12 @@ pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
     }
 }
 
-fn define_all(module: &mut JITModule, kernels: &[Kernel]) -> Result<Vec<FuncId>, JitError> {
+/// Declares and defines `kiln_kernel_{i}` for every kernel, with `linkage`.
+pub(crate) fn define_all(
+    module: &mut dyn Module,
+    kernels: &[Kernel],
+    linkage: Linkage,
+) -> Result<Vec<FuncId>, JitError> {
     let ptr = module.target_config().pointer_type();
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
@@ -184,7 +211,7 @@ fn define_all(module: &mut JITModule, kernels: &[Kernel]) -> Result<Vec<FuncId>,
         sig.params.push(AbiParam::new(ptr));
         sig.returns.push(AbiParam::new(types::I32));
         let id = module
-            .declare_function(&format!("kiln_kernel_{i}"), Linkage::Local, &sig)
+            .declare_function(&format!("kiln_kernel_{i}"), linkage, &sig)
             .map_err(|e| backend(e.to_string()))?;
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, id.as_u32());
@@ -195,12 +222,6 @@ fn define_all(module: &mut JITModule, kernels: &[Kernel]) -> Result<Vec<FuncId>,
         module.clear_context(&mut ctx);
         ids.push(id);
     }
-    module
-        .finalize_definitions()
-        .map_err(|e| JitError::Backend {
-            kernel: "<module>".into(),
-            message: e.to_string(),
-        })?;
     Ok(ids)
 }
 
@@ -231,7 +252,7 @@ fn is_float(d: DType) -> bool {
 }
 
 fn lower_kernel(
-    module: &mut JITModule,
+    module: &mut dyn Module,
     func: &mut Function,
     fctx: &mut FunctionBuilderContext,
     k: &Kernel,
@@ -317,7 +338,7 @@ enum Shape {
 struct Lower<'a, 'f> {
     k: &'a Kernel,
     b: FunctionBuilder<'f>,
-    module: &'a mut JITModule,
+    module: &'a mut dyn Module,
     ptr: Type,
     bases: Vec<Value>,
     dims: Vec<Value>,

@@ -2,6 +2,7 @@
 //! backends that compile it (Cranelift by default, LLVM behind a feature). Codegen never
 //! optimizes the graph, and only verified IR reaches it. Depends on `ir` only.
 
+pub mod aot;
 pub mod conv;
 pub mod gemm;
 pub mod jit;
