@@ -32,6 +32,19 @@ pub fn compile_object(kernels: &[Kernel]) -> Result<Vec<u8>, JitError> {
     module.finish().emit().map_err(|e| backend(e.to_string()))
 }
 
+/// The target triple and the CPU features (Cranelift's names, `has_avx2`, ...) that code from
+/// [`compile_object`] assumes: what this machine's code generator enables.
+pub fn target() -> Result<(String, Vec<String>), JitError> {
+    let isa = crate::jit::host_isa()?;
+    let features = isa
+        .isa_flags()
+        .iter()
+        .filter(|f| f.name.starts_with("has_") && f.as_bool() == Some(true))
+        .map(|f| f.name.to_string())
+        .collect();
+    Ok((isa.triple().to_string(), features))
+}
+
 /// Why an object could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("kernel code: {0}")]
@@ -343,6 +356,16 @@ mod tests {
             );
         }
         assert_eq!(run(image.function(1), &mut x.clone())[0], 25.0);
+    }
+
+    #[test]
+    fn the_target_names_features_this_machine_has() {
+        let (triple, features) = target().unwrap();
+        assert!(!triple.is_empty());
+        assert!(
+            features.iter().all(|f| f.starts_with("has_")),
+            "{features:?}"
+        );
     }
 
     #[test]

@@ -1,10 +1,9 @@
-//! kiln's runtime.
-//!
-//! Today this is the reference interpreter ([`interp`]), the oracle every pass and backend is
-//! checked against, and deterministic random tensors ([`Rng`]). It will also hold the
-//! executable format, the memory planner, the thread pool and the loader of AOT artifacts;
-//! it depends on `ir` and `codegen` only.
+//! kiln's runtime: the reference interpreter ([`interp`]), the oracle every pass and backend
+//! is checked against; compiled execution ([`exec`]: memory plans, threads); the container
+//! of ahead-of-time artifacts ([`artifact`]); deterministic random tensors ([`Rng`]). It
+//! depends on `ir` and `codegen` only.
 
+pub mod artifact;
 pub mod interp;
 mod plan;
 mod random;

@@ -1,0 +1,352 @@
+//! The container of a compiled model (`.kiln`): a versioned header — magic, format version,
+//! kiln version, target triple, the CPU features the code needs — a table of named sections
+//! (each aligned, so weights can be used in place from a memory map) and a checksum of the
+//! whole file. Reading checks everything before anything is used: a truncated, bit-flipped,
+//! foreign or newer file is an [`ArtifactError`] naming what is wrong, never a panic.
+//!
+//! Layout (little-endian): `KILNART\0`, format version (u32), checksum (u64, FNV-1a over the
+//! file with these 8 bytes zero), header length (u32), header (length-prefixed strings:
+//! kiln version, target, features; section count; per section name, offset, length), then
+//! the sections at their offsets.
+
+/// The first bytes of every artifact.
+pub const MAGIC: &[u8; 8] = b"KILNART\0";
+/// The layout version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Sections start at multiples of this (a cache line; enough for any element type).
+pub const SECTION_ALIGN: usize = 64;
+
+const CHECKSUM_AT: usize = 12;
+const HEADER_AT: usize = 24;
+
+/// Why bytes are not a usable artifact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("not a kiln artifact (the file does not start with KILNART)")]
+    NotAnArtifact,
+    #[error("artifact format {found}, this kiln reads format {FORMAT_VERSION}")]
+    Version { found: u32 },
+    #[error("the artifact is damaged: checksum {found:016x}, contents hash to {computed:016x}")]
+    Checksum { found: u64, computed: u64 },
+    #[error("the artifact is truncated or malformed: {0}")]
+    Malformed(String),
+}
+
+/// A parsed artifact: header fields and sections borrowed from the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact<'a> {
+    pub kiln_version: String,
+    pub target: String,
+    pub features: Vec<String>,
+    pub sections: Vec<(String, &'a [u8])>,
+}
+
+impl<'a> Artifact<'a> {
+    /// The section called `name`.
+    pub fn section(&self, name: &str) -> Option<&'a [u8]> {
+        self.sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, s)| s)
+    }
+}
+
+/// FNV-1a, 64-bit.
+fn fnv(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The checksum of an artifact's bytes (its checksum field counted as zero).
+fn checksum(bytes: &[u8]) -> u64 {
+    let h = fnv(&bytes[..CHECKSUM_AT], FNV_START);
+    let h = fnv(&[0; 8], h);
+    fnv(&bytes[CHECKSUM_AT + 8..], h)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u32).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+/// Writes an artifact: the header fields and sections `(name, bytes)` in order. The output
+/// depends only on the arguments (compiling twice gives the same bytes).
+pub fn write(
+    kiln_version: &str,
+    target: &str,
+    features: &[String],
+    sections: &[(&str, &[u8])],
+) -> Vec<u8> {
+    let mut header = Vec::new();
+    put_str(&mut header, kiln_version);
+    put_str(&mut header, target);
+    header.extend((features.len() as u32).to_le_bytes());
+    for f in features {
+        put_str(&mut header, f);
+    }
+    header.extend((sections.len() as u32).to_le_bytes());
+    // Offsets follow from the header's final size: names and two u64 per section.
+    let table: usize = sections.iter().map(|(n, _)| 4 + n.len() + 16).sum();
+    let mut at = (HEADER_AT + header.len() + table).div_ceil(SECTION_ALIGN) * SECTION_ALIGN;
+    let mut offsets = Vec::with_capacity(sections.len());
+    for (name, data) in sections {
+        put_str(&mut header, name);
+        header.extend((at as u64).to_le_bytes());
+        header.extend((data.len() as u64).to_le_bytes());
+        offsets.push(at);
+        at = (at + data.len()).div_ceil(SECTION_ALIGN) * SECTION_ALIGN;
+    }
+    let mut out = Vec::with_capacity(at);
+    out.extend(MAGIC);
+    out.extend(FORMAT_VERSION.to_le_bytes());
+    out.extend([0u8; 8]);
+    out.extend((header.len() as u32).to_le_bytes());
+    out.extend(&header);
+    for ((_, data), off) in sections.iter().zip(offsets) {
+        out.resize(off, 0);
+        out.extend(*data);
+    }
+    out.resize(out.len().div_ceil(SECTION_ALIGN) * SECTION_ALIGN, 0);
+    let sum = checksum(&out);
+    out[CHECKSUM_AT..CHECKSUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// Reads the header fields one after another, every length checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ArtifactError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                ArtifactError::Malformed(format!("{what} at byte {} runs past the header", self.at))
+            })?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, ArtifactError> {
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, ArtifactError> {
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, ArtifactError> {
+        let n = self.u32(what)? as usize;
+        let s = self.take(n, what)?;
+        String::from_utf8(s.to_vec())
+            .map_err(|_| ArtifactError::Malformed(format!("{what} is not UTF-8")))
+    }
+}
+
+/// Parses and checks an artifact.
+pub fn read(bytes: &[u8]) -> Result<Artifact<'_>, ArtifactError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(ArtifactError::NotAnArtifact);
+    }
+    if bytes.len() < HEADER_AT {
+        return Err(ArtifactError::Malformed(format!(
+            "{} bytes, shorter than a header",
+            bytes.len()
+        )));
+    }
+    let found = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if found != FORMAT_VERSION {
+        return Err(ArtifactError::Version { found });
+    }
+    let stored = u64::from_le_bytes(
+        bytes[CHECKSUM_AT..CHECKSUM_AT + 8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let computed = checksum(bytes);
+    if stored != computed {
+        return Err(ArtifactError::Checksum {
+            found: stored,
+            computed,
+        });
+    }
+    let header_len = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")) as usize;
+    let end = HEADER_AT
+        .checked_add(header_len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| ArtifactError::Malformed("the header runs past the file".into()))?;
+    let mut r = Reader {
+        bytes: &bytes[..end],
+        at: HEADER_AT,
+    };
+    let kiln_version = r.string("the kiln version")?;
+    let target = r.string("the target")?;
+    let n = r.u32("the feature count")?;
+    let features = (0..n)
+        .map(|_| r.string("a CPU feature"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = r.u32("the section count")?;
+    let mut sections = Vec::new();
+    for _ in 0..n {
+        let name = r.string("a section name")?;
+        let (off, len) = (r.u64("a section offset")?, r.u64("a section length")?);
+        let data = usize::try_from(off)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(o, l)| Some((o, o.checked_add(l)?)))
+            .filter(|&(o, e)| o >= end && e <= bytes.len())
+            .map(|(o, e)| &bytes[o..e])
+            .ok_or_else(|| {
+                ArtifactError::Malformed(format!(
+                    "section `{name}` ({len} bytes at {off}) is outside the file"
+                ))
+            })?;
+        sections.push((name, data));
+    }
+    Ok(Artifact {
+        kiln_version,
+        target,
+        features,
+        sections,
+    })
+}
+
+/// Of `required` CPU features (Cranelift's names, `has_avx2`, ...), those this CPU lacks;
+/// unknown names count as lacking.
+pub fn missing_features(required: &[String]) -> Vec<String> {
+    required.iter().filter(|f| !host_has(f)).cloned().collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn host_has(feature: &str) -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    match feature {
+        "has_sse3" => has!("sse3"),
+        "has_ssse3" => has!("ssse3"),
+        "has_cmpxchg16b" => has!("cmpxchg16b"),
+        "has_sse41" => has!("sse4.1"),
+        "has_sse42" => has!("sse4.2"),
+        "has_avx" => has!("avx"),
+        "has_avx2" => has!("avx2"),
+        "has_fma" => has!("fma"),
+        "has_avx_vnni" => has!("avxvnni"),
+        "has_avx512bitalg" => has!("avx512bitalg"),
+        "has_avx512dq" => has!("avx512dq"),
+        "has_avx512vl" => has!("avx512vl"),
+        "has_avx512vbmi" => has!("avx512vbmi"),
+        "has_avx512f" => has!("avx512f"),
+        "has_avx512vnni" => has!("avx512vnni"),
+        "has_popcnt" => has!("popcnt"),
+        "has_bmi1" => has!("bmi1"),
+        "has_bmi2" => has!("bmi2"),
+        "has_lzcnt" => has!("lzcnt"),
+        _ => false,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_has(_: &str) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let weights: Vec<u8> = (0..1000u32)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect();
+        write(
+            "0.1.0",
+            "x86_64-unknown-linux-gnu",
+            &["has_avx2".to_string(), "has_fma".to_string()],
+            &[
+                ("code", b"\x90\x90\xc3"),
+                ("weights", &weights),
+                ("empty", b""),
+            ],
+        )
+    }
+
+    #[test]
+    fn round_trips_with_aligned_sections() {
+        let bytes = sample();
+        assert_eq!(bytes, sample(), "writing is deterministic");
+        let a = read(&bytes).unwrap();
+        assert_eq!(a.kiln_version, "0.1.0");
+        assert_eq!(a.target, "x86_64-unknown-linux-gnu");
+        assert_eq!(a.features, ["has_avx2", "has_fma"]);
+        assert_eq!(a.section("code"), Some(&b"\x90\x90\xc3"[..]));
+        assert_eq!(a.section("empty"), Some(&b""[..]));
+        let w = a.section("weights").unwrap();
+        assert_eq!(w.len(), 4000);
+        assert_eq!(
+            (w.as_ptr() as usize - bytes.as_ptr() as usize) % SECTION_ALIGN,
+            0
+        );
+        assert_eq!(a.section("nope"), None);
+    }
+
+    #[test]
+    fn every_flipped_byte_and_every_truncation_is_an_error() {
+        let bytes = sample();
+        for at in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x20;
+            assert!(read(&bad).is_err(), "a flip at byte {at} went unnoticed");
+        }
+        for len in 0..bytes.len() {
+            assert!(read(&bytes[..len]).is_err(), "truncated to {len} bytes");
+        }
+        assert_eq!(read(b"PK\x03\x04 a zip"), Err(ArtifactError::NotAnArtifact));
+        let mut newer = bytes.clone();
+        newer[8] = 2;
+        assert_eq!(read(&newer), Err(ArtifactError::Version { found: 2 }));
+    }
+
+    #[test]
+    fn a_header_that_lies_is_an_error_even_with_a_valid_checksum() {
+        // Section offsets past the end, re-checksummed: caught by the bounds checks.
+        let mut bytes = sample();
+        let at = bytes.windows(4).position(|w| w == b"code").unwrap() + 4;
+        bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let sum = checksum(&bytes);
+        bytes[CHECKSUM_AT..CHECKSUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(read(&bytes), Err(ArtifactError::Malformed(_))));
+    }
+
+    #[test]
+    fn this_machine_has_what_its_code_generator_assumes() {
+        // Every feature name the code generator reports is one the check knows.
+        let (_, features) = codegen::aot::target().unwrap();
+        assert_eq!(
+            missing_features(&features),
+            Vec::<String>::new(),
+            "{features:?}"
+        );
+    }
+
+    #[test]
+    fn features_this_cpu_lacks_are_named() {
+        let missing = missing_features(&["has_sse3".into(), "has_teleport".into()]);
+        assert!(missing.contains(&"has_teleport".to_string()));
+        if cfg!(target_arch = "x86_64") {
+            assert!(!missing.contains(&"has_sse3".to_string()));
+        }
+    }
+}
