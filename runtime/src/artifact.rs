@@ -4,8 +4,9 @@
 //! whole file. Reading checks everything before anything is used: a truncated, bit-flipped,
 //! foreign or newer file is an [`ArtifactError`] naming what is wrong, never a panic.
 //!
-//! Layout (little-endian): `KILNART\0`, format version (u32), checksum (u64, FNV-1a over the
-//! file with these 8 bytes zero), header length (u32), header (length-prefixed strings:
+//! Layout (little-endian): `KILNART\0`, format version (u32), checksum (u64 holding the CRC-32
+//! of the file with these 8 bytes zero — several GB/s, so large weights load fast), header
+//! length (u32), header (length-prefixed strings:
 //! kiln version, target, features; section count; per section name, offset, length), then
 //! the sections at their offsets.
 
@@ -51,22 +52,14 @@ impl<'a> Artifact<'a> {
     }
 }
 
-/// FNV-1a, 64-bit.
-fn fnv(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// The checksum of an artifact's bytes (its checksum field counted as zero).
+/// The checksum of an artifact's bytes (its checksum field counted as zero): CRC-32, which
+/// catches every error burst up to 32 bits.
 fn checksum(bytes: &[u8]) -> u64 {
-    let h = fnv(&bytes[..CHECKSUM_AT], FNV_START);
-    let h = fnv(&[0; 8], h);
-    fnv(&bytes[CHECKSUM_AT + 8..], h)
+    let mut h = crc32fast::Hasher::new();
+    h.update(&bytes[..CHECKSUM_AT]);
+    h.update(&[0; 8]);
+    h.update(&bytes[CHECKSUM_AT + 8..]);
+    u64::from(h.finalize())
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
