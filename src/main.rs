@@ -767,6 +767,7 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     let opts = kiln::CompileOptions {
         interpret_only: a.interp,
         threads: a.threads,
+        ..Default::default()
     };
     let t0 = Instant::now();
     let exe = kiln::compile(&g, &opts)?;

@@ -16,7 +16,7 @@ use object::{
     SectionKind,
 };
 
-use crate::jit::{JitError, KernelFn};
+use crate::jit::{Code, JitError, KernelFn};
 use crate::kernel::Kernel;
 
 /// Compiles kernels into an object file for the host (see the module docs).
@@ -212,20 +212,15 @@ impl Image {
             .collect::<Result<_, _>>()?;
         Ok(Image { _code: code, fns })
     }
+}
 
-    /// Kernel `i`'s function, valid while this value lives.
-    pub fn function(&self, i: usize) -> KernelFn {
+impl Code for Image {
+    fn function(&self, i: usize) -> KernelFn {
         self.fns[i]
     }
 
-    /// How many kernels there are.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.fns.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.fns.is_empty()
     }
 }
 

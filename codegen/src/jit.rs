@@ -75,26 +75,33 @@ pub struct Compiled {
 // argument: `JITModule` is `Send`.)
 unsafe impl Sync for Compiled {}
 
-impl Compiled {
-    /// The entry point of kernel `i` (in the order given to [`compile`]).
+impl Code for Compiled {
+    fn function(&self, i: usize) -> KernelFn {
+        self.fns[i]
+    }
+
+    fn len(&self) -> usize {
+        self.fns.len()
+    }
+}
+
+/// Native code for a list of kernels, by index: JIT-compiled ([`Compiled`]) or loaded from an
+/// object file ([`crate::aot::Image`]).
+pub trait Code: Send + Sync {
+    /// The entry point of kernel `i` (in the order the kernels were compiled).
     ///
     /// Calling it is `unsafe`: every pointer must be valid for the accesses the kernel makes
     /// (for every index it computes, unless a `Check` stops it first), the dims must be the
     /// values the kernel was lowered for, and `self` must outlive the call.
     ///
     /// # Panics
-    /// If `i` is not the index of a compiled kernel.
-    pub fn function(&self, i: usize) -> KernelFn {
-        self.fns[i]
-    }
-
-    /// Number of compiled kernels.
-    pub fn len(&self) -> usize {
-        self.fns.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.fns.is_empty()
+    /// If `i` is not the index of a kernel.
+    fn function(&self, i: usize) -> KernelFn;
+    /// How many kernels there are.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

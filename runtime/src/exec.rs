@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use codegen::jit::{Compiled, KernelFn};
+use codegen::jit::{Code, KernelFn};
 use codegen::kernel::{codes, BufKind};
 use codegen::Lowered;
 use ir::{Data, Graph, NodeId, Op, Tensor, Value};
@@ -52,6 +52,9 @@ pub struct CompileOptions {
     /// works on the calling thread, helped in parallel stages and large products by a pool
     /// of this many threads minus one, shared by every executable with the same count.
     pub threads: Option<usize>,
+    /// Compile the kernels into an object file and load that (the ahead-of-time path: no
+    /// JIT module; see `codegen::aot`) instead of JIT-compiling them.
+    pub object_code: bool,
 }
 
 /// What a run measured.
@@ -76,7 +79,7 @@ pub struct Executable {
     order: Vec<NodeId>,
     /// How each node of `order` runs (parameters and constants: `None`), by position.
     steps: Vec<Option<Step>>,
-    compiled: Option<Compiled>,
+    compiled: Option<Box<dyn Code>>,
     /// Each node's name in messages, by position.
     labels: Vec<String>,
     /// The slot of each parameter of the graph (`None`: nothing reads it).
@@ -317,10 +320,18 @@ impl Executable {
             };
             steps.push(Some(step));
         }
-        let compiled = if kernels.is_empty() {
+        let codegen_err = |e: &dyn std::fmt::Display| ExecError::Codegen(e.to_string());
+        let compiled: Option<Box<dyn Code>> = if kernels.is_empty() {
             None
+        } else if opts.object_code {
+            let obj = codegen::aot::compile_object(&kernels).map_err(|e| codegen_err(&e))?;
+            let image =
+                codegen::aot::Image::load(&obj, kernels.len()).map_err(|e| codegen_err(&e))?;
+            Some(Box::new(image))
         } else {
-            Some(codegen::jit::compile(&kernels).map_err(|e| ExecError::Codegen(e.to_string()))?)
+            Some(Box::new(
+                codegen::jit::compile(&kernels).map_err(|e| codegen_err(&e))?,
+            ))
         };
         let mut last_use = HashMap::new();
         for (i, &id) in order.iter().enumerate() {
@@ -654,7 +665,10 @@ impl Executable {
                     })
                     .collect::<Result<_, ExecError>>()?,
                 (_, Some(Step::Native { lowered, stages })) => {
-                    let module = self.compiled.as_ref().expect("native steps have a module");
+                    let module = self
+                        .compiled
+                        .as_deref()
+                        .expect("native steps have a module");
                     let run = Kernel {
                         module,
                         lowered,
@@ -783,7 +797,7 @@ fn mut_ptr(d: &mut Data) -> *mut u8 {
 
 /// A compiled kernel ready to call.
 struct Kernel<'a> {
-    module: &'a Compiled,
+    module: &'a dyn Code,
     lowered: &'a Lowered,
     stages: &'a [NativeStage],
 }
