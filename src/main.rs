@@ -219,6 +219,7 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
     let opts = kiln::pass_options(&bindings);
     let shown = kiln::ir::PrintOptions {
         max_elements: (!a.full).then_some(64),
+        ..Default::default()
     };
     let mut out = Vec::with_capacity(graphs.len());
     for g in &graphs {
