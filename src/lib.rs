@@ -18,6 +18,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod artifact;
 pub mod format;
 pub mod graphviz;
 pub mod npz;
@@ -59,6 +60,8 @@ pub enum Error {
     Exec(#[from] ExecError),
     #[error("missing input \"{name}\" (the graph takes {})", expected.join(", "))]
     MissingInput { name: String, expected: Vec<String> },
+    #[error(transparent)]
+    Artifact(#[from] artifact::AotError),
 }
 
 impl From<ir::ParseError> for Error {

@@ -72,19 +72,17 @@ fn check_model(dir: &Path) -> Result<(), String> {
             .map(|(n, why)| format!("\n    {n}: {why}"))
             .collect::<String>()
     );
-    // The ahead-of-time path: the same kernels through an object file, loaded without the JIT.
-    let object_opts = kiln::CompileOptions {
-        object_code: true,
-        ..Default::default()
-    };
-    let from_object = kiln::Executable::new(&optimized, &object_opts)
-        .map_err(|e| format!("compiling to an object: {e}"))?;
-    for what in ["imported", "optimized", "compiled", "from an object"] {
+    // The ahead-of-time path: compiled into artifact bytes, loaded without the JIT.
+    let bytes = kiln::artifact::compile(&optimized, &Default::default())
+        .map_err(|e| format!("compiling an artifact: {e}"))?;
+    let from_artifact = kiln::artifact::load(&bytes, &Default::default())
+        .map_err(|e| format!("loading the artifact: {e}"))?;
+    for what in ["imported", "optimized", "compiled", "from an artifact"] {
         let got = match what {
             "imported" => kiln::interpret(&graph, &inputs, &HashMap::new()),
             "optimized" => kiln::interpret(&optimized, &inputs, &HashMap::new()),
             "compiled" => kiln::execute(&exe, &inputs, &HashMap::new()),
-            _ => kiln::execute(&from_object, &inputs, &HashMap::new()),
+            _ => kiln::execute(&from_artifact, &inputs, &HashMap::new()),
         }
         .map_err(|e| format!("{what}: {e}"))?;
         for (name, want) in &expected {

@@ -243,9 +243,36 @@ fn label(g: &Graph, id: NodeId, n: usize) -> String {
     s
 }
 
+/// Where an executable's kernel code comes from: given the kernels (in order), their code.
+pub type CodeSource<'a> = &'a mut dyn FnMut(&[codegen::Kernel]) -> Result<Box<dyn Code>, ExecError>;
+
 impl Executable {
     /// Lowers and compiles every node of `g` that codegen supports.
     pub fn new(g: &Graph, opts: &CompileOptions) -> Result<Executable, ExecError> {
+        let codegen_err = |e: &dyn std::fmt::Display| ExecError::Codegen(e.to_string());
+        let object = opts.object_code;
+        Executable::with_code(g, opts, &mut |kernels| {
+            if object {
+                let obj = codegen::aot::compile_object(kernels).map_err(|e| codegen_err(&e))?;
+                let image =
+                    codegen::aot::Image::load(&obj, kernels.len()).map_err(|e| codegen_err(&e))?;
+                Ok(Box::new(image))
+            } else {
+                let jit = codegen::jit::compile(kernels).map_err(|e| codegen_err(&e))?;
+                Ok(Box::new(jit))
+            }
+        })
+    }
+
+    /// Lowers every node of `g` that codegen supports and takes the kernels' code from `code`
+    /// (called once, if there are kernels): the JIT, an object file compiled now, or one
+    /// loaded from an artifact. Lowering is deterministic, so the same graph and kiln give
+    /// the same kernels in the same order.
+    pub fn with_code(
+        g: &Graph,
+        opts: &CompileOptions,
+        code: CodeSource<'_>,
+    ) -> Result<Executable, ExecError> {
         let all = ir::verify(g)
             .map_err(|e| ExecError::Verify(e.to_string()))?
             .order()
@@ -320,18 +347,18 @@ impl Executable {
             };
             steps.push(Some(step));
         }
-        let codegen_err = |e: &dyn std::fmt::Display| ExecError::Codegen(e.to_string());
         let compiled: Option<Box<dyn Code>> = if kernels.is_empty() {
             None
-        } else if opts.object_code {
-            let obj = codegen::aot::compile_object(&kernels).map_err(|e| codegen_err(&e))?;
-            let image =
-                codegen::aot::Image::load(&obj, kernels.len()).map_err(|e| codegen_err(&e))?;
-            Some(Box::new(image))
         } else {
-            Some(Box::new(
-                codegen::jit::compile(&kernels).map_err(|e| codegen_err(&e))?,
-            ))
+            let c = code(&kernels)?;
+            if c.len() != kernels.len() {
+                return Err(ExecError::Codegen(format!(
+                    "code for {} kernels, the graph has {}",
+                    c.len(),
+                    kernels.len()
+                )));
+            }
+            Some(c)
         };
         let mut last_use = HashMap::new();
         for (i, &id) in order.iter().enumerate() {

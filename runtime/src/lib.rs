@@ -11,4 +11,4 @@ mod random;
 pub use random::Rng;
 pub mod exec;
 
-pub use exec::{CompileOptions, ExecError, Executable, RunStats};
+pub use exec::{CodeSource, CompileOptions, ExecError, Executable, RunStats};
