@@ -36,8 +36,12 @@ enum Cmd {
         #[arg(short, long, conflicts_with = "check")]
         write: bool,
     },
-    /// Compile and run a model (or interpret it with --interp); print and optionally save outputs
+    /// Compile and run a model (or interpret it with --interp), or run a compiled .kiln
+    /// artifact; print and optionally save outputs
     Run(RunArgs),
+    /// Compile a model (.onnx or .kir) ahead of time into a .kiln artifact that runs without
+    /// the compiler (`kiln run model.kiln`)
+    Compile(CompileArgs),
     /// Run the ONNX backend node tests in DIR on kiln and report pass counts per op
     Conformance(ConformanceArgs),
     /// Summarize an ONNX model: opsets, inputs and outputs, parameters, op histogram
@@ -409,6 +413,17 @@ struct RunArgs {
     /// Run on the reference interpreter instead of compiled code
     #[arg(long)]
     interp: bool,
+}
+
+#[derive(clap::Args)]
+struct CompileArgs {
+    file: PathBuf,
+    /// The function to compile (default: @main, else the first function)
+    #[arg(long)]
+    func: Option<String>,
+    /// Where to write the artifact
+    #[arg(long, short, value_name = "FILE")]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -873,14 +888,58 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let g = load_graph(&a.file, a.func.as_deref())?;
+    let optimized = kiln::optimize(&g, None, &HashMap::new())?;
+    let bytes = kiln::artifact::compile(&optimized, &Default::default())?;
+    std::fs::write(&a.output, &bytes)
+        .map_err(|e| Failure(format!("cannot write {}: {e}", a.output.display())))?;
+    eprintln!(
+        "wrote {} ({} bytes) in {:.1} ms",
+        a.output.display(),
+        bytes.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// Runs a .kiln artifact (see `run`).
+fn run_artifact(a: &RunArgs, bytes: &[u8]) -> Result<Vec<(String, Tensor)>, Failure> {
+    let file = a.file.display();
+    if a.interp {
+        return Err(Failure(format!(
+            "{file} is a compiled artifact: --interp needs the model it was compiled from"
+        )));
+    }
+    let exe = kiln::artifact::load(bytes, &Default::default())
+        .map_err(|e| Failure(format!("{file}: {e}")))?;
+    let bindings: HashMap<String, i64> = a.dims.iter().cloned().collect();
+    let inputs = prepare_inputs(
+        exe.graph(),
+        a.inputs.as_deref(),
+        a.random_inputs,
+        a.seed,
+        &bindings,
+    )?;
+    Ok(kiln::execute(&exe, &inputs, &bindings)?)
+}
+
 fn run(a: RunArgs) -> Result<(), Failure> {
     let file = a.file.as_path();
+    if !is_onnx(file) {
+        let bytes = read(file)?;
+        if kiln::artifact::is_artifact(&bytes) {
+            let outputs = run_artifact(&a, &bytes)?;
+            return show_outputs(&a, &outputs);
+        }
+    }
     let g = load_graph(file, a.func.as_deref())?;
     let diags = verify_diagnostics(file, &g);
     if !diags.is_empty() {
         return Err(Failure(diags.join("\n")));
     }
-    let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
+    let bindings: HashMap<String, i64> = a.dims.iter().cloned().collect();
     let inputs = prepare_inputs(&g, a.inputs.as_deref(), a.random_inputs, a.seed, &bindings)?;
     let outputs = if a.interp {
         kiln::interpret(&g, &inputs, &bindings)?
@@ -889,7 +948,12 @@ fn run(a: RunArgs) -> Result<(), Failure> {
         note_coverage(&exe);
         kiln::execute(&exe, &inputs, &bindings)?
     };
-    for (name, t) in &outputs {
+    show_outputs(&a, &outputs)
+}
+
+/// Prints outputs (the first few values unless --full) and writes them with --output.
+fn show_outputs(a: &RunArgs, outputs: &[(String, Tensor)]) -> Result<(), Failure> {
+    for (name, t) in outputs {
         let values = if a.full {
             format::values(t)
         } else {
@@ -898,7 +962,7 @@ fn run(a: RunArgs) -> Result<(), Failure> {
         println!("{name}: {} = {values}", t.ty());
     }
     if let Some(path) = &a.output {
-        let bytes = npz::write_npz(&outputs)?;
+        let bytes = npz::write_npz(outputs)?;
         std::fs::write(path, bytes)
             .map_err(|e| Failure(format!("cannot write {}: {e}", path.display())))?;
         eprintln!("wrote {} outputs to {}", outputs.len(), path.display());
@@ -919,6 +983,7 @@ fn main() -> ExitCode {
         Cmd::Check { files } => check(&files),
         Cmd::Fmt { file, check, write } => fmt(&file, check, write),
         Cmd::Run(args) => run(args),
+        Cmd::Compile(args) => compile_artifact(args),
         Cmd::Conformance(args) => conformance(args),
         Cmd::Inspect { file } => inspect(&file),
         Cmd::Opt(args) => opt(args),

@@ -350,3 +350,55 @@ fn graph_draws_kernels_as_clusters() {
         assert!(text(&out.stderr).contains("apt-get install graphviz"));
     }
 }
+
+#[test]
+fn compiled_artifacts_run_like_the_model_and_damaged_ones_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let art = dir.path().join("classifier.kiln");
+    let (_, se) = expect(
+        &["compile", "examples/classifier.onnx", "-o", s(&art)],
+        true,
+    );
+    assert!(se.contains("wrote"), "{se}");
+    let bytes = std::fs::read(&art).unwrap();
+    // Compiling again gives the same bytes.
+    let again = dir.path().join("again.kiln");
+    expect(
+        &["compile", "examples/classifier.onnx", "-o", s(&again)],
+        true,
+    );
+    assert_eq!(bytes, std::fs::read(&again).unwrap());
+    let run = |model: &str| {
+        expect(
+            &[
+                "run",
+                model,
+                "--inputs",
+                "examples/classifier_inputs.npz",
+                "--full",
+            ],
+            true,
+        )
+        .0
+    };
+    assert_eq!(run(s(&art)), run("examples/classifier.onnx"));
+    // Truncated and bit-flipped artifacts: clear errors naming the file.
+    for (name, bad) in [
+        ("cut.kiln", bytes[..bytes.len() / 3].to_vec()),
+        ("flip.kiln", {
+            let mut b = bytes.clone();
+            let at = b.len() / 2;
+            b[at] ^= 0x10;
+            b
+        }),
+    ] {
+        let p = write(dir.path(), name, &bad);
+        let (_, se) = expect(
+            &["run", s(&p), "--inputs", "examples/classifier_inputs.npz"],
+            false,
+        );
+        assert!(se.contains(name) && se.contains("artifact"), "{se}");
+    }
+    let (_, se) = expect(&["run", s(&art), "--interp"], false);
+    assert!(se.contains("compiled artifact"), "{se}");
+}
