@@ -5,7 +5,9 @@
 //! the artifact's object file).
 //!
 //! Sections: `graph` (the graph as text, named constants `extern`), `weights` (the named
-//! constants, an npz archive), `object` (the kernels' object file), `kernels` (how many).
+//! constants' little-endian bytes, each 64-byte aligned), `weights.index` (per constant a
+//! line `name<TAB>dtype<TAB>dims<TAB>offset<TAB>bytes`), `object` (the kernels' object file),
+//! `kernels` (how many).
 
 use std::collections::BTreeMap;
 
@@ -58,8 +60,23 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Vec<u8>, Error> {
             ..Default::default()
         },
     );
-    let weights: Vec<(String, crate::Tensor)> = ir::named_constants(g).into_iter().collect();
-    let weights = crate::npz::write_npz(&weights)?;
+    let (mut weights, mut index) = (Vec::new(), String::new());
+    for (name, t) in ir::named_constants(g) {
+        let bytes = encode(&t).ok_or_else(|| AotError::Bad {
+            what: "weights",
+            message: format!("constant @{name} of {} cannot be stored", t.dtype()),
+        })?;
+        weights.resize(weights.len().div_ceil(64) * 64, 0);
+        let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+        index.push_str(&format!(
+            "{name}\t{}\t{}\t{}\t{}\n",
+            t.dtype(),
+            dims.join(","),
+            weights.len(),
+            bytes.len()
+        ));
+        weights.extend(bytes);
+    }
     let count = (count as u64).to_le_bytes();
     Ok(artifact::write(
         env!("CARGO_PKG_VERSION"),
@@ -68,6 +85,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Vec<u8>, Error> {
         &[
             ("graph", text.as_bytes()),
             ("weights", &weights),
+            ("weights.index", index.as_bytes()),
             ("object", &object),
             ("kernels", &count),
         ],
@@ -97,10 +115,7 @@ pub fn load(bytes: &[u8], opts: &CompileOptions) -> Result<Executable, Error> {
         return Err(AotError::MissingFeatures(missing).into());
     }
     let section = |name: &'static str| a.section(name).ok_or(AotError::MissingSection(name));
-    let weights: BTreeMap<String, crate::Tensor> = crate::npz::read_npz(section("weights")?)
-        .map_err(|e| bad("weights")(&e))?
-        .into_iter()
-        .collect();
+    let weights = read_weights(section("weights.index")?, section("weights")?)?;
     let text = std::str::from_utf8(section("graph")?).map_err(|e| bad("graph")(&e))?;
     let module = ir::parse_module_with(text, &weights).map_err(|e| bad("graph")(&e))?;
     let g = module
@@ -129,6 +144,95 @@ pub fn load(bytes: &[u8], opts: &CompileOptions) -> Result<Executable, Error> {
         Ok(Box::new(image))
     })?;
     Ok(exe)
+}
+
+/// A tensor's elements as little-endian bytes (narrow types: one bit pattern per element).
+fn encode(t: &crate::Tensor) -> Option<Vec<u8>> {
+    use ir::Data;
+    fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+        v.iter().flat_map(|&x| f(x)).collect()
+    }
+    Some(match t.data() {
+        Data::F16(v) => le(v, |x| x.to_bits().to_le_bytes()),
+        Data::BF16(v) => le(v, |x| x.to_bits().to_le_bytes()),
+        Data::F32(v) => le(v, f32::to_le_bytes),
+        Data::F64(v) => le(v, f64::to_le_bytes),
+        Data::I8(v) => le(v, i8::to_le_bytes),
+        Data::I16(v) => le(v, i16::to_le_bytes),
+        Data::I32(v) => le(v, i32::to_le_bytes),
+        Data::I64(v) => le(v, i64::to_le_bytes),
+        Data::U8(v) => v.clone(),
+        Data::U16(v) => le(v, u16::to_le_bytes),
+        Data::U32(v) => le(v, u32::to_le_bytes),
+        Data::U64(v) => le(v, u64::to_le_bytes),
+        Data::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        d => d.patterns()?.to_vec(),
+    })
+}
+
+/// The tensor of `dtype` and `shape` in `bytes` (as [`encode`] wrote it).
+fn decode(dtype: ir::DType, shape: Vec<usize>, bytes: &[u8]) -> Option<crate::Tensor> {
+    use half::{bf16, f16};
+    use ir::{DType, Data};
+    fn le<T, const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Option<Vec<T>> {
+        b.len().is_multiple_of(N).then(|| {
+            b.chunks_exact(N)
+                .map(|c| f(c.try_into().expect("N bytes")))
+                .collect()
+        })
+    }
+    let data = match dtype {
+        DType::F16 => Data::F16(le(bytes, |b| f16::from_bits(u16::from_le_bytes(b)))?),
+        DType::BF16 => Data::BF16(le(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)))?),
+        DType::F32 => Data::F32(le(bytes, f32::from_le_bytes)?),
+        DType::F64 => Data::F64(le(bytes, f64::from_le_bytes)?),
+        DType::I8 => Data::I8(le(bytes, i8::from_le_bytes)?),
+        DType::I16 => Data::I16(le(bytes, i16::from_le_bytes)?),
+        DType::I32 => Data::I32(le(bytes, i32::from_le_bytes)?),
+        DType::I64 => Data::I64(le(bytes, i64::from_le_bytes)?),
+        DType::U8 => Data::U8(bytes.to_vec()),
+        DType::U16 => Data::U16(le(bytes, u16::from_le_bytes)?),
+        DType::U32 => Data::U32(le(bytes, u32::from_le_bytes)?),
+        DType::U64 => Data::U64(le(bytes, u64::from_le_bytes)?),
+        DType::Bool => Data::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        d => Data::from_patterns(d, bytes.to_vec())?,
+    };
+    crate::Tensor::new(shape, data).ok()
+}
+
+/// The named constants listed in `index`, from `data`.
+fn read_weights(index: &[u8], data: &[u8]) -> Result<BTreeMap<String, crate::Tensor>, AotError> {
+    let fail = |line: usize, m: &str| AotError::Bad {
+        what: "weights",
+        message: format!("index line {}: {m}", line + 1),
+    };
+    let index = std::str::from_utf8(index).map_err(|e| bad("weights index")(&e))?;
+    let mut out = BTreeMap::new();
+    for (i, line) in index.lines().enumerate() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let [name, dtype, dims, off, len] = f.as_slice() else {
+            return Err(fail(i, "not five fields"));
+        };
+        let dtype = ir::DType::from_name(dtype).ok_or_else(|| fail(i, "unknown dtype"))?;
+        let shape = dims
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(|d| d.parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| fail(i, "bad dims"))?;
+        let (off, len) = off
+            .parse::<usize>()
+            .ok()
+            .zip(len.parse::<usize>().ok())
+            .ok_or_else(|| fail(i, "bad offset or length"))?;
+        let bytes = off
+            .checked_add(len)
+            .and_then(|end| data.get(off..end))
+            .ok_or_else(|| fail(i, "outside the weights"))?;
+        let t = decode(dtype, shape, bytes).ok_or_else(|| fail(i, "data does not fit its type"))?;
+        out.insert(name.to_string(), t);
+    }
+    Ok(out)
 }
 
 /// Whether `bytes` look like an artifact (they start with its magic).
