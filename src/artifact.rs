@@ -245,7 +245,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_mlp_example_round_trips_and_damage_is_an_error() {
+    fn the_mlp_example_round_trips_without_the_compiler_and_damage_is_an_error() {
         let text = include_str!("../examples/mlp.kir");
         let g = crate::parse_graph(text).unwrap();
         let opts = CompileOptions::default();
@@ -255,8 +255,12 @@ mod tests {
             compile(&g, &opts).unwrap(),
             "compiling twice differs"
         );
+        // Loading never runs the compiler (it counts per thread; the JIT counts, to show it).
+        let before = codegen::jit::compilations_on_this_thread();
         let exe = load(&bytes, &opts).unwrap();
+        assert_eq!(codegen::jit::compilations_on_this_thread(), before);
         let jit = Executable::new(&g, &opts).unwrap();
+        assert_eq!(codegen::jit::compilations_on_this_thread(), before + 1);
         let x = crate::Rng::new(3).tensor(crate::DType::F32, &[5, 4]);
         let a = exe.run(std::slice::from_ref(&x)).unwrap();
         let b = jit.run(std::slice::from_ref(&x)).unwrap();

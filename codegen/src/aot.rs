@@ -21,6 +21,7 @@ use crate::kernel::Kernel;
 
 /// Compiles kernels into an object file for the host (see the module docs).
 pub fn compile_object(kernels: &[Kernel]) -> Result<Vec<u8>, JitError> {
+    crate::jit::count_compilation();
     let backend = |message: String| JitError::Backend {
         kernel: "<object>".into(),
         message,

@@ -158,8 +158,24 @@ pub(crate) fn runtime_symbols() -> Vec<(&'static str, *const u8)> {
     v
 }
 
+thread_local! {
+    static COMPILATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has run Cranelift ([`compile`] or
+/// [`crate::aot::compile_object`]): lets tests show that a path never compiles.
+pub fn compilations_on_this_thread() -> usize {
+    COMPILATIONS.with(std::cell::Cell::get)
+}
+
+/// Counts one run of Cranelift on this thread.
+pub(crate) fn count_compilation() {
+    COMPILATIONS.with(|c| c.set(c.get() + 1));
+}
+
 /// Compiles kernels into one module for the host machine.
 pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
+    count_compilation();
     let mut jb = JITBuilder::with_isa(host_isa()?, default_libcall_names());
     for (name, addr) in runtime_symbols() {
         jb.symbol(name, addr);
