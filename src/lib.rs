@@ -39,6 +39,8 @@ pub use ir::{
 };
 /// The optimizer: pass registry, pipeline and options.
 pub use passes;
+/// The runtime crate: the interpreter, executables, the artifact container.
+pub use runtime;
 pub use runtime::exec::{CompileOptions, ExecError, Executable, RunStats};
 pub use runtime::interp::{self, InterpError};
 pub use runtime::Rng;
