@@ -61,28 +61,7 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
         pw,
     };
     // SAFETY: forwarded.
-    unsafe { plane(x, k, out, &g, simd()) }
-}
-
-/// Whether the AVX2 and FMA rows can run here (checked once).
-pub(crate) fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::atomic::{AtomicU8, Ordering};
-        static HAS: AtomicU8 = AtomicU8::new(0);
-        match HAS.load(Ordering::Relaxed) {
-            1 => false,
-            2 => true,
-            _ => {
-                let yes = std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma");
-                HAS.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                yes
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    unsafe { plane(x, k, out, &g, crate::avx2_fma()) }
 }
 
 /// # Safety
@@ -293,7 +272,7 @@ mod tests {
             let x: Vec<f32> = (0..g.h * g.w).map(|_| rnd()).collect();
             let k: Vec<f32> = (0..g.kh * g.kw).map(|_| rnd()).collect();
             let want = reference(&x, &k, &g);
-            for vector in [false, simd()] {
+            for vector in [false, crate::avx2_fma()] {
                 let mut out = vec![f32::NAN; (g.oh * g.ow) as usize];
                 // SAFETY: buffers sized for the geometry; `vector` only with AVX2 and FMA.
                 unsafe { plane(x.as_ptr(), k.as_ptr(), out.as_mut_ptr(), &g, vector) };

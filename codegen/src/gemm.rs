@@ -256,7 +256,7 @@ unsafe fn columns(
     hi: usize,
 ) {
     let b = bsrc.b;
-    let avx = avx2_fma();
+    let avx = crate::avx2_fma();
     // With few column panels, packing A costs as much as the product: the micro-kernel reads
     // full row tiles of a row-major A in place.
     let direct = avx && a.cs == 1 && a.rs > 0 && (hi - lo) <= 8;
@@ -459,7 +459,7 @@ unsafe fn thin(a: Mat, b: Mat, c: *mut f32, ldc: usize, m: usize, n: usize, k: u
             let w = j1 - j0;
             // SAFETY: forwarded from the caller; each part writes its own columns.
             unsafe {
-                match (m, avx2_fma()) {
+                match (m, crate::avx2_fma()) {
                     (1, true) => thin_rows_avx::<1>(a, b, c, ldc, w, k),
                     (2, true) => thin_rows_avx::<2>(a, b, c, ldc, w, k),
                     (3, true) => thin_rows_avx::<3>(a, b, c, ldc, w, k),
@@ -627,17 +627,6 @@ unsafe fn thin_rows_avx<const M: usize>(
 unsafe fn thin_rows<const M: usize>(a: Mat, b: Mat, c: *mut f32, ldc: usize, n: usize, k: usize) {
     // SAFETY: forwarded.
     unsafe { thin_rows_body::<M>(a, b, c, ldc, n, k) }
-}
-
-fn avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 fn micro_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {

@@ -14,3 +14,16 @@ pub mod lower;
 pub mod rows;
 pub mod stages;
 pub mod threads;
+
+/// Whether this CPU runs the library's AVX2 and FMA code (gemm, plane convs, row routines);
+/// they fall back to portable code otherwise. (The standard library caches the detection.)
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -12,7 +12,7 @@
 pub unsafe extern "C" fn kiln_row_max(row: *const f32, n: i64, init: f32) -> f32 {
     let n = n.max(0) as usize;
     #[cfg(target_arch = "x86_64")]
-    if crate::conv::simd() {
+    if crate::avx2_fma() {
         // SAFETY: the host has AVX2; forwarded.
         return unsafe { avx2::max(row, n, init) };
     }
@@ -28,7 +28,7 @@ pub unsafe extern "C" fn kiln_row_max(row: *const f32, n: i64, init: f32) -> f32
 pub unsafe extern "C" fn kiln_row_sum_f64(row: *const f32, n: i64, init: f64) -> f64 {
     let n = n.max(0) as usize;
     #[cfg(target_arch = "x86_64")]
-    if crate::conv::simd() {
+    if crate::avx2_fma() {
         // SAFETY: the host has AVX2; forwarded.
         return unsafe { avx2::sum(row, n, init) };
     }
@@ -45,7 +45,7 @@ pub unsafe extern "C" fn kiln_row_exp_sub(src: *const f32, dst: *mut f32, n: i64
     let n = n.max(0) as usize;
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::conv::simd() {
+    if crate::avx2_fma() {
         // SAFETY: the host has AVX2 and FMA; forwarded.
         i = unsafe { avx2::exp_sub(src, dst, n, s) };
     }
