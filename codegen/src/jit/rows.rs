@@ -6,7 +6,7 @@
 use cranelift_codegen::ir::{types, InstBuilder};
 use ir::{DType, Op};
 
-use super::simd::{mentions, well_formed};
+use super::simd::{mentions, reduction, well_formed, Reduction};
 use super::{Lower, R};
 use crate::kernel::{Expr, Stmt, VarId};
 
@@ -77,106 +77,87 @@ impl Lower<'_, '_> {
         let [s] = body else {
             return Ok(false);
         };
-        match s {
-            Stmt::Set {
-                var: acc,
-                value: Expr::Op { op, args, dtype },
-            } => {
-                let acc = *acc;
-                let [Expr::Var(a), e] = args.as_slice() else {
-                    return Ok(false);
-                };
-                if *a != acc || acc == var || acc >= k.vars.len() || k.vars[acc] != *dtype {
-                    return Ok(false);
-                }
-                let (name, e, ty) = match (op, dtype, e) {
-                    (Op::Max, DType::F32, e) => ("kiln_row_max", e, types::F32),
-                    (
-                        Op::Add,
-                        DType::F64,
-                        Expr::Op {
-                            op: Op::Cast { .. },
-                            args,
-                            dtype: DType::F64,
-                        },
-                    ) if args.len() == 1 => ("kiln_row_sum_f64", &args[0], types::F64),
-                    _ => return Ok(false),
-                };
-                let Some((buf, off)) = self.row_load(e, var) else {
-                    return Ok(false);
-                };
-                if mentions(&off, &|w| w == acc) {
-                    return Ok(false);
-                }
-                let p = self.address(buf, &off)?;
-                let n = self.expr_of(extent, DType::I64, "a loop extent")?;
-                let (accv, _) = self.var(acc)?;
-                let cur = self.b.use_var(accv);
-                let f = self.import(name, &[self.ptr, types::I64, ty], Some(ty))?;
-                let call = self.b.ins().call(f, &[p, n, cur]);
-                let r = self.b.inst_results(call)[0];
-                self.def(accv, r)?;
-                Ok(true)
+        if let Some(Reduction { acc, op, dtype, e }) = reduction(k, var, body) {
+            // Max along a row, or the f64 sum (min has no routine).
+            let (name, ty) = match (op, dtype) {
+                (Op::Max, DType::F32) => ("kiln_row_max", types::F32),
+                (Op::Add, DType::F64) => ("kiln_row_sum_f64", types::F64),
+                _ => return Ok(false),
+            };
+            let Some((buf, off)) = self.row_load(e, var) else {
+                return Ok(false);
+            };
+            if mentions(&off, &|w| w == acc) {
+                return Ok(false);
             }
-            Stmt::Store { buf, index, value } if vector => {
-                let dst = *buf;
-                if dst >= k.bufs.len() || k.bufs[dst].dtype != DType::F32 {
-                    return Ok(false);
-                }
-                let Some(doff) = contiguous(index, var) else {
-                    return Ok(false);
-                };
-                let Expr::Op {
-                    op: Op::Exp,
-                    args,
-                    dtype: DType::F32,
-                } = value
-                else {
-                    return Ok(false);
-                };
-                let [arg] = args.as_slice() else {
-                    return Ok(false);
-                };
-                let (x, s) = match arg {
-                    Expr::Op {
-                        op: Op::Sub,
-                        args,
-                        dtype: DType::F32,
-                    } if args.len() == 2 => (&args[0], Some(&args[1])),
-                    x => (x, None),
-                };
-                let Some((src, soff)) = self.row_load(x, var) else {
-                    return Ok(false);
-                };
-                // In place, or apart (distinct buffers never overlap).
-                if src == dst && soff != doff {
-                    return Ok(false);
-                }
-                if let Some(s) = s {
-                    if !well_formed(k, s)
-                        || s.dtype(k) != DType::F32
-                        || mentions(s, &|w| w == var)
-                        || reads(s, dst)
-                    {
-                        return Ok(false);
-                    }
-                }
-                let sp = self.address(src, &soff)?;
-                let dp = self.address(dst, &doff)?;
-                let n = self.expr_of(extent, DType::I64, "a loop extent")?;
-                let sv = match s {
-                    Some(s) => self.expr_of(s, DType::F32, "a row's shift")?,
-                    None => self.b.ins().f32const(0.0),
-                };
-                let f = self.import(
-                    "kiln_row_exp_sub",
-                    &[self.ptr, self.ptr, types::I64, types::F32],
-                    None,
-                )?;
-                self.b.ins().call(f, &[sp, dp, n, sv]);
-                Ok(true)
-            }
-            _ => Ok(false),
+            let p = self.address(buf, &off)?;
+            let n = self.expr_of(extent, DType::I64, "a loop extent")?;
+            let (accv, _) = self.var(acc)?;
+            let cur = self.b.use_var(accv);
+            let f = self.import(name, &[self.ptr, types::I64, ty], Some(ty))?;
+            let call = self.b.ins().call(f, &[p, n, cur]);
+            let r = self.b.inst_results(call)[0];
+            self.def(accv, r)?;
+            return Ok(true);
         }
+        let (Stmt::Store { buf, index, value }, true) = (s, vector) else {
+            return Ok(false);
+        };
+        let dst = *buf;
+        if dst >= k.bufs.len() || k.bufs[dst].dtype != DType::F32 {
+            return Ok(false);
+        }
+        let Some(doff) = contiguous(index, var) else {
+            return Ok(false);
+        };
+        let Expr::Op {
+            op: Op::Exp,
+            args,
+            dtype: DType::F32,
+        } = value
+        else {
+            return Ok(false);
+        };
+        let [arg] = args.as_slice() else {
+            return Ok(false);
+        };
+        let (x, s) = match arg {
+            Expr::Op {
+                op: Op::Sub,
+                args,
+                dtype: DType::F32,
+            } if args.len() == 2 => (&args[0], Some(&args[1])),
+            x => (x, None),
+        };
+        let Some((src, soff)) = self.row_load(x, var) else {
+            return Ok(false);
+        };
+        // In place, or apart (distinct buffers never overlap).
+        if src == dst && soff != doff {
+            return Ok(false);
+        }
+        if let Some(s) = s {
+            if !well_formed(k, s)
+                || s.dtype(k) != DType::F32
+                || mentions(s, &|w| w == var)
+                || reads(s, dst)
+            {
+                return Ok(false);
+            }
+        }
+        let sp = self.address(src, &soff)?;
+        let dp = self.address(dst, &doff)?;
+        let n = self.expr_of(extent, DType::I64, "a loop extent")?;
+        let sv = match s {
+            Some(s) => self.expr_of(s, DType::F32, "a row's shift")?,
+            None => self.b.ins().f32const(0.0),
+        };
+        let f = self.import(
+            "kiln_row_exp_sub",
+            &[self.ptr, self.ptr, types::I64, types::F32],
+            None,
+        )?;
+        self.b.ins().call(f, &[sp, dp, n, sv]);
+        Ok(true)
     }
 }

@@ -150,6 +150,51 @@ pub(super) fn mentions(e: &Expr, f: &dyn Fn(VarId) -> bool) -> bool {
     }
 }
 
+/// A reduction loop's body (see the module docs): `acc = op(acc, e)` with `e` an f32 value of
+/// the loop's iteration that does not read `acc` (the f64 sum's cast taken off).
+pub(super) struct Reduction<'k> {
+    pub acc: VarId,
+    pub op: &'k Op,
+    /// f32 for max and min, f64 for the sum.
+    pub dtype: DType,
+    pub e: &'k Expr,
+}
+
+/// The reduction `body` of loop `var` performs, if it is one.
+pub(super) fn reduction<'k>(k: &Kernel, var: VarId, body: &'k [Stmt]) -> Option<Reduction<'k>> {
+    let [Stmt::Set {
+        var: acc,
+        value: Expr::Op { op, args, dtype },
+    }] = body
+    else {
+        return None;
+    };
+    let (acc, dtype) = (*acc, *dtype);
+    let [Expr::Var(a), e] = args.as_slice() else {
+        return None;
+    };
+    if *a != acc || acc == var || acc >= k.vars.len() || k.vars[acc] != dtype {
+        return None;
+    }
+    let e = match (op, dtype, e) {
+        (Op::Max | Op::Min, DType::F32, e) => e,
+        (
+            Op::Add,
+            DType::F64,
+            Expr::Op {
+                op: Op::Cast { .. },
+                args,
+                dtype: DType::F64,
+            },
+        ) if args.len() == 1 => &args[0],
+        _ => return None,
+    };
+    if !well_formed(k, e) || e.dtype(k) != DType::F32 || mentions(e, &|w| w == acc) {
+        return None;
+    }
+    Some(Reduction { acc, op, dtype, e })
+}
+
 /// Whether every variable and buffer `e` names exists (so that `Expr::dtype` is safe).
 pub(super) fn well_formed(k: &Kernel, e: &Expr) -> bool {
     match e {
@@ -246,37 +291,9 @@ impl Lower<'_, '_> {
     /// Lowers a reduction loop (see the module docs) as SIMD code; false (nothing emitted) if
     /// the loop is not one.
     pub(super) fn reduction_loop(&mut self, var: VarId, extent: &Expr, body: &[Stmt]) -> R<bool> {
-        let k = self.k;
-        let [Stmt::Set {
-            var: acc,
-            value: Expr::Op { op, args, dtype },
-        }] = body
-        else {
+        let Some(Reduction { acc, op, dtype, e }) = reduction(self.k, var, body) else {
             return Ok(false);
         };
-        let (acc, dtype) = (*acc, *dtype);
-        let [Expr::Var(a), e] = args.as_slice() else {
-            return Ok(false);
-        };
-        if *a != acc || acc == var || acc >= k.vars.len() || k.vars[acc] != dtype {
-            return Ok(false);
-        }
-        let e = match (op, dtype, e) {
-            (Op::Max | Op::Min, DType::F32, e) => e,
-            (
-                Op::Add,
-                DType::F64,
-                Expr::Op {
-                    op: Op::Cast { .. },
-                    args,
-                    dtype: DType::F64,
-                },
-            ) if args.len() == 1 => &args[0],
-            _ => return Ok(false),
-        };
-        if !well_formed(k, e) || e.dtype(k) != DType::F32 || mentions(e, &|w| w == acc) {
-            return Ok(false);
-        }
         let cx = Cx {
             var,
             temps: HashSet::new(),
