@@ -833,33 +833,24 @@ impl Lower<'_, '_> {
     /// range are rounded once and large ones overflow to inf.
     fn vexp(&mut self, x: Value) -> Value {
         let x = self.vclamp(x, -104.0, 89.0);
-        let log2e = self.splat_f32(std::f32::consts::LOG2_E);
+        use crate::rows::{C1, C2, LOG2E, MAGIC, P};
+        let log2e = self.splat_f32(LOG2E);
         let t = self.b.ins().fmul(x, log2e);
         // n = t rounded to the nearest integer, ties to even (as `nearest`): adding 1.5 · 2^23
         // leaves no fraction bits, and the low bits of the sum are then n as an integer.
-        let magic = self.splat_f32(12_582_912.0);
+        let magic = self.splat_f32(MAGIC);
         let tm = self.b.ins().fadd(t, magic);
         let n = self.b.ins().fsub(tm, magic);
         let tmi = self.b.ins().bitcast(types::I32X4, le(), tm);
         let mi = self.splat_i32(0x4b40_0000);
         let ni = self.b.ins().isub(tmi, mi);
-        let c1 = self.splat_f32(0.693_359_4);
-        let c2 = self.splat_f32(-2.121_944_4e-4);
+        let c1 = self.splat_f32(C1);
+        let c2 = self.splat_f32(C2);
         let a = self.b.ins().fmul(n, c1);
         let r = self.b.ins().fsub(x, a);
         let b = self.b.ins().fmul(n, c2);
         let r = self.b.ins().fsub(r, b);
-        let p = self.vpoly(
-            &[
-                1.987_569_1e-4,
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                1.666_666_5e-1,
-                5e-1,
-            ],
-            r,
-        );
+        let p = self.vpoly(&P, r);
         let r2 = self.b.ins().fmul(r, r);
         let y = self.b.ins().fmul(p, r2);
         let y = self.b.ins().fadd(y, r);
