@@ -117,15 +117,7 @@ pub fn load(bytes: &[u8], opts: &CompileOptions) -> Result<Executable, Error> {
     let section = |name: &'static str| a.section(name).ok_or(AotError::MissingSection(name));
     let weights = read_weights(section("weights.index")?, section("weights")?)?;
     let text = std::str::from_utf8(section("graph")?).map_err(|e| bad("graph")(&e))?;
-    let module = ir::parse_module_with(text, &weights).map_err(|e| bad("graph")(&e))?;
-    let g = module
-        .graphs()
-        .next()
-        .ok_or(AotError::Bad {
-            what: "graph",
-            message: "no function".into(),
-        })?
-        .clone();
+    let g = ir::parse_graph_with(text, &weights).map_err(|e| bad("graph")(&e))?;
     let count: [u8; 8] = section("kernels")?.try_into().map_err(|_| AotError::Bad {
         what: "kernel count",
         message: "not 8 bytes".into(),

@@ -87,7 +87,16 @@ pub fn parse_module_with(
 
 /// Parses a text holding exactly one function.
 pub fn parse_graph(text: &str) -> Result<Graph, ParseError> {
-    let mut m = parse_module(text)?;
+    parse_graph_with(text, &BTreeMap::new())
+}
+
+/// [`parse_graph`] with external data for `extern` named constants (see
+/// [`parse_module_with`]).
+pub fn parse_graph_with(
+    text: &str,
+    external: &BTreeMap<String, Tensor>,
+) -> Result<Graph, ParseError> {
+    let mut m = parse_module_with(text, external)?;
     match m.funcs.len() {
         1 => Ok(m.funcs.remove(0).graph),
         n => Err(ParseError {
