@@ -521,10 +521,8 @@ impl Executable {
         let g = &self.graph;
         let outputs: std::collections::HashSet<Value> =
             g.outputs().iter().map(|(_, v)| *v).collect();
-        let size = |what: &dyn Fn() -> String, dtype: ir::DType, n: &ir::Dim| {
-            let n = n
-                .eval(&|s| env.get(s).copied())
-                .map_err(|e| format!("{}: {e}", what()))?;
+        // Bytes of `n` elements of `dtype`, at most 8 GiB.
+        let size = |what: &dyn Fn() -> String, dtype: ir::DType, n: i64| {
             let bytes = u64::try_from(n)
                 .ok()
                 .and_then(|n| dtype.storage_bytes(n))
@@ -534,6 +532,21 @@ impl Executable {
             }
             Ok(bytes)
         };
+        let threads = 1 + self.threads.as_ref().map_or(0, |p| p.len());
+        let mut resolved = Vec::with_capacity(self.order.len());
+        for (pos, step) in self.steps.iter().enumerate() {
+            resolved.push(match step {
+                Some(Step::Native { lowered, stages }) => {
+                    Some(resolve(lowered, stages, env, threads).map_err(|message| {
+                        ExecError::Node {
+                            node: self.labels[pos].clone(),
+                            message,
+                        }
+                    })?)
+                }
+                _ => None,
+            });
+        }
         // Planned buffers as (position, kernel buffer).
         let (mut items, mut keys) = (Vec::new(), Vec::new());
         for (pos, &id) in self.order.iter().enumerate() {
@@ -559,13 +572,19 @@ impl Executable {
                         let ty = types
                             .get(i)
                             .ok_or_else(|| fail("a result without a type".into()))?;
+                        let what = || format!("result {i}");
                         let n = ty.shape.numel().map_err(|e| fail(e.to_string()))?;
-                        let bytes = size(&|| format!("result {i}"), ty.dtype, &n).map_err(fail)?;
+                        let n = n
+                            .eval(&|s| env.get(s).copied())
+                            .map_err(|e| fail(format!("{}: {e}", what())))?;
+                        let bytes = size(&what, ty.dtype, n).map_err(fail)?;
                         (bytes, self.last_use.get(&v).copied().unwrap_or(pos))
                     }
                     BufKind::Scratch => {
+                        // Its length under this binding, as the step's resolution has it.
+                        let lens = &resolved[pos].as_ref().expect("native steps resolve").lens;
                         let what = || format!("buffer {}", buf.name);
-                        (size(&what, buf.dtype, &buf.len).map_err(fail)?, pos)
+                        (size(&what, buf.dtype, lens[b] as i64).map_err(fail)?, pos)
                     }
                     _ => continue,
                 };
@@ -576,21 +595,6 @@ impl Executable {
                 });
                 keys.push((pos, b));
             }
-        }
-        let threads = 1 + self.threads.as_ref().map_or(0, |p| p.len());
-        let mut resolved = Vec::with_capacity(self.order.len());
-        for (pos, step) in self.steps.iter().enumerate() {
-            resolved.push(match step {
-                Some(Step::Native { lowered, stages }) => {
-                    Some(resolve(lowered, stages, env, threads).map_err(|message| {
-                        ExecError::Node {
-                            node: self.labels[pos].clone(),
-                            message,
-                        }
-                    })?)
-                }
-                _ => None,
-            });
         }
         let p = crate::plan::plan(&items);
         for ((pos, b), off) in keys.into_iter().zip(p.offsets) {
