@@ -19,6 +19,7 @@
 //! ```
 
 pub mod artifact;
+pub mod clib;
 pub mod format;
 pub mod graphviz;
 pub mod npz;
@@ -64,6 +65,8 @@ pub enum Error {
     MissingInput { name: String, expected: Vec<String> },
     #[error(transparent)]
     Artifact(#[from] artifact::AotError),
+    #[error("building the shared library: {0}")]
+    SharedLibrary(String),
 }
 
 impl From<ir::ParseError> for Error {

@@ -421,9 +421,27 @@ struct CompileArgs {
     /// The function to compile (default: @main, else the first function)
     #[arg(long)]
     func: Option<String>,
-    /// Where to write the artifact
+    /// Where to write the result
     #[arg(long, short, value_name = "FILE")]
     output: PathBuf,
+    /// The machine the code is for: host (this one), an x86-64 level (x86-64, x86-64-v2,
+    /// x86-64-v3, x86-64-v4) or a CPU (haswell, skylake, znver3, ...)
+    #[arg(long, default_value = "host")]
+    target: String,
+    /// What to write: kiln (an artifact for `kiln run` and `Executable` loading), obj (the
+    /// kernels' relocatable object file), so (a shared library with a C ABI, and its header
+    /// next to it), kir (the optimized graph as text). Default: from the output's extension
+    /// (.so, .o, .kir), else kiln
+    #[arg(long, value_enum)]
+    emit: Option<Emit>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Emit {
+    Kiln,
+    Obj,
+    So,
+    Kir,
 }
 
 #[derive(clap::Args)]
@@ -913,15 +931,45 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
 
 fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
+    let out = &a.output;
+    let emit = a
+        .emit
+        .unwrap_or_else(|| match out.extension().and_then(|e| e.to_str()) {
+            Some("so") => Emit::So,
+            Some("o") => Emit::Obj,
+            Some("kir") => Emit::Kir,
+            _ => Emit::Kiln,
+        });
     let g = load_graph(&a.file, a.func.as_deref())?;
     let optimized = kiln::optimize(&g, None, &HashMap::new())?;
-    let bytes = kiln::artifact::compile(&optimized, &Default::default())?;
-    std::fs::write(&a.output, &bytes)
-        .map_err(|e| Failure(format!("cannot write {}: {e}", a.output.display())))?;
+    let write = |bytes: &[u8]| {
+        std::fs::write(out, bytes)
+            .map_err(|e| Failure(format!("cannot write {}: {e}", out.display())))
+    };
+    let mut also = String::new();
+    let bytes = match emit {
+        Emit::Kir => {
+            let text = kiln::print_graph(&optimized);
+            write(text.as_bytes())?;
+            text.len()
+        }
+        Emit::Kiln | Emit::Obj | Emit::So => {
+            let bytes = kiln::artifact::compile(&optimized, &Default::default(), &a.target)?;
+            match emit {
+                Emit::Kiln => write(&bytes)?,
+                Emit::Obj => write(kiln::artifact::object_code(&bytes)?)?,
+                _ => {
+                    let about = format!("{} (@{})", a.file.display(), optimized.name());
+                    let header = kiln::clib::build(&bytes, &optimized, &about, out)?;
+                    also = format!(" and {}", header.display());
+                }
+            }
+            std::fs::metadata(out).map_or(bytes.len() as u64, |m| m.len()) as usize
+        }
+    };
     eprintln!(
-        "wrote {} ({} bytes) in {:.1} ms",
-        a.output.display(),
-        bytes.len(),
+        "wrote {} ({bytes} bytes){also} in {:.1} ms",
+        out.display(),
         started.elapsed().as_secs_f64() * 1e3
     );
     Ok(())

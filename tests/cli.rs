@@ -402,3 +402,156 @@ fn compiled_artifacts_run_like_the_model_and_damaged_ones_are_errors() {
     let (_, se) = expect(&["run", s(&art), "--interp"], false);
     assert!(se.contains("compiled artifact"), "{se}");
 }
+
+/// The value examples/c/main.c gives element `i` of a float input.
+fn c_example_value(i: usize) -> f32 {
+    ((i * 7 % 11) as f32 - 5.0) / 4.0
+}
+
+#[test]
+fn the_c_example_runs_a_shared_library_from_kiln_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libmodel.so");
+    let (_, se) = expect(&["compile", "examples/mlp.kir", "-o", s(&lib)], true);
+    assert!(se.contains("model.h"), "{se}");
+    let header = std::fs::read_to_string(dir.path().join("model.h")).unwrap();
+    for needed in [
+        "kiln_model *kiln_model_create(void);",
+        "int kiln_model_run(",
+        "void kiln_model_destroy(kiln_model *model);",
+        "const char *kiln_last_error(void);",
+        "\"x\": f32[batch, 4]",
+        "KILN_INPUT_NAMES[] = {\"x\", NULL};",
+    ] {
+        assert!(header.contains(needed), "model.h lacks {needed}:\n{header}");
+    }
+    // The system C compiler builds the example against the library alone.
+    let app = dir.path().join("app");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-Wall", "-Werror", "examples/c/main.c", "-I"])
+        .arg(dir.path())
+        .arg("-L")
+        .arg(dir.path())
+        .arg("-lmodel")
+        .arg(format!("-Wl,-rpath,{}", dir.path().display()))
+        .arg("-o")
+        .arg(&app)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    // Run with an environment that has no Rust toolchain in reach.
+    let ran = Command::new(&app)
+        .arg("3")
+        .env_clear()
+        .output()
+        .expect("run the C example");
+    let (so, se) = (text(&ran.stdout), text(&ran.stderr));
+    assert!(ran.status.success(), "stdout:\n{so}\nstderr:\n{se}");
+    assert!(
+        so.contains("without inputs: missing input \"x\""),
+        "errors reach C as text:\n{so}"
+    );
+    let mut lines = so.lines().skip_while(|l| !l.starts_with("output "));
+    assert_eq!(lines.next(), Some("output probs 2 [3, 3]"), "{so}");
+    let got: Vec<f32> = lines.map(|l| l.parse().unwrap()).collect();
+    // The same model compiled in this process, on the same inputs.
+    let g = kiln::parse_graph(include_str!("../examples/mlp.kir")).unwrap();
+    let g = kiln::optimize(&g, None, &Default::default()).unwrap();
+    let exe = kiln::compile(&g, &Default::default()).unwrap();
+    let x: Vec<f32> = (0..12).map(c_example_value).collect();
+    let x = Tensor::new(vec![3, 4], kiln::Data::F32(x)).unwrap();
+    let want = exe.run(&[x]).unwrap();
+    let want = want[0].as_slice::<f32>().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 1e-6, "C got {got:?}, Rust {want:?}");
+    }
+    // The library exports its C interface and nothing else of the runtime.
+    if let Ok(nm) = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&lib)
+        .output()
+    {
+        let mut exported: Vec<String> = text(&nm.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2).map(String::from))
+            .collect();
+        exported.sort();
+        assert_eq!(
+            exported,
+            [
+                "kiln_last_error",
+                "kiln_model_create",
+                "kiln_model_destroy",
+                "kiln_model_run"
+            ]
+        );
+    }
+}
+
+#[test]
+fn compile_emits_objects_and_ir_and_knows_its_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = dir.path().join("mlp.o");
+    expect(&["compile", "examples/mlp.kir", "-o", s(&obj)], true);
+    let bytes = std::fs::read(&obj).unwrap();
+    assert!(bytes.starts_with(b"\x7fELF"), "not an object file");
+    assert!(
+        bytes.windows(13).any(|w| w == b"kiln_kernel_0"),
+        "the object names its kernels"
+    );
+    let kir = dir.path().join("out.txt");
+    expect(
+        &[
+            "compile",
+            "examples/mlp.kir",
+            "--emit",
+            "kir",
+            "-o",
+            s(&kir),
+        ],
+        true,
+    );
+    let text = std::fs::read_to_string(&kir).unwrap();
+    kiln::parse_graph(&text).expect("--emit kir writes the optimized graph as .kir");
+    // A named x86-64 level: the artifact records what it needs and runs where that holds.
+    let v2 = dir.path().join("v2.kiln");
+    expect(
+        &[
+            "compile",
+            "examples/mlp.kir",
+            "--target",
+            "x86-64-v2",
+            "-o",
+            s(&v2),
+        ],
+        true,
+    );
+    let host = dir.path().join("host.kiln");
+    expect(&["compile", "examples/mlp.kir", "-o", s(&host)], true);
+    let a = std::fs::read(&v2).unwrap();
+    let features = |bytes: &[u8]| kiln::runtime::artifact::read(bytes).unwrap().features;
+    assert!(features(&a).contains(&"has_sse42".to_string()));
+    assert!(!features(&a).contains(&"has_avx2".to_string()));
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        let run = |m: &Path| expect(&["run", s(m), "--random-inputs", "--dim", "batch=2"], true).0;
+        assert_eq!(run(&v2), run(&host));
+    }
+    let (_, se) = expect(
+        &[
+            "compile",
+            "examples/mlp.kir",
+            "--target",
+            "pdp11",
+            "-o",
+            s(&v2),
+        ],
+        false,
+    );
+    assert!(
+        se.contains("unknown target `pdp11`") && se.contains("x86-64-v3"),
+        "{se}"
+    );
+}

@@ -20,7 +20,7 @@ fn corpus() -> &'static [Vec<u8>] {
             .iter()
             .map(|g| {
                 let o = kiln::optimize(g, None, &Default::default()).unwrap();
-                kiln::artifact::compile(&o, &Default::default()).unwrap()
+                kiln::artifact::compile(&o, &Default::default(), "host").unwrap()
             })
             .collect()
     })

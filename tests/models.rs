@@ -73,7 +73,7 @@ fn check_model(dir: &Path) -> Result<(), String> {
             .collect::<String>()
     );
     // The ahead-of-time path: compiled into artifact bytes, loaded without the JIT.
-    let bytes = kiln::artifact::compile(&optimized, &Default::default())
+    let bytes = kiln::artifact::compile(&optimized, &Default::default(), "host")
         .map_err(|e| format!("compiling an artifact: {e}"))?;
     let from_artifact = kiln::artifact::load(&bytes, &Default::default())
         .map_err(|e| format!("loading the artifact: {e}"))?;

@@ -4,11 +4,14 @@
 //! mapping, relocations patched against the library functions kernels call
 //! ([`crate::jit`]'s runtime symbols), then the mapping made read-only and executable.
 //!
-//! The object is for the host the compiler ran on (its ISA flags); checking that a loading
-//! CPU has the features it needs is the caller's (the artifact's header records them).
+//! The object is for a [target](isa): the host the compiler runs on (its CPU's features), an
+//! x86-64 level (`x86-64-v3`) or a CPU Cranelift knows (`skylake`, `znver3`); checking that a
+//! loading CPU has the features it needs is the caller's (the artifact's header records them).
 
 use std::collections::HashMap;
 
+use cranelift_codegen::isa::{OwnedTargetIsa, TargetIsa};
+use cranelift_codegen::settings::Configurable;
 use cranelift_module::{default_libcall_names, Linkage};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use object::{
@@ -21,29 +24,68 @@ use crate::kernel::Kernel;
 
 /// Compiles kernels into an object file for the host (see the module docs).
 pub fn compile_object(kernels: &[Kernel]) -> Result<Vec<u8>, JitError> {
+    compile_object_for(crate::jit::host_isa()?, kernels)
+}
+
+/// Compiles kernels into an object file for `isa` (from [`isa`]).
+pub fn compile_object_for(isa: OwnedTargetIsa, kernels: &[Kernel]) -> Result<Vec<u8>, JitError> {
     crate::jit::count_compilation();
     let backend = |message: String| JitError::Backend {
         kernel: "<object>".into(),
         message,
     };
-    let builder = ObjectBuilder::new(crate::jit::host_isa()?, "kiln", default_libcall_names())
+    let builder = ObjectBuilder::new(isa, "kiln", default_libcall_names())
         .map_err(|e| backend(e.to_string()))?;
     let mut module = ObjectModule::new(builder);
     crate::jit::define_all(&mut module, kernels, Linkage::Export)?;
     module.finish().emit().map_err(|e| backend(e.to_string()))
 }
 
+/// The code generator for a target: `host` (this machine's CPU and its features), or a
+/// Cranelift CPU preset for this machine's architecture — an x86-64 level (`x86-64`,
+/// `x86-64-v2`, `x86-64-v3`, `x86-64-v4`) or a CPU (`haswell`, `skylake`, `znver3`, ...).
+pub fn isa(target: &str) -> Result<OwnedTargetIsa, JitError> {
+    if target == "host" {
+        return crate::jit::host_isa();
+    }
+    let fail = |m: String| JitError::Host(m);
+    let triple = target_lexicon::Triple::host();
+    let mut builder = cranelift_codegen::isa::lookup(triple.clone())
+        .map_err(|e| fail(format!("{triple}: {e}")))?;
+    let presets: Vec<String> = builder
+        .iter()
+        .filter(|s| matches!(s.kind, cranelift_codegen::settings::SettingKind::Preset))
+        .map(|s| s.name.to_string())
+        .collect();
+    if !presets.iter().any(|p| p == target) {
+        return Err(fail(format!(
+            "unknown target `{target}` for {triple}: use host or one of {}",
+            presets.join(", ")
+        )));
+    }
+    builder
+        .enable(target)
+        .map_err(|e| fail(format!("target `{target}`: {e}")))?;
+    builder
+        .finish(crate::jit::shared_flags()?)
+        .map_err(|e| fail(format!("target `{target}`: {e}")))
+}
+
 /// The target triple and the CPU features (Cranelift's names, `has_avx2`, ...) that code from
 /// [`compile_object`] assumes: what this machine's code generator enables.
 pub fn target() -> Result<(String, Vec<String>), JitError> {
-    let isa = crate::jit::host_isa()?;
+    Ok(describe(&*crate::jit::host_isa()?))
+}
+
+/// An ISA's target triple and the CPU features (`has_avx2`, ...) its code assumes.
+pub fn describe(isa: &dyn TargetIsa) -> (String, Vec<String>) {
     let features = isa
         .isa_flags()
         .iter()
         .filter(|f| f.name.starts_with("has_") && f.as_bool() == Some(true))
         .map(|f| f.name.to_string())
         .collect();
-    Ok((isa.triple().to_string(), features))
+    (isa.triple().to_string(), features)
 }
 
 /// Why an object could not be loaded.

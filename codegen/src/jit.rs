@@ -119,16 +119,23 @@ impl Drop for Compiled {
 /// optimizing for speed, library functions called by absolute address.
 pub(crate) fn host_isa() -> Result<cranelift_codegen::isa::OwnedTargetIsa, JitError> {
     let host = |e: &dyn std::fmt::Display| JitError::Host(e.to_string());
+    cranelift_native::builder()
+        .map_err(|e| host(&e))?
+        .finish(shared_flags()?)
+        .map_err(|e| host(&e))
+}
+
+/// The settings every kiln ISA shares: optimizing for speed, library functions called by
+/// absolute address.
+pub(crate) fn shared_flags() -> Result<settings::Flags, JitError> {
+    let host = |e: &dyn std::fmt::Display| JitError::Host(e.to_string());
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| host(&e))?;
     flags
         .set("use_colocated_libcalls", "false")
         .map_err(|e| host(&e))?;
     flags.set("is_pic", "false").map_err(|e| host(&e))?;
-    cranelift_native::builder()
-        .map_err(|e| host(&e))?
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| host(&e))
+    Ok(settings::Flags::new(flags))
 }
 
 /// Every library function kernels may call, by the name their code refers to it.

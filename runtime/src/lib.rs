@@ -3,6 +3,7 @@
 //! of ahead-of-time artifacts ([`artifact`]); deterministic random tensors ([`Rng`]). It
 //! depends on `ir` and `codegen` only.
 
+pub mod aot;
 pub mod artifact;
 pub mod interp;
 mod plan;

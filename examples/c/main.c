@@ -1,0 +1,113 @@
+/* A C program running a model compiled by `kiln compile MODEL -o DIR/libmodel.so`, which
+ * also writes DIR/model.h. Build and run it (see README.md):
+ *
+ *     cc examples/c/main.c -I DIR -L DIR -lmodel -Wl,-rpath,DIR -o DIR/app
+ *     DIR/app [SIZE]
+ *
+ * Every input gets deterministic values (named dimensions are SIZE, default 2); every output
+ * is printed as "output NAME DTYPE [SHAPE]" followed by its elements, one per line.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+/* Bytes of `n` elements of a dtype (types narrower than a byte take one each). */
+static size_t element_bytes(int32_t dtype) {
+    switch (dtype) {
+    case KILN_F64: case KILN_I64: case KILN_U64: return 8;
+    case KILN_F32: case KILN_I32: case KILN_U32: return 4;
+    case KILN_F16: case KILN_BF16: case KILN_I16: case KILN_U16: return 2;
+    default: return 1;
+    }
+}
+
+/* The i-th input value: small numbers of both signs. */
+static double value(size_t i) { return (double)((long)(i * 7 % 11) - 5) / 4.0; }
+
+static void fill(kiln_buffer *b, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double v = value(i);
+        switch (b->dtype) {
+        case KILN_F32: ((float *)b->data)[i] = (float)v; break;
+        case KILN_F64: ((double *)b->data)[i] = v; break;
+        case KILN_I32: ((int32_t *)b->data)[i] = (int32_t)(i % 3); break;
+        case KILN_I64: ((int64_t *)b->data)[i] = (int64_t)(i % 3); break;
+        case KILN_BOOL: ((uint8_t *)b->data)[i] = (uint8_t)(i % 2); break;
+        default: ((uint8_t *)b->data)[i] = (uint8_t)(i % 3); break;
+        }
+    }
+}
+
+static void print(const kiln_buffer *b) {
+    size_t n = 1;
+    printf("output %s %d [", b->name, b->dtype);
+    for (uint32_t a = 0; a < b->rank; a++) {
+        printf(a ? ", %lld" : "%lld", (long long)b->shape[a]);
+        n *= (size_t)b->shape[a];
+    }
+    printf("]\n");
+    for (size_t i = 0; i < n; i++) {
+        switch (b->dtype) {
+        case KILN_F32: printf("%.9g\n", ((const float *)b->data)[i]); break;
+        case KILN_F64: printf("%.17g\n", ((const double *)b->data)[i]); break;
+        case KILN_I32: printf("%d\n", ((const int32_t *)b->data)[i]); break;
+        case KILN_I64: printf("%lld\n", (long long)((const int64_t *)b->data)[i]); break;
+        default: printf("%u\n", ((const uint8_t *)b->data)[i]); break;
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    int64_t size = argc > 1 ? atoll(argv[1]) : 2;
+    kiln_model *model = kiln_model_create();
+    if (!model) {
+        fprintf(stderr, "cannot load the model: %s\n", kiln_last_error());
+        return 1;
+    }
+    /* Errors are values: running without inputs says what is missing. */
+    if (kiln_model_run(model, NULL, 0, NULL, 0) != 0)
+        printf("without inputs: %s\n", kiln_last_error());
+
+    kiln_buffer inputs[KILN_MODEL_INPUTS + 1];
+    for (int i = 0; i < KILN_MODEL_INPUTS; i++) {
+        kiln_buffer *b = &inputs[i];
+        size_t n = 1;
+        memset(b, 0, sizeof *b);
+        b->name = KILN_INPUT_NAMES[i];
+        b->dtype = KILN_INPUT_DTYPES[i];
+        b->rank = KILN_INPUT_RANKS[i];
+        for (uint32_t a = 0; a < b->rank; a++) {
+            b->shape[a] = KILN_INPUT_SHAPES[i][a] < 0 ? size : KILN_INPUT_SHAPES[i][a];
+            n *= (size_t)b->shape[a];
+        }
+        b->bytes = n * element_bytes(b->dtype);
+        b->data = malloc(b->bytes ? b->bytes : 1);
+        fill(b, n);
+    }
+    kiln_buffer outputs[KILN_MODEL_OUTPUTS + 1];
+    memset(outputs, 0, sizeof outputs);
+    for (int i = 0; i < KILN_MODEL_OUTPUTS; i++)
+        outputs[i].name = KILN_OUTPUT_NAMES[i];
+    /* The first run learns how much room the outputs need. */
+    int status = kiln_model_run(model, inputs, KILN_MODEL_INPUTS, outputs, KILN_MODEL_OUTPUTS);
+    if (status != 0) {
+        for (int i = 0; i < KILN_MODEL_OUTPUTS; i++)
+            outputs[i].data = malloc(outputs[i].bytes ? outputs[i].bytes : 1);
+        status = kiln_model_run(model, inputs, KILN_MODEL_INPUTS, outputs, KILN_MODEL_OUTPUTS);
+    }
+    if (status != 0) {
+        fprintf(stderr, "run failed: %s\n", kiln_last_error());
+        kiln_model_destroy(model);
+        return 1;
+    }
+    for (int i = 0; i < KILN_MODEL_OUTPUTS; i++)
+        print(&outputs[i]);
+    for (int i = 0; i < KILN_MODEL_INPUTS; i++)
+        free(inputs[i].data);
+    for (int i = 0; i < KILN_MODEL_OUTPUTS; i++)
+        free(outputs[i].data);
+    kiln_model_destroy(model);
+    return 0;
+}

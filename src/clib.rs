@@ -1,0 +1,160 @@
+//! Shared libraries with a C ABI (`kiln compile --emit so`): a model's artifact embedded in
+//! kiln's C runtime (the `kiln-capi` static library) by the system C compiler, with a
+//! generated header. The library holds the code and the weights; programs using it need no
+//! Rust toolchain and no kiln.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Error, Graph};
+
+/// The static library every model library links, as cargo names it.
+const RUNTIME_LIB: &str = "libkiln_capi.a";
+
+/// What the static library needs from the system (`rustc --print native-static-libs`).
+const NATIVE_LIBS: [&str; 7] = [
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
+
+fn fail(m: impl Into<String>) -> Error {
+    Error::SharedLibrary(m.into())
+}
+
+/// Where kiln's C runtime library is: `$KILN_CAPI_LIB`, else next to the running kiln (cargo
+/// builds it there with the binary), else in `../lib` from it (an installed layout).
+pub fn runtime_library() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os("KILN_CAPI_LIB") {
+        let p = PathBuf::from(p);
+        return match p.is_file() {
+            true => Ok(p),
+            false => Err(fail(format!("KILN_CAPI_LIB={} is not a file", p.display()))),
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| fail(format!("where is kiln: {e}")))?;
+    let mut tried = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        for p in [dir.join(RUNTIME_LIB), dir.join("lib").join(RUNTIME_LIB)] {
+            if p.is_file() {
+                return Ok(p);
+            }
+            tried.push(p.display().to_string());
+        }
+    }
+    Err(fail(format!(
+        "kiln's C runtime ({RUNTIME_LIB}) is not installed (looked at {}): build it with `cargo build --release -p kiln-capi`, or point KILN_CAPI_LIB at it",
+        tried.join(", ")
+    )))
+}
+
+/// The header path for a library path: `libmlp.so` → `mlp.h`, `model.so` → `model.h`.
+pub fn header_path(library: &Path) -> PathBuf {
+    let stem = library
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let stem = stem
+        .strip_prefix("lib")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&stem);
+    library.with_file_name(format!("{stem}.h"))
+}
+
+/// Builds the shared library `out` from artifact bytes compiled from `g`, and its header
+/// (see [`header_path`]); `about` names the model in the header. Returns the header's path.
+/// The C compiler is `$CC`, else `cc`.
+pub fn build(artifact: &[u8], g: &Graph, about: &str, out: &Path) -> Result<PathBuf, Error> {
+    let values = crate::params(g).into_iter().chain(
+        g.outputs()
+            .iter()
+            .map(|(n, v)| (n.clone(), g.value_type(*v).clone())),
+    );
+    for (name, ty) in values {
+        if ty.rank() > kiln_capi::MAX_RANK {
+            return Err(fail(format!(
+                "\"{name}\" is {ty}: the C interface takes at most {} axes",
+                kiln_capi::MAX_RANK
+            )));
+        }
+    }
+    let lib = runtime_library()?;
+    let dir = scratch_dir()?;
+    let result = build_in(&dir, &lib, artifact, g, about, out);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn build_in(
+    dir: &Path,
+    lib: &Path,
+    artifact: &[u8],
+    g: &Graph,
+    about: &str,
+    out: &Path,
+) -> Result<PathBuf, Error> {
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(name), bytes)
+            .map_err(|e| fail(format!("cannot write {}: {e}", dir.join(name).display())))
+    };
+    write("model.kiln", artifact)?;
+    write("shim.c", kiln_capi::SHIM_C.as_bytes())?;
+    write(
+        "artifact.S",
+        kiln_capi::artifact_asm("model.kiln").as_bytes(),
+    )?;
+    write("exports.map", kiln_capi::version_script().as_bytes())?;
+    let out_abs = absolute(out)?;
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let output = Command::new(&cc)
+        .current_dir(dir)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&out_abs)
+        .args(["shim.c", "artifact.S"])
+        .arg(lib)
+        .args([
+            "-Wl,--version-script=exports.map",
+            "-Wl,--gc-sections",
+            "-Wl,-z,noexecstack",
+            "-Wl,--strip-debug",
+        ])
+        .args(NATIVE_LIBS)
+        .output()
+        .map_err(|e| fail(format!("cannot run the C compiler `{cc}` (set CC): {e}")))?;
+    if !output.status.success() {
+        return Err(fail(format!(
+            "`{cc}` failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        )));
+    }
+    let inputs = crate::params(g);
+    let outputs: Vec<_> = g
+        .outputs()
+        .iter()
+        .map(|(n, v)| (n.clone(), g.value_type(*v).clone()))
+        .collect();
+    let header = header_path(out);
+    std::fs::write(&header, kiln_capi::header(about, &inputs, &outputs))
+        .map_err(|e| fail(format!("cannot write {}: {e}", header.display())))?;
+    Ok(header)
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(p).map_err(|e| fail(format!("{}: {e}", p.display())))
+}
+
+/// A fresh directory for the compiler's inputs.
+fn scratch_dir() -> Result<PathBuf, Error> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("kiln-so-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
