@@ -12,6 +12,12 @@ pub fn compile(g: &Graph, opts: &CompileOptions, target: &str) -> Result<Vec<u8>
     Ok(runtime::aot::compile(g, opts, target)?)
 }
 
+/// Makes an executable from an artifact file, memory-mapped: the weights are used in place
+/// (the file must not change while the executable lives).
+pub fn load_file(path: &std::path::Path, opts: &CompileOptions) -> Result<Executable, Error> {
+    Ok(runtime::aot::load_file(path, opts)?)
+}
+
 /// The kernels' relocatable object file inside artifact bytes (`kiln_kernel_{i}` for kernel
 /// `i`).
 pub fn object_code(bytes: &[u8]) -> Result<&[u8], Error> {

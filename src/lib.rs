@@ -94,9 +94,12 @@ pub fn params(g: &Graph) -> Vec<(String, TensorType)> {
         .collect()
 }
 
-/// Orders named tensors as the graph's parameters.
-fn inputs_in_order(g: &Graph, inputs: &[(String, Tensor)]) -> Result<Vec<Tensor>> {
-    let expected: Vec<String> = params(g).into_iter().map(|(n, _)| n).collect();
+/// Orders named tensors as the parameters `params` (name and type, in order).
+fn inputs_in_order(
+    params: &[(String, TensorType)],
+    inputs: &[(String, Tensor)],
+) -> Result<Vec<Tensor>> {
+    let expected: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     expected
         .iter()
         .map(|name| {
@@ -169,10 +172,10 @@ pub fn execute(
     inputs: &[(String, Tensor)],
     bindings: &HashMap<String, i64>,
 ) -> Result<Vec<(String, Tensor)>> {
-    let g = exe.graph();
-    let ordered = inputs_in_order(g, inputs)?;
+    let ordered = inputs_in_order(exe.params(), inputs)?;
     let outs = exe.run_with(&ordered, bindings)?;
-    Ok(g.outputs()
+    Ok(exe
+        .outputs()
         .iter()
         .map(|(n, _)| n.clone())
         .zip(outs)
@@ -187,7 +190,7 @@ pub fn interpret(
     bindings: &HashMap<String, i64>,
 ) -> Result<Vec<(String, Tensor)>> {
     let v = verify(g)?;
-    let ordered = inputs_in_order(g, inputs)?;
+    let ordered = inputs_in_order(&params(g), inputs)?;
     let opts = interp::Options {
         bindings: bindings.clone(),
         ..Default::default()
@@ -216,10 +219,20 @@ pub fn random_inputs(
     bindings: &HashMap<String, i64>,
     seed: u64,
 ) -> Result<RandomInputs> {
+    random_inputs_for(&params(g), bindings, seed)
+}
+
+/// [`random_inputs`] for parameters given by name and type (an executable's
+/// [`Executable::params`]).
+pub fn random_inputs_for(
+    params: &[(String, TensorType)],
+    bindings: &HashMap<String, i64>,
+    seed: u64,
+) -> Result<RandomInputs> {
     let mut rng = Rng::new(seed);
     let mut defaulted = Vec::new();
     let mut out = Vec::new();
-    for (name, ty) in params(g) {
+    for (name, ty) in params.iter().cloned() {
         let mut dims = Vec::with_capacity(ty.rank());
         for d in ty.shape.dims() {
             for s in d.symbols() {

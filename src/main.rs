@@ -695,6 +695,16 @@ fn is_onnx(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "onnx")
 }
 
+/// Whether `path` is a file starting as a .kiln artifact does (unreadable files are not:
+/// reading them again reports why).
+fn is_artifact_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| kiln::artifact::is_artifact(&head))
+}
+
 /// A graph from a .kir or .onnx file.
 fn load_graph(path: &Path, func: Option<&str>) -> Result<Graph, Failure> {
     if is_onnx(path) {
@@ -712,6 +722,19 @@ fn prepare_inputs(
     bindings: &HashMap<String, i64>,
 ) -> Result<Vec<(String, Tensor)>, Failure> {
     let params = kiln::params(g);
+    prepare_inputs_for(g.name(), &params, inputs_path, random, seed, bindings)
+}
+
+/// [`prepare_inputs`] for a function `name` with parameters `params`.
+fn prepare_inputs_for(
+    name: &str,
+    params: &[(String, kiln::TensorType)],
+    inputs_path: Option<&Path>,
+    random: bool,
+    seed: u64,
+    bindings: &HashMap<String, i64>,
+) -> Result<Vec<(String, Tensor)>, Failure> {
+    let func = name;
     let mut inputs: Vec<(String, Tensor)> = match inputs_path {
         Some(p) => {
             npz::read_npz(&read(p)?).map_err(|e| Failure(format!("{}: {e}", p.display())))?
@@ -720,10 +743,7 @@ fn prepare_inputs(
     };
     for (name, _) in &inputs {
         if !params.iter().any(|(p, _)| p == name) {
-            eprintln!(
-                "note: input \"{name}\" is not a parameter of @{}; ignored",
-                g.name()
-            );
+            eprintln!("note: input \"{name}\" is not a parameter of @{func}; ignored");
         }
     }
     let missing: Vec<&str> = params
@@ -734,8 +754,7 @@ fn prepare_inputs(
     if !missing.is_empty() {
         if !random {
             return Err(Failure(format!(
-                "@{} needs inputs {}: pass --inputs FILE.npz or --random-inputs",
-                g.name(),
+                "@{func} needs inputs {}: pass --inputs FILE.npz or --random-inputs",
                 missing.join(", ")
             )));
         }
@@ -760,7 +779,7 @@ fn prepare_inputs(
                 }
             }
         }
-        let random = kiln::random_inputs(g, &env, seed)?;
+        let random = kiln::random_inputs_for(params, &env, seed)?;
         for s in random.defaulted {
             eprintln!("note: symbol `{s}` set to 1 (bind it with --dim {s}=N)");
         }
@@ -802,12 +821,8 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
         ..Default::default()
     };
     // A .kiln artifact is loaded (and that is timed) instead of compiled.
-    let artifact = match is_onnx(&a.file) {
-        true => None,
-        false => Some(read(&a.file)?).filter(|b| kiln::artifact::is_artifact(b)),
-    };
-    let (exe, inputs, what, compile_ms) = match artifact {
-        Some(bytes) => {
+    let (exe, inputs, what, compile_ms) = match is_artifact_file(&a.file) {
+        true => {
             if a.interp {
                 return Err(Failure(format!(
                     "{} is a compiled artifact: --interp needs the model",
@@ -815,13 +830,20 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
                 )));
             }
             let t0 = Instant::now();
-            let exe = kiln::artifact::load(&bytes, &opts)
+            let exe = kiln::artifact::load_file(&a.file, &opts)
                 .map_err(|e| Failure(format!("{}: {e}", a.file.display())))?;
             let ms = t0.elapsed().as_secs_f64() * 1e3;
-            let inputs = prepare_inputs(exe.graph(), a.inputs.as_deref(), true, 0, &bindings)?;
+            let inputs = prepare_inputs_for(
+                exe.name(),
+                exe.params(),
+                a.inputs.as_deref(),
+                true,
+                0,
+                &bindings,
+            )?;
             (exe, inputs, "load", ms)
         }
-        None => {
+        false => {
             let g = load_graph(&a.file, a.func.as_deref())?;
             let inputs = prepare_inputs(&g, a.inputs.as_deref(), true, 0, &bindings)?;
             let t0 = Instant::now();
@@ -832,7 +854,8 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     if !a.json {
         note_coverage(&exe);
     }
-    let ordered: Vec<Tensor> = kiln::params(exe.graph())
+    let ordered: Vec<Tensor> = exe
+        .params()
         .iter()
         .map(|(p, _)| {
             inputs
@@ -976,18 +999,19 @@ fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
 }
 
 /// Runs a .kiln artifact (see `run`).
-fn run_artifact(a: &RunArgs, bytes: &[u8]) -> Result<Vec<(String, Tensor)>, Failure> {
+fn run_artifact(a: &RunArgs) -> Result<Vec<(String, Tensor)>, Failure> {
     let file = a.file.display();
     if a.interp {
         return Err(Failure(format!(
             "{file} is a compiled artifact: --interp needs the model it was compiled from"
         )));
     }
-    let exe = kiln::artifact::load(bytes, &Default::default())
+    let exe = kiln::artifact::load_file(&a.file, &Default::default())
         .map_err(|e| Failure(format!("{file}: {e}")))?;
     let bindings: HashMap<String, i64> = a.dims.iter().cloned().collect();
-    let inputs = prepare_inputs(
-        exe.graph(),
+    let inputs = prepare_inputs_for(
+        exe.name(),
+        exe.params(),
         a.inputs.as_deref(),
         a.random_inputs,
         a.seed,
@@ -998,12 +1022,9 @@ fn run_artifact(a: &RunArgs, bytes: &[u8]) -> Result<Vec<(String, Tensor)>, Fail
 
 fn run(a: RunArgs) -> Result<(), Failure> {
     let file = a.file.as_path();
-    if !is_onnx(file) {
-        let bytes = read(file)?;
-        if kiln::artifact::is_artifact(&bytes) {
-            let outputs = run_artifact(&a, &bytes)?;
-            return show_outputs(&a, &outputs);
-        }
+    if is_artifact_file(file) {
+        let outputs = run_artifact(&a)?;
+        return show_outputs(&a, &outputs);
     }
     let g = load_graph(file, a.func.as_deref())?;
     let diags = verify_diagnostics(file, &g);

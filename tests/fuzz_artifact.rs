@@ -1,6 +1,6 @@
 //! Robustness of loading `.kiln` artifacts: byte-level mutations of real artifacts (the MLP
 //! example and the shipped classifier), with the checksum recomputed half of the time so the
-//! checks behind it — header, weights index, graph text, object file — see the damage. Loading
+//! checks behind it — header, saved plan, weights, object file — see the damage. Loading
 //! must fail with an error or succeed; it must never panic or crash. (Mutated code is never
 //! run: an artifact's checksum guards its code, and this test forges checksums.) Long run:
 //! `PROPTEST_CASES=100000 cargo test --release --test fuzz_artifact`.
@@ -68,7 +68,11 @@ fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    // 300 cases unless PROPTEST_CASES says otherwise.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn mutated_artifacts_load_or_fail_cleanly(

@@ -77,6 +77,16 @@ fn check_model(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("compiling an artifact: {e}"))?;
     let from_artifact = kiln::artifact::load(&bytes, &Default::default())
         .map_err(|e| format!("loading the artifact: {e}"))?;
+    // The saved plan restores the same kernels (their IR survives serialization) and the
+    // same fallbacks, and compiling twice gives the same bytes.
+    if from_artifact.kernels_text() != exe.kernels_text()
+        || from_artifact.coverage() != exe.coverage()
+    {
+        return Err("the artifact's kernels differ from the JIT's".into());
+    }
+    if kiln::artifact::compile(&optimized, &Default::default(), "host").ok() != Some(bytes) {
+        return Err("compiling an artifact twice gives different bytes".into());
+    }
     for what in ["imported", "optimized", "compiled", "from an artifact"] {
         let got = match what {
             "imported" => kiln::interpret(&graph, &inputs, &HashMap::new()),

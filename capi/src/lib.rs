@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
+use std::sync::Arc;
 
 use ir::{DType, Tensor, TensorType};
 use runtime::exec::{CompileOptions, Executable};
@@ -32,8 +33,6 @@ pub struct KilnBuffer {
 /// A loaded model (`kiln_model` in `model.h`).
 pub struct Model {
     exe: Executable,
-    params: Vec<(String, TensorType)>,
-    outputs: Vec<String>,
 }
 
 thread_local! {
@@ -65,36 +64,23 @@ fn guarded<T>(fail: T, f: impl FnOnce() -> Result<T, String>) -> T {
     }
 }
 
-/// Loads the artifact at `bytes` (`len` bytes; they are copied what is kept); null on failure
-/// (see [`kiln_last_error`]).
+/// Loads the artifact at `bytes` (`len` bytes, read in place: a library's embedded
+/// artifact); null on failure (see [`kiln_last_error`]).
 ///
 /// # Safety
-/// `bytes` must point to `len` readable bytes.
+/// `bytes` must point to `len` readable bytes that stay valid and unchanged for as long as
+/// the program runs (static data).
 #[no_mangle]
 pub unsafe extern "C" fn kiln_rt_create(bytes: *const u8, len: usize) -> *mut Model {
     guarded(std::ptr::null_mut(), || {
         if bytes.is_null() {
             return Err("no artifact bytes".into());
         }
-        // SAFETY: the caller's contract.
-        let bytes = unsafe { std::slice::from_raw_parts(bytes, len) };
-        let exe = runtime::aot::load(bytes, &CompileOptions::default())
+        // SAFETY: the caller's contract: static bytes.
+        let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(bytes, len) };
+        let exe = runtime::aot::load_shared(Arc::new(bytes), &CompileOptions::default())
             .map_err(|e| format!("loading the model: {e}"))?;
-        let g = exe.graph();
-        let params = g
-            .params()
-            .iter()
-            .filter_map(|&p| match g.node(p).op() {
-                ir::Op::Param { name, ty } => Some((name.clone(), ty.clone())),
-                _ => None,
-            })
-            .collect();
-        let outputs = g.outputs().iter().map(|(n, _)| n.clone()).collect();
-        Ok(Box::into_raw(Box::new(Model {
-            exe,
-            params,
-            outputs,
-        })))
+        Ok(Box::into_raw(Box::new(Model { exe })))
     })
 }
 
@@ -183,17 +169,18 @@ fn dtype(code: i32) -> Option<DType> {
 }
 
 fn run(model: &Model, inputs: &[KilnBuffer], outputs: &mut [KilnBuffer]) -> Result<(), String> {
-    let names = || {
-        let v: Vec<&str> = model.params.iter().map(|(n, _)| n.as_str()).collect();
+    let params = model.exe.params();
+    let names = |list: &[(String, TensorType)]| {
+        let v: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
         v.join(", ")
     };
     let mut given: Vec<(String, &KilnBuffer)> = Vec::new();
     for b in inputs {
         let n = name(b)?;
-        if !model.params.iter().any(|(p, _)| *p == n) {
+        if !params.iter().any(|(p, _)| *p == n) {
             return Err(format!(
                 "the model has no input \"{n}\" (it takes {})",
-                names()
+                names(params)
             ));
         }
         if given.iter().any(|(g, _)| *g == n) {
@@ -201,24 +188,23 @@ fn run(model: &Model, inputs: &[KilnBuffer], outputs: &mut [KilnBuffer]) -> Resu
         }
         given.push((n, b));
     }
-    let mut ordered = Vec::with_capacity(model.params.len());
-    for (p, ty) in &model.params {
+    let mut ordered = Vec::with_capacity(params.len());
+    for (p, ty) in params {
         let b = given
             .iter()
             .find(|(g, _)| g == p)
             .map(|(_, b)| *b)
-            .ok_or_else(|| format!("missing input \"{p}\" (the model takes {})", names()))?;
+            .ok_or_else(|| format!("missing input \"{p}\" (the model takes {})", names(params)))?;
         ordered.push(input(p, ty, b)?);
     }
     let mut wanted = Vec::with_capacity(outputs.len());
     for b in outputs.iter() {
         let n = name(b)?;
-        let i = model.outputs.iter().position(|o| *o == n).ok_or_else(|| {
-            format!(
-                "the model has no output \"{n}\" (it has {})",
-                model.outputs.join(", ")
-            )
-        })?;
+        let outs = model.exe.outputs();
+        let i = outs
+            .iter()
+            .position(|(o, _)| *o == n)
+            .ok_or_else(|| format!("the model has no output \"{n}\" (it has {})", names(outs)))?;
         wanted.push((n, i));
     }
     let results = model.exe.run(&ordered).map_err(|e| e.to_string())?;

@@ -219,6 +219,12 @@ impl Image {
                 }
             }
         }
+        // Each kernel is a symbol: more kernels than symbols cannot all be there.
+        if n > file.symbols().count() {
+            return Err(err(format!(
+                "{n} kernels, but the object has fewer symbols"
+            )));
+        }
         let mut fns = vec![None; n];
         for sym in file.symbols() {
             let Ok(name) = sym.name() else { continue };

@@ -6,7 +6,7 @@
 
 /// The shape of a plane convolution: input `h×w`, output `oh×ow`, filter `kh×kw`, strides,
 /// dilations and the padding before the first row and column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Geometry {
     pub h: i64,
     pub w: i64,

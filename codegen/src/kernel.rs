@@ -27,7 +27,7 @@ pub type BufId = usize;
 pub type VarId = usize;
 
 /// What a buffer is to the caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BufKind {
     /// Read-only operand.
     Input,
@@ -38,7 +38,7 @@ pub enum BufKind {
 }
 
 /// A dense array the kernel reads or writes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Buf {
     pub name: String,
     pub dtype: DType,
@@ -48,7 +48,7 @@ pub struct Buf {
 }
 
 /// How a loop may be executed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mark {
     Serial,
     /// Iterations are independent and may run on different threads.
@@ -60,7 +60,7 @@ pub enum Mark {
 }
 
 /// A statement.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Stmt {
     /// `for var in 0..extent`.
     Loop {
@@ -89,7 +89,7 @@ pub enum Stmt {
 /// `out[out_off + oy·ow + ox] = Σ x[x_off + iy·w + ix] · k[k_off + ky·kw + kx]` over the taps
 /// inside the input (`iy = oy·sh + ky·dh - ph`, `ix = ox·sw + kx·dw - pw`): one channel of a
 /// depthwise conv. Offsets are i64 expressions; the geometry is static.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Conv2d {
     pub x: BufId,
     pub x_off: Expr,
@@ -132,7 +132,7 @@ impl Conv2d {
 /// `c[c_off + i*c_rs + j] = Σ_l a[a_off + i*a_rs + l*a_cs] · b[b_off + l*b_rs + j*b_cs]` for
 /// `i < m`, `j < n`, `l < k` (`c_rs >= n`; `n` for a dense C); every field an i64 expression
 /// except the buffers (f32).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gemm {
     pub a: BufId,
     pub a_off: Expr,
@@ -154,7 +154,8 @@ pub struct Gemm {
 }
 
 /// A scalar expression.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "ExprRepr", try_from = "ExprRepr")]
 pub enum Expr {
     /// An integer or bool constant of the dtype (bools are 0 or 1).
     Int(i64, DType),
@@ -174,8 +175,82 @@ pub enum Expr {
     },
 }
 
+/// An [`Expr`] as serialized: scalar ops by mnemonic and attributes (as `.kir` text has
+/// them), rebuilt by the op table, so that a deserialized op is one the table can make.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum ExprRepr {
+    Int(i64, DType),
+    Float(f64, DType),
+    Dim(usize),
+    Var(VarId),
+    Load {
+        buf: BufId,
+        index: Box<Expr>,
+    },
+    Op {
+        mnemonic: String,
+        attrs: Vec<(String, ir::Lit)>,
+        args: Vec<Expr>,
+        dtype: DType,
+    },
+}
+
+impl From<Expr> for ExprRepr {
+    fn from(e: Expr) -> ExprRepr {
+        match e {
+            Expr::Int(v, d) => ExprRepr::Int(v, d),
+            Expr::Float(v, d) => ExprRepr::Float(v, d),
+            Expr::Dim(k) => ExprRepr::Dim(k),
+            Expr::Var(v) => ExprRepr::Var(v),
+            Expr::Load { buf, index } => ExprRepr::Load { buf, index },
+            Expr::Op { op, args, dtype } => ExprRepr::Op {
+                mnemonic: op.mnemonic().to_string(),
+                attrs: op
+                    .attrs()
+                    .into_iter()
+                    .map(|(n, l)| (n.to_string(), l))
+                    .collect(),
+                args,
+                dtype,
+            },
+        }
+    }
+}
+
+impl TryFrom<ExprRepr> for Expr {
+    type Error = String;
+
+    fn try_from(r: ExprRepr) -> Result<Expr, String> {
+        Ok(match r {
+            ExprRepr::Int(v, d) => Expr::Int(v, d),
+            ExprRepr::Float(v, d) => Expr::Float(v, d),
+            ExprRepr::Dim(k) => Expr::Dim(k),
+            ExprRepr::Var(v) => Expr::Var(v),
+            ExprRepr::Load { buf, index } => Expr::Load { buf, index },
+            ExprRepr::Op {
+                mnemonic,
+                attrs,
+                args,
+                dtype,
+            } => {
+                // Attributes that text leaves to the result type (a cast's target) come from
+                // the scalar's dtype.
+                let results = [ir::TensorType::new(dtype, ir::Shape::scalar())];
+                let ctx = ir::AttrCtx {
+                    results: &results,
+                    constant: &|_| None,
+                    region: None,
+                };
+                let op = Op::from_text(&mnemonic, attrs, &ctx)?
+                    .ok_or_else(|| format!("unknown op `{mnemonic}`"))?;
+                Expr::Op { op, args, dtype }
+            }
+        })
+    }
+}
+
 /// A kernel: one function over its buffers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Kernel {
     pub name: String,
     /// Inputs, outputs and scratch buffers; the caller passes one pointer per buffer, in order.

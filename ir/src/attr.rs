@@ -16,7 +16,7 @@ use crate::shape::{Shape, TensorType};
 use crate::tensor::{Data, Tensor};
 
 /// An attribute literal as written in text.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Lit {
     /// A number exactly as written (`-3`, `0.5`, `1e-7`, `nan`, `-inf`), so that each attribute
     /// type parses it at its own precision.

@@ -23,8 +23,10 @@ pub enum DimError {
     TooComplex,
 }
 
-/// One dimension of a shape.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One dimension of a shape. It serializes as its terms and is rebuilt from them by the
+/// arithmetic below, so deserialized dims are canonical (or an error) whatever the bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(into = "DimRepr", try_from = "DimRepr")]
 pub enum Dim {
     Const(i64),
     /// Never a plain constant: those are always `Const`.
@@ -51,6 +53,82 @@ enum Atom {
     Sym(Arc<str>),
     Div(Box<Dim>, Box<Dim>),
     Mod(Box<Dim>, Box<Dim>),
+}
+
+/// A dim as serialized: a constant, or terms (coefficient, atoms multiplied).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum DimRepr {
+    Const(i64),
+    Terms(Vec<(i64, Vec<AtomRepr>)>),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum AtomRepr {
+    Sym(String),
+    Div(DimRepr, DimRepr),
+    Mod(DimRepr, DimRepr),
+}
+
+impl From<Dim> for DimRepr {
+    fn from(d: Dim) -> DimRepr {
+        fn repr(d: &Dim) -> DimRepr {
+            match d {
+                Dim::Const(c) => DimRepr::Const(*c),
+                Dim::Expr(p) => DimRepr::Terms(
+                    p.terms
+                        .iter()
+                        .map(|t| (t.coeff, t.mono.iter().map(atom).collect()))
+                        .collect(),
+                ),
+            }
+        }
+        fn atom(a: &Atom) -> AtomRepr {
+            match a {
+                Atom::Sym(s) => AtomRepr::Sym(s.to_string()),
+                Atom::Div(a, b) => AtomRepr::Div(repr(a), repr(b)),
+                Atom::Mod(a, b) => AtomRepr::Mod(repr(a), repr(b)),
+            }
+        }
+        repr(&d)
+    }
+}
+
+impl TryFrom<DimRepr> for Dim {
+    type Error = String;
+
+    fn try_from(r: DimRepr) -> Result<Dim, String> {
+        fn dim(r: DimRepr, depth: usize) -> Result<Dim, String> {
+            if depth > 64 {
+                return Err("a dimension nests too deeply".into());
+            }
+            let terms = match r {
+                DimRepr::Const(c) => return Ok(Dim::Const(c)),
+                DimRepr::Terms(t) => t,
+            };
+            let mut sum = Dim::Const(0);
+            for (coeff, atoms) in terms {
+                let mut term = Dim::Const(coeff);
+                for a in atoms {
+                    let a = match a {
+                        AtomRepr::Sym(s) if is_valid_symbol(&s) => Dim::sym(&s),
+                        AtomRepr::Sym(s) => return Err(format!("`{s}` cannot name a symbol")),
+                        AtomRepr::Div(a, b) => {
+                            { dim(a, depth + 1)?.floor_div(&dim(b, depth + 1)?) }
+                                .map_err(|e| e.to_string())?
+                        }
+                        AtomRepr::Mod(a, b) => {
+                            { dim(a, depth + 1)?.floor_mod(&dim(b, depth + 1)?) }
+                                .map_err(|e| e.to_string())?
+                        }
+                    };
+                    term = term.mul(&a).map_err(|e| e.to_string())?;
+                }
+                sum = sum.add(&term).map_err(|e| e.to_string())?;
+            }
+            Ok(sum)
+        }
+        dim(r, 0)
+    }
 }
 
 /// Bounds on canonical forms, so that hostile input cannot make products of sums explode.
@@ -495,6 +573,44 @@ mod tests {
 
     fn s(n: &str) -> Dim {
         Dim::sym(n)
+    }
+
+    #[test]
+    fn dims_serialize_as_terms_and_come_back_canonical() {
+        let two = Dim::Const(2);
+        let q = s("n")
+            .add(&Dim::Const(3))
+            .unwrap()
+            .floor_div(&Dim::Const(4));
+        let m = s("n").floor_mod(&s("k")).unwrap();
+        let e = two.mul(&s("seq")).unwrap().add(&q.unwrap()).unwrap();
+        let e = e.mul(&m).unwrap().sub(&Dim::Const(7)).unwrap();
+        for d in [Dim::Const(-5), s("batch"), e] {
+            let bytes = postcard::to_stdvec(&d).unwrap();
+            let back: Dim = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, d, "{d}");
+        }
+        // Terms written in any order, or alike, are merged as arithmetic would.
+        let messy = DimRepr::Terms(vec![
+            (1, vec![AtomRepr::Sym("b".into())]),
+            (2, vec![AtomRepr::Sym("a".into())]),
+            (3, vec![]),
+            (-1, vec![AtomRepr::Sym("b".into())]),
+        ]);
+        let d = Dim::try_from(messy).unwrap();
+        assert_eq!(
+            d,
+            Dim::Const(3)
+                .add(&s("a").mul(&Dim::Const(2)).unwrap())
+                .unwrap()
+        );
+        let bad = DimRepr::Terms(vec![(1, vec![AtomRepr::Sym("2x".into())])]);
+        assert!(Dim::try_from(bad).is_err());
+        let zero = DimRepr::Terms(vec![(
+            1,
+            vec![AtomRepr::Div(DimRepr::Const(1), DimRepr::Const(0))],
+        )]);
+        assert!(Dim::try_from(zero).is_err());
     }
     fn c(v: i64) -> Dim {
         Dim::Const(v)

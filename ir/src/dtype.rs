@@ -7,7 +7,9 @@ use std::fmt;
 /// Quantized block types (e.g. 4-bit blocks of 32 with an f16 scale) will join this enum; every
 /// size computation therefore goes through [`DType::storage_bytes`], which knows that an element
 /// need not occupy a whole number of bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub enum DType {
     F16,
     BF16,

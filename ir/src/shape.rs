@@ -6,7 +6,9 @@ use crate::dim::{Dim, DimError};
 use crate::dtype::DType;
 
 /// The dims of a tensor, outermost first. Rank 0 is a scalar.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Shape(Vec<Dim>);
 
 /// Builds a [`Shape`] from integers and symbol names: `shape!["batch", 784]`.
@@ -116,7 +118,7 @@ impl fmt::Debug for Shape {
 }
 
 /// The type of a value: element type and shape.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct TensorType {
     pub dtype: DType,
     pub shape: Shape,

@@ -1,21 +1,21 @@
-//! Compiled models as files (`.kiln`): [`compile`] writes a graph's kernels as native code
-//! with the graph and its weights into an [`artifact`] container; [`load`] makes an
-//! [`Executable`] from one without invoking the code generator's compiler (the kernels are
-//! lowered again — deterministic, cheap — to recover their plan, and their code is mapped from
-//! the artifact's object file). This lives in the runtime so that programs embedding a model
-//! (the C library of `kiln compile --emit so`) need nothing of the compiler's front half.
+//! Compiled models as files (`.kiln`): [`compile`] writes an executable's saved plan, its
+//! weights and its kernels as native code into an [`artifact`] container; [`load`] makes an
+//! [`Executable`] from one without invoking the code generator at all: the plan is
+//! deserialized, the weights are read in place ([`load_shared`], [`load_file`]) and the code
+//! is mapped from the artifact's object file. This lives in the runtime so that programs
+//! embedding a model (the C library of `kiln compile --emit so`) need nothing of the
+//! compiler's front half.
 //!
-//! Sections: `graph` (the graph as text, named constants `extern`), `weights` (the named
-//! constants' little-endian bytes, each 64-byte aligned), `weights.index` (per constant a
-//! line `name<TAB>dtype<TAB>dims<TAB>offset<TAB>bytes`), `object` (the kernels' object file),
-//! `kernels` (how many).
+//! Sections: `plan` (see [`Executable::save`]: steps, kernel IR, slots, the interface with its
+//! symbolic shapes; postcard), `weights` (every constant's little-endian bytes, each 64-byte
+//! aligned), `object` (the kernels' object file), `kernels` (how many, u64).
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ir::Graph;
 
 use crate::artifact::{self, ArtifactError};
-use crate::exec::{CompileOptions, ExecError, Executable};
+use crate::exec::{CompileOptions, ExecError, Executable, SharedBytes};
 
 /// Why an artifact cannot be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +32,10 @@ pub enum AotError {
     MissingFeatures(Vec<String>),
     #[error("the artifact has no `{0}` section")]
     MissingSection(&'static str),
+    #[error("cannot read the artifact: {0}")]
+    Io(String),
     #[error("the artifact's {what}: {message}")]
     Bad { what: &'static str, message: String },
-}
-
-fn bad(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> AotError {
-    move |e| AotError::Bad {
-        what,
-        message: e.to_string(),
-    }
 }
 
 /// Compiles `g` (already optimized, as the executable will run it) into artifact bytes for
@@ -53,8 +48,8 @@ pub fn compile(g: &Graph, opts: &CompileOptions, target: &str) -> Result<Vec<u8>
     let mut isa = Some(isa);
     let mut object = Vec::new();
     let mut count = 0usize;
-    // Lowering as the executable will, keeping the object (and checking it loads).
-    Executable::with_code(g, opts, &mut |kernels| {
+    // The executable's plan is what loading restores; its code is the object's.
+    let exe = Executable::with_code(g, opts, &mut |kernels| {
         let isa = isa
             .take()
             .ok_or_else(|| codegen(&"kernels asked for twice"))?;
@@ -63,49 +58,44 @@ pub fn compile(g: &Graph, opts: &CompileOptions, target: &str) -> Result<Vec<u8>
         let image = codegen::aot::Image::load(&object, kernels.len()).map_err(|e| codegen(&e))?;
         Ok(Box::new(image))
     })?;
-    let text = ir::print_module_with(
-        std::slice::from_ref(g),
-        &ir::PrintOptions {
-            external_data: true,
-            ..Default::default()
-        },
-    );
-    let (mut weights, mut index) = (Vec::new(), String::new());
-    for (name, t) in ir::named_constants(g) {
-        let bytes = encode(&t).ok_or_else(|| AotError::Bad {
-            what: "weights",
-            message: format!("constant @{name} of {} cannot be stored", t.dtype()),
-        })?;
-        weights.resize(weights.len().div_ceil(64) * 64, 0);
-        let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
-        index.push_str(&format!(
-            "{name}\t{}\t{}\t{}\t{}\n",
-            t.dtype(),
-            dims.join(","),
-            weights.len(),
-            bytes.len()
-        ));
-        weights.extend(bytes);
-    }
+    let (plan, weights) = exe.save()?;
     let count = (count as u64).to_le_bytes();
     Ok(artifact::write(
         env!("CARGO_PKG_VERSION"),
         &triple,
         &features,
         &[
-            ("graph", text.as_bytes()),
+            ("plan", &plan),
             ("weights", &weights),
-            ("weights.index", index.as_bytes()),
             ("object", &object),
             ("kernels", &count),
         ],
     ))
 }
 
-/// Makes an executable from artifact bytes, checking the container, the kiln version, the
-/// target and the CPU's features before any of its code is mapped.
+/// Makes an executable from artifact bytes (copied: see [`load_shared`] to use them in
+/// place), checking the container, the kiln version, the target and the CPU's features
+/// before any of its code is mapped.
 pub fn load(bytes: &[u8], opts: &CompileOptions) -> Result<Executable, AotError> {
-    let a = artifact::read(bytes).map_err(AotError::from)?;
+    load_shared(Arc::new(bytes.to_vec()), opts)
+}
+
+/// Makes an executable from a file holding an artifact, memory-mapped: its weights are used
+/// in place. The file must not change while the executable lives.
+pub fn load_file(path: &std::path::Path, opts: &CompileOptions) -> Result<Executable, AotError> {
+    let file = std::fs::File::open(path).map_err(|e| AotError::Io(e.to_string()))?;
+    // SAFETY: read-only; that the file does not change meanwhile is the caller's contract.
+    // Populated: the checksum reads every page at once, cheaper mapped up front than faulted.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|e| AotError::Io(e.to_string()))?;
+    load_shared(Arc::new(map), opts)
+}
+
+/// [`load`] from bytes the executable keeps: its weights are read in place, nothing is
+/// copied.
+pub fn load_shared(bytes: SharedBytes, opts: &CompileOptions) -> Result<Executable, AotError> {
+    let all: &[u8] = (*bytes).as_ref();
+    let a = artifact::read(all)?;
     if a.kiln_version != env!("CARGO_PKG_VERSION") {
         return Err(AotError::KilnVersion {
             found: a.kiln_version,
@@ -123,27 +113,32 @@ pub fn load(bytes: &[u8], opts: &CompileOptions) -> Result<Executable, AotError>
         return Err(AotError::MissingFeatures(missing));
     }
     let section = |name: &'static str| a.section(name).ok_or(AotError::MissingSection(name));
-    let weights = read_weights(section("weights.index")?, section("weights")?)?;
-    let text = std::str::from_utf8(section("graph")?).map_err(|e| bad("graph")(&e))?;
-    let g = ir::parse_graph_with(text, &weights).map_err(|e| bad("graph")(&e))?;
     let count: [u8; 8] = section("kernels")?.try_into().map_err(|_| AotError::Bad {
         what: "kernel count",
         message: "not 8 bytes".into(),
     })?;
-    let count = u64::from_le_bytes(count);
-    let object = section("object")?;
-    let exe = Executable::with_code(&g, opts, &mut |kernels| {
-        if kernels.len() as u64 != count {
-            return Err(ExecError::Codegen(format!(
-                "the graph lowers to {} kernels, the artifact's code has {count}",
-                kernels.len()
-            )));
-        }
-        let image = codegen::aot::Image::load(object, kernels.len())
-            .map_err(|e| ExecError::Codegen(e.to_string()))?;
-        Ok(Box::new(image))
+    let count = usize::try_from(u64::from_le_bytes(count)).map_err(|_| AotError::Bad {
+        what: "kernel count",
+        message: "too large".into(),
     })?;
-    Ok(exe)
+    let code: Option<Box<dyn codegen::jit::Code>> = match count {
+        0 => None,
+        n => Some(Box::new(
+            codegen::aot::Image::load(section("object")?, n)
+                .map_err(|e| ExecError::Codegen(e.to_string()))?,
+        )),
+    };
+    let weights = section("weights")?;
+    // Where the weights are in `bytes` (sections borrow from them).
+    let at = weights.as_ptr() as usize - all.as_ptr() as usize;
+    let plan = section("plan")?;
+    Ok(Executable::from_saved(
+        plan,
+        code,
+        bytes.clone(),
+        at..at + weights.len(),
+        opts,
+    )?)
 }
 
 /// A tensor's elements as little-endian bytes (narrow types: one bit pattern per element, in
@@ -199,41 +194,6 @@ pub fn decode(dtype: ir::DType, shape: Vec<usize>, bytes: &[u8]) -> Option<ir::T
         d => Data::from_patterns(d, bytes.to_vec())?,
     };
     ir::Tensor::new(shape, data).ok()
-}
-
-/// The named constants listed in `index`, from `data`.
-fn read_weights(index: &[u8], data: &[u8]) -> Result<BTreeMap<String, ir::Tensor>, AotError> {
-    let fail = |line: usize, m: &str| AotError::Bad {
-        what: "weights",
-        message: format!("index line {}: {m}", line + 1),
-    };
-    let index = std::str::from_utf8(index).map_err(|e| bad("weights index")(&e))?;
-    let mut out = BTreeMap::new();
-    for (i, line) in index.lines().enumerate() {
-        let f: Vec<&str> = line.split('\t').collect();
-        let [name, dtype, dims, off, len] = f.as_slice() else {
-            return Err(fail(i, "not five fields"));
-        };
-        let dtype = ir::DType::from_name(dtype).ok_or_else(|| fail(i, "unknown dtype"))?;
-        let shape = dims
-            .split(',')
-            .filter(|d| !d.is_empty())
-            .map(|d| d.parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| fail(i, "bad dims"))?;
-        let (off, len) = off
-            .parse::<usize>()
-            .ok()
-            .zip(len.parse::<usize>().ok())
-            .ok_or_else(|| fail(i, "bad offset or length"))?;
-        let bytes = off
-            .checked_add(len)
-            .and_then(|end| data.get(off..end))
-            .ok_or_else(|| fail(i, "outside the weights"))?;
-        let t = decode(dtype, shape, bytes).ok_or_else(|| fail(i, "data does not fit its type"))?;
-        out.insert(name.to_string(), t);
-    }
-    Ok(out)
 }
 
 /// Whether `bytes` look like an artifact (they start with its magic).

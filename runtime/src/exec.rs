@@ -2,13 +2,19 @@
 //! (lowered to the kernel IR and JIT-compiled in one module) or, for the nodes codegen cannot
 //! lower yet, steps on the reference interpreter. Symbols are bound from the input shapes at
 //! every run; compiled kernels take their dims as arguments, so nothing is recompiled.
+//!
+//! An executable's plan — its steps, their kernel IR and stage split, the slots of values,
+//! the interface and its symbolic shapes — serializes ([`Executable::save`], serde with
+//! postcard's stable encoding) with its constants as raw bytes beside it, and comes back
+//! ([`Executable::from_saved`]) with those constants read in place: no lowering, no copies.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use codegen::jit::{Code, KernelFn};
-use codegen::kernel::{codes, BufKind};
+use codegen::kernel::{codes, BufId, BufKind};
 use codegen::Lowered;
-use ir::{Data, Graph, NodeId, Op, Tensor, Value};
+use ir::{DType, Data, Graph, NodeId, Op, Tensor, TensorType, Value};
 
 use crate::interp::{self, InterpError};
 
@@ -23,20 +29,87 @@ pub enum ExecError {
     Codegen(String),
     #[error("{node}: {message}")]
     Node { node: String, message: String },
+    #[error("the saved plan: {0}")]
+    Plan(String),
+}
+
+/// Constant data a run reads.
+#[derive(Clone)]
+enum Const {
+    Tensor(Tensor),
+    /// Elements in memory the executable keeps alive (an artifact's weights, used in place).
+    Mapped {
+        addr: usize,
+        dtype: DType,
+        shape: Vec<usize>,
+    },
+}
+
+impl Const {
+    fn dtype(&self) -> DType {
+        match self {
+            Const::Tensor(t) => t.dtype(),
+            Const::Mapped { dtype, .. } => *dtype,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            Const::Tensor(t) => t.shape(),
+            Const::Mapped { shape, .. } => shape,
+        }
+    }
+
+    /// Where a kernel reads it (a readable element even when it is empty).
+    fn ptr(&self) -> *mut u8 {
+        match self {
+            Const::Tensor(t) => tensor_ptr(t),
+            Const::Mapped { shape, .. } if shape.contains(&0) => ZERO.as_ptr() as *mut u8,
+            Const::Mapped { addr, .. } => *addr as *mut u8,
+        }
+    }
+
+    /// The constant as a tensor (its elements copied when they are mapped).
+    fn tensor(&self) -> Result<Tensor, String> {
+        match self {
+            Const::Tensor(t) => Ok(t.clone()),
+            Const::Mapped { addr, dtype, shape } => {
+                let n = shape.iter().product::<usize>() as u64;
+                let len = dtype.storage_bytes(n).unwrap_or(0) as usize;
+                let bytes: &[u8] = match len {
+                    0 => &[],
+                    // SAFETY: `from_saved` checked that the constant's bytes lie in the
+                    // backing the executable keeps.
+                    _ => unsafe { std::slice::from_raw_parts(*addr as *const u8, len) },
+                };
+                crate::aot::decode(*dtype, shape.clone(), bytes)
+                    .ok_or_else(|| "a constant's bytes do not fit its type".into())
+            }
+        }
+    }
 }
 
 /// How a node runs.
 enum Step {
+    /// An input of the graph.
+    Param,
+    Constant(Const),
     /// A compiled kernel: its stages in order, each a function of the module and, for
-    /// parallel stages, the extent of the loop threads share.
+    /// parallel stages, the extent of the loop threads share; `consts` are what its `const`
+    /// buffers hold.
     Native {
         lowered: Lowered,
+        consts: Vec<(BufId, Const)>,
         stages: Vec<NativeStage>,
     },
     /// The reference interpreter on a graph of this node alone.
-    Interp { graph: Graph, why: String },
+    Interp {
+        graph: Graph,
+        why: String,
+    },
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct NativeStage {
     func: usize,
     parallel: Option<codegen::Expr>,
@@ -73,39 +146,56 @@ pub struct RunStats {
     pub steps: Vec<(String, f64)>,
 }
 
-/// A compiled graph. `run(&self)` may be called from many threads at once.
-pub struct Executable {
-    graph: Graph,
-    order: Vec<NodeId>,
-    /// How each node of `order` runs (parameters and constants: `None`), by position.
-    steps: Vec<Option<Step>>,
-    compiled: Option<Box<dyn Code>>,
-    /// Each node's name in messages, by position.
+/// Bytes an executable may keep and read in place: an artifact in memory or memory-mapped.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// What an executable knows besides its steps and code: the interface and how a run
+/// numbers and frees values. Positions are those of the nodes that run, in order.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Layout {
+    /// The graph's name.
+    name: String,
+    /// Parameters and outputs with their (symbolic) types, in order.
+    params: Vec<(String, TensorType)>,
+    outputs: Vec<(String, TensorType)>,
+    /// Per position: the node's result types and its name in messages.
+    types: Vec<Vec<TensorType>>,
     labels: Vec<String>,
-    /// The slot of each parameter of the graph (`None`: nothing reads it).
+    /// The slot of each parameter (`None`: nothing reads it).
     param_slots: Vec<Option<usize>>,
-    /// For each value, the position in `order` of its last reader (outputs: never freed).
-    last_use: HashMap<Value, usize>,
-    /// Dense numbering of the values a run holds: per position in `order`, the slot of the
-    /// node's first result (the others follow), the slots of its operands, and the slots no
-    /// later node reads.
+    /// Dense numbering of the values a run holds: per position, the slot of the node's first
+    /// result (the others follow), the slots of its operands, and the slots no later node
+    /// reads (with whether the run made the value rather than received it).
     first_slot: Vec<usize>,
     operand_slots: Vec<Vec<usize>>,
-    /// (slot, whether the run made it rather than received it).
     dead_slots: Vec<Vec<(usize, bool)>>,
+    /// Per slot, the position of its last reader (unread: its maker's; outputs: never).
+    last_use: Vec<usize>,
     /// Slots of the graph's outputs, and how many slots there are.
     output_slots: Vec<usize>,
     n_slots: usize,
+}
+
+/// A compiled graph. `run(&self)` may be called from many threads at once.
+pub struct Executable {
+    /// The graph it was compiled from (none when loaded from a saved plan).
+    graph: Option<Graph>,
+    layout: Layout,
+    /// How each position runs.
+    steps: Vec<Step>,
+    compiled: Option<Box<dyn Code>>,
     arenas: Arenas,
     /// Memory plans by symbol binding.
     plans: std::sync::Mutex<HashMap<Binding, std::sync::Arc<MemPlan>>>,
     /// Worker threads (none when running on one thread).
     threads: Option<std::sync::Arc<codegen::threads::Pool>>,
+    /// What `Const::Mapped` constants point into.
+    _backing: Option<SharedBytes>,
 }
 
 /// The shared pool of `n` helper threads.
 fn thread_pool(n: usize) -> Result<std::sync::Arc<codegen::threads::Pool>, ExecError> {
-    use std::sync::{Arc, Mutex, OnceLock};
+    use std::sync::{Mutex, OnceLock};
     type Pools = Mutex<HashMap<usize, Arc<codegen::threads::Pool>>>;
     static POOLS: OnceLock<Pools> = OnceLock::new();
     let mut pools = POOLS
@@ -120,6 +210,23 @@ fn thread_pool(n: usize) -> Result<std::sync::Arc<codegen::threads::Pool>, ExecE
     let p = Arc::new(p);
     pools.insert(n, p.clone());
     Ok(p)
+}
+
+/// The helper threads `opts` asks for.
+fn threads_for(
+    opts: &CompileOptions,
+) -> Result<Option<std::sync::Arc<codegen::threads::Pool>>, ExecError> {
+    let n_threads = match opts.threads {
+        Some(0) => return Err(ExecError::Codegen("threads must be at least 1".into())),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // The calling thread works too: the pool holds the other n - 1.
+    if n_threads > 1 {
+        Ok(Some(thread_pool(n_threads - 1)?))
+    } else {
+        Ok(None)
+    }
 }
 
 /// Arenas of earlier runs, reused by later ones (page faults of fresh large allocations
@@ -149,21 +256,27 @@ impl Arenas {
 
 /// Where a value lives during a run.
 enum Loc {
-    /// A tensor of its own: inputs, constants, outputs of the graph, interpreter results.
+    /// A tensor of its own: inputs, outputs of the graph, interpreter results.
     Tensor(Tensor),
     /// A slot of the run's arena.
     Arena {
         off: u64,
-        dtype: ir::DType,
+        dtype: DType,
         shape: Vec<usize>,
     },
+    /// A constant of the executable.
+    Const(Const),
 }
 
+/// A readable zero element: where kernels read empty tensors.
+static ZERO: [u64; 2] = [0; 2];
+
 impl Loc {
-    fn dtype(&self) -> ir::DType {
+    fn dtype(&self) -> DType {
         match self {
             Loc::Tensor(t) => t.dtype(),
             Loc::Arena { dtype, .. } => *dtype,
+            Loc::Const(c) => c.dtype(),
         }
     }
 
@@ -171,6 +284,7 @@ impl Loc {
         match self {
             Loc::Tensor(t) => t.shape(),
             Loc::Arena { shape, .. } => shape,
+            Loc::Const(c) => c.shape(),
         }
     }
 
@@ -182,10 +296,11 @@ impl Loc {
             Loc::Tensor(t) => tensor_ptr(t),
             // SAFETY: planned slots lie inside the arena.
             Loc::Arena { off, .. } => unsafe { base.add(*off as usize) },
+            Loc::Const(c) => c.ptr(),
         }
     }
 
-    /// The value as a tensor of its own (copied out of the arena).
+    /// The value as a tensor of its own (copied out of the arena or the mapped bytes).
     fn tensor(&self, base: *mut u8) -> Result<Tensor, String> {
         match self {
             Loc::Tensor(t) => Ok(t.clone()),
@@ -197,6 +312,7 @@ impl Loc {
                 unsafe { std::ptr::copy_nonoverlapping(self.ptr(base), mut_ptr(&mut d), bytes) };
                 Tensor::new(shape.clone(), d).map_err(|e| e.to_string())
             }
+            Loc::Const(c) => c.tensor(),
         }
     }
 }
@@ -246,6 +362,85 @@ fn label(g: &Graph, id: NodeId, n: usize) -> String {
 /// Where an executable's kernel code comes from: given the kernels (in order), their code.
 pub type CodeSource<'a> = &'a mut dyn FnMut(&[codegen::Kernel]) -> Result<Box<dyn Code>, ExecError>;
 
+/// Where a saved constant's bytes are in the weights saved beside the plan.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct WeightRef {
+    dtype: DType,
+    shape: Vec<u64>,
+    offset: u64,
+    bytes: u64,
+}
+
+/// A step as saved.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SavedStep {
+    Param,
+    Constant(WeightRef),
+    Native {
+        kernel: codegen::Kernel,
+        outputs: Vec<ir::Shape>,
+        consts: Vec<(BufId, WeightRef)>,
+        stages: Vec<NativeStage>,
+    },
+    /// The node's graph as `.kir` text (constants inline).
+    Interp {
+        graph: String,
+        why: String,
+    },
+}
+
+/// An executable's plan as saved (see the module docs).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved<L = Layout> {
+    /// `&Layout` when saving (it serializes the same).
+    layout: L,
+    steps: Vec<SavedStep>,
+    /// How many kernel functions the code must have.
+    kernels: usize,
+}
+
+/// Weights being saved: each tensor's little-endian bytes once (tensors sharing data are
+/// stored once), 64-byte aligned.
+#[derive(Default)]
+struct WeightWriter {
+    bytes: Vec<u8>,
+    seen: HashMap<(usize, usize, DType), WeightRef>,
+}
+
+impl WeightWriter {
+    fn add(&mut self, t: &Tensor) -> Result<WeightRef, ExecError> {
+        let key = (tensor_ptr(t) as usize, t.numel(), t.dtype());
+        if let Some(w) = self.seen.get(&key).filter(|_| t.numel() > 0) {
+            return Ok(WeightRef {
+                shape: t.shape().iter().map(|&d| d as u64).collect(),
+                ..w.clone()
+            });
+        }
+        let data = crate::aot::encode(t).ok_or_else(|| {
+            ExecError::Plan(format!("a constant of {} cannot be saved", t.dtype()))
+        })?;
+        self.bytes.resize(self.bytes.len().div_ceil(64) * 64, 0);
+        let w = WeightRef {
+            dtype: t.dtype(),
+            shape: t.shape().iter().map(|&d| d as u64).collect(),
+            offset: self.bytes.len() as u64,
+            bytes: data.len() as u64,
+        };
+        self.bytes.extend(data);
+        self.seen.insert(key, w.clone());
+        Ok(w)
+    }
+}
+
+/// Dtypes kernels read in place as the saved bytes are laid out (others are decoded).
+fn in_place(d: DType) -> bool {
+    use DType::*;
+    matches!(
+        d,
+        F32 | F64 | I8 | I16 | I32 | I64 | U8 | U16 | U32 | U64 | Bool
+    ) && cfg!(target_endian = "little")
+}
+
 impl Executable {
     /// Lowers and compiles every node of `g` that codegen supports.
     pub fn new(g: &Graph, opts: &CompileOptions) -> Result<Executable, ExecError> {
@@ -265,9 +460,8 @@ impl Executable {
     }
 
     /// Lowers every node of `g` that codegen supports and takes the kernels' code from `code`
-    /// (called once, if there are kernels): the JIT, an object file compiled now, or one
-    /// loaded from an artifact. Lowering is deterministic, so the same graph and kiln give
-    /// the same kernels in the same order.
+    /// (called once, if there are kernels): the JIT, or an object file compiled now. Lowering
+    /// is deterministic, so the same graph and kiln give the same kernels in the same order.
     pub fn with_code(
         g: &Graph,
         opts: &CompileOptions,
@@ -289,17 +483,7 @@ impl Executable {
             .into_iter()
             .filter(|id| live.contains(id) || matches!(g.node(*id).op(), Op::Param { .. }))
             .collect();
-        let n_threads = match opts.threads {
-            Some(0) => return Err(ExecError::Codegen("threads must be at least 1".into())),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        // The calling thread works too: the pool holds the other n - 1.
-        let threads = if n_threads > 1 {
-            Some(thread_pool(n_threads - 1)?)
-        } else {
-            None
-        };
+        let threads = threads_for(opts)?;
         let numbering = g.numbering().unwrap_or_default();
         let mut steps = Vec::with_capacity(order.len());
         let mut kernels = Vec::new();
@@ -308,9 +492,16 @@ impl Executable {
             let node = g.node(id);
             let n = numbering.get(&Value::new(id, 0)).copied().unwrap_or(0);
             labels.push(label(g, id, n));
-            if matches!(node.op(), Op::Param { .. } | Op::Constant { .. }) {
-                steps.push(None);
-                continue;
+            match node.op() {
+                Op::Param { .. } => {
+                    steps.push(Step::Param);
+                    continue;
+                }
+                Op::Constant { value } => {
+                    steps.push(Step::Constant(Const::Tensor(value.tensor.clone())));
+                    continue;
+                }
+                _ => {}
             }
             let sub = codegen::single_node_graph(g, id);
             let lowered = if opts.interpret_only {
@@ -338,14 +529,23 @@ impl Executable {
                         });
                         kernels.push(s.kernel);
                     }
-                    Step::Native { lowered: l, stages }
+                    let consts = l
+                        .consts
+                        .iter()
+                        .map(|(b, t)| (*b, Const::Tensor(t.clone())))
+                        .collect();
+                    Step::Native {
+                        lowered: l,
+                        consts,
+                        stages,
+                    }
                 }
                 Err(e) => Step::Interp {
                     graph: sub,
                     why: e.0,
                 },
             };
-            steps.push(Some(step));
+            steps.push(step);
         }
         let compiled: Option<Box<dyn Code>> = if kernels.is_empty() {
             None
@@ -360,90 +560,224 @@ impl Executable {
             }
             Some(c)
         };
-        let mut last_use = HashMap::new();
-        for (i, &id) in order.iter().enumerate() {
-            for &v in g.node(id).inputs() {
-                last_use.insert(v, i);
-            }
-        }
-        for (_, v) in g.outputs() {
-            last_use.insert(*v, usize::MAX);
-        }
-        let mut slot: HashMap<Value, usize> = HashMap::new();
-        let mut first_slot = Vec::with_capacity(order.len());
-        for &id in &order {
-            first_slot.push(slot.len());
-            for i in 0..g.node(id).types().len() {
-                let n = slot.len();
-                slot.insert(Value::new(id, i as u32), n);
-            }
-        }
-        let operand_slots = order
-            .iter()
-            .map(|&id| g.node(id).inputs().iter().map(|v| slot[v]).collect())
-            .collect();
-        let dead_slots = order
-            .iter()
-            .enumerate()
-            .map(|(pos, &id)| {
-                let mut dead: Vec<(usize, bool)> = g
-                    .node(id)
-                    .inputs()
-                    .iter()
-                    .filter(|v| last_use.get(v) == Some(&pos))
-                    .map(|v| {
-                        let made = g.node(v.node).op();
-                        (
-                            slot[v],
-                            !matches!(made, Op::Constant { .. } | Op::Param { .. }),
-                        )
-                    })
-                    .collect();
-                dead.sort_unstable();
-                dead.dedup();
-                dead
-            })
-            .collect();
-        let output_slots = g.outputs().iter().map(|(_, v)| slot[v]).collect();
-        let param_slots = g
-            .params()
-            .iter()
-            .map(|&p| slot.get(&Value::new(p, 0)).copied())
-            .collect();
-        let n_slots = slot.len();
+        let layout = Layout::of(g, &order, labels);
         Ok(Executable {
-            graph: g.clone(),
-            order,
+            graph: Some(g.clone()),
+            layout,
             steps,
             compiled,
-            labels,
-            param_slots,
-            last_use,
-            first_slot,
-            operand_slots,
-            dead_slots,
-            output_slots,
-            n_slots,
             arenas: Arenas::default(),
             plans: Default::default(),
             threads,
+            _backing: None,
         })
     }
 
-    /// The graph this executes.
-    pub fn graph(&self) -> &Graph {
-        &self.graph
+    /// The plan (see the module docs) as bytes, and the weights it refers to: every constant
+    /// a run reads, little-endian, 64-byte aligned. The same executable gives the same bytes.
+    pub fn save(&self) -> Result<(Vec<u8>, Vec<u8>), ExecError> {
+        let mut w = WeightWriter::default();
+        let constant = |w: &mut WeightWriter, c: &Const| match c {
+            Const::Tensor(t) => w.add(t),
+            Const::Mapped { .. } => Err(ExecError::Plan(
+                "a loaded executable is saved by copying its artifact".into(),
+            )),
+        };
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for s in &self.steps {
+            steps.push(match s {
+                Step::Param => SavedStep::Param,
+                Step::Constant(c) => SavedStep::Constant(constant(&mut w, c)?),
+                Step::Native {
+                    lowered,
+                    consts,
+                    stages,
+                } => SavedStep::Native {
+                    kernel: lowered.kernel.clone(),
+                    outputs: lowered.outputs.clone(),
+                    consts: consts
+                        .iter()
+                        .map(|(b, c)| Ok((*b, constant(&mut w, c)?)))
+                        .collect::<Result<_, ExecError>>()?,
+                    stages: stages
+                        .iter()
+                        .map(|s| NativeStage {
+                            func: s.func,
+                            parallel: s.parallel.clone(),
+                            body: s.body.clone(),
+                        })
+                        .collect(),
+                },
+                Step::Interp { graph, why } => SavedStep::Interp {
+                    graph: ir::print_graph(graph),
+                    why: why.clone(),
+                },
+            });
+        }
+        let saved = Saved {
+            layout: &self.layout,
+            steps,
+            kernels: self.compiled.as_ref().map_or(0, |c| c.len()),
+        };
+        let plan = postcard::to_stdvec(&saved).map_err(|e| ExecError::Plan(e.to_string()))?;
+        Ok((plan, w.bytes))
+    }
+
+    /// An executable from a plan made by [`Executable::save`], its kernels' `code`, and the
+    /// saved weights: `backing[weights]`, read in place for as long as the executable lives.
+    /// Everything the runtime indexes by is checked, so damaged plans are errors; the plan
+    /// and the code must come from one save (an artifact's checksum covers both).
+    pub fn from_saved(
+        plan: &[u8],
+        code: Option<Box<dyn Code>>,
+        backing: SharedBytes,
+        weights: std::ops::Range<usize>,
+        opts: &CompileOptions,
+    ) -> Result<Executable, ExecError> {
+        let bad = |m: String| ExecError::Plan(m);
+        let saved: Saved = postcard::from_bytes(plan).map_err(|e| bad(e.to_string()))?;
+        let n_code = code.as_ref().map_or(0, |c| c.len());
+        if saved.kernels != n_code {
+            return Err(bad(format!(
+                "it has {} kernels, the code {n_code}",
+                saved.kernels
+            )));
+        }
+        saved.layout.check(&saved.steps)?;
+        let all: &[u8] = (*backing).as_ref();
+        let w = all
+            .get(weights.clone())
+            .ok_or_else(|| bad("the weights lie outside the bytes".into()))?;
+        let constant = |r: &WeightRef| -> Result<Const, ExecError> {
+            let shape = r
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| bad("a constant's shape does not fit".into()))?;
+            // As `aot::encode` writes them: narrow types take a byte per element.
+            let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            let expected = match r.dtype.bits() {
+                8.. => numel.and_then(|n| r.dtype.storage_bytes(n)),
+                _ => numel,
+            };
+            if expected != Some(r.bytes) {
+                return Err(bad("a constant's size does not fit its shape".into()));
+            }
+            let at = usize::try_from(r.offset).ok();
+            let len = usize::try_from(r.bytes).ok();
+            let bytes = at
+                .zip(len)
+                .and_then(|(at, len)| w.get(at..at.checked_add(len)?))
+                .ok_or_else(|| bad("a constant lies outside the weights".into()))?;
+            let align = (r.dtype.bits() as usize / 8).max(1);
+            if in_place(r.dtype) && (bytes.as_ptr() as usize).is_multiple_of(align) {
+                return Ok(Const::Mapped {
+                    addr: bytes.as_ptr() as usize,
+                    dtype: r.dtype,
+                    shape,
+                });
+            }
+            crate::aot::decode(r.dtype, shape, bytes)
+                .map(Const::Tensor)
+                .ok_or_else(|| bad("a constant's bytes do not fit its type".into()))
+        };
+        let mut steps = Vec::with_capacity(saved.steps.len());
+        for (pos, s) in saved.steps.into_iter().enumerate() {
+            let fail = |m: String| bad(format!("{}: {m}", saved.layout.labels[pos]));
+            steps.push(match s {
+                SavedStep::Param => Step::Param,
+                SavedStep::Constant(r) => Step::Constant(constant(&r)?),
+                SavedStep::Native {
+                    kernel,
+                    outputs,
+                    consts,
+                    stages,
+                } => {
+                    let n_bufs = kernel.bufs.len();
+                    let results = kernel
+                        .bufs
+                        .iter()
+                        .filter(|b| b.kind == BufKind::Output)
+                        .count();
+                    if saved.layout.operand_slots[pos].len() > n_bufs
+                        || results != saved.layout.types[pos].len()
+                        || outputs.len() != results
+                    {
+                        return Err(fail("its kernel does not match the node".into()));
+                    }
+                    if stages.iter().any(|s| s.func >= n_code) {
+                        return Err(fail("a stage has no code".into()));
+                    }
+                    let consts = consts
+                        .iter()
+                        .map(|(b, r)| match *b < n_bufs {
+                            true => Ok((*b, constant(r)?)),
+                            false => Err(fail("a constant of no buffer".into())),
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Step::Native {
+                        lowered: Lowered {
+                            kernel,
+                            consts: Vec::new(),
+                            outputs,
+                        },
+                        consts,
+                        stages,
+                    }
+                }
+                SavedStep::Interp { graph, why } => {
+                    let graph = ir::parse_graph(&graph).map_err(|e| fail(e.to_string()))?;
+                    if graph.outputs().len() != saved.layout.types[pos].len()
+                        || graph.params().len() != saved.layout.operand_slots[pos].len()
+                    {
+                        return Err(fail("its graph does not match the node".into()));
+                    }
+                    Step::Interp { graph, why }
+                }
+            });
+        }
+        Ok(Executable {
+            graph: None,
+            layout: saved.layout,
+            steps,
+            compiled: code,
+            arenas: Arenas::default(),
+            plans: Default::default(),
+            threads: threads_for(opts)?,
+            _backing: Some(backing),
+        })
+    }
+
+    /// The graph this executes, when it was compiled from one (not loaded from a plan).
+    pub fn graph(&self) -> Option<&Graph> {
+        self.graph.as_ref()
+    }
+
+    /// The graph's name.
+    pub fn name(&self) -> &str {
+        &self.layout.name
+    }
+
+    /// The parameters (inputs), in order, with their types (symbolic dims bind at runs).
+    pub fn params(&self) -> &[(String, TensorType)] {
+        &self.layout.params
+    }
+
+    /// The outputs, in order, with their types.
+    pub fn outputs(&self) -> &[(String, TensorType)] {
+        &self.layout.outputs
     }
 
     /// Nodes that run as native kernels, and the nodes that run on the interpreter with why.
     pub fn coverage(&self) -> (usize, Vec<(String, String)>) {
         let mut native = 0;
         let mut interp = Vec::new();
-        for (step, label) in self.steps.iter().zip(&self.labels) {
+        for (step, label) in self.steps.iter().zip(&self.layout.labels) {
             match step {
-                Some(Step::Native { .. }) => native += 1,
-                Some(Step::Interp { why, .. }) => interp.push((label.clone(), why.clone())),
-                None => {}
+                Step::Native { .. } => native += 1,
+                Step::Interp { why, .. } => interp.push((label.clone(), why.clone())),
+                _ => {}
             }
         }
         (native, interp)
@@ -453,7 +787,7 @@ impl Executable {
     pub fn kernels_text(&self) -> String {
         let mut out = String::new();
         for step in &self.steps {
-            if let Some(Step::Native { lowered, .. }) = step {
+            if let Step::Native { lowered, .. } = step {
                 out.push_str(&lowered.kernel.to_string());
                 out.push('\n');
             }
@@ -518,11 +852,13 @@ impl Executable {
         {
             return Ok(p.clone());
         }
-        let g = &self.graph;
-        let outputs: std::collections::HashSet<Value> =
-            g.outputs().iter().map(|(_, v)| *v).collect();
+        let lay = &self.layout;
+        let mut is_output = vec![false; lay.n_slots];
+        for &s in &lay.output_slots {
+            is_output[s] = true;
+        }
         // Bytes of `n` elements of `dtype`, at most 8 GiB.
-        let size = |what: &dyn Fn() -> String, dtype: ir::DType, n: i64| {
+        let size = |what: &dyn Fn() -> String, dtype: DType, n: i64| {
             let bytes = u64::try_from(n)
                 .ok()
                 .and_then(|n| dtype.storage_bytes(n))
@@ -533,40 +869,40 @@ impl Executable {
             Ok(bytes)
         };
         let threads = 1 + self.threads.as_ref().map_or(0, |p| p.len());
-        let mut resolved = Vec::with_capacity(self.order.len());
+        let mut resolved = Vec::with_capacity(self.steps.len());
         for (pos, step) in self.steps.iter().enumerate() {
             resolved.push(match step {
-                Some(Step::Native { lowered, stages }) => {
-                    Some(resolve(lowered, stages, env, threads).map_err(|message| {
-                        ExecError::Node {
-                            node: self.labels[pos].clone(),
-                            message,
-                        }
-                    })?)
-                }
+                Step::Native {
+                    lowered, stages, ..
+                } => Some(resolve(lowered, stages, env, threads).map_err(|message| {
+                    ExecError::Node {
+                        node: lay.labels[pos].clone(),
+                        message,
+                    }
+                })?),
                 _ => None,
             });
         }
         // Planned buffers as (position, kernel buffer).
         let (mut items, mut keys) = (Vec::new(), Vec::new());
-        for (pos, &id) in self.order.iter().enumerate() {
-            let Some(Step::Native { lowered, .. }) = &self.steps[pos] else {
+        for (pos, step) in self.steps.iter().enumerate() {
+            let Step::Native { lowered, .. } = step else {
                 continue;
             };
             let fail = |message: String| ExecError::Node {
-                node: self.labels[pos].clone(),
+                node: lay.labels[pos].clone(),
                 message,
             };
-            let n_args = g.node(id).inputs().len();
-            let types = g.node(id).types();
+            let n_args = lay.operand_slots[pos].len();
+            let types = &lay.types[pos];
             let mut result = 0;
             for (b, buf) in lowered.kernel.bufs.iter().enumerate().skip(n_args) {
                 let (bytes, end) = match buf.kind {
                     BufKind::Output => {
                         let i = result;
                         result += 1;
-                        let v = Value::new(id, i as u32);
-                        if outputs.contains(&v) {
+                        let slot = lay.first_slot[pos] + i;
+                        if is_output[slot] {
                             continue;
                         }
                         let ty = types
@@ -578,7 +914,7 @@ impl Executable {
                             .eval(&|s| env.get(s).copied())
                             .map_err(|e| fail(format!("{}: {e}", what())))?;
                         let bytes = size(&what, ty.dtype, n).map_err(fail)?;
-                        (bytes, self.last_use.get(&v).copied().unwrap_or(pos))
+                        (bytes, lay.last_use[slot])
                     }
                     BufKind::Scratch => {
                         // Its length under this binding, as the step's resolution has it.
@@ -620,7 +956,13 @@ impl Executable {
         bindings: &HashMap<String, i64>,
         timed: bool,
     ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
-        let env = interp::bind_symbols(&self.graph, inputs, bindings)?;
+        let params: Vec<(&str, &TensorType)> = self
+            .layout
+            .params
+            .iter()
+            .map(|(n, t)| (n.as_str(), t))
+            .collect();
+        let env = interp::bind_params(&params, inputs, bindings)?;
         let plan = self.plan(&env)?;
         let mut arena = self.arenas.take(plan.size).map_err(|e| ExecError::Node {
             node: "the memory plan".into(),
@@ -639,13 +981,13 @@ impl Executable {
         arena: &mut [u128],
         timed: bool,
     ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
-        let g = &self.graph;
+        let lay = &self.layout;
         let base = {
             let p = arena.as_mut_ptr() as *mut u8;
             // SAFETY: the arena has ALIGN bytes of slack for this.
             unsafe { p.add(p.align_offset(crate::plan::ALIGN as usize)) }
         };
-        let mut values: Vec<Option<Loc>> = (0..self.n_slots).map(|_| None).collect();
+        let mut values: Vec<Option<Loc>> = (0..lay.n_slots).map(|_| None).collect();
         let mut stats = RunStats {
             planned_bytes: plan.size,
             total_bytes: plan.total,
@@ -655,23 +997,23 @@ impl Executable {
         // Bytes of tensors held outside the arena: outputs and interpreter results.
         let mut live: u64 = 0;
         stats.peak_bytes = in_bytes + plan.size;
-        for (slot, t) in self.param_slots.iter().zip(inputs) {
+        for (slot, t) in lay.param_slots.iter().zip(inputs) {
             if let Some(i) = *slot {
                 values[i] = Some(Loc::Tensor(t.clone()));
             }
         }
-        for (pos, &id) in self.order.iter().enumerate() {
-            let node = g.node(id);
+        for (pos, step) in self.steps.iter().enumerate() {
+            let types = &lay.types[pos];
             let fail = |message: String| ExecError::Node {
-                node: self.labels[pos].clone(),
+                node: lay.labels[pos].clone(),
                 message,
             };
             // Like the interpreter, empty results need no computation.
             let empty = match &plan.resolved[pos] {
                 Some(r) => r.empty,
                 None => {
-                    !node.types().is_empty()
-                        && node.types().iter().all(|t| {
+                    !types.is_empty()
+                        && types.iter().all(|t| {
                             t.shape
                                 .dims()
                                 .iter()
@@ -680,11 +1022,10 @@ impl Executable {
                 }
             };
             let started = timed.then(std::time::Instant::now);
-            let outs: Vec<Loc> = match (node.op(), &self.steps[pos]) {
-                (Op::Param { .. }, _) => continue,
-                (Op::Constant { value }, _) => vec![Loc::Tensor(value.tensor.clone())],
-                (_, Some(_)) if empty => node
-                    .types()
+            let outs: Vec<Loc> = match step {
+                Step::Param => continue,
+                Step::Constant(c) => vec![Loc::Const(c.clone())],
+                _ if empty => types
                     .iter()
                     .map(|t| {
                         let dims = t
@@ -695,7 +1036,11 @@ impl Executable {
                         Ok(Loc::Tensor(Tensor::zeros(t.dtype, dims)))
                     })
                     .collect::<Result<_, ExecError>>()?,
-                (_, Some(Step::Native { lowered, stages })) => {
+                Step::Native {
+                    lowered,
+                    consts,
+                    stages,
+                } => {
                     let module = self
                         .compiled
                         .as_deref()
@@ -703,9 +1048,10 @@ impl Executable {
                     let run = Kernel {
                         module,
                         lowered,
+                        consts,
                         stages,
                     };
-                    let args: Vec<&Loc> = self.operand_slots[pos]
+                    let args: Vec<&Loc> = lay.operand_slots[pos]
                         .iter()
                         .map(|&i| loc(&values, i))
                         .collect::<Result<_, _>>()?;
@@ -714,8 +1060,8 @@ impl Executable {
                         .ok_or_else(|| fail("no plan".into()))?;
                     run.call(&args, r, base).map_err(fail)?
                 }
-                (_, Some(Step::Interp { graph, .. })) => {
-                    let args: Vec<Tensor> = self.operand_slots[pos]
+                Step::Interp { graph, .. } => {
+                    let args: Vec<Tensor> = lay.operand_slots[pos]
                         .iter()
                         .map(|&i| loc(&values, i)?.tensor(base).map_err(fail))
                         .collect::<Result<_, _>>()?;
@@ -729,24 +1075,23 @@ impl Executable {
                     stats.total_bytes += outs.iter().map(bytes).sum::<u64>();
                     outs.into_iter().map(Loc::Tensor).collect()
                 }
-                (op, None) => return Err(fail(format!("no step for `{}`", op.mnemonic()))),
             };
+            let own = !matches!(step, Step::Constant(_));
             if let Some(t) = started {
-                if !matches!(node.op(), Op::Constant { .. }) {
+                if own {
                     let secs = t.elapsed().as_secs_f64();
-                    stats.steps.push((self.labels[pos].clone(), secs));
+                    stats.steps.push((lay.labels[pos].clone(), secs));
                 }
             }
-            let own = !matches!(node.op(), Op::Constant { .. });
             for (i, l) in outs.into_iter().enumerate() {
                 if let (Loc::Tensor(t), true) = (&l, own) {
                     live += bytes(t);
                 }
-                values[self.first_slot[pos] + i] = Some(l);
+                values[lay.first_slot[pos] + i] = Some(l);
             }
             stats.peak_bytes = stats.peak_bytes.max(in_bytes + plan.size + live);
             // Drop what no later node reads (counting only what this run created).
-            for &(i, counted) in &self.dead_slots[pos] {
+            for &(i, counted) in &lay.dead_slots[pos] {
                 if let Some(Loc::Tensor(t)) = values[i].take() {
                     if counted {
                         live -= bytes(&t);
@@ -754,7 +1099,7 @@ impl Executable {
                 }
             }
         }
-        let outs = self
+        let outs = lay
             .output_slots
             .iter()
             .map(|&i| {
@@ -767,6 +1112,131 @@ impl Executable {
             })
             .collect::<Result<_, _>>()?;
         Ok((outs, stats))
+    }
+}
+
+impl Layout {
+    /// The layout of running `order` (positions) of `g`.
+    fn of(g: &Graph, order: &[NodeId], labels: Vec<String>) -> Layout {
+        let mut slot: HashMap<Value, usize> = HashMap::new();
+        let mut first_slot = Vec::with_capacity(order.len());
+        let mut last_use = Vec::new();
+        for (pos, &id) in order.iter().enumerate() {
+            first_slot.push(slot.len());
+            for i in 0..g.node(id).types().len() {
+                let n = slot.len();
+                slot.insert(Value::new(id, i as u32), n);
+                last_use.push(pos);
+            }
+        }
+        let mut reads: HashMap<Value, usize> = HashMap::new();
+        for (pos, &id) in order.iter().enumerate() {
+            for &v in g.node(id).inputs() {
+                last_use[slot[&v]] = pos;
+                reads.insert(v, pos);
+            }
+        }
+        for (_, v) in g.outputs() {
+            last_use[slot[v]] = usize::MAX;
+            reads.insert(*v, usize::MAX);
+        }
+        let operand_slots = order
+            .iter()
+            .map(|&id| g.node(id).inputs().iter().map(|v| slot[v]).collect())
+            .collect();
+        let dead_slots = order
+            .iter()
+            .enumerate()
+            .map(|(pos, &id)| {
+                let mut dead: Vec<(usize, bool)> = g
+                    .node(id)
+                    .inputs()
+                    .iter()
+                    .filter(|v| reads.get(v) == Some(&pos))
+                    .map(|v| {
+                        let made = g.node(v.node).op();
+                        (
+                            slot[v],
+                            !matches!(made, Op::Constant { .. } | Op::Param { .. }),
+                        )
+                    })
+                    .collect();
+                dead.sort_unstable();
+                dead.dedup();
+                dead
+            })
+            .collect();
+        let param_slots = g
+            .params()
+            .iter()
+            .map(|&p| slot.get(&Value::new(p, 0)).copied())
+            .collect();
+        let params = g
+            .params()
+            .iter()
+            .filter_map(|&p| match g.node(p).op() {
+                Op::Param { name, ty } => Some((name.clone(), ty.clone())),
+                _ => None,
+            })
+            .collect();
+        Layout {
+            name: g.name().to_string(),
+            params,
+            outputs: g
+                .outputs()
+                .iter()
+                .map(|(n, v)| (n.clone(), g.value_type(*v).clone()))
+                .collect(),
+            types: order
+                .iter()
+                .map(|&id| g.node(id).types().to_vec())
+                .collect(),
+            labels,
+            param_slots,
+            first_slot,
+            operand_slots,
+            dead_slots,
+            last_use,
+            output_slots: g.outputs().iter().map(|(_, v)| slot[v]).collect(),
+            n_slots: slot.len(),
+        }
+    }
+
+    /// Checks that a deserialized layout indexes only what it has, for `steps`.
+    fn check(&self, steps: &[SavedStep]) -> Result<(), ExecError> {
+        let n = steps.len();
+        let slots = self.n_slots;
+        let ok = [
+            self.types.len(),
+            self.labels.len(),
+            self.first_slot.len(),
+            self.operand_slots.len(),
+            self.dead_slots.len(),
+        ]
+        .iter()
+        .all(|&l| l == n)
+            && self.param_slots.len() == self.params.len()
+            && self.output_slots.len() == self.outputs.len()
+            && self.last_use.len() == slots
+            && self.param_slots.iter().flatten().all(|&s| s < slots)
+            && self.output_slots.iter().all(|&s| s < slots)
+            && self.operand_slots.iter().flatten().all(|&s| s < slots)
+            && self.dead_slots.iter().flatten().all(|&(s, _)| s < slots)
+            && (0..n).all(|p| {
+                self.first_slot[p]
+                    .checked_add(self.types[p].len())
+                    .is_some_and(|end| end <= slots)
+            })
+            && steps.iter().enumerate().all(|(p, s)| match s {
+                SavedStep::Param | SavedStep::Constant(_) => {
+                    self.types[p].len() == 1 && self.operand_slots[p].is_empty()
+                }
+                _ => true,
+            });
+        match ok {
+            true => Ok(()),
+            false => Err(ExecError::Plan("its slots do not fit its steps".into())),
+        }
     }
 }
 
@@ -784,7 +1254,6 @@ fn bytes(t: &Tensor) -> u64 {
 
 /// Where a kernel reads a tensor: its data, or a readable zero element when it is empty.
 fn tensor_ptr(t: &Tensor) -> *mut u8 {
-    static ZERO: [u64; 2] = [0; 2];
     if t.numel() == 0 {
         ZERO.as_ptr() as *mut u8
     } else {
@@ -830,6 +1299,7 @@ fn mut_ptr(d: &mut Data) -> *mut u8 {
 struct Kernel<'a> {
     module: &'a dyn Code,
     lowered: &'a Lowered,
+    consts: &'a [(BufId, Const)],
     stages: &'a [NativeStage],
 }
 
@@ -980,8 +1450,8 @@ impl Kernel<'_> {
         let mut outs: Vec<Option<Loc>> = Vec::new();
         let mut owned = Vec::new();
         for (i, b) in k.bufs.iter().enumerate().skip(args.len()) {
-            if let Some((_, t)) = l.consts.iter().find(|(c, _)| *c == i) {
-                ptrs[i] = tensor_ptr(t);
+            if let Some((_, c)) = self.consts.iter().find(|(c, _)| *c == i) {
+                ptrs[i] = c.ptr();
                 continue;
             }
             match b.kind {

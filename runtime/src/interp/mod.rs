@@ -9,7 +9,7 @@ mod wide;
 
 use std::collections::HashMap;
 
-use ir::{Data, Dim, Graph, Op, Tensor, Value, Verified};
+use ir::{Data, Dim, Graph, Op, Tensor, TensorType, Value, Verified};
 
 use compute::{DotDims, Window};
 use wide::{narrow, widen};
@@ -58,19 +58,33 @@ pub fn bind_symbols(
     inputs: &[Tensor],
     explicit: &HashMap<String, i64>,
 ) -> Result<HashMap<String, i64>, InterpError> {
-    if inputs.len() != g.params().len() {
+    let params: Vec<(&str, &TensorType)> = g
+        .params()
+        .iter()
+        .map(|&p| match g.node(p).op() {
+            Op::Param { name, ty } => (name.as_str(), ty),
+            _ => unreachable!("params are param nodes"),
+        })
+        .collect();
+    bind_params(&params, inputs, explicit)
+}
+
+/// [`bind_symbols`] for parameters given by name and type, in order.
+pub fn bind_params(
+    params: &[(&str, &TensorType)],
+    inputs: &[Tensor],
+    explicit: &HashMap<String, i64>,
+) -> Result<HashMap<String, i64>, InterpError> {
+    if inputs.len() != params.len() {
         return Err(InterpError::InputCount {
-            expected: g.params().len(),
+            expected: params.len(),
             got: inputs.len(),
         });
     }
     let mut env = explicit.clone();
     let mut deferred = Vec::new();
-    for (&p, t) in g.params().iter().zip(inputs) {
-        let (name, ty) = match g.node(p).op() {
-            Op::Param { name, ty } => (name, ty),
-            _ => unreachable!("params are param nodes"),
-        };
+    for (&(name, ty), t) in params.iter().zip(inputs) {
+        let name = &name.to_string();
         let fail = |message: String| InterpError::Input {
             name: name.clone(),
             message,
