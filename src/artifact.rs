@@ -12,10 +12,13 @@ pub fn compile(g: &Graph, opts: &CompileOptions, target: &str) -> Result<Vec<u8>
     Ok(runtime::aot::compile(g, opts, target)?)
 }
 
-/// Makes an executable from an artifact file, memory-mapped: the weights are used in place
-/// (the file must not change while the executable lives).
-pub fn load_file(path: &std::path::Path, opts: &CompileOptions) -> Result<Executable, Error> {
-    Ok(runtime::aot::load_file(path, opts)?)
+/// Makes an executable from artifact bytes it keeps (a memory map of a `.kiln` file, say:
+/// `Arc::new(map)`): the weights are used in place, nothing is copied.
+pub fn load_shared(
+    bytes: runtime::exec::SharedBytes,
+    opts: &CompileOptions,
+) -> Result<Executable, Error> {
+    Ok(runtime::aot::load_shared(bytes, opts)?)
 }
 
 /// The kernels' relocatable object file inside artifact bytes (`kiln_kernel_{i}` for kernel

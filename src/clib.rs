@@ -26,8 +26,10 @@ fn fail(m: impl Into<String>) -> Error {
     Error::SharedLibrary(m.into())
 }
 
-/// Where kiln's C runtime library is: `$KILN_CAPI_LIB`, else next to the running kiln (cargo
-/// builds it there with the binary), else in `../lib` from it (an installed layout).
+/// Where kiln's C runtime library is: `$KILN_CAPI_LIB`; else next to the running kiln, where
+/// `cargo build` puts it (in a cargo target directory, the newest of that copy and the ones
+/// under `deps/`, where builds for tests leave it); else in `../lib` from it (an installed
+/// layout).
 pub fn runtime_library() -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os("KILN_CAPI_LIB") {
         let p = PathBuf::from(p);
@@ -37,19 +39,35 @@ pub fn runtime_library() -> Result<PathBuf, Error> {
         };
     }
     let exe = std::env::current_exe().map_err(|e| fail(format!("where is kiln: {e}")))?;
-    let mut tried = Vec::new();
-    for dir in exe.ancestors().skip(1).take(2) {
-        for p in [dir.join(RUNTIME_LIB), dir.join("lib").join(RUNTIME_LIB)] {
-            if p.is_file() {
-                return Ok(p);
-            }
-            tried.push(p.display().to_string());
-        }
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let mut found: Vec<PathBuf> = vec![dir.join(RUNTIME_LIB)];
+    if let Ok(entries) = std::fs::read_dir(dir.join("deps")) {
+        found.extend(
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("libkiln_capi-") && n.ends_with(".a"))
+                }),
+        );
     }
-    Err(fail(format!(
-        "kiln's C runtime ({RUNTIME_LIB}) is not installed (looked at {}): build it with `cargo build --release -p kiln-capi`, or point KILN_CAPI_LIB at it",
-        tried.join(", ")
-    )))
+    let newest = found
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p.clone());
+    let installed = dir.join("..").join("lib").join(RUNTIME_LIB);
+    match newest {
+        Some(p) => Ok(p),
+        None if installed.is_file() => Ok(installed),
+        None => Err(fail(format!(
+            "kiln's C runtime ({RUNTIME_LIB}) is neither next to kiln ({}) nor in {}: build it with `cargo build --release -p kiln-capi`, or point KILN_CAPI_LIB at it",
+            dir.display(),
+            installed.display()
+        ))),
+    }
 }
 
 /// The header path for a library path: `libmlp.so` → `mlp.h`, `model.so` → `model.h`.

@@ -514,8 +514,8 @@ fn compile_emits_objects_and_ir_and_knows_its_targets() {
         ],
         true,
     );
-    let text = std::fs::read_to_string(&kir).unwrap();
-    kiln::parse_graph(&text).expect("--emit kir writes the optimized graph as .kir");
+    let ir_text = std::fs::read_to_string(&kir).unwrap();
+    kiln::parse_graph(&ir_text).expect("--emit kir writes the optimized graph as .kir");
     // A named x86-64 level: the artifact records what it needs and runs where that holds.
     let v2 = dir.path().join("v2.kiln");
     expect(
@@ -539,6 +539,19 @@ fn compile_emits_objects_and_ir_and_knows_its_targets() {
         let run = |m: &Path| expect(&["run", s(m), "--random-inputs", "--dim", "batch=2"], true).0;
         assert_eq!(run(&v2), run(&host));
     }
+    // Without a C compiler, a shared library is a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["compile", "examples/mlp.kir", "-o"])
+        .arg(dir.path().join("libm.so"))
+        .env("CC", "/no/such/cc")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let se = text(&out.stderr);
+    assert!(
+        !out.status.success() && se.contains("C compiler `/no/such/cc`"),
+        "{se}"
+    );
     let (_, se) = expect(
         &[
             "compile",

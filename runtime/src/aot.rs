@@ -1,7 +1,7 @@
 //! Compiled models as files (`.kiln`): [`compile`] writes an executable's saved plan, its
 //! weights and its kernels as native code into an [`artifact`] container; [`load`] makes an
 //! [`Executable`] from one without invoking the code generator at all: the plan is
-//! deserialized, the weights are read in place ([`load_shared`], [`load_file`]) and the code
+//! deserialized, the weights are read in place ([`load_shared`]) and the code
 //! is mapped from the artifact's object file. This lives in the runtime so that programs
 //! embedding a model (the C library of `kiln compile --emit so`) need nothing of the
 //! compiler's front half.
@@ -32,8 +32,6 @@ pub enum AotError {
     MissingFeatures(Vec<String>),
     #[error("the artifact has no `{0}` section")]
     MissingSection(&'static str),
-    #[error("cannot read the artifact: {0}")]
-    Io(String),
     #[error("the artifact's {what}: {message}")]
     Bad { what: &'static str, message: String },
 }
@@ -80,19 +78,8 @@ pub fn load(bytes: &[u8], opts: &CompileOptions) -> Result<Executable, AotError>
     load_shared(Arc::new(bytes.to_vec()), opts)
 }
 
-/// Makes an executable from a file holding an artifact, memory-mapped: its weights are used
-/// in place. The file must not change while the executable lives.
-pub fn load_file(path: &std::path::Path, opts: &CompileOptions) -> Result<Executable, AotError> {
-    let file = std::fs::File::open(path).map_err(|e| AotError::Io(e.to_string()))?;
-    // SAFETY: read-only; that the file does not change meanwhile is the caller's contract.
-    // Populated: the checksum reads every page at once, cheaper mapped up front than faulted.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-        .map_err(|e| AotError::Io(e.to_string()))?;
-    load_shared(Arc::new(map), opts)
-}
-
-/// [`load`] from bytes the executable keeps: its weights are read in place, nothing is
-/// copied.
+/// [`load`] from bytes the executable keeps — a memory map of a `.kiln` file, a library's
+/// static data: its weights are read in place, nothing is copied.
 pub fn load_shared(bytes: SharedBytes, opts: &CompileOptions) -> Result<Executable, AotError> {
     let all: &[u8] = (*bytes).as_ref();
     let a = artifact::read(all)?;
@@ -139,6 +126,19 @@ pub fn load_shared(bytes: SharedBytes, opts: &CompileOptions) -> Result<Executab
         at..at + weights.len(),
         opts,
     )?)
+}
+
+impl Executable {
+    /// An executable from `.kiln` artifact bytes (see [`load`]).
+    pub fn load(bytes: &[u8], opts: &CompileOptions) -> Result<Executable, AotError> {
+        load(bytes, opts)
+    }
+
+    /// An executable from `.kiln` artifact bytes it keeps, such as a memory map of the file:
+    /// weights used in place (see [`load_shared`]).
+    pub fn load_shared(bytes: SharedBytes, opts: &CompileOptions) -> Result<Executable, AotError> {
+        load_shared(bytes, opts)
+    }
 }
 
 /// A tensor's elements as little-endian bytes (narrow types: one bit pattern per element, in
@@ -199,4 +199,78 @@ pub fn decode(dtype: ir::DType, shape: Vec<usize>, bytes: &[u8]) -> Option<ir::T
 /// Whether `bytes` look like an artifact (they start with its magic).
 pub fn is_artifact(bytes: &[u8]) -> bool {
     bytes.starts_with(artifact::MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A product with a constant and a softmax, over a symbolic batch.
+    const TEXT: &str = "func @main {
+  %0 = param {name=\"x\"} : f32[n, 3]
+  %1 = constant {value=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]} : f32[3, 2]
+  %2 = dot %0, %1 {lhs_contract=[1], rhs_contract=[0]} : f32[n, 2]
+  %3 = exp %2 : f32[n, 2]
+  return %3 as \"y\"
+}
+";
+
+    /// `bytes` written again with the header fields `edit` changes.
+    fn rewritten(
+        bytes: &[u8],
+        edit: impl Fn(&mut String, &mut String, &mut Vec<String>),
+    ) -> Vec<u8> {
+        let a = artifact::read(bytes).unwrap();
+        let (mut version, mut target, mut features) =
+            (a.kiln_version.clone(), a.target.clone(), a.features.clone());
+        edit(&mut version, &mut target, &mut features);
+        let sections: Vec<(&str, &[u8])> = ["plan", "weights", "object", "kernels"]
+            .iter()
+            .map(|&n| (n, a.section(n).unwrap()))
+            .collect();
+        artifact::write(&version, &target, &features, &sections)
+    }
+
+    #[test]
+    fn loads_and_runs_and_refuses_other_versions_targets_and_cpus() {
+        let g = ir::parse_graph(TEXT).unwrap();
+        let opts = CompileOptions::default();
+        let bytes = compile(&g, &opts, "host").unwrap();
+        assert_eq!(
+            rewritten(&bytes, |_, _, _| {}),
+            bytes,
+            "rewriting is faithful"
+        );
+        let x = ir::Tensor::new(
+            vec![2, 3],
+            ir::Data::F32(vec![0.5, -1.0, 2.0, 0.0, 1.0, -0.5]),
+        )
+        .unwrap();
+        let exe = load(&bytes, &opts).unwrap();
+        assert!(exe.graph().is_none());
+        assert_eq!(exe.name(), "main");
+        assert_eq!(exe.params()[0].0, "x");
+        assert_eq!(exe.outputs()[0].1.to_string(), "f32[n, 2]");
+        let want = Executable::new(&g, &opts)
+            .unwrap()
+            .run(std::slice::from_ref(&x));
+        assert_eq!(exe.run(&[x]).unwrap(), want.unwrap());
+        let older = rewritten(&bytes, |v, _, _| *v = "0.0.1".into());
+        assert!(matches!(
+            load(&older, &opts),
+            Err(AotError::KilnVersion { found }) if found == "0.0.1"
+        ));
+        let foreign = rewritten(&bytes, |_, t, _| *t = "riscv64gc-unknown-linux-gnu".into());
+        assert!(matches!(
+            load(&foreign, &opts),
+            Err(AotError::Target { .. })
+        ));
+        let future = rewritten(&bytes, |_, _, f| f.push("has_teleport".into()));
+        let e = load(&future, &opts).err().expect("no CPU has has_teleport");
+        assert!(
+            matches!(&e, AotError::MissingFeatures(m) if m == &["has_teleport"]),
+            "{e}"
+        );
+        assert!(e.to_string().contains("lacks features"), "{e}");
+    }
 }
