@@ -166,13 +166,20 @@ fn absolute(p: &Path) -> Result<PathBuf, Error> {
     std::path::absolute(p).map_err(|e| fail(format!("{}: {e}", p.display())))
 }
 
-/// A fresh directory for the compiler's inputs.
+/// A fresh directory for the compiler's inputs (made here, never one that existed).
 fn scratch_dir() -> Result<PathBuf, Error> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("kiln-so-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
+    let mut last = None;
+    for attempt in 0..100u32 {
+        let dir =
+            std::env::temp_dir().join(format!("kiln-so-{}-{nanos}-{attempt}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = Some((dir, e)),
+        }
+    }
+    let (dir, e) = last.expect("at least one attempt");
+    Err(fail(format!("cannot create {}: {e}", dir.display())))
 }

@@ -391,7 +391,11 @@ fn tables(h: &mut String, what: &str, items: &[(String, TensorType)]) {
                 .iter()
                 .map(|d| d.as_const().unwrap_or(-1).to_string())
                 .collect();
-            format!("{{{}}}", dims.join(", "))
+            match dims.is_empty() {
+                // A scalar: C wants at least one initializer.
+                true => "{0}".to_string(),
+                false => format!("{{{}}}", dims.join(", ")),
+            }
         })
         .collect();
     shapes.push("{0}".into());

@@ -67,6 +67,7 @@ pub enum Stmt {
         var: VarId,
         extent: Expr,
         mark: Mark,
+        #[serde(deserialize_with = "ir::deserialize_nested")]
         body: Vec<Stmt>,
     },
     /// Sets a scalar variable (declared by its first assignment; an accumulator is assigned
@@ -185,11 +186,13 @@ enum ExprRepr {
     Var(VarId),
     Load {
         buf: BufId,
+        #[serde(deserialize_with = "ir::deserialize_nested")]
         index: Box<Expr>,
     },
     Op {
         mnemonic: String,
         attrs: Vec<(String, ir::Lit)>,
+        #[serde(deserialize_with = "ir::deserialize_nested")]
         args: Vec<Expr>,
         dtype: DType,
     },
@@ -378,6 +381,94 @@ impl fmt::Display for Mark {
 }
 
 impl Kernel {
+    /// Checks that every buffer, dim and variable a statement names exists (deserialized
+    /// kernels are checked before anything indexes by them).
+    pub fn check_ids(&self) -> Result<(), String> {
+        let (bufs, dims, vars) = (self.bufs.len(), self.dims.len(), self.vars.len());
+        let buf = |b: BufId| match b < bufs {
+            true => Ok(()),
+            false => Err(format!("buffer {b} of {bufs}")),
+        };
+        fn expr(
+            e: &Expr,
+            buf: &dyn Fn(BufId) -> Result<(), String>,
+            d: usize,
+            v: usize,
+        ) -> Result<(), String> {
+            match e {
+                Expr::Dim(k) if *k >= d => Err(format!("dim {k} of {d}")),
+                Expr::Var(x) if *x >= v => Err(format!("variable {x} of {v}")),
+                Expr::Load { buf: b, index } => {
+                    buf(*b)?;
+                    expr(index, buf, d, v)
+                }
+                Expr::Op { args, .. } => args.iter().try_for_each(|a| expr(a, buf, d, v)),
+                _ => Ok(()),
+            }
+        }
+        fn stmts(
+            body: &[Stmt],
+            buf: &dyn Fn(BufId) -> Result<(), String>,
+            d: usize,
+            v: usize,
+        ) -> Result<(), String> {
+            let e = |x: &Expr| expr(x, buf, d, v);
+            let var = |x: VarId| match x < v {
+                true => Ok(()),
+                false => Err(format!("variable {x} of {v}")),
+            };
+            for s in body {
+                match s {
+                    Stmt::Loop {
+                        var: x,
+                        extent,
+                        body,
+                        ..
+                    } => {
+                        var(*x)?;
+                        e(extent)?;
+                        stmts(body, buf, d, v)?;
+                    }
+                    Stmt::Set { var: x, value } => {
+                        var(*x)?;
+                        e(value)?;
+                    }
+                    Stmt::Store {
+                        buf: b,
+                        index,
+                        value,
+                    } => {
+                        buf(*b)?;
+                        e(index)?;
+                        e(value)?;
+                    }
+                    Stmt::Check { cond, .. } => e(cond)?,
+                    Stmt::Gemm(g) => {
+                        for b in [g.a, g.b, g.c].into_iter().chain(g.b_packed) {
+                            buf(b)?;
+                        }
+                        for x in [
+                            &g.a_off, &g.a_rs, &g.a_cs, &g.b_off, &g.b_rs, &g.b_cs, &g.c_off,
+                            &g.c_rs, &g.m, &g.n, &g.k,
+                        ] {
+                            e(x)?;
+                        }
+                    }
+                    Stmt::Conv2d(c) => {
+                        for b in [c.x, c.k, c.out] {
+                            buf(b)?;
+                        }
+                        for x in [&c.x_off, &c.k_off, &c.out_off] {
+                            e(x)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        stmts(&self.body, &buf, dims, vars).map_err(|m| format!("kernel `{}` names {m}", self.name))
+    }
+
     fn expr(&self, e: &Expr, out: &mut String) {
         match e {
             Expr::Int(v, DType::I64) => write!(out, "{v}").unwrap(),
@@ -550,5 +641,53 @@ impl fmt::Display for Kernel {
         self.stmts(&self.body, 1, &mut out);
         out.push('}');
         f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// postcard bytes of `Load { buf: 0, index: … }` nested `depth` times around `Dim(0)`.
+    fn nested_loads(depth: usize) -> Vec<u8> {
+        let mut b = [4u8, 0].repeat(depth);
+        b.extend([2, 0]);
+        b
+    }
+
+    #[test]
+    fn expressions_round_trip_and_hostile_nesting_is_an_error() {
+        let e = Expr::Op {
+            op: Op::Cast {
+                dtype: DType::F64,
+                saturate: false,
+            },
+            args: vec![Expr::Load {
+                buf: 1,
+                index: Box::new(Expr::Dim(0) + Expr::Var(2)),
+            }],
+            dtype: DType::F64,
+        };
+        let back: Expr = postcard::from_bytes(&postcard::to_stdvec(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+        let shallow: Expr = postcard::from_bytes(&nested_loads(100)).unwrap();
+        assert!(matches!(shallow, Expr::Load { .. }));
+        // Deep enough to exhaust a thread's stack without the limit (postcard keeps no
+        // message: that it returns at all is the point).
+        assert!(postcard::from_bytes::<Expr>(&nested_loads(1_000_000)).is_err());
+        assert!(postcard::from_bytes::<Expr>(&nested_loads(ir::MAX_NESTING as usize + 1)).is_err());
+        assert!(postcard::from_bytes::<Expr>(&nested_loads(ir::MAX_NESTING as usize - 1)).is_ok());
+        // The limit resets: a later, shallow expression still loads.
+        assert!(postcard::from_bytes::<Expr>(&nested_loads(3)).is_ok());
+        // An op the table does not know is an error, not a panic.
+        let bad = Expr::Op {
+            op: Op::Neg,
+            args: vec![Expr::Dim(0)],
+            dtype: DType::I64,
+        };
+        let mut bytes = postcard::to_stdvec(&bad).unwrap();
+        let at = bytes.windows(3).position(|w| w == b"neg").unwrap();
+        bytes[at..at + 3].copy_from_slice(b"nog");
+        assert!(postcard::from_bytes::<Expr>(&bytes).is_err());
     }
 }

@@ -783,7 +783,10 @@ pub fn cost(body: &[Stmt], dims: &[i64]) -> f64 {
             }
             Stmt::Conv2d(c) => {
                 let g = &c.geometry;
-                (g.oh * g.ow * g.kh * g.kw) as f64
+                [g.oh, g.ow, g.kh, g.kw]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .product::<f64>()
             }
             Stmt::Store { value, .. } => 1.0 + expr_cost(value),
             Stmt::Set { value, .. } => 1.0 + expr_cost(value),

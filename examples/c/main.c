@@ -32,10 +32,16 @@ static void fill(kiln_buffer *b, size_t n) {
         switch (b->dtype) {
         case KILN_F32: ((float *)b->data)[i] = (float)v; break;
         case KILN_F64: ((double *)b->data)[i] = v; break;
+        case KILN_I8: ((int8_t *)b->data)[i] = (int8_t)(i % 3); break;
+        case KILN_I16: ((int16_t *)b->data)[i] = (int16_t)(i % 3); break;
         case KILN_I32: ((int32_t *)b->data)[i] = (int32_t)(i % 3); break;
         case KILN_I64: ((int64_t *)b->data)[i] = (int64_t)(i % 3); break;
+        case KILN_U16: ((uint16_t *)b->data)[i] = (uint16_t)(i % 3); break;
+        case KILN_U32: ((uint32_t *)b->data)[i] = (uint32_t)(i % 3); break;
+        case KILN_U64: ((uint64_t *)b->data)[i] = (uint64_t)(i % 3); break;
         case KILN_BOOL: ((uint8_t *)b->data)[i] = (uint8_t)(i % 2); break;
-        default: ((uint8_t *)b->data)[i] = (uint8_t)(i % 3); break;
+        case KILN_U8: ((uint8_t *)b->data)[i] = (uint8_t)(i % 3); break;
+        default: break; /* 16-bit floats and narrower types: left zero */
         }
     }
 }
@@ -49,12 +55,19 @@ static void print(const kiln_buffer *b) {
     }
     printf("]\n");
     for (size_t i = 0; i < n; i++) {
+        const void *d = b->data;
         switch (b->dtype) {
-        case KILN_F32: printf("%.9g\n", ((const float *)b->data)[i]); break;
-        case KILN_F64: printf("%.17g\n", ((const double *)b->data)[i]); break;
-        case KILN_I32: printf("%d\n", ((const int32_t *)b->data)[i]); break;
-        case KILN_I64: printf("%lld\n", (long long)((const int64_t *)b->data)[i]); break;
-        default: printf("%u\n", ((const uint8_t *)b->data)[i]); break;
+        case KILN_F32: printf("%.9g\n", ((const float *)d)[i]); break;
+        case KILN_F64: printf("%.17g\n", ((const double *)d)[i]); break;
+        case KILN_I8: printf("%d\n", ((const int8_t *)d)[i]); break;
+        case KILN_I16: printf("%d\n", ((const int16_t *)d)[i]); break;
+        case KILN_I32: printf("%d\n", ((const int32_t *)d)[i]); break;
+        case KILN_I64: printf("%lld\n", (long long)((const int64_t *)d)[i]); break;
+        case KILN_U16: printf("%u\n", ((const uint16_t *)d)[i]); break;
+        case KILN_U32: printf("%u\n", ((const uint32_t *)d)[i]); break;
+        case KILN_U64: printf("%llu\n", (unsigned long long)((const uint64_t *)d)[i]); break;
+        case KILN_F16: case KILN_BF16: printf("0x%04x\n", ((const uint16_t *)d)[i]); break;
+        default: printf("%u\n", ((const uint8_t *)d)[i]); break;
         }
     }
 }
@@ -83,7 +96,7 @@ int main(int argc, char **argv) {
             n *= (size_t)b->shape[a];
         }
         b->bytes = n * element_bytes(b->dtype);
-        b->data = malloc(b->bytes ? b->bytes : 1);
+        b->data = calloc(b->bytes ? b->bytes : 1, 1);
         fill(b, n);
     }
     kiln_buffer outputs[KILN_MODEL_OUTPUTS + 1];

@@ -65,8 +65,14 @@ enum DimRepr {
 #[derive(serde::Serialize, serde::Deserialize)]
 enum AtomRepr {
     Sym(String),
-    Div(DimRepr, DimRepr),
-    Mod(DimRepr, DimRepr),
+    Div(
+        #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
+        #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
+    ),
+    Mod(
+        #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
+        #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
+    ),
 }
 
 impl From<Dim> for DimRepr {
@@ -611,6 +617,15 @@ mod tests {
             vec![AtomRepr::Div(DimRepr::Const(1), DimRepr::Const(0))],
         )]);
         assert!(Dim::try_from(zero).is_err());
+        // floor(floor(…/1)/1) nested a million deep: an error, not a stack overflow.
+        let nested = |n: usize| {
+            let mut b = [1u8, 1, 2, 1, 1].repeat(n);
+            b.extend([0, 4]);
+            b.extend([0u8, 2].repeat(n));
+            b
+        };
+        assert_eq!(postcard::from_bytes::<Dim>(&nested(3)), Ok(Dim::Const(2)));
+        assert!(postcard::from_bytes::<Dim>(&nested(1_000_000)).is_err());
     }
     fn c(v: i64) -> Dim {
         Dim::Const(v)

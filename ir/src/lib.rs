@@ -58,3 +58,38 @@ pub use verify::{verify, Verified, VerifyError, VerifyErrors};
 
 /// Re-exported so callers can name f16 and bf16 elements.
 pub use half::{bf16, f16};
+
+/// How deeply serialized IR may nest (dims in dims, kernel loops and expressions): far beyond
+/// what kiln makes, small enough that hostile bytes get an error instead of exhausting the
+/// stack.
+pub const MAX_NESTING: u32 = 512;
+
+/// For `#[serde(deserialize_with = ...)]` on the recursive parts of serialized IR: counts how
+/// deep this thread is and fails past [`MAX_NESTING`].
+pub fn deserialize_nested<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::de::Error;
+    thread_local! {
+        static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            DEPTH.with(|c| c.set(c.get() - 1));
+        }
+    }
+    let depth = DEPTH.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let _leave = Leave;
+    if depth > MAX_NESTING {
+        return Err(D::Error::custom(format!(
+            "serialized IR nests deeper than {MAX_NESTING}"
+        )));
+    }
+    T::deserialize(d)
+}

@@ -232,6 +232,29 @@ mod tests {
     }
 
     #[test]
+    fn distinct_constants_of_types_kernels_do_not_read_stay_distinct() {
+        // Two f16 constants of one shape (f16 runs on the interpreter): each keeps its values.
+        let text = "func @main {
+  %0 = param {name=\"x\"} : f16[2]
+  %1 = constant {value=[1.0, 2.0]} : f16[2]
+  %2 = constant {value=[10.0, 20.0]} : f16[2]
+  %3 = add %0, %1 : f16[2]
+  %4 = mul %3, %2 : f16[2]
+  return %4 as \"y\"
+}
+";
+        let g = ir::parse_graph(text).unwrap();
+        let opts = CompileOptions::default();
+        let x = ir::Tensor::zeros(ir::DType::F16, vec![2]);
+        let want = Executable::new(&g, &opts)
+            .unwrap()
+            .run(std::slice::from_ref(&x));
+        let bytes = compile(&g, &opts, "host").unwrap();
+        let got = load(&bytes, &opts).unwrap().run(&[x]);
+        assert_eq!(got.unwrap(), want.unwrap());
+    }
+
+    #[test]
     fn loads_and_runs_and_refuses_other_versions_targets_and_cpus() {
         let g = ir::parse_graph(TEXT).unwrap();
         let opts = CompileOptions::default();

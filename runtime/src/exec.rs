@@ -409,7 +409,8 @@ struct WeightWriter {
 
 impl WeightWriter {
     fn add(&mut self, t: &Tensor) -> Result<WeightRef, ExecError> {
-        let key = (tensor_ptr(t) as usize, t.numel(), t.dtype());
+        // Tensors sharing data share their `Data` (behind an `Arc`).
+        let key = (t.data() as *const Data as usize, t.numel(), t.dtype());
         if let Some(w) = self.seen.get(&key).filter(|_| t.numel() > 0) {
             return Ok(WeightRef {
                 shape: t.shape().iter().map(|&d| d as u64).collect(),
@@ -432,13 +433,12 @@ impl WeightWriter {
     }
 }
 
-/// Dtypes kernels read in place as the saved bytes are laid out (others are decoded).
+/// Dtypes kernels read in place as the saved bytes are laid out (others are decoded; so is
+/// `bool`, whose bytes must be 0 or 1 before a `Vec<bool>` may hold them).
 fn in_place(d: DType) -> bool {
     use DType::*;
-    matches!(
-        d,
-        F32 | F64 | I8 | I16 | I32 | I64 | U8 | U16 | U32 | U64 | Bool
-    ) && cfg!(target_endian = "little")
+    matches!(d, F32 | F64 | I8 | I16 | I32 | I64 | U8 | U16 | U32 | U64)
+        && cfg!(target_endian = "little")
 }
 
 impl Executable {
@@ -635,7 +635,8 @@ impl Executable {
         opts: &CompileOptions,
     ) -> Result<Executable, ExecError> {
         let bad = |m: String| ExecError::Plan(m);
-        let saved: Saved = postcard::from_bytes(plan).map_err(|e| bad(e.to_string()))?;
+        let saved: Saved =
+            postcard::from_bytes(plan).map_err(|e| bad(format!("it does not decode ({e})")))?;
         let n_code = code.as_ref().map_or(0, |c| c.len());
         if saved.kernels != n_code {
             return Err(bad(format!(
@@ -694,28 +695,44 @@ impl Executable {
                     consts,
                     stages,
                 } => {
+                    kernel.check_ids().map_err(&fail)?;
                     let n_bufs = kernel.bufs.len();
+                    let n_args = saved.layout.operand_slots[pos].len();
                     let results = kernel
                         .bufs
                         .iter()
                         .filter(|b| b.kind == BufKind::Output)
                         .count();
-                    if saved.layout.operand_slots[pos].len() > n_bufs
+                    // Operands are read-only inputs; results as many as the node has.
+                    if n_args > n_bufs
+                        || kernel.bufs[..n_args]
+                            .iter()
+                            .any(|b| b.kind != BufKind::Input)
                         || results != saved.layout.types[pos].len()
                         || outputs.len() != results
+                        || kernel
+                            .bufs
+                            .iter()
+                            .any(|b| !codegen::kernel::is_native(b.dtype))
                     {
                         return Err(fail("its kernel does not match the node".into()));
                     }
-                    if stages.iter().any(|s| s.func >= n_code) {
+                    if stages.is_empty() || stages.iter().any(|s| s.func >= n_code) {
                         return Err(fail("a stage has no code".into()));
                     }
-                    let consts = consts
-                        .iter()
-                        .map(|(b, r)| match *b < n_bufs {
-                            true => Ok((*b, constant(r)?)),
-                            false => Err(fail("a constant of no buffer".into())),
-                        })
-                        .collect::<Result<_, _>>()?;
+                    // Constants fill input buffers past the operands, each once, of its dtype.
+                    let mut filled = vec![false; n_bufs];
+                    let mut list = Vec::with_capacity(consts.len());
+                    for (b, r) in &consts {
+                        let ok = kernel.bufs.get(*b).is_some_and(|buf| {
+                            *b >= n_args && buf.kind == BufKind::Input && buf.dtype == r.dtype
+                        });
+                        if !ok || std::mem::replace(&mut filled[*b], true) {
+                            return Err(fail("a constant does not fit its buffer".into()));
+                        }
+                        list.push((*b, constant(r)?));
+                    }
+                    let consts = list;
                     Step::Native {
                         lowered: Lowered {
                             kernel,
@@ -894,7 +911,6 @@ impl Executable {
                 message,
             };
             let n_args = lay.operand_slots[pos].len();
-            let types = &lay.types[pos];
             let mut result = 0;
             for (b, buf) in lowered.kernel.bufs.iter().enumerate().skip(n_args) {
                 let (bytes, end) = match buf.kind {
@@ -905,15 +921,11 @@ impl Executable {
                         if is_output[slot] {
                             continue;
                         }
-                        let ty = types
-                            .get(i)
-                            .ok_or_else(|| fail("a result without a type".into()))?;
+                        // Its length under this binding, as the step's resolution has it
+                        // (which checked it against the result's shape).
+                        let lens = &resolved[pos].as_ref().expect("native steps resolve").lens;
                         let what = || format!("result {i}");
-                        let n = ty.shape.numel().map_err(|e| fail(e.to_string()))?;
-                        let n = n
-                            .eval(&|s| env.get(s).copied())
-                            .map_err(|e| fail(format!("{}: {e}", what())))?;
-                        let bytes = size(&what, ty.dtype, n).map_err(fail)?;
+                        let bytes = size(&what, buf.dtype, lens[b] as i64).map_err(fail)?;
                         (bytes, lay.last_use[slot])
                     }
                     BufKind::Scratch => {
@@ -1044,7 +1056,7 @@ impl Executable {
                     let module = self
                         .compiled
                         .as_deref()
-                        .expect("native steps have a module");
+                        .ok_or_else(|| fail("no code for the kernel".into()))?;
                     let run = Kernel {
                         module,
                         lowered,
@@ -1094,7 +1106,7 @@ impl Executable {
             for &(i, counted) in &lay.dead_slots[pos] {
                 if let Some(Loc::Tensor(t)) = values[i].take() {
                     if counted {
-                        live -= bytes(&t);
+                        live = live.saturating_sub(bytes(&t));
                     }
                 }
             }
@@ -1348,6 +1360,17 @@ fn resolve(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let out_shapes = l.out_shapes(env)?;
+    // Each result's shape has its buffer's length: results are read back by their shapes.
+    let out_lens = k
+        .bufs
+        .iter()
+        .zip(&lens)
+        .filter(|(b, _)| b.kind == BufKind::Output);
+    for (i, ((_, &n), shape)) in out_lens.zip(&out_shapes).enumerate() {
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(n) {
+            return Err(format!("result {i} has shape {shape:?} but {n} elements"));
+        }
+    }
     let empty =
         !out_shapes.is_empty() && out_shapes.iter().all(|s| s.iter().product::<usize>() == 0);
     let mut parts = Vec::new();
@@ -1451,6 +1474,17 @@ impl Kernel<'_> {
         let mut owned = Vec::new();
         for (i, b) in k.bufs.iter().enumerate().skip(args.len()) {
             if let Some((_, c)) = self.consts.iter().find(|(c, _)| *c == i) {
+                let n: usize = c.shape().iter().product();
+                if n != r.lens[i] || c.dtype() != b.dtype {
+                    return Err(format!(
+                        "constant buffer {} is {}{:?}, the kernel expects {} elements of {}",
+                        b.name,
+                        c.dtype(),
+                        c.shape(),
+                        r.lens[i],
+                        b.dtype
+                    ));
+                }
                 ptrs[i] = c.ptr();
                 continue;
             }
