@@ -30,6 +30,14 @@ impl Mat {
         }
     }
 
+    /// The matrix from row `i0` on.
+    fn rows_from(self, i0: usize) -> Mat {
+        Mat {
+            p: self.p.wrapping_offset(i0 as isize * self.rs),
+            ..self
+        }
+    }
+
     /// # Safety
     /// (i, j) must be inside the operand.
     unsafe fn at(&self, i: usize, j: usize) -> f32 {
@@ -75,7 +83,8 @@ pub unsafe extern "C" fn kiln_sgemm(
 }
 
 /// [`kiln_sgemm`] where `bp`, unless null, is `b` already packed by [`pack_b`] for this `k`
-/// and `n` (then B is not packed per call), and rows of C are `ldc >= n` elements apart.
+/// and `n` (then B is not packed per call, and `b` itself is never read), and rows of C are
+/// `ldc >= n` elements apart.
 ///
 /// # Safety
 /// As [`kiln_sgemm`], C holding `m` rows `ldc` apart; a non-null `bp` holds
@@ -116,6 +125,13 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
             // SAFETY: row i of c holds n elements.
             unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
         }
+        return;
+    }
+    if !bp.is_null() && (m <= 4 || m * n * k <= 4096) {
+        // Few rows, or a tiny product, against B packed ahead of time: its panels streamed
+        // (the original B is never read when it was packed).
+        // SAFETY: forwarded from the caller.
+        unsafe { thin_packed(a, bp, c, ldc, m, n, k) };
         return;
     }
     if m * n * k <= 4096 {
@@ -497,6 +513,167 @@ unsafe fn thin(a: Mat, b: Mat, c: *mut f32, ldc: usize, m: usize, n: usize, k: u
     }
 }
 
+/// `c = a · b` with B packed by [`pack_b`]: rows of A four at a time against each panel of NR
+/// columns, held in registers over the whole contraction (each element sums over l in order);
+/// panels split over the helpers when there is enough work.
+///
+/// # Safety
+/// As [`kiln_sgemm_packed`] with a non-null `bp`.
+unsafe fn thin_packed(
+    a: Mat,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let panels = n.div_ceil(NR);
+    let t = if m * n * k >= 1 << 16 {
+        (crate::threads::helpers() + 1).min(panels).max(1)
+    } else {
+        1
+    };
+    let (bp_addr, c_addr) = (bp as usize, c as usize);
+    crate::threads::parallel_for(t, |w| {
+        let (p0, p1) = (panels * w / t, panels * (w + 1) / t);
+        for r0 in (0..m).step_by(4) {
+            let part = PackedRows {
+                a: a.rows_from(r0),
+                bp: bp_addr as *const f32,
+                c: (c_addr as *mut f32).wrapping_add(r0 * ldc),
+                ldc,
+                n,
+                k,
+            };
+            // SAFETY: forwarded from the caller; each part writes the columns of its panels.
+            unsafe {
+                match ((m - r0).min(4), crate::avx2_fma()) {
+                    (1, true) => thin_packed_avx::<1>(part, p0, p1),
+                    (2, true) => thin_packed_avx::<2>(part, p0, p1),
+                    (3, true) => thin_packed_avx::<3>(part, p0, p1),
+                    (_, true) => thin_packed_avx::<4>(part, p0, p1),
+                    (1, false) => thin_packed_body::<1>(part, p0, p1),
+                    (2, false) => thin_packed_body::<2>(part, p0, p1),
+                    (3, false) => thin_packed_body::<3>(part, p0, p1),
+                    _ => thin_packed_body::<4>(part, p0, p1),
+                }
+            }
+        }
+    });
+}
+
+/// Rows of a product against a packed B: `c = a · b`, C's rows `ldc` apart, B `k`×`n`.
+#[derive(Clone, Copy)]
+struct PackedRows {
+    a: Mat,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    n: usize,
+    k: usize,
+}
+
+/// `M` rows of a [`PackedRows`] product over the packed panels `p0..p1` of B.
+///
+/// # Safety
+/// As [`thin_packed`]; `M` rows of A and C.
+#[inline(always)]
+unsafe fn thin_packed_body<const M: usize>(t: PackedRows, p0: usize, p1: usize) {
+    let PackedRows {
+        a,
+        bp,
+        c,
+        ldc,
+        n,
+        k,
+    } = t;
+    let panels = n.div_ceil(NR);
+    for p in p0..p1 {
+        let j0 = p * NR;
+        let w = NR.min(n - j0);
+        let mut acc = [[0f32; NR]; M];
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // SAFETY: block pc holds `panels` panels of kc rows of NR values (see `pack_b`).
+            let panel = unsafe {
+                std::slice::from_raw_parts(bp.add(pc * panels * NR + p * NR * kc), NR * kc)
+            };
+            for (l, bv) in panel.chunks_exact(NR).enumerate() {
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: (i, pc + l) is inside A.
+                    let av = unsafe { a.at(i, pc + l) };
+                    for (x, &y) in acc.iter_mut().zip(bv) {
+                        *x = av.mul_add(y, *x);
+                    }
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            // SAFETY: row i of c holds n elements.
+            let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + j0), w) };
+            out.copy_from_slice(&acc[..w]);
+        }
+    }
+}
+
+/// [`thin_packed_body`] with AVX2 and FMA: a panel's 16 columns of `M` rows in 2·M registers
+/// over the whole contraction (the same fused multiply-adds in the same order).
+///
+/// # Safety
+/// As [`thin_packed_body`]; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn thin_packed_avx<const M: usize>(t: PackedRows, p0: usize, p1: usize) {
+    use std::arch::x86_64::*;
+    let PackedRows {
+        a,
+        bp,
+        c,
+        ldc,
+        n,
+        k,
+    } = t;
+    let panels = n.div_ceil(NR);
+    for p in p0..p1 {
+        let j0 = p * NR;
+        let w = NR.min(n - j0);
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // SAFETY: block pc holds `panels` panels of kc rows of NR values (see `pack_b`);
+            // (i, pc + l) is inside A.
+            unsafe {
+                let panel = bp.add(pc * panels * NR + p * NR * kc);
+                for l in 0..kc {
+                    let row = panel.add(l * NR);
+                    let (b0, b1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let av = _mm256_set1_ps(a.at(i, pc + l));
+                        acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                    }
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let mut tile = [0f32; NR];
+            // SAFETY: the tile holds NR values; row i of c holds n elements from j0 + w.
+            unsafe {
+                _mm256_storeu_ps(tile.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(tile.as_mut_ptr().add(8), acc[1]);
+                std::ptr::copy_nonoverlapping(tile.as_ptr(), c.add(i * ldc + j0), w);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn thin_packed_avx<const M: usize>(t: PackedRows, p0: usize, p1: usize) {
+    // SAFETY: forwarded.
+    unsafe { thin_packed_body::<M>(t, p0, p1) }
+}
+
 /// `M` rows of `c = a · b` with B's rows contiguous: 16 columns at a time held in registers
 /// over the whole contraction (each element sums over l in order).
 ///
@@ -802,18 +979,19 @@ mod tests {
                 } else {
                     Vec::new()
                 };
-                // SAFETY: the strides stay inside the vectors; bp is B packed.
+                // SAFETY: the strides stay inside the vectors; bp is B packed. With B packed,
+                // the original is never read (artifacts may leave it out): it is null here.
                 crate::threads::with_helpers(pool, || unsafe {
-                    let bp_ptr = if packed {
-                        bp.as_ptr()
+                    let (b_ptr, bp_ptr) = if packed {
+                        (std::ptr::null(), bp.as_ptr())
                     } else {
-                        std::ptr::null()
+                        (b.as_ptr(), std::ptr::null())
                     };
                     kiln_sgemm_packed(
                         a.as_ptr(),
                         k as i64,
                         1,
-                        b.as_ptr(),
+                        b_ptr,
                         rs,
                         cs,
                         bp_ptr,

@@ -458,8 +458,18 @@ fn touches(s: &Stmt, b: BufId) -> bool {
         Stmt::Store { buf, index, value } => *buf == b || expr(index, b) || expr(value, b),
         Stmt::Check { cond, .. } => expr(cond, b),
         Stmt::Conv2d(c) => [c.x, c.k, c.out].contains(&b),
-        Stmt::Gemm(g) => [Some(g.a), Some(g.b), Some(g.c), g.b_packed].contains(&Some(b)),
+        // A product whose B was packed ahead of time reads the packed copy, never B.
+        Stmt::Gemm(g) => {
+            let unpacked_b = g.b_packed.is_none().then_some(g.b);
+            [Some(g.a), unpacked_b, Some(g.c), g.b_packed].contains(&Some(b))
+        }
     }
+}
+
+/// Whether statements read or write buffer `b` (a product with B packed ahead of time reads
+/// only the packed copy).
+pub fn uses(body: &[Stmt], b: BufId) -> bool {
+    body.iter().any(|s| touches(s, b))
 }
 
 /// The innermost loop holding every access to `b` (with the loops around it, outermost

@@ -269,6 +269,23 @@ mod tests {
             ir::Data::F32(vec![0.5, -1.0, 2.0, 0.0, 1.0, -0.5]),
         )
         .unwrap();
+        // The weight is saved packed for the product; its original, which nothing reads
+        // then, is left out.
+        let weights = artifact::read(&bytes)
+            .unwrap()
+            .section("weights")
+            .unwrap()
+            .to_vec();
+        let original: Vec<u8> = [1f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let packed_rows: Vec<u8> = [1f32, 2.0, 0.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let has = |b: &[u8]| weights.windows(b.len()).any(|w| w == b);
+        assert!(has(&packed_rows) && !has(&original));
         let exe = load(&bytes, &opts).unwrap();
         assert!(exe.graph().is_none());
         assert_eq!(exe.name(), "main");

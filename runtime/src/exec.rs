@@ -37,6 +37,12 @@ pub enum ExecError {
 #[derive(Clone)]
 enum Const {
     Tensor(Tensor),
+    /// A constant no step reads (every kernel taking it reads a packed copy instead): a saved
+    /// plan leaves its bytes out, and only its type remains.
+    Absent {
+        dtype: DType,
+        shape: Vec<usize>,
+    },
     /// Elements in memory the executable keeps alive (an artifact's weights, used in place).
     Mapped {
         addr: usize,
@@ -49,14 +55,14 @@ impl Const {
     fn dtype(&self) -> DType {
         match self {
             Const::Tensor(t) => t.dtype(),
-            Const::Mapped { dtype, .. } => *dtype,
+            Const::Mapped { dtype, .. } | Const::Absent { dtype, .. } => *dtype,
         }
     }
 
     fn shape(&self) -> &[usize] {
         match self {
             Const::Tensor(t) => t.shape(),
-            Const::Mapped { shape, .. } => shape,
+            Const::Mapped { shape, .. } | Const::Absent { shape, .. } => shape,
         }
     }
 
@@ -66,6 +72,8 @@ impl Const {
             Const::Tensor(t) => tensor_ptr(t),
             Const::Mapped { shape, .. } if shape.contains(&0) => ZERO.as_ptr() as *mut u8,
             Const::Mapped { addr, .. } => *addr as *mut u8,
+            // Never read (see `Const::Absent`).
+            Const::Absent { .. } => ZERO.as_ptr() as *mut u8,
         }
     }
 
@@ -85,6 +93,7 @@ impl Const {
                 crate::aot::decode(*dtype, shape.clone(), bytes)
                     .ok_or_else(|| "a constant's bytes do not fit its type".into())
             }
+            Const::Absent { .. } => Err("a constant the saved plan left out was read".into()),
         }
     }
 }
@@ -109,11 +118,29 @@ enum Step {
     },
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
 struct NativeStage {
     func: usize,
     parallel: Option<codegen::Expr>,
     body: Vec<codegen::Stmt>,
+}
+
+impl NativeStage {
+    /// The stages of `kernel` (`codegen::stages::split`, deterministic) with their
+    /// functions numbered from `first` on, and the stage kernels to compile.
+    fn split(kernel: &codegen::Kernel, first: usize) -> (Vec<NativeStage>, Vec<codegen::Kernel>) {
+        codegen::stages::split(kernel)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let stage = NativeStage {
+                    func: first + i,
+                    parallel: s.parallel,
+                    body: s.kernel.body.clone(),
+                };
+                (stage, s.kernel)
+            })
+            .unzip()
+    }
 }
 
 /// Compile-time choices.
@@ -376,11 +403,16 @@ struct WeightRef {
 enum SavedStep {
     Param,
     Constant(WeightRef),
+    /// A constant nothing reads (see `Const::Absent`).
+    Absent {
+        dtype: DType,
+        shape: Vec<u64>,
+    },
+    /// Its stages are split again at loading (deterministic: the same kiln split them).
     Native {
         kernel: codegen::Kernel,
         outputs: Vec<ir::Shape>,
         consts: Vec<(BufId, WeightRef)>,
-        stages: Vec<NativeStage>,
     },
     /// The node's graph as `.kir` text (constants inline).
     Interp {
@@ -520,15 +552,8 @@ impl Executable {
                         })
                         .collect();
                     codegen::prepack(&mut l, &operands);
-                    let mut stages = Vec::new();
-                    for s in codegen::stages::split(&l.kernel) {
-                        stages.push(NativeStage {
-                            func: kernels.len(),
-                            parallel: s.parallel,
-                            body: s.kernel.body.clone(),
-                        });
-                        kernels.push(s.kernel);
-                    }
+                    let (stages, ks) = NativeStage::split(&l.kernel, kernels.len());
+                    kernels.extend(ks);
                     let consts = l
                         .consts
                         .iter()
@@ -579,19 +604,21 @@ impl Executable {
         let mut w = WeightWriter::default();
         let constant = |w: &mut WeightWriter, c: &Const| match c {
             Const::Tensor(t) => w.add(t),
-            Const::Mapped { .. } => Err(ExecError::Plan(
+            Const::Mapped { .. } | Const::Absent { .. } => Err(ExecError::Plan(
                 "a loaded executable is saved by copying its artifact".into(),
             )),
         };
         let mut steps = Vec::with_capacity(self.steps.len());
-        for s in &self.steps {
+        for (pos, s) in self.steps.iter().enumerate() {
             steps.push(match s {
                 Step::Param => SavedStep::Param,
+                Step::Constant(c) if !self.is_read(pos) => SavedStep::Absent {
+                    dtype: c.dtype(),
+                    shape: c.shape().iter().map(|&d| d as u64).collect(),
+                },
                 Step::Constant(c) => SavedStep::Constant(constant(&mut w, c)?),
                 Step::Native {
-                    lowered,
-                    consts,
-                    stages,
+                    lowered, consts, ..
                 } => SavedStep::Native {
                     kernel: lowered.kernel.clone(),
                     outputs: lowered.outputs.clone(),
@@ -599,14 +626,6 @@ impl Executable {
                         .iter()
                         .map(|(b, c)| Ok((*b, constant(&mut w, c)?)))
                         .collect::<Result<_, ExecError>>()?,
-                    stages: stages
-                        .iter()
-                        .map(|s| NativeStage {
-                            func: s.func,
-                            parallel: s.parallel.clone(),
-                            body: s.body.clone(),
-                        })
-                        .collect(),
                 },
                 Step::Interp { graph, why } => SavedStep::Interp {
                     graph: ir::print_graph(graph),
@@ -684,16 +703,25 @@ impl Executable {
                 .ok_or_else(|| bad("a constant's bytes do not fit its type".into()))
         };
         let mut steps = Vec::with_capacity(saved.steps.len());
+        // Stage functions are numbered as compiling numbered them.
+        let mut n_funcs = 0;
         for (pos, s) in saved.steps.into_iter().enumerate() {
             let fail = |m: String| bad(format!("{}: {m}", saved.layout.labels[pos]));
             steps.push(match s {
                 SavedStep::Param => Step::Param,
                 SavedStep::Constant(r) => Step::Constant(constant(&r)?),
+                SavedStep::Absent { dtype, shape } => Step::Constant(Const::Absent {
+                    dtype,
+                    shape: shape
+                        .iter()
+                        .map(|&d| usize::try_from(d))
+                        .collect::<Result<_, _>>()
+                        .map_err(|_| fail("a constant's shape does not fit".into()))?,
+                }),
                 SavedStep::Native {
                     kernel,
                     outputs,
                     consts,
-                    stages,
                 } => {
                     kernel.check_ids().map_err(&fail)?;
                     let n_bufs = kernel.bufs.len();
@@ -717,6 +745,8 @@ impl Executable {
                     {
                         return Err(fail("its kernel does not match the node".into()));
                     }
+                    let (stages, ks) = NativeStage::split(&kernel, n_funcs);
+                    n_funcs += ks.len();
                     if stages.is_empty() || stages.iter().any(|s| s.func >= n_code) {
                         return Err(fail("a stage has no code".into()));
                     }
@@ -763,6 +793,25 @@ impl Executable {
             plans: Default::default(),
             threads: threads_for(opts)?,
             _backing: Some(backing),
+        })
+    }
+
+    /// Whether a run reads the value of the constant at `pos`: it is an output, or some step
+    /// reads it other than as a kernel operand used only through a packed copy.
+    fn is_read(&self, pos: usize) -> bool {
+        let slot = self.layout.first_slot[pos];
+        if self.layout.output_slots.contains(&slot) {
+            return true;
+        }
+        self.steps.iter().enumerate().any(|(q, step)| {
+            let operands = &self.layout.operand_slots[q];
+            let mut reading = operands.iter().enumerate().filter(|&(_, &s)| s == slot);
+            match step {
+                Step::Native { lowered, .. } => {
+                    reading.any(|(i, _)| codegen::stages::uses(&lowered.kernel.body, i))
+                }
+                _ => reading.next().is_some(),
+            }
         })
     }
 
@@ -1240,7 +1289,7 @@ impl Layout {
                     .is_some_and(|end| end <= slots)
             })
             && steps.iter().enumerate().all(|(p, s)| match s {
-                SavedStep::Param | SavedStep::Constant(_) => {
+                SavedStep::Param | SavedStep::Constant(_) | SavedStep::Absent { .. } => {
                     self.types[p].len() == 1 && self.operand_slots[p].is_empty()
                 }
                 _ => true,
