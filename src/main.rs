@@ -44,7 +44,8 @@ enum Cmd {
     Compile(CompileArgs),
     /// Run the ONNX backend node tests in DIR on kiln and report pass counts per op
     Conformance(ConformanceArgs),
-    /// Summarize an ONNX model: opsets, inputs and outputs, parameters, op histogram
+    /// Summarize an ONNX model (opsets, inputs and outputs, parameters, op histogram) or a
+    /// .kiln artifact (versions, target and CPU features, sections, inputs and outputs, kernels)
     Inspect { file: PathBuf },
     /// Optimize a model (.kir or .onnx) and print the resulting IR
     Opt(OptArgs),
@@ -684,10 +685,56 @@ fn load_onnx(
 }
 
 fn inspect(path: &Path) -> Result<(), Failure> {
+    if is_artifact_file(path) {
+        return inspect_artifact(path);
+    }
     let (bytes, external) = read_onnx(path)?;
     let summary = kiln::onnx::inspect(&bytes, external)
         .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
     print!("{summary}");
+    Ok(())
+}
+
+/// What a .kiln artifact holds, and whether this machine can run it.
+fn inspect_artifact(path: &Path) -> Result<(), Failure> {
+    let file = path.display();
+    let bytes = read(path)?;
+    let a = kiln::runtime::artifact::read(&bytes).map_err(|e| Failure(format!("{file}: {e}")))?;
+    println!(
+        "kiln artifact, format {}",
+        kiln::runtime::artifact::FORMAT_VERSION
+    );
+    println!("built by kiln {}", a.kiln_version);
+    println!("target: {}", a.target);
+    println!("needs: {}", a.features.join(", "));
+    println!("sections:");
+    for name in ["plan", "weights", "object", "kernels"] {
+        if let Some(s) = a.section(name) {
+            println!("  {name:<10} {:>10} bytes", s.len());
+        }
+    }
+    let exe = match kiln::artifact::load(&bytes, &Default::default()) {
+        Ok(exe) => exe,
+        Err(e) => {
+            println!("this machine cannot load it: {e}");
+            return Ok(());
+        }
+    };
+    println!("@{}", exe.name());
+    for (what, list) in [("inputs", exe.params()), ("outputs", exe.outputs())] {
+        println!("{what}:");
+        for (n, t) in list {
+            println!("  {n}: {t}");
+        }
+    }
+    let (native, interp) = exe.coverage();
+    println!(
+        "{native} kernels compiled, {} nodes on the interpreter",
+        interp.len()
+    );
+    for (node, why) in interp {
+        println!("  {node}: {why}");
+    }
     Ok(())
 }
 

@@ -401,6 +401,20 @@ fn compiled_artifacts_run_like_the_model_and_damaged_ones_are_errors() {
     }
     let (_, se) = expect(&["run", s(&art), "--interp"], false);
     assert!(se.contains("compiled artifact"), "{se}");
+    // `inspect` tells what an artifact holds and needs.
+    let (so, _) = expect(&["inspect", s(&art)], true);
+    for needed in [
+        "kiln artifact",
+        "target: ",
+        "needs: ",
+        "plan",
+        "image: f32[batch, 3, 16, 16]",
+    ] {
+        assert!(so.contains(needed), "inspect lacks {needed}:\n{so}");
+    }
+    let p = write(dir.path(), "cut2.kiln", &bytes[..100]);
+    let (_, se) = expect(&["inspect", s(&p)], false);
+    assert!(se.contains("cut2.kiln") && se.contains("truncated"), "{se}");
 }
 
 /// The value examples/c/main.c gives element `i` of a float input.

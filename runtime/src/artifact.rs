@@ -173,23 +173,13 @@ pub fn read(bytes: &[u8]) -> Result<Artifact<'_>, ArtifactError> {
     if found != FORMAT_VERSION {
         return Err(ArtifactError::Version { found });
     }
-    let stored = u64::from_le_bytes(
-        bytes[CHECKSUM_AT..CHECKSUM_AT + 8]
-            .try_into()
-            .expect("8 bytes"),
-    );
-    let computed = checksum(bytes);
-    if stored != computed {
-        return Err(ArtifactError::Checksum {
-            found: stored,
-            computed,
-        });
-    }
     let header_len = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes")) as usize;
     let end = HEADER_AT
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| ArtifactError::Malformed("the header runs past the file".into()))?;
+        .ok_or_else(|| {
+            ArtifactError::Malformed("the header runs past the file (a truncated file?)".into())
+        })?;
     let mut r = Reader {
         bytes: &bytes[..end],
         at: HEADER_AT,
@@ -213,10 +203,24 @@ pub fn read(bytes: &[u8]) -> Result<Artifact<'_>, ArtifactError> {
             .map(|(o, e)| &bytes[o..e])
             .ok_or_else(|| {
                 ArtifactError::Malformed(format!(
-                    "section `{name}` ({len} bytes at {off}) is outside the file"
+                    "section `{name}` ({len} bytes at {off}) is outside the file's {} bytes (a truncated file?)",
+                    bytes.len()
                 ))
             })?;
         sections.push((name, data));
+    }
+    // Bounds first (a cut file says so), then the contents.
+    let stored = u64::from_le_bytes(
+        bytes[CHECKSUM_AT..CHECKSUM_AT + 8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let computed = checksum(bytes);
+    if stored != computed {
+        return Err(ArtifactError::Checksum {
+            found: stored,
+            computed,
+        });
     }
     Ok(Artifact {
         kiln_version,
