@@ -1128,6 +1128,13 @@ fn ops() {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a program that stops reading (`kiln run … | head`) ends kiln quietly,
+    // as it does other command-line tools, instead of a panic on the failed write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Check { files } => check(&files),

@@ -582,3 +582,30 @@ fn compile_emits_objects_and_ir_and_knows_its_targets() {
         "{se}"
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    // A large output (a large batch, printed in full), of which the reader takes five bytes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "run",
+            "examples/mlp.kir",
+            "--random-inputs",
+            "--dim",
+            "batch=100000",
+            "--full",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 5];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"probs");
+    let out = child.wait_with_output().unwrap();
+    let se = text(&out.stderr);
+    assert!(!se.contains("panicked"), "{se}");
+}

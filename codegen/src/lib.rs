@@ -9,7 +9,7 @@ pub mod jit;
 pub mod kernel;
 
 pub use kernel::{Buf, BufId, BufKind, Expr, Kernel, Mark, Stmt, VarId};
-pub use lower::{lower, prepack, single_node_graph, Lowered, Unsupported};
+pub use lower::{lower, prepack, single_node_graph, Lowered, PackCache, Unsupported};
 pub mod lower;
 pub mod rows;
 pub mod stages;

@@ -74,11 +74,20 @@ pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
     })
 }
 
+/// Packed copies of constant product operands, shared by every kernel of an executable: an
+/// unrolled recurrence's steps (one kernel each) pack their common weight once.
+#[derive(Default)]
+pub struct PackCache {
+    /// By the source's data (kept alive here, so the address stays its own) and the
+    /// operand's offset, strides and sizes: the source and its packed copy.
+    packed: std::collections::HashMap<(usize, [i64; 5]), (Tensor, Tensor)>,
+}
+
 /// Packs, once, the right operands of the kernel's products that are constant — kernel
 /// constants, or operands the caller knows (`operands[i]` for input buffer `i`) — with static
 /// offsets, strides and sizes, so that products do not pack them on every call. The packed
-/// copies become constant buffers of the kernel.
-pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>]) {
+/// copies become constant buffers of the kernel; `cache` shares them between kernels.
+pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCache) {
     fn walk(body: &mut [Stmt], f: &mut dyn FnMut(&mut Gemm)) {
         for s in body {
             match s {
@@ -119,13 +128,22 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>]) {
         if k == 0 || n == 0 || off > data.len() {
             return;
         }
-        let Some(packed) = crate::gemm::pack_b(&data[off..], rs, cs, k, n) else {
-            return;
+        let source = (t.data() as *const ir::Data as usize, key.1);
+        let t = match cache.packed.get(&source) {
+            Some((_, packed)) => packed.clone(),
+            None => {
+                let Some(packed) = crate::gemm::pack_b(&data[off..], rs, cs, k, n) else {
+                    return;
+                };
+                let len = packed.len();
+                let Ok(packed) = Tensor::new(vec![len], ir::Data::F32(packed)) else {
+                    return;
+                };
+                cache.packed.insert(source, (t.clone(), packed.clone()));
+                packed
+            }
         };
-        let len = packed.len();
-        let Ok(t) = Tensor::new(vec![len], ir::Data::F32(packed)) else {
-            return;
-        };
+        let len = t.numel();
         l.kernel.bufs.push(Buf {
             name: format!("packed{}", l.kernel.bufs.len()),
             dtype: DType::F32,

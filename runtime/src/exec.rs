@@ -517,6 +517,7 @@ impl Executable {
             .collect();
         let threads = threads_for(opts)?;
         let numbering = g.numbering().unwrap_or_default();
+        let mut packs = codegen::PackCache::default();
         let mut steps = Vec::with_capacity(order.len());
         let mut kernels = Vec::new();
         let mut labels = Vec::with_capacity(order.len());
@@ -551,7 +552,7 @@ impl Executable {
                             _ => None,
                         })
                         .collect();
-                    codegen::prepack(&mut l, &operands);
+                    codegen::prepack(&mut l, &operands, &mut packs);
                     let (stages, ks) = NativeStage::split(&l.kernel, kernels.len());
                     kernels.extend(ks);
                     let consts = l
