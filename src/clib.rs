@@ -100,6 +100,15 @@ pub fn build(artifact: &[u8], g: &Graph, about: &str, out: &Path) -> Result<Path
             )));
         }
     }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(fail(format!(
+                "cannot write {}: {} is not a directory",
+                out.display(),
+                parent.display()
+            )));
+        }
+    }
     let lib = runtime_library()?;
     let dir = scratch_dir()?;
     let result = build_in(&dir, &lib, artifact, g, about, out);

@@ -1161,7 +1161,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(msg)) => {
-            if msg.contains(": error: ") {
+            // Diagnostics come formatted (`file:line:col: error: …`); other messages get the
+            // prefix (even when they quote a tool's own `error:` lines further down).
+            if msg.lines().next().is_some_and(|l| l.contains(": error: ")) {
                 eprintln!("{msg}");
             } else {
                 eprintln!("error: {msg}");

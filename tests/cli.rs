@@ -553,7 +553,15 @@ fn compile_emits_objects_and_ir_and_knows_its_targets() {
         let run = |m: &Path| expect(&["run", s(m), "--random-inputs", "--dim", "batch=2"], true).0;
         assert_eq!(run(&v2), run(&host));
     }
-    // Without a C compiler, a shared library is a clear error.
+    // A library into a missing directory, or without a C compiler: clear errors.
+    let (_, se) = expect(
+        &["compile", "examples/mlp.kir", "-o", "/no/such/dir/libm.so"],
+        false,
+    );
+    assert!(
+        se.starts_with("error: ") && se.contains("/no/such/dir is not a directory"),
+        "{se}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["compile", "examples/mlp.kir", "-o"])
         .arg(dir.path().join("libm.so"))
