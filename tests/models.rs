@@ -211,7 +211,6 @@ fn optimized_ir_snapshots() {
     };
     let shown = kiln::ir::PrintOptions {
         max_elements: Some(16),
-        ..Default::default()
     };
     for d in &dirs {
         let name = d.file_name().unwrap().to_string_lossy().to_string();

@@ -44,12 +44,10 @@ pub use dtype::{DType, DTypeSet};
 pub use error::{Error, Result};
 pub use graph::{Cycle, Graph, GraphError, Loc, Node, NodeId, Origin, Value};
 pub use ops::{Arity, Op, OpKind};
-pub use parse::{
-    parse_graph, parse_graph_with, parse_module, parse_module_with, Func, Module, ParseError, Span,
-};
+pub use parse::{parse_graph, parse_module, Func, Module, ParseError, Span};
 pub use print::{
-    attrs_text, default_output_name, named_constants, print_graph, print_module, print_module_with,
-    tensor_literal, PrintOptions,
+    attrs_text, default_output_name, print_graph, print_module, print_module_with, tensor_literal,
+    PrintOptions,
 };
 pub use region::Region;
 pub use shape::{Shape, TensorType};

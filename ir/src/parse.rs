@@ -65,38 +65,19 @@ impl Module {
 
 /// Parses every function and constant in `text`.
 pub fn parse_module(text: &str) -> Result<Module, ParseError> {
-    parse_module_with(text, &BTreeMap::new())
-}
-
-/// Parses `text` where named constants may be defined as `extern`: their data is
-/// `external[name]` (of the declared type).
-pub fn parse_module_with(
-    text: &str,
-    external: &BTreeMap<String, Tensor>,
-) -> Result<Module, ParseError> {
     let tokens = lex(text)?;
     Parser {
         tokens,
         pos: 0,
         depth: 0,
         consts: BTreeMap::new(),
-        external,
     }
     .module()
 }
 
 /// Parses a text holding exactly one function.
 pub fn parse_graph(text: &str) -> Result<Graph, ParseError> {
-    parse_graph_with(text, &BTreeMap::new())
-}
-
-/// [`parse_graph`] with external data for `extern` named constants (see
-/// [`parse_module_with`]).
-pub fn parse_graph_with(
-    text: &str,
-    external: &BTreeMap<String, Tensor>,
-) -> Result<Graph, ParseError> {
-    let mut m = parse_module_with(text, external)?;
+    let mut m = parse_module(text)?;
     match m.funcs.len() {
         1 => Ok(m.funcs.remove(0).graph),
         n => Err(ParseError {
@@ -305,15 +286,14 @@ enum Ex {
 /// the stack.
 const MAX_DEPTH: usize = 256;
 
-struct Parser<'e> {
+struct Parser {
     tokens: Vec<(Tok, Loc)>,
     pos: usize,
     depth: usize,
     consts: BTreeMap<String, Tensor>,
-    external: &'e BTreeMap<String, Tensor>,
 }
 
-impl Parser<'_> {
+impl Parser {
     fn peek(&self) -> &Tok {
         &self.tokens[self.pos].0
     }
@@ -403,19 +383,7 @@ impl Parser<'_> {
         self.expect('=')?;
         let lit_loc = self.loc();
         let lit = self.lit()?;
-        let t = match &lit {
-            Lit::Ident(kw) if kw == "extern" => match self.external.get(&name) {
-                Some(t) if t.ty() == ty => t.clone(),
-                Some(t) => {
-                    return err(
-                        lit_loc,
-                        format!("constant @{name} is {ty}, its external data {}", t.ty()),
-                    )
-                }
-                None => return err(lit_loc, format!("constant @{name} has no external data")),
-            },
-            _ => tensor_from_lit(&lit, &ty).or_else(|m| err(lit_loc, m))?,
-        };
+        let t = tensor_from_lit(&lit, &ty).or_else(|m| err(lit_loc, m))?;
         if self.consts.insert(name.clone(), t).is_some() {
             return err(loc, format!("constant @{name} is defined twice"));
         }
@@ -793,31 +761,6 @@ mod tests {
             "2:8: unexpected character '#'"
         );
         assert_eq!(parse_err("func @f {"), "1:10: function @f has no `return`");
-    }
-
-    #[test]
-    fn external_constant_data_comes_back_by_name() {
-        let text = "const @w : i32[3] = [1, 2, 3]\n\nfunc @f {\n  %0 = constant {value=@w} : i32[3]\n  return %0\n}\n";
-        let g = parse_graph(text).unwrap();
-        let opts = crate::PrintOptions {
-            external_data: true,
-            ..Default::default()
-        };
-        let printed = crate::print_module_with(std::slice::from_ref(&g), &opts);
-        assert!(
-            printed.starts_with("const @w : i32[3] = extern\n"),
-            "{printed}"
-        );
-        let data: BTreeMap<String, Tensor> =
-            crate::print::named_constants(&g).into_iter().collect();
-        let back = parse_module_with(&printed, &data).unwrap();
-        assert_eq!(back.graphs().next(), Some(&g));
-        let e = parse_module(&printed).unwrap_err().to_string();
-        assert!(e.contains("constant @w has no external data"), "{e}");
-        let wrong: BTreeMap<String, Tensor> =
-            [("w".to_string(), Tensor::zeros(crate::DType::F32, vec![3]))].into();
-        let e = parse_module_with(&printed, &wrong).unwrap_err().to_string();
-        assert!(e.contains("is i32[3], its external data f32[3]"), "{e}");
     }
 
     #[test]

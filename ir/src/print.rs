@@ -26,7 +26,7 @@ pub fn default_output_name(i: usize) -> String {
 }
 
 /// Named constants a graph refers to, by name.
-pub fn named_constants(g: &Graph) -> BTreeMap<String, Tensor> {
+fn named_constants(g: &Graph) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
     for id in g.node_ids() {
         match g.node(id).op() {
@@ -48,9 +48,6 @@ pub struct PrintOptions {
     /// Print constants with more elements than this as `...` (for reading, not parsing: the
     /// parser rejects elided data with a message saying so).
     pub max_elements: Option<usize>,
-    /// Print named constants' data as `extern`: the data travels apart (an artifact's weights)
-    /// and [`crate::parse_module_with`] takes it back.
-    pub external_data: bool,
 }
 
 impl PrintOptions {
@@ -63,9 +60,7 @@ fn print_const_def(out: &mut String, name: &str, t: &Tensor, opts: &PrintOptions
     out.push_str("const ");
     write_at_name(out, name);
     let _ = write!(out, " : {} = ", t.ty());
-    if opts.external_data {
-        out.push_str("extern");
-    } else if opts.elides(t) {
+    if opts.elides(t) {
         out.push_str("...");
     } else {
         tensor_to_lit(t).write(out);
