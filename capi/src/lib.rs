@@ -237,10 +237,8 @@ fn input(name: &str, ty: &TensorType, b: &KilnBuffer) -> Result<Tensor, String> 
         .iter()
         .try_fold(1usize, |a, &n| a.checked_mul(n))
         .ok_or_else(|| fail("its size overflows".into()))?;
-    let need = d
-        .storage_bytes(numel as u64)
-        .filter(|_| d.bits() >= 8)
-        .unwrap_or(numel as u64);
+    let need = runtime::aot::encoded_len(d, numel as u64)
+        .ok_or_else(|| fail("its size overflows".into()))?;
     if need != b.bytes as u64 {
         return Err(fail(format!(
             "shape {shape:?} of {d} is {need} bytes, the buffer has {}",

@@ -7,8 +7,8 @@
 //! compiler's front half.
 //!
 //! Sections: `plan` (see [`Executable::save`]: steps, kernel IR, slots, the interface with its
-//! symbolic shapes; postcard), `weights` (every constant's little-endian bytes, each 64-byte
-//! aligned), `object` (the kernels' object file), `kernels` (how many, u64).
+//! symbolic shapes, how many kernel functions; postcard), `weights` (every constant's
+//! little-endian bytes, each 64-byte aligned), `object` (the kernels' object file).
 
 use std::sync::Arc;
 
@@ -32,8 +32,6 @@ pub enum AotError {
     MissingFeatures(Vec<String>),
     #[error("the artifact has no `{0}` section")]
     MissingSection(&'static str),
-    #[error("the artifact's {what}: {message}")]
-    Bad { what: &'static str, message: String },
 }
 
 /// Compiles `g` (already optimized, as the executable will run it) into artifact bytes for
@@ -45,29 +43,21 @@ pub fn compile(g: &Graph, opts: &CompileOptions, target: &str) -> Result<Vec<u8>
     let (triple, features) = codegen::aot::describe(&*isa);
     let mut isa = Some(isa);
     let mut object = Vec::new();
-    let mut count = 0usize;
     // The executable's plan is what loading restores; its code is the object's.
     let exe = Executable::with_code(g, opts, &mut |kernels| {
         let isa = isa
             .take()
             .ok_or_else(|| codegen(&"kernels asked for twice"))?;
         object = codegen::aot::compile_object_for(isa, kernels).map_err(|e| codegen(&e))?;
-        count = kernels.len();
         let image = codegen::aot::Image::load(&object, kernels.len()).map_err(|e| codegen(&e))?;
         Ok(Box::new(image))
     })?;
     let (plan, weights) = exe.save()?;
-    let count = (count as u64).to_le_bytes();
     Ok(artifact::write(
         env!("CARGO_PKG_VERSION"),
         &triple,
         &features,
-        &[
-            ("plan", &plan),
-            ("weights", &weights),
-            ("object", &object),
-            ("kernels", &count),
-        ],
+        &[("plan", &plan), ("weights", &weights), ("object", &object)],
     ))
 }
 
@@ -100,28 +90,17 @@ pub fn load_shared(bytes: SharedBytes, opts: &CompileOptions) -> Result<Executab
         return Err(AotError::MissingFeatures(missing));
     }
     let section = |name: &'static str| a.section(name).ok_or(AotError::MissingSection(name));
-    let count: [u8; 8] = section("kernels")?.try_into().map_err(|_| AotError::Bad {
-        what: "kernel count",
-        message: "not 8 bytes".into(),
-    })?;
-    let count = usize::try_from(u64::from_le_bytes(count)).map_err(|_| AotError::Bad {
-        what: "kernel count",
-        message: "too large".into(),
-    })?;
-    let code: Option<Box<dyn codegen::jit::Code>> = match count {
-        0 => None,
-        n => Some(Box::new(
-            codegen::aot::Image::load(section("object")?, n)
-                .map_err(|e| ExecError::Codegen(e.to_string()))?,
-        )),
-    };
+    let object = section("object")?;
     let weights = section("weights")?;
     // Where the weights are in `bytes` (sections borrow from them).
     let at = weights.as_ptr() as usize - all.as_ptr() as usize;
-    let plan = section("plan")?;
+    // The plan says how many kernel functions the object holds.
     Ok(Executable::from_saved(
-        plan,
-        code,
+        section("plan")?,
+        &mut |n| match codegen::aot::Image::load(object, n) {
+            Ok(image) => Ok(Box::new(image)),
+            Err(e) => Err(ExecError::Codegen(e.to_string())),
+        },
         bytes.clone(),
         at..at + weights.len(),
         opts,
@@ -164,6 +143,15 @@ pub fn encode(t: &ir::Tensor) -> Option<Vec<u8>> {
         Data::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
         d => d.patterns()?.to_vec(),
     })
+}
+
+/// How many bytes [`encode`] writes for `numel` elements of `dtype` (types narrower than a
+/// byte take one each); `None` on overflow.
+pub fn encoded_len(dtype: ir::DType, numel: u64) -> Option<u64> {
+    match dtype.bits() {
+        8.. => dtype.storage_bytes(numel),
+        _ => Some(numel),
+    }
 }
 
 /// The tensor of `dtype` and `shape` in `bytes` (as [`encode`] wrote it).
@@ -224,10 +212,8 @@ mod tests {
         let (mut version, mut target, mut features) =
             (a.kiln_version.clone(), a.target.clone(), a.features.clone());
         edit(&mut version, &mut target, &mut features);
-        let sections: Vec<(&str, &[u8])> = ["plan", "weights", "object", "kernels"]
-            .iter()
-            .map(|&n| (n, a.section(n).unwrap()))
-            .collect();
+        let sections: Vec<(&str, &[u8])> =
+            a.sections.iter().map(|(n, s)| (n.as_str(), *s)).collect();
         artifact::write(&version, &target, &features, &sections)
     }
 

@@ -105,7 +105,7 @@ enum Step {
     Constant(Const),
     /// A compiled kernel: its stages in order, each a function of the module and, for
     /// parallel stages, the extent of the loop threads share; `consts` are what its `const`
-    /// buffers hold.
+    /// buffers hold (`lowered.consts` is left empty).
     Native {
         lowered: Lowered,
         consts: Vec<(BufId, Const)>,
@@ -445,7 +445,7 @@ impl WeightWriter {
         let key = (t.data() as *const Data as usize, t.numel(), t.dtype());
         if let Some(w) = self.seen.get(&key).filter(|_| t.numel() > 0) {
             return Ok(WeightRef {
-                shape: t.shape().iter().map(|&d| d as u64).collect(),
+                shape: saved_shape(t.shape()),
                 ..w.clone()
             });
         }
@@ -455,7 +455,7 @@ impl WeightWriter {
         self.bytes.resize(self.bytes.len().div_ceil(64) * 64, 0);
         let w = WeightRef {
             dtype: t.dtype(),
-            shape: t.shape().iter().map(|&d| d as u64).collect(),
+            shape: saved_shape(t.shape()),
             offset: self.bytes.len() as u64,
             bytes: data.len() as u64,
         };
@@ -463,6 +463,16 @@ impl WeightWriter {
         self.seen.insert(key, w.clone());
         Ok(w)
     }
+}
+
+/// A shape as saved (fixed-width dims).
+fn saved_shape(shape: &[usize]) -> Vec<u64> {
+    shape.iter().map(|&d| d as u64).collect()
+}
+
+/// A saved shape back (`None` when a dim does not fit this machine).
+fn loaded_shape(shape: &[u64]) -> Option<Vec<usize>> {
+    shape.iter().map(|&d| usize::try_from(d).ok()).collect()
 }
 
 /// Dtypes kernels read in place as the saved bytes are laid out (others are decoded; so is
@@ -555,10 +565,11 @@ impl Executable {
                     codegen::prepack(&mut l, &operands, &mut packs);
                     let (stages, ks) = NativeStage::split(&l.kernel, kernels.len());
                     kernels.extend(ks);
-                    let consts = l
-                        .consts
-                        .iter()
-                        .map(|(b, t)| (*b, Const::Tensor(t.clone())))
+                    // The step holds the constants; `lowered` keeps kernel and shapes only, as
+                    // a loaded step does.
+                    let consts = std::mem::take(&mut l.consts)
+                        .into_iter()
+                        .map(|(b, t)| (b, Const::Tensor(t)))
                         .collect();
                     Step::Native {
                         lowered: l,
@@ -615,7 +626,7 @@ impl Executable {
                 Step::Param => SavedStep::Param,
                 Step::Constant(c) if !self.is_read(pos) => SavedStep::Absent {
                     dtype: c.dtype(),
-                    shape: c.shape().iter().map(|&d| d as u64).collect(),
+                    shape: saved_shape(c.shape()),
                 },
                 Step::Constant(c) => SavedStep::Constant(constant(&mut w, c)?),
                 Step::Native {
@@ -643,13 +654,14 @@ impl Executable {
         Ok((plan, w.bytes))
     }
 
-    /// An executable from a plan made by [`Executable::save`], its kernels' `code`, and the
-    /// saved weights: `backing[weights]`, read in place for as long as the executable lives.
+    /// An executable from a plan made by [`Executable::save`], the code of its kernels
+    /// (`code(n)` gives the `n` functions the plan has, when it has any), and the saved
+    /// weights: `backing[weights]`, read in place for as long as the executable lives.
     /// Everything the runtime indexes by is checked, so damaged plans are errors; the plan
     /// and the code must come from one save (an artifact's checksum covers both).
     pub fn from_saved(
         plan: &[u8],
-        code: Option<Box<dyn Code>>,
+        code: &mut dyn FnMut(usize) -> Result<Box<dyn Code>, ExecError>,
         backing: SharedBytes,
         weights: std::ops::Range<usize>,
         opts: &CompileOptions,
@@ -657,6 +669,10 @@ impl Executable {
         let bad = |m: String| ExecError::Plan(m);
         let saved: Saved =
             postcard::from_bytes(plan).map_err(|e| bad(format!("it does not decode ({e})")))?;
+        let code = match saved.kernels {
+            0 => None,
+            n => Some(code(n)?),
+        };
         let n_code = code.as_ref().map_or(0, |c| c.len());
         if saved.kernels != n_code {
             return Err(bad(format!(
@@ -670,18 +686,12 @@ impl Executable {
             .get(weights.clone())
             .ok_or_else(|| bad("the weights lie outside the bytes".into()))?;
         let constant = |r: &WeightRef| -> Result<Const, ExecError> {
-            let shape = r
-                .shape
+            let shape = loaded_shape(&r.shape)
+                .ok_or_else(|| bad("a constant's shape does not fit".into()))?;
+            let expected = shape
                 .iter()
-                .map(|&d| usize::try_from(d))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| bad("a constant's shape does not fit".into()))?;
-            // As `aot::encode` writes them: narrow types take a byte per element.
-            let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-            let expected = match r.dtype.bits() {
-                8.. => numel.and_then(|n| r.dtype.storage_bytes(n)),
-                _ => numel,
-            };
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .and_then(|n| crate::aot::encoded_len(r.dtype, n));
             if expected != Some(r.bytes) {
                 return Err(bad("a constant's size does not fit its shape".into()));
             }
@@ -713,11 +723,8 @@ impl Executable {
                 SavedStep::Constant(r) => Step::Constant(constant(&r)?),
                 SavedStep::Absent { dtype, shape } => Step::Constant(Const::Absent {
                     dtype,
-                    shape: shape
-                        .iter()
-                        .map(|&d| usize::try_from(d))
-                        .collect::<Result<_, _>>()
-                        .map_err(|_| fail("a constant's shape does not fit".into()))?,
+                    shape: loaded_shape(&shape)
+                        .ok_or_else(|| fail("a constant's shape does not fit".into()))?,
                 }),
                 SavedStep::Native {
                     kernel,
