@@ -87,12 +87,13 @@ pub fn header_path(library: &Path) -> PathBuf {
 /// (see [`header_path`]); `about` names the model in the header. Returns the header's path.
 /// The C compiler is `$CC`, else `cc`.
 pub fn build(artifact: &[u8], g: &Graph, about: &str, out: &Path) -> Result<PathBuf, Error> {
-    let values = crate::params(g).into_iter().chain(
-        g.outputs()
-            .iter()
-            .map(|(n, v)| (n.clone(), g.value_type(*v).clone())),
-    );
-    for (name, ty) in values {
+    let inputs = crate::params(g);
+    let outputs: Vec<_> = g
+        .outputs()
+        .iter()
+        .map(|(n, v)| (n.clone(), g.value_type(*v).clone()))
+        .collect();
+    for (name, ty) in inputs.iter().chain(&outputs) {
         if ty.rank() > kiln_capi::MAX_RANK {
             return Err(fail(format!(
                 "\"{name}\" is {ty}: the C interface takes at most {} axes",
@@ -111,19 +112,17 @@ pub fn build(artifact: &[u8], g: &Graph, about: &str, out: &Path) -> Result<Path
     }
     let lib = runtime_library()?;
     let dir = scratch_dir()?;
-    let result = build_in(&dir, &lib, artifact, g, about, out);
+    let result = build_in(&dir, &lib, artifact, out);
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result?;
+    let header = header_path(out);
+    std::fs::write(&header, kiln_capi::header(about, &inputs, &outputs))
+        .map_err(|e| fail(format!("cannot write {}: {e}", header.display())))?;
+    Ok(header)
 }
 
-fn build_in(
-    dir: &Path,
-    lib: &Path,
-    artifact: &[u8],
-    g: &Graph,
-    about: &str,
-    out: &Path,
-) -> Result<PathBuf, Error> {
+/// Links the library `out` in the scratch directory `dir`.
+fn build_in(dir: &Path, lib: &Path, artifact: &[u8], out: &Path) -> Result<(), Error> {
     let write = |name: &str, bytes: &[u8]| {
         std::fs::write(dir.join(name), bytes)
             .map_err(|e| fail(format!("cannot write {}: {e}", dir.join(name).display())))
@@ -159,16 +158,7 @@ fn build_in(
             String::from_utf8_lossy(&output.stderr).trim_end()
         )));
     }
-    let inputs = crate::params(g);
-    let outputs: Vec<_> = g
-        .outputs()
-        .iter()
-        .map(|(n, v)| (n.clone(), g.value_type(*v).clone()))
-        .collect();
-    let header = header_path(out);
-    std::fs::write(&header, kiln_capi::header(about, &inputs, &outputs))
-        .map_err(|e| fail(format!("cannot write {}: {e}", header.display())))?;
-    Ok(header)
+    Ok(())
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, Error> {

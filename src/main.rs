@@ -224,7 +224,6 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
     let opts = kiln::pass_options(&bindings);
     let shown = kiln::ir::PrintOptions {
         max_elements: (!a.full).then_some(64),
-        ..Default::default()
     };
     let mut out = Vec::with_capacity(graphs.len());
     for g in &graphs {
@@ -708,12 +707,12 @@ fn inspect_artifact(path: &Path) -> Result<(), Failure> {
     println!("target: {}", a.target);
     println!("needs: {}", a.features.join(", "));
     println!("sections:");
-    for name in ["plan", "weights", "object", "kernels"] {
-        if let Some(s) = a.section(name) {
-            println!("  {name:<10} {:>10} bytes", s.len());
-        }
+    for (name, s) in &a.sections {
+        println!("  {name:<10} {:>10} bytes", s.len());
     }
-    let exe = match kiln::artifact::load(&bytes, &Default::default()) {
+    drop(a);
+    // The bytes read above, kept by the executable (not copied again).
+    let exe = match kiln::artifact::load_shared(std::sync::Arc::new(bytes), &Default::default()) {
         Ok(exe) => exe,
         Err(e) => {
             println!("this machine cannot load it: {e}");
@@ -742,15 +741,30 @@ fn is_onnx(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "onnx")
 }
 
-/// Loads a .kiln file, memory-mapped: its weights are used in place.
-fn load_artifact(path: &Path, opts: &kiln::CompileOptions) -> Result<kiln::Executable, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    // SAFETY: mapped read-only; kiln does not change the file while it runs, and a file
-    // changed by others under a running model is outside what kiln can defend against.
-    // Populated: the checksum reads every page at once, cheaper mapped up front than faulted.
-    let map =
-        unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| e.to_string())?;
-    kiln::artifact::load_shared(std::sync::Arc::new(map), opts).map_err(|e| e.to_string())
+/// Loads a .kiln file, memory-mapped (its weights are used in place); errors name the file.
+/// `interp` (asked for with --interp) is an error: an artifact holds no graph to interpret.
+fn load_artifact(
+    path: &Path,
+    interp: bool,
+    opts: &kiln::CompileOptions,
+) -> Result<kiln::Executable, Failure> {
+    let file = path.display();
+    if interp {
+        return Err(Failure(format!(
+            "{file} is a compiled artifact: --interp needs the model it was compiled from"
+        )));
+    }
+    let load = || {
+        let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        // SAFETY: mapped read-only; kiln does not change the file while it runs, and a file
+        // changed by others under a running model is outside what kiln can defend against.
+        // Populated: the checksum reads every page at once, cheaper mapped up front than
+        // faulted.
+        let map =
+            unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(|e| e.to_string())?;
+        kiln::artifact::load_shared(std::sync::Arc::new(map), opts).map_err(|e| e.to_string())
+    };
+    load().map_err(|e| Failure(format!("{file}: {e}")))
 }
 
 /// Whether `path` is a file starting as a .kiln artifact does (unreadable files are not:
@@ -881,15 +895,8 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     // A .kiln artifact is loaded (and that is timed) instead of compiled.
     let (exe, inputs, what, compile_ms) = match is_artifact_file(&a.file) {
         true => {
-            if a.interp {
-                return Err(Failure(format!(
-                    "{} is a compiled artifact: --interp needs the model",
-                    a.file.display()
-                )));
-            }
             let t0 = Instant::now();
-            let exe = load_artifact(&a.file, &opts)
-                .map_err(|e| Failure(format!("{}: {e}", a.file.display())))?;
+            let exe = load_artifact(&a.file, a.interp, &opts)?;
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             let inputs = prepare_inputs_for(
                 exe.name(),
@@ -1058,14 +1065,7 @@ fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
 
 /// Runs a .kiln artifact (see `run`).
 fn run_artifact(a: &RunArgs) -> Result<Vec<(String, Tensor)>, Failure> {
-    let file = a.file.display();
-    if a.interp {
-        return Err(Failure(format!(
-            "{file} is a compiled artifact: --interp needs the model it was compiled from"
-        )));
-    }
-    let exe =
-        load_artifact(&a.file, &Default::default()).map_err(|e| Failure(format!("{file}: {e}")))?;
+    let exe = load_artifact(&a.file, a.interp, &Default::default())?;
     let bindings: HashMap<String, i64> = a.dims.iter().cloned().collect();
     let inputs = prepare_inputs_for(
         exe.name(),
