@@ -22,6 +22,7 @@ pub mod artifact;
 pub mod clib;
 pub mod format;
 pub mod graphviz;
+pub mod model;
 pub mod npz;
 pub mod onnx;
 
@@ -46,6 +47,8 @@ pub use runtime::exec::{CompileOptions, ExecError, Executable, RunStats};
 pub use runtime::interp::{self, InterpError};
 pub use runtime::Rng;
 
+pub use model::{Model, ModelOptions};
+
 /// Everything that can go wrong in the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,6 +68,11 @@ pub enum Error {
     MissingInput { name: String, expected: Vec<String> },
     #[error(transparent)]
     Artifact(#[from] artifact::AotError),
+    #[error("--dim {name}: the model has no symbol `{name}` ({})", match symbols.is_empty() {
+        true => "its input shapes are all fixed".to_string(),
+        false => format!("its symbols: {}", symbols.join(", ")),
+    })]
+    UnknownDim { name: String, symbols: Vec<String> },
     #[error("building the shared library: {0}")]
     SharedLibrary(String),
 }

@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kiln::{format, npz, Graph, Tensor};
 
+#[path = "cli/load.rs"]
+mod load;
+use load::{parse_kir, read, Kind, Loaded, ModelArgs};
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
@@ -59,22 +63,8 @@ enum Cmd {
     Bench(BenchArgs),
 }
 
-fn parse_binding(s: &str) -> Result<(String, i64), String> {
-    let (name, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))?;
-    let v = value
-        .trim()
-        .parse::<i64>()
-        .map_err(|_| format!("`{value}` is not an integer"))?;
-    if v < 0 {
-        return Err(format!("a dimension cannot be negative, got {v}"));
-    }
-    Ok((name.trim().to_string(), v))
-}
-
 /// A failure already described to the user (or to be described by `main`).
-struct Failure(String);
+pub struct Failure(pub String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Failure {
@@ -82,26 +72,9 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path).map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))
-}
-
 fn read_text(path: &Path) -> Result<String, Failure> {
     String::from_utf8(read(path)?)
         .map_err(|_| Failure(format!("{} is not UTF-8 text", path.display())))
-}
-
-/// Parses a .kir file, with diagnostics prefixed by the path.
-fn parse_kir(path: &Path) -> Result<kiln::Module, Failure> {
-    let text = read_text(path)?;
-    kiln::parse_module(&text).map_err(|e| {
-        Failure(format!(
-            "{}:{}: error: {}",
-            path.display(),
-            e.loc,
-            e.message
-        ))
-    })
 }
 
 fn verify_diagnostics(path: &Path, g: &Graph) -> Vec<String> {
@@ -185,8 +158,11 @@ struct OptArgs {
     #[arg(long)]
     time_passes: bool,
     /// Specialize a symbolic dimension, e.g. --dim batch=8 (repeatable)
-    #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
+    #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = load::parse_binding)]
     dims: Vec<(String, i64)>,
+    /// Fix an ONNX model's input shape, e.g. --input-shape images=1,3,320,320 (repeatable)
+    #[arg(long = "input-shape", value_name = "NAME=D0,D1,...", value_parser = load::parse_input_shape)]
+    shapes: Vec<(String, Vec<i64>)>,
     /// Write the optimized IR to this file (in full) instead of stdout
     #[arg(long, short, value_name = "KIR")]
     output: Option<PathBuf>,
@@ -204,14 +180,21 @@ struct OptArgs {
 
 fn opt(a: OptArgs) -> Result<(), Failure> {
     let file = a.file.as_path();
-    let graphs: Vec<Graph> = if is_onnx(file) {
-        vec![load_onnx(file, Default::default())?]
-    } else {
-        parse_kir(file)?
+    let bytes = read(file)?;
+    let graphs: Vec<Graph> = match load::kind_of(&bytes) {
+        Kind::Kir => load::parse_kir_text(file, &bytes)?
             .funcs
             .into_iter()
             .map(|f| f.graph)
-            .collect()
+            .collect(),
+        _ => {
+            let args = ModelArgs {
+                func: None,
+                dims: a.dims.clone(),
+                shapes: a.shapes.clone(),
+            };
+            vec![load::open_graph(file, &args, "kiln opt")?]
+        }
     };
     for g in &graphs {
         let diags = verify_diagnostics(file, g);
@@ -313,14 +296,13 @@ struct GraphArgs {
     /// The picture: .dot text, or .svg (needs Graphviz's `dot`)
     #[arg(long, short, value_name = "OUT")]
     output: PathBuf,
-    /// The function to draw (default: @main, else the first function)
-    #[arg(long)]
-    func: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 fn graph(a: GraphArgs) -> Result<(), Failure> {
     let file = a.file.as_path();
-    let mut g = load_graph(file, a.func.as_deref())?;
+    let mut g = load::open_graph(file, &a.model, "kiln graph")?;
     let diags = verify_diagnostics(file, &g);
     if !diags.is_empty() {
         return Err(Failure(diags.join("\n")));
@@ -389,9 +371,8 @@ fn graph(a: GraphArgs) -> Result<(), Failure> {
 #[derive(clap::Args)]
 struct RunArgs {
     file: PathBuf,
-    /// The function to run (default: @main, else the first function)
-    #[arg(long)]
-    func: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Inputs by parameter name, from an .npz archive
     #[arg(long, value_name = "NPZ")]
     inputs: Option<PathBuf>,
@@ -404,9 +385,9 @@ struct RunArgs {
     /// Seed for --random-inputs
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Bind a symbolic dimension, e.g. --dim batch=8 (repeatable)
-    #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
-    dims: Vec<(String, i64)>,
+    /// Say when the model is specialized for the inputs' shapes or values
+    #[arg(long, short)]
+    verbose: bool,
     /// Print every value instead of the first few
     #[arg(long)]
     full: bool,
@@ -418,9 +399,12 @@ struct RunArgs {
 #[derive(clap::Args)]
 struct CompileArgs {
     file: PathBuf,
-    /// The function to compile (default: @main, else the first function)
-    #[arg(long)]
-    func: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Specialize for these inputs (an .npz archive): their shapes, and the values of inputs
+    /// that set shapes, axes or counts, are fixed in the artifact
+    #[arg(long, value_name = "NPZ")]
+    inputs: Option<PathBuf>,
     /// Where to write the result
     #[arg(long, short, value_name = "FILE")]
     output: PathBuf,
@@ -447,15 +431,11 @@ enum Emit {
 #[derive(clap::Args)]
 struct BenchArgs {
     file: PathBuf,
-    /// The function to run (default: @main, else the first function)
-    #[arg(long)]
-    func: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Inputs by parameter name, from an .npz archive (missing ones are random)
     #[arg(long, value_name = "NPZ")]
     inputs: Option<PathBuf>,
-    /// Bind a symbolic dimension, e.g. --dim batch=8 (repeatable)
-    #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_binding)]
-    dims: Vec<(String, i64)>,
     /// Timed runs after warm-up
     #[arg(long, default_value_t = 50)]
     runs: usize,
@@ -636,62 +616,30 @@ fn conformance(a: ConformanceArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn pick_function(path: &Path, m: kiln::Module, name: Option<&str>) -> Result<Graph, Failure> {
-    let names: Vec<String> = m.graphs().map(|g| format!("@{}", g.name())).collect();
-    let mut graphs: Vec<Graph> = m.funcs.into_iter().map(|f| f.graph).collect();
-    let want = name.map(|n| n.trim_start_matches('@'));
-    let pos = match want {
-        Some(n) => graphs.iter().position(|g| g.name() == n),
-        None => graphs
-            .iter()
-            .position(|g| g.name() == "main")
-            .or((!graphs.is_empty()).then_some(0)),
-    };
-    match pos {
-        Some(i) => Ok(graphs.swap_remove(i)),
-        None if names.is_empty() => Err(Failure(format!("{} has no functions", path.display()))),
-        None => Err(Failure(format!(
-            "{} has no function @{}; it has {}",
-            path.display(),
-            want.unwrap_or("main"),
-            names.join(", ")
-        ))),
-    }
-}
-
-/// Reads an ONNX model and the external data files it names (relative to the model).
-fn read_onnx(path: &Path) -> Result<(Vec<u8>, frontends::onnx::ExternalData), Failure> {
-    let bytes = read(path)?;
-    let model = frontends::onnx::decode_model(&bytes)
-        .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
-    let mut external = frontends::onnx::ExternalData::new();
-    let dir = path.parent().unwrap_or(Path::new("."));
-    for loc in frontends::onnx::external_data_locations(&model) {
-        let data = read(&dir.join(&loc))?;
-        external.insert(loc, data.into());
-    }
-    Ok((bytes, external))
-}
-
-/// Loads an ONNX model with its external data.
-fn load_onnx(
-    path: &Path,
-    specialize: std::collections::HashMap<String, Tensor>,
-) -> Result<Graph, Failure> {
-    let (bytes, external) = read_onnx(path)?;
-    kiln::onnx::import(&bytes, external, specialize)
-        .map_err(|e| Failure(format!("{}: {e}", path.display())))
-}
-
 fn inspect(path: &Path) -> Result<(), Failure> {
-    if is_artifact_file(path) {
+    if load::is_artifact_file(path) {
         return inspect_artifact(path);
     }
-    let (bytes, external) = read_onnx(path)?;
+    let bytes = read(path)?;
+    let hint = " (`kiln check` verifies .kir files, `kiln opt` prints them optimized)";
+    load::expect_kind(
+        path,
+        load::kind_of(&bytes),
+        &[Kind::Onnx, Kind::Artifact],
+        hint,
+    )?;
+    let external = load::external_data(path, &bytes)?;
     let summary = kiln::onnx::inspect(&bytes, external)
         .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
     print!("{summary}");
-    Ok(())
+    match summary.import_error {
+        Some(_) => Err(Failure(format!(
+            "{}: the import failed (`kiln run` and `kiln compile --input-shape` specialize \
+             for given shapes, which may succeed where symbolic shapes do not)",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// What a .kiln artifact holds, and whether this machine can run it.
@@ -737,133 +685,6 @@ fn inspect_artifact(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn is_onnx(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "onnx")
-}
-
-/// Loads a .kiln file, memory-mapped (its weights are used in place); errors name the file.
-/// `interp` (asked for with --interp) is an error: an artifact holds no graph to interpret.
-fn load_artifact(
-    path: &Path,
-    interp: bool,
-    opts: &kiln::CompileOptions,
-) -> Result<kiln::Executable, Failure> {
-    let file = path.display();
-    if interp {
-        return Err(Failure(format!(
-            "{file} is a compiled artifact: --interp needs the model it was compiled from"
-        )));
-    }
-    let load = || {
-        let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-        // SAFETY: mapped read-only; kiln does not change the file while it runs, and a file
-        // changed by others under a running model is outside what kiln can defend against.
-        // Populated: the checksum reads every page at once, cheaper mapped up front than
-        // faulted.
-        let map =
-            unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(|e| e.to_string())?;
-        kiln::artifact::load_shared(std::sync::Arc::new(map), opts).map_err(|e| e.to_string())
-    };
-    load().map_err(|e| Failure(format!("{file}: {e}")))
-}
-
-/// Whether `path` is a file starting as a .kiln artifact does (unreadable files are not:
-/// reading them again reports why).
-fn is_artifact_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok_and(|()| kiln::artifact::is_artifact(&head))
-}
-
-/// A graph from a .kir or .onnx file.
-fn load_graph(path: &Path, func: Option<&str>) -> Result<Graph, Failure> {
-    if is_onnx(path) {
-        return load_onnx(path, Default::default());
-    }
-    pick_function(path, parse_kir(path)?, func)
-}
-
-/// The inputs of `g`: from an .npz archive, the missing ones random when `random` is set.
-fn prepare_inputs(
-    g: &Graph,
-    inputs_path: Option<&Path>,
-    random: bool,
-    seed: u64,
-    bindings: &HashMap<String, i64>,
-) -> Result<Vec<(String, Tensor)>, Failure> {
-    let params = kiln::params(g);
-    prepare_inputs_for(g.name(), &params, inputs_path, random, seed, bindings)
-}
-
-/// [`prepare_inputs`] for a function `name` with parameters `params`.
-fn prepare_inputs_for(
-    name: &str,
-    params: &[(String, kiln::TensorType)],
-    inputs_path: Option<&Path>,
-    random: bool,
-    seed: u64,
-    bindings: &HashMap<String, i64>,
-) -> Result<Vec<(String, Tensor)>, Failure> {
-    let func = name;
-    let mut inputs: Vec<(String, Tensor)> = match inputs_path {
-        Some(p) => {
-            npz::read_npz(&read(p)?).map_err(|e| Failure(format!("{}: {e}", p.display())))?
-        }
-        None => vec![],
-    };
-    for (name, _) in &inputs {
-        if !params.iter().any(|(p, _)| p == name) {
-            eprintln!("note: input \"{name}\" is not a parameter of @{func}; ignored");
-        }
-    }
-    let missing: Vec<&str> = params
-        .iter()
-        .filter(|(p, _)| !inputs.iter().any(|(n, _)| n == p))
-        .map(|(p, _)| p.as_str())
-        .collect();
-    if !missing.is_empty() {
-        if !random {
-            return Err(Failure(format!(
-                "@{func} needs inputs {}: pass --inputs FILE.npz or --random-inputs",
-                missing.join(", ")
-            )));
-        }
-        let mut env = bindings.clone();
-        // Symbols already fixed by the given inputs keep their values.
-        let given: Vec<Tensor> = params
-            .iter()
-            .map(|(p, ty)| {
-                inputs
-                    .iter()
-                    .find(|(n, _)| n == p)
-                    .map(|(_, t)| t.clone())
-                    .unwrap_or_else(|| Tensor::zeros(ty.dtype, vec![]))
-            })
-            .collect();
-        for ((_, ty), t) in params.iter().zip(&given) {
-            if t.shape().len() == ty.rank() {
-                for (d, &n) in ty.shape.dims().iter().zip(t.shape()) {
-                    if let Some(s) = d.as_sym() {
-                        env.entry(s.to_string()).or_insert(n as i64);
-                    }
-                }
-            }
-        }
-        let random = kiln::random_inputs_for(params, &env, seed)?;
-        for s in random.defaulted {
-            eprintln!("note: symbol `{s}` set to 1 (bind it with --dim {s}=N)");
-        }
-        for (name, t) in random.inputs {
-            if missing.contains(&name.as_str()) {
-                inputs.push((name, t));
-            }
-        }
-    }
-    Ok(inputs)
-}
-
 /// Says which nodes run on the interpreter because codegen cannot lower them yet.
 fn note_coverage(exe: &kiln::Executable) {
     let (native, interp) = exe.coverage();
@@ -886,34 +707,37 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     if a.runs == 0 {
         return Err(Failure("--runs must be at least 1".into()));
     }
-    let bindings: HashMap<String, i64> = a.dims.iter().cloned().collect();
-    let opts = kiln::CompileOptions {
+    let bindings = a.model.bindings();
+    let compile = kiln::CompileOptions {
         interpret_only: a.interp,
         threads: a.threads,
         ..Default::default()
     };
     // A .kiln artifact is loaded (and that is timed) instead of compiled.
-    let (exe, inputs, what, compile_ms) = match is_artifact_file(&a.file) {
-        true => {
+    let t0 = Instant::now();
+    let loaded = load::open(&a.file, &a.model, a.model.options(compile))?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (name, params) = loaded.interface();
+    let inputs = load::prepare_inputs(name, params, a.inputs.as_deref(), true, 0, &bindings)?;
+    let mut specialized = false;
+    let (exe, what, compile_ms) = match loaded {
+        Loaded::Artifact(exe) => (std::sync::Arc::new(exe), "load", load_ms),
+        Loaded::Model(model) => {
             let t0 = Instant::now();
-            let exe = load_artifact(&a.file, a.interp, &opts)?;
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            let inputs = prepare_inputs_for(
-                exe.name(),
-                exe.params(),
-                a.inputs.as_deref(),
-                true,
-                0,
-                &bindings,
-            )?;
-            (exe, inputs, "load", ms)
-        }
-        false => {
-            let g = load_graph(&a.file, a.func.as_deref())?;
-            let inputs = prepare_inputs(&g, a.inputs.as_deref(), true, 0, &bindings)?;
-            let t0 = Instant::now();
-            let exe = kiln::compile(&g, &opts)?;
-            (exe, inputs, "compile", t0.elapsed().as_secs_f64() * 1e3)
+            let exe = model.executable_for(&inputs)?;
+            let ms = load_ms + t0.elapsed().as_secs_f64() * 1e3;
+            specialized = model.specializations() > 0;
+            if specialized && !a.json {
+                eprintln!(
+                    "note: the model was specialized for these inputs ({}): compile time \
+                     includes that import",
+                    model
+                        .symbolic()
+                        .err()
+                        .map_or(String::new(), |e| e.to_string())
+                );
+            }
+            (exe, "compile", ms)
         }
     };
     if !a.json {
@@ -972,10 +796,17 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     let p90 = times[((times.len() * 9) / 10).min(times.len() - 1)];
     if a.json {
         println!(
-            "{{\"{what}_ms\": {compile_ms:.3}, \"median_ms\": {median:.4}, \"p90_ms\": {p90:.4}, \"peak_bytes\": {peak}, \"arena_bytes\": {planned}, \"intermediate_bytes\": {total}}}"
+            "{{\"{what}_ms\": {compile_ms:.3}, \"specialized\": {specialized}, \"median_ms\": {median:.4}, \"p90_ms\": {p90:.4}, \"peak_bytes\": {peak}, \"arena_bytes\": {planned}, \"intermediate_bytes\": {total}}}"
         );
     } else {
-        println!("{what:<9} {compile_ms:>10.2} ms");
+        println!(
+            "{what:<9} {compile_ms:>10.2} ms{}",
+            if specialized {
+                "  (specialized for the inputs)"
+            } else {
+                ""
+            }
+        );
         println!(
             "median    {median:>10.4} ms  ({} runs after {} warm-up)",
             a.runs, a.warmup
@@ -1028,7 +859,25 @@ fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
             Some("kir") => Emit::Kir,
             _ => Emit::Kiln,
         });
-    let g = load_graph(&a.file, a.func.as_deref())?;
+    let g = match &a.inputs {
+        None => load::open_graph(&a.file, &a.model, "kiln compile")?,
+        Some(npz_path) => {
+            let Loaded::Model(model) =
+                load::open(&a.file, &a.model, a.model.options(Default::default()))?
+            else {
+                return Err(Failure(format!("{} is already compiled", a.file.display())));
+            };
+            let inputs = load::prepare_inputs(
+                "main",
+                model.params(),
+                Some(npz_path),
+                false,
+                0,
+                &a.model.bindings(),
+            )?;
+            (*model.graph_for(&inputs)?).clone()
+        }
+    };
     let optimized = kiln::optimize(&g, None, &HashMap::new())?;
     let write = |bytes: &[u8]| {
         std::fs::write(out, bytes)
@@ -1063,40 +912,37 @@ fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Runs a .kiln artifact (see `run`).
-fn run_artifact(a: &RunArgs) -> Result<Vec<(String, Tensor)>, Failure> {
-    let exe = load_artifact(&a.file, a.interp, &Default::default())?;
-    let bindings: HashMap<String, i64> = a.dims.iter().cloned().collect();
-    let inputs = prepare_inputs_for(
-        exe.name(),
-        exe.params(),
+fn run(a: RunArgs) -> Result<(), Failure> {
+    let bindings = a.model.bindings();
+    let compile = kiln::CompileOptions {
+        interpret_only: a.interp,
+        ..Default::default()
+    };
+    let mut opts = a.model.options(compile);
+    if a.verbose {
+        opts.log = Some(std::sync::Arc::new(|m: &str| eprintln!("note: {m}")));
+    }
+    let loaded = load::open(&a.file, &a.model, opts)?;
+    let (name, params) = loaded.interface();
+    let inputs = load::prepare_inputs(
+        name,
+        params,
         a.inputs.as_deref(),
         a.random_inputs,
         a.seed,
         &bindings,
     )?;
-    Ok(kiln::execute(&exe, &inputs, &bindings)?)
-}
-
-fn run(a: RunArgs) -> Result<(), Failure> {
-    let file = a.file.as_path();
-    if is_artifact_file(file) {
-        let outputs = run_artifact(&a)?;
-        return show_outputs(&a, &outputs);
-    }
-    let g = load_graph(file, a.func.as_deref())?;
-    let diags = verify_diagnostics(file, &g);
-    if !diags.is_empty() {
-        return Err(Failure(diags.join("\n")));
-    }
-    let bindings: HashMap<String, i64> = a.dims.iter().cloned().collect();
-    let inputs = prepare_inputs(&g, a.inputs.as_deref(), a.random_inputs, a.seed, &bindings)?;
-    let outputs = if a.interp {
-        kiln::interpret(&g, &inputs, &bindings)?
-    } else {
-        let exe = kiln::compile(&g, &Default::default())?;
-        note_coverage(&exe);
-        kiln::execute(&exe, &inputs, &bindings)?
+    let outputs = match loaded {
+        Loaded::Artifact(exe) => kiln::execute(&exe, &inputs, &bindings)?,
+        Loaded::Model(model) => {
+            if a.interp {
+                model.interpret(&inputs)?
+            } else {
+                let exe = model.executable_for(&inputs)?;
+                note_coverage(&exe);
+                kiln::execute(&exe, &inputs, &bindings)?
+            }
+        }
     };
     show_outputs(&a, &outputs)
 }

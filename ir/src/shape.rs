@@ -71,6 +71,38 @@ impl Shape {
         self.0.iter().map(|d| d.eval(lookup)).collect()
     }
 
+    /// Matches a given shape against this declared one: ranks and fixed dims must agree, and
+    /// each plain symbol takes the given extent, one value per symbol across calls (`bound`,
+    /// pre-set values included). Given dims that are not constants match anything. The error
+    /// says which axis disagrees and how.
+    pub fn bind(
+        &self,
+        given: &Shape,
+        bound: &mut std::collections::HashMap<String, i64>,
+    ) -> Result<(), String> {
+        if given.rank() != self.rank() {
+            return Err(format!("rank {} instead of {}", given.rank(), self.rank()));
+        }
+        for (axis, (d, g)) in self.0.iter().zip(given.dims()).enumerate() {
+            let Some(v) = g.as_const() else { continue };
+            if let Some(c) = d.as_const() {
+                if c != v {
+                    return Err(format!("axis {axis} is {c}, not {v}"));
+                }
+            } else if let Some(s) = d.as_sym() {
+                match bound.get(s) {
+                    Some(&w) if w != v => {
+                        return Err(format!("axis {axis} is `{s}`, which is already {w}"));
+                    }
+                    _ => {
+                        bound.insert(s.to_string(), v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn substitute(&self, lookup: &dyn Fn(&str) -> Option<Dim>) -> Result<Shape, DimError> {
         self.0
             .iter()

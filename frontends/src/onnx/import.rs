@@ -201,6 +201,8 @@ pub struct Ctx<'o> {
     producers: HashMap<String, (NodeProto, i64, usize)>,
     /// Values so recomputed.
     demanded: std::cell::RefCell<HashMap<String, Tensor>>,
+    /// The specialized inputs whose values an op needed (see [`Imported::read`]).
+    read: std::cell::RefCell<std::collections::BTreeSet<String>>,
     /// Opset versions per domain, for the nodes of subgraphs too.
     opsets: HashMap<String, i64>,
     /// Nesting depth of inlined subgraphs.
@@ -218,6 +220,7 @@ impl<'o> Ctx<'o> {
             fresh: 0,
             producers: HashMap::new(),
             demanded: Default::default(),
+            read: Default::default(),
             opsets: HashMap::new(),
             const_names: HashMap::new(),
             depth: 0,
@@ -313,6 +316,7 @@ impl<'o> Ctx<'o> {
             return Some(t);
         }
         if let Some(t) = self.opts.specialize.get(name) {
+            self.read.borrow_mut().insert(name.to_string());
             return Some(t.clone());
         }
         if let Some(t) = self.demanded.borrow().get(name) {
@@ -343,6 +347,7 @@ impl<'o> Ctx<'o> {
             version: *version,
         };
         let outs = f(&mut scratch, &node).ok()?;
+        self.read.borrow_mut().extend(scratch.read.take());
         let v = outs.get(*index)?;
         let t = match v.known_tensor() {
             Some(t) => t,
@@ -491,7 +496,9 @@ pub fn sanitize(name: &str) -> String {
     s
 }
 
-/// The dtype and shape an input declares; unnamed dims become fresh symbols.
+/// The dtype and shape an input declares. Dims an exporter left open (no value, an empty
+/// `dim_param`, or a value of -1 or 0, as paddle2onnx and old tf2onnx write them) become fresh
+/// symbols; `dim_param` strings of any spelling become symbols.
 fn input_type(ctx: &mut Ctx, vi: &proto::ValueInfoProto) -> Result<TensorType, String> {
     let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(TypeValue::TensorType(tt)) => tt,
@@ -504,20 +511,126 @@ fn input_type(ctx: &mut Ctx, vi: &proto::ValueInfoProto) -> Result<TensorType, S
         None => return Err("input has no type".into()),
     };
     let dtype = require_dtype(tt.elem_type)?;
-    let shape = tt
-        .shape
-        .as_ref()
-        .ok_or("input has no shape (its rank is unknown)")?;
+    let shape = match (&tt.shape, ctx.opts.shapes.get(&vi.name)) {
+        (Some(shape), _) => shape,
+        // No declared shape: the rank is unknown, but a given shape says it.
+        (None, Some(given)) => return Ok(TensorType::new(dtype, given.clone())),
+        (None, None) => {
+            return Err(
+                "input has no shape (its rank is unknown; give its shape, e.g. --input-shape)"
+                    .into(),
+            )
+        }
+    };
     let mut dims = Vec::with_capacity(shape.dim.len());
     for (a, d) in shape.dim.iter().enumerate() {
         dims.push(match &d.value {
-            Some(proto::DimValue::DimValue(v)) if *v >= 0 => Dim::Const(*v),
-            Some(proto::DimValue::DimValue(v)) => return Err(format!("axis {a} has size {v}")),
-            Some(proto::DimValue::DimParam(p)) if !p.is_empty() => Dim::sym(&sanitize(p)),
+            Some(proto::DimValue::DimValue(v)) if *v > 0 => Dim::Const(*v),
+            Some(proto::DimValue::DimParam(p)) if !p.trim().is_empty() => {
+                Dim::sym(&sanitize(p.trim()))
+            }
             _ => ctx.fresh_symbol(&format!("{}_{a}", vi.name)),
         });
     }
     Ok(TensorType::new(dtype, Shape::new(dims)))
+}
+
+/// Applies the import options' `dims` and `shapes` to the declared input types: symbols bound
+/// by `dims` or by a given shape become constants in every input that uses them. A given shape
+/// must agree with what the model declares (rank, fixed dims, one value per symbol).
+fn specialize_inputs(
+    opts: &ImportOptions,
+    declared: &mut [(String, TensorType)],
+) -> Result<(), String> {
+    let mut given: Vec<&String> = opts.shapes.keys().collect();
+    given.sort();
+    for name in given {
+        if !declared.iter().any(|(n, _)| n == name) {
+            let names: Vec<&str> = declared.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(format!(
+                "a shape is given for `{name}`, which is not an input of the model (its inputs: {})",
+                names.join(", ")
+            ));
+        }
+    }
+    let mut bound: HashMap<String, i64> = opts.dims.clone();
+    for (name, ty) in declared.iter() {
+        let Some(given) = opts.shapes.get(name) else {
+            continue;
+        };
+        ty.shape.bind(given, &mut bound).map_err(|why| {
+            format!(
+                "input `{name}`: the model declares {ty}, given {}: {why}",
+                TensorType::new(ty.dtype, given.clone())
+            )
+        })?;
+    }
+    for (name, ty) in declared.iter_mut() {
+        let shape = ty
+            .shape
+            .substitute(&|s| bound.get(s).map(|v| Dim::Const(*v)))
+            .map_err(|e| format!("input `{name}`: {e}"))?;
+        // A given shape may fix dims the declaration leaves as expressions.
+        ty.shape = match opts.shapes.get(name) {
+            Some(given) => Shape::new(
+                shape
+                    .dims()
+                    .iter()
+                    .zip(given.dims())
+                    .map(|(d, g)| {
+                        if g.as_const().is_some() {
+                            g.clone()
+                        } else {
+                            d.clone()
+                        }
+                    })
+                    .collect(),
+            ),
+            None => shape,
+        };
+        for d in ty.shape.dims() {
+            if d.as_const().is_some_and(|v| v < 0) {
+                return Err(format!("input `{name}`: a dim is {d}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The inputs of a model (initializers excluded) with the types the import gives them: the
+/// declared types with `opts.dims` and `opts.shapes` applied, open dims as fresh symbols.
+pub fn declared_inputs(
+    model: &ModelProto,
+    opts: &ImportOptions,
+) -> Result<Vec<(String, TensorType)>, String> {
+    let mut ctx = Ctx::new("inputs", opts);
+    let mut declared = Vec::new();
+    if let Some(g) = &model.graph {
+        let inits: std::collections::HashSet<&str> =
+            g.initializer.iter().map(|t| t.name.as_str()).collect();
+        for vi in g
+            .input
+            .iter()
+            .filter(|vi| !inits.contains(vi.name.as_str()))
+        {
+            let ty = input_type(&mut ctx, vi).map_err(|e| format!("input `{}`: {e}", vi.name))?;
+            declared.push((vi.name.clone(), ty));
+        }
+    }
+    specialize_inputs(opts, &mut declared)?;
+    Ok(declared)
+}
+
+/// The symbols of a model's declared input shapes (what `--dim` can set): its `dim_param`s
+/// and the fresh symbols open dims get, sorted.
+pub fn input_symbols(model: &ModelProto) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for (_, ty) in declared_inputs(model, &ImportOptions::default()).unwrap_or_default() {
+        for d in ty.shape.dims() {
+            out.extend(d.symbols().iter().map(|s| s.to_string()));
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// The opset version per domain; `ai.onnx` and the empty domain are the same.
@@ -548,8 +661,24 @@ fn node_error(n: &NodeProto, message: String) -> ImportError {
     }
 }
 
+/// An imported graph and what the import read of the options.
+pub struct Imported {
+    pub graph: Graph,
+    /// The inputs of [`ImportOptions::specialize`] whose values the import used (a shape, axes,
+    /// a count): the graph is valid only for those values. Sorted.
+    pub read: Vec<String>,
+}
+
 /// Imports a decoded model.
 pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    import_model_reporting(model, opts).map(|i| i.graph)
+}
+
+/// Imports a decoded model and says which specialized input values it depends on.
+pub fn import_model_reporting(
+    model: &ModelProto,
+    opts: &ImportOptions,
+) -> Result<Imported, ImportError> {
     let fail = |message: String| ImportError {
         node: None,
         op: None,
@@ -582,7 +711,9 @@ pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Graph, I
             .output(&out.name, v)
             .map_err(|e| fail(e.to_string()))?;
     }
-    ctx.b.finish().map_err(|e| fail(e.to_string()))
+    let read = ctx.read.take().into_iter().collect();
+    let graph = ctx.b.finish().map_err(|e| fail(e.to_string()))?;
+    Ok(Imported { graph, read })
 }
 
 fn bind_graph_inputs(ctx: &mut Ctx, graph: &GraphProto) -> Result<(), String> {
@@ -594,16 +725,21 @@ fn bind_graph_inputs(ctx: &mut Ctx, graph: &GraphProto) -> Result<(), String> {
     if !graph.sparse_initializer.is_empty() {
         return Err("sparse initializers are not supported".into());
     }
+    let mut declared = Vec::new();
     for input in &graph.input {
         if ctx.env.contains_key(&input.name) {
             continue; // an initializer listed as an input (IR < 4) stays a constant
         }
         let ty = input_type(ctx, input).map_err(|e| format!("input `{}`: {e}", input.name))?;
+        declared.push((input.name.clone(), ty));
+    }
+    specialize_inputs(ctx.opts, &mut declared)?;
+    for (name, ty) in declared {
         let p = ctx
             .b
-            .param(&input.name, ty.dtype, ty.shape.clone())
-            .map_err(|e| format!("input `{}`: {e}", input.name))?;
-        ctx.env.insert(input.name.clone(), ctx.v(p));
+            .param(&name, ty.dtype, ty.shape.clone())
+            .map_err(|e| format!("input `{name}`: {e}"))?;
+        ctx.env.insert(name, ctx.v(p));
     }
     Ok(())
 }

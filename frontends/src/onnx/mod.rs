@@ -18,7 +18,9 @@ use std::fmt;
 use ir::{Graph, Tensor};
 use prost::Message;
 
-pub use import::{import_model, opsets};
+pub use import::{
+    declared_inputs, import_model, import_model_reporting, input_symbols, opsets, Imported,
+};
 pub use registry::{is_supported, supported_ops};
 pub use tensor::{decode as decode_tensor, dtype_of, ExternalData};
 
@@ -33,6 +35,11 @@ pub struct ImportOptions<'a> {
     /// Values of graph inputs that may stand in where an op needs a value known at import
     /// time (a shape, a size, axes). Other uses of these inputs stay runtime inputs.
     pub specialize: HashMap<String, Tensor>,
+    /// Values for the symbols of the declared input shapes (`--dim batch=8`).
+    pub dims: HashMap<String, i64>,
+    /// Shapes of inputs in place of the declared ones (which they must agree with): the
+    /// shapes a run is given, or `--input-shape`. A symbol they fix is fixed in every input.
+    pub shapes: HashMap<String, ir::Shape>,
     /// Folds nodes whose inputs are all constants by running them; `None` keeps them.
     pub evaluate: Option<Evaluator<'a>>,
 }

@@ -159,6 +159,9 @@ fn scan_v8(ctx: &mut Ctx, n: &Node, m: usize) -> Res {
             "Scan-8 over a batch of {batch} is more than kiln unrolls"
         ));
     }
+    if batch == 0 {
+        return scan_v8_empty(ctx, n, &vals, nstate);
+    }
     let mut per_batch: Vec<Vec<Value>> = Vec::new();
     for bi in 0..batch {
         let states = vals[..nstate]
@@ -176,6 +179,41 @@ fn scan_v8(ctx: &mut Ctx, n: &Node, m: usize) -> Res {
         .map(|i| {
             let column: Vec<Value> = per_batch.iter().map(|r| r[i]).collect();
             stack(&mut ctx.b, &column, 0).map(|v| ctx.v(v))
+        })
+        .collect()
+}
+
+/// Scan-8 over an empty batch: every output is empty along the batch axis. The body is
+/// imported once on zeros of one batch element's shape only to type the outputs (that
+/// computation is dead and optimized away).
+fn scan_v8_empty(ctx: &mut Ctx, n: &Node, vals: &[Value], nstate: usize) -> Res {
+    let mut units = Vec::with_capacity(vals.len());
+    for &v in vals {
+        let ty = ctx.b.ty(v).clone();
+        let dims = ty.shape.dims()[1..]
+            .iter()
+            .map(|d| d.as_const().and_then(|c| usize::try_from(c).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or("Scan-8 over an empty batch needs static element shapes")?;
+        let zero = ctx.b.constant(Tensor::zeros(ty.dtype, dims)).map_err(s)?;
+        units.push(zero);
+    }
+    let states = units[..nstate].iter().map(|&v| ctx.v(v)).collect();
+    let outs = scan_core(ctx, n, states, units[nstate..].to_vec())?;
+    outs.iter()
+        .map(|&o| {
+            let ty = ctx.b.ty(o).clone();
+            let dims = std::iter::once(Some(0))
+                .chain(
+                    ty.shape
+                        .dims()
+                        .iter()
+                        .map(|d| d.as_const().and_then(|c| usize::try_from(c).ok())),
+                )
+                .collect::<Option<Vec<usize>>>()
+                .ok_or("Scan-8 over an empty batch needs static output shapes")?;
+            let empty = ctx.b.constant(Tensor::zeros(ty.dtype, dims)).map_err(s)?;
+            Ok(ctx.v(empty))
         })
         .collect()
 }

@@ -1,0 +1,410 @@
+//! Models with shapes left open: dims exporters write as -1, 0, nothing or a `dim_param` become
+//! symbols; what the import cannot keep symbolic (a Resize over open height and width, a TopK
+//! whose k is an input) is specialized per signature of the run's inputs and cached; given
+//! shapes and `--dim` values are checked against what the model declares.
+
+mod common;
+
+use common::onnx::{model, node};
+use kiln::frontends::onnx::proto::*;
+use kiln::{Model, ModelOptions, Shape, Tensor};
+
+/// A tensor type whose dims are numbers (`"-1"`, `"3"`), `dim_param`s (`"h"`) or open (`""`).
+fn vi(name: &str, elem: i32, dims: &[&str]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: match (d.parse::<i64>(), d.is_empty()) {
+                (Ok(v), _) => Some(DimValue::DimValue(v)),
+                (_, true) => None,
+                _ => Some(DimValue::DimParam(d.to_string())),
+            },
+            denotation: String::new(),
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(TypeValue::TensorType(TensorTypeProto {
+                elem_type: elem,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            denotation: String::new(),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+fn floats(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: data_type::FLOAT,
+        float_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn string_attr(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::STRING,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// y = Resize(x, scales 2×2, nearest) over an image whose height and width are open.
+fn upsample() -> Vec<u8> {
+    model(
+        vec![node(
+            "Resize",
+            "up",
+            &["x", "", "scales"],
+            &["y"],
+            vec![string_attr("mode", "nearest")],
+        )],
+        vec![vi("x", data_type::FLOAT, &["1", "1", "-1", "0"])],
+        vec![vi("y", data_type::FLOAT, &["1", "1", "", ""])],
+        vec![floats("scales", &[4], &[1.0, 1.0, 2.0, 2.0])],
+        13,
+    )
+}
+
+fn image(h: usize, w: usize) -> Tensor {
+    let v: Vec<f32> = (0..h * w).map(|i| i as f32).collect();
+    Tensor::from_vec(vec![1, 1, h, w], v).unwrap()
+}
+
+/// Nearest 2× upsampling by hand.
+fn doubled(h: usize, w: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    for y in 0..2 * h {
+        for x in 0..2 * w {
+            out.push(((y / 2) * w + x / 2) as f32);
+        }
+    }
+    out
+}
+
+#[test]
+fn open_dims_become_symbols_and_runs_specialize_per_shape() {
+    let m = Model::from_onnx(&upsample(), Default::default(), Default::default()).unwrap();
+    // The -1 and 0 dims are symbols, not errors; the Resize needs them known.
+    assert!(m.params()[0].1.shape.dims()[2].as_sym().is_some());
+    assert!(m.params()[0].1.shape.dims()[3].as_sym().is_some());
+    let e = m
+        .symbolic()
+        .expect_err("Resize needs static dims")
+        .to_string();
+    assert!(e.contains("Resize"), "{e}");
+    for (h, w) in [(2, 3), (3, 2), (2, 3)] {
+        for interp in [false, true] {
+            let inputs = [("x".to_string(), image(h, w))];
+            let out = match interp {
+                false => m.run(&inputs),
+                true => m.interpret(&inputs),
+            }
+            .unwrap();
+            assert_eq!(out[0].1.shape(), &[1, 1, 2 * h, 2 * w]);
+            assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &doubled(h, w)[..]);
+        }
+    }
+    // Two signatures, the third run reused the first.
+    assert_eq!(m.specializations(), 2);
+    // A wrong rank names the input.
+    let bad = Tensor::from_vec(vec![4], vec![0.0f32; 4]).unwrap();
+    let e = m.run(&[("x".into(), bad)]).unwrap_err().to_string();
+    assert!(e.contains("`x`") && e.contains("rank"), "{e}");
+}
+
+#[test]
+fn the_cache_is_bounded_and_says_when_it_specializes() {
+    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = said.clone();
+    let opts = ModelOptions {
+        cache_size: 1,
+        log: Some(std::sync::Arc::new(move |m: &str| {
+            log.lock().unwrap().push(m.to_string())
+        })),
+        ..Default::default()
+    };
+    let m = Model::from_onnx(&upsample(), Default::default(), opts).unwrap();
+    for (h, w) in [(1, 1), (2, 2), (1, 1)] {
+        m.run(&[("x".into(), image(h, w))]).unwrap();
+    }
+    // With room for one, (1, 1) was dropped for (2, 2) and made again.
+    assert_eq!(m.specializations(), 3);
+    let said = said.lock().unwrap();
+    assert_eq!(said.len(), 3);
+    assert!(said[1].contains("[1, 1, 2, 2]"), "{}", said[1]);
+}
+
+/// values, indices = TopK(x, k) with k an input.
+fn topk() -> Vec<u8> {
+    model(
+        vec![node(
+            "TopK",
+            "top",
+            &["x", "k"],
+            &["values", "indices"],
+            vec![],
+        )],
+        vec![
+            vi("x", data_type::FLOAT, &["n"]),
+            vi("k", data_type::INT64, &["1"]),
+        ],
+        vec![
+            vi("values", data_type::FLOAT, &[""]),
+            vi("indices", data_type::INT64, &[""]),
+        ],
+        vec![],
+        11,
+    )
+}
+
+#[test]
+fn an_input_that_sets_a_size_specializes_on_its_value_only() {
+    let m = Model::from_onnx(&topk(), Default::default(), Default::default()).unwrap();
+    let run = |x: &[f32], k: i64| {
+        let x = Tensor::from_vec(vec![x.len()], x.to_vec()).unwrap();
+        let k = Tensor::from_vec(vec![1], vec![k]).unwrap();
+        let out = m.run(&[("x".into(), x), ("k".into(), k)]).unwrap();
+        out[0].1.as_slice::<f32>().unwrap().to_vec()
+    };
+    assert_eq!(run(&[1.0, 5.0, 3.0, 4.0], 2), vec![5.0, 4.0]);
+    assert_eq!(run(&[1.0, 5.0, 3.0, 4.0], 3), vec![5.0, 4.0, 3.0]);
+    assert_eq!(m.specializations(), 2);
+    // Other values and another length of x, same k: the specialization for k = 2 serves.
+    assert_eq!(run(&[9.0, 1.0, 7.0, 8.0, 0.0, 2.0], 2), vec![9.0, 8.0]);
+    assert_eq!(m.specializations(), 2);
+}
+
+#[test]
+fn given_shapes_and_dims_must_agree_with_the_model() {
+    let opts = |dims: &[(&str, i64)], shapes: &[(&str, &[i64])]| ModelOptions {
+        dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        shapes: shapes
+            .iter()
+            .map(|(k, v)| (k.to_string(), Shape::from_consts(v)))
+            .collect(),
+        ..Default::default()
+    };
+    let err = |bytes: &[u8], o: ModelOptions| {
+        Model::from_onnx(bytes, Default::default(), o)
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let e = err(&topk(), opts(&[("m", 3)], &[]));
+    assert!(
+        e.contains("no symbol `m`") && e.contains("its symbols: n"),
+        "{e}"
+    );
+    let e = err(&upsample(), opts(&[], &[("x", &[1, 2, 4, 4])]));
+    assert!(e.contains("`x`") && e.contains("axis 1 is 1, not 2"), "{e}");
+    let e = err(&upsample(), opts(&[], &[("y", &[1, 1, 4, 4])]));
+    assert!(e.contains("not an input"), "{e}");
+    // A given shape makes the model symbolic-import cleanly, fixed to that shape.
+    let m = Model::from_onnx(
+        &upsample(),
+        Default::default(),
+        opts(&[], &[("x", &[1, 1, 2, 2])]),
+    )
+    .unwrap();
+    let g = m.symbolic().expect("imports with the shape given");
+    assert_eq!(
+        kiln::params(g)[0].1.shape,
+        Shape::from_consts(&[1, 1, 2, 2])
+    );
+    // --dim fixes the symbol everywhere it appears.
+    let m = Model::from_onnx(&topk(), Default::default(), opts(&[("n", 4)], &[])).unwrap();
+    assert_eq!(m.params()[0].1.shape, Shape::from_consts(&[4]));
+}
+
+/// Scan-8 (batch axis first) over an empty batch: the body still types the outputs. (A fuzz
+/// run found the import indexing the first batch element of none.)
+#[test]
+fn scan_8_over_an_empty_batch_gives_empty_outputs() {
+    let body = GraphProto {
+        node: vec![
+            node("Add", "add", &["s", "e"], &["s2"], vec![]),
+            node("Identity", "id", &["s2"], &["o"], vec![]),
+        ],
+        name: "body".into(),
+        input: vec![
+            vi("s", data_type::FLOAT, &["2"]),
+            vi("e", data_type::FLOAT, &["2"]),
+        ],
+        output: vec![
+            vi("s2", data_type::FLOAT, &["2"]),
+            vi("o", data_type::FLOAT, &["2"]),
+        ],
+        ..Default::default()
+    };
+    let scan = node(
+        "Scan",
+        "scan",
+        &["", "init", "xs"],
+        &["final", "ys"],
+        vec![
+            AttributeProto {
+                name: "num_scan_inputs".into(),
+                r#type: attr_type::INT,
+                i: 1,
+                ..Default::default()
+            },
+            AttributeProto {
+                name: "body".into(),
+                r#type: attr_type::GRAPH,
+                g: Some(Box::new(body)),
+                ..Default::default()
+            },
+        ],
+    );
+    let bytes = model(
+        vec![scan],
+        vec![
+            vi("init", data_type::FLOAT, &["0", "2"]),
+            vi("xs", data_type::FLOAT, &["0", "3", "2"]),
+        ],
+        vec![
+            vi("final", data_type::FLOAT, &["0", "2"]),
+            vi("ys", data_type::FLOAT, &["0", "3", "2"]),
+        ],
+        vec![],
+        8,
+    );
+    let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+    let inputs = [
+        (
+            "init".to_string(),
+            Tensor::from_vec(vec![0, 2], Vec::<f32>::new()).unwrap(),
+        ),
+        (
+            "xs".to_string(),
+            Tensor::from_vec(vec![0, 3, 2], Vec::<f32>::new()).unwrap(),
+        ),
+    ];
+    let out = m.run(&inputs).unwrap();
+    assert_eq!(out[0].1.shape(), &[0, 2]);
+    assert_eq!(out[1].1.shape(), &[0, 3, 2]);
+    // One batch element still scans (the same body, a batch the runtime decides).
+    let inputs = [
+        (
+            "init".to_string(),
+            Tensor::from_vec(vec![1, 2], vec![1.0f32, 2.0]).unwrap(),
+        ),
+        (
+            "xs".to_string(),
+            Tensor::from_vec(vec![1, 3, 2], vec![1.0f32; 6]).unwrap(),
+        ),
+    ];
+    let out = m.run(&inputs).unwrap();
+    assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &[4.0, 5.0]);
+}
+
+/// Runs the kiln binary; returns success, stdout and stderr (never a panic).
+fn kiln(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(!se.contains("panicked"), "kiln {args:?} panicked:\n{se}");
+    (out.status.success(), so, se)
+}
+
+#[test]
+fn the_cli_runs_open_shapes_and_compiles_given_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(path("up.onnx"), upsample()).unwrap();
+    let npz = kiln::npz::write_npz(&[("x".to_string(), image(2, 3))]).unwrap();
+    std::fs::write(path("x.npz"), npz).unwrap();
+    // Run with no --dim: the inputs' shapes specialize the model, and -v says so.
+    let (ok, so, se) = kiln(&["run", &path("up.onnx"), "--inputs", &path("x.npz"), "-v"]);
+    assert!(ok, "{se}");
+    assert!(
+        so.starts_with("y: f32[1, 1, 4, 6] = [0, 0, 1, 1, 2, 2, 0, 0"),
+        "{so}"
+    );
+    assert!(
+        se.contains("specialized the model for x: [1, 1, 2, 3]"),
+        "{se}"
+    );
+    // bench says it too.
+    let (ok, so, _) = kiln(&[
+        "bench",
+        &path("up.onnx"),
+        "--inputs",
+        &path("x.npz"),
+        "--runs",
+        "2",
+        "--json",
+    ]);
+    assert!(ok && so.contains("\"specialized\": true"), "{so}");
+    // A --dim the model does not have is an error listing what it has.
+    let (ok, _, se) = kiln(&[
+        "run",
+        &path("up.onnx"),
+        "--inputs",
+        &path("x.npz"),
+        "--dim",
+        "hh=3",
+    ]);
+    assert!(
+        !ok && se.contains("no symbol `hh`") && se.contains("its symbols: x_2_1, x_3_2"),
+        "{se}"
+    );
+    // Ahead of time the shapes must be given; the error says how.
+    let (ok, _, se) = kiln(&["compile", &path("up.onnx"), "-o", &path("up.kiln")]);
+    assert!(!ok && se.contains("--input-shape"), "{se}");
+    let (ok, _, se) = kiln(&[
+        "compile",
+        &path("up.onnx"),
+        "-o",
+        &path("up.kiln"),
+        "--input-shape",
+        "x=1,1,2,3",
+    ]);
+    assert!(ok, "{se}");
+    let (ok, so, se) = kiln(&["run", &path("up.kiln"), "--inputs", &path("x.npz")]);
+    assert!(ok && so.starts_with("y: f32[1, 1, 4, 6]"), "{se}");
+    // So can the inputs themselves; the artifact refuses other shapes, naming the input.
+    let (ok, _, se) = kiln(&[
+        "compile",
+        &path("up.onnx"),
+        "-o",
+        &path("up2.kiln"),
+        "--inputs",
+        &path("x.npz"),
+    ]);
+    assert!(ok, "{se}");
+    let other = kiln::npz::write_npz(&[("x".to_string(), image(3, 3))]).unwrap();
+    std::fs::write(path("x33.npz"), other).unwrap();
+    let (ok, _, se) = kiln(&["run", &path("up2.kiln"), "--inputs", &path("x33.npz")]);
+    assert!(!ok && se.contains("\"x\""), "{se}");
+    // A file is what its content says, whatever its name.
+    std::fs::copy(path("up.kiln"), path("model.onnx")).unwrap();
+    let (ok, _, se) = kiln(&["opt", &path("model.onnx")]);
+    assert!(!ok && se.contains("is a compiled .kiln artifact"), "{se}");
+    std::fs::write(
+        path("m.onnx"),
+        "func @main {\n  %x = param {name=\"x\"} : f32[2]\n  return %x\n}\n",
+    )
+    .unwrap();
+    let (ok, so, se) = kiln(&["run", &path("m.onnx"), "--random-inputs"]);
+    assert!(ok && so.contains(": f32[2] = "), "{so}{se}");
+    let (ok, _, se) = kiln(&["inspect", &path("m.onnx")]);
+    assert!(!ok && se.contains("is .kir text"), "{se}");
+    // inspect fails when the import does.
+    let (ok, so, se) = kiln(&["inspect", &path("up.onnx")]);
+    assert!(
+        !ok && so.contains("kiln cannot import it") && se.contains("specialize"),
+        "{so}{se}"
+    );
+}
