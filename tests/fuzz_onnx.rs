@@ -1,7 +1,8 @@
 //! Robustness of ONNX decoding and import: byte-level mutations of real models (the node
 //! tests and small shared models when `../shared` is present, a built-in model otherwise) go
-//! through decode, import and, when the result is small, the interpreter. Errors are fine;
-//! panics are not. Long run: `PROPTEST_CASES=2000000 cargo test --release --test fuzz_onnx`.
+//! through decode, import (with symbolic shapes, and when that fails the specialization a run
+//! makes, twice so the second comes from the cache) and, when the result is small, the
+//! interpreter. Errors are fine; panics are not. Long run: `PROPTEST_CASES=2000000 cargo test --release --test fuzz_onnx`.
 
 mod common;
 
@@ -93,40 +94,84 @@ fn lo_plus(a: usize, k: usize, n: usize) -> usize {
     (a + k).min(n)
 }
 
+/// Import converts importer panics into errors; those are still bugs.
+fn no_internal_error<T>(r: kiln::Result<T>) -> Option<T> {
+    match r {
+        Ok(x) => Some(x),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!msg.contains("internal error"), "{msg}");
+            None
+        }
+    }
+}
+
 fn check(bytes: &[u8]) {
     let g = match kiln::onnx::import(bytes, Default::default(), HashMap::new()) {
         Ok(g) => g,
         Err(e) => {
-            // Import converts importer panics into errors; those are still bugs.
-            let msg = e.to_string();
-            assert!(!msg.contains("internal error"), "{msg}");
+            no_internal_error::<()>(Err(e));
+            // What a run does next: specialize for inputs of the declared shapes (symbols 2),
+            // twice (the second time from the cache).
+            let Some(m) = no_internal_error(kiln::Model::from_onnx(
+                bytes,
+                Default::default(),
+                Default::default(),
+            )) else {
+                return;
+            };
+            let bindings = symbols_as_two(m.params());
+            if !small(m.params(), &bindings) {
+                return;
+            }
+            let Ok(r) = kiln::random_inputs_for(m.params(), &bindings, 3) else {
+                return;
+            };
+            for _ in 0..2 {
+                let Some(g) = no_internal_error(m.graph_for(&r.inputs)) else {
+                    return;
+                };
+                interpret_small(&g, &bindings);
+            }
             return;
         }
     };
-    let params = kiln::params(&g);
+    interpret_small(&g, &symbols_as_two(&kiln::params(&g)));
+}
+
+fn symbols_as_two(params: &[(String, kiln::TensorType)]) -> HashMap<String, i64> {
     let mut bindings = HashMap::new();
-    for (_, ty) in &params {
+    for (_, ty) in params {
         for d in ty.shape.dims() {
             for s in d.symbols() {
                 bindings.insert(s.to_string(), 2);
             }
         }
     }
-    let small = params.iter().all(|(_, ty)| {
+    bindings
+}
+
+fn small(params: &[(String, kiln::TensorType)], bindings: &HashMap<String, i64>) -> bool {
+    params.iter().all(|(_, ty)| {
         ty.shape.eval(&|s| bindings.get(s).copied()).is_ok_and(|d| {
             d.iter().all(|&x| (0..4096).contains(&x)) && d.iter().product::<i64>() <= 4096
         })
-    });
-    if !small || g.len() > 2000 {
+    })
+}
+
+/// Runs a small graph on the interpreter with random inputs (any error is fine).
+fn interpret_small(g: &kiln::Graph, bindings: &HashMap<String, i64>) {
+    let params = kiln::params(g);
+    if !small(&params, bindings) || g.len() > 2000 {
         return;
     }
-    let Ok(v) = kiln::verify(&g) else { return };
-    let Ok(r) = kiln::random_inputs(&g, &bindings, 3) else {
+    let Ok(v) = kiln::verify(g) else { return };
+    let Ok(r) = kiln::random_inputs(g, bindings, 3) else {
         return;
     };
     let inputs: Vec<_> = r.inputs.into_iter().map(|(_, t)| t).collect();
     let opts = interp::Options {
-        bindings,
+        bindings: bindings.clone(),
         max_tensor_bytes: 1 << 20,
     };
     let _ = interp::run_with(&v, &inputs, &opts);
