@@ -1,5 +1,5 @@
-//! Robustness of ONNX decoding and import: byte-level mutations of real models (the node
-//! tests and small shared models when `../shared` is present, a built-in model otherwise) go
+//! Robustness of ONNX decoding and import: byte-level mutations of real models (the committed
+//! corpus models, and the node tests and small shared models when `../shared` is present) go
 //! through decode, import (with symbolic shapes, and when that fails the specialization a run
 //! makes, twice so the second comes from the cache) and, when the result is small, the
 //! interpreter. Errors are fine; panics are not. Long run: `PROPTEST_CASES=2000000 cargo test --release --test fuzz_onnx`.
@@ -41,10 +41,12 @@ fn corpus() -> &'static [Vec<u8>] {
     static CORPUS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
     CORPUS.get_or_init(|| {
         let mut out = vec![builtin()];
-        for dir in ["onnx-node-tests/node", "models"] {
-            let Some(root) = common::shared(dir) else {
-                continue;
-            };
+        let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/models");
+        let roots = ["onnx-node-tests/node", "models"]
+            .into_iter()
+            .filter_map(common::shared)
+            .chain(std::iter::once(local));
+        for root in roots {
             let mut paths: Vec<_> = std::fs::read_dir(root)
                 .into_iter()
                 .flatten()

@@ -305,6 +305,11 @@ impl<'o> Ctx<'o> {
                 };
                 self.b.cast(d, v.ty.dtype).map_err(|e| e.to_string())
             }
+            Some(Known::Seq { .. }) => Err(
+                "a sequence is used where a tensor is expected (kiln keeps sequences only \
+                     while importing, so an op that takes a tensor cannot take one)"
+                    .into(),
+            ),
             None => Err("value has neither an IR value nor a known value".into()),
         }
     }
@@ -388,6 +393,20 @@ impl<'o> Ctx<'o> {
         }
         self.static_ints(name)
             .map(|v| v.into_iter().map(Dim::Const).collect())
+    }
+
+    /// The tensors of a sequence value and their element type.
+    pub fn seq(&self, name: &str) -> Result<(Vec<V>, ir::DType), String> {
+        match &self.get(name)?.known {
+            Some(Known::Seq { items, dtype }) => Ok((items.clone(), *dtype)),
+            _ => Err(format!("`{name}` is not a sequence")),
+        }
+    }
+
+    /// The value of `name` if the import can know it (see [`Ctx::demand`]), else `None`.
+    pub fn try_static(&self, name: &str) -> Option<Tensor> {
+        self.get(name).ok()?;
+        self.demand(name, 0)
     }
 
     /// The known value of an input as a tensor; see [`Ctx::demand`].
@@ -526,7 +545,8 @@ fn input_type(ctx: &mut Ctx, vi: &proto::ValueInfoProto) -> Result<TensorType, S
     for (a, d) in shape.dim.iter().enumerate() {
         dims.push(match &d.value {
             Some(proto::DimValue::DimValue(v)) if *v > 0 => Dim::Const(*v),
-            Some(proto::DimValue::DimParam(p)) if !p.trim().is_empty() => {
+            // A name says which dims are equal; `?` and other punctuation name nothing.
+            Some(proto::DimValue::DimParam(p)) if p.chars().any(|c| c.is_alphanumeric()) => {
                 Dim::sym(&sanitize(p.trim()))
             }
             _ => ctx.fresh_symbol(&format!("{}_{a}", vi.name)),

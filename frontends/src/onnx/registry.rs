@@ -3,7 +3,7 @@
 //! function serves a range of versions and a semantic change is a new row.
 
 use super::import::{Ctx, Node};
-use super::ops::{attention, control, ew, misc, ml, nn, quant, reduce, resize, rnn, shape};
+use super::ops::{attention, control, ew, misc, ml, nn, quant, reduce, resize, rnn, seq, shape};
 use super::value::V;
 
 pub type ImportFn = fn(&mut Ctx, &Node) -> Result<Vec<V>, String>;
@@ -44,6 +44,12 @@ table! {
         "Mish" 18 => ew::activation, "Gelu" 20 => ew::activation,
         "ThresholdedRelu" 10 => ew::activation, "Shrink" 9 => ew::activation,
         "Swish" 24 => ew::activation, "PRelu" 1 => ew::prelu,
+        "SequenceEmpty" 11 => seq::sequence_empty,
+        "SequenceConstruct" 11 => seq::sequence_construct,
+        "SequenceInsert" 11 => seq::sequence_insert, "SequenceAt" 11 => seq::sequence_at,
+        "SequenceErase" 11 => seq::sequence_erase, "SequenceLength" 11 => seq::sequence_length,
+        "SplitToSequence" 11 => seq::split_to_sequence,
+        "ConcatFromSequence" 11 => seq::concat_from_sequence,
         "Identity" 1 => ew::identity, "Cast" 1 => ew::cast, "CastLike" 15 => ew::cast_like,
         "Dropout" 1 => ew::dropout, "Constant" 1 => ew::constant,
         "ConstantOfShape" 9 => ew::constant_of_shape,

@@ -12,6 +12,9 @@ pub enum Known {
     Data(Tensor),
     /// An integer scalar (`scalar`) or vector whose elements may be symbolic dims.
     Dims { dims: Vec<Dim>, scalar: bool },
+    /// An ONNX sequence of known length: its tensors, and their element type (a sequence may
+    /// be empty). Sequences live only at import; ops that take them see their tensors.
+    Seq { items: Vec<V>, dtype: DType },
 }
 
 /// One ONNX value.
@@ -29,6 +32,15 @@ impl V {
             value: None,
             ty: t.ty(),
             known: Some(Known::Data(t)),
+        }
+    }
+
+    /// A sequence of known length.
+    pub fn seq(items: Vec<V>, dtype: DType) -> V {
+        V {
+            value: None,
+            ty: TensorType::new(dtype, Shape::scalar()),
+            known: Some(Known::Seq { items, dtype }),
         }
     }
 
@@ -74,7 +86,7 @@ impl V {
                 let shape = if *scalar { vec![] } else { vec![v.len()] };
                 Tensor::new(shape, Data::from_i128s(self.ty.dtype, &v)).ok()
             }
-            None => None,
+            Some(Known::Seq { .. }) | None => None,
         }
     }
 

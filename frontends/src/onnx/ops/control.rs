@@ -218,11 +218,11 @@ fn scan_v8_empty(ctx: &mut Ctx, n: &Node, vals: &[Value], nstate: usize) -> Res 
         .collect()
 }
 
+/// A condition the import can know: constant, or derived from specialized inputs (then the
+/// graph is specialized for it, and only the taken branch is imported).
 fn known_bool(ctx: &Ctx, name: &str) -> Option<bool> {
-    ctx.get(name)
-        .ok()?
-        .known_tensor()
-        .map(|t| t.data().get_i128(0) != 0)
+    let t = ctx.try_static(name)?;
+    (t.numel() == 1).then(|| t.data().get_i128(0) != 0)
 }
 
 pub fn if_(ctx: &mut Ctx, n: &Node) -> Res {

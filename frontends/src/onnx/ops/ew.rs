@@ -463,7 +463,15 @@ pub fn activation(ctx: &mut Ctx, n: &Node) -> Res {
 
 pub fn prelu(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
-    let slope = ctx.ir(n.req(1)?)?;
+    let mut slope = ctx.ir(n.req(1)?)?;
+    // Before opset 7 a one-dimensional slope of C elements is per channel (axis 1), as the
+    // exporters of that time wrote it, not broadcast against the last axis.
+    let (xs, ss) = (ctx.b.shape(x).clone(), ctx.b.shape(slope).clone());
+    if n.version < 7 && ss.rank() == 1 && xs.rank() > 2 && ss.dim(0) == xs.dim(1) {
+        let mut dims = vec![ss.dim(0).clone()];
+        dims.extend(std::iter::repeat_n(Dim::Const(1), xs.rank() - 2));
+        slope = ctx.b.reshape(slope, Shape::new(dims)).map_err(s)?;
+    }
     let zero = ctx.b.scalar_like(0.0, x).map_err(s)?;
     let neg = ctx.b.op1(Op::Lt, &[x, zero]).map_err(s)?;
     let sx = ctx.b.mul(x, slope).map_err(s)?;

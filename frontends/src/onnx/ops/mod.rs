@@ -11,6 +11,7 @@ pub mod quant;
 pub mod reduce;
 pub mod resize;
 pub mod rnn;
+pub mod seq;
 pub mod shape;
 
 use ir::{Dim, Value};

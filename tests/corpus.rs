@@ -1,0 +1,214 @@
+//! The real-model corpus (`tests/corpus/manifest.json`, rebuilt by `tests/corpus/build.py`):
+//! ONNX files real projects ship, each run as a user runs it — `kiln run MODEL --inputs
+//! IN.npz`, no `--dim` — and ahead of time (`kiln compile`, symbolic when the model imports so,
+//! else specialized for the inputs with `--inputs`; then `kiln run MODEL.kiln`), both compared
+//! with onnxruntime's outputs. Models of at most 2 MB are committed; larger ones live in the
+//! cache the build script fills (`$KILN_CORPUS_CACHE`, default `~/.cache/kiln-corpus`) and are
+//! reported SKIPPED when absent.
+//!
+//! Also the ONNX wheel's own backend suites (`simple`, `pytorch-converted`,
+//! `pytorch-operator`) through `kiln conformance`, found through `$KILN_ONNX_DATA` or the
+//! `onnx` package of `python3`: every case passes but training (`Gradient`) and string ops.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln::onnx::{mismatch, Tolerance};
+
+/// Models known not to match yet, with the reason; each must still fail (so the list shrinks
+/// when one is fixed).
+const KNOWN_FAILURES: &[(&str, &str)] =
+    &[("ddddocr_common_old", "com.microsoft::DynamicQuantizeLSTM")];
+
+struct Entry {
+    name: String,
+    rtol: f64,
+    atol: f64,
+}
+
+fn manifest() -> Vec<Entry> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/manifest.json");
+    let text = std::fs::read_to_string(&root).expect("tests/corpus/manifest.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| Entry {
+            name: m["name"].as_str().unwrap().to_string(),
+            rtol: m["rtol"].as_f64().unwrap(),
+            atol: m["atol"].as_f64().unwrap(),
+        })
+        .collect()
+}
+
+fn cache() -> PathBuf {
+    match std::env::var_os("KILN_CORPUS_CACHE") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln-corpus")
+        }
+    }
+}
+
+fn model_dir(name: &str) -> Option<PathBuf> {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus/models")
+        .join(name);
+    let cached = cache().join("models").join(name);
+    [committed, cached]
+        .into_iter()
+        .find(|d| d.join("model.onnx").is_file() && d.join("expected.npz").is_file())
+}
+
+fn kiln(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln");
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!se.contains("panicked"), "kiln {args:?} panicked:\n{se}");
+    if out.status.success() {
+        Ok(se)
+    } else {
+        Err(se
+            .lines()
+            .find(|l| l.starts_with("error"))
+            .unwrap_or(&se)
+            .to_string())
+    }
+}
+
+fn compare(got: &Path, want: &Path, tol: Tolerance) -> Result<(), String> {
+    let read = |p: &Path| {
+        kiln::npz::read_npz(&std::fs::read(p).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())
+    };
+    let (got, want) = (read(got)?, read(want)?);
+    for (name, w) in &want {
+        let g = got
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("no output {name}"))?;
+        if let Some(why) = mismatch(&g.1, w, tol) {
+            return Err(format!("output {name}: {why}"));
+        }
+    }
+    Ok(())
+}
+
+/// JIT then AOT; the first failure.
+fn check(dir: &Path, tmp: &Path, tol: Tolerance) -> Result<(), String> {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (model, inputs, expected) = (
+        dir.join("model.onnx"),
+        dir.join("inputs.npz"),
+        dir.join("expected.npz"),
+    );
+    let out = tmp.join("out.npz");
+    kiln(&["run", &s(&model), "--inputs", &s(&inputs), "-o", &s(&out)])
+        .map_err(|e| format!("run: {e}"))?;
+    compare(&out, &expected, tol).map_err(|e| format!("run: {e}"))?;
+    let art = tmp.join("model.kiln");
+    // Symbolic when the model imports that way; else specialized for the inputs.
+    if kiln(&["compile", &s(&model), "-o", &s(&art)]).is_err() {
+        kiln(&[
+            "compile",
+            &s(&model),
+            "-o",
+            &s(&art),
+            "--inputs",
+            &s(&inputs),
+        ])
+        .map_err(|e| format!("compile: {e}"))?;
+    }
+    let out = tmp.join("out_aot.npz");
+    kiln(&["run", &s(&art), "--inputs", &s(&inputs), "-o", &s(&out)])
+        .map_err(|e| format!("artifact: {e}"))?;
+    compare(&out, &expected, tol).map_err(|e| format!("artifact: {e}"))
+}
+
+#[test]
+fn corpus_models_match_onnxruntime_jit_and_aot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut passed, mut skipped, mut failed) = (vec![], vec![], vec![]);
+    for e in manifest() {
+        let Some(dir) = model_dir(&e.name) else {
+            skipped.push(e.name);
+            continue;
+        };
+        let tol = Tolerance {
+            rtol: e.rtol,
+            atol: e.atol,
+        };
+        let known = KNOWN_FAILURES.iter().find(|(n, _)| *n == e.name);
+        match (check(&dir, tmp.path(), tol), known) {
+            (Ok(()), None) => passed.push(e.name),
+            (Ok(()), Some(_)) => {
+                failed.push(format!("{} now passes: take it off KNOWN_FAILURES", e.name))
+            }
+            (Err(why), Some((_, reason))) if why.contains(reason) => {
+                eprintln!("known failure {}: {why}", e.name)
+            }
+            (Err(why), _) => failed.push(format!("{}: {why}", e.name)),
+        }
+    }
+    eprintln!("corpus: {} passed, {} failed, {} SKIPPED (not in the cache: python3 tests/corpus/build.py)", passed.len(), failed.len(), skipped.len());
+    for s in &skipped {
+        eprintln!("SKIPPED {s}");
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(!passed.is_empty(), "no corpus model ran");
+}
+
+/// The `onnx/backend/test/data` folder of the ONNX wheel, if there is one.
+fn onnx_data() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_ONNX_DATA") {
+        return Some(PathBuf::from(p));
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import onnx, os; print(os.path.join(os.path.dirname(onnx.__file__), 'backend', 'test', 'data'))"])
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && p.is_dir()).then_some(p)
+}
+
+#[test]
+fn onnx_wheel_suites_pass_but_training_and_strings() {
+    let Some(data) = onnx_data() else {
+        eprintln!("SKIPPED: no ONNX wheel (pip install onnx, or set KILN_ONNX_DATA)");
+        return;
+    };
+    for (suite, min) in [
+        ("simple", 15),
+        ("pytorch-converted", 82),
+        ("pytorch-operator", 35),
+    ] {
+        let dir = data.join(suite);
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "conformance",
+                dir.to_str().unwrap(),
+                "--verbose",
+                "--backend",
+                "jit",
+            ])
+            .output()
+            .expect("run kiln conformance");
+        let so = String::from_utf8_lossy(&out.stdout);
+        let unexpected: Vec<&str> = so
+            .lines()
+            .filter(|l| l.starts_with("FAIL "))
+            .filter(|l| !l.contains("Gradient") && !l.contains("data type STRING"))
+            .collect();
+        let summary = so.lines().last().unwrap_or_default();
+        eprintln!("{suite}: {summary}");
+        assert!(unexpected.is_empty(), "{suite}:\n{}", unexpected.join("\n"));
+        let passed: usize = summary
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(passed >= min, "{suite}: {summary}");
+    }
+}
