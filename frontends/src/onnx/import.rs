@@ -340,12 +340,21 @@ impl<'o> Ctx<'o> {
         let f = registry::lookup(domain, &proto.op_type, *version)?;
         let mut scratch = Ctx::new("demand", self.opts);
         scratch.opsets = self.opsets.clone();
-        for input in proto.input.iter().filter(|s| !s.is_empty()) {
-            let t = self.demand(input, depth + 1)?;
+        // Subgraphs (If branches, loop bodies) may read outer values by name: those are
+        // demanded too, so the scratch import sees them.
+        let implicit = proto
+            .attribute
+            .iter()
+            .flat_map(|a| a.g.as_deref().into_iter().chain(&a.graphs))
+            .flat_map(outer_names)
+            .filter(|n| self.env.contains_key(n));
+        let explicit = proto.input.iter().filter(|s| !s.is_empty()).cloned();
+        for input in explicit.chain(implicit.collect::<Vec<_>>()) {
+            let t = self.demand(&input, depth + 1)?;
             if t.numel() > FOLD_LIMIT {
                 return None;
             }
-            scratch.env.insert(input.clone(), V::data(t));
+            scratch.env.insert(input, V::data(t));
         }
         let node = Node {
             proto,
@@ -492,6 +501,32 @@ impl<'o> Ctx<'o> {
         self.fresh += 1;
         Dim::sym(&format!("{}_{}", sanitize(hint), self.fresh))
     }
+}
+
+/// The names a subgraph reads from enclosing scopes: inputs of its nodes (and of theirs,
+/// recursively) that it neither takes, holds as an initializer nor defines.
+fn outer_names(g: &GraphProto) -> Vec<String> {
+    let mut defined: std::collections::HashSet<&str> = g
+        .input
+        .iter()
+        .map(|v| v.name.as_str())
+        .chain(g.initializer.iter().map(|t| t.name.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for n in &g.node {
+        let nested = n
+            .attribute
+            .iter()
+            .flat_map(|a| a.g.as_deref().into_iter().chain(&a.graphs))
+            .flat_map(outer_names);
+        for name in n.input.iter().cloned().chain(nested) {
+            if !name.is_empty() && !defined.contains(name.as_str()) && !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        defined.extend(n.output.iter().map(String::as_str));
+    }
+    out
 }
 
 /// Turns an ONNX dim_param or value name into a valid symbol.

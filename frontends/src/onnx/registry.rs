@@ -3,7 +3,9 @@
 //! function serves a range of versions and a semantic change is a new row.
 
 use super::import::{Ctx, Node};
-use super::ops::{attention, control, ew, misc, ml, nn, quant, reduce, resize, rnn, seq, shape};
+use super::ops::{
+    attention, control, ew, misc, ml, nn, quant, reduce, resize, rnn, sample, seq, shape, stateful,
+};
 use super::value::V;
 
 pub type ImportFn = fn(&mut Ctx, &Node) -> Result<Vec<V>, String>;
@@ -44,6 +46,9 @@ table! {
         "Mish" 18 => ew::activation, "Gelu" 20 => ew::activation,
         "ThresholdedRelu" 10 => ew::activation, "Shrink" 9 => ew::activation,
         "Swish" 24 => ew::activation, "PRelu" 1 => ew::prelu,
+        "GridSample" 16 => sample::grid_sample, "AffineGrid" 20 => sample::affine_grid,
+        "CausalConvWithState" 27 => stateful::causal_conv_with_state,
+        "LinearAttention" 27 => stateful::linear_attention,
         "SequenceEmpty" 11 => seq::sequence_empty,
         "SequenceConstruct" 11 => seq::sequence_construct,
         "SequenceInsert" 11 => seq::sequence_insert, "SequenceAt" 11 => seq::sequence_at,

@@ -11,8 +11,10 @@ pub mod quant;
 pub mod reduce;
 pub mod resize;
 pub mod rnn;
+pub mod sample;
 pub mod seq;
 pub mod shape;
+pub mod stateful;
 
 use ir::{Dim, Value};
 
