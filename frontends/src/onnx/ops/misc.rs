@@ -1,7 +1,7 @@
-//! Assorted operators: center crop/pad, window functions, sequence reversal, cache scatter and
-//! SwiGLU.
+//! Assorted operators: center crop/pad, window functions, sequence reversal, cache scatter,
+//! SwiGLU and Col2Im.
 
-use ir::{DType, Dim, Op, PadMode, Tensor, TensorType};
+use ir::{DType, Dim, Op, PadMode, Shape, Tensor, TensorType};
 
 use super::{axis, one, s, slice_axis, Res};
 use crate::onnx::import::{Ctx, Node};
@@ -181,4 +181,99 @@ pub fn swiglu(ctx: &mut Ctx, n: &Node) -> Res {
     let sw = b.mul(a, sg).map_err(s)?;
     let y = b.mul(sw, bv).map_err(s)?;
     one(ctx, y)
+}
+
+/// Col2Im: sums the columns of an im2col matrix `[N, C·K, L]` back into the image
+/// `[N, C, image...]` (K the block's positions, L the block placements), as one scatter-add of
+/// the entries that land inside the image at positions computed at import.
+pub fn col2im(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let image = ctx.static_ints(n.req(1)?)?;
+    let block = ctx.static_ints(n.req(2)?)?;
+    let k = image.len();
+    if k == 0 || block.len() != k || image.iter().chain(&block).any(|&d| d <= 0) {
+        return Err(format!(
+            "image_shape {image:?} and block_shape {block:?} must be positive and of one length"
+        ));
+    }
+    let dil = n.ints_len("dilations", k, 1)?;
+    let strides = n.ints_len("strides", k, 1)?;
+    let pads = n.ints_len("pads", 2 * k, 0)?;
+    // Placements per axis, then every (block offset, placement) that lands inside.
+    let counts: Vec<i64> = (0..k)
+        .map(|d| (image[d] + pads[d] + pads[k + d] - dil[d] * (block[d] - 1) - 1) / strides[d] + 1)
+        .collect();
+    let (kk, ll): (i64, i64) = (block.iter().product(), counts.iter().product());
+    let unflat = |mut i: i64, dims: &[i64]| -> Vec<i64> {
+        let mut out = vec![0; dims.len()];
+        for d in (0..dims.len()).rev() {
+            out[d] = i % dims[d];
+            i /= dims[d];
+        }
+        out
+    };
+    let (mut picks, mut places) = (Vec::new(), Vec::new());
+    for kf in 0..kk {
+        let ko = unflat(kf, &block);
+        for lf in 0..ll {
+            let lo = unflat(lf, &counts);
+            let mut flat = 0;
+            let mut inside = true;
+            for d in 0..k {
+                let p = lo[d] * strides[d] - pads[d] + ko[d] * dil[d];
+                inside &= (0..image[d]).contains(&p);
+                flat = flat * image[d] + p;
+            }
+            if inside {
+                picks.push(kf * ll + lf);
+                places.push(flat);
+            }
+        }
+    }
+    let b = &mut ctx.b;
+    let xd = b.shape(x).dims().to_vec();
+    if xd.len() != 3 || xd[2].as_const() != Some(ll) {
+        return Err(format!(
+            "the input must be [N, C·{kk}, {ll}] for these shapes, not {}",
+            b.ty(x)
+        ));
+    }
+    let c = xd[1]
+        .exact_div(&Dim::Const(kk))
+        .ok_or_else(|| format!("{} channels are not a multiple of the block's {kk}", xd[1]))?;
+    let dtype = b.ty(x).dtype;
+    // [N, C, K·L] -> [K·L, N, C]; the entries that land, scattered with addition.
+    let y = b
+        .reshape(
+            x,
+            Shape::new(vec![xd[0].clone(), c.clone(), Dim::Const(kk * ll)]),
+        )
+        .map_err(s)?;
+    let y = b.transpose(y, &[2, 0, 1]).map_err(s)?;
+    let pick = Tensor::from_vec(vec![picks.len()], picks).map_err(s)?;
+    let pick = b.constant(pick).map_err(s)?;
+    let updates = b.op1(Op::Gather { axis: 0 }, &[y, pick]).map_err(s)?;
+    let place = Tensor::from_vec(vec![places.len(), 1], places).map_err(s)?;
+    let place = b.constant(place).map_err(s)?;
+    let total: i64 = image.iter().product();
+    let zero = b.scalar(0.0, dtype).map_err(s)?;
+    let base = b
+        .broadcast_to(
+            zero,
+            &Shape::new(vec![Dim::Const(total), xd[0].clone(), c.clone()]),
+        )
+        .map_err(s)?;
+    let sum = b
+        .op1(
+            Op::ScatterNd {
+                reduction: ir::ScatterReduction::Add,
+            },
+            &[base, place, updates],
+        )
+        .map_err(s)?;
+    let sum = b.transpose(sum, &[1, 2, 0]).map_err(s)?;
+    let mut dims = vec![xd[0].clone(), c];
+    dims.extend(image.iter().map(|&d| Dim::Const(d)));
+    let out = b.reshape(sum, Shape::new(dims)).map_err(s)?;
+    Ok(vec![ctx.v(out)])
 }

@@ -14,6 +14,7 @@ pub mod rnn;
 pub mod sample;
 pub mod seq;
 pub mod shape;
+pub mod spectral;
 pub mod stateful;
 
 use ir::{Dim, Value};
