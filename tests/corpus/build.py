@@ -7,8 +7,14 @@ onnxruntime's outputs (1 thread, all graph optimizations off) as the reference.
 --fetch-only fills the cache with the models the manifest lists as not committed (those
 missing there), leaving the repository as it is: what CI runs.
 
-Needs numpy, onnx and onnxruntime (pip). Sources:
+Needs numpy, onnx and onnxruntime (pip); the exported models also torch, torchvision and
+transformers. Sources:
   - the ONNX wheel's `light` model zoo (nine classic CNNs; inputs from a fixed seed);
+  - torchvision and transformers architectures exported by torch.onnx.export with dynamic axes
+    (MobileNetV3 with HardSwish, twice: the TorchScript exporter and the dynamo one with external
+    data; an LR-ASPP segmentation net with bilinear upsampling; a CRNN text recognizer with a
+    bidirectional LSTM over a symbolic width; a GPT-2 decoder step with past keys and values;
+    a Whisper encoder);
   - models that PyPI packages ship inside their wheels (`pip download --no-deps`, then the
     .onnx is read from the wheel): magika, silero-vad, rapidocr-onnxruntime, ddddocr,
     chython-rxnmap.
@@ -203,6 +209,175 @@ for _name in LIGHT:
     MODELS["light_" + _name] = (("onnx-light", None), _name, None, 1e-3, 1e-5)
 
 
+# Architectures exported by torch.onnx.export with dynamic axes (random weights, small widths
+# so the files stay committable): name -> (function making (module, example args, export
+# keywords), {input: generator}, rtol, atol). Needs torch, torchvision and transformers.
+def _mobilenet_v3():
+    import torch
+    from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+
+    cfg, last = _mobilenet_v3_conf("mobilenet_v3_small", width_mult=0.5)
+    m = MobileNetV3(cfg, last, num_classes=10)
+    dyn = {"x": {0: "batch", 2: "height", 3: "width"}}
+    return m, (torch.randn(1, 3, 96, 96),), dict(input_names=["x"], dynamic_axes=dyn)
+
+
+def _mobilenet_v3_dynamo():
+    import torch
+    from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+
+    cfg, last = _mobilenet_v3_conf("mobilenet_v3_small", width_mult=0.5)
+    m = MobileNetV3(cfg, last, num_classes=10)
+    dim = torch.export.Dim
+    shapes = {"x": {0: dim("batch"), 2: dim("h", min=32, max=1024), 3: dim("w", min=32, max=1024)}}
+    return m, (torch.randn(1, 3, 96, 96),), dict(input_names=["x"], dynamic_shapes=shapes, dynamo=True)
+
+
+def _lraspp():
+    import torch
+    from torchvision.models import mobilenet_v3_large
+    from torchvision.models.segmentation.lraspp import _lraspp_mobilenetv3
+
+    backbone = mobilenet_v3_large(weights=None, width_mult=0.25, dilated=True)
+    m = _lraspp_mobilenetv3(backbone, num_classes=4)
+
+    class Out(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x)["out"]
+
+    dyn = {"image": {0: "batch", 2: "height", 3: "width"}}
+    return Out(m), (torch.randn(1, 3, 64, 64),), dict(input_names=["image"], dynamic_axes=dyn)
+
+
+def _crnn():
+    import torch
+    from torch import nn
+
+    class CRNN(nn.Module):
+        def __init__(self, classes=37, hidden=32):
+            super().__init__()
+
+            def block(i, o, pool):
+                return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(pool)]
+
+            self.cnn = nn.Sequential(
+                *block(1, 16, (2, 2)), *block(16, 32, (2, 2)), *block(32, 48, (2, 1)), *block(48, 64, (4, 1))
+            )
+            self.rnn = nn.LSTM(64, hidden, bidirectional=True, batch_first=False)
+            self.fc = nn.Linear(2 * hidden, classes)
+
+        def forward(self, x):
+            f = self.cnn(x)  # [N, 64, 1, W/4]
+            f = f.squeeze(2).permute(2, 0, 1)  # [T, N, 64]
+            y, _ = self.rnn(f)
+            return self.fc(y).log_softmax(-1)
+
+    dyn = {"image": {0: "batch", 3: "width"}}
+    return CRNN(), (torch.randn(1, 1, 32, 100),), dict(input_names=["image"], dynamic_axes=dyn)
+
+
+def _gpt2_past():
+    import torch
+    from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=101, n_positions=64,
+                     bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    gpt = GPT2LMHeadModel(cfg)
+
+    class Step(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, k0, v0, k1, v1):
+            cache = DynamicCache()
+            cache.update(k0, v0, 0)
+            cache.update(k1, v1, 1)
+            out = self.m(input_ids=input_ids, past_key_values=cache, use_cache=True)
+            layers = out.past_key_values.layers
+            return (out.logits, layers[0].keys, layers[0].values, layers[1].keys, layers[1].values)
+
+    names = ["input_ids", "past_k0", "past_v0", "past_k1", "past_v1"]
+    dyn = {"input_ids": {0: "batch", 1: "seq"}}
+    for n in names[1:]:
+        dyn[n] = {0: "batch", 2: "past"}
+    args = (torch.randint(0, 101, (1, 3)), *[torch.randn(1, 2, 5, 16) for _ in range(4)])
+    outs = ["logits", "present_k0", "present_v0", "present_k1", "present_v1"]
+    return Step(gpt), args, dict(input_names=names, output_names=outs, dynamic_axes=dyn)
+
+
+def _whisper_encoder():
+    import torch
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    wc = WhisperConfig(num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=2,
+                       encoder_ffn_dim=64, max_source_positions=32, decoder_layers=1,
+                       decoder_attention_heads=2, decoder_ffn_dim=64, vocab_size=100,
+                       bos_token_id=0, eos_token_id=0, pad_token_id=0, decoder_start_token_id=0)
+
+    class Enc(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, feats):
+            return self.m(feats).last_hidden_state
+
+    dyn = {"input_features": {0: "batch"}}
+    return Enc(WhisperEncoder(wc)), (torch.randn(1, 16, 64),), dict(input_names=["input_features"], dynamic_axes=dyn)
+
+
+TORCH = {
+    "torch_mobilenet_v3_small": (_mobilenet_v3, {"x": normal((2, 3, 96, 128))}, 1e-3, 1e-4),
+    "torch_mobilenet_v3_dynamo": (_mobilenet_v3_dynamo, {"x": normal((1, 3, 64, 80))}, 1e-3, 1e-4),
+    "torch_lraspp_segmentation": (_lraspp, {"image": normal((1, 3, 72, 96))}, 1e-3, 1e-4),
+    "torch_crnn_lstm": (_crnn, {"image": normal((2, 1, 32, 160))}, 1e-3, 1e-4),
+    "torch_gpt2_past": (
+        _gpt2_past,
+        {
+            "input_ids": ints((1, 4), 0, 101),
+            "past_k0": normal((1, 2, 7, 16)),
+            "past_v0": normal((1, 2, 7, 16)),
+            "past_k1": normal((1, 2, 7, 16)),
+            "past_v1": normal((1, 2, 7, 16)),
+        },
+        1e-3,
+        1e-4,
+    ),
+    "torch_whisper_encoder": (_whisper_encoder, {"input_features": normal((2, 16, 64))}, 1e-3, 1e-4),
+}
+for _name, (_f, _gens, _rtol, _atol) in TORCH.items():
+    MODELS[_name] = (("torch", _f), _name, _gens, _rtol, _atol)
+
+
+def torch_model(make, tmp):
+    """Exports a module; returns the model's bytes and the external data files beside it."""
+    import torch
+
+    torch.manual_seed(0)
+    module, args, kw = make()
+    module.eval()
+    path = Path(tmp) / "model.onnx"
+    kw = dict(kw)
+    kw.setdefault("dynamo", False)
+    kw.setdefault("opset_version", 18)
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), **kw)
+    model = onnx.load(str(path))
+    # External data (the dynamo exporter writes it) is kept as a file beside the model.
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+    out = Path(tmp) / "final"
+    out.mkdir()
+    onnx.save(model, str(out / "model.onnx"), save_as_external_data=external, location="model.onnx.data")
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "model.onnx"}
+    return (out / "model.onnx").read_bytes(), files, f"torch {torch.__version__} torch.onnx.export"
+
+
 def wheel_member(package, member, cache):
     """The bytes of `member` in the newest wheel of `package` (downloaded once)."""
     wheels = cache / "wheels"
@@ -259,28 +434,43 @@ def npz_bytes(arrays):
 
 def build(name, cache):
     (kind, package), member, gens, rtol, atol = MODELS[name]
+    files = {}
     if kind == "wheel":
         data, origin = wheel_member(package, member, cache)
         origin = f"PyPI wheel {origin}: {member}"
+    elif kind == "torch":
+        with tempfile.TemporaryDirectory() as tmp:
+            data, files, origin = torch_model(package, tmp)
     else:
         data, origin = light_model(member)
     model = onnx.load_from_string(data)
+    if files:
+        with tempfile.TemporaryDirectory() as tmp:
+            for fname, b in {"model.onnx": data, **files}.items():
+                (Path(tmp) / fname).write_bytes(b)
+            model = onnx.load(str(Path(tmp) / "model.onnx"))
+            data_for_ort = model.SerializeToString()
+    else:
+        data_for_ort = data
     rng = np.random.default_rng(0)
     feeds = (
         {k: g(rng) for k, g in gens.items()} if gens is not None else generic_inputs(model, rng)
     )
-    expected = reference(data, feeds)
-    committed = len(data) <= COMMIT_LIMIT
+    expected = reference(data_for_ort, feeds)
+    size = len(data) + sum(len(b) for b in files.values())
+    committed = size <= COMMIT_LIMIT
     out = (HERE / "models" / name) if committed else (cache / "models" / name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.onnx").write_bytes(data)
+    for fname, b in files.items():
+        (out / fname).write_bytes(b)
     (out / "inputs.npz").write_bytes(npz_bytes(feeds))
     (out / "expected.npz").write_bytes(npz_bytes(expected))
     return {
         "name": name,
         "source": origin,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "bytes": len(data),
+        "bytes": size,
         "committed": committed,
         "rtol": rtol,
         "atol": atol,
