@@ -2,6 +2,10 @@
 """kiln against onnxruntime on the shared models, measured side by side in one run.
 
     python3 benches/vs_ort.py ../shared/models [--only mlp,lstm] [--threads 1,2] [--rounds 3]
+    python3 benches/vs_ort.py tests/corpus/models ~/.cache/kiln-corpus/models --threads 2
+
+Any number of folders laid out as DIR/<name>/{model.onnx,inputs.npz} (the shared models, the
+corpus); `--ort-tool` names ort_bench.py (default: ../shared/tools/ort_bench.py).
 
 For every model and thread count, alternates `ort_bench.py` (ORT_ENABLE_ALL, best of 3 rounds of
 medians) with `kiln bench --json` (median over runs after warm-up), `--rounds` times each, and
@@ -25,40 +29,46 @@ def ort_ms(tool, models, name, t):
     raise RuntimeError(f"no ORT figure for {name}: {out}")
 
 
-def kiln_ms(kiln, models, name, t):
+def kiln_bench(kiln, models, name, t):
     d = os.path.join(models, name)
     out = subprocess.run([kiln, "bench", os.path.join(d, "model.onnx"), "--inputs",
                           os.path.join(d, "inputs.npz"), "--threads", str(t), "--runs", "30",
                           "--warmup", "5", "--json"], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("models")
+    ap.add_argument("models", nargs="+")
     ap.add_argument("--only", default="")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kiln", default=os.path.join(os.path.dirname(__file__), "..", "target",
                                                   "release", "kiln"))
+    ap.add_argument("--ort-tool", default=os.path.join(os.path.dirname(__file__), "..", "..",
+                                                     "shared", "tools", "ort_bench.py"))
     a = ap.parse_args()
-    tool = os.path.join(a.models, "..", "tools", "ort_bench.py")
-    names = sorted(n for n in os.listdir(a.models)
-                   if os.path.isfile(os.path.join(a.models, n, "model.onnx")))
+    found = sorted((n, root) for root in a.models for n in os.listdir(root)
+                   if os.path.isfile(os.path.join(root, n, "model.onnx")))
     if a.only:
-        names = [n for n in names if n in a.only.split(",")]
+        found = [(n, r) for n, r in found if n in a.only.split(",")]
     for t in [int(x) for x in a.threads.split(",")]:
-        print(f"\n{t} thread(s)\n\n| model | kiln ms | ORT ms | kiln/ORT |\n|---|---:|---:|---:|")
+        print(f"\n{t} thread(s)\n\n| model | kiln ms | ORT ms | kiln/ORT | compile ms |"
+              f"\n|---|---:|---:|---:|---:|")
         logs = []
-        for name in names:
-            k, o = math.inf, math.inf
+        for name, root in found:
+            k, o, c, spec = math.inf, math.inf, math.inf, False
             for _ in range(a.rounds):
-                o = min(o, ort_ms(tool, a.models, name, t))
-                k = min(k, kiln_ms(a.kiln, a.models, name, t))
+                o = min(o, ort_ms(a.ort_tool, root, name, t))
+                b = kiln_bench(a.kiln, root, name, t)
+                k = min(k, b["median_ms"])
+                c = min(c, b.get("compile_ms", math.inf))
+                spec = b.get("specialized", False)
             r = k / o
             if name in NEURAL:
                 logs.append(math.log(r))
-            print(f"| {name} | {k:.3f} | {o:.3f} | {r:.2f} |", flush=True)
+            note = " (specialized)" if spec else ""
+            print(f"| {name} | {k:.3f} | {o:.3f} | {r:.2f} | {c:.1f}{note} |", flush=True)
         if logs:
             print(f"\ngeomean kiln/ORT over {len(logs)} neural models: "
                   f"{math.exp(sum(logs) / len(logs)):.2f}")

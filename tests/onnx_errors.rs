@@ -213,3 +213,45 @@ fn the_cli_reports_import_errors() {
         "{text}"
     );
 }
+
+/// A compiled kernel that stops at a bounds check says which ONNX node and which value, as the
+/// interpreter does (the kernel fuses the gather into a layer norm).
+#[test]
+fn compiled_kernel_errors_name_the_node_and_the_value() {
+    let emb = TensorProto {
+        name: "emb".into(),
+        dims: vec![1000, 4],
+        data_type: data_type::FLOAT,
+        float_data: (0..4000).map(|i| i as f32 / 4000.0).collect(),
+        ..Default::default()
+    };
+    let ones = TensorProto {
+        name: "s".into(),
+        dims: vec![4],
+        data_type: data_type::FLOAT,
+        float_data: vec![1.0; 4],
+        ..Default::default()
+    };
+    let zeros = TensorProto {
+        name: "b".into(),
+        float_data: vec![0.0; 4],
+        ..ones.clone()
+    };
+    let bytes = model(
+        vec![
+            node("Gather", "/tok/Gather", &["emb", "ids"], &["e"], vec![]),
+            node("LayerNormalization", "ln", &["e", "s", "b"], &["y"], vec![]),
+        ],
+        vec![vi("ids", data_type::INT64, &[3])],
+        vec![vi("y", data_type::FLOAT, &[3, 4])],
+        vec![emb, ones, zeros],
+        17,
+    );
+    let m = kiln::Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+    let ids = kiln::Tensor::from_vec(vec![3], vec![1i64, 1_000_000, 3]).unwrap();
+    let e = m.run(&[("ids".into(), ids)]).unwrap_err().to_string();
+    assert!(
+        e.contains("from node \"/tok/Gather\"") && e.contains("index 1000000 is out of range"),
+        "{e}"
+    );
+}

@@ -110,6 +110,10 @@ enum Step {
         lowered: Lowered,
         consts: Vec<(BufId, Const)>,
         stages: Vec<NativeStage>,
+        /// The node alone as a graph (compiled executables only; saved plans leave it out):
+        /// when the kernel stops at a check, the interpreter runs it to say which inner node
+        /// failed and on what value.
+        explain: Option<Graph>,
     },
     /// The reference interpreter on a graph of this node alone.
     Interp {
@@ -575,6 +579,7 @@ impl Executable {
                         lowered: l,
                         consts,
                         stages,
+                        explain: Some(sub),
                     }
                 }
                 Err(e) => Step::Interp {
@@ -779,6 +784,7 @@ impl Executable {
                         },
                         consts,
                         stages,
+                        explain: None,
                     }
                 }
                 SavedStep::Interp { graph, why } => {
@@ -1109,6 +1115,7 @@ impl Executable {
                     lowered,
                     consts,
                     stages,
+                    explain,
                 } => {
                     let module = self
                         .compiled
@@ -1127,7 +1134,18 @@ impl Executable {
                     let r = plan.resolved[pos]
                         .as_ref()
                         .ok_or_else(|| fail("no plan".into()))?;
-                    run.call(&args, r, base).map_err(fail)?
+                    match run.call(&args, r, base) {
+                        Ok(outs) => outs,
+                        Err(m) => {
+                            return Err(fail(explain_failure(
+                                explain.as_ref(),
+                                &args,
+                                base,
+                                env,
+                                m,
+                            )))
+                        }
+                    }
                 }
                 Step::Interp { graph, .. } => {
                     let args: Vec<Tensor> = lay.operand_slots[pos]
@@ -1181,6 +1199,39 @@ impl Executable {
             })
             .collect::<Result<_, _>>()?;
         Ok((outs, stats))
+    }
+}
+
+/// Why a kernel stopped at a check, as precisely as can be said: the reference interpreter
+/// runs the node on the same operands and names the inner node and the value (the kernel's
+/// own code message when there is no graph, or the interpreter finds nothing wrong).
+fn explain_failure(
+    graph: Option<&Graph>,
+    args: &[&Loc],
+    base: *mut u8,
+    env: &HashMap<String, i64>,
+    code_message: String,
+) -> String {
+    let Some(g) = graph else {
+        return code_message;
+    };
+    let Ok(args) = args
+        .iter()
+        .map(|l| l.tensor(base))
+        .collect::<Result<Vec<Tensor>, _>>()
+    else {
+        return code_message;
+    };
+    let Ok(v) = ir::verify(g) else {
+        return code_message;
+    };
+    let opts = interp::Options {
+        bindings: env.clone(),
+        ..Default::default()
+    };
+    match interp::run_with(&v, &args, &opts) {
+        Err(e) => e.to_string(),
+        Ok(_) => code_message,
     }
 }
 

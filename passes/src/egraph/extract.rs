@@ -213,14 +213,28 @@ pub fn extract(l: &Loaded, original: &Graph, target: &Target) -> R<Graph> {
     if eg.number_of_classes() <= 4000 {
         improve(eg, target, &mut choice, &roots);
     }
+    // Each class keeps the origin (the frontend node) of the loaded value it holds, so that
+    // errors from rewritten nodes still name where they came from.
+    let mut origins: HashMap<Id, ir::Origin> = HashMap::new();
+    for (v, &id) in &l.values {
+        let o = original.node(v.node).origin();
+        if o.name.is_some() || o.loc.is_some() {
+            origins.entry(eg.find(id)).or_insert_with(|| o.clone());
+        }
+    }
     let mut b = Builder::new(original.name());
     let mut built: HashMap<Id, Vec<Value>> = HashMap::new();
+    let mut ctx = Build {
+        eg,
+        choice: &choice,
+        origins: &origins,
+    };
     for &p in &l.params {
-        build(eg, &choice, eg.find(p), &mut b, &mut built)?;
+        build(&mut ctx, eg.find(p), &mut b, &mut built)?;
     }
     let mut outputs = Vec::new();
     for (name, id) in &l.outputs {
-        let vs = build(eg, &choice, eg.find(*id), &mut b, &mut built)?;
+        let vs = build(&mut ctx, eg.find(*id), &mut b, &mut built)?;
         outputs.push((name.clone(), vs[0]));
     }
     let mut g = b.into_graph();
@@ -228,14 +242,21 @@ pub fn extract(l: &Loaded, original: &Graph, target: &Target) -> R<Graph> {
     Ok(g)
 }
 
+/// What building reads: the e-graph, the chosen node per class, each class's origin.
+struct Build<'a> {
+    eg: &'a EGraph,
+    choice: &'a HashMap<Id, usize>,
+    origins: &'a HashMap<Id, ir::Origin>,
+}
+
 /// Builds class `root` (and what it needs), children first, without recursion.
 fn build(
-    eg: &EGraph,
-    choice: &HashMap<Id, usize>,
+    ctx: &mut Build,
     root: Id,
     b: &mut Builder,
     built: &mut HashMap<Id, Vec<Value>>,
 ) -> R<Vec<Value>> {
+    let (eg, choice) = (ctx.eg, ctx.choice);
     let mut stack = vec![(root, false)];
     let mut open: HashSet<Id> = HashSet::new();
     while let Some((c, ready)) = stack.pop() {
@@ -267,7 +288,10 @@ fn build(
             })
             .collect::<R<_>>()?;
         let vals = match eg.analysis.op(n.op) {
-            EOp::Ir(op) => b.op(op.clone(), &args).map_err(|e| e.to_string())?,
+            EOp::Ir(op) => {
+                b.set_origin(ctx.origins.get(&c).cloned().unwrap_or_default());
+                b.op(op.clone(), &args).map_err(|e| e.to_string())?
+            }
             EOp::Proj(i) => {
                 let src = built[&eg.find(n.children[0])].clone();
                 vec![src[*i as usize]]

@@ -198,6 +198,9 @@ pub fn stft(ctx: &mut Ctx, n: &Node) -> Res {
         .first()
         .ok_or("empty frame_step")?;
     let window = n.input(2).map(|w| ctx.ir(w)).transpose()?;
+    if window.is_some_and(|w| ctx.b.rank(w) != 1) {
+        return Err("the window must have rank 1".into());
+    }
     let frame = match n.input(3) {
         Some(f) => *ctx.static_ints(f)?.first().ok_or("empty frame_length")?,
         None => match window {

@@ -167,6 +167,14 @@ pub fn linear_attention(ctx: &mut Ctx, n: &Node) -> Res {
         return Err(format!("update_rule `{rule}` needs the beta input"));
     }
     let b = &mut ctx.b;
+    for (what, v, rank) in [("query", q_in, 3), ("key", k_in, 3), ("value", v_in, 3)]
+        .into_iter()
+        .chain(past.map(|p| ("past_state", p, 4)))
+    {
+        if b.rank(v) != rank {
+            return Err(format!("{what} must have rank {rank}, not {}", b.rank(v)));
+        }
+    }
     let q = wide(b, q_in)?;
     let (k, v) = (wide(b, k_in)?, wide(b, v_in)?);
     let ft = b.ty(q).dtype;
