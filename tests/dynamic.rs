@@ -56,14 +56,20 @@ fn string_attr(name: &str, v: &str) -> AttributeProto {
 
 /// y = Resize(x, scales 2×2, nearest) over an image whose height and width are open.
 fn upsample() -> Vec<u8> {
+    resize_2x(vec![string_attr("mode", "nearest")])
+}
+
+/// y = Resize(x, scales 2×2, linear, asymmetric): needs the input dims at import.
+fn upsample_linear() -> Vec<u8> {
+    resize_2x(vec![
+        string_attr("mode", "linear"),
+        string_attr("coordinate_transformation_mode", "asymmetric"),
+    ])
+}
+
+fn resize_2x(attrs: Vec<AttributeProto>) -> Vec<u8> {
     model(
-        vec![node(
-            "Resize",
-            "up",
-            &["x", "", "scales"],
-            &["y"],
-            vec![string_attr("mode", "nearest")],
-        )],
+        vec![node("Resize", "up", &["x", "", "scales"], &["y"], attrs)],
         vec![vi("x", data_type::FLOAT, &["1", "1", "-1", "0"])],
         vec![vi("y", data_type::FLOAT, &["1", "1", "", ""])],
         vec![floats("scales", &[4], &[1.0, 1.0, 2.0, 2.0])],
@@ -87,10 +93,45 @@ fn doubled(h: usize, w: usize) -> Vec<f32> {
     out
 }
 
+/// Linear 2× upsampling with the asymmetric mapping, by hand: odd positions average their
+/// neighbours (the last one repeats the edge).
+fn doubled_linear(h: usize, w: usize) -> Vec<f32> {
+    let line = |n: usize, at: &dyn Fn(usize) -> f32| -> Vec<f32> {
+        (0..2 * n)
+            .map(|y| match y % 2 {
+                0 => at(y / 2),
+                _ => (at(y / 2) + at((y / 2 + 1).min(n - 1))) / 2.0,
+            })
+            .collect()
+    };
+    let rows: Vec<Vec<f32>> = (0..h).map(|r| line(w, &|c| (r * w + c) as f32)).collect();
+    let mut out = vec![0.0; 4 * h * w];
+    for c in 0..2 * w {
+        let col = line(h, &|r| rows[r][c]);
+        for (r, v) in col.into_iter().enumerate() {
+            out[r * 2 * w + c] = v;
+        }
+    }
+    out
+}
+
+#[test]
+fn nearest_upsampling_by_whole_scales_stays_symbolic() {
+    let m = Model::from_onnx(&upsample(), Default::default(), Default::default()).unwrap();
+    let g = m.symbolic().expect("repetition needs no static dims");
+    assert!(kiln::params(g)[0].1.shape.dims()[2].as_sym().is_some());
+    for (h, w) in [(2, 3), (3, 2), (1, 1)] {
+        let out = m.run(&[("x".into(), image(h, w))]).unwrap();
+        assert_eq!(out[0].1.shape(), &[1, 1, 2 * h, 2 * w]);
+        assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &doubled(h, w)[..]);
+    }
+    assert_eq!(m.specializations(), 0);
+}
+
 #[test]
 fn open_dims_become_symbols_and_runs_specialize_per_shape() {
-    let m = Model::from_onnx(&upsample(), Default::default(), Default::default()).unwrap();
-    // The -1 and 0 dims are symbols, not errors; the Resize needs them known.
+    let m = Model::from_onnx(&upsample_linear(), Default::default(), Default::default()).unwrap();
+    // The -1 and 0 dims are symbols, not errors; the linear Resize needs them known.
     assert!(m.params()[0].1.shape.dims()[2].as_sym().is_some());
     assert!(m.params()[0].1.shape.dims()[3].as_sym().is_some());
     let e = m
@@ -107,7 +148,10 @@ fn open_dims_become_symbols_and_runs_specialize_per_shape() {
             }
             .unwrap();
             assert_eq!(out[0].1.shape(), &[1, 1, 2 * h, 2 * w]);
-            assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &doubled(h, w)[..]);
+            assert_eq!(
+                out[0].1.as_slice::<f32>().unwrap(),
+                &doubled_linear(h, w)[..]
+            );
         }
     }
     // Two signatures, the third run reused the first.
@@ -129,7 +173,7 @@ fn the_cache_is_bounded_and_says_when_it_specializes() {
         })),
         ..Default::default()
     };
-    let m = Model::from_onnx(&upsample(), Default::default(), opts).unwrap();
+    let m = Model::from_onnx(&upsample_linear(), Default::default(), opts).unwrap();
     for (h, w) in [(1, 1), (2, 2), (1, 1)] {
         m.run(&[("x".into(), image(h, w))]).unwrap();
     }
@@ -322,14 +366,14 @@ fn kiln(args: &[&str]) -> (bool, String, String) {
 fn the_cli_runs_open_shapes_and_compiles_given_ones() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    std::fs::write(path("up.onnx"), upsample()).unwrap();
+    std::fs::write(path("up.onnx"), upsample_linear()).unwrap();
     let npz = kiln::npz::write_npz(&[("x".to_string(), image(2, 3))]).unwrap();
     std::fs::write(path("x.npz"), npz).unwrap();
     // Run with no --dim: the inputs' shapes specialize the model, and -v says so.
     let (ok, so, se) = kiln(&["run", &path("up.onnx"), "--inputs", &path("x.npz"), "-v"]);
     assert!(ok, "{se}");
     assert!(
-        so.starts_with("y: f32[1, 1, 4, 6] = [0, 0, 1, 1, 2, 2, 0, 0"),
+        so.starts_with("y: f32[1, 1, 4, 6] = [0, 0.5, 1, 1.5, 2, 2, 1.5, 2"),
         "{so}"
     );
     assert!(

@@ -1,8 +1,11 @@
 //! Resize and Upsample. Interpolation is separable, so each resized axis becomes one
 //! contraction with a static [out, in] weight matrix built here from the coordinate mapping
 //! and the interpolation kernel (nearest, linear, cubic, with or without antialiasing).
+//! Nearest resizing by whole-number scales whose mapping is exactly repetition (what YOLO
+//! and FPN necks do) stays symbolic: each element repeated `s` times along its axis, for
+//! input dims only known at run time (`n` becomes `n*s`).
 
-use ir::{DType, Op, Tensor, Value};
+use ir::{DType, Dim, Op, Shape, Tensor, Value};
 
 use super::{axes as norm_axes, one, s, Res};
 use crate::onnx::import::{Ctx, Node};
@@ -264,9 +267,97 @@ fn input_dims(ctx: &Ctx, x: Value) -> R<Vec<usize>> {
         .collect()
 }
 
+/// Whether resizing an axis by the whole number `scale` with this kernel and mapping is
+/// repetition (output `y` reads input `y / scale`), checked on sample lengths.
+fn is_repetition(scale: f64, kernel: &Kernel, coord: &str) -> bool {
+    if kernel.mode != "nearest" || scale < 1.0 || scale.fract() != 0.0 || scale > 64.0 {
+        return false;
+    }
+    let s = scale as usize;
+    [1usize, 2, 5, 8].into_iter().all(|len| {
+        let ax = Axis {
+            input: len,
+            output: len * s,
+            scale,
+            roi: None,
+        };
+        weights(&ax, kernel, coord, false).is_ok_and(|(w, outside)| {
+            !outside.iter().any(|&o| o)
+                && (0..len * s).all(|y| (0..len).all(|j| w[y * len + j] == f64::from(j == y / s)))
+        })
+    })
+}
+
+/// Repeats every element `scales[a]` times along each axis `a` (symbolic dims allowed).
+fn repeat(ctx: &mut Ctx, x: Value, scales: &[usize]) -> R<Value> {
+    let b = &mut ctx.b;
+    let mut y = x;
+    for (a, &k) in scales.iter().enumerate() {
+        if k == 1 {
+            continue;
+        }
+        let dims = b.shape(y).dims().to_vec();
+        let mut split = dims.clone();
+        split.insert(a + 1, Dim::Const(1));
+        let mut wide = dims.clone();
+        wide.insert(a + 1, Dim::Const(k as i64));
+        let mut out = dims.clone();
+        out[a] = dims[a].mul(&Dim::Const(k as i64)).map_err(s)?;
+        let t = b.reshape(y, Shape::new(split)).map_err(s)?;
+        let t = b.broadcast_to(t, &Shape::new(wide)).map_err(s)?;
+        y = b.reshape(t, Shape::new(out)).map_err(s)?;
+    }
+    Ok(y)
+}
+
+/// The symbolic path: nearest resizing by whole-number scales that is repetition.
+fn resize_symbolic(ctx: &mut Ctx, x: Value, scales: &[f64], kernel: &Kernel, coord: &str) -> Res {
+    let r = ctx.b.rank(x);
+    if scales.len() != r
+        || !scales
+            .iter()
+            .all(|&sc| sc == 1.0 || is_repetition(sc, kernel, coord))
+    {
+        return Err(
+            "Resize needs static input dims (only nearest resizing by whole-number scales \
+             stays symbolic)"
+                .into(),
+        );
+    }
+    let k: Vec<usize> = scales.iter().map(|&sc| sc as usize).collect();
+    let y = repeat(ctx, x, &k)?;
+    one(ctx, y)
+}
+
 pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
-    let dims = input_dims(ctx, x)?;
+    let dims = match input_dims(ctx, x) {
+        Ok(d) => d,
+        Err(e) => {
+            // Symbolic dims: only scales (no sizes, roi or axes) can say the output.
+            let scales_in = if n.version < 11 {
+                n.input(1)
+            } else {
+                n.input(2)
+            };
+            let sizes_in = (n.version >= 11).then(|| n.input(3)).flatten();
+            let scales = match scales_in {
+                Some(nm) => ctx.static_tensor(nm)?.to_f64_vec(),
+                None => return Err(e),
+            };
+            if scales.is_empty() || sizes_in.is_some() || n.has("axes") {
+                return Err(e);
+            }
+            let kernel = Kernel {
+                mode: n.string_or("mode", "nearest")?,
+                nearest: n.string_or("nearest_mode", "round_prefer_floor")?,
+                cubic_a: -0.75,
+                antialias: n.int_or("antialias", 0)? != 0,
+            };
+            let coord = n.string_or("coordinate_transformation_mode", "half_pixel")?;
+            return resize_symbolic(ctx, x, &scales, &kernel, &coord);
+        }
+    };
     let r = dims.len();
     let (roi_in, scales_in, sizes_in) = if n.version < 11 {
         (None, n.input(1), None)
@@ -385,10 +476,21 @@ pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
 
 pub fn upsample(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
-    let dims = input_dims(ctx, x)?;
     let scales: Vec<f64> = match n.floats("scales")? {
         Some(v) => v.into_iter().map(f64::from).collect(),
         None => ctx.static_tensor(n.req(1)?)?.to_f64_vec(),
+    };
+    let dims = match input_dims(ctx, x) {
+        Ok(d) => d,
+        Err(_) => {
+            let kernel = Kernel {
+                mode: n.string_or("mode", "nearest")?,
+                nearest: "floor".into(),
+                cubic_a: -0.75,
+                antialias: false,
+            };
+            return resize_symbolic(ctx, x, &scales, &kernel, "asymmetric");
+        }
     };
     if scales.len() != dims.len() {
         return Err(format!("{} scales for rank {}", scales.len(), dims.len()));
