@@ -58,6 +58,12 @@ def main():
         logs = []
         for name, root in found:
             k, o, c, spec = math.inf, math.inf, math.inf, False
+            try:
+                kiln_bench(a.kiln, root, name, t)
+            except subprocess.CalledProcessError as e:
+                why = (e.stderr or "").strip().splitlines()[-1:] or ["?"]
+                print(f"| {name} | fails: {why[0][:80]} | | | |", flush=True)
+                continue
             for _ in range(a.rounds):
                 o = min(o, ort_ms(a.ort_tool, root, name, t))
                 b = kiln_bench(a.kiln, root, name, t)
