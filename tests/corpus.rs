@@ -17,8 +17,7 @@ use kiln::onnx::{mismatch, Tolerance};
 
 /// Models known not to match yet, with the reason; each must still fail (so the list shrinks
 /// when one is fixed).
-const KNOWN_FAILURES: &[(&str, &str)] =
-    &[("ddddocr_common_old", "com.microsoft::DynamicQuantizeLSTM")];
+const KNOWN_FAILURES: &[(&str, &str)] = &[];
 
 struct Entry {
     name: String,

@@ -166,12 +166,15 @@ MODELS = {
         1e-3,
         1e-3,
     ),
+    # Quantized by onnx.quantize into com.microsoft::DynamicQuantizeLSTM: onnxruntime also
+    # quantizes the LSTM's activations at every step, kiln computes them in float, so the logits
+    # (range about -3..15) differ by up to ~0.14; the decoded text (argmax) is the same.
     "ddddocr_common_old": (
         ("wheel", "ddddocr"),
         "ddddocr/common_old.onnx",
         {"input1": uniform((1, 1, 64, 128))},
-        1e-3,
-        1e-3,
+        2e-2,
+        0.2,
     ),
     "ddddocr_det": (
         ("wheel", "ddddocr"),

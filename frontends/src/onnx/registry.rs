@@ -111,6 +111,7 @@ table! {
     }
     "com.microsoft" {
         "MatMulNBits" 1 => quant::matmul_nbits,
+        "DynamicQuantizeLSTM" 1 => rnn::dynamic_quantize_lstm,
     }
     "ai.onnx.ml" {
         "TreeEnsembleClassifier" 1 => ml::tree_ensemble_classifier,

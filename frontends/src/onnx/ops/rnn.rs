@@ -392,9 +392,14 @@ fn run(
 }
 
 fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
-    let mut x = ctx.ir(n.req(0)?)?;
     let w = ctx.ir(n.req(1)?)?;
     let r = ctx.ir(n.req(2)?)?;
+    recurrent_with(ctx, n, kind, w, r)
+}
+
+/// A recurrent layer whose W and R are given (the node's inputs 1 and 2 are not read).
+fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<Vec<V>> {
+    let mut x = ctx.ir(n.req(0)?)?;
     super::rank_in(&ctx.b, x, &[3], "X")?;
     super::rank_in(&ctx.b, w, &[3], "W")?;
     super::rank_in(&ctx.b, r, &[3], "R")?;
@@ -582,4 +587,39 @@ pub fn gru(ctx: &mut Ctx, n: &Node) -> super::Res {
 
 pub fn rnn(ctx: &mut Ctx, n: &Node) -> super::Res {
     recurrent(ctx, n, Kind::Rnn)
+}
+
+/// com.microsoft::DynamicQuantizeLSTM: an LSTM whose W `[dirs, input, 4·hidden]` and R
+/// `[dirs, hidden, 4·hidden]` are 8-bit with a scale and zero point per direction (or per
+/// direction and column), dequantized here to the float layout of ONNX LSTM. onnxruntime also
+/// quantizes the activations of every step; kiln computes them in float, so results differ
+/// from its by that quantization's error.
+pub fn dynamic_quantize_lstm(ctx: &mut Ctx, n: &Node) -> super::Res {
+    let dequant = |ctx: &mut Ctx, q: usize, scale: usize, zp: usize, what: &str| -> R<Value> {
+        let q = ctx.ir(n.req(q)?)?;
+        let scale = ctx.ir(n.req(scale)?)?;
+        let zp = ctx.ir(n.req(zp)?)?;
+        let b = &mut ctx.b;
+        super::rank_in(b, q, &[3], what)?;
+        // Scales of [dirs] or [dirs, 4·hidden] apply per direction (and column).
+        let per = |b: &mut Builder, v: Value| -> R<Value> {
+            let vd = b.shape(v).dims().to_vec();
+            let shape = match vd.len() {
+                1 => vec![vd[0].clone(), Dim::Const(1), Dim::Const(1)],
+                2 => vec![vd[0].clone(), Dim::Const(1), vd[1].clone()],
+                r => return Err(format!("a {what} scale or zero point of rank {r}")),
+            };
+            b.reshape(v, Shape::new(shape)).map_err(s)
+        };
+        let q = b.cast(q, DType::F32).map_err(s)?;
+        let zp = b.cast(zp, DType::F32).map_err(s)?;
+        let zp = per(b, zp)?;
+        let scale = per(b, scale)?;
+        let w = b.sub(q, zp).map_err(s)?;
+        let w = b.mul(w, scale).map_err(s)?;
+        b.transpose(w, &[0, 2, 1]).map_err(s)
+    };
+    let w = dequant(ctx, 1, 8, 9, "W")?;
+    let r = dequant(ctx, 2, 10, 11, "R")?;
+    recurrent_with(ctx, n, Kind::Lstm, w, r)
 }
