@@ -31,6 +31,14 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((Op::Select, vec![cond.clone(), x.clone(), y.clone()]));
                 continue;
             }
+            "bitcast" => {
+                for to in DType::ALL {
+                    if to.bits() == dtype.bits() {
+                        out.push((Op::Bitcast { dtype: to }, vec![x.clone()]));
+                    }
+                }
+                continue;
+            }
             "cast" => {
                 for to in DType::ALL {
                     out.push((

@@ -125,6 +125,18 @@ pub(crate) fn rule_cast(ins: &[TensorType], dtype: &DType, _saturate: &bool) -> 
     Ok(vec![TensorType::new(*dtype, ins[0].shape.clone())])
 }
 
+pub(crate) fn rule_bitcast(ins: &[TensorType], dtype: &DType) -> Rule {
+    let from = ins[0].dtype;
+    if from.bits() != dtype.bits() {
+        return Err(format!(
+            "bitcast needs equal bit widths: {from} has {}, {dtype} has {}",
+            from.bits(),
+            dtype.bits()
+        ));
+    }
+    Ok(vec![TensorType::new(*dtype, ins[0].shape.clone())])
+}
+
 pub(crate) fn rule_param(_: &[TensorType], name: &str, ty: &TensorType) -> Rule {
     if name.is_empty() {
         return Err("a parameter needs a non-empty name".into());

@@ -351,6 +351,11 @@ ops! {
     Cast = "cast", Cast, Exactly(1),
         { dtype: DType = result(result_dtype), saturate: bool = default(true) } => rule_cast;
 
+    /// The same bits read as the result dtype, which has the operand's bit width (little
+    /// endian; ONNX BitCast): no value conversion.
+    Bitcast = "bitcast", Movement, Exactly(1), { dtype: DType = result(result_dtype) }
+        => rule_bitcast;
+
     /// The same elements in row-major order under the result shape.
     Reshape = "reshape", Movement, Exactly(1), { shape: Shape = result(result_shape) }
         => rule_reshape;

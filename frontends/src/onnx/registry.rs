@@ -57,7 +57,7 @@ table! {
         "SequenceErase" 11 => seq::sequence_erase, "SequenceLength" 11 => seq::sequence_length,
         "SplitToSequence" 11 => seq::split_to_sequence,
         "ConcatFromSequence" 11 => seq::concat_from_sequence,
-        "Identity" 1 => ew::identity, "Cast" 1 => ew::cast, "CastLike" 15 => ew::cast_like,
+        "Identity" 1 => ew::identity, "Cast" 1 => ew::cast, "BitCast" 26 => ew::bitcast, "CastLike" 15 => ew::cast_like,
         "Dropout" 1 => ew::dropout, "Constant" 1 => ew::constant,
         "ConstantOfShape" 9 => ew::constant_of_shape,
         "Shape" 1 => shape::shape, "Size" 1 => shape::size, "Reshape" 1 => shape::reshape_v1,

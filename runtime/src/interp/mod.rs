@@ -359,6 +359,12 @@ impl Interp<'_> {
                 }
                 w => Ok(vec![narrow(&w, *dtype)]),
             },
+            Op::Bitcast { dtype } => {
+                let bytes = crate::aot::encode(arg(0)).ok_or("the operand has no byte form")?;
+                let t = crate::aot::decode(*dtype, arg(0).shape().to_vec(), &bytes)
+                    .ok_or("the bits do not form the result dtype")?;
+                Ok(vec![t.data().clone()])
+            }
             Op::Reshape { .. } => Ok(vec![arg(0).data().clone()]),
             Op::Transpose { perm } => moved(&index::transpose(arg(0).shape(), &usizes(perm)).1),
             Op::Broadcast { dims, .. } => {

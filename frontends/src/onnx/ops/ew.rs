@@ -513,6 +513,14 @@ pub fn cast(ctx: &mut Ctx, n: &Node) -> Res {
     cast_to(ctx, n.req(0)?, to, n.int_or("saturate", 1)? != 0)
 }
 
+pub fn bitcast(ctx: &mut Ctx, n: &Node) -> Res {
+    let to = n.int("to")?.ok_or("missing attribute `to`")?;
+    let to = require_dtype(to as i32)?;
+    let x = ctx.ir(n.req(0)?)?;
+    let y = ctx.b.op1(Op::Bitcast { dtype: to }, &[x]).map_err(s)?;
+    one(ctx, y)
+}
+
 pub fn cast_like(ctx: &mut Ctx, n: &Node) -> Res {
     let to = ctx.get(n.req(1)?)?.dtype();
     cast_to(ctx, n.req(0)?, to, n.int_or("saturate", 1)? != 0)
