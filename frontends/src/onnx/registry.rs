@@ -47,7 +47,7 @@ table! {
         "Mish" 18 => ew::activation, "Gelu" 20 => ew::activation,
         "ThresholdedRelu" 10 => ew::activation, "Shrink" 9 => ew::activation,
         "Swish" 24 => ew::activation, "PRelu" 1 => ew::prelu,
-        "Col2Im" 18 => misc::col2im, "DFT" 17 => spectral::dft_op, "STFT" 17 => spectral::stft,
+        "Col2Im" 18 => misc::col2im, "TfIdfVectorizer" 9 => misc::tfidf_vectorizer, "DFT" 17 => spectral::dft_op, "STFT" 17 => spectral::stft,
         "GridSample" 16 => sample::grid_sample, "AffineGrid" 20 => sample::affine_grid,
         "CausalConvWithState" 27 => stateful::causal_conv_with_state,
         "LinearAttention" 27 => stateful::linear_attention,

@@ -1,7 +1,7 @@
 //! Assorted operators: center crop/pad, window functions, sequence reversal, cache scatter,
 //! SwiGLU and Col2Im.
 
-use ir::{DType, Dim, Op, PadMode, Shape, Tensor, TensorType};
+use ir::{DType, Dim, Op, PadMode, Shape, Tensor, TensorType, Value};
 
 use super::{axis, one, s, slice_axis, Res};
 use crate::onnx::import::{Ctx, Node};
@@ -276,4 +276,149 @@ pub fn col2im(ctx: &mut Ctx, n: &Node) -> Res {
     dims.extend(image.iter().map(|&d| Dim::Const(d)));
     let out = b.reshape(sum, Shape::new(dims)).map_err(s)?;
     Ok(vec![ctx.v(out)])
+}
+
+/// TfIdfVectorizer over integer tokens: counts each pooled n-gram along the last axis (items
+/// `skip + 1` apart, every skip up to `max_skip_count` for n-grams of two or more items,
+/// adjacent items for single ones), then weights the counts (TF, IDF, TFIDF). Each n-gram and
+/// skip is a few shifted slices compared with constants.
+pub fn tfidf_vectorizer(ctx: &mut Ctx, n: &Node) -> Res {
+    let x = ctx.ir(n.req(0)?)?;
+    let mode = n.string_or("mode", "TF")?;
+    let min_len = n
+        .int("min_gram_length")?
+        .ok_or("missing attribute `min_gram_length`")?;
+    let max_len = n
+        .int("max_gram_length")?
+        .ok_or("missing attribute `max_gram_length`")?;
+    let max_skip = n
+        .int("max_skip_count")?
+        .ok_or("missing attribute `max_skip_count`")?;
+    let counts = n
+        .ints("ngram_counts")?
+        .ok_or("missing attribute `ngram_counts`")?;
+    let indexes = n
+        .ints("ngram_indexes")?
+        .ok_or("missing attribute `ngram_indexes`")?;
+    let pool = n
+        .ints("pool_int64s")?
+        .ok_or("only integer pools (pool_int64s) are supported")?;
+    let weights = n.floats("weights")?.unwrap_or_default();
+    if min_len < 1 || max_len < min_len || max_skip < 0 {
+        return Err(format!(
+            "gram lengths {min_len}..{max_len} and skip {max_skip} are not valid"
+        ));
+    }
+    // The pool's n-grams in id order: lengths 1, 2, ... per `ngram_counts`.
+    let mut grams: Vec<(Vec<i64>, usize)> = Vec::new();
+    let mut id = 0usize;
+    for (i, &start) in counts.iter().enumerate() {
+        let end = counts.get(i + 1).copied().unwrap_or(pool.len() as i64);
+        let len = i + 1;
+        let (start, end) = (start.max(0) as usize, (end.max(0) as usize).min(pool.len()));
+        for g in pool.get(start..end).unwrap_or_default().chunks(len) {
+            if g.len() == len && (min_len..=max_len).contains(&(len as i64)) {
+                let out = *indexes
+                    .get(id)
+                    .ok_or("ngram_indexes has fewer entries than the pool has n-grams")?;
+                grams.push((
+                    g.to_vec(),
+                    usize::try_from(out).map_err(|_| "a negative ngram index")?,
+                ));
+            }
+            id += 1;
+        }
+    }
+    let out_size = indexes.iter().copied().max().unwrap_or(-1) + 1;
+    let b = &mut ctx.b;
+    let rank = b.rank(x);
+    if !(1..=2).contains(&rank) {
+        return Err("the input must be [C] or [B, C]".into());
+    }
+    let x2 = if rank == 1 {
+        b.unsqueeze(x, 0).map_err(s)?
+    } else {
+        x
+    };
+    let xd = b.shape(x2).dims().to_vec();
+    let c = xd[1]
+        .as_const()
+        .ok_or("the token axis must be known when the model is imported")?;
+    let xi = b.cast(x2, DType::I64).map_err(s)?;
+    let zero_col = {
+        let z = b.scalar(0.0, DType::F32).map_err(s)?;
+        b.broadcast_to(z, &Shape::new(vec![xd[0].clone(), Dim::Const(1)]))
+            .map_err(s)?
+    };
+    let mut cols: Vec<Option<Value>> = vec![None; out_size.max(0) as usize];
+    for (g, o) in &grams {
+        let l = g.len() as i64;
+        let skips = if l == 1 { 0 } else { max_skip };
+        for d in 1..=skips + 1 {
+            let starts = c - (l - 1) * d;
+            if starts <= 0 {
+                continue;
+            }
+            let mut hit: Option<Value> = None;
+            for (k, &tok) in g.iter().enumerate() {
+                let from = k as i64 * d;
+                // Item k of the n-gram starting at every position s: x[s + k·d].
+                let part = slice_axis(b, xi, 1, Dim::Const(from), Dim::Const(from + starts), 1)?;
+                let t = b.scalar(tok as f64, DType::I64).map_err(s)?;
+                let eq = b.elementwise(Op::Eq, &[part, t]).map_err(s)?;
+                hit = Some(match hit {
+                    Some(h) => b.elementwise(Op::And, &[h, eq]).map_err(s)?,
+                    None => eq,
+                });
+            }
+            let hit = b
+                .cast(hit.expect("n-grams have items"), DType::F32)
+                .map_err(s)?;
+            let count = b.reduce_sum(hit, &[1], true).map_err(s)?;
+            let col = cols.get_mut(*o).ok_or("an ngram index is out of range")?;
+            *col = Some(match col.take() {
+                Some(prev) => b.add(prev, count).map_err(s)?,
+                None => count,
+            });
+        }
+    }
+    let mut outs = Vec::with_capacity(cols.len());
+    for (o, col) in cols.into_iter().enumerate() {
+        let f = col.unwrap_or(zero_col);
+        let w = weights.get(o).copied();
+        let y = match mode.as_str() {
+            "TF" => f,
+            "IDF" | "TFIDF" => {
+                let v = if mode == "IDF" {
+                    let zero = b.scalar(0.0, DType::F32).map_err(s)?;
+                    let seen = b.elementwise(Op::Gt, &[f, zero]).map_err(s)?;
+                    b.cast(seen, DType::F32).map_err(s)?
+                } else {
+                    f
+                };
+                match w {
+                    Some(w) if !weights.is_empty() => {
+                        let w = b.scalar(f64::from(w), DType::F32).map_err(s)?;
+                        b.mul(v, w).map_err(s)?
+                    }
+                    _ => v,
+                }
+            }
+            m => return Err(format!("mode `{m}` is not TF, IDF or TFIDF")),
+        };
+        outs.push(y);
+    }
+    if outs.is_empty() {
+        return Err("the pool has no n-grams".into());
+    }
+    let mut y = match outs.len() {
+        1 => outs[0],
+        _ => b.op1(Op::Concat { axis: 1 }, &outs).map_err(s)?,
+    };
+    if rank == 1 {
+        y = b
+            .reshape(y, Shape::new(vec![Dim::Const(out_size)]))
+            .map_err(s)?;
+    }
+    Ok(vec![ctx.v(y)])
 }
