@@ -859,8 +859,8 @@ fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
             Some("kir") => Emit::Kir,
             _ => Emit::Kiln,
         });
-    let g = match &a.inputs {
-        None => load::open_graph(&a.file, &a.model, "kiln compile")?,
+    let (g, guards) = match &a.inputs {
+        None => (load::open_graph(&a.file, &a.model, "kiln compile")?, vec![]),
         Some(npz_path) => {
             let Loaded::Model(model) =
                 load::open(&a.file, &a.model, a.model.options(Default::default()))?
@@ -875,7 +875,15 @@ fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
                 0,
                 &a.model.bindings(),
             )?;
-            (*model.graph_for(&inputs)?).clone()
+            let (g, guards) = model.specialization(&inputs)?;
+            if !guards.is_empty() {
+                let names: Vec<&str> = guards.iter().map(|(n, _)| n.as_str()).collect();
+                eprintln!(
+                    "note: the artifact is specialized for the values of {} and refuses others",
+                    names.join(", ")
+                );
+            }
+            ((*g).clone(), guards)
         }
     };
     let optimized = kiln::optimize(&g, None, &HashMap::new())?;
@@ -891,7 +899,11 @@ fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
             text.len()
         }
         Emit::Kiln | Emit::Obj | Emit::So => {
-            let bytes = kiln::artifact::compile(&optimized, &Default::default(), &a.target)?;
+            let opts = kiln::CompileOptions {
+                guards,
+                ..Default::default()
+            };
+            let bytes = kiln::artifact::compile(&optimized, &opts, &a.target)?;
             match emit {
                 Emit::Kiln => write(&bytes)?,
                 Emit::Obj => write(kiln::artifact::object_code(&bytes)?)?,

@@ -21,6 +21,9 @@ use crate::{CompileOptions, Error, Executable, Result};
 /// How many specializations a [`Model`] keeps by default.
 pub const DEFAULT_CACHE: usize = 16;
 
+/// Input values a graph was specialized for, by input name.
+pub type Guards = Vec<(String, Tensor)>;
+
 /// A note the model gives when it makes a specialization (for `--verbose` and `kiln bench`).
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -58,16 +61,18 @@ enum Source {
     Graph,
 }
 
-/// A graph and, once asked for, its executable.
+/// A graph, the input values it was specialized for and, once asked for, its executable.
 struct Compiled {
     graph: Arc<Graph>,
+    guards: Vec<(String, Tensor)>,
     exe: OnceLock<Arc<Executable>>,
 }
 
 impl Compiled {
-    fn new(graph: Graph) -> Arc<Compiled> {
+    fn new(graph: Graph, guards: Vec<(String, Tensor)>) -> Arc<Compiled> {
         Arc::new(Compiled {
             graph: Arc::new(graph),
+            guards,
             exe: OnceLock::new(),
         })
     }
@@ -76,7 +81,11 @@ impl Compiled {
         if let Some(e) = self.exe.get() {
             return Ok(e.clone());
         }
-        let exe = Arc::new(crate::compile(&self.graph, opts)?);
+        let opts = CompileOptions {
+            guards: self.guards.clone(),
+            ..opts.clone()
+        };
+        let exe = Arc::new(crate::compile(&self.graph, &opts)?);
         Ok(self.exe.get_or_init(|| exe).clone())
     }
 }
@@ -144,7 +153,7 @@ impl Model {
         let model = frontends::onnx::decode_model(&bytes).map_err(Error::Import)?;
         check_dims(&opts.dims, &frontends::onnx::input_symbols(&model))?;
         let symbolic = import(&bytes, &external, &opts, HashMap::new(), HashMap::new())
-            .map(|(g, _)| Compiled::new(g));
+            .map(|(g, _)| Compiled::new(g, vec![]));
         let params = match &symbolic {
             Ok(c) => crate::params(&c.graph),
             // Errors about the inputs themselves (and the options' shapes for them) do not go
@@ -189,7 +198,7 @@ impl Model {
             params,
             source: Source::Graph,
             opts,
-            symbolic: Ok(Compiled::new(g)),
+            symbolic: Ok(Compiled::new(g, vec![])),
             cache: Mutex::new(Vec::new()),
             values_alone_fail: false.into(),
             made: 0.into(),
@@ -221,6 +230,14 @@ impl Model {
     /// inputs' signature.
     pub fn graph_for(&self, inputs: &[(String, Tensor)]) -> Result<Arc<Graph>> {
         Ok(self.compiled_for(inputs)?.graph.clone())
+    }
+
+    /// The graph a run on `inputs` executes and the input values it depends on (empty for
+    /// the symbolic graph): what an artifact compiled for these inputs must check at run time
+    /// (`CompileOptions::guards`).
+    pub fn specialization(&self, inputs: &[(String, Tensor)]) -> Result<(Arc<Graph>, Guards)> {
+        let c = self.compiled_for(inputs)?;
+        Ok((c.graph.clone(), c.guards.clone()))
     }
 
     /// The executable a run on `inputs` uses, compiling it on first use.
@@ -291,13 +308,14 @@ impl Model {
                 (g, read, shapes)
             }
         };
+        let values: Vec<(String, Tensor)> = read
+            .into_iter()
+            .filter_map(|n| inputs.iter().find(|(x, _)| *x == n).cloned())
+            .collect();
         let entry = Arc::new(Entry {
             shapes,
-            values: read
-                .into_iter()
-                .filter_map(|n| inputs.iter().find(|(x, _)| *x == n).cloned())
-                .collect(),
-            compiled: Compiled::new(graph),
+            values: values.clone(),
+            compiled: Compiled::new(graph, values),
         });
         let made = 1 + self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(log) = &self.opts.log {

@@ -452,3 +452,40 @@ fn the_cli_runs_open_shapes_and_compiles_given_ones() {
         "{so}{se}"
     );
 }
+
+/// An artifact specialized for the value of an input that sets a size keeps that value and
+/// refuses others (the JIT would specialize again; an artifact cannot).
+#[test]
+fn artifacts_refuse_other_values_of_the_inputs_they_were_specialized_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(path("topk.onnx"), topk()).unwrap();
+    let inputs = |k: i64| {
+        let x = Tensor::from_vec(vec![4], vec![1.0f32, 5.0, 3.0, 4.0]).unwrap();
+        let k = Tensor::from_vec(vec![1], vec![k]).unwrap();
+        kiln::npz::write_npz(&[("x".to_string(), x), ("k".to_string(), k)]).unwrap()
+    };
+    std::fs::write(path("k2.npz"), inputs(2)).unwrap();
+    std::fs::write(path("k3.npz"), inputs(3)).unwrap();
+    let (ok, _, se) = kiln(&[
+        "compile",
+        &path("topk.onnx"),
+        "-o",
+        &path("t.kiln"),
+        "--inputs",
+        &path("k2.npz"),
+    ]);
+    assert!(ok && se.contains("specialized for the values of k"), "{se}");
+    let (ok, so, se) = kiln(&["run", &path("t.kiln"), "--inputs", &path("k2.npz")]);
+    assert!(ok && so.starts_with("values: f32[2] = [5, 4]"), "{so}{se}");
+    let (ok, _, se) = kiln(&["run", &path("t.kiln"), "--inputs", &path("k3.npz")]);
+    assert!(
+        !ok && se.contains("\"k\"") && se.contains("compiled for the value [2.0]"),
+        "{se}"
+    );
+    // The same through the library: the executable reports its guard.
+    let exe =
+        kiln::artifact::load(&std::fs::read(path("t.kiln")).unwrap(), &Default::default()).unwrap();
+    assert_eq!(exe.guards().len(), 1);
+    assert_eq!(exe.guards()[0].0, "k");
+}

@@ -159,6 +159,9 @@ pub struct CompileOptions {
     /// Compile the kernels into an object file and load that (the ahead-of-time path: no
     /// JIT module; see `codegen::aot`) instead of JIT-compiling them.
     pub object_code: bool,
+    /// Inputs whose values the graph was specialized for (a `k`, axes, a branch condition
+    /// read at import): runs check them, and saved plans keep them.
+    pub guards: Vec<(String, Tensor)>,
 }
 
 /// What a run measured.
@@ -205,6 +208,18 @@ struct Layout {
     /// Slots of the graph's outputs, and how many slots there are.
     output_slots: Vec<usize>,
     n_slots: usize,
+    /// Inputs whose values the graph was specialized for (see [`CompileOptions::guards`]):
+    /// a run with other values is refused.
+    guards: Vec<Guard>,
+}
+
+/// An input value a graph was specialized for: parameter position and the value's bytes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Guard {
+    param: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
 }
 
 /// A compiled graph. `run(&self)` may be called from many threads at once.
@@ -602,7 +617,22 @@ impl Executable {
             }
             Some(c)
         };
-        let layout = Layout::of(g, &order, labels);
+        let mut layout = Layout::of(g, &order, labels);
+        for (name, t) in &opts.guards {
+            let param = layout
+                .params
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| ExecError::Plan(format!("a guard names `{name}`, not an input")))?;
+            let bytes = crate::aot::encode(t)
+                .ok_or_else(|| ExecError::Plan(format!("the guard on `{name}` has no bytes")))?;
+            layout.guards.push(Guard {
+                param,
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+                bytes,
+            });
+        }
         Ok(Executable {
             graph: Some(g.clone()),
             layout,
@@ -880,6 +910,42 @@ impl Executable {
         self.run_with(inputs, &HashMap::new())
     }
 
+    /// The inputs whose values this executable was specialized for, with those values.
+    pub fn guards(&self) -> Vec<(String, Tensor)> {
+        self.layout
+            .guards
+            .iter()
+            .filter_map(|g| {
+                let t = crate::aot::decode(g.dtype, g.shape.clone(), &g.bytes)?;
+                Some((self.layout.params.get(g.param)?.0.clone(), t))
+            })
+            .collect()
+    }
+
+    /// Refuses inputs that differ from the values the graph was specialized for.
+    fn check_guards(&self, inputs: &[Tensor]) -> Result<(), ExecError> {
+        for g in &self.layout.guards {
+            let (name, _) = &self.layout.params[g.param];
+            let same = inputs.get(g.param).is_some_and(|t| {
+                t.dtype() == g.dtype
+                    && t.shape() == g.shape.as_slice()
+                    && crate::aot::encode(t).is_some_and(|b| b == g.bytes)
+            });
+            if !same {
+                let want = crate::aot::decode(g.dtype, g.shape.clone(), &g.bytes)
+                    .map_or_else(|| "?".into(), |t| format!("{:?}", t.to_f64_vec()));
+                return Err(ExecError::Interp(InterpError::Input {
+                    name: name.clone(),
+                    message: format!(
+                        "the model was compiled for the value {want} of this input (it sets a \
+                         shape, axes, a count or a branch); compile again for other values"
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs on inputs in parameter order; symbols not fixed by input shapes come from
     /// `bindings`.
     pub fn run_with(
@@ -1038,6 +1104,7 @@ impl Executable {
             .map(|(n, t)| (n.as_str(), t))
             .collect();
         let env = interp::bind_params(&params, inputs, bindings)?;
+        self.check_guards(inputs)?;
         let plan = self.plan(&env)?;
         let mut arena = self.arenas.take(plan.size).map_err(|e| ExecError::Node {
             node: "the memory plan".into(),
@@ -1319,6 +1386,7 @@ impl Layout {
             last_use,
             output_slots: g.outputs().iter().map(|(_, v)| slot[v]).collect(),
             n_slots: slot.len(),
+            guards: Vec::new(),
         }
     }
 
@@ -1342,6 +1410,7 @@ impl Layout {
             && self.output_slots.iter().all(|&s| s < slots)
             && self.operand_slots.iter().flatten().all(|&s| s < slots)
             && self.dead_slots.iter().flatten().all(|&(s, _)| s < slots)
+            && self.guards.iter().all(|g| g.param < self.params.len())
             && (0..n).all(|p| {
                 self.first_slot[p]
                     .checked_add(self.types[p].len())
