@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use frontends::onnx::proto::ModelProto;
 use frontends::onnx::{ExternalData, ImportError, ImportOptions};
 use ir::{Graph, Shape, Tensor, TensorType};
 
@@ -54,8 +55,9 @@ impl Default for ModelOptions {
 }
 
 enum Source {
+    /// Decoded once; every specialization imports from it.
     Onnx {
-        bytes: Arc<[u8]>,
+        model: Box<ModelProto>,
         external: ExternalData,
     },
     Graph,
@@ -64,12 +66,12 @@ enum Source {
 /// A graph, the input values it was specialized for and, once asked for, its executable.
 struct Compiled {
     graph: Arc<Graph>,
-    guards: Vec<(String, Tensor)>,
+    guards: Guards,
     exe: OnceLock<Arc<Executable>>,
 }
 
 impl Compiled {
-    fn new(graph: Graph, guards: Vec<(String, Tensor)>) -> Arc<Compiled> {
+    fn new(graph: Graph, guards: Guards) -> Arc<Compiled> {
         Arc::new(Compiled {
             graph: Arc::new(graph),
             guards,
@@ -90,12 +92,11 @@ impl Compiled {
     }
 }
 
-/// One specialization: the input shapes and values it was imported for.
+/// One specialization: the input shapes it was imported for; the input values it read are
+/// its graph's guards.
 struct Entry {
     /// Every input's shape, or empty when the graph keeps the declared (symbolic) shapes.
     shapes: Vec<(String, Vec<usize>)>,
-    /// The inputs whose values the import read, with those values.
-    values: Vec<(String, Tensor)>,
     compiled: Arc<Compiled>,
 }
 
@@ -106,7 +107,8 @@ impl Entry {
             .iter()
             .all(|(n, s)| find(n).is_some_and(|t| t.shape() == s.as_slice()))
             && self
-                .values
+                .compiled
+                .guards
                 .iter()
                 .all(|(n, v)| find(n).is_some_and(|t| t == v))
     }
@@ -117,7 +119,7 @@ impl Entry {
             .iter()
             .map(|(n, s)| format!("{n}: {s:?}"))
             .collect();
-        parts.extend(self.values.iter().map(|(n, v)| {
+        parts.extend(self.compiled.guards.iter().map(|(n, v)| {
             let shown = crate::format::head(v, 8);
             format!("{n} = {shown}")
         }));
@@ -149,10 +151,10 @@ pub struct Model {
 impl Model {
     /// A model from ONNX bytes (and the external data files it names, by location).
     pub fn from_onnx(bytes: &[u8], external: ExternalData, opts: ModelOptions) -> Result<Model> {
-        let bytes: Arc<[u8]> = bytes.into();
-        let model = frontends::onnx::decode_model(&bytes).map_err(Error::Import)?;
-        check_dims(&opts.dims, &frontends::onnx::input_symbols(&model))?;
-        let symbolic = import(&bytes, &external, &opts, HashMap::new(), HashMap::new())
+        let model = frontends::onnx::decode_model(bytes).map_err(Error::Import)?;
+        let declared = frontends::onnx::declared_inputs(&model, &ImportOptions::default());
+        check_dims(&opts.dims, &graph_symbols(&declared.unwrap_or_default()))?;
+        let symbolic = import(&model, &external, &opts, HashMap::new(), HashMap::new())
             .map(|(g, _)| Compiled::new(g, vec![]));
         let params = match &symbolic {
             Ok(c) => crate::params(&c.graph),
@@ -163,7 +165,10 @@ impl Model {
         };
         Ok(Model {
             params,
-            source: Source::Onnx { bytes, external },
+            source: Source::Onnx {
+                model: Box::new(model),
+                external,
+            },
             opts,
             symbolic,
             cache: Mutex::new(Vec::new()),
@@ -175,10 +180,9 @@ impl Model {
     /// A model from a graph (built or parsed): always symbolic; `dims` bind its symbols at
     /// runs and `shapes` are checked against its parameters.
     pub fn from_graph(g: Graph, opts: ModelOptions) -> Result<Model> {
-        let symbols = graph_symbols(&crate::params(&g));
-        check_dims(&opts.dims, &symbols)?;
-        let mut opts = opts;
         let params = crate::params(&g);
+        check_dims(&opts.dims, &graph_symbols(&params))?;
+        let mut opts = opts;
         for (name, shape) in std::mem::take(&mut opts.shapes) {
             let (_, ty) = params.iter().find(|(n, _)| *n == name).ok_or_else(|| {
                 input_error(
@@ -262,7 +266,7 @@ impl Model {
             Ok(c) => return Ok(c.clone()),
             Err(e) => e,
         };
-        let Source::Onnx { bytes, external } = &self.source else {
+        let Source::Onnx { model, external } = &self.source else {
             return Err(Error::Import(err.clone()));
         };
         {
@@ -285,7 +289,7 @@ impl Model {
             .values_alone_fail
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            match import(bytes, external, &self.opts, values.clone(), HashMap::new()) {
+            match import(model, external, &self.opts, values.clone(), HashMap::new()) {
                 Ok((g, read)) => entry = Some((g, read, vec![])),
                 Err(_) => self
                     .values_alone_fail
@@ -300,7 +304,7 @@ impl Model {
                     .map(|(n, t)| (n.clone(), Shape::from_usizes(t.shape())))
                     .collect();
                 let (g, read) =
-                    import(bytes, external, &self.opts, values, shapes).map_err(Error::Import)?;
+                    import(model, external, &self.opts, values, shapes).map_err(Error::Import)?;
                 let shapes = inputs
                     .iter()
                     .map(|(n, t)| (n.clone(), t.shape().to_vec()))
@@ -308,14 +312,13 @@ impl Model {
                 (g, read, shapes)
             }
         };
-        let values: Vec<(String, Tensor)> = read
+        let guards = read
             .into_iter()
             .filter_map(|n| inputs.iter().find(|(x, _)| *x == n).cloned())
             .collect();
         let entry = Arc::new(Entry {
             shapes,
-            values: values.clone(),
-            compiled: Compiled::new(graph, values),
+            compiled: Compiled::new(graph, guards),
         });
         let made = 1 + self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(log) = &self.opts.log {
@@ -332,10 +335,10 @@ impl Model {
     }
 }
 
-/// Imports ONNX bytes with the model's options plus values and shapes; returns the graph and
-/// the inputs whose values it read.
+/// Imports a decoded model with the model's options plus values and shapes; returns the
+/// graph and the inputs whose values it read.
 fn import(
-    bytes: &[u8],
+    model: &ModelProto,
     external: &ExternalData,
     opts: &ModelOptions,
     specialize: HashMap<String, Tensor>,
@@ -350,8 +353,7 @@ fn import(
         shapes,
         ..import_options(opts)
     };
-    let m = frontends::onnx::decode_model(bytes)?;
-    frontends::onnx::import_model_reporting(&m, &o).map(|i| (i.graph, i.read))
+    frontends::onnx::import_model_reporting(model, &o).map(|i| (i.graph, i.read))
 }
 
 /// The import options a model's options imply (no specialization).

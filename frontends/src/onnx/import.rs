@@ -676,18 +676,6 @@ pub fn declared_inputs(
     Ok(declared)
 }
 
-/// The symbols of a model's declared input shapes (what `--dim` can set): its `dim_param`s
-/// and the fresh symbols open dims get, sorted.
-pub fn input_symbols(model: &ModelProto) -> Vec<String> {
-    let mut out = std::collections::BTreeSet::new();
-    for (_, ty) in declared_inputs(model, &ImportOptions::default()).unwrap_or_default() {
-        for d in ty.shape.dims() {
-            out.extend(d.symbols().iter().map(|s| s.to_string()));
-        }
-    }
-    out.into_iter().collect()
-}
-
 /// The opset version per domain; `ai.onnx` and the empty domain are the same.
 pub fn opsets(model: &ModelProto) -> HashMap<String, i64> {
     let mut out = HashMap::new();

@@ -18,9 +18,7 @@ use std::fmt;
 use ir::{Graph, Tensor};
 use prost::Message;
 
-pub use import::{
-    declared_inputs, import_model, import_model_reporting, input_symbols, opsets, Imported,
-};
+pub use import::{declared_inputs, import_model, import_model_reporting, opsets, Imported};
 pub use registry::{is_supported, supported_ops};
 pub use tensor::{decode as decode_tensor, dtype_of, ExternalData};
 
