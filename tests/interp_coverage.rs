@@ -61,6 +61,9 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
             "reshape" => Op::Reshape {
                 shape: Shape::from_consts(&[3, 2]),
             },
+            "refine" => Op::Refine {
+                shape: Shape::from_consts(&[2, 3]),
+            },
             "transpose" => Op::Transpose { perm: vec![1, 0] },
             "broadcast" => Op::Broadcast {
                 dims: vec![1, 2],

@@ -208,7 +208,11 @@ struct Lowering<'g> {
 fn is_view(op: &Op) -> bool {
     matches!(
         op,
-        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } | Op::Slice { .. }
+        Op::Broadcast { .. }
+            | Op::Reshape { .. }
+            | Op::Refine { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
     )
 }
 
@@ -571,6 +575,8 @@ impl<'g> Lowering<'g> {
                 }
                 self.expr(args[0], &sub)
             }
+            // Its dims equal the operand's at run time (the executable checks before running).
+            Op::Refine { .. } => self.expr(args[0], idx),
             Op::Reshape { .. } => {
                 let from = self.ty(args[0]).shape.clone();
                 let sub = self.reshape_index(idx, &ty.shape, &from)?;

@@ -16,6 +16,8 @@ use crate::tensor::{Data, Tensor};
 pub struct Builder {
     graph: Graph,
     origin: Origin,
+    /// See [`Builder::check_at_run_time`].
+    checked: bool,
 }
 
 impl Builder {
@@ -23,6 +25,7 @@ impl Builder {
         Builder {
             graph: Graph::new(name),
             origin: Origin::default(),
+            checked: false,
         }
     }
 
@@ -31,7 +34,33 @@ impl Builder {
         Builder {
             graph,
             origin: Origin::default(),
+            checked: false,
         }
+    }
+
+    /// With `on`, facts about symbolic dims that the builder cannot prove — operands of a
+    /// broadcast that must agree, a reshape's element counts — become `refine` nodes checked
+    /// at run time instead of errors (dims that are constants and differ are still errors).
+    /// Off by default: a program building a graph wants its mistake at the call that made
+    /// it; an importer of a file whose exporter knew the shapes agree turns it on.
+    pub fn check_at_run_time(&mut self, on: bool) {
+        self.checked = on;
+    }
+
+    /// Whether unprovable dim facts become run-time checks (see
+    /// [`Builder::check_at_run_time`]).
+    pub fn checks_at_run_time(&self) -> bool {
+        self.checked
+    }
+
+    /// `x` restated with the dims of `shape` (same rank), checked at run time: a `refine`
+    /// node, or `x` itself when the shapes are already equal.
+    pub fn refine(&mut self, x: Value, shape: impl Into<Shape>) -> Result<Value> {
+        let shape = shape.into();
+        if *self.shape(x) == shape {
+            return Ok(x);
+        }
+        self.op1(Op::Refine { shape }, &[x])
     }
 
     /// Tags the nodes added from now on (frontends pass the source node's name).
@@ -172,6 +201,12 @@ impl Builder {
                 da.clone()
             } else if *da == one {
                 db.clone()
+            } else if self.checked && (da.as_const().is_none() || db.as_const().is_none()) {
+                // Equal at run time (checked there): the constant one, else the first.
+                match db.as_const() {
+                    Some(_) => db.clone(),
+                    None => da.clone(),
+                }
             } else {
                 return Err(self.fail("broadcast", format!("shapes {a} and {b} do not broadcast")));
             });
@@ -185,6 +220,26 @@ impl Builder {
             return Ok(x);
         }
         let (r, rx) = (shape.rank(), self.rank(x));
+        let mut x = x;
+        if self.checked && rx <= r {
+            // Dims that are not 1 and differ from the target's must equal them at run time.
+            let one = Dim::Const(1);
+            let want: Vec<Dim> = (self.shape(x).dims().iter())
+                .zip(&shape.dims()[r - rx..])
+                .map(|(d, t)| {
+                    let unprovable = d.as_const().is_none() || t.as_const().is_none();
+                    if *d != one && d != t && unprovable {
+                        t.clone()
+                    } else {
+                        d.clone()
+                    }
+                })
+                .collect();
+            x = self.refine(x, Shape::new(want))?;
+            if self.shape(x) == shape {
+                return Ok(x);
+            }
+        }
         if rx > r {
             return Err(self.fail(
                 "broadcast",
@@ -315,6 +370,19 @@ impl Builder {
         let shape = shape.into();
         if *self.shape(x) == shape {
             return Ok(x);
+        }
+        if self.checked {
+            let have = self.shape(x).numel();
+            let want = shape.numel();
+            if let (Ok(have), Ok(want)) = (have, want) {
+                let unprovable = have.as_const().is_none() || want.as_const().is_none();
+                if have != want && unprovable {
+                    // Equal element counts checked at run time: flat, refined, reshaped.
+                    let flat = self.reshape(x, Shape::new(vec![have]))?;
+                    let flat = self.refine(flat, Shape::new(vec![want]))?;
+                    return self.reshape(flat, shape);
+                }
+            }
         }
         self.op1(Op::Reshape { shape }, &[x])
     }

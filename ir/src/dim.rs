@@ -197,6 +197,26 @@ impl Dim {
         }
     }
 
+    /// Whether the dim is provably at least 0 for every binding of its symbols (which are
+    /// sizes, never negative): no negative coefficient, and every floor-division and
+    /// remainder is of provably non-negative operands.
+    pub fn is_nonnegative(&self) -> bool {
+        fn atom(a: &Atom) -> bool {
+            match a {
+                Atom::Sym(_) => true,
+                Atom::Div(x, y) => x.is_nonnegative() && y.is_nonnegative(),
+                Atom::Mod(_, y) => y.is_nonnegative(),
+            }
+        }
+        match self {
+            Dim::Const(c) => *c >= 0,
+            Dim::Expr(p) => p
+                .terms
+                .iter()
+                .all(|t| t.coeff >= 0 && t.mono.iter().all(atom)),
+        }
+    }
+
     /// The symbol's name when this dim is exactly one symbol.
     pub fn as_sym(&self) -> Option<&str> {
         match self {

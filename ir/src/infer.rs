@@ -173,6 +173,25 @@ pub(crate) fn rule_reshape(ins: &[TensorType], shape: &Shape) -> Rule {
     Ok(vec![TensorType::new(ins[0].dtype, shape.clone())])
 }
 
+pub(crate) fn rule_refine(ins: &[TensorType], shape: &Shape) -> Rule {
+    let have = &ins[0].shape;
+    if have.rank() != shape.rank() {
+        return Err(format!(
+            "cannot refine {have} to {shape}: the ranks differ"
+        ));
+    }
+    for (a, (x, y)) in have.dims().iter().zip(shape.dims()).enumerate() {
+        if let (Some(p), Some(q)) = (x.as_const(), y.as_const()) {
+            if p != q {
+                return Err(format!(
+                    "axis {a} has size {p}, where the graph needs {q} (refined from {have} to {shape})"
+                ));
+            }
+        }
+    }
+    Ok(vec![TensorType::new(ins[0].dtype, shape.clone())])
+}
+
 pub(crate) fn rule_transpose(ins: &[TensorType], perm: &[i64]) -> Rule {
     let rank = ins[0].rank();
     check_len(perm, rank, "perm")?;

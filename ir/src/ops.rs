@@ -359,6 +359,12 @@ ops! {
     /// The same elements in row-major order under the result shape.
     Reshape = "reshape", Movement, Exactly(1), { shape: Shape = result(result_shape) }
         => rule_reshape;
+    /// The operand unchanged, its shape restated as the result shape (same rank): a fact the
+    /// importer could not prove (element counts that agree, a dim that must be 1, operands
+    /// that must match) checked at run time. Each result dim must equal the operand's under
+    /// the run's symbols; a run where one does not is an error naming the node and both dims.
+    Refine = "refine", Movement, Exactly(1), { shape: Shape = result(result_shape) }
+        => rule_refine;
     /// Result axis i is operand axis perm[i].
     Transpose = "transpose", Movement, Exactly(1), { perm: Vec<i64> } => rule_transpose;
     /// Operand axis i becomes result axis dims[i] (dims strictly increasing); operand dims of
@@ -459,6 +465,7 @@ impl Op {
                 values: dims(values)?,
             },
             Op::Reshape { shape: s } => Op::Reshape { shape: shape(s)? },
+            Op::Refine { shape: s } => Op::Refine { shape: shape(s)? },
             Op::Broadcast { dims: d, shape: s } => Op::Broadcast {
                 dims: d.clone(),
                 shape: shape(s)?,

@@ -89,7 +89,9 @@ fn identity(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Option<Value>> 
     let same_type = b.ty(x) == &node.types()[0];
     let is_identity = match node.op() {
         Op::Transpose { perm } => perm.iter().enumerate().all(|(i, &p)| p == i as i64),
-        Op::Reshape { .. } | Op::Broadcast { .. } | Op::Cast { .. } => same_type,
+        Op::Reshape { .. } | Op::Refine { .. } | Op::Broadcast { .. } | Op::Cast { .. } => {
+            same_type
+        }
         Op::Slice { start, stride, .. } => {
             same_type
                 && start.iter().all(|d| d.as_const() == Some(0))

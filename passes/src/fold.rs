@@ -62,9 +62,12 @@ fn fold_node(
                 .map_err(|e| e.to_string());
         }
         // Sources stay; broadcasts keep constants small (their normal form).
-        Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } | Op::Broadcast { .. } => {
-            return Ok(None)
-        }
+        // Refines check a fact at run time: folding would drop the check.
+        Op::Param { .. }
+        | Op::Constant { .. }
+        | Op::Iota { .. }
+        | Op::Broadcast { .. }
+        | Op::Refine { .. } => return Ok(None),
         _ => {}
     }
     let Some(eval) = opts.evaluate else {

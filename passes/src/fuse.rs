@@ -58,6 +58,7 @@ fn class(g: &Graph, id: NodeId) -> Class {
         | Op::ReduceMin { .. }
         | Op::ReduceProd { .. } => Class::Reduce,
         Op::Reshape { .. }
+        | Op::Refine { .. }
         | Op::Transpose { .. }
         | Op::Broadcast { .. }
         | Op::Slice { .. }
@@ -85,7 +86,7 @@ struct Group {
 fn is_view(op: &Op) -> bool {
     matches!(
         op,
-        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. }
+        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Refine { .. } | Op::Transpose { .. }
     )
 }
 
@@ -309,7 +310,7 @@ fn copyable(g: &Graph, id: NodeId, out: &mut Vec<NodeId>) -> bool {
     let n = g.node(id);
     let ok = match n.op() {
         Op::Constant { value } => value.tensor.numel() <= SMALL_CONSTANT,
-        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } => {
+        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Refine { .. } | Op::Transpose { .. } => {
             copyable(g, n.inputs()[0].node, out)
         }
         _ => false,

@@ -22,7 +22,11 @@ pub struct Report {
 fn is_kernel(op: &Op) -> bool {
     !matches!(
         op,
-        Op::Param { .. } | Op::Constant { .. } | Op::Dims { .. } | Op::Reshape { .. }
+        Op::Param { .. }
+            | Op::Constant { .. }
+            | Op::Dims { .. }
+            | Op::Reshape { .. }
+            | Op::Refine { .. }
     )
 }
 
@@ -76,7 +80,7 @@ pub fn report(g: &Graph, target: &Target) -> Report {
         let n = g.node(id);
         for &v in n.inputs() {
             let src = *view_of.get(&v).unwrap_or(&v);
-            if matches!(n.op(), Op::Reshape { .. }) {
+            if matches!(n.op(), Op::Reshape { .. } | Op::Refine { .. }) {
                 view_of.insert(Value::new(id, 0), src);
             } else {
                 readers.entry(src).or_default().push(id);

@@ -213,6 +213,45 @@ struct Layout {
     /// Inputs whose values the graph was specialized for (see [`CompileOptions::guards`]):
     /// a run with other values is refused.
     guards: Vec<Guard>,
+    /// The graph's `refine` nodes (in kernels too), checked once per binding of the symbols
+    /// before anything runs.
+    checks: Vec<Check>,
+}
+
+/// A `refine`: the node's label and the dims it restates (operand's, then the node's).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Check {
+    label: String,
+    have: ir::Shape,
+    want: ir::Shape,
+}
+
+/// The `refine` nodes of `g` and of the kernels' bodies, labelled by `label` (inner nodes
+/// also by their own origin).
+fn refine_checks(g: &Graph, label: &dyn Fn(NodeId) -> String, out: &mut Vec<Check>) {
+    for id in g.node_ids() {
+        let node = g.node(id);
+        match node.op() {
+            Op::Refine { shape } => out.push(Check {
+                label: label(id),
+                have: g.value_type(node.inputs()[0]).shape.clone(),
+                want: shape.clone(),
+            }),
+            Op::Fused { body, .. } => {
+                let outer = label(id);
+                let inner = body.graph();
+                refine_checks(
+                    inner,
+                    &|i| match &inner.node(i).origin().name {
+                        Some(n) => format!("{outer}: refine from node \"{n}\""),
+                        None => outer.clone(),
+                    },
+                    out,
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// An input value a graph was specialized for: parameter position and the value's bytes.
@@ -526,6 +565,17 @@ impl Executable {
             Some(c)
         };
         let mut layout = Layout::of(g, &order, labels);
+        let position: HashMap<NodeId, usize> =
+            order.iter().enumerate().map(|(p, &id)| (id, p)).collect();
+        let mut checks = Vec::new();
+        refine_checks(
+            g,
+            &|id| position.get(&id).map_or_else(String::new, |&p| layout.labels[p].clone()),
+            &mut checks,
+        );
+        // Dead nodes (no position) check nothing.
+        checks.retain(|c| !c.label.is_empty());
+        layout.checks = checks;
         for (name, t) in &opts.guards {
             let param = layout
                 .params
@@ -693,6 +743,23 @@ impl Executable {
             return Ok(p.clone());
         }
         let lay = &self.layout;
+        for c in &lay.checks {
+            let eval = |s: &ir::Shape| {
+                s.eval(&|name| env.get(name).copied())
+                    .map(|d| d.iter().map(|&x| x.max(0) as usize).collect::<Vec<usize>>())
+                    .map_err(|e| ExecError::Node {
+                        node: c.label.clone(),
+                        message: e.to_string(),
+                    })
+            };
+            let (got, need) = (eval(&c.have)?, eval(&c.want)?);
+            interp::refine_check(&c.have, &c.want, &got, &need).map_err(|message| {
+                ExecError::Node {
+                    node: c.label.clone(),
+                    message,
+                }
+            })?;
+        }
         let mut is_output = vec![false; lay.n_slots];
         for &s in &lay.output_slots {
             is_output[s] = true;
@@ -1083,6 +1150,7 @@ impl Layout {
             output_slots: g.outputs().iter().map(|(_, v)| slot[v]).collect(),
             n_slots: slot.len(),
             guards: Vec::new(),
+            checks: Vec::new(),
         }
     }
 }

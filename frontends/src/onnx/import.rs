@@ -213,8 +213,11 @@ pub struct Ctx<'o> {
 
 impl<'o> Ctx<'o> {
     fn new(name: &str, opts: &'o ImportOptions<'o>) -> Ctx<'o> {
+        // Shape facts the exporter knew but symbols cannot prove are checked at run time.
+        let mut b = Builder::new(name);
+        b.check_at_run_time(true);
         Ctx {
-            b: Builder::new(name),
+            b,
             env: HashMap::new(),
             opts,
             fresh: 0,

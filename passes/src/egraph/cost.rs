@@ -73,6 +73,7 @@ impl Target {
             Op::Param { .. }
             | Op::Constant { .. }
             | Op::Reshape { .. }
+            | Op::Refine { .. }
             | Op::Broadcast { .. }
             | Op::Dims { .. } => return 0.0,
             _ => {}
@@ -103,7 +104,11 @@ impl Target {
                     })
                     .sum()
             }
-            Op::Param { .. } | Op::Constant { .. } | Op::Reshape { .. } | Op::Dims { .. } => 0.0,
+            Op::Param { .. }
+            | Op::Constant { .. }
+            | Op::Reshape { .. }
+            | Op::Refine { .. }
+            | Op::Dims { .. } => 0.0,
             Op::Dot { lhs_contract, .. } => {
                 let lhs = args[0];
                 let k: f64 = lhs_contract

@@ -142,7 +142,9 @@ fn splat_of(op: &Op, operands: &[&Info]) -> Option<f64> {
             let v = t.to_f64_vec()[0];
             (ir::Data::from_f64s(t.dtype(), &[v]).bits(0) == d.bits(0)).then_some(v)
         }
-        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. } => operands[0].splat,
+        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Refine { .. } | Op::Transpose { .. } => {
+            operands[0].splat
+        }
         _ => None,
     }
 }
@@ -158,6 +160,7 @@ fn positive_of(op: &Op, operands: &[&Info], splat: Option<f64>) -> bool {
         Op::Add | Op::Mul | Op::Div | Op::Max | Op::Min => all(),
         Op::Broadcast { .. }
         | Op::Reshape { .. }
+        | Op::Refine { .. }
         | Op::Transpose { .. }
         | Op::ReduceSum { .. }
         | Op::ReduceMax { .. }

@@ -335,6 +335,7 @@ impl Layout {
             && self.operand_slots.iter().flatten().all(|&s| s < slots)
             && self.dead_slots.iter().flatten().all(|&(s, _)| s < slots)
             && self.guards.iter().all(|g| g.param < self.params.len())
+            && self.checks.iter().all(|c| c.have.rank() == c.want.rank())
             && (0..n).all(|p| {
                 self.first_slot[p]
                     .checked_add(self.types[p].len())

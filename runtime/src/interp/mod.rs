@@ -199,6 +199,26 @@ pub fn run_with(
     Ok(g.outputs().iter().map(|(_, v)| values[v].clone()).collect())
 }
 
+/// Whether a `refine` holds: the operand's run-time dims (`got`, typed `have`) are those the
+/// node restates them as (`want`, evaluated to `need`); the error names the axis and both dims.
+pub fn refine_check(have: &ir::Shape, want: &ir::Shape, got: &[usize], need: &[usize]) -> Result<(), String> {
+    for (a, (&x, &y)) in got.iter().zip(need).enumerate() {
+        if x != y {
+            let spell = |d: &Dim, v: usize| match d.as_const() {
+                Some(_) => v.to_string(),
+                None => format!("{d} = {v}"),
+            };
+            return Err(format!(
+                "axis {a} has size {}, where the model needs {} (a fact the import could not prove, \
+                 checked at run time)",
+                spell(have.dim(a), x),
+                spell(want.dim(a), y)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn usizes(v: &[i64]) -> Vec<usize> {
     v.iter().map(|&x| x as usize).collect()
 }
@@ -259,6 +279,10 @@ impl Interp<'_> {
                 )));
             }
             shapes.push(usizes(&dims));
+        }
+        if let Op::Refine { shape } = node.op() {
+            let have = &self.g.value_type(node.inputs()[0]).shape;
+            refine_check(have, shape, args[0].shape(), &shapes[0]).map_err(&fail)?;
         }
         // Constraints that involve symbols (divisibility by groups or heads, channel counts that
         // must agree) are only decidable once the symbols are bound: re-check the op on the
@@ -365,7 +389,7 @@ impl Interp<'_> {
                     .ok_or("the bits do not form the result dtype")?;
                 Ok(vec![t.data().clone()])
             }
-            Op::Reshape { .. } => Ok(vec![arg(0).data().clone()]),
+            Op::Reshape { .. } | Op::Refine { .. } => Ok(vec![arg(0).data().clone()]),
             Op::Transpose { perm } => moved(&index::transpose(arg(0).shape(), &usizes(perm)).1),
             Op::Broadcast { dims, .. } => {
                 moved(&index::broadcast(arg(0).shape(), &usizes(dims), out_shape))

@@ -97,6 +97,23 @@ fn known_binary(ctx: &Ctx, op: &str, a: &str, b: &str) -> Result<Option<V>, Stri
         return Ok(None);
     }
     let at = |v: &[Dim], i: usize| v[if v.len() == 1 { 0 } else { i }].clone();
+    if let Some(cmp) = compare_of(op) {
+        // Comparisons are known where dim arithmetic decides them.
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            match decide(&at(&x, i), &at(&y, i), cmp) {
+                Some(b) => out.push(b),
+                None => return Ok(None),
+            }
+        }
+        let shape = if va.rank() == 0 && vb.rank() == 0 {
+            vec![]
+        } else {
+            vec![n]
+        };
+        let t = ir::Tensor::new(shape, ir::Data::Bool(out)).map_err(s)?;
+        return Ok(Some(V::data(t)));
+    }
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let (p, q) = (at(&x, i), at(&y, i));
@@ -114,6 +131,37 @@ fn known_binary(ctx: &Ctx, op: &str, a: &str, b: &str) -> Result<Option<V>, Stri
     }
     let scalar = va.rank() == 0 && vb.rank() == 0;
     Ok(Some(V::dims(out, scalar, va.dtype())))
+}
+
+/// The ordering a comparison op accepts.
+fn compare_of(op: &str) -> Option<fn(std::cmp::Ordering) -> bool> {
+    use std::cmp::Ordering::*;
+    Some(match op {
+        "Equal" => |o| o == Equal,
+        "Less" => |o| o == Less,
+        "LessOrEqual" => |o| o != Greater,
+        "Greater" => |o| o == Greater,
+        "GreaterOrEqual" => |o| o != Less,
+        _ => return None,
+    })
+}
+
+/// `p` compared with `q` where dim arithmetic decides it: their difference is a constant, or
+/// provably positive or negative (symbols are sizes, never negative: `n` > -1).
+fn decide(p: &Dim, q: &Dim, cmp: fn(std::cmp::Ordering) -> bool) -> Option<bool> {
+    use std::cmp::Ordering::*;
+    let d = p.sub(q).ok()?;
+    if let Some(d) = d.as_const() {
+        return Some(cmp(d.cmp(&0)));
+    }
+    let one = Dim::Const(1);
+    if d.sub(&one).is_ok_and(|x| x.is_nonnegative()) {
+        return Some(cmp(Greater));
+    }
+    if d.neg().and_then(|x| x.sub(&one)).is_ok_and(|x| x.is_nonnegative()) {
+        return Some(cmp(Less));
+    }
+    None
 }
 
 pub fn binary(ctx: &mut Ctx, n: &Node) -> Res {

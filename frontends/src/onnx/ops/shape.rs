@@ -63,9 +63,14 @@ fn reshape_dims(input: &Shape, spec: &[Dim], allowzero: bool) -> Result<Vec<Dim>
         let q = match (total.as_const(), rest.as_const()) {
             (Some(t), Some(r)) if r != 0 && t % r == 0 => Dim::Const(t / r),
             (Some(0), Some(0)) => Dim::Const(0),
-            _ => total
-                .exact_div(&rest)
-                .ok_or_else(|| format!("cannot infer the -1 dim: {total} elements over {rest}"))?,
+            // Not provably a multiple: the quotient, and the reshape checks the element
+            // counts at run time.
+            _ => match total.exact_div(&rest) {
+                Some(q) => q,
+                None => total.floor_div(&rest).map_err(|e| {
+                    format!("cannot infer the -1 dim: {total} elements over {rest}: {e}")
+                })?,
+            },
         };
         out[i] = q;
     }
@@ -135,15 +140,24 @@ pub fn squeeze(ctx: &mut Ctx, n: &Node) -> Res {
             .filter(|&i| dims[i] == Dim::Const(1))
             .collect(),
     };
+    let mut ones = dims.clone();
     for &a in &drop {
-        if dims[a] != Dim::Const(1) {
+        if dims[a].as_const().is_some_and(|d| d != 1) {
             return Err(format!("cannot squeeze axis {a} of size {}", dims[a]));
         }
+        // A symbolic dim squeezed away is 1 at run time (checked there).
+        ones[a] = Dim::Const(1);
     }
     let kept: Vec<Dim> = (0..dims.len())
         .filter(|i| !drop.contains(i))
         .map(|i| dims[i].clone())
         .collect();
+    if ones != dims {
+        let x = ctx.ir(name)?;
+        let x = ctx.b.refine(x, Shape::new(ones)).map_err(s)?;
+        let y = ctx.b.reshape(x, Shape::new(kept)).map_err(s)?;
+        return one(ctx, y);
+    }
     do_reshape(ctx, name, &kept, true)
 }
 
@@ -213,6 +227,28 @@ pub fn concat(ctx: &mut Ctx, n: &Node) -> Res {
     for name in &names {
         vals.push(ctx.ir(name)?);
     }
+    // Off the axis, operands must agree: where symbols cannot prove it, at run time (each
+    // axis takes the first constant dim among the operands, else operand 0's).
+    if vals.iter().all(|&v| ctx.b.rank(v) == rank) {
+        let mut want = ctx.b.shape(vals[0]).dims().to_vec();
+        for (j, w) in want.iter_mut().enumerate() {
+            if let Some(c) = vals.iter().find_map(|&v| ctx.b.shape(v).dim(j).as_const()) {
+                if j != a {
+                    *w = Dim::Const(c);
+                }
+            }
+        }
+        for v in vals.iter_mut() {
+            let mut dims = want.clone();
+            dims[a] = ctx.b.shape(*v).dim(a).clone();
+            let differs = dims.iter().zip(ctx.b.shape(*v).dims()).any(|(w, d)| {
+                w != d && (w.as_const().is_none() || d.as_const().is_none())
+            });
+            if differs {
+                *v = ctx.b.refine(*v, Shape::new(dims)).map_err(s)?;
+            }
+        }
+    }
     let y = ctx.b.op1(Op::Concat { axis: a as i64 }, &vals).map_err(s)?;
     one(ctx, y)
 }
@@ -255,7 +291,11 @@ pub fn split(ctx: &mut Ctx, n: &Node) -> Res {
 
 /// Resolves ONNX slice bounds against an extent, with numpy's clamping.
 fn slice_bounds(start: i64, end: i64, step: i64, n: &Dim) -> Result<(Dim, Dim), String> {
-    const BIG: i64 = 1 << 40;
+    // Bounds past the end clamp to it; on a symbolic axis that needs a sentinel: ONNX's
+    // recommended INT_MAX/INT_MIN in 64 or 32 bits (tf2onnx), or jax2tf's 10^9. Any bound of
+    // 10^9 or more counts (no symbolic axis of a real model is that long); smaller constants
+    // are taken as within the axis, which the run checks.
+    const BIG: i64 = 1_000_000_000;
     if let Some(n) = n.as_const() {
         let norm = |x: i64| if x < 0 { x + n } else { x };
         let (s, e) = if step > 0 {

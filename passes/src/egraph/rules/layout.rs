@@ -61,14 +61,16 @@ pub const RESHAPE_RESHAPE: Rule = Rule {
     },
 };
 
-/// reshape(x) to x's own shape = x
+/// reshape(x) (or refine(x)) to x's own shape = x
 pub const RESHAPE_IDENTITY: Rule = Rule {
     name: "reshape-identity",
     search: |eg, id| {
         let ty = info(eg, id).ty();
         nodes(eg, id)
             .filter_map(|(op, args)| match op {
-                Op::Reshape { .. } if info(eg, args[0]).ty() == ty => Some(args[0].into()),
+                Op::Reshape { .. } | Op::Refine { .. } if info(eg, args[0]).ty() == ty => {
+                    Some(args[0].into())
+                }
                 _ => None,
             })
             .collect()
