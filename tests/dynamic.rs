@@ -59,12 +59,50 @@ fn upsample() -> Vec<u8> {
     resize_2x(vec![string_attr("mode", "nearest")])
 }
 
-/// y = Resize(x, scales 2×2, linear, asymmetric): needs the input dims at import.
+/// y = Resize(x, scales 2×2, linear, asymmetric, antialias): antialiasing needs the input
+/// dims at import.
 fn upsample_linear() -> Vec<u8> {
     resize_2x(vec![
         string_attr("mode", "linear"),
         string_attr("coordinate_transformation_mode", "asymmetric"),
+        int_attr("antialias", 1),
     ])
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INT,
+        i: v,
+        ..Default::default()
+    }
+}
+
+/// Resize of `x` (height and width open) by `scales`, or to the height and width of a second
+/// input `r` (sizes from its Shape, as torch exports interpolate-to-size) when `scales` is
+/// `None`.
+fn resize_open(attrs: Vec<AttributeProto>, scales: Option<[f32; 2]>) -> Vec<u8> {
+    let x = vi("x", data_type::FLOAT, &["1", "1", "h", "w"]);
+    let y = vi("y", data_type::FLOAT, &["1", "1", "", ""]);
+    match scales {
+        Some([a, b]) => model(
+            vec![node("Resize", "rs", &["x", "", "scales"], &["y"], attrs)],
+            vec![x],
+            vec![y],
+            vec![floats("scales", &[4], &[1.0, 1.0, a, b])],
+            19,
+        ),
+        None => model(
+            vec![
+                node("Shape", "shape", &["r"], &["sizes"], vec![]),
+                node("Resize", "rs", &["x", "", "", "sizes"], &["y"], attrs),
+            ],
+            vec![x, vi("r", data_type::FLOAT, &["1", "1", "hh", "ww"])],
+            vec![y],
+            vec![],
+            19,
+        ),
+    }
 }
 
 fn resize_2x(attrs: Vec<AttributeProto>) -> Vec<u8> {
@@ -126,6 +164,79 @@ fn nearest_upsampling_by_whole_scales_stays_symbolic() {
         assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &doubled(h, w)[..]);
     }
     assert_eq!(m.specializations(), 0);
+}
+
+/// Every interpolation mode and coordinate mapping, by scales and to sizes, on open dims: the
+/// symbolic import (weights computed at run time, compiled) computes what the import for the
+/// run's shapes (weights computed at import, interpreted) does.
+#[test]
+fn resize_on_open_dims_matches_the_import_for_given_shapes() {
+    let modes: Vec<Vec<AttributeProto>> =
+        ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+            .iter()
+            .map(|nm| {
+                vec![
+                    string_attr("mode", "nearest"),
+                    string_attr("nearest_mode", nm),
+                ]
+            })
+            .chain([
+                vec![string_attr("mode", "linear")],
+                vec![string_attr("mode", "cubic")],
+                vec![string_attr("mode", "cubic"), int_attr("exclude_outside", 1)],
+            ])
+            .collect();
+    let coords = [
+        "half_pixel",
+        "asymmetric",
+        "pytorch_half_pixel",
+        "align_corners",
+        "half_pixel_symmetric",
+    ];
+    let mut cases = 0;
+    for mode in &modes {
+        for coord in coords {
+            let mut attrs = mode.clone();
+            attrs.push(string_attr("coordinate_transformation_mode", coord));
+            for scales in [Some([1.5, 0.5]), Some([2.0, 3.0]), Some([0.75, 1.25]), None] {
+                let bytes = resize_open(attrs.clone(), scales);
+                let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+                let names: Vec<String> = (mode.iter())
+                    .map(|a| format!("{}={}{}", a.name, String::from_utf8_lossy(&a.s), a.i))
+                    .collect();
+                let what = format!("{names:?} {coord} {scales:?}");
+                m.symbolic().unwrap_or_else(|e| panic!("{what}: {e}"));
+                for ((h, w), (hh, ww)) in [((4, 6), (7, 2)), ((5, 3), (4, 9)), ((1, 8), (5, 1))] {
+                    let mut inputs = vec![("x".to_string(), image(h, w))];
+                    if scales.is_none() {
+                        inputs.push(("r".to_string(), image(hh, ww)));
+                    }
+                    let got = m.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let shapes = inputs
+                        .iter()
+                        .map(|(n, t)| (n.clone(), Shape::from_usizes(t.shape())))
+                        .collect();
+                    let opts = ModelOptions {
+                        shapes,
+                        ..Default::default()
+                    };
+                    let fixed = Model::from_onnx(&bytes, Default::default(), opts).unwrap();
+                    let want = fixed
+                        .interpret(&inputs)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let (gt, wt) = (&got[0].1, &want[0].1);
+                    assert_eq!(gt.shape(), wt.shape(), "{what} on {h}x{w}");
+                    let gv = gt.as_slice::<f32>().unwrap();
+                    let wv = wt.as_slice::<f32>().unwrap();
+                    for (i, (a, b)) in gv.iter().zip(wv).enumerate() {
+                        assert!((a - b).abs() <= 1e-4, "{what} on {h}x{w}: [{i}] {a} vs {b}");
+                    }
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 7 * 5 * 4 * 3);
 }
 
 #[test]

@@ -176,9 +176,7 @@ pub(crate) fn rule_reshape(ins: &[TensorType], shape: &Shape) -> Rule {
 pub(crate) fn rule_refine(ins: &[TensorType], shape: &Shape) -> Rule {
     let have = &ins[0].shape;
     if have.rank() != shape.rank() {
-        return Err(format!(
-            "cannot refine {have} to {shape}: the ranks differ"
-        ));
+        return Err(format!("cannot refine {have} to {shape}: the ranks differ"));
     }
     for (a, (x, y)) in have.dims().iter().zip(shape.dims()).enumerate() {
         if let (Some(p), Some(q)) = (x.as_const(), y.as_const()) {

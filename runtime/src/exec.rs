@@ -570,7 +570,11 @@ impl Executable {
         let mut checks = Vec::new();
         refine_checks(
             g,
-            &|id| position.get(&id).map_or_else(String::new, |&p| layout.labels[p].clone()),
+            &|id| {
+                position
+                    .get(&id)
+                    .map_or_else(String::new, |&p| layout.labels[p].clone())
+            },
             &mut checks,
         );
         // Dead nodes (no position) check nothing.

@@ -201,7 +201,12 @@ pub fn run_with(
 
 /// Whether a `refine` holds: the operand's run-time dims (`got`, typed `have`) are those the
 /// node restates them as (`want`, evaluated to `need`); the error names the axis and both dims.
-pub fn refine_check(have: &ir::Shape, want: &ir::Shape, got: &[usize], need: &[usize]) -> Result<(), String> {
+pub fn refine_check(
+    have: &ir::Shape,
+    want: &ir::Shape,
+    got: &[usize],
+    need: &[usize],
+) -> Result<(), String> {
     for (a, (&x, &y)) in got.iter().zip(need).enumerate() {
         if x != y {
             let spell = |d: &Dim, v: usize| match d.as_const() {

@@ -158,7 +158,10 @@ fn decide(p: &Dim, q: &Dim, cmp: fn(std::cmp::Ordering) -> bool) -> Option<bool>
     if d.sub(&one).is_ok_and(|x| x.is_nonnegative()) {
         return Some(cmp(Greater));
     }
-    if d.neg().and_then(|x| x.sub(&one)).is_ok_and(|x| x.is_nonnegative()) {
+    if d.neg()
+        .and_then(|x| x.sub(&one))
+        .is_ok_and(|x| x.is_nonnegative())
+    {
         return Some(cmp(Less));
     }
     None

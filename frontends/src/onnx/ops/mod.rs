@@ -10,6 +10,7 @@ pub mod nn;
 pub mod quant;
 pub mod reduce;
 pub mod resize;
+mod resize_dyn;
 pub mod rnn;
 pub mod sample;
 pub mod seq;

@@ -1,13 +1,13 @@
 //! Resize and Upsample. Interpolation is separable, so each resized axis becomes one
 //! contraction with a static [out, in] weight matrix built here from the coordinate mapping
 //! and the interpolation kernel (nearest, linear, cubic, with or without antialiasing).
-//! Nearest resizing by whole-number scales whose mapping is exactly repetition (what YOLO
-//! and FPN necks do) stays symbolic: each element repeated `s` times along its axis, for
-//! input dims only known at run time (`n` becomes `n*s`).
+//! On symbolic dims, nearest resizing by whole-number scales whose mapping is exactly
+//! repetition (what YOLO and FPN necks do) repeats each element `s` times (`n` becomes
+//! `n*s`); any other resize computes its weights at run time (`resize_dyn`).
 
 use ir::{DType, Dim, Op, Shape, Tensor, Value};
 
-use super::{axes as norm_axes, one, s, Res};
+use super::{axes as norm_axes, one, resize_dyn, s, Res};
 use crate::onnx::import::{Ctx, Node};
 
 type R<T> = Result<T, String>;
@@ -310,53 +310,113 @@ fn repeat(ctx: &mut Ctx, x: Value, scales: &[usize]) -> R<Value> {
     Ok(y)
 }
 
-/// The symbolic path: nearest resizing by whole-number scales that is repetition.
-fn resize_symbolic(ctx: &mut Ctx, x: Value, scales: &[f64], kernel: &Kernel, coord: &str) -> Res {
-    let r = ctx.b.rank(x);
-    if scales.len() != r
-        || !scales
-            .iter()
-            .all(|&sc| sc == 1.0 || is_repetition(sc, kernel, coord))
-    {
-        return Err(
-            "Resize needs static input dims (only nearest resizing by whole-number scales \
-             stays symbolic)"
-                .into(),
-        );
+/// Whether every scale is 1 or a whole number whose nearest resizing is repetition.
+fn repeats(scales: &[f64], kernel: &Kernel, coord: &str) -> bool {
+    scales
+        .iter()
+        .all(|&sc| sc == 1.0 || is_repetition(sc, kernel, coord))
+}
+
+/// `name` unless it is absent or an empty tensor (ONNX's "not given").
+fn nonempty<'a>(ctx: &Ctx, name: Option<&'a str>) -> R<Option<&'a str>> {
+    match name {
+        Some(nm) if ctx.ty(nm)?.shape.numel().ok() != Some(Dim::Const(0)) => Ok(Some(nm)),
+        _ => Ok(None),
     }
-    let k: Vec<usize> = scales.iter().map(|&sc| sc as usize).collect();
-    let y = repeat(ctx, x, &k)?;
+}
+
+/// Resize where input dims or sizes are symbolic: repetition when it is that, else weights
+/// computed at run time (`resize_dyn`).
+fn resize_symbolic(ctx: &mut Ctx, n: &Node, x: Value) -> Res {
+    let r = ctx.b.rank(x);
+    let dims = ctx.b.shape(x).dims().to_vec();
+    let (roi_in, scales_in, sizes_in) = if n.version < 11 {
+        (None, n.input(1), None)
+    } else {
+        (n.input(1), n.input(2), n.input(3))
+    };
+    let scales = match nonempty(ctx, scales_in)? {
+        Some(nm) => Some(ctx.static_tensor(nm)?.to_f64_vec()),
+        None => None,
+    };
+    let sizes = match nonempty(ctx, sizes_in)? {
+        Some(nm) => Some(ctx.static_dims(nm)?),
+        None => None,
+    };
+    let mode = n.string_or("mode", "nearest")?;
+    let nearest = n.string_or("nearest_mode", "round_prefer_floor")?;
+    let coord = n.string_or("coordinate_transformation_mode", "half_pixel")?;
+    let kernel = Kernel {
+        mode: mode.clone(),
+        nearest: nearest.clone(),
+        cubic_a: n.float_or("cubic_coeff_a", -0.75)? as f64,
+        antialias: n.int_or("antialias", 0)? != 0,
+    };
+    let unsupported = |what: &str| Err(format!("Resize {what} needs static input dims"));
+    if kernel.antialias {
+        return unsupported("with antialias");
+    }
+    if coord == "tf_crop_and_resize" || nonempty(ctx, roi_in)?.is_some() && coord != "half_pixel" {
+        return unsupported("with a region of interest");
+    }
+    if n.string_or("keep_aspect_ratio_policy", "stretch")? != "stretch" {
+        return unsupported("keeping the aspect ratio");
+    }
+    let axes: Vec<usize> = match n.ints("axes")? {
+        Some(a) => {
+            norm_axes(&a, r)?;
+            a.iter().map(|&x| super::axis(x, r)).collect::<R<_>>()?
+        }
+        None => (0..r).collect(),
+    };
+    if let Some(sc) = &scales {
+        if sc.len() == r && axes.len() == r && repeats(sc, &kernel, &coord) {
+            let k: Vec<usize> = sc.iter().map(|&v| v as usize).collect();
+            let y = repeat(ctx, x, &k)?;
+            return one(ctx, y);
+        }
+    }
+    let mut plan = Vec::new();
+    for (i, &a) in axes.iter().enumerate() {
+        let input = dims[a].clone();
+        let (output, scale) = match (&scales, &sizes) {
+            (Some(sc), _) => {
+                let v = *sc.get(i).ok_or("fewer scales than axes")?;
+                (resize_dyn::scaled(&input, v)?, Some(v))
+            }
+            (None, Some(sz)) => (sz.get(i).ok_or("fewer sizes than axes")?.clone(), None),
+            (None, None) => return Err("Resize needs scales or sizes".into()),
+        };
+        if output == input && scale.is_none_or(|v| v == 1.0) {
+            continue;
+        }
+        plan.push(resize_dyn::DynAxis {
+            axis: a,
+            input,
+            output,
+            scale,
+        });
+    }
+    let how = resize_dyn::Interp {
+        mode: &mode,
+        nearest: &nearest,
+        cubic_a: kernel.cubic_a,
+        coord: &coord,
+        exclude_outside: n.int_or("exclude_outside", 0)? != 0,
+    };
+    let y = resize_dyn::resize(ctx, x, &plan, &how)?;
     one(ctx, y)
 }
 
 pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
+    let sizes_known = match (n.version >= 11).then(|| n.input(3)).flatten() {
+        Some(nm) => ctx.try_static(nm).is_some(),
+        None => true,
+    };
     let dims = match input_dims(ctx, x) {
-        Ok(d) => d,
-        Err(e) => {
-            // Symbolic dims: only scales (no sizes, roi or axes) can say the output.
-            let scales_in = if n.version < 11 {
-                n.input(1)
-            } else {
-                n.input(2)
-            };
-            let sizes_in = (n.version >= 11).then(|| n.input(3)).flatten();
-            let scales = match scales_in {
-                Some(nm) => ctx.static_tensor(nm)?.to_f64_vec(),
-                None => return Err(e),
-            };
-            if scales.is_empty() || sizes_in.is_some() || n.has("axes") {
-                return Err(e);
-            }
-            let kernel = Kernel {
-                mode: n.string_or("mode", "nearest")?,
-                nearest: n.string_or("nearest_mode", "round_prefer_floor")?,
-                cubic_a: -0.75,
-                antialias: n.int_or("antialias", 0)? != 0,
-            };
-            let coord = n.string_or("coordinate_transformation_mode", "half_pixel")?;
-            return resize_symbolic(ctx, x, &scales, &kernel, &coord);
-        }
+        Ok(d) if sizes_known => d,
+        _ => return resize_symbolic(ctx, n, x),
     };
     let r = dims.len();
     let (roi_in, scales_in, sizes_in) = if n.version < 11 {
@@ -483,13 +543,48 @@ pub fn upsample(ctx: &mut Ctx, n: &Node) -> Res {
     let dims = match input_dims(ctx, x) {
         Ok(d) => d,
         Err(_) => {
+            let mode = n.string_or("mode", "nearest")?;
+            let mode = if mode == "bilinear" {
+                "linear".into()
+            } else {
+                mode
+            };
             let kernel = Kernel {
-                mode: n.string_or("mode", "nearest")?,
+                mode: mode.clone(),
                 nearest: "floor".into(),
                 cubic_a: -0.75,
                 antialias: false,
             };
-            return resize_symbolic(ctx, x, &scales, &kernel, "asymmetric");
+            let r = ctx.b.rank(x);
+            if scales.len() == r && repeats(&scales, &kernel, "asymmetric") {
+                let k: Vec<usize> = scales.iter().map(|&v| v as usize).collect();
+                let y = repeat(ctx, x, &k)?;
+                return one(ctx, y);
+            }
+            if scales.len() != r {
+                return Err(format!("{} scales for rank {r}", scales.len()));
+            }
+            let shape = ctx.b.shape(x).dims().to_vec();
+            let mut plan = Vec::new();
+            for (a, &sc) in scales.iter().enumerate() {
+                if sc != 1.0 {
+                    plan.push(resize_dyn::DynAxis {
+                        axis: a,
+                        input: shape[a].clone(),
+                        output: resize_dyn::scaled(&shape[a], sc)?,
+                        scale: Some(sc),
+                    });
+                }
+            }
+            let how = resize_dyn::Interp {
+                mode: &mode,
+                nearest: "floor",
+                cubic_a: -0.75,
+                coord: "asymmetric",
+                exclude_outside: false,
+            };
+            let y = resize_dyn::resize(ctx, x, &plan, &how)?;
+            return one(ctx, y);
         }
     };
     if scales.len() != dims.len() {

@@ -241,9 +241,10 @@ pub fn concat(ctx: &mut Ctx, n: &Node) -> Res {
         for v in vals.iter_mut() {
             let mut dims = want.clone();
             dims[a] = ctx.b.shape(*v).dim(a).clone();
-            let differs = dims.iter().zip(ctx.b.shape(*v).dims()).any(|(w, d)| {
-                w != d && (w.as_const().is_none() || d.as_const().is_none())
-            });
+            let differs = dims
+                .iter()
+                .zip(ctx.b.shape(*v).dims())
+                .any(|(w, d)| w != d && (w.as_const().is_none() || d.as_const().is_none()));
             if differs {
                 *v = ctx.b.refine(*v, Shape::new(dims)).map_err(s)?;
             }

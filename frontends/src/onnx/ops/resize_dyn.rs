@@ -1,0 +1,251 @@
+//! Resize on dims known only at run time: each resized axis contracts with an [out, in]
+//! weight matrix computed in the graph from the run's sizes (`dims`), by the same
+//! coordinate mapping and interpolation taps the static path evaluates at import. Output
+//! sizes are symbolic: given sizes as they are, a scale `p/q` as `floor(n·p/q)`.
+
+use ir::{DType, Dim, Op, Shape, TensorType, Value};
+
+use super::s;
+use crate::onnx::import::Ctx;
+
+type R<T> = Result<T, String>;
+
+/// One resized axis: its input and output sizes and the scale, when given (else out/in).
+pub struct DynAxis {
+    pub axis: usize,
+    pub input: Dim,
+    pub output: Dim,
+    pub scale: Option<f64>,
+}
+
+/// The interpolation of the symbolic path (no antialiasing, no crop-and-resize).
+pub struct Interp<'a> {
+    pub mode: &'a str,
+    pub nearest: &'a str,
+    pub cubic_a: f64,
+    pub coord: &'a str,
+    pub exclude_outside: bool,
+}
+
+/// `floor(n * scale)` as a dim, for a scale that is a fraction with a denominator ≤ 1000.
+pub fn scaled(n: &Dim, scale: f64) -> R<Dim> {
+    if !(scale > 0.0 && scale.is_finite()) {
+        return Err(format!("scale {scale} must be positive"));
+    }
+    for q in 1..=1000i64 {
+        let p = (scale * q as f64).round();
+        if (1.0..1e9).contains(&p) && (p / q as f64) as f32 == scale as f32 {
+            return n
+                .mul(&Dim::Const(p as i64))
+                .and_then(|x| x.floor_div(&Dim::Const(q)))
+                .map_err(s);
+        }
+    }
+    Err(format!(
+        "scale {scale} on a symbolic axis is not a fraction with a small denominator"
+    ))
+}
+
+/// Resizes `x` along every axis of `plan`, computing in f64 and casting back.
+pub fn resize(ctx: &mut Ctx, x: Value, plan: &[DynAxis], how: &Interp) -> R<Value> {
+    let dtype = ctx.b.dtype(x);
+    let mut y = ctx.b.cast(x, DType::F64).map_err(s)?;
+    for ax in plan {
+        let w = weights(ctx, ax, how)?;
+        let b = &mut ctx.b;
+        let r = b.rank(y);
+        y = b
+            .op1(
+                Op::Dot {
+                    lhs_batch: vec![],
+                    rhs_batch: vec![],
+                    lhs_contract: vec![ax.axis as i64],
+                    rhs_contract: vec![1],
+                },
+                &[y, w],
+            )
+            .map_err(s)?;
+        let mut perm: Vec<i64> = (0..r as i64 - 1).collect();
+        perm.insert(ax.axis, r as i64 - 1);
+        y = b.transpose(y, &perm).map_err(s)?;
+    }
+    if dtype.is_int() {
+        y = ctx.b.unary(Op::Round, y).map_err(s)?;
+    }
+    ctx.b.cast(y, dtype).map_err(s)
+}
+
+/// The f64 [out, in] weights of one axis, computed at run time.
+fn weights(ctx: &mut Ctx, ax: &DynAxis, how: &Interp) -> R<Value> {
+    let b = &mut ctx.b;
+    let f = DType::F64;
+    let (n, m) = (&ax.input, &ax.output);
+    let nf = b.dim_product(std::slice::from_ref(n), f).map_err(s)?;
+    let mf = b.dim_product(std::slice::from_ref(m), f).map_err(s)?;
+    let col = Shape::new(vec![m.clone(), Dim::Const(1)]);
+    let yv = b
+        .op1(
+            Op::Iota {
+                axis: 0,
+                ty: TensorType::new(f, col.clone()),
+            },
+            &[],
+        )
+        .map_err(s)?;
+    let c = |b: &mut ir::Builder, v: f64| b.scalar(v, f).map_err(s);
+    let scale = match ax.scale {
+        Some(sc) => c(b, sc)?,
+        None => b.div(mf, nf).map_err(s)?,
+    };
+    let half = c(b, 0.5)?;
+    let one = c(b, 1.0)?;
+    // (y + 0.5) / scale, then - 0.5 (in the static path's order: rounding decides nearest)
+    let t = b.add(yv, half).map_err(s)?;
+    let t_centered = b.div(t, scale).map_err(s)?;
+    let centered = b.sub(t_centered, half).map_err(s)?;
+    // The mappings see the scaled width `scale·n` (ONNX's reference), not the whole output.
+    let outw = b.mul(scale, nf).map_err(s)?;
+    let m_is_1 = b.elementwise(Op::Eq, &[outw, one]).map_err(s)?;
+    let x = match how.coord {
+        "half_pixel" => centered,
+        "asymmetric" => b.div(yv, scale).map_err(s)?,
+        "pytorch_half_pixel" => {
+            let neg = c(b, -0.5)?;
+            b.select(m_is_1, neg, centered).map_err(s)?
+        }
+        "align_corners" => {
+            // y * (n - 1) / (m - 1), and 0 when m is 1.
+            let n1 = b.sub(nf, one).map_err(s)?;
+            let m1 = b.sub(outw, one).map_err(s)?;
+            // (m1 is only a divisor where the scaled width is not 1)
+            let m1 = b.select(m_is_1, one, m1).map_err(s)?;
+            let t = b.mul(yv, n1).map_err(s)?;
+            let t = b.div(t, m1).map_err(s)?;
+            let zero = c(b, 0.0)?;
+            b.select(m_is_1, zero, t).map_err(s)?
+        }
+        "half_pixel_symmetric" => {
+            // offset = n/2 * (1 - m / (scale * n))
+            let adj = b.div(mf, outw).map_err(s)?;
+            let k = b.sub(one, adj).map_err(s)?;
+            let k = b.mul(nf, k).map_err(s)?;
+            let offset = b.mul(k, half).map_err(s)?;
+            let x = b.add(offset, t_centered).map_err(s)?;
+            b.sub(x, half).map_err(s)?
+        }
+        m => {
+            return Err(format!(
+                "coordinate_transformation_mode `{m}` needs static input dims"
+            ))
+        }
+    };
+    let xf = b.unary(Op::Floor, x).map_err(s)?;
+    let r = b.sub(x, xf).map_err(s)?;
+    // Taps as (offset from floor(x), coefficient).
+    let taps: Vec<(Value, Value)> = match how.mode {
+        "nearest" => {
+            let idx = match how.nearest {
+                "round_prefer_ceil" => {
+                    let t = b.add(x, half).map_err(s)?;
+                    b.unary(Op::Floor, t).map_err(s)?
+                }
+                "floor" => xf,
+                "ceil" => b.unary(Op::Ceil, x).map_err(s)?,
+                _ => {
+                    let t = b.sub(x, half).map_err(s)?;
+                    b.unary(Op::Ceil, t).map_err(s)?
+                }
+            };
+            vec![(idx, one)]
+        }
+        "linear" => {
+            let x1 = b.add(xf, one).map_err(s)?;
+            let q = b.sub(one, r).map_err(s)?;
+            vec![(xf, q), (x1, r)]
+        }
+        "cubic" => {
+            let a = how.cubic_a;
+            let q = b.sub(one, r).map_err(s)?;
+            // The two inner taps: ((a+2)t - (a+3))t² + 1; the outer: ((a t - 5a) t + 8a) t - 4a.
+            let inner = |b: &mut ir::Builder, t: Value| -> R<Value> {
+                let k = b.scale(t, a + 2.0).map_err(s)?;
+                let a3 = b.scalar(a + 3.0, f).map_err(s)?;
+                let k = b.sub(k, a3).map_err(s)?;
+                let t2 = b.mul(t, t).map_err(s)?;
+                let k = b.mul(k, t2).map_err(s)?;
+                let one = b.scalar(1.0, f).map_err(s)?;
+                b.add(k, one).map_err(s)
+            };
+            let outer = |b: &mut ir::Builder, t: Value| -> R<Value> {
+                let one = b.scalar(1.0, f).map_err(s)?;
+                let t = b.add(t, one).map_err(s)?;
+                let k = b.scale(t, a).map_err(s)?;
+                let c5 = b.scalar(5.0 * a, f).map_err(s)?;
+                let k = b.sub(k, c5).map_err(s)?;
+                let k = b.mul(k, t).map_err(s)?;
+                let c8 = b.scalar(8.0 * a, f).map_err(s)?;
+                let k = b.add(k, c8).map_err(s)?;
+                let k = b.mul(k, t).map_err(s)?;
+                let c4 = b.scalar(4.0 * a, f).map_err(s)?;
+                b.sub(k, c4).map_err(s)
+            };
+            let c0 = outer(b, r)?;
+            let c1 = inner(b, r)?;
+            let c2 = inner(b, q)?;
+            let c3 = outer(b, q)?;
+            let mut out = Vec::new();
+            for (k, cf) in [(-1.0, c0), (0.0, c1), (1.0, c2), (2.0, c3)] {
+                let off = b.scalar(k, f).map_err(s)?;
+                out.push((b.add(xf, off).map_err(s)?, cf));
+            }
+            out
+        }
+        m => return Err(format!("unknown Resize mode `{m}`")),
+    };
+    let zero = c(b, 0.0)?;
+    let last = b.sub(nf, one).map_err(s)?;
+    let mut taps = taps;
+    if how.exclude_outside && taps.len() > 1 {
+        // Taps outside the input weigh nothing; the rest are renormalized.
+        let mut sum = None;
+        for (idx, cf) in taps.iter_mut() {
+            let lo = b.elementwise(Op::Ge, &[*idx, zero]).map_err(s)?;
+            let hi = b.elementwise(Op::Le, &[*idx, last]).map_err(s)?;
+            let inside = b.elementwise(Op::And, &[lo, hi]).map_err(s)?;
+            *cf = b.select(inside, *cf, zero).map_err(s)?;
+            sum = Some(match sum {
+                None => *cf,
+                Some(t) => b.add(t, *cf).map_err(s)?,
+            });
+        }
+        let sum = sum.expect("taps");
+        let is0 = b.elementwise(Op::Eq, &[sum, zero]).map_err(s)?;
+        let sum = b.select(is0, one, sum).map_err(s)?;
+        for (_, cf) in taps.iter_mut() {
+            *cf = b.div(*cf, sum).map_err(s)?;
+        }
+    }
+    let row = Shape::new(vec![Dim::Const(1), n.clone()]);
+    let j = b
+        .op1(
+            Op::Iota {
+                axis: 1,
+                ty: TensorType::new(f, row),
+            },
+            &[],
+        )
+        .map_err(s)?;
+    let mut w: Option<Value> = None;
+    for (idx, cf) in taps {
+        let idx = b.max(idx, zero).map_err(s)?;
+        let idx = b.min(idx, last).map_err(s)?;
+        let hit = b.elementwise(Op::Eq, &[idx, j]).map_err(s)?;
+        let hit = b.cast(hit, f).map_err(s)?;
+        let t = b.mul(hit, cf).map_err(s)?;
+        w = Some(match w {
+            None => t,
+            Some(acc) => b.add(acc, t).map_err(s)?,
+        });
+    }
+    w.ok_or_else(|| "no interpolation taps".to_string())
+}
