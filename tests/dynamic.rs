@@ -600,3 +600,73 @@ fn artifacts_refuse_other_values_of_the_inputs_they_were_specialized_for() {
     assert_eq!(exe.guards().len(), 1);
     assert_eq!(exe.guards()[0].0, "k");
 }
+
+/// y = Squeeze(x, axis 1) + z with x: [n, k] and z: [m]: the import cannot prove k = 1 nor
+/// n = m, so both are checked when the model runs (JIT, interpreter and artifact alike).
+fn unprovable_facts() -> Vec<u8> {
+    model(
+        vec![
+            node("Squeeze", "squeeze", &["x", "axes"], &["s"], vec![]),
+            node("Add", "add", &["s", "z"], &["y"], vec![]),
+        ],
+        vec![
+            vi("x", data_type::FLOAT, &["n", "k"]),
+            vi("z", data_type::FLOAT, &["m"]),
+        ],
+        vec![vi("y", data_type::FLOAT, &[""])],
+        vec![TensorProto {
+            name: "axes".into(),
+            dims: vec![1],
+            data_type: data_type::INT64,
+            int64_data: vec![1],
+            ..Default::default()
+        }],
+        13,
+    )
+}
+
+#[test]
+fn facts_the_import_cannot_prove_are_checked_at_run_time() {
+    let m = Model::from_onnx(&unprovable_facts(), Default::default(), Default::default()).unwrap();
+    let text = kiln::print_graph(m.symbolic().expect("stays symbolic"));
+    assert!(text.contains("refine"), "{text}");
+    let t = |shape: &[usize]| {
+        let n = shape.iter().product();
+        Tensor::from_vec(shape.to_vec(), (0..n).map(|i| i as f32).collect()).unwrap()
+    };
+    let inputs = |x: &[usize], z: &[usize]| [("x".to_string(), t(x)), ("z".to_string(), t(z))];
+    for interp in [false, true] {
+        let run = |i: &[(String, Tensor)]| match interp {
+            false => m.run(i),
+            true => m.interpret(i),
+        };
+        let out = run(&inputs(&[3, 1], &[3])).unwrap();
+        assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &[0.0, 2.0, 4.0]);
+        let e = run(&inputs(&[3, 2], &[3])).unwrap_err().to_string();
+        assert!(
+            e.contains("\"squeeze\"") && e.contains("axis 1 has size k = 2") && e.contains("needs 1"),
+            "{e}"
+        );
+        let e = run(&inputs(&[3, 1], &[4])).unwrap_err().to_string();
+        assert!(
+            e.contains("\"add\"") && e.contains("m = 4") && e.contains("n = 3"),
+            "{e}"
+        );
+    }
+    assert_eq!(m.specializations(), 0);
+    // An artifact keeps the checks.
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(path("m.onnx"), unprovable_facts()).unwrap();
+    let (ok, _, se) = kiln(&["compile", &path("m.onnx"), "-o", &path("m.kiln")]);
+    assert!(ok, "{se}");
+    for (x, z, good) in [(&[2, 1][..], &[2][..], true), (&[2, 1], &[5], false)] {
+        let npz = kiln::npz::write_npz(&inputs(x, z)).unwrap();
+        std::fs::write(path("in.npz"), npz).unwrap();
+        let (ok, so, se) = kiln(&["run", &path("m.kiln"), "--inputs", &path("in.npz")]);
+        assert_eq!(ok, good, "{so}{se}");
+        if !good {
+            assert!(se.contains("m = 5") && se.contains("n = 2"), "{se}");
+        }
+    }
+}
