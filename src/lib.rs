@@ -103,7 +103,7 @@ pub fn params(g: &Graph) -> Vec<(String, TensorType)> {
 }
 
 /// Orders named tensors as the parameters `params` (name and type, in order).
-fn inputs_in_order(
+pub(crate) fn inputs_in_order(
     params: &[(String, TensorType)],
     inputs: &[(String, Tensor)],
 ) -> Result<Vec<Tensor>> {

@@ -192,6 +192,7 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
                 func: None,
                 dims: a.dims.clone(),
                 shapes: a.shapes.clone(),
+                symbolic: false,
             };
             vec![load::open_graph(file, &args, "kiln opt")?]
         }

@@ -25,6 +25,9 @@ pub const DEFAULT_CACHE: usize = 16;
 /// Input values a graph was specialized for, by input name.
 pub type Guards = Vec<(String, Tensor)>;
 
+/// Values of a graph's symbols, sorted by name.
+type Binding = Vec<(String, i64)>;
+
 /// A note the model gives when it makes a specialization (for `--verbose` and `kiln bench`).
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -40,6 +43,12 @@ pub struct ModelOptions {
     pub cache_size: usize,
     /// Told about every specialization made.
     pub log: Option<Log>,
+    /// Compile a symbolic graph once per binding of its symbols to the run's input shapes
+    /// (its kernels then see static shapes, which the code generator makes faster: fixed
+    /// loop bounds, direct convolutions, packed products), kept beside the import's
+    /// specializations; the graph is not imported again. Off: one executable serves every
+    /// shape. Artifacts (`kiln compile`) stay symbolic either way.
+    pub shape_kernels: bool,
 }
 
 impl Default for ModelOptions {
@@ -50,6 +59,7 @@ impl Default for ModelOptions {
             shapes: HashMap::new(),
             cache_size: DEFAULT_CACHE,
             log: None,
+            shape_kernels: true,
         }
     }
 }
@@ -63,11 +73,15 @@ enum Source {
     Graph,
 }
 
-/// A graph, the input values it was specialized for and, once asked for, its executable.
+/// A graph, the input values it was specialized for and, once asked for, its executable
+/// (and its executables for bindings of its symbols, most recently used first).
 struct Compiled {
     graph: Arc<Graph>,
     guards: Guards,
     exe: OnceLock<Arc<Executable>>,
+    /// `None`: the bound graph did not compile (a run violating a checked fact): the
+    /// symbolic executable runs, and says why.
+    bound: Mutex<Vec<(Binding, Option<Arc<Executable>>)>>,
 }
 
 impl Compiled {
@@ -76,7 +90,56 @@ impl Compiled {
             graph: Arc::new(graph),
             guards,
             exe: OnceLock::new(),
+            bound: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The executable for the graph with its symbols bound as `inputs` bind them. `None`
+    /// when the graph has no symbols, the inputs do not bind them, or the bound graph does
+    /// not compile (a checked fact the inputs violate): the symbolic executable then runs, or
+    /// says why not.
+    fn bound_executable(
+        &self,
+        opts: &ModelOptions,
+        inputs: &[(String, Tensor)],
+    ) -> Result<Option<Arc<Executable>>> {
+        let params = crate::params(&self.graph);
+        if params.iter().all(|(_, t)| t.shape.is_static()) {
+            return Ok(None);
+        }
+        let Ok(ordered) = crate::inputs_in_order(&params, inputs) else {
+            return Ok(None);
+        };
+        let typed: Vec<(&str, &TensorType)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let Ok(env) = runtime::interp::bind_params(&typed, &ordered, &opts.dims) else {
+            return Ok(None);
+        };
+        let mut key: Binding = env.into_iter().collect();
+        key.sort();
+        {
+            let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = bound.iter().position(|(k, _)| *k == key) {
+                let e = bound.remove(i);
+                bound.insert(0, e.clone());
+                return Ok(e.1);
+            }
+        }
+        let bindings: HashMap<String, i64> = key.iter().cloned().collect();
+        let copts = CompileOptions {
+            guards: self.guards.clone(),
+            ..opts.compile.clone()
+        };
+        let exe = crate::optimize(&self.graph, None, &bindings)
+            .and_then(|g| Ok(Arc::new(Executable::new(&g, &copts)?)))
+            .ok();
+        if let (Some(log), Some(_)) = (&opts.log, &exe) {
+            let shown: Vec<String> = key.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            log(&format!("compiled kernels for {}", shown.join(", ")));
+        }
+        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        bound.insert(0, (key, exe.clone()));
+        bound.truncate(opts.cache_size.max(1));
+        Ok(exe)
     }
 
     fn executable(&self, opts: &CompileOptions) -> Result<Arc<Executable>> {
@@ -244,9 +307,16 @@ impl Model {
         Ok((c.graph.clone(), c.guards.clone()))
     }
 
-    /// The executable a run on `inputs` uses, compiling it on first use.
+    /// The executable a run on `inputs` uses, compiling it on first use: with
+    /// [`ModelOptions::shape_kernels`], one for the inputs' shapes.
     pub fn executable_for(&self, inputs: &[(String, Tensor)]) -> Result<Arc<Executable>> {
-        self.compiled_for(inputs)?.executable(&self.opts.compile)
+        let c = self.compiled_for(inputs)?;
+        if self.opts.shape_kernels && !self.opts.compile.interpret_only {
+            if let Some(exe) = c.bound_executable(&self.opts, inputs)? {
+                return Ok(exe);
+            }
+        }
+        c.executable(&self.opts.compile)
     }
 
     /// Runs compiled code on named inputs; returns the named outputs.

@@ -1,8 +1,9 @@
 //! The real-model corpus (`tests/corpus/manifest.json`, rebuilt by `tests/corpus/build.py`):
 //! ONNX files real projects ship, each run as a user runs it — `kiln run MODEL --inputs
 //! IN.npz`, no `--dim` — and ahead of time (`kiln compile`, symbolic when the model imports so,
-//! else specialized for the inputs with `--inputs`; then `kiln run MODEL.kiln`), both compared
-//! with onnxruntime's outputs. Models of at most 2 MB are committed; larger ones live in the
+//! else specialized for the inputs with `--inputs`; then `kiln run MODEL.kiln`), all compared
+//! with onnxruntime's outputs; a model that imports symbolically also runs with `--symbolic`
+//! (one executable for every shape instead of kernels for the inputs' shapes). Models of at most 2 MB are committed; larger ones live in the
 //! cache the build script fills (`$KILN_CORPUS_CACHE`, default `~/.cache/kiln-corpus`) and are
 //! reported SKIPPED when absent.
 //!
@@ -108,8 +109,22 @@ fn check(dir: &Path, tmp: &Path, tol: Tolerance) -> Result<(), String> {
         .map_err(|e| format!("run: {e}"))?;
     compare(&out, &expected, tol).map_err(|e| format!("run: {e}"))?;
     let art = tmp.join("model.kiln");
-    // Symbolic when the model imports that way; else specialized for the inputs.
-    if kiln(&["compile", &s(&model), "-o", &s(&art)]).is_err() {
+    // Symbolic when the model imports that way (then its JIT for every shape is checked
+    // too); else specialized for the inputs.
+    if kiln(&["compile", &s(&model), "-o", &s(&art)]).is_ok() {
+        let out = tmp.join("out_symbolic.npz");
+        let args = [
+            "run",
+            &s(&model),
+            "--symbolic",
+            "--inputs",
+            &s(&inputs),
+            "-o",
+            &s(&out),
+        ];
+        kiln(&args).map_err(|e| format!("run --symbolic: {e}"))?;
+        compare(&out, &expected, tol).map_err(|e| format!("run --symbolic: {e}"))?;
+    } else {
         kiln(&[
             "compile",
             &s(&model),

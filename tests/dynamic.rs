@@ -644,7 +644,9 @@ fn facts_the_import_cannot_prove_are_checked_at_run_time() {
         assert_eq!(out[0].1.as_slice::<f32>().unwrap(), &[0.0, 2.0, 4.0]);
         let e = run(&inputs(&[3, 2], &[3])).unwrap_err().to_string();
         assert!(
-            e.contains("\"squeeze\"") && e.contains("axis 1 has size k = 2") && e.contains("needs 1"),
+            e.contains("\"squeeze\"")
+                && e.contains("axis 1 has size k = 2")
+                && e.contains("needs 1"),
             "{e}"
         );
         let e = run(&inputs(&[3, 1], &[4])).unwrap_err().to_string();
@@ -668,5 +670,118 @@ fn facts_the_import_cannot_prove_are_checked_at_run_time() {
         if !good {
             assert!(se.contains("m = 5") && se.contains("n = 2"), "{se}");
         }
+    }
+}
+
+/// Scan-9 over a sequence of open length `n`: a running sum (carried), the entries scaled by
+/// an outer input `w` (read inside the body) and an outer constant; the second output runs
+/// backwards and stacks along axis 1. The body becomes a `loop`, imported once.
+fn scan_open(reverse_in: bool) -> Vec<u8> {
+    let body = GraphProto {
+        node: vec![
+            node("Add", "add", &["s", "e"], &["s2"], vec![]),
+            node("Mul", "mul", &["e", "w"], &["ew"], vec![]),
+            node("Add", "add2", &["ew", "k"], &["o"], vec![]),
+        ],
+        name: "body".into(),
+        input: vec![
+            vi("s", data_type::FLOAT, &["2"]),
+            vi("e", data_type::FLOAT, &["2"]),
+        ],
+        output: vec![
+            vi("s2", data_type::FLOAT, &["2"]),
+            vi("o", data_type::FLOAT, &["2"]),
+        ],
+        ..Default::default()
+    };
+    let ints = |name: &str, v: &[i64]| AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INTS,
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let attrs = vec![
+        int_attr("num_scan_inputs", 1),
+        AttributeProto {
+            name: "body".into(),
+            r#type: attr_type::GRAPH,
+            g: Some(Box::new(body)),
+            ..Default::default()
+        },
+        ints("scan_input_directions", &[reverse_in as i64]),
+        ints("scan_output_directions", &[1]),
+        ints("scan_output_axes", &[1]),
+    ];
+    model(
+        vec![node(
+            "Scan",
+            "scan",
+            &["init", "xs"],
+            &["last", "ys"],
+            attrs,
+        )],
+        vec![
+            vi("init", data_type::FLOAT, &["2"]),
+            vi("xs", data_type::FLOAT, &["n", "2"]),
+            vi("w", data_type::FLOAT, &["2"]),
+        ],
+        vec![
+            vi("last", data_type::FLOAT, &["2"]),
+            vi("ys", data_type::FLOAT, &["", ""]),
+        ],
+        vec![floats("k", &[2], &[0.5, -1.0])],
+        11,
+    )
+}
+
+#[test]
+fn scan_over_an_open_length_is_a_loop_imported_once() {
+    for reverse_in in [false, true] {
+        let bytes = scan_open(reverse_in);
+        let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+        let g = m.symbolic().expect("a loop over any length");
+        assert!(kiln::print_graph(g).contains("loop"));
+        for n in [0usize, 1, 5, 200] {
+            let t = |shape: Vec<usize>| {
+                let k: usize = shape.iter().product();
+                Tensor::from_vec(shape, (0..k).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap()
+            };
+            let inputs = vec![
+                ("init".to_string(), t(vec![2])),
+                ("xs".to_string(), t(vec![n, 2])),
+                ("w".to_string(), t(vec![2])),
+            ];
+            let shapes = inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), Shape::from_usizes(v.shape())))
+                .collect();
+            // The import for given shapes unrolls (up to 256 steps): the reference.
+            let fixed = Model::from_onnx(
+                &bytes,
+                Default::default(),
+                ModelOptions {
+                    shapes,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let symbolic = ModelOptions {
+                shape_kernels: false,
+                ..Default::default()
+            };
+            let one = Model::from_onnx(&bytes, Default::default(), symbolic).unwrap();
+            let want = fixed.interpret(&inputs).unwrap();
+            for got in [m.run(&inputs), m.interpret(&inputs), one.run(&inputs)] {
+                let got = got.unwrap_or_else(|e| panic!("n={n} reverse={reverse_in}: {e}"));
+                for ((name, g), (_, w)) in got.iter().zip(&want) {
+                    assert_eq!(g.shape(), w.shape(), "{name} n={n}");
+                    let (a, b) = (g.as_slice::<f32>().unwrap(), w.as_slice::<f32>().unwrap());
+                    for (x, y) in a.iter().zip(b) {
+                        assert!((x - y).abs() <= 1e-4, "{name} n={n}: {x} vs {y}");
+                    }
+                }
+            }
+        }
+        assert_eq!(m.specializations(), 0);
     }
 }

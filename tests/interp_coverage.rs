@@ -164,6 +164,23 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                     body: kiln::ir::Region::new(body.into_graph()),
                 }
             }
+            "loop" => {
+                // Carries x through a body that moves it, scanning y's rows.
+                let mut body = Builder::new("body");
+                let c = body.param("c", dtype, Shape::from_consts(&[2, 3])).unwrap();
+                let e = body.param("e", dtype, Shape::from_consts(&[3])).unwrap();
+                body.output("c", c).unwrap();
+                body.output("e", e).unwrap();
+                let op = Op::Loop {
+                    count: Dim::Const(2),
+                    carry: 1,
+                    scan: 1,
+                    reverse: true,
+                    body: kiln::ir::Region::new(body.into_graph()),
+                };
+                out.push((op, vec![x.clone(), y.clone()]));
+                continue;
+            }
             "topk" => Op::TopK {
                 k: 2,
                 axis: 1,

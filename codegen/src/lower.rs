@@ -563,9 +563,24 @@ impl<'g> Lowering<'g> {
                 limit,
                 stride,
             } => {
-                // Bounds were checked by the verifier only where everything is static.
-                let fixed = |d: &[Dim]| d.iter().all(|d| d.as_const().is_some());
-                if !fixed(start) || !fixed(limit) || !self.ty(args[0]).shape.is_static() {
+                // The verifier checked bounds only where it could: symbolic ones must be
+                // provably inside the axis for every binding (a gate's slice of a
+                // [batch, 4h] row is; `5..n` is not).
+                let from = self.ty(args[0]).shape.clone();
+                let inside = (0..from.rank()).all(|a| {
+                    let nonneg = |x: std::result::Result<Dim, ir::DimError>| {
+                        x.is_ok_and(|d| d.is_nonnegative())
+                    };
+                    let (s, l, n) = (&start[a], &limit[a], from.dim(a));
+                    if stride[a] > 0 {
+                        s.is_nonnegative() && nonneg(l.sub(s)) && nonneg(n.sub(l))
+                    } else {
+                        nonneg(l.add(&Dim::Const(1)))
+                            && nonneg(s.sub(l))
+                            && nonneg(n.sub(s).and_then(|d| d.sub(&Dim::Const(1))))
+                    }
+                });
+                if !inside {
                     return unsupported("a slice with symbolic bounds");
                 }
                 let mut sub = Vec::new();

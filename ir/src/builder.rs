@@ -68,6 +68,11 @@ impl Builder {
         self.origin = origin;
     }
 
+    /// The origin nodes added now are tagged with.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
     pub fn graph(&self) -> &Graph {
         &self.graph
     }

@@ -649,16 +649,95 @@ pub(crate) fn rule_topk(ins: &[TensorType], k: &i64, ax: &i64, _largest: &bool) 
     ])
 }
 
-pub(crate) fn rule_fused(inputs: &[TensorType], _kind: &String, body: &Region) -> Rule {
-    let g = body.graph();
+/// A region's parameters, which must be as many as the node's operands.
+fn body_params(g: &crate::Graph, operands: usize) -> Result<&[crate::NodeId], String> {
     let params = g.params();
-    if params.len() != inputs.len() {
+    if params.len() != operands {
         return Err(format!(
-            "the body takes {} parameters but the node has {} operands",
-            params.len(),
+            "the body takes {} parameters but the node has {operands} operands",
+            params.len()
+        ));
+    }
+    Ok(params)
+}
+
+pub(crate) fn rule_loop(
+    inputs: &[TensorType],
+    count: &Dim,
+    carry: &i64,
+    scan: &i64,
+    _reverse: &bool,
+    body: &Region,
+) -> Rule {
+    let g = body.graph();
+    let (nc, ns) = (
+        usize::try_from(*carry).map_err(|_| "carry must not be negative")?,
+        usize::try_from(*scan).map_err(|_| "scan must not be negative")?,
+    );
+    if nc + ns > inputs.len() {
+        return Err(format!(
+            "{nc} carried and {ns} scanned operands, but the node has {}",
             inputs.len()
         ));
     }
+    if count.as_const().is_some_and(|c| c < 0) {
+        return Err(format!("count {count} is negative"));
+    }
+    let params = body_params(g, inputs.len())?;
+    let param_ty = |i: usize| -> Result<&TensorType, String> {
+        g.node(params[i])
+            .types()
+            .first()
+            .ok_or_else(|| "a body parameter has no type".to_string())
+    };
+    for (i, t) in inputs.iter().enumerate() {
+        let pt = param_ty(i)?;
+        let want = if (nc..nc + ns).contains(&i) {
+            // A sequence: its entries are what the body takes.
+            if t.rank() == 0 || t.shape.dim(0) != count {
+                return Err(format!(
+                    "operand {i} ({t}) is scanned, so its axis 0 must have {count} entries"
+                ));
+            }
+            TensorType::new(t.dtype, Shape::new(t.shape.dims()[1..].to_vec()))
+        } else {
+            t.clone()
+        };
+        if *pt != want {
+            return Err(format!(
+                "operand {i} gives the body {want} but its parameter {i} is {pt}"
+            ));
+        }
+    }
+    let outs: Vec<&TensorType> = g.outputs().iter().map(|(_, v)| g.value_type(*v)).collect();
+    if outs.len() < nc {
+        return Err(format!(
+            "the body returns {} values but carries {nc}",
+            outs.len()
+        ));
+    }
+    let mut results = Vec::with_capacity(outs.len());
+    for (i, t) in outs.iter().enumerate() {
+        if i < nc {
+            if *t != &inputs[i] {
+                return Err(format!(
+                    "carried value {i} enters as {} but the body returns {t}",
+                    inputs[i]
+                ));
+            }
+            results.push((*t).clone());
+        } else {
+            let mut dims = vec![count.clone()];
+            dims.extend_from_slice(t.shape.dims());
+            results.push(TensorType::new(t.dtype, Shape::new(dims)));
+        }
+    }
+    Ok(results)
+}
+
+pub(crate) fn rule_fused(inputs: &[TensorType], _kind: &String, body: &Region) -> Rule {
+    let g = body.graph();
+    let params = body_params(g, inputs.len())?;
     for (i, (&p, t)) in params.iter().zip(inputs).enumerate() {
         let pt = g
             .node(p)

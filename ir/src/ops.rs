@@ -61,6 +61,8 @@ pub enum OpKind {
     Sort,
     /// Kernel nodes that own a region: `fused`.
     Kernel,
+    /// Control flow over a region: `loop`.
+    Control,
 }
 
 macro_rules! attr_out {
@@ -440,6 +442,21 @@ ops! {
     /// unit. `kind` names what the body computes when a pass recognized it (`softmax`).
     Fused = "fused", Kernel, AtLeast(0), { kind: String = default(String::new()), body: Region = region() }
         => rule_fused;
+
+    /// Runs its body `count` times, step t = 0, 1, … (count-1 down to 0 with `reverse`).
+    /// Operands: `carry` values carried from step to step, then `scan` sequences whose axis 0
+    /// has `count` entries (step t reads entry t), then values every step reads unchanged. The
+    /// body's parameters are the carried values, one entry of each sequence and the unchanged
+    /// values, in that order; its outputs are the next carried values, then values collected
+    /// per step. Results: the carried values after the last step, then the collected values
+    /// stacked along a new axis 0 (entry t from step t).
+    Loop = "loop", Control, AtLeast(0), {
+        count: Dim,
+        carry: i64,
+        scan: i64,
+        reverse: bool = default(false),
+        body: Region = region(),
+    } => rule_loop;
 }
 
 impl Op {
@@ -483,8 +500,29 @@ impl Op {
                 kind: kind.clone(),
                 body: Region::new(body.graph().map_ops(&|op| op.map_dims(f))?),
             },
+            Op::Loop {
+                count,
+                carry,
+                scan,
+                reverse,
+                body,
+            } => Op::Loop {
+                count: f(count)?,
+                carry: *carry,
+                scan: *scan,
+                reverse: *reverse,
+                body: Region::new(body.graph().map_ops(&|op| op.map_dims(f))?),
+            },
             op => op.clone(),
         })
+    }
+
+    /// The region the op owns (`fused` and `loop` bodies).
+    pub fn region(&self) -> Option<&Region> {
+        match self {
+            Op::Fused { body, .. } | Op::Loop { body, .. } => Some(body),
+            _ => None,
+        }
     }
 
     /// Elementwise ops: unary, binary, select and cast.

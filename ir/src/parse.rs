@@ -502,12 +502,12 @@ impl Parser {
         // A kernel's region follows its type as a block.
         let region = if *self.peek() == Tok::Punct('{') {
             let block = self.loc();
-            if mnemonic != "fused" {
+            if !matches!(mnemonic.as_str(), "fused" | "loop") {
                 return err(block, format!("`{mnemonic}` takes no body block"));
             }
             self.nest()?;
             self.next();
-            let (body, _) = self.body("body", "a `fused` body")?;
+            let (body, _) = self.body("body", &format!("a `{mnemonic}` body"))?;
             self.depth -= 1;
             Some(Region::new(body))
         } else {

@@ -35,8 +35,11 @@ fn named_constants(g: &Graph) -> BTreeMap<String, Tensor> {
                     out.insert(name.to_string(), value.tensor.clone());
                 }
             }
-            Op::Fused { body, .. } => out.extend(named_constants(body.graph())),
-            _ => {}
+            op => {
+                if let Some(body) = op.region() {
+                    out.extend(named_constants(body.graph()))
+                }
+            }
         }
     }
     out
@@ -153,7 +156,7 @@ fn print_body(out: &mut String, g: &Graph, depth: usize, opts: &PrintOptions) {
         out.push_str(" : ");
         let types: Vec<String> = node.types().iter().map(|t| t.to_string()).collect();
         out.push_str(&types.join(", "));
-        if let Op::Fused { body, .. } = node.op() {
+        if let Some(body) = node.op().region() {
             out.push_str(" {\n");
             print_body(out, body.graph(), depth + 1, opts);
             out.push_str(&indent);

@@ -137,7 +137,7 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, VerifyErrors> {
                     }
                 }
             }
-            Op::Fused { body, .. } => {
+            Op::Fused { body, .. } | Op::Loop { body, .. } => {
                 // The region is checked like any graph; its errors carry this node's name.
                 if let Err(e) = check(body.graph()) {
                     for err in e.errors {
@@ -152,6 +152,7 @@ fn check(g: &Graph) -> Result<Vec<NodeId>, VerifyErrors> {
         match node.op() {
             Op::Slice { start, limit, .. } => dims.extend(start.iter().chain(limit)),
             Op::Dims { values } => dims.extend(values),
+            Op::Loop { count, .. } => dims.push(count),
             _ => {}
         }
         if let Some(bad) = dims

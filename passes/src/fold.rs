@@ -1,6 +1,7 @@
 //! `fold`: constant folding. A node whose operands are all constants is evaluated (by the
-//! injected evaluator) and replaced by constants. Results larger than `fold_max_bytes`, or that
-//! would be much larger than the operands they come from, stay in the graph; a result whose
+//! injected evaluator) and replaced by constants. Results larger than `fold_max_bytes` (except
+//! transposes and reshapes, which only relayout a constant), or that would be much larger than
+//! the operands they come from, stay in the graph; a result whose
 //! elements are all equal becomes a scalar constant and a `broadcast`, the normal form of
 //! splats. `dims` whose expressions are all constants fold without an evaluator.
 
@@ -106,7 +107,15 @@ fn fold_node(
                 .unwrap_or(0)
         })
         .sum();
-    if out_bytes > opts.fold_max_bytes || (out_bytes > SMALL && out_bytes > in_bytes) {
+    // A transpose or reshape of a weight is the weight in another layout: no bigger, and
+    // left unfolded it would run every time (a classifier's [classes, features] weight).
+    let relayout = matches!(node.op(), Op::Transpose { .. } | Op::Reshape { .. });
+    let cap = if relayout {
+        opts.fold_max_bytes.max(in_bytes)
+    } else {
+        opts.fold_max_bytes
+    };
+    if out_bytes > cap || (out_bytes > SMALL && out_bytes > in_bytes) {
         return Ok(None);
     }
     // A scratch graph: the constants (and their broadcasts) and the node.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use ir::{Graph, Tensor};
+use ir::{Graph, Op, Tensor};
 
 use crate::egraph::{rules, Limits, Stage, Target};
 use crate::rebuild::{rebuild, Settings, R};
@@ -116,6 +116,11 @@ pub static PASSES: &[Pass] = &[
         run: crate::fuse::optimize_bodies,
     },
     Pass {
+        name: "loops",
+        summary: "optimize each loop body with the default pipeline",
+        run: loops,
+    },
+    Pass {
         name: "cse",
         summary: "merge identical nodes",
         run: cse,
@@ -139,6 +144,7 @@ pub static PIPELINE: &[&str] = &[
     "cse",
     "fuse",
     "kernels",
+    "loops",
 ];
 
 /// Runs e-graph stages and extracts; notes each stage's stop reason and rule applications.
@@ -164,6 +170,79 @@ pub(crate) fn saturate(g: &Graph, opts: &Options, stages: &[&Stage]) -> R<Done> 
         })
         .collect();
     Ok(Done { graph, notes })
+}
+
+/// Runs the default pipeline on every loop body (nested loops through this same pass).
+fn loops(g: &Graph, opts: &Options) -> R<Done> {
+    let mut changed = 0;
+    let graph = rebuild(g, &Settings::STRICT, &mut |b, node, inputs| {
+        let Op::Loop {
+            count,
+            carry,
+            scan,
+            reverse,
+            body,
+        } = node.op()
+        else {
+            return Ok(None);
+        };
+        // Constants every step reads move into the body, where folding and prepacking see
+        // them (a recurrent weight packed once, not per step).
+        let fixed = (*carry + *scan) as usize;
+        let consts: HashMap<usize, Op> = (inputs.iter().enumerate().skip(fixed))
+            .filter_map(|(i, v)| match b.graph().node(v.node).op() {
+                op @ Op::Constant { .. } => Some((i, op.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut operands = inputs.to_vec();
+        let mut inner = body.graph().clone();
+        if !consts.is_empty() {
+            // Parameters by name (unique in a graph), in order.
+            let names: Vec<String> = (inner.params().iter())
+                .filter_map(|&p| match inner.node(p).op() {
+                    Op::Param { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect();
+            inner = rebuild(&inner, &Settings::STRICT, &mut |bb, n, _| {
+                let position = match n.op() {
+                    Op::Param { name, .. } => names.iter().position(|x| x == name),
+                    _ => None,
+                };
+                match position {
+                    Some(i) if consts.contains_key(&i) => bb
+                        .op(consts[&i].clone(), &[])
+                        .map(Some)
+                        .map_err(|e| e.to_string()),
+                    _ => Ok(None),
+                }
+            })?;
+            operands = (inputs.iter().enumerate())
+                .filter(|(i, _)| !consts.contains_key(i))
+                .map(|(_, &v)| v)
+                .collect();
+        }
+        let passes = pass_list(None).map_err(|e| e.to_string())?;
+        let (new, _) = run(&inner, &passes, opts, &mut |_, _| {})
+            .map_err(|e| format!("in a loop body: {e}"))?;
+        if new == *body.graph() {
+            return Ok(None);
+        }
+        changed += 1;
+        let op = Op::Loop {
+            count: count.clone(),
+            carry: *carry,
+            scan: *scan,
+            reverse: *reverse,
+            body: ir::Region::new(new),
+        };
+        b.op(op, &operands).map(Some).map_err(|e| e.to_string())
+    })?;
+    Ok(Done {
+        graph,
+        notes: vec![format!("loops: {changed} bodies optimized")],
+    })
 }
 
 fn cse(g: &Graph, _: &Options) -> R<Done> {

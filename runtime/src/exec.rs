@@ -122,6 +122,16 @@ enum Step {
         graph: Graph,
         why: String,
     },
+    /// A `loop` whose body is an executable of its own, run once per step (`graph` is the
+    /// node alone: saved plans keep it as an interpreter step).
+    Loop {
+        graph: Graph,
+        body: Box<Executable>,
+        count: ir::Dim,
+        carry: usize,
+        scan: usize,
+        reverse: bool,
+    },
 }
 
 struct NativeStage {
@@ -513,6 +523,35 @@ impl Executable {
                 _ => {}
             }
             let sub = codegen::single_node_graph(g, id);
+            if let (
+                Op::Loop {
+                    count,
+                    carry,
+                    scan,
+                    reverse,
+                    body,
+                },
+                false,
+            ) = (node.op(), opts.interpret_only)
+            {
+                let inner = CompileOptions {
+                    guards: Vec::new(),
+                    ..opts.clone()
+                };
+                let body = Executable::new(body.graph(), &inner).map_err(|e| ExecError::Node {
+                    node: labels.last().cloned().unwrap_or_default(),
+                    message: format!("its body: {e}"),
+                })?;
+                steps.push(Step::Loop {
+                    graph: sub,
+                    body: Box::new(body),
+                    count: count.clone(),
+                    carry: *carry as usize,
+                    scan: *scan as usize,
+                    reverse: *reverse,
+                });
+                continue;
+            }
             let lowered = if opts.interpret_only {
                 Err(codegen::Unsupported("interpreter selected".into()))
             } else {
@@ -635,6 +674,15 @@ impl Executable {
             match step {
                 Step::Native { .. } => native += 1,
                 Step::Interp { why, .. } => interp.push((label.clone(), why.clone())),
+                Step::Loop { body, .. } => {
+                    let (n, inner) = body.coverage();
+                    native += n;
+                    interp.extend(
+                        inner
+                            .into_iter()
+                            .map(|(l, why)| (format!("{label}: in its body: {l}"), why)),
+                    );
+                }
                 _ => {}
             }
         }
@@ -645,9 +693,13 @@ impl Executable {
     pub fn kernels_text(&self) -> String {
         let mut out = String::new();
         for step in &self.steps {
-            if let Step::Native { lowered, .. } = step {
-                out.push_str(&lowered.kernel.to_string());
-                out.push('\n');
+            match step {
+                Step::Native { lowered, .. } => {
+                    out.push_str(&lowered.kernel.to_string());
+                    out.push('\n');
+                }
+                Step::Loop { body, .. } => out.push_str(&body.kernels_text()),
+                _ => {}
             }
         }
         out
@@ -988,6 +1040,29 @@ impl Executable {
                     stats.total_bytes += outs.iter().map(bytes).sum::<u64>();
                     outs.into_iter().map(Loc::Tensor).collect()
                 }
+                Step::Loop {
+                    body,
+                    count,
+                    carry,
+                    scan,
+                    reverse,
+                    ..
+                } => {
+                    let args: Vec<Tensor> = lay.operand_slots[pos]
+                        .iter()
+                        .map(|&i| loc(&values, i)?.tensor(base).map_err(fail))
+                        .collect::<Result<_, _>>()?;
+                    let outs = run_loop(
+                        body,
+                        (count, *carry, *scan, *reverse),
+                        &lay.types[pos],
+                        &args,
+                        env,
+                    )
+                    .map_err(fail)?;
+                    stats.total_bytes += outs.iter().map(bytes).sum::<u64>();
+                    outs.into_iter().map(Loc::Tensor).collect()
+                }
             };
             let own = !matches!(step, Step::Constant(_));
             if let Some(t) = started {
@@ -1026,6 +1101,36 @@ impl Executable {
             .collect::<Result<_, _>>()?;
         Ok((outs, stats))
     }
+}
+
+/// Runs a `loop` step: its body executable once per step, under the outer binding.
+fn run_loop(
+    body: &Executable,
+    (count, carry, scan, reverse): (&ir::Dim, usize, usize, bool),
+    types: &[TensorType],
+    args: &[Tensor],
+    env: &HashMap<String, i64>,
+) -> Result<Vec<Tensor>, String> {
+    let lookup = |s: &str| env.get(s).copied();
+    let count = count.eval(&lookup).map_err(|e| e.to_string())?;
+    let shape = crate::looping::LoopShape {
+        count: usize::try_from(count).map_err(|_| format!("the count is {count}"))?,
+        carry,
+        scan,
+        reverse,
+    };
+    let stacked = types
+        .iter()
+        .skip(carry)
+        .map(|t| {
+            let dims = t.shape.eval(&lookup).map_err(|e| e.to_string())?;
+            Ok((t.dtype, dims.iter().map(|&d| d.max(0) as usize).collect()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    crate::looping::run(&shape, args, &stacked, &mut |step| {
+        body.run_with(step, env)
+            .map_err(|e| format!("in its body: {e}"))
+    })
 }
 
 /// Why a kernel stopped at a check, as precisely as can be said: the reference interpreter

@@ -6,6 +6,7 @@
 pub mod aot;
 pub mod artifact;
 pub mod interp;
+pub mod looping;
 mod plan;
 mod random;
 

@@ -129,6 +129,11 @@ pub struct ModelArgs {
     /// agree with what the model declares
     #[arg(long = "input-shape", value_name = "NAME=D0,D1,...", value_parser = parse_input_shape)]
     pub shapes: Vec<(String, Vec<i64>)>,
+    /// Run and bench: compile one executable for every input shape, instead of kernels for
+    /// the shapes of the inputs given (faster, and compiled again for other shapes);
+    /// artifacts are symbolic either way
+    #[arg(long)]
+    pub symbolic: bool,
 }
 
 impl ModelArgs {
@@ -145,6 +150,7 @@ impl ModelArgs {
                 .iter()
                 .map(|(n, d)| (n.clone(), Shape::from_consts(d)))
                 .collect(),
+            shape_kernels: !self.symbolic,
             ..Default::default()
         }
     }

@@ -490,6 +490,117 @@ impl<'o> Ctx<'o> {
         outs
     }
 
+    /// Imports subgraph `g` as a graph of its own (a `loop` body) rather than inline. Its
+    /// parameters are `g`'s inputs in the order `order` gives (indices into `g.input`), typed
+    /// by `types` (in that order), then one per outer value the subgraph reads that is not
+    /// known at import; its outputs are `g`'s outputs at `outputs`, the first `carry` of them
+    /// refined to the types of the first `carry` parameters. Outputs at `must_be_true` must be
+    /// known true. Returns the graph and the outer values its extra parameters stand for.
+    pub fn region(
+        &mut self,
+        g: &GraphProto,
+        order: &[usize],
+        types: &[ir::TensorType],
+        outputs: &[usize],
+        carry: usize,
+        must_be_true: &[usize],
+    ) -> Result<(ir::Graph, Vec<Value>), String> {
+        if order.len() != g.input.len() || types.len() != order.len() {
+            return Err(format!(
+                "the subgraph takes {} inputs, got {}",
+                g.input.len(),
+                types.len()
+            ));
+        }
+        let mut body = Builder::new("body");
+        body.check_at_run_time(true);
+        body.set_origin(self.b.origin().clone());
+        let outer_b = std::mem::replace(&mut self.b, body);
+        // Outer values the subgraph reads: known ones are materialized inside again, the
+        // others become parameters after the subgraph's own.
+        let mut shadowed: Vec<(String, Option<V>)> = Vec::new();
+        let mut captured = Vec::new();
+        let result = (|| -> Result<Vec<V>, String> {
+            let mut args: Vec<Option<V>> = vec![None; order.len()];
+            for (&i, t) in order.iter().zip(types) {
+                let name = &g
+                    .input
+                    .get(i)
+                    .ok_or("a subgraph input is out of range")?
+                    .name;
+                let p = self
+                    .b
+                    .param(&format!("in:{name}"), t.dtype, t.shape.clone())
+                    .map_err(|e| e.to_string())?;
+                args[i] = Some(self.v(p));
+            }
+            for name in outer_names(g) {
+                let Some(v) = self.env.get(&name).cloned() else {
+                    continue;
+                };
+                let inner = match (&v.known, v.value) {
+                    (Some(_), _) => V {
+                        value: None,
+                        ..v.clone()
+                    },
+                    (None, Some(outer)) => {
+                        let p = (self.b)
+                            .param(&format!("outer:{name}"), v.ty.dtype, v.ty.shape.clone())
+                            .map_err(|e| e.to_string())?;
+                        captured.push(outer);
+                        V {
+                            value: Some(p),
+                            ..v.clone()
+                        }
+                    }
+                    (None, None) => continue,
+                };
+                shadowed.push((name.clone(), self.env.insert(name, inner)));
+            }
+            let args = args
+                .into_iter()
+                .map(|a| a.expect("every input ordered"))
+                .collect();
+            self.inline(g, args)
+        })();
+        let result = result.and_then(|outs| {
+            for &i in must_be_true {
+                let t = outs.get(i).and_then(|v| v.known_tensor());
+                if !t.is_some_and(|t| t.numel() == 1 && t.data().get_i128(0) != 0) {
+                    return Err("the loop's condition is only known at run time".into());
+                }
+            }
+            let params = self.b.graph().params().to_vec();
+            for (k, &i) in outputs.iter().enumerate() {
+                let v = outs.get(i).ok_or("the subgraph has too few outputs")?;
+                let mut x = self.value_of(v)?;
+                if k < carry {
+                    let want = self.b.graph().node(params[k]).types()[0].clone();
+                    if self.b.ty(x).dtype != want.dtype {
+                        return Err(format!(
+                            "carried value {k} enters as {want} but the body returns {}",
+                            self.b.ty(x)
+                        ));
+                    }
+                    x = self.b.refine(x, want.shape).map_err(|e| e.to_string())?;
+                }
+                let name = &g.output[i].name;
+                self.b.output(name, x).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        for (name, prev) in shadowed.into_iter().rev() {
+            match prev {
+                Some(v) => self.env.insert(name, v),
+                None => self.env.remove(&name),
+            };
+        }
+        let body = std::mem::replace(&mut self.b, outer_b);
+        result?;
+        let graph = body.finish().map_err(|e| e.to_string())?;
+        Ok((graph, captured))
+    }
+
     /// A V for an IR value.
     pub fn v(&self, value: Value) -> V {
         V {

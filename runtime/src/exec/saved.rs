@@ -131,6 +131,11 @@ impl Executable {
                     graph: ir::print_graph(graph),
                     why: why.clone(),
                 },
+                // Artifacts keep a loop's node and step it on the interpreter.
+                Step::Loop { graph, .. } => SavedStep::Interp {
+                    graph: ir::print_graph(graph),
+                    why: "a loop (artifacts interpret loops)".into(),
+                },
             });
         }
         let saved = Saved {

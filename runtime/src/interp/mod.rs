@@ -567,6 +567,37 @@ impl Interp<'_> {
                 let outs = run_with(&v, &inputs, &opts).map_err(|e| format!("in its body: {e}"))?;
                 Ok(outs.iter().map(|t| t.data().clone()).collect())
             }
+            Op::Loop {
+                count,
+                carry,
+                scan,
+                reverse,
+                body,
+            } => {
+                let v = ir::verify(body.graph()).map_err(|e| format!("its body: {e}"))?;
+                let shape = crate::looping::LoopShape {
+                    count: usize::try_from(self.eval_dim(count)?)
+                        .map_err(|_| format!("count {count} is negative"))?,
+                    carry: *carry as usize,
+                    scan: *scan as usize,
+                    reverse: *reverse,
+                };
+                let opts = Options {
+                    bindings: self.env.clone(),
+                    max_tensor_bytes: self.max_bytes,
+                };
+                let g = body.graph();
+                let stacked: Vec<(ir::DType, Vec<usize>)> = (g.outputs().iter())
+                    .skip(shape.carry)
+                    .zip(shapes.iter().skip(shape.carry))
+                    .map(|((_, v), s)| (g.value_type(*v).dtype, s.clone()))
+                    .collect();
+                let inputs: Vec<Tensor> = args.iter().map(|&t| t.clone()).collect();
+                let outs = crate::looping::run(&shape, &inputs, &stacked, &mut |step| {
+                    run_with(&v, step, &opts).map_err(|e| format!("in its body: {e}"))
+                })?;
+                Ok(outs.into_iter().map(|t| t.data().clone()).collect())
+            }
             _ => Err(format!(
                 "the interpreter does not implement `{}`",
                 op.mnemonic()

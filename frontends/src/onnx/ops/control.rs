@@ -1,5 +1,6 @@
-//! Control flow. Scan and Loop unroll over trip counts known at import time (their subgraphs
-//! are inlined once per iteration); If inlines the taken branch when its condition is known,
+//! Control flow. Scan over a symbolic or long sequence is a `loop` whose region is the body
+//! imported once; shorter Scans, and Loops, unroll over trip counts known at import time
+//! (their subgraphs inlined once per iteration); If inlines the taken branch when its condition is known,
 //! else computes both branches and selects.
 
 use ir::{Builder, Dim, Op, Shape, Tensor, Value};
@@ -12,6 +13,9 @@ type R<T> = Result<T, String>;
 
 /// Most iterations a Loop may unroll to.
 const MAX_ITERATIONS: usize = 4096;
+
+/// Scans longer than this run as a `loop` (so do symbolic ones); shorter ones unroll.
+const UNROLL_MAX: usize = 256;
 
 /// Element `t` of `x` along `axis`, with that axis removed.
 fn take(b: &mut Builder, x: Value, a: usize, t: i64) -> R<Value> {
@@ -48,25 +52,24 @@ fn scan_core(ctx: &mut Ctx, n: &Node, states: Vec<V>, scans: Vec<Value>) -> R<Ve
     }
     let mut len = None;
     let mut axes_in = Vec::with_capacity(m);
+    let mut symbolic = false;
     for (j, &x) in scans.iter().enumerate() {
         let r = ctx.b.rank(x);
         let a = axis(in_axes[j], r)?;
-        let l = ctx
-            .b
-            .shape(x)
-            .dim(a)
-            .as_const()
-            .ok_or("Scan needs a static sequence length")?;
-        if len.replace(l).is_some_and(|p| p != l) {
-            return Err("scan inputs differ in length".into());
+        match ctx.b.shape(x).dim(a).as_const() {
+            Some(l) if len.replace(l).is_some_and(|p| p != l) => {
+                return Err("scan inputs differ in length".into())
+            }
+            Some(_) => {}
+            None => symbolic = true,
         }
         axes_in.push(a);
     }
-    let len = len.ok_or("Scan needs at least one scan input")? as usize;
-    if len > MAX_ITERATIONS {
-        return Err(format!(
-            "Scan over {len} steps is more than kiln unrolls ({MAX_ITERATIONS})"
-        ));
+    let len = len.unwrap_or(0) as usize;
+    // A symbolic, empty or long sequence: a loop over the steps.
+    if symbolic || len == 0 || len > UNROLL_MAX {
+        let dirs = (&in_axes[..], &in_dirs[..]);
+        return scan_loop(ctx, n, states, scans, dirs, (&out_axes, &out_dirs));
     }
     let nstate = states.len();
     let mut states = states;
@@ -102,6 +105,94 @@ fn scan_core(ctx: &mut Ctx, n: &Node, states: Vec<V>, scans: Vec<Value>) -> R<Ve
         let r = ctx.b.rank(vs[0]) + 1;
         let a = axis(out_axes[i], r)?;
         results.push(stack(&mut ctx.b, &vs, a)?);
+    }
+    Ok(results)
+}
+
+/// Reverses `x` along axis 0 (of any length).
+fn reversed(b: &mut Builder, x: Value) -> R<Value> {
+    let n = b.shape(x).dim(0).clone();
+    let last = n.sub(&Dim::Const(1)).map_err(s)?;
+    slice_axis(b, x, 0, last, Dim::Const(-1), -1)
+}
+
+/// Moves axis `from` of `x` to `to`.
+fn move_axis(b: &mut Builder, x: Value, from: usize, to: usize) -> R<Value> {
+    let r = b.rank(x) as i64;
+    let mut perm: Vec<i64> = (0..r).filter(|&i| i != from as i64).collect();
+    perm.insert(to, from as i64);
+    b.transpose(x, &perm).map_err(s)
+}
+
+/// Scan as a `loop` (a symbolic or long sequence): the body imported once as the loop's
+/// region; scanned inputs moved to axis 0 and reversed where they run backwards, outputs
+/// likewise afterwards.
+fn scan_loop(
+    ctx: &mut Ctx,
+    n: &Node,
+    states: Vec<V>,
+    scans: Vec<Value>,
+    (in_axes, in_dirs): (&[i64], &[i64]),
+    (out_axes, out_dirs): (&[i64], &[i64]),
+) -> R<Vec<Value>> {
+    let body = n.graph("body")?;
+    let nstate = states.len();
+    let mut operands = Vec::with_capacity(nstate + scans.len());
+    let mut types = Vec::new();
+    for v in &states {
+        let x = ctx.value_of(v)?;
+        types.push(ctx.b.ty(x).clone());
+        operands.push(x);
+    }
+    let mut count: Option<Dim> = None;
+    for (j, &x) in scans.iter().enumerate() {
+        let a = axis(in_axes[j], ctx.b.rank(x))?;
+        let mut x = move_axis(&mut ctx.b, x, a, 0)?;
+        if in_dirs[j] == 1 {
+            x = reversed(&mut ctx.b, x)?;
+        }
+        match &count {
+            None => count = Some(ctx.b.shape(x).dim(0).clone()),
+            Some(c) => {
+                // The same length as the first, checked at run time where not provable.
+                let mut dims = ctx.b.shape(x).dims().to_vec();
+                dims[0] = c.clone();
+                x = ctx.b.refine(x, Shape::new(dims)).map_err(s)?;
+            }
+        }
+        let t = ctx.b.ty(x);
+        types.push(ir::TensorType::new(
+            t.dtype,
+            Shape::new(t.shape.dims()[1..].to_vec()),
+        ));
+        operands.push(x);
+    }
+    let count = count.ok_or("Scan needs at least one scan input")?;
+    let order: Vec<usize> = (0..body.input.len()).collect();
+    let outputs: Vec<usize> = (0..body.output.len()).collect();
+    let (graph, captured) = ctx.region(body, &order, &types, &outputs, nstate, &[])?;
+    operands.extend(captured);
+    let outs = ctx
+        .b
+        .op(
+            Op::Loop {
+                count,
+                carry: nstate as i64,
+                scan: scans.len() as i64,
+                reverse: false,
+                body: ir::Region::new(graph),
+            },
+            &operands,
+        )
+        .map_err(s)?;
+    let mut results = outs[..nstate].to_vec();
+    for (i, &y) in outs[nstate..].iter().enumerate() {
+        let mut y = y;
+        if out_dirs.get(i) == Some(&1) {
+            y = reversed(&mut ctx.b, y)?;
+        }
+        let a = axis(*out_axes.get(i).unwrap_or(&0), ctx.b.rank(y))?;
+        results.push(move_axis(&mut ctx.b, y, 0, a)?);
     }
     Ok(results)
 }

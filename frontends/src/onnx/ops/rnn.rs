@@ -1,5 +1,6 @@
-//! Recurrent layers (LSTM, GRU, RNN) unrolled over a static sequence length: the input
-//! projection of all steps is one matmul, then each step is a small matmul plus gates.
+//! Recurrent layers (LSTM, GRU, RNN): the input projection of all steps is one matmul, then
+//! each step is a small matmul plus gates — unrolled over a static sequence of up to 256
+//! steps, else (a symbolic or longer sequence) a `loop` whose body is one step.
 //! Variable sequence lengths freeze the state and zero the output past each sequence's end.
 
 use ir::{Builder, DType, Dim, Op, Shape, Value};
@@ -205,17 +206,163 @@ fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
     }
 }
 
-/// Runs one direction over `x` ([seq, batch, input]); returns the per-step outputs (in time
-/// order) and the final states.
+/// What one step of one direction reads besides its input projection and states.
+struct StepDir<'a> {
+    /// Rᵀ ([hidden, gates·hidden]) and the recurrent bias.
+    rt: Value,
+    rb: Option<Value>,
+    peep: Option<Value>,
+    acts: &'a [Act],
+}
+
+/// One step: from the step's input projection `xw` ([batch, gates·hidden]), the states and
+/// the mask of sequences still running, the next states and the step's output.
+fn step(
+    b: &mut Builder,
+    cfg: &Cfg,
+    d: &StepDir,
+    xw: Value,
+    (hs, cs): (Value, Option<Value>),
+    mask: Option<Value>,
+) -> R<(Value, Option<Value>, Value)> {
+    let h = cfg.hidden;
+    let (rt, rb) = (d.rt, d.rb);
+    let mut hr = b.matmul(hs, rt).map_err(s)?;
+    if let Some(rb) = rb {
+        hr = b.add(hr, rb).map_err(s)?;
+    }
+    let (h_new, c_new) = match cfg.kind {
+        Kind::Rnn => {
+            let pre = b.add(xw, hr).map_err(s)?;
+            let pre = clipped(b, pre, cfg.clip)?;
+            (activate(b, &d.acts[0], pre)?, None)
+        }
+        Kind::Lstm => {
+            let pre = b.add(xw, hr).map_err(s)?;
+            let c_prev = cs.ok_or("LSTM needs a cell state")?;
+            let peep = |b: &mut Builder, k: i64, c: Value| -> R<Option<Value>> {
+                match d.peep {
+                    Some(p) => {
+                        let pk =
+                            slice_axis(b, p, 0, Dim::Const(k * h), Dim::Const((k + 1) * h), 1)?;
+                        Ok(Some(b.mul(c, pk).map_err(s)?))
+                    }
+                    None => Ok(None),
+                }
+            };
+            let with = |b: &mut Builder, x: Value, extra: Option<Value>| -> R<Value> {
+                match extra {
+                    Some(e) => b.add(x, e).map_err(s),
+                    None => Ok(x),
+                }
+            };
+            let (gi, go, gf, gc) = (
+                gate(b, pre, 0, h)?,
+                gate(b, pre, 1, h)?,
+                gate(b, pre, 2, h)?,
+                gate(b, pre, 3, h)?,
+            );
+            let pi = peep(b, 0, c_prev)?;
+            let gi = with(b, gi, pi)?;
+            let gi = clipped(b, gi, cfg.clip)?;
+            let i = activate(b, &d.acts[0], gi)?;
+            let f = if cfg.input_forget {
+                let one = b.scalar_like(1.0, i).map_err(s)?;
+                b.sub(one, i).map_err(s)?
+            } else {
+                let pf = peep(b, 2, c_prev)?;
+                let gf = with(b, gf, pf)?;
+                let gf = clipped(b, gf, cfg.clip)?;
+                activate(b, &d.acts[0], gf)?
+            };
+            let gc = clipped(b, gc, cfg.clip)?;
+            let cand = activate(b, &d.acts[1], gc)?;
+            let fc = b.mul(f, c_prev).map_err(s)?;
+            let ic = b.mul(i, cand).map_err(s)?;
+            let c = b.add(fc, ic).map_err(s)?;
+            let po = peep(b, 1, c)?;
+            let go = with(b, go, po)?;
+            let go = clipped(b, go, cfg.clip)?;
+            let o = activate(b, &d.acts[0], go)?;
+            let hc = activate(b, &d.acts[2], c)?;
+            (b.mul(o, hc).map_err(s)?, Some(c))
+        }
+        Kind::Gru => {
+            let (xz, xr, xh) = (gate(b, xw, 0, h)?, gate(b, xw, 1, h)?, gate(b, xw, 2, h)?);
+            let (hz, hrr) = (gate(b, hr, 0, h)?, gate(b, hr, 1, h)?);
+            let z = b.add(xz, hz).map_err(s)?;
+            let z = clipped(b, z, cfg.clip)?;
+            let z = activate(b, &d.acts[0], z)?;
+            let r = b.add(xr, hrr).map_err(s)?;
+            let r = clipped(b, r, cfg.clip)?;
+            let r = activate(b, &d.acts[0], r)?;
+            let rh_w = slice_axis(b, rt, 1, Dim::Const(2 * h), Dim::Const(3 * h), 1)?;
+            let rbh = match rb {
+                Some(rb) => Some(slice_axis(
+                    b,
+                    rb,
+                    0,
+                    Dim::Const(2 * h),
+                    Dim::Const(3 * h),
+                    1,
+                )?),
+                None => None,
+            };
+            let hh = if cfg.linear_before_reset {
+                let mut t = b.matmul(hs, rh_w).map_err(s)?;
+                if let Some(rbh) = rbh {
+                    t = b.add(t, rbh).map_err(s)?;
+                }
+                b.mul(r, t).map_err(s)?
+            } else {
+                let rhs = b.mul(r, hs).map_err(s)?;
+                let mut t = b.matmul(rhs, rh_w).map_err(s)?;
+                if let Some(rbh) = rbh {
+                    t = b.add(t, rbh).map_err(s)?;
+                }
+                t
+            };
+            let pre = b.add(xh, hh).map_err(s)?;
+            let pre = clipped(b, pre, cfg.clip)?;
+            let cand = activate(b, &d.acts[1], pre)?;
+            let one = b.scalar_like(1.0, z).map_err(s)?;
+            let omz = b.sub(one, z).map_err(s)?;
+            let a = b.mul(omz, cand).map_err(s)?;
+            let zh = b.mul(z, hs).map_err(s)?;
+            (b.add(a, zh).map_err(s)?, None)
+        }
+    };
+    // Past a sequence's end the state stays and the output is zero.
+    let (h_next, c_next, y) = match mask {
+        Some(m) => {
+            let zero = b.scalar_like(0.0, h_new).map_err(s)?;
+            let hn = b.select(m, h_new, hs).map_err(s)?;
+            let cn = match (c_new, cs) {
+                (Some(cn), Some(cp)) => Some(b.select(m, cn, cp).map_err(s)?),
+                _ => None,
+            };
+            let y = b.select(m, h_new, zero).map_err(s)?;
+            (hn, cn, y)
+        }
+        None => (h_new, c_new, h_new),
+    };
+    Ok((h_next, c_next, y))
+}
+
+/// Sequences longer than this run as a `loop` rather than unrolled (so do symbolic ones).
+const UNROLL_MAX: i64 = 256;
+
+/// Runs one direction over `x` ([seq, batch, input]); returns the outputs ([seq, batch,
+/// hidden], in time order) and the final states. `mask` ([seq, batch, hidden]) says which
+/// sequences are still running at each step.
 fn run(
     b: &mut Builder,
     cfg: &Cfg,
     d: &Dir,
     x: Value,
-    masks: &[Option<Value>],
-) -> R<(Vec<Value>, Value, Option<Value>)> {
+    mask: Option<Value>,
+) -> R<(Value, Value, Option<Value>)> {
     let h = cfg.hidden;
-    let seq = masks.len();
     let wt = b.transpose(d.w, &[1, 0]).map_err(s)?;
     let rt = b.transpose(d.r, &[1, 0]).map_err(s)?;
     // Bias split into input and recurrent halves (GRU needs them apart).
@@ -226,8 +373,9 @@ fn run(
     // The input projection of every step at once: [seq·batch, input] · Wᵀ (+ input bias),
     // one large product instead of one small one per step.
     let xshape = b.shape(x).clone();
+    let seq = xshape.dim(0).clone();
     let batch = xshape.dim(1).clone();
-    let rows = Dim::Const(seq as i64).mul(&batch).map_err(s)?;
+    let rows = seq.mul(&batch).map_err(s)?;
     let x2 = b
         .reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))
         .map_err(s)?;
@@ -239,156 +387,137 @@ fn run(
     let xw_all = b
         .reshape(
             xw_all,
-            Shape::new(vec![Dim::Const(seq as i64), batch.clone(), gh.clone()]),
+            Shape::new(vec![seq.clone(), batch.clone(), gh.clone()]),
         )
         .map_err(s)?;
+    let sd = StepDir {
+        rt,
+        rb,
+        peep: d.peep,
+        acts: d.acts,
+    };
+    let unrolled = seq.as_const().filter(|&n| n <= UNROLL_MAX);
+    let Some(n) = unrolled else {
+        return run_loop(b, cfg, &sd, d, xw_all, mask);
+    };
     let (mut hs, mut cs) = (d.h0, d.c0);
-    let mut ys = vec![None; seq];
-    let order: Vec<usize> = if d.reverse {
-        (0..seq).rev().collect()
+    let mut ys = vec![None; n as usize];
+    let order: Vec<i64> = if d.reverse {
+        (0..n).rev().collect()
     } else {
-        (0..seq).collect()
+        (0..n).collect()
+    };
+    let at = |b: &mut Builder, v: Value, t: i64, dims: Vec<Dim>| -> R<Value> {
+        let e = slice_axis(b, v, 0, Dim::Const(t), Dim::Const(t + 1), 1)?;
+        b.reshape(e, Shape::new(dims)).map_err(s)
     };
     for t in order {
-        let xw = slice_axis(
-            b,
-            xw_all,
-            0,
-            Dim::Const(t as i64),
-            Dim::Const(t as i64 + 1),
-            1,
-        )?;
-        let xw = b
-            .reshape(xw, Shape::new(vec![batch.clone(), gh.clone()]))
-            .map_err(s)?;
-        let mut hr = b.matmul(hs, rt).map_err(s)?;
-        if let Some(rb) = rb {
-            hr = b.add(hr, rb).map_err(s)?;
-        }
-        let (h_new, c_new) = match cfg.kind {
-            Kind::Rnn => {
-                let pre = b.add(xw, hr).map_err(s)?;
-                let pre = clipped(b, pre, cfg.clip)?;
-                (activate(b, &d.acts[0], pre)?, None)
-            }
-            Kind::Lstm => {
-                let pre = b.add(xw, hr).map_err(s)?;
-                let c_prev = cs.ok_or("LSTM needs a cell state")?;
-                let peep = |b: &mut Builder, k: i64, c: Value| -> R<Option<Value>> {
-                    match d.peep {
-                        Some(p) => {
-                            let pk =
-                                slice_axis(b, p, 0, Dim::Const(k * h), Dim::Const((k + 1) * h), 1)?;
-                            Ok(Some(b.mul(c, pk).map_err(s)?))
-                        }
-                        None => Ok(None),
-                    }
-                };
-                let with = |b: &mut Builder, x: Value, extra: Option<Value>| -> R<Value> {
-                    match extra {
-                        Some(e) => b.add(x, e).map_err(s),
-                        None => Ok(x),
-                    }
-                };
-                let (gi, go, gf, gc) = (
-                    gate(b, pre, 0, h)?,
-                    gate(b, pre, 1, h)?,
-                    gate(b, pre, 2, h)?,
-                    gate(b, pre, 3, h)?,
-                );
-                let pi = peep(b, 0, c_prev)?;
-                let gi = with(b, gi, pi)?;
-                let gi = clipped(b, gi, cfg.clip)?;
-                let i = activate(b, &d.acts[0], gi)?;
-                let f = if cfg.input_forget {
-                    let one = b.scalar_like(1.0, i).map_err(s)?;
-                    b.sub(one, i).map_err(s)?
-                } else {
-                    let pf = peep(b, 2, c_prev)?;
-                    let gf = with(b, gf, pf)?;
-                    let gf = clipped(b, gf, cfg.clip)?;
-                    activate(b, &d.acts[0], gf)?
-                };
-                let gc = clipped(b, gc, cfg.clip)?;
-                let cand = activate(b, &d.acts[1], gc)?;
-                let fc = b.mul(f, c_prev).map_err(s)?;
-                let ic = b.mul(i, cand).map_err(s)?;
-                let c = b.add(fc, ic).map_err(s)?;
-                let po = peep(b, 1, c)?;
-                let go = with(b, go, po)?;
-                let go = clipped(b, go, cfg.clip)?;
-                let o = activate(b, &d.acts[0], go)?;
-                let hc = activate(b, &d.acts[2], c)?;
-                (b.mul(o, hc).map_err(s)?, Some(c))
-            }
-            Kind::Gru => {
-                let (xz, xr, xh) = (gate(b, xw, 0, h)?, gate(b, xw, 1, h)?, gate(b, xw, 2, h)?);
-                let (hz, hrr) = (gate(b, hr, 0, h)?, gate(b, hr, 1, h)?);
-                let z = b.add(xz, hz).map_err(s)?;
-                let z = clipped(b, z, cfg.clip)?;
-                let z = activate(b, &d.acts[0], z)?;
-                let r = b.add(xr, hrr).map_err(s)?;
-                let r = clipped(b, r, cfg.clip)?;
-                let r = activate(b, &d.acts[0], r)?;
-                let rh_w = slice_axis(b, rt, 1, Dim::Const(2 * h), Dim::Const(3 * h), 1)?;
-                let rbh = match rb {
-                    Some(rb) => Some(slice_axis(
-                        b,
-                        rb,
-                        0,
-                        Dim::Const(2 * h),
-                        Dim::Const(3 * h),
-                        1,
-                    )?),
-                    None => None,
-                };
-                let hh = if cfg.linear_before_reset {
-                    let mut t = b.matmul(hs, rh_w).map_err(s)?;
-                    if let Some(rbh) = rbh {
-                        t = b.add(t, rbh).map_err(s)?;
-                    }
-                    b.mul(r, t).map_err(s)?
-                } else {
-                    let rhs = b.mul(r, hs).map_err(s)?;
-                    let mut t = b.matmul(rhs, rh_w).map_err(s)?;
-                    if let Some(rbh) = rbh {
-                        t = b.add(t, rbh).map_err(s)?;
-                    }
-                    t
-                };
-                let pre = b.add(xh, hh).map_err(s)?;
-                let pre = clipped(b, pre, cfg.clip)?;
-                let cand = activate(b, &d.acts[1], pre)?;
-                let one = b.scalar_like(1.0, z).map_err(s)?;
-                let omz = b.sub(one, z).map_err(s)?;
-                let a = b.mul(omz, cand).map_err(s)?;
-                let zh = b.mul(z, hs).map_err(s)?;
-                (b.add(a, zh).map_err(s)?, None)
-            }
+        let xw = at(b, xw_all, t, vec![batch.clone(), gh.clone()])?;
+        let m = match mask {
+            Some(m) => Some(at(b, m, t, vec![batch.clone(), Dim::Const(h)])?),
+            None => None,
         };
-        // Past a sequence's end the state stays and the output is zero.
-        let (h_next, c_next, y) = match masks[t] {
-            Some(m) => {
-                let zero = b.scalar_like(0.0, h_new).map_err(s)?;
-                let hn = b.select(m, h_new, hs).map_err(s)?;
-                let cn = match (c_new, cs) {
-                    (Some(cn), Some(cp)) => Some(b.select(m, cn, cp).map_err(s)?),
-                    _ => None,
-                };
-                let y = b.select(m, h_new, zero).map_err(s)?;
-                (hn, cn, y)
-            }
-            None => (h_new, c_new, h_new),
-        };
+        let (h_next, c_next, y) = step(b, cfg, &sd, xw, (hs, cs), m)?;
         hs = h_next;
         cs = c_next;
-        ys[t] = Some(y);
+        ys[t as usize] = Some(b.unsqueeze(y, 0).map_err(s)?);
     }
     let ys = ys
         .into_iter()
         .map(|y| y.ok_or_else(|| "a step produced no output".to_string()))
         .collect::<R<Vec<_>>>()?;
-    Ok((ys, hs, cs))
+    let y = if ys.is_empty() {
+        let z = b.scalar(0.0, b.dtype(x)).map_err(s)?;
+        b.broadcast_to(z, &Shape::new(vec![seq, batch, Dim::Const(h)]))
+            .map_err(s)?
+    } else {
+        b.op1(Op::Concat { axis: 0 }, &ys).map_err(s)?
+    };
+    Ok((y, hs, cs))
+}
+
+/// [`run`] as a `loop` over the steps: the body is one [`step`], carrying the states and
+/// scanning the input projection (and the mask).
+fn run_loop(
+    b: &mut Builder,
+    cfg: &Cfg,
+    sd: &StepDir,
+    d: &Dir,
+    xw_all: Value,
+    mask: Option<Value>,
+) -> R<(Value, Value, Option<Value>)> {
+    let mut body = Builder::new("step");
+    body.set_origin(b.origin().clone());
+    let entry = |b: &Builder, v: Value| -> ir::TensorType {
+        let t = b.ty(v);
+        ir::TensorType::new(t.dtype, Shape::new(t.shape.dims()[1..].to_vec()))
+    };
+    let param = |body: &mut Builder, name: &str, t: ir::TensorType| -> R<Value> {
+        body.param(name, t.dtype, t.shape).map_err(s)
+    };
+    let mut operands = vec![d.h0];
+    let hs = param(&mut body, "h", b.ty(d.h0).clone())?;
+    let cs = match d.c0 {
+        Some(c) => {
+            operands.push(c);
+            Some(param(&mut body, "c", b.ty(c).clone())?)
+        }
+        None => None,
+    };
+    let carry = operands.len();
+    operands.push(xw_all);
+    let xw = param(&mut body, "xw", entry(b, xw_all))?;
+    let m = match mask {
+        Some(m) => {
+            operands.push(m);
+            Some(param(&mut body, "mask", entry(b, m))?)
+        }
+        None => None,
+    };
+    let scan = operands.len() - carry;
+    let mut invariant = |body: &mut Builder, name: &str, v: Option<Value>| -> R<Option<Value>> {
+        match v {
+            Some(v) => {
+                operands.push(v);
+                Ok(Some(param(body, name, b.ty(v).clone())?))
+            }
+            None => Ok(None),
+        }
+    };
+    let rt = invariant(&mut body, "rt", Some(sd.rt))?.ok_or("no R")?;
+    let rb = invariant(&mut body, "rb", sd.rb)?;
+    let peep = invariant(&mut body, "peep", sd.peep)?;
+    let inner = StepDir {
+        rt,
+        rb,
+        peep,
+        acts: sd.acts,
+    };
+    let (h_next, c_next, y) = step(&mut body, cfg, &inner, xw, (hs, cs), m)?;
+    body.output("h", h_next).map_err(s)?;
+    if let Some(c) = c_next {
+        body.output("c", c).map_err(s)?;
+    }
+    body.output("y", y).map_err(s)?;
+    let body = body.finish().map_err(s)?;
+    let count = b.shape(xw_all).dim(0).clone();
+    let outs = b
+        .op(
+            Op::Loop {
+                count,
+                carry: carry as i64,
+                scan: scan as i64,
+                reverse: d.reverse,
+                body: ir::Region::new(body),
+            },
+            &operands,
+        )
+        .map_err(s)?;
+    match outs.as_slice() {
+        [h, y] => Ok((*y, *h, None)),
+        [h, c, y] => Ok((*y, *h, Some(*c))),
+        _ => Err("a recurrent loop has the wrong number of results".into()),
+    }
 }
 
 fn recurrent(ctx: &mut Ctx, n: &Node, kind: Kind) -> R<Vec<V>> {
@@ -441,37 +570,36 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
         x = b.transpose(x, &[1, 0, 2]).map_err(s)?;
     }
     let xshape = b.shape(x).clone();
-    let seq = xshape
-        .dim(0)
-        .as_const()
-        .ok_or("recurrent layers need a static sequence length")? as usize;
-    if seq > 4096 {
-        return Err(format!(
-            "a sequence of {seq} steps is more than kiln unrolls (4096)"
-        ));
-    }
+    let seq = xshape.dim(0).clone();
     let batch = xshape.dim(1).clone();
     let dt = b.dtype(x);
-    let masks: Vec<Option<Value>> = match lens {
+    // Which sequences are still running at each step: [seq, batch, hidden].
+    let mask: Option<Value> = match lens {
         Some(l) => {
             let l = b.cast(l, DType::I64).map_err(s)?;
             let l = b
-                .reshape(l, Shape::new(vec![batch.clone(), Dim::Const(1)]))
+                .reshape(
+                    l,
+                    Shape::new(vec![Dim::Const(1), batch.clone(), Dim::Const(1)]),
+                )
                 .map_err(s)?;
-            (0..seq)
-                .map(|t| {
-                    let tv = b.scalar(t as f64, DType::I64).map_err(s)?;
-                    let tv = b
-                        .broadcast_to(tv, &Shape::new(vec![batch.clone(), Dim::Const(1)]))
-                        .map_err(s)?;
-                    let m = b.op1(Op::Lt, &[tv, l]).map_err(s)?;
-                    b.broadcast_to(m, &Shape::new(vec![batch.clone(), Dim::Const(hidden)]))
-                        .map(Some)
-                        .map_err(s)
-                })
-                .collect::<R<_>>()?
+            let t = b
+                .op1(
+                    Op::Iota {
+                        axis: 0,
+                        ty: ir::TensorType::new(
+                            DType::I64,
+                            Shape::new(vec![seq.clone(), Dim::Const(1), Dim::Const(1)]),
+                        ),
+                    },
+                    &[],
+                )
+                .map_err(s)?;
+            let m = b.elementwise(Op::Lt, &[t, l]).map_err(s)?;
+            let full = Shape::new(vec![seq.clone(), batch.clone(), Dim::Const(hidden)]);
+            Some(b.broadcast_to(m, &full).map_err(s)?)
         }
-        None => vec![None; seq],
+        None => None,
     };
     let state_shape = Shape::new(vec![batch.clone(), Dim::Const(hidden)]);
     let zeros = |b: &mut Builder| -> R<Value> {
@@ -532,8 +660,8 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
             acts: acts_d,
             reverse: direction == "reverse" || d == 1,
         };
-        let (ys, hl, cl) = run(b, &cfg, &dir, x, &masks)?;
-        ys_all.push(ys);
+        let (ys, hl, cl) = run(b, &cfg, &dir, x, mask)?;
+        ys_all.push(b.unsqueeze(ys, 1).map_err(s)?);
         hs_all.push(hl);
         if let Some(c) = cl {
             cs_all.push(c);
@@ -542,16 +670,7 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
     // Y: [seq, dirs, batch, hidden]; Y_h, Y_c: [dirs, batch, hidden].
     let unit =
         |b: &mut Builder, v: Value, at: usize| -> R<Value> { b.unsqueeze(v, at as i64).map_err(s) };
-    let mut steps = Vec::with_capacity(seq);
-    for t in 0..seq {
-        let per_dir: Vec<Value> = ys_all
-            .iter()
-            .map(|ys| unit(b, ys[t], 0))
-            .collect::<R<_>>()?;
-        let st = b.op1(Op::Concat { axis: 0 }, &per_dir).map_err(s)?;
-        steps.push(unit(b, st, 0)?);
-    }
-    let mut y = b.op1(Op::Concat { axis: 0 }, &steps).map_err(s)?;
+    let mut y = b.op1(Op::Concat { axis: 1 }, &ys_all).map_err(s)?;
     let stack = |b: &mut Builder, vs: &[Value]| -> R<Value> {
         let u: Vec<Value> = vs.iter().map(|&v| unit(b, v, 0)).collect::<R<_>>()?;
         b.op1(Op::Concat { axis: 0 }, &u).map_err(s)
