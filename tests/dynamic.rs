@@ -1,6 +1,8 @@
 //! Models with shapes left open: dims exporters write as -1, 0, nothing or a `dim_param` become
-//! symbols; what the import cannot keep symbolic (a Resize over open height and width, a TopK
-//! whose k is an input) is specialized per signature of the run's inputs and cached; given
+//! symbols; facts symbols cannot prove are checked at run time, sizes only the data knows
+//! (NonZero, Compress, a TopK whose k is an input) bind when the model runs, loops run for any
+//! length; what the import still cannot keep symbolic (an antialiased Resize, a Tile whose
+//! repeats are an input) is specialized per signature of the run's inputs and cached; given
 //! shapes and `--dim` values are checked against what the model declares.
 
 mod common;
@@ -295,24 +297,15 @@ fn the_cache_is_bounded_and_says_when_it_specializes() {
     assert!(said[1].contains("[1, 1, 2, 2]"), "{}", said[1]);
 }
 
-/// values, indices = TopK(x, k) with k an input.
-fn topk() -> Vec<u8> {
+/// values = Tile(x, k) with k an input (the repeats set the size: specialized per value).
+fn tile() -> Vec<u8> {
     model(
-        vec![node(
-            "TopK",
-            "top",
-            &["x", "k"],
-            &["values", "indices"],
-            vec![],
-        )],
+        vec![node("Tile", "tile", &["x", "k"], &["values"], vec![])],
         vec![
             vi("x", data_type::FLOAT, &["n"]),
             vi("k", data_type::INT64, &["1"]),
         ],
-        vec![
-            vi("values", data_type::FLOAT, &[""]),
-            vi("indices", data_type::INT64, &[""]),
-        ],
+        vec![vi("values", data_type::FLOAT, &[""])],
         vec![],
         11,
     )
@@ -320,18 +313,18 @@ fn topk() -> Vec<u8> {
 
 #[test]
 fn an_input_that_sets_a_size_specializes_on_its_value_only() {
-    let m = Model::from_onnx(&topk(), Default::default(), Default::default()).unwrap();
+    let m = Model::from_onnx(&tile(), Default::default(), Default::default()).unwrap();
     let run = |x: &[f32], k: i64| {
         let x = Tensor::from_vec(vec![x.len()], x.to_vec()).unwrap();
         let k = Tensor::from_vec(vec![1], vec![k]).unwrap();
         let out = m.run(&[("x".into(), x), ("k".into(), k)]).unwrap();
         out[0].1.as_slice::<f32>().unwrap().to_vec()
     };
-    assert_eq!(run(&[1.0, 5.0, 3.0, 4.0], 2), vec![5.0, 4.0]);
-    assert_eq!(run(&[1.0, 5.0, 3.0, 4.0], 3), vec![5.0, 4.0, 3.0]);
+    assert_eq!(run(&[1.0, 5.0], 2), vec![1.0, 5.0, 1.0, 5.0]);
+    assert_eq!(run(&[1.0, 5.0], 3), vec![1.0, 5.0, 1.0, 5.0, 1.0, 5.0]);
     assert_eq!(m.specializations(), 2);
     // Other values and another length of x, same k: the specialization for k = 2 serves.
-    assert_eq!(run(&[9.0, 1.0, 7.0, 8.0, 0.0, 2.0], 2), vec![9.0, 8.0]);
+    assert_eq!(run(&[9.0, 1.0, 7.0], 2), vec![9.0, 1.0, 7.0, 9.0, 1.0, 7.0]);
     assert_eq!(m.specializations(), 2);
 }
 
@@ -351,7 +344,7 @@ fn given_shapes_and_dims_must_agree_with_the_model() {
             .expect("refused")
             .to_string()
     };
-    let e = err(&topk(), opts(&[("m", 3)], &[]));
+    let e = err(&tile(), opts(&[("m", 3)], &[]));
     assert!(
         e.contains("no symbol `m`") && e.contains("its symbols: n"),
         "{e}"
@@ -373,7 +366,7 @@ fn given_shapes_and_dims_must_agree_with_the_model() {
         Shape::from_consts(&[1, 1, 2, 2])
     );
     // --dim fixes the symbol everywhere it appears.
-    let m = Model::from_onnx(&topk(), Default::default(), opts(&[("n", 4)], &[])).unwrap();
+    let m = Model::from_onnx(&tile(), Default::default(), opts(&[("n", 4)], &[])).unwrap();
     assert_eq!(m.params()[0].1.shape, Shape::from_consts(&[4]));
 }
 
@@ -570,7 +563,7 @@ fn the_cli_runs_open_shapes_and_compiles_given_ones() {
 fn artifacts_refuse_other_values_of_the_inputs_they_were_specialized_for() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    std::fs::write(path("topk.onnx"), topk()).unwrap();
+    std::fs::write(path("tile.onnx"), tile()).unwrap();
     let inputs = |k: i64| {
         let x = Tensor::from_vec(vec![4], vec![1.0f32, 5.0, 3.0, 4.0]).unwrap();
         let k = Tensor::from_vec(vec![1], vec![k]).unwrap();
@@ -580,7 +573,7 @@ fn artifacts_refuse_other_values_of_the_inputs_they_were_specialized_for() {
     std::fs::write(path("k3.npz"), inputs(3)).unwrap();
     let (ok, _, se) = kiln(&[
         "compile",
-        &path("topk.onnx"),
+        &path("tile.onnx"),
         "-o",
         &path("t.kiln"),
         "--inputs",
@@ -588,7 +581,10 @@ fn artifacts_refuse_other_values_of_the_inputs_they_were_specialized_for() {
     ]);
     assert!(ok && se.contains("specialized for the values of k"), "{se}");
     let (ok, so, se) = kiln(&["run", &path("t.kiln"), "--inputs", &path("k2.npz")]);
-    assert!(ok && so.starts_with("values: f32[2] = [5, 4]"), "{so}{se}");
+    assert!(
+        ok && so.starts_with("values: f32[8] = [1, 5, 3, 4, 1, 5, 3, 4]"),
+        "{so}{se}"
+    );
     let (ok, _, se) = kiln(&["run", &path("t.kiln"), "--inputs", &path("k3.npz")]);
     assert!(
         !ok && se.contains("\"k\"") && se.contains("compiled for the value [2.0]"),
@@ -784,4 +780,81 @@ fn scan_over_an_open_length_is_a_loop_imported_once() {
         }
         assert_eq!(m.specializations(), 0);
     }
+}
+
+/// y = Compress(x, x > 0) and i = NonZero(x > 0) over x of open length: sizes only the data
+/// knows, bound when the model runs, through the JIT, the interpreter and an artifact.
+fn positives() -> Vec<u8> {
+    model(
+        vec![
+            node("Greater", "gt", &["x", "zero"], &["c"], vec![]),
+            node(
+                "Compress",
+                "compress",
+                &["x", "c"],
+                &["y"],
+                vec![int_attr("axis", 0)],
+            ),
+            node("NonZero", "nonzero", &["c"], &["i"], vec![]),
+            node(
+                "ReduceSum",
+                "sum",
+                &["y"],
+                &["s"],
+                vec![int_attr("keepdims", 0)],
+            ),
+        ],
+        vec![vi("x", data_type::FLOAT, &["n"])],
+        vec![
+            vi("y", data_type::FLOAT, &[""]),
+            vi("i", data_type::INT64, &["1", ""]),
+            vi("s", data_type::FLOAT, &[]),
+        ],
+        vec![floats("zero", &[], &[0.0])],
+        13,
+    )
+}
+
+#[test]
+fn data_dependent_sizes_bind_when_the_model_runs() {
+    let bytes = positives();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(path("m.onnx"), &bytes).unwrap();
+    let (ok, _, se) = kiln(&["compile", &path("m.onnx"), "-o", &path("m.kiln")]);
+    assert!(ok, "{se}");
+    let symbolic = ModelOptions {
+        shape_kernels: false,
+        ..Default::default()
+    };
+    let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+    let one = Model::from_onnx(&bytes, Default::default(), symbolic).unwrap();
+    assert!(m.symbolic().is_ok());
+    for xs in [
+        vec![1.0f32, -2.0, 3.0, 0.0, 5.0],
+        vec![-1.0, -2.0],
+        vec![4.0],
+        vec![],
+    ] {
+        let want_y: Vec<f32> = xs.iter().copied().filter(|&v| v > 0.0).collect();
+        let want_i: Vec<i64> = (0..xs.len() as i64)
+            .filter(|&i| xs[i as usize] > 0.0)
+            .collect();
+        let x = Tensor::from_vec(vec![xs.len()], xs.clone()).unwrap();
+        let inputs = vec![("x".to_string(), x)];
+        for got in [m.run(&inputs), m.interpret(&inputs), one.run(&inputs)] {
+            let got = got.unwrap_or_else(|e| panic!("{xs:?}: {e}"));
+            assert_eq!(got[0].1.as_slice::<f32>().unwrap(), &want_y[..], "{xs:?}");
+            assert_eq!(got[1].1.shape(), &[1, want_i.len()]);
+            assert_eq!(got[1].1.as_slice::<i64>().unwrap(), &want_i[..], "{xs:?}");
+            let s: f32 = want_y.iter().sum();
+            assert_eq!(got[2].1.as_slice::<f32>().unwrap(), &[s]);
+        }
+        let npz = kiln::npz::write_npz(&inputs).unwrap();
+        std::fs::write(path("in.npz"), npz).unwrap();
+        let (ok, so, se) = kiln(&["run", &path("m.kiln"), "--inputs", &path("in.npz")]);
+        assert!(ok, "{se}");
+        assert!(so.contains(&format!("i: i64[1, {}]", want_i.len())), "{so}");
+    }
+    assert_eq!(m.specializations(), 0);
 }

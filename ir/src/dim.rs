@@ -53,6 +53,8 @@ enum Atom {
     Sym(Arc<str>),
     Div(Box<Dim>, Box<Dim>),
     Mod(Box<Dim>, Box<Dim>),
+    /// The smaller of two dims (ordered canonically).
+    Min(Box<Dim>, Box<Dim>),
 }
 
 /// A dim as serialized: a constant, or terms (coefficient, atoms multiplied).
@@ -70,6 +72,10 @@ enum AtomRepr {
         #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
     ),
     Mod(
+        #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
+        #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
+    ),
+    Min(
         #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
         #[serde(deserialize_with = "crate::deserialize_nested")] DimRepr,
     ),
@@ -93,6 +99,7 @@ impl From<Dim> for DimRepr {
                 Atom::Sym(s) => AtomRepr::Sym(s.to_string()),
                 Atom::Div(a, b) => AtomRepr::Div(repr(a), repr(b)),
                 Atom::Mod(a, b) => AtomRepr::Mod(repr(a), repr(b)),
+                Atom::Min(a, b) => AtomRepr::Min(repr(a), repr(b)),
             }
         }
         repr(&d)
@@ -126,6 +133,8 @@ impl TryFrom<DimRepr> for Dim {
                             { dim(a, depth + 1)?.floor_mod(&dim(b, depth + 1)?) }
                                 .map_err(|e| e.to_string())?
                         }
+                        AtomRepr::Min(a, b) => { dim(a, depth + 1)?.minimum(&dim(b, depth + 1)?) }
+                            .map_err(|e| e.to_string())?,
                     };
                     term = term.mul(&a).map_err(|e| e.to_string())?;
                 }
@@ -166,7 +175,7 @@ fn floor_mod_i64(a: i64, b: i64) -> Result<i64, DimError> {
 }
 
 /// Words that cannot name a symbol because they mean something else in text.
-const RESERVED: [&str; 3] = ["inf", "nan", "mod"];
+const RESERVED: [&str; 4] = ["inf", "nan", "mod", "min"];
 
 /// Whether `name` can be a symbol: an identifier that is not a reserved word.
 pub fn is_valid_symbol(name: &str) -> bool {
@@ -206,6 +215,7 @@ impl Dim {
                 Atom::Sym(_) => true,
                 Atom::Div(x, y) => x.is_nonnegative() && y.is_nonnegative(),
                 Atom::Mod(_, y) => y.is_nonnegative(),
+                Atom::Min(x, y) => x.is_nonnegative() && y.is_nonnegative(),
             }
         }
         match self {
@@ -414,6 +424,34 @@ impl Dim {
         }
     }
 
+    /// The smaller of the two: decided where their difference is provably signed, else a
+    /// `min` atom.
+    pub fn minimum(&self, other: &Dim) -> Result<Dim, DimError> {
+        if let (Dim::Const(a), Dim::Const(b)) = (self, other) {
+            return Ok(Dim::Const(*a.min(b)));
+        }
+        if self.sub(other)?.is_nonnegative() {
+            return Ok(other.clone());
+        }
+        if other.sub(self)?.is_nonnegative() {
+            return Ok(self.clone());
+        }
+        let (a, b) = if self <= other {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        Ok(Dim::atom(Atom::Min(
+            Box::new(a.clone()),
+            Box::new(b.clone()),
+        )))
+    }
+
+    /// The larger of the two (`-min(-a, -b)`).
+    pub fn maximum(&self, other: &Dim) -> Result<Dim, DimError> {
+        self.neg()?.minimum(&other.neg()?)?.neg()
+    }
+
     /// Evaluates with every symbol looked up in `lookup`.
     pub fn eval(&self, lookup: &dyn Fn(&str) -> Option<i64>) -> Result<i64, DimError> {
         match self {
@@ -466,7 +504,7 @@ impl Dim {
                 for a in &t.mono {
                     match a {
                         Atom::Sym(s) => out.push(s.clone()),
-                        Atom::Div(x, y) | Atom::Mod(x, y) => {
+                        Atom::Div(x, y) | Atom::Mod(x, y) | Atom::Min(x, y) => {
                             x.collect_symbols(out);
                             y.collect_symbols(out);
                         }
@@ -491,6 +529,7 @@ impl Atom {
             Atom::Sym(s) => lookup(s).ok_or_else(|| DimError::Unbound(s.to_string())),
             Atom::Div(a, b) => floor_div_i64(a.eval(lookup)?, b.eval(lookup)?),
             Atom::Mod(a, b) => floor_mod_i64(a.eval(lookup)?, b.eval(lookup)?),
+            Atom::Min(a, b) => Ok(a.eval(lookup)?.min(b.eval(lookup)?)),
         }
     }
 
@@ -499,6 +538,7 @@ impl Atom {
             Atom::Sym(s) => Ok(lookup(s).unwrap_or_else(|| Dim::atom(self.clone()))),
             Atom::Div(a, b) => a.substitute(lookup)?.floor_div(&b.substitute(lookup)?),
             Atom::Mod(a, b) => a.substitute(lookup)?.floor_mod(&b.substitute(lookup)?),
+            Atom::Min(a, b) => a.substitute(lookup)?.minimum(&b.substitute(lookup)?),
         }
     }
 }
@@ -540,6 +580,7 @@ fn fmt_atom(a: &Atom, alone: bool, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         Atom::Sym(s) => return f.write_str(s),
         Atom::Div(x, y) => (x, y, "/"),
         Atom::Mod(x, y) => (x, y, " mod "),
+        Atom::Min(x, y) => return write!(f, "min({x}, {y})"),
     };
     if !alone {
         f.write_str("(")?;

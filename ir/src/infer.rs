@@ -649,6 +649,135 @@ pub(crate) fn rule_topk(ins: &[TensorType], k: &i64, ax: &i64, _largest: &bool) 
     ])
 }
 
+/// The symbol a data-dependent op defines: a plain symbol.
+fn defined(count: &Dim) -> Result<Dim, String> {
+    match count.as_sym() {
+        Some(_) => Ok(count.clone()),
+        None => Err(format!(
+            "count must be a symbol this node defines, not {count}"
+        )),
+    }
+}
+
+pub(crate) fn rule_nonzero(ins: &[TensorType], count: &Dim) -> Rule {
+    let n = defined(count)?;
+    let rank = Dim::Const(ins[0].rank() as i64);
+    Ok(vec![TensorType::new(DType::I64, Shape::new(vec![rank, n]))])
+}
+
+pub(crate) fn rule_nms(
+    ins: &[TensorType],
+    _center: &bool,
+    _thresholded: &bool,
+    count: &Dim,
+) -> Rule {
+    let n = defined(count)?;
+    let (boxes, scores) = (&ins[0], &ins[1]);
+    check_dtype(DTypeSet::FLOAT, boxes, "boxes")?;
+    check_dtype(DTypeSet::FLOAT, scores, "scores")?;
+    if boxes.rank() != 3 || boxes.shape.dim(2) != &Dim::Const(4) {
+        return Err(format!("boxes must be [batch, boxes, 4], got {boxes}"));
+    }
+    if scores.rank() != 3
+        || scores.shape.dim(0) != boxes.shape.dim(0)
+        || scores.shape.dim(2) != boxes.shape.dim(1)
+    {
+        return Err(format!(
+            "scores must be [batch, classes, boxes] for boxes {boxes}, got {scores}"
+        ));
+    }
+    for (i, what) in [
+        (2, "the most boxes per class"),
+        (3, "the IoU threshold"),
+        (4, "the score threshold"),
+    ] {
+        if ins[i].rank() != 0 {
+            return Err(format!("{what} must be a scalar, got {}", ins[i]));
+        }
+    }
+    check_dtype(DTypeSet::INT, &ins[2], "the most boxes per class")?;
+    check_dtype(DTypeSet::FLOAT, &ins[3], "the IoU threshold")?;
+    check_dtype(DTypeSet::FLOAT, &ins[4], "the score threshold")?;
+    Ok(vec![TensorType::new(
+        DType::I64,
+        Shape::new(vec![n, Dim::Const(3)]),
+    )])
+}
+
+pub(crate) fn rule_dyn_topk(ins: &[TensorType], ax: &i64, _largest: &bool, count: &Dim) -> Rule {
+    let n = defined(count)?;
+    let x = &ins[0];
+    check_dtype(DTypeSet::NUM, x, "operand")?;
+    check_dtype(DTypeSet::INT, &ins[1], "k")?;
+    if ins[1].rank() != 0 {
+        return Err(format!("k must be a scalar, got {}", ins[1]));
+    }
+    let a = axis(*ax, x.rank(), "axis")?;
+    let mut dims = x.shape.dims().to_vec();
+    dims[a] = n;
+    let shape = Shape::new(dims);
+    Ok(vec![
+        TensorType::new(x.dtype, shape.clone()),
+        TensorType::new(DType::I64, shape),
+    ])
+}
+
+pub(crate) fn rule_choose(ins: &[TensorType], shape: &Shape) -> Rule {
+    let (c, a, b) = (&ins[0], &ins[1], &ins[2]);
+    if c.dtype != DType::Bool || c.rank() != 0 {
+        return Err(format!("the condition must be a bool scalar, got {c}"));
+    }
+    if a.dtype != b.dtype || a.rank() != b.rank() || a.rank() != shape.rank() {
+        return Err(format!("cannot choose between {a} and {b} as {shape}"));
+    }
+    for (i, ((x, y), r)) in a
+        .shape
+        .dims()
+        .iter()
+        .zip(b.shape.dims())
+        .zip(shape.dims())
+        .enumerate()
+    {
+        let ok = if x == y { r == x } else { r.as_sym().is_some() };
+        if !ok {
+            return Err(format!(
+                "axis {i} is {x} or {y}, so the result's must be {}",
+                if x == y {
+                    x.to_string()
+                } else {
+                    "a symbol this node defines".into()
+                }
+            ));
+        }
+    }
+    Ok(vec![TensorType::new(a.dtype, shape.clone())])
+}
+
+pub(crate) fn rule_unique(ins: &[TensorType], ax: &[i64], _sorted: &bool, count: &Dim) -> Rule {
+    let n = defined(count)?;
+    let x = &ins[0];
+    let (values, total) = match ax {
+        [] => (
+            Shape::new(vec![n.clone()]),
+            x.shape.numel().map_err(dim_err)?,
+        ),
+        [a] => {
+            let a = axis(*a, x.rank(), "axis")?;
+            let mut dims = x.shape.dims().to_vec();
+            let total = std::mem::replace(&mut dims[a], n.clone());
+            (Shape::new(dims), total)
+        }
+        _ => return Err("unique takes at most one axis".into()),
+    };
+    let ids = |d: Dim| TensorType::new(DType::I64, Shape::new(vec![d]));
+    Ok(vec![
+        TensorType::new(x.dtype, values),
+        ids(n.clone()),
+        ids(total),
+        ids(n),
+    ])
+}
+
 /// A region's parameters, which must be as many as the node's operands.
 fn body_params(g: &crate::Graph, operands: usize) -> Result<&[crate::NodeId], String> {
     let params = g.params();

@@ -63,6 +63,9 @@ pub enum OpKind {
     Kernel,
     /// Control flow over a region: `loop`.
     Control,
+    /// Results whose size depends on the data (`nonzero`, `nms`, `unique`): each defines
+    /// the symbol `count`, bound when the node runs.
+    Dynamic,
 }
 
 macro_rules! attr_out {
@@ -438,6 +441,34 @@ ops! {
     TopK = "topk", Sort, Exactly(1), { k: i64, axis: i64, largest: bool = default(true) }
         => rule_topk;
 
+    /// The indices of the nonzero elements, in row-major order, as [rank, count] i64; `count`
+    /// is a symbol this node defines (bound when it runs).
+    NonZero = "nonzero", Dynamic, Exactly(1), { count: Dim } => rule_nonzero;
+    /// Non-maximum suppression (ONNX NonMaxSuppression) of boxes [B, N, 4] by scores
+    /// [B, C, N]: per batch and class, boxes scoring above the threshold (operand 4, when
+    /// `thresholded`) are kept in descending score order (ties: lower index first) unless their
+    /// IoU with a kept box exceeds operand 3, at most operand 2 (i64) per class. Corners
+    /// [y1, x1, y2, x2] in either order, or [x, y, w, h] around the centre with `center`.
+    /// Result: [count, 3] i64 rows (batch, class, box); `count` is defined here.
+    Nms = "nms", Dynamic, Exactly(5),
+        { center: bool = default(false), thresholded: bool = default(true), count: Dim }
+        => rule_nms;
+    /// `topk` with k the scalar integer operand 1, known only at run time (at most the
+    /// axis's length): the k-sized axis is `count`, a symbol this node defines.
+    DynTopK = "dyn_topk", Dynamic, Exactly(2),
+        { axis: i64, largest: bool = default(true), count: Dim } => rule_dyn_topk;
+    /// Operand 1 when the scalar bool operand 0 holds, else operand 2 (both computed; one
+    /// dtype and rank): where their dims may differ, the result's are symbols this node
+    /// defines (an If whose branches differ in size on a runtime condition).
+    Choose = "choose", Dynamic, Exactly(3), { shape: Shape = result(result_shape) } => rule_choose;
+    /// The distinct elements (flattened, or slices along `axis` when given), ascending with
+    /// `sorted`, else in order of first occurrence. Results: the distinct values (`count` of
+    /// them, the symbol this node defines), the index of each one's first occurrence, the
+    /// index among them of every element (or slice), and how often each occurs (all i64).
+    Unique = "unique", Dynamic, Exactly(1),
+        { axis: Vec<i64> = default(Vec::<i64>::new()), sorted: bool = default(true), count: Dim }
+        => rule_unique;
+
     /// A kernel: runs its body (a region whose parameters are the operands, in order) as one
     /// unit. `kind` names what the body computes when a pass recognized it (`softmax`).
     Fused = "fused", Kernel, AtLeast(0), { kind: String = default(String::new()), body: Region = region() }
@@ -483,6 +514,7 @@ impl Op {
             },
             Op::Reshape { shape: s } => Op::Reshape { shape: shape(s)? },
             Op::Refine { shape: s } => Op::Refine { shape: shape(s)? },
+            Op::Choose { shape: s } => Op::Choose { shape: shape(s)? },
             Op::Broadcast { dims: d, shape: s } => Op::Broadcast {
                 dims: d.clone(),
                 shape: shape(s)?,
@@ -515,6 +547,17 @@ impl Op {
             },
             op => op.clone(),
         })
+    }
+
+    /// The symbol a `Dynamic` op defines: its result sizes come from the data.
+    pub fn defines(&self) -> Option<&Dim> {
+        match self {
+            Op::NonZero { count }
+            | Op::Nms { count, .. }
+            | Op::Unique { count, .. }
+            | Op::DynTopK { count, .. } => Some(count),
+            _ => None,
+        }
     }
 
     /// The region the op owns (`fused` and `loop` bodies).

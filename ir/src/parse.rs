@@ -12,7 +12,8 @@
 //! ret      := %v ("as" "string")?
 //! attrs    := "{" (ident "=" literal ("," ident "=" literal)*)? "}"
 //! type     := dtype "[" (dim ("," dim)*)? "]"
-//! dim      := integer and symbol expression with + - * / (floor) mod and parentheses
+//! dim      := integer and symbol expression with + - * / (floor) mod, min(a, b) and
+//!             parentheses
 //! literal  := number | ident | "string" | @name | dim | "[" (literal ("," literal)*)? "]"
 //! ```
 
@@ -672,6 +673,14 @@ impl Parser {
         }
         match self.next() {
             (Tok::Num(s), _) => Ok(Ex::Num(s)),
+            (Tok::Ident(s), _) if s == "min" && *self.peek() == Tok::Punct('(') => {
+                self.expect('(')?;
+                let a = self.expr()?;
+                self.expect(',')?;
+                let b = self.expr()?;
+                self.expect(')')?;
+                Ok(Ex::Bin('m', Box::new(a), Box::new(b)))
+            }
             (Tok::Ident(s), _) => Ok(Ex::Ident(s)),
             (Tok::Punct('('), _) => {
                 let e = self.expr()?;
@@ -703,6 +712,7 @@ fn ex_to_dim(ex: &Ex) -> Result<Dim, String> {
                 '-' => a.sub(&b),
                 '*' => a.mul(&b),
                 '/' => a.floor_div(&b),
+                'm' => a.minimum(&b),
                 _ => a.floor_mod(&b),
             }
             .map_err(overflow)

@@ -283,7 +283,11 @@ pub struct Executable {
     compiled: Option<Box<dyn Code>>,
     arenas: Arenas,
     /// Memory plans by symbol binding.
-    plans: std::sync::Mutex<HashMap<Binding, std::sync::Arc<MemPlan>>>,
+    plans: std::sync::Mutex<HashMap<(usize, Binding), std::sync::Arc<MemPlan>>>,
+    /// Positions run in segments, each planned once the symbols it needs are bound: a
+    /// segment ends at a step that defines symbols (`defines`, per position).
+    segments: Vec<std::ops::Range<usize>>,
+    defines: Vec<bool>,
     /// Worker threads (none when running on one thread).
     threads: Option<std::sync::Arc<codegen::threads::Pool>>,
     /// What `Const::Mapped` constants point into.
@@ -355,9 +359,9 @@ impl Arenas {
 enum Loc {
     /// A tensor of its own: inputs, outputs of the graph, interpreter results.
     Tensor(Tensor),
-    /// A slot of the run's arena.
+    /// A slot of one of the run's arenas, at this address.
     Arena {
-        off: u64,
+        addr: usize,
         dtype: DType,
         shape: Vec<usize>,
     },
@@ -386,19 +390,19 @@ impl Loc {
     }
 
     /// Where a kernel reads it (a readable element even when it is empty).
-    fn ptr(&self, base: *mut u8) -> *mut u8 {
+    fn ptr(&self) -> *mut u8 {
         // Guarded loads (padding) clamp their index to 0 and read it: an empty tensor gets a
         // readable zero element instead of a dangling pointer.
         match self {
             Loc::Tensor(t) => tensor_ptr(t),
-            // SAFETY: planned slots lie inside the arena.
-            Loc::Arena { off, .. } => unsafe { base.add(*off as usize) },
+            // Planned slots lie inside an arena the run holds.
+            Loc::Arena { addr, .. } => *addr as *mut u8,
             Loc::Const(c) => c.ptr(),
         }
     }
 
     /// The value as a tensor of its own (copied out of the arena or the mapped bytes).
-    fn tensor(&self, base: *mut u8) -> Result<Tensor, String> {
+    fn tensor(&self) -> Result<Tensor, String> {
         match self {
             Loc::Tensor(t) => Ok(t.clone()),
             Loc::Arena { dtype, shape, .. } => {
@@ -406,7 +410,7 @@ impl Loc {
                 let mut d = Data::zeros(*dtype, n);
                 let bytes = dtype.storage_bytes(n as u64).unwrap_or(0) as usize;
                 // SAFETY: the slot holds `n` elements of the dtype; `d` as many.
-                unsafe { std::ptr::copy_nonoverlapping(self.ptr(base), mut_ptr(&mut d), bytes) };
+                unsafe { std::ptr::copy_nonoverlapping(self.ptr(), mut_ptr(&mut d), bytes) };
                 Tensor::new(shape.clone(), d).map_err(|e| e.to_string())
             }
             Loc::Const(c) => c.tensor(),
@@ -634,6 +638,7 @@ impl Executable {
                 bytes,
             });
         }
+        let (segments, defines) = layout.segments();
         Ok(Executable {
             graph: Some(g.clone()),
             layout,
@@ -641,6 +646,8 @@ impl Executable {
             compiled,
             arenas: Arenas::default(),
             plans: Default::default(),
+            segments,
+            defines,
             threads,
             _backing: None,
         })
@@ -786,10 +793,16 @@ impl Executable {
         })
     }
 
-    /// The memory plan for a binding of the symbols (made once per binding).
-    fn plan(&self, env: &HashMap<String, i64>) -> Result<std::sync::Arc<MemPlan>, ExecError> {
+    /// The memory plan of the steps in `seg` for a binding of the symbols (made once per
+    /// segment and binding): its kernels' sizes and its own arena.
+    fn plan(
+        &self,
+        seg: std::ops::Range<usize>,
+        env: &HashMap<String, i64>,
+    ) -> Result<std::sync::Arc<MemPlan>, ExecError> {
         let mut key: Vec<(String, i64)> = env.iter().map(|(k, v)| (k.clone(), *v)).collect();
         key.sort();
+        let key = (seg.start, key);
         if let Some(p) = self
             .plans
             .lock()
@@ -799,7 +812,17 @@ impl Executable {
             return Ok(p.clone());
         }
         let lay = &self.layout;
-        for c in &lay.checks {
+        // Checks whose symbols are all bound (later segments bind the rest).
+        let bound = |s: &ir::Shape| {
+            s.dims()
+                .iter()
+                .all(|d| d.symbols().iter().all(|x| env.contains_key(&**x)))
+        };
+        for c in lay
+            .checks
+            .iter()
+            .filter(|c| bound(&c.have) && bound(&c.want))
+        {
             let eval = |s: &ir::Shape| {
                 s.eval(&|name| env.get(name).copied())
                     .map(|d| d.iter().map(|&x| x.max(0) as usize).collect::<Vec<usize>>())
@@ -835,6 +858,7 @@ impl Executable {
         let mut resolved = Vec::with_capacity(self.steps.len());
         for (pos, step) in self.steps.iter().enumerate() {
             resolved.push(match step {
+                _ if !seg.contains(&pos) => None,
                 Step::Native {
                     lowered, stages, ..
                 } => Some(resolve(lowered, stages, env, threads).map_err(|message| {
@@ -852,6 +876,9 @@ impl Executable {
             let Step::Native { lowered, .. } = step else {
                 continue;
             };
+            if !seg.contains(&pos) {
+                continue;
+            }
             let fail = |message: String| ExecError::Node {
                 node: lay.labels[pos].clone(),
                 message,
@@ -882,9 +909,10 @@ impl Executable {
                     }
                     _ => continue,
                 };
+                // Values read past the segment stay in its arena, which lives to the end.
                 items.push(crate::plan::Interval {
                     start: pos,
-                    end,
+                    end: end.min(seg.end - 1),
                     bytes,
                 });
                 keys.push((pos, b));
@@ -920,48 +948,103 @@ impl Executable {
             .iter()
             .map(|(n, t)| (n.as_str(), t))
             .collect();
-        let env = interp::bind_params(&params, inputs, bindings)?;
+        let mut env = interp::bind_params(&params, inputs, bindings)?;
         self.check_guards(inputs)?;
-        let plan = self.plan(&env)?;
-        let mut arena = self.arenas.take(plan.size).map_err(|e| ExecError::Node {
-            node: "the memory plan".into(),
-            message: e,
-        })?;
-        let result = self.run_in(inputs, &env, &plan, &mut arena, timed);
-        self.arenas.give(arena);
+        let mut arenas = Vec::new();
+        let result = self.run_in(inputs, &mut env, &mut arenas, timed);
+        for a in arenas {
+            self.arenas.give(a);
+        }
         result
     }
 
+    /// Runs the steps segment by segment: each gets its memory plan under the symbols bound
+    /// so far and an arena of its own (held in `arenas` to the end of the run); a segment's
+    /// last step may define symbols (a data-dependent result), bound before the next.
     fn run_in(
         &self,
         inputs: &[Tensor],
-        env: &HashMap<String, i64>,
-        plan: &MemPlan,
-        arena: &mut [u128],
+        env: &mut HashMap<String, i64>,
+        arenas: &mut Vec<Vec<u128>>,
         timed: bool,
     ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
         let lay = &self.layout;
-        let base = {
-            let p = arena.as_mut_ptr() as *mut u8;
-            // SAFETY: the arena has ALIGN bytes of slack for this.
-            unsafe { p.add(p.align_offset(crate::plan::ALIGN as usize)) }
-        };
         let mut values: Vec<Option<Loc>> = (0..lay.n_slots).map(|_| None).collect();
-        let mut stats = RunStats {
-            planned_bytes: plan.size,
-            total_bytes: plan.total,
-            ..Default::default()
-        };
+        let mut stats = RunStats::default();
         let in_bytes: u64 = inputs.iter().map(bytes).sum();
-        // Bytes of tensors held outside the arena: outputs and interpreter results.
+        // Bytes of tensors held outside the arenas: outputs and interpreter results.
         let mut live: u64 = 0;
-        stats.peak_bytes = in_bytes + plan.size;
         for (slot, t) in lay.param_slots.iter().zip(inputs) {
             if let Some(i) = *slot {
                 values[i] = Some(Loc::Tensor(t.clone()));
             }
         }
-        for (pos, step) in self.steps.iter().enumerate() {
+        for seg in &self.segments {
+            let plan = self.plan(seg.clone(), env)?;
+            let mut arena = self.arenas.take(plan.size).map_err(|e| ExecError::Node {
+                node: "the memory plan".into(),
+                message: e,
+            })?;
+            let base = {
+                let p = arena.as_mut_ptr() as *mut u8;
+                // SAFETY: the arena has ALIGN bytes of slack for this.
+                unsafe { p.add(p.align_offset(crate::plan::ALIGN as usize)) }
+            };
+            // The arena's elements stay where they are when the vector moves.
+            arenas.push(arena);
+            stats.planned_bytes += plan.size;
+            stats.total_bytes += plan.total;
+            stats.peak_bytes = stats.peak_bytes.max(in_bytes + stats.planned_bytes + live);
+            let counts = (&mut stats, &mut live, in_bytes);
+            self.run_segment(seg.clone(), env, (&plan, base), &mut values, counts, timed)?;
+            // Symbols the segment's last step defined.
+            let Some(last) = seg.end.checked_sub(1).filter(|_| !seg.is_empty()) else {
+                continue;
+            };
+            if self.defines[last] {
+                let outs = (0..lay.types[last].len())
+                    .map(|i| {
+                        let l =
+                            loc(&values, lay.first_slot[last] + i).map_err(|e| e.to_string())?;
+                        l.tensor()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .and_then(|t| interp::bind_results(env, &lay.types[last], &t));
+                outs.map_err(|message| ExecError::Node {
+                    node: lay.labels[last].clone(),
+                    message,
+                })?;
+            }
+        }
+        let outs = lay
+            .output_slots
+            .iter()
+            .map(|&i| {
+                loc(&values, i)?
+                    .tensor()
+                    .map_err(|message| ExecError::Node {
+                        node: "the outputs".into(),
+                        message,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((outs, stats))
+    }
+
+    /// Runs the steps of one segment under its plan; `live` counts the bytes of tensors held
+    /// outside the arenas, `in_bytes` those of the inputs.
+    fn run_segment(
+        &self,
+        seg: std::ops::Range<usize>,
+        env: &HashMap<String, i64>,
+        (plan, base): (&MemPlan, *mut u8),
+        values: &mut [Option<Loc>],
+        (stats, live, in_bytes): (&mut RunStats, &mut u64, u64),
+        timed: bool,
+    ) -> Result<(), ExecError> {
+        let lay = &self.layout;
+        for pos in seg {
+            let step = &self.steps[pos];
             let types = &lay.types[pos];
             let fail = |message: String| ExecError::Node {
                 node: lay.labels[pos].clone(),
@@ -1013,7 +1096,7 @@ impl Executable {
                     };
                     let args: Vec<&Loc> = lay.operand_slots[pos]
                         .iter()
-                        .map(|&i| loc(&values, i))
+                        .map(|&i| loc(values, i))
                         .collect::<Result<_, _>>()?;
                     let r = plan.resolved[pos]
                         .as_ref()
@@ -1021,20 +1104,14 @@ impl Executable {
                     match run.call(&args, r, base) {
                         Ok(outs) => outs,
                         Err(m) => {
-                            return Err(fail(explain_failure(
-                                explain.as_ref(),
-                                &args,
-                                base,
-                                env,
-                                m,
-                            )))
+                            return Err(fail(explain_failure(explain.as_ref(), &args, env, m)))
                         }
                     }
                 }
                 Step::Interp { graph, .. } => {
                     let args: Vec<Tensor> = lay.operand_slots[pos]
                         .iter()
-                        .map(|&i| loc(&values, i)?.tensor(base).map_err(fail))
+                        .map(|&i| loc(values, i)?.tensor().map_err(fail))
                         .collect::<Result<_, _>>()?;
                     let outs = interpret_node(graph, &args, env).map_err(fail)?;
                     stats.total_bytes += outs.iter().map(bytes).sum::<u64>();
@@ -1050,7 +1127,7 @@ impl Executable {
                 } => {
                     let args: Vec<Tensor> = lay.operand_slots[pos]
                         .iter()
-                        .map(|&i| loc(&values, i)?.tensor(base).map_err(fail))
+                        .map(|&i| loc(values, i)?.tensor().map_err(fail))
                         .collect::<Result<_, _>>()?;
                     let outs = run_loop(
                         body,
@@ -1073,33 +1150,21 @@ impl Executable {
             }
             for (i, l) in outs.into_iter().enumerate() {
                 if let (Loc::Tensor(t), true) = (&l, own) {
-                    live += bytes(t);
+                    *live += bytes(t);
                 }
                 values[lay.first_slot[pos] + i] = Some(l);
             }
-            stats.peak_bytes = stats.peak_bytes.max(in_bytes + plan.size + live);
+            stats.peak_bytes = stats.peak_bytes.max(in_bytes + stats.planned_bytes + *live);
             // Drop what no later node reads (counting only what this run created).
             for &(i, counted) in &lay.dead_slots[pos] {
                 if let Some(Loc::Tensor(t)) = values[i].take() {
                     if counted {
-                        live = live.saturating_sub(bytes(&t));
+                        *live = live.saturating_sub(bytes(&t));
                     }
                 }
             }
         }
-        let outs = lay
-            .output_slots
-            .iter()
-            .map(|&i| {
-                loc(&values, i)?
-                    .tensor(base)
-                    .map_err(|message| ExecError::Node {
-                        node: "the outputs".into(),
-                        message,
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((outs, stats))
+        Ok(())
     }
 }
 
@@ -1139,7 +1204,6 @@ fn run_loop(
 fn explain_failure(
     graph: Option<&Graph>,
     args: &[&Loc],
-    base: *mut u8,
     env: &HashMap<String, i64>,
     code_message: String,
 ) -> String {
@@ -1148,7 +1212,7 @@ fn explain_failure(
     };
     let Ok(args) = args
         .iter()
-        .map(|l| l.tensor(base))
+        .map(|l| l.tensor())
         .collect::<Result<Vec<Tensor>, _>>()
     else {
         return code_message;
@@ -1175,6 +1239,39 @@ fn interpret_node(
 }
 
 impl Layout {
+    /// The run's segments and which positions define symbols: a position whose result types
+    /// name a symbol neither the parameters nor an earlier position have (a data-dependent
+    /// size) ends a segment.
+    fn segments(&self) -> (Vec<std::ops::Range<usize>>, Vec<bool>) {
+        let mut known: std::collections::HashSet<std::sync::Arc<str>> = self
+            .params
+            .iter()
+            .flat_map(|(_, t)| t.shape.dims().iter().flat_map(|d| d.symbols()))
+            .collect();
+        let n = self.types.len();
+        let mut defines = vec![false; n];
+        let mut segments = Vec::new();
+        let mut start = 0;
+        for (pos, types) in self.types.iter().enumerate() {
+            for s in types
+                .iter()
+                .flat_map(|t| t.shape.dims().iter().flat_map(|d| d.symbols()))
+            {
+                if known.insert(s) {
+                    defines[pos] = true;
+                }
+            }
+            if defines[pos] {
+                segments.push(start..pos + 1);
+                start = pos + 1;
+            }
+        }
+        if start < n || segments.is_empty() {
+            segments.push(start..n);
+        }
+        (segments, defines)
+    }
+
     /// The layout of running `order` (positions) of `g`.
     fn of(g: &Graph, order: &[NodeId], labels: Vec<String>) -> Layout {
         let mut slot: HashMap<Value, usize> = HashMap::new();
@@ -1480,7 +1577,7 @@ impl Kernel<'_> {
         let shapes = &r.out_shapes;
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); k.bufs.len()];
         for (i, a) in args.iter().enumerate() {
-            ptrs[i] = a.ptr(base);
+            ptrs[i] = a.ptr();
         }
         let mut outs: Vec<Option<Loc>> = Vec::new();
         let mut owned = Vec::new();
@@ -1508,7 +1605,7 @@ impl Kernel<'_> {
                         Some(off) => {
                             ptrs[i] = base.wrapping_add(off as usize);
                             outs.push(Some(Loc::Arena {
-                                off,
+                                addr: base.wrapping_add(off as usize) as usize,
                                 dtype: b.dtype,
                                 shape,
                             }));

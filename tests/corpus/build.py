@@ -335,7 +335,42 @@ def _whisper_encoder():
     return Enc(WhisperEncoder(wc)), (torch.randn(1, 16, 64),), dict(input_names=["input_features"], dynamic_axes=dyn)
 
 
+def _ssd_detector():
+    import torch
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    # SSDlite (MobileNetV3 backbone at a tenth of its width, 3 classes): the image is resized to
+    # 320x320 inside, and the post-processing (per-class score filtering, top-k, batched
+    # non-maximum suppression) gives a data-dependent number of detections.
+    m = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3,
+                                      width_mult=0.1, score_thresh=0.3, detections_per_img=20)
+
+    # SSDlite's own initialization (normal, std 0.03) makes untrained features vanish and
+    # every anchor score alike (ties everywhere); Kaiming's keeps them apart.
+    with torch.no_grad():
+        for c in m.modules():
+            if isinstance(c, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(c.weight, mode="fan_in", nonlinearity="relu")
+                if c.bias is not None:
+                    c.bias.normal_(0.0, 0.1)
+
+    class Detect(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, image):
+            d = self.m([image])[0]
+            return d["boxes"], d["scores"], d["labels"]
+
+    dyn = {"image": {1: "height", 2: "width"}, "boxes": {0: "n"}, "scores": {0: "n"}, "labels": {0: "n"}}
+    return Detect(m), (torch.rand(3, 240, 320),), dict(
+        input_names=["image"], output_names=["boxes", "scores", "labels"], dynamic_axes=dyn,
+        opset_version=17)
+
+
 TORCH = {
+    "torch_ssdlite_detector": (_ssd_detector, {"image": uniform((3, 200, 260))}, 1e-3, 1e-4),
     "torch_mobilenet_v3_small": (_mobilenet_v3, {"x": normal((2, 3, 96, 128))}, 1e-3, 1e-4),
     "torch_mobilenet_v3_dynamo": (_mobilenet_v3_dynamo, {"x": normal((1, 3, 64, 80))}, 1e-3, 1e-4),
     "torch_lraspp_segmentation": (_lraspp, {"image": normal((1, 3, 72, 96))}, 1e-3, 1e-4),

@@ -4,8 +4,8 @@
 
 use super::import::{Ctx, Node};
 use super::ops::{
-    attention, control, ew, misc, ml, nn, quant, reduce, resize, rnn, sample, seq, shape, spectral,
-    stateful,
+    attention, control, dynamic, ew, misc, ml, nn, quant, reduce, resize, rnn, sample, seq, shape,
+    spectral, stateful,
 };
 use super::value::V;
 
@@ -92,6 +92,8 @@ table! {
         "Softmax" 1 => nn::softmax_v1, "Softmax" 13 => nn::softmax,
         "LogSoftmax" 1 => nn::softmax_v1, "LogSoftmax" 13 => nn::softmax,
         "Hardmax" 1 => nn::softmax_v1, "Hardmax" 13 => nn::softmax,
+        "NonZero" 9 => dynamic::nonzero, "Compress" 9 => dynamic::compress,
+        "NonMaxSuppression" 10 => dynamic::non_max_suppression, "Unique" 11 => dynamic::unique,
         "LRN" 1 => nn::lrn, "Einsum" 12 => nn::einsum, "TopK" 1 => nn::topk,
         "Attention" 23 => attention::attention, "RotaryEmbedding" 23 => attention::rotary_embedding,
         "Resize" 10 => resize::resize, "Upsample" 7 => resize::upsample,

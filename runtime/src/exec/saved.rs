@@ -286,6 +286,7 @@ impl Executable {
                 }
             });
         }
+        let (segments, defines) = saved.layout.segments();
         Ok(Executable {
             graph: None,
             layout: saved.layout,
@@ -293,6 +294,8 @@ impl Executable {
             compiled: code,
             arenas: Arenas::default(),
             plans: Default::default(),
+            segments,
+            defines,
             threads: threads_for(opts)?,
             _backing: Some(backing),
         })

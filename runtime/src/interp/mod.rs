@@ -4,6 +4,7 @@
 //! arithmetic wraps to the dtype width, and out-of-range indices are errors.
 
 mod compute;
+pub mod dynamic;
 mod index;
 mod wide;
 
@@ -150,7 +151,7 @@ pub fn run_with(
 ) -> Result<Vec<Tensor>, InterpError> {
     let g = v.graph();
     let env = bind_symbols(g, inputs, &opts.bindings)?;
-    let it = Interp {
+    let mut it = Interp {
         g,
         env,
         numbering: g.numbering().unwrap_or_default(),
@@ -179,7 +180,24 @@ pub fn run_with(
             Some(&i) => vec![inputs[i].clone()],
             None => {
                 let args: Vec<&Tensor> = node.inputs().iter().map(|v| &values[v]).collect();
-                it.node(id, &args)?
+                match node.op().kind() == ir::OpKind::Dynamic {
+                    true => {
+                        let outs = dynamic::compute(node.op(), &args).map_err(|message| {
+                            InterpError::Node {
+                                node: it.label(id),
+                                message,
+                            }
+                        })?;
+                        bind_results(&mut it.env, node.types(), &outs).map_err(|message| {
+                            InterpError::Node {
+                                node: it.label(id),
+                                message,
+                            }
+                        })?;
+                        outs
+                    }
+                    false => it.node(id, &args)?,
+                }
             }
         };
         for &inp in node.inputs() {
@@ -197,6 +215,45 @@ pub fn run_with(
         }
     }
     Ok(g.outputs().iter().map(|(_, v)| values[v].clone()).collect())
+}
+
+/// Binds the symbols a data-dependent node defines from its results' shapes (`types` are
+/// the node's declared result types), checking every other dim against the binding.
+pub fn bind_results(
+    env: &mut HashMap<String, i64>,
+    types: &[TensorType],
+    outs: &[Tensor],
+) -> Result<(), String> {
+    if types.len() != outs.len() {
+        return Err(format!(
+            "{} results where the node has {}",
+            outs.len(),
+            types.len()
+        ));
+    }
+    for (ty, t) in types.iter().zip(outs) {
+        if ty.rank() != t.shape().len() {
+            return Err(format!(
+                "a result of shape {:?} where {ty} was declared",
+                t.shape()
+            ));
+        }
+        for (d, &n) in ty.shape.dims().iter().zip(t.shape()) {
+            if let Some(s) = d.as_sym() {
+                env.entry(s.to_string()).or_insert(n as i64);
+            }
+            let v = d
+                .eval(&|s| env.get(s).copied())
+                .map_err(|e| e.to_string())?;
+            if v != n as i64 {
+                return Err(format!(
+                    "a result of shape {:?} where {ty} was declared",
+                    t.shape()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a `refine` holds: the operand's run-time dims (`got`, typed `have`) are those the

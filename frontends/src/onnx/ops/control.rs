@@ -334,12 +334,28 @@ pub fn if_(ctx: &mut Ctx, n: &Node) -> Res {
     let mut out = Vec::with_capacity(t.len());
     for (tv, ev) in t.iter().zip(&e) {
         let (x, y) = (ctx.value_of(tv)?, ctx.value_of(ev)?);
-        if ctx.b.ty(x) != ctx.b.ty(y) {
-            return Err(format!(
-                "If branches produce {} and {} and the condition is only known at run time",
-                ctx.b.ty(x),
-                ctx.b.ty(y)
-            ));
+        let (tx, ty) = (ctx.b.ty(x).clone(), ctx.b.ty(y).clone());
+        if tx != ty {
+            if tx.dtype != ty.dtype || tx.rank() != ty.rank() {
+                return Err(format!(
+                    "If branches produce {tx} and {ty} and the condition is only known at run time"
+                ));
+            }
+            // Sizes that differ by branch are symbols the choice defines when it runs.
+            let mut dims = Vec::with_capacity(tx.rank());
+            for (p, q) in tx.shape.dims().iter().zip(ty.shape.dims()) {
+                dims.push(if p == q {
+                    p.clone()
+                } else {
+                    ctx.fresh_symbol("if")
+                });
+            }
+            let op = Op::Choose {
+                shape: Shape::new(dims),
+            };
+            let r = ctx.b.op1(op, &[c, x, y]).map_err(s)?;
+            out.push(ctx.v(r));
+            continue;
         }
         let shape = ctx.b.shape(x).clone();
         let cb = ctx.b.broadcast_to(c, &shape).map_err(s)?;

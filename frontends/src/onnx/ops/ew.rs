@@ -118,7 +118,9 @@ fn known_binary(ctx: &Ctx, op: &str, a: &str, b: &str) -> Result<Option<V>, Stri
     for i in 0..n {
         let (p, q) = (at(&x, i), at(&y, i));
         let r = match op {
-            "Add" => p.add(&q),
+            "Add" | "Sum" => p.add(&q),
+            "Min" => p.minimum(&q),
+            "Max" => p.maximum(&q),
             "Sub" => p.sub(&q),
             "Mul" => p.mul(&q),
             // Dims are not negative, so truncating and floor division agree.
@@ -258,6 +260,14 @@ fn legacy_broadcast(
 pub fn variadic(ctx: &mut Ctx, n: &Node) -> Res {
     let names: Vec<&str> = (0..n.num_inputs()).filter_map(|i| n.input(i)).collect();
     let first = *names.first().ok_or("needs at least one input")?;
+    // Known dims stay known (torchvision's min(candidates, boxes) as a TopK's k).
+    if let [a, b] = names[..] {
+        if matches!(n.op(), "Max" | "Min" | "Sum") {
+            if let Some(v) = known_binary(ctx, n.op(), a, b)? {
+                return Ok(vec![v]);
+            }
+        }
+    }
     let op = match n.op() {
         "Max" => Op::Max,
         "Min" => Op::Min,

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod control;
+pub mod dynamic;
 pub mod ew;
 pub mod misc;
 pub mod ml;

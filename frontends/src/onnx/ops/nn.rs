@@ -903,12 +903,27 @@ pub fn einsum(ctx: &mut Ctx, n: &Node) -> Res {
 
 pub fn topk(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
+    let a = axis(n.int_or("axis", -1)?, ctx.b.rank(x))? as i64;
+    let largest = n.int_or("largest", 1)? != 0;
     let k = match n.input(1) {
+        // A k known only at run time (torchvision's min(candidates, boxes)): its size is a
+        // symbol the node defines.
+        Some(k) if ctx.try_static(k).is_none() => {
+            let kv = ctx.ir(k)?;
+            let kv = ctx.b.reshape(kv, ir::Shape::scalar()).map_err(s)?;
+            let kv = ctx.b.cast(kv, DType::I64).map_err(s)?;
+            let count = ctx.fresh_symbol("topk");
+            let op = Op::DynTopK {
+                axis: a,
+                largest,
+                count,
+            };
+            let outs = ctx.b.op(op, &[x, kv]).map_err(s)?;
+            return Ok(vec![ctx.v(outs[0]), ctx.v(outs[1])]);
+        }
         Some(k) => *ctx.static_ints(k)?.first().ok_or("empty k")?,
         None => n.int("k")?.ok_or("missing attribute `k`")?,
     };
-    let a = axis(n.int_or("axis", -1)?, ctx.b.rank(x))? as i64;
-    let largest = n.int_or("largest", 1)? != 0;
     let outs = ctx
         .b
         .op(

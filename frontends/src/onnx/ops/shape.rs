@@ -307,7 +307,8 @@ fn slice_bounds(start: i64, end: i64, step: i64, n: &Dim) -> Result<(Dim, Dim), 
         let e = if step > 0 { e.max(s) } else { e.min(s) };
         return Ok((Dim::Const(s), Dim::Const(e)));
     }
-    // A symbolic extent: only the common forms (counting from either end, or "to the end").
+    // A symbolic extent: bounds counted from either end, clamped to the axis as symbols
+    // allow (`min(n, 20)`: a data-dependent count cut to the first 20).
     let sym = |x: i64, is_end: bool| -> Result<Dim, String> {
         if x >= BIG {
             Ok(if step > 0 {
@@ -322,9 +323,14 @@ fn slice_bounds(start: i64, end: i64, step: i64, n: &Dim) -> Result<(Dim, Dim), 
                 Dim::Const(-1)
             })
         } else if x < 0 {
-            n.add(&Dim::Const(x)).map_err(s)
+            let from_end = n.add(&Dim::Const(x)).map_err(s)?;
+            let floor = Dim::Const(if step > 0 || !is_end { 0 } else { -1 });
+            from_end.maximum(&floor).map_err(s)
+        } else if step > 0 {
+            n.minimum(&Dim::Const(x)).map_err(s)
         } else {
-            Ok(Dim::Const(x))
+            let last = n.sub(&Dim::Const(1)).map_err(s)?;
+            last.minimum(&Dim::Const(x)).map_err(s)
         }
     };
     Ok((sym(start, false)?, sym(end, true)?))
