@@ -858,3 +858,105 @@ fn data_dependent_sizes_bind_when_the_model_runs() {
     }
     assert_eq!(m.specializations(), 0);
 }
+
+/// A Loop whose trip count is the open length of `x` (Shape, Gather): a running sum of the
+/// rows of x (read by the iteration number) carried, and i*i collected: a `loop` op.
+fn loop_open() -> Vec<u8> {
+    let body = GraphProto {
+        node: vec![
+            node("Identity", "keep", &["cond"], &["cond_out"], vec![]),
+            node(
+                "Gather",
+                "row",
+                &["x", "i"],
+                &["r"],
+                vec![int_attr("axis", 0)],
+            ),
+            node("Add", "acc", &["s", "r"], &["s2"], vec![]),
+            node("Mul", "sq", &["i", "i"], &["ii"], vec![]),
+        ],
+        name: "body".into(),
+        input: vec![
+            vi("i", data_type::INT64, &[]),
+            vi("cond", data_type::BOOL, &[]),
+            vi("s", data_type::FLOAT, &["2"]),
+        ],
+        output: vec![
+            vi("cond_out", data_type::BOOL, &[]),
+            vi("s2", data_type::FLOAT, &["2"]),
+            vi("ii", data_type::INT64, &[]),
+        ],
+        ..Default::default()
+    };
+    let graph_attr = AttributeProto {
+        name: "body".into(),
+        r#type: attr_type::GRAPH,
+        g: Some(Box::new(body)),
+        ..Default::default()
+    };
+    let ints = |name: &str, v: &[i64]| TensorProto {
+        name: name.into(),
+        dims: vec![v.len() as i64],
+        data_type: data_type::INT64,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    };
+    model(
+        vec![
+            node("Shape", "shape", &["x"], &["sh"], vec![]),
+            node("Slice", "first", &["sh", "zero", "one"], &["m"], vec![]),
+            node(
+                "Loop",
+                "loop",
+                &["m", "", "s0"],
+                &["s", "squares"],
+                vec![graph_attr],
+            ),
+        ],
+        vec![
+            vi("x", data_type::FLOAT, &["n", "2"]),
+            vi("s0", data_type::FLOAT, &["2"]),
+        ],
+        vec![
+            vi("s", data_type::FLOAT, &["2"]),
+            vi("squares", data_type::INT64, &[""]),
+        ],
+        vec![ints("zero", &[0]), ints("one", &[1])],
+        13,
+    )
+}
+
+#[test]
+fn loop_over_an_open_trip_count_is_a_loop_imported_once() {
+    let m = Model::from_onnx(&loop_open(), Default::default(), Default::default()).unwrap();
+    let g = m.symbolic().expect("a loop over any trip count");
+    assert!(
+        kiln::print_graph(g).contains(" loop "),
+        "{}",
+        kiln::print_graph(g)
+    );
+    for n in [0usize, 1, 4, 300] {
+        let xs: Vec<f32> = (0..2 * n).map(|i| i as f32).collect();
+        let inputs = vec![
+            (
+                "x".to_string(),
+                Tensor::from_vec(vec![n, 2], xs.clone()).unwrap(),
+            ),
+            (
+                "s0".to_string(),
+                Tensor::from_vec(vec![2], vec![0.5f32, -1.0]).unwrap(),
+            ),
+        ];
+        let want_s = [
+            0.5 + (0..n).map(|i| xs[2 * i]).sum::<f32>(),
+            -1.0 + (0..n).map(|i| xs[2 * i + 1]).sum::<f32>(),
+        ];
+        let want_sq: Vec<i64> = (0..n as i64).map(|i| i * i).collect();
+        for got in [m.run(&inputs), m.interpret(&inputs)] {
+            let got = got.unwrap_or_else(|e| panic!("n={n}: {e}"));
+            assert_eq!(got[0].1.as_slice::<f32>().unwrap(), &want_s, "n={n}");
+            assert_eq!(got[1].1.as_slice::<i64>().unwrap(), &want_sq[..], "n={n}");
+        }
+    }
+    assert_eq!(m.specializations(), 0);
+}

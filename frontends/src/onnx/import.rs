@@ -493,19 +493,22 @@ impl<'o> Ctx<'o> {
     /// Imports subgraph `g` as a graph of its own (a `loop` body) rather than inline. Its
     /// parameters are `g`'s inputs in the order `order` gives (indices into `g.input`), typed
     /// by `types` (in that order), then one per outer value the subgraph reads that is not
-    /// known at import; its outputs are `g`'s outputs at `outputs`, the first `carry` of them
-    /// refined to the types of the first `carry` parameters. Outputs at `must_be_true` must be
-    /// known true. Returns the graph and the outer values its extra parameters stand for.
+    /// known at import; inputs in `known` are known values instead. Its outputs are `g`'s
+    /// outputs at `outputs`, the first `carry` of them refined to the types of the first
+    /// `carry` parameters; outputs at `must_be_true` must be known true. Returns the graph and
+    /// the outer values its extra parameters stand for.
+    #[allow(clippy::too_many_arguments)]
     pub fn region(
         &mut self,
         g: &GraphProto,
         order: &[usize],
         types: &[ir::TensorType],
+        known: &[(usize, Tensor)],
         outputs: &[usize],
         carry: usize,
         must_be_true: &[usize],
     ) -> Result<(ir::Graph, Vec<Value>), String> {
-        if order.len() != g.input.len() || types.len() != order.len() {
+        if order.len() + known.len() != g.input.len() || types.len() != order.len() {
             return Err(format!(
                 "the subgraph takes {} inputs, got {}",
                 g.input.len(),
@@ -521,7 +524,7 @@ impl<'o> Ctx<'o> {
         let mut shadowed: Vec<(String, Option<V>)> = Vec::new();
         let mut captured = Vec::new();
         let result = (|| -> Result<Vec<V>, String> {
-            let mut args: Vec<Option<V>> = vec![None; order.len()];
+            let mut args: Vec<Option<V>> = vec![None; g.input.len()];
             for (&i, t) in order.iter().zip(types) {
                 let name = &g
                     .input
@@ -533,6 +536,10 @@ impl<'o> Ctx<'o> {
                     .param(&format!("in:{name}"), t.dtype, t.shape.clone())
                     .map_err(|e| e.to_string())?;
                 args[i] = Some(self.v(p));
+            }
+            for (i, t) in known {
+                let slot = args.get_mut(*i).ok_or("a subgraph input is out of range")?;
+                *slot = Some(V::data(t.clone()));
             }
             for name in outer_names(g) {
                 let Some(v) = self.env.get(&name).cloned() else {
@@ -559,8 +566,8 @@ impl<'o> Ctx<'o> {
             }
             let args = args
                 .into_iter()
-                .map(|a| a.expect("every input ordered"))
-                .collect();
+                .map(|a| a.ok_or_else(|| "a subgraph input has no value".to_string()))
+                .collect::<Result<Vec<V>, String>>()?;
             self.inline(g, args)
         })();
         let result = result.and_then(|outs| {

@@ -170,7 +170,7 @@ fn scan_loop(
     let count = count.ok_or("Scan needs at least one scan input")?;
     let order: Vec<usize> = (0..body.input.len()).collect();
     let outputs: Vec<usize> = (0..body.output.len()).collect();
-    let (graph, captured) = ctx.region(body, &order, &types, &outputs, nstate, &[])?;
+    let (graph, captured) = ctx.region(body, &order, &types, &[], &outputs, nstate, &[])?;
     operands.extend(captured);
     let outs = ctx
         .b
@@ -365,7 +365,85 @@ pub fn if_(ctx: &mut Ctx, n: &Node) -> Res {
     Ok(out)
 }
 
+/// Loop as a `loop` op: a trip count known as a dim (symbolic, or more than unrolls well)
+/// and a condition that stays true (absent or known true, and the body's known true when it
+/// starts true). The iteration number is scanned from an iota. `None`: not that form.
+fn loop_region(ctx: &mut Ctx, n: &Node) -> R<Option<Vec<V>>> {
+    let body = n.graph("body")?;
+    let Some(m) = n.input(0) else {
+        return Ok(None);
+    };
+    let Ok(trip) = ctx.static_dims(m) else {
+        return Ok(None);
+    };
+    let Some(count) = trip.first().cloned() else {
+        return Ok(None);
+    };
+    if count
+        .as_const()
+        .is_some_and(|c| (0..=UNROLL_MAX as i64).contains(&c))
+    {
+        return Ok(None);
+    }
+    if let Some(c) = n.input(1) {
+        if known_bool(ctx, c) != Some(true) {
+            return Ok(None);
+        }
+    }
+    let names: Vec<&str> = (2..n.num_inputs()).filter_map(|i| n.input(i)).collect();
+    let nc = names.len();
+    let k = body.output.len().saturating_sub(1 + nc);
+    let mut operands = Vec::with_capacity(nc + 1);
+    let mut types = Vec::with_capacity(nc + 1);
+    for nm in &names {
+        let x = ctx.ir(nm)?;
+        types.push(ctx.b.ty(x).clone());
+        operands.push(x);
+    }
+    // Iteration numbers 0..count, one per step.
+    let iters = ctx
+        .b
+        .op1(
+            Op::Iota {
+                axis: 0,
+                ty: ir::TensorType::new(ir::DType::I64, Shape::new(vec![count.clone()])),
+            },
+            &[],
+        )
+        .map_err(s)?;
+    operands.push(iters);
+    types.push(ir::TensorType::new(ir::DType::I64, Shape::scalar()));
+    let order: Vec<usize> = (2..2 + nc).chain([0]).collect();
+    let known = [(1, Tensor::scalar(true))];
+    let outputs: Vec<usize> = (1..1 + nc + k).collect();
+    let region = ctx.region(body, &order, &types, &known, &outputs, nc, &[0]);
+    let (graph, captured) = match region {
+        Ok(r) => r,
+        // A condition the body computes from data: the unrolled form (or its error).
+        Err(e) if e.contains("condition is only known at run time") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    operands.extend(captured);
+    let outs = ctx
+        .b
+        .op(
+            Op::Loop {
+                count,
+                carry: nc as i64,
+                scan: 1,
+                reverse: false,
+                body: ir::Region::new(graph),
+            },
+            &operands,
+        )
+        .map_err(s)?;
+    Ok(Some(outs.into_iter().map(|v| ctx.v(v)).collect()))
+}
+
 pub fn loop_(ctx: &mut Ctx, n: &Node) -> Res {
+    if let Some(outs) = loop_region(ctx, n)? {
+        return Ok(outs);
+    }
     let body = n.graph("body")?;
     let trip = n
         .input(0)
