@@ -2,7 +2,8 @@
 //! corpus models, and the node tests and small shared models when `../shared` is present) go
 //! through decode, import (with symbolic shapes, and when that fails the specialization a run
 //! makes, twice so the second comes from the cache) and, when the result is small, the
-//! interpreter. Errors are fine; panics are not. Long run: `PROPTEST_CASES=2000000 cargo test --release --test fuzz_onnx`.
+//! interpreter (and compiled execution for graphs with loops, checked facts or data-dependent
+//! sizes). Errors are fine; panics are not. Long run: `PROPTEST_CASES=2000000 cargo test --release --test fuzz_onnx`.
 
 mod common;
 
@@ -176,7 +177,23 @@ fn interpret_small(g: &kiln::Graph, bindings: &HashMap<String, i64>) {
         bindings: bindings.clone(),
         max_tensor_bytes: 1 << 20,
     };
-    let _ = interp::run_with(&v, &inputs, &opts);
+    let interpreted = interp::run_with(&v, &inputs, &opts);
+    // Loops, checked facts and data-dependent sizes have their own paths in compiled
+    // execution (steps running bodies, per-binding checks, segmented plans): run those too.
+    let special = g.node_ids().into_iter().any(|id| {
+        let op = g.node(id).op();
+        matches!(op, kiln::Op::Loop { .. } | kiln::Op::Refine { .. })
+            || op.kind() == kiln::ir::OpKind::Dynamic
+    });
+    if special && interpreted.is_ok() {
+        let opts = kiln::CompileOptions {
+            threads: Some(1),
+            ..Default::default()
+        };
+        if let Ok(exe) = kiln::Executable::new(g, &opts) {
+            let _ = exe.run_with(&inputs, bindings);
+        }
+    }
 }
 
 proptest! {
