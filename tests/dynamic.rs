@@ -960,3 +960,74 @@ fn loop_over_an_open_trip_count_is_a_loop_imported_once() {
     }
     assert_eq!(m.specializations(), 0);
 }
+
+/// Range(start, limit, delta) over input values, and a Loop whose trip count is an input:
+/// lengths only the data gives, bound when the model runs (imported once, no specialization).
+#[test]
+fn ranges_and_trip_counts_read_from_data_bind_at_run_time() {
+    let scalar = |name: &str, elem: i32| vi(name, elem, &[]);
+    let bytes = model(
+        vec![node("Range", "range", &["a", "b", "d"], &["r"], vec![])],
+        vec![
+            scalar("a", data_type::FLOAT),
+            scalar("b", data_type::FLOAT),
+            scalar("d", data_type::FLOAT),
+        ],
+        vec![vi("r", data_type::FLOAT, &[""])],
+        vec![],
+        11,
+    );
+    let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+    assert!(m.symbolic().is_ok());
+    for (a, b, d) in [(0.0f32, 5.0, 2.0), (1.0, -2.0, -0.5), (3.0, 1.0, 1.0)] {
+        let inputs: Vec<(String, Tensor)> = [("a", a), ("b", b), ("d", d)]
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), Tensor::scalar(v)))
+            .collect();
+        let len = ((b - a) / d).ceil().max(0.0) as usize;
+        let want: Vec<f32> = (0..len).map(|i| a + i as f32 * d).collect();
+        for got in [m.run(&inputs), m.interpret(&inputs)] {
+            let got = got.unwrap();
+            assert_eq!(
+                got[0].1.as_slice::<f32>().unwrap(),
+                &want[..],
+                "{a} {b} {d}"
+            );
+        }
+    }
+    assert_eq!(m.specializations(), 0);
+    // The Loop of `loop_open` with its trip count an input instead of Shape(x)[0].
+    let mut proto = kiln::frontends::onnx::decode_model(&loop_open()).unwrap();
+    let g = proto.graph.as_mut().unwrap();
+    g.node.retain(|n| n.op_type == "Loop");
+    g.input.push(vi("m", data_type::INT64, &["1"]));
+    let bytes = prost::Message::encode_to_vec(&proto);
+    let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+    assert!(kiln::print_graph(m.symbolic().unwrap()).contains("dyn_iota"));
+    for trips in [0i64, 3] {
+        let xs: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let inputs = vec![
+            (
+                "x".to_string(),
+                Tensor::from_vec(vec![4, 2], xs.clone()).unwrap(),
+            ),
+            (
+                "s0".to_string(),
+                Tensor::from_vec(vec![2], vec![0.0f32, 0.0]).unwrap(),
+            ),
+            (
+                "m".to_string(),
+                Tensor::from_vec(vec![1], vec![trips]).unwrap(),
+            ),
+        ];
+        let t = trips as usize;
+        let want = [
+            (0..t).map(|i| xs[2 * i]).sum::<f32>(),
+            (0..t).map(|i| xs[2 * i + 1]).sum(),
+        ];
+        let got = m.run(&inputs).unwrap();
+        assert_eq!(got[0].1.as_slice::<f32>().unwrap(), &want, "{trips} trips");
+        assert_eq!(got[1].1.shape(), &[t]);
+    }
+    assert_eq!(m.specializations(), 0);
+}

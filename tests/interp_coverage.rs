@@ -195,6 +195,13 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 }
                 continue;
             }
+            "dyn_iota" => {
+                let op = Op::DynIota {
+                    count: Dim::sym("r"),
+                };
+                out.push((op, vec![Tensor::scalar(3i64)]));
+                continue;
+            }
             "dyn_topk" => {
                 let op = Op::DynTopK {
                     axis: 1,

@@ -704,6 +704,15 @@ pub(crate) fn rule_nms(
     )])
 }
 
+pub(crate) fn rule_dyn_iota(ins: &[TensorType], count: &Dim) -> Rule {
+    let n = defined(count)?;
+    check_dtype(DTypeSet::INT, &ins[0], "n")?;
+    if ins[0].rank() != 0 {
+        return Err(format!("n must be a scalar, got {}", ins[0]));
+    }
+    Ok(vec![TensorType::new(DType::I64, Shape::new(vec![n]))])
+}
+
 pub(crate) fn rule_dyn_topk(ins: &[TensorType], ax: &i64, _largest: &bool, count: &Dim) -> Rule {
     let n = defined(count)?;
     let x = &ins[0];

@@ -453,6 +453,9 @@ ops! {
     Nms = "nms", Dynamic, Exactly(5),
         { center: bool = default(false), thresholded: bool = default(true), count: Dim }
         => rule_nms;
+    /// 0, 1, …, n-1 (i64) for the integer scalar operand n (nothing when n ≤ 0): `count`, the
+    /// length, is a symbol this node defines (a Range or a Loop's trip count read from data).
+    DynIota = "dyn_iota", Dynamic, Exactly(1), { count: Dim } => rule_dyn_iota;
     /// `topk` with k the scalar integer operand 1, known only at run time (at most the
     /// axis's length): the k-sized axis is `count`, a symbol this node defines.
     DynTopK = "dyn_topk", Dynamic, Exactly(2),
@@ -555,7 +558,8 @@ impl Op {
             Op::NonZero { count }
             | Op::Nms { count, .. }
             | Op::Unique { count, .. }
-            | Op::DynTopK { count, .. } => Some(count),
+            | Op::DynTopK { count, .. }
+            | Op::DynIota { count } => Some(count),
             _ => None,
         }
     }

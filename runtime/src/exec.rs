@@ -421,6 +421,9 @@ impl Loc {
 /// Values of the graph's symbols, sorted by name.
 type Binding = Vec<(String, i64)>;
 
+/// Memory plans an executable keeps (per segment and binding) before starting afresh.
+const MAX_PLANS: usize = 256;
+
 /// A memory plan for one binding of the symbols.
 struct MemPlan {
     /// Bytes of the arena.
@@ -929,10 +932,12 @@ impl Executable {
             total: p.total,
             resolved,
         });
-        self.plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, mp.clone());
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: data-dependent sizes can make a new binding every run.
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(key, mp.clone());
         Ok(mp)
     }
 

@@ -11,6 +11,15 @@ type R<T> = Result<T, String>;
 pub fn compute(op: &Op, args: &[&Tensor]) -> R<Vec<Tensor>> {
     match op {
         Op::NonZero { .. } => Ok(vec![nonzero(args[0])?]),
+        Op::DynIota { .. } => {
+            let n = args[0].data().get_i128(0).max(0);
+            if n > 1 << 28 {
+                return Err(format!(
+                    "a range of {n} elements is more than kiln makes (2^28)"
+                ));
+            }
+            Ok(vec![ids(vec![n as usize], (0..n as i64).collect())?])
+        }
         Op::Choose { .. } => {
             let pick = if args[0].data().get_i128(0) != 0 {
                 1

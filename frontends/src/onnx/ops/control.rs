@@ -365,22 +365,20 @@ pub fn if_(ctx: &mut Ctx, n: &Node) -> Res {
     Ok(out)
 }
 
-/// Loop as a `loop` op: a trip count known as a dim (symbolic, or more than unrolls well)
-/// and a condition that stays true (absent or known true, and the body's known true when it
-/// starts true). The iteration number is scanned from an iota. `None`: not that form.
+/// Loop as a `loop` op: a trip count that is a symbolic dim, more than unrolls well, or read
+/// from data, and a condition that stays true (absent or known true, and the body's known
+/// true when it starts true). The iteration number is scanned from an iota (`dyn_iota` for a
+/// trip count from data, whose length is then a symbol bound at run time). `None`: not that
+/// form.
 fn loop_region(ctx: &mut Ctx, n: &Node) -> R<Option<Vec<V>>> {
     let body = n.graph("body")?;
     let Some(m) = n.input(0) else {
         return Ok(None);
     };
-    let Ok(trip) = ctx.static_dims(m) else {
-        return Ok(None);
-    };
-    let Some(count) = trip.first().cloned() else {
-        return Ok(None);
-    };
-    if count
-        .as_const()
+    let trip = ctx.static_dims(m).ok().and_then(|t| t.first().cloned());
+    if trip
+        .as_ref()
+        .and_then(|c| c.as_const())
         .is_some_and(|c| (0..=UNROLL_MAX as i64).contains(&c))
     {
         return Ok(None);
@@ -400,17 +398,25 @@ fn loop_region(ctx: &mut Ctx, n: &Node) -> R<Option<Vec<V>>> {
         types.push(ctx.b.ty(x).clone());
         operands.push(x);
     }
-    // Iteration numbers 0..count, one per step.
-    let iters = ctx
-        .b
-        .op1(
-            Op::Iota {
-                axis: 0,
-                ty: ir::TensorType::new(ir::DType::I64, Shape::new(vec![count.clone()])),
-            },
-            &[],
-        )
-        .map_err(s)?;
+    // Iteration numbers 0..count, one per step; a trip count read from data is a symbol
+    // bound when the model runs.
+    let (count, iters) = match trip {
+        Some(count) => {
+            let ty = ir::TensorType::new(ir::DType::I64, Shape::new(vec![count.clone()]));
+            let iota = ctx.b.op1(Op::Iota { axis: 0, ty }, &[]).map_err(s)?;
+            (count, iota)
+        }
+        None => {
+            let mv = ctx.ir(m)?;
+            let mv = ctx.b.reshape(mv, Shape::scalar()).map_err(s)?;
+            let mv = ctx.b.cast(mv, ir::DType::I64).map_err(s)?;
+            let count = ctx.fresh_symbol("trips");
+            let op = Op::DynIota {
+                count: count.clone(),
+            };
+            (count, ctx.b.op1(op, &[mv]).map_err(s)?)
+        }
+    };
     operands.push(iters);
     types.push(ir::TensorType::new(ir::DType::I64, Shape::scalar()));
     let order: Vec<usize> = (2..2 + nc).chain([0]).collect();

@@ -680,8 +680,37 @@ pub fn pad(ctx: &mut Ctx, n: &Node) -> Res {
     )
 }
 
+/// Range whose bounds are only known at run time: ceil((limit - start) / delta) elements
+/// (computed in f64), their count a symbol bound when it runs.
+fn range_at_run_time(ctx: &mut Ctx, n: &Node) -> Res {
+    let (st, li, de) = (n.req(0)?, n.req(1)?, n.req(2)?);
+    let dtype = ctx.get(st)?.dtype();
+    let mut scalar = |name: &str| -> Result<Value, String> {
+        let v = ctx.ir(name)?;
+        let v = ctx.b.reshape(v, Shape::scalar()).map_err(s)?;
+        ctx.b.cast(v, DType::F64).map_err(s)
+    };
+    let (a, b, d) = (scalar(st)?, scalar(li)?, scalar(de)?);
+    let count = ctx.fresh_symbol("range");
+    let bb = &mut ctx.b;
+    let span = bb.sub(b, a).map_err(s)?;
+    let q = bb.div(span, d).map_err(s)?;
+    let q = bb.unary(Op::Ceil, q).map_err(s)?;
+    let n_steps = bb.cast(q, DType::I64).map_err(s)?;
+    let i = bb.op1(Op::DynIota { count }, &[n_steps]).map_err(s)?;
+    let i = bb.cast(i, DType::F64).map_err(s)?;
+    let scaled = bb.mul(i, d).map_err(s)?;
+    let y = bb.add(scaled, a).map_err(s)?;
+    let y = bb.cast(y, dtype).map_err(s)?;
+    one(ctx, y)
+}
+
 pub fn range(ctx: &mut Ctx, n: &Node) -> Res {
     let (st, li, de) = (n.req(0)?, n.req(1)?, n.req(2)?);
+    let known = |ctx: &Ctx, x: &str| ctx.static_dims(x).is_ok() || ctx.try_static(x).is_some();
+    if ![st, li, de].iter().all(|x| known(ctx, x)) {
+        return range_at_run_time(ctx, n);
+    }
     let dtype = ctx.get(st)?.dtype();
     // Integer ranges may have symbolic ends; float ranges need known values.
     let count = if dtype.is_int() {
