@@ -11,7 +11,7 @@ pub mod nn;
 pub mod quant;
 pub mod reduce;
 pub mod resize;
-mod resize_dyn;
+pub mod resize_dyn;
 pub mod rnn;
 pub mod sample;
 pub mod seq;

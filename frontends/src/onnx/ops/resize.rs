@@ -197,7 +197,8 @@ fn weights(
     Ok((w, outside))
 }
 
-/// Resizes `x` per the plan; computes in f64 and casts back (integers round and saturate).
+/// Resizes `x` per the plan; computes in f32 for f32 data, else in f64 and casts back
+/// (integers round and saturate).
 fn apply(
     ctx: &mut Ctx,
     x: Value,
@@ -209,27 +210,19 @@ fn apply(
 ) -> R<Value> {
     let b = &mut ctx.b;
     let dtype = b.dtype(x);
-    let mut y = b.cast(x, DType::F64).map_err(s)?;
+    // f32 contracts in f32 (the library GEMM; onnxruntime computes in float), the rest in f64.
+    let work = if dtype == DType::F32 {
+        DType::F32
+    } else {
+        DType::F64
+    };
+    let mut y = b.cast(x, work).map_err(s)?;
     for (a, ax) in plan {
         let (w, outside) = weights(ax, kernel, coord, exclude)?;
         let wt = Tensor::from_vec(vec![ax.output, ax.input], w).map_err(s)?;
         let wv = b.constant(wt).map_err(s)?;
-        let r = b.rank(y);
-        y = b
-            .op1(
-                Op::Dot {
-                    lhs_batch: vec![],
-                    rhs_batch: vec![],
-                    lhs_contract: vec![*a as i64],
-                    rhs_contract: vec![1],
-                },
-                &[y, wv],
-            )
-            .map_err(s)?;
-        // The new axis comes last; move it back to `a`.
-        let mut perm: Vec<i64> = (0..r as i64 - 1).collect();
-        perm.insert(*a, r as i64 - 1);
-        y = b.transpose(y, &perm).map_err(s)?;
+        let wv = b.cast(wv, work).map_err(s)?;
+        y = resize_dyn::contract(b, y, *a, wv)?;
         if outside.iter().any(|&o| o) {
             let m = Tensor::from_vec(vec![ax.output], outside).map_err(s)?;
             let m = b.constant(m).map_err(s)?;
@@ -243,7 +236,7 @@ fn apply(
                     &[m],
                 )
                 .map_err(s)?;
-            let e = b.scalar(extrap, DType::F64).map_err(s)?;
+            let e = b.scalar(extrap, work).map_err(s)?;
             let e = b.broadcast_to(e, &shape).map_err(s)?;
             y = b.op1(Op::Select, &[m, e, y]).map_err(s)?;
         }

@@ -46,33 +46,58 @@ pub fn scaled(n: &Dim, scale: f64) -> R<Dim> {
     ))
 }
 
-/// Resizes `x` along every axis of `plan`, computing in f64 and casting back.
+/// Resizes `x` along every axis of `plan`: f32 data contracts in f32 with weights computed
+/// in f64 (a product the library GEMM runs, as onnxruntime computes in float); other dtypes
+/// compute in f64 and cast back.
 pub fn resize(ctx: &mut Ctx, x: Value, plan: &[DynAxis], how: &Interp) -> R<Value> {
     let dtype = ctx.b.dtype(x);
-    let mut y = ctx.b.cast(x, DType::F64).map_err(s)?;
+    let work = if dtype == DType::F32 {
+        DType::F32
+    } else {
+        DType::F64
+    };
+    let mut y = ctx.b.cast(x, work).map_err(s)?;
     for ax in plan {
         let w = weights(ctx, ax, how)?;
-        let b = &mut ctx.b;
-        let r = b.rank(y);
-        y = b
-            .op1(
-                Op::Dot {
-                    lhs_batch: vec![],
-                    rhs_batch: vec![],
-                    lhs_contract: vec![ax.axis as i64],
-                    rhs_contract: vec![1],
-                },
-                &[y, w],
-            )
-            .map_err(s)?;
-        let mut perm: Vec<i64> = (0..r as i64 - 1).collect();
-        perm.insert(ax.axis, r as i64 - 1);
-        y = b.transpose(y, &perm).map_err(s)?;
+        let w = ctx.b.cast(w, work).map_err(s)?;
+        y = contract(&mut ctx.b, y, ax.axis, w)?;
     }
     if dtype.is_int() {
         y = ctx.b.unary(Op::Round, y).map_err(s)?;
     }
     ctx.b.cast(y, dtype).map_err(s)
+}
+
+/// Resizes axis `a` of `y` by the [out, in] weights `w`: the axis moved last, so the product
+/// contracts contiguous rows (the library GEMM's form), then moved back.
+pub fn contract(b: &mut ir::Builder, y: Value, a: usize, w: Value) -> R<Value> {
+    let r = b.rank(y) as i64;
+    let mut to_last: Vec<i64> = (0..r).filter(|&i| i != a as i64).collect();
+    to_last.push(a as i64);
+    let y = b.transpose(y, &to_last).map_err(s)?;
+    // As a matrix of rows (the other axes flattened): one product, however many axes.
+    let dims = b.shape(y).dims().to_vec();
+    let (rest, n) = dims.split_at(dims.len() - 1);
+    let mut rows = Dim::Const(1);
+    for d in rest {
+        rows = rows.mul(d).map_err(s)?;
+    }
+    let y = b
+        .reshape(y, Shape::new(vec![rows, n[0].clone()]))
+        .map_err(s)?;
+    let dot = Op::Dot {
+        lhs_batch: vec![],
+        rhs_batch: vec![],
+        lhs_contract: vec![1],
+        rhs_contract: vec![1],
+    };
+    let y = b.op1(dot, &[y, w]).map_err(s)?;
+    let mut out = rest.to_vec();
+    out.push(b.shape(w).dim(0).clone());
+    let y = b.reshape(y, Shape::new(out)).map_err(s)?;
+    let mut back: Vec<i64> = (0..r - 1).collect();
+    back.insert(a, r - 1);
+    b.transpose(y, &back).map_err(s)
 }
 
 /// The f64 [out, in] weights of one axis, computed at run time.
