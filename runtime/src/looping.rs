@@ -46,7 +46,9 @@ pub fn run(
         }
     }
     let mut carried: Vec<Tensor> = args[..nc].to_vec();
-    let mut collected: Vec<Vec<Option<Tensor>>> = vec![vec![None; l.count]; stacked.len()];
+    // Collected outputs as the steps make them (nothing set aside per step up front: a
+    // count read from data may be large).
+    let mut collected: Vec<Vec<Tensor>> = vec![Vec::new(); stacked.len()];
     for step in 0..l.count {
         let t = if l.reverse { l.count - 1 - step } else { step };
         let mut inputs = carried.clone();
@@ -59,13 +61,16 @@ pub fn run(
             return Err(format!("step {t}: the body returned {} values", outs.len()));
         }
         for (k, o) in outs.drain(nc..).enumerate() {
-            collected[k][t] = Some(o);
+            collected[k].push(o);
         }
         carried = outs;
     }
     let mut results = carried;
-    for ((dtype, shape), parts) in stacked.iter().zip(collected) {
-        let parts: Vec<Tensor> = parts.into_iter().flatten().collect();
+    for ((dtype, shape), mut parts) in stacked.iter().zip(collected) {
+        // Entry t comes from step t: reversed loops made them last first.
+        if l.reverse {
+            parts.reverse();
+        }
         let data = if parts.is_empty() {
             Data::zeros(*dtype, 0)
         } else {

@@ -300,6 +300,8 @@ impl Executable {
             // Like the interpreter, empty results need no computation.
             let empty = match &plan.resolved[pos] {
                 Some(r) => r.empty,
+                // Steps that define symbols compute their sizes.
+                None if self.defines[pos] => false,
                 None => {
                     !types.is_empty()
                         && types.iter().all(|t| {

@@ -152,9 +152,8 @@ fn nms(
                 .collect();
             // Highest score first; equal scores by lower index.
             cand.sort_by(|x, y| {
-                y.0.partial_cmp(&x.0)
-                    .unwrap_or(Ordering::Equal)
-                    .then(x.1.cmp(&y.1))
+                // A total order (NaN scores sort as the largest, as total_cmp has them).
+                y.0.total_cmp(&x.0).then(x.1.cmp(&y.1))
             });
             let mut kept: Vec<usize> = Vec::new();
             for (_, i) in cand {
@@ -175,11 +174,29 @@ fn nms(
     ids(vec![k, 3], out)
 }
 
-/// A value for ordering and equality: integers exactly, floats by value.
-#[derive(Clone, Copy, PartialEq, PartialOrd)]
+/// A value for ordering and equality: integers exactly, floats by value in a total order
+/// (-0 equals 0; every NaN equals every other and sorts last, as numpy's unique has them).
+#[derive(Clone, Copy)]
 enum Key {
     I(i128),
     F(f64),
+}
+
+impl Key {
+    fn cmp(&self, other: &Key) -> Ordering {
+        match (self, other) {
+            (Key::I(a), Key::I(b)) => a.cmp(b),
+            (Key::F(a), Key::F(b)) => match (a.is_nan(), b.is_nan()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                // Not NaN: a partial order that is total (and -0 == 0).
+                _ => a.partial_cmp(b).unwrap_or(Ordering::Equal),
+            },
+            (Key::I(_), Key::F(_)) => Ordering::Less,
+            (Key::F(_), Key::I(_)) => Ordering::Greater,
+        }
+    }
 }
 
 fn keys(d: &Data, dtype: DType, n: usize) -> Vec<Key> {
@@ -212,7 +229,13 @@ fn unique(x: &Tensor, axis: Option<usize>, sorted: bool) -> R<Vec<Tensor>> {
         }
     };
     let key = |j: usize| -> Vec<Key> { slice(j).into_iter().map(|i| all[i]).collect() };
-    let cmp = |a: &Vec<Key>, b: &Vec<Key>| a.partial_cmp(b).unwrap_or(Ordering::Equal);
+    let cmp = |a: &Vec<Key>, b: &Vec<Key>| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.cmp(y))
+            .find(|o| *o != Ordering::Equal)
+            .unwrap_or(a.len().cmp(&b.len()))
+    };
     // Distinct slices in order of first occurrence, with counts: slices sorted (stably) by
     // value, then grouped.
     let keys: Vec<Vec<Key>> = (0..n).map(key).collect();
@@ -270,4 +293,47 @@ fn unique(x: &Tensor, axis: Option<usize>, sorted: bool) -> R<Vec<Tensor>> {
         ids(vec![n], pick(inverse.iter().map(|&i| rank[i]).collect()))?,
         ids(vec![u], order.iter().map(|&o| counts[o]).collect())?,
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ir::Dim;
+
+    /// NaN scores and values sort in a total order (a comparator that is not one may make
+    /// the standard sort panic on 16 or more elements).
+    #[test]
+    fn nan_is_ordered_not_a_panic() {
+        let n = 40;
+        let boxes: Vec<f32> = (0..n)
+            .flat_map(|i| [i as f32 * 3.0, 0.0, i as f32 * 3.0 + 1.0, 1.0])
+            .collect();
+        let scores: Vec<f32> = (0..n)
+            .map(|i| if i % 3 == 0 { f32::NAN } else { i as f32 })
+            .collect();
+        let boxes = Tensor::from_vec(vec![1, n, 4], boxes).unwrap();
+        let scores = Tensor::from_vec(vec![1, 1, n], scores).unwrap();
+        let (max, iou) = (Tensor::scalar(100i64), Tensor::scalar(0.5f32));
+        let op = Op::Nms {
+            center: false,
+            thresholded: false,
+            count: Dim::sym("k"),
+        };
+        let out = compute(&op, &[&boxes, &scores, &max, &iou, &iou]).unwrap();
+        // Disjoint boxes: every one is kept, NaN scores first (total_cmp's largest).
+        assert_eq!(out[0].shape(), &[n, 3]);
+        let xs: Vec<f32> = (0..3 * n)
+            .map(|i| if i % 7 == 0 { f32::NAN } else { (i % 5) as f32 })
+            .collect();
+        let x = Tensor::from_vec(vec![3 * n], xs).unwrap();
+        let op = Op::Unique {
+            axis: vec![],
+            sorted: true,
+            count: Dim::sym("u"),
+        };
+        let out = compute(&op, &[&x]).unwrap();
+        // 0..5, then one NaN.
+        assert_eq!(out[0].shape(), &[6]);
+        assert!(out[0].as_slice::<f32>().unwrap()[5].is_nan());
+    }
 }

@@ -82,6 +82,12 @@ pub fn bind_params(
             got: inputs.len(),
         });
     }
+    if let Some((s, v)) = explicit.iter().find(|(_, &v)| v < 0) {
+        return Err(InterpError::Input {
+            name: s.clone(),
+            message: format!("a dimension cannot be {v}"),
+        });
+    }
     let mut env = explicit.clone();
     let mut deferred = Vec::new();
     for (&(name, ty), t) in params.iter().zip(inputs) {

@@ -66,10 +66,16 @@ fn scan_core(ctx: &mut Ctx, n: &Node, states: Vec<V>, scans: Vec<Value>) -> R<Ve
         axes_in.push(a);
     }
     let len = len.unwrap_or(0) as usize;
-    // A symbolic, empty or long sequence: a loop over the steps.
+    // A symbolic, empty or long sequence: a loop over the steps (a long static one whose
+    // body a loop cannot hold — a state that grows — still unrolls).
     if symbolic || len == 0 || len > UNROLL_MAX {
         let dirs = (&in_axes[..], &in_dirs[..]);
-        return scan_loop(ctx, n, states, scans, dirs, (&out_axes, &out_dirs));
+        let outs = (&out_axes[..], &out_dirs[..]);
+        match scan_loop(ctx, n, states.clone(), scans.clone(), dirs, outs) {
+            Ok(r) => return Ok(r),
+            Err(e) if symbolic || len == 0 || len > MAX_ITERATIONS => return Err(e),
+            Err(_) => {}
+        }
     }
     let nstate = states.len();
     let mut states = states;
@@ -376,13 +382,13 @@ fn loop_region(ctx: &mut Ctx, n: &Node) -> R<Option<Vec<V>>> {
         return Ok(None);
     };
     let trip = ctx.static_dims(m).ok().and_then(|t| t.first().cloned());
-    if trip
-        .as_ref()
-        .and_then(|c| c.as_const())
-        .is_some_and(|c| (0..=UNROLL_MAX as i64).contains(&c))
-    {
+    // A constant count unrolls when short (or negative: no iterations), and also when the
+    // body cannot be a loop's region (a carried value that grows).
+    let fixed = trip.as_ref().and_then(|c| c.as_const());
+    if fixed.is_some_and(|c| c <= UNROLL_MAX as i64) {
         return Ok(None);
     }
+    let unrollable = fixed.is_some_and(|c| c <= MAX_ITERATIONS as i64);
     if let Some(c) = n.input(1) {
         if known_bool(ctx, c) != Some(true) {
             return Ok(None);
@@ -426,7 +432,9 @@ fn loop_region(ctx: &mut Ctx, n: &Node) -> R<Option<Vec<V>>> {
     let (graph, captured) = match region {
         Ok(r) => r,
         // A condition the body computes from data: the unrolled form (or its error).
-        Err(e) if e.contains("condition is only known at run time") => return Ok(None),
+        Err(e) if unrollable || e.contains("condition is only known at run time") => {
+            return Ok(None)
+        }
         Err(e) => return Err(e),
     };
     operands.extend(captured);

@@ -35,11 +35,11 @@ pub fn compress(ctx: &mut Ctx, n: &Node) -> Res {
                 return Err(format!("a condition of {l} entries for an axis of {m}"))
             }
             (Some(_), Some(_)) => x = super::slice_axis(&mut ctx.b, x, a, Dim::Const(0), len, 1)?,
-            // Equal at run time (checked there).
+            // The entries the condition covers (a longer condition reads past the axis: an
+            // index error when the model runs).
             _ => {
-                let mut dims = ctx.b.shape(x).dims().to_vec();
-                dims[a] = len;
-                x = ctx.b.refine(x, Shape::new(dims)).map_err(s)?;
+                let cut = along.minimum(&len).map_err(s)?;
+                x = super::slice_axis(&mut ctx.b, x, a, Dim::Const(0), cut, 1)?;
             }
         }
     }
