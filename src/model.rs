@@ -77,6 +77,8 @@ enum Source {
 /// (and its executables for bindings of its symbols, most recently used first).
 struct Compiled {
     graph: Arc<Graph>,
+    /// The graph's parameters, when some has a symbolic shape (what binding needs).
+    symbolic_params: Option<Vec<(String, TensorType)>>,
     guards: Guards,
     exe: OnceLock<Arc<Executable>>,
     /// `None`: the bound graph did not compile (a run violating a checked fact): the
@@ -86,7 +88,10 @@ struct Compiled {
 
 impl Compiled {
     fn new(graph: Graph, guards: Guards) -> Arc<Compiled> {
+        let params = crate::params(&graph);
+        let symbolic = params.iter().any(|(_, t)| !t.shape.is_static());
         Arc::new(Compiled {
+            symbolic_params: symbolic.then_some(params),
             graph: Arc::new(graph),
             guards,
             exe: OnceLock::new(),
@@ -103,11 +108,10 @@ impl Compiled {
         opts: &ModelOptions,
         inputs: &[(String, Tensor)],
     ) -> Result<Option<Arc<Executable>>> {
-        let params = crate::params(&self.graph);
-        if params.iter().all(|(_, t)| t.shape.is_static()) {
+        let Some(params) = &self.symbolic_params else {
             return Ok(None);
-        }
-        let Ok(ordered) = crate::inputs_in_order(&params, inputs) else {
+        };
+        let Ok(ordered) = crate::inputs_in_order(params, inputs) else {
             return Ok(None);
         };
         let typed: Vec<(&str, &TensorType)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();

@@ -370,15 +370,11 @@ fn given_shapes_and_dims_must_agree_with_the_model() {
     assert_eq!(m.params()[0].1.shape, Shape::from_consts(&[4]));
 }
 
-/// Scan-8 (batch axis first) over an empty batch: the body still types the outputs. (A fuzz
-/// run found the import indexing the first batch element of none.)
-#[test]
-fn scan_8_over_an_empty_batch_gives_empty_outputs() {
-    let body = GraphProto {
-        node: vec![
-            node("Add", "add", &["s", "e"], &["s2"], vec![]),
-            node("Identity", "id", &["s2"], &["o"], vec![]),
-        ],
+/// A Scan body over a state `s` and an entry `e` (both f32[2]) returning the next state `s2`
+/// and a collected `o`, computed by `nodes`.
+fn scan_body(nodes: Vec<NodeProto>) -> GraphProto {
+    GraphProto {
+        node: nodes,
         name: "body".into(),
         input: vec![
             vi("s", data_type::FLOAT, &["2"]),
@@ -389,7 +385,17 @@ fn scan_8_over_an_empty_batch_gives_empty_outputs() {
             vi("o", data_type::FLOAT, &["2"]),
         ],
         ..Default::default()
-    };
+    }
+}
+
+/// Scan-8 (batch axis first) over an empty batch: the body still types the outputs. (A fuzz
+/// run found the import indexing the first batch element of none.)
+#[test]
+fn scan_8_over_an_empty_batch_gives_empty_outputs() {
+    let body = scan_body(vec![
+        node("Add", "add", &["s", "e"], &["s2"], vec![]),
+        node("Identity", "id", &["s2"], &["o"], vec![]),
+    ]);
     let scan = node(
         "Scan",
         "scan",
@@ -673,23 +679,11 @@ fn facts_the_import_cannot_prove_are_checked_at_run_time() {
 /// an outer input `w` (read inside the body) and an outer constant; the second output runs
 /// backwards and stacks along axis 1. The body becomes a `loop`, imported once.
 fn scan_open(reverse_in: bool) -> Vec<u8> {
-    let body = GraphProto {
-        node: vec![
-            node("Add", "add", &["s", "e"], &["s2"], vec![]),
-            node("Mul", "mul", &["e", "w"], &["ew"], vec![]),
-            node("Add", "add2", &["ew", "k"], &["o"], vec![]),
-        ],
-        name: "body".into(),
-        input: vec![
-            vi("s", data_type::FLOAT, &["2"]),
-            vi("e", data_type::FLOAT, &["2"]),
-        ],
-        output: vec![
-            vi("s2", data_type::FLOAT, &["2"]),
-            vi("o", data_type::FLOAT, &["2"]),
-        ],
-        ..Default::default()
-    };
+    let body = scan_body(vec![
+        node("Add", "add", &["s", "e"], &["s2"], vec![]),
+        node("Mul", "mul", &["e", "w"], &["ew"], vec![]),
+        node("Add", "add2", &["ew", "k"], &["o"], vec![]),
+    ]);
     let ints = |name: &str, v: &[i64]| AttributeProto {
         name: name.into(),
         r#type: attr_type::INTS,

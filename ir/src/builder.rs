@@ -53,6 +53,20 @@ impl Builder {
         self.checked
     }
 
+    /// `x` restated with the dims of `want` (same rank) where the two differ and one is
+    /// symbolic — equal at run time, checked there; dims that are both constants stay (a
+    /// mismatch the next op reports).
+    pub fn refine_unproven(&mut self, x: Value, want: &Shape) -> Result<Value> {
+        let dims: Vec<Dim> = (self.shape(x).dims().iter())
+            .zip(want.dims())
+            .map(|(d, w)| match (d.as_const(), w.as_const()) {
+                (Some(_), Some(_)) => d.clone(),
+                _ => w.clone(),
+            })
+            .collect();
+        self.refine(x, Shape::new(dims))
+    }
+
     /// `x` restated with the dims of `shape` (same rank), checked at run time: a `refine`
     /// node, or `x` itself when the shapes are already equal.
     pub fn refine(&mut self, x: Value, shape: impl Into<Shape>) -> Result<Value> {
@@ -231,16 +245,9 @@ impl Builder {
             let one = Dim::Const(1);
             let want: Vec<Dim> = (self.shape(x).dims().iter())
                 .zip(&shape.dims()[r - rx..])
-                .map(|(d, t)| {
-                    let unprovable = d.as_const().is_none() || t.as_const().is_none();
-                    if *d != one && d != t && unprovable {
-                        t.clone()
-                    } else {
-                        d.clone()
-                    }
-                })
+                .map(|(d, t)| if *d == one { d.clone() } else { t.clone() })
                 .collect();
-            x = self.refine(x, Shape::new(want))?;
+            x = self.refine_unproven(x, &Shape::new(want))?;
             if self.shape(x) == shape {
                 return Ok(x);
             }

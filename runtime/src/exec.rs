@@ -130,10 +130,8 @@ enum Step {
     Loop {
         graph: Graph,
         body: Box<Executable>,
-        count: ir::Dim,
-        carry: usize,
-        scan: usize,
-        reverse: bool,
+        /// The `loop` op (its count, carried and scanned operands, direction).
+        op: Op,
     },
 }
 
@@ -506,17 +504,7 @@ impl Executable {
                 _ => {}
             }
             let sub = codegen::single_node_graph(g, id);
-            if let (
-                Op::Loop {
-                    count,
-                    carry,
-                    scan,
-                    reverse,
-                    body,
-                },
-                false,
-            ) = (node.op(), opts.interpret_only)
-            {
+            if let (Op::Loop { body, .. }, false) = (node.op(), opts.interpret_only) {
                 let inner = CompileOptions {
                     guards: Vec::new(),
                     ..opts.clone()
@@ -528,10 +516,7 @@ impl Executable {
                 steps.push(Step::Loop {
                     graph: sub,
                     body: Box::new(body),
-                    count: count.clone(),
-                    carry: *carry as usize,
-                    scan: *scan as usize,
-                    reverse: *reverse,
+                    op: node.op().clone(),
                 });
                 continue;
             }

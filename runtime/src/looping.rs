@@ -2,7 +2,7 @@
 //! closure from step inputs to step outputs) runs `count` times over the carried values, one
 //! entry of each scanned sequence and the unchanged operands; collected outputs are stacked.
 
-use ir::{DType, Data, Tensor};
+use ir::{DType, Data, Dim, Op, Tensor};
 
 /// A `loop` node's attributes, with its count evaluated.
 pub struct LoopShape {
@@ -10,6 +10,29 @@ pub struct LoopShape {
     pub carry: usize,
     pub scan: usize,
     pub reverse: bool,
+}
+
+impl LoopShape {
+    /// The shape of a `loop` node, its count evaluated by `eval`.
+    pub fn of(op: &Op, eval: &dyn Fn(&Dim) -> Result<i64, String>) -> Result<LoopShape, String> {
+        let Op::Loop {
+            count,
+            carry,
+            scan,
+            reverse,
+            ..
+        } = op
+        else {
+            return Err(format!("`{}` is not a loop", op.mnemonic()));
+        };
+        let n = eval(count)?;
+        Ok(LoopShape {
+            count: usize::try_from(n).map_err(|_| format!("count {count} is {n}"))?,
+            carry: *carry as usize,
+            scan: *scan as usize,
+            reverse: *reverse,
+        })
+    }
 }
 
 /// One step of a loop's body: its inputs to its outputs.

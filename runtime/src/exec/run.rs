@@ -366,26 +366,12 @@ impl Executable {
                     stats.total_bytes += outs.iter().map(bytes).sum::<u64>();
                     outs.into_iter().map(Loc::Tensor).collect()
                 }
-                Step::Loop {
-                    body,
-                    count,
-                    carry,
-                    scan,
-                    reverse,
-                    ..
-                } => {
+                Step::Loop { body, op, .. } => {
                     let args: Vec<Tensor> = lay.operand_slots[pos]
                         .iter()
                         .map(|&i| loc(values, i)?.tensor().map_err(fail))
                         .collect::<Result<_, _>>()?;
-                    let outs = run_loop(
-                        body,
-                        (count, *carry, *scan, *reverse),
-                        &lay.types[pos],
-                        &args,
-                        env,
-                    )
-                    .map_err(fail)?;
+                    let outs = run_loop(body, op, &lay.types[pos], &args, env).map_err(fail)?;
                     stats.total_bytes += outs.iter().map(bytes).sum::<u64>();
                     outs.into_iter().map(Loc::Tensor).collect()
                 }
@@ -420,22 +406,16 @@ impl Executable {
 /// Runs a `loop` step: its body executable once per step, under the outer binding.
 fn run_loop(
     body: &Executable,
-    (count, carry, scan, reverse): (&ir::Dim, usize, usize, bool),
+    op: &Op,
     types: &[TensorType],
     args: &[Tensor],
     env: &HashMap<String, i64>,
 ) -> Result<Vec<Tensor>, String> {
     let lookup = |s: &str| env.get(s).copied();
-    let count = count.eval(&lookup).map_err(|e| e.to_string())?;
-    let shape = crate::looping::LoopShape {
-        count: usize::try_from(count).map_err(|_| format!("the count is {count}"))?,
-        carry,
-        scan,
-        reverse,
-    };
+    let shape = crate::looping::LoopShape::of(op, &|d| d.eval(&lookup).map_err(|e| e.to_string()))?;
     let stacked = types
         .iter()
-        .skip(carry)
+        .skip(shape.carry)
         .map(|t| {
             let dims = t.shape.eval(&lookup).map_err(|e| e.to_string())?;
             Ok((t.dtype, dims.iter().map(|&d| d.max(0) as usize).collect()))

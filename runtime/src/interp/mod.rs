@@ -630,21 +630,9 @@ impl Interp<'_> {
                 let outs = run_with(&v, &inputs, &opts).map_err(|e| format!("in its body: {e}"))?;
                 Ok(outs.iter().map(|t| t.data().clone()).collect())
             }
-            Op::Loop {
-                count,
-                carry,
-                scan,
-                reverse,
-                body,
-            } => {
+            Op::Loop { body, .. } => {
                 let v = ir::verify(body.graph()).map_err(|e| format!("its body: {e}"))?;
-                let shape = crate::looping::LoopShape {
-                    count: usize::try_from(self.eval_dim(count)?)
-                        .map_err(|_| format!("count {count} is negative"))?,
-                    carry: *carry as usize,
-                    scan: *scan as usize,
-                    reverse: *reverse,
-                };
+                let shape = crate::looping::LoopShape::of(op, &|d| self.eval_dim(d))?;
                 let opts = Options {
                     bindings: self.env.clone(),
                     max_tensor_bytes: self.max_bytes,

@@ -241,13 +241,7 @@ pub fn concat(ctx: &mut Ctx, n: &Node) -> Res {
         for v in vals.iter_mut() {
             let mut dims = want.clone();
             dims[a] = ctx.b.shape(*v).dim(a).clone();
-            let differs = dims
-                .iter()
-                .zip(ctx.b.shape(*v).dims())
-                .any(|(w, d)| w != d && (w.as_const().is_none() || d.as_const().is_none()));
-            if differs {
-                *v = ctx.b.refine(*v, Shape::new(dims)).map_err(s)?;
-            }
+            *v = ctx.b.refine_unproven(*v, &Shape::new(dims)).map_err(s)?;
         }
     }
     let y = ctx.b.op1(Op::Concat { axis: a as i64 }, &vals).map_err(s)?;
