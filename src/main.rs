@@ -719,7 +719,15 @@ fn bench(a: BenchArgs) -> Result<(), Failure> {
     let loaded = load::open(&a.file, &a.model, a.model.options(compile))?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (name, params) = loaded.interface();
-    let inputs = load::prepare_inputs(name, params, a.inputs.as_deref(), true, 0, &bindings)?;
+    let inputs = load::prepare_inputs(
+        name,
+        params,
+        loaded.structured(),
+        a.inputs.as_deref(),
+        true,
+        0,
+        &bindings,
+    )?;
     let mut specialized = false;
     let (exe, what, compile_ms) = match loaded {
         Loaded::Artifact(exe) => (std::sync::Arc::new(exe), "load", load_ms),
@@ -871,6 +879,7 @@ fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
             let inputs = load::prepare_inputs(
                 "main",
                 model.params(),
+                model.structured(),
                 Some(npz_path),
                 false,
                 0,
@@ -940,6 +949,7 @@ fn run(a: RunArgs) -> Result<(), Failure> {
     let inputs = load::prepare_inputs(
         name,
         params,
+        loaded.structured(),
         a.inputs.as_deref(),
         a.random_inputs,
         a.seed,

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use frontends::onnx::proto::ModelProto;
-use frontends::onnx::{ExternalData, ImportError, ImportOptions};
+use frontends::onnx::{ExternalData, Given, ImportError, ImportOptions, Kind};
 use ir::{Graph, Shape, Tensor, TensorType};
 
 use crate::{CompileOptions, Error, Executable, Result};
@@ -164,15 +164,20 @@ impl Compiled {
 struct Entry {
     /// Every input's shape, or empty when the graph keeps the declared (symbolic) shapes.
     shapes: Vec<(String, Vec<usize>)>,
+    /// What the run gave each sequence and optional input (its length, whether it holds a
+    /// value), sorted by name.
+    given: Vec<(String, Given)>,
     compiled: Arc<Compiled>,
 }
 
 impl Entry {
-    fn matches(&self, inputs: &[(String, Tensor)]) -> bool {
+    fn matches(&self, inputs: &[(String, Tensor)], given: &[(String, Given)]) -> bool {
         let find = |name: &str| inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
-        self.shapes
-            .iter()
-            .all(|(n, s)| find(n).is_some_and(|t| t.shape() == s.as_slice()))
+        self.given == given
+            && self
+                .shapes
+                .iter()
+                .all(|(n, s)| find(n).is_some_and(|t| t.shape() == s.as_slice()))
             && self
                 .compiled
                 .guards
@@ -182,10 +187,15 @@ impl Entry {
 
     fn describe(&self) -> String {
         let mut parts: Vec<String> = self
-            .shapes
+            .given
             .iter()
-            .map(|(n, s)| format!("{n}: {s:?}"))
+            .map(|(n, g)| match g {
+                Given::Seq(len) => format!("{n}: a sequence of {len}"),
+                Given::Tensor => format!("{n}: a value"),
+                Given::None => format!("{n}: none"),
+            })
             .collect();
+        parts.extend(self.shapes.iter().map(|(n, s)| format!("{n}: {s:?}")));
         parts.extend(self.compiled.guards.iter().map(|(n, v)| {
             let shown = crate::format::head(v, 8);
             format!("{n} = {shown}")
@@ -203,8 +213,11 @@ impl Entry {
 pub struct Model {
     source: Source,
     opts: ModelOptions,
-    /// The inputs with the types the model declares (after `dims` and `shapes`).
+    /// The inputs with the types the model declares (after `dims` and `shapes`); sequence and
+    /// optional inputs are in `structured`.
     params: Vec<(String, TensorType)>,
+    /// The sequence and optional inputs, whose tensors a run gives as `s[0]`, `s[1]`, …
+    structured: Vec<(String, Kind)>,
     /// The import with symbolic shapes, or why it failed (then runs specialize).
     symbolic: std::result::Result<Arc<Compiled>, ImportError>,
     /// Most recently used first.
@@ -221,8 +234,16 @@ impl Model {
         let model = frontends::onnx::decode_model(bytes).map_err(Error::Import)?;
         let declared = frontends::onnx::declared_inputs(&model, &ImportOptions::default());
         check_dims(&opts.dims, &graph_symbols(&declared.unwrap_or_default()))?;
-        let symbolic = import(&model, &external, &opts, HashMap::new(), HashMap::new())
-            .map(|(g, _)| Compiled::new(g, vec![]));
+        let structured = frontends::onnx::structured_inputs(&model);
+        let symbolic = import(
+            &model,
+            &external,
+            &opts,
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+        )
+        .map(|(g, _)| Compiled::new(g, vec![]));
         let params = match &symbolic {
             Ok(c) => crate::params(&c.graph),
             // Errors about the inputs themselves (and the options' shapes for them) do not go
@@ -232,6 +253,7 @@ impl Model {
         };
         Ok(Model {
             params,
+            structured,
             source: Source::Onnx {
                 model: Box::new(model),
                 external,
@@ -267,6 +289,7 @@ impl Model {
         }
         Ok(Model {
             params,
+            structured: vec![],
             source: Source::Graph,
             opts,
             symbolic: Ok(Compiled::new(g, vec![])),
@@ -279,6 +302,20 @@ impl Model {
     /// The inputs, in order, with their types (symbolic dims bind at runs).
     pub fn params(&self) -> &[(String, TensorType)] {
         &self.params
+    }
+
+    /// The sequence and optional inputs (not in [`Model::params`]): a run gives a sequence
+    /// `s` as tensors `s[0]`, `s[1]`, …, an optional `o` as `o` (or `o[0]`, … for a sequence)
+    /// or not at all (none).
+    pub fn structured(&self) -> &[(String, Kind)] {
+        &self.structured
+    }
+
+    /// Whether a run takes an input named `name`: a parameter, or a tensor of a sequence or
+    /// optional input (`s[0]`, `s[1]`, …; `o`).
+    pub fn takes(&self, name: &str) -> bool {
+        self.params.iter().any(|(p, _)| p == name)
+            || frontends::onnx::is_structured_tensor(&self.structured, name)
     }
 
     /// The options the model was made with.
@@ -343,9 +380,13 @@ impl Model {
         let Source::Onnx { model, external } = &self.source else {
             return Err(Error::Import(err.clone()));
         };
+        let given =
+            frontends::onnx::given(&self.structured, |n| inputs.iter().any(|(x, _)| x == n));
+        let mut given_sorted: Vec<(String, Given)> = given.clone().into_iter().collect();
+        given_sorted.sort_by(|a, b| a.0.cmp(&b.0));
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = cache.iter().position(|e| e.matches(inputs)) {
+            if let Some(i) = cache.iter().position(|e| e.matches(inputs, &given_sorted)) {
                 let e = cache.remove(i);
                 cache.insert(0, e.clone());
                 return Ok(e.compiled.clone());
@@ -353,7 +394,7 @@ impl Model {
         }
         let inputs: Vec<(String, Tensor)> = inputs
             .iter()
-            .filter(|(n, _)| self.params.iter().any(|(p, _)| p == n))
+            .filter(|(n, _)| self.takes(n))
             .cloned()
             .collect();
         let inputs = inputs.as_slice();
@@ -363,7 +404,14 @@ impl Model {
             .values_alone_fail
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            match import(model, external, &self.opts, values.clone(), HashMap::new()) {
+            match import(
+                model,
+                external,
+                &self.opts,
+                values.clone(),
+                HashMap::new(),
+                given.clone(),
+            ) {
                 Ok((g, read)) => entry = Some((g, read, vec![])),
                 Err(_) => self
                     .values_alone_fail
@@ -377,8 +425,8 @@ impl Model {
                     .iter()
                     .map(|(n, t)| (n.clone(), Shape::from_usizes(t.shape())))
                     .collect();
-                let (g, read) =
-                    import(model, external, &self.opts, values, shapes).map_err(Error::Import)?;
+                let (g, read) = import(model, external, &self.opts, values, shapes, given)
+                    .map_err(Error::Import)?;
                 let shapes = inputs
                     .iter()
                     .map(|(n, t)| (n.clone(), t.shape().to_vec()))
@@ -392,6 +440,7 @@ impl Model {
             .collect();
         let entry = Arc::new(Entry {
             shapes,
+            given: given_sorted,
             compiled: Compiled::new(graph, guards),
         });
         let made = 1 + self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -417,6 +466,7 @@ fn import(
     opts: &ModelOptions,
     specialize: HashMap<String, Tensor>,
     mut shapes: HashMap<String, Shape>,
+    given: HashMap<String, Given>,
 ) -> std::result::Result<(Graph, Vec<String>), ImportError> {
     for (n, s) in &opts.shapes {
         shapes.entry(n.clone()).or_insert_with(|| s.clone());
@@ -425,6 +475,7 @@ fn import(
         external_data: external.clone(),
         specialize,
         shapes,
+        given,
         ..import_options(opts)
     };
     frontends::onnx::import_model_reporting(model, &o).map(|i| (i.graph, i.read))

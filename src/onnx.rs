@@ -150,27 +150,26 @@ fn run_case(
     tol: Tolerance,
     backend: Backend,
 ) -> std::result::Result<(), String> {
-    use prost::Message;
     let m = onnx::decode_model(model).map_err(|e| e.to_string())?;
     let g = m.graph.as_ref().ok_or("the model has no graph")?;
-    let inits: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let input_names: Vec<&str> = g
+    let kind = |vi: &onnx::proto::ValueInfoProto| {
+        onnx::Kind::of(vi.r#type.as_ref()).map_err(|e| format!("`{}`: {e}", vi.name))
+    };
+    let graph_inputs: Vec<&onnx::proto::ValueInfoProto> = g
         .input
         .iter()
-        .map(|i| i.name.as_str())
-        .filter(|n| !inits.contains(n))
+        .filter(|vi| !g.initializer.iter().any(|t| t.name == vi.name))
         .collect();
-    let decode = |bytes: &Vec<u8>, what: &str| -> std::result::Result<Tensor, String> {
-        let t = onnx::proto::TensorProto::decode(bytes.as_slice())
-            .map_err(|e| format!("{what}: {e}"))?;
-        onnx::decode_tensor(&t, &ExternalData::new()).map_err(|e| format!("{what}: {e}"))
-    };
+    // Values (tensors, sequences, optionals) travel as the tensors a run gives.
     let mut named = Vec::new();
     for (i, bytes) in inputs.iter().enumerate() {
-        let name = input_names
+        let vi = graph_inputs
             .get(i)
             .ok_or("more input files than graph inputs")?;
-        named.push((name.to_string(), decode(bytes, &format!("input {i}"))?));
+        named.extend(
+            onnx::decode_value(bytes, &kind(vi)?, &vi.name)
+                .map_err(|e| format!("input {i}: {e}"))?,
+        );
     }
     // As a user runs a model: the import sees no input values, and whatever it needs of them
     // (a `k`, axes, a shape) comes from specializing on the run's inputs.
@@ -181,13 +180,24 @@ fn run_case(
         Backend::Jit => model.run(&named),
     }
     .map_err(|e| e.to_string())?;
-    if got.len() != outputs.len() {
-        return Err(format!("{} outputs, expected {}", got.len(), outputs.len()));
+    let mut want = Vec::new();
+    for (i, (bytes, vi)) in outputs.iter().zip(&g.output).enumerate() {
+        want.extend(
+            onnx::decode_value(bytes, &kind(vi)?, &vi.name)
+                .map_err(|e| format!("output {i}: {e}"))?,
+        );
     }
-    for (i, (bytes, (name, t))) in outputs.iter().zip(&got).enumerate() {
-        let want = decode(bytes, &format!("output {i}"))?;
-        if let Some(why) = mismatch(t, &want, tol) {
-            return Err(format!("output {i} ({name}): {why}"));
+    let names = |v: &[(String, Tensor)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    if names(&got) != names(&want) {
+        return Err(format!(
+            "outputs {:?}, expected {:?}",
+            names(&got),
+            names(&want)
+        ));
+    }
+    for ((name, t), (_, w)) in got.iter().zip(&want) {
+        if let Some(why) = mismatch(t, w, tol) {
+            return Err(format!("output {name}: {why}"));
         }
     }
     Ok(())

@@ -1,12 +1,15 @@
 //! ONNX sequences resolved at import: SplitToSequence, SequenceConstruct/Insert/At/Erase/
 //! Length and ConcatFromSequence become the tensors they select or join; a sequence where a
-//! tensor is needed is a clear error.
+//! tensor is needed is a clear error. Sequence and optional inputs and outputs travel as named
+//! tensors (`s[0]`, `s[1]`, …), and a model specializes on the lengths a run gives.
 
 mod common;
 
 use common::onnx::{model, node, vi};
 use kiln::frontends::onnx::proto::*;
+use kiln::frontends::onnx::{decode_value, Kind};
 use kiln::{Model, Tensor};
+use prost::Message;
 
 fn int_attr(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
@@ -114,4 +117,141 @@ fn a_sequence_where_a_tensor_is_needed_is_an_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("Relu") && e.contains("sequence"), "{e}");
+}
+
+/// A value type wrapping a tensor type: `seq` a sequence of it, else an optional.
+fn wrapped(name: &str, elem: i32, dims: &[i64], seq: bool) -> ValueInfoProto {
+    let inner = vi(name, elem, dims).r#type.map(Box::new);
+    let value = if seq {
+        TypeValue::SequenceType(SequenceTypeProto { elem_type: inner })
+    } else {
+        TypeValue::OptionalType(OptionalTypeProto { elem_type: inner })
+    };
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(value),
+            denotation: String::new(),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+fn row(v: &[f32]) -> Tensor {
+    Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap()
+}
+
+/// `out` = `s` with `t` appended, `has` = whether `o` holds a value, `maybe` = an optional
+/// holding `t` doubled.
+fn interface_model() -> Vec<u8> {
+    let (f, b) = (data_type::FLOAT, data_type::BOOL);
+    model(
+        vec![
+            node("SequenceInsert", "grow", &["s", "t"], &["out"], vec![]),
+            node("OptionalHasElement", "has", &["o"], &["has"], vec![]),
+            node("Add", "double", &["t", "t"], &["tt"], vec![]),
+            node("Optional", "wrap", &["tt"], &["maybe"], vec![]),
+        ],
+        vec![
+            wrapped("s", f, &[-1], true),
+            vi("t", f, &[2]),
+            wrapped("o", f, &[3], false),
+        ],
+        vec![
+            wrapped("out", f, &[-1], true),
+            vi("has", b, &[]),
+            wrapped("maybe", f, &[2], false),
+        ],
+        vec![],
+        18,
+    )
+}
+
+#[test]
+fn sequences_and_optionals_cross_the_interface_as_named_tensors() {
+    let m = Model::from_onnx(&interface_model(), Default::default(), Default::default()).unwrap();
+    assert!(
+        m.symbolic().is_err(),
+        "a sequence input's length is a run's"
+    );
+    assert!(m.takes("s[3]") && m.takes("o") && !m.takes("s") && !m.takes("t[0]"));
+    let t = ("t".to_string(), row(&[7.0, 8.0]));
+    let s = |i: usize, v: &[f32]| (format!("s[{i}]"), row(v));
+    let names = |out: &[(String, Tensor)]| out.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+
+    let out = m
+        .run(&[s(0, &[1.0]), s(1, &[2.0, 3.0, 4.0]), t.clone()])
+        .unwrap();
+    assert_eq!(names(&out), ["out[0]", "out[1]", "out[2]", "has", "maybe"]);
+    assert_eq!(out[1].1.as_slice::<f32>().unwrap(), &[2.0, 3.0, 4.0]);
+    assert_eq!(out[2].1.as_slice::<f32>().unwrap(), &[7.0, 8.0]);
+    assert_eq!(out[3].1.as_slice::<bool>().unwrap(), &[false]);
+    assert_eq!(out[4].1.as_slice::<f32>().unwrap(), &[14.0, 16.0]);
+    assert_eq!(m.specializations(), 1);
+
+    // The same lengths (other element shapes, other values) reuse the specialization; an
+    // optional that holds a value, or another length, makes a new one.
+    let out = m
+        .run(&[s(0, &[5.0, 6.0]), s(1, &[9.0]), t.clone()])
+        .unwrap();
+    assert_eq!(out[1].1.as_slice::<f32>().unwrap(), &[9.0]);
+    let o = ("o".to_string(), row(&[0.0; 3]));
+    let out = m.run(&[s(0, &[1.0]), s(1, &[2.0]), t.clone(), o]).unwrap();
+    assert_eq!(out[3].1.as_slice::<bool>().unwrap(), &[true]);
+    let out = m.run(std::slice::from_ref(&t)).unwrap();
+    assert_eq!(names(&out), ["out[0]", "has", "maybe"]);
+    assert_eq!(m.specializations(), 3);
+
+    // The interpreter agrees.
+    let i = m.interpret(&[s(0, &[1.0]), t.clone()]).unwrap();
+    assert_eq!(names(&i), ["out[0]", "out[1]", "has", "maybe"]);
+    assert_eq!(i[1].1.as_slice::<f32>().unwrap(), &[7.0, 8.0]);
+}
+
+#[test]
+fn a_sequence_tensor_of_the_wrong_rank_names_itself() {
+    let m = Model::from_onnx(&interface_model(), Default::default(), Default::default()).unwrap();
+    let bad = Tensor::from_vec(vec![1, 1], vec![1.0f32]).unwrap();
+    let t = ("t".to_string(), row(&[7.0, 8.0]));
+    let e = m.run(&[("s[0]".into(), bad), t]).unwrap_err().to_string();
+    assert!(e.contains("s[0]"), "{e}");
+}
+
+#[test]
+fn serialized_sequences_and_optionals_decode_to_named_tensors() {
+    let tensor = |v: &[f32]| TensorProto {
+        dims: vec![v.len() as i64],
+        data_type: data_type::FLOAT,
+        float_data: v.to_vec(),
+        ..Default::default()
+    };
+    let seq = SequenceProto {
+        elem_type: 1,
+        tensor_values: vec![tensor(&[1.0]), tensor(&[2.0, 3.0])],
+        ..Default::default()
+    };
+    let got = decode_value(&seq.encode_to_vec(), &Kind::Sequence, "xs").unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].0, "xs[1]");
+    assert_eq!(got[1].1.as_slice::<f32>().unwrap(), &[2.0, 3.0]);
+    let opt = Kind::Optional(Box::new(Kind::Tensor));
+    let none = OptionalProto::default();
+    assert!(decode_value(&none.encode_to_vec(), &opt, "o")
+        .unwrap()
+        .is_empty());
+    let some = OptionalProto {
+        elem_type: 1,
+        tensor_value: Some(tensor(&[4.0])),
+        ..Default::default()
+    };
+    let got = decode_value(&some.encode_to_vec(), &opt, "o").unwrap();
+    assert_eq!(got[0].0, "o");
+    // A sequence of sequences is refused, not misread.
+    let nested = SequenceProto {
+        elem_type: 3,
+        sequence_values: vec![seq],
+        ..Default::default()
+    };
+    let e = decode_value(&nested.encode_to_vec(), &Kind::Sequence, "xs").unwrap_err();
+    assert!(e.contains("not supported"), "{e}");
 }

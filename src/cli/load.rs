@@ -171,6 +171,14 @@ impl Loaded {
             Loaded::Model(m) => (m.symbolic().map_or("main", |g| g.name()), m.params()),
         }
     }
+
+    /// The sequence and optional inputs (see [`Model::structured`]).
+    pub fn structured(&self) -> &[(String, frontends::onnx::Kind)] {
+        match self {
+            Loaded::Artifact(_) => &[],
+            Loaded::Model(m) => m.structured(),
+        }
+    }
 }
 
 /// Opens a model file of any kind: artifacts are loaded (memory-mapped), ONNX models and
@@ -314,11 +322,14 @@ pub fn is_artifact_file(path: &Path) -> bool {
         .is_ok_and(|()| kiln::artifact::is_artifact(&head))
 }
 
-/// The inputs of a function `name` with parameters `params`: from an .npz archive, the missing
-/// ones random when `random` is set (symbols from the given inputs, then `bindings`, else 1).
+/// The inputs of a function `name` with parameters `params` (and `structured` inputs, which
+/// travel as the tensors `s[0]`, `s[1]`, …): from an .npz archive, the missing ones random
+/// when `random` is set (symbols from the given inputs, then `bindings`, else 1; a sequence not
+/// given is empty).
 pub fn prepare_inputs(
     name: &str,
     params: &[(String, TensorType)],
+    structured: &[(String, frontends::onnx::Kind)],
     inputs_path: Option<&Path>,
     random: bool,
     seed: u64,
@@ -332,8 +343,29 @@ pub fn prepare_inputs(
         None => vec![],
     };
     for (name, _) in &inputs {
-        if !params.iter().any(|(p, _)| p == name) {
+        if !params.iter().any(|(p, _)| p == name)
+            && !frontends::onnx::is_structured_tensor(structured, name)
+        {
             eprintln!("note: input \"{name}\" is not a parameter of @{func}; ignored");
+        }
+    }
+    for (s, kind) in structured {
+        let given = frontends::onnx::given(&[(s.clone(), kind.clone())], |n| {
+            inputs.iter().any(|(x, _)| x == n)
+        });
+        if let Some(g @ (frontends::onnx::Given::Seq(0) | frontends::onnx::Given::None)) =
+            given.get(s)
+        {
+            let what = if *g == frontends::onnx::Given::None {
+                "none"
+            } else {
+                "an empty sequence"
+            };
+            eprintln!(
+                "note: input `{s}` is {what} (give its tensors as `{}`, `{}`, … in --inputs)",
+                frontends::onnx::element_name(s, 0),
+                frontends::onnx::element_name(s, 1)
+            );
         }
     }
     let missing: Vec<&str> = params

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use ir::{Builder, Dim, Graph, Op, Origin, Shape, Tensor, TensorType, Value};
 
-use super::proto::{self, AttributeProto, GraphProto, ModelProto, NodeProto, TypeValue};
+use super::proto::{self, AttributeProto, GraphProto, ModelProto, NodeProto};
 use super::registry;
-use super::tensor::{decode, require_dtype};
+use super::tensor::decode;
 use super::value::{Known, V};
-use super::{ImportError, ImportOptions};
+use super::{interface, ImportError, ImportOptions};
 
 /// Results of the largest folded computation kept as constants, in elements.
 const FOLD_LIMIT: usize = 1 << 22;
@@ -151,6 +151,12 @@ impl<'a> Node<'a> {
             .transpose()
     }
 
+    pub fn type_proto(&self, name: &str) -> Result<Option<&'a proto::TypeProto>, String> {
+        Ok(self
+            .typed(name, proto::attr_type::TYPE_PROTO)?
+            .and_then(|a| a.tp.as_ref()))
+    }
+
     pub fn graph(&self, name: &str) -> Result<&'a GraphProto, String> {
         self.typed(name, proto::attr_type::GRAPH)?
             .and_then(|a| a.g.as_deref())
@@ -193,7 +199,7 @@ fn attr_type_name(t: i32) -> &'static str {
 /// The state of one import.
 pub struct Ctx<'o> {
     pub b: Builder,
-    env: HashMap<String, V>,
+    pub(super) env: HashMap<String, V>,
     pub opts: &'o ImportOptions<'o>,
     fresh: usize,
     /// The node (and opset version) that produced each value, for demand-driven
@@ -212,7 +218,7 @@ pub struct Ctx<'o> {
 }
 
 impl<'o> Ctx<'o> {
-    fn new(name: &str, opts: &'o ImportOptions<'o>) -> Ctx<'o> {
+    pub(super) fn new(name: &str, opts: &'o ImportOptions<'o>) -> Ctx<'o> {
         // Shape facts the exporter knew but symbols cannot prove are checked at run time.
         let mut b = Builder::new(name);
         b.check_at_run_time(true);
@@ -308,11 +314,8 @@ impl<'o> Ctx<'o> {
                 };
                 self.b.cast(d, v.ty.dtype).map_err(|e| e.to_string())
             }
-            Some(Known::Seq { .. }) => Err(
-                "a sequence is used where a tensor is expected (kiln keeps sequences only \
-                     while importing, so an op that takes a tensor cannot take one)"
-                    .into(),
-            ),
+            Some(Known::Seq { .. }) => Err("a sequence is used where a tensor is expected".into()),
+            Some(Known::Opt(_)) => Err("an optional is used where a tensor is expected".into()),
             None => Err("value has neither an IR value nor a known value".into()),
         }
     }
@@ -671,132 +674,6 @@ pub fn sanitize(name: &str) -> String {
     s
 }
 
-/// The dtype and shape an input declares. Dims an exporter left open (no value, an empty
-/// `dim_param`, or a value of -1 or 0, as paddle2onnx and old tf2onnx write them) become fresh
-/// symbols; `dim_param` strings of any spelling become symbols.
-fn input_type(ctx: &mut Ctx, vi: &proto::ValueInfoProto) -> Result<TensorType, String> {
-    let tt = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(TypeValue::TensorType(tt)) => tt,
-        Some(TypeValue::SequenceType(_)) => return Err("sequence inputs are not supported".into()),
-        Some(TypeValue::MapType(_)) => return Err("map inputs are not supported".into()),
-        Some(TypeValue::OptionalType(_)) => return Err("optional inputs are not supported".into()),
-        Some(TypeValue::SparseTensorType(_)) => {
-            return Err("sparse inputs are not supported".into())
-        }
-        None => return Err("input has no type".into()),
-    };
-    let dtype = require_dtype(tt.elem_type)?;
-    let shape = match (&tt.shape, ctx.opts.shapes.get(&vi.name)) {
-        (Some(shape), _) => shape,
-        // No declared shape: the rank is unknown, but a given shape says it.
-        (None, Some(given)) => return Ok(TensorType::new(dtype, given.clone())),
-        (None, None) => {
-            return Err(
-                "input has no shape (its rank is unknown; give its shape, e.g. --input-shape)"
-                    .into(),
-            )
-        }
-    };
-    let mut dims = Vec::with_capacity(shape.dim.len());
-    for (a, d) in shape.dim.iter().enumerate() {
-        dims.push(match &d.value {
-            Some(proto::DimValue::DimValue(v)) if *v > 0 => Dim::Const(*v),
-            // A name says which dims are equal; `?` and other punctuation name nothing.
-            Some(proto::DimValue::DimParam(p)) if p.chars().any(|c| c.is_alphanumeric()) => {
-                Dim::sym(&sanitize(p.trim()))
-            }
-            _ => ctx.fresh_symbol(&format!("{}_{a}", vi.name)),
-        });
-    }
-    Ok(TensorType::new(dtype, Shape::new(dims)))
-}
-
-/// Applies the import options' `dims` and `shapes` to the declared input types: symbols bound
-/// by `dims` or by a given shape become constants in every input that uses them. A given shape
-/// must agree with what the model declares (rank, fixed dims, one value per symbol).
-fn specialize_inputs(
-    opts: &ImportOptions,
-    declared: &mut [(String, TensorType)],
-) -> Result<(), String> {
-    let mut given: Vec<&String> = opts.shapes.keys().collect();
-    given.sort();
-    for name in given {
-        if !declared.iter().any(|(n, _)| n == name) {
-            let names: Vec<&str> = declared.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(format!(
-                "a shape is given for `{name}`, which is not an input of the model (its inputs: {})",
-                names.join(", ")
-            ));
-        }
-    }
-    let mut bound: HashMap<String, i64> = opts.dims.clone();
-    for (name, ty) in declared.iter() {
-        let Some(given) = opts.shapes.get(name) else {
-            continue;
-        };
-        ty.shape.bind(given, &mut bound).map_err(|why| {
-            format!(
-                "input `{name}`: the model declares {ty}, given {}: {why}",
-                TensorType::new(ty.dtype, given.clone())
-            )
-        })?;
-    }
-    for (name, ty) in declared.iter_mut() {
-        let shape = ty
-            .shape
-            .substitute(&|s| bound.get(s).map(|v| Dim::Const(*v)))
-            .map_err(|e| format!("input `{name}`: {e}"))?;
-        // A given shape may fix dims the declaration leaves as expressions.
-        ty.shape = match opts.shapes.get(name) {
-            Some(given) => Shape::new(
-                shape
-                    .dims()
-                    .iter()
-                    .zip(given.dims())
-                    .map(|(d, g)| {
-                        if g.as_const().is_some() {
-                            g.clone()
-                        } else {
-                            d.clone()
-                        }
-                    })
-                    .collect(),
-            ),
-            None => shape,
-        };
-        for d in ty.shape.dims() {
-            if d.as_const().is_some_and(|v| v < 0) {
-                return Err(format!("input `{name}`: a dim is {d}"));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The inputs of a model (initializers excluded) with the types the import gives them: the
-/// declared types with `opts.dims` and `opts.shapes` applied, open dims as fresh symbols.
-pub fn declared_inputs(
-    model: &ModelProto,
-    opts: &ImportOptions,
-) -> Result<Vec<(String, TensorType)>, String> {
-    let mut ctx = Ctx::new("inputs", opts);
-    let mut declared = Vec::new();
-    if let Some(g) = &model.graph {
-        let inits: std::collections::HashSet<&str> =
-            g.initializer.iter().map(|t| t.name.as_str()).collect();
-        for vi in g
-            .input
-            .iter()
-            .filter(|vi| !inits.contains(vi.name.as_str()))
-        {
-            let ty = input_type(&mut ctx, vi).map_err(|e| format!("input `{}`: {e}", vi.name))?;
-            declared.push((vi.name.clone(), ty));
-        }
-    }
-    specialize_inputs(opts, &mut declared)?;
-    Ok(declared)
-}
-
 /// The opset version per domain; `ai.onnx` and the empty domain are the same.
 pub fn opsets(model: &ModelProto) -> HashMap<String, i64> {
     let mut out = HashMap::new();
@@ -863,49 +740,23 @@ pub fn import_model_reporting(
     };
     let mut ctx = Ctx::new(&sanitize(name), opts);
     ctx.opsets = opsets.clone();
-    bind_graph_inputs(&mut ctx, graph).map_err(fail)?;
+    interface::bind_graph_inputs(&mut ctx, graph).map_err(fail)?;
     for n in &graph.node {
         import_node(&mut ctx, n, &opsets)?;
     }
+    let mut outputs = Vec::new();
     for out in &graph.output {
-        let v = ctx
-            .ir(&out.name)
+        ctx.get(&out.name)
+            .cloned()
+            .and_then(|v| interface::flatten_output(&mut ctx, &out.name, &v, &mut outputs))
             .map_err(|e| fail(format!("output `{}`: {e}", out.name)))?;
-        ctx.b
-            .output(&out.name, v)
-            .map_err(|e| fail(e.to_string()))?;
+    }
+    for (name, v) in outputs {
+        ctx.b.output(&name, v).map_err(|e| fail(e.to_string()))?;
     }
     let read = ctx.read.take().into_iter().collect();
     let graph = ctx.b.finish().map_err(|e| fail(e.to_string()))?;
     Ok(Imported { graph, read })
-}
-
-fn bind_graph_inputs(ctx: &mut Ctx, graph: &GraphProto) -> Result<(), String> {
-    for init in &graph.initializer {
-        let t = decode(init, &ctx.opts.external_data)
-            .map_err(|e| format!("initializer `{}`: {e}", init.name))?;
-        ctx.env.insert(init.name.clone(), V::data(t));
-    }
-    if !graph.sparse_initializer.is_empty() {
-        return Err("sparse initializers are not supported".into());
-    }
-    let mut declared = Vec::new();
-    for input in &graph.input {
-        if ctx.env.contains_key(&input.name) {
-            continue; // an initializer listed as an input (IR < 4) stays a constant
-        }
-        let ty = input_type(ctx, input).map_err(|e| format!("input `{}`: {e}", input.name))?;
-        declared.push((input.name.clone(), ty));
-    }
-    specialize_inputs(ctx.opts, &mut declared)?;
-    for (name, ty) in declared {
-        let p = ctx
-            .b
-            .param(&name, ty.dtype, ty.shape.clone())
-            .map_err(|e| format!("input `{name}`: {e}"))?;
-        ctx.env.insert(name, ctx.v(p));
-    }
-    Ok(())
 }
 
 fn import_node(

@@ -6,6 +6,7 @@
 //! constant subgraphs come in through [`ImportOptions`].
 
 mod import;
+mod interface;
 mod ops;
 pub mod proto;
 mod registry;
@@ -18,7 +19,11 @@ use std::fmt;
 use ir::{Graph, Tensor};
 use prost::Message;
 
-pub use import::{declared_inputs, import_model, import_model_reporting, opsets, Imported};
+pub use import::{import_model, import_model_reporting, opsets, Imported};
+pub use interface::{
+    declared_inputs, decode_value, element_name, given, is_structured_tensor, structured_inputs,
+    Given, Kind,
+};
 pub use registry::{is_supported, supported_ops};
 pub use tensor::{decode as decode_tensor, dtype_of, ExternalData};
 
@@ -38,6 +43,9 @@ pub struct ImportOptions<'a> {
     /// Shapes of inputs in place of the declared ones (which they must agree with): the
     /// shapes a run is given, or `--input-shape`. A symbol they fix is fixed in every input.
     pub shapes: HashMap<String, ir::Shape>,
+    /// What a run gives for each sequence and optional input (see [`Given`]); an input absent
+    /// here cannot be imported (its tensors are unknown).
+    pub given: HashMap<String, Given>,
     /// Folds nodes whose inputs are all constants by running them; `None` keeps them.
     pub evaluate: Option<Evaluator<'a>>,
 }

@@ -15,6 +15,8 @@ pub enum Known {
     /// An ONNX sequence of known length: its tensors, and their element type (a sequence may
     /// be empty). Sequences live only at import; ops that take them see their tensors.
     Seq { items: Vec<V>, dtype: DType },
+    /// An ONNX optional: its value (a tensor or a sequence) or none.
+    Opt(Option<Box<V>>),
 }
 
 /// One ONNX value.
@@ -41,6 +43,15 @@ impl V {
             value: None,
             ty: TensorType::new(dtype, Shape::scalar()),
             known: Some(Known::Seq { items, dtype }),
+        }
+    }
+
+    /// An optional holding `item`, or none (`dtype` is then the element type it would have).
+    pub fn optional(item: Option<V>, dtype: DType) -> V {
+        V {
+            value: None,
+            ty: TensorType::new(dtype, Shape::scalar()),
+            known: Some(Known::Opt(item.map(Box::new))),
         }
     }
 
@@ -86,7 +97,7 @@ impl V {
                 let shape = if *scalar { vec![] } else { vec![v.len()] };
                 Tensor::new(shape, Data::from_i128s(self.ty.dtype, &v)).ok()
             }
-            Some(Known::Seq { .. }) | None => None,
+            Some(Known::Seq { .. } | Known::Opt(_)) | None => None,
         }
     }
 

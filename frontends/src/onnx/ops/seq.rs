@@ -1,14 +1,16 @@
-//! ONNX sequences, resolved at import: a sequence whose length the import knows is the list
-//! of its tensors (`Known::Seq`), so SequenceConstruct/Insert/At/Erase/Length, SplitToSequence
-//! and ConcatFromSequence become the IR values they select, slice or concatenate. Positions
-//! and split sizes must be known at import (from constants, or a specialization).
+//! ONNX sequences and optionals, resolved at import: a sequence whose length the import knows is
+//! the list of its tensors (`Known::Seq`), so SequenceConstruct/Insert/At/Erase/Length,
+//! SplitToSequence, ConcatFromSequence and SequenceMap become the IR values they select, slice,
+//! concatenate or compute; an optional is its value or none (`Known::Opt`). Positions and split
+//! sizes must be known at import (from constants, or a specialization on a run's inputs, as
+//! the lengths of sequence inputs are).
 
 use ir::{DType, Dim, Op, Shape, Tensor};
 
 use super::{axis, s, slice_axis, Res};
 use crate::onnx::import::{Ctx, Node};
 use crate::onnx::tensor::require_dtype;
-use crate::onnx::value::V;
+use crate::onnx::value::{Known, V};
 
 /// A position in a sequence of `len` tensors (negative counts from the end); `insert` admits
 /// `len` itself.
@@ -174,4 +176,83 @@ pub fn concat_from_sequence(ctx: &mut Ctx, n: &Node) -> Res {
     }
     let y = ctx.b.op1(Op::Concat { axis: a as i64 }, &vals).map_err(s)?;
     Ok(vec![ctx.v(y)])
+}
+
+/// SequenceMap: the body once per position, over the tensors at that position of the sequence
+/// inputs (and the tensor inputs as they are); each body output makes one output sequence.
+pub fn sequence_map(ctx: &mut Ctx, n: &Node) -> Res {
+    let body = n.graph("body")?;
+    let (first, _) = ctx.seq(n.req(0)?)?;
+    let len = first.len();
+    let mut others = Vec::new();
+    for i in 1..n.num_inputs() {
+        let name = n.req(i)?;
+        others.push(match ctx.seq(name) {
+            Ok((items, _)) if items.len() == len => Ok(items),
+            Ok((items, _)) => {
+                return Err(format!(
+                    "the sequences are of lengths {len} and {} (`{name}`)",
+                    items.len()
+                ))
+            }
+            Err(_) => Err(ctx.get(name)?.clone()),
+        });
+    }
+    let mut outs: Vec<Vec<V>> = vec![Vec::with_capacity(len); body.output.len()];
+    for (i, x) in first.iter().enumerate() {
+        let mut args = vec![x.clone()];
+        for o in &others {
+            args.push(match o {
+                Ok(items) => items[i].clone(),
+                Err(t) => t.clone(),
+            });
+        }
+        for (j, v) in ctx.inline(body, args)?.into_iter().enumerate() {
+            outs[j].push(v);
+        }
+    }
+    outs.into_iter()
+        .zip(&body.output)
+        .map(|(items, o)| {
+            let dtype = match items.first() {
+                Some(v) => v.dtype(),
+                None => crate::onnx::interface::element_dtype(o.r#type.as_ref())?,
+            };
+            Ok(V::seq(items, dtype))
+        })
+        .collect()
+}
+
+/// Optional: an optional holding the input, or none of the `type` attribute's element type.
+pub fn optional(ctx: &mut Ctx, n: &Node) -> Res {
+    if let Some(x) = n.input(0) {
+        let v = ctx.get(x)?.clone();
+        let dtype = v.dtype();
+        return Ok(vec![V::optional(Some(v), dtype)]);
+    }
+    let ty = n
+        .type_proto("type")?
+        .ok_or("an empty Optional needs the `type` attribute")?;
+    let dtype = crate::onnx::interface::element_dtype(Some(ty))?;
+    Ok(vec![V::optional(None, dtype)])
+}
+
+/// OptionalHasElement: false for none or an absent input, true otherwise (a tensor or sequence
+/// counts as an optional holding it, from opset 18).
+pub fn optional_has_element(ctx: &mut Ctx, n: &Node) -> Res {
+    let has = match n.input(0) {
+        None => false,
+        Some(x) => !matches!(ctx.get(x)?.known, Some(Known::Opt(None))),
+    };
+    Ok(vec![V::data(Tensor::scalar(has))])
+}
+
+/// OptionalGetElement: what an optional holds (a tensor or sequence is its own element).
+pub fn optional_get_element(ctx: &mut Ctx, n: &Node) -> Res {
+    let v = ctx.get(n.req(0)?)?;
+    match &v.known {
+        Some(Known::Opt(Some(item))) => Ok(vec![(**item).clone()]),
+        Some(Known::Opt(None)) => Err("the optional holds no value".into()),
+        _ => Ok(vec![v.clone()]),
+    }
 }
