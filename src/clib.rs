@@ -8,6 +8,8 @@ use std::process::Command;
 
 use crate::{Error, Graph};
 
+pub use kiln_capi::is_valid_name;
+
 /// The static library every model library links, as cargo names it.
 const RUNTIME_LIB: &str = "libkiln_capi.a";
 
@@ -26,10 +28,8 @@ fn fail(m: impl Into<String>) -> Error {
     Error::SharedLibrary(m.into())
 }
 
-/// Where kiln's C runtime library is: `$KILN_CAPI_LIB`; else next to the running kiln, where
-/// `cargo build` puts it (in a cargo target directory, the newest of that copy and the ones
-/// under `deps/`, where builds for tests leave it); else in `../lib` from it (an installed
-/// layout).
+/// Where kiln's C runtime library is: `$KILN_CAPI_LIB`, else [`runtime_library_near`] the
+/// running kiln.
 pub fn runtime_library() -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os("KILN_CAPI_LIB") {
         let p = PathBuf::from(p);
@@ -39,7 +39,18 @@ pub fn runtime_library() -> Result<PathBuf, Error> {
         };
     }
     let exe = std::env::current_exe().map_err(|e| fail(format!("where is kiln: {e}")))?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
+    runtime_library_near(exe.parent().unwrap_or(Path::new(".")))
+}
+
+/// The C runtime library for a kiln in `dir`: in an installed layout (`./install.sh PREFIX`)
+/// `PREFIX/lib/libkiln_capi.a` for `PREFIX/bin/kiln`; in a cargo target directory the copy
+/// `cargo build` puts beside kiln, or the newest under `deps/` (where builds of kiln alone
+/// and of tests leave it).
+pub fn runtime_library_near(dir: &Path) -> Result<PathBuf, Error> {
+    let installed = dir.join("..").join("lib").join(RUNTIME_LIB);
+    if installed.is_file() {
+        return Ok(installed);
+    }
     let mut found: Vec<PathBuf> = vec![dir.join(RUNTIME_LIB)];
     if let Ok(entries) = std::fs::read_dir(dir.join("deps")) {
         found.extend(
@@ -53,40 +64,50 @@ pub fn runtime_library() -> Result<PathBuf, Error> {
                 }),
         );
     }
-    let newest = found
+    found
         .iter()
         .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
         .max()
-        .map(|(_, p)| p.clone());
-    let installed = dir.join("..").join("lib").join(RUNTIME_LIB);
-    match newest {
-        Some(p) => Ok(p),
-        None if installed.is_file() => Ok(installed),
-        None => Err(fail(format!(
-            "kiln's C runtime ({RUNTIME_LIB}) is neither next to kiln ({}) nor in {}: build it with `cargo build --release -p kiln-capi`, or point KILN_CAPI_LIB at it",
-            dir.display(),
-            installed.display()
-        ))),
-    }
+        .map(|(_, p)| p.clone())
+        .ok_or_else(|| {
+            fail(format!(
+                "kiln's C runtime ({RUNTIME_LIB}) is neither in {} nor beside kiln in {}: \
+                 install kiln with `./install.sh PREFIX` from its source tree (`cargo install` \
+                 copies only the binary), build it with `cargo build --release`, or point \
+                 KILN_CAPI_LIB at it",
+                installed.display(),
+                dir.display()
+            ))
+        })
 }
 
-/// The header path for a library path: `libmlp.so` → `mlp.h`, `model.so` → `model.h`.
-pub fn header_path(library: &Path) -> PathBuf {
+/// The name a library at `library` gets when none is given: `libmlp.so` → `mlp` (see
+/// [`kiln_capi::default_name`]).
+pub fn default_name(library: &Path) -> String {
     let stem = library
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let stem = stem
-        .strip_prefix("lib")
-        .filter(|s| !s.is_empty())
-        .unwrap_or(&stem);
-    library.with_file_name(format!("{stem}.h"))
+    kiln_capi::default_name(&stem)
 }
 
-/// Builds the shared library `out` from artifact bytes compiled from `g`, and its header
-/// (see [`header_path`]); `about` names the model in the header. Returns the header's path.
-/// The C compiler is `$CC`, else `cc`.
-pub fn build(artifact: &[u8], g: &Graph, about: &str, out: &Path) -> Result<PathBuf, Error> {
+/// Builds the shared library `out` named `name` (a C identifier: its symbols are `name_create`,
+/// `name_run`, ...) from artifact bytes compiled from `g`, and its header `name.h` beside it;
+/// `about` names the model in the header. Returns the header's path. The C compiler is
+/// `$CC`, else `cc`.
+pub fn build(
+    artifact: &[u8],
+    g: &Graph,
+    name: &str,
+    about: &str,
+    out: &Path,
+) -> Result<PathBuf, Error> {
+    if !kiln_capi::is_valid_name(name) {
+        return Err(fail(format!(
+            "`{name}` cannot name a library: it prefixes C symbols, so it must be a C identifier \
+             (letters, digits and `_`, not starting with a digit)"
+        )));
+    }
     let inputs = crate::params(g);
     let outputs: Vec<_> = g
         .outputs()
@@ -110,30 +131,39 @@ pub fn build(artifact: &[u8], g: &Graph, about: &str, out: &Path) -> Result<Path
             )));
         }
     }
+    let header_text = kiln_capi::header(name, about, &inputs, &outputs);
     let lib = runtime_library()?;
     let dir = scratch_dir()?;
-    let result = build_in(&dir, &lib, artifact, out);
+    let result = build_in(&dir, &lib, name, &header_text, artifact, out);
     let _ = std::fs::remove_dir_all(&dir);
     result?;
-    let header = header_path(out);
-    std::fs::write(&header, kiln_capi::header(about, &inputs, &outputs))
+    let header = out.with_file_name(format!("{name}.h"));
+    std::fs::write(&header, header_text)
         .map_err(|e| fail(format!("cannot write {}: {e}", header.display())))?;
     Ok(header)
 }
 
 /// Links the library `out` in the scratch directory `dir`.
-fn build_in(dir: &Path, lib: &Path, artifact: &[u8], out: &Path) -> Result<(), Error> {
+fn build_in(
+    dir: &Path,
+    lib: &Path,
+    name: &str,
+    header: &str,
+    artifact: &[u8],
+    out: &Path,
+) -> Result<(), Error> {
     let write = |name: &str, bytes: &[u8]| {
         std::fs::write(dir.join(name), bytes)
             .map_err(|e| fail(format!("cannot write {}: {e}", dir.join(name).display())))
     };
     write("model.kiln", artifact)?;
-    write("shim.c", kiln_capi::SHIM_C.as_bytes())?;
+    write("model.h", header.as_bytes())?;
+    write("shim.c", kiln_capi::shim(name, "model.h").as_bytes())?;
     write(
         "artifact.S",
         kiln_capi::artifact_asm("model.kiln").as_bytes(),
     )?;
-    write("exports.map", kiln_capi::version_script().as_bytes())?;
+    write("exports.map", kiln_capi::version_script(name).as_bytes())?;
     let out_abs = absolute(out)?;
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let output = Command::new(&cc)

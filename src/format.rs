@@ -1,7 +1,23 @@
-//! Human-readable tensor values: nested brackets, six significant digits, truncated when long.
-//! Used by `kiln run` summaries and by `run` filetests.
+//! Human-readable tensor values (nested brackets, six significant digits, truncated when long)
+//! and sizes (KiB, MiB). Used by `kiln run` summaries, `kiln bench` and by `run` filetests.
 
 use ir::{Data, Tensor};
+
+/// A size for people: `512 bytes`, `3.4 KiB`, `136.0 MiB`, `1.25 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let digits = if v < 10.0 { 2 } else { 1 };
+    format!("{v:.digits$} {}", UNITS[unit])
+}
 
 /// A float with six significant digits, in the shortest form that shows them.
 pub fn float(x: f64) -> String {
@@ -65,6 +81,15 @@ pub fn head(t: &Tensor, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_in_binary_units() {
+        assert_eq!(bytes(0), "0 bytes");
+        assert_eq!(bytes(1023), "1023 bytes");
+        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(bytes(142_639_232), "136.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.00 GiB");
+    }
 
     #[test]
     fn six_significant_digits() {

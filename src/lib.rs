@@ -18,6 +18,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// The README's Rust code: every `rust` block is a program `cargo test` compiles and runs (its
+/// `sh` blocks run in CI, from `.ci/run`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod artifact;
 pub mod clib;
 pub mod format;

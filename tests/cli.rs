@@ -368,20 +368,23 @@ fn compiled_artifacts_run_like_the_model_and_damaged_ones_are_errors() {
         true,
     );
     assert_eq!(bytes, std::fs::read(&again).unwrap());
-    let run = |model: &str| {
-        expect(
-            &[
-                "run",
-                model,
-                "--inputs",
-                "examples/classifier_inputs.npz",
-                "--full",
-            ],
-            true,
-        )
-        .0
+    let run = |model: &str, more: &[&str]| {
+        let mut args = vec![
+            "run",
+            model,
+            "--inputs",
+            "examples/classifier_inputs.npz",
+            "--full",
+        ];
+        args.extend(more);
+        expect(&args, true).0
     };
-    assert_eq!(run(s(&art)), run("examples/classifier.onnx"));
+    // Artifacts are symbolic: they compute exactly what the JIT's symbolic executable does
+    // (kernels compiled for the inputs' shapes may round differently).
+    assert_eq!(
+        run(s(&art), &[]),
+        run("examples/classifier.onnx", &["--symbolic"])
+    );
     // Truncated and bit-flipped artifacts: clear errors naming the file.
     for (name, bad) in [
         ("cut.kiln", bytes[..bytes.len() / 3].to_vec()),
@@ -425,36 +428,23 @@ fn c_example_value(i: usize) -> f32 {
 #[test]
 fn the_c_example_runs_a_shared_library_from_kiln_compile() {
     let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path().join("libmodel.so");
+    let lib = dir.path().join("libmlp.so");
     let (_, se) = expect(&["compile", "examples/mlp.kir", "-o", s(&lib)], true);
-    assert!(se.contains("model.h"), "{se}");
-    let header = std::fs::read_to_string(dir.path().join("model.h")).unwrap();
+    assert!(se.contains("mlp.h"), "{se}");
+    let header = std::fs::read_to_string(dir.path().join("mlp.h")).unwrap();
     for needed in [
-        "kiln_model *kiln_model_create(void);",
-        "int kiln_model_run(",
-        "void kiln_model_destroy(kiln_model *model);",
-        "const char *kiln_last_error(void);",
+        "#ifndef MLP_H",
+        "mlp_model *mlp_create(void);",
+        "int mlp_run(",
+        "void mlp_destroy(mlp_model *model);",
+        "const char *mlp_last_error(void);",
         "\"x\": f32[batch, 4]",
-        "KILN_INPUT_NAMES[] = {\"x\", NULL};",
+        "MLP_INPUT_NAMES[] = {\"x\", NULL};",
     ] {
         assert!(header.contains(needed), "model.h lacks {needed}:\n{header}");
     }
     // The system C compiler builds the example against the library alone.
-    let app = dir.path().join("app");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let built = Command::new(&cc)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["-Wall", "-Werror", "examples/c/main.c", "-I"])
-        .arg(dir.path())
-        .arg("-L")
-        .arg(dir.path())
-        .arg("-lmodel")
-        .arg(format!("-Wl,-rpath,{}", dir.path().display()))
-        .arg("-o")
-        .arg(&app)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
-    assert!(built.status.success(), "{}", text(&built.stderr));
+    let app = build_c(dir.path(), "examples/c/main.c", &["mlp"], "app");
     // Run with an environment that has no Rust toolchain in reach.
     let ran = Command::new(&app)
         .arg("3")
@@ -495,14 +485,95 @@ fn the_c_example_runs_a_shared_library_from_kiln_compile() {
         exported.sort();
         assert_eq!(
             exported,
-            [
-                "kiln_last_error",
-                "kiln_model_create",
-                "kiln_model_destroy",
-                "kiln_model_run"
-            ]
+            ["mlp_create", "mlp_destroy", "mlp_last_error", "mlp_run"]
         );
     }
+}
+
+/// Builds a C program from `source` against the libraries `libs` in `dir`; returns its path.
+fn build_c(dir: &Path, source: &str, libs: &[&str], exe: &str) -> PathBuf {
+    let app = dir.join(exe);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-Wall", "-Werror", source, "-I"])
+        .arg(dir)
+        .arg("-L")
+        .arg(dir)
+        .args(libs.iter().map(|l| format!("-l{l}")))
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .arg("-o")
+        .arg(&app)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    app
+}
+
+#[test]
+fn two_model_libraries_link_into_one_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = dir.path().join("libmlp.so");
+    expect(&["compile", "examples/mlp.kir", "-o", s(&mlp)], true);
+    // --name overrides the file's name: the classifier's API is `classifier_*` although the
+    // file is libcls.so (linked as -lcls).
+    let cls = dir.path().join("libcls.so");
+    expect(
+        &[
+            "compile",
+            "examples/classifier.onnx",
+            "-o",
+            s(&cls),
+            "--name",
+            "classifier",
+        ],
+        true,
+    );
+    assert!(dir.path().join("classifier.h").is_file());
+    let app = build_c(
+        dir.path(),
+        "examples/c/two_models.c",
+        &["mlp", "cls"],
+        "two",
+    );
+    let ran = Command::new(&app).env_clear().output().unwrap();
+    let so = text(&ran.stdout);
+    assert!(ran.status.success(), "{so}{}", text(&ran.stderr));
+    // Each library runs its own model: the mlp's probabilities as Rust computes them, and
+    // the classifier's label for a red picture (class 0).
+    let g = kiln::parse_graph(include_str!("../examples/mlp.kir")).unwrap();
+    let exe = kiln::compile(&g, &Default::default()).unwrap();
+    let x = Tensor::new(vec![1, 4], kiln::Data::F32(vec![0.5, -1.0, 0.25, 2.0])).unwrap();
+    let want = exe.run(&[x]).unwrap();
+    let line = so.lines().find(|l| l.starts_with("mlp probs:")).expect(&so);
+    let got: Vec<f32> = line[10..]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let want = want[0].as_slice::<f32>().unwrap();
+    assert_eq!(got.len(), want.len(), "{so}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 1e-5, "{so}");
+    }
+    assert!(so.contains("classifier label: 0"), "{so}");
+    // Names that cannot prefix C symbols are refused before any work.
+    let (_, se) = expect(
+        &[
+            "compile",
+            "examples/mlp.kir",
+            "-o",
+            s(&mlp),
+            "--name",
+            "9lives",
+        ],
+        false,
+    );
+    assert!(se.contains("C identifier"), "{se}");
+    let (_, se) = expect(
+        &["compile", "examples/mlp.kir", "-o", "x.kiln", "--name", "m"],
+        false,
+    );
+    assert!(se.contains("--emit so"), "{se}");
 }
 
 #[test]
@@ -616,4 +687,120 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let out = child.wait_with_output().unwrap();
     let se = text(&out.stderr);
     assert!(!se.contains("panicked"), "{se}");
+}
+
+#[test]
+fn run_reads_tensor_files_checks_expected_outputs_and_checks_its_output_first() {
+    use kiln::frontends::onnx::proto::{data_type, TensorProto};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let classifier = [
+        "run",
+        "examples/classifier.onnx",
+        "--inputs",
+        "examples/classifier_inputs.npz",
+        "--threads",
+        "1",
+    ];
+    let mut args = classifier.to_vec();
+    args.extend(["--expect", "examples/classifier_expected.npz"]);
+    let (so, _) = expect(&args, true);
+    assert!(
+        so.contains("ok   probs") && so.contains("ok   label"),
+        "{so}"
+    );
+    // A wrong expectation: a per-output report and a failure.
+    let mut wrong =
+        npz::read_npz(&std::fs::read("examples/classifier_expected.npz").unwrap()).unwrap();
+    wrong.retain(|(n, _)| n == "label");
+    let label = Tensor::from_vec(vec![4], vec![0i64, 1, 2, 3]).unwrap();
+    wrong[0].1 = label;
+    let p = write(dir.path(), "wrong.npz", &npz::write_npz(&wrong).unwrap());
+    let mut args = classifier.to_vec();
+    args.extend(["--expect", s(&p)]);
+    let (so, se) = expect(&args, false);
+    assert!(
+        so.contains("FAIL label: element 1 is 5 instead of 1"),
+        "{so}"
+    );
+    assert!(se.contains("1 of 1 expected outputs differ"), "{se}");
+    // ONNX TensorProto files: named as they record, or by position.
+    let x = |name: &str| TensorProto {
+        name: name.into(),
+        dims: vec![2, 4],
+        data_type: data_type::FLOAT,
+        float_data: vec![0.5; 8],
+        ..Default::default()
+    };
+    let named = write(dir.path(), "input_0.pb", &x("x").encode_to_vec());
+    let unnamed = write(dir.path(), "unnamed.pb", &x("").encode_to_vec());
+    let (a, _) = expect(&["run", "examples/mlp.kir", "--inputs", s(&named)], true);
+    let (b, _) = expect(&["run", "examples/mlp.kir", "--inputs", s(&unnamed)], true);
+    // A folder of ONNX test data reads its input_N.pb files.
+    let (c, _) = expect(
+        &["run", "examples/mlp.kir", "--inputs", s(dir.path())],
+        true,
+    );
+    assert!(a.contains("probs: f32[2, 3]"), "{a}");
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    let (_, se) = expect(
+        &[
+            "run",
+            "examples/mlp.kir",
+            "--inputs",
+            s(&named),
+            "--inputs",
+            s(&named),
+        ],
+        false,
+    );
+    assert!(se.contains("given twice"), "{se}");
+    // An output that cannot be written fails before the model runs.
+    let mut args = classifier.to_vec();
+    args.extend(["-o", "/no/such/dir/out.npz"]);
+    let (so, se) = expect(&args, false);
+    assert!(so.is_empty() && se.contains("not a directory"), "{so}{se}");
+}
+
+#[test]
+fn an_installed_kiln_builds_model_libraries_from_anywhere() {
+    // The layout install.sh makes: PREFIX/bin/kiln and PREFIX/lib/libkiln_capi.a.
+    let prefix = tempfile::tempdir().unwrap();
+    let bin = prefix.path().join("bin");
+    let lib = prefix.path().join("lib");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&lib).unwrap();
+    let built = Path::new(env!("CARGO_BIN_EXE_kiln"));
+    let runtime = kiln::clib::runtime_library_near(built.parent().unwrap()).unwrap();
+    std::fs::copy(built, bin.join("kiln")).unwrap();
+    std::fs::copy(&runtime, lib.join("libkiln_capi.a")).unwrap();
+    // From another directory, with the model copied there and no hint where the runtime is.
+    let work = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join("examples/mlp.kir"), work.path().join("mlp.kir")).unwrap();
+    let compile = || {
+        Command::new(bin.join("kiln"))
+            .current_dir(work.path())
+            .env_remove("KILN_CAPI_LIB")
+            .args(["compile", "mlp.kir", "-o", "libmlp.so"])
+            .output()
+            .unwrap()
+    };
+    let out = compile();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(work.path().join("libmlp.so").is_file() && work.path().join("mlp.h").is_file());
+    let app = build_c(work.path(), "examples/c/main.c", &["mlp"], "app");
+    let ran = Command::new(&app).arg("2").env_clear().output().unwrap();
+    assert!(ran.status.success(), "{}", text(&ran.stderr));
+    assert!(text(&ran.stdout).contains("output probs 2 [2, 3]"));
+    // Without the runtime, the error says how to install it.
+    std::fs::remove_file(lib.join("libkiln_capi.a")).unwrap();
+    let out = compile();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("install.sh"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -4,12 +4,15 @@
 //! else specialized for the inputs with `--inputs`; then `kiln run MODEL.kiln`), all compared
 //! with onnxruntime's outputs; a model that imports symbolically also runs with `--symbolic`
 //! (one executable for every shape instead of kernels for the inputs' shapes). Models of at most 2 MB are committed; larger ones live in the
-//! cache the build script fills (`$KILN_CORPUS_CACHE`, default `~/.cache/kiln-corpus`) and are
-//! reported SKIPPED when absent.
+//! cache the build script fills (`$KILN_CORPUS_CACHE`, default `~/.cache/kiln-corpus`); one
+//! test per model, shown as ignored, `[SKIPPED: …]`, when the model is absent.
 //!
 //! Also the ONNX wheel's own backend suites (`simple`, `pytorch-converted`,
 //! `pytorch-operator`) through `kiln conformance`, found through `$KILN_ONNX_DATA` or the
-//! `onnx` package of `python3`: every case passes but training (`Gradient`) and string ops.
+//! `onnx` package of `python3`: every case passes but training (`Gradient`) and string ops
+//! (`[SKIPPED: …]` without the wheel).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,37 +144,42 @@ fn check(dir: &Path, tmp: &Path, tol: Tolerance) -> Result<(), String> {
     compare(&out, &expected, tol).map_err(|e| format!("artifact: {e}"))
 }
 
-#[test]
-fn corpus_models_match_onnxruntime_jit_and_aot() {
+fn main() {
+    let mut trials: Vec<_> = manifest()
+        .into_iter()
+        .map(|e| {
+            let found = model_dir(&e.name).ok_or_else(|| {
+                "not in the cache (python3 tests/corpus/build.py fetches it)".to_string()
+            });
+            let name = format!("corpus::{}", e.name);
+            common::trial(name, found, move |dir| check_entry(&e, &dir))
+        })
+        .collect();
+    assert!(!trials.is_empty(), "the corpus manifest lists no model");
+    trials.push(common::trial(
+        "onnx_wheel_suites_pass_but_training_and_strings",
+        onnx_data().ok_or_else(|| "no ONNX wheel (pip install onnx, or set KILN_ONNX_DATA)".into()),
+        onnx_wheel_suites,
+    ));
+    common::run_trials(trials);
+}
+
+/// One corpus model matches onnxruntime (JIT and AOT), or fails as KNOWN_FAILURES says.
+fn check_entry(e: &Entry, dir: &Path) {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut passed, mut skipped, mut failed) = (vec![], vec![], vec![]);
-    for e in manifest() {
-        let Some(dir) = model_dir(&e.name) else {
-            skipped.push(e.name);
-            continue;
-        };
-        let tol = Tolerance {
-            rtol: e.rtol,
-            atol: e.atol,
-        };
-        let known = KNOWN_FAILURES.iter().find(|(n, _)| *n == e.name);
-        match (check(&dir, tmp.path(), tol), known) {
-            (Ok(()), None) => passed.push(e.name),
-            (Ok(()), Some(_)) => {
-                failed.push(format!("{} now passes: take it off KNOWN_FAILURES", e.name))
-            }
-            (Err(why), Some((_, reason))) if why.contains(reason) => {
-                eprintln!("known failure {}: {why}", e.name)
-            }
-            (Err(why), _) => failed.push(format!("{}: {why}", e.name)),
+    let tol = Tolerance {
+        rtol: e.rtol,
+        atol: e.atol,
+    };
+    let known = KNOWN_FAILURES.iter().find(|(n, _)| *n == e.name);
+    match (check(dir, tmp.path(), tol), known) {
+        (Ok(()), None) => {}
+        (Ok(()), Some(_)) => panic!("{} now passes: take it off KNOWN_FAILURES", e.name),
+        (Err(why), Some((_, reason))) if why.contains(reason) => {
+            eprintln!("known failure {}: {why}", e.name)
         }
+        (Err(why), _) => panic!("{}: {why}", e.name),
     }
-    eprintln!("corpus: {} passed, {} failed, {} SKIPPED (not in the cache: python3 tests/corpus/build.py)", passed.len(), failed.len(), skipped.len());
-    for s in &skipped {
-        eprintln!("SKIPPED {s}");
-    }
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
-    assert!(!passed.is_empty(), "no corpus model ran");
 }
 
 /// The `onnx/backend/test/data` folder of the ONNX wheel, if there is one.
@@ -187,12 +195,7 @@ fn onnx_data() -> Option<PathBuf> {
     (out.status.success() && p.is_dir()).then_some(p)
 }
 
-#[test]
-fn onnx_wheel_suites_pass_but_training_and_strings() {
-    let Some(data) = onnx_data() else {
-        eprintln!("SKIPPED: no ONNX wheel (pip install onnx, or set KILN_ONNX_DATA)");
-        return;
-    };
+fn onnx_wheel_suites(data: PathBuf) {
     for (suite, min) in [
         ("simple", 15),
         ("pytorch-converted", 82),

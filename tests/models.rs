@@ -3,7 +3,7 @@
 //! `suggested_tol` of its `meta.json` (integer outputs such as labels and indices exactly), both
 //! as imported and after the default optimization pipeline; the optimized graph must also match
 //! the imported one on random inputs with fixed seeds.
-//! Skips, saying so, when the shared folder is missing.
+//! Without the shared folder every test shows as ignored, `[SKIPPED: …]`.
 
 mod common;
 
@@ -108,23 +108,35 @@ fn check_model(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The shared models' folders, sorted; `None` (with a SKIPPED note) without `../shared`.
-fn model_dirs() -> Option<Vec<std::path::PathBuf>> {
-    let root = common::shared("models")?;
+fn main() {
+    common::run_trials(vec![
+        common::trial(
+            "every_model_matches_onnxruntime",
+            model_dirs(),
+            every_model_matches_onnxruntime,
+        ),
+        common::trial("fusion_report", model_dirs(), fusion_report),
+        common::trial(
+            "optimized_ir_snapshots",
+            model_dirs(),
+            optimized_ir_snapshots,
+        ),
+    ]);
+}
+
+/// The shared models' folders, sorted, or why there are none.
+fn model_dirs() -> Result<Vec<std::path::PathBuf>, String> {
+    let root = common::shared_dir("models")?;
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .expect("read models")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("model.onnx").is_file())
         .collect();
     dirs.sort();
-    Some(dirs)
+    Ok(dirs)
 }
 
-#[test]
-fn every_model_matches_onnxruntime() {
-    let Some(dirs) = model_dirs() else {
-        return;
-    };
+fn every_model_matches_onnxruntime(dirs: Vec<std::path::PathBuf>) {
     let mut failures = Vec::new();
     for d in &dirs {
         let name = d.file_name().unwrap().to_string_lossy().to_string();
@@ -154,11 +166,7 @@ fn every_model_matches_onnxruntime() {
 /// after the default pipeline (bytes from the cost model). Every model's optimized graph keeps
 /// in its kernels every intermediate a kernel could keep; bert_tiny and llama_tiny end with at
 /// most 35% as many kernels as non-Constant ONNX nodes.
-#[test]
-fn fusion_report() {
-    let Some(dirs) = model_dirs() else {
-        return;
-    };
+fn fusion_report(dirs: Vec<std::path::PathBuf>) {
     let target = kiln::passes::egraph::Target::default();
     let mut problems = Vec::new();
     eprintln!(
@@ -204,11 +212,7 @@ fn fusion_report() {
 
 /// The optimized IR of every model, pinned (constants over 16 elements elided): any change to
 /// what the optimizer does to a model shows up in review as a snapshot diff.
-#[test]
-fn optimized_ir_snapshots() {
-    let Some(dirs) = model_dirs() else {
-        return;
-    };
+fn optimized_ir_snapshots(dirs: Vec<std::path::PathBuf>) {
     let shown = kiln::ir::PrintOptions {
         max_elements: Some(16),
     };

@@ -1,8 +1,11 @@
 //! The C ABI of a compiled model: what a shared library made by `kiln compile --emit so`
 //! exports. The library is this crate (as a static library) linked with the model's artifact
-//! and a few lines of generated C ([`shim`]) that hand the artifact's bytes to
-//! [`kiln_rt_create`]; [`header`] writes the `model.h` that declares it all. Every entry point
-//! catches panics and reports failures through [`kiln_last_error`], never by unwinding into C.
+//! and a few lines of generated C ([`shim`]) that define the model's API under its name
+//! (`mlp_create`, `mlp_run`, `mlp_destroy`, `mlp_last_error`) on top of this crate's
+//! `kiln_rt_*` entry points, which stay local to the library (so any number of model libraries
+//! link into one program); [`header`] writes the `mlp.h` that declares it all. Every entry
+//! point catches panics and reports failures through [`kiln_rt_last_error`], never by unwinding
+//! into C.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
@@ -65,7 +68,7 @@ fn guarded<T>(fail: T, f: impl FnOnce() -> Result<T, String>) -> T {
 }
 
 /// Loads the artifact at `bytes` (`len` bytes, read in place: a library's embedded
-/// artifact); null on failure (see [`kiln_last_error`]).
+/// artifact); null on failure (see [`kiln_rt_last_error`]).
 ///
 /// # Safety
 /// `bytes` must point to `len` readable bytes that stay valid and unchanged for as long as
@@ -84,12 +87,12 @@ pub unsafe extern "C" fn kiln_rt_create(bytes: *const u8, len: usize) -> *mut Mo
     })
 }
 
-/// Frees a model made by `kiln_model_create` (null is ignored).
+/// Frees a model made by [`kiln_rt_create`] (null is ignored).
 ///
 /// # Safety
 /// `model` is null or a model not yet destroyed, not in use by another thread.
 #[no_mangle]
-pub unsafe extern "C" fn kiln_model_destroy(model: *mut Model) {
+pub unsafe extern "C" fn kiln_rt_destroy(model: *mut Model) {
     if !model.is_null() {
         // SAFETY: the caller's contract: it came from Box::into_raw in kiln_rt_create.
         guarded((), || {
@@ -102,13 +105,13 @@ pub unsafe extern "C" fn kiln_model_destroy(model: *mut Model) {
 /// Why the last failing call on this thread failed (empty if none has); valid until the next
 /// call into the library on this thread.
 #[no_mangle]
-pub extern "C" fn kiln_last_error() -> *const c_char {
+pub extern "C" fn kiln_rt_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
 /// Runs the model: `inputs` holds every input by name; `outputs` names the outputs wanted
 /// (any subset, in any order), each with room for its elements. Returns 0, or -1 with
-/// [`kiln_last_error`] set; when only room was short, every output buffer has its dtype,
+/// [`kiln_rt_last_error`] set; when only room was short, every output buffer has its dtype,
 /// shape and needed `bytes` set, so one retry with that room succeeds. Many threads may run
 /// one model at once.
 ///
@@ -117,7 +120,7 @@ pub extern "C" fn kiln_last_error() -> *const c_char {
 /// names are NUL-terminated strings and whose `data` has `bytes` readable (inputs) or
 /// writable (outputs) bytes.
 #[no_mangle]
-pub unsafe extern "C" fn kiln_model_run(
+pub unsafe extern "C" fn kiln_rt_run(
     model: *const Model,
     inputs: *const KilnBuffer,
     n_inputs: usize,
@@ -292,30 +295,57 @@ fn output(name: &str, t: &Tensor, b: &mut KilnBuffer) -> Result<(), String> {
     Ok(())
 }
 
-/// The functions a model library exports (for its linker version script).
-pub const EXPORTS: [&str; 4] = [
-    "kiln_model_create",
-    "kiln_model_run",
-    "kiln_model_destroy",
-    "kiln_last_error",
-];
+/// The functions a model library named `name` exports: its API, and nothing else.
+pub fn exports(name: &str) -> [String; 4] {
+    ["create", "run", "destroy", "last_error"].map(|f| format!("{name}_{f}"))
+}
 
-/// The C declarations of a model library: `model.h`. `about` says what was compiled (the
-/// first comment line); `inputs` and `outputs` are the model's, in order, with their types.
+/// Whether `name` can name a model library: a C identifier (it prefixes every symbol and,
+/// upper-cased, every macro of the library).
+pub fn is_valid_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The C identifier a library's name is made from when none is given: `libmlp.so` → `mlp`,
+/// `my-model.so` → `my_model`.
+pub fn default_name(file_stem: &str) -> String {
+    let stem = file_stem
+        .strip_prefix("lib")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(file_stem);
+    let mut out: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// The C declarations of a model library named `name` (see [`is_valid_name`]): `name.h`.
+/// `about` says what was compiled (the first comment line); `inputs` and `outputs` are the
+/// model's, in order, with their types. The element types and `kiln_buffer` are shared by
+/// every model's header (guarded once); the rest is prefixed: `name_create`, `NAME_INPUTS`,
+/// the include guard `NAME_H`.
 pub fn header(
+    name: &str,
     about: &str,
     inputs: &[(String, TensorType)],
     outputs: &[(String, TensorType)],
 ) -> String {
+    let upper = name.to_uppercase();
     let mut h = String::new();
     let about = about.replace("*/", "* /");
     h.push_str(&format!(
-        "/* {about}\n * Generated by kiln {}. The library holds the model's code and weights; link it\n * (cc app.c -L<dir> -l<name>) and nothing else is needed. */\n",
+        "/* {about}\n * Generated by kiln {}. The library holds the model's code and weights; link it\n * (cc app.c -L<dir> -l{name}) and nothing else is needed. */\n",
         env!("CARGO_PKG_VERSION")
     ));
-    h.push_str(
-        "#ifndef KILN_MODEL_H\n#define KILN_MODEL_H\n\n#include <stddef.h>\n#include <stdint.h>\n\n#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n",
-    );
+    h.push_str(&format!(
+        "#ifndef {upper}_H\n#define {upper}_H\n\n#include <stddef.h>\n#include <stdint.h>\n\n#ifdef __cplusplus\nextern \"C\" {{\n#endif\n\n"
+    ));
+    h.push_str("/* What every kiln model library shares. */\n#ifndef KILN_TYPES_H\n#define KILN_TYPES_H\n\n");
     h.push_str("/* Element types (kiln_buffer.dtype), little-endian; types narrower than a byte and\n * the f8 types take one byte per element. */\nenum kiln_dtype {\n");
     for (i, d) in DType::ALL.iter().enumerate() {
         h.push_str(&format!("    KILN_{} = {i},\n", d.name().to_uppercase()));
@@ -323,8 +353,11 @@ pub fn header(
     h.push_str("};\n\n");
     h.push_str(&format!("#define KILN_MAX_RANK {MAX_RANK}\n\n"));
     h.push_str(
-        "/* A named tensor. Inputs: set every field; `bytes` is the size of `data`. Outputs: set\n * `name`, `data` and `bytes` (the room at `data`); a run fills in `dtype`, `rank`, `shape`\n * and `bytes` (the bytes written, or needed when the room is too small). */\ntypedef struct kiln_buffer {\n    const char *name;\n    int32_t dtype;\n    uint32_t rank;\n    int64_t shape[KILN_MAX_RANK];\n    void *data;\n    size_t bytes;\n} kiln_buffer;\n\ntypedef struct kiln_model kiln_model;\n\n",
+        "/* A named tensor. Inputs: set every field; `bytes` is the size of `data`. Outputs: set\n * `name`, `data` and `bytes` (the room at `data`); a run fills in `dtype`, `rank`, `shape`\n * and `bytes` (the bytes written, or needed when the room is too small). */\ntypedef struct kiln_buffer {\n    const char *name;\n    int32_t dtype;\n    uint32_t rank;\n    int64_t shape[KILN_MAX_RANK];\n    void *data;\n    size_t bytes;\n} kiln_buffer;\n\n#endif\n\n",
     );
+    h.push_str(&format!(
+        "/* The model {name}. */\ntypedef struct {name}_model {name}_model;\n\n"
+    ));
     let list = |h: &mut String, what: &str, items: &[(String, TensorType)]| {
         h.push_str(&format!(
             "/* {what} ({}); named dimensions take their values from the input shapes:\n",
@@ -336,19 +369,19 @@ pub fn header(
         h.push_str(" */\n");
     };
     list(&mut h, "Inputs", inputs);
-    h.push_str(&format!("#define KILN_MODEL_INPUTS {}\n", inputs.len()));
+    h.push_str(&format!("#define {upper}_INPUTS {}\n", inputs.len()));
     list(&mut h, "Outputs", outputs);
-    h.push_str(&format!("#define KILN_MODEL_OUTPUTS {}\n\n", outputs.len()));
+    h.push_str(&format!("#define {upper}_OUTPUTS {}\n\n", outputs.len()));
     h.push_str("/* The same, for programs: names, dtypes, ranks and shapes (-1: a named dimension), each\n * list ending in a NULL name. */\n");
-    tables(&mut h, "INPUT", inputs);
-    tables(&mut h, "OUTPUT", outputs);
-    h.push_str(
-        "/* Loads the model; NULL on failure (see kiln_last_error). */\nkiln_model *kiln_model_create(void);\n\n/* Runs the model on every input (by name) and writes the outputs named in `outputs` (any\n * subset). Returns 0, or -1 with kiln_last_error set. When only room was short, every\n * output has its dtype, shape and needed bytes set: allocate that and run again. Threads\n * may run one model at once. */\nint kiln_model_run(const kiln_model *model, const kiln_buffer *inputs, size_t n_inputs,\n                   kiln_buffer *outputs, size_t n_outputs);\n\n/* Frees the model (NULL is ignored). */\nvoid kiln_model_destroy(kiln_model *model);\n\n/* Why the last failing call on this thread failed; valid until the next call. */\nconst char *kiln_last_error(void);\n\n#ifdef __cplusplus\n}\n#endif\n\n#endif\n",
-    );
+    tables(&mut h, &format!("{upper}_INPUT"), inputs);
+    tables(&mut h, &format!("{upper}_OUTPUT"), outputs);
+    h.push_str(&format!(
+        "/* Loads the model; NULL on failure (see {name}_last_error). */\n{name}_model *{name}_create(void);\n\n/* Runs the model on every input (by name) and writes the outputs named in `outputs` (any\n * subset). Returns 0, or -1 with {name}_last_error set. When only room was short, every\n * output has its dtype, shape and needed bytes set: allocate that and run again. Threads\n * may run one model at once. */\nint {name}_run(const {name}_model *model, const kiln_buffer *inputs, size_t n_inputs,\n          kiln_buffer *outputs, size_t n_outputs);\n\n/* Frees the model (NULL is ignored). */\nvoid {name}_destroy({name}_model *model);\n\n/* Why the last failing call on this thread failed; valid until the next call. */\nconst char *{name}_last_error(void);\n\n#ifdef __cplusplus\n}}\n#endif\n\n#endif\n"
+    ));
     h
 }
 
-/// `static const` tables describing `items` (`KILN_{what}_NAMES`, `_DTYPES`, `_RANKS`,
+/// `static const` tables describing `items` (`{what}_NAMES`, `_DTYPES`, `_RANKS`,
 /// `_SHAPES`), with a terminating entry.
 fn tables(h: &mut String, what: &str, items: &[(String, TensorType)]) {
     let c_string = |s: &str| {
@@ -404,16 +437,22 @@ fn tables(h: &mut String, what: &str, items: &[(String, TensorType)]) {
         ("const int64_t", "SHAPES[][KILN_MAX_RANK]", shapes),
     ] {
         h.push_str(&format!(
-            "static {ty} KILN_{what}_{table} = {{{}}};\n",
+            "static {ty} {what}_{table} = {{{}}};\n",
             items.join(", ")
         ));
     }
     h.push('\n');
 }
 
-/// The generated C that binds a library to its embedded artifact (`kiln_artifact`, between
-/// it and `kiln_artifact_end`; see [`artifact_asm`]).
-pub const SHIM_C: &str = "/* Generated by kiln: kiln_model_create loads the artifact embedded in this library. */\n#include <stddef.h>\n\nstruct kiln_model;\nextern struct kiln_model *kiln_rt_create(const unsigned char *bytes, size_t len);\nextern const unsigned char kiln_artifact[];\nextern const unsigned char kiln_artifact_end[];\n\nstruct kiln_model *kiln_model_create(void) {\n    return kiln_rt_create(kiln_artifact, (size_t)(kiln_artifact_end - kiln_artifact));\n}\n";
+/// The generated C of a library named `name`: its API (declared by `header`, which it
+/// includes as `header_file`) over the runtime's `kiln_rt_*` entry points, the model loaded
+/// from the artifact embedded in the library (`kiln_artifact`, up to `kiln_artifact_end`; see
+/// [`artifact_asm`]).
+pub fn shim(name: &str, header_file: &str) -> String {
+    format!(
+        "/* Generated by kiln: the API of the model library {name}. */\n#include \"{header_file}\"\n\nextern void *kiln_rt_create(const unsigned char *bytes, size_t len);\nextern int kiln_rt_run(const void *model, const kiln_buffer *inputs, size_t n_inputs,\n                       kiln_buffer *outputs, size_t n_outputs);\nextern void kiln_rt_destroy(void *model);\nextern const char *kiln_rt_last_error(void);\nextern const unsigned char kiln_artifact[];\nextern const unsigned char kiln_artifact_end[];\n\n{name}_model *{name}_create(void) {{\n    return ({name}_model *)kiln_rt_create(kiln_artifact, (size_t)(kiln_artifact_end - kiln_artifact));\n}}\n\nint {name}_run(const {name}_model *model, const kiln_buffer *inputs, size_t n_inputs,\n          kiln_buffer *outputs, size_t n_outputs) {{\n    return kiln_rt_run(model, inputs, n_inputs, outputs, n_outputs);\n}}\n\nvoid {name}_destroy({name}_model *model) {{ kiln_rt_destroy(model); }}\n\nconst char *{name}_last_error(void) {{ return kiln_rt_last_error(); }}\n"
+    )
+}
 
 /// Assembly embedding the artifact file `file` (a plain file name, in the directory the
 /// assembler runs in) page-aligned between `kiln_artifact` and `kiln_artifact_end`.
@@ -423,7 +462,10 @@ pub fn artifact_asm(file: &str) -> String {
     )
 }
 
-/// The linker version script exporting [`EXPORTS`] only.
-pub fn version_script() -> String {
-    format!("{{\n  global: {};\n  local: *;\n}};\n", EXPORTS.join("; "))
+/// The linker version script of a library named `name`: [`exports`] and nothing else.
+pub fn version_script(name: &str) -> String {
+    format!(
+        "{{\n  global: {};\n  local: *;\n}};\n",
+        exports(name).join("; ")
+    )
 }

@@ -2768,7 +2768,7 @@ mod tests {
     /// Every f32 through the vector `erf` and `log`, against the f64 functions rounded
     /// (minutes; run with `--ignored`).
     #[test]
-    #[ignore]
+    #[ignore = "exhaustive over every f32 (minutes): run with --ignored"]
     fn vector_erf_and_log_exhaustively() {
         type F = fn(f64) -> f64;
         let cases: [(Op, F); 2] = [(Op::Erf, libm::erf), (Op::Log, f64::ln)];

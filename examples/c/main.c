@@ -1,7 +1,8 @@
-/* A C program running a model compiled by `kiln compile MODEL -o DIR/libmodel.so`, which
- * also writes DIR/model.h. Build and run it (see README.md):
+/* A C program running the model library `mlp`: `kiln compile MODEL -o DIR/libmlp.so` writes it
+ * and DIR/mlp.h (any model works: the program reads its inputs and outputs from the header).
+ * Build and run it (see README.md):
  *
- *     cc examples/c/main.c -I DIR -L DIR -lmodel -Wl,-rpath,DIR -o DIR/app
+ *     cc examples/c/main.c -I DIR -L DIR -lmlp -Wl,-rpath,DIR -o DIR/app
  *     DIR/app [SIZE]
  *
  * Every input gets deterministic values (named dimensions are SIZE, default 2); every output
@@ -11,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
+#include "mlp.h"
 
 /* Bytes of `n` elements of a dtype (types narrower than a byte take one each). */
 static size_t element_bytes(int32_t dtype) {
@@ -74,53 +75,53 @@ static void print(const kiln_buffer *b) {
 
 int main(int argc, char **argv) {
     int64_t size = argc > 1 ? atoll(argv[1]) : 2;
-    kiln_model *model = kiln_model_create();
+    mlp_model *model = mlp_create();
     if (!model) {
-        fprintf(stderr, "cannot load the model: %s\n", kiln_last_error());
+        fprintf(stderr, "cannot load the model: %s\n", mlp_last_error());
         return 1;
     }
     /* Errors are values: running without inputs says what is missing. */
-    if (kiln_model_run(model, NULL, 0, NULL, 0) != 0)
-        printf("without inputs: %s\n", kiln_last_error());
+    if (mlp_run(model, NULL, 0, NULL, 0) != 0)
+        printf("without inputs: %s\n", mlp_last_error());
 
-    kiln_buffer inputs[KILN_MODEL_INPUTS + 1];
-    for (int i = 0; i < KILN_MODEL_INPUTS; i++) {
+    kiln_buffer inputs[MLP_INPUTS + 1];
+    for (int i = 0; i < MLP_INPUTS; i++) {
         kiln_buffer *b = &inputs[i];
         size_t n = 1;
         memset(b, 0, sizeof *b);
-        b->name = KILN_INPUT_NAMES[i];
-        b->dtype = KILN_INPUT_DTYPES[i];
-        b->rank = KILN_INPUT_RANKS[i];
+        b->name = MLP_INPUT_NAMES[i];
+        b->dtype = MLP_INPUT_DTYPES[i];
+        b->rank = MLP_INPUT_RANKS[i];
         for (uint32_t a = 0; a < b->rank; a++) {
-            b->shape[a] = KILN_INPUT_SHAPES[i][a] < 0 ? size : KILN_INPUT_SHAPES[i][a];
+            b->shape[a] = MLP_INPUT_SHAPES[i][a] < 0 ? size : MLP_INPUT_SHAPES[i][a];
             n *= (size_t)b->shape[a];
         }
         b->bytes = n * element_bytes(b->dtype);
         b->data = calloc(b->bytes ? b->bytes : 1, 1);
         fill(b, n);
     }
-    kiln_buffer outputs[KILN_MODEL_OUTPUTS + 1];
+    kiln_buffer outputs[MLP_OUTPUTS + 1];
     memset(outputs, 0, sizeof outputs);
-    for (int i = 0; i < KILN_MODEL_OUTPUTS; i++)
-        outputs[i].name = KILN_OUTPUT_NAMES[i];
+    for (int i = 0; i < MLP_OUTPUTS; i++)
+        outputs[i].name = MLP_OUTPUT_NAMES[i];
     /* The first run learns how much room the outputs need. */
-    int status = kiln_model_run(model, inputs, KILN_MODEL_INPUTS, outputs, KILN_MODEL_OUTPUTS);
+    int status = mlp_run(model, inputs, MLP_INPUTS, outputs, MLP_OUTPUTS);
     if (status != 0) {
-        for (int i = 0; i < KILN_MODEL_OUTPUTS; i++)
+        for (int i = 0; i < MLP_OUTPUTS; i++)
             outputs[i].data = malloc(outputs[i].bytes ? outputs[i].bytes : 1);
-        status = kiln_model_run(model, inputs, KILN_MODEL_INPUTS, outputs, KILN_MODEL_OUTPUTS);
+        status = mlp_run(model, inputs, MLP_INPUTS, outputs, MLP_OUTPUTS);
     }
     if (status != 0) {
-        fprintf(stderr, "run failed: %s\n", kiln_last_error());
-        kiln_model_destroy(model);
+        fprintf(stderr, "run failed: %s\n", mlp_last_error());
+        mlp_destroy(model);
         return 1;
     }
-    for (int i = 0; i < KILN_MODEL_OUTPUTS; i++)
+    for (int i = 0; i < MLP_OUTPUTS; i++)
         print(&outputs[i]);
-    for (int i = 0; i < KILN_MODEL_INPUTS; i++)
+    for (int i = 0; i < MLP_INPUTS; i++)
         free(inputs[i].data);
-    for (int i = 0; i < KILN_MODEL_OUTPUTS; i++)
+    for (int i = 0; i < MLP_OUTPUTS; i++)
         free(outputs[i].data);
-    kiln_model_destroy(model);
+    mlp_destroy(model);
     return 0;
 }

@@ -370,9 +370,9 @@ ops! {
     /// the run's symbols; a run where one does not is an error naming the node and both dims.
     Refine = "refine", Movement, Exactly(1), { shape: Shape = result(result_shape) }
         => rule_refine;
-    /// Result axis i is operand axis perm[i].
+    /// Result axis `i` is operand axis `perm[i]`.
     Transpose = "transpose", Movement, Exactly(1), { perm: Vec<i64> } => rule_transpose;
-    /// Operand axis i becomes result axis dims[i] (dims strictly increasing); operand dims of
+    /// Operand axis `i` becomes result axis `dims[i]` (dims strictly increasing); operand dims of
     /// size 1 stretch; the other result axes repeat.
     Broadcast = "broadcast", Movement, Exactly(1),
         { dims: Vec<i64>, shape: Shape = result(result_shape) } => rule_broadcast;

@@ -109,7 +109,7 @@ pub fn write(
     out
 }
 
-/// Sets the checksum field of artifact bytes to their checksum (what [`write`] does last; tests
+/// Sets the checksum field of artifact bytes to their checksum (what [`write()`] does last; tests
 /// use it to reach the checks behind the checksum). Bytes too short for the field are left.
 pub fn seal(bytes: &mut [u8]) {
     if bytes.len() >= CHECKSUM_AT + 8 {

@@ -425,14 +425,40 @@ type Binding = Vec<(String, i64)>;
 /// Memory plans an executable keeps (per segment and binding) before starting afresh.
 const MAX_PLANS: usize = 256;
 
+/// How errors and profiles name a step: its node, and the model nodes it came from (a fused
+/// kernel's, up to three, then how many more).
 fn label(g: &Graph, id: NodeId, n: usize) -> String {
     let node = g.node(id);
     let mut s = match node.op() {
         Op::Fused { kind, .. } if !kind.is_empty() => format!("%{n} (fused kernel \"{kind}\")"),
         op => format!("%{n} ({})", op.mnemonic()),
     };
-    if let Some(name) = &node.origin().name {
-        s.push_str(&format!(" from node \"{name}\""));
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: &Option<_>| {
+        if let Some(name) = name {
+            let name = format!("{name}");
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    };
+    add(&node.origin().name);
+    if let Some(body) = node.op().region() {
+        let body = body.graph();
+        for i in body.topo_order().unwrap_or_default() {
+            add(&body.node(i).origin().name);
+        }
+    }
+    match names.as_slice() {
+        [] => {}
+        [one] => s.push_str(&format!(" from node \"{one}\"")),
+        many => {
+            let shown: Vec<String> = many.iter().take(3).map(|m| format!("\"{m}\"")).collect();
+            s.push_str(&format!(" from nodes {}", shown.join(", ")));
+            if many.len() > 3 {
+                s.push_str(&format!(" and {} more", many.len() - 3));
+            }
+        }
     }
     s
 }

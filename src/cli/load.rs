@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use kiln::{npz, Graph, Model, ModelOptions, Shape, Tensor, TensorType};
+use kiln::{Graph, Model, ModelOptions, Shape, Tensor, TensorType};
 
 use crate::Failure;
 
@@ -323,25 +323,21 @@ pub fn is_artifact_file(path: &Path) -> bool {
 }
 
 /// The inputs of a function `name` with parameters `params` (and `structured` inputs, which
-/// travel as the tensors `s[0]`, `s[1]`, …): from an .npz archive, the missing ones random
-/// when `random` is set (symbols from the given inputs, then `bindings`, else 1; a sequence not
-/// given is empty).
+/// travel as the tensors `s[0]`, `s[1]`, …): from files (see [`crate::data::read_tensors`]),
+/// the missing ones random when `random` is set (symbols from the given inputs, then
+/// `bindings`, else 1; a sequence not given is empty).
 pub fn prepare_inputs(
     name: &str,
     params: &[(String, TensorType)],
     structured: &[(String, frontends::onnx::Kind)],
-    inputs_path: Option<&Path>,
+    files: &[std::path::PathBuf],
     random: bool,
     seed: u64,
     bindings: &HashMap<String, i64>,
 ) -> Result<Vec<(String, Tensor)>, Failure> {
     let func = name;
-    let mut inputs: Vec<(String, Tensor)> = match inputs_path {
-        Some(p) => {
-            npz::read_npz(&read(p)?).map_err(|e| Failure(format!("{}: {e}", p.display())))?
-        }
-        None => vec![],
-    };
+    let order: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+    let mut inputs = crate::data::read_tensors(files, "input_", &order)?;
     for (name, _) in &inputs {
         if !params.iter().any(|(p, _)| p == name)
             && !frontends::onnx::is_structured_tensor(structured, name)

@@ -387,23 +387,55 @@ pub fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// The shared material (`../shared`, or `KILN_SHARED`), or `None` with a note saying the
-/// suite is skipped.
+/// The shared material (`../shared`, or `KILN_SHARED`), or why it is not there.
 #[allow(dead_code)]
-pub fn shared(what: &str) -> Option<std::path::PathBuf> {
+pub fn shared_dir(what: &str) -> Result<std::path::PathBuf, String> {
     let root = std::env::var_os("KILN_SHARED")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
     let dir = root.join(what);
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is missing (set KILN_SHARED to the shared folder)",
+    match dir.is_dir() {
+        true => Ok(dir),
+        false => Err(format!(
+            "{} is missing (set KILN_SHARED to the shared folder)",
             dir.display()
-        );
-        None
+        )),
     }
+}
+
+/// The shared material, or `None` (for suites that only take extra seeds from it).
+#[allow(dead_code)]
+pub fn shared(what: &str) -> Option<std::path::PathBuf> {
+    shared_dir(what).ok()
+}
+
+/// A test of a suite that needs something it may not find (`needs` is `Err(why)` then): such a
+/// test shows as ignored, marked `[SKIPPED: why]`, in the summary `cargo test` prints, never as
+/// passed. For the test files with their own harness (`harness = false`).
+#[allow(dead_code)]
+pub fn trial<T: Send + 'static>(
+    name: impl Into<String>,
+    needs: Result<T, String>,
+    run: impl FnOnce(T) + Send + 'static,
+) -> libtest_mimic::Trial {
+    match needs {
+        Ok(v) => libtest_mimic::Trial::test(name, move || {
+            run(v);
+            Ok(())
+        }),
+        Err(why) => {
+            let kind = format!("SKIPPED: {why}");
+            libtest_mimic::Trial::test(name, move || Err(why.into()))
+                .with_ignored_flag(true)
+                .with_kind(kind)
+        }
+    }
+}
+
+/// Runs `trials` as `cargo test` runs tests (filters, `--list`, `--ignored`, the summary).
+#[allow(dead_code)]
+pub fn run_trials(trials: Vec<libtest_mimic::Trial>) -> ! {
+    libtest_mimic::run(&libtest_mimic::Arguments::from_args(), trials).exit()
 }
 
 /// Whether an op turns a one-ulp difference of float operands into an arbitrary difference:
