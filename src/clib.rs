@@ -91,6 +91,31 @@ pub fn default_name(library: &Path) -> String {
     kiln_capi::default_name(&stem)
 }
 
+/// Fails unless `name` can name a library: a C identifier starting with a letter, not `kiln...`,
+/// whose exported functions (`name_create`, ...) are no function a program already has (the C
+/// library's `pthread_create` for a library named `pthread`, ...), which they would replace.
+pub fn check_name(name: &str) -> Result<(), Error> {
+    if !kiln_capi::is_valid_name(name) {
+        return Err(fail(format!(
+            "`{name}` cannot name a library's C API (--name): it prefixes C symbols and macros, \
+             so it must be a C identifier starting with a letter (letters, digits, `_`), and not \
+             start with `kiln`"
+        )));
+    }
+    for symbol in kiln_capi::exports(name) {
+        let c = std::ffi::CString::new(symbol.clone()).map_err(|e| fail(e.to_string()))?;
+        // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches what this process has loaded.
+        let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) };
+        if !found.is_null() {
+            return Err(fail(format!(
+                "a library named `{name}` would export `{symbol}`, which programs already have \
+                 (from the C library): choose another --name"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the shared library `out` named `name` (a C identifier: its symbols are `name_create`,
 /// `name_run`, ...) from artifact bytes compiled from `g`, and its header `name.h` beside it;
 /// `about` names the model in the header. Returns the header's path. The C compiler is
@@ -102,12 +127,7 @@ pub fn build(
     about: &str,
     out: &Path,
 ) -> Result<PathBuf, Error> {
-    if !kiln_capi::is_valid_name(name) {
-        return Err(fail(format!(
-            "`{name}` cannot name a library: it prefixes C symbols, so it must be a C identifier \
-             (letters, digits and `_`, not starting with a digit)"
-        )));
-    }
+    check_name(name)?;
     let inputs = crate::params(g);
     let outputs: Vec<_> = g
         .outputs()
@@ -174,6 +194,8 @@ fn build_in(
         .arg(lib)
         .args([
             "-Wl,--version-script=exports.map",
+            // A runtime library from another kiln fails here, not when the program loads.
+            "-Wl,-z,defs",
             "-Wl,--gc-sections",
             "-Wl,-z,noexecstack",
             "-Wl,--strip-debug",

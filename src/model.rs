@@ -218,6 +218,10 @@ pub struct Model {
     params: Vec<(String, TensorType)>,
     /// The sequence and optional inputs, whose tensors a run gives as `s[0]`, `s[1]`, …
     structured: Vec<(String, Kind)>,
+    /// Every input, in order, with its kind.
+    interface: Vec<(String, Kind)>,
+    /// Every output, in order, with its kind.
+    outputs: Vec<(String, Kind)>,
     /// The import with symbolic shapes, or why it failed (then runs specialize).
     symbolic: std::result::Result<Arc<Compiled>, ImportError>,
     /// Most recently used first.
@@ -234,6 +238,8 @@ impl Model {
         let model = frontends::onnx::decode_model(bytes).map_err(Error::Import)?;
         let declared = frontends::onnx::declared_inputs(&model, &ImportOptions::default());
         check_dims(&opts.dims, &graph_symbols(&declared.unwrap_or_default()))?;
+        let interface = frontends::onnx::input_kinds(&model);
+        let outputs = frontends::onnx::output_kinds(&model);
         let structured = frontends::onnx::structured_inputs(&model);
         let symbolic = import(
             &model,
@@ -254,6 +260,8 @@ impl Model {
         Ok(Model {
             params,
             structured,
+            interface,
+            outputs,
             source: Source::Onnx {
                 model: Box::new(model),
                 external,
@@ -287,7 +295,17 @@ impl Model {
                 input_error(&name, format!("declared {ty}, given {shape}: {why}"))
             })?;
         }
+        let outputs = g
+            .outputs()
+            .iter()
+            .map(|(n, _)| (n.clone(), Kind::Tensor))
+            .collect();
         Ok(Model {
+            interface: params
+                .iter()
+                .map(|(n, _)| (n.clone(), Kind::Tensor))
+                .collect(),
+            outputs,
             params,
             structured: vec![],
             source: Source::Graph,
@@ -309,6 +327,17 @@ impl Model {
     /// or not at all (none).
     pub fn structured(&self) -> &[(String, Kind)] {
         &self.structured
+    }
+
+    /// Every input of the model, in order, with its kind (tensor, sequence, optional).
+    pub fn interface(&self) -> &[(String, Kind)] {
+        &self.interface
+    }
+
+    /// Every output of the model, in order, with its kind (a sequence output comes back as its
+    /// tensors `y[0]`, `y[1]`, …).
+    pub fn output_kinds(&self) -> &[(String, Kind)] {
+        &self.outputs
     }
 
     /// Whether a run takes an input named `name`: a parameter, or a tensor of a sequence or
@@ -380,8 +409,15 @@ impl Model {
         let Source::Onnx { model, external } = &self.source else {
             return Err(Error::Import(err.clone()));
         };
-        let given =
-            frontends::onnx::given(&self.structured, |n| inputs.iter().any(|(x, _)| x == n));
+        let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
+        frontends::onnx::check_given(&self.structured, &names).map_err(|e| {
+            Error::Import(ImportError {
+                node: None,
+                op: None,
+                message: e,
+            })
+        })?;
+        let given = frontends::onnx::given(&self.structured, |n| names.contains(&n));
         let mut given_sorted: Vec<(String, Given)> = given.clone().into_iter().collect();
         given_sorted.sort_by(|a, b| a.0.cmp(&b.0));
         {

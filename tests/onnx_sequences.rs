@@ -255,3 +255,126 @@ fn serialized_sequences_and_optionals_decode_to_named_tensors() {
     let e = decode_value(&nested.encode_to_vec(), &Kind::Sequence, "xs").unwrap_err();
     assert!(e.contains("not supported"), "{e}");
 }
+
+/// A sequence of f32 tensors whose element type declares no shape.
+fn unshaped_seq(name: &str) -> ValueInfoProto {
+    let mut v = wrapped(name, data_type::FLOAT, &[], true);
+    if let Some(TypeValue::SequenceType(s)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        if let Some(TypeValue::TensorType(t)) = s.elem_type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+    }
+    v
+}
+
+#[test]
+fn sequence_tensors_without_declared_shapes_specialize_on_their_shapes() {
+    let bytes = model(
+        vec![node(
+            "ConcatFromSequence",
+            "cat",
+            &["s"],
+            &["y"],
+            vec![int_attr("axis", 0)],
+        )],
+        vec![unshaped_seq("s")],
+        vec![vi("y", data_type::FLOAT, &[-1])],
+        vec![],
+        17,
+    );
+    let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+    // The same length twice, with other shapes: never the first run's graph again.
+    for n in [2, 3, 2] {
+        let out = m
+            .run(&[
+                ("s[0]".into(), row(&vec![1.0; n])),
+                ("s[1]".into(), row(&[5.0])),
+            ])
+            .unwrap();
+        assert_eq!(out[0].1.shape(), &[n + 1]);
+    }
+}
+
+#[test]
+fn gaps_and_colliding_names_are_errors() {
+    let m = Model::from_onnx(&interface_model(), Default::default(), Default::default()).unwrap();
+    let t = ("t".to_string(), row(&[7.0, 8.0]));
+    let e = m
+        .run(&[
+            ("s[0]".into(), row(&[1.0])),
+            ("s[2]".into(), row(&[1.0])),
+            t,
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`s[2]`") && e.contains("without `s[1]`"), "{e}");
+    assert!(!m.takes("s[01]") && !m.takes("s[+1]"));
+    // A tensor input named like an element of a sequence input.
+    let f = data_type::FLOAT;
+    let bytes = model(
+        vec![node(
+            "SequenceInsert",
+            "grow",
+            &["s", "s[0]"],
+            &["out"],
+            vec![],
+        )],
+        vec![wrapped("s", f, &[-1], true), vi("s[0]", f, &[2])],
+        vec![wrapped("out", f, &[-1], true)],
+        vec![],
+        17,
+    );
+    let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+    let e = m
+        .run(&[("s[0]".into(), row(&[1.0, 2.0]))])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("two inputs travel as `s[0]`"), "{e}");
+}
+
+#[test]
+fn the_cli_reads_sequences_from_onnx_test_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensor = |v: &[f32]| TensorProto {
+        dims: vec![v.len() as i64],
+        data_type: data_type::FLOAT,
+        float_data: v.to_vec(),
+        ..Default::default()
+    };
+    let seq = SequenceProto {
+        elem_type: 1,
+        tensor_values: vec![tensor(&[1.0]), tensor(&[2.0, 3.0])],
+        ..Default::default()
+    };
+    let model_path = dir.path().join("model.onnx");
+    std::fs::write(&model_path, interface_model()).unwrap();
+    let data = dir.path().join("test_data_set_0");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("input_0.pb"), seq.encode_to_vec()).unwrap();
+    std::fs::write(data.join("input_1.pb"), tensor(&[4.0, 5.0]).encode_to_vec()).unwrap();
+    std::fs::write(
+        data.join("input_2.pb"),
+        OptionalProto::default().encode_to_vec(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "run",
+            model_path.to_str().unwrap(),
+            "--inputs",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{so}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        so.contains("out[2]: f32[2] = [4, 5]") && so.contains("has: bool[] = [false]"),
+        "{so}"
+    );
+}

@@ -1,5 +1,6 @@
 /* A C program running the model library `mlp`: `kiln compile MODEL -o DIR/libmlp.so` writes it
- * and DIR/mlp.h (any model works: the program reads its inputs and outputs from the header).
+ * and DIR/mlp.h. Any model compiled under that name works: the program reads its inputs and
+ * outputs from the header's tables.
  * Build and run it (see README.md):
  *
  *     cc examples/c/main.c -I DIR -L DIR -lmlp -Wl,-rpath,DIR -o DIR/app

@@ -63,7 +63,7 @@ pub fn bench(a: BenchArgs) -> Result<(), Failure> {
     let inputs = load::prepare_inputs(
         name,
         params,
-        loaded.structured(),
+        &loaded.inputs(),
         &a.inputs,
         true,
         0,

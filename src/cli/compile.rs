@@ -68,11 +68,8 @@ pub fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
         (Some(n), _) => n.clone(),
         (None, _) => kiln::clib::default_name(out),
     };
-    if emit == Emit::So && !kiln::clib::is_valid_name(&lib_name) {
-        return Err(Failure(format!(
-            "`{lib_name}` cannot name a library's C API: use --name with a C identifier \
-             (letters, digits and `_`, not starting with a digit)"
-        )));
+    if emit == Emit::So {
+        kiln::clib::check_name(&lib_name)?;
     }
     data::check_output(out)?;
     let progress = Progress::spinner("importing");
@@ -87,7 +84,7 @@ pub fn compile_artifact(a: CompileArgs) -> Result<(), Failure> {
             let inputs = load::prepare_inputs(
                 "main",
                 model.params(),
-                model.structured(),
+                model.interface(),
                 files,
                 false,
                 0,

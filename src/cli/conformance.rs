@@ -73,6 +73,9 @@ fn run_conformance_case(
 pub fn conformance(a: ConformanceArgs) -> Result<(), Failure> {
     use kiln::onnx::Outcome;
     use std::collections::BTreeMap;
+    if let Some(path) = &a.write_passing {
+        crate::data::check_output(path)?;
+    }
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&a.dir)
         .map_err(|e| Failure(format!("cannot read {}: {e}", a.dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -4,26 +4,36 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln::frontends::onnx::proto::TensorProto;
+use kiln::frontends::onnx::{decode_value, Kind};
 use kiln::onnx::Tolerance;
 use kiln::{npz, Tensor};
 
 use crate::load::read;
 use crate::Failure;
 
-/// The files a path stands for: itself, or for a folder its `{prefix}N.pb` files in order (ONNX
-/// test data: `test_data_set_0/input_0.pb`, ...), else its `.npy`, `.npz` and `.pb` files by
-/// name.
-fn files(path: &Path, prefix: &str) -> Result<Vec<PathBuf>, Failure> {
+/// The files a path stands for, each with its N when it is a `{prefix}N.pb`: the path itself,
+/// or for a folder its `{prefix}N.pb` files in order (ONNX test data: `test_data_set_0/
+/// input_0.pb`, ...), else its `.npy`, `.npz` and `.pb` files by name (but another prefix's
+/// numbered files: a folder's `output_0.pb` is no input).
+fn files(path: &Path, prefix: &str) -> Result<Vec<(PathBuf, Option<usize>)>, Failure> {
     if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
+        let n = number(path, prefix);
+        return Ok(vec![(path.to_path_buf(), n)]);
     }
     let entries: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| Failure(format!("cannot read {}: {e}", path.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    let numbered = numbered(&entries, prefix);
+    let numbered = numbered_files(path, prefix)?;
     if !numbered.is_empty() {
-        return Ok(numbered);
+        return Ok(numbered
+            .into_iter()
+            .map(|p| {
+                let n = number(&p, prefix);
+                (p, n)
+            })
+            .collect());
     }
     let mut all: Vec<PathBuf> = entries
         .into_iter()
@@ -31,6 +41,9 @@ fn files(path: &Path, prefix: &str) -> Result<Vec<PathBuf>, Failure> {
             p.extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| ["npy", "npz", "pb"].contains(&e))
+                && ["input_", "output_"]
+                    .iter()
+                    .all(|other| number(p, other).is_none())
         })
         .collect();
     all.sort();
@@ -40,49 +53,42 @@ fn files(path: &Path, prefix: &str) -> Result<Vec<PathBuf>, Failure> {
             path.display()
         )));
     }
-    Ok(all)
+    Ok(all.into_iter().map(|p| (p, None)).collect())
 }
 
-/// The `{prefix}N.pb` files among `entries`, in the order of N.
-fn numbered(entries: &[PathBuf], prefix: &str) -> Vec<PathBuf> {
-    let mut found: Vec<(usize, PathBuf)> = entries
-        .iter()
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?;
-            let n = name
-                .strip_prefix(prefix)?
-                .strip_suffix(".pb")?
-                .parse()
-                .ok()?;
-            Some((n, p.clone()))
-        })
-        .collect();
-    found.sort();
-    found.into_iter().map(|(_, p)| p).collect()
+/// N when `path` is named `{prefix}N.pb`.
+fn number(path: &Path, prefix: &str) -> Option<usize> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix(prefix)?.strip_suffix(".pb")?.parse().ok()
 }
 
-/// The `{prefix}N.pb` files of a folder (ONNX test data), in order.
+/// The `{prefix}N.pb` files of a folder (ONNX test data), in order; none is no error.
 pub fn numbered_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, Failure> {
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
         .map_err(|e| Failure(format!("cannot read {}: {e}", dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| Some((number(&p, prefix)?, p)))
         .collect();
-    Ok(numbered(&entries, prefix))
+    found.sort();
+    Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Reads named tensors from `paths` (files or folders; see [`files`]). An `.npy` file is named
-/// by its file stem, a `.pb` by the name it records, else by its position among the unnamed
-/// ones in `positional` (the model's inputs or outputs, in order).
+/// by its file stem; a `.pb` file (a TensorProto, or a SequenceProto or OptionalProto for a
+/// sequence or optional) is the `{prefix}N.pb` file of the N-th of `positional` (the model's
+/// inputs or outputs, in order, with their kinds), else named as it records, else by its
+/// position among the unnamed ones. Sequences and optionals come out as their tensors (`s[0]`,
+/// ...).
 pub fn read_tensors(
     paths: &[PathBuf],
     prefix: &str,
-    positional: &[String],
+    positional: &[(String, Kind)],
 ) -> Result<Vec<(String, Tensor)>, Failure> {
     let mut out: Vec<(String, Tensor)> = Vec::new();
     let mut from: Vec<PathBuf> = Vec::new();
     let mut unnamed = 0;
     for p in paths {
-        for file in files(p, prefix)? {
+        for (file, n) in files(p, prefix)? {
             let shown = file.display().to_string();
             let bytes = read(&file)?;
             let fail = |e: &dyn std::fmt::Display| Failure(format!("{shown}: {e}"));
@@ -94,23 +100,29 @@ pub fn read_tensors(
                 vec![(stem.unwrap_or_default(), t)]
             } else {
                 use prost::Message;
-                let proto = kiln::frontends::onnx::proto::TensorProto::decode(bytes.as_slice())
-                    .map_err(|e| fail(&format!("not an .npz, .npy or ONNX TensorProto: {e}")))?;
-                let t = kiln::frontends::onnx::decode_tensor(&proto, &Default::default())
-                    .map_err(|e| fail(&e))?;
-                let name = if proto.name.is_empty() {
-                    let n = positional.get(unnamed).cloned().ok_or_else(|| {
-                        fail(&format!(
-                            "the tensor has no name and the model has only {} of these",
-                            positional.len()
-                        ))
-                    })?;
-                    unnamed += 1;
-                    n
-                } else {
-                    proto.name.clone()
+                let proto = TensorProto::decode(bytes.as_slice()).ok();
+                let recorded = proto.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+                let slot = match n {
+                    Some(n) => Some(n),
+                    None if !recorded.is_empty() => {
+                        positional.iter().position(|(name, _)| *name == recorded)
+                    }
+                    None => {
+                        unnamed += 1;
+                        Some(unnamed - 1)
+                    }
                 };
-                vec![(name, t)]
+                let (name, kind) = match slot.and_then(|i| positional.get(i)) {
+                    Some((name, kind)) => (name.clone(), kind.clone()),
+                    None if !recorded.is_empty() => (recorded, Kind::Tensor),
+                    None => {
+                        return Err(fail(&format!(
+                            "which of the model's {} values it is is unknown (it records no name)",
+                            positional.len()
+                        )))
+                    }
+                };
+                decode_value(&bytes, &kind, &name).map_err(|e| fail(&e))?
             };
             for (name, t) in found {
                 if let Some(i) = out.iter().position(|(n, _)| *n == name) {

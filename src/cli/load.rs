@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use frontends::onnx::Kind as Kind_;
 use kiln::{Graph, Model, ModelOptions, Shape, Tensor, TensorType};
 
 use crate::Failure;
@@ -172,11 +173,27 @@ impl Loaded {
         }
     }
 
-    /// The sequence and optional inputs (see [`Model::structured`]).
-    pub fn structured(&self) -> &[(String, frontends::onnx::Kind)] {
+    /// Every output, in order, with its kind (see [`Model::output_kinds`]).
+    pub fn outputs(&self) -> Vec<(String, Kind_)> {
         match self {
-            Loaded::Artifact(_) => &[],
-            Loaded::Model(m) => m.structured(),
+            Loaded::Artifact(exe) => exe
+                .outputs()
+                .iter()
+                .map(|(n, _)| (n.clone(), Kind_::Tensor))
+                .collect(),
+            Loaded::Model(m) => m.output_kinds().to_vec(),
+        }
+    }
+
+    /// Every input, in order, with its kind (see [`Model::interface`]).
+    pub fn inputs(&self) -> Vec<(String, Kind_)> {
+        match self {
+            Loaded::Artifact(exe) => exe
+                .params()
+                .iter()
+                .map(|(n, _)| (n.clone(), Kind_::Tensor))
+                .collect(),
+            Loaded::Model(m) => m.interface().to_vec(),
         }
     }
 }
@@ -322,22 +339,27 @@ pub fn is_artifact_file(path: &Path) -> bool {
         .is_ok_and(|()| kiln::artifact::is_artifact(&head))
 }
 
-/// The inputs of a function `name` with parameters `params` (and `structured` inputs, which
-/// travel as the tensors `s[0]`, `s[1]`, …): from files (see [`crate::data::read_tensors`]),
-/// the missing ones random when `random` is set (symbols from the given inputs, then
-/// `bindings`, else 1; a sequence not given is empty).
+/// The inputs of a function `name` with parameters `params` (of `all` its inputs: sequences
+/// and optionals travel as the tensors `s[0]`, `s[1]`, …): from files (see
+/// [`crate::data::read_tensors`]), the missing ones random when `random` is set (symbols from
+/// the given inputs, then `bindings`, else 1; a sequence not given is empty).
 pub fn prepare_inputs(
     name: &str,
     params: &[(String, TensorType)],
-    structured: &[(String, frontends::onnx::Kind)],
+    all: &[(String, Kind_)],
     files: &[std::path::PathBuf],
     random: bool,
     seed: u64,
     bindings: &HashMap<String, i64>,
 ) -> Result<Vec<(String, Tensor)>, Failure> {
     let func = name;
-    let order: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
-    let mut inputs = crate::data::read_tensors(files, "input_", &order)?;
+    let structured: Vec<(String, Kind_)> = all
+        .iter()
+        .filter(|(_, k)| *k != Kind_::Tensor)
+        .cloned()
+        .collect();
+    let structured = structured.as_slice();
+    let mut inputs = crate::data::read_tensors(files, "input_", all)?;
     for (name, _) in &inputs {
         if !params.iter().any(|(p, _)| p == name)
             && !frontends::onnx::is_structured_tensor(structured, name)

@@ -3,9 +3,22 @@
 //! drawn only when stderr is a terminal (never into a log or a pipe) and cleared when done.
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The display now on stderr, if any: notes print around it.
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Prints a line on stderr without garbling a progress display that is showing.
+pub fn note(line: &str) {
+    let shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match shown {
+        Some(b) => b.suspend(|| eprintln!("{line}")),
+        None => eprintln!("{line}"),
+    }
+}
 
 /// A progress display; does nothing off a terminal. Cleared when dropped.
 pub struct Progress(Option<ProgressBar>);
@@ -30,6 +43,7 @@ impl Progress {
         }
         bar.set_message(message.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
+        *SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
         Progress(Some(bar))
     }
 
@@ -60,6 +74,7 @@ impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(b) = &self.0 {
             b.finish_and_clear();
+            *SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 }

@@ -87,17 +87,24 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     };
     let mut opts = a.model.options(compile);
     if a.verbose {
-        opts.log = Some(std::sync::Arc::new(|m: &str| eprintln!("note: {m}")));
+        opts.log = Some(std::sync::Arc::new(|m: &str| {
+            crate::progress::note(&format!("note: {m}"))
+        }));
     }
     let loaded = {
         let _p = Progress::spinner("loading");
         load::open(&a.file, &a.model, opts)?
     };
+    // Expected outputs are read before anything runs: a bad file fails first.
+    let expected = match a.expect.is_empty() {
+        true => None,
+        false => Some(data::read_tensors(&a.expect, "output_", &loaded.outputs())?),
+    };
     let (name, params) = loaded.interface();
     let inputs = load::prepare_inputs(
         name,
         params,
-        loaded.structured(),
+        &loaded.inputs(),
         &a.inputs,
         a.random_inputs,
         a.seed,
@@ -124,9 +131,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         }
     };
     show_outputs(&a, &outputs)?;
-    if !a.expect.is_empty() {
-        let order: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
-        let expected = data::read_tensors(&a.expect, "output_", &order)?;
+    if let Some(expected) = expected {
         let tol = kiln::onnx::Tolerance {
             rtol: a.rtol,
             atol: a.atol,

@@ -433,9 +433,21 @@ pub fn trial<T: Send + 'static>(
 }
 
 /// Runs `trials` as `cargo test` runs tests (filters, `--list`, `--ignored`, the summary).
+/// Asked to run ignored tests too (`--ignored`, `--include-ignored`), it leaves out the skipped
+/// ones, saying so: they cannot run, and running them would neither pass nor fail honestly.
 #[allow(dead_code)]
-pub fn run_trials(trials: Vec<libtest_mimic::Trial>) -> ! {
-    libtest_mimic::run(&libtest_mimic::Arguments::from_args(), trials).exit()
+pub fn run_trials(mut trials: Vec<libtest_mimic::Trial>) -> ! {
+    let args = libtest_mimic::Arguments::from_args();
+    if args.ignored || args.include_ignored {
+        trials.retain(|t| {
+            let skipped = t.kind().starts_with("SKIPPED");
+            if skipped {
+                eprintln!("not running {} [{}]", t.name(), t.kind());
+            }
+            !skipped
+        });
+    }
+    libtest_mimic::run(&args, trials).exit()
 }
 
 /// Whether an op turns a one-ulp difference of float operands into an arbitrary difference:

@@ -751,6 +751,14 @@ pub fn import_model_reporting(
             .and_then(|v| interface::flatten_output(&mut ctx, &out.name, &v, &mut outputs))
             .map_err(|e| fail(format!("output `{}`: {e}", out.name)))?;
     }
+    for (i, (name, _)) in outputs.iter().enumerate() {
+        if outputs[..i].iter().any(|(n, _)| n == name) {
+            return Err(fail(format!(
+                "two outputs travel as `{name}` (a tensor output of that name and an element of a \
+                 sequence output)"
+            )));
+        }
+    }
     for (name, v) in outputs {
         ctx.b.output(&name, v).map_err(|e| fail(e.to_string()))?;
     }

@@ -65,18 +65,41 @@ pub fn element_name(name: &str, i: usize) -> String {
     format!("{name}[{i}]")
 }
 
-/// The inputs of a model (initializers excluded) whose kind is a sequence or an optional.
-pub fn structured_inputs(model: &ModelProto) -> Vec<(String, Kind)> {
+/// The inputs of a model (initializers excluded), in order, with their kinds (a type kiln does
+/// not support counts as a tensor: importing says what is wrong with it).
+pub fn input_kinds(model: &ModelProto) -> Vec<(String, Kind)> {
     let Some(g) = &model.graph else {
         return vec![];
     };
     g.input
         .iter()
         .filter(|vi| !g.initializer.iter().any(|t| t.name == vi.name))
-        .filter_map(|vi| match Kind::of(vi.r#type.as_ref()) {
-            Ok(Kind::Tensor) | Err(_) => None,
-            Ok(k) => Some((vi.name.clone(), k)),
+        .map(|vi| {
+            let kind = Kind::of(vi.r#type.as_ref()).unwrap_or(Kind::Tensor);
+            (vi.name.clone(), kind)
         })
+        .collect()
+}
+
+/// The outputs of a model, in order, with their kinds (as [`input_kinds`]).
+pub fn output_kinds(model: &ModelProto) -> Vec<(String, Kind)> {
+    let Some(g) = &model.graph else {
+        return vec![];
+    };
+    g.output
+        .iter()
+        .map(|vi| {
+            let kind = Kind::of(vi.r#type.as_ref()).unwrap_or(Kind::Tensor);
+            (vi.name.clone(), kind)
+        })
+        .collect()
+}
+
+/// The inputs of a model (initializers excluded) whose kind is a sequence or an optional.
+pub fn structured_inputs(model: &ModelProto) -> Vec<(String, Kind)> {
+    input_kinds(model)
+        .into_iter()
+        .filter(|(_, k)| *k != Kind::Tensor)
         .collect()
 }
 
@@ -99,24 +122,56 @@ pub fn given(structured: &[(String, Kind)], has: impl Fn(&str) -> bool) -> HashM
     out
 }
 
+/// The position `i` when `input` is `name[i]`, written as [`element_name`] writes it.
+fn element_index(name: &str, input: &str) -> Option<usize> {
+    let i: usize = input
+        .strip_prefix(name)?
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    (element_name(name, i) == input).then_some(i)
+}
+
 /// Whether `input` names a tensor of one of the structured inputs (`s[0]` of a sequence `s`,
 /// `o` of an optional tensor `o`).
 pub fn is_structured_tensor(structured: &[(String, Kind)], input: &str) -> bool {
-    let element = |n: &str| {
-        input
-            .strip_prefix(n)
-            .and_then(|r| r.strip_prefix('['))
-            .and_then(|r| r.strip_suffix(']'))
-            .is_some_and(|i| i.parse::<usize>().is_ok())
-    };
     structured.iter().any(|(n, kind)| match kind {
         Kind::Tensor => false,
-        Kind::Sequence => element(n),
+        Kind::Sequence => element_index(n, input).is_some(),
         Kind::Optional(inner) => match **inner {
-            Kind::Sequence => element(n),
+            Kind::Sequence => element_index(n, input).is_some(),
             _ => n == input,
         },
     })
+}
+
+/// Fails when the tensors a run gives for a sequence have a gap (`s[0]` and `s[2]` without
+/// `s[1]`): what [`given`] counts would silently drop the rest.
+pub fn check_given(structured: &[(String, Kind)], names: &[&str]) -> Result<(), String> {
+    for (n, kind) in structured {
+        let sequence = match kind {
+            Kind::Sequence => true,
+            Kind::Optional(inner) => **inner == Kind::Sequence,
+            Kind::Tensor => false,
+        };
+        if !sequence {
+            continue;
+        }
+        let mut given: Vec<usize> = names.iter().filter_map(|i| element_index(n, i)).collect();
+        given.sort_unstable();
+        if let Some(k) = (0..given.len()).find(|&k| given[k] != k) {
+            return Err(format!(
+                "input `{}` is given without `{}`: a sequence's tensors are `{}`, `{}`, … \
+                 without gaps",
+                element_name(n, given[k]),
+                element_name(n, k),
+                element_name(n, 0),
+                element_name(n, 1)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a serialized value of `kind` named `name` (a TensorProto, SequenceProto or
@@ -137,23 +192,34 @@ pub fn decode_value(
             let s = proto::SequenceProto::decode(bytes).map_err(|e| e.to_string())?;
             sequence_tensors(&s, name)
         }
-        Kind::Optional(_) => {
+        Kind::Optional(inner) => {
             let o = proto::OptionalProto::decode(bytes).map_err(|e| e.to_string())?;
-            match (&o.tensor_value, &o.sequence_value) {
-                (Some(t), _) if o.elem_type == 1 => Ok(vec![(name.to_string(), decode(t, &none)?)]),
-                (_, Some(s)) if o.elem_type == 3 => sequence_tensors(s, name),
-                _ if o.elem_type == 0 => Ok(vec![]),
-                _ => Err(format!(
-                    "an optional of element type {} is not supported",
-                    o.elem_type
+            let declared = match **inner {
+                Kind::Tensor => 1,
+                _ => 3,
+            };
+            match (o.elem_type, &o.tensor_value, &o.sequence_value) {
+                (0, _, _) => Ok(vec![]),
+                (e, _, _) if e != declared => Err(format!(
+                    "an optional of element type {e}, declared as holding {}",
+                    if declared == 1 {
+                        "a tensor"
+                    } else {
+                        "a sequence"
+                    }
                 )),
+                (1, Some(t), _) => Ok(vec![(name.to_string(), decode(t, &none)?)]),
+                (3, _, Some(s)) => sequence_tensors(s, name),
+                (e, _, _) => Err(format!("an optional of element type {e} holds no value")),
             }
         }
     }
 }
 
 fn sequence_tensors(s: &proto::SequenceProto, name: &str) -> Result<Vec<(String, Tensor)>, String> {
-    if !s.sequence_values.is_empty() || !s.optional_values.is_empty() {
+    // Element type 1 (tensors), or 0 for an empty sequence that does not say.
+    let other = !s.sequence_values.is_empty() || !s.optional_values.is_empty();
+    if other || !(s.elem_type == 1 || (s.elem_type == 0 && s.tensor_values.is_empty())) {
         return Err("sequences of other than tensors are not supported".into());
     }
     s.tensor_values
@@ -287,13 +353,13 @@ fn tensor_type(
     element: bool,
 ) -> Result<TensorType, String> {
     let dtype = require_dtype(tt.elem_type)?;
-    let value = ctx.opts.specialize.get(name);
-    let shape = match (&tt.shape, ctx.opts.shapes.get(name), value) {
-        (Some(shape), _, _) => shape,
-        // No declared shape: the rank is unknown, but a given shape (or value) says it.
-        (None, Some(given), _) => return Ok(TensorType::new(dtype, given.clone())),
-        (None, None, Some(t)) => return Ok(TensorType::new(dtype, Shape::from_usizes(t.shape()))),
-        (None, None, None) => {
+    // Not from a specialized value's shape: a specialization keyed by values alone would then
+    // serve runs of other shapes.
+    let shape = match (&tt.shape, ctx.opts.shapes.get(name)) {
+        (Some(shape), _) => shape,
+        // No declared shape: the rank is unknown, but a given shape says it.
+        (None, Some(given)) => return Ok(TensorType::new(dtype, given.clone())),
+        (None, None) => {
             return Err(
                 "input has no shape (its rank is unknown; give its shape, e.g. --input-shape)"
                     .into(),
@@ -429,6 +495,14 @@ pub(super) fn bind_graph_inputs(ctx: &mut Ctx, graph: &GraphProto) -> Result<(),
         let layout = flatten(ctx, &input.name, input.r#type.as_ref(), &mut declared)
             .map_err(|e| format!("input `{}`: {e}", input.name))?;
         layouts.push((input.name.clone(), layout));
+    }
+    for (i, (name, _)) in declared.iter().enumerate() {
+        if declared[..i].iter().any(|(n, _)| n == name) {
+            return Err(format!(
+                "two inputs travel as `{name}` (a tensor input of that name and an element of a \
+                 sequence input, or an optional)"
+            ));
+        }
     }
     specialize_inputs(ctx.opts, &mut declared)?;
     let mut params = HashMap::new();

@@ -21,8 +21,8 @@ use prost::Message;
 
 pub use import::{import_model, import_model_reporting, opsets, Imported};
 pub use interface::{
-    declared_inputs, decode_value, element_name, given, is_structured_tensor, structured_inputs,
-    Given, Kind,
+    check_given, declared_inputs, decode_value, element_name, given, input_kinds,
+    is_structured_tensor, output_kinds, structured_inputs, Given, Kind,
 };
 pub use registry::{is_supported, supported_ops};
 pub use tensor::{decode as decode_tensor, dtype_of, ExternalData};
