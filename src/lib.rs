@@ -45,6 +45,7 @@ pub use ir::{
     DType, Data, Dim, Graph, Module, Op, PadMode, ReduceKind, ScatterReduction, Shape, Tensor,
     TensorType, Value,
 };
+pub use kernel;
 /// The optimizer: pass registry, pipeline and options.
 pub use passes;
 /// The runtime crate: the interpreter, executables, the artifact container.

@@ -32,14 +32,12 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use ir::{DType, Op, OpKind};
 
-use crate::kernel::{is_native, Expr, Kernel, Mark, Stmt};
+use kernel::routines::Sig;
+use kernel::{is_native, Expr, Kernel, Mark, Stmt};
+use kernel::{Code, KernelFn};
 
 mod rows;
 mod simd;
-
-/// A compiled kernel: `bufs` holds one pointer per buffer of the kernel, `dims` one value per
-/// entry of its dim table. Returns 0 or the code of the failing check.
-pub type KernelFn = unsafe extern "C" fn(*const *mut u8, *const i64) -> u32;
 
 /// Why kernels could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -85,26 +83,6 @@ impl Code for Compiled {
     }
 }
 
-/// Native code for a list of kernels, by index: JIT-compiled ([`Compiled`]) or loaded from an
-/// object file ([`crate::aot::Image`]).
-pub trait Code: Send + Sync {
-    /// The entry point of kernel `i` (in the order the kernels were compiled).
-    ///
-    /// Calling it is `unsafe`: every pointer must be valid for the accesses the kernel makes
-    /// (for every index it computes, unless a `Check` stops it first), the dims must be the
-    /// values the kernel was lowered for, and `self` must outlive the call.
-    ///
-    /// # Panics
-    /// If `i` is not the index of a kernel.
-    fn function(&self, i: usize) -> KernelFn;
-    /// How many kernels there are.
-    fn len(&self) -> usize;
-    /// Whether there are none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 impl Drop for Compiled {
     fn drop(&mut self) {
         if let Some(m) = self.module.take() {
@@ -138,33 +116,6 @@ pub(crate) fn shared_flags() -> Result<settings::Flags, JitError> {
     Ok(settings::Flags::new(flags))
 }
 
-/// Every library function kernels may call, by the name their code refers to it.
-pub(crate) fn runtime_symbols() -> Vec<(&'static str, *const u8)> {
-    let mut v: Vec<(&'static str, *const u8)> =
-        libcalls().iter().map(|&(n, _, a)| (n, a)).collect();
-    v.extend([
-        ("kiln_sgemm", crate::gemm::kiln_sgemm as *const u8),
-        (
-            "kiln_sgemm_packed",
-            crate::gemm::kiln_sgemm_packed as *const u8,
-        ),
-        ("kiln_row_max", crate::rows::kiln_row_max as *const u8),
-        (
-            "kiln_row_sum_f64",
-            crate::rows::kiln_row_sum_f64 as *const u8,
-        ),
-        (
-            "kiln_row_exp_sub",
-            crate::rows::kiln_row_exp_sub as *const u8,
-        ),
-        (
-            "kiln_conv2d_plane",
-            crate::conv::kiln_conv2d_plane as *const u8,
-        ),
-    ]);
-    v
-}
-
 thread_local! {
     static COMPILATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
@@ -184,7 +135,7 @@ pub(crate) fn count_compilation() {
 pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
     count_compilation();
     let mut jb = JITBuilder::with_isa(host_isa()?, default_libcall_names());
-    for (name, addr) in runtime_symbols() {
+    for (name, addr) in kernel::routines::symbols() {
         jb.symbol(name, addr);
     }
     let mut module = JITModule::new(jb);
@@ -352,17 +303,6 @@ fn lower_kernel(
     let config = l.module.target_config();
     l.b.finalize(config);
     Ok(())
-}
-
-/// Signatures of the helper functions kernels call.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Shape {
-    /// `fn(f64) -> f64`
-    F1,
-    /// `fn(f64, f64) -> f64`
-    F2,
-    /// `fn(i64, i64) -> i64`
-    I2,
 }
 
 struct Lower<'a, 'f> {
@@ -543,7 +483,7 @@ impl<'f> Lower<'_, 'f> {
         } else {
             self.b.ins().ireduce(self.ptr, i)
         };
-        let shift = i64::from(crate::kernel::elem_bytes(d).trailing_zeros());
+        let shift = i64::from(kernel::elem_bytes(d).trailing_zeros());
         let off = self.b.ins().ishl_imm_u(i, shift);
         Ok(self.b.ins().iadd(self.bases[buf], off))
     }
@@ -684,7 +624,7 @@ impl<'f> Lower<'_, 'f> {
     }
 
     /// A call of the library matrix product.
-    fn gemm(&mut self, g: &crate::kernel::Gemm) -> R<()> {
+    fn gemm(&mut self, g: &kernel::Gemm) -> R<()> {
         for b in [g.a, g.b, g.c] {
             if self.buf_dtype(b)? != DType::F32 {
                 return Err(self.unsupported("gemm on buffers that are not f32"));
@@ -740,7 +680,7 @@ impl<'f> Lower<'_, 'f> {
     }
 
     /// `kiln_conv2d_plane(x, k, out, h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)`.
-    fn conv2d(&mut self, c: &crate::kernel::Conv2d) -> R<()> {
+    fn conv2d(&mut self, c: &kernel::Conv2d) -> R<()> {
         for b in [c.x, c.k, c.out] {
             if self.buf_dtype(b)? != DType::F32 {
                 return Err(self.unsupported("conv2d on buffers that are not f32"));
@@ -793,15 +733,15 @@ impl<'f> Lower<'_, 'f> {
 
     /// Calls helper `name`; the arguments must match its shape.
     fn call(&mut self, name: &'static str, args: &[Value]) -> R<Value> {
-        let shape = libcalls()
+        let shape = kernel::routines::math()
             .iter()
             .find(|(n, _, _)| *n == name)
             .map(|&(_, s, _)| s)
             .expect("helpers are in the table");
         let (arg, n) = match shape {
-            Shape::F1 => (types::F64, 1),
-            Shape::F2 => (types::F64, 2),
-            Shape::I2 => (types::I64, 2),
+            Sig::F1 => (types::F64, 1),
+            Sig::F2 => (types::F64, 2),
+            Sig::I2 => (types::I64, 2),
         };
         let f = self.import(name, &vec![arg; n], Some(arg))?;
         let inst = self.b.ins().call(f, args);
@@ -1182,152 +1122,11 @@ impl<'f> Lower<'_, 'f> {
     }
 }
 
-/// Helper functions kernels call: name, signature, address.
-fn libcalls() -> [(&'static str, Shape, *const u8); 23] {
-    type F1 = extern "C" fn(f64) -> f64;
-    type F2 = extern "C" fn(f64, f64) -> f64;
-    type I2 = extern "C" fn(i64, i64) -> i64;
-    let f1 = |f: F1| f as *const u8;
-    let f2 = |f: F2| f as *const u8;
-    let i2 = |f: I2| f as *const u8;
-    [
-        ("kiln_sign", Shape::F1, f1(helpers::sign)),
-        ("kiln_exp", Shape::F1, f1(helpers::exp)),
-        ("kiln_log", Shape::F1, f1(helpers::log)),
-        ("kiln_sin", Shape::F1, f1(helpers::sin)),
-        ("kiln_cos", Shape::F1, f1(helpers::cos)),
-        ("kiln_tan", Shape::F1, f1(helpers::tan)),
-        ("kiln_asin", Shape::F1, f1(helpers::asin)),
-        ("kiln_acos", Shape::F1, f1(helpers::acos)),
-        ("kiln_atan", Shape::F1, f1(helpers::atan)),
-        ("kiln_sinh", Shape::F1, f1(helpers::sinh)),
-        ("kiln_cosh", Shape::F1, f1(helpers::cosh)),
-        ("kiln_asinh", Shape::F1, f1(helpers::asinh)),
-        ("kiln_acosh", Shape::F1, f1(helpers::acosh)),
-        ("kiln_atanh", Shape::F1, f1(helpers::atanh)),
-        ("kiln_tanh", Shape::F1, f1(helpers::tanh)),
-        ("kiln_sigmoid", Shape::F1, f1(helpers::sigmoid)),
-        ("kiln_erf", Shape::F1, f1(helpers::erf)),
-        ("kiln_rem", Shape::F2, f2(helpers::rem)),
-        ("kiln_mod", Shape::F2, f2(helpers::modulo)),
-        ("kiln_pow", Shape::F2, f2(helpers::pow)),
-        ("kiln_atan2", Shape::F2, f2(helpers::atan2)),
-        ("kiln_ipow_s", Shape::I2, i2(helpers::ipow_s)),
-        ("kiln_ipow_u", Shape::I2, i2(helpers::ipow_u)),
-    ]
-}
-
-/// The interpreter's formulas (`runtime/src/interp/wide.rs`), with the C ABI.
-mod helpers {
-    macro_rules! unary {
-        ($($name:ident($x:ident) $body:expr;)*) => {
-            $(pub extern "C" fn $name($x: f64) -> f64 { $body })*
-        };
-    }
-
-    unary! {
-        exp(x) x.exp();
-        log(x) x.ln();
-        sin(x) x.sin();
-        cos(x) x.cos();
-        tan(x) x.tan();
-        asin(x) x.asin();
-        acos(x) x.acos();
-        atan(x) x.atan();
-        sinh(x) x.sinh();
-        cosh(x) x.cosh();
-        asinh(x) x.asinh();
-        acosh(x) x.acosh();
-        atanh(x) x.atanh();
-        tanh(x) x.tanh();
-        erf(x) libm::erf(x);
-    }
-
-    pub extern "C" fn sign(x: f64) -> f64 {
-        if x.is_nan() {
-            x
-        } else if x > 0.0 {
-            1.0
-        } else if x < 0.0 {
-            -1.0
-        } else {
-            0.0
-        }
-    }
-
-    pub extern "C" fn sigmoid(x: f64) -> f64 {
-        // Written so that neither branch overflows.
-        if x >= 0.0 {
-            1.0 / (1.0 + (-x).exp())
-        } else {
-            let e = x.exp();
-            e / (1.0 + e)
-        }
-    }
-
-    pub extern "C" fn rem(a: f64, b: f64) -> f64 {
-        a % b
-    }
-
-    pub extern "C" fn modulo(a: f64, b: f64) -> f64 {
-        let r = a % b;
-        if r != 0.0 && ((r < 0.0) != (b < 0.0)) {
-            r + b
-        } else {
-            r
-        }
-    }
-
-    pub extern "C" fn pow(a: f64, b: f64) -> f64 {
-        a.powf(b)
-    }
-
-    pub extern "C" fn atan2(a: f64, b: f64) -> f64 {
-        a.atan2(b)
-    }
-
-    /// Integer power in i128, wrapping; negative exponents give 0 except for bases 1 and -1.
-    fn ipow(mut base: i128, mut exp: i128) -> i128 {
-        if exp < 0 {
-            return match base {
-                1 => 1,
-                -1 => {
-                    if exp % 2 == 0 {
-                        1
-                    } else {
-                        -1
-                    }
-                }
-                _ => 0,
-            };
-        }
-        let mut acc: i128 = 1;
-        while exp > 0 {
-            if exp & 1 == 1 {
-                acc = acc.wrapping_mul(base);
-            }
-            base = base.wrapping_mul(base);
-            exp >>= 1;
-        }
-        acc
-    }
-
-    /// Signed operands, sign-extended to i64; the result wraps to the caller's width.
-    pub extern "C" fn ipow_s(a: i64, b: i64) -> i64 {
-        ipow(a.into(), b.into()) as i64
-    }
-
-    /// Unsigned operands (as raw bits), zero-extended to 64 bits.
-    pub extern "C" fn ipow_u(a: i64, b: i64) -> i64 {
-        ipow((a as u64).into(), (b as u64).into()) as i64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{codes, Buf, BufKind};
     use ir::Dim;
+    use kernel::{codes, Buf, BufKind};
 
     const _: () = {
         const fn send_sync<T: Send + Sync>() {}
@@ -1599,13 +1398,13 @@ mod tests {
             (Op::Cos, f64::cos),
             (Op::Atan, f64::atan),
             (Op::Asinh, f64::asinh),
-            (Op::Sigmoid, |x| helpers::sigmoid(x)),
+            (Op::Sigmoid, |x| kernel::routines::math::sigmoid(x)),
             (Op::Rsqrt, |x| 1.0 / x.sqrt()),
             (Op::Recip, |x| 1.0 / x),
             (Op::Sqrt, f64::sqrt),
             (Op::Round, f64::round_ties_even),
             (Op::Floor, f64::floor),
-            (Op::Sign, |x| helpers::sign(x)),
+            (Op::Sign, |x| kernel::routines::math::sign(x)),
         ];
         for (o, f) in cases {
             let k = map_kernel(DType::F32, DType::F32, |x| {
@@ -1651,7 +1450,7 @@ mod tests {
         type F = fn(f64, f64) -> f64;
         let cases: Vec<(Op, F)> = vec![
             (Op::Rem, |a, b| a % b),
-            (Op::Mod, |a, b| helpers::modulo(a, b)),
+            (Op::Mod, |a, b| kernel::routines::math::modulo(a, b)),
             (Op::Pow, f64::powf),
             (Op::Atan2, f64::atan2),
             (Op::Max, |a, b| {
@@ -2235,7 +2034,7 @@ mod tests {
             assert_eq!(y1[0].to_bits(), y0[0].to_bits(), "max of {x:?}");
             let close = (y1[1] - y0[1]).abs() <= 1e-6 * y0[1].abs().max(1.0);
             assert!(close || (y1[1].is_nan() && y0[1].is_nan()), "sum of {x:?}");
-            if crate::avx2_fma() {
+            if kernel::avx2_fma() {
                 for (a, b) in z1.iter().zip(&z0) {
                     assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
                 }
@@ -2615,7 +2414,7 @@ mod tests {
         type F = fn(f64) -> f64;
         let cases: [(Op, F, u64); 3] = [
             (Op::Exp, f64::exp, 1),
-            (Op::Sigmoid, |x| helpers::sigmoid(x), 2),
+            (Op::Sigmoid, |x| kernel::routines::math::sigmoid(x), 2),
             (Op::Tanh, f64::tanh, 1),
         ];
         for (o, f, bound) in cases {
@@ -2950,8 +2749,8 @@ mod tests {
         for (j, &x) in xs.iter().enumerate() {
             let xd = f64::from(x);
             let a = (libm::erf(xd) as f32 + (xd * 1.5) as f32)
-                + (xd.powf(0.5) as f32 + helpers::sign(xd) as f32);
-            let want = a + xd.exp() as f32 * helpers::sigmoid(xd) as f32;
+                + (xd.powf(0.5) as f32 + kernel::routines::math::sign(xd) as f32);
+            let want = a + xd.exp() as f32 * kernel::routines::math::sigmoid(xd) as f32;
             let got = y[j];
             assert!(
                 (got.is_nan() && want.is_nan()) || (got - want).abs() <= 4e-7 * want.abs().max(1.0),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, TensorType, Value};
 
-use crate::kernel::{
+use kernel::{
     codes, is_native, Buf, BufId, BufKind, Conv2d, Expr, Gemm, Kernel, Mark, Stmt, VarId,
 };
 
@@ -60,8 +60,8 @@ impl Lowered {
 pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
     let mut l = Lowering::new(g, name)?;
     l.run()?;
-    crate::stages::fuse(&mut l.k);
-    crate::stages::shrink_scratch(&mut l.k);
+    kernel::stages::fuse(&mut l.k);
+    kernel::stages::shrink_scratch(&mut l.k);
     let outputs = g
         .outputs()
         .iter()
@@ -100,7 +100,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
     let mut body = std::mem::take(&mut l.kernel.body);
     let mut done: Vec<((BufId, [i64; 5]), BufId)> = Vec::new();
     walk(&mut body, &mut |g: &mut Gemm| {
-        let c = |e: &Expr| crate::stages::eval(e, &[]);
+        let c = |e: &Expr| kernel::stages::eval(e, &[]);
         let (Some(off), Some(rs), Some(cs), Some(n), Some(k)) =
             (c(&g.b_off), c(&g.b_rs), c(&g.b_cs), c(&g.n), c(&g.k))
         else {
@@ -132,7 +132,8 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let t = match cache.packed.get(&source) {
             Some((_, packed)) => packed.clone(),
             None => {
-                let Some(packed) = crate::gemm::pack_b(&data[off..], rs, cs, k, n) else {
+                let Some(packed) = kernel::routines::gemm::pack_b(&data[off..], rs, cs, k, n)
+                else {
                     return;
                 };
                 let len = packed.len();
@@ -1120,7 +1121,7 @@ impl<'g> Lowering<'g> {
             ..
         } = self.static_conv(v);
         let og = ws[0] / groups;
-        let geometry = crate::conv::Geometry {
+        let geometry = kernel::routines::conv::Geometry {
             h: xs[2],
             w: xs[3],
             oh: os[2],
@@ -2476,7 +2477,7 @@ fn unit_free(body: Vec<Stmt>) -> Vec<Stmt> {
                 ..
             } => {
                 let mut body = body;
-                crate::stages::replace_var(&mut body, var, &Expr::i64(0));
+                kernel::stages::replace_var(&mut body, var, &Expr::i64(0));
                 out.extend(unit_free(body));
             }
             Stmt::Loop {

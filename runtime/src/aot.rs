@@ -49,7 +49,7 @@ pub fn compile(g: &Graph, opts: &CompileOptions, target: &str) -> Result<Vec<u8>
             .take()
             .ok_or_else(|| codegen(&"kernels asked for twice"))?;
         object = codegen::aot::compile_object_for(isa, kernels).map_err(|e| codegen(&e))?;
-        let image = codegen::aot::Image::load(&object, kernels.len()).map_err(|e| codegen(&e))?;
+        let image = kernel::loader::Image::load(&object, kernels.len()).map_err(|e| codegen(&e))?;
         Ok(Box::new(image))
     })?;
     let (plan, weights) = exe.save()?;
@@ -97,7 +97,7 @@ pub fn load_shared(bytes: SharedBytes, opts: &CompileOptions) -> Result<Executab
     // The plan says how many kernel functions the object holds.
     Ok(Executable::from_saved(
         section("plan")?,
-        &mut |n| match codegen::aot::Image::load(object, n) {
+        &mut |n| match kernel::loader::Image::load(object, n) {
             Ok(image) => Ok(Box::new(image)),
             Err(e) => Err(ExecError::Codegen(e.to_string())),
         },

@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use codegen::jit::Code;
-use codegen::kernel::{BufId, BufKind};
 use codegen::Lowered;
 use ir::{DType, Data, Graph, NodeId, Op, Tensor, TensorType, Value};
+use kernel::loops::{BufId, BufKind};
+use kernel::Code;
 
 use crate::interp::{self, InterpError};
 
@@ -137,15 +137,15 @@ enum Step {
 
 struct NativeStage {
     func: usize,
-    parallel: Option<codegen::Expr>,
-    body: Vec<codegen::Stmt>,
+    parallel: Option<kernel::Expr>,
+    body: Vec<kernel::Stmt>,
 }
 
 impl NativeStage {
-    /// The stages of `kernel` (`codegen::stages::split`, deterministic) with their
+    /// The stages of `kernel` (`kernel::stages::split`, deterministic) with their
     /// functions numbered from `first` on, and the stage kernels to compile.
-    fn split(kernel: &codegen::Kernel, first: usize) -> (Vec<NativeStage>, Vec<codegen::Kernel>) {
-        codegen::stages::split(kernel)
+    fn split(kernel: &kernel::Kernel, first: usize) -> (Vec<NativeStage>, Vec<kernel::Kernel>) {
+        kernel::stages::split(kernel)
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
@@ -290,15 +290,15 @@ pub struct Executable {
     segments: Vec<std::ops::Range<usize>>,
     defines: Vec<bool>,
     /// Worker threads (none when running on one thread).
-    threads: Option<std::sync::Arc<codegen::threads::Pool>>,
+    threads: Option<std::sync::Arc<kernel::threads::Pool>>,
     /// What `Const::Mapped` constants point into.
     _backing: Option<SharedBytes>,
 }
 
 /// The shared pool of `n` helper threads.
-fn thread_pool(n: usize) -> Result<std::sync::Arc<codegen::threads::Pool>, ExecError> {
+fn thread_pool(n: usize) -> Result<std::sync::Arc<kernel::threads::Pool>, ExecError> {
     use std::sync::{Mutex, OnceLock};
-    type Pools = Mutex<HashMap<usize, Arc<codegen::threads::Pool>>>;
+    type Pools = Mutex<HashMap<usize, Arc<kernel::threads::Pool>>>;
     static POOLS: OnceLock<Pools> = OnceLock::new();
     let mut pools = POOLS
         .get_or_init(Default::default)
@@ -307,7 +307,7 @@ fn thread_pool(n: usize) -> Result<std::sync::Arc<codegen::threads::Pool>, ExecE
     if let Some(p) = pools.get(&n) {
         return Ok(p.clone());
     }
-    let p = codegen::threads::Pool::new(n)
+    let p = kernel::threads::Pool::new(n)
         .map_err(|e| ExecError::Codegen(format!("cannot start {n} threads: {e}")))?;
     let p = Arc::new(p);
     pools.insert(n, p.clone());
@@ -317,7 +317,7 @@ fn thread_pool(n: usize) -> Result<std::sync::Arc<codegen::threads::Pool>, ExecE
 /// The helper threads `opts` asks for.
 fn threads_for(
     opts: &CompileOptions,
-) -> Result<Option<std::sync::Arc<codegen::threads::Pool>>, ExecError> {
+) -> Result<Option<std::sync::Arc<kernel::threads::Pool>>, ExecError> {
     let n_threads = match opts.threads {
         Some(0) => return Err(ExecError::Codegen("threads must be at least 1".into())),
         Some(n) => n,
@@ -464,7 +464,7 @@ fn label(g: &Graph, id: NodeId, n: usize) -> String {
 }
 
 /// Where an executable's kernel code comes from: given the kernels (in order), their code.
-pub type CodeSource<'a> = &'a mut dyn FnMut(&[codegen::Kernel]) -> Result<Box<dyn Code>, ExecError>;
+pub type CodeSource<'a> = &'a mut dyn FnMut(&[kernel::Kernel]) -> Result<Box<dyn Code>, ExecError>;
 
 impl Executable {
     /// Lowers and compiles every node of `g` that codegen supports.
@@ -474,8 +474,8 @@ impl Executable {
         Executable::with_code(g, opts, &mut |kernels| {
             if object {
                 let obj = codegen::aot::compile_object(kernels).map_err(|e| codegen_err(&e))?;
-                let image =
-                    codegen::aot::Image::load(&obj, kernels.len()).map_err(|e| codegen_err(&e))?;
+                let image = kernel::loader::Image::load(&obj, kernels.len())
+                    .map_err(|e| codegen_err(&e))?;
                 Ok(Box::new(image))
             } else {
                 let jit = codegen::jit::compile(kernels).map_err(|e| codegen_err(&e))?;
@@ -778,7 +778,7 @@ impl Executable {
         timed: bool,
     ) -> Result<(Vec<Tensor>, RunStats), ExecError> {
         // The run stays on the calling thread; helpers join parallel stages and products.
-        codegen::threads::with_helpers(self.threads.clone(), || {
+        kernel::threads::with_helpers(self.threads.clone(), || {
             self.run_here(inputs, bindings, timed)
         })
     }

@@ -1,4 +1,4 @@
-//! Loops the JIT hands to library routines ([`crate::rows`]): a row's f32 maximum, its f64
+//! Loops the JIT hands to library routines ([`kernel::routines::rows`]): a row's f32 maximum, its f64
 //! sum, and `dst = exp(src - s)` along a row, when the loop is exactly that over contiguous
 //! f32 elements. The routines run 8-lane AVX2 code where the host has it, with the loops'
 //! semantics.
@@ -8,7 +8,7 @@ use ir::{DType, Op};
 
 use super::simd::{mentions, reduction, well_formed, Reduction};
 use super::{Lower, R};
-use crate::kernel::{Expr, Stmt, VarId};
+use kernel::{Expr, Stmt, VarId};
 
 #[cfg(test)]
 thread_local! {

@@ -42,7 +42,7 @@ use cranelift_module::Module;
 use ir::{DType, Op};
 
 use super::{Lower, R};
-use crate::kernel::{Expr, Kernel, Stmt, VarId};
+use kernel::{Expr, Kernel, Stmt, VarId};
 
 /// Lanes of the vector code.
 const W: usize = 4;
@@ -833,7 +833,7 @@ impl Lower<'_, '_> {
     /// range are rounded once and large ones overflow to inf.
     fn vexp(&mut self, x: Value) -> Value {
         let x = self.vclamp(x, -104.0, 89.0);
-        use crate::rows::{C1, C2, LOG2E, MAGIC, P};
+        use kernel::routines::rows::{C1, C2, LOG2E, MAGIC, P};
         let log2e = self.splat_f32(LOG2E);
         let t = self.b.ins().fmul(x, log2e);
         // n = t rounded to the nearest integer, ties to even (as `nearest`): adding 1.5 · 2^23

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use codegen::jit::{Code, KernelFn};
-use codegen::kernel::{codes, BufId, BufKind};
 use codegen::Lowered;
 use ir::{DType, Data, Graph, Tensor, TensorType};
+use kernel::loops::{codes, BufId, BufKind};
+use kernel::{Code, KernelFn};
 
 use super::*;
 
@@ -475,7 +475,7 @@ impl Ptrs<'_> {
     }
 }
 
-/// Scalar operations (as `codegen::stages::cost` counts them, transcendental functions
+/// Scalar operations (as `kernel::stages::cost` counts them, transcendental functions
 /// weighing 16) below which a parallel stage runs on one thread: around a microsecond of
 /// work, a few times what handing half of it to a helper costs.
 const PARALLEL_MIN_COST: f64 = 32768.0;
@@ -523,12 +523,12 @@ fn resolve(
         parts.push(match &s.parallel {
             None => (1, 0),
             Some(extent) => {
-                let n = codegen::stages::eval(extent, &dims)
+                let n = kernel::stages::eval(extent, &dims)
                     .ok_or("a parallel loop's extent cannot be evaluated")?
                     .max(0);
                 let mut full = dims.clone();
                 full.extend([0, n]);
-                let cost = codegen::stages::cost(&s.body, &full);
+                let cost = kernel::stages::cost(&s.body, &full);
                 let p = if threads > 1 && n > 1 && cost >= PARALLEL_MIN_COST {
                     n.min(4 * threads as i64)
                 } else {
@@ -576,7 +576,7 @@ impl Kernel<'_> {
             } else {
                 use std::sync::atomic::{AtomicU32, Ordering};
                 let first = AtomicU32::new(0);
-                codegen::threads::parallel_for(parts as usize, |w| {
+                kernel::threads::parallel_for(parts as usize, |w| {
                     let w = w as i64;
                     let c = call(f, n * w / parts, n * (w + 1) / parts);
                     if c != 0 {

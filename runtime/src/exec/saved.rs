@@ -24,7 +24,7 @@ enum SavedStep {
     },
     /// Its stages are split again at loading (deterministic: the same kiln split them).
     Native {
-        kernel: codegen::Kernel,
+        kernel: kernel::Kernel,
         outputs: Vec<ir::Shape>,
         consts: Vec<(BufId, WeightRef)>,
     },
@@ -242,7 +242,7 @@ impl Executable {
                         || kernel
                             .bufs
                             .iter()
-                            .any(|b| !codegen::kernel::is_native(b.dtype))
+                            .any(|b| !kernel::loops::is_native(b.dtype))
                     {
                         return Err(fail("its kernel does not match the node".into()));
                     }
@@ -313,7 +313,7 @@ impl Executable {
             let mut reading = operands.iter().enumerate().filter(|&(_, &s)| s == slot);
             match step {
                 Step::Native { lowered, .. } => {
-                    reading.any(|(i, _)| codegen::stages::uses(&lowered.kernel.body, i))
+                    reading.any(|(i, _)| kernel::stages::uses(&lowered.kernel.body, i))
                 }
                 _ => reading.next().is_some(),
             }

@@ -3,6 +3,7 @@
 //! implementation per op and results are as exact as the result dtype allows.
 
 use ir::{DType, Data, Op};
+use kernel::routines::math;
 
 /// Elements widened for computation.
 #[derive(Clone, Debug)]
@@ -88,17 +89,7 @@ fn unary_f(op: &Op, x: f64) -> f64 {
     match op {
         Op::Neg => -x,
         Op::Abs => x.abs(),
-        Op::Sign => {
-            if x.is_nan() {
-                x
-            } else if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        }
+        Op::Sign => math::sign(x),
         Op::Exp => x.exp(),
         Op::Log => x.ln(),
         Op::Sqrt => x.sqrt(),
@@ -116,15 +107,7 @@ fn unary_f(op: &Op, x: f64) -> f64 {
         Op::Acosh => x.acosh(),
         Op::Atanh => x.atanh(),
         Op::Tanh => x.tanh(),
-        Op::Sigmoid => {
-            // Written so that neither branch overflows.
-            if x >= 0.0 {
-                1.0 / (1.0 + (-x).exp())
-            } else {
-                let e = x.exp();
-                e / (1.0 + e)
-            }
-        }
+        Op::Sigmoid => math::sigmoid(x),
         Op::Erf => libm::erf(x),
         Op::Floor => x.floor(),
         Op::Ceil => x.ceil(),
@@ -178,45 +161,13 @@ fn binary_f(op: &Op, a: f64, b: f64) -> f64 {
         Op::Mul => a * b,
         Op::Div => a / b,
         Op::Rem => a % b,
-        Op::Mod => {
-            let r = a % b;
-            if r != 0.0 && ((r < 0.0) != (b < 0.0)) {
-                r + b
-            } else {
-                r
-            }
-        }
+        Op::Mod => math::modulo(a, b),
         Op::Pow => a.powf(b),
         Op::Max => fmax(a, b),
         Op::Min => fmin(a, b),
         Op::Atan2 => a.atan2(b),
         _ => unreachable!("{} is not a float binary op", op.mnemonic()),
     }
-}
-
-fn ipow(mut base: i128, mut exp: i128) -> i128 {
-    if exp < 0 {
-        return match base {
-            1 => 1,
-            -1 => {
-                if exp % 2 == 0 {
-                    1
-                } else {
-                    -1
-                }
-            }
-            _ => 0,
-        };
-    }
-    let mut acc: i128 = 1;
-    while exp > 0 {
-        if exp & 1 == 1 {
-            acc = acc.wrapping_mul(base);
-        }
-        base = base.wrapping_mul(base);
-        exp >>= 1;
-    }
-    acc
 }
 
 /// Integer binary ops; `Err` on division by zero.
@@ -230,7 +181,7 @@ fn binary_i(op: &Op, a: i128, b: i128, dtype: DType) -> Result<i128, String> {
         Op::Div => a / b,
         Op::Rem => a % b,
         Op::Mod => a.rem_euclid(b) + if b < 0 && a.rem_euclid(b) != 0 { b } else { 0 },
-        Op::Pow => ipow(a, b),
+        Op::Pow => math::ipow(a, b),
         Op::Max => a.max(b),
         Op::Min => a.min(b),
         Op::And => a & b,

@@ -98,7 +98,7 @@ pub struct Conv2d {
     pub k_off: Expr,
     pub out: BufId,
     pub out_off: Expr,
-    pub geometry: crate::conv::Geometry,
+    pub geometry: crate::routines::conv::Geometry,
 }
 
 impl Conv2d {
@@ -149,7 +149,7 @@ pub struct Gemm {
     pub m: Expr,
     pub n: Expr,
     pub k: Expr,
-    /// A buffer holding `b` already packed by [`crate::gemm::pack_b`] for this `k` and `n`
+    /// A buffer holding `b` already packed by [`crate::routines::gemm::pack_b`] for this `k` and `n`
     /// (set for constant operands, packed once at compile time).
     pub b_packed: Option<BufId>,
 }

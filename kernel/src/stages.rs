@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ir::{DType, Op};
 
-use crate::kernel::{BufId, Expr, Kernel, Mark, Stmt, VarId};
+use crate::loops::{BufId, Expr, Kernel, Mark, Stmt, VarId};
 
 /// A polynomial over dim-table entries: monomial (sorted entries) → coefficient.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -543,7 +543,7 @@ fn reindex(body: &mut [Stmt], b: BufId, f: &dyn Fn(&mut Expr)) {
 /// instead of one per element of the loop nest: a row instead of a matrix.
 pub fn shrink_scratch(k: &mut Kernel) {
     for b in 0..k.bufs.len() {
-        if k.bufs[b].kind != crate::kernel::BufKind::Scratch {
+        if k.bufs[b].kind != crate::loops::BufKind::Scratch {
             continue;
         }
         let Some(len) = k.bufs[b].len.as_const() else {
@@ -834,7 +834,7 @@ fn expr_cost(e: &Expr) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{Buf, BufKind};
+    use crate::loops::{Buf, BufKind};
     use ir::Dim;
 
     fn buf(name: &str, len: i64, kind: BufKind) -> Buf {
@@ -931,7 +931,7 @@ mod tests {
     /// `out_at(c)`) then `out[c*16 + j] = t[c*16 + j]`.
     fn conv_then_copy(out_at: impl Fn(Expr) -> Expr, out_plane: i64) -> Kernel {
         let c = Expr::Var(0);
-        let geometry = crate::conv::Geometry {
+        let geometry = crate::routines::conv::Geometry {
             h: 4,
             w: 4,
             oh: out_plane / 4,
@@ -949,7 +949,7 @@ mod tests {
             0,
             Expr::i64(4),
             Mark::Parallel,
-            vec![Stmt::Conv2d(Box::new(crate::kernel::Conv2d {
+            vec![Stmt::Conv2d(Box::new(crate::loops::Conv2d {
                 x: 0,
                 x_off: c.clone() * Expr::i64(16),
                 k: 0,

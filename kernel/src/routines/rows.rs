@@ -74,14 +74,19 @@ fn maximum(a: f32, b: f32) -> f32 {
     }
 }
 
-// The f32 `exp` of the JIT (`jit/simd.rs`, `vexp`) and of these routines, which share these
-// constants: n = round(x·log2 e) by adding and subtracting MAGIC (1.5·2^23), r = x - n·C1 -
+// The f32 `exp` of the JIT (codegen's `jit/simd.rs`, `vexp`) and of these routines, which share
+// these constants: n = round(x·log2 e) by adding and subtracting MAGIC (1.5·2^23), r = x - n·C1 -
 // n·C2 (ln 2 in two parts), e^r ≈ 1 + r + r²·P(r).
-pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
-pub(crate) const MAGIC: f32 = 12_582_912.0;
-pub(crate) const C1: f32 = 0.693_359_4;
-pub(crate) const C2: f32 = -2.121_944_4e-4;
-pub(crate) const P: [f32; 6] = [
+/// log2(e), for the shared `exp` (see the comment above).
+pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// 1.5·2^23: adding and subtracting it rounds to an integer.
+pub const MAGIC: f32 = 12_582_912.0;
+/// ln 2, high part.
+pub const C1: f32 = 0.693_359_4;
+/// ln 2, low part.
+pub const C2: f32 = -2.121_944_4e-4;
+/// The polynomial P of e^r ≈ 1 + r + r²·P(r).
+pub const P: [f32; 6] = [
     1.987_569_1e-4,
     1.398_199_9e-3,
     8.333_452e-3,
