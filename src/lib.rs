@@ -177,7 +177,21 @@ pub fn optimize(g: &Graph, passes: Option<&str>, bindings: &HashMap<String, i64>
 /// ```
 pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Executable> {
     let o = optimize(g, None, &HashMap::new())?;
-    Ok(Executable::new(&o, opts)?)
+    executable(&o, opts)
+}
+
+/// Lowers and compiles a graph as it is (already optimized: no passes run) with the options'
+/// code generator, or Cranelift when they name none.
+pub fn executable(g: &Graph, opts: &CompileOptions) -> Result<Executable> {
+    Ok(Executable::new(g, &with_backend(opts))?)
+}
+
+/// `opts` with the default code generator (Cranelift, `codegen::backend()`) when they name
+/// none: the runtime compiles nothing by itself.
+pub fn with_backend(opts: &CompileOptions) -> CompileOptions {
+    let mut o = opts.clone();
+    o.backend.get_or_insert_with(codegen::backend);
+    o
 }
 
 /// Runs a compiled graph with inputs matched by parameter name; returns the outputs with

@@ -295,7 +295,7 @@ fn opt(a: OptArgs) -> Result<(), Failure> {
     }
     if a.kernels {
         for g in &out {
-            let exe = kiln::Executable::new(g, &Default::default())?;
+            let exe = kiln::executable(g, &Default::default())?;
             print!("{}", exe.kernels_text());
             for (node, why) in exe.coverage().1 {
                 println!("; {node} runs on the interpreter: {why}");

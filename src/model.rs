@@ -134,7 +134,7 @@ impl Compiled {
             ..opts.compile.clone()
         };
         let exe = crate::optimize(&self.graph, None, &bindings)
-            .and_then(|g| Ok(Arc::new(Executable::new(&g, &copts)?)))
+            .and_then(|g| Ok(Arc::new(crate::executable(&g, &copts)?)))
             .ok();
         if let (Some(log), Some(_)) = (&opts.log, &exe) {
             let shown: Vec<String> = key.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -107,7 +107,7 @@ fn lowered(g: &kiln::Graph) -> String {
             continue;
         }
         let name = format!("k{}", out.len());
-        let sub = kiln::codegen::single_node_graph(g, id);
+        let sub = kiln::kernel::single_node_graph(g, id);
         out.push(match kiln::codegen::lower(&sub, &name) {
             Ok(l) => l.kernel.to_string(),
             Err(e) => format!("{name}: unsupported: {e}"),
@@ -192,7 +192,7 @@ fn run(g: &kiln::Graph) -> Result<String, String> {
     };
     let want = kiln::interpret(g, &inputs, &HashMap::new());
     // Compiled code (each node alone) must agree with the interpreter.
-    let exe = kiln::Executable::new(g, &Default::default())
+    let exe = kiln::executable(g, &Default::default())
         .map_err(|e| format!("@{}: compiling: {e}", g.name()))?;
     let got = kiln::execute(&exe, &inputs, &HashMap::new());
     let tol = kiln::onnx::Tolerance {

@@ -190,7 +190,7 @@ fn interpret_small(g: &kiln::Graph, bindings: &HashMap<String, i64>) {
             threads: Some(1),
             ..Default::default()
         };
-        if let Ok(exe) = kiln::Executable::new(g, &opts) {
+        if let Ok(exe) = kiln::executable(g, &opts) {
             let _ = exe.run_with(&inputs, bindings);
         }
     }

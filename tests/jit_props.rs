@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use kiln::{Executable, Tensor};
+use kiln::Tensor;
 use proptest::prelude::*;
 
 fn check(seed: u64, size: usize) -> Result<(), TestCaseError> {
@@ -50,7 +50,7 @@ fn check(seed: u64, size: usize) -> Result<(), TestCaseError> {
     };
     let compare = common::continuous_outputs(&g);
     for (what, graph) in [("each node alone", &g), ("optimized", &o)] {
-        let exe = Executable::new(graph, &Default::default()).map_err(|e| {
+        let exe = kiln::executable(graph, &Default::default()).map_err(|e| {
             TestCaseError::fail(format!(
                 "compiling ({what}): {e}\n{}",
                 kiln::print_graph(graph)

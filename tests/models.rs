@@ -61,8 +61,8 @@ fn check_model(dir: &Path) -> Result<(), String> {
             }
         }
     }
-    let exe = kiln::Executable::new(&optimized, &Default::default())
-        .map_err(|e| format!("compiling: {e}"))?;
+    let exe =
+        kiln::executable(&optimized, &Default::default()).map_err(|e| format!("compiling: {e}"))?;
     let (native, interp) = exe.coverage();
     eprintln!(
         "  {native} kernels compiled, {} nodes interpreted{}",

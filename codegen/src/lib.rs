@@ -1,10 +1,74 @@
 //! kiln's code generator: lowers fused graph nodes to the loop-level kernel IR (the `kernel`
 //! crate's contract) and compiles kernels with Cranelift, into a JIT module or an object file.
-//! Codegen never optimizes the graph, and only verified IR reaches it. Depends on `ir` and
-//! `kernel`.
+//! [`Cranelift`] is its face to the runtime (a `kernel::Backend`). Codegen never optimizes
+//! the graph, and only verified IR reaches it. Depends on `ir` and `kernel`.
 
 pub mod aot;
 pub mod jit;
 pub mod lower;
 
-pub use lower::{lower, prepack, single_node_graph, Lowered, PackCache, Unsupported};
+use std::sync::Arc;
+
+use ir::Graph;
+use kernel::{Backend, Code, Kernel, Lowered, Object, Target, Unsupported};
+
+pub use lower::lower;
+
+/// The Cranelift backend: [`lower`], then [`jit::compile`] or [`aot::compile_object_for`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cranelift;
+
+/// The default backend, as the runtime takes it.
+pub fn backend() -> Arc<dyn Backend> {
+    Arc::new(Cranelift)
+}
+
+impl Backend for Cranelift {
+    fn lower(&self, g: &Graph, name: &str) -> Result<Lowered, Unsupported> {
+        lower(g, name)
+    }
+
+    fn compile(&self, kernels: &[Kernel], object: bool) -> Result<Box<dyn Code>, String> {
+        if object {
+            let obj = aot::compile_object(kernels).map_err(|e| e.to_string())?;
+            let image =
+                kernel::loader::Image::load(&obj, kernels.len()).map_err(|e| e.to_string())?;
+            Ok(Box::new(image))
+        } else {
+            Ok(Box::new(jit::compile(kernels).map_err(|e| e.to_string())?))
+        }
+    }
+
+    fn target(&self, target: &str) -> Result<Target, String> {
+        let isa = aot::isa(target).map_err(|e| e.to_string())?;
+        let (triple, features) = aot::describe(&*isa);
+        Ok(Target { triple, features })
+    }
+
+    fn object(&self, kernels: &[Kernel], target: &str) -> Result<Object, String> {
+        let isa = aot::isa(target).map_err(|e| e.to_string())?;
+        let (triple, features) = aot::describe(&*isa);
+        let bytes = aot::compile_object_for(isa, kernels).map_err(|e| e.to_string())?;
+        Ok(Object {
+            bytes,
+            target: Target { triple, features },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_machine_has_what_its_code_generator_assumes() {
+        // Every feature name the code generator reports is one the loader's check knows.
+        let (_, features) = crate::aot::target().unwrap();
+        assert_eq!(
+            kernel::target::missing_features(&features),
+            Vec::<String>::new(),
+            "{features:?}"
+        );
+        // And the triple is the one the loader compares with.
+        let (triple, _) = crate::aot::target().unwrap();
+        assert_eq!(triple, kernel::target::host_triple());
+    }
+}

@@ -1,19 +1,25 @@
 //! The contract between compiling and running kernels, depending on `ir` only: the loop-level
-//! kernel IR ([`loops`]) and its analyses ([`stages`]), the ABI compiled kernels have
-//! ([`abi`]), the library routines they call ([`routines`]), the threads those routines and
-//! parallel kernels share ([`threads`]), and the loader that maps object code into memory
-//! ([`loader`]). Code generators (`codegen`) produce what this crate describes; the runtime
-//! runs it, without a compiler.
+//! kernel IR ([`loops`]), its analyses ([`stages`]) and what lowering a node gives
+//! ([`lowered`]); what a code generator is to the runtime ([`backend`]); the ABI compiled
+//! kernels have ([`abi`]), the library routines they call ([`routines`]), the threads those
+//! routines and parallel kernels share ([`threads`]), the loader that maps object code into
+//! memory ([`loader`]) and the machine it runs on ([`target`]). Code generators (`codegen`)
+//! produce what this crate describes; the runtime runs it without one.
 
 pub mod abi;
+pub mod backend;
 pub mod loader;
 pub mod loops;
+pub mod lowered;
 pub mod routines;
 pub mod stages;
+pub mod target;
 pub mod threads;
 
 pub use abi::{Code, KernelFn};
+pub use backend::{Backend, Object, Target};
 pub use loops::*;
+pub use lowered::{prepack, single_node_graph, Lowered, PackCache, Unsupported};
 
 /// Whether this CPU runs the library's AVX2 and FMA code (gemm, plane convs, row routines);
 /// they fall back to portable code otherwise. (The standard library caches the detection.)

@@ -35,28 +35,30 @@ pub enum AotError {
 }
 
 /// Compiles `g` (already optimized, as the executable will run it) into artifact bytes for
-/// `target` (see [`codegen::aot::isa`]: `host`, `x86-64-v3`, ...). The same graph, target
-/// and kiln give the same bytes.
+/// `target` (`host`, or a name the options' backend knows: `x86-64-v3`, ...) with the options'
+/// backend. The same graph, target and kiln give the same bytes.
 pub fn compile(g: &Graph, opts: &CompileOptions, target: &str) -> Result<Vec<u8>, AotError> {
-    let codegen = |e: &dyn std::fmt::Display| ExecError::Codegen(e.to_string());
-    let isa = codegen::aot::isa(target).map_err(|e| codegen(&e))?;
-    let (triple, features) = codegen::aot::describe(&*isa);
-    let mut isa = Some(isa);
+    let backend = opts
+        .backend
+        .clone()
+        .ok_or_else(|| ExecError::Codegen("no code generator to compile an artifact".into()))?;
+    let described = backend.target(target).map_err(ExecError::Codegen)?;
     let mut object = Vec::new();
     // The executable's plan is what loading restores; its code is the object's.
     let exe = Executable::with_code(g, opts, &mut |kernels| {
-        let isa = isa
-            .take()
-            .ok_or_else(|| codegen(&"kernels asked for twice"))?;
-        object = codegen::aot::compile_object_for(isa, kernels).map_err(|e| codegen(&e))?;
-        let image = kernel::loader::Image::load(&object, kernels.len()).map_err(|e| codegen(&e))?;
+        let o = backend
+            .object(kernels, target)
+            .map_err(ExecError::Codegen)?;
+        object = o.bytes;
+        let image = kernel::loader::Image::load(&object, kernels.len())
+            .map_err(|e| ExecError::Codegen(e.to_string()))?;
         Ok(Box::new(image))
     })?;
     let (plan, weights) = exe.save()?;
     Ok(artifact::write(
         env!("CARGO_PKG_VERSION"),
-        &triple,
-        &features,
+        &described.triple,
+        &described.features,
         &[("plan", &plan), ("weights", &weights), ("object", &object)],
     ))
 }
@@ -78,14 +80,14 @@ pub fn load_shared(bytes: SharedBytes, opts: &CompileOptions) -> Result<Executab
             found: a.kiln_version,
         });
     }
-    let (host, _) = codegen::aot::target().map_err(|e| ExecError::Codegen(e.to_string()))?;
+    let host = kernel::target::host_triple();
     if a.target != host {
         return Err(AotError::Target {
             found: a.target,
             host,
         });
     }
-    let missing = artifact::missing_features(&a.features);
+    let missing = kernel::target::missing_features(&a.features);
     if !missing.is_empty() {
         return Err(AotError::MissingFeatures(missing));
     }
@@ -187,116 +189,4 @@ pub fn decode(dtype: ir::DType, shape: Vec<usize>, bytes: &[u8]) -> Option<ir::T
 /// Whether `bytes` look like an artifact (they start with its magic).
 pub fn is_artifact(bytes: &[u8]) -> bool {
     bytes.starts_with(artifact::MAGIC)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A product with a constant and a softmax, over a symbolic batch.
-    const TEXT: &str = "func @main {
-  %0 = param {name=\"x\"} : f32[n, 3]
-  %1 = constant {value=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]} : f32[3, 2]
-  %2 = dot %0, %1 {lhs_contract=[1], rhs_contract=[0]} : f32[n, 2]
-  %3 = exp %2 : f32[n, 2]
-  return %3 as \"y\"
-}
-";
-
-    /// `bytes` written again with the header fields `edit` changes.
-    fn rewritten(
-        bytes: &[u8],
-        edit: impl Fn(&mut String, &mut String, &mut Vec<String>),
-    ) -> Vec<u8> {
-        let a = artifact::read(bytes).unwrap();
-        let (mut version, mut target, mut features) =
-            (a.kiln_version.clone(), a.target.clone(), a.features.clone());
-        edit(&mut version, &mut target, &mut features);
-        let sections: Vec<(&str, &[u8])> =
-            a.sections.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-        artifact::write(&version, &target, &features, &sections)
-    }
-
-    #[test]
-    fn distinct_constants_of_types_kernels_do_not_read_stay_distinct() {
-        // Two f16 constants of one shape (f16 runs on the interpreter): each keeps its values.
-        let text = "func @main {
-  %0 = param {name=\"x\"} : f16[2]
-  %1 = constant {value=[1.0, 2.0]} : f16[2]
-  %2 = constant {value=[10.0, 20.0]} : f16[2]
-  %3 = add %0, %1 : f16[2]
-  %4 = mul %3, %2 : f16[2]
-  return %4 as \"y\"
-}
-";
-        let g = ir::parse_graph(text).unwrap();
-        let opts = CompileOptions::default();
-        let x = ir::Tensor::zeros(ir::DType::F16, vec![2]);
-        let want = Executable::new(&g, &opts)
-            .unwrap()
-            .run(std::slice::from_ref(&x));
-        let bytes = compile(&g, &opts, "host").unwrap();
-        let got = load(&bytes, &opts).unwrap().run(&[x]);
-        assert_eq!(got.unwrap(), want.unwrap());
-    }
-
-    #[test]
-    fn loads_and_runs_and_refuses_other_versions_targets_and_cpus() {
-        let g = ir::parse_graph(TEXT).unwrap();
-        let opts = CompileOptions::default();
-        let bytes = compile(&g, &opts, "host").unwrap();
-        assert_eq!(
-            rewritten(&bytes, |_, _, _| {}),
-            bytes,
-            "rewriting is faithful"
-        );
-        let x = ir::Tensor::new(
-            vec![2, 3],
-            ir::Data::F32(vec![0.5, -1.0, 2.0, 0.0, 1.0, -0.5]),
-        )
-        .unwrap();
-        // The weight is saved packed for the product; its original, which nothing reads
-        // then, is left out.
-        let weights = artifact::read(&bytes)
-            .unwrap()
-            .section("weights")
-            .unwrap()
-            .to_vec();
-        let original: Vec<u8> = [1f32, 2.0, 3.0, 4.0, 5.0, 6.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        let packed_rows: Vec<u8> = [1f32, 2.0, 0.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        let has = |b: &[u8]| weights.windows(b.len()).any(|w| w == b);
-        assert!(has(&packed_rows) && !has(&original));
-        let exe = load(&bytes, &opts).unwrap();
-        assert!(exe.graph().is_none());
-        assert_eq!(exe.name(), "main");
-        assert_eq!(exe.params()[0].0, "x");
-        assert_eq!(exe.outputs()[0].1.to_string(), "f32[n, 2]");
-        let want = Executable::new(&g, &opts)
-            .unwrap()
-            .run(std::slice::from_ref(&x));
-        assert_eq!(exe.run(&[x]).unwrap(), want.unwrap());
-        let older = rewritten(&bytes, |v, _, _| *v = "0.0.1".into());
-        assert!(matches!(
-            load(&older, &opts),
-            Err(AotError::KilnVersion { found }) if found == "0.0.1"
-        ));
-        let foreign = rewritten(&bytes, |_, t, _| *t = "riscv64gc-unknown-linux-gnu".into());
-        assert!(matches!(
-            load(&foreign, &opts),
-            Err(AotError::Target { .. })
-        ));
-        let future = rewritten(&bytes, |_, _, f| f.push("has_teleport".into()));
-        let e = load(&future, &opts).err().expect("no CPU has has_teleport");
-        assert!(
-            matches!(&e, AotError::MissingFeatures(m) if m == &["has_teleport"]),
-            "{e}"
-        );
-        assert!(e.to_string().contains("lacks features"), "{e}");
-    }
 }

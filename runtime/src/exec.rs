@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use codegen::Lowered;
 use ir::{DType, Data, Graph, NodeId, Op, Tensor, TensorType, Value};
 use kernel::loops::{BufId, BufKind};
 use kernel::Code;
+use kernel::Lowered;
 
 use crate::interp::{self, InterpError};
 
@@ -170,8 +170,12 @@ pub struct CompileOptions {
     /// of this many threads minus one, shared by every executable with the same count.
     pub threads: Option<usize>,
     /// Compile the kernels into an object file and load that (the ahead-of-time path: no
-    /// JIT module; see `codegen::aot`) instead of JIT-compiling them.
+    /// JIT module) instead of JIT-compiling them.
     pub object_code: bool,
+    /// The code generator that lowers and compiles nodes (`codegen::backend()`; the `kiln`
+    /// crate's `compile` supplies it). Without one every node runs on the reference
+    /// interpreter — the runtime itself never compiles.
+    pub backend: Option<Arc<dyn kernel::Backend>>,
     /// Inputs whose values the graph was specialized for (a `k`, axes, a branch condition
     /// read at import): runs check them, and saved plans keep them.
     pub guards: Vec<(String, Tensor)>,
@@ -467,24 +471,17 @@ fn label(g: &Graph, id: NodeId, n: usize) -> String {
 pub type CodeSource<'a> = &'a mut dyn FnMut(&[kernel::Kernel]) -> Result<Box<dyn Code>, ExecError>;
 
 impl Executable {
-    /// Lowers and compiles every node of `g` that codegen supports.
+    /// Lowers and compiles every node of `g` that the options' backend supports.
     pub fn new(g: &Graph, opts: &CompileOptions) -> Result<Executable, ExecError> {
-        let codegen_err = |e: &dyn std::fmt::Display| ExecError::Codegen(e.to_string());
         let object = opts.object_code;
-        Executable::with_code(g, opts, &mut |kernels| {
-            if object {
-                let obj = codegen::aot::compile_object(kernels).map_err(|e| codegen_err(&e))?;
-                let image = kernel::loader::Image::load(&obj, kernels.len())
-                    .map_err(|e| codegen_err(&e))?;
-                Ok(Box::new(image))
-            } else {
-                let jit = codegen::jit::compile(kernels).map_err(|e| codegen_err(&e))?;
-                Ok(Box::new(jit))
-            }
+        let backend = opts.backend.clone();
+        Executable::with_code(g, opts, &mut |kernels| match &backend {
+            Some(b) => b.compile(kernels, object).map_err(ExecError::Codegen),
+            None => Err(ExecError::Codegen("no code generator".into())),
         })
     }
 
-    /// Lowers every node of `g` that codegen supports and takes the kernels' code from `code`
+    /// Lowers every node of `g` that the backend supports and takes the kernels' code from `code`
     /// (called once, if there are kernels): the JIT, or an object file compiled now. Lowering
     /// is deterministic, so the same graph and kiln give the same kernels in the same order.
     pub fn with_code(
@@ -510,7 +507,7 @@ impl Executable {
             .collect();
         let threads = threads_for(opts)?;
         let numbering = g.numbering().unwrap_or_default();
-        let mut packs = codegen::PackCache::default();
+        let mut packs = kernel::PackCache::default();
         let mut steps = Vec::with_capacity(order.len());
         let mut kernels = Vec::new();
         let mut labels = Vec::with_capacity(order.len());
@@ -529,7 +526,7 @@ impl Executable {
                 }
                 _ => {}
             }
-            let sub = codegen::single_node_graph(g, id);
+            let sub = kernel::single_node_graph(g, id);
             if let (Op::Loop { body, .. }, false) = (node.op(), opts.interpret_only) {
                 let inner = CompileOptions {
                     guards: Vec::new(),
@@ -547,9 +544,12 @@ impl Executable {
                 continue;
             }
             let lowered = if opts.interpret_only {
-                Err(codegen::Unsupported("interpreter selected".into()))
+                Err(kernel::Unsupported("interpreter selected".into()))
             } else {
-                codegen::lower(&sub, &format!("k{n}"))
+                match &opts.backend {
+                    Some(b) => b.lower(&sub, &format!("k{n}")),
+                    None => Err(kernel::Unsupported("no code generator".into())),
+                }
             };
             let step = match lowered {
                 Ok(mut l) => {
@@ -561,7 +561,7 @@ impl Executable {
                             _ => None,
                         })
                         .collect();
-                    codegen::prepack(&mut l, &operands, &mut packs);
+                    kernel::prepack(&mut l, &operands, &mut packs);
                     let (stages, ks) = NativeStage::split(&l.kernel, kernels.len());
                     kernels.extend(ks);
                     // The step holds the constants; `lowered` keeps kernel and shapes only, as

@@ -1,7 +1,8 @@
 //! kiln's runtime: the reference interpreter ([`interp`]), the oracle every pass and backend
 //! is checked against; compiled execution ([`exec`]: memory plans, threads); the container
 //! of ahead-of-time artifacts ([`artifact`]); deterministic random tensors ([`Rng`]). It
-//! depends on `ir` and `codegen` only.
+//! depends on `ir` and `kernel` only: code generators reach it as a `kernel::Backend` in the
+//! compile options, so a program that only loads artifacts carries no compiler.
 
 pub mod aot;
 pub mod artifact;

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use codegen::Lowered;
 use ir::{DType, Data, Graph, Tensor, TensorType};
 use kernel::loops::{codes, BufId, BufKind};
+use kernel::Lowered;
 use kernel::{Code, KernelFn};
 
 use super::*;

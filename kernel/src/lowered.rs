@@ -1,0 +1,166 @@
+//! What lowering a graph node produces, as the runtime keeps it: the kernel with its constant
+//! buffers and output shapes ([`Lowered`]), or why the node cannot be lowered
+//! ([`Unsupported`]: it then runs on the reference interpreter); the graph of one node that
+//! lowering takes ([`single_node_graph`]); and packing constant product operands once
+//! ([`prepack`]).
+
+use std::collections::HashMap;
+
+use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, Value};
+
+use crate::loops::{Buf, BufId, BufKind, Expr, Gemm, Kernel, Stmt};
+
+/// Why a graph cannot be lowered (yet); the node then runs on the reference interpreter.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
+/// A lowered kernel and the constant tensors its `const` buffers hold.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    /// Buffers: the graph's params in order, then its outputs in order, then constants and
+    /// scratch.
+    pub kernel: Kernel,
+    pub consts: Vec<(BufId, Tensor)>,
+    /// Shapes of the outputs, in order.
+    pub outputs: Vec<Shape>,
+}
+
+impl Lowered {
+    /// The output shapes under symbol bindings.
+    pub fn out_shapes(
+        &self,
+        env: &HashMap<String, i64>,
+    ) -> std::result::Result<Vec<Vec<usize>>, String> {
+        self.outputs
+            .iter()
+            .map(|s| {
+                let dims = s
+                    .eval(&|n| env.get(n).copied())
+                    .map_err(|e| e.to_string())?;
+                dims.into_iter()
+                    .map(|d| usize::try_from(d).map_err(|_| format!("a dimension is {d}")))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Packed copies of constant product operands, shared by every kernel of an executable: an
+/// unrolled recurrence's steps (one kernel each) pack their common weight once.
+#[derive(Default)]
+pub struct PackCache {
+    /// By the source's data (kept alive here, so the address stays its own) and the
+    /// operand's offset, strides and sizes: the source and its packed copy.
+    packed: std::collections::HashMap<(usize, [i64; 5]), (Tensor, Tensor)>,
+}
+
+/// Packs, once, the right operands of the kernel's products that are constant — kernel
+/// constants, or operands the caller knows (`operands[i]` for input buffer `i`) — with static
+/// offsets, strides and sizes, so that products do not pack them on every call. The packed
+/// copies become constant buffers of the kernel; `cache` shares them between kernels.
+pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCache) {
+    fn walk(body: &mut [Stmt], f: &mut dyn FnMut(&mut Gemm)) {
+        for s in body {
+            match s {
+                Stmt::Loop { body, .. } => walk(body, f),
+                Stmt::Gemm(g) => f(g),
+                _ => {}
+            }
+        }
+    }
+    let mut body = std::mem::take(&mut l.kernel.body);
+    let mut done: Vec<((BufId, [i64; 5]), BufId)> = Vec::new();
+    walk(&mut body, &mut |g: &mut Gemm| {
+        let c = |e: &Expr| crate::stages::eval(e, &[]);
+        let (Some(off), Some(rs), Some(cs), Some(n), Some(k)) =
+            (c(&g.b_off), c(&g.b_rs), c(&g.b_cs), c(&g.n), c(&g.k))
+        else {
+            return;
+        };
+        let key = (g.b, [off, rs, cs, n, k]);
+        if let Some((_, p)) = done.iter().find(|(x, _)| *x == key) {
+            g.b_packed = Some(*p);
+            return;
+        }
+        let known = operands
+            .get(g.b)
+            .copied()
+            .flatten()
+            .or_else(|| l.consts.iter().find(|(b, _)| *b == g.b).map(|(_, t)| t));
+        let Some(t) = known else { return };
+        let (Some(data), Ok(off), Ok(n), Ok(k)) = (
+            t.as_slice::<f32>(),
+            usize::try_from(off),
+            usize::try_from(n),
+            usize::try_from(k),
+        ) else {
+            return;
+        };
+        if k == 0 || n == 0 || off > data.len() {
+            return;
+        }
+        let source = (t.data() as *const ir::Data as usize, key.1);
+        let t = match cache.packed.get(&source) {
+            Some((_, packed)) => packed.clone(),
+            None => {
+                let Some(packed) = crate::routines::gemm::pack_b(&data[off..], rs, cs, k, n) else {
+                    return;
+                };
+                let len = packed.len();
+                let Ok(packed) = Tensor::new(vec![len], ir::Data::F32(packed)) else {
+                    return;
+                };
+                cache.packed.insert(source, (t.clone(), packed.clone()));
+                packed
+            }
+        };
+        let len = t.numel();
+        l.kernel.bufs.push(Buf {
+            name: format!("packed{}", l.kernel.bufs.len()),
+            dtype: DType::F32,
+            len: Dim::constant(len as i64),
+            kind: BufKind::Input,
+        });
+        let p = l.kernel.bufs.len() - 1;
+        l.consts.push((p, t));
+        g.b_packed = Some(p);
+        done.push((key, p));
+    });
+    l.kernel.body = body;
+}
+
+/// A graph holding node `id` of `g` alone, its operands as params: what [`lower`] takes to
+/// compile a node that is not a fused kernel.
+pub fn single_node_graph(g: &Graph, id: NodeId) -> Graph {
+    let node = g.node(id);
+    if let Op::Fused { body, .. } = node.op() {
+        return body.graph().clone();
+    }
+    let mut s = Graph::new(g.name());
+    let mut inputs = Vec::new();
+    for (i, &v) in node.inputs().iter().enumerate() {
+        let ty = g.value_type(v).clone();
+        let op = Op::Param {
+            name: format!("in{i}"),
+            ty: ty.clone(),
+        };
+        let p = s
+            .add_node(op, vec![], vec![ty], Default::default())
+            .expect("no operands");
+        inputs.push(Value::new(p, 0));
+    }
+    let n = s
+        .add_node(
+            node.op().clone(),
+            inputs,
+            node.types().to_vec(),
+            node.origin().clone(),
+        )
+        .expect("operands are params of this graph");
+    for i in 0..node.types().len() {
+        s.add_output(&format!("out{i}"), Value::new(n, i as u32))
+            .expect("a value of this graph");
+    }
+    s
+}
