@@ -1,4 +1,5 @@
-//! The Cranelift JIT backend: compiles kernel IR to native functions of the host.
+//! The Cranelift backend: compiles kernel IR to native functions of the host (through an
+//! object file and `kernel::loader`, as artifacts load: one path for JIT and AOT code).
 //!
 //! Each kernel becomes `extern "C" fn(bufs: *const *mut u8, dims: *const i64) -> u32`, where
 //! `bufs[i]` points at the data of `kernel.bufs[i]` and `dims[k]` is the value of
@@ -28,13 +29,11 @@ use cranelift_codegen::ir::{
 };
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FuncInstBuilder, FunctionBuilder, FunctionBuilderContext, Variable};
-use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use cranelift_module::{FuncId, Linkage, Module};
 use ir::{DType, Op, OpKind};
 
 use kernel::routines::Sig;
 use kernel::{is_native, Expr, Kernel, Mark, Stmt};
-use kernel::{Code, KernelFn};
 
 mod rows;
 mod simd;
@@ -56,42 +55,10 @@ pub enum JitError {
     Host(String),
 }
 
-/// Kernels compiled into one JIT module. The code lives as long as this value.
-pub struct Compiled {
-    /// `None` only during drop.
-    module: Option<JITModule>,
-    fns: Vec<KernelFn>,
-}
-
-// SAFETY: after `finalize_definitions` the module's code and data are immutable, and `Compiled`
-// never touches the module again except to free it in `drop` (which needs `&mut self`, so no
-// other reference exists). The only thing shared through `&Compiled` is `fns`, plain function
-// pointers into that immutable code; the kernels keep no state between calls, so calling them
-// from several threads at once is safe as long as the buffers they write do not overlap. The
-// module is not `Sync` by itself only because of interior caches (a `RefCell` symbol table)
-// used while linking, which nothing reaches after `compile` returns. (`Send` needs no such
-// argument: `JITModule` is `Send`.)
-unsafe impl Sync for Compiled {}
-
-impl Code for Compiled {
-    fn function(&self, i: usize) -> KernelFn {
-        self.fns[i]
-    }
-
-    fn len(&self) -> usize {
-        self.fns.len()
-    }
-}
-
-impl Drop for Compiled {
-    fn drop(&mut self) {
-        if let Some(m) = self.module.take() {
-            // SAFETY: `&mut self` means no call through `function` is running; pointers handed
-            // out must not be called after the drop, as `function` documents.
-            unsafe { m.free_memory() };
-        }
-    }
-}
+/// Kernels compiled for this machine and loaded: the JIT emits an object file and maps it
+/// with the loader artifacts use (`kernel::loader`), so compiled and loaded code are the same
+/// bytes. The code lives as long as this value.
+pub type Compiled = kernel::loader::Image;
 
 /// The code generator for the host machine: what its CPU has (SSE4.1, AVX, FMA, BMI, ...),
 /// optimizing for speed, library functions called by absolute address.
@@ -131,45 +98,14 @@ pub(crate) fn count_compilation() {
     COMPILATIONS.with(|c| c.set(c.get() + 1));
 }
 
-/// Compiles kernels into one module for the host machine.
+/// Compiles kernels for the host machine, ready to call: an object file
+/// ([`crate::aot::compile_object`]) loaded in place.
 pub fn compile(kernels: &[Kernel]) -> Result<Compiled, JitError> {
-    count_compilation();
-    let mut jb = JITBuilder::with_isa(host_isa()?, default_libcall_names());
-    for (name, addr) in kernel::routines::symbols() {
-        jb.symbol(name, addr);
-    }
-    let mut module = JITModule::new(jb);
-    let defined = define_all(&mut module, kernels, Linkage::Local).and_then(|ids| {
-        module
-            .finalize_definitions()
-            .map_err(|e| JitError::Backend {
-                kernel: "<module>".into(),
-                message: e.to_string(),
-            })?;
-        Ok(ids)
-    });
-    match defined {
-        Ok(ids) => {
-            let fns = ids
-                .iter()
-                .map(|&id| {
-                    let p = module.get_finalized_function(id);
-                    // SAFETY: the function was defined with exactly the `KernelFn` signature
-                    // (two pointers in, i32 out, the host's C calling convention).
-                    unsafe { std::mem::transmute::<*const u8, KernelFn>(p) }
-                })
-                .collect();
-            Ok(Compiled {
-                module: Some(module),
-                fns,
-            })
-        }
-        Err(e) => {
-            // SAFETY: nothing from this module was handed out or run.
-            unsafe { module.free_memory() };
-            Err(e)
-        }
-    }
+    let obj = crate::aot::compile_object(kernels)?;
+    kernel::loader::Image::load(&obj, kernels.len()).map_err(|e| JitError::Backend {
+        kernel: "<module>".into(),
+        message: e.to_string(),
+    })
 }
 
 /// Declares and defines `kiln_kernel_{i}` for every kernel, with `linkage`.
@@ -1126,7 +1062,7 @@ impl<'f> Lower<'_, 'f> {
 mod tests {
     use super::*;
     use ir::Dim;
-    use kernel::{codes, Buf, BufKind};
+    use kernel::{codes, Buf, BufKind, Code};
 
     const _: () = {
         const fn send_sync<T: Send + Sync>() {}

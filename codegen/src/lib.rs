@@ -14,7 +14,8 @@ use kernel::{Backend, Code, Kernel, Lowered, Object, Target, Unsupported};
 
 pub use lower::lower;
 
-/// The Cranelift backend: [`lower`], then [`jit::compile`] or [`aot::compile_object_for`].
+/// The Cranelift backend: [`lower`], then [`aot::compile_object_for`] (loaded by
+/// [`jit::compile`] for this machine).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cranelift;
 
@@ -28,15 +29,8 @@ impl Backend for Cranelift {
         lower(g, name)
     }
 
-    fn compile(&self, kernels: &[Kernel], object: bool) -> Result<Box<dyn Code>, String> {
-        if object {
-            let obj = aot::compile_object(kernels).map_err(|e| e.to_string())?;
-            let image =
-                kernel::loader::Image::load(&obj, kernels.len()).map_err(|e| e.to_string())?;
-            Ok(Box::new(image))
-        } else {
-            Ok(Box::new(jit::compile(kernels).map_err(|e| e.to_string())?))
-        }
+    fn compile(&self, kernels: &[Kernel]) -> Result<Box<dyn Code>, String> {
+        Ok(Box::new(jit::compile(kernels).map_err(|e| e.to_string())?))
     }
 
     fn target(&self, target: &str) -> Result<Target, String> {

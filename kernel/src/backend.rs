@@ -35,9 +35,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// one kernel named `name`.
     fn lower(&self, g: &Graph, name: &str) -> Result<Lowered, Unsupported>;
 
-    /// Native code for `kernels` on this machine, ready to call: just in time, or (`object`)
-    /// through an object file and the loader, as artifacts load.
-    fn compile(&self, kernels: &[Kernel], object: bool) -> Result<Box<dyn Code>, String>;
+    /// Native code for `kernels` on this machine, ready to call.
+    fn compile(&self, kernels: &[Kernel]) -> Result<Box<dyn Code>, String>;
 
     /// What code for `target` (`host`, or a name the backend knows: an x86-64 level, a CPU)
     /// assumes.

@@ -169,9 +169,6 @@ pub struct CompileOptions {
     /// works on the calling thread, helped in parallel stages and large products by a pool
     /// of this many threads minus one, shared by every executable with the same count.
     pub threads: Option<usize>,
-    /// Compile the kernels into an object file and load that (the ahead-of-time path: no
-    /// JIT module) instead of JIT-compiling them.
-    pub object_code: bool,
     /// The code generator that lowers and compiles nodes (`codegen::backend()`; the `kiln`
     /// crate's `compile` supplies it). Without one every node runs on the reference
     /// interpreter — the runtime itself never compiles.
@@ -473,10 +470,9 @@ pub type CodeSource<'a> = &'a mut dyn FnMut(&[kernel::Kernel]) -> Result<Box<dyn
 impl Executable {
     /// Lowers and compiles every node of `g` that the options' backend supports.
     pub fn new(g: &Graph, opts: &CompileOptions) -> Result<Executable, ExecError> {
-        let object = opts.object_code;
         let backend = opts.backend.clone();
         Executable::with_code(g, opts, &mut |kernels| match &backend {
-            Some(b) => b.compile(kernels, object).map_err(ExecError::Codegen),
+            Some(b) => b.compile(kernels).map_err(ExecError::Codegen),
             None => Err(ExecError::Codegen("no code generator".into())),
         })
     }
