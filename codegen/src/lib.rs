@@ -14,7 +14,7 @@ use kernel::{Backend, Code, Kernel, Lowered, Object, Target, Unsupported};
 
 pub use lower::lower;
 
-/// The Cranelift backend: [`lower`], then [`aot::compile_object_for`] (loaded by
+/// The Cranelift backend: [`lower()`], then [`aot::compile_object_for`] (loaded by
 /// [`jit::compile`] for this machine).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cranelift;

@@ -130,7 +130,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
     l.kernel.body = body;
 }
 
-/// A graph holding node `id` of `g` alone, its operands as params: what [`lower`] takes to
+/// A graph holding node `id` of `g` alone, its operands as params: what lowering (`Backend::lower`) takes to
 /// compile a node that is not a fused kernel.
 pub fn single_node_graph(g: &Graph, id: NodeId) -> Graph {
     let node = g.node(id);

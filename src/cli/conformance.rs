@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln::frontends::onnx::{self, ExternalData};
+use kiln::Tensor;
+
 use crate::load::read;
 use crate::progress::Progress;
 use crate::Failure;
@@ -25,7 +28,7 @@ pub struct ConformanceArgs {
     jobs: Option<usize>,
     /// What runs the models
     #[arg(long, value_enum, default_value_t)]
-    backend: kiln::onnx::Backend,
+    backend: Backend,
 }
 
 /// The numbered `prefix_N.pb` files of a test data set, in order, read.
@@ -37,11 +40,8 @@ fn numbered_pbs(dir: &Path, prefix: &str) -> Result<Vec<Vec<u8>>, Failure> {
 /// A test case's model, serialized inputs and serialized expected outputs.
 type CaseFiles = (Vec<u8>, Vec<Vec<u8>>, Vec<Vec<u8>>);
 
-fn run_conformance_case(
-    dir: &Path,
-    backend: kiln::onnx::Backend,
-) -> (Vec<String>, kiln::onnx::Outcome) {
-    use kiln::onnx::Outcome;
+fn run_conformance_case(dir: &Path, backend: Backend) -> (Vec<String>, Outcome) {
+    use Outcome;
     let load = || -> Result<CaseFiles, Failure> {
         let model = read(&dir.join("model.onnx"))?;
         let data = dir.join("test_data_set_0");
@@ -57,7 +57,7 @@ fn run_conformance_case(
     };
     let ops = kiln::onnx::op_types(&model);
     let outcome = std::panic::catch_unwind(|| {
-        kiln::onnx::check_case(&model, &inputs, &outputs, Default::default(), backend)
+        check_case(&model, &inputs, &outputs, Default::default(), backend)
     })
     .unwrap_or_else(|p| {
         let msg = p
@@ -71,8 +71,8 @@ fn run_conformance_case(
 }
 
 pub fn conformance(a: ConformanceArgs) -> Result<(), Failure> {
-    use kiln::onnx::Outcome;
     use std::collections::BTreeMap;
+    use Outcome;
     if let Some(path) = &a.write_passing {
         crate::data::check_output(path)?;
     }
@@ -156,5 +156,96 @@ pub fn conformance(a: ConformanceArgs) -> Result<(), Failure> {
         passing.len(),
         results.len() - passing.len()
     );
+    Ok(())
+}
+
+/// The outcome of one conformance case.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Pass,
+    Fail(String),
+}
+
+/// What executes a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The reference interpreter on the imported graph.
+    #[default]
+    Interp,
+    /// The default pipeline, then compiled code.
+    Jit,
+}
+
+/// Runs one ONNX node test: the model, its serialized input tensors and expected outputs.
+fn check_case(
+    model: &[u8],
+    inputs: &[Vec<u8>],
+    outputs: &[Vec<u8>],
+    tol: kiln::onnx::Tolerance,
+    backend: Backend,
+) -> Outcome {
+    match run_case(model, inputs, outputs, tol, backend) {
+        Ok(()) => Outcome::Pass,
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+fn run_case(
+    model: &[u8],
+    inputs: &[Vec<u8>],
+    outputs: &[Vec<u8>],
+    tol: kiln::onnx::Tolerance,
+    backend: Backend,
+) -> std::result::Result<(), String> {
+    let m = onnx::decode_model(model).map_err(|e| e.to_string())?;
+    let g = m.graph.as_ref().ok_or("the model has no graph")?;
+    let kind = |vi: &onnx::proto::ValueInfoProto| {
+        onnx::Kind::of(vi.r#type.as_ref()).map_err(|e| format!("`{}`: {e}", vi.name))
+    };
+    let graph_inputs: Vec<&onnx::proto::ValueInfoProto> = g
+        .input
+        .iter()
+        .filter(|vi| !g.initializer.iter().any(|t| t.name == vi.name))
+        .collect();
+    // Values (tensors, sequences, optionals) travel as the tensors a run gives.
+    let mut named = Vec::new();
+    for (i, bytes) in inputs.iter().enumerate() {
+        let vi = graph_inputs
+            .get(i)
+            .ok_or("more input files than graph inputs")?;
+        named.extend(
+            onnx::decode_value(bytes, &kind(vi)?, &vi.name)
+                .map_err(|e| format!("input {i}: {e}"))?,
+        );
+    }
+    // As a user runs a model: the import sees no input values, and whatever it needs of them
+    // (a `k`, axes, a shape) comes from specializing on the run's inputs.
+    let model = kiln::Model::from_onnx(model, ExternalData::new(), Default::default())
+        .map_err(|e| e.to_string())?;
+    let got = match backend {
+        Backend::Interp => model.interpret(&named),
+        Backend::Jit => model.run(&named),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut want = Vec::new();
+    for (i, (bytes, vi)) in outputs.iter().zip(&g.output).enumerate() {
+        want.extend(
+            onnx::decode_value(bytes, &kind(vi)?, &vi.name)
+                .map_err(|e| format!("output {i}: {e}"))?,
+        );
+    }
+    let names = |v: &[(String, Tensor)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    if names(&got) != names(&want) {
+        return Err(format!(
+            "outputs {:?}, expected {:?}",
+            names(&got),
+            names(&want)
+        ));
+    }
+    for ((name, t), (_, w)) in got.iter().zip(&want) {
+        if let Some(why) = kiln::onnx::mismatch(t, w, tol) {
+            return Err(format!("output {name}: {why}"));
+        }
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The library routines kernels call: f32 matrix products ([`gemm`]), plane convolutions
-//! ([`conv`]), softmax's row passes ([`rows`]) and scalar math ([`math`]), each under the
+//! ([`conv`]), softmax's row passes ([`rows`]) and scalar math ([`mod@math`]), each under the
 //! symbol compiled code refers to it by. Host code, with AVX2 and FMA paths chosen at run time.
 
 pub mod conv;
