@@ -223,7 +223,7 @@ pub fn open(path: &Path, args: &ModelArgs, opts: ModelOptions) -> Result<Loaded,
         }
         Kind::Kir => {
             let g = pick_function(path, parse_kir_text(path, &bytes)?, args.func.as_deref())?;
-            let diags = crate::verify_diagnostics(path, &g);
+            let diags = crate::kir::verify_diagnostics(path, &g);
             if !diags.is_empty() {
                 return Err(Failure(diags.join("\n")));
             }
