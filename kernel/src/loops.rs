@@ -87,6 +87,153 @@ pub enum Stmt {
     Conv2d(Box<Conv2d>),
 }
 
+/// The one way to look into statements: what a statement holds directly — its expressions,
+/// the buffers it accesses itself (a store's target, a library routine's operands, each with
+/// the offset the routine reads it from) and its nested statements. Analyses and rewrites
+/// walk kernels through these rather than matching every statement kind.
+impl Stmt {
+    /// The expressions the statement holds directly (a loop's extent, not its body's):
+    /// values, indices, conditions, a library routine's offsets, strides and sizes.
+    pub fn exprs(&self) -> Vec<&Expr> {
+        match self {
+            Stmt::Loop { extent, .. } => vec![extent],
+            Stmt::Set { value, .. } => vec![value],
+            Stmt::Store { index, value, .. } => vec![index, value],
+            Stmt::Check { cond, .. } => vec![cond],
+            Stmt::Conv2d(c) => vec![&c.x_off, &c.k_off, &c.out_off],
+            Stmt::Gemm(g) => vec![
+                &g.a_off, &g.a_rs, &g.a_cs, &g.b_off, &g.b_rs, &g.b_cs, &g.c_off, &g.c_rs, &g.m,
+                &g.n, &g.k,
+            ],
+        }
+    }
+
+    /// [`Stmt::exprs`], to rewrite them.
+    pub fn exprs_mut(&mut self) -> Vec<&mut Expr> {
+        match self {
+            Stmt::Loop { extent, .. } => vec![extent],
+            Stmt::Set { value, .. } => vec![value],
+            Stmt::Store { index, value, .. } => vec![index, value],
+            Stmt::Check { cond, .. } => vec![cond],
+            Stmt::Conv2d(c) => vec![&mut c.x_off, &mut c.k_off, &mut c.out_off],
+            Stmt::Gemm(g) => {
+                let g = &mut **g;
+                vec![
+                    &mut g.a_off,
+                    &mut g.a_rs,
+                    &mut g.a_cs,
+                    &mut g.b_off,
+                    &mut g.b_rs,
+                    &mut g.b_cs,
+                    &mut g.c_off,
+                    &mut g.c_rs,
+                    &mut g.m,
+                    &mut g.n,
+                    &mut g.k,
+                ]
+            }
+        }
+    }
+
+    /// The buffers the statement accesses itself, outside the loads of its expressions, with
+    /// whether it writes them: a store's target, a library routine's operands (a product
+    /// whose B was packed ahead of time reads the packed copy, never B).
+    pub fn operands(&self) -> Vec<(BufId, bool)> {
+        match self {
+            Stmt::Store { buf, .. } => vec![(*buf, true)],
+            Stmt::Conv2d(c) => vec![(c.x, false), (c.k, false), (c.out, true)],
+            Stmt::Gemm(g) => {
+                let mut v = vec![(g.a, false), (g.c, true)];
+                v.push((g.b_packed.unwrap_or(g.b), false));
+                v
+            }
+            Stmt::Loop { .. } | Stmt::Set { .. } | Stmt::Check { .. } => vec![],
+        }
+    }
+
+    /// Every buffer the statement itself names: its [`Stmt::operands`], and a product's B
+    /// even when it reads a packed copy instead.
+    pub fn named_buffers(&self) -> Vec<BufId> {
+        let mut v: Vec<BufId> = self.operands().into_iter().map(|(b, _)| b).collect();
+        if let Stmt::Gemm(g) = self {
+            v.push(g.b);
+        }
+        v
+    }
+
+    /// A library routine's operands with the offsets it reads or writes them from, to
+    /// rewrite where an operand lives (a store's index is among [`Stmt::exprs_mut`]).
+    pub fn operand_offsets_mut(&mut self) -> Vec<(BufId, &mut Expr)> {
+        match self {
+            Stmt::Conv2d(c) => vec![
+                (c.x, &mut c.x_off),
+                (c.k, &mut c.k_off),
+                (c.out, &mut c.out_off),
+            ],
+            Stmt::Gemm(g) => {
+                let g = &mut **g;
+                vec![
+                    (g.a, &mut g.a_off),
+                    (g.b, &mut g.b_off),
+                    (g.c, &mut g.c_off),
+                ]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// The statements nested in this one (a loop's body).
+    pub fn body(&self) -> &[Stmt] {
+        match self {
+            Stmt::Loop { body, .. } => body,
+            _ => &[],
+        }
+    }
+
+    /// [`Stmt::body`], to rewrite it.
+    pub fn body_mut(&mut self) -> &mut [Stmt] {
+        match self {
+            Stmt::Loop { body, .. } => body,
+            _ => &mut [],
+        }
+    }
+
+    /// Calls `f` on this statement and every statement nested in it, outer first.
+    pub fn walk(&self, f: &mut dyn FnMut(&Stmt)) {
+        f(self);
+        for s in self.body() {
+            s.walk(f);
+        }
+    }
+
+    /// [`Stmt::walk`], to rewrite them.
+    pub fn walk_mut(&mut self, f: &mut dyn FnMut(&mut Stmt)) {
+        f(self);
+        for s in self.body_mut() {
+            s.walk_mut(f);
+        }
+    }
+}
+
+impl Expr {
+    /// Calls `f` on this expression and every one inside it, outer first.
+    pub fn walk(&self, f: &mut dyn FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Load { index, .. } => index.walk(f),
+            Expr::Op { args, .. } => args.iter().for_each(|a| a.walk(f)),
+            _ => {}
+        }
+    }
+
+    /// Whether the expression loads from buffer `b`.
+    pub fn loads(&self, b: BufId) -> bool {
+        let mut found = false;
+        self.walk(&mut |e| found |= matches!(e, Expr::Load { buf, .. } if *buf == b));
+        found
+    }
+}
+
 /// `out[out_off + oy·ow + ox] = Σ x[x_off + iy·w + ix] · k[k_off + ky·kw + kx]` over the taps
 /// inside the input (`iy = oy·sh + ky·dh - ph`, `ix = ox·sw + kx·dw - pw`): one channel of a
 /// depthwise conv. Offsets are i64 expressions; the geometry is static.
@@ -406,67 +553,28 @@ impl Kernel {
                 _ => Ok(()),
             }
         }
-        fn stmts(
-            body: &[Stmt],
-            buf: &dyn Fn(BufId) -> Result<(), String>,
-            d: usize,
-            v: usize,
-        ) -> Result<(), String> {
-            let e = |x: &Expr| expr(x, buf, d, v);
-            let var = |x: VarId| match x < v {
-                true => Ok(()),
-                false => Err(format!("variable {x} of {v}")),
-            };
-            for s in body {
-                match s {
-                    Stmt::Loop {
-                        var: x,
-                        extent,
-                        body,
-                        ..
-                    } => {
-                        var(*x)?;
-                        e(extent)?;
-                        stmts(body, buf, d, v)?;
-                    }
-                    Stmt::Set { var: x, value } => {
-                        var(*x)?;
-                        e(value)?;
-                    }
-                    Stmt::Store {
-                        buf: b,
-                        index,
-                        value,
-                    } => {
-                        buf(*b)?;
-                        e(index)?;
-                        e(value)?;
-                    }
-                    Stmt::Check { cond, .. } => e(cond)?,
-                    Stmt::Gemm(g) => {
-                        for b in [g.a, g.b, g.c].into_iter().chain(g.b_packed) {
-                            buf(b)?;
-                        }
-                        for x in [
-                            &g.a_off, &g.a_rs, &g.a_cs, &g.b_off, &g.b_rs, &g.b_cs, &g.c_off,
-                            &g.c_rs, &g.m, &g.n, &g.k,
-                        ] {
-                            e(x)?;
-                        }
-                    }
-                    Stmt::Conv2d(c) => {
-                        for b in [c.x, c.k, c.out] {
-                            buf(b)?;
-                        }
-                        for x in [&c.x_off, &c.k_off, &c.out_off] {
-                            e(x)?;
-                        }
-                    }
+        let mut result = Ok(());
+        for s in &self.body {
+            s.walk(&mut |s| {
+                if result.is_err() {
+                    return;
                 }
-            }
-            Ok(())
+                let var = match s {
+                    Stmt::Loop { var, .. } | Stmt::Set { var, .. } => Some(*var),
+                    _ => None,
+                };
+                result = var
+                    .filter(|&x| x >= vars)
+                    .map_or(Ok(()), |x| Err(format!("variable {x} of {vars}")))
+                    .and_then(|()| s.named_buffers().into_iter().try_for_each(buf))
+                    .and_then(|()| {
+                        s.exprs()
+                            .into_iter()
+                            .try_for_each(|e| expr(e, &buf, dims, vars))
+                    });
+            });
         }
-        stmts(&self.body, &buf, dims, vars).map_err(|m| format!("kernel `{}` names {m}", self.name))
+        result.map_err(|m| format!("kernel `{}` names {m}", self.name))
     }
 
     fn expr(&self, e: &Expr, out: &mut String) {
@@ -653,6 +761,71 @@ mod tests {
         let mut b = [4u8, 0].repeat(depth);
         b.extend([2, 0]);
         b
+    }
+
+    #[test]
+    fn the_visitor_sees_every_expression_operand_and_nested_statement() {
+        let load = |buf: BufId| Expr::Load {
+            buf,
+            index: Box::new(Expr::Var(0)),
+        };
+        let gemm = Gemm {
+            a: 0,
+            a_off: Expr::i64(0),
+            a_rs: Expr::i64(4),
+            a_cs: Expr::i64(1),
+            b: 1,
+            b_off: Expr::Var(0),
+            b_rs: Expr::i64(2),
+            b_cs: Expr::i64(1),
+            c: 2,
+            c_off: Expr::i64(0),
+            c_rs: Expr::i64(2),
+            m: Expr::i64(3),
+            n: Expr::i64(2),
+            k: Expr::i64(4),
+            b_packed: Some(5),
+        };
+        let mut s = Stmt::Loop {
+            var: 0,
+            extent: Expr::Dim(0),
+            mark: Mark::Serial,
+            body: vec![
+                Stmt::Store {
+                    buf: 3,
+                    index: Expr::Var(0),
+                    value: load(4),
+                },
+                Stmt::Gemm(Box::new(gemm)),
+            ],
+        };
+        let mut seen = Vec::new();
+        s.walk(&mut |s| seen.push(s.operands()));
+        // The loop, the store (writes 3), the product (reads A and the packed B, never B).
+        assert_eq!(
+            seen,
+            vec![
+                vec![],
+                vec![(3, true)],
+                vec![(0, false), (2, true), (5, false)]
+            ]
+        );
+        assert!(s.body()[0].exprs().iter().any(|e| e.loads(4)));
+        // Rewriting every expression reaches the product's fields too.
+        let mut n = 0;
+        s.walk_mut(&mut |s| {
+            for e in s.exprs_mut() {
+                if *e == Expr::Var(0) {
+                    *e = Expr::i64(7);
+                    n += 1;
+                }
+            }
+        });
+        assert_eq!(n, 2, "the store's index and the product's b_off");
+        let Stmt::Gemm(g) = &s.body()[1] else {
+            unreachable!()
+        };
+        assert_eq!(g.b_off, Expr::i64(7));
     }
 
     #[test]

@@ -62,11 +62,11 @@ pub struct PackCache {
 pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCache) {
     fn walk(body: &mut [Stmt], f: &mut dyn FnMut(&mut Gemm)) {
         for s in body {
-            match s {
-                Stmt::Loop { body, .. } => walk(body, f),
-                Stmt::Gemm(g) => f(g),
-                _ => {}
-            }
+            s.walk_mut(&mut |s| {
+                if let Stmt::Gemm(g) = s {
+                    f(g)
+                }
+            });
         }
     }
     let mut body = std::mem::take(&mut l.kernel.body);

@@ -222,41 +222,11 @@ fn subst_expr(e: &mut Expr, from: VarId, to: &Expr) {
 /// alone: callers substitute variables that nothing rebinds).
 pub fn replace_var(body: &mut [Stmt], var: VarId, by: &Expr) {
     for s in body {
-        match s {
-            Stmt::Loop { extent, body, .. } => {
-                subst_expr(extent, var, by);
-                replace_var(body, var, by);
+        s.walk_mut(&mut |s| {
+            for e in s.exprs_mut() {
+                subst_expr(e, var, by);
             }
-            Stmt::Set { value, .. } => subst_expr(value, var, by),
-            Stmt::Store { index, value, .. } => {
-                subst_expr(index, var, by);
-                subst_expr(value, var, by);
-            }
-            Stmt::Check { cond, .. } => subst_expr(cond, var, by),
-            Stmt::Conv2d(c) => {
-                for e in [&mut c.x_off, &mut c.k_off, &mut c.out_off] {
-                    subst_expr(e, var, by);
-                }
-            }
-            Stmt::Gemm(g) => {
-                let g = &mut **g;
-                for e in [
-                    &mut g.a_off,
-                    &mut g.a_rs,
-                    &mut g.a_cs,
-                    &mut g.b_off,
-                    &mut g.b_rs,
-                    &mut g.b_cs,
-                    &mut g.c_off,
-                    &mut g.c_rs,
-                    &mut g.m,
-                    &mut g.n,
-                    &mut g.k,
-                ] {
-                    subst_expr(e, var, by);
-                }
-            }
-        }
+        });
     }
 }
 
@@ -443,27 +413,11 @@ impl Poly {
     }
 }
 
-/// Every buffer a statement reads or writes.
+/// Whether a statement (or one nested in it) reads or writes buffer `b`.
 fn touches(s: &Stmt, b: BufId) -> bool {
-    fn expr(e: &Expr, b: BufId) -> bool {
-        match e {
-            Expr::Load { buf, index } => *buf == b || expr(index, b),
-            Expr::Op { args, .. } => args.iter().any(|a| expr(a, b)),
-            _ => false,
-        }
-    }
-    match s {
-        Stmt::Loop { extent, body, .. } => expr(extent, b) || body.iter().any(|s| touches(s, b)),
-        Stmt::Set { value, .. } => expr(value, b),
-        Stmt::Store { buf, index, value } => *buf == b || expr(index, b) || expr(value, b),
-        Stmt::Check { cond, .. } => expr(cond, b),
-        Stmt::Conv2d(c) => [c.x, c.k, c.out].contains(&b),
-        // A product whose B was packed ahead of time reads the packed copy, never B.
-        Stmt::Gemm(g) => {
-            let unpacked_b = g.b_packed.is_none().then_some(g.b);
-            [Some(g.a), unpacked_b, Some(g.c), g.b_packed].contains(&Some(b))
-        }
-    }
+    s.operands().iter().any(|&(x, _)| x == b)
+        || s.exprs().iter().any(|e| e.loads(b))
+        || s.body().iter().any(|s| touches(s, b))
 }
 
 /// Whether statements read or write buffer `b` (a product with B packed ahead of time reads
@@ -491,7 +445,8 @@ fn holder<'a>(body: &'a [Stmt], b: BufId, chain: &mut Vec<&'a Stmt>) -> Option<(
     Some(())
 }
 
-/// Rewrites the index of every access to `b` in statements with `f`.
+/// Rewrites the index of every access to `b` in statements with `f` (a library routine's
+/// offset for its operand `b`).
 fn reindex(body: &mut [Stmt], b: BufId, f: &dyn Fn(&mut Expr)) {
     fn expr(e: &mut Expr, b: BufId, f: &dyn Fn(&mut Expr)) {
         match e {
@@ -506,33 +461,21 @@ fn reindex(body: &mut [Stmt], b: BufId, f: &dyn Fn(&mut Expr)) {
         }
     }
     for s in body {
-        match s {
-            Stmt::Loop { extent, body, .. } => {
-                expr(extent, b, f);
-                reindex(body, b, f);
+        s.walk_mut(&mut |s| {
+            for e in s.exprs_mut() {
+                expr(e, b, f);
             }
-            Stmt::Set { value, .. } => expr(value, b, f),
-            Stmt::Store { buf, index, value } => {
-                expr(index, b, f);
-                expr(value, b, f);
+            if let Stmt::Store { buf, index, .. } = s {
                 if *buf == b {
                     f(index);
                 }
             }
-            Stmt::Check { cond, .. } => expr(cond, b, f),
-            Stmt::Conv2d(c) => {
-                for (buf, off) in [
-                    (c.x, &mut c.x_off),
-                    (c.k, &mut c.k_off),
-                    (c.out, &mut c.out_off),
-                ] {
-                    if buf == b {
-                        f(off);
-                    }
+            for (buf, off) in s.operand_offsets_mut() {
+                if buf == b {
+                    f(off);
                 }
             }
-            Stmt::Gemm(_) => {}
-        }
+        });
     }
 }
 
