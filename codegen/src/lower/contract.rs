@@ -1,0 +1,251 @@
+//! Contractions: `dot` as loop nests, or as a library `gemm` when its operands are strided
+//! f32 buffers with one contracted axis.
+
+use super::*;
+
+impl Lowering<'_> {
+    pub(super) fn dot(&mut self, v: Value, b: BufId) -> Result<()> {
+        let node = self.g.node(v.node);
+        let Op::Dot {
+            lhs_batch,
+            rhs_batch,
+            lhs_contract,
+            rhs_contract,
+        } = node.op()
+        else {
+            unreachable!("called on dots")
+        };
+        let (lv, rv) = (node.inputs()[0], node.inputs()[1]);
+        if self.gemm(v, b)? {
+            self.bufs.insert(v, b);
+            return Ok(());
+        }
+        self.materialized(lv)?;
+        self.materialized(rv)?;
+        let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
+        let ty = self.ty(v);
+        let dtype = ty.dtype;
+        let DotAxes {
+            lb,
+            rb,
+            lc,
+            rc,
+            lf,
+            rf,
+        } = DotAxes::new(
+            [lhs_batch, rhs_batch, lhs_contract, rhs_contract],
+            ls.rank(),
+            rs.rank(),
+        );
+        let acc = self.var(dtype);
+        self.nest(&ty.shape, dtype, |l, idx| {
+            let mut li = vec![Expr::i64(0); ls.rank()];
+            let mut ri = vec![Expr::i64(0); rs.rank()];
+            let mut o = idx.iter();
+            for (&a, &c) in lb.iter().zip(&rb) {
+                let e = o.next().expect("batch axes").clone();
+                li[a] = e.clone();
+                ri[c] = e;
+            }
+            for &a in &lf {
+                li[a] = o.next().expect("lhs free axes").clone();
+            }
+            for &a in &rf {
+                ri[a] = o.next().expect("rhs free axes").clone();
+            }
+            let mut loops = Vec::new();
+            for (&a, &c) in lc.iter().zip(&rc) {
+                let r = l.var(DType::I64);
+                li[a] = Expr::Var(r);
+                ri[c] = Expr::Var(r);
+                loops.push((r, l.dim(ls.dim(a))));
+            }
+            let x = l.expr(lv, &li)?;
+            let y = l.expr(rv, &ri)?;
+            let update = Expr::Op {
+                op: Op::Add,
+                args: vec![
+                    Expr::Var(acc),
+                    Expr::Op {
+                        op: Op::Mul,
+                        args: vec![x, y],
+                        dtype,
+                    },
+                ],
+                dtype,
+            };
+            let index = l.linear(idx, &ty.shape);
+            let store = Stmt::Store {
+                buf: b,
+                index,
+                value: Expr::Var(acc),
+            };
+            Ok(accumulate(acc, constant(0.0, dtype), loops, update, store))
+        })?;
+        self.bufs.insert(v, b);
+        Ok(())
+    }
+
+    /// `v` as a strided view of a buffer: the buffer and each axis's stride (in elements),
+    /// when `v` is a buffer or transposes and broadcasts of one.
+    pub(super) fn strided(&self, v: Value) -> Option<(BufId, Vec<Dim>)> {
+        let ty = self.ty(v);
+        if let Some(&b) = self.bufs.get(&v) {
+            let mut strides = vec![Dim::constant(1); ty.rank()];
+            for a in (0..ty.rank().saturating_sub(1)).rev() {
+                strides[a] = strides[a + 1].mul(ty.shape.dim(a + 1)).ok()?;
+            }
+            return Some((b, strides));
+        }
+        let node = self.g.node(v.node);
+        match node.op() {
+            Op::Transpose { perm } => {
+                let (b, s) = self.strided(node.inputs()[0])?;
+                Some((b, perm.iter().map(|&p| s[p as usize].clone()).collect()))
+            }
+            Op::Broadcast { dims, .. } => {
+                let from = self.ty(node.inputs()[0]);
+                let (b, s) = self.strided(node.inputs()[0])?;
+                let mut out = vec![Dim::constant(0); ty.rank()];
+                for (j, d) in from.shape.dims().iter().enumerate() {
+                    let a = dims[j] as usize;
+                    if d == ty.shape.dim(a) {
+                        out[a] = s[j].clone();
+                    }
+                }
+                Some((b, out))
+            }
+            _ => None,
+        }
+    }
+
+    /// `v` as a strided buffer, copying it into scratch when it is computed.
+    pub(super) fn as_strided(&mut self, v: Value) -> Result<(BufId, Vec<Dim>)> {
+        if let Some(s) = self.strided(v) {
+            return Ok(s);
+        }
+        let n = self.k.bufs.len();
+        let b = self.buf(format!("t{n}"), self.ty(v), BufKind::Scratch)?;
+        self.elementwise_nest(v, b)?;
+        Ok(self.strided(v).expect("now a buffer"))
+    }
+
+    /// An f32 dot with one contracted axis as calls of the library matrix product (one per
+    /// batch element); `false` when the dot does not have that form.
+    pub(super) fn gemm(&mut self, v: Value, out: BufId) -> Result<bool> {
+        let node = self.g.node(v.node);
+        let Op::Dot {
+            lhs_batch,
+            rhs_batch,
+            lhs_contract,
+            rhs_contract,
+        } = node.op()
+        else {
+            return Ok(false);
+        };
+        let (lv, rv) = (node.inputs()[0], node.inputs()[1]);
+        let ty = self.ty(v);
+        if ty.dtype != DType::F32 || lhs_contract.len() != 1 {
+            return Ok(false);
+        }
+        let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
+        let DotAxes {
+            lb,
+            rb,
+            lc,
+            rc,
+            lf,
+            rf,
+        } = DotAxes::new(
+            [lhs_batch, rhs_batch, lhs_contract, rhs_contract],
+            ls.rank(),
+            rs.rank(),
+        );
+        let (la, lst) = self.as_strided(lv)?;
+        let (ra, rst) = self.as_strided(rv)?;
+        // Free axes merge into one matrix axis when they are laid out like one.
+        let merged = |axes: &[usize], shape: &Shape, st: &[Dim]| -> Option<(Dim, Dim)> {
+            let Some(&last) = axes.last() else {
+                return Some((Dim::constant(1), Dim::constant(0)));
+            };
+            let mut size = Dim::constant(1);
+            for w in axes.windows(2) {
+                if st[w[0]] != st[w[1]].mul(shape.dim(w[1])).ok()? {
+                    return None;
+                }
+            }
+            for &a in axes {
+                size = size.mul(shape.dim(a)).ok()?;
+            }
+            Some((size, st[last].clone()))
+        };
+        let (Some((m, a_rs)), Some((n, b_cs))) = (merged(&lf, &ls, &lst), merged(&rf, &rs, &rst))
+        else {
+            return Ok(false);
+        };
+        let (a_cs, b_rs) = (lst[lc[0]].clone(), rst[rc[0]].clone());
+        let k = ls.dim(lc[0]).clone();
+        let mn = m.mul(&n).map_err(|e| Unsupported(e.to_string()))?;
+        let batch = Shape::new(lb.iter().map(|&a| ls.dim(a).clone()).collect());
+        self.nest(&batch, DType::I64, |l, idx| {
+            let mut a_off = Expr::i64(0);
+            let mut b_off = Expr::i64(0);
+            for (i, (&x, &y)) in idx.iter().zip(lb.iter().zip(&rb)) {
+                let (sx, sy) = (l.dim(&lst[x]), l.dim(&rst[y]));
+                a_off = a_off + i.clone() * sx;
+                b_off = b_off + i.clone() * sy;
+            }
+            let c_off = l.linear(idx, &batch) * l.dim(&mn);
+            let g = Gemm {
+                a: la,
+                a_off,
+                a_rs: l.dim(&a_rs),
+                a_cs: l.dim(&a_cs),
+                b: ra,
+                b_off,
+                b_rs: l.dim(&b_rs),
+                b_cs: l.dim(&b_cs),
+                c: out,
+                c_off,
+                c_rs: l.dim(&n),
+                m: l.dim(&m),
+                n: l.dim(&n),
+                k: l.dim(&k),
+                b_packed: None,
+            };
+            Ok(vec![Stmt::Gemm(Box::new(g))])
+        })?;
+        Ok(true)
+    }
+}
+
+/// The axes of a dot's operands: batch, contracted and free (in order), per side.
+pub(super) struct DotAxes {
+    pub(super) lb: Vec<usize>,
+    pub(super) rb: Vec<usize>,
+    pub(super) lc: Vec<usize>,
+    pub(super) rc: Vec<usize>,
+    pub(super) lf: Vec<usize>,
+    pub(super) rf: Vec<usize>,
+}
+
+impl DotAxes {
+    pub(super) fn new(attrs: [&Vec<i64>; 4], lrank: usize, rrank: usize) -> DotAxes {
+        let us = |v: &[i64]| v.iter().map(|&a| a as usize).collect::<Vec<_>>();
+        let [lb, rb, lc, rc] = attrs.map(|a| us(a));
+        let free = |rank: usize, b: &[usize], c: &[usize]| -> Vec<usize> {
+            (0..rank)
+                .filter(|a| !b.contains(a) && !c.contains(a))
+                .collect()
+        };
+        let (lf, rf) = (free(lrank, &lb, &lc), free(rrank, &rb, &rc));
+        DotAxes {
+            lb,
+            rb,
+            lc,
+            rc,
+            lf,
+            rf,
+        }
+    }
+}

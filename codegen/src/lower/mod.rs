@@ -1,0 +1,548 @@
+//! Lowering of a fused kernel body (or a single graph node) to the loop-level kernel IR.
+//!
+//! The schedule is "materialize roots, inline the rest": reductions, contractions, gathers,
+//! concatenations, outputs and elementwise values read more than once get a buffer and a loop
+//! nest of their own; views (broadcast, reshape, transpose, slice) become index arithmetic,
+//! and single-use elementwise values become expressions inside their consumer's loop.
+//! Anything else is [`Unsupported`], and the caller runs that node another way.
+
+use std::collections::HashMap;
+
+use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, TensorType, Value};
+
+use kernel::{
+    codes, is_native, Buf, BufId, BufKind, Conv2d, Expr, Gemm, Kernel, Lowered, Mark, Stmt,
+    Unsupported, VarId,
+};
+
+mod contract;
+mod conv;
+mod gather;
+mod index;
+mod reduce;
+mod window;
+
+type Result<T> = std::result::Result<T, Unsupported>;
+
+fn unsupported<T>(what: impl Into<String>) -> Result<T> {
+    Err(Unsupported(what.into()))
+}
+
+/// Lowers a graph (a fused body) to one kernel named `name`.
+pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
+    let mut l = Lowering::new(g, name)?;
+    l.run()?;
+    kernel::stages::fuse(&mut l.k);
+    kernel::stages::shrink_scratch(&mut l.k);
+    let outputs = g
+        .outputs()
+        .iter()
+        .map(|(_, v)| g.value_type(*v).shape.clone())
+        .collect();
+    Ok(Lowered {
+        kernel: l.k,
+        consts: l.consts,
+        outputs,
+    })
+}
+
+struct Lowering<'g> {
+    g: &'g Graph,
+    k: Kernel,
+    consts: Vec<(BufId, Tensor)>,
+    /// Values that live in a buffer.
+    bufs: HashMap<Value, BufId>,
+    dims: HashMap<Dim, usize>,
+    /// Reads of each value, counted through views.
+    reads: HashMap<Value, usize>,
+    order: Vec<NodeId>,
+}
+
+fn is_view(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Broadcast { .. }
+            | Op::Reshape { .. }
+            | Op::Refine { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+    )
+}
+
+fn is_elementwise(op: &Op) -> bool {
+    use ir::OpKind;
+    matches!(
+        op.kind(),
+        OpKind::Unary | OpKind::Binary | OpKind::Ternary | OpKind::Cast
+    )
+}
+
+impl<'g> Lowering<'g> {
+    fn new(g: &'g Graph, name: &str) -> Result<Lowering<'g>> {
+        let order = g
+            .topo_order()
+            .map_err(|_| Unsupported("a cyclic graph".into()))?;
+        let mut l = Lowering {
+            g,
+            k: Kernel {
+                name: name.to_string(),
+                bufs: Vec::new(),
+                dims: Vec::new(),
+                vars: Vec::new(),
+                body: Vec::new(),
+            },
+            consts: Vec::new(),
+            bufs: HashMap::new(),
+            dims: HashMap::new(),
+            reads: HashMap::new(),
+            order,
+        };
+        for &id in &l.order {
+            for ty in g.node(id).types() {
+                if !is_native(ty.dtype) {
+                    return unsupported(format!("dtype {}", ty.dtype));
+                }
+            }
+        }
+        // Reads through views: a view read twice reads its operand twice.
+        for &id in l.order.iter().rev() {
+            let node = g.node(id);
+            let outs = (0..node.types().len())
+                .map(|i| l.reads.get(&Value::new(id, i as u32)).copied().unwrap_or(0))
+                .sum::<usize>();
+            let per_use = if is_view(node.op()) { outs.max(1) } else { 1 };
+            for &v in node.inputs() {
+                *l.reads.entry(v).or_default() += per_use;
+            }
+        }
+        for (_, v) in g.outputs() {
+            *l.reads.entry(*v).or_default() += 1;
+        }
+        Ok(l)
+    }
+
+    fn ty(&self, v: Value) -> &'g TensorType {
+        self.g.value_type(v)
+    }
+
+    fn dim(&mut self, d: &Dim) -> Expr {
+        if let Some(c) = d.as_const() {
+            return Expr::i64(c);
+        }
+        let next = self.dims.len();
+        let k = *self.dims.entry(d.clone()).or_insert(next);
+        if k == next {
+            self.k.dims.push(d.clone());
+        }
+        Expr::Dim(k)
+    }
+
+    fn var(&mut self, dtype: DType) -> VarId {
+        self.k.vars.push(dtype);
+        self.k.vars.len() - 1
+    }
+
+    fn buf(&mut self, name: String, ty: &TensorType, kind: BufKind) -> Result<BufId> {
+        let len = ty
+            .shape
+            .numel()
+            .map_err(|e| Unsupported(format!("a tensor size: {e}")))?;
+        self.k.bufs.push(Buf {
+            name,
+            dtype: ty.dtype,
+            len,
+            kind,
+        });
+        Ok(self.k.bufs.len() - 1)
+    }
+
+    /// Row-major offset of `idx` in `shape` (Horner form).
+    fn linear(&mut self, idx: &[Expr], shape: &Shape) -> Expr {
+        let mut off = Expr::i64(0);
+        for (i, d) in idx.iter().zip(shape.dims()) {
+            let d = self.dim(d);
+            off = off * d + i.clone();
+        }
+        off
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let g = self.g;
+        for (i, &p) in g.params().iter().enumerate() {
+            let ty = &g.node(p).types()[0];
+            let b = self.buf(format!("in{i}"), ty, BufKind::Input)?;
+            self.bufs.insert(Value::new(p, 0), b);
+        }
+        // Outputs get their buffers up front (the caller's order); a value that is an output
+        // lives in its first output buffer, and later outputs of the same value are copies.
+        let mut copies = Vec::new();
+        for (i, (_, v)) in g.outputs().iter().enumerate() {
+            let b = self.buf(format!("out{i}"), self.ty(*v), BufKind::Output)?;
+            if self.bufs.contains_key(v) {
+                copies.push((b, *v));
+            } else {
+                self.bufs.insert(*v, b);
+                if g.node(v.node).op().kind() == ir::OpKind::Source
+                    && !matches!(g.node(v.node).op(), Op::Param { .. })
+                {
+                    copies.push((b, *v));
+                    self.bufs.remove(v);
+                }
+            }
+        }
+        let order = self.order.clone();
+        for id in order {
+            let node = g.node(id);
+            let v = Value::new(id, 0);
+            let op = node.op();
+            let output_buf = self.bufs.get(&v).copied().filter(|&b| {
+                self.k.bufs[b].kind == BufKind::Output && !matches!(op, Op::Param { .. })
+            });
+            match op {
+                Op::Param { .. } => {}
+                Op::Constant { value } => {
+                    if value.tensor.numel() != 1 {
+                        let b = self.buf(
+                            format!("c{}", self.consts.len()),
+                            &node.types()[0],
+                            BufKind::Input,
+                        )?;
+                        self.consts.push((b, value.tensor.clone()));
+                        self.bufs.insert(v, b);
+                    }
+                }
+                Op::TopK { k, axis, largest } => {
+                    let i = Value::new(id, 1);
+                    let out_i = self
+                        .bufs
+                        .get(&i)
+                        .copied()
+                        .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
+                    let bv = self.target(v, output_buf)?;
+                    let bi = self.target(i, out_i)?;
+                    self.topk(v, *k, *axis as usize, *largest, bv, bi)?;
+                }
+                _ if node.types().len() != 1 => {
+                    return unsupported(format!("`{}` (several results)", op.mnemonic()))
+                }
+                _ if is_view(op)
+                    || is_elementwise(op)
+                    || matches!(op, Op::Iota { .. } | Op::Pad { .. }) =>
+                {
+                    let many = self.reads.get(&v).copied().unwrap_or(0) > 1;
+                    if output_buf.is_some() || (many && !is_view(op)) {
+                        let b = self.target(v, output_buf)?;
+                        self.elementwise_nest(v, b)?;
+                    }
+                }
+                Op::ReduceSum { axes }
+                | Op::ReduceProd { axes }
+                | Op::ReduceMax { axes }
+                | Op::ReduceMin { axes } => {
+                    let b = self.target(v, output_buf)?;
+                    self.reduce(v, op, axes, b)?;
+                }
+                Op::Dot { .. } => {
+                    let b = self.target(v, output_buf)?;
+                    self.dot(v, b)?;
+                }
+                Op::Gather { axis } => {
+                    let b = self.target(v, output_buf)?;
+                    self.gather(v, *axis as usize, b)?;
+                }
+                Op::Conv { .. } => {
+                    let b = self.target(v, output_buf)?;
+                    self.conv(v, b)?;
+                }
+                Op::ArgMax { axis, last } | Op::ArgMin { axis, last } => {
+                    let b = self.target(v, output_buf)?;
+                    let max = matches!(op, Op::ArgMax { .. });
+                    self.arg_reduce(v, *axis as usize, max, *last, b)?;
+                }
+                Op::ReduceWindow { .. } => {
+                    let b = self.target(v, output_buf)?;
+                    self.reduce_window(v, b)?;
+                }
+                Op::Concat { axis } => {
+                    let b = self.target(v, output_buf)?;
+                    self.concat(v, *axis as usize, b)?;
+                }
+                Op::GatherNd { batch_dims } => {
+                    let b = self.target(v, output_buf)?;
+                    self.gather_nd(v, *batch_dims as usize, b)?;
+                }
+                Op::ScatterNd { reduction } => {
+                    let b = self.target(v, output_buf)?;
+                    self.scatter_nd(v, *reduction, b)?;
+                }
+                _ => return unsupported(format!("`{}`", op.mnemonic())),
+            }
+        }
+        for (b, v) in copies {
+            let ty = self.ty(v);
+            self.nest(&ty.shape, ty.dtype, |l, idx| {
+                let value = l.expr(v, idx)?;
+                let index = l.linear(idx, &ty.shape);
+                Ok(vec![Stmt::Store {
+                    buf: b,
+                    index,
+                    value,
+                }])
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The buffer `v` is computed into: its output buffer, or new scratch.
+    fn target(&mut self, v: Value, output: Option<BufId>) -> Result<BufId> {
+        if let Some(b) = output {
+            return Ok(b);
+        }
+        let n = self.k.bufs.len();
+        let b = self.buf(format!("t{n}"), self.ty(v), BufKind::Scratch)?;
+        Ok(b)
+    }
+
+    /// A loop nest over `shape` whose innermost body `f` makes from the index variables.
+    /// Axes of extent 1 get no loop (their index is 0). The outermost loop is parallel when
+    /// something is nested in it; the innermost is vector when it holds only scalar code.
+    fn nest(
+        &mut self,
+        shape: &Shape,
+        dtype: DType,
+        f: impl FnOnce(&mut Self, &[Expr]) -> Result<Vec<Stmt>>,
+    ) -> Result<()> {
+        let unit = |d: &Dim| d.as_const() == Some(1);
+        let vars: Vec<Option<VarId>> = shape
+            .dims()
+            .iter()
+            .map(|d| (!unit(d)).then(|| self.var(DType::I64)))
+            .collect();
+        let idx: Vec<Expr> = vars
+            .iter()
+            .map(|v| v.map_or(Expr::i64(0), Expr::Var))
+            .collect();
+        let mut body = f(self, &idx)?;
+        let loops: Vec<(VarId, &Dim)> = vars
+            .iter()
+            .zip(shape.dims())
+            .filter_map(|(v, d)| v.map(|v| (v, d)))
+            .collect();
+        let leaf = body.iter().all(|s| {
+            matches!(
+                s,
+                Stmt::Store { .. } | Stmt::Set { .. } | Stmt::Check { .. }
+            )
+        });
+        let n = loops.len();
+        for (a, &(var, d)) in loops.iter().enumerate().rev() {
+            let mark = if a == 0 && (n > 1 || !leaf) {
+                Mark::Parallel
+            } else if a + 1 == n && leaf && dtype == DType::F32 {
+                Mark::Vector(4)
+            } else {
+                Mark::Serial
+            };
+            let extent = self.dim(d);
+            body = vec![Stmt::Loop {
+                var,
+                extent,
+                mark,
+                body,
+            }];
+        }
+        self.k.body.extend(body);
+        Ok(())
+    }
+
+    fn elementwise_nest(&mut self, v: Value, b: BufId) -> Result<()> {
+        let ty = self.ty(v);
+        let result = self.nest(&ty.shape, ty.dtype, |l, idx| {
+            let value = l.inline(v, idx)?;
+            let index = l.linear(idx, &ty.shape);
+            Ok(vec![Stmt::Store {
+                buf: b,
+                index,
+                value,
+            }])
+        });
+        self.bufs.insert(v, b);
+        result
+    }
+
+    /// The value of `v` at `idx`: a load if it lives in a buffer, else computed in place.
+    fn expr(&mut self, v: Value, idx: &[Expr]) -> Result<Expr> {
+        if let Some(&b) = self.bufs.get(&v) {
+            let index = self.linear(idx, &self.ty(v).shape);
+            return Ok(Expr::Load {
+                buf: b,
+                index: Box::new(index),
+            });
+        }
+        self.inline(v, idx)
+    }
+}
+
+/// Serial loops (outermost first) around `body`.
+/// The extents of a static shape.
+fn static_dims(s: &Shape) -> Vec<i64> {
+    s.dims()
+        .iter()
+        .map(|d| d.as_const().expect("a static shape"))
+        .collect()
+}
+
+fn serial(loops: Vec<(VarId, Expr)>, body: Vec<Stmt>) -> Vec<Stmt> {
+    loops.into_iter().rev().fold(body, |body, (var, extent)| {
+        vec![Stmt::Loop {
+            var,
+            extent,
+            mark: Mark::Serial,
+            body,
+        }]
+    })
+}
+
+/// Statements with loops of extent 1 replaced by their bodies (the variable replaced by 0).
+fn unit_free(body: Vec<Stmt>) -> Vec<Stmt> {
+    let mut out = Vec::new();
+    for s in body {
+        match s {
+            Stmt::Loop {
+                var,
+                extent: Expr::Int(1, _),
+                body,
+                ..
+            } => {
+                let mut body = body;
+                kernel::stages::replace_var(&mut body, var, &Expr::i64(0));
+                out.extend(unit_free(body));
+            }
+            Stmt::Loop {
+                var,
+                extent,
+                mark,
+                body,
+            } => out.push(Stmt::Loop {
+                var,
+                extent,
+                mark,
+                body: unit_free(body),
+            }),
+            s => out.push(s),
+        }
+    }
+    out
+}
+
+/// `acc = init`, then `acc = update` inside serial `loops`, then `store`.
+fn accumulate(
+    acc: VarId,
+    init: Expr,
+    loops: Vec<(VarId, Expr)>,
+    update: Expr,
+    store: Stmt,
+) -> Vec<Stmt> {
+    let mut body = vec![Stmt::Set {
+        var: acc,
+        value: init,
+    }];
+    body.extend(serial(
+        loops,
+        vec![Stmt::Set {
+            var: acc,
+            value: update,
+        }],
+    ));
+    body.push(store);
+    body
+}
+
+/// The dtype and initial value of an accumulator reducing by `step` into `dtype`: f32 sums
+/// and products accumulate in f64, as the interpreter does (cancellation in long sums then
+/// costs nothing).
+fn accumulator(step: &Op, dtype: DType, init: Expr) -> (DType, Expr) {
+    if dtype == DType::F32 && matches!(step, Op::Add | Op::Mul) {
+        let init = match init {
+            Expr::Float(v, _) => Expr::Float(v, DType::F64),
+            e => e,
+        };
+        (DType::F64, init)
+    } else {
+        (dtype, init)
+    }
+}
+
+/// `e` converted to `dtype` (nothing when it has it already, for i64 indices).
+fn cast(e: Expr, dtype: DType) -> Expr {
+    if dtype == DType::I64 && matches!(e, Expr::Var(_) | Expr::Int(_, DType::I64)) {
+        return e;
+    }
+    Expr::Op {
+        op: Op::Cast {
+            dtype,
+            saturate: false,
+        },
+        args: vec![e],
+        dtype,
+    }
+}
+
+fn constant(v: f64, dtype: DType) -> Expr {
+    if dtype.is_float() {
+        Expr::Float(v, dtype)
+    } else {
+        Expr::Int(v as i64, dtype)
+    }
+}
+
+/// The identity of max (`min = false`) or min over `dtype`.
+fn extreme(dtype: DType, min: bool) -> Expr {
+    let sign = if min { 1.0 } else { -1.0 };
+    match dtype {
+        DType::F32 | DType::F64 => Expr::Float(sign * f64::INFINITY, dtype),
+        DType::I8 => Expr::Int(if min { i8::MAX as i64 } else { i8::MIN as i64 }, dtype),
+        DType::I16 => Expr::Int(
+            if min {
+                i16::MAX as i64
+            } else {
+                i16::MIN as i64
+            },
+            dtype,
+        ),
+        DType::I32 => Expr::Int(
+            if min {
+                i32::MAX as i64
+            } else {
+                i32::MIN as i64
+            },
+            dtype,
+        ),
+        DType::U8 => Expr::Int(if min { u8::MAX as i64 } else { 0 }, dtype),
+        DType::U16 => Expr::Int(if min { u16::MAX as i64 } else { 0 }, dtype),
+        DType::U32 => Expr::Int(if min { u32::MAX as i64 } else { 0 }, dtype),
+        // u64::MAX as the bit pattern -1.
+        DType::U64 => Expr::Int(if min { -1 } else { 0 }, dtype),
+        _ => Expr::Int(if min { i64::MAX } else { i64::MIN }, dtype),
+    }
+}
+
+/// A one-element constant as a scalar expression.
+fn scalar(t: &Tensor) -> Result<Expr> {
+    use ir::Data;
+    let d = t.data();
+    Ok(match d {
+        Data::F32(v) => Expr::Float(v[0] as f64, DType::F32),
+        Data::F64(v) => Expr::Float(v[0], DType::F64),
+        Data::I8(v) => Expr::Int(v[0] as i64, DType::I8),
+        Data::I16(v) => Expr::Int(v[0] as i64, DType::I16),
+        Data::I32(v) => Expr::Int(v[0] as i64, DType::I32),
+        Data::I64(v) => Expr::Int(v[0], DType::I64),
+        Data::U8(v) => Expr::Int(v[0] as i64, DType::U8),
+        Data::U16(v) => Expr::Int(v[0] as i64, DType::U16),
+        Data::U32(v) => Expr::Int(v[0] as i64, DType::U32),
+        Data::U64(v) => Expr::Int(v[0] as i64, DType::U64),
+        Data::Bool(v) => Expr::Int(v[0] as i64, DType::Bool),
+        _ => return unsupported(format!("a {} constant", d.dtype())),
+    })
+}

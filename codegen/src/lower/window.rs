@@ -1,0 +1,265 @@
+//! Windows and arg-reductions: pooling over identity-padded copies, arg-max/arg-min.
+
+use super::conv::covering;
+use super::*;
+
+impl Lowering<'_> {
+    /// argmax/argmin along `axis`: the first (or last, with `last`) extreme; a NaN is the
+    /// extreme, as in the interpreter.
+    pub(super) fn arg_reduce(
+        &mut self,
+        v: Value,
+        axis: usize,
+        max: bool,
+        last: bool,
+        out: BufId,
+    ) -> Result<()> {
+        let x = self.g.node(v.node).inputs()[0];
+        let xs = self.ty(x).shape.clone();
+        let xd = self.ty(x).dtype;
+        let os = self.ty(v).shape.clone();
+        let (bi, bv, k, xvar) = (
+            self.var(DType::I64),
+            self.var(xd),
+            self.var(DType::I64),
+            self.var(xd),
+        );
+        let op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
+        let b = |x: bool| Expr::Int(x as i64, DType::Bool);
+        self.nest(&os, DType::I64, |l, idx| {
+            let mut full = idx[..axis].to_vec();
+            full.push(Expr::Var(k));
+            full.extend_from_slice(&idx[axis..]);
+            let load = l.expr(x, &full)?;
+            let x = Expr::Var(xvar);
+            let cur = Expr::Var(bv);
+            let strict = op(
+                if max { Op::Gt } else { Op::Lt },
+                vec![x.clone(), cur.clone()],
+                DType::Bool,
+            );
+            let eq = op(Op::Eq, vec![x.clone(), cur.clone()], DType::Bool);
+            let cmp = op(
+                Op::Or,
+                vec![strict, op(Op::And, vec![b(last), eq], DType::Bool)],
+                DType::Bool,
+            );
+            let better = if xd.is_float() {
+                let xn = op(Op::IsNan, vec![x.clone()], DType::Bool);
+                let cn = op(Op::IsNan, vec![cur], DType::Bool);
+                let not = |e: Expr| op(Op::Not, vec![e], DType::Bool);
+                op(
+                    Op::Or,
+                    vec![
+                        op(
+                            Op::And,
+                            vec![
+                                xn.clone(),
+                                op(Op::Or, vec![not(cn.clone()), b(last)], DType::Bool),
+                            ],
+                            DType::Bool,
+                        ),
+                        op(
+                            Op::And,
+                            vec![not(xn), op(Op::And, vec![not(cn), cmp], DType::Bool)],
+                            DType::Bool,
+                        ),
+                    ],
+                    DType::Bool,
+                )
+            } else {
+                cmp
+            };
+            let better = op(
+                Op::Or,
+                vec![
+                    op(Op::Eq, vec![Expr::Var(k), Expr::i64(0)], DType::Bool),
+                    better,
+                ],
+                DType::Bool,
+            );
+            let extent = l.dim(xs.dim(axis));
+            let index = l.linear(idx, &os);
+            Ok(vec![
+                Stmt::Set {
+                    var: bi,
+                    value: Expr::i64(0),
+                },
+                Stmt::Set {
+                    var: bv,
+                    value: constant(0.0, xd),
+                },
+                Stmt::Loop {
+                    var: k,
+                    extent,
+                    mark: Mark::Serial,
+                    body: vec![
+                        Stmt::Set {
+                            var: xvar,
+                            value: load,
+                        },
+                        Stmt::Set {
+                            var: bi,
+                            value: op(
+                                Op::Select,
+                                vec![better.clone(), Expr::Var(k), Expr::Var(bi)],
+                                DType::I64,
+                            ),
+                        },
+                        Stmt::Set {
+                            var: bv,
+                            value: op(Op::Select, vec![better, x, Expr::Var(bv)], xd),
+                        },
+                    ],
+                },
+                Stmt::Store {
+                    buf: out,
+                    index,
+                    value: Expr::Var(bi),
+                },
+            ])
+        })?;
+        self.bufs.insert(v, out);
+        Ok(())
+    }
+
+    /// Pooling: a reduction over each window; taps on padding are skipped (they read a
+    /// clamped index and contribute the identity).
+    pub(super) fn reduce_window(&mut self, v: Value, out: BufId) -> Result<()> {
+        let node = self.g.node(v.node);
+        let Op::ReduceWindow {
+            kind,
+            window,
+            stride,
+            dilation,
+            pad_low,
+            ..
+        } = node.op()
+        else {
+            unreachable!("called on reduce_window")
+        };
+        let x = node.inputs()[0];
+        if !self.bufs.contains_key(&x) {
+            let n = self.k.bufs.len();
+            let b = self.buf(format!("t{n}"), self.ty(x), BufKind::Scratch)?;
+            self.elementwise_nest(x, b)?;
+        }
+        let xb = self.bufs[&x];
+        let xs = self.ty(x).shape.clone();
+        let os = self.ty(v).shape.clone();
+        let dtype = self.ty(v).dtype;
+        let (step, init) = match kind {
+            ir::ReduceKind::Sum => (Op::Add, constant(0.0, dtype)),
+            ir::ReduceKind::Prod => (Op::Mul, constant(1.0, dtype)),
+            ir::ReduceKind::Max => (Op::Max, extreme(dtype, false)),
+            ir::ReduceKind::Min => (Op::Min, extreme(dtype, true)),
+        };
+        let static_f32 = dtype == DType::F32 && xs.is_static() && os.is_static() && xs.rank() > 0;
+        if static_f32 && matches!(step, Op::Max | Op::Min) {
+            // Max and min are exact in any order: accumulate whole output rows in vector
+            // loops over a copy of the input padded with the identity.
+            let (xd, od) = (static_dims(&xs), static_dims(&os));
+            let padded = covering(&xd, &od, window, stride, dilation, pad_low);
+            let (pb, p_shape) = self.padded_copy(x, xb, pad_low, &padded, init.clone(), false)?;
+            let r = xd.len() - 1;
+            let rows = Shape::new(os.dims()[..r].to_vec());
+            let (wv, ow) = (self.var(DType::I64), od[r]);
+            self.nest(&rows, dtype, |l, idx| {
+                let w = Expr::Var(wv);
+                let mut oidx = idx.to_vec();
+                oidx.push(w.clone());
+                let oindex = l.linear(&oidx, &os);
+                let row = |body: Stmt| Stmt::Loop {
+                    var: wv,
+                    extent: Expr::i64(ow),
+                    mark: Mark::Vector(4),
+                    body: vec![body],
+                };
+                let kv: Vec<VarId> = (0..=r).map(|_| l.var(DType::I64)).collect();
+                let at: Vec<Expr> = (0..=r)
+                    .map(|d| {
+                        let o = if d == r { w.clone() } else { idx[d].clone() };
+                        o * Expr::i64(stride[d]) + Expr::Var(kv[d]) * Expr::i64(dilation[d])
+                    })
+                    .collect();
+                let tap = Expr::Load {
+                    buf: pb,
+                    index: Box::new(l.linear(&at, &p_shape)),
+                };
+                let cur = Expr::Load {
+                    buf: out,
+                    index: Box::new(oindex.clone()),
+                };
+                let update = row(Stmt::Store {
+                    buf: out,
+                    index: oindex.clone(),
+                    value: Expr::Op {
+                        op: step.clone(),
+                        args: vec![cur, tap],
+                        dtype,
+                    },
+                });
+                let loops = kv
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &k)| (k, Expr::i64(window[d])))
+                    .collect();
+                let mut body = vec![row(Stmt::Store {
+                    buf: out,
+                    index: oindex,
+                    value: init.clone(),
+                })];
+                body.extend(unit_free(serial(loops, vec![update])));
+                Ok(body)
+            })?;
+            self.bufs.insert(v, out);
+            return Ok(());
+        }
+        let (acc_ty, init) = accumulator(&step, dtype, init);
+        let wide = acc_ty != dtype;
+        let acc = self.var(acc_ty);
+        let op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
+        self.nest(&os, dtype, |l, idx| {
+            let kv: Vec<VarId> = (0..xs.rank()).map(|_| l.var(DType::I64)).collect();
+            let taps: Vec<Expr> = kv
+                .iter()
+                .enumerate()
+                .map(|(d, &k)| {
+                    idx[d].clone() * Expr::i64(stride[d])
+                        + Expr::i64(-pad_low[d])
+                        + Expr::Var(k) * Expr::i64(dilation[d])
+                })
+                .collect();
+            let (at, ok) = l.clamp(&taps, xs.dims());
+            let index = l.linear(&at, &xs);
+            let mut xval = Expr::Load {
+                buf: xb,
+                index: Box::new(index),
+            };
+            if wide {
+                xval = cast(xval, DType::F64);
+            }
+            let next = op(step.clone(), vec![Expr::Var(acc), xval], acc_ty);
+            let update = op(Op::Select, vec![ok, next, Expr::Var(acc)], acc_ty);
+            let loops = kv
+                .iter()
+                .enumerate()
+                .map(|(d, &k)| (k, Expr::i64(window[d])))
+                .collect();
+            let index = l.linear(idx, &os);
+            let value = if wide {
+                cast(Expr::Var(acc), dtype)
+            } else {
+                Expr::Var(acc)
+            };
+            let store = Stmt::Store {
+                buf: out,
+                index,
+                value,
+            };
+            Ok(accumulate(acc, init, loops, update, store))
+        })?;
+        self.bufs.insert(v, out);
+        Ok(())
+    }
+}
