@@ -2,6 +2,27 @@
 //! artifacts record them (`has_avx2`, `has_fma`, ...), so a loader can check what a piece of
 //! compiled code assumes without a code generator.
 
+/// What lowering assumes of the machine, in backend-neutral terms: the vectors loops are
+/// marked for and the working-block size blocked loops are cut to. One value per backend and
+/// target instead of constants scattered through lowering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// Lanes of the vectors `Mark::Vector` loops run in (f32 lanes).
+    pub vector_lanes: u32,
+    /// Bytes of cache a core keeps one block of a blocked loop in (a conv's row blocks with
+    /// their columns).
+    pub block_bytes: usize,
+}
+
+impl Machine {
+    /// What the Cranelift backend targets everywhere: 128-bit vectors (4 f32 lanes, which
+    /// Cranelift's SIMD types give on every x86-64 level) and 512 KiB blocks (a core's L2).
+    pub const CRANELIFT: Machine = Machine {
+        vector_lanes: 4,
+        block_bytes: 512 << 10,
+    };
+}
+
 /// The target triple of this build (`x86_64-unknown-linux-gnu`, ...): code compiled for another
 /// does not load here.
 pub fn host_triple() -> String {

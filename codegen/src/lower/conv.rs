@@ -111,6 +111,7 @@ impl Lowering<'_> {
     /// channel of the group and window position (the order of the scalar loops, so sums
     /// round identically). Padding is a zero-filled copy of the input, so loads need no guard.
     pub(super) fn conv_rows(&mut self, v: Value, out: BufId, xb: BufId, wb: BufId) -> Result<()> {
+        let lanes = self.machine.vector_lanes;
         let StaticConv {
             stride,
             dilation,
@@ -201,7 +202,7 @@ impl Lowering<'_> {
                 return Ok(vec![Stmt::Loop {
                     var: wv_,
                     extent: Expr::i64(ow),
-                    mark: Mark::Vector(4),
+                    mark: Mark::Vector(lanes),
                     body: vec![Stmt::Store {
                         buf: out,
                         index: oindex,
@@ -239,7 +240,7 @@ impl Lowering<'_> {
             let update = Stmt::Loop {
                 var: wv_,
                 extent: Expr::i64(ow),
-                mark: Mark::Vector(4),
+                mark: Mark::Vector(lanes),
                 body: vec![Stmt::Store {
                     buf: out,
                     index: oindex,
@@ -253,7 +254,7 @@ impl Lowering<'_> {
             let zero = Stmt::Loop {
                 var: wv_,
                 extent: Expr::i64(ow),
-                mark: Mark::Vector(4),
+                mark: Mark::Vector(lanes),
                 body: vec![Stmt::Store {
                     buf: out,
                     index: oindex_zero,
@@ -606,11 +607,11 @@ impl Lowering<'_> {
         let (o, cg, kh, kw, oh, ow) = (ws[0], ws[1], ws[2], ws[3], os[2], os[3]);
         let k = cg * kh * kw;
         // Rows per block: the fewest that make 64 columns (four micro-kernel panels), if that
-        // leaves two blocks or more and a block's columns fit in 512 KiB (a core's cache).
+        // leaves two blocks or more and a block's columns fit in the machine's block size (512 KiB, a core's cache).
         let Some(rows) = (1..=oh / 2).find(|&r| oh % r == 0 && r * ow >= 64) else {
             return Ok(None);
         };
-        if rows * ow * k * 4 > 512 << 10 {
+        if rows * ow * k * 4 > self.machine.block_bytes as i64 {
             return Ok(None);
         }
         let cols = rows * ow;

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, TensorType, Value};
 
+use kernel::target::Machine;
 use kernel::{
     codes, is_native, Buf, BufId, BufKind, Conv2d, Expr, Gemm, Kernel, Lowered, Mark, Stmt,
     Unsupported, VarId,
@@ -28,9 +29,14 @@ fn unsupported<T>(what: impl Into<String>) -> Result<T> {
     Err(Unsupported(what.into()))
 }
 
-/// Lowers a graph (a fused body) to one kernel named `name`.
+/// Lowers a graph (a fused body) to one kernel named `name`, for the machine Cranelift targets.
 pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
-    let mut l = Lowering::new(g, name)?;
+    lower_for(g, name, &Machine::CRANELIFT)
+}
+
+/// Lowers a graph to one kernel named `name` for `machine` (its vector width, its block size).
+pub fn lower_for(g: &Graph, name: &str, machine: &Machine) -> Result<Lowered> {
+    let mut l = Lowering::new(g, name, *machine)?;
     l.run()?;
     kernel::stages::fuse(&mut l.k);
     kernel::stages::shrink_scratch(&mut l.k);
@@ -56,6 +62,7 @@ struct Lowering<'g> {
     /// Reads of each value, counted through views.
     reads: HashMap<Value, usize>,
     order: Vec<NodeId>,
+    machine: Machine,
 }
 
 fn is_view(op: &Op) -> bool {
@@ -78,7 +85,7 @@ fn is_elementwise(op: &Op) -> bool {
 }
 
 impl<'g> Lowering<'g> {
-    fn new(g: &'g Graph, name: &str) -> Result<Lowering<'g>> {
+    fn new(g: &'g Graph, name: &str, machine: Machine) -> Result<Lowering<'g>> {
         let order = g
             .topo_order()
             .map_err(|_| Unsupported("a cyclic graph".into()))?;
@@ -96,6 +103,7 @@ impl<'g> Lowering<'g> {
             dims: HashMap::new(),
             reads: HashMap::new(),
             order,
+            machine,
         };
         for &id in &l.order {
             for ty in g.node(id).types() {
@@ -339,7 +347,7 @@ impl<'g> Lowering<'g> {
             let mark = if a == 0 && (n > 1 || !leaf) {
                 Mark::Parallel
             } else if a + 1 == n && leaf && dtype == DType::F32 {
-                Mark::Vector(4)
+                Mark::Vector(self.machine.vector_lanes)
             } else {
                 Mark::Serial
             };

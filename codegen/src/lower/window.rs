@@ -126,6 +126,7 @@ impl Lowering<'_> {
     /// Pooling: a reduction over each window; taps on padding are skipped (they read a
     /// clamped index and contribute the identity).
     pub(super) fn reduce_window(&mut self, v: Value, out: BufId) -> Result<()> {
+        let lanes = self.machine.vector_lanes;
         let node = self.g.node(v.node);
         let Op::ReduceWindow {
             kind,
@@ -172,7 +173,7 @@ impl Lowering<'_> {
                 let row = |body: Stmt| Stmt::Loop {
                     var: wv,
                     extent: Expr::i64(ow),
-                    mark: Mark::Vector(4),
+                    mark: Mark::Vector(lanes),
                     body: vec![body],
                 };
                 let kv: Vec<VarId> = (0..=r).map(|_| l.var(DType::I64)).collect();
