@@ -335,8 +335,7 @@ impl<'f> Lower<'_, 'f> {
                     .ins()
                     .store(MemFlagsData::new().with_notrap(), x, addr, 0);
             }
-            Stmt::Gemm(g) => self.gemm(g)?,
-            Stmt::Conv2d(c) => self.conv2d(c)?,
+            Stmt::Call(c) => self.routine_call(c)?,
             Stmt::Check { cond, code } => {
                 let c = self.expr_of(cond, DType::Bool, "a check condition")?;
                 let code = self.b.ins().iconst(types::I32, i64::from(*code));
@@ -559,82 +558,30 @@ impl<'f> Lower<'_, 'f> {
         Ok(x)
     }
 
-    /// A call of the library matrix product.
-    fn gemm(&mut self, g: &kernel::Gemm) -> R<()> {
-        for b in [g.a, g.b, g.c] {
-            if self.buf_dtype(b)? != DType::F32 {
-                return Err(self.unsupported("gemm on buffers that are not f32"));
-            }
-        }
-        let mut args = Vec::new();
-        for (buf, off, rs, cs) in [
-            (g.a, &g.a_off, Some(&g.a_rs), Some(&g.a_cs)),
-            (g.b, &g.b_off, Some(&g.b_rs), Some(&g.b_cs)),
-            (g.c, &g.c_off, None, None),
-        ] {
-            let p = self.address(buf, off)?;
-            args.push(p);
-            for x in [rs, cs].into_iter().flatten() {
-                args.push(self.expr_of(x, DType::I64, "a gemm stride")?);
-            }
-        }
-        for x in [&g.c_rs, &g.m, &g.n, &g.k] {
-            args.push(self.expr_of(x, DType::I64, "a gemm size")?);
-        }
-        // kiln_sgemm_packed(a, a_rs, a_cs, b, b_rs, b_cs, bp, c, ldc, m, n, k); bp null
-        // unless B was packed ahead of time.
-        let bp = match g.b_packed {
-            Some(p) => {
-                if self.buf_dtype(p)? != DType::F32 {
-                    return Err(self.invalid("a packed gemm operand that is not f32"));
+    /// A call of a library routine: every operand's address (null for an absent optional
+    /// one), then every integer argument as i64, as the routine table says.
+    fn routine_call(&mut self, c: &kernel::Call) -> R<()> {
+        let r = c.checked().map_err(|m| self.invalid(m))?;
+        let mut args = Vec::with_capacity(c.operands.len() + c.ints.len());
+        for (op, &(_, _, dtype)) in c.operands.iter().zip(r.operands) {
+            match op {
+                Some((buf, off)) => {
+                    if self.buf_dtype(*buf)? != dtype {
+                        return Err(
+                            self.unsupported(format!("{} on buffers that are not {dtype}", r.name))
+                        );
+                    }
+                    args.push(self.address(*buf, off)?);
                 }
-                self.bases[p]
-            }
-            None => self.b.ins().iconst(self.ptr, 0),
-        };
-        args.insert(6, bp);
-        let f = self.import(
-            "kiln_sgemm_packed",
-            &[
-                self.ptr,
-                types::I64,
-                types::I64,
-                self.ptr,
-                types::I64,
-                types::I64,
-                self.ptr,
-                self.ptr,
-                types::I64,
-                types::I64,
-                types::I64,
-                types::I64,
-            ],
-            None,
-        )?;
-        self.b.ins().call(f, &args);
-        Ok(())
-    }
-
-    /// `kiln_conv2d_plane(x, k, out, h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw)`.
-    fn conv2d(&mut self, c: &kernel::Conv2d) -> R<()> {
-        for b in [c.x, c.k, c.out] {
-            if self.buf_dtype(b)? != DType::F32 {
-                return Err(self.unsupported("conv2d on buffers that are not f32"));
+                None => args.push(self.b.ins().iconst(self.ptr, 0)),
             }
         }
-        let mut args = Vec::new();
-        for (buf, off) in [(c.x, &c.x_off), (c.k, &c.k_off), (c.out, &c.out_off)] {
-            args.push(self.address(buf, off)?);
+        for x in &c.ints {
+            args.push(self.expr_of(x, DType::I64, "a routine's integer argument")?);
         }
-        let g = &c.geometry;
-        for v in [
-            g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.ph, g.pw,
-        ] {
-            args.push(self.b.ins().iconst(types::I64, v));
-        }
-        let mut params = vec![self.ptr; 3];
-        params.extend([types::I64; 12]);
-        let f = self.import("kiln_conv2d_plane", &params, None)?;
+        let mut params = vec![self.ptr; r.operands.len()];
+        params.extend(vec![types::I64; r.ints.len()]);
+        let f = self.import(r.symbol, &params, None)?;
         self.b.ins().call(f, &args);
         Ok(())
     }

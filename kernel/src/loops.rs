@@ -81,10 +81,106 @@ pub enum Stmt {
     },
     /// Ends the kernel with `code` unless `cond` (a bool) holds.
     Check { cond: Expr, code: u32 },
-    /// A matrix product of f32 buffers by the library micro-kernel.
-    Gemm(Box<Gemm>),
-    /// A 2-D convolution of one f32 plane by one filter plane, by the library kernel.
-    Conv2d(Box<Conv2d>),
+    /// A call of a library routine (`gemm`, `conv2d`, ...: [`crate::routines::ROUTINES`]).
+    Call(Box<Call>),
+}
+
+/// A call of a library routine: its operands (a buffer and the offset of the first element
+/// it touches, per operand of the routine, `None` for an absent optional one) and its integer
+/// arguments (i64 expressions), both in the routine's order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Call {
+    /// The routine's name (as [`crate::routines::routine`] finds it).
+    pub routine: String,
+    pub operands: Vec<Option<(BufId, Expr)>>,
+    pub ints: Vec<Expr>,
+}
+
+impl Call {
+    /// The routine called, if it is one of [`crate::routines::ROUTINES`].
+    pub fn routine(&self) -> Option<&'static crate::routines::Routine> {
+        crate::routines::routine(&self.routine)
+    }
+
+    /// The routine, with this call's operands and integer arguments checked against it.
+    pub fn checked(&self) -> Result<&'static crate::routines::Routine, String> {
+        let r = self
+            .routine()
+            .ok_or_else(|| format!("an unknown routine `{}`", self.routine))?;
+        if self.operands.len() != r.operands.len() || self.ints.len() != r.ints.len() {
+            return Err(format!(
+                "`{}` with {} operands and {} integers (it takes {} and {})",
+                r.name,
+                self.operands.len(),
+                self.ints.len(),
+                r.operands.len(),
+                r.ints.len()
+            ));
+        }
+        for (op, (name, role, _)) in self.operands.iter().zip(r.operands) {
+            if op.is_none() && *role != crate::routines::Role::Optional {
+                return Err(format!("`{}` without its operand `{name}`", r.name));
+            }
+        }
+        Ok(r)
+    }
+
+    /// Integer argument `name` of the routine.
+    pub fn int(&self, name: &str) -> Option<&Expr> {
+        let r = self.routine()?;
+        self.ints.get(r.ints.iter().position(|n| *n == name)?)
+    }
+
+    /// Operand `name` of the routine, when given.
+    pub fn operand(&self, name: &str) -> Option<&(BufId, Expr)> {
+        let r = self.routine()?;
+        self.operands
+            .get(r.operands.iter().position(|(n, _, _)| *n == name)?)?
+            .as_ref()
+    }
+
+    /// Whether operand `i` is read or written (given, and not replaced by another given one).
+    fn accessed(&self, i: usize) -> bool {
+        let replaced = self
+            .routine()
+            .and_then(|r| r.replaces)
+            .is_some_and(|(by, of)| of == i && self.operands.get(by).is_some_and(Option::is_some));
+        self.operands.get(i).is_some_and(Option::is_some) && !replaced
+    }
+}
+
+impl From<Gemm> for Call {
+    fn from(g: Gemm) -> Call {
+        Call {
+            routine: "gemm".into(),
+            operands: vec![
+                Some((g.a, g.a_off)),
+                Some((g.b, g.b_off)),
+                g.b_packed.map(|p| (p, Expr::i64(0))),
+                Some((g.c, g.c_off)),
+            ],
+            ints: vec![g.a_rs, g.a_cs, g.b_rs, g.b_cs, g.c_rs, g.m, g.n, g.k],
+        }
+    }
+}
+
+impl From<Conv2d> for Call {
+    fn from(c: Conv2d) -> Call {
+        let g = c.geometry;
+        Call {
+            routine: "conv2d".into(),
+            operands: vec![
+                Some((c.x, c.x_off)),
+                Some((c.k, c.k_off)),
+                Some((c.out, c.out_off)),
+            ],
+            ints: [
+                g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.ph, g.pw,
+            ]
+            .map(Expr::i64)
+            .to_vec(),
+        }
+    }
 }
 
 /// The one way to look into statements: what a statement holds directly — its expressions,
@@ -100,11 +196,10 @@ impl Stmt {
             Stmt::Set { value, .. } => vec![value],
             Stmt::Store { index, value, .. } => vec![index, value],
             Stmt::Check { cond, .. } => vec![cond],
-            Stmt::Conv2d(c) => vec![&c.x_off, &c.k_off, &c.out_off],
-            Stmt::Gemm(g) => vec![
-                &g.a_off, &g.a_rs, &g.a_cs, &g.b_off, &g.b_rs, &g.b_cs, &g.c_off, &g.c_rs, &g.m,
-                &g.n, &g.k,
-            ],
+            Stmt::Call(c) => {
+                let offsets = c.operands.iter().flatten().map(|(_, off)| off);
+                offsets.chain(&c.ints).collect()
+            }
         }
     }
 
@@ -115,22 +210,10 @@ impl Stmt {
             Stmt::Set { value, .. } => vec![value],
             Stmt::Store { index, value, .. } => vec![index, value],
             Stmt::Check { cond, .. } => vec![cond],
-            Stmt::Conv2d(c) => vec![&mut c.x_off, &mut c.k_off, &mut c.out_off],
-            Stmt::Gemm(g) => {
-                let g = &mut **g;
-                vec![
-                    &mut g.a_off,
-                    &mut g.a_rs,
-                    &mut g.a_cs,
-                    &mut g.b_off,
-                    &mut g.b_rs,
-                    &mut g.b_cs,
-                    &mut g.c_off,
-                    &mut g.c_rs,
-                    &mut g.m,
-                    &mut g.n,
-                    &mut g.k,
-                ]
+            Stmt::Call(c) => {
+                let c = &mut **c;
+                let offsets = c.operands.iter_mut().flatten().map(|(_, off)| off);
+                offsets.chain(c.ints.iter_mut()).collect()
             }
         }
     }
@@ -141,43 +224,43 @@ impl Stmt {
     pub fn operands(&self) -> Vec<(BufId, bool)> {
         match self {
             Stmt::Store { buf, .. } => vec![(*buf, true)],
-            Stmt::Conv2d(c) => vec![(c.x, false), (c.k, false), (c.out, true)],
-            Stmt::Gemm(g) => {
-                let mut v = vec![(g.a, false), (g.c, true)];
-                v.push((g.b_packed.unwrap_or(g.b), false));
-                v
+            Stmt::Call(c) => {
+                let roles = c.routine().map_or(&[][..], |r| r.operands);
+                c.operands
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| c.accessed(i))
+                    .filter_map(|(i, op)| {
+                        let write = roles
+                            .get(i)
+                            .is_some_and(|(_, role, _)| *role == crate::routines::Role::Write);
+                        op.as_ref().map(|(b, _)| (*b, write))
+                    })
+                    .collect()
             }
             Stmt::Loop { .. } | Stmt::Set { .. } | Stmt::Check { .. } => vec![],
         }
     }
 
-    /// Every buffer the statement itself names: its [`Stmt::operands`], and a product's B
-    /// even when it reads a packed copy instead.
+    /// Every buffer the statement itself names: its [`Stmt::operands`], and a routine's
+    /// operands even when another replaces them (a product's B when it reads a packed copy).
     pub fn named_buffers(&self) -> Vec<BufId> {
-        let mut v: Vec<BufId> = self.operands().into_iter().map(|(b, _)| b).collect();
-        if let Stmt::Gemm(g) = self {
-            v.push(g.b);
+        match self {
+            Stmt::Call(c) => c.operands.iter().flatten().map(|(b, _)| *b).collect(),
+            s => s.operands().into_iter().map(|(b, _)| b).collect(),
         }
-        v
     }
 
     /// A library routine's operands with the offsets it reads or writes them from, to
     /// rewrite where an operand lives (a store's index is among [`Stmt::exprs_mut`]).
     pub fn operand_offsets_mut(&mut self) -> Vec<(BufId, &mut Expr)> {
         match self {
-            Stmt::Conv2d(c) => vec![
-                (c.x, &mut c.x_off),
-                (c.k, &mut c.k_off),
-                (c.out, &mut c.out_off),
-            ],
-            Stmt::Gemm(g) => {
-                let g = &mut **g;
-                vec![
-                    (g.a, &mut g.a_off),
-                    (g.b, &mut g.b_off),
-                    (g.c, &mut g.c_off),
-                ]
-            }
+            Stmt::Call(c) => c
+                .operands
+                .iter_mut()
+                .flatten()
+                .map(|(b, off)| (*b, off))
+                .collect(),
             _ => vec![],
         }
     }
@@ -246,35 +329,6 @@ pub struct Conv2d {
     pub out: BufId,
     pub out_off: Expr,
     pub geometry: crate::routines::conv::Geometry,
-}
-
-impl Conv2d {
-    /// Each buffer it accesses with the first and last element (it touches every element
-    /// in between or may).
-    pub fn ranges(&self) -> [(BufId, Expr, Expr, bool); 3] {
-        let g = &self.geometry;
-        let last = |off: &Expr, n: i64| off.clone() + Expr::i64(n - 1);
-        [
-            (
-                self.x,
-                self.x_off.clone(),
-                last(&self.x_off, g.h * g.w),
-                false,
-            ),
-            (
-                self.k,
-                self.k_off.clone(),
-                last(&self.k_off, g.kh * g.kw),
-                false,
-            ),
-            (
-                self.out,
-                self.out_off.clone(),
-                last(&self.out_off, g.oh * g.ow),
-                true,
-            ),
-        ]
-    }
 }
 
 /// `c[c_off + i*c_rs + j] = Σ_l a[a_off + i*a_rs + l*a_cs] · b[b_off + l*b_rs + j*b_cs]` for
@@ -528,8 +582,9 @@ impl fmt::Display for Mark {
 }
 
 impl Kernel {
-    /// Checks that every buffer, dim and variable a statement names exists (deserialized
-    /// kernels are checked before anything indexes by them).
+    /// Checks that every buffer, dim and variable a statement names exists and every call is
+    /// of a known routine with its operands and arguments (deserialized kernels are checked
+    /// before anything indexes by them).
     pub fn check_ids(&self) -> Result<(), String> {
         let (bufs, dims, vars) = (self.bufs.len(), self.dims.len(), self.vars.len());
         let buf = |b: BufId| match b < bufs {
@@ -563,9 +618,15 @@ impl Kernel {
                     Stmt::Loop { var, .. } | Stmt::Set { var, .. } => Some(*var),
                     _ => None,
                 };
-                result = var
-                    .filter(|&x| x >= vars)
-                    .map_or(Ok(()), |x| Err(format!("variable {x} of {vars}")))
+                let call = match s {
+                    Stmt::Call(c) => c.checked().map(|_| ()),
+                    _ => Ok(()),
+                };
+                result = call
+                    .and_then(|()| {
+                        var.filter(|&x| x >= vars)
+                            .map_or(Ok(()), |x| Err(format!("variable {x} of {vars}")))
+                    })
                     .and_then(|()| s.named_buffers().into_iter().try_for_each(buf))
                     .and_then(|()| {
                         s.exprs()
@@ -657,67 +718,36 @@ impl Kernel {
                     self.expr(cond, out);
                     write!(out, " else {code}").unwrap();
                 }
-                Stmt::Conv2d(c) => {
+                Stmt::Call(c) => {
                     let e = |x: &Expr| {
                         let mut t = String::new();
                         self.expr(x, &mut t);
                         t
                     };
-                    let g = &c.geometry;
-                    write!(
-                        out,
-                        "conv2d {}[{}; {}x{}] = {}[{}; {}x{}] * {}[{}; {}x{}] stride {}x{} dilation {}x{} pad {}x{}",
-                        self.bufs[c.out].name,
-                        e(&c.out_off),
-                        g.oh,
-                        g.ow,
-                        self.bufs[c.x].name,
-                        e(&c.x_off),
-                        g.h,
-                        g.w,
-                        self.bufs[c.k].name,
-                        e(&c.k_off),
-                        g.kh,
-                        g.kw,
-                        g.sh,
-                        g.sw,
-                        g.dh,
-                        g.dw,
-                        g.ph,
-                        g.pw
-                    )
-                    .unwrap();
-                }
-                Stmt::Gemm(g) => {
-                    let e = |x: &Expr| {
-                        let mut t = String::new();
-                        self.expr(x, &mut t);
-                        t
-                    };
-                    write!(
-                        out,
-                        "gemm {}[{}] = {}[{}; {}, {}] * {}[{}; {}, {}] ({} x {} x {})",
-                        self.bufs[g.c].name,
-                        e(&g.c_off),
-                        self.bufs[g.a].name,
-                        e(&g.a_off),
-                        e(&g.a_rs),
-                        e(&g.a_cs),
-                        self.bufs[g.b].name,
-                        e(&g.b_off),
-                        e(&g.b_rs),
-                        e(&g.b_cs),
-                        e(&g.m),
-                        e(&g.n),
-                        e(&g.k)
-                    )
-                    .unwrap();
-                    if g.c_rs != g.n {
-                        write!(out, " rows of {} {}", self.bufs[g.c].name, e(&g.c_rs)).unwrap();
+                    let names = c.routine().map(|r| (r.operands, r.ints));
+                    write!(out, "call {}(", c.routine).unwrap();
+                    for (i, op) in c.operands.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        if let Some((n, _, _)) = names.and_then(|(ops, _)| ops.get(i)) {
+                            write!(out, "{n}: ").unwrap();
+                        }
+                        match op {
+                            Some((b, off)) => write!(out, "{}[{}]", self.bufs[*b].name, e(off)),
+                            None => write!(out, "-"),
+                        }
+                        .unwrap();
                     }
-                    if let Some(p) = g.b_packed {
-                        write!(out, " packed {}", self.bufs[p].name).unwrap();
+                    out.push(';');
+                    for (i, x) in c.ints.iter().enumerate() {
+                        match names.and_then(|(_, ints)| ints.get(i)) {
+                            Some(n) => write!(out, " {n}={}", e(x)),
+                            None => write!(out, " {}", e(x)),
+                        }
+                        .unwrap();
                     }
+                    out.push(')');
                 }
             }
             out.push('\n');
@@ -796,18 +826,19 @@ mod tests {
                     index: Expr::Var(0),
                     value: load(4),
                 },
-                Stmt::Gemm(Box::new(gemm)),
+                Stmt::Call(Box::new(gemm.into())),
             ],
         };
         let mut seen = Vec::new();
         s.walk(&mut |s| seen.push(s.operands()));
-        // The loop, the store (writes 3), the product (reads A and the packed B, never B).
+        // The loop, the store (writes 3), the product (reads A and the packed B, never B;
+        // writes C).
         assert_eq!(
             seen,
             vec![
                 vec![],
                 vec![(3, true)],
-                vec![(0, false), (2, true), (5, false)]
+                vec![(0, false), (5, false), (2, true)]
             ]
         );
         assert!(s.body()[0].exprs().iter().any(|e| e.loads(4)));
@@ -822,10 +853,10 @@ mod tests {
             }
         });
         assert_eq!(n, 2, "the store's index and the product's b_off");
-        let Stmt::Gemm(g) = &s.body()[1] else {
+        let Stmt::Call(g) = &s.body()[1] else {
             unreachable!()
         };
-        assert_eq!(g.b_off, Expr::i64(7));
+        assert_eq!(g.operand("b"), Some(&(1, Expr::i64(7))));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, Value};
 
-use crate::loops::{Buf, BufId, BufKind, Expr, Gemm, Kernel, Stmt};
+use crate::loops::{Buf, BufId, BufKind, Call, Expr, Kernel, Stmt};
 
 /// Why a graph cannot be lowered (yet); the node then runs on the reference interpreter.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -60,34 +60,45 @@ pub struct PackCache {
 /// offsets, strides and sizes, so that products do not pack them on every call. The packed
 /// copies become constant buffers of the kernel; `cache` shares them between kernels.
 pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCache) {
-    fn walk(body: &mut [Stmt], f: &mut dyn FnMut(&mut Gemm)) {
+    fn walk(body: &mut [Stmt], f: &mut dyn FnMut(&mut Call)) {
         for s in body {
             s.walk_mut(&mut |s| {
-                if let Stmt::Gemm(g) = s {
-                    f(g)
+                if let Stmt::Call(c) = s {
+                    if c.routine == "gemm" && c.checked().is_ok() {
+                        f(c)
+                    }
                 }
             });
         }
     }
     let mut body = std::mem::take(&mut l.kernel.body);
     let mut done: Vec<((BufId, [i64; 5]), BufId)> = Vec::new();
-    walk(&mut body, &mut |g: &mut Gemm| {
-        let c = |e: &Expr| crate::stages::eval(e, &[]);
-        let (Some(off), Some(rs), Some(cs), Some(n), Some(k)) =
-            (c(&g.b_off), c(&g.b_rs), c(&g.b_cs), c(&g.n), c(&g.k))
-        else {
+    // The gemm's operands: a, b, b_packed, c; its integers: a_rs, a_cs, b_rs, b_cs, c_rs, m,
+    // n, k (see `routines::ROUTINES`).
+    walk(&mut body, &mut |g: &mut Call| {
+        let c = |e: Option<&Expr>| e.and_then(|e| crate::stages::eval(e, &[]));
+        let Some((b, b_off)) = g.operand("b").cloned() else {
             return;
         };
-        let key = (g.b, [off, rs, cs, n, k]);
+        let (Some(off), Some(rs), Some(cs), Some(n), Some(k)) = (
+            c(Some(&b_off)),
+            c(g.int("b_rs")),
+            c(g.int("b_cs")),
+            c(g.int("n")),
+            c(g.int("k")),
+        ) else {
+            return;
+        };
+        let key = (b, [off, rs, cs, n, k]);
         if let Some((_, p)) = done.iter().find(|(x, _)| *x == key) {
-            g.b_packed = Some(*p);
+            g.operands[2] = Some((*p, Expr::i64(0)));
             return;
         }
         let known = operands
-            .get(g.b)
+            .get(b)
             .copied()
             .flatten()
-            .or_else(|| l.consts.iter().find(|(b, _)| *b == g.b).map(|(_, t)| t));
+            .or_else(|| l.consts.iter().find(|(x, _)| *x == b).map(|(_, t)| t));
         let Some(t) = known else { return };
         let (Some(data), Ok(off), Ok(n), Ok(k)) = (
             t.as_slice::<f32>(),
@@ -124,7 +135,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         });
         let p = l.kernel.bufs.len() - 1;
         l.consts.push((p, t));
-        g.b_packed = Some(p);
+        g.operands[2] = Some((p, Expr::i64(0)));
         done.push((key, p));
     });
     l.kernel.body = body;

@@ -167,13 +167,25 @@ fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, Cow<'a, Expr>, bool)>) -
                 expr(value, out);
             }
             Stmt::Check { cond, .. } => expr(cond, out),
-            Stmt::Conv2d(c) => {
-                for (buf, first, last, write) in c.ranges() {
-                    out.push((buf, Cow::Owned(first), write));
-                    out.push((buf, Cow::Owned(last), write));
+            // A routine's operands as ranges from their offsets; one that is not a range
+            // (a strided product operand) ends the analysis.
+            Stmt::Call(c) => {
+                let r = c.routine()?;
+                let writes: Vec<(BufId, bool)> = s.operands();
+                for (i, op) in c.operands.iter().enumerate() {
+                    let Some((buf, off)) = op else { continue };
+                    let Some(&(_, write)) = writes.iter().find(|(b, _)| b == buf) else {
+                        continue;
+                    };
+                    let n = (r.extent)(i, &c.ints)?;
+                    let last = match n {
+                        Expr::Int(n, _) => off.clone() + Expr::i64(n - 1),
+                        n => off.clone() + n + Expr::i64(-1),
+                    };
+                    out.push((*buf, Cow::Owned(off.clone()), write));
+                    out.push((*buf, Cow::Owned(last), write));
                 }
             }
-            Stmt::Gemm(_) => return None,
         }
     }
     Some(())
@@ -730,16 +742,16 @@ pub fn cost(body: &[Stmt], dims: &[i64]) -> f64 {
                 let n = eval(extent, dims).unwrap_or(16).max(0) as f64;
                 n * (1.0 + cost(body, dims))
             }
-            Stmt::Gemm(g) => {
-                let e = |x: &Expr| eval(x, dims).unwrap_or(16).max(0) as f64;
-                e(&g.m) * e(&g.n) * e(&g.k)
-            }
-            Stmt::Conv2d(c) => {
-                let g = &c.geometry;
-                [g.oh, g.ow, g.kh, g.kw]
+            Stmt::Call(c) => {
+                let ints: Vec<f64> = c
+                    .ints
                     .iter()
-                    .map(|&x| x as f64)
-                    .product::<f64>()
+                    .map(|x| eval(x, dims).unwrap_or(16).max(0) as f64)
+                    .collect();
+                match c.checked() {
+                    Ok(r) => (r.cost)(&ints),
+                    Err(_) => 0.0,
+                }
             }
             Stmt::Store { value, .. } => 1.0 + expr_cost(value),
             Stmt::Set { value, .. } => 1.0 + expr_cost(value),
@@ -892,15 +904,18 @@ mod tests {
             0,
             Expr::i64(4),
             Mark::Parallel,
-            vec![Stmt::Conv2d(Box::new(crate::loops::Conv2d {
-                x: 0,
-                x_off: c.clone() * Expr::i64(16),
-                k: 0,
-                k_off: Expr::i64(0),
-                out: 2,
-                out_off: out_at(c),
-                geometry,
-            }))],
+            vec![Stmt::Call(Box::new(
+                crate::loops::Conv2d {
+                    x: 0,
+                    x_off: c.clone() * Expr::i64(16),
+                    k: 0,
+                    k_off: Expr::i64(0),
+                    out: 2,
+                    out_off: out_at(c),
+                    geometry,
+                }
+                .into(),
+            ))],
         );
         let (i, j) = (Expr::Var(1), Expr::Var(2));
         let copy = lp(

@@ -12,8 +12,9 @@
 
 /// The first bytes of every artifact.
 pub const MAGIC: &[u8; 8] = b"KILNART\0";
-/// The layout version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The layout version this build writes and reads (2: kernels call library routines through
+/// one `call` statement).
+pub const FORMAT_VERSION: u32 = 2;
 /// Sections start at multiples of this (a cache line; enough for any element type).
 pub const SECTION_ALIGN: usize = 64;
 
@@ -282,8 +283,13 @@ mod tests {
         }
         assert_eq!(read(b"PK\x03\x04 a zip"), Err(ArtifactError::NotAnArtifact));
         let mut newer = bytes.clone();
-        newer[8] = 2;
-        assert_eq!(read(&newer), Err(ArtifactError::Version { found: 2 }));
+        newer[8] = FORMAT_VERSION as u8 + 1;
+        assert_eq!(
+            read(&newer),
+            Err(ArtifactError::Version {
+                found: FORMAT_VERSION + 1
+            })
+        );
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Lowering<'_> {
                 k: l.dim(&k),
                 b_packed: None,
             };
-            Ok(vec![Stmt::Gemm(Box::new(g))])
+            Ok(vec![Stmt::Call(Box::new(g.into()))])
         })?;
         Ok(true)
     }

@@ -93,15 +93,18 @@ impl Lowering<'_> {
         self.nest(&rows, DType::F32, |_, idx| {
             let (n, oc) = (idx[0].clone(), idx[1].clone());
             let ch = Expr::index_op(Op::Div, oc.clone(), Expr::i64(og));
-            Ok(vec![Stmt::Conv2d(Box::new(Conv2d {
-                x: xb,
-                x_off: (n.clone() * Expr::i64(xs[1]) + ch) * Expr::i64(xs[2] * xs[3]),
-                k: wb,
-                k_off: oc.clone() * Expr::i64(ws[2] * ws[3]),
-                out,
-                out_off: (n * Expr::i64(os[1]) + oc) * Expr::i64(os[2] * os[3]),
-                geometry,
-            }))])
+            Ok(vec![Stmt::Call(Box::new(
+                Conv2d {
+                    x: xb,
+                    x_off: (n.clone() * Expr::i64(xs[1]) + ch) * Expr::i64(xs[2] * xs[3]),
+                    k: wb,
+                    k_off: oc.clone() * Expr::i64(ws[2] * ws[3]),
+                    out,
+                    out_off: (n * Expr::i64(os[1]) + oc) * Expr::i64(os[2] * os[3]),
+                    geometry,
+                }
+                .into(),
+            ))])
         })
     }
 
@@ -469,23 +472,26 @@ impl Lowering<'_> {
             let (ck_e, ps_e, og_e, o_e) =
                 (self.dim(&ck), self.dim(&ps), self.dim(&og), self.dim(&o));
             let c_e = self.dim(xs.dim(1));
-            let body = vec![Stmt::Gemm(Box::new(Gemm {
-                a: wb,
-                a_off: g.clone() * og_e.clone() * ck_e.clone(),
-                a_rs: ck_e.clone(),
-                a_cs: Expr::i64(1),
-                b: xb,
-                b_off: (n.clone() * c_e + g.clone() * ck_e.clone()) * ps_e.clone(),
-                b_rs: ps_e.clone(),
-                b_cs: Expr::i64(1),
-                c: out,
-                c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
-                c_rs: ps_e.clone(),
-                m: og_e,
-                n: ps_e,
-                k: ck_e,
-                b_packed: None,
-            }))];
+            let body = vec![Stmt::Call(Box::new(
+                Gemm {
+                    a: wb,
+                    a_off: g.clone() * og_e.clone() * ck_e.clone(),
+                    a_rs: ck_e.clone(),
+                    a_cs: Expr::i64(1),
+                    b: xb,
+                    b_off: (n.clone() * c_e + g.clone() * ck_e.clone()) * ps_e.clone(),
+                    b_rs: ps_e.clone(),
+                    b_cs: Expr::i64(1),
+                    c: out,
+                    c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
+                    c_rs: ps_e.clone(),
+                    m: og_e,
+                    n: ps_e,
+                    k: ck_e,
+                    b_packed: None,
+                }
+                .into(),
+            ))];
             let loops = vec![(nv, self.dim(xs.dim(0))), (gv, Expr::i64(groups))];
             self.k.body.extend(unit_free(serial(loops, body)));
             self.bufs.insert(v, out);
@@ -554,23 +560,26 @@ impl Lowering<'_> {
             body.extend(self.k.body.drain(before..));
         }
         let (ck_e, ps_e, og_e, o_e) = (self.dim(&ck), self.dim(&ps), self.dim(&og), self.dim(&o));
-        body.push(Stmt::Gemm(Box::new(Gemm {
-            a: wb,
-            a_off: g.clone() * og_e.clone() * ck_e.clone(),
-            a_rs: ck_e.clone(),
-            a_cs: Expr::i64(1),
-            b: col,
-            b_off: Expr::i64(0),
-            b_rs: ps_e.clone(),
-            b_cs: Expr::i64(1),
-            c: out,
-            c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
-            c_rs: ps_e.clone(),
-            m: og_e,
-            n: ps_e,
-            k: ck_e,
-            b_packed: None,
-        })));
+        body.push(Stmt::Call(Box::new(
+            Gemm {
+                a: wb,
+                a_off: g.clone() * og_e.clone() * ck_e.clone(),
+                a_rs: ck_e.clone(),
+                a_cs: Expr::i64(1),
+                b: col,
+                b_off: Expr::i64(0),
+                b_rs: ps_e.clone(),
+                b_cs: Expr::i64(1),
+                c: out,
+                c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
+                c_rs: ps_e.clone(),
+                m: og_e,
+                n: ps_e,
+                k: ck_e,
+                b_packed: None,
+            }
+            .into(),
+        )));
         let loops = vec![(nv, self.dim(outer.dim(0))), (gv, self.dim(outer.dim(1)))];
         // One image and one group (the common case): the im2col nest is top-level, and so
         // parallel.
@@ -663,23 +672,26 @@ impl Lowering<'_> {
                 }
             }
         }
-        body.push(Stmt::Gemm(Box::new(Gemm {
-            a: wb,
-            a_off: Expr::i64(0),
-            a_rs: Expr::i64(k),
-            a_cs: Expr::i64(1),
-            b: col,
-            b_off: blk.clone() * Expr::i64(k * cols),
-            b_rs: Expr::i64(cols),
-            b_cs: Expr::i64(1),
-            c: out,
-            c_off: blk * Expr::i64(cols),
-            c_rs: Expr::i64(oh * ow),
-            m: Expr::i64(o),
-            n: Expr::i64(cols),
-            k: Expr::i64(k),
-            b_packed: None,
-        })));
+        body.push(Stmt::Call(Box::new(
+            Gemm {
+                a: wb,
+                a_off: Expr::i64(0),
+                a_rs: Expr::i64(k),
+                a_cs: Expr::i64(1),
+                b: col,
+                b_off: blk.clone() * Expr::i64(k * cols),
+                b_rs: Expr::i64(cols),
+                b_cs: Expr::i64(1),
+                c: out,
+                c_off: blk * Expr::i64(cols),
+                c_rs: Expr::i64(oh * ow),
+                m: Expr::i64(o),
+                n: Expr::i64(cols),
+                k: Expr::i64(k),
+                b_packed: None,
+            }
+            .into(),
+        )));
         self.k.body.push(Stmt::Loop {
             var: rb,
             extent: Expr::i64(oh / rows),

@@ -1,4 +1,4 @@
-//! Direct 2-D convolution of one f32 plane by one filter plane, for `Stmt::Conv2d` (depthwise
+//! Direct 2-D convolution of one f32 plane by one filter plane, for the `conv2d` routine (depthwise
 //! convs): the plane is copied into a zero-padded per-thread buffer, then every output row
 //! sums its taps without bounds checks (AVX2 and FMA blocks of 32 and 8 outputs for unit or
 //! double strides when the CPU has them; scalar otherwise). Each output sums its taps in

@@ -1,4 +1,4 @@
-//! f32 matrix products for `Stmt::Gemm`: operands packed into panels, a register-tiled
+//! f32 matrix products for the `gemm` routine (`Stmt::Call`): operands packed into panels, a register-tiled
 //! micro-kernel (6×16 with AVX2 and FMA when the CPU has them, chosen at run time; portable
 //! otherwise), and large products split over the calling thread and its helpers
 //! ([`crate::threads`]) by column panels or row blocks. Results do not depend on the thread count: every element sums over k
@@ -67,13 +67,13 @@ pub unsafe extern "C" fn kiln_sgemm(
     unsafe {
         kiln_sgemm_packed(
             a,
-            a_rs,
-            a_cs,
             b,
-            b_rs,
-            b_cs,
             std::ptr::null(),
             c,
+            a_rs,
+            a_cs,
+            b_rs,
+            b_cs,
             n,
             m,
             n,
@@ -92,13 +92,13 @@ pub unsafe extern "C" fn kiln_sgemm(
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kiln_sgemm_packed(
     a: *const f32,
-    a_rs: i64,
-    a_cs: i64,
     b: *const f32,
-    b_rs: i64,
-    b_cs: i64,
     bp: *const f32,
     c: *mut f32,
+    a_rs: i64,
+    a_cs: i64,
+    b_rs: i64,
+    b_cs: i64,
     ldc: i64,
     m: i64,
     n: i64,
@@ -989,13 +989,13 @@ mod tests {
                     };
                     kiln_sgemm_packed(
                         a.as_ptr(),
-                        k as i64,
-                        1,
                         b_ptr,
-                        rs,
-                        cs,
                         bp_ptr,
                         c.as_mut_ptr(),
+                        k as i64,
+                        1,
+                        rs,
+                        cs,
                         ldc as i64,
                         m as i64,
                         n as i64,

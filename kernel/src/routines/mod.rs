@@ -1,6 +1,10 @@
 //! The library routines kernels call: f32 matrix products ([`gemm`]), plane convolutions
 //! ([`conv`]), softmax's row passes ([`rows`]) and scalar math ([`mod@math`]), each under the
 //! symbol compiled code refers to it by. Host code, with AVX2 and FMA paths chosen at run time.
+//!
+//! [`ROUTINES`] is the table of the routines a kernel calls as a statement (`Stmt::Call`):
+//! walkers, analyses and backends read operands, roles, integer arguments, cost and extents
+//! from it, so a new routine is a row there and its host function here.
 
 pub mod conv;
 pub mod gemm;
@@ -57,13 +61,98 @@ pub fn math() -> [(&'static str, Sig, *const u8); 23] {
 /// objects against).
 pub fn symbols() -> Vec<(&'static str, *const u8)> {
     let mut v: Vec<(&'static str, *const u8)> = math().iter().map(|&(n, _, a)| (n, a)).collect();
+    v.extend(ROUTINES.iter().map(|r| (r.symbol, (r.address)())));
     v.extend([
-        ("kiln_sgemm", gemm::kiln_sgemm as *const u8),
-        ("kiln_sgemm_packed", gemm::kiln_sgemm_packed as *const u8),
         ("kiln_row_max", rows::kiln_row_max as *const u8),
         ("kiln_row_sum_f64", rows::kiln_row_sum_f64 as *const u8),
         ("kiln_row_exp_sub", rows::kiln_row_exp_sub as *const u8),
-        ("kiln_conv2d_plane", conv::kiln_conv2d_plane as *const u8),
     ]);
     v
+}
+
+/// How a routine uses one of its operand buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Read.
+    Read,
+    /// Written.
+    Write,
+    /// Read when given; absent is a null pointer.
+    Optional,
+}
+
+/// One library routine kernels call as a statement ([`crate::Stmt::Call`]): everything a walker,
+/// an analysis or a backend needs to know of it, so that a new routine is one row of
+/// [`ROUTINES`] plus its host function. Its host function takes every operand's address (in
+/// order; null for an absent optional one), then every integer argument as i64.
+pub struct Routine {
+    /// The name kernels print and saved plans record.
+    pub name: &'static str,
+    /// The host function's symbol (what a loader resolves, see [`symbols`]).
+    pub symbol: &'static str,
+    /// Operands: name, role, element type.
+    pub operands: &'static [(&'static str, Role, ir::DType)],
+    /// When the optional operand `.0` is given, operand `.1` is not read (a product whose B
+    /// was packed ahead of time reads only the packed copy).
+    pub replaces: Option<(usize, usize)>,
+    /// Integer arguments, by name.
+    pub ints: &'static [&'static str],
+    /// Scalar operations for integer arguments (unknown ones as 16), for deciding whether
+    /// threads pay off.
+    pub cost: fn(&[f64]) -> f64,
+    /// The elements of operand `i` a call touches from its offset, as an expression of the
+    /// integer arguments; `None` when they are not one range (strided operands).
+    pub extent: fn(usize, &[crate::Expr]) -> Option<crate::Expr>,
+    /// The host function's address.
+    pub address: fn() -> *const u8,
+    pub doc: &'static str,
+}
+
+/// The library routines kernels call as statements.
+pub static ROUTINES: [Routine; 2] = [
+    Routine {
+        name: "gemm",
+        symbol: "kiln_sgemm_packed",
+        operands: &[
+            ("a", Role::Read, ir::DType::F32),
+            ("b", Role::Read, ir::DType::F32),
+            ("b_packed", Role::Optional, ir::DType::F32),
+            ("c", Role::Write, ir::DType::F32),
+        ],
+        replaces: Some((2, 1)),
+        ints: &["a_rs", "a_cs", "b_rs", "b_cs", "c_rs", "m", "n", "k"],
+        cost: |i| i[5] * i[6] * i[7],
+        extent: |_, _| None,
+        address: || gemm::kiln_sgemm_packed as *const u8,
+        doc: "c[i*c_rs + j] = Σ_l a[i*a_rs + l*a_cs] · b[l*b_rs + j*b_cs] for i < m, j < n, \
+              l < k (f32; c_rs >= n); b_packed, when given, is b packed by gemm::pack_b for \
+              this k and n, and b is then not read",
+    },
+    Routine {
+        name: "conv2d",
+        symbol: "kiln_conv2d_plane",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("k", Role::Read, ir::DType::F32),
+            ("out", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        ints: &[
+            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw",
+        ],
+        cost: |i| i[2] * i[3] * i[4] * i[5],
+        extent: |operand, i| {
+            let (a, b) = [(0, 1), (4, 5), (2, 3)][operand];
+            Some(i[a].clone() * i[b].clone())
+        },
+        address: || conv::kiln_conv2d_plane as *const u8,
+        doc: "out[oy·ow + ox] = Σ x[iy·w + ix] · k[ky·kw + kx] over the taps inside the input \
+              (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw): one channel of a depthwise \
+              conv (f32)",
+    },
+];
+
+/// The routine named `name`.
+pub fn routine(name: &str) -> Option<&'static Routine> {
+    ROUTINES.iter().find(|r| r.name == name)
 }
