@@ -140,7 +140,7 @@ impl Call {
     }
 
     /// Whether operand `i` is read or written (given, and not replaced by another given one).
-    fn accessed(&self, i: usize) -> bool {
+    pub fn accessed(&self, i: usize) -> bool {
         let replaced = self
             .routine()
             .and_then(|r| r.replaces)

@@ -89,9 +89,13 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         ) else {
             return;
         };
+        // Where the packed copy goes: the operand that replaces B.
+        let Some((slot, _)) = g.routine().and_then(|r| r.replaces) else {
+            return;
+        };
         let key = (b, [off, rs, cs, n, k]);
         if let Some((_, p)) = done.iter().find(|(x, _)| *x == key) {
-            g.operands[2] = Some((*p, Expr::i64(0)));
+            g.operands[slot] = Some((*p, Expr::i64(0)));
             return;
         }
         let known = operands
@@ -135,7 +139,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         });
         let p = l.kernel.bufs.len() - 1;
         l.consts.push((p, t));
-        g.operands[2] = Some((p, Expr::i64(0)));
+        g.operands[slot] = Some((p, Expr::i64(0)));
         done.push((key, p));
     });
     l.kernel.body = body;

@@ -140,9 +140,10 @@ fn poly(e: &Expr) -> Option<Poly> {
     a.terms.is_empty().then_some(a.constant)
 }
 
-/// Every buffer access of some statements: (buffer, index, is_store). A plane conv counts
-/// as accesses to the first and last element of each range it touches; gemms make the
-/// statements unanalyzable (`None`).
+/// Every buffer access of some statements: (buffer, index, is_store). A routine call counts
+/// as accesses to the first and last element of each operand's range; a call with an operand
+/// that is not a range (a product's strided operands) makes the statements unanalyzable
+/// (`None`).
 fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, Cow<'a, Expr>, bool)>) -> Option<()> {
     fn expr<'a>(e: &'a Expr, out: &mut Vec<(BufId, Cow<'a, Expr>, bool)>) {
         match e {
@@ -170,13 +171,14 @@ fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, Cow<'a, Expr>, bool)>) -
             // A routine's operands as ranges from their offsets; one that is not a range
             // (a strided product operand) ends the analysis.
             Stmt::Call(c) => {
-                let r = c.routine()?;
-                let writes: Vec<(BufId, bool)> = s.operands();
+                let r = c.checked().ok()?;
                 for (i, op) in c.operands.iter().enumerate() {
                     let Some((buf, off)) = op else { continue };
-                    let Some(&(_, write)) = writes.iter().find(|(b, _)| b == buf) else {
+                    expr(off, out);
+                    if !c.accessed(i) {
                         continue;
-                    };
+                    }
+                    let write = r.operands[i].1 == crate::routines::Role::Write;
                     let n = (r.extent)(i, &c.ints)?;
                     let last = match n {
                         Expr::Int(n, _) => off.clone() + Expr::i64(n - 1),
@@ -185,6 +187,7 @@ fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, Cow<'a, Expr>, bool)>) -
                     out.push((*buf, Cow::Owned(off.clone()), write));
                     out.push((*buf, Cow::Owned(last), write));
                 }
+                c.ints.iter().for_each(|e| expr(e, out));
             }
         }
     }

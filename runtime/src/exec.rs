@@ -170,8 +170,8 @@ pub struct CompileOptions {
     /// of this many threads minus one, shared by every executable with the same count.
     pub threads: Option<usize>,
     /// The code generator that lowers and compiles nodes (`codegen::backend()`; the `kiln`
-    /// crate's `compile` supplies it). Without one every node runs on the reference
-    /// interpreter — the runtime itself never compiles.
+    /// crate's `compile` supplies it). The runtime itself never compiles: without one,
+    /// `Executable::new` is an error unless `interpret_only` is set.
     pub backend: Option<Arc<dyn kernel::Backend>>,
     /// Inputs whose values the graph was specialized for (a `k`, axes, a branch condition
     /// read at import): runs check them, and saved plans keep them.
@@ -470,6 +470,13 @@ pub type CodeSource<'a> = &'a mut dyn FnMut(&[kernel::Kernel]) -> Result<Box<dyn
 impl Executable {
     /// Lowers and compiles every node of `g` that the options' backend supports.
     pub fn new(g: &Graph, opts: &CompileOptions) -> Result<Executable, ExecError> {
+        if opts.backend.is_none() && !opts.interpret_only {
+            return Err(ExecError::Codegen(
+                "no code generator: give CompileOptions::backend (kiln::compile supplies \
+                 Cranelift), or set interpret_only"
+                    .into(),
+            ));
+        }
         let backend = opts.backend.clone();
         Executable::with_code(g, opts, &mut |kernels| match &backend {
             Some(b) => b.compile(kernels).map_err(ExecError::Codegen),

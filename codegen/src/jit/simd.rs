@@ -1,7 +1,7 @@
 //! SIMD code for vector loops and reductions in the Cranelift backend.
 //!
 //! **Vector loops.** A loop marked `vector(_)` whose body holds only `Store`s and `Set`s of
-//! loop-local temporaries (each set before it is read, no nested loop, `Check` or `Gemm`, and
+//! loop-local temporaries (each set before it is read, no nested loop, `Check` or `Call`, and
 //! every store of a 32- or 64-bit dtype) runs as a main loop over 4 lanes, then the scalar
 //! loop for the last `extent % 4` iterations. Within the main loop every expression takes one
 //! of three forms: uniform (it mentions neither the loop variable nor a temporary of the

@@ -45,13 +45,14 @@ impl Mat {
     }
 }
 
-/// `c[m×n] = a[m×k] · b[k×n]`, `c` dense row-major; `a` and `b` strided.
+/// `c[m×n] = a[m×k] · b[k×n]`, `c` dense row-major; `a` and `b` strided. A convenience for
+/// Rust callers (kernels call [`kiln_sgemm_packed`] through the routine table).
 ///
 /// # Safety
 /// Every element addressed through the strides must be readable, `c` writable for `m*n`
 /// elements and not overlapping the operands.
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn kiln_sgemm(
+pub unsafe fn sgemm(
     a: *const f32,
     a_rs: i64,
     a_cs: i64,
@@ -82,12 +83,12 @@ pub unsafe extern "C" fn kiln_sgemm(
     }
 }
 
-/// [`kiln_sgemm`] where `bp`, unless null, is `b` already packed by [`pack_b`] for this `k`
+/// [`sgemm`] where `bp`, unless null, is `b` already packed by [`pack_b`] for this `k`
 /// and `n` (then B is not packed per call, and `b` itself is never read), and rows of C are
 /// `ldc >= n` elements apart.
 ///
 /// # Safety
-/// As [`kiln_sgemm`], C holding `m` rows `ldc` apart; a non-null `bp` holds
+/// As [`sgemm`], C holding `m` rows `ldc` apart; a non-null `bp` holds
 /// [`packed_len`]`(k, n)` elements.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kiln_sgemm_packed(
@@ -678,7 +679,7 @@ unsafe fn thin_packed_avx<const M: usize>(t: PackedRows, p0: usize, p1: usize) {
 /// over the whole contraction (each element sums over l in order).
 ///
 /// # Safety
-/// As [`kiln_sgemm`], with `b.cs == 1`.
+/// As [`sgemm`], with `b.cs == 1`.
 #[inline(always)]
 unsafe fn thin_rows_body<const M: usize>(
     a: Mat,
@@ -1031,7 +1032,7 @@ mod tests {
         let mut c = vec![f32::NAN; 6];
         // SAFETY: no operand element is read; c holds 6 elements.
         unsafe {
-            kiln_sgemm(
+            sgemm(
                 std::ptr::null(),
                 0,
                 1,

@@ -142,8 +142,8 @@ pub static ROUTINES: [Routine; 2] = [
         ],
         cost: |i| i[2] * i[3] * i[4] * i[5],
         extent: |operand, i| {
-            let (a, b) = [(0, 1), (4, 5), (2, 3)][operand];
-            Some(i[a].clone() * i[b].clone())
+            let (a, b) = [(0, 1), (4, 5), (2, 3)].get(operand).copied()?;
+            Some(i.get(a)?.clone() * i.get(b)?.clone())
         },
         address: || conv::kiln_conv2d_plane as *const u8,
         doc: "out[oy·ow + ox] = Σ x[iy·w + ix] · k[ky·kw + kx] over the taps inside the input \
