@@ -1870,3 +1870,125 @@ fn loops_that_are_not_vectorizable_stay_scalar() {
     });
     assert_eq!(counts, (0, 0));
 }
+
+/// The routine table's calls reach their host functions with their operands and integers in
+/// the table's order: a product at offsets (with and without B packed ahead of time) and a
+/// plane convolution, against plain loops.
+#[test]
+fn routine_calls_pass_operands_and_integers_in_table_order() {
+    let f32buf = |name: &str, kind| buf(name, DType::F32, kind);
+    // c[1 + i*3 + j] = Σ_l a[2 + i*4 + l] · b[l*3 + j] for a 2×4 by 4×3 product.
+    let (m, n, k) = (2usize, 3usize, 4usize);
+    let a: Vec<f32> = (0..2 + m * k).map(|x| x as f32 * 0.5 - 1.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|x| (x as f32).sin()).collect();
+    let mut want = vec![0f32; 1 + m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[1 + i * n + j] = (0..k).map(|l| a[2 + i * k + l] * b[l * n + j]).sum();
+        }
+    }
+    let packed = kernel::routines::gemm::pack_b(&b, n as i64, 1, k, n).unwrap();
+    for with_packed in [false, true] {
+        let g = kernel::Gemm {
+            a: 0,
+            a_off: Expr::i64(2),
+            a_rs: Expr::i64(k as i64),
+            a_cs: Expr::i64(1),
+            b: 1,
+            b_off: Expr::i64(0),
+            b_rs: Expr::i64(n as i64),
+            b_cs: Expr::i64(1),
+            c: 2,
+            c_off: Expr::i64(1),
+            c_rs: Expr::i64(n as i64),
+            m: Expr::i64(m as i64),
+            n: Expr::i64(n as i64),
+            k: Expr::i64(k as i64),
+            b_packed: with_packed.then_some(3),
+        };
+        let kern = Kernel {
+            name: "gemm_call".into(),
+            bufs: vec![
+                f32buf("a", BufKind::Input),
+                f32buf("b", BufKind::Input),
+                f32buf("c", BufKind::Output),
+                f32buf("bp", BufKind::Input),
+            ],
+            dims: vec![Dim::sym("n")],
+            vars: vec![],
+            body: vec![Stmt::Call(Box::new(g.into()))],
+        };
+        let c = compile(&[kern]).unwrap();
+        let (mut a, mut b, mut bp) = (a.clone(), b.clone(), packed.clone());
+        let mut got = vec![0f32; 1 + m * n];
+        let bufs = [ptr(&mut a), ptr(&mut b), ptr(&mut got), ptr(&mut bp)];
+        assert_eq!(call(&c, 0, &bufs, &[0]), 0);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "packed {with_packed}: {got:?} vs {want:?}"
+            );
+        }
+    }
+    // A 4×4 plane by a 3×3 filter, stride 1, padding 1: out[oy·4 + ox].
+    let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+    let w: Vec<f32> = (0..9).map(|v| 1.0 + v as f32 * 0.25).collect();
+    let mut want = vec![0f32; 16];
+    for oy in 0..4i64 {
+        for ox in 0..4i64 {
+            let mut s = 0f32;
+            for ky in 0..3i64 {
+                for kx in 0..3i64 {
+                    let (iy, ix) = (oy + ky - 1, ox + kx - 1);
+                    if (0..4).contains(&iy) && (0..4).contains(&ix) {
+                        s += x[(iy * 4 + ix) as usize] * w[(ky * 3 + kx) as usize];
+                    }
+                }
+            }
+            want[(oy * 4 + ox) as usize] = s;
+        }
+    }
+    let conv = kernel::Conv2d {
+        x: 0,
+        x_off: Expr::i64(0),
+        k: 1,
+        k_off: Expr::i64(0),
+        out: 2,
+        out_off: Expr::i64(0),
+        geometry: kernel::routines::conv::Geometry {
+            h: 4,
+            w: 4,
+            oh: 4,
+            ow: 4,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            ph: 1,
+            pw: 1,
+        },
+    };
+    let kern = Kernel {
+        name: "conv_call".into(),
+        bufs: vec![
+            f32buf("x", BufKind::Input),
+            f32buf("k", BufKind::Input),
+            f32buf("out", BufKind::Output),
+        ],
+        dims: vec![Dim::sym("n")],
+        vars: vec![],
+        body: vec![Stmt::Call(Box::new(conv.into()))],
+    };
+    let c = compile(&[kern]).unwrap();
+    let (mut x, mut w) = (x, w);
+    let mut got = vec![0f32; 16];
+    assert_eq!(
+        call(&c, 0, &[ptr(&mut x), ptr(&mut w), ptr(&mut got)], &[0]),
+        0
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-4, "{got:?} vs {want:?}");
+    }
+}
