@@ -217,19 +217,28 @@ fn a_sequence_tensor_of_the_wrong_rank_names_itself() {
     assert!(e.contains("s[0]"), "{e}");
 }
 
-#[test]
-fn serialized_sequences_and_optionals_decode_to_named_tensors() {
-    let tensor = |v: &[f32]| TensorProto {
+/// An f32 vector as an ONNX TensorProto.
+fn tensor(v: &[f32]) -> TensorProto {
+    TensorProto {
         dims: vec![v.len() as i64],
         data_type: data_type::FLOAT,
         float_data: v.to_vec(),
         ..Default::default()
-    };
-    let seq = SequenceProto {
+    }
+}
+
+/// A serialized sequence of two tensors, `[1]` and `[2, 3]`.
+fn two_tensors() -> SequenceProto {
+    SequenceProto {
         elem_type: 1,
         tensor_values: vec![tensor(&[1.0]), tensor(&[2.0, 3.0])],
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn serialized_sequences_and_optionals_decode_to_named_tensors() {
+    let seq = two_tensors();
     let got = decode_value(&seq.encode_to_vec(), &Kind::Sequence, "xs").unwrap();
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].0, "xs[1]");
@@ -336,17 +345,7 @@ fn gaps_and_colliding_names_are_errors() {
 #[test]
 fn the_cli_reads_sequences_from_onnx_test_data() {
     let dir = tempfile::tempdir().unwrap();
-    let tensor = |v: &[f32]| TensorProto {
-        dims: vec![v.len() as i64],
-        data_type: data_type::FLOAT,
-        float_data: v.to_vec(),
-        ..Default::default()
-    };
-    let seq = SequenceProto {
-        elem_type: 1,
-        tensor_values: vec![tensor(&[1.0]), tensor(&[2.0, 3.0])],
-        ..Default::default()
-    };
+    let seq = two_tensors();
     let model_path = dir.path().join("model.onnx");
     std::fs::write(&model_path, interface_model()).unwrap();
     let data = dir.path().join("test_data_set_0");

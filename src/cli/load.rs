@@ -176,11 +176,7 @@ impl Loaded {
     /// Every output, in order, with its kind (see [`Model::output_kinds`]).
     pub fn outputs(&self) -> Vec<(String, Kind_)> {
         match self {
-            Loaded::Artifact(exe) => exe
-                .outputs()
-                .iter()
-                .map(|(n, _)| (n.clone(), Kind_::Tensor))
-                .collect(),
+            Loaded::Artifact(exe) => tensors(exe.outputs()),
             Loaded::Model(m) => m.output_kinds().to_vec(),
         }
     }
@@ -188,14 +184,17 @@ impl Loaded {
     /// Every input, in order, with its kind (see [`Model::interface`]).
     pub fn inputs(&self) -> Vec<(String, Kind_)> {
         match self {
-            Loaded::Artifact(exe) => exe
-                .params()
-                .iter()
-                .map(|(n, _)| (n.clone(), Kind_::Tensor))
-                .collect(),
+            Loaded::Artifact(exe) => tensors(exe.params()),
             Loaded::Model(m) => m.interface().to_vec(),
         }
     }
+}
+
+/// An artifact's inputs or outputs: tensors all.
+fn tensors(list: &[(String, TensorType)]) -> Vec<(String, Kind_)> {
+    list.iter()
+        .map(|(n, _)| (n.clone(), Kind_::Tensor))
+        .collect()
 }
 
 /// Opens a model file of any kind: artifacts are loaded (memory-mapped), ONNX models and
@@ -367,24 +366,18 @@ pub fn prepare_inputs(
             eprintln!("note: input \"{name}\" is not a parameter of @{func}; ignored");
         }
     }
-    for (s, kind) in structured {
-        let given = frontends::onnx::given(&[(s.clone(), kind.clone())], |n| {
-            inputs.iter().any(|(x, _)| x == n)
-        });
-        if let Some(g @ (frontends::onnx::Given::Seq(0) | frontends::onnx::Given::None)) =
-            given.get(s)
-        {
-            let what = if *g == frontends::onnx::Given::None {
-                "none"
-            } else {
-                "an empty sequence"
-            };
-            eprintln!(
-                "note: input `{s}` is {what} (give its tensors as `{}`, `{}`, … in --inputs)",
-                frontends::onnx::element_name(s, 0),
-                frontends::onnx::element_name(s, 1)
-            );
-        }
+    let given = frontends::onnx::given(structured, |n| inputs.iter().any(|(x, _)| x == n));
+    for (s, _) in structured {
+        let what = match given.get(s) {
+            Some(frontends::onnx::Given::None) => "none",
+            Some(frontends::onnx::Given::Seq(0)) => "an empty sequence",
+            _ => continue,
+        };
+        eprintln!(
+            "note: input `{s}` is {what} (give its tensors as `{}`, `{}`, … in --inputs)",
+            frontends::onnx::element_name(s, 0),
+            frontends::onnx::element_name(s, 1)
+        );
     }
     let missing: Vec<&str> = params
         .iter()

@@ -1,0 +1,972 @@
+//! The Cranelift backend against hand-built kernels: the shared builders, scalar semantics
+//! and checks here; SIMD code and the ulp bounds of vector transcendentals in `vector.rs`;
+//! library routines, reductions and routine calls in `library.rs`.
+
+use super::*;
+use ir::Dim;
+use kernel::{codes, Buf, BufKind, Code};
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Compiled>();
+};
+
+fn buf(name: &str, dtype: DType, kind: BufKind) -> Buf {
+    Buf {
+        name: name.into(),
+        dtype,
+        len: Dim::sym("n"),
+        kind,
+    }
+}
+
+fn op(op: Op, args: Vec<Expr>, dtype: DType) -> Expr {
+    Expr::Op { op, args, dtype }
+}
+
+fn load(buf: usize, index: Expr) -> Expr {
+    Expr::Load {
+        buf,
+        index: Box::new(index),
+    }
+}
+
+fn v(i: usize) -> Expr {
+    Expr::Var(i)
+}
+
+fn for_(var: usize, extent: Expr, body: Vec<Stmt>) -> Stmt {
+    Stmt::Loop {
+        var,
+        extent,
+        mark: Mark::Serial,
+        body,
+    }
+}
+
+fn store(buf: usize, index: Expr, value: Expr) -> Stmt {
+    Stmt::Store { buf, index, value }
+}
+
+fn call(c: &Compiled, i: usize, bufs: &[*mut u8], dims: &[i64]) -> u32 {
+    // SAFETY: each test sizes its buffers for the kernel it runs.
+    unsafe { c.function(i)(bufs.as_ptr(), dims.as_ptr()) }
+}
+
+fn ptr<T>(v: &mut [T]) -> *mut u8 {
+    v.as_mut_ptr().cast()
+}
+
+/// `out[i] = f(in[i])` for `i < dims[0]`.
+fn map_kernel(from: DType, to: DType, f: impl Fn(Expr) -> Expr) -> Kernel {
+    Kernel {
+        name: "map".into(),
+        bufs: vec![
+            buf("x", from, BufKind::Input),
+            buf("y", to, BufKind::Output),
+        ],
+        dims: vec![Dim::sym("n")],
+        vars: vec![DType::I64],
+        body: vec![for_(
+            0,
+            Expr::Dim(0),
+            vec![store(1, v(0), f(load(0, v(0))))],
+        )],
+    }
+}
+
+fn run_map<A: Copy, B: Copy + Default>(k: Kernel, xs: &[A]) -> Vec<B> {
+    let c = compile(&[k]).unwrap();
+    let mut x = xs.to_vec();
+    let mut y = vec![B::default(); xs.len()];
+    assert_eq!(
+        call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[xs.len() as i64]),
+        0
+    );
+    y
+}
+
+/// `out[i] = f(a[i], b[i])`.
+fn run_zip<A: Copy, B: Copy + Default>(
+    d: DType,
+    to: DType,
+    f: impl Fn(Expr, Expr) -> Expr,
+    a: &[A],
+    b: &[A],
+) -> Vec<B> {
+    let k = Kernel {
+        name: "zip".into(),
+        bufs: vec![
+            buf("a", d, BufKind::Input),
+            buf("b", d, BufKind::Input),
+            buf("y", to, BufKind::Output),
+        ],
+        dims: vec![Dim::sym("n")],
+        vars: vec![DType::I64],
+        body: vec![for_(
+            0,
+            Expr::Dim(0),
+            vec![store(2, v(0), f(load(0, v(0)), load(1, v(0))))],
+        )],
+    };
+    let c = compile(&[k]).unwrap();
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    let mut y = vec![B::default(); a.len()];
+    let n = a.len() as i64;
+    assert_eq!(
+        call(&c, 0, &[ptr(&mut a), ptr(&mut b), ptr(&mut y)], &[n]),
+        0
+    );
+    y
+}
+
+fn binop(o: Op, d: DType) -> impl Fn(Expr, Expr) -> Expr {
+    move |a, b| op(o.clone(), vec![a, b], d)
+}
+
+#[test]
+fn elementwise_add_with_a_symbolic_length() {
+    let add = binop(Op::Add, DType::F32);
+    for n in [0usize, 1, 7, 1000] {
+        let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..n).map(|i| 1.0 / (i as f32 + 1.0)).collect();
+        let y: Vec<f32> = run_zip(DType::F32, DType::F32, &add, &a, &b);
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        assert_eq!(y, want);
+    }
+}
+
+#[test]
+fn row_sums_with_an_accumulator() {
+    // y[r] = sum_c x[r * cols + c]
+    let k = Kernel {
+        name: "rowsum".into(),
+        bufs: vec![
+            buf("x", DType::F32, BufKind::Input),
+            buf("y", DType::F32, BufKind::Output),
+        ],
+        dims: vec![Dim::sym("r"), Dim::sym("c")],
+        vars: vec![DType::I64, DType::I64, DType::F32],
+        body: vec![for_(
+            0,
+            Expr::Dim(0),
+            vec![
+                Stmt::Set {
+                    var: 2,
+                    value: Expr::Float(0.0, DType::F32),
+                },
+                for_(
+                    1,
+                    Expr::Dim(1),
+                    vec![Stmt::Set {
+                        var: 2,
+                        value: op(
+                            Op::Add,
+                            vec![v(2), load(0, v(0) * Expr::Dim(1) + v(1))],
+                            DType::F32,
+                        ),
+                    }],
+                ),
+                store(1, v(0), v(2)),
+            ],
+        )],
+    };
+    let c = compile(&[k]).unwrap();
+    let (rows, cols) = (3usize, 4usize);
+    let mut x: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+    let mut y = vec![0f32; rows];
+    let r = call(
+        &c,
+        0,
+        &[ptr(&mut x), ptr(&mut y)],
+        &[rows as i64, cols as i64],
+    );
+    assert_eq!(r, 0);
+    assert_eq!(y, vec![6.0, 22.0, 38.0]);
+    // Zero columns: every sum is the initial value.
+    let mut y = vec![9f32; rows];
+    call(&c, 0, &[ptr(&mut x), ptr(&mut y)], &[rows as i64, 0]);
+    assert_eq!(y, vec![0.0; 3]);
+}
+
+#[test]
+fn dot_of_2x3_and_3x2() {
+    // c[i, j] = sum_k a[i, k] * b[k, j]
+    let (i, j, kk, acc) = (0, 1, 2, 3);
+    let k = Kernel {
+        name: "dot".into(),
+        bufs: vec![
+            buf("a", DType::F32, BufKind::Input),
+            buf("b", DType::F32, BufKind::Input),
+            buf("c", DType::F32, BufKind::Output),
+        ],
+        dims: vec![],
+        vars: vec![DType::I64, DType::I64, DType::I64, DType::F32],
+        body: vec![for_(
+            i,
+            Expr::i64(2),
+            vec![for_(
+                j,
+                Expr::i64(2),
+                vec![
+                    Stmt::Set {
+                        var: acc,
+                        value: Expr::Float(0.0, DType::F32),
+                    },
+                    for_(
+                        kk,
+                        Expr::i64(3),
+                        vec![Stmt::Set {
+                            var: acc,
+                            value: op(
+                                Op::Add,
+                                vec![
+                                    v(acc),
+                                    op(
+                                        Op::Mul,
+                                        vec![
+                                            load(0, v(i) * Expr::i64(3) + v(kk)),
+                                            load(1, v(kk) * Expr::i64(2) + v(j)),
+                                        ],
+                                        DType::F32,
+                                    ),
+                                ],
+                                DType::F32,
+                            ),
+                        }],
+                    ),
+                    store(2, v(i) * Expr::i64(2) + v(j), v(acc)),
+                ],
+            )],
+        )],
+    };
+    let c = compile(&[k]).unwrap();
+    let mut a = vec![1f32, 2., 3., 4., 5., 6.];
+    let mut b = vec![7f32, 8., 9., 10., 11., 12.];
+    let mut out = vec![0f32; 4];
+    assert_eq!(
+        call(&c, 0, &[ptr(&mut a), ptr(&mut b), ptr(&mut out)], &[]),
+        0
+    );
+    assert_eq!(out, vec![58., 64., 139., 154.]);
+}
+
+#[test]
+fn transcendental_functions_round_from_f64() {
+    let xs: Vec<f32> = vec![
+        -3.5,
+        -1.0,
+        -0.3,
+        0.0,
+        0.1,
+        0.5,
+        0.9,
+        1.7,
+        20.0,
+        f32::NAN,
+        f32::INFINITY,
+    ];
+    type F = fn(f64) -> f64;
+    let cases: Vec<(Op, F)> = vec![
+        (Op::Exp, f64::exp),
+        (Op::Log, f64::ln),
+        (Op::Tanh, f64::tanh),
+        (Op::Erf, libm::erf),
+        (Op::Sin, f64::sin),
+        (Op::Cos, f64::cos),
+        (Op::Atan, f64::atan),
+        (Op::Asinh, f64::asinh),
+        (Op::Sigmoid, |x| kernel::routines::math::sigmoid(x)),
+        (Op::Rsqrt, |x| 1.0 / x.sqrt()),
+        (Op::Recip, |x| 1.0 / x),
+        (Op::Sqrt, f64::sqrt),
+        (Op::Round, f64::round_ties_even),
+        (Op::Floor, f64::floor),
+        (Op::Sign, |x| kernel::routines::math::sign(x)),
+    ];
+    for (o, f) in cases {
+        let k = map_kernel(DType::F32, DType::F32, |x| {
+            op(o.clone(), vec![x], DType::F32)
+        });
+        let y: Vec<f32> = run_map(k, &xs);
+        for (x, y) in xs.iter().zip(&y) {
+            let want = f(f64::from(*x)) as f32;
+            assert!(
+                want.to_bits() == y.to_bits() || (want.is_nan() && y.is_nan()),
+                "{}({x}) = {y}, expected {want}",
+                o.mnemonic()
+            );
+        }
+        // f64 data calls the same helpers without rounding.
+        let xd: Vec<f64> = xs.iter().map(|&x| f64::from(x) * 1.1).collect();
+        let k = map_kernel(DType::F64, DType::F64, |x| {
+            op(o.clone(), vec![x], DType::F64)
+        });
+        let y: Vec<f64> = run_map(k, &xd);
+        for (x, y) in xd.iter().zip(&y) {
+            let want = f(*x);
+            assert!(want.to_bits() == y.to_bits() || (want.is_nan() && y.is_nan()));
+        }
+    }
+    assert_eq!(
+        run_map::<f32, f32>(
+            map_kernel(DType::F32, DType::F32, |x| op(
+                Op::Sigmoid,
+                vec![x],
+                DType::F32
+            )),
+            &[-1000.0]
+        ),
+        vec![0.0]
+    );
+}
+
+#[test]
+fn float_binary_ops() {
+    let a = [7.5f32, -7.0, 2.0, f32::NAN, 1.0, -0.5];
+    let b = [2.0f32, 2.0, 10.0, 1.0, f32::NAN, 3.0];
+    type F = fn(f64, f64) -> f64;
+    let cases: Vec<(Op, F)> = vec![
+        (Op::Rem, |a, b| a % b),
+        (Op::Mod, |a, b| kernel::routines::math::modulo(a, b)),
+        (Op::Pow, f64::powf),
+        (Op::Atan2, f64::atan2),
+        (Op::Max, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.max(b)
+            }
+        }),
+        (Op::Min, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.min(b)
+            }
+        }),
+        (Op::Div, |a, b| a / b),
+    ];
+    for (o, f) in cases {
+        let y: Vec<f32> = run_zip(DType::F32, DType::F32, binop(o.clone(), DType::F32), &a, &b);
+        for i in 0..a.len() {
+            let want = f(f64::from(a[i]), f64::from(b[i])) as f32;
+            assert!(
+                want.to_bits() == y[i].to_bits() || (want.is_nan() && y[i].is_nan()),
+                "{}({}, {}) = {}, expected {want}",
+                o.mnemonic(),
+                a[i],
+                b[i],
+                y[i]
+            );
+        }
+    }
+    // Comparisons: `ne` holds for NaN, the ordered ones do not.
+    let lt: Vec<bool> = run_zip(DType::F32, DType::Bool, binop(Op::Lt, DType::Bool), &a, &b);
+    assert_eq!(lt, vec![false, true, true, false, false, true]);
+    let ne: Vec<bool> = run_zip(DType::F32, DType::Bool, binop(Op::Ne, DType::Bool), &a, &b);
+    assert_eq!(ne, vec![true, true, true, true, true, true]);
+    let nan: Vec<bool> = run_map(
+        map_kernel(DType::F32, DType::Bool, |x| {
+            op(Op::IsNan, vec![x], DType::Bool)
+        }),
+        &[1.0f32, f32::NAN, f32::INFINITY],
+    );
+    assert_eq!(nan, vec![false, true, false]);
+    let inf: Vec<bool> = run_map(
+        map_kernel(DType::F64, DType::Bool, |x| {
+            op(Op::IsInf, vec![x], DType::Bool)
+        }),
+        &[1.0f64, f64::NAN, f64::NEG_INFINITY],
+    );
+    assert_eq!(inf, vec![false, false, true]);
+}
+
+#[test]
+fn integers_wrap_and_shift_like_the_interpreter() {
+    let add = binop(Op::Add, DType::U8);
+    let y: Vec<u8> = run_zip(DType::U8, DType::U8, add, &[250u8, 1], &[10u8, 2]);
+    assert_eq!(y, vec![4, 3]);
+    let mul = binop(Op::Mul, DType::I64);
+    let y: Vec<i64> = run_zip(DType::I64, DType::I64, mul, &[i64::MAX, -3], &[2, 5]);
+    assert_eq!(y, vec![-2, -15]);
+    let sub = binop(Op::Sub, DType::I32);
+    let y: Vec<i32> = run_zip(DType::I32, DType::I32, sub, &[i32::MIN], &[1]);
+    assert_eq!(y, vec![i32::MAX]);
+
+    let shl = binop(Op::Shl, DType::U8);
+    let y: Vec<u8> = run_zip(
+        DType::U8,
+        DType::U8,
+        shl,
+        &[1u8, 1, 3, 1],
+        &[7u8, 8, 1, 255],
+    );
+    assert_eq!(y, vec![128, 0, 6, 0]);
+    let shr = binop(Op::Shr, DType::I64);
+    let y: Vec<i64> = run_zip(
+        DType::I64,
+        DType::I64,
+        shr,
+        &[-8i64, -8, 8, -8, 8],
+        &[70, 1, 64, -1, -1],
+    );
+    assert_eq!(y, vec![-1, -4, 0, -1, 0]);
+    let shr = binop(Op::Shr, DType::U16);
+    let y: Vec<u16> = run_zip(
+        DType::U16,
+        DType::U16,
+        shr,
+        &[0x8000u16, 0x8000],
+        &[15u16, 16],
+    );
+    assert_eq!(y, vec![1, 0]);
+    let shl = binop(Op::Shl, DType::I32);
+    let y: Vec<i32> = run_zip(DType::I32, DType::I32, shl, &[1i32, 1, 1], &[31, 32, -1]);
+    assert_eq!(y, vec![i32::MIN, 0, 0]);
+
+    let y: Vec<i8> = run_map(
+        map_kernel(DType::I8, DType::I8, |x| op(Op::Neg, vec![x], DType::I8)),
+        &[i8::MIN, 5],
+    );
+    assert_eq!(y, vec![i8::MIN, -5]);
+    let y: Vec<i32> = run_map(
+        map_kernel(DType::I32, DType::I32, |x| op(Op::Abs, vec![x], DType::I32)),
+        &[i32::MIN, -5, 5],
+    );
+    assert_eq!(y, vec![i32::MIN, 5, 5]);
+    let y: Vec<u8> = run_map(
+        map_kernel(DType::U8, DType::U8, |x| op(Op::Abs, vec![x], DType::U8)),
+        &[200u8],
+    );
+    assert_eq!(y, vec![200]);
+    let y: Vec<i16> = run_map(
+        map_kernel(DType::I16, DType::I16, |x| {
+            op(Op::Sign, vec![x], DType::I16)
+        }),
+        &[-300i16, 0, 7],
+    );
+    assert_eq!(y, vec![-1, 0, 1]);
+    let y: Vec<u32> = run_map(
+        map_kernel(DType::U32, DType::U32, |x| {
+            op(Op::Sign, vec![x], DType::U32)
+        }),
+        &[0u32, 0x8000_0000],
+    );
+    assert_eq!(y, vec![0, 1]);
+    let y: Vec<u16> = run_map(
+        map_kernel(DType::U16, DType::U16, |x| op(Op::Not, vec![x], DType::U16)),
+        &[0u16],
+    );
+    assert_eq!(y, vec![0xffff]);
+    let y: Vec<bool> = run_map(
+        map_kernel(DType::Bool, DType::Bool, |x| {
+            op(Op::Not, vec![x], DType::Bool)
+        }),
+        &[true, false],
+    );
+    assert_eq!(y, vec![false, true]);
+
+    // Max/min and comparisons follow the signedness of the dtype.
+    let max = binop(Op::Max, DType::U8);
+    let y: Vec<u8> = run_zip(DType::U8, DType::U8, max, &[200u8], &[100u8]);
+    assert_eq!(y, vec![200]);
+    let max = binop(Op::Max, DType::I8);
+    let y: Vec<i8> = run_zip(DType::I8, DType::I8, max, &[-56i8], &[100i8]);
+    assert_eq!(y, vec![100]);
+    let lt: Vec<bool> = run_zip(
+        DType::U32,
+        DType::Bool,
+        binop(Op::Lt, DType::Bool),
+        &[1u32],
+        &[u32::MAX],
+    );
+    assert_eq!(lt, vec![true]);
+    let lt: Vec<bool> = run_zip(
+        DType::I32,
+        DType::Bool,
+        binop(Op::Lt, DType::Bool),
+        &[1i32],
+        &[-1],
+    );
+    assert_eq!(lt, vec![false]);
+    let lt: Vec<bool> = run_zip(
+        DType::Bool,
+        DType::Bool,
+        binop(Op::Lt, DType::Bool),
+        &[false, true],
+        &[true, true],
+    );
+    assert_eq!(lt, vec![true, false]);
+}
+
+#[test]
+fn integer_division_matches_and_never_traps() {
+    let a = [-7i32, 7, -7, 7, i32::MIN, i32::MIN, 5, 0];
+    let b = [2i32, -2, -2, 2, -1, 1, 0, 3];
+    let q: Vec<i32> = run_zip(DType::I32, DType::I32, binop(Op::Div, DType::I32), &a, &b);
+    let r: Vec<i32> = run_zip(DType::I32, DType::I32, binop(Op::Rem, DType::I32), &a, &b);
+    let m: Vec<i32> = run_zip(DType::I32, DType::I32, binop(Op::Mod, DType::I32), &a, &b);
+    // Index 6 divides by zero: any value, but no crash.
+    for i in [0, 1, 2, 3, 4, 5, 7] {
+        let (x, y) = (i128::from(a[i]), i128::from(b[i]));
+        assert_eq!(q[i], (x / y) as i32, "{x} / {y}");
+        assert_eq!(r[i], (x % y) as i32, "{x} % {y}");
+        let want = x.rem_euclid(y) + if y < 0 && x.rem_euclid(y) != 0 { y } else { 0 };
+        assert_eq!(m[i], want as i32, "{x} mod {y}");
+    }
+    let q: Vec<i8> = run_zip(
+        DType::I8,
+        DType::I8,
+        binop(Op::Div, DType::I8),
+        &[i8::MIN, 9],
+        &[-1i8, 0],
+    );
+    assert_eq!(q[0], i8::MIN);
+    let q: Vec<u8> = run_zip(
+        DType::U8,
+        DType::U8,
+        binop(Op::Div, DType::U8),
+        &[200u8, 9],
+        &[3u8, 0],
+    );
+    assert_eq!(q[0], 66);
+    let m: Vec<u64> = run_zip(
+        DType::U64,
+        DType::U64,
+        binop(Op::Mod, DType::U64),
+        &[u64::MAX],
+        &[10],
+    );
+    assert_eq!(m, vec![5]);
+}
+
+#[test]
+fn integer_pow() {
+    let p: Vec<i32> = run_zip(
+        DType::I32,
+        DType::I32,
+        binop(Op::Pow, DType::I32),
+        &[3i32, 2, 2, -1, 1, 5, 2],
+        &[4i32, 31, 32, -3, -7, -1, 0],
+    );
+    assert_eq!(p, vec![81, i32::MIN, 0, -1, 1, 0, 1]);
+    let p: Vec<u8> = run_zip(
+        DType::U8,
+        DType::U8,
+        binop(Op::Pow, DType::U8),
+        &[3u8, 255],
+        &[5u8, 2],
+    );
+    assert_eq!(p, vec![243, 1]);
+}
+
+#[test]
+fn a_failing_check_returns_its_code_before_the_store() {
+    // for i: check idx[i] < 4 else 1; y[i] = x[idx[i]]
+    let k = Kernel {
+        name: "gather".into(),
+        bufs: vec![
+            buf("x", DType::F32, BufKind::Input),
+            buf("idx", DType::I64, BufKind::Input),
+            buf("y", DType::F32, BufKind::Output),
+        ],
+        dims: vec![Dim::sym("n")],
+        vars: vec![DType::I64],
+        body: vec![for_(
+            0,
+            Expr::Dim(0),
+            vec![
+                Stmt::Check {
+                    cond: op(Op::Lt, vec![load(1, v(0)), Expr::i64(4)], DType::Bool),
+                    code: codes::INDEX_OUT_OF_RANGE,
+                },
+                store(2, v(0), load(0, load(1, v(0)))),
+            ],
+        )],
+    };
+    let c = compile(&[k]).unwrap();
+    let mut x = vec![10f32, 11., 12., 13.];
+    let mut idx = vec![3i64, 0, 1_000_000_000, 2];
+    let mut y = vec![-1f32; 4];
+    let r = call(&c, 0, &[ptr(&mut x), ptr(&mut idx), ptr(&mut y)], &[4]);
+    assert_eq!(r, codes::INDEX_OUT_OF_RANGE);
+    assert_eq!(y, vec![13., 10., -1., -1.]);
+    let mut idx = vec![3i64, 0, 1, 2];
+    let r = call(&c, 0, &[ptr(&mut x), ptr(&mut idx), ptr(&mut y)], &[4]);
+    assert_eq!(r, 0);
+    assert_eq!(y, vec![13., 10., 11., 12.]);
+}
+
+fn cast(to: DType) -> impl Fn(Expr) -> Expr {
+    move |x| {
+        op(
+            Op::Cast {
+                dtype: to,
+                saturate: true,
+            },
+            vec![x],
+            to,
+        )
+    }
+}
+
+#[test]
+fn casts() {
+    let xs = [
+        -3.7f32,
+        3.7,
+        1e10,
+        -1e10,
+        f32::NAN,
+        f32::INFINITY,
+        -0.0,
+        255.9,
+        300.0,
+    ];
+    let y: Vec<i32> = run_map(map_kernel(DType::F32, DType::I32, cast(DType::I32)), &xs);
+    assert_eq!(y, xs.iter().map(|&x| x as i32).collect::<Vec<_>>());
+    let y: Vec<i8> = run_map(map_kernel(DType::F32, DType::I8, cast(DType::I8)), &xs);
+    assert_eq!(y, xs.iter().map(|&x| x as i8).collect::<Vec<_>>());
+    let y: Vec<u8> = run_map(map_kernel(DType::F32, DType::U8, cast(DType::U8)), &xs);
+    assert_eq!(y, xs.iter().map(|&x| x as u8).collect::<Vec<_>>());
+    let y: Vec<u16> = run_map(map_kernel(DType::F32, DType::U16, cast(DType::U16)), &xs);
+    assert_eq!(y, xs.iter().map(|&x| x as u16).collect::<Vec<_>>());
+    let y: Vec<u64> = run_map(map_kernel(DType::F32, DType::U64, cast(DType::U64)), &xs);
+    assert_eq!(y, xs.iter().map(|&x| x as u64).collect::<Vec<_>>());
+    let y: Vec<i64> = run_map(map_kernel(DType::F32, DType::I64, cast(DType::I64)), &xs);
+    assert_eq!(y, xs.iter().map(|&x| x as i64).collect::<Vec<_>>());
+    let y: Vec<bool> = run_map(map_kernel(DType::F32, DType::Bool, cast(DType::Bool)), &xs);
+    assert_eq!(
+        y,
+        vec![true, true, true, true, true, true, false, true, true]
+    );
+    let y: Vec<f64> = run_map(
+        map_kernel(DType::F32, DType::F64, cast(DType::F64)),
+        &xs[..2],
+    );
+    assert_eq!(y, vec![f64::from(-3.7f32), f64::from(3.7f32)]);
+    let y: Vec<f32> = run_map(
+        map_kernel(DType::F64, DType::F32, cast(DType::F32)),
+        &[0.1f64],
+    );
+    assert_eq!(y, vec![0.1f32]);
+
+    let is = [i64::MAX, i64::MIN, (1 << 53) + 1, -5, 0];
+    let y: Vec<f32> = run_map(map_kernel(DType::I64, DType::F32, cast(DType::F32)), &is);
+    assert_eq!(y, is.iter().map(|&x| x as f32).collect::<Vec<_>>());
+    let y: Vec<f64> = run_map(map_kernel(DType::I64, DType::F64, cast(DType::F64)), &is);
+    assert_eq!(y, is.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    let us = [u64::MAX, (1 << 63) + 1, 3];
+    let y: Vec<f32> = run_map(map_kernel(DType::U64, DType::F32, cast(DType::F32)), &us);
+    assert_eq!(y, us.iter().map(|&x| x as f32).collect::<Vec<_>>());
+    let y: Vec<f64> = run_map(
+        map_kernel(DType::U32, DType::F64, cast(DType::F64)),
+        &[u32::MAX],
+    );
+    assert_eq!(y, vec![f64::from(u32::MAX)]);
+    let y: Vec<f32> = run_map(
+        map_kernel(DType::I8, DType::F32, cast(DType::F32)),
+        &[-128i8],
+    );
+    assert_eq!(y, vec![-128.0]);
+
+    let y: Vec<f32> = run_map(
+        map_kernel(DType::Bool, DType::F32, cast(DType::F32)),
+        &[true, false],
+    );
+    assert_eq!(y, vec![1.0, 0.0]);
+    let y: Vec<i64> = run_map(
+        map_kernel(DType::Bool, DType::I64, cast(DType::I64)),
+        &[true, false],
+    );
+    assert_eq!(y, vec![1, 0]);
+    let y: Vec<bool> = run_map(
+        map_kernel(DType::I32, DType::Bool, cast(DType::Bool)),
+        &[0i32, -1, 256],
+    );
+    assert_eq!(y, vec![false, true, true]);
+    let y: Vec<i8> = run_map(
+        map_kernel(DType::I32, DType::I8, cast(DType::I8)),
+        &[300i32, -129],
+    );
+    assert_eq!(y, vec![44, 127]);
+    let y: Vec<i64> = run_map(map_kernel(DType::I8, DType::I64, cast(DType::I64)), &[-1i8]);
+    assert_eq!(y, vec![-1]);
+    let y: Vec<i32> = run_map(
+        map_kernel(DType::U8, DType::I32, cast(DType::I32)),
+        &[255u8],
+    );
+    assert_eq!(y, vec![255]);
+    let y: Vec<u32> = run_map(
+        map_kernel(DType::I32, DType::U32, cast(DType::U32)),
+        &[-1i32],
+    );
+    assert_eq!(y, vec![u32::MAX]);
+}
+
+#[test]
+fn select_picks_by_condition() {
+    // y[i] = select(a[i] > b[i], a[i], b[i] * 2)
+    let f = |a: Expr, b: Expr| {
+        op(
+            Op::Select,
+            vec![
+                op(Op::Gt, vec![a.clone(), b.clone()], DType::Bool),
+                a,
+                op(Op::Mul, vec![b, Expr::Float(2.0, DType::F64)], DType::F64),
+            ],
+            DType::F64,
+        )
+    };
+    let y: Vec<f64> = run_zip(DType::F64, DType::F64, f, &[1.0f64, 5.0], &[2.0, 3.0]);
+    assert_eq!(y, vec![4.0, 5.0]);
+}
+
+#[test]
+fn many_buffers_and_many_kernels() {
+    const N: usize = 20;
+    let mut bufs: Vec<Buf> = (0..N)
+        .map(|i| buf(&format!("x{i}"), DType::I32, BufKind::Input))
+        .collect();
+    bufs.push(buf("y", DType::I32, BufKind::Output));
+    let sum = (1..N).fold(load(0, v(0)), |acc, i| {
+        op(Op::Add, vec![acc, load(i, v(0))], DType::I32)
+    });
+    let many = Kernel {
+        name: "many".into(),
+        bufs,
+        dims: vec![Dim::sym("n")],
+        vars: vec![DType::I64],
+        body: vec![for_(0, Expr::Dim(0), vec![store(N, v(0), sum)])],
+    };
+    let neg = map_kernel(DType::I32, DType::I32, |x| op(Op::Neg, vec![x], DType::I32));
+    let c = compile(&[neg, many]).unwrap();
+    assert_eq!(c.len(), 2);
+    let len = 5;
+    let mut ins: Vec<Vec<i32>> = (0..N).map(|i| vec![i as i32; len]).collect();
+    let mut y = vec![0i32; len];
+    let mut ptrs: Vec<*mut u8> = ins.iter_mut().map(|v| ptr(v)).collect();
+    ptrs.push(ptr(&mut y));
+    assert_eq!(call(&c, 1, &ptrs, &[len as i64]), 0);
+    assert_eq!(y, vec![(0..N as i32).sum::<i32>(); len]);
+    let mut z = vec![0i32; len];
+    assert_eq!(call(&c, 0, &[ptr(&mut y), ptr(&mut z)], &[len as i64]), 0);
+    assert_eq!(z, vec![-190; len]);
+    // Compiled kernels can be called from other threads.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut a = vec![1i32, 2];
+            let mut b = vec![0i32; 2];
+            assert_eq!(call(&c, 0, &[ptr(&mut a), ptr(&mut b)], &[2]), 0);
+            assert_eq!(b, vec![-1, -2]);
+        });
+    });
+}
+
+#[test]
+fn unsupported_and_malformed_kernels_are_errors() {
+    let k = map_kernel(DType::F16, DType::F16, |x| x);
+    let e = compile(&[k]).err().unwrap();
+    assert!(matches!(e, JitError::Unsupported { .. }));
+    assert!(
+        e.to_string().contains("`map`") && e.to_string().contains("f16"),
+        "{e}"
+    );
+
+    let k = map_kernel(DType::F32, DType::F32, |x| {
+        op(Op::Shl, vec![x.clone(), x], DType::F32)
+    });
+    let e = compile(&[k]).err().unwrap();
+    assert!(e.to_string().contains("shl"), "{e}");
+
+    let k = map_kernel(DType::F32, DType::I32, |x| x);
+    let e = compile(&[k]).err().unwrap();
+    assert!(matches!(e, JitError::Invalid { .. }), "{e}");
+
+    let mut k = map_kernel(DType::F32, DType::F32, |x| x);
+    k.body
+        .push(store(7, Expr::i64(0), Expr::Float(0.0, DType::F32)));
+    assert!(matches!(compile(&[k]), Err(JitError::Invalid { .. })));
+
+    let k = map_kernel(DType::F32, DType::F32, |x| {
+        op(Op::ReduceSum { axes: vec![0] }, vec![x], DType::F32)
+    });
+    let e = compile(&[k]).err().unwrap();
+    assert!(e.to_string().contains("reduce_sum"), "{e}");
+}
+
+// ---- SIMD code (`simd.rs`) ----
+
+/// Compiles with the JIT's own vector code (no library row routines), counting the
+/// vector loops and reductions it made.
+fn compile_counting(k: Kernel) -> (Compiled, (usize, usize)) {
+    simd::COMPILED.with(|c| c.set((0, 0)));
+    rows::NO_ROW_CALLS.with(|c| c.set(true));
+    let c = compile(&[k]);
+    rows::NO_ROW_CALLS.with(|c| c.set(false));
+    (c.unwrap(), simd::COMPILED.with(|c| c.get()))
+}
+
+/// `k` with every innermost loop marked `mark`.
+fn with_mark(mut k: Kernel, mark: Mark) -> Kernel {
+    fn go(body: &mut [Stmt], m: Mark) {
+        for s in body {
+            if let Stmt::Loop { mark: lm, body, .. } = s {
+                if body.iter().any(|s| matches!(s, Stmt::Loop { .. })) {
+                    go(body, m);
+                } else {
+                    *lm = m;
+                }
+            }
+        }
+    }
+    go(&mut k.body, mark);
+    k
+}
+
+fn same_bits<T: Copy + std::fmt::Debug>(a: &[T], b: &[T], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for i in 0..a.len() {
+        let (x, y) = (format!("{:?}", a[i]), format!("{:?}", b[i]));
+        // NaN payloads may differ; everything else (signed zeros too) must not.
+        assert!(
+            x == y || (x == "NaN" && y == "NaN"),
+            "{what}: element {i}: {x} vs {y}"
+        );
+    }
+}
+
+/// Special f32 values, then pseudo-random ones of every magnitude.
+fn f32_samples() -> Vec<f32> {
+    let mut xs = vec![
+        0.0f32,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+        1.5,
+        2.5,
+        -2.5,
+        3.5,
+        1e-40,
+        -1e-40,
+        f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN,
+        1e10,
+        -3e9,
+        123.456,
+        7.0,
+    ];
+    let mut seed = 0x1234_5678u32;
+    for _ in 0..20 {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let x = f32::from_bits(seed);
+        xs.push(if x.is_nan() { 0.25 } else { x });
+        xs.push((seed >> 8) as f32 / 65536.0 - 128.0);
+    }
+    xs
+}
+
+/// Runs `k` (vector-marked innermost loops) and the same kernel with serial loops on
+/// buffers `inputs` (as bytes) and one output of `n` elements of `T`, and checks both give
+/// the same bits and that the vector one took the SIMD path.
+fn vector_vs_scalar<T: Copy + Default + PartialEq + std::fmt::Debug>(
+    k: Kernel,
+    inputs: &mut [Vec<u8>],
+    n: usize,
+    what: &str,
+) -> Vec<T> {
+    let mut outs = Vec::new();
+    for mark in [Mark::Vector(4), Mark::Serial] {
+        let (c, (vec, _)) = compile_counting(with_mark(k.clone(), mark));
+        assert_eq!(vec, usize::from(mark != Mark::Serial), "{what}: SIMD path");
+        let mut y = vec![T::default(); n];
+        let mut ptrs: Vec<*mut u8> = inputs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        ptrs.push(ptr(&mut y));
+        assert_eq!(call(&c, 0, &ptrs, &[n as i64]), 0);
+        outs.push(y);
+    }
+    same_bits(&outs[0], &outs[1], what);
+    outs.pop().unwrap()
+}
+
+fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
+    // SAFETY: plain numbers viewed as their bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+        .to_vec()
+}
+
+fn zip_kernel(d: DType, to: DType, f: &dyn Fn(Expr, Expr) -> Expr) -> Kernel {
+    Kernel {
+        name: "zip".into(),
+        bufs: vec![
+            buf("a", d, BufKind::Input),
+            buf("b", d, BufKind::Input),
+            buf("y", to, BufKind::Output),
+        ],
+        dims: vec![Dim::sym("n")],
+        vars: vec![DType::I64],
+        body: vec![for_(
+            0,
+            Expr::Dim(0),
+            vec![store(2, v(0), f(load(0, v(0)), load(1, v(0))))],
+        )],
+    }
+}
+
+/// `y[r] = fold over c < cols of x[r * cols + c] * s[r]` with `acc = op(acc, ...)`.
+fn reduction_kernel(o: Op, sum: bool) -> Kernel {
+    let f = DType::F32;
+    let acc_t = if sum { DType::F64 } else { f };
+    let e = op(
+        Op::Mul,
+        vec![load(0, v(0) * Expr::Dim(1) + v(1)), load(1, v(0))],
+        f,
+    );
+    let e = if sum { cast(DType::F64)(e) } else { e };
+    let init = if sum {
+        Expr::Float(0.0, DType::F64)
+    } else if o == Op::Max {
+        Expr::Float(f64::NEG_INFINITY, f)
+    } else {
+        Expr::Float(f64::INFINITY, f)
+    };
+    Kernel {
+        name: "reduce".into(),
+        bufs: vec![
+            buf("x", f, BufKind::Input),
+            buf("s", f, BufKind::Input),
+            buf("y", acc_t, BufKind::Output),
+        ],
+        dims: vec![Dim::sym("r"), Dim::sym("c")],
+        vars: vec![DType::I64, DType::I64, acc_t],
+        body: vec![for_(
+            0,
+            Expr::Dim(0),
+            vec![
+                Stmt::Set {
+                    var: 2,
+                    value: init,
+                },
+                for_(
+                    1,
+                    Expr::Dim(1),
+                    vec![Stmt::Set {
+                        var: 2,
+                        value: op(o, vec![v(2), e], acc_t),
+                    }],
+                ),
+                store(2, v(0), v(2)),
+            ],
+        )],
+    }
+}
+
+mod library;
+mod vector;
