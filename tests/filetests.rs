@@ -15,7 +15,14 @@
 //! - `lower`: the kernel IR of every node that computes something (fused kernels and single
 //!   ops), or why it cannot be lowered;
 //! - `parse-error`: the file does not parse; the expected error is the `; ` block that ends the
-//!   file.
+//!   file;
+//! - `kernel`: the file holds kernel IR (`kernel @name(...) { ... }`), each kernel followed by
+//!   its outputs on the kernel interpreter (`runtime::interp::kernels`), and every backend must
+//!   compute the same — bit for bit, or within 2 ulp for floats in kernels with vector loops,
+//!   as the kernel contract allows — which blessing cannot override. Comment lines right above a kernel may bind symbols
+//!   (`; with n=9, m=2`; unbound ones are 7) and give inputs (`; in x = [1.5, nan, -inf]`);
+//!   other inputs are deterministic random values. Each kernel must also print back as the
+//!   text it parses from (up to layout) and parse to the same kernel.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,7 +116,17 @@ fn lowered(g: &kiln::Graph) -> String {
         let name = format!("k{}", out.len());
         let sub = kiln::kernel::single_node_graph(g, id);
         out.push(match kiln::codegen::lower(&sub, &name) {
-            Ok(l) => l.kernel.to_string(),
+            Ok(l) => {
+                let text = l.kernel.to_string();
+                let back = kiln::kernel::parse_kernel(&text)
+                    .unwrap_or_else(|e| panic!("a lowered kernel does not parse: {e}\n{text}"));
+                assert_eq!(
+                    back.to_string(),
+                    text,
+                    "a lowered kernel prints back differently"
+                );
+                text
+            }
             Err(e) => format!("{name}: unsupported: {e}"),
         });
     }
@@ -230,6 +247,226 @@ fn run(g: &kiln::Graph) -> Result<String, String> {
     })
 }
 
+/// The `; with` bindings and `; in` inputs in the comment lines right above line `at`
+/// (0-based).
+fn directives(lines: &[&str], at: usize) -> Vec<String> {
+    let mut start = at;
+    while start > 0 && lines[start - 1].trim_start().starts_with(';') {
+        start -= 1;
+    }
+    lines[start..at]
+        .iter()
+        .map(|l| l.trim_start().trim_start_matches(';').trim().to_string())
+        .filter(|l| l.starts_with("with ") || l.starts_with("in "))
+        .collect()
+}
+
+/// Parses `[1, -2.5, nan, inf, true]` as elements of `dtype`.
+fn literal_data(text: &str, dtype: kiln::DType) -> Result<kiln::Data, String> {
+    let inner = text
+        .trim()
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .ok_or_else(|| format!("`{text}` is not a [list]"))?;
+    let items: Vec<&str> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let bad = |t: &str| format!("`{t}` is not a {dtype}");
+    Ok(match dtype {
+        kiln::DType::Bool => kiln::Data::Bool(
+            items
+                .iter()
+                .map(|t| match *t {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    t => Err(bad(t)),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        d if d.is_float() => kiln::Data::from_f64s(
+            d,
+            &items
+                .iter()
+                .map(|t| t.parse::<f64>().map_err(|_| bad(t)))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        d => kiln::Data::from_i128s(
+            d,
+            &items
+                .iter()
+                .map(|t| t.parse::<i128>().map_err(|_| bad(t)))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    })
+}
+
+/// Units in the last place between two floats of `dtype` (0 for two NaNs).
+fn ulps(a: f64, b: f64, dtype: kiln::DType) -> u64 {
+    if a.is_nan() && b.is_nan() {
+        return 0;
+    }
+    if a.is_nan() || b.is_nan() {
+        return u64::MAX;
+    }
+    let key64 = |x: f64| {
+        let b = x.to_bits() as i64;
+        if b < 0 {
+            i64::MIN - b
+        } else {
+            b
+        }
+    };
+    let key32 = |x: f64| {
+        let b = (x as f32).to_bits() as i32;
+        i64::from(if b < 0 { i32::MIN - b } else { b })
+    };
+    match dtype {
+        kiln::DType::F32 => key32(a).abs_diff(key32(b)),
+        _ => key64(a).abs_diff(key64(b)),
+    }
+}
+
+/// A kernel's outputs (or the code it stops with) on the kernel interpreter; every backend
+/// must agree.
+fn kernel_output(k: &kiln::kernel::Kernel, setup: &[String]) -> Result<Vec<String>, String> {
+    use kiln::kernel::BufKind;
+    // The text round-trips.
+    let text = k.to_string();
+    let again = kiln::kernel::parse_kernel(&text).map_err(|e| format!("reparsing: {e}\n{text}"))?;
+    if again != *k {
+        return Err(format!("the printed kernel parses differently:\n{text}"));
+    }
+    let mut env: HashMap<String, i64> = HashMap::new();
+    let mut given: HashMap<String, String> = HashMap::new();
+    for d in setup {
+        if let Some(b) = d.strip_prefix("with ") {
+            for w in b.split([',', ' ']).filter(|w| !w.is_empty()) {
+                let (n, v) = w
+                    .split_once('=')
+                    .ok_or(format!("`{w}` is not NAME=VALUE"))?;
+                env.insert(n.into(), v.parse().map_err(|_| format!("`{v}` in `{w}`"))?);
+            }
+        } else if let Some(b) = d.strip_prefix("in ") {
+            let (n, v) = b
+                .split_once('=')
+                .ok_or(format!("`{b}` is not NAME = [...]"))?;
+            given.insert(n.trim().into(), v.trim().into());
+        }
+    }
+    let eval = |d: &kiln::Dim| {
+        d.eval(&|s| Some(env.get(s).copied().unwrap_or(7)))
+            .map_err(|e| e.to_string())
+    };
+    let dims = k.dims.iter().map(eval).collect::<Result<Vec<_>, _>>()?;
+    let mut rng = kiln::Rng::new(1);
+    let mut bufs = Vec::new();
+    for b in &k.bufs {
+        let len = eval(&b.len)?.max(0) as usize;
+        let data = match (b.kind, given.remove(&b.name)) {
+            (_, Some(t)) => literal_data(&t, b.dtype)?,
+            (BufKind::Input, None) => rng.tensor(b.dtype, &[len]).data().clone(),
+            _ => kiln::Data::zeros(b.dtype, len),
+        };
+        if data.len() != len {
+            return Err(format!(
+                "`{}` has {len} elements, given {}",
+                b.name,
+                data.len()
+            ));
+        }
+        bufs.push(data);
+    }
+    if let Some(n) = given.keys().next() {
+        return Err(format!("no buffer `{n}`"));
+    }
+    let inputs = bufs.clone();
+    let code = match kiln::interp::kernels::run(k, &mut bufs, &dims) {
+        Ok(code) => code,
+        Err(e) => return Ok(vec![format!("error: {e}")]),
+    };
+    let outputs: Vec<usize> = (0..k.bufs.len())
+        .filter(|&i| k.bufs[i].kind == BufKind::Output)
+        .collect();
+    // Outside vector loops a backend computes exactly what the interpreter does; inside them
+    // f32 transcendental functions may be 2 ulp off and f64 sums reassociate.
+    let mut vector = false;
+    for s in &k.body {
+        s.walk(&mut |s| {
+            vector |= matches!(
+                s,
+                kiln::kernel::Stmt::Loop {
+                    mark: kiln::kernel::Mark::Vector(_),
+                    ..
+                }
+            )
+        });
+    }
+    let slack = if vector { 2 } else { 0 };
+    for (name, backend) in [("cranelift", kiln::codegen::backend())] {
+        let code_obj = backend
+            .compile(std::slice::from_ref(k))
+            .map_err(|e| format!("@{}: {name} cannot compile it: {e}\n{text}", k.name))?;
+        let mut got = inputs.clone();
+        let ptrs: Vec<*mut u8> = got
+            .iter_mut()
+            .map(|d| kiln::ir::with_data!(d, v, _W => v.as_mut_ptr().cast::<u8>()))
+            .collect();
+        // SAFETY: every buffer has its declared length under these dims, and the interpreter
+        // ran the same kernel on them without an out-of-range access.
+        let c = unsafe { code_obj.function(0)(ptrs.as_ptr(), dims.as_ptr()) };
+        if c != code {
+            return Err(format!(
+                "@{}: {name} stops with code {c}, the interpreter with {code}",
+                k.name
+            ));
+        }
+        if code != 0 {
+            continue;
+        }
+        for &i in &outputs {
+            let (w, g, dtype) = (&bufs[i], &got[i], k.bufs[i].dtype);
+            for j in 0..w.len() {
+                let same = match dtype.is_float() {
+                    true => ulps(w.get_f64(j), g.get_f64(j), dtype) <= slack,
+                    false => w.get_i128(j) == g.get_i128(j),
+                };
+                if !same {
+                    return Err(format!(
+                        "@{}: {name} computes {}[{j}] = {}, the interpreter {}\n{text}",
+                        k.name,
+                        k.bufs[i].name,
+                        g.get_f64(j),
+                        w.get_f64(j)
+                    ));
+                }
+            }
+        }
+    }
+    if code != 0 {
+        return Ok(vec![format!(
+            "stops with code {code} ({})",
+            kiln::kernel::codes::message(code)
+        )]);
+    }
+    Ok(outputs
+        .iter()
+        .map(|&i| {
+            // Long buffers show their first 16 elements (all are compared).
+            let n = bufs[i].len();
+            let shown = bufs[i].take_all(&(0..n.min(16)).collect::<Vec<_>>());
+            let t = kiln::Tensor::new(vec![shown.len()], shown).expect("a vector");
+            let more = if n > 16 {
+                format!(" ... ({n} elements)")
+            } else {
+                String::new()
+            };
+            format!("{} = {}{more}", k.bufs[i].name, kiln::format::values(&t))
+        })
+        .collect())
+}
+
 /// Which ops each command's filetests exercise, for the coverage check.
 type Coverage = HashMap<String, std::collections::BTreeSet<&'static str>>;
 
@@ -263,6 +500,18 @@ fn check_file(path: &Path, bless: bool, cover: &mut Coverage) -> Result<usize, S
             }
             let (expected, end) = block_at(&lines, start);
             blocks.push((start, expected, vec![e.to_string()], end));
+        }
+        (_, "kernel") => {
+            let parsed = kiln::kernel::parse_kernels(&body)
+                .map_err(|e| format!("{}:{e}", path.display()))?;
+            for p in &parsed {
+                let after = p.span.end.line as usize;
+                let (expected, end) = block_at(&lines, after);
+                let setup = directives(&lines, p.span.start.line as usize - 1);
+                let actual = kernel_output(&p.kernel, &setup)
+                    .map_err(|e| format!("{}:{}: {e}", path.display(), p.span.start.line))?;
+                blocks.push((after, expected, actual, end));
+            }
         }
         (Ok(_), "parse-error") => return Err(format!("{}: parsed without error", path.display())),
         (Err(e), _) => return Err(format!("{}: {e}", path.display())),

@@ -44,7 +44,7 @@ pub use dtype::{DType, DTypeSet};
 pub use error::{Error, Result};
 pub use graph::{Cycle, Graph, GraphError, Loc, Node, NodeId, Origin, Value};
 pub use ops::{Arity, Op, OpKind};
-pub use parse::{parse_graph, parse_module, Func, Module, ParseError, Span};
+pub use parse::{parse_dim, parse_graph, parse_module, Func, Module, ParseError, Span};
 pub use print::{
     attrs_text, default_output_name, print_graph, print_module, print_module_with, tensor_literal,
     PrintOptions,

@@ -76,6 +76,26 @@ pub fn parse_module(text: &str) -> Result<Module, ParseError> {
     .module()
 }
 
+/// Parses a dimension expression as types print it (`8*n`, `min(a, b) + 1`); error positions
+/// count from the start of `text`.
+pub fn parse_dim(text: &str) -> Result<Dim, ParseError> {
+    let mut p = Parser {
+        tokens: lex(text)?,
+        pos: 0,
+        depth: 0,
+        consts: BTreeMap::new(),
+    };
+    let loc = p.loc();
+    let ex = p.expr()?;
+    if *p.peek() != Tok::Eof {
+        return err(
+            p.loc(),
+            format!("unexpected {} after a dimension", p.peek()),
+        );
+    }
+    ex_to_dim(&ex).or_else(|m| err(loc, m))
+}
+
 /// Parses a text holding exactly one function.
 pub fn parse_graph(text: &str) -> Result<Graph, ParseError> {
     let mut m = parse_module(text)?;

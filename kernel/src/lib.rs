@@ -1,5 +1,5 @@
 //! The contract between compiling and running kernels, depending on `ir` only: the loop-level
-//! kernel IR ([`loops`]), its analyses ([`stages`]) and what lowering a node gives
+//! kernel IR ([`loops`]) and its parser ([`parse`]), its analyses ([`stages`]) and what lowering a node gives
 //! ([`lowered`]); what a code generator is to the runtime ([`backend`]); the ABI compiled
 //! kernels have ([`abi`]), the library routines they call ([`routines`]), the threads those
 //! routines and parallel kernels share ([`threads`]), the loader that maps object code into
@@ -11,6 +11,7 @@ pub mod backend;
 pub mod loader;
 pub mod loops;
 pub mod lowered;
+pub mod parse;
 pub mod routines;
 pub mod stages;
 pub mod target;
@@ -20,6 +21,7 @@ pub use abi::{Code, KernelFn};
 pub use backend::{Backend, Object, Target};
 pub use loops::*;
 pub use lowered::{prepack, single_node_graph, Lowered, PackCache, Unsupported};
+pub use parse::{parse_kernel, parse_kernels};
 
 /// Whether this CPU runs the library's AVX2 and FMA code (gemm, plane convs, row routines);
 /// they fall back to portable code otherwise. (The standard library caches the detection.)

@@ -1,6 +1,6 @@
 //! The loop-level kernel IR: buffers, loop nests with marks, scalar expressions over loads,
 //! accumulators and stores. Every backend takes this as its only input, and it prints as text
-//! so that lowering is snapshot-tested.
+//! so that lowering is snapshot-tested (and parses back: [`crate::parse`]).
 //!
 //! Conventions a backend relies on:
 //! - every buffer is a dense row-major array of its dtype; `bool` is one byte, 0 or 1;
@@ -671,6 +671,7 @@ impl Kernel {
                             Op::Cast { .. } => write!(out, "cast<{dtype}>").unwrap(),
                             _ => out.push_str(op.mnemonic()),
                         }
+                        out.push_str(&ir::attrs_text(op));
                         out.push('(');
                         for (i, a) in args.iter().enumerate() {
                             if i > 0 {

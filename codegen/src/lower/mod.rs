@@ -481,7 +481,9 @@ fn accumulator(step: &Op, dtype: DType, init: Expr) -> (DType, Expr) {
     }
 }
 
-/// `e` converted to `dtype` (nothing when it has it already, for i64 indices).
+/// `e` converted to `dtype` (nothing when it has it already, for i64 indices). Kernels
+/// compute native dtypes only, where `saturate` means nothing: it keeps its default, which
+/// the kernel text leaves unprinted.
 fn cast(e: Expr, dtype: DType) -> Expr {
     if dtype == DType::I64 && matches!(e, Expr::Var(_) | Expr::Int(_, DType::I64)) {
         return e;
@@ -489,7 +491,7 @@ fn cast(e: Expr, dtype: DType) -> Expr {
     Expr::Op {
         op: Op::Cast {
             dtype,
-            saturate: false,
+            saturate: true,
         },
         args: vec![e],
         dtype,

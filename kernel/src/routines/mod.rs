@@ -105,6 +105,10 @@ pub struct Routine {
     pub extent: fn(usize, &[crate::Expr]) -> Option<crate::Expr>,
     /// The host function's address.
     pub address: fn() -> *const u8,
+    /// Calls the host function with operand addresses and integer arguments in table order
+    /// (what an interpreter of kernels does). Safety: the addresses must be valid for what the
+    /// routine touches under these integers (null only for absent optional operands).
+    pub call: unsafe fn(&[*mut u8], &[i64]),
     pub doc: &'static str,
 }
 
@@ -124,6 +128,22 @@ pub static ROUTINES: [Routine; 2] = [
         cost: |i| i[5] * i[6] * i[7],
         extent: |_, _| None,
         address: || gemm::kiln_sgemm_packed as *const u8,
+        call: |p, i| unsafe {
+            gemm::kiln_sgemm_packed(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+            )
+        },
         doc: "c[i*c_rs + j] = Σ_l a[i*a_rs + l*a_cs] · b[l*b_rs + j*b_cs] for i < m, j < n, \
               l < k (f32; c_rs >= n); b_packed, when given, is b packed by gemm::pack_b for \
               this k and n, and b is then not read",
@@ -146,6 +166,25 @@ pub static ROUTINES: [Routine; 2] = [
             Some(i.get(a)?.clone() * i.get(b)?.clone())
         },
         address: || conv::kiln_conv2d_plane as *const u8,
+        call: |p, i| unsafe {
+            conv::kiln_conv2d_plane(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                i[8],
+                i[9],
+                i[10],
+                i[11],
+            )
+        },
         doc: "out[oy·ow + ox] = Σ x[iy·w + ix] · k[ky·kw + kx] over the taps inside the input \
               (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw): one channel of a depthwise \
               conv (f32)",

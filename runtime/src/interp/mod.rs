@@ -6,6 +6,7 @@
 mod compute;
 pub mod dynamic;
 mod index;
+pub mod kernels;
 mod wide;
 
 use std::collections::HashMap;
@@ -44,6 +45,43 @@ impl Default for Options {
             bindings: HashMap::new(),
             max_tensor_bytes: 8 << 30,
         }
+    }
+}
+
+/// One elementwise op (unary, binary, compare, select, cast) on operands of one length,
+/// giving `dtype`: the semantics compiled kernels are checked against.
+pub fn elementwise(op: &Op, args: &[&Data], dtype: ir::DType) -> Result<Data, String> {
+    let arity = |n: usize| match args.len() == n {
+        true => Ok(()),
+        false => Err(format!("`{}` takes {n} operands", op.mnemonic())),
+    };
+    match op {
+        _ if op.kind() == ir::OpKind::Unary => {
+            arity(1)?;
+            Ok(narrow(&wide::unary(op, &widen(args[0])), dtype))
+        }
+        _ if op.kind() == ir::OpKind::Binary => {
+            arity(2)?;
+            let r = wide::binary(op, &widen(args[0]), &widen(args[1]), args[0].dtype())?;
+            Ok(narrow(&r, dtype))
+        }
+        Op::Select => {
+            arity(3)?;
+            match args[0] {
+                Data::Bool(c) => Ok(compute::select(c, args[1], args[2])),
+                _ => Err("select's condition is not bool".into()),
+            }
+        }
+        Op::Cast { dtype, saturate } => {
+            arity(1)?;
+            Ok(match widen(args[0]) {
+                wide::Wide::F(v) if dtype.is_narrow() && dtype.is_float() => {
+                    Data::from_f64s_narrow(*dtype, &v, *saturate)
+                }
+                w => narrow(&w, *dtype),
+            })
+        }
+        _ => Err(format!("`{}` is not elementwise", op.mnemonic())),
     }
 }
 
@@ -430,27 +468,10 @@ impl Interp<'_> {
                     .map(|d| self.eval_dim(d))
                     .collect::<Result<_, _>>()?,
             )]),
-            _ if op.kind() == ir::OpKind::Unary => Ok(vec![narrow(
-                &wide::unary(op, &wide0()),
-                self.out_dtype(op, args),
-            )]),
-            _ if op.kind() == ir::OpKind::Binary => {
-                let r = wide::binary(op, &wide0(), &widen(arg(1).data()), dtype0())?;
-                Ok(vec![narrow(&r, self.out_dtype(op, args))])
+            _ if op.is_elementwise() => {
+                let datas: Vec<&Data> = args.iter().map(|t| t.data()).collect();
+                Ok(vec![elementwise(op, &datas, self.out_dtype(op, args))?])
             }
-            Op::Select => {
-                let cond = match arg(0).data() {
-                    Data::Bool(c) => c,
-                    _ => unreachable!("the verifier admits only bool conditions"),
-                };
-                Ok(vec![compute::select(cond, arg(1).data(), arg(2).data())])
-            }
-            Op::Cast { dtype, saturate } => match wide0() {
-                wide::Wide::F(v) if dtype.is_narrow() && dtype.is_float() => {
-                    Ok(vec![Data::from_f64s_narrow(*dtype, &v, *saturate)])
-                }
-                w => Ok(vec![narrow(&w, *dtype)]),
-            },
             Op::Bitcast { dtype } => {
                 let bytes = crate::aot::encode(arg(0)).ok_or("the operand has no byte form")?;
                 let t = crate::aot::decode(*dtype, arg(0).shape().to_vec(), &bytes)
