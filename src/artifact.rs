@@ -170,12 +170,12 @@ mod tests {
             runtime::aot::load(&foreign, &opts),
             Err(AotError::Target { .. })
         ));
-        let future = rewritten(&bytes, |_, _, f| f.push("has_teleport".into()));
+        let future = rewritten(&bytes, |_, _, f| f.push("teleport".into()));
         let e = runtime::aot::load(&future, &opts)
             .err()
             .expect("no CPU has has_teleport");
         assert!(
-            matches!(&e, AotError::MissingFeatures(m) if m == &["has_teleport"]),
+            matches!(&e, AotError::MissingFeatures(m) if m == &["teleport"]),
             "{e}"
         );
         assert!(e.to_string().contains("lacks features"), "{e}");

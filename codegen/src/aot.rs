@@ -62,19 +62,29 @@ pub fn isa(target: &str) -> Result<OwnedTargetIsa, JitError> {
         .map_err(|e| fail(format!("target `{target}`: {e}")))
 }
 
-/// The target triple and the CPU features (Cranelift's names, `has_avx2`, ...) that code from
-/// [`compile_object`] assumes: what this machine's code generator enables.
+/// The target triple and the CPU features (neutral names, `avx2`, `sse4.1`, ...) that code
+/// from [`compile_object`] assumes: what this machine's code generator enables.
 pub fn target() -> Result<(String, Vec<String>), JitError> {
     Ok(describe(&*crate::jit::host_isa()?))
 }
 
-/// An ISA's target triple and the CPU features (`has_avx2`, ...) its code assumes.
+/// An ISA's target triple and the CPU features its code assumes, by the neutral names of
+/// [`kernel::target`] (Cranelift's `has_sse41` is `sse4.1`).
 pub fn describe(isa: &dyn TargetIsa) -> (String, Vec<String>) {
     let features = isa
         .isa_flags()
         .iter()
-        .filter(|f| f.name.starts_with("has_") && f.as_bool() == Some(true))
-        .map(|f| f.name.to_string())
+        .filter(|f| f.as_bool() == Some(true))
+        .filter_map(|f| f.name.strip_prefix("has_"))
+        .map(|f| {
+            match f {
+                "sse41" => "sse4.1",
+                "sse42" => "sse4.2",
+                "avx_vnni" => "avxvnni",
+                f => f,
+            }
+            .to_string()
+        })
         .collect();
     (isa.triple().to_string(), features)
 }
@@ -194,7 +204,9 @@ mod tests {
         let (triple, features) = target().unwrap();
         assert!(!triple.is_empty());
         assert!(
-            features.iter().all(|f| f.starts_with("has_")),
+            features
+                .iter()
+                .all(|f| kernel::target::FEATURES.contains(&f.as_str())),
             "{features:?}"
         );
     }

@@ -21,7 +21,7 @@ pub struct Object {
 }
 
 /// A machine code is compiled for: its target triple and the CPU features its code assumes,
-/// named as [`crate::target::missing_features`] checks them (`has_avx2`, ...).
+/// named as [`crate::target::missing_features`] checks them (`avx2`, `sse4.1`, ...).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub triple: String,

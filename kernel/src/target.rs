@@ -1,6 +1,6 @@
-//! The machine code runs on: the host's target triple and its CPU features, named as
-//! artifacts record them (`has_avx2`, `has_fma`, ...), so a loader can check what a piece of
-//! compiled code assumes without a code generator.
+//! The machine code runs on: the host's target triple and its CPU features, by backend-neutral
+//! names as artifacts record them (`avx2`, `fma`, `sse4.1`, ...), so a loader can check what a
+//! piece of compiled code assumes without a code generator.
 
 /// What lowering assumes of the machine, in backend-neutral terms: the vectors loops are
 /// marked for and the working-block size blocked loops are cut to. One value per backend and
@@ -29,8 +29,32 @@ pub fn host_triple() -> String {
     target_lexicon::HOST.to_string()
 }
 
-/// Of `required` CPU features (Cranelift's names, `has_avx2`, ...), those this CPU lacks;
-/// unknown names count as lacking.
+/// The CPU features code may require, by backend-neutral names (Rust's `target_feature`
+/// names, which LLVM shares): what artifacts record and [`missing_features`] checks.
+pub const FEATURES: &[&str] = &[
+    "sse3",
+    "ssse3",
+    "cmpxchg16b",
+    "sse4.1",
+    "sse4.2",
+    "popcnt",
+    "avx",
+    "avx2",
+    "fma",
+    "bmi1",
+    "bmi2",
+    "lzcnt",
+    "avxvnni",
+    "avx512f",
+    "avx512dq",
+    "avx512vl",
+    "avx512bitalg",
+    "avx512vbmi",
+    "avx512vnni",
+];
+
+/// Of `required` CPU features (names from [`FEATURES`]), those this CPU lacks; unknown names
+/// count as lacking.
 pub fn missing_features(required: &[String]) -> Vec<String> {
     required.iter().filter(|f| !host_has(f)).cloned().collect()
 }
@@ -39,25 +63,25 @@ pub fn missing_features(required: &[String]) -> Vec<String> {
 fn host_has(feature: &str) -> bool {
     use std::arch::is_x86_feature_detected as has;
     match feature {
-        "has_sse3" => has!("sse3"),
-        "has_ssse3" => has!("ssse3"),
-        "has_cmpxchg16b" => has!("cmpxchg16b"),
-        "has_sse41" => has!("sse4.1"),
-        "has_sse42" => has!("sse4.2"),
-        "has_avx" => has!("avx"),
-        "has_avx2" => has!("avx2"),
-        "has_fma" => has!("fma"),
-        "has_avx_vnni" => has!("avxvnni"),
-        "has_avx512bitalg" => has!("avx512bitalg"),
-        "has_avx512dq" => has!("avx512dq"),
-        "has_avx512vl" => has!("avx512vl"),
-        "has_avx512vbmi" => has!("avx512vbmi"),
-        "has_avx512f" => has!("avx512f"),
-        "has_avx512vnni" => has!("avx512vnni"),
-        "has_popcnt" => has!("popcnt"),
-        "has_bmi1" => has!("bmi1"),
-        "has_bmi2" => has!("bmi2"),
-        "has_lzcnt" => has!("lzcnt"),
+        "sse3" => has!("sse3"),
+        "ssse3" => has!("ssse3"),
+        "cmpxchg16b" => has!("cmpxchg16b"),
+        "sse4.1" => has!("sse4.1"),
+        "sse4.2" => has!("sse4.2"),
+        "popcnt" => has!("popcnt"),
+        "avx" => has!("avx"),
+        "avx2" => has!("avx2"),
+        "fma" => has!("fma"),
+        "bmi1" => has!("bmi1"),
+        "bmi2" => has!("bmi2"),
+        "lzcnt" => has!("lzcnt"),
+        "avxvnni" => has!("avxvnni"),
+        "avx512f" => has!("avx512f"),
+        "avx512dq" => has!("avx512dq"),
+        "avx512vl" => has!("avx512vl"),
+        "avx512bitalg" => has!("avx512bitalg"),
+        "avx512vbmi" => has!("avx512vbmi"),
+        "avx512vnni" => has!("avx512vnni"),
         _ => false,
     }
 }
@@ -73,10 +97,12 @@ mod tests {
 
     #[test]
     fn features_this_cpu_lacks_are_named() {
-        let missing = missing_features(&["has_sse3".into(), "has_teleport".into()]);
-        assert!(missing.contains(&"has_teleport".to_string()));
+        let missing = missing_features(&["sse3".into(), "teleport".into(), "has_sse3".into()]);
+        assert!(missing.contains(&"teleport".to_string()));
+        // Cranelift's names are not ours.
+        assert!(missing.contains(&"has_sse3".to_string()));
         if cfg!(target_arch = "x86_64") {
-            assert!(!missing.contains(&"has_sse3".to_string()));
+            assert!(!missing.contains(&"sse3".to_string()));
         }
     }
 }

@@ -13,8 +13,8 @@
 /// The first bytes of every artifact.
 pub const MAGIC: &[u8; 8] = b"KILNART\0";
 /// The layout version this build writes and reads (2: kernels call library routines through
-/// one `call` statement).
-pub const FORMAT_VERSION: u32 = 2;
+/// one `call` statement; 3: CPU features by neutral names, `avx2` rather than `has_avx2`).
+pub const FORMAT_VERSION: u32 = 3;
 /// Sections start at multiples of this (a cache line; enough for any element type).
 pub const SECTION_ALIGN: usize = 64;
 
@@ -242,7 +242,7 @@ mod tests {
         write(
             "0.1.0",
             "x86_64-unknown-linux-gnu",
-            &["has_avx2".to_string(), "has_fma".to_string()],
+            &["avx2".to_string(), "fma".to_string()],
             &[
                 ("code", b"\x90\x90\xc3"),
                 ("weights", &weights),
@@ -258,7 +258,7 @@ mod tests {
         let a = read(&bytes).unwrap();
         assert_eq!(a.kiln_version, "0.1.0");
         assert_eq!(a.target, "x86_64-unknown-linux-gnu");
-        assert_eq!(a.features, ["has_avx2", "has_fma"]);
+        assert_eq!(a.features, ["avx2", "fma"]);
         assert_eq!(a.section("code"), Some(&b"\x90\x90\xc3"[..]));
         assert_eq!(a.section("empty"), Some(&b""[..]));
         let w = a.section("weights").unwrap();
