@@ -1,10 +1,11 @@
 //! The contract between compiling and running kernels, depending on `ir` only: the loop-level
-//! kernel IR ([`loops`]) and its parser ([`parse`]), its analyses ([`stages`]) and what lowering a node gives
-//! ([`lowered`]); what a code generator is to the runtime ([`backend`]); the ABI compiled
-//! kernels have ([`abi`]), the library routines they call ([`routines`]), the threads those
-//! routines and parallel kernels share ([`threads`]), the loader that maps object code into
-//! memory ([`loader`]) and the machine it runs on ([`target`]). Code generators (`codegen`)
-//! produce what this crate describes; the runtime runs it without one.
+//! kernel IR ([`loops`]) and its parser ([`parse`]), its analyses ([`stages`]), what lowering
+//! a node gives ([`lowered`]) and the saved plan of a compiled graph ([`plan`]); what a code
+//! generator is to the runtime ([`backend`]); the ABI compiled kernels have ([`abi`]), the
+//! library routines they call ([`routines`]), the threads those routines and parallel kernels
+//! share ([`threads`]), the loader that maps object code into memory ([`loader`]) and the
+//! machine it runs on ([`target`]). Code generators (`codegen`) produce what this crate
+//! describes; the runtime runs it without one.
 
 pub mod abi;
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod loader;
 pub mod loops;
 pub mod lowered;
 pub mod parse;
+pub mod plan;
 pub mod routines;
 pub mod stages;
 pub mod target;

@@ -2,48 +2,7 @@
 //! serde types of a plan, weights written once and aligned, the checks a loaded plan passes).
 
 use super::*;
-
-/// Where a saved constant's bytes are in the weights saved beside the plan.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
-struct WeightRef {
-    dtype: DType,
-    shape: Vec<u64>,
-    offset: u64,
-    bytes: u64,
-}
-
-/// A step as saved.
-#[derive(serde::Serialize, serde::Deserialize)]
-enum SavedStep {
-    Param,
-    Constant(WeightRef),
-    /// A constant nothing reads (see `Const::Absent`).
-    Absent {
-        dtype: DType,
-        shape: Vec<u64>,
-    },
-    /// Its stages are split again at loading (deterministic: the same kiln split them).
-    Native {
-        kernel: kernel::Kernel,
-        outputs: Vec<ir::Shape>,
-        consts: Vec<(BufId, WeightRef)>,
-    },
-    /// The node's graph as `.kir` text (constants inline).
-    Interp {
-        graph: String,
-        why: String,
-    },
-}
-
-/// An executable's plan as saved (see the module docs).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Saved<L = Layout> {
-    /// `&Layout` when saving (it serializes the same).
-    layout: L,
-    steps: Vec<SavedStep>,
-    /// How many kernel functions the code must have.
-    kernels: usize,
-}
+use kernel::plan::{Plan, Step as SavedStep, WeightRef};
 
 /// Weights being saved: each tensor's little-endian bytes once (tensors sharing data are
 /// stored once), 64-byte aligned.
@@ -138,7 +97,7 @@ impl Executable {
                 },
             });
         }
-        let saved = Saved {
+        let saved = Plan {
             layout: &self.layout,
             steps,
             kernels: self.compiled.as_ref().map_or(0, |c| c.len()),
@@ -160,7 +119,7 @@ impl Executable {
         opts: &CompileOptions,
     ) -> Result<Executable, ExecError> {
         let bad = |m: String| ExecError::Plan(m);
-        let saved: Saved =
+        let saved: Plan =
             postcard::from_bytes(plan).map_err(|e| bad(format!("it does not decode ({e})")))?;
         let code = match saved.kernels {
             0 => None,
@@ -173,7 +132,7 @@ impl Executable {
                 saved.kernels
             )));
         }
-        saved.layout.check(&saved.steps)?;
+        saved.layout.check(&saved.steps).map_err(ExecError::Plan)?;
         let all: &[u8] = (*backing).as_ref();
         let w = all
             .get(weights.clone())
@@ -318,46 +277,5 @@ impl Executable {
                 _ => reading.next().is_some(),
             }
         })
-    }
-}
-
-impl Layout {
-    /// Checks that a deserialized layout indexes only what it has, for `steps`.
-    fn check(&self, steps: &[SavedStep]) -> Result<(), ExecError> {
-        let n = steps.len();
-        let slots = self.n_slots;
-        let ok = [
-            self.types.len(),
-            self.labels.len(),
-            self.first_slot.len(),
-            self.operand_slots.len(),
-            self.dead_slots.len(),
-        ]
-        .iter()
-        .all(|&l| l == n)
-            && self.param_slots.len() == self.params.len()
-            && self.output_slots.len() == self.outputs.len()
-            && self.last_use.len() == slots
-            && self.param_slots.iter().flatten().all(|&s| s < slots)
-            && self.output_slots.iter().all(|&s| s < slots)
-            && self.operand_slots.iter().flatten().all(|&s| s < slots)
-            && self.dead_slots.iter().flatten().all(|&(s, _)| s < slots)
-            && self.guards.iter().all(|g| g.param < self.params.len())
-            && self.checks.iter().all(|c| c.have.rank() == c.want.rank())
-            && (0..n).all(|p| {
-                self.first_slot[p]
-                    .checked_add(self.types[p].len())
-                    .is_some_and(|end| end <= slots)
-            })
-            && steps.iter().enumerate().all(|(p, s)| match s {
-                SavedStep::Param | SavedStep::Constant(_) | SavedStep::Absent { .. } => {
-                    self.types[p].len() == 1 && self.operand_slots[p].is_empty()
-                }
-                _ => true,
-            });
-        match ok {
-            true => Ok(()),
-            false => Err(ExecError::Plan("its slots do not fit its steps".into())),
-        }
     }
 }
