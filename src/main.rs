@@ -126,6 +126,14 @@ fn main() -> ExitCode {
                 println!("{:<14} {}", p.name, p.summary);
             }
             println!("\npipeline: {}", kiln::passes::PIPELINE.join(","));
+            println!("\nkernel transforms (after lowering each node; `kiln opt --kernels`):");
+            for t in kiln::kernel::transforms::TRANSFORMS {
+                println!("{:<14} {}", t.name, t.summary);
+            }
+            println!(
+                "\nkernel pipeline: {}",
+                kiln::kernel::transforms::PIPELINE.join(",")
+            );
             Ok(())
         }
         Cmd::Ops => {

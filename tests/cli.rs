@@ -283,6 +283,34 @@ fn opt_prints_the_optimized_ir_and_reports_passes() {
         assert!(se.contains(&format!("; after {p}\n")), "{se}");
     }
     assert!(se.contains("@main: total"), "{se}");
+    // Chosen passes and kernel stages: a graph pass, the kernel as lowered, one transform.
+    let (_, se) = expect(
+        &[
+            "opt",
+            s(&f),
+            "--kernels",
+            "--print-after",
+            "fuse,lower,shrink-scratch",
+        ],
+        true,
+    );
+    assert!(se.contains("; after fuse\n"), "{se}");
+    assert!(
+        se.contains("; after lower (@main, fused)\nkernel @k0("),
+        "{se}"
+    );
+    assert!(se.contains("; after shrink-scratch (@main, fused)"), "{se}");
+    assert!(
+        !se.contains("; after fuse-loops") && !se.contains("; after cse"),
+        "{se}"
+    );
+    let (_, se) = expect(&["opt", s(&f), "--print-after", "frob"], false);
+    assert!(
+        se.contains("no pass or kernel transform is called `frob`"),
+        "{se}"
+    );
+    let (_, se) = expect(&["opt", s(&f), "--print-after", "fuse-loops"], false);
+    assert!(se.contains("shown with --kernels"), "{se}");
     // A chosen list, with a specialization; the result is valid .kir that runs.
     let out = dir.path().join("o.kir");
     expect(

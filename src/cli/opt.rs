@@ -18,9 +18,14 @@ pub struct OptArgs {
     /// Comma-separated passes to run instead of the default pipeline (see `kiln passes`)
     #[arg(long, value_name = "A,B,...")]
     passes: Option<String>,
-    /// Print the IR after every pass, to stderr
+    /// Print the IR after every pass (with --kernels, also each node's kernel after lowering
+    /// and after every kernel transform), to stderr
     #[arg(long)]
     print_after_all: bool,
+    /// Print the IR after these passes, to stderr; with --kernels, kernel transforms
+    /// (`lower` for the kernel as lowered) name kernel stages (see `kiln passes`)
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    print_after: Vec<String>,
     /// Report each pass's time and node counts, to stderr
     #[arg(long)]
     time_passes: bool,
@@ -73,6 +78,21 @@ pub fn opt(a: OptArgs) -> Result<(), Failure> {
             return Err(Failure(diags.join("\n")));
         }
     }
+    let transforms = kiln::kernel::transforms::TRANSFORMS;
+    for n in &a.print_after {
+        let pass = kiln::passes::PASSES.iter().any(|p| p.name == n);
+        let stage = n == "lower" || transforms.iter().any(|t| t.name == n);
+        if stage && !a.kernels {
+            return Err(Failure(format!(
+                "--print-after {n}: `{n}` is a kernel stage, shown with --kernels"
+            )));
+        }
+        if !pass && !stage {
+            return Err(Failure(format!(
+                "--print-after {n}: no pass or kernel transform is called `{n}` (see `kiln passes`)"
+            )));
+        }
+    }
     let list = kiln::passes::pass_list(a.passes.as_deref())?;
     let bindings: HashMap<String, i64> = a.dims.into_iter().collect();
     let opts = kiln::pass_options(&bindings);
@@ -82,7 +102,7 @@ pub fn opt(a: OptArgs) -> Result<(), Failure> {
     let mut out = Vec::with_capacity(graphs.len());
     for g in &graphs {
         let mut print_after = |p: &kiln::passes::Pass, g: &Graph| {
-            if a.print_after_all {
+            if a.print_after_all || a.print_after.iter().any(|n| n == p.name) {
                 let text = kiln::ir::print_module_with(std::slice::from_ref(g), &shown);
                 eprint!("; after {}\n{text}", p.name);
             }
@@ -141,6 +161,9 @@ pub fn opt(a: OptArgs) -> Result<(), Failure> {
     }
     if a.kernels {
         for g in &out {
+            print_kernel_stages(g, &a.print_after, a.print_after_all);
+        }
+        for g in &out {
             let exe = kiln::executable(g, &Default::default())?;
             print!("{}", exe.kernels_text());
             for (node, why) in exe.coverage().1 {
@@ -155,4 +178,31 @@ pub fn opt(a: OptArgs) -> Result<(), Failure> {
         None => print!("{}", kiln::ir::print_module_with(&out, &shown)),
     }
     Ok(())
+}
+
+/// Each computing node of `g` lowered alone, printed to stderr after the kernel stages
+/// `names` (or all of them) name.
+fn print_kernel_stages(g: &Graph, names: &[String], all: bool) {
+    if !all && names.is_empty() {
+        return;
+    }
+    let Ok(order) = g.topo_order() else {
+        return;
+    };
+    let mut n = 0;
+    for id in order {
+        let op = g.node(id).op();
+        if matches!(op, kiln::Op::Param { .. } | kiln::Op::Constant { .. }) {
+            continue;
+        }
+        let sub = kiln::kernel::single_node_graph(g, id);
+        let name = format!("k{n}");
+        n += 1;
+        let machine = kiln::kernel::target::Machine::CRANELIFT;
+        let _ = kiln::codegen::lower::lower_with(&sub, &name, &machine, &mut |stage, k| {
+            if all || names.iter().any(|s| s == stage) {
+                eprintln!("; after {stage} (@{}, {})\n{k}", g.name(), op.mnemonic());
+            }
+        });
+    }
 }

@@ -36,10 +36,22 @@ pub fn lower(g: &Graph, name: &str) -> Result<Lowered> {
 
 /// Lowers a graph to one kernel named `name` for `machine` (its vector width, its block size).
 pub fn lower_for(g: &Graph, name: &str, machine: &Machine) -> Result<Lowered> {
+    lower_with(g, name, machine, &mut |_, _| {})
+}
+
+/// [`lower_for`], calling `after` with the kernel as lowering made it (`"lower"`) and after
+/// each of the kernel transforms ([`kernel::transforms::PIPELINE`], by name): what
+/// `kiln opt --kernels --print-after` shows.
+pub fn lower_with(
+    g: &Graph,
+    name: &str,
+    machine: &Machine,
+    after: &mut dyn FnMut(&str, &Kernel),
+) -> Result<Lowered> {
     let mut l = Lowering::new(g, name, *machine)?;
     l.run()?;
-    kernel::stages::fuse(&mut l.k);
-    kernel::stages::shrink_scratch(&mut l.k);
+    after("lower", &l.k);
+    kernel::transforms::run(&mut l.k, &mut |t, k| after(t.name, k));
     let outputs = g
         .outputs()
         .iter()
