@@ -410,13 +410,8 @@ impl Model {
             return Err(Error::Import(err.clone()));
         };
         let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
-        frontends::onnx::check_given(&self.structured, &names).map_err(|e| {
-            Error::Import(ImportError {
-                node: None,
-                op: None,
-                message: e,
-            })
-        })?;
+        frontends::onnx::check_given(&self.structured, &names)
+            .map_err(|e| Error::Import(ImportError::model(e)))?;
         let given = frontends::onnx::given(&self.structured, |n| names.contains(&n));
         let mut given_sorted: Vec<(String, Given)> = given.clone().into_iter().collect();
         given_sorted.sort_by(|a, b| a.0.cmp(&b.0));

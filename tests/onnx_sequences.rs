@@ -262,7 +262,7 @@ fn serialized_sequences_and_optionals_decode_to_named_tensors() {
         ..Default::default()
     };
     let e = decode_value(&nested.encode_to_vec(), &Kind::Sequence, "xs").unwrap_err();
-    assert!(e.contains("not supported"), "{e}");
+    assert!(e.to_string().contains("not supported"), "{e}");
 }
 
 /// A sequence of f32 tensors whose element type declares no shape.

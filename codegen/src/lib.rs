@@ -24,25 +24,30 @@ pub fn backend() -> Arc<dyn Backend> {
     Arc::new(Cranelift)
 }
 
+/// The backend's own error as the kernel contract carries it.
+fn backend_error(e: jit::JitError) -> kernel::Error {
+    kernel::Error::Backend(Box::new(e))
+}
+
 impl Backend for Cranelift {
     fn lower(&self, g: &Graph, name: &str) -> Result<Lowered, Unsupported> {
         lower(g, name)
     }
 
-    fn compile(&self, kernels: &[Kernel]) -> Result<Box<dyn Code>, String> {
-        Ok(Box::new(jit::compile(kernels).map_err(|e| e.to_string())?))
+    fn compile(&self, kernels: &[Kernel]) -> Result<Box<dyn Code>, kernel::Error> {
+        Ok(Box::new(jit::compile(kernels).map_err(backend_error)?))
     }
 
-    fn target(&self, target: &str) -> Result<Target, String> {
-        let isa = aot::isa(target).map_err(|e| e.to_string())?;
+    fn target(&self, target: &str) -> Result<Target, kernel::Error> {
+        let isa = aot::isa(target).map_err(backend_error)?;
         let (triple, features) = aot::describe(&*isa);
         Ok(Target { triple, features })
     }
 
-    fn object(&self, kernels: &[Kernel], target: &str) -> Result<Object, String> {
-        let isa = aot::isa(target).map_err(|e| e.to_string())?;
+    fn object(&self, kernels: &[Kernel], target: &str) -> Result<Object, kernel::Error> {
+        let isa = aot::isa(target).map_err(backend_error)?;
         let (triple, features) = aot::describe(&*isa);
-        let bytes = aot::compile_object_for(isa, kernels).map_err(|e| e.to_string())?;
+        let bytes = aot::compile_object_for(isa, kernels).map_err(backend_error)?;
         Ok(Object {
             bytes,
             target: Target { triple, features },

@@ -10,6 +10,7 @@ use ir::Graph;
 use crate::abi::Code;
 use crate::loops::Kernel;
 use crate::lowered::{Lowered, Unsupported};
+use crate::Error;
 
 /// Kernels compiled into an object file, and what their code assumes of the machine.
 #[derive(Clone, Debug)]
@@ -36,12 +37,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn lower(&self, g: &Graph, name: &str) -> Result<Lowered, Unsupported>;
 
     /// Native code for `kernels` on this machine, ready to call.
-    fn compile(&self, kernels: &[Kernel]) -> Result<Box<dyn Code>, String>;
+    fn compile(&self, kernels: &[Kernel]) -> Result<Box<dyn Code>, Error>;
 
     /// What code for `target` (`host`, or a name the backend knows: an x86-64 level, a CPU)
     /// assumes.
-    fn target(&self, target: &str) -> Result<Target, String>;
+    fn target(&self, target: &str) -> Result<Target, Error>;
 
     /// An object file of `kernels` for `target`.
-    fn object(&self, kernels: &[Kernel], target: &str) -> Result<Object, String>;
+    fn object(&self, kernels: &[Kernel], target: &str) -> Result<Object, Error>;
 }

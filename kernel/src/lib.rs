@@ -26,6 +26,24 @@ pub use loops::*;
 pub use lowered::{prepack, single_node_graph, Lowered, PackCache, Unsupported};
 pub use parse::{parse_kernel, parse_kernels};
 
+/// What can go wrong between compiling and running kernels.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Lowering cannot express a node (it runs on the interpreter instead).
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    /// A kernel that names buffers, dims or variables it does not have, or calls a routine
+    /// with the wrong operands (a damaged saved plan, hand-written text).
+    #[error("{0}")]
+    Malformed(String),
+    /// A backend that could not compile kernels or does not know a target (its own error).
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// Object code that does not load.
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+}
+
 /// Whether this CPU runs the library's AVX2 and FMA code (gemm, plane convs, row routines);
 /// they fall back to portable code otherwise. (The standard library caches the detection.)
 pub fn avx2_fma() -> bool {

@@ -585,7 +585,7 @@ impl Kernel {
     /// Checks that every buffer, dim and variable a statement names exists and every call is
     /// of a known routine with its operands and arguments (deserialized kernels are checked
     /// before anything indexes by them).
-    pub fn check_ids(&self) -> Result<(), String> {
+    pub fn check_ids(&self) -> Result<(), crate::Error> {
         let (bufs, dims, vars) = (self.bufs.len(), self.dims.len(), self.vars.len());
         let buf = |b: BufId| match b < bufs {
             true => Ok(()),
@@ -635,7 +635,7 @@ impl Kernel {
                     });
             });
         }
-        result.map_err(|m| format!("kernel `{}` names {m}", self.name))
+        result.map_err(|m| crate::Error::Malformed(format!("kernel `{}` names {m}", self.name)))
     }
 
     fn expr(&self, e: &Expr, out: &mut String) {

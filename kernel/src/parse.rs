@@ -350,7 +350,7 @@ impl<'a> Parser<'a> {
             .map(|d| d.unwrap_or(DType::I64))
             .collect();
         let kernel = std::mem::replace(&mut self.k, empty(""));
-        kernel.check_ids().or_else(|m| err(start, m))?;
+        kernel.check_ids().or_else(|m| err(start, m.to_string()))?;
         Ok(Parsed {
             kernel,
             span: Span { start, end },

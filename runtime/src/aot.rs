@@ -42,16 +42,14 @@ pub fn compile(g: &Graph, opts: &CompileOptions, target: &str) -> Result<Vec<u8>
         .backend
         .clone()
         .ok_or_else(|| ExecError::Codegen("no code generator to compile an artifact".into()))?;
-    let described = backend.target(target).map_err(ExecError::Codegen)?;
+    let described = backend.target(target).map_err(ExecError::from)?;
     let mut object = Vec::new();
     // The executable's plan is what loading restores; its code is the object's.
     let exe = Executable::with_code(g, opts, &mut |kernels| {
-        let o = backend
-            .object(kernels, target)
-            .map_err(ExecError::Codegen)?;
+        let o = backend.object(kernels, target)?;
         object = o.bytes;
-        let image = kernel::loader::Image::load(&object, kernels.len())
-            .map_err(|e| ExecError::Codegen(e.to_string()))?;
+        let image =
+            kernel::loader::Image::load(&object, kernels.len()).map_err(kernel::Error::from)?;
         Ok(Box::new(image))
     })?;
     let (plan, weights) = exe.save()?;
@@ -101,7 +99,7 @@ pub fn load_shared(bytes: SharedBytes, opts: &CompileOptions) -> Result<Executab
         section("plan")?,
         &mut |n| match kernel::loader::Image::load(object, n) {
             Ok(image) => Ok(Box::new(image)),
-            Err(e) => Err(ExecError::Codegen(e.to_string())),
+            Err(e) => Err(kernel::Error::from(e).into()),
         },
         bytes.clone(),
         at..at + weights.len(),

@@ -37,6 +37,8 @@ pub enum ExecError {
     Verify(String),
     #[error("code generation failed: {0}")]
     Codegen(String),
+    #[error("code generation failed: {0}")]
+    Backend(#[from] kernel::Error),
     #[error("{node}: {message}")]
     Node { node: String, message: String },
     #[error("the saved plan: {0}")]
@@ -158,7 +160,7 @@ impl Executable {
         }
         let backend = opts.backend.clone();
         Executable::with_code(g, opts, &mut |kernels| match &backend {
-            Some(b) => b.compile(kernels).map_err(ExecError::Codegen),
+            Some(b) => Ok(b.compile(kernels)?),
             None => Err(ExecError::Codegen("no code generator".into())),
         })
     }

@@ -1,6 +1,8 @@
 //! The import driver: decodes the model, binds inputs and initializers, walks the nodes in
 //! order through the op registry, folds constant subcomputations, and names the outputs.
 
+use crate::onnx::OpError;
+
 use std::collections::HashMap;
 
 use ir::{Builder, Dim, Graph, Op, Origin, Shape, Tensor, TensorType, Value};
@@ -50,9 +52,10 @@ impl<'a> Node<'a> {
     }
 
     /// Input `i`, which must be present.
-    pub fn req(&self, i: usize) -> Result<&'a str, String> {
-        self.input(i)
-            .ok_or_else(|| format!("missing required input {i}"))
+    pub fn req(&self, i: usize) -> Result<&'a str, OpError> {
+        Ok(self
+            .input(i)
+            .ok_or_else(|| format!("missing required input {i}"))?)
     }
 
     pub fn num_outputs(&self) -> usize {
@@ -68,7 +71,7 @@ impl<'a> Node<'a> {
         self.proto.attribute.iter().find(|a| a.name == name)
     }
 
-    fn typed(&self, name: &str, want: i32) -> Result<Option<&'a AttributeProto>, String> {
+    fn typed(&self, name: &str, want: i32) -> Result<Option<&'a AttributeProto>, OpError> {
         match self.attr(name) {
             None => Ok(None),
             Some(a) if a.r#type == want || a.r#type == proto::attr_type::UNDEFINED => Ok(Some(a)),
@@ -76,7 +79,8 @@ impl<'a> Node<'a> {
                 "attribute `{name}` has type {}, expected {}",
                 attr_type_name(a.r#type),
                 attr_type_name(want)
-            )),
+            )
+            .into()),
         }
     }
 
@@ -84,61 +88,62 @@ impl<'a> Node<'a> {
         self.attr(name).is_some()
     }
 
-    pub fn int(&self, name: &str) -> Result<Option<i64>, String> {
+    pub fn int(&self, name: &str) -> Result<Option<i64>, OpError> {
         Ok(self.typed(name, proto::attr_type::INT)?.map(|a| a.i))
     }
 
-    pub fn int_or(&self, name: &str, default: i64) -> Result<i64, String> {
+    pub fn int_or(&self, name: &str, default: i64) -> Result<i64, OpError> {
         Ok(self.int(name)?.unwrap_or(default))
     }
 
-    pub fn float(&self, name: &str) -> Result<Option<f32>, String> {
+    pub fn float(&self, name: &str) -> Result<Option<f32>, OpError> {
         Ok(self.typed(name, proto::attr_type::FLOAT)?.map(|a| a.f))
     }
 
-    pub fn float_or(&self, name: &str, default: f32) -> Result<f32, String> {
+    pub fn float_or(&self, name: &str, default: f32) -> Result<f32, OpError> {
         Ok(self.float(name)?.unwrap_or(default))
     }
 
-    pub fn string(&self, name: &str) -> Result<Option<String>, String> {
-        self.typed(name, proto::attr_type::STRING)?
+    pub fn string(&self, name: &str) -> Result<Option<String>, OpError> {
+        Ok(self
+            .typed(name, proto::attr_type::STRING)?
             .map(|a| {
                 String::from_utf8(a.s.clone())
                     .map_err(|_| format!("attribute `{name}` is not UTF-8"))
             })
-            .transpose()
+            .transpose()?)
     }
 
-    pub fn string_or(&self, name: &str, default: &str) -> Result<String, String> {
+    pub fn string_or(&self, name: &str, default: &str) -> Result<String, OpError> {
         Ok(self.string(name)?.unwrap_or_else(|| default.to_string()))
     }
 
-    pub fn ints(&self, name: &str) -> Result<Option<Vec<i64>>, String> {
+    pub fn ints(&self, name: &str) -> Result<Option<Vec<i64>>, OpError> {
         Ok(self
             .typed(name, proto::attr_type::INTS)?
             .map(|a| a.ints.clone()))
     }
 
     /// An ints attribute that must have `len` entries; `[default; len]` when absent.
-    pub fn ints_len(&self, name: &str, len: usize, default: i64) -> Result<Vec<i64>, String> {
+    pub fn ints_len(&self, name: &str, len: usize, default: i64) -> Result<Vec<i64>, OpError> {
         match self.ints(name)? {
             None => Ok(vec![default; len]),
             Some(v) if v.len() == len => Ok(v),
-            Some(v) => Err(format!(
-                "attribute `{name}` has {} entries, expected {len}",
-                v.len()
-            )),
+            Some(v) => {
+                Err(format!("attribute `{name}` has {} entries, expected {len}", v.len()).into())
+            }
         }
     }
 
-    pub fn floats(&self, name: &str) -> Result<Option<Vec<f32>>, String> {
+    pub fn floats(&self, name: &str) -> Result<Option<Vec<f32>>, OpError> {
         Ok(self
             .typed(name, proto::attr_type::FLOATS)?
             .map(|a| a.floats.clone()))
     }
 
-    pub fn strings(&self, name: &str) -> Result<Option<Vec<String>>, String> {
-        self.typed(name, proto::attr_type::STRINGS)?
+    pub fn strings(&self, name: &str) -> Result<Option<Vec<String>>, OpError> {
+        Ok(self
+            .typed(name, proto::attr_type::STRINGS)?
             .map(|a| {
                 a.strings
                     .iter()
@@ -148,30 +153,32 @@ impl<'a> Node<'a> {
                     })
                     .collect()
             })
-            .transpose()
+            .transpose()?)
     }
 
-    pub fn type_proto(&self, name: &str) -> Result<Option<&'a proto::TypeProto>, String> {
+    pub fn type_proto(&self, name: &str) -> Result<Option<&'a proto::TypeProto>, OpError> {
         Ok(self
             .typed(name, proto::attr_type::TYPE_PROTO)?
             .and_then(|a| a.tp.as_ref()))
     }
 
-    pub fn graph(&self, name: &str) -> Result<&'a GraphProto, String> {
-        self.typed(name, proto::attr_type::GRAPH)?
+    pub fn graph(&self, name: &str) -> Result<&'a GraphProto, OpError> {
+        Ok(self
+            .typed(name, proto::attr_type::GRAPH)?
             .and_then(|a| a.g.as_deref())
-            .ok_or_else(|| format!("missing graph attribute `{name}`"))
+            .ok_or_else(|| format!("missing graph attribute `{name}`"))?)
     }
 
-    pub fn tensor(&self, name: &str, ext: &super::ExternalData) -> Result<Option<Tensor>, String> {
-        self.typed(name, proto::attr_type::TENSOR)?
+    pub fn tensor(&self, name: &str, ext: &super::ExternalData) -> Result<Option<Tensor>, OpError> {
+        Ok(self
+            .typed(name, proto::attr_type::TENSOR)?
             .map(|a| {
                 let t =
                     a.t.as_ref()
                         .ok_or_else(|| format!("attribute `{name}` has no tensor"))?;
                 decode(t, ext).map_err(|e| format!("attribute `{name}`: {e}"))
             })
-            .transpose()
+            .transpose()?)
     }
 }
 
@@ -236,19 +243,20 @@ impl<'o> Ctx<'o> {
         }
     }
 
-    pub fn get(&self, name: &str) -> Result<&V, String> {
-        self.env
+    pub fn get(&self, name: &str) -> Result<&V, OpError> {
+        Ok(self
+            .env
             .get(name)
-            .ok_or_else(|| format!("value `{name}` is used before it is defined"))
+            .ok_or_else(|| format!("value `{name}` is used before it is defined"))?)
     }
 
     /// Type of the named value.
-    pub fn ty(&self, name: &str) -> Result<TensorType, String> {
+    pub fn ty(&self, name: &str) -> Result<TensorType, OpError> {
         Ok(self.get(name)?.ty.clone())
     }
 
     /// The IR value of `name`, materializing a known value on first use.
-    pub fn ir(&mut self, name: &str) -> Result<Value, String> {
+    pub fn ir(&mut self, name: &str) -> Result<Value, OpError> {
         let v = self.get(name)?.clone();
         if let Some(value) = v.value {
             return Ok(value);
@@ -261,7 +269,7 @@ impl<'o> Ctx<'o> {
     }
 
     /// An IR value for a V that may only be known.
-    pub fn value_of(&mut self, v: &V) -> Result<Value, String> {
+    pub fn value_of(&mut self, v: &V) -> Result<Value, OpError> {
         match v.value {
             Some(x) => Ok(x),
             None => self.materialize(v, None),
@@ -270,9 +278,9 @@ impl<'o> Ctx<'o> {
 
     /// A constant for known data: named after its ONNX value (so it prints as `@name`) unless
     /// it is small.
-    fn constant(&mut self, t: &Tensor, name: Option<&str>) -> Result<Value, String> {
+    fn constant(&mut self, t: &Tensor, name: Option<&str>) -> Result<Value, OpError> {
         let Some(base) = name.filter(|_| t.numel() > 16) else {
-            return self.b.constant(t.clone()).map_err(|e| e.to_string());
+            return self.b.constant(t.clone()).map_err(OpError::from);
         };
         let mut name = base.to_string();
         let mut k = 1;
@@ -286,15 +294,15 @@ impl<'o> Ctx<'o> {
         self.const_names.insert(name.clone(), t.clone());
         self.b
             .named_constant(&name, t.clone())
-            .map_err(|e| e.to_string())
+            .map_err(OpError::from)
     }
 
-    fn materialize(&mut self, v: &V, name: Option<&str>) -> Result<Value, String> {
+    fn materialize(&mut self, v: &V, name: Option<&str>) -> Result<Value, OpError> {
         match &v.known {
             Some(Known::Data(t)) => self.constant(t, name),
             Some(Known::Dims { dims, scalar }) => {
                 if let Some(t) = v.known_tensor() {
-                    return self.b.constant(t).map_err(|e| e.to_string());
+                    return self.b.constant(t).map_err(OpError::from);
                 }
                 let d = self
                     .b
@@ -304,15 +312,13 @@ impl<'o> Ctx<'o> {
                         },
                         &[],
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(OpError::from)?;
                 let d = if *scalar {
-                    self.b
-                        .reshape(d, Shape::scalar())
-                        .map_err(|e| e.to_string())?
+                    self.b.reshape(d, Shape::scalar()).map_err(OpError::from)?
                 } else {
                     d
                 };
-                self.b.cast(d, v.ty.dtype).map_err(|e| e.to_string())
+                Ok(self.b.cast(d, v.ty.dtype)?)
             }
             Some(Known::Seq { .. }) => Err("a sequence is used where a tensor is expected".into()),
             Some(Known::Opt(_)) => Err("an optional is used where a tensor is expected".into()),
@@ -385,7 +391,7 @@ impl<'o> Ctx<'o> {
     }
 
     /// The known value of an input as integers (dims must be constant); see [`Ctx::demand`].
-    pub fn static_ints(&self, name: &str) -> Result<Vec<i64>, String> {
+    pub fn static_ints(&self, name: &str) -> Result<Vec<i64>, OpError> {
         let v = self.get(name)?;
         if let Some(x) = v.known_ints() {
             return Ok(x);
@@ -396,12 +402,13 @@ impl<'o> Ctx<'o> {
                 .collect()),
             _ => Err(format!(
                 "`{name}` must be known when the model is imported (it sets a shape or size)"
-            )),
+            )
+            .into()),
         }
     }
 
     /// Like [`Ctx::static_ints`] but symbolic dims are allowed.
-    pub fn static_dims(&self, name: &str) -> Result<Vec<Dim>, String> {
+    pub fn static_dims(&self, name: &str) -> Result<Vec<Dim>, OpError> {
         let v = self.get(name)?;
         if let Some(x) = v.known_dims() {
             return Ok(x);
@@ -411,10 +418,10 @@ impl<'o> Ctx<'o> {
     }
 
     /// The tensors of a sequence value and their element type.
-    pub fn seq(&self, name: &str) -> Result<(Vec<V>, ir::DType), String> {
+    pub fn seq(&self, name: &str) -> Result<(Vec<V>, ir::DType), OpError> {
         match &self.get(name)?.known {
             Some(Known::Seq { items, dtype }) => Ok((items.clone(), *dtype)),
-            _ => Err(format!("`{name}` is not a sequence")),
+            _ => Err(format!("`{name}` is not a sequence").into()),
         }
     }
 
@@ -425,16 +432,17 @@ impl<'o> Ctx<'o> {
     }
 
     /// The known value of an input as a tensor; see [`Ctx::demand`].
-    pub fn static_tensor(&self, name: &str) -> Result<Tensor, String> {
+    pub fn static_tensor(&self, name: &str) -> Result<Tensor, OpError> {
         self.get(name)?;
-        self.demand(name, 0)
-            .ok_or_else(|| format!("`{name}` must be known when the model is imported"))
+        Ok(self
+            .demand(name, 0)
+            .ok_or_else(|| format!("`{name}` must be known when the model is imported"))?)
     }
 
     /// Imports the nodes of a subgraph (a Scan/Loop body or an If branch) into the current
     /// graph with its formal inputs bound to `args`, and returns its outputs. Names the body
     /// defines are scoped to it; outer values stay visible.
-    pub fn inline(&mut self, g: &GraphProto, args: Vec<V>) -> Result<Vec<V>, String> {
+    pub fn inline(&mut self, g: &GraphProto, args: Vec<V>) -> Result<Vec<V>, OpError> {
         if self.depth > 16 {
             return Err("subgraphs nest too deeply".into());
         }
@@ -443,7 +451,8 @@ impl<'o> Ctx<'o> {
                 "the subgraph takes {} inputs, got {}",
                 g.input.len(),
                 args.len()
-            ));
+            )
+            .into());
         }
         let mut shadowed: Vec<(String, Option<V>)> = Vec::new();
         let mut bind = |env: &mut HashMap<String, V>, name: &str, v: V| {
@@ -468,7 +477,7 @@ impl<'o> Ctx<'o> {
         let mut result = Ok(());
         for n in &g.node {
             if let Err(e) = import_node(self, n, &opsets) {
-                result = Err(format!("in subgraph: {e}"));
+                result = Err(format!("in subgraph: {e}").into());
                 break;
             }
         }
@@ -510,13 +519,14 @@ impl<'o> Ctx<'o> {
         outputs: &[usize],
         carry: usize,
         must_be_true: &[usize],
-    ) -> Result<(ir::Graph, Vec<Value>), String> {
+    ) -> Result<(ir::Graph, Vec<Value>), OpError> {
         if order.len() + known.len() != g.input.len() || types.len() != order.len() {
             return Err(format!(
                 "the subgraph takes {} inputs, got {}",
                 g.input.len(),
                 types.len()
-            ));
+            )
+            .into());
         }
         let mut body = Builder::new("body");
         body.check_at_run_time(true);
@@ -526,7 +536,7 @@ impl<'o> Ctx<'o> {
         // others become parameters after the subgraph's own.
         let mut shadowed: Vec<(String, Option<V>)> = Vec::new();
         let mut captured = Vec::new();
-        let result = (|| -> Result<Vec<V>, String> {
+        let result = (|| -> Result<Vec<V>, OpError> {
             let mut args: Vec<Option<V>> = vec![None; g.input.len()];
             for (&i, t) in order.iter().zip(types) {
                 let name = &g
@@ -537,7 +547,7 @@ impl<'o> Ctx<'o> {
                 let p = self
                     .b
                     .param(&format!("in:{name}"), t.dtype, t.shape.clone())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(OpError::from)?;
                 args[i] = Some(self.v(p));
             }
             for (i, t) in known {
@@ -556,7 +566,7 @@ impl<'o> Ctx<'o> {
                     (None, Some(outer)) => {
                         let p = (self.b)
                             .param(&format!("outer:{name}"), v.ty.dtype, v.ty.shape.clone())
-                            .map_err(|e| e.to_string())?;
+                            .map_err(OpError::from)?;
                         captured.push(outer);
                         V {
                             value: Some(p),
@@ -590,12 +600,13 @@ impl<'o> Ctx<'o> {
                         return Err(format!(
                             "carried value {k} enters as {want} but the body returns {}",
                             self.b.ty(x)
-                        ));
+                        )
+                        .into());
                     }
-                    x = self.b.refine(x, want.shape).map_err(|e| e.to_string())?;
+                    x = self.b.refine(x, want.shape).map_err(OpError::from)?;
                 }
                 let name = &g.output[i].name;
-                self.b.output(name, x).map_err(|e| e.to_string())?;
+                self.b.output(name, x).map_err(OpError::from)?;
             }
             Ok(())
         });
@@ -607,7 +618,7 @@ impl<'o> Ctx<'o> {
         }
         let body = std::mem::replace(&mut self.b, outer_b);
         result?;
-        let graph = body.finish().map_err(|e| e.to_string())?;
+        let graph = body.finish().map_err(OpError::from)?;
         Ok((graph, captured))
     }
 
@@ -688,7 +699,7 @@ pub fn opsets(model: &ModelProto) -> HashMap<String, i64> {
     out
 }
 
-fn node_error(n: &NodeProto, message: String) -> ImportError {
+fn node_error(n: &NodeProto, error: impl Into<OpError>) -> ImportError {
     ImportError {
         node: Some(n.name.clone())
             .filter(|s| !s.is_empty())
@@ -698,7 +709,7 @@ fn node_error(n: &NodeProto, message: String) -> ImportError {
         } else {
             format!("{}::{}", n.domain, n.op_type)
         }),
-        message,
+        error: error.into(),
     }
 }
 
@@ -720,11 +731,7 @@ pub fn import_model_reporting(
     model: &ModelProto,
     opts: &ImportOptions,
 ) -> Result<Imported, ImportError> {
-    let fail = |message: String| ImportError {
-        node: None,
-        op: None,
-        message,
-    };
+    let fail = |m: String| ImportError::model(m);
     let graph = model
         .graph
         .as_ref()
@@ -740,7 +747,7 @@ pub fn import_model_reporting(
     };
     let mut ctx = Ctx::new(&sanitize(name), opts);
     ctx.opsets = opsets.clone();
-    interface::bind_graph_inputs(&mut ctx, graph).map_err(fail)?;
+    interface::bind_graph_inputs(&mut ctx, graph).map_err(ImportError::model)?;
     for n in &graph.node {
         import_node(&mut ctx, n, &opsets)?;
     }
@@ -760,10 +767,10 @@ pub fn import_model_reporting(
         }
     }
     for (name, v) in outputs {
-        ctx.b.output(&name, v).map_err(|e| fail(e.to_string()))?;
+        ctx.b.output(&name, v).map_err(ImportError::model)?;
     }
     let read = ctx.read.take().into_iter().collect();
-    let graph = ctx.b.finish().map_err(|e| fail(e.to_string()))?;
+    let graph = ctx.b.finish().map_err(ImportError::model)?;
     Ok(Imported { graph, read })
 }
 
@@ -820,7 +827,7 @@ fn import_node(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Err(format!("internal error (a bug in kiln): {msg}"))
+            Err(format!("internal error (a bug in kiln): {msg}").into())
         })
         .map_err(|e| node_error(n, e))?;
     for (i, name) in n.output.iter().enumerate() {

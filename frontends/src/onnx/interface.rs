@@ -8,6 +8,8 @@
 //! gives — each sequence's length, whether each optional holds a value ([`Given`]) — and a
 //! [`Model`](../../kiln/struct.Model.html) specializes on it.
 
+use crate::onnx::OpError;
+
 use std::collections::HashMap;
 
 use ir::{DType, Dim, Shape, Tensor, TensorType};
@@ -42,7 +44,7 @@ pub enum Kind {
 impl Kind {
     /// The kind of a value type; maps, sparse tensors and sequences of other than tensors are
     /// not supported.
-    pub fn of(ty: Option<&TypeProto>) -> Result<Kind, String> {
+    pub fn of(ty: Option<&TypeProto>) -> Result<Kind, OpError> {
         match ty.and_then(|t| t.value.as_ref()) {
             Some(TypeValue::TensorType(_)) => Ok(Kind::Tensor),
             Some(TypeValue::SequenceType(s)) => match Kind::of(s.elem_type.as_deref())? {
@@ -148,7 +150,7 @@ pub fn is_structured_tensor(structured: &[(String, Kind)], input: &str) -> bool 
 
 /// Fails when the tensors a run gives for a sequence have a gap (`s[0]` and `s[2]` without
 /// `s[1]`): what [`given`] counts would silently drop the rest.
-pub fn check_given(structured: &[(String, Kind)], names: &[&str]) -> Result<(), String> {
+pub fn check_given(structured: &[(String, Kind)], names: &[&str]) -> Result<(), OpError> {
     for (n, kind) in structured {
         let sequence = match kind {
             Kind::Sequence => true,
@@ -168,7 +170,8 @@ pub fn check_given(structured: &[(String, Kind)], names: &[&str]) -> Result<(), 
                 element_name(n, k),
                 element_name(n, 0),
                 element_name(n, 1)
-            ));
+            )
+            .into());
         }
     }
     Ok(())
@@ -181,19 +184,19 @@ pub fn decode_value(
     bytes: &[u8],
     kind: &Kind,
     name: &str,
-) -> Result<Vec<(String, Tensor)>, String> {
+) -> Result<Vec<(String, Tensor)>, OpError> {
     let none = ExternalData::new();
     match kind {
         Kind::Tensor => {
-            let t = proto::TensorProto::decode(bytes).map_err(|e| e.to_string())?;
+            let t = proto::TensorProto::decode(bytes).map_err(OpError::from)?;
             Ok(vec![(name.to_string(), decode(&t, &none)?)])
         }
         Kind::Sequence => {
-            let s = proto::SequenceProto::decode(bytes).map_err(|e| e.to_string())?;
+            let s = proto::SequenceProto::decode(bytes).map_err(OpError::from)?;
             sequence_tensors(&s, name)
         }
         Kind::Optional(inner) => {
-            let o = proto::OptionalProto::decode(bytes).map_err(|e| e.to_string())?;
+            let o = proto::OptionalProto::decode(bytes).map_err(OpError::from)?;
             let declared = match **inner {
                 Kind::Tensor => 1,
                 _ => 3,
@@ -207,16 +210,20 @@ pub fn decode_value(
                     } else {
                         "a sequence"
                     }
-                )),
+                )
+                .into()),
                 (1, Some(t), _) => Ok(vec![(name.to_string(), decode(t, &none)?)]),
                 (3, _, Some(s)) => sequence_tensors(s, name),
-                (e, _, _) => Err(format!("an optional of element type {e} holds no value")),
+                (e, _, _) => Err(format!("an optional of element type {e} holds no value").into()),
             }
         }
     }
 }
 
-fn sequence_tensors(s: &proto::SequenceProto, name: &str) -> Result<Vec<(String, Tensor)>, String> {
+fn sequence_tensors(
+    s: &proto::SequenceProto,
+    name: &str,
+) -> Result<Vec<(String, Tensor)>, OpError> {
     // Element type 1 (tensors), or 0 for an empty sequence that does not say.
     let other = !s.sequence_values.is_empty() || !s.optional_values.is_empty();
     if other || !(s.elem_type == 1 || (s.elem_type == 0 && s.tensor_values.is_empty())) {
@@ -253,7 +260,7 @@ impl Layout {
 }
 
 /// The element type of a tensor, sequence or optional type.
-pub(crate) fn element_dtype(ty: Option<&TypeProto>) -> Result<DType, String> {
+pub(crate) fn element_dtype(ty: Option<&TypeProto>) -> Result<DType, OpError> {
     match ty.and_then(|t| t.value.as_ref()) {
         Some(TypeValue::TensorType(tt)) => require_dtype(tt.elem_type),
         Some(TypeValue::SequenceType(s)) => element_dtype(s.elem_type.as_deref()),
@@ -269,7 +276,7 @@ fn flatten(
     name: &str,
     ty: Option<&TypeProto>,
     declared: &mut Vec<(String, TensorType)>,
-) -> Result<Layout, String> {
+) -> Result<Layout, OpError> {
     let kind = Kind::of(ty)?;
     let given = ctx.opts.given.get(name).copied();
     match (kind, ty.and_then(|t| t.value.as_ref())) {
@@ -284,7 +291,8 @@ fn flatten(
                      … (the import specializes on the length)",
                     element_name(name, 0),
                     element_name(name, 1)
-                ));
+                )
+                .into());
             };
             let Some(TypeValue::TensorType(tt)) =
                 s.elem_type.as_deref().and_then(|t| t.value.as_ref())
@@ -311,7 +319,8 @@ fn flatten(
                     "an optional, which only a run says holds a value or not: give it as `{name}` \
                      (a tensor) or `{}`, … (a sequence), or leave it out (none)",
                     element_name(name, 0)
-                )),
+                )
+                .into()),
             }
         }
         _ => Err("unsupported type".into()),
@@ -325,7 +334,7 @@ pub(super) fn flatten_output(
     name: &str,
     v: &V,
     out: &mut Vec<(String, ir::Value)>,
-) -> Result<(), String> {
+) -> Result<(), OpError> {
     match &v.known {
         Some(Known::Seq { items, .. }) => {
             for (i, item) in items.iter().enumerate() {
@@ -351,7 +360,7 @@ fn tensor_type(
     name: &str,
     tt: &TensorTypeProto,
     element: bool,
-) -> Result<TensorType, String> {
+) -> Result<TensorType, OpError> {
     let dtype = require_dtype(tt.elem_type)?;
     // Not from a specialized value's shape: a specialization keyed by values alone would then
     // serve runs of other shapes.
@@ -388,7 +397,7 @@ fn tensor_type(
 fn specialize_inputs(
     opts: &ImportOptions,
     declared: &mut [(String, TensorType)],
-) -> Result<(), String> {
+) -> Result<(), OpError> {
     let mut given: Vec<&String> = opts.shapes.keys().collect();
     given.sort();
     for name in given {
@@ -397,7 +406,7 @@ fn specialize_inputs(
             return Err(format!(
                 "a shape is given for `{name}`, which is not an input of the model (its inputs: {})",
                 names.join(", ")
-            ));
+            ).into());
         }
     }
     let mut bound: HashMap<String, i64> = opts.dims.clone();
@@ -437,7 +446,7 @@ fn specialize_inputs(
         };
         for d in ty.shape.dims() {
             if d.as_const().is_some_and(|v| v < 0) {
-                return Err(format!("input `{name}`: a dim is {d}"));
+                return Err(format!("input `{name}`: a dim is {d}").into());
             }
         }
     }
@@ -451,7 +460,7 @@ fn specialize_inputs(
 pub fn declared_inputs(
     model: &ModelProto,
     opts: &ImportOptions,
-) -> Result<Vec<(String, TensorType)>, String> {
+) -> Result<Vec<(String, TensorType)>, OpError> {
     let mut ctx = Ctx::new("inputs", opts);
     let mut declared = Vec::new();
     if let Some(g) = &model.graph {
@@ -477,7 +486,7 @@ pub fn declared_inputs(
 
 /// Binds a graph's initializers (as known values) and inputs (as parameters, sequences and
 /// optionals as [`ImportOptions::given`] says) in the import's scope.
-pub(super) fn bind_graph_inputs(ctx: &mut Ctx, graph: &GraphProto) -> Result<(), String> {
+pub(super) fn bind_graph_inputs(ctx: &mut Ctx, graph: &GraphProto) -> Result<(), OpError> {
     for init in &graph.initializer {
         let t = decode(init, &ctx.opts.external_data)
             .map_err(|e| format!("initializer `{}`: {e}", init.name))?;
@@ -501,7 +510,8 @@ pub(super) fn bind_graph_inputs(ctx: &mut Ctx, graph: &GraphProto) -> Result<(),
             return Err(format!(
                 "two inputs travel as `{name}` (a tensor input of that name and an element of a \
                  sequence input, or an optional)"
-            ));
+            )
+            .into());
         }
     }
     specialize_inputs(ctx.opts, &mut declared)?;

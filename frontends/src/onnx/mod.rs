@@ -55,26 +55,68 @@ pub struct ImportOptions<'a> {
 pub struct ImportError {
     pub node: Option<String>,
     pub op: Option<String>,
-    pub message: String,
+    #[source]
+    pub error: OpError,
+}
+
+impl ImportError {
+    /// A failure of the model as a whole (no node).
+    pub fn model(error: impl Into<OpError>) -> ImportError {
+        ImportError {
+            node: None,
+            op: None,
+            error: error.into(),
+        }
+    }
 }
 
 impl fmt::Display for ImportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.op, &self.node) {
-            (Some(op), Some(node)) => write!(f, "{op} node \"{node}\": {}", self.message),
-            (Some(op), None) => write!(f, "{op}: {}", self.message),
-            _ => f.write_str(&self.message),
+            (Some(op), Some(node)) => write!(f, "{op} node \"{node}\": {}", self.error),
+            (Some(op), None) => write!(f, "{op}: {}", self.error),
+            _ => write!(f, "{}", self.error),
         }
+    }
+}
+
+/// Why importing a node (or reading the model around it) failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// The IR refused what the importer built (operands an op's type rule rejects, ...).
+    #[error(transparent)]
+    Ir(#[from] ir::Error),
+    /// A dimension expression that overflows or cannot be formed.
+    #[error(transparent)]
+    Dim(#[from] ir::DimError),
+    /// A tensor whose data does not fill its shape.
+    #[error(transparent)]
+    Tensor(#[from] ir::ShapeMismatch),
+    /// A message of the model (a tensor, a subgraph) that does not decode.
+    #[error(transparent)]
+    Proto(#[from] prost::DecodeError),
+    /// The model is not what ONNX allows, or asks for what kiln does not support yet (an
+    /// attribute value, a mode, a dtype): the message says which.
+    #[error("{0}")]
+    Model(String),
+}
+
+impl From<String> for OpError {
+    fn from(m: String) -> OpError {
+        OpError::Model(m)
+    }
+}
+
+impl From<&str> for OpError {
+    fn from(m: &str) -> OpError {
+        OpError::Model(m.to_string())
     }
 }
 
 /// Decodes the protobuf of a model.
 pub fn decode_model(bytes: &[u8]) -> Result<proto::ModelProto, ImportError> {
-    proto::ModelProto::decode(bytes).map_err(|e| ImportError {
-        node: None,
-        op: None,
-        message: format!("not a valid ONNX model: {e}"),
-    })
+    proto::ModelProto::decode(bytes)
+        .map_err(|e| ImportError::model(format!("not a valid ONNX model: {e}")))
 }
 
 /// Decodes and imports a model.

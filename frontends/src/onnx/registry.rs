@@ -2,6 +2,8 @@
 //! the entry with the highest version not above the model's opset for its domain, so each
 //! function serves a range of versions and a semantic change is a new row.
 
+use crate::onnx::OpError;
+
 use super::import::{Ctx, Node};
 use super::ops::{
     attention, control, dynamic, ew, misc, ml, nn, quant, reduce, resize, rnn, sample, seq, shape,
@@ -9,7 +11,7 @@ use super::ops::{
 };
 use super::value::V;
 
-pub type ImportFn = fn(&mut Ctx, &Node) -> Result<Vec<V>, String>;
+pub type ImportFn = fn(&mut Ctx, &Node) -> Result<Vec<V>, OpError>;
 
 macro_rules! table {
     ($($domain:literal { $($op:literal $since:literal => $f:path),* $(,)? })*) => {

@@ -1,6 +1,8 @@
 //! Decoding `TensorProto` into kiln tensors: every numeric ONNX data type kiln has, from raw
 //! little-endian bytes, the typed repeated fields, or external data the caller supplies.
 
+use crate::onnx::OpError;
+
 use std::collections::HashMap;
 
 use ir::{bf16, f16, DType, Data, Tensor};
@@ -38,14 +40,14 @@ pub fn dtype_of(t: i32) -> Option<DType> {
 }
 
 /// The dtype of an ONNX data type, or an error naming it.
-pub fn require_dtype(t: i32) -> Result<DType, String> {
-    dtype_of(t).ok_or_else(|| format!("data type {} is not supported", dt::name(t)))
+pub fn require_dtype(t: i32) -> Result<DType, OpError> {
+    Ok(dtype_of(t).ok_or_else(|| format!("data type {} is not supported", dt::name(t)))?)
 }
 
 /// Raw bytes of external tensors, by the `location` recorded in the model.
 pub type ExternalData = HashMap<String, std::sync::Arc<[u8]>>;
 
-fn external_bytes<'a>(t: &TensorProto, ext: &'a ExternalData) -> Result<&'a [u8], String> {
+fn external_bytes<'a>(t: &TensorProto, ext: &'a ExternalData) -> Result<&'a [u8], OpError> {
     let mut location = None;
     let (mut offset, mut length) = (0u64, None);
     for e in &t.external_data {
@@ -77,12 +79,12 @@ fn external_bytes<'a>(t: &TensorProto, ext: &'a ExternalData) -> Result<&'a [u8]
         None => Some(bytes.len()),
     }
     .ok_or("external range overflows")?;
-    bytes.get(start..end).ok_or_else(|| {
+    Ok(bytes.get(start..end).ok_or_else(|| {
         format!(
             "external range {start}..{end} is outside `{location}` ({} bytes)",
             bytes.len()
         )
-    })
+    })?)
 }
 
 fn from_le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
@@ -92,16 +94,16 @@ fn from_le<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> 
         .collect()
 }
 
-fn check_count(have: usize, want: usize, what: &str) -> Result<(), String> {
+fn check_count(have: usize, want: usize, what: &str) -> Result<(), OpError> {
     if have == want {
         Ok(())
     } else {
-        Err(format!("{what} holds {have} elements, expected {want}"))
+        Err(format!("{what} holds {have} elements, expected {want}").into())
     }
 }
 
 /// Decodes a tensor. `ext` supplies the bytes of external data files.
-pub fn decode(t: &TensorProto, ext: &ExternalData) -> Result<Tensor, String> {
+pub fn decode(t: &TensorProto, ext: &ExternalData) -> Result<Tensor, OpError> {
     let dtype = require_dtype(t.data_type)?;
     let mut shape = Vec::with_capacity(t.dims.len());
     for &d in &t.dims {
@@ -125,7 +127,7 @@ pub fn decode(t: &TensorProto, ext: &ExternalData) -> Result<Tensor, String> {
     let data = if let Some(raw) = raw {
         let want = numel.checked_mul(size).ok_or("byte size overflows")?;
         if raw.len() != want {
-            return Err(format!("raw data has {} bytes, expected {want}", raw.len()));
+            return Err(format!("raw data has {} bytes, expected {want}", raw.len()).into());
         }
         match dtype {
             DType::F32 => Data::F32(from_le(raw, f32::from_le_bytes)),
@@ -145,7 +147,7 @@ pub fn decode(t: &TensorProto, ext: &ExternalData) -> Result<Tensor, String> {
         }
     } else {
         // Typed fields; an empty tensor has none.
-        let i32s = || -> Result<&[i32], String> {
+        let i32s = || -> Result<&[i32], OpError> {
             check_count(t.int32_data.len(), numel, "int32_data")?;
             Ok(&t.int32_data)
         };
@@ -181,7 +183,7 @@ pub fn decode(t: &TensorProto, ext: &ExternalData) -> Result<Tensor, String> {
             _ => unreachable!("narrow types are decoded above"),
         }
     };
-    Tensor::new(shape, data).map_err(|e| e.to_string())
+    Tensor::new(shape, data).map_err(OpError::from)
 }
 
 /// Unpacks elements of `bits` bits, low bits first, from bytes.
@@ -201,7 +203,7 @@ fn decode_narrow(
     shape: Vec<usize>,
     numel: usize,
     ext: &ExternalData,
-) -> Result<Tensor, String> {
+) -> Result<Tensor, OpError> {
     let bits = dtype.bits();
     let need = numel
         .checked_mul(bits as usize)
@@ -215,11 +217,7 @@ fn decode_narrow(
         t.int32_data.iter().map(|&x| x as u8).collect()
     };
     if bytes.len() != need {
-        return Err(format!(
-            "{} holds {} bytes, expected {need}",
-            dtype,
-            bytes.len()
-        ));
+        return Err(format!("{} holds {} bytes, expected {need}", dtype, bytes.len()).into());
     }
     let patterns = if bits == 8 {
         bytes
@@ -227,7 +225,7 @@ fn decode_narrow(
         unpack(&bytes, bits, numel)
     };
     let data = Data::from_patterns(dtype, patterns).ok_or("not a narrow type")?;
-    Tensor::new(shape, data).map_err(|e| e.to_string())
+    Tensor::new(shape, data).map_err(OpError::from)
 }
 
 #[cfg(test)]
@@ -264,17 +262,17 @@ mod tests {
         t.raw_data = vec![0; 8];
         assert_eq!(
             decode(&t, &ExternalData::new()).unwrap_err(),
-            "raw data has 8 bytes, expected 12"
+            OpError::from("raw data has 8 bytes, expected 12")
         );
         let t = proto(dt::STRING, &[1]);
         assert_eq!(
             decode(&t, &ExternalData::new()).unwrap_err(),
-            "data type STRING is not supported"
+            OpError::from("data type STRING is not supported")
         );
         let t = proto(dt::FLOAT, &[-1]);
         assert_eq!(
             decode(&t, &ExternalData::new()).unwrap_err(),
-            "negative dimension -1"
+            OpError::from("negative dimension -1")
         );
         let mut t = proto(dt::FLOAT, &[2]);
         t.data_location = 1;
@@ -284,6 +282,7 @@ mod tests {
         }];
         assert!(decode(&t, &ExternalData::new())
             .unwrap_err()
+            .to_string()
             .contains("`w.bin` was not provided"));
     }
 }

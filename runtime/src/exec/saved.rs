@@ -183,7 +183,7 @@ impl Executable {
                     outputs,
                     consts,
                 } => {
-                    kernel.check_ids().map_err(&fail)?;
+                    kernel.check_ids().map_err(|e| fail(e.to_string()))?;
                     let n_bufs = kernel.bufs.len();
                     let n_args = saved.layout.operand_slots[pos].len();
                     let results = kernel

@@ -11,7 +11,7 @@ use kernel::{Expr, Kernel, Stmt};
 /// out of its buffer, a variable read before it is set or an operand of the wrong dtype is an
 /// error (compiled code would misbehave there).
 pub fn run(k: &Kernel, bufs: &mut [Data], dims: &[i64]) -> Result<u32, String> {
-    k.check_ids()?;
+    k.check_ids().map_err(|e| e.to_string())?;
     if bufs.len() != k.bufs.len() || dims.len() != k.dims.len() {
         return Err(format!(
             "kernel `{}` takes {} buffers and {} dims, given {} and {}",

@@ -3,13 +3,15 @@
 //! (their subgraphs inlined once per iteration); If inlines the taken branch when its condition is known,
 //! else computes both branches and selects.
 
+use crate::onnx::OpError;
+
 use ir::{Builder, Dim, Op, Shape, Tensor, Value};
 
 use super::{axis, s, slice_axis, Res};
 use crate::onnx::import::{Ctx, Node};
 use crate::onnx::value::V;
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 /// Most iterations a Loop may unroll to.
 const MAX_ITERATIONS: usize = 4096;
@@ -118,7 +120,7 @@ fn scan_core(ctx: &mut Ctx, n: &Node, states: Vec<V>, scans: Vec<Value>) -> R<Ve
 /// Reverses `x` along axis 0 (of any length).
 fn reversed(b: &mut Builder, x: Value) -> R<Value> {
     let n = b.shape(x).dim(0).clone();
-    let last = n.sub(&Dim::Const(1)).map_err(s)?;
+    let last = n.sub(&Dim::Const(1))?;
     slice_axis(b, x, 0, last, Dim::Const(-1), -1)
 }
 
@@ -163,7 +165,7 @@ fn scan_loop(
                 // The same length as the first, checked at run time where not provable.
                 let mut dims = ctx.b.shape(x).dims().to_vec();
                 dims[0] = c.clone();
-                x = ctx.b.refine(x, Shape::new(dims)).map_err(s)?;
+                x = ctx.b.refine(x, Shape::new(dims))?;
             }
         }
         let t = ctx.b.ty(x);
@@ -178,19 +180,16 @@ fn scan_loop(
     let outputs: Vec<usize> = (0..body.output.len()).collect();
     let (graph, captured) = ctx.region(body, &order, &types, &[], &outputs, nstate, &[])?;
     operands.extend(captured);
-    let outs = ctx
-        .b
-        .op(
-            Op::Loop {
-                count,
-                carry: nstate as i64,
-                scan: scans.len() as i64,
-                reverse: false,
-                body: ir::Region::new(graph),
-            },
-            &operands,
-        )
-        .map_err(s)?;
+    let outs = ctx.b.op(
+        Op::Loop {
+            count,
+            carry: nstate as i64,
+            scan: scans.len() as i64,
+            reverse: false,
+            body: ir::Region::new(graph),
+        },
+        &operands,
+    )?;
     let mut results = outs[..nstate].to_vec();
     for (i, &y) in outs[nstate..].iter().enumerate() {
         let mut y = y;
@@ -252,9 +251,7 @@ fn scan_v8(ctx: &mut Ctx, n: &Node, m: usize) -> Res {
         .as_const()
         .ok_or("Scan-8 needs a static batch")?;
     if batch as usize > MAX_ITERATIONS {
-        return Err(format!(
-            "Scan-8 over a batch of {batch} is more than kiln unrolls"
-        ));
+        return Err(format!("Scan-8 over a batch of {batch} is more than kiln unrolls").into());
     }
     if batch == 0 {
         return scan_v8_empty(ctx, n, &vals, nstate);
@@ -292,7 +289,7 @@ fn scan_v8_empty(ctx: &mut Ctx, n: &Node, vals: &[Value], nstate: usize) -> Res 
             .map(|d| d.as_const().and_then(|c| usize::try_from(c).ok()))
             .collect::<Option<Vec<usize>>>()
             .ok_or("Scan-8 over an empty batch needs static element shapes")?;
-        let zero = ctx.b.constant(Tensor::zeros(ty.dtype, dims)).map_err(s)?;
+        let zero = ctx.b.constant(Tensor::zeros(ty.dtype, dims))?;
         units.push(zero);
     }
     let states = units[..nstate].iter().map(|&v| ctx.v(v)).collect();
@@ -309,7 +306,7 @@ fn scan_v8_empty(ctx: &mut Ctx, n: &Node, vals: &[Value], nstate: usize) -> Res 
                 )
                 .collect::<Option<Vec<usize>>>()
                 .ok_or("Scan-8 over an empty batch needs static output shapes")?;
-            let empty = ctx.b.constant(Tensor::zeros(ty.dtype, dims)).map_err(s)?;
+            let empty = ctx.b.constant(Tensor::zeros(ty.dtype, dims))?;
             Ok(ctx.v(empty))
         })
         .collect()
@@ -336,7 +333,7 @@ pub fn if_(ctx: &mut Ctx, n: &Node) -> Res {
         return Err("If branches have different numbers of outputs".into());
     }
     let c = ctx.ir(cond)?;
-    let c = ctx.b.reshape(c, Shape::scalar()).map_err(s)?;
+    let c = ctx.b.reshape(c, Shape::scalar())?;
     let mut out = Vec::with_capacity(t.len());
     for (tv, ev) in t.iter().zip(&e) {
         let (x, y) = (ctx.value_of(tv)?, ctx.value_of(ev)?);
@@ -345,7 +342,8 @@ pub fn if_(ctx: &mut Ctx, n: &Node) -> Res {
             if tx.dtype != ty.dtype || tx.rank() != ty.rank() {
                 return Err(format!(
                     "If branches produce {tx} and {ty} and the condition is only known at run time"
-                ));
+                )
+                .into());
             }
             // Sizes that differ by branch are symbols the choice defines when it runs.
             let mut dims = Vec::with_capacity(tx.rank());
@@ -359,13 +357,13 @@ pub fn if_(ctx: &mut Ctx, n: &Node) -> Res {
             let op = Op::Choose {
                 shape: Shape::new(dims),
             };
-            let r = ctx.b.op1(op, &[c, x, y]).map_err(s)?;
+            let r = ctx.b.op1(op, &[c, x, y])?;
             out.push(ctx.v(r));
             continue;
         }
         let shape = ctx.b.shape(x).clone();
-        let cb = ctx.b.broadcast_to(c, &shape).map_err(s)?;
-        let r = ctx.b.op1(Op::Select, &[cb, x, y]).map_err(s)?;
+        let cb = ctx.b.broadcast_to(c, &shape)?;
+        let r = ctx.b.op1(Op::Select, &[cb, x, y])?;
         out.push(ctx.v(r));
     }
     Ok(out)
@@ -409,18 +407,18 @@ fn loop_region(ctx: &mut Ctx, n: &Node) -> R<Option<Vec<V>>> {
     let (count, iters) = match trip {
         Some(count) => {
             let ty = ir::TensorType::new(ir::DType::I64, Shape::new(vec![count.clone()]));
-            let iota = ctx.b.op1(Op::Iota { axis: 0, ty }, &[]).map_err(s)?;
+            let iota = ctx.b.op1(Op::Iota { axis: 0, ty }, &[])?;
             (count, iota)
         }
         None => {
             let mv = ctx.ir(m)?;
-            let mv = ctx.b.reshape(mv, Shape::scalar()).map_err(s)?;
-            let mv = ctx.b.cast(mv, ir::DType::I64).map_err(s)?;
+            let mv = ctx.b.reshape(mv, Shape::scalar())?;
+            let mv = ctx.b.cast(mv, ir::DType::I64)?;
             let count = ctx.fresh_symbol("trips");
             let op = Op::DynIota {
                 count: count.clone(),
             };
-            (count, ctx.b.op1(op, &[mv]).map_err(s)?)
+            (count, ctx.b.op1(op, &[mv])?)
         }
     };
     operands.push(iters);
@@ -432,25 +430,26 @@ fn loop_region(ctx: &mut Ctx, n: &Node) -> R<Option<Vec<V>>> {
     let (graph, captured) = match region {
         Ok(r) => r,
         // A condition the body computes from data: the unrolled form (or its error).
-        Err(e) if unrollable || e.contains("condition is only known at run time") => {
+        Err(e)
+            if unrollable
+                || e.to_string()
+                    .contains("condition is only known at run time") =>
+        {
             return Ok(None)
         }
         Err(e) => return Err(e),
     };
     operands.extend(captured);
-    let outs = ctx
-        .b
-        .op(
-            Op::Loop {
-                count,
-                carry: nc as i64,
-                scan: 1,
-                reverse: false,
-                body: ir::Region::new(graph),
-            },
-            &operands,
-        )
-        .map_err(s)?;
+    let outs = ctx.b.op(
+        Op::Loop {
+            count,
+            carry: nc as i64,
+            scan: 1,
+            reverse: false,
+            body: ir::Region::new(graph),
+        },
+        &operands,
+    )?;
     Ok(Some(outs.into_iter().map(|v| ctx.v(v)).collect()))
 }
 
@@ -489,7 +488,7 @@ pub fn loop_(ctx: &mut Ctx, n: &Node) -> Res {
             break;
         }
         if i as usize >= MAX_ITERATIONS {
-            return Err(format!("Loop runs more than {MAX_ITERATIONS} iterations"));
+            return Err(format!("Loop runs more than {MAX_ITERATIONS} iterations").into());
         }
         let mut args = vec![
             V::data(Tensor::scalar(i)),

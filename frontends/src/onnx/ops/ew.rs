@@ -1,5 +1,7 @@
 //! Elementwise operators, activations, casts, constants and identity.
 
+use crate::onnx::OpError;
+
 use ir::{DType, Data, Dim, Op, Shape, Tensor};
 
 use super::{one, s, Res};
@@ -14,8 +16,7 @@ pub fn unary(ctx: &mut Ctx, n: &Node) -> Res {
             let neg = dims
                 .iter()
                 .map(|d| d.neg())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(s)?;
+                .collect::<Result<Vec<_>, _>>()?;
             return Ok(vec![V::dims(neg, *scalar, ctx.get(name)?.dtype())]);
         }
     }
@@ -46,10 +47,10 @@ pub fn unary(ctx: &mut Ctx, n: &Node) -> Res {
         "Sign" => Op::Sign,
         "Not" | "BitwiseNot" => Op::Not,
         "IsNaN" => Op::IsNan,
-        other => return Err(format!("`{other}` is not a unary op")),
+        other => return Err(format!("`{other}` is not a unary op").into()),
     };
     let x = ctx.ir(name)?;
-    let y = ctx.b.unary(op, x).map_err(s)?;
+    let y = ctx.b.unary(op, x)?;
     one(ctx, y)
 }
 
@@ -59,31 +60,24 @@ pub fn is_inf(ctx: &mut Ctx, n: &Node) -> Res {
         n.int_or("detect_negative", 1)?,
         n.int_or("detect_positive", 1)?,
     );
-    let inf = ctx.b.unary(Op::IsInf, x).map_err(s)?;
+    let inf = ctx.b.unary(Op::IsInf, x)?;
     let y = match (neg != 0, pos != 0) {
         (true, true) => inf,
-        (false, false) => ctx
-            .b
-            .cast(inf, DType::Bool)
-            .and_then(|i| {
-                let f = ctx.b.scalar(0.0, DType::Bool)?;
-                ctx.b.elementwise(Op::And, &[i, f])
-            })
-            .map_err(s)?,
+        (false, false) => ctx.b.cast(inf, DType::Bool).and_then(|i| {
+            let f = ctx.b.scalar(0.0, DType::Bool)?;
+            ctx.b.elementwise(Op::And, &[i, f])
+        })?,
         (neg, _) => {
-            let zero = ctx.b.scalar_like(0.0, x).map_err(s)?;
-            let side = ctx
-                .b
-                .op1(if neg { Op::Lt } else { Op::Gt }, &[x, zero])
-                .map_err(s)?;
-            ctx.b.op1(Op::And, &[inf, side]).map_err(s)?
+            let zero = ctx.b.scalar_like(0.0, x)?;
+            let side = ctx.b.op1(if neg { Op::Lt } else { Op::Gt }, &[x, zero])?;
+            ctx.b.op1(Op::And, &[inf, side])?
         }
     };
     one(ctx, y)
 }
 
 /// Elementwise integer arithmetic on known (possibly symbolic) dims, with scalar broadcasting.
-fn known_binary(ctx: &Ctx, op: &str, a: &str, b: &str) -> Result<Option<V>, String> {
+fn known_binary(ctx: &Ctx, op: &str, a: &str, b: &str) -> Result<Option<V>, OpError> {
     let (va, vb) = (ctx.get(a)?, ctx.get(b)?);
     let (Some(x), Some(y)) = (va.known_dims(), vb.known_dims()) else {
         return Ok(None);
@@ -111,7 +105,7 @@ fn known_binary(ctx: &Ctx, op: &str, a: &str, b: &str) -> Result<Option<V>, Stri
         } else {
             vec![n]
         };
-        let t = ir::Tensor::new(shape, ir::Data::Bool(out)).map_err(s)?;
+        let t = ir::Tensor::new(shape, ir::Data::Bool(out))?;
         return Ok(Some(V::data(t)));
     }
     let mut out = Vec::with_capacity(n);
@@ -129,7 +123,7 @@ fn known_binary(ctx: &Ctx, op: &str, a: &str, b: &str) -> Result<Option<V>, Stri
             }
             _ => return Ok(None),
         };
-        out.push(r.map_err(s)?);
+        out.push(r?);
     }
     let scalar = va.rank() == 0 && vb.rank() == 0;
     Ok(Some(V::dims(out, scalar, va.dtype())))
@@ -198,13 +192,9 @@ pub fn binary(ctx: &mut Ctx, n: &Node) -> Res {
         "BitShift" => match n.string_or("direction", "")?.as_str() {
             "LEFT" => Op::Shl,
             "RIGHT" => Op::Shr,
-            d => {
-                return Err(format!(
-                    "BitShift direction must be LEFT or RIGHT, got `{d}`"
-                ))
-            }
+            d => return Err(format!("BitShift direction must be LEFT or RIGHT, got `{d}`").into()),
         },
-        other => return Err(format!("`{other}` is not a binary op")),
+        other => return Err(format!("`{other}` is not a binary op").into()),
     };
     let mut x = ctx.ir(a)?;
     let mut y = ctx.ir(b)?;
@@ -214,14 +204,14 @@ pub fn binary(ctx: &mut Ctx, n: &Node) -> Res {
     if op == Op::Pow && ctx.b.dtype(x) != ctx.b.dtype(y) {
         let (dx, dy) = (ctx.b.dtype(x), ctx.b.dtype(y));
         if dx.is_float() {
-            y = ctx.b.cast(y, dx).map_err(s)?;
+            y = ctx.b.cast(y, dx)?;
         } else {
             // Integer base, float exponent: compute in f64, return the base type.
-            let xf = ctx.b.cast(x, DType::F64).map_err(s)?;
-            let yf = ctx.b.cast(y, DType::F64).map_err(s)?;
+            let xf = ctx.b.cast(x, DType::F64)?;
+            let yf = ctx.b.cast(y, DType::F64)?;
             let _ = dy;
-            let p = ctx.b.elementwise(Op::Pow, &[xf, yf]).map_err(s)?;
-            let r = ctx.b.cast(p, dx).map_err(s)?;
+            let p = ctx.b.elementwise(Op::Pow, &[xf, yf])?;
+            let r = ctx.b.cast(p, dx)?;
             return one(ctx, r);
         }
     }
@@ -233,9 +223,10 @@ pub fn binary(ctx: &mut Ctx, n: &Node) -> Res {
             "operand types differ: {} and {}",
             ctx.b.dtype(x),
             ctx.b.dtype(y)
-        ));
+        )
+        .into());
     }
-    x = ctx.b.elementwise(op, &[x, y]).map_err(s)?;
+    x = ctx.b.elementwise(op, &[x, y])?;
     one(ctx, x)
 }
 
@@ -245,7 +236,7 @@ fn legacy_broadcast(
     n: &Node,
     a: ir::Value,
     b: ir::Value,
-) -> Result<ir::Value, String> {
+) -> Result<ir::Value, OpError> {
     let (ra, rb) = (ctx.b.rank(a), ctx.b.rank(b));
     let axis = match n.int("axis")? {
         Some(x) => super::axis(x, ra)?,
@@ -276,14 +267,11 @@ pub fn variadic(ctx: &mut Ctx, n: &Node) -> Res {
     let mut acc = ctx.ir(first)?;
     for name in &names[1..] {
         let v = ctx.ir(name)?;
-        acc = ctx.b.elementwise(op.clone(), &[acc, v]).map_err(s)?;
+        acc = ctx.b.elementwise(op.clone(), &[acc, v])?;
     }
     if n.op() == "Mean" {
-        let k = ctx
-            .b
-            .scalar(names.len() as f64, ctx.b.dtype(acc))
-            .map_err(s)?;
-        acc = ctx.b.div(acc, k).map_err(s)?;
+        let k = ctx.b.scalar(names.len() as f64, ctx.b.dtype(acc))?;
+        acc = ctx.b.div(acc, k)?;
     }
     one(ctx, acc)
 }
@@ -324,17 +312,17 @@ pub fn where_(ctx: &mut Ctx, n: &Node) -> Res {
         }
     }
     let (c, a, b) = (ctx.ir(c)?, ctx.ir(a)?, ctx.ir(b)?);
-    let y = ctx.b.select(c, a, b).map_err(s)?;
+    let y = ctx.b.select(c, a, b)?;
     one(ctx, y)
 }
 
 fn clamp(ctx: &mut Ctx, x: ir::Value, lo: Option<ir::Value>, hi: Option<ir::Value>) -> Res {
     let mut y = x;
     if let Some(lo) = lo {
-        y = ctx.b.max(y, lo).map_err(s)?;
+        y = ctx.b.max(y, lo)?;
     }
     if let Some(hi) = hi {
-        y = ctx.b.min(y, hi).map_err(s)?;
+        y = ctx.b.min(y, hi)?;
     }
     one(ctx, y)
 }
@@ -342,24 +330,24 @@ fn clamp(ctx: &mut Ctx, x: ir::Value, lo: Option<ir::Value>, hi: Option<ir::Valu
 pub fn clip_v1(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
     let lo = match n.float("min")? {
-        Some(v) => Some(ctx.b.scalar(v as f64, ctx.b.dtype(x)).map_err(s)?),
+        Some(v) => Some(ctx.b.scalar(v as f64, ctx.b.dtype(x))?),
         None => None,
     };
     let hi = match n.float("max")? {
-        Some(v) => Some(ctx.b.scalar(v as f64, ctx.b.dtype(x)).map_err(s)?),
+        Some(v) => Some(ctx.b.scalar(v as f64, ctx.b.dtype(x))?),
         None => None,
     };
     clamp(ctx, x, lo, hi)
 }
 
 /// A scalar operand: rank 0, or one element of any rank.
-pub fn scalar_input(ctx: &mut Ctx, name: &str) -> Result<ir::Value, String> {
+pub fn scalar_input(ctx: &mut Ctx, name: &str) -> Result<ir::Value, OpError> {
     let v = ctx.ir(name)?;
     if ctx.b.rank(v) == 0 {
         return Ok(v);
     }
     if ctx.b.shape(v).numel().ok().and_then(|d| d.as_const()) != Some(1) {
-        return Err(format!("`{name}` must be a scalar, got {}", ctx.b.ty(v)));
+        return Err(format!("`{name}` must be a scalar, got {}", ctx.b.ty(v)).into());
     }
     ctx.b.reshape(v, Shape::scalar()).map_err(s)
 }
@@ -377,7 +365,7 @@ pub fn activation(ctx: &mut Ctx, n: &Node) -> Res {
     // Half-precision inputs compute in f32 and round once at the end.
     let half = matches!(b.dtype(x_in), DType::F16 | DType::BF16);
     let x = if half {
-        b.cast(x_in, DType::F32).map_err(s)?
+        b.cast(x_in, DType::F32)?
     } else {
         x_in
     };
@@ -512,10 +500,9 @@ pub fn activation(ctx: &mut Ctx, n: &Node) -> Res {
                 })
             }
         })
-    })()
-    .map_err(s)?;
+    })()?;
     let y = if half {
-        ctx.b.cast(y, ctx.b.dtype(x_in)).map_err(s)?
+        ctx.b.cast(y, ctx.b.dtype(x_in))?
     } else {
         y
     };
@@ -531,12 +518,12 @@ pub fn prelu(ctx: &mut Ctx, n: &Node) -> Res {
     if n.version < 7 && ss.rank() == 1 && xs.rank() > 2 && ss.dim(0) == xs.dim(1) {
         let mut dims = vec![ss.dim(0).clone()];
         dims.extend(std::iter::repeat_n(Dim::Const(1), xs.rank() - 2));
-        slope = ctx.b.reshape(slope, Shape::new(dims)).map_err(s)?;
+        slope = ctx.b.reshape(slope, Shape::new(dims))?;
     }
-    let zero = ctx.b.scalar_like(0.0, x).map_err(s)?;
-    let neg = ctx.b.op1(Op::Lt, &[x, zero]).map_err(s)?;
-    let sx = ctx.b.mul(x, slope).map_err(s)?;
-    let y = ctx.b.select(neg, sx, x).map_err(s)?;
+    let zero = ctx.b.scalar_like(0.0, x)?;
+    let neg = ctx.b.op1(Op::Lt, &[x, zero])?;
+    let sx = ctx.b.mul(x, slope)?;
+    let y = ctx.b.select(neg, sx, x)?;
     one(ctx, y)
 }
 
@@ -555,16 +542,13 @@ fn cast_to(ctx: &mut Ctx, name: &str, to: DType, saturate: bool) -> Res {
     if ctx.b.dtype(x) == to {
         return one(ctx, x);
     }
-    let y = ctx
-        .b
-        .op1(
-            Op::Cast {
-                dtype: to,
-                saturate,
-            },
-            &[x],
-        )
-        .map_err(s)?;
+    let y = ctx.b.op1(
+        Op::Cast {
+            dtype: to,
+            saturate,
+        },
+        &[x],
+    )?;
     one(ctx, y)
 }
 
@@ -578,7 +562,7 @@ pub fn bitcast(ctx: &mut Ctx, n: &Node) -> Res {
     let to = n.int("to")?.ok_or("missing attribute `to`")?;
     let to = require_dtype(to as i32)?;
     let x = ctx.ir(n.req(0)?)?;
-    let y = ctx.b.op1(Op::Bitcast { dtype: to }, &[x]).map_err(s)?;
+    let y = ctx.b.op1(Op::Bitcast { dtype: to }, &[x])?;
     one(ctx, y)
 }
 
@@ -601,9 +585,9 @@ pub fn dropout(ctx: &mut Ctx, n: &Node) -> Res {
     let mut outs = vec![x.clone()];
     if n.wants_output(1) {
         let xv = ctx.ir(n.req(0)?)?;
-        let t = ctx.b.scalar(1.0, DType::Bool).map_err(s)?;
+        let t = ctx.b.scalar(1.0, DType::Bool)?;
         let shape = ctx.b.shape(xv).clone();
-        let mask = ctx.b.broadcast_to(t, &shape).map_err(s)?;
+        let mask = ctx.b.broadcast_to(t, &shape)?;
         outs.push(ctx.v(mask));
     }
     Ok(outs)
@@ -618,14 +602,14 @@ pub fn constant(ctx: &mut Ctx, n: &Node) -> Res {
     }
     if let Some(v) = n.floats("value_floats")? {
         let len = v.len();
-        return Ok(vec![V::data(Tensor::from_vec(vec![len], v).map_err(s)?)]);
+        return Ok(vec![V::data(Tensor::from_vec(vec![len], v)?)]);
     }
     if let Some(i) = n.int("value_int")? {
         return Ok(vec![V::data(Tensor::scalar(i))]);
     }
     if let Some(v) = n.ints("value_ints")? {
         let len = v.len();
-        return Ok(vec![V::data(Tensor::from_vec(vec![len], v).map_err(s)?)]);
+        return Ok(vec![V::data(Tensor::from_vec(vec![len], v)?)]);
     }
     if n.has("value_string") || n.has("value_strings") {
         return Err("string constants are not supported".into());
@@ -653,11 +637,11 @@ pub fn constant_of_shape(ctx: &mut Ctx, n: &Node) -> Res {
         let numel: usize = shape.iter().product();
         if numel <= 1 << 16 {
             let data: Data = value.data().take_all(&vec![0; numel]);
-            return Ok(vec![V::data(Tensor::new(shape, data).map_err(s)?)]);
+            return Ok(vec![V::data(Tensor::new(shape, data)?)]);
         }
     }
-    let scalar = value.reshape(vec![]).map_err(s)?;
-    let c = ctx.b.constant(scalar).map_err(s)?;
-    let y = ctx.b.broadcast_to(c, &Shape::new(dims)).map_err(s)?;
+    let scalar = value.reshape(vec![])?;
+    let c = ctx.b.constant(scalar)?;
+    let y = ctx.b.broadcast_to(c, &Shape::new(dims))?;
     one(ctx, y)
 }

@@ -3,7 +3,7 @@
 
 use ir::{DType, Dim, Op, PadMode, Shape, Tensor, TensorType, Value};
 
-use super::{axis, one, s, slice_axis, Res};
+use super::{axis, one, slice_axis, Res};
 use crate::onnx::import::{Ctx, Node};
 use crate::onnx::tensor::require_dtype;
 use crate::onnx::value::V;
@@ -18,7 +18,7 @@ pub fn center_crop_pad(ctx: &mut Ctx, n: &Node) -> Res {
         None => (0..r).collect(),
     };
     if axes.len() != target.len() {
-        return Err(format!("{} sizes for {} axes", target.len(), axes.len()));
+        return Err(format!("{} sizes for {} axes", target.len(), axes.len()).into());
     }
     let mut y = x;
     let mut low = vec![0; r];
@@ -39,17 +39,15 @@ pub fn center_crop_pad(ctx: &mut Ctx, n: &Node) -> Res {
         }
     }
     if low.iter().chain(&high).any(|&p| p != 0) {
-        let zero = b.scalar(0.0, b.dtype(y)).map_err(s)?;
-        y = b
-            .op1(
-                Op::Pad {
-                    low,
-                    high,
-                    mode: PadMode::Constant,
-                },
-                &[y, zero],
-            )
-            .map_err(s)?;
+        let zero = b.scalar(0.0, b.dtype(y))?;
+        y = b.op1(
+            Op::Pad {
+                low,
+                high,
+                mode: PadMode::Constant,
+            },
+            &[y, zero],
+        )?;
     }
     one(ctx, y)
 }
@@ -58,7 +56,7 @@ pub fn center_crop_pad(ctx: &mut Ctx, n: &Node) -> Res {
 pub fn window(ctx: &mut Ctx, n: &Node) -> Res {
     let size = *ctx.static_ints(n.req(0)?)?.first().ok_or("empty size")?;
     if !(0..=1 << 24).contains(&size) {
-        return Err(format!("window size {size} is out of range"));
+        return Err(format!("window size {size} is out of range").into());
     }
     let periodic = n.int_or("periodic", 1)? != 0;
     let dtype = require_dtype(n.int_or("output_datatype", 1)? as i32)?;
@@ -76,7 +74,7 @@ pub fn window(ctx: &mut Ctx, n: &Node) -> Res {
             }
         })
         .collect();
-    let t = Tensor::new(vec![size as usize], ir::Data::from_f64s(dtype, &values)).map_err(s)?;
+    let t = Tensor::new(vec![size as usize], ir::Data::from_f64s(dtype, &values))?;
     Ok(vec![V::data(t)])
 }
 
@@ -90,35 +88,28 @@ pub fn reverse_sequence(ctx: &mut Ctx, n: &Node) -> Res {
     let ta = axis(n.int_or("time_axis", 0)?, r)?;
     // Source time index per element: len-1-t inside the sequence, t past its end.
     let ty = TensorType::new(DType::I64, shape.clone());
-    let t = b
-        .op1(
-            Op::Iota {
-                axis: ta as i64,
-                ty,
-            },
-            &[],
-        )
-        .map_err(s)?;
-    let lens = b.cast(lens, DType::I64).map_err(s)?;
-    let l = b
-        .op1(
-            Op::Broadcast {
-                dims: vec![ba as i64],
-                shape: shape.clone(),
-            },
-            &[lens],
-        )
-        .map_err(s)?;
-    let inside = b.op1(Op::Lt, &[t, l]).map_err(s)?;
-    let one_v = b.scalar_like(1.0, l).map_err(s)?;
-    let last = b.sub(l, one_v).map_err(s)?;
-    let rev = b.sub(last, t).map_err(s)?;
-    let src = b.op1(Op::Select, &[inside, rev, t]).map_err(s)?;
+    let t = b.op1(
+        Op::Iota {
+            axis: ta as i64,
+            ty,
+        },
+        &[],
+    )?;
+    let lens = b.cast(lens, DType::I64)?;
+    let l = b.op1(
+        Op::Broadcast {
+            dims: vec![ba as i64],
+            shape: shape.clone(),
+        },
+        &[lens],
+    )?;
+    let inside = b.op1(Op::Lt, &[t, l])?;
+    let one_v = b.scalar_like(1.0, l)?;
+    let last = b.sub(l, one_v)?;
+    let rev = b.sub(last, t)?;
+    let src = b.op1(Op::Select, &[inside, rev, t])?;
     let tuples = super::shape::element_tuples(ctx, &shape, src, ta)?;
-    let y = ctx
-        .b
-        .op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples])
-        .map_err(s)?;
+    let y = ctx.b.op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples])?;
     one(ctx, y)
 }
 
@@ -129,7 +120,7 @@ pub fn tensor_scatter(ctx: &mut Ctx, n: &Node) -> Res {
     let circular = match n.string_or("mode", "linear")?.as_str() {
         "linear" => false,
         "circular" => true,
-        m => return Err(format!("unknown mode `{m}`")),
+        m => return Err(format!("unknown mode `{m}`").into()),
     };
     let b = &mut ctx.b;
     let cshape = b.shape(cache).clone();
@@ -137,37 +128,30 @@ pub fn tensor_scatter(ctx: &mut Ctx, n: &Node) -> Res {
     let r = cshape.rank();
     let a = axis(n.int_or("axis", -2)?, r)?;
     let ty = TensorType::new(DType::I64, ushape.clone());
-    let mut pos = b.op1(Op::Iota { axis: a as i64, ty }, &[]).map_err(s)?;
+    let mut pos = b.op1(Op::Iota { axis: a as i64, ty }, &[])?;
     if let Some(w) = wi {
-        let w = b.cast(w, DType::I64).map_err(s)?;
-        let w = b
-            .op1(
-                Op::Broadcast {
-                    dims: vec![0],
-                    shape: ushape.clone(),
-                },
-                &[w],
-            )
-            .map_err(s)?;
-        pos = b.add(pos, w).map_err(s)?;
+        let w = b.cast(w, DType::I64)?;
+        let w = b.op1(
+            Op::Broadcast {
+                dims: vec![0],
+                shape: ushape.clone(),
+            },
+            &[w],
+        )?;
+        pos = b.add(pos, w)?;
     }
     if circular {
-        let m = b
-            .dim_product(&[cshape.dim(a).clone()], DType::I64)
-            .map_err(s)?;
-        let m = b.broadcast_to(m, &ushape).map_err(s)?;
-        pos = b.op1(Op::Mod, &[pos, m]).map_err(s)?;
+        let m = b.dim_product(&[cshape.dim(a).clone()], DType::I64)?;
+        let m = b.broadcast_to(m, &ushape)?;
+        pos = b.op1(Op::Mod, &[pos, m])?;
     }
     let tuples = super::shape::element_tuples(ctx, &cshape, pos, a)?;
-    let y = ctx
-        .b
-        .op1(
-            Op::ScatterNd {
-                reduction: ir::ScatterReduction::None,
-            },
-            &[cache, tuples, upd],
-        )
-        .map_err(s)?;
+    let y = ctx.b.op1(
+        Op::ScatterNd {
+            reduction: ir::ScatterReduction::None,
+        },
+        &[cache, tuples, upd],
+    )?;
     one(ctx, y)
 }
 
@@ -176,10 +160,10 @@ pub fn swiglu(ctx: &mut Ctx, n: &Node) -> Res {
     let bv = ctx.ir(n.req(1)?)?;
     let alpha = n.float_or("alpha", 1.0)? as f64;
     let b = &mut ctx.b;
-    let sa = b.scale(a, alpha).map_err(s)?;
-    let sg = b.sigmoid(sa).map_err(s)?;
-    let sw = b.mul(a, sg).map_err(s)?;
-    let y = b.mul(sw, bv).map_err(s)?;
+    let sa = b.scale(a, alpha)?;
+    let sg = b.sigmoid(sa)?;
+    let sw = b.mul(a, sg)?;
+    let y = b.mul(sw, bv)?;
     one(ctx, y)
 }
 
@@ -194,7 +178,8 @@ pub fn col2im(ctx: &mut Ctx, n: &Node) -> Res {
     if k == 0 || block.len() != k || image.iter().chain(&block).any(|&d| d <= 0) {
         return Err(format!(
             "image_shape {image:?} and block_shape {block:?} must be positive and of one length"
-        ));
+        )
+        .into());
     }
     let dil = n.ints_len("dilations", k, 1)?;
     let strides = n.ints_len("strides", k, 1)?;
@@ -236,45 +221,40 @@ pub fn col2im(ctx: &mut Ctx, n: &Node) -> Res {
         return Err(format!(
             "the input must be [N, C·{kk}, {ll}] for these shapes, not {}",
             b.ty(x)
-        ));
+        )
+        .into());
     }
     let c = xd[1]
         .exact_div(&Dim::Const(kk))
         .ok_or_else(|| format!("{} channels are not a multiple of the block's {kk}", xd[1]))?;
     let dtype = b.ty(x).dtype;
     // [N, C, K·L] -> [K·L, N, C]; the entries that land, scattered with addition.
-    let y = b
-        .reshape(
-            x,
-            Shape::new(vec![xd[0].clone(), c.clone(), Dim::Const(kk * ll)]),
-        )
-        .map_err(s)?;
-    let y = b.transpose(y, &[2, 0, 1]).map_err(s)?;
-    let pick = Tensor::from_vec(vec![picks.len()], picks).map_err(s)?;
-    let pick = b.constant(pick).map_err(s)?;
-    let updates = b.op1(Op::Gather { axis: 0 }, &[y, pick]).map_err(s)?;
-    let place = Tensor::from_vec(vec![places.len(), 1], places).map_err(s)?;
-    let place = b.constant(place).map_err(s)?;
+    let y = b.reshape(
+        x,
+        Shape::new(vec![xd[0].clone(), c.clone(), Dim::Const(kk * ll)]),
+    )?;
+    let y = b.transpose(y, &[2, 0, 1])?;
+    let pick = Tensor::from_vec(vec![picks.len()], picks)?;
+    let pick = b.constant(pick)?;
+    let updates = b.op1(Op::Gather { axis: 0 }, &[y, pick])?;
+    let place = Tensor::from_vec(vec![places.len(), 1], places)?;
+    let place = b.constant(place)?;
     let total: i64 = image.iter().product();
-    let zero = b.scalar(0.0, dtype).map_err(s)?;
-    let base = b
-        .broadcast_to(
-            zero,
-            &Shape::new(vec![Dim::Const(total), xd[0].clone(), c.clone()]),
-        )
-        .map_err(s)?;
-    let sum = b
-        .op1(
-            Op::ScatterNd {
-                reduction: ir::ScatterReduction::Add,
-            },
-            &[base, place, updates],
-        )
-        .map_err(s)?;
-    let sum = b.transpose(sum, &[1, 2, 0]).map_err(s)?;
+    let zero = b.scalar(0.0, dtype)?;
+    let base = b.broadcast_to(
+        zero,
+        &Shape::new(vec![Dim::Const(total), xd[0].clone(), c.clone()]),
+    )?;
+    let sum = b.op1(
+        Op::ScatterNd {
+            reduction: ir::ScatterReduction::Add,
+        },
+        &[base, place, updates],
+    )?;
+    let sum = b.transpose(sum, &[1, 2, 0])?;
     let mut dims = vec![xd[0].clone(), c];
     dims.extend(image.iter().map(|&d| Dim::Const(d)));
-    let out = b.reshape(sum, Shape::new(dims)).map_err(s)?;
+    let out = b.reshape(sum, Shape::new(dims))?;
     Ok(vec![ctx.v(out)])
 }
 
@@ -305,9 +285,9 @@ pub fn tfidf_vectorizer(ctx: &mut Ctx, n: &Node) -> Res {
         .ok_or("only integer pools (pool_int64s) are supported")?;
     let weights = n.floats("weights")?.unwrap_or_default();
     if min_len < 1 || max_len < min_len || max_skip < 0 {
-        return Err(format!(
-            "gram lengths {min_len}..{max_len} and skip {max_skip} are not valid"
-        ));
+        return Err(
+            format!("gram lengths {min_len}..{max_len} and skip {max_skip} are not valid").into(),
+        );
     }
     // The pool's n-grams in id order: lengths 1, 2, ... per `ngram_counts`.
     let mut grams: Vec<(Vec<i64>, usize)> = Vec::new();
@@ -335,20 +315,15 @@ pub fn tfidf_vectorizer(ctx: &mut Ctx, n: &Node) -> Res {
     if !(1..=2).contains(&rank) {
         return Err("the input must be [C] or [B, C]".into());
     }
-    let x2 = if rank == 1 {
-        b.unsqueeze(x, 0).map_err(s)?
-    } else {
-        x
-    };
+    let x2 = if rank == 1 { b.unsqueeze(x, 0)? } else { x };
     let xd = b.shape(x2).dims().to_vec();
     let c = xd[1]
         .as_const()
         .ok_or("the token axis must be known when the model is imported")?;
-    let xi = b.cast(x2, DType::I64).map_err(s)?;
+    let xi = b.cast(x2, DType::I64)?;
     let zero_col = {
-        let z = b.scalar(0.0, DType::F32).map_err(s)?;
-        b.broadcast_to(z, &Shape::new(vec![xd[0].clone(), Dim::Const(1)]))
-            .map_err(s)?
+        let z = b.scalar(0.0, DType::F32)?;
+        b.broadcast_to(z, &Shape::new(vec![xd[0].clone(), Dim::Const(1)]))?
     };
     let mut cols: Vec<Option<Value>> = vec![None; out_size.max(0) as usize];
     for (g, o) in &grams {
@@ -364,20 +339,18 @@ pub fn tfidf_vectorizer(ctx: &mut Ctx, n: &Node) -> Res {
                 let from = k as i64 * d;
                 // Item k of the n-gram starting at every position s: x[s + k·d].
                 let part = slice_axis(b, xi, 1, Dim::Const(from), Dim::Const(from + starts), 1)?;
-                let t = b.scalar(tok as f64, DType::I64).map_err(s)?;
-                let eq = b.elementwise(Op::Eq, &[part, t]).map_err(s)?;
+                let t = b.scalar(tok as f64, DType::I64)?;
+                let eq = b.elementwise(Op::Eq, &[part, t])?;
                 hit = Some(match hit {
-                    Some(h) => b.elementwise(Op::And, &[h, eq]).map_err(s)?,
+                    Some(h) => b.elementwise(Op::And, &[h, eq])?,
                     None => eq,
                 });
             }
-            let hit = b
-                .cast(hit.expect("n-grams have items"), DType::F32)
-                .map_err(s)?;
-            let count = b.reduce_sum(hit, &[1], true).map_err(s)?;
+            let hit = b.cast(hit.expect("n-grams have items"), DType::F32)?;
+            let count = b.reduce_sum(hit, &[1], true)?;
             let col = cols.get_mut(*o).ok_or("an ngram index is out of range")?;
             *col = Some(match col.take() {
-                Some(prev) => b.add(prev, count).map_err(s)?,
+                Some(prev) => b.add(prev, count)?,
                 None => count,
             });
         }
@@ -390,21 +363,21 @@ pub fn tfidf_vectorizer(ctx: &mut Ctx, n: &Node) -> Res {
             "TF" => f,
             "IDF" | "TFIDF" => {
                 let v = if mode == "IDF" {
-                    let zero = b.scalar(0.0, DType::F32).map_err(s)?;
-                    let seen = b.elementwise(Op::Gt, &[f, zero]).map_err(s)?;
-                    b.cast(seen, DType::F32).map_err(s)?
+                    let zero = b.scalar(0.0, DType::F32)?;
+                    let seen = b.elementwise(Op::Gt, &[f, zero])?;
+                    b.cast(seen, DType::F32)?
                 } else {
                     f
                 };
                 match w {
                     Some(w) if !weights.is_empty() => {
-                        let w = b.scalar(f64::from(w), DType::F32).map_err(s)?;
-                        b.mul(v, w).map_err(s)?
+                        let w = b.scalar(f64::from(w), DType::F32)?;
+                        b.mul(v, w)?
                     }
                     _ => v,
                 }
             }
-            m => return Err(format!("mode `{m}` is not TF, IDF or TFIDF")),
+            m => return Err(format!("mode `{m}` is not TF, IDF or TFIDF").into()),
         };
         outs.push(y);
     }
@@ -413,12 +386,10 @@ pub fn tfidf_vectorizer(ctx: &mut Ctx, n: &Node) -> Res {
     }
     let mut y = match outs.len() {
         1 => outs[0],
-        _ => b.op1(Op::Concat { axis: 1 }, &outs).map_err(s)?,
+        _ => b.op1(Op::Concat { axis: 1 }, &outs)?,
     };
     if rank == 1 {
-        y = b
-            .reshape(y, Shape::new(vec![Dim::Const(out_size)]))
-            .map_err(s)?;
+        y = b.reshape(y, Shape::new(vec![Dim::Const(out_size)]))?;
     }
     Ok(vec![ctx.v(y)])
 }

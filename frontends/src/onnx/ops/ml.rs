@@ -3,6 +3,8 @@
 //! matmuls and kernels, and the preprocessing ops elementwise math. No op is evaluated by
 //! interpreting model objects at run time.
 
+use crate::onnx::OpError;
+
 use std::collections::HashMap;
 
 use ir::{Builder, DType, Dim, Op, Shape, Tensor, TensorType, Value};
@@ -10,10 +12,10 @@ use ir::{Builder, DType, Dim, Op, Shape, Tensor, TensorType, Value};
 use super::{one, s, Res};
 use crate::onnx::import::{Ctx, Node};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 fn constant<T: ir::Element>(b: &mut Builder, shape: Vec<usize>, v: Vec<T>) -> R<Value> {
-    let t = Tensor::from_vec(shape, v).map_err(s)?;
+    let t = Tensor::from_vec(shape, v)?;
     b.constant(t).map_err(s)
 }
 
@@ -24,12 +26,12 @@ fn features(ctx: &mut Ctx, name: &str) -> R<Value> {
     let x = if b.dtype(x) == DType::F64 {
         x
     } else {
-        b.cast(x, DType::F32).map_err(s)?
+        b.cast(x, DType::F32)?
     };
     match b.rank(x) {
         1 => b.unsqueeze(x, 0).map_err(s),
         2 => Ok(x),
-        r => Err(format!("features must have rank 1 or 2, got {r}")),
+        r => Err(format!("features must have rank 1 or 2, got {r}").into()),
     }
 }
 
@@ -53,7 +55,7 @@ fn rule(m: &str) -> R<Rule> {
         "BRANCH_EQ" => Rule::Eq,
         "BRANCH_NEQ" => Rule::Neq,
         "LEAF" => Rule::Leaf,
-        other => return Err(format!("unknown node mode `{other}`")),
+        other => return Err(format!("unknown node mode `{other}`").into()),
     })
 }
 
@@ -74,15 +76,15 @@ struct Forest {
 }
 
 fn ints(n: &Node, name: &str) -> R<Vec<i64>> {
-    n.ints(name)?
-        .ok_or_else(|| format!("missing attribute `{name}`"))
+    Ok(n.ints(name)?
+        .ok_or_else(|| format!("missing attribute `{name}`"))?)
 }
 
 fn floats(n: &Node, name: &str) -> R<Vec<f32>> {
     if let Some(v) = n.floats(name)? {
         return Ok(v);
     }
-    Err(format!("missing attribute `{name}`"))
+    Err(format!("missing attribute `{name}`").into())
 }
 
 /// Builds the forest tables from the TreeEnsembleClassifier/Regressor attributes; `prefix` is
@@ -117,7 +119,7 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
         ("nodes_falsenodeids", no_ids.len()),
     ] {
         if len != count {
-            return Err(format!("`{what}` has {len} entries, expected {count}"));
+            return Err(format!("`{what}` has {len} entries, expected {count}").into());
         }
     }
     let index: HashMap<(i64, i64), usize> = tree
@@ -164,10 +166,7 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
         f.yes[i] = look(yes_ids[i])?;
         f.no[i] = look(no_ids[i])?;
         if feat[i] < 0 {
-            return Err(format!(
-                "negative feature id at tree {} node {}",
-                tree[i], node[i]
-            ));
+            return Err(format!("negative feature id at tree {} node {}", tree[i], node[i]).into());
         }
     }
     // Depth by walking from each root; a revisit means a cycle.
@@ -180,7 +179,7 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
                 continue;
             }
             if std::mem::replace(&mut seen[i], true) {
-                return Err(format!("tree {} has a cycle", tree[i]));
+                return Err(format!("tree {} has a cycle", tree[i]).into());
             }
             stack.push((f.yes[i] as usize, d + 1));
             stack.push((f.no[i] as usize, d + 1));
@@ -191,7 +190,7 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
     let nids = ints(n, &format!("{prefix}_nodeids"))?;
     let w = floats(n, &format!("{prefix}_weights"))?;
     if ids.len() != w.len() || tids.len() != w.len() || nids.len() != w.len() {
-        return Err(format!("{prefix} attributes differ in length"));
+        return Err(format!("{prefix} attributes differ in length").into());
     }
     for k in 0..w.len() {
         let i = *index.get(&(tids[k], nids[k])).ok_or_else(|| {
@@ -230,11 +229,10 @@ fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
                 .map(|&v| f64::from(v))
                 .collect::<Vec<_>>(),
         ),
-    )
-    .map_err(s)?;
-    let thr_t = b.constant(thr).map_err(s)?;
+    )?;
+    let thr_t = b.constant(thr)?;
     let roots = constant(b, vec![trees], f.roots.clone())?;
-    let mut cur = b.broadcast_to(roots, &bt).map_err(s)?;
+    let mut cur = b.broadcast_to(roots, &bt)?;
     let rules: Vec<Rule> = {
         let mut r: Vec<Rule> = f
             .rule
@@ -248,24 +246,20 @@ fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
         r
     };
     let any_missing = f.missing_yes.iter().any(|&m| m);
-    let row = b
-        .op1(
-            Op::Iota {
-                axis: 0,
-                ty: TensorType::new(DType::I64, bt.clone()),
-            },
-            &[],
-        )
-        .map_err(s)?;
-    let row = b.unsqueeze(row, 2).map_err(s)?;
+    let row = b.op1(
+        Op::Iota {
+            axis: 0,
+            ty: TensorType::new(DType::I64, bt.clone()),
+        },
+        &[],
+    )?;
+    let row = b.unsqueeze(row, 2)?;
     for _ in 0..f.depth {
-        let feat = b.op1(Op::Gather { axis: 0 }, &[feat_t, cur]).map_err(s)?;
-        let fe = b.unsqueeze(feat, 2).map_err(s)?;
-        let tuples = b.op1(Op::Concat { axis: 2 }, &[row, fe]).map_err(s)?;
-        let xv = b
-            .op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples])
-            .map_err(s)?;
-        let th = b.op1(Op::Gather { axis: 0 }, &[thr_t, cur]).map_err(s)?;
+        let feat = b.op1(Op::Gather { axis: 0 }, &[feat_t, cur])?;
+        let fe = b.unsqueeze(feat, 2)?;
+        let tuples = b.op1(Op::Concat { axis: 2 }, &[row, fe])?;
+        let xv = b.op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples])?;
+        let th = b.op1(Op::Gather { axis: 0 }, &[thr_t, cur])?;
         let cmp = |b: &mut Builder, r: Rule| -> R<Value> {
             let op = match r {
                 Rule::Leq => Op::Le,
@@ -284,30 +278,30 @@ fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
             _ => {
                 let codes: Vec<i64> = f.rule.iter().map(|&r| r as i64).collect();
                 let code_t = table_i(b, &codes)?;
-                let code = b.op1(Op::Gather { axis: 0 }, &[code_t, cur]).map_err(s)?;
+                let code = b.op1(Op::Gather { axis: 0 }, &[code_t, cur])?;
                 let mut acc = cmp(b, rules[0])?;
                 for &r in &rules[1..] {
                     let c = cmp(b, r)?;
-                    let k = b.scalar(r as i64 as f64, DType::I64).map_err(s)?;
-                    let k = b.broadcast_to(k, &bt).map_err(s)?;
-                    let is = b.op1(Op::Eq, &[code, k]).map_err(s)?;
-                    acc = b.op1(Op::Select, &[is, c, acc]).map_err(s)?;
+                    let k = b.scalar(r as i64 as f64, DType::I64)?;
+                    let k = b.broadcast_to(k, &bt)?;
+                    let is = b.op1(Op::Eq, &[code, k])?;
+                    acc = b.op1(Op::Select, &[is, c, acc])?;
                 }
                 acc
             }
         };
         if any_missing {
             let mt = constant(b, vec![nodes], f.missing_yes.clone())?;
-            let mt = b.op1(Op::Gather { axis: 0 }, &[mt, cur]).map_err(s)?;
-            let nan = b.unary(Op::IsNan, xv).map_err(s)?;
-            cond = b.op1(Op::Select, &[nan, mt, cond]).map_err(s)?;
+            let mt = b.op1(Op::Gather { axis: 0 }, &[mt, cur])?;
+            let nan = b.unary(Op::IsNan, xv)?;
+            cond = b.op1(Op::Select, &[nan, mt, cond])?;
         }
-        let y = b.op1(Op::Gather { axis: 0 }, &[yes_t, cur]).map_err(s)?;
-        let nn = b.op1(Op::Gather { axis: 0 }, &[no_t, cur]).map_err(s)?;
-        cur = b.op1(Op::Select, &[cond, y, nn]).map_err(s)?;
+        let y = b.op1(Op::Gather { axis: 0 }, &[yes_t, cur])?;
+        let nn = b.op1(Op::Gather { axis: 0 }, &[no_t, cur])?;
+        cur = b.op1(Op::Select, &[cond, y, nn])?;
     }
     let leaf = constant(b, vec![nodes, f.targets], f.leaf.clone())?;
-    let leaf = b.cast(leaf, DType::F32).map_err(s)?;
+    let leaf = b.cast(leaf, DType::F32)?;
     b.op1(Op::Gather { axis: 0 }, &[leaf, cur]).map_err(s)
 }
 
@@ -315,53 +309,51 @@ fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
 fn post_transform(b: &mut Builder, scores: Value, how: &str) -> R<Value> {
     Ok(match how {
         "NONE" | "" => scores,
-        "LOGISTIC" => b.sigmoid(scores).map_err(s)?,
-        "SOFTMAX" => b.softmax(scores, -1).map_err(s)?,
+        "LOGISTIC" => b.sigmoid(scores)?,
+        "SOFTMAX" => b.softmax(scores, -1)?,
         "SOFTMAX_ZERO" => {
             // exp(v - max) for non-zero v, v * exp(-max) for (near) zero v, normalized; an
             // all-zero row becomes 0.5 everywhere.
-            let m = b.reduce_max(scores, &[-1], true).map_err(s)?;
-            let d = b.sub(scores, m).map_err(s)?;
-            let e = b.exp(d).map_err(s)?;
-            let nm = b.neg(m).map_err(s)?;
-            let em = b.exp(nm).map_err(s)?;
-            let zv = b.mul(scores, em).map_err(s)?;
-            let a = b.unary(Op::Abs, scores).map_err(s)?;
-            let tiny = b.scalar_like(1e-7, a).map_err(s)?;
-            let big = b.op1(Op::Gt, &[a, tiny]).map_err(s)?;
-            let v = b.op1(Op::Select, &[big, e, zv]).map_err(s)?;
-            let sum = b.reduce_sum(v, &[-1], true).map_err(s)?;
-            let zero = b.scalar_like(0.0, sum).map_err(s)?;
-            let is0 = b.op1(Op::Eq, &[sum, zero]).map_err(s)?;
-            let y = b.div(v, sum).map_err(s)?;
-            let half = b.scalar_like(0.5, y).map_err(s)?;
-            b.select(is0, half, y).map_err(s)?
+            let m = b.reduce_max(scores, &[-1], true)?;
+            let d = b.sub(scores, m)?;
+            let e = b.exp(d)?;
+            let nm = b.neg(m)?;
+            let em = b.exp(nm)?;
+            let zv = b.mul(scores, em)?;
+            let a = b.unary(Op::Abs, scores)?;
+            let tiny = b.scalar_like(1e-7, a)?;
+            let big = b.op1(Op::Gt, &[a, tiny])?;
+            let v = b.op1(Op::Select, &[big, e, zv])?;
+            let sum = b.reduce_sum(v, &[-1], true)?;
+            let zero = b.scalar_like(0.0, sum)?;
+            let is0 = b.op1(Op::Eq, &[sum, zero])?;
+            let y = b.div(v, sum)?;
+            let half = b.scalar_like(0.5, y)?;
+            b.select(is0, half, y)?
         }
         "PROBIT" => {
             // sqrt(2) * erfinv(2p - 1), with the approximation the reference uses.
-            let two = b.scale(scores, 2.0).map_err(s)?;
-            let one = b.scalar_like(1.0, two).map_err(s)?;
-            let x = b.sub(two, one).map_err(s)?;
-            let sgn = b.unary(Op::Sign, x).map_err(s)?;
-            let om = b.sub(one, x).map_err(s)?;
-            let op = b.add(one, x).map_err(s)?;
-            let w = b.mul(om, op).map_err(s)?;
-            let lg = b.unary(Op::Log, w).map_err(s)?;
-            let c1 = b
-                .scalar_like(2.0 / (std::f64::consts::PI * 0.147), lg)
-                .map_err(s)?;
-            let hl = b.scale(lg, 0.5).map_err(s)?;
-            let v = b.add(c1, hl).map_err(s)?;
-            let v2 = b.scale(lg, 1.0 / 0.147).map_err(s)?;
-            let vv = b.mul(v, v).map_err(s)?;
-            let r = b.sub(vv, v2).map_err(s)?;
-            let r = b.sqrt(r).map_err(s)?;
-            let v3 = b.sub(r, v).map_err(s)?;
-            let e = b.sqrt(v3).map_err(s)?;
-            let e = b.mul(sgn, e).map_err(s)?;
-            b.scale(e, std::f64::consts::SQRT_2).map_err(s)?
+            let two = b.scale(scores, 2.0)?;
+            let one = b.scalar_like(1.0, two)?;
+            let x = b.sub(two, one)?;
+            let sgn = b.unary(Op::Sign, x)?;
+            let om = b.sub(one, x)?;
+            let op = b.add(one, x)?;
+            let w = b.mul(om, op)?;
+            let lg = b.unary(Op::Log, w)?;
+            let c1 = b.scalar_like(2.0 / (std::f64::consts::PI * 0.147), lg)?;
+            let hl = b.scale(lg, 0.5)?;
+            let v = b.add(c1, hl)?;
+            let v2 = b.scale(lg, 1.0 / 0.147)?;
+            let vv = b.mul(v, v)?;
+            let r = b.sub(vv, v2)?;
+            let r = b.sqrt(r)?;
+            let v3 = b.sub(r, v)?;
+            let e = b.sqrt(v3)?;
+            let e = b.mul(sgn, e)?;
+            b.scale(e, std::f64::consts::SQRT_2)?
         }
-        other => return Err(format!("unknown post_transform `{other}`")),
+        other => return Err(format!("unknown post_transform `{other}`").into()),
     })
 }
 
@@ -375,15 +367,13 @@ fn labels(n: &Node, key: &str) -> R<Vec<i64>> {
 
 /// Label of the first maximal score, mapped through the label table.
 fn argmax_label(b: &mut Builder, scores: Value, labels: &[i64]) -> R<Value> {
-    let am = b
-        .op1(
-            Op::ArgMax {
-                axis: 1,
-                last: false,
-            },
-            &[scores],
-        )
-        .map_err(s)?;
+    let am = b.op1(
+        Op::ArgMax {
+            axis: 1,
+            last: false,
+        },
+        &[scores],
+    )?;
     let t = constant(b, vec![labels.len()], labels.to_vec())?;
     b.op1(Op::Gather { axis: 0 }, &[t, am]).map_err(s)
 }
@@ -404,20 +394,20 @@ pub fn tree_ensemble_classifier(ctx: &mut Ctx, n: &Node) -> Res {
     let base = n.floats("base_values")?;
     let b = &mut ctx.b;
     let per_tree = walk(b, x, &f)?;
-    let mut res = b.reduce_sum(per_tree, &[1], false).map_err(s)?;
+    let mut res = b.reduce_sum(per_tree, &[1], false)?;
     if let Some(base) = base {
         let bl = base.len();
         let bv = constant(b, vec![bl], base)?;
-        res = b.add(res, bv).map_err(s)?;
+        res = b.add(res, bv)?;
     }
     if binary {
         // The one scored class becomes the second column; the first is its complement.
         let s1 = super::slice_axis(b, res, 1, Dim::Const(0), Dim::Const(1), 1)?;
         let s0 = if matches!(post.as_str(), "NONE" | "PROBIT") {
-            let one = b.scalar_like(1.0, s1).map_err(s)?;
-            b.sub(one, s1).map_err(s)?
+            let one = b.scalar_like(1.0, s1)?;
+            b.sub(one, s1)?
         } else {
-            b.neg(s1).map_err(s)?
+            b.neg(s1)?
         };
         let rest = if classes > 2 {
             Some(super::slice_axis(
@@ -433,7 +423,7 @@ pub fn tree_ensemble_classifier(ctx: &mut Ctx, n: &Node) -> Res {
         };
         let mut cols = vec![s0, s1];
         cols.extend(rest);
-        res = b.op1(Op::Concat { axis: 1 }, &cols).map_err(s)?;
+        res = b.op1(Op::Concat { axis: 1 }, &cols)?;
     }
     let scores = post_transform(b, res, &post)?;
     let lab = if classes == 1 {
@@ -444,8 +434,7 @@ pub fn tree_ensemble_classifier(ctx: &mut Ctx, n: &Node) -> Res {
                 last: false,
             },
             &[scores],
-        )
-        .map_err(s)?
+        )?
     } else {
         argmax_label(b, scores, &labels)?
     };
@@ -466,13 +455,12 @@ pub fn tree_ensemble_regressor(ctx: &mut Ctx, n: &Node) -> Res {
         "AVERAGE" => b.reduce_mean(per_tree, &[1], false),
         "MIN" => b.reduce(|axes| Op::ReduceMin { axes }, per_tree, &[1], false),
         "MAX" => b.reduce_max(per_tree, &[1], false),
-        other => return Err(format!("unknown aggregate_function `{other}`")),
-    }
-    .map_err(s)?;
+        other => return Err(format!("unknown aggregate_function `{other}`").into()),
+    }?;
     if let Some(base) = base {
         let bl = base.len();
         let bv = constant(b, vec![bl], base)?;
-        res = b.add(res, bv).map_err(s)?;
+        res = b.add(res, bv)?;
     }
     let y = post_transform(b, res, &post)?;
     one(ctx, y)
@@ -496,7 +484,8 @@ fn linear(b: &mut Builder, x: Value, coef: Vec<f32>, intercepts: Option<Vec<f32>
         return Err(format!(
             "{} coefficients do not divide into rows of {f} features",
             coef.len()
-        ));
+        )
+        .into());
     }
     let rows = coef.len() / f;
     let w = Tensor::new(
@@ -505,11 +494,10 @@ fn linear(b: &mut Builder, x: Value, coef: Vec<f32>, intercepts: Option<Vec<f32>
             b.dtype(x),
             &coef.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
         ),
-    )
-    .map_err(s)?;
-    let w = b.constant(w).map_err(s)?;
-    let wt = b.transpose(w, &[1, 0]).map_err(s)?;
-    let mut y = b.matmul(x, wt).map_err(s)?;
+    )?;
+    let w = b.constant(w)?;
+    let wt = b.transpose(w, &[1, 0])?;
+    let mut y = b.matmul(x, wt)?;
     if let Some(ic) = intercepts.filter(|v| !v.is_empty()) {
         let ic = Tensor::new(
             vec![ic.len()],
@@ -517,10 +505,9 @@ fn linear(b: &mut Builder, x: Value, coef: Vec<f32>, intercepts: Option<Vec<f32>
                 b.dtype(x),
                 &ic.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
             ),
-        )
-        .map_err(s)?;
-        let ic = b.constant(ic).map_err(s)?;
-        y = b.add(y, ic).map_err(s)?;
+        )?;
+        let ic = b.constant(ic)?;
+        y = b.add(y, ic)?;
     }
     Ok(y)
 }
@@ -535,24 +522,20 @@ pub fn linear_classifier(ctx: &mut Ctx, n: &Node) -> Res {
     let mut scores = linear(b, x, coef, intercepts)?;
     let cols = b.shape(scores).dim(1).as_const().unwrap_or(0);
     if cols == 1 && labels.len() == 2 {
-        let neg = b.neg(scores).map_err(s)?;
-        scores = b.op1(Op::Concat { axis: 1 }, &[neg, scores]).map_err(s)?;
+        let neg = b.neg(scores)?;
+        scores = b.op1(Op::Concat { axis: 1 }, &[neg, scores])?;
     }
     let scores = post_transform(b, scores, &post)?;
     let lab = if b.shape(scores).dim(1).as_const().unwrap_or(0) > 1 {
         argmax_label(b, scores, &labels)?
     } else {
-        let th = b
-            .scalar_like(if post == "NONE" { 0.0 } else { 0.5 }, scores)
-            .map_err(s)?;
-        let ge = b.op1(Op::Ge, &[scores, th]).map_err(s)?;
-        let first = b
-            .scalar(labels.first().copied().unwrap_or(1) as f64, DType::I64)
-            .map_err(s)?;
-        let zero = b.scalar(0.0, DType::I64).map_err(s)?;
-        let l = b.select(ge, first, zero).map_err(s)?;
+        let th = b.scalar_like(if post == "NONE" { 0.0 } else { 0.5 }, scores)?;
+        let ge = b.op1(Op::Ge, &[scores, th])?;
+        let first = b.scalar(labels.first().copied().unwrap_or(1) as f64, DType::I64)?;
+        let zero = b.scalar(0.0, DType::I64)?;
+        let l = b.select(ge, first, zero)?;
         let batch = b.shape(l).dim(0).clone();
-        b.reshape(l, Shape::new(vec![batch])).map_err(s)?
+        b.reshape(l, Shape::new(vec![batch]))?
     };
     Ok(vec![ctx.v(lab), ctx.v(scores)])
 }
@@ -602,11 +585,10 @@ fn kernel_matrix(b: &mut Builder, x: Value, sv: Vec<f32>, k: &Kernel) -> R<Value
             b.dtype(x),
             &sv.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
         ),
-    )
-    .map_err(s)?;
-    let svv = b.constant(svt).map_err(s)?;
-    let svt = b.transpose(svv, &[1, 0]).map_err(s)?;
-    let dot = b.matmul(x, svt).map_err(s)?;
+    )?;
+    let svv = b.constant(svt)?;
+    let svt = b.transpose(svv, &[1, 0])?;
+    let dot = b.matmul(x, svt)?;
     let r = (|| -> ir::Result<Value> {
         Ok(match k.kind.as_str() {
             "linear" => dot,
@@ -669,23 +651,20 @@ pub fn svm_regressor(ctx: &mut Ctx, n: &Node) -> Res {
                 b.dtype(x),
                 &coef.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
             ),
-        )
-        .map_err(s)?;
-        let c = b.constant(c).map_err(s)?;
-        b.matmul(km, c).map_err(s)?
+        )?;
+        let c = b.constant(c)?;
+        b.matmul(km, c)?
     } else {
         linear(b, x, coef, None)?
     };
-    let r0 = b
-        .scalar_like(rho.first().copied().unwrap_or(0.0) as f64, z)
-        .map_err(s)?;
-    z = b.add(z, r0).map_err(s)?;
+    let r0 = b.scalar_like(rho.first().copied().unwrap_or(0.0) as f64, z)?;
+    z = b.add(z, r0)?;
     if one_class {
-        let zero = b.scalar_like(0.0, z).map_err(s)?;
-        let pos = b.op1(Op::Gt, &[z, zero]).map_err(s)?;
-        let p1 = b.scalar_like(1.0, z).map_err(s)?;
-        let m1 = b.scalar_like(-1.0, z).map_err(s)?;
-        z = b.op1(Op::Select, &[pos, p1, m1]).map_err(s)?;
+        let zero = b.scalar_like(0.0, z)?;
+        let pos = b.op1(Op::Gt, &[z, zero])?;
+        let p1 = b.scalar_like(1.0, z)?;
+        let m1 = b.scalar_like(-1.0, z)?;
+        z = b.op1(Op::Select, &[pos, p1, m1])?;
     }
     let y = post_transform(b, z, &post)?;
     one(ctx, y)
@@ -739,19 +718,18 @@ pub fn svm_classifier(ctx: &mut Ctx, n: &Node) -> Res {
             w[v * pairs.len() + p] = f64::from(coef[i * m + v]);
         }
     }
-    let wt = Tensor::new(vec![m, pairs.len()], ir::Data::from_f64s(b.dtype(x), &w)).map_err(s)?;
-    let wt = b.constant(wt).map_err(s)?;
-    let dec = b.matmul(km, wt).map_err(s)?;
+    let wt = Tensor::new(vec![m, pairs.len()], ir::Data::from_f64s(b.dtype(x), &w))?;
+    let wt = b.constant(wt)?;
+    let dec = b.matmul(km, wt)?;
     let rt = Tensor::new(
         vec![pairs.len()],
         ir::Data::from_f64s(
             b.dtype(x),
             &rho.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
         ),
-    )
-    .map_err(s)?;
-    let rt = b.constant(rt).map_err(s)?;
-    let dec = b.add(dec, rt).map_err(s)?;
+    )?;
+    let rt = b.constant(rt)?;
+    let dec = b.add(dec, rt)?;
     // Votes: pair p goes to i when its decision is positive, else to j.
     let mut vote = vec![0.0f64; pairs.len() * classes];
     let mut against = vec![0.0f64; pairs.len() * classes];
@@ -759,26 +737,24 @@ pub fn svm_classifier(ctx: &mut Ctx, n: &Node) -> Res {
         vote[p * classes + i] = 1.0;
         against[p * classes + j] = 1.0;
     }
-    let zero = b.scalar_like(0.0, dec).map_err(s)?;
-    let pos = b.op1(Op::Gt, &[dec, zero]).map_err(s)?;
-    let posf = b.cast(pos, b.dtype(dec)).map_err(s)?;
-    let one_v = b.scalar_like(1.0, posf).map_err(s)?;
-    let negf = b.sub(one_v, posf).map_err(s)?;
+    let zero = b.scalar_like(0.0, dec)?;
+    let pos = b.op1(Op::Gt, &[dec, zero])?;
+    let posf = b.cast(pos, b.dtype(dec))?;
+    let one_v = b.scalar_like(1.0, posf)?;
+    let negf = b.sub(one_v, posf)?;
     let vt = Tensor::new(
         vec![pairs.len(), classes],
         ir::Data::from_f64s(b.dtype(x), &vote),
-    )
-    .map_err(s)?;
+    )?;
     let at = Tensor::new(
         vec![pairs.len(), classes],
         ir::Data::from_f64s(b.dtype(x), &against),
-    )
-    .map_err(s)?;
-    let vt = b.constant(vt).map_err(s)?;
-    let at = b.constant(at).map_err(s)?;
-    let v1 = b.matmul(posf, vt).map_err(s)?;
-    let v2 = b.matmul(negf, at).map_err(s)?;
-    let votes = b.add(v1, v2).map_err(s)?;
+    )?;
+    let vt = b.constant(vt)?;
+    let at = b.constant(at)?;
+    let v1 = b.matmul(posf, vt)?;
+    let v2 = b.matmul(negf, at)?;
+    let votes = b.add(v1, v2)?;
     let lab = argmax_label(b, votes, &labels)?;
     let scores = post_transform(b, dec, &post)?;
     Ok(vec![ctx.v(lab), ctx.v(scores)])
@@ -796,8 +772,8 @@ pub fn scaler(ctx: &mut Ctx, n: &Node) -> Res {
     };
     let o = mk(b, offset)?;
     let sc = mk(b, scale)?;
-    let y = b.sub(x, o).map_err(s)?;
-    let y = b.mul(y, sc).map_err(s)?;
+    let y = b.sub(x, o)?;
+    let y = b.mul(y, sc)?;
     one(ctx, y)
 }
 
@@ -814,10 +790,9 @@ pub fn normalizer(ctx: &mut Ctx, n: &Node) -> Res {
             .mul(x, x)
             .and_then(|a| b.reduce_sum(a, &[1], true))
             .and_then(|a| b.sqrt(a)),
-        other => return Err(format!("unknown norm `{other}`")),
-    }
-    .map_err(s)?;
-    let y = b.div(x, d).map_err(s)?;
+        other => return Err(format!("unknown norm `{other}`").into()),
+    }?;
+    let y = b.div(x, d)?;
     one(ctx, y)
 }
 
@@ -825,9 +800,9 @@ pub fn binarizer(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
     let th = n.float_or("threshold", 0.0)? as f64;
     let b = &mut ctx.b;
-    let t = b.scalar_like(th, x).map_err(s)?;
-    let gt = b.op1(Op::Gt, &[x, t]).map_err(s)?;
-    let y = b.cast(gt, b.dtype(x)).map_err(s)?;
+    let t = b.scalar_like(th, x)?;
+    let gt = b.op1(Op::Gt, &[x, t])?;
+    let y = b.cast(gt, b.dtype(x))?;
     one(ctx, y)
 }
 
@@ -836,11 +811,9 @@ pub fn array_feature_extractor(ctx: &mut Ctx, n: &Node) -> Res {
     let idx = ctx.ir(n.req(1)?)?;
     let b = &mut ctx.b;
     let r = b.rank(x);
-    let flat = b.shape(idx).numel().map_err(s)?;
-    let idx = b.reshape(idx, Shape::new(vec![flat])).map_err(s)?;
-    let y = b
-        .op1(Op::Gather { axis: r as i64 - 1 }, &[x, idx])
-        .map_err(s)?;
+    let flat = b.shape(idx).numel()?;
+    let idx = b.reshape(idx, Shape::new(vec![flat]))?;
+    let y = b.op1(Op::Gather { axis: r as i64 - 1 }, &[x, idx])?;
     one(ctx, y)
 }
 
@@ -906,16 +879,16 @@ pub fn label_encoder(ctx: &mut Ctx, n: &Node) -> Res {
     };
     let b = &mut ctx.b;
     let shape = b.shape(x).clone();
-    let mut y = b.scalar(default, out_dtype).map_err(s)?;
-    y = b.broadcast_to(y, &shape).map_err(s)?;
+    let mut y = b.scalar(default, out_dtype)?;
+    y = b.broadcast_to(y, &shape)?;
     // Later keys win ties, as a dictionary built in order would.
     for (k, v) in keys.iter().zip(&values) {
-        let kv = b.scalar(*k, b.dtype(x)).map_err(s)?;
-        let kv = b.broadcast_to(kv, &shape).map_err(s)?;
-        let hit = b.op1(Op::Eq, &[x, kv]).map_err(s)?;
-        let vv = b.scalar(*v, out_dtype).map_err(s)?;
-        let vv = b.broadcast_to(vv, &shape).map_err(s)?;
-        y = b.op1(Op::Select, &[hit, vv, y]).map_err(s)?;
+        let kv = b.scalar(*k, b.dtype(x))?;
+        let kv = b.broadcast_to(kv, &shape)?;
+        let hit = b.op1(Op::Eq, &[x, kv])?;
+        let vv = b.scalar(*v, out_dtype)?;
+        let vv = b.broadcast_to(vv, &shape)?;
+        y = b.op1(Op::Select, &[hit, vv, y])?;
     }
     one(ctx, y)
 }

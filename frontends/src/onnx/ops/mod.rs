@@ -1,6 +1,8 @@
 //! Import functions, one file per family. Each takes the import context and a node and returns
 //! the node's output values; errors are plain messages that the driver tags with the node.
 
+use crate::onnx::OpError;
+
 pub mod attention;
 pub mod control;
 pub mod dynamic;
@@ -24,11 +26,11 @@ use ir::{Dim, Value};
 use super::import::Ctx;
 use super::value::V;
 
-pub type Res = Result<Vec<V>, String>;
+pub type Res = Result<Vec<V>, OpError>;
 
-/// Error conversion for `?` on builder results.
-pub fn s(e: impl ToString) -> String {
-    e.to_string()
+/// Error conversion where `?` does not apply (a result returned as it is).
+pub fn s(e: impl Into<OpError>) -> OpError {
+    e.into()
 }
 
 /// A single IR result.
@@ -37,18 +39,18 @@ pub fn one(ctx: &Ctx, v: Value) -> Res {
 }
 
 /// Normalizes a possibly negative axis.
-pub fn axis(a: i64, rank: usize) -> Result<usize, String> {
+pub fn axis(a: i64, rank: usize) -> Result<usize, OpError> {
     let r = rank as i64;
     let x = if a < 0 { a + r } else { a };
     if (0..r).contains(&x) {
         Ok(x as usize)
     } else {
-        Err(format!("axis {a} is out of range for rank {rank}"))
+        Err(format!("axis {a} is out of range for rank {rank}").into())
     }
 }
 
 /// Normalized, sorted axes; duplicates are an error.
-pub fn axes(list: &[i64], rank: usize) -> Result<Vec<usize>, String> {
+pub fn axes(list: &[i64], rank: usize) -> Result<Vec<usize>, OpError> {
     let mut out = list
         .iter()
         .map(|&a| axis(a, rank))
@@ -57,13 +59,13 @@ pub fn axes(list: &[i64], rank: usize) -> Result<Vec<usize>, String> {
     let n = out.len();
     out.dedup();
     if out.len() != n {
-        return Err(format!("axes {list:?} repeat an axis"));
+        return Err(format!("axes {list:?} repeat an axis").into());
     }
     Ok(out)
 }
 
 /// The rank of `v`, which must be one of `allowed`.
-pub fn rank_in(b: &ir::Builder, v: Value, allowed: &[usize], what: &str) -> Result<usize, String> {
+pub fn rank_in(b: &ir::Builder, v: Value, allowed: &[usize], what: &str) -> Result<usize, OpError> {
     let r = b.rank(v);
     if allowed.contains(&r) {
         Ok(r)
@@ -75,22 +77,23 @@ pub fn rank_in(b: &ir::Builder, v: Value, allowed: &[usize], what: &str) -> Resu
                 .map(|r| r.to_string())
                 .collect::<Vec<_>>()
                 .join(" or ")
-        ))
+        )
+        .into())
     }
 }
 
 /// The rank of `v`, which must be at least `min`.
-pub fn rank_at_least(b: &ir::Builder, v: Value, min: usize, what: &str) -> Result<usize, String> {
+pub fn rank_at_least(b: &ir::Builder, v: Value, min: usize, what: &str) -> Result<usize, OpError> {
     let r = b.rank(v);
     if r >= min {
         Ok(r)
     } else {
-        Err(format!("{what} has rank {r}, expected at least {min}"))
+        Err(format!("{what} has rank {r}, expected at least {min}").into())
     }
 }
 
 /// The product of dims.
-pub fn product(dims: &[Dim]) -> Result<Dim, String> {
+pub fn product(dims: &[Dim]) -> Result<Dim, OpError> {
     dims.iter()
         .try_fold(Dim::Const(1), |a, d| a.mul(d))
         .map_err(s)
@@ -104,7 +107,7 @@ pub fn slice_axis(
     start: Dim,
     end: Dim,
     stride: i64,
-) -> Result<Value, String> {
+) -> Result<Value, OpError> {
     let dims = b.shape(x).dims().to_vec();
     let mut st: Vec<Dim> = vec![Dim::Const(0); dims.len()];
     let mut lim = dims.clone();

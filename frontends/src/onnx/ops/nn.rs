@@ -1,16 +1,18 @@
 //! Neural-network operators: contractions, convolutions, pooling, normalizations, the softmax
 //! family, einsum and top-k, all decomposed into IR primitives.
 
+use crate::onnx::OpError;
+
 use ir::{Builder, DType, Dim, Op, PadMode, ReduceKind, Shape, Value};
 
 use super::{axes, axis, one, product, s, Res};
 use crate::onnx::import::{Ctx, Node};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 pub fn matmul(ctx: &mut Ctx, n: &Node) -> Res {
     let (a, b) = (ctx.ir(n.req(0)?)?, ctx.ir(n.req(1)?)?);
-    let y = ctx.b.matmul(a, b).map_err(s)?;
+    let y = ctx.b.matmul(a, b)?;
     one(ctx, y)
 }
 
@@ -24,22 +26,18 @@ pub fn gemm(ctx: &mut Ctx, n: &Node) -> Res {
     );
     let bl = &mut ctx.b;
     if n.int_or("transA", 0)? != 0 {
-        a = bl.transpose(a, &[1, 0]).map_err(s)?;
+        a = bl.transpose(a, &[1, 0])?;
     }
     if n.int_or("transB", 0)? != 0 {
-        b = bl.transpose(b, &[1, 0]).map_err(s)?;
+        b = bl.transpose(b, &[1, 0])?;
     }
-    let mut y = bl.matmul(a, b).map_err(s)?;
+    let mut y = bl.matmul(a, b)?;
     if alpha != 1.0 {
-        y = bl.scale(y, alpha).map_err(s)?;
+        y = bl.scale(y, alpha)?;
     }
     if let Some(c) = c {
-        let c = if beta != 1.0 {
-            bl.scale(c, beta).map_err(s)?
-        } else {
-            c
-        };
-        y = bl.add(y, c).map_err(s)?;
+        let c = if beta != 1.0 { bl.scale(c, beta)? } else { c };
+        y = bl.add(y, c)?;
     }
     one(ctx, y)
 }
@@ -64,7 +62,8 @@ fn geometry(n: &Node, input: &[Dim], kernel: Vec<Dim>, transpose: bool) -> R<Geo
     {
         return Err(format!(
             "strides {strides:?} and dilations {dilations:?} must lie in 1..=2^24"
-        ));
+        )
+        .into());
     }
     let mut low = vec![0; sp];
     let mut high = vec![0; sp];
@@ -72,7 +71,7 @@ fn geometry(n: &Node, input: &[Dim], kernel: Vec<Dim>, transpose: bool) -> R<Geo
         "NOTSET" => {
             if let Some(p) = n.ints("pads")? {
                 if p.len() != 2 * sp || p.iter().any(|&v| !(0..=1 << 24).contains(&v)) {
-                    return Err(format!("pads must be {} entries in 0..=2^24", 2 * sp));
+                    return Err(format!("pads must be {} entries in 0..=2^24", 2 * sp).into());
                 }
                 low.copy_from_slice(&p[..sp]);
                 high.copy_from_slice(&p[sp..]);
@@ -123,7 +122,7 @@ fn geometry(n: &Node, input: &[Dim], kernel: Vec<Dim>, transpose: bool) -> R<Geo
                 };
             }
         }
-        m => return Err(format!("unknown auto_pad `{m}`")),
+        m => return Err(format!("unknown auto_pad `{m}`").into()),
     }
     Ok(Geometry {
         kernel,
@@ -139,9 +138,10 @@ fn per_channel(b: &mut Builder, v: Value, rank: usize) -> R<Value> {
     if rank < 2 {
         return Err(format!(
             "a per-channel parameter needs an input of rank at least 2, got {rank}"
-        ));
+        )
+        .into());
     }
-    let c = b.shape(v).numel().map_err(s)?;
+    let c = b.shape(v).numel()?;
     let mut dims = vec![Dim::Const(1); rank];
     dims[1] = c;
     b.reshape(v, Shape::new(dims)).map_err(s)
@@ -155,10 +155,10 @@ pub fn conv(ctx: &mut Ctx, n: &Node) -> Res {
     let xs = b.shape(x).dims().to_vec();
     let ws = b.shape(w).dims().to_vec();
     let op = conv_op(n, &xs, &ws)?;
-    let mut y = b.op1(op, &[x, w]).map_err(s)?;
+    let mut y = b.op1(op, &[x, w])?;
     if let Some(bias) = bias {
         let bias = per_channel(b, bias, xs.len())?;
-        y = b.add(y, bias).map_err(s)?;
+        y = b.add(y, bias)?;
     }
     one(ctx, y)
 }
@@ -171,7 +171,8 @@ pub fn conv_op(n: &Node, xs: &[Dim], ws: &[Dim]) -> R<Op> {
             "convolution needs input and weight of one rank, at least 3; got {} and {}",
             xs.len(),
             ws.len()
-        ));
+        )
+        .into());
     }
     let g = geometry(n, &xs[2..], ws[2..].to_vec(), false)?;
     Ok(Op::Conv {
@@ -191,7 +192,7 @@ fn flip(b: &mut Builder, x: Value, axes: &[usize]) -> R<Value> {
     let mut limit = dims.clone();
     let mut stride = vec![1; r];
     for &a in axes {
-        start[a] = dims[a].sub(&Dim::Const(1)).map_err(s)?;
+        start[a] = dims[a].sub(&Dim::Const(1))?;
         limit[a] = Dim::Const(-1);
         stride[a] = -1;
     }
@@ -214,29 +215,26 @@ fn dilate(b: &mut Builder, x: Value, axis: usize, stride: i64) -> R<Value> {
     let dims = b.shape(x).dims().to_vec();
     let mut with_unit = dims.clone();
     with_unit.insert(axis + 1, Dim::Const(1));
-    let y = b.reshape(x, Shape::new(with_unit.clone())).map_err(s)?;
-    let zero = b.scalar(0.0, b.dtype(x)).map_err(s)?;
+    let y = b.reshape(x, Shape::new(with_unit.clone()))?;
+    let zero = b.scalar(0.0, b.dtype(x))?;
     let mut high = vec![0; with_unit.len()];
     high[axis + 1] = stride - 1;
-    let y = b
-        .op1(
-            Op::Pad {
-                low: vec![0; with_unit.len()],
-                high,
-                mode: PadMode::Constant,
-            },
-            &[y, zero],
-        )
-        .map_err(s)?;
+    let y = b.op1(
+        Op::Pad {
+            low: vec![0; with_unit.len()],
+            high,
+            mode: PadMode::Constant,
+        },
+        &[y, zero],
+    )?;
     let mut flat = dims.clone();
-    flat[axis] = dims[axis].mul(&Dim::Const(stride)).map_err(s)?;
-    let y = b.reshape(y, Shape::new(flat.clone())).map_err(s)?;
+    flat[axis] = dims[axis].mul(&Dim::Const(stride))?;
+    let y = b.reshape(y, Shape::new(flat.clone()))?;
     let mut limit = flat;
     limit[axis] = dims[axis]
         .sub(&Dim::Const(1))
         .and_then(|d| d.mul(&Dim::Const(stride)))
-        .and_then(|d| d.add(&Dim::Const(1)))
-        .map_err(s)?;
+        .and_then(|d| d.add(&Dim::Const(1)))?;
     let r = limit.len();
     b.op1(
         Op::Slice {
@@ -267,10 +265,7 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
     if let Some(os) = n.ints("output_shape")? {
         // Padding that produces the requested output shape.
         if os.len() < sp {
-            return Err(format!(
-                "output_shape has {} entries, expected {sp}",
-                os.len()
-            ));
+            return Err(format!("output_shape has {} entries, expected {sp}", os.len()).into());
         }
         let os = &os[os.len() - sp..];
         for i in 0..sp {
@@ -292,16 +287,16 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
     // Weight [C, M/g, k...] -> [M, C/g, k...], spatially flipped.
     let c = ws[0].clone();
     let mg = ws[1].clone();
-    let cg = c.floor_div(&Dim::Const(groups)).map_err(s)?;
+    let cg = c.floor_div(&Dim::Const(groups))?;
     let mut grouped = vec![Dim::Const(groups), cg.clone(), mg.clone()];
     grouped.extend(ws[2..].iter().cloned());
-    let wt = b.reshape(w, Shape::new(grouped)).map_err(s)?;
+    let wt = b.reshape(w, Shape::new(grouped))?;
     let mut perm: Vec<i64> = vec![0, 2, 1];
     perm.extend(3..3 + sp as i64);
-    let wt = b.transpose(wt, &perm).map_err(s)?;
-    let mut merged = vec![mg.mul(&Dim::Const(groups)).map_err(s)?, cg];
+    let wt = b.transpose(wt, &perm)?;
+    let mut merged = vec![mg.mul(&Dim::Const(groups))?, cg];
     merged.extend(ws[2..].iter().cloned());
-    let wt = b.reshape(wt, Shape::new(merged)).map_err(s)?;
+    let wt = b.reshape(wt, Shape::new(merged))?;
     let wt = flip(b, wt, &(2..r).collect::<Vec<_>>())?;
     // Zero-stuff the input, pad so the flipped kernel sees the full overlap, convolve.
     let mut xin = x;
@@ -318,17 +313,15 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
         low[i + 2] = full - g.low[i];
         high[i + 2] = full - g.high[i] + outpad[i];
     }
-    let zero = b.scalar(0.0, b.dtype(x)).map_err(s)?;
-    let xin = b
-        .op1(
-            Op::Pad {
-                low,
-                high,
-                mode: PadMode::Constant,
-            },
-            &[xin, zero],
-        )
-        .map_err(s)?;
+    let zero = b.scalar(0.0, b.dtype(x))?;
+    let xin = b.op1(
+        Op::Pad {
+            low,
+            high,
+            mode: PadMode::Constant,
+        },
+        &[xin, zero],
+    )?;
     let op = Op::Conv {
         stride: vec![1; sp],
         dilation: g.dilations,
@@ -336,10 +329,10 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
         pad_high: vec![0; sp],
         groups,
     };
-    let mut y = b.op1(op, &[xin, wt]).map_err(s)?;
+    let mut y = b.op1(op, &[xin, wt])?;
     if let Some(bias) = bias {
         let bias = per_channel(b, bias, r)?;
-        y = b.add(y, bias).map_err(s)?;
+        y = b.add(y, bias)?;
     }
     one(ctx, y)
 }
@@ -363,7 +356,7 @@ pub fn pool(ctx: &mut Ctx, n: &Node) -> Res {
         .map(Dim::Const)
         .collect();
     if kernel.len() != sp {
-        return Err(format!("kernel_shape must have {sp} entries"));
+        return Err(format!("kernel_shape must have {sp} entries").into());
     }
     let g = geometry(n, &xs[2..], kernel, false)?;
     let k: Vec<i64> = g.kernel.iter().map(|d| d.as_const().unwrap_or(1)).collect();
@@ -399,48 +392,38 @@ pub fn pool(ctx: &mut Ctx, n: &Node) -> Res {
         pad_high: full(high, 0),
     };
     let y = match n.op() {
-        "MaxPool" => b
-            .op1(window(ReduceKind::Max, &g.low, &high_all), &[x])
-            .map_err(s)?,
+        "MaxPool" => b.op1(window(ReduceKind::Max, &g.low, &high_all), &[x])?,
         "LpPool" => {
             let p = n.int_or("p", 2)? as f64;
-            let ax = b.unary(Op::Abs, x).map_err(s)?;
-            let pv = b.scalar_like(p, ax).map_err(s)?;
-            let xp = b.pow(ax, pv).map_err(s)?;
-            let sum = b
-                .op1(window(ReduceKind::Sum, &g.low, &high_all), &[xp])
-                .map_err(s)?;
-            let inv = b.scalar_like(1.0 / p, sum).map_err(s)?;
-            b.pow(sum, inv).map_err(s)?
+            let ax = b.unary(Op::Abs, x)?;
+            let pv = b.scalar_like(p, ax)?;
+            let xp = b.pow(ax, pv)?;
+            let sum = b.op1(window(ReduceKind::Sum, &g.low, &high_all), &[xp])?;
+            let inv = b.scalar_like(1.0 / p, sum)?;
+            b.pow(sum, inv)?
         }
         _ => {
             // Average: window sums over the divisor, which counts real elements (and, with
             // count_include_pad, the explicit padding but never the ceil_mode extension).
-            let sum = b
-                .op1(window(ReduceKind::Sum, &g.low, &high_all), &[x])
-                .map_err(s)?;
-            let one = b.scalar_like(1.0, x).map_err(s)?;
+            let sum = b.op1(window(ReduceKind::Sum, &g.low, &high_all), &[x])?;
+            let one = b.scalar_like(1.0, x)?;
             let shape = b.shape(x).clone();
-            let ones = b.broadcast_to(one, &shape).map_err(s)?;
+            let ones = b.broadcast_to(one, &shape)?;
             let count = if n.int_or("count_include_pad", 0)? != 0 {
-                let onev = b.scalar(1.0, b.dtype(x)).map_err(s)?;
-                let padded = b
-                    .op1(
-                        Op::Pad {
-                            low: full(&g.low, 0),
-                            high: full(&g.high, 0),
-                            mode: PadMode::Constant,
-                        },
-                        &[ones, onev],
-                    )
-                    .map_err(s)?;
-                b.op1(window(ReduceKind::Sum, &vec![0; sp], &extra), &[padded])
-                    .map_err(s)?
+                let onev = b.scalar(1.0, b.dtype(x))?;
+                let padded = b.op1(
+                    Op::Pad {
+                        low: full(&g.low, 0),
+                        high: full(&g.high, 0),
+                        mode: PadMode::Constant,
+                    },
+                    &[ones, onev],
+                )?;
+                b.op1(window(ReduceKind::Sum, &vec![0; sp], &extra), &[padded])?
             } else {
-                b.op1(window(ReduceKind::Sum, &g.low, &high_all), &[ones])
-                    .map_err(s)?
+                b.op1(window(ReduceKind::Sum, &g.low, &high_all), &[ones])?
             };
-            b.div(sum, count).map_err(s)?
+            b.div(sum, count)?
         }
     };
     one(ctx, y)
@@ -463,21 +446,20 @@ pub fn global_pool(ctx: &mut Ctx, n: &Node) -> Res {
             b.pow(t, inv)
         })(),
         _ => b.reduce_mean(x, &ax, true),
-    }
-    .map_err(s)?;
+    }?;
     one(ctx, y)
 }
 
 /// (x - mean) / sqrt(var + eps) over `axes` (kept as size 1), var the population variance.
 fn normalize(b: &mut Builder, x: Value, axes: &[i64], eps: f64) -> R<(Value, Value, Value)> {
-    let mean = b.reduce_mean(x, axes, true).map_err(s)?;
-    let d = b.sub(x, mean).map_err(s)?;
-    let sq = b.mul(d, d).map_err(s)?;
-    let var = b.reduce_mean(sq, axes, true).map_err(s)?;
-    let e = b.scalar(eps, b.dtype(x)).map_err(s)?;
-    let ve = b.add(var, e).map_err(s)?;
-    let inv = b.unary(Op::Rsqrt, ve).map_err(s)?;
-    let y = b.mul(d, inv).map_err(s)?;
+    let mean = b.reduce_mean(x, axes, true)?;
+    let d = b.sub(x, mean)?;
+    let sq = b.mul(d, d)?;
+    let var = b.reduce_mean(sq, axes, true)?;
+    let e = b.scalar(eps, b.dtype(x))?;
+    let ve = b.add(var, e)?;
+    let inv = b.unary(Op::Rsqrt, ve)?;
+    let y = b.mul(d, inv)?;
     Ok((y, mean, inv))
 }
 
@@ -494,20 +476,20 @@ pub fn batch_norm(ctx: &mut Ctx, n: &Node) -> Res {
     if training {
         let ax: Vec<i64> = std::iter::once(0).chain(2..r as i64).collect();
         let (y, bmean, inv) = normalize(b, x, &ax, eps)?;
-        let y = b.mul(y, scale).map_err(s)?;
-        let y = b.add(y, bias).map_err(s)?;
+        let y = b.mul(y, scale)?;
+        let y = b.add(y, bias)?;
         let momentum = n.float_or("momentum", 0.9)? as f64;
-        let bm = b.reshape(bmean, b.shape(mean).clone()).map_err(s)?;
+        let bm = b.reshape(bmean, b.shape(mean).clone())?;
         // Running variance uses the population variance of the batch.
-        let e = b.scalar(eps, b.dtype(x)).map_err(s)?;
-        let inv2 = b.mul(inv, inv).map_err(s)?;
-        let onev = b.scalar_like(1.0, inv2).map_err(s)?;
-        let bv = b.div(onev, inv2).map_err(s)?;
-        let bv = b.sub(bv, e).map_err(s)?;
-        let bv = b.reshape(bv, b.shape(var).clone()).map_err(s)?;
+        let e = b.scalar(eps, b.dtype(x))?;
+        let inv2 = b.mul(inv, inv)?;
+        let onev = b.scalar_like(1.0, inv2)?;
+        let bv = b.div(onev, inv2)?;
+        let bv = b.sub(bv, e)?;
+        let bv = b.reshape(bv, b.shape(var).clone())?;
         let mix = |b: &mut Builder, run: Value, cur: Value| -> R<Value> {
-            let a = b.scale(run, momentum).map_err(s)?;
-            let c = b.scale(cur, 1.0 - momentum).map_err(s)?;
+            let a = b.scale(run, momentum)?;
+            let c = b.scale(cur, 1.0 - momentum)?;
             b.add(a, c).map_err(s)
         };
         let rm = mix(b, mean, bm)?;
@@ -516,13 +498,13 @@ pub fn batch_norm(ctx: &mut Ctx, n: &Node) -> Res {
     }
     let mean = per_channel(b, mean, r)?;
     let var = per_channel(b, var, r)?;
-    let e = b.scalar(eps, b.dtype(x)).map_err(s)?;
-    let ve = b.add(var, e).map_err(s)?;
-    let inv = b.unary(Op::Rsqrt, ve).map_err(s)?;
-    let d = b.sub(x, mean).map_err(s)?;
-    let y = b.mul(d, inv).map_err(s)?;
-    let y = b.mul(y, scale).map_err(s)?;
-    let y = b.add(y, bias).map_err(s)?;
+    let e = b.scalar(eps, b.dtype(x))?;
+    let ve = b.add(var, e)?;
+    let inv = b.unary(Op::Rsqrt, ve)?;
+    let d = b.sub(x, mean)?;
+    let y = b.mul(d, inv)?;
+    let y = b.mul(y, scale)?;
+    let y = b.add(y, bias)?;
     one(ctx, y)
 }
 
@@ -537,8 +519,8 @@ pub fn instance_norm(ctx: &mut Ctx, n: &Node) -> Res {
     let (y, _, _) = normalize(b, x, &ax, eps)?;
     let scale = per_channel(b, scale, r)?;
     let bias = per_channel(b, bias, r)?;
-    let y = b.mul(y, scale).map_err(s)?;
-    let y = b.add(y, bias).map_err(s)?;
+    let y = b.mul(y, scale)?;
+    let y = b.add(y, bias)?;
     one(ctx, y)
 }
 
@@ -550,7 +532,7 @@ fn stash(b: &mut Builder, x: Value, n: &Node) -> R<(Value, DType)> {
         _ if orig == DType::F64 => DType::F64,
         _ => DType::F32,
     };
-    Ok((b.cast(x, want).map_err(s)?, orig))
+    Ok((b.cast(x, want)?, orig))
 }
 
 pub fn layer_norm(ctx: &mut Ctx, n: &Node) -> Res {
@@ -564,10 +546,10 @@ pub fn layer_norm(ctx: &mut Ctx, n: &Node) -> Res {
     let ax: Vec<i64> = (a as i64..r as i64).collect();
     let (xc, orig) = stash(b, x, n)?;
     let (y, mean, inv) = normalize(b, xc, &ax, eps)?;
-    let y = b.cast(y, orig).map_err(s)?;
-    let y = b.mul(y, scale).map_err(s)?;
+    let y = b.cast(y, orig)?;
+    let y = b.mul(y, scale)?;
     let y = match bias {
-        Some(bias) => b.add(y, bias).map_err(s)?,
+        Some(bias) => b.add(y, bias)?,
         None => y,
     };
     Ok(vec![ctx.v(y), ctx.v(mean), ctx.v(inv)])
@@ -587,26 +569,20 @@ pub fn group_norm(ctx: &mut Ctx, n: &Node) -> Res {
     let r = dims.len();
     let (xc, orig) = stash(b, x, n)?;
     let g = Dim::Const(groups);
-    let per = dims[1].floor_div(&g).map_err(s)?;
+    let per = dims[1].floor_div(&g)?;
     let rest = product(&dims[2..])?;
-    let grouped = b
-        .reshape(
-            xc,
-            Shape::new(vec![dims[0].clone(), g.clone(), per.mul(&rest).map_err(s)?]),
-        )
-        .map_err(s)?;
+    let grouped = b.reshape(
+        xc,
+        Shape::new(vec![dims[0].clone(), g.clone(), per.mul(&rest)?]),
+    )?;
     let (y, _, _) = normalize(b, grouped, &[2], eps)?;
-    let y = b.reshape(y, Shape::new(dims.clone())).map_err(s)?;
-    let y = b.cast(y, orig).map_err(s)?;
+    let y = b.reshape(y, Shape::new(dims.clone()))?;
+    let y = b.cast(y, orig)?;
     // Opset 18 scales per group, opset 21 per channel.
     let (scale, bias) = if b.shape(scale).dims() == [g.clone()] && per != Dim::Const(1) {
         let expand = |b: &mut Builder, v: Value| -> R<Value> {
-            let v = b
-                .reshape(v, Shape::new(vec![g.clone(), Dim::Const(1)]))
-                .map_err(s)?;
-            let v = b
-                .broadcast_to(v, &Shape::new(vec![g.clone(), per.clone()]))
-                .map_err(s)?;
+            let v = b.reshape(v, Shape::new(vec![g.clone(), Dim::Const(1)]))?;
+            let v = b.broadcast_to(v, &Shape::new(vec![g.clone(), per.clone()]))?;
             b.reshape(v, Shape::new(vec![dims[1].clone()])).map_err(s)
         };
         (expand(b, scale)?, expand(b, bias)?)
@@ -615,8 +591,8 @@ pub fn group_norm(ctx: &mut Ctx, n: &Node) -> Res {
     };
     let scale = per_channel(b, scale, r)?;
     let bias = per_channel(b, bias, r)?;
-    let y = b.mul(y, scale).map_err(s)?;
-    let y = b.add(y, bias).map_err(s)?;
+    let y = b.mul(y, scale)?;
+    let y = b.add(y, bias)?;
     one(ctx, y)
 }
 
@@ -629,14 +605,14 @@ pub fn rms_norm(ctx: &mut Ctx, n: &Node) -> Res {
     let a = axis(n.int_or("axis", -1)?, r)?;
     let ax: Vec<i64> = (a as i64..r as i64).collect();
     let (xc, orig) = stash(b, x, n)?;
-    let sq = b.mul(xc, xc).map_err(s)?;
-    let ms = b.reduce_mean(sq, &ax, true).map_err(s)?;
-    let e = b.scalar(eps, b.dtype(xc)).map_err(s)?;
-    let ms = b.add(ms, e).map_err(s)?;
-    let inv = b.unary(Op::Rsqrt, ms).map_err(s)?;
-    let y = b.mul(xc, inv).map_err(s)?;
-    let y = b.cast(y, orig).map_err(s)?;
-    let y = b.mul(y, scale).map_err(s)?;
+    let sq = b.mul(xc, xc)?;
+    let ms = b.reduce_mean(sq, &ax, true)?;
+    let e = b.scalar(eps, b.dtype(xc))?;
+    let ms = b.add(ms, e)?;
+    let inv = b.unary(Op::Rsqrt, ms)?;
+    let y = b.mul(xc, inv)?;
+    let y = b.cast(y, orig)?;
+    let y = b.mul(y, scale)?;
     one(ctx, y)
 }
 
@@ -652,15 +628,14 @@ pub fn lp_norm(ctx: &mut Ctx, n: &Node) -> Res {
             .mul(x, x)
             .and_then(|v| b.reduce_sum(v, &[a], true))
             .and_then(|v| b.sqrt(v)),
-        p => return Err(format!("p must be 1 or 2, got {p}")),
-    }
-    .map_err(s)?;
+        p => return Err(format!("p must be 1 or 2, got {p}").into()),
+    }?;
     // A zero norm gives zeros, not NaN.
-    let zero = b.scalar_like(0.0, norm).map_err(s)?;
-    let onev = b.scalar_like(1.0, norm).map_err(s)?;
-    let is0 = b.op1(Op::Eq, &[norm, zero]).map_err(s)?;
-    let norm = b.op1(Op::Select, &[is0, onev, norm]).map_err(s)?;
-    let y = b.div(x, norm).map_err(s)?;
+    let zero = b.scalar_like(0.0, norm)?;
+    let onev = b.scalar_like(1.0, norm)?;
+    let is0 = b.op1(Op::Eq, &[norm, zero])?;
+    let norm = b.op1(Op::Select, &[is0, onev, norm])?;
+    let y = b.div(x, norm)?;
     one(ctx, y)
 }
 
@@ -670,14 +645,14 @@ pub fn mean_variance_norm(ctx: &mut Ctx, n: &Node) -> Res {
     let r = b.rank(x);
     let ax = n.ints("axes")?.unwrap_or_else(|| vec![0, 2, 3]);
     let ax: Vec<i64> = axes(&ax, r)?.into_iter().map(|a| a as i64).collect();
-    let mean = b.reduce_mean(x, &ax, true).map_err(s)?;
-    let d = b.sub(x, mean).map_err(s)?;
-    let sq = b.mul(d, d).map_err(s)?;
-    let var = b.reduce_mean(sq, &ax, true).map_err(s)?;
-    let sd = b.sqrt(var).map_err(s)?;
-    let e = b.scalar_like(1e-9, sd).map_err(s)?;
-    let sd = b.add(sd, e).map_err(s)?;
-    let y = b.div(d, sd).map_err(s)?;
+    let mean = b.reduce_mean(x, &ax, true)?;
+    let d = b.sub(x, mean)?;
+    let sq = b.mul(d, d)?;
+    let var = b.reduce_mean(sq, &ax, true)?;
+    let sd = b.sqrt(var)?;
+    let e = b.scalar_like(1e-9, sd)?;
+    let sd = b.add(sd, e)?;
+    let y = b.div(d, sd)?;
     one(ctx, y)
 }
 
@@ -685,37 +660,33 @@ pub fn mean_variance_norm(ctx: &mut Ctx, n: &Node) -> Res {
 fn softmax_along(b: &mut Builder, op: &str, x: Value, a: i64) -> R<Value> {
     match op {
         "Hardmax" => {
-            let am = b
-                .op1(
-                    Op::ArgMax {
-                        axis: a,
-                        last: false,
-                    },
-                    &[x],
-                )
-                .map_err(s)?;
+            let am = b.op1(
+                Op::ArgMax {
+                    axis: a,
+                    last: false,
+                },
+                &[x],
+            )?;
             let shape = b.shape(x).clone();
             let r = shape.rank() as i64;
-            let pos = b
-                .op1(
-                    Op::Iota {
-                        axis: a,
-                        ty: ir::TensorType::new(DType::I64, shape.clone()),
-                    },
-                    &[],
-                )
-                .map_err(s)?;
+            let pos = b.op1(
+                Op::Iota {
+                    axis: a,
+                    ty: ir::TensorType::new(DType::I64, shape.clone()),
+                },
+                &[],
+            )?;
             let dims: Vec<i64> = (0..r).filter(|&i| i != a).collect();
-            let am = b.op1(Op::Broadcast { dims, shape }, &[am]).map_err(s)?;
-            let hit = b.op1(Op::Eq, &[pos, am]).map_err(s)?;
+            let am = b.op1(Op::Broadcast { dims, shape }, &[am])?;
+            let hit = b.op1(Op::Eq, &[pos, am])?;
             b.cast(hit, b.dtype(x)).map_err(s)
         }
         "LogSoftmax" => {
-            let m = b.reduce_max(x, &[a], true).map_err(s)?;
-            let d = b.sub(x, m).map_err(s)?;
-            let e = b.exp(d).map_err(s)?;
-            let t = b.reduce_sum(e, &[a], true).map_err(s)?;
-            let l = b.unary(Op::Log, t).map_err(s)?;
+            let m = b.reduce_max(x, &[a], true)?;
+            let d = b.sub(x, m)?;
+            let e = b.exp(d)?;
+            let t = b.reduce_sum(e, &[a], true)?;
+            let l = b.unary(Op::Log, t)?;
             b.sub(d, l).map_err(s)
         }
         _ => b.softmax(x, a).map_err(s),
@@ -736,9 +707,9 @@ pub fn softmax_v1(ctx: &mut Ctx, n: &Node) -> Res {
     let a = axis(n.int_or("axis", 1)?, dims.len().max(1))?;
     let flat = Shape::new(vec![product(&dims[..a])?, product(&dims[a..])?]);
     let b = &mut ctx.b;
-    let y = b.reshape(x, flat).map_err(s)?;
+    let y = b.reshape(x, flat)?;
     let y = softmax_along(b, n.op(), y, 1)?;
-    let y = b.reshape(y, Shape::new(dims)).map_err(s)?;
+    let y = b.reshape(y, Shape::new(dims))?;
     one(ctx, y)
 }
 
@@ -752,7 +723,7 @@ pub fn lrn(ctx: &mut Ctx, n: &Node) -> Res {
     );
     let b = &mut ctx.b;
     let r = super::rank_at_least(b, x, 2, "input")?;
-    let sq = b.mul(x, x).map_err(s)?;
+    let sq = b.mul(x, x)?;
     let lo = (size - 1) / 2;
     let mut window = vec![1; r];
     window[1] = size;
@@ -760,25 +731,23 @@ pub fn lrn(ctx: &mut Ctx, n: &Node) -> Res {
     let mut pad_high = vec![0; r];
     pad_low[1] = lo;
     pad_high[1] = size - 1 - lo;
-    let sum = b
-        .op1(
-            Op::ReduceWindow {
-                kind: ReduceKind::Sum,
-                window,
-                stride: vec![1; r],
-                dilation: vec![1; r],
-                pad_low,
-                pad_high,
-            },
-            &[sq],
-        )
-        .map_err(s)?;
-    let t = b.scale(sum, alpha / size as f64).map_err(s)?;
-    let bv = b.scalar_like(bias, t).map_err(s)?;
-    let t = b.add(t, bv).map_err(s)?;
-    let be = b.scalar_like(beta, t).map_err(s)?;
-    let t = b.pow(t, be).map_err(s)?;
-    let y = b.div(x, t).map_err(s)?;
+    let sum = b.op1(
+        Op::ReduceWindow {
+            kind: ReduceKind::Sum,
+            window,
+            stride: vec![1; r],
+            dilation: vec![1; r],
+            pad_low,
+            pad_high,
+        },
+        &[sq],
+    )?;
+    let t = b.scale(sum, alpha / size as f64)?;
+    let bv = b.scalar_like(bias, t)?;
+    let t = b.add(t, bv)?;
+    let be = b.scalar_like(beta, t)?;
+    let t = b.pow(t, be)?;
+    let y = b.div(x, t)?;
     one(ctx, y)
 }
 
@@ -799,11 +768,7 @@ pub fn einsum(ctx: &mut Ctx, n: &Node) -> Res {
     }
     let names: Vec<&str> = (0..n.num_inputs()).filter_map(|i| n.input(i)).collect();
     if names.len() != terms.len() {
-        return Err(format!(
-            "{} operands for {} terms",
-            names.len(),
-            terms.len()
-        ));
+        return Err(format!("{} operands for {} terms", names.len(), terms.len()).into());
     }
     let out: Vec<char> = match out {
         Some(o) => o.chars().collect(),
@@ -827,7 +792,8 @@ pub fn einsum(ctx: &mut Ctx, n: &Node) -> Res {
                 "operand `{name}` has rank {}, term `{}`",
                 ctx.b.rank(v),
                 t.iter().collect::<String>()
-            ));
+            )
+            .into());
         }
         if t.iter().any(|c| t.iter().filter(|d| *d == c).count() > 1) {
             return Err("einsum diagonals (repeated letters in one term) are not supported".into());
@@ -850,7 +816,7 @@ pub fn einsum(ctx: &mut Ctx, n: &Node) -> Res {
         if drop.is_empty() {
             return Ok((v, t.to_vec()));
         }
-        let v = b.reduce_sum(v, &drop, false).map_err(s)?;
+        let v = b.reduce_sum(v, &drop, false)?;
         Ok((v, t.iter().copied().filter(|c| keep(*c)).collect()))
     };
     let needed_after =
@@ -881,7 +847,7 @@ pub fn einsum(ctx: &mut Ctx, n: &Node) -> Res {
             lhs_contract: contract.iter().map(|&c| pos(&at, c)).collect(),
             rhs_contract: contract.iter().map(|&c| pos(&vt, c)).collect(),
         };
-        acc = b.op1(op, &[acc, v]).map_err(s)?;
+        acc = b.op1(op, &[acc, v])?;
         let mut next = batch.clone();
         next.extend(at.iter().copied().filter(|c| !vt.contains(c)));
         next.extend(vt.iter().copied().filter(|c| !at.contains(c)));
@@ -896,8 +862,8 @@ pub fn einsum(ctx: &mut Ctx, n: &Node) -> Res {
                 .map(|p| p as i64)
                 .ok_or_else(|| format!("output letter `{c}` is not in any input"))
         })
-        .collect::<R<_>>()?;
-    let y = b.transpose(acc, &perm).map_err(s)?;
+        .collect::<Result<_, String>>()?;
+    let y = b.transpose(acc, &perm)?;
     one(ctx, y)
 }
 
@@ -910,31 +876,28 @@ pub fn topk(ctx: &mut Ctx, n: &Node) -> Res {
         // symbol the node defines.
         Some(k) if ctx.try_static(k).is_none() => {
             let kv = ctx.ir(k)?;
-            let kv = ctx.b.reshape(kv, ir::Shape::scalar()).map_err(s)?;
-            let kv = ctx.b.cast(kv, DType::I64).map_err(s)?;
+            let kv = ctx.b.reshape(kv, ir::Shape::scalar())?;
+            let kv = ctx.b.cast(kv, DType::I64)?;
             let count = ctx.fresh_symbol("topk");
             let op = Op::DynTopK {
                 axis: a,
                 largest,
                 count,
             };
-            let outs = ctx.b.op(op, &[x, kv]).map_err(s)?;
+            let outs = ctx.b.op(op, &[x, kv])?;
             return Ok(vec![ctx.v(outs[0]), ctx.v(outs[1])]);
         }
         Some(k) => *ctx.static_ints(k)?.first().ok_or("empty k")?,
         None => n.int("k")?.ok_or("missing attribute `k`")?,
     };
-    let outs = ctx
-        .b
-        .op(
-            Op::TopK {
-                k,
-                axis: a,
-                largest,
-            },
-            &[x],
-        )
-        .map_err(s)?;
+    let outs = ctx.b.op(
+        Op::TopK {
+            k,
+            axis: a,
+            largest,
+        },
+        &[x],
+    )?;
     Ok(vec![ctx.v(outs[0]), ctx.v(outs[1])])
 }
 
@@ -947,52 +910,50 @@ fn nll(ctx: &mut Ctx, n: &Node, logp: Value, target: Value, weight: Option<Value
     let xshape = ctx.b.shape(logp).clone();
     let c = xshape.dim(1).clone();
     let b = &mut ctx.b;
-    let t = b.cast(target, DType::I64).map_err(s)?;
+    let t = b.cast(target, DType::I64)?;
     let tshape = b.shape(t).clone();
-    let t1 = b.scalar(1.0, DType::Bool).map_err(s)?;
+    let t1 = b.scalar(1.0, DType::Bool)?;
     let valid = match ignore {
         Some(i) => {
-            let iv = b.scalar(i as f64, DType::I64).map_err(s)?;
-            let iv = b.broadcast_to(iv, &tshape).map_err(s)?;
-            b.op1(Op::Ne, &[t, iv]).map_err(s)?
+            let iv = b.scalar(i as f64, DType::I64)?;
+            let iv = b.broadcast_to(iv, &tshape)?;
+            b.op1(Op::Ne, &[t, iv])?
         }
-        None => b.broadcast_to(t1, &tshape).map_err(s)?,
+        None => b.broadcast_to(t1, &tshape)?,
     };
-    let zero_i = b.scalar(0.0, DType::I64).map_err(s)?;
-    let zero_b = b.broadcast_to(zero_i, &tshape).map_err(s)?;
-    let safe = b.op1(Op::Select, &[valid, t, zero_b]).map_err(s)?;
+    let zero_i = b.scalar(0.0, DType::I64)?;
+    let zero_b = b.broadcast_to(zero_i, &tshape)?;
+    let safe = b.op1(Op::Select, &[valid, t, zero_b])?;
     // Pick logp[n, t, d...] through full index tuples along axis 1.
-    let picked_idx = b.unsqueeze(safe, 1).map_err(s)?;
+    let picked_idx = b.unsqueeze(safe, 1)?;
     let tuples = super::shape::element_tuples(ctx, &xshape, picked_idx, 1)?;
     let b = &mut ctx.b;
-    let picked = b
-        .op1(Op::GatherNd { batch_dims: 0 }, &[logp, tuples])
-        .map_err(s)?;
-    let picked = b.reshape(picked, tshape.clone()).map_err(s)?;
-    let neg = b.neg(picked).map_err(s)?;
-    let zero = b.scalar_like(0.0, neg).map_err(s)?;
-    let mut loss = b.op1(Op::Select, &[valid, neg, zero]).map_err(s)?;
+    let picked = b.op1(Op::GatherNd { batch_dims: 0 }, &[logp, tuples])?;
+    let picked = b.reshape(picked, tshape.clone())?;
+    let neg = b.neg(picked)?;
+    let zero = b.scalar_like(0.0, neg)?;
+    let mut loss = b.op1(Op::Select, &[valid, neg, zero])?;
     let dtype = b.dtype(loss);
     let w = match weight {
         Some(w) => {
-            let cm1 = c.sub(&Dim::Const(1)).map_err(s)?;
-            let hi = b.dim_product(&[cm1], DType::I64).map_err(s)?;
-            let hi = b.broadcast_to(hi, &tshape).map_err(s)?;
-            let clipped = b.min(t, hi).map_err(s)?;
-            let clipped = b.max(clipped, zero_b).map_err(s)?;
-            let gw = b.op1(Op::Gather { axis: 0 }, &[w, clipped]).map_err(s)?;
-            let zw = b.scalar_like(0.0, gw).map_err(s)?;
-            Some(b.op1(Op::Select, &[valid, gw, zw]).map_err(s)?)
+            let cm1 = c.sub(&Dim::Const(1))?;
+            let hi = b.dim_product(&[cm1], DType::I64)?;
+            let hi = b.broadcast_to(hi, &tshape)?;
+            let clipped = b.min(t, hi)?;
+            let clipped = b.max(clipped, zero_b)?;
+            let gw = b.op1(Op::Gather { axis: 0 }, &[w, clipped])?;
+            let zw = b.scalar_like(0.0, gw)?;
+            Some(b.op1(Op::Select, &[valid, gw, zw])?)
         }
-        None if ignore.is_some() => Some(b.cast(valid, dtype).map_err(s)?),
+        None if ignore.is_some() => Some(b.cast(valid, dtype)?),
         None => None,
     };
     if let Some(w) = w {
-        loss = b.mul(loss, w).map_err(s)?;
+        loss = b.mul(loss, w)?;
         if reduction == "mean" {
             let all: Vec<i64> = (0..tshape.rank() as i64).collect();
-            let num = b.reduce_sum(loss, &all, false).map_err(s)?;
-            let den = b.reduce_sum(w, &all, false).map_err(s)?;
+            let num = b.reduce_sum(loss, &all, false)?;
+            let den = b.reduce_sum(w, &all, false)?;
             return b.div(num, den).map_err(s);
         }
     }
@@ -1001,7 +962,7 @@ fn nll(ctx: &mut Ctx, n: &Node, logp: Value, target: Value, weight: Option<Value
         "none" => Ok(loss),
         "sum" => b.reduce_sum(loss, &all, false).map_err(s),
         "mean" => b.reduce_mean(loss, &all, false).map_err(s),
-        r => Err(format!("unknown reduction `{r}`")),
+        r => Err(format!("unknown reduction `{r}`").into()),
     }
 }
 

@@ -1,13 +1,15 @@
 //! Quantization operators, imported faithfully as integer and float arithmetic: the
 //! interpreter runs them exactly as specified; fast quantized kernels are a codegen concern.
 
+use crate::onnx::OpError;
+
 use ir::{Builder, DType, Dim, Op, Shape, Value};
 
 use super::{axis, one, s, Res};
 use crate::onnx::import::{Ctx, Node};
 use crate::onnx::tensor::require_dtype;
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 /// Makes a scale or zero point broadcastable against `shape`: scalars stay scalars, vectors
 /// lie along `axis`, blocked parameters repeat `block` times along it.
@@ -21,7 +23,7 @@ fn broadcastable(b: &mut Builder, v: Value, shape: &Shape, ax: R<usize>, block: 
     let ax = ax?;
     if block <= 0 {
         if vs.rank() != 1 {
-            return Err(format!("a per-axis parameter must be 1-d, got {vs}"));
+            return Err(format!("a per-axis parameter must be 1-d, got {vs}").into());
         }
         let mut dims = vec![Dim::Const(1); shape.rank()];
         dims[ax] = vs.dim(0).clone();
@@ -29,19 +31,19 @@ fn broadcastable(b: &mut Builder, v: Value, shape: &Shape, ax: R<usize>, block: 
     }
     // Blocked: repeat each entry `block` times along the axis, then trim to the extent.
     if vs.rank() != shape.rank() || ax >= vs.rank() {
-        return Err(format!(
-            "a blocked parameter {vs} must have the rank of its input {shape}"
-        ));
+        return Err(
+            format!("a blocked parameter {vs} must have the rank of its input {shape}").into(),
+        );
     }
     let mut with_unit = vs.dims().to_vec();
     with_unit.insert(ax + 1, Dim::Const(1));
-    let y = b.reshape(v, Shape::new(with_unit.clone())).map_err(s)?;
+    let y = b.reshape(v, Shape::new(with_unit.clone()))?;
     let mut wide = with_unit;
     wide[ax + 1] = Dim::Const(block);
-    let y = b.broadcast_to(y, &Shape::new(wide)).map_err(s)?;
+    let y = b.broadcast_to(y, &Shape::new(wide))?;
     let mut merged = vs.dims().to_vec();
-    merged[ax] = merged[ax].mul(&Dim::Const(block)).map_err(s)?;
-    let y = b.reshape(y, Shape::new(merged)).map_err(s)?;
+    merged[ax] = merged[ax].mul(&Dim::Const(block))?;
+    let y = b.reshape(y, Shape::new(merged))?;
     super::slice_axis(b, y, ax, Dim::Const(0), shape.dim(ax).clone(), 1)
 }
 
@@ -56,7 +58,7 @@ fn int_range(d: DType) -> R<(f64, f64)> {
         DType::U16 => (0.0, 65535.0),
         DType::I16 => (-32768.0, 32767.0),
         DType::I32 => (i32::MIN as f64, i32::MAX as f64),
-        other => return Err(format!("{other} is not a quantized type kiln supports")),
+        other => return Err(format!("{other} is not a quantized type kiln supports").into()),
     })
 }
 
@@ -76,8 +78,8 @@ fn saturate_with(
     if dtype.is_float() {
         let x = match zp {
             Some(zp) if dtype == DType::F4E2M1 => {
-                let zp = b.cast(zp, b.dtype(x)).map_err(s)?;
-                b.add(x, zp).map_err(s)?
+                let zp = b.cast(zp, b.dtype(x))?;
+                b.add(x, zp)?
             }
             _ => x,
         };
@@ -92,15 +94,15 @@ fn saturate_with(
             .map_err(s);
     }
     let (lo, hi) = int_range(dtype)?;
-    let mut r = b.unary(Op::Round, x).map_err(s)?;
+    let mut r = b.unary(Op::Round, x)?;
     if let Some(zp) = zp {
-        let zp = b.cast(zp, b.dtype(r)).map_err(s)?;
-        r = b.add(r, zp).map_err(s)?;
+        let zp = b.cast(zp, b.dtype(r))?;
+        r = b.add(r, zp)?;
     }
-    let lo = b.scalar_like(lo, r).map_err(s)?;
-    let hi = b.scalar_like(hi, r).map_err(s)?;
-    let r = b.op1(Op::Max, &[r, lo]).map_err(s)?;
-    let r = b.op1(Op::Min, &[r, hi]).map_err(s)?;
+    let lo = b.scalar_like(lo, r)?;
+    let hi = b.scalar_like(hi, r)?;
+    let r = b.op1(Op::Max, &[r, lo])?;
+    let r = b.op1(Op::Min, &[r, hi])?;
     b.cast(r, dtype).map_err(s)
 }
 
@@ -130,9 +132,9 @@ pub fn quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
     } else {
         DType::F32
     };
-    let xw = b.cast(x, work).map_err(s)?;
-    let sw = b.cast(scale, work).map_err(s)?;
-    let q = b.div(xw, sw).map_err(s)?;
+    let xw = b.cast(x, work)?;
+    let sw = b.cast(scale, work)?;
+    let q = b.div(xw, sw)?;
     let y = saturate_with(b, q, zp, out, n.int_or("saturate", 1)? != 0)?;
     one(ctx, y)
 }
@@ -155,15 +157,15 @@ pub fn dequantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
     } else {
         DType::F32
     };
-    let mut d = b.cast(x, work).map_err(s)?;
+    let mut d = b.cast(x, work)?;
     if let Some(zp) = zp {
         let zp = broadcastable(b, zp, &shape, ax.clone(), block)?;
-        let zp = b.cast(zp, work).map_err(s)?;
-        d = b.sub(d, zp).map_err(s)?;
+        let zp = b.cast(zp, work)?;
+        d = b.sub(d, zp)?;
     }
-    let sw = b.cast(scale, work).map_err(s)?;
-    let y = b.mul(d, sw).map_err(s)?;
-    let y = b.cast(y, out).map_err(s)?;
+    let sw = b.cast(scale, work)?;
+    let y = b.mul(d, sw)?;
+    let y = b.cast(y, out)?;
     one(ctx, y)
 }
 
@@ -172,39 +174,37 @@ pub fn dynamic_quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
     let b = &mut ctx.b;
     let dt = b.dtype(x);
     let all: Vec<i64> = (0..b.rank(x) as i64).collect();
-    let x32 = b.cast(x, DType::F32).map_err(s)?;
-    let zero = b.scalar(0.0, DType::F32).map_err(s)?;
-    let mx = b.reduce_max(x32, &all, false).map_err(s)?;
-    let mx = b.max(mx, zero).map_err(s)?;
-    let mn = b
-        .reduce(|axes| Op::ReduceMin { axes }, x32, &all, false)
-        .map_err(s)?;
-    let mn = b.min(mn, zero).map_err(s)?;
-    let range = b.sub(mx, mn).map_err(s)?;
-    let same = b.op1(Op::Eq, &[mx, mn]).map_err(s)?;
-    let onev = b.scalar(1.0, DType::F32).map_err(s)?;
-    let range = b.op1(Op::Select, &[same, onev, range]).map_err(s)?;
-    let q = b.scalar(255.0, DType::F32).map_err(s)?;
-    let scale = b.div(range, q).map_err(s)?;
-    let mz = b.div(mn, scale).map_err(s)?;
-    let zp = b.sub(zero, mz).map_err(s)?;
-    let zp = b.max(zp, zero).map_err(s)?;
-    let zp = b.min(zp, q).map_err(s)?;
-    let zpr = b.unary(Op::Round, zp).map_err(s)?;
-    let xs = b.div(x32, scale).map_err(s)?;
+    let x32 = b.cast(x, DType::F32)?;
+    let zero = b.scalar(0.0, DType::F32)?;
+    let mx = b.reduce_max(x32, &all, false)?;
+    let mx = b.max(mx, zero)?;
+    let mn = b.reduce(|axes| Op::ReduceMin { axes }, x32, &all, false)?;
+    let mn = b.min(mn, zero)?;
+    let range = b.sub(mx, mn)?;
+    let same = b.op1(Op::Eq, &[mx, mn])?;
+    let onev = b.scalar(1.0, DType::F32)?;
+    let range = b.op1(Op::Select, &[same, onev, range])?;
+    let q = b.scalar(255.0, DType::F32)?;
+    let scale = b.div(range, q)?;
+    let mz = b.div(mn, scale)?;
+    let zp = b.sub(zero, mz)?;
+    let zp = b.max(zp, zero)?;
+    let zp = b.min(zp, q)?;
+    let zpr = b.unary(Op::Round, zp)?;
+    let xs = b.div(x32, scale)?;
     let y = saturate(b, xs, Some(zpr), DType::U8)?;
-    let zp_u8 = b.cast(zpr, DType::U8).map_err(s)?;
-    let scale_out = b.cast(scale, dt).map_err(s)?;
+    let zp_u8 = b.cast(zpr, DType::U8)?;
+    let scale_out = b.cast(scale, dt)?;
     Ok(vec![ctx.v(y), ctx.v(scale_out), ctx.v(zp_u8)])
 }
 
 /// `v - zp` in i32, with `zp` broadcast along `zp_axis` of `v` when it is a vector.
 fn minus_zero_point(b: &mut Builder, v: Value, zp: Option<Value>, zp_axis: usize) -> R<Value> {
-    let vi = b.cast(v, DType::I32).map_err(s)?;
+    let vi = b.cast(v, DType::I32)?;
     let Some(zp) = zp else { return Ok(vi) };
     let shape = b.shape(vi).clone();
     let zp = broadcastable(b, zp, &shape, Ok(zp_axis), 0)?;
-    let zp = b.cast(zp, DType::I32).map_err(s)?;
+    let zp = b.cast(zp, DType::I32)?;
     b.sub(vi, zp).map_err(s)
 }
 
@@ -218,7 +218,7 @@ pub fn matmul_integer(ctx: &mut Ctx, n: &Node) -> Res {
     // A's zero point runs along its rows, B's along its columns.
     let a = minus_zero_point(b, a, azp, ra.saturating_sub(2))?;
     let bv = minus_zero_point(b, bv, bzp, rb.saturating_sub(1))?;
-    let y = b.matmul(a, bv).map_err(s)?;
+    let y = b.matmul(a, bv)?;
     one(ctx, y)
 }
 
@@ -232,7 +232,7 @@ pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
     let op = super::nn::conv_op(n, &xs, &ws)?;
     let x = minus_zero_point(b, x, xzp, 1)?;
     let w = minus_zero_point(b, w, wzp, 0)?;
-    let y = b.op1(op, &[x, w]).map_err(s)?;
+    let y = b.op1(op, &[x, w])?;
     one(ctx, y)
 }
 
@@ -246,11 +246,11 @@ fn requantize(
     y_zp: Option<Value>,
     out: DType,
 ) -> R<Value> {
-    let accf = b.cast(acc, DType::F32).map_err(s)?;
-    let ab = b.mul(a_scale, b_scale).map_err(s)?;
-    let m = b.div(ab, y_scale).map_err(s)?;
-    let m = b.cast(m, DType::F32).map_err(s)?;
-    let d = b.mul(accf, m).map_err(s)?;
+    let accf = b.cast(acc, DType::F32)?;
+    let ab = b.mul(a_scale, b_scale)?;
+    let m = b.div(ab, y_scale)?;
+    let m = b.cast(m, DType::F32)?;
+    let d = b.mul(accf, m)?;
     saturate(b, d, y_zp, out)
 }
 
@@ -265,7 +265,7 @@ pub fn qlinear_matmul(ctx: &mut Ctx, n: &Node) -> Res {
     let (ra, rb) = (b.rank(v[0]), b.rank(v[3]));
     let a = minus_zero_point(b, v[0], Some(v[2]), ra.saturating_sub(2))?;
     let bm = minus_zero_point(b, v[3], Some(v[5]), rb.saturating_sub(1))?;
-    let acc = b.matmul(a, bm).map_err(s)?;
+    let acc = b.matmul(a, bm)?;
     let shape = b.shape(acc).clone();
     let r = shape.rank();
     let a_scale = broadcastable(b, v[1], &shape, Ok(r.saturating_sub(2)), 0)?;
@@ -287,12 +287,12 @@ pub fn qlinear_conv(ctx: &mut Ctx, n: &Node) -> Res {
     let op = super::nn::conv_op(n, &xs, &ws)?;
     let x = minus_zero_point(b, v[0], Some(v[2]), 1)?;
     let w = minus_zero_point(b, v[3], Some(v[5]), 0)?;
-    let mut acc = b.op1(op, &[x, w]).map_err(s)?;
+    let mut acc = b.op1(op, &[x, w])?;
     let shape = b.shape(acc).clone();
     if let Some(bias) = bias {
         let bias = broadcastable(b, bias, &shape, Ok(1), 0)?;
-        let bias = b.cast(bias, DType::I32).map_err(s)?;
-        acc = b.add(acc, bias).map_err(s)?;
+        let bias = b.cast(bias, DType::I32)?;
+        acc = b.add(acc, bias)?;
     }
     let x_scale = broadcastable(b, v[1], &shape, Ok(1), 0)?;
     let w_scale = broadcastable(b, v[4], &shape, Ok(1), 0)?;
@@ -315,16 +315,16 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
         .int("block_size")?
         .ok_or("missing attribute `block_size`")?;
     if bits != 4 && bits != 8 {
-        return Err(format!("{bits}-bit weights are not supported (4 or 8)"));
+        return Err(format!("{bits}-bit weights are not supported (4 or 8)").into());
     }
     if n.input(4).is_some() {
         return Err("g_idx is not supported".into());
     }
     if !(1..=1 << 24).contains(&k) || !(1..=1 << 24).contains(&nn) {
-        return Err(format!("K = {k} and N = {nn} must lie in 1..=2^24"));
+        return Err(format!("K = {k} and N = {nn} must lie in 1..=2^24").into());
     }
     if !(2..=1 << 16).contains(&block) || block % (8 / bits) != 0 {
-        return Err(format!("block_size {block} is not a usable block size"));
+        return Err(format!("block_size {block} is not a usable block size").into());
     }
     let b = &mut ctx.b;
     let nb = (k + block - 1) / block;
@@ -338,65 +338,53 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
         }
         let mut with = groups.to_vec();
         with.push(Dim::Const(1));
-        let x = b.reshape(bytes, Shape::new(with.clone())).map_err(s)?;
+        let x = b.reshape(bytes, Shape::new(with.clone()))?;
         let mut full = groups.to_vec();
         full.push(Dim::Const(per_byte));
-        let x = b.broadcast_to(x, &Shape::new(full.clone())).map_err(s)?;
-        let shift = b
-            .op1(
-                Op::Iota {
-                    axis: full.len() as i64 - 1,
-                    ty: ir::TensorType::new(DType::U8, Shape::new(full.clone())),
-                },
-                &[],
-            )
-            .map_err(s)?;
-        let four = b.scalar(bits as f64, DType::U8).map_err(s)?;
-        let four = b.broadcast_to(four, &Shape::new(full.clone())).map_err(s)?;
-        let shift = b.mul(shift, four).map_err(s)?;
-        let x = b.op1(Op::Shr, &[x, shift]).map_err(s)?;
-        let mask = b.scalar(((1 << bits) - 1) as f64, DType::U8).map_err(s)?;
-        let mask = b.broadcast_to(mask, &Shape::new(full.clone())).map_err(s)?;
-        let x = b.op1(Op::And, &[x, mask]).map_err(s)?;
+        let x = b.broadcast_to(x, &Shape::new(full.clone()))?;
+        let shift = b.op1(
+            Op::Iota {
+                axis: full.len() as i64 - 1,
+                ty: ir::TensorType::new(DType::U8, Shape::new(full.clone())),
+            },
+            &[],
+        )?;
+        let four = b.scalar(bits as f64, DType::U8)?;
+        let four = b.broadcast_to(four, &Shape::new(full.clone()))?;
+        let shift = b.mul(shift, four)?;
+        let x = b.op1(Op::Shr, &[x, shift])?;
+        let mask = b.scalar(((1 << bits) - 1) as f64, DType::U8)?;
+        let mask = b.broadcast_to(mask, &Shape::new(full.clone()))?;
+        let x = b.op1(Op::And, &[x, mask])?;
         let mut merged = groups[..groups.len() - 1].to_vec();
-        merged.push(
-            groups[groups.len() - 1]
-                .mul(&Dim::Const(per_byte))
-                .map_err(s)?,
-        );
+        merged.push(groups[groups.len() - 1].mul(&Dim::Const(per_byte))?);
         b.reshape(x, Shape::new(merged)).map_err(s)
     };
-    let q = b
-        .reshape(packed, Shape::from_consts(&[nn, nb, blob]))
-        .map_err(s)?;
+    let q = b.reshape(packed, Shape::from_consts(&[nn, nb, blob]))?;
     let q = unpack(b, q, &[Dim::Const(nn), Dim::Const(nb), Dim::Const(blob)])?;
-    let qf = b.cast(q, dt).map_err(s)?;
-    let scales = b
-        .reshape(scales, Shape::from_consts(&[nn, nb, 1]))
-        .map_err(s)?;
+    let qf = b.cast(q, dt)?;
+    let scales = b.reshape(scales, Shape::from_consts(&[nn, nb, 1]))?;
     let zp = match zps {
         Some(z) if b.dtype(z) == DType::U8 => {
             // Packed like the weights, one value per block, rows padded to whole bytes.
             let zb = (nb * bits + 7) / 8;
-            let z = b.reshape(z, Shape::from_consts(&[nn, zb])).map_err(s)?;
+            let z = b.reshape(z, Shape::from_consts(&[nn, zb]))?;
             let z = unpack(b, z, &[Dim::Const(nn), Dim::Const(zb)])?;
             let z = super::slice_axis(b, z, 1, Dim::Const(0), Dim::Const(nb), 1)?;
-            let z = b.reshape(z, Shape::from_consts(&[nn, nb, 1])).map_err(s)?;
-            b.cast(z, dt).map_err(s)?
+            let z = b.reshape(z, Shape::from_consts(&[nn, nb, 1]))?;
+            b.cast(z, dt)?
         }
-        Some(z) => b.reshape(z, Shape::from_consts(&[nn, nb, 1])).map_err(s)?,
-        None => b.scalar((1i64 << (bits - 1)) as f64, dt).map_err(s)?,
+        Some(z) => b.reshape(z, Shape::from_consts(&[nn, nb, 1]))?,
+        None => b.scalar((1i64 << (bits - 1)) as f64, dt)?,
     };
-    let w = b.sub(qf, zp).map_err(s)?;
-    let w = b.mul(w, scales).map_err(s)?;
-    let w = b
-        .reshape(w, Shape::from_consts(&[nn, nb * block]))
-        .map_err(s)?;
+    let w = b.sub(qf, zp)?;
+    let w = b.mul(w, scales)?;
+    let w = b.reshape(w, Shape::from_consts(&[nn, nb * block]))?;
     let w = super::slice_axis(b, w, 1, Dim::Const(0), Dim::Const(k), 1)?;
-    let wt = b.transpose(w, &[1, 0]).map_err(s)?;
-    let mut y = b.matmul(a, wt).map_err(s)?;
+    let wt = b.transpose(w, &[1, 0])?;
+    let mut y = b.matmul(a, wt)?;
     if let Some(bias) = bias {
-        y = b.add(y, bias).map_err(s)?;
+        y = b.add(y, bias)?;
     }
     one(ctx, y)
 }

@@ -1,13 +1,15 @@
 //! Reductions (the ReduceX family with keepdims and axes as attribute or input) and
 //! arg-reductions.
 
+use crate::onnx::OpError;
+
 use ir::{DType, Dim, Op, Shape};
 
-use super::{axes, axis, one, s, Res};
+use super::{axes, axis, one, Res};
 use crate::onnx::import::{Ctx, Node};
 
 /// Axes come from an input from opset 18 (13 for ReduceSum), before that from an attribute.
-fn reduce_axes(ctx: &Ctx, n: &Node, rank: usize) -> Result<Option<Vec<usize>>, String> {
+fn reduce_axes(ctx: &Ctx, n: &Node, rank: usize) -> Result<Option<Vec<usize>>, OpError> {
     let from_input = if n.op() == "ReduceSum" {
         n.version >= 13
     } else {
@@ -37,14 +39,13 @@ pub fn reduce(ctx: &mut Ctx, n: &Node) -> Res {
     let b = &mut ctx.b;
     // Max and min of bools are any and all: reduce them as bytes.
     if b.dtype(x) == DType::Bool && matches!(n.op(), "ReduceMax" | "ReduceMin") {
-        let u = b.cast(x, DType::U8).map_err(s)?;
+        let u = b.cast(x, DType::U8)?;
         let y = if n.op() == "ReduceMax" {
             b.reduce_max(u, &ax, keep)
         } else {
             b.reduce(|axes| Op::ReduceMin { axes }, u, &ax, keep)
-        }
-        .map_err(s)?;
-        let y = b.cast(y, DType::Bool).map_err(s)?;
+        }?;
+        let y = b.cast(y, DType::Bool)?;
         return one(ctx, y);
     }
     let sum = |b: &mut ir::Builder, v| b.reduce_sum(v, &ax, keep);
@@ -86,9 +87,8 @@ pub fn reduce(ctx: &mut Ctx, n: &Node) -> Res {
                 b.reshape(y, Shape::new(dims))
             }
         })(),
-        other => return Err(format!("`{other}` is not a reduction")),
-    }
-    .map_err(s)?;
+        other => return Err(format!("`{other}` is not a reduction").into()),
+    }?;
     one(ctx, y)
 }
 
@@ -102,11 +102,11 @@ pub fn arg(ctx: &mut Ctx, n: &Node) -> Res {
     } else {
         Op::ArgMin { axis: a, last }
     };
-    let y = ctx.b.op1(op, &[x]).map_err(s)?;
+    let y = ctx.b.op1(op, &[x])?;
     let y = if n.int_or("keepdims", 1)? != 0 {
         let mut dims = ctx.b.shape(y).dims().to_vec();
         dims.insert(a as usize, Dim::Const(1));
-        ctx.b.reshape(y, Shape::new(dims)).map_err(s)?
+        ctx.b.reshape(y, Shape::new(dims))?
     } else {
         y
     };

@@ -5,12 +5,14 @@
 //! repetition (what YOLO and FPN necks do) repeats each element `s` times (`n` becomes
 //! `n*s`); any other resize computes its weights at run time (`resize_dyn`).
 
+use crate::onnx::OpError;
+
 use ir::{DType, Dim, Op, Shape, Tensor, Value};
 
 use super::{axes as norm_axes, one, resize_dyn, s, Res};
 use crate::onnx::import::{Ctx, Node};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 struct Kernel {
     mode: String,
@@ -131,7 +133,7 @@ fn source(mode: &str, y: f64, ax: &Axis) -> R<(f64, bool)> {
             let offset = inw / 2.0 * (1.0 - adjustment);
             (offset + (y + 0.5) / ax.scale - 0.5, false)
         }
-        m => return Err(format!("unknown coordinate_transformation_mode `{m}`")),
+        m => return Err(format!("unknown coordinate_transformation_mode `{m}`").into()),
     })
 }
 
@@ -216,33 +218,31 @@ fn apply(
     } else {
         DType::F64
     };
-    let mut y = b.cast(x, work).map_err(s)?;
+    let mut y = b.cast(x, work)?;
     for (a, ax) in plan {
         let (w, outside) = weights(ax, kernel, coord, exclude)?;
-        let wt = Tensor::from_vec(vec![ax.output, ax.input], w).map_err(s)?;
-        let wv = b.constant(wt).map_err(s)?;
-        let wv = b.cast(wv, work).map_err(s)?;
+        let wt = Tensor::from_vec(vec![ax.output, ax.input], w)?;
+        let wv = b.constant(wt)?;
+        let wv = b.cast(wv, work)?;
         y = resize_dyn::contract(b, y, *a, wv)?;
         if outside.iter().any(|&o| o) {
-            let m = Tensor::from_vec(vec![ax.output], outside).map_err(s)?;
-            let m = b.constant(m).map_err(s)?;
+            let m = Tensor::from_vec(vec![ax.output], outside)?;
+            let m = b.constant(m)?;
             let shape = b.shape(y).clone();
-            let m = b
-                .op1(
-                    Op::Broadcast {
-                        dims: vec![*a as i64],
-                        shape: shape.clone(),
-                    },
-                    &[m],
-                )
-                .map_err(s)?;
-            let e = b.scalar(extrap, work).map_err(s)?;
-            let e = b.broadcast_to(e, &shape).map_err(s)?;
-            y = b.op1(Op::Select, &[m, e, y]).map_err(s)?;
+            let m = b.op1(
+                Op::Broadcast {
+                    dims: vec![*a as i64],
+                    shape: shape.clone(),
+                },
+                &[m],
+            )?;
+            let e = b.scalar(extrap, work)?;
+            let e = b.broadcast_to(e, &shape)?;
+            y = b.op1(Op::Select, &[m, e, y])?;
         }
     }
     if dtype.is_int() {
-        y = b.unary(Op::Round, y).map_err(s)?;
+        y = b.unary(Op::Round, y)?;
     }
     b.cast(y, dtype).map_err(s)
 }
@@ -255,7 +255,7 @@ fn input_dims(ctx: &Ctx, x: Value) -> R<Vec<usize>> {
         .map(|d| {
             d.as_const()
                 .map(|c| c as usize)
-                .ok_or_else(|| "Resize needs static input dims".to_string())
+                .ok_or_else(|| OpError::from("Resize needs static input dims"))
         })
         .collect()
 }
@@ -295,10 +295,10 @@ fn repeat(ctx: &mut Ctx, x: Value, scales: &[usize]) -> R<Value> {
         let mut wide = dims.clone();
         wide.insert(a + 1, Dim::Const(k as i64));
         let mut out = dims.clone();
-        out[a] = dims[a].mul(&Dim::Const(k as i64)).map_err(s)?;
-        let t = b.reshape(y, Shape::new(split)).map_err(s)?;
-        let t = b.broadcast_to(t, &Shape::new(wide)).map_err(s)?;
-        y = b.reshape(t, Shape::new(out)).map_err(s)?;
+        out[a] = dims[a].mul(&Dim::Const(k as i64))?;
+        let t = b.reshape(y, Shape::new(split))?;
+        let t = b.broadcast_to(t, &Shape::new(wide))?;
+        y = b.reshape(t, Shape::new(out))?;
     }
     Ok(y)
 }
@@ -345,7 +345,7 @@ fn resize_symbolic(ctx: &mut Ctx, n: &Node, x: Value) -> Res {
         cubic_a: n.float_or("cubic_coeff_a", -0.75)? as f64,
         antialias: n.int_or("antialias", 0)? != 0,
     };
-    let unsupported = |what: &str| Err(format!("Resize {what} needs static input dims"));
+    let unsupported = |what: &str| Err(format!("Resize {what} needs static input dims").into());
     if kernel.antialias {
         return unsupported("with antialias");
     }
@@ -448,7 +448,7 @@ pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
     match (scales, sizes) {
         (Some(sc), _) => {
             if sc.len() != k {
-                return Err(format!("{} scales for {k} axes", sc.len()));
+                return Err(format!("{} scales for {k} axes", sc.len()).into());
             }
             for (i, &a) in axes.iter().enumerate() {
                 scale[a] = sc[i];
@@ -457,7 +457,7 @@ pub fn resize(ctx: &mut Ctx, n: &Node) -> Res {
         }
         (None, Some(sz)) => {
             if sz.len() != k {
-                return Err(format!("{} sizes for {k} axes", sz.len()));
+                return Err(format!("{} sizes for {k} axes", sz.len()).into());
             }
             for (i, &a) in axes.iter().enumerate() {
                 out[a] = sz[i] as usize;
@@ -555,7 +555,7 @@ pub fn upsample(ctx: &mut Ctx, n: &Node) -> Res {
                 return one(ctx, y);
             }
             if scales.len() != r {
-                return Err(format!("{} scales for rank {r}", scales.len()));
+                return Err(format!("{} scales for rank {r}", scales.len()).into());
             }
             let shape = ctx.b.shape(x).dims().to_vec();
             let mut plan = Vec::new();
@@ -581,7 +581,7 @@ pub fn upsample(ctx: &mut Ctx, n: &Node) -> Res {
         }
     };
     if scales.len() != dims.len() {
-        return Err(format!("{} scales for rank {}", scales.len(), dims.len()));
+        return Err(format!("{} scales for rank {}", scales.len(), dims.len()).into());
     }
     let plan: Vec<(usize, Axis)> = (0..dims.len())
         .filter(|&a| scales[a] != 1.0)

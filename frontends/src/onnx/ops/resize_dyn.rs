@@ -3,12 +3,14 @@
 //! coordinate mapping and interpolation taps the static path evaluates at import. Output
 //! sizes are symbolic: given sizes as they are, a scale `p/q` as `floor(n·p/q)`.
 
+use crate::onnx::OpError;
+
 use ir::{DType, Dim, Op, Shape, TensorType, Value};
 
 use super::s;
 use crate::onnx::import::Ctx;
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 /// One resized axis: its input and output sizes and the scale, when given (else out/in).
 pub struct DynAxis {
@@ -30,7 +32,7 @@ pub struct Interp<'a> {
 /// `floor(n * scale)` as a dim, for a scale that is a fraction with a denominator ≤ 1000.
 pub fn scaled(n: &Dim, scale: f64) -> R<Dim> {
     if !(scale > 0.0 && scale.is_finite()) {
-        return Err(format!("scale {scale} must be positive"));
+        return Err(format!("scale {scale} must be positive").into());
     }
     for q in 1..=1000i64 {
         let p = (scale * q as f64).round();
@@ -41,9 +43,10 @@ pub fn scaled(n: &Dim, scale: f64) -> R<Dim> {
                 .map_err(s);
         }
     }
-    Err(format!(
-        "scale {scale} on a symbolic axis is not a fraction with a small denominator"
-    ))
+    Err(
+        format!("scale {scale} on a symbolic axis is not a fraction with a small denominator")
+            .into(),
+    )
 }
 
 /// Resizes `x` along every axis of `plan`: f32 data contracts in f32 with weights computed
@@ -56,14 +59,14 @@ pub fn resize(ctx: &mut Ctx, x: Value, plan: &[DynAxis], how: &Interp) -> R<Valu
     } else {
         DType::F64
     };
-    let mut y = ctx.b.cast(x, work).map_err(s)?;
+    let mut y = ctx.b.cast(x, work)?;
     for ax in plan {
         let w = weights(ctx, ax, how)?;
-        let w = ctx.b.cast(w, work).map_err(s)?;
+        let w = ctx.b.cast(w, work)?;
         y = contract(&mut ctx.b, y, ax.axis, w)?;
     }
     if dtype.is_int() {
-        y = ctx.b.unary(Op::Round, y).map_err(s)?;
+        y = ctx.b.unary(Op::Round, y)?;
     }
     ctx.b.cast(y, dtype).map_err(s)
 }
@@ -74,27 +77,25 @@ pub fn contract(b: &mut ir::Builder, y: Value, a: usize, w: Value) -> R<Value> {
     let r = b.rank(y) as i64;
     let mut to_last: Vec<i64> = (0..r).filter(|&i| i != a as i64).collect();
     to_last.push(a as i64);
-    let y = b.transpose(y, &to_last).map_err(s)?;
+    let y = b.transpose(y, &to_last)?;
     // As a matrix of rows (the other axes flattened): one product, however many axes.
     let dims = b.shape(y).dims().to_vec();
     let (rest, n) = dims.split_at(dims.len() - 1);
     let mut rows = Dim::Const(1);
     for d in rest {
-        rows = rows.mul(d).map_err(s)?;
+        rows = rows.mul(d)?;
     }
-    let y = b
-        .reshape(y, Shape::new(vec![rows, n[0].clone()]))
-        .map_err(s)?;
+    let y = b.reshape(y, Shape::new(vec![rows, n[0].clone()]))?;
     let dot = Op::Dot {
         lhs_batch: vec![],
         rhs_batch: vec![],
         lhs_contract: vec![1],
         rhs_contract: vec![1],
     };
-    let y = b.op1(dot, &[y, w]).map_err(s)?;
+    let y = b.op1(dot, &[y, w])?;
     let mut out = rest.to_vec();
     out.push(b.shape(w).dim(0).clone());
-    let y = b.reshape(y, Shape::new(out)).map_err(s)?;
+    let y = b.reshape(y, Shape::new(out))?;
     let mut back: Vec<i64> = (0..r - 1).collect();
     back.insert(a, r - 1);
     b.transpose(y, &back).map_err(s)
@@ -105,113 +106,111 @@ fn weights(ctx: &mut Ctx, ax: &DynAxis, how: &Interp) -> R<Value> {
     let b = &mut ctx.b;
     let f = DType::F64;
     let (n, m) = (&ax.input, &ax.output);
-    let nf = b.dim_product(std::slice::from_ref(n), f).map_err(s)?;
-    let mf = b.dim_product(std::slice::from_ref(m), f).map_err(s)?;
+    let nf = b.dim_product(std::slice::from_ref(n), f)?;
+    let mf = b.dim_product(std::slice::from_ref(m), f)?;
     let col = Shape::new(vec![m.clone(), Dim::Const(1)]);
-    let yv = b
-        .op1(
-            Op::Iota {
-                axis: 0,
-                ty: TensorType::new(f, col.clone()),
-            },
-            &[],
-        )
-        .map_err(s)?;
+    let yv = b.op1(
+        Op::Iota {
+            axis: 0,
+            ty: TensorType::new(f, col.clone()),
+        },
+        &[],
+    )?;
     let c = |b: &mut ir::Builder, v: f64| b.scalar(v, f).map_err(s);
     let scale = match ax.scale {
         Some(sc) => c(b, sc)?,
-        None => b.div(mf, nf).map_err(s)?,
+        None => b.div(mf, nf)?,
     };
     let half = c(b, 0.5)?;
     let one = c(b, 1.0)?;
     // (y + 0.5) / scale, then - 0.5 (in the static path's order: rounding decides nearest)
-    let t = b.add(yv, half).map_err(s)?;
-    let t_centered = b.div(t, scale).map_err(s)?;
-    let centered = b.sub(t_centered, half).map_err(s)?;
+    let t = b.add(yv, half)?;
+    let t_centered = b.div(t, scale)?;
+    let centered = b.sub(t_centered, half)?;
     // The mappings see the scaled width `scale·n` (ONNX's reference), not the whole output.
-    let outw = b.mul(scale, nf).map_err(s)?;
-    let m_is_1 = b.elementwise(Op::Eq, &[outw, one]).map_err(s)?;
+    let outw = b.mul(scale, nf)?;
+    let m_is_1 = b.elementwise(Op::Eq, &[outw, one])?;
     let x = match how.coord {
         "half_pixel" => centered,
-        "asymmetric" => b.div(yv, scale).map_err(s)?,
+        "asymmetric" => b.div(yv, scale)?,
         "pytorch_half_pixel" => {
             let neg = c(b, -0.5)?;
-            b.select(m_is_1, neg, centered).map_err(s)?
+            b.select(m_is_1, neg, centered)?
         }
         "align_corners" => {
             // y * (n - 1) / (m - 1), and 0 when m is 1.
-            let n1 = b.sub(nf, one).map_err(s)?;
-            let m1 = b.sub(outw, one).map_err(s)?;
+            let n1 = b.sub(nf, one)?;
+            let m1 = b.sub(outw, one)?;
             // (m1 is only a divisor where the scaled width is not 1)
-            let m1 = b.select(m_is_1, one, m1).map_err(s)?;
-            let t = b.mul(yv, n1).map_err(s)?;
-            let t = b.div(t, m1).map_err(s)?;
+            let m1 = b.select(m_is_1, one, m1)?;
+            let t = b.mul(yv, n1)?;
+            let t = b.div(t, m1)?;
             let zero = c(b, 0.0)?;
-            b.select(m_is_1, zero, t).map_err(s)?
+            b.select(m_is_1, zero, t)?
         }
         "half_pixel_symmetric" => {
             // offset = n/2 * (1 - m / (scale * n))
-            let adj = b.div(mf, outw).map_err(s)?;
-            let k = b.sub(one, adj).map_err(s)?;
-            let k = b.mul(nf, k).map_err(s)?;
-            let offset = b.mul(k, half).map_err(s)?;
-            let x = b.add(offset, t_centered).map_err(s)?;
-            b.sub(x, half).map_err(s)?
+            let adj = b.div(mf, outw)?;
+            let k = b.sub(one, adj)?;
+            let k = b.mul(nf, k)?;
+            let offset = b.mul(k, half)?;
+            let x = b.add(offset, t_centered)?;
+            b.sub(x, half)?
         }
         m => {
-            return Err(format!(
-                "coordinate_transformation_mode `{m}` needs static input dims"
-            ))
+            return Err(
+                format!("coordinate_transformation_mode `{m}` needs static input dims").into(),
+            )
         }
     };
-    let xf = b.unary(Op::Floor, x).map_err(s)?;
-    let r = b.sub(x, xf).map_err(s)?;
+    let xf = b.unary(Op::Floor, x)?;
+    let r = b.sub(x, xf)?;
     // Taps as (offset from floor(x), coefficient).
     let taps: Vec<(Value, Value)> = match how.mode {
         "nearest" => {
             let idx = match how.nearest {
                 "round_prefer_ceil" => {
-                    let t = b.add(x, half).map_err(s)?;
-                    b.unary(Op::Floor, t).map_err(s)?
+                    let t = b.add(x, half)?;
+                    b.unary(Op::Floor, t)?
                 }
                 "floor" => xf,
-                "ceil" => b.unary(Op::Ceil, x).map_err(s)?,
+                "ceil" => b.unary(Op::Ceil, x)?,
                 _ => {
-                    let t = b.sub(x, half).map_err(s)?;
-                    b.unary(Op::Ceil, t).map_err(s)?
+                    let t = b.sub(x, half)?;
+                    b.unary(Op::Ceil, t)?
                 }
             };
             vec![(idx, one)]
         }
         "linear" => {
-            let x1 = b.add(xf, one).map_err(s)?;
-            let q = b.sub(one, r).map_err(s)?;
+            let x1 = b.add(xf, one)?;
+            let q = b.sub(one, r)?;
             vec![(xf, q), (x1, r)]
         }
         "cubic" => {
             let a = how.cubic_a;
-            let q = b.sub(one, r).map_err(s)?;
+            let q = b.sub(one, r)?;
             // The two inner taps: ((a+2)t - (a+3))t² + 1; the outer: ((a t - 5a) t + 8a) t - 4a.
             let inner = |b: &mut ir::Builder, t: Value| -> R<Value> {
-                let k = b.scale(t, a + 2.0).map_err(s)?;
-                let a3 = b.scalar(a + 3.0, f).map_err(s)?;
-                let k = b.sub(k, a3).map_err(s)?;
-                let t2 = b.mul(t, t).map_err(s)?;
-                let k = b.mul(k, t2).map_err(s)?;
-                let one = b.scalar(1.0, f).map_err(s)?;
+                let k = b.scale(t, a + 2.0)?;
+                let a3 = b.scalar(a + 3.0, f)?;
+                let k = b.sub(k, a3)?;
+                let t2 = b.mul(t, t)?;
+                let k = b.mul(k, t2)?;
+                let one = b.scalar(1.0, f)?;
                 b.add(k, one).map_err(s)
             };
             let outer = |b: &mut ir::Builder, t: Value| -> R<Value> {
-                let one = b.scalar(1.0, f).map_err(s)?;
-                let t = b.add(t, one).map_err(s)?;
-                let k = b.scale(t, a).map_err(s)?;
-                let c5 = b.scalar(5.0 * a, f).map_err(s)?;
-                let k = b.sub(k, c5).map_err(s)?;
-                let k = b.mul(k, t).map_err(s)?;
-                let c8 = b.scalar(8.0 * a, f).map_err(s)?;
-                let k = b.add(k, c8).map_err(s)?;
-                let k = b.mul(k, t).map_err(s)?;
-                let c4 = b.scalar(4.0 * a, f).map_err(s)?;
+                let one = b.scalar(1.0, f)?;
+                let t = b.add(t, one)?;
+                let k = b.scale(t, a)?;
+                let c5 = b.scalar(5.0 * a, f)?;
+                let k = b.sub(k, c5)?;
+                let k = b.mul(k, t)?;
+                let c8 = b.scalar(8.0 * a, f)?;
+                let k = b.add(k, c8)?;
+                let k = b.mul(k, t)?;
+                let c4 = b.scalar(4.0 * a, f)?;
                 b.sub(k, c4).map_err(s)
             };
             let c0 = outer(b, r)?;
@@ -220,57 +219,55 @@ fn weights(ctx: &mut Ctx, ax: &DynAxis, how: &Interp) -> R<Value> {
             let c3 = outer(b, q)?;
             let mut out = Vec::new();
             for (k, cf) in [(-1.0, c0), (0.0, c1), (1.0, c2), (2.0, c3)] {
-                let off = b.scalar(k, f).map_err(s)?;
-                out.push((b.add(xf, off).map_err(s)?, cf));
+                let off = b.scalar(k, f)?;
+                out.push((b.add(xf, off)?, cf));
             }
             out
         }
-        m => return Err(format!("unknown Resize mode `{m}`")),
+        m => return Err(format!("unknown Resize mode `{m}`").into()),
     };
     let zero = c(b, 0.0)?;
-    let last = b.sub(nf, one).map_err(s)?;
+    let last = b.sub(nf, one)?;
     let mut taps = taps;
     if how.exclude_outside && taps.len() > 1 {
         // Taps outside the input weigh nothing; the rest are renormalized.
         let mut sum = None;
         for (idx, cf) in taps.iter_mut() {
-            let lo = b.elementwise(Op::Ge, &[*idx, zero]).map_err(s)?;
-            let hi = b.elementwise(Op::Le, &[*idx, last]).map_err(s)?;
-            let inside = b.elementwise(Op::And, &[lo, hi]).map_err(s)?;
-            *cf = b.select(inside, *cf, zero).map_err(s)?;
+            let lo = b.elementwise(Op::Ge, &[*idx, zero])?;
+            let hi = b.elementwise(Op::Le, &[*idx, last])?;
+            let inside = b.elementwise(Op::And, &[lo, hi])?;
+            *cf = b.select(inside, *cf, zero)?;
             sum = Some(match sum {
                 None => *cf,
-                Some(t) => b.add(t, *cf).map_err(s)?,
+                Some(t) => b.add(t, *cf)?,
             });
         }
         let sum = sum.expect("taps");
-        let is0 = b.elementwise(Op::Eq, &[sum, zero]).map_err(s)?;
-        let sum = b.select(is0, one, sum).map_err(s)?;
+        let is0 = b.elementwise(Op::Eq, &[sum, zero])?;
+        let sum = b.select(is0, one, sum)?;
         for (_, cf) in taps.iter_mut() {
-            *cf = b.div(*cf, sum).map_err(s)?;
+            *cf = b.div(*cf, sum)?;
         }
     }
     let row = Shape::new(vec![Dim::Const(1), n.clone()]);
-    let j = b
-        .op1(
-            Op::Iota {
-                axis: 1,
-                ty: TensorType::new(f, row),
-            },
-            &[],
-        )
-        .map_err(s)?;
+    let j = b.op1(
+        Op::Iota {
+            axis: 1,
+            ty: TensorType::new(f, row),
+        },
+        &[],
+    )?;
     let mut w: Option<Value> = None;
     for (idx, cf) in taps {
-        let idx = b.max(idx, zero).map_err(s)?;
-        let idx = b.min(idx, last).map_err(s)?;
-        let hit = b.elementwise(Op::Eq, &[idx, j]).map_err(s)?;
-        let hit = b.cast(hit, f).map_err(s)?;
-        let t = b.mul(hit, cf).map_err(s)?;
+        let idx = b.max(idx, zero)?;
+        let idx = b.min(idx, last)?;
+        let hit = b.elementwise(Op::Eq, &[idx, j])?;
+        let hit = b.cast(hit, f)?;
+        let t = b.mul(hit, cf)?;
         w = Some(match w {
             None => t,
-            Some(acc) => b.add(acc, t).map_err(s)?,
+            Some(acc) => b.add(acc, t)?,
         });
     }
-    w.ok_or_else(|| "no interpolation taps".to_string())
+    w.ok_or_else(|| "no interpolation taps".into())
 }

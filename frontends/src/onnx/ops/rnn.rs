@@ -3,13 +3,15 @@
 //! steps, else (a symbolic or longer sequence) a `loop` whose body is one step.
 //! Variable sequence lengths freeze the state and zero the output past each sequence's end.
 
+use crate::onnx::OpError;
+
 use ir::{Builder, DType, Dim, Op, Shape, Value};
 
 use super::{s, slice_axis};
 use crate::onnx::import::{Ctx, Node};
 use crate::onnx::value::V;
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -128,11 +130,7 @@ fn activations(n: &Node, kind: Kind, dirs: usize) -> R<Vec<Vec<Act>>> {
     };
     let per = kind.default_acts().len();
     if names.len() != per * dirs {
-        return Err(format!(
-            "{} activations, expected {}",
-            names.len(),
-            per * dirs
-        ));
+        return Err(format!("{} activations, expected {}", names.len(), per * dirs).into());
     }
     let mut alphas = n
         .floats("activation_alpha")?
@@ -197,9 +195,9 @@ fn gate(b: &mut Builder, pre: Value, g: i64, h: i64) -> R<Value> {
 fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
     match clip {
         Some(c) => {
-            let lo = b.scalar_like(-c, x).map_err(s)?;
-            let hi = b.scalar_like(c, x).map_err(s)?;
-            let y = b.max(x, lo).map_err(s)?;
+            let lo = b.scalar_like(-c, x)?;
+            let hi = b.scalar_like(c, x)?;
+            let y = b.max(x, lo)?;
             b.min(y, hi).map_err(s)
         }
         None => Ok(x),
@@ -227,25 +225,25 @@ fn step(
 ) -> R<(Value, Option<Value>, Value)> {
     let h = cfg.hidden;
     let (rt, rb) = (d.rt, d.rb);
-    let mut hr = b.matmul(hs, rt).map_err(s)?;
+    let mut hr = b.matmul(hs, rt)?;
     if let Some(rb) = rb {
-        hr = b.add(hr, rb).map_err(s)?;
+        hr = b.add(hr, rb)?;
     }
     let (h_new, c_new) = match cfg.kind {
         Kind::Rnn => {
-            let pre = b.add(xw, hr).map_err(s)?;
+            let pre = b.add(xw, hr)?;
             let pre = clipped(b, pre, cfg.clip)?;
             (activate(b, &d.acts[0], pre)?, None)
         }
         Kind::Lstm => {
-            let pre = b.add(xw, hr).map_err(s)?;
+            let pre = b.add(xw, hr)?;
             let c_prev = cs.ok_or("LSTM needs a cell state")?;
             let peep = |b: &mut Builder, k: i64, c: Value| -> R<Option<Value>> {
                 match d.peep {
                     Some(p) => {
                         let pk =
                             slice_axis(b, p, 0, Dim::Const(k * h), Dim::Const((k + 1) * h), 1)?;
-                        Ok(Some(b.mul(c, pk).map_err(s)?))
+                        Ok(Some(b.mul(c, pk)?))
                     }
                     None => Ok(None),
                 }
@@ -267,8 +265,8 @@ fn step(
             let gi = clipped(b, gi, cfg.clip)?;
             let i = activate(b, &d.acts[0], gi)?;
             let f = if cfg.input_forget {
-                let one = b.scalar_like(1.0, i).map_err(s)?;
-                b.sub(one, i).map_err(s)?
+                let one = b.scalar_like(1.0, i)?;
+                b.sub(one, i)?
             } else {
                 let pf = peep(b, 2, c_prev)?;
                 let gf = with(b, gf, pf)?;
@@ -277,23 +275,23 @@ fn step(
             };
             let gc = clipped(b, gc, cfg.clip)?;
             let cand = activate(b, &d.acts[1], gc)?;
-            let fc = b.mul(f, c_prev).map_err(s)?;
-            let ic = b.mul(i, cand).map_err(s)?;
-            let c = b.add(fc, ic).map_err(s)?;
+            let fc = b.mul(f, c_prev)?;
+            let ic = b.mul(i, cand)?;
+            let c = b.add(fc, ic)?;
             let po = peep(b, 1, c)?;
             let go = with(b, go, po)?;
             let go = clipped(b, go, cfg.clip)?;
             let o = activate(b, &d.acts[0], go)?;
             let hc = activate(b, &d.acts[2], c)?;
-            (b.mul(o, hc).map_err(s)?, Some(c))
+            (b.mul(o, hc)?, Some(c))
         }
         Kind::Gru => {
             let (xz, xr, xh) = (gate(b, xw, 0, h)?, gate(b, xw, 1, h)?, gate(b, xw, 2, h)?);
             let (hz, hrr) = (gate(b, hr, 0, h)?, gate(b, hr, 1, h)?);
-            let z = b.add(xz, hz).map_err(s)?;
+            let z = b.add(xz, hz)?;
             let z = clipped(b, z, cfg.clip)?;
             let z = activate(b, &d.acts[0], z)?;
-            let r = b.add(xr, hrr).map_err(s)?;
+            let r = b.add(xr, hrr)?;
             let r = clipped(b, r, cfg.clip)?;
             let r = activate(b, &d.acts[0], r)?;
             let rh_w = slice_axis(b, rt, 1, Dim::Const(2 * h), Dim::Const(3 * h), 1)?;
@@ -309,39 +307,39 @@ fn step(
                 None => None,
             };
             let hh = if cfg.linear_before_reset {
-                let mut t = b.matmul(hs, rh_w).map_err(s)?;
+                let mut t = b.matmul(hs, rh_w)?;
                 if let Some(rbh) = rbh {
-                    t = b.add(t, rbh).map_err(s)?;
+                    t = b.add(t, rbh)?;
                 }
-                b.mul(r, t).map_err(s)?
+                b.mul(r, t)?
             } else {
-                let rhs = b.mul(r, hs).map_err(s)?;
-                let mut t = b.matmul(rhs, rh_w).map_err(s)?;
+                let rhs = b.mul(r, hs)?;
+                let mut t = b.matmul(rhs, rh_w)?;
                 if let Some(rbh) = rbh {
-                    t = b.add(t, rbh).map_err(s)?;
+                    t = b.add(t, rbh)?;
                 }
                 t
             };
-            let pre = b.add(xh, hh).map_err(s)?;
+            let pre = b.add(xh, hh)?;
             let pre = clipped(b, pre, cfg.clip)?;
             let cand = activate(b, &d.acts[1], pre)?;
-            let one = b.scalar_like(1.0, z).map_err(s)?;
-            let omz = b.sub(one, z).map_err(s)?;
-            let a = b.mul(omz, cand).map_err(s)?;
-            let zh = b.mul(z, hs).map_err(s)?;
-            (b.add(a, zh).map_err(s)?, None)
+            let one = b.scalar_like(1.0, z)?;
+            let omz = b.sub(one, z)?;
+            let a = b.mul(omz, cand)?;
+            let zh = b.mul(z, hs)?;
+            (b.add(a, zh)?, None)
         }
     };
     // Past a sequence's end the state stays and the output is zero.
     let (h_next, c_next, y) = match mask {
         Some(m) => {
-            let zero = b.scalar_like(0.0, h_new).map_err(s)?;
-            let hn = b.select(m, h_new, hs).map_err(s)?;
+            let zero = b.scalar_like(0.0, h_new)?;
+            let hn = b.select(m, h_new, hs)?;
             let cn = match (c_new, cs) {
-                (Some(cn), Some(cp)) => Some(b.select(m, cn, cp).map_err(s)?),
+                (Some(cn), Some(cp)) => Some(b.select(m, cn, cp)?),
                 _ => None,
             };
-            let y = b.select(m, h_new, zero).map_err(s)?;
+            let y = b.select(m, h_new, zero)?;
             (hn, cn, y)
         }
         None => (h_new, c_new, h_new),
@@ -363,8 +361,8 @@ fn run(
     mask: Option<Value>,
 ) -> R<(Value, Value, Option<Value>)> {
     let h = cfg.hidden;
-    let wt = b.transpose(d.w, &[1, 0]).map_err(s)?;
-    let rt = b.transpose(d.r, &[1, 0]).map_err(s)?;
+    let wt = b.transpose(d.w, &[1, 0])?;
+    let rt = b.transpose(d.r, &[1, 0])?;
     // Bias split into input and recurrent halves (GRU needs them apart).
     let (wb, rb) = match d.bias {
         Some((wb, rb)) => (Some(wb), Some(rb)),
@@ -375,21 +373,17 @@ fn run(
     let xshape = b.shape(x).clone();
     let seq = xshape.dim(0).clone();
     let batch = xshape.dim(1).clone();
-    let rows = seq.mul(&batch).map_err(s)?;
-    let x2 = b
-        .reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))
-        .map_err(s)?;
-    let mut xw_all = b.matmul(x2, wt).map_err(s)?;
+    let rows = seq.mul(&batch)?;
+    let x2 = b.reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))?;
+    let mut xw_all = b.matmul(x2, wt)?;
     if let Some(wb) = wb {
-        xw_all = b.add(xw_all, wb).map_err(s)?;
+        xw_all = b.add(xw_all, wb)?;
     }
     let gh = Dim::Const(cfg.kind.gates() * h);
-    let xw_all = b
-        .reshape(
-            xw_all,
-            Shape::new(vec![seq.clone(), batch.clone(), gh.clone()]),
-        )
-        .map_err(s)?;
+    let xw_all = b.reshape(
+        xw_all,
+        Shape::new(vec![seq.clone(), batch.clone(), gh.clone()]),
+    )?;
     let sd = StepDir {
         rt,
         rb,
@@ -420,18 +414,17 @@ fn run(
         let (h_next, c_next, y) = step(b, cfg, &sd, xw, (hs, cs), m)?;
         hs = h_next;
         cs = c_next;
-        ys[t as usize] = Some(b.unsqueeze(y, 0).map_err(s)?);
+        ys[t as usize] = Some(b.unsqueeze(y, 0)?);
     }
     let ys = ys
         .into_iter()
         .map(|y| y.ok_or_else(|| "a step produced no output".to_string()))
-        .collect::<R<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, String>>()?;
     let y = if ys.is_empty() {
-        let z = b.scalar(0.0, b.dtype(x)).map_err(s)?;
-        b.broadcast_to(z, &Shape::new(vec![seq, batch, Dim::Const(h)]))
-            .map_err(s)?
+        let z = b.scalar(0.0, b.dtype(x))?;
+        b.broadcast_to(z, &Shape::new(vec![seq, batch, Dim::Const(h)]))?
     } else {
-        b.op1(Op::Concat { axis: 0 }, &ys).map_err(s)?
+        b.op1(Op::Concat { axis: 0 }, &ys)?
     };
     Ok((y, hs, cs))
 }
@@ -494,25 +487,23 @@ fn run_loop(
         acts: sd.acts,
     };
     let (h_next, c_next, y) = step(&mut body, cfg, &inner, xw, (hs, cs), m)?;
-    body.output("h", h_next).map_err(s)?;
+    body.output("h", h_next)?;
     if let Some(c) = c_next {
-        body.output("c", c).map_err(s)?;
+        body.output("c", c)?;
     }
-    body.output("y", y).map_err(s)?;
-    let body = body.finish().map_err(s)?;
+    body.output("y", y)?;
+    let body = body.finish()?;
     let count = b.shape(xw_all).dim(0).clone();
-    let outs = b
-        .op(
-            Op::Loop {
-                count,
-                carry: carry as i64,
-                scan: scan as i64,
-                reverse: d.reverse,
-                body: ir::Region::new(body),
-            },
-            &operands,
-        )
-        .map_err(s)?;
+    let outs = b.op(
+        Op::Loop {
+            count,
+            carry: carry as i64,
+            scan: scan as i64,
+            reverse: d.reverse,
+            body: ir::Region::new(body),
+        },
+        &operands,
+    )?;
     match outs.as_slice() {
         [h, y] => Ok((*y, *h, None)),
         [h, c, y] => Ok((*y, *h, Some(*c))),
@@ -567,7 +558,7 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
     };
     let b = &mut ctx.b;
     if layout == 1 {
-        x = b.transpose(x, &[1, 0, 2]).map_err(s)?;
+        x = b.transpose(x, &[1, 0, 2])?;
     }
     let xshape = b.shape(x).clone();
     let seq = xshape.dim(0).clone();
@@ -576,34 +567,30 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
     // Which sequences are still running at each step: [seq, batch, hidden].
     let mask: Option<Value> = match lens {
         Some(l) => {
-            let l = b.cast(l, DType::I64).map_err(s)?;
-            let l = b
-                .reshape(
-                    l,
-                    Shape::new(vec![Dim::Const(1), batch.clone(), Dim::Const(1)]),
-                )
-                .map_err(s)?;
-            let t = b
-                .op1(
-                    Op::Iota {
-                        axis: 0,
-                        ty: ir::TensorType::new(
-                            DType::I64,
-                            Shape::new(vec![seq.clone(), Dim::Const(1), Dim::Const(1)]),
-                        ),
-                    },
-                    &[],
-                )
-                .map_err(s)?;
-            let m = b.elementwise(Op::Lt, &[t, l]).map_err(s)?;
+            let l = b.cast(l, DType::I64)?;
+            let l = b.reshape(
+                l,
+                Shape::new(vec![Dim::Const(1), batch.clone(), Dim::Const(1)]),
+            )?;
+            let t = b.op1(
+                Op::Iota {
+                    axis: 0,
+                    ty: ir::TensorType::new(
+                        DType::I64,
+                        Shape::new(vec![seq.clone(), Dim::Const(1), Dim::Const(1)]),
+                    ),
+                },
+                &[],
+            )?;
+            let m = b.elementwise(Op::Lt, &[t, l])?;
             let full = Shape::new(vec![seq.clone(), batch.clone(), Dim::Const(hidden)]);
-            Some(b.broadcast_to(m, &full).map_err(s)?)
+            Some(b.broadcast_to(m, &full)?)
         }
         None => None,
     };
     let state_shape = Shape::new(vec![batch.clone(), Dim::Const(hidden)]);
     let zeros = |b: &mut Builder| -> R<Value> {
-        let z = b.scalar(0.0, dt).map_err(s)?;
+        let z = b.scalar(0.0, dt)?;
         b.broadcast_to(z, &state_shape).map_err(s)
     };
     let pick = |b: &mut Builder, v: Value, d: usize, len: Dim| -> R<Value> {
@@ -661,7 +648,7 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
             reverse: direction == "reverse" || d == 1,
         };
         let (ys, hl, cl) = run(b, &cfg, &dir, x, mask)?;
-        ys_all.push(b.unsqueeze(ys, 1).map_err(s)?);
+        ys_all.push(b.unsqueeze(ys, 1)?);
         hs_all.push(hl);
         if let Some(c) = cl {
             cs_all.push(c);
@@ -670,7 +657,7 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
     // Y: [seq, dirs, batch, hidden]; Y_h, Y_c: [dirs, batch, hidden].
     let unit =
         |b: &mut Builder, v: Value, at: usize| -> R<Value> { b.unsqueeze(v, at as i64).map_err(s) };
-    let mut y = b.op1(Op::Concat { axis: 1 }, &ys_all).map_err(s)?;
+    let mut y = b.op1(Op::Concat { axis: 1 }, &ys_all)?;
     let stack = |b: &mut Builder, vs: &[Value]| -> R<Value> {
         let u: Vec<Value> = vs.iter().map(|&v| unit(b, v, 0)).collect::<R<_>>()?;
         b.op1(Op::Concat { axis: 0 }, &u).map_err(s)
@@ -682,12 +669,9 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
         Some(stack(b, &cs_all)?)
     };
     if layout == 1 {
-        y = b.transpose(y, &[2, 0, 1, 3]).map_err(s)?;
-        yh = b.transpose(yh, &[1, 0, 2]).map_err(s)?;
-        yc = yc
-            .map(|c| b.transpose(c, &[1, 0, 2]))
-            .transpose()
-            .map_err(s)?;
+        y = b.transpose(y, &[2, 0, 1, 3])?;
+        yh = b.transpose(yh, &[1, 0, 2])?;
+        yc = yc.map(|c| b.transpose(c, &[1, 0, 2])).transpose()?;
     }
     let mut out = vec![ctx.v(y), ctx.v(yh)];
     if let Some(c) = yc {
@@ -726,16 +710,16 @@ pub fn dynamic_quantize_lstm(ctx: &mut Ctx, n: &Node) -> super::Res {
             let shape = match vd.len() {
                 1 => vec![vd[0].clone(), Dim::Const(1), Dim::Const(1)],
                 2 => vec![vd[0].clone(), Dim::Const(1), vd[1].clone()],
-                r => return Err(format!("a {what} scale or zero point of rank {r}")),
+                r => return Err(format!("a {what} scale or zero point of rank {r}").into()),
             };
             b.reshape(v, Shape::new(shape)).map_err(s)
         };
-        let q = b.cast(q, DType::F32).map_err(s)?;
-        let zp = b.cast(zp, DType::F32).map_err(s)?;
+        let q = b.cast(q, DType::F32)?;
+        let zp = b.cast(zp, DType::F32)?;
         let zp = per(b, zp)?;
         let scale = per(b, scale)?;
-        let w = b.sub(q, zp).map_err(s)?;
-        let w = b.mul(w, scale).map_err(s)?;
+        let w = b.sub(q, zp)?;
+        let w = b.mul(w, scale)?;
         b.transpose(w, &[0, 2, 1]).map_err(s)
     };
     let w = dequant(ctx, 1, 8, 9, "W")?;

@@ -3,12 +3,14 @@
 //! elementwise coordinate arithmetic, a batched gather per tap and a weighted sum, following
 //! the ONNX reference semantics step by step.
 
+use crate::onnx::OpError;
+
 use ir::{Builder, DType, Dim, Op, Shape, Tensor, Value};
 
 use super::{s, Res};
 use crate::onnx::import::{Ctx, Node};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -25,23 +27,23 @@ enum Padding {
 }
 
 fn cmp(b: &mut Builder, op: Op, x: Value, c: f64) -> R<Value> {
-    let c = b.scalar_like(c, x).map_err(s)?;
+    let c = b.scalar_like(c, x)?;
     b.elementwise(op, &[x, c]).map_err(s)
 }
 
 fn add_c(b: &mut Builder, x: Value, c: f64) -> R<Value> {
-    let c = b.scalar_like(c, x).map_err(s)?;
+    let c = b.scalar_like(c, x)?;
     b.add(x, c).map_err(s)
 }
 
 fn mul_c(b: &mut Builder, x: Value, c: f64) -> R<Value> {
-    let c = b.scalar_like(c, x).map_err(s)?;
+    let c = b.scalar_like(c, x)?;
     b.mul(x, c).map_err(s)
 }
 
 /// `c - x`.
 fn rsub_c(b: &mut Builder, c: f64, x: Value) -> R<Value> {
-    let c = b.scalar_like(c, x).map_err(s)?;
+    let c = b.scalar_like(c, x)?;
     b.sub(c, x).map_err(s)
 }
 
@@ -50,18 +52,18 @@ fn rsub_c(b: &mut Builder, c: f64, x: Value) -> R<Value> {
 fn reflect(b: &mut Builder, x: Value, lo: f64, hi: f64) -> R<Value> {
     let range = hi - lo;
     if range <= 0.0 {
-        let lo_v = b.scalar_like(lo, x).map_err(s)?;
+        let lo_v = b.scalar_like(lo, x)?;
         return b.broadcast_to(lo_v, &b.shape(x).clone()).map_err(s);
     }
     // One side: distance past the border, whole ranges crossed, their parity, the rest.
     let side = |b: &mut Builder, dx: Value, near: f64, far: f64, toward: f64| -> R<Value> {
         let q = mul_c(b, dx, 1.0 / range)?;
-        let q = b.unary(Op::Floor, q).map_err(s)?;
+        let q = b.unary(Op::Floor, q)?;
         let rest = mul_c(b, q, range)?;
-        let rest = b.sub(dx, rest).map_err(s)?;
+        let rest = b.sub(dx, rest)?;
         let half = mul_c(b, q, 0.5)?;
-        let halff = b.unary(Op::Floor, half).map_err(s)?;
-        let even = b.elementwise(Op::Eq, &[half, halff]).map_err(s)?;
+        let halff = b.unary(Op::Floor, half)?;
+        let even = b.elementwise(Op::Eq, &[half, halff])?;
         // Even: from the near border inward; odd: from the far border back.
         let from_near = mul_c(b, rest, toward)?;
         let from_near = add_c(b, from_near, near)?;
@@ -75,7 +77,7 @@ fn reflect(b: &mut Builder, x: Value, lo: f64, hi: f64) -> R<Value> {
     let dhi = add_c(b, x, -hi)?;
     let r_lo = side(b, dlo, lo, hi, 1.0)?;
     let r_hi = side(b, dhi, hi, lo, -1.0)?;
-    let y = b.select(above, r_hi, x).map_err(s)?;
+    let y = b.select(above, r_hi, x)?;
     b.select(below, r_lo, y).map_err(s)
 }
 
@@ -92,16 +94,16 @@ struct Tap {
 /// reflection reflects the index by the float borders and truncates.
 fn pad_index(b: &mut Builder, i: Value, len: i64, pad: Padding, lo: f64, hi: f64) -> R<Tap> {
     let clamp = |b: &mut Builder, i: Value| -> R<Value> {
-        let zero = b.scalar_like(0.0, i).map_err(s)?;
-        let top = b.scalar_like((len - 1) as f64, i).map_err(s)?;
-        let i = b.max(i, zero).map_err(s)?;
+        let zero = b.scalar_like(0.0, i)?;
+        let top = b.scalar_like((len - 1) as f64, i)?;
+        let i = b.max(i, zero)?;
         b.min(i, top).map_err(s)
     };
     Ok(match pad {
         Padding::Zeros => {
             let ge = cmp(b, Op::Ge, i, 0.0)?;
             let lt = cmp(b, Op::Lt, i, len as f64)?;
-            let inside = b.elementwise(Op::And, &[ge, lt]).map_err(s)?;
+            let inside = b.elementwise(Op::And, &[ge, lt])?;
             Tap {
                 index: clamp(b, i)?,
                 weight: None,
@@ -115,8 +117,8 @@ fn pad_index(b: &mut Builder, i: Value, len: i64, pad: Padding, lo: f64, hi: f64
         },
         Padding::Reflection => {
             let r = reflect(b, i, lo, hi)?;
-            let t = b.cast(r, DType::I64).map_err(s)?;
-            let t = b.cast(t, b.ty(i).dtype).map_err(s)?;
+            let t = b.cast(r, DType::I64)?;
+            let t = b.cast(t, b.ty(i).dtype)?;
             Tap {
                 index: clamp(b, t)?,
                 weight: None,
@@ -133,17 +135,17 @@ fn cubic_coeffs(b: &mut Builder, t: Value) -> R<[Value; 4]> {
     let outer = |b: &mut Builder, d: Value| -> R<Value> {
         let p = mul_c(b, d, A)?;
         let p = add_c(b, p, -5.0 * A)?;
-        let p = b.mul(p, d).map_err(s)?;
+        let p = b.mul(p, d)?;
         let p = add_c(b, p, 8.0 * A)?;
-        let p = b.mul(p, d).map_err(s)?;
+        let p = b.mul(p, d)?;
         add_c(b, p, -4.0 * A)
     };
     // Inner taps at distance d in [0, 1]: ((A + 2)d - (A + 3))d² + 1.
     let inner = |b: &mut Builder, d: Value| -> R<Value> {
         let p = mul_c(b, d, A + 2.0)?;
         let p = add_c(b, p, -(A + 3.0))?;
-        let p = b.mul(p, d).map_err(s)?;
-        let p = b.mul(p, d).map_err(s)?;
+        let p = b.mul(p, d)?;
+        let p = b.mul(p, d)?;
         add_c(b, p, 1.0)
     };
     let d0 = add_c(b, t, 1.0)?;
@@ -162,13 +164,13 @@ pub fn grid_sample(ctx: &mut Ctx, n: &Node) -> Res {
         "nearest" => Mode::Nearest,
         "bilinear" | "linear" => Mode::Linear,
         "bicubic" | "cubic" => Mode::Cubic,
-        m => return Err(format!("mode `{m}` is not known")),
+        m => return Err(format!("mode `{m}` is not known").into()),
     };
     let pad = match n.string_or("padding_mode", "zeros")?.as_str() {
         "zeros" => Padding::Zeros,
         "border" => Padding::Border,
         "reflection" => Padding::Reflection,
-        m => return Err(format!("padding_mode `{m}` is not known")),
+        m => return Err(format!("padding_mode `{m}` is not known").into()),
     };
     let align = n.int_or("align_corners", 0)? != 0;
     let b = &mut ctx.b;
@@ -182,7 +184,8 @@ pub fn grid_sample(ctx: &mut Ctx, n: &Node) -> Res {
         return Err(format!(
             "the grid of {k} spatial axes must have shape [N, {}, {k}]",
             vec!["..."; k].join(", ")
-        ));
+        )
+        .into());
     }
     if mode == Mode::Cubic && k != 2 {
         return Err("cubic sampling is defined for two spatial axes".into());
@@ -194,16 +197,11 @@ pub fn grid_sample(ctx: &mut Ctx, n: &Node) -> Res {
         .ok_or("GridSample needs X's spatial dims known when the model is imported")?;
     let (nb, c) = (xd[0].clone(), xd[1].clone());
     let out_sp: Vec<Dim> = gd[1..=k].to_vec();
-    let p = out_sp
-        .iter()
-        .try_fold(Dim::Const(1), |a, d| a.mul(d))
-        .map_err(s)?;
-    let grid = b
-        .reshape(
-            grid,
-            Shape::new(vec![nb.clone(), p.clone(), Dim::Const(k as i64)]),
-        )
-        .map_err(s)?;
+    let p = out_sp.iter().try_fold(Dim::Const(1), |a, d| a.mul(d))?;
+    let grid = b.reshape(
+        grid,
+        Shape::new(vec![nb.clone(), p.clone(), Dim::Const(k as i64)]),
+    )?;
     // Taps per spatial axis (outermost first): grid's last axis lists x (innermost) first.
     let mut axis_taps: Vec<Vec<Tap>> = Vec::with_capacity(k);
     for (a, &len) in lens.iter().enumerate() {
@@ -216,9 +214,7 @@ pub fn grid_sample(ctx: &mut Ctx, n: &Node) -> Res {
             Dim::Const(comp as i64 + 1),
             1,
         )?;
-        let g = b
-            .reshape(g, Shape::new(vec![nb.clone(), p.clone()]))
-            .map_err(s)?;
+        let g = b.reshape(g, Shape::new(vec![nb.clone(), p.clone()]))?;
         let (lo, hi) = if align {
             (0.0, (len - 1) as f64)
         } else {
@@ -235,32 +231,32 @@ pub fn grid_sample(ctx: &mut Ctx, n: &Node) -> Res {
             mul_c(b, t, 0.5)?
         };
         if mode == Mode::Nearest {
-            xv = b.unary(Op::Round, xv).map_err(s)?;
+            xv = b.unary(Op::Round, xv)?;
         }
         match pad {
             Padding::Border => {
                 let out = {
                     let l = cmp(b, Op::Lt, xv, lo)?;
                     let h = cmp(b, Op::Gt, xv, hi)?;
-                    b.elementwise(Op::Or, &[l, h]).map_err(s)?
+                    b.elementwise(Op::Or, &[l, h])?
                 };
-                let zero = b.scalar_like(0.0, xv).map_err(s)?;
-                let top = b.scalar_like((len - 1) as f64, xv).map_err(s)?;
-                let cl = b.max(xv, zero).map_err(s)?;
-                let cl = b.min(cl, top).map_err(s)?;
-                xv = b.select(out, cl, xv).map_err(s)?;
+                let zero = b.scalar_like(0.0, xv)?;
+                let top = b.scalar_like((len - 1) as f64, xv)?;
+                let cl = b.max(xv, zero)?;
+                let cl = b.min(cl, top)?;
+                xv = b.select(out, cl, xv)?;
             }
             Padding::Reflection => xv = reflect(b, xv, lo, hi)?,
             Padding::Zeros => {}
         }
-        let floor = b.unary(Op::Floor, xv).map_err(s)?;
-        let frac = b.sub(xv, floor).map_err(s)?;
+        let floor = b.unary(Op::Floor, xv)?;
+        let frac = b.sub(xv, floor)?;
         let mut taps = Vec::new();
         match mode {
             Mode::Nearest => {
                 // Truncation, as the reference's int cast of the rounded value.
-                let t = b.cast(xv, DType::I64).map_err(s)?;
-                let t = b.cast(t, b.ty(xv).dtype).map_err(s)?;
+                let t = b.cast(xv, DType::I64)?;
+                let t = b.cast(t, b.ty(xv).dtype)?;
                 taps.push(pad_index(b, t, len, pad, lo, hi)?);
             }
             Mode::Linear => {
@@ -286,13 +282,11 @@ pub fn grid_sample(ctx: &mut Ctx, n: &Node) -> Res {
     }
     // X as [N, S, C] for a batched gather of flat spatial positions.
     let total: i64 = lens.iter().product();
-    let xf = b
-        .reshape(
-            x,
-            Shape::new(vec![nb.clone(), c.clone(), Dim::Const(total)]),
-        )
-        .map_err(s)?;
-    let xf = b.transpose(xf, &[0, 2, 1]).map_err(s)?;
+    let xf = b.reshape(
+        x,
+        Shape::new(vec![nb.clone(), c.clone(), Dim::Const(total)]),
+    )?;
+    let xf = b.transpose(xf, &[0, 2, 1])?;
     let xdt = b.ty(x).dtype;
     let mut strides = vec![1i64; k];
     for a in (0..k.saturating_sub(1)).rev() {
@@ -310,49 +304,47 @@ pub fn grid_sample(ctx: &mut Ctx, n: &Node) -> Res {
             rest /= taps.len();
             let term = mul_c(b, tap.index, strides[a] as f64)?;
             flat = Some(match flat {
-                Some(f) => b.add(f, term).map_err(s)?,
+                Some(f) => b.add(f, term)?,
                 None => term,
             });
             if let Some(w) = tap.weight {
                 weight = Some(match weight {
-                    Some(x) => b.mul(x, w).map_err(s)?,
+                    Some(x) => b.mul(x, w)?,
                     None => w,
                 });
             }
             if let Some(m) = tap.inside {
                 inside = Some(match inside {
-                    Some(x) => b.elementwise(Op::And, &[x, m]).map_err(s)?,
+                    Some(x) => b.elementwise(Op::And, &[x, m])?,
                     None => m,
                 });
             }
         }
         let flat = flat.expect("at least one spatial axis");
-        let idx = b.cast(flat, DType::I64).map_err(s)?;
-        let idx = b.unsqueeze(idx, -1).map_err(s)?;
+        let idx = b.cast(flat, DType::I64)?;
+        let idx = b.unsqueeze(idx, -1)?;
         // [N, P, C]
-        let mut v = b
-            .op1(Op::GatherNd { batch_dims: 1 }, &[xf, idx])
-            .map_err(s)?;
+        let mut v = b.op1(Op::GatherNd { batch_dims: 1 }, &[xf, idx])?;
         if let Some(m) = inside {
-            let m = b.unsqueeze(m, -1).map_err(s)?;
-            let zero = b.scalar(0.0, xdt).map_err(s)?;
-            v = b.select(m, v, zero).map_err(s)?;
+            let m = b.unsqueeze(m, -1)?;
+            let zero = b.scalar(0.0, xdt)?;
+            v = b.select(m, v, zero)?;
         }
         if let Some(w) = weight {
-            let w = b.cast(w, xdt).map_err(s)?;
-            let w = b.unsqueeze(w, -1).map_err(s)?;
-            v = b.mul(v, w).map_err(s)?;
+            let w = b.cast(w, xdt)?;
+            let w = b.unsqueeze(w, -1)?;
+            v = b.mul(v, w)?;
         }
         acc = Some(match acc {
-            Some(a) => b.add(a, v).map_err(s)?,
+            Some(a) => b.add(a, v)?,
             None => v,
         });
     }
     let y = acc.expect("at least one tap");
-    let y = b.transpose(y, &[0, 2, 1]).map_err(s)?;
+    let y = b.transpose(y, &[0, 2, 1])?;
     let mut out = vec![nb, c];
     out.extend(out_sp);
-    let y = b.reshape(y, Shape::new(out)).map_err(s)?;
+    let y = b.reshape(y, Shape::new(out))?;
     Ok(vec![ctx.v(y)])
 }
 
@@ -367,7 +359,7 @@ pub fn affine_grid(ctx: &mut Ctx, n: &Node) -> Res {
         .ok_or("size must be [N, C, H, W] or [N, C, D, H, W]")?;
     let lens = &size[2..];
     if lens.iter().any(|&l| l < 0) || size[0] < 0 {
-        return Err(format!("size {size:?} has a negative dim"));
+        return Err(format!("size {size:?} has a negative dim").into());
     }
     // Base coordinates per axis, then the homogeneous grid [S, k+1] with x innermost.
     let coords = |len: i64| -> Vec<f64> {
@@ -397,15 +389,15 @@ pub fn affine_grid(ctx: &mut Ctx, n: &Node) -> Res {
     }
     let b = &mut ctx.b;
     let dtype = b.ty(theta).dtype;
-    let base = Tensor::from_vec(vec![total as usize, k + 1], base).map_err(s)?;
-    let base = b.constant(base).map_err(s)?;
-    let base = b.cast(base, dtype).map_err(s)?;
+    let base = Tensor::from_vec(vec![total as usize, k + 1], base)?;
+    let base = b.constant(base)?;
+    let base = b.cast(base, dtype)?;
     // grid[n, s, :] = theta[n] · base[s]: base [S, k+1] × thetaᵀ [N, k+1, k].
-    let tt = b.transpose_last2(theta).map_err(s)?;
-    let g = b.matmul(base, tt).map_err(s)?;
+    let tt = b.transpose_last2(theta)?;
+    let g = b.matmul(base, tt)?;
     let mut dims = vec![Dim::Const(size[0])];
     dims.extend(lens.iter().map(|&l| Dim::Const(l)));
     dims.push(Dim::Const(k as i64));
-    let g = b.reshape(g, Shape::new(dims)).map_err(s)?;
+    let g = b.reshape(g, Shape::new(dims))?;
     Ok(vec![ctx.v(g)])
 }

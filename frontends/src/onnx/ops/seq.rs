@@ -5,9 +5,11 @@
 //! sizes must be known at import (from constants, or a specialization on a run's inputs, as
 //! the lengths of sequence inputs are).
 
+use crate::onnx::OpError;
+
 use ir::{DType, Dim, Op, Shape, Tensor};
 
-use super::{axis, s, slice_axis, Res};
+use super::{axis, slice_axis, Res};
 use crate::onnx::import::{Ctx, Node};
 use crate::onnx::tensor::require_dtype;
 use crate::onnx::value::{Known, V};
@@ -20,7 +22,7 @@ fn position(
     input: usize,
     len: usize,
     insert: bool,
-) -> Result<Option<usize>, String> {
+) -> Result<Option<usize>, OpError> {
     let Some(name) = n.input(input) else {
         return Ok(None);
     };
@@ -32,9 +34,7 @@ fn position(
     let hi = if insert { len } else { len - 1 };
     let q = if p < 0 { p + len } else { p };
     if q < 0 || q > hi {
-        return Err(format!(
-            "position {p} is out of range for a sequence of {len} tensors"
-        ));
+        return Err(format!("position {p} is out of range for a sequence of {len} tensors").into());
     }
     Ok(Some(q as usize))
 }
@@ -69,7 +69,8 @@ pub fn sequence_insert(ctx: &mut Ctx, n: &Node) -> Res {
         return Err(format!(
             "inserting a {} tensor into a sequence of {dtype}",
             t.dtype()
-        ));
+        )
+        .into());
     }
     let at = position(ctx, n, 2, items.len(), true)?.unwrap_or(items.len());
     items.insert(at, t);
@@ -94,7 +95,7 @@ pub fn sequence_erase(ctx: &mut Ctx, n: &Node) -> Res {
 
 pub fn sequence_length(ctx: &mut Ctx, n: &Node) -> Res {
     let (items, _) = ctx.seq(n.req(0)?)?;
-    let t = Tensor::from_vec(vec![], vec![items.len() as i64]).map_err(s)?;
+    let t = Tensor::from_vec(vec![], vec![items.len() as i64])?;
     Ok(vec![V::data(t)])
 }
 
@@ -117,7 +118,7 @@ pub fn split_to_sequence(ctx: &mut Ctx, n: &Node) -> Res {
             if ctx.get(sp)?.rank() == 0 {
                 let c = *v.first().ok_or("empty split")?;
                 if c <= 0 {
-                    return Err(format!("split size {c} must be positive"));
+                    return Err(format!("split size {c} must be positive").into());
                 }
                 let mut sizes = vec![c; (len / c) as usize];
                 if len % c != 0 {
@@ -126,9 +127,9 @@ pub fn split_to_sequence(ctx: &mut Ctx, n: &Node) -> Res {
                 (sizes, false)
             } else {
                 if v.iter().any(|&c| c < 0) || v.iter().sum::<i64>() != len {
-                    return Err(format!(
-                        "split sizes {v:?} do not sum to the axis length {len}"
-                    ));
+                    return Err(
+                        format!("split sizes {v:?} do not sum to the axis length {len}").into(),
+                    );
                 }
                 (v, false)
             }
@@ -148,7 +149,7 @@ pub fn split_to_sequence(ctx: &mut Ctx, n: &Node) -> Res {
         if unit && !keepdims {
             let mut dims = ctx.b.shape(part).dims().to_vec();
             dims.remove(a);
-            part = ctx.b.reshape(part, Shape::new(dims)).map_err(s)?;
+            part = ctx.b.reshape(part, Shape::new(dims))?;
         }
         items.push(ctx.v(part));
         start += size;
@@ -169,12 +170,12 @@ pub fn concat_from_sequence(ctx: &mut Ctx, n: &Node) -> Res {
     for v in &items {
         let x = ctx.value_of(v)?;
         vals.push(if new_axis {
-            ctx.b.unsqueeze(x, a as i64).map_err(s)?
+            ctx.b.unsqueeze(x, a as i64)?
         } else {
             x
         });
     }
-    let y = ctx.b.op1(Op::Concat { axis: a as i64 }, &vals).map_err(s)?;
+    let y = ctx.b.op1(Op::Concat { axis: a as i64 }, &vals)?;
     Ok(vec![ctx.v(y)])
 }
 
@@ -193,7 +194,8 @@ pub fn sequence_map(ctx: &mut Ctx, n: &Node) -> Res {
                 return Err(format!(
                     "the sequences are of lengths {len} and {} (`{name}`)",
                     items.len()
-                ))
+                )
+                .into())
             }
             Err(_) => Err(ctx.get(name)?.clone()),
         });

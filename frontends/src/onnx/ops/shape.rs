@@ -1,13 +1,15 @@
 //! Shape and data-movement operators. Where inputs are known (constants, or dims from
 //! `Shape`), results stay known, so shape subgraphs fold to static or symbolic dims.
 
+use crate::onnx::OpError;
+
 use ir::{DType, Dim, Op, PadMode, ReduceKind, ScatterReduction, Shape, Value};
 
 use super::{axes, axis, one, product, s, Res};
 use crate::onnx::import::{Ctx, Node};
 use crate::onnx::value::V;
 
-fn known_rank1(ctx: &Ctx, name: &str) -> Result<Option<(Vec<Dim>, bool, DType)>, String> {
+fn known_rank1(ctx: &Ctx, name: &str) -> Result<Option<(Vec<Dim>, bool, DType)>, OpError> {
     let v = ctx.get(name)?;
     if v.rank() > 1 {
         return Ok(None);
@@ -35,7 +37,7 @@ pub fn size(ctx: &mut Ctx, n: &Node) -> Res {
 }
 
 /// The target shape of a reshape: 0 copies the input dim (unless `allowzero`), -1 is inferred.
-fn reshape_dims(input: &Shape, spec: &[Dim], allowzero: bool) -> Result<Vec<Dim>, String> {
+fn reshape_dims(input: &Shape, spec: &[Dim], allowzero: bool) -> Result<Vec<Dim>, OpError> {
     let mut out = Vec::with_capacity(spec.len());
     let mut infer = None;
     for (i, d) in spec.iter().enumerate() {
@@ -53,7 +55,7 @@ fn reshape_dims(input: &Shape, spec: &[Dim], allowzero: bool) -> Result<Vec<Dim>
                 }
                 out.push(Dim::Const(1));
             }
-            Some(c) if c < -1 => return Err(format!("invalid shape entry {c}")),
+            Some(c) if c < -1 => return Err(format!("invalid shape entry {c}").into()),
             _ => out.push(d.clone()),
         }
     }
@@ -86,7 +88,7 @@ fn do_reshape(ctx: &mut Ctx, data: &str, spec: &[Dim], allowzero: bool) -> Res {
         }
     }
     let x = ctx.ir(data)?;
-    let y = ctx.b.reshape(x, Shape::new(dims)).map_err(s)?;
+    let y = ctx.b.reshape(x, Shape::new(dims))?;
     one(ctx, y)
 }
 
@@ -112,19 +114,18 @@ pub fn flatten(ctx: &mut Ctx, n: &Node) -> Res {
     let a = n.int_or("axis", 1)?;
     let a = if a < 0 { a + r as i64 } else { a };
     if !(0..=r as i64).contains(&a) {
-        return Err(format!("axis {a} is out of range for rank {r}"));
+        return Err(format!("axis {a} is out of range for rank {r}").into());
     }
     let (lo, hi) = dims.split_at(a as usize);
     let x = ctx.ir(name)?;
     let y = ctx
         .b
-        .reshape(x, Shape::new(vec![product(lo)?, product(hi)?]))
-        .map_err(s)?;
+        .reshape(x, Shape::new(vec![product(lo)?, product(hi)?]))?;
     one(ctx, y)
 }
 
 /// Axes from the attribute (old opsets) or the second input (new opsets).
-fn axes_operand(ctx: &Ctx, n: &Node, input: usize) -> Result<Option<Vec<i64>>, String> {
+fn axes_operand(ctx: &Ctx, n: &Node, input: usize) -> Result<Option<Vec<i64>>, OpError> {
     if let Some(a) = n.ints("axes")? {
         return Ok(Some(a));
     }
@@ -143,7 +144,7 @@ pub fn squeeze(ctx: &mut Ctx, n: &Node) -> Res {
     let mut ones = dims.clone();
     for &a in &drop {
         if dims[a].as_const().is_some_and(|d| d != 1) {
-            return Err(format!("cannot squeeze axis {a} of size {}", dims[a]));
+            return Err(format!("cannot squeeze axis {a} of size {}", dims[a]).into());
         }
         // A symbolic dim squeezed away is 1 at run time (checked there).
         ones[a] = Dim::Const(1);
@@ -154,8 +155,8 @@ pub fn squeeze(ctx: &mut Ctx, n: &Node) -> Res {
         .collect();
     if ones != dims {
         let x = ctx.ir(name)?;
-        let x = ctx.b.refine(x, Shape::new(ones)).map_err(s)?;
-        let y = ctx.b.reshape(x, Shape::new(kept)).map_err(s)?;
+        let x = ctx.b.refine(x, Shape::new(ones))?;
+        let y = ctx.b.reshape(x, Shape::new(kept))?;
         return one(ctx, y);
     }
     do_reshape(ctx, name, &kept, true)
@@ -188,7 +189,7 @@ pub fn transpose(ctx: &mut Ctx, n: &Node) -> Res {
         .iter()
         .map(|&p| axis(p, r as usize).map(|a| a as i64))
         .collect::<Result<_, _>>()?;
-    let y = ctx.b.transpose(x, &perm).map_err(s)?;
+    let y = ctx.b.transpose(x, &perm)?;
     one(ctx, y)
 }
 
@@ -241,10 +242,10 @@ pub fn concat(ctx: &mut Ctx, n: &Node) -> Res {
         for v in vals.iter_mut() {
             let mut dims = want.clone();
             dims[a] = ctx.b.shape(*v).dim(a).clone();
-            *v = ctx.b.refine_unproven(*v, &Shape::new(dims)).map_err(s)?;
+            *v = ctx.b.refine_unproven(*v, &Shape::new(dims))?;
         }
     }
-    let y = ctx.b.op1(Op::Concat { axis: a as i64 }, &vals).map_err(s)?;
+    let y = ctx.b.op1(Op::Concat { axis: a as i64 }, &vals)?;
     one(ctx, y)
 }
 
@@ -261,9 +262,7 @@ pub fn split(ctx: &mut Ctx, n: &Node) -> Res {
     } else {
         let parts = n.int("num_outputs")?.unwrap_or(outs as i64).max(1);
         if parts as usize > outs.max(1) {
-            return Err(format!(
-                "num_outputs is {parts} but the node has {outs} outputs"
-            ));
+            return Err(format!("num_outputs is {parts} but the node has {outs} outputs").into());
         }
         let total = dims[a]
             .as_const()
@@ -276,7 +275,7 @@ pub fn split(ctx: &mut Ctx, n: &Node) -> Res {
     let mut start = Dim::Const(0);
     let mut out = Vec::new();
     for size in sizes {
-        let end = start.add(&size).map_err(s)?;
+        let end = start.add(&size)?;
         let piece = super::slice_axis(&mut ctx.b, x, a, start.clone(), end.clone(), 1)?;
         out.push(ctx.v(piece));
         start = end;
@@ -285,7 +284,7 @@ pub fn split(ctx: &mut Ctx, n: &Node) -> Res {
 }
 
 /// Resolves ONNX slice bounds against an extent, with numpy's clamping.
-fn slice_bounds(start: i64, end: i64, step: i64, n: &Dim) -> Result<(Dim, Dim), String> {
+fn slice_bounds(start: i64, end: i64, step: i64, n: &Dim) -> Result<(Dim, Dim), OpError> {
     // Bounds past the end clamp to it; on a symbolic axis that needs a sentinel: ONNX's
     // recommended INT_MAX/INT_MIN in 64 or 32 bits (tf2onnx), or jax2tf's 10^9. Any bound of
     // 10^9 or more counts (no symbolic axis of a real model is that long); smaller constants
@@ -303,12 +302,12 @@ fn slice_bounds(start: i64, end: i64, step: i64, n: &Dim) -> Result<(Dim, Dim), 
     }
     // A symbolic extent: bounds counted from either end, clamped to the axis as symbols
     // allow (`min(n, 20)`: a data-dependent count cut to the first 20).
-    let sym = |x: i64, is_end: bool| -> Result<Dim, String> {
+    let sym = |x: i64, is_end: bool| -> Result<Dim, OpError> {
         if x >= BIG {
             Ok(if step > 0 {
                 n.clone()
             } else {
-                n.sub(&Dim::Const(1)).map_err(s)?
+                n.sub(&Dim::Const(1))?
             })
         } else if x <= -BIG {
             Ok(if step > 0 || !is_end {
@@ -317,13 +316,13 @@ fn slice_bounds(start: i64, end: i64, step: i64, n: &Dim) -> Result<(Dim, Dim), 
                 Dim::Const(-1)
             })
         } else if x < 0 {
-            let from_end = n.add(&Dim::Const(x)).map_err(s)?;
+            let from_end = n.add(&Dim::Const(x))?;
             let floor = Dim::Const(if step > 0 || !is_end { 0 } else { -1 });
             from_end.maximum(&floor).map_err(s)
         } else if step > 0 {
             n.minimum(&Dim::Const(x)).map_err(s)
         } else {
-            let last = n.sub(&Dim::Const(1)).map_err(s)?;
+            let last = n.sub(&Dim::Const(1))?;
             last.minimum(&Dim::Const(x)).map_err(s)
         }
     };
@@ -373,17 +372,14 @@ fn do_slice(
         }
     }
     let x = ctx.ir(name)?;
-    let y = ctx
-        .b
-        .op1(
-            Op::Slice {
-                start: st,
-                limit: lim,
-                stride,
-            },
-            &[x],
-        )
-        .map_err(s)?;
+    let y = ctx.b.op1(
+        Op::Slice {
+            start: st,
+            limit: lim,
+            stride,
+        },
+        &[x],
+    )?;
     one(ctx, y)
 }
 
@@ -427,10 +423,7 @@ pub fn gather(ctx: &mut Ctx, n: &Node) -> Res {
         }
     }
     let (x, i) = (ctx.ir(data)?, ctx.ir(idx)?);
-    let y = ctx
-        .b
-        .op1(Op::Gather { axis: a as i64 }, &[x, i])
-        .map_err(s)?;
+    let y = ctx.b.op1(Op::Gather { axis: a as i64 }, &[x, i])?;
     one(ctx, y)
 }
 
@@ -441,19 +434,17 @@ pub fn element_tuples(
     data_shape: &Shape,
     idx: Value,
     axis: usize,
-) -> Result<Value, String> {
+) -> Result<Value, OpError> {
     let b = &mut ctx.b;
-    let idx = b.cast(idx, DType::I64).map_err(s)?;
+    let idx = b.cast(idx, DType::I64)?;
     let shape = b.shape(idx).clone();
     let rank = shape.rank();
-    let zero = b.scalar_like(0.0, idx).map_err(s)?;
-    let n = b
-        .dim_product(&[data_shape.dim(axis).clone()], DType::I64)
-        .map_err(s)?;
-    let n = b.broadcast_to(n, &shape).map_err(s)?;
-    let neg = b.op1(Op::Lt, &[idx, zero]).map_err(s)?;
-    let wrapped = b.add(idx, n).map_err(s)?;
-    let idx = b.op1(Op::Select, &[neg, wrapped, idx]).map_err(s)?;
+    let zero = b.scalar_like(0.0, idx)?;
+    let n = b.dim_product(&[data_shape.dim(axis).clone()], DType::I64)?;
+    let n = b.broadcast_to(n, &shape)?;
+    let neg = b.op1(Op::Lt, &[idx, zero])?;
+    let wrapped = b.add(idx, n)?;
+    let idx = b.op1(Op::Select, &[neg, wrapped, idx])?;
     let mut cols = Vec::with_capacity(rank);
     let mut one_more = shape.dims().to_vec();
     one_more.push(Dim::Const(1));
@@ -467,10 +458,9 @@ pub fn element_tuples(
                     ty: ir::TensorType::new(DType::I64, shape.clone()),
                 },
                 &[],
-            )
-            .map_err(s)?
+            )?
         };
-        cols.push(b.reshape(col, Shape::new(one_more.clone())).map_err(s)?);
+        cols.push(b.reshape(col, Shape::new(one_more.clone()))?);
     }
     b.op1(Op::Concat { axis: rank as i64 }, &cols).map_err(s)
 }
@@ -481,10 +471,7 @@ pub fn gather_elements(ctx: &mut Ctx, n: &Node) -> Res {
     let shape = ctx.b.shape(data).clone();
     let a = axis(n.int_or("axis", 0)?, shape.rank())?;
     let tuples = element_tuples(ctx, &shape, idx, a)?;
-    let y = ctx
-        .b
-        .op1(Op::GatherNd { batch_dims: 0 }, &[data, tuples])
-        .map_err(s)?;
+    let y = ctx.b.op1(Op::GatherNd { batch_dims: 0 }, &[data, tuples])?;
     one(ctx, y)
 }
 
@@ -492,21 +479,18 @@ pub fn gather_nd(ctx: &mut Ctx, n: &Node) -> Res {
     let data = ctx.ir(n.req(0)?)?;
     let idx = ctx.ir(n.req(1)?)?;
     let bd = n.int_or("batch_dims", 0)?;
-    let y = ctx
-        .b
-        .op1(Op::GatherNd { batch_dims: bd }, &[data, idx])
-        .map_err(s)?;
+    let y = ctx.b.op1(Op::GatherNd { batch_dims: bd }, &[data, idx])?;
     one(ctx, y)
 }
 
-fn reduction(n: &Node) -> Result<ScatterReduction, String> {
+fn reduction(n: &Node) -> Result<ScatterReduction, OpError> {
     Ok(match n.string_or("reduction", "none")?.as_str() {
         "none" => ScatterReduction::None,
         "add" => ScatterReduction::Add,
         "mul" => ScatterReduction::Mul,
         "max" => ScatterReduction::Max,
         "min" => ScatterReduction::Min,
-        r => return Err(format!("unknown reduction `{r}`")),
+        r => return Err(format!("unknown reduction `{r}`").into()),
     })
 }
 
@@ -514,15 +498,12 @@ pub fn scatter_nd(ctx: &mut Ctx, n: &Node) -> Res {
     let data = ctx.ir(n.req(0)?)?;
     let idx = ctx.ir(n.req(1)?)?;
     let upd = ctx.ir(n.req(2)?)?;
-    let y = ctx
-        .b
-        .op1(
-            Op::ScatterNd {
-                reduction: reduction(n)?,
-            },
-            &[data, idx, upd],
-        )
-        .map_err(s)?;
+    let y = ctx.b.op1(
+        Op::ScatterNd {
+            reduction: reduction(n)?,
+        },
+        &[data, idx, upd],
+    )?;
     one(ctx, y)
 }
 
@@ -533,15 +514,12 @@ pub fn scatter_elements(ctx: &mut Ctx, n: &Node) -> Res {
     let shape = ctx.b.shape(data).clone();
     let a = axis(n.int_or("axis", 0)?, shape.rank())?;
     let tuples = element_tuples(ctx, &shape, idx, a)?;
-    let y = ctx
-        .b
-        .op1(
-            Op::ScatterNd {
-                reduction: reduction(n)?,
-            },
-            &[data, tuples, upd],
-        )
-        .map_err(s)?;
+    let y = ctx.b.op1(
+        Op::ScatterNd {
+            reduction: reduction(n)?,
+        },
+        &[data, tuples, upd],
+    )?;
     one(ctx, y)
 }
 
@@ -550,8 +528,8 @@ pub fn expand(ctx: &mut Ctx, n: &Node) -> Res {
     let target = Shape::new(ctx.static_dims(n.req(1)?)?);
     let x = ctx.ir(name)?;
     let shape = ctx.b.shape(x).clone();
-    let out = ctx.b.broadcast_shapes(&shape, &target).map_err(s)?;
-    let y = ctx.b.broadcast_to(x, &out).map_err(s)?;
+    let out = ctx.b.broadcast_shapes(&shape, &target)?;
+    let y = ctx.b.broadcast_to(x, &out)?;
     one(ctx, y)
 }
 
@@ -560,7 +538,7 @@ pub fn tile(ctx: &mut Ctx, n: &Node) -> Res {
     let reps = ctx.static_ints(n.req(1)?)?;
     let dims = ctx.b.shape(x).dims().to_vec();
     if reps.len() != dims.len() {
-        return Err(format!("{} repeats for rank {}", reps.len(), dims.len()));
+        return Err(format!("{} repeats for rank {}", reps.len(), dims.len()).into());
     }
     // [d0, d1] -> [1, d0, 1, d1] -> [r0, d0, r1, d1] -> [r0*d0, r1*d1]
     let mut inter = Vec::new();
@@ -568,32 +546,32 @@ pub fn tile(ctx: &mut Ctx, n: &Node) -> Res {
     let mut out = Vec::new();
     for (d, &r) in dims.iter().zip(&reps) {
         if r < 0 {
-            return Err(format!("negative repeat {r}"));
+            return Err(format!("negative repeat {r}").into());
         }
         inter.extend([Dim::Const(1), d.clone()]);
         wide.extend([Dim::Const(r), d.clone()]);
-        out.push(d.mul(&Dim::Const(r)).map_err(s)?);
+        out.push(d.mul(&Dim::Const(r))?);
     }
-    let y = ctx.b.reshape(x, Shape::new(inter)).map_err(s)?;
-    let y = ctx.b.broadcast_to(y, &Shape::new(wide)).map_err(s)?;
-    let y = ctx.b.reshape(y, Shape::new(out)).map_err(s)?;
+    let y = ctx.b.reshape(x, Shape::new(inter))?;
+    let y = ctx.b.broadcast_to(y, &Shape::new(wide))?;
+    let y = ctx.b.reshape(y, Shape::new(out))?;
     one(ctx, y)
 }
 
-fn pad_mode(mode: &str) -> Result<PadMode, String> {
+fn pad_mode(mode: &str) -> Result<PadMode, OpError> {
     Ok(match mode {
         "constant" => PadMode::Constant,
         "reflect" => PadMode::Reflect,
         "edge" => PadMode::Edge,
         "wrap" => PadMode::Wrap,
-        m => return Err(format!("unknown pad mode `{m}`")),
+        m => return Err(format!("unknown pad mode `{m}`").into()),
     })
 }
 
 fn do_pad(ctx: &mut Ctx, x: Value, pads: &[i64], value: Value, mode: PadMode) -> Res {
     let r = ctx.b.rank(x);
     if pads.len() != 2 * r {
-        return Err(format!("{} pads for rank {r}", pads.len()));
+        return Err(format!("{} pads for rank {r}", pads.len()).into());
     }
     let (mut low, mut high) = (pads[..r].to_vec(), pads[r..].to_vec());
     let mut x = x;
@@ -601,24 +579,18 @@ fn do_pad(ctx: &mut Ctx, x: Value, pads: &[i64], value: Value, mode: PadMode) ->
         // Crop first; the modes only extend.
         let crop_low: Vec<i64> = low.iter().map(|&p| p.min(0)).collect();
         let crop_high: Vec<i64> = high.iter().map(|&p| p.min(0)).collect();
-        x = ctx
-            .b
-            .op1(
-                Op::Pad {
-                    low: crop_low,
-                    high: crop_high,
-                    mode: PadMode::Constant,
-                },
-                &[x, value],
-            )
-            .map_err(s)?;
+        x = ctx.b.op1(
+            Op::Pad {
+                low: crop_low,
+                high: crop_high,
+                mode: PadMode::Constant,
+            },
+            &[x, value],
+        )?;
         low.iter_mut().for_each(|p| *p = (*p).max(0));
         high.iter_mut().for_each(|p| *p = (*p).max(0));
     }
-    let y = ctx
-        .b
-        .op1(Op::Pad { low, high, mode }, &[x, value])
-        .map_err(s)?;
+    let y = ctx.b.op1(Op::Pad { low, high, mode }, &[x, value])?;
     one(ctx, y)
 }
 
@@ -630,8 +602,7 @@ pub fn pad_v1(ctx: &mut Ctx, n: &Node) -> Res {
         .ok_or("missing attribute `pads`")?;
     let v = ctx
         .b
-        .scalar(n.float_or("value", 0.0)? as f64, ctx.b.dtype(x))
-        .map_err(s)?;
+        .scalar(n.float_or("value", 0.0)? as f64, ctx.b.dtype(x))?;
     do_pad(
         ctx,
         x,
@@ -663,7 +634,7 @@ pub fn pad(ctx: &mut Ctx, n: &Node) -> Res {
     };
     let value = match n.input(2) {
         Some(v) => super::ew::scalar_input(ctx, v)?,
-        None => ctx.b.scalar(0.0, ctx.b.dtype(x)).map_err(s)?,
+        None => ctx.b.scalar(0.0, ctx.b.dtype(x))?,
     };
     do_pad(
         ctx,
@@ -679,23 +650,23 @@ pub fn pad(ctx: &mut Ctx, n: &Node) -> Res {
 fn range_at_run_time(ctx: &mut Ctx, n: &Node) -> Res {
     let (st, li, de) = (n.req(0)?, n.req(1)?, n.req(2)?);
     let dtype = ctx.get(st)?.dtype();
-    let mut scalar = |name: &str| -> Result<Value, String> {
+    let mut scalar = |name: &str| -> Result<Value, OpError> {
         let v = ctx.ir(name)?;
-        let v = ctx.b.reshape(v, Shape::scalar()).map_err(s)?;
+        let v = ctx.b.reshape(v, Shape::scalar())?;
         ctx.b.cast(v, DType::F64).map_err(s)
     };
     let (a, b, d) = (scalar(st)?, scalar(li)?, scalar(de)?);
     let count = ctx.fresh_symbol("range");
     let bb = &mut ctx.b;
-    let span = bb.sub(b, a).map_err(s)?;
-    let q = bb.div(span, d).map_err(s)?;
-    let q = bb.unary(Op::Ceil, q).map_err(s)?;
-    let n_steps = bb.cast(q, DType::I64).map_err(s)?;
-    let i = bb.op1(Op::DynIota { count }, &[n_steps]).map_err(s)?;
-    let i = bb.cast(i, DType::F64).map_err(s)?;
-    let scaled = bb.mul(i, d).map_err(s)?;
-    let y = bb.add(scaled, a).map_err(s)?;
-    let y = bb.cast(y, dtype).map_err(s)?;
+    let span = bb.sub(b, a)?;
+    let q = bb.div(span, d)?;
+    let q = bb.unary(Op::Ceil, q)?;
+    let n_steps = bb.cast(q, DType::I64)?;
+    let i = bb.op1(Op::DynIota { count }, &[n_steps])?;
+    let i = bb.cast(i, DType::F64)?;
+    let scaled = bb.mul(i, d)?;
+    let y = bb.add(scaled, a)?;
+    let y = bb.cast(y, dtype)?;
     one(ctx, y)
 }
 
@@ -721,14 +692,13 @@ pub fn range(ctx: &mut Ctx, n: &Node) -> Res {
         if d == 0 {
             return Err("delta is 0".into());
         }
-        let span = b.sub(&a).map_err(s)?;
+        let span = b.sub(&a)?;
         match span.as_const() {
             Some(c) => Dim::Const(((c as f64 / d as f64).ceil() as i64).max(0)),
             None if d == 1 => span,
             None if d > 0 => span
                 .add(&Dim::Const(d - 1))
-                .and_then(|x| x.floor_div(&Dim::Const(d)))
-                .map_err(s)?,
+                .and_then(|x| x.floor_div(&Dim::Const(d)))?,
             None => return Err("a symbolic range with a negative step is not supported".into()),
         }
     } else {
@@ -751,22 +721,20 @@ pub fn range(ctx: &mut Ctx, n: &Node) -> Res {
         Dim::Const(((b - a) / d).ceil().max(0.0) as i64)
     };
     let b = &mut ctx.b;
-    let i = b
-        .op1(
-            Op::Iota {
-                axis: 0,
-                ty: ir::TensorType::new(dtype, Shape::new(vec![count])),
-            },
-            &[],
-        )
-        .map_err(s)?;
+    let i = b.op1(
+        Op::Iota {
+            axis: 0,
+            ty: ir::TensorType::new(dtype, Shape::new(vec![count])),
+        },
+        &[],
+    )?;
     let start = ctx.ir(st)?;
     let delta = ctx.ir(de)?;
     let b = &mut ctx.b;
-    let start = b.reshape(start, Shape::scalar()).map_err(s)?;
-    let delta = b.reshape(delta, Shape::scalar()).map_err(s)?;
-    let scaled = b.mul(i, delta).map_err(s)?;
-    let y = b.add(scaled, start).map_err(s)?;
+    let start = b.reshape(start, Shape::scalar())?;
+    let delta = b.reshape(delta, Shape::scalar())?;
+    let scaled = b.mul(i, delta)?;
+    let y = b.add(scaled, start)?;
     one(ctx, y)
 }
 
@@ -782,89 +750,77 @@ pub fn one_hot(ctx: &mut Ctx, n: &Node) -> Res {
     let b = &mut ctx.b;
     let r = b.rank(idx) + 1;
     let a = axis(n.int_or("axis", -1)?, r)?;
-    let idx = b.cast(idx, DType::I64).map_err(s)?;
-    let d = b.scalar(depth as f64, DType::I64).map_err(s)?;
-    let zero = b.scalar(0.0, DType::I64).map_err(s)?;
+    let idx = b.cast(idx, DType::I64)?;
+    let d = b.scalar(depth as f64, DType::I64)?;
+    let zero = b.scalar(0.0, DType::I64)?;
     let idx_shape = b.shape(idx).clone();
-    let zero = b.broadcast_to(zero, &idx_shape).map_err(s)?;
-    let neg = b.op1(Op::Lt, &[idx, zero]).map_err(s)?;
-    let wrapped = b.add(idx, d).map_err(s)?;
-    let idx = b.op1(Op::Select, &[neg, wrapped, idx]).map_err(s)?;
+    let zero = b.broadcast_to(zero, &idx_shape)?;
+    let neg = b.op1(Op::Lt, &[idx, zero])?;
+    let wrapped = b.add(idx, d)?;
+    let idx = b.op1(Op::Select, &[neg, wrapped, idx])?;
     let mut out = b.shape(idx).dims().to_vec();
     out.insert(a, Dim::Const(depth));
     let out = Shape::new(out);
-    let pos = b
-        .op1(
-            Op::Iota {
-                axis: a as i64,
-                ty: ir::TensorType::new(DType::I64, out.clone()),
-            },
-            &[],
-        )
-        .map_err(s)?;
+    let pos = b.op1(
+        Op::Iota {
+            axis: a as i64,
+            ty: ir::TensorType::new(DType::I64, out.clone()),
+        },
+        &[],
+    )?;
     let dims: Vec<i64> = (0..r as i64).filter(|&i| i != a as i64).collect();
-    let idx_b = b
-        .op1(
-            Op::Broadcast {
-                dims,
-                shape: out.clone(),
-            },
-            &[idx],
-        )
-        .map_err(s)?;
-    let hit = b.op1(Op::Eq, &[pos, idx_b]).map_err(s)?;
-    let off = b
-        .op1(
-            Op::Slice {
-                start: vec![Dim::Const(0)],
-                limit: vec![Dim::Const(1)],
-                stride: vec![1],
-            },
-            &[values],
-        )
-        .map_err(s)?;
-    let on = b
-        .op1(
-            Op::Slice {
-                start: vec![Dim::Const(1)],
-                limit: vec![Dim::Const(2)],
-                stride: vec![1],
-            },
-            &[values],
-        )
-        .map_err(s)?;
-    let off = b.reshape(off, Shape::scalar()).map_err(s)?;
-    let on = b.reshape(on, Shape::scalar()).map_err(s)?;
-    let y = b.select(hit, on, off).map_err(s)?;
+    let idx_b = b.op1(
+        Op::Broadcast {
+            dims,
+            shape: out.clone(),
+        },
+        &[idx],
+    )?;
+    let hit = b.op1(Op::Eq, &[pos, idx_b])?;
+    let off = b.op1(
+        Op::Slice {
+            start: vec![Dim::Const(0)],
+            limit: vec![Dim::Const(1)],
+            stride: vec![1],
+        },
+        &[values],
+    )?;
+    let on = b.op1(
+        Op::Slice {
+            start: vec![Dim::Const(1)],
+            limit: vec![Dim::Const(2)],
+            stride: vec![1],
+        },
+        &[values],
+    )?;
+    let off = b.reshape(off, Shape::scalar())?;
+    let on = b.reshape(on, Shape::scalar())?;
+    let y = b.select(hit, on, off)?;
     one(ctx, y)
 }
 
 /// A bool mask over the last two axes of `shape`: col - row compared with k.
-fn band(ctx: &mut Ctx, shape: &Shape, k: i64, upper: bool) -> Result<Value, String> {
+fn band(ctx: &mut Ctx, shape: &Shape, k: i64, upper: bool) -> Result<Value, OpError> {
     let b = &mut ctx.b;
     let r = shape.rank();
     let ty = ir::TensorType::new(DType::I64, shape.clone());
-    let row = b
-        .op1(
-            Op::Iota {
-                axis: r as i64 - 2,
-                ty: ty.clone(),
-            },
-            &[],
-        )
-        .map_err(s)?;
-    let col = b
-        .op1(
-            Op::Iota {
-                axis: r as i64 - 1,
-                ty,
-            },
-            &[],
-        )
-        .map_err(s)?;
-    let diff = b.sub(col, row).map_err(s)?;
-    let k = b.scalar(k as f64, DType::I64).map_err(s)?;
-    let k = b.broadcast_to(k, shape).map_err(s)?;
+    let row = b.op1(
+        Op::Iota {
+            axis: r as i64 - 2,
+            ty: ty.clone(),
+        },
+        &[],
+    )?;
+    let col = b.op1(
+        Op::Iota {
+            axis: r as i64 - 1,
+            ty,
+        },
+        &[],
+    )?;
+    let diff = b.sub(col, row)?;
+    let k = b.scalar(k as f64, DType::I64)?;
+    let k = b.broadcast_to(k, shape)?;
     b.op1(if upper { Op::Ge } else { Op::Le }, &[diff, k])
         .map_err(s)
 }
@@ -880,8 +836,8 @@ pub fn trilu(ctx: &mut Ctx, n: &Node) -> Res {
         return Err("Trilu needs rank at least 2".into());
     }
     let mask = band(ctx, &shape, k, n.int_or("upper", 1)? != 0)?;
-    let zero = ctx.b.scalar_like(0.0, x).map_err(s)?;
-    let y = ctx.b.op1(Op::Select, &[mask, x, zero]).map_err(s)?;
+    let zero = ctx.b.scalar_like(0.0, x)?;
+    let y = ctx.b.op1(Op::Select, &[mask, x, zero])?;
     one(ctx, y)
 }
 
@@ -898,8 +854,8 @@ pub fn eye_like(ctx: &mut Ctx, n: &Node) -> Res {
     let k = n.int_or("k", 0)?;
     let ge = band(ctx, &shape, k, true)?;
     let le = band(ctx, &shape, k, false)?;
-    let eq = ctx.b.op1(Op::And, &[ge, le]).map_err(s)?;
-    let y = ctx.b.cast(eq, dtype).map_err(s)?;
+    let eq = ctx.b.op1(Op::And, &[ge, le])?;
+    let y = ctx.b.cast(eq, dtype)?;
     one(ctx, y)
 }
 
@@ -920,7 +876,7 @@ pub fn cumulative(ctx: &mut Ctx, n: &Node) -> Res {
     } else {
         ReduceKind::Sum
     };
-    let reverse_axis = |b: &mut ir::Builder, v: Value| -> Result<Value, String> {
+    let reverse_axis = |b: &mut ir::Builder, v: Value| -> Result<Value, OpError> {
         let dims = b.shape(v).dims().to_vec();
         let mut st = vec![Dim::Const(0); r];
         let mut lim = dims.clone();
@@ -953,30 +909,24 @@ pub fn cumulative(ctx: &mut Ctx, n: &Node) -> Res {
         pad_low,
         pad_high: vec![0; r],
     };
-    let mut y = ctx.b.op1(op, &[x]).map_err(s)?;
+    let mut y = ctx.b.op1(op, &[x])?;
     if exclusive {
-        let identity = ctx
-            .b
-            .scalar(
-                if kind == ReduceKind::Prod { 1.0 } else { 0.0 },
-                ctx.b.dtype(y),
-            )
-            .map_err(s)?;
+        let identity = ctx.b.scalar(
+            if kind == ReduceKind::Prod { 1.0 } else { 0.0 },
+            ctx.b.dtype(y),
+        )?;
         let mut low = vec![0; r];
         let mut high = vec![0; r];
         low[a] = 1;
         high[a] = -1;
-        y = ctx
-            .b
-            .op1(
-                Op::Pad {
-                    low,
-                    high,
-                    mode: PadMode::Constant,
-                },
-                &[y, identity],
-            )
-            .map_err(s)?;
+        y = ctx.b.op1(
+            Op::Pad {
+                low,
+                high,
+                mode: PadMode::Constant,
+            },
+            &[y, identity],
+        )?;
     }
     if reverse {
         y = reverse_axis(&mut ctx.b, y)?;
@@ -992,7 +942,7 @@ pub fn depth_to_space(ctx: &mut Ctx, n: &Node) -> Res {
         return Err("DepthToSpace needs rank 4".into());
     }
     let b = Dim::Const(bs);
-    let c = d[1].floor_div(&Dim::Const(bs * bs)).map_err(s)?;
+    let c = d[1].floor_div(&Dim::Const(bs * bs))?;
     let crd = n.string_or("mode", "DCR")? == "CRD";
     let (inter, perm) = if crd {
         (
@@ -1019,15 +969,10 @@ pub fn depth_to_space(ctx: &mut Ctx, n: &Node) -> Res {
             [0, 3, 4, 1, 5, 2],
         )
     };
-    let y = ctx.b.reshape(x, Shape::new(inter)).map_err(s)?;
-    let y = ctx.b.transpose(y, &perm).map_err(s)?;
-    let out = vec![
-        d[0].clone(),
-        c,
-        d[2].mul(&b).map_err(s)?,
-        d[3].mul(&b).map_err(s)?,
-    ];
-    let y = ctx.b.reshape(y, Shape::new(out)).map_err(s)?;
+    let y = ctx.b.reshape(x, Shape::new(inter))?;
+    let y = ctx.b.transpose(y, &perm)?;
+    let out = vec![d[0].clone(), c, d[2].mul(&b)?, d[3].mul(&b)?];
+    let y = ctx.b.reshape(y, Shape::new(out))?;
     one(ctx, y)
 }
 
@@ -1039,10 +984,7 @@ pub fn space_to_depth(ctx: &mut Ctx, n: &Node) -> Res {
         return Err("SpaceToDepth needs rank 4".into());
     }
     let b = Dim::Const(bs);
-    let (h, w) = (
-        d[2].floor_div(&b).map_err(s)?,
-        d[3].floor_div(&b).map_err(s)?,
-    );
+    let (h, w) = (d[2].floor_div(&b)?, d[3].floor_div(&b)?);
     let inter = vec![
         d[0].clone(),
         d[1].clone(),
@@ -1051,14 +993,9 @@ pub fn space_to_depth(ctx: &mut Ctx, n: &Node) -> Res {
         w.clone(),
         b.clone(),
     ];
-    let y = ctx.b.reshape(x, Shape::new(inter)).map_err(s)?;
-    let y = ctx.b.transpose(y, &[0, 3, 5, 1, 2, 4]).map_err(s)?;
-    let out = vec![
-        d[0].clone(),
-        d[1].mul(&Dim::Const(bs * bs)).map_err(s)?,
-        h,
-        w,
-    ];
-    let y = ctx.b.reshape(y, Shape::new(out)).map_err(s)?;
+    let y = ctx.b.reshape(x, Shape::new(inter))?;
+    let y = ctx.b.transpose(y, &[0, 3, 5, 1, 2, 4])?;
+    let out = vec![d[0].clone(), d[1].mul(&Dim::Const(bs * bs))?, h, w];
+    let y = ctx.b.reshape(y, Shape::new(out))?;
     one(ctx, y)
 }

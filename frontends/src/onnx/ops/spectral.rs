@@ -2,12 +2,14 @@
 //! contractions with constant cosine and sine matrices along the transformed axis (lengths are
 //! known at import). Computed in f64, rounded once to the input's type.
 
+use crate::onnx::OpError;
+
 use ir::{Builder, DType, Dim, Op, Shape, Tensor, Value};
 
 use super::{axis, s, slice_axis, Res};
 use crate::onnx::import::{Ctx, Node};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 /// Contracts `x` along `a` with a constant `[rows, cols]` matrix (row-major values), the new
 /// axis of `cols` taking `a`'s place.
@@ -19,15 +21,15 @@ fn contract(
     cols: usize,
     m: Vec<f64>,
 ) -> R<Value> {
-    let m = Tensor::from_vec(vec![rows, cols], m).map_err(s)?;
-    let m = b.constant(m).map_err(s)?;
+    let m = Tensor::from_vec(vec![rows, cols], m)?;
+    let m = b.constant(m)?;
     let dot = Op::Dot {
         lhs_batch: vec![],
         rhs_batch: vec![],
         lhs_contract: vec![a as i64],
         rhs_contract: vec![0],
     };
-    let y = b.op1(dot, &[x, m]).map_err(s)?;
+    let y = b.op1(dot, &[x, m])?;
     let r = b.rank(y);
     // The result's last axis goes back to `a`.
     let mut perm: Vec<i64> = (0..r as i64 - 1).collect();
@@ -44,7 +46,7 @@ fn parts(b: &mut Builder, x: Value) -> R<(Value, Option<Value>)> {
         .as_const()
         .filter(|c| *c == 1 || *c == 2)
         .ok_or("the last axis of a signal must be 1 (real) or 2 (complex)")?;
-    let x = b.cast(x, DType::F64).map_err(s)?;
+    let x = b.cast(x, DType::F64)?;
     let shape = Shape::new(d[..r - 1].to_vec());
     let part = |b: &mut Builder, i: i64| -> R<Value> {
         let p = slice_axis(b, x, r - 1, Dim::Const(i), Dim::Const(i + 1), 1)?;
@@ -103,7 +105,7 @@ fn dft(
                 .flat_map(|k| (0..n).map(move |t| -weight(k) * angle(k, t).sin() / n as f64))
                 .collect();
             let yi = contract(b, im, a, bins, n, mi)?;
-            y = b.add(y, yi).map_err(s)?;
+            y = b.add(y, yi)?;
         }
         vec![y]
     } else {
@@ -131,9 +133,9 @@ fn dft(
         let mut yi = contract(b, re, a, used, m, sin.clone())?;
         if let Some(im) = im {
             let a1 = contract(b, im, a, used, m, sin)?;
-            yr = b.sub(yr, a1).map_err(s)?;
+            yr = b.sub(yr, a1)?;
             let a2 = contract(b, im, a, used, m, cos)?;
-            yi = b.add(yi, a2).map_err(s)?;
+            yi = b.add(yi, a2)?;
         }
         vec![yr, yi]
     };
@@ -144,7 +146,7 @@ fn dft(
     let r = b.rank(units[0]) as i64;
     let y = match units.len() {
         1 => units[0],
-        _ => b.op1(Op::Concat { axis: r - 1 }, &units).map_err(s)?,
+        _ => b.op1(Op::Concat { axis: r - 1 }, &units)?,
     };
     b.cast(y, dtype).map_err(s)
 }
@@ -217,7 +219,8 @@ pub fn stft(ctx: &mut Ctx, n: &Node) -> Res {
     if step <= 0 || frame <= 0 || frame > len {
         return Err(format!(
             "frame_step {step} and frame_length {frame} do not fit a signal of {len}"
-        ));
+        )
+        .into());
     }
     let win_len = match window {
         Some(w) => ctx
@@ -237,29 +240,26 @@ pub fn stft(ctx: &mut Ctx, n: &Node) -> Res {
         .flat_map(|f| (0..win_len).map(move |t| if f * step + t < len { 1.0 } else { 0.0 }))
         .collect();
     let b = &mut ctx.b;
-    let idx = Tensor::from_vec(vec![frames as usize, win_len as usize], idx).map_err(s)?;
-    let idx = b.constant(idx).map_err(s)?;
+    let idx = Tensor::from_vec(vec![frames as usize, win_len as usize], idx)?;
+    let idx = b.constant(idx)?;
     // [batch, frames, win_len, c]
-    let mut f = b.op1(Op::Gather { axis: 1 }, &[x, idx]).map_err(s)?;
-    let mask =
-        Tensor::from_vec(vec![1, frames as usize, win_len as usize, 1], inside).map_err(s)?;
-    let mask = b.constant(mask).map_err(s)?;
-    let mask = b.cast(mask, dtype).map_err(s)?;
-    f = b.mul(f, mask).map_err(s)?;
+    let mut f = b.op1(Op::Gather { axis: 1 }, &[x, idx])?;
+    let mask = Tensor::from_vec(vec![1, frames as usize, win_len as usize, 1], inside)?;
+    let mask = b.constant(mask)?;
+    let mask = b.cast(mask, dtype)?;
+    f = b.mul(f, mask)?;
     if let Some(w) = window {
-        let w = b
-            .reshape(
-                w,
-                Shape::new(vec![
-                    Dim::Const(1),
-                    Dim::Const(1),
-                    Dim::Const(win_len),
-                    Dim::Const(1),
-                ]),
-            )
-            .map_err(s)?;
-        let w = b.cast(w, dtype).map_err(s)?;
-        f = b.mul(f, w).map_err(s)?;
+        let w = b.reshape(
+            w,
+            Shape::new(vec![
+                Dim::Const(1),
+                Dim::Const(1),
+                Dim::Const(win_len),
+                Dim::Const(1),
+            ]),
+        )?;
+        let w = b.cast(w, dtype)?;
+        f = b.mul(f, w)?;
     }
     let y = dft(b, f, 2, frame as usize, false, onesided, dtype)?;
     Ok(vec![ctx.v(y)])

@@ -3,12 +3,14 @@
 //! LinearAttention (the linear, gated, delta and gated-delta recurrences, unrolled over the
 //! known number of tokens). 16-bit inputs compute in f32 and round once at the end.
 
+use crate::onnx::OpError;
+
 use ir::{Builder, DType, Dim, Op, Shape, Value};
 
 use super::{s, slice_axis, Res};
 use crate::onnx::import::{Ctx, Node};
 
-type R<T> = Result<T, String>;
+type R<T> = Result<T, OpError>;
 
 /// f32 for 16-bit floats (computed wide, rounded at the end), else the dtype itself.
 fn wide(b: &mut Builder, x: Value) -> R<Value> {
@@ -34,7 +36,7 @@ pub fn causal_conv_with_state(ctx: &mut Ctx, n: &Node) -> Res {
     let past = n.input(3).map(|v| ctx.ir(v)).transpose()?;
     let act = n.string_or("activation", "none")?;
     if !matches!(act.as_str(), "silu" | "swish" | "none") {
-        return Err(fail_activation(&act));
+        return Err(fail_activation(&act).into());
     }
     let b = &mut ctx.b;
     let (xd, wd) = (dims(b, x_in), dims(b, w));
@@ -52,11 +54,11 @@ pub fn causal_conv_with_state(ctx: &mut Ctx, n: &Node) -> Res {
     let past = match past {
         Some(p) => wide(b, p)?,
         None => {
-            let z = b.scalar(0.0, ft).map_err(s)?;
-            b.broadcast_to(z, &state_shape).map_err(s)?
+            let z = b.scalar(0.0, ft)?;
+            b.broadcast_to(z, &state_shape)?
         }
     };
-    let padded = b.op1(Op::Concat { axis: 2 }, &[past, x]).map_err(s)?;
+    let padded = b.op1(Op::Concat { axis: 2 }, &[past, x])?;
     let groups = xd[1].as_const().ok_or("the channel count must be known")?;
     let conv = Op::Conv {
         stride: vec![1],
@@ -65,24 +67,19 @@ pub fn causal_conv_with_state(ctx: &mut Ctx, n: &Node) -> Res {
         pad_high: vec![0],
         groups,
     };
-    let mut y = b.op1(conv, &[padded, w]).map_err(s)?;
+    let mut y = b.op1(conv, &[padded, w])?;
     if let Some(bias) = bias {
         let bias = wide(b, bias)?;
-        let bias = b
-            .reshape(bias, Shape::new(vec![xd[1].clone(), Dim::Const(1)]))
-            .map_err(s)?;
-        y = b.add(y, bias).map_err(s)?;
+        let bias = b.reshape(bias, Shape::new(vec![xd[1].clone(), Dim::Const(1)]))?;
+        y = b.add(y, bias)?;
     }
     if act != "none" {
-        y = b.silu(y).map_err(s)?;
+        y = b.silu(y)?;
     }
     let len = dims(b, padded)[2].clone();
-    let start = len.sub(&Dim::Const(k - 1)).map_err(s)?;
+    let start = len.sub(&Dim::Const(k - 1))?;
     let present = slice_axis(b, padded, 2, start, len, 1)?;
-    let (y, present) = (
-        b.cast(y, dtype).map_err(s)?,
-        b.cast(present, dtype).map_err(s)?,
-    );
+    let (y, present) = (b.cast(y, dtype)?, b.cast(present, dtype)?);
     Ok(vec![ctx.v(y), ctx.v(present)])
 }
 
@@ -148,9 +145,9 @@ pub fn linear_attention(ctx: &mut Ctx, n: &Node) -> Res {
         .int("kv_num_heads")?
         .ok_or("missing attribute `kv_num_heads`")?;
     if hkv <= 0 || hq <= 0 || hq % hkv != 0 {
-        return Err(format!(
-            "q_num_heads {hq} must be a positive multiple of kv_num_heads {hkv}"
-        ));
+        return Err(
+            format!("q_num_heads {hq} must be a positive multiple of kv_num_heads {hkv}").into(),
+        );
     }
     let rule = n.string_or("update_rule", "gated_delta")?;
     let (gated, delta) = match rule.as_str() {
@@ -158,13 +155,13 @@ pub fn linear_attention(ctx: &mut Ctx, n: &Node) -> Res {
         "gated" => (true, false),
         "delta" => (false, true),
         "gated_delta" => (true, true),
-        r => return Err(format!("update_rule `{r}` is not known")),
+        r => return Err(format!("update_rule `{r}` is not known").into()),
     };
     if gated && decay.is_none() {
-        return Err(format!("update_rule `{rule}` needs the decay input"));
+        return Err(format!("update_rule `{rule}` needs the decay input").into());
     }
     if delta && beta.is_none() {
-        return Err(format!("update_rule `{rule}` needs the beta input"));
+        return Err(format!("update_rule `{rule}` needs the beta input").into());
     }
     let b = &mut ctx.b;
     for (what, v, rank) in [("query", q_in, 3), ("key", k_in, 3), ("value", v_in, 3)]
@@ -172,7 +169,7 @@ pub fn linear_attention(ctx: &mut Ctx, n: &Node) -> Res {
         .chain(past.map(|p| ("past_state", p, 4)))
     {
         if b.rank(v) != rank {
-            return Err(format!("{what} must have rank {rank}, not {}", b.rank(v)));
+            return Err(format!("{what} must have rank {rank}, not {}", b.rank(v)).into());
         }
     }
     let q = wide(b, q_in)?;
@@ -182,10 +179,7 @@ pub fn linear_attention(ctx: &mut Ctx, n: &Node) -> Res {
     let (qd, kd, vd) = (dims(b, q), dims(b, k), dims(b, v));
     let (batch, dk, dv) = (qd[0].clone(), qd[3].clone(), vd[3].clone());
     if kd[3] != dk {
-        return Err(format!(
-            "query and key head sizes differ: {} and {}",
-            dk, kd[3]
-        ));
+        return Err(format!("query and key head sizes differ: {} and {}", dk, kd[3]).into());
     }
     let steps = qd[1]
         .as_const()
@@ -201,15 +195,15 @@ pub fn linear_attention(ctx: &mut Ctx, n: &Node) -> Res {
     let mut state = match past {
         Some(p) => wide(b, p)?,
         None => {
-            let z = b.scalar(0.0, ft).map_err(s)?;
-            b.broadcast_to(z, &state_shape).map_err(s)?
+            let z = b.scalar(0.0, ft)?;
+            b.broadcast_to(z, &state_shape)?
         }
     };
     let decay = match decay {
         Some(g) => {
             let g = wide(b, g)?;
             let g = gate(b, g, hkv, &dk, true)?;
-            Some(b.exp(g).map_err(s)?)
+            Some(b.exp(g)?)
         }
         None => None,
     };
@@ -221,67 +215,56 @@ pub fn linear_attention(ctx: &mut Ctx, n: &Node) -> Res {
         None => None,
     };
     let group = hq / hkv;
-    let scale = b.scalar(scale, ft).map_err(s)?;
+    let scale = b.scalar(scale, ft)?;
     let mut outs = Vec::with_capacity(steps as usize);
     for t in 0..steps {
         // k_t, v_t: [B, H, dk, 1] and [B, H, 1, dv].
         let kt = token(b, k, t)?;
-        let kt = b.unsqueeze(kt, -1).map_err(s)?;
+        let kt = b.unsqueeze(kt, -1)?;
         let vt = token(b, v, t)?;
-        let vt = b.unsqueeze(vt, 2).map_err(s)?;
+        let vt = b.unsqueeze(vt, 2)?;
         if let Some(g) = decay {
             let gt = token(b, g, t)?;
-            let gt = b.broadcast_to(gt, &state_shape).map_err(s)?;
-            state = b.mul(state, gt).map_err(s)?;
+            let gt = b.broadcast_to(gt, &state_shape)?;
+            state = b.mul(state, gt)?;
         }
         let update = match beta {
             Some(beta) => {
                 // v - Sᵀk: [B, H, 1, dv].
-                let sk = b.mul(state, kt).map_err(s)?;
-                let sk = b.reduce_sum(sk, &[2], true).map_err(s)?;
-                let diff = b.sub(vt, sk).map_err(s)?;
+                let sk = b.mul(state, kt)?;
+                let sk = b.reduce_sum(sk, &[2], true)?;
+                let diff = b.sub(vt, sk)?;
                 let bt = token(b, beta, t)?;
-                let outer = b.mul(kt, diff).map_err(s)?;
-                let bt = b.broadcast_to(bt, &state_shape).map_err(s)?;
-                b.mul(outer, bt).map_err(s)?
+                let outer = b.mul(kt, diff)?;
+                let bt = b.broadcast_to(bt, &state_shape)?;
+                b.mul(outer, bt)?
             }
-            None => b.mul(kt, vt).map_err(s)?,
+            None => b.mul(kt, vt)?,
         };
-        state = b.add(state, update).map_err(s)?;
+        state = b.add(state, update)?;
         // o_t = scale · qᵀS per query head, query heads grouped over their KV head.
         let qt = token(b, q, t)?;
-        let qt = b
-            .reshape(
-                qt,
-                Shape::new(vec![
-                    batch.clone(),
-                    Dim::Const(hkv),
-                    Dim::Const(group),
-                    dk.clone(),
-                ]),
-            )
-            .map_err(s)?;
-        let o = b.matmul(qt, state).map_err(s)?;
-        let o = b.mul(o, scale).map_err(s)?;
-        let o = b
-            .reshape(
-                o,
-                Shape::new(vec![
-                    batch.clone(),
-                    Dim::Const(1),
-                    Dim::Const(hq).mul(&dv).map_err(s)?,
-                ]),
-            )
-            .map_err(s)?;
+        let qt = b.reshape(
+            qt,
+            Shape::new(vec![
+                batch.clone(),
+                Dim::Const(hkv),
+                Dim::Const(group),
+                dk.clone(),
+            ]),
+        )?;
+        let o = b.matmul(qt, state)?;
+        let o = b.mul(o, scale)?;
+        let o = b.reshape(
+            o,
+            Shape::new(vec![batch.clone(), Dim::Const(1), Dim::Const(hq).mul(&dv)?]),
+        )?;
         outs.push(o);
     }
     let y = match outs.len() {
         1 => outs[0],
-        _ => b.op1(Op::Concat { axis: 1 }, &outs).map_err(s)?,
+        _ => b.op1(Op::Concat { axis: 1 }, &outs)?,
     };
-    let (y, state) = (
-        b.cast(y, dtype).map_err(s)?,
-        b.cast(state, dtype).map_err(s)?,
-    );
+    let (y, state) = (b.cast(y, dtype)?, b.cast(state, dtype)?);
     Ok(vec![ctx.v(y), ctx.v(state)])
 }
