@@ -35,7 +35,6 @@ use ir::{DType, Op, OpKind};
 use kernel::routines::Sig;
 use kernel::{is_native, Expr, Kernel, Mark, Stmt};
 
-mod rows;
 mod simd;
 
 /// Why kernels could not be compiled.
@@ -308,9 +307,6 @@ impl<'f> Lower<'_, 'f> {
                 }
                 // Vector loops and reductions get SIMD code (`simd.rs`); parallel and unroll
                 // marks run serially.
-                if self.row_call(*var, extent, body, matches!(mark, Mark::Vector(_)))? {
-                    return Ok(());
-                }
                 if matches!(mark, Mark::Vector(_)) && self.vector_loop(*var, extent, body)? {
                     return Ok(());
                 }
@@ -559,7 +555,8 @@ impl<'f> Lower<'_, 'f> {
     }
 
     /// A call of a library routine: every operand's address (null for an absent optional
-    /// one), then every integer argument as i64, as the routine table says.
+    /// one), then every integer argument as i64, then every scalar argument in its dtype, as
+    /// the routine table says; its result, if it has one, set to the call's variable.
     fn routine_call(&mut self, c: &kernel::Call) -> R<()> {
         let r = c.checked().map_err(|m| self.invalid(m))?;
         let mut args = Vec::with_capacity(c.operands.len() + c.ints.len());
@@ -581,8 +578,24 @@ impl<'f> Lower<'_, 'f> {
         }
         let mut params = vec![self.ptr; r.operands.len()];
         params.extend(vec![types::I64; r.ints.len()]);
-        let f = self.import(r.symbol, &params, None)?;
-        self.b.ins().call(f, &args);
+        for (x, &(_, d)) in c.scalars.iter().zip(r.scalars) {
+            args.push(self.expr_of(x, d, "a routine's scalar argument")?);
+            params.push(cl_type(d).ok_or_else(|| self.unsupported(format!("{d} arguments")))?);
+        }
+        let ret = match r.result {
+            Some(d) => Some(cl_type(d).ok_or_else(|| self.unsupported(format!("{d} results")))?),
+            None => None,
+        };
+        let f = self.import(r.symbol, &params, ret)?;
+        let call = self.b.ins().call(f, &args);
+        if let Some(v) = c.result {
+            let (var, d) = self.var(v)?;
+            if Some(d) != r.result {
+                return Err(self.invalid(format!("v{v} is {d}, `{}` gives another", r.name)));
+            }
+            let x = self.b.inst_results(call)[0];
+            self.def(var, x)?;
+        }
         Ok(())
     }
 

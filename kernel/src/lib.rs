@@ -1,5 +1,5 @@
 //! The contract between compiling and running kernels, depending on `ir` only: the loop-level
-//! kernel IR ([`loops`]) and its parser ([`parse`]), its analyses ([`stages`]) and transforms ([`transforms`]), what lowering
+//! kernel IR ([`loops`]) and its parser ([`parse`]), its analyses ([`stages`], [`recognize`]) and transforms ([`transforms`]), what lowering
 //! a node gives ([`lowered`]) and the saved plan of a compiled graph ([`plan`]); what a code
 //! generator is to the runtime ([`backend`]); the ABI compiled kernels have ([`abi`]), the
 //! library routines they call ([`routines`]), the threads those routines and parallel kernels
@@ -14,6 +14,7 @@ pub mod loops;
 pub mod lowered;
 pub mod parse;
 pub mod plan;
+pub mod recognize;
 pub mod routines;
 pub mod stages;
 pub mod target;

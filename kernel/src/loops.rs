@@ -86,14 +86,17 @@ pub enum Stmt {
 }
 
 /// A call of a library routine: its operands (a buffer and the offset of the first element
-/// it touches, per operand of the routine, `None` for an absent optional one) and its integer
-/// arguments (i64 expressions), both in the routine's order.
+/// it touches, per operand of the routine, `None` for an absent optional one), its integer
+/// arguments (i64 expressions) and scalar arguments (of the routine's dtypes), all in the
+/// routine's order, and the variable its result is assigned to (routines with a result).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Call {
     /// The routine's name (as [`crate::routines::routine`] finds it).
     pub routine: String,
     pub operands: Vec<Option<(BufId, Expr)>>,
     pub ints: Vec<Expr>,
+    pub scalars: Vec<Expr>,
+    pub result: Option<VarId>,
 }
 
 impl Call {
@@ -107,15 +110,26 @@ impl Call {
         let r = self
             .routine()
             .ok_or_else(|| format!("an unknown routine `{}`", self.routine))?;
-        if self.operands.len() != r.operands.len() || self.ints.len() != r.ints.len() {
+        if self.operands.len() != r.operands.len()
+            || self.ints.len() != r.ints.len()
+            || self.scalars.len() != r.scalars.len()
+        {
             return Err(format!(
-                "`{}` with {} operands and {} integers (it takes {} and {})",
+                "`{}` with {} operands, {} integers and {} scalars (it takes {}, {} and {})",
                 r.name,
                 self.operands.len(),
                 self.ints.len(),
+                self.scalars.len(),
                 r.operands.len(),
-                r.ints.len()
+                r.ints.len(),
+                r.scalars.len()
             ));
+        }
+        if self.result.is_some() != r.result.is_some() {
+            return Err(match r.result {
+                Some(_) => format!("`{}` whose result goes nowhere", r.name),
+                None => format!("`{}` assigned to a variable (it has no result)", r.name),
+            });
         }
         for (op, (name, role, _)) in self.operands.iter().zip(r.operands) {
             if op.is_none() && *role != crate::routines::Role::Optional {
@@ -160,6 +174,8 @@ impl From<Gemm> for Call {
                 Some((g.c, g.c_off)),
             ],
             ints: vec![g.a_rs, g.a_cs, g.b_rs, g.b_cs, g.c_rs, g.m, g.n, g.k],
+            scalars: Vec::new(),
+            result: None,
         }
     }
 }
@@ -179,6 +195,8 @@ impl From<Conv2d> for Call {
             ]
             .map(Expr::i64)
             .to_vec(),
+            scalars: Vec::new(),
+            result: None,
         }
     }
 }
@@ -198,7 +216,7 @@ impl Stmt {
             Stmt::Check { cond, .. } => vec![cond],
             Stmt::Call(c) => {
                 let offsets = c.operands.iter().flatten().map(|(_, off)| off);
-                offsets.chain(&c.ints).collect()
+                offsets.chain(&c.ints).chain(&c.scalars).collect()
             }
         }
     }
@@ -213,7 +231,10 @@ impl Stmt {
             Stmt::Call(c) => {
                 let c = &mut **c;
                 let offsets = c.operands.iter_mut().flatten().map(|(_, off)| off);
-                offsets.chain(c.ints.iter_mut()).collect()
+                offsets
+                    .chain(c.ints.iter_mut())
+                    .chain(c.scalars.iter_mut())
+                    .collect()
             }
         }
     }
@@ -262,6 +283,15 @@ impl Stmt {
                 .map(|(b, off)| (*b, off))
                 .collect(),
             _ => vec![],
+        }
+    }
+
+    /// The variable the statement assigns: a `Set`'s, or a routine call's result.
+    pub fn sets(&self) -> Option<VarId> {
+        match self {
+            Stmt::Set { var, .. } => Some(*var),
+            Stmt::Call(c) => c.result,
+            _ => None,
         }
     }
 
@@ -615,8 +645,8 @@ impl Kernel {
                     return;
                 }
                 let var = match s {
-                    Stmt::Loop { var, .. } | Stmt::Set { var, .. } => Some(*var),
-                    _ => None,
+                    Stmt::Loop { var, .. } => Some(*var),
+                    s => s.sets(),
                 };
                 let call = match s {
                     Stmt::Call(c) => c.checked().map(|_| ()),
@@ -725,7 +755,12 @@ impl Kernel {
                         self.expr(x, &mut t);
                         t
                     };
-                    let names = c.routine().map(|r| (r.operands, r.ints));
+                    let r = c.routine();
+                    let names = r.map(|r| (r.operands, r.ints));
+                    if let Some(v) = c.result {
+                        let d = self.vars.get(v).map_or("?".into(), |d| d.to_string());
+                        write!(out, "v{v}: {d} = ").unwrap();
+                    }
                     write!(out, "call {}(", c.routine).unwrap();
                     for (i, op) in c.operands.iter().enumerate() {
                         if i > 0 {
@@ -744,6 +779,13 @@ impl Kernel {
                     for (i, x) in c.ints.iter().enumerate() {
                         match names.and_then(|(_, ints)| ints.get(i)) {
                             Some(n) => write!(out, " {n}={}", e(x)),
+                            None => write!(out, " {}", e(x)),
+                        }
+                        .unwrap();
+                    }
+                    for (i, x) in c.scalars.iter().enumerate() {
+                        match r.and_then(|r| r.scalars.get(i)) {
+                            Some((n, _)) => write!(out, " {n}={}", e(x)),
                             None => write!(out, " {}", e(x)),
                         }
                         .unwrap();

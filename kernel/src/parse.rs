@@ -437,12 +437,17 @@ impl<'a> Parser<'a> {
                 let code = self.integer("a code")?;
                 Ok(Stmt::Check { cond, code })
             }
-            "call" => self.call().map(|c| Stmt::Call(Box::new(c))),
+            "call" => self.call(None).map(|c| Stmt::Call(Box::new(c))),
             _ if self.eat(':') => {
                 let var = self.var(&word, loc)?;
                 let dtype = self.dtype()?;
                 self.declare(var, dtype, loc)?;
                 self.expect('=')?;
+                if *self.peek() == Tok::Ident("call".into()) {
+                    self.next();
+                    let c = self.call(Some((var, dtype)))?;
+                    return Ok(Stmt::Call(Box::new(c)));
+                }
                 let value = self.expr()?;
                 self.typed(&value, dtype, loc)?;
                 Ok(Stmt::Set { var, value })
@@ -516,7 +521,8 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    fn call(&mut self) -> Result<Call, ParseError> {
+    /// A call after `call`; `result` is the variable (and its dtype) it is assigned to.
+    fn call(&mut self, result: Option<(VarId, DType)>) -> Result<Call, ParseError> {
         let (name, loc) = self.ident("a routine")?;
         let r = crate::routines::routine(&name).ok_or_else(|| ParseError {
             loc,
@@ -554,19 +560,40 @@ impl<'a> Parser<'a> {
                 ),
             );
         }
-        let mut ints = Vec::new();
+        let (mut ints, mut scalars) = (Vec::new(), Vec::new());
         while !self.eat(')') {
             let at = self.loc();
-            let Some(&want) = r.ints.get(ints.len()) else {
-                return err(at, format!("`{name}` takes {} integers", r.ints.len()));
+            if let Some(&want) = r.ints.get(ints.len()) {
+                self.label(&name, want, '=', "argument")?;
+                ints.push(self.index()?);
+                continue;
+            }
+            let Some(&(want, dtype)) = r.scalars.get(scalars.len()) else {
+                return err(
+                    at,
+                    format!(
+                        "`{name}` takes {} integers and {} scalars",
+                        r.ints.len(),
+                        r.scalars.len()
+                    ),
+                );
             };
             self.label(&name, want, '=', "argument")?;
-            ints.push(self.index()?);
+            let x = self.expr()?;
+            self.typed(&x, dtype, at)?;
+            scalars.push(x);
+        }
+        if let (Some((_, d)), Some(want)) = (result, r.result) {
+            if d != want {
+                return err(loc, format!("`{name}` gives {want}, assigned to a {d}"));
+            }
         }
         let c = Call {
             routine: name,
             operands,
             ints,
+            scalars,
+            result: result.map(|(v, _)| v),
         };
         c.checked()
             .or_else(|m| err(loc, format!("a call of {m}")))?;

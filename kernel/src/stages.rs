@@ -187,7 +187,7 @@ fn accesses<'a>(body: &'a [Stmt], out: &mut Vec<(BufId, Cow<'a, Expr>, bool)>) -
                     out.push((*buf, Cow::Owned(off.clone()), write));
                     out.push((*buf, Cow::Owned(last), write));
                 }
-                c.ints.iter().for_each(|e| expr(e, out));
+                c.ints.iter().chain(&c.scalars).for_each(|e| expr(e, out));
             }
         }
     }
@@ -208,12 +208,11 @@ fn loop_vars(body: &[Stmt], out: &mut HashMap<VarId, Poly>) -> Option<()> {
     Some(())
 }
 
-/// Whether statements assign `var` (as a loop variable or with `Set`).
+/// Whether statements assign `var` (as a loop variable, with `Set` or a call's result).
 fn binds(body: &[Stmt], var: VarId) -> bool {
     body.iter().any(|s| match s {
         Stmt::Loop { var: v, body, .. } => *v == var || binds(body, var),
-        Stmt::Set { var: v, .. } => *v == var,
-        _ => false,
+        s => s.sets() == Some(var),
     })
 }
 

@@ -26,10 +26,16 @@ pub static TRANSFORMS: &[Transform] = &[
                   block per parallel iteration (a row instead of a matrix)",
         run: crate::stages::shrink_scratch,
     },
+    Transform {
+        name: "row-calls",
+        summary: "loops that are a row's f32 maximum, its f64 sum or exp(x - s) along it \
+                  become calls of the library routines (row_max, row_sum_f64, row_exp_sub)",
+        run: crate::recognize::row_calls,
+    },
 ];
 
 /// The order lowering applies the transforms in.
-pub static PIPELINE: &[&str] = &["fuse-loops", "shrink-scratch"];
+pub static PIPELINE: &[&str] = &["fuse-loops", "shrink-scratch", "row-calls"];
 
 /// The transform named `name`.
 pub fn transform(name: &str) -> Option<&'static Transform> {

@@ -13,8 +13,9 @@
 /// The first bytes of every artifact.
 pub const MAGIC: &[u8; 8] = b"KILNART\0";
 /// The layout version this build writes and reads (2: kernels call library routines through
-/// one `call` statement; 3: CPU features by neutral names, `avx2` rather than `has_avx2`).
-pub const FORMAT_VERSION: u32 = 3;
+/// one `call` statement; 3: CPU features by neutral names, `avx2` rather than `has_avx2`; 4:
+/// calls carry scalar arguments and a result).
+pub const FORMAT_VERSION: u32 = 4;
 /// Sections start at multiples of this (a cache line; enough for any element type).
 pub const SECTION_ALIGN: usize = 64;
 

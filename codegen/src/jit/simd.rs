@@ -42,6 +42,7 @@ use cranelift_module::Module;
 use ir::{DType, Op};
 
 use super::{Lower, R};
+use kernel::recognize::{mentions, reduction, well_formed, Reduction};
 use kernel::{Expr, Kernel, Stmt, VarId};
 
 /// Lanes of the vector code.
@@ -137,71 +138,6 @@ impl Cx {
             }
             _ => None,
         }
-    }
-}
-
-/// Whether `e` reads a variable `f` holds for.
-pub(super) fn mentions(e: &Expr, f: &dyn Fn(VarId) -> bool) -> bool {
-    match e {
-        Expr::Var(w) => f(*w),
-        Expr::Int(..) | Expr::Float(..) | Expr::Dim(_) => false,
-        Expr::Load { index, .. } => mentions(index, f),
-        Expr::Op { args, .. } => args.iter().any(|a| mentions(a, f)),
-    }
-}
-
-/// A reduction loop's body (see the module docs): `acc = op(acc, e)` with `e` an f32 value of
-/// the loop's iteration that does not read `acc` (the f64 sum's cast taken off).
-pub(super) struct Reduction<'k> {
-    pub acc: VarId,
-    pub op: &'k Op,
-    /// f32 for max and min, f64 for the sum.
-    pub dtype: DType,
-    pub e: &'k Expr,
-}
-
-/// The reduction `body` of loop `var` performs, if it is one.
-pub(super) fn reduction<'k>(k: &Kernel, var: VarId, body: &'k [Stmt]) -> Option<Reduction<'k>> {
-    let [Stmt::Set {
-        var: acc,
-        value: Expr::Op { op, args, dtype },
-    }] = body
-    else {
-        return None;
-    };
-    let (acc, dtype) = (*acc, *dtype);
-    let [Expr::Var(a), e] = args.as_slice() else {
-        return None;
-    };
-    if *a != acc || acc == var || acc >= k.vars.len() || k.vars[acc] != dtype {
-        return None;
-    }
-    let e = match (op, dtype, e) {
-        (Op::Max | Op::Min, DType::F32, e) => e,
-        (
-            Op::Add,
-            DType::F64,
-            Expr::Op {
-                op: Op::Cast { .. },
-                args,
-                dtype: DType::F64,
-            },
-        ) if args.len() == 1 => &args[0],
-        _ => return None,
-    };
-    if !well_formed(k, e) || e.dtype(k) != DType::F32 || mentions(e, &|w| w == acc) {
-        return None;
-    }
-    Some(Reduction { acc, op, dtype, e })
-}
-
-/// Whether every variable and buffer `e` names exists (so that `Expr::dtype` is safe).
-pub(super) fn well_formed(k: &Kernel, e: &Expr) -> bool {
-    match e {
-        Expr::Var(w) => *w < k.vars.len(),
-        Expr::Int(..) | Expr::Float(..) | Expr::Dim(_) => true,
-        Expr::Load { buf, index } => *buf < k.bufs.len() && well_formed(k, index),
-        Expr::Op { args, .. } => args.iter().all(|a| well_formed(k, a)),
     }
 }
 

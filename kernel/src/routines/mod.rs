@@ -62,11 +62,6 @@ pub fn math() -> [(&'static str, Sig, *const u8); 23] {
 pub fn symbols() -> Vec<(&'static str, *const u8)> {
     let mut v: Vec<(&'static str, *const u8)> = math().iter().map(|&(n, _, a)| (n, a)).collect();
     v.extend(ROUTINES.iter().map(|r| (r.symbol, (r.address)())));
-    v.extend([
-        ("kiln_row_max", rows::kiln_row_max as *const u8),
-        ("kiln_row_sum_f64", rows::kiln_row_sum_f64 as *const u8),
-        ("kiln_row_exp_sub", rows::kiln_row_exp_sub as *const u8),
-    ]);
     v
 }
 
@@ -84,7 +79,8 @@ pub enum Role {
 /// One library routine kernels call as a statement ([`crate::Stmt::Call`]): everything a walker,
 /// an analysis or a backend needs to know of it, so that a new routine is one row of
 /// [`ROUTINES`] plus its host function. Its host function takes every operand's address (in
-/// order; null for an absent optional one), then every integer argument as i64.
+/// order; null for an absent optional one), then every integer argument as i64, then every
+/// scalar argument in its dtype, and returns its result (if it has one) in its dtype.
 pub struct Routine {
     /// The name kernels print and saved plans record.
     pub name: &'static str,
@@ -97,6 +93,10 @@ pub struct Routine {
     pub replaces: Option<(usize, usize)>,
     /// Integer arguments, by name.
     pub ints: &'static [&'static str],
+    /// Scalar arguments (f32 or f64), by name and dtype.
+    pub scalars: &'static [(&'static str, ir::DType)],
+    /// The dtype of the scalar it returns (a call assigns it to a variable), if any.
+    pub result: Option<ir::DType>,
     /// Scalar operations for integer arguments (unknown ones as 16), for deciding whether
     /// threads pay off.
     pub cost: fn(&[f64]) -> f64,
@@ -105,15 +105,16 @@ pub struct Routine {
     pub extent: fn(usize, &[crate::Expr]) -> Option<crate::Expr>,
     /// The host function's address.
     pub address: fn() -> *const u8,
-    /// Calls the host function with operand addresses and integer arguments in table order
-    /// (what an interpreter of kernels does). Safety: the addresses must be valid for what the
-    /// routine touches under these integers (null only for absent optional operands).
-    pub call: unsafe fn(&[*mut u8], &[i64]),
+    /// Calls the host function with operand addresses, integer and scalar arguments in table
+    /// order (scalars as f64), giving its result as f64 (0 without one): what an interpreter of
+    /// kernels does. Safety: the addresses must be valid for what the routine touches under
+    /// these integers (null only for absent optional operands).
+    pub call: unsafe fn(&[*mut u8], &[i64], &[f64]) -> f64,
     pub doc: &'static str,
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 2] = [
+pub static ROUTINES: [Routine; 5] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -125,10 +126,12 @@ pub static ROUTINES: [Routine; 2] = [
         ],
         replaces: Some((2, 1)),
         ints: &["a_rs", "a_cs", "b_rs", "b_cs", "c_rs", "m", "n", "k"],
+        scalars: &[],
+        result: None,
         cost: |i| i[5] * i[6] * i[7],
         extent: |_, _| None,
         address: || gemm::kiln_sgemm_packed as *const u8,
-        call: |p, i| unsafe {
+        call: |p, i, _| unsafe {
             gemm::kiln_sgemm_packed(
                 p[0].cast(),
                 p[1].cast(),
@@ -142,7 +145,8 @@ pub static ROUTINES: [Routine; 2] = [
                 i[5],
                 i[6],
                 i[7],
-            )
+            );
+            0.0
         },
         doc: "c[i*c_rs + j] = Σ_l a[i*a_rs + l*a_cs] · b[l*b_rs + j*b_cs] for i < m, j < n, \
               l < k (f32; c_rs >= n); b_packed, when given, is b packed by gemm::pack_b for \
@@ -160,13 +164,15 @@ pub static ROUTINES: [Routine; 2] = [
         ints: &[
             "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw",
         ],
+        scalars: &[],
+        result: None,
         cost: |i| i[2] * i[3] * i[4] * i[5],
         extent: |operand, i| {
             let (a, b) = [(0, 1), (4, 5), (2, 3)].get(operand).copied()?;
             Some(i.get(a)?.clone() * i.get(b)?.clone())
         },
         address: || conv::kiln_conv2d_plane as *const u8,
-        call: |p, i| unsafe {
+        call: |p, i, _| unsafe {
             conv::kiln_conv2d_plane(
                 p[0].cast(),
                 p[1].cast(),
@@ -183,11 +189,63 @@ pub static ROUTINES: [Routine; 2] = [
                 i[9],
                 i[10],
                 i[11],
-            )
+            );
+            0.0
         },
         doc: "out[oy·ow + ox] = Σ x[iy·w + ix] · k[ky·kw + kx] over the taps inside the input \
               (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw): one channel of a depthwise \
               conv (f32)",
+    },
+    Routine {
+        name: "row_max",
+        symbol: "kiln_row_max",
+        operands: &[("row", Role::Read, ir::DType::F32)],
+        replaces: None,
+        ints: &["n"],
+        scalars: &[("init", ir::DType::F32)],
+        result: Some(ir::DType::F32),
+        cost: |i| 4.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        address: || rows::kiln_row_max as *const u8,
+        call: |p, i, s| unsafe { f64::from(rows::kiln_row_max(p[0].cast(), i[0], s[0] as f32)) },
+        doc: "max(init, row[0], ..., row[n-1]) in f32: IEEE maximum (NaN if any is NaN, -0 < \
+              +0), the loop `acc = max(acc, row[i])` over a contiguous row",
+    },
+    Routine {
+        name: "row_sum_f64",
+        symbol: "kiln_row_sum_f64",
+        operands: &[("row", Role::Read, ir::DType::F32)],
+        replaces: None,
+        ints: &["n"],
+        scalars: &[("init", ir::DType::F64)],
+        result: Some(ir::DType::F64),
+        cost: |i| 5.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        address: || rows::kiln_row_sum_f64 as *const u8,
+        call: |p, i, s| unsafe { rows::kiln_row_sum_f64(p[0].cast(), i[0], s[0]) },
+        doc: "init + Σ row[i] for i < n in f64 (reassociated: within rounding of the \
+              sequential sum), the loop `acc = add(acc, cast<f64>(row[i]))`",
+    },
+    Routine {
+        name: "row_exp_sub",
+        symbol: "kiln_row_exp_sub",
+        operands: &[
+            ("src", Role::Read, ir::DType::F32),
+            ("dst", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        ints: &["n"],
+        scalars: &[("s", ir::DType::F32)],
+        result: None,
+        cost: |i| 21.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        address: || rows::kiln_row_exp_sub as *const u8,
+        call: |p, i, s| unsafe {
+            rows::kiln_row_exp_sub(p[0].cast(), p[1].cast(), i[0], s[0] as f32);
+            0.0
+        },
+        doc: "dst[i] = exp(src[i] - s) for i < n in f32 (dst may be src; exp within 2 ulp, \
+              as in vector loops): softmax's middle pass",
     },
 ];
 

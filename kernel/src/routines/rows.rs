@@ -1,7 +1,8 @@
 //! Library routines for the hottest loops over contiguous f32 rows — a row's maximum, its
 //! sum in f64, and `exp(x - s)` of every element (softmax's passes) — with 8-lane AVX2 and
-//! FMA code where the CPU has them, which Cranelift's 128-bit vectors cannot match. The JIT
-//! calls them in place of loops of exactly these shapes (`jit.rs`, `row_call`). Results keep
+//! FMA code where the CPU has them, which Cranelift's 128-bit vectors cannot match. Loops of
+//! exactly these shapes become calls of them (`row_max`, `row_sum_f64`, `row_exp_sub` in
+//! [`super::ROUTINES`]) by the `row-calls` kernel transform ([`crate::recognize`]). Results keep
 //! the loops' semantics: the maximum is IEEE `maximum` (NaN if any element is NaN, -0 < +0);
 //! `exp` is the JIT's own vector algorithm lane for lane.
 

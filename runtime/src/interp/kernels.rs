@@ -135,10 +135,21 @@ impl Machine<'_> {
                     .iter()
                     .map(|e| self.int(e))
                     .collect::<Result<Vec<_>, _>>()?;
+                let mut scalars = Vec::with_capacity(c.scalars.len());
+                for (e, &(name, dtype)) in c.scalars.iter().zip(r.scalars) {
+                    let v = self.eval(e)?;
+                    if v.dtype() != dtype {
+                        return Err(format!("argument `{name}` of `{}` is not {dtype}", r.name));
+                    }
+                    scalars.push(v.get_f64(0));
+                }
                 // SAFETY: every operand is a live buffer of the routine's dtype from its
                 // offset on; that the routine stays inside it is what its extents promise (the
                 // same trust compiled kernels place in the table).
-                unsafe { (r.call)(&ptrs, &ints) };
+                let got = unsafe { (r.call)(&ptrs, &ints, &scalars) };
+                if let (Some(v), Some(d)) = (c.result, r.result) {
+                    self.vars[v] = Some(scalar(d, got, got as i64));
+                }
             }
         }
         Ok(0)

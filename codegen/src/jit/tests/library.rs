@@ -3,9 +3,9 @@
 
 use super::*;
 
-/// Compiles `k`, returning how many vector loops and reductions took the SIMD path.
-/// A softmax row through the library routines and through the JIT's own code: the
-/// maximum (NaN, ±0 included) and `exp` agree to the bit, the f64 sum closely.
+/// A softmax row through the library routines (the `row-calls` transform) and through the
+/// JIT's own code: the maximum (NaN, ±0 included) and `exp` agree to the bit, the f64 sum
+/// closely.
 #[test]
 fn row_routines_agree_with_the_vector_code() {
     // y[0] = max(x), y[1] = Σ x (f64, rounded), z[i] = exp(x[i] - y[0]).
@@ -100,10 +100,19 @@ fn row_routines_agree_with_the_vector_code() {
         [vec![1.0; 40], vec![f32::NAN], vec![2.0; 3]].concat(),
         vec![3.5; 5],
     ];
+    let mut calls = k.clone();
+    kernel::recognize::row_calls(&mut calls);
+    let routines: Vec<&str> = calls
+        .body
+        .iter()
+        .filter_map(|s| match s {
+            Stmt::Call(c) => Some(c.routine.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routines, ["row_max", "row_sum_f64", "row_exp_sub"]);
     let run = |lib: bool, x: &[f32]| -> (Vec<f32>, Vec<f32>) {
-        rows::NO_ROW_CALLS.with(|c| c.set(!lib));
-        let c = compile(std::slice::from_ref(&k)).unwrap();
-        rows::NO_ROW_CALLS.with(|c| c.set(false));
+        let c = compile(std::slice::from_ref(if lib { &calls } else { &k })).unwrap();
         let (mut x, mut y, mut z) = (x.to_vec(), vec![0f32; 2], vec![0f32; x.len()]);
         let dims = [x.len() as i64];
         assert_eq!(

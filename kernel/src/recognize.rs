@@ -1,0 +1,230 @@
+//! Loop shapes recognized once for every backend: reductions (`acc = max|min(acc, e)` in f32,
+//! `acc = add(acc, cast<f64>(e))` for an f32 sum) and loops over contiguous f32 rows, and the
+//! `row-calls` transform that hands softmax's row passes to library routines
+//! ([`crate::routines::rows`]): a row's f32 maximum and its f64 sum (reductions over a
+//! contiguous row, any mark) and `dst = exp(src - s)` along a row (a vector loop) become
+//! `call row_max`, `call row_sum_f64` and `call row_exp_sub`. A backend's own vector code
+//! reads the same [`reduction`].
+
+use ir::{DType, Op};
+
+use crate::loops::{Call, Expr, Kernel, Stmt, VarId};
+
+/// Whether `e` reads a variable `f` accepts.
+pub fn mentions(e: &Expr, f: &dyn Fn(VarId) -> bool) -> bool {
+    match e {
+        Expr::Var(w) => f(*w),
+        Expr::Int(..) | Expr::Float(..) | Expr::Dim(_) => false,
+        Expr::Load { index, .. } => mentions(index, f),
+        Expr::Op { args, .. } => args.iter().any(|a| mentions(a, f)),
+    }
+}
+
+/// Whether every variable and buffer `e` names exists (so that `Expr::dtype` is safe).
+pub fn well_formed(k: &Kernel, e: &Expr) -> bool {
+    match e {
+        Expr::Var(w) => *w < k.vars.len(),
+        Expr::Int(..) | Expr::Float(..) | Expr::Dim(_) => true,
+        Expr::Load { buf, index } => *buf < k.bufs.len() && well_formed(k, index),
+        Expr::Op { args, .. } => args.iter().all(|a| well_formed(k, a)),
+    }
+}
+
+/// A reduction loop's body: `acc = op(acc, e)` with `e` an f32 value of the loop's iteration
+/// that does not read `acc` (the f64 sum's cast taken off).
+pub struct Reduction<'k> {
+    pub acc: VarId,
+    pub op: &'k Op,
+    /// f32 for max and min, f64 for the sum.
+    pub dtype: DType,
+    pub e: &'k Expr,
+}
+
+/// The reduction `body` of loop `var` performs, if it is one.
+pub fn reduction<'k>(k: &Kernel, var: VarId, body: &'k [Stmt]) -> Option<Reduction<'k>> {
+    let [Stmt::Set {
+        var: acc,
+        value: Expr::Op { op, args, dtype },
+    }] = body
+    else {
+        return None;
+    };
+    let (acc, dtype) = (*acc, *dtype);
+    let [Expr::Var(a), e] = args.as_slice() else {
+        return None;
+    };
+    if *a != acc || acc == var || acc >= k.vars.len() || k.vars[acc] != dtype {
+        return None;
+    }
+    let e = match (op, dtype, e) {
+        (Op::Max | Op::Min, DType::F32, e) => e,
+        (
+            Op::Add,
+            DType::F64,
+            Expr::Op {
+                op: Op::Cast { .. },
+                args,
+                dtype: DType::F64,
+            },
+        ) if args.len() == 1 => &args[0],
+        _ => return None,
+    };
+    if !well_formed(k, e) || e.dtype(k) != DType::F32 || mentions(e, &|w| w == acc) {
+        return None;
+    }
+    Some(Reduction { acc, op, dtype, e })
+}
+
+/// `off` when `index` is `off + var` (either order, or `var` alone) and `off` does not read
+/// `var`.
+fn contiguous(index: &Expr, var: VarId) -> Option<Expr> {
+    if *index == Expr::Var(var) {
+        return Some(Expr::i64(0));
+    }
+    let Expr::Op {
+        op: Op::Add,
+        args,
+        dtype: DType::I64,
+    } = index
+    else {
+        return None;
+    };
+    let off = match args.as_slice() {
+        [Expr::Var(v), off] | [off, Expr::Var(v)] if *v == var => off,
+        _ => return None,
+    };
+    (!mentions(off, &|w| w == var)).then(|| off.clone())
+}
+
+/// The f32 buffer and offset of a load along the row of loop `var`.
+fn row_load(k: &Kernel, e: &Expr, var: VarId) -> Option<(usize, Expr)> {
+    match e {
+        Expr::Load { buf, index } if k.bufs.get(*buf)?.dtype == DType::F32 => {
+            Some((*buf, contiguous(index, var)?))
+        }
+        _ => None,
+    }
+}
+
+fn call(
+    routine: &str,
+    operands: Vec<(usize, Expr)>,
+    n: &Expr,
+    s: Expr,
+    result: Option<VarId>,
+) -> Stmt {
+    Stmt::Call(Box::new(Call {
+        routine: routine.into(),
+        operands: operands.into_iter().map(Some).collect(),
+        ints: vec![n.clone()],
+        scalars: vec![s],
+        result,
+    }))
+}
+
+/// The routine call loop `var in 0..extent` over `body` is, if it has one of the shapes above.
+fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) -> Option<Stmt> {
+    if mentions(extent, &|w| w == var) {
+        return None;
+    }
+    if let Some(Reduction { acc, op, dtype, e }) = reduction(k, var, body) {
+        let name = match (op, dtype) {
+            (Op::Max, DType::F32) => "row_max",
+            (Op::Add, DType::F64) => "row_sum_f64",
+            _ => return None,
+        };
+        let (buf, off) = row_load(k, e, var)?;
+        if mentions(&off, &|w| w == acc) {
+            return None;
+        }
+        return Some(call(
+            name,
+            vec![(buf, off)],
+            extent,
+            Expr::Var(acc),
+            Some(acc),
+        ));
+    }
+    let ([Stmt::Store { buf, index, value }], true) = (body, vector) else {
+        return None;
+    };
+    let dst = *buf;
+    if k.bufs.get(dst)?.dtype != DType::F32 {
+        return None;
+    }
+    let doff = contiguous(index, var)?;
+    let Expr::Op {
+        op: Op::Exp,
+        args,
+        dtype: DType::F32,
+    } = value
+    else {
+        return None;
+    };
+    let [arg] = args.as_slice() else {
+        return None;
+    };
+    let (x, s) = match arg {
+        Expr::Op {
+            op: Op::Sub,
+            args,
+            dtype: DType::F32,
+        } if args.len() == 2 => (&args[0], Some(&args[1])),
+        x => (x, None),
+    };
+    let (src, soff) = row_load(k, x, var)?;
+    // In place, or apart (distinct buffers never overlap).
+    if src == dst && soff != doff {
+        return None;
+    }
+    let s = match s {
+        Some(s) => {
+            let ok = well_formed(k, s)
+                && s.dtype(k) == DType::F32
+                && !mentions(s, &|w| w == var)
+                && !s.loads(dst);
+            ok.then(|| s.clone())?
+        }
+        None => Expr::Float(0.0, DType::F32),
+    };
+    Some(call(
+        "row_exp_sub",
+        vec![(src, soff), (dst, doff)],
+        extent,
+        s,
+        None,
+    ))
+}
+
+fn rewrite(k: &Kernel, body: &mut [Stmt]) {
+    for s in body.iter_mut() {
+        let found = match s {
+            Stmt::Loop {
+                var,
+                extent,
+                mark,
+                body,
+            } => row_call(
+                k,
+                *var,
+                extent,
+                body,
+                matches!(mark, crate::Mark::Vector(_)),
+            ),
+            _ => None,
+        };
+        match found {
+            Some(c) => *s = c,
+            None => rewrite(k, s.body_mut()),
+        }
+    }
+}
+
+/// The `row-calls` transform: loops that are a row's maximum, its f64 sum or `exp(x - s)`
+/// along it become calls of the routines that compute them (8-lane AVX2 code where the host
+/// has it).
+pub fn row_calls(k: &mut Kernel) {
+    let mut body = std::mem::take(&mut k.body);
+    rewrite(k, &mut body);
+    k.body = body;
+}
