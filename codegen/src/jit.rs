@@ -36,6 +36,7 @@ use kernel::routines::Sig;
 use kernel::{is_native, Expr, Kernel, Mark, Stmt};
 
 mod simd;
+mod vmath;
 
 /// Why kernels could not be compiled.
 #[derive(Debug, thiserror::Error)]

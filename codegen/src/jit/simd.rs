@@ -1,4 +1,5 @@
-//! SIMD code for vector loops and reductions in the Cranelift backend.
+//! SIMD code for vector loops and reductions in the Cranelift backend (the f32x4 polynomials
+//! of transcendental functions in `vmath.rs`).
 //!
 //! **Vector loops.** A loop marked `vector(_)` whose body holds only `Store`s and `Set`s of
 //! loop-local temporaries (each set before it is read, no nested loop, `Check` or `Call`, and
@@ -26,7 +27,7 @@
 //! `sigmoid`, `tanh` and `erf`, which use `f32x4` polynomials (Cephes-style range reduction
 //! and coefficients for `exp`, `log` and `tanh`; fitted ones for `erf`): within 1 ulp (`exp`,
 //! `log`, `tanh`, `erf`) and 2 ulp (`sigmoid`) of the f64 function rounded to f32 over all
-//! finite inputs (`log` and `erf` checked on every f32, by an ignored test in `jit.rs`), and
+//! finite inputs (`log` and `erf` checked on every f32, by an ignored test in `jit/tests/vector.rs`), and
 //! exact at ±0, ±inf and NaN (NaN stays NaN; `log` gives -inf at ±0 and NaN below zero).
 //! Polynomials use fused multiply-adds where the host has them (x64 with FMA), mul and add
 //! otherwise, so their last bit may differ between hosts; the bounds hold for both (the tests
@@ -36,9 +37,8 @@ use std::collections::{HashMap, HashSet};
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, BlockArg, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+    types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
 };
-use cranelift_module::Module;
 use ir::{DType, Op};
 
 use super::{Lower, R};
@@ -179,7 +179,7 @@ fn vector_body(k: &Kernel, var: VarId, body: &[Stmt]) -> Option<HashSet<VarId>> 
 }
 
 /// Little-endian lane order, for bitcasts between vector types.
-fn le() -> MemFlagsData {
+pub(super) fn le() -> MemFlagsData {
     MemFlagsData::new().with_endianness(Endianness::Little)
 }
 
@@ -561,12 +561,12 @@ impl Lower<'_, '_> {
         }
     }
 
-    fn splat_f32(&mut self, v: f32) -> Value {
+    pub(super) fn splat_f32(&mut self, v: f32) -> Value {
         let c = self.b.ins().f32const(v);
         self.b.ins().splat(types::F32X4, c)
     }
 
-    fn splat_i32(&mut self, v: i32) -> Value {
+    pub(super) fn splat_i32(&mut self, v: i32) -> Value {
         let c = self.b.ins().iconst(types::I32, i64::from(v));
         self.b.ins().splat(types::I32X4, c)
     }
@@ -759,295 +759,5 @@ impl Lower<'_, '_> {
             _ => unreachable!("checked above"),
         };
         Ok(Some(r))
-    }
-
-    /// `exp` of an `f32x4` (see the accuracy contract in the module docs). With `x` clamped
-    /// to [-104, 89] (beyond, the result is 0 or inf; NaN passes through the clamp):
-    /// `n = round(x log2 e)`, `r = x - n ln 2` in two parts (the first exact), a degree-6
-    /// polynomial for `e^r` on |r| <= ln(2)/2, and the scale `2^n` applied as two factors
-    /// `2^(n>>1) · 2^(n - (n>>1))`, each a normal float, so that results in the subnormal
-    /// range are rounded once and large ones overflow to inf.
-    fn vexp(&mut self, x: Value) -> Value {
-        let x = self.vclamp(x, -104.0, 89.0);
-        use kernel::routines::rows::{C1, C2, LOG2E, MAGIC, P};
-        let log2e = self.splat_f32(LOG2E);
-        let t = self.b.ins().fmul(x, log2e);
-        // n = t rounded to the nearest integer, ties to even (as `nearest`): adding 1.5 · 2^23
-        // leaves no fraction bits, and the low bits of the sum are then n as an integer.
-        let magic = self.splat_f32(MAGIC);
-        let tm = self.b.ins().fadd(t, magic);
-        let n = self.b.ins().fsub(tm, magic);
-        let tmi = self.b.ins().bitcast(types::I32X4, le(), tm);
-        let mi = self.splat_i32(0x4b40_0000);
-        let ni = self.b.ins().isub(tmi, mi);
-        let c1 = self.splat_f32(C1);
-        let c2 = self.splat_f32(C2);
-        let a = self.b.ins().fmul(n, c1);
-        let r = self.b.ins().fsub(x, a);
-        let b = self.b.ins().fmul(n, c2);
-        let r = self.b.ins().fsub(r, b);
-        let p = self.vpoly(&P, r);
-        let r2 = self.b.ins().fmul(r, r);
-        let y = self.b.ins().fmul(p, r2);
-        let y = self.b.ins().fadd(y, r);
-        let one = self.splat_f32(1.0);
-        let y = self.b.ins().fadd(y, one);
-        let one = self.b.ins().iconst(types::I32, 1);
-        let n1 = self.b.ins().sshr(ni, one);
-        let n2 = self.b.ins().isub(ni, n1);
-        let s1 = self.pow2(n1);
-        let s2 = self.pow2(n2);
-        let y = self.b.ins().fmul(y, s1);
-        self.b.ins().fmul(y, s2)
-    }
-
-    /// Whether the host has fused multiply-add (then `fma` is one instruction; without it,
-    /// Cranelift would call a library function per lane).
-    fn use_fma(&self) -> bool {
-        #[cfg(test)]
-        if NO_FMA.with(std::cell::Cell::get) {
-            return false;
-        }
-        self.module.isa().has_native_fma()
-    }
-
-    /// `coefs[0] x^(n-1) + ... + coefs[n-1]` by Horner's rule: a fused multiply-add per
-    /// coefficient if the host has them, else a multiply and an add, each rounded. (So the
-    /// last bit of a polynomial may differ between hosts; both are within the accuracy
-    /// contract.)
-    fn vpoly(&mut self, coefs: &[f32], x: Value) -> Value {
-        let fma = self.use_fma();
-        let mut p = self.splat_f32(coefs[0]);
-        for &c in &coefs[1..] {
-            let c = self.splat_f32(c);
-            p = if fma {
-                self.b.ins().fma(p, x, c)
-            } else {
-                let m = self.b.ins().fmul(p, x);
-                self.b.ins().fadd(m, c)
-            };
-        }
-        p
-    }
-
-    /// `erf` of an `f32x4` (see the accuracy contract in the module docs). For |x| < 0.921875,
-    /// `x + x·P(x²)` with `P` of degree 6 fitted to `erf(x)/x - 1`, which keeps -0 and
-    /// subnormals right (and if all four lanes are there, that is all); beyond, `±(1 - exp(-t²)·Q(t - 2.4609375))` with `t = min(|x|, 4)`
-    /// (erf rounds to ±1 from 3.92 on; NaN kept) and `Q` of degree 8 fitted to `erfc(t)·exp(t²)`, the
-    /// fit weighted by `exp(-t²)` (the error that reaches the result). Both fits are minimax
-    /// (Lawson's algorithm, coefficients rounded to f32).
-    fn verf(&mut self, x: Value) -> Value {
-        let z = self.b.ins().fmul(x, x);
-        let p = self.vpoly(
-            &[
-                8.397_798e-5,
-                -8.149_806_5e-4,
-                5.201_716e-3,
-                -2.685_970_3e-2,
-                1.128_370_2e-1,
-                -3.761_263_5e-1,
-                1.283_791_7e-1,
-            ],
-            z,
-        );
-        let xp = self.b.ins().fmul(x, p);
-        let small = self.b.ins().fadd(x, xp);
-        let a = self.b.ins().fabs(x);
-        let limit = self.splat_f32(0.921_875);
-        let is_small = self.b.ins().fcmp(FloatCC::LessThan, a, limit);
-        // The other piece only if some lane needs it (often none does: GELU's inputs are
-        // mostly small).
-        let all_small = self.b.ins().vall_true(is_small);
-        let big_b = self.b.create_block();
-        let join = self.b.create_block();
-        let r = self.b.append_block_param(join, types::F32X4);
-        self.b
-            .ins()
-            .brif(all_small, join, &[BlockArg::Value(small)], big_b, &[]);
-        self.b.switch_to_block(big_b);
-        let t = self.vmin_keep_nan(a, 4.0);
-        let c = self.splat_f32(2.460_937_5);
-        let s = self.b.ins().fsub(t, c);
-        let q = self.vpoly(
-            &[
-                1.280_071_4e-4,
-                2.978_029e-4,
-                6.767_867_6e-4,
-                -6.601_632e-4,
-                2.408_800_2e-3,
-                -8.580_101e-3,
-                2.586_160_6e-2,
-                -7.632_656e-2,
-                2.137_508_7e-1,
-            ],
-            s,
-        );
-        let t2 = self.b.ins().fmul(t, t);
-        let nt2 = self.b.ins().fneg(t2);
-        let e = self.vexp(nt2);
-        let eq = self.b.ins().fmul(e, q);
-        let one = self.splat_f32(1.0);
-        let big = self.b.ins().fsub(one, eq);
-        let sign = self.splat_f32(-0.0);
-        let sign = self.b.ins().band(x, sign);
-        let big = self.b.ins().bor(big, sign);
-        let is_small = self.b.ins().bitcast(types::F32X4, le(), is_small);
-        let mixed = self.b.ins().bitselect(is_small, small, big);
-        self.b.ins().jump(join, &[BlockArg::Value(mixed)]);
-        self.b.switch_to_block(join);
-        r
-    }
-
-    /// `log` of an `f32x4` (see the accuracy contract in the module docs): subnormals scaled
-    /// by 2^23 first; `x = 2^k · m` with `m` in [sqrt(1/2), sqrt(2)), and with `f = m - 1`
-    /// (exact), `log x = f - f²/2 + f³·P(f) + k ln 2` (Cephes `logf`: its polynomial, and
-    /// `ln 2` in two parts, the first exact in products with `k`). Then the special values:
-    /// +inf for +inf, -inf for ±0, NaN below zero and for NaN.
-    fn vlog(&mut self, x: Value) -> Value {
-        let min = self.splat_f32(f32::MIN_POSITIVE);
-        let sub = self.b.ins().fcmp(FloatCC::LessThan, x, min);
-        let subf = self.b.ins().bitcast(types::F32X4, le(), sub);
-        let two23 = self.splat_f32(8_388_608.0);
-        let scaled = self.b.ins().fmul(x, two23);
-        let xs = self.b.ins().bitselect(subf, scaled, x);
-        let m23 = self.splat_i32(-23);
-        let kadj = self.b.ins().band(sub, m23);
-        // The mantissa moved into [sqrt(1/2), sqrt(2)), the exponent adjusted to match.
-        let ix = self.b.ins().bitcast(types::I32X4, le(), xs);
-        let off = self.splat_i32(0x3f80_0000 - 0x3f35_04f3);
-        let ix = self.b.ins().iadd(ix, off);
-        let amt = self.b.ins().iconst(types::I32, 23);
-        let k = self.b.ins().sshr(ix, amt);
-        let bias = self.splat_i32(-0x7f);
-        let k = self.b.ins().iadd(k, bias);
-        let k = self.b.ins().iadd(k, kadj);
-        let mask = self.splat_i32(0x007f_ffff);
-        let mb = self.b.ins().band(ix, mask);
-        let base = self.splat_i32(0x3f35_04f3);
-        let mb = self.b.ins().iadd(mb, base);
-        let m = self.b.ins().bitcast(types::F32X4, le(), mb);
-        let one = self.splat_f32(1.0);
-        let f = self.b.ins().fsub(m, one);
-        let e = self.b.ins().fcvt_from_sint(types::F32X4, k);
-        let z = self.b.ins().fmul(f, f);
-        let p = self.vpoly(
-            &[
-                7.037_683_6e-2,
-                -1.151_461e-1,
-                1.167_699_84e-1,
-                -1.242_014_1e-1,
-                1.424_932_3e-1,
-                -1.666_805_7e-1,
-                2.000_071_4e-1,
-                -2.499_999_4e-1,
-                3.333_333e-1,
-            ],
-            f,
-        );
-        let fz = self.b.ins().fmul(f, z);
-        let y = self.b.ins().fmul(fz, p);
-        let c2 = self.splat_f32(-2.121_944_4e-4);
-        let ec2 = self.b.ins().fmul(e, c2);
-        let y = self.b.ins().fadd(y, ec2);
-        let half = self.splat_f32(-0.5);
-        let hz = self.b.ins().fmul(half, z);
-        let y = self.b.ins().fadd(y, hz);
-        let r = self.b.ins().fadd(f, y);
-        let c1 = self.splat_f32(0.693_359_4);
-        let ec1 = self.b.ins().fmul(e, c1);
-        let r = self.b.ins().fadd(r, ec1);
-        // +inf stays; ±0 gives -inf; below zero and NaN give NaN.
-        let inf = self.splat_f32(f32::INFINITY);
-        let is_inf = self.b.ins().fcmp(FloatCC::Equal, x, inf);
-        let is_inf = self.b.ins().bitcast(types::F32X4, le(), is_inf);
-        let r = self.b.ins().bitselect(is_inf, x, r);
-        let zero = self.splat_f32(0.0);
-        let is_zero = self.b.ins().fcmp(FloatCC::Equal, x, zero);
-        let is_zero = self.b.ins().bitcast(types::F32X4, le(), is_zero);
-        let ninf = self.splat_f32(f32::NEG_INFINITY);
-        let r = self.b.ins().bitselect(is_zero, ninf, r);
-        let bad = self.b.ins().fcmp(FloatCC::UnorderedOrLessThan, x, zero);
-        let bad = self.b.ins().bitcast(types::F32X4, le(), bad);
-        let nan = self.splat_f32(f32::NAN);
-        self.b.ins().bitselect(bad, nan, r)
-    }
-
-    /// `x` clamped to `[lo, hi]`, NaN kept: one `maxps` and one `minps` on x64, where the
-    /// NaN-propagating `fmax`/`fmin` take several instructions each.
-    fn vclamp(&mut self, x: Value, lo: f32, hi: f32) -> Value {
-        let lo = self.splat_f32(lo);
-        let below = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
-        let below = self.b.ins().bitcast(types::F32X4, le(), below);
-        let x = self.b.ins().bitselect(below, lo, x);
-        self.vmin_keep_nan(x, hi)
-    }
-
-    /// `min(x, hi)`, NaN kept (the `minps` pattern of the x64 backend).
-    fn vmin_keep_nan(&mut self, x: Value, hi: f32) -> Value {
-        let hi = self.splat_f32(hi);
-        let above = self.b.ins().fcmp(FloatCC::LessThan, hi, x);
-        let above = self.b.ins().bitcast(types::F32X4, le(), above);
-        self.b.ins().bitselect(above, hi, x)
-    }
-
-    /// `2^n` for lanes `n` of an `i32x4` in the normal exponent range.
-    fn pow2(&mut self, n: Value) -> Value {
-        let bias = self.splat_i32(127);
-        let e = self.b.ins().iadd(n, bias);
-        let amt = self.b.ins().iconst(types::I32, 23);
-        let e = self.b.ins().ishl(e, amt);
-        self.b.ins().bitcast(types::F32X4, le(), e)
-    }
-
-    /// `sigmoid` as the scalar helper computes it: with `e = exp(-|x|)`, `1 / (1 + e)` for
-    /// `x >= 0` and `e / (1 + e)` otherwise (neither overflows).
-    fn vsigmoid(&mut self, x: Value) -> Value {
-        let a = self.b.ins().fabs(x);
-        let na = self.b.ins().fneg(a);
-        let e = self.vexp(na);
-        let one = self.splat_f32(1.0);
-        let zero = self.splat_f32(0.0);
-        let d = self.b.ins().fadd(one, e);
-        let pos = self.b.ins().fcmp(FloatCC::GreaterThanOrEqual, x, zero);
-        let pos = self.b.ins().bitcast(types::F32X4, le(), pos);
-        let num = self.b.ins().bitselect(pos, one, e);
-        self.b.ins().fdiv(num, d)
-    }
-
-    /// `tanh`: for |x| < 0.625 an odd polynomial (Cephes `tanhf`); beyond,
-    /// `±(1 - 2 / (exp(2|x|) + 1))`, which loses nothing to cancellation there.
-    fn vtanh(&mut self, x: Value) -> Value {
-        let z = self.b.ins().fmul(x, x);
-        let p = self.vpoly(
-            &[
-                -5.704_988_7e-3,
-                2.063_909e-2,
-                -5.373_971_6e-2,
-                1.333_144_2e-1,
-                -3.333_328e-1,
-            ],
-            z,
-        );
-        let p = self.b.ins().fmul(p, z);
-        let p = self.b.ins().fmul(p, x);
-        let small = self.b.ins().fadd(p, x);
-        let a = self.b.ins().fabs(x);
-        // The sign of x on each magnitude (for the polynomial, that keeps -0 at -0).
-        let sign = self.splat_f32(-0.0);
-        let s = self.b.ins().band(x, sign);
-        let small = self.b.ins().fabs(small);
-        let small = self.b.ins().bor(small, s);
-        let a2 = self.b.ins().fadd(a, a);
-        let e = self.vexp(a2);
-        let one = self.splat_f32(1.0);
-        let two = self.splat_f32(2.0);
-        let d = self.b.ins().fadd(e, one);
-        let q = self.b.ins().fdiv(two, d);
-        let big = self.b.ins().fsub(one, q);
-        let big = self.b.ins().bor(big, s);
-        let limit = self.splat_f32(0.625);
-        let is_small = self.b.ins().fcmp(FloatCC::LessThan, a, limit);
-        let is_small = self.b.ins().bitcast(types::F32X4, le(), is_small);
-        self.b.ins().bitselect(is_small, small, big)
     }
 }
