@@ -98,9 +98,12 @@ fn is_elementwise(op: &Op) -> bool {
 
 impl<'g> Lowering<'g> {
     fn new(g: &'g Graph, name: &str, machine: Machine) -> Result<Lowering<'g>> {
-        let order = g
-            .topo_order()
-            .map_err(|_| Unsupported("a cyclic graph".into()))?;
+        // Lowering trusts types, operand counts and attributes: it reads only verified graphs
+        // (whoever calls it), in their topological order.
+        let order = ir::verify(g)
+            .map_err(|e| Unsupported(format!("the graph does not verify: {e}")))?
+            .order()
+            .to_vec();
         let mut l = Lowering {
             g,
             k: Kernel {
