@@ -1,6 +1,7 @@
 //! Robustness: mutated `.kir` text (from random graphs and from the filetests) goes through the
-//! parser, the verifier and, when it verifies, the interpreter. Any outcome but a panic is
-//! fine. Run longer with `PROPTEST_CASES=200000 cargo test --release --test fuzz_kir`.
+//! parser, the verifier and, when it verifies, the interpreter; mutated kernel text (the
+//! kernel filetests and lowered random graphs) through the kernel parser and the kernel
+//! interpreter. Any outcome but a panic is fine. Run longer with `PROPTEST_CASES=200000 cargo test --release --test fuzz_kir`.
 
 mod common;
 
@@ -62,6 +63,32 @@ const TOKENS: &[&str] = &[
     "{perm=[1, 1]}",
     "é",
     "\u{feff}",
+    "v0",
+    "v1",
+    "v99",
+    "for v7 in 0..",
+    "{n}",
+    "..",
+    " vector(4)",
+    " parallel",
+    "check ",
+    " else 1",
+    "call ",
+    "gemm",
+    "row_max",
+    "row_exp_sub",
+    "v3: f32 = call row_max(row: x[0]; n=4 init=v3)",
+    "cast<f32>",
+    "cast<i8>{saturate=false}",
+    "<",
+    ">",
+    ", scratch t: f32[4]",
+    "in0[",
+    "out0[",
+    "0.0:f32",
+    "NaN:f64",
+    "true",
+    "b_packed: -",
 ];
 
 /// The filetests as plain `.kir` text, read once.
@@ -190,8 +217,114 @@ fn check(text: &str) {
     }
 }
 
+/// The kernel filetests' text, and the kernels lowering makes of random graphs.
+fn kernel_corpus() -> &'static [String] {
+    static CORPUS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let mut out: Vec<String> = corpus()
+            .iter()
+            .filter(|t| t.lines().any(|l| l.starts_with("kernel @")))
+            .cloned()
+            .collect();
+        for seed in 0..40 {
+            let g = common::random_graph(seed, 12);
+            for id in g.topo_order().unwrap_or_default() {
+                let sub = kiln::kernel::single_node_graph(&g, id);
+                if let Ok(l) = kiln::codegen::lower(&sub, "k") {
+                    out.push(l.kernel.to_string());
+                }
+            }
+        }
+        out
+    })
+}
+
+/// Parses kernel text; whatever parses prints back to the same kernel and runs on the kernel
+/// interpreter (small dims) without panicking.
+fn check_kernels(text: &str) {
+    let Ok(parsed) = kiln::kernel::parse_kernels(text) else {
+        return;
+    };
+    for p in parsed {
+        let k = p.kernel;
+        let printed = k.to_string();
+        let back = kiln::kernel::parse_kernel(&printed).expect("a printed kernel parses");
+        // (Text and structure, not `==`: a NaN constant is not equal to itself.)
+        assert!(
+            back.to_string() == printed && back.bufs == k.bufs && back.vars == k.vars,
+            "reprint changed the kernel:\n{printed}"
+        );
+        let eval = |d: &kiln::Dim| d.eval(&|_| Some(3)).ok();
+        let Some(dims) = k.dims.iter().map(eval).collect::<Option<Vec<i64>>>() else {
+            continue;
+        };
+        let lens: Option<Vec<usize>> = k
+            .bufs
+            .iter()
+            .map(|b| {
+                eval(&b.len)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n <= 4096)
+            })
+            .collect();
+        let Some(lens) = lens else { continue };
+        // Routine calls run host code on the buffers as given: only the interpreter's own
+        // statements are fuzzed.
+        // So is every loop whose extent is not known before it runs (the work bound below
+        // would not hold).
+        let mut calls = false;
+        for s in &k.body {
+            s.walk(&mut |s| {
+                calls |= match s {
+                    kiln::kernel::Stmt::Call(_) => true,
+                    kiln::kernel::Stmt::Loop { extent, .. } => {
+                        kiln::kernel::stages::eval(extent, &dims).is_none()
+                    }
+                    _ => false,
+                }
+            });
+        }
+        let work = kiln::kernel::stages::cost(&k.body, &dims);
+        if calls || dims.iter().any(|&d| !(0..=64).contains(&d)) || work.is_nan() || work > 1e5 {
+            continue;
+        }
+        let mut bufs: Vec<kiln::Data> = k
+            .bufs
+            .iter()
+            .zip(&lens)
+            .map(|(b, &n)| kiln::Data::zeros(b.dtype, n))
+            .collect();
+        let _ = kiln::interp::kernels::run(&k, &mut bufs, &dims);
+    }
+}
+
+/// The fuzzed kernel texts parse before they are mutated (so mutations start from real text).
+#[test]
+fn the_kernel_corpus_parses() {
+    let corpus = kernel_corpus();
+    assert!(corpus.len() > 40, "{} kernel texts", corpus.len());
+    let kernels: usize = corpus
+        .iter()
+        .map(|t| match kiln::kernel::parse_kernels(t) {
+            Ok(ks) => ks.len(),
+            Err(e) => panic!("{e}\n{t}"),
+        })
+        .sum();
+    assert!(kernels > 60, "{kernels} kernels");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(common::cases(500)))]
+
+    #[test]
+    fn mutated_kernel_text_never_panics(
+        pick in any::<usize>(),
+        muts in prop::collection::vec((any::<u8>(), any::<u32>(), any::<u32>()), 1..6),
+    ) {
+        let corpus = kernel_corpus();
+        prop_assume!(!corpus.is_empty());
+        check_kernels(&mutate(&corpus[pick % corpus.len()], &muts));
+    }
 
     #[test]
     fn mutated_random_graphs_never_panic(

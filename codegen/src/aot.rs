@@ -203,12 +203,15 @@ mod tests {
     fn the_target_names_features_this_machine_has() {
         let (triple, features) = target().unwrap();
         assert!(!triple.is_empty());
-        assert!(
-            features
-                .iter()
-                .all(|f| kernel::target::FEATURES.contains(&f.as_str())),
-            "{features:?}"
-        );
+        // The loader knows x86-64's features (elsewhere artifacts need none it can check).
+        if cfg!(target_arch = "x86_64") {
+            assert!(
+                features
+                    .iter()
+                    .all(|f| kernel::target::FEATURES.contains(&f.as_str())),
+                "{features:?}"
+            );
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub enum Error {
     #[error("{0}")]
     Malformed(String),
     /// A backend that could not compile kernels or does not know a target (its own error).
-    #[error(transparent)]
+    #[error("code generation failed: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// Object code that does not load.
     #[error(transparent)]

@@ -649,7 +649,12 @@ impl Kernel {
                     s => s.sets(),
                 };
                 let call = match s {
-                    Stmt::Call(c) => c.checked().map(|_| ()),
+                    Stmt::Call(c) => c.checked().and_then(|r| match (c.result, r.result) {
+                        (Some(v), Some(d)) if self.vars.get(v).is_some_and(|&t| t != d) => Err(
+                            format!("v{v}, a {}, for the {d} `{}` gives", self.vars[v], r.name),
+                        ),
+                        _ => Ok(()),
+                    }),
                     _ => Ok(()),
                 };
                 result = call
@@ -803,22 +808,20 @@ impl fmt::Display for Kernel {
         let mut out = String::new();
         write!(out, "kernel @{}(", self.name).unwrap();
         let mut first = true;
-        for b in self.bufs.iter().filter(|b| b.kind != BufKind::Scratch) {
+        // Every buffer in order (the order a caller passes them in), scratch too.
+        for b in &self.bufs {
             if !first {
                 out.push_str(", ");
             }
             first = false;
-            let dir = if b.kind == BufKind::Input {
-                "in"
-            } else {
-                "out"
+            let dir = match b.kind {
+                BufKind::Input => "in",
+                BufKind::Output => "out",
+                BufKind::Scratch => "scratch",
             };
             write!(out, "{dir} {}: {}[{}]", b.name, b.dtype, b.len).unwrap();
         }
         out.push_str(") {\n");
-        for b in self.bufs.iter().filter(|b| b.kind == BufKind::Scratch) {
-            writeln!(out, "  scratch {}: {}[{}]", b.name, b.dtype, b.len).unwrap();
-        }
         self.stmts(&self.body, 1, &mut out);
         out.push('}');
         f.write_str(&out)

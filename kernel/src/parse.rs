@@ -2,20 +2,20 @@
 //! round-trip as text and kernel filetests are written by hand. Errors carry `line:col`.
 //!
 //! ```text
-//! kernel  := "kernel" @name "(" (param ("," param)*)? ")" "{" scratch* stmt* "}"
-//! param   := ("in" | "out") name ":" dtype "[" dim "]"
-//! scratch := "scratch" name ":" dtype "[" dim "]"
+//! kernel  := "kernel" @name "(" (param ("," param)*)? ")" "{" stmt* "}"
+//! param   := ("in" | "out" | "scratch") name ":" dtype "[" dim "]"   (in buffer order)
 //! stmt    := "for" vN "in" "0" ".." expr mark "{" stmt* "}"
 //!          | vN ":" dtype "=" expr                     (a scalar variable)
 //!          | name "[" expr "]" "=" expr                (a store)
-//!          | "check" expr "else" integer
+//!          | "check" expr "else" integer                (a bool condition, a nonzero code)
 //!          | "call" routine "(" operand ("," operand)* ";" (int ("=" expr)?)* ")"
 //! operand := (name ":")? (buffer "[" expr "]" | "-")
 //! mark    := "" | "parallel" | "vector(" n ")" | "unroll(" n ")"
 //! expr    := "(" expr ("+" | "*") expr ")"             (i64 index arithmetic)
 //!          | integer (":" dtype)? | float ":" dtype | "true" | "false"
 //!          | "{" dim "}" | vN | buffer "[" expr "]"
-//!          | mnemonic ("<" dtype ">")? attrs? "(" expr ("," expr)* ")"
+//!          | "cast" "<" dtype ">" attrs? "(" expr ")"
+//!          | mnemonic attrs? "(" expr ("," expr)* ")"
 //! ```
 //!
 //! A line whose first non-blank character is `;` is a comment. Scalar ops take their result
@@ -146,7 +146,7 @@ fn lex(text: &str) -> Result<Vec<(Tok, Loc, usize, usize)>, ParseError> {
         } else if c == '.' && b.get(i + 1) == Some(&b'.') {
             i += 2;
             Tok::Range
-        } else if "()[]{}<>,:;=+*-".contains(c) {
+        } else if "()[]{}<>,:;=+*-/".contains(c) {
             i += 1;
             Tok::Punct(c)
         } else {
@@ -323,11 +323,17 @@ impl<'a> Parser<'a> {
         self.expect('(')?;
         if !self.eat(')') {
             loop {
-                let (dir, loc) = self.ident("`in` or `out`")?;
+                let (dir, loc) = self.ident("`in`, `out` or `scratch`")?;
                 let kind = match dir.as_str() {
                     "in" => BufKind::Input,
                     "out" => BufKind::Output,
-                    _ => return err(loc, format!("expected `in` or `out`, found `{dir}`")),
+                    "scratch" => BufKind::Scratch,
+                    _ => {
+                        return err(
+                            loc,
+                            format!("expected `in`, `out` or `scratch`, found `{dir}`"),
+                        )
+                    }
                 };
                 self.buf(kind)?;
                 if self.eat(')') {
@@ -337,10 +343,6 @@ impl<'a> Parser<'a> {
             }
         }
         self.expect('{')?;
-        while *self.peek() == Tok::Ident("scratch".into()) {
-            self.next();
-            self.buf(BufKind::Scratch)?;
-        }
         let body = self.block()?;
         let end = self.toks[self.pos.saturating_sub(1)].1;
         self.k.body = body;
@@ -404,7 +406,7 @@ impl<'a> Parser<'a> {
                     (Tok::Range, _) => {}
                     (t, l) => return err(l, format!("expected `..`, found {t}")),
                 }
-                let extent = self.expr()?;
+                let extent = self.index()?;
                 let mark = match self.peek().clone() {
                     Tok::Ident(m) if m == "parallel" => {
                         self.next();
@@ -432,9 +434,15 @@ impl<'a> Parser<'a> {
                 })
             }
             "check" => {
+                let at = self.loc();
                 let cond = self.expr()?;
+                self.typed(&cond, DType::Bool, at)?;
                 self.keyword("else")?;
+                let at = self.loc();
                 let code = self.integer("a code")?;
+                if code == 0 {
+                    return err(at, "a check ends the kernel with a nonzero code");
+                }
                 Ok(Stmt::Check { cond, code })
             }
             "call" => self.call(None).map(|c| Stmt::Call(Box::new(c))),
@@ -686,8 +694,12 @@ impl<'a> Parser<'a> {
                 let v: i64 = s
                     .parse()
                     .or_else(|_| err(loc, format!("`{s}` overflows i64")))?;
+                if d == Some(DType::Bool) && !(0..=1).contains(&v) {
+                    return err(loc, format!("a bool is 0 or 1, not {v}"));
+                }
                 Ok(Expr::Int(v, d.unwrap_or(DType::I64)))
             }
+            (true, Some(d)) if !d.is_float() => err(loc, format!("the float `{s}` is not a {d}")),
             (true, Some(d)) => {
                 let v: f64 = s
                     .parse()
@@ -700,6 +712,12 @@ impl<'a> Parser<'a> {
 
     /// `mnemonic<dtype>{attrs}(args)`.
     fn op(&mut self, mnemonic: &str, loc: Loc) -> Result<Expr, ParseError> {
+        if mnemonic != "cast" && *self.peek() == Tok::Punct('<') {
+            return err(
+                self.loc(),
+                format!("only a cast names its dtype, not `{mnemonic}`"),
+            );
+        }
         let to = match self.eat('<') {
             true => {
                 let d = self.dtype()?;
@@ -776,8 +794,7 @@ mod tests {
     use super::*;
 
     const TEXT: &str = "\
-kernel @k0(in in0: f32[8*n], in in1: f32[8], out out0: f32[8*n]) {
-  scratch s0: f64[1]
+kernel @k0(in in0: f32[8*n], in in1: f32[8], out out0: f32[8*n], scratch s0: f64[1]) {
   for v0 in 0..{n} parallel {
     for v1 in 0..8 vector(4) {
       out0[((v0 * 8) + v1)] = max(add(in0[((v0 * 8) + v1)], in1[v1]), 0.0:f32)
@@ -836,6 +853,21 @@ kernel @k0(in in0: f32[8*n], in in1: f32[8], out out0: f32[8*n]) {
             "2:8: `gemm` takes 4 operands, not 1"
         );
         assert!(e("kernel @k() {\n}\nkernel @k() {\n}").contains("defined twice"));
+        // What the interpreter and backends would read differently is refused.
+        let one = |stmt: &str| {
+            e(&format!(
+                "kernel @k(out y: i64[1], out b: bool[1]) {{\n  {stmt}\n}}"
+            ))
+        };
+        assert!(one("y[0] = add(select<i64>(true, 1.0:f32, 2.0:f32), 1)").contains("only a cast"));
+        assert!(one("b[0] = 5:bool").contains("a bool is 0 or 1"));
+        assert!(one("y[0] = 1.5:i64").contains("is not a i64"));
+        assert!(one("check lt(1, 2) else 0").contains("nonzero code"));
+        assert!(one("check 1 else 1").contains("a i64 value where bool is expected"));
+        assert!(one("for v0 in 0..1.5:f32 {\n}").contains("where i64 is expected"));
+        // Dims print floor division as `/`.
+        let k = parse_kernel("kernel @k(in x: f32[(n+1)/2]) {\n}").unwrap();
+        assert_eq!(k.to_string(), "kernel @k(in x: f32[(n+1)/2]) {\n}");
         let deep = format!(
             "kernel @k(out y: i64[1]) {{\n  y[0] = {}1{}\n}}",
             "neg(".repeat(1000),

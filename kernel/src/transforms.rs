@@ -59,8 +59,7 @@ mod tests {
     fn the_pipeline_names_transforms_of_the_table_and_runs_them_in_order() {
         assert!(PIPELINE.iter().all(|n| transform(n).is_some()));
         let mut k = crate::parse::parse_kernel(
-            "kernel @k(in x: f32[8], out y: f32[8]) {
-  scratch t: f32[8]
+            "kernel @k(in x: f32[8], out y: f32[8], scratch t: f32[8]) {
   for v0 in 0..8 {
     t[v0] = exp(x[v0])
   }
@@ -77,8 +76,7 @@ mod tests {
         // Fused into one loop, and the scratch shrunk to the one element an iteration uses.
         assert_eq!(
             seen[1].1,
-            "kernel @k(in x: f32[8], out y: f32[8]) {
-  scratch t: f32[1]
+            "kernel @k(in x: f32[8], out y: f32[8], scratch t: f32[1]) {
   for v0 in 0..8 {
     t[0] = exp(x[v0])
     y[v0] = neg(t[0])

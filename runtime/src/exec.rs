@@ -37,7 +37,7 @@ pub enum ExecError {
     Verify(String),
     #[error("code generation failed: {0}")]
     Codegen(String),
-    #[error("code generation failed: {0}")]
+    #[error(transparent)]
     Backend(#[from] kernel::Error),
     #[error("{node}: {message}")]
     Node { node: String, message: String },

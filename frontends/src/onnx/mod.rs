@@ -55,7 +55,7 @@ pub struct ImportOptions<'a> {
 pub struct ImportError {
     pub node: Option<String>,
     pub op: Option<String>,
-    #[source]
+    /// What failed (shown in the message, so not also a `source`).
     pub error: OpError,
 }
 

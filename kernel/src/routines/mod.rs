@@ -76,6 +76,9 @@ pub enum Role {
     Optional,
 }
 
+/// The lowest and highest element offset a call touches of an operand.
+pub type Range = (i64, i64);
+
 /// One library routine kernels call as a statement ([`crate::Stmt::Call`]): everything a walker,
 /// an analysis or a backend needs to know of it, so that a new routine is one row of
 /// [`ROUTINES`] plus its host function. Its host function takes every operand's address (in
@@ -103,6 +106,10 @@ pub struct Routine {
     /// The elements of operand `i` a call touches from its offset, as an expression of the
     /// integer arguments; `None` when they are not one range (strided operands).
     pub extent: fn(usize, &[crate::Expr]) -> Option<crate::Expr>,
+    /// The lowest and highest element (from its offset) a call touches of operand `i`,
+    /// under evaluated integer arguments; `None` when it touches none (an empty size).
+    /// What a checker of calls (the kernel interpreter) bounds-checks against.
+    pub bounds: fn(usize, &[i64]) -> Option<Range>,
     /// The host function's address.
     pub address: fn() -> *const u8,
     /// Calls the host function with operand addresses, integer and scalar arguments in table
@@ -130,6 +137,18 @@ pub static ROUTINES: [Routine; 5] = [
         result: None,
         cost: |i| i[5] * i[6] * i[7],
         extent: |_, _| None,
+        bounds: |operand, i| {
+            let (m, n, k) = (i[5], i[6], i[7]);
+            match operand {
+                0 => span(&[(m, i[0]), (k, i[1])]),
+                1 => span(&[(k, i[2]), (n, i[3])]),
+                2 => (k > 0 && n > 0).then(|| {
+                    let len = gemm::packed_len(k as usize, n as usize);
+                    (0, len as i64 - 1)
+                }),
+                _ => span(&[(m, i[4]), (n, 1)]),
+            }
+        },
         address: || gemm::kiln_sgemm_packed as *const u8,
         call: |p, i, _| unsafe {
             gemm::kiln_sgemm_packed(
@@ -171,6 +190,11 @@ pub static ROUTINES: [Routine; 5] = [
             let (a, b) = [(0, 1), (4, 5), (2, 3)].get(operand).copied()?;
             Some(i.get(a)?.clone() * i.get(b)?.clone())
         },
+        bounds: |operand, i| {
+            let (a, b) = [(0, 1), (4, 5), (2, 3)].get(operand).copied()?;
+            let len = i[a].checked_mul(i[b])?;
+            (len > 0).then_some((0, len - 1))
+        },
         address: || conv::kiln_conv2d_plane as *const u8,
         call: |p, i, _| unsafe {
             conv::kiln_conv2d_plane(
@@ -206,6 +230,7 @@ pub static ROUTINES: [Routine; 5] = [
         result: Some(ir::DType::F32),
         cost: |i| 4.0 * i[0],
         extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
         address: || rows::kiln_row_max as *const u8,
         call: |p, i, s| unsafe { f64::from(rows::kiln_row_max(p[0].cast(), i[0], s[0] as f32)) },
         doc: "max(init, row[0], ..., row[n-1]) in f32: IEEE maximum (NaN if any is NaN, -0 < \
@@ -221,6 +246,7 @@ pub static ROUTINES: [Routine; 5] = [
         result: Some(ir::DType::F64),
         cost: |i| 5.0 * i[0],
         extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
         address: || rows::kiln_row_sum_f64 as *const u8,
         call: |p, i, s| unsafe { rows::kiln_row_sum_f64(p[0].cast(), i[0], s[0]) },
         doc: "init + Σ row[i] for i < n in f64 (reassociated: within rounding of the \
@@ -239,6 +265,7 @@ pub static ROUTINES: [Routine; 5] = [
         result: None,
         cost: |i| 21.0 * i[0],
         extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
         address: || rows::kiln_row_exp_sub as *const u8,
         call: |p, i, s| unsafe {
             rows::kiln_row_exp_sub(p[0].cast(), p[1].cast(), i[0], s[0] as f32);
@@ -248,6 +275,24 @@ pub static ROUTINES: [Routine; 5] = [
               as in vector loops): softmax's middle pass",
     },
 ];
+
+/// The lowest and highest offset of `Σ idx_d · stride_d` over `idx_d < size_d` (`None` when a
+/// size is 0 or the offsets overflow).
+fn span(dims: &[(i64, i64)]) -> Option<(i64, i64)> {
+    let (mut lo, mut hi) = (0i64, 0i64);
+    for &(size, stride) in dims {
+        if size <= 0 {
+            return None;
+        }
+        let far = (size - 1).checked_mul(stride)?;
+        if far < 0 {
+            lo = lo.checked_add(far)?;
+        } else {
+            hi = hi.checked_add(far)?;
+        }
+    }
+    Some((lo, hi))
+}
 
 /// The routine named `name`.
 pub fn routine(name: &str) -> Option<&'static Routine> {

@@ -1,7 +1,8 @@
 //! The reference semantics of kernel IR: runs a kernel statement by statement on host buffers,
 //! every scalar op through the interpreter's [`super::elementwise`] and every routine call
-//! through the routine table's host function. Every backend is checked against it (the
-//! kernel filetests); it is slow and checks every access.
+//! through the routine table's host function (after checking every operand's range against
+//! the routine's bounds). Every backend is checked against it (the kernel filetests); it is
+//! slow and checks every access.
 
 use ir::{DType, Data};
 use kernel::{Expr, Kernel, Stmt};
@@ -111,30 +112,57 @@ impl Machine<'_> {
             }
             Stmt::Call(c) => {
                 let r = c.checked()?;
+                let ints = c
+                    .ints
+                    .iter()
+                    .map(|e| self.int(e))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mut ptrs = Vec::new();
-                for (op, &(name, _, dtype)) in c.operands.iter().zip(r.operands) {
+                let mut ranges: Vec<(usize, usize, usize, bool)> = Vec::new();
+                for (i, (op, &(name, role, dtype))) in c.operands.iter().zip(r.operands).enumerate()
+                {
                     let Some((b, off)) = op else {
                         ptrs.push(std::ptr::null_mut());
                         continue;
                     };
                     let off = self.int(off)?;
                     let buf = &mut self.bufs[*b];
-                    if buf.dtype() != dtype || off < 0 || off as usize > buf.len() {
+                    let len = buf.len() as i64;
+                    // Every element the call touches lies in the buffer (the routine's
+                    // bounds under these integers).
+                    let touched = (r.bounds)(i, &ints)
+                        .map(|(lo, hi)| (off.checked_add(lo), off.checked_add(hi)));
+                    let inside = match touched {
+                        None => (0..=len).contains(&off),
+                        Some((Some(lo), Some(hi))) => lo >= 0 && hi < len,
+                        Some(_) => false,
+                    };
+                    if buf.dtype() != dtype || !inside {
                         return Err(format!(
-                            "operand `{name}` of `{}` at {off} of a {} buffer of {}",
+                            "operand `{name}` of `{}` at {off} reaches outside its {} buffer of {len}",
                             r.name,
                             buf.dtype(),
-                            buf.len()
                         ));
+                    }
+                    if let Some((Some(lo), Some(hi))) = touched {
+                        if c.accessed(i) {
+                            let write = role == kernel::routines::Role::Write;
+                            ranges.push((*b, lo as usize, hi as usize, write));
+                        }
                     }
                     let base: *mut u8 = ir::with_data!(buf, v, _W => v.as_mut_ptr().cast());
                     ptrs.push(base.wrapping_add(off as usize * kernel::elem_bytes(dtype)));
                 }
-                let ints = c
-                    .ints
-                    .iter()
-                    .map(|e| self.int(e))
-                    .collect::<Result<Vec<_>, _>>()?;
+                // A written range overlaps another operand's only when they are the same
+                // range (in place).
+                for (x, &(b, lo, hi, w)) in ranges.iter().enumerate() {
+                    for &(b2, lo2, hi2, w2) in &ranges[x + 1..] {
+                        let overlap = b == b2 && lo <= hi2 && lo2 <= hi;
+                        if overlap && (w || w2) && (lo, hi) != (lo2, hi2) {
+                            return Err(format!("`{}` writes an operand another overlaps", r.name));
+                        }
+                    }
+                }
                 let mut scalars = Vec::with_capacity(c.scalars.len());
                 for (e, &(name, dtype)) in c.scalars.iter().zip(r.scalars) {
                     let v = self.eval(e)?;
@@ -143,11 +171,17 @@ impl Machine<'_> {
                     }
                     scalars.push(v.get_f64(0));
                 }
-                // SAFETY: every operand is a live buffer of the routine's dtype from its
-                // offset on; that the routine stays inside it is what its extents promise (the
-                // same trust compiled kernels place in the table).
+                // SAFETY: every operand is a live buffer of the routine's dtype holding every
+                // element the routine's bounds say the call touches; written ranges overlap
+                // other operands only in place.
                 let got = unsafe { (r.call)(&ptrs, &ints, &scalars) };
                 if let (Some(v), Some(d)) = (c.result, r.result) {
+                    if self.k.vars[v] != d {
+                        return Err(format!(
+                            "v{v} is {}, `{}` gives {d}",
+                            self.k.vars[v], r.name
+                        ));
+                    }
                     self.vars[v] = Some(scalar(d, got, got as i64));
                 }
             }
@@ -231,5 +265,30 @@ mod tests {
         // Out of bounds is an error, not a panic.
         let e = run(&k, &mut bufs, &[4]).unwrap_err();
         assert!(e.contains("index 3 out of `y` (3 elements)"), "{e}");
+        // So is a call that would reach past its operand, or write over another operand.
+        let calls = |stmt: &str| {
+            let k = kernel::parse_kernel(&format!(
+                "kernel @c(in x: f32[4], out y: f32[4]) {{\n  {stmt}\n}}"
+            ))
+            .unwrap();
+            let mut bufs = vec![Data::F32(vec![1.0; 4]), Data::F32(vec![0.0; 4])];
+            run(&k, &mut bufs, &[])
+        };
+        assert_eq!(
+            calls("call row_exp_sub(src: x[0], dst: y[0]; n=4 s=0.0:f32)"),
+            Ok(0)
+        );
+        let far = calls("call row_exp_sub(src: x[1], dst: y[0]; n=4 s=0.0:f32)").unwrap_err();
+        assert!(
+            far.contains("operand `src` of `row_exp_sub` at 1 reaches outside"),
+            "{far}"
+        );
+        let wide = calls(
+            "call gemm(a: x[0], b: x[0], b_packed: -, c: y[0]; a_rs=2 a_cs=1 b_rs=2 b_cs=1 c_rs=2 m=2 n=2 k=3)",
+        )
+        .unwrap_err();
+        assert!(wide.contains("operand `a` of `gemm`"), "{wide}");
+        let overlap = calls("call row_exp_sub(src: y[0], dst: y[1]; n=3 s=0.0:f32)").unwrap_err();
+        assert!(overlap.contains("overlaps"), "{overlap}");
     }
 }

@@ -62,11 +62,26 @@ pub fn elementwise(op: &Op, args: &[&Data], dtype: ir::DType) -> Result<Data, St
         }
         _ if op.kind() == ir::OpKind::Binary => {
             arity(2)?;
+            if args[0].dtype() != args[1].dtype() {
+                return Err(format!(
+                    "`{}` of a {} and a {}",
+                    op.mnemonic(),
+                    args[0].dtype(),
+                    args[1].dtype()
+                ));
+            }
             let r = wide::binary(op, &widen(args[0]), &widen(args[1]), args[0].dtype())?;
             Ok(narrow(&r, dtype))
         }
         Op::Select => {
             arity(3)?;
+            if args[1].dtype() != dtype || args[2].dtype() != dtype {
+                return Err(format!(
+                    "`select` of a {} and a {} giving {dtype}",
+                    args[1].dtype(),
+                    args[2].dtype()
+                ));
+            }
             match args[0] {
                 Data::Bool(c) => Ok(compute::select(c, args[1], args[2])),
                 _ => Err("select's condition is not bool".into()),
