@@ -75,9 +75,9 @@ fn maximum(a: f32, b: f32) -> f32 {
     }
 }
 
-// The f32 `exp` of the JIT (codegen's `jit/simd.rs`, `vexp`) and of these routines, which share
-// these constants: n = round(x·log2 e) by adding and subtracting MAGIC (1.5·2^23), r = x - n·C1 -
-// n·C2 (ln 2 in two parts), e^r ≈ 1 + r + r²·P(r).
+// The f32 `exp` of the JIT (codegen's `backend/cranelift/jit/vmath.rs`, `vexp`) and of these
+// routines, which share these constants: n = round(x·log2 e) by adding and subtracting MAGIC
+// (1.5·2^23), r = x - n·C1 - n·C2 (ln 2 in two parts), e^r ≈ 1 + r + r²·P(r).
 /// log2(e), for the shared `exp` (see the comment above).
 pub const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// 1.5·2^23: adding and subtracting it rounds to an integer.
