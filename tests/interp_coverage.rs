@@ -234,6 +234,21 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((op, args));
                 continue;
             }
+            "tree_walk" => {
+                let t = |v: Vec<i64>| Tensor::from_vec(vec![3], v).unwrap();
+                let args = vec![
+                    x.clone(),
+                    t(vec![0, 0, 2]),
+                    rng.tensor(dtype, &[3]),
+                    t(vec![0, 6, 6]),
+                    t(vec![1, 1, 2]),
+                    t(vec![2, 1, 2]),
+                    Tensor::from_vec(vec![3], vec![true, false, false]).unwrap(),
+                    Tensor::from_vec(vec![2], vec![0i64, 2]).unwrap(),
+                ];
+                out.push((Op::TreeWalk, args));
+                continue;
+            }
             "topk" => Op::TopK {
                 k: 2,
                 axis: 1,

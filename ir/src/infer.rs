@@ -649,6 +649,41 @@ pub(crate) fn rule_topk(ins: &[TensorType], k: &i64, ax: &i64, _largest: &bool) 
     ])
 }
 
+pub(crate) fn rule_tree_walk(ins: &[TensorType]) -> Rule {
+    let x = &ins[0];
+    check_dtype(DTypeSet::FLOAT, x, "x")?;
+    if x.rank() != 2 {
+        return Err(format!("x must be [rows, features], got {}", x.shape));
+    }
+    let n = ins[1].shape.dims().first().cloned();
+    let tables = [
+        ("feature", DType::I64),
+        ("threshold", x.dtype),
+        ("rule", DType::I64),
+        ("yes", DType::I64),
+        ("no", DType::I64),
+        ("nan_yes", DType::Bool),
+    ];
+    for (t, (what, dtype)) in ins[1..7].iter().zip(tables) {
+        if t.dtype != dtype || t.rank() != 1 || t.shape.dims().first() != n.as_ref() {
+            return Err(format!(
+                "the {what} table must be {dtype}[{}], got {t}",
+                ins[1]
+                    .shape
+                    .dims()
+                    .first()
+                    .map_or("nodes".into(), |d| d.to_string())
+            ));
+        }
+    }
+    let roots = &ins[7];
+    if roots.dtype != DType::I64 || roots.rank() != 1 {
+        return Err(format!("roots must be i64[trees], got {roots}"));
+    }
+    let shape = Shape::new(vec![x.shape.dim(0).clone(), roots.shape.dim(0).clone()]);
+    Ok(vec![TensorType::new(DType::I64, shape)])
+}
+
 /// The symbol a data-dependent op defines: a plain symbol.
 fn defined(count: &Dim) -> Result<Dim, String> {
     match count.as_sym() {

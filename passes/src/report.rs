@@ -63,11 +63,13 @@ fn contents(op: &Op) -> Contents {
 
 /// Ops a kernel cannot contain at all.
 fn opaque(op: &Op) -> bool {
-    matches!(op.kind(), OpKind::Sort | OpKind::Window | OpKind::Source)
-        || matches!(
-            op,
-            Op::ScatterNd { .. } | Op::GatherNd { .. } | Op::ArgMax { .. } | Op::ArgMin { .. }
-        )
+    matches!(
+        op.kind(),
+        OpKind::Sort | OpKind::Window | OpKind::Source | OpKind::Tree
+    ) || matches!(
+        op,
+        Op::ScatterNd { .. } | Op::GatherNd { .. } | Op::ArgMax { .. } | Op::ArgMin { .. }
+    )
 }
 
 pub fn report(g: &Graph, target: &Target) -> Report {

@@ -21,6 +21,7 @@ mod conv;
 mod gather;
 mod index;
 mod reduce;
+mod tree;
 mod window;
 
 type Result<T> = std::result::Result<T, Unsupported>;
@@ -297,6 +298,10 @@ impl<'g> Lowering<'g> {
                 Op::ScatterNd { reduction } => {
                     let b = self.target(v, output_buf)?;
                     self.scatter_nd(v, *reduction, b)?;
+                }
+                Op::TreeWalk => {
+                    let b = self.target(v, output_buf)?;
+                    self.tree_walk(v, b)?;
                 }
                 _ => return unsupported(format!("`{}`", op.mnemonic())),
             }

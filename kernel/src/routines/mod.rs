@@ -1,6 +1,6 @@
 //! The library routines kernels call: f32 matrix products ([`gemm`]), plane convolutions
-//! ([`conv`]), softmax's row passes ([`rows`]) and scalar math ([`mod@math`]), each under the
-//! symbol compiled code refers to it by. Host code, with AVX2 and FMA paths chosen at run time.
+//! ([`conv`]), softmax's row passes ([`rows`]), tree ensembles ([`trees`]) and scalar math
+//! ([`mod@math`]), each under the symbol compiled code refers to it by. Host code, with AVX2 and FMA paths chosen at run time.
 //!
 //! [`ROUTINES`] is the table of the routines a kernel calls as a statement (`Stmt::Call`):
 //! walkers, analyses and backends read operands, roles, integer arguments, cost and extents
@@ -10,6 +10,7 @@ pub mod conv;
 pub mod gemm;
 pub mod math;
 pub mod rows;
+pub mod trees;
 
 /// Signatures of the scalar math routines.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -121,7 +122,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 5] = [
+pub static ROUTINES: [Routine; 6] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -273,6 +274,66 @@ pub static ROUTINES: [Routine; 5] = [
         },
         doc: "dst[i] = exp(src[i] - s) for i < n in f32 (dst may be src; exp within 2 ulp, \
               as in vector loops): softmax's middle pass",
+    },
+    Routine {
+        name: "tree_walk",
+        symbol: "kiln_tree_walk",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("feature", Role::Read, ir::DType::I64),
+            ("threshold", Role::Read, ir::DType::F32),
+            ("rule", Role::Read, ir::DType::I64),
+            ("yes", Role::Read, ir::DType::I64),
+            ("no", Role::Read, ir::DType::I64),
+            ("nan_yes", Role::Read, ir::DType::Bool),
+            ("roots", Role::Read, ir::DType::I64),
+            ("out", Role::Write, ir::DType::I64),
+        ],
+        replaces: None,
+        ints: &["rows", "features", "trees", "nodes"],
+        scalars: &[],
+        result: Some(ir::DType::I64),
+        cost: |i| 16.0 * i[0] * i[2],
+        extent: |operand, i| {
+            let n = |k: usize| i.get(k).cloned();
+            match operand {
+                0 => Some(n(0)? * n(1)?),
+                1..=6 => n(3),
+                7 => n(2),
+                _ => Some(n(0)? * n(2)?),
+            }
+        },
+        bounds: |operand, i| {
+            let len = match operand {
+                0 => i[0].checked_mul(i[1])?,
+                1..=6 => i[3],
+                7 => i[2],
+                _ => i[0].checked_mul(i[2])?,
+            };
+            (len > 0).then_some((0, len - 1))
+        },
+        address: || trees::kiln_tree_walk as *const u8,
+        call: |p, i, _| unsafe {
+            trees::kiln_tree_walk(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
+                p[6].cast(),
+                p[7].cast(),
+                p[8].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+            ) as f64
+        },
+        doc: "out[r·trees + t] = the leaf row r of x [rows, features] reaches in tree t of a \
+              forest given as node tables (the tree_walk op): each row walks each tree once; \
+              the result is 0, or 1 for malformed tables (an index out of range, a bad rule \
+              code, a cycle)",
     },
 ];
 

@@ -579,6 +579,50 @@ pub fn select(cond: &[bool], a: &Data, b: &Data) -> Data {
     })
 }
 
+/// The leaf index of every row of `args[0]` in every tree (the `tree_walk` op; the tables
+/// follow, see its docs), by the walk the host routine shares.
+pub fn tree_walk(args: &[&ir::Tensor]) -> Result<Vec<i64>, String> {
+    use kernel::routines::trees::{walk, Node};
+    let (x, roots) = (args[0], args[7]);
+    let (rows, features) = (x.shape()[0], x.shape()[1]);
+    let ints = |i: usize| -> Result<&[i64], String> {
+        args[i]
+            .as_slice::<i64>()
+            .ok_or_else(|| "a tree table is not i64".to_string())
+    };
+    let (feature, rule, yes, no, roots) = (
+        ints(1)?,
+        ints(3)?,
+        ints(4)?,
+        ints(5)?,
+        roots.as_slice::<i64>().ok_or("the roots are not i64")?,
+    );
+    let nan_yes = args[6].as_slice::<bool>().ok_or("nan_yes is not bool")?;
+    let threshold = args[2].data();
+    let nodes = feature.len();
+    let node = |i: usize| Node {
+        feature: feature[i],
+        threshold: threshold.get_f64(i),
+        rule: rule[i],
+        yes: yes[i],
+        no: no[i],
+        nan_yes: nan_yes[i],
+    };
+    let mut out = Vec::with_capacity(rows * roots.len());
+    for r in 0..rows {
+        let at = |f: i64| {
+            usize::try_from(f)
+                .ok()
+                .filter(|&f| f < features)
+                .map(|f| x.data().get_f64(r * features + f))
+        };
+        for &root in roots {
+            out.push(walk(root, nodes, at, node).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

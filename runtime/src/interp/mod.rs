@@ -577,6 +577,7 @@ impl Interp<'_> {
                 let idx = compute::arg_reduce(&wide0(), arg(0).shape(), *axis as usize, max, *last);
                 Ok(vec![Data::I64(idx)])
             }
+            Op::TreeWalk => Ok(vec![Data::I64(compute::tree_walk(args)?)]),
             Op::TopK { k, axis, largest } => {
                 let (src, idx) = compute::topk(
                     &wide0(),

@@ -7,7 +7,7 @@ use crate::onnx::OpError;
 
 use std::collections::HashMap;
 
-use ir::{Builder, DType, Dim, Op, Shape, Tensor, TensorType, Value};
+use ir::{Builder, DType, Dim, Op, Shape, Tensor, Value};
 
 use super::{one, s, Res};
 use crate::onnx::import::{Ctx, Node};
@@ -69,7 +69,6 @@ struct Forest {
     no: Vec<i64>,
     missing_yes: Vec<bool>,
     roots: Vec<i64>,
-    depth: usize,
     /// [nodes, targets] leaf contributions.
     leaf: Vec<f32>,
     targets: usize,
@@ -145,7 +144,6 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
             .map(|i| missing.get(i).copied().unwrap_or(0) != 0)
             .collect(),
         roots: roots.iter().map(|&(_, i)| i as i64).collect(),
-        depth: 0,
         leaf: vec![0.0; count * targets],
         targets,
     };
@@ -169,20 +167,19 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
             return Err(format!("negative feature id at tree {} node {}", tree[i], node[i]).into());
         }
     }
-    // Depth by walking from each root; a revisit means a cycle.
+    // Walking from each root, a revisited node means a cycle.
     for &(_, root) in &roots {
-        let mut stack = vec![(root, 0usize)];
+        let mut stack = vec![root];
         let mut seen = vec![false; count];
-        while let Some((i, d)) = stack.pop() {
+        while let Some(i) = stack.pop() {
             if f.rule[i] == Rule::Leaf {
-                f.depth = f.depth.max(d);
                 continue;
             }
             if std::mem::replace(&mut seen[i], true) {
                 return Err(format!("tree {} has a cycle", tree[i]).into());
             }
-            stack.push((f.yes[i] as usize, d + 1));
-            stack.push((f.no[i] as usize, d + 1));
+            stack.push(f.yes[i] as usize);
+            stack.push(f.no[i] as usize);
         }
     }
     let ids = ints(n, &format!("{prefix}_ids"))?;
@@ -208,22 +205,31 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
     Ok(f)
 }
 
-/// Per-sample, per-tree leaf contributions summed over trees: [batch, targets], plus the
-/// per-tree values for other aggregations.
+/// Per-sample, per-tree leaf contributions [batch, trees, targets]: one `tree_walk` (each row
+/// walks each tree once, to its leaf), then the leaves' contributions gathered.
 fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
-    let batch = b.shape(x).dim(0).clone();
-    let trees = f.roots.len();
-    let dt = b.dtype(x);
     let nodes = f.feature.len();
-    let bt = Shape::new(vec![batch.clone(), Dim::from(trees)]);
+    if let Some(width) = b.shape(x).dim(1).as_const() {
+        if let Some(&bad) = f
+            .feature
+            .iter()
+            .zip(&f.rule)
+            .find_map(|(ft, r)| (*r != Rule::Leaf && *ft >= width).then_some(ft))
+        {
+            return Err(format!("a node reads feature {bad}, but the input has {width}").into());
+        }
+    }
     let table_i = |b: &mut Builder, v: &[i64]| constant(b, vec![nodes], v.to_vec());
     let feat_t = table_i(b, &f.feature)?;
+    let codes: Vec<i64> = f.rule.iter().map(|&r| r as i64).collect();
+    let rule_t = table_i(b, &codes)?;
     let yes_t = table_i(b, &f.yes)?;
     let no_t = table_i(b, &f.no)?;
+    let nan_t = constant(b, vec![nodes], f.missing_yes.clone())?;
     let thr = Tensor::new(
         vec![nodes],
         ir::Data::from_f64s(
-            dt,
+            b.dtype(x),
             &f.threshold
                 .iter()
                 .map(|&v| f64::from(v))
@@ -231,78 +237,14 @@ fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
         ),
     )?;
     let thr_t = b.constant(thr)?;
-    let roots = constant(b, vec![trees], f.roots.clone())?;
-    let mut cur = b.broadcast_to(roots, &bt)?;
-    let rules: Vec<Rule> = {
-        let mut r: Vec<Rule> = f
-            .rule
-            .iter()
-            .copied()
-            .filter(|&r| r != Rule::Leaf)
-            .collect();
-        r.dedup();
-        r.sort_by_key(|&r| r as u8);
-        r.dedup();
-        r
-    };
-    let any_missing = f.missing_yes.iter().any(|&m| m);
-    let row = b.op1(
-        Op::Iota {
-            axis: 0,
-            ty: TensorType::new(DType::I64, bt.clone()),
-        },
-        &[],
+    let roots = constant(b, vec![f.roots.len()], f.roots.clone())?;
+    let leaves = b.op1(
+        Op::TreeWalk,
+        &[x, feat_t, thr_t, rule_t, yes_t, no_t, nan_t, roots],
     )?;
-    let row = b.unsqueeze(row, 2)?;
-    for _ in 0..f.depth {
-        let feat = b.op1(Op::Gather { axis: 0 }, &[feat_t, cur])?;
-        let fe = b.unsqueeze(feat, 2)?;
-        let tuples = b.op1(Op::Concat { axis: 2 }, &[row, fe])?;
-        let xv = b.op1(Op::GatherNd { batch_dims: 0 }, &[x, tuples])?;
-        let th = b.op1(Op::Gather { axis: 0 }, &[thr_t, cur])?;
-        let cmp = |b: &mut Builder, r: Rule| -> R<Value> {
-            let op = match r {
-                Rule::Leq => Op::Le,
-                Rule::Lt => Op::Lt,
-                Rule::Gte => Op::Ge,
-                Rule::Gt => Op::Gt,
-                Rule::Eq => Op::Eq,
-                Rule::Neq => Op::Ne,
-                Rule::Leaf => unreachable!("leaves are filtered out"),
-            };
-            b.op1(op, &[xv, th]).map_err(s)
-        };
-        let mut cond = match rules.as_slice() {
-            [] => break,
-            [r] => cmp(b, *r)?,
-            _ => {
-                let codes: Vec<i64> = f.rule.iter().map(|&r| r as i64).collect();
-                let code_t = table_i(b, &codes)?;
-                let code = b.op1(Op::Gather { axis: 0 }, &[code_t, cur])?;
-                let mut acc = cmp(b, rules[0])?;
-                for &r in &rules[1..] {
-                    let c = cmp(b, r)?;
-                    let k = b.scalar(r as i64 as f64, DType::I64)?;
-                    let k = b.broadcast_to(k, &bt)?;
-                    let is = b.op1(Op::Eq, &[code, k])?;
-                    acc = b.op1(Op::Select, &[is, c, acc])?;
-                }
-                acc
-            }
-        };
-        if any_missing {
-            let mt = constant(b, vec![nodes], f.missing_yes.clone())?;
-            let mt = b.op1(Op::Gather { axis: 0 }, &[mt, cur])?;
-            let nan = b.unary(Op::IsNan, xv)?;
-            cond = b.op1(Op::Select, &[nan, mt, cond])?;
-        }
-        let y = b.op1(Op::Gather { axis: 0 }, &[yes_t, cur])?;
-        let nn = b.op1(Op::Gather { axis: 0 }, &[no_t, cur])?;
-        cur = b.op1(Op::Select, &[cond, y, nn])?;
-    }
     let leaf = constant(b, vec![nodes, f.targets], f.leaf.clone())?;
     let leaf = b.cast(leaf, DType::F32)?;
-    b.op1(Op::Gather { axis: 0 }, &[leaf, cur]).map_err(s)
+    Ok(b.op1(Op::Gather { axis: 0 }, &[leaf, leaves])?)
 }
 
 /// The classifier post transforms of the ML domain, on [batch, classes].
