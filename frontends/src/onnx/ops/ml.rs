@@ -63,14 +63,14 @@ fn rule(m: &str) -> R<Rule> {
 /// a leaf stays there.
 struct Forest {
     feature: Vec<i64>,
-    threshold: Vec<f32>,
+    threshold: Vec<f64>,
     rule: Vec<Rule>,
     yes: Vec<i64>,
     no: Vec<i64>,
     missing_yes: Vec<bool>,
     roots: Vec<i64>,
     /// [nodes, targets] leaf contributions.
-    leaf: Vec<f32>,
+    leaf: Vec<f64>,
     targets: usize,
 }
 
@@ -136,7 +136,7 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
     roots.sort();
     let mut f = Forest {
         feature: feat.clone(),
-        threshold: vals,
+        threshold: vals.iter().map(|&v| f64::from(v)).collect(),
         rule: modes.iter().map(|m| rule(m)).collect::<R<_>>()?,
         yes: vec![0; count],
         no: vec![0; count],
@@ -200,14 +200,14 @@ fn forest(n: &Node, prefix: &str, targets: usize) -> R<Forest> {
             .ok()
             .filter(|&t| t < targets)
             .ok_or_else(|| format!("{prefix} id {} is out of range", ids[k]))?;
-        f.leaf[i * targets + t] += w[k];
+        f.leaf[i * targets + t] += f64::from(w[k]);
     }
     Ok(f)
 }
 
 /// Per-sample, per-tree leaf contributions [batch, trees, targets]: one `tree_walk` (each row
 /// walks each tree once, to its leaf), then the leaves' contributions gathered.
-fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
+fn walk(b: &mut Builder, x: Value, f: &Forest, out: DType) -> R<Value> {
     let nodes = f.feature.len();
     if let Some(width) = b.shape(x).dim(1).as_const() {
         if let Some(&bad) = f
@@ -226,24 +226,15 @@ fn walk(b: &mut Builder, x: Value, f: &Forest) -> R<Value> {
     let yes_t = table_i(b, &f.yes)?;
     let no_t = table_i(b, &f.no)?;
     let nan_t = constant(b, vec![nodes], f.missing_yes.clone())?;
-    let thr = Tensor::new(
-        vec![nodes],
-        ir::Data::from_f64s(
-            b.dtype(x),
-            &f.threshold
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect::<Vec<_>>(),
-        ),
-    )?;
+    let thr = Tensor::new(vec![nodes], ir::Data::from_f64s(b.dtype(x), &f.threshold))?;
     let thr_t = b.constant(thr)?;
     let roots = constant(b, vec![f.roots.len()], f.roots.clone())?;
     let leaves = b.op1(
         Op::TreeWalk,
         &[x, feat_t, thr_t, rule_t, yes_t, no_t, nan_t, roots],
     )?;
-    let leaf = constant(b, vec![nodes, f.targets], f.leaf.clone())?;
-    let leaf = b.cast(leaf, DType::F32)?;
+    let leaf = Tensor::new(vec![nodes, f.targets], ir::Data::from_f64s(out, &f.leaf))?;
+    let leaf = b.constant(leaf)?;
     Ok(b.op1(Op::Gather { axis: 0 }, &[leaf, leaves])?)
 }
 
@@ -335,7 +326,7 @@ pub fn tree_ensemble_classifier(ctx: &mut Ctx, n: &Node) -> Res {
     let post = n.string_or("post_transform", "NONE")?;
     let base = n.floats("base_values")?;
     let b = &mut ctx.b;
-    let per_tree = walk(b, x, &f)?;
+    let per_tree = walk(b, x, &f, DType::F32)?;
     let mut res = b.reduce_sum(per_tree, &[1], false)?;
     if let Some(base) = base {
         let bl = base.len();
@@ -391,14 +382,8 @@ pub fn tree_ensemble_regressor(ctx: &mut Ctx, n: &Node) -> Res {
     let post = n.string_or("post_transform", "NONE")?;
     let base = n.floats("base_values")?;
     let b = &mut ctx.b;
-    let per_tree = walk(b, x, &f)?;
-    let mut res = match agg.as_str() {
-        "SUM" => b.reduce_sum(per_tree, &[1], false),
-        "AVERAGE" => b.reduce_mean(per_tree, &[1], false),
-        "MIN" => b.reduce(|axes| Op::ReduceMin { axes }, per_tree, &[1], false),
-        "MAX" => b.reduce_max(per_tree, &[1], false),
-        other => return Err(format!("unknown aggregate_function `{other}`").into()),
-    }?;
+    let per_tree = walk(b, x, &f, DType::F32)?;
+    let mut res = aggregate(b, per_tree, &agg)?;
     if let Some(base) = base {
         let bl = base.len();
         let bv = constant(b, vec![bl], base)?;
@@ -408,11 +393,195 @@ pub fn tree_ensemble_regressor(ctx: &mut Ctx, n: &Node) -> Res {
     one(ctx, y)
 }
 
-pub fn tree_ensemble(_: &mut Ctx, _: &Node) -> Res {
-    Err(
-        "TreeEnsemble (ai.onnx.ml 5) is not supported yet; TreeEnsembleClassifier/Regressor are"
-            .into(),
-    )
+/// Per-row totals over the trees of [batch, trees, targets] by an ML aggregate function.
+fn aggregate(b: &mut Builder, per_tree: Value, how: &str) -> R<Value> {
+    Ok(match how {
+        "SUM" => b.reduce_sum(per_tree, &[1], false),
+        "AVERAGE" => b.reduce_mean(per_tree, &[1], false),
+        "MIN" => b.reduce(|axes| Op::ReduceMin { axes }, per_tree, &[1], false),
+        "MAX" => b.reduce_max(per_tree, &[1], false),
+        other => return Err(format!("unknown aggregate_function `{other}`").into()),
+    }?)
+}
+
+/// ai.onnx.ml TreeEnsemble (opset 5): interior nodes and leaves in separate tables (a child
+/// is a leaf when its `nodes_trueleafs`/`nodes_falseleafs` flag says so), set-membership
+/// nodes (a chain of equality tests, one per member of the node's set in
+/// `membership_values`), aggregate and post transform as enums; Y has X's dtype.
+pub fn tree_ensemble(ctx: &mut Ctx, n: &Node) -> Res {
+    let ext = &ctx.opts.external_data;
+    let tensor = |name: &str| -> R<Tensor> {
+        n.tensor(name, ext)?
+            .ok_or_else(|| format!("missing attribute `{name}`").into())
+    };
+    let f64s = |t: &Tensor| -> Vec<f64> { (0..t.numel()).map(|i| t.data().get_f64(i)).collect() };
+    let ints_of = |t: &Tensor| -> Vec<i64> {
+        (0..t.numel())
+            .map(|i| t.data().get_i128(i) as i64)
+            .collect()
+    };
+    let splits = f64s(&tensor("nodes_splits")?);
+    let modes = ints_of(&tensor("nodes_modes")?);
+    let feat = ints(n, "nodes_featureids")?;
+    let (yes, no) = (
+        ints(n, "nodes_truenodeids")?,
+        ints(n, "nodes_falsenodeids")?,
+    );
+    let (yes_leaf, no_leaf) = (ints(n, "nodes_trueleafs")?, ints(n, "nodes_falseleafs")?);
+    let leaf_target = ints(n, "leaf_targetids")?;
+    let leaf_weight = f64s(&tensor("leaf_weights")?);
+    let roots = ints(n, "tree_roots")?;
+    let missing = match n.tensor("nodes_missing_value_tracks_true", ext)? {
+        Some(t) => ints_of(&t),
+        None => Vec::new(),
+    };
+    let members = match n.tensor("membership_values", ext)? {
+        Some(t) => f64s(&t),
+        None => Vec::new(),
+    };
+    let targets = usize::try_from(n.int("n_targets")?.ok_or("missing attribute `n_targets`")?)
+        .map_err(|_| "n_targets is negative")?;
+    let (inner, leaves) = (splits.len(), leaf_weight.len());
+    for (what, len) in [
+        ("nodes_modes", modes.len()),
+        ("nodes_featureids", feat.len()),
+        ("nodes_truenodeids", yes.len()),
+        ("nodes_falsenodeids", no.len()),
+        ("nodes_trueleafs", yes_leaf.len()),
+        ("nodes_falseleafs", no_leaf.len()),
+    ] {
+        if len != inner {
+            return Err(format!("`{what}` has {len} entries, `nodes_splits` {inner}").into());
+        }
+    }
+    if leaf_target.len() != leaves {
+        return Err("`leaf_targetids` and `leaf_weights` differ in length".into());
+    }
+    // The flat table: interior nodes 0..inner, leaves after them, then the extra equality
+    // nodes of set-membership chains.
+    let child = |id: i64, leaf: i64| -> R<i64> {
+        let (base, count) = if leaf != 0 {
+            (inner, leaves)
+        } else {
+            (0, inner)
+        };
+        usize::try_from(id)
+            .ok()
+            .filter(|&i| i < count)
+            .map(|i| (base + i) as i64)
+            .ok_or_else(|| format!("child {id} is out of range").into())
+    };
+    let mut f = Forest {
+        feature: Vec::new(),
+        threshold: Vec::new(),
+        rule: Vec::new(),
+        yes: Vec::new(),
+        no: Vec::new(),
+        missing_yes: Vec::new(),
+        roots: Vec::new(),
+        leaf: vec![0.0; (inner + leaves) * targets],
+        targets,
+    };
+    let mut chains = Vec::new();
+    let mut next_member = members.iter();
+    for i in 0..inner {
+        let (y, nn) = (child(yes[i], yes_leaf[i])?, child(no[i], no_leaf[i])?);
+        let nan = missing.get(i).copied().unwrap_or(0) != 0;
+        f.feature.push(feat[i]);
+        f.yes.push(y);
+        f.missing_yes.push(nan);
+        if feat[i] < 0 {
+            return Err(format!("node {i} reads a negative feature").into());
+        }
+        let rule = match modes[i] {
+            0 => Rule::Leq,
+            1 => Rule::Lt,
+            2 => Rule::Gte,
+            3 => Rule::Gt,
+            4 => Rule::Eq,
+            5 => Rule::Neq,
+            6 => {
+                // x in {m1, ..., mk}: x == m1, else x == m2, ..., else the false child.
+                let set: Vec<f64> = next_member
+                    .by_ref()
+                    .take_while(|m| !m.is_nan())
+                    .copied()
+                    .collect();
+                f.threshold.push(set.first().copied().unwrap_or(f64::NAN));
+                f.rule.push(Rule::Eq);
+                chains.push((i, set, y, nn, feat[i], nan));
+                f.no.push(nn);
+                continue;
+            }
+            m => return Err(format!("unknown node mode {m}").into()),
+        };
+        f.threshold.push(splits[i]);
+        f.rule.push(rule);
+        f.no.push(nn);
+    }
+    for j in 0..leaves {
+        let t = usize::try_from(leaf_target[j])
+            .ok()
+            .filter(|&t| t < targets)
+            .ok_or_else(|| format!("leaf target {} is out of range", leaf_target[j]))?;
+        f.leaf[(inner + j) * targets + t] += leaf_weight[j];
+        f.feature.push(0);
+        f.threshold.push(0.0);
+        f.rule.push(Rule::Leaf);
+        f.yes.push((inner + j) as i64);
+        f.no.push((inner + j) as i64);
+        f.missing_yes.push(false);
+    }
+    for (i, set, y, nn, feature, nan) in chains {
+        let mut prev = i;
+        for &m in set.iter().skip(1) {
+            let at = f.rule.len();
+            f.no[prev] = at as i64;
+            f.feature.push(feature);
+            f.threshold.push(m);
+            f.rule.push(Rule::Eq);
+            f.yes.push(y);
+            f.no.push(nn);
+            f.missing_yes.push(nan);
+            prev = at;
+        }
+    }
+    f.leaf.resize(f.rule.len() * targets, 0.0);
+    for &r in &roots {
+        // A one-leaf tree says so with both flags and one child; its root then indexes the
+        // leaves (as the ONNX reference reads it).
+        let i = usize::try_from(r)
+            .ok()
+            .filter(|&i| i < inner)
+            .ok_or_else(|| format!("tree root {r} is out of range"))?;
+        let degenerate = yes_leaf[i] != 0 && no_leaf[i] != 0 && yes[i] == no[i];
+        f.roots.push(match degenerate {
+            true => child(r, 1)?,
+            false => r,
+        });
+    }
+    let agg = match n.int_or("aggregate_function", 1)? {
+        0 => "AVERAGE",
+        1 => "SUM",
+        2 => "MIN",
+        3 => "MAX",
+        a => return Err(format!("unknown aggregate_function {a}").into()),
+    };
+    let post = match n.int_or("post_transform", 0)? {
+        0 => "NONE",
+        1 => "SOFTMAX",
+        2 => "LOGISTIC",
+        3 => "SOFTMAX_ZERO",
+        4 => "PROBIT",
+        p => return Err(format!("unknown post_transform {p}").into()),
+    };
+    let x = features(ctx, n.req(0)?)?;
+    let b = &mut ctx.b;
+    let dtype = b.dtype(x);
+    let per_tree = walk(b, x, &f, dtype)?;
+    let y = aggregate(b, per_tree, agg)?;
+    let y = post_transform(b, y, post)?;
+    one(ctx, y)
 }
 
 /// x @ coefficients^T + intercepts for `rows` output columns.
