@@ -109,7 +109,7 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
         Op::Lt,
         Op::Ge,
     ];
-    let result = match below(rng, 27) {
+    let result = match below(rng, 28) {
         0..=3 => b.op1(pick(rng, &unary), &[v]),
         4..=6 => {
             let w = vals
@@ -310,6 +310,55 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
                 let reduction = pick(rng, kiln::ScatterReduction::ALL);
                 b.op1(Op::ScatterNd { reduction }, &[v, idx, u])
             }
+        }
+        27 if rank == 2 && ty.dtype.is_float() => {
+            // A random forest over the rows of `v` (now and then a feature the rows lack).
+            let features = b.shape(v).dim(1).as_const()?;
+            let (mut feature, mut threshold, mut rule, mut yes, mut no, mut nan, mut roots) =
+                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            for _ in 0..1 + below(rng, 3) {
+                roots.push(rule.len() as i64);
+                // Nodes in breadth-first order: node k's children are the next two free ids.
+                let inner = below(rng, 4);
+                for k in 0..2 * inner + 1 {
+                    let id = rule.len() as i64;
+                    if k < inner {
+                        let f = if below(rng, 8) == 0 {
+                            features
+                        } else {
+                            r(rng, features.max(1) as usize)
+                        };
+                        feature.push(f);
+                        threshold.push(below(rng, 5) as f64 * 0.5 - 1.0);
+                        rule.push(below(rng, 6) as i64);
+                        let first = id + (k as i64) + 1;
+                        yes.push(first);
+                        no.push(first + 1);
+                    } else {
+                        feature.push(0);
+                        threshold.push(0.0);
+                        rule.push(6);
+                        yes.push(id);
+                        no.push(id);
+                    }
+                    nan.push(below(rng, 2) == 0);
+                }
+            }
+            let n = rule.len();
+            let t = |v: Vec<i64>| Tensor::from_vec(vec![v.len()], v).unwrap();
+            let th = Tensor::new(vec![n], kiln::Data::from_f64s(ty.dtype, &threshold)).ok()?;
+            let tables = [
+                b.constant(t(feature)).ok()?,
+                b.constant(th).ok()?,
+                b.constant(t(rule)).ok()?,
+                b.constant(t(yes)).ok()?,
+                b.constant(t(no)).ok()?,
+                b.constant(Tensor::from_vec(vec![n], nan).unwrap()).ok()?,
+                b.constant(t(roots)).ok()?,
+            ];
+            let mut args = vec![v];
+            args.extend(tables);
+            b.op1(Op::TreeWalk, &args)
         }
         26 => {
             // A kernel whose body is a few random ops over the operand.
