@@ -493,6 +493,25 @@ fn reindex(body: &mut [Stmt], b: BufId, f: &dyn Fn(&mut Expr)) {
     }
 }
 
+/// Whether, in statement order (a loop as its body), every statement that reads `b` comes
+/// after one that writes it: no value reaches these statements through `b` from before them.
+fn written_before_read(body: &[Stmt], b: BufId, written: &mut bool) -> bool {
+    for s in body {
+        let reads = s.exprs().iter().any(|e| e.loads(b))
+            || s.operands().iter().any(|&(x, write)| x == b && !write);
+        if reads && !*written {
+            return false;
+        }
+        if !written_before_read(s.body(), b, written) {
+            return false;
+        }
+        if s.operands().iter().any(|&(x, write)| x == b && write) {
+            *written = true;
+        }
+    }
+    true
+}
+
 /// Shrinks scratch buffers that live within one iteration of a serial loop: when every access
 /// to a buffer is inside one iteration's block (`v·B + [0, B)`, after fusion a row's
 /// intermediate), the iterations one thread runs one after another can share a block. The
@@ -542,6 +561,12 @@ pub fn shrink_scratch(k: &mut Kernel) {
         let Some(inner) = target else {
             continue;
         };
+        // Only a buffer each iteration writes before it reads may share one block between
+        // iterations (a top-k's running values are read before they are written: they
+        // carry over from the previous iteration of an outer loop).
+        if !written_before_read(inner, b, &mut false) {
+            continue;
+        }
         let zero = Expr::i64(0);
         reindex(inner, b, &|index: &mut Expr| {
             for &v in &outer {
@@ -1092,5 +1117,25 @@ mod tests {
             fuse(&mut k);
             assert_eq!(top_loops(&k), if fused { 1 } else { 2 }, "{k}");
         }
+    }
+
+    #[test]
+    fn scratch_read_before_it_is_written_keeps_its_size() {
+        let shrunk = |body: &str| {
+            let mut k = crate::parse::parse_kernel(&format!(
+                "kernel @k(in x: i64[4], out y: i64[2], scratch t: i64[2]) {{\n{body}\n}}"
+            ))
+            .unwrap();
+            shrink_scratch(&mut k);
+            k.bufs[2].len.as_const()
+        };
+        // Written, then read, in each iteration: one element serves them all.
+        let fresh = "  for v0 in 0..4 {\n    for v1 in 0..2 {\n      t[v1] = x[v0]\n      \
+                     y[v1] = t[v1]\n    }\n  }";
+        assert_eq!(shrunk(fresh), Some(1));
+        // Read first: each element carries a value over from the previous outer iteration.
+        let carried = "  for v0 in 0..4 {\n    for v1 in 0..2 {\n      v2: i64 = t[v1]\n      \
+                       t[v1] = add(v2, x[v0])\n      y[v1] = v2\n    }\n  }";
+        assert_eq!(shrunk(carried), Some(2));
     }
 }
