@@ -442,12 +442,12 @@ ops! {
     /// go to the lower index.
     TopK = "topk", Sort, Exactly(1), { k: i64, axis: i64, largest: bool = default(true) }
         => rule_topk;
-    /// Walks every row of `x` [B, F] (floats) down every tree of a forest given as per-node
-    /// tables — feature (i64 [N]), threshold ([N], x's dtype), rule (i64 [N]: 0 `x ≤ t`,
-    /// 1 `x < t`, 2 `x ≥ t`, 3 `x > t`, 4 `x = t`, 5 `x ≠ t`, 6 a leaf), yes and no (i64 [N]:
-    /// the next node when the rule holds, or not), nan_yes (bool [N]: a NaN feature goes to
-    /// yes; otherwise the rule decides) and roots (i64 [T]) — to a leaf: the result [B, T]
-    /// (i64) is each row's leaf per tree. A feature or node index out of range, a rule code
+    /// Walks every row of `x` (`[B, F]`, floats) down every tree of a forest given as per-node
+    /// tables — feature (i64 `[N]`), threshold (`[N]`, x's dtype), rule (i64 `[N]`: 0 `x ≤ t`,
+    /// 1 `x < t`, 2 `x ≥ t`, 3 `x > t`, 4 `x = t`, 5 `x ≠ t`, 6 a leaf), yes and no (i64
+    /// `[N]`: the next node when the rule holds, or not), nan_yes (bool `[N]`: a NaN feature
+    /// goes to yes; otherwise the rule decides) and roots (i64 `[T]`) — to a leaf: the result
+    /// (i64 `[B, T]`) is each row's leaf per tree. A feature or node index out of range, a rule code
     /// outside 0..=6, or a walk of more than N steps (a cycle) is an error.
     TreeWalk = "tree_walk", Tree, Exactly(8) => rule_tree_walk;
 
