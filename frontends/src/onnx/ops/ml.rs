@@ -431,10 +431,9 @@ pub fn tree_ensemble(ctx: &mut Ctx, n: &Node) -> Res {
     let leaf_target = ints(n, "leaf_targetids")?;
     let leaf_weight = f64s(&tensor("leaf_weights")?);
     let roots = ints(n, "tree_roots")?;
-    let missing = match n.tensor("nodes_missing_value_tracks_true", ext)? {
-        Some(t) => ints_of(&t),
-        None => Vec::new(),
-    };
+    let missing = n
+        .ints("nodes_missing_value_tracks_true")?
+        .unwrap_or_default();
     let members = match n.tensor("membership_values", ext)? {
         Some(t) => f64s(&t),
         None => Vec::new(),
@@ -532,6 +531,11 @@ pub fn tree_ensemble(ctx: &mut Ctx, n: &Node) -> Res {
         f.no.push((inner + j) as i64);
         f.missing_yes.push(false);
     }
+    if next_member.next().is_some() {
+        return Err(
+            "`membership_values` holds more sets than there are BRANCH_MEMBER nodes".into(),
+        );
+    }
     for (i, set, y, nn, feature, nan) in chains {
         let mut prev = i;
         for &m in set.iter().skip(1) {
@@ -549,7 +553,7 @@ pub fn tree_ensemble(ctx: &mut Ctx, n: &Node) -> Res {
     f.leaf.resize(f.rule.len() * targets, 0.0);
     for &r in &roots {
         // A one-leaf tree says so with both flags and one child; its root then indexes the
-        // leaves (as the ONNX reference reads it).
+        // leaves (as the ONNX reference reads it; the spec's text would suggest the child).
         let i = usize::try_from(r)
             .ok()
             .filter(|&i| i < inner)
@@ -567,6 +571,30 @@ pub fn tree_ensemble(ctx: &mut Ctx, n: &Node) -> Res {
         3 => "MAX",
         a => return Err(format!("unknown aggregate_function {a}").into()),
     };
+    // Each leaf feeds one target: for MIN and MAX the others must not count, so they hold the
+    // aggregate's identity (the reference starts from the dtype's largest and smallest).
+    let x_dtype = {
+        let x = ctx.ir(n.req(0)?)?;
+        ctx.b.dtype(x)
+    };
+    let big = if x_dtype == DType::F64 {
+        f64::MAX
+    } else {
+        f64::from(f32::MAX)
+    };
+    if let Some(fill) = match agg {
+        "MIN" => Some(big),
+        "MAX" => Some(-big),
+        _ => None,
+    } {
+        for (j, &t) in leaf_target.iter().enumerate() {
+            for u in 0..targets {
+                if u as i64 != t {
+                    f.leaf[(inner + j) * targets + u] = fill;
+                }
+            }
+        }
+    }
     let post = match n.int_or("post_transform", 0)? {
         0 => "NONE",
         1 => "SOFTMAX",
@@ -580,7 +608,11 @@ pub fn tree_ensemble(ctx: &mut Ctx, n: &Node) -> Res {
     let dtype = b.dtype(x);
     let per_tree = walk(b, x, &f, dtype)?;
     let y = aggregate(b, per_tree, agg)?;
-    let y = post_transform(b, y, post)?;
+    let mut y = post_transform(b, y, post)?;
+    // Y has X's dtype (features compute in f32 unless X is f64).
+    if x_dtype.is_float() && x_dtype != dtype {
+        y = b.cast(y, x_dtype)?;
+    }
     one(ctx, y)
 }
 
