@@ -11,7 +11,9 @@ For every model and thread count, alternates `ort_bench.py` (ORT_ENABLE_ALL, bes
 medians) with `kiln bench --json` (median over runs after warm-up), `--rounds` times each, and
 keeps each side's best median, so that both see the same machine load. Prints a markdown table
 (model, kiln ms, ORT ms, kiln/ORT) per thread count, and the geometric mean of the ratios over
-the neural models. Needs numpy and onnxruntime in the Python that runs it, and a release build
+all models and over the neural ones. `--kiln` may be given several times (`--kiln before=PATH
+--kiln after=PATH`): each round then runs every build in turn beside ORT, and the table has a
+column pair per build — a before/after comparison measured under the same load. Needs numpy and onnxruntime in the Python that runs it, and a release build
 of kiln (`cargo build --release`).
 """
 import argparse, json, math, os, subprocess, sys
@@ -43,8 +45,8 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--kiln", default=os.path.join(os.path.dirname(__file__), "..", "target",
-                                                  "release", "kiln"))
+    ap.add_argument("--kiln", action="append", default=[],
+                    help="a kiln binary, or LABEL=PATH; repeat to compare builds")
     ap.add_argument("--ort-tool", default=os.path.join(os.path.dirname(__file__), "..", "..",
                                                      "shared", "tools", "ort_bench.py"))
     a = ap.parse_args()
@@ -52,33 +54,46 @@ def main():
                    if os.path.isfile(os.path.join(root, n, "model.onnx")))
     if a.only:
         found = [(n, r) for n, r in found if n in a.only.split(",")]
+    kilns = []
+    for spec in a.kiln or [os.path.join(os.path.dirname(__file__), "..", "target", "release",
+                                        "kiln")]:
+        label, _, path = spec.rpartition("=") if "=" in spec else ("kiln", "", spec)
+        kilns.append((label, path))
+    heads = "".join(f" {l} ms | {l}/ORT |" for l, _ in kilns)
     for t in [int(x) for x in a.threads.split(",")]:
-        print(f"\n{t} thread(s)\n\n| model | kiln ms | ORT ms | kiln/ORT | compile ms |"
-              f"\n|---|---:|---:|---:|---:|")
-        logs = []
+        print(f"\n{t} thread(s)\n\n| model | ORT ms |{heads} compile ms |"
+              f"\n|---|---:|{'---:|---:|' * len(kilns)}---:|")
+        logs = {l: ([], []) for l, _ in kilns}
         for name, root in found:
-            k, o, c, spec = math.inf, math.inf, math.inf, False
+            k = {l: math.inf for l, _ in kilns}
+            o, c, spec = math.inf, math.inf, False
             try:
-                kiln_bench(a.kiln, root, name, t)
+                for _, path in kilns:
+                    kiln_bench(path, root, name, t)
             except subprocess.CalledProcessError as e:
                 why = (e.stderr or "").strip().splitlines()[-1:] or ["?"]
-                print(f"| {name} | fails: {why[0][:80]} | | | |", flush=True)
+                print(f"| {name} | fails: {why[0][:80]} |", flush=True)
                 continue
             for _ in range(a.rounds):
                 o = min(o, ort_ms(a.ort_tool, root, name, t))
-                b = kiln_bench(a.kiln, root, name, t)
-                k = min(k, b["median_ms"])
-                c = min(c, b.get("compile_ms", math.inf))
-                spec = b.get("specialized", False)
-            r = k / o
-            if name in NEURAL:
-                logs.append(math.log(r))
+                for label, path in kilns:
+                    b = kiln_bench(path, root, name, t)
+                    k[label] = min(k[label], b["median_ms"])
+                    c = min(c, b.get("compile_ms", math.inf))
+                    spec = b.get("specialized", False)
+            cells = ""
+            for label, _ in kilns:
+                r = k[label] / o
+                logs[label][0].append(math.log(r))
+                if name in NEURAL:
+                    logs[label][1].append(math.log(r))
+                cells += f" {k[label]:.3f} | {r:.2f} |"
             note = " (specialized)" if spec else ""
-            print(f"| {name} | {k:.3f} | {o:.3f} | {r:.2f} | {c:.1f}{note} |", flush=True)
-        if logs:
-            print(f"\ngeomean kiln/ORT over {len(logs)} neural models: "
-                  f"{math.exp(sum(logs) / len(logs)):.2f}")
-
+            print(f"| {name} | {o:.3f} |{cells} {c:.1f}{note} |", flush=True)
+        for label, (every, neural) in logs.items():
+            g = lambda xs: math.exp(sum(xs) / len(xs)) if xs else math.nan
+            print(f"\ngeomean {label}/ORT: {g(every):.2f} over {len(every)} models, "
+                  f"{g(neural):.2f} over {len(neural)} neural models")
 
 if __name__ == "__main__":
     main()

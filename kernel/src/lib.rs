@@ -57,3 +57,18 @@ pub fn avx2_fma() -> bool {
         false
     }
 }
+
+/// Whether this CPU also runs the library's AVX-512 code (gemm's wide micro-kernel, plane
+/// convs): 16-lane registers, twice the multiply-adds per instruction of AVX2. Each output still
+/// sums its terms in the same order with the same fused multiply-adds, so results are identical
+/// to the AVX2 code's, bit for bit.
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

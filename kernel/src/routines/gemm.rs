@@ -1,6 +1,6 @@
 //! f32 matrix products for the `gemm` routine (`Stmt::Call`): operands packed into panels, a register-tiled
-//! micro-kernel (6×16 with AVX2 and FMA when the CPU has them, chosen at run time; portable
-//! otherwise), and large products split over the calling thread and its helpers
+//! micro-kernel (12×32 in 16-lane registers with AVX-512, 6×16 with AVX2 and FMA, chosen at run
+//! time by the CPU; portable otherwise; the vector kernels agree bit for bit), and large products split over the calling thread and its helpers
 //! ([`crate::threads`]) by column panels or row blocks. Results do not depend on the thread count: every element sums over k
 //! in the same order.
 
@@ -274,6 +274,7 @@ unsafe fn columns(
 ) {
     let b = bsrc.b;
     let avx = crate::avx2_fma();
+    let wide = wide();
     // With few column panels, packing A costs as much as the product: the micro-kernel reads
     // full row tiles of a row-major A in place.
     let direct = avx && a.cs == 1 && a.rs > 0 && (hi - lo) <= 8;
@@ -335,22 +336,56 @@ unsafe fn columns(
                 // SAFETY: A transposed: (kk, i) is a[i, kk]; the block is inside a.
                 unsafe { pack::<MR>(at, pc, ib, kc, MR.min(ic + mc - ib), dst) };
             }
+            // Micro-kernel panel `ip`'s rows of A: packed, or read in place.
+            let a_rows = |ip: usize| {
+                let i = ic + ip * MR;
+                if direct && ic + mc - i >= MR {
+                    ARows {
+                        p: a.p.wrapping_offset(i as isize * a.rs + pc as isize),
+                        row: a.rs as usize,
+                        step: 1,
+                    }
+                } else {
+                    ARows::packed(&ap[ip * MR * kc..])
+                }
+            };
+            if wide {
+                // Tiles of two A panels by two B panels (12×32: 24 registers of 16 lanes),
+                // smaller at the edges.
+                for jp in (0..np).step_by(2) {
+                    let j = j0 + jp * NR;
+                    let b0 = b_block[jp * NR * kc..].as_ptr();
+                    let b1 = b_block[((jp + 1).min(np - 1)) * NR * kc..].as_ptr();
+                    for ip in (0..mp).step_by(2) {
+                        let i = ic + ip * MR;
+                        let out = Out {
+                            // SAFETY: (i, j) is inside c, and so is the tile from it.
+                            p: unsafe { c.add(i * ldc + j) },
+                            ld: ldc,
+                            add: pc > 0,
+                            rows: (2 * MR).min(ic + mc - i),
+                            cols: (2 * NR).min(j1 - j),
+                        };
+                        let a1 = a_rows((ip + 1).min(mp - 1));
+                        // SAFETY: the CPU has AVX-512; A and the panels hold kc steps.
+                        unsafe {
+                            match (ip + 1 < mp, jp + 1 < np) {
+                                (true, true) => micro_avx512(kc, [a_rows(ip), a1], [b0, b1], out),
+                                (true, false) => micro_avx512(kc, [a_rows(ip), a1], [b0], out),
+                                (false, true) => micro_avx512(kc, [a_rows(ip)], [b0, b1], out),
+                                (false, false) => micro_avx512(kc, [a_rows(ip)], [b0], out),
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
             for jp in 0..np {
                 let j = j0 + jp * NR;
                 let nr = NR.min(j1 - j);
                 for ip in 0..mp {
                     let i = ic + ip * MR;
                     let mr = MR.min(ic + mc - i);
-                    let (a_panel, b_panel) = (&ap[ip * MR * kc..], &b_block[jp * NR * kc..]);
-                    let a_rows = if direct && mr == MR {
-                        ARows {
-                            p: a.p.wrapping_offset(i as isize * a.rs + pc as isize),
-                            row: a.rs as usize,
-                            step: 1,
-                        }
-                    } else {
-                        ARows::packed(a_panel)
-                    };
                     if avx {
                         // The tile goes straight to C (stored, or added after the first block
                         // of k); only its `mr` rows and `nr` columns inside C.
@@ -362,10 +397,12 @@ unsafe fn columns(
                             rows: mr,
                             cols: nr,
                         };
+                        let b_panel = b_block[jp * NR * kc..].as_ptr();
                         // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
-                        unsafe { micro_avx2(kc, a_rows, b_panel.as_ptr(), out) };
+                        unsafe { micro_avx2(kc, a_rows(ip), b_panel, out) };
                         continue;
                     }
+                    let (a_panel, b_panel) = (&ap[ip * MR * kc..], &b_block[jp * NR * kc..]);
                     micro_portable(kc, a_panel, b_panel, &mut tile);
                     for ii in 0..mr {
                         for jj in 0..nr {
@@ -384,6 +421,21 @@ unsafe fn columns(
         }
     }
     BUFS.with(|b| b.set((bp, ap)));
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests compare the AVX-512 micro-kernel with the AVX2 one on the same machine.
+    static AVX2_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether products use the AVX-512 micro-kernel.
+fn wide() -> bool {
+    #[cfg(test)]
+    if AVX2_ONLY.with(|c| c.get()) {
+        return false;
+    }
+    crate::avx512()
 }
 
 /// Packs `x[r0 + kk, c0 + jj]` for `kk < kc`, `jj < w` into `dst[kk * width + jj]`, zeros for
@@ -891,6 +943,94 @@ unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out) {
     }
 }
 
+/// [`micro_avx2`] in 16-lane registers over `R` panels of A (MR rows each) and `C` panels of B
+/// (NR columns each, one register per row), so up to 12×32 outputs per tile: the same fused
+/// multiply-adds per output in the same order (identical results), with twice the work per
+/// instruction and enough independent accumulators to hide the multiply-add latency. Only the
+/// tile's first `rows` rows and `cols` columns reach C (masked at the edges).
+///
+/// # Safety
+/// The CPU has AVX-512F; each A panel and B panel holds kc steps; the `rows`×`cols` tile of
+/// `out` is inside C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_avx512<const R: usize, const C: usize>(
+    kc: usize,
+    a: [ARows; R],
+    b: [*const f32; C],
+    out: Out,
+) {
+    use std::arch::x86_64::*;
+    // One flat array of accumulators, indexed by constants once the loops unroll (nested
+    // arrays of 24 registers were kept in memory as well, a store per multiply-add).
+    let mut acc = [_mm512_setzero_ps(); 2 * MR * 2];
+    for kk in 0..kc {
+        // SAFETY: the A rows hold kc steps; each packed B panel kc steps of NR values.
+        unsafe {
+            let mut bv = [_mm512_setzero_ps(); 2];
+            for q in 0..C {
+                bv[q] = _mm512_loadu_ps(b[q].add(kk * NR));
+            }
+            for r in 0..R {
+                let ar = a[r];
+                for ii in 0..MR {
+                    let av = _mm512_set1_ps(*ar.p.add(ii * ar.row + kk * ar.step));
+                    for q in 0..C {
+                        let x = &mut acc[(r * MR + ii) * 2 + q];
+                        *x = _mm512_fmadd_ps(av, bv[q], *x);
+                    }
+                }
+            }
+        }
+    }
+    let Out {
+        p,
+        ld,
+        add,
+        rows,
+        cols,
+    } = out;
+    for i in 0..(R * MR).min(rows) {
+        for q in 0..C {
+            let v = acc[i * 2 + q];
+            let n = cols.saturating_sub(q * NR).min(NR);
+            if n == 0 {
+                break;
+            }
+            // SAFETY: the mask selects the `n` columns inside the destination row.
+            unsafe {
+                let d = p.add(i * ld + q * NR);
+                if n == NR {
+                    let v = if add {
+                        _mm512_add_ps(v, _mm512_loadu_ps(d))
+                    } else {
+                        v
+                    };
+                    _mm512_storeu_ps(d, v);
+                } else {
+                    let m: __mmask16 = (1u16 << n) - 1;
+                    let v = if add {
+                        _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d))
+                    } else {
+                        v
+                    };
+                    _mm512_mask_storeu_ps(d, m, v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro_avx512<const R: usize, const C: usize>(
+    _: usize,
+    _: [ARows; R],
+    _: [*const f32; C],
+    _: Out,
+) {
+    unreachable!("only called when the CPU has AVX-512")
+}
+
 /// The micro-kernel's MR rows of A: element (ii, kk) at `p[ii * row + kk * step]` — a packed
 /// panel (`row` 1, `step` MR) or rows of a row-major A read in place (`row` its row stride,
 /// `step` 1).
@@ -945,13 +1085,17 @@ mod tests {
         c
     }
 
-    #[test]
-    fn products_match_the_naive_sum_on_awkward_shapes() {
-        let mut seed = 1u32;
-        let mut rnd = || {
+    /// Values in [-0.5, 0.5) from a seed.
+    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        }
+    }
+
+    #[test]
+    fn products_match_the_naive_sum_on_awkward_shapes() {
+        let mut rnd = uniform(1);
         for &(m, n, k) in &[
             (1, 1, 1),
             (4, 8, 100),
@@ -1020,6 +1164,43 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_avx512_and_avx2_micro_kernels_agree_bit_for_bit() {
+        if !crate::avx512() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let mut rnd = uniform(5);
+        // Edges in every direction: rows past one or two A panels, columns past one or two
+        // B panels, k past one block.
+        for &(m, n, k) in &[
+            (13, 33, 300),
+            (12, 32, 256),
+            (7, 17, 600),
+            (64, 64, 576),
+            (25, 50, 9),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let run = |narrow: bool| {
+                AVX2_ONLY.with(|c| c.set(narrow));
+                let mut c = vec![f32::NAN; m * n];
+                // SAFETY: the operands hold m×k, k×n and m×n elements.
+                unsafe {
+                    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                    sgemm(
+                        a, k as i64, 1, b, n as i64, 1, c, m as i64, n as i64, k as i64,
+                    )
+                };
+                AVX2_ONLY.with(|c| c.set(false));
+                c
+            };
+            let (wide, narrow) = (run(false), run(true));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&wide), bits(&narrow), "{m}x{n}x{k}");
         }
     }
 
