@@ -260,6 +260,44 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
             };
             b.op1(op, &[v])
         }
+        20 if rank == 3 && ty.dtype.is_float() && below(rng, 2) == 0 => {
+            // A 2-D conv of the operand as one image [1, C, H, W]: random window, strides,
+            // dilations, padding (more than the window at times) and groups.
+            let d = static_dims(b, v)?;
+            let (c, h, w) = (d[0], d[1], d[2]);
+            let mut shape = vec![Dim::Const(1)];
+            shape.extend(ty.shape.dims().iter().cloned());
+            let x = b
+                .op1(
+                    Op::Reshape {
+                        shape: Shape::new(shape),
+                    },
+                    &[v],
+                )
+                .ok()?;
+            let groups = if c > 1 && below(rng, 3) == 0 { c } else { 1 };
+            let (kh, kw) = (1 + below(rng, 3), 1 + below(rng, 3));
+            let o = groups * (1 + below(rng, 3));
+            let wt = random_tensor(rng, ty.dtype, &[o, c / groups, kh, kw]);
+            let wt = b.constant(wt).ok()?;
+            let dilation = vec![1 + r(rng, 2), 1 + r(rng, 2)];
+            let pad_low = vec![r(rng, 3), r(rng, 3)];
+            let pad_high = vec![r(rng, 3), r(rng, 3)];
+            // Only windows that fit the padded image.
+            for (i, (n, k)) in [(h, kh), (w, kw)].into_iter().enumerate() {
+                if (k as i64 - 1) * dilation[i] + 1 > n as i64 + pad_low[i] + pad_high[i] {
+                    return None;
+                }
+            }
+            let op = Op::Conv {
+                stride: vec![1 + r(rng, 3), 1 + r(rng, 3)],
+                dilation,
+                pad_low,
+                pad_high,
+                groups: groups as i64,
+            };
+            b.op1(op, &[x, wt])
+        }
         20 if rank == 3 => {
             let d = static_dims(b, v)?;
             let k = 1 + below(rng, d[2].max(1));

@@ -497,6 +497,11 @@ impl Lowering<'_> {
             self.bufs.insert(v, out);
             return Ok(());
         }
+        if fixed && sp == 2 && dtype == DType::F32 {
+            self.conv_row_blocks(v, out, xb, wb)?;
+            self.bufs.insert(v, out);
+            return Ok(());
+        }
         // im2col: col[(ch, k...), p...] for one image and group, then W_g · col.
         let col_len = ck.mul(&ps).map_err(|e| Unsupported(e.to_string()))?;
         let col = self.buf(
@@ -520,12 +525,6 @@ impl Lowering<'_> {
         } else {
             None
         };
-        if let (Some((pb, p_shape)), true) = (&padded, sp == 2 && groups == 1) {
-            if let Some(()) = self.im2col_blocks(v, out, wb, *pb, p_shape, col)? {
-                self.bufs.insert(v, out);
-                return Ok(());
-            }
-        }
         let mut body = Vec::new();
         {
             // The im2col nest, built with `nest` and moved inside the image/group loops.
@@ -588,118 +587,101 @@ impl Lowering<'_> {
         Ok(())
     }
 
-    /// A static 2-D conv of one image and group as blocks of output rows, in parallel: per
-    /// block, the im2col columns of its rows (small enough to stay in cache) and their product
-    /// with the weights, written into the block's columns of the result. `None` (nothing
-    /// emitted) for shapes this does not cover.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn im2col_blocks(
+    /// A static 2-D f32 conv as blocks of output rows, in parallel over images, groups and
+    /// blocks: one `conv2d_rows` call per block (the product of the group's filters with the
+    /// block's image columns, packed straight from the image, padding included).
+    pub(super) fn conv_row_blocks(
         &mut self,
         v: Value,
         out: BufId,
+        xb: BufId,
         wb: BufId,
-        pb: BufId,
-        p_shape: &Shape,
-        col: BufId,
-    ) -> Result<Option<()>> {
+    ) -> Result<()> {
         let StaticConv {
             stride,
             dilation,
+            pad_low,
+            groups,
             xs,
             ws,
             os,
             ..
         } = self.static_conv(v);
-        if xs[0] != 1 {
-            return Ok(None);
-        }
         let (o, cg, kh, kw, oh, ow) = (ws[0], ws[1], ws[2], ws[3], os[2], os[3]);
+        let og = o / groups;
         let k = cg * kh * kw;
-        // Rows per block: the fewest that make 64 columns (four micro-kernel panels), if that
-        // leaves two blocks or more and a block's columns fit in the machine's block size (512 KiB, a core's cache).
-        let Some(rows) = (1..=oh / 2).find(|&r| oh % r == 0 && r * ow >= 64) else {
-            return Ok(None);
+        let rows = block_rows(oh, ow, k, self.machine.block_bytes as i64);
+        let blocks = (oh + rows - 1) / rows;
+        let iv = self.var(DType::I64);
+        let i = Expr::Var(iv);
+        let (n, g, b) = (
+            Expr::index_op(Op::Div, i.clone(), Expr::i64(groups * blocks)),
+            Expr::index_op(
+                Op::Rem,
+                Expr::index_op(Op::Div, i.clone(), Expr::i64(blocks)),
+                Expr::i64(groups),
+            ),
+            Expr::index_op(Op::Rem, i, Expr::i64(blocks)),
+        );
+        let y0 = b.clone() * Expr::i64(rows);
+        let ints = [
+            cg,
+            og,
+            xs[2],
+            xs[3],
+            oh,
+            ow,
+            kh,
+            kw,
+            stride[0],
+            stride[1],
+            dilation[0],
+            dilation[1],
+            pad_low[0],
+            pad_low[1],
+        ];
+        let mut ints: Vec<Expr> = ints.iter().map(|&d| Expr::i64(d)).collect();
+        ints.push(y0);
+        ints.push(Expr::index_op(
+            Op::Min,
+            Expr::i64(rows),
+            Expr::i64(oh) + b * Expr::i64(-rows),
+        ));
+        let call = kernel::Call {
+            routine: "conv2d_rows".into(),
+            operands: vec![
+                Some((
+                    xb,
+                    (n.clone() * Expr::i64(xs[1]) + g.clone() * Expr::i64(cg))
+                        * Expr::i64(xs[2] * xs[3]),
+                )),
+                Some((wb, g.clone() * Expr::i64(og * k))),
+                Some((
+                    out,
+                    (n * Expr::i64(o) + g * Expr::i64(og)) * Expr::i64(oh * ow),
+                )),
+            ],
+            ints,
+            scalars: Vec::new(),
+            result: None,
         };
-        if rows * ow * k * 4 > self.machine.block_bytes as i64 {
-            return Ok(None);
-        }
-        let cols = rows * ow;
-        let rb = self.var(DType::I64);
-        let blk = Expr::Var(rb);
-        let before = self.k.body.len();
-        let k_shape = Shape::new(vec![
-            Dim::constant(cg),
-            Dim::constant(kh),
-            Dim::constant(kw),
-        ]);
-        let shape = Shape::new(vec![
-            Dim::constant(cg),
-            Dim::constant(kh),
-            Dim::constant(kw),
-            Dim::constant(rows),
-            Dim::constant(ow),
-        ]);
-        let b2 = blk.clone();
-        self.nest(&shape, DType::F32, |l, idx| {
-            let (ch, ky, kx, r, ox) = (&idx[0], &idx[1], &idx[2], &idx[3], &idx[4]);
-            let oy = b2.clone() * Expr::i64(rows) + r.clone();
-            let at = vec![
-                Expr::i64(0),
-                ch.clone(),
-                oy * Expr::i64(stride[0]) + ky.clone() * Expr::i64(dilation[0]),
-                ox.clone() * Expr::i64(stride[1]) + kx.clone() * Expr::i64(dilation[1]),
-            ];
-            let value = Expr::Load {
-                buf: pb,
-                index: Box::new(l.linear(&at, p_shape)),
-            };
-            let kk = l.linear(&idx[..3], &k_shape);
-            let index = (b2.clone() * Expr::i64(k) + kk) * Expr::i64(cols)
-                + r.clone() * Expr::i64(ow)
-                + ox.clone();
-            Ok(vec![Stmt::Store {
-                buf: col,
-                index,
-                value,
-            }])
-        })?;
-        let mut body: Vec<Stmt> = self.k.body.drain(before..).collect();
-        // The nest runs inside the block loop: serial there.
-        for s in &mut body {
-            if let Stmt::Loop { mark, .. } = s {
-                if *mark == Mark::Parallel {
-                    *mark = Mark::Serial;
-                }
-            }
-        }
-        body.push(Stmt::Call(Box::new(
-            Gemm {
-                a: wb,
-                a_off: Expr::i64(0),
-                a_rs: Expr::i64(k),
-                a_cs: Expr::i64(1),
-                b: col,
-                b_off: blk.clone() * Expr::i64(k * cols),
-                b_rs: Expr::i64(cols),
-                b_cs: Expr::i64(1),
-                c: out,
-                c_off: blk * Expr::i64(cols),
-                c_rs: Expr::i64(oh * ow),
-                m: Expr::i64(o),
-                n: Expr::i64(cols),
-                k: Expr::i64(k),
-                b_packed: None,
-            }
-            .into(),
-        )));
         self.k.body.push(Stmt::Loop {
-            var: rb,
-            extent: Expr::i64(oh / rows),
+            var: iv,
+            extent: Expr::i64(xs[0] * groups * blocks),
             mark: Mark::Parallel,
-            body,
+            body: vec![Stmt::Call(Box::new(call))],
         });
-        Ok(Some(()))
+        Ok(())
     }
+}
+
+/// Output rows per `conv2d_rows` block of a conv with `oh`×`ow` outputs and a contraction of
+/// `k`: about 128 columns (where the product's micro-kernels run well), fewer when the
+/// packed columns would outgrow `block_bytes` (a core's cache) or leave fewer than four blocks.
+fn block_rows(oh: i64, ow: i64, k: i64, block_bytes: i64) -> i64 {
+    let mut rows = (128 / ow.max(1)).max(1);
+    rows = rows.min((block_bytes / (4 * k * ow).max(1)).max(1));
+    rows.min((oh + 3) / 4).max(1)
 }
 
 /// A conv node's attributes, operands and static shapes (see `Lowering::static_conv`).

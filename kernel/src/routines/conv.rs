@@ -1,8 +1,10 @@
-//! Direct 2-D convolution of one f32 plane by one filter plane, for the `conv2d` routine (depthwise
-//! convs): the plane is copied into a zero-padded per-thread buffer, then every output row
-//! sums its taps without bounds checks (AVX2 and FMA blocks of 32 and 8 outputs for unit or
-//! double strides when the CPU has them; scalar otherwise). Each output sums its taps in
-//! (ky, kx) order.
+//! 2-D convolutions. `conv2d` (depthwise convs): one f32 plane by one filter plane, the plane
+//! copied into a zero-padded per-thread buffer, then every output row sums its taps without
+//! bounds checks (AVX2 and FMA blocks of 32 and 8 outputs for unit or double strides when the
+//! CPU has them; scalar otherwise); each output sums its taps in (ky, kx) order. `conv2d_rows`
+//! (dense convs): a block of output rows of every output channel as one product of the
+//! weights with the block's image columns, packed straight from the image into the product's
+//! panel layout (an implicit im2col: no column matrix, no padded copy).
 
 /// The shape of a plane convolution: input `h×w`, output `oh×ow`, filter `kh×kw`, strides,
 /// dilations and the padding before the first row and column.
@@ -132,6 +134,331 @@ unsafe fn plane(x: *const f32, k: *const f32, out: *mut f32, g: &Geometry, vecto
     PADDED.with(|b| b.set(buf));
 }
 
+/// Output rows `y0..y0 + rows` of a dense 2-D convolution of one image's `c` channels (`x`,
+/// `c×h×w`) by `o` filters (`wt`, `o×(c·kh·kw)`, row-major), into `out` (`o×oh×ow`): `out[oc,
+/// oy, ox] = Σ_{ch,ky,kx} wt[oc, (ch·kh + ky)·kw + kx] · x[ch, iy, ix]` over the taps inside the
+/// image (`iy = oy·sh + ky·dh - ph`, `ix = ox·sw + kx·dw - pw`), summed in that order.
+///
+/// # Safety
+/// `x` readable for `c·h·w` elements, `wt` for `o·c·kh·kw`, `out` writable for `o·oh·ow` and
+/// not overlapping them; extents nonnegative, strides and dilations positive, `y0 + rows <=
+/// oh`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_conv2d_rows(
+    x: *const f32,
+    wt: *const f32,
+    out: *mut f32,
+    c: i64,
+    o: i64,
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+    y0: i64,
+    rows: i64,
+) {
+    let g = &Geometry {
+        h,
+        w,
+        oh,
+        ow,
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        ph,
+        pw,
+    };
+    // SAFETY: forwarded.
+    unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512()) }
+}
+
+/// [`kiln_conv2d_rows`] with its geometry, packing with AVX-512 when `wide`.
+///
+/// # Safety
+/// As [`kiln_conv2d_rows`]; `wide` only where the CPU has AVX-512F.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_block(
+    x: *const f32,
+    wt: *const f32,
+    out: *mut f32,
+    c: i64,
+    o: i64,
+    g: &Geometry,
+    y0: i64,
+    rows: i64,
+    wide: bool,
+) {
+    let (k, cols) = ((c * g.kh * g.kw) as usize, (rows * g.ow) as usize);
+    if o <= 0 || cols == 0 {
+        return;
+    }
+    thread_local! {
+        static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buf = PACKED.with(|b| b.take());
+    let len = super::gemm::packed_len(k, cols);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { pack_columns(x, g, c, y0, rows, &mut buf[..len], wide) };
+    // SAFETY: `wt` is o×k row-major; the packed columns are B for this k and n; the block's
+    // rows of every output channel are inside `out`, oh·ow apart.
+    unsafe {
+        super::gemm::kiln_sgemm_packed(
+            wt,
+            std::ptr::null(),
+            buf.as_ptr(),
+            out.add((y0 * g.ow) as usize),
+            k as i64,
+            1,
+            0,
+            0,
+            g.oh * g.ow,
+            o,
+            cols as i64,
+            k as i64,
+        )
+    };
+    PACKED.with(|b| b.set(buf));
+}
+
+/// The im2col columns of output rows `y0..y0 + rows` (column `r·ow + ox` for output `(y0 + r,
+/// ox)`, row `(ch·kh + ky)·kw + kx`), zero outside the image, written in the layout
+/// `gemm::pack_b` gives: per block of KC rows, panels of NR columns, row-major within a
+/// panel, the last panel zero-padded. Every element of `dst` (`packed_len(k, cols)` long) is
+/// written.
+///
+/// # Safety
+/// As [`kiln_conv2d_rows`]; `wide` only where the CPU has AVX-512F.
+unsafe fn pack_columns(
+    x: *const f32,
+    g: &Geometry,
+    c: i64,
+    y0: i64,
+    rows: i64,
+    dst: &mut [f32],
+    wide: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide && g.sw <= 2 {
+        // SAFETY: forwarded; the CPU has AVX-512.
+        return unsafe { avx512::pack_columns(x, g, c, y0, rows, dst) };
+    }
+    let _ = wide;
+    // SAFETY: forwarded.
+    unsafe { pack_columns_body::<false>(x, g, c, y0, rows, dst) }
+}
+
+/// [`pack_columns`], its rows packed by AVX-512 code when `WIDE` (strides 1 and 2). Output row
+/// by output row, every tap in turn, so that writes run along each panel.
+///
+/// # Safety
+/// As [`pack_columns`]; `WIDE` only where the CPU has AVX-512F and for strides 1 and 2.
+#[inline(always)]
+unsafe fn pack_columns_body<const WIDE: bool>(
+    x: *const f32,
+    g: &Geometry,
+    c: i64,
+    y0: i64,
+    rows: i64,
+    dst: &mut [f32],
+) {
+    use super::gemm::{KC, NR};
+    let (k, ow) = ((c * g.kh * g.kw) as usize, g.ow as usize);
+    let cols = rows as usize * ow;
+    let panels = cols.div_ceil(NR);
+    let sw = g.sw as usize;
+    // Per tap: where its row of columns starts in `dst`, its block's kc, the input channel
+    // and window row, the column offset, and the outputs ox in lo..hi whose tap is inside the
+    // image's width.
+    thread_local! {
+        static TAPS: std::cell::Cell<Vec<[i64; 7]>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut taps = TAPS.with(|t| t.take());
+    taps.clear();
+    for l in 0..k {
+        let (pc, kk) = (l / KC * KC, l % KC);
+        let kc = KC.min(k - pc);
+        let block = pc * panels * NR + kk * NR;
+        // The last panel's columns past the end.
+        dst[block + (panels - 1) * NR * kc..][cols - (panels - 1) * NR..NR].fill(0.0);
+        let (ch, ky, kx) = (
+            l as i64 / (g.kh * g.kw),
+            l as i64 / g.kw % g.kh,
+            l as i64 % g.kw,
+        );
+        let off = kx * g.dw - g.pw;
+        let lo = if off >= 0 {
+            0
+        } else {
+            (-off + g.sw - 1) / g.sw
+        };
+        let hi = if g.w - off <= 0 {
+            0
+        } else {
+            ((g.w - off + g.sw - 1) / g.sw).min(g.ow)
+        };
+        taps.push([block as i64, kc as i64, ch, ky, off, lo, hi]);
+    }
+    for r in 0..rows {
+        for &[block, kc, ch, ky, off, lo, hi] in &taps {
+            let iy = (y0 + r) * g.sh + ky * g.dh - g.ph;
+            let (lo, hi) = if iy < 0 || iy >= g.h || lo >= hi {
+                (0, 0)
+            } else {
+                (lo as usize, hi as usize)
+            };
+            // Tap `ox` of this row is src[ox·sw] (read only for lo <= ox < hi, inside the image).
+            let row = Row {
+                src: x.wrapping_offset(((ch * g.h + iy) * g.w + off) as isize),
+                lo,
+                hi,
+                sw,
+                first: r as usize * ow,
+                ow,
+            };
+            let (dst, kc) = (&mut dst[block as usize..], kc as usize);
+            #[cfg(target_arch = "x86_64")]
+            if WIDE {
+                // SAFETY: the CPU has AVX-512; taps lo..hi are inside the image row.
+                unsafe { avx512::pack_row(&row, dst, kc) };
+                continue;
+            }
+            // SAFETY: as above.
+            unsafe { pack_row(&row, dst, kc) };
+        }
+    }
+    TAPS.with(|t| t.set(taps));
+}
+
+/// One image row's taps for one row of the column matrix: column `first + ox` takes `src[ox ·
+/// sw]` for `lo <= ox < hi` and zero for the other `ox < ow`.
+struct Row {
+    src: *const f32,
+    lo: usize,
+    hi: usize,
+    sw: usize,
+    first: usize,
+    ow: usize,
+}
+
+/// Writes `row` into packed panels of NR columns `NR·kc` apart (`dst` from the row's step in
+/// the first panel).
+///
+/// # Safety
+/// Taps `lo..hi` of the row are readable.
+unsafe fn pack_row(row: &Row, dst: &mut [f32], kc: usize) {
+    use super::gemm::NR;
+    let mut ox = 0;
+    while ox < row.ow {
+        let j = row.first + ox;
+        let (p, jj) = (j / NR, j % NR);
+        let n = (NR - jj).min(row.ow - ox);
+        for (t, v) in dst[p * NR * kc + jj..][..n].iter_mut().enumerate() {
+            let q = ox + t;
+            *v = if q >= row.lo && q < row.hi {
+                // SAFETY: tap q is inside the row.
+                unsafe { *row.src.add(q * row.sw) }
+            } else {
+                0.0
+            };
+        }
+        ox += n;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::super::gemm::NR;
+    use super::Row;
+    use std::arch::x86_64::*;
+
+    /// [`super::pack_columns`] with rows packed by [`pack_row`].
+    ///
+    /// # Safety
+    /// As [`super::pack_columns`]; AVX-512F available; stride 1 or 2.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_columns(
+        x: *const f32,
+        g: &super::Geometry,
+        c: i64,
+        y0: i64,
+        rows: i64,
+        dst: &mut [f32],
+    ) {
+        // SAFETY: forwarded.
+        unsafe { super::pack_columns_body::<true>(x, g, c, y0, rows, dst) }
+    }
+
+    /// [`super::pack_row`] for strides 1 and 2, a panel row (up to 16 columns) per masked load
+    /// (two and a lane shuffle for stride 2): lanes outside `lo..hi` load as zeros and are
+    /// never read.
+    ///
+    /// # Safety
+    /// AVX-512F available; taps `lo..hi` of the row readable; `row.sw` is 1 or 2.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn pack_row(row: &Row, dst: &mut [f32], kc: usize) {
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let mut ox = 0;
+        while ox < row.ow {
+            let j = row.first + ox;
+            let (p, jj) = (j / NR, j % NR);
+            let n = (NR - jj).min(row.ow - ox);
+            // Lanes t < n with lo <= ox + t < hi.
+            let (a, b) = (
+                row.lo.saturating_sub(ox).min(n),
+                row.hi.saturating_sub(ox).min(n),
+            );
+            let valid: u32 = if b > a {
+                ((1u32 << b) - 1) & !((1u32 << a) - 1)
+            } else {
+                0
+            };
+            let d = dst[p * NR * kc + jj..][..n].as_mut_ptr();
+            let at = row.src.wrapping_add(ox * row.sw);
+            // SAFETY: masked-off lanes are not read; the valid ones are taps inside the row.
+            unsafe {
+                let v = if valid == 0 {
+                    _mm512_setzero_ps()
+                } else if row.sw == 1 && valid == 0xFFFF {
+                    _mm512_loadu_ps(at)
+                } else if row.sw == 1 {
+                    _mm512_maskz_loadu_ps(valid as u16, at)
+                } else {
+                    // Lane t of the result is element 2t: spread the mask to even bits.
+                    let mut m = valid;
+                    m = (m | (m << 8)) & 0x00FF_00FF;
+                    m = (m | (m << 4)) & 0x0F0F_0F0F;
+                    m = (m | (m << 2)) & 0x3333_3333;
+                    m = (m | (m << 1)) & 0x5555_5555;
+                    let lo = _mm512_maskz_loadu_ps(m as u16, at);
+                    let hi = _mm512_maskz_loadu_ps((m >> 16) as u16, at.wrapping_add(16));
+                    _mm512_permutex2var_ps(lo, evens, hi)
+                };
+                if n == NR {
+                    _mm512_storeu_ps(d, v);
+                } else {
+                    _mm512_mask_storeu_ps(d, ((1u32 << n) - 1) as u16, v);
+                }
+            }
+            ox += n;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -247,15 +574,113 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matches_the_definition_on_both_paths() {
-        let mut seed = 7u64;
-        let mut rnd = || {
+    /// Values in [-0.5, 0.5) from a seed.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        }
+    }
+
+    #[test]
+    fn row_blocks_of_dense_convs_match_the_definition() {
+        let mut rnd = uniform(11);
+        // (channels in, channels out, geometry, rows per block): strides, dilations, padding
+        // on either side (negative too), 1×1 and wide windows, blocks that end mid-panel and a
+        // last block shorter than the others.
+        let cases = [
+            (
+                3,
+                16,
+                geometry(20, 20, 3, 3, (2, 2), (1, 1), [1, 1, 1, 1]),
+                3,
+            ),
+            (
+                8,
+                13,
+                geometry(9, 37, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]),
+                2,
+            ),
+            (
+                5,
+                7,
+                geometry(11, 12, 5, 3, (1, 2), (2, 1), [2, 0, 2, 3]),
+                4,
+            ),
+            (
+                70,
+                20,
+                geometry(6, 6, 2, 2, (1, 1), (1, 1), [0, 0, 0, 0]),
+                5,
+            ),
+            (4, 9, geometry(8, 8, 1, 1, (2, 2), (1, 1), [0, 0, 0, 0]), 1),
+            (
+                2,
+                3,
+                geometry(10, 14, 3, 3, (1, 1), (1, 1), [-1, -2, 0, 1]),
+                3,
+            ),
+            (1, 40, geometry(4, 4, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]), 4),
+            (
+                6,
+                5,
+                geometry(13, 40, 3, 3, (3, 3), (1, 1), [1, 1, 1, 1]),
+                2,
+            ),
+        ];
+        for (c, o, g, per) in cases {
+            let x: Vec<f32> = (0..c * g.h * g.w).map(|_| rnd()).collect();
+            let wt: Vec<f32> = (0..o * c * g.kh * g.kw).map(|_| rnd()).collect();
+            let plane = (g.oh * g.ow) as usize;
+            for wide in [false, crate::avx512()] {
+                let mut out = vec![f32::NAN; o as usize * plane];
+                let mut y0 = 0;
+                while y0 < g.oh {
+                    let rows = per.min(g.oh - y0);
+                    // SAFETY: the buffers hold the image, the filters and the result; `wide`
+                    // only with AVX-512.
+                    unsafe {
+                        rows_block(
+                            x.as_ptr(),
+                            wt.as_ptr(),
+                            out.as_mut_ptr(),
+                            c,
+                            o,
+                            &g,
+                            y0,
+                            rows,
+                            wide,
+                        )
+                    };
+                    y0 += rows;
+                }
+                let taps = (g.kh * g.kw) as usize;
+                for oc in 0..o as usize {
+                    let mut want = vec![0f64; plane];
+                    for ch in 0..c as usize {
+                        let xp = &x[ch * (g.h * g.w) as usize..][..(g.h * g.w) as usize];
+                        let kp = &wt[(oc * c as usize + ch) * taps..][..taps];
+                        for (w, r) in want.iter_mut().zip(reference(xp, kp, &g)) {
+                            *w += r;
+                        }
+                    }
+                    for (i, (&got, &r)) in out[oc * plane..][..plane].iter().zip(&want).enumerate()
+                    {
+                        assert!(
+                            (got as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()) * (c as f64).sqrt(),
+                            "{c}->{o} {g:?} wide={wide} channel {oc} at {i}: {got} vs {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_definition_on_both_paths() {
+        let mut rnd = uniform(7);
         let cases = [
             geometry(112, 112, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]),
             geometry(112, 112, 3, 3, (2, 2), (1, 1), [1, 1, 1, 1]),

@@ -5,8 +5,8 @@
 //! in the same order.
 
 const MR: usize = 6;
-const NR: usize = 16;
-const KC: usize = 256;
+pub(crate) const NR: usize = 16;
+pub(crate) const KC: usize = 256;
 const MC: usize = 96;
 
 /// An operand: element (i, j) is at `p[i * rs + j * cs]`.

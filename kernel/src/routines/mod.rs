@@ -122,7 +122,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 6] = [
+pub static ROUTINES: [Routine; 7] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -220,6 +220,77 @@ pub static ROUTINES: [Routine; 6] = [
         doc: "out[oy·ow + ox] = Σ x[iy·w + ix] · k[ky·kw + kx] over the taps inside the input \
               (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw): one channel of a depthwise \
               conv (f32)",
+    },
+    Routine {
+        name: "conv2d_rows",
+        symbol: "kiln_conv2d_rows",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("w", Role::Read, ir::DType::F32),
+            ("out", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        ints: &[
+            "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "y0",
+            "rows",
+        ],
+        scalars: &[],
+        result: None,
+        cost: |i| i[1] * i[15] * i[5] * i[0] * i[6] * i[7],
+        extent: |operand, i| {
+            let n = |k: usize| i.get(k).cloned();
+            match operand {
+                0 => Some(n(0)? * n(2)? * n(3)?),
+                1 => Some(n(1)? * n(0)? * n(6)? * n(7)?),
+                _ => None,
+            }
+        },
+        bounds: |operand, i| {
+            let (c, o, h, w, oh, ow, kh, kw) = (i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]);
+            let (y0, rows) = (i[14], i[15]);
+            match operand {
+                0 => {
+                    let len = c.checked_mul(h)?.checked_mul(w)?;
+                    (len > 0).then_some((0, len - 1))
+                }
+                1 => {
+                    let len = o.checked_mul(c)?.checked_mul(kh)?.checked_mul(kw)?;
+                    (len > 0).then_some((0, len - 1))
+                }
+                _ => span(&[(o, oh.checked_mul(ow)?), (rows.checked_mul(ow)?, 1)])
+                    .map(|(lo, hi)| (lo + y0 * ow, hi + y0 * ow)),
+            }
+        },
+        address: || conv::kiln_conv2d_rows as *const u8,
+        call: |p, i, _| unsafe {
+            conv::kiln_conv2d_rows(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                i[8],
+                i[9],
+                i[10],
+                i[11],
+                i[12],
+                i[13],
+                i[14],
+                i[15],
+            );
+            0.0
+        },
+        doc:
+            "out[oc·oh·ow + oy·ow + ox] = Σ w[oc·c·kh·kw + (ch·kh + ky)·kw + kx] · x[(ch·h + iy)·w \
+              + ix] for output rows y0 <= oy < y0 + rows over the taps inside the image (iy = \
+              oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw): a block of a dense conv's output \
+              rows, every output channel, as one product (f32)",
     },
     Routine {
         name: "row_max",
