@@ -606,6 +606,15 @@ unsafe fn thin_packed(
             };
             // SAFETY: forwarded from the caller; each part writes the columns of its panels.
             unsafe {
+                if wide() {
+                    match (m - r0).min(4) {
+                        1 => thin_packed_avx512::<1, 8>(part, p0, p1),
+                        2 => thin_packed_avx512::<2, 4>(part, p0, p1),
+                        3 => thin_packed_avx512::<3, 4>(part, p0, p1),
+                        _ => thin_packed_avx512::<4, 4>(part, p0, p1),
+                    }
+                    continue;
+                }
                 match ((m - r0).min(4), crate::avx2_fma()) {
                     (1, true) => thin_packed_avx::<1>(part, p0, p1),
                     (2, true) => thin_packed_avx::<2>(part, p0, p1),
@@ -724,6 +733,76 @@ unsafe fn thin_packed_avx<const M: usize>(t: PackedRows, p0: usize, p1: usize) {
             }
         }
     }
+}
+
+/// [`thin_packed_body`] in 16-lane registers: `P` panels of `M` rows at a time (one register
+/// per row and panel, `M·P` independent accumulators over the whole contraction, the same
+/// fused multiply-adds in the same order as the AVX2 path), then the panels left one by one.
+///
+/// # Safety
+/// As [`thin_packed_body`]; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn thin_packed_avx512<const M: usize, const P: usize>(t: PackedRows, p0: usize, p1: usize) {
+    use std::arch::x86_64::*;
+    let PackedRows {
+        a,
+        bp,
+        c,
+        ldc,
+        n,
+        k,
+    } = t;
+    let panels = n.div_ceil(NR);
+    let mut p = p0;
+    while p < p1 {
+        let group = if p + P <= p1 { P } else { 1 };
+        // One flat array indexed by constants once the loops unroll (see `micro_avx512`).
+        let mut acc = [_mm512_setzero_ps(); 32];
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // SAFETY: block pc holds `panels` panels of kc rows of NR values (see `pack_b`);
+            // (i, pc + l) is inside A.
+            unsafe {
+                let first = bp.add(pc * panels * NR + p * NR * kc);
+                for l in 0..kc {
+                    let mut bv = [_mm512_setzero_ps(); P];
+                    for (q, v) in bv.iter_mut().enumerate().take(group) {
+                        *v = _mm512_loadu_ps(first.add(q * NR * kc + l * NR));
+                    }
+                    for i in 0..M {
+                        let av = _mm512_set1_ps(a.at(i, pc + l));
+                        for q in 0..P {
+                            if q < group {
+                                acc[i * P + q] = _mm512_fmadd_ps(av, bv[q], acc[i * P + q]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for q in 0..group {
+            let j0 = (p + q) * NR;
+            let w = NR.min(n - j0);
+            for i in 0..M {
+                // SAFETY: row i of c holds the w columns from j0.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        c.add(i * ldc + j0),
+                        ((1u32 << w) - 1) as u16,
+                        acc[i * P + q],
+                    )
+                };
+            }
+        }
+        p += group;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn thin_packed_avx512<const M: usize, const P: usize>(t: PackedRows, p0: usize, p1: usize) {
+    // SAFETY: forwarded.
+    unsafe { thin_packed_body::<M>(t, p0, p1) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -1175,32 +1254,45 @@ mod tests {
         }
         let mut rnd = uniform(5);
         // Edges in every direction: rows past one or two A panels, columns past one or two
-        // B panels, k past one block.
+        // B panels (or a group of them, for few rows against a packed B), k past one block.
         for &(m, n, k) in &[
             (13, 33, 300),
             (12, 32, 256),
             (7, 17, 600),
             (64, 64, 576),
             (25, 50, 9),
+            (1, 300, 700),
+            (2, 130, 40),
+            (3, 17, 300),
+            (4, 200, 257),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
-            let run = |narrow: bool| {
+            let bp = pack_b(&b, n as i64, 1, k, n).expect("inside b");
+            let run = |narrow: bool, packed: bool| {
                 AVX2_ONLY.with(|c| c.set(narrow));
                 let mut c = vec![f32::NAN; m * n];
-                // SAFETY: the operands hold m×k, k×n and m×n elements.
+                let bp = if packed {
+                    bp.as_ptr()
+                } else {
+                    std::ptr::null()
+                };
+                // SAFETY: the operands hold m×k, k×n and m×n elements; bp is b packed.
                 unsafe {
                     let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-                    sgemm(
-                        a, k as i64, 1, b, n as i64, 1, c, m as i64, n as i64, k as i64,
+                    kiln_sgemm_packed(
+                        a, b, bp, c, k as i64, 1, n as i64, 1, n as i64, m as i64, n as i64,
+                        k as i64,
                     )
                 };
                 AVX2_ONLY.with(|c| c.set(false));
                 c
             };
-            let (wide, narrow) = (run(false), run(true));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&wide), bits(&narrow), "{m}x{n}x{k}");
+            for packed in [false, true] {
+                let (wide, narrow) = (run(false, packed), run(true, packed));
+                assert_eq!(bits(&wide), bits(&narrow), "{m}x{n}x{k} packed={packed}");
+            }
         }
     }
 
