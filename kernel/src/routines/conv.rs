@@ -63,12 +63,23 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
         pw,
     };
     // SAFETY: forwarded.
-    unsafe { plane(x, k, out, &g, crate::avx2_fma()) }
+    unsafe { plane(x, k, out, &g, lanes()) }
+}
+
+/// The widest vector code this CPU runs: 16 lanes (AVX-512), 8 (AVX2 and FMA) or 1.
+fn lanes() -> usize {
+    if crate::avx512() {
+        16
+    } else if crate::avx2_fma() {
+        8
+    } else {
+        1
+    }
 }
 
 /// # Safety
-/// As [`kiln_conv2d_plane`]; `vector` only where AVX2 and FMA are available.
-unsafe fn plane(x: *const f32, k: *const f32, out: *mut f32, g: &Geometry, vector: bool) {
+/// As [`kiln_conv2d_plane`]; `lanes` (1, 8 or 16) at most what [`lanes`] gives.
+unsafe fn plane(x: *const f32, k: *const f32, out: *mut f32, g: &Geometry, lanes: usize) {
     if g.oh <= 0 || g.ow <= 0 {
         return;
     }
@@ -113,13 +124,17 @@ unsafe fn plane(x: *const f32, k: *const f32, out: *mut f32, g: &Geometry, vecto
         let row = unsafe { out.add((oy * g.ow) as usize) };
         let mut ox = 0;
         #[cfg(target_arch = "x86_64")]
-        if vector && (g.sw == 1 || g.sw == 2) && g.ow >= 8 {
-            // SAFETY: the host has AVX2 and FMA; every tap of the row is inside the copy,
-            // with 16 elements to spare.
+        if lanes == 16 && (g.sw == 1 || g.sw == 2) && g.ow >= 16 {
+            // SAFETY: the host has AVX-512; every tap of the row is inside the copy, with 16
+            // elements to spare.
+            unsafe { avx512::row(p.add(base), &taps, row, g.ow, g.sw) };
+            ox = g.ow;
+        } else if lanes >= 8 && (g.sw == 1 || g.sw == 2) && g.ow >= 8 {
+            // SAFETY: the host has AVX2 and FMA; as above.
             unsafe { avx2::row(p.add(base), &taps, row, g.ow, g.sw) };
             ox = g.ow;
         }
-        let _ = vector;
+        let _ = lanes;
         while ox < g.ow {
             let mut acc = 0.0f32;
             for &(off, wt) in &taps {
@@ -384,6 +399,64 @@ mod avx512 {
     use super::super::gemm::NR;
     use super::Row;
     use std::arch::x86_64::*;
+
+    /// Sixteen inputs `p[0], p[s], …, p[15s]` for a stride `s` of 1 or 2.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load(p: *const f32, s: usize) -> __m512 {
+        unsafe {
+            if s == 1 {
+                _mm512_loadu_ps(p)
+            } else {
+                let evens =
+                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                _mm512_permutex2var_ps(_mm512_loadu_ps(p), evens, _mm512_loadu_ps(p.add(16)))
+            }
+        }
+    }
+
+    /// [`super::avx2::row`] in 16-lane registers: blocks of 64 and 16 outputs, and a last
+    /// block that ends at `ow` (redoing a few columns); each output sums the same taps in the
+    /// same order.
+    ///
+    /// # Safety
+    /// AVX-512F available; every tap of the row readable with 16 elements to spare; `ow >= 16`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn row(x: *const f32, taps: &[(usize, f32)], row: *mut f32, ow: i64, s: i64) {
+        let (ow, s) = (ow as usize, s as usize);
+        let mut ox = 0;
+        unsafe {
+            while ox + 64 <= ow {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for &(off, wt) in taps {
+                    let wv = _mm512_set1_ps(wt);
+                    let p = x.add(off + ox * s);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(load(p.add(16 * j * s), s), wv, *a);
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(row.add(ox + 16 * j), *a);
+                }
+                ox += 64;
+            }
+            let block = |ox: usize| {
+                let mut acc = _mm512_setzero_ps();
+                for &(off, wt) in taps {
+                    let p = x.add(off + ox * s);
+                    acc = _mm512_fmadd_ps(load(p, s), _mm512_set1_ps(wt), acc);
+                }
+                _mm512_storeu_ps(row.add(ox), acc);
+            };
+            while ox + 16 <= ow {
+                block(ox);
+                ox += 16;
+            }
+            if ox < ow {
+                block(ow - 16);
+            }
+        }
+    }
 
     /// [`super::pack_columns`] with rows packed by [`pack_row`].
     ///
@@ -697,9 +770,9 @@ mod tests {
             let x: Vec<f32> = (0..g.h * g.w).map(|_| rnd()).collect();
             let k: Vec<f32> = (0..g.kh * g.kw).map(|_| rnd()).collect();
             let want = reference(&x, &k, &g);
-            for vector in [false, crate::avx2_fma()] {
+            for vector in [1, 8, 16].into_iter().filter(|&n| n <= lanes()) {
                 let mut out = vec![f32::NAN; (g.oh * g.ow) as usize];
-                // SAFETY: buffers sized for the geometry; `vector` only with AVX2 and FMA.
+                // SAFETY: buffers sized for the geometry; `vector` lanes run on this CPU.
                 unsafe { plane(x.as_ptr(), k.as_ptr(), out.as_mut_ptr(), &g, vector) };
                 for (i, (&o, &r)) in out.iter().zip(&want).enumerate() {
                     assert!(
