@@ -275,6 +275,18 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
                     &[v],
                 )
                 .ok()?;
+            if below(rng, 3) == 0 {
+                // Pooling the planes: a 2-D window, strides, dilations and padding.
+                let op = Op::ReduceWindow {
+                    kind: pick(rng, kiln::ReduceKind::ALL),
+                    window: vec![1, 1, 1 + r(rng, 3), 1 + r(rng, 3)],
+                    stride: vec![1, 1, 1 + r(rng, 3), 1 + r(rng, 3)],
+                    dilation: vec![1, 1, 1 + r(rng, 2), 1 + r(rng, 2)],
+                    pad_low: vec![0, 0, r(rng, 3), r(rng, 3)],
+                    pad_high: vec![0, 0, r(rng, 3), r(rng, 3)],
+                };
+                return b.op1(op, &[x]).ok();
+            }
             let groups = if c > 1 && below(rng, 3) == 0 { c } else { 1 };
             let (kh, kw) = (1 + below(rng, 3), 1 + below(rng, 3));
             let o = groups * (1 + below(rng, 3));

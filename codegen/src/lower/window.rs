@@ -156,6 +156,51 @@ impl Lowering<'_> {
             ir::ReduceKind::Min => (Op::Min, extreme(dtype, true)),
         };
         let static_f32 = dtype == DType::F32 && xs.is_static() && os.is_static() && xs.rank() > 0;
+        let planes = static_f32 && xs.rank() == 4 && {
+            let (xd, od) = (static_dims(&xs), static_dims(&os));
+            (0..2).all(|d| {
+                window[d] == 1
+                    && stride[d] == 1
+                    && dilation[d] == 1
+                    && pad_low[d] == 0
+                    && xd[d] == od[d]
+            })
+        };
+        if planes && matches!(step, Op::Max | Op::Min) {
+            // 2-D pooling: one library call per plane, in a parallel nest.
+            let (xd, od) = (static_dims(&xs), static_dims(&os));
+            let rows = Shape::new(os.dims()[..2].to_vec());
+            let ints = [
+                xd[2],
+                xd[3],
+                od[2],
+                od[3],
+                window[2],
+                window[3],
+                stride[2],
+                stride[3],
+                dilation[2],
+                dilation[3],
+                pad_low[2],
+                pad_low[3],
+                i64::from(step == Op::Min),
+            ];
+            self.nest(&rows, dtype, |_, idx| {
+                let plane = idx[0].clone() * Expr::i64(xd[1]) + idx[1].clone();
+                Ok(vec![Stmt::Call(Box::new(kernel::Call {
+                    routine: "pool2d".into(),
+                    operands: vec![
+                        Some((xb, plane.clone() * Expr::i64(xd[2] * xd[3]))),
+                        Some((out, plane * Expr::i64(od[2] * od[3]))),
+                    ],
+                    ints: ints.iter().map(|&i| Expr::i64(i)).collect(),
+                    scalars: Vec::new(),
+                    result: None,
+                }))])
+            })?;
+            self.bufs.insert(v, out);
+            return Ok(());
+        }
         if static_f32 && matches!(step, Op::Max | Op::Min) {
             // Max and min are exact in any order: accumulate whole output rows in vector
             // loops over a copy of the input padded with the identity.

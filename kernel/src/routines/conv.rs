@@ -24,6 +24,27 @@ pub struct Geometry {
     pub pw: i64,
 }
 
+impl Geometry {
+    /// The geometry from its fields in declaration order (`h, w, oh, ow, kh, kw, sh, sw, dh,
+    /// dw, ph, pw`: the routines' integer arguments).
+    pub fn of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]: [i64; 12]) -> Geometry {
+        Geometry {
+            h,
+            w,
+            oh,
+            ow,
+            kh,
+            kw,
+            sh,
+            sw,
+            dh,
+            dw,
+            ph,
+            pw,
+        }
+    }
+}
+
 /// `out[oy·ow + ox] = Σ_{ky,kx} x[iy·w + ix] · k[ky·kw + kx]` over taps with `iy = oy·sh +
 /// ky·dh - ph` and `ix = ox·sw + kx·dw - pw` inside the input.
 ///
@@ -48,26 +69,13 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
     ph: i64,
     pw: i64,
 ) {
-    let g = Geometry {
-        h,
-        w,
-        oh,
-        ow,
-        kh,
-        kw,
-        sh,
-        sw,
-        dh,
-        dw,
-        ph,
-        pw,
-    };
+    let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     // SAFETY: forwarded.
     unsafe { plane(x, k, out, &g, lanes()) }
 }
 
 /// The widest vector code this CPU runs: 16 lanes (AVX-512), 8 (AVX2 and FMA) or 1.
-fn lanes() -> usize {
+pub(super) fn lanes() -> usize {
     if crate::avx512() {
         16
     } else if crate::avx2_fma() {
@@ -83,31 +91,9 @@ unsafe fn plane(x: *const f32, k: *const f32, out: *mut f32, g: &Geometry, lanes
     if g.oh <= 0 || g.ow <= 0 {
         return;
     }
-    // A zero-padded copy of the plane (per thread, reused) so that every tap of every output
-    // is inside it; rows are 16 elements longer than any tap reaches (stride-2 vector loads
-    // read one past their last tap).
-    let (ph, pw) = (g.ph.max(0), g.pw.max(0));
-    let rows = (g.h + ph).max((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1);
-    let cols = (g.w + pw).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1) + 16;
-    thread_local! {
-        static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    }
-    let mut buf = PADDED.with(|b| b.take());
-    let (rows_u, cols_u) = (rows as usize, cols as usize);
-    buf.clear();
-    buf.resize(rows_u * cols_u, 0.0);
-    // Input rows and columns that land in the copy (a negative pad drops some).
-    let (y0, x0) = ((-g.ph).max(0), (-g.pw).max(0));
-    for y in y0..g.h {
-        if x0 >= g.w {
-            break;
-        }
-        let dst = ((y + g.ph) * cols + x0 + g.pw) as usize;
-        let n = (g.w - x0) as usize;
-        // SAFETY: row `y` of the input has `w` elements from column `x0`.
-        let src = unsafe { std::slice::from_raw_parts(x.add((y * g.w + x0) as usize), n) };
-        buf[dst..dst + n].copy_from_slice(src);
-    }
+    let mut buf = take_padded();
+    // SAFETY: forwarded.
+    let cols = unsafe { padded(x, g, 0.0, &mut buf) };
     // (offset of the tap's input for output (0, 0), weight), per tap.
     let taps: Vec<(usize, f32)> = (0..g.kh * g.kw)
         .map(|t| {
@@ -146,7 +132,49 @@ unsafe fn plane(x: *const f32, k: *const f32, out: *mut f32, g: &Geometry, lanes
             ox += 1;
         }
     }
+    give_padded(buf);
+}
+
+thread_local! {
+    /// The padded copy's buffer, per thread, reused between calls.
+    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's buffer for [`padded`] (hand it back with [`give_padded`]).
+pub(super) fn take_padded() -> Vec<f32> {
+    PADDED.with(|b| b.take())
+}
+
+/// Keeps `buf` for the next [`take_padded`] on this thread.
+pub(super) fn give_padded(buf: Vec<f32>) {
     PADDED.with(|b| b.set(buf));
+}
+
+/// Copies the `h×w` plane `x` into `buf` padded with `fill` so that every tap of every output
+/// of `g` is inside it, and returns the copy's row length: rows are 16 elements longer than
+/// any tap reaches (stride-2 vector loads read one past their last tap).
+///
+/// # Safety
+/// `x` readable for `h·w` elements; `oh`, `ow` positive.
+pub(super) unsafe fn padded(x: *const f32, g: &Geometry, fill: f32, buf: &mut Vec<f32>) -> i64 {
+    let (ph, pw) = (g.ph.max(0), g.pw.max(0));
+    let rows = (g.h + ph).max((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1);
+    let cols = (g.w + pw).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1) + 16;
+    buf.clear();
+    buf.resize((rows * cols) as usize, fill);
+    // Input rows and columns that land in the copy (a negative pad drops some).
+    let (y0, x0) = ((-g.ph).max(0), (-g.pw).max(0));
+    for y in y0..g.h {
+        if x0 >= g.w {
+            break;
+        }
+        let dst = ((y + g.ph) * cols + x0 + g.pw) as usize;
+        let n = (g.w - x0) as usize;
+        // SAFETY: row `y` of the input has `w` elements from column `x0`.
+        let src = unsafe { std::slice::from_raw_parts(x.add((y * g.w + x0) as usize), n) };
+        buf[dst..dst + n].copy_from_slice(src);
+    }
+    cols
 }
 
 /// Output rows `y0..y0 + rows` of a dense 2-D convolution of one image's `c` channels (`x`,
@@ -180,20 +208,7 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
     y0: i64,
     rows: i64,
 ) {
-    let g = &Geometry {
-        h,
-        w,
-        oh,
-        ow,
-        kh,
-        kw,
-        sh,
-        sw,
-        dh,
-        dw,
-        ph,
-        pw,
-    };
+    let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     // SAFETY: forwarded.
     unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512()) }
 }
@@ -395,7 +410,7 @@ unsafe fn pack_row(row: &Row, dst: &mut [f32], kc: usize) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use super::super::gemm::NR;
     use super::Row;
     use std::arch::x86_64::*;
@@ -403,7 +418,7 @@ mod avx512 {
     /// Sixteen inputs `p[0], p[s], …, p[15s]` for a stride `s` of 1 or 2.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn load(p: *const f32, s: usize) -> __m512 {
+    pub(in crate::routines) unsafe fn load(p: *const f32, s: usize) -> __m512 {
         unsafe {
             if s == 1 {
                 _mm512_loadu_ps(p)
@@ -533,12 +548,12 @@ mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     /// Eight inputs `p[0], p[s], …, p[7s]` for a stride `s` of 1 or 2.
     #[inline(always)]
-    unsafe fn load(p: *const f32, s: usize) -> __m256 {
+    pub(in crate::routines) unsafe fn load(p: *const f32, s: usize) -> __m256 {
         unsafe {
             if s == 1 {
                 _mm256_loadu_ps(p)

@@ -1,5 +1,5 @@
-//! The library routines kernels call: f32 matrix products ([`gemm`]), plane convolutions
-//! ([`conv`]), softmax's row passes ([`rows`]), tree ensembles ([`trees`]) and scalar math
+//! The library routines kernels call: f32 matrix products ([`gemm`]), convolutions
+//! ([`conv`]), max/min pooling ([`pool`]), softmax's row passes ([`rows`]), tree ensembles ([`trees`]) and scalar math
 //! ([`mod@math`]), each under the symbol compiled code refers to it by. Host code, with AVX2 and FMA paths chosen at run time.
 //!
 //! [`ROUTINES`] is the table of the routines a kernel calls as a statement (`Stmt::Call`):
@@ -9,6 +9,7 @@
 pub mod conv;
 pub mod gemm;
 pub mod math;
+pub mod pool;
 pub mod rows;
 pub mod trees;
 
@@ -122,7 +123,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 7] = [
+pub static ROUTINES: [Routine; 8] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -291,6 +292,55 @@ pub static ROUTINES: [Routine; 7] = [
               + ix] for output rows y0 <= oy < y0 + rows over the taps inside the image (iy = \
               oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw): a block of a dense conv's output \
               rows, every output channel, as one product (f32)",
+    },
+    Routine {
+        name: "pool2d",
+        symbol: "kiln_pool2d_plane",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("out", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        ints: &[
+            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "min",
+        ],
+        scalars: &[],
+        result: None,
+        cost: |i| i[2] * i[3] * i[4] * i[5],
+        extent: |operand, i| {
+            let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
+            Some(i.get(a)?.clone() * i.get(b)?.clone())
+        },
+        bounds: |operand, i| {
+            let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
+            let len = i[a].checked_mul(i[b])?;
+            (len > 0).then_some((0, len - 1))
+        },
+        address: || pool::kiln_pool2d_plane as *const u8,
+        call: |p, i, _| unsafe {
+            pool::kiln_pool2d_plane(
+                p[0].cast(),
+                p[1].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                i[8],
+                i[9],
+                i[10],
+                i[11],
+                i[12],
+            );
+            0.0
+        },
+        doc: "out[oy·ow + ox] = the maximum (min = 0) or minimum (otherwise) of x[iy·w + ix] over \
+              the taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), -inf \
+              (+inf) where none is; IEEE maximum/minimum (NaN if any tap is, -0 < +0): one plane \
+              of a max or min pool (f32)",
     },
     Routine {
         name: "row_max",
