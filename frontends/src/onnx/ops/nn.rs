@@ -496,15 +496,19 @@ pub fn batch_norm(ctx: &mut Ctx, n: &Node) -> Res {
         let rv = mix(b, var, bv)?;
         return Ok(vec![ctx.v(y), ctx.v(rm), ctx.v(rv)]);
     }
+    // Inference: y = x·a + c with a = scale / sqrt(var + eps) and c = bias - mean·a, per
+    // channel — two operations per element (as onnxruntime folds it), and with constant
+    // statistics `a` and `c` fold to constants at compile time.
     let mean = per_channel(b, mean, r)?;
     let var = per_channel(b, var, r)?;
     let e = b.scalar(eps, b.dtype(x))?;
     let ve = b.add(var, e)?;
     let inv = b.unary(Op::Rsqrt, ve)?;
-    let d = b.sub(x, mean)?;
-    let y = b.mul(d, inv)?;
-    let y = b.mul(y, scale)?;
-    let y = b.add(y, bias)?;
+    let a = b.mul(inv, scale)?;
+    let ma = b.mul(mean, a)?;
+    let c = b.sub(bias, ma)?;
+    let y = b.mul(x, a)?;
+    let y = b.add(y, c)?;
     one(ctx, y)
 }
 
