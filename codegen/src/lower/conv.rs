@@ -614,15 +614,26 @@ impl Lowering<'_> {
         let blocks = (oh + rows - 1) / rows;
         let iv = self.var(DType::I64);
         let i = Expr::Var(iv);
-        let (n, g, b) = (
-            Expr::index_op(Op::Div, i.clone(), Expr::i64(groups * blocks)),
+        // The image, group and block of iteration i (no division for a unit extent).
+        let n = if xs[0] == 1 {
+            Expr::i64(0)
+        } else {
+            Expr::index_op(Op::Div, i.clone(), Expr::i64(groups * blocks))
+        };
+        let g = if groups == 1 {
+            Expr::i64(0)
+        } else {
             Expr::index_op(
                 Op::Rem,
                 Expr::index_op(Op::Div, i.clone(), Expr::i64(blocks)),
                 Expr::i64(groups),
-            ),
-            Expr::index_op(Op::Rem, i, Expr::i64(blocks)),
-        );
+            )
+        };
+        let b = if xs[0] * groups == 1 {
+            i
+        } else {
+            Expr::index_op(Op::Rem, i, Expr::i64(blocks))
+        };
         let y0 = b.clone() * Expr::i64(rows);
         let ints = [
             cg,
