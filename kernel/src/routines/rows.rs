@@ -13,6 +13,11 @@
 pub unsafe extern "C" fn kiln_row_max(row: *const f32, n: i64, init: f32) -> f32 {
     let n = n.max(0) as usize;
     #[cfg(target_arch = "x86_64")]
+    if crate::avx512() {
+        // SAFETY: the host has AVX-512; forwarded.
+        return unsafe { avx512::max(row, n, init) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if crate::avx2_fma() {
         // SAFETY: the host has AVX2; forwarded.
         return unsafe { avx2::max(row, n, init) };
@@ -46,7 +51,10 @@ pub unsafe extern "C" fn kiln_row_exp_sub(src: *const f32, dst: *mut f32, n: i64
     let n = n.max(0) as usize;
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::avx2_fma() {
+    if crate::avx512() {
+        // SAFETY: the host has AVX-512; forwarded.
+        i = unsafe { avx512::exp_sub(src, dst, n, s) };
+    } else if crate::avx2_fma() {
         // SAFETY: the host has AVX2 and FMA; forwarded.
         i = unsafe { avx2::exp_sub(src, dst, n, s) };
     }
@@ -239,6 +247,99 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The row's maximum as [`super::avx2`]'s: ordered integer keys (-0 below +0) and a NaN mask,
+    /// 32 elements a step; the rest in scalar.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max(row: *const f32, n: usize, init: f32) -> f32 {
+        let key = |x: __m512| {
+            let b = _mm512_castps_si512(x);
+            _mm512_xor_si512(b, _mm512_srli_epi32::<1>(_mm512_srai_epi32::<31>(b)))
+        };
+        unsafe {
+            let mut k = [_mm512_set1_epi32(i32::MIN); 2];
+            let mut nan: __mmask16 = 0;
+            let mut i = 0;
+            while i + 32 <= n {
+                for (h, kh) in k.iter_mut().enumerate() {
+                    let x = _mm512_loadu_ps(row.add(i + 16 * h));
+                    nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+                    *kh = _mm512_max_epi32(*kh, key(x));
+                }
+                i += 32;
+            }
+            let k = _mm512_max_epi32(k[0], k[1]);
+            let mut lanes = [0i32; 16];
+            _mm512_storeu_si512(lanes.as_mut_ptr().cast(), k);
+            // Back from keys (the map is its own inverse) and the rest, in scalar.
+            let mut m = init;
+            for &l in &lanes {
+                let b = l ^ (((l >> 31) as u32) >> 1) as i32;
+                if l != i32::MIN {
+                    m = super::maximum(m, f32::from_bits(b as u32));
+                }
+            }
+            while i < n {
+                m = super::maximum(m, *row.add(i));
+                i += 1;
+            }
+            if nan != 0 {
+                f32::NAN
+            } else {
+                m
+            }
+        }
+    }
+
+    /// Sixteen lanes of the JIT's `exp`: [`super::avx2`]'s `exp8` operation for operation.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn exp16(x: __m512) -> __m512 {
+        use super::{C1, C2, LOG2E, MAGIC, P};
+        let lo = _mm512_set1_ps(-104.0);
+        let hi = _mm512_set1_ps(89.0);
+        // Clamped with NaN kept (comparisons with NaN are false).
+        let x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo), x, lo);
+        let x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(hi, x), x, hi);
+        let magic = _mm512_set1_ps(MAGIC);
+        let tm = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), magic);
+        let n = _mm512_sub_ps(tm, magic);
+        let ni = _mm512_sub_epi32(_mm512_castps_si512(tm), _mm512_set1_epi32(0x4b40_0000));
+        let r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(C1)));
+        let r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(C2)));
+        let mut p = _mm512_set1_ps(P[0]);
+        for &c in &P[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_mul_ps(p, _mm512_mul_ps(r, r));
+        let y = _mm512_add_ps(_mm512_add_ps(y, r), _mm512_set1_ps(1.0));
+        let n1 = _mm512_srai_epi32::<1>(ni);
+        let n2 = _mm512_sub_epi32(ni, n1);
+        let bias = _mm512_set1_epi32(127);
+        let s1 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n1, bias)));
+        let s2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n2, bias)));
+        _mm512_mul_ps(_mm512_mul_ps(y, s1), s2)
+    }
+
+    /// Whole blocks of 16; returns where the rest starts.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_sub(src: *const f32, dst: *mut f32, n: usize, s: f32) -> usize {
+        unsafe {
+            let sv = _mm512_set1_ps(s);
+            let mut i = 0;
+            while i + 16 <= n {
+                let x = _mm512_sub_ps(_mm512_loadu_ps(src.add(i)), sv);
+                _mm512_storeu_ps(dst.add(i), exp16(x));
+                i += 16;
+            }
+            i
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +352,10 @@ mod tests {
             [vec![-0.0; 17], vec![0.0], vec![-1.0; 5]].concat(),
             [vec![-3.0; 18], vec![f32::NAN], vec![5.0]].concat(),
             vec![f32::NEG_INFINITY; 19],
+            // Long enough for whole vector steps: a NaN and signed zeros inside them.
+            [vec![-2.0; 45], vec![f32::NAN], vec![1.0; 24]].concat(),
+            [vec![-0.0; 40], vec![0.0], vec![-0.0; 30]].concat(),
+            (0..100).map(|i| -(i as f32)).collect(),
             vec![
                 -1e-40, -2e-40, 3e-41, -7.0, 1e30, -1e30, 0.5, 0.25, 0.125, 9.0, 1.0, 2.0, 3.0,
                 4.0, 5.0, 6.0, 7.5,
