@@ -1,9 +1,9 @@
 //! Max and min pooling of one f32 plane, for the `pool2d` routine: the plane is copied into a
 //! per-thread buffer padded with the identity (−∞ for max, +∞ for min), then every output row
 //! takes its taps in vector registers (AVX-512 or AVX2 blocks for unit or double strides when
-//! the CPU has them; scalar otherwise). Max and min are IEEE `maximum`/`minimum` as kernels
-//! compute them: NaN when any tap is NaN, and −0 below +0 — exact in any order, so every path
-//! gives the same result.
+//! the CPU has them; scalar otherwise), as ordered integer keys (the row routines' `key`).
+//! Max and min are IEEE `maximum`/`minimum` as kernels compute them: NaN when any tap is NaN,
+//! and −0 below +0 — exact in any order, so every path gives the same result.
 
 use super::conv::{give_padded, lanes, padded, take_padded, Geometry};
 
@@ -88,36 +88,20 @@ unsafe fn plane(x: *const f32, out: *mut f32, g: &Geometry, min: bool, lanes: us
     give_padded(buf);
 }
 
-/// IEEE `maximum` (or `minimum`): NaN if either is NaN; of equal values (zeros of either
-/// sign), +0 is the larger.
+/// IEEE `maximum` (or, with `min`, `minimum`).
 fn pick(a: f32, b: f32, min: bool) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        f32::NAN
-    } else if (key(b.to_bits() as i32) > key(a.to_bits() as i32)) != min {
-        b
+    if min {
+        super::rows::minimum(a, b)
     } else {
-        a
+        super::rows::maximum(a, b)
     }
-}
-
-/// The bits of a non-NaN f32 as an i32 ordered like the floats (−0 just below +0); its own
-/// inverse.
-fn key(bits: i32) -> i32 {
-    bits ^ (((bits >> 31) as u32) >> 1) as i32
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::super::conv::avx512::load;
+    use super::super::rows::avx512::key;
     use std::arch::x86_64::*;
-
-    /// The ordered keys of 16 lanes (see [`super::key`]).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn keys(v: __m512) -> __m512i {
-        let b = _mm512_castps_si512(v);
-        _mm512_xor_si512(b, _mm512_srli_epi32::<1>(_mm512_srai_epi32::<31>(b)))
-    }
 
     /// The `ow >= 16` outputs of a row: blocks of 16, and a last block that ends at `ow`.
     ///
@@ -141,16 +125,13 @@ mod avx512 {
                 let v = unsafe { load(x.add(off + ox * s), s) };
                 nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
                 acc = if min {
-                    _mm512_min_epi32(acc, keys(v))
+                    _mm512_min_epi32(acc, key(v))
                 } else {
-                    _mm512_max_epi32(acc, keys(v))
+                    _mm512_max_epi32(acc, key(v))
                 };
             }
             // Keys back to floats (the map is its own inverse), NaN where a tap was.
-            let back = _mm512_castsi512_ps(_mm512_xor_si512(
-                acc,
-                _mm512_srli_epi32::<1>(_mm512_srai_epi32::<31>(acc)),
-            ));
+            let back = _mm512_castsi512_ps(key(_mm512_castsi512_ps(acc)));
             let v = _mm512_mask_mov_ps(back, nan, _mm512_set1_ps(f32::NAN));
             // SAFETY: outputs ox..ox+16 are inside the row.
             unsafe { _mm512_storeu_ps(row.add(ox), v) };
@@ -169,14 +150,8 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::conv::avx2::load;
+    use super::super::rows::avx2::key;
     use std::arch::x86_64::*;
-
-    /// The ordered keys of 8 lanes (see [`super::key`]).
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn keys(v: __m256i) -> __m256i {
-        _mm256_xor_si256(v, _mm256_srli_epi32::<1>(_mm256_srai_epi32::<31>(v)))
-    }
 
     /// The `ow >= 8` outputs of a row: blocks of 8, and a last block that ends at `ow`.
     ///
@@ -199,14 +174,17 @@ mod avx2 {
                 // SAFETY: the taps are inside the copy.
                 let v = unsafe { load(x.add(off + ox * s), s) };
                 nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
-                let k = keys(_mm256_castps_si256(v));
+                // SAFETY: the host has AVX2.
+                let k = unsafe { key(v) };
                 acc = if min {
                     _mm256_min_epi32(acc, k)
                 } else {
                     _mm256_max_epi32(acc, k)
                 };
             }
-            let back = _mm256_castsi256_ps(keys(acc));
+            // Keys back to floats (the map is its own inverse), NaN where a tap was.
+            // SAFETY: the host has AVX2.
+            let back = _mm256_castsi256_ps(unsafe { key(_mm256_castsi256_ps(acc)) });
             let v = _mm256_blendv_ps(back, _mm256_set1_ps(f32::NAN), nan);
             // SAFETY: outputs ox..ox+8 are inside the row.
             unsafe { _mm256_storeu_ps(row.add(ox), v) };

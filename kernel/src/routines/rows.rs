@@ -66,7 +66,7 @@ pub unsafe extern "C" fn kiln_row_exp_sub(src: *const f32, dst: *mut f32, n: i64
 }
 
 /// IEEE `maximum`: NaN if either is NaN, +0 above -0.
-fn maximum(a: f32, b: f32) -> f32 {
+pub(super) fn maximum(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else if a == b {
@@ -77,6 +77,24 @@ fn maximum(a: f32, b: f32) -> f32 {
             a
         }
     } else if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// IEEE `minimum`: NaN if either is NaN, -0 below +0.
+pub(super) fn minimum(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a == b {
+        // Equal: only the signs of zeros can differ; -0 wins.
+        if a.is_sign_negative() {
+            a
+        } else {
+            b
+        }
+    } else if a < b {
         a
     } else {
         b
@@ -125,12 +143,13 @@ fn exp(x: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Float bits mapped to i32 so that signed order is the float order (-0 below +0).
+    /// Float bits mapped to i32 so that signed order is the float order (-0 below +0), NaNs
+    /// aside; the map is its own inverse.
     #[inline(always)]
-    unsafe fn key(x: __m256) -> __m256i {
+    pub(in crate::routines) unsafe fn key(x: __m256) -> __m256i {
         unsafe {
             let b = _mm256_castps_si256(x);
             let m = _mm256_srli_epi32::<1>(_mm256_srai_epi32::<31>(b));
@@ -248,17 +267,21 @@ mod avx2 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
+
+    /// [`super::avx2::key`] for 16 lanes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(in crate::routines) fn key(x: __m512) -> __m512i {
+        let b = _mm512_castps_si512(x);
+        _mm512_xor_si512(b, _mm512_srli_epi32::<1>(_mm512_srai_epi32::<31>(b)))
+    }
 
     /// The row's maximum as [`super::avx2`]'s: ordered integer keys (-0 below +0) and a NaN mask,
     /// 32 elements a step; the rest in scalar.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max(row: *const f32, n: usize, init: f32) -> f32 {
-        let key = |x: __m512| {
-            let b = _mm512_castps_si512(x);
-            _mm512_xor_si512(b, _mm512_srli_epi32::<1>(_mm512_srai_epi32::<31>(b)))
-        };
         unsafe {
             let mut k = [_mm512_set1_epi32(i32::MIN); 2];
             let mut nan: __mmask16 = 0;

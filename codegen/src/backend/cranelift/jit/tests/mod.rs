@@ -95,22 +95,7 @@ fn run_zip<A: Copy, B: Copy + Default>(
     a: &[A],
     b: &[A],
 ) -> Vec<B> {
-    let k = Kernel {
-        name: "zip".into(),
-        bufs: vec![
-            buf("a", d, BufKind::Input),
-            buf("b", d, BufKind::Input),
-            buf("y", to, BufKind::Output),
-        ],
-        dims: vec![Dim::sym("n")],
-        vars: vec![DType::I64],
-        body: vec![for_(
-            0,
-            Expr::Dim(0),
-            vec![store(2, v(0), f(load(0, v(0)), load(1, v(0))))],
-        )],
-    };
-    let c = compile(&[k]).unwrap();
+    let c = compile(&[zip_kernel(d, to, &f)]).unwrap();
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
     let mut y = vec![B::default(); a.len()];
     let n = a.len() as i64;
