@@ -1,6 +1,7 @@
 //! Differential fuzz of code generation: random well-typed graphs (every op family, fused
 //! kernels, awkward shapes, broadcasts, strides and values) compiled — each node alone, and
-//! after the default pipeline — compute what the reference interpreter computes.
+//! after the default pipeline — compute what the reference interpreter computes; and convs
+//! with random elementwise steps after them (fused into their routines or not).
 //! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`; `KILN_TRACE_SEED=1`
 //! with `--nocapture` prints each graph first (to find one that crashes the process).
 
@@ -12,9 +13,12 @@ use kiln::Tensor;
 use proptest::prelude::*;
 
 fn check(seed: u64, size: usize) -> Result<(), TestCaseError> {
-    let g = common::random_graph(seed, size);
+    check_graph(common::random_graph(seed, size), seed)
+}
+
+fn check_graph(g: kiln::Graph, seed: u64) -> Result<(), TestCaseError> {
     if std::env::var_os("KILN_TRACE_SEED").is_some() {
-        eprintln!("seed {seed} size {size}\n{}", kiln::print_graph(&g));
+        eprintln!("seed {seed}\n{}", kiln::print_graph(&g));
     }
     let mut bindings = HashMap::new();
     for (_, ty) in kiln::params(&g) {
@@ -113,5 +117,14 @@ proptest! {
     #[test]
     fn compiled_code_matches_the_interpreter(seed in any::<u64>(), size in 1usize..20) {
         check(seed, size)?;
+    }
+
+    /// Convolutions and the elementwise steps after them, which their routines may apply as
+    /// they store (fused epilogues) or leave to loops.
+    #[test]
+    fn convolutions_and_their_epilogues_match_the_interpreter(seed in any::<u64>()) {
+        if let Some(g) = common::conv_graph(seed) {
+            check_graph(g, seed)?;
+        }
     }
 }

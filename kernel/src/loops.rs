@@ -165,16 +165,18 @@ impl Call {
 
 impl From<Gemm> for Call {
     fn from(g: Gemm) -> Call {
+        let mut operands = vec![
+            Some((g.a, g.a_off)),
+            Some((g.b, g.b_off)),
+            g.b_packed.map(|p| (p, Expr::i64(0))),
+            Some((g.c, g.c_off)),
+        ];
+        operands.extend(g.epilogue.operands());
         Call {
             routine: "gemm".into(),
-            operands: vec![
-                Some((g.a, g.a_off)),
-                Some((g.b, g.b_off)),
-                g.b_packed.map(|p| (p, Expr::i64(0))),
-                Some((g.c, g.c_off)),
-            ],
+            operands,
             ints: vec![g.a_rs, g.a_cs, g.b_rs, g.b_cs, g.c_rs, g.m, g.n, g.k],
-            scalars: Vec::new(),
+            scalars: g.epilogue.scalars(),
             result: None,
         }
     }
@@ -183,21 +185,63 @@ impl From<Gemm> for Call {
 impl From<Conv2d> for Call {
     fn from(c: Conv2d) -> Call {
         let g = c.geometry;
+        let mut operands = vec![
+            Some((c.x, c.x_off)),
+            Some((c.k, c.k_off)),
+            Some((c.out, c.out_off)),
+        ];
+        operands.extend(c.epilogue.operands());
         Call {
             routine: "conv2d".into(),
-            operands: vec![
-                Some((c.x, c.x_off)),
-                Some((c.k, c.k_off)),
-                Some((c.out, c.out_off)),
-            ],
+            operands,
             ints: [
                 g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.ph, g.pw,
             ]
             .map(Expr::i64)
             .to_vec(),
-            scalars: Vec::new(),
+            scalars: c.epilogue.scalars(),
             result: None,
         }
+    }
+}
+
+/// What a product or convolution call applies to each output as it stores it (see
+/// [`crate::routines::epilogue`]): `min(max((x·scale[row] + shift[row]) + res[at], lo), hi)`,
+/// each operand at its offset (the per-row ones at the call's first row, the residual at
+/// the output's offset), absent parts skipped.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Epilogue {
+    pub scale: Option<(BufId, Expr)>,
+    pub shift: Option<(BufId, Expr)>,
+    pub res: Option<(BufId, Expr)>,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Default for Epilogue {
+    fn default() -> Epilogue {
+        Epilogue {
+            scale: None,
+            shift: None,
+            res: None,
+            lo: f64::NEG_INFINITY,
+            hi: f64::INFINITY,
+        }
+    }
+}
+
+impl Epilogue {
+    /// The call's optional operands `scale`, `shift` and `res`.
+    pub fn operands(&self) -> [Option<(BufId, Expr)>; 3] {
+        [self.scale.clone(), self.shift.clone(), self.res.clone()]
+    }
+
+    /// The call's scalar arguments `lo` and `hi`.
+    pub fn scalars(&self) -> Vec<Expr> {
+        vec![
+            Expr::Float(self.lo, DType::F32),
+            Expr::Float(self.hi, DType::F32),
+        ]
     }
 }
 
@@ -359,6 +403,7 @@ pub struct Conv2d {
     pub out: BufId,
     pub out_off: Expr,
     pub geometry: crate::routines::conv::Geometry,
+    pub epilogue: Epilogue,
 }
 
 /// `c[c_off + i*c_rs + j] = Σ_l a[a_off + i*a_rs + l*a_cs] · b[b_off + l*b_rs + j*b_cs]` for
@@ -383,6 +428,7 @@ pub struct Gemm {
     /// A buffer holding `b` already packed by [`crate::routines::gemm::pack_b`] for this `k` and `n`
     /// (set for constant operands, packed once at compile time).
     pub b_packed: Option<BufId>,
+    pub epilogue: Epilogue,
 }
 
 /// A scalar expression.
@@ -861,6 +907,7 @@ mod tests {
             n: Expr::i64(2),
             k: Expr::i64(4),
             b_packed: Some(5),
+            epilogue: Default::default(),
         };
         let mut s = Stmt::Loop {
             var: 0,

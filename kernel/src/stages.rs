@@ -940,6 +940,7 @@ mod tests {
                     out: 2,
                     out_off: out_at(c),
                     geometry,
+                    epilogue: Default::default(),
                 }
                 .into(),
             ))],

@@ -308,7 +308,11 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
                 pad_high,
                 groups: groups as i64,
             };
-            b.op1(op, &[x, wt])
+            let y = b.op1(op, &[x, wt]).ok()?;
+            match below(rng, 2) {
+                0 => Ok(y),
+                _ => Ok(epilogue_steps(b, rng, y, o).unwrap_or(y)),
+            }
         }
         20 if rank == 3 => {
             let d = static_dims(b, v)?;
@@ -454,6 +458,89 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
         }
     };
     result.ok()
+}
+
+/// Elementwise steps after `y` ([n, o, ...], float), 1 to 4 in random order: those a
+/// routine applies as it stores (per-channel scale and shift, a residual, clamps), in its
+/// order or not.
+fn epilogue_steps(b: &mut Builder, rng: &mut Rng, y: Value, o: usize) -> Option<Value> {
+    let ty = b.ty(y).clone();
+    let mut y = y;
+    for _ in 0..1 + below(rng, 4) {
+        let other = match below(rng, 5) {
+            0 | 1 => {
+                let c = random_tensor(rng, ty.dtype, &[1, o, 1, 1]);
+                b.constant(c).ok()?
+            }
+            2 => {
+                let n = b.graph().params().len();
+                b.param(&format!("res{n}"), ty.dtype, ty.shape.clone())
+                    .ok()?
+            }
+            _ => b.scalar_like(below(rng, 3) as f64 - 1.0, y).ok()?,
+        };
+        y = match below(rng, 4) {
+            0 => b.mul(y, other),
+            1 => b.add(other, y),
+            2 => b.max(y, other),
+            _ => b.min(other, y),
+        }
+        .ok()?;
+    }
+    Some(y)
+}
+
+/// A 2-D f32 convolution of a random image by random filters (dense, grouped, depthwise or
+/// pointwise; strides, dilations, padding), then elementwise steps ([`epilogue_steps`]):
+/// its outputs the last step and, at times, an earlier value or a further op.
+pub fn conv_graph(seed: u64) -> Option<Graph> {
+    let mut rng = Rng::new(seed);
+    let rng = &mut rng;
+    let mut b = Builder::new(&format!("conv{}", seed % 1000));
+    let (n, c) = (1 + below(rng, 2), 1 + below(rng, 9));
+    let (h, w) = (1 + below(rng, 12), 1 + below(rng, 20));
+    let x = b
+        .param(
+            "x",
+            DType::F32,
+            Shape::new([n, c, h, w].map(|d| Dim::Const(d as i64)).to_vec()),
+        )
+        .ok()?;
+    let groups = match below(rng, 3) {
+        0 if c > 1 => c,
+        _ => 1,
+    };
+    let o = groups * (1 + below(rng, if groups == 1 { 20 } else { 3 }));
+    let (kh, kw) = match below(rng, 3) {
+        0 => (1, 1),
+        _ => (1 + below(rng, 3), 1 + below(rng, 3)),
+    };
+    let wt = random_tensor(rng, DType::F32, &[o, c / groups, kh, kw]);
+    let wt = b.constant(wt).ok()?;
+    let r = |rng: &mut Rng, n: usize| below(rng, n) as i64;
+    let y = b
+        .op1(
+            Op::Conv {
+                stride: vec![1 + r(rng, 2), 1 + r(rng, 3)],
+                dilation: vec![1 + r(rng, 2), 1],
+                pad_low: vec![r(rng, 2), r(rng, 2)],
+                pad_high: vec![r(rng, 2), r(rng, 2)],
+                groups: groups as i64,
+            },
+            &[x, wt],
+        )
+        .ok()?;
+    let end = epilogue_steps(&mut b, rng, y, o)?;
+    b.output("y", end).ok()?;
+    match below(rng, 3) {
+        0 => b.output("early", y).ok()?,
+        1 => {
+            let e = b.exp(end).ok()?;
+            b.output("exp", e).ok()?
+        }
+        _ => {}
+    }
+    b.finish().ok()
 }
 
 /// A random well-typed graph with `size` attempted ops.

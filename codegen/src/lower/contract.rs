@@ -212,6 +212,7 @@ impl Lowering<'_> {
                 n: l.dim(&n),
                 k: l.dim(&k),
                 b_packed: None,
+                epilogue: Default::default(),
             };
             Ok(vec![Stmt::Call(Box::new(g.into()))])
         })?;

@@ -1,6 +1,7 @@
 //! Convolutions: a gemm on the image (pointwise), one library `conv2d` per depthwise channel,
 //! blocks of output rows with their im2col, or row-accumulating vector loops over a padded copy.
 
+use super::epilogue::Chain;
 use super::*;
 
 impl Lowering<'_> {
@@ -62,7 +63,14 @@ impl Lowering<'_> {
 
     /// A static f32 2-D conv with one input channel per group (depthwise): one library plane
     /// conv per image and output channel, in a parallel nest (which an epilogue may join).
-    pub(super) fn conv_planes(&mut self, v: Value, out: BufId, xb: BufId, wb: BufId) -> Result<()> {
+    pub(super) fn conv_planes(
+        &mut self,
+        v: Value,
+        out: BufId,
+        xb: BufId,
+        wb: BufId,
+        chain: Option<&Chain>,
+    ) -> Result<()> {
         let StaticConv {
             stride,
             dilation,
@@ -93,14 +101,16 @@ impl Lowering<'_> {
         self.nest(&rows, DType::F32, |_, idx| {
             let (n, oc) = (idx[0].clone(), idx[1].clone());
             let ch = Expr::index_op(Op::Div, oc.clone(), Expr::i64(og));
+            let out_off = (n.clone() * Expr::i64(os[1]) + oc.clone()) * Expr::i64(os[2] * os[3]);
             Ok(vec![Stmt::Call(Box::new(
                 Conv2d {
                     x: xb,
-                    x_off: (n.clone() * Expr::i64(xs[1]) + ch) * Expr::i64(xs[2] * xs[3]),
+                    x_off: (n * Expr::i64(xs[1]) + ch) * Expr::i64(xs[2] * xs[3]),
                     k: wb,
                     k_off: oc.clone() * Expr::i64(ws[2] * ws[3]),
                     out,
-                    out_off: (n * Expr::i64(os[1]) + oc) * Expr::i64(os[2] * os[3]),
+                    epilogue: Chain::of(chain, &oc, &out_off),
+                    out_off,
                     geometry,
                 }
                 .into(),
@@ -336,10 +346,42 @@ impl Lowering<'_> {
         Ok((pb, p_shape))
     }
 
+    /// Whether conv `v` with several output channels per group and a contraction of 8 or
+    /// more (f32): a product with the image (a `gemm` or `conv2d_rows`).
+    fn conv_product(&self, v: Value) -> bool {
+        let node = self.g.node(v.node);
+        let (Op::Conv { groups, .. }, [_, wv, ..]) = (node.op(), node.inputs()) else {
+            return false;
+        };
+        let ws = &self.ty(*wv).shape;
+        let og = ws.dim(0).exact_div(&Dim::constant(*groups));
+        let taps = ws.dims()[1..]
+            .iter()
+            .try_fold(Dim::constant(1), |a, d| a.mul(d));
+        self.ty(v).dtype == DType::F32
+            && og.is_some_and(|d| d.as_const() != Some(1))
+            && taps.ok().and_then(|d| d.as_const()).is_none_or(|n| n >= 8)
+    }
+
+    /// Whether conv `v` runs as routine calls (plane convs or products) that apply a fused
+    /// epilogue ([`Chain`]).
+    pub(super) fn conv_calls(&self, v: Value) -> bool {
+        let node = self.g.node(v.node);
+        let [xv, wv, ..] = node.inputs() else {
+            return false;
+        };
+        let (xs, ws) = (&self.ty(*xv).shape, &self.ty(*wv).shape);
+        let planes = [xs, ws, &self.ty(v).shape].iter().all(|s| s.is_static())
+            && xs.rank() == 4
+            && ws.dim(1).as_const() == Some(1);
+        self.ty(v).dtype == DType::F32 && (planes || self.conv_product(v))
+    }
+
     /// A convolution: f32 ones with enough channels per group as an im2col buffer and one
     /// `gemm` per image and group; the rest (depthwise, integers) as direct loops. Padding is
-    /// a guarded load: the index is clamped and the value replaced by zero outside.
-    pub(super) fn conv(&mut self, v: Value, out: BufId) -> Result<()> {
+    /// a guarded load: the index is clamped and the value replaced by zero outside. With a
+    /// `chain` (only where [`Lowering::conv_calls`]), the calls apply it and `out` is its end.
+    pub(super) fn conv(&mut self, v: Value, out: BufId, chain: Option<&Chain>) -> Result<()> {
         let node = self.g.node(v.node);
         let Op::Conv {
             stride,
@@ -380,13 +422,7 @@ impl Lowering<'_> {
         let ks = prod(&ws.dims()[2..])?;
         let ps = prod(&os.dims()[2..])?;
         // A gemm pays off with several output channels per group and a long contraction.
-        let big = dtype == DType::F32
-            && og.as_const() != Some(1)
-            && cg
-                .mul(&ks)
-                .ok()
-                .and_then(|d| d.as_const())
-                .is_none_or(|n| n >= 8);
+        let big = self.conv_product(v);
         let i64op = |op: Op, args: Vec<Expr>, dtype: DType| Expr::Op { op, args, dtype };
         // The input position of output position `p` and window position `k` along spatial
         // axis `d`, and whether it is inside the input.
@@ -411,7 +447,7 @@ impl Lowering<'_> {
         };
         let fixed = [&xs, &ws, &os].iter().all(|s| s.is_static());
         if dtype == DType::F32 && fixed && sp == 2 && cg.as_const() == Some(1) {
-            self.conv_planes(v, out, xb, wb)?;
+            self.conv_planes(v, out, xb, wb, chain)?;
             self.bufs.insert(v, out);
             return Ok(());
         }
@@ -472,6 +508,8 @@ impl Lowering<'_> {
             let (ck_e, ps_e, og_e, o_e) =
                 (self.dim(&ck), self.dim(&ps), self.dim(&og), self.dim(&o));
             let c_e = self.dim(xs.dim(1));
+            let c_off = (n.clone() * o_e + g.clone() * og_e.clone()) * ps_e.clone();
+            let epilogue = Chain::of(chain, &(g.clone() * og_e.clone()), &c_off);
             let body = vec![Stmt::Call(Box::new(
                 Gemm {
                     a: wb,
@@ -483,12 +521,13 @@ impl Lowering<'_> {
                     b_rs: ps_e.clone(),
                     b_cs: Expr::i64(1),
                     c: out,
-                    c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
+                    c_off,
                     c_rs: ps_e.clone(),
                     m: og_e,
                     n: ps_e,
                     k: ck_e,
                     b_packed: None,
+                    epilogue,
                 }
                 .into(),
             ))];
@@ -498,7 +537,7 @@ impl Lowering<'_> {
             return Ok(());
         }
         if fixed && sp == 2 && dtype == DType::F32 {
-            self.conv_row_blocks(v, out, xb, wb)?;
+            self.conv_row_blocks(v, out, xb, wb, chain)?;
             self.bufs.insert(v, out);
             return Ok(());
         }
@@ -559,6 +598,8 @@ impl Lowering<'_> {
             body.extend(self.k.body.drain(before..));
         }
         let (ck_e, ps_e, og_e, o_e) = (self.dim(&ck), self.dim(&ps), self.dim(&og), self.dim(&o));
+        let c_off = (n * o_e + g.clone() * og_e.clone()) * ps_e.clone();
+        let epilogue = Chain::of(chain, &(g.clone() * og_e.clone()), &c_off);
         body.push(Stmt::Call(Box::new(
             Gemm {
                 a: wb,
@@ -570,12 +611,13 @@ impl Lowering<'_> {
                 b_rs: ps_e.clone(),
                 b_cs: Expr::i64(1),
                 c: out,
-                c_off: (n * o_e + g * og_e.clone()) * ps_e.clone(),
+                c_off,
                 c_rs: ps_e.clone(),
                 m: og_e,
                 n: ps_e,
                 k: ck_e,
                 b_packed: None,
+                epilogue,
             }
             .into(),
         )));
@@ -596,6 +638,7 @@ impl Lowering<'_> {
         out: BufId,
         xb: BufId,
         wb: BufId,
+        chain: Option<&Chain>,
     ) -> Result<()> {
         let StaticConv {
             stride,
@@ -658,22 +701,22 @@ impl Lowering<'_> {
             Expr::i64(rows),
             Expr::i64(oh) + b * Expr::i64(-rows),
         ));
+        let out_off = (n.clone() * Expr::i64(o) + g.clone() * Expr::i64(og)) * Expr::i64(oh * ow);
+        let epilogue = Chain::of(chain, &(g.clone() * Expr::i64(og)), &out_off);
+        let mut operands = vec![
+            Some((
+                xb,
+                (n * Expr::i64(xs[1]) + g.clone() * Expr::i64(cg)) * Expr::i64(xs[2] * xs[3]),
+            )),
+            Some((wb, g * Expr::i64(og * k))),
+            Some((out, out_off)),
+        ];
+        operands.extend(epilogue.operands());
         let call = kernel::Call {
             routine: "conv2d_rows".into(),
-            operands: vec![
-                Some((
-                    xb,
-                    (n.clone() * Expr::i64(xs[1]) + g.clone() * Expr::i64(cg))
-                        * Expr::i64(xs[2] * xs[3]),
-                )),
-                Some((wb, g.clone() * Expr::i64(og * k))),
-                Some((
-                    out,
-                    (n * Expr::i64(o) + g * Expr::i64(og)) * Expr::i64(oh * ow),
-                )),
-            ],
+            operands,
             ints,
-            scalars: Vec::new(),
+            scalars: epilogue.scalars(),
             result: None,
         };
         self.k.body.push(Stmt::Loop {

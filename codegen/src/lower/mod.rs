@@ -6,7 +6,7 @@
 //! and single-use elementwise values become expressions inside their consumer's loop.
 //! Anything else is [`Unsupported`], and the caller runs that node another way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, TensorType, Value};
 
@@ -18,6 +18,7 @@ use kernel::{
 
 mod contract;
 mod conv;
+mod epilogue;
 mod gather;
 mod index;
 mod reduce;
@@ -76,6 +77,8 @@ struct Lowering<'g> {
     reads: HashMap<Value, usize>,
     order: Vec<NodeId>,
     machine: Machine,
+    /// Values already computed by a routine's fused epilogue.
+    fused: HashSet<Value>,
 }
 
 fn is_view(op: &Op) -> bool {
@@ -120,6 +123,7 @@ impl<'g> Lowering<'g> {
             reads: HashMap::new(),
             order,
             machine,
+            fused: HashSet::new(),
         };
         for &id in &l.order {
             for ty in g.node(id).types() {
@@ -219,22 +223,15 @@ impl<'g> Lowering<'g> {
             let node = g.node(id);
             let v = Value::new(id, 0);
             let op = node.op();
+            if self.fused.contains(&v) {
+                continue;
+            }
             let output_buf = self.bufs.get(&v).copied().filter(|&b| {
                 self.k.bufs[b].kind == BufKind::Output && !matches!(op, Op::Param { .. })
             });
             match op {
                 Op::Param { .. } => {}
-                Op::Constant { value } => {
-                    if value.tensor.numel() != 1 {
-                        let b = self.buf(
-                            format!("c{}", self.consts.len()),
-                            &node.types()[0],
-                            BufKind::Input,
-                        )?;
-                        self.consts.push((b, value.tensor.clone()));
-                        self.bufs.insert(v, b);
-                    }
-                }
+                Op::Constant { .. } => self.constant(id)?,
                 Op::TopK { k, axis, largest } => {
                     let i = Value::new(id, 1);
                     let out_i = self
@@ -275,8 +272,29 @@ impl<'g> Lowering<'g> {
                     self.gather(v, *axis as usize, b)?;
                 }
                 Op::Conv { .. } => {
-                    let b = self.target(v, output_buf)?;
-                    self.conv(v, b)?;
+                    // The elementwise steps after it, applied as the routine stores: it
+                    // computes the last step's value.
+                    let chain = if self.conv_calls(v) {
+                        self.epilogue_chain(v)
+                    } else {
+                        None
+                    };
+                    if let Some(chain) = chain {
+                        let end = chain.end;
+                        let out = self
+                            .bufs
+                            .get(&end)
+                            .copied()
+                            .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
+                        let b = self.target(end, out)?;
+                        self.conv(v, b, Some(&chain))?;
+                        self.bufs.remove(&v);
+                        self.bufs.insert(end, b);
+                        self.fused.insert(end);
+                    } else {
+                        let b = self.target(v, output_buf)?;
+                        self.conv(v, b, None)?;
+                    }
                 }
                 Op::ArgMax { axis, last } | Op::ArgMin { axis, last } => {
                     let b = self.target(v, output_buf)?;
@@ -317,6 +335,24 @@ impl<'g> Lowering<'g> {
                     value,
                 }])
             })?;
+        }
+        Ok(())
+    }
+
+    /// A buffer for constant `id` unless it has one or one element (an expression then).
+    fn constant(&mut self, id: NodeId) -> Result<()> {
+        let node = self.g.node(id);
+        let v = Value::new(id, 0);
+        if let Op::Constant { value } = node.op() {
+            if value.tensor.numel() != 1 && !self.bufs.contains_key(&v) {
+                let b = self.buf(
+                    format!("c{}", self.consts.len()),
+                    &node.types()[0],
+                    BufKind::Input,
+                )?;
+                self.consts.push((b, value.tensor.clone()));
+                self.bufs.insert(v, b);
+            }
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! weights with the block's image columns, packed straight from the image into the product's
 //! panel layout (an implicit im2col: no column matrix, no padded copy).
 
+use super::epilogue::Epilogue;
+
 /// The shape of a plane convolution: input `h×w`, output `oh×ow`, filter `kh×kw`, strides,
 /// dilations and the padding before the first row and column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,6 +58,9 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
     x: *const f32,
     k: *const f32,
     out: *mut f32,
+    scale: *const f32,
+    shift: *const f32,
+    res: *const f32,
     h: i64,
     w: i64,
     oh: i64,
@@ -68,10 +73,13 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
     dw: i64,
     ph: i64,
     pw: i64,
+    lo: f32,
+    hi: f32,
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
+    let epi = Epilogue::new(scale, shift, res, lo, hi);
     // SAFETY: forwarded.
-    unsafe { plane(x, k, out, &g, lanes()) }
+    unsafe { plane(x, k, out, &g, lanes(), &epi) }
 }
 
 /// The widest vector code this CPU runs: 16 lanes (AVX-512), 8 (AVX2 and FMA) or 1.
@@ -87,7 +95,14 @@ pub(super) fn lanes() -> usize {
 
 /// # Safety
 /// As [`kiln_conv2d_plane`]; `lanes` (1, 8 or 16) at most what [`lanes`] gives.
-unsafe fn plane(x: *const f32, k: *const f32, out: *mut f32, g: &Geometry, lanes: usize) {
+unsafe fn plane(
+    x: *const f32,
+    k: *const f32,
+    out: *mut f32,
+    g: &Geometry,
+    lanes: usize,
+    epi: &Epilogue,
+) {
     if g.oh <= 0 || g.ow <= 0 {
         return;
     }
@@ -131,6 +146,11 @@ unsafe fn plane(x: *const f32, k: *const f32, out: *mut f32, g: &Geometry, lanes
             unsafe { *row.add(ox as usize) = acc };
             ox += 1;
         }
+        // SAFETY: the row is inside `out` (and the residual, laid out alike).
+        unsafe {
+            epi.from(0, (oy * g.ow) as usize)
+                .block(row, 0, 1, g.ow as usize)
+        };
     }
     give_padded(buf);
 }
@@ -191,6 +211,9 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
     x: *const f32,
     wt: *const f32,
     out: *mut f32,
+    scale: *const f32,
+    shift: *const f32,
+    res: *const f32,
     c: i64,
     o: i64,
     h: i64,
@@ -207,10 +230,13 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
     pw: i64,
     y0: i64,
     rows: i64,
+    lo: f32,
+    hi: f32,
 ) {
     let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
+    let epi = Epilogue::new(scale, shift, res, lo, hi);
     // SAFETY: forwarded.
-    unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512()) }
+    unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512(), &epi) }
 }
 
 /// [`kiln_conv2d_rows`] with its geometry, packing with AVX-512 when `wide`.
@@ -228,6 +254,7 @@ unsafe fn rows_block(
     y0: i64,
     rows: i64,
     wide: bool,
+    epi: &Epilogue,
 ) {
     let (k, cols) = ((c * g.kh * g.kw) as usize, (rows * g.ow) as usize);
     if o <= 0 || cols == 0 {
@@ -246,7 +273,7 @@ unsafe fn rows_block(
     // SAFETY: `wt` is o×k row-major; the packed columns are B for this k and n; the block's
     // rows of every output channel are inside `out`, oh·ow apart.
     unsafe {
-        super::gemm::kiln_sgemm_packed(
+        super::gemm::product(
             wt,
             std::ptr::null(),
             buf.as_ptr(),
@@ -259,6 +286,7 @@ unsafe fn rows_block(
             o,
             cols as i64,
             k as i64,
+            &epi.from(0, (y0 * g.ow) as usize),
         )
     };
     PACKED.with(|b| b.set(buf));
@@ -722,6 +750,17 @@ mod tests {
             let x: Vec<f32> = (0..c * g.h * g.w).map(|_| rnd()).collect();
             let wt: Vec<f32> = (0..o * c * g.kh * g.kw).map(|_| rnd()).collect();
             let plane = (g.oh * g.ow) as usize;
+            // Every part of the epilogue: per-channel scale and shift, a residual, a clamp.
+            let scale: Vec<f32> = (0..o).map(|_| 1.0 + rnd()).collect();
+            let shift: Vec<f32> = (0..o).map(|_| rnd()).collect();
+            let res: Vec<f32> = (0..o as usize * plane).map(|_| rnd()).collect();
+            let epi = Epilogue {
+                scale: scale.as_ptr(),
+                shift: shift.as_ptr(),
+                res: res.as_ptr(),
+                lo: -0.4,
+                hi: 0.3,
+            };
             for wide in [false, crate::avx512()] {
                 let mut out = vec![f32::NAN; o as usize * plane];
                 let mut y0 = 0;
@@ -740,6 +779,7 @@ mod tests {
                             y0,
                             rows,
                             wide,
+                            &epi,
                         )
                     };
                     y0 += rows;
@@ -753,6 +793,10 @@ mod tests {
                         for (w, r) in want.iter_mut().zip(reference(xp, kp, &g)) {
                             *w += r;
                         }
+                    }
+                    let (s, t) = (scale[oc] as f64, shift[oc] as f64);
+                    for (w, r) in want.iter_mut().zip(&res[oc * plane..]) {
+                        *w = (*w * s + t + *r as f64).clamp(-0.4, 0.3);
                     }
                     for (i, (&got, &r)) in out[oc * plane..][..plane].iter().zip(&want).enumerate()
                     {
@@ -784,11 +828,23 @@ mod tests {
         for g in cases {
             let x: Vec<f32> = (0..g.h * g.w).map(|_| rnd()).collect();
             let k: Vec<f32> = (0..g.kh * g.kw).map(|_| rnd()).collect();
-            let want = reference(&x, &k, &g);
+            // A shift, a residual and a ReLU.
+            let res: Vec<f32> = (0..g.oh * g.ow).map(|_| rnd()).collect();
+            let shift = [0.1f32];
+            let epi = Epilogue {
+                shift: shift.as_ptr(),
+                res: res.as_ptr(),
+                lo: 0.0,
+                ..Epilogue::NONE
+            };
+            let mut want = reference(&x, &k, &g);
+            for (w, r) in want.iter_mut().zip(&res) {
+                *w = (*w + 0.1 + *r as f64).max(0.0);
+            }
             for vector in [1, 8, 16].into_iter().filter(|&n| n <= lanes()) {
                 let mut out = vec![f32::NAN; (g.oh * g.ow) as usize];
                 // SAFETY: buffers sized for the geometry; `vector` lanes run on this CPU.
-                unsafe { plane(x.as_ptr(), k.as_ptr(), out.as_mut_ptr(), &g, vector) };
+                unsafe { plane(x.as_ptr(), k.as_ptr(), out.as_mut_ptr(), &g, vector, &epi) };
                 for (i, (&o, &r)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (o as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()),

@@ -4,6 +4,8 @@
 //! ([`crate::threads`]) by column panels or row blocks. Results do not depend on the thread count: every element sums over k
 //! in the same order.
 
+use super::epilogue::{self, Epilogue};
+
 const MR: usize = 6;
 pub(crate) const NR: usize = 16;
 pub(crate) const KC: usize = 256;
@@ -66,7 +68,7 @@ pub unsafe fn sgemm(
 ) {
     // SAFETY: forwarded.
     unsafe {
-        kiln_sgemm_packed(
+        product(
             a,
             b,
             std::ptr::null(),
@@ -79,6 +81,7 @@ pub unsafe fn sgemm(
             m,
             n,
             k,
+            &Epilogue::NONE,
         )
     }
 }
@@ -96,6 +99,9 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     b: *const f32,
     bp: *const f32,
     c: *mut f32,
+    scale: *const f32,
+    shift: *const f32,
+    res: *const f32,
     a_rs: i64,
     a_cs: i64,
     b_rs: i64,
@@ -104,6 +110,34 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     m: i64,
     n: i64,
     k: i64,
+    lo: f32,
+    hi: f32,
+) {
+    let epi = Epilogue::new(scale, shift, res, lo, hi);
+    // SAFETY: forwarded.
+    unsafe { product(a, b, bp, c, a_rs, a_cs, b_rs, b_cs, ldc, m, n, k, &epi) }
+}
+
+/// [`kiln_sgemm_packed`] with its epilogue: each element of C is stored through `epi` (row
+/// i of C its row, `i * ldc + j` its offset).
+///
+/// # Safety
+/// As [`kiln_sgemm_packed`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    a: *const f32,
+    b: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    a_rs: i64,
+    a_cs: i64,
+    b_rs: i64,
+    b_cs: i64,
+    ldc: i64,
+    m: i64,
+    n: i64,
+    k: i64,
+    epi: &Epilogue,
 ) {
     let (m, n, k) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
     let ldc = (ldc.max(0) as usize).max(n);
@@ -126,13 +160,18 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
             // SAFETY: row i of c holds n elements.
             unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
         }
+        // SAFETY: C is inside the output.
+        unsafe { epi.block(c, ldc, m, n) };
         return;
     }
     if !bp.is_null() && (m <= 4 || m * n * k <= 4096) {
         // Few rows, or a tiny product, against B packed ahead of time: its panels streamed
         // (the original B is never read when it was packed).
         // SAFETY: forwarded from the caller.
-        unsafe { thin_packed(a, bp, c, ldc, m, n, k) };
+        unsafe {
+            thin_packed(a, bp, c, ldc, m, n, k);
+            epi.block(c, ldc, m, n);
+        }
         return;
     }
     if m * n * k <= 4096 {
@@ -148,12 +187,17 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
                 unsafe { *c.add(i * ldc + j) = acc };
             }
         }
+        // SAFETY: C is inside the output.
+        unsafe { epi.block(c, ldc, m, n) };
         return;
     }
     if m <= 4 && (b.cs == 1 || b.rs == 1) {
         // Matrix-vector shapes: packing B would cost as much as the product.
         // SAFETY: forwarded from the caller.
-        unsafe { thin(a, b, c, ldc, m, n, k) };
+        unsafe {
+            thin(a, b, c, ldc, m, n, k);
+            epi.block(c, ldc, m, n);
+        }
         return;
     }
     let panels = n.div_ceil(NR);
@@ -169,7 +213,7 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     let c_addr = c as usize;
     if t == 1 {
         // SAFETY: forwarded from the caller.
-        unsafe { columns(a, bsrc, c_addr as *mut f32, ldc, m, n, k, 0, panels) };
+        unsafe { columns(a, bsrc, c_addr as *mut f32, ldc, m, n, k, 0, panels, epi) };
         return;
     }
     let row_blocks = m.div_ceil(MR);
@@ -201,12 +245,13 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
                     k,
                     0,
                     panels,
+                    &epi.from(r0, r0 * ldc),
                 )
             }
         } else {
             let (lo, hi) = (panels * w / parts, panels * (w + 1) / parts);
             // SAFETY: each task writes only the columns of its own panels.
-            unsafe { columns(a, bsrc, c_addr as *mut f32, ldc, m, n, k, lo, hi) }
+            unsafe { columns(a, bsrc, c_addr as *mut f32, ldc, m, n, k, lo, hi, epi) }
         }
     });
 }
@@ -271,8 +316,14 @@ unsafe fn columns(
     k: usize,
     lo: usize,
     hi: usize,
+    epi: &Epilogue,
 ) {
     let b = bsrc.b;
+    // The epilogue of the tile at (i, j), on the last block of k only.
+    let last = k.saturating_sub(1) / KC * KC;
+    let tile_epi = |pc: usize, i: usize, j: usize| {
+        (pc == last && !epi.is_none()).then(|| epi.from(i, i * ldc + j))
+    };
     let avx = crate::avx2_fma();
     let wide = wide();
     // With few column panels, packing A costs as much as the product: the micro-kernel reads
@@ -365,6 +416,7 @@ unsafe fn columns(
                             add: pc > 0,
                             rows: (2 * MR).min(ic + mc - i),
                             cols: (2 * NR).min(j1 - j),
+                            epi: tile_epi(pc, i, j),
                         };
                         let a1 = a_rows((ip + 1).min(mp - 1));
                         // SAFETY: the CPU has AVX-512; A and the panels hold kc steps.
@@ -396,6 +448,7 @@ unsafe fn columns(
                             add: pc > 0,
                             rows: mr,
                             cols: nr,
+                            epi: tile_epi(pc, i, j),
                         };
                         let b_panel = b_block[jp * NR * kc..].as_ptr();
                         // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
@@ -415,6 +468,10 @@ unsafe fn columns(
                                 *dst += v;
                             }
                         }
+                    }
+                    if let Some(e) = tile_epi(pc, i, j) {
+                        // SAFETY: the tile is inside C.
+                        unsafe { e.block(c.add(i * ldc + j), ldc, mr, nr) };
                     }
                 }
             }
@@ -983,16 +1040,24 @@ unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out) {
         add,
         rows,
         cols,
+        epi,
     } = out;
     if cols == NR {
+        let all = _mm256_set1_epi32(-1);
         for (ii, row) in c.iter().enumerate().take(rows) {
-            // SAFETY: the destination holds `rows` rows of NR values `ld` apart.
+            // SAFETY: the destination (and the residual, laid out alike) holds `rows` rows of
+            // NR values `ld` apart; row ii is inside the epilogue's per-row operands.
             unsafe {
                 let d = p.add(ii * ld);
                 let (mut r0, mut r1) = (row[0], row[1]);
                 if add {
                     r0 = _mm256_add_ps(r0, _mm256_loadu_ps(d));
                     r1 = _mm256_add_ps(r1, _mm256_loadu_ps(d.add(8)));
+                }
+                if let Some(e) = &epi {
+                    let (st, r) = (e.row(ii), e.res.wrapping_add(ii * ld));
+                    r0 = epilogue::avx2::apply(e, r0, st, r, all);
+                    r1 = epilogue::avx2::apply(e, r1, st, r.wrapping_add(8), all);
                 }
                 _mm256_storeu_ps(d, r0);
                 _mm256_storeu_ps(d.add(8), r1);
@@ -1008,14 +1073,19 @@ unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out) {
     ];
     for (ii, row) in c.iter().enumerate().take(rows) {
         for (h, (&r, &m)) in row.iter().zip(&masks).enumerate() {
-            // SAFETY: the masks select the `cols` columns inside the destination.
+            // SAFETY: the masks select the `cols` columns inside the destination (and the
+            // residual, laid out alike); row ii is inside the epilogue's per-row operands.
             unsafe {
-                let d = p.add(ii * ld + 8 * h);
-                let r = if add {
+                let at = ii * ld + 8 * h;
+                let d = p.add(at);
+                let mut r = if add {
                     _mm256_add_ps(r, _mm256_maskload_ps(d, m))
                 } else {
                     r
                 };
+                if let Some(e) = &epi {
+                    r = epilogue::avx2::apply(e, r, e.row(ii), e.res.wrapping_add(at), m);
+                }
                 _mm256_maskstore_ps(d, m, r);
             }
         }
@@ -1068,31 +1138,38 @@ unsafe fn micro_avx512<const R: usize, const C: usize>(
         add,
         rows,
         cols,
+        epi,
     } = out;
     for i in 0..(R * MR).min(rows) {
+        // SAFETY: row i of the tile is inside the epilogue's per-row operands.
+        let st = epi.as_ref().map(|e| unsafe { e.row(i) });
         for q in 0..C {
-            let v = acc[i * 2 + q];
+            let mut v = acc[i * 2 + q];
             let n = cols.saturating_sub(q * NR).min(NR);
             if n == 0 {
                 break;
             }
-            // SAFETY: the mask selects the `n` columns inside the destination row.
+            // SAFETY: the mask selects the `n` columns inside the destination row (and the
+            // residual's, laid out alike).
             unsafe {
-                let d = p.add(i * ld + q * NR);
+                let at = i * ld + q * NR;
+                let d = p.add(at);
                 if n == NR {
-                    let v = if add {
-                        _mm512_add_ps(v, _mm512_loadu_ps(d))
-                    } else {
-                        v
-                    };
+                    if add {
+                        v = _mm512_add_ps(v, _mm512_loadu_ps(d));
+                    }
+                    if let (Some(e), Some(st)) = (&epi, st) {
+                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), !0);
+                    }
                     _mm512_storeu_ps(d, v);
                 } else {
                     let m: __mmask16 = (1u16 << n) - 1;
-                    let v = if add {
-                        _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d))
-                    } else {
-                        v
-                    };
+                    if add {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d));
+                    }
+                    if let (Some(e), Some(st)) = (&epi, st) {
+                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), m);
+                    }
                     _mm512_mask_storeu_ps(d, m, v);
                 }
             }
@@ -1131,13 +1208,15 @@ impl ARows {
 }
 
 /// Where the micro-kernel puts its MR×NR result: the first `rows` rows and `cols` columns,
-/// rows `ld` apart from `p`, overwritten or (`add`) accumulated into.
+/// rows `ld` apart from `p`, overwritten or (`add`) accumulated into, then stored through
+/// `epi` (from the tile's first row and element) when given.
 struct Out {
     p: *mut f32,
     ld: usize,
     add: bool,
     rows: usize,
     cols: usize,
+    epi: Option<Epilogue>,
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -1199,6 +1278,21 @@ mod tests {
                     (t > 1).then(|| std::sync::Arc::new(crate::threads::Pool::new(t - 1).unwrap()));
                 // Rows of C apart by more than n in some cases (the rest must stay untouched).
                 let ldc = n + t - 1;
+                // At two threads, every part of the epilogue.
+                let scale: Vec<f32> = (0..m).map(|_| 1.0 + rnd()).collect();
+                let shift: Vec<f32> = (0..m).map(|_| rnd()).collect();
+                let res: Vec<f32> = (0..m * ldc).map(|_| rnd()).collect();
+                let epi = if t == 2 {
+                    Epilogue {
+                        scale: scale.as_ptr(),
+                        shift: shift.as_ptr(),
+                        res: res.as_ptr(),
+                        lo: -0.3,
+                        hi: 0.2,
+                    }
+                } else {
+                    Epilogue::NONE
+                };
                 let mut c = vec![f32::NAN; m * ldc];
                 let (rs, cs) = if bt { (1, k as i64) } else { (n as i64, 1) };
                 let bp = if packed {
@@ -1221,6 +1315,9 @@ mod tests {
                         b_ptr,
                         bp_ptr,
                         c.as_mut_ptr(),
+                        epi.scale,
+                        epi.shift,
+                        epi.res,
                         k as i64,
                         1,
                         rs,
@@ -1229,9 +1326,20 @@ mod tests {
                         m as i64,
                         n as i64,
                         k as i64,
+                        epi.lo,
+                        epi.hi,
                     )
                 });
-                let want = naive(&a, &b, m, n, k, bt);
+                let mut want = naive(&a, &b, m, n, k, bt);
+                if t == 2 {
+                    for i in 0..m {
+                        for j in 0..n {
+                            let y = &mut want[i * n + j];
+                            *y = ((*y * scale[i]) + shift[i]) + res[i * ldc + j];
+                            *y = y.clamp(-0.3, 0.2);
+                        }
+                    }
+                }
                 for (r, row) in c.chunks(ldc).enumerate() {
                     assert!(row[n..].iter().all(|x| x.is_nan()), "past the row {r}");
                 }
@@ -1269,6 +1377,17 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let bp = pack_b(&b, n as i64, 1, k, n).expect("inside b");
+            // With an epilogue of every part (its vector code compared too).
+            let scale: Vec<f32> = (0..m).map(|_| 1.0 + rnd()).collect();
+            let shift: Vec<f32> = (0..m).map(|_| rnd()).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            let epi = Epilogue {
+                scale: scale.as_ptr(),
+                shift: shift.as_ptr(),
+                res: res.as_ptr(),
+                lo: -0.3,
+                hi: 0.2,
+            };
             let run = |narrow: bool, packed: bool| {
                 AVX2_ONLY.with(|c| c.set(narrow));
                 let mut c = vec![f32::NAN; m * n];
@@ -1280,9 +1399,10 @@ mod tests {
                 // SAFETY: the operands hold m×k, k×n and m×n elements; bp is b packed.
                 unsafe {
                     let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                    let e = &epi;
                     kiln_sgemm_packed(
-                        a, b, bp, c, k as i64, 1, n as i64, 1, n as i64, m as i64, n as i64,
-                        k as i64,
+                        a, b, bp, c, e.scale, e.shift, e.res, k as i64, 1, n as i64, 1, n as i64,
+                        m as i64, n as i64, k as i64, e.lo, e.hi,
                     )
                 };
                 AVX2_ONLY.with(|c| c.set(false));

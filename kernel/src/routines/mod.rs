@@ -7,6 +7,7 @@
 //! from it, so a new routine is a row there and its host function here.
 
 pub mod conv;
+pub mod epilogue;
 pub mod gemm;
 pub mod math;
 pub mod pool;
@@ -132,10 +133,13 @@ pub static ROUTINES: [Routine; 8] = [
             ("b", Role::Read, ir::DType::F32),
             ("b_packed", Role::Optional, ir::DType::F32),
             ("c", Role::Write, ir::DType::F32),
+            ("scale", Role::Optional, ir::DType::F32),
+            ("shift", Role::Optional, ir::DType::F32),
+            ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
         ints: &["a_rs", "a_cs", "b_rs", "b_cs", "c_rs", "m", "n", "k"],
-        scalars: &[],
+        scalars: EPILOGUE,
         result: None,
         cost: |i| i[5] * i[6] * i[7],
         extent: |_, _| None,
@@ -148,16 +152,20 @@ pub static ROUTINES: [Routine; 8] = [
                     let len = gemm::packed_len(k as usize, n as usize);
                     (0, len as i64 - 1)
                 }),
+                4 | 5 => (m > 0 && n > 0).then_some((0, m - 1)),
                 _ => span(&[(m, i[4]), (n, 1)]),
             }
         },
         address: || gemm::kiln_sgemm_packed as *const u8,
-        call: |p, i, _| unsafe {
+        call: |p, i, s| unsafe {
             gemm::kiln_sgemm_packed(
                 p[0].cast(),
                 p[1].cast(),
                 p[2].cast(),
                 p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
+                p[6].cast(),
                 i[0],
                 i[1],
                 i[2],
@@ -166,12 +174,14 @@ pub static ROUTINES: [Routine; 8] = [
                 i[5],
                 i[6],
                 i[7],
+                s[0] as f32,
+                s[1] as f32,
             );
             0.0
         },
-        doc: "c[i*c_rs + j] = Σ_l a[i*a_rs + l*a_cs] · b[l*b_rs + j*b_cs] for i < m, j < n, \
-              l < k (f32; c_rs >= n); b_packed, when given, is b packed by gemm::pack_b for \
-              this k and n, and b is then not read",
+        doc: "c[i*c_rs + j] = E(Σ_l a[i*a_rs + l*a_cs] · b[l*b_rs + j*b_cs]) for i < m, j < n, \
+              l < k (f32; c_rs >= n), E the epilogue of row i at offset i*c_rs + j; b_packed, \
+              when given, is b packed by gemm::pack_b for this k and n, and b is then not read",
     },
     Routine {
         name: "conv2d",
@@ -180,29 +190,47 @@ pub static ROUTINES: [Routine; 8] = [
             ("x", Role::Read, ir::DType::F32),
             ("k", Role::Read, ir::DType::F32),
             ("out", Role::Write, ir::DType::F32),
+            ("scale", Role::Optional, ir::DType::F32),
+            ("shift", Role::Optional, ir::DType::F32),
+            ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: None,
         ints: &[
             "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw",
         ],
-        scalars: &[],
+        scalars: EPILOGUE,
         result: None,
         cost: |i| i[2] * i[3] * i[4] * i[5],
         extent: |operand, i| {
-            let (a, b) = [(0, 1), (4, 5), (2, 3)].get(operand).copied()?;
+            if matches!(operand, 3 | 4) {
+                return Some(crate::Expr::i64(1));
+            }
+            let (a, b) = [(0, 1), (4, 5), (2, 3), (2, 3), (2, 3), (2, 3)]
+                .get(operand)
+                .copied()?;
             Some(i.get(a)?.clone() * i.get(b)?.clone())
         },
         bounds: |operand, i| {
-            let (a, b) = [(0, 1), (4, 5), (2, 3)].get(operand).copied()?;
+            let (a, b) = [(0, 1), (4, 5), (2, 3), (2, 3), (2, 3), (2, 3)]
+                .get(operand)
+                .copied()?;
             let len = i[a].checked_mul(i[b])?;
+            let len = if matches!(operand, 3 | 4) {
+                len.min(1)
+            } else {
+                len
+            };
             (len > 0).then_some((0, len - 1))
         },
         address: || conv::kiln_conv2d_plane as *const u8,
-        call: |p, i, _| unsafe {
+        call: |p, i, s| unsafe {
             conv::kiln_conv2d_plane(
                 p[0].cast(),
                 p[1].cast(),
                 p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
                 i[0],
                 i[1],
                 i[2],
@@ -215,12 +243,14 @@ pub static ROUTINES: [Routine; 8] = [
                 i[9],
                 i[10],
                 i[11],
+                s[0] as f32,
+                s[1] as f32,
             );
             0.0
         },
-        doc: "out[oy·ow + ox] = Σ x[iy·w + ix] · k[ky·kw + kx] over the taps inside the input \
-              (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw): one channel of a depthwise \
-              conv (f32)",
+        doc: "out[oy·ow + ox] = E(Σ x[iy·w + ix] · k[ky·kw + kx]) over the taps inside the \
+              input (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), E the epilogue of row 0 \
+              at offset oy·ow + ox: one channel of a depthwise conv (f32)",
     },
     Routine {
         name: "conv2d_rows",
@@ -229,13 +259,16 @@ pub static ROUTINES: [Routine; 8] = [
             ("x", Role::Read, ir::DType::F32),
             ("w", Role::Read, ir::DType::F32),
             ("out", Role::Write, ir::DType::F32),
+            ("scale", Role::Optional, ir::DType::F32),
+            ("shift", Role::Optional, ir::DType::F32),
+            ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: None,
         ints: &[
             "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "y0",
             "rows",
         ],
-        scalars: &[],
+        scalars: EPILOGUE,
         result: None,
         cost: |i| i[1] * i[15] * i[5] * i[0] * i[6] * i[7],
         extent: |operand, i| {
@@ -243,6 +276,7 @@ pub static ROUTINES: [Routine; 8] = [
             match operand {
                 0 => Some(n(0)? * n(2)? * n(3)?),
                 1 => Some(n(1)? * n(0)? * n(6)? * n(7)?),
+                3 | 4 => n(1),
                 _ => None,
             }
         },
@@ -258,16 +292,20 @@ pub static ROUTINES: [Routine; 8] = [
                     let len = o.checked_mul(c)?.checked_mul(kh)?.checked_mul(kw)?;
                     (len > 0).then_some((0, len - 1))
                 }
+                3 | 4 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
                 _ => span(&[(o, oh.checked_mul(ow)?), (rows.checked_mul(ow)?, 1)])
                     .map(|(lo, hi)| (lo + y0 * ow, hi + y0 * ow)),
             }
         },
         address: || conv::kiln_conv2d_rows as *const u8,
-        call: |p, i, _| unsafe {
+        call: |p, i, s| unsafe {
             conv::kiln_conv2d_rows(
                 p[0].cast(),
                 p[1].cast(),
                 p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
                 i[0],
                 i[1],
                 i[2],
@@ -284,14 +322,16 @@ pub static ROUTINES: [Routine; 8] = [
                 i[13],
                 i[14],
                 i[15],
+                s[0] as f32,
+                s[1] as f32,
             );
             0.0
         },
-        doc:
-            "out[oc·oh·ow + oy·ow + ox] = Σ w[oc·c·kh·kw + (ch·kh + ky)·kw + kx] · x[(ch·h + iy)·w \
-              + ix] for output rows y0 <= oy < y0 + rows over the taps inside the image (iy = \
-              oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw): a block of a dense conv's output \
-              rows, every output channel, as one product (f32)",
+        doc: "out[oc·oh·ow + oy·ow + ox] = E(Σ w[oc·c·kh·kw + (ch·kh + ky)·kw + kx] · x[(ch·h + \
+              iy)·w + ix]) for output rows y0 <= oy < y0 + rows over the taps inside the image \
+              (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), E the epilogue of row oc at \
+              that output's offset: a block of a dense conv's output rows, every output \
+              channel, as one product (f32)",
     },
     Routine {
         name: "pool2d",
@@ -457,6 +497,12 @@ pub static ROUTINES: [Routine; 8] = [
               code, a cycle)",
     },
 ];
+
+/// The scalar arguments of a fused [`epilogue`] (after the optional operands `scale`, `shift`
+/// and `res`): `E(x) = min(max((x·scale[row] + shift[row]) + res[at], lo), hi)`, each part
+/// absent when its operand is (lo = -inf and hi = +inf for no clamp), each step rounded as
+/// the elementwise operations it stands for.
+const EPILOGUE: &[(&str, ir::DType)] = &[("lo", ir::DType::F32), ("hi", ir::DType::F32)];
 
 /// The lowest and highest offset of `Σ idx_d · stride_d` over `idx_d < size_d` (`None` when a
 /// size is 0 or the offsets overflow).

@@ -355,6 +355,7 @@ fn routine_calls_pass_operands_and_integers_in_table_order() {
             n: Expr::i64(n as i64),
             k: Expr::i64(k as i64),
             b_packed: with_packed.then_some(3),
+            epilogue: Default::default(),
         };
         let kern = Kernel {
             name: "gemm_call".into(),
@@ -419,6 +420,7 @@ fn routine_calls_pass_operands_and_integers_in_table_order() {
             ph: 1,
             pw: 1,
         },
+        epilogue: Default::default(),
     };
     let kern = Kernel {
         name: "conv_call".into(),

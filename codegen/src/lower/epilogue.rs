@@ -1,0 +1,166 @@
+//! Fused epilogues: the elementwise steps after a convolution that its routine applies as it
+//! stores each output (a folded batch norm, a bias, a residual add, ReLU or Clip), so that
+//! the convolution writes the last step's value, once, instead of a buffer that a vector
+//! loop then reads back.
+
+use super::*;
+
+/// The steps of an epilogue, in the only order a routine applies them: `x·scale`, `+ shift`,
+/// `+ res`, `max(·, lo)`, `min(·, hi)`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Scale,
+    Shift,
+    Res,
+    Lo,
+    Hi,
+}
+
+/// A chain of elementwise steps from a convolution's result to `end`, each a value read
+/// only by the next: per-channel buffers for scale and shift (indexed by the output
+/// channel), a residual laid out as the result (all inputs of the kernel), constant clamps.
+pub(super) struct Chain {
+    pub(super) end: Value,
+    scale: Option<BufId>,
+    shift: Option<BufId>,
+    res: Option<BufId>,
+    lo: f64,
+    hi: f64,
+}
+
+impl Chain {
+    /// The call's epilogue: per-channel operands from channel `ch`, the residual at `at`
+    /// (the call's output offset).
+    pub(super) fn at(&self, ch: &Expr, at: &Expr) -> kernel::Epilogue {
+        kernel::Epilogue {
+            scale: self.scale.map(|b| (b, ch.clone())),
+            shift: self.shift.map(|b| (b, ch.clone())),
+            res: self.res.map(|b| (b, at.clone())),
+            lo: self.lo,
+            hi: self.hi,
+        }
+    }
+
+    /// The epilogue of `chain` at `ch` and `at`, or none.
+    pub(super) fn of(chain: Option<&Chain>, ch: &Expr, at: &Expr) -> kernel::Epilogue {
+        chain.map(|c| c.at(ch, at)).unwrap_or_default()
+    }
+}
+
+impl Lowering<'_> {
+    /// The longest chain of steps after `v` (an f32 value with axes batch, channel, ...) that
+    /// an epilogue applies exactly as the elementwise ops compute them: `None` when not
+    /// even the first step fuses. Every value before the chain's end is read once, by the
+    /// next step, and is no output; operands must already live in buffers.
+    pub(super) fn epilogue_chain(&mut self, v: Value) -> Option<Chain> {
+        let g = self.g;
+        let shape = self.ty(v).shape.clone();
+        if self.ty(v).dtype != DType::F32 || shape.rank() < 2 {
+            return None;
+        }
+        // Fresh index variables for every axis (0 for unit ones, as in loop nests); the
+        // operands' values at them say whether they are per channel, laid out as the
+        // result, or constant.
+        let idx: Vec<Expr> = shape
+            .dims()
+            .iter()
+            .map(|d| match d.as_const() {
+                Some(1) => Expr::i64(0),
+                _ => Expr::Var(self.var(DType::I64)),
+            })
+            .collect();
+        let layout = self.linear(&idx, &shape);
+        let outputs: Vec<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
+        let mut chain = Chain {
+            end: v,
+            scale: None,
+            shift: None,
+            res: None,
+            lo: f64::NEG_INFINITY,
+            hi: f64::INFINITY,
+        };
+        let mut last: Option<Step> = None;
+        let mut at = v;
+        loop {
+            if outputs.contains(&at) || self.reads.get(&at).copied().unwrap_or(0) != 1 {
+                break;
+            }
+            // The one node reading `at`.
+            let Some(&user) = self
+                .order
+                .iter()
+                .find(|&&id| g.node(id).inputs().contains(&at))
+            else {
+                break;
+            };
+            let node = g.node(user);
+            let next = Value::new(user, 0);
+            let args = node.inputs();
+            if node.types().len() != 1 || node.types()[0].dtype != DType::F32 || args.len() != 2 {
+                break;
+            }
+            if self.ty(next).shape != shape {
+                break;
+            }
+            let other = if args[0] == at { args[1] } else { args[0] };
+            if other == at {
+                break;
+            }
+            // Only parameters and constants (seen through views) are there to read when the
+            // routine runs; constants get their buffers now.
+            let mut source = other;
+            while is_view(g.node(source.node).op()) {
+                source = g.node(source.node).inputs()[0];
+            }
+            match g.node(source.node).op() {
+                Op::Param { .. } => {}
+                Op::Constant { .. } => {
+                    if self.constant(source.node).is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+            let Ok(e) = self.expr(other, &idx) else {
+                break;
+            };
+
+            let input = |b: &BufId| self.k.bufs[*b].kind == BufKind::Input;
+            let per_channel = match &e {
+                Expr::Load { buf, index } if **index == idx[1] && input(buf) => Some(*buf),
+                _ => None,
+            };
+            let laid_out = match &e {
+                Expr::Load { buf, index } if **index == layout && input(buf) => Some(*buf),
+                _ => None,
+            };
+            let constant = match e {
+                Expr::Float(c, DType::F32) => Some(c),
+                _ => None,
+            };
+            let step = match (node.op(), per_channel, laid_out, constant) {
+                (Op::Mul, Some(_), _, _) => Step::Scale,
+                (Op::Add, Some(_), _, _) => Step::Shift,
+                (Op::Add, _, Some(_), _) => Step::Res,
+                (Op::Max, _, _, Some(_)) => Step::Lo,
+                (Op::Min, _, _, Some(_)) => Step::Hi,
+                _ => break,
+            };
+            if last >= Some(step) {
+                // Out of the order the routine applies them in.
+                break;
+            }
+            match step {
+                Step::Scale => chain.scale = per_channel,
+                Step::Shift => chain.shift = per_channel,
+                Step::Res => chain.res = laid_out,
+                Step::Lo => chain.lo = constant.unwrap_or(f64::NEG_INFINITY),
+                Step::Hi => chain.hi = constant.unwrap_or(f64::INFINITY),
+            }
+            last = Some(step);
+            chain.end = next;
+            at = next;
+        }
+        (chain.end != v).then_some(chain)
+    }
+}
