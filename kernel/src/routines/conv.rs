@@ -119,38 +119,54 @@ unsafe fn plane(
         })
         .collect();
     let p = buf.as_ptr();
-    for oy in 0..g.oh {
-        let base = (oy * g.sh * cols) as usize;
-        // SAFETY: the row is inside `out`.
-        let row = unsafe { out.add((oy * g.ow) as usize) };
-        let mut ox = 0;
-        #[cfg(target_arch = "x86_64")]
-        if lanes == 16 && (g.sw == 1 || g.sw == 2) && g.ow >= 16 {
-            // SAFETY: the host has AVX-512; every tap of the row is inside the copy, with 16
-            // elements to spare.
-            unsafe { avx512::row(p.add(base), &taps, row, g.ow, g.sw) };
-            ox = g.ow;
-        } else if lanes >= 8 && (g.sw == 1 || g.sw == 2) && g.ow >= 8 {
-            // SAFETY: the host has AVX2 and FMA; as above.
-            unsafe { avx2::row(p.add(base), &taps, row, g.ow, g.sw) };
-            ox = g.ow;
+    let step = (g.sh * cols) as usize;
+    let (oh, ow) = (g.oh as usize, g.ow as usize);
+    // Blocks of up to four output rows in vector registers (independent sums enough to hide
+    // the multiply-add latency), the epilogue applied before each store.
+    let mut oy = 0;
+    // 16 lanes where the rows are that wide, else 8.
+    let lanes = match lanes {
+        16 if ow >= 16 => 16,
+        16 | 8 if ow >= 8 => 8,
+        _ => 1,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if (g.sw == 1 || g.sw == 2) && lanes > 1 {
+        let epi = (!epi.is_none()).then_some(epi);
+        while oy < oh {
+            let n = (oh - oy).min(4);
+            // SAFETY: the CPU runs `lanes`; every tap of these rows is inside the copy, with
+            // 16 elements to spare; the rows are inside `out` (and the residual).
+            unsafe {
+                let (x, out) = (p.add(oy * step), out.add(oy * ow));
+                let epi = epi.map(|e| e.from(0, oy * ow));
+                let e = epi.as_ref();
+                let sw = g.sw as usize;
+                if lanes == 16 {
+                    avx512::rows(x, step, &taps, out, ow, sw, n, e);
+                } else {
+                    avx2::rows(x, step, &taps, out, ow, sw, n, e);
+                }
+            }
+            oy += n;
         }
-        let _ = lanes;
-        while ox < g.ow {
+    }
+    let _ = lanes;
+    for oy in oy..oh {
+        let base = oy * step;
+        // SAFETY: the row is inside `out`.
+        let row = unsafe { out.add(oy * ow) };
+        for ox in 0..ow {
             let mut acc = 0.0f32;
             for &(off, wt) in &taps {
                 // SAFETY: every tap is inside the copy.
-                acc += unsafe { *p.add(base + off + (ox * g.sw) as usize) } * wt;
+                acc += unsafe { *p.add(base + off + ox * g.sw as usize) } * wt;
             }
             // SAFETY: `ox < ow`.
-            unsafe { *row.add(ox as usize) = acc };
-            ox += 1;
+            unsafe { *row.add(ox) = acc };
         }
         // SAFETY: the row is inside `out` (and the residual, laid out alike).
-        unsafe {
-            epi.from(0, (oy * g.ow) as usize)
-                .block(row, 0, 1, g.ow as usize)
-        };
+        unsafe { epi.from(0, oy * ow).block(row, 0, 1, ow) };
     }
     give_padded(buf);
 }
@@ -180,8 +196,19 @@ pub(super) unsafe fn padded(x: *const f32, g: &Geometry, fill: f32, buf: &mut Ve
     let (ph, pw) = (g.ph.max(0), g.pw.max(0));
     let rows = (g.h + ph).max((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1);
     let cols = (g.w + pw).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1) + 16;
-    buf.clear();
-    buf.resize((rows * cols) as usize, fill);
+    // Only the input's rows are written below: a buffer filled for the same geometry and
+    // fill (this thread's last plane, most often) keeps its border.
+    thread_local! {
+        static FILLED: std::cell::Cell<Option<(usize, usize, Geometry, u32)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    let len = (rows * cols) as usize;
+    let key = |b: &Vec<f32>| Some((b.as_ptr() as usize, b.len(), *g, fill.to_bits()));
+    if buf.len() != len || FILLED.with(|f| f.get()) != key(buf) {
+        buf.clear();
+        buf.resize(len, fill);
+        FILLED.with(|f| f.set(key(buf)));
+    }
     // Input rows and columns that land in the copy (a negative pad drops some).
     let (y0, x0) = ((-g.ph).max(0), (-g.pw).max(0));
     for y in y0..g.h {
@@ -439,6 +466,7 @@ unsafe fn pack_row(row: &Row, dst: &mut [f32], kc: usize) {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
+    use super::super::epilogue::{self, Epilogue};
     use super::super::gemm::NR;
     use super::Row;
     use std::arch::x86_64::*;
@@ -458,45 +486,101 @@ pub(super) mod avx512 {
         }
     }
 
-    /// [`super::avx2::row`] in 16-lane registers: blocks of 64 and 16 outputs, and a last
-    /// block that ends at `ow` (redoing a few columns); each output sums the same taps in the
-    /// same order.
+    /// Output rows `0..n` (`n <= 4`) of a plane conv: row `r`'s taps at `x + r·step + off`
+    /// (per tap `(off, weight)`), its `ow >= 16` outputs at `out + r·ow`, through `epi` when
+    /// given. Blocks of 32 and 16 columns, and a last block that ends at `ow` (redoing a
+    /// few); each output sums its taps in order with fused multiply-adds, as
+    /// [`super::avx2::rows`] does.
     ///
     /// # Safety
-    /// AVX-512F available; every tap of the row readable with 16 elements to spare; `ow >= 16`.
+    /// AVX-512F available; every tap of the rows readable with 16 elements to spare; the rows
+    /// inside `out` (and the epilogue's residual, laid out alike).
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn row(x: *const f32, taps: &[(usize, f32)], row: *mut f32, ow: i64, s: i64) {
-        let (ow, s) = (ow as usize, s as usize);
-        let mut ox = 0;
+    pub(super) unsafe fn rows(
+        x: *const f32,
+        step: usize,
+        taps: &[(usize, f32)],
+        out: *mut f32,
+        ow: usize,
+        s: usize,
+        n: usize,
+        epi: Option<&Epilogue>,
+    ) {
+        // SAFETY: forwarded.
         unsafe {
-            while ox + 64 <= ow {
-                let mut acc = [_mm512_setzero_ps(); 4];
-                for &(off, wt) in taps {
-                    let wv = _mm512_set1_ps(wt);
-                    let p = x.add(off + ox * s);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(load(p.add(16 * j * s), s), wv, *a);
-                    }
-                }
-                for (j, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(row.add(ox + 16 * j), *a);
-                }
-                ox += 64;
+            match n {
+                4 => rows_of::<4>(x, step, taps, out, ow, s, epi),
+                3 => rows_of::<3>(x, step, taps, out, ow, s, epi),
+                2 => rows_of::<2>(x, step, taps, out, ow, s, epi),
+                _ => rows_of::<1>(x, step, taps, out, ow, s, epi),
             }
-            let block = |ox: usize| {
-                let mut acc = _mm512_setzero_ps();
-                for &(off, wt) in taps {
-                    let p = x.add(off + ox * s);
-                    acc = _mm512_fmadd_ps(load(p, s), _mm512_set1_ps(wt), acc);
-                }
-                _mm512_storeu_ps(row.add(ox), acc);
-            };
-            while ox + 16 <= ow {
-                block(ox);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_of<const R: usize>(
+        x: *const f32,
+        step: usize,
+        taps: &[(usize, f32)],
+        out: *mut f32,
+        ow: usize,
+        s: usize,
+        epi: Option<&Epilogue>,
+    ) {
+        let mut ox = 0;
+        // SAFETY: forwarded.
+        unsafe {
+            while ox + 32 <= ow {
+                tile::<R, 2>(x, step, taps, out, ow, s, epi, ox);
+                ox += 32;
+            }
+            if ox + 16 <= ow {
+                tile::<R, 1>(x, step, taps, out, ow, s, epi, ox);
                 ox += 16;
             }
             if ox < ow {
-                block(ow - 16);
+                tile::<R, 1>(x, step, taps, out, ow, s, epi, ow - 16);
+            }
+        }
+    }
+
+    /// `R` rows by `J` vectors of outputs from column `ox`, in `R·J` accumulators.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const J: usize>(
+        x: *const f32,
+        step: usize,
+        taps: &[(usize, f32)],
+        out: *mut f32,
+        ow: usize,
+        s: usize,
+        epi: Option<&Epilogue>,
+        ox: usize,
+    ) {
+        // SAFETY: as [`rows`].
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for &(off, wt) in taps {
+                let wv = _mm512_set1_ps(wt);
+                for r in 0..R {
+                    let p = x.add(r * step + off + ox * s);
+                    for j in 0..J {
+                        let a = &mut acc[r * J + j];
+                        *a = _mm512_fmadd_ps(load(p.add(16 * j * s), s), wv, *a);
+                    }
+                }
+            }
+            let st = epi.map(|e| e.row(0));
+            for r in 0..R {
+                for j in 0..J {
+                    let at = r * ow + ox + 16 * j;
+                    let mut v = acc[r * J + j];
+                    if let (Some(e), Some(st)) = (epi, st) {
+                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), !0);
+                    }
+                    _mm512_storeu_ps(out.add(at), v);
+                }
             }
         }
     }
@@ -577,6 +661,7 @@ pub(super) mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
+    use super::super::epilogue::{self, Epilogue};
     use std::arch::x86_64::*;
 
     /// Eight inputs `p[0], p[s], …, p[7s]` for a stride `s` of 1 or 2.
@@ -595,44 +680,98 @@ pub(super) mod avx2 {
         }
     }
 
-    /// Computes the `ow >= 8` outputs of a row in blocks of 32 and 8, and a last block that
-    /// ends at `ow` (redoing a few columns).
+    /// [`super::avx512::rows`] in 8-lane registers, for `ow >= 8`: blocks of 16 and 8 columns,
+    /// and a last block that ends at `ow`.
     ///
     /// # Safety
-    /// AVX2 and FMA available; every tap of the row readable with 16 elements to spare.
+    /// AVX2 and FMA available; as [`super::avx512::rows`].
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row(x: *const f32, taps: &[(usize, f32)], row: *mut f32, ow: i64, s: i64) {
-        let (ow, s) = (ow as usize, s as usize);
-        let mut ox = 0;
+    pub(super) unsafe fn rows(
+        x: *const f32,
+        step: usize,
+        taps: &[(usize, f32)],
+        out: *mut f32,
+        ow: usize,
+        s: usize,
+        n: usize,
+        epi: Option<&Epilogue>,
+    ) {
+        // SAFETY: forwarded.
         unsafe {
-            while ox + 32 <= ow {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for &(off, wt) in taps {
-                    let wv = _mm256_set1_ps(wt);
-                    let p = x.add(off + ox * s);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(load(p.add(8 * j * s), s), wv, *a);
-                    }
-                }
-                for (j, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(row.add(ox + 8 * j), *a);
-                }
-                ox += 32;
+            match n {
+                4 => rows_of::<4>(x, step, taps, out, ow, s, epi),
+                3 => rows_of::<3>(x, step, taps, out, ow, s, epi),
+                2 => rows_of::<2>(x, step, taps, out, ow, s, epi),
+                _ => rows_of::<1>(x, step, taps, out, ow, s, epi),
             }
-            let block = |ox: usize| {
-                let mut acc = _mm256_setzero_ps();
-                for &(off, wt) in taps {
-                    let p = x.add(off + ox * s);
-                    acc = _mm256_fmadd_ps(load(p, s), _mm256_set1_ps(wt), acc);
-                }
-                _mm256_storeu_ps(row.add(ox), acc);
-            };
-            while ox + 8 <= ow {
-                block(ox);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_of<const R: usize>(
+        x: *const f32,
+        step: usize,
+        taps: &[(usize, f32)],
+        out: *mut f32,
+        ow: usize,
+        s: usize,
+        epi: Option<&Epilogue>,
+    ) {
+        let mut ox = 0;
+        // SAFETY: forwarded.
+        unsafe {
+            while ox + 16 <= ow {
+                tile::<R, 2>(x, step, taps, out, ow, s, epi, ox);
+                ox += 16;
+            }
+            if ox + 8 <= ow {
+                tile::<R, 1>(x, step, taps, out, ow, s, epi, ox);
                 ox += 8;
             }
             if ox < ow {
-                block(ow - 8);
+                tile::<R, 1>(x, step, taps, out, ow, s, epi, ow - 8);
+            }
+        }
+    }
+
+    /// `R` rows by `J` vectors of outputs from column `ox`, in `R·J` accumulators.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const J: usize>(
+        x: *const f32,
+        step: usize,
+        taps: &[(usize, f32)],
+        out: *mut f32,
+        ow: usize,
+        s: usize,
+        epi: Option<&Epilogue>,
+        ox: usize,
+    ) {
+        // SAFETY: as [`rows`].
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for &(off, wt) in taps {
+                let wv = _mm256_set1_ps(wt);
+                for r in 0..R {
+                    let p = x.add(r * step + off + ox * s);
+                    for j in 0..J {
+                        let a = &mut acc[r * J + j];
+                        *a = _mm256_fmadd_ps(load(p.add(8 * j * s), s), wv, *a);
+                    }
+                }
+            }
+            let st = epi.map(|e| e.row(0));
+            let all = _mm256_set1_epi32(-1);
+            for r in 0..R {
+                for j in 0..J {
+                    let at = r * ow + ox + 8 * j;
+                    let mut v = acc[r * J + j];
+                    if let (Some(e), Some(st)) = (epi, st) {
+                        v = epilogue::avx2::apply(e, v, st, e.res.wrapping_add(at), all);
+                    }
+                    _mm256_storeu_ps(out.add(at), v);
+                }
             }
         }
     }
@@ -824,6 +963,8 @@ mod tests {
             geometry(4, 2, 3, 3, (1, 1), (1, 1), [0, 0, 0, 0]),
             geometry(6, 64, 1, 1, (2, 2), (1, 1), [0, 0, 0, 0]),
             geometry(20, 30, 3, 3, (1, 2), (1, 1), [-1, -2, 0, 1]),
+            geometry(11, 12, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]),
+            geometry(10, 37, 3, 3, (1, 1), (2, 1), [2, 1, 2, 1]),
         ];
         for g in cases {
             let x: Vec<f32> = (0..g.h * g.w).map(|_| rnd()).collect();
@@ -841,16 +982,24 @@ mod tests {
             for (w, r) in want.iter_mut().zip(&res) {
                 *w = (*w + 0.1 + *r as f64).max(0.0);
             }
+            let mut vectors = Vec::new();
             for vector in [1, 8, 16].into_iter().filter(|&n| n <= lanes()) {
                 let mut out = vec![f32::NAN; (g.oh * g.ow) as usize];
                 // SAFETY: buffers sized for the geometry; `vector` lanes run on this CPU.
                 unsafe { plane(x.as_ptr(), k.as_ptr(), out.as_mut_ptr(), &g, vector, &epi) };
+                if vector > 1 && g.sw <= 2 {
+                    vectors.push(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+                }
                 for (i, (&o, &r)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (o as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()),
                         "{g:?} vector={vector} at {i}: {o} vs {r}"
                     );
                 }
+            }
+            // 8 and 16 lanes sum alike: identical results.
+            if let [a, b] = &vectors[..] {
+                assert_eq!(a, b, "{g:?}");
             }
         }
     }
