@@ -347,6 +347,39 @@ unsafe fn columns(
         ap.resize(an, 0.0);
     }
     let mut tile = [0f32; MR * NR];
+    /// The wide micro-kernel for these panels, with steps NR apart (packed) as a constant.
+    ///
+    /// # Safety
+    /// As [`micro_avx512`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn wide_for<const R: usize, const C: usize>(
+        kc: usize,
+        a: [ARows; R],
+        b: [*const f32; C],
+        bs: [usize; C],
+        out: Out,
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            if bs.iter().all(|&s| s == NR) {
+                micro_avx512::<R, C, true>(kc, a, b, bs, out)
+            } else {
+                micro_avx512::<R, C, false>(kc, a, b, bs, out)
+            }
+        }
+    }
+    // A short contraction with few rows over a row-major B (a pointwise conv's image): its
+    // whole panels are read in place, rows `b.rs` apart, as packing them would cost a copy
+    // of B for few multiply-adds per element; only a last partial panel is packed. (Not
+    // where rows lie a multiple of 4 KiB apart: their lines would compete for one cache set.)
+    let b_direct = avx
+        && bsrc.packed.is_null()
+        && b.cs == 1
+        && b.rs > 0
+        && k <= DIRECT_B_K
+        && m <= DIRECT_B_K
+        && (b.rs * 4) % 4096 != 0;
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         // Pack B[pc.., j0..j1] as panels of NR columns, k-major, zero-padded (unless that
@@ -355,6 +388,9 @@ unsafe fn columns(
             for p in 0..np {
                 let dst = &mut bp[p * NR * kc..][..NR * kc];
                 let jb = j0 + p * NR;
+                if b_direct && jb + NR <= j1 {
+                    continue;
+                }
                 // SAFETY: forwarded from the caller (the block is inside b).
                 unsafe { pack::<NR>(b, pc, jb, kc, NR.min(j1 - jb), dst) };
             }
@@ -367,6 +403,18 @@ unsafe fn columns(
                     bsrc.packed.add(pc * panels * NR + lo * NR * kc),
                     np * NR * kc,
                 )
+            }
+        };
+        // Panel `jp` of the block: where its first step is, and how far apart steps are.
+        let b_panel = |jp: usize| -> (*const f32, usize) {
+            let jb = j0 + jp * NR;
+            if b_direct && jb + NR <= j1 {
+                (
+                    b.p.wrapping_offset(pc as isize * b.rs + jb as isize),
+                    b.rs as usize,
+                )
+            } else {
+                (b_block[jp * NR * kc..].as_ptr(), NR)
             }
         };
         for ic in (0..m).step_by(MC) {
@@ -405,8 +453,8 @@ unsafe fn columns(
                 // smaller at the edges.
                 for jp in (0..np).step_by(2) {
                     let j = j0 + jp * NR;
-                    let b0 = b_block[jp * NR * kc..].as_ptr();
-                    let b1 = b_block[((jp + 1).min(np - 1)) * NR * kc..].as_ptr();
+                    let (b0, s0) = b_panel(jp);
+                    let (b1, s1) = b_panel((jp + 1).min(np - 1));
                     for ip in (0..mp).step_by(2) {
                         let i = ic + ip * MR;
                         let out = Out {
@@ -422,10 +470,14 @@ unsafe fn columns(
                         // SAFETY: the CPU has AVX-512; A and the panels hold kc steps.
                         unsafe {
                             match (ip + 1 < mp, jp + 1 < np) {
-                                (true, true) => micro_avx512(kc, [a_rows(ip), a1], [b0, b1], out),
-                                (true, false) => micro_avx512(kc, [a_rows(ip), a1], [b0], out),
-                                (false, true) => micro_avx512(kc, [a_rows(ip)], [b0, b1], out),
-                                (false, false) => micro_avx512(kc, [a_rows(ip)], [b0], out),
+                                (true, true) => {
+                                    wide_for(kc, [a_rows(ip), a1], [b0, b1], [s0, s1], out)
+                                }
+                                (true, false) => wide_for(kc, [a_rows(ip), a1], [b0], [s0], out),
+                                (false, true) => {
+                                    wide_for(kc, [a_rows(ip)], [b0, b1], [s0, s1], out)
+                                }
+                                (false, false) => wide_for(kc, [a_rows(ip)], [b0], [s0], out),
                             }
                         }
                     }
@@ -450,9 +502,15 @@ unsafe fn columns(
                             cols: nr,
                             epi: tile_epi(pc, i, j),
                         };
-                        let b_panel = b_block[jp * NR * kc..].as_ptr();
+                        let (bq, bs) = b_panel(jp);
                         // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
-                        unsafe { micro_avx2(kc, a_rows(ip), b_panel, out) };
+                        unsafe {
+                            if bs == NR {
+                                micro_avx2::<true>(kc, a_rows(ip), bq, bs, out)
+                            } else {
+                                micro_avx2::<false>(kc, a_rows(ip), bq, bs, out)
+                            }
+                        };
                         continue;
                     }
                     let (a_panel, b_panel) = (&ap[ip * MR * kc..], &b_block[jp * NR * kc..]);
@@ -562,6 +620,10 @@ unsafe fn pack<const WIDTH: usize>(
 }
 
 /// Multiply-adds from which the few-row and prepacked paths split a product over threads.
+/// Products with at most this many rows and steps read a row-major B's whole panels in place
+/// (see `columns`).
+const DIRECT_B_K: usize = 128;
+
 const SMALL_PATH_SPLIT: usize = 1 << 22;
 
 /// Few rows of A: stream B once per row, along its contiguous axis.
@@ -1018,15 +1080,16 @@ fn micro_portable(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out) {
+unsafe fn micro_avx2<const PACKED: bool>(kc: usize, a: ARows, b: *const f32, bs: usize, out: Out) {
     use std::arch::x86_64::*;
+    let bs = if PACKED { NR } else { bs };
     let mut c = [[_mm256_setzero_ps(); 2]; MR];
     let ARows { p: a, row, step } = a;
     for kk in 0..kc {
-        // SAFETY: the A rows hold kc steps; the packed B panel kc steps of NR values.
+        // SAFETY: the A rows hold kc steps; the B panel kc steps of NR values, `bs` apart.
         unsafe {
-            let b0 = _mm256_loadu_ps(b.add(kk * NR));
-            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            let b0 = _mm256_loadu_ps(b.add(kk * bs));
+            let b1 = _mm256_loadu_ps(b.add(kk * bs + 8));
             for (ii, acc) in c.iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*a.add(ii * row + kk * step));
                 acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
@@ -1096,17 +1159,19 @@ unsafe fn micro_avx2(kc: usize, a: ARows, b: *const f32, out: Out) {
 /// (NR columns each, one register per row), so up to 12×32 outputs per tile: the same fused
 /// multiply-adds per output in the same order (identical results), with twice the work per
 /// instruction and enough independent accumulators to hide the multiply-add latency. Only the
-/// tile's first `rows` rows and `cols` columns reach C (masked at the edges).
+/// tile's first `rows` rows and `cols` columns reach C (masked at the edges). B panel `q`'s
+/// steps are `bs[q]` apart (NR, a constant, when `PACKED`; a row of B read in place otherwise).
 ///
 /// # Safety
 /// The CPU has AVX-512F; each A panel and B panel holds kc steps; the `rows`×`cols` tile of
 /// `out` is inside C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_avx512<const R: usize, const C: usize>(
+unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
     kc: usize,
     a: [ARows; R],
     b: [*const f32; C],
+    bs: [usize; C],
     out: Out,
 ) {
     use std::arch::x86_64::*;
@@ -1114,11 +1179,12 @@ unsafe fn micro_avx512<const R: usize, const C: usize>(
     // arrays of 24 registers were kept in memory as well, a store per multiply-add).
     let mut acc = [_mm512_setzero_ps(); 2 * MR * 2];
     for kk in 0..kc {
-        // SAFETY: the A rows hold kc steps; each packed B panel kc steps of NR values.
+        // SAFETY: the A rows hold kc steps; each B panel kc steps of NR values, `bs` apart.
         unsafe {
             let mut bv = [_mm512_setzero_ps(); 2];
             for q in 0..C {
-                bv[q] = _mm512_loadu_ps(b[q].add(kk * NR));
+                let step = if PACKED { NR } else { bs[q] };
+                bv[q] = _mm512_loadu_ps(b[q].add(kk * step));
             }
             for r in 0..R {
                 let ar = a[r];
@@ -1178,10 +1244,11 @@ unsafe fn micro_avx512<const R: usize, const C: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_avx512<const R: usize, const C: usize>(
+unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
     _: usize,
     _: [ARows; R],
     _: [*const f32; C],
+    _: [usize; C],
     _: Out,
 ) {
     unreachable!("only called when the CPU has AVX-512")
@@ -1220,7 +1287,7 @@ struct Out {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_avx2(_: usize, _: ARows, _: *const f32, _: Out) {
+unsafe fn micro_avx2<const PACKED: bool>(_: usize, _: ARows, _: *const f32, _: usize, _: Out) {
     unreachable!("only called when the CPU has AVX2")
 }
 
