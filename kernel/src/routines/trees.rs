@@ -90,12 +90,15 @@ pub fn walk(
     Err(WalkError::Cycle)
 }
 
-/// [`walk`] for `L` rows at once (independent chains of loads may overlap) over tables already
-/// checked (every index in range, every rule valid): `None` only for a cycle (no leaf within
-/// `nodes` steps), which the checked walk then reports.
+/// [`walk`] for `L` rows at once over tables already checked (every index in range, every
+/// rule valid), in lockstep: each step moves every row that is not at a leaf yet, without a
+/// branch on where it goes (a leaf stays where it is), so the rows' chains of dependent loads
+/// overlap and no comparison's outcome is mispredicted. `None` only for a cycle (no leaf
+/// within `nodes` steps), which the checked walk then reports. Rows have at least one feature;
+/// every inner node has rule `RULE` unless it is -1.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn fast_walk<const L: usize>(
+fn fast_walk<const L: usize, const RULE: i64>(
     root: i64,
     nodes: usize,
     rows: [&[f32]; L],
@@ -108,38 +111,38 @@ fn fast_walk<const L: usize>(
 ) -> Option<[i64; L]> {
     let mut cur = [root as usize; L];
     for _ in 0..=nodes {
-        let mut moved = false;
+        let mut moving = 0usize;
         for (c, row) in cur.iter_mut().zip(rows) {
             // SAFETY (of every unchecked access): the caller checked that roots, children and
-            // features are in range for their tables and the rows.
+            // the features of inner nodes are in range for their tables and the rows (a
+            // leaf reads feature 0, which every row has).
             let r = unsafe { *rule.get_unchecked(*c) };
-            if r == LEAF {
-                continue;
-            }
-            moved = true;
-            let x = unsafe { *row.get_unchecked(*feature.get_unchecked(*c) as usize) };
-            let t = unsafe { *threshold.get_unchecked(*c) };
-            let go = if x.is_nan() && unsafe { *nan_yes.get_unchecked(*c) } != 0 {
-                true
+            let leaf = r == LEAF;
+            let f = if leaf {
+                0
             } else {
-                match r {
+                unsafe { *feature.get_unchecked(*c) as usize }
+            };
+            let x = unsafe { *row.get_unchecked(f) };
+            let t = unsafe { *threshold.get_unchecked(*c) };
+            // The rule every inner node has, when they share one (`RULE` 0..=5), else each
+            // node's; NaNs take the yes branch only where `nan_yes` says so.
+            let r = if RULE >= 0 { RULE } else { r };
+            let go = (x.is_nan() & (unsafe { *nan_yes.get_unchecked(*c) } != 0))
+                | match r {
                     0 => x <= t,
                     1 => x < t,
                     2 => x >= t,
                     3 => x > t,
                     4 => x == t,
                     _ => x != t,
-                }
-            };
-            *c = unsafe {
-                *if go {
-                    yes.get_unchecked(*c)
-                } else {
-                    no.get_unchecked(*c)
-                }
-            } as usize;
+                };
+            let (y, n) = unsafe { (*yes.get_unchecked(*c), *no.get_unchecked(*c)) };
+            let next = if go { y } else { n } as usize;
+            *c = if leaf { *c } else { next };
+            moving += usize::from(!leaf);
         }
-        if !moved {
+        if moving == 0 {
             return Some(cur.map(|c| c as i64));
         }
     }
@@ -198,14 +201,20 @@ pub unsafe extern "C" fn kiln_tree_walk(
     };
     // Tables whose every node is well formed (as nearly all are) take the fast walk, which
     // checks nothing per step; others take `walk`, which fails only where a row goes.
-    let sound = roots.iter().all(|&r| (0..nodes as i64).contains(&r))
-        && (0..nodes).all(|i| {
-            rule[i] == LEAF
-                || ((0..=5).contains(&rule[i])
-                    && (0..features as i64).contains(&feature[i])
-                    && (0..nodes as i64).contains(&yes[i])
-                    && (0..nodes as i64).contains(&no[i]))
-        });
+    // One pass without branches (vectorized; the tables can be large): whether every inner
+    // node is well formed, and the rule they share if they do (-1 otherwise).
+    let (mut bad, mut lo, mut hi) = (false, i64::MAX, i64::MIN);
+    let below = |v: i64, n: usize| (v as u64) < n as u64;
+    for i in 0..nodes {
+        let r = rule[i];
+        let leaf = r == LEAF;
+        let ok = below(r, 6) & below(feature[i], features) & below(yes[i], nodes);
+        bad |= !(leaf | (ok & below(no[i], nodes)));
+        lo = lo.min(if leaf { i64::MAX } else { r });
+        hi = hi.max(if leaf { i64::MIN } else { r });
+    }
+    let sound = !bad && roots.iter().all(|&r| below(r, nodes));
+    let uniform = if lo == hi { lo } else { -1 };
     let failed = AtomicI64::new(0);
     let (x, out) = (x as usize, out as usize);
     // Blocks of rows (at least 16 each) over this thread and its helpers.
@@ -221,27 +230,33 @@ pub unsafe extern "C" fn kiln_tree_walk(
             };
             let put = |r: usize, leaf: i64| unsafe { *(out as *mut i64).add(r * trees + t) = leaf };
             let mut r = lo;
-            if sound {
-                // One row at a time: walking several rows in lockstep measured slower (their
-                // leaf tests branch apart).
-                while r < hi {
-                    match fast_walk(
-                        root,
-                        nodes,
-                        [row(r)],
-                        feature,
-                        threshold,
-                        rule,
-                        yes,
-                        no,
-                        nan_yes,
-                    ) {
-                        Some([leaf]) => {
-                            put(r, leaf);
-                            r += 1;
-                        }
-                        None => break,
+            if sound && features > 0 {
+                // Eight rows at a time, then one.
+                let t = (feature, threshold, rule, yes, no, nan_yes);
+                while r + 8 <= hi {
+                    let rows: [&[f32]; 8] = std::array::from_fn(|i| row(r + i));
+                    let walked = match uniform {
+                        0 => fast_walk::<8, 0>(root, nodes, rows, t.0, t.1, t.2, t.3, t.4, t.5),
+                        1 => fast_walk::<8, 1>(root, nodes, rows, t.0, t.1, t.2, t.3, t.4, t.5),
+                        _ => fast_walk::<8, -1>(root, nodes, rows, t.0, t.1, t.2, t.3, t.4, t.5),
+                    };
+                    let Some(leaves) = walked else {
+                        break;
+                    };
+                    for (i, leaf) in leaves.into_iter().enumerate() {
+                        put(r + i, leaf);
                     }
+                    r += 8;
+                }
+                while r < hi {
+                    let rows = [row(r)];
+                    let walked =
+                        fast_walk::<1, -1>(root, nodes, rows, t.0, t.1, t.2, t.3, t.4, t.5);
+                    let Some([leaf]) = walked else {
+                        break;
+                    };
+                    put(r, leaf);
+                    r += 1;
                 }
             }
             for r in r..hi {
@@ -349,5 +364,92 @@ mod tests {
             ),
             Err(WalkError::Feature(9))
         );
+    }
+
+    #[test]
+    fn lockstep_walks_match_the_checked_walk_for_every_rule() {
+        // Random forests (complete trees of depth 1 to 6, leaves at every depth), rows with
+        // NaNs, ties and values on both sides, every shared rule and mixed rules.
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let features = 5;
+        for rules in [Some(0), Some(1), Some(2), Some(3), Some(4), Some(5), None] {
+            let (mut f, mut th, mut r, mut y, mut n, mut nan) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            let mut roots = vec![];
+            for _ in 0..6 {
+                roots.push(f.len() as i64);
+                // Breadth-first: node i's children at 2i+1, 2i+2 of its tree.
+                let depth = 1 + next() % 6;
+                let base = f.len() as i64;
+                let count = (1 << (depth + 1)) - 1;
+                for i in 0..count as i64 {
+                    let inner = i < (1 << depth) - 1 && next() % 5 != 0;
+                    f.push(i64::from(next() % features));
+                    th.push((next() % 4) as f32 * 0.5);
+                    r.push(if inner {
+                        rules.unwrap_or(i64::from(next() % 6))
+                    } else {
+                        LEAF
+                    });
+                    y.push(if inner { base + 2 * i + 1 } else { base + i });
+                    n.push(if inner { base + 2 * i + 2 } else { base + i });
+                    nan.push((next() % 2) as u8);
+                }
+            }
+            let rows = 29;
+            let x: Vec<f32> = (0..rows * features as usize)
+                .map(|_| match next() % 7 {
+                    0 => f32::NAN,
+                    k => (k - 1) as f32 * 0.25,
+                })
+                .collect();
+            let trees = roots.len();
+            let mut out = vec![-1i64; rows * trees];
+            // SAFETY: every table holds `nodes` entries, x `rows·features`, out `rows·trees`.
+            let code = unsafe {
+                kiln_tree_walk(
+                    x.as_ptr(),
+                    f.as_ptr(),
+                    th.as_ptr(),
+                    r.as_ptr(),
+                    y.as_ptr(),
+                    n.as_ptr(),
+                    nan.as_ptr(),
+                    roots.as_ptr(),
+                    out.as_mut_ptr(),
+                    rows as i64,
+                    i64::from(features),
+                    trees as i64,
+                    f.len() as i64,
+                )
+            };
+            assert_eq!(code, 0);
+            for row in 0..rows {
+                let xr = &x[row * features as usize..][..features as usize];
+                for (t, &root) in roots.iter().enumerate() {
+                    let feature = |i: i64| xr.get(i as usize).map(|&v| f64::from(v));
+                    let node = |i: usize| Node {
+                        feature: f[i],
+                        threshold: f64::from(th[i]),
+                        rule: r[i],
+                        yes: y[i],
+                        no: n[i],
+                        nan_yes: nan[i] != 0,
+                    };
+                    let want = walk(root, f.len(), feature, node).unwrap();
+                    assert_eq!(
+                        out[row * trees + t],
+                        want,
+                        "rules {rules:?} row {row} tree {t}"
+                    );
+                }
+            }
+        }
     }
 }
