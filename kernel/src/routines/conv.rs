@@ -343,16 +343,15 @@ unsafe fn pack_columns(
     }
     let _ = wide;
     // SAFETY: forwarded.
-    unsafe { pack_columns_body::<false>(x, g, c, y0, rows, dst) }
+    unsafe { pack_columns_body(x, g, c, y0, rows, dst) }
 }
 
-/// [`pack_columns`], its rows packed by AVX-512 code when `WIDE` (strides 1 and 2). Output row
-/// by output row, every tap in turn, so that writes run along each panel.
+/// [`pack_columns`] in portable code: output row by output row, every tap in turn, so that
+/// writes run along each panel.
 ///
 /// # Safety
-/// As [`pack_columns`]; `WIDE` only where the CPU has AVX-512F and for strides 1 and 2.
-#[inline(always)]
-unsafe fn pack_columns_body<const WIDE: bool>(
+/// As [`pack_columns`].
+unsafe fn pack_columns_body(
     x: *const f32,
     g: &Geometry,
     c: i64,
@@ -360,7 +359,7 @@ unsafe fn pack_columns_body<const WIDE: bool>(
     rows: i64,
     dst: &mut [f32],
 ) {
-    use super::gemm::{KC, NR};
+    use super::gemm::NR;
     let (k, ow) = ((c * g.kh * g.kw) as usize, g.ow as usize);
     let cols = rows as usize * ow;
     let panels = cols.div_ceil(NR);
@@ -374,28 +373,16 @@ unsafe fn pack_columns_body<const WIDE: bool>(
     let mut taps = TAPS.with(|t| t.take());
     taps.clear();
     for l in 0..k {
-        let (pc, kk) = (l / KC * KC, l % KC);
-        let kc = KC.min(k - pc);
-        let block = pc * panels * NR + kk * NR;
-        // The last panel's columns past the end.
-        dst[block + (panels - 1) * NR * kc..][cols - (panels - 1) * NR..NR].fill(0.0);
-        let (ch, ky, kx) = (
-            l as i64 / (g.kh * g.kw),
-            l as i64 / g.kw % g.kh,
-            l as i64 % g.kw,
-        );
-        let off = kx * g.dw - g.pw;
-        let lo = if off >= 0 {
-            0
-        } else {
-            (-off + g.sw - 1) / g.sw
-        };
-        let hi = if g.w - off <= 0 {
-            0
-        } else {
-            ((g.w - off + g.sw - 1) / g.sw).min(g.ow)
-        };
-        taps.push([block as i64, kc as i64, ch, ky, off, lo, hi]);
+        let Tap {
+            block,
+            kc,
+            ch,
+            ky,
+            off,
+            lo,
+            hi,
+        } = Tap::of(l, k, g, panels, cols, dst);
+        taps.push([block as i64, kc as i64, ch, ky, off, lo as i64, hi as i64]);
     }
     for r in 0..rows {
         for &[block, kc, ch, ky, off, lo, hi] in &taps {
@@ -415,17 +402,61 @@ unsafe fn pack_columns_body<const WIDE: bool>(
                 ow,
             };
             let (dst, kc) = (&mut dst[block as usize..], kc as usize);
-            #[cfg(target_arch = "x86_64")]
-            if WIDE {
-                // SAFETY: the CPU has AVX-512; taps lo..hi are inside the image row.
-                unsafe { avx512::pack_row(&row, dst, kc) };
-                continue;
-            }
-            // SAFETY: as above.
+            // SAFETY: taps lo..hi are inside the image row.
             unsafe { pack_row(&row, dst, kc) };
         }
     }
     TAPS.with(|t| t.set(taps));
+}
+
+/// Row `l` of a block's column matrix (input channel `ch`, window row `ky`, its column
+/// offset `off`): where it starts in the packed block and its block's `kc`, and the outputs
+/// `ox` in `lo..hi` whose tap is inside the image's width.
+struct Tap {
+    block: usize,
+    kc: usize,
+    ch: i64,
+    ky: i64,
+    off: i64,
+    lo: usize,
+    hi: usize,
+}
+
+impl Tap {
+    /// Row `l` of `k` for `cols` columns in `panels` panels, with the last panel's columns
+    /// past the end zeroed in `dst`.
+    fn of(l: usize, k: usize, g: &Geometry, panels: usize, cols: usize, dst: &mut [f32]) -> Tap {
+        use super::gemm::{KC, NR};
+        let (pc, kk) = (l / KC * KC, l % KC);
+        let kc = KC.min(k - pc);
+        let block = pc * panels * NR + kk * NR;
+        dst[block + (panels - 1) * NR * kc..][cols - (panels - 1) * NR..NR].fill(0.0);
+        let (ch, ky, kx) = (
+            l as i64 / (g.kh * g.kw),
+            l as i64 / g.kw % g.kh,
+            l as i64 % g.kw,
+        );
+        let off = kx * g.dw - g.pw;
+        let lo = if off >= 0 {
+            0
+        } else {
+            (-off + g.sw - 1) / g.sw
+        };
+        let hi = if g.w - off <= 0 {
+            0
+        } else {
+            ((g.w - off + g.sw - 1) / g.sw).min(g.ow)
+        };
+        Tap {
+            block,
+            kc,
+            ch,
+            ky,
+            off,
+            lo: lo as usize,
+            hi: hi as usize,
+        }
+    }
 }
 
 /// One image row's taps for one row of the column matrix: column `first + ox` takes `src[ox ·
@@ -468,7 +499,6 @@ unsafe fn pack_row(row: &Row, dst: &mut [f32], kc: usize) {
 pub(super) mod avx512 {
     use super::super::epilogue::{self, Epilogue};
     use super::super::gemm::NR;
-    use super::Row;
     use std::arch::x86_64::*;
 
     /// Sixteen inputs `p[0], p[s], …, p[15s]` for a stride `s` of 1 or 2.
@@ -509,38 +539,41 @@ pub(super) mod avx512 {
     ) {
         // SAFETY: forwarded.
         unsafe {
-            match n {
-                4 => rows_of::<4>(x, step, taps, out, ow, s, epi),
-                3 => rows_of::<3>(x, step, taps, out, ow, s, epi),
-                2 => rows_of::<2>(x, step, taps, out, ow, s, epi),
-                _ => rows_of::<1>(x, step, taps, out, ow, s, epi),
+            match (n, s) {
+                (4, 1) => rows_of::<4, 1>(x, step, taps, out, ow, epi),
+                (3, 1) => rows_of::<3, 1>(x, step, taps, out, ow, epi),
+                (2, 1) => rows_of::<2, 1>(x, step, taps, out, ow, epi),
+                (_, 1) => rows_of::<1, 1>(x, step, taps, out, ow, epi),
+                (4, _) => rows_of::<4, 2>(x, step, taps, out, ow, epi),
+                (3, _) => rows_of::<3, 2>(x, step, taps, out, ow, epi),
+                (2, _) => rows_of::<2, 2>(x, step, taps, out, ow, epi),
+                _ => rows_of::<1, 2>(x, step, taps, out, ow, epi),
             }
         }
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows_of<const R: usize>(
+    unsafe fn rows_of<const R: usize, const S: usize>(
         x: *const f32,
         step: usize,
         taps: &[(usize, f32)],
         out: *mut f32,
         ow: usize,
-        s: usize,
         epi: Option<&Epilogue>,
     ) {
         let mut ox = 0;
         // SAFETY: forwarded.
         unsafe {
             while ox + 32 <= ow {
-                tile::<R, 2>(x, step, taps, out, ow, s, epi, ox);
+                tile::<R, 2, S>(x, step, taps, out, ow, epi, ox);
                 ox += 32;
             }
             if ox + 16 <= ow {
-                tile::<R, 1>(x, step, taps, out, ow, s, epi, ox);
+                tile::<R, 1, S>(x, step, taps, out, ow, epi, ox);
                 ox += 16;
             }
             if ox < ow {
-                tile::<R, 1>(x, step, taps, out, ow, s, epi, ow - 16);
+                tile::<R, 1, S>(x, step, taps, out, ow, epi, ow - 16);
             }
         }
     }
@@ -548,13 +581,12 @@ pub(super) mod avx512 {
     /// `R` rows by `J` vectors of outputs from column `ox`, in `R·J` accumulators.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn tile<const R: usize, const J: usize>(
+    unsafe fn tile<const R: usize, const J: usize, const S: usize>(
         x: *const f32,
         step: usize,
         taps: &[(usize, f32)],
         out: *mut f32,
         ow: usize,
-        s: usize,
         epi: Option<&Epilogue>,
         ox: usize,
     ) {
@@ -564,10 +596,10 @@ pub(super) mod avx512 {
             for &(off, wt) in taps {
                 let wv = _mm512_set1_ps(wt);
                 for r in 0..R {
-                    let p = x.add(r * step + off + ox * s);
+                    let p = x.add(r * step + off + ox * S);
                     for j in 0..J {
                         let a = &mut acc[r * J + j];
-                        *a = _mm512_fmadd_ps(load(p.add(16 * j * s), s), wv, *a);
+                        *a = _mm512_fmadd_ps(load(p.add(16 * j * S), S), wv, *a);
                     }
                 }
             }
@@ -585,7 +617,11 @@ pub(super) mod avx512 {
         }
     }
 
-    /// [`super::pack_columns`] with rows packed by [`pack_row`].
+    /// [`super::pack_columns`] in 16-lane registers for strides 1 and 2. The block's columns
+    /// fall into pieces — a run of one output row inside one panel, 16 columns at most — that
+    /// are the same for every tap, so they are worked out once; each tap then copies its
+    /// image row piece by piece, one (masked) load and store each (two loads and a lane
+    /// shuffle for stride 2), lanes outside the image zero and never read.
     ///
     /// # Safety
     /// As [`super::pack_columns`]; AVX-512F available; stride 1 or 2.
@@ -598,63 +634,82 @@ pub(super) mod avx512 {
         rows: i64,
         dst: &mut [f32],
     ) {
-        // SAFETY: forwarded.
-        unsafe { super::pack_columns_body::<true>(x, g, c, y0, rows, dst) }
-    }
-
-    /// [`super::pack_row`] for strides 1 and 2, a panel row (up to 16 columns) per masked load
-    /// (two and a lane shuffle for stride 2): lanes outside `lo..hi` load as zeros and are
-    /// never read.
-    ///
-    /// # Safety
-    /// AVX-512F available; taps `lo..hi` of the row readable; `row.sw` is 1 or 2.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub(super) unsafe fn pack_row(row: &Row, dst: &mut [f32], kc: usize) {
+        let (k, ow, rows_n) = ((c * g.kh * g.kw) as usize, g.ow as usize, rows as usize);
+        let cols = rows_n * ow;
+        let panels = cols.div_ceil(NR);
+        let sw = g.sw as usize;
+        // Pieces (ox, n, panel, column in the panel), row by row; `starts[r]` is row r's first.
+        let mut pieces: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(rows_n * 8);
+        let mut starts = Vec::with_capacity(rows_n + 1);
+        for r in 0..rows_n {
+            starts.push(pieces.len());
+            let mut ox = 0;
+            while ox < ow {
+                let j = r * ow + ox;
+                let (p, jj) = (j / NR, j % NR);
+                let n = (NR - jj).min(ow - ox);
+                pieces.push((ox, n, p, jj));
+                ox += n;
+            }
+        }
+        starts.push(pieces.len());
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let mut ox = 0;
-        while ox < row.ow {
-            let j = row.first + ox;
-            let (p, jj) = (j / NR, j % NR);
-            let n = (NR - jj).min(row.ow - ox);
-            // Lanes t < n with lo <= ox + t < hi.
-            let (a, b) = (
-                row.lo.saturating_sub(ox).min(n),
-                row.hi.saturating_sub(ox).min(n),
-            );
-            let valid: u32 = if b > a {
-                ((1u32 << b) - 1) & !((1u32 << a) - 1)
-            } else {
-                0
-            };
-            let d = dst[p * NR * kc + jj..][..n].as_mut_ptr();
-            let at = row.src.wrapping_add(ox * row.sw);
-            // SAFETY: masked-off lanes are not read; the valid ones are taps inside the row.
-            unsafe {
-                let v = if valid == 0 {
-                    _mm512_setzero_ps()
-                } else if row.sw == 1 && valid == 0xFFFF {
-                    _mm512_loadu_ps(at)
-                } else if row.sw == 1 {
-                    _mm512_maskz_loadu_ps(valid as u16, at)
-                } else {
-                    // Lane t of the result is element 2t: spread the mask to even bits.
-                    let mut m = valid;
-                    m = (m | (m << 8)) & 0x00FF_00FF;
-                    m = (m | (m << 4)) & 0x0F0F_0F0F;
-                    m = (m | (m << 2)) & 0x3333_3333;
-                    m = (m | (m << 1)) & 0x5555_5555;
-                    let lo = _mm512_maskz_loadu_ps(m as u16, at);
-                    let hi = _mm512_maskz_loadu_ps((m >> 16) as u16, at.wrapping_add(16));
-                    _mm512_permutex2var_ps(lo, evens, hi)
-                };
-                if n == NR {
-                    _mm512_storeu_ps(d, v);
-                } else {
-                    _mm512_mask_storeu_ps(d, ((1u32 << n) - 1) as u16, v);
+        let zero = _mm512_setzero_ps();
+        for l in 0..k {
+            let super::Tap {
+                block,
+                kc,
+                ch,
+                ky,
+                off,
+                lo,
+                hi,
+            } = super::Tap::of(l, k, g, panels, cols, dst);
+            // The block's packed rows of this tap start here; pieces land `p·NR·kc + jj` on.
+            let base = dst[block..].as_mut_ptr();
+            for r in 0..rows_n {
+                let iy = (y0 + r as i64) * g.sh + ky * g.dh - g.ph;
+                let inside = iy >= 0 && iy < g.h && lo < hi;
+                let src = x.wrapping_offset(((ch * g.h + iy) * g.w + off) as isize);
+                for &(ox, n, p, jj) in &pieces[starts[r]..starts[r + 1]] {
+                    let lanes: u32 = (1u32 << n) - 1;
+                    // Lanes t < n with lo <= ox + t < hi.
+                    let valid = if !inside {
+                        0
+                    } else if ox >= lo && ox + n <= hi {
+                        lanes
+                    } else {
+                        let (a, b) = (lo.saturating_sub(ox).min(n), hi.saturating_sub(ox).min(n));
+                        if b > a {
+                            ((1u32 << b) - 1) & !((1u32 << a) - 1)
+                        } else {
+                            0
+                        }
+                    };
+                    // SAFETY: the piece is inside the packed block; masked-off lanes are not
+                    // read, the valid ones are taps inside the image row.
+                    unsafe {
+                        let d = base.add(p * NR * kc + jj);
+                        let at = src.wrapping_add(ox * sw);
+                        let v = if valid == 0 {
+                            zero
+                        } else if sw == 1 {
+                            _mm512_maskz_loadu_ps(valid as u16, at)
+                        } else {
+                            // Lane t of the result is element 2t: spread the mask to even bits.
+                            let mut m = valid;
+                            m = (m | (m << 8)) & 0x00FF_00FF;
+                            m = (m | (m << 4)) & 0x0F0F_0F0F;
+                            m = (m | (m << 2)) & 0x3333_3333;
+                            m = (m | (m << 1)) & 0x5555_5555;
+                            let lo = _mm512_maskz_loadu_ps(m as u16, at);
+                            let hi = _mm512_maskz_loadu_ps((m >> 16) as u16, at.wrapping_add(16));
+                            _mm512_permutex2var_ps(lo, evens, hi)
+                        };
+                        _mm512_mask_storeu_ps(d, lanes as u16, v);
+                    }
                 }
             }
-            ox += n;
         }
     }
 }
@@ -699,38 +754,41 @@ pub(super) mod avx2 {
     ) {
         // SAFETY: forwarded.
         unsafe {
-            match n {
-                4 => rows_of::<4>(x, step, taps, out, ow, s, epi),
-                3 => rows_of::<3>(x, step, taps, out, ow, s, epi),
-                2 => rows_of::<2>(x, step, taps, out, ow, s, epi),
-                _ => rows_of::<1>(x, step, taps, out, ow, s, epi),
+            match (n, s) {
+                (4, 1) => rows_of::<4, 1>(x, step, taps, out, ow, epi),
+                (3, 1) => rows_of::<3, 1>(x, step, taps, out, ow, epi),
+                (2, 1) => rows_of::<2, 1>(x, step, taps, out, ow, epi),
+                (_, 1) => rows_of::<1, 1>(x, step, taps, out, ow, epi),
+                (4, _) => rows_of::<4, 2>(x, step, taps, out, ow, epi),
+                (3, _) => rows_of::<3, 2>(x, step, taps, out, ow, epi),
+                (2, _) => rows_of::<2, 2>(x, step, taps, out, ow, epi),
+                _ => rows_of::<1, 2>(x, step, taps, out, ow, epi),
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_of<const R: usize>(
+    unsafe fn rows_of<const R: usize, const S: usize>(
         x: *const f32,
         step: usize,
         taps: &[(usize, f32)],
         out: *mut f32,
         ow: usize,
-        s: usize,
         epi: Option<&Epilogue>,
     ) {
         let mut ox = 0;
         // SAFETY: forwarded.
         unsafe {
             while ox + 16 <= ow {
-                tile::<R, 2>(x, step, taps, out, ow, s, epi, ox);
+                tile::<R, 2, S>(x, step, taps, out, ow, epi, ox);
                 ox += 16;
             }
             if ox + 8 <= ow {
-                tile::<R, 1>(x, step, taps, out, ow, s, epi, ox);
+                tile::<R, 1, S>(x, step, taps, out, ow, epi, ox);
                 ox += 8;
             }
             if ox < ow {
-                tile::<R, 1>(x, step, taps, out, ow, s, epi, ow - 8);
+                tile::<R, 1, S>(x, step, taps, out, ow, epi, ow - 8);
             }
         }
     }
@@ -738,13 +796,12 @@ pub(super) mod avx2 {
     /// `R` rows by `J` vectors of outputs from column `ox`, in `R·J` accumulators.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn tile<const R: usize, const J: usize>(
+    unsafe fn tile<const R: usize, const J: usize, const S: usize>(
         x: *const f32,
         step: usize,
         taps: &[(usize, f32)],
         out: *mut f32,
         ow: usize,
-        s: usize,
         epi: Option<&Epilogue>,
         ox: usize,
     ) {
@@ -754,10 +811,10 @@ pub(super) mod avx2 {
             for &(off, wt) in taps {
                 let wv = _mm256_set1_ps(wt);
                 for r in 0..R {
-                    let p = x.add(r * step + off + ox * s);
+                    let p = x.add(r * step + off + ox * S);
                     for j in 0..J {
                         let a = &mut acc[r * J + j];
-                        *a = _mm256_fmadd_ps(load(p.add(8 * j * s), s), wv, *a);
+                        *a = _mm256_fmadd_ps(load(p.add(8 * j * S), S), wv, *a);
                     }
                 }
             }

@@ -1,0 +1,266 @@
+//! The library routines on one core, against the core's measured peak: `cargo bench --bench
+//! routines`. Throughput is in floating-point operations (a multiply-add is two), so
+//! criterion's `elem/s` reads as FLOP/s; `peak/fma` is the core's own limit — independent
+//! fused multiply-adds in the widest registers it has — to compare them with.
+//! Shapes: products of 1, 4, 32 and 256 rows by 512×512 (B packed ahead of time, as weights
+//! are); ResNet's 64→64 3×3 conv at 56×56 and MobileNet's pointwise 64→128 and depthwise 3×3
+//! at 56×56 and 112×112 (stride 2); a 100-tree forest of depth 8 over 256 rows (throughput in
+//! node steps).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kiln::kernel::routines::{conv, gemm, trees};
+use std::hint::black_box;
+
+/// Values in [-0.5, 0.5).
+fn values(n: usize, mut seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// `iters` rounds of 24 independent multiply-adds in 16-lane registers: 768 FLOPs a round.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma512(iters: usize, x: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm512_set1_ps(x), _mm512_set1_ps(0.999));
+    let mut acc = [_mm512_set1_ps(1.0); 24];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, b, a);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for v in acc {
+        s = _mm512_add_ps(s, v);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
+/// [`fma512`] in 8-lane registers: 384 FLOPs a round.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma256(iters: usize, x: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_set1_ps(x), _mm256_set1_ps(0.999));
+    let mut acc = [_mm256_set1_ps(1.0); 24];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, b, a);
+        }
+    }
+    let mut out = [0f32; 8];
+    let mut s = _mm256_setzero_ps();
+    for v in acc {
+        s = _mm256_add_ps(s, v);
+    }
+    _mm256_storeu_ps(out.as_mut_ptr(), s);
+    out.iter().sum()
+}
+
+fn peak(c: &mut Criterion) {
+    let mut group = c.benchmark_group("peak");
+    let iters = 100_000;
+    #[cfg(target_arch = "x86_64")]
+    if kiln::kernel::avx512() {
+        group.throughput(Throughput::Elements(768 * iters as u64));
+        // SAFETY: the CPU has AVX-512.
+        group.bench_function("fma", |b| {
+            b.iter(|| unsafe { fma512(black_box(iters), black_box(1e-3)) })
+        });
+    } else if kiln::kernel::avx2_fma() {
+        group.throughput(Throughput::Elements(384 * iters as u64));
+        // SAFETY: the CPU has AVX2 and FMA.
+        group.bench_function("fma", |b| {
+            b.iter(|| unsafe { fma256(black_box(iters), black_box(1e-3)) })
+        });
+    }
+    group.finish();
+}
+
+fn products(c: &mut Criterion) {
+    let (k, n) = (512, 512);
+    let b = values(k * n, 2);
+    let bp = gemm::pack_b(&b, n as i64, 1, k, n).expect("inside b");
+    let mut group = c.benchmark_group("gemm");
+    for m in [1usize, 4, 32, 256] {
+        let a = values(m * k, 1);
+        let mut out = vec![0f32; m * n];
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_with_input(BenchmarkId::new("rows_by_512x512", m), &m, |bench, &m| {
+            bench.iter(|| {
+                // SAFETY: A is m×k, B packed for k×n, C m×n; no epilogue.
+                unsafe {
+                    let null = std::ptr::null();
+                    gemm::kiln_sgemm_packed(
+                        a.as_ptr(),
+                        null,
+                        bp.as_ptr(),
+                        out.as_mut_ptr(),
+                        null,
+                        null,
+                        null,
+                        k as i64,
+                        1,
+                        n as i64,
+                        1,
+                        n as i64,
+                        m as i64,
+                        n as i64,
+                        k as i64,
+                        f32::NEG_INFINITY,
+                        f32::INFINITY,
+                    )
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// (name, input channels, output channels, image side, window, stride, depthwise).
+const CONVS: [(&str, i64, i64, i64, i64, i64, bool); 4] = [
+    ("resnet_3x3_64_56", 64, 64, 56, 3, 1, false),
+    ("mobilenet_1x1_64to128_56", 64, 128, 56, 1, 1, false),
+    ("mobilenet_dw3x3_64_56", 64, 64, 56, 3, 1, true),
+    ("mobilenet_dw3x3s2_32_112", 32, 32, 112, 3, 2, true),
+];
+
+fn convolutions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv");
+    group.sample_size(20);
+    for (name, ci, co, side, win, stride, depthwise) in CONVS {
+        let pad = win / 2;
+        let os = (side + 2 * pad - win) / stride + 1;
+        let x = values((ci * side * side) as usize, 3);
+        let taps = if depthwise { win * win } else { ci * win * win };
+        let w = values((co * taps) as usize, 4);
+        let mut out = vec![0f32; (co * os * os) as usize];
+        group.throughput(Throughput::Elements((2 * co * os * os * taps) as u64));
+        let null = std::ptr::null();
+        let (ninf, inf) = (f32::NEG_INFINITY, f32::INFINITY);
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                if depthwise {
+                    for ch in 0..co {
+                        // SAFETY: each plane is inside x, w and out.
+                        unsafe {
+                            let (xp, wp) = (
+                                x.as_ptr().add((ch * side * side) as usize),
+                                w.as_ptr().add((ch * taps) as usize),
+                            );
+                            let op = out.as_mut_ptr().add((ch * os * os) as usize);
+                            conv::kiln_conv2d_plane(
+                                xp, wp, op, null, null, null, side, side, os, os, win, win, stride,
+                                stride, 1, 1, pad, pad, ninf, inf,
+                            )
+                        }
+                    }
+                } else {
+                    // Blocks of rows as lowering makes them (about 128 columns each).
+                    let rows = (128 / os).max(1);
+                    let mut y0 = 0;
+                    while y0 < os {
+                        let n = rows.min(os - y0);
+                        // SAFETY: the image, filters and result hold what the geometry needs.
+                        unsafe {
+                            conv::kiln_conv2d_rows(
+                                x.as_ptr(),
+                                w.as_ptr(),
+                                out.as_mut_ptr(),
+                                null,
+                                null,
+                                null,
+                                ci,
+                                co,
+                                side,
+                                side,
+                                os,
+                                os,
+                                win,
+                                win,
+                                stride,
+                                stride,
+                                1,
+                                1,
+                                pad,
+                                pad,
+                                y0,
+                                n,
+                                ninf,
+                                inf,
+                            )
+                        };
+                        y0 += n;
+                    }
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn forest(c: &mut Criterion) {
+    // 100 complete trees of depth 8 (255 inner nodes, 256 leaves each) over 20 features.
+    let (trees_n, depth, features, rows) = (100usize, 8u32, 20usize, 256usize);
+    let per = (1usize << (depth + 1)) - 1;
+    let mut seed = 5u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    let (mut f, mut th, mut rule, mut yes, mut no, mut nan, mut roots) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for t in 0..trees_n {
+        let base = (t * per) as i64;
+        roots.push(base);
+        for i in 0..per as i64 {
+            let inner = i < (1 << depth) - 1;
+            f.push((next() % features) as i64);
+            th.push((next() % 1000) as f32 / 1000.0 - 0.5);
+            rule.push(if inner { 0 } else { trees::LEAF });
+            yes.push(if inner { base + 2 * i + 1 } else { base + i });
+            no.push(if inner { base + 2 * i + 2 } else { base + i });
+            nan.push(0u8);
+        }
+    }
+    let x = values(rows * features, 6);
+    let mut out = vec![0i64; rows * trees_n];
+    let mut group = c.benchmark_group("tree_walk");
+    group.throughput(Throughput::Elements(
+        (rows * trees_n * depth as usize) as u64,
+    ));
+    group.bench_function("100_trees_depth_8_256_rows", |bench| {
+        bench.iter(|| {
+            // SAFETY: every table holds `nodes` entries, x rows·features, out rows·trees.
+            unsafe {
+                trees::kiln_tree_walk(
+                    x.as_ptr(),
+                    f.as_ptr(),
+                    th.as_ptr(),
+                    rule.as_ptr(),
+                    yes.as_ptr(),
+                    no.as_ptr(),
+                    nan.as_ptr(),
+                    roots.as_ptr(),
+                    out.as_mut_ptr(),
+                    rows as i64,
+                    features as i64,
+                    trees_n as i64,
+                    f.len() as i64,
+                )
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, peak, products, convolutions, forest);
+criterion_main!(benches);
