@@ -113,6 +113,8 @@ fn products(c: &mut Criterion) {
                         m as i64,
                         n as i64,
                         k as i64,
+                        0,
+                        0,
                         f32::NEG_INFINITY,
                         f32::INFINITY,
                     )
@@ -157,7 +159,7 @@ fn convolutions(c: &mut Criterion) {
                             let op = out.as_mut_ptr().add((ch * os * os) as usize);
                             conv::kiln_conv2d_plane(
                                 xp, wp, op, null, null, null, side, side, os, os, win, win, stride,
-                                stride, 1, 1, pad, pad, ninf, inf,
+                                stride, 1, 1, pad, pad, 0, ninf, inf,
                             )
                         }
                     }
@@ -192,6 +194,7 @@ fn convolutions(c: &mut Criterion) {
                                 pad,
                                 y0,
                                 n,
+                                0,
                                 ninf,
                                 inf,
                             )

@@ -1,7 +1,7 @@
 //! Differential fuzz of code generation: random well-typed graphs (every op family, fused
 //! kernels, awkward shapes, broadcasts, strides and values) compiled — each node alone, and
 //! after the default pipeline — compute what the reference interpreter computes; and convs
-//! with random elementwise steps after them (fused into their routines or not).
+//! and products with random elementwise steps after them (fused into their routines or not).
 //! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`; `KILN_TRACE_SEED=1`
 //! with `--nocapture` prints each graph first (to find one that crashes the process).
 
@@ -121,6 +121,15 @@ proptest! {
 
     /// Convolutions and the elementwise steps after them, which their routines may apply as
     /// they store (fused epilogues) or leave to loops.
+    /// Products by weights and the elementwise steps after them (a bias per column, a
+    /// residual, clamps, a sigmoid or tanh), fused into `gemm` or left to loops.
+    #[test]
+    fn products_and_their_epilogues_match_the_interpreter(seed in any::<u64>()) {
+        if let Some(g) = common::dot_graph(seed) {
+            check_graph(g, seed)?;
+        }
+    }
+
     #[test]
     fn convolutions_and_their_epilogues_match_the_interpreter(seed in any::<u64>()) {
         if let Some(g) = common::conv_graph(seed) {

@@ -175,7 +175,18 @@ impl From<Gemm> for Call {
         Call {
             routine: "gemm".into(),
             operands,
-            ints: vec![g.a_rs, g.a_cs, g.b_rs, g.b_cs, g.c_rs, g.m, g.n, g.k],
+            ints: vec![
+                g.a_rs,
+                g.a_cs,
+                g.b_rs,
+                g.b_cs,
+                g.c_rs,
+                g.m,
+                g.n,
+                g.k,
+                Expr::i64(i64::from(g.epilogue.cols)),
+                Expr::i64(g.epilogue.act),
+            ],
             scalars: g.epilogue.scalars(),
             result: None,
         }
@@ -195,7 +206,19 @@ impl From<Conv2d> for Call {
             routine: "conv2d".into(),
             operands,
             ints: [
-                g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.ph, g.pw,
+                g.h,
+                g.w,
+                g.oh,
+                g.ow,
+                g.kh,
+                g.kw,
+                g.sh,
+                g.sw,
+                g.dh,
+                g.dw,
+                g.ph,
+                g.pw,
+                c.epilogue.act,
             ]
             .map(Expr::i64)
             .to_vec(),
@@ -206,9 +229,9 @@ impl From<Conv2d> for Call {
 }
 
 /// What a product or convolution call applies to each output as it stores it (see
-/// [`crate::routines::epilogue`]): `min(max((x·scale[row] + shift[row]) + res[at], lo), hi)`,
-/// each operand at its offset (the per-row ones at the call's first row, the residual at
-/// the output's offset), absent parts skipped.
+/// [`crate::routines::epilogue`]): `act(min(max((x·scale + shift) + res[at], lo), hi))`,
+/// each operand at its offset (the per-row or per-column ones at the call's first row or
+/// column, the residual at the output's offset), absent parts skipped.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Epilogue {
     pub scale: Option<(BufId, Expr)>,
@@ -216,6 +239,10 @@ pub struct Epilogue {
     pub res: Option<(BufId, Expr)>,
     pub lo: f64,
     pub hi: f64,
+    /// Whether scale and shift are per column (products only).
+    pub cols: bool,
+    /// The activation last: 0 none, 1 sigmoid, 2 tanh.
+    pub act: i64,
 }
 
 impl Default for Epilogue {
@@ -226,6 +253,8 @@ impl Default for Epilogue {
             res: None,
             lo: f64::NEG_INFINITY,
             hi: f64::INFINITY,
+            cols: false,
+            act: 0,
         }
     }
 }

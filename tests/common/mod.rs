@@ -311,7 +311,7 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
             let y = b.op1(op, &[x, wt]).ok()?;
             match below(rng, 2) {
                 0 => Ok(y),
-                _ => Ok(epilogue_steps(b, rng, y, o).unwrap_or(y)),
+                _ => Ok(epilogue_steps(b, rng, y, &[1, o, 1, 1], true).unwrap_or(y)),
             }
         }
         20 if rank == 3 => {
@@ -460,16 +460,35 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
     result.ok()
 }
 
-/// Elementwise steps after `y` ([n, o, ...], float), 1 to 4 in random order: those a
-/// routine applies as it stores (per-channel scale and shift, a residual, clamps), in its
-/// order or not.
-fn epilogue_steps(b: &mut Builder, rng: &mut Rng, y: Value, o: usize) -> Option<Value> {
+/// Elementwise steps after `y` (float), 1 to 4 in random order: those a routine applies as
+/// it stores (scale and shift per channel — constants of shape `per`, with awkward values
+/// mixed in if `awkward` — a residual, clamps, a sigmoid or tanh), in its order or not.
+fn epilogue_steps(
+    b: &mut Builder,
+    rng: &mut Rng,
+    y: Value,
+    per: &[usize],
+    awkward: bool,
+) -> Option<Value> {
     let ty = b.ty(y).clone();
     let mut y = y;
     for _ in 0..1 + below(rng, 4) {
+        if below(rng, 6) == 0 {
+            let op = if below(rng, 2) == 0 {
+                Op::Sigmoid
+            } else {
+                Op::Tanh
+            };
+            y = b.unary(op, y).ok()?;
+            continue;
+        }
         let other = match below(rng, 5) {
             0 | 1 => {
-                let c = random_tensor(rng, ty.dtype, &[1, o, 1, 1]);
+                let c = if awkward {
+                    random_tensor(rng, ty.dtype, per)
+                } else {
+                    rng.tensor(ty.dtype, per)
+                };
                 b.constant(c).ok()?
             }
             2 => {
@@ -530,7 +549,7 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
             &[x, wt],
         )
         .ok()?;
-    let end = epilogue_steps(&mut b, rng, y, o)?;
+    let end = epilogue_steps(&mut b, rng, y, &[1, o, 1, 1], true)?;
     b.output("y", end).ok()?;
     match below(rng, 3) {
         0 => b.output("early", y).ok()?,
@@ -539,6 +558,52 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
             b.output("exp", e).ok()?
         }
         _ => {}
+    }
+    b.finish().ok()
+}
+
+/// A product of a random f32 matrix (or batch of them) by constant weights, then elementwise
+/// steps ([`epilogue_steps`], per column of the result): its outputs the last step and, at
+/// times, the product itself.
+pub fn dot_graph(seed: u64) -> Option<Graph> {
+    let mut rng = Rng::new(seed);
+    let rng = &mut rng;
+    let mut b = Builder::new(&format!("dot{}", seed % 1000));
+    let (m, k, n) = (1 + below(rng, 40), 1 + below(rng, 70), 1 + below(rng, 50));
+    let batch = below(rng, 3);
+    let mut dims: Vec<usize> = (0..batch).map(|_| 1 + below(rng, 3)).collect();
+    dims.extend([m, k]);
+    let x = b
+        .param(
+            "x",
+            DType::F32,
+            Shape::new(dims.iter().map(|&d| Dim::Const(d as i64)).collect()),
+        )
+        .ok()?;
+    let w = random_tensor(rng, DType::F32, &[k, n]);
+    let w = b.constant(w).ok()?;
+    let y = b
+        .op1(
+            Op::Dot {
+                lhs_batch: vec![],
+                rhs_batch: vec![],
+                lhs_contract: vec![batch as i64 + 1],
+                rhs_contract: vec![0],
+            },
+            &[x, w],
+        )
+        .ok()?;
+    let per = if below(rng, 2) == 0 {
+        vec![n]
+    } else {
+        vec![1, n]
+    };
+    // No infinities among the per-column constants: the optimizer folds a scale of a
+    // product's columns into its weights, which an infinite scale turns into NaN.
+    let end = epilogue_steps(&mut b, rng, y, &per, false)?;
+    b.output("y", end).ok()?;
+    if below(rng, 3) == 0 {
+        b.output("product", y).ok()?;
     }
     b.finish().ok()
 }

@@ -1,24 +1,20 @@
 //! Contractions: `dot` as loop nests, or as a library `gemm` when its operands are strided
 //! f32 buffers with one contracted axis.
 
+use super::epilogue::Chain;
 use super::*;
 
 impl Lowering<'_> {
-    pub(super) fn dot(&mut self, v: Value, b: BufId) -> Result<()> {
-        let node = self.g.node(v.node);
-        let Op::Dot {
-            lhs_batch,
-            rhs_batch,
-            lhs_contract,
-            rhs_contract,
-        } = node.op()
-        else {
-            unreachable!("called on dots")
-        };
-        let (lv, rv) = (node.inputs()[0], node.inputs()[1]);
-        if self.gemm(v, b)? {
+    /// Dot `v` into `b`: `gemm` calls (applying `chain`, which only a dot that
+    /// [`Lowering::gemm_columns`] takes), or loops.
+    pub(super) fn dot(&mut self, v: Value, b: BufId, chain: Option<&Chain>) -> Result<()> {
+        let (lv, rv, axes) = DotAxes::of(self.g, v).expect("called on dots");
+        if self.gemm(v, b, chain)? {
             self.bufs.insert(v, b);
             return Ok(());
+        }
+        if chain.is_some() {
+            return unsupported("an epilogue on a dot that is not a matrix product");
         }
         self.materialized(lv)?;
         self.materialized(rv)?;
@@ -32,11 +28,7 @@ impl Lowering<'_> {
             rc,
             lf,
             rf,
-        } = DotAxes::new(
-            [lhs_batch, rhs_batch, lhs_contract, rhs_contract],
-            ls.rank(),
-            rs.rank(),
-        );
+        } = axes;
         let acc = self.var(dtype);
         self.nest(&ty.shape, dtype, |l, idx| {
             let mut li = vec![Expr::i64(0); ls.rank()];
@@ -130,22 +122,39 @@ impl Lowering<'_> {
         Ok(self.strided(v).expect("now a buffer"))
     }
 
+    /// Whether dot `v` becomes `gemm` calls ([`Lowering::gemm`]) whose columns are its last
+    /// axis (one free axis on the right), so that an epilogue's operands may run along them.
+    pub(super) fn gemm_columns(&self, v: Value) -> bool {
+        let Some((lv, rv, axes)) = DotAxes::of(self.g, v) else {
+            return false;
+        };
+        if self.ty(v).dtype != DType::F32 || axes.lc.len() != 1 {
+            return false;
+        }
+        let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
+        // The strides `as_strided` gives: the operand's own, or a dense copy's.
+        let strides = |x: Value| {
+            self.strided(x)
+                .map(|(_, st)| st)
+                .or_else(|| dense_strides(&self.ty(x).shape))
+        };
+        let (Some(lst), Some(rst)) = (strides(lv), strides(rv)) else {
+            return false;
+        };
+        axes.rf.len() == 1
+            && merged(&axes.lf, &ls, &lst).is_some()
+            && merged(&axes.rf, &rs, &rst).is_some()
+    }
+
     /// An f32 dot with one contracted axis as calls of the library matrix product (one per
-    /// batch element); `false` when the dot does not have that form.
-    pub(super) fn gemm(&mut self, v: Value, out: BufId) -> Result<bool> {
-        let node = self.g.node(v.node);
-        let Op::Dot {
-            lhs_batch,
-            rhs_batch,
-            lhs_contract,
-            rhs_contract,
-        } = node.op()
-        else {
+    /// batch element), applying `chain` as they store; `false` when the dot does not have
+    /// that form.
+    pub(super) fn gemm(&mut self, v: Value, out: BufId, chain: Option<&Chain>) -> Result<bool> {
+        let Some((lv, rv, axes)) = DotAxes::of(self.g, v) else {
             return Ok(false);
         };
-        let (lv, rv) = (node.inputs()[0], node.inputs()[1]);
         let ty = self.ty(v);
-        if ty.dtype != DType::F32 || lhs_contract.len() != 1 {
+        if ty.dtype != DType::F32 || axes.lc.len() != 1 {
             return Ok(false);
         }
         let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
@@ -156,29 +165,9 @@ impl Lowering<'_> {
             rc,
             lf,
             rf,
-        } = DotAxes::new(
-            [lhs_batch, rhs_batch, lhs_contract, rhs_contract],
-            ls.rank(),
-            rs.rank(),
-        );
+        } = axes;
         let (la, lst) = self.as_strided(lv)?;
         let (ra, rst) = self.as_strided(rv)?;
-        // Free axes merge into one matrix axis when they are laid out like one.
-        let merged = |axes: &[usize], shape: &Shape, st: &[Dim]| -> Option<(Dim, Dim)> {
-            let Some(&last) = axes.last() else {
-                return Some((Dim::constant(1), Dim::constant(0)));
-            };
-            let mut size = Dim::constant(1);
-            for w in axes.windows(2) {
-                if st[w[0]] != st[w[1]].mul(shape.dim(w[1])).ok()? {
-                    return None;
-                }
-            }
-            for &a in axes {
-                size = size.mul(shape.dim(a)).ok()?;
-            }
-            Some((size, st[last].clone()))
-        };
         let (Some((m, a_rs)), Some((n, b_cs))) = (merged(&lf, &ls, &lst), merged(&rf, &rs, &rst))
         else {
             return Ok(false);
@@ -196,6 +185,7 @@ impl Lowering<'_> {
                 b_off = b_off + i.clone() * sy;
             }
             let c_off = l.linear(idx, &batch) * l.dim(&mn);
+            let epilogue = Chain::of(chain, &Expr::i64(0), &c_off);
             let g = Gemm {
                 a: la,
                 a_off,
@@ -212,7 +202,7 @@ impl Lowering<'_> {
                 n: l.dim(&n),
                 k: l.dim(&k),
                 b_packed: None,
-                epilogue: Default::default(),
+                epilogue,
             };
             Ok(vec![Stmt::Call(Box::new(g.into()))])
         })?;
@@ -231,6 +221,24 @@ pub(super) struct DotAxes {
 }
 
 impl DotAxes {
+    /// Dot `v`'s operands and axes (`None` if `v` is no dot).
+    pub(super) fn of(g: &Graph, v: Value) -> Option<(Value, Value, DotAxes)> {
+        let node = g.node(v.node);
+        let Op::Dot {
+            lhs_batch,
+            rhs_batch,
+            lhs_contract,
+            rhs_contract,
+        } = node.op()
+        else {
+            return None;
+        };
+        let (lv, rv) = (node.inputs()[0], node.inputs()[1]);
+        let ranks = (g.value_type(lv).rank(), g.value_type(rv).rank());
+        let attrs = [lhs_batch, rhs_batch, lhs_contract, rhs_contract];
+        Some((lv, rv, DotAxes::new(attrs, ranks.0, ranks.1)))
+    }
+
     pub(super) fn new(attrs: [&Vec<i64>; 4], lrank: usize, rrank: usize) -> DotAxes {
         let us = |v: &[i64]| v.iter().map(|&a| a as usize).collect::<Vec<_>>();
         let [lb, rb, lc, rc] = attrs.map(|a| us(a));
@@ -249,4 +257,31 @@ impl DotAxes {
             rf,
         }
     }
+}
+
+/// Free axes `axes` of an operand (extents `shape`, strides `st`) as one matrix axis — its
+/// size and stride — when they are laid out like one.
+fn merged(axes: &[usize], shape: &Shape, st: &[Dim]) -> Option<(Dim, Dim)> {
+    let Some(&last) = axes.last() else {
+        return Some((Dim::constant(1), Dim::constant(0)));
+    };
+    let mut size = Dim::constant(1);
+    for w in axes.windows(2) {
+        if st[w[0]] != st[w[1]].mul(shape.dim(w[1])).ok()? {
+            return None;
+        }
+    }
+    for &a in axes {
+        size = size.mul(shape.dim(a)).ok()?;
+    }
+    Some((size, st[last].clone()))
+}
+
+/// The strides of a dense row-major tensor of `shape` (`None` if they overflow).
+fn dense_strides(shape: &Shape) -> Option<Vec<Dim>> {
+    let mut strides = vec![Dim::constant(1); shape.rank()];
+    for a in (0..shape.rank().saturating_sub(1)).rev() {
+        strides[a] = strides[a + 1].mul(shape.dim(a + 1)).ok()?;
+    }
+    Some(strides)
 }

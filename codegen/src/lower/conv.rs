@@ -703,6 +703,7 @@ impl Lowering<'_> {
         ));
         let out_off = (n.clone() * Expr::i64(o) + g.clone() * Expr::i64(og)) * Expr::i64(oh * ow);
         let epilogue = Chain::of(chain, &(g.clone() * Expr::i64(og)), &out_off);
+        ints.push(Expr::i64(epilogue.act));
         let mut operands = vec![
             Some((
                 xb,

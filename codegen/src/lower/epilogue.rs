@@ -6,7 +6,7 @@
 use super::*;
 
 /// The steps of an epilogue, in the only order a routine applies them: `x·scale`, `+ shift`,
-/// `+ res`, `max(·, lo)`, `min(·, hi)`.
+/// `+ res`, `max(·, lo)`, `min(·, hi)`, then a sigmoid or tanh.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Scale,
@@ -26,11 +26,22 @@ pub(super) struct Chain {
     res: Option<BufId>,
     lo: f64,
     hi: f64,
+    /// Whether scale and shift are per column (a product's last axis) rather than per row.
+    cols: bool,
+    act: i64,
+}
+
+/// Which axis of the result the per-channel operands of an epilogue run along.
+pub(super) enum Along {
+    /// Axis 1, a convolution's output channel: the routine's rows.
+    Channels,
+    /// The last axis, a product's columns.
+    Columns,
 }
 
 impl Chain {
-    /// The call's epilogue: per-channel operands from channel `ch`, the residual at `at`
-    /// (the call's output offset).
+    /// The call's epilogue: per-channel operands from channel `ch` (column 0 for products'
+    /// columns), the residual at `at` (the call's output offset).
     pub(super) fn at(&self, ch: &Expr, at: &Expr) -> kernel::Epilogue {
         kernel::Epilogue {
             scale: self.scale.map(|b| (b, ch.clone())),
@@ -38,6 +49,8 @@ impl Chain {
             res: self.res.map(|b| (b, at.clone())),
             lo: self.lo,
             hi: self.hi,
+            cols: self.cols,
+            act: self.act,
         }
     }
 
@@ -52,12 +65,16 @@ impl Lowering<'_> {
     /// an epilogue applies exactly as the elementwise ops compute them: `None` when not
     /// even the first step fuses. Every value before the chain's end is read once, by the
     /// next step, and is no output; operands must already live in buffers.
-    pub(super) fn epilogue_chain(&mut self, v: Value) -> Option<Chain> {
+    pub(super) fn epilogue_chain(&mut self, v: Value, along: Along) -> Option<Chain> {
         let g = self.g;
         let shape = self.ty(v).shape.clone();
         if self.ty(v).dtype != DType::F32 || shape.rank() < 2 {
             return None;
         }
+        let axis = match along {
+            Along::Channels => 1,
+            Along::Columns => shape.rank() - 1,
+        };
         // Fresh index variables for every axis (0 for unit ones, as in loop nests); the
         // operands' values at them say whether they are per channel, laid out as the
         // result, or constant.
@@ -78,6 +95,8 @@ impl Lowering<'_> {
             res: None,
             lo: f64::NEG_INFINITY,
             hi: f64::INFINITY,
+            cols: matches!(along, Along::Columns),
+            act: 0,
         };
         let mut last: Option<Step> = None;
         let mut at = v;
@@ -96,10 +115,24 @@ impl Lowering<'_> {
             let node = g.node(user);
             let next = Value::new(user, 0);
             let args = node.inputs();
-            if node.types().len() != 1 || node.types()[0].dtype != DType::F32 || args.len() != 2 {
+            if node.types().len() != 1 || node.types()[0].dtype != DType::F32 {
                 break;
             }
             if self.ty(next).shape != shape {
+                break;
+            }
+            // A sigmoid or tanh ends the chain.
+            let act = match node.op() {
+                Op::Sigmoid => 1,
+                Op::Tanh => 2,
+                _ => 0,
+            };
+            if act != 0 && args == [at] {
+                chain.act = act;
+                chain.end = next;
+                break;
+            }
+            if args.len() != 2 {
                 break;
             }
             let other = if args[0] == at { args[1] } else { args[0] };
@@ -127,7 +160,7 @@ impl Lowering<'_> {
 
             let input = |b: &BufId| self.k.bufs[*b].kind == BufKind::Input;
             let per_channel = match &e {
-                Expr::Load { buf, index } if **index == idx[1] && input(buf) => Some(*buf),
+                Expr::Load { buf, index } if **index == idx[axis] && input(buf) => Some(*buf),
                 _ => None,
             };
             let laid_out = match &e {

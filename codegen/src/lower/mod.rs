@@ -264,8 +264,12 @@ impl<'g> Lowering<'g> {
                     self.reduce(v, op, axes, b)?;
                 }
                 Op::Dot { .. } => {
-                    let b = self.target(v, output_buf)?;
-                    self.dot(v, b)?;
+                    let chain = if self.gemm_columns(v) {
+                        self.epilogue_chain(v, epilogue::Along::Columns)
+                    } else {
+                        None
+                    };
+                    self.with_chain(v, output_buf, chain, Self::dot)?;
                 }
                 Op::Gather { axis } => {
                     let b = self.target(v, output_buf)?;
@@ -275,26 +279,11 @@ impl<'g> Lowering<'g> {
                     // The elementwise steps after it, applied as the routine stores: it
                     // computes the last step's value.
                     let chain = if self.conv_calls(v) {
-                        self.epilogue_chain(v)
+                        self.epilogue_chain(v, epilogue::Along::Channels)
                     } else {
                         None
                     };
-                    if let Some(chain) = chain {
-                        let end = chain.end;
-                        let out = self
-                            .bufs
-                            .get(&end)
-                            .copied()
-                            .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
-                        let b = self.target(end, out)?;
-                        self.conv(v, b, Some(&chain))?;
-                        self.bufs.remove(&v);
-                        self.bufs.insert(end, b);
-                        self.fused.insert(end);
-                    } else {
-                        let b = self.target(v, output_buf)?;
-                        self.conv(v, b, None)?;
-                    }
+                    self.with_chain(v, output_buf, chain, Self::conv)?;
                 }
                 Op::ArgMax { axis, last } | Op::ArgMin { axis, last } => {
                     let b = self.target(v, output_buf)?;
@@ -354,6 +343,33 @@ impl<'g> Lowering<'g> {
                 self.bufs.insert(v, b);
             }
         }
+        Ok(())
+    }
+
+    /// `v` computed by `lower` into its buffer — or, with a `chain` of steps after it, the
+    /// chain's end computed into the end's buffer (`v` itself never is).
+    fn with_chain(
+        &mut self,
+        v: Value,
+        output_buf: Option<BufId>,
+        chain: Option<epilogue::Chain>,
+        lower: fn(&mut Self, Value, BufId, Option<&epilogue::Chain>) -> Result<()>,
+    ) -> Result<()> {
+        let Some(chain) = chain else {
+            let b = self.target(v, output_buf)?;
+            return lower(self, v, b, None);
+        };
+        let end = chain.end;
+        let out = self
+            .bufs
+            .get(&end)
+            .copied()
+            .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
+        let b = self.target(end, out)?;
+        lower(self, v, b, Some(&chain))?;
+        self.bufs.remove(&v);
+        self.bufs.insert(end, b);
+        self.fused.insert(end);
         Ok(())
     }
 

@@ -73,11 +73,12 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
     dw: i64,
     ph: i64,
     pw: i64,
+    act: i64,
     lo: f32,
     hi: f32,
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
-    let epi = Epilogue::new(scale, shift, res, lo, hi);
+    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
     // SAFETY: forwarded.
     unsafe { plane(x, k, out, &g, lanes(), &epi) }
 }
@@ -139,7 +140,7 @@ unsafe fn plane(
             // 16 elements to spare; the rows are inside `out` (and the residual).
             unsafe {
                 let (x, out) = (p.add(oy * step), out.add(oy * ow));
-                let epi = epi.map(|e| e.from(0, oy * ow));
+                let epi = epi.map(|e| e.from(0, 0, oy * ow));
                 let e = epi.as_ref();
                 let sw = g.sw as usize;
                 if lanes == 16 {
@@ -166,7 +167,7 @@ unsafe fn plane(
             unsafe { *row.add(ox) = acc };
         }
         // SAFETY: the row is inside `out` (and the residual, laid out alike).
-        unsafe { epi.from(0, oy * ow).block(row, 0, 1, ow) };
+        unsafe { epi.from(0, 0, oy * ow).block(row, 0, 1, ow) };
     }
     give_padded(buf);
 }
@@ -257,11 +258,12 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
     pw: i64,
     y0: i64,
     rows: i64,
+    act: i64,
     lo: f32,
     hi: f32,
 ) {
     let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
-    let epi = Epilogue::new(scale, shift, res, lo, hi);
+    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
     // SAFETY: forwarded.
     unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512(), &epi) }
 }
@@ -313,7 +315,7 @@ unsafe fn rows_block(
             o,
             cols as i64,
             k as i64,
-            &epi.from(0, (y0 * g.ow) as usize),
+            &epi.from(0, 0, (y0 * g.ow) as usize),
         )
     };
     PACKED.with(|b| b.set(buf));
@@ -603,7 +605,7 @@ pub(super) mod avx512 {
                     }
                 }
             }
-            let st = epi.map(|e| e.row(0));
+            let st = epi.map(|e| epilogue::avx512::coefs(e, 0, 0, !0));
             for r in 0..R {
                 for j in 0..J {
                     let at = r * ow + ox + 16 * j;
@@ -818,8 +820,8 @@ pub(super) mod avx2 {
                     }
                 }
             }
-            let st = epi.map(|e| e.row(0));
             let all = _mm256_set1_epi32(-1);
+            let st = epi.map(|e| epilogue::avx2::coefs(e, 0, 0, all));
             for r in 0..R {
                 for j in 0..J {
                     let at = r * ow + ox + 8 * j;
@@ -956,6 +958,7 @@ mod tests {
                 res: res.as_ptr(),
                 lo: -0.4,
                 hi: 0.3,
+                ..Epilogue::NONE
             };
             for wide in [false, crate::avx512()] {
                 let mut out = vec![f32::NAN; o as usize * plane];

@@ -1,16 +1,76 @@
 //! What products and convolutions apply to each output as they store it (a fused epilogue):
-//! `y = clamp((x·scale[row] + shift[row]) + res[at], lo, hi)`, every part optional — a
-//! convolution's folded batch norm, bias, residual add and ReLU/ReLU6/Clip without a second
-//! pass over the output. Operation for operation what the elementwise loops it replaces compute
-//! (a multiply, then adds, each rounded; IEEE maximum and minimum), in 16 or 8 lanes.
+//! `y = act(clamp((x·scale + shift) + res[at], lo, hi))` with `scale` and `shift` per row (a
+//! convolution's output channel) or per column (a product's bias), every part optional — a
+//! folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid or tanh — without a
+//! second pass over the output. Operation for operation what the elementwise loops it replaces
+//! compute (a multiply, then adds, each rounded; IEEE maximum and minimum; the vector loops'
+//! `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
 
-/// A fused epilogue. `row` is the output's row (a product's row of C, a convolution's output
-/// channel); `at` an output's element offset, at which the residual is read too.
+/// The activation an epilogue ends with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    Identity = 0,
+    Sigmoid = 1,
+    Tanh = 2,
+}
+
+impl Act {
+    /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh; others
+    /// identity).
+    pub fn of(code: i64) -> Act {
+        match code {
+            1 => Act::Sigmoid,
+            2 => Act::Tanh,
+            _ => Act::Identity,
+        }
+    }
+
+    /// One lane of the vector loops' activation.
+    fn one(self, x: f32) -> f32 {
+        match self {
+            Act::Identity => x,
+            Act::Sigmoid => {
+                let e = super::rows::exp(-x.abs());
+                let num = if x >= 0.0 { 1.0 } else { e };
+                num / (1.0 + e)
+            }
+            Act::Tanh => {
+                let z = x * x;
+                let mut p = TANH[0];
+                for &c in &TANH[1..] {
+                    p = p.mul_add(z, c);
+                }
+                let small = (p * z * x + x).abs().copysign(x);
+                let q = 2.0 / (super::rows::exp(x.abs() + x.abs()) + 1.0);
+                let big = (1.0 - q).copysign(x);
+                // (1 - q) >= 0 here, so copysign is the vector code's OR of the sign bit.
+                if x.abs() < 0.625 {
+                    small
+                } else {
+                    big
+                }
+            }
+        }
+    }
+}
+
+/// The odd polynomial of the vector loops' `tanh` for |x| < 0.625 (Cephes `tanhf`), in z = x².
+const TANH: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_909e-2,
+    -5.373_971_6e-2,
+    1.333_144_2e-1,
+    -3.333_328e-1,
+];
+
+/// A fused epilogue. `row` and `col` place an output in the routine's result (a product's
+/// row and column of C; a convolution's output channel as its row); `at` is its element
+/// offset, at which the residual is read too.
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue {
-    /// Per row, or null for none.
+    /// Per row (or per column with `cols`), or null for none.
     pub scale: *const f32,
-    /// Per row, or null for none.
+    /// Per row (or per column with `cols`), or null for none.
     pub shift: *const f32,
     /// Laid out as the output, or null for none.
     pub res: *const f32,
@@ -18,6 +78,10 @@ pub struct Epilogue {
     pub lo: f32,
     /// The upper clamp (+inf for none).
     pub hi: f32,
+    /// Whether `scale` and `shift` are per column.
+    pub cols: bool,
+    /// The activation last.
+    pub act: Act,
 }
 
 // SAFETY: the operands are only read, and the caller keeps them alive for the call.
@@ -32,16 +96,27 @@ impl Epilogue {
         res: std::ptr::null(),
         lo: f32::NEG_INFINITY,
         hi: f32::INFINITY,
+        cols: false,
+        act: Act::Identity,
     };
 
-    /// The epilogue of a routine's arguments.
-    pub fn new(scale: *const f32, shift: *const f32, res: *const f32, lo: f32, hi: f32) -> Self {
+    /// The epilogue of a routine's arguments (`cols` nonzero for per-column operands, `act`
+    /// as [`Act::of`]).
+    pub fn new(
+        (scale, shift, res): (*const f32, *const f32, *const f32),
+        lo: f32,
+        hi: f32,
+        cols: i64,
+        act: i64,
+    ) -> Self {
         Epilogue {
             scale,
             shift,
             res,
             lo,
             hi,
+            cols: cols != 0,
+            act: Act::of(act),
         }
     }
 
@@ -52,35 +127,39 @@ impl Epilogue {
             && self.res.is_null()
             && self.lo == f32::NEG_INFINITY
             && self.hi == f32::INFINITY
+            && self.act == Act::Identity
     }
 
-    /// The epilogue of the part of the output from row `rows` and element `at` on.
-    pub fn from(&self, rows: usize, at: usize) -> Epilogue {
+    /// The epilogue of the part of the output from row `rows`, column `cols` and element `at`
+    /// on.
+    pub fn from(&self, rows: usize, cols: usize, at: usize) -> Epilogue {
         let by = |p: *const f32, n: usize| if p.is_null() { p } else { p.wrapping_add(n) };
+        let n = if self.cols { cols } else { rows };
         Epilogue {
-            scale: by(self.scale, rows),
-            shift: by(self.shift, rows),
+            scale: by(self.scale, n),
+            shift: by(self.shift, n),
             res: by(self.res, at),
             ..*self
         }
     }
 
-    /// Row `i`'s scale and shift (`None` for absent ones).
+    /// The scale and shift of the output at row `i`, column `j` (`None` for absent ones).
     ///
     /// # Safety
-    /// Row `i` is inside the per-row operands.
+    /// Row `i` (column `j` with `cols`) is inside the per-row (per-column) operands.
     #[inline(always)]
-    pub(super) unsafe fn row(&self, i: usize) -> (Option<f32>, Option<f32>) {
+    unsafe fn coefs(&self, i: usize, j: usize) -> (Option<f32>, Option<f32>) {
+        let n = if self.cols { j } else { i };
         // SAFETY: forwarded.
         unsafe {
             (
-                (!self.scale.is_null()).then(|| *self.scale.add(i)),
-                (!self.shift.is_null()).then(|| *self.shift.add(i)),
+                (!self.scale.is_null()).then(|| *self.scale.add(n)),
+                (!self.shift.is_null()).then(|| *self.shift.add(n)),
             )
         }
     }
 
-    /// One output `x` of a row with scale `s` and shift `t`, its residual `r`.
+    /// One output `x` with scale and shift `(s, t)`, its residual `r`.
     #[inline(always)]
     fn one(&self, x: f32, (s, t): (Option<f32>, Option<f32>), r: Option<f32>) -> f32 {
         let mut y = x;
@@ -99,16 +178,16 @@ impl Epilogue {
         if self.hi != f32::INFINITY {
             y = super::rows::minimum(y, self.hi);
         }
-        y
+        self.act.one(y)
     }
 
     /// Applies it in place to a `rows`×`cols` block of the output at `c`, rows `ld` apart
-    /// (its first row being row 0 and its first element offset 0 of this epilogue: see
-    /// [`Epilogue::from`]).
+    /// (its first row, column and element being row 0, column 0 and offset 0 of this
+    /// epilogue: see [`Epilogue::from`]).
     ///
     /// # Safety
     /// The block is inside the output (and, with the same offsets, the residual); its rows
-    /// inside the per-row operands.
+    /// (columns) inside the per-row (per-column) operands.
     pub unsafe fn block(&self, c: *mut f32, ld: usize, rows: usize, cols: usize) {
         if self.is_none() {
             return;
@@ -131,14 +210,12 @@ impl Epilogue {
     /// As [`Epilogue::block`].
     unsafe fn scalar_block(&self, c: *mut f32, ld: usize, rows: usize, cols: usize) {
         for i in 0..rows {
-            // SAFETY: forwarded.
-            let st = unsafe { self.row(i) };
             for j in 0..cols {
                 let at = i * ld + j;
                 // SAFETY: (i, j) is inside the block.
                 unsafe {
                     let r = (!self.res.is_null()).then(|| *self.res.add(at));
-                    *c.add(at) = self.one(*c.add(at), st, r);
+                    *c.add(at) = self.one(*c.add(at), self.coefs(i, j), r);
                 }
             }
         }
@@ -147,12 +224,39 @@ impl Epilogue {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
-    use super::Epilogue;
-    use crate::routines::rows::avx512::key;
+    use super::{Act, Epilogue, TANH};
+    use crate::routines::rows::avx512::{exp16, key};
     use std::arch::x86_64::*;
 
-    /// The epilogue on 16 outputs `v` of one row (scale `s`, shift `t`; lanes in `m`), whose
-    /// residual is at `r`.
+    /// Scale and shift vectors for the 16 outputs of row `i` from column `j` (lanes in `m`).
+    ///
+    /// # Safety
+    /// AVX-512F available; row `i` (columns `j..` in `m`) inside the per-row (per-column)
+    /// operands.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn coefs(
+        e: &Epilogue,
+        i: usize,
+        j: usize,
+        m: __mmask16,
+    ) -> (Option<__m512>, Option<__m512>) {
+        // SAFETY: forwarded.
+        unsafe {
+            let v = |p: *const f32| {
+                (!p.is_null()).then(|| {
+                    if e.cols {
+                        _mm512_maskz_loadu_ps(m, p.add(j))
+                    } else {
+                        _mm512_set1_ps(*p.add(i))
+                    }
+                })
+            };
+            (v(e.scale), v(e.shift))
+        }
+    }
+
+    /// The epilogue on 16 outputs `v` (scale and shift `s`, `t`; lanes in `m`), whose residual
+    /// is at `r`.
     ///
     /// # Safety
     /// AVX-512F available; with a residual, the lanes in `m` readable from `r`.
@@ -160,17 +264,17 @@ pub(super) mod avx512 {
     pub(in crate::routines) unsafe fn apply(
         e: &Epilogue,
         mut v: __m512,
-        (s, t): (Option<f32>, Option<f32>),
+        (s, t): (Option<__m512>, Option<__m512>),
         r: *const f32,
         m: __mmask16,
     ) -> __m512 {
         // SAFETY: the CPU has AVX-512F; the residual's lanes are readable.
         unsafe {
             if let Some(s) = s {
-                v = _mm512_mul_ps(v, _mm512_set1_ps(s));
+                v = _mm512_mul_ps(v, s);
             }
             if let Some(t) = t {
-                v = _mm512_add_ps(v, _mm512_set1_ps(t));
+                v = _mm512_add_ps(v, t);
             }
             if !e.res.is_null() {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r));
@@ -181,7 +285,11 @@ pub(super) mod avx512 {
             if e.hi != f32::INFINITY {
                 v = extreme(v, e.hi, true);
             }
-            v
+            match e.act {
+                Act::Identity => v,
+                Act::Sigmoid => sigmoid(v),
+                Act::Tanh => tanh(v),
+            }
         }
     }
 
@@ -203,6 +311,52 @@ pub(super) mod avx512 {
         }
     }
 
+    /// The vector loops' `sigmoid`: `e = exp(-|x|)`, then `1 / (1 + e)` for `x >= 0` and
+    /// `e / (1 + e)` otherwise.
+    #[inline(always)]
+    fn sigmoid(x: __m512) -> __m512 {
+        // SAFETY: only called from AVX-512 code.
+        unsafe {
+            let a = _mm512_abs_ps(x);
+            let e = exp16(bits(a, _mm512_set1_epi32(i32::MIN), _mm512_xor_si512));
+            let one = _mm512_set1_ps(1.0);
+            let d = _mm512_add_ps(one, e);
+            let pos = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_setzero_ps());
+            _mm512_div_ps(_mm512_mask_blend_ps(pos, e, one), d)
+        }
+    }
+
+    /// The vector loops' `tanh`: the odd polynomial below 0.625, `1 - 2 / (exp(2|x|) + 1)`
+    /// beyond, each with the sign of x.
+    #[inline(always)]
+    fn tanh(x: __m512) -> __m512 {
+        // SAFETY: only called from AVX-512 code.
+        unsafe {
+            let z = _mm512_mul_ps(x, x);
+            let mut p = _mm512_set1_ps(TANH[0]);
+            for &c in &TANH[1..] {
+                p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(c));
+            }
+            let small = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, z), x), x);
+            let a = _mm512_abs_ps(x);
+            let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+            let small = bits(_mm512_abs_ps(small), sign, _mm512_or_si512);
+            let e = exp16(_mm512_add_ps(a, a));
+            let one = _mm512_set1_ps(1.0);
+            let q = _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one));
+            let big = bits(_mm512_sub_ps(one, q), sign, _mm512_or_si512);
+            let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(0.625));
+            _mm512_mask_blend_ps(is_small, big, small)
+        }
+    }
+
+    /// `op` on the bits of `v` and `m` (AVX-512F has the integer forms only).
+    #[inline(always)]
+    fn bits(v: __m512, m: __m512i, op: unsafe fn(__m512i, __m512i) -> __m512i) -> __m512 {
+        // SAFETY: only called from AVX-512 code, with AVX-512F operations.
+        unsafe { _mm512_castsi512_ps(op(_mm512_castps_si512(v), m)) }
+    }
+
     /// [`Epilogue::block`] in 16-lane registers.
     ///
     /// # Safety
@@ -210,19 +364,18 @@ pub(super) mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block(e: &Epilogue, c: *mut f32, ld: usize, rows: usize, cols: usize) {
         for i in 0..rows {
-            // SAFETY: row i is inside the block and the per-row operands.
-            unsafe {
-                let st = e.row(i);
-                let mut j = 0;
-                while j < cols {
-                    let n = (cols - j).min(16);
-                    let m: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
-                    let at = i * ld + j;
+            let mut j = 0;
+            while j < cols {
+                let n = (cols - j).min(16);
+                let m: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
+                let at = i * ld + j;
+                // SAFETY: (i, j..j + n) is inside the block and its operands.
+                unsafe {
                     let v = _mm512_maskz_loadu_ps(m, c.add(at));
-                    let v = apply(e, v, st, e.res.wrapping_add(at), m);
+                    let v = apply(e, v, coefs(e, i, j, m), e.res.wrapping_add(at), m);
                     _mm512_mask_storeu_ps(c.add(at), m, v);
-                    j += 16;
                 }
+                j += 16;
             }
         }
     }
@@ -230,9 +383,35 @@ pub(super) mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
-    use super::Epilogue;
-    use crate::routines::rows::avx2::key;
+    use super::{Act, Epilogue, TANH};
+    use crate::routines::rows::avx2::{exp8, key};
     use std::arch::x86_64::*;
+
+    /// [`super::avx512::coefs`] for 8 lanes (`m` the mask of lanes inside).
+    ///
+    /// # Safety
+    /// AVX2 available; as [`super::avx512::coefs`].
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn coefs(
+        e: &Epilogue,
+        i: usize,
+        j: usize,
+        m: __m256i,
+    ) -> (Option<__m256>, Option<__m256>) {
+        // SAFETY: forwarded.
+        unsafe {
+            let v = |p: *const f32| {
+                (!p.is_null()).then(|| {
+                    if e.cols {
+                        _mm256_maskload_ps(p.add(j), m)
+                    } else {
+                        _mm256_set1_ps(*p.add(i))
+                    }
+                })
+            };
+            (v(e.scale), v(e.shift))
+        }
+    }
 
     /// [`super::avx512::apply`] for 8 lanes: `m` the mask of lanes inside (all ones for 8).
     ///
@@ -242,17 +421,17 @@ pub(super) mod avx2 {
     pub(in crate::routines) unsafe fn apply(
         e: &Epilogue,
         mut v: __m256,
-        (s, t): (Option<f32>, Option<f32>),
+        (s, t): (Option<__m256>, Option<__m256>),
         r: *const f32,
         m: __m256i,
     ) -> __m256 {
         // SAFETY: the CPU has AVX2; the residual's lanes are readable.
         unsafe {
             if let Some(s) = s {
-                v = _mm256_mul_ps(v, _mm256_set1_ps(s));
+                v = _mm256_mul_ps(v, s);
             }
             if let Some(t) = t {
-                v = _mm256_add_ps(v, _mm256_set1_ps(t));
+                v = _mm256_add_ps(v, t);
             }
             if !e.res.is_null() {
                 v = _mm256_add_ps(v, _mm256_maskload_ps(r, m));
@@ -263,7 +442,11 @@ pub(super) mod avx2 {
             if e.hi != f32::INFINITY {
                 v = extreme(v, e.hi, true);
             }
-            v
+            match e.act {
+                Act::Identity => v,
+                Act::Sigmoid => sigmoid(v),
+                Act::Tanh => tanh(v),
+            }
         }
     }
 
@@ -284,6 +467,45 @@ pub(super) mod avx2 {
         }
     }
 
+    /// [`super::avx512`]'s `sigmoid` for 8 lanes.
+    #[inline(always)]
+    unsafe fn sigmoid(x: __m256) -> __m256 {
+        // SAFETY: only called from AVX2 code.
+        unsafe {
+            let a = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)));
+            let e = exp8(_mm256_xor_ps(a, _mm256_set1_ps(-0.0)));
+            let one = _mm256_set1_ps(1.0);
+            let d = _mm256_add_ps(one, e);
+            let pos = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_setzero_ps());
+            _mm256_div_ps(_mm256_blendv_ps(e, one, pos), d)
+        }
+    }
+
+    /// [`super::avx512`]'s `tanh` for 8 lanes.
+    #[inline(always)]
+    unsafe fn tanh(x: __m256) -> __m256 {
+        // SAFETY: only called from AVX2 code.
+        unsafe {
+            let abs =
+                |v: __m256| _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)));
+            let z = _mm256_mul_ps(x, x);
+            let mut p = _mm256_set1_ps(TANH[0]);
+            for &c in &TANH[1..] {
+                p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
+            }
+            let small = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, z), x), x);
+            let a = abs(x);
+            let sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0));
+            let small = _mm256_or_ps(abs(small), sign);
+            let e = exp8(_mm256_add_ps(a, a));
+            let one = _mm256_set1_ps(1.0);
+            let q = _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one));
+            let big = _mm256_or_ps(_mm256_sub_ps(one, q), sign);
+            let is_small = _mm256_cmp_ps::<_CMP_LT_OQ>(a, _mm256_set1_ps(0.625));
+            _mm256_blendv_ps(big, small, is_small)
+        }
+    }
+
     /// [`Epilogue::block`] in 8-lane registers.
     ///
     /// # Safety
@@ -292,19 +514,18 @@ pub(super) mod avx2 {
     pub(super) unsafe fn block(e: &Epilogue, c: *mut f32, ld: usize, rows: usize, cols: usize) {
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         for i in 0..rows {
-            // SAFETY: row i is inside the block and the per-row operands.
-            unsafe {
-                let st = e.row(i);
-                let mut j = 0;
-                while j < cols {
-                    let n = (cols - j).min(8);
-                    let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
-                    let at = i * ld + j;
+            let mut j = 0;
+            while j < cols {
+                let n = (cols - j).min(8);
+                let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
+                let at = i * ld + j;
+                // SAFETY: (i, j..j + n) is inside the block and its operands.
+                unsafe {
                     let v = _mm256_maskload_ps(c.add(at), m);
-                    let v = apply(e, v, st, e.res.wrapping_add(at), m);
+                    let v = apply(e, v, coefs(e, i, j, m), e.res.wrapping_add(at), m);
                     _mm256_maskstore_ps(c.add(at), m, v);
-                    j += 8;
                 }
+                j += 8;
             }
         }
     }
@@ -333,54 +554,70 @@ mod tests {
         let (rows, cols, ld) = (5, 37, 41);
         let x = values(rows * ld);
         let res = values(rows * ld + 3);
-        let scale: Vec<f32> = (0..rows).map(|i| 0.5 + i as f32).collect();
-        let shift: Vec<f32> = (0..rows).map(|i| i as f32 - 2.0).collect();
-        for (lo, hi) in [
+        let scale: Vec<f32> = (0..ld).map(|i| 0.5 + (i % 7) as f32).collect();
+        let shift: Vec<f32> = (0..ld).map(|i| (i % 5) as f32 - 2.0).collect();
+        let clamps = [
             (0.0, 6.0),
             (-0.0, f32::INFINITY),
             (f32::NEG_INFINITY, 0.0),
             (f32::NEG_INFINITY, f32::INFINITY),
-        ] {
-            for parts in 0..8 {
+        ];
+        let acts = [Act::Identity, Act::Sigmoid, Act::Tanh];
+        for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
+            for parts in 0..16 {
+                let by_col = parts & 8 != 0;
+                let given = |bit: usize, p: *const f32| {
+                    if parts & bit != 0 {
+                        p
+                    } else {
+                        std::ptr::null()
+                    }
+                };
                 let e = Epilogue {
-                    scale: if parts & 1 != 0 {
-                        scale.as_ptr()
-                    } else {
-                        std::ptr::null()
-                    },
-                    shift: if parts & 2 != 0 {
-                        shift.as_ptr()
-                    } else {
-                        std::ptr::null()
-                    },
-                    res: if parts & 4 != 0 {
-                        res.as_ptr()
-                    } else {
-                        std::ptr::null()
-                    },
+                    scale: given(1, scale.as_ptr()),
+                    shift: given(2, shift.as_ptr()),
+                    res: given(4, res.as_ptr()),
                     lo,
                     hi,
+                    cols: by_col,
+                    act,
                 };
                 let mut want = x.clone();
                 for i in 0..rows {
                     for j in 0..cols {
+                        let n = if by_col { j } else { i };
                         let mut y = x[i * ld + j];
                         if parts & 1 != 0 {
-                            y *= scale[i];
+                            y *= scale[n];
                         }
                         if parts & 2 != 0 {
-                            y += shift[i];
+                            y += shift[n];
                         }
                         if parts & 4 != 0 {
                             y += res[i * ld + j];
                         }
                         y = super::super::rows::maximum(y, lo);
-                        want[i * ld + j] = super::super::rows::minimum(y, hi);
+                        y = super::super::rows::minimum(y, hi);
+                        // The activation lane by lane, as the vector loops compute it, and
+                        // within a few ulp of the exact function.
+                        let z = act.one(y);
+                        let exact = match act {
+                            Act::Identity => y as f64,
+                            Act::Sigmoid => 1.0 / (1.0 + (-(y as f64)).exp()),
+                            Act::Tanh => (y as f64).tanh(),
+                        };
+                        assert!(
+                            (z as f64 - exact).abs()
+                                <= 4.0 * f32::EPSILON as f64 * exact.abs().max(1e-30) + 1e-37
+                                || (z.is_nan() && exact.is_nan()),
+                            "{act:?}({y}) = {z}, not {exact}"
+                        );
+                        want[i * ld + j] = z;
                     }
                 }
                 let mut got = Vec::new();
                 let mut c = x.clone();
-                // SAFETY: the block is inside c, res and the per-row operands.
+                // SAFETY: the block is inside c, res and the per-row (per-column) operands.
                 unsafe { e.scalar_block(c.as_mut_ptr(), ld, rows, cols) };
                 got.push(c);
                 #[cfg(target_arch = "x86_64")]
@@ -402,7 +639,7 @@ mod tests {
                     for (k, (a, b)) in g.iter().zip(&want).enumerate() {
                         assert!(
                             a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                            "parts {parts} lo {lo} hi {hi} at {k}: {a} vs {b}"
+                            "parts {parts} lo {lo} hi {hi} {act:?} at {k}: {a} vs {b}"
                         );
                     }
                 }

@@ -110,10 +110,12 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     m: i64,
     n: i64,
     k: i64,
+    cols: i64,
+    act: i64,
     lo: f32,
     hi: f32,
 ) {
-    let epi = Epilogue::new(scale, shift, res, lo, hi);
+    let epi = Epilogue::new((scale, shift, res), lo, hi, cols, act);
     // SAFETY: forwarded.
     unsafe { product(a, b, bp, c, a_rs, a_cs, b_rs, b_cs, ldc, m, n, k, &epi) }
 }
@@ -245,7 +247,7 @@ pub(crate) unsafe fn product(
                     k,
                     0,
                     panels,
-                    &epi.from(r0, r0 * ldc),
+                    &epi.from(r0, 0, r0 * ldc),
                 )
             }
         } else {
@@ -322,7 +324,7 @@ unsafe fn columns(
     // The epilogue of the tile at (i, j), on the last block of k only.
     let last = k.saturating_sub(1) / KC * KC;
     let tile_epi = |pc: usize, i: usize, j: usize| {
-        (pc == last && !epi.is_none()).then(|| epi.from(i, i * ldc + j))
+        (pc == last && !epi.is_none()).then(|| epi.from(i, j, i * ldc + j))
     };
     let avx = crate::avx2_fma();
     let wide = wide();
@@ -1118,8 +1120,10 @@ unsafe fn micro_avx2<const PACKED: bool>(kc: usize, a: ARows, b: *const f32, bs:
                     r1 = _mm256_add_ps(r1, _mm256_loadu_ps(d.add(8)));
                 }
                 if let Some(e) = &epi {
-                    let (st, r) = (e.row(ii), e.res.wrapping_add(ii * ld));
+                    let r = e.res.wrapping_add(ii * ld);
+                    let st = epilogue::avx2::coefs(e, ii, 0, all);
                     r0 = epilogue::avx2::apply(e, r0, st, r, all);
+                    let st = epilogue::avx2::coefs(e, ii, 8, all);
                     r1 = epilogue::avx2::apply(e, r1, st, r.wrapping_add(8), all);
                 }
                 _mm256_storeu_ps(d, r0);
@@ -1147,7 +1151,8 @@ unsafe fn micro_avx2<const PACKED: bool>(kc: usize, a: ARows, b: *const f32, bs:
                     r
                 };
                 if let Some(e) = &epi {
-                    r = epilogue::avx2::apply(e, r, e.row(ii), e.res.wrapping_add(at), m);
+                    let st = epilogue::avx2::coefs(e, ii, 8 * h, m);
+                    r = epilogue::avx2::apply(e, r, st, e.res.wrapping_add(at), m);
                 }
                 _mm256_maskstore_ps(d, m, r);
             }
@@ -1207,8 +1212,6 @@ unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
         epi,
     } = out;
     for i in 0..(R * MR).min(rows) {
-        // SAFETY: row i of the tile is inside the epilogue's per-row operands.
-        let st = epi.as_ref().map(|e| unsafe { e.row(i) });
         for q in 0..C {
             let mut v = acc[i * 2 + q];
             let n = cols.saturating_sub(q * NR).min(NR);
@@ -1220,11 +1223,13 @@ unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
             unsafe {
                 let at = i * ld + q * NR;
                 let d = p.add(at);
+                // The tile's row i and columns q·NR.. are inside the epilogue's operands.
                 if n == NR {
                     if add {
                         v = _mm512_add_ps(v, _mm512_loadu_ps(d));
                     }
-                    if let (Some(e), Some(st)) = (&epi, st) {
+                    if let Some(e) = &epi {
+                        let st = epilogue::avx512::coefs(e, i, q * NR, !0);
                         v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), !0);
                     }
                     _mm512_storeu_ps(d, v);
@@ -1233,7 +1238,8 @@ unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
                     if add {
                         v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d));
                     }
-                    if let (Some(e), Some(st)) = (&epi, st) {
+                    if let Some(e) = &epi {
+                        let st = epilogue::avx512::coefs(e, i, q * NR, m);
                         v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), m);
                     }
                     _mm512_mask_storeu_ps(d, m, v);
@@ -1293,6 +1299,7 @@ unsafe fn micro_avx2<const PACKED: bool>(_: usize, _: ARows, _: *const f32, _: u
 
 #[cfg(test)]
 mod tests {
+    use super::epilogue::Act;
     use super::*;
 
     fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, bt: bool) -> Vec<f32> {
@@ -1345,17 +1352,20 @@ mod tests {
                     (t > 1).then(|| std::sync::Arc::new(crate::threads::Pool::new(t - 1).unwrap()));
                 // Rows of C apart by more than n in some cases (the rest must stay untouched).
                 let ldc = n + t - 1;
-                // At two threads, every part of the epilogue.
-                let scale: Vec<f32> = (0..m).map(|_| 1.0 + rnd()).collect();
-                let shift: Vec<f32> = (0..m).map(|_| rnd()).collect();
+                // At two threads, every part of the epilogue, per row; at three, per column
+                // with a sigmoid.
+                let scale: Vec<f32> = (0..m.max(n)).map(|_| 1.0 + rnd()).collect();
+                let shift: Vec<f32> = (0..m.max(n)).map(|_| rnd()).collect();
                 let res: Vec<f32> = (0..m * ldc).map(|_| rnd()).collect();
-                let epi = if t == 2 {
+                let epi = if t >= 2 {
                     Epilogue {
                         scale: scale.as_ptr(),
                         shift: shift.as_ptr(),
                         res: res.as_ptr(),
                         lo: -0.3,
                         hi: 0.2,
+                        cols: t == 3,
+                        act: if t == 3 { Act::Sigmoid } else { Act::Identity },
                     }
                 } else {
                     Epilogue::NONE
@@ -1393,17 +1403,23 @@ mod tests {
                         m as i64,
                         n as i64,
                         k as i64,
+                        i64::from(epi.cols),
+                        epi.act as i64,
                         epi.lo,
                         epi.hi,
                     )
                 });
                 let mut want = naive(&a, &b, m, n, k, bt);
-                if t == 2 {
+                if t >= 2 {
                     for i in 0..m {
                         for j in 0..n {
                             let y = &mut want[i * n + j];
-                            *y = ((*y * scale[i]) + shift[i]) + res[i * ldc + j];
+                            let c = if t == 3 { j } else { i };
+                            *y = ((*y * scale[c]) + shift[c]) + res[i * ldc + j];
                             *y = y.clamp(-0.3, 0.2);
+                            if t == 3 {
+                                *y = 1.0 / (1.0 + (-*y).exp());
+                            }
                         }
                     }
                 }
@@ -1444,16 +1460,20 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let bp = pack_b(&b, n as i64, 1, k, n).expect("inside b");
-            // With an epilogue of every part (its vector code compared too).
-            let scale: Vec<f32> = (0..m).map(|_| 1.0 + rnd()).collect();
-            let shift: Vec<f32> = (0..m).map(|_| rnd()).collect();
+            // With an epilogue of every part (its vector code compared too): per row, or
+            // per column with a tanh.
+            let scale: Vec<f32> = (0..m.max(n)).map(|_| 1.0 + rnd()).collect();
+            let shift: Vec<f32> = (0..m.max(n)).map(|_| rnd()).collect();
             let res: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            let by_col = m % 2 == 1;
             let epi = Epilogue {
                 scale: scale.as_ptr(),
                 shift: shift.as_ptr(),
                 res: res.as_ptr(),
                 lo: -0.3,
                 hi: 0.2,
+                cols: by_col,
+                act: if by_col { Act::Tanh } else { Act::Identity },
             };
             let run = |narrow: bool, packed: bool| {
                 AVX2_ONLY.with(|c| c.set(narrow));
@@ -1467,9 +1487,10 @@ mod tests {
                 unsafe {
                     let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
                     let e = &epi;
+                    let (cols, act) = (i64::from(e.cols), e.act as i64);
                     kiln_sgemm_packed(
                         a, b, bp, c, e.scale, e.shift, e.res, k as i64, 1, n as i64, 1, n as i64,
-                        m as i64, n as i64, k as i64, e.lo, e.hi,
+                        m as i64, n as i64, k as i64, cols, act, e.lo, e.hi,
                     )
                 };
                 AVX2_ONLY.with(|c| c.set(false));

@@ -138,7 +138,9 @@ pub static ROUTINES: [Routine; 8] = [
             ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
-        ints: &["a_rs", "a_cs", "b_rs", "b_cs", "c_rs", "m", "n", "k"],
+        ints: &[
+            "a_rs", "a_cs", "b_rs", "b_cs", "c_rs", "m", "n", "k", "cols", "act",
+        ],
         scalars: EPILOGUE,
         result: None,
         cost: |i| i[5] * i[6] * i[7],
@@ -152,7 +154,10 @@ pub static ROUTINES: [Routine; 8] = [
                     let len = gemm::packed_len(k as usize, n as usize);
                     (0, len as i64 - 1)
                 }),
-                4 | 5 => (m > 0 && n > 0).then_some((0, m - 1)),
+                4 | 5 => {
+                    let len = if i[8] != 0 { n } else { m };
+                    (m > 0 && n > 0).then_some((0, len - 1))
+                }
                 _ => span(&[(m, i[4]), (n, 1)]),
             }
         },
@@ -174,13 +179,16 @@ pub static ROUTINES: [Routine; 8] = [
                 i[5],
                 i[6],
                 i[7],
+                i[8],
+                i[9],
                 s[0] as f32,
                 s[1] as f32,
             );
             0.0
         },
         doc: "c[i*c_rs + j] = E(Σ_l a[i*a_rs + l*a_cs] · b[l*b_rs + j*b_cs]) for i < m, j < n, \
-              l < k (f32; c_rs >= n), E the epilogue of row i at offset i*c_rs + j; b_packed, \
+              l < k (f32; c_rs >= n), E the epilogue of row i (column j when cols is 1) at offset \
+              i*c_rs + j; b_packed, \
               when given, is b packed by gemm::pack_b for this k and n, and b is then not read",
     },
     Routine {
@@ -196,7 +204,7 @@ pub static ROUTINES: [Routine; 8] = [
         ],
         replaces: None,
         ints: &[
-            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw",
+            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "act",
         ],
         scalars: EPILOGUE,
         result: None,
@@ -243,6 +251,7 @@ pub static ROUTINES: [Routine; 8] = [
                 i[9],
                 i[10],
                 i[11],
+                i[12],
                 s[0] as f32,
                 s[1] as f32,
             );
@@ -266,7 +275,7 @@ pub static ROUTINES: [Routine; 8] = [
         replaces: None,
         ints: &[
             "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "y0",
-            "rows",
+            "rows", "act",
         ],
         scalars: EPILOGUE,
         result: None,
@@ -322,6 +331,7 @@ pub static ROUTINES: [Routine; 8] = [
                 i[13],
                 i[14],
                 i[15],
+                i[16],
                 s[0] as f32,
                 s[1] as f32,
             );
@@ -499,9 +509,10 @@ pub static ROUTINES: [Routine; 8] = [
 ];
 
 /// The scalar arguments of a fused [`epilogue`] (after the optional operands `scale`, `shift`
-/// and `res`): `E(x) = min(max((x·scale[row] + shift[row]) + res[at], lo), hi)`, each part
-/// absent when its operand is (lo = -inf and hi = +inf for no clamp), each step rounded as
-/// the elementwise operations it stands for.
+/// and `res`, and the integer `act`): `E(x) = act(min(max((x·scale[row] + shift[row]) +
+/// res[at], lo), hi))`, each part absent when its operand is (lo = -inf and hi = +inf for no
+/// clamp; `act` 0 identity, 1 sigmoid, 2 tanh), each step rounded as the elementwise
+/// operations it stands for.
 const EPILOGUE: &[(&str, ir::DType)] = &[("lo", ir::DType::F32), ("hi", ir::DType::F32)];
 
 /// The lowest and highest offset of `Σ idx_d · stride_d` over `idx_d < size_d` (`None` when a

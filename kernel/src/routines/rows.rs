@@ -123,7 +123,7 @@ pub const P: [f32; 6] = [
 ];
 
 /// One lane of the JIT's vector `exp` (with fused multiply-adds in the polynomial).
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     // NaN stays NaN.
     let x = x.clamp(-104.0, 89.0);
     let tm = x * LOG2E + MAGIC;
@@ -221,7 +221,7 @@ pub(super) mod avx2 {
 
     /// Eight lanes of the JIT's `exp`.
     #[inline(always)]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    pub(in crate::routines) unsafe fn exp8(x: __m256) -> __m256 {
         use super::{C1, C2, LOG2E, MAGIC, P};
         unsafe {
             let lo = _mm256_set1_ps(-104.0);
@@ -320,7 +320,7 @@ pub(super) mod avx512 {
     /// Sixteen lanes of the JIT's `exp`: [`super::avx2`]'s `exp8` operation for operation.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn exp16(x: __m512) -> __m512 {
+    pub(in crate::routines) fn exp16(x: __m512) -> __m512 {
         use super::{C1, C2, LOG2E, MAGIC, P};
         let lo = _mm512_set1_ps(-104.0);
         let hi = _mm512_set1_ps(89.0);

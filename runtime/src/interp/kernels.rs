@@ -245,7 +245,7 @@ mod tests {
     v1: f64 = add(v1, cast<f64>(x[v0]))
   }
   s[0] = v1
-  call gemm(a: x[0], b: x[1], b_packed: -, c: c[0], scale: -, shift: -, res: -; a_rs=1 a_cs=1 b_rs=1 b_cs=1 c_rs=1 m=1 n=1 k=2 lo=-inf:f32 hi=inf:f32)
+  call gemm(a: x[0], b: x[1], b_packed: -, c: c[0], scale: -, shift: -, res: -; a_rs=1 a_cs=1 b_rs=1 b_cs=1 c_rs=1 m=1 n=1 k=2 cols=0 act=0 lo=-inf:f32 hi=inf:f32)
   check lt({n}, 3) else 7
   y[0] = 0.0:f32
 }",
@@ -285,7 +285,7 @@ mod tests {
         );
         let wide = calls(
             "call gemm(a: x[0], b: x[0], b_packed: -, c: y[0], scale: -, shift: -, res: -; a_rs=2 a_cs=1 \
-             b_rs=2 b_cs=1 c_rs=2 m=2 n=2 k=3 lo=-inf:f32 hi=inf:f32)",
+             b_rs=2 b_cs=1 c_rs=2 m=2 n=2 k=3 cols=0 act=0 lo=-inf:f32 hi=inf:f32)",
         )
         .unwrap_err();
         assert!(wide.contains("operand `a` of `gemm`"), "{wide}");
