@@ -598,8 +598,9 @@ pub fn dot_graph(seed: u64) -> Option<Graph> {
     } else {
         vec![1, n]
     };
-    // No infinities among the per-column constants: the optimizer folds a scale of a
-    // product's columns into its weights, which an infinite scale turns into NaN.
+    // No infinities among the per-column constants: the optimizer folds a one-element scale
+    // of a product into its weights, which an infinite scale turns into NaN (x·(W·inf)
+    // sums +inf and -inf where (x·W)·inf is one infinity).
     let end = epilogue_steps(&mut b, rng, y, &per, false)?;
     b.output("y", end).ok()?;
     if below(rng, 3) == 0 {
