@@ -462,7 +462,7 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
 
 /// Elementwise steps after `y` (float), 1 to 4 in random order: those a routine applies as
 /// it stores (scale and shift per channel — constants of shape `per`, with awkward values
-/// mixed in if `awkward` — a residual, clamps, a sigmoid or tanh), in its order or not.
+/// mixed in if `awkward` — a residual, clamps, a sigmoid, tanh or GELU), in its order or not.
 fn epilogue_steps(
     b: &mut Builder,
     rng: &mut Rng,
@@ -480,6 +480,16 @@ fn epilogue_steps(
                 Op::Tanh
             };
             y = b.unary(op, y).ok()?;
+            continue;
+        }
+        if below(rng, 8) == 0 {
+            // GELU as exporters write it: y · (erf(y / √2) + 1).
+            let r2 = b.scalar_like(f64::from(std::f32::consts::SQRT_2), y).ok()?;
+            let d = b.div(y, r2).ok()?;
+            let e = b.unary(Op::Erf, d).ok()?;
+            let one = b.scalar_like(1.0, e).ok()?;
+            let a = b.add(e, one).ok()?;
+            y = b.mul(y, a).ok()?;
             continue;
         }
         let other = match below(rng, 5) {

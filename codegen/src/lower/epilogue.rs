@@ -6,7 +6,7 @@
 use super::*;
 
 /// The steps of an epilogue, in the only order a routine applies them: `x·scale`, `+ shift`,
-/// `+ res`, `max(·, lo)`, `min(·, hi)`, then a sigmoid or tanh.
+/// `+ res`, `max(·, lo)`, `min(·, hi)`, then a sigmoid, tanh or GELU.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Scale,
@@ -21,6 +21,8 @@ enum Step {
 /// channel), a residual laid out as the result (all inputs of the kernel), constant clamps.
 pub(super) struct Chain {
     pub(super) end: Value,
+    /// The values between the start and the end (computed by no one).
+    pub(super) inner: Vec<Value>,
     scale: Option<BufId>,
     shift: Option<BufId>,
     res: Option<BufId>,
@@ -28,6 +30,7 @@ pub(super) struct Chain {
     hi: f64,
     /// Whether scale and shift are per column (a product's last axis) rather than per row.
     cols: bool,
+    /// The activation last: 0 none, 1 sigmoid, 2 tanh, 3 GELU.
     act: i64,
 }
 
@@ -90,6 +93,7 @@ impl Lowering<'_> {
         let outputs: Vec<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
         let mut chain = Chain {
             end: v,
+            inner: Vec::new(),
             scale: None,
             shift: None,
             res: None,
@@ -101,6 +105,12 @@ impl Lowering<'_> {
         let mut last: Option<Step> = None;
         let mut at = v;
         loop {
+            if let Some((end, inner)) = self.gelu(at, &outputs) {
+                chain.act = 3;
+                chain.end = end;
+                chain.inner.extend(inner);
+                break;
+            }
             if outputs.contains(&at) || self.reads.get(&at).copied().unwrap_or(0) != 1 {
                 break;
             }
@@ -129,6 +139,7 @@ impl Lowering<'_> {
             };
             if act != 0 && args == [at] {
                 chain.act = act;
+                chain.inner.push(at);
                 chain.end = next;
                 break;
             }
@@ -191,9 +202,81 @@ impl Lowering<'_> {
                 Step::Hi => chain.hi = constant.unwrap_or(f64::INFINITY),
             }
             last = Some(step);
+            chain.inner.push(at);
             chain.end = next;
             at = next;
         }
         (chain.end != v).then_some(chain)
+    }
+
+    /// The end of `x · (erf(x / √2) + 1)` after `x` (GELU as exporters write it, its ½
+    /// folded elsewhere) and the values in it, when that is how `x` is read — twice, by the
+    /// division and the product — and no value in it is read elsewhere or an output.
+    fn gelu(&self, x: Value, outputs: &[Value]) -> Option<(Value, [Value; 4])> {
+        let g = self.g;
+        let users = |v: Value| -> Vec<NodeId> {
+            (self.order.iter())
+                .copied()
+                .filter(|&id| g.node(id).inputs().contains(&v))
+                .collect()
+        };
+        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
+        let (shape, dtype) = (&self.ty(x).shape, self.ty(x).dtype);
+        let same = |v: Value| self.ty(v).shape == *shape && self.ty(v).dtype == dtype;
+        if outputs.contains(&x) || self.reads.get(&x) != Some(&2) {
+            return None;
+        }
+        let [a, b] = users(x)[..] else {
+            return None;
+        };
+        let (div, mul) = match (g.node(a).op(), g.node(b).op()) {
+            (Op::Div, Op::Mul) => (a, b),
+            (Op::Mul, Op::Div) => (b, a),
+            _ => return None,
+        };
+        let (div_v, mul_v) = (Value::new(div, 0), Value::new(mul, 0));
+        let &[num, den] = g.node(div).inputs() else {
+            return None;
+        };
+        let sqrt2 = f64::from(std::f32::consts::SQRT_2);
+        let constant = |v: Value, c: f64| scalar_value(g, v) == Some(c);
+        if num != x || !constant(den, sqrt2) || !once(div_v) || !same(div_v) {
+            return None;
+        }
+        let [erf] = users(div_v)[..] else {
+            return None;
+        };
+        let erf_v = Value::new(erf, 0);
+        if !matches!(g.node(erf).op(), Op::Erf) || !once(erf_v) || !same(erf_v) {
+            return None;
+        }
+        let [add] = users(erf_v)[..] else {
+            return None;
+        };
+        let add_v = Value::new(add, 0);
+        let &[p, q] = g.node(add).inputs() else {
+            return None;
+        };
+        let one = if p == erf_v { q } else { p };
+        let fits = matches!(g.node(add).op(), Op::Add) && once(add_v) && same(add_v);
+        if !fits || !constant(one, 1.0) {
+            return None;
+        }
+        let ins = g.node(mul).inputs();
+        let product = ins.len() == 2 && ins.contains(&x) && ins.contains(&add_v) && same(mul_v);
+        product.then_some((mul_v, [x, div_v, erf_v, add_v]))
+    }
+}
+
+/// The value of `v` when it is a one-element constant (seen through views).
+fn scalar_value(g: &Graph, mut v: Value) -> Option<f64> {
+    while is_view(g.node(v.node).op()) {
+        v = g.node(v.node).inputs()[0];
+    }
+    match g.node(v.node).op() {
+        Op::Constant { value } if value.tensor.numel() == 1 => {
+            value.tensor.to_f64_vec().first().copied()
+        }
+        _ => None,
     }
 }

@@ -77,7 +77,8 @@ struct Lowering<'g> {
     reads: HashMap<Value, usize>,
     order: Vec<NodeId>,
     machine: Machine,
-    /// Values already computed by a routine's fused epilogue.
+    /// Values already computed by a routine's fused epilogue, or never needed on their own
+    /// (the steps inside one).
     fused: HashSet<Value>,
 }
 
@@ -370,6 +371,7 @@ impl<'g> Lowering<'g> {
         self.bufs.remove(&v);
         self.bufs.insert(end, b);
         self.fused.insert(end);
+        self.fused.extend(chain.inner.iter().copied());
         Ok(())
     }
 

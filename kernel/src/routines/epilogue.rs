@@ -12,15 +12,18 @@ pub enum Act {
     Identity = 0,
     Sigmoid = 1,
     Tanh = 2,
+    /// `x · (erf(x / √2) + 1)`: GELU as exporters write it (its ½ folded elsewhere).
+    Gelu = 3,
 }
 
 impl Act {
-    /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh; others
-    /// identity).
+    /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh, 3 GELU;
+    /// others identity).
     pub fn of(code: i64) -> Act {
         match code {
             1 => Act::Sigmoid,
             2 => Act::Tanh,
+            3 => Act::Gelu,
             _ => Act::Identity,
         }
     }
@@ -50,12 +53,59 @@ impl Act {
                     big
                 }
             }
+            Act::Gelu => x * (erf(x / SQRT2) + 1.0),
         }
     }
 }
 
+/// √2 as GELU divides by it.
+const SQRT2: f32 = std::f32::consts::SQRT_2;
+
+/// The vector loops' `erf` for |x| < 0.921875: `x + x·P(x²)`.
+pub const ERF_SMALL: [f32; 7] = [
+    8.397_798e-5,
+    -8.149_806_5e-4,
+    5.201_716e-3,
+    -2.685_970_3e-2,
+    1.128_370_2e-1,
+    -3.761_263_5e-1,
+    1.283_791_7e-1,
+];
+
+/// The vector loops' `erf` beyond: `±(1 - exp(-t²)·Q(t - 2.4609375))`, `t = min(|x|, 4)`.
+pub const ERF_BIG: [f32; 9] = [
+    1.280_071_4e-4,
+    2.978_029e-4,
+    6.767_867_6e-4,
+    -6.601_632e-4,
+    2.408_800_2e-3,
+    -8.580_101e-3,
+    2.586_160_6e-2,
+    -7.632_656e-2,
+    2.137_508_7e-1,
+];
+
+/// Horner's rule with fused multiply-adds.
+fn poly(coefs: &[f32], x: f32) -> f32 {
+    coefs[1..].iter().fold(coefs[0], |p, &c| p.mul_add(x, c))
+}
+
+/// One lane of the vector loops' `erf`.
+fn erf(x: f32) -> f32 {
+    let small = x + x * poly(&ERF_SMALL, x * x);
+    let a = x.abs();
+    if a < 0.921_875 {
+        return small;
+    }
+    // NaN stays NaN.
+    let t = if 4.0 < a { 4.0 } else { a };
+    let q = poly(&ERF_BIG, t - 2.460_937_5);
+    let e = super::rows::exp(-(t * t));
+    (1.0 - e * q).copysign(x)
+}
+
 /// The odd polynomial of the vector loops' `tanh` for |x| < 0.625 (Cephes `tanhf`), in z = x².
-const TANH: [f32; 5] = [
+pub const TANH: [f32; 5] = [
     -5.704_988_7e-3,
     2.063_909e-2,
     -5.373_971_6e-2,
@@ -224,7 +274,7 @@ impl Epilogue {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
-    use super::{Act, Epilogue, TANH};
+    use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SQRT2, TANH};
     use crate::routines::rows::avx512::{exp16, key};
     use std::arch::x86_64::*;
 
@@ -289,7 +339,54 @@ pub(super) mod avx512 {
                 Act::Identity => v,
                 Act::Sigmoid => sigmoid(v),
                 Act::Tanh => tanh(v),
+                Act::Gelu => {
+                    let d = _mm512_div_ps(v, _mm512_set1_ps(SQRT2));
+                    _mm512_mul_ps(v, _mm512_add_ps(erf(d), _mm512_set1_ps(1.0)))
+                }
             }
+        }
+    }
+
+    /// Horner's rule with fused multiply-adds.
+    #[inline(always)]
+    fn poly(coefs: &[f32], x: __m512) -> __m512 {
+        // SAFETY: only called from AVX-512 code.
+        unsafe {
+            let mut p = _mm512_set1_ps(coefs[0]);
+            for &c in &coefs[1..] {
+                p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(c));
+            }
+            p
+        }
+    }
+
+    /// The vector loops' `erf` (both pieces, then each lane's).
+    #[inline(always)]
+    fn erf(x: __m512) -> __m512 {
+        // SAFETY: only called from AVX-512 code.
+        unsafe {
+            let small = _mm512_add_ps(x, _mm512_mul_ps(x, poly(&ERF_SMALL, _mm512_mul_ps(x, x))));
+            let a = _mm512_abs_ps(x);
+            let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(0.921_875));
+            if is_small == !0 {
+                return small;
+            }
+            let four = _mm512_set1_ps(4.0);
+            let t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(four, a), a, four);
+            let q = poly(&ERF_BIG, _mm512_sub_ps(t, _mm512_set1_ps(2.460_937_5)));
+            let nt2 = bits(
+                _mm512_mul_ps(t, t),
+                _mm512_set1_epi32(i32::MIN),
+                _mm512_xor_si512,
+            );
+            let eq = _mm512_mul_ps(exp16(nt2), q);
+            let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+            let big = bits(
+                _mm512_sub_ps(_mm512_set1_ps(1.0), eq),
+                sign,
+                _mm512_or_si512,
+            );
+            _mm512_mask_blend_ps(is_small, big, small)
         }
     }
 
@@ -383,7 +480,7 @@ pub(super) mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
-    use super::{Act, Epilogue, TANH};
+    use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SQRT2, TANH};
     use crate::routines::rows::avx2::{exp8, key};
     use std::arch::x86_64::*;
 
@@ -446,7 +543,46 @@ pub(super) mod avx2 {
                 Act::Identity => v,
                 Act::Sigmoid => sigmoid(v),
                 Act::Tanh => tanh(v),
+                Act::Gelu => {
+                    let d = _mm256_div_ps(v, _mm256_set1_ps(SQRT2));
+                    _mm256_mul_ps(v, _mm256_add_ps(erf(d), _mm256_set1_ps(1.0)))
+                }
             }
+        }
+    }
+
+    /// Horner's rule with fused multiply-adds.
+    #[inline(always)]
+    unsafe fn poly(coefs: &[f32], x: __m256) -> __m256 {
+        // SAFETY: only called from AVX2 code.
+        unsafe {
+            let mut p = _mm256_set1_ps(coefs[0]);
+            for &c in &coefs[1..] {
+                p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(c));
+            }
+            p
+        }
+    }
+
+    /// [`super::avx512`]'s `erf` for 8 lanes.
+    #[inline(always)]
+    unsafe fn erf(x: __m256) -> __m256 {
+        // SAFETY: only called from AVX2 code.
+        unsafe {
+            let small = _mm256_add_ps(x, _mm256_mul_ps(x, poly(&ERF_SMALL, _mm256_mul_ps(x, x))));
+            let a = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)));
+            let is_small = _mm256_cmp_ps::<_CMP_LT_OQ>(a, _mm256_set1_ps(0.921_875));
+            if _mm256_movemask_ps(is_small) == 0xFF {
+                return small;
+            }
+            let four = _mm256_set1_ps(4.0);
+            let t = _mm256_blendv_ps(a, four, _mm256_cmp_ps::<_CMP_LT_OQ>(four, a));
+            let q = poly(&ERF_BIG, _mm256_sub_ps(t, _mm256_set1_ps(2.460_937_5)));
+            let nt2 = _mm256_xor_ps(_mm256_mul_ps(t, t), _mm256_set1_ps(-0.0));
+            let eq = _mm256_mul_ps(exp8(nt2), q);
+            let sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0));
+            let big = _mm256_or_ps(_mm256_sub_ps(_mm256_set1_ps(1.0), eq), sign);
+            _mm256_blendv_ps(big, small, is_small)
         }
     }
 
@@ -562,7 +698,7 @@ mod tests {
             (f32::NEG_INFINITY, 0.0),
             (f32::NEG_INFINITY, f32::INFINITY),
         ];
-        let acts = [Act::Identity, Act::Sigmoid, Act::Tanh];
+        let acts = [Act::Identity, Act::Sigmoid, Act::Tanh, Act::Gelu];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
             for parts in 0..16 {
                 let by_col = parts & 8 != 0;
@@ -605,11 +741,18 @@ mod tests {
                             Act::Identity => y as f64,
                             Act::Sigmoid => 1.0 / (1.0 + (-(y as f64)).exp()),
                             Act::Tanh => (y as f64).tanh(),
+                            Act::Gelu => {
+                                let x = y as f64;
+                                x * (libm::erf(x / std::f64::consts::SQRT_2) + 1.0)
+                            }
+                        };
+                        // (GELU within its erf's absolute error, scaled by x.)
+                        let tol = match act {
+                            Act::Gelu => 4e-7 * (1.0 + (y as f64).abs()),
+                            _ => 4.0 * f32::EPSILON as f64 * exact.abs() + 1e-37,
                         };
                         assert!(
-                            (z as f64 - exact).abs()
-                                <= 4.0 * f32::EPSILON as f64 * exact.abs().max(1e-30) + 1e-37
-                                || (z.is_nan() && exact.is_nan()),
+                            (z as f64 - exact).abs() <= tol || (z.is_nan() && exact.is_nan()),
                             "{act:?}({y}) = {z}, not {exact}"
                         );
                         want[i * ld + j] = z;

@@ -6,6 +6,8 @@ use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, BlockArg, InstBuilder, Value};
 use cranelift_module::Module;
 
+use kernel::routines::epilogue::{ERF_BIG, ERF_SMALL, TANH};
+
 use super::simd::le;
 #[cfg(test)]
 use super::simd::NO_FMA;
@@ -89,18 +91,7 @@ impl Lower<'_, '_> {
     /// (Lawson's algorithm, coefficients rounded to f32).
     pub(super) fn verf(&mut self, x: Value) -> Value {
         let z = self.b.ins().fmul(x, x);
-        let p = self.vpoly(
-            &[
-                8.397_798e-5,
-                -8.149_806_5e-4,
-                5.201_716e-3,
-                -2.685_970_3e-2,
-                1.128_370_2e-1,
-                -3.761_263_5e-1,
-                1.283_791_7e-1,
-            ],
-            z,
-        );
+        let p = self.vpoly(&ERF_SMALL, z);
         let xp = self.b.ins().fmul(x, p);
         let small = self.b.ins().fadd(x, xp);
         let a = self.b.ins().fabs(x);
@@ -119,20 +110,7 @@ impl Lower<'_, '_> {
         let t = self.vmin_keep_nan(a, 4.0);
         let c = self.splat_f32(2.460_937_5);
         let s = self.b.ins().fsub(t, c);
-        let q = self.vpoly(
-            &[
-                1.280_071_4e-4,
-                2.978_029e-4,
-                6.767_867_6e-4,
-                -6.601_632e-4,
-                2.408_800_2e-3,
-                -8.580_101e-3,
-                2.586_160_6e-2,
-                -7.632_656e-2,
-                2.137_508_7e-1,
-            ],
-            s,
-        );
+        let q = self.vpoly(&ERF_BIG, s);
         let t2 = self.b.ins().fmul(t, t);
         let nt2 = self.b.ins().fneg(t2);
         let e = self.vexp(nt2);
@@ -269,16 +247,7 @@ impl Lower<'_, '_> {
     /// `±(1 - 2 / (exp(2|x|) + 1))`, which loses nothing to cancellation there.
     pub(super) fn vtanh(&mut self, x: Value) -> Value {
         let z = self.b.ins().fmul(x, x);
-        let p = self.vpoly(
-            &[
-                -5.704_988_7e-3,
-                2.063_909e-2,
-                -5.373_971_6e-2,
-                1.333_144_2e-1,
-                -3.333_328e-1,
-            ],
-            z,
-        );
+        let p = self.vpoly(&TANH, z);
         let p = self.b.ins().fmul(p, z);
         let p = self.b.ins().fmul(p, x);
         let small = self.b.ins().fadd(p, x);
