@@ -170,10 +170,7 @@ pub(crate) unsafe fn product(
         // Few rows, or a tiny product, against B packed ahead of time: its panels streamed
         // (the original B is never read when it was packed).
         // SAFETY: forwarded from the caller.
-        unsafe {
-            thin_packed(a, bp, c, ldc, m, n, k);
-            epi.block(c, ldc, m, n);
-        }
+        unsafe { thin_packed(a, bp, c, ldc, m, n, k, epi) };
         return;
     }
     if m * n * k <= 4096 {
@@ -698,6 +695,7 @@ unsafe fn thin(a: Mat, b: Mat, c: *mut f32, ldc: usize, m: usize, n: usize, k: u
 ///
 /// # Safety
 /// As [`kiln_sgemm_packed`] with a non-null `bp`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn thin_packed(
     a: Mat,
     bp: *const f32,
@@ -706,6 +704,7 @@ unsafe fn thin_packed(
     m: usize,
     n: usize,
     k: usize,
+    epi: &Epilogue,
 ) {
     let panels = n.div_ceil(NR);
     let t = if m * n * k >= SMALL_PATH_SPLIT {
@@ -725,17 +724,26 @@ unsafe fn thin_packed(
                 n,
                 k,
             };
+            // The epilogue of these rows: in registers as they are stored (16 lanes), else a
+            // pass over the part's block of C.
+            let e = epi.from(r0, 0, r0 * ldc);
+            let e = (!e.is_none()).then_some(&e);
             // SAFETY: forwarded from the caller; each part writes the columns of its panels.
             unsafe {
                 if wide() {
                     match (m - r0).min(4) {
-                        1 => thin_packed_avx512::<1, 8>(part, p0, p1),
-                        2 => thin_packed_avx512::<2, 4>(part, p0, p1),
-                        3 => thin_packed_avx512::<3, 4>(part, p0, p1),
-                        _ => thin_packed_avx512::<4, 4>(part, p0, p1),
+                        1 => thin_packed_avx512::<1, 8>(part, p0, p1, e),
+                        2 => thin_packed_avx512::<2, 4>(part, p0, p1, e),
+                        3 => thin_packed_avx512::<3, 4>(part, p0, p1, e),
+                        _ => thin_packed_avx512::<4, 4>(part, p0, p1, e),
                     }
                     continue;
                 }
+                let (j0, j1) = (p0 * NR, (p1 * NR).min(n));
+                let block = |e: &Epilogue| {
+                    let c = (c_addr as *mut f32).wrapping_add(r0 * ldc + j0);
+                    e.from(0, j0, j0).block(c, ldc, (m - r0).min(4), j1 - j0)
+                };
                 match ((m - r0).min(4), crate::avx2_fma()) {
                     (1, true) => thin_packed_avx::<1>(part, p0, p1),
                     (2, true) => thin_packed_avx::<2>(part, p0, p1),
@@ -745,6 +753,9 @@ unsafe fn thin_packed(
                     (2, false) => thin_packed_body::<2>(part, p0, p1),
                     (3, false) => thin_packed_body::<3>(part, p0, p1),
                     _ => thin_packed_body::<4>(part, p0, p1),
+                }
+                if let Some(e) = e {
+                    block(e);
                 }
             }
         }
@@ -864,7 +875,12 @@ unsafe fn thin_packed_avx<const M: usize>(t: PackedRows, p0: usize, p1: usize) {
 /// As [`thin_packed_body`]; the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn thin_packed_avx512<const M: usize, const P: usize>(t: PackedRows, p0: usize, p1: usize) {
+unsafe fn thin_packed_avx512<const M: usize, const P: usize>(
+    t: PackedRows,
+    p0: usize,
+    p1: usize,
+    epi: Option<&Epilogue>,
+) {
     use std::arch::x86_64::*;
     let PackedRows {
         a,
@@ -905,14 +921,17 @@ unsafe fn thin_packed_avx512<const M: usize, const P: usize>(t: PackedRows, p0: 
         for q in 0..group {
             let j0 = (p + q) * NR;
             let w = NR.min(n - j0);
+            let m = ((1u32 << w) - 1) as u16;
             for i in 0..M {
-                // SAFETY: row i of c holds the w columns from j0.
+                // SAFETY: row i of c holds the w columns from j0 (as the residual does; row i
+                // and those columns are inside the epilogue's operands).
                 unsafe {
-                    _mm512_mask_storeu_ps(
-                        c.add(i * ldc + j0),
-                        ((1u32 << w) - 1) as u16,
-                        acc[i * P + q],
-                    )
+                    let mut v = acc[i * P + q];
+                    if let Some(e) = epi {
+                        let st = epilogue::avx512::coefs(e, i, j0, m);
+                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(i * ldc + j0), m);
+                    }
+                    _mm512_mask_storeu_ps(c.add(i * ldc + j0), m, v)
                 };
             }
         }
@@ -921,9 +940,13 @@ unsafe fn thin_packed_avx512<const M: usize, const P: usize>(t: PackedRows, p0: 
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn thin_packed_avx512<const M: usize, const P: usize>(t: PackedRows, p0: usize, p1: usize) {
-    // SAFETY: forwarded.
-    unsafe { thin_packed_body::<M>(t, p0, p1) }
+unsafe fn thin_packed_avx512<const M: usize, const P: usize>(
+    _: PackedRows,
+    _: usize,
+    _: usize,
+    _: Option<&Epilogue>,
+) {
+    unreachable!("only called when the CPU has AVX-512")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
