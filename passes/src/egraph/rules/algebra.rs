@@ -165,12 +165,16 @@ pub const DIV_CONST: Rule = Rule {
     },
 };
 
-/// The operand of `mul` that is a splat, with its value, and the other operand.
+/// The operand of `mul` that is a splat, with its value, and the other operand — for a
+/// finite, nonzero splat only: moving an infinite or zero factor across a sum changes what it
+/// gives (`(x·W)·inf` is one infinity where `x·(W·inf)` adds +inf and -inf; `0·dot` is 0 where
+/// the scaled operand's infinities give NaN).
 fn scaled(eg: &EGraph, id: Id) -> Option<(Id, f64)> {
+    let movable = |v: f64| v.is_finite() && v != 0.0;
     nodes(eg, id).find_map(|(op, args)| match (op, args) {
         (Op::Mul, [a, b]) => match (info(eg, *a).splat, info(eg, *b).splat) {
-            (_, Some(v)) => Some((*a, v)),
-            (Some(v), _) => Some((*b, v)),
+            (_, Some(v)) if movable(v) => Some((*a, v)),
+            (Some(v), _) if movable(v) => Some((*b, v)),
             _ => None,
         },
         _ => None,
