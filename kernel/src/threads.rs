@@ -186,6 +186,11 @@ pub fn helpers() -> usize {
 /// Runs `f(0..parts)`, each part once, on this thread and its helpers; returns when all are
 /// done. Without helpers (or with one part) the parts run in order on this thread.
 pub fn parallel_for(parts: usize, f: impl Fn(usize) + Sync) {
+    // One part runs here without touching the pool.
+    if parts <= 1 {
+        (0..parts).for_each(f);
+        return;
+    }
     let pool = HELPERS.with(|h| h.borrow().clone());
     let Some(pool) = pool.filter(|p| parts > 1 && !p.is_empty()) else {
         (0..parts).for_each(f);
