@@ -119,10 +119,9 @@ proptest! {
         check(seed, size)?;
     }
 
-    /// Convolutions and the elementwise steps after them, which their routines may apply as
-    /// they store (fused epilogues) or leave to loops.
     /// Products by weights and the elementwise steps after them (a bias per column, a
-    /// residual, clamps, a sigmoid or tanh), fused into `gemm` or left to loops.
+    /// residual — at times cut from a longer parameter —, clamps, a sigmoid or tanh), fused
+    /// into `gemm` or left to loops.
     #[test]
     fn products_and_their_epilogues_match_the_interpreter(seed in any::<u64>()) {
         if let Some(g) = common::dot_graph(seed) {
@@ -130,6 +129,8 @@ proptest! {
         }
     }
 
+    /// Convolutions and the elementwise steps after them, which their routines may apply as
+    /// they store (fused epilogues) or leave to loops.
     #[test]
     fn convolutions_and_their_epilogues_match_the_interpreter(seed in any::<u64>()) {
         if let Some(g) = common::conv_graph(seed) {

@@ -737,15 +737,24 @@ pub fn split(k: &Kernel) -> Vec<Stage> {
 
 /// The value of an index expression without variables under a dim table.
 pub fn eval(e: &Expr, dims: &[i64]) -> Option<i64> {
+    eval_at(e, dims, &[])
+}
+
+/// The value of an index expression under a dim table with its variables set as in `vars`.
+pub fn eval_at(e: &Expr, dims: &[i64], vars: &[(VarId, i64)]) -> Option<i64> {
     match e {
         Expr::Int(v, DType::I64) => Some(*v),
         Expr::Dim(k) => dims.get(*k).copied(),
+        Expr::Var(v) => vars.iter().find(|(w, _)| w == v).map(|&(_, x)| x),
         Expr::Op {
             op,
             args,
             dtype: DType::I64,
         } if args.len() == 2 => {
-            let (a, b) = (eval(&args[0], dims)?, eval(&args[1], dims)?);
+            let (a, b) = (
+                eval_at(&args[0], dims, vars)?,
+                eval_at(&args[1], dims, vars)?,
+            );
             match op {
                 Op::Add => a.checked_add(b),
                 Op::Sub => a.checked_sub(b),

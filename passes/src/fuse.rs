@@ -12,6 +12,10 @@
 //! - a kernel holds at most one `dot` or `conv`, which takes no reduction in the same kernel,
 //!   only movement ops on its operands, and elementwise work after it (bias, activation,
 //!   residual);
+//! - a kernel holds no elementwise work that continues another heavy op's epilogue (see
+//!   [`owners`]): where several products meet (an LSTM's gates, a ResNet block's two branches),
+//!   each product keeps its own bias and activation, which codegen applies as it stores,
+//!   instead of one kernel taking all the branches' elementwise work and a single product;
 //! - small constants are copied into the kernel body; weights stay operands.
 //!
 //! Each candidate becomes a `fused` node added to the e-class of the value it computes, next to
@@ -80,6 +84,47 @@ struct Group {
     /// Members copied into the group although other kernels use them too (views: broadcast,
     /// reshape, transpose); the group does not reach through them to their producers.
     dups: HashSet<NodeId>,
+    /// The heavy op whose epilogue the group's members continue, once one does.
+    owner: Option<NodeId>,
+}
+
+/// The heavy op each node continues the epilogue of: a `dot` or `conv` is its own; an
+/// elementwise op continues the epilogue of its inputs whose producers it alone uses, when
+/// they continue one and the same (a join of two products continues none). Movement ops
+/// continue none: after a product they are indexing on the way into the next one (attention
+/// heads), which that one's kernel takes.
+fn owners(
+    g: &Graph,
+    order: &[NodeId],
+    users: &HashMap<NodeId, Vec<NodeId>>,
+) -> HashMap<NodeId, NodeId> {
+    let mut owner: HashMap<NodeId, NodeId> = HashMap::new();
+    for &id in order {
+        match class(g, id) {
+            Class::Heavy => {
+                owner.insert(id, id);
+            }
+            Class::Elementwise => {
+                let mut from: Option<NodeId> = None;
+                let mut join = false;
+                for v in g.node(id).inputs() {
+                    let only_here = users
+                        .get(&v.node)
+                        .is_some_and(|us| us.iter().all(|&u| u == id));
+                    match (only_here, owner.get(&v.node)) {
+                        (true, Some(&h)) if from.is_some_and(|f| f != h) => join = true,
+                        (true, Some(&h)) => from = Some(h),
+                        _ => {}
+                    }
+                }
+                if let (false, Some(h)) = (join, from) {
+                    owner.insert(id, h);
+                }
+            }
+            _ => {}
+        }
+    }
+    owner
 }
 
 /// Views cheap enough to recompute in every kernel that reads them.
@@ -99,6 +144,7 @@ fn partition(g: &Graph, order: &[NodeId]) -> Vec<Vec<NodeId>> {
         }
     }
     let outputs: HashSet<NodeId> = g.outputs().iter().map(|(_, v)| v.node).collect();
+    let owner = owners(g, order, &users);
     let mut assigned: HashSet<NodeId> = HashSet::new();
     let mut copied_into: HashMap<NodeId, HashSet<NodeId>> = HashMap::new();
     let mut groups = Vec::new();
@@ -126,6 +172,7 @@ fn partition(g: &Graph, order: &[NodeId]) -> Vec<Vec<NodeId>> {
             reduces: c == Class::Reduce,
             feeds_heavy: HashSet::new(),
             dups: HashSet::new(),
+            owner: owner.get(&root).copied(),
         };
         // Grow by exclusive producers to a fixpoint; only then copy in shared views (a view
         // whose other users may still join the group is better owned than copied).
@@ -150,13 +197,13 @@ fn partition(g: &Graph, order: &[NodeId]) -> Vec<Vec<NodeId>> {
                     .is_some_and(|us| us.iter().all(|u| grp.members.contains(u)))
                     && !outputs.contains(&p)
                     && g.node(p).types().len() == 1;
-                if all_inside && absorb(g, &mut grp, p, &users) {
+                if all_inside && absorb(g, &mut grp, p, &users, &owner) {
                     grew = true;
                 } else if allow_dups
                     && !all_inside
                     && is_view(g.node(p).op())
                     && !outputs.contains(&p)
-                    && absorb(g, &mut grp, p, &users)
+                    && absorb(g, &mut grp, p, &users, &owner)
                 {
                     grp.dups.insert(p);
                     grew = true;
@@ -205,9 +252,20 @@ fn position(order: &[NodeId], id: NodeId) -> usize {
     order.iter().position(|&o| o == id).unwrap_or(usize::MAX)
 }
 
-/// Adds producer `p` to the group if the group stays an emittable kernel.
-fn absorb(g: &Graph, grp: &mut Group, p: NodeId, users: &HashMap<NodeId, Vec<NodeId>>) -> bool {
+/// Adds producer `p` to the group if the group stays an emittable kernel and continues at
+/// most one heavy op's epilogue.
+fn absorb(
+    g: &Graph,
+    grp: &mut Group,
+    p: NodeId,
+    users: &HashMap<NodeId, Vec<NodeId>>,
+    owner: &HashMap<NodeId, NodeId>,
+) -> bool {
     let c = class(g, p);
+    let continues = owner.get(&p).copied();
+    if grp.owner.is_some() && continues.is_some() && grp.owner != continues {
+        return false;
+    }
     let feeds = users.get(&p).is_some_and(|us| {
         us.iter()
             .any(|u| Some(*u) == grp.heavy || grp.feeds_heavy.contains(u))
@@ -225,6 +283,7 @@ fn absorb(g: &Graph, grp: &mut Group, p: NodeId, users: &HashMap<NodeId, Vec<Nod
         return false;
     }
     grp.members.insert(p);
+    grp.owner = grp.owner.or(continues);
     if feeds {
         grp.feeds_heavy.insert(p);
     }

@@ -486,7 +486,7 @@ fn epilogue_steps(b: &mut Builder, rng: &mut Rng, y: Value, per: &[usize]) -> Op
             y = b.mul(y, a).ok()?;
             continue;
         }
-        let other = match below(rng, 5) {
+        let other = match below(rng, 6) {
             0 | 1 => {
                 let c = random_tensor(rng, ty.dtype, per);
                 b.constant(c).ok()?
@@ -495,6 +495,34 @@ fn epilogue_steps(b: &mut Builder, rng: &mut Rng, y: Value, per: &[usize]) -> Op
                 let n = b.graph().params().len();
                 b.param(&format!("res{n}"), ty.dtype, ty.shape.clone())
                     .ok()?
+            }
+            3 => {
+                // A residual cut from a longer parameter along some axis (a recurrent step's
+                // rows of a sequence's projection: laid out as the result from an offset
+                // along the first axis, strided along the others).
+                let n = b.graph().params().len();
+                let dims = ty.shape.dims().to_vec();
+                let axis = below(rng, dims.len());
+                let (before, after) = (below(rng, 3) as i64, below(rng, 3) as i64);
+                let mut long = dims.clone();
+                long[axis] = dims[axis].add(&Dim::Const(before + after)).ok()?;
+                let p = b
+                    .param(&format!("res{n}"), ty.dtype, Shape::new(long.clone()))
+                    .ok()?;
+                let mut start = vec![Dim::Const(0); dims.len()];
+                start[axis] = Dim::Const(before);
+                let mut limit = long;
+                limit[axis] = dims[axis].add(&Dim::Const(before)).ok()?;
+                let stride = vec![1; dims.len()];
+                b.op1(
+                    Op::Slice {
+                        start,
+                        limit,
+                        stride,
+                    },
+                    &[p],
+                )
+                .ok()?
             }
             _ => b.scalar_like(below(rng, 3) as f64 - 1.0, y).ok()?,
         };

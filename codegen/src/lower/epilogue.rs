@@ -18,14 +18,16 @@ enum Step {
 
 /// A chain of elementwise steps from a convolution's result to `end`, each a value read
 /// only by the next: per-channel buffers for scale and shift (indexed by the output
-/// channel), a residual laid out as the result (all inputs of the kernel), constant clamps.
+/// channel), a residual laid out as the result from some offset (a step's rows of a sequence's
+/// input projection; all inputs of the kernel), constant clamps.
 pub(super) struct Chain {
     pub(super) end: Value,
     /// The values between the start and the end (computed by no one).
     pub(super) inner: Vec<Value>,
     scale: Option<BufId>,
     shift: Option<BufId>,
-    res: Option<BufId>,
+    /// The residual and the offset of its element 0 from the result's.
+    res: Option<(BufId, i64)>,
     lo: f64,
     hi: f64,
     /// Whether scale and shift are per column (a product's last axis) rather than per row.
@@ -49,7 +51,7 @@ impl Chain {
         kernel::Epilogue {
             scale: self.scale.map(|b| (b, ch.clone())),
             shift: self.shift.map(|b| (b, ch.clone())),
-            res: self.res.map(|b| (b, at.clone())),
+            res: self.res.map(|(b, off)| (b, at.clone() + Expr::i64(off))),
             lo: self.lo,
             hi: self.hi,
             cols: self.cols,
@@ -175,7 +177,10 @@ impl Lowering<'_> {
                 _ => None,
             };
             let laid_out = match &e {
-                Expr::Load { buf, index } if **index == layout && input(buf) => Some(*buf),
+                Expr::Load { buf, index } if **index == layout && input(buf) => Some((*buf, 0)),
+                Expr::Load { buf, index } if input(buf) => {
+                    offset_from(index, &layout, &idx, &shape).map(|off| (*buf, off))
+                }
                 _ => None,
             };
             let constant = match e {
@@ -279,4 +284,38 @@ fn scalar_value(g: &Graph, mut v: Value) -> Option<f64> {
         }
         _ => None,
     }
+}
+
+/// Index spaces up to this many points are checked point by point for a constant offset.
+const OFFSET_CHECK: i64 = 1 << 14;
+
+/// The constant `c` with `index = layout + c` at every point of `shape` (the index variables
+/// `idx`), checked at each point: a residual laid out as the result, from element `c`.
+fn offset_from(index: &Expr, layout: &Expr, idx: &[Expr], shape: &Shape) -> Option<i64> {
+    let mut axes = Vec::new();
+    for (e, d) in idx.iter().zip(shape.dims()) {
+        if let Expr::Var(v) = e {
+            axes.push((*v, d.as_const()?));
+        }
+    }
+    let points = axes.iter().try_fold(1i64, |n, &(_, d)| n.checked_mul(d))?;
+    if points == 0 || points > OFFSET_CHECK {
+        return None;
+    }
+    let mut at: Vec<(VarId, i64)> = axes.iter().map(|&(v, _)| (v, 0)).collect();
+    let mut off = None;
+    for mut p in 0..points {
+        for (&(_, d), (_, x)) in axes.iter().zip(at.iter_mut()).rev() {
+            *x = p % d;
+            p /= d;
+        }
+        let value = |e: &Expr| kernel::stages::eval_at(e, &[], &at);
+        let diff = value(index)?.checked_sub(value(layout)?)?;
+        match off {
+            None => off = Some(diff),
+            Some(o) if o != diff => return None,
+            Some(_) => {}
+        }
+    }
+    off
 }

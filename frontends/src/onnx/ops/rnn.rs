@@ -187,9 +187,9 @@ struct Cfg {
     linear_before_reset: bool,
 }
 
-/// Gate `g` of a [batch, G*H] pre-activation.
-fn gate(b: &mut Builder, pre: Value, g: i64, h: i64) -> R<Value> {
-    slice_axis(b, pre, 1, Dim::Const(g * h), Dim::Const((g + 1) * h), 1)
+/// Gate `g`'s part of a weight, bias or pre-activation laid out gate after gate along `axis`.
+fn gate(b: &mut Builder, v: Value, axis: usize, g: i64, h: i64) -> R<Value> {
+    slice_axis(b, v, axis, Dim::Const(g * h), Dim::Const((g + 1) * h), 1)
 }
 
 fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
@@ -206,37 +206,45 @@ fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
 
 /// What one step of one direction reads besides its input projection and states.
 struct StepDir<'a> {
-    /// Rᵀ ([hidden, gates·hidden]) and the recurrent bias.
-    rt: Value,
-    rb: Option<Value>,
+    /// Rᵀ and the recurrent bias gate by gate ([hidden, hidden] and [hidden]): each gate's
+    /// pre-activation is its own product, so its activation can be the product's epilogue.
+    rt: Vec<Value>,
+    rb: Option<Vec<Value>>,
     peep: Option<Value>,
     acts: &'a [Act],
 }
 
-/// One step: from the step's input projection `xw` ([batch, gates·hidden]), the states and
-/// the mask of sequences still running, the next states and the step's output.
+/// One step: from the step's input projection `xw` (per gate, [batch, hidden]), the states
+/// and the mask of sequences still running, the next states and the step's output.
 fn step(
     b: &mut Builder,
     cfg: &Cfg,
     d: &StepDir,
-    xw: Value,
+    xw: &[Value],
     (hs, cs): (Value, Option<Value>),
     mask: Option<Value>,
 ) -> R<(Value, Option<Value>, Value)> {
     let h = cfg.hidden;
-    let (rt, rb) = (d.rt, d.rb);
-    let mut hr = b.matmul(hs, rt)?;
-    if let Some(rb) = rb {
-        hr = b.add(hr, rb)?;
-    }
+    // Gate k's recurrent term hs·Rᵀ_k (+ its bias).
+    let rec = |b: &mut Builder, k: usize| -> R<Value> {
+        let hr = b.matmul(hs, d.rt[k])?;
+        match &d.rb {
+            Some(rb) => b.add(hr, rb[k]).map_err(s),
+            None => Ok(hr),
+        }
+    };
+    // Gate k's pre-activation: its input projection plus its recurrent term.
+    let pre = |b: &mut Builder, k: usize| -> R<Value> {
+        let hr = rec(b, k)?;
+        b.add(xw[k], hr).map_err(s)
+    };
     let (h_new, c_new) = match cfg.kind {
         Kind::Rnn => {
-            let pre = b.add(xw, hr)?;
+            let pre = pre(b, 0)?;
             let pre = clipped(b, pre, cfg.clip)?;
             (activate(b, &d.acts[0], pre)?, None)
         }
         Kind::Lstm => {
-            let pre = b.add(xw, hr)?;
             let c_prev = cs.ok_or("LSTM needs a cell state")?;
             let peep = |b: &mut Builder, k: i64, c: Value| -> R<Option<Value>> {
                 match d.peep {
@@ -254,12 +262,7 @@ fn step(
                     None => Ok(x),
                 }
             };
-            let (gi, go, gf, gc) = (
-                gate(b, pre, 0, h)?,
-                gate(b, pre, 1, h)?,
-                gate(b, pre, 2, h)?,
-                gate(b, pre, 3, h)?,
-            );
+            let (gi, go, gf, gc) = (pre(b, 0)?, pre(b, 1)?, pre(b, 2)?, pre(b, 3)?);
             let pi = peep(b, 0, c_prev)?;
             let gi = with(b, gi, pi)?;
             let gi = clipped(b, gi, cfg.clip)?;
@@ -286,26 +289,15 @@ fn step(
             (b.mul(o, hc)?, Some(c))
         }
         Kind::Gru => {
-            let (xz, xr, xh) = (gate(b, xw, 0, h)?, gate(b, xw, 1, h)?, gate(b, xw, 2, h)?);
-            let (hz, hrr) = (gate(b, hr, 0, h)?, gate(b, hr, 1, h)?);
-            let z = b.add(xz, hz)?;
+            let xh = xw[2];
+            let z = pre(b, 0)?;
             let z = clipped(b, z, cfg.clip)?;
             let z = activate(b, &d.acts[0], z)?;
-            let r = b.add(xr, hrr)?;
+            let r = pre(b, 1)?;
             let r = clipped(b, r, cfg.clip)?;
             let r = activate(b, &d.acts[0], r)?;
-            let rh_w = slice_axis(b, rt, 1, Dim::Const(2 * h), Dim::Const(3 * h), 1)?;
-            let rbh = match rb {
-                Some(rb) => Some(slice_axis(
-                    b,
-                    rb,
-                    0,
-                    Dim::Const(2 * h),
-                    Dim::Const(3 * h),
-                    1,
-                )?),
-                None => None,
-            };
+            let rh_w = d.rt[2];
+            let rbh = d.rb.as_ref().map(|rb| rb[2]);
             let hh = if cfg.linear_before_reset {
                 let mut t = b.matmul(hs, rh_w)?;
                 if let Some(rbh) = rbh {
@@ -363,36 +355,39 @@ fn run(
     let h = cfg.hidden;
     let wt = b.transpose(d.w, &[1, 0])?;
     let rt = b.transpose(d.r, &[1, 0])?;
-    // Bias split into input and recurrent halves (GRU needs them apart).
-    let (wb, rb) = match d.bias {
-        Some((wb, rb)) => (Some(wb), Some(rb)),
-        None => (None, None),
-    };
-    // The input projection of every step at once: [seq·batch, input] · Wᵀ (+ input bias),
-    // one large product instead of one small one per step.
+    // The input projection of every step at once, gate by gate: [seq·batch, input] · Wᵀ_k
+    // (+ input bias), one large product per gate instead of one small one per step; each
+    // gate's lies contiguous, so a step's rows are laid out as its recurrent product.
     let xshape = b.shape(x).clone();
     let seq = xshape.dim(0).clone();
     let batch = xshape.dim(1).clone();
     let rows = seq.mul(&batch)?;
     let x2 = b.reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))?;
-    let mut xw_all = b.matmul(x2, wt)?;
-    if let Some(wb) = wb {
-        xw_all = b.add(xw_all, wb)?;
+    let mut xw_all = Vec::new();
+    let mut rts = Vec::new();
+    let mut rbs = Vec::new();
+    for k in 0..cfg.kind.gates() {
+        let wt_k = gate(b, wt, 1, k, h)?;
+        let mut xw = b.matmul(x2, wt_k)?;
+        // Bias split into input and recurrent halves (GRU needs them apart).
+        if let Some((wb, rb)) = d.bias {
+            let wb_k = gate(b, wb, 0, k, h)?;
+            xw = b.add(xw, wb_k)?;
+            rbs.push(gate(b, rb, 0, k, h)?);
+        }
+        let dims = vec![seq.clone(), batch.clone(), Dim::Const(h)];
+        xw_all.push(b.reshape(xw, Shape::new(dims))?);
+        rts.push(gate(b, rt, 1, k, h)?);
     }
-    let gh = Dim::Const(cfg.kind.gates() * h);
-    let xw_all = b.reshape(
-        xw_all,
-        Shape::new(vec![seq.clone(), batch.clone(), gh.clone()]),
-    )?;
     let sd = StepDir {
-        rt,
-        rb,
+        rt: rts,
+        rb: d.bias.map(|_| rbs),
         peep: d.peep,
         acts: d.acts,
     };
     let unrolled = seq.as_const().filter(|&n| n <= UNROLL_MAX);
     let Some(n) = unrolled else {
-        return run_loop(b, cfg, &sd, d, xw_all, mask);
+        return run_loop(b, cfg, &sd, d, &xw_all, mask);
     };
     let (mut hs, mut cs) = (d.h0, d.c0);
     let mut ys = vec![None; n as usize];
@@ -406,12 +401,15 @@ fn run(
         b.reshape(e, Shape::new(dims)).map_err(s)
     };
     for t in order {
-        let xw = at(b, xw_all, t, vec![batch.clone(), gh.clone()])?;
+        let xw = xw_all
+            .iter()
+            .map(|&v| at(b, v, t, vec![batch.clone(), Dim::Const(h)]))
+            .collect::<R<Vec<_>>>()?;
         let m = match mask {
             Some(m) => Some(at(b, m, t, vec![batch.clone(), Dim::Const(h)])?),
             None => None,
         };
-        let (h_next, c_next, y) = step(b, cfg, &sd, xw, (hs, cs), m)?;
+        let (h_next, c_next, y) = step(b, cfg, &sd, &xw, (hs, cs), m)?;
         hs = h_next;
         cs = c_next;
         ys[t as usize] = Some(b.unsqueeze(y, 0)?);
@@ -436,7 +434,7 @@ fn run_loop(
     cfg: &Cfg,
     sd: &StepDir,
     d: &Dir,
-    xw_all: Value,
+    xw_all: &[Value],
     mask: Option<Value>,
 ) -> R<(Value, Value, Option<Value>)> {
     let mut body = Builder::new("step");
@@ -458,8 +456,11 @@ fn run_loop(
         None => None,
     };
     let carry = operands.len();
-    operands.push(xw_all);
-    let xw = param(&mut body, "xw", entry(b, xw_all))?;
+    let mut xw = Vec::new();
+    for (k, &v) in xw_all.iter().enumerate() {
+        operands.push(v);
+        xw.push(param(&mut body, &format!("xw{k}"), entry(b, v))?);
+    }
     let m = match mask {
         Some(m) => {
             operands.push(m);
@@ -477,8 +478,20 @@ fn run_loop(
             None => Ok(None),
         }
     };
-    let rt = invariant(&mut body, "rt", Some(sd.rt))?.ok_or("no R")?;
-    let rb = invariant(&mut body, "rb", sd.rb)?;
+    let mut rt = Vec::new();
+    for (k, &v) in sd.rt.iter().enumerate() {
+        rt.push(invariant(&mut body, &format!("rt{k}"), Some(v))?.ok_or("no R")?);
+    }
+    let rb = match &sd.rb {
+        Some(rbs) => {
+            let mut rb = Vec::new();
+            for (k, &v) in rbs.iter().enumerate() {
+                rb.push(invariant(&mut body, &format!("rb{k}"), Some(v))?.ok_or("no bias")?);
+            }
+            Some(rb)
+        }
+        None => None,
+    };
     let peep = invariant(&mut body, "peep", sd.peep)?;
     let inner = StepDir {
         rt,
@@ -486,14 +499,14 @@ fn run_loop(
         peep,
         acts: sd.acts,
     };
-    let (h_next, c_next, y) = step(&mut body, cfg, &inner, xw, (hs, cs), m)?;
+    let (h_next, c_next, y) = step(&mut body, cfg, &inner, &xw, (hs, cs), m)?;
     body.output("h", h_next)?;
     if let Some(c) = c_next {
         body.output("c", c)?;
     }
     body.output("y", y)?;
     let body = body.finish()?;
-    let count = b.shape(xw_all).dim(0).clone();
+    let count = b.shape(xw_all[0]).dim(0).clone();
     let outs = b.op(
         Op::Loop {
             count,
