@@ -3,10 +3,14 @@
 //! bounds checks (AVX2 and FMA blocks of 32 and 8 outputs for unit or double strides when the
 //! CPU has them; scalar otherwise); each output sums its taps in (ky, kx) order. `conv2d_rows`
 //! (dense convs): a block of output rows of every output channel as one product of the
-//! weights with the block's image columns, packed straight from the image into the product's
-//! panel layout (an implicit im2col: no column matrix, no padded copy).
+//! weights with the block's image columns — with AVX-512 and unit column stride, read in
+//! place from a padded copy of the block's rows (`implicit`); else packed straight from the
+//! image into the product's panel layout (an implicit im2col: no column matrix, no padded
+//! copy).
 
 use super::epilogue::Epilogue;
+
+mod implicit;
 
 /// The shape of a plane convolution: input `h×w`, output `oh×ow`, filter `kh×kw`, strides,
 /// dilations and the padding before the first row and column.
@@ -288,6 +292,10 @@ unsafe fn rows_block(
     let (k, cols) = ((c * g.kh * g.kw) as usize, (rows * g.ow) as usize);
     if o <= 0 || cols == 0 {
         return;
+    }
+    if implicit::applies(g, wide) {
+        // SAFETY: forwarded; `applies` holds.
+        return unsafe { implicit::rows(x, wt, out, c, o, g, y0, rows, epi) };
     }
     thread_local! {
         static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
@@ -960,6 +968,7 @@ mod tests {
                 hi: 0.3,
                 ..Epilogue::NONE
             };
+            let mut outs: Vec<Vec<f32>> = Vec::new();
             for wide in [false, crate::avx512()] {
                 let mut out = vec![f32::NAN; o as usize * plane];
                 let mut y0 = 0;
@@ -1005,7 +1014,16 @@ mod tests {
                         );
                     }
                 }
+                outs.push(out);
             }
+            // Packed columns and the implicit product (AVX-512) sum the same products in the
+            // same order: identical results.
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&outs[0]),
+                bits(&outs[1]),
+                "{c}->{o} {g:?}: the paths differ"
+            );
         }
     }
 

@@ -9,17 +9,17 @@ use super::epilogue::{self, Epilogue};
 mod thin;
 use thin::{thin, thin_packed};
 
-const MR: usize = 6;
+pub(super) const MR: usize = 6;
 pub(crate) const NR: usize = 16;
 pub(crate) const KC: usize = 256;
 const MC: usize = 96;
 
 /// An operand: element (i, j) is at `p[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct Mat {
-    p: *const f32,
-    rs: isize,
-    cs: isize,
+pub(super) struct Mat {
+    pub(super) p: *const f32,
+    pub(super) rs: isize,
+    pub(super) cs: isize,
 }
 
 // SAFETY: operands are only read, and the caller keeps them alive for the call.
@@ -364,10 +364,11 @@ unsafe fn columns(
     ) {
         // SAFETY: forwarded.
         unsafe {
+            let none = std::ptr::null();
             if bs.iter().all(|&s| s == NR) {
-                micro_avx512::<R, C, true>(kc, a, b, bs, out)
+                micro_avx512::<R, C, PACKED>(kc, a, b, bs, none, out)
             } else {
-                micro_avx512::<R, C, false>(kc, a, b, bs, out)
+                micro_avx512::<R, C, ROWS>(kc, a, b, bs, none, out)
             }
         }
     }
@@ -467,6 +468,7 @@ unsafe fn columns(
                             rows: (2 * MR).min(ic + mc - i),
                             cols: (2 * NR).min(j1 - j),
                             epi: tile_epi(pc, i, j),
+                            panel: NR,
                         };
                         let a1 = a_rows((ip + 1).min(mp - 1));
                         // SAFETY: the CPU has AVX-512; A and the panels hold kc steps.
@@ -503,6 +505,7 @@ unsafe fn columns(
                             rows: mr,
                             cols: nr,
                             epi: tile_epi(pc, i, j),
+                            panel: NR,
                         };
                         let (bq, bs) = b_panel(jp);
                         // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
@@ -560,7 +563,7 @@ fn wide() -> bool {
 ///
 /// # Safety
 /// The block must be inside `x`; `dst` holds `kc * width` elements.
-unsafe fn pack<const WIDTH: usize>(
+pub(super) unsafe fn pack<const WIDTH: usize>(
     x: Mat,
     r0: usize,
     c0: usize,
@@ -670,6 +673,7 @@ unsafe fn micro_avx2<const PACKED: bool>(kc: usize, a: ARows, b: *const f32, bs:
         rows,
         cols,
         epi,
+        ..
     } = out;
     if cols == NR {
         let all = _mm256_set1_epi32(-1);
@@ -728,19 +732,22 @@ unsafe fn micro_avx2<const PACKED: bool>(kc: usize, a: ARows, b: *const f32, bs:
 /// (NR columns each, one register per row), so up to 12×32 outputs per tile: the same fused
 /// multiply-adds per output in the same order (identical results), with twice the work per
 /// instruction and enough independent accumulators to hide the multiply-add latency. Only the
-/// tile's first `rows` rows and `cols` columns reach C (masked at the edges). B panel `q`'s
-/// steps are `bs[q]` apart (NR, a constant, when `PACKED`; a row of B read in place otherwise).
+/// tile's first `rows` rows and `cols` columns reach C (masked at the edges). Step `kk` of B
+/// panel `q` is at `b[q] + kk·NR` for [`PACKED`] panels, `b[q] + kk·bs[q]` for [`ROWS`] of a
+/// B read in place, and `b[q] + offs[kk]` for [`OFFSETS`] (an implicit im2col: step kk is
+/// the tap's shifted run of a padded image).
 ///
 /// # Safety
-/// The CPU has AVX-512F; each A panel and B panel holds kc steps; the `rows`×`cols` tile of
-/// `out` is inside C.
+/// The CPU has AVX-512F; each A panel and B panel holds kc steps (`offs` kc offsets for
+/// [`OFFSETS`]); the `rows`×`cols` tile of `out` is inside C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
+pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8>(
     kc: usize,
     a: [ARows; R],
     b: [*const f32; C],
     bs: [usize; C],
+    offs: *const usize,
     out: Out,
 ) {
     use std::arch::x86_64::*;
@@ -752,8 +759,12 @@ unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
         unsafe {
             let mut bv = [_mm512_setzero_ps(); 2];
             for q in 0..C {
-                let step = if PACKED { NR } else { bs[q] };
-                bv[q] = _mm512_loadu_ps(b[q].add(kk * step));
+                let at = match STEP {
+                    PACKED => kk * NR,
+                    ROWS => kk * bs[q],
+                    _ => *offs.add(kk),
+                };
+                bv[q] = _mm512_loadu_ps(b[q].add(at));
             }
             for r in 0..R {
                 let ar = a[r];
@@ -774,18 +785,19 @@ unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
         rows,
         cols,
         epi,
+        panel,
     } = out;
     for i in 0..(R * MR).min(rows) {
         for q in 0..C {
             let mut v = acc[i * 2 + q];
-            let n = cols.saturating_sub(q * NR).min(NR);
+            let n = cols.saturating_sub(q * panel).min(panel);
             if n == 0 {
                 break;
             }
             // SAFETY: the mask selects the `n` columns inside the destination row (and the
             // residual's, laid out alike).
             unsafe {
-                let at = i * ld + q * NR;
+                let at = i * ld + q * panel;
                 let d = p.add(at);
                 // The tile's row i and columns q·NR.. are inside the epilogue's operands.
                 if n == NR {
@@ -793,7 +805,7 @@ unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
                         v = _mm512_add_ps(v, _mm512_loadu_ps(d));
                     }
                     if let Some(e) = &epi {
-                        let st = epilogue::avx512::coefs(e, i, q * NR, !0);
+                        let st = epilogue::avx512::coefs(e, i, q * panel, !0);
                         v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), !0);
                     }
                     _mm512_storeu_ps(d, v);
@@ -803,7 +815,7 @@ unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
                         v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d));
                     }
                     if let Some(e) = &epi {
-                        let st = epilogue::avx512::coefs(e, i, q * NR, m);
+                        let st = epilogue::avx512::coefs(e, i, q * panel, m);
                         v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), m);
                     }
                     _mm512_mask_storeu_ps(d, m, v);
@@ -814,28 +826,36 @@ unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_avx512<const R: usize, const C: usize, const PACKED: bool>(
+pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8>(
     _: usize,
     _: [ARows; R],
     _: [*const f32; C],
     _: [usize; C],
+    _: *const usize,
     _: Out,
 ) {
     unreachable!("only called when the CPU has AVX-512")
 }
 
+/// How [`micro_avx512`] finds B's steps: packed panels, NR apart.
+pub(super) const PACKED: u8 = 0;
+/// Rows of a B read in place, `bs[q]` apart.
+pub(super) const ROWS: u8 = 1;
+/// Each step at its own offset (`offs[kk]`) from the panel's start.
+pub(super) const OFFSETS: u8 = 2;
+
 /// The micro-kernel's MR rows of A: element (ii, kk) at `p[ii * row + kk * step]` — a packed
 /// panel (`row` 1, `step` MR) or rows of a row-major A read in place (`row` its row stride,
 /// `step` 1).
 #[derive(Clone, Copy)]
-struct ARows {
-    p: *const f32,
-    row: usize,
-    step: usize,
+pub(super) struct ARows {
+    pub(super) p: *const f32,
+    pub(super) row: usize,
+    pub(super) step: usize,
 }
 
 impl ARows {
-    fn packed(p: &[f32]) -> ARows {
+    pub(super) fn packed(p: &[f32]) -> ARows {
         ARows {
             p: p.as_ptr(),
             row: 1,
@@ -846,14 +866,17 @@ impl ARows {
 
 /// Where the micro-kernel puts its MR×NR result: the first `rows` rows and `cols` columns,
 /// rows `ld` apart from `p`, overwritten or (`add`) accumulated into, then stored through
-/// `epi` (from the tile's first row and element) when given.
-struct Out {
-    p: *mut f32,
-    ld: usize,
-    add: bool,
-    rows: usize,
-    cols: usize,
-    epi: Option<Epilogue>,
+/// `epi` (from the tile's first row and element) when given. The AVX-512 kernel's B panel
+/// `q` holds columns `q·panel..` (at most `panel` of them; NR for products, a row of a
+/// narrow image for [`OFFSETS`] tiles of two output rows).
+pub(super) struct Out {
+    pub(super) p: *mut f32,
+    pub(super) ld: usize,
+    pub(super) add: bool,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) epi: Option<Epilogue>,
+    pub(super) panel: usize,
 }
 
 #[cfg(not(target_arch = "x86_64"))]
