@@ -122,9 +122,17 @@ fn call(
     }))
 }
 
+/// Rows of fewer elements than this (a constant extent) are left to the backend's loops.
+const SHORT_ROW: i64 = 16;
+
 /// The routine call loop `var in 0..extent` over `body` is, if it has one of the shapes above.
 fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) -> Option<Stmt> {
     if mentions(extent, &|w| w == var) {
+        return None;
+    }
+    // Rows known to be shorter than a vector stay loops: a call per row of a few elements
+    // (a classifier's 3 classes) costs more than the loop it replaces.
+    if matches!(extent, Expr::Int(n, _) if *n < SHORT_ROW) {
         return None;
     }
     if let Some(Reduction { acc, op, dtype, e }) = reduction(k, var, body) {
