@@ -114,25 +114,37 @@ unsafe fn plane(
     let mut buf = take_padded();
     // SAFETY: forwarded.
     let cols = unsafe { padded(x, g, 0.0, &mut buf) };
-    // (offset of the tap's input for output (0, 0), weight), per tap.
-    let taps: Vec<(usize, f32)> = (0..g.kh * g.kw)
-        .map(|t| {
-            let (ky, kx) = (t / g.kw, t % g.kw);
-            // SAFETY: `t < kh·kw`.
-            let wt = unsafe { *k.add(t as usize) };
-            ((ky * g.dh * cols + kx * g.dw) as usize, wt)
-        })
-        .collect();
+    // (offset of the tap's input for output (0, 0), weight), per tap: on the stack for
+    // windows up to 7×7 (an allocation per plane cost a fifth of a 14×14 plane's time).
+    let tap = |t: i64| {
+        let (ky, kx) = (t / g.kw, t % g.kw);
+        // SAFETY: `t < kh·kw`.
+        let wt = unsafe { *k.add(t as usize) };
+        ((ky * g.dh * cols + kx * g.dw) as usize, wt)
+    };
+    let n_taps = (g.kh * g.kw) as usize;
+    let mut small = [(0usize, 0f32); 49];
+    let large: Vec<(usize, f32)>;
+    let taps: &[(usize, f32)] = if n_taps <= small.len() {
+        for (t, slot) in small.iter_mut().enumerate().take(n_taps) {
+            *slot = tap(t as i64);
+        }
+        &small[..n_taps]
+    } else {
+        large = (0..g.kh * g.kw).map(tap).collect();
+        &large
+    };
     let p = buf.as_ptr();
     let step = (g.sh * cols) as usize;
     let (oh, ow) = (g.oh as usize, g.ow as usize);
     // Blocks of up to four output rows in vector registers (independent sums enough to hide
     // the multiply-add latency), the epilogue applied before each store.
     let mut oy = 0;
-    // 16 lanes where the rows are that wide, else 8.
+    // 16 lanes with AVX-512 (masked for rows narrower than that), else 8 where the rows are
+    // that wide.
     let lanes = match lanes {
-        16 if ow >= 16 => 16,
-        16 | 8 if ow >= 8 => 8,
+        16 => 16,
+        8 if ow >= 8 => 8,
         _ => 1,
     };
     #[cfg(target_arch = "x86_64")]
@@ -148,9 +160,9 @@ unsafe fn plane(
                 let e = epi.as_ref();
                 let sw = g.sw as usize;
                 if lanes == 16 {
-                    avx512::rows(x, step, &taps, out, ow, sw, n, e);
+                    avx512::rows(x, step, taps, out, ow, sw, n, e);
                 } else {
-                    avx2::rows(x, step, &taps, out, ow, sw, n, e);
+                    avx2::rows(x, step, taps, out, ow, sw, n, e);
                 }
             }
             oy += n;
@@ -163,9 +175,11 @@ unsafe fn plane(
         let row = unsafe { out.add(oy * ow) };
         for ox in 0..ow {
             let mut acc = 0.0f32;
-            for &(off, wt) in &taps {
+            for &(off, wt) in taps {
                 // SAFETY: every tap is inside the copy.
-                acc += unsafe { *p.add(base + off + ox * g.sw as usize) } * wt;
+                let v = unsafe { *p.add(base + off + ox * g.sw as usize) };
+                // Fused, as the vector code sums: identical results on every path.
+                acc = v.mul_add(wt, acc);
             }
             // SAFETY: `ox < ow`.
             unsafe { *row.add(ox) = acc };
@@ -192,15 +206,15 @@ pub(super) fn give_padded(buf: Vec<f32>) {
 }
 
 /// Copies the `h×w` plane `x` into `buf` padded with `fill` so that every tap of every output
-/// of `g` is inside it, and returns the copy's row length: rows are 16 elements longer than
-/// any tap reaches (stride-2 vector loads read one past their last tap).
+/// of `g` is inside it, and returns the copy's row length: rows are 32 elements longer than
+/// any tap reaches (a stride-2 vector load of 16 outputs reads 32 inputs, even for fewer).
 ///
 /// # Safety
 /// `x` readable for `h·w` elements; `oh`, `ow` positive.
 pub(super) unsafe fn padded(x: *const f32, g: &Geometry, fill: f32, buf: &mut Vec<f32>) -> i64 {
     let (ph, pw) = (g.ph.max(0), g.pw.max(0));
     let rows = (g.h + ph).max((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1);
-    let cols = (g.w + pw).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1) + 16;
+    let cols = (g.w + pw).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1) + 32;
     // Only the input's rows are written below: a buffer filled for the same geometry and
     // fill (this thread's last plane, most often) keeps its border.
     thread_local! {
@@ -527,10 +541,10 @@ pub(super) mod avx512 {
     }
 
     /// Output rows `0..n` (`n <= 4`) of a plane conv: row `r`'s taps at `x + r·step + off`
-    /// (per tap `(off, weight)`), its `ow >= 16` outputs at `out + r·ow`, through `epi` when
+    /// (per tap `(off, weight)`), its `ow` outputs at `out + r·ow`, through `epi` when
     /// given. Blocks of 32 and 16 columns, and a last block that ends at `ow` (redoing a
-    /// few); each output sums its taps in order with fused multiply-adds, as
-    /// [`super::avx2::rows`] does.
+    /// few), or one masked block for rows narrower than 16; each output sums its taps in
+    /// order with fused multiply-adds, as [`super::avx2::rows`] does.
     ///
     /// # Safety
     /// AVX-512F available; every tap of the rows readable with 16 elements to spare; the rows
@@ -574,21 +588,26 @@ pub(super) mod avx512 {
         let mut ox = 0;
         // SAFETY: forwarded.
         unsafe {
+            if ow < 16 {
+                let m = ((1u32 << ow) - 1) as u16;
+                return tile::<R, 1, S>(x, step, taps, out, ow, epi, 0, m);
+            }
             while ox + 32 <= ow {
-                tile::<R, 2, S>(x, step, taps, out, ow, epi, ox);
+                tile::<R, 2, S>(x, step, taps, out, ow, epi, ox, !0);
                 ox += 32;
             }
             if ox + 16 <= ow {
-                tile::<R, 1, S>(x, step, taps, out, ow, epi, ox);
+                tile::<R, 1, S>(x, step, taps, out, ow, epi, ox, !0);
                 ox += 16;
             }
             if ox < ow {
-                tile::<R, 1, S>(x, step, taps, out, ow, epi, ow - 16);
+                tile::<R, 1, S>(x, step, taps, out, ow, epi, ow - 16, !0);
             }
         }
     }
 
-    /// `R` rows by `J` vectors of outputs from column `ox`, in `R·J` accumulators.
+    /// `R` rows by `J` vectors of outputs from column `ox`, in `R·J` accumulators; only the
+    /// lanes of `m` are stored.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn tile<const R: usize, const J: usize, const S: usize>(
@@ -599,6 +618,7 @@ pub(super) mod avx512 {
         ow: usize,
         epi: Option<&Epilogue>,
         ox: usize,
+        m: u16,
     ) {
         // SAFETY: as [`rows`].
         unsafe {
@@ -613,15 +633,19 @@ pub(super) mod avx512 {
                     }
                 }
             }
-            let st = epi.map(|e| epilogue::avx512::coefs(e, 0, 0, !0));
+            let st = epi.map(|e| epilogue::avx512::coefs(e, 0, 0, m));
             for r in 0..R {
                 for j in 0..J {
                     let at = r * ow + ox + 16 * j;
                     let mut v = acc[r * J + j];
                     if let (Some(e), Some(st)) = (epi, st) {
-                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), !0);
+                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), m);
                     }
-                    _mm512_storeu_ps(out.add(at), v);
+                    if m == !0 {
+                        _mm512_storeu_ps(out.add(at), v);
+                    } else {
+                        _mm512_mask_storeu_ps(out.add(at), m, v);
+                    }
                 }
             }
         }
