@@ -124,6 +124,10 @@ pub const P: [f32; 6] = [
 
 /// One lane of the JIT's vector `exp` (with fused multiply-adds in the polynomial).
 pub(super) fn exp(x: f32) -> f32 {
+    // Below the clamp the result is 0 (e^-104 rounds to 0), without an underflow.
+    if x < -104.0 {
+        return 0.0;
+    }
     // NaN stays NaN.
     let x = x.clamp(-104.0, 89.0);
     let tm = x * LOG2E + MAGIC;
@@ -226,8 +230,10 @@ pub(super) mod avx2 {
         unsafe {
             let lo = _mm256_set1_ps(-104.0);
             let hi = _mm256_set1_ps(89.0);
+            // Lanes below the clamp are 0, computed from 0 (see `avx512::exp16`).
+            let gone = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+            let x = _mm256_andnot_ps(gone, x);
             // Clamped with NaN kept (comparisons with NaN are false).
-            let x = _mm256_blendv_ps(x, lo, _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo));
             let x = _mm256_blendv_ps(x, hi, _mm256_cmp_ps::<_CMP_LT_OQ>(hi, x));
             let magic = _mm256_set1_ps(MAGIC);
             let tm = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), magic);
@@ -246,7 +252,7 @@ pub(super) mod avx2 {
             let bias = _mm256_set1_epi32(127);
             let s1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias)));
             let s2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n2, bias)));
-            _mm256_mul_ps(_mm256_mul_ps(y, s1), s2)
+            _mm256_andnot_ps(gone, _mm256_mul_ps(_mm256_mul_ps(y, s1), s2))
         }
     }
 
@@ -324,8 +330,12 @@ pub(super) mod avx512 {
         use super::{C1, C2, LOG2E, MAGIC, P};
         let lo = _mm512_set1_ps(-104.0);
         let hi = _mm512_set1_ps(89.0);
+        // Lanes below the clamp are 0 (e^-104 rounds to 0): computed from 0 instead and
+        // zeroed at the end, so that no lane underflows — each instruction with an underflowing
+        // lane costs a microcode assist, and a softmax's masked scores are all such lanes.
+        let gone = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo);
+        let x = _mm512_maskz_mov_ps(!gone, x);
         // Clamped with NaN kept (comparisons with NaN are false).
-        let x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo), x, lo);
         let x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(hi, x), x, hi);
         let magic = _mm512_set1_ps(MAGIC);
         let tm = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), magic);
@@ -344,7 +354,7 @@ pub(super) mod avx512 {
         let bias = _mm512_set1_epi32(127);
         let s1 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n1, bias)));
         let s2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n2, bias)));
-        _mm512_mul_ps(_mm512_mul_ps(y, s1), s2)
+        _mm512_maskz_mov_ps(!gone, _mm512_mul_ps(_mm512_mul_ps(y, s1), s2))
     }
 
     /// Whole blocks of 16; returns where the rest starts.
@@ -422,13 +432,23 @@ mod tests {
             88.7,
             -103.0,
             -87.5,
+            -103.7,
+            -104.2,
+            -250.0,
+            -3.0e38,
         ]);
+        // Below the clamp every path gives +0 without computing an underflow: exactly what
+        // the clamped value itself computes to (so results are as they were with the clamp).
+        assert_eq!(exp(-104.0).to_bits(), 0);
         let s = 0.25;
         let mut dst = vec![0f32; src.len()];
         // SAFETY: both hold `src.len()` elements.
         unsafe { kiln_row_exp_sub(src.as_ptr(), dst.as_mut_ptr(), src.len() as i64, s) };
         for (&x, &y) in src.iter().zip(&dst) {
             let lane = exp(x - s);
+            if x - s < -104.0 {
+                assert_eq!(y.to_bits(), 0, "exp({x} - {s})");
+            }
             assert!(
                 y.to_bits() == lane.to_bits() || (y.is_nan() && lane.is_nan()),
                 "exp({x} - {s}): {y} vs {lane}"

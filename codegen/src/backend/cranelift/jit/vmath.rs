@@ -14,14 +14,22 @@ use super::simd::NO_FMA;
 use super::Lower;
 
 impl Lower<'_, '_> {
-    /// `exp` of an `f32x4` (see the accuracy contract in the module docs). With `x` clamped
-    /// to [-104, 89] (beyond, the result is 0 or inf; NaN passes through the clamp):
+    /// `exp` of an `f32x4` (see the accuracy contract in the module docs). Lanes below -104
+    /// are 0 (e^-104 rounds to 0), computed from 0 and zeroed at the end so that no lane
+    /// underflows (an instruction with an underflowing lane costs a microcode assist; a
+    /// softmax's masked scores are all such lanes). With `x` clamped to [-104, 89] (beyond,
+    /// the result is inf; NaN passes through the clamp):
     /// `n = round(x log2 e)`, `r = x - n ln 2` in two parts (the first exact), a degree-6
     /// polynomial for `e^r` on |r| <= ln(2)/2, and the scale `2^n` applied as two factors
     /// `2^(n>>1) · 2^(n - (n>>1))`, each a normal float, so that results in the subnormal
     /// range are rounded once and large ones overflow to inf.
     pub(super) fn vexp(&mut self, x: Value) -> Value {
-        let x = self.vclamp(x, -104.0, 89.0);
+        let lo = self.splat_f32(-104.0);
+        let gone = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let gone = self.b.ins().bitcast(types::F32X4, le(), gone);
+        let zero = self.splat_f32(0.0);
+        let x = self.b.ins().bitselect(gone, zero, x);
+        let x = self.vmin_keep_nan(x, 89.0);
         use kernel::routines::rows::{C1, C2, LOG2E, MAGIC, P};
         let log2e = self.splat_f32(LOG2E);
         let t = self.b.ins().fmul(x, log2e);
@@ -51,7 +59,8 @@ impl Lower<'_, '_> {
         let s1 = self.pow2(n1);
         let s2 = self.pow2(n2);
         let y = self.b.ins().fmul(y, s1);
-        self.b.ins().fmul(y, s2)
+        let y = self.b.ins().fmul(y, s2);
+        self.b.ins().bitselect(gone, zero, y)
     }
 
     /// Whether the host has fused multiply-add (then `fma` is one instruction; without it,
@@ -199,16 +208,6 @@ impl Lower<'_, '_> {
         let bad = self.b.ins().bitcast(types::F32X4, le(), bad);
         let nan = self.splat_f32(f32::NAN);
         self.b.ins().bitselect(bad, nan, r)
-    }
-
-    /// `x` clamped to `[lo, hi]`, NaN kept: one `maxps` and one `minps` on x64, where the
-    /// NaN-propagating `fmax`/`fmin` take several instructions each.
-    pub(super) fn vclamp(&mut self, x: Value, lo: f32, hi: f32) -> Value {
-        let lo = self.splat_f32(lo);
-        let below = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
-        let below = self.b.ins().bitcast(types::F32X4, le(), below);
-        let x = self.b.ins().bitselect(below, lo, x);
-        self.vmin_keep_nan(x, hi)
     }
 
     /// `min(x, hi)`, NaN kept (the `minps` pattern of the x64 backend).
