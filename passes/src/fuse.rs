@@ -89,10 +89,12 @@ struct Group {
 }
 
 /// The heavy op each node continues the epilogue of: a `dot` or `conv` is its own; an
-/// elementwise op continues the epilogue of its inputs whose producers it alone uses, when
-/// they continue one and the same (a join of two products continues none). Movement ops
-/// continue none: after a product they are indexing on the way into the next one (attention
-/// heads), which that one's kernel takes.
+/// elementwise op continues the epilogue of its inputs whose producers it alone uses (or two
+/// elementwise readers that meet again within a few steps, as GELU's and SiLU's `x` is read
+/// twice: see [`meets`]), when they continue one and the same (a join of two products
+/// continues none).
+/// Movement ops continue none: after a product they are indexing on the way into the next
+/// one (attention heads), which that one's kernel takes.
 fn owners(
     g: &Graph,
     order: &[NodeId],
@@ -110,7 +112,7 @@ fn owners(
                 for v in g.node(id).inputs() {
                     let only_here = users
                         .get(&v.node)
-                        .is_some_and(|us| us.iter().all(|&u| u == id));
+                        .is_some_and(|us| us.iter().all(|&u| u == id) || meets(g, us, users));
                     match (only_here, owner.get(&v.node)) {
                         (true, Some(&h)) if from.is_some_and(|f| f != h) => join = true,
                         (true, Some(&h)) => from = Some(h),
@@ -133,6 +135,31 @@ fn is_view(op: &Op) -> bool {
         op,
         Op::Broadcast { .. } | Op::Reshape { .. } | Op::Refine { .. } | Op::Transpose { .. }
     )
+}
+
+/// Whether the readers `us` of a value are two elementwise ops of which one reads the
+/// other's result, directly or through at most three elementwise ops each read once (`x ·
+/// sigmoid(x)`, `x · (erf(x / √2) + 1)`).
+fn meets(g: &Graph, us: &[NodeId], users: &HashMap<NodeId, Vec<NodeId>>) -> bool {
+    let mut distinct = us.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    let &[a, b] = distinct.as_slice() else {
+        return false;
+    };
+    let elementwise = |n: NodeId| class(g, n) == Class::Elementwise;
+    let reaches = |from: NodeId, to: NodeId| {
+        let mut at = from;
+        for _ in 0..4 {
+            match users.get(&at).map(|v| v.as_slice()) {
+                Some(&[next]) if next == to => return true,
+                Some(&[next]) if elementwise(next) => at = next,
+                _ => return false,
+            }
+        }
+        false
+    };
+    elementwise(a) && elementwise(b) && (reaches(a, b) || reaches(b, a))
 }
 
 /// Partitions `g` into candidate kernels (only groups worth a kernel node are returned).

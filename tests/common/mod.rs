@@ -477,6 +477,16 @@ fn epilogue_steps(b: &mut Builder, rng: &mut Rng, y: Value, per: &[usize]) -> Op
             continue;
         }
         if below(rng, 8) == 0 {
+            // SiLU: y · sigmoid(y), either operand first.
+            let sg = b.unary(Op::Sigmoid, y).ok()?;
+            y = if below(rng, 2) == 0 {
+                b.mul(y, sg).ok()?
+            } else {
+                b.mul(sg, y).ok()?
+            };
+            continue;
+        }
+        if below(rng, 8) == 0 {
             // GELU as exporters write it: y · (erf(y / √2) + 1).
             let r2 = b.scalar_like(f64::from(std::f32::consts::SQRT_2), y).ok()?;
             let d = b.div(y, r2).ok()?;

@@ -32,7 +32,7 @@ pub(super) struct Chain {
     hi: f64,
     /// Whether scale and shift are per column (a product's last axis) rather than per row.
     cols: bool,
-    /// The activation last: 0 none, 1 sigmoid, 2 tanh, 3 GELU.
+    /// The activation last: 0 none, 1 sigmoid, 2 tanh, 3 GELU, 4 SiLU.
     act: i64,
 }
 
@@ -109,6 +109,12 @@ impl Lowering<'_> {
         loop {
             if let Some((end, inner)) = self.gelu(at, &outputs) {
                 chain.act = 3;
+                chain.end = end;
+                chain.inner.extend(inner);
+                break;
+            }
+            if let Some((end, inner)) = self.silu(at, &outputs) {
+                chain.act = 4;
                 chain.end = end;
                 chain.inner.extend(inner);
                 break;
@@ -270,6 +276,36 @@ impl Lowering<'_> {
         let ins = g.node(mul).inputs();
         let product = ins.len() == 2 && ins.contains(&x) && ins.contains(&add_v) && same(mul_v);
         product.then_some((mul_v, [x, div_v, erf_v, add_v]))
+    }
+}
+
+impl Lowering<'_> {
+    /// The end of `x · sigmoid(x)` after `x` (SiLU, SwiGLU's gate) and the values in it, when
+    /// that is how `x` is read — twice, by the sigmoid and the product — and the sigmoid is
+    /// read only by the product and no value in it is an output.
+    fn silu(&self, x: Value, outputs: &[Value]) -> Option<(Value, [Value; 2])> {
+        let g = self.g;
+        if outputs.contains(&x) || self.reads.get(&x) != Some(&2) {
+            return None;
+        }
+        let users: Vec<NodeId> = (self.order.iter())
+            .copied()
+            .filter(|&id| g.node(id).inputs().contains(&x))
+            .collect();
+        let [a, b] = users[..] else {
+            return None;
+        };
+        let (sig, mul) = match (g.node(a).op(), g.node(b).op()) {
+            (Op::Sigmoid, Op::Mul) => (a, b),
+            (Op::Mul, Op::Sigmoid) => (b, a),
+            _ => return None,
+        };
+        let (sig_v, mul_v) = (Value::new(sig, 0), Value::new(mul, 0));
+        let once = !outputs.contains(&sig_v) && self.reads.get(&sig_v) == Some(&1);
+        let same = |v: Value| self.ty(v) == self.ty(x);
+        let ins = g.node(mul).inputs();
+        let product = ins.len() == 2 && ins.contains(&x) && ins.contains(&sig_v);
+        (once && product && same(sig_v) && same(mul_v)).then_some((mul_v, [x, sig_v]))
     }
 }
 

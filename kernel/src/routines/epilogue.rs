@@ -14,16 +14,19 @@ pub enum Act {
     Tanh = 2,
     /// `x · (erf(x / √2) + 1)`: GELU as exporters write it (its ½ folded elsewhere).
     Gelu = 3,
+    /// `x · sigmoid(x)`: SiLU (Swish), SwiGLU's gate.
+    Silu = 4,
 }
 
 impl Act {
-    /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh, 3 GELU;
-    /// others identity).
+    /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh, 3 GELU,
+    /// 4 SiLU; others identity).
     pub fn of(code: i64) -> Act {
         match code {
             1 => Act::Sigmoid,
             2 => Act::Tanh,
             3 => Act::Gelu,
+            4 => Act::Silu,
             _ => Act::Identity,
         }
     }
@@ -54,6 +57,7 @@ impl Act {
                 }
             }
             Act::Gelu => x * (erf(x / SQRT2) + 1.0),
+            Act::Silu => x * Act::Sigmoid.one(x),
         }
     }
 }
@@ -343,6 +347,7 @@ pub(super) mod avx512 {
                     let d = _mm512_div_ps(v, _mm512_set1_ps(SQRT2));
                     _mm512_mul_ps(v, _mm512_add_ps(erf(d), _mm512_set1_ps(1.0)))
                 }
+                Act::Silu => _mm512_mul_ps(v, sigmoid(v)),
             }
         }
     }
@@ -547,6 +552,7 @@ pub(super) mod avx2 {
                     let d = _mm256_div_ps(v, _mm256_set1_ps(SQRT2));
                     _mm256_mul_ps(v, _mm256_add_ps(erf(d), _mm256_set1_ps(1.0)))
                 }
+                Act::Silu => _mm256_mul_ps(v, sigmoid(v)),
             }
         }
     }
@@ -698,7 +704,7 @@ mod tests {
             (f32::NEG_INFINITY, 0.0),
             (f32::NEG_INFINITY, f32::INFINITY),
         ];
-        let acts = [Act::Identity, Act::Sigmoid, Act::Tanh, Act::Gelu];
+        let acts = [Act::Identity, Act::Sigmoid, Act::Tanh, Act::Gelu, Act::Silu];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
             for parts in 0..16 {
                 let by_col = parts & 8 != 0;
@@ -745,10 +751,12 @@ mod tests {
                                 let x = y as f64;
                                 x * (libm::erf(x / std::f64::consts::SQRT_2) + 1.0)
                             }
+                            Act::Silu => y as f64 / (1.0 + (-(y as f64)).exp()),
                         };
                         // (GELU within its erf's absolute error, scaled by x.)
                         let tol = match act {
                             Act::Gelu => 4e-7 * (1.0 + (y as f64).abs()),
+                            Act::Silu => 6.0 * f32::EPSILON as f64 * exact.abs() + 1e-37,
                             _ => 4.0 * f32::EPSILON as f64 * exact.abs() + 1e-37,
                         };
                         assert!(

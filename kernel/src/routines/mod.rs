@@ -511,7 +511,7 @@ pub static ROUTINES: [Routine; 8] = [
 /// The scalar arguments of a fused [`epilogue`] (after the optional operands `scale`, `shift`
 /// and `res`, and the integer `act`): `E(x) = act(min(max((x·scale[row] + shift[row]) +
 /// res[at], lo), hi))`, each part absent when its operand is (lo = -inf and hi = +inf for no
-/// clamp; `act` 0 identity, 1 sigmoid, 2 tanh), each step rounded as the elementwise
+/// clamp; `act` 0 identity, 1 sigmoid, 2 tanh, 3 GELU, 4 SiLU), each step rounded as the elementwise
 /// operations it stands for.
 const EPILOGUE: &[(&str, ir::DType)] = &[("lo", ir::DType::F32), ("hi", ir::DType::F32)];
 
