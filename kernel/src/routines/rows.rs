@@ -285,11 +285,13 @@ pub(super) mod avx512 {
     }
 
     /// The row's maximum as [`super::avx2`]'s: ordered integer keys (-0 below +0) and a NaN mask,
-    /// 32 elements a step; the rest in scalar.
+    /// 32 elements a step, then 16, then a masked step; the lanes' keys reduced in a register
+    /// and mapped back once (IEEE maximum is exact in any order: the same result).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max(row: *const f32, n: usize, init: f32) -> f32 {
         unsafe {
-            let mut k = [_mm512_set1_epi32(i32::MIN); 2];
+            let least = _mm512_set1_epi32(i32::MIN);
+            let mut k = [least; 2];
             let mut nan: __mmask16 = 0;
             let mut i = 0;
             while i + 32 <= n {
@@ -300,20 +302,28 @@ pub(super) mod avx512 {
                 }
                 i += 32;
             }
-            let k = _mm512_max_epi32(k[0], k[1]);
-            let mut lanes = [0i32; 16];
-            _mm512_storeu_si512(lanes.as_mut_ptr().cast(), k);
-            // Back from keys (the map is its own inverse) and the rest, in scalar.
-            let mut m = init;
-            for &l in &lanes {
-                let b = l ^ (((l >> 31) as u32) >> 1) as i32;
-                if l != i32::MIN {
-                    m = super::maximum(m, f32::from_bits(b as u32));
+            let mut k = _mm512_max_epi32(k[0], k[1]);
+            if i < n {
+                // The last 1 to 31 elements: a whole vector, then a masked one.
+                let mut step = |m: __mmask16, at: usize| {
+                    let x = _mm512_maskz_loadu_ps(m, row.add(at));
+                    nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(m, x, x);
+                    k = _mm512_mask_max_epi32(k, m, k, key(x));
+                };
+                if i + 16 <= n {
+                    step(!0, i);
+                    i += 16;
+                }
+                if i < n {
+                    step(((1u32 << (n - i)) - 1) as __mmask16, i);
                 }
             }
-            while i < n {
-                m = super::maximum(m, *row.add(i));
-                i += 1;
+            // Back from keys (the map is its own inverse); `i32::MIN` is no number's key.
+            let best = _mm512_reduce_max_epi32(k);
+            let mut m = init;
+            if best != i32::MIN {
+                let b = best ^ (((best >> 31) as u32) >> 1) as i32;
+                m = super::maximum(m, f32::from_bits(b as u32));
             }
             if nan != 0 {
                 f32::NAN
