@@ -1,6 +1,8 @@
-//! Recurrent layers (LSTM, GRU, RNN): the input projection of all steps is one matmul, then
-//! each step is a small matmul plus gates — unrolled over a static sequence of up to 256
-//! steps, else (a symbolic or longer sequence) a `loop` whose body is one step.
+//! Recurrent layers (LSTM, GRU, RNN): the input projection of all steps is one matmul per
+//! gate, then each step is a small matmul per gate (whose bias, input rows and activation
+//! become that product's epilogue) plus the gates' combination — unrolled over a static
+//! sequence of up to 256 steps, else (a symbolic or longer sequence) a `loop` whose body is
+//! one step.
 //! Variable sequence lengths freeze the state and zero the output past each sequence's end.
 
 use crate::onnx::OpError;
