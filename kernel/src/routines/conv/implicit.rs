@@ -9,10 +9,18 @@ use super::super::epilogue::Epilogue;
 use super::super::gemm::{self, ARows, Mat, Out, KC, MR, NR};
 use super::Geometry;
 
-/// Whether [`rows`] computes a block of geometry `g`: no negative padding, and a CPU with
-/// AVX-512.
+/// Whether [`rows`] computes a block of geometry `g`: a CPU with AVX-512, no negative
+/// padding, a window of several taps (a 1×1 conv's product reads its image rows in place,
+/// no copy at all) that read every row and phase the copy holds, and tiles whose columns
+/// are mostly outputs (at least 3/4: not 7 or 17 wide images, which the packed path's
+/// panels, running on across output rows, fill). Where it does not, the packed path
+/// computes the same sums.
 pub(super) fn applies(g: &Geometry, wide: bool) -> bool {
-    wide && g.ph >= 0 && g.pw >= 0
+    let read = g.kh * g.kw > 1 && g.kw * g.dw >= g.sw && g.kh * g.dh >= g.sh;
+    let ow = g.ow.max(1) as usize;
+    // Columns a row's tiles span: two rows in 32 when a row fits a vector, else whole panels.
+    let span = if ow <= NR { NR } else { ow.div_ceil(NR) * NR };
+    wide && g.ph >= 0 && g.pw >= 0 && read && 4 * ow >= 3 * span
 }
 
 /// Elements past the padded block that a tile's last vector loads may read (a tile of 32
