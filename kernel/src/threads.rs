@@ -192,7 +192,7 @@ pub fn parallel_for(parts: usize, f: impl Fn(usize) + Sync) {
         return;
     }
     let pool = HELPERS.with(|h| h.borrow().clone());
-    let Some(pool) = pool.filter(|p| parts > 1 && !p.is_empty()) else {
+    let Some(pool) = pool.filter(|p| !p.is_empty()) else {
         (0..parts).for_each(f);
         return;
     };

@@ -107,14 +107,8 @@ impl Lowering<'_> {
         let mut last: Option<Step> = None;
         let mut at = v;
         loop {
-            if let Some((end, inner)) = self.gelu(at, &outputs) {
-                chain.act = 3;
-                chain.end = end;
-                chain.inner.extend(inner);
-                break;
-            }
-            if let Some((end, inner)) = self.silu(at, &outputs) {
-                chain.act = 4;
+            if let Some((act, end, inner)) = self.activation(at, &outputs) {
+                chain.act = act;
                 chain.end = end;
                 chain.inner.extend(inner);
                 break;
@@ -220,26 +214,42 @@ impl Lowering<'_> {
         (chain.end != v).then_some(chain)
     }
 
+    /// The activation an epilogue ends with that starts at `x` and reads it twice (GELU or
+    /// SiLU as exporters write them): its code, its end and the values inside it.
+    fn activation(&self, x: Value, outputs: &[Value]) -> Option<(i64, Value, Vec<Value>)> {
+        if let Some((end, inner)) = self.gelu(x, outputs) {
+            return Some((3, end, inner.to_vec()));
+        }
+        let (end, inner) = self.silu(x, outputs)?;
+        Some((4, end, inner.to_vec()))
+    }
+
+    /// The nodes reading `v`.
+    fn readers(&self, v: Value) -> Vec<NodeId> {
+        (self.order.iter())
+            .copied()
+            .filter(|&id| self.g.node(id).inputs().contains(&v))
+            .collect()
+    }
+
+    /// The two nodes reading `x`, when it is read exactly twice and is no output.
+    fn read_twice(&self, x: Value, outputs: &[Value]) -> Option<[NodeId; 2]> {
+        if outputs.contains(&x) || self.reads.get(&x) != Some(&2) {
+            return None;
+        }
+        self.readers(x).try_into().ok()
+    }
+
     /// The end of `x · (erf(x / √2) + 1)` after `x` (GELU as exporters write it, its ½
     /// folded elsewhere) and the values in it, when that is how `x` is read — twice, by the
     /// division and the product — and no value in it is read elsewhere or an output.
     fn gelu(&self, x: Value, outputs: &[Value]) -> Option<(Value, [Value; 4])> {
         let g = self.g;
-        let users = |v: Value| -> Vec<NodeId> {
-            (self.order.iter())
-                .copied()
-                .filter(|&id| g.node(id).inputs().contains(&v))
-                .collect()
-        };
+        let users = |v: Value| self.readers(v);
         let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
         let (shape, dtype) = (&self.ty(x).shape, self.ty(x).dtype);
         let same = |v: Value| self.ty(v).shape == *shape && self.ty(v).dtype == dtype;
-        if outputs.contains(&x) || self.reads.get(&x) != Some(&2) {
-            return None;
-        }
-        let [a, b] = users(x)[..] else {
-            return None;
-        };
+        let [a, b] = self.read_twice(x, outputs)?;
         let (div, mul) = match (g.node(a).op(), g.node(b).op()) {
             (Op::Div, Op::Mul) => (a, b),
             (Op::Mul, Op::Div) => (b, a),
@@ -277,24 +287,13 @@ impl Lowering<'_> {
         let product = ins.len() == 2 && ins.contains(&x) && ins.contains(&add_v) && same(mul_v);
         product.then_some((mul_v, [x, div_v, erf_v, add_v]))
     }
-}
 
-impl Lowering<'_> {
     /// The end of `x · sigmoid(x)` after `x` (SiLU, SwiGLU's gate) and the values in it, when
     /// that is how `x` is read — twice, by the sigmoid and the product — and the sigmoid is
     /// read only by the product and no value in it is an output.
     fn silu(&self, x: Value, outputs: &[Value]) -> Option<(Value, [Value; 2])> {
         let g = self.g;
-        if outputs.contains(&x) || self.reads.get(&x) != Some(&2) {
-            return None;
-        }
-        let users: Vec<NodeId> = (self.order.iter())
-            .copied()
-            .filter(|&id| g.node(id).inputs().contains(&x))
-            .collect();
-        let [a, b] = users[..] else {
-            return None;
-        };
+        let [a, b] = self.read_twice(x, outputs)?;
         let (sig, mul) = match (g.node(a).op(), g.node(b).op()) {
             (Op::Sigmoid, Op::Mul) => (a, b),
             (Op::Mul, Op::Sigmoid) => (b, a),

@@ -227,9 +227,9 @@ fn step(
     mask: Option<Value>,
 ) -> R<(Value, Option<Value>, Value)> {
     let h = cfg.hidden;
-    // Gate k's recurrent term hs·Rᵀ_k (+ its bias).
-    let rec = |b: &mut Builder, k: usize| -> R<Value> {
-        let hr = b.matmul(hs, d.rt[k])?;
+    // Gate k's recurrent term lhs·Rᵀ_k (+ its bias); lhs is hs but for GRU's reset gate.
+    let rec = |b: &mut Builder, lhs: Value, k: usize| -> R<Value> {
+        let hr = b.matmul(lhs, d.rt[k])?;
         match &d.rb {
             Some(rb) => b.add(hr, rb[k]).map_err(s),
             None => Ok(hr),
@@ -237,7 +237,7 @@ fn step(
     };
     // Gate k's pre-activation: its input projection plus its recurrent term.
     let pre = |b: &mut Builder, k: usize| -> R<Value> {
-        let hr = rec(b, k)?;
+        let hr = rec(b, hs, k)?;
         b.add(xw[k], hr).map_err(s)
     };
     let (h_new, c_new) = match cfg.kind {
@@ -298,21 +298,12 @@ fn step(
             let r = pre(b, 1)?;
             let r = clipped(b, r, cfg.clip)?;
             let r = activate(b, &d.acts[0], r)?;
-            let rh_w = d.rt[2];
-            let rbh = d.rb.as_ref().map(|rb| rb[2]);
             let hh = if cfg.linear_before_reset {
-                let mut t = b.matmul(hs, rh_w)?;
-                if let Some(rbh) = rbh {
-                    t = b.add(t, rbh)?;
-                }
+                let t = rec(b, hs, 2)?;
                 b.mul(r, t)?
             } else {
                 let rhs = b.mul(r, hs)?;
-                let mut t = b.matmul(rhs, rh_w)?;
-                if let Some(rbh) = rbh {
-                    t = b.add(t, rbh)?;
-                }
-                t
+                rec(b, rhs, 2)?
             };
             let pre = b.add(xh, hh)?;
             let pre = clipped(b, pre, cfg.clip)?;
