@@ -392,6 +392,58 @@ impl Data {
         }
     }
 
+    /// Whether there are elements and all have element 0's bits (a splat).
+    pub fn is_splat(&self) -> bool {
+        fn all<T: Copy, B: PartialEq>(v: &[T], bits: impl Fn(T) -> B) -> bool {
+            v.first().is_some_and(|&x| {
+                let b = bits(x);
+                v.iter().all(|&y| bits(y) == b)
+            })
+        }
+        match self {
+            Data::F16(v) => all(v, f16::to_bits),
+            Data::BF16(v) => all(v, bf16::to_bits),
+            Data::F32(v) => all(v, f32::to_bits),
+            Data::F64(v) => all(v, f64::to_bits),
+            Data::I8(v) => all(v, |x| x),
+            Data::I16(v) => all(v, |x| x),
+            Data::I32(v) => all(v, |x| x),
+            Data::I64(v) => all(v, |x| x),
+            Data::U8(v) => all(v, |x| x),
+            Data::U16(v) => all(v, |x| x),
+            Data::U32(v) => all(v, |x| x),
+            Data::U64(v) => all(v, |x| x),
+            Data::Bool(v) => all(v, |x| x),
+            d => d.patterns().is_some_and(|p| all(p, |x| x)),
+        }
+    }
+
+    /// Whether two data have the same dtype and the same bits element by element (NaNs with
+    /// the same payload are equal, `0.0 != -0.0`).
+    pub fn bits_eq(&self, other: &Data) -> bool {
+        fn eq<T: Copy, B: PartialEq>(a: &[T], b: &[T], bits: impl Fn(T) -> B) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| bits(x) == bits(y))
+        }
+        match (self, other) {
+            (Data::F16(a), Data::F16(b)) => eq(a, b, f16::to_bits),
+            (Data::BF16(a), Data::BF16(b)) => eq(a, b, bf16::to_bits),
+            (Data::F32(a), Data::F32(b)) => eq(a, b, f32::to_bits),
+            (Data::F64(a), Data::F64(b)) => eq(a, b, f64::to_bits),
+            (Data::I8(a), Data::I8(b)) => a == b,
+            (Data::I16(a), Data::I16(b)) => a == b,
+            (Data::I32(a), Data::I32(b)) => a == b,
+            (Data::I64(a), Data::I64(b)) => a == b,
+            (Data::U8(a), Data::U8(b)) => a == b,
+            (Data::U16(a), Data::U16(b)) => a == b,
+            (Data::U32(a), Data::U32(b)) => a == b,
+            (Data::U64(a), Data::U64(b)) => a == b,
+            (Data::Bool(a), Data::Bool(b)) => a == b,
+            (a, b) => {
+                a.dtype() == b.dtype() && a.patterns().is_some() && a.patterns() == b.patterns()
+            }
+        }
+    }
+
     /// Gathers elements by source index; `None` entries take `fill` (element 0 of a one-element
     /// data of the same dtype), which is how padding is expressed.
     pub fn take(&self, index: &[Option<usize>], fill: Option<&Data>) -> Data {
@@ -546,7 +598,7 @@ impl PartialEq for Tensor {
         if self.shape != other.shape || self.dtype() != other.dtype() {
             return false;
         }
-        self.ptr_eq(other) || (0..self.numel()).all(|i| self.data.bits(i) == other.data.bits(i))
+        self.ptr_eq(other) || self.data.bits_eq(&other.data)
     }
 }
 
@@ -571,6 +623,22 @@ impl fmt::Debug for Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splats_and_bitwise_equality() {
+        assert!(Data::F32(vec![0.5; 1000]).is_splat());
+        assert!(!Data::F32(vec![]).is_splat());
+        assert!(!Data::F32(vec![0.0, -0.0]).is_splat());
+        assert!(Data::F32(vec![f32::NAN; 3]).is_splat());
+        assert!(!Data::I64(vec![1, 1, 2]).is_splat());
+        assert!(Data::Bool(vec![true; 4]).is_splat());
+        assert!(Data::I4(vec![3, 3]).is_splat());
+        assert!(Data::F32(vec![f32::NAN, 1.0]).bits_eq(&Data::F32(vec![f32::NAN, 1.0])));
+        assert!(!Data::F32(vec![0.0]).bits_eq(&Data::F32(vec![-0.0])));
+        assert!(!Data::I32(vec![1]).bits_eq(&Data::U32(vec![1])));
+        assert!(!Data::I4(vec![1]).bits_eq(&Data::U4(vec![1])));
+        assert!(Data::U4(vec![1, 2]).bits_eq(&Data::U4(vec![1, 2])));
+    }
 
     #[test]
     fn length_is_checked() {

@@ -153,7 +153,7 @@ fn fold_node(
 fn emit(b: &mut Builder, t: Tensor, base: Option<&str>, names: &mut HashSet<String>) -> R<Value> {
     let n = t.numel();
     let data = t.data();
-    if n > 1 && (1..n).all(|i| data.bits(i) == data.bits(0)) {
+    if n > 1 && data.is_splat() {
         let scalar = Tensor::new(vec![], data.take_all(&[0])).map_err(|e| e.to_string())?;
         let s = b.constant(scalar).map_err(|e| e.to_string())?;
         let shape = Shape::from_usizes(t.shape());

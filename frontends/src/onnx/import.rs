@@ -381,6 +381,9 @@ impl<'o> Ctx<'o> {
                 let x = scratch.value_of(v).ok()?;
                 scratch.b.output("o", x).ok()?;
                 let g = scratch.b.finish().ok()?;
+                if !small_results(&g) {
+                    return None;
+                }
                 eval(&g).ok()?.into_iter().next()?
             }
         };
@@ -844,6 +847,22 @@ fn import_node(
     Ok(())
 }
 
+/// Whether every output of a scratch graph has a static size within [`FOLD_LIMIT`] elements:
+/// what is worth evaluating at import (a placeholder weight's `ConstantOfShape` of 100M
+/// elements stays a broadcast, unevaluated).
+fn small_results(g: &ir::Graph) -> bool {
+    g.outputs().iter().all(|(_, v)| {
+        g.value_type(*v)
+            .shape
+            .as_consts()
+            .and_then(|d| {
+                d.iter()
+                    .try_fold(1usize, |n, &x| n.checked_mul(usize::try_from(x).ok()?))
+            })
+            .is_some_and(|n| n <= FOLD_LIMIT)
+    })
+}
+
 /// Evaluates a node whose inputs are all known constants, when the options carry an evaluator:
 /// the node is imported into a scratch graph over constants and run. Any failure just means
 /// "import it normally".
@@ -868,9 +887,9 @@ fn fold(ctx: &mut Ctx, node: &Node, f: registry::ImportFn) -> Option<Vec<V>> {
         scratch.b.output(&format!("o{i}"), x).ok()?;
     }
     let g = scratch.b.finish().ok()?;
-    let results = eval(&g).ok()?;
-    if results.iter().any(|t| t.numel() > FOLD_LIMIT) {
+    if !small_results(&g) {
         return None;
     }
+    let results = eval(&g).ok()?;
     Some(results.into_iter().map(V::data).collect())
 }

@@ -133,13 +133,12 @@ fn splat_of(op: &Op, operands: &[&Info]) -> Option<f64> {
     match op {
         Op::Constant { value } => {
             let t = &value.tensor;
-            let n = t.numel();
             let d = t.data();
-            if n == 0 || (1..n).any(|i| d.bits(i) != d.bits(0)) {
+            if !d.is_splat() {
                 return None;
             }
             // Only values that survive the trip through f64 (not every i64 does).
-            let v = t.to_f64_vec()[0];
+            let v = d.get_f64(0);
             (ir::Data::from_f64s(t.dtype(), &[v]).bits(0) == d.bits(0)).then_some(v)
         }
         Op::Broadcast { .. } | Op::Reshape { .. } | Op::Refine { .. } | Op::Transpose { .. } => {

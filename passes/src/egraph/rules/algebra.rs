@@ -1,5 +1,6 @@
 //! Algebraic simplification: identities of arithmetic, inverse functions, division by a
-//! constant, scalar factors moving through `dot`, and splat constants as scalar broadcasts.
+//! constant, scalar factors moving through `dot`, a `dot` with a splat operand as a sum, and
+//! splat constants as scalar broadcasts.
 
 use egg::Id;
 use ir::Op;
@@ -250,5 +251,90 @@ pub const SPLAT_CONSTANT: Rule = Rule {
         splat_expr(v, i.ty().dtype, &i.ty().shape)
             .into_iter()
             .collect()
+    },
+};
+
+/// dot(A, c) with every element of one operand the same finite, nonzero c is c times the
+/// other operand summed over the contracted axes, broadcast over the splat side's free axes:
+/// O(M·K) work instead of O(M·K·N). Placeholder weights (a model zoo's `ConstantOfShape`
+/// splats) take this; real weights never do. Only where the summed operand's remaining axes
+/// keep their order in the result (batch axes first), so the broadcast needs no transpose.
+pub const DOT_OF_SPLAT: Rule = Rule {
+    name: "dot-of-splat",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        if !super::is_real(eg, id) {
+            return out;
+        }
+        let ty = info(eg, id).ty().clone();
+        for (op, args) in nodes(eg, id) {
+            let Op::Dot {
+                lhs_batch,
+                rhs_batch,
+                lhs_contract,
+                rhs_contract,
+            } = op
+            else {
+                continue;
+            };
+            let ranks = [info(eg, args[0]).ty().rank(), info(eg, args[1]).ty().rank()];
+            let free = |side: usize, batch: &[i64], contract: &[i64]| {
+                ranks[side] - batch.len() - contract.len()
+            };
+            let lhs_free = free(0, lhs_batch, lhs_contract);
+            for side in 0..2 {
+                let Some(c) = info(eg, args[side])
+                    .splat
+                    .filter(|v| v.is_finite() && *v != 0.0)
+                else {
+                    continue;
+                };
+                // The other operand is summed; its axes land in the result at these places.
+                let other = 1 - side;
+                let (batch, contract, first_free) = if other == 0 {
+                    (lhs_batch, lhs_contract, lhs_batch.len())
+                } else {
+                    (rhs_batch, rhs_contract, lhs_batch.len() + lhs_free)
+                };
+                let mut dims = Vec::new();
+                let mut free_seen = 0;
+                for a in 0..ranks[other] as i64 {
+                    if contract.contains(&a) {
+                        continue;
+                    }
+                    match batch.iter().position(|&b| b == a) {
+                        Some(j) => dims.push(j as i64),
+                        None => {
+                            dims.push((first_free + free_seen) as i64);
+                            free_seen += 1;
+                        }
+                    }
+                }
+                if contract.is_empty() || dims.windows(2).any(|w| w[0] >= w[1]) {
+                    continue;
+                }
+                let summed = Expr::op(
+                    Op::ReduceSum {
+                        axes: contract.clone(),
+                    },
+                    [args[other].into()],
+                );
+                let kept: Vec<ir::Dim> = dims
+                    .iter()
+                    .map(|&d| ty.shape.dim(d as usize).clone())
+                    .collect();
+                let Some(s) = splat_expr(c, ty.dtype, &ir::Shape::new(kept)) else {
+                    continue;
+                };
+                out.push(Expr::op(
+                    Op::Broadcast {
+                        dims,
+                        shape: ty.shape.clone(),
+                    },
+                    [Expr::op(Op::Mul, [summed, s])],
+                ));
+            }
+        }
+        out
     },
 };

@@ -25,6 +25,7 @@ pub static SIMPLIFY: Stage = Stage {
         algebra::DIV_CONST,
         algebra::SCALE_OUT_OF_DOT,
         algebra::SCALE_INTO_DOT,
+        algebra::DOT_OF_SPLAT,
         algebra::SPLAT_CONSTANT,
         layout::TRANSPOSE_TRANSPOSE,
         layout::TRANSPOSE_IDENTITY,
