@@ -307,7 +307,7 @@ unsafe fn rows_block(
     if o <= 0 || cols == 0 {
         return;
     }
-    if implicit::applies(g, wide) {
+    if implicit::applies(g, rows, wide) {
         // SAFETY: forwarded; `applies` holds.
         return unsafe { implicit::rows(x, wt, out, c, o, g, y0, rows, epi) };
     }

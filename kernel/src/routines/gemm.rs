@@ -7,6 +7,7 @@
 use super::epilogue::{self, Epilogue};
 
 mod thin;
+pub(super) mod tile;
 use thin::{thin, thin_packed};
 
 pub(super) const MR: usize = 6;
@@ -750,10 +751,77 @@ pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8
     offs: *const usize,
     out: Out,
 ) {
+    // SAFETY: forwarded.
+    unsafe {
+        let acc = accumulate::<R, C, STEP>(kc, a, b, bs, offs);
+        store_tile::<R, C>(&acc, out);
+    }
+}
+
+/// The accumulators of [`micro_avx512`]'s tile after `kc` steps (row i's panel q at `2i + q`).
+///
+/// # Safety
+/// As [`micro_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn accumulate<const R: usize, const C: usize, const STEP: u8>(
+    kc: usize,
+    a: [ARows; R],
+    b: [*const f32; C],
+    bs: [usize; C],
+    offs: *const usize,
+) -> [std::arch::x86_64::__m512; 2 * MR * 2] {
     use std::arch::x86_64::*;
     // One flat array of accumulators, indexed by constants once the loops unroll (nested
     // arrays of 24 registers were kept in memory as well, a store per multiply-add).
     let mut acc = [_mm512_setzero_ps(); 2 * MR * 2];
+    // A full tile whose A panels advance alike and whose B steps are offsets or one stride:
+    // the k loop in assembly (`tile.rs`).
+    let (a0, a1) = (a[0], a[R - 1]);
+    let bstride = match STEP {
+        PACKED => Some(NR),
+        ROWS => (bs[0] == bs[C - 1]).then_some(bs[0]),
+        _ => Some(0),
+    };
+    if let (2, 2, Some(bs), true, true) = (R, C, bstride, a0.row == a1.row, a0.step == a1.step) {
+        if kc > 0 {
+            let rows = tile::Rows12 {
+                a: [a0.p, a1.p],
+                row: a0.row,
+                step: a0.step,
+            };
+            let offs = if STEP == OFFSETS {
+                offs
+            } else {
+                std::ptr::null()
+            };
+            // SAFETY: as this function's contract; R and C are 2.
+            unsafe { tile::k_loop(kc, rows, [b[0], b[C - 1]], bs, offs, &mut acc) };
+        }
+    } else {
+        // SAFETY: as this function's contract.
+        unsafe { k_loop::<R, C, STEP>(kc, a, b, bs, offs, &mut acc) };
+    }
+    acc
+}
+
+/// [`micro_avx512`]'s k loop in Rust, for the tiles `tile::k_loop` does not take.
+///
+/// # Safety
+/// As [`micro_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn k_loop<const R: usize, const C: usize, const STEP: u8>(
+    kc: usize,
+    a: [ARows; R],
+    b: [*const f32; C],
+    bs: [usize; C],
+    offs: *const usize,
+    acc: &mut [std::arch::x86_64::__m512; 2 * MR * 2],
+) {
+    use std::arch::x86_64::*;
     for kk in 0..kc {
         // SAFETY: the A rows hold kc steps; each B panel kc steps of NR values, `bs` apart.
         unsafe {
@@ -778,6 +846,20 @@ pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8
             }
         }
     }
+}
+
+/// Stores [`micro_avx512`]'s accumulators (row i's panel q at `2i + q`) through `out`.
+///
+/// # Safety
+/// As [`micro_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile<const R: usize, const C: usize>(
+    acc: &[std::arch::x86_64::__m512; 2 * MR * 2],
+    out: Out,
+) {
+    use std::arch::x86_64::*;
     let Out {
         p,
         ld,

@@ -1,32 +1,65 @@
 //! Dense convolutions as an implicit GEMM: the block's input rows are copied once into a
 //! zero-padded buffer, and the product's micro-kernel reads each tap's shifted run of it in
 //! place (`gemm::OFFSETS`: step k of B at its own offset) instead of a packed im2col copy of
-//! every column — a copy k times larger than the image block. With a column stride s, each
-//! padded row is stored as s phases (columns s·q + r at phase r, position q), so that every
-//! tap's inputs for consecutive outputs are again one contiguous run.
+//! every column — a copy k times larger than the image block. The copy stores each channel
+//! as `sh·sw` phases (rows `sh·r + a`, columns `sw·q + b` at phase (a, b), row r, position
+//! q) of rows `wq` apart, so that for every tap output (y, x) reads phase element
+//! `y·wq + x` from the tap's start: the block's outputs are one run of *virtual columns*
+//! `v = y·wq + x`, tiled 32 at a time across row ends (the `wq - ow` columns past each
+//! row's end are computed and dropped), whatever the image's width.
 
-use super::super::epilogue::Epilogue;
-use super::super::gemm::{self, ARows, Mat, Out, KC, MR, NR};
+use super::super::epilogue::{self, Epilogue};
+use super::super::gemm::{self, ARows, Mat, KC, MR, NR};
 use super::Geometry;
 
-/// Whether [`rows`] computes a block of geometry `g`: a CPU with AVX-512, no negative
-/// padding, a window of several taps (a 1×1 conv's product reads its image rows in place,
-/// no copy at all) that read every row and phase the copy holds, and tiles whose columns
-/// are mostly outputs (at least 3/4: not 7 or 17 wide images, which the packed path's
-/// panels, running on across output rows, fill). Where it does not, the packed path
-/// computes the same sums.
-pub(super) fn applies(g: &Geometry, wide: bool) -> bool {
-    let read = g.kh * g.kw > 1 && g.kw * g.dw >= g.sw && g.kh * g.dh >= g.sh;
-    let ow = g.ow.max(1) as usize;
-    // Columns a row's tiles span: two rows in 32 when a row fits a vector, else whole panels.
-    let span = if ow <= NR { NR } else { ow.div_ceil(NR) * NR };
-    wide && g.ph >= 0 && g.pw >= 0 && read && 4 * ow >= 3 * span
+/// The virtual columns of a block of `rows` output rows of geometry `g`, and how many of
+/// them are outputs.
+fn columns(g: &Geometry, rows: usize) -> (usize, usize) {
+    let (w, ow, sw) = (g.w as usize, g.ow as usize, g.sw as usize);
+    let wq = padded_width(g, w, ow).div_ceil(sw);
+    ((rows - 1) * wq + ow, rows * ow)
 }
 
-/// Elements past the padded block that a tile's last vector loads may read (a tile of 32
-/// columns reads whole vectors past the output row's end: junk that only columns not stored
-/// sum).
-const SLACK: usize = 2 * NR;
+/// The padded row's width: the input and its padding, or as far as the last tap reaches.
+fn padded_width(g: &Geometry, w: usize, ow: usize) -> usize {
+    let (sw, kw, dw, pw) = (g.sw as usize, g.kw as usize, g.dw as usize, g.pw as usize);
+    (w + pw).max((ow - 1) * sw + (kw - 1) * dw + 1)
+}
+
+/// Where the tile vectors of 16 virtual columns start: at the first output, then 16 on, or
+/// at the next row's start where that lands past a row's outputs (its columns would all be
+/// dropped). A tile is two vectors of this list, wherever each starts.
+fn vector_starts(virt: usize, wq: usize, ow: usize) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut v = 0;
+    while v < virt {
+        starts.push(v);
+        v += NR;
+        if v % wq >= ow {
+            v += wq - v % wq;
+        }
+    }
+    starts
+}
+
+/// Whether [`rows`] computes a block of `rows` output rows of geometry `g`: a CPU with
+/// AVX-512, no negative padding, a window of several taps (a 1×1 conv's product reads its
+/// image rows in place, no copy at all) that read every row and column phase the copy holds,
+/// and tiles of 32 virtual columns at least 3/4 outputs. Where it does not, the packed
+/// path computes the same sums.
+pub(super) fn applies(g: &Geometry, rows: i64, wide: bool) -> bool {
+    let read = g.kh * g.kw > 1 && g.kw * g.dw >= g.sw && g.kh * g.dh >= g.sh;
+    if !(wide && g.ph >= 0 && g.pw >= 0 && read && rows > 0 && g.ow > 0) {
+        return false;
+    }
+    let (virt, outputs) = columns(g, rows as usize);
+    let wq = padded_width(g, g.w as usize, g.ow as usize).div_ceil(g.sw as usize);
+    4 * outputs
+        >= 3 * vector_starts(virt, wq, g.ow as usize)
+            .len()
+            .next_multiple_of(2)
+            * NR
+}
 
 thread_local! {
     /// The padded block and the tap offsets, per thread, reused between calls.
@@ -38,7 +71,8 @@ thread_local! {
 /// computes them (the same products summed in the same order, so identical results).
 ///
 /// # Safety
-/// As [`super::kiln_conv2d_rows`]; [`applies`] holds for `g` (so the CPU has AVX-512).
+/// As [`super::kiln_conv2d_rows`]; [`applies`] holds for `g` and `rows` (so the CPU has
+/// AVX-512).
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn rows(
     x: *const f32,
@@ -59,15 +93,30 @@ pub(super) unsafe fn rows(
         return;
     }
     let (sh, sw, pw) = (g.sh as usize, g.sw as usize, g.pw as usize);
-    // The block's input rows, and columns padded on both sides so that every tap is inside
-    // (`wp` of them), stored as `sw` phases of `wq` each.
+    // The block's input rows, `rp` per row phase; padded rows of `wq` per column phase.
     let in_rows = (rows - 1) * sh + (kh - 1) * dh + 1;
-    let wp = (w + pw).max((ow - 1) * sw + (kw - 1) * dw + 1);
-    let wq = wp.div_ceil(sw);
-    let row_len = sw * wq;
-    let plane = in_rows * row_len;
+    let rp = in_rows.div_ceil(sh);
+    let wq = padded_width(g, w, ow).div_ceil(sw);
+    let phase = rp * wq;
+    let plane = sh * sw * phase;
+    // Step (ch·kh + ky)·kw + kx of the contraction: where its tap's phase reads output 0.
     let (mut buf, mut offs, mut ap) = BUFS.with(|b| b.take());
-    let len = c * plane + SLACK;
+    offs.clear();
+    for ch in 0..c {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (ry, rx) = (ky * dh, kx * dw);
+                let ph = ry % sh * sw + rx % sw;
+                offs.push(ch * plane + ph * phase + ry / sh * wq + rx / sw);
+            }
+        }
+    }
+    let (virt, _) = columns(g, rows);
+    let starts = vector_starts(virt, wq, ow);
+    // Every tile's vectors read inside the buffer, past the last tap's run included (a last
+    // tile of one vector computes a second one after it, not stored).
+    let reach = offs.iter().max().copied().unwrap_or(0) + starts.last().map_or(0, |v| v + 2 * NR);
+    let len = (c * plane).max(reach);
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
@@ -80,136 +129,294 @@ pub(super) unsafe fn rows(
             if iy < 0 || iy >= h as i64 {
                 continue;
             }
-            let dst = &mut buf[ch * plane + r * row_len..][..row_len];
+            let at = ch * plane + r % sh * sw * phase + r / sh * wq;
             // SAFETY: row iy of channel ch has w elements.
             let src = unsafe { std::slice::from_raw_parts(x.add((ch * h + iy as usize) * w), w) };
             if sw == 1 {
-                dst[pw..pw + w].copy_from_slice(src);
+                buf[at + pw..at + pw + w].copy_from_slice(src);
             } else {
-                // SAFETY: the CPU has AVX-512 (`applies`).
-                unsafe { phases(src, pw, sw, wq, dst) };
+                // SAFETY: the CPU has AVX-512 (`applies`); each phase's row is inside the
+                // buffer.
+                unsafe { phases(src, pw, sw, wq, phase, buf[at..].as_mut_ptr()) };
             }
         }
     }
-    // Step (ch·kh + ky)·kw + kx of the contraction: its tap's run from a tile's first output.
-    offs.clear();
-    for ch in 0..c {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let p = kx * dw;
-                offs.push(ch * plane + ky * dh * row_len + p % sw * wq + p / sw);
-            }
-        }
-    }
-    let ohw = (g.oh * g.ow) as usize;
-    let last = (k - 1) / KC * KC;
     let a = Mat {
         p: wt,
         rs: 1,
         cs: k as isize,
     };
-    for pc in (0..k).step_by(KC) {
-        let kc = KC.min(k - pc);
-        for i in (0..o).step_by(2 * MR) {
-            // Whole panels of A are read in place; a last partial one is packed (zeros past
-            // the filters).
-            let panel = |p: usize, ap: &mut Vec<f32>| -> ARows {
-                let ib = i + p * MR;
-                if o - ib >= MR {
-                    return ARows {
-                        p: wt.wrapping_add(ib * k + pc),
-                        row: k,
-                        step: 1,
-                    };
-                }
-                ap.resize(MR * kc, 0.0);
-                // SAFETY: filters ib..o hold steps pc..pc + kc.
-                unsafe { gemm::pack::<MR>(a, pc, ib, kc, o - ib, ap) };
-                ARows::packed(ap)
+    // Whole panels of A are read in place; a last partial one is packed (zeros past the
+    // filters).
+    let panel = |ib: usize, ap: &mut Vec<f32>| -> ARows {
+        if o - ib >= MR {
+            return ARows {
+                p: wt.wrapping_add(ib * k),
+                row: k,
+                step: 1,
             };
-            let a0 = panel(0, &mut ap);
-            let pair = o - i > MR;
-            let a1 = if pair { panel(1, &mut ap) } else { a0 };
-            // Tiles of 32 columns of an output row; of two output rows where a row is no
-            // wider than a vector (a 16-wide image would fill only half a tile).
-            let pairs = ow <= NR;
-            for y in (0..rows).step_by(if pairs { 2 } else { 1 }) {
-                let row = buf.as_ptr().wrapping_add(y * sh * row_len);
-                for x0 in (0..ow).step_by(2 * NR) {
-                    let at = i * ohw + (y0 as usize + y) * ow + x0;
-                    let (b0, b1, cols, panel, two) = if pairs {
-                        let two = y + 1 < rows;
-                        let next = row.wrapping_add(sh * row_len);
-                        (row, next, if two { 2 * ow } else { ow }, ow, two)
-                    } else {
-                        let (b0, b1) = (row.wrapping_add(x0), row.wrapping_add(x0 + NR));
-                        (b0, b1, (2 * NR).min(ow - x0), NR, x0 + NR < ow)
-                    };
-                    let out = Out {
-                        // SAFETY: filter i's output (y0 + y, x0) is inside `out`.
-                        p: unsafe { out.add(at) },
-                        ld: ohw,
-                        add: pc > 0,
-                        rows: (2 * MR).min(o - i),
-                        cols,
-                        epi: (pc == last && !epi.is_none()).then(|| epi.from(i, 0, at)),
-                        panel,
-                    };
-                    let offs = offs[pc..].as_ptr();
-                    // SAFETY: the CPU has AVX-512 (`applies`); every step's run of 32 columns
-                    // from the tile is inside the padded block and its slack; the tile's
-                    // rows and columns inside `out`.
-                    unsafe {
-                        match (pair, two) {
-                            (true, true) => gemm::micro_avx512::<2, 2, { gemm::OFFSETS }>(
-                                kc,
-                                [a0, a1],
-                                [b0, b1],
-                                [0; 2],
-                                offs,
-                                out,
-                            ),
-                            (true, false) => gemm::micro_avx512::<2, 1, { gemm::OFFSETS }>(
-                                kc,
-                                [a0, a1],
-                                [b0],
-                                [0],
-                                offs,
-                                out,
-                            ),
-                            (false, true) => gemm::micro_avx512::<1, 2, { gemm::OFFSETS }>(
-                                kc,
-                                [a0],
-                                [b0, b1],
-                                [0; 2],
-                                offs,
-                                out,
-                            ),
-                            (false, false) => gemm::micro_avx512::<1, 1, { gemm::OFFSETS }>(
-                                kc,
-                                [a0],
-                                [b0],
-                                [0],
-                                offs,
-                                out,
-                            ),
+        }
+        ap.resize(MR * k, 0.0);
+        // SAFETY: filters ib..o hold k steps.
+        unsafe { gemm::pack::<MR>(a, 0, ib, k, o - ib, ap) };
+        ARows::packed(ap)
+    };
+    // Blocks of 12 filters, and of 8 (an assembly tile of its own) where the count leaves 4
+    // or 8 over (64 = 4·12 + 2·8); any other rest (fewer than 8, or a count not a multiple
+    // of 4) by the portable loop.
+    let mut sizes = vec![2 * MR; o / (2 * MR)];
+    match o % (2 * MR) {
+        0 => {}
+        8 => sizes.push(8),
+        4 if !sizes.is_empty() => {
+            sizes.pop();
+            sizes.extend([8, 8]);
+        }
+        r => sizes.push(r),
+    }
+    let mut blocks: Vec<(usize, usize, ARows, ARows)> = Vec::with_capacity(sizes.len());
+    let mut i = 0;
+    for n in sizes {
+        let a0 = panel(i, &mut ap);
+        let a1 = match n {
+            // Rows 6 and 7 in place too (the assembly tile reads both panels alike).
+            8 => ARows {
+                p: wt.wrapping_add((i + MR) * k),
+                row: k,
+                step: 1,
+            },
+            n if n > MR => panel(i + MR, &mut ap),
+            _ => a0,
+        };
+        blocks.push((i, n, a0, a1));
+        i += n;
+    }
+    let place = Place {
+        out,
+        ohw: (g.oh * g.ow) as usize,
+        first: y0 as usize * ow,
+        wq,
+        ow,
+        virt,
+        epi,
+    };
+    // SAFETY: the CPU has AVX-512 (`applies`); every step's run of 32 columns from each
+    // tile is inside the buffer (`reach`); the filters' outputs inside `out`.
+    unsafe { product(&buf, &offs, &blocks, &starts, k, &place) };
+    BUFS.with(|b| b.set((buf, offs, ap)));
+}
+
+/// The block's tiles of 32 virtual columns, each by every block of filters (`(first filter,
+/// A panels, whether the second panel is used)`) while its steps stay in L1, stored through
+/// `place`.
+///
+/// # Safety
+/// The CPU has AVX-512F; every step's run of 32 columns from each tile is inside `buf`; the
+/// panels hold `k` steps; the filters' outputs are inside `place`'s output.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn product(
+    buf: &[f32],
+    offs: &[usize],
+    blocks: &[(usize, usize, ARows, ARows)],
+    starts: &[usize],
+    k: usize,
+    place: &Place,
+) {
+    use std::arch::x86_64::*;
+    // Tile by tile, blocks of KC steps, each summed apart and added to the sum of the earlier
+    // blocks (kept per block of filters on the stack), as the packed path adds them to what
+    // it stored (identical results); a block of steps of the tile stays in L1 while every
+    // block of filters runs over it.
+    let mut sums = vec![_mm512_setzero_ps(); blocks.len() * 2 * MR * 2];
+    for vectors in starts.chunks(2) {
+        let v = [
+            vectors[0],
+            vectors.get(1).copied().unwrap_or(vectors[0] + NR),
+        ];
+        let b = [
+            buf.as_ptr().wrapping_add(v[0]),
+            buf.as_ptr().wrapping_add(v[1]),
+        ];
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let at = |a: ARows| ARows {
+                p: a.p.wrapping_add(pc * a.step),
+                ..a
+            };
+            let offs = offs[pc..].as_ptr();
+            for (n, &(i, rows, a0, a1)) in blocks.iter().enumerate() {
+                let (a0, a1) = (at(a0), at(a1));
+                // SAFETY: forwarded; an 8-row block's panels are rows of the filters in place.
+                let part = unsafe {
+                    match rows {
+                        12 => gemm::accumulate::<2, 2, { gemm::OFFSETS }>(
+                            kc,
+                            [a0, a1],
+                            b,
+                            [0; 2],
+                            offs,
+                        ),
+                        8 => {
+                            let mut acc = [_mm512_setzero_ps(); 2 * MR * 2];
+                            let rows = gemm::tile::Rows12 {
+                                a: [a0.p, a1.p],
+                                row: a0.row,
+                                step: a0.step,
+                            };
+                            gemm::tile::k_loop8(kc, rows, b, offs, &mut acc);
+                            acc
                         }
+                        ..=MR => {
+                            gemm::accumulate::<1, 2, { gemm::OFFSETS }>(kc, [a0], b, [0; 2], offs)
+                        }
+                        _ => gemm::accumulate::<2, 2, { gemm::OFFSETS }>(
+                            kc,
+                            [a0, a1],
+                            b,
+                            [0; 2],
+                            offs,
+                        ),
                     }
+                };
+                let sum = &mut sums[n * 2 * MR * 2..][..2 * MR * 2];
+                if pc == 0 {
+                    sum.copy_from_slice(&part);
+                } else {
+                    for (x, p) in sum.iter_mut().zip(part) {
+                        *x = _mm512_add_ps(*x, p);
+                    }
+                }
+                if pc + kc == k {
+                    // SAFETY: forwarded.
+                    unsafe { place.store(sum, i, rows, vectors) };
                 }
             }
         }
     }
-    BUFS.with(|b| b.set((buf, offs, ap)));
 }
 
-/// Scatters an input row `src` into its padded row `dst` stored as `sw` phases of `wq`
-/// (padded column `p = ix + pw` at phase `p % sw`, position `p / sw`).
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn product(
+    _: &[f32],
+    _: &[usize],
+    _: &[(usize, usize, ARows, ARows)],
+    _: &[usize],
+    _: usize,
+    _: &Place,
+) {
+    unreachable!("only called when the CPU has AVX-512")
+}
+
+/// Where a tile's virtual columns go: filter i's output (y, x) of the block at `out + i·ohw
+/// + first + y·ow + x`, for `v = y·wq + x < virt` with `x < ow`.
+struct Place<'a> {
+    out: *mut f32,
+    ohw: usize,
+    first: usize,
+    wq: usize,
+    ow: usize,
+    virt: usize,
+    epi: &'a Epilogue,
+}
+
+impl Place<'_> {
+    /// Lanes `m` of `val` to filter `f`'s output at `at`, through the epilogue with `epi`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the lanes in `m` are outputs (inside `out` and the residual).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn put(
+        &self,
+        f: usize,
+        at: usize,
+        mut val: std::arch::x86_64::__m512,
+        m: std::arch::x86_64::__mmask16,
+        epi: bool,
+    ) {
+        use std::arch::x86_64::*;
+        let at = f * self.ohw + at;
+        // SAFETY: as the contract.
+        unsafe {
+            let d = self.out.add(at);
+            if epi {
+                let e = self.epi.from(f, 0, at);
+                let st = epilogue::avx512::coefs(&e, 0, 0, m);
+                val = epilogue::avx512::apply(&e, val, st, e.res, m);
+            }
+            _mm512_mask_storeu_ps(d, m, val);
+        }
+    }
+
+    /// Stores vectors of the tile starting at virtual columns `starts` for filters `i..i +
+    /// rows` (row r's vector q in `acc[2r + q]`) through the epilogue: whole vectors straight
+    /// from their registers, others (across a row's end) run by run of outputs.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the filters and the block's outputs are inside `out` (and the
+    /// residual, laid out alike), the filters inside the epilogue's per-row operands.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store(
+        &self,
+        acc: &[std::arch::x86_64::__m512],
+        i: usize,
+        rows: usize,
+        starts: &[usize],
+    ) {
+        use std::arch::x86_64::*;
+        let epi = !self.epi.is_none();
+        // SAFETY (each `put`): the lanes in `m` are outputs.
+        let put = |r: usize, at: usize, val: __m512, m: __mmask16| unsafe {
+            self.put(i + r, at, val, m, epi)
+        };
+        for (q, &v0) in starts.iter().enumerate() {
+            let (y, x) = (v0 / self.wq, v0 % self.wq);
+            if x + NR <= self.ow {
+                for r in 0..rows {
+                    put(r, self.first + y * self.ow + x, acc[2 * r + q], !0);
+                }
+                continue;
+            }
+            let mut lanes = [0f32; 2 * MR * NR];
+            for r in 0..rows {
+                // SAFETY: row r's 16 lanes are inside `lanes`.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(r * NR), acc[2 * r + q]) };
+            }
+            let end = (v0 + NR).min(self.virt);
+            let mut v = v0;
+            while v < end {
+                let (y, x) = (v / self.wq, v % self.wq);
+                let run = (end - v).min(self.wq - x);
+                let n = run.min(self.ow.saturating_sub(x));
+                if n > 0 {
+                    let m: __mmask16 = if n >= NR { !0 } else { (1u16 << n) - 1 };
+                    for r in 0..rows {
+                        // SAFETY: lanes v - v0.. of row r are inside `lanes`.
+                        let val = unsafe {
+                            _mm512_maskz_loadu_ps(m, lanes.as_ptr().add(r * NR + v - v0))
+                        };
+                        put(r, self.first + y * self.ow + x, val, m);
+                    }
+                }
+                v += run;
+            }
+        }
+    }
+}
+
+/// Scatters an input row `src` into its padded row at `dst`, stored as `sw` column phases
+/// `phase` apart (padded column `p = ix + pw` at phase `p % sw`, position `p / sw < wq`).
 ///
 /// # Safety
-/// The CPU has AVX-512F; `dst` holds `sw·wq` elements and `wq·sw >= src.len() + pw`.
+/// The CPU has AVX-512F; each phase's row of `wq` elements is writable from `dst`, and
+/// `wq·sw >= src.len() + pw`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn phases(src: &[f32], pw: usize, sw: usize, wq: usize, dst: &mut [f32]) {
+unsafe fn phases(src: &[f32], pw: usize, sw: usize, wq: usize, phase: usize, dst: *mut f32) {
     use std::arch::x86_64::*;
     let w = src.len();
     let mut done = 0;
@@ -225,20 +432,21 @@ unsafe fn phases(src: &[f32], pw: usize, sw: usize, wq: usize, dst: &mut [f32]) 
                 let hi = _mm512_loadu_ps(src.as_ptr().add(done + 16));
                 let e = _mm512_permutex2var_ps(lo, evens, hi);
                 let o = _mm512_permutex2var_ps(lo, odds, hi);
-                let d = dst.as_mut_ptr();
-                _mm512_storeu_ps(d.add(pe * wq + (done + pw) / 2), e);
-                _mm512_storeu_ps(d.add(po * wq + (done + 1 + pw) / 2), o);
+                _mm512_storeu_ps(dst.add(pe * phase + (done + pw) / 2), e);
+                _mm512_storeu_ps(dst.add(po * phase + (done + 1 + pw) / 2), o);
             }
             done += 32;
         }
     }
+    let _ = wq;
     for (ix, &v) in src.iter().enumerate().skip(done) {
         let p = ix + pw;
-        dst[p % sw * wq + p / sw] = v;
+        // SAFETY: position p / sw < wq of phase p % sw.
+        unsafe { *dst.add(p % sw * phase + p / sw) = v };
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn phases(_: &[f32], _: usize, _: usize, _: usize, _: &mut [f32]) {
+unsafe fn phases(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: *mut f32) {
     unreachable!("only called when the CPU has AVX-512")
 }
