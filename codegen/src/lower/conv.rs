@@ -653,7 +653,7 @@ impl Lowering<'_> {
         let (o, cg, kh, kw, oh, ow) = (ws[0], ws[1], ws[2], ws[3], os[2], os[3]);
         let og = o / groups;
         let k = cg * kh * kw;
-        let rows = block_rows(oh, ow, k, self.machine.block_bytes as i64);
+        let rows = block_rows(oh, ow, cg, self.machine.block_bytes as i64);
         let blocks = (oh + rows - 1) / rows;
         let iv = self.var(DType::I64);
         let i = Expr::Var(iv);
@@ -730,12 +730,14 @@ impl Lowering<'_> {
     }
 }
 
-/// Output rows per `conv2d_rows` block of a conv with `oh`×`ow` outputs and a contraction of
-/// `k`: about 128 columns (where the product's micro-kernels run well), fewer when the
-/// packed columns would outgrow `block_bytes` (a core's cache) or leave fewer than four blocks.
-fn block_rows(oh: i64, ow: i64, k: i64, block_bytes: i64) -> i64 {
-    let mut rows = (128 / ow.max(1)).max(1);
-    rows = rows.min((block_bytes / (4 * k * ow).max(1)).max(1));
+/// Output rows per `conv2d_rows` block of a conv with `oh`×`ow` outputs and `c` input
+/// channels: about 1024 columns, fewer when the block's input rows would outgrow
+/// `block_bytes` (a core's cache) or leave fewer than four blocks. (The routine packs columns
+/// for its product a few rows at a time; the implicit product reads a padded copy of the
+/// block's input rows, and longer runs of columns fill its tiles better.)
+fn block_rows(oh: i64, ow: i64, c: i64, block_bytes: i64) -> i64 {
+    let mut rows = (1024 / ow.max(1)).max(1);
+    rows = rows.min((block_bytes / (4 * c * ow).max(1)).max(1));
     rows.min((oh + 3) / 4).max(1)
 }
 

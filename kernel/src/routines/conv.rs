@@ -303,8 +303,8 @@ unsafe fn rows_block(
     wide: bool,
     epi: &Epilogue,
 ) {
-    let (k, cols) = ((c * g.kh * g.kw) as usize, (rows * g.ow) as usize);
-    if o <= 0 || cols == 0 {
+    let k = (c * g.kh * g.kw) as usize;
+    if o <= 0 || rows * g.ow <= 0 {
         return;
     }
     if implicit::applies(g, rows, wide) {
@@ -315,33 +315,44 @@ unsafe fn rows_block(
         static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
     let mut buf = PACKED.with(|b| b.take());
-    let len = super::gemm::packed_len(k, cols);
-    if buf.len() < len {
-        buf.resize(len, 0.0);
+    // Packed columns of at most PACKED_BYTES (a core's cache) at a time: sub-blocks of rows.
+    let per = (PACKED_BYTES / (4 * k * g.ow as usize).max(1)).max(1) as i64;
+    let mut y = y0;
+    while y < y0 + rows {
+        let n = per.min(y0 + rows - y);
+        let cols = (n * g.ow) as usize;
+        let len = super::gemm::packed_len(k, cols);
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { pack_columns(x, g, c, y, n, &mut buf[..len], wide) };
+        // SAFETY: `wt` is o×k row-major; the packed columns are B for this k and n; the
+        // sub-block's rows of every output channel are inside `out`, oh·ow apart.
+        unsafe {
+            super::gemm::product(
+                wt,
+                std::ptr::null(),
+                buf.as_ptr(),
+                out.add((y * g.ow) as usize),
+                k as i64,
+                1,
+                0,
+                0,
+                g.oh * g.ow,
+                o,
+                cols as i64,
+                k as i64,
+                &epi.from(0, 0, (y * g.ow) as usize),
+            )
+        };
+        y += n;
     }
-    // SAFETY: forwarded from the caller.
-    unsafe { pack_columns(x, g, c, y0, rows, &mut buf[..len], wide) };
-    // SAFETY: `wt` is o×k row-major; the packed columns are B for this k and n; the block's
-    // rows of every output channel are inside `out`, oh·ow apart.
-    unsafe {
-        super::gemm::product(
-            wt,
-            std::ptr::null(),
-            buf.as_ptr(),
-            out.add((y0 * g.ow) as usize),
-            k as i64,
-            1,
-            0,
-            0,
-            g.oh * g.ow,
-            o,
-            cols as i64,
-            k as i64,
-            &epi.from(0, 0, (y0 * g.ow) as usize),
-        )
-    };
     PACKED.with(|b| b.set(buf));
 }
+
+/// The most bytes of packed columns [`rows_block`] makes at a time.
+const PACKED_BYTES: usize = 512 << 10;
 
 /// The im2col columns of output rows `y0..y0 + rows` (column `r·ow + ox` for output `(y0 + r,
 /// ox)`, row `(ch·kh + ky)·kw + kx`), zero outside the image, written in the layout
@@ -942,6 +953,13 @@ mod tests {
                 16,
                 geometry(20, 20, 3, 3, (2, 2), (1, 1), [1, 1, 1, 1]),
                 3,
+            ),
+            // Packed columns of a row past the packing budget: sub-blocks of one row.
+            (
+                64,
+                5,
+                geometry(6, 130, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]),
+                4,
             ),
             (
                 8,

@@ -352,7 +352,7 @@ pub static ROUTINES: [Routine; 8] = [
         ],
         replaces: None,
         ints: &[
-            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "min",
+            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
         ],
         scalars: &[],
         result: None,
@@ -387,10 +387,10 @@ pub static ROUTINES: [Routine; 8] = [
             );
             0.0
         },
-        doc: "out[oy·ow + ox] = the maximum (min = 0) or minimum (otherwise) of x[iy·w + ix] over \
-              the taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), -inf \
-              (+inf) where none is; IEEE maximum/minimum (NaN if any tap is, -0 < +0): one plane \
-              of a max or min pool (f32)",
+        doc: "out[oy·ow + ox] = the maximum (kind = 0), minimum (1) or sum (2) of x[iy·w + ix] \
+              over the taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), \
+              -inf (+inf, 0) where none is; IEEE maximum/minimum (NaN if any tap is, -0 < +0), \
+              sums in f64 window row by row: one plane of a max, min or sum pool (f32)",
     },
     Routine {
         name: "row_max",

@@ -406,9 +406,14 @@ pub fn pool(ctx: &mut Ctx, n: &Node) -> Res {
             // Average: window sums over the divisor, which counts real elements (and, with
             // count_include_pad, the explicit padding but never the ceil_mode extension).
             let sum = b.op1(window(ReduceKind::Sum, &g.low, &high_all), &[x])?;
-            let one = b.scalar_like(1.0, x)?;
-            let shape = b.shape(x).clone();
-            let ones = b.broadcast_to(one, &shape)?;
+            let one = b.scalar(1.0, b.dtype(x))?;
+            // The divisor varies over the spatial axes only: counted on one plane (a constant
+            // that folds, where the plane is static) and broadcast over batch and channels.
+            let mut plane = b.shape(x).dims().to_vec();
+            for d in plane.iter_mut().take(2) {
+                *d = Dim::Const(1);
+            }
+            let ones = b.broadcast_to(one, &Shape::new(plane))?;
             let count = if n.int_or("count_include_pad", 0)? != 0 {
                 let onev = b.scalar(1.0, b.dtype(x))?;
                 let padded = b.op1(
@@ -423,6 +428,8 @@ pub fn pool(ctx: &mut Ctx, n: &Node) -> Res {
             } else {
                 b.op1(window(ReduceKind::Sum, &g.low, &high_all), &[ones])?
             };
+            let shape = b.shape(sum).clone();
+            let count = b.broadcast_to(count, &shape)?;
             b.div(sum, count)?
         }
     };

@@ -20,10 +20,18 @@ fn columns(g: &Geometry, rows: usize) -> (usize, usize) {
     ((rows - 1) * wq + ow, rows * ow)
 }
 
-/// The padded row's width: the input and its padding, or as far as the last tap reaches.
+/// The padded row's width: the input and its low padding, or as far as the last tap reaches.
+/// With a unit column stride, a row's high padding is the next row's low padding (zeros
+/// either way), so a tap may reach up to `pw` columns past the row: fewer columns per row that
+/// are computed and dropped (a 14-wide image: 15 columns a row, not 16).
 fn padded_width(g: &Geometry, w: usize, ow: usize) -> usize {
     let (sw, kw, dw, pw) = (g.sw as usize, g.kw as usize, g.dw as usize, g.pw as usize);
-    (w + pw).max((ow - 1) * sw + (kw - 1) * dw + 1)
+    let reach = (ow - 1) * sw + (kw - 1) * dw + 1;
+    if sw == 1 {
+        (w + pw).max(ow).max(reach.saturating_sub(pw))
+    } else {
+        (w + pw).max(reach)
+    }
 }
 
 /// Where the tile vectors of 16 virtual columns start: at the first output, then 16 on, or
