@@ -732,13 +732,17 @@ impl Lowering<'_> {
 
 /// Output rows per `conv2d_rows` block of a conv with `oh`×`ow` outputs and `c` input
 /// channels: about 1024 columns, fewer when the block's input rows would outgrow
-/// `block_bytes` (a core's cache) or leave fewer than four blocks. (The routine packs columns
-/// for its product a few rows at a time; the implicit product reads a padded copy of the
-/// block's input rows, and longer runs of columns fill its tiles better.)
+/// `block_bytes` (a core's cache) or leave fewer than four blocks — but not fewer than 32
+/// columns (two of the product's column panels) while there are two blocks. (The routine
+/// packs columns for its product a few rows at a time; the implicit product reads a padded
+/// copy of the block's input rows, and longer runs of columns fill its tiles better; a 7×7
+/// image in blocks of 2 rows ran its products one panel of 14 columns at a time.)
 fn block_rows(oh: i64, ow: i64, c: i64, block_bytes: i64) -> i64 {
-    let mut rows = (1024 / ow.max(1)).max(1);
+    let ow = ow.max(1);
+    let mut rows = (1024 / ow).max(1);
     rows = rows.min((block_bytes / (4 * c * ow).max(1)).max(1));
-    rows.min((oh + 3) / 4).max(1)
+    let least = ((32 + ow - 1) / ow).min((oh + 1) / 2);
+    rows.min(((oh + 3) / 4).max(least)).max(1)
 }
 
 /// A conv node's attributes, operands and static shapes (see `Lowering::static_conv`).

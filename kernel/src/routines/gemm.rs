@@ -471,7 +471,18 @@ unsafe fn columns(
                             epi: tile_epi(pc, i, j),
                             panel: NR,
                         };
-                        let a1 = a_rows((ip + 1).min(mp - 1));
+                        let rows = (2 * MR).min(ic + mc - i);
+                        // A direct tile of 8 rows reads its last two in place too (the 8-row
+                        // kernel reads no further).
+                        let a1 = if direct && rows == MR + 2 {
+                            ARows {
+                                p: a.p.wrapping_offset((i + MR) as isize * a.rs + pc as isize),
+                                row: a.rs as usize,
+                                step: 1,
+                            }
+                        } else {
+                            a_rows((ip + 1).min(mp - 1))
+                        };
                         // SAFETY: the CPU has AVX-512; A and the panels hold kc steps.
                         unsafe {
                             match (ip + 1 < mp, jp + 1 < np) {
@@ -753,15 +764,18 @@ pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8
 ) {
     // SAFETY: forwarded.
     unsafe {
-        let acc = accumulate::<R, C, STEP>(kc, a, b, bs, offs);
+        let acc = accumulate::<R, C, STEP>(kc, a, b, bs, offs, out.rows);
         store_tile::<R, C>(&acc, out);
     }
 }
 
-/// The accumulators of [`micro_avx512`]'s tile after `kc` steps (row i's panel q at `2i + q`).
+/// The accumulators of [`micro_avx512`]'s tile after `kc` steps (row i's panel q at `2i + q`),
+/// of which the first `rows` rows are used (a tile of two A panels and at most 8 rows sums
+/// rows 6 and 7 of the second panel only).
 ///
 /// # Safety
-/// As [`micro_avx512`].
+/// As [`micro_avx512`]; with at most 8 rows, only rows 6 and 7 of the second A panel need be
+/// readable.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -771,6 +785,7 @@ pub(super) unsafe fn accumulate<const R: usize, const C: usize, const STEP: u8>(
     b: [*const f32; C],
     bs: [usize; C],
     offs: *const usize,
+    rows: usize,
 ) -> [std::arch::x86_64::__m512; 2 * MR * 2] {
     use std::arch::x86_64::*;
     // One flat array of accumulators, indexed by constants once the loops unroll (nested
@@ -784,6 +799,7 @@ pub(super) unsafe fn accumulate<const R: usize, const C: usize, const STEP: u8>(
         ROWS => (bs[0] == bs[C - 1]).then_some(bs[0]),
         _ => Some(0),
     };
+    let tile_rows = rows;
     if let (2, 2, Some(bs), true, true) = (R, C, bstride, a0.row == a1.row, a0.step == a1.step) {
         if kc > 0 {
             let rows = tile::Rows12 {
@@ -796,8 +812,15 @@ pub(super) unsafe fn accumulate<const R: usize, const C: usize, const STEP: u8>(
             } else {
                 std::ptr::null()
             };
+            let b = [b[0], b[C - 1]];
             // SAFETY: as this function's contract; R and C are 2.
-            unsafe { tile::k_loop(kc, rows, [b[0], b[C - 1]], bs, offs, &mut acc) };
+            unsafe {
+                if tile_rows <= MR + 2 {
+                    tile::k_loop8(kc, rows, b, bs, offs, &mut acc)
+                } else {
+                    tile::k_loop(kc, rows, b, bs, offs, &mut acc)
+                }
+            };
         }
     } else {
         // SAFETY: as this function's contract.

@@ -258,32 +258,21 @@ unsafe fn product(
                 // SAFETY: forwarded; an 8-row block's panels are rows of the filters in place.
                 let part = unsafe {
                     match rows {
-                        12 => gemm::accumulate::<2, 2, { gemm::OFFSETS }>(
+                        ..=MR => gemm::accumulate::<1, 2, { gemm::OFFSETS }>(
                             kc,
-                            [a0, a1],
+                            [a0],
                             b,
                             [0; 2],
                             offs,
+                            rows,
                         ),
-                        8 => {
-                            let mut acc = [_mm512_setzero_ps(); 2 * MR * 2];
-                            let rows = gemm::tile::Rows12 {
-                                a: [a0.p, a1.p],
-                                row: a0.row,
-                                step: a0.step,
-                            };
-                            gemm::tile::k_loop8(kc, rows, b, offs, &mut acc);
-                            acc
-                        }
-                        ..=MR => {
-                            gemm::accumulate::<1, 2, { gemm::OFFSETS }>(kc, [a0], b, [0; 2], offs)
-                        }
                         _ => gemm::accumulate::<2, 2, { gemm::OFFSETS }>(
                             kc,
                             [a0, a1],
                             b,
                             [0; 2],
                             offs,
+                            rows,
                         ),
                     }
                 };
