@@ -183,6 +183,12 @@ pub fn helpers() -> usize {
     HELPERS.with(|h| h.borrow().as_ref().map_or(0, |p| p.len()))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Parallel regions this thread handed to helpers (what tests of cost decisions read).
+    pub(crate) static REGIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Runs `f(0..parts)`, each part once, on this thread and its helpers; returns when all are
 /// done. Without helpers (or with one part) the parts run in order on this thread.
 pub fn parallel_for(parts: usize, f: impl Fn(usize) + Sync) {
@@ -207,6 +213,8 @@ pub fn parallel_for(parts: usize, f: impl Fn(usize) + Sync) {
         done: AtomicUsize::new(0),
         panicked: AtomicBool::new(false),
     });
+    #[cfg(test)]
+    REGIONS.with(|r| r.set(r.get() + 1));
     pool.publish(job.clone());
     with_helpers(None, || job.work());
     while job.done.load(Ordering::Acquire) < parts {

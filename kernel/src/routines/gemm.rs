@@ -204,11 +204,13 @@ pub(crate) unsafe fn product(
         return;
     }
     let panels = n.div_ceil(NR);
-    // Products of 256K MACs and up (about 5 µs on one core) are split, into at most one task
-    // per thread (by columns when there are enough panels, else by rows): helpers spinning
-    // between a run's steps take a task within a microsecond (moe_ffn's 16×256×128 products
-    // gain a third). Without helpers lent by the runtime, everything runs on this thread.
-    let t = if m * n * k >= 1 << 18 {
+    // Products of 2M MACs and up (about 12 µs on one core) are split, into at most one task
+    // per thread (by columns when there are enough panels, else by rows). Smaller ones run
+    // here: a helper's half lands in its own core's cache, and a recurrence whose steps read
+    // it back one row block at a time (the LSTM's input projections, 1M MACs each) ran
+    // slower at 2 threads than at 1; moe_ffn's 512K products lose the third they gained.
+    // Without helpers lent by the runtime, everything runs on this thread.
+    let t = if m * n * k >= 1 << 21 {
         crate::threads::helpers() + 1
     } else {
         1
@@ -1014,6 +1016,47 @@ mod tests {
         move || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        }
+    }
+
+    /// The cost model, not a timer: products under 2M multiply-adds stay on the calling
+    /// thread (an LSTM's 128×128×64 input projection ran slower split over two threads),
+    /// larger ones go to the helpers.
+    #[test]
+    fn only_large_products_use_helpers() {
+        let pool = std::sync::Arc::new(crate::threads::Pool::new(1).unwrap());
+        for &(m, n, k, split) in &[
+            (128, 128, 64, false),
+            (16, 256, 128, false),
+            (256, 256, 64, true),
+        ] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0f32; m * n];
+            let regions = crate::threads::REGIONS.with(|r| r.get());
+            crate::threads::with_helpers(Some(pool.clone()), || {
+                // SAFETY: row-major operands of these sizes.
+                unsafe {
+                    product(
+                        a.as_ptr(),
+                        b.as_ptr(),
+                        std::ptr::null(),
+                        c.as_mut_ptr(),
+                        k as i64,
+                        1,
+                        n as i64,
+                        1,
+                        n as i64,
+                        m as i64,
+                        n as i64,
+                        k as i64,
+                        &Epilogue::NONE,
+                    )
+                }
+            });
+            let used = crate::threads::REGIONS.with(|r| r.get()) > regions;
+            assert_eq!(used, split, "{m}x{n}x{k}");
+            assert!(c.iter().all(|&x| x == 0.125 * k as f32));
         }
     }
 
