@@ -302,7 +302,12 @@ fn absorb(
         Class::SmallConstant => true,
         // Only indexing on the way into a dot or conv.
         Class::Movement => true,
-        Class::Elementwise => !feeds,
+        // Work continuing a product's epilogue stays for the product's kernel, which applies
+        // it as it stores, rather than a reduction's loops after it (a conv's batch norm and
+        // clip before a global average pool ran as scalar loops in the pool's kernel).
+        Class::Elementwise => {
+            !feeds && !(grp.reduces && grp.heavy.is_none() && continues.is_some())
+        }
         Class::Reduce => grp.heavy.is_none() && !feeds,
         Class::Heavy => grp.heavy.is_none() && !grp.reduces,
     };

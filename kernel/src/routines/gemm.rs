@@ -474,9 +474,11 @@ unsafe fn columns(
                             panel: NR,
                         };
                         let rows = (2 * MR).min(ic + mc - i);
-                        // A direct tile of 8 rows reads its last two in place too (the 8-row
-                        // kernel reads no further).
-                        let a1 = if direct && rows == MR + 2 {
+                        // A direct tile of 8 rows by two B panels a stride alike reads its last
+                        // two rows in place too: `accumulate` runs such a tile with the 8-row
+                        // assembly, which reads no further (any other tile reads all six rows
+                        // of the second panel, so that one stays packed).
+                        let a1 = if direct && rows == MR + 2 && jp + 1 < np && s0 == s1 {
                             ARows {
                                 p: a.p.wrapping_offset((i + MR) as isize * a.rs + pc as isize),
                                 row: a.rs as usize,
@@ -1016,6 +1018,73 @@ mod tests {
         move || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        }
+    }
+
+    /// A row-major A read in place ends right before an unmapped page (as an artifact's
+    /// weights may end its mapping): tiles of 8 rows read no row past the last, whatever the
+    /// columns (one B panel, or a pair).
+    #[test]
+    fn direct_tiles_read_no_row_past_a() {
+        let page = 4096usize;
+        for &(m, n, k) in &[
+            (8usize, 16usize, 64usize),
+            (20, 16, 64),
+            (20, 40, 48),
+            (8, 100, 32),
+            (32, 70, 16),
+        ] {
+            let len = m * k;
+            let bytes = (len * 4).div_ceil(page) * page;
+            // SAFETY: a fresh anonymous mapping with a page after it made inaccessible.
+            let base = unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    bytes + page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(p, libc::MAP_FAILED);
+                assert_eq!(
+                    libc::mprotect(p.cast::<u8>().add(bytes).cast(), page, libc::PROT_NONE),
+                    0
+                );
+                p.cast::<u8>()
+            };
+            // SAFETY: A's elements end where the inaccessible page starts.
+            let a = unsafe {
+                std::slice::from_raw_parts_mut(base.add(bytes - len * 4).cast::<f32>(), len)
+            };
+            let mut rnd = uniform(5);
+            a.iter_mut().for_each(|x| *x = rnd());
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let want = naive(a, &b, m, n, k, false);
+            let mut c = vec![0f32; m * n];
+            // SAFETY: row-major operands of these sizes.
+            unsafe {
+                product(
+                    a.as_ptr(),
+                    b.as_ptr(),
+                    std::ptr::null(),
+                    c.as_mut_ptr(),
+                    k as i64,
+                    1,
+                    n as i64,
+                    1,
+                    n as i64,
+                    m as i64,
+                    n as i64,
+                    k as i64,
+                    &Epilogue::NONE,
+                )
+            };
+            for (i, (g, w)) in c.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-4, "{m}x{n}x{k} at {i}: {g} vs {w}");
+            }
+            // SAFETY: the mapping made above, no longer used.
+            unsafe { libc::munmap(base.cast(), bytes + page) };
         }
     }
 
