@@ -306,7 +306,8 @@ fn absorb(
         // it as it stores, rather than a reduction's loops after it (a conv's batch norm and
         // clip before a global average pool ran as scalar loops in the pool's kernel).
         Class::Elementwise => {
-            !feeds && !(grp.reduces && grp.heavy.is_none() && continues.is_some())
+            let epilogue = grp.reduces && grp.heavy.is_none() && continues.is_some();
+            !feeds && !epilogue
         }
         Class::Reduce => grp.heavy.is_none() && !feeds,
         Class::Heavy => grp.heavy.is_none() && !grp.reduces,
