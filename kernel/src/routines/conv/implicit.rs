@@ -276,6 +276,12 @@ unsafe fn product(
                         ),
                     }
                 };
+                if kc == k {
+                    // One block of steps: stored as summed.
+                    // SAFETY: forwarded.
+                    unsafe { place.store(&part, i, rows, vectors) };
+                    continue;
+                }
                 let sum = &mut sums[n * 2 * MR * 2..][..2 * MR * 2];
                 if pc == 0 {
                     sum.copy_from_slice(&part);
