@@ -847,19 +847,18 @@ fn import_node(
     Ok(())
 }
 
-/// Whether every output of a scratch graph has a static size within [`FOLD_LIMIT`] elements:
-/// what is worth evaluating at import (a placeholder weight's `ConstantOfShape` of 100M
-/// elements stays a broadcast, unevaluated).
+/// Whether no output of a scratch graph is known, before evaluating it, to exceed
+/// [`FOLD_LIMIT`] elements (a placeholder weight's `ConstantOfShape` of 100M elements stays a
+/// broadcast, unevaluated). Outputs of data-dependent size (`NonZero` of a constant) are
+/// evaluated and their size checked after.
 fn small_results(g: &ir::Graph) -> bool {
     g.outputs().iter().all(|(_, v)| {
-        g.value_type(*v)
-            .shape
-            .as_consts()
-            .and_then(|d| {
-                d.iter()
-                    .try_fold(1usize, |n, &x| n.checked_mul(usize::try_from(x).ok()?))
-            })
-            .is_some_and(|n| n <= FOLD_LIMIT)
+        let dims = g.value_type(*v).shape.as_consts();
+        let n = dims.map(|d| {
+            d.iter()
+                .try_fold(1usize, |n, &x| n.checked_mul(usize::try_from(x).ok()?))
+        });
+        !matches!(n, Some(None)) && n.flatten().is_none_or(|n| n <= FOLD_LIMIT)
     })
 }
 
@@ -891,5 +890,8 @@ fn fold(ctx: &mut Ctx, node: &Node, f: registry::ImportFn) -> Option<Vec<V>> {
         return None;
     }
     let results = eval(&g).ok()?;
+    if results.iter().any(|t| t.numel() > FOLD_LIMIT) {
+        return None;
+    }
     Some(results.into_iter().map(V::data).collect())
 }

@@ -307,7 +307,7 @@ unsafe fn rows_block(
     if o <= 0 || rows * g.ow <= 0 {
         return;
     }
-    if implicit::applies(g, rows, wide) {
+    if implicit::applies(g, o, c, rows, wide) {
         // SAFETY: forwarded; `applies` holds.
         return unsafe { implicit::rows(x, wt, out, c, o, g, y0, rows, epi) };
     }
@@ -952,6 +952,21 @@ mod tests {
                 3,
                 16,
                 geometry(20, 20, 3, 3, (2, 2), (1, 1), [1, 1, 1, 1]),
+                3,
+            ),
+            // Blocks the implicit path takes and a shorter last one it leaves (too few
+            // columns to fill its tiles), with a contraction of several KC blocks: the two
+            // paths must sum alike.
+            (
+                64,
+                3,
+                geometry(20, 20, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]),
+                3,
+            ),
+            (
+                64,
+                6,
+                geometry(20, 20, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]),
                 3,
             ),
             // Packed columns of a row past the packing budget: sub-blocks of one row.

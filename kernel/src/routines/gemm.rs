@@ -463,17 +463,17 @@ unsafe fn columns(
                     let (b1, s1) = b_panel((jp + 1).min(np - 1));
                     for ip in (0..mp).step_by(2) {
                         let i = ic + ip * MR;
+                        let rows = (2 * MR).min(ic + mc - i);
                         let out = Out {
                             // SAFETY: (i, j) is inside c, and so is the tile from it.
                             p: unsafe { c.add(i * ldc + j) },
                             ld: ldc,
                             add: pc > 0,
-                            rows: (2 * MR).min(ic + mc - i),
+                            rows,
                             cols: (2 * NR).min(j1 - j),
                             epi: tile_epi(pc, i, j),
                             panel: NR,
                         };
-                        let rows = (2 * MR).min(ic + mc - i);
                         // A direct tile of 8 rows by two B panels a stride alike reads its last
                         // two rows in place too: `accumulate` runs such a tile with the 8-row
                         // assembly, which reads no further (any other tile reads all six rows
@@ -803,10 +803,9 @@ pub(super) unsafe fn accumulate<const R: usize, const C: usize, const STEP: u8>(
         ROWS => (bs[0] == bs[C - 1]).then_some(bs[0]),
         _ => Some(0),
     };
-    let tile_rows = rows;
     if let (2, 2, Some(bs), true, true) = (R, C, bstride, a0.row == a1.row, a0.step == a1.step) {
         if kc > 0 {
-            let rows = tile::Rows12 {
+            let panels = tile::TileRows {
                 a: [a0.p, a1.p],
                 row: a0.row,
                 step: a0.step,
@@ -819,10 +818,10 @@ pub(super) unsafe fn accumulate<const R: usize, const C: usize, const STEP: u8>(
             let b = [b[0], b[C - 1]];
             // SAFETY: as this function's contract; R and C are 2.
             unsafe {
-                if tile_rows <= MR + 2 {
-                    tile::k_loop8(kc, rows, b, bs, offs, &mut acc)
+                if rows <= MR + 2 {
+                    tile::k_loop8(kc, panels, b, bs, offs, &mut acc)
                 } else {
-                    tile::k_loop(kc, rows, b, bs, offs, &mut acc)
+                    tile::k_loop(kc, panels, b, bs, offs, &mut acc)
                 }
             };
         }
@@ -1021,9 +1020,10 @@ mod tests {
         }
     }
 
-    /// A row-major A read in place ends right before an unmapped page (as an artifact's
+    /// A row-major A read in place ends right before an inaccessible page (as an artifact's
     /// weights may end its mapping): tiles of 8 rows read no row past the last, whatever the
     /// columns (one B panel, or a pair).
+    #[cfg(unix)]
     #[test]
     fn direct_tiles_read_no_row_past_a() {
         let page = 4096usize;

@@ -193,7 +193,12 @@ mod avx512 {
             hi = _mm512_add_pd(hi, _mm512_cvtps_pd(upper));
         }
         let (lo, hi) = (_mm512_cvtpd_ps(lo), _mm512_cvtpd_ps(hi));
-        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi)
+        // The two halves joined with AVX-512F alone (`insertf32x8` is AVX512DQ).
+        let joined = _mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+            _mm256_castps_pd(hi),
+        );
+        _mm512_castpd_ps(joined)
     }
 }
 

@@ -50,14 +50,21 @@ fn vector_starts(virt: usize, wq: usize, ow: usize) -> Vec<usize> {
     starts
 }
 
-/// Whether [`rows`] computes a block of `rows` output rows of geometry `g`: a CPU with
-/// AVX-512, no negative padding, a window of several taps (a 1×1 conv's product reads its
+/// Whether [`rows`] computes a block of `rows` output rows of geometry `g` with `o` filters
+/// over `c` channels: a CPU with AVX-512, more than 4 filters, no negative padding, a window of several taps (a 1×1 conv's product reads its
 /// image rows in place, no copy at all) that read every row and column phase the copy holds,
 /// and tiles of 32 virtual columns at least 3/4 outputs. Where it does not, the packed
 /// path computes the same sums.
-pub(super) fn applies(g: &Geometry, rows: i64, wide: bool) -> bool {
+pub(super) fn applies(g: &Geometry, o: i64, c: i64, rows: i64, wide: bool) -> bool {
     let read = g.kh * g.kw > 1 && g.kw * g.dw >= g.sw && g.kh * g.dh >= g.sh;
     if !(wide && g.ph >= 0 && g.pw >= 0 && read && rows > 0 && g.ow > 0) {
+        return false;
+    }
+    // The packed path streams few filters (or a tiny product) as one chain over all steps
+    // (`gemm::thin_packed`), where this path adds blocks of KC steps: not those, so that the
+    // two give identical results.
+    let k = c * g.kh * g.kw;
+    if o <= 4 || o * rows * g.ow * k <= 4096 {
         return false;
     }
     let (virt, outputs) = columns(g, rows as usize);
@@ -145,7 +152,7 @@ pub(super) unsafe fn rows(
             } else {
                 // SAFETY: the CPU has AVX-512 (`applies`); each phase's row is inside the
                 // buffer.
-                unsafe { phases(src, pw, sw, wq, phase, buf[at..].as_mut_ptr()) };
+                unsafe { phases(src, pw, sw, phase, buf[at..].as_mut_ptr()) };
             }
         }
     }
@@ -419,7 +426,7 @@ impl Place<'_> {
 /// `wq·sw >= src.len() + pw`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn phases(src: &[f32], pw: usize, sw: usize, wq: usize, phase: usize, dst: *mut f32) {
+unsafe fn phases(src: &[f32], pw: usize, sw: usize, phase: usize, dst: *mut f32) {
     use std::arch::x86_64::*;
     let w = src.len();
     let mut done = 0;
@@ -441,7 +448,6 @@ unsafe fn phases(src: &[f32], pw: usize, sw: usize, wq: usize, phase: usize, dst
             done += 32;
         }
     }
-    let _ = wq;
     for (ix, &v) in src.iter().enumerate().skip(done) {
         let p = ix + pw;
         // SAFETY: position p / sw < wq of phase p % sw.
@@ -450,6 +456,6 @@ unsafe fn phases(src: &[f32], pw: usize, sw: usize, wq: usize, phase: usize, dst
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn phases(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: *mut f32) {
+unsafe fn phases(_: &[f32], _: usize, _: usize, _: usize, _: *mut f32) {
     unreachable!("only called when the CPU has AVX-512")
 }

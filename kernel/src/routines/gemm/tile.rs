@@ -81,7 +81,7 @@ macro_rules! rows12 {
 /// steps `step` apart, panel `p` at `a[p]`.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-pub(in crate::routines) struct Rows12 {
+pub(in crate::routines) struct TileRows {
     pub(in crate::routines) a: [*const f32; 2],
     pub(in crate::routines) row: usize,
     pub(in crate::routines) step: usize,
@@ -97,7 +97,7 @@ pub(in crate::routines) struct Rows12 {
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn k_loop(
     kc: usize,
-    a: Rows12,
+    a: TileRows,
     b: [*const f32; 2],
     bs: usize,
     offs: *const usize,
@@ -183,7 +183,7 @@ pub(super) unsafe fn k_loop(
 #[target_feature(enable = "avx512f")]
 pub(in crate::routines) unsafe fn k_loop8(
     kc: usize,
-    a: Rows12,
+    a: TileRows,
     b: [*const f32; 2],
     bs: usize,
     offs: *const usize,

@@ -313,12 +313,11 @@ pub const DOT_OF_SPLAT: Rule = Rule {
                 if contract.is_empty() || dims.windows(2).any(|w| w[0] >= w[1]) {
                     continue;
                 }
-                let summed = Expr::op(
-                    Op::ReduceSum {
-                        axes: contract.clone(),
-                    },
-                    [args[other].into()],
-                );
+                // A sum over a set of axes: in increasing order, as `reduce_sum` takes them
+                // (a dot may name its contracting axes in any order).
+                let mut axes = contract.clone();
+                axes.sort_unstable();
+                let summed = Expr::op(Op::ReduceSum { axes }, [args[other].into()]);
                 let kept: Vec<ir::Dim> = dims
                     .iter()
                     .map(|&d| ty.shape.dim(d as usize).clone())
