@@ -164,8 +164,10 @@ fn convolutions(c: &mut Criterion) {
                         }
                     }
                 } else {
-                    // Blocks of rows as lowering makes them (about 128 columns each).
-                    let rows = (128 / os).max(1);
+                    // Blocks of rows as lowering makes them (about 1024 columns, at least four
+                    // blocks: `block_rows` in codegen/src/lower/conv.rs).
+                    let least = ((32 + os - 1) / os).min((os + 1) / 2);
+                    let rows = (1024 / os).max(1).min(((os + 3) / 4).max(least)).max(1);
                     let mut y0 = 0;
                     while y0 < os {
                         let n = rows.min(os - y0);
