@@ -291,7 +291,7 @@ fn element_lit(d: &Data, i: usize) -> Lit {
 pub fn tensor_to_lit(t: &Tensor) -> Lit {
     let d = t.data();
     let n = t.numel();
-    let splat = n > 1 && (1..n).all(|i| d.bits(i) == d.bits(0));
+    let splat = n > 1 && d.is_splat();
     if splat || (n == 1 && t.shape().is_empty()) {
         return element_lit(d, 0);
     }

@@ -1020,6 +1020,30 @@ mod tests {
         }
     }
 
+    /// `c = a·b` for row-major `a` (m×k), `b` (k×n) and `c` (m×n), no epilogue.
+    fn row_major(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
+        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+        let d = |x: usize| x as i64;
+        // SAFETY: the operands hold what these sizes read and write (asserted).
+        unsafe {
+            product(
+                a.as_ptr(),
+                b.as_ptr(),
+                std::ptr::null(),
+                c.as_mut_ptr(),
+                d(k),
+                1,
+                d(n),
+                1,
+                d(n),
+                d(m),
+                d(n),
+                d(k),
+                &Epilogue::NONE,
+            )
+        }
+    }
+
     /// A row-major A read in place ends right before an inaccessible page (as an artifact's
     /// weights may end its mapping): tiles of 8 rows read no row past the last, whatever the
     /// columns (one B panel, or a pair).
@@ -1062,24 +1086,7 @@ mod tests {
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let want = naive(a, &b, m, n, k, false);
             let mut c = vec![0f32; m * n];
-            // SAFETY: row-major operands of these sizes.
-            unsafe {
-                product(
-                    a.as_ptr(),
-                    b.as_ptr(),
-                    std::ptr::null(),
-                    c.as_mut_ptr(),
-                    k as i64,
-                    1,
-                    n as i64,
-                    1,
-                    n as i64,
-                    m as i64,
-                    n as i64,
-                    k as i64,
-                    &Epilogue::NONE,
-                )
-            };
+            row_major(a, &b, &mut c, m, n, k);
             for (i, (g, w)) in c.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-4, "{m}x{n}x{k} at {i}: {g} vs {w}");
             }
@@ -1103,26 +1110,7 @@ mod tests {
             let b = vec![0.25f32; k * n];
             let mut c = vec![0f32; m * n];
             let regions = crate::threads::REGIONS.with(|r| r.get());
-            crate::threads::with_helpers(Some(pool.clone()), || {
-                // SAFETY: row-major operands of these sizes.
-                unsafe {
-                    product(
-                        a.as_ptr(),
-                        b.as_ptr(),
-                        std::ptr::null(),
-                        c.as_mut_ptr(),
-                        k as i64,
-                        1,
-                        n as i64,
-                        1,
-                        n as i64,
-                        m as i64,
-                        n as i64,
-                        k as i64,
-                        &Epilogue::NONE,
-                    )
-                }
-            });
+            crate::threads::with_helpers(Some(pool.clone()), || row_major(&a, &b, &mut c, m, n, k));
             let used = crate::threads::REGIONS.with(|r| r.get()) > regions;
             assert_eq!(used, split, "{m}x{n}x{k}");
             assert!(c.iter().all(|&x| x == 0.125 * k as f32));

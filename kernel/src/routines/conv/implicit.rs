@@ -12,19 +12,20 @@ use super::super::epilogue::{self, Epilogue};
 use super::super::gemm::{self, ARows, Mat, KC, MR, NR};
 use super::Geometry;
 
-/// The virtual columns of a block of `rows` output rows of geometry `g`, and how many of
-/// them are outputs.
-fn columns(g: &Geometry, rows: usize) -> (usize, usize) {
-    let (w, ow, sw) = (g.w as usize, g.ow as usize, g.sw as usize);
-    let wq = padded_width(g, w, ow).div_ceil(sw);
-    ((rows - 1) * wq + ow, rows * ow)
+/// A block of `rows` output rows of geometry `g` as virtual columns: the width `wq` of a
+/// padded row's phase, the block's virtual columns, and how many of them are outputs.
+fn columns(g: &Geometry, rows: usize) -> (usize, usize, usize) {
+    let wq = padded_width(g).div_ceil(g.sw as usize);
+    let ow = g.ow as usize;
+    (wq, (rows - 1) * wq + ow, rows * ow)
 }
 
 /// The padded row's width: the input and its low padding, or as far as the last tap reaches.
 /// With a unit column stride, a row's high padding is the next row's low padding (zeros
 /// either way), so a tap may reach up to `pw` columns past the row: fewer columns per row that
 /// are computed and dropped (a 14-wide image: 15 columns a row, not 16).
-fn padded_width(g: &Geometry, w: usize, ow: usize) -> usize {
+fn padded_width(g: &Geometry) -> usize {
+    let (w, ow) = (g.w as usize, g.ow as usize);
     let (sw, kw, dw, pw) = (g.sw as usize, g.kw as usize, g.dw as usize, g.pw as usize);
     let reach = (ow - 1) * sw + (kw - 1) * dw + 1;
     if sw == 1 {
@@ -37,24 +38,19 @@ fn padded_width(g: &Geometry, w: usize, ow: usize) -> usize {
 /// Where the tile vectors of 16 virtual columns start: at the first output, then 16 on, or
 /// at the next row's start where that lands past a row's outputs (its columns would all be
 /// dropped). A tile is two vectors of this list, wherever each starts.
-fn vector_starts(virt: usize, wq: usize, ow: usize) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut v = 0;
-    while v < virt {
-        starts.push(v);
-        v += NR;
-        if v % wq >= ow {
-            v += wq - v % wq;
-        }
-    }
-    starts
+fn vector_starts(virt: usize, wq: usize, ow: usize) -> impl Iterator<Item = usize> {
+    let next = move |&v: &usize| {
+        let v = v + NR;
+        Some(if v % wq >= ow { v + wq - v % wq } else { v })
+    };
+    std::iter::successors(Some(0), next).take_while(move |&v| v < virt)
 }
 
 /// Whether [`rows`] computes a block of `rows` output rows of geometry `g` with `o` filters
-/// over `c` channels: a CPU with AVX-512, more than 4 filters, no negative padding, a window of several taps (a 1×1 conv's product reads its
-/// image rows in place, no copy at all) that read every row and column phase the copy holds,
-/// and tiles of 32 virtual columns at least 3/4 outputs. Where it does not, the packed
-/// path computes the same sums.
+/// over `c` channels: a CPU with AVX-512, more than 4 filters, no negative padding, a window
+/// of several taps (a 1×1 conv's product reads its image rows in place, no copy at all) that
+/// read every row and column phase the copy holds, and tiles of 32 virtual columns at least
+/// 3/4 outputs. Where it does not, the packed path computes the same sums.
 pub(super) fn applies(g: &Geometry, o: i64, c: i64, rows: i64, wide: bool) -> bool {
     let read = g.kh * g.kw > 1 && g.kw * g.dw >= g.sw && g.kh * g.dh >= g.sh;
     if !(wide && g.ph >= 0 && g.pw >= 0 && read && rows > 0 && g.ow > 0) {
@@ -67,13 +63,9 @@ pub(super) fn applies(g: &Geometry, o: i64, c: i64, rows: i64, wide: bool) -> bo
     if o <= 4 || o * rows * g.ow * k <= 4096 {
         return false;
     }
-    let (virt, outputs) = columns(g, rows as usize);
-    let wq = padded_width(g, g.w as usize, g.ow as usize).div_ceil(g.sw as usize);
-    4 * outputs
-        >= 3 * vector_starts(virt, wq, g.ow as usize)
-            .len()
-            .next_multiple_of(2)
-            * NR
+    let (wq, virt, outputs) = columns(g, rows as usize);
+    let vectors = vector_starts(virt, wq, g.ow as usize).count();
+    4 * outputs >= 3 * vectors.next_multiple_of(2) * NR
 }
 
 thread_local! {
@@ -111,7 +103,7 @@ pub(super) unsafe fn rows(
     // The block's input rows, `rp` per row phase; padded rows of `wq` per column phase.
     let in_rows = (rows - 1) * sh + (kh - 1) * dh + 1;
     let rp = in_rows.div_ceil(sh);
-    let wq = padded_width(g, w, ow).div_ceil(sw);
+    let (wq, virt, _) = columns(g, rows);
     let phase = rp * wq;
     let plane = sh * sw * phase;
     // Step (ch·kh + ky)·kw + kx of the contraction: where its tap's phase reads output 0.
@@ -126,8 +118,7 @@ pub(super) unsafe fn rows(
             }
         }
     }
-    let (virt, _) = columns(g, rows);
-    let starts = vector_starts(virt, wq, ow);
+    let starts: Vec<usize> = vector_starts(virt, wq, ow).collect();
     // Every tile's vectors read inside the buffer, past the last tap's run included (a last
     // tile of one vector computes a second one after it, not stored).
     let reach = offs.iter().max().copied().unwrap_or(0) + starts.last().map_or(0, |v| v + 2 * NR);

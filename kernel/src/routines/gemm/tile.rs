@@ -58,6 +58,19 @@ macro_rules! rows8 {
     };
 }
 
+/// A step of the 8-row tile: [`rows8`], then its three row pointers advance.
+#[cfg(target_arch = "x86_64")]
+macro_rules! step8 {
+    () => {
+        concat!(
+            rows8!(),
+            "add {a00}, {st}\n",
+            "add {a03}, {st}\n",
+            "add {a10}, {st}\n",
+        )
+    };
+}
+
 /// A step of the 12-row tile: [`rows8`], row 8 from `a10`, rows 9–11 from `a13`, then the
 /// four row pointers advance.
 #[cfg(target_arch = "x86_64")]
@@ -74,6 +87,45 @@ macro_rules! rows12 {
             "add {a03}, {st}\n",
             "add {a10}, {st}\n",
         )
+    };
+}
+
+/// The k loop around a step's text, for either way B's steps are found: at `[offs]`, one
+/// offset per step (when `offs` is not null), else `bs` elements apart. Operands: the A row
+/// pointers named in the step, `rs`, `st`, B's two panels, the step count and the
+/// accumulators (ident and register); zmm24–27 are the step's scratch.
+#[cfg(target_arch = "x86_64")]
+macro_rules! k_asm {
+    (@call [$($text:expr),*], [$($a:ident),*], [$($b:tt)*], [$($x:ident $r:tt),*],
+     $rs:ident, $st:ident, $bp:ident, $n:ident) => {
+        std::arch::asm!(
+            $($text,)*
+            $($a = inout(reg) $a => _,)*
+            rs = in(reg) $rs,
+            st = in(reg) $st,
+            b0 = in(reg) $bp[0],
+            b1 = in(reg) $bp[1],
+            $($b)*
+            n = inout(reg) $n => _,
+            o = out(reg) _,
+            $(inout($r) *$x,)*
+            out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+            options(nostack, readonly),
+        )
+    };
+    ($step:expr, $a:tt, $acc:tt, $rs:ident, $st:ident, $bp:ident, $bs:ident, $offs:ident,
+     $n:ident) => {
+        if $offs.is_null() {
+            k_asm!(
+                @call ["xor {o:e}, {o:e}", "2:", $step, "add {o}, {bs}", "dec {n}", "jnz 2b"],
+                $a, [bs = in(reg) $bs,], $acc, $rs, $st, $bp, $n
+            )
+        } else {
+            k_asm!(
+                @call ["2:", "mov {o}, qword ptr [{offs}]", $step, "add {offs}, 8", "dec {n}", "jnz 2b"],
+                $a, [offs = inout(reg) $offs => _,], $acc, $rs, $st, $bp, $n
+            )
+        }
     };
 }
 
@@ -114,63 +166,15 @@ pub(super) unsafe fn k_loop(
     // SAFETY: the caller guarantees the addresses read; the asm writes only its operands and
     // the vector registers it names as clobbered.
     unsafe {
-        if offs.is_null() {
-            std::arch::asm!(
-                "xor {o:e}, {o:e}",
-                "2:",
-                rows12!(),
-                "add {o}, {bs}",
-                "dec {n}",
-                "jnz 2b",
-                a00 = inout(reg) a00 => _,
-                a03 = inout(reg) a03 => _,
-                a10 = inout(reg) a10 => _,
-                a13 = inout(reg) a13 => _,
-                rs = in(reg) rs,
-                st = in(reg) st,
-                b0 = in(reg) b[0],
-                b1 = in(reg) b[1],
-                bs = in(reg) bs,
-                n = inout(reg) kc => _,
-                o = out(reg) _,
-                inout("zmm0") *x0, inout("zmm1") *x1, inout("zmm2") *x2, inout("zmm3") *x3,
-                inout("zmm4") *x4, inout("zmm5") *x5, inout("zmm6") *x6, inout("zmm7") *x7,
-                inout("zmm8") *x8, inout("zmm9") *x9, inout("zmm10") *x10, inout("zmm11") *x11,
-                inout("zmm12") *x12, inout("zmm13") *x13, inout("zmm14") *x14, inout("zmm15") *x15,
-                inout("zmm16") *x16, inout("zmm17") *x17, inout("zmm18") *x18, inout("zmm19") *x19,
-                inout("zmm20") *x20, inout("zmm21") *x21, inout("zmm22") *x22, inout("zmm23") *x23,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
-                options(nostack, readonly),
-            );
-        } else {
-            std::arch::asm!(
-                "2:",
-                "mov {o}, qword ptr [{offs}]",
-                rows12!(),
-                "add {offs}, 8",
-                "dec {n}",
-                "jnz 2b",
-                a00 = inout(reg) a00 => _,
-                a03 = inout(reg) a03 => _,
-                a10 = inout(reg) a10 => _,
-                a13 = inout(reg) a13 => _,
-                rs = in(reg) rs,
-                st = in(reg) st,
-                b0 = in(reg) b[0],
-                b1 = in(reg) b[1],
-                offs = inout(reg) offs => _,
-                n = inout(reg) kc => _,
-                o = out(reg) _,
-                inout("zmm0") *x0, inout("zmm1") *x1, inout("zmm2") *x2, inout("zmm3") *x3,
-                inout("zmm4") *x4, inout("zmm5") *x5, inout("zmm6") *x6, inout("zmm7") *x7,
-                inout("zmm8") *x8, inout("zmm9") *x9, inout("zmm10") *x10, inout("zmm11") *x11,
-                inout("zmm12") *x12, inout("zmm13") *x13, inout("zmm14") *x14, inout("zmm15") *x15,
-                inout("zmm16") *x16, inout("zmm17") *x17, inout("zmm18") *x18, inout("zmm19") *x19,
-                inout("zmm20") *x20, inout("zmm21") *x21, inout("zmm22") *x22, inout("zmm23") *x23,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
-                options(nostack, readonly),
-            );
-        }
+        k_asm!(
+            rows12!(),
+            [a00, a03, a10, a13],
+            [x0 "zmm0", x1 "zmm1", x2 "zmm2", x3 "zmm3", x4 "zmm4", x5 "zmm5", x6 "zmm6",
+             x7 "zmm7", x8 "zmm8", x9 "zmm9", x10 "zmm10", x11 "zmm11", x12 "zmm12",
+             x13 "zmm13", x14 "zmm14", x15 "zmm15", x16 "zmm16", x17 "zmm17", x18 "zmm18",
+             x19 "zmm19", x20 "zmm20", x21 "zmm21", x22 "zmm22", x23 "zmm23"],
+            rs, st, b, bs, offs, kc
+        )
     }
 }
 
@@ -198,62 +202,13 @@ pub(in crate::routines) unsafe fn k_loop8(
     // SAFETY: the caller guarantees the addresses read; the asm writes only its operands and
     // the vector registers it names as clobbered.
     unsafe {
-        if offs.is_null() {
-            std::arch::asm!(
-                "xor {o:e}, {o:e}",
-                "2:",
-                rows8!(),
-                "add {a00}, {st}",
-                "add {a03}, {st}",
-                "add {a10}, {st}",
-                "add {o}, {bs}",
-                "dec {n}",
-                "jnz 2b",
-                a00 = inout(reg) a00 => _,
-                a03 = inout(reg) a03 => _,
-                a10 = inout(reg) a10 => _,
-                rs = in(reg) rs,
-                st = in(reg) st,
-                b0 = in(reg) b[0],
-                b1 = in(reg) b[1],
-                bs = in(reg) bs,
-                n = inout(reg) kc => _,
-                o = out(reg) _,
-                inout("zmm0") *x0, inout("zmm1") *x1, inout("zmm2") *x2, inout("zmm3") *x3,
-                inout("zmm4") *x4, inout("zmm5") *x5, inout("zmm6") *x6, inout("zmm7") *x7,
-                inout("zmm8") *x8, inout("zmm9") *x9, inout("zmm10") *x10, inout("zmm11") *x11,
-                inout("zmm12") *x12, inout("zmm13") *x13, inout("zmm14") *x14, inout("zmm15") *x15,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
-                options(nostack, readonly),
-            );
-        } else {
-            std::arch::asm!(
-                "2:",
-                "mov {o}, qword ptr [{offs}]",
-                rows8!(),
-                "add {a00}, {st}",
-                "add {a03}, {st}",
-                "add {a10}, {st}",
-                "add {offs}, 8",
-                "dec {n}",
-                "jnz 2b",
-                a00 = inout(reg) a00 => _,
-                a03 = inout(reg) a03 => _,
-                a10 = inout(reg) a10 => _,
-                rs = in(reg) rs,
-                st = in(reg) st,
-                b0 = in(reg) b[0],
-                b1 = in(reg) b[1],
-                offs = inout(reg) offs => _,
-                n = inout(reg) kc => _,
-                o = out(reg) _,
-                inout("zmm0") *x0, inout("zmm1") *x1, inout("zmm2") *x2, inout("zmm3") *x3,
-                inout("zmm4") *x4, inout("zmm5") *x5, inout("zmm6") *x6, inout("zmm7") *x7,
-                inout("zmm8") *x8, inout("zmm9") *x9, inout("zmm10") *x10, inout("zmm11") *x11,
-                inout("zmm12") *x12, inout("zmm13") *x13, inout("zmm14") *x14, inout("zmm15") *x15,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
-                options(nostack, readonly),
-            );
-        }
+        k_asm!(
+            step8!(),
+            [a00, a03, a10],
+            [x0 "zmm0", x1 "zmm1", x2 "zmm2", x3 "zmm3", x4 "zmm4", x5 "zmm5", x6 "zmm6",
+             x7 "zmm7", x8 "zmm8", x9 "zmm9", x10 "zmm10", x11 "zmm11", x12 "zmm12",
+             x13 "zmm13", x14 "zmm14", x15 "zmm15"],
+            rs, st, b, bs, offs, kc
+        )
     }
 }
