@@ -625,13 +625,37 @@ impl std::ops::Add for Expr {
         match (self, other) {
             (Expr::Int(0, _), e) | (e, Expr::Int(0, _)) => e,
             (Expr::Int(a, DType::I64), Expr::Int(b, DType::I64)) => Expr::i64(a.wrapping_add(b)),
-            (a, b) => Expr::Op {
-                op: Op::Add,
-                args: vec![a, b],
-                dtype: DType::I64,
+            (a, b) => match regroup(&a, &b).or_else(|| regroup(&b, &a)) {
+                Some(x) => x,
+                None => Expr::Op {
+                    op: Op::Add,
+                    args: vec![a, b],
+                    dtype: DType::I64,
+                },
             },
         }
     }
+}
+
+/// `div(x, c) · c + rem(x, c)` is `x` (truncating division and remainder, any `x`, any
+/// nonzero `c`): a reshape that splits an axis and one that joins it again meet as this.
+fn regroup(prod: &Expr, rem: &Expr) -> Option<Expr> {
+    let op = |e: &Expr, want: Op| match e {
+        Expr::Op {
+            op,
+            args,
+            dtype: DType::I64,
+        } if *op == want && args.len() == 2 => Some((args[0].clone(), args[1].clone())),
+        _ => None,
+    };
+    let (p, q) = op(prod, Op::Mul)?;
+    let (x, c) = op(rem, Op::Rem)?;
+    [(p.clone(), q.clone()), (q, p)]
+        .into_iter()
+        .find_map(|(d, c2)| match op(&d, Op::Div) {
+            Some((x2, c3)) if c2 == c && c3 == c && x2 == x => Some(x.clone()),
+            _ => None,
+        })
 }
 
 /// `a * b` on i64 indices, folding constants.
@@ -906,6 +930,29 @@ impl fmt::Display for Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_axis_split_and_joined_again_is_the_index_itself() {
+        let op = |op: Op, a: Expr, b: Expr| Expr::index_op(op, a, b);
+        let (x, c) = (Expr::Var(0) * Expr::i64(3) + Expr::Var(1), Expr::i64(4));
+        let split = |x: &Expr, c: &Expr| {
+            (
+                op(Op::Div, x.clone(), c.clone()),
+                op(Op::Rem, x.clone(), c.clone()),
+            )
+        };
+        let (q, r) = split(&x, &c);
+        // Either order of the sum and of the product.
+        assert_eq!(q.clone() * c.clone() + r.clone(), x);
+        assert_eq!(r.clone() + c.clone() * q.clone(), x);
+        // Not for another divisor, another dividend or a floored modulus.
+        let (q5, _) = split(&x, &Expr::i64(5));
+        assert_ne!(q5 * c.clone() + r.clone(), x);
+        let (qy, _) = split(&Expr::Var(2), &c);
+        assert_ne!(qy * c.clone() + r, x);
+        let m = op(Op::Mod, x.clone(), c.clone());
+        assert_ne!(q * c + m, x);
+    }
 
     /// postcard bytes of `Load { buf: 0, index: … }` nested `depth` times around `Dim(0)`.
     fn nested_loads(depth: usize) -> Vec<u8> {

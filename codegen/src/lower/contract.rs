@@ -82,15 +82,25 @@ impl Lowering<'_> {
     /// when `v` is a buffer or transposes and broadcasts of one.
     pub(super) fn strided(&self, v: Value) -> Option<(BufId, Vec<Dim>)> {
         let ty = self.ty(v);
-        if let Some(&b) = self.bufs.get(&v) {
-            let mut strides = vec![Dim::constant(1); ty.rank()];
-            for a in (0..ty.rank().saturating_sub(1)).rev() {
-                strides[a] = strides[a + 1].mul(ty.shape.dim(a + 1)).ok()?;
+        let dense = |shape: &ir::Shape| -> Option<Vec<Dim>> {
+            let mut strides = vec![Dim::constant(1); shape.rank()];
+            for a in (0..shape.rank().saturating_sub(1)).rev() {
+                strides[a] = strides[a + 1].mul(shape.dim(a + 1)).ok()?;
             }
-            return Some((b, strides));
+            Some(strides)
+        };
+        if let Some(&b) = self.bufs.get(&v) {
+            return Some((b, dense(&ty.shape)?));
         }
         let node = self.g.node(v.node);
         match node.op() {
+            // A reshape of a dense buffer is that buffer, densely strided by its new shape.
+            Op::Reshape { .. } => {
+                let x = node.inputs()[0];
+                let (b, s) = self.strided(x)?;
+                (s == dense(&self.ty(x).shape)?).then_some(())?;
+                Some((b, dense(&ty.shape)?))
+            }
             Op::Transpose { perm } => {
                 let (b, s) = self.strided(node.inputs()[0])?;
                 Some((b, perm.iter().map(|&p| s[p as usize].clone()).collect()))

@@ -188,8 +188,8 @@ impl Lowering<'_> {
                 _ => None,
             };
             let step = match (node.op(), per_channel, laid_out, constant) {
-                (Op::Mul, Some(_), _, _) => Step::Scale,
-                (Op::Add, Some(_), _, _) => Step::Shift,
+                (Op::Mul, Some(_), _, _) | (Op::Mul, None, None, Some(_)) => Step::Scale,
+                (Op::Add, Some(_), _, _) | (Op::Add, None, None, Some(_)) => Step::Shift,
                 (Op::Add, _, Some(_), _) => Step::Res,
                 (Op::Max, _, _, Some(_)) => Step::Lo,
                 (Op::Min, _, _, Some(_)) => Step::Hi,
@@ -199,6 +199,17 @@ impl Lowering<'_> {
                 // Out of the order the routine applies them in.
                 break;
             }
+            // A scale or shift by one constant (a batch norm whose statistics are all alike):
+            // per channel, every channel the same.
+            let per_channel = match (per_channel, constant, step) {
+                (None, Some(c), Step::Scale | Step::Shift) => {
+                    let Some(b) = self.splat_buffer(c, shape.dim(axis)) else {
+                        break;
+                    };
+                    Some(b)
+                }
+                (p, ..) => p,
+            };
             match step {
                 Step::Scale => chain.scale = per_channel,
                 Step::Shift => chain.shift = per_channel,
@@ -212,6 +223,17 @@ impl Lowering<'_> {
             at = next;
         }
         (chain.end != v).then_some(chain)
+    }
+
+    /// A constant f32 buffer of `n` elements, each `c`.
+    fn splat_buffer(&mut self, c: f64, n: &Dim) -> Option<BufId> {
+        let n = usize::try_from(n.as_const()?).ok()?;
+        let t = ir::Tensor::new(vec![n], ir::Data::F32(vec![c as f32; n])).ok()?;
+        let ty = TensorType::new(DType::F32, Shape::new(vec![Dim::constant(n as i64)]));
+        let name = format!("c{}", self.consts.len());
+        let b = self.buf(name, &ty, BufKind::Input).ok()?;
+        self.consts.push((b, t));
+        Some(b)
     }
 
     /// The activation an epilogue ends with that starts at `x` and reads it twice (GELU or

@@ -1002,6 +1002,21 @@ mod tests {
                 3,
             ),
             (1, 40, geometry(4, 4, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]), 4),
+            // Stride 2 over rows of 28 and of 45 (the column phases of a row in groups of 32
+            // and a masked rest; odd padding), the second a contraction of two KC blocks
+            // over several tiles.
+            (
+                24,
+                16,
+                geometry(12, 28, 3, 3, (2, 2), (1, 1), [1, 1, 1, 1]),
+                3,
+            ),
+            (
+                40,
+                12,
+                geometry(10, 45, 3, 3, (2, 2), (1, 1), [1, 1, 1, 1]),
+                4,
+            ),
             (
                 6,
                 5,

@@ -101,7 +101,7 @@ pub(super) enum Loc {
     Arena {
         addr: usize,
         dtype: DType,
-        shape: Vec<usize>,
+        shape: std::sync::Arc<[usize]>,
     },
     /// A constant of the executable.
     Const(Const),
@@ -149,7 +149,7 @@ impl Loc {
                 let bytes = dtype.storage_bytes(n as u64).unwrap_or(0) as usize;
                 // SAFETY: the slot holds `n` elements of the dtype; `d` as many.
                 unsafe { std::ptr::copy_nonoverlapping(self.ptr(), mut_ptr(&mut d), bytes) };
-                Tensor::new(shape.clone(), d).map_err(|e| e.to_string())
+                Tensor::new(shape.to_vec(), d).map_err(|e| e.to_string())
             }
             Loc::Const(c) => c.tensor(),
         }

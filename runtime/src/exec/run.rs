@@ -7,6 +7,10 @@ use ir::{DType, Data, Graph, Tensor, TensorType};
 use kernel::loops::{codes, BufId, BufKind};
 use kernel::Lowered;
 use kernel::{Code, KernelFn};
+use smallvec::SmallVec;
+
+/// A step's results (most steps have one).
+type Outs = SmallVec<[Loc; 2]>;
 
 use super::*;
 
@@ -27,7 +31,7 @@ struct Resolved {
     /// Elements of each of the kernel's buffers.
     lens: Vec<usize>,
     /// Shapes of its results.
-    out_shapes: Vec<Vec<usize>>,
+    out_shapes: Vec<std::sync::Arc<[usize]>>,
     /// Some result has no elements (then nothing runs).
     empty: bool,
     /// For each stage: how many parts threads split it into and the parallel extent.
@@ -313,9 +317,9 @@ impl Executable {
                 }
             };
             let started = timed.then(std::time::Instant::now);
-            let outs: Vec<Loc> = match step {
+            let outs: Outs = match step {
                 Step::Param => continue,
-                Step::Constant(c) => vec![Loc::Const(c.clone())],
+                Step::Constant(c) => smallvec::smallvec![Loc::Const(c.clone())],
                 _ if empty => types
                     .iter()
                     .map(|t| {
@@ -343,7 +347,7 @@ impl Executable {
                         consts,
                         stages,
                     };
-                    let args: Vec<&Loc> = lay.operand_slots[pos]
+                    let args: SmallVec<[&Loc; 8]> = lay.operand_slots[pos]
                         .iter()
                         .map(|&i| loc(values, i))
                         .collect::<Result<_, _>>()?;
@@ -504,7 +508,8 @@ fn resolve(
             usize::try_from(n).map_err(|_| format!("buffer {} has {n} elements", b.name))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let out_shapes = l.out_shapes(env)?;
+    let out_shapes: Vec<std::sync::Arc<[usize]>> =
+        l.out_shapes(env)?.into_iter().map(Into::into).collect();
     // Each result's shape has its buffer's length: results are read back by their shapes.
     let out_lens = k
         .bufs
@@ -594,7 +599,7 @@ impl Kernel<'_> {
 
     /// Runs the kernel of node `id` on its operands: returns where its results are (the
     /// arena, or tensors of their own for the graph's outputs).
-    fn call(&self, args: &[&Loc], r: &Resolved, base: *mut u8) -> Result<Vec<Loc>, String> {
+    fn call(&self, args: &[&Loc], r: &Resolved, base: *mut u8) -> Result<Outs, String> {
         let l = self.lowered;
         let k = &l.kernel;
         // Operands must be exactly as large as the kernel assumes: it does not check loads.
@@ -611,11 +616,12 @@ impl Kernel<'_> {
             }
         }
         let shapes = &r.out_shapes;
-        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); k.bufs.len()];
+        let mut ptrs: SmallVec<[*mut u8; 16]> =
+            smallvec::smallvec![std::ptr::null_mut(); k.bufs.len()];
         for (i, a) in args.iter().enumerate() {
             ptrs[i] = a.ptr();
         }
-        let mut outs: Vec<Option<Loc>> = Vec::new();
+        let mut outs: SmallVec<[Option<Loc>; 2]> = SmallVec::new();
         let mut owned = Vec::new();
         for (i, b) in k.bufs.iter().enumerate().skip(args.len()) {
             if let Some((_, c)) = self.consts.iter().find(|(c, _)| *c == i) {
@@ -636,14 +642,14 @@ impl Kernel<'_> {
             match b.kind {
                 BufKind::Output => {
                     let res = outs.len();
-                    let shape = shapes.get(res).ok_or("a result without a shape")?.clone();
+                    let shape = shapes.get(res).ok_or("a result without a shape")?;
                     match r.offsets[i] {
                         Some(off) => {
                             ptrs[i] = base.wrapping_add(off as usize);
                             outs.push(Some(Loc::Arena {
                                 addr: base.wrapping_add(off as usize) as usize,
                                 dtype: b.dtype,
-                                shape,
+                                shape: shape.clone(),
                             }));
                         }
                         None => {
@@ -651,7 +657,7 @@ impl Kernel<'_> {
                             // call (at least one element: guarded loads read index 0).
                             let mut d = Data::zeros(b.dtype, r.lens[i].max(1));
                             ptrs[i] = mut_ptr(&mut d);
-                            owned.push((res, d, shape));
+                            owned.push((res, d, shape.to_vec()));
                             outs.push(None);
                         }
                     }

@@ -230,27 +230,35 @@ unsafe fn product(
     place: &Place,
 ) {
     use std::arch::x86_64::*;
-    // Tile by tile, blocks of KC steps, each summed apart and added to the sum of the earlier
-    // blocks (kept per block of filters on the stack), as the packed path adds them to what
-    // it stored (identical results); a block of steps of the tile stays in L1 while every
-    // block of filters runs over it.
-    let mut sums = vec![_mm512_setzero_ps(); blocks.len() * 2 * MR * 2];
-    for vectors in starts.chunks(2) {
-        let v = [
-            vectors[0],
-            vectors.get(1).copied().unwrap_or(vectors[0] + NR),
-        ];
-        let b = [
-            buf.as_ptr().wrapping_add(v[0]),
-            buf.as_ptr().wrapping_add(v[1]),
-        ];
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+    // Blocks of KC steps, each summed apart and added to the sum of the earlier blocks (kept
+    // per tile and block of filters), as the packed path adds them to what it stored
+    // (identical results). A block of steps of a tile stays in L1 while every block of
+    // filters runs over it, and the filters' block of steps (all of them: at most o·KC
+    // values) stays in L2 while every tile runs over it; with the tiles outermost, a conv of
+    // large filters (3×3 by 256 channels: 2.4 MB) streamed them from L3 once per tile.
+    let tiles = starts.len().div_ceil(2);
+    let per = 2 * MR * 2;
+    let mut sums = if k > KC {
+        vec![_mm512_setzero_ps(); tiles * blocks.len() * per]
+    } else {
+        Vec::new()
+    };
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        let offs = offs[pc..].as_ptr();
+        for (t, vectors) in starts.chunks(2).enumerate() {
+            let v = [
+                vectors[0],
+                vectors.get(1).copied().unwrap_or(vectors[0] + NR),
+            ];
+            let b = [
+                buf.as_ptr().wrapping_add(v[0]),
+                buf.as_ptr().wrapping_add(v[1]),
+            ];
             let at = |a: ARows| ARows {
                 p: a.p.wrapping_add(pc * a.step),
                 ..a
             };
-            let offs = offs[pc..].as_ptr();
             for (n, &(i, rows, a0, a1)) in blocks.iter().enumerate() {
                 let (a0, a1) = (at(a0), at(a1));
                 // SAFETY: forwarded; an 8-row block's panels are rows of the filters in place.
@@ -280,7 +288,7 @@ unsafe fn product(
                     unsafe { place.store(&part, i, rows, vectors) };
                     continue;
                 }
-                let sum = &mut sums[n * 2 * MR * 2..][..2 * MR * 2];
+                let sum = &mut sums[(t * blocks.len() + n) * per..][..per];
                 if pc == 0 {
                     sum.copy_from_slice(&part);
                 } else {
@@ -426,17 +434,29 @@ unsafe fn phases(src: &[f32], pw: usize, sw: usize, phase: usize, dst: *mut f32)
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
         let (pe, po) = (pw % 2, (pw + 1) % 2);
-        while done + 32 <= w {
-            // SAFETY: inputs done..done + 32 exist; their positions lie inside their phases.
+        // The last group of fewer than 32 through masks (rows of 28 or 14 had no whole
+        // group and went element by element, dividing by the stride).
+        let mask = |n: usize| -> __mmask16 { ((1u32 << n.min(16)) - 1) as __mmask16 };
+        while done < w {
+            let n = (w - done).min(32);
+            // SAFETY: inputs done..done + n exist (masked loads touch no lane past them); their
+            // positions lie inside their phases.
             unsafe {
-                let lo = _mm512_loadu_ps(src.as_ptr().add(done));
-                let hi = _mm512_loadu_ps(src.as_ptr().add(done + 16));
+                let lo = _mm512_maskz_loadu_ps(mask(n), src.as_ptr().wrapping_add(done));
+                let hi = _mm512_maskz_loadu_ps(
+                    mask(n.saturating_sub(16)),
+                    src.as_ptr().wrapping_add(done + 16),
+                );
                 let e = _mm512_permutex2var_ps(lo, evens, hi);
                 let o = _mm512_permutex2var_ps(lo, odds, hi);
-                _mm512_storeu_ps(dst.add(pe * phase + (done + pw) / 2), e);
-                _mm512_storeu_ps(dst.add(po * phase + (done + 1 + pw) / 2), o);
+                _mm512_mask_storeu_ps(
+                    dst.add(pe * phase + (done + pw) / 2),
+                    mask(n.div_ceil(2)),
+                    e,
+                );
+                _mm512_mask_storeu_ps(dst.add(po * phase + (done + 1 + pw) / 2), mask(n / 2), o);
             }
-            done += 32;
+            done += n;
         }
     }
     for (ix, &v) in src.iter().enumerate().skip(done) {
