@@ -77,6 +77,7 @@ const TOKENS: &[&str] = &[
     "gemm",
     "row_max",
     "row_exp_sub",
+    "call row_act(src: x[0], dst: y[0]; n=4 act=2)",
     "v3: f32 = call row_max(row: x[0]; n=4 init=v3)",
     "cast<f32>",
     "cast<i8>{saturate=false}",

@@ -3,8 +3,9 @@
 //! `row-calls` transform that hands softmax's row passes to library routines
 //! ([`crate::routines::rows`]): a row's f32 maximum and its f64 sum (reductions over a
 //! contiguous row, any mark) and `dst = exp(src - s)` along a row (a vector loop) become
-//! `call row_max`, `call row_sum_f64` and `call row_exp_sub`. A backend's own vector code
-//! reads the same [`reduction`].
+//! `call row_max`, `call row_sum_f64` and `call row_exp_sub`; a row's sigmoid or tanh inside
+//! a vector loop is computed first by `call row_act`. A backend's own vector code reads the
+//! same [`reduction`].
 
 use ir::{DType, Op};
 
@@ -228,11 +229,121 @@ fn rewrite(k: &Kernel, body: &mut [Stmt]) {
     }
 }
 
+/// The activation (1 sigmoid, 2 tanh) of the first `sigmoid(src[off + var])` or
+/// `tanh(src[off + var])` in `e`, with that expression.
+fn row_act(k: &Kernel, e: &Expr, var: VarId) -> Option<(i64, Expr, usize, Expr)> {
+    let mut found = None;
+    e.walk(&mut |x| {
+        if found.is_some() {
+            return;
+        }
+        if let Expr::Op {
+            op: op @ (Op::Sigmoid | Op::Tanh),
+            args,
+            dtype: DType::F32,
+        } = x
+        {
+            if let [arg] = args.as_slice() {
+                if let Some((src, off)) = row_load(k, arg, var) {
+                    let act = if *op == Op::Sigmoid { 1 } else { 2 };
+                    found = Some((act, x.clone(), src, off));
+                }
+            }
+        }
+    });
+    found
+}
+
+/// `e` with every `from` replaced by `to`.
+fn replaced(e: &Expr, from: &Expr, to: &Expr) -> Expr {
+    if e == from {
+        return to.clone();
+    }
+    match e {
+        Expr::Op { op, args, dtype } => Expr::Op {
+            op: op.clone(),
+            args: args.iter().map(|a| replaced(a, from, to)).collect(),
+            dtype: *dtype,
+        },
+        Expr::Load { buf, index } => Expr::Load {
+            buf: *buf,
+            index: Box::new(replaced(index, from, to)),
+        },
+        e => e.clone(),
+    }
+}
+
+/// Vector loops `dst[off + var] = f(…, act(src[off' + var]), …)` over a row, `act` a sigmoid
+/// or tanh: the row's activations first, by `call row_act` into `dst` (16 lanes where the
+/// host has AVX-512), then the loop reading them there (an LSTM cell's `o · tanh(c)`: the
+/// 4-lane polynomial was most of the loop). Not where `f` reads `dst` otherwise.
+fn hoist_acts(k: &Kernel, body: &mut Vec<Stmt>) {
+    let mut i = 0;
+    while i < body.len() {
+        let call = match &body[i] {
+            Stmt::Loop {
+                var,
+                extent,
+                mark: crate::Mark::Vector(_),
+                body: inner,
+            } => (|| {
+                let [Stmt::Store { buf, index, value }] = inner.as_slice() else {
+                    return None;
+                };
+                let short = matches!(extent, Expr::Int(n, _) if *n < SHORT_ROW);
+                if short || mentions(extent, &|w| w == *var) {
+                    return None;
+                }
+                let dst = *buf;
+                if k.bufs.get(dst)?.dtype != DType::F32 || value.loads(dst) {
+                    return None;
+                }
+                let doff = contiguous(index, *var)?;
+                let (act, e, src, soff) = row_act(k, value, *var)?;
+                if src == dst {
+                    return None;
+                }
+                let call = Stmt::Call(Box::new(Call {
+                    routine: "row_act".into(),
+                    operands: vec![Some((src, soff)), Some((dst, doff))],
+                    ints: vec![extent.clone(), Expr::i64(act)],
+                    scalars: vec![],
+                    result: None,
+                }));
+                let to = Expr::Load {
+                    buf: dst,
+                    index: Box::new(index.clone()),
+                };
+                Some((call, e, to))
+            })(),
+            _ => None,
+        };
+        match call {
+            Some((call, from, to)) => {
+                if let Stmt::Loop { body: inner, .. } = &mut body[i] {
+                    if let Stmt::Store { value, .. } = &mut inner[0] {
+                        *value = replaced(value, &from, &to);
+                    }
+                }
+                body.insert(i, call);
+                i += 2;
+            }
+            None => {
+                if let Stmt::Loop { body: inner, .. } = &mut body[i] {
+                    hoist_acts(k, inner);
+                }
+                i += 1;
+            }
+        }
+    }
+}
+
 /// The `row-calls` transform: loops that are a row's maximum, its f64 sum or `exp(x - s)`
 /// along it become calls of the routines that compute them (8-lane AVX2 code where the host
-/// has it).
+/// has it), and a row's sigmoid or tanh inside a vector loop is computed first by one.
 pub fn row_calls(k: &mut Kernel) {
     let mut body = std::mem::take(&mut k.body);
     rewrite(k, &mut body);
+    hoist_acts(k, &mut body);
     k.body = body;
 }

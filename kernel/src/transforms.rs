@@ -29,7 +29,8 @@ pub static TRANSFORMS: &[Transform] = &[
     Transform {
         name: "row-calls",
         summary: "loops that are a row's f32 maximum, its f64 sum or exp(x - s) along it \
-                  become calls of the library routines (row_max, row_sum_f64, row_exp_sub)",
+                  become calls of the library routines (row_max, row_sum_f64, row_exp_sub); \
+                  a row's sigmoid or tanh in a vector loop is computed first (row_act)",
         run: crate::recognize::row_calls,
     },
 ];

@@ -124,7 +124,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 8] = [
+pub static ROUTINES: [Routine; 9] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -445,6 +445,29 @@ pub static ROUTINES: [Routine; 8] = [
         },
         doc: "dst[i] = exp(src[i] - s) for i < n in f32 (dst may be src; exp within 2 ulp, \
               as in vector loops): softmax's middle pass",
+    },
+    Routine {
+        name: "row_act",
+        symbol: "kiln_row_act",
+        operands: &[
+            ("src", Role::Read, ir::DType::F32),
+            ("dst", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        ints: &["n", "act"],
+        scalars: &[],
+        result: None,
+        cost: |i| 12.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
+        address: || rows::kiln_row_act as *const u8,
+        call: |p, i, _| unsafe {
+            rows::kiln_row_act(p[0].cast(), p[1].cast(), i[0], i[1]);
+            0.0
+        },
+        doc: "dst[i] = act(src[i]) for i < n in f32, act 1 a sigmoid and 2 tanh (dst may be \
+              src; the vector loops' algorithm, 16 lanes at a time): a row's transcendental \
+              taken out of a 4-lane loop",
     },
     Routine {
         name: "tree_walk",

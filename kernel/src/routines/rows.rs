@@ -65,6 +65,29 @@ pub unsafe extern "C" fn kiln_row_exp_sub(src: *const f32, dst: *mut f32, n: i64
     }
 }
 
+/// `dst[i] = act(src[i])` for `i < n`, `act` an epilogue's activation code (1 sigmoid, 2
+/// tanh; see [`super::epilogue::Act::of`]), computed as the epilogues of products and convs
+/// compute it — the vector loops' own algorithm, 16 or 8 lanes at a time.
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` elements; they are the same or do not overlap.
+pub unsafe extern "C" fn kiln_row_act(src: *const f32, dst: *mut f32, n: i64, act: i64) {
+    let n = n.max(0) as usize;
+    if n == 0 {
+        return;
+    }
+    if !std::ptr::eq(src, dst) {
+        // SAFETY: forwarded; distinct rows do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
+    }
+    let e = super::epilogue::Epilogue {
+        act: super::epilogue::Act::of(act),
+        ..super::epilogue::Epilogue::NONE
+    };
+    // SAFETY: one row of n elements at dst, no per-row or per-column operands.
+    unsafe { e.block(dst, n, 1, n) };
+}
+
 /// IEEE `maximum`: NaN if either is NaN, +0 above -0.
 pub(super) fn maximum(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
