@@ -653,7 +653,7 @@ impl Lowering<'_> {
         let (o, cg, kh, kw, oh, ow) = (ws[0], ws[1], ws[2], ws[3], os[2], os[3]);
         let og = o / groups;
         let k = cg * kh * kw;
-        let rows = block_rows(oh, ow, cg, self.machine.block_bytes as i64);
+        let rows = block_rows(oh, ow, cg, og * k * 4, self.machine.block_bytes as i64);
         let blocks = (oh + rows - 1) / rows;
         let iv = self.var(DType::I64);
         let i = Expr::Var(iv);
@@ -736,11 +736,17 @@ impl Lowering<'_> {
 /// columns (two of the product's column panels) while there are two blocks. (The routine
 /// packs columns for its product a few rows at a time; the implicit product reads a padded
 /// copy of the block's input rows, and longer runs of columns fill its tiles better; a 7×7
-/// image in blocks of 2 rows ran its products one panel of 14 columns at a time.)
-fn block_rows(oh: i64, ow: i64, c: i64, block_bytes: i64) -> i64 {
+/// image in blocks of 2 rows ran its products one panel of 14 columns at a time.) Filters of
+/// more than `block_bytes` (`filter_bytes`, 3×3 by 512 channels: 9.4 MB) are streamed from
+/// memory once per block: then the blocks are as large as the cache allows, and the routine
+/// splits a block's filters over threads instead (resnet50's 7×7 layers ran four blocks).
+fn block_rows(oh: i64, ow: i64, c: i64, filter_bytes: i64, block_bytes: i64) -> i64 {
     let ow = ow.max(1);
     let mut rows = (1024 / ow).max(1);
     rows = rows.min((block_bytes / (4 * c * ow).max(1)).max(1));
+    if filter_bytes > block_bytes {
+        return rows.min(oh).max(1);
+    }
     let least = ((32 + ow - 1) / ow).min((oh + 1) / 2);
     rows.min(((oh + 3) / 4).max(least)).max(1)
 }

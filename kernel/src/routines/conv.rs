@@ -1100,6 +1100,49 @@ mod tests {
     }
 
     #[test]
+    fn a_block_split_over_threads_by_filters_is_the_block_alone() {
+        // A small image in one block with filters enough to split (lowering's choice where
+        // they outgrow a core's cache): each part computes its filters as one thread would.
+        let mut rnd = uniform(5);
+        let g = geometry(12, 12, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]);
+        let (c, o) = (96, 100);
+        let x: Vec<f32> = (0..c * g.h * g.w).map(|_| rnd()).collect();
+        let wt: Vec<f32> = (0..o * c * g.kh * g.kw).map(|_| rnd()).collect();
+        let shift: Vec<f32> = (0..o).map(|_| rnd()).collect();
+        let epi = Epilogue {
+            shift: shift.as_ptr(),
+            lo: 0.0,
+            ..Epilogue::NONE
+        };
+        assert!(implicit::applies(&g, o, c, g.oh, crate::avx512()) || !crate::avx512());
+        let run = |helpers: usize| {
+            let mut out = vec![f32::NAN; (o * g.oh * g.ow) as usize];
+            let pool = (helpers > 0)
+                .then(|| std::sync::Arc::new(crate::threads::Pool::new(helpers).unwrap()));
+            // SAFETY: the buffers hold the image, the filters and the result.
+            crate::threads::with_helpers(pool, || unsafe {
+                rows_block(
+                    x.as_ptr(),
+                    wt.as_ptr(),
+                    out.as_mut_ptr(),
+                    c,
+                    o,
+                    &g,
+                    0,
+                    g.oh,
+                    crate::avx512(),
+                    &epi,
+                )
+            });
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let alone = run(0);
+        assert!(alone.iter().all(|&b| !f32::from_bits(b).is_nan()));
+        assert_eq!(alone, run(1));
+        assert_eq!(alone, run(3));
+    }
+
+    #[test]
     fn matches_the_definition_on_both_paths() {
         let mut rnd = uniform(7);
         let cases = [

@@ -68,6 +68,9 @@ pub(super) fn applies(g: &Geometry, o: i64, c: i64, rows: i64, wide: bool) -> bo
     4 * outputs >= 3 * vectors.next_multiple_of(2) * NR
 }
 
+/// Multiply-adds from which a block's filters are split over the helper threads.
+const SPLIT: usize = 1 << 22;
+
 thread_local! {
     /// The padded block and the tap offsets, per thread, reused between calls.
     static BUFS: std::cell::Cell<(Vec<f32>, Vec<usize>, Vec<f32>)> =
@@ -206,9 +209,43 @@ pub(super) unsafe fn rows(
         virt,
         epi,
     };
-    // SAFETY: the CPU has AVX-512 (`applies`); every step's run of 32 columns from each
-    // tile is inside the buffer (`reach`); the filters' outputs inside `out`.
-    unsafe { product(&buf, &offs, &blocks, &starts, k, &place) };
+    // Large blocks (a small image's every row, lowering's choice where the filters outgrow
+    // a core's cache) split their filters over the helpers: each thread streams only its
+    // share of them. Each output is computed by one thread as it would be alone.
+    let t = match o * k * virt >= SPLIT {
+        true => (crate::threads::helpers() + 1).min(blocks.len()).max(1),
+        false => 1,
+    };
+    struct Work<'a> {
+        blocks: &'a [(usize, usize, ARows, ARows)],
+        place: &'a Place<'a>,
+    }
+    // SAFETY: the filters and the padded block are only read; each part stores the outputs
+    // of its own filters.
+    unsafe impl Sync for Work<'_> {}
+    impl Work<'_> {
+        /// Part `w` of `t`: its blocks of filters.
+        fn part(&self, w: usize, t: usize) -> &[(usize, usize, ARows, ARows)] {
+            let n = self.blocks.len();
+            &self.blocks[n * w / t..n * (w + 1) / t]
+        }
+
+        fn place(&self) -> &Place<'_> {
+            self.place
+        }
+    }
+    let work = Work {
+        blocks: &blocks,
+        place: &place,
+    };
+    let (bufs, offs_ref, starts_ref) = (&buf, &offs, &starts);
+    crate::threads::parallel_for(t, |w| {
+        let part = work.part(w, t);
+        let place = work.place();
+        // SAFETY: the CPU has AVX-512 (`applies`); every step's run of 32 columns from each
+        // tile is inside the buffer (`reach`); the filters' outputs inside `out`.
+        unsafe { product(bufs, offs_ref, part, starts_ref, k, place) };
+    });
     BUFS.with(|b| b.set((buf, offs, ap)));
 }
 
@@ -378,6 +415,36 @@ impl Place<'_> {
     ) {
         use std::arch::x86_64::*;
         let epi = !self.epi.is_none();
+        // Whole vectors (a tile inside output rows, most of them): where each goes worked
+        // out once, each filter's epilogue coefficients loaded once (per vector, they cost a
+        // third of a 3-channel conv's time).
+        if starts.len() <= 2 && starts.iter().all(|&v0| v0 % self.wq + NR <= self.ow) {
+            let mut ats = [0usize; 2];
+            for (a, &v0) in ats.iter_mut().zip(starts) {
+                *a = self.first + v0 / self.wq * self.ow + v0 % self.wq;
+            }
+            for r in 0..rows {
+                let f = i + r;
+                // SAFETY: the vectors are outputs of filter f (and the residual's).
+                unsafe {
+                    let d = self.out.add(f * self.ohw);
+                    if epi {
+                        let e = self.epi.from(f, 0, f * self.ohw);
+                        let st = epilogue::avx512::coefs(&e, 0, 0, !0);
+                        for (q, &at) in ats.iter().enumerate().take(starts.len()) {
+                            let v = acc[2 * r + q];
+                            let v = epilogue::avx512::apply(&e, v, st, e.res.wrapping_add(at), !0);
+                            _mm512_storeu_ps(d.add(at), v);
+                        }
+                    } else {
+                        for (q, &at) in ats.iter().enumerate().take(starts.len()) {
+                            _mm512_storeu_ps(d.add(at), acc[2 * r + q]);
+                        }
+                    }
+                }
+            }
+            return;
+        }
         // SAFETY (each `put`): the lanes in `m` are outputs.
         let put = |r: usize, at: usize, val: __m512, m: __mmask16| unsafe {
             self.put(i + r, at, val, m, epi)
