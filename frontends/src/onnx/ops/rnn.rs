@@ -1,6 +1,7 @@
 //! Recurrent layers (LSTM, GRU, RNN): the input projection of all steps is one matmul per
-//! gate, then each step is a small matmul per gate (whose bias, input rows and activation
-//! become that product's epilogue) plus the gates' combination — unrolled over a static
+//! group of gates (gates side by side with one activation: LSTM's i, o, f; GRU's z, r), then
+//! each step is a small matmul per group (whose bias, input rows and activation become that
+//! product's epilogue) plus the gates' combination — unrolled over a static
 //! sequence of up to 256 steps, else (a symbolic or longer sequence) a `loop` whose body is
 //! one step.
 //! Variable sequence lengths freeze the state and zero the output past each sequence's end.
@@ -191,7 +192,13 @@ struct Cfg {
 
 /// Gate `g`'s part of a weight, bias or pre-activation laid out gate after gate along `axis`.
 fn gate(b: &mut Builder, v: Value, axis: usize, g: i64, h: i64) -> R<Value> {
-    slice_axis(b, v, axis, Dim::Const(g * h), Dim::Const((g + 1) * h), 1)
+    gates(b, v, axis, (g, 1), h)
+}
+
+/// Gates `g..g + n`'s part of a weight, bias or pre-activation laid out gate after gate along
+/// `axis`.
+fn gates(b: &mut Builder, v: Value, axis: usize, (g, n): (i64, i64), h: i64) -> R<Value> {
+    slice_axis(b, v, axis, Dim::Const(g * h), Dim::Const((g + n) * h), 1)
 }
 
 fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
@@ -206,10 +213,27 @@ fn clipped(b: &mut Builder, x: Value, clip: Option<f64>) -> R<Value> {
     }
 }
 
+/// The gates whose pre-activations are computed together, as `(first gate, gates)`: gates
+/// side by side in W and R with the same activation and nothing added between the product and
+/// the activation make one product of their columns (LSTM's input, output and forget gates;
+/// GRU's update and reset gates), whose bias, input rows and activation are its epilogue —
+/// one small product a step instead of three (an LSTM of 128 units: a step's products cost
+/// more in calls than in multiply-adds). Peepholes (added before the activation) and a
+/// coupled forget gate keep the gates apart.
+fn gate_groups(cfg: &Cfg, peep: bool) -> Vec<(i64, i64)> {
+    match cfg.kind {
+        Kind::Lstm if !peep && !cfg.input_forget => vec![(0, 3), (3, 1)],
+        Kind::Gru => vec![(0, 2), (2, 1)],
+        k => (0..k.gates()).map(|g| (g, 1)).collect(),
+    }
+}
+
 /// What one step of one direction reads besides its input projection and states.
 struct StepDir<'a> {
-    /// Rᵀ and the recurrent bias gate by gate ([hidden, hidden] and [hidden]): each gate's
-    /// pre-activation is its own product, so its activation can be the product's epilogue.
+    /// Rᵀ and the recurrent bias group by group of gates ([hidden, n·hidden] and [n·hidden],
+    /// see [`gate_groups`]): each group's pre-activation is its own product, so its
+    /// activation can be the product's epilogue.
+    groups: Vec<(i64, i64)>,
     rt: Vec<Value>,
     rb: Option<Vec<Value>>,
     peep: Option<Value>,
@@ -264,6 +288,26 @@ fn step(
                     None => Ok(x),
                 }
             };
+            if d.groups.len() == 2 {
+                // Input, output and forget gates as one product, then the cell.
+                let iof = pre(b, 0)?;
+                let iof = clipped(b, iof, cfg.clip)?;
+                let iof = activate(b, &d.acts[0], iof)?;
+                let (i, o, f) = (
+                    gate(b, iof, 1, 0, h)?,
+                    gate(b, iof, 1, 1, h)?,
+                    gate(b, iof, 1, 2, h)?,
+                );
+                let gc = pre(b, 1)?;
+                let gc = clipped(b, gc, cfg.clip)?;
+                let cand = activate(b, &d.acts[1], gc)?;
+                let fc = b.mul(f, c_prev)?;
+                let ic = b.mul(i, cand)?;
+                let c = b.add(fc, ic)?;
+                let hc = activate(b, &d.acts[2], c)?;
+                let h_new = b.mul(o, hc)?;
+                return finish(b, (h_new, Some(c)), hs, cs, mask);
+            }
             let (gi, go, gf, gc) = (pre(b, 0)?, pre(b, 1)?, pre(b, 2)?, pre(b, 3)?);
             let pi = peep(b, 0, c_prev)?;
             let gi = with(b, gi, pi)?;
@@ -291,19 +335,18 @@ fn step(
             (b.mul(o, hc)?, Some(c))
         }
         Kind::Gru => {
-            let xh = xw[2];
-            let z = pre(b, 0)?;
-            let z = clipped(b, z, cfg.clip)?;
-            let z = activate(b, &d.acts[0], z)?;
-            let r = pre(b, 1)?;
-            let r = clipped(b, r, cfg.clip)?;
-            let r = activate(b, &d.acts[0], r)?;
+            // Update and reset gates as one product (`gate_groups`), the hidden gate apart.
+            let xh = xw[1];
+            let zr = pre(b, 0)?;
+            let zr = clipped(b, zr, cfg.clip)?;
+            let zr = activate(b, &d.acts[0], zr)?;
+            let (z, r) = (gate(b, zr, 1, 0, h)?, gate(b, zr, 1, 1, h)?);
             let hh = if cfg.linear_before_reset {
-                let t = rec(b, hs, 2)?;
+                let t = rec(b, hs, 1)?;
                 b.mul(r, t)?
             } else {
                 let rhs = b.mul(r, hs)?;
-                rec(b, rhs, 2)?
+                rec(b, rhs, 1)?
             };
             let pre = b.add(xh, hh)?;
             let pre = clipped(b, pre, cfg.clip)?;
@@ -315,7 +358,18 @@ fn step(
             (b.add(a, zh)?, None)
         }
     };
-    // Past a sequence's end the state stays and the output is zero.
+    finish(b, (h_new, c_new), hs, cs, mask)
+}
+
+/// A step's next states and output from its new states: past a sequence's end (`mask`
+/// false) the state stays and the output is zero.
+fn finish(
+    b: &mut Builder,
+    (h_new, c_new): (Value, Option<Value>),
+    hs: Value,
+    cs: Option<Value>,
+    mask: Option<Value>,
+) -> R<(Value, Option<Value>, Value)> {
     let (h_next, c_next, y) = match mask {
         Some(m) => {
             let zero = b.scalar_like(0.0, h_new)?;
@@ -359,20 +413,22 @@ fn run(
     let mut xw_all = Vec::new();
     let mut rts = Vec::new();
     let mut rbs = Vec::new();
-    for k in 0..cfg.kind.gates() {
-        let wt_k = gate(b, wt, 1, k, h)?;
+    let groups = gate_groups(cfg, d.peep.is_some());
+    for &k in &groups {
+        let wt_k = gates(b, wt, 1, k, h)?;
         let mut xw = b.matmul(x2, wt_k)?;
         // Bias split into input and recurrent halves (GRU needs them apart).
         if let Some((wb, rb)) = d.bias {
-            let wb_k = gate(b, wb, 0, k, h)?;
+            let wb_k = gates(b, wb, 0, k, h)?;
             xw = b.add(xw, wb_k)?;
-            rbs.push(gate(b, rb, 0, k, h)?);
+            rbs.push(gates(b, rb, 0, k, h)?);
         }
-        let dims = vec![seq.clone(), batch.clone(), Dim::Const(h)];
+        let dims = vec![seq.clone(), batch.clone(), Dim::Const(k.1 * h)];
         xw_all.push(b.reshape(xw, Shape::new(dims))?);
-        rts.push(gate(b, rt, 1, k, h)?);
+        rts.push(gates(b, rt, 1, k, h)?);
     }
     let sd = StepDir {
+        groups,
         rt: rts,
         rb: d.bias.map(|_| rbs),
         peep: d.peep,
@@ -396,7 +452,10 @@ fn run(
     for t in order {
         let xw = xw_all
             .iter()
-            .map(|&v| at(b, v, t, vec![batch.clone(), Dim::Const(h)]))
+            .map(|&v| {
+                let width = b.shape(v).dim(2).clone();
+                at(b, v, t, vec![batch.clone(), width])
+            })
             .collect::<R<Vec<_>>>()?;
         let m = match mask {
             Some(m) => Some(at(b, m, t, vec![batch.clone(), Dim::Const(h)])?),
@@ -487,6 +546,7 @@ fn run_loop(
     };
     let peep = invariant(&mut body, "peep", sd.peep)?;
     let inner = StepDir {
+        groups: sd.groups.clone(),
         rt,
         rb,
         peep,
@@ -563,8 +623,13 @@ fn recurrent_with(ctx: &mut Ctx, n: &Node, kind: Kind, w: Value, r: Value) -> R<
         linear_before_reset: n.int_or("linear_before_reset", 0)? != 0,
     };
     let b = &mut ctx.b;
+    // Batch-major layout: X is [batch, seq, input] and the initial states [batch, dirs,
+    // hidden]; the steps below read them sequence- and direction-major.
+    let (mut h0, mut c0) = (h0, c0);
     if layout == 1 {
         x = b.transpose(x, &[1, 0, 2])?;
+        h0 = h0.map(|v| b.transpose(v, &[1, 0, 2])).transpose()?;
+        c0 = c0.map(|v| b.transpose(v, &[1, 0, 2])).transpose()?;
     }
     let xshape = b.shape(x).clone();
     let seq = xshape.dim(0).clone();
