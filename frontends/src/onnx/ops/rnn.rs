@@ -464,7 +464,7 @@ fn run(
         let (h_next, c_next, y) = step(b, cfg, &sd, &xw, (hs, cs), m)?;
         hs = h_next;
         cs = c_next;
-        ys[t as usize] = Some(b.unsqueeze(y, 0)?);
+        ys[t as usize] = Some(y);
     }
     let ys = ys
         .into_iter()
@@ -474,7 +474,10 @@ fn run(
         let z = b.scalar(0.0, b.dtype(x))?;
         b.broadcast_to(z, &Shape::new(vec![seq, batch, Dim::Const(h)]))?
     } else {
-        b.op1(Op::Concat { axis: 0 }, &ys)?
+        // The steps' [batch, hidden] outputs joined row-wise, then seen as [seq, batch,
+        // hidden]: no view node per step.
+        let rows = b.op1(Op::Concat { axis: 0 }, &ys)?;
+        b.reshape(rows, Shape::new(vec![seq, batch, Dim::Const(h)]))?
     };
     Ok((y, hs, cs))
 }
