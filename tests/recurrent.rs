@@ -1,12 +1,19 @@
-//! Recurrent layers in batch-major layout (`layout = 1`: X [batch, seq, input], the initial
-//! and final states [batch, dirs, hidden], Y [batch, seq, dirs, hidden]) compute what the
-//! sequence-major layout does on the transposed tensors — LSTM, GRU and RNN, both directions,
-//! with initial states (which the batch-major import once read as direction-major).
+//! Recurrent layers against reference outputs, and batch-major against sequence-major.
+//!
+//! `tests/recurrent/` holds small LSTM, GRU and RNN nodes in the variants the spec allows
+//! (directions, sequence lengths, clip, batch-major layout, linear_before_reset,
+//! input_forget, peepholes, no bias or initial state, 300 steps run as a loop) with
+//! onnxruntime's outputs (the ONNX reference implementation's where onnxruntime refuses the
+//! node); `tests/recurrent/build.py` rebuilds them. Batch-major layers (`layout = 1`: X
+//! [batch, seq, input], the states [batch, dirs, hidden], Y [batch, seq, dirs, hidden]) also
+//! compute what the sequence-major layout does on the transposed tensors (the import once read
+//! their initial states as direction-major).
 
 mod common;
 
 use common::onnx::{model, node, vi};
 use kiln::frontends::onnx::proto::*;
+use kiln::onnx::{mismatch, Tolerance};
 use kiln::{Model, Tensor};
 
 const SEQ: usize = 4;
@@ -180,4 +187,44 @@ fn batch_major_layers_compute_the_transposed_sequence_major_ones() {
             }
         }
     }
+}
+
+#[test]
+fn every_variant_matches_the_reference_outputs() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recurrent");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("tests/recurrent")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".onnx").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 30, "{} fixtures in {dir:?}", names.len());
+    let read = |f: String| std::fs::read(dir.join(&f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let tol = Tolerance {
+        rtol: 1e-4,
+        atol: 1e-5,
+    };
+    let mut failures = Vec::new();
+    for name in &names {
+        let m = Model::from_onnx(
+            &read(format!("{name}.onnx")),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let inputs = kiln::npz::read_npz(&read(format!("{name}.in.npz"))).unwrap();
+        let want = kiln::npz::read_npz(&read(format!("{name}.out.npz"))).unwrap();
+        let got = m.run(&inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (out, w) in &want {
+            let g = got.iter().find(|(n, _)| n == out).map(|(_, t)| t);
+            match g.map(|g| mismatch(g, w, tol)) {
+                None => failures.push(format!("{name}: no output {out}")),
+                Some(Some(why)) => failures.push(format!("{name}: {out}: {why}")),
+                Some(None) => {}
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
