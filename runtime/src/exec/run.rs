@@ -484,6 +484,33 @@ impl Ptrs<'_> {
 /// work, a few times what handing half of it to a helper costs.
 const PARALLEL_MIN_COST: f64 = 32768.0;
 
+/// How many times more a stage that only copies (every store's value a plain load) must cost
+/// to be split: its work is moving lines, and a helper's half moves them through the other
+/// core's cache (an LSTM's 64 KB output copy, cost 49K, took 16 µs split and 4 µs on one
+/// thread).
+const COPY_FACTOR: f64 = 8.0;
+
+/// Whether every statement of `body` is a loop, index arithmetic (a variable set to what
+/// loads nothing: a stage's row from its range) or a store of a loaded value.
+fn only_copies(body: &[kernel::Stmt]) -> bool {
+    let mut copies = true;
+    for s in body {
+        s.walk(&mut |s| {
+            copies &= match s {
+                kernel::Stmt::Loop { .. } => true,
+                kernel::Stmt::Set { value, .. } => {
+                    let mut loads = false;
+                    value.walk(&mut |e| loads |= matches!(e, kernel::Expr::Load { .. }));
+                    !loads
+                }
+                kernel::Stmt::Store { value, .. } => matches!(value, kernel::Expr::Load { .. }),
+                _ => false,
+            }
+        });
+    }
+    copies
+}
+
 /// A native step's sizes and thread split under the symbol values `env`.
 fn resolve(
     l: &Lowered,
@@ -534,7 +561,11 @@ fn resolve(
                 let mut full = dims.clone();
                 full.extend([0, n]);
                 let cost = kernel::stages::cost(&s.body, &full);
-                let p = if threads > 1 && n > 1 && cost >= PARALLEL_MIN_COST {
+                let least = match only_copies(&s.body) {
+                    true => PARALLEL_MIN_COST * COPY_FACTOR,
+                    false => PARALLEL_MIN_COST,
+                };
+                let p = if threads > 1 && n > 1 && cost >= least {
                     n.min(4 * threads as i64)
                 } else {
                     1
@@ -682,5 +713,44 @@ impl Kernel<'_> {
             outs[r] = Some(Loc::Tensor(t));
         }
         Ok(outs.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The thread split of kernel `text`'s stages at 2 threads (its one output of `n`).
+    fn parts(text: &str, n: i64) -> Vec<i64> {
+        let k = kernel::parse::parse_kernel(text).unwrap();
+        let (stages, _) = NativeStage::split(&k, 0);
+        let l = Lowered {
+            kernel: k,
+            consts: Vec::new(),
+            outputs: vec![ir::Shape::new(vec![ir::Dim::constant(n)])],
+        };
+        let r = resolve(&l, &stages, &HashMap::new(), 2).unwrap();
+        r.parts.iter().map(|&(p, _)| p).collect()
+    }
+
+    #[test]
+    fn copies_split_only_when_much_larger_than_arithmetic() {
+        // As large a stage by the cost model: the arithmetic one splits, the copy stays.
+        let copy = "kernel @k(in x: f32[16384], out y: f32[16384]) {
+  for v0 in 0..32 parallel {
+    for v1 in 0..512 vector(4) {
+      y[((v0 * 512) + v1)] = x[((v0 * 512) + v1)]
+    }
+  }
+}";
+        let arith = copy.replace(
+            "= x[((v0 * 512) + v1)]",
+            "= mul(x[((v0 * 512) + v1)], 2.0:f32)",
+        );
+        assert_eq!(parts(copy, 16384), vec![1]);
+        assert!(parts(&arith, 16384)[0] > 1);
+        // A copy eight times larger splits.
+        let big = copy.replace("16384", "131072").replace("0..32 ", "0..256 ");
+        assert!(parts(&big, 131072)[0] > 1);
     }
 }
