@@ -126,14 +126,16 @@ fn call(
 /// Rows of fewer elements than this (a constant extent) are left to the backend's loops.
 const SHORT_ROW: i64 = 16;
 
+/// Whether loop `var in 0..extent` runs along a row worth a routine call: an extent that
+/// does not read `var`, and not known to be shorter than a vector (a call per row of a few
+/// elements — a classifier's 3 classes — costs more than the loop it replaces).
+fn a_row(extent: &Expr, var: VarId) -> bool {
+    !mentions(extent, &|w| w == var) && !matches!(extent, Expr::Int(n, _) if *n < SHORT_ROW)
+}
+
 /// The routine call loop `var in 0..extent` over `body` is, if it has one of the shapes above.
 fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) -> Option<Stmt> {
-    if mentions(extent, &|w| w == var) {
-        return None;
-    }
-    // Rows known to be shorter than a vector stay loops: a call per row of a few elements
-    // (a classifier's 3 classes) costs more than the loop it replaces.
-    if matches!(extent, Expr::Int(n, _) if *n < SHORT_ROW) {
+    if !a_row(extent, var) {
         return None;
     }
     if let Some(Reduction { acc, op, dtype, e }) = reduction(k, var, body) {
@@ -290,19 +292,17 @@ fn hoist_acts(k: &Kernel, body: &mut Vec<Stmt>) {
                 let [Stmt::Store { buf, index, value }] = inner.as_slice() else {
                     return None;
                 };
-                let short = matches!(extent, Expr::Int(n, _) if *n < SHORT_ROW);
-                if short || mentions(extent, &|w| w == *var) {
+                if !a_row(extent, *var) {
                     return None;
                 }
+                // The activations go to `dst` first: not where the loop reads it (the
+                // activation's source included).
                 let dst = *buf;
                 if k.bufs.get(dst)?.dtype != DType::F32 || value.loads(dst) {
                     return None;
                 }
                 let doff = contiguous(index, *var)?;
                 let (act, e, src, soff) = row_act(k, value, *var)?;
-                if src == dst {
-                    return None;
-                }
                 let call = Stmt::Call(Box::new(Call {
                     routine: "row_act".into(),
                     operands: vec![Some((src, soff)), Some((dst, doff))],

@@ -288,8 +288,13 @@ fn step(
                     None => Ok(x),
                 }
             };
-            if d.groups.len() == 2 {
-                // Input, output and forget gates as one product, then the cell.
+            // The output gate: computed with the input and forget gates (one product,
+            // `gate_groups`), or its pre-activation, whose peephole reads the new cell.
+            enum Output {
+                Ready(Value),
+                After(Value),
+            }
+            let (i, f, gc, o) = if d.groups.len() == 2 {
                 let iof = pre(b, 0)?;
                 let iof = clipped(b, iof, cfg.clip)?;
                 let iof = activate(b, &d.acts[0], iof)?;
@@ -298,39 +303,38 @@ fn step(
                     gate(b, iof, 1, 1, h)?,
                     gate(b, iof, 1, 2, h)?,
                 );
-                let gc = pre(b, 1)?;
-                let gc = clipped(b, gc, cfg.clip)?;
-                let cand = activate(b, &d.acts[1], gc)?;
-                let fc = b.mul(f, c_prev)?;
-                let ic = b.mul(i, cand)?;
-                let c = b.add(fc, ic)?;
-                let hc = activate(b, &d.acts[2], c)?;
-                let h_new = b.mul(o, hc)?;
-                return finish(b, (h_new, Some(c)), hs, cs, mask);
-            }
-            let (gi, go, gf, gc) = (pre(b, 0)?, pre(b, 1)?, pre(b, 2)?, pre(b, 3)?);
-            let pi = peep(b, 0, c_prev)?;
-            let gi = with(b, gi, pi)?;
-            let gi = clipped(b, gi, cfg.clip)?;
-            let i = activate(b, &d.acts[0], gi)?;
-            let f = if cfg.input_forget {
-                let one = b.scalar_like(1.0, i)?;
-                b.sub(one, i)?
+                (i, f, pre(b, 1)?, Output::Ready(o))
             } else {
-                let pf = peep(b, 2, c_prev)?;
-                let gf = with(b, gf, pf)?;
-                let gf = clipped(b, gf, cfg.clip)?;
-                activate(b, &d.acts[0], gf)?
+                let (gi, go, gf, gc) = (pre(b, 0)?, pre(b, 1)?, pre(b, 2)?, pre(b, 3)?);
+                let pi = peep(b, 0, c_prev)?;
+                let gi = with(b, gi, pi)?;
+                let gi = clipped(b, gi, cfg.clip)?;
+                let i = activate(b, &d.acts[0], gi)?;
+                let f = if cfg.input_forget {
+                    let one = b.scalar_like(1.0, i)?;
+                    b.sub(one, i)?
+                } else {
+                    let pf = peep(b, 2, c_prev)?;
+                    let gf = with(b, gf, pf)?;
+                    let gf = clipped(b, gf, cfg.clip)?;
+                    activate(b, &d.acts[0], gf)?
+                };
+                (i, f, gc, Output::After(go))
             };
             let gc = clipped(b, gc, cfg.clip)?;
             let cand = activate(b, &d.acts[1], gc)?;
             let fc = b.mul(f, c_prev)?;
             let ic = b.mul(i, cand)?;
             let c = b.add(fc, ic)?;
-            let po = peep(b, 1, c)?;
-            let go = with(b, go, po)?;
-            let go = clipped(b, go, cfg.clip)?;
-            let o = activate(b, &d.acts[0], go)?;
+            let o = match o {
+                Output::Ready(o) => o,
+                Output::After(go) => {
+                    let po = peep(b, 1, c)?;
+                    let go = with(b, go, po)?;
+                    let go = clipped(b, go, cfg.clip)?;
+                    activate(b, &d.acts[0], go)?
+                }
+            };
             let hc = activate(b, &d.acts[2], c)?;
             (b.mul(o, hc)?, Some(c))
         }
@@ -358,18 +362,7 @@ fn step(
             (b.add(a, zh)?, None)
         }
     };
-    finish(b, (h_new, c_new), hs, cs, mask)
-}
-
-/// A step's next states and output from its new states: past a sequence's end (`mask`
-/// false) the state stays and the output is zero.
-fn finish(
-    b: &mut Builder,
-    (h_new, c_new): (Value, Option<Value>),
-    hs: Value,
-    cs: Option<Value>,
-    mask: Option<Value>,
-) -> R<(Value, Option<Value>, Value)> {
+    // Past a sequence's end the state stays and the output is zero.
     let (h_next, c_next, y) = match mask {
         Some(m) => {
             let zero = b.scalar_like(0.0, h_new)?;

@@ -224,14 +224,11 @@ pub(super) unsafe fn rows(
     // of its own filters.
     unsafe impl Sync for Work<'_> {}
     impl Work<'_> {
-        /// Part `w` of `t`: its blocks of filters.
-        fn part(&self, w: usize, t: usize) -> &[(usize, usize, ARows, ARows)] {
+        /// Part `w` of `t`: its blocks of filters, and where they store (one method, so that
+        /// the closure below borrows the whole `Work`, not its fields apart).
+        fn part(&self, w: usize, t: usize) -> (&[(usize, usize, ARows, ARows)], &Place<'_>) {
             let n = self.blocks.len();
-            &self.blocks[n * w / t..n * (w + 1) / t]
-        }
-
-        fn place(&self) -> &Place<'_> {
-            self.place
+            (&self.blocks[n * w / t..n * (w + 1) / t], self.place)
         }
     }
     let work = Work {
@@ -240,8 +237,7 @@ pub(super) unsafe fn rows(
     };
     let (bufs, offs_ref, starts_ref) = (&buf, &offs, &starts);
     crate::threads::parallel_for(t, |w| {
-        let part = work.part(w, t);
-        let place = work.place();
+        let (part, place) = work.part(w, t);
         // SAFETY: the CPU has AVX-512 (`applies`); every step's run of 32 columns from each
         // tile is inside the buffer (`reach`); the filters' outputs inside `out`.
         unsafe { product(bufs, offs_ref, part, starts_ref, k, place) };
