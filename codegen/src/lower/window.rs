@@ -156,50 +156,35 @@ impl Lowering<'_> {
             ir::ReduceKind::Min => (Op::Min, extreme(dtype, true)),
         };
         let static_f32 = dtype == DType::F32 && xs.is_static() && os.is_static() && xs.rank() > 0;
-        let planes = static_f32 && xs.rank() == 4 && {
-            let (xd, od) = (static_dims(&xs), static_dims(&os));
-            (0..2).all(|d| {
-                window[d] == 1
-                    && stride[d] == 1
-                    && dilation[d] == 1
-                    && pad_low[d] == 0
-                    && xd[d] == od[d]
+        let view = static_f32
+            .then(|| {
+                let w = [window, stride, dilation, pad_low].map(|v| v.as_slice());
+                PlaneView::of(&static_dims(&xs), &static_dims(&os), w)
             })
-        };
+            .flatten();
         // Sums only where output rows fill vectors (a global pool's one output per plane
         // runs faster as the loops below).
-        let rows_fill = planes && static_dims(&os)[3] >= 8;
-        if planes && (matches!(step, Op::Max | Op::Min) || step == Op::Add && rows_fill) {
-            // 2-D pooling: one library call per plane, in a parallel nest (sums in f64 in
-            // window order, as the loops below sum).
-            let (xd, od) = (static_dims(&xs), static_dims(&os));
-            let rows = Shape::new(os.dims()[..2].to_vec());
-            let ints = [
-                xd[2],
-                xd[3],
-                od[2],
-                od[3],
-                window[2],
-                window[3],
-                stride[2],
-                stride[3],
-                dilation[2],
-                dilation[3],
-                pad_low[2],
-                pad_low[3],
-                match step {
-                    Op::Max => 0,
-                    Op::Min => 1,
-                    _ => 2,
-                },
-            ];
-            self.nest(&rows, dtype, |_, idx| {
-                let plane = idx[0].clone() * Expr::i64(xd[1]) + idx[1].clone();
+        let rows_fill = view.as_ref().is_some_and(|v| v.ints[3] >= 8);
+        if let Some(view) =
+            view.filter(|_| matches!(step, Op::Max | Op::Min) || step == Op::Add && rows_fill)
+        {
+            // Pooling over planes: one library call per plane, in a parallel nest (sums in f64
+            // in window order, as the loops below sum).
+            let mut ints = view.ints.to_vec();
+            ints.push(match step {
+                Op::Max => 0,
+                Op::Min => 1,
+                _ => 2,
+            });
+            let (xplane, oplane) = (ints[0] * ints[1], ints[2] * ints[3]);
+            let rows = Shape::new(os.dims()[..view.lead].to_vec());
+            self.nest(&rows, dtype, |l, idx| {
+                let plane = l.linear(idx, &rows);
                 Ok(vec![Stmt::Call(Box::new(kernel::Call {
                     routine: "pool2d".into(),
                     operands: vec![
-                        Some((xb, plane.clone() * Expr::i64(xd[2] * xd[3]))),
-                        Some((out, plane * Expr::i64(od[2] * od[3]))),
+                        Some((xb, plane.clone() * Expr::i64(xplane))),
+                        Some((out, plane * Expr::i64(oplane))),
                     ],
                     ints: ints.iter().map(|&i| Expr::i64(i)).collect(),
                     scalars: Vec::new(),
@@ -315,5 +300,52 @@ impl Lowering<'_> {
         })?;
         self.bufs.insert(v, out);
         Ok(())
+    }
+}
+
+/// A window reduction as `pool2d` planes: the axes before `lead` are planes (their window
+/// trivial), the rest one row-major `h×w` plane per index — the last two axes, or one windowed
+/// axis with every later one merged into the plane's rows (LRN's sum across channels).
+#[derive(Debug, PartialEq)]
+struct PlaneView {
+    lead: usize,
+    /// The routine's geometry: `h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw`.
+    ints: [i64; 12],
+}
+
+impl PlaneView {
+    /// The view of a reduction of `xd` into `od` by `[window, stride, dilation, pad_low]`, if
+    /// it has one.
+    fn of(
+        xd: &[i64],
+        od: &[i64],
+        [window, stride, dilation, pad_low]: [&[i64]; 4],
+    ) -> Option<Self> {
+        let r = xd.len();
+        let trivial = |d: usize| {
+            window[d] == 1
+                && stride[d] == 1
+                && dilation[d] == 1
+                && pad_low[d] == 0
+                && xd[d] == od[d]
+        };
+        let windowed: Vec<usize> = (0..r).filter(|&d| !trivial(d)).collect();
+        let axis = |d: usize| [xd[d], od[d], window[d], stride[d], dilation[d], pad_low[d]];
+        let (lead, h, w) = match windowed[..] {
+            _ if r < 2 => return None,
+            [] => return None,
+            _ if windowed[0] >= r - 2 => (r - 2, axis(r - 2), axis(r - 1)),
+            [a] => {
+                let rest: i64 = xd[a + 1..].iter().product();
+                (a, axis(a), [rest, rest, 1, 1, 1, 0])
+            }
+            _ => return None,
+        };
+        let [hx, ho, kh, sh, dh, ph] = h;
+        let [wx, wo, kw, sw, dw, pw] = w;
+        Some(PlaneView {
+            lead,
+            ints: [hx, wx, ho, wo, kh, kw, sh, sw, dh, dw, ph, pw],
+        })
     }
 }

@@ -1,7 +1,6 @@
-//! 2-D convolutions. `conv2d` (depthwise convs): one f32 plane by one filter plane, the plane
-//! copied into a zero-padded per-thread buffer, then every output row sums its taps without
-//! bounds checks (AVX2 and FMA blocks of 32 and 8 outputs for unit or double strides when the
-//! CPU has them; scalar otherwise); each output sums its taps in (ky, kx) order. `conv2d_rows`
+//! 2-D convolutions. `conv2d` (depthwise convs): one f32 plane by one filter plane, from a
+//! padded copy of the plane whose rows keep each stride phase's columns together (`plane`);
+//! each output sums its taps in (ky, kx) order. `conv2d_rows`
 //! (dense convs): a block of output rows of every output channel as one product of the
 //! weights with the block's image columns — with AVX-512 and unit column stride, read in
 //! place from a padded copy of the block's rows (`implicit`); else packed straight from the
@@ -11,6 +10,10 @@
 use super::epilogue::Epilogue;
 
 mod implicit;
+mod plane;
+
+pub use plane::kiln_conv2d_plane;
+pub(super) use plane::{give_padded, lanes, padded, take_padded};
 
 /// The shape of a plane convolution: input `h×w`, output `oh×ow`, filter `kh×kw`, strides,
 /// dilations and the padding before the first row and column.
@@ -49,198 +52,6 @@ impl Geometry {
             pw,
         }
     }
-}
-
-/// `out[oy·ow + ox] = Σ_{ky,kx} x[iy·w + ix] · k[ky·kw + kx]` over taps with `iy = oy·sh +
-/// ky·dh - ph` and `ix = ox·sw + kx·dw - pw` inside the input.
-///
-/// # Safety
-/// `x` must be readable for `h·w` elements, `k` for `kh·kw`, `out` writable for `oh·ow` and
-/// not overlapping them; every extent nonnegative and strides and dilations positive.
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn kiln_conv2d_plane(
-    x: *const f32,
-    k: *const f32,
-    out: *mut f32,
-    scale: *const f32,
-    shift: *const f32,
-    res: *const f32,
-    h: i64,
-    w: i64,
-    oh: i64,
-    ow: i64,
-    kh: i64,
-    kw: i64,
-    sh: i64,
-    sw: i64,
-    dh: i64,
-    dw: i64,
-    ph: i64,
-    pw: i64,
-    act: i64,
-    lo: f32,
-    hi: f32,
-) {
-    let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
-    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
-    // SAFETY: forwarded.
-    unsafe { plane(x, k, out, &g, lanes(), &epi) }
-}
-
-/// The widest vector code this CPU runs: 16 lanes (AVX-512), 8 (AVX2 and FMA) or 1.
-pub(super) fn lanes() -> usize {
-    if crate::avx512() {
-        16
-    } else if crate::avx2_fma() {
-        8
-    } else {
-        1
-    }
-}
-
-/// # Safety
-/// As [`kiln_conv2d_plane`]; `lanes` (1, 8 or 16) at most what [`lanes`] gives.
-unsafe fn plane(
-    x: *const f32,
-    k: *const f32,
-    out: *mut f32,
-    g: &Geometry,
-    lanes: usize,
-    epi: &Epilogue,
-) {
-    if g.oh <= 0 || g.ow <= 0 {
-        return;
-    }
-    let mut buf = take_padded();
-    // SAFETY: forwarded.
-    let cols = unsafe { padded(x, g, 0.0, &mut buf) };
-    // (offset of the tap's input for output (0, 0), weight), per tap: on the stack for
-    // windows up to 7×7 (an allocation per plane cost a fifth of a 14×14 plane's time).
-    let tap = |t: i64| {
-        let (ky, kx) = (t / g.kw, t % g.kw);
-        // SAFETY: `t < kh·kw`.
-        let wt = unsafe { *k.add(t as usize) };
-        ((ky * g.dh * cols + kx * g.dw) as usize, wt)
-    };
-    let n_taps = (g.kh * g.kw) as usize;
-    let mut small = [(0usize, 0f32); 49];
-    let large: Vec<(usize, f32)>;
-    let taps: &[(usize, f32)] = if n_taps <= small.len() {
-        for (t, slot) in small.iter_mut().enumerate().take(n_taps) {
-            *slot = tap(t as i64);
-        }
-        &small[..n_taps]
-    } else {
-        large = (0..g.kh * g.kw).map(tap).collect();
-        &large
-    };
-    let p = buf.as_ptr();
-    let step = (g.sh * cols) as usize;
-    let (oh, ow) = (g.oh as usize, g.ow as usize);
-    // Blocks of up to four output rows in vector registers (independent sums enough to hide
-    // the multiply-add latency), the epilogue applied before each store.
-    let mut oy = 0;
-    // 16 lanes with AVX-512 (masked for rows narrower than that), else 8 where the rows are
-    // that wide.
-    let lanes = match lanes {
-        16 => 16,
-        8 if ow >= 8 => 8,
-        _ => 1,
-    };
-    #[cfg(target_arch = "x86_64")]
-    if (g.sw == 1 || g.sw == 2) && lanes > 1 {
-        let epi = (!epi.is_none()).then_some(epi);
-        while oy < oh {
-            let n = (oh - oy).min(4);
-            // SAFETY: the CPU runs `lanes`; every tap of these rows is inside the copy, with
-            // 16 elements to spare; the rows are inside `out` (and the residual).
-            unsafe {
-                let (x, out) = (p.add(oy * step), out.add(oy * ow));
-                let epi = epi.map(|e| e.from(0, 0, oy * ow));
-                let e = epi.as_ref();
-                let sw = g.sw as usize;
-                if lanes == 16 {
-                    avx512::rows(x, step, taps, out, ow, sw, n, e);
-                } else {
-                    avx2::rows(x, step, taps, out, ow, sw, n, e);
-                }
-            }
-            oy += n;
-        }
-    }
-    let _ = lanes;
-    for oy in oy..oh {
-        let base = oy * step;
-        // SAFETY: the row is inside `out`.
-        let row = unsafe { out.add(oy * ow) };
-        for ox in 0..ow {
-            let mut acc = 0.0f32;
-            for &(off, wt) in taps {
-                // SAFETY: every tap is inside the copy.
-                let v = unsafe { *p.add(base + off + ox * g.sw as usize) };
-                // Fused, as the vector code sums: identical results on every path.
-                acc = v.mul_add(wt, acc);
-            }
-            // SAFETY: `ox < ow`.
-            unsafe { *row.add(ox) = acc };
-        }
-        // SAFETY: the row is inside `out` (and the residual, laid out alike).
-        unsafe { epi.from(0, 0, oy * ow).block(row, 0, 1, ow) };
-    }
-    give_padded(buf);
-}
-
-thread_local! {
-    /// The padded copy's buffer, per thread, reused between calls.
-    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// This thread's buffer for [`padded`] (hand it back with [`give_padded`]).
-pub(super) fn take_padded() -> Vec<f32> {
-    PADDED.with(|b| b.take())
-}
-
-/// Keeps `buf` for the next [`take_padded`] on this thread.
-pub(super) fn give_padded(buf: Vec<f32>) {
-    PADDED.with(|b| b.set(buf));
-}
-
-/// Copies the `h×w` plane `x` into `buf` padded with `fill` so that every tap of every output
-/// of `g` is inside it, and returns the copy's row length: rows are 32 elements longer than
-/// any tap reaches (a stride-2 vector load of 16 outputs reads 32 inputs, even for fewer).
-///
-/// # Safety
-/// `x` readable for `h·w` elements; `oh`, `ow` positive.
-pub(super) unsafe fn padded(x: *const f32, g: &Geometry, fill: f32, buf: &mut Vec<f32>) -> i64 {
-    let (ph, pw) = (g.ph.max(0), g.pw.max(0));
-    let rows = (g.h + ph).max((g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1);
-    let cols = (g.w + pw).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1) + 32;
-    // Only the input's rows are written below: a buffer filled for the same geometry and
-    // fill (this thread's last plane, most often) keeps its border.
-    thread_local! {
-        static FILLED: std::cell::Cell<Option<(usize, usize, Geometry, u32)>> =
-            const { std::cell::Cell::new(None) };
-    }
-    let len = (rows * cols) as usize;
-    let key = |b: &Vec<f32>| Some((b.as_ptr() as usize, b.len(), *g, fill.to_bits()));
-    if buf.len() != len || FILLED.with(|f| f.get()) != key(buf) {
-        buf.clear();
-        buf.resize(len, fill);
-        FILLED.with(|f| f.set(key(buf)));
-    }
-    // Input rows and columns that land in the copy (a negative pad drops some).
-    let (y0, x0) = ((-g.ph).max(0), (-g.pw).max(0));
-    for y in y0..g.h {
-        if x0 >= g.w {
-            break;
-        }
-        let dst = ((y + g.ph) * cols + x0 + g.pw) as usize;
-        let n = (g.w - x0) as usize;
-        // SAFETY: row `y` of the input has `w` elements from column `x0`.
-        let src = unsafe { std::slice::from_raw_parts(x.add((y * g.w + x0) as usize), n) };
-        buf[dst..dst + n].copy_from_slice(src);
-    }
-    cols
 }
 
 /// Output rows `y0..y0 + rows` of a dense 2-D convolution of one image's `c` channels (`x`,
@@ -532,135 +343,8 @@ unsafe fn pack_row(row: &Row, dst: &mut [f32], kc: usize) {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
-    use super::super::epilogue::{self, Epilogue};
     use super::super::gemm::NR;
     use std::arch::x86_64::*;
-
-    /// Sixteen inputs `p[0], p[s], …, p[15s]` for a stride `s` of 1 or 2.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub(in crate::routines) unsafe fn load(p: *const f32, s: usize) -> __m512 {
-        unsafe {
-            if s == 1 {
-                _mm512_loadu_ps(p)
-            } else {
-                let evens =
-                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-                _mm512_permutex2var_ps(_mm512_loadu_ps(p), evens, _mm512_loadu_ps(p.add(16)))
-            }
-        }
-    }
-
-    /// Output rows `0..n` (`n <= 4`) of a plane conv: row `r`'s taps at `x + r·step + off`
-    /// (per tap `(off, weight)`), its `ow` outputs at `out + r·ow`, through `epi` when
-    /// given. Blocks of 32 and 16 columns, and a last block that ends at `ow` (redoing a
-    /// few), or one masked block for rows narrower than 16; each output sums its taps in
-    /// order with fused multiply-adds, as [`super::avx2::rows`] does.
-    ///
-    /// # Safety
-    /// AVX-512F available; every tap of the rows readable with 16 elements to spare; the rows
-    /// inside `out` (and the epilogue's residual, laid out alike).
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn rows(
-        x: *const f32,
-        step: usize,
-        taps: &[(usize, f32)],
-        out: *mut f32,
-        ow: usize,
-        s: usize,
-        n: usize,
-        epi: Option<&Epilogue>,
-    ) {
-        // SAFETY: forwarded.
-        unsafe {
-            match (n, s) {
-                (4, 1) => rows_of::<4, 1>(x, step, taps, out, ow, epi),
-                (3, 1) => rows_of::<3, 1>(x, step, taps, out, ow, epi),
-                (2, 1) => rows_of::<2, 1>(x, step, taps, out, ow, epi),
-                (_, 1) => rows_of::<1, 1>(x, step, taps, out, ow, epi),
-                (4, _) => rows_of::<4, 2>(x, step, taps, out, ow, epi),
-                (3, _) => rows_of::<3, 2>(x, step, taps, out, ow, epi),
-                (2, _) => rows_of::<2, 2>(x, step, taps, out, ow, epi),
-                _ => rows_of::<1, 2>(x, step, taps, out, ow, epi),
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rows_of<const R: usize, const S: usize>(
-        x: *const f32,
-        step: usize,
-        taps: &[(usize, f32)],
-        out: *mut f32,
-        ow: usize,
-        epi: Option<&Epilogue>,
-    ) {
-        let mut ox = 0;
-        // SAFETY: forwarded.
-        unsafe {
-            if ow < 16 {
-                let m = ((1u32 << ow) - 1) as u16;
-                return tile::<R, 1, S>(x, step, taps, out, ow, epi, 0, m);
-            }
-            while ox + 32 <= ow {
-                tile::<R, 2, S>(x, step, taps, out, ow, epi, ox, !0);
-                ox += 32;
-            }
-            if ox + 16 <= ow {
-                tile::<R, 1, S>(x, step, taps, out, ow, epi, ox, !0);
-                ox += 16;
-            }
-            if ox < ow {
-                tile::<R, 1, S>(x, step, taps, out, ow, epi, ow - 16, !0);
-            }
-        }
-    }
-
-    /// `R` rows by `J` vectors of outputs from column `ox`, in `R·J` accumulators; only the
-    /// lanes of `m` are stored.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn tile<const R: usize, const J: usize, const S: usize>(
-        x: *const f32,
-        step: usize,
-        taps: &[(usize, f32)],
-        out: *mut f32,
-        ow: usize,
-        epi: Option<&Epilogue>,
-        ox: usize,
-        m: u16,
-    ) {
-        // SAFETY: as [`rows`].
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); 8];
-            for &(off, wt) in taps {
-                let wv = _mm512_set1_ps(wt);
-                for r in 0..R {
-                    let p = x.add(r * step + off + ox * S);
-                    for j in 0..J {
-                        let a = &mut acc[r * J + j];
-                        *a = _mm512_fmadd_ps(load(p.add(16 * j * S), S), wv, *a);
-                    }
-                }
-            }
-            let st = epi.map(|e| epilogue::avx512::coefs(e, 0, 0, m));
-            for r in 0..R {
-                for j in 0..J {
-                    let at = r * ow + ox + 16 * j;
-                    let mut v = acc[r * J + j];
-                    if let (Some(e), Some(st)) = (epi, st) {
-                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), m);
-                    }
-                    if m == !0 {
-                        _mm512_storeu_ps(out.add(at), v);
-                    } else {
-                        _mm512_mask_storeu_ps(out.add(at), m, v);
-                    }
-                }
-            }
-        }
-    }
 
     /// [`super::pack_columns`] in 16-lane registers for strides 1 and 2. The block's columns
     /// fall into pieces — a run of one output row inside one panel, 16 columns at most — that
@@ -759,128 +443,9 @@ pub(super) mod avx512 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-pub(super) mod avx2 {
-    use super::super::epilogue::{self, Epilogue};
-    use std::arch::x86_64::*;
-
-    /// Eight inputs `p[0], p[s], …, p[7s]` for a stride `s` of 1 or 2.
-    #[inline(always)]
-    pub(in crate::routines) unsafe fn load(p: *const f32, s: usize) -> __m256 {
-        unsafe {
-            if s == 1 {
-                _mm256_loadu_ps(p)
-            } else {
-                let a = _mm256_loadu_ps(p);
-                let b = _mm256_loadu_ps(p.add(8));
-                // [a0 a2 b0 b2 | a4 a6 b4 b6] → [a0 a2 a4 a6 b0 b2 b4 b6]
-                let e = _mm256_shuffle_ps::<0x88>(a, b);
-                _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)))
-            }
-        }
-    }
-
-    /// [`super::avx512::rows`] in 8-lane registers, for `ow >= 8`: blocks of 16 and 8 columns,
-    /// and a last block that ends at `ow`.
-    ///
-    /// # Safety
-    /// AVX2 and FMA available; as [`super::avx512::rows`].
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows(
-        x: *const f32,
-        step: usize,
-        taps: &[(usize, f32)],
-        out: *mut f32,
-        ow: usize,
-        s: usize,
-        n: usize,
-        epi: Option<&Epilogue>,
-    ) {
-        // SAFETY: forwarded.
-        unsafe {
-            match (n, s) {
-                (4, 1) => rows_of::<4, 1>(x, step, taps, out, ow, epi),
-                (3, 1) => rows_of::<3, 1>(x, step, taps, out, ow, epi),
-                (2, 1) => rows_of::<2, 1>(x, step, taps, out, ow, epi),
-                (_, 1) => rows_of::<1, 1>(x, step, taps, out, ow, epi),
-                (4, _) => rows_of::<4, 2>(x, step, taps, out, ow, epi),
-                (3, _) => rows_of::<3, 2>(x, step, taps, out, ow, epi),
-                (2, _) => rows_of::<2, 2>(x, step, taps, out, ow, epi),
-                _ => rows_of::<1, 2>(x, step, taps, out, ow, epi),
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_of<const R: usize, const S: usize>(
-        x: *const f32,
-        step: usize,
-        taps: &[(usize, f32)],
-        out: *mut f32,
-        ow: usize,
-        epi: Option<&Epilogue>,
-    ) {
-        let mut ox = 0;
-        // SAFETY: forwarded.
-        unsafe {
-            while ox + 16 <= ow {
-                tile::<R, 2, S>(x, step, taps, out, ow, epi, ox);
-                ox += 16;
-            }
-            if ox + 8 <= ow {
-                tile::<R, 1, S>(x, step, taps, out, ow, epi, ox);
-                ox += 8;
-            }
-            if ox < ow {
-                tile::<R, 1, S>(x, step, taps, out, ow, epi, ow - 8);
-            }
-        }
-    }
-
-    /// `R` rows by `J` vectors of outputs from column `ox`, in `R·J` accumulators.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn tile<const R: usize, const J: usize, const S: usize>(
-        x: *const f32,
-        step: usize,
-        taps: &[(usize, f32)],
-        out: *mut f32,
-        ow: usize,
-        epi: Option<&Epilogue>,
-        ox: usize,
-    ) {
-        // SAFETY: as [`rows`].
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for &(off, wt) in taps {
-                let wv = _mm256_set1_ps(wt);
-                for r in 0..R {
-                    let p = x.add(r * step + off + ox * S);
-                    for j in 0..J {
-                        let a = &mut acc[r * J + j];
-                        *a = _mm256_fmadd_ps(load(p.add(8 * j * S), S), wv, *a);
-                    }
-                }
-            }
-            let all = _mm256_set1_epi32(-1);
-            let st = epi.map(|e| epilogue::avx2::coefs(e, 0, 0, all));
-            for r in 0..R {
-                for j in 0..J {
-                    let at = r * ow + ox + 8 * j;
-                    let mut v = acc[r * J + j];
-                    if let (Some(e), Some(st)) = (epi, st) {
-                        v = epilogue::avx2::apply(e, v, st, e.res.wrapping_add(at), all);
-                    }
-                    _mm256_storeu_ps(out.add(at), v);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::plane::plane;
     use super::*;
 
     /// The definition, in f64.
@@ -1158,6 +723,13 @@ mod tests {
             geometry(20, 30, 3, 3, (1, 2), (1, 1), [-1, -2, 0, 1]),
             geometry(11, 12, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]),
             geometry(10, 37, 3, 3, (1, 1), (2, 1), [2, 1, 2, 1]),
+            // 3×3 windows' row blocks (30 rows: seven of four and one of two), stride-2
+            // phases of odd widths and pads, a column dilation, a row narrower than a vector.
+            geometry(30, 33, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1]),
+            geometry(9, 57, 3, 3, (2, 2), (1, 2), [1, 2, 1, 2]),
+            geometry(13, 13, 3, 3, (2, 2), (1, 1), [0, 0, 0, 0]),
+            geometry(23, 47, 3, 3, (2, 2), (1, 1), [1, 1, 1, 1]),
+            geometry(8, 30, 3, 3, (2, 3), (1, 1), [1, 1, 1, 1]),
         ];
         for g in cases {
             let x: Vec<f32> = (0..g.h * g.w).map(|_| rnd()).collect();
@@ -1180,7 +752,7 @@ mod tests {
                 let mut out = vec![f32::NAN; (g.oh * g.ow) as usize];
                 // SAFETY: buffers sized for the geometry; `vector` lanes run on this CPU.
                 unsafe { plane(x.as_ptr(), k.as_ptr(), out.as_mut_ptr(), &g, vector, &epi) };
-                if vector > 1 && g.sw <= 2 {
+                if vector > 1 {
                     vectors.push(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
                 }
                 for (i, (&o, &r)) in out.iter().zip(&want).enumerate() {

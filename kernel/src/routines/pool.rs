@@ -1,11 +1,14 @@
 //! Max, min and sum pooling of one f32 plane, for the `pool2d` routine: the plane is copied
-//! into a per-thread buffer padded with the identity (−∞ for max, +∞ for min, 0 for sums),
-//! then every output row takes its taps in vector registers (AVX-512 or AVX2 blocks for unit or
-//! double strides when the CPU has them; scalar otherwise). Max and min run as ordered integer
-//! keys (the row routines' `key`) and are IEEE `maximum`/`minimum` as kernels compute them:
-//! NaN when any tap is NaN, and −0 below +0 — exact in any order. Sums accumulate in f64 in
-//! tap order (window row by row), as lowered loops sum a window; a padding tap adds +0, which
-//! changes no sum. Every path gives the same result.
+//! into a per-thread buffer padded with the identity (−∞ for max, +∞ for min, 0 for sums), its
+//! rows' columns grouped by stride phase as plane convs read them, then every output row takes
+//! its taps in vector registers (AVX-512 or AVX2 blocks of consecutive loads for any stride,
+//! one masked block for narrow rows, when the CPU has them; scalar otherwise). For max and
+//! min the copy holds ordered integer keys (the row routines' `key`, NaN mapped to the
+//! extreme key), so a tap costs one integer max or min; the results are IEEE
+//! `maximum`/`minimum` as kernels compute them: NaN when any tap is NaN, and −0 below +0 —
+//! exact in any order. Sums accumulate in f64 in tap order (window row by row), as lowered
+//! loops sum a window; a padding tap adds +0, which changes no sum. Every path gives the same
+//! result.
 
 use super::conv::{give_padded, lanes, padded, take_padded, Geometry};
 
@@ -58,47 +61,64 @@ unsafe fn plane(x: *const f32, out: *mut f32, g: &Geometry, kind: Kind, lanes: u
     if g.oh <= 0 || g.ow <= 0 {
         return;
     }
-    let fill = match kind {
-        Kind::Max => f32::NEG_INFINITY,
-        Kind::Min => f32::INFINITY,
-        Kind::Sum => 0.0,
+    // Max and min compare ordered keys, NaN the largest (smallest) key: the copy holds keys
+    // and is padded with the key of −∞ (+∞).
+    let (fill, keys) = match kind {
+        Kind::Max => (from_key(key(f32::NEG_INFINITY, false)), Some(false)),
+        Kind::Min => (from_key(key(f32::INFINITY, true)), Some(true)),
+        Kind::Sum => (0.0, None),
     };
     let mut buf = take_padded();
     // SAFETY: forwarded.
-    let cols = unsafe { padded(x, g, fill, &mut buf) };
-    // The offset of each tap's input for output (0, 0), window row by row.
-    let taps: Vec<usize> = (0..g.kh * g.kw)
-        .map(|t| ((t / g.kw) * g.dh * cols + (t % g.kw) * g.dw) as usize)
-        .collect();
+    let pad = unsafe { padded(x, g, fill, keys, &mut buf) };
+    // The offset of each tap's input for output (0, 0), window row by row: on the stack for
+    // windows up to 7×7.
+    let n_taps = (g.kh * g.kw) as usize;
+    let mut small = [0usize; 49];
+    let large: Vec<usize>;
+    let taps: &[usize] = if n_taps <= small.len() {
+        let mut t = 0;
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                small[t] = pad.tap(g, ky, kx);
+                t += 1;
+            }
+        }
+        &small[..n_taps]
+    } else {
+        large = (0..g.kh * g.kw)
+            .map(|t| pad.tap(g, t / g.kw, t % g.kw))
+            .collect();
+        &large
+    };
     let p = buf.as_ptr();
     for oy in 0..g.oh {
-        let base = (oy * g.sh * cols) as usize;
+        let base = oy as usize * g.sh as usize * pad.row;
         // SAFETY: the row is inside `out`.
         let row = unsafe { out.add((oy * g.ow) as usize) };
         let mut ox = 0;
         #[cfg(target_arch = "x86_64")]
-        if lanes == 16 && (g.sw == 1 || g.sw == 2) && g.ow >= 16 {
+        if lanes == 16 {
             // SAFETY: the host has AVX-512; every tap of the row is inside the copy, with 16
             // elements to spare.
-            unsafe { avx512::row(p.add(base), &taps, row, g.ow, g.sw, kind) };
+            unsafe { avx512::row(p.add(base), taps, row, g.ow, kind) };
             ox = g.ow;
-        } else if lanes >= 8 && (g.sw == 1 || g.sw == 2) && g.ow >= 8 {
+        } else if lanes >= 8 {
             // SAFETY: the host has AVX2; as above.
-            unsafe { avx2::row(p.add(base), &taps, row, g.ow, g.sw, kind) };
+            unsafe { avx2::row(p.add(base), taps, row, g.ow, kind) };
             ox = g.ow;
         }
         let _ = lanes;
         while ox < g.ow {
             // SAFETY: every tap is inside the copy.
-            let tap = |off: usize| unsafe { *p.add(base + off + (ox * g.sw) as usize) };
+            let tap = |off: usize| unsafe { *p.add(base + off + ox as usize) };
             let v = match kind {
                 Kind::Sum => taps
                     .iter()
                     .fold(0f64, |acc, &off| acc + f64::from(tap(off)))
                     as f32,
-                _ => taps
-                    .iter()
-                    .fold(fill, |acc, &off| pick(acc, tap(off), kind == Kind::Min)),
+                Kind::Max => value(taps.iter().map(|&off| tap(off).to_bits() as i32).max()),
+                Kind::Min => value(taps.iter().map(|&off| tap(off).to_bits() as i32).min()),
             };
             // SAFETY: `ox < ow`.
             unsafe { *row.add(ox as usize) = v };
@@ -108,44 +128,86 @@ unsafe fn plane(x: *const f32, out: *mut f32, g: &Geometry, kind: Kind, lanes: u
     give_padded(buf);
 }
 
-/// IEEE `maximum` (or, with `min`, `minimum`).
-fn pick(a: f32, b: f32, min: bool) -> f32 {
-    if min {
-        super::rows::minimum(a, b)
-    } else {
-        super::rows::maximum(a, b)
+/// The largest key, NaN's for the maximum.
+const NAN_MAX: i32 = i32::MAX;
+/// The smallest key, NaN's for the minimum.
+const NAN_MIN: i32 = i32::MIN;
+
+/// `v`'s ordered key: keys compare as signed integers as IEEE `maximum`/`minimum` order
+/// floats (−0 below +0), NaN above everything for the maximum (`min` false) and below for
+/// the minimum.
+fn key(v: f32, min: bool) -> i32 {
+    if v.is_nan() {
+        return if min { NAN_MIN } else { NAN_MAX };
+    }
+    let b = v.to_bits() as i32;
+    b ^ (((b >> 31) as u32) >> 1) as i32
+}
+
+/// The key's bits as an f32 (what the padded copy holds).
+fn from_key(k: i32) -> f32 {
+    f32::from_bits(k as u32)
+}
+
+/// The value of the extreme key of a window (NaN for a NaN key).
+fn value(k: Option<i32>) -> f32 {
+    match k {
+        Some(NAN_MAX | NAN_MIN) => f32::NAN,
+        // The map is its own inverse.
+        Some(k) => f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32),
+        None => unreachable!("a window has taps"),
+    }
+}
+
+/// Replaces every value of `s` by its ordered key ([`key`]) as f32 bits.
+pub(super) fn to_keys(s: &mut [f32], min: bool) {
+    for v in s {
+        *v = from_key(key(*v, min));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::super::conv::avx512::load;
+pub(super) mod avx512 {
     use super::super::rows::avx512::key;
     use super::Kind;
     use std::arch::x86_64::*;
 
-    /// The `ow >= 16` outputs of a row: blocks of 16, and a last block that ends at `ow`.
+    /// Sixteen consecutive inputs.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: forwarded.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+
+    /// The `ow` outputs of a row: blocks of 16, and a last block that ends at `ow`, or one
+    /// masked block for rows narrower than 16.
     ///
     /// # Safety
     /// AVX-512F available; every tap of the row readable with 16 elements to spare.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn row(
-        x: *const f32,
-        taps: &[usize],
-        row: *mut f32,
-        ow: i64,
-        s: i64,
-        kind: Kind,
-    ) {
-        let (ow, s) = (ow as usize, s as usize);
+    pub(super) unsafe fn row(x: *const f32, taps: &[usize], row: *mut f32, ow: i64, kind: Kind) {
+        let ow = ow as usize;
+        if ow < 16 {
+            // One vector, its first `ow` lanes stored.
+            // SAFETY: the taps are inside the copy with 16 to spare; outputs 0..ow in the row.
+            unsafe {
+                let v = match kind {
+                    Kind::Sum => sum(x, taps),
+                    _ => extreme(x, taps, kind == Kind::Min),
+                };
+                _mm512_mask_storeu_ps(row, ((1u32 << ow) - 1) as u16, v);
+            }
+            return;
+        }
         let mut ox = 0;
         while ox < ow {
             let at = ox.min(ow - 16);
             // SAFETY: the taps are inside the copy; outputs at..at+16 inside the row.
             unsafe {
                 let v = match kind {
-                    Kind::Sum => sum(x.add(at * s), taps, s),
-                    _ => extreme(x.add(at * s), taps, s, kind == Kind::Min),
+                    Kind::Sum => sum(x.add(at), taps),
+                    _ => extreme(x.add(at), taps, kind == Kind::Min),
                 };
                 _mm512_storeu_ps(row.add(at), v);
             }
@@ -153,26 +215,35 @@ mod avx512 {
         }
     }
 
-    /// The maximum (minimum with `min`) of 16 outputs' taps.
+    /// Sixteen values' ordered keys ([`super::key`]) as f32 bits.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(in crate::routines) fn keyed(v: __m512, min: bool) -> __m512 {
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        let sentinel = _mm512_set1_epi32(if min { super::NAN_MIN } else { super::NAN_MAX });
+        _mm512_castsi512_ps(_mm512_mask_mov_epi32(key(v), nan, sentinel))
+    }
+
+    /// The maximum (minimum with `min`) of 16 outputs' taps, from their keys.
     ///
     /// # Safety
     /// AVX-512F available; the taps readable from `x`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn extreme(x: *const f32, taps: &[usize], s: usize, min: bool) -> __m512 {
+    unsafe fn extreme(x: *const f32, taps: &[usize], min: bool) -> __m512 {
         let mut acc = _mm512_set1_epi32(if min { i32::MAX } else { i32::MIN });
-        let mut nan: __mmask16 = 0;
         for &off in taps {
             // SAFETY: the taps are inside the copy.
-            let v = unsafe { load(x.add(off), s) };
-            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let k = _mm512_castps_si512(unsafe { load(x.add(off)) });
             acc = if min {
-                _mm512_min_epi32(acc, key(v))
+                _mm512_min_epi32(acc, k)
             } else {
-                _mm512_max_epi32(acc, key(v))
+                _mm512_max_epi32(acc, k)
             };
         }
-        // Keys back to floats (the map is its own inverse), NaN where a tap was.
+        // Keys back to floats (the map is its own inverse), NaN for NaN's key.
+        let sentinel = _mm512_set1_epi32(if min { super::NAN_MIN } else { super::NAN_MAX });
+        let nan = _mm512_cmpeq_epi32_mask(acc, sentinel);
         let back = _mm512_castsi512_ps(key(_mm512_castsi512_ps(acc)));
         _mm512_mask_mov_ps(back, nan, _mm512_set1_ps(f32::NAN))
     }
@@ -183,11 +254,11 @@ mod avx512 {
     /// AVX-512F available; the taps readable from `x`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn sum(x: *const f32, taps: &[usize], s: usize) -> __m512 {
+    unsafe fn sum(x: *const f32, taps: &[usize]) -> __m512 {
         let (mut lo, mut hi) = (_mm512_setzero_pd(), _mm512_setzero_pd());
         for &off in taps {
             // SAFETY: the taps are inside the copy.
-            let v = unsafe { load(x.add(off), s) };
+            let v = unsafe { load(x.add(off)) };
             lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
             let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
             hi = _mm512_add_pd(hi, _mm512_cvtps_pd(upper));
@@ -204,33 +275,48 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::conv::avx2::load;
     use super::super::rows::avx2::key;
     use super::Kind;
     use std::arch::x86_64::*;
 
-    /// The `ow >= 8` outputs of a row: blocks of 8, and a last block that ends at `ow`.
+    /// Eight consecutive inputs.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: forwarded.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    /// The `ow` outputs of a row: blocks of 8, and a last block that ends at `ow`, or one
+    /// masked block for rows narrower than 8.
     ///
     /// # Safety
     /// AVX2 and FMA available; every tap of the row readable with 16 elements to spare.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row(
-        x: *const f32,
-        taps: &[usize],
-        row: *mut f32,
-        ow: i64,
-        s: i64,
-        kind: Kind,
-    ) {
-        let (ow, s) = (ow as usize, s as usize);
+    pub(super) unsafe fn row(x: *const f32, taps: &[usize], row: *mut f32, ow: i64, kind: Kind) {
+        let ow = ow as usize;
+        if ow < 8 {
+            // One vector, its first `ow` lanes stored.
+            // SAFETY: the taps are inside the copy with 16 to spare; outputs 0..ow in the row.
+            unsafe {
+                let v = match kind {
+                    Kind::Sum => sum(x, taps),
+                    _ => extreme(x, taps, kind == Kind::Min),
+                };
+                let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(ow as i32), lanes);
+                _mm256_maskstore_ps(row, m, v);
+            }
+            return;
+        }
         let mut ox = 0;
         while ox < ow {
             let at = ox.min(ow - 8);
             // SAFETY: the taps are inside the copy; outputs at..at+8 inside the row.
             unsafe {
                 let v = match kind {
-                    Kind::Sum => sum(x.add(at * s), taps, s),
-                    _ => extreme(x.add(at * s), taps, s, kind == Kind::Min),
+                    Kind::Sum => sum(x.add(at), taps),
+                    _ => extreme(x.add(at), taps, kind == Kind::Min),
                 };
                 _mm256_storeu_ps(row.add(at), v);
             }
@@ -238,29 +324,26 @@ mod avx2 {
         }
     }
 
-    /// The maximum (minimum with `min`) of 8 outputs' taps.
+    /// The maximum (minimum with `min`) of 8 outputs' taps, from their keys.
     ///
     /// # Safety
     /// AVX2 available; the taps readable from `x`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn extreme(x: *const f32, taps: &[usize], s: usize, min: bool) -> __m256 {
+    unsafe fn extreme(x: *const f32, taps: &[usize], min: bool) -> __m256 {
         let mut acc = _mm256_set1_epi32(if min { i32::MAX } else { i32::MIN });
-        let mut nan = _mm256_setzero_ps();
         for &off in taps {
             // SAFETY: the taps are inside the copy; the host has AVX2.
-            let (v, k) = unsafe {
-                let v = load(x.add(off), s);
-                (v, key(v))
-            };
-            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            let k = _mm256_castps_si256(unsafe { load(x.add(off)) });
             acc = if min {
                 _mm256_min_epi32(acc, k)
             } else {
                 _mm256_max_epi32(acc, k)
             };
         }
-        // Keys back to floats (the map is its own inverse), NaN where a tap was.
+        // Keys back to floats (the map is its own inverse), NaN for NaN's key.
+        let sentinel = _mm256_set1_epi32(if min { super::NAN_MIN } else { super::NAN_MAX });
+        let nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(acc, sentinel));
         // SAFETY: the host has AVX2.
         let back = _mm256_castsi256_ps(unsafe { key(_mm256_castsi256_ps(acc)) });
         _mm256_blendv_ps(back, _mm256_set1_ps(f32::NAN), nan)
@@ -272,11 +355,11 @@ mod avx2 {
     /// AVX2 available; the taps readable from `x`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn sum(x: *const f32, taps: &[usize], s: usize) -> __m256 {
+    unsafe fn sum(x: *const f32, taps: &[usize]) -> __m256 {
         let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
         for &off in taps {
             // SAFETY: the taps are inside the copy.
-            let v = unsafe { load(x.add(off), s) };
+            let v = unsafe { load(x.add(off)) };
             lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
             hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
         }
@@ -307,6 +390,13 @@ mod tests {
             (7, 7, (3, 3), (3, 3), (1, 1), (1, 1)),
             (5, 50, (1, 4), (1, 2), (1, 1), (0, 3)),
             (4, 20, (2, 2), (1, 1), (1, 1), (3, 3)),
+            // Rows narrower than a vector (13, 6 and 3 outputs), stride-2 phases of odd
+            // widths with odd padding, a stride of 3.
+            (13, 13, (3, 3), (1, 1), (1, 1), (1, 1)),
+            (6, 6, (3, 3), (1, 1), (1, 1), (1, 1)),
+            (27, 27, (3, 3), (2, 2), (1, 1), (0, 0)),
+            (11, 45, (3, 3), (2, 2), (1, 1), (1, 1)),
+            (9, 9, (3, 3), (3, 3), (1, 1), (2, 2)),
         ];
         for (h, w, (kh, kw), (sh, sw), (dh, dw), (ph, pw)) in cases {
             let oh = (h + 2 * ph - (kh - 1) * dh - 1) / sh + 1;
@@ -337,7 +427,11 @@ mod tests {
                                 let (iy, ix) = (oy * sh + ky * dh - ph, ox * sw + kx * dw - pw);
                                 if iy >= 0 && iy < h && ix >= 0 && ix < w {
                                     let v = x[(iy * w + ix) as usize];
-                                    acc = pick(acc, v, min);
+                                    acc = if min {
+                                        super::super::rows::minimum(acc, v)
+                                    } else {
+                                        super::super::rows::maximum(acc, v)
+                                    };
                                     sum += f64::from(v);
                                 }
                             }

@@ -1,7 +1,10 @@
 //! Recognition: the variants exporters produce for norms, softmax and activations, rewritten
 //! toward one canonical (and cheaper) form that fusion then names:
 //!
-//! - `pow(x, 2)` → `x*x`, `pow(x, 3)` → `x*x*x`, `pow(x, 0.5)` → `sqrt(x)` (norms, GELU-tanh);
+//! - `pow(x, 2)` → `x*x`, `pow(x, 3)` → `x*x*x`, `pow(x, 0.5)` → `sqrt(x)` (norms, GELU-tanh),
+//!   and the other quarter powers by square roots: `pow(x, 0.25)`, `pow(x, 0.75)` (LRN's
+//!   default β), `pow(x, 1.5)`, `pow(x, -0.5)` → `rsqrt(x)`, `pow(x, -1)` → `recip(x)`,
+//!   `pow(x, 1)` → `x` (a vector pow would be a libcall per lane);
 //! - `1/sqrt(y)`, `recip(sqrt y)` → `rsqrt(y)`, `a/sqrt(b)` → `a*rsqrt(b)` (layer/RMS norm);
 //! - `1/y` → `recip(y)`; `a / broadcast(s)` → `a * broadcast(recip(s))`, the reciprocal taken
 //!   on the small reduced tensor (softmax and norm denominators);
@@ -19,7 +22,10 @@ fn float(eg: &EGraph, id: Id) -> bool {
     super::is_real(eg, id)
 }
 
-/// pow(x, 2) = x*x; pow(x, 3) = x*x*x; pow(x, 0.5) = sqrt(x)
+/// pow(x, 2) = x*x; pow(x, 3) = x*x*x; pow(x, 0.5) = sqrt(x); pow(x, 0.25) = sqrt(sqrt x);
+/// pow(x, 0.75) = sqrt(x)·sqrt(sqrt x); pow(x, 1.5) = x·sqrt(x); pow(x, -0.5) = rsqrt(x);
+/// pow(x, -1) = recip(x); pow(x, 1) = x. The square-root forms round two or three times
+/// instead of once (within 2 ulp) and, like `sqrt`, differ from pow only at -0 and -∞.
 pub const POW_CONST: Rule = Rule {
     name: "pow-const",
     search: |eg, id| {
@@ -37,7 +43,20 @@ pub const POW_CONST: Rule = Rule {
                 Some(3.0) if !info(eg, id).ty().dtype.is_narrow() => {
                     out.push(Expr::op(Op::Mul, [sq(), x.clone()]))
                 }
+                Some(1.0) => out.push(x.clone()),
                 Some(0.5) if float(eg, id) => out.push(Expr::op(Op::Sqrt, [x.clone()])),
+                Some(e) if float(eg, id) && !info(eg, id).ty().dtype.is_narrow() => {
+                    let sqrt = || Expr::op(Op::Sqrt, [x.clone()]);
+                    let root4 = || Expr::op(Op::Sqrt, [sqrt()]);
+                    match e {
+                        0.25 => out.push(root4()),
+                        0.75 => out.push(Expr::op(Op::Mul, [sqrt(), root4()])),
+                        1.5 => out.push(Expr::op(Op::Mul, [x.clone(), sqrt()])),
+                        -0.5 => out.push(Expr::op(Op::Rsqrt, [x.clone()])),
+                        -1.0 => out.push(Expr::op(Op::Recip, [x.clone()])),
+                        _ => {}
+                    }
+                }
                 _ => {}
             }
         }
