@@ -162,9 +162,9 @@ impl Lowering<'_> {
                 PlaneView::of(&static_dims(&xs), &static_dims(&os), w)
             })
             .flatten();
-        // Sums only where output rows fill vectors (a global pool's one output per plane
-        // runs faster as the loops below).
-        let rows_fill = view.as_ref().is_some_and(|v| v.ints[3] >= 8);
+        // Sums only where output rows are a few wide (a global pool's one output per plane
+        // runs faster as the loops below; rows narrower than a vector take a masked one).
+        let rows_fill = view.as_ref().is_some_and(|v| v.ints[3] >= 4);
         if let Some(view) =
             view.filter(|_| matches!(step, Op::Max | Op::Min) || step == Op::Add && rows_fill)
         {

@@ -74,25 +74,27 @@ pub(in crate::routines) unsafe fn plane(
     let mut buf = take_padded();
     // SAFETY: forwarded.
     let pad = unsafe { padded(x, g, 0.0, None, &mut buf) };
-    // (offset of the tap's input for output (0, 0), weight), per tap: on the stack for
-    // windows up to 7×7 (an allocation per plane cost a fifth of a 14×14 plane's time).
-    let tap = |t: i64| {
-        // SAFETY: `t < kh·kw`.
-        let wt = unsafe { *k.add(t as usize) };
-        (pad.tap(g, t / g.kw, t % g.kw), wt)
-    };
+    // (offset of the tap's input for output (0, 0), weight), per tap, window row by row: on
+    // the stack for windows up to 5×5 (an allocation per plane cost a fifth of a 14×14
+    // plane's time).
     let n_taps = (g.kh * g.kw) as usize;
-    let mut small = [(0usize, 0f32); 49];
-    let large: Vec<(usize, f32)>;
-    let taps: &[(usize, f32)] = if n_taps <= small.len() {
-        for (t, slot) in small.iter_mut().enumerate().take(n_taps) {
-            *slot = tap(t as i64);
-        }
-        &small[..n_taps]
+    let mut small = [(0usize, 0f32); 25];
+    let mut large: Vec<(usize, f32)> = Vec::new();
+    let taps: &mut [(usize, f32)] = if n_taps <= small.len() {
+        &mut small[..n_taps]
     } else {
-        large = (0..g.kh * g.kw).map(tap).collect();
-        &large
+        large.resize(n_taps, (0, 0.0));
+        &mut large
     };
+    let mut t = 0;
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            // SAFETY: `t < kh·kw`.
+            taps[t] = (pad.tap(g, ky, kx), unsafe { *k.add(t) });
+            t += 1;
+        }
+    }
+    let taps = &*taps;
     let p = buf.as_ptr();
     let step = g.sh as usize * pad.row;
     let (oh, ow) = (g.oh as usize, g.ow as usize);
@@ -279,13 +281,27 @@ pub(in crate::routines) unsafe fn padded(
     let (n, j0) = ((g.w - x0) as usize, (x0 + g.pw) as usize);
     // Where input column `x0` and the next land in a row.
     let [a, b] = pad.first;
-    let wide = cfg!(target_arch = "x86_64") && crate::avx512();
+    #[cfg(target_arch = "x86_64")]
+    if sw <= 2 && crate::avx512() {
+        let rows = (g.h - y0) as usize;
+        // SAFETY: AVX-512F available; the input's rows `y0..h` from column `x0` are
+        // readable, and each lands inside its padded row of the buffer.
+        unsafe {
+            let src = x.add((y0 * g.w + x0) as usize);
+            let dst = buf
+                .as_mut_ptr()
+                .add(pad.start + (y0 + g.ph) as usize * pad.row);
+            let to = (g.w as usize, pad.row);
+            avx512::copy_rows(src, to, rows, n, dst, [a, b], sw, keys);
+        }
+        return pad;
+    }
     for y in y0..g.h {
         let dst = pad.start + (y + g.ph) as usize * pad.row;
         // SAFETY: row `y` of the input has `w` elements from column `x0`.
         let src = unsafe { std::slice::from_raw_parts(x.add((y * g.w + x0) as usize), n) };
         let row = &mut buf[dst..dst + pad.row];
-        // Without AVX-512, values become keys after the copy.
+        // Values become keys after the copy.
         let keyed = |r: &mut [f32]| {
             if let Some(min) = keys {
                 super::super::pool::to_keys(r, min);
@@ -293,26 +309,11 @@ pub(in crate::routines) unsafe fn padded(
         };
         match sw {
             1 => {
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    // SAFETY: AVX-512F available; `a..a + n` is inside the row.
-                    unsafe { avx512::copy(src, row.as_mut_ptr().add(a), keys) };
-                    continue;
-                }
                 row[a..a + n].copy_from_slice(src);
                 keyed(&mut row[a..a + n]);
             }
             2 => {
                 // Even-indexed inputs to one phase, odd ones to the other.
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    // SAFETY: AVX-512F available; `a..` and `b..` hold the row's halves.
-                    unsafe {
-                        let p = row.as_mut_ptr();
-                        avx512::split(src, p.add(a), p.add(b), keys)
-                    };
-                    continue;
-                }
                 for (t, pair) in src.chunks(2).enumerate() {
                     row[a + t] = pair[0];
                     if let Some(&odd) = pair.get(1) {
@@ -349,12 +350,45 @@ pub(in crate::routines) mod avx512 {
         }
     }
 
+    /// Copies `rows` rows of `n` elements, `src` and `dst` advancing by `to` (source, dest)
+    /// each row, to `dst + at[0]` (column stride 1), or their even-indexed elements there and
+    /// odd-indexed ones to `dst + at[1]` (column stride 2); as pooling keys with `keys`.
+    ///
+    /// # Safety
+    /// AVX-512F available; the rows readable at `src`, and writable at `dst` where they go.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn copy_rows(
+        src: *const f32,
+        to: (usize, usize),
+        rows: usize,
+        n: usize,
+        dst: *mut f32,
+        at: [usize; 2],
+        sw: usize,
+        keys: Option<bool>,
+    ) {
+        for r in 0..rows {
+            // SAFETY: forwarded.
+            unsafe {
+                let row = std::slice::from_raw_parts(src.add(r * to.0), n);
+                let d = dst.add(r * to.1);
+                if sw == 1 {
+                    copy(row, d.add(at[0]), keys);
+                } else {
+                    split(row, d.add(at[0]), d.add(at[1]), keys);
+                }
+            }
+        }
+    }
+
     /// Copies `src` to `dst` (as pooling keys with `keys`).
     ///
     /// # Safety
     /// AVX-512F available; `dst` writable for the length of `src`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn copy(src: &[f32], dst: *mut f32, keys: Option<bool>) {
+    #[inline]
+    unsafe fn copy(src: &[f32], dst: *mut f32, keys: Option<bool>) {
         let (n, p) = (src.len(), src.as_ptr());
         let mut i = 0;
         // SAFETY: loads inside `src` (masked at its end), stores inside `dst`'s `n`.
@@ -378,7 +412,8 @@ pub(in crate::routines) mod avx512 {
     /// AVX-512F available; `even` writable for `⌈n/2⌉` elements and `odd` for `⌊n/2⌋` (`n`
     /// the length of `src`).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn split(src: &[f32], even: *mut f32, odd: *mut f32, keys: Option<bool>) {
+    #[inline]
+    unsafe fn split(src: &[f32], even: *mut f32, odd: *mut f32, keys: Option<bool>) {
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let n = src.len();
