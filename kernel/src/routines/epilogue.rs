@@ -276,6 +276,14 @@ impl Epilogue {
     }
 }
 
+/// Whether the hardware's `max(v, c)` (`min` with `min`) is IEEE's for every non-NaN `v`: it
+/// answers `c` for equal operands, wrong only for a `v` of zero against the other zero — so
+/// unless `c` is −0 (+0 for the minimum), or NaN.
+fn plain(c: f32, min: bool) -> bool {
+    let lose = if min { 0.0f32 } else { -0.0f32 };
+    !c.is_nan() && c.to_bits() != lose.to_bits()
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
     use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SQRT2, TANH};
@@ -395,13 +403,24 @@ pub(super) mod avx512 {
         }
     }
 
-    /// IEEE maximum (or `min`imum) of each lane and `c`: ordered integer keys, NaN where
-    /// either is.
+    /// IEEE maximum (or `min`imum) of each lane and `c`: NaN where either is. The hardware's
+    /// max (min) answers `c` for equal operands, which is IEEE's but for a zero of the other
+    /// sign: where `c` is not the zero that could lose (−0 for max, +0 for min) it is used,
+    /// NaN lanes patched; else ordered integer keys.
     #[inline(always)]
     fn extreme(v: __m512, c: f32, min: bool) -> __m512 {
         // SAFETY: only called from AVX-512 code.
         unsafe {
             let cv = _mm512_set1_ps(c);
+            if super::plain(c, min) {
+                let r = if min {
+                    _mm512_min_ps(v, cv)
+                } else {
+                    _mm512_max_ps(v, cv)
+                };
+                let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                return _mm512_mask_mov_ps(r, nan, _mm512_set1_ps(f32::NAN));
+            }
             let k = if min {
                 _mm512_min_epi32(key(v), key(cv))
             } else {
@@ -598,6 +617,15 @@ pub(super) mod avx2 {
         // SAFETY: only called from AVX2 code.
         unsafe {
             let cv = _mm256_set1_ps(c);
+            if super::plain(c, min) {
+                let r = if min {
+                    _mm256_min_ps(v, cv)
+                } else {
+                    _mm256_max_ps(v, cv)
+                };
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
+                return _mm256_blendv_ps(r, _mm256_set1_ps(f32::NAN), nan);
+            }
             let k = if min {
                 _mm256_min_epi32(key(v), key(cv))
             } else {
