@@ -131,6 +131,34 @@ pub struct Guard {
 }
 
 impl Layout {
+    /// Which positions have a result that at least `readers` later positions read: a
+    /// recurrence's projection, read one step at a time (an LSTM's steps each read a row
+    /// block of it). The runtime computes those without helpers, so that the whole result is
+    /// in the cache of the core whose steps read it (a helper's half made every step fetch
+    /// rows from the other core: the LSTM took longer at 2 threads than at 1).
+    pub fn many_readers(&self, readers: usize) -> Vec<bool> {
+        let mut count = vec![0usize; self.n_slots];
+        for ops in &self.operand_slots {
+            let mut seen: Vec<usize> = ops.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            for s in seen {
+                if let Some(c) = count.get_mut(s) {
+                    *c += 1;
+                }
+            }
+        }
+        (0..self.types.len())
+            .map(|pos| {
+                (0..self.types[pos].len()).any(|i| {
+                    count
+                        .get(self.first_slot[pos] + i)
+                        .is_some_and(|&c| c >= readers)
+                })
+            })
+            .collect()
+    }
+
     /// The run's segments and which positions define symbols: a position whose result types
     /// name a symbol neither the parameters nor an earlier position have (a data-dependent
     /// size) ends a segment.
@@ -289,5 +317,34 @@ impl Layout {
             true => Ok(()),
             false => Err("its slots do not fit its steps".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recurrence's projection (read by every step) runs without helpers; a value a few
+    /// nodes read, or one read several times by one node, does not.
+    #[test]
+    fn results_many_positions_read_are_marked() {
+        let mut text = String::from(
+            "func @f {\n  %x = param {name=\"x\"} : f32[4]\n  %p = exp %x : f32[4]\n  %q = neg %x : f32[4]\n  %r = mul %q, %q : f32[4]\n  %s0 = add %q, %x : f32[4]\n",
+        );
+        for i in 1..9 {
+            text += &format!("  %s{i} = add %s{}, %p : f32[4]\n", i - 1);
+        }
+        text += "  return %s8, %r\n}\n";
+        let g = ir::parse_graph(&text).expect("parses");
+        let order = g.topo_order().expect("acyclic");
+        let labels = order.iter().map(|id| format!("{id:?}")).collect();
+        let layout = Layout::of(&g, &order, labels);
+        let marked = layout.many_readers(8);
+        let name = |pos: usize| g.node(order[pos]).op().mnemonic().to_string();
+        let flagged: Vec<String> = (0..order.len()).filter(|&p| marked[p]).map(name).collect();
+        // `exp` feeds the 8 steps; `neg` two positions (`mul`, reading it twice, and `add`).
+        assert_eq!(flagged.len(), 1, "{flagged:?}");
+        assert!(flagged[0].starts_with("exp"), "{flagged:?}");
+        assert_eq!(layout.many_readers(9).iter().filter(|&&m| m).count(), 0);
     }
 }

@@ -97,11 +97,19 @@ pub struct Executable {
     /// segment ends at a step that defines symbols (`defines`, per position).
     segments: Vec<std::ops::Range<usize>>,
     defines: Vec<bool>,
+    /// Positions that run without helpers: results many later positions read
+    /// (`Layout::many_readers`).
+    alone: Vec<bool>,
     /// Worker threads (none when running on one thread).
     threads: Option<std::sync::Arc<kernel::threads::Pool>>,
     /// What `Const::Mapped` constants point into.
     _backing: Option<SharedBytes>,
 }
+
+/// Readers from which a result is computed without helpers (`Layout::many_readers`): a
+/// recurrence's steps (an LSTM of 16 steps, each reading its projection), not a residual
+/// stream or a mask a few layers read.
+const MANY_READERS: usize = 8;
 
 /// The shared pool of `n` helper threads.
 fn thread_pool(n: usize) -> Result<std::sync::Arc<kernel::threads::Pool>, ExecError> {
@@ -313,6 +321,7 @@ impl Executable {
             });
         }
         let (segments, defines) = layout.segments();
+        let alone = layout.many_readers(MANY_READERS);
         Ok(Executable {
             graph: Some(g.clone()),
             layout,
@@ -322,6 +331,7 @@ impl Executable {
             plans: Default::default(),
             segments,
             defines,
+            alone,
             threads,
             _backing: None,
         })

@@ -354,7 +354,12 @@ impl Executable {
                     let r = plan.resolved[pos]
                         .as_ref()
                         .ok_or_else(|| fail("no plan".into()))?;
-                    match run.call(&args, r, base) {
+                    let call = || run.call(&args, r, base);
+                    let done = match self.alone[pos] {
+                        true => kernel::threads::with_helpers(None, call),
+                        false => call(),
+                    };
+                    match done {
                         Ok(outs) => outs,
                         Err(m) => {
                             return Err(fail(explain_failure(explain.as_ref(), &args, env, m)))

@@ -246,6 +246,7 @@ impl Executable {
             });
         }
         let (segments, defines) = saved.layout.segments();
+        let alone = saved.layout.many_readers(MANY_READERS);
         Ok(Executable {
             graph: None,
             layout: saved.layout,
@@ -255,6 +256,7 @@ impl Executable {
             plans: Default::default(),
             segments,
             defines,
+            alone,
             threads: threads_for(opts)?,
             _backing: Some(backing),
         })
