@@ -57,14 +57,15 @@ pub struct PackCache {
 
 /// Packs, once, the right operands of the kernel's products that are constant — kernel
 /// constants, or operands the caller knows (`operands[i]` for input buffer `i`) — with static
-/// offsets, strides and sizes, so that products do not pack them on every call. The packed
+/// offsets, strides and sizes, so that products do not pack them on every call; and makes the
+/// Winograd transforms of `conv2d_wino`'s constant filters. The packed
 /// copies become constant buffers of the kernel; `cache` shares them between kernels.
 pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCache) {
     fn walk(body: &mut [Stmt], f: &mut dyn FnMut(&mut Call)) {
         for s in body {
             s.walk_mut(&mut |s| {
                 if let Stmt::Call(c) = s {
-                    if c.routine == "gemm" && c.checked().is_ok() {
+                    if matches!(c.routine.as_str(), "gemm" | "conv2d_wino") && c.checked().is_ok() {
                         f(c)
                     }
                 }
@@ -77,16 +78,23 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
     // n, k (see `routines::ROUTINES`).
     walk(&mut body, &mut |g: &mut Call| {
         let c = |e: Option<&Expr>| e.and_then(|e| crate::stages::eval(e, &[]));
-        let Some((b, b_off)) = g.operand("b").cloned() else {
+        // A conv's filters (`w`: o·c·3·3 from its offset) become their Winograd transforms;
+        // a product's B its packed panels. The key: the operand, its offset and sizes.
+        let wino = g.routine == "conv2d_wino";
+        let Some((b, b_off)) = g.operand(if wino { "w" } else { "b" }).cloned() else {
             return;
         };
-        let (Some(off), Some(rs), Some(cs), Some(n), Some(k)) = (
-            c(Some(&b_off)),
-            c(g.int("b_rs")),
-            c(g.int("b_cs")),
-            c(g.int("n")),
-            c(g.int("k")),
-        ) else {
+        let sizes = if wino {
+            (Some(0), Some(-1), c(g.int("o")), c(g.int("c")))
+        } else {
+            (
+                c(g.int("b_rs")),
+                c(g.int("b_cs")),
+                c(g.int("n")),
+                c(g.int("k")),
+            )
+        };
+        let (Some(off), (Some(rs), Some(cs), Some(n), Some(k))) = (c(Some(&b_off)), sizes) else {
             return;
         };
         // Where the packed copy goes: the operand that replaces B.
@@ -119,8 +127,23 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let t = match cache.packed.get(&source) {
             Some((_, packed)) => packed.clone(),
             None => {
-                let Some(packed) = crate::routines::gemm::pack_b(&data[off..], rs, cs, k, n) else {
-                    return;
+                let packed = if wino {
+                    // n filters of k channels.
+                    let Some(w) = data[off..].get(..n * k * 9) else {
+                        return;
+                    };
+                    // Infinite or NaN filters (or transforms that overflow) take the
+                    // direct sum: the transforms would mix them into NaN.
+                    let u = crate::routines::conv::winograd::transform_filters(w, n, k);
+                    if !u.iter().all(|x| x.is_finite()) {
+                        return;
+                    }
+                    u
+                } else {
+                    let Some(p) = crate::routines::gemm::pack_b(&data[off..], rs, cs, k, n) else {
+                        return;
+                    };
+                    p
                 };
                 let len = packed.len();
                 let Ok(packed) = Tensor::new(vec![len], ir::Data::F32(packed)) else {

@@ -554,8 +554,17 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
     let mut rng = Rng::new(seed);
     let rng = &mut rng;
     let mut b = Builder::new(&format!("conv{}", seed % 1000));
-    let (n, c) = (1 + below(rng, 2), 1 + below(rng, 9));
-    let (h, w) = (1 + below(rng, 12), 1 + below(rng, 20));
+    // At times a 3×3 stride-1 conv of 32 to 40 channels and filters, rows of 8 outputs or
+    // more: what runs as Winograd's F(2×2, 3×3).
+    let wide = below(rng, 12) == 0;
+    let (n, c) = match wide {
+        true => (1, 32 + below(rng, 9)),
+        false => (1 + below(rng, 2), 1 + below(rng, 9)),
+    };
+    let (h, w) = match wide {
+        true => (2 + below(rng, 9), 10 + below(rng, 12)),
+        false => (1 + below(rng, 12), 1 + below(rng, 20)),
+    };
     let x = b
         .param(
             "x",
@@ -564,11 +573,15 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
         )
         .ok()?;
     let groups = match below(rng, 3) {
-        0 if c > 1 => c,
+        0 if c > 1 && !wide => c,
         _ => 1,
     };
-    let o = groups * (1 + below(rng, if groups == 1 { 20 } else { 3 }));
+    let o = match wide {
+        true => 32 + below(rng, 9),
+        false => groups * (1 + below(rng, if groups == 1 { 20 } else { 3 })),
+    };
     let (kh, kw) = match below(rng, 3) {
+        _ if wide => (3, 3),
         0 => (1, 1),
         _ => (1 + below(rng, 3), 1 + below(rng, 3)),
     };
@@ -578,8 +591,11 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
     let y = b
         .op1(
             Op::Conv {
-                stride: vec![1 + r(rng, 2), 1 + r(rng, 3)],
-                dilation: vec![1 + r(rng, 2), 1],
+                stride: match wide {
+                    true => vec![1, 1],
+                    false => vec![1 + r(rng, 2), 1 + r(rng, 3)],
+                },
+                dilation: vec![if wide { 1 } else { 1 + r(rng, 2) }, 1],
                 pad_low: vec![r(rng, 2), r(rng, 2)],
                 pad_high: vec![r(rng, 2), r(rng, 2)],
                 groups: groups as i64,

@@ -653,6 +653,25 @@ impl Lowering<'_> {
         let (o, cg, kh, kw, oh, ow) = (ws[0], ws[1], ws[2], ws[3], os[2], os[3]);
         let og = o / groups;
         let k = cg * kh * kw;
+        // 3×3 stride-1 convs of enough channels by Winograd's F(2×2, 3×3) where their filters
+        // are constant (`prepack` transforms them; the routine falls back to the direct sum
+        // without them).
+        let geo = [
+            xs[2],
+            xs[3],
+            oh,
+            ow,
+            kh,
+            kw,
+            stride[0],
+            stride[1],
+            dilation[0],
+            dilation[1],
+            pad_low[0],
+            pad_low[1],
+        ];
+        let geometry = kernel::routines::conv::Geometry::of(geo);
+        let wino = groups == 1 && kernel::routines::conv::winograd::applies(&geometry, cg, og);
         let rows = block_rows(oh, ow, cg, og * k * 4, self.machine.block_bytes as i64);
         let blocks = (oh + rows - 1) / rows;
         let iv = self.var(DType::I64);
@@ -678,23 +697,7 @@ impl Lowering<'_> {
             Expr::index_op(Op::Rem, i, Expr::i64(blocks))
         };
         let y0 = b.clone() * Expr::i64(rows);
-        let ints = [
-            cg,
-            og,
-            xs[2],
-            xs[3],
-            oh,
-            ow,
-            kh,
-            kw,
-            stride[0],
-            stride[1],
-            dilation[0],
-            dilation[1],
-            pad_low[0],
-            pad_low[1],
-        ];
-        let mut ints: Vec<Expr> = ints.iter().map(|&d| Expr::i64(d)).collect();
+        let mut ints: Vec<Expr> = [cg, og].into_iter().chain(geo).map(Expr::i64).collect();
         ints.push(y0);
         ints.push(Expr::index_op(
             Op::Min,
@@ -710,11 +713,14 @@ impl Lowering<'_> {
                 (n * Expr::i64(xs[1]) + g.clone() * Expr::i64(cg)) * Expr::i64(xs[2] * xs[3]),
             )),
             Some((wb, g * Expr::i64(og * k))),
-            Some((out, out_off)),
         ];
+        if wino {
+            operands.push(None);
+        }
+        operands.push(Some((out, out_off)));
         operands.extend(epilogue.operands());
         let call = kernel::Call {
-            routine: "conv2d_rows".into(),
+            routine: if wino { "conv2d_wino" } else { "conv2d_rows" }.into(),
             operands,
             ints,
             scalars: epilogue.scalars(),

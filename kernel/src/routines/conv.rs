@@ -11,6 +11,7 @@ use super::epilogue::Epilogue;
 
 mod implicit;
 mod plane;
+pub mod winograd;
 
 pub use plane::kiln_conv2d_plane;
 pub(super) use plane::{give_padded, lanes, padded, take_padded};
@@ -95,6 +96,56 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
     let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
     // SAFETY: forwarded.
     unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512(), &epi) }
+}
+
+/// [`kiln_conv2d_rows`] for a 3×3 stride-1 conv, with `u` (unless null) its filters'
+/// transforms ([`winograd::transform_filters`]): where [`winograd::applies`], the rows by
+/// Winograd's F(2×2, 3×3) from `u`, else as [`kiln_conv2d_rows`] from `wt`.
+///
+/// # Safety
+/// As [`kiln_conv2d_rows`]; a non-null `u` readable for `16·o·c` elements.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_conv2d_wino(
+    x: *const f32,
+    wt: *const f32,
+    u: *const f32,
+    out: *mut f32,
+    scale: *const f32,
+    shift: *const f32,
+    res: *const f32,
+    c: i64,
+    o: i64,
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+    y0: i64,
+    rows: i64,
+    act: i64,
+    lo: f32,
+    hi: f32,
+) {
+    let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
+    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
+    if u.is_null() || !winograd::applies(g, c, o) || y0 < 0 || rows <= 0 || y0 + rows > oh {
+        // SAFETY: forwarded.
+        return unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512(), &epi) };
+    }
+    let (cu, ou, y0u, rowsu) = (c as usize, o as usize, y0 as usize, rows as usize);
+    // SAFETY: forwarded; `applies` holds.
+    if !unsafe { winograd::rows(x, u, out, cu, ou, g, y0u, rowsu, &epi) } {
+        // An infinity or NaN in the block's input: the direct sum.
+        // SAFETY: forwarded.
+        unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512(), &epi) }
+    }
 }
 
 /// [`kiln_conv2d_rows`] with its geometry, packing with AVX-512 when `wide`.

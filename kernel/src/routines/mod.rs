@@ -124,7 +124,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 9] = [
+pub static ROUTINES: [Routine; 10] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -280,32 +280,8 @@ pub static ROUTINES: [Routine; 9] = [
         scalars: EPILOGUE,
         result: None,
         cost: |i| i[1] * i[15] * i[5] * i[0] * i[6] * i[7],
-        extent: |operand, i| {
-            let n = |k: usize| i.get(k).cloned();
-            match operand {
-                0 => Some(n(0)? * n(2)? * n(3)?),
-                1 => Some(n(1)? * n(0)? * n(6)? * n(7)?),
-                3 | 4 => n(1),
-                _ => None,
-            }
-        },
-        bounds: |operand, i| {
-            let (c, o, h, w, oh, ow, kh, kw) = (i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]);
-            let (y0, rows) = (i[14], i[15]);
-            match operand {
-                0 => {
-                    let len = c.checked_mul(h)?.checked_mul(w)?;
-                    (len > 0).then_some((0, len - 1))
-                }
-                1 => {
-                    let len = o.checked_mul(c)?.checked_mul(kh)?.checked_mul(kw)?;
-                    (len > 0).then_some((0, len - 1))
-                }
-                3 | 4 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
-                _ => span(&[(o, oh.checked_mul(ow)?), (rows.checked_mul(ow)?, 1)])
-                    .map(|(lo, hi)| (lo + y0 * ow, hi + y0 * ow)),
-            }
-        },
+        extent: conv_rows_extent,
+        bounds: conv_rows_bounds,
         address: || conv::kiln_conv2d_rows as *const u8,
         call: |p, i, s| unsafe {
             conv::kiln_conv2d_rows(
@@ -342,6 +318,78 @@ pub static ROUTINES: [Routine; 9] = [
               (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), E the epilogue of row oc at \
               that output's offset: a block of a dense conv's output rows, every output \
               channel, as one product (f32)",
+    },
+    Routine {
+        name: "conv2d_wino",
+        symbol: "kiln_conv2d_wino",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("w", Role::Read, ir::DType::F32),
+            ("u", Role::Optional, ir::DType::F32),
+            ("out", Role::Write, ir::DType::F32),
+            ("scale", Role::Optional, ir::DType::F32),
+            ("shift", Role::Optional, ir::DType::F32),
+            ("res", Role::Optional, ir::DType::F32),
+        ],
+        replaces: Some((2, 1)),
+        ints: &[
+            "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "y0",
+            "rows", "act",
+        ],
+        scalars: EPILOGUE,
+        result: None,
+        // The 16 products of F(2×2, 3×3) (each output 4 multiply-adds per channel, where
+        // the direct sum takes 9), the transforms about as many again.
+        cost: |i| i[1] * i[15] * i[5] * i[0] * 8.0,
+        extent: |operand, i| match operand {
+            2 => Some(i.get(1)?.clone() * i.first()?.clone() * crate::Expr::i64(16)),
+            _ => conv_rows_extent(WINO_AS_ROWS.get(operand).copied()?, i),
+        },
+        bounds: |operand, i| match operand {
+            2 => {
+                let len = i[1].checked_mul(i[0])?.checked_mul(16)?;
+                (len > 0).then_some((0, len - 1))
+            }
+            _ => conv_rows_bounds(*WINO_AS_ROWS.get(operand)?, i),
+        },
+        address: || conv::kiln_conv2d_wino as *const u8,
+        call: |p, i, s| unsafe {
+            conv::kiln_conv2d_wino(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
+                p[6].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                i[8],
+                i[9],
+                i[10],
+                i[11],
+                i[12],
+                i[13],
+                i[14],
+                i[15],
+                i[16],
+                s[0] as f32,
+                s[1] as f32,
+            );
+            0.0
+        },
+        doc: "conv2d_rows for a 3×3 conv of unit strides and dilations, by Winograd's F(2×2, \
+              3×3) from u, the filters' transforms (16·o·c: U_ξ[f, ch] at (ξ·o + f)·c + ch, \
+              made from a constant w at compile time), where that applies (32 or more \
+              channels and filters, rows of 8 or more outputs); else, or without u, as \
+              conv2d_rows from w. Sums differ from the direct ones by the transforms' \
+              rounding (f32)",
     },
     Routine {
         name: "pool2d",
@@ -540,6 +588,40 @@ const EPILOGUE: &[(&str, ir::DType)] = &[("lo", ir::DType::F32), ("hi", ir::DTyp
 
 /// The lowest and highest offset of `Σ idx_d · stride_d` over `idx_d < size_d` (`None` when a
 /// size is 0 or the offsets overflow).
+/// `conv2d_wino`'s operands as `conv2d_rows` numbers them (`u`, its own, has none).
+const WINO_AS_ROWS: [usize; 7] = [0, 1, usize::MAX, 2, 3, 4, 5];
+
+/// `conv2d_rows`'s operand extents: the image, the filters, the per-filter scale and shift.
+fn conv_rows_extent(operand: usize, i: &[crate::Expr]) -> Option<crate::Expr> {
+    let n = |k: usize| i.get(k).cloned();
+    match operand {
+        0 => Some(n(0)? * n(2)? * n(3)?),
+        1 => Some(n(1)? * n(0)? * n(6)? * n(7)?),
+        3 | 4 => n(1),
+        _ => None,
+    }
+}
+
+/// `conv2d_rows`'s operand bounds: the image, the filters, the per-filter scale and shift,
+/// the block's outputs (and residual) of every filter.
+fn conv_rows_bounds(operand: usize, i: &[i64]) -> Option<Range> {
+    let (c, o, h, w, oh, ow, kh, kw) = (i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]);
+    let (y0, rows) = (i[14], i[15]);
+    match operand {
+        0 => {
+            let len = c.checked_mul(h)?.checked_mul(w)?;
+            (len > 0).then_some((0, len - 1))
+        }
+        1 => {
+            let len = o.checked_mul(c)?.checked_mul(kh)?.checked_mul(kw)?;
+            (len > 0).then_some((0, len - 1))
+        }
+        3 | 4 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
+        _ => span(&[(o, oh.checked_mul(ow)?), (rows.checked_mul(ow)?, 1)])
+            .map(|(lo, hi)| (lo + y0 * ow, hi + y0 * ow)),
+    }
+}
+
 fn span(dims: &[(i64, i64)]) -> Option<(i64, i64)> {
     let (mut lo, mut hi) = (0i64, 0i64);
     for &(size, stride) in dims {

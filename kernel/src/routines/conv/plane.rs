@@ -358,7 +358,7 @@ pub(in crate::routines) mod avx512 {
     /// AVX-512F available; the rows readable at `src`, and writable at `dst` where they go.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn copy_rows(
+    pub(in crate::routines) unsafe fn copy_rows(
         src: *const f32,
         to: (usize, usize),
         rows: usize,
