@@ -173,43 +173,6 @@ unsafe fn rows_in(
         BUFS.with(|b| b.set((d, v, m)));
         return false;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if lanes == 16 {
-            // SAFETY: the CPU has AVX-512F.
-            unsafe { inputs_avx512(&d, &mut v, c, th, tw, lp, (tp, pv)) };
-        } else if lanes == 8 {
-            // SAFETY: the CPU has AVX2.
-            unsafe { inputs_avx2(&d, &mut v, c, th, tw, lp, (tp, pv)) };
-        } else {
-            inputs(&d, &mut v, c, th, tw, lp, (tp, pv));
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = lanes;
-    #[cfg(not(target_arch = "x86_64"))]
-    inputs(&d, &mut v, c, th, tw, lp, (tp, pv));
-    for xi in 0..16 {
-        // SAFETY: U_ξ is o×c, V_ξ c×tiles (rows tp apart, from ξ·pv), M_ξ o×tiles (rows tp
-        // apart, from ξ·pm).
-        unsafe {
-            gemm::product(
-                u.add(xi * o * c),
-                v.as_ptr().add(xi * pv),
-                std::ptr::null(),
-                m.as_mut_ptr().add(xi * pm),
-                c as i64,
-                1,
-                tp as i64,
-                1,
-                tp as i64,
-                o as i64,
-                tiles as i64,
-                c as i64,
-                &Epilogue::NONE,
-            )
-        };
-    }
     let place = Outputs {
         out,
         ohw: oh * ow,
@@ -222,26 +185,140 @@ unsafe fn rows_in(
         o,
         epi,
     };
-    #[cfg(target_arch = "x86_64")]
-    {
-        if lanes == 16 {
-            // SAFETY: the CPU has AVX-512F; the outputs are inside `out`.
-            unsafe { outputs_avx512(&m, th, &place) };
-        } else if lanes == 8 {
-            // SAFETY: the CPU has AVX2; as above.
-            unsafe { outputs_avx2(&m, th, &place) };
-        } else {
-            // SAFETY: as above.
-            unsafe { outputs(&m, th, &place) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: the outputs are inside `out`.
-    unsafe {
-        outputs(&m, th, &place)
+    // Large blocks (a small image in one block) split each phase over the helpers: the
+    // transforms by channels and filters, the products by position. Every value is computed
+    // as it would be alone.
+    let t = match 16 * o * c * tiles >= SPLIT {
+        true => (crate::threads::helpers() + 1).min(16),
+        false => 1,
     };
+    let work = Work {
+        d: &d,
+        v: v.as_mut_ptr(),
+        m: m.as_mut_ptr(),
+        u,
+        place: &place,
+    };
+    crate::threads::parallel_for(t, |w| {
+        let (c0, c1) = (c * w / t, c * (w + 1) / t);
+        // SAFETY: each part writes its own channels' rows of V.
+        unsafe { work.inputs(c0..c1, (th, tw, lp), (tp, pv), c, lanes) };
+    });
+    crate::threads::parallel_for(t, |w| {
+        for xi in 16 * w / t..16 * (w + 1) / t {
+            // SAFETY: each part writes its own positions' M.
+            unsafe { work.product(xi, (o, c, tiles), (tp, pv, pm)) };
+        }
+    });
+    crate::threads::parallel_for(t, |w| {
+        let (f0, f1) = (o * w / t, o * (w + 1) / t);
+        // SAFETY: each part stores its own filters' outputs.
+        unsafe { work.outputs(f0..f1, th, lanes) };
+    });
     BUFS.with(|b| b.set((d, v, m)));
     true
+}
+
+/// Multiply-adds of a block's 16 products from which its phases split over the helpers.
+const SPLIT: usize = 1 << 22;
+
+/// A block's buffers, shared by the parts of its phases (each writes its own share).
+struct Work<'a> {
+    d: &'a [f32],
+    v: *mut f32,
+    m: *mut f32,
+    u: *const f32,
+    place: &'a Outputs<'a>,
+}
+
+// SAFETY: the parts of a phase write disjoint rows of V, M or the output; the rest is read.
+unsafe impl Sync for Work<'_> {}
+
+impl Work<'_> {
+    /// Channels `chs` of V.
+    ///
+    /// # Safety
+    /// V holds 16 matrices `pv` apart of `c` rows `tp` apart; the CPU runs `lanes`; no other
+    /// part writes these channels.
+    unsafe fn inputs(
+        &self,
+        chs: std::ops::Range<usize>,
+        (th, tw, lp): (usize, usize, usize),
+        (tp, pv): (usize, usize),
+        c: usize,
+        lanes: usize,
+    ) {
+        // SAFETY: V's 16 matrices (see the contract).
+        let v = unsafe { std::slice::from_raw_parts_mut(self.v, 16 * pv) };
+        let d = self.d;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if lanes == 16 {
+                // SAFETY: the CPU has AVX-512F.
+                return unsafe { inputs_avx512(d, v, (chs, c), th, tw, lp, (tp, pv)) };
+            } else if lanes == 8 {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { inputs_avx2(d, v, (chs, c), th, tw, lp, (tp, pv)) };
+            }
+        }
+        let _ = lanes;
+        inputs(d, v, (chs, c), th, tw, lp, (tp, pv))
+    }
+
+    /// Position ξ's product `M_ξ = U_ξ · V_ξ`.
+    ///
+    /// # Safety
+    /// U holds 16 matrices o×c, V 16 matrices `pv` apart of c rows `tp` apart, M 16 matrices
+    /// `pm` apart of o rows `tp` apart; no other part writes M_ξ.
+    unsafe fn product(
+        &self,
+        xi: usize,
+        (o, c, tiles): (usize, usize, usize),
+        (tp, pv, pm): (usize, usize, usize),
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            gemm::product(
+                self.u.add(xi * o * c),
+                self.v.add(xi * pv),
+                std::ptr::null(),
+                self.m.add(xi * pm),
+                c as i64,
+                1,
+                tp as i64,
+                1,
+                tp as i64,
+                o as i64,
+                tiles as i64,
+                c as i64,
+                &Epilogue::NONE,
+            )
+        };
+    }
+
+    /// Filters `fs`'s outputs.
+    ///
+    /// # Safety
+    /// M holds 16 matrices `pm` apart; the outputs are inside `out`; the CPU runs `lanes`; no
+    /// other part stores these filters.
+    unsafe fn outputs(&self, fs: std::ops::Range<usize>, th: usize, lanes: usize) {
+        let p = self.place;
+        // SAFETY: M's 16 matrices (see the contract).
+        let m = unsafe { std::slice::from_raw_parts(self.m, 16 * p.pm) };
+        #[cfg(target_arch = "x86_64")]
+        {
+            if lanes == 16 {
+                // SAFETY: the CPU has AVX-512F; the outputs are inside `out`.
+                return unsafe { outputs_avx512(m, fs, th, p) };
+            } else if lanes == 8 {
+                // SAFETY: the CPU has AVX2; as above.
+                return unsafe { outputs_avx2(m, fs, th, p) };
+            }
+        }
+        let _ = lanes;
+        // SAFETY: as above.
+        unsafe { outputs(m, fs, th, p) }
+    }
 }
 
 /// Whether every value is finite (no infinity or NaN: an exponent of all ones).
@@ -263,7 +340,7 @@ fn finite(d: &[f32]) -> bool {
 fn inputs(
     d: &[f32],
     v: &mut [f32],
-    c: usize,
+    (chs, c): (std::ops::Range<usize>, usize),
     th: usize,
     tw: usize,
     lp: usize,
@@ -277,7 +354,7 @@ fn inputs(
         // SAFETY: every load is inside a padded row (tx + 17 <= lp).
         std::array::from_fn(|l| unsafe { *p.add(l) })
     };
-    for ch in 0..c {
+    for ch in chs {
         for ty in 0..th {
             for tx in (0..tw).step_by(16) {
                 // Rows 2ty..2ty+4 of the patch, each as d0..d3 = even[tx], odd[tx],
@@ -329,7 +406,7 @@ fn inputs(
 unsafe fn inputs_avx512(
     d: &[f32],
     v: &mut [f32],
-    c: usize,
+    (chs, c): (std::ops::Range<usize>, usize),
     th: usize,
     tw: usize,
     lp: usize,
@@ -342,7 +419,7 @@ unsafe fn inputs_avx512(
     // SAFETY: every load is inside a padded row (tx + 17 <= lp), every store inside V's row
     // (ty·tw + tx + 16 <= tiles + 16 = tp).
     unsafe {
-        for ch in 0..c {
+        for ch in chs {
             for ty in 0..th {
                 for tx in (0..tw).step_by(16) {
                     let mut t = [[_mm512_setzero_ps(); 4]; 4];
@@ -391,13 +468,13 @@ unsafe fn inputs_avx512(
 unsafe fn inputs_avx2(
     d: &[f32],
     v: &mut [f32],
-    c: usize,
+    chs: (std::ops::Range<usize>, usize),
     th: usize,
     tw: usize,
     lp: usize,
     tp: (usize, usize),
 ) {
-    inputs(d, v, c, th, tw, lp, tp)
+    inputs(d, v, chs, th, tw, lp, tp)
 }
 
 /// Where the block's tiles go: filter f's output (y, x) of the block at `out + f·ohw +
@@ -422,11 +499,11 @@ struct Outputs<'a> {
 /// # Safety
 /// The outputs are inside `out` (and the epilogue's operands).
 #[inline(always)]
-unsafe fn outputs(m: &[f32], th: usize, p: &Outputs) {
+unsafe fn outputs(m: &[f32], fs: std::ops::Range<usize>, th: usize, p: &Outputs) {
     let (o, tp, tw, ow) = (p.o, p.tp, p.tw, p.ow);
     assert!(m.len() >= 16 * p.pm && p.pm >= o * tp);
     let mp = m.as_ptr();
-    for f in 0..o {
+    for f in fs {
         for ty in 0..th {
             for tx in (0..tw).step_by(16) {
                 let at = ty * tw + tx;
@@ -479,7 +556,7 @@ unsafe fn outputs(m: &[f32], th: usize, p: &Outputs) {
 /// As [`outputs`]; the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn outputs_avx512(m: &[f32], th: usize, p: &Outputs) {
+unsafe fn outputs_avx512(m: &[f32], fs: std::ops::Range<usize>, th: usize, p: &Outputs) {
     use super::super::epilogue::avx512::{apply, coefs};
     use std::arch::x86_64::*;
     let (o, tp, tw, ow) = (p.o, p.tp, p.tw, p.ow);
@@ -490,7 +567,7 @@ unsafe fn outputs_avx512(m: &[f32], th: usize, p: &Outputs) {
     let epi = !p.epi.is_none();
     // SAFETY: loads inside M's rows (at + 16 <= tp); stores only of outputs inside the block.
     unsafe {
-        for f in 0..o {
+        for f in fs {
             for ty in 0..th {
                 for tx in (0..tw).step_by(16) {
                     let at = ty * tw + tx;
@@ -542,9 +619,9 @@ unsafe fn outputs_avx512(m: &[f32], th: usize, p: &Outputs) {
 /// As [`outputs`]; the CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn outputs_avx2(m: &[f32], th: usize, p: &Outputs) {
+unsafe fn outputs_avx2(m: &[f32], fs: std::ops::Range<usize>, th: usize, p: &Outputs) {
     // SAFETY: forwarded.
-    unsafe { outputs(m, th, p) }
+    unsafe { outputs(m, fs, th, p) }
 }
 
 #[cfg(test)]
