@@ -679,11 +679,13 @@ mod tests {
         };
         // (c, o, h, w, pad low, pad high, row blocks)
         type Case = (usize, usize, i64, i64, i64, i64, &'static [(usize, usize)]);
-        let cases: [Case; 4] = [
+        let cases: [Case; 5] = [
             (32, 32, 12, 12, 1, 1, &[(0, 4), (4, 4), (8, 4)]),
             (33, 40, 9, 21, 0, 2, &[(0, 3), (3, 6)]),
             (40, 37, 7, 17, 2, 1, &[(0, 8)]),
             (48, 64, 20, 30, 1, 1, &[(0, 8), (8, 8), (16, 4)]),
+            // Rows of 5 tiles, an odd count of tile rows per block.
+            (32, 33, 7, 10, 1, 1, &[(0, 5), (5, 2)]),
         ];
         for (c, o, h, w, pl, phi, blocks) in cases {
             let (oh, ow) = (h + pl + phi - 2, w + pl + phi - 2);
