@@ -554,15 +554,15 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
     let mut rng = Rng::new(seed);
     let rng = &mut rng;
     let mut b = Builder::new(&format!("conv{}", seed % 1000));
-    // At times a 3×3 stride-1 conv of 32 to 40 channels and filters, rows of 8 outputs or
-    // more: what runs as Winograd's F(2×2, 3×3).
+    // At times a 3×3 stride-1 conv of 32 to 40 channels and 64 to 72 filters, rows of 24
+    // outputs or more: what runs as Winograd's F(2×2, 3×3).
     let wide = below(rng, 12) == 0;
     let (n, c) = match wide {
         true => (1, 32 + below(rng, 9)),
         false => (1 + below(rng, 2), 1 + below(rng, 9)),
     };
     let (h, w) = match wide {
-        true => (2 + below(rng, 9), 10 + below(rng, 12)),
+        true => (2 + below(rng, 5), 26 + below(rng, 10)),
         false => (1 + below(rng, 12), 1 + below(rng, 20)),
     };
     let x = b
@@ -577,7 +577,7 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
         _ => 1,
     };
     let o = match wide {
-        true => 32 + below(rng, 9),
+        true => 64 + below(rng, 9),
         false => groups * (1 + below(rng, if groups == 1 { 20 } else { 3 })),
     };
     let (kh, kw) = match below(rng, 3) {

@@ -387,7 +387,7 @@ pub static ROUTINES: [Routine; 10] = [
         doc: "conv2d_rows for a 3×3 conv of unit strides and dilations, by Winograd's F(2×2, \
               3×3) from u, the filters' transforms (16·o·c: U_ξ[f, ch] at (ξ·o + f)·c + ch, \
               made from a constant w at compile time), where that applies (32 or more \
-              channels and filters, rows of 8 or more outputs); else, or without u, as \
+              channels, 64 or more filters, products large enough: winograd::applies); else, or without u, as \
               conv2d_rows from w. Sums differ from the direct ones by the transforms' \
               rounding (f32)",
     },
