@@ -17,21 +17,22 @@ use super::super::gemm;
 use super::Geometry;
 
 /// Whether a conv of geometry `g`, `o` filters over `c` channels, runs as F(2×2, 3×3): a 3×3
-/// window, unit strides and dilations, no negative padding, rows of 6 or more outputs, 32 or
-/// more channels and 64 or more filters, and products large enough to pay for the transforms
-/// (which cost per tile as channels plus filters, where the products save as their product):
-/// 16K channel-filter pairs, or 64 by 64 on rows of 24 or more outputs (tiles enough per
-/// product). Measured against the direct sum: 128→128 on 28×28 0.72 of its time, 512→512 on
-/// 8×8 0.48, 64→64 on 14×14 1.34, 128→32 on 28×28 1.27 (too few filters).
+/// window, unit strides and dilations, no negative padding, 32 or more channels and 64 or
+/// more filters, and products large enough to pay for the transforms (which cost per tile as
+/// channels plus filters, where the products save as their product): 16K channel-filter
+/// pairs on rows of 12 or more outputs, or rows of 24 or more (tiles enough per product).
+/// Measured against the direct sum: 128→128 on 28×28 0.72 of its time, 256→256 on 14×14
+/// 0.77, 64→64 on 14×14 1.34, 128→32 on 28×28 1.27 (too few filters); 512→512 on 7×7 0.81
+/// alone but slower inside resnet50, whose filters' transforms (17 MB) then stream from L3
+/// for 16 tiles.
 pub fn applies(g: &Geometry, c: i64, o: i64) -> bool {
     (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
         && g.ph >= 0
         && g.pw >= 0
-        && g.ow >= 6
         && g.oh >= 2
         && c >= 32
         && o >= 64
-        && (c * o >= 16384 && g.ow >= 8 || c * o >= 65536 || g.ow >= 24)
+        && (c * o >= 16384 && g.ow >= 12 || g.ow >= 24)
 }
 
 /// The filters' transforms: for `o` filters of `c` channels of 3×3 weights (`w`, row-major
@@ -685,8 +686,8 @@ mod tests {
             (33, 70, 9, 25, 0, 2, &[(0, 3), (3, 6)]),
             (128, 128, 7, 12, 2, 1, &[(0, 8)]),
             (48, 64, 20, 30, 1, 1, &[(0, 8), (8, 8), (16, 4)]),
-            // Rows of 4 tiles (7 outputs), an odd count of tile rows per block.
-            (256, 256, 7, 7, 1, 1, &[(0, 5), (5, 2)]),
+            // Rows of 7 tiles (13 outputs), an odd count of tile rows per block.
+            (128, 128, 7, 13, 1, 1, &[(0, 5), (5, 2)]),
         ];
         for (c, o, h, w, pl, phi, blocks) in cases {
             let (oh, ow) = (h + pl + phi - 2, w + pl + phi - 2);
