@@ -3,9 +3,10 @@
 //! criterion's `elem/s` reads as FLOP/s; `peak/fma` is the core's own limit — independent
 //! fused multiply-adds in the widest registers it has — to compare them with.
 //! Shapes: products of 1, 4, 32 and 256 rows by 512×512 (B packed ahead of time, as weights
-//! are); ResNet's 64→64 3×3 conv at 56×56 and MobileNet's pointwise 64→128 and depthwise 3×3
-//! at 56×56 and 112×112 (stride 2); a 100-tree forest of depth 8 over 256 rows (throughput in
-//! node steps).
+//! are); ResNet's 64→64 3×3 conv at 56×56 (direct, and by Winograd's F(2×2, 3×3), counted in
+//! the direct sum's operations: effective FLOP/s) and MobileNet's pointwise 64→128 and
+//! depthwise 3×3 at 56×56 and 112×112 (stride 2); a 100-tree forest of depth 8 over 256 rows
+//! (throughput in node steps).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln::kernel::routines::{conv, gemm, trees};
@@ -146,6 +147,55 @@ fn convolutions(c: &mut Criterion) {
         group.throughput(Throughput::Elements((2 * co * os * os * taps) as u64));
         let null = std::ptr::null();
         let (ninf, inf) = (f32::NEG_INFINITY, f32::INFINITY);
+        // The same blocks of rows as lowering makes them (about 1024 columns, at least four
+        // blocks: `block_rows` in codegen/src/lower/conv.rs).
+        let least = ((32 + os - 1) / os).min((os + 1) / 2);
+        let rows = (1024 / os).max(1).min(((os + 3) / 4).max(least)).max(1);
+        let g = conv::Geometry::of([side, side, os, os, win, win, stride, stride, 1, 1, pad, pad]);
+        if !depthwise && conv::winograd::applies(&g, ci, co) {
+            let u = conv::winograd::transform_filters(&w, co as usize, ci as usize);
+            group.bench_function(format!("{name}_winograd"), |bench| {
+                bench.iter(|| {
+                    let mut y0 = 0;
+                    while y0 < os {
+                        let n = rows.min(os - y0);
+                        // SAFETY: the image, filters, transforms and result hold what the
+                        // geometry needs.
+                        unsafe {
+                            conv::kiln_conv2d_wino(
+                                x.as_ptr(),
+                                w.as_ptr(),
+                                u.as_ptr(),
+                                out.as_mut_ptr(),
+                                null,
+                                null,
+                                null,
+                                ci,
+                                co,
+                                side,
+                                side,
+                                os,
+                                os,
+                                win,
+                                win,
+                                stride,
+                                stride,
+                                1,
+                                1,
+                                pad,
+                                pad,
+                                y0,
+                                n,
+                                0,
+                                ninf,
+                                inf,
+                            )
+                        };
+                        y0 += n;
+                    }
+                })
+            });
+        }
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 if depthwise {
@@ -164,10 +214,6 @@ fn convolutions(c: &mut Criterion) {
                         }
                     }
                 } else {
-                    // Blocks of rows as lowering makes them (about 1024 columns, at least four
-                    // blocks: `block_rows` in codegen/src/lower/conv.rs).
-                    let least = ((32 + os - 1) / os).min((os + 1) / 2);
-                    let rows = (1024 / os).max(1).min(((os + 3) / 4).max(least)).max(1);
                     let mut y0 = 0;
                     while y0 < os {
                         let n = rows.min(os - y0);
