@@ -29,6 +29,10 @@ pub fn applies(g: &Geometry, c: i64, o: i64) -> bool {
     (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
         && g.ph >= 0
         && g.pw >= 0
+        // No negative padding after the image either: the padded rows hold the outputs'
+        // reach and no more.
+        && g.oh + 2 >= g.h + g.ph
+        && g.ow + 2 >= g.w + g.pw
         && g.oh >= 2
         && c >= 32
         && o >= 64
@@ -665,6 +669,17 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A crop (negative padding after the image) takes the direct sum: the padded rows
+    /// hold the outputs' reach, not the whole input row.
+    #[test]
+    fn crops_are_left_to_the_direct_sum() {
+        let full = Geometry::of([10, 60, 8, 58, 3, 3, 1, 1, 1, 1, 0, 0]);
+        assert!(applies(&full, 128, 128));
+        let cropped = Geometry { ow: 30, ..full };
+        assert!(!applies(&cropped, 128, 128));
+        assert!(!applies(&Geometry { oh: 4, ..full }, 128, 128));
     }
 
     /// Every path (AVX-512, AVX2, portable) gives the same bits, within rounding of the
