@@ -770,8 +770,11 @@ pub fn eval_at(e: &Expr, dims: &[i64], vars: &[(VarId, i64)]) -> Option<i64> {
 }
 
 /// A rough count of the scalar operations of statements under a dim table, for deciding
-/// whether threads pay off (extents that depend on variables count as 16).
+/// whether threads pay off (extents that depend on variables count as 16). A subexpression
+/// that several statements of one body compute alike counts once, as compiled code computes
+/// it (an argmin's running index and value select on one condition of a dozen operations).
 pub fn cost(body: &[Stmt], dims: &[i64]) -> f64 {
+    let mut seen: Vec<&Expr> = Vec::new();
     body.iter()
         .map(|s| match s {
             Stmt::Loop { extent, body, .. } => {
@@ -789,9 +792,9 @@ pub fn cost(body: &[Stmt], dims: &[i64]) -> f64 {
                     Err(_) => 0.0,
                 }
             }
-            Stmt::Store { value, .. } => 1.0 + expr_cost(value),
-            Stmt::Set { value, .. } => 1.0 + expr_cost(value),
-            Stmt::Check { cond, .. } => 1.0 + expr_cost(cond),
+            Stmt::Store { value, .. } => 1.0 + expr_cost(value, &mut seen),
+            Stmt::Set { value, .. } => 1.0 + expr_cost(value, &mut seen),
+            Stmt::Check { cond, .. } => 1.0 + expr_cost(cond, &mut seen),
         })
         .sum()
 }
@@ -799,7 +802,14 @@ pub fn cost(body: &[Stmt], dims: &[i64]) -> f64 {
 /// Scalar operations of a value: one per load and op (index arithmetic is not counted),
 /// transcendental functions (polynomials of a dozen or more operations) and divisions
 /// counting as 16.
-fn expr_cost(e: &Expr) -> f64 {
+fn expr_cost<'a>(e: &'a Expr, seen: &mut Vec<&'a Expr>) -> f64 {
+    // An operation counted already (in this body) is computed once.
+    if matches!(e, Expr::Op { .. }) {
+        if seen.contains(&e) {
+            return 0.0;
+        }
+        seen.push(e);
+    }
     match e {
         Expr::Load { .. } => 1.0,
         Expr::Op { op, args, .. } => {
@@ -816,7 +826,7 @@ fn expr_cost(e: &Expr) -> f64 {
                 | Op::Pow => 16.0,
                 _ => 1.0,
             };
-            own + args.iter().map(expr_cost).sum::<f64>()
+            own + args.iter().map(|a| expr_cost(a, seen)).sum::<f64>()
         }
         _ => 0.0,
     }
@@ -1147,5 +1157,28 @@ mod tests {
         let carried = "  for v0 in 0..4 {\n    for v1 in 0..2 {\n      v2: i64 = t[v1]\n      \
                        t[v1] = add(v2, x[v0])\n      y[v1] = v2\n    }\n  }";
         assert_eq!(shrunk(carried), Some(2));
+    }
+
+    /// An operation two statements of a body compute alike counts once: an argmin's running
+    /// index and value both select on one condition.
+    #[test]
+    fn a_shared_subexpression_costs_once() {
+        let cost_of = |body: &str| {
+            let k = crate::parse::parse_kernel(&format!(
+                "kernel @k(in x: f32[8], out y: f32[1], out z: f32[1]) {{\n{body}\n}}"
+            ))
+            .unwrap();
+            cost(&k.body, &[])
+        };
+        let one = cost_of("  y[0] = select(lt(x[0], x[1]), x[2], x[3])");
+        let shared = cost_of(
+            "  y[0] = select(lt(x[0], x[1]), x[2], x[3])\n  z[0] = select(lt(x[0], x[1]), x[4], x[5])",
+        );
+        let apart = cost_of(
+            "  y[0] = select(lt(x[0], x[1]), x[2], x[3])\n  z[0] = select(lt(x[6], x[7]), x[4], x[5])",
+        );
+        // The second select's own op and its two loads: the condition (and its loads) not again.
+        assert_eq!(shared, 2.0 * one - 3.0, "{one} {shared}");
+        assert!(apart > shared);
     }
 }
