@@ -151,49 +151,52 @@ fn convolutions(c: &mut Criterion) {
         // blocks: `block_rows` in codegen/src/lower/conv.rs).
         let least = ((32 + os - 1) / os).min((os + 1) / 2);
         let rows = (1024 / os).max(1).min(((os + 3) / 4).max(least)).max(1);
+        // A dense conv's blocks, by Winograd from the filters' transforms `u`, or (null) as
+        // `conv2d_rows` computes them.
+        let dense = |u: *const f32, out: &mut [f32]| {
+            let mut y0 = 0;
+            while y0 < os {
+                let n = rows.min(os - y0);
+                // SAFETY: the image, filters, transforms and result hold what the geometry
+                // needs.
+                unsafe {
+                    conv::kiln_conv2d_wino(
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        u,
+                        out.as_mut_ptr(),
+                        null,
+                        null,
+                        null,
+                        ci,
+                        co,
+                        side,
+                        side,
+                        os,
+                        os,
+                        win,
+                        win,
+                        stride,
+                        stride,
+                        1,
+                        1,
+                        pad,
+                        pad,
+                        y0,
+                        n,
+                        0,
+                        ninf,
+                        inf,
+                    )
+                };
+                y0 += n;
+            }
+        };
         let g = conv::Geometry::of([side, side, os, os, win, win, stride, stride, 1, 1, pad, pad]);
         if !depthwise && conv::winograd::applies(&g, ci, co) {
             let u = conv::winograd::transform_filters(&w, co as usize, ci as usize);
             group.bench_function(format!("{name}_winograd"), |bench| {
-                bench.iter(|| {
-                    let mut y0 = 0;
-                    while y0 < os {
-                        let n = rows.min(os - y0);
-                        // SAFETY: the image, filters, transforms and result hold what the
-                        // geometry needs.
-                        unsafe {
-                            conv::kiln_conv2d_wino(
-                                x.as_ptr(),
-                                w.as_ptr(),
-                                u.as_ptr(),
-                                out.as_mut_ptr(),
-                                null,
-                                null,
-                                null,
-                                ci,
-                                co,
-                                side,
-                                side,
-                                os,
-                                os,
-                                win,
-                                win,
-                                stride,
-                                stride,
-                                1,
-                                1,
-                                pad,
-                                pad,
-                                y0,
-                                n,
-                                0,
-                                ninf,
-                                inf,
-                            )
-                        };
-                        y0 += n;
-                    }
-                })
+                bench.iter(|| dense(u.as_ptr(), &mut out))
             });
         }
         group.bench_function(name, |bench| {
@@ -214,41 +217,7 @@ fn convolutions(c: &mut Criterion) {
                         }
                     }
                 } else {
-                    let mut y0 = 0;
-                    while y0 < os {
-                        let n = rows.min(os - y0);
-                        // SAFETY: the image, filters and result hold what the geometry needs.
-                        unsafe {
-                            conv::kiln_conv2d_rows(
-                                x.as_ptr(),
-                                w.as_ptr(),
-                                out.as_mut_ptr(),
-                                null,
-                                null,
-                                null,
-                                ci,
-                                co,
-                                side,
-                                side,
-                                os,
-                                os,
-                                win,
-                                win,
-                                stride,
-                                stride,
-                                1,
-                                1,
-                                pad,
-                                pad,
-                                y0,
-                                n,
-                                0,
-                                ninf,
-                                inf,
-                            )
-                        };
-                        y0 += n;
-                    }
+                    dense(null, &mut out);
                 }
             })
         });

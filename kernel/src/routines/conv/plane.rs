@@ -281,58 +281,89 @@ pub(in crate::routines) unsafe fn padded(
     let (n, j0) = ((g.w - x0) as usize, (x0 + g.pw) as usize);
     // Where input column `x0` and the next land in a row.
     let [a, b] = pad.first;
-    #[cfg(target_arch = "x86_64")]
-    if sw <= 2 && crate::avx512() {
+    if sw <= 2 {
         let rows = (g.h - y0) as usize;
-        // SAFETY: AVX-512F available; the input's rows `y0..h` from column `x0` are
-        // readable, and each lands inside its padded row of the buffer.
+        // SAFETY: the input's rows `y0..h` from column `x0` are readable, and each lands
+        // inside its padded row of the buffer; AVX-512 only where the CPU has it.
         unsafe {
             let src = x.add((y0 * g.w + x0) as usize);
             let dst = buf
                 .as_mut_ptr()
                 .add(pad.start + (y0 + g.ph) as usize * pad.row);
             let to = (g.w as usize, pad.row);
-            avx512::copy_rows(src, to, rows, n, dst, [a, b], sw, keys);
+            copy_rows(src, to, rows, n, dst, [a, b], sw, keys, crate::avx512());
         }
         return pad;
     }
+    // Other strides, element by element (values become keys after the copy).
     for y in y0..g.h {
         let dst = pad.start + (y + g.ph) as usize * pad.row;
         // SAFETY: row `y` of the input has `w` elements from column `x0`.
         let src = unsafe { std::slice::from_raw_parts(x.add((y * g.w + x0) as usize), n) };
         let row = &mut buf[dst..dst + pad.row];
-        // Values become keys after the copy.
-        let keyed = |r: &mut [f32]| {
+        for (i, &v) in src.iter().enumerate() {
+            let at = pad.col(j0 + i);
+            row[at] = v;
             if let Some(min) = keys {
-                super::super::pool::to_keys(r, min);
-            }
-        };
-        match sw {
-            1 => {
-                row[a..a + n].copy_from_slice(src);
-                keyed(&mut row[a..a + n]);
-            }
-            2 => {
-                // Even-indexed inputs to one phase, odd ones to the other.
-                for (t, pair) in src.chunks(2).enumerate() {
-                    row[a + t] = pair[0];
-                    if let Some(&odd) = pair.get(1) {
-                        row[b + t] = odd;
-                    }
-                }
-                keyed(&mut row[a..a + n.div_ceil(2)]);
-                keyed(&mut row[b..b + n / 2]);
-            }
-            _ => {
-                for (i, &v) in src.iter().enumerate() {
-                    let at = pad.col(j0 + i);
-                    row[at] = v;
-                    keyed(&mut row[at..at + 1]);
-                }
+                super::super::pool::to_keys(&mut row[at..at + 1], min);
             }
         }
     }
     pad
+}
+
+/// Copies `rows` rows of `n` elements, `src` and `dst` advancing by `to` (source, dest) each
+/// row, to `dst + at[0]` (column stride `sw` 1), or their even-indexed elements there and
+/// odd-indexed ones to `dst + at[1]` (`sw` 2); as pooling keys with `keys`. AVX-512 code
+/// when `wide`, else portable code (the same values).
+///
+/// # Safety
+/// The rows readable at `src`, and writable at `dst` where they go; `wide` only where the
+/// CPU has AVX-512F.
+#[allow(clippy::too_many_arguments)]
+pub(in crate::routines) unsafe fn copy_rows(
+    src: *const f32,
+    to: (usize, usize),
+    rows: usize,
+    n: usize,
+    dst: *mut f32,
+    at: [usize; 2],
+    sw: usize,
+    keys: Option<bool>,
+    wide: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: forwarded.
+        return unsafe { avx512::copy_rows(src, to, rows, n, dst, at, sw, keys) };
+    }
+    let _ = wide;
+    let keyed = |p: *mut f32, len: usize| {
+        if let Some(min) = keys {
+            // SAFETY: `len` elements from `p` are where a row's values went.
+            super::super::pool::to_keys(unsafe { std::slice::from_raw_parts_mut(p, len) }, min);
+        }
+    };
+    for r in 0..rows {
+        // SAFETY: forwarded.
+        unsafe {
+            let row = std::slice::from_raw_parts(src.add(r * to.0), n);
+            let (even, odd) = (dst.add(r * to.1 + at[0]), dst.add(r * to.1 + at[1]));
+            if sw == 1 {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), even, n);
+                keyed(even, n);
+                continue;
+            }
+            for (t, pair) in row.chunks(2).enumerate() {
+                *even.add(t) = pair[0];
+                if let Some(&o) = pair.get(1) {
+                    *odd.add(t) = o;
+                }
+            }
+            keyed(even, n.div_ceil(2));
+            keyed(odd, n / 2);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -350,15 +381,13 @@ pub(in crate::routines) mod avx512 {
         }
     }
 
-    /// Copies `rows` rows of `n` elements, `src` and `dst` advancing by `to` (source, dest)
-    /// each row, to `dst + at[0]` (column stride 1), or their even-indexed elements there and
-    /// odd-indexed ones to `dst + at[1]` (column stride 2); as pooling keys with `keys`.
+    /// [`super::copy_rows`] in AVX-512 code.
     ///
     /// # Safety
-    /// AVX-512F available; the rows readable at `src`, and writable at `dst` where they go.
+    /// As [`super::copy_rows`]; AVX-512F available.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(in crate::routines) unsafe fn copy_rows(
+    pub(super) unsafe fn copy_rows(
         src: *const f32,
         to: (usize, usize),
         rows: usize,

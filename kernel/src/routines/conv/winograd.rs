@@ -144,34 +144,21 @@ unsafe fn rows_in(
         // SAFETY: rows iy0.. of channel ch (r1 - r0 of them) are inside the image.
         let src = unsafe { x.add((ch * h + iy0) * w) };
         let dst = &mut d[(ch * rin + r0) * 2 * lp..(ch * rin + r1) * 2 * lp];
-        #[cfg(target_arch = "x86_64")]
-        if lanes == 16 {
-            // SAFETY: AVX-512F available; each row's halves land inside its two phases.
-            unsafe {
-                super::plane::avx512::copy_rows(
-                    src,
-                    (w, 2 * lp),
-                    r1 - r0,
-                    w,
-                    dst.as_mut_ptr(),
-                    [a, b],
-                    2,
-                    None,
-                )
-            };
-            continue;
-        }
-        for r in 0..r1 - r0 {
-            // SAFETY: as above.
-            let row = unsafe { std::slice::from_raw_parts(src.add(r * w), w) };
-            let to = &mut dst[r * 2 * lp..][..2 * lp];
-            for (t, pair) in row.chunks(2).enumerate() {
-                to[a + t] = pair[0];
-                if let Some(&odd) = pair.get(1) {
-                    to[b + t] = odd;
-                }
-            }
-        }
+        // SAFETY: each row's halves land inside its two phases; AVX-512 only where the CPU
+        // runs 16 lanes.
+        unsafe {
+            super::plane::copy_rows(
+                src,
+                (w, 2 * lp),
+                r1 - r0,
+                w,
+                dst.as_mut_ptr(),
+                [a, b],
+                2,
+                None,
+                lanes == 16,
+            )
+        };
     }
     // The transforms mix a patch's inputs: an infinity or NaN would spread to every output
     // of its tiles (inf − inf), where the direct sum keeps it to the windows that read it.
