@@ -325,6 +325,35 @@ pub(super) mod avx512 {
     #[inline(always)]
     pub(in crate::routines) unsafe fn apply(
         e: &Epilogue,
+        v: __m512,
+        (s, t): (Option<__m512>, Option<__m512>),
+        r: *const f32,
+        m: __mmask16,
+    ) -> __m512 {
+        // SAFETY: forwarded.
+        let v = unsafe { linear(e, v, (s, t), r, m) };
+        // SAFETY: the CPU has AVX-512F.
+        unsafe {
+            match e.act {
+                Act::Identity => v,
+                Act::Sigmoid => sigmoid(v),
+                Act::Tanh => tanh(v),
+                Act::Gelu => {
+                    let d = _mm512_div_ps(v, _mm512_set1_ps(SQRT2));
+                    _mm512_mul_ps(v, _mm512_add_ps(erf(d), _mm512_set1_ps(1.0)))
+                }
+                Act::Silu => _mm512_mul_ps(v, sigmoid(v)),
+            }
+        }
+    }
+
+    /// [`apply`] but for the activation: scale, shift, residual and clamps.
+    ///
+    /// # Safety
+    /// As [`apply`].
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn linear(
+        e: &Epilogue,
         mut v: __m512,
         (s, t): (Option<__m512>, Option<__m512>),
         r: *const f32,
@@ -347,16 +376,7 @@ pub(super) mod avx512 {
             if e.hi != f32::INFINITY {
                 v = extreme(v, e.hi, true);
             }
-            match e.act {
-                Act::Identity => v,
-                Act::Sigmoid => sigmoid(v),
-                Act::Tanh => tanh(v),
-                Act::Gelu => {
-                    let d = _mm512_div_ps(v, _mm512_set1_ps(SQRT2));
-                    _mm512_mul_ps(v, _mm512_add_ps(erf(d), _mm512_set1_ps(1.0)))
-                }
-                Act::Silu => _mm512_mul_ps(v, sigmoid(v)),
-            }
+            v
         }
     }
 

@@ -774,6 +774,41 @@ pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8
     offs: *const usize,
     out: Out,
 ) {
+    // A full tile of the assembly k loop, with an epilogue of no activation or per-column
+    // operands: stored from its registers (`tile::k_loop_store`).
+    let plain = out
+        .epi
+        .as_ref()
+        .is_none_or(|e| !e.cols && e.act == epilogue::Act::Identity);
+    if let (Some((panels, bstride)), true, true, 8 | 12) = (
+        asm_tile::<R, C, STEP>(a, bs),
+        kc > 0 && plain,
+        out.panel <= NR,
+        out.rows,
+    ) {
+        let lanes = |q: usize| {
+            let n = out.cols.saturating_sub(q * out.panel).min(out.panel);
+            ((q * out.panel) as isize, ((1u32 << n) - 1) as u16)
+        };
+        let epi = out.epi.unwrap_or(Epilogue::NONE);
+        let o = tile::TileOut {
+            out: out.p,
+            res: epi.res,
+            runs: [[lanes(0), (0, 0)], [lanes(1), (0, 0)]],
+            row: out.ld,
+            add: out.add,
+            epi: &epi,
+        };
+        let offs = if STEP == OFFSETS {
+            offs
+        } else {
+            std::ptr::null()
+        };
+        // SAFETY: forwarded; the tile's rows and columns are inside C (and the residual).
+        return unsafe {
+            tile::k_loop_store(kc, panels, [b[0], b[C - 1]], bstride, offs, out.rows, &o)
+        };
+    }
     // SAFETY: forwarded.
     unsafe {
         let acc = accumulate::<R, C, STEP>(kc, a, b, bs, offs, out.rows);
@@ -803,21 +838,8 @@ pub(super) unsafe fn accumulate<const R: usize, const C: usize, const STEP: u8>(
     // One flat array of accumulators, indexed by constants once the loops unroll (nested
     // arrays of 24 registers were kept in memory as well, a store per multiply-add).
     let mut acc = [_mm512_setzero_ps(); 2 * MR * 2];
-    // A full tile whose A panels advance alike and whose B steps are offsets or one stride:
-    // the k loop in assembly (`tile.rs`).
-    let (a0, a1) = (a[0], a[R - 1]);
-    let bstride = match STEP {
-        PACKED => Some(NR),
-        ROWS => (bs[0] == bs[C - 1]).then_some(bs[0]),
-        _ => Some(0),
-    };
-    if let (2, 2, Some(bs), true, true) = (R, C, bstride, a0.row == a1.row, a0.step == a1.step) {
+    if let Some((panels, bs)) = asm_tile::<R, C, STEP>(a, bs) {
         if kc > 0 {
-            let panels = tile::TileRows {
-                a: [a0.p, a1.p],
-                row: a0.row,
-                step: a0.step,
-            };
             let offs = if STEP == OFFSETS {
                 offs
             } else {
@@ -838,6 +860,27 @@ pub(super) unsafe fn accumulate<const R: usize, const C: usize, const STEP: u8>(
         unsafe { k_loop::<R, C, STEP>(kc, a, b, bs, offs, &mut acc) };
     }
     acc
+}
+
+/// A full tile whose A panels advance alike and whose B steps are offsets or one stride, as
+/// the k loop in assembly (`tile.rs`) takes it: its A rows and B's step stride.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn asm_tile<const R: usize, const C: usize, const STEP: u8>(
+    a: [ARows; R],
+    bs: [usize; C],
+) -> Option<(tile::TileRows, usize)> {
+    let (a0, a1) = (a[0], a[R - 1]);
+    let bstride = match STEP {
+        PACKED => Some(NR),
+        ROWS => (bs[0] == bs[C - 1]).then_some(bs[0]),
+        _ => Some(0),
+    }?;
+    let panels = tile::TileRows {
+        a: [a0.p, a1.p],
+        row: a0.row,
+        step: a0.step,
+    };
+    (R == 2 && C == 2 && a0.row == a1.row && a0.step == a1.step).then_some((panels, bstride))
 }
 
 /// [`micro_avx512`]'s k loop in Rust, for the tiles `tile::k_loop` does not take.

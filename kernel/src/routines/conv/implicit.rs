@@ -129,21 +129,44 @@ pub(super) unsafe fn rows(
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
-    // Zeros where no input lands (a memset: `resize` fills element by element).
-    buf[..len].fill(0.0);
     let first = y0 * g.sh - g.ph;
-    for ch in 0..c {
-        for r in 0..in_rows {
-            let iy = first + r as i64;
-            if iy < 0 || iy >= h as i64 {
-                continue;
+    let image_row = |r: usize| {
+        let iy = first + r as i64;
+        (r < in_rows && iy >= 0 && iy < h as i64).then_some(iy as usize)
+    };
+    if sw == 1 {
+        // Each padded row of each row phase: the input row between zeros, or zeros (only
+        // what no input lands on is zeroed: a memset of the whole block cost as much as
+        // the copy).
+        buf[c * plane..len].fill(0.0);
+        for ch in 0..c {
+            for a in 0..sh {
+                for q in 0..rp {
+                    let at = ch * plane + a * phase + q * wq;
+                    let row = &mut buf[at..at + wq];
+                    match image_row(q * sh + a) {
+                        Some(iy) => {
+                            // SAFETY: row iy of channel ch has w elements.
+                            let src =
+                                unsafe { std::slice::from_raw_parts(x.add((ch * h + iy) * w), w) };
+                            row[..pw].fill(0.0);
+                            row[pw..pw + w].copy_from_slice(src);
+                            row[pw + w..].fill(0.0);
+                        }
+                        None => row.fill(0.0),
+                    }
+                }
             }
-            let at = ch * plane + r % sh * sw * phase + r / sh * wq;
-            // SAFETY: row iy of channel ch has w elements.
-            let src = unsafe { std::slice::from_raw_parts(x.add((ch * h + iy as usize) * w), w) };
-            if sw == 1 {
-                buf[at + pw..at + pw + w].copy_from_slice(src);
-            } else {
+        }
+    } else {
+        // Zeros where no input lands (a memset: `resize` fills element by element).
+        buf[..len].fill(0.0);
+        for ch in 0..c {
+            for r in 0..in_rows {
+                let Some(iy) = image_row(r) else { continue };
+                let at = ch * plane + r % sh * sw * phase + r / sh * wq;
+                // SAFETY: row iy of channel ch has w elements.
+                let src = unsafe { std::slice::from_raw_parts(x.add((ch * h + iy) * w), w) };
                 // SAFETY: the CPU has AVX-512 (`applies`); each phase's row is inside the
                 // buffer.
                 unsafe { phases(src, pw, sw, phase, buf[at..].as_mut_ptr()) };
@@ -292,8 +315,37 @@ unsafe fn product(
                 p: a.p.wrapping_add(pc * a.step),
                 ..a
             };
+            // Where the tile's two vectors go in each output plane, when each is at most two
+            // runs of outputs (a whole vector, or one across a row's end): every tile but
+            // those of images narrower than a vector.
+            let runs = v.map(|v0| place.runs(v0));
+            let whole = (vectors.len() == 2
+                && runs.iter().all(|r| r.1 <= 2)
+                && place.epi.act == epilogue::Act::Identity)
+                .then(|| runs.map(|(r, n)| [r[0], if n > 1 { r[1] } else { (0, 0) }]));
             for (n, &(i, rows, a0, a1)) in blocks.iter().enumerate() {
                 let (a0, a1) = (at(a0), at(a1));
+                if let (true, Some(runs), 8 | 12, Some((panels, _))) = (
+                    kc == k,
+                    whole,
+                    rows,
+                    gemm::asm_tile::<2, 2, { gemm::OFFSETS }>([a0, a1], [0; 2]),
+                ) {
+                    // One block of steps of a whole tile: summed and stored from registers.
+                    let first = i * place.ohw;
+                    let epi = place.epi.from(i, 0, 0);
+                    let o = gemm::tile::TileOut {
+                        out: place.out.wrapping_add(first),
+                        res: place.epi.res.wrapping_add(first),
+                        runs,
+                        row: place.ohw,
+                        add: false,
+                        epi: &epi,
+                    };
+                    // SAFETY: forwarded; the tile's vectors are outputs of filters i..i + rows.
+                    unsafe { gemm::tile::k_loop_store(kc, panels, b, 0, offs, rows, &o) };
+                    continue;
+                }
                 // SAFETY: forwarded; an 8-row block's panels are rows of the filters in place.
                 let part = unsafe {
                     match rows {
@@ -363,35 +415,6 @@ struct Place<'a> {
 }
 
 impl Place<'_> {
-    /// Lanes `m` of `val` to filter `f`'s output at `at`, through the epilogue with `epi`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; the lanes in `m` are outputs (inside `out` and the residual).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn put(
-        &self,
-        f: usize,
-        at: usize,
-        mut val: std::arch::x86_64::__m512,
-        m: std::arch::x86_64::__mmask16,
-        epi: bool,
-    ) {
-        use std::arch::x86_64::*;
-        let at = f * self.ohw + at;
-        // SAFETY: as the contract.
-        unsafe {
-            let d = self.out.add(at);
-            if epi {
-                let e = self.epi.from(f, 0, at);
-                let st = epilogue::avx512::coefs(&e, 0, 0, m);
-                val = epilogue::avx512::apply(&e, val, st, e.res, m);
-            }
-            _mm512_mask_storeu_ps(d, m, val);
-        }
-    }
-
     /// Stores vectors of the tile starting at virtual columns `starts` for filters `i..i +
     /// rows` (row r's vector q in `acc[2r + q]`) through the epilogue: whole vectors straight
     /// from their registers, others (across a row's end) run by run of outputs.
@@ -441,42 +464,52 @@ impl Place<'_> {
             }
             return;
         }
-        // SAFETY (each `put`): the lanes in `m` are outputs.
-        let put = |r: usize, at: usize, val: __m512, m: __mmask16| unsafe {
-            self.put(i + r, at, val, m, epi)
-        };
+        // Vectors across a row's end: each as its runs of outputs, masked stores straight
+        // from the registers.
         for (q, &v0) in starts.iter().enumerate() {
-            let (y, x) = (v0 / self.wq, v0 % self.wq);
-            if x + NR <= self.ow {
-                for r in 0..rows {
-                    put(r, self.first + y * self.ow + x, acc[2 * r + q], !0);
-                }
-                continue;
-            }
-            let mut lanes = [0f32; 2 * MR * NR];
+            let (runs, n) = self.runs(v0);
             for r in 0..rows {
-                // SAFETY: row r's 16 lanes are inside `lanes`.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(r * NR), acc[2 * r + q]) };
-            }
-            let end = (v0 + NR).min(self.virt);
-            let mut v = v0;
-            while v < end {
-                let (y, x) = (v / self.wq, v % self.wq);
-                let run = (end - v).min(self.wq - x);
-                let n = run.min(self.ow.saturating_sub(x));
-                if n > 0 {
-                    let m: __mmask16 = if n >= NR { !0 } else { (1u16 << n) - 1 };
-                    for r in 0..rows {
-                        // SAFETY: lanes v - v0.. of row r are inside `lanes`.
-                        let val = unsafe {
-                            _mm512_maskz_loadu_ps(m, lanes.as_ptr().add(r * NR + v - v0))
-                        };
-                        put(r, self.first + y * self.ow + x, val, m);
+                let f = i + r;
+                // SAFETY: each run's lanes are outputs of filter f (and the residual's), inside
+                // `out`; lanes outside a run's mask are neither read nor written.
+                unsafe {
+                    let d = self.out.add(f * self.ohw);
+                    let e = self.epi.from(f, 0, f * self.ohw);
+                    let st = epilogue::avx512::coefs(&e, 0, 0, !0);
+                    for &(base, m) in &runs[..n] {
+                        let mut v = acc[2 * r + q];
+                        if epi {
+                            let res = e.res.wrapping_offset(base);
+                            v = epilogue::avx512::apply(&e, v, st, res, m);
+                        }
+                        _mm512_mask_storeu_ps(d.wrapping_offset(base), m, v);
                     }
                 }
-                v += run;
             }
         }
+    }
+
+    /// Where the lanes of the vector of virtual columns from `v0` go: runs of lanes that are
+    /// outputs of one row, each as the output index lane 0 would have on that row (lane `l`
+    /// of the run stores at `base + l`) and the run's lanes, and how many runs.
+    fn runs(&self, v0: usize) -> ([(isize, u16); NR], usize) {
+        let mut runs = [(0isize, 0u16); NR];
+        let mut n = 0;
+        let end = (v0 + NR).min(self.virt);
+        let mut v = v0;
+        while v < end {
+            let (y, x) = (v / self.wq, v % self.wq);
+            let run = (end - v).min(self.wq - x);
+            let outs = run.min(self.ow.saturating_sub(x));
+            if outs > 0 {
+                let l0 = v - v0;
+                let base = (self.first + y * self.ow + x) as isize - l0 as isize;
+                runs[n] = (base, ((1u32 << (l0 + outs)) - (1u32 << l0)) as u16);
+                n += 1;
+            }
+            v += run;
+        }
+        (runs, n)
     }
 }
 

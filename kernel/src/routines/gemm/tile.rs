@@ -147,6 +147,7 @@ pub(in crate::routines) struct TileRows {
 /// the offsets given (`offs` has `kc` entries when not null); `kc > 0`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub(super) unsafe fn k_loop(
     kc: usize,
     a: TileRows,
@@ -185,6 +186,7 @@ pub(super) unsafe fn k_loop(
 /// As [`k_loop`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub(in crate::routines) unsafe fn k_loop8(
     kc: usize,
     a: TileRows,
@@ -210,5 +212,104 @@ pub(in crate::routines) unsafe fn k_loop8(
              x13 "zmm13", x14 "zmm14", x15 "zmm15"],
             rs, st, b, bs, offs, kc
         )
+    }
+}
+
+/// Where [`k_loop_store`] puts a tile: row r's vector q as up to two runs of lanes `(base,
+/// lanes)` (lane `l` of the run to `out + r·row + base + l`; no lanes for none), through the
+/// epilogue `epi` without an activation (per-row operands from the tile's first row on; its
+/// residual laid out as the output, from `res`).
+#[cfg(target_arch = "x86_64")]
+pub(in crate::routines) struct TileOut<'a> {
+    pub(in crate::routines) out: *mut f32,
+    pub(in crate::routines) res: *const f32,
+    pub(in crate::routines) runs: [[(isize, u16); 2]; 2],
+    pub(in crate::routines) row: usize,
+    /// Added to what the places hold (before the epilogue).
+    pub(in crate::routines) add: bool,
+    pub(in crate::routines) epi: &'a crate::routines::epilogue::Epilogue,
+}
+
+/// Row `r`'s two vectors through the epilogue (its coefficients loaded once; no activation)
+/// to their places.
+///
+/// # Safety
+/// The CPU has AVX-512F (only called from AVX-512 code); as [`k_loop_store`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn put_row(o: &TileOut, r: usize, v: [__m512; 2]) {
+    use crate::routines::epilogue::avx512::{coefs, linear};
+    use std::arch::x86_64::*;
+    // SAFETY: forwarded.
+    unsafe {
+        let st = coefs(o.epi, r, 0, !0);
+        let (out, res) = (o.out.add(r * o.row), o.res.wrapping_add(r * o.row));
+        for q in 0..2 {
+            let [(b0, m0), (b1, m1)] = o.runs[q];
+            if m0 == 0xffff {
+                let d = out.wrapping_offset(b0);
+                let v = match o.add {
+                    true => _mm512_add_ps(v[q], _mm512_loadu_ps(d)),
+                    false => v[q],
+                };
+                _mm512_storeu_ps(d, linear(o.epi, v, st, res.wrapping_offset(b0), !0));
+                continue;
+            }
+            // Part of a vector, or across a row's end: the lanes of each row apart.
+            for (b, m) in [(b0, m0), (b1, m1)] {
+                let d = out.wrapping_offset(b);
+                let v = match o.add {
+                    true => _mm512_add_ps(v[q], _mm512_maskz_loadu_ps(m, d)),
+                    false => v[q],
+                };
+                _mm512_mask_storeu_ps(d, m, linear(o.epi, v, st, res.wrapping_offset(b), m));
+            }
+        }
+    }
+}
+
+/// [`k_loop`] (12 rows) or [`k_loop8`] (`rows` 8) from zero, its accumulators stored through
+/// the epilogue straight from their registers: no trip through memory between the k loop
+/// and the stores (with few steps, a 3-channel conv's 27, that trip and the generic store
+/// loop cost as much as the multiply-adds).
+///
+/// # Safety
+/// As [`k_loop`]; `rows` is 8 or 12; the tile's rows' two vectors (and their residual) lie
+/// inside the output, the rows inside the epilogue's per-row operands.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(in crate::routines) unsafe fn k_loop_store(
+    kc: usize,
+    a: TileRows,
+    b: [*const f32; 2],
+    bs: usize,
+    offs: *const usize,
+    rows: usize,
+    o: &TileOut,
+) {
+    let mut acc = [std::arch::x86_64::_mm512_setzero_ps(); 24];
+    // SAFETY: forwarded; inlined, the accumulators stay in their registers.
+    unsafe {
+        match rows {
+            12 => k_loop(kc, a, b, bs, offs, &mut acc),
+            _ => k_loop8(kc, a, b, bs, offs, &mut acc),
+        }
+        let [x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15, x16, x17, x18, x19, x20, x21, x22, x23] =
+            acc;
+        put_row(o, 0, [x0, x1]);
+        put_row(o, 1, [x2, x3]);
+        put_row(o, 2, [x4, x5]);
+        put_row(o, 3, [x6, x7]);
+        put_row(o, 4, [x8, x9]);
+        put_row(o, 5, [x10, x11]);
+        put_row(o, 6, [x12, x13]);
+        put_row(o, 7, [x14, x15]);
+        if rows == 12 {
+            put_row(o, 8, [x16, x17]);
+            put_row(o, 9, [x18, x19]);
+            put_row(o, 10, [x20, x21]);
+            put_row(o, 11, [x22, x23]);
+        }
     }
 }
