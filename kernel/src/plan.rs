@@ -83,6 +83,9 @@ pub struct Layout {
     /// The graph's `refine` nodes (in kernels too), checked once per binding of the symbols
     /// before anything runs.
     pub checks: Vec<Check>,
+    /// Per position, the axis of a `concat` node (a run may place its operands in its result
+    /// and skip it: see the runtime's memory plan).
+    pub concat_axes: Vec<Option<usize>>,
 }
 
 /// A `refine`: the node's label and the dims it restates (operand's, then the node's).
@@ -277,6 +280,16 @@ impl Layout {
             n_slots: slot.len(),
             guards: Vec::new(),
             checks: Vec::new(),
+            concat_axes: order
+                .iter()
+                .map(|&id| match g.node(id).op() {
+                    Op::Concat { axis } => {
+                        let rank = g.node(id).types()[0].shape.rank() as i64;
+                        usize::try_from(if *axis < 0 { axis + rank } else { *axis }).ok()
+                    }
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -290,6 +303,7 @@ impl Layout {
             self.first_slot.len(),
             self.operand_slots.len(),
             self.dead_slots.len(),
+            self.concat_axes.len(),
         ]
         .iter()
         .all(|&l| l == n)
@@ -302,6 +316,10 @@ impl Layout {
             && self.dead_slots.iter().flatten().all(|&(s, _)| s < slots)
             && self.guards.iter().all(|g| g.param < self.params.len())
             && self.checks.iter().all(|c| c.have.rank() == c.want.rank())
+            && (0..n).all(|p| {
+                self.concat_axes[p]
+                    .is_none_or(|a| self.types[p].len() == 1 && a < self.types[p][0].shape.rank())
+            })
             && (0..n).all(|p| {
                 self.first_slot[p]
                     .checked_add(self.types[p].len())

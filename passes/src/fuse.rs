@@ -6,7 +6,8 @@
 //! codegen can emit:
 //!
 //! - elementwise ops, broadcasts, reshapes, transposes, slices, pads, concats and gathers
-//!   (indexing, folded into the kernel's loads) fuse freely;
+//!   (indexing, folded into the kernel's loads) fuse freely — but for a concat the runtime
+//!   does in place (a batch-1 image's channels, see [`in_place`]), left alone;
 //! - reductions bring their prologue and epilogue (softmax, layer norm and RMS norm are one
 //!   kernel each);
 //! - a kernel holds at most one `dot` or `conv`, which takes no reduction in the same kernel,
@@ -57,6 +58,7 @@ fn class(g: &Graph, id: NodeId) -> Class {
             Class::Opaque
         }
         Op::Dot { .. } | Op::Conv { .. } => Class::Heavy,
+        Op::Concat { axis } if in_place(g, id, *axis) => Class::Opaque,
         Op::ReduceSum { .. }
         | Op::ReduceMax { .. }
         | Op::ReduceMin { .. }
@@ -72,6 +74,40 @@ fn class(g: &Graph, id: NodeId) -> Class {
         op if op.is_elementwise() => Class::Elementwise,
         _ => Class::Opaque,
     }
+}
+
+/// Whether a `concat` is left out of kernels for the runtime to do in place (its operands'
+/// kernels writing into their parts of its result: see the runtime's memory plan): its
+/// result one run of its operands (every dim before the axis statically 1), at least two
+/// distinct operands, each computed by the run (not a parameter or a constant), and the
+/// result not an output of the graph (which the runtime keeps apart).
+fn in_place(g: &Graph, id: NodeId, axis: i64) -> bool {
+    let n = g.node(id);
+    let ty = &n.types()[0];
+    let axis = if axis < 0 {
+        axis + ty.shape.rank() as i64
+    } else {
+        axis
+    };
+    let Ok(axis) = usize::try_from(axis) else {
+        return false;
+    };
+    let ins = n.inputs();
+    let ones = ty
+        .shape
+        .dims()
+        .iter()
+        .take(axis)
+        .all(|d| d.as_const() == Some(1));
+    let computed = ins.iter().all(|v| {
+        !matches!(
+            g.node(v.node).op(),
+            Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. }
+        )
+    });
+    let distinct = ins.iter().enumerate().all(|(i, v)| !ins[..i].contains(v));
+    let output = g.outputs().iter().any(|(_, v)| v.node == id);
+    ones && ins.len() >= 2 && computed && distinct && !output
 }
 
 /// One candidate kernel.

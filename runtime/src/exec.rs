@@ -19,11 +19,13 @@ use kernel::Lowered;
 
 use crate::interp::{self, InterpError};
 
+mod inplace;
 mod memory;
 mod run;
 mod saved;
 mod steps;
 
+use inplace::InPlace;
 use memory::*;
 use run::MemPlan;
 use steps::*;

@@ -168,7 +168,14 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
         }
         13 if rank > 0 => {
             let axis = r(rng, rank);
-            b.op1(Op::Concat { axis }, &[v, v])
+            // A value beside itself, or beside another computed value (a concat the
+            // runtime may do in place: its operands' kernels writing into its result).
+            let signed = ty.dtype.is_float() || ty.dtype.is_signed_int();
+            let w = match below(rng, 2) == 0 || !signed {
+                true => v,
+                false => b.op1(Op::Neg, &[v]).ok()?,
+            };
+            b.op1(Op::Concat { axis }, &[v, w])
         }
         14 if rank > 0 => {
             let k = (rank - 1) as i64;

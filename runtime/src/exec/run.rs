@@ -22,16 +22,18 @@ pub(super) struct MemPlan {
     total: u64,
     /// What each native step needs under this binding, by position.
     resolved: Vec<Option<Resolved>>,
+    /// Per position: a concat whose operands its producers wrote in place (nothing to run).
+    skip: Vec<bool>,
 }
 
 /// A native step's sizes under one binding of the symbols.
-struct Resolved {
+pub(super) struct Resolved {
     /// The kernel's dim table.
     dims: Vec<i64>,
     /// Elements of each of the kernel's buffers.
-    lens: Vec<usize>,
+    pub(super) lens: Vec<usize>,
     /// Shapes of its results.
-    out_shapes: Vec<std::sync::Arc<[usize]>>,
+    pub(super) out_shapes: Vec<std::sync::Arc<[usize]>>,
     /// Some result has no elements (then nothing runs).
     empty: bool,
     /// For each stage: how many parts threads split it into and the parallel extent.
@@ -119,8 +121,13 @@ impl Executable {
                 _ => None,
             });
         }
-        // Planned buffers as (position, kernel buffer).
-        let (mut items, mut keys) = (Vec::new(), Vec::new());
+        let places = InPlace::of(lay, &self.steps, &seg, &resolved, &is_output);
+        // Planned buffers as (position, kernel buffer); a value placed in an in-place concat's
+        // result (`placed`: its buffer, the slot holding it and its offset there) has no
+        // buffer of its own, and the holding slot's lives from the first of its parts'
+        // makers to the last of their readers.
+        let (mut items, mut keys, mut placed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut holder: HashMap<usize, usize> = HashMap::new();
         for (pos, step) in self.steps.iter().enumerate() {
             let Step::Native { lowered, .. } = step else {
                 continue;
@@ -143,6 +150,12 @@ impl Executable {
                         if is_output[slot] {
                             continue;
                         }
+                        let (root, off) = places.root(slot);
+                        if root != slot {
+                            placed.push(((pos, b), root, off));
+                            continue;
+                        }
+                        holder.insert(slot, items.len());
                         // Its length under this binding, as the step's resolution has it
                         // (which checked it against the result's shape).
                         let lens = &resolved[pos].as_ref().expect("native steps resolve").lens;
@@ -150,6 +163,8 @@ impl Executable {
                         let bytes = size(&what, buf.dtype, lens[b] as i64).map_err(fail)?;
                         (bytes, lay.last_use[slot])
                     }
+                    // A skipped concat uses no scratch.
+                    BufKind::Scratch if places.skip[pos] => continue,
                     BufKind::Scratch => {
                         // Its length under this binding, as the step's resolution has it.
                         let lens = &resolved[pos].as_ref().expect("native steps resolve").lens;
@@ -167,16 +182,29 @@ impl Executable {
                 keys.push((pos, b));
             }
         }
+        for &((pos, b), root, _) in &placed {
+            let it = &mut items[holder[&root]];
+            let slot = lay.first_slot[pos] + output_index(&self.steps[pos], b);
+            it.start = it.start.min(pos);
+            it.end = it.end.max(lay.last_use[slot].min(seg.end - 1));
+        }
         let p = crate::plan::plan(&items);
-        for ((pos, b), off) in keys.into_iter().zip(p.offsets) {
+        for ((pos, b), &off) in keys.iter().zip(&p.offsets) {
+            if let Some(r) = &mut resolved[*pos] {
+                r.offsets[*b] = Some(off);
+            }
+        }
+        for ((pos, b), root, off) in placed {
+            let at = p.offsets[holder[&root]] + off;
             if let Some(r) = &mut resolved[pos] {
-                r.offsets[b] = Some(off);
+                r.offsets[b] = Some(at);
             }
         }
         let mp = std::sync::Arc::new(MemPlan {
             size: p.size,
             total: p.total,
             resolved,
+            skip: places.skip,
         });
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded: data-dependent sizes can make a new binding every run.
@@ -331,6 +359,23 @@ impl Executable {
                         Ok(Loc::Tensor(Tensor::zeros(t.dtype, dims)))
                     })
                     .collect::<Result<_, ExecError>>()?,
+                // An in-place concat: its operands are its result already.
+                Step::Native { lowered, .. } if plan.skip[pos] => {
+                    let r = plan.resolved[pos]
+                        .as_ref()
+                        .ok_or_else(|| fail("no plan".into()))?;
+                    let b = (lowered.kernel.bufs.iter())
+                        .position(|b| b.kind == BufKind::Output)
+                        .ok_or_else(|| fail("a concat without a result".into()))?;
+                    let (Some(off), Some(shape)) = (r.offsets[b], r.out_shapes.first()) else {
+                        return Err(fail("an in-place concat without its place".into()));
+                    };
+                    smallvec::smallvec![Loc::Arena {
+                        addr: base.wrapping_add(off as usize) as usize,
+                        dtype: lowered.kernel.bufs[b].dtype,
+                        shape: shape.clone(),
+                    }]
+                }
                 Step::Native {
                     lowered,
                     consts,
@@ -409,6 +454,17 @@ impl Executable {
             }
         }
         Ok(())
+    }
+}
+
+/// Which result of native step `step` kernel buffer `b` (an output) is.
+fn output_index(step: &Step, b: usize) -> usize {
+    match step {
+        Step::Native { lowered, .. } => lowered.kernel.bufs[..b]
+            .iter()
+            .filter(|x| x.kind == BufKind::Output)
+            .count(),
+        _ => 0,
     }
 }
 
