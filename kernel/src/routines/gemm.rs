@@ -463,9 +463,22 @@ unsafe fn columns(
                     let j = j0 + jp * NR;
                     let (b0, s0) = b_panel(jp);
                     let (b1, s1) = b_panel((jp + 1).min(np - 1));
-                    for ip in (0..mp).step_by(2) {
-                        let i = ic + ip * MR;
-                        let rows = (2 * MR).min(ic + mc - i);
+                    // A direct tile of 8 rows by two B panels a stride alike reads its last
+                    // two rows in place too: `accumulate` runs such a tile with the 8-row
+                    // assembly, which reads no further (any other tile reads all six rows
+                    // of the second panel, so that one stays packed).
+                    let eight = direct && jp + 1 < np && s0 == s1;
+                    // Rows in tiles of 12, but for 4 left over: two tiles of 8 (the
+                    // assembly's) where A is read in place, not a tile of 4 by the portable
+                    // loop (256 filters: 20 tiles of 12 and 2 of 8).
+                    let split = eight && mc % (2 * MR) == 4 && mc > 2 * MR;
+                    let mut i = ic;
+                    while i < ic + mc {
+                        let left = ic + mc - i;
+                        let rows = match split && left == 2 * MR + 4 {
+                            true => MR + 2,
+                            false => (2 * MR).min(left),
+                        };
                         let out = Out {
                             // SAFETY: (i, j) is inside c, and so is the tile from it.
                             p: unsafe { c.add(i * ldc + j) },
@@ -476,32 +489,29 @@ unsafe fn columns(
                             epi: tile_epi(pc, i, j),
                             panel: NR,
                         };
-                        // A direct tile of 8 rows by two B panels a stride alike reads its last
-                        // two rows in place too: `accumulate` runs such a tile with the 8-row
-                        // assembly, which reads no further (any other tile reads all six rows
-                        // of the second panel, so that one stays packed).
-                        let a1 = if direct && rows == MR + 2 && jp + 1 < np && s0 == s1 {
-                            ARows {
-                                p: a.p.wrapping_offset((i + MR) as isize * a.rs + pc as isize),
-                                row: a.rs as usize,
-                                step: 1,
-                            }
+                        let in_place = |i: usize| ARows {
+                            p: a.p.wrapping_offset(i as isize * a.rs + pc as isize),
+                            row: a.rs as usize,
+                            step: 1,
+                        };
+                        // Tiles start on panels unless A is read in place.
+                        let a0 = a_rows((i - ic) / MR);
+                        let a0 = if direct && left >= MR { in_place(i) } else { a0 };
+                        let a1 = if eight && rows == MR + 2 {
+                            in_place(i + MR)
                         } else {
-                            a_rows((ip + 1).min(mp - 1))
+                            a_rows(((i - ic) / MR + 1).min(mp - 1))
                         };
                         // SAFETY: the CPU has AVX-512; A and the panels hold kc steps.
                         unsafe {
-                            match (ip + 1 < mp, jp + 1 < np) {
-                                (true, true) => {
-                                    wide_for(kc, [a_rows(ip), a1], [b0, b1], [s0, s1], out)
-                                }
-                                (true, false) => wide_for(kc, [a_rows(ip), a1], [b0], [s0], out),
-                                (false, true) => {
-                                    wide_for(kc, [a_rows(ip)], [b0, b1], [s0, s1], out)
-                                }
-                                (false, false) => wide_for(kc, [a_rows(ip)], [b0], [s0], out),
+                            match (rows > MR, jp + 1 < np) {
+                                (true, true) => wide_for(kc, [a0, a1], [b0, b1], [s0, s1], out),
+                                (true, false) => wide_for(kc, [a0, a1], [b0], [s0], out),
+                                (false, true) => wide_for(kc, [a0], [b0, b1], [s0, s1], out),
+                                (false, false) => wide_for(kc, [a0], [b0], [s0], out),
                             }
                         }
+                        i += rows;
                     }
                 }
                 continue;
