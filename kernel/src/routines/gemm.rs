@@ -784,12 +784,12 @@ pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8
     offs: *const usize,
     out: Out,
 ) {
-    // A full tile of the assembly k loop, with an epilogue of no activation or per-column
-    // operands: stored from its registers (`tile::k_loop_store`).
+    // A full tile of the assembly k loop, with an epilogue of no activation: stored from its
+    // registers (`tile::k_loop_store`).
     let plain = out
         .epi
         .as_ref()
-        .is_none_or(|e| !e.cols && e.act == epilogue::Act::Identity);
+        .is_none_or(|e| e.act == epilogue::Act::Identity);
     if let (Some((panels, bstride)), true, true, 8 | 12) = (
         asm_tile::<R, C, STEP>(a, bs),
         kc > 0 && plain,
