@@ -496,7 +496,11 @@ unsafe fn columns(
                         };
                         // Tiles start on panels unless A is read in place.
                         let a0 = a_rows((i - ic) / MR);
-                        let a0 = if direct && left >= MR { in_place(i) } else { a0 };
+                        let a0 = if direct && left >= MR {
+                            in_place(i)
+                        } else {
+                            a0
+                        };
                         let a1 = if eight && rows == MR + 2 {
                             in_place(i + MR)
                         } else {
