@@ -795,41 +795,6 @@ pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8
     offs: *const usize,
     out: Out,
 ) {
-    // A full tile of the assembly k loop, with an epilogue of no activation: stored from its
-    // registers (`tile::k_loop_store`).
-    let plain = out
-        .epi
-        .as_ref()
-        .is_none_or(|e| e.act == epilogue::Act::Identity);
-    if let (Some((panels, bstride)), true, true, 8 | 12) = (
-        asm_tile::<R, C, STEP>(a, bs),
-        kc > 0 && plain,
-        out.panel <= NR,
-        out.rows,
-    ) {
-        let lanes = |q: usize| {
-            let n = out.cols.saturating_sub(q * out.panel).min(out.panel);
-            ((q * out.panel) as isize, ((1u32 << n) - 1) as u16)
-        };
-        let epi = out.epi.unwrap_or(Epilogue::NONE);
-        let o = tile::TileOut {
-            out: out.p,
-            res: epi.res,
-            runs: [[lanes(0), (0, 0)], [lanes(1), (0, 0)]],
-            row: out.ld,
-            add: out.add,
-            epi: &epi,
-        };
-        let offs = if STEP == OFFSETS {
-            offs
-        } else {
-            std::ptr::null()
-        };
-        // SAFETY: forwarded; the tile's rows and columns are inside C (and the residual).
-        return unsafe {
-            tile::k_loop_store(kc, panels, [b[0], b[C - 1]], bstride, offs, out.rows, &o)
-        };
-    }
     // SAFETY: forwarded.
     unsafe {
         let acc = accumulate::<R, C, STEP>(kc, a, b, bs, offs, out.rows);

@@ -339,7 +339,6 @@ unsafe fn product(
                         res: place.epi.res.wrapping_add(first),
                         runs,
                         row: place.ohw,
-                        add: false,
                         epi: &epi,
                     };
                     // SAFETY: forwarded; the tile's vectors are outputs of filters i..i + rows.

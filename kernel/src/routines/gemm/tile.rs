@@ -217,61 +217,41 @@ pub(in crate::routines) unsafe fn k_loop8(
 
 /// Where [`k_loop_store`] puts a tile: row r's vector q as up to two runs of lanes `(base,
 /// lanes)` (lane `l` of the run to `out + r·row + base + l`; no lanes for none), through the
-/// epilogue `epi` without an activation (per-row or per-column operands from the tile's first
-/// row or column on; its residual laid out as the output, from `res`).
+/// epilogue `epi` without an activation (per-row operands from the tile's first row on; its
+/// residual laid out as the output, from `res`).
 #[cfg(target_arch = "x86_64")]
 pub(in crate::routines) struct TileOut<'a> {
     pub(in crate::routines) out: *mut f32,
     pub(in crate::routines) res: *const f32,
     pub(in crate::routines) runs: [[(isize, u16); 2]; 2],
     pub(in crate::routines) row: usize,
-    /// Added to what the places hold (before the epilogue).
-    pub(in crate::routines) add: bool,
     pub(in crate::routines) epi: &'a crate::routines::epilogue::Epilogue,
 }
 
-/// A vector's scale and shift, where given.
-#[cfg(target_arch = "x86_64")]
-type Coefs = (Option<__m512>, Option<__m512>);
-
-/// Row `r`'s two vectors through the epilogue (no activation) to their places: its
-/// per-row coefficients loaded once, or each vector's per-column ones (`cols`, loaded once
-/// per tile).
+/// Row `r`'s two vectors through the epilogue (no activation; its per-row coefficients
+/// loaded once) to their places.
 ///
 /// # Safety
 /// The CPU has AVX-512F (only called from AVX-512 code); as [`k_loop_store`].
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn put_row(o: &TileOut, r: usize, v: [__m512; 2], cols: Option<[Coefs; 2]>) {
+unsafe fn put_row(o: &TileOut, r: usize, v: [__m512; 2]) {
     use crate::routines::epilogue::avx512::{coefs, linear};
     use std::arch::x86_64::*;
     // SAFETY: forwarded.
     unsafe {
-        let st = match cols {
-            Some(_) => (None, None),
-            None => coefs(o.epi, r, 0, !0),
-        };
+        let st = coefs(o.epi, r, 0, !0);
         let (out, res) = (o.out.add(r * o.row), o.res.wrapping_add(r * o.row));
-        for q in 0..2 {
-            let st = cols.map_or(st, |c| c[q]);
-            let [(b0, m0), (b1, m1)] = o.runs[q];
+        for (v, &[(b0, m0), (b1, m1)]) in v.into_iter().zip(&o.runs) {
             if m0 == 0xffff {
-                let d = out.wrapping_offset(b0);
-                let v = match o.add {
-                    true => _mm512_add_ps(v[q], _mm512_loadu_ps(d)),
-                    false => v[q],
-                };
-                _mm512_storeu_ps(d, linear(o.epi, v, st, res.wrapping_offset(b0), !0));
+                let val = linear(o.epi, v, st, res.wrapping_offset(b0), !0);
+                _mm512_storeu_ps(out.wrapping_offset(b0), val);
                 continue;
             }
-            // Part of a vector, or across a row's end: the lanes of each row apart.
+            // Across a row's end: the lanes of each row apart.
             for (b, m) in [(b0, m0), (b1, m1)] {
-                let d = out.wrapping_offset(b);
-                let v = match o.add {
-                    true => _mm512_add_ps(v[q], _mm512_maskz_loadu_ps(m, d)),
-                    false => v[q],
-                };
-                _mm512_mask_storeu_ps(d, m, linear(o.epi, v, st, res.wrapping_offset(b), m));
+                let val = linear(o.epi, v, st, res.wrapping_offset(b), m);
+                _mm512_mask_storeu_ps(out.wrapping_offset(b), m, val);
             }
         }
     }
@@ -306,26 +286,19 @@ pub(in crate::routines) unsafe fn k_loop_store(
         }
         let [x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15, x16, x17, x18, x19, x20, x21, x22, x23] =
             acc;
-        // Per-column coefficients: each vector's columns start at its first run's offset.
-        let cols = o.epi.cols.then(|| {
-            [0, 1].map(|q| {
-                let (b, m) = o.runs[q][0];
-                crate::routines::epilogue::avx512::coefs(o.epi, 0, b.max(0) as usize, m)
-            })
-        });
-        put_row(o, 0, [x0, x1], cols);
-        put_row(o, 1, [x2, x3], cols);
-        put_row(o, 2, [x4, x5], cols);
-        put_row(o, 3, [x6, x7], cols);
-        put_row(o, 4, [x8, x9], cols);
-        put_row(o, 5, [x10, x11], cols);
-        put_row(o, 6, [x12, x13], cols);
-        put_row(o, 7, [x14, x15], cols);
+        put_row(o, 0, [x0, x1]);
+        put_row(o, 1, [x2, x3]);
+        put_row(o, 2, [x4, x5]);
+        put_row(o, 3, [x6, x7]);
+        put_row(o, 4, [x8, x9]);
+        put_row(o, 5, [x10, x11]);
+        put_row(o, 6, [x12, x13]);
+        put_row(o, 7, [x14, x15]);
         if rows == 12 {
-            put_row(o, 8, [x16, x17], cols);
-            put_row(o, 9, [x18, x19], cols);
-            put_row(o, 10, [x20, x21], cols);
-            put_row(o, 11, [x22, x23], cols);
+            put_row(o, 8, [x16, x17]);
+            put_row(o, 9, [x18, x19]);
+            put_row(o, 10, [x20, x21]);
+            put_row(o, 11, [x22, x23]);
         }
     }
 }
