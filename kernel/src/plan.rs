@@ -283,10 +283,8 @@ impl Layout {
             concat_axes: order
                 .iter()
                 .map(|&id| match g.node(id).op() {
-                    Op::Concat { axis } => {
-                        let rank = g.node(id).types()[0].shape.rank() as i64;
-                        usize::try_from(if *axis < 0 { axis + rank } else { *axis }).ok()
-                    }
+                    // Nonnegative in a graph that infers.
+                    Op::Concat { axis } => usize::try_from(*axis).ok(),
                     _ => None,
                 })
                 .collect(),

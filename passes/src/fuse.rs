@@ -84,11 +84,7 @@ fn class(g: &Graph, id: NodeId) -> Class {
 fn in_place(g: &Graph, id: NodeId, axis: i64) -> bool {
     let n = g.node(id);
     let ty = &n.types()[0];
-    let axis = if axis < 0 {
-        axis + ty.shape.rank() as i64
-    } else {
-        axis
-    };
+    // Axes in the IR are nonnegative (inference rejects others).
     let Ok(axis) = usize::try_from(axis) else {
         return false;
     };

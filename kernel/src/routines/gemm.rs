@@ -444,18 +444,18 @@ unsafe fn columns(
                 // SAFETY: A transposed: (kk, i) is a[i, kk]; the block is inside a.
                 unsafe { pack::<MR>(at, pc, ib, kc, MR.min(ic + mc - ib), dst) };
             }
-            // Micro-kernel panel `ip`'s rows of A: packed, or read in place.
-            let a_rows = |ip: usize| {
-                let i = ic + ip * MR;
-                if direct && ic + mc - i >= MR {
-                    ARows {
-                        p: a.p.wrapping_offset(i as isize * a.rs + pc as isize),
-                        row: a.rs as usize,
-                        step: 1,
-                    }
-                } else {
-                    ARows::packed(&ap[ip * MR * kc..])
-                }
+            // A's rows from row `i`, read in place (a row-major A).
+            let in_place = |i: usize| ARows {
+                p: a.p.wrapping_offset(i as isize * a.rs + pc as isize),
+                row: a.rs as usize,
+                step: 1,
+            };
+            // The micro-kernel's rows of A from row `i`: read in place where a whole panel's
+            // rows are there, else the packed panel holding row `i` (which starts it: only
+            // tiles of A read in place start between panels).
+            let a_rows = |i: usize| match direct && ic + mc - i >= MR {
+                true => in_place(i),
+                false => ARows::packed(&ap[(i - ic) / MR * MR * kc..]),
             };
             if wide {
                 // Tiles of two A panels by two B panels (12×32: 24 registers of 16 lanes),
@@ -490,22 +490,11 @@ unsafe fn columns(
                             epi: tile_epi(pc, i, j),
                             panel: NR,
                         };
-                        let in_place = |i: usize| ARows {
-                            p: a.p.wrapping_offset(i as isize * a.rs + pc as isize),
-                            row: a.rs as usize,
-                            step: 1,
-                        };
-                        // Tiles start on panels unless A is read in place.
-                        let a0 = a_rows((i - ic) / MR);
-                        let a0 = if direct && left >= MR {
-                            in_place(i)
-                        } else {
-                            a0
-                        };
-                        let a1 = if eight && rows == MR + 2 {
-                            in_place(i + MR)
-                        } else {
-                            a_rows(((i - ic) / MR + 1).min(mp - 1))
+                        let a0 = a_rows(i);
+                        let a1 = match (eight && rows == MR + 2, rows > MR) {
+                            (true, _) => in_place(i + MR),
+                            (false, true) => a_rows(i + MR),
+                            (false, false) => a0,
                         };
                         // SAFETY: the CPU has AVX-512; A and the panels hold kc steps.
                         unsafe {
@@ -544,9 +533,9 @@ unsafe fn columns(
                         // SAFETY: the CPU has AVX2 and FMA; A and the panel hold kc steps.
                         unsafe {
                             if bs == NR {
-                                micro_avx2::<true>(kc, a_rows(ip), bq, bs, out)
+                                micro_avx2::<true>(kc, a_rows(i), bq, bs, out)
                             } else {
-                                micro_avx2::<false>(kc, a_rows(ip), bq, bs, out)
+                                micro_avx2::<false>(kc, a_rows(i), bq, bs, out)
                             }
                         };
                         continue;

@@ -123,7 +123,7 @@ impl Executable {
         }
         let places = InPlace::of(lay, &self.steps, &seg, &resolved, &is_output);
         // Planned buffers as (position, kernel buffer); a value placed in an in-place concat's
-        // result (`placed`: its buffer, the slot holding it and its offset there) has no
+        // result (`placed`: its buffer, its slot, the slot holding it and its offset there) has no
         // buffer of its own, and the holding slot's lives from the first of its parts'
         // makers to the last of their readers.
         let (mut items, mut keys, mut placed) = (Vec::new(), Vec::new(), Vec::new());
@@ -152,7 +152,7 @@ impl Executable {
                         }
                         let (root, off) = places.root(slot);
                         if root != slot {
-                            placed.push(((pos, b), root, off));
+                            placed.push(((pos, b), slot, root, off));
                             continue;
                         }
                         holder.insert(slot, items.len());
@@ -182,9 +182,8 @@ impl Executable {
                 keys.push((pos, b));
             }
         }
-        for &((pos, b), root, _) in &placed {
+        for &((pos, _), slot, root, _) in &placed {
             let it = &mut items[holder[&root]];
-            let slot = lay.first_slot[pos] + output_index(&self.steps[pos], b);
             it.start = it.start.min(pos);
             it.end = it.end.max(lay.last_use[slot].min(seg.end - 1));
         }
@@ -194,7 +193,7 @@ impl Executable {
                 r.offsets[*b] = Some(off);
             }
         }
-        for ((pos, b), root, off) in placed {
+        for ((pos, b), _, root, off) in placed {
             let at = p.offsets[holder[&root]] + off;
             if let Some(r) = &mut resolved[pos] {
                 r.offsets[b] = Some(at);
@@ -454,17 +453,6 @@ impl Executable {
             }
         }
         Ok(())
-    }
-}
-
-/// Which result of native step `step` kernel buffer `b` (an output) is.
-fn output_index(step: &Step, b: usize) -> usize {
-    match step {
-        Step::Native { lowered, .. } => lowered.kernel.bufs[..b]
-            .iter()
-            .filter(|x| x.kind == BufKind::Output)
-            .count(),
-        _ => 0,
     }
 }
 

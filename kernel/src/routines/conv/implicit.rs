@@ -315,18 +315,16 @@ unsafe fn product(
                 p: a.p.wrapping_add(pc * a.step),
                 ..a
             };
-            // Where the tile's two vectors go in each output plane, when each is at most two
-            // runs of outputs (a whole vector, or one across a row's end): every tile but
-            // those of images narrower than a vector.
-            let runs = v.map(|v0| place.runs(v0));
-            let whole = (vectors.len() == 2
-                && runs.iter().all(|r| r.1 <= 2)
-                && place.epi.act == epilogue::Act::Identity)
-                .then(|| runs.map(|(r, n)| [r[0], if n > 1 { r[1] } else { (0, 0) }]));
+            // With one block of steps and no activation: where the tile's two vectors go in
+            // each output plane, when each is at most two runs of outputs (a whole vector, or
+            // one across a row's end) — every tile but those of images narrower than a vector.
+            let whole = (kc == k && vectors.len() == 2 && place.epi.act == epilogue::Act::Identity)
+                .then(|| v.map(|v0| place.runs(v0)))
+                .filter(|runs| runs.iter().all(|r| r.1 <= 2))
+                .map(|runs| runs.map(|(r, n)| [r[0], if n > 1 { r[1] } else { (0, 0) }]));
             for (n, &(i, rows, a0, a1)) in blocks.iter().enumerate() {
                 let (a0, a1) = (at(a0), at(a1));
-                if let (true, Some(runs), 8 | 12, Some((panels, _))) = (
-                    kc == k,
+                if let (Some(runs), 8 | 12, Some((panels, _))) = (
                     whole,
                     rows,
                     gemm::asm_tile::<2, 2, { gemm::OFFSETS }>([a0, a1], [0; 2]),
