@@ -144,9 +144,16 @@ pub fn evaluate(g: &Graph) -> std::result::Result<Vec<Tensor>, String> {
 
 /// Pass options with the interpreter as constant evaluator and the given symbol bindings.
 pub fn pass_options(bindings: &HashMap<String, i64>) -> passes::Options<'static> {
+    let mut target = passes::egraph::Target::default();
+    // Convs take the blocked image layout where their routine has vector code for it (AVX2
+    // or AVX-512: on every such machine the same graph).
+    if kernel::avx2_fma() {
+        target.block = kernel::routines::conv::blocked::BLOCK as i64;
+    }
     passes::Options {
         evaluate: Some(&evaluate),
         bindings: bindings.clone(),
+        target,
         ..Default::default()
     }
 }

@@ -137,6 +137,26 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((op, vec![img.clone(), ker.clone()]));
                 continue;
             }
+            "conv_blocked" => {
+                // Blocks of 2 channels: a blocked [1, 1, 3, 2, 2] image and a plain one.
+                let op = |groups| Op::ConvBlocked {
+                    stride: vec![1, 1],
+                    dilation: vec![1, 1],
+                    pad_low: vec![1, 0],
+                    pad_high: vec![0, 0],
+                    groups,
+                    block: 2,
+                };
+                let blocked = rng.tensor(dtype, &[1, 1, 3, 2, 2]);
+                let plain = rng.tensor(dtype, &[1, 2, 3, 2]);
+                out.push((
+                    op(1),
+                    vec![blocked.clone(), rng.tensor(dtype, &[4, 2, 2, 1])],
+                ));
+                out.push((op(1), vec![plain, rng.tensor(dtype, &[2, 2, 1, 2])]));
+                out.push((op(2), vec![blocked, rng.tensor(dtype, &[2, 1, 2, 2])]));
+                continue;
+            }
             "reduce_window" => {
                 for kind in ReduceKind::ALL {
                     let op = Op::ReduceWindow {

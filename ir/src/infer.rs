@@ -589,6 +589,60 @@ pub(crate) fn rule_conv(
     Ok(vec![TensorType::new(x.dtype, Shape::new(dims))])
 }
 
+pub(crate) fn rule_conv_blocked(
+    ins: &[TensorType],
+    stride: &[i64],
+    dilation: &[i64],
+    pad_low: &[i64],
+    pad_high: &[i64],
+    groups: &i64,
+    block: &i64,
+) -> Rule {
+    let (x, w) = (&ins[0], &ins[1]);
+    if *block < 1 {
+        return Err(format!("block must be at least 1, got {block}"));
+    }
+    let blocked = x.rank() == 5 && *x.shape.dim(4) == Dim::Const(*block);
+    if !(blocked || x.rank() == 4) || w.rank() != 4 {
+        return Err(format!(
+            "conv_blocked needs input [N, C/{block}, H, W, {block}] or [N, C, H, W] and weight \
+             [O, C/groups, kh, kw], got {} and {}",
+            x.shape, w.shape
+        ));
+    }
+    let b = Dim::Const(*block);
+    let xd = x.shape.dims();
+    let c = if blocked {
+        xd[1].mul(&b).map_err(dim_err)?
+    } else {
+        xd[1].clone()
+    };
+    let plain = |s: Vec<Dim>| TensorType::new(x.dtype, Shape::new(s));
+    let nchw = plain(vec![xd[0].clone(), c, xd[2].clone(), xd[3].clone()]);
+    let out = rule_conv(
+        &[nchw, w.clone()],
+        stride,
+        dilation,
+        pad_low,
+        pad_high,
+        groups,
+    )?;
+    let od = out[0].shape.dims();
+    let Some(ob) = od[1].exact_div(&b) else {
+        return Err(format!(
+            "{} output channels are not a multiple of the block {block}",
+            od[1]
+        ));
+    };
+    Ok(vec![plain(vec![
+        od[0].clone(),
+        ob,
+        od[2].clone(),
+        od[3].clone(),
+        b,
+    ])])
+}
+
 pub(crate) fn rule_reduce_window(
     ins: &[TensorType],
     _kind: &ReduceKind,

@@ -429,6 +429,18 @@ ops! {
         pad_high: Vec<i64>,
         groups: i64 = default(1),
     } => rule_conv;
+    /// A 2-D `conv` into a channel-blocked image (NCHWc): result `[N, O/block, OH, OW,
+    /// block]` (channel `block·ob + j` of pixel (y, x) at `[n, ob, y, x, j]`), input blocked
+    /// the same way (`[N, C/block, H, W, block]`) or plain (`[N, C, H, W]`), weight `[O,
+    /// C/groups, kh, kw]` as conv's; O a multiple of `block`.
+    ConvBlocked = "conv_blocked", Contraction, Exactly(2), {
+        stride: Vec<i64>,
+        dilation: Vec<i64>,
+        pad_low: Vec<i64>,
+        pad_high: Vec<i64>,
+        groups: i64 = default(1),
+        block: i64,
+    } => rule_conv_blocked;
     /// Sliding-window reduction over every axis (pooling); padding takes the identity of `kind`.
     ReduceWindow = "reduce_window", Window, Exactly(1), {
         kind: ReduceKind,

@@ -52,20 +52,23 @@ impl Lowered {
 pub struct PackCache {
     /// By the source's data (kept alive here, so the address stays its own) and the
     /// operand's offset, strides and sizes: the source and its packed copy.
-    packed: std::collections::HashMap<(usize, [i64; 5]), (Tensor, Tensor)>,
+    packed: std::collections::HashMap<(usize, [i64; 6]), (Tensor, Tensor)>,
 }
 
 /// Packs, once, the right operands of the kernel's products that are constant — kernel
 /// constants, or operands the caller knows (`operands[i]` for input buffer `i`) — with static
 /// offsets, strides and sizes, so that products do not pack them on every call; and makes the
-/// Winograd transforms of `conv2d_wino`'s constant filters. The packed
+/// Winograd transforms of `conv2d_wino`'s constant filters and the blocked order of
+/// `conv2d_nchwc`'s. The packed
 /// copies become constant buffers of the kernel; `cache` shares them between kernels.
 pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCache) {
     fn walk(body: &mut [Stmt], f: &mut dyn FnMut(&mut Call)) {
         for s in body {
             s.walk_mut(&mut |s| {
                 if let Stmt::Call(c) = s {
-                    if matches!(c.routine.as_str(), "gemm" | "conv2d_wino") && c.checked().is_ok() {
+                    if matches!(c.routine.as_str(), "gemm" | "conv2d_wino" | "conv2d_nchwc")
+                        && c.checked().is_ok()
+                    {
                         f(c)
                     }
                 }
@@ -73,7 +76,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         }
     }
     let mut body = std::mem::take(&mut l.kernel.body);
-    let mut done: Vec<((BufId, [i64; 5]), BufId)> = Vec::new();
+    let mut done: Vec<((BufId, [i64; 6]), BufId)> = Vec::new();
     // The gemm's operands: a, b, b_packed, c; its integers: a_rs, a_cs, b_rs, b_cs, c_rs, m,
     // n, k (see `routines::ROUTINES`).
     walk(&mut body, &mut |g: &mut Call| {
@@ -81,18 +84,30 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // A conv's filters (`w`: o·c·3·3 from its offset) become their Winograd transforms;
         // a product's B its packed panels. The key: the operand, its offset and sizes.
         let wino = g.routine == "conv2d_wino";
-        let Some((b, b_off)) = g.operand(if wino { "w" } else { "b" }).cloned() else {
+        let blocked = g.routine == "conv2d_nchwc";
+        let Some((b, b_off)) = g.operand(if wino || blocked { "w" } else { "b" }).cloned() else {
             return;
         };
-        let sizes = if wino {
-            (Some(0), Some(-1), c(g.int("o")), c(g.int("c")))
+        // What is packed: 0 a product's B, 1 Winograd transforms, 2 dense blocked filters
+        // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones.
+        let (kind, sizes) = if wino {
+            (1, (Some(0), Some(0), c(g.int("o")), c(g.int("c"))))
+        } else if blocked {
+            let kind = match (c(g.int("groups")), c(g.int("xb"))) {
+                (Some(1), Some(0)) => 3,
+                (Some(1), Some(_)) => 2,
+                _ => 4,
+            };
+            let taps = (c(g.int("kh")), c(g.int("kw")));
+            (kind, (taps.0, taps.1, c(g.int("o")), c(g.int("c"))))
         } else {
-            (
+            let sizes = (
                 c(g.int("b_rs")),
                 c(g.int("b_cs")),
                 c(g.int("n")),
                 c(g.int("k")),
-            )
+            );
+            (0, sizes)
         };
         let (Some(off), (Some(rs), Some(cs), Some(n), Some(k))) = (c(Some(&b_off)), sizes) else {
             return;
@@ -101,7 +116,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let Some((slot, _)) = g.routine().and_then(|r| r.replaces) else {
             return;
         };
-        let key = (b, [off, rs, cs, n, k]);
+        let key = (b, [kind, off, rs, cs, n, k]);
         if let Some((_, p)) = done.iter().find(|(x, _)| *x == key) {
             g.operands[slot] = Some((*p, Expr::i64(0)));
             return;
@@ -127,7 +142,23 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let t = match cache.packed.get(&source) {
             Some((_, packed)) => packed.clone(),
             None => {
-                let packed = if wino {
+                let packed = if blocked {
+                    use crate::routines::conv::blocked::{pack_depthwise, pack_filters};
+                    let (Ok(kh), Ok(kw)) = (usize::try_from(rs), usize::try_from(cs)) else {
+                        return;
+                    };
+                    let per = if kind == 4 { 1 } else { k };
+                    let Some(w) = data[off..].get(..n * per * kh * kw) else {
+                        return;
+                    };
+                    let p = match kind {
+                        2 => pack_filters(w, n, k, (kh, kw), 16),
+                        3 => pack_filters(w, n, k, (kh, kw), k),
+                        _ => pack_depthwise(w, k, (kh, kw)),
+                    };
+                    let Some(p) = p else { return };
+                    p
+                } else if wino {
                     // n filters of k channels.
                     let Some(w) = data[off..].get(..n * k * 9) else {
                         return;

@@ -57,7 +57,7 @@ fn class(g: &Graph, id: NodeId) -> Class {
         Op::Param { .. } | Op::Constant { .. } | Op::Dims { .. } | Op::Fused { .. } => {
             Class::Opaque
         }
-        Op::Dot { .. } | Op::Conv { .. } => Class::Heavy,
+        Op::Dot { .. } | Op::Conv { .. } | Op::ConvBlocked { .. } => Class::Heavy,
         Op::Concat { axis } if in_place(g, id, *axis) => Class::Opaque,
         Op::ReduceSum { .. }
         | Op::ReduceMax { .. }
@@ -462,7 +462,7 @@ pub(crate) fn name_kernel(body: &Graph) -> String {
             "matmul".into()
         };
     }
-    if has(&|o| matches!(o, Op::Conv { .. })) {
+    if has(&|o| matches!(o, Op::Conv { .. } | Op::ConvBlocked { .. })) {
         return "conv_epilogue".into();
     }
     if has(&|o| matches!(o, Op::ReduceMax { .. })) && has(&|o| matches!(o, Op::Exp)) && sums >= 1 {

@@ -11,6 +11,7 @@ mod canon;
 pub mod egraph;
 mod fold;
 mod fuse;
+mod layout;
 mod manager;
 mod rebuild;
 mod report;

@@ -106,6 +106,11 @@ pub static PASSES: &[Pass] = &[
         run: |g, o| saturate(g, o, &[&rules::SIMPLIFY]),
     },
     Pass {
+        name: "layout",
+        summary: "channel-blocked images (NCHWc) for dense convs and the work between them, where the target blocks",
+        run: |g, o| crate::layout::run(g, o).map(Done::from),
+    },
+    Pass {
         name: "fuse",
         summary: "fuse into kernels (elementwise chains, reductions with prologue/epilogue, dot/conv with epilogue), chosen by the cost model",
         run: crate::fuse::run,
@@ -140,6 +145,7 @@ pub static PIPELINE: &[&str] = &[
     "cse",
     "recognize",
     "simplify",
+    "layout",
     "fold",
     "cse",
     "fuse",

@@ -202,6 +202,9 @@ impl Executable {
         let threads = threads_for(opts)?;
         let numbering = g.numbering().unwrap_or_default();
         let mut packs = kernel::PackCache::default();
+        // Kernel constants in cache lines, one copy per tensor however many kernels read it
+        // (the tensors held until every step is made, so that no address is reused).
+        let mut lines = memory::LineCache::default();
         let mut steps = Vec::with_capacity(order.len());
         let mut kernels = Vec::new();
         let mut labels = Vec::with_capacity(order.len());
@@ -262,7 +265,7 @@ impl Executable {
                     // a loaded step does.
                     let consts = std::mem::take(&mut l.consts)
                         .into_iter()
-                        .map(|(b, t)| (b, Const::Tensor(t)))
+                        .map(|(b, t)| (b, lines.of(t)))
                         .collect();
                     Step::Native {
                         lowered: l,

@@ -579,13 +579,17 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
             Shape::new([n, c, h, w].map(|d| Dim::Const(d as i64)).to_vec()),
         )
         .ok()?;
+    // At times filters in blocks of 16, and a second conv after the first's epilogue: what
+    // the blocked image layout (`conv_blocked`) takes, dense or depthwise, chained.
+    let blocky = !wide && below(rng, 3) == 0;
     let groups = match below(rng, 3) {
-        0 if c > 1 && !wide => c,
+        0 if c > 1 && !wide && !blocky => c,
         _ => 1,
     };
-    let o = match wide {
-        true => 64 + below(rng, 9),
-        false => groups * (1 + below(rng, if groups == 1 { 20 } else { 3 })),
+    let o = match (wide, blocky) {
+        (true, _) => 64 + below(rng, 9),
+        (_, true) => 16 * (1 + below(rng, 2)),
+        _ => groups * (1 + below(rng, if groups == 1 { 20 } else { 3 })),
     };
     let (kh, kw) = match below(rng, 3) {
         _ if wide => (3, 3),
@@ -610,7 +614,10 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
             &[x, wt],
         )
         .ok()?;
-    let end = epilogue_steps(&mut b, rng, y, &[1, o, 1, 1])?;
+    let mut end = epilogue_steps(&mut b, rng, y, &[1, o, 1, 1])?;
+    if blocky {
+        end = second_conv(&mut b, rng, end, o)?;
+    }
     b.output("y", end).ok()?;
     match below(rng, 3) {
         0 => b.output("early", y).ok()?,
@@ -621,6 +628,50 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
         _ => {}
     }
     b.finish().ok()
+}
+
+/// A conv of `x` (`o` channels, a multiple of 16) by random constant filters — depthwise 3×3,
+/// or dense into 16 or 32 — strided or padded at random, then at times `x` added back (a
+/// residual, where the shapes agree) or a 2×2 max pool.
+fn second_conv(b: &mut Builder, rng: &mut Rng, x: Value, o: usize) -> Option<Value> {
+    let depthwise = below(rng, 2) == 0;
+    let (o2, k) = match depthwise {
+        true => (o, 3),
+        false => (16 * (1 + below(rng, 2)), 1 + 2 * below(rng, 2)),
+    };
+    let wt = random_tensor(rng, DType::F32, &[o2, if depthwise { 1 } else { o }, k, k]);
+    let wt = b.constant(wt).ok()?;
+    let s = 1 + below(rng, 2) as i64;
+    let p = below(rng, 2) as i64;
+    let y = b
+        .op1(
+            Op::Conv {
+                stride: vec![s, s],
+                dilation: vec![1, 1],
+                pad_low: vec![p, p],
+                pad_high: vec![p, p],
+                groups: if depthwise { o as i64 } else { 1 },
+            },
+            &[x, wt],
+        )
+        .ok()?;
+    match below(rng, 3) {
+        0 if b.ty(y) == b.ty(x) => b.add(y, x).ok(),
+        1 if b.shape(y).dims()[2..].iter().all(|d| d.as_const() >= Some(2)) => b
+            .op1(
+                Op::ReduceWindow {
+                    kind: kiln::ir::ReduceKind::Max,
+                    window: vec![1, 1, 2, 2],
+                    stride: vec![1, 1, 2, 2],
+                    dilation: vec![1; 4],
+                    pad_low: vec![0; 4],
+                    pad_high: vec![0; 4],
+                },
+                &[y],
+            )
+            .ok(),
+        _ => Some(y),
+    }
 }
 
 /// A product of a random f32 matrix (or batch of them) by constant weights, then elementwise

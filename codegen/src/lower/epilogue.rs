@@ -42,6 +42,9 @@ pub(super) enum Along {
     Channels,
     /// The last axis, a product's columns.
     Columns,
+    /// Axes 1 and 4 of a channel-blocked image `[N, C/16, H, W, 16]`: channel `16·cb + i`,
+    /// which the routine indexes itself (operands from channel 0).
+    Blocked,
 }
 
 impl Chain {
@@ -76,10 +79,9 @@ impl Lowering<'_> {
         if self.ty(v).dtype != DType::F32 || shape.rank() < 2 {
             return None;
         }
-        let axis = match along {
-            Along::Channels => 1,
-            Along::Columns => shape.rank() - 1,
-        };
+        if matches!(along, Along::Blocked) && shape.rank() != 5 {
+            return None;
+        }
         // Fresh index variables for every axis (0 for unit ones, as in loop nests); the
         // operands' values at them say whether they are per channel, laid out as the
         // result, or constant.
@@ -92,6 +94,31 @@ impl Lowering<'_> {
             })
             .collect();
         let layout = self.linear(&idx, &shape);
+        // The index of a per-channel operand at the result's index.
+        let channel = match along {
+            Along::Channels => idx[1].clone(),
+            Along::Columns => idx[shape.rank() - 1].clone(),
+            Along::Blocked => {
+                let zero = Expr::i64(0);
+                let at = [
+                    zero.clone(),
+                    idx[1].clone(),
+                    zero.clone(),
+                    zero,
+                    idx[4].clone(),
+                ];
+                let mut per = shape.dims().to_vec();
+                per[0] = Dim::constant(1);
+                per[2] = Dim::constant(1);
+                per[3] = Dim::constant(1);
+                self.linear(&at, &Shape::new(per))
+            }
+        };
+        let channels = match along {
+            Along::Channels => shape.dim(1).clone(),
+            Along::Columns => shape.dim(shape.rank() - 1).clone(),
+            Along::Blocked => shape.dim(1).mul(shape.dim(4)).ok()?,
+        };
         let outputs: Vec<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
         let mut chain = Chain {
             end: v,
@@ -101,7 +128,7 @@ impl Lowering<'_> {
             res: None,
             lo: f64::NEG_INFINITY,
             hi: f64::INFINITY,
-            cols: matches!(along, Along::Columns),
+            cols: !matches!(along, Along::Channels),
             act: 0,
         };
         let mut last: Option<Step> = None;
@@ -173,7 +200,7 @@ impl Lowering<'_> {
 
             let input = |b: &BufId| self.k.bufs[*b].kind == BufKind::Input;
             let per_channel = match &e {
-                Expr::Load { buf, index } if **index == idx[axis] && input(buf) => Some(*buf),
+                Expr::Load { buf, index } if **index == channel && input(buf) => Some(*buf),
                 _ => None,
             };
             let laid_out = match &e {
@@ -203,7 +230,7 @@ impl Lowering<'_> {
             // per channel, every channel the same.
             let per_channel = match (per_channel, constant, step) {
                 (None, Some(c), Step::Scale | Step::Shift) => {
-                    let Some(b) = self.splat_buffer(c, shape.dim(axis)) else {
+                    let Some(b) = self.splat_buffer(c, &channels) else {
                         break;
                     };
                     Some(b)

@@ -16,6 +16,7 @@ use kernel::{
     Unsupported, VarId,
 };
 
+mod blocked;
 mod contract;
 mod conv;
 mod epilogue;
@@ -285,6 +286,14 @@ impl<'g> Lowering<'g> {
                         None
                     };
                     self.with_chain(v, output_buf, chain, Self::conv)?;
+                }
+                Op::ConvBlocked { .. } => {
+                    let chain = if self.blocked_calls(v) {
+                        self.epilogue_chain(v, epilogue::Along::Blocked)
+                    } else {
+                        None
+                    };
+                    self.with_chain(v, output_buf, chain, Self::conv_blocked)?;
                 }
                 Op::ArgMax { axis, last } | Op::ArgMin { axis, last } => {
                     let b = self.target(v, output_buf)?;

@@ -162,6 +162,25 @@ impl Lowering<'_> {
                 PlaneView::of(&static_dims(&xs), &static_dims(&os), w)
             })
             .flatten();
+        let blocked = static_f32
+            && xs.rank() == 5
+            && xs.dim(4).as_const() == Some(16)
+            && [0, 1, 4]
+                .iter()
+                .all(|&d| window[d] == 1 && stride[d] == 1 && dilation[d] == 1 && pad_low[d] == 0)
+            && matches!(step, Op::Max | Op::Min | Op::Add);
+        if blocked {
+            // A channel-blocked image: one call per image and channel block, 16 channels a
+            // vector.
+            let (xd, od) = (static_dims(&xs), static_dims(&os));
+            let mut ints = vec![xd[2], xd[3], od[2], od[3]];
+            for v in [window, stride, dilation, pad_low] {
+                ints.extend_from_slice(&v[2..4]);
+            }
+            let sizes = (xd[2] * xd[3] * 16, od[2] * od[3] * 16);
+            let planes = Shape::new(os.dims()[..2].to_vec());
+            return self.pool_calls(v, "pool2d_nchwc", (xb, out), &planes, sizes, ints, &step);
+        }
         // Sums only where output rows are a few wide (a global pool's one output per plane
         // runs faster as the loops below; rows narrower than a vector take a masked one).
         let rows_fill = view.as_ref().is_some_and(|v| v.ints[3] >= 4);
@@ -170,29 +189,10 @@ impl Lowering<'_> {
         {
             // Pooling over planes: one library call per plane, in a parallel nest (sums in f64
             // in window order, as the loops below sum).
-            let mut ints = view.ints.to_vec();
-            ints.push(match step {
-                Op::Max => 0,
-                Op::Min => 1,
-                _ => 2,
-            });
-            let (xplane, oplane) = (ints[0] * ints[1], ints[2] * ints[3]);
-            let rows = Shape::new(os.dims()[..view.lead].to_vec());
-            self.nest(&rows, dtype, |l, idx| {
-                let plane = l.linear(idx, &rows);
-                Ok(vec![Stmt::Call(Box::new(kernel::Call {
-                    routine: "pool2d".into(),
-                    operands: vec![
-                        Some((xb, plane.clone() * Expr::i64(xplane))),
-                        Some((out, plane * Expr::i64(oplane))),
-                    ],
-                    ints: ints.iter().map(|&i| Expr::i64(i)).collect(),
-                    scalars: Vec::new(),
-                    result: None,
-                }))])
-            })?;
-            self.bufs.insert(v, out);
-            return Ok(());
+            let ints = view.ints.to_vec();
+            let sizes = (ints[0] * ints[1], ints[2] * ints[3]);
+            let planes = Shape::new(os.dims()[..view.lead].to_vec());
+            return self.pool_calls(v, "pool2d", (xb, out), &planes, sizes, ints, &step);
         }
         if static_f32 && matches!(step, Op::Max | Op::Min) {
             // Max and min are exact in any order: accumulate whole output rows in vector
@@ -297,6 +297,45 @@ impl Lowering<'_> {
                 value,
             };
             Ok(accumulate(acc, init, loops, update, store))
+        })?;
+        self.bufs.insert(v, out);
+        Ok(())
+    }
+}
+
+impl Lowering<'_> {
+    /// Pooling `v` as one `routine` call per plane (`planes` the leading axes; `sizes` the
+    /// elements of an input and an output plane), with geometry `ints` and the kind of
+    /// `step`, in a parallel nest.
+    #[allow(clippy::too_many_arguments)]
+    fn pool_calls(
+        &mut self,
+        v: Value,
+        routine: &str,
+        (xb, out): (BufId, BufId),
+        planes: &Shape,
+        (xplane, oplane): (i64, i64),
+        mut ints: Vec<i64>,
+        step: &Op,
+    ) -> Result<()> {
+        ints.push(match step {
+            Op::Max => 0,
+            Op::Min => 1,
+            _ => 2,
+        });
+        let dtype = self.ty(v).dtype;
+        self.nest(planes, dtype, |l, idx| {
+            let plane = l.linear(idx, planes);
+            Ok(vec![Stmt::Call(Box::new(kernel::Call {
+                routine: routine.into(),
+                operands: vec![
+                    Some((xb, plane.clone() * Expr::i64(xplane))),
+                    Some((out, plane * Expr::i64(oplane))),
+                ],
+                ints: ints.iter().map(|&i| Expr::i64(i)).collect(),
+                scalars: Vec::new(),
+                result: None,
+            }))])
         })?;
         self.bufs.insert(v, out);
         Ok(())

@@ -9,10 +9,12 @@
 
 use super::epilogue::Epilogue;
 
+pub mod blocked;
 mod implicit;
 mod plane;
 pub mod winograd;
 
+pub use blocked::kiln_conv2d_nchwc;
 pub use plane::kiln_conv2d_plane;
 pub(super) use plane::{give_padded, lanes, padded, take_padded};
 

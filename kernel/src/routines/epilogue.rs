@@ -202,7 +202,11 @@ impl Epilogue {
     /// # Safety
     /// Row `i` (column `j` with `cols`) is inside the per-row (per-column) operands.
     #[inline(always)]
-    unsafe fn coefs(&self, i: usize, j: usize) -> (Option<f32>, Option<f32>) {
+    pub(in crate::routines) unsafe fn coefs(
+        &self,
+        i: usize,
+        j: usize,
+    ) -> (Option<f32>, Option<f32>) {
         let n = if self.cols { j } else { i };
         // SAFETY: forwarded.
         unsafe {
@@ -215,7 +219,12 @@ impl Epilogue {
 
     /// One output `x` with scale and shift `(s, t)`, its residual `r`.
     #[inline(always)]
-    fn one(&self, x: f32, (s, t): (Option<f32>, Option<f32>), r: Option<f32>) -> f32 {
+    pub(in crate::routines) fn one(
+        &self,
+        x: f32,
+        (s, t): (Option<f32>, Option<f32>),
+        r: Option<f32>,
+    ) -> f32 {
         let mut y = x;
         if let Some(s) = s {
             y *= s;

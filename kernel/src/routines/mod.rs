@@ -124,7 +124,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 10] = [
+pub static ROUTINES: [Routine; 12] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -392,6 +392,89 @@ pub static ROUTINES: [Routine; 10] = [
               rounding (f32)",
     },
     Routine {
+        name: "conv2d_nchwc",
+        symbol: "kiln_conv2d_nchwc",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("w", Role::Read, ir::DType::F32),
+            ("wp", Role::Optional, ir::DType::F32),
+            ("out", Role::Write, ir::DType::F32),
+            ("scale", Role::Optional, ir::DType::F32),
+            ("shift", Role::Optional, ir::DType::F32),
+            ("res", Role::Optional, ir::DType::F32),
+        ],
+        replaces: Some((2, 1)),
+        ints: &[
+            "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "xb",
+            "groups", "ob0", "obn", "y0", "rows", "act",
+        ],
+        scalars: EPILOGUE,
+        result: None,
+        cost: |i| i[17] * 16.0 * i[19] * i[5] * i[0] / i[15].max(1.0) * i[6] * i[7],
+        extent: |operand, i| {
+            let n = |k: usize| i.get(k).cloned();
+            match operand {
+                0 => Some(n(0)? * n(2)? * n(3)?),
+                1 | 2 => {
+                    let per = crate::Expr::index_op(ir::Op::Div, n(0)?, n(15)?);
+                    let filters = n(1)? * per * n(6)? * n(7)?;
+                    // The packed filters end with their flag.
+                    Some(if operand == 2 { filters + crate::Expr::i64(1) } else { filters })
+                }
+                4 | 5 => n(1),
+                _ => None,
+            }
+        },
+        bounds: nchwc_bounds,
+        address: || conv::kiln_conv2d_nchwc as *const u8,
+        call: |p, i, s| unsafe {
+            conv::kiln_conv2d_nchwc(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
+                p[6].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                i[8],
+                i[9],
+                i[10],
+                i[11],
+                i[12],
+                i[13],
+                i[14],
+                i[15],
+                i[16],
+                i[17],
+                i[18],
+                i[19],
+                i[20],
+                s[0] as f32,
+                s[1] as f32,
+            );
+            0.0
+        },
+        doc: "out[((ob·oh + oy)·ow + ox)·16 + j] = E(Σ w[oc, ch, ky, kx] · x[ch, iy, ix]) (oc = \
+              16·ob + j) for output blocks ob0 <= ob < ob0 + obn and rows y0 <= oy < y0 + rows, \
+              over the taps inside the image (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw) \
+              and the input channels of the group (groups 1: every one, summed by input block, \
+              tap, then channel; groups = c = o: channel oc, summed by tap); x blocked (xb 16: \
+              x[ch, iy, ix] at ((ch/16·h + iy)·w + ix)·16 + ch%16) or plain (xb 0: [c, h, w]); \
+              E the epilogue with per-channel operands by oc, the residual laid out as out: a \
+              conv into a channel-blocked image (NCHWc), from wp, the filters packed for it \
+              and a flag of infinite or NaN filters (made from a constant w at compile time; \
+              with the flag, taps outside the image multiply zeros), or packed from w per \
+              call (f32)",
+    },
+    Routine {
         name: "pool2d",
         symbol: "kiln_pool2d_plane",
         operands: &[
@@ -439,6 +522,53 @@ pub static ROUTINES: [Routine; 10] = [
               over the taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), \
               -inf (+inf, 0) where none is; IEEE maximum/minimum (NaN if any tap is, -0 < +0), \
               sums in f64 window row by row: one plane of a max, min or sum pool (f32)",
+    },
+    Routine {
+        name: "pool2d_nchwc",
+        symbol: "kiln_pool2d_nchwc",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("out", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        ints: &[
+            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
+        ],
+        scalars: &[],
+        result: None,
+        cost: |i| i[2] * i[3] * i[4] * i[5],
+        extent: |operand, i| {
+            let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
+            Some(i.get(a)?.clone() * i.get(b)?.clone() * crate::Expr::i64(16))
+        },
+        bounds: |operand, i| {
+            let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
+            let len = i[a].checked_mul(i[b])?.checked_mul(16)?;
+            (len > 0).then_some((0, len - 1))
+        },
+        address: || pool::kiln_pool2d_nchwc as *const u8,
+        call: |p, i, _| unsafe {
+            pool::kiln_pool2d_nchwc(
+                p[0].cast(),
+                p[1].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                i[8],
+                i[9],
+                i[10],
+                i[11],
+                i[12],
+            );
+            0.0
+        },
+        doc: "pool2d on one channel block of a blocked image (NCHWc): x [h, w, 16] into out \
+              [oh, ow, 16], each lane its own channel's plane (f32)",
     },
     Routine {
         name: "row_max",
@@ -619,6 +749,39 @@ fn conv_rows_bounds(operand: usize, i: &[i64]) -> Option<Range> {
         3 | 4 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
         _ => span(&[(o, oh.checked_mul(ow)?), (rows.checked_mul(ow)?, 1)])
             .map(|(lo, hi)| (lo + y0 * ow, hi + y0 * ow)),
+    }
+}
+
+/// `conv2d_nchwc`'s operand bounds: the image, the filters (either form), the per-channel
+/// scale and shift, the call's blocks and rows of the output (and residual).
+fn nchwc_bounds(operand: usize, i: &[i64]) -> Option<Range> {
+    let (c, o, h, w, oh, ow, kh, kw) = (i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]);
+    let (groups, ob0, obn, y0, rows) = (i[15], i[16], i[17], i[18], i[19]);
+    match operand {
+        0 => {
+            let len = c.checked_mul(h)?.checked_mul(w)?;
+            (len > 0).then_some((0, len - 1))
+        }
+        1 | 2 => {
+            let per = if groups == 1 { c } else { 1 };
+            let len = o.checked_mul(per)?.checked_mul(kh)?.checked_mul(kw)?;
+            // The packed filters end with their flag.
+            let len = if operand == 2 {
+                len.checked_add(1)?
+            } else {
+                len
+            };
+            (len > 0).then_some((0, len - 1))
+        }
+        4 | 5 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
+        _ => {
+            let plane = oh.checked_mul(ow)?.checked_mul(16)?;
+            let (lo, hi) = span(&[(obn, plane), (rows.checked_mul(ow)?.checked_mul(16)?, 1)])?;
+            let start = ob0
+                .checked_mul(plane)?
+                .checked_add(y0.checked_mul(ow)?.checked_mul(16)?)?;
+            Some((lo.checked_add(start)?, hi.checked_add(start)?))
+        }
     }
 }
 

@@ -128,6 +128,171 @@ unsafe fn plane(x: *const f32, out: *mut f32, g: &Geometry, kind: Kind, lanes: u
     give_padded(buf);
 }
 
+/// [`kiln_pool2d_plane`] on one channel block of a blocked image: `x` `[h, w, 16]`, `out`
+/// `[oh, ow, 16]`, each lane its own channel's plane. The taps outside the plane are
+/// skipped; sums accumulate in f64 in tap order, extremes compare ordered keys.
+///
+/// # Safety
+/// `x` must be readable for `16·h·w` elements, `out` writable for `16·oh·ow` and not
+/// overlapping it; every extent nonnegative and strides and dilations positive.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_pool2d_nchwc(
+    x: *const f32,
+    out: *mut f32,
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+    kind: i64,
+) {
+    let kind = match kind {
+        0 => Kind::Max,
+        1 => Kind::Min,
+        _ => Kind::Sum,
+    };
+    const B: usize = 16;
+    if h <= 0 || w <= 0 || oh <= 0 || ow <= 0 {
+        // No input: every output is the identity.
+        let fill = match kind {
+            Kind::Max => f32::NEG_INFINITY,
+            Kind::Min => f32::INFINITY,
+            Kind::Sum => 0.0,
+        };
+        for i in 0..(oh.max(0) * ow.max(0)) as usize * B {
+            // SAFETY: inside the output.
+            unsafe { *out.add(i) = fill };
+        }
+        return;
+    }
+    let wide = crate::avx512();
+    let src = x;
+    // The window's taps inside the plane (divisions only at its borders).
+    let span = |o: i64, s: i64, p: i64, k: i64, d: i64, n: i64| {
+        let start = o * s - p;
+        if start >= 0 && start + (k - 1) * d < n {
+            return (start, 0, k);
+        }
+        let k0 = if start >= 0 { 0 } else { (-start + d - 1) / d };
+        let k1 = if start >= n {
+            0
+        } else {
+            ((n - start + d - 1) / d).min(k)
+        };
+        (start, k0.min(k), k1.max(k0.min(k)))
+    };
+    // The full window's taps from its first element, window row by row.
+    let window: Vec<usize> = (0..kh)
+        .flat_map(|ky| (0..kw).map(move |kx| ((ky * dh * w + kx * dw) as usize) * B))
+        .collect();
+    for oy in 0..oh {
+        let (y, ky0, ky1) = span(oy, sh, ph, kh, dh, h);
+        let mut ox = 0;
+        while ox < ow {
+            let (x0, kx0, kx1) = span(ox, sw, pw, kw, dw, w);
+            let first = ((y * w + x0) as usize) * B;
+            // SAFETY: the output pixel is inside `out`.
+            let o = unsafe { out.add((oy * ow + ox) as usize * B) };
+            #[cfg(target_arch = "x86_64")]
+            if wide && (ky0, ky1, kx0, kx1) == (0, kh, 0, kw) {
+                // Outputs whose whole window is inside, four at a time.
+                let mut n = 1;
+                while n < 4 && ox + n < ow && span(ox + n, sw, pw, kw, dw, w).1 == 0 && {
+                    let (_, a, b) = span(ox + n, sw, pw, kw, dw, w);
+                    (a, b) == (0, kw)
+                } {
+                    n += 1;
+                }
+                let step = sw as usize * B;
+                // SAFETY: the windows are inside the plane; the outputs inside `out`; the CPU
+                // has AVX-512F.
+                unsafe {
+                    match n {
+                        4 => avx512::windows::<4>(src, first, step, &window, o, kind),
+                        3 => avx512::windows::<3>(src, first, step, &window, o, kind),
+                        2 => avx512::windows::<2>(src, first, step, &window, o, kind),
+                        _ => avx512::windows::<1>(src, first, step, &window, o, kind),
+                    }
+                }
+                ox += n;
+                continue;
+            }
+            let taps = Taps {
+                first,
+                rows: (ky0 as usize, ky1 as usize, (dh * w) as usize * B),
+                cols: (kx0 as usize, kx1 as usize, dw as usize * B),
+            };
+            ox += 1;
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: every tap is inside the plane; the CPU has AVX-512F.
+                unsafe { avx512::pixel(src, &taps, o, kind) };
+                continue;
+            }
+            let _ = wide;
+            for l in 0..B {
+                // SAFETY: every tap is inside the plane; the lane inside the output pixel.
+                unsafe {
+                    let v = |off: usize| *src.add(off + l);
+                    *o.add(l) = match kind {
+                        Kind::Sum => taps.fold(0f64, |a, off| a + f64::from(v(off))) as f32,
+                        Kind::Max => {
+                            let k = taps.fold(i32::MIN, |a, off| a.max(key(v(off), false)));
+                            if taps.empty() {
+                                f32::NEG_INFINITY
+                            } else {
+                                value(Some(k))
+                            }
+                        }
+                        Kind::Min => {
+                            let k = taps.fold(i32::MAX, |a, off| a.min(key(v(off), true)));
+                            if taps.empty() {
+                                f32::INFINITY
+                            } else {
+                                value(Some(k))
+                            }
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The taps of one output of a blocked pool: element offsets `first + ky·rows.2 + kx·cols.2`
+/// for `ky` in `rows.0..rows.1` and `kx` in `cols.0..cols.1`, window row by row.
+struct Taps {
+    first: usize,
+    rows: (usize, usize, usize),
+    cols: (usize, usize, usize),
+}
+
+impl Taps {
+    fn empty(&self) -> bool {
+        self.rows.0 >= self.rows.1 || self.cols.0 >= self.cols.1
+    }
+
+    /// `f` folded over the taps' offsets in window order.
+    #[inline(always)]
+    fn fold<A>(&self, init: A, mut f: impl FnMut(A, usize) -> A) -> A {
+        let mut a = init;
+        for ky in self.rows.0..self.rows.1 {
+            let row = self.first + ky * self.rows.2;
+            for kx in self.cols.0..self.cols.1 {
+                a = f(a, row + kx * self.cols.2);
+            }
+        }
+        a
+    }
+}
+
 /// The largest key, NaN's for the maximum.
 const NAN_MAX: i32 = i32::MAX;
 /// The smallest key, NaN's for the minimum.
@@ -248,7 +413,121 @@ pub(super) mod avx512 {
         _mm512_mask_mov_ps(back, nan, _mm512_set1_ps(f32::NAN))
     }
 
-    /// The sum of 16 outputs' taps, in f64 in tap order.
+    /// `N` outputs of a blocked pool whose windows are inside the plane, the first at
+    /// element `first` of `x` and each `step` after the one before (`window`: the taps'
+    /// offsets), stored 16 apart from `out`: keys' extremes, or f64 sums in tap order.
+    ///
+    /// # Safety
+    /// AVX-512F available; the windows readable from `x`, `out` writable for `16·N`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn windows<const N: usize>(
+        x: *const f32,
+        first: usize,
+        step: usize,
+        window: &[usize],
+        out: *mut f32,
+        kind: Kind,
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            let at: [*const f32; N] = std::array::from_fn(|n| x.add(first + n * step));
+            if kind == Kind::Sum {
+                let mut lo = [_mm512_setzero_pd(); N];
+                let mut hi = [_mm512_setzero_pd(); N];
+                for &off in window {
+                    for n in 0..N {
+                        let v = load(at[n].add(off));
+                        let upper =
+                            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                        lo[n] = _mm512_add_pd(lo[n], _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+                        hi[n] = _mm512_add_pd(hi[n], _mm512_cvtps_pd(upper));
+                    }
+                }
+                for n in 0..N {
+                    let (l, h) = (_mm512_cvtpd_ps(lo[n]), _mm512_cvtpd_ps(hi[n]));
+                    let v = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                        _mm512_castpd256_pd512(_mm256_castps_pd(l)),
+                        _mm256_castps_pd(h),
+                    ));
+                    _mm512_storeu_ps(out.add(16 * n), v);
+                }
+                return;
+            }
+            let min = kind == Kind::Min;
+            let mut acc = [_mm512_set1_epi32(if min { i32::MAX } else { i32::MIN }); N];
+            for &off in window {
+                for n in 0..N {
+                    let k = _mm512_castps_si512(keyed(load(at[n].add(off)), min));
+                    acc[n] = if min {
+                        _mm512_min_epi32(acc[n], k)
+                    } else {
+                        _mm512_max_epi32(acc[n], k)
+                    };
+                }
+            }
+            let sentinel = _mm512_set1_epi32(if min { super::NAN_MIN } else { super::NAN_MAX });
+            for (n, &acc) in acc.iter().enumerate() {
+                let nan = _mm512_cmpeq_epi32_mask(acc, sentinel);
+                let back = _mm512_castsi512_ps(key(_mm512_castsi512_ps(acc)));
+                _mm512_storeu_ps(
+                    out.add(16 * n),
+                    _mm512_mask_mov_ps(back, nan, _mm512_set1_ps(f32::NAN)),
+                );
+            }
+        }
+    }
+
+    /// One output pixel of a blocked pool: the extreme of the 16-lane keys (or the f64 sum
+    /// of the inputs) at `taps` from `x`, stored at `out`.
+    ///
+    /// # Safety
+    /// AVX-512F available; the taps readable from `x` for 16 lanes, `out` writable for 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pixel(x: *const f32, taps: &super::Taps, out: *mut f32, kind: Kind) {
+        // SAFETY: forwarded.
+        unsafe {
+            let v = if kind == Kind::Sum {
+                let zero = (_mm512_setzero_pd(), _mm512_setzero_pd());
+                let (lo, hi) = taps.fold(zero, |(lo, hi), off| {
+                    let v = load(x.add(off));
+                    let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                    (
+                        _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v))),
+                        _mm512_add_pd(hi, _mm512_cvtps_pd(upper)),
+                    )
+                });
+                let (lo, hi) = (_mm512_cvtpd_ps(lo), _mm512_cvtpd_ps(hi));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                    _mm256_castps_pd(hi),
+                ))
+            } else if taps.empty() {
+                _mm512_set1_ps(if kind == Kind::Min {
+                    f32::INFINITY
+                } else {
+                    f32::NEG_INFINITY
+                })
+            } else {
+                let min = kind == Kind::Min;
+                let init = _mm512_set1_epi32(if min { i32::MAX } else { i32::MIN });
+                let acc = taps.fold(init, |acc, off| {
+                    let k = _mm512_castps_si512(keyed(load(x.add(off)), min));
+                    if min {
+                        _mm512_min_epi32(acc, k)
+                    } else {
+                        _mm512_max_epi32(acc, k)
+                    }
+                });
+                let sentinel = _mm512_set1_epi32(if min { super::NAN_MIN } else { super::NAN_MAX });
+                let nan = _mm512_cmpeq_epi32_mask(acc, sentinel);
+                let back = _mm512_castsi512_ps(key(_mm512_castsi512_ps(acc)));
+                _mm512_mask_mov_ps(back, nan, _mm512_set1_ps(f32::NAN))
+            };
+            _mm512_storeu_ps(out, v);
+        }
+    }
+
+    /// The sum of 16 outputs' taps, in f64 in tap order.    /// The sum of 16 outputs' taps, in f64 in tap order.
     ///
     /// # Safety
     /// AVX-512F available; the taps readable from `x`.
@@ -448,6 +727,89 @@ mod tests {
                         assert!(
                             o.to_bits() == r.to_bits() || (o.is_nan() && r.is_nan()),
                             "{g:?} {kind:?} lanes={lanes} at {i}: {o} vs {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_planes_match_plane_pools_lane_by_lane() {
+        let mut seed = 7u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let cases = [
+            (16, 16, (3, 3), (2, 2), (1, 1), (1, 1)),
+            (9, 13, (3, 2), (1, 2), (2, 1), (2, 0)),
+            (7, 7, (7, 7), (1, 1), (1, 1), (0, 0)),
+            (5, 6, (2, 2), (2, 2), (1, 1), (3, 3)),
+        ];
+        for (h, w, (kh, kw), (sh, sw), (dh, dw), (ph, pw)) in cases {
+            let oh = (h + 2 * ph - (kh - 1) * dh - 1) / sh + 1;
+            let ow = (w + 2 * pw - (kw - 1) * dw - 1) / sw + 1;
+            let x: Vec<f32> = (0..h * w * 16)
+                .map(|_| match rnd() % 40 {
+                    0 => f32::NAN,
+                    1..=4 => -0.0,
+                    5..=8 => 0.0,
+                    r => r as f32 - 20.0,
+                })
+                .collect();
+            for kind in 0..3 {
+                let mut got = vec![1.5f32; (oh * ow * 16) as usize];
+                // SAFETY: sizes as documented.
+                unsafe {
+                    kiln_pool2d_nchwc(
+                        x.as_ptr(),
+                        got.as_mut_ptr(),
+                        h,
+                        w,
+                        oh,
+                        ow,
+                        kh,
+                        kw,
+                        sh,
+                        sw,
+                        dh,
+                        dw,
+                        ph,
+                        pw,
+                        kind,
+                    )
+                };
+                for lane in 0..16 {
+                    let plane: Vec<f32> = x.iter().skip(lane).step_by(16).copied().collect();
+                    let mut want = vec![0f32; (oh * ow) as usize];
+                    // SAFETY: sizes as documented.
+                    unsafe {
+                        kiln_pool2d_plane(
+                            plane.as_ptr(),
+                            want.as_mut_ptr(),
+                            h,
+                            w,
+                            oh,
+                            ow,
+                            kh,
+                            kw,
+                            sh,
+                            sw,
+                            dh,
+                            dw,
+                            ph,
+                            pw,
+                            kind,
+                        )
+                    };
+                    for (p, want) in want.iter().enumerate() {
+                        let got = got[p * 16 + lane];
+                        assert!(
+                            got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(),
+                            "kind {kind} {h}x{w} lane {lane} output {p}: {got} vs {want}"
                         );
                     }
                 }

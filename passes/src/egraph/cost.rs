@@ -19,6 +19,8 @@ pub struct Target {
     pub launch: f64,
     /// The size assumed for a symbolic dim.
     pub symbol_size: i64,
+    /// Channels per block of the blocked image layout (`layout`) convs take; 0 for none.
+    pub block: i64,
 }
 
 impl Default for Target {
@@ -30,6 +32,7 @@ impl Default for Target {
             peak: 50.0,
             launch: 200.0,
             symbol_size: 16,
+            block: 0,
         }
     }
 }
@@ -117,7 +120,7 @@ impl Target {
                     .product();
                 2.0 * out * k
             }
-            Op::Conv { .. } => {
+            Op::Conv { .. } | Op::ConvBlocked { .. } => {
                 let w = args[1];
                 let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;
                 2.0 * out * per

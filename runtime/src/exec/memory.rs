@@ -19,6 +19,59 @@ pub(super) enum Const {
         dtype: DType,
         shape: Vec<usize>,
     },
+    /// A kernel constant's encoded elements in cache lines of their own ([`LineCache`]): a
+    /// compiled kernel's f32 constants (packed operands) start 64-byte aligned, as an
+    /// artifact's weights do (the heap gives large vectors 16-byte alignment, and a blocked
+    /// conv's filter vectors then each straddled two lines: 0.51 against 0.44 ms on a 64→64
+    /// 3×3 conv at 32×32).
+    Lines {
+        lines: std::sync::Arc<[Line]>,
+        dtype: DType,
+        shape: Vec<usize>,
+    },
+}
+
+/// 64 bytes, 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Line([u8; 64]);
+
+/// Kernel constants as [`Const::Lines`], made once per tensor.
+#[derive(Default)]
+pub(super) struct LineCache(HashMap<usize, (Tensor, Const)>);
+
+impl LineCache {
+    /// Kernel constant `t`: f32 elements (their encoding is their memory on a little-endian
+    /// host) of a cache line or more in lines of their own, whatever their address (so that
+    /// the same graph saves the same bytes); others as they are.
+    pub(super) fn of(&mut self, t: Tensor) -> Const {
+        let f32s = t.dtype() == DType::F32 && cfg!(target_endian = "little");
+        if !f32s || t.numel() < 16 {
+            return Const::Tensor(t);
+        }
+        let key = t.data() as *const Data as usize;
+        if let Some((_, c)) = self.0.get(&key) {
+            return c.clone();
+        }
+        let Some(bytes) = crate::aot::encode(&t) else {
+            return Const::Tensor(t);
+        };
+        let lines: std::sync::Arc<[Line]> = bytes
+            .chunks(64)
+            .map(|c| {
+                let mut l = [0u8; 64];
+                l[..c.len()].copy_from_slice(c);
+                Line(l)
+            })
+            .collect();
+        let c = Const::Lines {
+            lines,
+            dtype: t.dtype(),
+            shape: t.shape().to_vec(),
+        };
+        self.0.insert(key, (t, c.clone()));
+        c
+    }
 }
 
 impl Const {
@@ -26,6 +79,7 @@ impl Const {
         match self {
             Const::Tensor(t) => t.dtype(),
             Const::Mapped { dtype, .. } | Const::Absent { dtype, .. } => *dtype,
+            Const::Lines { dtype, .. } => *dtype,
         }
     }
 
@@ -33,6 +87,7 @@ impl Const {
         match self {
             Const::Tensor(t) => t.shape(),
             Const::Mapped { shape, .. } | Const::Absent { shape, .. } => shape,
+            Const::Lines { shape, .. } => shape,
         }
     }
 
@@ -42,6 +97,7 @@ impl Const {
             Const::Tensor(t) => tensor_ptr(t),
             Const::Mapped { shape, .. } if shape.contains(&0) => ZERO.as_ptr() as *mut u8,
             Const::Mapped { addr, .. } => *addr as *mut u8,
+            Const::Lines { lines, .. } => lines.as_ptr() as *mut u8,
             // Never read (see `Const::Absent`).
             Const::Absent { .. } => ZERO.as_ptr() as *mut u8,
         }
@@ -60,6 +116,18 @@ impl Const {
                     // backing the executable keeps.
                     _ => unsafe { std::slice::from_raw_parts(*addr as *const u8, len) },
                 };
+                crate::aot::decode(*dtype, shape.clone(), bytes)
+                    .ok_or_else(|| "a constant's bytes do not fit its type".into())
+            }
+            Const::Lines {
+                lines,
+                dtype,
+                shape,
+            } => {
+                let n = shape.iter().product::<usize>() as u64;
+                let len = dtype.storage_bytes(n).unwrap_or(0) as usize;
+                // SAFETY: the lines hold the constant's encoded bytes (and padding after them).
+                let bytes = unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u8>(), len) };
                 crate::aot::decode(*dtype, shape.clone(), bytes)
                     .ok_or_else(|| "a constant's bytes do not fit its type".into())
             }

@@ -16,6 +16,29 @@ impl WeightWriter {
     fn add(&mut self, t: &Tensor) -> Result<WeightRef, ExecError> {
         // Tensors sharing data share their `Data` (behind an `Arc`).
         let key = (t.data() as *const Data as usize, t.numel(), t.dtype());
+        self.add_keyed(t, key)
+    }
+
+    /// A constant by its kind: a tensor, or lines (keyed by their address, which the
+    /// executable keeps alive: the tensor made of them is a temporary).
+    fn constant(&mut self, c: &Const) -> Result<WeightRef, ExecError> {
+        match c {
+            Const::Tensor(t) => self.add(t),
+            Const::Lines { lines, .. } => {
+                let t = c.tensor().map_err(ExecError::Plan)?;
+                self.add_keyed(&t, (lines.as_ptr() as usize, t.numel(), t.dtype()))
+            }
+            Const::Mapped { .. } | Const::Absent { .. } => Err(ExecError::Plan(
+                "a loaded executable is saved by copying its artifact".into(),
+            )),
+        }
+    }
+
+    fn add_keyed(
+        &mut self,
+        t: &Tensor,
+        key: (usize, usize, DType),
+    ) -> Result<WeightRef, ExecError> {
         if let Some(w) = self.seen.get(&key).filter(|_| t.numel() > 0) {
             return Ok(WeightRef {
                 shape: saved_shape(t.shape()),
@@ -61,12 +84,7 @@ impl Executable {
     /// a run reads, little-endian, 64-byte aligned. The same executable gives the same bytes.
     pub fn save(&self) -> Result<(Vec<u8>, Vec<u8>), ExecError> {
         let mut w = WeightWriter::default();
-        let constant = |w: &mut WeightWriter, c: &Const| match c {
-            Const::Tensor(t) => w.add(t),
-            Const::Mapped { .. } | Const::Absent { .. } => Err(ExecError::Plan(
-                "a loaded executable is saved by copying its artifact".into(),
-            )),
-        };
+        let constant = |w: &mut WeightWriter, c: &Const| w.constant(c);
         let mut steps = Vec::with_capacity(self.steps.len());
         for (pos, s) in self.steps.iter().enumerate() {
             steps.push(match s {

@@ -615,13 +615,24 @@ impl Interp<'_> {
                 pad_low,
                 groups,
                 ..
+            }
+            | Op::ConvBlocked {
+                stride,
+                dilation,
+                pad_low,
+                groups,
+                ..
             } => {
                 let win = Window {
                     stride,
                     dilation,
                     pad_low,
                 };
-                let r = compute::conv(
+                let conv = match op {
+                    Op::Conv { .. } => compute::conv,
+                    _ => compute::conv_blocked,
+                };
+                let r = conv(
                     &wide0(),
                     arg(0).shape(),
                     &widen(arg(1).data()),

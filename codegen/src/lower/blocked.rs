@@ -1,0 +1,168 @@
+//! Convolutions into channel-blocked images (`conv_blocked`, NCHWc): `conv2d_nchwc` calls
+//! over images, groups of output blocks and runs of output rows, in parallel, with the
+//! epilogue the routine applies as it stores.
+
+use super::epilogue::Chain;
+use super::*;
+
+/// The block a `conv2d_nchwc` call works in.
+const BLOCK: i64 = kernel::routines::conv::blocked::BLOCK as i64;
+
+impl Lowering<'_> {
+    /// Whether `conv_blocked` node `v` runs as `conv2d_nchwc` calls: f32, static shapes,
+    /// blocks of 16, dense (one group) or depthwise from a blocked input.
+    pub(super) fn blocked_calls(&self, v: Value) -> bool {
+        let node = self.g.node(v.node);
+        let Op::ConvBlocked { groups, block, .. } = node.op() else {
+            return false;
+        };
+        let [xv, wv] = node.inputs() else {
+            return false;
+        };
+        let (xs, ws) = (&self.ty(*xv).shape, &self.ty(*wv).shape);
+        let depthwise = xs.rank() == 5 && ws.dim(1).as_const() == Some(1) && *groups > 1;
+        (*groups == 1 || depthwise && ws.dim(0).as_const() == Some(*groups))
+            && *block == BLOCK
+            && self.ty(v).dtype == DType::F32
+            && [*xv, *wv, v].iter().all(|&u| self.ty(u).shape.is_static())
+    }
+
+    /// A blocked conv (see [`Lowering::blocked_calls`]) as `conv2d_nchwc` calls, `chain`
+    /// applied as they store (then `out` is its end).
+    pub(super) fn conv_blocked(
+        &mut self,
+        v: Value,
+        out: BufId,
+        chain: Option<&Chain>,
+    ) -> Result<()> {
+        if !self.blocked_calls(v) {
+            return unsupported(
+                "`conv_blocked` other than f32, static, blocks of 16, dense or depthwise",
+            );
+        }
+        let node = self.g.node(v.node);
+        let Op::ConvBlocked {
+            stride,
+            dilation,
+            pad_low,
+            groups,
+            ..
+        } = node.op()
+        else {
+            unreachable!("checked by blocked_calls")
+        };
+        let (stride, dilation, pad_low) = (stride.clone(), dilation.clone(), pad_low.clone());
+        let groups_n = *groups;
+        let (xv, wv) = (node.inputs()[0], node.inputs()[1]);
+        for op in [xv, wv] {
+            if !self.bufs.contains_key(&op) {
+                let n = self.k.bufs.len();
+                let b = self.buf(format!("t{n}"), self.ty(op), BufKind::Scratch)?;
+                self.elementwise_nest(op, b)?;
+            }
+        }
+        let (xb, wb) = (self.bufs[&xv], self.bufs[&wv]);
+        let xs = static_dims(&self.ty(xv).shape);
+        let ws = static_dims(&self.ty(wv).shape);
+        let os = static_dims(&self.ty(v).shape);
+        let blocked_in = xs.len() == 5;
+        let c = if blocked_in { xs[1] * BLOCK } else { xs[1] };
+        let (n, h, w) = (xs[0], xs[2], xs[3]);
+        let (o, oh, ow) = (os[1] * BLOCK, os[2], os[3]);
+        let (ob, kh, kw) = (os[1], ws[2], ws[3]);
+        // Groups of up to four output blocks (64 filters; one channel block of a depthwise
+        // conv) by runs of rows: at least eight units of work where the rows allow, for the
+        // threads.
+        let per = if groups_n == 1 { 4 } else { 1 };
+        let groups = (ob + per - 1) / per;
+        let runs = (8 / (n * groups).max(1)).clamp(1, oh.max(1));
+        let rows = (oh + runs - 1) / runs;
+        let runs = (oh + rows - 1) / rows;
+        let iv = self.var(DType::I64);
+        let i = Expr::Var(iv);
+        let split = |i: &Expr, k: i64, m: i64| -> Expr {
+            let q = if k == 1 {
+                i.clone()
+            } else {
+                Expr::index_op(Op::Div, i.clone(), Expr::i64(k))
+            };
+            if m == 0 {
+                q
+            } else {
+                Expr::index_op(Op::Rem, q, Expr::i64(m))
+            }
+        };
+        // Iteration i: image i / (groups·runs), group (i / runs) % groups, run i % runs.
+        let img = if n == 1 {
+            Expr::i64(0)
+        } else {
+            split(&i, groups * runs, 0)
+        };
+        let grp = if groups == 1 {
+            Expr::i64(0)
+        } else {
+            split(&i, runs, groups)
+        };
+        let run = if runs == 1 {
+            Expr::i64(0)
+        } else {
+            split(&i, 1, runs)
+        };
+        let ob0 = grp * Expr::i64(per);
+        let obn = Expr::index_op(
+            Op::Min,
+            Expr::i64(per),
+            Expr::i64(ob) + ob0.clone() * Expr::i64(-1),
+        );
+        let y0 = run * Expr::i64(rows);
+        let nrows = Expr::index_op(
+            Op::Min,
+            Expr::i64(rows),
+            Expr::i64(oh) + y0.clone() * Expr::i64(-1),
+        );
+        let out_off = img.clone() * Expr::i64(o * oh * ow);
+        let epilogue = Chain::of(chain, &Expr::i64(0), &out_off);
+        let geo = [
+            c,
+            o,
+            h,
+            w,
+            oh,
+            ow,
+            kh,
+            kw,
+            stride[0],
+            stride[1],
+            dilation[0],
+            dilation[1],
+            pad_low[0],
+            pad_low[1],
+            if blocked_in { BLOCK } else { 0 },
+            groups_n,
+        ];
+        let mut ints: Vec<Expr> = geo.into_iter().map(Expr::i64).collect();
+        ints.extend([ob0, obn, y0, nrows, Expr::i64(epilogue.act)]);
+        let mut operands = vec![
+            Some((xb, img * Expr::i64(c * h * w))),
+            Some((wb, Expr::i64(0))),
+            None,
+            Some((out, out_off)),
+        ];
+        operands.extend(epilogue.operands());
+        let call = kernel::Call {
+            routine: "conv2d_nchwc".into(),
+            operands,
+            ints,
+            scalars: epilogue.scalars(),
+            result: None,
+        };
+        self.k.body.push(Stmt::Loop {
+            var: iv,
+            extent: Expr::i64(n * groups * runs),
+            mark: Mark::Parallel,
+            body: vec![Stmt::Call(Box::new(call))],
+        });
+        self.bufs.insert(v, out);
+        Ok(())
+    }
+}

@@ -1,0 +1,1239 @@
+//! 2-D convolutions into channel-blocked images (NCHWc): an image `[C/16, H, W, 16]` holds
+//! channel `16·cb + i` of pixel (y, x) at `((cb·H + y)·W + x)·16 + i`, so the 16 channels
+//! of a pixel are one vector. Dense convs: a tile of 16 to 64 output channels by up to 14
+//! pixels of one output row sums in registers over every input channel and tap — per input
+//! channel one filter vector per output block and one broadcast input value per pixel, one
+//! fused multiply-add per pair — from a blocked input or a plain (NCHW) one, whose channels
+//! are then one group of `C` planes. Depthwise convs: per channel block, tiles of pixels
+//! whose 16 channels are one vector, one multiply-add per tap, any stride. Each tile stores
+//! its vectors (epilogue applied) once, as contiguous runs. No padded copy and no packing
+//! of the image: taps outside the image are skipped (border pixels one at a time), and a
+//! layer's blocked output is the next one's input as it is.
+
+use super::super::epilogue::Epilogue;
+use super::Geometry;
+
+/// Channels per block.
+pub const BLOCK: usize = 16;
+
+/// Filters `o×c×kh×kw` (row-major, `o` a multiple of [`BLOCK`], `c` of `gi`) in the order the
+/// dense routine reads them: `[o/16][c/gi][kh][kw][gi input channels][16 output channels]`
+/// (`gi` = 16 for a blocked input, `c` for a plain one), then one element: 1 when a filter
+/// is infinite or NaN, else 0 (see [`kiln_conv2d_nchwc`]). `None` when the sizes do not
+/// divide or `w` is too short.
+pub fn pack_filters(
+    w: &[f32],
+    o: usize,
+    c: usize,
+    (kh, kw): (usize, usize),
+    gi: usize,
+) -> Option<Vec<f32>> {
+    if gi == 0
+        || !o.is_multiple_of(BLOCK)
+        || !c.is_multiple_of(gi)
+        || w.len() < o.checked_mul(c)?.checked_mul(kh * kw)?
+    {
+        return None;
+    }
+    let mut p = vec![0.0; o * c * kh * kw + 1];
+    let mut at = 0;
+    for ob in 0..o / BLOCK {
+        for q in 0..c / gi {
+            for y in 0..kh {
+                for x in 0..kw {
+                    for i in 0..gi {
+                        for j in 0..BLOCK {
+                            let (oc, ch) = (ob * BLOCK + j, q * gi + i);
+                            p[at] = w[((oc * c + ch) * kh + y) * kw + x];
+                            at += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    p[at] = flag(&p[..at]);
+    Some(p)
+}
+
+/// The packed filters' last element: whether any of them is infinite or NaN.
+fn flag(p: &[f32]) -> f32 {
+    if p.iter().all(|v| v.is_finite()) {
+        0.0
+    } else {
+        1.0
+    }
+}
+
+/// Depthwise filters `c×1×kh×kw` (`c` a multiple of [`BLOCK`]) as `[c/16][kh][kw][16]`,
+/// then the flag of [`pack_filters`].
+pub fn pack_depthwise(w: &[f32], c: usize, (kh, kw): (usize, usize)) -> Option<Vec<f32>> {
+    if !c.is_multiple_of(BLOCK) || w.len() < c.checked_mul(kh * kw)? {
+        return None;
+    }
+    let n = c * kh * kw;
+    let mut p = vec![0.0; n + 1];
+    for (ch, f) in w.chunks_exact(kh * kw).take(c).enumerate() {
+        for (t, &v) in f.iter().enumerate() {
+            p[((ch / BLOCK) * kh * kw + t) * BLOCK + ch % BLOCK] = v;
+        }
+    }
+    p[n] = flag(&p[..n]);
+    Some(p)
+}
+
+/// Output blocks `ob0..ob0 + obn` and rows `y0..y0 + rows` of a 2-D convolution of one image
+/// `x` by `o` filters into the blocked `out` (`[o/16, oh, ow, 16]`): `out[oc, oy, ox] = E(Σ
+/// w[oc, ch, ky, kx] · x[ch, iy, ix])` (`iy = oy·sh + ky·dh - ph`, `ix = ox·sw + kx·dw - pw`)
+/// over the taps inside the image — and, where a filter is infinite or NaN (the packed
+/// filters' flag), the taps outside too, as zeros, as a zero-padded image multiplies them;
+/// `E` the epilogue with per-channel operands indexed by the
+/// output channel and the residual laid out as `out`. `x` is blocked (`[c/16, h, w, 16]`)
+/// with `xb` = 16, plain (`[c, h, w]`) with `xb` = 0. With `groups` = 1 (dense) the sum runs
+/// by group of input channels (a block, or all of a plain input), then tap (ky, kx), then
+/// channel; with `groups` = `c` = `o` (depthwise, blocked input) by tap. The filters are
+/// `wp` ([`pack_filters`] with `gi` 16 or `c`, or [`pack_depthwise`]) or, when it is null,
+/// packed from `wt` (`o×(c/groups)×kh×kw`).
+///
+/// # Safety
+/// `x` readable for `c·h·w` elements, `wt` (or `wp`) for `o·(c/groups)·kh·kw`, `out` (and a
+/// residual) for `o·oh·ow`, per-channel operands for `o`; `o` a multiple of 16, `c` too
+/// unless dense with a plain input; the blocks and rows inside the output; strides and
+/// dilations positive.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_conv2d_nchwc(
+    x: *const f32,
+    wt: *const f32,
+    wp: *const f32,
+    out: *mut f32,
+    scale: *const f32,
+    shift: *const f32,
+    res: *const f32,
+    c: i64,
+    o: i64,
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+    xb: i64,
+    groups: i64,
+    ob0: i64,
+    obn: i64,
+    y0: i64,
+    rows: i64,
+    act: i64,
+    lo: f32,
+    hi: f32,
+) {
+    let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
+    let epi = Epilogue::new((scale, shift, res), lo, hi, 1, act);
+    let (cu, ou, taps) = (c as usize, o as usize, (kh as usize, kw as usize));
+    if obn <= 0 || rows <= 0 || ow <= 0 || c <= 0 {
+        return;
+    }
+    let depthwise = groups != 1;
+    let blocked = xb != 0;
+    // Channels per group of the input, and the strides of a group, a pixel and a channel.
+    let (gi, gs, ps, cs) = if blocked {
+        (BLOCK, (h * w) as usize * BLOCK, BLOCK, 1)
+    } else {
+        (cu, 0, 1, (h * w) as usize)
+    };
+    thread_local! {
+        static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut own = Vec::new();
+    let wp = if wp.is_null() {
+        let n = ou * (if depthwise { 1 } else { cu }) * taps.0 * taps.1;
+        // SAFETY: the caller's filters hold o·(c/groups)·kh·kw elements.
+        let w = unsafe { std::slice::from_raw_parts(wt, n) };
+        own = PACKED.with(|b| b.take());
+        own.clear();
+        let packed = if depthwise {
+            pack_depthwise(w, cu, taps)
+        } else {
+            pack_filters(w, ou, cu, taps, gi)
+        };
+        let Some(packed) = packed else {
+            // Sizes the routine does not take (see the safety contract).
+            return;
+        };
+        own.extend(packed);
+        own.as_ptr()
+    } else {
+        wp
+    };
+    let filters = ou * (if depthwise { 1 } else { cu }) * taps.0 * taps.1;
+    // SAFETY: the packed filters end with their flag.
+    let exact = unsafe { *wp.add(filters) } != 0.0;
+    let isa = if crate::avx512() {
+        Isa::Avx512
+    } else if crate::avx2_fma() {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    };
+    let job = Job {
+        x,
+        wp,
+        out,
+        exact,
+        groups: if depthwise { 1 } else { cu / gi },
+        gi,
+        gs,
+        ps,
+        cs,
+        isa,
+        g,
+        epi,
+    };
+    // SAFETY: forwarded.
+    unsafe { job.blocks((ob0, obn), (y0, rows), depthwise) };
+    if !own.is_empty() {
+        PACKED.with(|b| b.set(own));
+    }
+}
+
+/// The code a job runs: vector tiles for the CPU, or scalar pixels.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    Scalar,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
+/// One call's operands and input layout.
+#[derive(Clone, Copy)]
+struct Job {
+    x: *const f32,
+    wp: *const f32,
+    out: *mut f32,
+    /// Groups of input channels a dense sum runs over (1 for depthwise convs).
+    groups: usize,
+    /// Channels per group.
+    gi: usize,
+    /// Element strides of a group, a pixel and a channel in a group.
+    gs: usize,
+    ps: usize,
+    cs: usize,
+    /// Whether a filter is infinite or NaN: pixels with taps outside the image then multiply
+    /// them by zeros, one pixel at a time.
+    exact: bool,
+    isa: Isa,
+    g: Geometry,
+    epi: Epilogue,
+}
+
+/// The widest tile of `nb` dense output blocks (or of a depthwise block).
+fn most(nb: usize, depthwise: bool) -> i64 {
+    match (depthwise, nb) {
+        (true, _) => 16,
+        (false, 4) => 6,
+        _ => 12,
+    }
+}
+
+/// The taps `k0..k1` of a window of `k` taps (dilation `d`) from input position `start` that
+/// fall inside `0..n`.
+fn inside(start: i64, k: i64, d: i64, n: i64) -> (i64, i64) {
+    if start >= 0 && start + (k - 1) * d < n {
+        return (0, k);
+    }
+    // start + t·d >= 0  and  start + t·d < n
+    let k0 = if start >= 0 { 0 } else { (-start + d - 1) / d };
+    let k1 = if start >= n {
+        0
+    } else {
+        ((n - start + d - 1) / d).min(k)
+    };
+    (k0.min(k), k1.max(k0.min(k)))
+}
+
+impl Job {
+    /// Output blocks `ob0..ob0 + obn` and rows `y0..y0 + rows` (see [`kiln_conv2d_nchwc`]).
+    ///
+    /// # Safety
+    /// As [`kiln_conv2d_nchwc`].
+    unsafe fn blocks(&self, (ob0, obn): (i64, i64), (y0, rows): (i64, i64), depthwise: bool) {
+        let g = &self.g;
+        // A pointwise conv (1×1, unit strides, no padding) is one row of every pixel.
+        let flat = (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (1, 1, 1, 1, 0, 0);
+        let flat = flat && g.h == g.oh && g.w == g.ow;
+        let (rows_at, run) = if flat {
+            (0..1, (y0 * g.ow, (y0 + rows) * g.ow))
+        } else {
+            (y0..y0 + rows, (0, g.ow))
+        };
+        let n = g.h * g.w;
+        let flat_job;
+        let job = if flat {
+            flat_job = Job {
+                g: Geometry::of([1, n, 1, n, 1, 1, 1, 1, 1, 1, 0, 0]),
+                ..*self
+            };
+            &flat_job
+        } else {
+            self
+        };
+        let mut ob = ob0;
+        while ob < ob0 + obn {
+            let nb = if depthwise {
+                1
+            } else {
+                (ob0 + obn - ob).min(4)
+            };
+            let nb = if nb == 3 { 2 } else { nb };
+            let (obu, nbu) = (ob as usize, nb as usize);
+            // Dense tiles take two rows at once where both have every row tap inside.
+            let full = |oy: i64| !depthwise && !flat && job.full_row(oy);
+            let mut oy = rows_at.start;
+            while oy < rows_at.end {
+                let r = if full(oy) && oy + 1 < rows_at.end && full(oy + 1) {
+                    2
+                } else {
+                    1
+                };
+                // SAFETY: forwarded.
+                unsafe { job.row(obu, oy as usize, nbu, run, depthwise, r) };
+                oy += r as i64;
+            }
+            if !depthwise {
+                // Dense convs' border columns run down the rows, several pixels a tile.
+                let (x0, x1) = job.interior(run);
+                for ox in (run.0..x0).chain(x1.max(x0)..run.1) {
+                    // SAFETY: forwarded.
+                    unsafe { job.column(obu, ox as usize, nbu, (rows_at.start, rows_at.end)) };
+                }
+            }
+            ob += nb;
+        }
+    }
+
+    /// Pixels `run` of output row `oy` of output blocks `ob..ob + nb` (a channel block of a
+    /// depthwise conv).
+    ///
+    /// # Safety
+    /// As [`kiln_conv2d_nchwc`], for this row and these blocks.
+    unsafe fn row(
+        &self,
+        ob: usize,
+        oy: usize,
+        nb: usize,
+        run: (i64, i64),
+        depthwise: bool,
+        r: usize,
+    ) {
+        let (x0, x1) = self.interior(run);
+        // Dense convs leave the border columns to `column`.
+        let (start, end) = if depthwise { run } else { (x0, x1) };
+        let mut ox = start;
+        let some_outside = !self.full_row(oy as i64);
+        while ox < end {
+            let inner = ox >= x0 && ox < x1;
+            if self.exact && (some_outside || !inner) {
+                // SAFETY: forwarded.
+                unsafe { self.exact_pixels(ob, (oy, ox as usize), nb, depthwise) };
+                ox += 1;
+                continue;
+            }
+            let n = if inner {
+                (x1 - ox).min(most(nb, depthwise) / r as i64)
+            } else {
+                1
+            } as usize;
+            // SAFETY: forwarded.
+            unsafe { self.run(ob, (oy, ox as usize), (r, n), nb, depthwise) };
+            ox += n as i64;
+        }
+    }
+
+    /// Whether output row `oy` has every row tap inside the image.
+    fn full_row(&self, oy: i64) -> bool {
+        let g = &self.g;
+        inside(oy * g.sh - g.ph, g.kh, g.dh, g.h) == (0, g.kh)
+    }
+
+    /// The pixels of `run` whose every column tap is inside the row: `x0..x1`.
+    fn interior(&self, (start, end): (i64, i64)) -> (i64, i64) {
+        let g = &self.g;
+        let full = |ox: i64| inside(ox * g.sw - g.pw, g.kw, g.dw, g.w) == (0, g.kw);
+        let mut x0 = start;
+        while x0 < end && !full(x0) {
+            x0 += 1;
+        }
+        let mut x1 = end;
+        while x1 > x0 && !full(x1 - 1) {
+            x1 -= 1;
+        }
+        (x0, x1)
+    }
+
+    /// Column `ox` of output rows `rows` of dense blocks `ob..ob + nb`: tiles down the rows
+    /// whose every row tap is inside the image (they share the column's taps), the others
+    /// one pixel at a time.
+    ///
+    /// # Safety
+    /// As [`Job::row`].
+    unsafe fn column(&self, ob: usize, ox: usize, nb: usize, (y0, y1): (i64, i64)) {
+        let mut oy = y0;
+        while oy < y1 {
+            if self.exact {
+                // SAFETY: forwarded.
+                unsafe { self.exact_pixels(ob, (oy as usize, ox), nb, false) };
+                oy += 1;
+                continue;
+            }
+            let mut n = 1;
+            if self.full_row(oy) {
+                while oy + n < y1 && n < most(nb, false) && self.full_row(oy + n) {
+                    n += 1;
+                }
+            }
+            // SAFETY: forwarded; the tile's pixels share their taps.
+            unsafe { self.run(ob, (oy as usize, ox), (n as usize, 1), nb, false) };
+            oy += n;
+        }
+    }
+
+    /// The `r`×`n` pixels from `(oy, ox)` (rows down, columns along) of blocks `ob..ob +
+    /// nb`, which share their taps when there are several.
+    ///
+    /// # Safety
+    /// As [`Job::row`].
+    unsafe fn run(
+        &self,
+        ob: usize,
+        (oy, ox): (usize, usize),
+        (r, n): (usize, usize),
+        nb: usize,
+        depthwise: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match self.isa {
+            // SAFETY: forwarded; the CPU has AVX-512F.
+            Isa::Avx512 => {
+                return unsafe { avx512::tiles(self, ob, (oy, ox), (r, n), nb, depthwise) }
+            }
+            Isa::Avx2 => {
+                for b in ob..ob + nb {
+                    // SAFETY: forwarded; the CPU has AVX2 and FMA.
+                    unsafe { avx2::tiles(self, b, (oy, ox), (r, n), depthwise) };
+                }
+                return;
+            }
+            Isa::Scalar => {}
+        }
+        for b in 0..nb {
+            for y in oy..oy + r {
+                for x in ox..ox + n {
+                    // SAFETY: forwarded.
+                    unsafe { self.pixel(ob + b, y, x, depthwise) };
+                }
+            }
+        }
+    }
+
+    /// The tap ranges of output (oy, ox): rows `ky0..ky1`, columns `kx0..kx1` inside.
+    fn taps(&self, oy: usize, ox: usize) -> ((usize, usize), (usize, usize)) {
+        let g = &self.g;
+        let (ky0, ky1) = inside(oy as i64 * g.sh - g.ph, g.kh, g.dh, g.h);
+        let (kx0, kx1) = inside(ox as i64 * g.sw - g.pw, g.kw, g.dw, g.w);
+        ((ky0 as usize, ky1 as usize), (kx0 as usize, kx1 as usize))
+    }
+
+    /// The input position of output (oy, ox) and tap (ky, kx), which is inside.
+    fn at(&self, (oy, ox): (usize, usize), (ky, kx): (usize, usize)) -> (usize, usize) {
+        let g = &self.g;
+        let iy = oy as i64 * g.sh - g.ph + ky as i64 * g.dh;
+        let ix = ox as i64 * g.sw - g.pw + kx as i64 * g.dw;
+        (iy as usize, ix as usize)
+    }
+
+    /// Where dense filter block `ob`'s vectors for input group `q` and tap (ky, kx) start.
+    fn filter(&self, ob: usize, q: usize, ky: usize, kx: usize) -> usize {
+        let (kh, kw) = (self.g.kh as usize, self.g.kw as usize);
+        (((ob * self.groups + q) * kh + ky) * kw + kx) * self.gi * BLOCK
+    }
+
+    /// Where depthwise channel block `cb`'s filter vector for tap (ky, kx) is.
+    fn dw_filter(&self, cb: usize, ky: usize, kx: usize) -> usize {
+        let (kh, kw) = (self.g.kh as usize, self.g.kw as usize);
+        ((cb * kh + ky) * kw + kx) * BLOCK
+    }
+
+    /// Where input group `q`'s pixel (iy, ix) starts.
+    fn input(&self, q: usize, (iy, ix): (usize, usize)) -> usize {
+        q * self.gs + (iy * self.g.w as usize + ix) * self.ps
+    }
+
+    /// Where output block `ob`'s pixel (oy, ox) starts.
+    fn output(&self, ob: usize, oy: usize, ox: usize) -> usize {
+        let (oh, ow) = (self.g.oh as usize, self.g.ow as usize);
+        ((ob * oh + oy) * ow + ox) * BLOCK
+    }
+
+    /// Output (oy, ox) of blocks `ob..ob + nb` with every tap, those outside the image as
+    /// zeros (filters with infinities or NaNs: a zero-padded image's products).
+    ///
+    /// # Safety
+    /// As [`Job::row`].
+    unsafe fn exact_pixels(&self, ob: usize, (oy, ox): (usize, usize), nb: usize, depthwise: bool) {
+        for b in ob..ob + nb {
+            // SAFETY: forwarded.
+            unsafe { self.pixel(b, oy, ox, depthwise) };
+        }
+    }
+
+    /// One output pixel of one block, in scalar code (the order of the vector tiles; with
+    /// `exact`, every tap, zeros outside the image).
+    ///
+    /// # Safety
+    /// As [`Job::row`].
+    unsafe fn pixel(&self, ob: usize, oy: usize, ox: usize, depthwise: bool) {
+        let ((ky0, ky1), (kx0, kx1)) = if self.exact {
+            let g = &self.g;
+            ((0, g.kh as usize), (0, g.kw as usize))
+        } else {
+            self.taps(oy, ox)
+        };
+        let mut acc = [0.0f32; BLOCK];
+        let g = &self.g;
+        for q in 0..self.groups {
+            for ky in ky0..ky1 {
+                for kx in kx0..kx1 {
+                    let iy = oy as i64 * g.sh - g.ph + ky as i64 * g.dh;
+                    let ix = ox as i64 * g.sw - g.pw + kx as i64 * g.dw;
+                    let outside = iy < 0 || iy >= g.h || ix < 0 || ix >= g.w;
+                    let at = if outside {
+                        (0, 0)
+                    } else {
+                        (iy as usize, ix as usize)
+                    };
+                    let xi = self.input(q, at);
+                    // A tap outside multiplies zero (reading, and dropping, the image's first
+                    // element).
+                    let tap = |v: f32| if outside { 0.0 } else { v };
+                    // SAFETY (both arms): the tap is inside the image, the filters inside
+                    // the packed set.
+                    if depthwise {
+                        let wi = self.dw_filter(ob, ky, kx);
+                        let xi = xi + ob * self.gs;
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let (v, f) = unsafe { (*self.x.add(xi + j), *self.wp.add(wi + j)) };
+                            *a = tap(v).mul_add(f, *a);
+                        }
+                        continue;
+                    }
+                    let wi = self.filter(ob, q, ky, kx);
+                    for i in 0..self.gi {
+                        let v = tap(unsafe { *self.x.add(xi + i * self.cs) });
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let f = unsafe { *self.wp.add(wi + i * BLOCK + j) };
+                            *a = v.mul_add(f, *a);
+                        }
+                    }
+                }
+            }
+        }
+        let at = self.output(ob, oy, ox);
+        let e = self.epi.from(0, ob * BLOCK, at);
+        for (j, &a) in acc.iter().enumerate() {
+            // SAFETY: the output's lanes are inside `out`; the epilogue's operands with them.
+            unsafe {
+                let r = (!e.res.is_null()).then(|| *e.res.add(j));
+                *self.out.add(at + j) = e.one(a, e.coefs(0, j), r);
+            }
+        }
+    }
+}
+
+// Tiles index their accumulators by pixel and block, as the sums are written.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::super::super::epilogue::avx512 as epi;
+    use super::{Job, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// The `r`×`n` pixels from (oy, ox) of blocks `ob..ob + nb` (of one channel block with
+    /// `depthwise`), in tiles of decreasing size.
+    ///
+    /// # Safety
+    /// As [`Job::row`]; the CPU has AVX-512F; the pixels share their taps.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tiles(
+        j: &Job,
+        ob: usize,
+        at: (usize, usize),
+        rn: (usize, usize),
+        nb: usize,
+        depthwise: bool,
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            match (depthwise, rn, j.ps * j.g.sw as usize) {
+                (true, (_, n), s) => dw_tiles(j, ob, at, n, s),
+                (false, (r, 1), _) if r > 1 => down(j, ob, at, r, nb),
+                (false, rn, 16) => along::<16>(j, ob, at, rn, nb),
+                (false, rn, 32) => along::<32>(j, ob, at, rn, nb),
+                (false, rn, _) => along::<0>(j, ob, at, rn, nb),
+            }
+        }
+    }
+
+    /// Dense tiles of one or two rows along them, whose pixels are `S` elements apart in the
+    /// input (0: the job's).
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn along<const S: usize>(
+        j: &Job,
+        ob: usize,
+        (oy, ox): (usize, usize),
+        (r, n): (usize, usize),
+        nb: usize,
+    ) {
+        let mut p = 0;
+        while p < n {
+            let at = (oy, ox + p);
+            // SAFETY: forwarded.
+            unsafe {
+                p += match (r, n - p, nb) {
+                    (1, 6.., 4) => tile::<4, 1, 6, S>(j, ob, at),
+                    (1, 4.., 4) => tile::<4, 1, 4, S>(j, ob, at),
+                    (1, 2.., 4) => tile::<4, 1, 2, S>(j, ob, at),
+                    (1, _, 4) => tile::<4, 1, 1, S>(j, ob, at),
+                    (_, 3.., 4) => tile::<4, 2, 3, S>(j, ob, at),
+                    (_, 2, 4) => tile::<4, 2, 2, S>(j, ob, at),
+                    (_, _, 4) => tile::<4, 2, 1, S>(j, ob, at),
+                    (1, 12.., 2) => tile::<2, 1, 12, S>(j, ob, at),
+                    (1, 8.., 2) => tile::<2, 1, 8, S>(j, ob, at),
+                    (1, 4.., 2) => tile::<2, 1, 4, S>(j, ob, at),
+                    (1, 2.., 2) => tile::<2, 1, 2, S>(j, ob, at),
+                    (1, _, 2) => tile::<2, 1, 1, S>(j, ob, at),
+                    (_, 6.., 2) => tile::<2, 2, 6, S>(j, ob, at),
+                    (_, 4.., 2) => tile::<2, 2, 4, S>(j, ob, at),
+                    (_, 2.., 2) => tile::<2, 2, 2, S>(j, ob, at),
+                    (_, _, 2) => tile::<2, 2, 1, S>(j, ob, at),
+                    (1, 12.., _) => tile::<1, 1, 12, S>(j, ob, at),
+                    (1, 8.., _) => tile::<1, 1, 8, S>(j, ob, at),
+                    (1, 4.., _) => tile::<1, 1, 4, S>(j, ob, at),
+                    (1, 2.., _) => tile::<1, 1, 2, S>(j, ob, at),
+                    (1, _, _) => tile::<1, 1, 1, S>(j, ob, at),
+                    (_, 6.., _) => tile::<1, 2, 6, S>(j, ob, at),
+                    (_, 4.., _) => tile::<1, 2, 4, S>(j, ob, at),
+                    (_, 2.., _) => tile::<1, 2, 2, S>(j, ob, at),
+                    (_, _, _) => tile::<1, 2, 1, S>(j, ob, at),
+                };
+            }
+        }
+    }
+
+    /// Dense tiles of one column, `r` rows down it.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn down(j: &Job, ob: usize, (oy, ox): (usize, usize), r: usize, nb: usize) {
+        let mut p = 0;
+        while p < r {
+            let at = (oy + p, ox);
+            // SAFETY: forwarded.
+            unsafe {
+                p += match (r - p, nb) {
+                    (6.., 4) => {
+                        tile::<4, 6, 1, 0>(j, ob, at);
+                        6
+                    }
+                    (4.., 4) => {
+                        tile::<4, 4, 1, 0>(j, ob, at);
+                        4
+                    }
+                    (2.., 4) => {
+                        tile::<4, 2, 1, 0>(j, ob, at);
+                        2
+                    }
+                    (_, 4) => {
+                        tile::<4, 1, 1, 0>(j, ob, at);
+                        1
+                    }
+                    (12.., 2) => {
+                        tile::<2, 12, 1, 0>(j, ob, at);
+                        12
+                    }
+                    (8.., 2) => {
+                        tile::<2, 8, 1, 0>(j, ob, at);
+                        8
+                    }
+                    (4.., 2) => {
+                        tile::<2, 4, 1, 0>(j, ob, at);
+                        4
+                    }
+                    (2.., 2) => {
+                        tile::<2, 2, 1, 0>(j, ob, at);
+                        2
+                    }
+                    (_, 2) => {
+                        tile::<2, 1, 1, 0>(j, ob, at);
+                        1
+                    }
+                    (12.., _) => {
+                        tile::<1, 12, 1, 0>(j, ob, at);
+                        12
+                    }
+                    (8.., _) => {
+                        tile::<1, 8, 1, 0>(j, ob, at);
+                        8
+                    }
+                    (4.., _) => {
+                        tile::<1, 4, 1, 0>(j, ob, at);
+                        4
+                    }
+                    (2.., _) => {
+                        tile::<1, 2, 1, 0>(j, ob, at);
+                        2
+                    }
+                    (_, _) => {
+                        tile::<1, 1, 1, 0>(j, ob, at);
+                        1
+                    }
+                };
+            }
+        }
+    }
+
+    /// A dense tile of `B` output blocks by `R` rows of `C` pixels from `(oy, ox)`, whose
+    /// taps are those of its first pixel, with pixels `S` elements apart along a row in the
+    /// input (0: the job's); returns `C`.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn tile<const B: usize, const R: usize, const C: usize, const S: usize>(
+        j: &Job,
+        ob: usize,
+        (oy, ox): (usize, usize),
+    ) -> usize {
+        let ((ky0, ky1), (kx0, kx1)) = j.taps(oy, ox);
+        let cstep = if S == 0 { j.ps * j.g.sw as usize } else { S };
+        let rstep = j.ps * j.g.sh as usize * j.g.w as usize;
+        let block = j.filter(1, 0, 0, 0);
+        let (gi, cs) = (j.gi, j.cs);
+        // SAFETY: the CPU has AVX-512F; every tap read is inside the image (the caller's
+        // pixels share their taps), every filter inside the packed set.
+        unsafe {
+            let mut acc = [[[_mm512_setzero_ps(); C]; R]; B];
+            for q in 0..j.groups {
+                for ky in ky0..ky1 {
+                    for kx in kx0..kx1 {
+                        let xp = j.x.add(j.input(q, j.at((oy, ox), (ky, kx))));
+                        let rows: [*const f32; R] = std::array::from_fn(|r| xp.add(r * rstep));
+                        let wq = j.wp.add(j.filter(ob, q, ky, kx));
+                        for i in 0..gi {
+                            let mut f = [_mm512_setzero_ps(); B];
+                            for (b, f) in f.iter_mut().enumerate() {
+                                *f = _mm512_loadu_ps(wq.add(b * block + i * BLOCK));
+                            }
+                            for r in 0..R {
+                                let xi = rows[r].add(i * cs);
+                                for c in 0..C {
+                                    let v = _mm512_set1_ps(*xi.add(c * cstep));
+                                    for b in 0..B {
+                                        acc[b][r][c] = _mm512_fmadd_ps(v, f[b], acc[b][r][c]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (b, acc) in acc.iter().enumerate() {
+                for (r, acc) in acc.iter().enumerate() {
+                    store(j, ob + b, (oy + r, ox), acc, BLOCK);
+                }
+            }
+        }
+        C
+    }
+
+    /// Depthwise tiles whose pixels are `s` elements apart in the input.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn dw_tiles(j: &Job, cb: usize, (oy, ox): (usize, usize), n: usize, s: usize) {
+        let mut p = 0;
+        while p < n {
+            let at = (oy, ox + p);
+            // SAFETY: forwarded.
+            unsafe {
+                p += match n - p {
+                    16.. => dw_tile::<16>(j, cb, at, s),
+                    8.. => dw_tile::<8>(j, cb, at, s),
+                    4.. => dw_tile::<4>(j, cb, at, s),
+                    2.. => dw_tile::<2>(j, cb, at, s),
+                    _ => dw_tile::<1>(j, cb, at, s),
+                };
+            }
+        }
+    }
+
+    /// A depthwise tile of channel block `cb` by `P` pixels from `(oy, ox)`, `s` elements
+    /// apart in the input, whose column taps are those of its first pixel; returns `P`.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn dw_tile<const P: usize>(
+        j: &Job,
+        cb: usize,
+        (oy, ox): (usize, usize),
+        s: usize,
+    ) -> usize {
+        let ((ky0, ky1), (kx0, kx1)) = j.taps(oy, ox);
+        // SAFETY: as in `tile`.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); P];
+            for ky in ky0..ky1 {
+                for kx in kx0..kx1 {
+                    let xp = j.x.add(cb * j.gs + j.input(0, j.at((oy, ox), (ky, kx))));
+                    let f = _mm512_loadu_ps(j.wp.add(j.dw_filter(cb, ky, kx)));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(p * s)), f, *a);
+                    }
+                }
+            }
+            store(j, cb, (oy, ox), &acc, BLOCK);
+        }
+        P
+    }
+
+    /// Stores a tile's vectors of output block `ob` from `(oy, ox)`, `step` apart, through
+    /// the epilogue.
+    ///
+    /// # Safety
+    /// As [`tiles`], for these pixels.
+    #[inline(always)]
+    unsafe fn store(j: &Job, ob: usize, (oy, ox): (usize, usize), acc: &[__m512], step: usize) {
+        let at = j.output(ob, oy, ox);
+        let e = j.epi.from(0, ob * BLOCK, at);
+        // SAFETY: the outputs (and residual) are inside their buffers; the CPU has AVX-512F.
+        unsafe {
+            let coefs = epi::coefs(&e, 0, 0, !0);
+            for (p, &v) in acc.iter().enumerate() {
+                let r = e.res.wrapping_add(p * step);
+                let v = epi::apply(&e, v, coefs, r, !0);
+                _mm512_storeu_ps(j.out.add(at + p * step), v);
+            }
+        }
+    }
+}
+
+/// The tiles in 8-lane halves of a block (AVX2 and FMA): one output block at a time, up to
+/// six pixels (twelve accumulators, two filter halves and a broadcast in 16 registers), in
+/// the order of the 16-lane tiles, so results are the same.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::super::super::epilogue::avx2 as epi;
+    use super::{Job, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// The `r`×`n` pixels from (oy, ox) of block `ob` (see `avx512::tiles`).
+    ///
+    /// # Safety
+    /// As [`Job::row`]; the CPU has AVX2 and FMA; the pixels share their taps.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tiles(
+        j: &Job,
+        ob: usize,
+        (oy, ox): (usize, usize),
+        (r, n): (usize, usize),
+        depthwise: bool,
+    ) {
+        let down = r > 1 && n == 1;
+        let (len, mut p) = (if down { r } else { n }, 0);
+        while p < len {
+            let at = if down { (oy + p, ox) } else { (oy, ox + p) };
+            // SAFETY: forwarded.
+            unsafe {
+                p += match (depthwise, down, r, len - p) {
+                    (true, _, _, 6..) => dw::<6>(j, ob, at),
+                    (true, _, _, 4..) => dw::<4>(j, ob, at),
+                    (true, _, _, 2..) => dw::<2>(j, ob, at),
+                    (true, _, _, _) => dw::<1>(j, ob, at),
+                    (_, true, _, 6..) => tile::<6, 1>(j, ob, at) * 6,
+                    (_, true, _, 4..) => tile::<4, 1>(j, ob, at) * 4,
+                    (_, true, _, 2..) => tile::<2, 1>(j, ob, at) * 2,
+                    (_, true, _, _) => tile::<1, 1>(j, ob, at),
+                    (_, _, 1, 6..) => tile::<1, 6>(j, ob, at),
+                    (_, _, 1, 4..) => tile::<1, 4>(j, ob, at),
+                    (_, _, 1, 2..) => tile::<1, 2>(j, ob, at),
+                    (_, _, 1, _) => tile::<1, 1>(j, ob, at),
+                    (_, _, _, 3..) => tile::<2, 3>(j, ob, at),
+                    (_, _, _, 2) => tile::<2, 2>(j, ob, at),
+                    (_, _, _, _) => tile::<2, 1>(j, ob, at),
+                };
+            }
+        }
+    }
+
+    /// A dense tile of block `ob` by `R` rows of `C` pixels (see `avx512::tile`); returns `C`.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const C: usize>(
+        j: &Job,
+        ob: usize,
+        (oy, ox): (usize, usize),
+    ) -> usize {
+        let ((ky0, ky1), (kx0, kx1)) = j.taps(oy, ox);
+        let cstep = j.ps * j.g.sw as usize;
+        let rstep = j.ps * j.g.sh as usize * j.g.w as usize;
+        let (gi, cs) = (j.gi, j.cs);
+        // SAFETY: as in `avx512::tile`; the CPU has AVX2 and FMA.
+        unsafe {
+            let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
+            for q in 0..j.groups {
+                for ky in ky0..ky1 {
+                    for kx in kx0..kx1 {
+                        let xp = j.x.add(j.input(q, j.at((oy, ox), (ky, kx))));
+                        let wq = j.wp.add(j.filter(ob, q, ky, kx));
+                        for i in 0..gi {
+                            let f0 = _mm256_loadu_ps(wq.add(i * BLOCK));
+                            let f1 = _mm256_loadu_ps(wq.add(i * BLOCK + 8));
+                            for r in 0..R {
+                                for c in 0..C {
+                                    let v = _mm256_set1_ps(*xp.add(r * rstep + c * cstep + i * cs));
+                                    let a = &mut acc[r][c];
+                                    a[0] = _mm256_fmadd_ps(v, f0, a[0]);
+                                    a[1] = _mm256_fmadd_ps(v, f1, a[1]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                store(j, ob, (oy + r, ox), acc);
+            }
+        }
+        C
+    }
+
+    /// A depthwise tile of channel block `cb` by `P` pixels along a row; returns `P`.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn dw<const P: usize>(j: &Job, cb: usize, (oy, ox): (usize, usize)) -> usize {
+        let ((ky0, ky1), (kx0, kx1)) = j.taps(oy, ox);
+        let s = j.ps * j.g.sw as usize;
+        // SAFETY: as in `avx512::dw_tile`; the CPU has AVX2 and FMA.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; P];
+            for ky in ky0..ky1 {
+                for kx in kx0..kx1 {
+                    let xp = j.x.add(cb * j.gs + j.input(0, j.at((oy, ox), (ky, kx))));
+                    let f = j.wp.add(j.dw_filter(cb, ky, kx));
+                    let (f0, f1) = (_mm256_loadu_ps(f), _mm256_loadu_ps(f.add(8)));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        let x = xp.add(p * s);
+                        a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x), f0, a[0]);
+                        a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8)), f1, a[1]);
+                    }
+                }
+            }
+            store(j, cb, (oy, ox), &acc);
+        }
+        P
+    }
+
+    /// Stores a row of a tile's block vectors (two halves each) from `(oy, ox)` through the
+    /// epilogue.
+    ///
+    /// # Safety
+    /// As [`tiles`], for these pixels.
+    #[inline(always)]
+    unsafe fn store(j: &Job, ob: usize, (oy, ox): (usize, usize), acc: &[[__m256; 2]]) {
+        let at = j.output(ob, oy, ox);
+        let all = _mm256_set1_epi32(-1);
+        // SAFETY: the outputs (and residual) are inside their buffers; AVX2 available.
+        unsafe {
+            for h in 0..2 {
+                let e = j.epi.from(0, ob * BLOCK + 8 * h, at + 8 * h);
+                let coefs = epi::coefs(&e, 0, 0, all);
+                for (p, v) in acc.iter().enumerate() {
+                    let r = e.res.wrapping_add(p * BLOCK);
+                    let v = epi::apply(&e, v[h], coefs, r, all);
+                    _mm256_storeu_ps(j.out.add(at + 8 * h + p * BLOCK), v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct sum in f64 over NCHW arrays.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        c: usize,
+        o: usize,
+        groups: usize,
+        g: &Geometry,
+    ) -> Vec<f32> {
+        let (h, wd, oh, ow, kh, kw) = (g.h, g.w, g.oh, g.ow, g.kh, g.kw);
+        let cg = c / groups;
+        let mut out = vec![0.0f32; o * (oh * ow) as usize];
+        for oc in 0..o {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut s = 0.0f64;
+                    for k in 0..cg {
+                        let ch = oc / (o / groups) * cg + k;
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = oy * g.sh + ky * g.dh - g.ph;
+                                let ix = ox * g.sw + kx * g.dw - g.pw;
+                                if iy < 0 || iy >= h || ix < 0 || ix >= wd {
+                                    continue;
+                                }
+                                let xv = x[((ch as i64 * h + iy) * wd + ix) as usize];
+                                let wv = w[(((oc * cg + k) as i64 * kh + ky) * kw + kx) as usize];
+                                s += f64::from(xv) * f64::from(wv);
+                            }
+                        }
+                    }
+                    out[(oc as i64 * oh * ow + oy * ow + ox) as usize] = s as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// `[c, h, w]` as `[c/16, h, w, 16]`.
+    fn block(x: &[f32], c: usize, hw: usize) -> Vec<f32> {
+        let mut b = vec![0.0; x.len()];
+        for ch in 0..c {
+            for p in 0..hw {
+                b[((ch / BLOCK) * hw + p) * BLOCK + ch % BLOCK] = x[ch * hw + p];
+            }
+        }
+        b
+    }
+
+    /// One conv through the routine (vector code where the CPU has it) and through the
+    /// driver with every instruction set the CPU runs, against the direct sum.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        c: usize,
+        o: usize,
+        hw: (i64, i64),
+        k: (i64, i64),
+        s: i64,
+        d: i64,
+        p: i64,
+        form: &str,
+    ) {
+        let inf = form.ends_with("+inf");
+        let form = form.trim_end_matches("+inf");
+        let (h, w) = hw;
+        let (kh, kw) = k;
+        let oh = (h + 2 * p - (kh - 1) * d - 1) / s + 1;
+        let ow = (w + 2 * p - (kw - 1) * d - 1) / s + 1;
+        let g = Geometry::of([h, w, oh, ow, kh, kw, s, s, d, d, p, p]);
+        let (depthwise, plain) = (form == "depthwise", form == "plain");
+        let groups = if depthwise { c } else { 1 };
+        let n = |i: usize, m: usize| ((i * 7919 + m * 104_729) % 1000) as f32 / 500.0 - 1.0;
+        let x: Vec<f32> = (0..c * (h * w) as usize).map(|i| n(i, 1)).collect();
+        let mut wt: Vec<f32> = (0..o * c / groups * (kh * kw) as usize)
+            .map(|i| n(i, 3))
+            .collect();
+        if inf {
+            // Filter 0's first tap: a zero pad's product with it is NaN.
+            wt[0] = f32::NEG_INFINITY;
+        }
+        let want = block(&reference(&x, &wt, c, o, groups, &g), o, (oh * ow) as usize);
+        let xb = if plain {
+            x.clone()
+        } else {
+            block(&x, c, (h * w) as usize)
+        };
+        let taps = (kh as usize, kw as usize);
+        let wp = if depthwise {
+            pack_depthwise(&wt, c, taps)
+        } else {
+            pack_filters(&wt, o, c, taps, if plain { c } else { BLOCK })
+        }
+        .unwrap();
+        let mut got = vec![f32::NAN; want.len()];
+        let mut unpacked = vec![f32::NAN; want.len()];
+        let call = |wp: *const f32, out: &mut [f32]| {
+            // SAFETY: sizes as documented.
+            unsafe {
+                kiln_conv2d_nchwc(
+                    xb.as_ptr(),
+                    wt.as_ptr(),
+                    wp,
+                    out.as_mut_ptr(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    c as i64,
+                    o as i64,
+                    h,
+                    w,
+                    oh,
+                    ow,
+                    kh,
+                    kw,
+                    s,
+                    s,
+                    d,
+                    d,
+                    p,
+                    p,
+                    if plain { 0 } else { BLOCK as i64 },
+                    groups as i64,
+                    0,
+                    (o / BLOCK) as i64,
+                    0,
+                    oh,
+                    0,
+                    f32::NEG_INFINITY,
+                    f32::INFINITY,
+                )
+            }
+        };
+        call(wp.as_ptr(), &mut got);
+        call(std::ptr::null(), &mut unpacked);
+        let (gi, gs, ps, cs) = if plain {
+            (c, 0, 1, (h * w) as usize)
+        } else {
+            (BLOCK, (h * w) as usize * BLOCK, BLOCK, 1)
+        };
+        // Every instruction set the CPU runs, through the same driver.
+        let mut isas = vec![Isa::Scalar];
+        if crate::avx2_fma() {
+            isas.push(Isa::Avx2);
+        }
+        if crate::avx512() {
+            isas.push(Isa::Avx512);
+        }
+        let mut each = Vec::new();
+        for isa in isas {
+            let mut out = vec![f32::NAN; want.len()];
+            let j = Job {
+                x: xb.as_ptr(),
+                wp: wp.as_ptr(),
+                out: out.as_mut_ptr(),
+                exact: inf,
+                groups: if depthwise { 1 } else { c / gi },
+                gi,
+                gs,
+                ps,
+                cs,
+                isa,
+                g,
+                epi: Epilogue::NONE,
+            };
+            // SAFETY: inside the buffers.
+            unsafe { j.blocks((0, (o / BLOCK) as i64), (0, oh), depthwise) };
+            each.push((isa, out));
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&got),
+            bits(&unpacked),
+            "{form}: filters packed per call"
+        );
+        if inf {
+            // Output 0 (filter 0 at (0, 0)) has its first tap outside: 0 · -inf.
+            assert!(got[0].is_nan(), "{form}: {}", got[0]);
+            for (isa, out) in &each {
+                assert_eq!(
+                    bits(&got),
+                    bits(out),
+                    "{form}: {isa:?} code agrees bit for bit"
+                );
+            }
+            let finite = got.iter().zip(&want).filter(|(a, _)| a.is_finite());
+            for (i, (&a, &b)) in finite.enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{form} {i}: {a} vs {b}"
+                );
+            }
+            return;
+        }
+        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{form} {i}: {a} vs {b}"
+            );
+        }
+        for (isa, out) in &each {
+            assert_eq!(
+                bits(&got),
+                bits(out),
+                "{form}: {isa:?} code agrees bit for bit"
+            );
+        }
+    }
+
+    #[test]
+    fn dense_convs_match_the_direct_sum() {
+        for form in ["blocked", "plain"] {
+            check(16, 16, (5, 7), (3, 3), 1, 1, 1, form);
+            check(32, 48, (9, 30), (3, 3), 1, 1, 1, form);
+            check(16, 32, (9, 11), (3, 3), 2, 1, 1, form);
+            check(32, 32, (13, 17), (1, 1), 1, 1, 0, form);
+            check(16, 64, (8, 8), (5, 5), 1, 2, 3, form);
+            check(16, 96, (12, 14), (7, 7), 2, 1, 3, form);
+            check(16, 16, (3, 3), (3, 3), 1, 1, 2, form);
+            check(32, 64, (7, 9), (1, 1), 2, 1, 0, form);
+            check(16, 64, (16, 16), (3, 3), 1, 1, 1, form);
+            check(16, 32, (10, 11), (3, 3), 1, 1, 1, form);
+            check(16, 16, (9, 8), (3, 3), 1, 1, 1, form);
+        }
+        check(3, 16, (11, 13), (3, 3), 2, 1, 1, "plain");
+        check(3, 64, (20, 20), (7, 7), 2, 1, 3, "plain");
+    }
+
+    #[test]
+    fn infinite_filters_multiply_the_zero_padding() {
+        for form in ["blocked+inf", "plain+inf", "depthwise+inf"] {
+            let o = if form.starts_with("depthwise") {
+                16
+            } else {
+                32
+            };
+            check(16, o, (9, 11), (3, 3), 1, 1, 1, form);
+            check(16, o, (9, 11), (3, 3), 2, 2, 2, form);
+        }
+    }
+
+    #[test]
+    fn depthwise_convs_match_the_direct_sum() {
+        check(16, 16, (5, 7), (3, 3), 1, 1, 1, "depthwise");
+        check(32, 32, (19, 40), (3, 3), 2, 1, 1, "depthwise");
+        check(16, 16, (12, 14), (5, 5), 1, 2, 2, "depthwise");
+        check(48, 48, (9, 9), (3, 3), 3, 1, 0, "depthwise");
+    }
+}
