@@ -657,8 +657,11 @@ fn second_conv(b: &mut Builder, rng: &mut Rng, x: Value, o: usize) -> Option<Val
         .ok()?;
     match below(rng, 3) {
         0 if b.ty(y) == b.ty(x) => b.add(y, x).ok(),
-        1 if b.shape(y).dims()[2..].iter().all(|d| d.as_const() >= Some(2)) => b
-            .op1(
+        1 if b.shape(y).dims()[2..]
+            .iter()
+            .all(|d| d.as_const() >= Some(2)) =>
+        {
+            b.op1(
                 Op::ReduceWindow {
                     kind: kiln::ir::ReduceKind::Max,
                     window: vec![1, 1, 2, 2],
@@ -669,7 +672,8 @@ fn second_conv(b: &mut Builder, rng: &mut Rng, x: Value, o: usize) -> Option<Val
                 },
                 &[y],
             )
-            .ok(),
+            .ok()
+        }
         _ => Some(y),
     }
 }
