@@ -199,6 +199,67 @@ fn convolutions(c: &mut Criterion) {
                 bench.iter(|| dense(u.as_ptr(), &mut out))
             });
         }
+        // The blocked layout's routine (what the default pipeline runs): the image as
+        // blocks of 16 channels (any values: the sums take the same time), the filters
+        // packed, every output block and row in one call.
+        let packed = if depthwise {
+            conv::blocked::pack_depthwise(&w, co as usize, (win as usize, win as usize))
+        } else {
+            conv::blocked::pack_filters(
+                &w,
+                co as usize,
+                ci as usize,
+                (win as usize, win as usize),
+                16,
+            )
+        }
+        .expect("blocks of 16");
+        // 64-byte aligned, as kernels' constants and arenas are.
+        let mut lines = vec![0f32; packed.len() + 16];
+        let at = lines.as_ptr().align_offset(64);
+        lines[at..at + packed.len()].copy_from_slice(&packed);
+        let mut aligned_out = vec![0f32; out.len() + 16];
+        let oat = aligned_out.as_ptr().align_offset(64);
+        group.bench_function(format!("{name}_nchwc"), |bench| {
+            bench.iter(|| {
+                // SAFETY: the blocked image has the plain one's elements; the packed filters
+                // and the result hold what the geometry needs.
+                unsafe {
+                    conv::kiln_conv2d_nchwc(
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        lines[at..].as_ptr(),
+                        aligned_out[oat..].as_mut_ptr(),
+                        null,
+                        null,
+                        null,
+                        ci,
+                        co,
+                        side,
+                        side,
+                        os,
+                        os,
+                        win,
+                        win,
+                        stride,
+                        stride,
+                        1,
+                        1,
+                        pad,
+                        pad,
+                        16,
+                        if depthwise { ci } else { 1 },
+                        0,
+                        co / 16,
+                        0,
+                        os,
+                        0,
+                        ninf,
+                        inf,
+                    )
+                }
+            })
+        });
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 if depthwise {
