@@ -308,7 +308,9 @@ impl Job {
             let nb = if nb == 3 { 2 } else { nb };
             let (obu, nbu) = (ob as usize, nb as usize);
             // Dense tiles take two rows at once where both have every row tap inside.
-            let full = |oy: i64| !depthwise && !flat && job.full_row(oy);
+            // (Depthwise ones where a tile reads shared input rows: see `Job::paired`.)
+            let pairs = !depthwise || job.paired();
+            let full = |oy: i64| pairs && !flat && job.full_row(oy);
             let mut oy = rows_at.start;
             while oy < rows_at.end {
                 let r = if full(oy) && oy + 1 < rows_at.end && full(oy + 1) {
@@ -354,8 +356,10 @@ impl Job {
         while ox < end {
             let inner = ox >= x0 && ox < x1;
             if self.exact && (some_outside || !inner) {
-                // SAFETY: forwarded.
-                unsafe { self.exact_pixels(ob, (oy, ox as usize), nb, depthwise) };
+                for y in oy..oy + r {
+                    // SAFETY: forwarded.
+                    unsafe { self.exact_pixels(ob, (y, ox as usize), nb, depthwise) };
+                }
                 ox += 1;
                 continue;
             }
@@ -368,6 +372,14 @@ impl Job {
             unsafe { self.run(ob, (oy, ox as usize), (r, n), nb, depthwise) };
             ox += n as i64;
         }
+    }
+
+    /// Whether a depthwise conv's tiles take two output rows at once: 3-wide windows at
+    /// unit strides and dilations on a blocked input, whose two rows' windows share all but
+    /// one input row (loaded once for both).
+    fn paired(&self) -> bool {
+        let g = &self.g;
+        (g.kw, g.dw, g.sw, g.sh, g.dh, self.ps) == (3, 1, 1, 1, 1, BLOCK)
     }
 
     /// Whether output row `oy` has every row tap inside the image.
@@ -431,6 +443,14 @@ impl Job {
         nb: usize,
         depthwise: bool,
     ) {
+        if depthwise && r > 1 && self.isa != Isa::Avx512 {
+            // Paired depthwise rows, one at a time.
+            for y in oy..oy + r {
+                // SAFETY: forwarded.
+                unsafe { self.run(ob, (y, ox), (1, n), nb, depthwise) };
+            }
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         match self.isa {
             // SAFETY: forwarded; the CPU has AVX-512F.
@@ -595,7 +615,8 @@ mod avx512 {
         // SAFETY: forwarded.
         unsafe {
             match (depthwise, rn, j.ps * j.g.sw as usize) {
-                (true, (_, n), s) => dw_tiles(j, ob, at, n, s),
+                (true, (1, n), s) => dw_tiles(j, ob, at, n, s),
+                (true, (_, n), _) => dw_pairs(j, ob, at, n),
                 (false, (r, 1), _) if r > 1 => down(j, ob, at, r, nb),
                 (false, rn, 16) => along::<16>(j, ob, at, rn, nb),
                 (false, rn, 32) => along::<32>(j, ob, at, rn, nb),
@@ -886,6 +907,81 @@ mod avx512 {
                 };
             }
         }
+    }
+
+    /// Depthwise tiles of output rows `oy` and `oy + 1` ([`Job::paired`]; both rows' taps
+    /// inside): [`dw_rows3`] where the columns' taps are inside, the rows one at a time for a
+    /// single border pixel.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn dw_pairs(j: &Job, cb: usize, (oy, ox): (usize, usize), n: usize) {
+        if n == 1 {
+            for y in oy..oy + 2 {
+                // SAFETY: forwarded.
+                unsafe { dw_tiles(j, cb, (y, ox), 1, BLOCK) };
+            }
+            return;
+        }
+        let mut p = 0;
+        while p < n {
+            let at = (oy, ox + p);
+            // SAFETY: forwarded.
+            unsafe {
+                p += match n - p {
+                    8.. => dw_rows3::<8, 10>(j, cb, at),
+                    4.. => dw_rows3::<4, 6>(j, cb, at),
+                    2.. => dw_rows3::<2, 4>(j, cb, at),
+                    _ => dw_rows3::<1, 3>(j, cb, at),
+                };
+            }
+        }
+    }
+
+    /// A depthwise tile of channel block `cb` by two output rows of `P` pixels from `(oy,
+    /// ox)` of a window three taps wide ([`Job::paired`], every tap inside): each of the
+    /// `kh + 1` input rows the two windows read, `Q` = `P` + 2 vectors, loaded once; each
+    /// output's sums in (ky, kx) order as [`dw_tile`]'s. Returns `P`.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[inline(always)]
+    unsafe fn dw_rows3<const P: usize, const Q: usize>(
+        j: &Job,
+        cb: usize,
+        (oy, ox): (usize, usize),
+    ) -> usize {
+        let kh = j.g.kh as usize;
+        // SAFETY: as in `tile`: both rows' taps are inside.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); P]; 2];
+            let first = j.x.add(cb * j.gs + j.input(0, j.at((oy, ox), (0, 0))));
+            let row = j.g.w as usize * BLOCK;
+            for r in 0..kh + 1 {
+                let xp = first.add(r * row);
+                let mut v = [_mm512_setzero_ps(); Q];
+                for (q, v) in v.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(xp.add(q * BLOCK));
+                }
+                for (o, acc) in acc.iter_mut().enumerate() {
+                    // Input row r is window row r - o of output row oy + o.
+                    let Some(ky) = r.checked_sub(o).filter(|&ky| ky < kh) else {
+                        continue;
+                    };
+                    for kx in 0..3 {
+                        let f = _mm512_loadu_ps(j.wp.add(j.dw_filter(cb, ky, kx)));
+                        for (p, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(v[p + kx], f, *a);
+                        }
+                    }
+                }
+            }
+            for (o, acc) in acc.iter().enumerate() {
+                store(j, cb, (oy + o, ox), acc, BLOCK);
+            }
+        }
+        P
     }
 
     /// A depthwise tile of channel block `cb` by `P` pixels from `(oy, ox)`, `s` elements
@@ -1216,8 +1312,10 @@ mod tests {
             pack_filters(&wt, o, c, taps, if plain { c } else { BLOCK })
         }
         .unwrap();
-        let mut got = vec![f32::NAN; want.len()];
-        let mut unpacked = vec![f32::NAN; want.len()];
+        // A value no output takes: every output must be written.
+        const UNSET: f32 = 1234.5;
+        let mut got = vec![UNSET; want.len()];
+        let mut unpacked = vec![UNSET; want.len()];
         let call = |wp: *const f32, out: &mut [f32]| {
             // SAFETY: sizes as documented.
             unsafe {
@@ -1272,7 +1370,7 @@ mod tests {
         }
         let mut each = Vec::new();
         for isa in isas {
-            let mut out = vec![f32::NAN; want.len()];
+            let mut out = vec![UNSET; want.len()];
             let offs: Vec<usize> = (0..kh * kw)
                 .flat_map(|t| {
                     let at = ((t / kw * d * w + t % kw * d) as usize) * ps;
@@ -1299,6 +1397,7 @@ mod tests {
             each.push((isa, out));
         }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(!got.contains(&UNSET), "{form}: an output left unwritten");
         assert_eq!(
             bits(&got),
             bits(&unpacked),
@@ -1373,6 +1472,8 @@ mod tests {
     #[test]
     fn depthwise_convs_match_the_direct_sum() {
         check(16, 16, (5, 7), (3, 3), 1, 1, 1, "depthwise");
+        check(32, 32, (11, 23), (3, 3), 1, 1, 1, "depthwise");
+        check(16, 16, (9, 10), (5, 3), 1, 1, 2, "depthwise");
         check(32, 32, (19, 40), (3, 3), 2, 1, 1, "depthwise");
         check(16, 16, (12, 14), (5, 5), 1, 2, 2, "depthwise");
         check(48, 48, (9, 9), (3, 3), 3, 1, 0, "depthwise");
