@@ -177,16 +177,8 @@ pub unsafe extern "C" fn kiln_pool2d_nchwc(
     // The window's taps inside the plane (divisions only at its borders).
     let span = |o: i64, s: i64, p: i64, k: i64, d: i64, n: i64| {
         let start = o * s - p;
-        if start >= 0 && start + (k - 1) * d < n {
-            return (start, 0, k);
-        }
-        let k0 = if start >= 0 { 0 } else { (-start + d - 1) / d };
-        let k1 = if start >= n {
-            0
-        } else {
-            ((n - start + d - 1) / d).min(k)
-        };
-        (start, k0.min(k), k1.max(k0.min(k)))
+        let (k0, k1) = super::conv::blocked::inside(start, k, d, n);
+        (start, k0, k1)
     };
     // The full window's taps from its first element, window row by row.
     let window: Vec<usize> = (0..kh)

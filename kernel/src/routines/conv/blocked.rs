@@ -257,8 +257,8 @@ fn most(nb: usize, depthwise: bool) -> i64 {
 }
 
 /// The taps `k0..k1` of a window of `k` taps (dilation `d`) from input position `start` that
-/// fall inside `0..n`.
-fn inside(start: i64, k: i64, d: i64, n: i64) -> (i64, i64) {
+/// fall inside `0..n` (divisions only at the image's borders).
+pub(in crate::routines) fn inside(start: i64, k: i64, d: i64, n: i64) -> (i64, i64) {
     if start >= 0 && start + (k - 1) * d < n {
         return (0, k);
     }
