@@ -10,6 +10,7 @@
 //! loops sum a window; a padding tap adds +0, which changes no sum. Every path gives the same
 //! result.
 
+use super::conv::blocked::Isa;
 use super::conv::{give_padded, lanes, padded, take_padded, Geometry};
 
 /// `out[oy·ow + ox]` = the maximum (`kind` 0), minimum (1) or sum (2) of `x[iy·w + ix]` over
@@ -153,6 +154,24 @@ pub unsafe extern "C" fn kiln_pool2d_nchwc(
     pw: i64,
     kind: i64,
 ) {
+    // SAFETY: forwarded.
+    unsafe {
+        nchwc(
+            x,
+            out,
+            [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw],
+            kind,
+            Isa::host(),
+        )
+    }
+}
+
+/// [`kiln_pool2d_nchwc`] in `isa`'s code (every ISA gives the same results).
+///
+/// # Safety
+/// As [`kiln_pool2d_nchwc`]; the CPU runs `isa`'s code.
+unsafe fn nchwc(x: *const f32, out: *mut f32, g: [i64; 12], kind: i64, isa: Isa) {
+    let [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = g;
     let kind = match kind {
         0 => Kind::Max,
         1 => Kind::Min,
@@ -172,7 +191,7 @@ pub unsafe extern "C" fn kiln_pool2d_nchwc(
         }
         return;
     }
-    let wide = crate::avx512();
+    let wide = isa == Isa::Avx512;
     let src = x;
     // The window's taps inside the plane (divisions only at its borders).
     let span = |o: i64, s: i64, p: i64, k: i64, d: i64, n: i64| {
@@ -228,7 +247,13 @@ pub unsafe extern "C" fn kiln_pool2d_nchwc(
                 unsafe { avx512::pixel(src, &taps, o, kind) };
                 continue;
             }
-            let _ = wide;
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx2 {
+                // SAFETY: every tap is inside the plane; the CPU has AVX2.
+                unsafe { avx2::pixel(src, &taps, o, kind) };
+                continue;
+            }
+            let _ = (wide, isa);
             for l in 0..B {
                 // SAFETY: every tap is inside the plane; the lane inside the output pixel.
                 unsafe {
@@ -620,6 +645,59 @@ mod avx2 {
         _mm256_blendv_ps(back, _mm256_set1_ps(f32::NAN), nan)
     }
 
+    /// One output pixel of a blocked pool as [`super::avx512::pixel`] computes it, in two
+    /// 8-lane halves: the extreme of the lanes' keys (NaN's key above or below every other),
+    /// or their f64 sums in tap order.
+    ///
+    /// # Safety
+    /// AVX2 available; the taps readable from `x` for 16 lanes, `out` writable for 16.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pixel(x: *const f32, taps: &super::Taps, out: *mut f32, kind: Kind) {
+        for half in [0, 8] {
+            // SAFETY: forwarded, for this half's lanes.
+            unsafe {
+                let x = x.add(half);
+                let v = if kind == Kind::Sum {
+                    let zero = (_mm256_setzero_pd(), _mm256_setzero_pd());
+                    let (lo, hi) = taps.fold(zero, |(lo, hi), off| {
+                        let v = load(x.add(off));
+                        (
+                            _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v))),
+                            _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v))),
+                        )
+                    });
+                    let (lo, hi) = (_mm256_cvtpd_ps(lo), _mm256_cvtpd_ps(hi));
+                    _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(lo), hi)
+                } else if taps.empty() {
+                    _mm256_set1_ps(if kind == Kind::Min {
+                        f32::INFINITY
+                    } else {
+                        f32::NEG_INFINITY
+                    })
+                } else {
+                    let min = kind == Kind::Min;
+                    let sentinel =
+                        _mm256_set1_epi32(if min { super::NAN_MIN } else { super::NAN_MAX });
+                    let init = _mm256_set1_epi32(if min { i32::MAX } else { i32::MIN });
+                    let acc = taps.fold(init, |acc, off| {
+                        let v = load(x.add(off));
+                        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                        let k = _mm256_blendv_epi8(key(v), sentinel, nan);
+                        if min {
+                            _mm256_min_epi32(acc, k)
+                        } else {
+                            _mm256_max_epi32(acc, k)
+                        }
+                    });
+                    let nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(acc, sentinel));
+                    let back = _mm256_castsi256_ps(key(_mm256_castsi256_ps(acc)));
+                    _mm256_blendv_ps(back, _mm256_set1_ps(f32::NAN), nan)
+                };
+                _mm256_storeu_ps(out.add(half), v);
+            }
+        }
+    }
+
     /// The sum of 8 outputs' taps, in f64 in tap order.
     ///
     /// # Safety
@@ -752,28 +830,19 @@ mod tests {
                     r => r as f32 - 20.0,
                 })
                 .collect();
-            for kind in 0..3 {
+            // Every ISA this CPU runs, each against the plane routine.
+            let mut isas = vec![Isa::Scalar];
+            if crate::avx2_fma() {
+                isas.push(Isa::Avx2);
+            }
+            if crate::avx512() {
+                isas.push(Isa::Avx512);
+            }
+            for (kind, isa) in (0..3).flat_map(|k| isas.iter().map(move |&i| (k, i))) {
                 let mut got = vec![1.5f32; (oh * ow * 16) as usize];
-                // SAFETY: sizes as documented.
-                unsafe {
-                    kiln_pool2d_nchwc(
-                        x.as_ptr(),
-                        got.as_mut_ptr(),
-                        h,
-                        w,
-                        oh,
-                        ow,
-                        kh,
-                        kw,
-                        sh,
-                        sw,
-                        dh,
-                        dw,
-                        ph,
-                        pw,
-                        kind,
-                    )
-                };
+                let g = [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw];
+                // SAFETY: sizes as documented; the CPU runs `isa`.
+                unsafe { nchwc(x.as_ptr(), got.as_mut_ptr(), g, kind, isa) };
                 for lane in 0..16 {
                     let plane: Vec<f32> = x.iter().skip(lane).step_by(16).copied().collect();
                     let mut want = vec![0f32; (oh * ow) as usize];
@@ -801,7 +870,7 @@ mod tests {
                         let got = got[p * 16 + lane];
                         assert!(
                             got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(),
-                            "kind {kind} {h}x{w} lane {lane} output {p}: {got} vs {want}"
+                            "{isa:?} kind {kind} {h}x{w} lane {lane} output {p}: {got} vs {want}"
                         );
                     }
                 }

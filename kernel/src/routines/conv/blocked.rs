@@ -174,13 +174,7 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
     let filters = ou * (if depthwise { 1 } else { cu }) * taps.0 * taps.1;
     // SAFETY: the packed filters end with their flag.
     let exact = unsafe { *wp.add(filters) } != 0.0;
-    let isa = if crate::avx512() {
-        Isa::Avx512
-    } else if crate::avx2_fma() {
-        Isa::Avx2
-    } else {
-        Isa::Scalar
-    };
+    let isa = Isa::host();
     // The input offset of each (ky, kx, channel) of a window from its first tap, in the
     // order the sums run (the packed filters' order within a group).
     let offs: Vec<usize> = (0..kh * kw)
@@ -214,12 +208,25 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
 
 /// The code a job runs: vector tiles for the CPU, or scalar pixels.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Isa {
+pub(in crate::routines) enum Isa {
     Scalar,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx2,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Avx512,
+}
+
+impl Isa {
+    /// The widest code this CPU runs.
+    pub(in crate::routines) fn host() -> Isa {
+        if crate::avx512() {
+            Isa::Avx512
+        } else if crate::avx2_fma() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
 }
 
 /// One call's operands and input layout.
