@@ -83,13 +83,31 @@ impl Shared {
             }
             // SAFETY: a claimed part of the running job: its function is alive (`Slot::f`).
             let f = unsafe { &*(*self.slot.f.get()).expect("a published function") };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))).is_err() {
+            if !ran_cleanly(|| f(i)) {
                 self.panicked.store(true, Ordering::Relaxed);
             }
             if count {
                 self.done.0.fetch_add(1, Ordering::Release);
             }
             ran += 1;
+        }
+    }
+}
+
+/// Runs `f`; false if it panicked. A panic's payload is dropped inside the catch too (a
+/// payload whose drop panics must not unwind through a region, which would leave its parts
+/// running on the helpers).
+fn ran_cleanly(f: impl FnOnce()) -> bool {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(()) => true,
+        Err(payload) => {
+            let dropped = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            // A payload whose drop panicked again is leaked rather than unwound.
+            if let Err(again) = dropped {
+                std::mem::forget(again);
+            }
+            false
         }
     }
 }
@@ -116,16 +134,20 @@ impl Pool {
             sleeping: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
-        let mut threads = Vec::with_capacity(n);
+        // Built in place, so a failed spawn drops (stops and joins) the helpers started.
+        let mut pool = Pool {
+            shared,
+            threads: Vec::with_capacity(n),
+        };
         for i in 0..n {
-            let s = shared.clone();
-            threads.push(
+            let s = pool.shared.clone();
+            pool.threads.push(
                 std::thread::Builder::new()
                     .name(format!("kiln-helper-{i}"))
                     .spawn(move || helper(&s))?,
             );
         }
-        Ok(Pool { shared, threads })
+        Ok(pool)
     }
 
     /// How many helper threads there are.
@@ -141,6 +163,7 @@ impl Pool {
     /// Runs `parts` parts of `f` here and on the helpers, if this caller gets the slot: then
     /// whether a part panicked (else `None`, having run nothing).
     fn run(&self, parts: usize, f: Func) -> Option<bool> {
+        debug_assert!((2..=MAX_PARTS).contains(&parts));
         let s = &*self.shared;
         if s.busy.swap(true, Ordering::Acquire) {
             return None;
@@ -161,7 +184,7 @@ impl Pool {
         // SAFETY: as in `Shared::work`: part 0 is this caller's.
         let f0 = unsafe { &*f };
         let mine = with_helpers(None, || {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f0(0))).is_err() {
+            if !ran_cleanly(|| f0(0)) {
                 s.panicked.store(true, Ordering::Relaxed);
             }
             1 + s.work(false)
@@ -378,6 +401,36 @@ mod tests {
             })
         });
         assert!(seen.iter().all(|n| n.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn a_panic_whose_payload_panics_when_dropped_leaves_the_pool_usable() {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("the payload's drop");
+            }
+        }
+        let pool = Arc::new(Pool::new(1).unwrap());
+        for _ in 0..4 {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_helpers(Some(pool.clone()), || {
+                    parallel_for(8, |i| {
+                        if i % 3 == 1 {
+                            std::panic::panic_any(Bomb);
+                        }
+                    })
+                })
+            }));
+            assert!(r.is_err());
+        }
+        let n = AtomicUsize::new(0);
+        with_helpers(Some(pool), || {
+            parallel_for(8, |_| {
+                n.fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert_eq!(n.into_inner(), 8);
     }
 
     #[test]
