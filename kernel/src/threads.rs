@@ -70,6 +70,20 @@ unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
 impl Shared {
+    /// Publishes a job of `parts` parts whose claims start at part `next`, under a new epoch,
+    /// and wakes sleeping helpers (a job of no parts just makes them look, as `Drop` needs).
+    fn publish(&self, parts: usize, next: u64) {
+        let epoch = (self.slot.claim.load(Ordering::Relaxed) >> EPOCH) + 1;
+        let word = epoch << EPOCH | (parts as u64) << PARTS | next;
+        self.slot.claim.store(word, Ordering::SeqCst);
+        // A helper going to sleep counts itself, then checks the epoch under the lock: either
+        // it sees this epoch or this sees it sleeping (both SeqCst).
+        if self.sleeping.load(Ordering::SeqCst) > 0 {
+            drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
+            self.wake.notify_all();
+        }
+    }
+
     /// Claims and runs parts of the published job until none are left; returns the parts run.
     /// A helper (`count`) counts each in `done` as soon as it finishes (the caller may be
     /// waiting for it); the caller counts its own.
@@ -173,14 +187,8 @@ impl Pool {
         // SAFETY: this caller owns the slot, and every claim of the previous job has finished
         // (its caller waited for them), so no helper reads `f` now.
         unsafe { *s.slot.f.get() = Some(f) };
-        let epoch = (s.slot.claim.load(Ordering::Relaxed) >> EPOCH) + 1;
         // The caller keeps part 0 without claiming it; helpers take the rest.
-        let word = epoch << EPOCH | (parts as u64) << PARTS | 1;
-        s.slot.claim.store(word, Ordering::SeqCst);
-        if s.sleeping.load(Ordering::SeqCst) > 0 {
-            drop(s.lock.lock().unwrap_or_else(|e| e.into_inner()));
-            s.wake.notify_all();
-        }
+        s.publish(parts, 1);
         // SAFETY: as in `Shared::work`: part 0 is this caller's.
         let f0 = unsafe { &*f };
         let mine = with_helpers(None, || {
@@ -202,13 +210,7 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         // A new epoch with no parts: spinning helpers look, sleeping ones are woken.
-        let w = self.shared.slot.claim.load(Ordering::Relaxed);
-        self.shared
-            .slot
-            .claim
-            .store(((w >> EPOCH) + 1) << EPOCH, Ordering::SeqCst);
-        drop(self.shared.lock.lock().unwrap_or_else(|e| e.into_inner()));
-        self.shared.wake.notify_all();
+        self.shared.publish(0, 0);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -403,6 +405,26 @@ mod tests {
         assert!(seen.iter().all(|n| n.load(Ordering::Relaxed) == 1));
     }
 
+    /// Runs a region of `parts` parts calling `part` on `pool`: it must panic the caller, and
+    /// the pool must run a region fully afterwards.
+    fn panics_and_the_pool_still_works(
+        pool: &Arc<Pool>,
+        parts: usize,
+        part: impl Fn(usize) + Sync,
+    ) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            with_helpers(Some(pool.clone()), || parallel_for(parts, &part))
+        }));
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        with_helpers(Some(pool.clone()), || {
+            parallel_for(8, |_| {
+                n.fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert_eq!(n.into_inner(), 8);
+    }
+
     #[test]
     fn a_panic_whose_payload_panics_when_dropped_leaves_the_pool_usable() {
         struct Bomb;
@@ -413,46 +435,21 @@ mod tests {
         }
         let pool = Arc::new(Pool::new(1).unwrap());
         for _ in 0..4 {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                with_helpers(Some(pool.clone()), || {
-                    parallel_for(8, |i| {
-                        if i % 3 == 1 {
-                            std::panic::panic_any(Bomb);
-                        }
-                    })
-                })
-            }));
-            assert!(r.is_err());
+            panics_and_the_pool_still_works(&pool, 8, |i| {
+                if i % 3 == 1 {
+                    std::panic::panic_any(Bomb);
+                }
+            });
         }
-        let n = AtomicUsize::new(0);
-        with_helpers(Some(pool), || {
-            parallel_for(8, |_| {
-                n.fetch_add(1, Ordering::Relaxed);
-            })
-        });
-        assert_eq!(n.into_inner(), 8);
     }
 
     #[test]
     fn a_panicking_part_panics_the_caller() {
         let pool = Arc::new(Pool::new(2).unwrap());
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            with_helpers(Some(pool.clone()), || {
-                parallel_for(16, |i| {
-                    if i == 9 {
-                        panic!("part 9");
-                    }
-                })
-            })
-        }));
-        assert!(r.is_err());
-        // The pool still works.
-        let n = AtomicUsize::new(0);
-        with_helpers(Some(pool), || {
-            parallel_for(8, |_| {
-                n.fetch_add(1, Ordering::Relaxed);
-            })
+        panics_and_the_pool_still_works(&pool, 16, |i| {
+            if i == 9 {
+                panic!("part 9");
+            }
         });
-        assert_eq!(n.into_inner(), 8);
     }
 }
