@@ -588,7 +588,7 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
     };
     let o = match (wide, blocky) {
         (true, _) => 64 + below(rng, 9),
-        (_, true) => 16 * (1 + below(rng, 2)),
+        (_, true) => 16 * (1 + below(rng, 3)),
         _ => groups * (1 + below(rng, if groups == 1 { 20 } else { 3 })),
     };
     let (kh, kw) = match below(rng, 3) {
@@ -631,13 +631,13 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
 }
 
 /// A conv of `x` (`o` channels, a multiple of 16) by random constant filters — depthwise 3×3,
-/// or dense into 16 or 32 — strided or padded at random, then at times `x` added back (a
+/// or dense into 16 to 64 (32×64 and more pairs run 3×3 ones by Winograd) — strided or padded at random, then at times `x` added back (a
 /// residual, where the shapes agree) or a 2×2 max pool.
 fn second_conv(b: &mut Builder, rng: &mut Rng, x: Value, o: usize) -> Option<Value> {
     let depthwise = below(rng, 2) == 0;
     let (o2, k) = match depthwise {
         true => (o, 3),
-        false => (16 * (1 + below(rng, 2)), 1 + 2 * below(rng, 2)),
+        false => (16 * (1 + below(rng, 4)), 1 + 2 * below(rng, 2)),
     };
     let wt = random_tensor(rng, DType::F32, &[o2, if depthwise { 1 } else { o }, k, k]);
     let wt = b.constant(wt).ok()?;

@@ -76,7 +76,12 @@ impl Lowering<'_> {
         let per = if groups_n == 1 { 4 } else { 1 };
         let groups = (ob + per - 1) / per;
         let runs = (8 / (n * groups).max(1)).clamp(1, oh.max(1));
-        let rows = (oh + runs - 1) / runs;
+        let mut rows = (oh + runs - 1) / runs;
+        if (kh, kw, stride[0], stride[1]) == (3, 3, 1, 1) && rows % 2 == 1 && rows < oh {
+            // Whole pairs of rows: Winograd's tiles (see the routine) are two rows high,
+            // and a run that starts inside one computes all of it.
+            rows += 1;
+        }
         let runs = (oh + rows - 1) / rows;
         let iv = self.var(DType::I64);
         let i = Expr::Var(iv);

@@ -13,14 +13,17 @@
 use super::super::epilogue::Epilogue;
 use super::Geometry;
 
+mod wino;
+
 /// Channels per block.
 pub const BLOCK: usize = 16;
 
 /// Filters `o×c×kh×kw` (row-major, `o` a multiple of [`BLOCK`], `c` of `gi`) in the order the
 /// dense routine reads them: `[o/16][c/gi][kh][kw][gi input channels][16 output channels]`
 /// (`gi` = 16 for a blocked input, `c` for a plain one), then one element: 1 when a filter
-/// is infinite or NaN, else 0 (see [`kiln_conv2d_nchwc`]). `None` when the sizes do not
-/// divide or `w` is too short.
+/// is infinite or NaN, else 0 (see [`kiln_conv2d_nchwc`]); then one that is 1 when the
+/// filters' Winograd transforms follow (3×3 filters from a blocked input, see
+/// `wino::append`). `None` when the sizes do not divide or `w` is too short.
 pub fn pack_filters(
     w: &[f32],
     o: usize,
@@ -53,6 +56,7 @@ pub fn pack_filters(
         }
     }
     p[at] = flag(&p[..at]);
+    wino::append(&mut p, w, (o, c), (kh, kw), gi);
     Some(p)
 }
 
@@ -167,6 +171,12 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
             return;
         };
         own.extend(packed);
+        if !depthwise {
+            // Filters packed per call leave out the transforms, which would cost more than
+            // they save.
+            own.truncate(n + 2);
+            own[n + 1] = 0.0;
+        }
         own.as_ptr()
     } else {
         wp
@@ -174,6 +184,13 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
     let filters = ou * (if depthwise { 1 } else { cu }) * taps.0 * taps.1;
     // SAFETY: the packed filters end with their flag.
     let exact = unsafe { *wp.add(filters) } != 0.0;
+    // SAFETY: dense packed filters have the transforms' flag after theirs, and the
+    // transforms after the flag's line when it is set.
+    let wino = if !depthwise && unsafe { *wp.add(filters + 1) } != 0.0 {
+        unsafe { wp.add(filters + wino::AFTER) }
+    } else {
+        std::ptr::null()
+    };
     let isa = Isa::host();
     // The input offset of each (ky, kx, channel) of a window from its first tap, in the
     // order the sums run (the packed filters' order within a group).
@@ -187,6 +204,8 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
     let job = Job {
         x,
         wp,
+        wino,
+        o: ou,
         out,
         offs: offs.as_ptr(),
         exact,
@@ -234,6 +253,10 @@ impl Isa {
 struct Job {
     x: *const f32,
     wp: *const f32,
+    /// The filters' Winograd transforms (see `wino::append`), or null.
+    wino: *const f32,
+    /// Output channels.
+    o: usize,
     out: *mut f32,
     /// Groups of input channels a dense sum runs over (1 for depthwise convs).
     groups: usize,
@@ -286,6 +309,11 @@ impl Job {
     /// As [`kiln_conv2d_nchwc`].
     unsafe fn blocks(&self, (ob0, obn): (i64, i64), (y0, rows): (i64, i64), depthwise: bool) {
         let g = &self.g;
+        if !self.wino.is_null() && wino::applies(g) {
+            let (ob, y) = ((ob0 as usize, obn as usize), (y0 as usize, rows as usize));
+            // SAFETY: forwarded; the job has the transforms.
+            return unsafe { wino::rows(self, ob, y) };
+        }
         // A pointwise conv (1×1, unit strides, no padding) is one row of every pixel.
         let flat = (g.kh, g.kw, g.sh, g.sw, g.ph, g.pw) == (1, 1, 1, 1, 0, 0);
         let flat = flat && g.h == g.oh && g.w == g.ow;
@@ -1275,6 +1303,57 @@ mod tests {
         b
     }
 
+    /// The routine on image `x` (`xb` as its argument) with filters `wt` (packed `wp`, or
+    /// null) into `out`: output blocks `ob` (first, count), rows `y` (first, count), no
+    /// epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        x: &[f32],
+        wt: &[f32],
+        wp: *const f32,
+        out: &mut [f32],
+        (c, o): (usize, usize),
+        g: &Geometry,
+        (xb, groups): (i64, i64),
+        (ob, y): ((i64, i64), (i64, i64)),
+    ) {
+        // SAFETY: the caller's sizes are the geometry's.
+        unsafe {
+            kiln_conv2d_nchwc(
+                x.as_ptr(),
+                wt.as_ptr(),
+                wp,
+                out.as_mut_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null(),
+                c as i64,
+                o as i64,
+                g.h,
+                g.w,
+                g.oh,
+                g.ow,
+                g.kh,
+                g.kw,
+                g.sh,
+                g.sw,
+                g.dh,
+                g.dw,
+                g.ph,
+                g.pw,
+                xb,
+                groups,
+                ob.0,
+                ob.1,
+                y.0,
+                y.1,
+                0,
+                f32::NEG_INFINITY,
+                f32::INFINITY,
+            )
+        }
+    }
+
     /// One conv through the routine (vector code where the CPU has it) and through the
     /// driver with every instruction set the CPU runs, against the direct sum.
     #[allow(clippy::too_many_arguments)]
@@ -1323,45 +1402,26 @@ mod tests {
         const UNSET: f32 = 1234.5;
         let mut got = vec![UNSET; want.len()];
         let mut unpacked = vec![UNSET; want.len()];
-        let call = |wp: *const f32, out: &mut [f32]| {
-            // SAFETY: sizes as documented.
-            unsafe {
-                kiln_conv2d_nchwc(
-                    xb.as_ptr(),
-                    wt.as_ptr(),
-                    wp,
-                    out.as_mut_ptr(),
-                    std::ptr::null(),
-                    std::ptr::null(),
-                    std::ptr::null(),
-                    c as i64,
-                    o as i64,
-                    h,
-                    w,
-                    oh,
-                    ow,
-                    kh,
-                    kw,
-                    s,
-                    s,
-                    d,
-                    d,
-                    p,
-                    p,
-                    if plain { 0 } else { BLOCK as i64 },
-                    groups as i64,
-                    0,
-                    (o / BLOCK) as i64,
-                    0,
-                    oh,
-                    0,
-                    f32::NEG_INFINITY,
-                    f32::INFINITY,
-                )
-            }
+        // Blocks `ob` (from, count) and rows `y` of a call.
+        let xb_arg = (if plain { 0 } else { BLOCK as i64 }, groups as i64);
+        let call_part = |wp: *const f32, out: &mut [f32], ob: (i64, i64), y: (i64, i64)| {
+            call(&xb, &wt, wp, out, (c, o), &g, xb_arg, (ob, y))
         };
+        let all = ((0, (o / BLOCK) as i64), (0, oh));
+        let call = |wp: *const f32, out: &mut [f32]| call_part(wp, out, all.0, all.1);
         call(wp.as_ptr(), &mut got);
         call(std::ptr::null(), &mut unpacked);
+        // Whether the filters carry Winograd transforms the geometry runs by.
+        let filters = o * c / groups * taps.0 * taps.1;
+        let wino = !depthwise && wp[filters + 1] != 0.0 && wino::applies(&g);
+        // The calls of a split into threads' parts: each block alone, rows three at a time
+        // (tile rows cut in two), give the same outputs.
+        let mut parts = vec![UNSET; want.len()];
+        for ob in 0..(o / BLOCK) as i64 {
+            for y in (0..oh).step_by(3) {
+                call_part(wp.as_ptr(), &mut parts, (ob, 1), (y, 3.min(oh - y)));
+            }
+        }
         let (gi, gs, ps, cs) = if plain {
             (c, 0, 1, (h * w) as usize)
         } else {
@@ -1387,6 +1447,12 @@ mod tests {
             let j = Job {
                 x: xb.as_ptr(),
                 wp: wp.as_ptr(),
+                wino: if wino {
+                    wp[filters + wino::AFTER..].as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+                o,
                 out: out.as_mut_ptr(),
                 offs: offs.as_ptr(),
                 exact: inf,
@@ -1405,11 +1471,21 @@ mod tests {
         }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert!(!got.contains(&UNSET), "{form}: an output left unwritten");
-        assert_eq!(
-            bits(&got),
-            bits(&unpacked),
-            "{form}: filters packed per call"
-        );
+        assert_eq!(bits(&got), bits(&parts), "{form}: calls of parts");
+        if wino {
+            for (i, (&a, &b)) in got.iter().zip(&unpacked).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{form} {i}: Winograd {a} vs direct {b}"
+                );
+            }
+        } else {
+            assert_eq!(
+                bits(&got),
+                bits(&unpacked),
+                "{form}: filters packed per call"
+            );
+        }
         if inf {
             // Output 0 (filter 0 at (0, 0)) has its first tap outside: 0 · -inf.
             assert!(got[0].is_nan(), "{form}: {}", got[0]);
@@ -1458,6 +1534,13 @@ mod tests {
             check(16, 64, (16, 16), (3, 3), 1, 1, 1, form);
             check(16, 32, (10, 11), (3, 3), 1, 1, 1, form);
             check(16, 16, (9, 8), (3, 3), 1, 1, 1, form);
+            // Winograd's F(2×2, 3×3) where the filters carry transforms (blocked inputs):
+            // odd and even sizes, paddings 0 to 2, one and several chunks of tile rows.
+            check(32, 64, (9, 13), (3, 3), 1, 1, 1, form);
+            check(64, 48, (10, 17), (3, 3), 1, 1, 0, form);
+            check(48, 64, (12, 8), (3, 3), 1, 1, 2, form);
+            check(64, 64, (30, 9), (3, 3), 1, 1, 1, form);
+            check(32, 64, (9, 13), (3, 3), 2, 1, 1, form);
         }
         check(3, 16, (11, 13), (3, 3), 2, 1, 1, "plain");
         check(3, 64, (20, 20), (7, 7), 2, 1, 3, "plain");
@@ -1474,6 +1557,39 @@ mod tests {
             check(16, o, (9, 11), (3, 3), 1, 1, 1, form);
             check(16, o, (9, 11), (3, 3), 2, 2, 2, form);
         }
+    }
+
+    /// Winograd's tile rows whose outputs are not finite (an infinite input here) are the
+    /// direct sum's, bit for bit; the others agree with it to rounding.
+    #[test]
+    fn winograd_leaves_infinities_to_the_direct_sum() {
+        let (c, o, h, w) = (32usize, 64usize, 10i64, 12i64);
+        let n = |i: usize, m: usize| ((i * 7919 + m * 104_729) % 1000) as f32 / 500.0 - 1.0;
+        let mut x: Vec<f32> = (0..c * (h * w) as usize).map(|i| n(i, 1)).collect();
+        // Channel 3 of pixel (5, 7) infinite, channel 20 of (0, 0) NaN.
+        x[(5 * w + 7) as usize * BLOCK + 3] = f32::INFINITY;
+        x[(h * w) as usize * BLOCK + 4] = f32::NAN;
+        let wt: Vec<f32> = (0..o * c * 9).map(|i| n(i, 3)).collect();
+        let wp = pack_filters(&wt, o, c, (3, 3), BLOCK).unwrap();
+        assert_eq!(wp[o * c * 9 + 1], 1.0, "the transforms follow");
+        let g = Geometry::of([h, w, h, w, 3, 3, 1, 1, 1, 1, 1, 1]);
+        let run = |wp: *const f32| {
+            let mut out = vec![0.0f32; o * (h * w) as usize];
+            let all = ((0, (o / BLOCK) as i64), (0, h));
+            call(&x, &wt, wp, &mut out, (c, o), &g, (BLOCK as i64, 1), all);
+            out
+        };
+        let (wino, direct) = (run(wp.as_ptr()), run(std::ptr::null()));
+        let mut fell_back = 0;
+        for (i, (&a, &b)) in wino.iter().zip(&direct).enumerate() {
+            if b.is_finite() {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{i}: {a} vs {b}");
+            } else {
+                assert_eq!(a.to_bits(), b.to_bits(), "{i}: {a} vs {b}");
+                fell_back += 1;
+            }
+        }
+        assert!(fell_back > 0);
     }
 
     #[test]
