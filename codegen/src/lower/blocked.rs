@@ -6,7 +6,9 @@ use super::epilogue::Chain;
 use super::*;
 
 /// The block a `conv2d_nchwc` call works in.
-const BLOCK: i64 = kernel::routines::conv::blocked::BLOCK as i64;
+use kernel::routines::conv::blocked;
+
+const BLOCK: i64 = blocked::BLOCK as i64;
 
 impl Lowering<'_> {
     /// Whether `conv_blocked` node `v` runs as `conv2d_nchwc` calls: f32, static shapes,
@@ -73,14 +75,38 @@ impl Lowering<'_> {
         // Groups of up to four output blocks (64 filters; one channel block of a depthwise
         // conv) by runs of rows: at least eight units of work where the rows allow, for the
         // threads.
-        let per = if groups_n == 1 { 4 } else { 1 };
+        let geometry = kernel::routines::conv::Geometry::of([
+            h,
+            w,
+            oh,
+            ow,
+            kh,
+            kw,
+            stride[0],
+            stride[1],
+            dilation[0],
+            dilation[1],
+            pad_low[0],
+            pad_low[1],
+        ]);
+        let wino = blocked_in
+            && groups_n == 1
+            && blocked::runs_by_winograd(c as usize, o as usize, &geometry);
+        // Winograd's calls take every block (one input transform serves them all), runs of
+        // whole tile rows (two rows high: a run that starts inside one computes all of it)
+        // and as many as fill a chunk of the routine's.
+        let per = match (wino, groups_n) {
+            (true, _) => ob,
+            (_, 1) => 4,
+            _ => 1,
+        };
         let groups = (ob + per - 1) / per;
         let runs = (8 / (n * groups).max(1)).clamp(1, oh.max(1));
         let mut rows = (oh + runs - 1) / runs;
-        if (kh, kw, stride[0], stride[1]) == (3, 3, 1, 1) && rows % 2 == 1 && rows < oh {
-            // Whole pairs of rows: Winograd's tiles (see the routine) are two rows high,
-            // and a run that starts inside one computes all of it.
-            rows += 1;
+        if wino {
+            let least = 2 * blocked::winograd_chunk_rows(ow as usize) as i64;
+            rows = rows.max(least).min(oh);
+            rows += rows % 2 * i64::from(rows < oh);
         }
         let runs = (oh + rows - 1) / rows;
         let iv = self.var(DType::I64);

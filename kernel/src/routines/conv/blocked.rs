@@ -60,6 +60,20 @@ pub fn pack_filters(
     Some(p)
 }
 
+/// Whether a dense conv of `o` filters over `c` channels of a blocked image, geometry `g`,
+/// runs by Winograd's F(2×2, 3×3) once its filters are packed (see `wino`): its calls
+/// should then each take every output block (the input's transforms serve them all) and
+/// runs of whole tile rows.
+pub fn runs_by_winograd(c: usize, o: usize, g: &Geometry) -> bool {
+    wino::packs(o, c, (g.kh as usize, g.kw as usize), BLOCK) && wino::applies(g)
+}
+
+/// The tile rows a Winograd chunk takes for an output `ow` wide: at least the call's rows
+/// should hold, where the image allows, for its products to fill their tiles.
+pub fn winograd_chunk_rows(ow: usize) -> usize {
+    wino::chunk_rows(ow.div_ceil(2))
+}
+
 /// The packed filters' last element: whether any of them is infinite or NaN.
 fn flag(p: &[f32]) -> f32 {
     if p.iter().all(|v| v.is_finite()) {

@@ -83,7 +83,7 @@ pub(super) fn append(
 
 /// Tile rows a chunk takes: 24 tiles or more where the rows allow (products of too few tiles
 /// do not fill the blocked routine's 6-pixel tiles).
-fn chunk_rows(tw: usize) -> usize {
+pub(super) fn chunk_rows(tw: usize) -> usize {
     24usize.div_ceil(tw)
 }
 
