@@ -75,20 +75,15 @@ impl Lowering<'_> {
         // Groups of up to four output blocks (64 filters; one channel block of a depthwise
         // conv) by runs of rows: at least eight units of work where the rows allow, for the
         // threads.
-        let geometry = kernel::routines::conv::Geometry::of([
-            h,
-            w,
-            oh,
-            ow,
-            kh,
-            kw,
-            stride[0],
-            stride[1],
-            dilation[0],
-            dilation[1],
-            pad_low[0],
-            pad_low[1],
-        ]);
+        // The routine's geometry: h, w, oh, ow, kh, kw, strides, dilations, low pads.
+        let shape = [h, w, oh, ow, kh, kw];
+        let shape: [i64; 12] = std::array::from_fn(|i| match i {
+            0..6 => shape[i],
+            6..8 => stride[i - 6],
+            8..10 => dilation[i - 8],
+            _ => pad_low[i - 10],
+        });
+        let geometry = kernel::routines::conv::Geometry::of(shape);
         let wino = blocked_in
             && groups_n == 1
             && blocked::runs_by_winograd(c as usize, o as usize, &geometry);
@@ -153,24 +148,10 @@ impl Lowering<'_> {
         );
         let out_off = img.clone() * Expr::i64(o * oh * ow);
         let epilogue = Chain::of(chain, &Expr::i64(0), &out_off);
-        let geo = [
-            c,
-            o,
-            h,
-            w,
-            oh,
-            ow,
-            kh,
-            kw,
-            stride[0],
-            stride[1],
-            dilation[0],
-            dilation[1],
-            pad_low[0],
-            pad_low[1],
-            if blocked_in { BLOCK } else { 0 },
-            groups_n,
-        ];
+        let geo = [c, o]
+            .into_iter()
+            .chain(shape)
+            .chain([if blocked_in { BLOCK } else { 0 }, groups_n]);
         let mut ints: Vec<Expr> = geo.into_iter().map(Expr::i64).collect();
         ints.extend([ob0, obn, y0, nrows, Expr::i64(epilogue.act)]);
         let mut operands = vec![
