@@ -112,18 +112,23 @@ pub(super) unsafe fn rows(j: &Job, (ob0, obn): (usize, usize), (y0, rows): (usiz
     while ty < ty1 {
         let k = per.min(ty1 - ty);
         let t = k * tw;
-        // Every element read is written first: the buffers only grow.
-        for (b, n) in [(&mut v, j.groups * t), (&mut m, obn * t), (&mut s, 2 * ow)] {
-            if b.len() < 16 * n * BLOCK {
-                b.resize(16 * n * BLOCK, 0.0);
-            }
-        }
+        // Every element read is written first: the buffers only grow. Each is used from its
+        // first 64-byte line (vectors split across lines cost the transforms 2x).
+        let mut lines =
+            [(&mut v, j.groups * t), (&mut m, obn * t), (&mut s, 2 * ow)].map(|(b, n)| {
+                if b.len() < 16 * n * BLOCK + BLOCK {
+                    b.resize(16 * n * BLOCK + BLOCK, 0.0);
+                }
+                let at = b.as_ptr().align_offset(64).min(BLOCK);
+                &mut b[at..]
+            });
+        let [v, m, s] = &mut lines;
         for r in 0..k {
             // SAFETY: forwarded; `v` holds the chunk's tiles.
-            unsafe { inputs(j, ty + r, (tw, r * tw, t), &mut v) };
+            unsafe { inputs(j, ty + r, (tw, r * tw, t), v) };
         }
         // SAFETY: `v` and `m` hold the chunk's transforms and products.
-        unsafe { products(j, (ob0, obn), t, &v, &mut m) };
+        unsafe { products(j, (ob0, obn), t, v, m) };
         for r in 0..k {
             // The rows of tile row ty + r asked for.
             let (a, b) = (2 * (ty + r), (2 * (ty + r) + 2).min(oh));
@@ -134,7 +139,7 @@ pub(super) unsafe fn rows(j: &Job, (ob0, obn): (usize, usize), (y0, rows): (usiz
             for ob in ob0..ob0 + obn {
                 let mo = &m[((ob - ob0) * 16 * t + r * tw) * BLOCK..];
                 // SAFETY: `m` holds block ob's products of the row's tiles.
-                if unsafe { outputs(j, (mo, t), &mut s) } {
+                if unsafe { outputs(j, (mo, t), s) } {
                     for oy in a..b {
                         let row = &s[(oy - 2 * (ty + r)) * ow * BLOCK..][..ow * BLOCK];
                         // SAFETY: forwarded.
