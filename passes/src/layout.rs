@@ -5,7 +5,9 @@
 //! inputs — and the work between such convs follows them into the blocked layout:
 //! elementwise ops (with per-channel or scalar broadcast operands, or a plain image beside a
 //! blocked one, a residual), pooling windows, channel concats, and global reductions over
-//! the image (whose `[N, C/16, 16]` result is `[N, C]` as it is). Consecutive convs hand
+//! the image (whose `[N, C/16, 16]` result is `[N, C]` as it is). A dense conv whose filter
+//! count is just above a multiple of 16 (a classifier's 1000) runs blocked on zero-padded
+//! filters, its plain result sliced. Consecutive convs hand
 //! blocked images to each other instead of converting per layer. Each blocked value keeps a
 //! plain twin (`unblock`: a transpose and a reshape) for consumers that need NCHW; twins
 //! nobody reads are dead code. A deterministic rewrite rather than e-graph rules: every
@@ -29,6 +31,9 @@ pub(crate) fn run(g: &ir::Graph, o: &Options) -> R<ir::Graph> {
     rebuild(g, &Settings::STRICT, &mut |b, node, inputs| {
         let err = |e: ir::Error| e.to_string();
         if let Some(y) = reduced(b, node, inputs, &blocked).map_err(err)? {
+            return Ok(Some(vec![y]));
+        }
+        if let Some(y) = padded(b, node, inputs, &blocked, block).map_err(err)? {
             return Ok(Some(vec![y]));
         }
         let Some(y) = blocked_form(b, node, inputs, &blocked, block).map_err(err)? else {
@@ -89,6 +94,70 @@ fn reduced(
         _ => b.op1(op.clone(), &[x])?,
     };
     Ok(Some(b.reshape(r, node.types()[0].shape.clone())?))
+}
+
+/// A dense conv with constant filters whose count is not a multiple of the block but close
+/// above one (a classifier's 1000, a detector head's 255: at most 1/8 more) run blocked on
+/// filters padded with zero ones, the padding's channels sliced off its plain result —
+/// which has no blocked twin, so its consumers stay plain.
+fn padded(
+    b: &mut Builder,
+    node: &Node,
+    inputs: &[Value],
+    blocked: &HashMap<Value, Value>,
+    block: i64,
+) -> ir::Result<Option<Value>> {
+    let Op::Conv {
+        stride,
+        dilation,
+        pad_low,
+        pad_high,
+        groups: 1,
+    } = node.op()
+    else {
+        return Ok(None);
+    };
+    let (x, w) = (inputs[0], inputs[1]);
+    let Op::Constant { value } = b.graph().node(w.node).op() else {
+        return Ok(None);
+    };
+    let xt = b.ty(x);
+    let image = xt.dtype == ir::DType::F32 && xt.shape.rank() == 4 && xt.shape.is_static();
+    let (wt, block_u) = (&value.tensor, block as usize);
+    let (Some(data), [o, c, kh, kw]) = (wt.as_slice::<f32>(), wt.shape()) else {
+        return Ok(None);
+    };
+    let (o, per) = (*o, c * kh * kw);
+    let up = o.div_ceil(block_u) * block_u;
+    if !image || node.types().len() != 1 || o % block_u == 0 || (up - o) * 8 > o {
+        return Ok(None);
+    }
+    let mut filters = data[..o * per].to_vec();
+    filters.resize(up * per, 0.0);
+    let filters = ir::Tensor::new(vec![up, *c, *kh, *kw], ir::Data::F32(filters))
+        .expect("sized to the shape");
+    let w = match &value.name {
+        Some(name) => b.named_constant(&format!("{name}.padded"), filters)?,
+        None => b.constant(filters)?,
+    };
+    let conv = Op::ConvBlocked {
+        stride: stride.clone(),
+        dilation: dilation.clone(),
+        pad_low: pad_low.clone(),
+        pad_high: pad_high.clone(),
+        groups: 1,
+        block,
+    };
+    let y = b.op1(conv, &[blocked.get(&x).copied().unwrap_or(x), w])?;
+    let all = unblock(b, y, block)?;
+    let mut limit = b.ty(all).shape.dims().to_vec();
+    limit[1] = Dim::constant(o as i64);
+    let slice = Op::Slice {
+        start: vec![Dim::constant(0); 4],
+        limit,
+        stride: vec![1; 4],
+    };
+    Ok(Some(b.op1(slice, &[all])?))
 }
 
 /// The blocked value computing `node` (with its operands' new plain values `inputs`), when
