@@ -379,10 +379,18 @@ pub(super) mod avx512 {
             if !e.res.is_null() {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r));
             }
-            if e.lo != f32::NEG_INFINITY {
+            let (lo, hi) = (e.lo != f32::NEG_INFINITY, e.hi != f32::INFINITY);
+            if lo && hi && super::plain(e.lo, false) && super::plain(e.hi, true) {
+                // Both clamps (ReLU6, Clip) by the hardware's maximum and minimum, NaN lanes
+                // patched once: what the two `extreme`s give, in two fewer instructions.
+                let r = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(e.lo)), _mm512_set1_ps(e.hi));
+                let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                return _mm512_mask_mov_ps(r, nan, _mm512_set1_ps(f32::NAN));
+            }
+            if lo {
                 v = extreme(v, e.lo, false);
             }
-            if e.hi != f32::INFINITY {
+            if hi {
                 v = extreme(v, e.hi, true);
             }
             v
