@@ -28,8 +28,20 @@ pub fn pack_filters(
     w: &[f32],
     o: usize,
     c: usize,
+    taps: (usize, usize),
+    gi: usize,
+) -> Option<Vec<f32>> {
+    pack_dense(w, (o, c), taps, gi, true)
+}
+
+/// [`pack_filters`], with the Winograd transforms where they apply when `transforms`, else
+/// without (the transforms' flag 0).
+fn pack_dense(
+    w: &[f32],
+    (o, c): (usize, usize),
     (kh, kw): (usize, usize),
     gi: usize,
+    transforms: bool,
 ) -> Option<Vec<f32>> {
     if gi == 0
         || !o.is_multiple_of(BLOCK)
@@ -56,7 +68,11 @@ pub fn pack_filters(
         }
     }
     p[at] = flag(&p[..at]);
-    wino::append(&mut p, w, (o, c), (kh, kw), gi);
+    if transforms {
+        wino::append(&mut p, w, (o, c), (kh, kw), gi);
+    } else {
+        p.push(0.0);
+    }
     Some(p)
 }
 
@@ -175,22 +191,18 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
         let w = unsafe { std::slice::from_raw_parts(wt, n) };
         own = PACKED.with(|b| b.take());
         own.clear();
+        // Filters packed per call leave out the Winograd transforms, which would cost more
+        // than they save.
         let packed = if depthwise {
             pack_depthwise(w, cu, taps)
         } else {
-            pack_filters(w, ou, cu, taps, gi)
+            pack_dense(w, (ou, cu), taps, gi, false)
         };
         let Some(packed) = packed else {
             // Sizes the routine does not take (see the safety contract).
             return;
         };
         own.extend(packed);
-        if !depthwise {
-            // Filters packed per call leave out the transforms, which would cost more than
-            // they save.
-            own.truncate(n + 2);
-            own[n + 1] = 0.0;
-        }
         own.as_ptr()
     } else {
         wp
