@@ -107,14 +107,7 @@ fn padded(
     blocked: &HashMap<Value, Value>,
     block: i64,
 ) -> ir::Result<Option<Value>> {
-    let Op::Conv {
-        stride,
-        dilation,
-        pad_low,
-        pad_high,
-        groups: 1,
-    } = node.op()
-    else {
+    let Op::Conv { groups: 1, .. } = node.op() else {
         return Ok(None);
     };
     let (x, w) = (inputs[0], inputs[1]);
@@ -140,14 +133,7 @@ fn padded(
         Some(name) => b.named_constant(&format!("{name}.padded"), filters)?,
         None => b.constant(filters)?,
     };
-    let conv = Op::ConvBlocked {
-        stride: stride.clone(),
-        dilation: dilation.clone(),
-        pad_low: pad_low.clone(),
-        pad_high: pad_high.clone(),
-        groups: 1,
-        block,
-    };
+    let conv = blocked_conv(node.op(), block);
     let y = b.op1(conv, &[blocked.get(&x).copied().unwrap_or(x), w])?;
     let all = unblock(b, y, block)?;
     let mut limit = b.ty(all).shape.dims().to_vec();
@@ -181,13 +167,7 @@ fn blocked_form(
     }
     let op = node.op();
     match op {
-        Op::Conv {
-            stride,
-            dilation,
-            pad_low,
-            pad_high,
-            groups,
-        } => {
+        Op::Conv { groups, .. } => {
             let (x, w) = (inputs[0], inputs[1]);
             let constant = matches!(b.graph().node(w.node).op(), Op::Constant { .. });
             let (xt, wt) = (b.ty(x), b.ty(w));
@@ -210,15 +190,7 @@ fn blocked_form(
                 (false, xb) if *groups == 1 && o % block == 0 => xb.unwrap_or(x),
                 _ => return Ok(None),
             };
-            let conv = Op::ConvBlocked {
-                stride: stride.clone(),
-                dilation: dilation.clone(),
-                pad_low: pad_low.clone(),
-                pad_high: pad_high.clone(),
-                groups: *groups,
-                block,
-            };
-            Ok(Some(b.op1(conv, &[input, w])?))
+            Ok(Some(b.op1(blocked_conv(op, block), &[input, w])?))
         }
         _ if op.is_elementwise() && matches!(op.kind(), ir::OpKind::Unary) => {
             match blocked.get(&inputs[0]) {
@@ -288,6 +260,28 @@ fn blocked_form(
             }
         }
         _ => Ok(None),
+    }
+}
+
+/// `conv_blocked` with conv `op`'s attributes and blocks of `block` channels.
+fn blocked_conv(op: &Op, block: i64) -> Op {
+    let Op::Conv {
+        stride,
+        dilation,
+        pad_low,
+        pad_high,
+        groups,
+    } = op
+    else {
+        unreachable!("called on convs")
+    };
+    Op::ConvBlocked {
+        stride: stride.clone(),
+        dilation: dilation.clone(),
+        pad_low: pad_low.clone(),
+        pad_high: pad_high.clone(),
+        groups: *groups,
+        block,
     }
 }
 
