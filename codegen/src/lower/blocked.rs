@@ -101,7 +101,9 @@ impl Lowering<'_> {
         if wino {
             let least = 2 * blocked::winograd_chunk_rows(ow as usize) as i64;
             rows = rows.max(least).min(oh);
-            rows += rows % 2 * i64::from(rows < oh);
+            if rows % 2 == 1 && rows < oh {
+                rows += 1;
+            }
         }
         let runs = (oh + rows - 1) / rows;
         let iv = self.var(DType::I64);
