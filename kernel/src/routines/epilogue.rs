@@ -184,6 +184,19 @@ impl Epilogue {
             && self.act == Act::Identity
     }
 
+    /// Whether the vector code may run it as a quick epilogue (`avx512::quick`): no
+    /// activation, clamps (if any) that the hardware's maximum and minimum give —
+    /// `Some(clamped)`; `None` for the others.
+    pub fn quick(&self) -> Option<bool> {
+        if self.act != Act::Identity {
+            return None;
+        }
+        if self.lo == f32::NEG_INFINITY && self.hi == f32::INFINITY {
+            return Some(false);
+        }
+        (plain(self.lo, false) && plain(self.hi, true)).then_some(true)
+    }
+
     /// The epilogue of the part of the output from row `rows`, column `cols` and element `at`
     /// on.
     pub fn from(&self, rows: usize, cols: usize, at: usize) -> Epilogue {
@@ -352,6 +365,44 @@ pub(super) mod avx512 {
                     _mm512_mul_ps(v, _mm512_add_ps(erf(d), _mm512_set1_ps(1.0)))
                 }
                 Act::Silu => _mm512_mul_ps(v, sigmoid(v)),
+            }
+        }
+    }
+
+    /// [`apply`] on `n` vectors `v(p)` of 16 outputs each, stored to `out` and read from the
+    /// residual `step` elements apart, for an epilogue [`Epilogue::quick`] accepts
+    /// (`CLAMP` its answer, `RES` whether it has a residual), whose scale and shift for
+    /// these lanes are `s` and `t`: the same bits as [`apply`], every decision taken once for
+    /// the run.
+    ///
+    /// # Safety
+    /// AVX-512F available; the `n` vectors writable at `out` and readable at the residual.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool>(
+        e: &Epilogue,
+        (s, t): (Option<__m512>, Option<__m512>),
+        (n, step): (usize, usize),
+        v: impl Fn(usize) -> __m512,
+        out: *mut f32,
+    ) {
+        // SAFETY: the CPU has AVX-512F; the outputs and residual are inside their buffers.
+        unsafe {
+            // Multiplying by 1 and adding −0 change no number: absent operands are those.
+            let s = s.unwrap_or(_mm512_set1_ps(1.0));
+            let t = t.unwrap_or(_mm512_set1_ps(-0.0));
+            let (lo, hi) = (_mm512_set1_ps(e.lo), _mm512_set1_ps(e.hi));
+            for p in 0..n {
+                let mut x = _mm512_add_ps(_mm512_mul_ps(v(p), s), t);
+                if RES {
+                    x = _mm512_add_ps(x, _mm512_loadu_ps(e.res.add(p * step)));
+                }
+                if CLAMP {
+                    // As `linear`'s two clamps (an absent one, ±inf, changes no number).
+                    let r = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+                    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+                    x = _mm512_mask_mov_ps(r, nan, _mm512_set1_ps(f32::NAN));
+                }
+                _mm512_storeu_ps(out.add(p * step), x);
             }
         }
     }
@@ -568,6 +619,38 @@ pub(super) mod avx2 {
                 })
             };
             (v(e.scale), v(e.shift))
+        }
+    }
+
+    /// [`super::avx512::quick`] for 8 lanes.
+    ///
+    /// # Safety
+    /// AVX2 available; as [`super::avx512::quick`].
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool>(
+        e: &Epilogue,
+        (s, t): (Option<__m256>, Option<__m256>),
+        (n, step): (usize, usize),
+        v: impl Fn(usize) -> __m256,
+        out: *mut f32,
+    ) {
+        // SAFETY: the CPU has AVX2; the outputs and residual are inside their buffers.
+        unsafe {
+            let s = s.unwrap_or(_mm256_set1_ps(1.0));
+            let t = t.unwrap_or(_mm256_set1_ps(-0.0));
+            let (lo, hi) = (_mm256_set1_ps(e.lo), _mm256_set1_ps(e.hi));
+            for p in 0..n {
+                let mut x = _mm256_add_ps(_mm256_mul_ps(v(p), s), t);
+                if RES {
+                    x = _mm256_add_ps(x, _mm256_loadu_ps(e.res.add(p * step)));
+                }
+                if CLAMP {
+                    let r = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+                    let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+                    x = _mm256_blendv_ps(r, _mm256_set1_ps(f32::NAN), nan);
+                }
+                _mm256_storeu_ps(out.add(p * step), x);
+            }
         }
     }
 

@@ -235,6 +235,7 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
         out,
         offs: offs.as_ptr(),
         exact,
+        quick: epi.quick(),
         groups: if depthwise { 1 } else { cu / gi },
         gi,
         gs,
@@ -301,6 +302,8 @@ struct Job {
     isa: Isa,
     g: Geometry,
     epi: Epilogue,
+    /// [`Epilogue::quick`] of `epi`.
+    quick: Option<bool>,
 }
 
 /// The widest tile of `nb` dense output blocks (or of a depthwise block).
@@ -424,7 +427,11 @@ impl Job {
                 ox += 1;
                 continue;
             }
-            let n = if inner {
+            // AVX-512 tiles walk a whole run themselves (one call a row, not a tile); the
+            // others take a tile's pixels a call, every block of them before the next.
+            let n = if inner && self.isa == Isa::Avx512 {
+                x1 - ox
+            } else if inner {
                 (x1 - ox).min(most(nb, depthwise) / r as i64)
             } else {
                 1
@@ -764,6 +771,73 @@ mod tests {
         }
     }
 
+    /// The outputs of one conv (every block and row, filters `wp` from [`pack_filters`] or
+    /// [`pack_depthwise`], `form` as [`check`]'s) through the driver with every instruction
+    /// set the CPU runs, under epilogue `epi`.
+    fn each_isa(
+        (x, wp): (&[f32], &[f32]),
+        (c, o): (usize, usize),
+        g: &Geometry,
+        form: &str,
+        exact: bool,
+        epi: Epilogue,
+    ) -> Vec<(Isa, Vec<f32>)> {
+        let (depthwise, plain) = (form == "depthwise", form == "plain");
+        let (h, w, d) = (g.h, g.w, g.dh);
+        let (kh, kw) = (g.kh, g.kw);
+        let taps = (kh * kw) as usize;
+        let filters = o * if depthwise { 1 } else { c } * taps;
+        let wino = !depthwise && wp[filters + 1] != 0.0 && wino::applies(g);
+        let (gi, gs, ps, cs) = if plain {
+            (c, 0, 1, (h * w) as usize)
+        } else {
+            (BLOCK, (h * w) as usize * BLOCK, BLOCK, 1)
+        };
+        let mut isas = vec![Isa::Scalar];
+        if crate::avx2_fma() {
+            isas.push(Isa::Avx2);
+        }
+        if crate::avx512() {
+            isas.push(Isa::Avx512);
+        }
+        let mut each = Vec::new();
+        for isa in isas {
+            let mut out = vec![1234.5; o * (g.oh * g.ow) as usize];
+            let offs: Vec<usize> = (0..kh * kw)
+                .flat_map(|t| {
+                    let at = ((t / kw * d * w + t % kw * d) as usize) * ps;
+                    (0..if depthwise { 0 } else { gi }).map(move |i| at + i * cs)
+                })
+                .collect();
+            let j = Job {
+                x: x.as_ptr(),
+                wp: wp.as_ptr(),
+                wino: if wino {
+                    wp[filters + wino::AFTER..].as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+                o,
+                out: out.as_mut_ptr(),
+                offs: offs.as_ptr(),
+                exact,
+                groups: if depthwise { 1 } else { c / gi },
+                gi,
+                gs,
+                ps,
+                cs,
+                isa,
+                g: *g,
+                epi,
+                quick: epi.quick(),
+            };
+            // SAFETY: inside the buffers.
+            unsafe { j.blocks((0, (o / BLOCK) as i64), (0, g.oh), depthwise) };
+            each.push((isa, out));
+        }
+        each
+    }
+
     /// One conv through the routine (vector code where the CPU has it) and through the
     /// driver with every instruction set the CPU runs, against the direct sum.
     #[allow(clippy::too_many_arguments)]
@@ -832,53 +906,8 @@ mod tests {
                 call_part(wp.as_ptr(), &mut parts, (ob, 1), (y, 3.min(oh - y)));
             }
         }
-        let (gi, gs, ps, cs) = if plain {
-            (c, 0, 1, (h * w) as usize)
-        } else {
-            (BLOCK, (h * w) as usize * BLOCK, BLOCK, 1)
-        };
         // Every instruction set the CPU runs, through the same driver.
-        let mut isas = vec![Isa::Scalar];
-        if crate::avx2_fma() {
-            isas.push(Isa::Avx2);
-        }
-        if crate::avx512() {
-            isas.push(Isa::Avx512);
-        }
-        let mut each = Vec::new();
-        for isa in isas {
-            let mut out = vec![UNSET; want.len()];
-            let offs: Vec<usize> = (0..kh * kw)
-                .flat_map(|t| {
-                    let at = ((t / kw * d * w + t % kw * d) as usize) * ps;
-                    (0..if depthwise { 0 } else { gi }).map(move |i| at + i * cs)
-                })
-                .collect();
-            let j = Job {
-                x: xb.as_ptr(),
-                wp: wp.as_ptr(),
-                wino: if wino {
-                    wp[filters + wino::AFTER..].as_ptr()
-                } else {
-                    std::ptr::null()
-                },
-                o,
-                out: out.as_mut_ptr(),
-                offs: offs.as_ptr(),
-                exact: inf,
-                groups: if depthwise { 1 } else { c / gi },
-                gi,
-                gs,
-                ps,
-                cs,
-                isa,
-                g,
-                epi: Epilogue::NONE,
-            };
-            // SAFETY: inside the buffers.
-            unsafe { j.blocks((0, (o / BLOCK) as i64), (0, oh), depthwise) };
-            each.push((isa, out));
-        }
+        let each = each_isa((&xb, &wp), (c, o), &g, form, inf, Epilogue::NONE);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert!(!got.contains(&UNSET), "{form}: an output left unwritten");
         assert_eq!(bits(&got), bits(&parts), "{form}: calls of parts");
@@ -1000,6 +1029,91 @@ mod tests {
             }
         }
         assert!(fell_back > 0);
+    }
+
+    /// Fused epilogues — shift, residual, clamps, and the forms the vector code runs by the
+    /// general path (a −0 clamp, a scale, an activation) — give every instruction set the
+    /// scalar epilogue's bits on the sums, NaN and zeros of either sign among them.
+    #[test]
+    fn epilogues_agree_on_every_isa() {
+        let n = |i: usize, m: usize| ((i * 7919 + m * 104_729) % 1000) as f32 / 500.0 - 1.0;
+        // (c, o, (h, w), k, stride, form)
+        let convs = [
+            (32, 48, (6, 13), 1, 1, "blocked"),
+            (16, 32, (9, 10), 3, 2, "blocked"),
+            (32, 64, (9, 13), 3, 1, "blocked"),
+            (3, 16, (11, 13), 3, 2, "plain"),
+            (32, 32, (10, 19), 3, 1, "depthwise"),
+            (32, 32, (11, 20), 3, 2, "depthwise"),
+        ];
+        for (c, o, (h, w), k, s, form) in convs {
+            let p = k / 2;
+            let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let g = Geometry::of([h, w, oh, ow, k, k, s, s, 1, 1, p, p]);
+            let depthwise = form == "depthwise";
+            let taps = (k as usize, k as usize);
+            let mut x: Vec<f32> = (0..c * (h * w) as usize).map(|i| n(i, 1)).collect();
+            x[5] = f32::NAN;
+            let wt: Vec<f32> = (0..o * if depthwise { 1 } else { c } * taps.0 * taps.1)
+                .map(|i| n(i, 3))
+                .collect();
+            let wp = if depthwise {
+                pack_depthwise(&wt, c, taps)
+            } else {
+                let gi = if form == "plain" { c } else { BLOCK };
+                pack_filters(&wt, o, c, taps, gi)
+            }
+            .unwrap();
+            let x = if form == "plain" {
+                x
+            } else {
+                block(&x, c, (h * w) as usize)
+            };
+            let size = o * (oh * ow) as usize;
+            let mut res: Vec<f32> = (0..size).map(|i| n(i, 5) * 4.0).collect();
+            (res[1], res[2], res[3]) = (-0.0, 0.0, f32::NAN);
+            let mut shift: Vec<f32> = (0..o).map(|i| n(i, 7)).collect();
+            shift[1] = -0.0;
+            let scale: Vec<f32> = (0..o).map(|i| n(i, 9) + 1.5).collect();
+            let null = std::ptr::null();
+            let (t, r, sc) = (shift.as_ptr(), res.as_ptr(), scale.as_ptr());
+            let (inf, ninf) = (f32::INFINITY, f32::NEG_INFINITY);
+            // ((scale, shift, residual), lo, hi, activation)
+            let epilogues = [
+                ((null, t, r), 0.0, 6.0, 0),
+                ((null, t, null), 0.0, inf, 0),
+                ((null, null, r), ninf, inf, 0),
+                ((null, t, null), ninf, inf, 0),
+                ((null, t, r), ninf, 0.5, 0),
+                ((null, t, null), -0.0, inf, 0),
+                ((sc, t, r), 0.0, 6.0, 0),
+                ((null, t, null), ninf, inf, 4),
+            ];
+            let sums = each_isa((&x, &wp), (c, o), &g, form, false, Epilogue::NONE);
+            let sums = &sums[0].1;
+            for (ops, lo, hi, act) in epilogues {
+                let e = Epilogue::new(ops, lo, hi, 1, act);
+                let want: Vec<u32> = (0..size)
+                    .map(|i| {
+                        let ch = i / ((oh * ow) as usize * BLOCK) * BLOCK + i % BLOCK;
+                        let r = (!e.res.is_null()).then(|| res[i]);
+                        // SAFETY: channel `ch` is inside the per-channel operands.
+                        unsafe { e.one(sums[i], e.coefs(0, ch), r) }.to_bits()
+                    })
+                    .collect();
+                for (isa, out) in each_isa((&x, &wp), (c, o), &g, form, false, e) {
+                    let what = format!("{form} {c}->{o} k{k} s{s}, {isa:?}, {lo} {hi} {act}");
+                    for (i, (v, &w)) in out.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            v.to_bits(),
+                            w,
+                            "{what}: output {i}, {v} vs {}",
+                            f32::from_bits(w)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -125,16 +125,55 @@ unsafe fn dw<const P: usize>(j: &Job, cb: usize, (oy, ox): (usize, usize)) -> us
 #[inline(always)]
 unsafe fn store(j: &Job, ob: usize, (oy, ox): (usize, usize), acc: &[[__m256; 2]]) {
     let at = j.output(ob, oy, ox);
+    // SAFETY: forwarded.
+    unsafe { stored(j, ob, at, acc) };
+}
+
+/// [`emit`] of a tile's vectors, out of line as `avx512`'s.
+///
+/// # Safety
+/// As [`store`].
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn stored(j: &Job, ob: usize, at: usize, acc: &[[__m256; 2]]) {
+    // SAFETY: forwarded.
+    unsafe { emit(j, ob, at, acc.len(), |p, h| acc[p][h]) };
+}
+
+/// Stores `n` block vectors, halves `v(p, 0)` and `v(p, 1)`, of output block `ob` from
+/// element `at` (pixels 16 elements apart) through the epilogue, as `avx512::emit`.
+///
+/// # Safety
+/// As [`tiles`], for these outputs; the CPU has AVX2 and FMA.
+#[inline(always)]
+pub(super) unsafe fn emit(
+    j: &Job,
+    ob: usize,
+    at: usize,
+    n: usize,
+    v: impl Fn(usize, usize) -> __m256,
+) {
     let all = _mm256_set1_epi32(-1);
     // SAFETY: the outputs (and residual) are inside their buffers; AVX2 available.
     unsafe {
         for h in 0..2 {
             let e = j.epi.from(0, ob * BLOCK + 8 * h, at + 8 * h);
             let coefs = epi::coefs(&e, 0, 0, all);
-            for (p, v) in acc.iter().enumerate() {
-                let r = e.res.wrapping_add(p * BLOCK);
-                let v = epi::apply(&e, v[h], coefs, r, all);
-                _mm256_storeu_ps(j.out.add(at + 8 * h + p * BLOCK), v);
+            let out = j.out.wrapping_add(at + 8 * h);
+            let v = |p| v(p, h);
+            let ns = (n, BLOCK);
+            match (j.quick, e.res.is_null()) {
+                (Some(false), true) => epi::quick::<false, false>(&e, coefs, ns, v, out),
+                (Some(false), false) => epi::quick::<false, true>(&e, coefs, ns, v, out),
+                (Some(true), true) => epi::quick::<true, false>(&e, coefs, ns, v, out),
+                (Some(true), false) => epi::quick::<true, true>(&e, coefs, ns, v, out),
+                (None, _) => {
+                    for p in 0..n {
+                        let r = e.res.wrapping_add(p * BLOCK);
+                        let x = epi::apply(&e, v(p), coefs, r, all);
+                        _mm256_storeu_ps(out.add(p * BLOCK), x);
+                    }
+                }
             }
         }
     }

@@ -459,14 +459,51 @@ unsafe fn dw_row3<const P: usize, const Q: usize>(
 #[inline(always)]
 unsafe fn store(j: &Job, ob: usize, (oy, ox): (usize, usize), acc: &[__m512], step: usize) {
     let at = j.output(ob, oy, ox);
+    // SAFETY: forwarded.
+    unsafe { stored(j, ob, at, acc, step) };
+}
+
+/// [`emit`] of a tile's vectors, kept out of line: inlined, the epilogue's code in every
+/// tile made the register allocation of the tiles' sums spill (direct convs twice as slow).
+///
+/// # Safety
+/// As [`store`].
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn stored(j: &Job, ob: usize, at: usize, acc: &[__m512], step: usize) {
+    // SAFETY: forwarded.
+    unsafe { emit(j, ob, at, (acc.len(), step), |p| acc[p]) };
+}
+
+/// Stores `n` vectors `v(p)` of output block `ob` from element `at`, `step` apart, through
+/// the epilogue: [`epi::quick`] where it takes the job's, which decides once for them.
+///
+/// # Safety
+/// As [`tiles`], for these outputs; the CPU has AVX-512F.
+#[inline(always)]
+pub(super) unsafe fn emit(
+    j: &Job,
+    ob: usize,
+    at: usize,
+    (n, step): (usize, usize),
+    v: impl Fn(usize) -> __m512,
+) {
     let e = j.epi.from(0, ob * BLOCK, at);
+    let out = j.out.wrapping_add(at);
     // SAFETY: the outputs (and residual) are inside their buffers; the CPU has AVX-512F.
     unsafe {
         let coefs = epi::coefs(&e, 0, 0, !0);
-        for (p, &v) in acc.iter().enumerate() {
-            let r = e.res.wrapping_add(p * step);
-            let v = epi::apply(&e, v, coefs, r, !0);
-            _mm512_storeu_ps(j.out.add(at + p * step), v);
+        match (j.quick, e.res.is_null()) {
+            (Some(false), true) => epi::quick::<false, false>(&e, coefs, (n, step), v, out),
+            (Some(false), false) => epi::quick::<false, true>(&e, coefs, (n, step), v, out),
+            (Some(true), true) => epi::quick::<true, false>(&e, coefs, (n, step), v, out),
+            (Some(true), false) => epi::quick::<true, true>(&e, coefs, (n, step), v, out),
+            (None, _) => {
+                for p in 0..n {
+                    let r = e.res.wrapping_add(p * step);
+                    _mm512_storeu_ps(out.add(p * step), epi::apply(&e, v(p), coefs, r, !0));
+                }
+            }
         }
     }
 }

@@ -269,6 +269,7 @@ unsafe fn products(j: &Job, (ob0, obn): (usize, usize), t: usize, v: &[f32], m: 
             // One row of t pixels whose blocks are 16 rows apart.
             g: Geometry::of([1, t as i64, 16, t as i64, 1, 1, 1, 1, 1, 1, 0, 0]),
             epi: Epilogue::NONE,
+            quick: Epilogue::NONE.quick(),
         };
         // SAFETY: the transforms, the packed products and the chunk's buffers hold these
         // blocks and tiles.
@@ -360,7 +361,6 @@ unsafe fn emit(j: &Job, ob: usize, oy: usize, row: &[f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::super::super::epilogue::{avx2, avx512};
     use super::{Job, BLOCK};
     use std::arch::x86_64::*;
 
@@ -488,16 +488,11 @@ mod x86 {
     /// As [`super::emit`]; the CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn emit_avx512(j: &Job, ob: usize, at: usize, row: &[f32]) {
-        let e = j.epi.from(0, ob * BLOCK, at);
-        // SAFETY: the outputs (and residual) are inside their buffers.
+        let (n, p) = (row.len() / BLOCK, row.as_ptr());
+        // SAFETY: the outputs (and residual) are inside their buffers; `row` holds n vectors.
         unsafe {
-            let coefs = avx512::coefs(&e, 0, 0, !0);
-            for (p, v) in row.chunks_exact(BLOCK).enumerate() {
-                let r = e.res.wrapping_add(p * BLOCK);
-                let v = avx512::apply(&e, _mm512_loadu_ps(v.as_ptr()), coefs, r, !0);
-                _mm512_storeu_ps(j.out.add(at + p * BLOCK), v);
-            }
-        }
+            super::super::avx512::emit(j, ob, at, (n, BLOCK), |i| _mm512_loadu_ps(p.add(i * BLOCK)))
+        };
     }
 
     /// [`super::emit`] in AVX2 halves, as the direct tiles' `store`.
@@ -506,19 +501,12 @@ mod x86 {
     /// As [`super::emit`]; the CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn emit_avx2(j: &Job, ob: usize, at: usize, row: &[f32]) {
-        let all = _mm256_set1_epi32(-1);
-        // SAFETY: the outputs (and residual) are inside their buffers.
+        let (n, p) = (row.len() / BLOCK, row.as_ptr());
+        // SAFETY: the outputs (and residual) are inside their buffers; `row` holds n vectors.
         unsafe {
-            for h in 0..2 {
-                let e = j.epi.from(0, ob * BLOCK + 8 * h, at + 8 * h);
-                let coefs = avx2::coefs(&e, 0, 0, all);
-                for (p, v) in row.chunks_exact(BLOCK).enumerate() {
-                    let r = e.res.wrapping_add(p * BLOCK);
-                    let v = _mm256_loadu_ps(v.as_ptr().add(8 * h));
-                    let v = avx2::apply(&e, v, coefs, r, all);
-                    _mm256_storeu_ps(j.out.add(at + 8 * h + p * BLOCK), v);
-                }
-            }
-        }
+            super::super::avx2::emit(j, ob, at, n, |i, h| {
+                _mm256_loadu_ps(p.add(i * BLOCK + 8 * h))
+            })
+        };
     }
 }
