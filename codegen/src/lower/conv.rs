@@ -503,8 +503,18 @@ impl Lowering<'_> {
             && pad_low.iter().all(|&p| p == 0)
             && xs.dims()[2..] == os.dims()[2..];
         if pointwise {
-            let (nv, gv) = (self.var(DType::I64), self.var(DType::I64));
-            let (n, g) = (Expr::Var(nv), Expr::Var(gv));
+            // One product per image and group; a grouped conv's products run in parallel
+            // (each writes its own rows of the output), one loop over both.
+            let iv = self.var(DType::I64);
+            let i = Expr::Var(iv);
+            let (n, g) = if groups == 1 {
+                (i, Expr::i64(0))
+            } else {
+                (
+                    Expr::index_op(Op::Div, i.clone(), Expr::i64(groups)),
+                    Expr::index_op(Op::Rem, i, Expr::i64(groups)),
+                )
+            };
             let (ck_e, ps_e, og_e, o_e) =
                 (self.dim(&ck), self.dim(&ps), self.dim(&og), self.dim(&o));
             let c_e = self.dim(xs.dim(1));
@@ -531,8 +541,19 @@ impl Lowering<'_> {
                 }
                 .into(),
             ))];
-            let loops = vec![(nv, self.dim(xs.dim(0))), (gv, Expr::i64(groups))];
-            self.k.body.extend(unit_free(serial(loops, body)));
+            let extent = self.dim(xs.dim(0)) * Expr::i64(groups);
+            let mark = if groups == 1 {
+                Mark::Serial
+            } else {
+                Mark::Parallel
+            };
+            let images = Stmt::Loop {
+                var: iv,
+                extent,
+                mark,
+                body,
+            };
+            self.k.body.extend(unit_free(vec![images]));
             self.bufs.insert(v, out);
             return Ok(());
         }
