@@ -380,30 +380,70 @@ pub(super) mod avx512 {
     #[inline(always)]
     pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool>(
         e: &Epilogue,
-        (s, t): (Option<__m512>, Option<__m512>),
+        st: (Option<__m512>, Option<__m512>),
         (n, step): (usize, usize),
         v: impl Fn(usize) -> __m512,
         out: *mut f32,
     ) {
         // SAFETY: the CPU has AVX-512F; the outputs and residual are inside their buffers.
         unsafe {
-            // Multiplying by 1 and adding −0 change no number: absent operands are those.
-            let s = s.unwrap_or(_mm512_set1_ps(1.0));
-            let t = t.unwrap_or(_mm512_set1_ps(-0.0));
-            let (lo, hi) = (_mm512_set1_ps(e.lo), _mm512_set1_ps(e.hi));
+            let (st, bounds) = (quick_coefs(st), quick_bounds(e));
             for p in 0..n {
-                let mut x = _mm512_add_ps(_mm512_mul_ps(v(p), s), t);
-                if RES {
-                    x = _mm512_add_ps(x, _mm512_loadu_ps(e.res.add(p * step)));
-                }
-                if CLAMP {
-                    // As `linear`'s two clamps (an absent one, ±inf, changes no number).
-                    let r = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-                    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-                    x = _mm512_mask_mov_ps(r, nan, _mm512_set1_ps(f32::NAN));
-                }
+                let r = e.res.wrapping_add(p * step);
+                let x = quick_one::<CLAMP, RES>(v(p), st, bounds, r, !0);
                 _mm512_storeu_ps(out.add(p * step), x);
             }
+        }
+    }
+
+    /// A quick epilogue's scale and shift: multiplying by 1 and adding −0 change no number,
+    /// so absent operands are those.
+    #[inline(always)]
+    pub(in crate::routines) fn quick_coefs(
+        (s, t): (Option<__m512>, Option<__m512>),
+    ) -> (__m512, __m512) {
+        // SAFETY: only called from AVX-512 code.
+        unsafe {
+            (
+                s.unwrap_or(_mm512_set1_ps(1.0)),
+                t.unwrap_or(_mm512_set1_ps(-0.0)),
+            )
+        }
+    }
+
+    /// A quick epilogue's clamps as vectors (an absent one, ±inf, changes no number).
+    #[inline(always)]
+    pub(in crate::routines) fn quick_bounds(e: &Epilogue) -> (__m512, __m512) {
+        // SAFETY: only called from AVX-512 code.
+        unsafe { (_mm512_set1_ps(e.lo), _mm512_set1_ps(e.hi)) }
+    }
+
+    /// [`quick`]'s 16 outputs `v` (lanes in `m`), scale and shift `s`, `t` and clamps from
+    /// [`quick_coefs`] and [`quick_bounds`], residual at `r`.
+    ///
+    /// # Safety
+    /// AVX-512F available; with `RES`, the lanes in `m` readable from `r`.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn quick_one<const CLAMP: bool, const RES: bool>(
+        v: __m512,
+        (s, t): (__m512, __m512),
+        (lo, hi): (__m512, __m512),
+        r: *const f32,
+        m: __mmask16,
+    ) -> __m512 {
+        // SAFETY: the CPU has AVX-512F; the residual's lanes are readable.
+        unsafe {
+            let mut x = _mm512_add_ps(_mm512_mul_ps(v, s), t);
+            if RES {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, r));
+            }
+            if CLAMP {
+                // As `linear`'s two clamps.
+                let c = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+                let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+                x = _mm512_mask_mov_ps(c, nan, _mm512_set1_ps(f32::NAN));
+            }
+            x
         }
     }
 
@@ -629,28 +669,68 @@ pub(super) mod avx2 {
     #[inline(always)]
     pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool>(
         e: &Epilogue,
-        (s, t): (Option<__m256>, Option<__m256>),
+        st: (Option<__m256>, Option<__m256>),
         (n, step): (usize, usize),
         v: impl Fn(usize) -> __m256,
         out: *mut f32,
     ) {
         // SAFETY: the CPU has AVX2; the outputs and residual are inside their buffers.
         unsafe {
-            let s = s.unwrap_or(_mm256_set1_ps(1.0));
-            let t = t.unwrap_or(_mm256_set1_ps(-0.0));
-            let (lo, hi) = (_mm256_set1_ps(e.lo), _mm256_set1_ps(e.hi));
+            let (st, bounds) = (quick_coefs(st), quick_bounds(e));
             for p in 0..n {
-                let mut x = _mm256_add_ps(_mm256_mul_ps(v(p), s), t);
-                if RES {
-                    x = _mm256_add_ps(x, _mm256_loadu_ps(e.res.add(p * step)));
-                }
-                if CLAMP {
-                    let r = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-                    let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
-                    x = _mm256_blendv_ps(r, _mm256_set1_ps(f32::NAN), nan);
-                }
-                _mm256_storeu_ps(out.add(p * step), x);
+                let r = e.res.wrapping_add(p * step);
+                _mm256_storeu_ps(
+                    out.add(p * step),
+                    quick_one::<CLAMP, RES>(v(p), st, bounds, r),
+                );
             }
+        }
+    }
+
+    /// [`super::avx512::quick_coefs`] for 8 lanes.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn quick_coefs(
+        (s, t): (Option<__m256>, Option<__m256>),
+    ) -> (__m256, __m256) {
+        // SAFETY: only called from AVX2 code.
+        unsafe {
+            (
+                s.unwrap_or(_mm256_set1_ps(1.0)),
+                t.unwrap_or(_mm256_set1_ps(-0.0)),
+            )
+        }
+    }
+
+    /// [`super::avx512::quick_bounds`] for 8 lanes.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn quick_bounds(e: &Epilogue) -> (__m256, __m256) {
+        // SAFETY: only called from AVX2 code.
+        unsafe { (_mm256_set1_ps(e.lo), _mm256_set1_ps(e.hi)) }
+    }
+
+    /// [`super::avx512::quick_one`] for 8 lanes, all of them.
+    ///
+    /// # Safety
+    /// AVX2 available; with `RES`, 8 values readable from `r`.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn quick_one<const CLAMP: bool, const RES: bool>(
+        v: __m256,
+        (s, t): (__m256, __m256),
+        (lo, hi): (__m256, __m256),
+        r: *const f32,
+    ) -> __m256 {
+        // SAFETY: the CPU has AVX2; the residual's lanes are readable.
+        unsafe {
+            let mut x = _mm256_add_ps(_mm256_mul_ps(v, s), t);
+            if RES {
+                x = _mm256_add_ps(x, _mm256_loadu_ps(r));
+            }
+            if CLAMP {
+                let c = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+                x = _mm256_blendv_ps(c, _mm256_set1_ps(f32::NAN), nan);
+            }
+            x
         }
     }
 

@@ -709,6 +709,18 @@ unsafe fn micro_avx2<const PACKED: bool>(kc: usize, a: ARows, b: *const f32, bs:
         epi,
         ..
     } = out;
+    if let (NR, Some((e, Some(clamp)))) = (cols, epi.as_ref().map(|e| (e, e.quick()))) {
+        let c = &c[..rows.min(MR)];
+        // SAFETY: forwarded.
+        return unsafe {
+            match (clamp, e.res.is_null()) {
+                (false, true) => store_quick_avx2::<false, false>(c, (p, ld), add, e),
+                (false, false) => store_quick_avx2::<false, true>(c, (p, ld), add, e),
+                (true, true) => store_quick_avx2::<true, false>(c, (p, ld), add, e),
+                (true, false) => store_quick_avx2::<true, true>(c, (p, ld), add, e),
+            }
+        };
+    }
     if cols == NR {
         let all = _mm256_set1_epi32(-1);
         for (ii, row) in c.iter().enumerate().take(rows) {
@@ -757,6 +769,47 @@ unsafe fn micro_avx2<const PACKED: bool>(kc: usize, a: ARows, b: *const f32, bs:
                     r = epilogue::avx2::apply(e, r, st, e.res.wrapping_add(at), m);
                 }
                 _mm256_maskstore_ps(d, m, r);
+            }
+        }
+    }
+}
+
+/// [`micro_avx2`]'s full-width rows `c` (to `p`, rows `ld` apart, accumulated into with
+/// `add`) through an epilogue [`Epilogue::quick`] takes (`CLAMP` its answer, `RES` whether it
+/// has a residual): the same bits as `apply`, decided once a tile.
+///
+/// # Safety
+/// As [`micro_avx2`]'s store: the rows of NR values inside C (and the residual), and inside
+/// the epilogue's per-row operands.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_quick_avx2<const CLAMP: bool, const RES: bool>(
+    c: &[[std::arch::x86_64::__m256; 2]],
+    (p, ld): (*mut f32, usize),
+    add: bool,
+    e: &Epilogue,
+) {
+    use epilogue::avx2::{coefs, quick_bounds, quick_coefs, quick_one};
+    use std::arch::x86_64::*;
+    // SAFETY: the CPU has AVX2; the rows are inside C, the residual and the operands.
+    unsafe {
+        let (all, bounds, none) = (_mm256_set1_epi32(-1), quick_bounds(e), (None, None));
+        // Per-column coefficients, a half's lanes (unused for per-row ones).
+        let per_col = [0, 8].map(|j| quick_coefs(if e.cols { coefs(e, 0, j, all) } else { none }));
+        for (ii, row) in c.iter().enumerate() {
+            let d = p.add(ii * ld);
+            let r = e.res.wrapping_add(ii * ld);
+            let per_row = quick_coefs(if e.cols { none } else { coefs(e, ii, 0, all) });
+            for (h, (&v, &st)) in row.iter().zip(&per_col).enumerate() {
+                let d = d.add(8 * h);
+                let v = if add {
+                    _mm256_add_ps(v, _mm256_loadu_ps(d))
+                } else {
+                    v
+                };
+                let st = if e.cols { st } else { per_row };
+                let x = quick_one::<CLAMP, RES>(v, st, bounds, r.wrapping_add(8 * h));
+                _mm256_storeu_ps(d, x);
             }
         }
     }
@@ -912,6 +965,17 @@ unsafe fn store_tile<const R: usize, const C: usize>(
     out: Out,
 ) {
     use std::arch::x86_64::*;
+    if let Some((e, Some(clamp))) = out.epi.as_ref().map(|e| (e, e.quick())) {
+        // SAFETY: forwarded.
+        return unsafe {
+            match (clamp, e.res.is_null()) {
+                (false, true) => store_quick::<R, C, false, false>(acc, &out, e),
+                (false, false) => store_quick::<R, C, false, true>(acc, &out, e),
+                (true, true) => store_quick::<R, C, true, false>(acc, &out, e),
+                (true, false) => store_quick::<R, C, true, true>(acc, &out, e),
+            }
+        };
+    }
     let Out {
         p,
         ld,
@@ -954,6 +1018,77 @@ unsafe fn store_tile<const R: usize, const C: usize>(
                     }
                     _mm512_mask_storeu_ps(d, m, v);
                 }
+            }
+        }
+    }
+}
+
+/// [`store_tile`] through an epilogue [`Epilogue::quick`] takes (`CLAMP` its answer, `RES`
+/// whether it has a residual): the same bits, its decisions taken once a tile and its
+/// coefficients once a row (per-row operands) or once a panel (per-column ones).
+///
+/// # Safety
+/// As [`store_tile`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_quick<const R: usize, const C: usize, const CLAMP: bool, const RES: bool>(
+    acc: &[std::arch::x86_64::__m512; 2 * MR * 2],
+    out: &Out,
+    e: &Epilogue,
+) {
+    use epilogue::avx512::{coefs, quick_bounds, quick_coefs, quick_one};
+    use std::arch::x86_64::*;
+    let &Out {
+        p,
+        ld,
+        add,
+        rows,
+        cols,
+        panel,
+        ..
+    } = out;
+    let mask = |q: usize| -> __mmask16 {
+        let n = cols.saturating_sub(q * panel).min(panel);
+        if n >= 16 {
+            !0
+        } else {
+            (1u16 << n) - 1
+        }
+    };
+    let (bounds, none) = (quick_bounds(e), (None, None));
+    // Per-column coefficients, a panel's lanes (unused for per-row ones).
+    // SAFETY: the tile's columns (the lanes in the mask) are inside the operands.
+    let per_col: [(__m512, __m512); C] = std::array::from_fn(|q| {
+        quick_coefs(match e.cols && mask(q) != 0 {
+            true => unsafe { coefs(e, 0, q * panel, mask(q)) },
+            false => none,
+        })
+    });
+    for i in 0..(R * MR).min(rows) {
+        // SAFETY: row i is inside the per-row operands.
+        let per_row = quick_coefs(match e.cols {
+            true => none,
+            false => unsafe { coefs(e, i, 0, !0) },
+        });
+        for (q, &st) in per_col.iter().enumerate() {
+            let m = mask(q);
+            if m == 0 {
+                break;
+            }
+            let st = if e.cols { st } else { per_row };
+            // SAFETY: the mask selects the columns inside the destination row (and the
+            // residual's, laid out alike).
+            unsafe {
+                let at = i * ld + q * panel;
+                let d = p.add(at);
+                let mut v = acc[i * 2 + q];
+                if add {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d));
+                }
+                let r = e.res.wrapping_add(at);
+                let v = quick_one::<CLAMP, RES>(v, st, bounds, r, m);
+                _mm512_mask_storeu_ps(d, m, v);
             }
         }
     }
@@ -1165,13 +1300,13 @@ mod tests {
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
-            for (bt, packed, t) in (0..12).map(|i| (i % 2 == 1, i % 4 >= 2, 1 + i / 4)) {
+            for (bt, packed, t) in (0..16).map(|i| (i % 2 == 1, i % 4 >= 2, 1 + i / 4)) {
                 let pool =
                     (t > 1).then(|| std::sync::Arc::new(crate::threads::Pool::new(t - 1).unwrap()));
                 // Rows of C apart by more than n in some cases (the rest must stay untouched).
                 let ldc = n + t - 1;
                 // At two threads, every part of the epilogue, per row; at three, per column
-                // with a sigmoid.
+                // with a sigmoid; at four, per column without.
                 let scale: Vec<f32> = (0..m.max(n)).map(|_| 1.0 + rnd()).collect();
                 let shift: Vec<f32> = (0..m.max(n)).map(|_| rnd()).collect();
                 let res: Vec<f32> = (0..m * ldc).map(|_| rnd()).collect();
@@ -1182,7 +1317,7 @@ mod tests {
                         res: res.as_ptr(),
                         lo: -0.3,
                         hi: 0.2,
-                        cols: t == 3,
+                        cols: t >= 3,
                         act: if t == 3 { Act::Sigmoid } else { Act::Identity },
                     }
                 } else {
@@ -1232,7 +1367,7 @@ mod tests {
                     for i in 0..m {
                         for j in 0..n {
                             let y = &mut want[i * n + j];
-                            let c = if t == 3 { j } else { i };
+                            let c = if t >= 3 { j } else { i };
                             *y = ((*y * scale[c]) + shift[c]) + res[i * ldc + j];
                             *y = y.clamp(-0.3, 0.2);
                             if t == 3 {
@@ -1274,12 +1409,13 @@ mod tests {
             (2, 130, 40),
             (3, 17, 300),
             (4, 200, 257),
+            (5, 40, 33),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let bp = pack_b(&b, n as i64, 1, k, n).expect("inside b");
             // With an epilogue of every part (its vector code compared too): per row, or
-            // per column with a tanh.
+            // per column, with a tanh for even k.
             let scale: Vec<f32> = (0..m.max(n)).map(|_| 1.0 + rnd()).collect();
             let shift: Vec<f32> = (0..m.max(n)).map(|_| rnd()).collect();
             let res: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
@@ -1291,7 +1427,11 @@ mod tests {
                 lo: -0.3,
                 hi: 0.2,
                 cols: by_col,
-                act: if by_col { Act::Tanh } else { Act::Identity },
+                act: if by_col && k % 2 == 0 {
+                    Act::Tanh
+                } else {
+                    Act::Identity
+                },
             };
             let run = |narrow: bool, packed: bool| {
                 AVX2_ONLY.with(|c| c.set(narrow));

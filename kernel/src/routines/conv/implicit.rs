@@ -431,6 +431,7 @@ impl Place<'_> {
     ) {
         use std::arch::x86_64::*;
         let epi = !self.epi.is_none();
+        let quick = self.epi.quick();
         // Whole vectors (a tile inside output rows, most of them): where each goes worked
         // out once, each filter's epilogue coefficients loaded once (per vector, they cost a
         // third of a 3-channel conv's time).
@@ -447,10 +448,19 @@ impl Place<'_> {
                     if epi {
                         let e = self.epi.from(f, 0, f * self.ohw);
                         let st = epilogue::avx512::coefs(&e, 0, 0, !0);
-                        for (q, &at) in ats.iter().enumerate().take(starts.len()) {
-                            let v = acc[2 * r + q];
-                            let v = epilogue::avx512::apply(&e, v, st, e.res.wrapping_add(at), !0);
-                            _mm512_storeu_ps(d.add(at), v);
+                        let (ats, v) = (&ats[..starts.len()], |q: usize| acc[2 * r + q]);
+                        match (quick, e.res.is_null()) {
+                            (Some(false), true) => quick_row::<false, false>(&e, st, d, ats, v),
+                            (Some(false), false) => quick_row::<false, true>(&e, st, d, ats, v),
+                            (Some(true), true) => quick_row::<true, false>(&e, st, d, ats, v),
+                            (Some(true), false) => quick_row::<true, true>(&e, st, d, ats, v),
+                            (None, _) => {
+                                for (q, &at) in ats.iter().enumerate() {
+                                    let r = e.res.wrapping_add(at);
+                                    let v = epilogue::avx512::apply(&e, v(q), st, r, !0);
+                                    _mm512_storeu_ps(d.add(at), v);
+                                }
+                            }
                         }
                     } else {
                         for (q, &at) in ats.iter().enumerate().take(starts.len()) {
@@ -507,6 +517,35 @@ impl Place<'_> {
             v += run;
         }
         (runs, n)
+    }
+}
+
+/// A filter's whole output vectors `v(q)` (at `ats[q]` from `d`, the residual alike)
+/// through an epilogue [`Epilogue::quick`] takes, scale and shift `st`: what `apply` gives,
+/// its decisions taken once.
+///
+/// # Safety
+/// The CPU has AVX-512F; each vector inside the output (and the residual).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn quick_row<const CLAMP: bool, const RES: bool>(
+    e: &Epilogue,
+    st: (
+        Option<std::arch::x86_64::__m512>,
+        Option<std::arch::x86_64::__m512>,
+    ),
+    d: *mut f32,
+    ats: &[usize],
+    v: impl Fn(usize) -> std::arch::x86_64::__m512,
+) {
+    use epilogue::avx512::{quick_bounds, quick_coefs, quick_one};
+    let (st, bounds) = (quick_coefs(st), quick_bounds(e));
+    for (q, &at) in ats.iter().enumerate() {
+        // SAFETY: forwarded.
+        unsafe {
+            let x = quick_one::<CLAMP, RES>(v(q), st, bounds, e.res.wrapping_add(at), !0);
+            std::arch::x86_64::_mm512_storeu_ps(d.add(at), x);
+        }
     }
 }
 
