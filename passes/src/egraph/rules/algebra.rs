@@ -337,3 +337,149 @@ pub const DOT_OF_SPLAT: Rule = Rule {
         out
     },
 };
+
+/// (x·a + b)·c + d = x·(a·c) + (b·c + d) for constant a, b, c, d — splats, or broadcasts of
+/// finite constants from one source shape along the same axes (a batch norm followed by a
+/// per-channel scale and shift, as Caffe2's exports have them): one scale and one shift,
+/// which a conv or product then applies as it stores, instead of a pass over its result.
+/// The constants fold; the products round once less or once more.
+pub const AFFINE_CHAIN: Rule = Rule {
+    name: "affine-chain",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        if !super::is_real(eg, id) {
+            return out;
+        }
+        let ty = info(eg, id).ty().clone();
+        // (the operand that is not a constant, the constant) of each `op` node of class `id`.
+        let split = |id: Id, want: fn(&Op) -> bool| -> Vec<(Id, Coef)> {
+            let mut found = Vec::new();
+            for (op, args) in nodes(eg, id) {
+                if !want(op) || args.len() != 2 {
+                    continue;
+                }
+                for (v, k) in [(args[0], args[1]), (args[1], args[0])] {
+                    if let Some(k) = coef(eg, k) {
+                        found.push((v, k));
+                    }
+                }
+            }
+            found
+        };
+        fn is_add(op: &Op) -> bool {
+            matches!(op, Op::Add)
+        }
+        fn is_mul(op: &Op) -> bool {
+            matches!(op, Op::Mul)
+        }
+        for (m, d) in split(id, is_add) {
+            for (y, c) in split(m, is_mul) {
+                for (z, b) in split(y, is_add) {
+                    for (x, a) in split(z, is_mul) {
+                        let coefs = [&a, &b, &c, &d];
+                        if let Some(e) = affine(eg, x, coefs, &ty) {
+                            out.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    },
+};
+
+/// A constant operand of an affine chain: a finite splat, or a constant broadcast along
+/// `dims` from its source class.
+#[derive(Clone)]
+enum Coef {
+    Splat(f64),
+    Broadcast(Id, Vec<i64>),
+}
+
+fn coef(eg: &EGraph, id: Id) -> Option<Coef> {
+    let i = info(eg, id);
+    if !i.constant {
+        return None;
+    }
+    if let Some(v) = i.splat {
+        return v.is_finite().then_some(Coef::Splat(v));
+    }
+    let (Op::Broadcast { dims, .. }, [src]) =
+        find(eg, id, |op| matches!(op, Op::Broadcast { .. }))?
+    else {
+        return None;
+    };
+    // Finite values only (an infinite factor across the reassociation can turn a product
+    // into NaN): a constant's elements are read.
+    let finite = nodes(eg, *src).any(|(op, _)| match op {
+        Op::Constant { value } => value
+            .tensor
+            .as_slice::<f32>()
+            .is_some_and(|v| v.iter().all(|x| x.is_finite())),
+        _ => false,
+    });
+    finite.then(|| Coef::Broadcast(*src, dims.clone()))
+}
+
+/// x·(a·c) + (b·c + d) of type `ty` for the chain's constants `[a, b, c, d]`, computed at
+/// one shape of the result's rank (a broadcast one's source reshaped to it, its dims of 1
+/// where the broadcast adds axes): `None` unless the broadcast ones agree on it.
+fn affine(eg: &EGraph, x: Id, [a, b, c, d]: [&Coef; 4], ty: &ir::TensorType) -> Option<Expr> {
+    let rank = ty.shape.rank();
+    // The source of a broadcast along `dims`, as a shape of the result's rank.
+    let full = |src: Id, dims: &[i64]| -> Option<ir::Shape> {
+        let s = &info(eg, src).ty().shape;
+        // Axes kept in order: the reshape keeps the elements' order.
+        if dims.windows(2).any(|w| w[0] >= w[1]) {
+            return None;
+        }
+        let mut d = vec![ir::Dim::constant(1); rank];
+        for (j, &i) in dims.iter().enumerate() {
+            *d.get_mut(usize::try_from(i).ok()?)? = s.dim(j).clone();
+        }
+        Some(ir::Shape::new(d))
+    };
+    let mut shape: Option<ir::Shape> = None;
+    for k in [a, b, c, d] {
+        if let Coef::Broadcast(src, dims) = k {
+            let s = full(*src, dims)?;
+            match &shape {
+                None => shape = Some(s),
+                Some(s0) if *s0 == s => {}
+                _ => return None,
+            }
+        }
+    }
+    let (shape, dims) = match shape {
+        Some(s) => (s, (0..rank as i64).collect()),
+        None => (ir::Shape::new(vec![]), vec![]),
+    };
+    let at = |k: &Coef| -> Option<Expr> {
+        match k {
+            Coef::Splat(v) => splat_expr(*v, ty.dtype, &shape),
+            Coef::Broadcast(src, _) if info(eg, *src).ty().shape == shape => Some((*src).into()),
+            Coef::Broadcast(src, _) => Some(Expr::op(
+                Op::Reshape {
+                    shape: shape.clone(),
+                },
+                [(*src).into()],
+            )),
+        }
+    };
+    let (a, b, c, d) = (at(a)?, at(b)?, at(c)?, at(d)?);
+    let scale = Expr::op(Op::Mul, [a, c.clone()]);
+    let shift = Expr::op(Op::Add, [Expr::op(Op::Mul, [b, c]), d]);
+    let spread = |e: Expr| {
+        Expr::op(
+            Op::Broadcast {
+                dims: dims.clone(),
+                shape: ty.shape.clone(),
+            },
+            [e],
+        )
+    };
+    Some(Expr::op(
+        Op::Add,
+        [Expr::op(Op::Mul, [x.into(), spread(scale)]), spread(shift)],
+    ))
+}

@@ -27,6 +27,7 @@ pub static SIMPLIFY: Stage = Stage {
         algebra::SCALE_INTO_DOT,
         algebra::DOT_OF_SPLAT,
         algebra::SPLAT_CONSTANT,
+        algebra::AFFINE_CHAIN,
         layout::TRANSPOSE_TRANSPOSE,
         layout::TRANSPOSE_IDENTITY,
         layout::RESHAPE_RESHAPE,
