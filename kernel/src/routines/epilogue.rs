@@ -398,11 +398,14 @@ pub(super) mod avx512 {
 
     /// A quick epilogue's scale and shift: multiplying by 1 and adding −0 change no number,
     /// so absent operands are those.
+    ///
+    /// # Safety
+    /// AVX-512F available.
     #[inline(always)]
-    pub(in crate::routines) fn quick_coefs(
+    pub(in crate::routines) unsafe fn quick_coefs(
         (s, t): (Option<__m512>, Option<__m512>),
     ) -> (__m512, __m512) {
-        // SAFETY: only called from AVX-512 code.
+        // SAFETY: the CPU has AVX-512F.
         unsafe {
             (
                 s.unwrap_or(_mm512_set1_ps(1.0)),
@@ -412,9 +415,12 @@ pub(super) mod avx512 {
     }
 
     /// A quick epilogue's clamps as vectors (an absent one, ±inf, changes no number).
+    ///
+    /// # Safety
+    /// AVX-512F available.
     #[inline(always)]
-    pub(in crate::routines) fn quick_bounds(e: &Epilogue) -> (__m512, __m512) {
-        // SAFETY: only called from AVX-512 code.
+    pub(in crate::routines) unsafe fn quick_bounds(e: &Epilogue) -> (__m512, __m512) {
+        // SAFETY: the CPU has AVX-512F.
         unsafe { (_mm512_set1_ps(e.lo), _mm512_set1_ps(e.hi)) }
     }
 
@@ -688,6 +694,9 @@ pub(super) mod avx2 {
     }
 
     /// [`super::avx512::quick_coefs`] for 8 lanes.
+    ///
+    /// # Safety
+    /// AVX2 available.
     #[inline(always)]
     pub(in crate::routines) unsafe fn quick_coefs(
         (s, t): (Option<__m256>, Option<__m256>),
@@ -702,6 +711,9 @@ pub(super) mod avx2 {
     }
 
     /// [`super::avx512::quick_bounds`] for 8 lanes.
+    ///
+    /// # Safety
+    /// AVX2 available.
     #[inline(always)]
     pub(in crate::routines) unsafe fn quick_bounds(e: &Epilogue) -> (__m256, __m256) {
         // SAFETY: only called from AVX2 code.

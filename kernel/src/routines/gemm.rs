@@ -1056,21 +1056,24 @@ unsafe fn store_quick<const R: usize, const C: usize, const CLAMP: bool, const R
             (1u16 << n) - 1
         }
     };
-    let (bounds, none) = (quick_bounds(e), (None, None));
+    // SAFETY: the CPU has AVX-512F.
+    let (bounds, none) = (unsafe { quick_bounds(e) }, (None, None));
     // Per-column coefficients, a panel's lanes (unused for per-row ones).
     // SAFETY: the tile's columns (the lanes in the mask) are inside the operands.
-    let per_col: [(__m512, __m512); C] = std::array::from_fn(|q| {
+    let per_col: [(__m512, __m512); C] = std::array::from_fn(|q| unsafe {
         quick_coefs(match e.cols && mask(q) != 0 {
-            true => unsafe { coefs(e, 0, q * panel, mask(q)) },
+            true => coefs(e, 0, q * panel, mask(q)),
             false => none,
         })
     });
     for i in 0..(R * MR).min(rows) {
         // SAFETY: row i is inside the per-row operands.
-        let per_row = quick_coefs(match e.cols {
-            true => none,
-            false => unsafe { coefs(e, i, 0, !0) },
-        });
+        let per_row = unsafe {
+            quick_coefs(match e.cols {
+                true => none,
+                false => coefs(e, i, 0, !0),
+            })
+        };
         for (q, &st) in per_col.iter().enumerate() {
             let m = mask(q);
             if m == 0 {

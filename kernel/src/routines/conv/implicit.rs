@@ -539,7 +539,8 @@ unsafe fn quick_row<const CLAMP: bool, const RES: bool>(
     v: impl Fn(usize) -> std::arch::x86_64::__m512,
 ) {
     use epilogue::avx512::{quick_bounds, quick_coefs, quick_one};
-    let (st, bounds) = (quick_coefs(st), quick_bounds(e));
+    // SAFETY: the CPU has AVX-512F.
+    let (st, bounds) = unsafe { (quick_coefs(st), quick_bounds(e)) };
     for (q, &at) in ats.iter().enumerate() {
         // SAFETY: forwarded.
         unsafe {

@@ -389,11 +389,21 @@ pub const AFFINE_CHAIN: Rule = Rule {
 };
 
 /// A constant operand of an affine chain: a finite splat, or a constant broadcast along
-/// `dims` from its source class.
+/// `dims` from its source class; with the least nonzero and the greatest magnitude of its
+/// elements (0 for the least where all are zero).
 #[derive(Clone)]
 enum Coef {
     Splat(f64),
-    Broadcast(Id, Vec<i64>),
+    Broadcast(Id, Vec<i64>, (f64, f64)),
+}
+
+impl Coef {
+    fn range(&self) -> (f64, f64) {
+        match self {
+            Coef::Splat(v) => (v.abs(), v.abs()),
+            Coef::Broadcast(_, _, r) => *r,
+        }
+    }
 }
 
 fn coef(eg: &EGraph, id: Id) -> Option<Coef> {
@@ -410,21 +420,47 @@ fn coef(eg: &EGraph, id: Id) -> Option<Coef> {
         return None;
     };
     // Finite values only (an infinite factor across the reassociation can turn a product
-    // into NaN): a constant's elements are read.
-    let finite = nodes(eg, *src).any(|(op, _)| match op {
-        Op::Constant { value } => value
-            .tensor
-            .as_slice::<f32>()
-            .is_some_and(|v| v.iter().all(|x| x.is_finite())),
-        _ => false,
-    });
-    finite.then(|| Coef::Broadcast(*src, dims.clone()))
+    // into NaN), and their range: a constant's elements are read.
+    let range = nodes(eg, *src).find_map(|(op, _)| match op {
+        Op::Constant { value } => {
+            let v = value.tensor.as_slice::<f32>()?;
+            let mut r = (f64::INFINITY, 0.0f64);
+            for &x in v {
+                let a = f64::from(x.abs());
+                if !x.is_finite() {
+                    return None;
+                }
+                if a > 0.0 {
+                    r = (r.0.min(a), r.1.max(a));
+                }
+            }
+            Some((if r.0.is_finite() { r.0 } else { 0.0 }, r.1))
+        }
+        _ => None,
+    })?;
+    Some(Coef::Broadcast(*src, dims.clone(), range))
+}
+
+/// Whether the folded constants a·c and b·c + d stay normal f32 numbers (or exact zeros)
+/// for every element: an overflow to infinity, or an underflow to zero or a subnormal,
+/// would change the chain's value by more than rounding.
+fn foldable([a, b, c, d]: [&Coef; 4]) -> bool {
+    let (max, min) = (f64::from(f32::MAX), f64::from(f32::MIN_POSITIVE));
+    let product = |x: &Coef, y: &Coef| {
+        let ((xl, xh), (yl, yh)) = (x.range(), y.range());
+        let low = xl * yl;
+        xh * yh < max / 2.0 && (low == 0.0 || low >= min)
+    };
+    product(a, c) && product(b, c) && b.range().1 * c.range().1 + d.range().1 < max / 2.0
 }
 
 /// x·(a·c) + (b·c + d) of type `ty` for the chain's constants `[a, b, c, d]`, computed at
 /// one shape of the result's rank (a broadcast one's source reshaped to it, its dims of 1
 /// where the broadcast adds axes): `None` unless the broadcast ones agree on it.
 fn affine(eg: &EGraph, x: Id, [a, b, c, d]: [&Coef; 4], ty: &ir::TensorType) -> Option<Expr> {
+    if !foldable([a, b, c, d]) {
+        return None;
+    }
     let rank = ty.shape.rank();
     // The source of a broadcast along `dims`, as a shape of the result's rank.
     let full = |src: Id, dims: &[i64]| -> Option<ir::Shape> {
@@ -441,7 +477,7 @@ fn affine(eg: &EGraph, x: Id, [a, b, c, d]: [&Coef; 4], ty: &ir::TensorType) -> 
     };
     let mut shape: Option<ir::Shape> = None;
     for k in [a, b, c, d] {
-        if let Coef::Broadcast(src, dims) = k {
+        if let Coef::Broadcast(src, dims, _) = k {
             let s = full(*src, dims)?;
             match &shape {
                 None => shape = Some(s),
@@ -457,8 +493,8 @@ fn affine(eg: &EGraph, x: Id, [a, b, c, d]: [&Coef; 4], ty: &ir::TensorType) -> 
     let at = |k: &Coef| -> Option<Expr> {
         match k {
             Coef::Splat(v) => splat_expr(*v, ty.dtype, &shape),
-            Coef::Broadcast(src, _) if info(eg, *src).ty().shape == shape => Some((*src).into()),
-            Coef::Broadcast(src, _) => Some(Expr::op(
+            Coef::Broadcast(src, ..) if info(eg, *src).ty().shape == shape => Some((*src).into()),
+            Coef::Broadcast(src, ..) => Some(Expr::op(
                 Op::Reshape {
                     shape: shape.clone(),
                 },
