@@ -16,8 +16,9 @@ pub const MAGIC: &[u8; 8] = b"KILNART\0";
 /// one `call` statement; 3: CPU features by neutral names, `avx2` rather than `has_avx2`; 4:
 /// calls carry scalar arguments and a result; 5: products and convolutions take a fused
 /// epilogue, three more operands and two scalars; 6: the epilogue's activation 4, SiLU; 7:
-/// concats in place; 8: dense blocked filters packed with a Winograd flag, and transforms).
-pub const FORMAT_VERSION: u32 = 8;
+/// concats in place; 8: dense blocked filters packed with a Winograd flag, and transforms; 9:
+/// the epilogue's activation 5, HardSwish).
+pub const FORMAT_VERSION: u32 = 9;
 /// Sections start at multiples of this (a cache line; enough for any element type).
 pub const SECTION_ALIGN: usize = 64;
 

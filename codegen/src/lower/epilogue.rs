@@ -269,6 +269,9 @@ impl Lowering<'_> {
         if let Some((end, inner)) = self.gelu(x, outputs) {
             return Some((3, end, inner.to_vec()));
         }
+        if let Some((end, inner)) = self.hardswish(x, outputs) {
+            return Some((5, end, inner.to_vec()));
+        }
         let (end, inner) = self.silu(x, outputs)?;
         Some((4, end, inner.to_vec()))
     }
@@ -335,6 +338,54 @@ impl Lowering<'_> {
         let ins = g.node(mul).inputs();
         let product = ins.len() == 2 && ins.contains(&x) && ins.contains(&add_v) && same(mul_v);
         product.then_some((mul_v, [x, div_v, erf_v, add_v]))
+    }
+
+    /// The end of `x · max(min(x·(1/6) + ½, 1), 0)` after `x` (HardSwish as the ONNX importer
+    /// writes it, 1/6 rounded to f32) and the values in it, when that is how `x` is read —
+    /// twice, by the two products — and every value in it is read once, by the next, and is
+    /// no output.
+    fn hardswish(&self, x: Value, outputs: &[Value]) -> Option<(Value, [Value; 5])> {
+        let g = self.g;
+        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
+        let same = |v: Value| self.ty(v) == self.ty(x);
+        let constant = |v: Value, c: f64| scalar_value(g, v) == Some(c);
+        // The operand of binary node `n` besides `v`, when `n` reads `v` once.
+        let other = |n: NodeId, v: Value| match *g.node(n).inputs() {
+            [p, q] if p == v && q != v => Some(q),
+            [p, q] if q == v && p != v => Some(p),
+            _ => None,
+        };
+        let [a, b] = self.read_twice(x, outputs)?;
+        let is_mul = |n: NodeId| matches!(g.node(n).op(), Op::Mul);
+        if !is_mul(a) || !is_mul(b) {
+            return None;
+        }
+        let sixth = f64::from(kernel::routines::epilogue::SIXTH);
+        let (scale, last) = match (other(a, x)?, other(b, x)?) {
+            (p, _) if constant(p, sixth) => (a, b),
+            (_, q) if constant(q, sixth) => (b, a),
+            _ => return None,
+        };
+        // The one reader of `v`, an `op` of `v` and the constant `c`.
+        let next = |v: Value, op: fn(&Op) -> bool, c: f64| -> Option<Value> {
+            if !once(v) || !same(v) {
+                return None;
+            }
+            let [n] = self.readers(v)[..] else {
+                return None;
+            };
+            let fits = op(g.node(n).op()) && constant(other(n, v)?, c);
+            fits.then_some(Value::new(n, 0))
+        };
+        let scaled = Value::new(scale, 0);
+        let shifted = next(scaled, |op| matches!(op, Op::Add), 0.5)?;
+        let low = next(shifted, |op| matches!(op, Op::Min), 1.0)?;
+        let clamped = next(low, |op| matches!(op, Op::Max), 0.0)?;
+        if !once(clamped) || !same(clamped) || self.readers(clamped)[..] != [last] {
+            return None;
+        }
+        let end = Value::new(last, 0);
+        same(end).then_some((end, [x, scaled, shifted, low, clamped]))
     }
 
     /// The end of `x · sigmoid(x)` after `x` (SiLU, SwiGLU's gate) and the values in it, when

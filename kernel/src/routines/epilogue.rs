@@ -1,10 +1,10 @@
 //! What products and convolutions apply to each output as they store it (a fused epilogue):
 //! `y = act(clamp((x·scale + shift) + res[at], lo, hi))` with `scale` and `shift` per row (a
 //! convolution's output channel) or per column (a product's bias), every part optional — a
-//! folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid or tanh — without a
-//! second pass over the output. Operation for operation what the elementwise loops it replaces
-//! compute (a multiply, then adds, each rounded; IEEE maximum and minimum; the vector loops'
-//! `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
+//! folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh, GELU, SiLU or
+//! HardSwish — without a second pass over the output. Operation for operation what the
+//! elementwise loops it replaces compute (a multiply, then adds, each rounded; IEEE maximum and
+//! minimum; the vector loops' `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
 
 /// The activation an epilogue ends with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,17 +16,24 @@ pub enum Act {
     Gelu = 3,
     /// `x · sigmoid(x)`: SiLU (Swish), SwiGLU's gate.
     Silu = 4,
+    /// `x · max(min(x·(1/6) + ½, 1), 0)`: HardSwish as the ONNX importer writes it (each
+    /// operation rounded, IEEE minimum and maximum).
+    HardSwish = 5,
 }
+
+/// HardSwish's slope, 1/6 rounded to f32 as the importer's constant is.
+pub const SIXTH: f32 = 0.166_666_67;
 
 impl Act {
     /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh, 3 GELU,
-    /// 4 SiLU; others identity).
+    /// 4 SiLU, 5 HardSwish; others identity).
     pub fn of(code: i64) -> Act {
         match code {
             1 => Act::Sigmoid,
             2 => Act::Tanh,
             3 => Act::Gelu,
             4 => Act::Silu,
+            5 => Act::HardSwish,
             _ => Act::Identity,
         }
     }
@@ -58,6 +65,10 @@ impl Act {
             }
             Act::Gelu => x * (erf(x / SQRT2) + 1.0),
             Act::Silu => x * Act::Sigmoid.one(x),
+            Act::HardSwish => {
+                let t = super::rows::minimum(x * SIXTH + 0.5, 1.0);
+                x * super::rows::maximum(t, 0.0)
+            }
         }
     }
 }
@@ -308,7 +319,7 @@ fn plain(c: f32, min: bool) -> bool {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
-    use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SQRT2, TANH};
+    use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
     use crate::routines::rows::avx512::{exp16, key};
     use std::arch::x86_64::*;
 
@@ -365,6 +376,14 @@ pub(super) mod avx512 {
                     _mm512_mul_ps(v, _mm512_add_ps(erf(d), _mm512_set1_ps(1.0)))
                 }
                 Act::Silu => _mm512_mul_ps(v, sigmoid(v)),
+                Act::HardSwish => {
+                    // The hardware's minimum and maximum: where t is NaN, v is, and the
+                    // product is v's NaN either way; t is never −0.
+                    let t =
+                        _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(SIXTH)), _mm512_set1_ps(0.5));
+                    let t = _mm512_min_ps(t, _mm512_set1_ps(1.0));
+                    _mm512_mul_ps(v, _mm512_max_ps(t, _mm512_setzero_ps()))
+                }
             }
         }
     }
@@ -638,7 +657,7 @@ pub(super) mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
-    use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SQRT2, TANH};
+    use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
     use crate::routines::rows::avx2::{exp8, key};
     use std::arch::x86_64::*;
 
@@ -784,6 +803,12 @@ pub(super) mod avx2 {
                     _mm256_mul_ps(v, _mm256_add_ps(erf(d), _mm256_set1_ps(1.0)))
                 }
                 Act::Silu => _mm256_mul_ps(v, sigmoid(v)),
+                Act::HardSwish => {
+                    let t =
+                        _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(SIXTH)), _mm256_set1_ps(0.5));
+                    let t = _mm256_min_ps(t, _mm256_set1_ps(1.0));
+                    _mm256_mul_ps(v, _mm256_max_ps(t, _mm256_setzero_ps()))
+                }
             }
         }
     }
@@ -944,7 +969,14 @@ mod tests {
             (f32::NEG_INFINITY, 0.0),
             (f32::NEG_INFINITY, f32::INFINITY),
         ];
-        let acts = [Act::Identity, Act::Sigmoid, Act::Tanh, Act::Gelu, Act::Silu];
+        let acts = [
+            Act::Identity,
+            Act::Sigmoid,
+            Act::Tanh,
+            Act::Gelu,
+            Act::Silu,
+            Act::HardSwish,
+        ];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
             for parts in 0..16 {
                 let by_col = parts & 8 != 0;
@@ -992,11 +1024,21 @@ mod tests {
                                 x * (libm::erf(x / std::f64::consts::SQRT_2) + 1.0)
                             }
                             Act::Silu => y as f64 / (1.0 + (-(y as f64)).exp()),
+                            Act::HardSwish => {
+                                let x = y as f64;
+                                x * (x / 6.0 + 0.5).clamp(0.0, 1.0)
+                            }
                         };
                         // (GELU within its erf's absolute error, scaled by x.)
                         let tol = match act {
                             Act::Gelu => 4e-7 * (1.0 + (y as f64).abs()),
                             Act::Silu => 6.0 * f32::EPSILON as f64 * exact.abs() + 1e-37,
+                            // (Its clamp's argument rounds once before cancelling near -3.)
+                            Act::HardSwish => {
+                                let x = (y as f64).abs();
+                                4.0 * f32::EPSILON as f64 * (exact.abs() + x * (x / 6.0 + 0.5))
+                                    + 1e-37
+                            }
                             _ => 4.0 * f32::EPSILON as f64 * exact.abs() + 1e-37,
                         };
                         assert!(

@@ -1032,7 +1032,7 @@ mod tests {
     }
 
     /// Fused epilogues — shift, residual, clamps, and the forms the vector code runs by the
-    /// general path (a −0 clamp, a scale, an activation) — give every instruction set the
+    /// general path (a −0 clamp, an activation: SiLU, HardSwish) — give every instruction set the
     /// scalar epilogue's bits on the sums, NaN and zeros of either sign among them.
     #[test]
     fn epilogues_agree_on_every_isa() {
@@ -1088,6 +1088,7 @@ mod tests {
                 ((null, t, null), -0.0, inf, 0),
                 ((sc, t, r), 0.0, 6.0, 0),
                 ((null, t, null), ninf, inf, 4),
+                ((null, t, r), ninf, inf, 5),
             ];
             let sums = each_isa((&x, &wp), (c, o), &g, form, false, Epilogue::NONE);
             let sums = &sums[0].1;
