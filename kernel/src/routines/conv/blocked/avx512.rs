@@ -297,15 +297,19 @@ unsafe fn dw_tiles(j: &Job, cb: usize, (oy, ox): (usize, usize), n: usize, s: us
     // Three taps a row at unit strides and dilations: each input vector loaded once for
     // the three taps that read it.
     let three = (j.g.kw, j.g.dw, s) == (3, 1, BLOCK) && n > 1;
+    // Stride 2: each input vector loaded once for the two pixels' taps that read it.
+    let strided = (j.g.kw, j.g.dw, s) == (3, 1, 2 * BLOCK) && n > 1;
     let mut p = 0;
     while p < n {
         let at = (oy, ox + p);
         // SAFETY: forwarded (the pixels of a tile share their taps: all three columns).
         unsafe {
             p += match n - p {
-                12.. if three => dw_row3::<12, 14>(j, cb, at),
-                8.. if three => dw_row3::<8, 10>(j, cb, at),
-                4.. if three => dw_row3::<4, 6>(j, cb, at),
+                12.. if three => dw_row3::<12, 14, 1>(j, cb, at),
+                8.. if three => dw_row3::<8, 10, 1>(j, cb, at),
+                4.. if three => dw_row3::<4, 6, 1>(j, cb, at),
+                8.. if strided => dw_row3::<8, 17, 2>(j, cb, at),
+                4.. if strided => dw_row3::<4, 9, 2>(j, cb, at),
                 16.. => dw_tile::<16>(j, cb, at, s),
                 8.. => dw_tile::<8>(j, cb, at, s),
                 4.. => dw_tile::<4>(j, cb, at, s),
@@ -417,14 +421,14 @@ unsafe fn dw_tile<const P: usize>(j: &Job, cb: usize, (oy, ox): (usize, usize), 
 }
 
 /// A depthwise tile of channel block `cb` by `P` pixels from `(oy, ox)` of a window
-/// three taps wide (unit strides and dilations, every column tap inside): per window row
-/// the `Q` = `P` + 2 input vectors it reads, loaded once; sums in (ky, kx) order as
-/// [`dw_tile`]'s. Returns `P`.
+/// three taps wide (unit dilations, column stride `S` of 1 or 2, every column tap inside):
+/// per window row the `Q` = `S`·(`P` − 1) + 3 input vectors it reads, loaded once; sums in
+/// (ky, kx) order as [`dw_tile`]'s. Returns `P`.
 ///
 /// # Safety
 /// As [`tiles`].
 #[inline(always)]
-unsafe fn dw_row3<const P: usize, const Q: usize>(
+unsafe fn dw_row3<const P: usize, const Q: usize, const S: usize>(
     j: &Job,
     cb: usize,
     (oy, ox): (usize, usize),
@@ -442,7 +446,7 @@ unsafe fn dw_row3<const P: usize, const Q: usize>(
             for kx in 0..3 {
                 let f = _mm512_loadu_ps(j.wp.add(j.dw_filter(cb, ky, kx)));
                 for (p, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(v[p + kx], f, *a);
+                    *a = _mm512_fmadd_ps(v[S * p + kx], f, *a);
                 }
             }
         }
