@@ -235,7 +235,6 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
         out,
         offs: offs.as_ptr(),
         exact,
-        quick: epi.quick(),
         groups: if depthwise { 1 } else { cu / gi },
         gi,
         gs,
@@ -302,8 +301,6 @@ struct Job {
     isa: Isa,
     g: Geometry,
     epi: Epilogue,
-    /// [`Epilogue::quick`] of `epi`.
-    quick: Option<bool>,
 }
 
 /// The widest tile of `nb` dense output blocks (or of a depthwise block).
@@ -829,7 +826,6 @@ mod tests {
                 isa,
                 g: *g,
                 epi,
-                quick: epi.quick(),
             };
             // SAFETY: inside the buffers.
             unsafe { j.blocks((0, (o / BLOCK) as i64), (0, g.oh), depthwise) };

@@ -153,7 +153,7 @@ pub(super) unsafe fn emit(
     n: usize,
     v: impl Fn(usize, usize) -> __m256,
 ) {
-    let all = _mm256_set1_epi32(-1);
+    let (all, quick) = (_mm256_set1_epi32(-1), j.epi.quick());
     // SAFETY: the outputs (and residual) are inside their buffers; AVX2 available.
     unsafe {
         for h in 0..2 {
@@ -162,7 +162,7 @@ pub(super) unsafe fn emit(
             let out = j.out.wrapping_add(at + 8 * h);
             let v = |p| v(p, h);
             let ns = (n, BLOCK);
-            match (j.quick, e.res.is_null()) {
+            match (quick, e.res.is_null()) {
                 (Some(false), true) => epi::quick::<false, false>(&e, coefs, ns, v, out),
                 (Some(false), false) => epi::quick::<false, true>(&e, coefs, ns, v, out),
                 (Some(true), true) => epi::quick::<true, false>(&e, coefs, ns, v, out),

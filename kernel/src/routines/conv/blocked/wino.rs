@@ -269,7 +269,6 @@ unsafe fn products(j: &Job, (ob0, obn): (usize, usize), t: usize, v: &[f32], m: 
             // One row of t pixels whose blocks are 16 rows apart.
             g: Geometry::of([1, t as i64, 16, t as i64, 1, 1, 1, 1, 1, 1, 0, 0]),
             epi: Epilogue::NONE,
-            quick: Epilogue::NONE.quick(),
         };
         // SAFETY: the transforms, the packed products and the chunk's buffers hold these
         // blocks and tiles.
