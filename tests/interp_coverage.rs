@@ -269,6 +269,18 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((Op::TreeWalk, args));
                 continue;
             }
+            "lstm" => {
+                for reverse in [false, true] {
+                    let args = vec![
+                        rng.tensor(dtype, &[2, 1, 8]),
+                        rng.tensor(dtype, &[2, 8]),
+                        rng.tensor(dtype, &[1, 2]),
+                        rng.tensor(dtype, &[1, 2]),
+                    ];
+                    out.push((Op::Lstm { reverse }, args));
+                }
+                continue;
+            }
             "topk" => Op::TopK {
                 k: 2,
                 axis: 1,

@@ -1,7 +1,8 @@
 //! Differential fuzz of code generation: random well-typed graphs (every op family, fused
 //! kernels, awkward shapes, broadcasts, strides and values) compiled — each node alone, and
-//! after the default pipeline — compute what the reference interpreter computes; and convs
-//! and products with random elementwise steps after them (fused into their routines or not).
+//! after the default pipeline — compute what the reference interpreter computes; convs and
+//! products with random elementwise steps after them (fused into their routines or not); and
+//! LSTM layers.
 //! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`; `KILN_TRACE_SEED=1`
 //! with `--nocapture` prints each graph first (to find one that crashes the process).
 
@@ -125,6 +126,15 @@ proptest! {
     #[test]
     fn products_and_their_epilogues_match_the_interpreter(seed in any::<u64>()) {
         if let Some(g) = common::dot_graph(seed) {
+            check_graph(g, seed)?;
+        }
+    }
+
+    /// LSTM layers (the `lstm` routine: blocks of units, tails, both directions, packed or
+    /// given weights, split over threads or not).
+    #[test]
+    fn lstm_layers_match_the_interpreter(seed in any::<u64>()) {
+        if let Some(g) = common::lstm_graph(seed) {
             check_graph(g, seed)?;
         }
     }

@@ -738,6 +738,48 @@ pub(crate) fn rule_tree_walk(ins: &[TensorType]) -> Rule {
     Ok(vec![TensorType::new(DType::I64, shape)])
 }
 
+pub(crate) fn rule_lstm(ins: &[TensorType], _reverse: &bool) -> Rule {
+    let xw = &ins[0];
+    check_dtype(DTypeSet::FLOAT, xw, "xw")?;
+    for (t, what) in ins.iter().zip(["xw", "rt", "h0", "c0"]) {
+        if t.dtype != xw.dtype {
+            return Err(format!("{what} must be {}, got {t}", xw.dtype));
+        }
+    }
+    if xw.rank() != 3 || ins[1].rank() != 2 {
+        return Err(format!(
+            "xw must be [seq, batch, 4·hidden] and rt [hidden, 4·hidden], got {xw} and {}",
+            ins[1]
+        ));
+    }
+    let (seq, batch, gates) = (xw.shape.dim(0), xw.shape.dim(1), xw.shape.dim(2));
+    let hidden = ins[1].shape.dim(0).clone();
+    let four = hidden.mul(&Dim::Const(4)).map_err(|e| e.to_string())?;
+    if ins[1].shape.dim(1) != &four || gates != &four {
+        return Err(format!(
+            "xw [.., .., {gates}] and rt {} must both have 4·{hidden} gate columns",
+            ins[1].shape
+        ));
+    }
+    let state = Shape::new(vec![batch.clone(), hidden.clone()]);
+    for (t, what) in ins[2..].iter().zip(["h0", "c0"]) {
+        if t.shape != state {
+            return Err(format!(
+                "{what} must be [{batch}, {hidden}], got {}",
+                t.shape
+            ));
+        }
+    }
+    Ok(vec![
+        TensorType::new(
+            xw.dtype,
+            Shape::new(vec![seq.clone(), batch.clone(), hidden]),
+        ),
+        TensorType::new(xw.dtype, state.clone()),
+        TensorType::new(xw.dtype, state),
+    ])
+}
+
 /// The symbol a data-dependent op defines: a plain symbol.
 fn defined(count: &Dim) -> Result<Dim, String> {
     match count.as_sym() {

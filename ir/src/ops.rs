@@ -61,6 +61,8 @@ pub enum OpKind {
     Sort,
     /// Decision trees: `tree_walk`.
     Tree,
+    /// Recurrent layers over a whole sequence: `lstm`.
+    Recurrent,
     /// Kernel nodes that own a region: `fused`.
     Kernel,
     /// Control flow over a region: `loop`.
@@ -462,6 +464,14 @@ ops! {
     /// (i64 `[B, T]`) is each row's leaf per tree. A feature or node index out of range, a rule code
     /// outside 0..=6, or a walk of more than N steps (a cycle) is an error.
     TreeWalk = "tree_walk", Tree, Exactly(8) => rule_tree_walk;
+    /// One direction of an LSTM layer over a sequence, in ONNX's default form (sigmoid gates,
+    /// tanh cell and output, no peepholes or clip): from the input projection with both biases
+    /// xw (`[S, B, 4H]`, gates i, o, f, c side by side), the recurrent weights transposed rt
+    /// (`[H, 4H]`) and the initial states h0 and c0 (`[B, H]`), each step t (from S-1 down with
+    /// `reverse`) computes `g = xw[t] + h·rt`, `c = σ(g_f)·c + σ(g_i)·tanh(g_c)` and
+    /// `h = σ(g_o)·tanh(c)`. Results: every step's h (`[S, B, H]`, in time order), and the last
+    /// h and c (`[B, H]`; h0 and c0 when S is 0).
+    Lstm = "lstm", Recurrent, Exactly(4), { reverse: bool = default(false) } => rule_lstm;
 
     /// The indices of the nonzero elements, in row-major order, as [rank, count] i64; `count`
     /// is a symbol this node defines (bound when it runs).

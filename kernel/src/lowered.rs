@@ -66,8 +66,10 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         for s in body {
             s.walk_mut(&mut |s| {
                 if let Stmt::Call(c) = s {
-                    if matches!(c.routine.as_str(), "gemm" | "conv2d_wino" | "conv2d_nchwc")
-                        && c.checked().is_ok()
+                    if matches!(
+                        c.routine.as_str(),
+                        "gemm" | "conv2d_wino" | "conv2d_nchwc" | "lstm"
+                    ) && c.checked().is_ok()
                     {
                         f(c)
                     }
@@ -85,12 +87,22 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // a product's B its packed panels. The key: the operand, its offset and sizes.
         let wino = g.routine == "conv2d_wino";
         let blocked = g.routine == "conv2d_nchwc";
-        let Some((b, b_off)) = g.operand(if wino || blocked { "w" } else { "b" }).cloned() else {
+        let lstm = g.routine == "lstm";
+        let name = match () {
+            _ if wino || blocked => "w",
+            _ if lstm => "rt",
+            _ => "b",
+        };
+        let Some((b, b_off)) = g.operand(name).cloned() else {
             return;
         };
         // What is packed: 0 a product's B, 1 Winograd transforms, 2 dense blocked filters
-        // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones.
-        let (kind, sizes) = if wino {
+        // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones, 5 an
+        // LSTM's recurrent weights.
+        let (kind, sizes) = if lstm {
+            let h = c(g.int("hidden"));
+            (5, (h.map(|h| 4 * h), Some(1), h.map(|h| 4 * h), h))
+        } else if wino {
             (1, (Some(0), Some(0), c(g.int("o")), c(g.int("c"))))
         } else if blocked {
             let kind = match (c(g.int("groups")), c(g.int("xb"))) {
@@ -142,7 +154,12 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let t = match cache.packed.get(&source) {
             Some((_, packed)) => packed.clone(),
             None => {
-                let packed = if blocked {
+                let packed = if lstm {
+                    let Some(p) = crate::routines::rnn::pack(&data[off..], k) else {
+                        return;
+                    };
+                    p
+                } else if blocked {
                     use crate::routines::conv::blocked::{pack_depthwise, pack_filters};
                     let (Ok(kh), Ok(kw)) = (usize::try_from(rs), usize::try_from(cs)) else {
                         return;

@@ -65,7 +65,7 @@ fn contents(op: &Op) -> Contents {
 fn opaque(op: &Op) -> bool {
     matches!(
         op.kind(),
-        OpKind::Sort | OpKind::Window | OpKind::Source | OpKind::Tree
+        OpKind::Sort | OpKind::Window | OpKind::Source | OpKind::Tree | OpKind::Recurrent
     ) || matches!(
         op,
         Op::ScatterNd { .. } | Op::GatherNd { .. } | Op::ArgMax { .. } | Op::ArgMin { .. }

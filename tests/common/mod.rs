@@ -372,6 +372,31 @@ fn random_op(b: &mut Builder, rng: &mut Rng, vals: &[Value]) -> Option<Value> {
                 b.op1(Op::ScatterNd { reduction }, &[v, idx, u])
             }
         }
+        27 if rank == 3 && ty.dtype == DType::F32 => {
+            // An LSTM layer over `v` as its input projection ([seq, batch, 4·hidden]), or over
+            // four copies of it side by side.
+            let g = b.shape(v).dim(2).as_const()? as usize;
+            let (xw, h) = match g % 4 {
+                0 => (v, g / 4),
+                _ => (b.op1(Op::Concat { axis: 2 }, &[v, v, v, v]).ok()?, g),
+            };
+            if h == 0 {
+                return None;
+            }
+            // Recurrent weights of the usual size: large ones saturate every gate.
+            let w = random_tensor(rng, ty.dtype, &[h, 4 * h]);
+            let w: Vec<f32> = w.as_slice::<f32>()?.iter().map(|x| x * 0.2).collect();
+            let rt = b.constant(Tensor::from_vec(vec![h, 4 * h], w).ok()?).ok()?;
+            let state = Shape::new(vec![b.shape(v).dim(1).clone(), Dim::Const(h as i64)]);
+            let mut states = Vec::new();
+            for _ in 0..2 {
+                let s = b.constant(random_tensor(rng, ty.dtype, &[1, h])).ok()?;
+                states.push(b.broadcast_to(s, &state).ok()?);
+            }
+            let reverse = below(rng, 2) == 0;
+            b.op(Op::Lstm { reverse }, &[xw, rt, states[0], states[1]])
+                .map(|outs| outs[below(rng, 3)])
+        }
         27 if rank == 2 && ty.dtype.is_float() => {
             // A random forest over the rows of `v` (now and then a feature the rows lack).
             let features = b.shape(v).dim(1).as_const()?;
@@ -719,6 +744,60 @@ pub fn dot_graph(seed: u64) -> Option<Graph> {
     if below(rng, 3) == 0 {
         b.output("product", y).ok()?;
     }
+    b.finish().ok()
+}
+
+/// An LSTM layer (`lstm`) over a random input projection — sequences of 0 to 5 steps (now and
+/// then of symbolic length), 1 to 6 rows, 1 to 100 hidden units (blocks of 16 and tails; enough
+/// work at times for the routine to split the units over threads), either direction — with
+/// constant or parameter weights, and a step after one of its results.
+pub fn lstm_graph(seed: u64) -> Option<Graph> {
+    let mut rng = Rng::new(seed);
+    let rng = &mut rng;
+    let mut b = Builder::new(&format!("lstm{}", seed % 1000));
+    let seq = match below(rng, 4) {
+        0 => Dim::sym("s"),
+        _ => Dim::Const(below(rng, 6) as i64),
+    };
+    let batch = 1 + below(rng, 6);
+    let hidden = match below(rng, 3) {
+        0 => 1 + below(rng, 20),
+        1 => 16 * (1 + below(rng, 4)),
+        _ => 60 + below(rng, 41),
+    };
+    let dim = |n: usize| Dim::Const(n as i64);
+    let xw = b
+        .param(
+            "xw",
+            DType::F32,
+            Shape::new(vec![seq, dim(batch), dim(4 * hidden)]),
+        )
+        .ok()?;
+    // Recurrent weights of the usual size (large ones saturate every gate).
+    let w = random_tensor(rng, DType::F32, &[hidden, 4 * hidden]);
+    let scale = 1.0 / (hidden as f32).sqrt();
+    let w: Vec<f32> = w.as_slice::<f32>()?.iter().map(|x| x * scale).collect();
+    let w = Tensor::from_vec(vec![hidden, 4 * hidden], w).ok()?;
+    let rt = match below(rng, 3) {
+        0 => b
+            .param(
+                "rt",
+                DType::F32,
+                Shape::new(vec![dim(hidden), dim(4 * hidden)]),
+            )
+            .ok()?,
+        _ => b.constant(w).ok()?,
+    };
+    let state = Shape::new(vec![dim(batch), dim(hidden)]);
+    let h0 = b.param("h0", DType::F32, state.clone()).ok()?;
+    let c0 = b.param("c0", DType::F32, state).ok()?;
+    let reverse = below(rng, 2) == 0;
+    let outs = b.op(Op::Lstm { reverse }, &[xw, rt, h0, c0]).ok()?;
+    for (name, &v) in ["y", "h", "c"].iter().zip(&outs) {
+        b.output(name, v).ok()?;
+    }
+    let t = b.op1(Op::Tanh, &[outs[below(rng, 3)]]).ok()?;
+    b.output("t", t).ok()?;
     b.finish().ok()
 }
 

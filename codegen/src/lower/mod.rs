@@ -22,6 +22,7 @@ mod conv;
 mod epilogue;
 mod gather;
 mod index;
+mod recurrent;
 mod reduce;
 mod tree;
 mod window;
@@ -244,6 +245,19 @@ impl<'g> Lowering<'g> {
                     let bv = self.target(v, output_buf)?;
                     let bi = self.target(i, out_i)?;
                     self.topk(v, *k, *axis as usize, *largest, bv, bi)?;
+                }
+                Op::Lstm { reverse } => {
+                    let mut outs = vec![self.target(v, output_buf)?];
+                    for i in 1..3 {
+                        let r = Value::new(id, i);
+                        let out = self
+                            .bufs
+                            .get(&r)
+                            .copied()
+                            .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
+                        outs.push(self.target(r, out)?);
+                    }
+                    self.lstm(v, *reverse, &outs)?;
                 }
                 _ if node.types().len() != 1 => {
                     return unsupported(format!("`{}` (several results)", op.mnemonic()))

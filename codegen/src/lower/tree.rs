@@ -51,7 +51,7 @@ impl Lowering<'_> {
 
     /// The buffer holding `v` densely in row-major order: its own, or scratch it is computed
     /// into (a view, a constant scalar, an elementwise value).
-    fn dense(&mut self, v: Value) -> Result<BufId> {
+    pub(super) fn dense(&mut self, v: Value) -> Result<BufId> {
         if let Some(&b) = self.bufs.get(&v) {
             return Ok(b);
         }

@@ -39,7 +39,7 @@ impl Act {
     }
 
     /// One lane of the vector loops' activation.
-    fn one(self, x: f32) -> f32 {
+    pub(in crate::routines) fn one(self, x: f32) -> f32 {
         match self {
             Act::Identity => x,
             Act::Sigmoid => {
@@ -588,7 +588,7 @@ pub(super) mod avx512 {
     /// The vector loops' `sigmoid`: `e = exp(-|x|)`, then `1 / (1 + e)` for `x >= 0` and
     /// `e / (1 + e)` otherwise.
     #[inline(always)]
-    fn sigmoid(x: __m512) -> __m512 {
+    pub(in crate::routines) fn sigmoid(x: __m512) -> __m512 {
         // SAFETY: only called from AVX-512 code.
         unsafe {
             let a = _mm512_abs_ps(x);
@@ -603,7 +603,7 @@ pub(super) mod avx512 {
     /// The vector loops' `tanh`: the odd polynomial below 0.625, `1 - 2 / (exp(2|x|) + 1)`
     /// beyond, each with the sign of x.
     #[inline(always)]
-    fn tanh(x: __m512) -> __m512 {
+    pub(in crate::routines) fn tanh(x: __m512) -> __m512 {
         // SAFETY: only called from AVX-512 code.
         unsafe {
             let z = _mm512_mul_ps(x, x);
@@ -876,7 +876,7 @@ pub(super) mod avx2 {
 
     /// [`super::avx512`]'s `sigmoid` for 8 lanes.
     #[inline(always)]
-    unsafe fn sigmoid(x: __m256) -> __m256 {
+    pub(in crate::routines) unsafe fn sigmoid(x: __m256) -> __m256 {
         // SAFETY: only called from AVX2 code.
         unsafe {
             let a = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)));
@@ -890,7 +890,7 @@ pub(super) mod avx2 {
 
     /// [`super::avx512`]'s `tanh` for 8 lanes.
     #[inline(always)]
-    unsafe fn tanh(x: __m256) -> __m256 {
+    pub(in crate::routines) unsafe fn tanh(x: __m256) -> __m256 {
         // SAFETY: only called from AVX2 code.
         unsafe {
             let abs =

@@ -667,6 +667,52 @@ pub fn tree_walk(args: &[&ir::Tensor]) -> Result<Vec<i64>, String> {
     Ok(out)
 }
 
+/// `lstm` (see the op table): every step's h (`[S, B, H]`) and the last h and c (`[B, H]`). Each
+/// step rounds to the dtype where the layer written as separate ops would: the recurrent
+/// product (summed in f64), the pre-activation, each gate, each product and the new states.
+pub fn lstm(args: &[&ir::Tensor], reverse: bool) -> [Data; 3] {
+    let dtype = args[0].dtype();
+    let round = |x: f64| match dtype {
+        DType::F32 => x as f32 as f64,
+        DType::F64 => x,
+        _ => Data::from_f64s(dtype, &[x]).get_f64(0),
+    };
+    let all = |i: usize| -> Vec<f64> {
+        let d = args[i].data();
+        (0..d.len()).map(|j| d.get_f64(j)).collect()
+    };
+    let (xw, rt, mut h, mut c) = (all(0), all(1), all(2), all(3));
+    let (seq, batch, hidden) = (args[0].shape()[0], args[0].shape()[1], args[1].shape()[0]);
+    let sigmoid = |x: f64| round(kernel::routines::math::sigmoid(x));
+    let tanh = |x: f64| round(x.tanh());
+    let mut y = vec![0.0; seq * batch * hidden];
+    let steps: Vec<usize> = match reverse {
+        true => (0..seq).rev().collect(),
+        false => (0..seq).collect(),
+    };
+    for t in steps {
+        let mut next_h = vec![0.0; batch * hidden];
+        for b in 0..batch {
+            let row = &h[b * hidden..][..hidden];
+            let pre = |g: usize, u: usize| {
+                let j = g * hidden + u;
+                let dot: f64 = (0..hidden).map(|k| row[k] * rt[k * 4 * hidden + j]).sum();
+                round(xw[(t * batch + b) * 4 * hidden + j] + round(dot))
+            };
+            for u in 0..hidden {
+                let (i, o, f) = (sigmoid(pre(0, u)), sigmoid(pre(1, u)), sigmoid(pre(2, u)));
+                let cand = tanh(pre(3, u));
+                let cu = &mut c[b * hidden + u];
+                *cu = round(round(f * *cu) + round(i * cand));
+                next_h[b * hidden + u] = round(o * tanh(*cu));
+            }
+        }
+        y[t * batch * hidden..][..batch * hidden].copy_from_slice(&next_h);
+        h = next_h;
+    }
+    [y, h, c].map(|v| Data::from_f64s(dtype, &v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

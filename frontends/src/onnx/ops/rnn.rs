@@ -1,5 +1,6 @@
-//! Recurrent layers (LSTM, GRU, RNN): the input projection of all steps is one matmul per
-//! group of gates (gates side by side with one activation: LSTM's i, o, f; GRU's z, r), then
+//! Recurrent layers (LSTM, GRU, RNN). An LSTM direction in ONNX's default form is the input
+//! projection of every step (one matmul, both biases) and one `lstm` node (see [`one_op`]).
+//! Other layers: the input projection of all steps is one matmul per group of gates (gates side by side with one activation: LSTM's i, o, f; GRU's z, r), then
 //! each step is a small matmul per group (whose bias, input rows and activation become that
 //! product's epilogue) plus the gates' combination — unrolled over a static
 //! sequence of up to 256 steps, else (a symbolic or longer sequence) a `loop` whose body is
@@ -392,6 +393,9 @@ fn run(
     x: Value,
     mask: Option<Value>,
 ) -> R<(Value, Value, Option<Value>)> {
+    if let Some(done) = one_op(b, cfg, d, x, mask)? {
+        return Ok(done);
+    }
     let h = cfg.hidden;
     let wt = b.transpose(d.w, &[1, 0])?;
     let rt = b.transpose(d.r, &[1, 0])?;
@@ -473,6 +477,49 @@ fn run(
         b.reshape(rows, Shape::new(vec![seq, batch, Dim::Const(h)]))?
     };
     Ok((y, hs, cs))
+}
+
+/// [`run`] as one `lstm` node when the layer has its default form (f32; sigmoid, tanh, tanh; no
+/// clip, peepholes, coupled gates or sequence lengths), whatever the sequence's length: the
+/// input projection of every step with both biases is one product, and the recurrence one
+/// routine call (no per-step nodes to compile). `None` for any other layer.
+fn one_op(
+    b: &mut Builder,
+    cfg: &Cfg,
+    d: &Dir,
+    x: Value,
+    mask: Option<Value>,
+) -> R<Option<(Value, Value, Option<Value>)>> {
+    let default = d
+        .acts
+        .iter()
+        .map(|a| a.name.to_ascii_lowercase())
+        .eq(["sigmoid", "tanh", "tanh"].map(String::from));
+    let plain = cfg.kind == Kind::Lstm
+        && default
+        && cfg.clip.is_none()
+        && !cfg.input_forget
+        && d.peep.is_none()
+        && mask.is_none()
+        && b.dtype(x) == DType::F32;
+    let Some(c0) = d.c0.filter(|_| plain) else {
+        return Ok(None);
+    };
+    let xshape = b.shape(x).clone();
+    let (seq, batch) = (xshape.dim(0).clone(), xshape.dim(1).clone());
+    let rows = seq.mul(&batch)?;
+    let x2 = b.reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))?;
+    let wt = b.transpose(d.w, &[1, 0])?;
+    let mut xw = b.matmul(x2, wt)?;
+    if let Some((wb, rb)) = d.bias {
+        let both = b.add(wb, rb)?;
+        xw = b.add(xw, both)?;
+    }
+    let gates = Dim::Const(4 * cfg.hidden);
+    let xw = b.reshape(xw, Shape::new(vec![seq, batch, gates]))?;
+    let rt = b.transpose(d.r, &[1, 0])?;
+    let outs = b.op(Op::Lstm { reverse: d.reverse }, &[xw, rt, d.h0, c0])?;
+    Ok(Some((outs[0], outs[1], Some(outs[2]))))
 }
 
 /// [`run`] as a `loop` over the steps: the body is one [`step`], carrying the states and

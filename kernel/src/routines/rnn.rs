@@ -1,0 +1,624 @@
+//! Recurrent layers over a whole sequence in one call (the `lstm` routine): each step's gates
+//! are summed in registers for a block of 16 hidden units and its rows (the four gates' columns
+//! of the transposed recurrent weights, one FMA chain over k per element), and the cell update
+//! runs on those registers before anything is stored — one pass a step instead of a product, an
+//! activation pass and the cell's elementwise kernels.
+//!
+//! Threads split the hidden units (slices of blocks), each keeping its slice's weights in its
+//! own cache for the whole sequence, and meet once a step: a slice publishes how many steps it
+//! has finished, and a step starts when every slice has finished the one before (it reads the
+//! whole previous h). Slices are claimed, not assigned: a thread waiting on a slice no thread
+//! has claimed takes it, so a run whose helpers never come finishes alone. Every element is
+//! computed the same way whoever computes it, so results do not depend on the thread count;
+//! AVX-512, AVX2 and the portable code give the same bits (sums in the same order, the
+//! activations of [`super::epilogue`]).
+
+use super::epilogue::Act;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Hidden units per block: one 16-lane vector of each gate.
+const BLOCK: usize = 16;
+
+/// Multiply-adds a step's slice should have at least, for a split over threads to pay (a
+/// step's meeting costs about one cross-core round trip, 0.3 µs).
+const SLICE_WORK: usize = 1 << 16;
+
+/// What one step of one slice reads and writes.
+#[derive(Clone, Copy)]
+struct Step {
+    /// The step's input projection, `[batch, 4·hidden]`.
+    xw: *const f32,
+    /// Transposed recurrent weights, `[hidden, 4·hidden]`, or them [`pack`]ed.
+    rt: *const f32,
+    /// Whether `rt` is packed.
+    packed: bool,
+    /// The previous h, `[batch, hidden]`.
+    h: *const f32,
+    /// The cell state, `[batch, hidden]`: read, then overwritten.
+    c: *mut f32,
+    /// This step's h, `[batch, hidden]`.
+    y: *mut f32,
+    batch: usize,
+    hidden: usize,
+}
+
+// SAFETY: slices write disjoint units of `c` and `y`; what they read is written only before the
+// step (ordered by the slices' progress counters).
+unsafe impl Send for Step {}
+unsafe impl Sync for Step {}
+
+/// One LSTM unit of one row from its four pre-activation sums (without the input projection):
+/// the new (c, h). What every vector path computes lane by lane.
+fn cell(acc: [f32; 4], x: [f32; 4], c: f32) -> (f32, f32) {
+    let pre = |g: usize| acc[g] + x[g];
+    let (i, o, f) = (
+        Act::Sigmoid.one(pre(0)),
+        Act::Sigmoid.one(pre(1)),
+        Act::Sigmoid.one(pre(2)),
+    );
+    let cand = Act::Tanh.one(pre(3));
+    let c = f * c + i * cand;
+    (c, o * Act::Tanh.one(c))
+}
+
+impl Step {
+    /// The j-th step run of a sequence of `seq` whose first is `self` (`h` then being h0, `xw`
+    /// and `y` the whole sequence's): it reads h0 or the previous run's h.
+    fn nth(&self, j: usize, seq: usize, reverse: bool) -> Step {
+        let at = |j: usize| if reverse { seq - 1 - j } else { j };
+        let state = self.batch * self.hidden;
+        Step {
+            xw: self.xw.wrapping_add(at(j) * 4 * state),
+            h: match j {
+                0 => self.h,
+                _ => self.y.wrapping_add(at(j - 1) * state),
+            },
+            y: self.y.wrapping_add(at(j) * state),
+            ..*self
+        }
+    }
+
+    /// Where unit `u`'s weights start (gate 0, k = 0), and how far apart its k steps and its
+    /// gates are.
+    fn weights(&self, u: usize) -> (*const f32, usize, usize) {
+        match self.packed {
+            true => (
+                self.rt
+                    .wrapping_add(u / BLOCK * self.hidden * 4 * BLOCK + u % BLOCK),
+                4 * BLOCK,
+                BLOCK,
+            ),
+            false => (self.rt.wrapping_add(u), 4 * self.hidden, self.hidden),
+        }
+    }
+
+    /// Units `u0..u1` of every row, portably.
+    ///
+    /// # Safety
+    /// The pointers hold what the fields say.
+    unsafe fn units_portable(&self, u0: usize, u1: usize) {
+        let (hd, g4) = (self.hidden, 4 * self.hidden);
+        for r in 0..self.batch {
+            for u in u0..u1 {
+                let (w, ks, gs) = self.weights(u);
+                let mut acc = [0f32; 4];
+                let mut x = [0f32; 4];
+                // SAFETY: in bounds by the fields' shapes.
+                unsafe {
+                    for k in 0..hd {
+                        let h = *self.h.add(r * hd + k);
+                        for (g, a) in acc.iter_mut().enumerate() {
+                            *a = h.mul_add(*w.add(k * ks + g * gs), *a);
+                        }
+                    }
+                    for (g, v) in x.iter_mut().enumerate() {
+                        *v = *self.xw.add(r * g4 + g * hd + u);
+                    }
+                    let (c, h) = cell(acc, x, *self.c.add(r * hd + u));
+                    *self.c.add(r * hd + u) = c;
+                    *self.y.add(r * hd + u) = h;
+                }
+            }
+        }
+    }
+
+    /// Blocks `b0..b1` of hidden units, every row.
+    ///
+    /// # Safety
+    /// As [`Step::units_portable`].
+    unsafe fn blocks(&self, b0: usize, b1: usize) {
+        let (u0, u1) = (b0 * BLOCK, (b1 * BLOCK).min(self.hidden));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F; the rest as this function's.
+                return unsafe { avx512::units(self, u0, u1) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA.
+                let done = unsafe { avx2::units(self, u0, u1) };
+                // SAFETY: as this function's.
+                return unsafe { self.units_portable(done, u1) };
+            }
+        }
+        // SAFETY: as this function's.
+        unsafe { self.units_portable(u0, u1) }
+    }
+}
+
+/// Elements of the recurrent weights of `hidden` units [`pack`]ed.
+pub fn packed_len(hidden: usize) -> usize {
+    hidden.div_ceil(BLOCK) * BLOCK * 4 * hidden
+}
+
+/// The transposed recurrent weights `rt` (`[hidden, 4·hidden]`) in the order a step reads
+/// them: block by block of 16 units, k by k, the four gates' 16 columns side by side (units
+/// past `hidden` zero), so that a block's weights are one sequential run. `None` when `rt` is
+/// shorter than its shape says.
+pub fn pack(rt: &[f32], hidden: usize) -> Option<Vec<f32>> {
+    let rt = rt.get(..4 * hidden * hidden)?;
+    let mut out = vec![0f32; packed_len(hidden)];
+    for (b, block) in out.chunks_exact_mut(4 * BLOCK * hidden).enumerate() {
+        for (k, row) in block.chunks_exact_mut(4 * BLOCK).enumerate() {
+            for (g, lanes) in row.chunks_exact_mut(BLOCK).enumerate() {
+                let u0 = b * BLOCK;
+                let n = BLOCK.min(hidden - u0);
+                let at = k * 4 * hidden + g * hidden + u0;
+                lanes[..n].copy_from_slice(&rt[at..at + n]);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A counter on its own cache line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Line(AtomicUsize);
+
+/// One direction of an LSTM layer over `seq` steps (see the `lstm` op): `y` (`[seq, batch,
+/// hidden]`) gets every step's h in time order, `h` and `c` (`[batch, hidden]`) the last
+/// states (h0 and c0 when `seq` is 0); steps run from `seq - 1` down when `reverse` is nonzero.
+///
+/// # Safety
+/// `xw` holds `seq·batch·4·hidden` elements, `rt` `hidden·4·hidden` (or, unless null,
+/// `rt_packed` [`packed_len`]`(hidden)`: `rt` [`pack`]ed, and `rt` is not read), `h0`, `c0`, `h` and `c`
+/// `batch·hidden`, `y` `seq·batch·hidden`; `y`, `h` and `c` overlap no other operand (`c` may
+/// be `c0`).
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_lstm(
+    xw: *const f32,
+    rt: *const f32,
+    rt_packed: *const f32,
+    h0: *const f32,
+    c0: *const f32,
+    y: *mut f32,
+    h: *mut f32,
+    c: *mut f32,
+    seq: i64,
+    batch: i64,
+    hidden: i64,
+    reverse: i64,
+) {
+    let (seq, batch, hidden) = (
+        seq.max(0) as usize,
+        batch.max(0) as usize,
+        hidden.max(0) as usize,
+    );
+    let state = batch * hidden;
+    // SAFETY: both hold `state` elements (they may be one buffer).
+    unsafe { std::ptr::copy(c0, c, state) };
+    if seq == 0 || state == 0 {
+        // SAFETY: both hold `state` elements and do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(h0, h, state) };
+        return;
+    }
+    let base = Step {
+        xw,
+        rt: if rt_packed.is_null() { rt } else { rt_packed },
+        packed: !rt_packed.is_null(),
+        h: h0,
+        c,
+        y,
+        batch,
+        hidden,
+    };
+    // SAFETY: as this function's.
+    unsafe { steps(&base, seq, reverse != 0) };
+    let last = if reverse != 0 { 0 } else { seq - 1 };
+    // SAFETY: the last step's h is inside y; h overlaps nothing.
+    unsafe { std::ptr::copy_nonoverlapping(y.add(last * state), h, state) };
+}
+
+/// Every step of a sequence whose first is `base` (see [`Step::nth`]), over this thread and its
+/// helpers.
+///
+/// # Safety
+/// As [`kiln_lstm`].
+unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
+    let (batch, hidden) = (base.batch, base.hidden);
+    let step = |j: usize| base.nth(j, seq, reverse);
+    let blocks = hidden.div_ceil(BLOCK);
+    let work = batch * 4 * hidden * hidden;
+    let slices = (crate::threads::helpers() + 1)
+        .min(blocks)
+        .min((work / SLICE_WORK).max(1));
+    let range = |s: usize| (blocks * s / slices, blocks * (s + 1) / slices);
+    if slices == 1 {
+        for j in 0..seq {
+            // SAFETY: the operands hold what this function's contract says.
+            unsafe { step(j).blocks(0, blocks) };
+        }
+        return;
+    }
+    let next = Line::default();
+    let progress: Vec<Line> = (0..slices).map(|_| Line::default()).collect();
+    // Runs step j of slice s and publishes it.
+    let run = |s: usize, j: usize| {
+        let (b0, b1) = range(s);
+        // SAFETY: as this function's; slices write disjoint units, and step j starts only
+        // after every slice has published step j - 1 (what it reads).
+        unsafe { step(j).blocks(b0, b1) };
+        progress[s].0.store(j + 1, Ordering::Release);
+    };
+    crate::threads::parallel_for(slices, |_| {
+        let first = next.0.fetch_add(1, Ordering::Relaxed);
+        if first >= slices {
+            return;
+        }
+        let mut mine = vec![first];
+        run(first, 0);
+        // Before step j (and, at j = seq, before returning: a slice may yet be unclaimed),
+        // every slice has run step j - 1.
+        for j in 1..=seq {
+            for (o, p) in progress.iter().enumerate() {
+                while p.0.load(Ordering::Acquire) < j {
+                    // A slice nobody has claimed (the helper that would have is not coming)
+                    // is taken here. Only step 1 can find one: no slice passes it before
+                    // every slice has run step 0.
+                    if next.0.load(Ordering::Relaxed) <= o {
+                        let s = next.0.fetch_add(1, Ordering::Relaxed);
+                        if s < slices {
+                            run(s, 0);
+                            mine.push(s);
+                        }
+                        continue;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            if j < seq {
+                for &s in &mine {
+                    run(s, j);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Step, BLOCK};
+    use crate::routines::epilogue::avx512::{sigmoid, tanh};
+
+    /// How many k steps ahead the weights are prefetched.
+    const AHEAD: usize = 8;
+    use std::arch::x86_64::*;
+
+    /// Units `u0..u1` of every row in 16-lane registers, rows four at a time.
+    ///
+    /// # Safety
+    /// As [`Step::units_portable`]; the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn units(s: &Step, u0: usize, u1: usize) {
+        let mut u = u0;
+        while u < u1 {
+            let lanes = BLOCK.min(u1 - u);
+            let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
+            let mut r = 0;
+            // SAFETY: as this function's, the mask keeping every access in bounds.
+            unsafe {
+                while r + 4 <= s.batch {
+                    rows::<4>(s, u, r, mask);
+                    r += 4;
+                }
+                match s.batch - r {
+                    3 => rows::<3>(s, u, r, mask),
+                    2 => rows::<2>(s, u, r, mask),
+                    1 => rows::<1>(s, u, r, mask),
+                    _ => {}
+                }
+            }
+            u += lanes;
+        }
+    }
+
+    /// Rows `r..r + R`, units `u..` under `mask`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const R: usize>(s: &Step, u: usize, r: usize, mask: __mmask16) {
+        let (hd, g4) = (s.hidden, 4 * s.hidden);
+        // SAFETY: every access is in bounds under the mask (the caller's contract).
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            let (mut w, ks, gs) = s.weights(u);
+            let mut h = s.h.add(r * hd);
+            for _ in 0..hd {
+                let wg = [
+                    _mm512_maskz_loadu_ps(mask, w),
+                    _mm512_maskz_loadu_ps(mask, w.add(gs)),
+                    _mm512_maskz_loadu_ps(mask, w.add(2 * gs)),
+                    _mm512_maskz_loadu_ps(mask, w.add(3 * gs)),
+                ];
+                for g in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(AHEAD * ks + g * gs) as *const i8);
+                }
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let hb = _mm512_set1_ps(*h.add(i * hd));
+                    for g in 0..4 {
+                        a[g] = _mm512_fmadd_ps(hb, wg[g], a[g]);
+                    }
+                }
+                w = w.add(ks);
+                h = h.add(1);
+            }
+            for (i, a) in acc.iter().enumerate() {
+                let row = r + i;
+                let x = s.xw.add(row * g4 + u);
+                let pre =
+                    |g: usize| _mm512_add_ps(a[g], _mm512_maskz_loadu_ps(mask, x.add(g * hd)));
+                let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
+                let cand = tanh(pre(3));
+                let cp = s.c.add(row * hd + u);
+                let c = _mm512_add_ps(
+                    _mm512_mul_ps(fg, _mm512_maskz_loadu_ps(mask, cp)),
+                    _mm512_mul_ps(ig, cand),
+                );
+                _mm512_mask_storeu_ps(cp, mask, c);
+                _mm512_mask_storeu_ps(s.y.add(row * hd + u), mask, _mm512_mul_ps(og, tanh(c)));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Step;
+    use crate::routines::epilogue::avx2::{sigmoid, tanh};
+    use std::arch::x86_64::*;
+
+    /// Units from `u0` in whole 8-lane vectors, rows two at a time; returns where they end
+    /// (the rest, fewer than 8 units, is the caller's).
+    ///
+    /// # Safety
+    /// As [`Step::units_portable`]; the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn units(s: &Step, u0: usize, u1: usize) -> usize {
+        let mut u = u0;
+        while u + 8 <= u1 {
+            let mut r = 0;
+            // SAFETY: as this function's.
+            unsafe {
+                while r + 2 <= s.batch {
+                    rows::<2>(s, u, r);
+                    r += 2;
+                }
+                if r < s.batch {
+                    rows::<1>(s, u, r);
+                }
+            }
+            u += 8;
+        }
+        u
+    }
+
+    /// Rows `r..r + R`, units `u..u + 8`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows<const R: usize>(s: &Step, u: usize, r: usize) {
+        let (hd, g4) = (s.hidden, 4 * s.hidden);
+        // SAFETY: every access is in bounds (the caller's contract).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 4]; R];
+            let (mut w, ks, gs) = s.weights(u);
+            let mut h = s.h.add(r * hd);
+            for _ in 0..hd {
+                let wg = [
+                    _mm256_loadu_ps(w),
+                    _mm256_loadu_ps(w.add(gs)),
+                    _mm256_loadu_ps(w.add(2 * gs)),
+                    _mm256_loadu_ps(w.add(3 * gs)),
+                ];
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let hb = _mm256_set1_ps(*h.add(i * hd));
+                    for g in 0..4 {
+                        a[g] = _mm256_fmadd_ps(hb, wg[g], a[g]);
+                    }
+                }
+                w = w.add(ks);
+                h = h.add(1);
+            }
+            for (i, a) in acc.iter().enumerate() {
+                let row = r + i;
+                let x = s.xw.add(row * g4 + u);
+                let pre = |g: usize| _mm256_add_ps(a[g], _mm256_loadu_ps(x.add(g * hd)));
+                let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
+                let cand = tanh(pre(3));
+                let cp = s.c.add(row * hd + u);
+                let c = _mm256_add_ps(
+                    _mm256_mul_ps(fg, _mm256_loadu_ps(cp)),
+                    _mm256_mul_ps(ig, cand),
+                );
+                _mm256_storeu_ps(cp, c);
+                _mm256_storeu_ps(s.y.add(row * hd + u), _mm256_mul_ps(og, tanh(c)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::threads::{with_helpers, Pool};
+    use std::sync::Arc;
+
+    /// Deterministic values in about [-1, 1].
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `kiln_lstm`'s y, h and c, from the weights as given or packed.
+    fn lstm(seq: usize, batch: usize, hidden: usize, reverse: bool) -> [Vec<f32>; 3] {
+        let plain = run_lstm(seq, batch, hidden, reverse, false);
+        let packed = run_lstm(seq, batch, hidden, reverse, true);
+        assert_eq!(bits(&plain), bits(&packed), "packed weights");
+        plain
+    }
+
+    fn run_lstm(
+        seq: usize,
+        batch: usize,
+        hidden: usize,
+        reverse: bool,
+        packed: bool,
+    ) -> [Vec<f32>; 3] {
+        let state = batch * hidden;
+        let xw = values(seq * batch * 4 * hidden, 1);
+        let rt: Vec<f32> = values(4 * hidden * hidden, 2)
+            .iter()
+            .map(|w| w * 0.3)
+            .collect();
+        let (h0, c0) = (values(state, 3), values(state, 4));
+        let (mut y, mut h, mut c) = (vec![0.0; seq * state], vec![0.0; state], vec![0.0; state]);
+        let rp = pack(&rt, hidden).unwrap();
+        // SAFETY: every operand holds what the contract says.
+        unsafe {
+            kiln_lstm(
+                xw.as_ptr(),
+                rt.as_ptr(),
+                if packed {
+                    rp.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
+                h0.as_ptr(),
+                c0.as_ptr(),
+                y.as_mut_ptr(),
+                h.as_mut_ptr(),
+                c.as_mut_ptr(),
+                seq as i64,
+                batch as i64,
+                hidden as i64,
+                reverse as i64,
+            )
+        };
+        [y, h, c]
+    }
+
+    fn bits(v: &[Vec<f32>; 3]) -> Vec<Vec<u32>> {
+        v.iter()
+            .map(|x| x.iter().map(|f| f.to_bits()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn results_do_not_depend_on_threads() {
+        // 2, 3 and 4 threads split 8 blocks (and a tail) into slices; one pool helper and a
+        // pool another thread holds make slices whose helper never comes.
+        for (seq, batch, hidden, reverse) in
+            [(5, 4, 128, false), (3, 5, 136, true), (1, 8, 64, false)]
+        {
+            let alone = bits(&lstm(seq, batch, hidden, reverse));
+            for helpers in [1, 2, 3] {
+                let pool = Arc::new(Pool::new(helpers).unwrap());
+                let got = with_helpers(Some(pool), || lstm(seq, batch, hidden, reverse));
+                assert_eq!(
+                    bits(&got),
+                    alone,
+                    "{helpers} helpers, {seq}x{batch}x{hidden}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn helpers_that_never_come_leave_their_slices_to_the_caller() {
+        // The pool's helpers are all busy in another caller's region that outlasts this
+        // one's: every slice must still run, on this thread.
+        let pool = Arc::new(Pool::new(1).unwrap());
+        let want = bits(&lstm(4, 4, 128, false));
+        let gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p2, g2) = (pool.clone(), gate.clone());
+        let busy = std::thread::spawn(move || {
+            with_helpers(Some(p2), || {
+                crate::threads::parallel_for(2, |_| {
+                    while !g2.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let got = with_helpers(Some(pool), || lstm(4, 4, 128, false));
+        gate.store(true, Ordering::Release);
+        busy.join().unwrap();
+        assert_eq!(bits(&got), want);
+    }
+
+    #[test]
+    fn every_isa_gives_the_portable_bits() {
+        for (batch, hidden) in [(1, 20), (4, 128), (5, 24), (2, 3), (3, 40)] {
+            let state = batch * hidden;
+            let xw = values(batch * 4 * hidden, 5);
+            let rt = values(4 * hidden * hidden, 6);
+            let (h0, c0) = (values(state, 7), values(state, 8));
+            let rp = pack(&rt, hidden).unwrap();
+            for packed in [false, true] {
+                let run = |f: &dyn Fn(&Step)| {
+                    let (mut y, mut c) = (vec![0f32; state], c0.clone());
+                    let s = Step {
+                        xw: xw.as_ptr(),
+                        rt: if packed { rp.as_ptr() } else { rt.as_ptr() },
+                        packed,
+                        h: h0.as_ptr(),
+                        c: c.as_mut_ptr(),
+                        y: y.as_mut_ptr(),
+                        batch,
+                        hidden,
+                    };
+                    f(&s);
+                    [y, c].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+                };
+                // SAFETY: every operand holds what the step says.
+                let want = run(&|s| unsafe { s.units_portable(0, hidden) });
+                assert!(want[0].iter().any(|&b| b != 0));
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: as above, on a CPU with AVX-512F.
+                        let got = run(&|s| unsafe { avx512::units(s, 0, hidden) });
+                        assert_eq!(got, want, "AVX-512, {batch}x{hidden}");
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: as above, on a CPU with AVX2 and FMA.
+                        let got = run(&|s| unsafe {
+                            let done = avx2::units(s, 0, hidden);
+                            s.units_portable(done, hidden)
+                        });
+                        assert_eq!(got, want, "AVX2, {batch}x{hidden}");
+                    }
+                }
+            }
+        }
+    }
+}
