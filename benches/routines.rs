@@ -6,10 +6,11 @@
 //! are); ResNet's 64→64 3×3 conv at 56×56 (direct, and by Winograd's F(2×2, 3×3), counted in
 //! the direct sum's operations: effective FLOP/s) and MobileNet's pointwise 64→128 and
 //! depthwise 3×3 at 56×56 and 112×112 (stride 2); a 100-tree forest of depth 8 over 256 rows
-//! (throughput in node steps).
+//! (throughput in node steps); an LSTM layer of 128 units over 32 steps of 4 rows (the
+//! recurrence alone, weights packed; its products' FLOP/s, the cell's work on top).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kiln::kernel::routines::{conv, gemm, trees};
+use kiln::kernel::routines::{conv, gemm, rnn, trees};
 use std::hint::black_box;
 
 /// Values in [-0.5, 0.5).
@@ -343,5 +344,46 @@ fn forest(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, peak, products, convolutions, forest);
+fn recurrence(c: &mut Criterion) {
+    let (seq, batch, hidden) = (32usize, 4usize, 128usize);
+    let state = batch * hidden;
+    let xw = values(seq * batch * 4 * hidden, 7);
+    let rt: Vec<f32> = values(4 * hidden * hidden, 8)
+        .iter()
+        .map(|w| w * 0.2)
+        .collect();
+    let packed = rnn::pack(&rt, hidden, 4).expect("rt holds hidden·4·hidden values");
+    let (h0, c0) = (vec![0f32; state], vec![0f32; state]);
+    let (mut y, mut h, mut cn) = (
+        vec![0f32; seq * state],
+        vec![0f32; state],
+        vec![0f32; state],
+    );
+    let mut group = c.benchmark_group("lstm");
+    group.throughput(Throughput::Elements((2 * seq * state * 4 * hidden) as u64));
+    group.bench_function("32_steps_4_rows_128_units", |bench| {
+        bench.iter(|| {
+            // SAFETY: every operand holds what `kiln_lstm` reads and writes.
+            unsafe {
+                rnn::kiln_lstm(
+                    xw.as_ptr(),
+                    rt.as_ptr(),
+                    packed.as_ptr(),
+                    h0.as_ptr(),
+                    c0.as_ptr(),
+                    y.as_mut_ptr(),
+                    h.as_mut_ptr(),
+                    cn.as_mut_ptr(),
+                    seq as i64,
+                    batch as i64,
+                    hidden as i64,
+                    0,
+                )
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, peak, products, convolutions, forest, recurrence);
 criterion_main!(benches);

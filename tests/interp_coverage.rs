@@ -281,6 +281,18 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 }
                 continue;
             }
+            "gru" => {
+                for reverse in [false, true] {
+                    let args = vec![
+                        rng.tensor(dtype, &[2, 1, 6]),
+                        rng.tensor(dtype, &[2, 6]),
+                        rng.tensor(dtype, &[2]),
+                        rng.tensor(dtype, &[1, 2]),
+                    ];
+                    out.push((Op::Gru { reverse }, args));
+                }
+                continue;
+            }
             "topk" => Op::TopK {
                 k: 2,
                 axis: 1,

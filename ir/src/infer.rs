@@ -739,45 +739,65 @@ pub(crate) fn rule_tree_walk(ins: &[TensorType]) -> Rule {
 }
 
 pub(crate) fn rule_lstm(ins: &[TensorType], _reverse: &bool) -> Rule {
+    let (y, state) = recurrent(ins, 4, &["xw", "rt", "h0", "c0"])?;
+    for (t, what) in ins[2..].iter().zip(["h0", "c0"]) {
+        if t.shape != state.shape {
+            return Err(format!("{what} must be {}, got {}", state.shape, t.shape));
+        }
+    }
+    Ok(vec![y, state.clone(), state])
+}
+
+pub(crate) fn rule_gru(ins: &[TensorType], _reverse: &bool) -> Rule {
+    let (y, state) = recurrent(ins, 3, &["xw", "rt", "rbn", "h0"])?;
+    let hidden = ins[1].shape.dim(0);
+    if ins[2].shape.dims() != std::slice::from_ref(hidden) {
+        return Err(format!("rbn must be [{hidden}], got {}", ins[2].shape));
+    }
+    if ins[3].shape != state.shape {
+        return Err(format!("h0 must be {}, got {}", state.shape, ins[3].shape));
+    }
+    Ok(vec![y, state])
+}
+
+/// A recurrent layer's every-step output and state types, from its operands (named `what`):
+/// the input projection `[seq, batch, gates·hidden]` and the transposed recurrent weights
+/// `[hidden, gates·hidden]`, all of one float dtype.
+fn recurrent(
+    ins: &[TensorType],
+    gates: i64,
+    what: &[&str],
+) -> Result<(TensorType, TensorType), String> {
     let xw = &ins[0];
     check_dtype(DTypeSet::FLOAT, xw, "xw")?;
-    for (t, what) in ins.iter().zip(["xw", "rt", "h0", "c0"]) {
+    for (t, what) in ins.iter().zip(what) {
         if t.dtype != xw.dtype {
             return Err(format!("{what} must be {}, got {t}", xw.dtype));
         }
     }
     if xw.rank() != 3 || ins[1].rank() != 2 {
         return Err(format!(
-            "xw must be [seq, batch, 4·hidden] and rt [hidden, 4·hidden], got {xw} and {}",
+            "xw must be [seq, batch, {gates}·hidden] and rt [hidden, {gates}·hidden], got {xw} and {}",
             ins[1]
         ));
     }
-    let (seq, batch, gates) = (xw.shape.dim(0), xw.shape.dim(1), xw.shape.dim(2));
+    let (seq, batch, cols) = (xw.shape.dim(0), xw.shape.dim(1), xw.shape.dim(2));
     let hidden = ins[1].shape.dim(0).clone();
-    let four = hidden.mul(&Dim::Const(4)).map_err(|e| e.to_string())?;
-    if ins[1].shape.dim(1) != &four || gates != &four {
+    let all = hidden.mul(&Dim::Const(gates)).map_err(|e| e.to_string())?;
+    if ins[1].shape.dim(1) != &all || cols != &all {
         return Err(format!(
-            "xw [.., .., {gates}] and rt {} must both have 4·{hidden} gate columns",
+            "xw [.., .., {cols}] and rt {} must both have {gates}·{hidden} gate columns",
             ins[1].shape
         ));
     }
     let state = Shape::new(vec![batch.clone(), hidden.clone()]);
-    for (t, what) in ins[2..].iter().zip(["h0", "c0"]) {
-        if t.shape != state {
-            return Err(format!(
-                "{what} must be [{batch}, {hidden}], got {}",
-                t.shape
-            ));
-        }
-    }
-    Ok(vec![
+    Ok((
         TensorType::new(
             xw.dtype,
             Shape::new(vec![seq.clone(), batch.clone(), hidden]),
         ),
-        TensorType::new(xw.dtype, state.clone()),
         TensorType::new(xw.dtype, state),
-    ])
+    ))
 }
 
 /// The symbol a data-dependent op defines: a plain symbol.

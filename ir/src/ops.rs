@@ -61,7 +61,7 @@ pub enum OpKind {
     Sort,
     /// Decision trees: `tree_walk`.
     Tree,
-    /// Recurrent layers over a whole sequence: `lstm`.
+    /// Recurrent layers over a whole sequence: `lstm`, `gru`.
     Recurrent,
     /// Kernel nodes that own a region: `fused`.
     Kernel,
@@ -472,6 +472,15 @@ ops! {
     /// `h = σ(g_o)·tanh(c)`. Results: every step's h (`[S, B, H]`, in time order), and the last
     /// h and c (`[B, H]`; h0 and c0 when S is 0).
     Lstm = "lstm", Recurrent, Exactly(4), { reverse: bool = default(false) } => rule_lstm;
+    /// One direction of a GRU layer over a sequence, in ONNX's default form with the reset gate
+    /// applied after the product (`linear_before_reset`; sigmoid gates, tanh candidate, no clip):
+    /// from the input projection xw (`[S, B, 3H]`, gates z, r, n side by side, with every bias
+    /// but the n gate's recurrent one), the recurrent weights transposed rt (`[H, 3H]`), that
+    /// bias rbn (`[H]`) and the initial state h0 (`[B, H]`), each step t (from S-1 down with
+    /// `reverse`) computes `g = h·rt`, `z = σ(xw_z + g_z)`, `r = σ(xw_r + g_r)`,
+    /// `n = tanh(xw_n + r·(g_n + rbn))` and `h = (1 - z)·n + z·h`. Results: every step's h
+    /// (`[S, B, H]`, in time order) and the last h (`[B, H]`; h0 when S is 0).
+    Gru = "gru", Recurrent, Exactly(4), { reverse: bool = default(false) } => rule_gru;
 
     /// The indices of the nonzero elements, in row-major order, as [rank, count] i64; `count`
     /// is a symbol this node defines (bound when it runs).

@@ -68,7 +68,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
                 if let Stmt::Call(c) = s {
                     if matches!(
                         c.routine.as_str(),
-                        "gemm" | "conv2d_wino" | "conv2d_nchwc" | "lstm"
+                        "gemm" | "conv2d_wino" | "conv2d_nchwc" | "lstm" | "gru"
                     ) && c.checked().is_ok()
                     {
                         f(c)
@@ -87,10 +87,15 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // a product's B its packed panels. The key: the operand, its offset and sizes.
         let wino = g.routine == "conv2d_wino";
         let blocked = g.routine == "conv2d_nchwc";
-        let lstm = g.routine == "lstm";
+        // A recurrence's gates: 4 for an LSTM, 3 for a GRU.
+        let gates = match g.routine.as_str() {
+            "lstm" => 4,
+            "gru" => 3,
+            _ => 0,
+        };
         let name = match () {
             _ if wino || blocked => "w",
-            _ if lstm => "rt",
+            _ if gates > 0 => "rt",
             _ => "b",
         };
         let Some((b, b_off)) = g.operand(name).cloned() else {
@@ -98,10 +103,11 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         };
         // What is packed: 0 a product's B, 1 Winograd transforms, 2 dense blocked filters
         // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones, 5 an
-        // LSTM's recurrent weights.
-        let (kind, sizes) = if lstm {
+        // LSTM's recurrent weights, 6 a GRU's.
+        let (kind, sizes) = if gates > 0 {
             let h = c(g.int("hidden"));
-            (5, (h.map(|h| 4 * h), Some(1), h.map(|h| 4 * h), h))
+            let cols = h.map(|h| gates * h);
+            (if gates == 4 { 5 } else { 6 }, (cols, Some(1), cols, h))
         } else if wino {
             (1, (Some(0), Some(0), c(g.int("o")), c(g.int("c"))))
         } else if blocked {
@@ -154,8 +160,9 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let t = match cache.packed.get(&source) {
             Some((_, packed)) => packed.clone(),
             None => {
-                let packed = if lstm {
-                    let Some(p) = crate::routines::rnn::pack(&data[off..], k) else {
+                let packed = if gates > 0 {
+                    let Some(p) = crate::routines::rnn::pack(&data[off..], k, gates as usize)
+                    else {
                         return;
                     };
                     p

@@ -747,11 +747,11 @@ pub fn dot_graph(seed: u64) -> Option<Graph> {
     b.finish().ok()
 }
 
-/// An LSTM layer (`lstm`) over a random input projection — sequences of 0 to 5 steps (now and
-/// then of symbolic length), 1 to 6 rows, 1 to 100 hidden units (blocks of 16 and tails; enough
-/// work at times for the routine to split the units over threads), either direction — with
-/// constant or parameter weights, and a step after one of its results.
-pub fn lstm_graph(seed: u64) -> Option<Graph> {
+/// An LSTM or GRU layer (`lstm`, `gru`) over a random input projection — sequences of 0 to 5
+/// steps (now and then of symbolic length), 1 to 6 rows, 1 to 100 hidden units (blocks of 16
+/// and tails; enough work at times for the routine to split the units over threads), either
+/// direction — with constant or parameter weights, and a step after one of its results.
+pub fn recurrent_graph(seed: u64) -> Option<Graph> {
     let mut rng = Rng::new(seed);
     let rng = &mut rng;
     let mut b = Builder::new(&format!("lstm{}", seed % 1000));
@@ -766,37 +766,42 @@ pub fn lstm_graph(seed: u64) -> Option<Graph> {
         _ => 60 + below(rng, 41),
     };
     let dim = |n: usize| Dim::Const(n as i64);
+    let gates = if below(rng, 2) == 0 { 4 } else { 3 };
+    let cols = dim(gates * hidden);
     let xw = b
         .param(
             "xw",
             DType::F32,
-            Shape::new(vec![seq, dim(batch), dim(4 * hidden)]),
+            Shape::new(vec![seq, dim(batch), cols.clone()]),
         )
         .ok()?;
     // Recurrent weights of the usual size (large ones saturate every gate).
-    let w = random_tensor(rng, DType::F32, &[hidden, 4 * hidden]);
+    let w = random_tensor(rng, DType::F32, &[hidden, gates * hidden]);
     let scale = 1.0 / (hidden as f32).sqrt();
     let w: Vec<f32> = w.as_slice::<f32>()?.iter().map(|x| x * scale).collect();
-    let w = Tensor::from_vec(vec![hidden, 4 * hidden], w).ok()?;
+    let w = Tensor::from_vec(vec![hidden, gates * hidden], w).ok()?;
     let rt = match below(rng, 3) {
         0 => b
-            .param(
-                "rt",
-                DType::F32,
-                Shape::new(vec![dim(hidden), dim(4 * hidden)]),
-            )
+            .param("rt", DType::F32, Shape::new(vec![dim(hidden), cols]))
             .ok()?,
         _ => b.constant(w).ok()?,
     };
     let state = Shape::new(vec![dim(batch), dim(hidden)]);
     let h0 = b.param("h0", DType::F32, state.clone()).ok()?;
-    let c0 = b.param("c0", DType::F32, state).ok()?;
     let reverse = below(rng, 2) == 0;
-    let outs = b.op(Op::Lstm { reverse }, &[xw, rt, h0, c0]).ok()?;
+    let outs = if gates == 4 {
+        let c0 = b.param("c0", DType::F32, state).ok()?;
+        b.op(Op::Lstm { reverse }, &[xw, rt, h0, c0]).ok()?
+    } else {
+        let rbn = b
+            .param("rbn", DType::F32, Shape::new(vec![dim(hidden)]))
+            .ok()?;
+        b.op(Op::Gru { reverse }, &[xw, rt, rbn, h0]).ok()?
+    };
     for (name, &v) in ["y", "h", "c"].iter().zip(&outs) {
         b.output(name, v).ok()?;
     }
-    let t = b.op1(Op::Tanh, &[outs[below(rng, 3)]]).ok()?;
+    let t = b.op1(Op::Tanh, &[outs[below(rng, outs.len())]]).ok()?;
     b.output("t", t).ok()?;
     b.finish().ok()
 }

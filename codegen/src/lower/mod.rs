@@ -246,9 +246,9 @@ impl<'g> Lowering<'g> {
                     let bi = self.target(i, out_i)?;
                     self.topk(v, *k, *axis as usize, *largest, bv, bi)?;
                 }
-                Op::Lstm { reverse } => {
+                Op::Lstm { reverse } | Op::Gru { reverse } => {
                     let mut outs = vec![self.target(v, output_buf)?];
-                    for i in 1..3 {
+                    for i in 1..node.types().len() as u32 {
                         let r = Value::new(id, i);
                         let out = self
                             .bufs
@@ -257,7 +257,7 @@ impl<'g> Lowering<'g> {
                             .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
                         outs.push(self.target(r, out)?);
                     }
-                    self.lstm(v, *reverse, &outs)?;
+                    self.recurrence(v, *reverse, &outs)?;
                 }
                 _ if node.types().len() != 1 => {
                     return unsupported(format!("`{}` (several results)", op.mnemonic()))

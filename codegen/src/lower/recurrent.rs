@@ -1,14 +1,17 @@
-//! Recurrent layers: `lstm` becomes one call of the `lstm` routine over dense operands (the
-//! whole sequence in one call; the routine splits the hidden units over threads itself).
+//! Recurrent layers: `lstm` and `gru` become one call of their routine over dense operands
+//! (the whole sequence in one call; the routine splits the hidden units over threads itself).
 
 use super::*;
 
 impl Lowering<'_> {
-    /// `v` (an `lstm`'s every-step h) and its other results (the last h and c) into `outs`.
-    pub(super) fn lstm(&mut self, v: Value, reverse: bool, outs: &[BufId]) -> Result<()> {
-        let ins = self.g.node(v.node).inputs().to_vec();
+    /// `v` (an `lstm`'s or `gru`'s every-step h) and its other results (the last h, and an
+    /// LSTM's last c) into `outs`.
+    pub(super) fn recurrence(&mut self, v: Value, reverse: bool, outs: &[BufId]) -> Result<()> {
+        let node = self.g.node(v.node);
+        let routine = node.op().mnemonic();
+        let ins = node.inputs().to_vec();
         if self.ty(ins[0]).dtype != DType::F32 {
-            return unsupported("`lstm` that is not f32");
+            return unsupported(format!("`{routine}` that is not f32"));
         }
         let mut operands = Vec::with_capacity(8);
         for &i in &ins {
@@ -26,7 +29,7 @@ impl Lowering<'_> {
             Expr::i64(i64::from(reverse)),
         ];
         self.k.body.push(Stmt::Call(Box::new(kernel::Call {
-            routine: "lstm".into(),
+            routine: routine.into(),
             operands,
             ints,
             scalars: Vec::new(),

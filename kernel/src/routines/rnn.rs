@@ -1,8 +1,8 @@
-//! Recurrent layers over a whole sequence in one call (the `lstm` routine): each step's gates
-//! are summed in registers for a block of 16 hidden units and its rows (the four gates' columns
-//! of the transposed recurrent weights, one FMA chain over k per element), and the cell update
-//! runs on those registers before anything is stored — one pass a step instead of a product, an
-//! activation pass and the cell's elementwise kernels.
+//! Recurrent layers over a whole sequence in one call (the `lstm` and `gru` routines): each
+//! step's gates are summed in registers for a block of 16 hidden units and its rows (the
+//! gates' columns of the transposed recurrent weights, one FMA chain over k per element), and
+//! the cell update runs on those registers before anything is stored — one pass a step instead
+//! of a product, an activation pass and the cell's elementwise kernels.
 //!
 //! Threads split the hidden units (slices of blocks), each keeping its slice's weights in its
 //! own cache for the whole sequence, and meet once a step: a slice publishes how many steps it
@@ -23,19 +23,32 @@ const BLOCK: usize = 16;
 /// step's meeting costs about one cross-core round trip, 0.3 µs).
 const SLICE_WORK: usize = 1 << 16;
 
+/// The recurrent cells, by their gates' count.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cell {
+    /// Gates i, o, f, c; a cell state.
+    Lstm = 4,
+    /// Gates z, r, n, the reset gate applied after the product (`linear_before_reset`).
+    Gru = 3,
+}
+
 /// What one step of one slice reads and writes.
 #[derive(Clone, Copy)]
 struct Step {
-    /// The step's input projection, `[batch, 4·hidden]`.
+    cell: Cell,
+    /// The step's input projection, `[batch, G·hidden]` for G gates.
     xw: *const f32,
-    /// Transposed recurrent weights, `[hidden, 4·hidden]`, or them [`pack`]ed.
+    /// Transposed recurrent weights, `[hidden, G·hidden]`, or them [`pack`]ed.
     rt: *const f32,
     /// Whether `rt` is packed.
     packed: bool,
     /// The previous h, `[batch, hidden]`.
     h: *const f32,
-    /// The cell state, `[batch, hidden]`: read, then overwritten.
+    /// LSTM: the cell state, `[batch, hidden]`: read, then overwritten. GRU: null.
     c: *mut f32,
+    /// GRU: the recurrent bias of the n gate, `[hidden]` (added to its product before the
+    /// reset gate multiplies it). LSTM: null.
+    rbn: *const f32,
     /// This step's h, `[batch, hidden]`.
     y: *mut f32,
     batch: usize,
@@ -49,7 +62,7 @@ unsafe impl Sync for Step {}
 
 /// One LSTM unit of one row from its four pre-activation sums (without the input projection):
 /// the new (c, h). What every vector path computes lane by lane.
-fn cell(acc: [f32; 4], x: [f32; 4], c: f32) -> (f32, f32) {
+fn lstm_cell(acc: [f32; 4], x: [f32; 4], c: f32) -> (f32, f32) {
     let pre = |g: usize| acc[g] + x[g];
     let (i, o, f) = (
         Act::Sigmoid.one(pre(0)),
@@ -61,6 +74,15 @@ fn cell(acc: [f32; 4], x: [f32; 4], c: f32) -> (f32, f32) {
     (c, o * Act::Tanh.one(c))
 }
 
+/// One GRU unit of one row from its three gates' products, input projections, the n gate's
+/// recurrent bias and the previous h: the new h. What every vector path computes lane by lane.
+fn gru_cell(acc: [f32; 3], x: [f32; 3], rbn: f32, h: f32) -> f32 {
+    let z = Act::Sigmoid.one(acc[0] + x[0]);
+    let r = Act::Sigmoid.one(acc[1] + x[1]);
+    let n = Act::Tanh.one(x[2] + r * (acc[2] + rbn));
+    (1.0 - z) * n + z * h
+}
+
 impl Step {
     /// The j-th step run of a sequence of `seq` whose first is `self` (`h` then being h0, `xw`
     /// and `y` the whole sequence's): it reads h0 or the previous run's h.
@@ -68,7 +90,7 @@ impl Step {
         let at = |j: usize| if reverse { seq - 1 - j } else { j };
         let state = self.batch * self.hidden;
         Step {
-            xw: self.xw.wrapping_add(at(j) * 4 * state),
+            xw: self.xw.wrapping_add(at(j) * self.gates() * state),
             h: match j {
                 0 => self.h,
                 _ => self.y.wrapping_add(at(j - 1) * state),
@@ -78,17 +100,22 @@ impl Step {
         }
     }
 
+    fn gates(&self) -> usize {
+        self.cell as usize
+    }
+
     /// Where unit `u`'s weights start (gate 0, k = 0), and how far apart its k steps and its
     /// gates are.
     fn weights(&self, u: usize) -> (*const f32, usize, usize) {
+        let g = self.gates();
         match self.packed {
             true => (
                 self.rt
-                    .wrapping_add(u / BLOCK * self.hidden * 4 * BLOCK + u % BLOCK),
-                4 * BLOCK,
+                    .wrapping_add(u / BLOCK * self.hidden * g * BLOCK + u % BLOCK),
+                g * BLOCK,
                 BLOCK,
             ),
-            false => (self.rt.wrapping_add(u), 4 * self.hidden, self.hidden),
+            false => (self.rt.wrapping_add(u), g * self.hidden, self.hidden),
         }
     }
 
@@ -97,7 +124,7 @@ impl Step {
     /// # Safety
     /// The pointers hold what the fields say.
     unsafe fn units_portable(&self, u0: usize, u1: usize) {
-        let (hd, g4) = (self.hidden, 4 * self.hidden);
+        let (hd, gh) = (self.hidden, self.gates() * self.hidden);
         for r in 0..self.batch {
             for u in u0..u1 {
                 let (w, ks, gs) = self.weights(u);
@@ -107,16 +134,25 @@ impl Step {
                 unsafe {
                     for k in 0..hd {
                         let h = *self.h.add(r * hd + k);
-                        for (g, a) in acc.iter_mut().enumerate() {
+                        for (g, a) in acc[..self.gates()].iter_mut().enumerate() {
                             *a = h.mul_add(*w.add(k * ks + g * gs), *a);
                         }
                     }
-                    for (g, v) in x.iter_mut().enumerate() {
-                        *v = *self.xw.add(r * g4 + g * hd + u);
+                    for (g, v) in x[..self.gates()].iter_mut().enumerate() {
+                        *v = *self.xw.add(r * gh + g * hd + u);
                     }
-                    let (c, h) = cell(acc, x, *self.c.add(r * hd + u));
-                    *self.c.add(r * hd + u) = c;
-                    *self.y.add(r * hd + u) = h;
+                    let at = r * hd + u;
+                    *self.y.add(at) = match self.cell {
+                        Cell::Lstm => {
+                            let (c, h) = lstm_cell(acc, x, *self.c.add(at));
+                            *self.c.add(at) = c;
+                            h
+                        }
+                        Cell::Gru => {
+                            let (a, x) = ([acc[0], acc[1], acc[2]], [x[0], x[1], x[2]]);
+                            gru_cell(a, x, *self.rbn.add(u), *self.h.add(at))
+                        }
+                    };
                 }
             }
         }
@@ -148,24 +184,24 @@ impl Step {
     }
 }
 
-/// Elements of the recurrent weights of `hidden` units [`pack`]ed.
-pub fn packed_len(hidden: usize) -> usize {
-    hidden.div_ceil(BLOCK) * BLOCK * 4 * hidden
+/// Elements of the recurrent weights of `hidden` units and `gates` gates [`pack`]ed.
+pub fn packed_len(hidden: usize, gates: usize) -> usize {
+    hidden.div_ceil(BLOCK) * BLOCK * gates * hidden
 }
 
-/// The transposed recurrent weights `rt` (`[hidden, 4·hidden]`) in the order a step reads
-/// them: block by block of 16 units, k by k, the four gates' 16 columns side by side (units
-/// past `hidden` zero), so that a block's weights are one sequential run. `None` when `rt` is
+/// The transposed recurrent weights `rt` (`[hidden, gates·hidden]`) in the order a step reads
+/// them: block by block of 16 units, k by k, the gates' 16 columns side by side (units past
+/// `hidden` zero), so that a block's weights are one sequential run. `None` when `rt` is
 /// shorter than its shape says.
-pub fn pack(rt: &[f32], hidden: usize) -> Option<Vec<f32>> {
-    let rt = rt.get(..4 * hidden * hidden)?;
-    let mut out = vec![0f32; packed_len(hidden)];
-    for (b, block) in out.chunks_exact_mut(4 * BLOCK * hidden).enumerate() {
-        for (k, row) in block.chunks_exact_mut(4 * BLOCK).enumerate() {
+pub fn pack(rt: &[f32], hidden: usize, gates: usize) -> Option<Vec<f32>> {
+    let rt = rt.get(..gates * hidden * hidden)?;
+    let mut out = vec![0f32; packed_len(hidden, gates)];
+    for (b, block) in out.chunks_exact_mut(gates * BLOCK * hidden).enumerate() {
+        for (k, row) in block.chunks_exact_mut(gates * BLOCK).enumerate() {
             for (g, lanes) in row.chunks_exact_mut(BLOCK).enumerate() {
                 let u0 = b * BLOCK;
                 let n = BLOCK.min(hidden - u0);
-                let at = k * 4 * hidden + g * hidden + u0;
+                let at = k * gates * hidden + g * hidden + u0;
                 lanes[..n].copy_from_slice(&rt[at..at + n]);
             }
         }
@@ -184,7 +220,7 @@ struct Line(AtomicUsize);
 ///
 /// # Safety
 /// `xw` holds `seq·batch·4·hidden` elements, `rt` `hidden·4·hidden` (or, unless null,
-/// `rt_packed` [`packed_len`]`(hidden)`: `rt` [`pack`]ed, and `rt` is not read), `h0`, `c0`, `h` and `c`
+/// `rt_packed` [`packed_len`]`(hidden, 4)`: `rt` [`pack`]ed, and `rt` is not read), `h0`, `c0`, `h` and `c`
 /// `batch·hidden`, `y` `seq·batch·hidden`; `y`, `h` and `c` overlap no other operand (`c` may
 /// be `c0`).
 #[allow(clippy::too_many_arguments)]
@@ -210,38 +246,97 @@ pub unsafe extern "C" fn kiln_lstm(
     let state = batch * hidden;
     // SAFETY: both hold `state` elements (they may be one buffer).
     unsafe { std::ptr::copy(c0, c, state) };
-    if seq == 0 || state == 0 {
-        // SAFETY: both hold `state` elements and do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(h0, h, state) };
-        return;
-    }
     let base = Step {
+        cell: Cell::Lstm,
         xw,
         rt: if rt_packed.is_null() { rt } else { rt_packed },
         packed: !rt_packed.is_null(),
         h: h0,
         c,
+        rbn: std::ptr::null(),
         y,
         batch,
         hidden,
     };
     // SAFETY: as this function's.
-    unsafe { steps(&base, seq, reverse != 0) };
-    let last = if reverse != 0 { 0 } else { seq - 1 };
-    // SAFETY: the last step's h is inside y; h overlaps nothing.
-    unsafe { std::ptr::copy_nonoverlapping(y.add(last * state), h, state) };
+    unsafe { sequence(&base, seq, reverse != 0, h) };
+}
+
+/// One direction of a GRU layer whose reset gate applies after the product
+/// (`linear_before_reset`; see the `gru` op) over `seq` steps: `y` (`[seq, batch, hidden]`)
+/// gets every step's h in time order, `h` (`[batch, hidden]`) the last (h0 when `seq` is 0);
+/// steps run from `seq - 1` down when `reverse` is nonzero.
+///
+/// # Safety
+/// `xw` holds `seq·batch·3·hidden` elements, `rt` `hidden·3·hidden` (or, unless null,
+/// `rt_packed` [`packed_len`]`(hidden, 3)`: `rt` [`pack`]ed, and `rt` is not read), `rbn`
+/// `hidden`, `h0` and `h` `batch·hidden`, `y` `seq·batch·hidden`; `y` and `h` overlap no other
+/// operand.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_gru(
+    xw: *const f32,
+    rt: *const f32,
+    rt_packed: *const f32,
+    rbn: *const f32,
+    h0: *const f32,
+    y: *mut f32,
+    h: *mut f32,
+    seq: i64,
+    batch: i64,
+    hidden: i64,
+    reverse: i64,
+) {
+    let (seq, batch, hidden) = (
+        seq.max(0) as usize,
+        batch.max(0) as usize,
+        hidden.max(0) as usize,
+    );
+    let base = Step {
+        cell: Cell::Gru,
+        xw,
+        rt: if rt_packed.is_null() { rt } else { rt_packed },
+        packed: !rt_packed.is_null(),
+        h: h0,
+        c: std::ptr::null_mut(),
+        rbn,
+        y,
+        batch,
+        hidden,
+    };
+    // SAFETY: as this function's.
+    unsafe { sequence(&base, seq, reverse != 0, h) };
+}
+
+/// Every step of a sequence whose first is `base`, then the last h into `h` (h0 when `seq` is
+/// 0).
+///
+/// # Safety
+/// As [`kiln_lstm`] or [`kiln_gru`].
+unsafe fn sequence(base: &Step, seq: usize, reverse: bool, h: *mut f32) {
+    let state = base.batch * base.hidden;
+    let last = match seq {
+        _ if seq == 0 || state == 0 => base.h,
+        _ => {
+            // SAFETY: as this function's.
+            unsafe { steps(base, seq, reverse) };
+            base.y
+                .wrapping_add(if reverse { 0 } else { seq - 1 } * state)
+        }
+    };
+    // SAFETY: both hold `state` elements and do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(last, h, state) };
 }
 
 /// Every step of a sequence whose first is `base` (see [`Step::nth`]), over this thread and its
 /// helpers.
 ///
 /// # Safety
-/// As [`kiln_lstm`].
+/// As [`sequence`]; `seq` is at least 1.
 unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
     let (batch, hidden) = (base.batch, base.hidden);
     let step = |j: usize| base.nth(j, seq, reverse);
     let blocks = hidden.div_ceil(BLOCK);
-    let work = batch * 4 * hidden * hidden;
+    let work = batch * base.gates() * hidden * hidden;
     let slices = (crate::threads::helpers() + 1)
         .min(blocks)
         .min((work / SLICE_WORK).max(1));
@@ -300,12 +395,12 @@ unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Step, BLOCK};
+    use super::{Cell, Step, BLOCK};
     use crate::routines::epilogue::avx512::{sigmoid, tanh};
+    use std::arch::x86_64::*;
 
     /// How many k steps ahead the weights are prefetched.
     const AHEAD: usize = 8;
-    use std::arch::x86_64::*;
 
     /// Units `u0..u1` of every row in 16-lane registers, rows four at a time.
     ///
@@ -313,6 +408,17 @@ mod avx512 {
     /// As [`Step::units_portable`]; the CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn units(s: &Step, u0: usize, u1: usize) {
+        match s.cell {
+            // SAFETY: as this function's.
+            Cell::Lstm => unsafe { cells::<4>(s, u0, u1) },
+            // SAFETY: as this function's.
+            Cell::Gru => unsafe { cells::<3>(s, u0, u1) },
+        }
+    }
+
+    /// [`units`] of a cell of `G` gates.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn cells<const G: usize>(s: &Step, u0: usize, u1: usize) {
         let mut u = u0;
         while u < u1 {
             let lanes = BLOCK.min(u1 - u);
@@ -321,13 +427,13 @@ mod avx512 {
             // SAFETY: as this function's, the mask keeping every access in bounds.
             unsafe {
                 while r + 4 <= s.batch {
-                    rows::<4>(s, u, r, mask);
+                    rows::<4, G>(s, u, r, mask);
                     r += 4;
                 }
                 match s.batch - r {
-                    3 => rows::<3>(s, u, r, mask),
-                    2 => rows::<2>(s, u, r, mask),
-                    1 => rows::<1>(s, u, r, mask),
+                    3 => rows::<3, G>(s, u, r, mask),
+                    2 => rows::<2, G>(s, u, r, mask),
+                    1 => rows::<1, G>(s, u, r, mask),
                     _ => {}
                 }
             }
@@ -337,26 +443,22 @@ mod avx512 {
 
     /// Rows `r..r + R`, units `u..` under `mask`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows<const R: usize>(s: &Step, u: usize, r: usize, mask: __mmask16) {
-        let (hd, g4) = (s.hidden, 4 * s.hidden);
+    unsafe fn rows<const R: usize, const G: usize>(s: &Step, u: usize, r: usize, mask: __mmask16) {
+        let hd = s.hidden;
         // SAFETY: every access is in bounds under the mask (the caller's contract).
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            let mut acc = [[_mm512_setzero_ps(); G]; R];
             let (mut w, ks, gs) = s.weights(u);
             let mut h = s.h.add(r * hd);
             for _ in 0..hd {
-                let wg = [
-                    _mm512_maskz_loadu_ps(mask, w),
-                    _mm512_maskz_loadu_ps(mask, w.add(gs)),
-                    _mm512_maskz_loadu_ps(mask, w.add(2 * gs)),
-                    _mm512_maskz_loadu_ps(mask, w.add(3 * gs)),
-                ];
-                for g in 0..4 {
+                let mut wg = [_mm512_setzero_ps(); G];
+                for (g, v) in wg.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_ps(mask, w.add(g * gs));
                     _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(AHEAD * ks + g * gs) as *const i8);
                 }
                 for (i, a) in acc.iter_mut().enumerate() {
                     let hb = _mm512_set1_ps(*h.add(i * hd));
-                    for g in 0..4 {
+                    for g in 0..G {
                         a[g] = _mm512_fmadd_ps(hb, wg[g], a[g]);
                     }
                 }
@@ -364,19 +466,33 @@ mod avx512 {
                 h = h.add(1);
             }
             for (i, a) in acc.iter().enumerate() {
-                let row = r + i;
-                let x = s.xw.add(row * g4 + u);
+                let at = (r + i) * hd + u;
+                let x = s.xw.add((r + i) * G * hd + u);
                 let pre =
                     |g: usize| _mm512_add_ps(a[g], _mm512_maskz_loadu_ps(mask, x.add(g * hd)));
-                let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
-                let cand = tanh(pre(3));
-                let cp = s.c.add(row * hd + u);
-                let c = _mm512_add_ps(
-                    _mm512_mul_ps(fg, _mm512_maskz_loadu_ps(mask, cp)),
-                    _mm512_mul_ps(ig, cand),
-                );
-                _mm512_mask_storeu_ps(cp, mask, c);
-                _mm512_mask_storeu_ps(s.y.add(row * hd + u), mask, _mm512_mul_ps(og, tanh(c)));
+                let h = match s.cell {
+                    Cell::Lstm => {
+                        let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
+                        let cand = tanh(pre(3));
+                        let cp = s.c.add(at);
+                        let c = _mm512_add_ps(
+                            _mm512_mul_ps(fg, _mm512_maskz_loadu_ps(mask, cp)),
+                            _mm512_mul_ps(ig, cand),
+                        );
+                        _mm512_mask_storeu_ps(cp, mask, c);
+                        _mm512_mul_ps(og, tanh(c))
+                    }
+                    Cell::Gru => {
+                        let (z, rg) = (sigmoid(pre(0)), sigmoid(pre(1)));
+                        let hn = _mm512_add_ps(a[2], _mm512_maskz_loadu_ps(mask, s.rbn.add(u)));
+                        let xn = _mm512_maskz_loadu_ps(mask, x.add(2 * hd));
+                        let n = tanh(_mm512_add_ps(xn, _mm512_mul_ps(rg, hn)));
+                        let hp = _mm512_maskz_loadu_ps(mask, s.h.add(at));
+                        let keep = _mm512_sub_ps(_mm512_set1_ps(1.0), z);
+                        _mm512_add_ps(_mm512_mul_ps(keep, n), _mm512_mul_ps(z, hp))
+                    }
+                };
+                _mm512_mask_storeu_ps(s.y.add(at), mask, h);
             }
         }
     }
@@ -384,7 +500,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::Step;
+    use super::{Cell, Step};
     use crate::routines::epilogue::avx2::{sigmoid, tanh};
     use std::arch::x86_64::*;
 
@@ -395,17 +511,28 @@ mod avx2 {
     /// As [`Step::units_portable`]; the CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn units(s: &Step, u0: usize, u1: usize) -> usize {
+        match s.cell {
+            // SAFETY: as this function's.
+            Cell::Lstm => unsafe { cells::<4>(s, u0, u1) },
+            // SAFETY: as this function's.
+            Cell::Gru => unsafe { cells::<3>(s, u0, u1) },
+        }
+    }
+
+    /// [`units`] of a cell of `G` gates.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn cells<const G: usize>(s: &Step, u0: usize, u1: usize) -> usize {
         let mut u = u0;
         while u + 8 <= u1 {
             let mut r = 0;
             // SAFETY: as this function's.
             unsafe {
                 while r + 2 <= s.batch {
-                    rows::<2>(s, u, r);
+                    rows::<2, G>(s, u, r);
                     r += 2;
                 }
                 if r < s.batch {
-                    rows::<1>(s, u, r);
+                    rows::<1, G>(s, u, r);
                 }
             }
             u += 8;
@@ -415,23 +542,21 @@ mod avx2 {
 
     /// Rows `r..r + R`, units `u..u + 8`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows<const R: usize>(s: &Step, u: usize, r: usize) {
-        let (hd, g4) = (s.hidden, 4 * s.hidden);
+    unsafe fn rows<const R: usize, const G: usize>(s: &Step, u: usize, r: usize) {
+        let hd = s.hidden;
         // SAFETY: every access is in bounds (the caller's contract).
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 4]; R];
+            let mut acc = [[_mm256_setzero_ps(); G]; R];
             let (mut w, ks, gs) = s.weights(u);
             let mut h = s.h.add(r * hd);
             for _ in 0..hd {
-                let wg = [
-                    _mm256_loadu_ps(w),
-                    _mm256_loadu_ps(w.add(gs)),
-                    _mm256_loadu_ps(w.add(2 * gs)),
-                    _mm256_loadu_ps(w.add(3 * gs)),
-                ];
+                let mut wg = [_mm256_setzero_ps(); G];
+                for (g, v) in wg.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(w.add(g * gs));
+                }
                 for (i, a) in acc.iter_mut().enumerate() {
                     let hb = _mm256_set1_ps(*h.add(i * hd));
-                    for g in 0..4 {
+                    for g in 0..G {
                         a[g] = _mm256_fmadd_ps(hb, wg[g], a[g]);
                     }
                 }
@@ -439,18 +564,32 @@ mod avx2 {
                 h = h.add(1);
             }
             for (i, a) in acc.iter().enumerate() {
-                let row = r + i;
-                let x = s.xw.add(row * g4 + u);
+                let at = (r + i) * hd + u;
+                let x = s.xw.add((r + i) * G * hd + u);
                 let pre = |g: usize| _mm256_add_ps(a[g], _mm256_loadu_ps(x.add(g * hd)));
-                let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
-                let cand = tanh(pre(3));
-                let cp = s.c.add(row * hd + u);
-                let c = _mm256_add_ps(
-                    _mm256_mul_ps(fg, _mm256_loadu_ps(cp)),
-                    _mm256_mul_ps(ig, cand),
-                );
-                _mm256_storeu_ps(cp, c);
-                _mm256_storeu_ps(s.y.add(row * hd + u), _mm256_mul_ps(og, tanh(c)));
+                let h = match s.cell {
+                    Cell::Lstm => {
+                        let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
+                        let cand = tanh(pre(3));
+                        let cp = s.c.add(at);
+                        let c = _mm256_add_ps(
+                            _mm256_mul_ps(fg, _mm256_loadu_ps(cp)),
+                            _mm256_mul_ps(ig, cand),
+                        );
+                        _mm256_storeu_ps(cp, c);
+                        _mm256_mul_ps(og, tanh(c))
+                    }
+                    Cell::Gru => {
+                        let (z, rg) = (sigmoid(pre(0)), sigmoid(pre(1)));
+                        let hn = _mm256_add_ps(a[2], _mm256_loadu_ps(s.rbn.add(u)));
+                        let xn = _mm256_loadu_ps(x.add(2 * hd));
+                        let n = tanh(_mm256_add_ps(xn, _mm256_mul_ps(rg, hn)));
+                        let hp = _mm256_loadu_ps(s.h.add(at));
+                        let keep = _mm256_sub_ps(_mm256_set1_ps(1.0), z);
+                        _mm256_add_ps(_mm256_mul_ps(keep, n), _mm256_mul_ps(z, hp))
+                    }
+                };
+                _mm256_storeu_ps(s.y.add(at), h);
             }
         }
     }
@@ -475,86 +614,101 @@ mod tests {
             .collect()
     }
 
-    /// `kiln_lstm`'s y, h and c, from the weights as given or packed.
-    fn lstm(seq: usize, batch: usize, hidden: usize, reverse: bool) -> [Vec<f32>; 3] {
-        let plain = run_lstm(seq, batch, hidden, reverse, false);
-        let packed = run_lstm(seq, batch, hidden, reverse, true);
-        assert_eq!(bits(&plain), bits(&packed), "packed weights");
+    /// A layer's y, h and (LSTM) c, from the weights as given and packed (which must agree).
+    fn layer(cell: Cell, seq: usize, batch: usize, hidden: usize, reverse: bool) -> Vec<Vec<u32>> {
+        let plain = run(cell, seq, batch, hidden, reverse, false);
+        let packed = run(cell, seq, batch, hidden, reverse, true);
+        assert_eq!(plain, packed, "packed weights");
         plain
     }
 
-    fn run_lstm(
+    fn run(
+        cell: Cell,
         seq: usize,
         batch: usize,
         hidden: usize,
         reverse: bool,
         packed: bool,
-    ) -> [Vec<f32>; 3] {
-        let state = batch * hidden;
-        let xw = values(seq * batch * 4 * hidden, 1);
-        let rt: Vec<f32> = values(4 * hidden * hidden, 2)
+    ) -> Vec<Vec<u32>> {
+        let (state, gates) = (batch * hidden, cell as usize);
+        let xw = values(seq * batch * gates * hidden, 1);
+        let rt: Vec<f32> = values(gates * hidden * hidden, 2)
             .iter()
             .map(|w| w * 0.3)
             .collect();
-        let (h0, c0) = (values(state, 3), values(state, 4));
+        let (h0, c0, rbn) = (values(state, 3), values(state, 4), values(hidden, 5));
         let (mut y, mut h, mut c) = (vec![0.0; seq * state], vec![0.0; state], vec![0.0; state]);
-        let rp = pack(&rt, hidden).unwrap();
+        let rp = pack(&rt, hidden, gates).unwrap();
+        let rp = if packed {
+            rp.as_ptr()
+        } else {
+            std::ptr::null()
+        };
+        let (seq, b, n, rev) = (seq as i64, batch as i64, hidden as i64, reverse as i64);
         // SAFETY: every operand holds what the contract says.
         unsafe {
-            kiln_lstm(
-                xw.as_ptr(),
-                rt.as_ptr(),
-                if packed {
-                    rp.as_ptr()
-                } else {
-                    std::ptr::null()
-                },
-                h0.as_ptr(),
-                c0.as_ptr(),
-                y.as_mut_ptr(),
-                h.as_mut_ptr(),
-                c.as_mut_ptr(),
-                seq as i64,
-                batch as i64,
-                hidden as i64,
-                reverse as i64,
-            )
+            match cell {
+                Cell::Lstm => kiln_lstm(
+                    xw.as_ptr(),
+                    rt.as_ptr(),
+                    rp,
+                    h0.as_ptr(),
+                    c0.as_ptr(),
+                    y.as_mut_ptr(),
+                    h.as_mut_ptr(),
+                    c.as_mut_ptr(),
+                    seq,
+                    b,
+                    n,
+                    rev,
+                ),
+                Cell::Gru => kiln_gru(
+                    xw.as_ptr(),
+                    rt.as_ptr(),
+                    rp,
+                    rbn.as_ptr(),
+                    h0.as_ptr(),
+                    y.as_mut_ptr(),
+                    h.as_mut_ptr(),
+                    seq,
+                    b,
+                    n,
+                    rev,
+                ),
+            }
         };
         [y, h, c]
-    }
-
-    fn bits(v: &[Vec<f32>; 3]) -> Vec<Vec<u32>> {
-        v.iter()
-            .map(|x| x.iter().map(|f| f.to_bits()).collect())
+            .iter()
+            .map(|v| v.iter().map(|f| f.to_bits()).collect())
             .collect()
     }
 
     #[test]
     fn results_do_not_depend_on_threads() {
-        // 2, 3 and 4 threads split 8 blocks (and a tail) into slices; one pool helper and a
-        // pool another thread holds make slices whose helper never comes.
-        for (seq, batch, hidden, reverse) in
-            [(5, 4, 128, false), (3, 5, 136, true), (1, 8, 64, false)]
-        {
-            let alone = bits(&lstm(seq, batch, hidden, reverse));
-            for helpers in [1, 2, 3] {
-                let pool = Arc::new(Pool::new(helpers).unwrap());
-                let got = with_helpers(Some(pool), || lstm(seq, batch, hidden, reverse));
-                assert_eq!(
-                    bits(&got),
-                    alone,
-                    "{helpers} helpers, {seq}x{batch}x{hidden}"
-                );
+        // 2, 3 and 4 threads split 8 blocks (and a tail) into slices.
+        for cell in [Cell::Lstm, Cell::Gru] {
+            for (seq, batch, hidden, reverse) in
+                [(5, 4, 128, false), (3, 5, 136, true), (1, 8, 64, false)]
+            {
+                let alone = layer(cell, seq, batch, hidden, reverse);
+                for helpers in [1, 2, 3] {
+                    let pool = Arc::new(Pool::new(helpers).unwrap());
+                    let got = with_helpers(Some(pool), || layer(cell, seq, batch, hidden, reverse));
+                    assert_eq!(
+                        got, alone,
+                        "{cell:?}, {helpers} helpers, {seq}x{batch}x{hidden}"
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn helpers_that_never_come_leave_their_slices_to_the_caller() {
-        // The pool's helpers are all busy in another caller's region that outlasts this
-        // one's: every slice must still run, on this thread.
+        // The pool's helper is busy in another caller's region that outlasts this one's:
+        // every slice must still run, on this thread.
         let pool = Arc::new(Pool::new(1).unwrap());
-        let want = bits(&lstm(4, 4, 128, false));
+        let want = layer(Cell::Lstm, 4, 4, 128, false);
         let gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (p2, g2) = (pool.clone(), gate.clone());
         let busy = std::thread::spawn(move || {
@@ -567,29 +721,48 @@ mod tests {
             })
         });
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let got = with_helpers(Some(pool), || lstm(4, 4, 128, false));
+        let got = with_helpers(Some(pool), || layer(Cell::Lstm, 4, 4, 128, false));
         gate.store(true, Ordering::Release);
         busy.join().unwrap();
-        assert_eq!(bits(&got), want);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_empty_sequence_leaves_the_initial_states() {
+        for cell in [Cell::Lstm, Cell::Gru] {
+            let out = layer(cell, 0, 3, 20, false);
+            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert!(out[0].is_empty());
+            assert_eq!(out[1], bits(values(60, 3)));
+            if cell == Cell::Lstm {
+                assert_eq!(out[2], bits(values(60, 4)));
+            }
+        }
     }
 
     #[test]
     fn every_isa_gives_the_portable_bits() {
-        for (batch, hidden) in [(1, 20), (4, 128), (5, 24), (2, 3), (3, 40)] {
-            let state = batch * hidden;
-            let xw = values(batch * 4 * hidden, 5);
-            let rt = values(4 * hidden * hidden, 6);
-            let (h0, c0) = (values(state, 7), values(state, 8));
-            let rp = pack(&rt, hidden).unwrap();
+        let cases = [(1, 20), (4, 128), (5, 24), (2, 3), (3, 40)];
+        for (cell, (batch, hidden)) in [Cell::Lstm, Cell::Gru]
+            .into_iter()
+            .flat_map(|c| cases.map(|b| (c, b)))
+        {
+            let (state, gates) = (batch * hidden, cell as usize);
+            let xw = values(batch * gates * hidden, 5);
+            let rt = values(gates * hidden * hidden, 6);
+            let (h0, c0, rbn) = (values(state, 7), values(state, 8), values(hidden, 9));
+            let rp = pack(&rt, hidden, gates).unwrap();
             for packed in [false, true] {
                 let run = |f: &dyn Fn(&Step)| {
                     let (mut y, mut c) = (vec![0f32; state], c0.clone());
                     let s = Step {
+                        cell,
                         xw: xw.as_ptr(),
                         rt: if packed { rp.as_ptr() } else { rt.as_ptr() },
                         packed,
                         h: h0.as_ptr(),
                         c: c.as_mut_ptr(),
+                        rbn: rbn.as_ptr(),
                         y: y.as_mut_ptr(),
                         batch,
                         hidden,
@@ -605,7 +778,7 @@ mod tests {
                     if std::arch::is_x86_feature_detected!("avx512f") {
                         // SAFETY: as above, on a CPU with AVX-512F.
                         let got = run(&|s| unsafe { avx512::units(s, 0, hidden) });
-                        assert_eq!(got, want, "AVX-512, {batch}x{hidden}");
+                        assert_eq!(got, want, "AVX-512, {cell:?} {batch}x{hidden}");
                     }
                     if std::arch::is_x86_feature_detected!("avx2")
                         && std::arch::is_x86_feature_detected!("fma")
@@ -615,7 +788,7 @@ mod tests {
                             let done = avx2::units(s, 0, hidden);
                             s.units_portable(done, hidden)
                         });
-                        assert_eq!(got, want, "AVX2, {batch}x{hidden}");
+                        assert_eq!(got, want, "AVX2, {cell:?} {batch}x{hidden}");
                     }
                 }
             }

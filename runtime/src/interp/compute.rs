@@ -671,46 +671,124 @@ pub fn tree_walk(args: &[&ir::Tensor]) -> Result<Vec<i64>, String> {
 /// step rounds to the dtype where the layer written as separate ops would: the recurrent
 /// product (summed in f64), the pre-activation, each gate, each product and the new states.
 pub fn lstm(args: &[&ir::Tensor], reverse: bool) -> [Data; 3] {
+    let mut c = floats(args[3]);
+    let (y, h) = recurrence(args, reverse, 4, |x, round, b| {
+        let (sigmoid, tanh) = activations(round);
+        let pre = |g: usize| round(x.xw(g) + x.dot(g));
+        let (i, o, f) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
+        let cand = tanh(pre(3));
+        let cu = &mut c[b * x.hidden + x.u];
+        *cu = round(round(f * *cu) + round(i * cand));
+        round(o * tanh(*cu))
+    });
     let dtype = args[0].dtype();
-    let round = |x: f64| match dtype {
+    [y, h, c].map(|v| Data::from_f64s(dtype, &v))
+}
+
+/// `gru` (see the op table): every step's h (`[S, B, H]`) and the last h (`[B, H]`), rounded
+/// as [`lstm`].
+pub fn gru(args: &[&ir::Tensor], reverse: bool) -> [Data; 2] {
+    let rbn = floats(args[2]);
+    let (y, h) = recurrence(args, reverse, 3, |x, round, _| {
+        let (sigmoid, tanh) = activations(round);
+        let pre = |g: usize| round(x.xw(g) + x.dot(g));
+        let (z, r) = (sigmoid(pre(0)), sigmoid(pre(1)));
+        let n = tanh(round(x.xw(2) + round(r * round(x.dot(2) + rbn[x.u]))));
+        round(round(round(1.0 - z) * n) + round(z * x.h[x.u]))
+    });
+    let dtype = args[0].dtype();
+    [y, h].map(|v| Data::from_f64s(dtype, &v))
+}
+
+fn floats(t: &ir::Tensor) -> Vec<f64> {
+    let d = t.data();
+    (0..d.len()).map(|j| d.get_f64(j)).collect()
+}
+
+type Round = dyn Fn(f64) -> f64;
+
+/// The interpreter's sigmoid and tanh, rounded by `round`.
+fn activations(round: &Round) -> (impl Fn(f64) -> f64 + '_, impl Fn(f64) -> f64 + '_) {
+    (
+        move |x: f64| round(kernel::routines::math::sigmoid(x)),
+        move |x: f64| round(x.tanh()),
+    )
+}
+
+/// One unit `u` of one row at a step: what its cell reads.
+struct Unit<'a> {
+    /// The row's input projection at the step, `[gates·hidden]`.
+    xw: &'a [f64],
+    rt: &'a [f64],
+    /// The row's previous h, `[hidden]`.
+    h: &'a [f64],
+    round: &'a Round,
+    gates: usize,
+    hidden: usize,
+    u: usize,
+}
+
+impl Unit<'_> {
+    /// Gate g's input projection.
+    fn xw(&self, g: usize) -> f64 {
+        self.xw[g * self.hidden + self.u]
+    }
+
+    /// Gate g's product h·rt, summed in f64 and rounded.
+    fn dot(&self, g: usize) -> f64 {
+        let (j, cols) = (g * self.hidden + self.u, self.gates * self.hidden);
+        (self.round)(
+            (0..self.hidden)
+                .map(|k| self.h[k] * self.rt[k * cols + j])
+                .sum(),
+        )
+    }
+}
+
+/// Runs the steps of a recurrence of `gates` gates (operands xw and rt first; h0 third for an
+/// LSTM, fourth for a GRU), `cell` making each unit's new h from what it reads, the rounding
+/// and the row. Returns every step's h and the last h.
+fn recurrence(
+    args: &[&ir::Tensor],
+    reverse: bool,
+    gates: usize,
+    mut cell: impl FnMut(&Unit, &Round, usize) -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let dtype = args[0].dtype();
+    let round = move |x: f64| match dtype {
         DType::F32 => x as f32 as f64,
         DType::F64 => x,
         _ => Data::from_f64s(dtype, &[x]).get_f64(0),
     };
-    let all = |i: usize| -> Vec<f64> {
-        let d = args[i].data();
-        (0..d.len()).map(|j| d.get_f64(j)).collect()
-    };
-    let (xw, rt, mut h, mut c) = (all(0), all(1), all(2), all(3));
+    let (xw, rt) = (floats(args[0]), floats(args[1]));
+    let mut h = floats(args[if gates == 4 { 2 } else { 3 }]);
     let (seq, batch, hidden) = (args[0].shape()[0], args[0].shape()[1], args[1].shape()[0]);
-    let sigmoid = |x: f64| round(kernel::routines::math::sigmoid(x));
-    let tanh = |x: f64| round(x.tanh());
     let mut y = vec![0.0; seq * batch * hidden];
     let steps: Vec<usize> = match reverse {
         true => (0..seq).rev().collect(),
         false => (0..seq).collect(),
     };
     for t in steps {
-        let mut next_h = vec![0.0; batch * hidden];
+        let mut next = vec![0.0; batch * hidden];
         for b in 0..batch {
-            let row = &h[b * hidden..][..hidden];
-            let pre = |g: usize, u: usize| {
-                let j = g * hidden + u;
-                let dot: f64 = (0..hidden).map(|k| row[k] * rt[k * 4 * hidden + j]).sum();
-                round(xw[(t * batch + b) * 4 * hidden + j] + round(dot))
-            };
+            let at = (t * batch + b) * gates * hidden;
             for u in 0..hidden {
-                let (i, o, f) = (sigmoid(pre(0, u)), sigmoid(pre(1, u)), sigmoid(pre(2, u)));
-                let cand = tanh(pre(3, u));
-                let cu = &mut c[b * hidden + u];
-                *cu = round(round(f * *cu) + round(i * cand));
-                next_h[b * hidden + u] = round(o * tanh(*cu));
+                let unit = Unit {
+                    xw: &xw[at..at + gates * hidden],
+                    rt: &rt,
+                    h: &h[b * hidden..][..hidden],
+                    round: &round,
+                    gates,
+                    hidden,
+                    u,
+                };
+                next[b * hidden + u] = cell(&unit, &round, b);
             }
         }
-        y[t * batch * hidden..][..batch * hidden].copy_from_slice(&next_h);
-        h = next_h;
+        y[t * batch * hidden..][..batch * hidden].copy_from_slice(&next);
+        h = next;
     }
-    [y, h, c].map(|v| Data::from_f64s(dtype, &v))
+    (y, h)
 }
 
 #[cfg(test)]

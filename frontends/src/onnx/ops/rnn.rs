@@ -1,6 +1,6 @@
-//! Recurrent layers (LSTM, GRU, RNN). An LSTM direction in ONNX's default form is the input
-//! projection of every step (one matmul, both biases) and one `lstm` node (see [`one_op`]).
-//! Other layers: the input projection of all steps is one matmul per group of gates (gates side by side with one activation: LSTM's i, o, f; GRU's z, r), then
+//! Recurrent layers (LSTM, GRU, RNN). An LSTM or GRU direction in ONNX's default form is the
+//! input projection of every step (one matmul with its biases) and one `lstm` or `gru` node
+//! (see [`one_op`]). Other layers: the input projection of all steps is one matmul per group of gates (gates side by side with one activation: LSTM's i, o, f; GRU's z, r), then
 //! each step is a small matmul per group (whose bias, input rows and activation become that
 //! product's epilogue) plus the gates' combination — unrolled over a static
 //! sequence of up to 256 steps, else (a symbolic or longer sequence) a `loop` whose body is
@@ -479,10 +479,12 @@ fn run(
     Ok((y, hs, cs))
 }
 
-/// [`run`] as one `lstm` node when the layer has its default form (f32; sigmoid, tanh, tanh; no
-/// clip, peepholes, coupled gates or sequence lengths), whatever the sequence's length: the
-/// input projection of every step with both biases is one product, and the recurrence one
-/// routine call (no per-step nodes to compile). `None` for any other layer.
+/// [`run`] as one `lstm` or `gru` node when the layer has its default form (f32; default
+/// activations; no clip or sequence lengths; an LSTM without peepholes or coupled gates, a GRU
+/// whose reset gate applies after the product, as PyTorch and Keras export it), whatever the
+/// sequence's length: the input projection of every step with the biases that add to it is one
+/// product, and the recurrence one routine call (no per-step nodes to compile). `None` for any
+/// other layer.
 fn one_op(
     b: &mut Builder,
     cfg: &Cfg,
@@ -490,36 +492,67 @@ fn one_op(
     x: Value,
     mask: Option<Value>,
 ) -> R<Option<(Value, Value, Option<Value>)>> {
-    let default = d
-        .acts
+    let names = d.acts.iter().map(|a| a.name.to_ascii_lowercase());
+    let default = names.eq(cfg
+        .kind
+        .default_acts()
         .iter()
-        .map(|a| a.name.to_ascii_lowercase())
-        .eq(["sigmoid", "tanh", "tanh"].map(String::from));
-    let plain = cfg.kind == Kind::Lstm
-        && default
-        && cfg.clip.is_none()
-        && !cfg.input_forget
-        && d.peep.is_none()
-        && mask.is_none()
-        && b.dtype(x) == DType::F32;
-    let Some(c0) = d.c0.filter(|_| plain) else {
-        return Ok(None);
+        .map(|a| a.to_ascii_lowercase()));
+    let form = match cfg.kind {
+        Kind::Lstm => !cfg.input_forget && d.peep.is_none() && d.c0.is_some(),
+        Kind::Gru => cfg.linear_before_reset,
+        Kind::Rnn => false,
     };
+    if !(form && default && cfg.clip.is_none() && mask.is_none() && b.dtype(x) == DType::F32) {
+        return Ok(None);
+    }
+    let (h, g) = (cfg.hidden, cfg.kind.gates());
     let xshape = b.shape(x).clone();
     let (seq, batch) = (xshape.dim(0).clone(), xshape.dim(1).clone());
     let rows = seq.mul(&batch)?;
     let x2 = b.reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))?;
     let wt = b.transpose(d.w, &[1, 0])?;
     let mut xw = b.matmul(x2, wt)?;
+    // The biases the input projection takes: both, but a GRU's n gate's recurrent one (the
+    // reset gate multiplies it), which the `gru` node takes apart (zero without biases).
+    let mut rbn = None;
     if let Some((wb, rb)) = d.bias {
+        let rb = match cfg.kind {
+            Kind::Gru => {
+                let zr = gates(b, rb, 0, (0, 2), h)?;
+                rbn = Some(gate(b, rb, 0, 2, h)?);
+                let zero = b.scalar(0.0, DType::F32)?;
+                let zeros = b.broadcast_to(zero, &Shape::new(vec![Dim::Const(h)]))?;
+                b.op1(Op::Concat { axis: 0 }, &[zr, zeros])?
+            }
+            _ => rb,
+        };
         let both = b.add(wb, rb)?;
         xw = b.add(xw, both)?;
     }
-    let gates = Dim::Const(4 * cfg.hidden);
-    let xw = b.reshape(xw, Shape::new(vec![seq, batch, gates]))?;
+    let xw = b.reshape(xw, Shape::new(vec![seq, batch, Dim::Const(g * h)]))?;
     let rt = b.transpose(d.r, &[1, 0])?;
-    let outs = b.op(Op::Lstm { reverse: d.reverse }, &[xw, rt, d.h0, c0])?;
-    Ok(Some((outs[0], outs[1], Some(outs[2]))))
+    let op = |reverse| match cfg.kind {
+        Kind::Lstm => Op::Lstm { reverse },
+        _ => Op::Gru { reverse },
+    };
+    Ok(Some(match (cfg.kind, d.c0) {
+        (Kind::Lstm, Some(c0)) => {
+            let outs = b.op(op(d.reverse), &[xw, rt, d.h0, c0])?;
+            (outs[0], outs[1], Some(outs[2]))
+        }
+        _ => {
+            let rbn = match rbn {
+                Some(v) => v,
+                None => {
+                    let zero = b.scalar(0.0, DType::F32)?;
+                    b.broadcast_to(zero, &Shape::new(vec![Dim::Const(h)]))?
+                }
+            };
+            let outs = b.op(op(d.reverse), &[xw, rt, rbn, d.h0])?;
+            (outs[0], outs[1], None)
+        }
+    }))
 }
 
 /// [`run`] as a `loop` over the steps: the body is one [`step`], carrying the states and
