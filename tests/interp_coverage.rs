@@ -293,6 +293,17 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 }
                 continue;
             }
+            "rnn" => {
+                for reverse in [false, true] {
+                    let args = vec![
+                        rng.tensor(dtype, &[2, 1, 2]),
+                        rng.tensor(dtype, &[2, 2]),
+                        rng.tensor(dtype, &[1, 2]),
+                    ];
+                    out.push((Op::Rnn { reverse }, args));
+                }
+                continue;
+            }
             "topk" => Op::TopK {
                 k: 2,
                 axis: 1,

@@ -2,7 +2,7 @@
 //! kernels, awkward shapes, broadcasts, strides and values) compiled — each node alone, and
 //! after the default pipeline — compute what the reference interpreter computes; convs and
 //! products with random elementwise steps after them (fused into their routines or not); and
-//! LSTM and GRU layers.
+//! recurrent layers.
 //! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`; `KILN_TRACE_SEED=1`
 //! with `--nocapture` prints each graph first (to find one that crashes the process).
 
@@ -130,7 +130,7 @@ proptest! {
         }
     }
 
-    /// LSTM and GRU layers (their routines: blocks of units, tails, both directions, packed or
+    /// LSTM, GRU and simple recurrent layers (their routines: blocks of units, tails, both directions, packed or
     /// given weights, split over threads or not).
     #[test]
     fn recurrent_layers_match_the_interpreter(seed in any::<u64>()) {

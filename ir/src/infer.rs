@@ -760,6 +760,14 @@ pub(crate) fn rule_gru(ins: &[TensorType], _reverse: &bool) -> Rule {
     Ok(vec![y, state])
 }
 
+pub(crate) fn rule_rnn(ins: &[TensorType], _reverse: &bool) -> Rule {
+    let (y, state) = recurrent(ins, 1, &["xw", "rt", "h0"])?;
+    if ins[2].shape != state.shape {
+        return Err(format!("h0 must be {}, got {}", state.shape, ins[2].shape));
+    }
+    Ok(vec![y, state])
+}
+
 /// A recurrent layer's every-step output and state types, from its operands (named `what`):
 /// the input projection `[seq, batch, gates·hidden]` and the transposed recurrent weights
 /// `[hidden, gates·hidden]`, all of one float dtype.

@@ -61,7 +61,7 @@ pub enum OpKind {
     Sort,
     /// Decision trees: `tree_walk`.
     Tree,
-    /// Recurrent layers over a whole sequence: `lstm`, `gru`.
+    /// Recurrent layers over a whole sequence: `lstm`, `gru`, `rnn`.
     Recurrent,
     /// Kernel nodes that own a region: `fused`.
     Kernel,
@@ -481,6 +481,12 @@ ops! {
     /// `n = tanh(xw_n + r·(g_n + rbn))` and `h = (1 - z)·n + z·h`. Results: every step's h
     /// (`[S, B, H]`, in time order) and the last h (`[B, H]`; h0 when S is 0).
     Gru = "gru", Recurrent, Exactly(4), { reverse: bool = default(false) } => rule_gru;
+    /// One direction of a simple recurrent layer over a sequence with ONNX RNN's default tanh
+    /// (no clip): from the input projection with both biases xw (`[S, B, H]`), the recurrent
+    /// weights transposed rt (`[H, H]`) and the initial state h0 (`[B, H]`), each step t (from
+    /// S-1 down with `reverse`) computes `h = tanh(xw[t] + h·rt)`. Results: every step's h
+    /// (`[S, B, H]`, in time order) and the last h (`[B, H]`; h0 when S is 0).
+    Rnn = "rnn", Recurrent, Exactly(3), { reverse: bool = default(false) } => rule_rnn;
 
     /// The indices of the nonzero elements, in row-major order, as [rank, count] i64; `count`
     /// is a symbol this node defines (bound when it runs).

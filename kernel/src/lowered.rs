@@ -68,7 +68,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
                 if let Stmt::Call(c) = s {
                     if matches!(
                         c.routine.as_str(),
-                        "gemm" | "conv2d_wino" | "conv2d_nchwc" | "lstm" | "gru"
+                        "gemm" | "conv2d_wino" | "conv2d_nchwc" | "lstm" | "gru" | "rnn"
                     ) && c.checked().is_ok()
                     {
                         f(c)
@@ -87,10 +87,11 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // a product's B its packed panels. The key: the operand, its offset and sizes.
         let wino = g.routine == "conv2d_wino";
         let blocked = g.routine == "conv2d_nchwc";
-        // A recurrence's gates: 4 for an LSTM, 3 for a GRU.
+        // A recurrence's gates: 4 for an LSTM, 3 for a GRU, 1 for a simple RNN.
         let gates = match g.routine.as_str() {
             "lstm" => 4,
             "gru" => 3,
+            "rnn" => 1,
             _ => 0,
         };
         let name = match () {
@@ -103,11 +104,16 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         };
         // What is packed: 0 a product's B, 1 Winograd transforms, 2 dense blocked filters
         // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones, 5 an
-        // LSTM's recurrent weights, 6 a GRU's.
+        // LSTM's recurrent weights, 6 a GRU's, 7 a simple RNN's.
         let (kind, sizes) = if gates > 0 {
             let h = c(g.int("hidden"));
             let cols = h.map(|h| gates * h);
-            (if gates == 4 { 5 } else { 6 }, (cols, Some(1), cols, h))
+            let kind = match gates {
+                4 => 5,
+                3 => 6,
+                _ => 7,
+            };
+            (kind, (cols, Some(1), cols, h))
         } else if wino {
             (1, (Some(0), Some(0), c(g.int("o")), c(g.int("c"))))
         } else if blocked {

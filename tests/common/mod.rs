@@ -747,7 +747,7 @@ pub fn dot_graph(seed: u64) -> Option<Graph> {
     b.finish().ok()
 }
 
-/// An LSTM or GRU layer (`lstm`, `gru`) over a random input projection — sequences of 0 to 5
+/// A recurrent layer (`lstm`, `gru`, `rnn`) over a random input projection — sequences of 0 to 5
 /// steps (now and then of symbolic length), 1 to 6 rows, 1 to 100 hidden units (blocks of 16
 /// and tails; enough work at times for the routine to split the units over threads), either
 /// direction — with constant or parameter weights, and a step after one of its results.
@@ -766,7 +766,7 @@ pub fn recurrent_graph(seed: u64) -> Option<Graph> {
         _ => 60 + below(rng, 41),
     };
     let dim = |n: usize| Dim::Const(n as i64);
-    let gates = if below(rng, 2) == 0 { 4 } else { 3 };
+    let gates = pick(rng, &[4, 3, 1]);
     let cols = dim(gates * hidden);
     let xw = b
         .param(
@@ -792,6 +792,8 @@ pub fn recurrent_graph(seed: u64) -> Option<Graph> {
     let outs = if gates == 4 {
         let c0 = b.param("c0", DType::F32, state).ok()?;
         b.op(Op::Lstm { reverse }, &[xw, rt, h0, c0]).ok()?
+    } else if gates == 1 {
+        b.op(Op::Rnn { reverse }, &[xw, rt, h0]).ok()?
     } else {
         let rbn = b
             .param("rbn", DType::F32, Shape::new(vec![dim(hidden)]))

@@ -1,10 +1,10 @@
-//! Recurrent layers: `lstm` and `gru` become one call of their routine over dense operands
+//! Recurrent layers: `lstm`, `gru` and `rnn` become one call of their routine over dense operands
 //! (the whole sequence in one call; the routine splits the hidden units over threads itself).
 
 use super::*;
 
 impl Lowering<'_> {
-    /// `v` (an `lstm`'s or `gru`'s every-step h) and its other results (the last h, and an
+    /// `v` (a recurrent layer's every-step h) and its other results (the last h, and an
     /// LSTM's last c) into `outs`.
     pub(super) fn recurrence(&mut self, v: Value, reverse: bool, outs: &[BufId]) -> Result<()> {
         let node = self.g.node(v.node);

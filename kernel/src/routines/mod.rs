@@ -1,5 +1,5 @@
 //! The library routines kernels call: f32 matrix products ([`gemm`]), convolutions
-//! ([`conv`]), max/min pooling ([`pool`]), softmax's row passes ([`rows`]), tree ensembles ([`trees`]), LSTM and GRU layers ([`rnn`]) and scalar math
+//! ([`conv`]), max/min pooling ([`pool`]), softmax's row passes ([`rows`]), tree ensembles ([`trees`]), recurrent layers ([`rnn`]) and scalar math
 //! ([`mod@math`]), each under the symbol compiled code refers to it by. Host code, with AVX2 and FMA paths chosen at run time.
 //!
 //! [`ROUTINES`] is the table of the routines a kernel calls as a statement (`Stmt::Call`):
@@ -125,7 +125,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 14] = [
+pub static ROUTINES: [Routine; 15] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -840,6 +840,66 @@ pub static ROUTINES: [Routine; 14] = [
               projection xw [seq, batch, 3·hidden] (gates z, r, n; every bias but the n \
               gate's recurrent one, rbn [hidden]), the transposed recurrent weights rt \
               [hidden, 3·hidden] (or rt_packed: rnn::pack) and h0; steps run backwards when \
+              reverse is nonzero. Threads split the hidden units and meet once a step",
+    },
+    Routine {
+        name: "rnn",
+        symbol: "kiln_rnn",
+        operands: &[
+            ("xw", Role::Read, ir::DType::F32),
+            ("rt", Role::Read, ir::DType::F32),
+            ("rt_packed", Role::Optional, ir::DType::F32),
+            ("h0", Role::Read, ir::DType::F32),
+            ("y", Role::Write, ir::DType::F32),
+            ("h", Role::Write, ir::DType::F32),
+        ],
+        replaces: Some((2, 1)),
+        ints: &["seq", "batch", "hidden", "reverse"],
+        scalars: &[],
+        result: None,
+        cost: |i| 2.0 * i[0] * i[1] * i[2] * i[2],
+        extent: |operand, i| {
+            let n = |k: usize| i.get(k).cloned();
+            let state = || Some(n(1)? * n(2)?);
+            match operand {
+                0 | 4 => Some(n(0)? * state()?),
+                1 => Some(n(2)? * n(2)?),
+                // At least the packed blocks' 16·⌈hidden/16⌉·hidden elements.
+                2 => Some((n(2)? + crate::Expr::i64(15)) * n(2)?),
+                _ => state(),
+            }
+        },
+        bounds: |operand, i| {
+            let state = i[1].checked_mul(i[2])?;
+            let len = match operand {
+                0 | 4 => i[0].checked_mul(state)?,
+                1 => i[2].checked_mul(i[2])?,
+                2 => rnn::packed_len(usize::try_from(i[2]).ok()?, 1) as i64,
+                _ => state,
+            };
+            (len > 0).then_some((0, len - 1))
+        },
+        address: || rnn::kiln_rnn as *const u8,
+        call: |p, i, _| unsafe {
+            rnn::kiln_rnn(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+            );
+            0.0
+        },
+        doc: "one direction of a simple recurrent layer with tanh (the rnn op) over seq \
+              steps: y [seq, batch, hidden] gets every step's h = tanh(xw[t] + h·rt), h \
+              [batch, hidden] the last (h0 when seq is 0), from the input projection with \
+              both biases xw [seq, batch, hidden], the transposed recurrent weights rt \
+              [hidden, hidden] (or rt_packed: rnn::pack) and h0; steps run backwards when \
               reverse is nonzero. Threads split the hidden units and meet once a step",
     },
 ];

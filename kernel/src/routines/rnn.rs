@@ -1,4 +1,4 @@
-//! Recurrent layers over a whole sequence in one call (the `lstm` and `gru` routines): each
+//! Recurrent layers over a whole sequence in one call (the `lstm`, `gru` and `rnn` routines): each
 //! step's gates are summed in registers for a block of 16 hidden units and its rows (the
 //! gates' columns of the transposed recurrent weights, one FMA chain over k per element), and
 //! the cell update runs on those registers before anything is stored — one pass a step instead
@@ -30,6 +30,8 @@ enum Cell {
     Lstm = 4,
     /// Gates z, r, n, the reset gate applied after the product (`linear_before_reset`).
     Gru = 3,
+    /// One gate, tanh.
+    Rnn = 1,
 }
 
 /// What one step of one slice reads and writes.
@@ -100,6 +102,32 @@ impl Step {
         }
     }
 
+    /// The first step of a sequence (see [`Step::nth`]) from a routine's arguments, without
+    /// the operands of one cell (`c`, `rbn`: null).
+    #[allow(clippy::too_many_arguments)]
+    fn first(
+        cell: Cell,
+        xw: *const f32,
+        (rt, rt_packed): (*const f32, *const f32),
+        h0: *const f32,
+        y: *mut f32,
+        batch: usize,
+        hidden: usize,
+    ) -> Step {
+        Step {
+            cell,
+            xw,
+            rt: if rt_packed.is_null() { rt } else { rt_packed },
+            packed: !rt_packed.is_null(),
+            h: h0,
+            c: std::ptr::null_mut(),
+            rbn: std::ptr::null(),
+            y,
+            batch,
+            hidden,
+        }
+    }
+
     fn gates(&self) -> usize {
         self.cell as usize
     }
@@ -152,6 +180,7 @@ impl Step {
                             let (a, x) = ([acc[0], acc[1], acc[2]], [x[0], x[1], x[2]]);
                             gru_cell(a, x, *self.rbn.add(u), *self.h.add(at))
                         }
+                        Cell::Rnn => Act::Tanh.one(acc[0] + x[0]),
                     };
                 }
             }
@@ -238,25 +267,12 @@ pub unsafe extern "C" fn kiln_lstm(
     hidden: i64,
     reverse: i64,
 ) {
-    let (seq, batch, hidden) = (
-        seq.max(0) as usize,
-        batch.max(0) as usize,
-        hidden.max(0) as usize,
-    );
-    let state = batch * hidden;
-    // SAFETY: both hold `state` elements (they may be one buffer).
-    unsafe { std::ptr::copy(c0, c, state) };
+    let [seq, batch, hidden] = sizes(seq, batch, hidden);
+    // SAFETY: both hold `batch·hidden` elements (they may be one buffer).
+    unsafe { std::ptr::copy(c0, c, batch * hidden) };
     let base = Step {
-        cell: Cell::Lstm,
-        xw,
-        rt: if rt_packed.is_null() { rt } else { rt_packed },
-        packed: !rt_packed.is_null(),
-        h: h0,
         c,
-        rbn: std::ptr::null(),
-        y,
-        batch,
-        hidden,
+        ..Step::first(Cell::Lstm, xw, (rt, rt_packed), h0, y, batch, hidden)
     };
     // SAFETY: as this function's.
     unsafe { sequence(&base, seq, reverse != 0, h) };
@@ -286,25 +302,45 @@ pub unsafe extern "C" fn kiln_gru(
     hidden: i64,
     reverse: i64,
 ) {
-    let (seq, batch, hidden) = (
-        seq.max(0) as usize,
-        batch.max(0) as usize,
-        hidden.max(0) as usize,
-    );
+    let [seq, batch, hidden] = sizes(seq, batch, hidden);
     let base = Step {
-        cell: Cell::Gru,
-        xw,
-        rt: if rt_packed.is_null() { rt } else { rt_packed },
-        packed: !rt_packed.is_null(),
-        h: h0,
-        c: std::ptr::null_mut(),
         rbn,
-        y,
-        batch,
-        hidden,
+        ..Step::first(Cell::Gru, xw, (rt, rt_packed), h0, y, batch, hidden)
     };
     // SAFETY: as this function's.
     unsafe { sequence(&base, seq, reverse != 0, h) };
+}
+
+/// One direction of a simple recurrent layer with tanh (see the `rnn` op) over `seq` steps:
+/// `y` (`[seq, batch, hidden]`) gets every step's h in time order, `h` (`[batch, hidden]`) the
+/// last (h0 when `seq` is 0); steps run from `seq - 1` down when `reverse` is nonzero.
+///
+/// # Safety
+/// `xw` holds `seq·batch·hidden` elements, `rt` `hidden·hidden` (or, unless null, `rt_packed`
+/// [`packed_len`]`(hidden, 1)`: `rt` [`pack`]ed, and `rt` is not read), `h0` and `h`
+/// `batch·hidden`, `y` `seq·batch·hidden`; `y` and `h` overlap no other operand.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_rnn(
+    xw: *const f32,
+    rt: *const f32,
+    rt_packed: *const f32,
+    h0: *const f32,
+    y: *mut f32,
+    h: *mut f32,
+    seq: i64,
+    batch: i64,
+    hidden: i64,
+    reverse: i64,
+) {
+    let [seq, batch, hidden] = sizes(seq, batch, hidden);
+    let base = Step::first(Cell::Rnn, xw, (rt, rt_packed), h0, y, batch, hidden);
+    // SAFETY: as this function's.
+    unsafe { sequence(&base, seq, reverse != 0, h) };
+}
+
+/// A routine's sizes, negative ones as 0.
+fn sizes(seq: i64, batch: i64, hidden: i64) -> [usize; 3] {
+    [seq, batch, hidden].map(|n| n.max(0) as usize)
 }
 
 /// Every step of a sequence whose first is `base`, then the last h into `h` (h0 when `seq` is
@@ -408,92 +444,161 @@ mod avx512 {
     /// As [`Step::units_portable`]; the CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn units(s: &Step, u0: usize, u1: usize) {
-        match s.cell {
-            // SAFETY: as this function's.
-            Cell::Lstm => unsafe { cells::<4>(s, u0, u1) },
-            // SAFETY: as this function's.
-            Cell::Gru => unsafe { cells::<3>(s, u0, u1) },
+        // SAFETY: as this function's.
+        unsafe {
+            match s.cell {
+                Cell::Lstm => cells::<4>(s, u0, u1),
+                Cell::Gru => cells::<3>(s, u0, u1),
+                Cell::Rnn => cells::<1>(s, u0, u1),
+            }
         }
     }
 
     /// [`units`] of a cell of `G` gates.
     #[target_feature(enable = "avx512f")]
     unsafe fn cells<const G: usize>(s: &Step, u0: usize, u1: usize) {
-        let mut u = u0;
-        while u < u1 {
-            let lanes = BLOCK.min(u1 - u);
-            let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
-            let mut r = 0;
-            // SAFETY: as this function's, the mask keeping every access in bounds.
-            unsafe {
-                while r + 4 <= s.batch {
-                    rows::<4, G>(s, u, r, mask);
-                    r += 4;
-                }
-                match s.batch - r {
-                    3 => rows::<3, G>(s, u, r, mask),
-                    2 => rows::<2, G>(s, u, r, mask),
-                    1 => rows::<1, G>(s, u, r, mask),
-                    _ => {}
-                }
+        let mut r = 0;
+        // SAFETY: as this function's.
+        unsafe {
+            while r + 4 <= s.batch {
+                span::<4, G>(s, u0, u1, r);
+                r += 4;
             }
-            u += lanes;
+            match s.batch - r {
+                3 => span::<3, G>(s, u0, u1, r),
+                2 => span::<2, G>(s, u0, u1, r),
+                1 => span::<1, G>(s, u0, u1, r),
+                _ => {}
+            }
         }
     }
 
-    /// Rows `r..r + R`, units `u..` under `mask`.
+    /// Units `u0..u1` of rows `r..r + R`: whole blocks several at a time when a block's rows
+    /// and gates are too few sums to keep the FMA units busy (at least 8 independent ones),
+    /// then the rest a block at a time under a mask.
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows<const R: usize, const G: usize>(s: &Step, u: usize, r: usize, mask: __mmask16) {
+    unsafe fn span<const R: usize, const G: usize>(s: &Step, u0: usize, u1: usize, r: usize) {
+        let mut u = u0;
+        // SAFETY: as this function's; whole blocks need no mask, the last one's keeps every
+        // access in bounds.
+        unsafe {
+            match (8 / (G * R)).max(1) {
+                1 => {}
+                2 | 3 => u = whole::<R, G, 2>(s, u, u1, r),
+                4..=7 => u = whole::<R, G, 4>(s, u, u1, r),
+                _ => u = whole::<R, G, 8>(s, u, u1, r),
+            }
+            while u < u1 {
+                let lanes = BLOCK.min(u1 - u);
+                rows::<R, G, 1>(s, u, r, ((1u32 << lanes) - 1) as u16);
+                u += lanes;
+            }
+        }
+    }
+
+    /// Groups of `NB` whole blocks from `u`; returns where they end.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn whole<const R: usize, const G: usize, const NB: usize>(
+        s: &Step,
+        mut u: usize,
+        u1: usize,
+        r: usize,
+    ) -> usize {
+        while u + NB * BLOCK <= u1 {
+            // SAFETY: the caller's.
+            unsafe { rows::<R, G, NB>(s, u, r, u16::MAX) };
+            u += NB * BLOCK;
+        }
+        u
+    }
+
+    /// Rows `r..r + R`, the `NB` blocks of units from `u` (each under `mask`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const R: usize, const G: usize, const NB: usize>(
+        s: &Step,
+        u: usize,
+        r: usize,
+        mask: __mmask16,
+    ) {
         let hd = s.hidden;
         // SAFETY: every access is in bounds under the mask (the caller's contract).
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); G]; R];
-            let (mut w, ks, gs) = s.weights(u);
+            let mut acc = [[[_mm512_setzero_ps(); G]; NB]; R];
+            let mut w = [s.rt; NB];
+            let (mut ks, mut gs) = (0, 0);
+            for (b, p) in w.iter_mut().enumerate() {
+                (*p, ks, gs) = s.weights(u + b * BLOCK);
+            }
             let mut h = s.h.add(r * hd);
             for _ in 0..hd {
-                let mut wg = [_mm512_setzero_ps(); G];
-                for (g, v) in wg.iter_mut().enumerate() {
-                    *v = _mm512_maskz_loadu_ps(mask, w.add(g * gs));
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(AHEAD * ks + g * gs) as *const i8);
+                let mut wg = [[_mm512_setzero_ps(); G]; NB];
+                for (b, wb) in wg.iter_mut().enumerate() {
+                    for (g, v) in wb.iter_mut().enumerate() {
+                        *v = _mm512_maskz_loadu_ps(mask, w[b].add(g * gs));
+                        let ahead = w[b].wrapping_add(AHEAD * ks + g * gs);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    }
                 }
                 for (i, a) in acc.iter_mut().enumerate() {
                     let hb = _mm512_set1_ps(*h.add(i * hd));
-                    for g in 0..G {
-                        a[g] = _mm512_fmadd_ps(hb, wg[g], a[g]);
+                    for b in 0..NB {
+                        for g in 0..G {
+                            a[b][g] = _mm512_fmadd_ps(hb, wg[b][g], a[b][g]);
+                        }
                     }
                 }
-                w = w.add(ks);
+                for p in w.iter_mut() {
+                    *p = p.add(ks);
+                }
                 h = h.add(1);
             }
-            for (i, a) in acc.iter().enumerate() {
-                let at = (r + i) * hd + u;
-                let x = s.xw.add((r + i) * G * hd + u);
-                let pre =
-                    |g: usize| _mm512_add_ps(a[g], _mm512_maskz_loadu_ps(mask, x.add(g * hd)));
-                let h = match s.cell {
-                    Cell::Lstm => {
-                        let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
-                        let cand = tanh(pre(3));
-                        let cp = s.c.add(at);
-                        let c = _mm512_add_ps(
-                            _mm512_mul_ps(fg, _mm512_maskz_loadu_ps(mask, cp)),
-                            _mm512_mul_ps(ig, cand),
-                        );
-                        _mm512_mask_storeu_ps(cp, mask, c);
-                        _mm512_mul_ps(og, tanh(c))
-                    }
-                    Cell::Gru => {
-                        let (z, rg) = (sigmoid(pre(0)), sigmoid(pre(1)));
-                        let hn = _mm512_add_ps(a[2], _mm512_maskz_loadu_ps(mask, s.rbn.add(u)));
-                        let xn = _mm512_maskz_loadu_ps(mask, x.add(2 * hd));
-                        let n = tanh(_mm512_add_ps(xn, _mm512_mul_ps(rg, hn)));
-                        let hp = _mm512_maskz_loadu_ps(mask, s.h.add(at));
-                        let keep = _mm512_sub_ps(_mm512_set1_ps(1.0), z);
-                        _mm512_add_ps(_mm512_mul_ps(keep, n), _mm512_mul_ps(z, hp))
-                    }
-                };
-                _mm512_mask_storeu_ps(s.y.add(at), mask, h);
+            for (i, ab) in acc.iter().enumerate() {
+                for (b, a) in ab.iter().enumerate() {
+                    store::<G>(s, r + i, u + b * BLOCK, mask, a);
+                }
             }
+        }
+    }
+
+    /// The cell of row `row`, units `u..` under `mask`, from its gates' sums `a`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store<const G: usize>(
+        s: &Step,
+        row: usize,
+        u: usize,
+        mask: __mmask16,
+        a: &[__m512; G],
+    ) {
+        let hd = s.hidden;
+        // SAFETY: every access is in bounds under the mask (the caller's contract).
+        unsafe {
+            let at = row * hd + u;
+            let x = s.xw.add(row * G * hd + u);
+            let pre = |g: usize| _mm512_add_ps(a[g], _mm512_maskz_loadu_ps(mask, x.add(g * hd)));
+            let h = match s.cell {
+                Cell::Lstm => {
+                    let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
+                    let cand = tanh(pre(3));
+                    let cp = s.c.add(at);
+                    let c = _mm512_add_ps(
+                        _mm512_mul_ps(fg, _mm512_maskz_loadu_ps(mask, cp)),
+                        _mm512_mul_ps(ig, cand),
+                    );
+                    _mm512_mask_storeu_ps(cp, mask, c);
+                    _mm512_mul_ps(og, tanh(c))
+                }
+                Cell::Gru => {
+                    let (z, rg) = (sigmoid(pre(0)), sigmoid(pre(1)));
+                    let hn = _mm512_add_ps(a[2], _mm512_maskz_loadu_ps(mask, s.rbn.add(u)));
+                    let xn = _mm512_maskz_loadu_ps(mask, x.add(2 * hd));
+                    let n = tanh(_mm512_add_ps(xn, _mm512_mul_ps(rg, hn)));
+                    let hp = _mm512_maskz_loadu_ps(mask, s.h.add(at));
+                    let keep = _mm512_sub_ps(_mm512_set1_ps(1.0), z);
+                    _mm512_add_ps(_mm512_mul_ps(keep, n), _mm512_mul_ps(z, hp))
+                }
+                Cell::Rnn => tanh(pre(0)),
+            };
+            _mm512_mask_storeu_ps(s.y.add(at), mask, h);
         }
     }
 }
@@ -511,86 +616,145 @@ mod avx2 {
     /// As [`Step::units_portable`]; the CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn units(s: &Step, u0: usize, u1: usize) -> usize {
-        match s.cell {
-            // SAFETY: as this function's.
-            Cell::Lstm => unsafe { cells::<4>(s, u0, u1) },
-            // SAFETY: as this function's.
-            Cell::Gru => unsafe { cells::<3>(s, u0, u1) },
+        // SAFETY: as this function's.
+        unsafe {
+            match s.cell {
+                Cell::Lstm => cells::<4>(s, u0, u1),
+                Cell::Gru => cells::<3>(s, u0, u1),
+                Cell::Rnn => cells::<1>(s, u0, u1),
+            }
         }
     }
 
     /// [`units`] of a cell of `G` gates.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn cells<const G: usize>(s: &Step, u0: usize, u1: usize) -> usize {
-        let mut u = u0;
-        while u + 8 <= u1 {
-            let mut r = 0;
-            // SAFETY: as this function's.
-            unsafe {
-                while r + 2 <= s.batch {
-                    rows::<2, G>(s, u, r);
-                    r += 2;
-                }
-                if r < s.batch {
-                    rows::<1, G>(s, u, r);
-                }
+        let mut r = 0;
+        let mut end = u0;
+        // SAFETY: as this function's.
+        unsafe {
+            while r + 2 <= s.batch {
+                end = span::<2, G>(s, u0, u1, r);
+                r += 2;
             }
-            u += 8;
+            if r < s.batch {
+                end = span::<1, G>(s, u0, u1, r);
+            }
+        }
+        end
+    }
+
+    /// Units from `u0` of rows `r..r + R` in whole vectors, several at a time when a vector's
+    /// rows and gates are few sums (as many as 16 registers hold); returns where they end.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn span<const R: usize, const G: usize>(
+        s: &Step,
+        u0: usize,
+        u1: usize,
+        r: usize,
+    ) -> usize {
+        let mut u = u0;
+        // SAFETY: as this function's.
+        unsafe {
+            if G * R <= 2 {
+                u = whole::<R, G, 4>(s, u, u1, r);
+            } else if G * R <= 4 && G < 4 {
+                u = whole::<R, G, 2>(s, u, u1, r);
+            }
+            whole::<R, G, 1>(s, u, u1, r)
+        }
+    }
+
+    /// Groups of `NB` whole vectors of units from `u`; returns where they end.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn whole<const R: usize, const G: usize, const NB: usize>(
+        s: &Step,
+        mut u: usize,
+        u1: usize,
+        r: usize,
+    ) -> usize {
+        while u + NB * 8 <= u1 {
+            // SAFETY: the caller's.
+            unsafe { rows::<R, G, NB>(s, u, r) };
+            u += NB * 8;
         }
         u
     }
 
-    /// Rows `r..r + R`, units `u..u + 8`.
+    /// Rows `r..r + R`, the `NB` vectors of units from `u`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows<const R: usize, const G: usize>(s: &Step, u: usize, r: usize) {
+    unsafe fn rows<const R: usize, const G: usize, const NB: usize>(s: &Step, u: usize, r: usize) {
         let hd = s.hidden;
         // SAFETY: every access is in bounds (the caller's contract).
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); G]; R];
-            let (mut w, ks, gs) = s.weights(u);
+            let mut acc = [[[_mm256_setzero_ps(); G]; NB]; R];
+            let mut w = [s.rt; NB];
+            let (mut ks, mut gs) = (0, 0);
+            for (b, p) in w.iter_mut().enumerate() {
+                (*p, ks, gs) = s.weights(u + b * 8);
+            }
             let mut h = s.h.add(r * hd);
             for _ in 0..hd {
-                let mut wg = [_mm256_setzero_ps(); G];
-                for (g, v) in wg.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(w.add(g * gs));
+                let mut wg = [[_mm256_setzero_ps(); G]; NB];
+                for (b, wb) in wg.iter_mut().enumerate() {
+                    for (g, v) in wb.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(w[b].add(g * gs));
+                    }
                 }
                 for (i, a) in acc.iter_mut().enumerate() {
                     let hb = _mm256_set1_ps(*h.add(i * hd));
-                    for g in 0..G {
-                        a[g] = _mm256_fmadd_ps(hb, wg[g], a[g]);
+                    for b in 0..NB {
+                        for g in 0..G {
+                            a[b][g] = _mm256_fmadd_ps(hb, wg[b][g], a[b][g]);
+                        }
                     }
                 }
-                w = w.add(ks);
+                for p in w.iter_mut() {
+                    *p = p.add(ks);
+                }
                 h = h.add(1);
             }
-            for (i, a) in acc.iter().enumerate() {
-                let at = (r + i) * hd + u;
-                let x = s.xw.add((r + i) * G * hd + u);
-                let pre = |g: usize| _mm256_add_ps(a[g], _mm256_loadu_ps(x.add(g * hd)));
-                let h = match s.cell {
-                    Cell::Lstm => {
-                        let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
-                        let cand = tanh(pre(3));
-                        let cp = s.c.add(at);
-                        let c = _mm256_add_ps(
-                            _mm256_mul_ps(fg, _mm256_loadu_ps(cp)),
-                            _mm256_mul_ps(ig, cand),
-                        );
-                        _mm256_storeu_ps(cp, c);
-                        _mm256_mul_ps(og, tanh(c))
-                    }
-                    Cell::Gru => {
-                        let (z, rg) = (sigmoid(pre(0)), sigmoid(pre(1)));
-                        let hn = _mm256_add_ps(a[2], _mm256_loadu_ps(s.rbn.add(u)));
-                        let xn = _mm256_loadu_ps(x.add(2 * hd));
-                        let n = tanh(_mm256_add_ps(xn, _mm256_mul_ps(rg, hn)));
-                        let hp = _mm256_loadu_ps(s.h.add(at));
-                        let keep = _mm256_sub_ps(_mm256_set1_ps(1.0), z);
-                        _mm256_add_ps(_mm256_mul_ps(keep, n), _mm256_mul_ps(z, hp))
-                    }
-                };
-                _mm256_storeu_ps(s.y.add(at), h);
+            for (i, ab) in acc.iter().enumerate() {
+                for (b, a) in ab.iter().enumerate() {
+                    store::<G>(s, r + i, u + b * 8, a);
+                }
             }
+        }
+    }
+
+    /// The cell of row `row`, units `u..u + 8`, from its gates' sums `a`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store<const G: usize>(s: &Step, row: usize, u: usize, a: &[__m256; G]) {
+        let hd = s.hidden;
+        // SAFETY: every access is in bounds (the caller's contract).
+        unsafe {
+            let at = row * hd + u;
+            let x = s.xw.add(row * G * hd + u);
+            let pre = |g: usize| _mm256_add_ps(a[g], _mm256_loadu_ps(x.add(g * hd)));
+            let h = match s.cell {
+                Cell::Lstm => {
+                    let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
+                    let cand = tanh(pre(3));
+                    let cp = s.c.add(at);
+                    let c = _mm256_add_ps(
+                        _mm256_mul_ps(fg, _mm256_loadu_ps(cp)),
+                        _mm256_mul_ps(ig, cand),
+                    );
+                    _mm256_storeu_ps(cp, c);
+                    _mm256_mul_ps(og, tanh(c))
+                }
+                Cell::Gru => {
+                    let (z, rg) = (sigmoid(pre(0)), sigmoid(pre(1)));
+                    let hn = _mm256_add_ps(a[2], _mm256_loadu_ps(s.rbn.add(u)));
+                    let xn = _mm256_loadu_ps(x.add(2 * hd));
+                    let n = tanh(_mm256_add_ps(xn, _mm256_mul_ps(rg, hn)));
+                    let hp = _mm256_loadu_ps(s.h.add(at));
+                    let keep = _mm256_sub_ps(_mm256_set1_ps(1.0), z);
+                    _mm256_add_ps(_mm256_mul_ps(keep, n), _mm256_mul_ps(z, hp))
+                }
+                Cell::Rnn => tanh(pre(0)),
+            };
+            _mm256_storeu_ps(s.y.add(at), h);
         }
     }
 }
@@ -675,6 +839,18 @@ mod tests {
                     n,
                     rev,
                 ),
+                Cell::Rnn => kiln_rnn(
+                    xw.as_ptr(),
+                    rt.as_ptr(),
+                    rp,
+                    h0.as_ptr(),
+                    y.as_mut_ptr(),
+                    h.as_mut_ptr(),
+                    seq,
+                    b,
+                    n,
+                    rev,
+                ),
             }
         };
         [y, h, c]
@@ -686,7 +862,7 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_threads() {
         // 2, 3 and 4 threads split 8 blocks (and a tail) into slices.
-        for cell in [Cell::Lstm, Cell::Gru] {
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
             for (seq, batch, hidden, reverse) in
                 [(5, 4, 128, false), (3, 5, 136, true), (1, 8, 64, false)]
             {
@@ -729,7 +905,7 @@ mod tests {
 
     #[test]
     fn an_empty_sequence_leaves_the_initial_states() {
-        for cell in [Cell::Lstm, Cell::Gru] {
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
             let out = layer(cell, 0, 3, 20, false);
             let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert!(out[0].is_empty());
@@ -742,8 +918,9 @@ mod tests {
 
     #[test]
     fn every_isa_gives_the_portable_bits() {
-        let cases = [(1, 20), (4, 128), (5, 24), (2, 3), (3, 40)];
-        for (cell, (batch, hidden)) in [Cell::Lstm, Cell::Gru]
+        // Several blocks a pass (few rows), with blocks left over; tails of blocks and vectors.
+        let cases = [(1, 20), (4, 128), (5, 24), (2, 3), (3, 40), (1, 168), (2, 136), (3, 72)];
+        for (cell, (batch, hidden)) in [Cell::Lstm, Cell::Gru, Cell::Rnn]
             .into_iter()
             .flat_map(|c| cases.map(|b| (c, b)))
         {

@@ -672,7 +672,7 @@ pub fn tree_walk(args: &[&ir::Tensor]) -> Result<Vec<i64>, String> {
 /// product (summed in f64), the pre-activation, each gate, each product and the new states.
 pub fn lstm(args: &[&ir::Tensor], reverse: bool) -> [Data; 3] {
     let mut c = floats(args[3]);
-    let (y, h) = recurrence(args, reverse, 4, |x, round, b| {
+    let (y, h) = recurrence(args, reverse, (4, 2), |x, round, b| {
         let (sigmoid, tanh) = activations(round);
         let pre = |g: usize| round(x.xw(g) + x.dot(g));
         let (i, o, f) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
@@ -689,12 +689,23 @@ pub fn lstm(args: &[&ir::Tensor], reverse: bool) -> [Data; 3] {
 /// as [`lstm`].
 pub fn gru(args: &[&ir::Tensor], reverse: bool) -> [Data; 2] {
     let rbn = floats(args[2]);
-    let (y, h) = recurrence(args, reverse, 3, |x, round, _| {
+    let (y, h) = recurrence(args, reverse, (3, 3), |x, round, _| {
         let (sigmoid, tanh) = activations(round);
         let pre = |g: usize| round(x.xw(g) + x.dot(g));
         let (z, r) = (sigmoid(pre(0)), sigmoid(pre(1)));
         let n = tanh(round(x.xw(2) + round(r * round(x.dot(2) + rbn[x.u]))));
         round(round(round(1.0 - z) * n) + round(z * x.h[x.u]))
+    });
+    let dtype = args[0].dtype();
+    [y, h].map(|v| Data::from_f64s(dtype, &v))
+}
+
+/// `rnn` (see the op table): every step's h (`[S, B, H]`) and the last h (`[B, H]`), rounded
+/// as [`lstm`].
+pub fn rnn(args: &[&ir::Tensor], reverse: bool) -> [Data; 2] {
+    let (y, h) = recurrence(args, reverse, (1, 2), |x, round, _| {
+        let (_, tanh) = activations(round);
+        tanh(round(x.xw(0) + x.dot(0)))
     });
     let dtype = args[0].dtype();
     [y, h].map(|v| Data::from_f64s(dtype, &v))
@@ -745,13 +756,13 @@ impl Unit<'_> {
     }
 }
 
-/// Runs the steps of a recurrence of `gates` gates (operands xw and rt first; h0 third for an
-/// LSTM, fourth for a GRU), `cell` making each unit's new h from what it reads, the rounding
-/// and the row. Returns every step's h and the last h.
+/// Runs the steps of a recurrence of `gates` gates (operands xw and rt first, h0 the operand
+/// `h0`), `cell` making each unit's new h from what it reads, the rounding and the row. Returns
+/// every step's h and the last h.
 fn recurrence(
     args: &[&ir::Tensor],
     reverse: bool,
-    gates: usize,
+    (gates, h0): (usize, usize),
     mut cell: impl FnMut(&Unit, &Round, usize) -> f64,
 ) -> (Vec<f64>, Vec<f64>) {
     let dtype = args[0].dtype();
@@ -761,7 +772,7 @@ fn recurrence(
         _ => Data::from_f64s(dtype, &[x]).get_f64(0),
     };
     let (xw, rt) = (floats(args[0]), floats(args[1]));
-    let mut h = floats(args[if gates == 4 { 2 } else { 3 }]);
+    let mut h = floats(args[h0]);
     let (seq, batch, hidden) = (args[0].shape()[0], args[0].shape()[1], args[1].shape()[0]);
     let mut y = vec![0.0; seq * batch * hidden];
     let steps: Vec<usize> = match reverse {

@@ -1,5 +1,5 @@
-//! Recurrent layers (LSTM, GRU, RNN). An LSTM or GRU direction in ONNX's default form is the
-//! input projection of every step (one matmul with its biases) and one `lstm` or `gru` node
+//! Recurrent layers (LSTM, GRU, RNN). A direction in ONNX's default form is the input
+//! projection of every step (one matmul with its biases) and one `lstm`, `gru` or `rnn` node
 //! (see [`one_op`]). Other layers: the input projection of all steps is one matmul per group of gates (gates side by side with one activation: LSTM's i, o, f; GRU's z, r), then
 //! each step is a small matmul per group (whose bias, input rows and activation become that
 //! product's epilogue) plus the gates' combination — unrolled over a static
@@ -479,7 +479,7 @@ fn run(
     Ok((y, hs, cs))
 }
 
-/// [`run`] as one `lstm` or `gru` node when the layer has its default form (f32; default
+/// [`run`] as one `lstm`, `gru` or `rnn` node when the layer has its default form (f32; default
 /// activations; no clip or sequence lengths; an LSTM without peepholes or coupled gates, a GRU
 /// whose reset gate applies after the product, as PyTorch and Keras export it), whatever the
 /// sequence's length: the input projection of every step with the biases that add to it is one
@@ -501,7 +501,7 @@ fn one_op(
     let form = match cfg.kind {
         Kind::Lstm => !cfg.input_forget && d.peep.is_none() && d.c0.is_some(),
         Kind::Gru => cfg.linear_before_reset,
-        Kind::Rnn => false,
+        Kind::Rnn => true,
     };
     if !(form && default && cfg.clip.is_none() && mask.is_none() && b.dtype(x) == DType::F32) {
         return Ok(None);
@@ -532,14 +532,15 @@ fn one_op(
     }
     let xw = b.reshape(xw, Shape::new(vec![seq, batch, Dim::Const(g * h)]))?;
     let rt = b.transpose(d.r, &[1, 0])?;
-    let op = |reverse| match cfg.kind {
-        Kind::Lstm => Op::Lstm { reverse },
-        _ => Op::Gru { reverse },
-    };
+    let reverse = d.reverse;
     Ok(Some(match (cfg.kind, d.c0) {
         (Kind::Lstm, Some(c0)) => {
-            let outs = b.op(op(d.reverse), &[xw, rt, d.h0, c0])?;
+            let outs = b.op(Op::Lstm { reverse }, &[xw, rt, d.h0, c0])?;
             (outs[0], outs[1], Some(outs[2]))
+        }
+        (Kind::Rnn, _) => {
+            let outs = b.op(Op::Rnn { reverse }, &[xw, rt, d.h0])?;
+            (outs[0], outs[1], None)
         }
         _ => {
             let rbn = match rbn {
@@ -549,7 +550,7 @@ fn one_op(
                     b.broadcast_to(zero, &Shape::new(vec![Dim::Const(h)]))?
                 }
             };
-            let outs = b.op(op(d.reverse), &[xw, rt, rbn, d.h0])?;
+            let outs = b.op(Op::Gru { reverse }, &[xw, rt, rbn, d.h0])?;
             (outs[0], outs[1], None)
         }
     }))
