@@ -352,7 +352,7 @@ fn recurrence(c: &mut Criterion) {
         .iter()
         .map(|w| w * 0.2)
         .collect();
-    let packed = rnn::pack(&rt, hidden, 4).expect("rt holds hidden·4·hidden values");
+    let packed = rnn::pack(&rt, hidden, &[4]).expect("rt holds hidden·4·hidden values");
     let (h0, c0) = (vec![0f32; state], vec![0f32; state]);
     let (mut y, mut h, mut cn) = (
         vec![0f32; seq * state],

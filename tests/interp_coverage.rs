@@ -289,7 +289,12 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                         rng.tensor(dtype, &[2]),
                         rng.tensor(dtype, &[1, 2]),
                     ];
-                    out.push((Op::Gru { reverse }, args));
+                    let linear_before_reset = reverse;
+                    let op = Op::Gru {
+                        reverse,
+                        linear_before_reset,
+                    };
+                    out.push((op, args));
                 }
                 continue;
             }

@@ -748,7 +748,7 @@ pub(crate) fn rule_lstm(ins: &[TensorType], _reverse: &bool) -> Rule {
     Ok(vec![y, state.clone(), state])
 }
 
-pub(crate) fn rule_gru(ins: &[TensorType], _reverse: &bool) -> Rule {
+pub(crate) fn rule_gru(ins: &[TensorType], _reverse: &bool, _linear: &bool) -> Rule {
     let (y, state) = recurrent(ins, 3, &["xw", "rt", "rbn", "h0"])?;
     let hidden = ins[1].shape.dim(0);
     if ins[2].shape.dims() != std::slice::from_ref(hidden) {

@@ -472,15 +472,17 @@ ops! {
     /// `h = σ(g_o)·tanh(c)`. Results: every step's h (`[S, B, H]`, in time order), and the last
     /// h and c (`[B, H]`; h0 and c0 when S is 0).
     Lstm = "lstm", Recurrent, Exactly(4), { reverse: bool = default(false) } => rule_lstm;
-    /// One direction of a GRU layer over a sequence, in ONNX's default form with the reset gate
-    /// applied after the product (`linear_before_reset`; sigmoid gates, tanh candidate, no clip):
-    /// from the input projection xw (`[S, B, 3H]`, gates z, r, n side by side, with every bias
-    /// but the n gate's recurrent one), the recurrent weights transposed rt (`[H, 3H]`), that
-    /// bias rbn (`[H]`) and the initial state h0 (`[B, H]`), each step t (from S-1 down with
-    /// `reverse`) computes `g = h·rt`, `z = σ(xw_z + g_z)`, `r = σ(xw_r + g_r)`,
-    /// `n = tanh(xw_n + r·(g_n + rbn))` and `h = (1 - z)·n + z·h`. Results: every step's h
-    /// (`[S, B, H]`, in time order) and the last h (`[B, H]`; h0 when S is 0).
-    Gru = "gru", Recurrent, Exactly(4), { reverse: bool = default(false) } => rule_gru;
+    /// One direction of a GRU layer over a sequence in ONNX's default form (sigmoid gates, tanh
+    /// candidate, no clip): from the input projection xw (`[S, B, 3H]`, gates z, r, n side by
+    /// side, with every bias but the n gate's recurrent one), the recurrent weights transposed
+    /// rt (`[H, 3H]`, columns by gate as xw), that bias rbn (`[H]`) and the initial state h0
+    /// (`[B, H]`), each step t (from S-1 down with `reverse`) computes `z = σ(xw_z + h·rt_z)`,
+    /// `r = σ(xw_r + h·rt_r)`, `n = tanh(xw_n + r·(h·rt_n + rbn))` with `linear_before_reset`,
+    /// else `n = tanh(xw_n + ((r·h)·rt_n + rbn))`, and `h = (1 - z)·n + z·h`. Results: every
+    /// step's h (`[S, B, H]`, in time order) and the last h (`[B, H]`; h0 when S is 0).
+    Gru = "gru", Recurrent, Exactly(4),
+        { reverse: bool = default(false), linear_before_reset: bool = default(false) }
+        => rule_gru;
     /// One direction of a simple recurrent layer over a sequence with ONNX RNN's default tanh
     /// (no clip): from the input projection with both biases xw (`[S, B, H]`), the recurrent
     /// weights transposed rt (`[H, H]`) and the initial state h0 (`[B, H]`), each step t (from

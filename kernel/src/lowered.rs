@@ -87,13 +87,16 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // a product's B its packed panels. The key: the operand, its offset and sizes.
         let wino = g.routine == "conv2d_wino";
         let blocked = g.routine == "conv2d_nchwc";
-        // A recurrence's gates: 4 for an LSTM, 3 for a GRU, 1 for a simple RNN.
-        let gates = match g.routine.as_str() {
-            "lstm" => 4,
-            "gru" => 3,
-            "rnn" => 1,
-            _ => 0,
+        // A recurrence's gates by the passes that sum them (see `rnn::pack`): an LSTM's 4, a
+        // GRU's 3 (2 then 1 when its reset gate applies before the product), a simple RNN's 1.
+        let passes: &[usize] = match g.routine.as_str() {
+            "lstm" => &[4],
+            "gru" if c(g.int("linear_before_reset")) == Some(0) => &[2, 1],
+            "gru" => &[3],
+            "rnn" => &[1],
+            _ => &[],
         };
+        let gates = passes.iter().sum::<usize>() as i64;
         let name = match () {
             _ if wino || blocked => "w",
             _ if gates > 0 => "rt",
@@ -104,14 +107,16 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         };
         // What is packed: 0 a product's B, 1 Winograd transforms, 2 dense blocked filters
         // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones, 5 an
-        // LSTM's recurrent weights, 6 a GRU's, 7 a simple RNN's.
+        // LSTM's recurrent weights, 6 a GRU's, 7 a simple RNN's, 8 a GRU's whose reset gate
+        // applies before the product.
         let (kind, sizes) = if gates > 0 {
             let h = c(g.int("hidden"));
             let cols = h.map(|h| gates * h);
-            let kind = match gates {
-                4 => 5,
-                3 => 6,
-                _ => 7,
+            let kind = match passes {
+                [4] => 5,
+                [3] => 6,
+                [1] => 7,
+                _ => 8,
             };
             (kind, (cols, Some(1), cols, h))
         } else if wino {
@@ -167,8 +172,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             Some((_, packed)) => packed.clone(),
             None => {
                 let packed = if gates > 0 {
-                    let Some(p) = crate::routines::rnn::pack(&data[off..], k, gates as usize)
-                    else {
+                    let Some(p) = crate::routines::rnn::pack(&data[off..], k, passes) else {
                         return;
                     };
                     p

@@ -798,7 +798,12 @@ pub fn recurrent_graph(seed: u64) -> Option<Graph> {
         let rbn = b
             .param("rbn", DType::F32, Shape::new(vec![dim(hidden)]))
             .ok()?;
-        b.op(Op::Gru { reverse }, &[xw, rt, rbn, h0]).ok()?
+        let linear_before_reset = below(rng, 2) == 0;
+        let op = Op::Gru {
+            reverse,
+            linear_before_reset,
+        };
+        b.op(op, &[xw, rt, rbn, h0]).ok()?
     };
     for (name, &v) in ["y", "h", "c"].iter().zip(&outs) {
         b.output(name, v).ok()?;

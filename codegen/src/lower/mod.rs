@@ -246,7 +246,7 @@ impl<'g> Lowering<'g> {
                     let bi = self.target(i, out_i)?;
                     self.topk(v, *k, *axis as usize, *largest, bv, bi)?;
                 }
-                Op::Lstm { reverse } | Op::Gru { reverse } | Op::Rnn { reverse } => {
+                Op::Lstm { reverse } | Op::Gru { reverse, .. } | Op::Rnn { reverse } => {
                     let mut outs = vec![self.target(v, output_buf)?];
                     for i in 1..node.types().len() as u32 {
                         let r = Value::new(id, i);

@@ -22,12 +22,19 @@ impl Lowering<'_> {
         operands.extend(outs.iter().map(|&b| Some((b, Expr::i64(0)))));
         let xw = self.ty(ins[0]).shape.clone();
         let hidden = self.ty(ins[1]).shape.dim(0).clone();
-        let ints = vec![
+        let mut ints = vec![
             self.dim(xw.dim(0)),
             self.dim(xw.dim(1)),
             self.dim(&hidden),
             Expr::i64(i64::from(reverse)),
         ];
+        if let Op::Gru {
+            linear_before_reset,
+            ..
+        } = node.op()
+        {
+            ints.push(Expr::i64(i64::from(*linear_before_reset)));
+        }
         self.k.body.push(Stmt::Call(Box::new(kernel::Call {
             routine: routine.into(),
             operands,

@@ -788,7 +788,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("h", Role::Write, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
-        ints: &["seq", "batch", "hidden", "reverse"],
+        ints: &["seq", "batch", "hidden", "reverse", "linear_before_reset"],
         scalars: &[],
         result: None,
         cost: |i| 6.0 * i[0] * i[1] * i[2] * i[2],
@@ -831,16 +831,18 @@ pub static ROUTINES: [Routine; 15] = [
                 i[1],
                 i[2],
                 i[3],
+                i[4],
             );
             0.0
         },
-        doc: "one direction of a GRU layer whose reset gate applies after the product \
-              (linear_before_reset; the gru op) over seq steps: y [seq, batch, hidden] gets \
+        doc: "one direction of a GRU layer (the gru op) over seq steps: y [seq, batch, hidden] gets \
               every step's h, h [batch, hidden] the last (h0 when seq is 0), from the input \
               projection xw [seq, batch, 3·hidden] (gates z, r, n; every bias but the n \
               gate's recurrent one, rbn [hidden]), the transposed recurrent weights rt \
               [hidden, 3·hidden] (or rt_packed: rnn::pack) and h0; steps run backwards when \
-              reverse is nonzero. Threads split the hidden units and meet once a step",
+              reverse is nonzero; the reset gate applies after the product when \
+              linear_before_reset is nonzero, else before it. Threads split the hidden units \
+              and meet once a step (twice with the reset gate before the product)",
     },
     Routine {
         name: "rnn",

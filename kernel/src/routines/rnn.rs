@@ -23,33 +23,66 @@ const BLOCK: usize = 16;
 /// step's meeting costs about one cross-core round trip, 0.3 µs).
 const SLICE_WORK: usize = 1 << 16;
 
-/// The recurrent cells, by their gates' count.
+/// What a pass over the units computes: a step of a cell, or (a GRU whose reset gate applies
+/// before the product) one of a step's two phases.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Cell {
     /// Gates i, o, f, c; a cell state.
-    Lstm = 4,
+    Lstm,
     /// Gates z, r, n, the reset gate applied after the product (`linear_before_reset`).
-    Gru = 3,
+    Gru,
     /// One gate, tanh.
-    Rnn = 1,
+    Rnn,
+    /// A GRU step's first phase when the reset gate applies before the product: gates z and
+    /// r; z goes to `y` (until the second phase replaces it with h), r·h to `rh`.
+    GruGates,
+    /// That step's second phase: gate n from the product of `rh` (all of it: the phases meet
+    /// in between), then h.
+    GruNew,
+}
+
+impl Cell {
+    /// The gates a pass sums.
+    fn gates(self) -> usize {
+        match self {
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+            Cell::Rnn | Cell::GruNew => 1,
+            Cell::GruGates => 2,
+        }
+    }
+
+    /// The layer's gates (columns of its input projection and weights, by `hidden`), and the
+    /// first a pass reads.
+    fn columns(self) -> (usize, usize) {
+        match self {
+            Cell::Lstm => (4, 0),
+            Cell::Gru | Cell::GruGates => (3, 0),
+            Cell::GruNew => (3, 2),
+            Cell::Rnn => (1, 0),
+        }
+    }
 }
 
 /// What one step of one slice reads and writes.
 #[derive(Clone, Copy)]
 struct Step {
     cell: Cell,
-    /// The step's input projection, `[batch, G·hidden]` for G gates.
+    /// The step's input projection, `[batch, G·hidden]` for the layer's G gates.
     xw: *const f32,
     /// Transposed recurrent weights, `[hidden, G·hidden]`, or them [`pack`]ed.
     rt: *const f32,
     /// Whether `rt` is packed.
     packed: bool,
-    /// The previous h, `[batch, hidden]`.
+    /// The rows the product reads, `[batch, hidden]`: the previous h, or `rh` (`GruNew`).
     h: *const f32,
+    /// The previous h, `[batch, hidden]`.
+    prev: *const f32,
+    /// `GruGates` and `GruNew`: r·h, `[batch, hidden]`; null otherwise.
+    rh: *mut f32,
     /// LSTM: the cell state, `[batch, hidden]`: read, then overwritten. GRU: null.
     c: *mut f32,
-    /// GRU: the recurrent bias of the n gate, `[hidden]` (added to its product before the
-    /// reset gate multiplies it). LSTM: null.
+    /// GRU: the recurrent bias of the n gate, `[hidden]` (added to its product). LSTM: null.
     rbn: *const f32,
     /// This step's h, `[batch, hidden]`.
     y: *mut f32,
@@ -82,23 +115,50 @@ fn gru_cell(acc: [f32; 3], x: [f32; 3], rbn: f32, h: f32) -> f32 {
     let z = Act::Sigmoid.one(acc[0] + x[0]);
     let r = Act::Sigmoid.one(acc[1] + x[1]);
     let n = Act::Tanh.one(x[2] + r * (acc[2] + rbn));
+    blend(z, n, h)
+}
+
+/// A GRU's new h from its update gate z, candidate n and previous h.
+fn blend(z: f32, n: f32, h: f32) -> f32 {
     (1.0 - z) * n + z * h
 }
 
 impl Step {
-    /// The j-th step run of a sequence of `seq` whose first is `self` (`h` then being h0, `xw`
-    /// and `y` the whole sequence's): it reads h0 or the previous run's h.
-    fn nth(&self, j: usize, seq: usize, reverse: bool) -> Step {
+    /// Passes over the units a step takes: 2 for a GRU whose reset gate applies before the
+    /// product, else 1.
+    fn phases(&self) -> usize {
+        if self.cell == Cell::GruGates {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Pass `p` of a sequence of `seq` steps whose first is `self` (`h` and `prev` then being
+    /// h0, `xw` and `y` the whole sequence's): step `p / phases`, which reads h0 or the
+    /// previous step's h.
+    fn pass(&self, p: usize, seq: usize, reverse: bool) -> Step {
+        let (j, phase) = (p / self.phases(), p % self.phases());
         let at = |j: usize| if reverse { seq - 1 - j } else { j };
         let state = self.batch * self.hidden;
-        Step {
-            xw: self.xw.wrapping_add(at(j) * self.gates() * state),
-            h: match j {
-                0 => self.h,
-                _ => self.y.wrapping_add(at(j - 1) * state),
-            },
+        let prev = match j {
+            0 => self.h,
+            _ => self.y.wrapping_add(at(j - 1) * state),
+        };
+        let step = Step {
+            xw: self.xw.wrapping_add(at(j) * self.cell.columns().0 * state),
+            h: prev,
+            prev,
             y: self.y.wrapping_add(at(j) * state),
             ..*self
+        };
+        match phase {
+            0 => step,
+            _ => Step {
+                cell: Cell::GruNew,
+                h: self.rh,
+                ..step
+            },
         }
     }
 
@@ -120,6 +180,8 @@ impl Step {
             rt: if rt_packed.is_null() { rt } else { rt_packed },
             packed: !rt_packed.is_null(),
             h: h0,
+            prev: h0,
+            rh: std::ptr::null_mut(),
             c: std::ptr::null_mut(),
             rbn: std::ptr::null(),
             y,
@@ -129,22 +191,30 @@ impl Step {
     }
 
     fn gates(&self) -> usize {
-        self.cell as usize
+        self.cell.gates()
     }
 
-    /// Where unit `u`'s weights start (gate 0, k = 0), and how far apart its k steps and its
-    /// gates are.
+    /// Where unit `u`'s weights start (the pass's first gate, k = 0), and how far apart its k
+    /// steps and its gates are.
     fn weights(&self, u: usize) -> (*const f32, usize, usize) {
-        let g = self.gates();
+        let (g, hd) = (self.gates(), self.hidden);
+        let (all, first) = self.cell.columns();
         match self.packed {
+            // The passes' gates are packed one after another (see [`pack`]).
             true => (
                 self.rt
-                    .wrapping_add(u / BLOCK * self.hidden * g * BLOCK + u % BLOCK),
+                    .wrapping_add(packed_len(hd, first) + u / BLOCK * hd * g * BLOCK + u % BLOCK),
                 g * BLOCK,
                 BLOCK,
             ),
-            false => (self.rt.wrapping_add(u), g * self.hidden, self.hidden),
+            false => (self.rt.wrapping_add(first * hd + u), all * hd, hd),
         }
+    }
+
+    /// Where row `row`'s input projection for the pass's first gate and unit `u` is.
+    fn input(&self, row: usize, u: usize) -> *const f32 {
+        let (all, first) = self.cell.columns();
+        self.xw.wrapping_add((row * all + first) * self.hidden + u)
     }
 
     /// Units `u0..u1` of every row, portably.
@@ -152,7 +222,7 @@ impl Step {
     /// # Safety
     /// The pointers hold what the fields say.
     unsafe fn units_portable(&self, u0: usize, u1: usize) {
-        let (hd, gh) = (self.hidden, self.gates() * self.hidden);
+        let hd = self.hidden;
         for r in 0..self.batch {
             for u in u0..u1 {
                 let (w, ks, gs) = self.weights(u);
@@ -167,9 +237,10 @@ impl Step {
                         }
                     }
                     for (g, v) in x[..self.gates()].iter_mut().enumerate() {
-                        *v = *self.xw.add(r * gh + g * hd + u);
+                        *v = *self.input(r, u).add(g * hd);
                     }
                     let at = r * hd + u;
+                    let prev = *self.prev.add(at);
                     *self.y.add(at) = match self.cell {
                         Cell::Lstm => {
                             let (c, h) = lstm_cell(acc, x, *self.c.add(at));
@@ -178,9 +249,18 @@ impl Step {
                         }
                         Cell::Gru => {
                             let (a, x) = ([acc[0], acc[1], acc[2]], [x[0], x[1], x[2]]);
-                            gru_cell(a, x, *self.rbn.add(u), *self.h.add(at))
+                            gru_cell(a, x, *self.rbn.add(u), prev)
                         }
                         Cell::Rnn => Act::Tanh.one(acc[0] + x[0]),
+                        Cell::GruGates => {
+                            let r = Act::Sigmoid.one(acc[1] + x[1]);
+                            *self.rh.add(at) = r * prev;
+                            Act::Sigmoid.one(acc[0] + x[0])
+                        }
+                        Cell::GruNew => {
+                            let n = Act::Tanh.one(x[0] + (acc[0] + *self.rbn.add(u)));
+                            blend(*self.y.add(at), n, prev)
+                        }
                     };
                 }
             }
@@ -218,22 +298,30 @@ pub fn packed_len(hidden: usize, gates: usize) -> usize {
     hidden.div_ceil(BLOCK) * BLOCK * gates * hidden
 }
 
-/// The transposed recurrent weights `rt` (`[hidden, gates·hidden]`) in the order a step reads
-/// them: block by block of 16 units, k by k, the gates' 16 columns side by side (units past
-/// `hidden` zero), so that a block's weights are one sequential run. `None` when `rt` is
-/// shorter than its shape says.
-pub fn pack(rt: &[f32], hidden: usize, gates: usize) -> Option<Vec<f32>> {
-    let rt = rt.get(..gates * hidden * hidden)?;
-    let mut out = vec![0f32; packed_len(hidden, gates)];
-    for (b, block) in out.chunks_exact_mut(gates * BLOCK * hidden).enumerate() {
-        for (k, row) in block.chunks_exact_mut(gates * BLOCK).enumerate() {
-            for (g, lanes) in row.chunks_exact_mut(BLOCK).enumerate() {
-                let u0 = b * BLOCK;
-                let n = BLOCK.min(hidden - u0);
-                let at = k * gates * hidden + g * hidden + u0;
-                lanes[..n].copy_from_slice(&rt[at..at + n]);
+/// The transposed recurrent weights `rt` (`[hidden, G·hidden]`, G the sum of `passes`) in the
+/// order steps read them: pass by pass (the gates each pass sums: `[4]` for an LSTM, `[3]` a
+/// GRU, `[2, 1]` a GRU whose reset gate applies before the product, `[1]` an RNN), block by
+/// block of 16 units, k by k, the pass's gates' 16 columns side by side (units past `hidden`
+/// zero), so that a block's weights are one sequential run. `None` when `rt` is shorter than
+/// its shape says.
+pub fn pack(rt: &[f32], hidden: usize, passes: &[usize]) -> Option<Vec<f32>> {
+    let all: usize = passes.iter().sum();
+    let rt = rt.get(..all * hidden * hidden)?;
+    let mut out = vec![0f32; packed_len(hidden, all)];
+    let mut first = 0;
+    for &gates in passes {
+        let part = &mut out[packed_len(hidden, first)..packed_len(hidden, first + gates)];
+        for (b, block) in part.chunks_exact_mut(gates * BLOCK * hidden).enumerate() {
+            for (k, row) in block.chunks_exact_mut(gates * BLOCK).enumerate() {
+                for (g, lanes) in row.chunks_exact_mut(BLOCK).enumerate() {
+                    let u0 = b * BLOCK;
+                    let n = BLOCK.min(hidden - u0);
+                    let at = k * all * hidden + (first + g) * hidden + u0;
+                    lanes[..n].copy_from_slice(&rt[at..at + n]);
+                }
             }
         }
+        first += gates;
     }
     Some(out)
 }
@@ -278,14 +366,16 @@ pub unsafe extern "C" fn kiln_lstm(
     unsafe { sequence(&base, seq, reverse != 0, h) };
 }
 
-/// One direction of a GRU layer whose reset gate applies after the product
-/// (`linear_before_reset`; see the `gru` op) over `seq` steps: `y` (`[seq, batch, hidden]`)
-/// gets every step's h in time order, `h` (`[batch, hidden]`) the last (h0 when `seq` is 0);
-/// steps run from `seq - 1` down when `reverse` is nonzero.
+/// One direction of a GRU layer (see the `gru` op) over `seq` steps: `y` (`[seq, batch,
+/// hidden]`) gets every step's h in time order, `h` (`[batch, hidden]`) the last (h0 when
+/// `seq` is 0); steps run from `seq - 1` down when `reverse` is nonzero; the reset gate
+/// applies after the product when `linear_before_reset` is nonzero, else before it (two
+/// passes a step, which meet in between).
 ///
 /// # Safety
 /// `xw` holds `seq·batch·3·hidden` elements, `rt` `hidden·3·hidden` (or, unless null,
-/// `rt_packed` [`packed_len`]`(hidden, 3)`: `rt` [`pack`]ed, and `rt` is not read), `rbn`
+/// `rt_packed` [`packed_len`]`(hidden, 3)`: `rt` [`pack`]ed by passes `[3]`, or `[2, 1]` when
+/// the reset gate applies before the product, and `rt` is not read), `rbn`
 /// `hidden`, `h0` and `h` `batch·hidden`, `y` `seq·batch·hidden`; `y` and `h` overlap no other
 /// operand.
 #[allow(clippy::too_many_arguments)]
@@ -301,13 +391,23 @@ pub unsafe extern "C" fn kiln_gru(
     batch: i64,
     hidden: i64,
     reverse: i64,
+    linear_before_reset: i64,
 ) {
     let [seq, batch, hidden] = sizes(seq, batch, hidden);
+    let mut rh = match linear_before_reset {
+        0 => vec![0f32; batch * hidden],
+        _ => Vec::new(),
+    };
+    let (cell, rh) = match linear_before_reset {
+        0 => (Cell::GruGates, rh.as_mut_ptr()),
+        _ => (Cell::Gru, std::ptr::null_mut()),
+    };
     let base = Step {
         rbn,
-        ..Step::first(Cell::Gru, xw, (rt, rt_packed), h0, y, batch, hidden)
+        rh,
+        ..Step::first(cell, xw, (rt, rt_packed), h0, y, batch, hidden)
     };
-    // SAFETY: as this function's.
+    // SAFETY: as this function's; `rh` holds batch·hidden elements when a pass writes it.
     unsafe { sequence(&base, seq, reverse != 0, h) };
 }
 
@@ -363,16 +463,17 @@ unsafe fn sequence(base: &Step, seq: usize, reverse: bool, h: *mut f32) {
     unsafe { std::ptr::copy_nonoverlapping(last, h, state) };
 }
 
-/// Every step of a sequence whose first is `base` (see [`Step::nth`]), over this thread and its
-/// helpers.
+/// Every pass of a sequence whose first is `base` (see [`Step::pass`]), over this thread and
+/// its helpers.
 ///
 /// # Safety
 /// As [`sequence`]; `seq` is at least 1.
 unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
     let (batch, hidden) = (base.batch, base.hidden);
-    let step = |j: usize| base.nth(j, seq, reverse);
+    let step = |p: usize| base.pass(p, seq, reverse);
+    let seq = seq * base.phases();
     let blocks = hidden.div_ceil(BLOCK);
-    let work = batch * base.gates() * hidden * hidden;
+    let work = batch * base.cell.columns().0 * hidden * hidden / base.phases();
     let slices = (crate::threads::helpers() + 1)
         .min(blocks)
         .min((work / SLICE_WORK).max(1));
@@ -386,11 +487,11 @@ unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
     }
     let next = Line::default();
     let progress: Vec<Line> = (0..slices).map(|_| Line::default()).collect();
-    // Runs step j of slice s and publishes it.
+    // Runs pass j of slice s and publishes it.
     let run = |s: usize, j: usize| {
         let (b0, b1) = range(s);
-        // SAFETY: as this function's; slices write disjoint units, and step j starts only
-        // after every slice has published step j - 1 (what it reads).
+        // SAFETY: as this function's; slices write disjoint units, and pass j starts only
+        // after every slice has published pass j - 1 (what it reads).
         unsafe { step(j).blocks(b0, b1) };
         progress[s].0.store(j + 1, Ordering::Release);
     };
@@ -401,14 +502,14 @@ unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
         }
         let mut mine = vec![first];
         run(first, 0);
-        // Before step j (and, at j = seq, before returning: a slice may yet be unclaimed),
-        // every slice has run step j - 1.
+        // Before pass j (and, at j = seq, before returning: a slice may yet be unclaimed),
+        // every slice has run pass j - 1.
         for j in 1..=seq {
             for (o, p) in progress.iter().enumerate() {
                 while p.0.load(Ordering::Acquire) < j {
                     // A slice nobody has claimed (the helper that would have is not coming)
-                    // is taken here. Only step 1 can find one: no slice passes it before
-                    // every slice has run step 0.
+                    // is taken here. Only pass 1 can find one: no slice passes it before
+                    // every slice has run pass 0.
                     if next.0.load(Ordering::Relaxed) <= o {
                         let s = next.0.fetch_add(1, Ordering::Relaxed);
                         if s < slices {
@@ -449,7 +550,8 @@ mod avx512 {
             match s.cell {
                 Cell::Lstm => cells::<4>(s, u0, u1),
                 Cell::Gru => cells::<3>(s, u0, u1),
-                Cell::Rnn => cells::<1>(s, u0, u1),
+                Cell::GruGates => cells::<2>(s, u0, u1),
+                Cell::Rnn | Cell::GruNew => cells::<1>(s, u0, u1),
             }
         }
     }
@@ -573,8 +675,13 @@ mod avx512 {
         // SAFETY: every access is in bounds under the mask (the caller's contract).
         unsafe {
             let at = row * hd + u;
-            let x = s.xw.add(row * G * hd + u);
+            let x = s.input(row, u);
             let pre = |g: usize| _mm512_add_ps(a[g], _mm512_maskz_loadu_ps(mask, x.add(g * hd)));
+            let prev = _mm512_maskz_loadu_ps(mask, s.prev.add(at));
+            let blend = |z: __m512, n: __m512| {
+                let keep = _mm512_sub_ps(_mm512_set1_ps(1.0), z);
+                _mm512_add_ps(_mm512_mul_ps(keep, n), _mm512_mul_ps(z, prev))
+            };
             let h = match s.cell {
                 Cell::Lstm => {
                     let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
@@ -591,12 +698,19 @@ mod avx512 {
                     let (z, rg) = (sigmoid(pre(0)), sigmoid(pre(1)));
                     let hn = _mm512_add_ps(a[2], _mm512_maskz_loadu_ps(mask, s.rbn.add(u)));
                     let xn = _mm512_maskz_loadu_ps(mask, x.add(2 * hd));
-                    let n = tanh(_mm512_add_ps(xn, _mm512_mul_ps(rg, hn)));
-                    let hp = _mm512_maskz_loadu_ps(mask, s.h.add(at));
-                    let keep = _mm512_sub_ps(_mm512_set1_ps(1.0), z);
-                    _mm512_add_ps(_mm512_mul_ps(keep, n), _mm512_mul_ps(z, hp))
+                    blend(z, tanh(_mm512_add_ps(xn, _mm512_mul_ps(rg, hn))))
                 }
                 Cell::Rnn => tanh(pre(0)),
+                Cell::GruGates => {
+                    let rg = sigmoid(pre(1));
+                    _mm512_mask_storeu_ps(s.rh.add(at), mask, _mm512_mul_ps(rg, prev));
+                    sigmoid(pre(0))
+                }
+                Cell::GruNew => {
+                    let hn = _mm512_add_ps(a[0], _mm512_maskz_loadu_ps(mask, s.rbn.add(u)));
+                    let n = tanh(_mm512_add_ps(_mm512_maskz_loadu_ps(mask, x), hn));
+                    blend(_mm512_maskz_loadu_ps(mask, s.y.add(at)), n)
+                }
             };
             _mm512_mask_storeu_ps(s.y.add(at), mask, h);
         }
@@ -621,7 +735,8 @@ mod avx2 {
             match s.cell {
                 Cell::Lstm => cells::<4>(s, u0, u1),
                 Cell::Gru => cells::<3>(s, u0, u1),
-                Cell::Rnn => cells::<1>(s, u0, u1),
+                Cell::GruGates => cells::<2>(s, u0, u1),
+                Cell::Rnn | Cell::GruNew => cells::<1>(s, u0, u1),
             }
         }
     }
@@ -729,8 +844,13 @@ mod avx2 {
         // SAFETY: every access is in bounds (the caller's contract).
         unsafe {
             let at = row * hd + u;
-            let x = s.xw.add(row * G * hd + u);
+            let x = s.input(row, u);
             let pre = |g: usize| _mm256_add_ps(a[g], _mm256_loadu_ps(x.add(g * hd)));
+            let prev = _mm256_loadu_ps(s.prev.add(at));
+            let blend = |z: __m256, n: __m256| {
+                let keep = _mm256_sub_ps(_mm256_set1_ps(1.0), z);
+                _mm256_add_ps(_mm256_mul_ps(keep, n), _mm256_mul_ps(z, prev))
+            };
             let h = match s.cell {
                 Cell::Lstm => {
                     let (ig, og, fg) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
@@ -747,12 +867,19 @@ mod avx2 {
                     let (z, rg) = (sigmoid(pre(0)), sigmoid(pre(1)));
                     let hn = _mm256_add_ps(a[2], _mm256_loadu_ps(s.rbn.add(u)));
                     let xn = _mm256_loadu_ps(x.add(2 * hd));
-                    let n = tanh(_mm256_add_ps(xn, _mm256_mul_ps(rg, hn)));
-                    let hp = _mm256_loadu_ps(s.h.add(at));
-                    let keep = _mm256_sub_ps(_mm256_set1_ps(1.0), z);
-                    _mm256_add_ps(_mm256_mul_ps(keep, n), _mm256_mul_ps(z, hp))
+                    blend(z, tanh(_mm256_add_ps(xn, _mm256_mul_ps(rg, hn))))
                 }
                 Cell::Rnn => tanh(pre(0)),
+                Cell::GruGates => {
+                    let rg = sigmoid(pre(1));
+                    _mm256_storeu_ps(s.rh.add(at), _mm256_mul_ps(rg, prev));
+                    sigmoid(pre(0))
+                }
+                Cell::GruNew => {
+                    let hn = _mm256_add_ps(a[0], _mm256_loadu_ps(s.rbn.add(u)));
+                    let n = tanh(_mm256_add_ps(_mm256_loadu_ps(x), hn));
+                    blend(_mm256_loadu_ps(s.y.add(at)), n)
+                }
             };
             _mm256_storeu_ps(s.y.add(at), h);
         }
@@ -794,7 +921,7 @@ mod tests {
         reverse: bool,
         packed: bool,
     ) -> Vec<Vec<u32>> {
-        let (state, gates) = (batch * hidden, cell as usize);
+        let (state, gates) = (batch * hidden, cell.columns().0);
         let xw = values(seq * batch * gates * hidden, 1);
         let rt: Vec<f32> = values(gates * hidden * hidden, 2)
             .iter()
@@ -802,7 +929,7 @@ mod tests {
             .collect();
         let (h0, c0, rbn) = (values(state, 3), values(state, 4), values(hidden, 5));
         let (mut y, mut h, mut c) = (vec![0.0; seq * state], vec![0.0; state], vec![0.0; state]);
-        let rp = pack(&rt, hidden, gates).unwrap();
+        let rp = pack(&rt, hidden, passes(cell)).unwrap();
         let rp = if packed {
             rp.as_ptr()
         } else {
@@ -826,7 +953,7 @@ mod tests {
                     n,
                     rev,
                 ),
-                Cell::Gru => kiln_gru(
+                Cell::Gru | Cell::GruGates | Cell::GruNew => kiln_gru(
                     xw.as_ptr(),
                     rt.as_ptr(),
                     rp,
@@ -838,6 +965,7 @@ mod tests {
                     b,
                     n,
                     rev,
+                    (cell == Cell::Gru) as i64,
                 ),
                 Cell::Rnn => kiln_rnn(
                     xw.as_ptr(),
@@ -859,10 +987,23 @@ mod tests {
             .collect()
     }
 
+    /// The passes a layer's weights are packed by.
+    fn passes(cell: Cell) -> &'static [usize] {
+        match cell {
+            Cell::Lstm => &[4],
+            Cell::Gru => &[3],
+            Cell::Rnn => &[1],
+            Cell::GruGates | Cell::GruNew => &[2, 1],
+        }
+    }
+
+    /// The layers (a GRU whose reset gate applies before the product by its first pass).
+    const LAYERS: [Cell; 4] = [Cell::Lstm, Cell::Gru, Cell::GruGates, Cell::Rnn];
+
     #[test]
     fn results_do_not_depend_on_threads() {
         // 2, 3 and 4 threads split 8 blocks (and a tail) into slices.
-        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+        for cell in LAYERS {
             for (seq, batch, hidden, reverse) in
                 [(5, 4, 128, false), (3, 5, 136, true), (1, 8, 64, false)]
             {
@@ -905,7 +1046,7 @@ mod tests {
 
     #[test]
     fn an_empty_sequence_leaves_the_initial_states() {
-        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+        for cell in LAYERS {
             let out = layer(cell, 0, 3, 20, false);
             let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert!(out[0].is_empty());
@@ -919,25 +1060,42 @@ mod tests {
     #[test]
     fn every_isa_gives_the_portable_bits() {
         // Several blocks a pass (few rows), with blocks left over; tails of blocks and vectors.
-        let cases = [(1, 20), (4, 128), (5, 24), (2, 3), (3, 40), (1, 168), (2, 136), (3, 72)];
-        for (cell, (batch, hidden)) in [Cell::Lstm, Cell::Gru, Cell::Rnn]
-            .into_iter()
-            .flat_map(|c| cases.map(|b| (c, b)))
-        {
-            let (state, gates) = (batch * hidden, cell as usize);
+        let cases = [
+            (1, 20),
+            (4, 128),
+            (5, 24),
+            (2, 3),
+            (3, 40),
+            (1, 168),
+            (2, 136),
+            (3, 72),
+        ];
+        let cells = [
+            Cell::Lstm,
+            Cell::Gru,
+            Cell::Rnn,
+            Cell::GruGates,
+            Cell::GruNew,
+        ];
+        for (cell, (batch, hidden)) in cells.into_iter().flat_map(|c| cases.map(|b| (c, b))) {
+            let (state, gates) = (batch * hidden, cell.columns().0);
             let xw = values(batch * gates * hidden, 5);
             let rt = values(gates * hidden * hidden, 6);
             let (h0, c0, rbn) = (values(state, 7), values(state, 8), values(hidden, 9));
-            let rp = pack(&rt, hidden, gates).unwrap();
+            // The previous h (the product's input is h0); a GRU's z in y before `GruNew`.
+            let (prev, z) = (values(state, 10), values(state, 11));
+            let rp = pack(&rt, hidden, passes(cell)).unwrap();
             for packed in [false, true] {
                 let run = |f: &dyn Fn(&Step)| {
-                    let (mut y, mut c) = (vec![0f32; state], c0.clone());
+                    let (mut y, mut c, mut rh) = (z.clone(), c0.clone(), vec![0f32; state]);
                     let s = Step {
                         cell,
                         xw: xw.as_ptr(),
                         rt: if packed { rp.as_ptr() } else { rt.as_ptr() },
                         packed,
                         h: h0.as_ptr(),
+                        prev: prev.as_ptr(),
+                        rh: rh.as_mut_ptr(),
                         c: c.as_mut_ptr(),
                         rbn: rbn.as_ptr(),
                         y: y.as_mut_ptr(),
@@ -945,7 +1103,7 @@ mod tests {
                         hidden,
                     };
                     f(&s);
-                    [y, c].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+                    [y, c, rh].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
                 };
                 // SAFETY: every operand holds what the step says.
                 let want = run(&|s| unsafe { s.units_portable(0, hidden) });

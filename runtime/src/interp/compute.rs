@@ -674,27 +674,42 @@ pub fn lstm(args: &[&ir::Tensor], reverse: bool) -> [Data; 3] {
     let mut c = floats(args[3]);
     let (y, h) = recurrence(args, reverse, (4, 2), |x, round, b| {
         let (sigmoid, tanh) = activations(round);
-        let pre = |g: usize| round(x.xw(g) + x.dot(g));
-        let (i, o, f) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
-        let cand = tanh(pre(3));
-        let cu = &mut c[b * x.hidden + x.u];
-        *cu = round(round(f * *cu) + round(i * cand));
-        round(o * tanh(*cu))
+        let cs = &mut c[b * x.hidden..][..x.hidden];
+        (0..x.hidden)
+            .map(|u| {
+                let pre = |g: usize| round(x.xw(g, u) + x.dot(g, u, x.h));
+                let (i, o, f) = (sigmoid(pre(0)), sigmoid(pre(1)), sigmoid(pre(2)));
+                let cand = tanh(pre(3));
+                cs[u] = round(round(f * cs[u]) + round(i * cand));
+                round(o * tanh(cs[u]))
+            })
+            .collect()
     });
     let dtype = args[0].dtype();
     [y, h, c].map(|v| Data::from_f64s(dtype, &v))
 }
 
 /// `gru` (see the op table): every step's h (`[S, B, H]`) and the last h (`[B, H]`), rounded
-/// as [`lstm`].
-pub fn gru(args: &[&ir::Tensor], reverse: bool) -> [Data; 2] {
+/// as [`lstm`]; the reset gate applies after the product with `linear`, else before it (to the
+/// whole previous h).
+pub fn gru(args: &[&ir::Tensor], reverse: bool, linear: bool) -> [Data; 2] {
     let rbn = floats(args[2]);
     let (y, h) = recurrence(args, reverse, (3, 3), |x, round, _| {
         let (sigmoid, tanh) = activations(round);
-        let pre = |g: usize| round(x.xw(g) + x.dot(g));
-        let (z, r) = (sigmoid(pre(0)), sigmoid(pre(1)));
-        let n = tanh(round(x.xw(2) + round(r * round(x.dot(2) + rbn[x.u]))));
-        round(round(round(1.0 - z) * n) + round(z * x.h[x.u]))
+        let pre = |g: usize, u: usize| round(x.xw(g, u) + x.dot(g, u, x.h));
+        let r: Vec<f64> = (0..x.hidden).map(|u| sigmoid(pre(1, u))).collect();
+        let rh: Vec<f64> = (0..x.hidden).map(|k| round(r[k] * x.h[k])).collect();
+        (0..x.hidden)
+            .map(|u| {
+                let z = sigmoid(pre(0, u));
+                let hn = match linear {
+                    true => round(r[u] * round(x.dot(2, u, x.h) + rbn[u])),
+                    false => round(x.dot(2, u, &rh) + rbn[u]),
+                };
+                let n = tanh(round(x.xw(2, u) + hn));
+                round(round(round(1.0 - z) * n) + round(z * x.h[u]))
+            })
+            .collect()
     });
     let dtype = args[0].dtype();
     [y, h].map(|v| Data::from_f64s(dtype, &v))
@@ -705,7 +720,9 @@ pub fn gru(args: &[&ir::Tensor], reverse: bool) -> [Data; 2] {
 pub fn rnn(args: &[&ir::Tensor], reverse: bool) -> [Data; 2] {
     let (y, h) = recurrence(args, reverse, (1, 2), |x, round, _| {
         let (_, tanh) = activations(round);
-        tanh(round(x.xw(0) + x.dot(0)))
+        (0..x.hidden)
+            .map(|u| tanh(round(x.xw(0, u) + x.dot(0, u, x.h))))
+            .collect()
     });
     let dtype = args[0].dtype();
     [y, h].map(|v| Data::from_f64s(dtype, &v))
@@ -726,8 +743,8 @@ fn activations(round: &Round) -> (impl Fn(f64) -> f64 + '_, impl Fn(f64) -> f64 
     )
 }
 
-/// One unit `u` of one row at a step: what its cell reads.
-struct Unit<'a> {
+/// One row at a step: what its cell reads.
+struct Row<'a> {
     /// The row's input projection at the step, `[gates·hidden]`.
     xw: &'a [f64],
     rt: &'a [f64],
@@ -736,34 +753,34 @@ struct Unit<'a> {
     round: &'a Round,
     gates: usize,
     hidden: usize,
-    u: usize,
 }
 
-impl Unit<'_> {
-    /// Gate g's input projection.
-    fn xw(&self, g: usize) -> f64 {
-        self.xw[g * self.hidden + self.u]
+impl Row<'_> {
+    /// Gate g's input projection of unit u.
+    fn xw(&self, g: usize, u: usize) -> f64 {
+        self.xw[g * self.hidden + u]
     }
 
-    /// Gate g's product h·rt, summed in f64 and rounded.
-    fn dot(&self, g: usize) -> f64 {
-        let (j, cols) = (g * self.hidden + self.u, self.gates * self.hidden);
+    /// Gate g's product of unit u with the rows `input` (`[hidden]`), summed in f64 and
+    /// rounded.
+    fn dot(&self, g: usize, u: usize, input: &[f64]) -> f64 {
+        let (j, cols) = (g * self.hidden + u, self.gates * self.hidden);
         (self.round)(
             (0..self.hidden)
-                .map(|k| self.h[k] * self.rt[k * cols + j])
+                .map(|k| input[k] * self.rt[k * cols + j])
                 .sum(),
         )
     }
 }
 
 /// Runs the steps of a recurrence of `gates` gates (operands xw and rt first, h0 the operand
-/// `h0`), `cell` making each unit's new h from what it reads, the rounding and the row. Returns
-/// every step's h and the last h.
+/// `h0`), `cell` making a row's new h from what it reads, the rounding and the row's index.
+/// Returns every step's h and the last h.
 fn recurrence(
     args: &[&ir::Tensor],
     reverse: bool,
     (gates, h0): (usize, usize),
-    mut cell: impl FnMut(&Unit, &Round, usize) -> f64,
+    mut cell: impl FnMut(&Row, &Round, usize) -> Vec<f64>,
 ) -> (Vec<f64>, Vec<f64>) {
     let dtype = args[0].dtype();
     let round = move |x: f64| match dtype {
@@ -780,21 +797,18 @@ fn recurrence(
         false => (0..seq).collect(),
     };
     for t in steps {
-        let mut next = vec![0.0; batch * hidden];
+        let mut next = Vec::with_capacity(batch * hidden);
         for b in 0..batch {
             let at = (t * batch + b) * gates * hidden;
-            for u in 0..hidden {
-                let unit = Unit {
-                    xw: &xw[at..at + gates * hidden],
-                    rt: &rt,
-                    h: &h[b * hidden..][..hidden],
-                    round: &round,
-                    gates,
-                    hidden,
-                    u,
-                };
-                next[b * hidden + u] = cell(&unit, &round, b);
-            }
+            let row = Row {
+                xw: &xw[at..at + gates * hidden],
+                rt: &rt,
+                h: &h[b * hidden..][..hidden],
+                round: &round,
+                gates,
+                hidden,
+            };
+            next.extend(cell(&row, &round, b));
         }
         y[t * batch * hidden..][..batch * hidden].copy_from_slice(&next);
         h = next;

@@ -579,7 +579,10 @@ impl Interp<'_> {
             }
             Op::TreeWalk => Ok(vec![Data::I64(compute::tree_walk(args)?)]),
             Op::Lstm { reverse } => Ok(compute::lstm(args, *reverse).to_vec()),
-            Op::Gru { reverse } => Ok(compute::gru(args, *reverse).to_vec()),
+            Op::Gru {
+                reverse,
+                linear_before_reset,
+            } => Ok(compute::gru(args, *reverse, *linear_before_reset).to_vec()),
             Op::Rnn { reverse } => Ok(compute::rnn(args, *reverse).to_vec()),
             Op::TopK { k, axis, largest } => {
                 let (src, idx) = compute::topk(

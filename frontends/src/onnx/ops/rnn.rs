@@ -480,11 +480,10 @@ fn run(
 }
 
 /// [`run`] as one `lstm`, `gru` or `rnn` node when the layer has its default form (f32; default
-/// activations; no clip or sequence lengths; an LSTM without peepholes or coupled gates, a GRU
-/// whose reset gate applies after the product, as PyTorch and Keras export it), whatever the
-/// sequence's length: the input projection of every step with the biases that add to it is one
-/// product, and the recurrence one routine call (no per-step nodes to compile). `None` for any
-/// other layer.
+/// activations; no clip or sequence lengths; an LSTM without peepholes or coupled gates),
+/// whatever the sequence's length: the input projection of every step with the biases that add
+/// to it is one product, and the recurrence one routine call (no per-step nodes to compile).
+/// `None` for any other layer.
 fn one_op(
     b: &mut Builder,
     cfg: &Cfg,
@@ -500,8 +499,7 @@ fn one_op(
         .map(|a| a.to_ascii_lowercase()));
     let form = match cfg.kind {
         Kind::Lstm => !cfg.input_forget && d.peep.is_none() && d.c0.is_some(),
-        Kind::Gru => cfg.linear_before_reset,
-        Kind::Rnn => true,
+        Kind::Gru | Kind::Rnn => true,
     };
     if !(form && default && cfg.clip.is_none() && mask.is_none() && b.dtype(x) == DType::F32) {
         return Ok(None);
@@ -550,7 +548,12 @@ fn one_op(
                     b.broadcast_to(zero, &Shape::new(vec![Dim::Const(h)]))?
                 }
             };
-            let outs = b.op(Op::Gru { reverse }, &[xw, rt, rbn, d.h0])?;
+            let linear_before_reset = cfg.linear_before_reset;
+            let op = Op::Gru {
+                reverse,
+                linear_before_reset,
+            };
+            let outs = b.op(op, &[xw, rt, rbn, d.h0])?;
             (outs[0], outs[1], None)
         }
     }))
