@@ -89,14 +89,18 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let blocked = g.routine == "conv2d_nchwc";
         // A recurrence's gates by the passes that sum them (see `rnn::pack`): an LSTM's 4, a
         // GRU's 3 (2 then 1 when its reset gate applies before the product), a simple RNN's 1.
-        let passes: &[usize] = match g.routine.as_str() {
-            "lstm" => &[4],
-            "gru" if c(g.int("linear_before_reset")) == Some(0) => &[2, 1],
-            "gru" => &[3],
-            "rnn" => &[1],
+        let passes: &[usize] = match (g.routine.as_str(), c(g.int("linear_before_reset"))) {
+            ("lstm", _) => &[4],
+            ("gru", Some(0)) => &[2, 1],
+            ("gru", Some(_)) => &[3],
+            ("rnn", _) => &[1],
             _ => &[],
         };
         let gates = passes.iter().sum::<usize>() as i64;
+        if gates == 0 && g.operand("rt").is_some() {
+            // A GRU whose form is not a constant: its weights stay as they are.
+            return;
+        }
         let name = match () {
             _ if wino || blocked => "w",
             _ if gates > 0 => "rt",

@@ -748,7 +748,7 @@ pub fn dot_graph(seed: u64) -> Option<Graph> {
 }
 
 /// A recurrent layer (`lstm`, `gru`, `rnn`) over a random input projection — sequences of 0 to 5
-/// steps (now and then of symbolic length), 1 to 6 rows, 1 to 100 hidden units (blocks of 16
+/// steps (now and then of symbolic length), 1 to 6 rows, 1 to 160 hidden units (blocks of 16
 /// and tails; enough work at times for the routine to split the units over threads), either
 /// direction — with constant or parameter weights, and a step after one of its results.
 pub fn recurrent_graph(seed: u64) -> Option<Graph> {
@@ -763,7 +763,7 @@ pub fn recurrent_graph(seed: u64) -> Option<Graph> {
     let hidden = match below(rng, 3) {
         0 => 1 + below(rng, 20),
         1 => 16 * (1 + below(rng, 4)),
-        _ => 60 + below(rng, 41),
+        _ => 60 + below(rng, 101),
     };
     let dim = |n: usize| Dim::Const(n as i64);
     let gates = pick(rng, &[4, 3, 1]);

@@ -98,6 +98,9 @@ pub struct Routine {
     /// When the optional operand `.0` is given, operand `.1` is not read (a product whose B
     /// was packed ahead of time reads only the packed copy).
     pub replaces: Option<(usize, usize)>,
+    /// Whether a written operand may be exactly the range of another operand (in place); any
+    /// other overlap of a written operand is never allowed.
+    pub in_place: bool,
     /// Integer arguments, by name.
     pub ints: &'static [&'static str],
     /// Scalar arguments (f32 or f64), by name and dtype.
@@ -139,6 +142,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
+        in_place: true,
         ints: &[
             "a_rs", "a_cs", "b_rs", "b_cs", "c_rs", "m", "n", "k", "cols", "act",
         ],
@@ -204,6 +208,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: None,
+        in_place: true,
         ints: &[
             "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "act",
         ],
@@ -274,6 +279,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: None,
+        in_place: true,
         ints: &[
             "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "y0",
             "rows", "act",
@@ -333,6 +339,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
+        in_place: true,
         ints: &[
             "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "y0",
             "rows", "act",
@@ -405,6 +412,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("res", Role::Optional, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
+        in_place: true,
         ints: &[
             "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "xb",
             "groups", "ob0", "obn", "y0", "rows", "act",
@@ -483,6 +491,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("out", Role::Write, ir::DType::F32),
         ],
         replaces: None,
+        in_place: true,
         ints: &[
             "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
         ],
@@ -532,6 +541,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("out", Role::Write, ir::DType::F32),
         ],
         replaces: None,
+        in_place: true,
         ints: &[
             "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
         ],
@@ -576,6 +586,7 @@ pub static ROUTINES: [Routine; 15] = [
         symbol: "kiln_row_max",
         operands: &[("row", Role::Read, ir::DType::F32)],
         replaces: None,
+        in_place: true,
         ints: &["n"],
         scalars: &[("init", ir::DType::F32)],
         result: Some(ir::DType::F32),
@@ -592,6 +603,7 @@ pub static ROUTINES: [Routine; 15] = [
         symbol: "kiln_row_sum_f64",
         operands: &[("row", Role::Read, ir::DType::F32)],
         replaces: None,
+        in_place: true,
         ints: &["n"],
         scalars: &[("init", ir::DType::F64)],
         result: Some(ir::DType::F64),
@@ -611,6 +623,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("dst", Role::Write, ir::DType::F32),
         ],
         replaces: None,
+        in_place: true,
         ints: &["n"],
         scalars: &[("s", ir::DType::F32)],
         result: None,
@@ -633,6 +646,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("dst", Role::Write, ir::DType::F32),
         ],
         replaces: None,
+        in_place: true,
         ints: &["n", "act"],
         scalars: &[],
         result: None,
@@ -663,6 +677,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("out", Role::Write, ir::DType::I64),
         ],
         replaces: None,
+        in_place: true,
         ints: &["rows", "features", "trees", "nodes"],
         scalars: &[],
         result: Some(ir::DType::I64),
@@ -722,6 +737,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("c", Role::Write, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
+        in_place: false,
         ints: &["seq", "batch", "hidden", "reverse"],
         scalars: &[],
         result: None,
@@ -788,6 +804,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("h", Role::Write, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
+        in_place: false,
         ints: &["seq", "batch", "hidden", "reverse", "linear_before_reset"],
         scalars: &[],
         result: None,
@@ -856,6 +873,7 @@ pub static ROUTINES: [Routine; 15] = [
             ("h", Role::Write, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
+        in_place: false,
         ints: &["seq", "batch", "hidden", "reverse"],
         scalars: &[],
         result: None,
