@@ -784,10 +784,8 @@ fn recurrent(
         }
     }
     if xw.rank() != 3 || ins[1].rank() != 2 {
-        return Err(format!(
-            "xw must be [seq, batch, {gates}·hidden] and rt [hidden, {gates}·hidden], got {xw} and {}",
-            ins[1]
-        ));
+        let want = format!("[seq, batch, {gates}·hidden] and rt [hidden, {gates}·hidden]");
+        return Err(format!("xw must be {want}, got {xw} and {}", ins[1]));
     }
     let (seq, batch, cols) = (xw.shape.dim(0), xw.shape.dim(1), xw.shape.dim(2));
     let hidden = ins[1].shape.dim(0).clone();

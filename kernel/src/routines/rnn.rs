@@ -1,12 +1,13 @@
-//! Recurrent layers over a whole sequence in one call (the `lstm`, `gru` and `rnn` routines): each
-//! step's gates are summed in registers for a block of 16 hidden units and its rows (the
-//! gates' columns of the transposed recurrent weights, one FMA chain over k per element), and
-//! the cell update runs on those registers before anything is stored — one pass a step instead
-//! of a product, an activation pass and the cell's elementwise kernels.
+//! Recurrent layers over a whole sequence in one call (the `lstm`, `gru` and `rnn`
+//! routines): each step's gates are summed in registers for a block of 16 hidden units and its
+//! rows (the gates' columns of the transposed recurrent weights, one FMA chain over k per
+//! element), and the cell update runs on those registers before anything is stored — one pass
+//! a step instead of a product, an activation pass and the cell's elementwise kernels (two
+//! passes for a GRU whose reset gate applies before the product).
 //!
 //! Threads split the hidden units (slices of blocks), each keeping its slice's weights in its
-//! own cache for the whole sequence, and meet once a step: a slice publishes how many steps it
-//! has finished, and a step starts when every slice has finished the one before (it reads the
+//! own cache for the whole sequence, and meet once a pass: a slice publishes how many passes it
+//! has finished, and a pass starts when every slice has finished the one before (it reads the
 //! whole previous h). Slices are claimed, not assigned: a thread waiting on a slice no thread
 //! has claimed takes it, so a run whose helpers never come finishes alone. Every element is
 //! computed the same way whoever computes it, so results do not depend on the thread count;
@@ -162,7 +163,7 @@ impl Step {
         }
     }
 
-    /// The first step of a sequence (see [`Step::nth`]) from a routine's arguments, without
+    /// The first step of a sequence (see [`Step::pass`]) from a routine's arguments, without
     /// the operands of one cell (`c`, `rbn`: null).
     #[allow(clippy::too_many_arguments)]
     fn first(
@@ -340,9 +341,9 @@ struct Line(AtomicUsize);
 ///
 /// # Safety
 /// `xw` holds `seq·batch·4·hidden` elements, `rt` `hidden·4·hidden` (or, unless null,
-/// `rt_packed` [`packed_len`]`(hidden, 4)`: `rt` [`pack`]ed, and `rt` is not read), `h0`, `c0`, `h` and `c`
-/// `batch·hidden`, `y` `seq·batch·hidden`; `y`, `h` and `c` overlap no other operand (`c` may
-/// be `c0`).
+/// `rt_packed` [`packed_len`]`(hidden, 4)`: `rt` [`pack`]ed, and `rt` is not read), `h0`,
+/// `c0`, `h` and `c` `batch·hidden`, `y` `seq·batch·hidden`; `y`, `h` and `c` overlap no
+/// other operand (`c` may be `c0`).
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kiln_lstm(
     xw: *const f32,

@@ -1,7 +1,8 @@
 //! Recurrent layers (LSTM, GRU, RNN). A direction in ONNX's default form is the input
 //! projection of every step (one matmul with its biases) and one `lstm`, `gru` or `rnn` node
-//! (see [`one_op`]). Other layers: the input projection of all steps is one matmul per group of gates (gates side by side with one activation: LSTM's i, o, f; GRU's z, r), then
-//! each step is a small matmul per group (whose bias, input rows and activation become that
+//! (see [`one_op`]). Other layers: the input projection of all steps is one matmul per group
+//! of gates (gates side by side with one activation: LSTM's i, o, f; GRU's z, r), then each
+//! step is a small matmul per group (whose bias, input rows and activation become that
 //! product's epilogue) plus the gates' combination — unrolled over a static
 //! sequence of up to 256 steps, else (a symbolic or longer sequence) a `loop` whose body is
 //! one step.
