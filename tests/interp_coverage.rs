@@ -269,43 +269,28 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((Op::TreeWalk, args));
                 continue;
             }
-            "lstm" => {
+            "lstm" | "gru" | "rnn" => {
+                // Two steps of one row over 2 units, in both directions (a GRU in both forms):
+                // the input projection and weights, then the layer's own operands.
                 for reverse in [false, true] {
-                    let args = vec![
-                        rng.tensor(dtype, &[2, 1, 8]),
-                        rng.tensor(dtype, &[2, 8]),
-                        rng.tensor(dtype, &[1, 2]),
-                        rng.tensor(dtype, &[1, 2]),
-                    ];
-                    out.push((Op::Lstm { reverse }, args));
-                }
-                continue;
-            }
-            "gru" => {
-                for reverse in [false, true] {
-                    let args = vec![
-                        rng.tensor(dtype, &[2, 1, 6]),
-                        rng.tensor(dtype, &[2, 6]),
-                        rng.tensor(dtype, &[2]),
-                        rng.tensor(dtype, &[1, 2]),
-                    ];
-                    let linear_before_reset = reverse;
-                    let op = Op::Gru {
-                        reverse,
-                        linear_before_reset,
+                    let (op, gates, rest): (Op, usize, &[&[usize]]) = match *m {
+                        "lstm" => (Op::Lstm { reverse }, 4, &[&[1, 2], &[1, 2]]),
+                        "gru" => {
+                            let linear_before_reset = reverse;
+                            let op = Op::Gru {
+                                reverse,
+                                linear_before_reset,
+                            };
+                            (op, 3, &[&[2], &[1, 2]])
+                        }
+                        _ => (Op::Rnn { reverse }, 1, &[&[1, 2]]),
                     };
-                    out.push((op, args));
-                }
-                continue;
-            }
-            "rnn" => {
-                for reverse in [false, true] {
-                    let args = vec![
-                        rng.tensor(dtype, &[2, 1, 2]),
-                        rng.tensor(dtype, &[2, 2]),
-                        rng.tensor(dtype, &[1, 2]),
+                    let mut args = vec![
+                        rng.tensor(dtype, &[2, 1, 2 * gates]),
+                        rng.tensor(dtype, &[2, 2 * gates]),
                     ];
-                    out.push((Op::Rnn { reverse }, args));
+                    args.extend(rest.iter().map(|shape| rng.tensor(dtype, shape)));
+                    out.push((op, args));
                 }
                 continue;
             }

@@ -236,26 +236,14 @@ impl<'g> Lowering<'g> {
                 Op::Param { .. } => {}
                 Op::Constant { .. } => self.constant(id)?,
                 Op::TopK { k, axis, largest } => {
-                    let i = Value::new(id, 1);
-                    let out_i = self
-                        .bufs
-                        .get(&i)
-                        .copied()
-                        .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
                     let bv = self.target(v, output_buf)?;
-                    let bi = self.target(i, out_i)?;
+                    let bi = self.result(Value::new(id, 1))?;
                     self.topk(v, *k, *axis as usize, *largest, bv, bi)?;
                 }
                 Op::Lstm { reverse } | Op::Gru { reverse, .. } | Op::Rnn { reverse } => {
                     let mut outs = vec![self.target(v, output_buf)?];
                     for i in 1..node.types().len() as u32 {
-                        let r = Value::new(id, i);
-                        let out = self
-                            .bufs
-                            .get(&r)
-                            .copied()
-                            .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
-                        outs.push(self.target(r, out)?);
+                        outs.push(self.result(Value::new(id, i))?);
                     }
                     self.recurrence(v, *reverse, &outs)?;
                 }
@@ -396,6 +384,30 @@ impl<'g> Lowering<'g> {
         self.fused.insert(end);
         self.fused.extend(chain.inner.iter().copied());
         Ok(())
+    }
+
+    /// The buffer a node's later result `v` (not a param's) is computed into: the output
+    /// buffer it was given, or new scratch.
+    fn result(&mut self, v: Value) -> Result<BufId> {
+        let output = self
+            .bufs
+            .get(&v)
+            .copied()
+            .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
+        self.target(v, output)
+    }
+
+    /// The buffer holding `v` densely in row-major order: its own, or scratch it is computed
+    /// into (a view, a constant scalar, an elementwise value) — what routines read.
+    fn dense(&mut self, v: Value) -> Result<BufId> {
+        if let Some(&b) = self.bufs.get(&v) {
+            return Ok(b);
+        }
+        let n = self.k.bufs.len();
+        let b = self.buf(format!("t{n}"), self.ty(v), BufKind::Scratch)?;
+        self.elementwise_nest(v, b)?;
+        self.bufs.insert(v, b);
+        Ok(b)
     }
 
     /// The buffer `v` is computed into: its output buffer, or new scratch.

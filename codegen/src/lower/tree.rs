@@ -48,17 +48,4 @@ impl Lowering<'_> {
         self.bufs.insert(v, out);
         Ok(())
     }
-
-    /// The buffer holding `v` densely in row-major order: its own, or scratch it is computed
-    /// into (a view, a constant scalar, an elementwise value).
-    pub(super) fn dense(&mut self, v: Value) -> Result<BufId> {
-        if let Some(&b) = self.bufs.get(&v) {
-            return Ok(b);
-        }
-        let n = self.k.bufs.len();
-        let b = self.buf(format!("t{n}"), self.ty(v), BufKind::Scratch)?;
-        self.elementwise_nest(v, b)?;
-        self.bufs.insert(v, b);
-        Ok(b)
-    }
 }

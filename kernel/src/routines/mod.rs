@@ -742,29 +742,8 @@ pub static ROUTINES: [Routine; 15] = [
         scalars: &[],
         result: None,
         cost: |i| 8.0 * i[0] * i[1] * i[2] * i[2],
-        extent: |operand, i| {
-            let n = |k: usize| i.get(k).cloned();
-            let state = || Some(n(1)? * n(2)?);
-            match operand {
-                0 => Some(n(0)? * state()? * crate::Expr::i64(4)),
-                1 => Some(n(2)? * n(2)? * crate::Expr::i64(4)),
-                // At least the packed blocks' 16·⌈hidden/16⌉·hidden·4 elements.
-                2 => Some((n(2)? + crate::Expr::i64(15)) * n(2)? * crate::Expr::i64(4)),
-                5 => Some(n(0)? * state()?),
-                _ => state(),
-            }
-        },
-        bounds: |operand, i| {
-            let state = i[1].checked_mul(i[2])?;
-            let len = match operand {
-                0 => i[0].checked_mul(state)?.checked_mul(4)?,
-                1 => i[2].checked_mul(i[2])?.checked_mul(4)?,
-                2 => rnn::packed_len(usize::try_from(i[2]).ok()?, 4) as i64,
-                5 => i[0].checked_mul(state)?,
-                _ => state,
-            };
-            (len > 0).then_some((0, len - 1))
-        },
+        extent: |operand, i| rnn::extent(*rnn::LSTM.get(operand)?, 4, i),
+        bounds: |operand, i| rnn::bounds(*rnn::LSTM.get(operand)?, 4, i),
         address: || rnn::kiln_lstm as *const u8,
         call: |p, i, _| unsafe {
             rnn::kiln_lstm(
@@ -809,31 +788,8 @@ pub static ROUTINES: [Routine; 15] = [
         scalars: &[],
         result: None,
         cost: |i| 6.0 * i[0] * i[1] * i[2] * i[2],
-        extent: |operand, i| {
-            let n = |k: usize| i.get(k).cloned();
-            let state = || Some(n(1)? * n(2)?);
-            match operand {
-                0 => Some(n(0)? * state()? * crate::Expr::i64(3)),
-                1 => Some(n(2)? * n(2)? * crate::Expr::i64(3)),
-                // At least the packed blocks' 16·⌈hidden/16⌉·hidden·3 elements.
-                2 => Some((n(2)? + crate::Expr::i64(15)) * n(2)? * crate::Expr::i64(3)),
-                3 => n(2),
-                5 => Some(n(0)? * state()?),
-                _ => state(),
-            }
-        },
-        bounds: |operand, i| {
-            let state = i[1].checked_mul(i[2])?;
-            let len = match operand {
-                0 => i[0].checked_mul(state)?.checked_mul(3)?,
-                1 => i[2].checked_mul(i[2])?.checked_mul(3)?,
-                2 => rnn::packed_len(usize::try_from(i[2]).ok()?, 3) as i64,
-                3 => i[2],
-                5 => i[0].checked_mul(state)?,
-                _ => state,
-            };
-            (len > 0).then_some((0, len - 1))
-        },
+        extent: |operand, i| rnn::extent(*rnn::GRU.get(operand)?, 3, i),
+        bounds: |operand, i| rnn::bounds(*rnn::GRU.get(operand)?, 3, i),
         address: || rnn::kiln_gru as *const u8,
         call: |p, i, _| unsafe {
             rnn::kiln_gru(
@@ -878,27 +834,8 @@ pub static ROUTINES: [Routine; 15] = [
         scalars: &[],
         result: None,
         cost: |i| 2.0 * i[0] * i[1] * i[2] * i[2],
-        extent: |operand, i| {
-            let n = |k: usize| i.get(k).cloned();
-            let state = || Some(n(1)? * n(2)?);
-            match operand {
-                0 | 4 => Some(n(0)? * state()?),
-                1 => Some(n(2)? * n(2)?),
-                // At least the packed blocks' 16·⌈hidden/16⌉·hidden elements.
-                2 => Some((n(2)? + crate::Expr::i64(15)) * n(2)?),
-                _ => state(),
-            }
-        },
-        bounds: |operand, i| {
-            let state = i[1].checked_mul(i[2])?;
-            let len = match operand {
-                0 | 4 => i[0].checked_mul(state)?,
-                1 => i[2].checked_mul(i[2])?,
-                2 => rnn::packed_len(usize::try_from(i[2]).ok()?, 1) as i64,
-                _ => state,
-            };
-            (len > 0).then_some((0, len - 1))
-        },
+        extent: |operand, i| rnn::extent(*rnn::RNN.get(operand)?, 1, i),
+        bounds: |operand, i| rnn::bounds(*rnn::RNN.get(operand)?, 1, i),
         address: || rnn::kiln_rnn as *const u8,
         call: |p, i, _| unsafe {
             rnn::kiln_rnn(

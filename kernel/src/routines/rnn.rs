@@ -330,6 +330,76 @@ pub fn pack(rt: &[f32], hidden: usize, passes: &[usize]) -> Option<Vec<f32>> {
     Some(out)
 }
 
+/// What a recurrent routine's operand holds (`ROUTINES` sizes them by it).
+#[derive(Clone, Copy)]
+pub(super) enum Operand {
+    /// Every step's input projection: `seq·batch·gates·hidden`.
+    Projection,
+    /// The transposed recurrent weights: `hidden·gates·hidden`.
+    Weights,
+    /// Them [`pack`]ed: [`packed_len`]`(hidden, gates)`.
+    Packed,
+    /// One value a unit: `hidden`.
+    Units,
+    /// Every step's h: `seq·batch·hidden`.
+    Steps,
+    /// A state: `batch·hidden`.
+    State,
+}
+
+/// The `lstm` routine's operands, in its order in `ROUTINES`: xw, rt, rt_packed, h0, c0, y,
+/// h, c.
+pub(super) const LSTM: [Operand; 8] = {
+    use Operand::*;
+    [
+        Projection, Weights, Packed, State, State, Steps, State, State,
+    ]
+};
+
+/// The `gru` routine's operands: xw, rt, rt_packed, rbn, h0, y, h.
+pub(super) const GRU: [Operand; 7] = {
+    use Operand::*;
+    [Projection, Weights, Packed, Units, State, Steps, State]
+};
+
+/// The `rnn` routine's operands: xw, rt, rt_packed, h0, y, h.
+pub(super) const RNN: [Operand; 6] = {
+    use Operand::*;
+    [Projection, Weights, Packed, State, Steps, State]
+};
+
+/// The elements an operand of a recurrent routine touches from its offset, from the
+/// routine's integers (`seq`, `batch`, `hidden` first) and its layer's gates; the packed
+/// weights as at least `(hidden + 15)·hidden·gates`, which holds `16·⌈hidden/16⌉·hidden·gates`.
+pub(super) fn extent(op: Operand, gates: i64, i: &[crate::Expr]) -> Option<crate::Expr> {
+    use crate::Expr;
+    let n = |k: usize| i.get(k).cloned();
+    let g = Expr::i64(gates);
+    Some(match op {
+        Operand::Projection => n(0)? * n(1)? * n(2)? * g,
+        Operand::Weights => n(2)? * n(2)? * g,
+        Operand::Packed => (n(2)? + Expr::i64(15)) * n(2)? * g,
+        Operand::Units => n(2)?,
+        Operand::Steps => n(0)? * n(1)? * n(2)?,
+        Operand::State => n(1)? * n(2)?,
+    })
+}
+
+/// The lowest and highest element an operand of a recurrent routine touches from its
+/// offset, under evaluated integers (`seq`, `batch`, `hidden` first); `None` when none.
+pub(super) fn bounds(op: Operand, gates: usize, i: &[i64]) -> Option<super::Range> {
+    let state = i[1].checked_mul(i[2])?;
+    let len = match op {
+        Operand::Projection => i[0].checked_mul(state)?.checked_mul(gates as i64)?,
+        Operand::Weights => i[2].checked_mul(i[2])?.checked_mul(gates as i64)?,
+        Operand::Packed => i64::try_from(packed_len(usize::try_from(i[2]).ok()?, gates)).ok()?,
+        Operand::Units => i[2],
+        Operand::Steps => i[0].checked_mul(state)?,
+        Operand::State => state,
+    };
+    (len > 0).then_some((0, len - 1))
+}
+
 /// A counter on its own cache line.
 #[repr(align(128))]
 #[derive(Default)]
@@ -475,7 +545,7 @@ unsafe fn sequence(base: &Step, seq: usize, reverse: bool, h: *mut f32) {
 unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
     let (batch, hidden) = (base.batch, base.hidden);
     let step = |p: usize| base.pass(p, seq, reverse);
-    let seq = seq * base.phases();
+    let passes = seq * base.phases();
     let blocks = hidden.div_ceil(BLOCK);
     let work = batch * base.cell.columns().0 * hidden * hidden / base.phases();
     let slices = (crate::threads::helpers() + 1)
@@ -483,7 +553,7 @@ unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
         .min((work / SLICE_WORK).max(1));
     let range = |s: usize| (blocks * s / slices, blocks * (s + 1) / slices);
     if slices == 1 {
-        for j in 0..seq {
+        for j in 0..passes {
             // SAFETY: the operands hold what this function's contract says.
             unsafe { step(j).blocks(0, blocks) };
         }
@@ -506,9 +576,9 @@ unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
         }
         let mut mine = vec![first];
         run(first, 0);
-        // Before pass j (and, at j = seq, before returning: a slice may yet be unclaimed),
+        // Before pass j (and, at j = passes, before returning: a slice may yet be unclaimed),
         // every slice has run pass j - 1.
-        for j in 1..=seq {
+        for j in 1..=passes {
             for (o, p) in progress.iter().enumerate() {
                 while p.0.load(Ordering::Acquire) < j {
                     // A slice nobody has claimed (the helper that would have is not coming)
@@ -525,7 +595,7 @@ unsafe fn steps(base: &Step, seq: usize, reverse: bool) {
                     std::hint::spin_loop();
                 }
             }
-            if j < seq {
+            if j < passes {
                 for &s in &mine {
                     run(s, j);
                 }

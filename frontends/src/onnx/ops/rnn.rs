@@ -400,29 +400,25 @@ fn run(
     let h = cfg.hidden;
     let wt = b.transpose(d.w, &[1, 0])?;
     let rt = b.transpose(d.r, &[1, 0])?;
-    // The input projection of every step at once, gate by gate: [seq·batch, input] · Wᵀ_k
-    // (+ input bias), one large product per gate instead of one small one per step; each
-    // gate's lies contiguous, so a step's rows are laid out as its recurrent product.
-    let xshape = b.shape(x).clone();
-    let seq = xshape.dim(0).clone();
-    let batch = xshape.dim(1).clone();
-    let rows = seq.mul(&batch)?;
-    let x2 = b.reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))?;
+    let (seq, batch) = (b.shape(x).dim(0).clone(), b.shape(x).dim(1).clone());
+    // The input projection of every step at once, gate by gate: one large product per gate
+    // instead of one small one per step; each gate's lies contiguous, so a step's rows are
+    // laid out as its recurrent product.
     let mut xw_all = Vec::new();
     let mut rts = Vec::new();
     let mut rbs = Vec::new();
     let groups = gate_groups(cfg, d.peep.is_some());
     for &k in &groups {
         let wt_k = gates(b, wt, 1, k, h)?;
-        let mut xw = b.matmul(x2, wt_k)?;
         // Bias split into input and recurrent halves (GRU needs them apart).
-        if let Some((wb, rb)) = d.bias {
-            let wb_k = gates(b, wb, 0, k, h)?;
-            xw = b.add(xw, wb_k)?;
-            rbs.push(gates(b, rb, 0, k, h)?);
-        }
-        let dims = vec![seq.clone(), batch.clone(), Dim::Const(k.1 * h)];
-        xw_all.push(b.reshape(xw, Shape::new(dims))?);
+        let wb_k = match d.bias {
+            Some((wb, rb)) => {
+                rbs.push(gates(b, rb, 0, k, h)?);
+                Some(gates(b, wb, 0, k, h)?)
+            }
+            None => None,
+        };
+        xw_all.push(projection(b, x, wt_k, wb_k)?);
         rts.push(gates(b, rt, 1, k, h)?);
     }
     let sd = StepDir {
@@ -480,6 +476,23 @@ fn run(
     Ok((y, hs, cs))
 }
 
+/// Every step's input projection at once, `[seq, batch, columns]`: `x` (`[seq, batch,
+/// input]`) seen as `[seq·batch, input]` times `wt` (`[input, columns]`), plus `bias`
+/// (`[columns]`) when given.
+fn projection(b: &mut Builder, x: Value, wt: Value, bias: Option<Value>) -> R<Value> {
+    let xshape = b.shape(x).clone();
+    let (seq, batch) = (xshape.dim(0).clone(), xshape.dim(1).clone());
+    let rows = seq.mul(&batch)?;
+    let x2 = b.reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))?;
+    let mut xw = b.matmul(x2, wt)?;
+    if let Some(bias) = bias {
+        xw = b.add(xw, bias)?;
+    }
+    let columns = b.shape(wt).dim(1).clone();
+    b.reshape(xw, Shape::new(vec![seq, batch, columns]))
+        .map_err(s)
+}
+
 /// [`run`] as one `lstm`, `gru` or `rnn` node when the layer has its default form (f32; default
 /// activations; no clip or sequence lengths; an LSTM without peepholes or coupled gates),
 /// whatever the sequence's length: the input projection of every step with the biases that add
@@ -505,31 +518,28 @@ fn one_op(
     if !(form && default && cfg.clip.is_none() && mask.is_none() && b.dtype(x) == DType::F32) {
         return Ok(None);
     }
-    let (h, g) = (cfg.hidden, cfg.kind.gates());
-    let xshape = b.shape(x).clone();
-    let (seq, batch) = (xshape.dim(0).clone(), xshape.dim(1).clone());
-    let rows = seq.mul(&batch)?;
-    let x2 = b.reshape(x, Shape::new(vec![rows, xshape.dim(2).clone()]))?;
+    let h = cfg.hidden;
     let wt = b.transpose(d.w, &[1, 0])?;
-    let mut xw = b.matmul(x2, wt)?;
     // The biases the input projection takes: both, but a GRU's n gate's recurrent one (the
     // reset gate multiplies it), which the `gru` node takes apart (zero without biases).
     let mut rbn = None;
-    if let Some((wb, rb)) = d.bias {
-        let rb = match cfg.kind {
-            Kind::Gru => {
-                let zr = gates(b, rb, 0, (0, 2), h)?;
-                rbn = Some(gate(b, rb, 0, 2, h)?);
-                let zero = b.scalar(0.0, DType::F32)?;
-                let zeros = b.broadcast_to(zero, &Shape::new(vec![Dim::Const(h)]))?;
-                b.op1(Op::Concat { axis: 0 }, &[zr, zeros])?
-            }
-            _ => rb,
-        };
-        let both = b.add(wb, rb)?;
-        xw = b.add(xw, both)?;
-    }
-    let xw = b.reshape(xw, Shape::new(vec![seq, batch, Dim::Const(g * h)]))?;
+    let bias = match d.bias {
+        Some((wb, rb)) => {
+            let rb = match cfg.kind {
+                Kind::Gru => {
+                    let zr = gates(b, rb, 0, (0, 2), h)?;
+                    rbn = Some(gate(b, rb, 0, 2, h)?);
+                    let zero = b.scalar(0.0, DType::F32)?;
+                    let zeros = b.broadcast_to(zero, &Shape::new(vec![Dim::Const(h)]))?;
+                    b.op1(Op::Concat { axis: 0 }, &[zr, zeros])?
+                }
+                _ => rb,
+            };
+            Some(b.add(wb, rb)?)
+        }
+        None => None,
+    };
+    let xw = projection(b, x, wt, bias)?;
     let rt = b.transpose(d.r, &[1, 0])?;
     let reverse = d.reverse;
     Ok(Some(match (cfg.kind, d.c0) {
