@@ -72,9 +72,8 @@ impl Lowering<'_> {
         let (n, h, w) = (xs[0], xs[2], xs[3]);
         let (o, oh, ow) = (os[1] * BLOCK, os[2], os[3]);
         let (ob, kh, kw) = (os[1], ws[2], ws[3]);
-        // Groups of up to four output blocks (64 filters; one channel block of a depthwise
-        // conv) by runs of rows: at least eight units of work where the rows allow, for the
-        // threads.
+        // Groups of up to four output blocks (64 filters or channels) by runs of rows: at
+        // least eight units of work where the rows allow, for the threads.
         // The routine's geometry: h, w, oh, ow, kh, kw, strides, dilations, low pads.
         let shape = [h, w, oh, ow, kh, kw];
         let shape: [i64; 12] = std::array::from_fn(|i| match i {
@@ -90,11 +89,7 @@ impl Lowering<'_> {
         // Winograd's calls take every block (one input transform serves them all), runs of
         // whole tile rows (two rows high: a run that starts inside one computes all of it)
         // and as many as fill a chunk of the routine's.
-        let per = match (wino, groups_n) {
-            (true, _) => ob,
-            (_, 1) => 4,
-            _ => 1,
-        };
+        let per = if wino { ob } else { 4 };
         let groups = (ob + per - 1) / per;
         let runs = (8 / (n * groups).max(1)).clamp(1, oh.max(1));
         let mut rows = (oh + runs - 1) / runs;

@@ -361,11 +361,9 @@ impl Job {
         };
         let mut ob = ob0;
         while ob < ob0 + obn {
-            let nb = if depthwise {
-                1
-            } else {
-                (ob0 + obn - ob).min(4)
-            };
+            // Up to four blocks at once (a depthwise conv's side by side only in tiles of a
+            // few pixels).
+            let nb = (ob0 + obn - ob).min(4);
             let nb = if nb == 3 { 2 } else { nb };
             let (obu, nbu) = (ob as usize, nb as usize);
             // Dense tiles take two rows at once where both have every row tap inside.
@@ -395,7 +393,7 @@ impl Job {
         }
     }
 
-    /// Pixels `run` of output row `oy` of output blocks `ob..ob + nb` (a channel block of a
+    /// Pixels `run` of output row `oy` of output blocks `ob..ob + nb` (channel blocks of a
     /// depthwise conv).
     ///
     /// # Safety

@@ -22,8 +22,8 @@ pub(super) unsafe fn tiles(
     // SAFETY: forwarded.
     unsafe {
         match (depthwise, rn, j.ps * j.g.sw as usize) {
-            (true, (1, n), s) => dw_tiles(j, ob, at, n, s),
-            (true, (_, n), _) => dw_pairs(j, ob, at, n),
+            (true, (1, n), s) => dw_tiles(j, ob, at, n, s, nb),
+            (true, (_, n), _) => dw_pairs(j, ob, at, n, nb),
             (false, (r, 1), _) if r > 1 => down(j, ob, at, r, nb),
             (false, rn, 16) => along::<16>(j, ob, at, rn, nb),
             (false, rn, 32) => along::<32>(j, ob, at, rn, nb),
@@ -288,12 +288,13 @@ unsafe fn flat<const B: usize, const R: usize, const C: usize, const S: usize>(
     C
 }
 
-/// Depthwise tiles whose pixels are `s` elements apart in the input.
+/// Depthwise tiles of channel blocks `cb..cb + nb` whose pixels are `s` elements apart in
+/// the input.
 ///
 /// # Safety
 /// As [`tiles`].
 #[inline(always)]
-unsafe fn dw_tiles(j: &Job, cb: usize, (oy, ox): (usize, usize), n: usize, s: usize) {
+unsafe fn dw_tiles(j: &Job, cb: usize, (oy, ox): (usize, usize), n: usize, s: usize, nb: usize) {
     // Three taps a row at unit strides and dilations: each input vector loaded once for
     // the three taps that read it.
     let three = (j.g.kw, j.g.dw, s) == (3, 1, BLOCK) && n > 1;
@@ -302,50 +303,71 @@ unsafe fn dw_tiles(j: &Job, cb: usize, (oy, ox): (usize, usize), n: usize, s: us
     let mut p = 0;
     while p < n {
         let at = (oy, ox + p);
-        // SAFETY: forwarded (the pixels of a tile share their taps: all three columns).
-        unsafe {
-            p += match n - p {
-                12.. if three => dw_row3::<12, 14, 1>(j, cb, at),
-                8.. if three => dw_row3::<8, 10, 1>(j, cb, at),
-                4.. if three => dw_row3::<4, 6, 1>(j, cb, at),
-                8.. if strided => dw_row3::<8, 17, 2>(j, cb, at),
-                4.. if strided => dw_row3::<4, 9, 2>(j, cb, at),
-                16.. => dw_tile::<16>(j, cb, at, s),
-                8.. => dw_tile::<8>(j, cb, at, s),
-                4.. => dw_tile::<4>(j, cb, at, s),
-                2.. => dw_tile::<2>(j, cb, at, s),
-                _ => dw_tile::<1>(j, cb, at, s),
-            };
+        // SAFETY (both): forwarded (the pixels of a tile share their taps: all three
+        // columns).
+        if n - p < 4 && nb > 1 {
+            // Fewer than four pixels (a small image's border, a row's last): the blocks'
+            // sums side by side, whose chains of taps would otherwise wait on each other.
+            unsafe {
+                p += match (nb, n - p) {
+                    (4, 3) => dw_tile::<4, 3>(j, cb, at, s),
+                    (4, 2) => dw_tile::<4, 2>(j, cb, at, s),
+                    (4, _) => dw_tile::<4, 1>(j, cb, at, s),
+                    (_, 2..) => dw_tile::<2, 2>(j, cb, at, s),
+                    _ => dw_tile::<2, 1>(j, cb, at, s),
+                };
+            }
+            continue;
         }
+        let mut step = 0;
+        for b in cb..cb + nb {
+            unsafe {
+                step = match n - p {
+                    12.. if three => dw_row3::<12, 14, 1>(j, b, at),
+                    8.. if three => dw_row3::<8, 10, 1>(j, b, at),
+                    4.. if three => dw_row3::<4, 6, 1>(j, b, at),
+                    8.. if strided => dw_row3::<8, 17, 2>(j, b, at),
+                    4.. if strided => dw_row3::<4, 9, 2>(j, b, at),
+                    16.. => dw_tile::<1, 16>(j, b, at, s),
+                    8.. => dw_tile::<1, 8>(j, b, at, s),
+                    4.. => dw_tile::<1, 4>(j, b, at, s),
+                    2.. => dw_tile::<1, 2>(j, b, at, s),
+                    _ => dw_tile::<1, 1>(j, b, at, s),
+                };
+            }
+        }
+        p += step;
     }
 }
 
 /// Depthwise tiles of output rows `oy` and `oy + 1` ([`Job::paired`]; both rows' taps
-/// inside): [`dw_rows3`] where the columns' taps are inside, the rows one at a time for a
-/// single border pixel.
+/// inside) of channel blocks `cb..cb + nb`: [`dw_rows3`] where the columns' taps are
+/// inside, the rows one at a time for a single border pixel.
 ///
 /// # Safety
 /// As [`tiles`].
 #[inline(always)]
-unsafe fn dw_pairs(j: &Job, cb: usize, (oy, ox): (usize, usize), n: usize) {
+unsafe fn dw_pairs(j: &Job, cb: usize, (oy, ox): (usize, usize), n: usize, nb: usize) {
     if n == 1 {
         for y in oy..oy + 2 {
             // SAFETY: forwarded.
-            unsafe { dw_tiles(j, cb, (y, ox), 1, BLOCK) };
+            unsafe { dw_tiles(j, cb, (y, ox), 1, BLOCK, nb) };
         }
         return;
     }
-    let mut p = 0;
-    while p < n {
-        let at = (oy, ox + p);
-        // SAFETY: forwarded.
-        unsafe {
-            p += match n - p {
-                8.. => dw_rows3::<8, 10>(j, cb, at),
-                4.. => dw_rows3::<4, 6>(j, cb, at),
-                2.. => dw_rows3::<2, 4>(j, cb, at),
-                _ => dw_rows3::<1, 3>(j, cb, at),
-            };
+    for b in cb..cb + nb {
+        let mut p = 0;
+        while p < n {
+            let at = (oy, ox + p);
+            // SAFETY: forwarded.
+            unsafe {
+                p += match n - p {
+                    8.. => dw_rows3::<8, 10>(j, b, at),
+                    4.. => dw_rows3::<4, 6>(j, b, at),
+                    2.. => dw_rows3::<2, 4>(j, b, at),
+                    _ => dw_rows3::<1, 3>(j, b, at),
+                };
+            }
         }
     }
 }
@@ -395,27 +417,38 @@ unsafe fn dw_rows3<const P: usize, const Q: usize>(
     P
 }
 
-/// A depthwise tile of channel block `cb` by `P` pixels from `(oy, ox)`, `s` elements
-/// apart in the input, whose column taps are those of its first pixel; returns `P`.
+/// A depthwise tile of channel blocks `cb..cb + B` by `P` pixels from `(oy, ox)`, `s`
+/// elements apart in the input, whose column taps are those of its first pixel; returns
+/// `P`.
 ///
 /// # Safety
 /// As [`tiles`].
 #[inline(always)]
-unsafe fn dw_tile<const P: usize>(j: &Job, cb: usize, (oy, ox): (usize, usize), s: usize) -> usize {
+unsafe fn dw_tile<const B: usize, const P: usize>(
+    j: &Job,
+    cb: usize,
+    (oy, ox): (usize, usize),
+    s: usize,
+) -> usize {
     let ((ky0, ky1), (kx0, kx1)) = j.taps(oy, ox);
     // SAFETY: as in `tile`.
     unsafe {
-        let mut acc = [_mm512_setzero_ps(); P];
+        let mut acc = [[_mm512_setzero_ps(); P]; B];
         for ky in ky0..ky1 {
             for kx in kx0..kx1 {
                 let xp = j.x.add(cb * j.gs + j.input(0, j.at((oy, ox), (ky, kx))));
-                let f = _mm512_loadu_ps(j.wp.add(j.dw_filter(cb, ky, kx)));
-                for (p, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(p * s)), f, *a);
+                for (b, acc) in acc.iter_mut().enumerate() {
+                    let f = _mm512_loadu_ps(j.wp.add(j.dw_filter(cb + b, ky, kx)));
+                    let xp = xp.add(b * j.gs);
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(p * s)), f, *a);
+                    }
                 }
             }
         }
-        store(j, cb, (oy, ox), &acc, BLOCK);
+        for (b, acc) in acc.iter().enumerate() {
+            store(j, cb + b, (oy, ox), acc, BLOCK);
+        }
     }
     P
 }
