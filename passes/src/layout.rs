@@ -1,281 +1,546 @@
-//! The channel-blocked image layout (NCHWc): 2-D f32 convs with constant filters whose
-//! filters are a multiple of the target's block (16) become `conv_blocked`, whose results
-//! are `[N, C/16, H, W, 16]` values — dense ones from a blocked input where there is one (from
-//! the plain image otherwise: a first conv's three channels), depthwise ones from blocked
-//! inputs — and the work between such convs follows them into the blocked layout:
-//! elementwise ops (with per-channel or scalar broadcast operands, or a plain image beside a
-//! blocked one, a residual), pooling windows, channel concats, and global reductions over
-//! the image (whose `[N, C/16, 16]` result is `[N, C]` as it is). A dense conv whose filter
-//! count is just above a multiple of 16 (a classifier's 1000) and whose outputs each sum at
-//! least 128 products runs blocked on zero-padded filters, its plain result sliced.
-//! Consecutive convs hand
-//! blocked images to each other instead of converting per layer. Each blocked value keeps a
-//! plain twin (`unblock`: a transpose and a reshape) for consumers that need NCHW; twins
-//! nobody reads are dead code. A deterministic rewrite rather than e-graph rules: every
-//! conv the routine takes is faster blocked (see docs/decisions.md), so there is no choice
-//! for a cost model to make.
+//! The channel-blocked image layout (NCHWc): 2-D f32 convs with constant filters become
+//! `conv_blocked`, whose results are `[N, ⌈C/16⌉, H, W, 16]` values — dense ones from a
+//! blocked input where there is one (from the plain image otherwise: a first conv's three
+//! channels), depthwise ones from blocked inputs — and the work between such convs follows
+//! them into the blocked layout: elementwise ops (with per-channel or scalar broadcast
+//! operands, or a plain image beside a blocked one, a residual), pooling windows, channel
+//! concats, and global reductions over the image (whose `[N, ⌈C/16⌉, 1, 1, 16]` result is
+//! the blocked form of a squeeze-excite's `[N, C, 1, 1]`). Consecutive convs hand blocked
+//! images to each other instead of converting per layer.
+//!
+//! Channel counts that are not a multiple of the block (MobileNets' 24, 40, 72, …) are
+//! padded: the blocked value has ⌈C/16⌉ blocks, its last one partly *padding lanes*. A conv
+//! gets zero filters for the padded output channels and zero weights for the padded input
+//! channels, so whatever finite value a padding lane holds it multiplies a zero, and the
+//! padded outputs are exactly 0. The pass knows the one value each padded value's lanes hold
+//! (0 after a conv; through each elementwise op, that op evaluated on its operands' lane
+//! values, per-channel operands padded with 0 — a divisor with 1) and keeps an op out of
+//! the blocked layout where that value would not be finite: a NaN or infinity there would
+//! reach real channels through the zero weights. A dense conv pads its filters only where it
+//! pays: from a blocked input when at most a third of the padded count is padding, or, from
+//! a plain one, when each output sums at least 128 products and at most 1/9 is padding (a
+//! classifier's 1000).
+//!
+//! Each blocked value keeps a plain twin (`unblock`: a transpose, a reshape, and a slice
+//! when padded) for consumers that need NCHW; twins nobody reads are dead code. A
+//! deterministic rewrite rather than e-graph rules: every conv the routine takes is faster
+//! blocked (see docs/decisions.md), so there is no choice for a cost model to make.
 
 use std::collections::HashMap;
 
-use ir::{Builder, Dim, Node, Op, Shape, Value};
+use ir::{Builder, DType, Dim, Node, Op, Shape, Value};
 
-use crate::manager::Options;
+use crate::manager::{Evaluator, Options};
 use crate::rebuild::{rebuild, Settings, R};
 
+/// The largest magnitude a padding lane may hold: far enough from f32's overflow that the
+/// kernels' own rounding of the ops that made it cannot reach infinity.
+const FINITE: f32 = 1e30;
+
 pub(crate) fn run(g: &ir::Graph, o: &Options) -> R<ir::Graph> {
-    let block = o.target.block;
-    if block < 2 {
+    if o.target.block < 2 {
         return Ok(g.clone());
     }
-    // The blocked twin of each plain value of the new graph that has one.
-    let mut blocked: HashMap<Value, Value> = HashMap::new();
+    let mut l = Layout {
+        block: o.target.block,
+        evaluate: o.evaluate,
+        blocked: HashMap::new(),
+        lanes: HashMap::new(),
+        pooled: HashMap::new(),
+    };
     rebuild(g, &Settings::STRICT, &mut |b, node, inputs| {
-        let err = |e: ir::Error| e.to_string();
-        if let Some(y) = reduced(b, node, inputs, &blocked).map_err(err)? {
-            return Ok(Some(vec![y]));
-        }
-        if let Some(y) = padded(b, node, inputs, &blocked, block).map_err(err)? {
-            return Ok(Some(vec![y]));
-        }
-        let Some(y) = blocked_form(b, node, inputs, &blocked, block).map_err(err)? else {
-            return Ok(None);
-        };
-        let plain = unblock(b, y, block).map_err(err)?;
-        blocked.insert(plain, y);
-        Ok(Some(vec![plain]))
+        l.node(b, node, inputs).map_err(|e| e.to_string())
     })
 }
 
-/// A reduction over the spatial axes of an image that has a blocked twin (a global pool),
-/// computed on the twin: `[N, C/b, b]` is `[N, C]` in row-major order, so the plain result
-/// needs no transpose.
-fn reduced(
-    b: &mut Builder,
-    node: &Node,
-    inputs: &[Value],
-    blocked: &HashMap<Value, Value>,
-) -> ir::Result<Option<Value>> {
-    let op = node.op();
-    let axes = match op {
-        Op::ReduceSum { axes }
-        | Op::ReduceMax { axes }
-        | Op::ReduceMin { axes }
-        | Op::ReduceProd { axes } => axes,
-        _ => return Ok(None),
-    };
-    let Some(&x) = inputs.first().and_then(|v| blocked.get(v)) else {
-        return Ok(None);
-    };
-    let mut sorted = axes.clone();
-    sorted.sort_unstable();
-    if sorted != [2, 3] || node.types().len() != 1 {
-        return Ok(None);
-    }
-    // Sums, maxima and minima as one window over each plane: the pooling routine's lanes
-    // are the block's channels (sums in f64 in row-major order either way).
-    let kind = match op {
-        Op::ReduceSum { .. } => Some(ir::ReduceKind::Sum),
-        Op::ReduceMax { .. } => Some(ir::ReduceKind::Max),
-        Op::ReduceMin { .. } => Some(ir::ReduceKind::Min),
-        _ => None,
-    };
-    let d = b.ty(x).shape.dims().to_vec();
-    let r = match (kind, d[2].as_const(), d[3].as_const()) {
-        (Some(kind), Some(h), Some(w)) => b.op1(
-            Op::ReduceWindow {
-                kind,
-                window: vec![1, 1, h, w, 1],
-                stride: vec![1; 5],
-                dilation: vec![1; 5],
-                pad_low: vec![0; 5],
-                pad_high: vec![0; 5],
-            },
-            &[x],
-        )?,
-        _ => b.op1(op.clone(), &[x])?,
-    };
-    Ok(Some(b.reshape(r, node.types()[0].shape.clone())?))
+/// The pass's state over one rebuild.
+struct Layout<'a> {
+    /// Channels per block.
+    block: i64,
+    /// Evaluates an op on padding lanes' values (without it padded values stop at convs).
+    evaluate: Option<Evaluator<'a>>,
+    /// The blocked twin of each plain image of the new graph that has one.
+    blocked: HashMap<Value, Value>,
+    /// The value the padding lanes of each padded twin hold (given finite real channels).
+    lanes: HashMap<Value, f32>,
+    /// The `[N, ⌈C/b⌉, 1, 1, b]` twin of each global pool's `[N, C]` result.
+    pooled: HashMap<Value, Value>,
 }
 
-/// A dense conv with constant filters whose count is not a multiple of the block but close
-/// above one (a classifier's 1000, a detector head's 255: at most 1/8 more) run blocked on
-/// filters padded with zero ones, the padding's channels sliced off its plain result —
-/// which has no blocked twin, so its consumers stay plain. Only when each output sums at
-/// least 128 products: slicing the plain result out of the blocked one reads it with a stride
-/// of 16 elements (about 0.65 ns an element here), more than a blocked conv of fewer products
-/// saves over a plain one (a 16→72 1×1 conv at 56²: 200 µs padded, 87 µs plain).
-fn padded(
-    b: &mut Builder,
-    node: &Node,
-    inputs: &[Value],
-    blocked: &HashMap<Value, Value>,
-    block: i64,
-) -> ir::Result<Option<Value>> {
-    let Op::Conv { groups: 1, .. } = node.op() else {
-        return Ok(None);
-    };
-    let (x, w) = (inputs[0], inputs[1]);
+/// A blocked value and, when padded, what its padding lanes hold.
+type Blocked = (Value, Option<f32>);
+
+impl Layout<'_> {
+    /// `node` (with its operands' new values `inputs`) rewritten, or `None` to copy it.
+    fn node(
+        &mut self,
+        b: &mut Builder,
+        node: &Node,
+        inputs: &[Value],
+    ) -> ir::Result<Option<Vec<Value>>> {
+        if let Some(y) = self.reduced(b, node, inputs)? {
+            return Ok(Some(vec![y]));
+        }
+        let Some((y, lanes)) = self.blocked_form(b, node, inputs)? else {
+            return Ok(None);
+        };
+        let c = channels(&node.types()[0].shape);
+        let plain = unblock(b, y, self.block, c)?;
+        if let Some(v) = lanes {
+            self.lanes.insert(y, v);
+        }
+        self.blocked.insert(plain, y);
+        Ok(Some(vec![plain]))
+    }
+
+    /// ⌈n/b⌉·b: `n` channels with their padding.
+    fn up(&self, n: i64) -> i64 {
+        (n + self.block - 1) / self.block * self.block
+    }
+
+    /// Whether an image of `shape` is padded when blocked.
+    fn padded(&self, shape: &Shape) -> bool {
+        shape.rank() == 4 && channels(shape) % self.block != 0
+    }
+
+    /// A reduction over the spatial axes of an image that has a blocked twin (a global pool),
+    /// computed on the twin: `[N, ⌈C/b⌉, b]` is `[N, C]` in row-major order (padding at the
+    /// end, sliced off), so the plain result needs no transpose. A pooling window's
+    /// `[N, ⌈C/b⌉, 1, 1, b]` result is kept as the blocked form of the `[N, C, 1, 1]` a
+    /// squeeze-excite block reshapes it to.
+    fn reduced(
+        &mut self,
+        b: &mut Builder,
+        node: &Node,
+        inputs: &[Value],
+    ) -> ir::Result<Option<Value>> {
+        let op = node.op();
+        let axes = match op {
+            Op::ReduceSum { axes }
+            | Op::ReduceMax { axes }
+            | Op::ReduceMin { axes }
+            | Op::ReduceProd { axes } => axes,
+            _ => return Ok(None),
+        };
+        let Some(&x) = inputs.first().and_then(|v| self.blocked.get(v)) else {
+            return Ok(None);
+        };
+        let mut sorted = axes.clone();
+        sorted.sort_unstable();
+        if sorted != [2, 3] || node.types().len() != 1 {
+            return Ok(None);
+        }
+        // Sums, maxima and minima as one window over each plane: the pooling routine's lanes
+        // are the block's channels (sums in f64 in row-major order either way).
+        let kind = match op {
+            Op::ReduceSum { .. } => Some(ir::ReduceKind::Sum),
+            Op::ReduceMax { .. } => Some(ir::ReduceKind::Max),
+            Op::ReduceMin { .. } => Some(ir::ReduceKind::Min),
+            _ => None,
+        };
+        let d = b.ty(x).shape.dims().to_vec();
+        let (r, window) = match (kind, d[2].as_const(), d[3].as_const()) {
+            (Some(kind), Some(h), Some(w)) => {
+                let window = Op::ReduceWindow {
+                    kind,
+                    window: vec![1, 1, h, w, 1],
+                    stride: vec![1; 5],
+                    dilation: vec![1; 5],
+                    pad_low: vec![0; 5],
+                    pad_high: vec![0; 5],
+                };
+                (b.op1(window, &[x])?, Some(kind))
+            }
+            _ => (b.op1(op.clone(), &[x])?, None),
+        };
+        let out = node.types()[0].shape.clone();
+        let c = out.dim(1).as_const().unwrap_or(0);
+        let all = self.up(c);
+        let plain = if all == c {
+            b.reshape(r, out)?
+        } else {
+            let flat = b.reshape(r, Shape::new(vec![d[0].clone(), Dim::constant(all)]))?;
+            let slice = Op::Slice {
+                start: vec![Dim::constant(0); 2],
+                limit: vec![d[0].clone(), Dim::constant(c)],
+                stride: vec![1; 2],
+            };
+            b.op1(slice, &[flat])?
+        };
+        // What the pool's padding lanes hold: a window of equal lanes is that lane (a sum of
+        // zeros is zero).
+        let lanes = match (window, self.lanes.get(&x)) {
+            (Some(_), None) if all == c => Some(None),
+            (Some(ir::ReduceKind::Max | ir::ReduceKind::Min), Some(&v)) => Some(Some(v)),
+            (Some(ir::ReduceKind::Sum), Some(&v)) if v == 0.0 => Some(Some(v)),
+            _ => None,
+        };
+        if let Some(lanes) = lanes {
+            if let Some(v) = lanes {
+                self.lanes.insert(r, v);
+            }
+            self.pooled.insert(plain, r);
+        }
+        Ok(Some(plain))
+    }
+
+    /// The blocked value computing `node` (with its operands' new plain values `inputs`),
+    /// when it has one: a conv that blocks, or an op of blocked operands that keeps the
+    /// layout.
+    fn blocked_form(
+        &self,
+        b: &mut Builder,
+        node: &Node,
+        inputs: &[Value],
+    ) -> ir::Result<Option<Blocked>> {
+        if node.types().len() != 1 {
+            return Ok(None);
+        }
+        let padded = self.padded(&node.types()[0].shape);
+        let op = node.op();
+        match op {
+            Op::Conv { .. } => {
+                let y = self.conv(b, node, inputs)?;
+                Ok(y.map(|y| (y, padded.then_some(0.0))))
+            }
+            _ if op.is_elementwise()
+                && matches!(op.kind(), ir::OpKind::Unary | ir::OpKind::Binary) =>
+            {
+                self.elementwise(b, node, inputs, padded)
+            }
+            Op::ReduceWindow {
+                kind,
+                window,
+                stride,
+                dilation,
+                pad_low,
+                pad_high,
+            } => {
+                let Some(&x) = self.blocked.get(&inputs[0]) else {
+                    return Ok(None);
+                };
+                let lead = |v: &[i64], one: i64| v.len() == 4 && v[0] == one && v[1] == one;
+                let trivial = lead(window, 1) && lead(stride, 1) && lead(dilation, 1);
+                if !(trivial && lead(pad_low, 0) && lead(pad_high, 0)) {
+                    return Ok(None);
+                }
+                // Maxima and minima of equal lanes are that lane; sums only of zeros (a
+                // window's count varies at the borders).
+                let lanes = match (padded, self.lanes.get(&x)) {
+                    (false, _) => None,
+                    (true, Some(&v)) if *kind != ir::ReduceKind::Sum || v == 0.0 => Some(v),
+                    (true, _) => return Ok(None),
+                };
+                let five = |v: &[i64], last: i64| {
+                    let mut v = v.to_vec();
+                    v.push(last);
+                    v
+                };
+                let op = Op::ReduceWindow {
+                    kind: *kind,
+                    window: five(window, 1),
+                    stride: five(stride, 1),
+                    dilation: five(dilation, 1),
+                    pad_low: five(pad_low, 0),
+                    pad_high: five(pad_high, 0),
+                };
+                Ok(Some((b.op1(op, &[x])?, lanes)))
+            }
+            // Channel concats of whole blocks.
+            Op::Concat { axis: 1 } => {
+                let whole = |v: &Value| !self.padded(&b.ty(*v).shape);
+                let args: Option<Vec<Value>> = inputs
+                    .iter()
+                    .map(|v| self.blocked.get(v).copied().filter(|_| whole(v)))
+                    .collect();
+                match args {
+                    Some(args) => Ok(Some((b.op1(Op::Concat { axis: 1 }, &args)?, None))),
+                    None => Ok(None),
+                }
+            }
+            // A global pool's `[N, C]` as `[N, C, 1, 1]` is its window's blocked result.
+            Op::Reshape { shape } => {
+                let Some(&t) = self.pooled.get(&inputs[0]) else {
+                    return Ok(None);
+                };
+                let it = b.ty(inputs[0]).shape.clone();
+                let one = Some(1);
+                let image = shape.rank() == 4
+                    && shape.dims()[..2] == it.dims()[..]
+                    && shape.dim(2).as_const() == one
+                    && shape.dim(3).as_const() == one;
+                Ok(image.then(|| (t, self.lanes.get(&t).copied())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A 2-D conv with constant filters as `conv_blocked`, when it is one the blocked layout
+    /// takes: dense, or depthwise from a blocked input; filters padded with zeros to the
+    /// padded channel counts of its input and result.
+    fn conv(&self, b: &mut Builder, node: &Node, inputs: &[Value]) -> ir::Result<Option<Value>> {
+        let Op::Conv { groups, .. } = node.op() else {
+            return Ok(None);
+        };
+        let (x, w) = (inputs[0], inputs[1]);
+        let constant = matches!(b.graph().node(w.node).op(), Op::Constant { .. });
+        let (xt, wt) = (b.ty(x), b.ty(w));
+        let fits = constant
+            && xt.dtype == DType::F32
+            && xt.shape.rank() == 4
+            && xt.shape.is_static()
+            && wt.shape.rank() == 4
+            && wt.shape.is_static();
+        if !fits {
+            return Ok(None);
+        }
+        let [o, cg, kh, kw] = [0, 1, 2, 3].map(|i| wt.shape.dim(i).as_const().unwrap_or(0));
+        let c = channels(&xt.shape);
+        let xb = self.blocked.get(&x).copied();
+        let (input, filters, groups) = if *groups > 1 && cg == 1 && o == *groups && c == o {
+            // Depthwise convs vectorize over a blocked input's channels.
+            let Some(xb) = xb else {
+                return Ok(None);
+            };
+            (xb, [self.up(c), 1], self.up(c))
+        } else if *groups == 1 {
+            // Dense convs read a blocked input where there is one, else the plain one.
+            let (all, per) = (self.up(o), c * kh * kw);
+            let pays =
+                all == o || xb.is_some() && (all - o) * 2 <= o || per >= 128 && (all - o) * 8 <= o;
+            if !pays {
+                return Ok(None);
+            }
+            let cin = if xb.is_some() { self.up(c) } else { c };
+            (xb.unwrap_or(x), [all, cin], 1)
+        } else {
+            return Ok(None);
+        };
+        let w = if filters == [o, cg] {
+            w
+        } else {
+            match padded_filters(b, w, filters)? {
+                Some(w) => w,
+                None => return Ok(None),
+            }
+        };
+        Ok(Some(b.op1(
+            blocked_conv(node.op(), self.block, groups),
+            &[input, w],
+        )?))
+    }
+
+    /// An elementwise op of which some operand has a blocked twin, on the twins: the other
+    /// operands per-channel or scalar broadcasts, or plain images (a residual) blocked for it.
+    fn elementwise(
+        &self,
+        b: &mut Builder,
+        node: &Node,
+        inputs: &[Value],
+        padded: bool,
+    ) -> ir::Result<Option<Blocked>> {
+        if !inputs.iter().any(|v| self.blocked.contains_key(v)) {
+            return Ok(None);
+        }
+        let op = node.op();
+        let f32s = node.types()[0].dtype == DType::F32
+            && inputs.iter().all(|&v| b.ty(v).dtype == DType::F32);
+        if padded && !f32s {
+            return Ok(None);
+        }
+        let shape = node.types()[0].shape.clone();
+        let (mut args, mut lanes) = (Vec::new(), Vec::new());
+        for (i, &v) in inputs.iter().enumerate() {
+            // A divisor's padding is 1, any other operand's 0.
+            let fill = if matches!(op, Op::Div) && i == 1 {
+                1.0
+            } else {
+                0.0
+            };
+            let (a, lane) = match self.blocked.get(&v) {
+                Some(&x) => (x, self.lanes.get(&x).copied()),
+                None => match self.per_channel(b, v, &shape, fill)? {
+                    Some(a) => a,
+                    // A plain image beside a blocked one (a residual) is blocked for it.
+                    None if f32_image(b, v) && b.ty(v).shape == shape => {
+                        (to_blocked(b, v, self.block)?, Some(0.0))
+                    }
+                    None => return Ok(None),
+                },
+            };
+            args.push(a);
+            lanes.push(lane);
+        }
+        let lanes = match padded {
+            false => None,
+            true => {
+                let known: Option<Vec<f32>> = lanes.into_iter().collect();
+                match known.and_then(|l| self.lane(op, &l)) {
+                    Some(v) => Some(v),
+                    None => return Ok(None),
+                }
+            }
+        };
+        Ok(Some((b.op1(op.clone(), &args)?, lanes)))
+    }
+
+    /// What elementwise `op` makes of padding lanes holding `operands`, when the evaluator
+    /// knows and it is finite (at most [`FINITE`]).
+    fn lane(&self, op: &Op, operands: &[f32]) -> Option<f32> {
+        let eval = self.evaluate?;
+        let mut s = Builder::new("lane");
+        let args = operands
+            .iter()
+            .map(|&x| s.scalar(f64::from(x), DType::F32))
+            .collect::<ir::Result<Vec<_>>>()
+            .ok()?;
+        let y = s.op1(op.clone(), &args).ok()?;
+        s.output("y", y).ok()?;
+        let out = eval(&s.into_graph()).ok()?;
+        let v = *out.first()?.as_slice::<f32>()?.first()?;
+        (v.abs() <= FINITE).then_some(v)
+    }
+
+    /// The blocked form of an elementwise operand `v` of image shape `shape` that broadcasts
+    /// one value per channel (per image and channel, or a scalar), and what its padding lanes
+    /// hold: the blocked twin of the broadcast values where they have one (a squeeze-excite
+    /// scale), else the values padded with `fill`. `None` for any other operand.
+    fn per_channel(
+        &self,
+        b: &mut Builder,
+        v: Value,
+        shape: &Shape,
+        fill: f32,
+    ) -> ir::Result<Option<Blocked>> {
+        let Op::Broadcast { dims, .. } = b.graph().node(v.node).op().clone() else {
+            return Ok(None);
+        };
+        let src = b.graph().node(v.node).inputs()[0];
+        let st = b.ty(src).shape.clone();
+        let d = shape.dims();
+        // Every source axis that is not 1 must land on the channel axis, with C elements, or
+        // on the batch axis, with N.
+        let (mut batch, mut chans) = (false, false);
+        for (i, s) in st.dims().iter().enumerate() {
+            if s.as_const() == Some(1) {
+                continue;
+            }
+            match dims[i] {
+                1 if *s == d[1] => chans = true,
+                0 if *s == d[0] => batch = true,
+                _ => return Ok(None),
+            }
+        }
+        let block = self.block;
+        let c = channels(shape);
+        let cb = Dim::constant(self.up(c) / block);
+        let target = Shape::new(vec![
+            d[0].clone(),
+            cb.clone(),
+            d[2].clone(),
+            d[3].clone(),
+            Dim::constant(block),
+        ]);
+        if !chans && !batch {
+            let lane = match b.graph().node(src.node).op() {
+                Op::Constant { value } => value.tensor.as_slice::<f32>().map(|s| s[0]),
+                _ => None,
+            };
+            let s = b.reshape(src, Shape::new(vec![]))?;
+            let op = Op::Broadcast {
+                dims: vec![],
+                shape: target,
+            };
+            return Ok(Some((b.op1(op, &[s])?, lane)));
+        }
+        let all = [0, 1, 2, 3, 4].to_vec();
+        if chans && st.rank() == 4 && dims == [0, 1, 2, 3] {
+            if let Some(&t) = self.blocked.get(&src) {
+                let op = Op::Broadcast {
+                    dims: all,
+                    shape: target,
+                };
+                return Ok(Some((b.op1(op, &[t])?, self.lanes.get(&t).copied())));
+            }
+        }
+        let one = Dim::constant(1);
+        let n = if batch { d[0].clone() } else { one.clone() };
+        let (cb, lanes) = if chans {
+            (cb, Dim::constant(block))
+        } else {
+            (one.clone(), one.clone())
+        };
+        let per = Shape::new(vec![n.clone(), cb, one.clone(), one, lanes]);
+        let s = if chans && c % block != 0 {
+            let flat = b.reshape(src, Shape::new(vec![n, Dim::constant(c)]))?;
+            let f = b.scalar(f64::from(fill), DType::F32)?;
+            let pad = Op::Pad {
+                low: vec![0, 0],
+                high: vec![0, self.up(c) - c],
+                mode: ir::PadMode::Constant,
+            };
+            let p = b.op1(pad, &[flat, f])?;
+            b.reshape(p, per)?
+        } else {
+            b.reshape(src, per)?
+        };
+        let op = Op::Broadcast {
+            dims: all,
+            shape: target,
+        };
+        // Per-image values differ between images: no one value for the padding.
+        let lane = (chans && !batch).then_some(fill);
+        Ok(Some((b.op1(op, &[s])?, lane)))
+    }
+}
+
+/// The channel count of a static image shape (0 when it has none).
+fn channels(shape: &Shape) -> i64 {
+    match shape.rank() {
+        0 | 1 => 0,
+        _ => shape.dim(1).as_const().unwrap_or(0),
+    }
+}
+
+/// An f32 image of static shape.
+fn f32_image(b: &Builder, v: Value) -> bool {
+    let t = b.ty(v);
+    t.dtype == DType::F32 && t.shape.rank() == 4 && t.shape.is_static()
+}
+
+/// Constant filters `w` (`[O, C, kh, kw]`, f32) padded with zeros to `[o, c, kh, kw]`.
+fn padded_filters(b: &mut Builder, w: Value, [o2, c2]: [i64; 2]) -> ir::Result<Option<Value>> {
     let Op::Constant { value } = b.graph().node(w.node).op() else {
         return Ok(None);
     };
-    let xt = b.ty(x);
-    let image = xt.dtype == ir::DType::F32 && xt.shape.rank() == 4 && xt.shape.is_static();
-    let (wt, block_u) = (&value.tensor, block as usize);
-    let (Some(data), [o, c, kh, kw]) = (wt.as_slice::<f32>(), wt.shape()) else {
+    let t = &value.tensor;
+    let (Some(data), &[o, c, kh, kw]) = (t.as_slice::<f32>(), t.shape()) else {
         return Ok(None);
     };
-    let (o, per) = (*o, c * kh * kw);
-    let up = o.div_ceil(block_u) * block_u;
-    let small = per < 128;
-    if !image || node.types().len() != 1 || o % block_u == 0 || (up - o) * 8 > o || small {
-        return Ok(None);
+    let (o2, c2, k) = (o2 as usize, c2 as usize, kh * kw);
+    let mut out = vec![0.0f32; o2 * c2 * k];
+    for i in 0..o {
+        for j in 0..c {
+            out[(i * c2 + j) * k..][..k].copy_from_slice(&data[(i * c + j) * k..][..k]);
+        }
     }
-    let mut filters = data[..o * per].to_vec();
-    filters.resize(up * per, 0.0);
-    let filters = ir::Tensor::new(vec![up, *c, *kh, *kw], ir::Data::F32(filters))
-        .expect("sized to the shape");
-    let w = match &value.name {
-        Some(name) => b.named_constant(&format!("{name}.padded"), filters)?,
-        None => b.constant(filters)?,
-    };
-    let conv = blocked_conv(node.op(), block);
-    let y = b.op1(conv, &[blocked.get(&x).copied().unwrap_or(x), w])?;
-    let all = unblock(b, y, block)?;
-    let mut limit = b.ty(all).shape.dims().to_vec();
-    limit[1] = Dim::constant(o as i64);
-    let slice = Op::Slice {
-        start: vec![Dim::constant(0); 4],
-        limit,
-        stride: vec![1; 4],
-    };
-    Ok(Some(b.op1(slice, &[all])?))
+    let name = value.name.clone();
+    let t = ir::Tensor::new(vec![o2, c2, kh, kw], ir::Data::F32(out)).expect("sized to the shape");
+    Ok(Some(match name {
+        Some(name) => b.named_constant(&format!("{name}.padded"), t)?,
+        None => b.constant(t)?,
+    }))
 }
 
-/// The blocked value computing `node` (with its operands' new plain values `inputs`), when
-/// it has one: a conv that blocks, or an op of blocked operands that keeps the layout.
-fn blocked_form(
-    b: &mut Builder,
-    node: &Node,
-    inputs: &[Value],
-    blocked: &HashMap<Value, Value>,
-    block: i64,
-) -> ir::Result<Option<Value>> {
-    let f32_image = |b: &Builder, v: Value| {
-        let t = b.ty(v);
-        t.dtype == ir::DType::F32
-            && t.shape.rank() == 4
-            && t.shape.is_static()
-            && t.shape.dim(1).as_const().is_some_and(|c| c % block == 0)
-    };
-    if node.types().len() != 1 {
-        return Ok(None);
-    }
-    let op = node.op();
-    match op {
-        Op::Conv { groups, .. } => {
-            let (x, w) = (inputs[0], inputs[1]);
-            let constant = matches!(b.graph().node(w.node).op(), Op::Constant { .. });
-            let (xt, wt) = (b.ty(x), b.ty(w));
-            let fits = constant
-                && xt.dtype == ir::DType::F32
-                && xt.shape.rank() == 4
-                && xt.shape.is_static()
-                && wt.shape.is_static();
-            let [o, cg] = match wt.shape.dims() {
-                [o, cg, _, _] if fits => [o, cg].map(|d| d.as_const().unwrap_or(0)),
-                _ => return Ok(None),
-            };
-            let c = xt.shape.dim(1).as_const().unwrap_or(0);
-            let depthwise = *groups > 1 && cg == 1 && o == *groups && c == o;
-            let xb = blocked.get(&x).copied();
-            let input = match (depthwise, xb) {
-                // Depthwise convs vectorize over a blocked input's channels.
-                (true, Some(xb)) if c % block == 0 => xb,
-                // Dense convs read a blocked input where there is one, else the plain one.
-                (false, xb) if *groups == 1 && o % block == 0 => xb.unwrap_or(x),
-                _ => return Ok(None),
-            };
-            Ok(Some(b.op1(blocked_conv(op, block), &[input, w])?))
-        }
-        _ if op.is_elementwise() && matches!(op.kind(), ir::OpKind::Unary) => {
-            match blocked.get(&inputs[0]) {
-                Some(&x) => Ok(Some(b.op1(op.clone(), &[x])?)),
-                None => Ok(None),
-            }
-        }
-        _ if op.is_elementwise() && matches!(op.kind(), ir::OpKind::Binary) => {
-            if !inputs.iter().any(|v| blocked.contains_key(v)) {
-                return Ok(None);
-            }
-            let shape = b.ty(inputs[0]).shape.clone();
-            let mut args = Vec::new();
-            for &v in inputs {
-                let a = match blocked.get(&v) {
-                    Some(&x) => Some(x),
-                    // A plain image beside a blocked one (a residual) is blocked for it.
-                    None if f32_image(b, v) && b.ty(v).shape == shape => {
-                        match per_channel(b, v, &shape, block)? {
-                            Some(x) => Some(x),
-                            None => Some(to_blocked(b, v, block)?),
-                        }
-                    }
-                    None => per_channel(b, v, &shape, block)?,
-                };
-                let Some(a) = a else { return Ok(None) };
-                args.push(a);
-            }
-            Ok(Some(b.op1(op.clone(), &args)?))
-        }
-        Op::ReduceWindow {
-            kind,
-            window,
-            stride,
-            dilation,
-            pad_low,
-            pad_high,
-        } => {
-            let Some(&x) = blocked.get(&inputs[0]) else {
-                return Ok(None);
-            };
-            let lead = |v: &[i64], one: i64| v.len() == 4 && v[0] == one && v[1] == one;
-            let trivial = lead(window, 1) && lead(stride, 1) && lead(dilation, 1);
-            if !(trivial && lead(pad_low, 0) && lead(pad_high, 0)) {
-                return Ok(None);
-            }
-            let five = |v: &[i64], last: i64| {
-                let mut v = v.to_vec();
-                v.push(last);
-                v
-            };
-            let op = Op::ReduceWindow {
-                kind: *kind,
-                window: five(window, 1),
-                stride: five(stride, 1),
-                dilation: five(dilation, 1),
-                pad_low: five(pad_low, 0),
-                pad_high: five(pad_high, 0),
-            };
-            Ok(Some(b.op1(op, &[x])?))
-        }
-        Op::Concat { axis: 1 } => {
-            let args: Option<Vec<Value>> = inputs.iter().map(|v| blocked.get(v).copied()).collect();
-            match args {
-                Some(args) => Ok(Some(b.op1(Op::Concat { axis: 1 }, &args)?)),
-                None => Ok(None),
-            }
-        }
-        _ => Ok(None),
-    }
-}
-
-/// `conv_blocked` with conv `op`'s attributes and blocks of `block` channels.
-fn blocked_conv(op: &Op, block: i64) -> Op {
+/// `conv_blocked` with conv `op`'s attributes, `groups` groups and blocks of `block`
+/// channels.
+fn blocked_conv(op: &Op, block: i64, groups: i64) -> Op {
     let Op::Conv {
         stride,
         dilation,
         pad_low,
         pad_high,
-        groups,
+        ..
     } = op
     else {
         unreachable!("called on convs")
@@ -285,20 +550,30 @@ fn blocked_conv(op: &Op, block: i64) -> Op {
         dilation: dilation.clone(),
         pad_low: pad_low.clone(),
         pad_high: pad_high.clone(),
-        groups: *groups,
+        groups,
         block,
     }
 }
 
-/// `x` (`[N, C, H, W]`) as `[N, C/b, H, W, b]`.
+/// `x` (`[N, C, H, W]`, static) as `[N, ⌈C/b⌉, H, W, b]`, padded with zeros.
 fn to_blocked(b: &mut Builder, x: Value, block: i64) -> ir::Result<Value> {
     let d = b.ty(x).shape.dims().to_vec();
-    let cb = d[1]
-        .exact_div(&Dim::constant(block))
-        .expect("checked multiple");
+    let c = d[1].as_const().expect("static images");
+    let cb = (c + block - 1) / block;
+    let x = if c % block == 0 {
+        x
+    } else {
+        let zero = b.scalar(0.0, DType::F32)?;
+        let pad = Op::Pad {
+            low: vec![0; 4],
+            high: vec![0, cb * block - c, 0, 0],
+            mode: ir::PadMode::Constant,
+        };
+        b.op1(pad, &[x, zero])?
+    };
     let split = vec![
         d[0].clone(),
-        cb,
+        Dim::constant(cb),
         Dim::constant(block),
         d[2].clone(),
         d[3].clone(),
@@ -307,75 +582,31 @@ fn to_blocked(b: &mut Builder, x: Value, block: i64) -> ir::Result<Value> {
     b.transpose(r, &[0, 1, 3, 4, 2])
 }
 
-/// Blocked `y` (`[N, C/b, H, W, b]`) as `[N, C, H, W]`.
-fn unblock(b: &mut Builder, y: Value, block: i64) -> ir::Result<Value> {
+/// Blocked `y` (`[N, ⌈C/b⌉, H, W, b]`) as `[N, C, H, W]`.
+fn unblock(b: &mut Builder, y: Value, block: i64, c: i64) -> ir::Result<Value> {
     let d = b.ty(y).shape.dims().to_vec();
-    let t = b.transpose(y, &[0, 1, 4, 2, 3])?;
-    let c = d[1]
+    // A 1×1 image's blocks are its channels in order already.
+    let t = if d[2].as_const() == Some(1) && d[3].as_const() == Some(1) {
+        y
+    } else {
+        b.transpose(y, &[0, 1, 4, 2, 3])?
+    };
+    let all = d[1]
         .mul(&Dim::constant(block))
         .expect("static channel counts");
-    b.reshape(
+    let plain = b.reshape(
         t,
-        Shape::new(vec![d[0].clone(), c, d[2].clone(), d[3].clone()]),
-    )
-}
-
-/// The blocked form of an elementwise operand `v` of image shape `shape` that is a
-/// broadcast of one value per channel (or of a scalar): the same broadcast of the channel
-/// values laid out `[1, C/b, 1, 1, b]`. `None` for any other operand.
-fn per_channel(b: &mut Builder, v: Value, shape: &Shape, block: i64) -> ir::Result<Option<Value>> {
-    let Op::Broadcast { dims, .. } = b.graph().node(v.node).op().clone() else {
-        return Ok(None);
+        Shape::new(vec![d[0].clone(), all.clone(), d[2].clone(), d[3].clone()]),
+    )?;
+    if all.as_const() == Some(c) {
+        return Ok(plain);
+    }
+    let mut limit = b.ty(plain).shape.dims().to_vec();
+    limit[1] = Dim::constant(c);
+    let slice = Op::Slice {
+        start: vec![Dim::constant(0); 4],
+        limit,
+        stride: vec![1; 4],
     };
-    let src = b.graph().node(v.node).inputs()[0];
-    let st = b.ty(src).shape.clone();
-    let c = shape.dim(1).clone();
-    // Every source axis that is not 1 must land on the channel axis, with C elements.
-    let mut channels = false;
-    for (i, d) in st.dims().iter().enumerate() {
-        if d.as_const() == Some(1) {
-            continue;
-        }
-        if dims[i] != 1 || *d != c {
-            return Ok(None);
-        }
-        channels = true;
-    }
-    let d = shape.dims();
-    let cb = d[1]
-        .exact_div(&Dim::constant(block))
-        .expect("checked multiple");
-    let target = Shape::new(vec![
-        d[0].clone(),
-        cb.clone(),
-        d[2].clone(),
-        d[3].clone(),
-        Dim::constant(block),
-    ]);
-    let one = Dim::constant(1);
-    if !channels {
-        let s = b.reshape(src, Shape::new(vec![]))?;
-        return Ok(Some(b.op1(
-            Op::Broadcast {
-                dims: vec![],
-                shape: target,
-            },
-            &[s],
-        )?));
-    }
-    let per = Shape::new(vec![
-        one.clone(),
-        cb,
-        one.clone(),
-        one,
-        Dim::constant(block),
-    ]);
-    let s = b.reshape(src, per)?;
-    Ok(Some(b.op1(
-        Op::Broadcast {
-            dims: vec![0, 1, 2, 3, 4],
-            shape: target,
-        },
-        &[s],
-    )?))
+    b.op1(slice, &[plain])
 }

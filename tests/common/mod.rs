@@ -6,7 +6,7 @@ pub mod onnx;
 
 use std::collections::HashMap;
 
-use kiln::{Builder, DType, Dim, Graph, Op, Rng, Shape, Tensor, Value};
+use kiln::{Builder, DType, Data, Dim, Graph, Op, Rng, Shape, Tensor, Value};
 
 const DTYPES: [DType; 11] = [
     DType::F8E4M3FN,
@@ -606,7 +606,7 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
         .ok()?;
     // At times filters in blocks of 16, and a second conv after the first's epilogue: what
     // the blocked image layout (`conv_blocked`) takes, dense or depthwise, chained.
-    let blocky = !wide && below(rng, 3) == 0;
+    let blocky = !wide && below(rng, 2) == 0;
     let groups = match below(rng, 3) {
         0 if c > 1 && !wide && !blocky => c,
         _ => 1,
@@ -656,12 +656,16 @@ pub fn conv_graph(seed: u64) -> Option<Graph> {
 }
 
 /// A conv of `x` (`o` channels, a multiple of 16) by random constant filters — depthwise 3×3,
-/// or dense into 16 to 64 (32×64 and more pairs run 3×3 ones by Winograd) — strided or padded at random, then at times `x` added back (a
-/// residual, where the shapes agree) or a 2×2 max pool.
+/// or dense into 16 to 64 (32×64 and more pairs run 3×3 ones by Winograd) or into 9 to 64
+/// (the blocked layout pads those that are not a multiple of 16) — strided or padded at
+/// random, then mostly a padded value's work ([`padded_tail`]) where the count is not a
+/// multiple of 16, else at times `x` added back (a residual, where the shapes agree) or a 2×2
+/// max pool.
 fn second_conv(b: &mut Builder, rng: &mut Rng, x: Value, o: usize) -> Option<Value> {
     let depthwise = below(rng, 2) == 0;
     let (o2, k) = match depthwise {
         true => (o, 3),
+        false if below(rng, 3) > 0 => (9 + below(rng, 56), 1 + 2 * below(rng, 2)),
         false => (16 * (1 + below(rng, 4)), 1 + 2 * below(rng, 2)),
     };
     let wt = random_tensor(rng, DType::F32, &[o2, if depthwise { 1 } else { o }, k, k]);
@@ -680,6 +684,9 @@ fn second_conv(b: &mut Builder, rng: &mut Rng, x: Value, o: usize) -> Option<Val
             &[x, wt],
         )
         .ok()?;
+    if o2 % 16 != 0 && below(rng, 3) > 0 {
+        return padded_tail(b, rng, y, o2);
+    }
     match below(rng, 3) {
         0 if b.ty(y) == b.ty(x) => b.add(y, x).ok(),
         1 if b.shape(y).dims()[2..]
@@ -701,6 +708,83 @@ fn second_conv(b: &mut Builder, rng: &mut Rng, x: Value, o: usize) -> Option<Val
         }
         _ => Some(y),
     }
+}
+
+/// After a conv into `c` channels (padded in the blocked layout when not a multiple of 16): a
+/// sigmoid, a depthwise 3×3 conv, a division by per-channel constants (of magnitude 1/2 to
+/// 1), each at random, then a squeeze-excite scale: the image times the sigmoid of its
+/// per-channel means (as ONNX's GlobalAveragePool imports), and at times a projection.
+fn padded_tail(b: &mut Builder, rng: &mut Rng, y: Value, c: usize) -> Option<Value> {
+    let mut y = y;
+    if below(rng, 2) == 0 {
+        y = b.op1(Op::Sigmoid, &[y]).ok()?;
+    }
+    if below(rng, 2) == 0 {
+        y = same_conv(b, rng, y, (c, 3), c)?;
+    }
+    let shape = b.shape(y).clone();
+    let broadcast = |dims: Vec<i64>| Op::Broadcast {
+        dims,
+        shape: shape.clone(),
+    };
+    if below(rng, 2) == 0 {
+        let d: Vec<f32> = (0..c)
+            .map(|_| (0.5 + below(rng, 100) as f32 / 200.0) * [-1.0, 1.0][below(rng, 2)])
+            .collect();
+        let d = b.constant(Tensor::new(vec![c], Data::F32(d)).ok()?).ok()?;
+        let db = b.op1(broadcast(vec![1]), &[d]).ok()?;
+        y = b.op1(Op::Div, &[y, db]).ok()?;
+    }
+    let dims = shape.dims().to_vec();
+    let area = dims[2].as_const()? * dims[3].as_const()?;
+    let g = b.op1(Op::ReduceSum { axes: vec![2, 3] }, &[y]).ok()?;
+    let one = Dim::Const(1);
+    let g4 = Shape::new(vec![dims[0].clone(), dims[1].clone(), one.clone(), one]);
+    let g = b.reshape(g, g4.clone()).ok()?;
+    let n = b.scalar(area as f64, DType::F32).ok()?;
+    let nb = b
+        .op1(
+            Op::Broadcast {
+                dims: vec![],
+                shape: g4,
+            },
+            &[n],
+        )
+        .ok()?;
+    let g = b.op1(Op::Div, &[g, nb]).ok()?;
+    let g = b.op1(Op::Sigmoid, &[g]).ok()?;
+    let gb = b.op1(broadcast(vec![0, 1, 2, 3]), &[g]).ok()?;
+    let y = b.op1(Op::Mul, &[y, gb]).ok()?;
+    if below(rng, 3) == 0 {
+        return Some(y);
+    }
+    // A projection (1×1, into 8 to 40 channels) reading the padded image: the padding's
+    // channels must not reach its sums.
+    let o = 8 + below(rng, 33);
+    same_conv(b, rng, y, (o, 1), 1)
+}
+
+/// A conv of `x` by random constant filters (`o` of `k`×`k`, `groups` groups) at unit
+/// strides, padded to keep the image's size.
+fn same_conv(
+    b: &mut Builder,
+    rng: &mut Rng,
+    x: Value,
+    (o, k): (usize, usize),
+    groups: usize,
+) -> Option<Value> {
+    let c = b.shape(x).dims()[1].as_const()? as usize;
+    let wt = random_tensor(rng, DType::F32, &[o, c / groups, k, k]);
+    let wt = b.constant(wt).ok()?;
+    let p = (k / 2) as i64;
+    let conv = Op::Conv {
+        stride: vec![1, 1],
+        dilation: vec![1, 1],
+        pad_low: vec![p, p],
+        pad_high: vec![p, p],
+        groups: groups as i64,
+    };
+    b.op1(conv, &[x, wt]).ok()
 }
 
 /// A product of a random f32 matrix (or batch of them) by constant weights, then elementwise
