@@ -212,3 +212,34 @@ func @cat {
         );
     }
 }
+
+#[test]
+fn a_resample_index_out_of_range_is_an_error_naming_the_node() {
+    let exe = compile(
+        r#"
+func @resample {
+  %0 = param {name="x"} : f32[2, 3]
+  %1 = param {name="i"} : i64[2, 2]
+  %2 = constant {value=[[0.5, 0.5], [1.0, 0.0]]} : f32[2, 2]
+  %3 = resample %0, %1, %2 {axis=1} : f32[2, 2]
+  return %3 as "y"
+}
+"#,
+    );
+    let x = Tensor::from_vec(vec![2, 3], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    let ok = exe
+        .run(&[
+            x.clone(),
+            Tensor::from_vec(vec![2, 2], vec![0i64, 2, 1, 1]).unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(ok[0].as_slice::<f32>().unwrap(), [2.0, 2.0, 5.0, 5.0]);
+    for bad in [3i64, -1] {
+        let i = Tensor::from_vec(vec![2, 2], vec![0i64, 1, bad, 0]).unwrap();
+        let err = exe.run(&[x.clone(), i]).unwrap_err().to_string();
+        assert!(
+            err.contains("out of range") && err.starts_with("%3 ("),
+            "{err}"
+        );
+    }
+}

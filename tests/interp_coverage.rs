@@ -93,6 +93,13 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((Op::Gather { axis: 1 }, vec![x.clone(), idx.clone()]));
                 continue;
             }
+            "resample" => {
+                // x [2, 3] to 4 positions of 2 taps along axis 1.
+                let taps = Tensor::from_vec(vec![4, 2], vec![0i64, 1, 2, 2, 1, 0, 0, 2]).unwrap();
+                let op = Op::Resample { axis: 1 };
+                out.push((op, vec![x.clone(), taps, rng.tensor(dtype, &[4, 2])]));
+                continue;
+            }
             "gather_nd" => {
                 out.push((Op::GatherNd { batch_dims: 0 }, vec![x.clone(), nd.clone()]));
                 continue;

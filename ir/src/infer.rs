@@ -643,6 +643,30 @@ pub(crate) fn rule_conv_blocked(
     ])])
 }
 
+pub(crate) fn rule_resample(ins: &[TensorType], ax: &i64) -> Rule {
+    let (x, idx, w) = (&ins[0], &ins[1], &ins[2]);
+    check_dtype(DTypeSet::FLOAT, x, "operand")?;
+    if idx.dtype != DType::I64 {
+        return Err(format!("indices must be i64, got {}", idx.dtype));
+    }
+    if idx.rank() != 2 || idx.shape.dim(1).as_const().is_none() {
+        return Err(format!(
+            "indices must be [out, taps] with a static tap count, got {}",
+            idx.shape
+        ));
+    }
+    if w.dtype != x.dtype || w.shape != idx.shape {
+        return Err(format!(
+            "weights {} must be {}{} like the indices",
+            w, x.dtype, idx.shape
+        ));
+    }
+    let a = axis(*ax, x.rank(), "axis")?;
+    let mut dims = x.shape.dims().to_vec();
+    dims[a] = idx.shape.dim(0).clone();
+    Ok(vec![TensorType::new(x.dtype, Shape::new(dims))])
+}
+
 pub(crate) fn rule_reduce_window(
     ins: &[TensorType],
     _kind: &ReduceKind,

@@ -452,6 +452,12 @@ ops! {
         pad_low: Vec<i64>,
         pad_high: Vec<i64>,
     } => rule_reduce_window;
+    /// Interpolation along `axis` by taps: result position `o` of that axis is
+    /// `w[o, 0]·x[.., i[o, 0], ..] + w[o, 1]·x[.., i[o, 1], ..] + …`, with the i64 indices `i`
+    /// (`[out, taps]`, each in `0..n` of the axis, else an error) and the weights `w` (same
+    /// shape, x's dtype), each product rounded and summed left to right (Resize's separable
+    /// interpolation: nearest, linear, cubic, antialiased).
+    Resample = "resample", Window, Exactly(3), { axis: i64 } => rule_resample;
     /// The k largest (or smallest) elements along `axis`, sorted, and their i64 indices; ties
     /// go to the lower index.
     TopK = "topk", Sort, Exactly(1), { k: i64, axis: i64, largest: bool = default(true) }

@@ -24,6 +24,7 @@ mod gather;
 mod index;
 mod recurrent;
 mod reduce;
+mod resample;
 mod tree;
 mod window;
 
@@ -305,6 +306,10 @@ impl<'g> Lowering<'g> {
                 Op::ReduceWindow { .. } => {
                     let b = self.target(v, output_buf)?;
                     self.reduce_window(v, b)?;
+                }
+                Op::Resample { .. } => {
+                    let b = self.target(v, output_buf)?;
+                    self.resample(v, b)?;
                 }
                 Op::Concat { axis } => {
                     let b = self.target(v, output_buf)?;

@@ -11,6 +11,7 @@ pub mod epilogue;
 pub mod gemm;
 pub mod math;
 pub mod pool;
+pub mod resample;
 pub mod rnn;
 pub mod rows;
 pub mod trees;
@@ -128,7 +129,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 15] = [
+pub static ROUTINES: [Routine; 16] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -580,6 +581,62 @@ pub static ROUTINES: [Routine; 15] = [
         },
         doc: "pool2d on one channel block of a blocked image (NCHWc): x [h, w, 16] into out \
               [oh, ow, 16], each lane its own channel's plane (f32)",
+    },
+    Routine {
+        name: "resample",
+        symbol: "kiln_resample",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("idx", Role::Read, ir::DType::I64),
+            ("w", Role::Read, ir::DType::F32),
+            ("y", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        in_place: false,
+        ints: &["outer", "n", "out", "inner", "taps", "p0", "pn"],
+        scalars: &[],
+        result: None,
+        cost: |i| i[0] * i[6] * i[3] * i[4],
+        extent: |operand, i| {
+            let n = |k: usize| i.get(k).cloned();
+            match operand {
+                0 => Some(n(0)? * n(1)? * n(3)?),
+                1 | 2 => Some(n(2)? * n(4)?),
+                _ => None,
+            }
+        },
+        bounds: |operand, i| {
+            let (outer, n, out, inner, taps, p0, pn) = (i[0], i[1], i[2], i[3], i[4], i[5], i[6]);
+            let whole = |len: i64| (len > 0).then_some((0, len - 1));
+            match operand {
+                0 => whole(outer.checked_mul(n)?.checked_mul(inner)?),
+                1 | 2 => whole(out.checked_mul(taps)?),
+                _ => {
+                    let (lo, hi) = span(&[(outer, out.checked_mul(inner)?), (pn.checked_mul(inner)?, 1)])?;
+                    let start = p0.checked_mul(inner)?;
+                    Some((lo.checked_add(start)?, hi.checked_add(start)?))
+                }
+            }
+        },
+        address: || resample::kiln_resample as *const u8,
+        call: |p, i, _| unsafe {
+            resample::kiln_resample(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+            );
+            0.0
+        },
+        doc: "y[o, p, i] = Σ_t w[p, t]·x[o, idx[p, t], i] for output positions p0..p0+pn of \
+              [outer, out, inner] (f32, products rounded and summed in tap order)",
     },
     Routine {
         name: "row_max",

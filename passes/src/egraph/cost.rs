@@ -126,6 +126,7 @@ impl Target {
                 2.0 * out * per
             }
             Op::ReduceWindow { window, .. } => out * window.iter().product::<i64>() as f64,
+            Op::Resample { .. } => 2.0 * out * self.dim(args[1].shape.dim(1)) as f64,
             _ if op.kind() == ir::OpKind::Reduce => self.numel(args[0]),
             Op::Exp
             | Op::Log

@@ -233,6 +233,45 @@ pub fn gather(shape: &[usize], idx: &Wide, axis: usize) -> Result<Vec<usize>, St
     Ok(out)
 }
 
+/// `resample` (see the op table) of `x` along `axis` by the taps `idx` and `w` (`[out,
+/// taps]`): each product rounded to the dtype, summed left to right with each sum rounded.
+pub fn resample(args: &[&ir::Tensor], axis: usize) -> Result<Data, String> {
+    let (x, idx, w) = (args[0], args[1], args[2]);
+    let dtype = x.dtype();
+    let round = |v: f64| match dtype {
+        DType::F32 => v as f32 as f64,
+        DType::F64 => v,
+        _ => Data::from_f64s(dtype, &[v]).get_f64(0),
+    };
+    let (outer, d, inner) = around(x.shape(), axis);
+    let (out, taps) = (idx.shape()[0], idx.shape()[1]);
+    let (xs, ws) = (floats(x), floats(w));
+    let at: Vec<usize> = (0..idx.numel())
+        .map(|k| idx.data().get_f64(k) as i128)
+        .map(|i| match i {
+            0.. if (i as usize) < d => Ok(i as usize),
+            _ => Err(format!(
+                "resample index {i} is out of range for an axis of size {d}"
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    let mut y = Vec::with_capacity(outer * out * inner);
+    for o in 0..outer {
+        for p in 0..out {
+            for i in 0..inner {
+                let mut acc = None;
+                for t in 0..taps {
+                    let k = p * taps + t;
+                    let v = round(ws[k] * xs[(o * d + at[k]) * inner + i]);
+                    acc = Some(acc.map_or(v, |a| round(a + v)));
+                }
+                y.push(acc.unwrap_or(0.0));
+            }
+        }
+    }
+    Ok(Data::from_f64s(dtype, &y))
+}
+
 /// The flat offsets addressed by the index tuples of gather_nd/scatter_nd: for tuple t, the
 /// start of the addressed slice (of `slice` elements) in the data.
 fn tuple_offsets(

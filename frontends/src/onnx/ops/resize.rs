@@ -1,6 +1,8 @@
 //! Resize and Upsample. Interpolation is separable, so each resized axis becomes one
-//! contraction with a static [out, in] weight matrix built here from the coordinate mapping
-//! and the interpolation kernel (nearest, linear, cubic, with or without antialiasing).
+//! `resample` over constant `[out, taps]` tables of input indices and weights built here from
+//! the coordinate mapping and the interpolation kernel (nearest, linear, cubic, with or
+//! without antialiasing): a few reads an output, where a dense `[out, in]` matrix
+//! multiplied every input.
 //! On symbolic dims, nearest resizing by whole-number scales whose mapping is exactly
 //! repetition (what YOLO and FPN necks do) repeats each element `s` times (`n` becomes
 //! `n*s`); any other resize computes its weights at run time (`resize_dyn`).
@@ -137,26 +139,26 @@ fn source(mode: &str, y: f64, ax: &Axis) -> R<(f64, bool)> {
     })
 }
 
-/// The [out, in] weights of one axis and its extrapolated rows.
-fn weights(
+/// One output's taps: (input index, coefficient) pairs.
+type Taps = Vec<(usize, f64)>;
+
+/// The taps of one axis — for each output, its pairs with the indices clamped into the axis
+/// and equal ones merged — and its extrapolated rows.
+fn taps(
     ax: &Axis,
     kernel: &Kernel,
     coord: &str,
     exclude_outside: bool,
-) -> R<(Vec<f64>, Vec<bool>)> {
+) -> R<(Vec<Taps>, Vec<bool>)> {
     let (inw, outw) = (ax.input, ax.output);
-    // The weights are dense [out, in]; refuse sizes that would not fit comfortably.
-    let cells = outw
-        .checked_mul(inw)
-        .filter(|&c| c <= 1 << 26)
-        .ok_or_else(|| {
-            format!("resizing an axis of {inw} to {outw} needs a weight matrix that is too large")
-        })?;
-    let mut w = vec![0.0; cells];
-    let mut outside = vec![false; outw];
+    if inw == 0 {
+        return Err("resizing an empty axis".into());
+    }
+    let mut rows = Vec::with_capacity(outw);
+    let mut outside = Vec::with_capacity(outw);
     for y in 0..outw {
         let (x, ext) = source(coord, y as f64, ax)?;
-        outside[y] = ext;
+        outside.push(ext);
         let xi = x.floor();
         let ratio = if x == xi { 1.0 } else { x - xi };
         let mut c = kernel.coeffs(ratio, ax.scale);
@@ -191,12 +193,53 @@ fn weights(
             let sum = if sum == 0.0 { 1.0 } else { sum };
             c.iter_mut().for_each(|v| *v /= sum);
         }
+        let mut row: Taps = Vec::with_capacity(idx.len());
         for (k, &i) in idx.iter().enumerate() {
             let j = i.clamp(0, inw as i64 - 1) as usize;
-            w[y * inw + j] += c[k];
+            match row.iter_mut().find(|(at, _)| *at == j) {
+                Some((_, w)) => *w += c[k],
+                None => row.push((j, c[k])),
+            }
+        }
+        rows.push(row);
+    }
+    Ok((rows, outside))
+}
+
+/// The [out, in] weights of one axis (see [`taps`]).
+fn weights(ax: &Axis, kernel: &Kernel, coord: &str) -> R<Vec<f64>> {
+    let (rows, _) = taps(ax, kernel, coord, false)?;
+    let mut w = vec![0.0; ax.output * ax.input];
+    for (y, row) in rows.iter().enumerate() {
+        for &(j, c) in row {
+            w[y * ax.input + j] += c;
         }
     }
-    Ok((w, outside))
+    Ok(w)
+}
+
+/// One axis's taps as `resample` operands: i64 indices and `work` weights, `[out, taps]`,
+/// zero-weight taps dropped and rows padded with (0, 0) to the longest.
+fn tap_tables(b: &mut ir::Builder, rows: &[Vec<(usize, f64)>], work: DType) -> R<(Value, Value)> {
+    let rows: Vec<Vec<(usize, f64)>> = rows
+        .iter()
+        .map(|r| r.iter().copied().filter(|&(_, c)| c != 0.0).collect())
+        .collect();
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut idx = Vec::with_capacity(rows.len() * t);
+    let mut w = Vec::with_capacity(rows.len() * t);
+    for r in &rows {
+        for k in 0..t {
+            let (j, c) = r.get(k).copied().unwrap_or((0, 0.0));
+            idx.push(j as i64);
+            w.push(c);
+        }
+    }
+    let shape = vec![rows.len(), t];
+    let idx = b.constant(Tensor::from_vec(shape.clone(), idx)?)?;
+    let w = b.constant(Tensor::from_vec(shape, w)?)?;
+    let w = b.cast(w, work)?;
+    Ok((idx, w))
 }
 
 /// Resizes `x` per the plan; computes in f32 for f32 data, else in f64 and casts back
@@ -212,7 +255,7 @@ fn apply(
 ) -> R<Value> {
     let b = &mut ctx.b;
     let dtype = b.dtype(x);
-    // f32 contracts in f32 (the library GEMM; onnxruntime computes in float), the rest in f64.
+    // f32 interpolates in f32 (as onnxruntime computes in float), the rest in f64.
     let work = if dtype == DType::F32 {
         DType::F32
     } else {
@@ -220,11 +263,9 @@ fn apply(
     };
     let mut y = b.cast(x, work)?;
     for (a, ax) in plan {
-        let (w, outside) = weights(ax, kernel, coord, exclude)?;
-        let wt = Tensor::from_vec(vec![ax.output, ax.input], w)?;
-        let wv = b.constant(wt)?;
-        let wv = b.cast(wv, work)?;
-        y = resize_dyn::contract(b, y, *a, wv)?;
+        let (rows, outside) = taps(ax, kernel, coord, exclude)?;
+        let (idx, w) = tap_tables(b, &rows, work)?;
+        y = b.op1(Op::Resample { axis: *a as i64 }, &[y, idx, w])?;
         if outside.iter().any(|&o| o) {
             let m = Tensor::from_vec(vec![ax.output], outside)?;
             let m = b.constant(m)?;
@@ -274,9 +315,8 @@ fn is_repetition(scale: f64, kernel: &Kernel, coord: &str) -> bool {
             scale,
             roi: None,
         };
-        weights(&ax, kernel, coord, false).is_ok_and(|(w, outside)| {
-            !outside.iter().any(|&o| o)
-                && (0..len * s).all(|y| (0..len).all(|j| w[y * len + j] == f64::from(j == y / s)))
+        weights(&ax, kernel, coord).is_ok_and(|w| {
+            (0..len * s).all(|y| (0..len).all(|j| w[y * len + j] == f64::from(j == y / s)))
         })
     })
 }

@@ -1,6 +1,6 @@
-//! Resize on dims known only at run time: each resized axis contracts with an [out, in]
-//! weight matrix computed in the graph from the run's sizes (`dims`), by the same
-//! coordinate mapping and interpolation taps the static path evaluates at import. Output
+//! Resize on dims known only at run time: each resized axis is a `resample` whose `[out,
+//! taps]` index and weight tables are computed in the graph from the run's sizes (`dims`),
+//! by the same coordinate mapping and interpolation taps the static path evaluates at import. Output
 //! sizes are symbolic: given sizes as they are, a scale `p/q` as `floor(n·p/q)`.
 
 use crate::onnx::OpError;
@@ -49,9 +49,8 @@ pub fn scaled(n: &Dim, scale: f64) -> R<Dim> {
     )
 }
 
-/// Resizes `x` along every axis of `plan`: f32 data contracts in f32 with weights computed
-/// in f64 (a product the library GEMM runs, as onnxruntime computes in float); other dtypes
-/// compute in f64 and cast back.
+/// Resizes `x` along every axis of `plan`: f32 data interpolates in f32 with weights computed
+/// in f64 (as onnxruntime computes in float); other dtypes compute in f64 and cast back.
 pub fn resize(ctx: &mut Ctx, x: Value, plan: &[DynAxis], how: &Interp) -> R<Value> {
     let dtype = ctx.b.dtype(x);
     let work = if dtype == DType::F32 {
@@ -61,9 +60,12 @@ pub fn resize(ctx: &mut Ctx, x: Value, plan: &[DynAxis], how: &Interp) -> R<Valu
     };
     let mut y = ctx.b.cast(x, work)?;
     for ax in plan {
-        let w = weights(ctx, ax, how)?;
+        let (idx, w) = taps(ctx, ax, how)?;
         let w = ctx.b.cast(w, work)?;
-        y = contract(&mut ctx.b, y, ax.axis, w)?;
+        let op = Op::Resample {
+            axis: ax.axis as i64,
+        };
+        y = ctx.b.op1(op, &[y, idx, w])?;
     }
     if dtype.is_int() {
         y = ctx.b.unary(Op::Round, y)?;
@@ -71,38 +73,9 @@ pub fn resize(ctx: &mut Ctx, x: Value, plan: &[DynAxis], how: &Interp) -> R<Valu
     ctx.b.cast(y, dtype).map_err(s)
 }
 
-/// Resizes axis `a` of `y` by the [out, in] weights `w`: the axis moved last, so the product
-/// contracts contiguous rows (the library GEMM's form), then moved back.
-pub fn contract(b: &mut ir::Builder, y: Value, a: usize, w: Value) -> R<Value> {
-    let r = b.rank(y) as i64;
-    let mut to_last: Vec<i64> = (0..r).filter(|&i| i != a as i64).collect();
-    to_last.push(a as i64);
-    let y = b.transpose(y, &to_last)?;
-    // As a matrix of rows (the other axes flattened): one product, however many axes.
-    let dims = b.shape(y).dims().to_vec();
-    let (rest, n) = dims.split_at(dims.len() - 1);
-    let mut rows = Dim::Const(1);
-    for d in rest {
-        rows = rows.mul(d)?;
-    }
-    let y = b.reshape(y, Shape::new(vec![rows, n[0].clone()]))?;
-    let dot = Op::Dot {
-        lhs_batch: vec![],
-        rhs_batch: vec![],
-        lhs_contract: vec![1],
-        rhs_contract: vec![1],
-    };
-    let y = b.op1(dot, &[y, w])?;
-    let mut out = rest.to_vec();
-    out.push(b.shape(w).dim(0).clone());
-    let y = b.reshape(y, Shape::new(out))?;
-    let mut back: Vec<i64> = (0..r - 1).collect();
-    back.insert(a, r - 1);
-    b.transpose(y, &back).map_err(s)
-}
-
-/// The f64 [out, in] weights of one axis, computed at run time.
-fn weights(ctx: &mut Ctx, ax: &DynAxis, how: &Interp) -> R<Value> {
+/// The taps of one axis, computed at run time as `resample` operands: i64 indices clamped
+/// into the axis and f64 weights, `[out, taps]`.
+fn taps(ctx: &mut Ctx, ax: &DynAxis, how: &Interp) -> R<(Value, Value)> {
     let b = &mut ctx.b;
     let f = DType::F64;
     let (n, m) = (&ax.input, &ax.output);
@@ -249,25 +222,15 @@ fn weights(ctx: &mut Ctx, ax: &DynAxis, how: &Interp) -> R<Value> {
             *cf = b.div(*cf, sum)?;
         }
     }
-    let row = Shape::new(vec![Dim::Const(1), n.clone()]);
-    let j = b.op1(
-        Op::Iota {
-            axis: 1,
-            ty: TensorType::new(f, row),
-        },
-        &[],
-    )?;
-    let mut w: Option<Value> = None;
+    let (mut idxs, mut ws) = (Vec::new(), Vec::new());
     for (idx, cf) in taps {
         let idx = b.max(idx, zero)?;
         let idx = b.min(idx, last)?;
-        let hit = b.elementwise(Op::Eq, &[idx, j])?;
-        let hit = b.cast(hit, f)?;
-        let t = b.mul(hit, cf)?;
-        w = Some(match w {
-            None => t,
-            Some(acc) => b.add(acc, t)?,
-        });
+        idxs.push(b.cast(idx, DType::I64)?);
+        // Every tap's weight as a column (nearest's is the scalar 1).
+        ws.push(b.broadcast_to(cf, &col)?);
     }
-    w.ok_or_else(|| "no interpolation taps".into())
+    let idx = b.op1(Op::Concat { axis: 1 }, &idxs)?;
+    let w = b.op1(Op::Concat { axis: 1 }, &ws)?;
+    Ok((idx, w))
 }
