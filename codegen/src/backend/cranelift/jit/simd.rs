@@ -48,6 +48,9 @@ use kernel::{Expr, Kernel, Stmt, VarId};
 /// Lanes of the vector code.
 const W: usize = 4;
 
+/// Vector loops of a constant extent up to this many lanes (in whole vectors) run unrolled.
+const UNROLL: i64 = 16;
+
 #[cfg(test)]
 thread_local! {
     /// Vector loops and reductions compiled on this thread, for tests to check that a kernel
@@ -194,9 +197,6 @@ impl Lower<'_, '_> {
         #[cfg(test)]
         count(1, 0);
         let (v, _) = self.var(var)?;
-        let n = self.expr_of(extent, DType::I64, "a loop extent")?;
-        let nv = self.b.ins().band_imm_s(n, -(W as i64));
-        let zero = self.b.ins().iconst(types::I64, 0);
         let exprs: Vec<&Expr> = body
             .iter()
             .flat_map(|s| match s {
@@ -205,6 +205,27 @@ impl Lower<'_, '_> {
                 _ => vec![],
             })
             .collect();
+        // A few whole vectors (a blocked image's 16 channels a pixel): the copies of the body
+        // one after another, without a loop or a scalar tail to pay for each pixel.
+        if let Expr::Int(n @ 1..=UNROLL, _) = *extent {
+            if n % W as i64 == 0 {
+                for &e in &exprs {
+                    self.hoist(e, &cx)?;
+                }
+                for at in (0..n).step_by(W) {
+                    let at = self.b.ins().iconst(types::I64, at);
+                    self.def(v, at)?;
+                    self.vector_stmts(body, &cx)?;
+                }
+                self.hoisted.clear();
+                let end = self.b.ins().iconst(types::I64, n);
+                self.def(v, end)?;
+                return Ok(true);
+            }
+        }
+        let n = self.expr_of(extent, DType::I64, "a loop extent")?;
+        let nv = self.b.ins().band_imm_s(n, -(W as i64));
+        let zero = self.b.ins().iconst(types::I64, 0);
         self.counted_loop(
             v,
             zero,
