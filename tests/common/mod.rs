@@ -500,12 +500,26 @@ fn epilogue_steps(b: &mut Builder, rng: &mut Rng, y: Value, per: &[usize]) -> Op
     let mut y = y;
     for _ in 0..1 + below(rng, 4) {
         if below(rng, 6) == 0 {
-            let op = if below(rng, 2) == 0 {
-                Op::Sigmoid
-            } else {
-                Op::Tanh
+            y = match below(rng, 4) {
+                0 => b.unary(Op::Sigmoid, y).ok()?,
+                1 => b.unary(Op::Tanh, y).ok()?,
+                // HardSigmoid and HardSwish as the ONNX importer writes them.
+                k => {
+                    let sixth = f64::from(kiln::kernel::routines::epilogue::SIXTH);
+                    let t = b.scalar_like(sixth, y).ok()?;
+                    let t = b.mul(y, t).ok()?;
+                    let half = b.scalar_like(0.5, t).ok()?;
+                    let t = b.add(t, half).ok()?;
+                    let one = b.scalar_like(1.0, t).ok()?;
+                    let t = b.op1(Op::Min, &[t, one]).ok()?;
+                    let zero = b.scalar_like(0.0, t).ok()?;
+                    let t = b.op1(Op::Max, &[t, zero]).ok()?;
+                    match k {
+                        2 => t,
+                        _ => b.mul(y, t).ok()?,
+                    }
+                }
             };
-            y = b.unary(op, y).ok()?;
             continue;
         }
         if below(rng, 8) == 0 {

@@ -6,7 +6,8 @@
 use super::*;
 
 /// The steps of an epilogue, in the only order a routine applies them: `x·scale`, `+ shift`,
-/// `+ res`, `max(·, lo)`, `min(·, hi)`, then a sigmoid, tanh or GELU.
+/// `+ res`, `max(·, lo)`, `min(·, hi)`, then a sigmoid, tanh, GELU, SiLU, HardSwish or
+/// HardSigmoid.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Scale,
@@ -32,7 +33,8 @@ pub(super) struct Chain {
     hi: f64,
     /// Whether scale and shift are per column (a product's last axis) rather than per row.
     cols: bool,
-    /// The activation last: 0 none, 1 sigmoid, 2 tanh, 3 GELU, 4 SiLU.
+    /// The activation last: 0 none, 1 sigmoid, 2 tanh, 3 GELU, 4 SiLU, 5 HardSwish, 6
+    /// HardSigmoid.
     act: i64,
 }
 
@@ -272,6 +274,9 @@ impl Lowering<'_> {
         if let Some((end, inner)) = self.hardswish(x, outputs) {
             return Some((5, end, inner.to_vec()));
         }
+        if let Some((end, inner)) = self.hardsigmoid(x, outputs) {
+            return Some((6, end, inner.to_vec()));
+        }
         let (end, inner) = self.silu(x, outputs)?;
         Some((4, end, inner.to_vec()))
     }
@@ -386,6 +391,37 @@ impl Lowering<'_> {
         }
         let end = Value::new(last, 0);
         same(end).then_some((end, [x, scaled, shifted, low, clamped]))
+    }
+
+    /// The end of `max(min(x·(1/6) + ½, 1), 0)` after `x` (HardSigmoid as the ONNX importer
+    /// writes it, a squeeze-excite's gate) and the values in it, when every value in it is
+    /// read once, by the next, and is no output (so not HardSwish, which reads `x` twice).
+    fn hardsigmoid(&self, x: Value, outputs: &[Value]) -> Option<(Value, [Value; 4])> {
+        let g = self.g;
+        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
+        let same = |v: Value| self.ty(v) == self.ty(x);
+        let constant = |v: Value, c: f64| scalar_value(g, v) == Some(c);
+        // The one reader of `v`, an `op` of `v` and the constant `c`.
+        let next = |v: Value, op: fn(&Op) -> bool, c: f64| -> Option<Value> {
+            if !once(v) || !same(v) {
+                return None;
+            }
+            let [n] = self.readers(v)[..] else {
+                return None;
+            };
+            let other = match *g.node(n).inputs() {
+                [p, q] if p == v && q != v => q,
+                [p, q] if q == v && p != v => p,
+                _ => return None,
+            };
+            (op(g.node(n).op()) && constant(other, c)).then_some(Value::new(n, 0))
+        };
+        let sixth = f64::from(kernel::routines::epilogue::SIXTH);
+        let scaled = next(x, |op| matches!(op, Op::Mul), sixth)?;
+        let shifted = next(scaled, |op| matches!(op, Op::Add), 0.5)?;
+        let low = next(shifted, |op| matches!(op, Op::Min), 1.0)?;
+        let end = next(low, |op| matches!(op, Op::Max), 0.0)?;
+        same(end).then_some((end, [x, scaled, shifted, low]))
     }
 
     /// The end of `x · sigmoid(x)` after `x` (SiLU, SwiGLU's gate) and the values in it, when

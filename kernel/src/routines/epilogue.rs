@@ -1,8 +1,8 @@
 //! What products and convolutions apply to each output as they store it (a fused epilogue):
 //! `y = act(clamp((x·scale + shift) + res[at], lo, hi))` with `scale` and `shift` per row (a
 //! convolution's output channel) or per column (a product's bias), every part optional — a
-//! folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh, GELU, SiLU or
-//! HardSwish — without a second pass over the output. Operation for operation what the
+//! folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh, GELU, SiLU,
+//! HardSwish or HardSigmoid — without a second pass over the output. Operation for operation what the
 //! elementwise loops it replaces compute (a multiply, then adds, each rounded; IEEE maximum and
 //! minimum; the vector loops' `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
 
@@ -19,6 +19,9 @@ pub enum Act {
     /// `x · max(min(x·(1/6) + ½, 1), 0)`: HardSwish as the ONNX importer writes it (each
     /// operation rounded, IEEE minimum and maximum).
     HardSwish = 5,
+    /// `max(min(x·(1/6) + ½, 1), 0)`: HardSigmoid (a squeeze-excite's gate) as the ONNX
+    /// importer writes it.
+    HardSigmoid = 6,
 }
 
 /// HardSwish's slope, 1/6 rounded to f32 as the importer's constant is.
@@ -26,7 +29,7 @@ pub const SIXTH: f32 = 0.166_666_67;
 
 impl Act {
     /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh, 3 GELU,
-    /// 4 SiLU, 5 HardSwish; others identity).
+    /// 4 SiLU, 5 HardSwish, 6 HardSigmoid; others identity).
     pub fn of(code: i64) -> Act {
         match code {
             1 => Act::Sigmoid,
@@ -34,6 +37,7 @@ impl Act {
             3 => Act::Gelu,
             4 => Act::Silu,
             5 => Act::HardSwish,
+            6 => Act::HardSigmoid,
             _ => Act::Identity,
         }
     }
@@ -68,6 +72,9 @@ impl Act {
             Act::HardSwish => {
                 let t = super::rows::minimum(x * SIXTH + 0.5, 1.0);
                 x * super::rows::maximum(t, 0.0)
+            }
+            Act::HardSigmoid => {
+                super::rows::maximum(super::rows::minimum(x * SIXTH + 0.5, 1.0), 0.0)
             }
         }
     }
@@ -383,6 +390,14 @@ pub(super) mod avx512 {
                         _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(SIXTH)), _mm512_set1_ps(0.5));
                     let t = _mm512_min_ps(t, _mm512_set1_ps(1.0));
                     _mm512_mul_ps(v, _mm512_max_ps(t, _mm512_setzero_ps()))
+                }
+                Act::HardSigmoid => {
+                    // The hardware's minimum and maximum return their second operand where
+                    // one is NaN: t second, so a NaN stays (t is never −0).
+                    let t =
+                        _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(SIXTH)), _mm512_set1_ps(0.5));
+                    let t = _mm512_min_ps(_mm512_set1_ps(1.0), t);
+                    _mm512_max_ps(_mm512_setzero_ps(), t)
                 }
             }
         }
@@ -809,6 +824,13 @@ pub(super) mod avx2 {
                     let t = _mm256_min_ps(t, _mm256_set1_ps(1.0));
                     _mm256_mul_ps(v, _mm256_max_ps(t, _mm256_setzero_ps()))
                 }
+                Act::HardSigmoid => {
+                    // As the AVX-512 code: t second, so a NaN stays.
+                    let t =
+                        _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(SIXTH)), _mm256_set1_ps(0.5));
+                    let t = _mm256_min_ps(_mm256_set1_ps(1.0), t);
+                    _mm256_max_ps(_mm256_setzero_ps(), t)
+                }
             }
         }
     }
@@ -976,6 +998,7 @@ mod tests {
             Act::Gelu,
             Act::Silu,
             Act::HardSwish,
+            Act::HardSigmoid,
         ];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
             for parts in 0..16 {
@@ -1028,6 +1051,7 @@ mod tests {
                                 let x = y as f64;
                                 x * (x / 6.0 + 0.5).clamp(0.0, 1.0)
                             }
+                            Act::HardSigmoid => (y as f64 / 6.0 + 0.5).clamp(0.0, 1.0),
                         };
                         // (GELU within its erf's absolute error, scaled by x.)
                         let tol = match act {
@@ -1038,6 +1062,10 @@ mod tests {
                                 let x = (y as f64).abs();
                                 4.0 * f32::EPSILON as f64 * (exact.abs() + x * (x / 6.0 + 0.5))
                                     + 1e-37
+                            }
+                            // (Its sum rounds once before cancelling near -3.)
+                            Act::HardSigmoid => {
+                                4.0 * f32::EPSILON as f64 * ((y as f64).abs() / 6.0 + 0.5) + 1e-37
                             }
                             _ => 4.0 * f32::EPSILON as f64 * exact.abs() + 1e-37,
                         };
