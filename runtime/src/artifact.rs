@@ -18,8 +18,8 @@ pub const MAGIC: &[u8; 8] = b"KILNART\0";
 /// epilogue, three more operands and two scalars; 6: the epilogue's activation 4, SiLU; 7:
 /// concats in place; 8: dense blocked filters packed with a Winograd flag, and transforms; 9:
 /// the epilogue's activation 5, HardSwish; 10: the recurrent routines, `lstm`, `gru` and
-/// `rnn`, and their packed weights; 11: the `resample` routine, the epilogue's activation 6,
-/// HardSigmoid).
+/// `rnn`, and their packed weights; 11: the `resample` routine, the epilogue's activations 6 to 8,
+/// HardSigmoid and HardSwish's ReLU6 forms).
 pub const FORMAT_VERSION: u32 = 11;
 /// Sections start at multiples of this (a cache line; enough for any element type).
 pub const SECTION_ALIGN: usize = 64;

@@ -500,9 +500,27 @@ fn epilogue_steps(b: &mut Builder, rng: &mut Rng, y: Value, per: &[usize]) -> Op
     let mut y = y;
     for _ in 0..1 + below(rng, 4) {
         if below(rng, 6) == 0 {
-            y = match below(rng, 4) {
+            y = match below(rng, 6) {
                 0 => b.unary(Op::Sigmoid, y).ok()?,
                 1 => b.unary(Op::Tanh, y).ok()?,
+                // HardSwish as Paddle (÷ 6) and Keras (· 1/6) write it.
+                k @ (4 | 5) => {
+                    let three = b.scalar_like(3.0, y).ok()?;
+                    let t = b.add(y, three).ok()?;
+                    let zero = b.scalar_like(0.0, t).ok()?;
+                    let t = b.op1(Op::Max, &[t, zero]).ok()?;
+                    let six = b.scalar_like(6.0, t).ok()?;
+                    let t = b.op1(Op::Min, &[t, six]).ok()?;
+                    let t = b.mul(y, t).ok()?;
+                    match k {
+                        4 => b.div(t, six).ok()?,
+                        _ => {
+                            let sixth = f64::from(kiln::kernel::routines::epilogue::SIXTH);
+                            let c = b.scalar_like(sixth, t).ok()?;
+                            b.mul(t, c).ok()?
+                        }
+                    }
+                }
                 // HardSigmoid and HardSwish as the ONNX importer writes them.
                 k => {
                     let sixth = f64::from(kiln::kernel::routines::epilogue::SIXTH);

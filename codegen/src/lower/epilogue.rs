@@ -34,7 +34,7 @@ pub(super) struct Chain {
     /// Whether scale and shift are per column (a product's last axis) rather than per row.
     cols: bool,
     /// The activation last: 0 none, 1 sigmoid, 2 tanh, 3 GELU, 4 SiLU, 5 HardSwish, 6
-    /// HardSigmoid.
+    /// HardSigmoid, 7 and 8 HardSwish as `x·relu6(x + 3)` divided by 6 or times 1/6.
     act: i64,
 }
 
@@ -277,6 +277,9 @@ impl Lowering<'_> {
         if let Some((end, inner)) = self.hardsigmoid(x, outputs) {
             return Some((6, end, inner.to_vec()));
         }
+        if let Some((act, end, inner)) = self.hardswish_relu6(x, outputs) {
+            return Some((act, end, inner.to_vec()));
+        }
         let (end, inner) = self.silu(x, outputs)?;
         Some((4, end, inner.to_vec()))
     }
@@ -287,6 +290,28 @@ impl Lowering<'_> {
             .copied()
             .filter(|&id| self.g.node(id).inputs().contains(&v))
             .collect()
+    }
+
+    /// The one node reading `v` — which is read once, is no output and has the type of `like`
+    /// — when it is an `op` of `v` and the constant `c`.
+    fn step_after(
+        &self,
+        v: Value,
+        like: Value,
+        outputs: &[Value],
+        op: fn(&Op) -> bool,
+        c: f64,
+    ) -> Option<Value> {
+        let g = self.g;
+        let once = !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
+        if !once || self.ty(v) != self.ty(like) {
+            return None;
+        }
+        let [n] = self.readers(v)[..] else {
+            return None;
+        };
+        let fits = op(g.node(n).op()) && scalar_value(g, other_operand(g, n, v)?) == Some(c);
+        fits.then_some(Value::new(n, 0))
     }
 
     /// The two nodes reading `x`, when it is read exactly twice and is no output.
@@ -354,12 +379,7 @@ impl Lowering<'_> {
         let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
         let same = |v: Value| self.ty(v) == self.ty(x);
         let constant = |v: Value, c: f64| scalar_value(g, v) == Some(c);
-        // The operand of binary node `n` besides `v`, when `n` reads `v` once.
-        let other = |n: NodeId, v: Value| match *g.node(n).inputs() {
-            [p, q] if p == v && q != v => Some(q),
-            [p, q] if q == v && p != v => Some(p),
-            _ => None,
-        };
+        let other = |n: NodeId, v: Value| other_operand(g, n, v);
         let [a, b] = self.read_twice(x, outputs)?;
         let is_mul = |n: NodeId| matches!(g.node(n).op(), Op::Mul);
         if !is_mul(a) || !is_mul(b) {
@@ -371,17 +391,7 @@ impl Lowering<'_> {
             (_, q) if constant(q, sixth) => (b, a),
             _ => return None,
         };
-        // The one reader of `v`, an `op` of `v` and the constant `c`.
-        let next = |v: Value, op: fn(&Op) -> bool, c: f64| -> Option<Value> {
-            if !once(v) || !same(v) {
-                return None;
-            }
-            let [n] = self.readers(v)[..] else {
-                return None;
-            };
-            let fits = op(g.node(n).op()) && constant(other(n, v)?, c);
-            fits.then_some(Value::new(n, 0))
-        };
+        let next = |v, op, c| self.step_after(v, x, outputs, op, c);
         let scaled = Value::new(scale, 0);
         let shifted = next(scaled, |op| matches!(op, Op::Add), 0.5)?;
         let low = next(shifted, |op| matches!(op, Op::Min), 1.0)?;
@@ -397,31 +407,52 @@ impl Lowering<'_> {
     /// writes it, a squeeze-excite's gate) and the values in it, when every value in it is
     /// read once, by the next, and is no output (so not HardSwish, which reads `x` twice).
     fn hardsigmoid(&self, x: Value, outputs: &[Value]) -> Option<(Value, [Value; 4])> {
-        let g = self.g;
-        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
         let same = |v: Value| self.ty(v) == self.ty(x);
-        let constant = |v: Value, c: f64| scalar_value(g, v) == Some(c);
-        // The one reader of `v`, an `op` of `v` and the constant `c`.
-        let next = |v: Value, op: fn(&Op) -> bool, c: f64| -> Option<Value> {
-            if !once(v) || !same(v) {
-                return None;
-            }
-            let [n] = self.readers(v)[..] else {
-                return None;
-            };
-            let other = match *g.node(n).inputs() {
-                [p, q] if p == v && q != v => q,
-                [p, q] if q == v && p != v => p,
-                _ => return None,
-            };
-            (op(g.node(n).op()) && constant(other, c)).then_some(Value::new(n, 0))
-        };
+        let next = |v, op, c| self.step_after(v, x, outputs, op, c);
         let sixth = f64::from(kernel::routines::epilogue::SIXTH);
         let scaled = next(x, |op| matches!(op, Op::Mul), sixth)?;
         let shifted = next(scaled, |op| matches!(op, Op::Add), 0.5)?;
         let low = next(shifted, |op| matches!(op, Op::Min), 1.0)?;
         let end = next(low, |op| matches!(op, Op::Max), 0.0)?;
         same(end).then_some((end, [x, scaled, shifted, low]))
+    }
+
+    /// The activation (7 or 8), end and values of `x · min(max(x + 3, 0), 6)` then `/ 6` (7,
+    /// Paddle's HardSwish) or `· (1/6)` (8, Keras's) after `x`, when that is how `x` is read —
+    /// twice, by the sum and the product — and every value in it is read once, by the next,
+    /// and is no output.
+    fn hardswish_relu6(&self, x: Value, outputs: &[Value]) -> Option<(i64, Value, [Value; 5])> {
+        let g = self.g;
+        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
+        let same = |v: Value| self.ty(v) == self.ty(x);
+        let constant = |v: Value, c: f64| scalar_value(g, v) == Some(c);
+        let other = |n: NodeId, v: Value| other_operand(g, n, v);
+        let [a, b] = self.read_twice(x, outputs)?;
+        let (add, mul) = match (g.node(a).op(), g.node(b).op()) {
+            (Op::Add, Op::Mul) => (a, b),
+            (Op::Mul, Op::Add) => (b, a),
+            _ => return None,
+        };
+        if !constant(other(add, x)?, 3.0) {
+            return None;
+        }
+        let next = |v, op, c| self.step_after(v, x, outputs, op, c);
+        let shifted = Value::new(add, 0);
+        let low = next(shifted, |op| matches!(op, Op::Max), 0.0)?;
+        let clipped = next(low, |op| matches!(op, Op::Min), 6.0)?;
+        let product = Value::new(mul, 0);
+        if !once(clipped) || !same(clipped) || other(mul, x)? != clipped {
+            return None;
+        }
+        let sixth = f64::from(kernel::routines::epilogue::SIXTH);
+        let inner = [x, shifted, low, clipped, product];
+        if let Some(end) = next(product, |op| matches!(op, Op::Div), 6.0) {
+            // The divisor second: `6 / y` is not this.
+            let second = g.node(end.node).inputs()[1] != product;
+            return (second && same(end)).then_some((7, end, inner));
+        }
+        let end = next(product, |op| matches!(op, Op::Mul), sixth)?;
+        same(end).then_some((8, end, inner))
     }
 
     /// The end of `x · sigmoid(x)` after `x` (SiLU, SwiGLU's gate) and the values in it, when
@@ -441,6 +472,15 @@ impl Lowering<'_> {
         let ins = g.node(mul).inputs();
         let product = ins.len() == 2 && ins.contains(&x) && ins.contains(&sig_v);
         (once && product && same(sig_v) && same(mul_v)).then_some((mul_v, [x, sig_v]))
+    }
+}
+
+/// The operand of binary node `n` besides `v`, when `n` reads `v` once.
+fn other_operand(g: &Graph, n: NodeId, v: Value) -> Option<Value> {
+    match *g.node(n).inputs() {
+        [p, q] if p == v && q != v => Some(q),
+        [p, q] if q == v && p != v => Some(p),
+        _ => None,
     }
 }
 

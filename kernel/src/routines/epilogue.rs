@@ -2,7 +2,8 @@
 //! `y = act(clamp((x·scale + shift) + res[at], lo, hi))` with `scale` and `shift` per row (a
 //! convolution's output channel) or per column (a product's bias), every part optional — a
 //! folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh, GELU, SiLU,
-//! HardSwish or HardSigmoid — without a second pass over the output. Operation for operation what the
+//! HardSwish (as ONNX, Paddle or Keras write it) or HardSigmoid — without a second pass over
+//! the output. Operation for operation what the
 //! elementwise loops it replaces compute (a multiply, then adds, each rounded; IEEE maximum and
 //! minimum; the vector loops' `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
 
@@ -22,6 +23,11 @@ pub enum Act {
     /// `max(min(x·(1/6) + ½, 1), 0)`: HardSigmoid (a squeeze-excite's gate) as the ONNX
     /// importer writes it.
     HardSigmoid = 6,
+    /// `x · min(max(x + 3, 0), 6) / 6`: HardSwish as Paddle (and PyTorch's decompositions)
+    /// write it, a ReLU6 of the shifted input.
+    HardSwishRelu6 = 7,
+    /// `x · min(max(x + 3, 0), 6) · (1/6)`: HardSwish as Keras writes it (1/6 rounded to f32).
+    HardSwishRelu6Scaled = 8,
 }
 
 /// HardSwish's slope, 1/6 rounded to f32 as the importer's constant is.
@@ -29,7 +35,7 @@ pub const SIXTH: f32 = 0.166_666_67;
 
 impl Act {
     /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh, 3 GELU,
-    /// 4 SiLU, 5 HardSwish, 6 HardSigmoid; others identity).
+    /// 4 SiLU, 5 HardSwish, 6 HardSigmoid, 7 and 8 HardSwish's ReLU6 forms; others identity).
     pub fn of(code: i64) -> Act {
         match code {
             1 => Act::Sigmoid,
@@ -38,6 +44,8 @@ impl Act {
             4 => Act::Silu,
             5 => Act::HardSwish,
             6 => Act::HardSigmoid,
+            7 => Act::HardSwishRelu6,
+            8 => Act::HardSwishRelu6Scaled,
             _ => Act::Identity,
         }
     }
@@ -75,6 +83,13 @@ impl Act {
             }
             Act::HardSigmoid => {
                 super::rows::maximum(super::rows::minimum(x * SIXTH + 0.5, 1.0), 0.0)
+            }
+            Act::HardSwishRelu6 | Act::HardSwishRelu6Scaled => {
+                let t = super::rows::minimum(super::rows::maximum(x + 3.0, 0.0), 6.0);
+                match self {
+                    Act::HardSwishRelu6 => x * t / 6.0,
+                    _ => x * t * SIXTH,
+                }
             }
         }
     }
@@ -398,6 +413,16 @@ pub(super) mod avx512 {
                         _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(SIXTH)), _mm512_set1_ps(0.5));
                     let t = _mm512_min_ps(_mm512_set1_ps(1.0), t);
                     _mm512_max_ps(_mm512_setzero_ps(), t)
+                }
+                Act::HardSwishRelu6 | Act::HardSwishRelu6Scaled => {
+                    // t second again (a NaN stays); x + 3 is never −0.
+                    let t = _mm512_add_ps(v, _mm512_set1_ps(3.0));
+                    let t = _mm512_max_ps(_mm512_setzero_ps(), t);
+                    let t = _mm512_mul_ps(v, _mm512_min_ps(_mm512_set1_ps(6.0), t));
+                    match e.act {
+                        Act::HardSwishRelu6 => _mm512_div_ps(t, _mm512_set1_ps(6.0)),
+                        _ => _mm512_mul_ps(t, _mm512_set1_ps(SIXTH)),
+                    }
                 }
             }
         }
@@ -831,6 +856,16 @@ pub(super) mod avx2 {
                     let t = _mm256_min_ps(_mm256_set1_ps(1.0), t);
                     _mm256_max_ps(_mm256_setzero_ps(), t)
                 }
+                Act::HardSwishRelu6 | Act::HardSwishRelu6Scaled => {
+                    // As the AVX-512 code.
+                    let t = _mm256_add_ps(v, _mm256_set1_ps(3.0));
+                    let t = _mm256_max_ps(_mm256_setzero_ps(), t);
+                    let t = _mm256_mul_ps(v, _mm256_min_ps(_mm256_set1_ps(6.0), t));
+                    match e.act {
+                        Act::HardSwishRelu6 => _mm256_div_ps(t, _mm256_set1_ps(6.0)),
+                        _ => _mm256_mul_ps(t, _mm256_set1_ps(SIXTH)),
+                    }
+                }
             }
         }
     }
@@ -999,6 +1034,8 @@ mod tests {
             Act::Silu,
             Act::HardSwish,
             Act::HardSigmoid,
+            Act::HardSwishRelu6,
+            Act::HardSwishRelu6Scaled,
         ];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
             for parts in 0..16 {
@@ -1052,6 +1089,10 @@ mod tests {
                                 x * (x / 6.0 + 0.5).clamp(0.0, 1.0)
                             }
                             Act::HardSigmoid => (y as f64 / 6.0 + 0.5).clamp(0.0, 1.0),
+                            Act::HardSwishRelu6 | Act::HardSwishRelu6Scaled => {
+                                let x = y as f64;
+                                x * (x + 3.0).clamp(0.0, 6.0) / 6.0
+                            }
                         };
                         // (GELU within its erf's absolute error, scaled by x.)
                         let tol = match act {
@@ -1066,6 +1107,12 @@ mod tests {
                             // (Its sum rounds once before cancelling near -3.)
                             Act::HardSigmoid => {
                                 4.0 * f32::EPSILON as f64 * ((y as f64).abs() / 6.0 + 0.5) + 1e-37
+                            }
+                            // (x + 3 rounds once before cancelling near -3.)
+                            Act::HardSwishRelu6 | Act::HardSwishRelu6Scaled => {
+                                let x = (y as f64).abs();
+                                4.0 * f32::EPSILON as f64 * (exact.abs() + x * (x + 3.0) / 6.0)
+                                    + 1e-37
                             }
                             _ => 4.0 * f32::EPSILON as f64 * exact.abs() + 1e-37,
                         };
