@@ -160,24 +160,20 @@ impl Layout<'_> {
             b.reshape(r, out)?
         } else {
             let flat = b.reshape(r, Shape::new(vec![d[0].clone(), Dim::constant(all)]))?;
-            let slice = Op::Slice {
-                start: vec![Dim::constant(0); 2],
-                limit: vec![d[0].clone(), Dim::constant(c)],
-                stride: vec![1; 2],
-            };
-            b.op1(slice, &[flat])?
+            slice_channels(b, flat, c)?
         };
-        // What the pool's padding lanes hold: a window of equal lanes is that lane (a sum of
-        // zeros is zero).
-        let lanes = match (window, self.lanes.get(&x)) {
-            (Some(_), None) if all == c => Some(None),
-            (Some(ir::ReduceKind::Max | ir::ReduceKind::Min), Some(&v)) => Some(Some(v)),
-            (Some(ir::ReduceKind::Sum), Some(&v)) if v == 0.0 => Some(Some(v)),
-            _ => None,
-        };
-        if let Some(lanes) = lanes {
-            if let Some(v) = lanes {
-                self.lanes.insert(r, v);
+        // The window's result is the twin of the pool reshaped to an image, where it is not
+        // padded or its padding lanes' value is known.
+        if let Some(kind) = window {
+            match (
+                all == c,
+                self.lanes.get(&x).and_then(|&v| pooled_lane(kind, v)),
+            ) {
+                (true, _) => {}
+                (false, Some(v)) => {
+                    self.lanes.insert(r, v);
+                }
+                (false, None) => return Ok(Some(plain)),
             }
             self.pooled.insert(plain, r);
         }
@@ -224,12 +220,12 @@ impl Layout<'_> {
                 if !(trivial && lead(pad_low, 0) && lead(pad_high, 0)) {
                     return Ok(None);
                 }
-                // Maxima and minima of equal lanes are that lane; sums only of zeros (a
-                // window's count varies at the borders).
-                let lanes = match (padded, self.lanes.get(&x)) {
-                    (false, _) => None,
-                    (true, Some(&v)) if *kind != ir::ReduceKind::Sum || v == 0.0 => Some(v),
-                    (true, _) => return Ok(None),
+                let lanes = match padded {
+                    false => None,
+                    true => match self.lanes.get(&x).and_then(|&v| pooled_lane(*kind, v)) {
+                        Some(v) => Some(v),
+                        None => return Ok(None),
+                    },
                 };
                 let five = |v: &[i64], last: i64| {
                     let mut v = v.to_vec();
@@ -473,13 +469,7 @@ impl Layout<'_> {
         let per = Shape::new(vec![n.clone(), cb, one.clone(), one, lanes]);
         let s = if chans && c % block != 0 {
             let flat = b.reshape(src, Shape::new(vec![n, Dim::constant(c)]))?;
-            let f = b.scalar(f64::from(fill), DType::F32)?;
-            let pad = Op::Pad {
-                low: vec![0, 0],
-                high: vec![0, self.up(c) - c],
-                mode: ir::PadMode::Constant,
-            };
-            let p = b.op1(pad, &[flat, f])?;
+            let p = pad_channels(b, flat, self.up(c), fill)?;
             b.reshape(p, per)?
         } else {
             b.reshape(src, per)?
@@ -560,17 +550,7 @@ fn to_blocked(b: &mut Builder, x: Value, block: i64) -> ir::Result<Value> {
     let d = b.ty(x).shape.dims().to_vec();
     let c = d[1].as_const().expect("static images");
     let cb = (c + block - 1) / block;
-    let x = if c % block == 0 {
-        x
-    } else {
-        let zero = b.scalar(0.0, DType::F32)?;
-        let pad = Op::Pad {
-            low: vec![0; 4],
-            high: vec![0, cb * block - c, 0, 0],
-            mode: ir::PadMode::Constant,
-        };
-        b.op1(pad, &[x, zero])?
-    };
+    let x = pad_channels(b, x, cb * block, 0.0)?;
     let split = vec![
         d[0].clone(),
         Dim::constant(cb),
@@ -598,15 +578,49 @@ fn unblock(b: &mut Builder, y: Value, block: i64, c: i64) -> ir::Result<Value> {
         t,
         Shape::new(vec![d[0].clone(), all.clone(), d[2].clone(), d[3].clone()]),
     )?;
-    if all.as_const() == Some(c) {
-        return Ok(plain);
+    match all.as_const() == Some(c) {
+        true => Ok(plain),
+        false => slice_channels(b, plain, c),
     }
-    let mut limit = b.ty(plain).shape.dims().to_vec();
+}
+
+/// `x` (f32, channels on axis 1) with its channels padded to `all` with `fill`.
+fn pad_channels(b: &mut Builder, x: Value, all: i64, fill: f32) -> ir::Result<Value> {
+    let t = b.ty(x).shape.clone();
+    let c = channels(&t);
+    if c == all {
+        return Ok(x);
+    }
+    let mut high = vec![0; t.rank()];
+    high[1] = all - c;
+    let pad = Op::Pad {
+        low: vec![0; t.rank()],
+        high,
+        mode: ir::PadMode::Constant,
+    };
+    let f = b.scalar(f64::from(fill), DType::F32)?;
+    b.op1(pad, &[x, f])
+}
+
+/// `x`'s first `c` channels (axis 1): a padded value's real ones.
+fn slice_channels(b: &mut Builder, x: Value, c: i64) -> ir::Result<Value> {
+    let mut limit = b.ty(x).shape.dims().to_vec();
     limit[1] = Dim::constant(c);
     let slice = Op::Slice {
-        start: vec![Dim::constant(0); 4],
+        start: vec![Dim::constant(0); limit.len()],
+        stride: vec![1; limit.len()],
         limit,
-        stride: vec![1; 4],
     };
-    b.op1(slice, &[plain])
+    b.op1(slice, &[x])
+}
+
+/// What the padding lanes of a pool of `kind` hold, over lanes that each hold `v`, whatever
+/// the window's count (it varies at the borders): maxima and minima of equal lanes are that
+/// lane; sums only of zeros, products only of zeros and ones.
+fn pooled_lane(kind: ir::ReduceKind, v: f32) -> Option<f32> {
+    match kind {
+        ir::ReduceKind::Max | ir::ReduceKind::Min => Some(v),
+        ir::ReduceKind::Sum => (v == 0.0).then_some(0.0),
+        ir::ReduceKind::Prod => (v == 0.0 || v == 1.0).then_some(v),
+    }
 }

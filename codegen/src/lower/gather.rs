@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// The check that i64 `index` is in `0..n`, ending the kernel with INDEX_OUT_OF_RANGE where
+/// it is not.
+pub(super) fn in_range(index: Expr, n: Expr) -> Stmt {
+    let op = |op: Op, args: Vec<Expr>| Expr::Op {
+        op,
+        args,
+        dtype: DType::Bool,
+    };
+    Stmt::Check {
+        cond: op(
+            Op::And,
+            vec![
+                op(Op::Ge, vec![index.clone(), Expr::i64(0)]),
+                op(Op::Lt, vec![index, n]),
+            ],
+        ),
+        code: codes::INDEX_OUT_OF_RANGE,
+    }
+}
+
 impl Lowering<'_> {
     /// Statements that resolve the (possibly negative) index `raw` against extent `n` into a
     /// new i64 variable, ending the kernel with INDEX_OUT_OF_RANGE when it is outside.
@@ -26,17 +46,7 @@ impl Lowering<'_> {
                     DType::I64,
                 ),
             },
-            Stmt::Check {
-                cond: op(
-                    Op::And,
-                    vec![
-                        op(Op::Ge, vec![Expr::Var(u), Expr::i64(0)], DType::Bool),
-                        op(Op::Lt, vec![Expr::Var(u), n], DType::Bool),
-                    ],
-                    DType::Bool,
-                ),
-                code: codes::INDEX_OUT_OF_RANGE,
-            },
+            in_range(Expr::Var(u), n),
         ];
         (stmts, u)
     }

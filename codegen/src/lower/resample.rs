@@ -30,26 +30,11 @@ impl Lowering<'_> {
             buf: ib,
             index: Box::new(Expr::Var(k)),
         };
-        let op = |op: Op, args: Vec<Expr>| Expr::Op {
-            op,
-            args,
-            dtype: DType::Bool,
-        };
-        let inside = op(
-            Op::And,
-            vec![
-                op(Op::Ge, vec![at.clone(), Expr::i64(0)]),
-                op(Op::Lt, vec![at, n.clone()]),
-            ],
-        );
         self.k.body.push(Stmt::Loop {
             var: k,
             extent: m.clone() * Expr::i64(taps),
             mark: Mark::Serial,
-            body: vec![Stmt::Check {
-                cond: inside,
-                code: codes::INDEX_OUT_OF_RANGE,
-            }],
+            body: vec![gather::in_range(at, n.clone())],
         });
         let dtype = self.ty(x).dtype;
         if dtype != DType::F32 {

@@ -235,20 +235,16 @@ pub fn gather(shape: &[usize], idx: &Wide, axis: usize) -> Result<Vec<usize>, St
 
 /// `resample` (see the op table) of `x` along `axis` by the taps `idx` and `w` (`[out,
 /// taps]`): each product rounded to the dtype, summed left to right with each sum rounded.
-pub fn resample(args: &[&ir::Tensor], axis: usize) -> Result<Data, String> {
-    let (x, idx, w) = (args[0], args[1], args[2]);
+pub fn resample(args: &[&ir::Tensor], idx: &Wide, axis: usize) -> Result<Data, String> {
+    let (x, w) = (args[0], args[2]);
     let dtype = x.dtype();
-    let round = |v: f64| match dtype {
-        DType::F32 => v as f32 as f64,
-        DType::F64 => v,
-        _ => Data::from_f64s(dtype, &[v]).get_f64(0),
-    };
+    let round = rounding(dtype);
     let (outer, d, inner) = around(x.shape(), axis);
-    let (out, taps) = (idx.shape()[0], idx.shape()[1]);
+    let (out, taps) = (args[1].shape()[0], args[1].shape()[1]);
     let (xs, ws) = (floats(x), floats(w));
-    let at: Vec<usize> = (0..idx.numel())
-        .map(|k| idx.data().get_f64(k) as i128)
-        .map(|i| match i {
+    let at: Vec<usize> = indices(idx)
+        .iter()
+        .map(|&i| match i {
             0.. if (i as usize) < d => Ok(i as usize),
             _ => Err(format!(
                 "resample index {i} is out of range for an axis of size {d}"
@@ -774,6 +770,15 @@ fn floats(t: &ir::Tensor) -> Vec<f64> {
 
 type Round = dyn Fn(f64) -> f64;
 
+/// Rounding an f64 result to `dtype`, as a separate op computing in it would.
+fn rounding(dtype: DType) -> impl Fn(f64) -> f64 {
+    move |x| match dtype {
+        DType::F32 => x as f32 as f64,
+        DType::F64 => x,
+        _ => Data::from_f64s(dtype, &[x]).get_f64(0),
+    }
+}
+
 /// The interpreter's sigmoid and tanh, rounded by `round`.
 fn activations(round: &Round) -> (impl Fn(f64) -> f64 + '_, impl Fn(f64) -> f64 + '_) {
     (
@@ -822,11 +827,7 @@ fn recurrence(
     mut cell: impl FnMut(&Row, &Round, usize) -> Vec<f64>,
 ) -> (Vec<f64>, Vec<f64>) {
     let dtype = args[0].dtype();
-    let round = move |x: f64| match dtype {
-        DType::F32 => x as f32 as f64,
-        DType::F64 => x,
-        _ => Data::from_f64s(dtype, &[x]).get_f64(0),
-    };
+    let round = rounding(dtype);
     let (xw, rt) = (floats(args[0]), floats(args[1]));
     let mut h = floats(args[h0]);
     let (seq, batch, hidden) = (args[0].shape()[0], args[0].shape()[1], args[1].shape()[0]);

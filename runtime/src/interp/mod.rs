@@ -578,7 +578,11 @@ impl Interp<'_> {
                 Ok(vec![Data::I64(idx)])
             }
             Op::TreeWalk => Ok(vec![Data::I64(compute::tree_walk(args)?)]),
-            Op::Resample { axis } => Ok(vec![compute::resample(args, *axis as usize)?]),
+            Op::Resample { axis } => Ok(vec![compute::resample(
+                args,
+                &widen(arg(1).data()),
+                *axis as usize,
+            )?]),
             Op::Lstm { reverse } => Ok(compute::lstm(args, *reverse).to_vec()),
             Op::Gru {
                 reverse,

@@ -206,22 +206,10 @@ fn taps(
     Ok((rows, outside))
 }
 
-/// The [out, in] weights of one axis (see [`taps`]).
-fn weights(ax: &Axis, kernel: &Kernel, coord: &str) -> R<Vec<f64>> {
-    let (rows, _) = taps(ax, kernel, coord, false)?;
-    let mut w = vec![0.0; ax.output * ax.input];
-    for (y, row) in rows.iter().enumerate() {
-        for &(j, c) in row {
-            w[y * ax.input + j] += c;
-        }
-    }
-    Ok(w)
-}
-
 /// One axis's taps as `resample` operands: i64 indices and `work` weights, `[out, taps]`,
 /// zero-weight taps dropped and rows padded with (0, 0) to the longest.
-fn tap_tables(b: &mut ir::Builder, rows: &[Vec<(usize, f64)>], work: DType) -> R<(Value, Value)> {
-    let rows: Vec<Vec<(usize, f64)>> = rows
+fn tap_tables(b: &mut ir::Builder, rows: &[Taps], work: DType) -> R<(Value, Value)> {
+    let rows: Vec<Taps> = rows
         .iter()
         .map(|r| r.iter().copied().filter(|&(_, c)| c != 0.0).collect())
         .collect();
@@ -315,8 +303,13 @@ fn is_repetition(scale: f64, kernel: &Kernel, coord: &str) -> bool {
             scale,
             roi: None,
         };
-        weights(&ax, kernel, coord).is_ok_and(|w| {
-            (0..len * s).all(|y| (0..len).all(|j| w[y * len + j] == f64::from(j == y / s)))
+        // Each output's one nonzero tap reads input y / s, whole.
+        taps(&ax, kernel, coord, false).is_ok_and(|(rows, _)| {
+            rows.iter().enumerate().all(|(y, r)| {
+                r.iter()
+                    .filter(|&&(_, c)| c != 0.0)
+                    .eq([(y / s, 1.0)].iter())
+            })
         })
     })
 }
