@@ -20,7 +20,7 @@ pub const MAGIC: &[u8; 8] = b"KILNART\0";
 /// the epilogue's activation 5, HardSwish; 10: the recurrent routines, `lstm`, `gru` and
 /// `rnn`, and their packed weights; 11: the `resample` routine, the epilogue's activations 6 to 8,
 /// HardSigmoid and HardSwish's ReLU6 forms).
-pub const FORMAT_VERSION: u32 = 11;
+pub const FORMAT_VERSION: u32 = 12;
 /// Sections start at multiples of this (a cache line; enough for any element type).
 pub const SECTION_ALIGN: usize = 64;
 

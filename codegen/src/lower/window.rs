@@ -178,8 +178,17 @@ impl Lowering<'_> {
                 ints.extend_from_slice(&v[2..4]);
             }
             let sizes = (xd[2] * xd[3] * 16, od[2] * od[3] * 16);
-            let planes = Shape::new(os.dims()[..2].to_vec());
-            return self.pool_calls(v, "pool2d_nchwc", (xb, out), &planes, sizes, ints, &step);
+            // A global pool's calls take up to four blocks (their sums side by side); others
+            // one each, for the threads.
+            let per = if od[2] * od[3] == 1 { 4 } else { 1 };
+            let planes = Shape::new(vec![os.dim(0).clone(), Dim::Const((od[1] + per - 1) / per)]);
+            let calls = Calls {
+                routine: "pool2d_nchwc",
+                planes: &planes,
+                sizes,
+                blocks: Some((per, od[1])),
+            };
+            return self.pool_calls(v, calls, (xb, out), ints, &step);
         }
         // Sums only where output rows are a few wide (a global pool's one output per plane
         // runs faster as the loops below; rows narrower than a vector take a masked one).
@@ -192,7 +201,13 @@ impl Lowering<'_> {
             let ints = view.ints.to_vec();
             let sizes = (ints[0] * ints[1], ints[2] * ints[3]);
             let planes = Shape::new(os.dims()[..view.lead].to_vec());
-            return self.pool_calls(v, "pool2d", (xb, out), &planes, sizes, ints, &step);
+            let calls = Calls {
+                routine: "pool2d",
+                planes: &planes,
+                sizes,
+                blocks: None,
+            };
+            return self.pool_calls(v, calls, (xb, out), ints, &step);
         }
         if static_f32 && matches!(step, Op::Max | Op::Min) {
             // Max and min are exact in any order: accumulate whole output rows in vector
@@ -311,10 +326,8 @@ impl Lowering<'_> {
     fn pool_calls(
         &mut self,
         v: Value,
-        routine: &str,
+        calls: Calls,
         (xb, out): (BufId, BufId),
-        planes: &Shape,
-        (xplane, oplane): (i64, i64),
         mut ints: Vec<i64>,
         step: &Op,
     ) -> Result<()> {
@@ -323,16 +336,39 @@ impl Lowering<'_> {
             Op::Min => 1,
             _ => 2,
         });
+        let Calls {
+            routine,
+            planes,
+            sizes: (xplane, oplane),
+            blocks,
+        } = calls;
         let dtype = self.ty(v).dtype;
         self.nest(planes, dtype, |l, idx| {
-            let plane = l.linear(idx, planes);
+            let mut ints: Vec<Expr> = ints.iter().map(|&i| Expr::i64(i)).collect();
+            let plane = match blocks {
+                // Image i, group g: blocks per·g .. of the image's `total`.
+                Some((per, total)) => {
+                    let first = idx[1].clone() * Expr::i64(per);
+                    ints.push(if total <= per {
+                        Expr::i64(total)
+                    } else {
+                        Expr::index_op(
+                            Op::Min,
+                            Expr::i64(per),
+                            Expr::i64(total) + first.clone() * Expr::i64(-1),
+                        )
+                    });
+                    idx[0].clone() * Expr::i64(total) + first
+                }
+                None => l.linear(idx, planes),
+            };
             Ok(vec![Stmt::Call(Box::new(kernel::Call {
                 routine: routine.into(),
                 operands: vec![
                     Some((xb, plane.clone() * Expr::i64(xplane))),
                     Some((out, plane * Expr::i64(oplane))),
                 ],
-                ints: ints.iter().map(|&i| Expr::i64(i)).collect(),
+                ints,
                 scalars: Vec::new(),
                 result: None,
             }))])
@@ -340,6 +376,17 @@ impl Lowering<'_> {
         self.bufs.insert(v, out);
         Ok(())
     }
+}
+
+/// Library calls of a pooling, one per index of `planes`: `routine`, whose operands are
+/// `sizes` (input, output) elements a plane apart, and with `blocks` = `(per, total)` calls
+/// over groups of up to `per` of an image's `total` channel blocks (`planes`' second axis
+/// counting the groups; the block count the routine's last int).
+struct Calls<'a> {
+    routine: &'static str,
+    planes: &'a Shape,
+    sizes: (i64, i64),
+    blocks: Option<(i64, i64)>,
 }
 
 /// A window reduction as `pool2d` planes: the axes before `lead` are planes (their window

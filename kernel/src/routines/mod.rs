@@ -544,18 +544,18 @@ pub static ROUTINES: [Routine; 16] = [
         replaces: None,
         in_place: true,
         ints: &[
-            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
+            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind", "nb",
         ],
         scalars: &[],
         result: None,
-        cost: |i| i[2] * i[3] * i[4] * i[5],
+        cost: |i| i[2] * i[3] * i[4] * i[5] * i[13],
         extent: |operand, i| {
             let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
-            Some(i.get(a)?.clone() * i.get(b)?.clone() * crate::Expr::i64(16))
+            Some(i.get(a)?.clone() * i.get(b)?.clone() * crate::Expr::i64(16) * i.get(13)?.clone())
         },
         bounds: |operand, i| {
             let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
-            let len = i[a].checked_mul(i[b])?.checked_mul(16)?;
+            let len = i[a].checked_mul(i[b])?.checked_mul(16)?.checked_mul(*i.get(13)?)?;
             (len > 0).then_some((0, len - 1))
         },
         address: || pool::kiln_pool2d_nchwc as *const u8,
@@ -576,11 +576,12 @@ pub static ROUTINES: [Routine; 16] = [
                 i[10],
                 i[11],
                 i[12],
+                i[13],
             );
             0.0
         },
-        doc: "pool2d on one channel block of a blocked image (NCHWc): x [h, w, 16] into out \
-              [oh, ow, 16], each lane its own channel's plane (f32)",
+        doc: "pool2d on nb consecutive channel blocks of a blocked image (NCHWc): x [nb, h, w, \
+              16] into out [nb, oh, ow, 16], each lane its own channel's plane (f32)",
     },
     Routine {
         name: "resample",

@@ -129,12 +129,14 @@ unsafe fn plane(x: *const f32, out: *mut f32, g: &Geometry, kind: Kind, lanes: u
     give_padded(buf);
 }
 
-/// [`kiln_pool2d_plane`] on one channel block of a blocked image: `x` `[h, w, 16]`, `out`
-/// `[oh, ow, 16]`, each lane its own channel's plane. The taps outside the plane are
-/// skipped; sums accumulate in f64 in tap order, extremes compare ordered keys.
+/// [`kiln_pool2d_plane`] on `nb` consecutive channel blocks of a blocked image: `x` `[nb, h,
+/// w, 16]`, `out` `[nb, oh, ow, 16]`, each lane its own channel's plane. The taps outside
+/// the plane are skipped; sums accumulate in f64 in tap order, extremes compare ordered
+/// keys. (Several blocks a call let a global pool's one window per block run as independent
+/// sums side by side, instead of one chain of dependent additions after another.)
 ///
 /// # Safety
-/// `x` must be readable for `16·h·w` elements, `out` writable for `16·oh·ow` and not
+/// `x` must be readable for `nb·16·h·w` elements, `out` writable for `nb·16·oh·ow` and not
 /// overlapping it; every extent nonnegative and strides and dilations positive.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kiln_pool2d_nchwc(
@@ -153,6 +155,7 @@ pub unsafe extern "C" fn kiln_pool2d_nchwc(
     ph: i64,
     pw: i64,
     kind: i64,
+    nb: i64,
 ) {
     // SAFETY: forwarded.
     unsafe {
@@ -161,6 +164,7 @@ pub unsafe extern "C" fn kiln_pool2d_nchwc(
             out,
             [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw],
             kind,
+            nb,
             Isa::host(),
         )
     }
@@ -170,14 +174,15 @@ pub unsafe extern "C" fn kiln_pool2d_nchwc(
 ///
 /// # Safety
 /// As [`kiln_pool2d_nchwc`]; the CPU runs `isa`'s code.
-unsafe fn nchwc(x: *const f32, out: *mut f32, g: [i64; 12], kind: i64, isa: Isa) {
+unsafe fn nchwc(x: *const f32, out: *mut f32, g: [i64; 12], kind: i64, nb: i64, isa: Isa) {
     let [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = g;
     let kind = match kind {
         0 => Kind::Max,
         1 => Kind::Min,
         _ => Kind::Sum,
     };
-    const B: usize = 16;
+    let nb = nb.max(0) as usize;
+    let outs = (oh.max(0) * ow.max(0)) as usize * B;
     if h <= 0 || w <= 0 || oh <= 0 || ow <= 0 {
         // No input: every output is the identity.
         let fill = match kind {
@@ -185,24 +190,85 @@ unsafe fn nchwc(x: *const f32, out: *mut f32, g: [i64; 12], kind: i64, isa: Isa)
             Kind::Min => f32::INFINITY,
             Kind::Sum => 0.0,
         };
-        for i in 0..(oh.max(0) * ow.max(0)) as usize * B {
+        for i in 0..nb * outs {
             // SAFETY: inside the output.
             unsafe { *out.add(i) = fill };
         }
         return;
     }
-    let wide = isa == Isa::Avx512;
-    let src = x;
-    // The window's taps inside the plane (divisions only at its borders).
-    let span = |o: i64, s: i64, p: i64, k: i64, d: i64, n: i64| {
-        let start = o * s - p;
-        let (k0, k1) = super::conv::blocked::inside(start, k, d, n);
-        (start, k0, k1)
-    };
+    let ins = (h * w) as usize * B;
     // The full window's taps from its first element, window row by row.
     let window: Vec<usize> = (0..kh)
         .flat_map(|ky| (0..kw).map(move |kx| ((ky * dh * w + kx * dw) as usize) * B))
         .collect();
+    // One window a block, inside the plane (a global pool): several blocks' windows side by
+    // side, each still summed (or compared) in tap order — four at a time in AVX-512, two
+    // (sums only) in AVX2.
+    let (y, ky0, ky1) = span(0, sh, ph, kh, dh, h);
+    let (x0, kx0, kx1) = span(0, sw, pw, kw, dw, w);
+    let global = (oh, ow) == (1, 1) && (ky0, ky1, kx0, kx1) == (0, kh, 0, kw);
+    let side_by_side = match isa {
+        Isa::Avx512 => 4,
+        Isa::Avx2 if kind == Kind::Sum => 2,
+        _ => 0,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if global && side_by_side > 0 {
+        let first = ((y * w + x0) as usize) * B;
+        let mut b = 0;
+        while b < nb {
+            let n = (nb - b).min(side_by_side);
+            // SAFETY: the blocks' windows are inside their planes; their outputs 16 apart
+            // (one pixel a block); the CPU runs `isa`.
+            unsafe {
+                let (x, o) = (x.add(b * ins), out.add(b * B));
+                match (isa, n) {
+                    (Isa::Avx512, 4) => avx512::windows::<4>(x, first, ins, &window, o, kind),
+                    (Isa::Avx512, 3) => avx512::windows::<3>(x, first, ins, &window, o, kind),
+                    (Isa::Avx512, 2) => avx512::windows::<2>(x, first, ins, &window, o, kind),
+                    (Isa::Avx512, _) => avx512::windows::<1>(x, first, ins, &window, o, kind),
+                    (_, 2) => avx2::sums::<2>(x.add(first), ins, &window, o),
+                    _ => avx2::sums::<1>(x.add(first), ins, &window, o),
+                }
+            }
+            b += n;
+        }
+        return;
+    }
+    let _ = (global, side_by_side, y, x0);
+    for b in 0..nb {
+        // SAFETY: block `b`'s plane and outputs, as the caller promises.
+        unsafe { block(x.add(b * ins), out.add(b * outs), g, kind, &window, isa) };
+    }
+}
+
+/// Values a blocked pixel holds.
+const B: usize = 16;
+
+/// The window's taps inside the plane along one axis, for output `o` (stride `s`, low
+/// padding `p`, window `k`, dilation `d`, extent `n`): the window's first position and the
+/// range of taps inside (divisions only at the borders).
+fn span(o: i64, s: i64, p: i64, k: i64, d: i64, n: i64) -> (i64, i64, i64) {
+    let start = o * s - p;
+    let (k0, k1) = super::conv::blocked::inside(start, k, d, n);
+    (start, k0, k1)
+}
+
+/// [`nchwc`] on one block (`window`: the full window's tap offsets).
+///
+/// # Safety
+/// As [`kiln_pool2d_nchwc`] with one block, every extent positive.
+unsafe fn block(
+    x: *const f32,
+    out: *mut f32,
+    g: [i64; 12],
+    kind: Kind,
+    window: &[usize],
+    isa: Isa,
+) {
+    let [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = g;
+    let wide = isa == Isa::Avx512;
+    let src = x;
     for oy in 0..oh {
         let (y, ky0, ky1) = span(oy, sh, ph, kh, dh, h);
         let mut ox = 0;
@@ -226,10 +292,10 @@ unsafe fn nchwc(x: *const f32, out: *mut f32, g: [i64; 12], kind: i64, isa: Isa)
                 // has AVX-512F.
                 unsafe {
                     match n {
-                        4 => avx512::windows::<4>(src, first, step, &window, o, kind),
-                        3 => avx512::windows::<3>(src, first, step, &window, o, kind),
-                        2 => avx512::windows::<2>(src, first, step, &window, o, kind),
-                        _ => avx512::windows::<1>(src, first, step, &window, o, kind),
+                        4 => avx512::windows::<4>(src, first, step, window, o, kind),
+                        3 => avx512::windows::<3>(src, first, step, window, o, kind),
+                        2 => avx512::windows::<2>(src, first, step, window, o, kind),
+                        _ => avx512::windows::<1>(src, first, step, window, o, kind),
                     }
                 }
                 ox += n;
@@ -698,6 +764,46 @@ mod avx2 {
         }
     }
 
+    /// The f64 sums in tap order of `N` blocked pixels' windows (`window`: the taps'
+    /// offsets from `x`, the next block's `step` after), stored 16 apart from `out`: what
+    /// [`pixel`] computes for each, with `4·N` independent sums in flight.
+    ///
+    /// # Safety
+    /// AVX2 available; the windows readable from `x`, `out` writable for `16·N`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn sums<const N: usize>(
+        x: *const f32,
+        step: usize,
+        window: &[usize],
+        out: *mut f32,
+    ) {
+        let mut acc = [[_mm256_setzero_pd(); 4]; N];
+        for &off in window {
+            for (n, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: the taps are inside block `n`'s plane.
+                let (a, b) = unsafe {
+                    let p = x.add(n * step + off);
+                    (load(p), load(p.add(8)))
+                };
+                let halves = [
+                    _mm256_castps256_ps128(a),
+                    _mm256_extractf128_ps::<1>(a),
+                    _mm256_castps256_ps128(b),
+                    _mm256_extractf128_ps::<1>(b),
+                ];
+                for (s, h) in acc.iter_mut().zip(halves) {
+                    *s = _mm256_add_pd(*s, _mm256_cvtps_pd(h));
+                }
+            }
+        }
+        for (n, acc) in acc.iter().enumerate() {
+            for (q, s) in acc.iter().enumerate() {
+                // SAFETY: block `n`'s output pixel.
+                unsafe { _mm_storeu_ps(out.add(16 * n + 4 * q), _mm256_cvtpd_ps(*s)) };
+            }
+        }
+    }
+
     /// The sum of 8 outputs' taps, in f64 in tap order.
     ///
     /// # Safety
@@ -842,7 +948,7 @@ mod tests {
                 let mut got = vec![1.5f32; (oh * ow * 16) as usize];
                 let g = [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw];
                 // SAFETY: sizes as documented; the CPU runs `isa`.
-                unsafe { nchwc(x.as_ptr(), got.as_mut_ptr(), g, kind, isa) };
+                unsafe { nchwc(x.as_ptr(), got.as_mut_ptr(), g, kind, 1, isa) };
                 for lane in 0..16 {
                     let plane: Vec<f32> = x.iter().skip(lane).step_by(16).copied().collect();
                     let mut want = vec![0f32; (oh * ow) as usize];
@@ -872,6 +978,70 @@ mod tests {
                             got.to_bits() == want.to_bits() || got.is_nan() && want.is_nan(),
                             "{isa:?} kind {kind} {h}x{w} lane {lane} output {p}: {got} vs {want}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A call of several blocks gives each block's pooling as a call of its own, bit for bit:
+    /// global windows (whose blocks' sums run side by side) with 1 to 6 blocks, and windows
+    /// of several outputs.
+    #[test]
+    fn calls_of_several_blocks_pool_each_block() {
+        let mut seed = 11u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        // (h, w, window, padding): whole planes, a window inside a larger plane, windows with
+        // padding (one output), several outputs.
+        let cases = [
+            (7, 7, (7, 7), (0, 0)),
+            (14, 14, (14, 14), (0, 0)),
+            (9, 6, (5, 4), (0, 0)),
+            (3, 3, (5, 5), (1, 1)),
+            (8, 8, (3, 3), (1, 1)),
+        ];
+        let mut isas = vec![Isa::Scalar];
+        if crate::avx2_fma() {
+            isas.push(Isa::Avx2);
+        }
+        if crate::avx512() {
+            isas.push(Isa::Avx512);
+        }
+        for (h, w, (kh, kw), (ph, pw)) in cases {
+            let oh = (h + 2 * ph - kh) / 2 + 1;
+            let ow = (w + 2 * pw - kw) / 2 + 1;
+            let g = [h, w, oh, ow, kh, kw, 2, 2, 1, 1, ph, pw];
+            let (ins, outs) = ((h * w * 16) as usize, (oh * ow * 16) as usize);
+            for nb in 1..=6usize {
+                // Values of very different sizes, so that the order of the sums shows.
+                let x: Vec<f32> = (0..nb * ins)
+                    .map(|_| match rnd() % 50 {
+                        0 => f32::NAN,
+                        1..=4 => -0.0,
+                        r => (r as f32 - 25.0) * 10f32.powi((rnd() % 12) as i32 - 6),
+                    })
+                    .collect();
+                for (kind, &isa) in (0..3).flat_map(|k| isas.iter().map(move |i| (k, i))) {
+                    let mut got = vec![1.5f32; nb * outs];
+                    // SAFETY: nb blocks in and out; the CPU runs `isa`.
+                    unsafe { nchwc(x.as_ptr(), got.as_mut_ptr(), g, kind, nb as i64, isa) };
+                    for b in 0..nb {
+                        let mut want = vec![2.5f32; outs];
+                        // SAFETY: block b alone.
+                        unsafe { nchwc(x[b * ins..].as_ptr(), want.as_mut_ptr(), g, kind, 1, isa) };
+                        for (i, (a, e)) in
+                            got[b * outs..(b + 1) * outs].iter().zip(&want).enumerate()
+                        {
+                            assert!(
+                                a.to_bits() == e.to_bits() || a.is_nan() && e.is_nan(),
+                                "{isa:?} kind {kind} {h}x{w} nb {nb} block {b} at {i}: {a} vs {e}"
+                            );
+                        }
                     }
                 }
             }
