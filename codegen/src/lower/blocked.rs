@@ -115,21 +115,23 @@ impl Lowering<'_> {
                 Expr::index_op(Op::Rem, q, Expr::i64(m))
             }
         };
-        // Iteration i: image i / (groups·runs), group (i / runs) % groups, run i % runs.
+        // Iteration i: image i / (groups·runs), run (i / groups) % runs, group i % groups —
+        // rows outermost, so that a thread's contiguous range of iterations is a band of rows
+        // of every block, the band the next conv's range reads (see `runtime`'s split).
         let img = if n == 1 {
             Expr::i64(0)
         } else {
             split(&i, groups * runs, 0)
         };
-        let grp = if groups == 1 {
-            Expr::i64(0)
-        } else {
-            split(&i, runs, groups)
-        };
         let run = if runs == 1 {
             Expr::i64(0)
         } else {
-            split(&i, 1, runs)
+            split(&i, groups, runs)
+        };
+        let grp = if groups == 1 {
+            Expr::i64(0)
+        } else {
+            split(&i, 1, groups)
         };
         let ob0 = grp * Expr::i64(per);
         let obn = Expr::index_op(
