@@ -272,6 +272,12 @@ impl DotAxes {
 /// Free axes `axes` of an operand (extents `shape`, strides `st`) as one matrix axis — its
 /// size and stride — when they are laid out like one.
 fn merged(axes: &[usize], shape: &Shape, st: &[Dim]) -> Option<(Dim, Dim)> {
+    // Axes of extent 1 take no step, whatever their stride (a batch of one image).
+    let axes: Vec<usize> = axes
+        .iter()
+        .copied()
+        .filter(|&a| shape.dim(a).as_const() != Some(1))
+        .collect();
     let Some(&last) = axes.last() else {
         return Some((Dim::constant(1), Dim::constant(0)));
     };
@@ -281,7 +287,7 @@ fn merged(axes: &[usize], shape: &Shape, st: &[Dim]) -> Option<(Dim, Dim)> {
             return None;
         }
     }
-    for &a in axes {
+    for &a in &axes {
         size = size.mul(shape.dim(a)).ok()?;
     }
     Some((size, st[last].clone()))
