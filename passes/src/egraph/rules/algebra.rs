@@ -338,7 +338,8 @@ pub const DOT_OF_SPLAT: Rule = Rule {
     },
 };
 
-/// (x·a + b)·c + d = x·(a·c) + (b·c + d) for constant a, b, c, d — splats, or broadcasts of
+/// (x·a + b)·c + d = x·(a·c) + (b·c + d) for constant a, b, c, d (a = 1 and d = 0 where
+/// there is no inner scale or outer shift) — splats, or broadcasts of
 /// finite constants from one source shape along the same axes (a batch norm followed by a
 /// per-channel scale and shift, as Caffe2's exports have them): one scale and one shift,
 /// which a conv or product then applies as it stores, instead of a pass over its result.
@@ -372,10 +373,22 @@ pub const AFFINE_CHAIN: Rule = Rule {
         fn is_mul(op: &Op) -> bool {
             matches!(op, Op::Mul)
         }
-        for (m, d) in split(id, is_add) {
+        // The outer shift and the inner scale may be missing (d = 0, a = 1) where the class
+        // has no such op at all: a bias, then a scale and shift of its own (Paddle's
+        // learnable affine blocks after a conv).
+        let has = |id: Id, want: fn(&Op) -> bool| nodes(eg, id).any(|(op, _)| want(op));
+        let mut outer = split(id, is_add);
+        if !has(id, is_add) {
+            outer.push((id, Coef::Splat(0.0)));
+        }
+        for (m, d) in outer {
             for (y, c) in split(m, is_mul) {
                 for (z, b) in split(y, is_add) {
-                    for (x, a) in split(z, is_mul) {
+                    let mut inner = split(z, is_mul);
+                    if !has(z, is_mul) {
+                        inner.push((z, Coef::Splat(1.0)));
+                    }
+                    for (x, a) in inner {
                         let coefs = [&a, &b, &c, &d];
                         if let Some(e) = affine(eg, x, coefs, &ty) {
                             out.push(e);
@@ -420,7 +433,18 @@ fn coef(eg: &EGraph, id: Id) -> Option<Coef> {
         return None;
     };
     // Finite values only (an infinite factor across the reassociation can turn a product
-    // into NaN), and their range: a constant's elements are read.
+    // into NaN), and their range: a constant's elements are read. One element (a `[1]`
+    // constant, as Paddle's exports have scalars) is a splat.
+    let one = nodes(eg, *src).find_map(|(op, _)| match op {
+        Op::Constant { value } => match value.tensor.as_slice::<f32>()? {
+            &[v] => Some(f64::from(v)),
+            _ => None,
+        },
+        _ => None,
+    });
+    if let Some(v) = one {
+        return v.is_finite().then_some(Coef::Splat(v));
+    }
     let range = nodes(eg, *src).find_map(|(op, _)| match op {
         Op::Constant { value } => {
             let v = value.tensor.as_slice::<f32>()?;
@@ -441,17 +465,16 @@ fn coef(eg: &EGraph, id: Id) -> Option<Coef> {
     Some(Coef::Broadcast(*src, dims.clone(), range))
 }
 
-/// Whether the folded constants a·c and b·c + d stay normal f32 numbers (or exact zeros)
-/// for every element: an overflow to infinity, or an underflow to zero or a subnormal,
-/// would change the chain's value by more than rounding.
+/// Whether the folded constants stay finite, and the folded scale a·c a normal f32 number
+/// (or an exact zero), for every element: an overflow to infinity, or a scale that
+/// underflows to zero or a subnormal, would change the chain's value by more than rounding.
+/// The shift b·c may be subnormal (a bias of 1.7e-41, as trained models have): it is added
+/// to d and to x·a·c, where it was as negligible before folding.
 fn foldable([a, b, c, d]: [&Coef; 4]) -> bool {
     let (max, min) = (f64::from(f32::MAX), f64::from(f32::MIN_POSITIVE));
-    let product = |x: &Coef, y: &Coef| {
-        let ((xl, xh), (yl, yh)) = (x.range(), y.range());
-        let low = xl * yl;
-        xh * yh < max / 2.0 && (low == 0.0 || low >= min)
-    };
-    product(a, c) && product(b, c) && b.range().1 * c.range().1 + d.range().1 < max / 2.0
+    let ((al, ah), (bh, ch)) = (a.range(), (b.range().1, c.range().1));
+    let low = al * c.range().0;
+    ah * ch < max / 2.0 && (low == 0.0 || low >= min) && bh * ch + d.range().1 < max / 2.0
 }
 
 /// x·(a·c) + (b·c + d) of type `ty` for the chain's constants `[a, b, c, d]`, computed at
