@@ -132,28 +132,44 @@ impl Lowering<'_> {
         Ok(self.strided(v).expect("now a buffer"))
     }
 
+    /// A dense copy of `v` with its axes in `order` (axis `i` of the copy is `v`'s axis
+    /// `order[i]`): the buffer, its shape and its strides.
+    fn permuted(&mut self, v: Value, order: &[usize]) -> Result<(BufId, Shape, Vec<Dim>)> {
+        let ty = self.ty(v).clone();
+        let shape = Shape::new(order.iter().map(|&a| ty.shape.dim(a).clone()).collect());
+        let copy = ir::TensorType {
+            dtype: ty.dtype,
+            shape: shape.clone(),
+        };
+        let n = self.k.bufs.len();
+        let b = self.buf(format!("t{n}"), &copy, BufKind::Scratch)?;
+        self.nest(&shape, ty.dtype, |l, idx| {
+            let mut at = vec![Expr::i64(0); ty.shape.rank()];
+            for (i, &a) in order.iter().enumerate() {
+                at[a] = idx[i].clone();
+            }
+            let value = l.expr(v, &at)?;
+            Ok(vec![Stmt::Store {
+                buf: b,
+                index: l.linear(idx, &shape),
+                value,
+            }])
+        })?;
+        let strides =
+            dense_strides(&shape).ok_or_else(|| Unsupported("a copy's strides overflow".into()))?;
+        Ok((b, shape, strides))
+    }
+
     /// Whether dot `v` becomes `gemm` calls ([`Lowering::gemm`]) whose columns are its last
     /// axis (one free axis on the right), so that an epilogue's operands may run along them.
     pub(super) fn gemm_columns(&self, v: Value) -> bool {
-        let Some((lv, rv, axes)) = DotAxes::of(self.g, v) else {
+        // Every f32 dot with one contracted axis is a gemm (operands whose free axes do not
+        // merge are read from a copy that lays them out as one), whose columns are the
+        // result's last axis when the right operand has one free axis.
+        let Some((_, _, axes)) = DotAxes::of(self.g, v) else {
             return false;
         };
-        if self.ty(v).dtype != DType::F32 || axes.lc.len() != 1 {
-            return false;
-        }
-        let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
-        // The strides `as_strided` gives: the operand's own, or a dense copy's.
-        let strides = |x: Value| {
-            self.strided(x)
-                .map(|(_, st)| st)
-                .or_else(|| dense_strides(&self.ty(x).shape))
-        };
-        let (Some(lst), Some(rst)) = (strides(lv), strides(rv)) else {
-            return false;
-        };
-        axes.rf.len() == 1
-            && merged(&axes.lf, &ls, &lst).is_some()
-            && merged(&axes.rf, &rs, &rst).is_some()
+        self.ty(v).dtype == DType::F32 && axes.lc.len() == 1 && axes.rf.len() == 1
     }
 
     /// An f32 dot with one contracted axis as calls of the library matrix product (one per
@@ -167,17 +183,32 @@ impl Lowering<'_> {
         if ty.dtype != DType::F32 || axes.lc.len() != 1 {
             return Ok(false);
         }
-        let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
+        let (mut ls, mut rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
         let DotAxes {
-            lb,
-            rb,
-            lc,
-            rc,
-            lf,
-            rf,
+            mut lb,
+            mut rb,
+            mut lc,
+            mut rc,
+            mut lf,
+            mut rf,
         } = axes;
-        let (la, lst) = self.as_strided(lv)?;
-        let (ra, rst) = self.as_strided(rv)?;
+        let (mut la, mut lst) = self.as_strided(lv)?;
+        let (mut ra, mut rst) = self.as_strided(rv)?;
+        // Free axes not laid out as one (a batch of images around the contracted channels):
+        // the product reads a copy with batch axes first, then free, then contracted (the
+        // left) or contracted, then free (the right).
+        if merged(&lf, &ls, &lst).is_none() {
+            let order: Vec<usize> = lb.iter().chain(&lf).chain(&lc).copied().collect();
+            (la, ls, lst) = self.permuted(lv, &order)?;
+            let (nb, nf) = (lb.len(), lf.len());
+            (lb, lf, lc) = ((0..nb).collect(), (nb..nb + nf).collect(), vec![nb + nf]);
+        }
+        if merged(&rf, &rs, &rst).is_none() {
+            let order: Vec<usize> = rb.iter().chain(&rc).chain(&rf).copied().collect();
+            (ra, rs, rst) = self.permuted(rv, &order)?;
+            let nb = rb.len();
+            (rb, rc, rf) = ((0..nb).collect(), vec![nb], (nb + 1..rs.rank()).collect());
+        }
         let (Some((m, a_rs)), Some((n, b_cs))) = (merged(&lf, &ls, &lst), merged(&rf, &rs, &rst))
         else {
             return Ok(false);

@@ -821,7 +821,9 @@ mod tests {
   }
 }";
         assert_eq!(parts(stage, 16384), vec![2]);
-        let three = stage.replace("0..32 ", "0..3 ").replace("0..512 ", "0..5461 ");
+        let three = stage
+            .replace("0..32 ", "0..3 ")
+            .replace("0..512 ", "0..5461 ");
         assert_eq!(parts(&three, 16384), vec![2]);
     }
 }
