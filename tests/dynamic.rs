@@ -1025,3 +1025,62 @@ fn ranges_and_trip_counts_read_from_data_bind_at_run_time() {
     }
     assert_eq!(m.specializations(), 0);
 }
+
+/// `ConvTranspose` with non-overlapping windows (kernel = stride 2, the upsampling of UNets
+/// and detection heads, imported as one product and a rearrangement) on open and fixed
+/// dims, two images, with a bias and, where the dims are fixed, pads cut from both ends:
+/// what the definition sums, by hand.
+#[test]
+fn upsampling_transposed_convs_compute_the_definition() {
+    let (c, m) = (3usize, 2usize);
+    let n = |i: usize, s: usize| ((i * 7919 + s * 104_729) % 1000) as f32 / 500.0 - 1.0;
+    let w: Vec<f32> = (0..c * m * 4).map(|i| n(i, 1)).collect();
+    let bias = [0.5f32, -0.25];
+    for (dims, pads) in [
+        (["2", "3", "h", "w"], [0i64, 0, 0, 0]),
+        (["2", "3", "4", "5"], [1, 0, 0, 1]),
+    ] {
+        let mut attrs = vec![
+            common::onnx::ints_attr("kernel_shape", &[2, 2]),
+            common::onnx::ints_attr("strides", &[2, 2]),
+        ];
+        if pads != [0; 4] {
+            attrs.push(common::onnx::ints_attr("pads", &pads));
+        }
+        let bytes = model(
+            vec![node("ConvTranspose", "up", &["x", "w", "b"], &["y"], attrs)],
+            vec![vi("x", data_type::FLOAT, &dims)],
+            vec![vi("y", data_type::FLOAT, &["", "", "", ""])],
+            vec![floats("w", &[3, 2, 2, 2], &w), floats("b", &[2], &bias)],
+            13,
+        );
+        let model = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+        let (h, wd) = (4usize, 5usize);
+        let x: Vec<f32> = (0..2 * c * h * wd).map(|i| n(i, 2)).collect();
+        let input = Tensor::from_vec(vec![2, c, h, wd], x.clone()).unwrap();
+        let out = model.run(&[("x".into(), input)]).unwrap();
+        let (top, left) = (pads[0] as usize, pads[1] as usize);
+        let (oh, ow) = (
+            2 * h - top - pads[2] as usize,
+            2 * wd - left - pads[3] as usize,
+        );
+        assert_eq!(out[0].1.shape(), &[2, m, oh, ow], "pads {pads:?}");
+        let got = out[0].1.as_slice::<f32>().unwrap();
+        for (img, o, y, xo) in (0..2).flat_map(|i| {
+            (0..m).flat_map(move |o| (0..oh).flat_map(move |y| (0..ow).map(move |x| (i, o, y, x))))
+        }) {
+            let (fy, fx) = (y + top, xo + left);
+            let mut want = bias[o];
+            for ch in 0..c {
+                let xv = x[((img * c + ch) * h + fy / 2) * wd + fx / 2];
+                want += xv * w[((ch * m + o) * 2 + fy % 2) * 2 + fx % 2];
+            }
+            let at = ((img * m + o) * oh + y) * ow + xo;
+            assert!(
+                (got[at] - want).abs() <= 1e-5,
+                "pads {pads:?} image {img} filter {o} at ({y}, {xo}): {} vs {want}",
+                got[at]
+            );
+        }
+    }
+}

@@ -284,6 +284,16 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
             }
         }
     }
+    if let Some(y) = unfolded_transpose(b, (x, w), &g, &outpad, groups)? {
+        let y = match bias {
+            Some(bias) => {
+                let bias = per_channel(b, bias, r)?;
+                b.add(y, bias)?
+            }
+            None => y,
+        };
+        return one(ctx, y);
+    }
     // Weight [C, M/g, k...] -> [M, C/g, k...], spatially flipped.
     let c = ws[0].clone();
     let mg = ws[1].clone();
@@ -335,6 +345,83 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
         y = b.add(y, bias)?;
     }
     one(ctx, y)
+}
+
+/// A transposed conv whose windows do not overlap (kernel = stride, no dilation, one group,
+/// no output padding: the 2×2 stride-2 upsampling of UNets and detection heads) as one
+/// product and a rearrangement: every input pixel's channels times the weight `[C, M, k...]`
+/// give its `k...` block of outputs, `y[n, m, i·k + a, ...] = Σ_c x[n, c, i, ...]·w[c, m, a,
+/// ...]`, then the padding cut off. (The general form convolves a zero-stuffed input, with
+/// `k^d` times the multiply-adds.) `None` where it does not apply.
+fn unfolded_transpose(
+    b: &mut Builder,
+    (x, w): (Value, Value),
+    g: &Geometry,
+    outpad: &[i64],
+    groups: i64,
+) -> R<Option<Value>> {
+    let xs = b.shape(x).dims().to_vec();
+    let ws = b.shape(w).dims().to_vec();
+    let sp = xs.len() - 2;
+    let kernel: Option<Vec<i64>> = g.kernel.iter().map(|d| d.as_const()).collect();
+    let Some(k) = kernel else {
+        return Ok(None);
+    };
+    let applies = groups == 1
+        && (0..sp).all(|i| k[i] == g.strides[i] && g.dilations[i] == 1 && outpad[i] == 0)
+        && (g.low.iter().chain(&g.high).all(|&p| p == 0)
+            || xs[2..].iter().all(|d| d.as_const().is_some()));
+    if !applies {
+        return Ok(None);
+    }
+    // [N, D..., M, k...]: the input's free axes, then the weight's.
+    let y = b.op1(
+        Op::Dot {
+            lhs_batch: vec![],
+            rhs_batch: vec![],
+            lhs_contract: vec![1],
+            rhs_contract: vec![0],
+        },
+        &[x, w],
+    )?;
+    // [N, M, D1, k1, D2, k2, ...], then [N, M, D1·k1, ...].
+    let mut perm = vec![0, 1 + sp as i64];
+    for i in 0..sp as i64 {
+        perm.extend([1 + i, 2 + sp as i64 + i]);
+    }
+    let y = b.transpose(y, &perm)?;
+    let mut dims = vec![xs[0].clone(), ws[1].clone()];
+    for i in 0..sp {
+        dims.push(xs[i + 2].mul(&Dim::Const(k[i]))?);
+    }
+    let y = b.reshape(y, Shape::new(dims.clone()))?;
+    if g.low.iter().chain(&g.high).all(|&p| p == 0) {
+        return Ok(Some(y));
+    }
+    // The padding cut from each end (static extents, checked above).
+    let mut start = vec![Dim::Const(0); sp + 2];
+    let mut limit = dims;
+    for i in 0..sp {
+        let full = limit[i + 2].as_const().unwrap_or(0);
+        if g.low[i] + g.high[i] >= full {
+            return Err(format!(
+                "ConvTranspose's pads {} and {} leave nothing of its {full} outputs",
+                g.low[i], g.high[i]
+            )
+            .into());
+        }
+        start[i + 2] = Dim::Const(g.low[i]);
+        limit[i + 2] = Dim::Const(full - g.high[i]);
+    }
+    let y = b.op1(
+        Op::Slice {
+            start,
+            limit,
+            stride: vec![1; sp + 2],
+        },
+        &[y],
+    )?;
+    Ok(Some(y))
 }
 
 pub fn pool(ctx: &mut Ctx, n: &Node) -> Res {
