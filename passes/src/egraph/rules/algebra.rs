@@ -375,8 +375,16 @@ pub const AFFINE_CHAIN: Rule = Rule {
         }
         // The outer shift and the inner scale may be missing (d = 0, a = 1) where the class
         // has no such op at all: a bias, then a scale and shift of its own (Paddle's
-        // learnable affine blocks after a conv).
+        // learnable affine blocks after a conv) — only where the biased value `y` has no
+        // other reader, which would go on computing it (a HardSwish's x·hardsigmoid(x)
+        // reads x + b twice, and its recognizers need the chain as written).
         let has = |id: Id, want: fn(&Op) -> bool| nodes(eg, id).any(|(op, _)| want(op));
+        let alone = |id: Id| {
+            let mut readers: Vec<Id> = eg[id].parents().map(|p| eg.find(p)).collect();
+            readers.sort();
+            readers.dedup();
+            readers.len() == 1
+        };
         let mut outer = split(id, is_add);
         if !has(id, is_add) {
             outer.push((id, Coef::Splat(0.0)));
@@ -385,7 +393,7 @@ pub const AFFINE_CHAIN: Rule = Rule {
             for (y, c) in split(m, is_mul) {
                 for (z, b) in split(y, is_add) {
                     let mut inner = split(z, is_mul);
-                    if !has(z, is_mul) {
+                    if !has(z, is_mul) && alone(y) {
                         inner.push((z, Coef::Splat(1.0)));
                     }
                     for (x, a) in inner {
