@@ -72,6 +72,19 @@ impl Lowering<'_> {
         let (n, h, w) = (xs[0], xs[2], xs[3]);
         let (o, oh, ow) = (os[1] * BLOCK, os[2], os[3]);
         let (ob, kh, kw) = (os[1], ws[2], ws[3]);
+        let (mut stride, mut dilation, mut pad_low) = (stride, dilation, pad_low);
+        // A 1-D conv along the rows of one-column images (`[c, h, 1]`, as exporters write
+        // Conv1D) is the same conv along one row (`[c, 1, h]`: the same memory): the routine
+        // then takes tiles of many pixels along it instead of one pixel a row.
+        let column = w == 1 && ow == 1 && kw == 1 && pad_low[1] == 0 && h > 1;
+        let (h, w, oh, ow, kh, kw) = if column {
+            stride.swap(0, 1);
+            dilation.swap(0, 1);
+            pad_low.swap(0, 1);
+            (w, h, ow, oh, kw, kh)
+        } else {
+            (h, w, oh, ow, kh, kw)
+        };
         // Groups of up to four output blocks (64 filters or channels) by runs of rows: at
         // least eight units of work where the rows allow, for the threads.
         // The routine's geometry: h, w, oh, ow, kh, kw, strides, dilations, low pads.
