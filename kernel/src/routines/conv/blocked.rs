@@ -308,6 +308,7 @@ fn most(nb: usize, depthwise: bool) -> i64 {
     match (depthwise, nb) {
         (true, _) => 16,
         (false, 4) => 6,
+        (false, 3) => 8,
         _ => 12,
     }
 }
@@ -364,7 +365,7 @@ impl Job {
             // Up to four blocks at once (a depthwise conv's side by side only in tiles of a
             // few pixels).
             let nb = (ob0 + obn - ob).min(4);
-            let nb = if nb == 3 { 2 } else { nb };
+            let nb = if nb == 3 && depthwise { 2 } else { nb };
             let (obu, nbu) = (ob as usize, nb as usize);
             // Dense tiles take two rows at once where both have every row tap inside.
             // (Depthwise ones where a tile reads shared input rows: see `Job::paired`.)

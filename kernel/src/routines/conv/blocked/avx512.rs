@@ -58,6 +58,13 @@ unsafe fn along<const S: usize>(
                 (_, 3.., 4) => tile::<4, 2, 3, S>(j, ob, at),
                 (_, 2, 4) => tile::<4, 2, 2, S>(j, ob, at),
                 (_, _, 4) => tile::<4, 2, 1, S>(j, ob, at),
+                (1, 8.., 3) => tile::<3, 1, 8, S>(j, ob, at),
+                (1, 4.., 3) => tile::<3, 1, 4, S>(j, ob, at),
+                (1, 2.., 3) => tile::<3, 1, 2, S>(j, ob, at),
+                (1, _, 3) => tile::<3, 1, 1, S>(j, ob, at),
+                (_, 4.., 3) => tile::<3, 2, 4, S>(j, ob, at),
+                (_, 2.., 3) => tile::<3, 2, 2, S>(j, ob, at),
+                (_, _, 3) => tile::<3, 2, 1, S>(j, ob, at),
                 (1, 12.., 2) => tile::<2, 1, 12, S>(j, ob, at),
                 (1, 8.., 2) => tile::<2, 1, 8, S>(j, ob, at),
                 (1, 4.., 2) => tile::<2, 1, 4, S>(j, ob, at),
@@ -107,6 +114,22 @@ unsafe fn down(j: &Job, ob: usize, (oy, ox): (usize, usize), r: usize, nb: usize
                 }
                 (_, 4) => {
                     tile::<4, 1, 1, 0>(j, ob, at);
+                    1
+                }
+                (8.., 3) => {
+                    tile::<3, 8, 1, 0>(j, ob, at);
+                    8
+                }
+                (4.., 3) => {
+                    tile::<3, 4, 1, 0>(j, ob, at);
+                    4
+                }
+                (2.., 3) => {
+                    tile::<3, 2, 1, 0>(j, ob, at);
+                    2
+                }
+                (_, 3) => {
+                    tile::<3, 1, 1, 0>(j, ob, at);
                     1
                 }
                 (12.., 2) => {
