@@ -118,11 +118,12 @@ fn fold_node(
     if out_bytes > cap || (out_bytes > SMALL && out_bytes > in_bytes) {
         return Ok(None);
     }
+    // A folded weight is named after the weight it comes from.
+    let base = consts
+        .iter()
+        .find_map(|(c, _)| c.name.as_deref())
+        .map(|n| format!("{n}.{}", node.op().mnemonic()));
     if let Some(t) = scaled(node, &consts) {
-        let base = consts
-            .iter()
-            .find_map(|(c, _)| c.name.as_deref())
-            .map(|n| format!("{n}.mul"));
         return Ok(Some(vec![emit(b, t, base.as_deref(), names)?]));
     }
     // A scratch graph: the constants (and their broadcasts) and the node.
@@ -144,10 +145,6 @@ fn fold_node(
     let Ok(results) = eval(&s.into_graph()) else {
         return Ok(None);
     };
-    let base = consts
-        .iter()
-        .find_map(|(c, _)| c.name.as_deref())
-        .map(|n| format!("{n}.{}", node.op().mnemonic()));
     let mut values = Vec::with_capacity(results.len());
     for t in results {
         values.push(emit(b, t, base.as_deref(), names)?);

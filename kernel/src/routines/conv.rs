@@ -550,13 +550,9 @@ mod tests {
     }
 
     /// Values in [-0.5, 0.5) from a seed.
-    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
-        move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        }
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = crate::routines::lcg(seed);
+        move || ((state() >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
     #[test]

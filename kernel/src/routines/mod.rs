@@ -1015,3 +1015,15 @@ fn span(dims: &[(i64, i64)]) -> Option<(i64, i64)> {
 pub fn routine(name: &str) -> Option<&'static Routine> {
     ROUTINES.iter().find(|r| r.name == name)
 }
+
+/// A test's pseudo-random stream: the states of a 64-bit linear congruential generator from
+/// `seed` (callers take their high bits).
+#[cfg(test)]
+pub(crate) fn lcg(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed
+    }
+}

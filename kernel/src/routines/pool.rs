@@ -829,13 +829,8 @@ mod tests {
 
     #[test]
     fn every_width_matches_the_definition_with_nans_and_zeros() {
-        let mut seed = 3u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 33
-        };
+        let mut next = crate::routines::lcg(3);
+        let mut rnd = move || next() >> 33;
         // (h, w, window, stride, dilation, padding low): strides 1, 2 and 3, padding more
         // than the window reaches (outputs with no tap inside), rows shorter than a vector.
         let cases = [
@@ -912,13 +907,8 @@ mod tests {
 
     #[test]
     fn blocked_planes_match_plane_pools_lane_by_lane() {
-        let mut seed = 7u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 33
-        };
+        let mut next = crate::routines::lcg(7);
+        let mut rnd = move || next() >> 33;
         let cases = [
             (16, 16, (3, 3), (2, 2), (1, 1), (1, 1)),
             (9, 13, (3, 2), (1, 2), (2, 1), (2, 0)),
@@ -989,13 +979,8 @@ mod tests {
     /// of several outputs.
     #[test]
     fn calls_of_several_blocks_pool_each_block() {
-        let mut seed = 11u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 33
-        };
+        let mut next = crate::routines::lcg(11);
+        let mut rnd = move || next() >> 33;
         // (h, w, window, padding): whole planes, a window inside a larger plane, windows with
         // padding (one output), several outputs.
         let cases = [

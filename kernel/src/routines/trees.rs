@@ -370,13 +370,8 @@ mod tests {
     fn lockstep_walks_match_the_checked_walk_for_every_rule() {
         // Random forests (complete trees of depth 1 to 6, leaves at every depth), rows with
         // NaNs, ties and values on both sides, every shared rule and mixed rules.
-        let mut seed = 7u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as u32
-        };
+        let mut state = crate::routines::lcg(7);
+        let mut next = move || (state() >> 33) as u32;
         let features = 5;
         for rules in [Some(0), Some(1), Some(2), Some(3), Some(4), Some(5), None] {
             let (mut f, mut th, mut r, mut y, mut n, mut nan) =

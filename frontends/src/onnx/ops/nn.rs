@@ -134,6 +134,15 @@ fn geometry(n: &Node, input: &[Dim], kernel: Vec<Dim>, transpose: bool) -> R<Geo
 }
 
 /// Reshapes a per-channel vector [C] to [1, C, 1, ...] for rank `rank`.
+/// A conv's result `y` plus its optional per-channel `bias`.
+fn plus_bias(b: &mut Builder, y: Value, bias: Option<Value>) -> R<Value> {
+    let Some(bias) = bias else {
+        return Ok(y);
+    };
+    let bias = per_channel(b, bias, b.rank(y))?;
+    Ok(b.add(y, bias)?)
+}
+
 fn per_channel(b: &mut Builder, v: Value, rank: usize) -> R<Value> {
     if rank < 2 {
         return Err(format!(
@@ -155,11 +164,8 @@ pub fn conv(ctx: &mut Ctx, n: &Node) -> Res {
     let xs = b.shape(x).dims().to_vec();
     let ws = b.shape(w).dims().to_vec();
     let op = conv_op(n, &xs, &ws)?;
-    let mut y = b.op1(op, &[x, w])?;
-    if let Some(bias) = bias {
-        let bias = per_channel(b, bias, xs.len())?;
-        y = b.add(y, bias)?;
-    }
+    let y = b.op1(op, &[x, w])?;
+    let y = plus_bias(b, y, bias)?;
     one(ctx, y)
 }
 
@@ -285,13 +291,7 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
         }
     }
     if let Some(y) = unfolded_transpose(b, (x, w), &g, &outpad, groups)? {
-        let y = match bias {
-            Some(bias) => {
-                let bias = per_channel(b, bias, r)?;
-                b.add(y, bias)?
-            }
-            None => y,
-        };
+        let y = plus_bias(b, y, bias)?;
         return one(ctx, y);
     }
     // Weight [C, M/g, k...] -> [M, C/g, k...], spatially flipped.
@@ -339,11 +339,8 @@ pub fn conv_transpose(ctx: &mut Ctx, n: &Node) -> Res {
         pad_high: vec![0; sp],
         groups,
     };
-    let mut y = b.op1(op, &[xin, wt])?;
-    if let Some(bias) = bias {
-        let bias = per_channel(b, bias, r)?;
-        y = b.add(y, bias)?;
-    }
+    let y = b.op1(op, &[xin, wt])?;
+    let y = plus_bias(b, y, bias)?;
     one(ctx, y)
 }
 

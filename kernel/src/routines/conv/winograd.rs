@@ -674,13 +674,8 @@ mod tests {
     /// the middle and an odd block at the end, filter counts off the products' tiles.
     #[test]
     fn blocks_match_the_definition_on_every_path() {
-        let mut seed = 5u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut state = crate::routines::lcg(5);
+        let mut rnd = move || ((state() >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
         // (c, o, h, w, pad low, pad high, row blocks)
         type Case = (usize, usize, i64, i64, i64, i64, &'static [(usize, usize)]);
         let cases: [Case; 5] = [
