@@ -349,8 +349,9 @@ impl Lowering<'_> {
                 // Image i, group g: blocks per·g .. of the image's `total`.
                 Some((per, total)) => {
                     let first = idx[1].clone() * Expr::i64(per);
-                    ints.push(if total <= per {
-                        Expr::i64(total)
+                    // Every group full (or the one group all blocks): a constant count.
+                    ints.push(if total <= per || total % per == 0 {
+                        Expr::i64(per.min(total))
                     } else {
                         Expr::index_op(
                             Op::Min,
