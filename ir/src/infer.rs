@@ -613,7 +613,12 @@ pub(crate) fn rule_conv_blocked(
     let b = Dim::Const(*block);
     let xd = x.shape.dims();
     let c = if blocked {
-        xd[1].mul(&b).map_err(dim_err)?
+        // A dense conv reads the first channels of a blocked input whose last block is
+        // partly padding (a layout's padded channels, which no sum reads).
+        match (w.shape.dim(1).as_const(), xd[1].as_const(), *groups) {
+            (Some(cw), Some(nb), 1) if cw < nb * block && cw > (nb - 1) * block => Dim::Const(cw),
+            _ => xd[1].mul(&b).map_err(dim_err)?,
+        }
     } else {
         xd[1].clone()
     };

@@ -434,7 +434,9 @@ ops! {
     /// A 2-D `conv` into a channel-blocked image (NCHWc): result `[N, O/block, OH, OW,
     /// block]` (channel `block·ob + j` of pixel (y, x) at `[n, ob, y, x, j]`), input blocked
     /// the same way (`[N, C/block, H, W, block]`) or plain (`[N, C, H, W]`), weight `[O,
-    /// C/groups, kh, kw]` as conv's; O a multiple of `block`.
+    /// C/groups, kh, kw]` as conv's; O a multiple of `block`. A dense conv's weight may have
+    /// fewer channels than a blocked input's lanes, as long as they reach its last block:
+    /// the sums read only the first ones (a layout's padding lanes are never read).
     ConvBlocked = "conv_blocked", Contraction, Exactly(2), {
         stride: Vec<i64>,
         dilation: Vec<i64>,

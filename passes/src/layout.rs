@@ -10,13 +10,15 @@
 //!
 //! Channel counts that are not a multiple of the block (MobileNets' 24, 40, 72, …) are
 //! padded: the blocked value has ⌈C/16⌉ blocks, its last one partly *padding lanes*. A conv
-//! gets zero filters for the padded output channels and zero weights for the padded input
-//! channels, so whatever finite value a padding lane holds it multiplies a zero, and the
-//! padded outputs are exactly 0. The pass knows the one value each padded value's lanes hold
-//! (0 after a conv; through each elementwise op, that op evaluated on its operands' lane
-//! values, per-channel operands padded with 0 — a divisor with 1) and keeps an op out of
-//! the blocked layout where that value would not be finite: a NaN or infinity there would
-//! reach real channels through the zero weights. A dense conv pads its filters only where it
+//! gets zero filters for the padded output channels (its padded outputs are 0 for a finite
+//! input) and filters of the real input channels only: no sum reads a padding lane, so what
+//! one holds — a NaN where an infinity in a real channel met a zero filter — reaches no real
+//! channel (where zero weights for the padding lanes had spread it to all of them). The pass
+//! also knows the one value each padded value's lanes hold (0 after a conv; through each
+//! elementwise op, that op evaluated on its operands' lane values, per-channel operands
+//! padded with 0 — a divisor with 1) and keeps an op out of the blocked layout where that
+//! value would not be finite (kept from before convs skipped the lanes; pools and
+//! squeeze-excite results take the same lanes). A dense conv pads its filters only where it
 //! pays: from a blocked input when at most a third of the padded count is padding, or, from
 //! a plain one, when each output sums at least 128 products and at most 1/9 is padding (a
 //! classifier's 1000).
@@ -273,7 +275,7 @@ impl Layout<'_> {
 
     /// A 2-D conv with constant filters as `conv_blocked`, when it is one the blocked layout
     /// takes: dense, or depthwise from a blocked input; filters padded with zeros to the
-    /// padded channel counts of its input and result.
+    /// padded channel count of its result (a dense conv's over the real input channels).
     fn conv(&self, b: &mut Builder, node: &Node, inputs: &[Value]) -> ir::Result<Option<Value>> {
         let Op::Conv { groups, .. } = node.op() else {
             return Ok(None);
@@ -307,8 +309,9 @@ impl Layout<'_> {
             if !pays {
                 return Ok(None);
             }
-            let cin = if xb.is_some() { self.up(c) } else { c };
-            (xb.unwrap_or(x), [all, cin], 1)
+            // Filters of the real input channels: the sums never read a blocked input's
+            // padding lanes (see `conv_blocked`).
+            (xb.unwrap_or(x), [all, c], 1)
         } else {
             return Ok(None);
         };

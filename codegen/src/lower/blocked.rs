@@ -68,7 +68,10 @@ impl Lowering<'_> {
         let ws = static_dims(&self.ty(wv).shape);
         let os = static_dims(&self.ty(v).shape);
         let blocked_in = xs.len() == 5;
-        let c = if blocked_in { xs[1] * BLOCK } else { xs[1] };
+        // The channels the sums read (a dense conv's filters may leave out a blocked input's
+        // padding lanes), and those the input holds.
+        let held = if blocked_in { xs[1] * BLOCK } else { xs[1] };
+        let c = if groups_n == 1 { ws[1] } else { held };
         let (n, h, w) = (xs[0], xs[2], xs[3]);
         let (o, oh, ow) = (os[1] * BLOCK, os[2], os[3]);
         let (ob, kh, kw) = (os[1], ws[2], ws[3]);
@@ -167,7 +170,7 @@ impl Lowering<'_> {
         let mut ints: Vec<Expr> = geo.into_iter().map(Expr::i64).collect();
         ints.extend([ob0, obn, y0, nrows, Expr::i64(epilogue.act)]);
         let mut operands = vec![
-            Some((xb, img * Expr::i64(c * h * w))),
+            Some((xb, img * Expr::i64(held * h * w))),
             Some((wb, Expr::i64(0))),
             None,
             Some((out, out_off)),

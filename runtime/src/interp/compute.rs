@@ -488,29 +488,32 @@ pub fn conv_blocked(
     out_shape: &[usize],
 ) -> Wide {
     let b = out_shape[4];
-    // Element [n, c, y, x] of a blocked [n, c/b, y, x, b] array, row-major, and its inverse.
-    let blocked = |s: &[usize]| -> Vec<usize> {
+    // Element [n, c, y, x] (c of the plain shape `s`) of a blocked [n, cb, y, x, b] array,
+    // row-major, and its inverse.
+    let blocked = |s: &[usize], cb: usize| -> Vec<usize> {
         let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
         let mut at = Vec::with_capacity(n * c * hw);
         for i in 0..n {
             for ch in 0..c {
                 for p in 0..hw {
-                    at.push(((i * (c / b) + ch / b) * hw + p) * b + ch % b);
+                    at.push(((i * cb + ch / b) * hw + p) * b + ch % b);
                 }
             }
         }
         at
     };
     let (plain, xp) = if xs.len() == 5 {
-        let plain = [xs[0], xs[1] * b, xs[2], xs[3]];
-        (plain, x.take(&blocked(&plain)))
+        // The channels the filters read: all lanes, or (a dense conv) the first ones of a
+        // last block that is partly padding.
+        let plain = [xs[0], (ws[1] * groups).min(xs[1] * b), xs[2], xs[3]];
+        (plain, x.take(&blocked(&plain, xs[1])))
     } else {
         ([xs[0], xs[1], xs[2], xs[3]], x.clone())
     };
     let os = [out_shape[0], out_shape[1] * b, out_shape[2], out_shape[3]];
     let r = conv(&xp, &plain, w, ws, win, groups, &os);
     // Result element i (blocked) is plain element inv[i].
-    let fwd = blocked(&os);
+    let fwd = blocked(&os, out_shape[1]);
     let mut inv = vec![0; fwd.len()];
     for (p, &q) in fwd.iter().enumerate() {
         inv[q] = p;

@@ -18,9 +18,10 @@ mod wino;
 /// Channels per block.
 pub const BLOCK: usize = 16;
 
-/// Filters `o×c×kh×kw` (row-major, `o` a multiple of [`BLOCK`], `c` of `gi`) in the order the
-/// dense routine reads them: `[o/16][c/gi][kh][kw][gi input channels][16 output channels]`
-/// (`gi` = 16 for a blocked input, `c` for a plain one), then one element: 1 when a filter
+/// Filters `o×c×kh×kw` (row-major, `o` a multiple of [`BLOCK`], `c` of `gi` unless `gi` is
+/// 16) in the order the dense routine reads them: `[o/16][⌈c/gi⌉][kh][kw][gi input
+/// channels][16 output channels]` (`gi` = 16 for a blocked input, zeros for the channels past
+/// `c` of a partial last block; `c` for a plain one), then one element: 1 when a filter
 /// is infinite or NaN, else 0 (see [`kiln_conv2d_nchwc`]); then one that is 1 when the
 /// filters' Winograd transforms follow (3×3 filters from a blocked input, see
 /// `wino::append`). `None` when the sizes do not divide or `w` is too short.
@@ -43,23 +44,30 @@ fn pack_dense(
     gi: usize,
     transforms: bool,
 ) -> Option<Vec<f32>> {
+    // A blocked input's channels need not fill its last block (see `Job::last`).
+    let partial = gi == BLOCK && c > 0;
     if gi == 0
         || !o.is_multiple_of(BLOCK)
-        || !c.is_multiple_of(gi)
+        || !(c.is_multiple_of(gi) || partial)
         || w.len() < o.checked_mul(c)?.checked_mul(kh * kw)?
     {
         return None;
     }
-    let mut p = vec![0.0; o * c * kh * kw + 1];
+    let groups = c.div_ceil(gi);
+    let mut p = vec![0.0; o * groups * gi * kh * kw + 1];
     let mut at = 0;
     for ob in 0..o / BLOCK {
-        for q in 0..c / gi {
+        for q in 0..groups {
             for y in 0..kh {
                 for x in 0..kw {
                     for i in 0..gi {
                         for j in 0..BLOCK {
                             let (oc, ch) = (ob * BLOCK + j, q * gi + i);
-                            p[at] = w[((oc * c + ch) * kh + y) * kw + x];
+                            // The padding channels of a partial last group: zeros, never
+                            // read.
+                            if ch < c {
+                                p[at] = w[((oc * c + ch) * kh + y) * kw + x];
+                            }
                             at += 1;
                         }
                     }
@@ -122,17 +130,19 @@ pub fn pack_depthwise(w: &[f32], c: usize, (kh, kw): (usize, usize)) -> Option<V
 /// over the taps inside the image — and, where a filter is infinite or NaN (the packed
 /// filters' flag), the taps outside too, as zeros, as a zero-padded image multiplies them;
 /// `E` the epilogue with per-channel operands indexed by the
-/// output channel and the residual laid out as `out`. `x` is blocked (`[c/16, h, w, 16]`)
-/// with `xb` = 16, plain (`[c, h, w]`) with `xb` = 0. With `groups` = 1 (dense) the sum runs
+/// output channel and the residual laid out as `out`. `x` is blocked (`[⌈c/16⌉, h, w, 16]`)
+/// with `xb` = 16, plain (`[c, h, w]`) with `xb` = 0. A dense conv's blocked input may have
+/// more lanes than channels (`c` not a multiple of 16): the lanes past `c` (a layout's
+/// padding) are never read, whatever they hold. With `groups` = 1 (dense) the sum runs
 /// by group of input channels (a block, or all of a plain input), then tap (ky, kx), then
 /// channel; with `groups` = `c` = `o` (depthwise, blocked input) by tap. The filters are
 /// `wp` ([`pack_filters`] with `gi` 16 or `c`, or [`pack_depthwise`]) or, when it is null,
 /// packed from `wt` (`o×(c/groups)×kh×kw`).
 ///
 /// # Safety
-/// `x` readable for `c·h·w` elements, `wt` (or `wp`) for `o·(c/groups)·kh·kw`, `out` (and a
-/// residual) for `o·oh·ow`, per-channel operands for `o`; `o` a multiple of 16, `c` too
-/// unless dense with a plain input; the blocks and rows inside the output; strides and
+/// `x` readable for `c·h·w` elements (`⌈c/16⌉·16·h·w` blocked), `wt` (or `wp`) for
+/// `o·(c/groups)·kh·kw`, `out` (and a residual) for `o·oh·ow`, per-channel operands for `o`;
+/// `o` a multiple of 16, `c` too when depthwise; the blocks and rows inside the output; strides and
 /// dilations positive.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kiln_conv2d_nchwc(
@@ -207,7 +217,9 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
     } else {
         wp
     };
-    let filters = ou * (if depthwise { 1 } else { cu }) * taps.0 * taps.1;
+    // Channels of the input's groups (a dense blocked input's last may be partial).
+    let groups = if depthwise { 1 } else { cu.div_ceil(gi) };
+    let filters = ou * (if depthwise { 1 } else { groups * gi }) * taps.0 * taps.1;
     // SAFETY: the packed filters end with their flag.
     let exact = unsafe { *wp.add(filters) } != 0.0;
     // SAFETY: dense packed filters have the transforms' flag after theirs, and the
@@ -219,14 +231,19 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
     };
     let isa = Isa::host();
     // The input offset of each (ky, kx, channel) of a window from its first tap, in the
-    // order the sums run (the packed filters' order within a group).
-    let offs: Vec<usize> = (0..kh * kw)
-        .flat_map(|t| {
-            let (ky, kx) = (t / kw, t % kw);
-            let at = ((ky * dh * w + kx * dw) as usize) * ps;
-            (0..if depthwise { 0 } else { gi }).map(move |i| at + i * cs)
-        })
-        .collect();
+    // order the sums run (the packed filters' order within a group): read only by dense
+    // tiles over a plain input (few channels a tap), so only built for those.
+    let offs: Vec<usize> = if depthwise || blocked {
+        Vec::new()
+    } else {
+        (0..kh * kw)
+            .flat_map(|t| {
+                let (ky, kx) = (t / kw, t % kw);
+                let at = ((ky * dh * w + kx * dw) as usize) * ps;
+                (0..gi).map(move |i| at + i * cs)
+            })
+            .collect()
+    };
     let job = Job {
         x,
         wp,
@@ -235,8 +252,9 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
         out,
         offs: offs.as_ptr(),
         exact,
-        groups: if depthwise { 1 } else { cu / gi },
+        groups,
         gi,
+        last: cu - (groups - 1) * gi,
         gs,
         ps,
         cs,
@@ -288,12 +306,16 @@ struct Job {
     groups: usize,
     /// Channels per group.
     gi: usize,
+    /// Channels of the last group: `gi` but for a dense blocked input whose channels do not
+    /// fill its last block (whose padding lanes the sums never read).
+    last: usize,
     /// Element strides of a group, a pixel and a channel in a group.
     gs: usize,
     ps: usize,
     cs: usize,
     /// The input offsets of a window's taps and channels from its first tap (`kh·kw·gi`
-    /// of them, in the order of the sums); the window of the job's geometry.
+    /// of them, in the order of the sums); the window of the job's geometry. Empty (and
+    /// never read) but for dense convs over a plain input.
     offs: *const usize,
     /// Whether a filter is infinite or NaN: pixels with taps outside the image then multiply
     /// them by zeros, one pixel at a time.
@@ -315,6 +337,7 @@ fn most(nb: usize, depthwise: bool) -> i64 {
 
 /// The taps `k0..k1` of a window of `k` taps (dilation `d`) from input position `start` that
 /// fall inside `0..n` (divisions only at the image's borders).
+#[inline]
 pub(in crate::routines) fn inside(start: i64, k: i64, d: i64, n: i64) -> (i64, i64) {
     if start >= 0 && start + (k - 1) * d < n {
         return (0, k);
@@ -447,6 +470,7 @@ impl Job {
     }
 
     /// Whether output row `oy` has every row tap inside the image.
+    #[inline]
     fn full_row(&self, oy: i64) -> bool {
         let g = &self.g;
         inside(oy * g.sh - g.ph, g.kh, g.dh, g.h) == (0, g.kh)
@@ -541,6 +565,7 @@ impl Job {
     }
 
     /// The tap ranges of output (oy, ox): rows `ky0..ky1`, columns `kx0..kx1` inside.
+    #[inline]
     fn taps(&self, oy: usize, ox: usize) -> ((usize, usize), (usize, usize)) {
         let g = &self.g;
         let (ky0, ky1) = inside(oy as i64 * g.sh - g.ph, g.kh, g.dh, g.h);
@@ -560,6 +585,16 @@ impl Job {
     fn filter(&self, ob: usize, q: usize, ky: usize, kx: usize) -> usize {
         let (kh, kw) = (self.g.kh as usize, self.g.kw as usize);
         (((ob * self.groups + q) * kh + ky) * kw + kx) * self.gi * BLOCK
+    }
+
+    /// Channels of input group `q` a dense sum reads.
+    #[inline]
+    fn count(&self, q: usize) -> usize {
+        if q + 1 == self.groups {
+            self.last
+        } else {
+            self.gi
+        }
     }
 
     /// Where depthwise channel block `cb`'s filter vector for tap (ky, kx) is.
@@ -632,7 +667,7 @@ impl Job {
                         continue;
                     }
                     let wi = self.filter(ob, q, ky, kx);
-                    for i in 0..self.gi {
+                    for i in 0..self.count(q) {
                         let v = tap(unsafe { *self.x.add(xi + i * self.cs) });
                         for (j, a) in acc.iter_mut().enumerate() {
                             let f = unsafe { *self.wp.add(wi + i * BLOCK + j) };
@@ -782,7 +817,9 @@ mod tests {
         let (h, w, d) = (g.h, g.w, g.dh);
         let (kh, kw) = (g.kh, g.kw);
         let taps = (kh * kw) as usize;
-        let filters = o * if depthwise { 1 } else { c } * taps;
+        // A blocked input's channels in whole blocks (the last may be partly padding).
+        let cb = if plain { c } else { c.div_ceil(BLOCK) * BLOCK };
+        let filters = o * if depthwise { 1 } else { cb } * taps;
         let wino = !depthwise && wp[filters + 1] != 0.0 && wino::applies(g);
         let (gi, gs, ps, cs) = if plain {
             (c, 0, 1, (h * w) as usize)
@@ -817,8 +854,13 @@ mod tests {
                 out: out.as_mut_ptr(),
                 offs: offs.as_ptr(),
                 exact,
-                groups: if depthwise { 1 } else { c / gi },
+                groups: if depthwise { 1 } else { c.div_ceil(gi) },
                 gi,
+                last: if depthwise {
+                    gi
+                } else {
+                    c - (c.div_ceil(gi) - 1) * gi
+                },
                 gs,
                 ps,
                 cs,
@@ -951,6 +993,79 @@ mod tests {
                 bits(out),
                 "{form}: {isa:?} code agrees bit for bit"
             );
+        }
+    }
+
+    /// A dense conv over a blocked input whose channels do not fill its last block reads none
+    /// of the padding lanes: with NaN there its outputs are, bit for bit on every instruction
+    /// set, those of the same conv over the lanes zeroed and given zero weights (what a
+    /// layout's padding was before: a NaN or infinity in a real channel made the padded
+    /// outputs NaN, which the next conv's zero weights then spread to every channel).
+    #[test]
+    fn padding_lanes_of_a_blocked_input_are_never_read() {
+        for &(c, o, hw, k, s, p) in &[
+            (41usize, 32usize, (7i64, 9i64), 3i64, 1i64, 1i64),
+            (20, 16, (6, 5), 1, 1, 0),
+            (9, 32, (5, 5), 3, 2, 1),
+            (33, 16, (12, 12), 3, 1, 1),
+            (17, 64, (4, 20), 1, 2, 0),
+        ] {
+            let (h, w) = hw;
+            let oh = (h + 2 * p - k) / s + 1;
+            let ow = (w + 2 * p - k) / s + 1;
+            let g = Geometry::of([h, w, oh, ow, k, k, s, s, 1, 1, p, p]);
+            let (cp, hw_n, taps) = (
+                c.div_ceil(BLOCK) * BLOCK,
+                (h * w) as usize,
+                (k * k) as usize,
+            );
+            let n = |i: usize, m: usize| ((i * 7919 + m * 104_729) % 1000) as f32 / 500.0 - 0.999;
+            // Channels past c: zeros (with zero weights), or NaN (with no weights).
+            let real = |ch: usize, i: usize| if ch < c { n(i, 1) } else { 0.0 };
+            let zeroed: Vec<f32> = (0..cp * hw_n).map(|i| real(i / hw_n, i)).collect();
+            let xz = block(&zeroed, cp, hw_n);
+            let mut xn = xz.clone();
+            for (i, v) in xn.iter_mut().enumerate() {
+                if (i / (hw_n * BLOCK)) * BLOCK + i % BLOCK >= c {
+                    *v = f32::NAN;
+                }
+            }
+            let wt: Vec<f32> = (0..o * c * taps).map(|i| n(i, 3)).collect();
+            let wz: Vec<f32> = (0..o * cp * taps)
+                .map(|i| {
+                    let (oc, ch, t) = (i / (cp * taps), i / taps % cp, i % taps);
+                    if ch < c {
+                        wt[(oc * c + ch) * taps + t]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let t = (k as usize, k as usize);
+            let (wp, wpz) = (
+                pack_filters(&wt, o, c, t, BLOCK).unwrap(),
+                pack_filters(&wz, o, cp, t, BLOCK).unwrap(),
+            );
+            let all = ((0, (o / BLOCK) as i64), (0, oh));
+            let len = o * (oh * ow) as usize;
+            let run = |x: &[f32], wt: &[f32], wp: *const f32, c: usize| {
+                let mut out = vec![0.0; len];
+                call(x, wt, wp, &mut out, (c, o), &g, (BLOCK as i64, 1), all);
+                out
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let want = run(&xz, &wz, wpz.as_ptr(), cp);
+            assert!(want.iter().all(|v| v.is_finite()));
+            let form = format!("{c} channels, {o} filters {k}x{k} stride {s}");
+            assert_eq!(bits(&run(&xn, &wt, wp.as_ptr(), c)), bits(&want), "{form}");
+            assert_eq!(
+                bits(&run(&xn, &wt, std::ptr::null(), c)),
+                bits(&want),
+                "{form}"
+            );
+            for (isa, out) in each_isa((&xn, &wp), (c, o), &g, "blocked", false, Epilogue::NONE) {
+                assert_eq!(bits(&out), bits(&want), "{form}: {isa:?}");
+            }
         }
     }
 

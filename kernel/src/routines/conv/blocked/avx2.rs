@@ -58,7 +58,7 @@ unsafe fn tile<const R: usize, const C: usize>(
     let ((ky0, ky1), (kx0, kx1)) = j.taps(oy, ox);
     let cstep = j.ps * j.g.sw as usize;
     let rstep = j.ps * j.g.sh as usize * j.g.w as usize;
-    let (gi, cs) = (j.gi, j.cs);
+    let cs = j.cs;
     // SAFETY: as in `avx512::tile`; the CPU has AVX2 and FMA.
     unsafe {
         let mut acc = [[[_mm256_setzero_ps(); 2]; C]; R];
@@ -67,7 +67,7 @@ unsafe fn tile<const R: usize, const C: usize>(
                 for kx in kx0..kx1 {
                     let xp = j.x.add(j.input(q, j.at((oy, ox), (ky, kx))));
                     let wq = j.wp.add(j.filter(ob, q, ky, kx));
-                    for i in 0..gi {
+                    for i in 0..j.count(q) {
                         let f0 = _mm256_loadu_ps(wq.add(i * BLOCK));
                         let f1 = _mm256_loadu_ps(wq.add(i * BLOCK + 8));
                         for r in 0..R {

@@ -210,7 +210,7 @@ unsafe fn tile<const B: usize, const R: usize, const C: usize, const S: usize>(
                     let xp = j.x.add(j.input(q, j.at((oy, ox), (ky, kx))));
                     let rows: [*const f32; R] = std::array::from_fn(|r| xp.add(r * rstep));
                     let wq = j.wp.add(j.filter(ob, q, ky, kx));
-                    for i in 0..gi {
+                    for i in 0..j.count(q) {
                         let w = wq.add(i * BLOCK);
                         step(&mut acc, w, block, &rows, i * cs, cstep);
                     }

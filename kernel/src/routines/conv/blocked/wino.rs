@@ -31,7 +31,7 @@ pub(super) const AFTER: usize = 16;
 /// per channel and per filter, outweigh products of so few pairs). Wider filters' transforms
 /// (4 MiB and more) would stream from memory for few tiles.
 pub(super) fn packs(o: usize, c: usize, taps: (usize, usize), gi: usize) -> bool {
-    taps == (3, 3) && gi == BLOCK && c * o >= 2048 && c * o <= 256 * 256
+    taps == (3, 3) && gi == BLOCK && c.is_multiple_of(BLOCK) && c * o >= 2048 && c * o <= 256 * 256
 }
 
 /// Whether a conv of geometry `g` whose filters carry transforms runs by them: unit strides
@@ -262,6 +262,7 @@ unsafe fn products(j: &Job, (ob0, obn): (usize, usize), t: usize, v: &[f32], m: 
             o,
             groups: j.groups,
             gi: BLOCK,
+            last: BLOCK,
             gs: t * 16 * BLOCK,
             ps: 16 * BLOCK,
             cs: 1,
