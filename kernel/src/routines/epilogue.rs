@@ -224,6 +224,12 @@ impl Epilogue {
         if self.act != Act::Identity {
             return None;
         }
+        self.quick_linear()
+    }
+
+    /// [`Epilogue::quick`] whatever the activation: for the blocked conv's stores, whose
+    /// quick epilogues apply the activation after (`avx512::quick`, `avx2::quick`).
+    pub fn quick_linear(&self) -> Option<bool> {
         if self.lo == f32::NEG_INFINITY && self.hi == f32::INFINITY {
             return Some(false);
         }
@@ -388,8 +394,18 @@ pub(super) mod avx512 {
         // SAFETY: forwarded.
         let v = unsafe { linear(e, v, (s, t), r, m) };
         // SAFETY: the CPU has AVX-512F.
+        unsafe { activate(e.act, v) }
+    }
+
+    /// Activation `act` of 16 lanes (the last step of [`apply`]).
+    ///
+    /// # Safety
+    /// AVX-512F available.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn activate(act: Act, v: __m512) -> __m512 {
+        // SAFETY: the CPU has AVX-512F.
         unsafe {
-            match e.act {
+            match act {
                 Act::Identity => v,
                 Act::Sigmoid => sigmoid(v),
                 Act::Tanh => tanh(v),
@@ -419,7 +435,7 @@ pub(super) mod avx512 {
                     let t = _mm512_add_ps(v, _mm512_set1_ps(3.0));
                     let t = _mm512_max_ps(_mm512_setzero_ps(), t);
                     let t = _mm512_mul_ps(v, _mm512_min_ps(_mm512_set1_ps(6.0), t));
-                    match e.act {
+                    match act {
                         Act::HardSwishRelu6 => _mm512_div_ps(t, _mm512_set1_ps(6.0)),
                         _ => _mm512_mul_ps(t, _mm512_set1_ps(SIXTH)),
                     }
@@ -429,15 +445,43 @@ pub(super) mod avx512 {
     }
 
     /// [`apply`] on `n` vectors `v(p)` of 16 outputs each, stored to `out` and read from the
-    /// residual `step` elements apart, for an epilogue [`Epilogue::quick`] accepts
+    /// residual `step` elements apart, for an epilogue [`Epilogue::quick_linear`] accepts
     /// (`CLAMP` its answer, `RES` whether it has a residual), whose scale and shift for
-    /// these lanes are `s` and `t`: the same bits as [`apply`], every decision taken once for
-    /// the run.
+    /// these lanes are `s` and `t`: the same bits as [`apply`], every decision (the
+    /// activation's too) taken once for the run.
     ///
     /// # Safety
     /// AVX-512F available; the `n` vectors writable at `out` and readable at the residual.
     #[inline(always)]
     pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool>(
+        e: &Epilogue,
+        st: (Option<__m512>, Option<__m512>),
+        ns: (usize, usize),
+        v: impl Fn(usize) -> __m512,
+        out: *mut f32,
+    ) {
+        // SAFETY: forwarded, for each activation.
+        unsafe {
+            match e.act {
+                Act::Identity => quick_act::<CLAMP, RES, 0>(e, st, ns, v, out),
+                Act::Sigmoid => quick_act::<CLAMP, RES, 1>(e, st, ns, v, out),
+                Act::Tanh => quick_act::<CLAMP, RES, 2>(e, st, ns, v, out),
+                Act::Gelu => quick_act::<CLAMP, RES, 3>(e, st, ns, v, out),
+                Act::Silu => quick_act::<CLAMP, RES, 4>(e, st, ns, v, out),
+                Act::HardSwish => quick_act::<CLAMP, RES, 5>(e, st, ns, v, out),
+                Act::HardSigmoid => quick_act::<CLAMP, RES, 6>(e, st, ns, v, out),
+                Act::HardSwishRelu6 => quick_act::<CLAMP, RES, 7>(e, st, ns, v, out),
+                Act::HardSwishRelu6Scaled => quick_act::<CLAMP, RES, 8>(e, st, ns, v, out),
+            }
+        }
+    }
+
+    /// [`quick`] for the activation of code `A` ([`Act::of`]).
+    ///
+    /// # Safety
+    /// As [`quick`].
+    #[inline(always)]
+    unsafe fn quick_act<const CLAMP: bool, const RES: bool, const A: i64>(
         e: &Epilogue,
         st: (Option<__m512>, Option<__m512>),
         (n, step): (usize, usize),
@@ -450,7 +494,7 @@ pub(super) mod avx512 {
             for p in 0..n {
                 let r = e.res.wrapping_add(p * step);
                 let x = quick_one::<CLAMP, RES>(v(p), st, bounds, r, !0);
-                _mm512_storeu_ps(out.add(p * step), x);
+                _mm512_storeu_ps(out.add(p * step), activate(Act::of(A), x));
             }
         }
     }
@@ -735,6 +779,34 @@ pub(super) mod avx2 {
     pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool>(
         e: &Epilogue,
         st: (Option<__m256>, Option<__m256>),
+        ns: (usize, usize),
+        v: impl Fn(usize) -> __m256,
+        out: *mut f32,
+    ) {
+        // SAFETY: forwarded, for each activation.
+        unsafe {
+            match e.act {
+                Act::Identity => quick_act::<CLAMP, RES, 0>(e, st, ns, v, out),
+                Act::Sigmoid => quick_act::<CLAMP, RES, 1>(e, st, ns, v, out),
+                Act::Tanh => quick_act::<CLAMP, RES, 2>(e, st, ns, v, out),
+                Act::Gelu => quick_act::<CLAMP, RES, 3>(e, st, ns, v, out),
+                Act::Silu => quick_act::<CLAMP, RES, 4>(e, st, ns, v, out),
+                Act::HardSwish => quick_act::<CLAMP, RES, 5>(e, st, ns, v, out),
+                Act::HardSigmoid => quick_act::<CLAMP, RES, 6>(e, st, ns, v, out),
+                Act::HardSwishRelu6 => quick_act::<CLAMP, RES, 7>(e, st, ns, v, out),
+                Act::HardSwishRelu6Scaled => quick_act::<CLAMP, RES, 8>(e, st, ns, v, out),
+            }
+        }
+    }
+
+    /// [`quick`] for the activation of code `A` ([`Act::of`]).
+    ///
+    /// # Safety
+    /// As [`quick`].
+    #[inline(always)]
+    unsafe fn quick_act<const CLAMP: bool, const RES: bool, const A: i64>(
+        e: &Epilogue,
+        st: (Option<__m256>, Option<__m256>),
         (n, step): (usize, usize),
         v: impl Fn(usize) -> __m256,
         out: *mut f32,
@@ -744,10 +816,8 @@ pub(super) mod avx2 {
             let (st, bounds) = (quick_coefs(st), quick_bounds(e));
             for p in 0..n {
                 let r = e.res.wrapping_add(p * step);
-                _mm256_storeu_ps(
-                    out.add(p * step),
-                    quick_one::<CLAMP, RES>(v(p), st, bounds, r),
-                );
+                let x = quick_one::<CLAMP, RES>(v(p), st, bounds, r);
+                _mm256_storeu_ps(out.add(p * step), activate(Act::of(A), x));
             }
         }
     }
@@ -834,7 +904,19 @@ pub(super) mod avx2 {
             if e.hi != f32::INFINITY {
                 v = extreme(v, e.hi, true);
             }
-            match e.act {
+            activate(e.act, v)
+        }
+    }
+
+    /// [`super::avx512::activate`] for 8 lanes.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn activate(act: Act, v: __m256) -> __m256 {
+        // SAFETY: the CPU has AVX2 and FMA.
+        unsafe {
+            match act {
                 Act::Identity => v,
                 Act::Sigmoid => sigmoid(v),
                 Act::Tanh => tanh(v),
@@ -861,7 +943,7 @@ pub(super) mod avx2 {
                     let t = _mm256_add_ps(v, _mm256_set1_ps(3.0));
                     let t = _mm256_max_ps(_mm256_setzero_ps(), t);
                     let t = _mm256_mul_ps(v, _mm256_min_ps(_mm256_set1_ps(6.0), t));
-                    match e.act {
+                    match act {
                         Act::HardSwishRelu6 => _mm256_div_ps(t, _mm256_set1_ps(6.0)),
                         _ => _mm256_mul_ps(t, _mm256_set1_ps(SIXTH)),
                     }

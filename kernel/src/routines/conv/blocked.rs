@@ -1141,8 +1141,8 @@ mod tests {
         assert!(fell_back > 0);
     }
 
-    /// Fused epilogues — shift, residual, clamps, and the forms the vector code runs by the
-    /// general path (a −0 clamp, an activation: SiLU, HardSwish) — give every instruction set the
+    /// Fused epilogues — shift, residual, clamps, every activation after quick operands and
+    /// clamps, and the general path's forms (a −0 clamp) — give every instruction set the
     /// scalar epilogue's bits on the sums, NaN and zeros of either sign among them.
     #[test]
     fn epilogues_agree_on_every_isa() {
@@ -1199,6 +1199,16 @@ mod tests {
                 ((sc, t, r), 0.0, 6.0, 0),
                 ((null, t, null), ninf, inf, 4),
                 ((null, t, r), ninf, inf, 5),
+                // Activations after quick clamps and operands (decided once a run), and after
+                // a clamp the general path takes (−0).
+                ((null, t, r), 0.0, 6.0, 5),
+                ((sc, t, null), ninf, inf, 1),
+                ((null, t, null), ninf, 0.5, 2),
+                ((null, t, r), ninf, inf, 3),
+                ((null, t, null), 0.0, inf, 6),
+                ((sc, t, r), ninf, inf, 7),
+                ((null, t, null), ninf, inf, 8),
+                ((null, t, null), -0.0, inf, 5),
             ];
             let sums = each_isa((&x, &wp), (c, o), &g, form, false, Epilogue::NONE);
             let sums = &sums[0].1;

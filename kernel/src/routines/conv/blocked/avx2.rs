@@ -153,7 +153,7 @@ pub(super) unsafe fn emit(
     n: usize,
     v: impl Fn(usize, usize) -> __m256,
 ) {
-    let (all, quick) = (_mm256_set1_epi32(-1), j.epi.quick());
+    let (all, quick) = (_mm256_set1_epi32(-1), j.epi.quick_linear());
     // SAFETY: the outputs (and residual) are inside their buffers; AVX2 available.
     unsafe {
         for h in 0..2 {

@@ -553,7 +553,7 @@ pub(super) unsafe fn emit(
     // SAFETY: the outputs (and residual) are inside their buffers; the CPU has AVX-512F.
     unsafe {
         let coefs = epi::coefs(&e, 0, 0, !0);
-        match (j.epi.quick(), e.res.is_null()) {
+        match (j.epi.quick_linear(), e.res.is_null()) {
             (Some(false), true) => epi::quick::<false, false>(&e, coefs, (n, step), v, out),
             (Some(false), false) => epi::quick::<false, true>(&e, coefs, (n, step), v, out),
             (Some(true), true) => epi::quick::<true, false>(&e, coefs, (n, step), v, out),
