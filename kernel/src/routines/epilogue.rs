@@ -364,17 +364,32 @@ pub(super) mod avx512 {
         m: __mmask16,
     ) -> (Option<__m512>, Option<__m512>) {
         // SAFETY: forwarded.
+        unsafe { (coef(e, e.scale, (i, j), m), coef(e, e.shift, (i, j), m)) }
+    }
+
+    /// One of [`coefs`]: per-row or per-column operand `p` at row `i`, column `j`. A function
+    /// of its own rather than a closure, which LLVM may leave out of line (without the
+    /// caller's features: vectors through memory).
+    ///
+    /// # Safety
+    /// As [`coefs`].
+    #[inline(always)]
+    unsafe fn coef(
+        e: &Epilogue,
+        p: *const f32,
+        (i, j): (usize, usize),
+        m: __mmask16,
+    ) -> Option<__m512> {
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: forwarded.
         unsafe {
-            let v = |p: *const f32| {
-                (!p.is_null()).then(|| {
-                    if e.cols {
-                        _mm512_maskz_loadu_ps(m, p.add(j))
-                    } else {
-                        _mm512_set1_ps(*p.add(i))
-                    }
-                })
-            };
-            (v(e.scale), v(e.shift))
+            Some(if e.cols {
+                _mm512_maskz_loadu_ps(m, p.add(j))
+            } else {
+                _mm512_set1_ps(*p.add(i))
+            })
         }
     }
 
@@ -444,44 +459,65 @@ pub(super) mod avx512 {
         }
     }
 
-    /// [`apply`] on `n` vectors `v(p)` of 16 outputs each, stored to `out` and read from the
-    /// residual `step` elements apart, for an epilogue [`Epilogue::quick_linear`] accepts
-    /// (`CLAMP` its answer, `RES` whether it has a residual), whose scale and shift for
-    /// these lanes are `s` and `t`: the same bits as [`apply`], every decision (the
-    /// activation's too) taken once for the run.
+    /// Stores through quick epilogues whose decisions (`CLAMP`: [`Epilogue::quick_linear`]'s
+    /// answer, `RES`: a residual, `A`: the activation's code) are constants of the code.
+    pub(in crate::routines) trait Quick {
+        /// Runs the stores.
+        ///
+        /// # Safety
+        /// The implementor's; AVX-512F available.
+        unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self);
+    }
+
+    /// Runs `q` with epilogue `e`'s decisions as constants (`clamp` from
+    /// [`Epilogue::quick_linear`]): taken once for all the stores `q` makes.
     ///
     /// # Safety
-    /// AVX-512F available; the `n` vectors writable at `out` and readable at the residual.
+    /// As `q`'s.
     #[inline(always)]
-    pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool>(
-        e: &Epilogue,
-        st: (Option<__m512>, Option<__m512>),
-        ns: (usize, usize),
-        v: impl Fn(usize) -> __m512,
-        out: *mut f32,
-    ) {
-        // SAFETY: forwarded, for each activation.
+    pub(in crate::routines) unsafe fn decide(e: &Epilogue, clamp: bool, q: impl Quick) {
+        // SAFETY: forwarded.
         unsafe {
-            match e.act {
-                Act::Identity => quick_act::<CLAMP, RES, 0>(e, st, ns, v, out),
-                Act::Sigmoid => quick_act::<CLAMP, RES, 1>(e, st, ns, v, out),
-                Act::Tanh => quick_act::<CLAMP, RES, 2>(e, st, ns, v, out),
-                Act::Gelu => quick_act::<CLAMP, RES, 3>(e, st, ns, v, out),
-                Act::Silu => quick_act::<CLAMP, RES, 4>(e, st, ns, v, out),
-                Act::HardSwish => quick_act::<CLAMP, RES, 5>(e, st, ns, v, out),
-                Act::HardSigmoid => quick_act::<CLAMP, RES, 6>(e, st, ns, v, out),
-                Act::HardSwishRelu6 => quick_act::<CLAMP, RES, 7>(e, st, ns, v, out),
-                Act::HardSwishRelu6Scaled => quick_act::<CLAMP, RES, 8>(e, st, ns, v, out),
+            match (clamp, e.res.is_null()) {
+                (false, true) => by_act::<false, false>(e.act, q),
+                (false, false) => by_act::<false, true>(e.act, q),
+                (true, true) => by_act::<true, false>(e.act, q),
+                (true, false) => by_act::<true, true>(e.act, q),
             }
         }
     }
 
-    /// [`quick`] for the activation of code `A` ([`Act::of`]).
+    /// [`decide`] for the activation.
     ///
     /// # Safety
-    /// As [`quick`].
+    /// As [`decide`].
     #[inline(always)]
-    unsafe fn quick_act<const CLAMP: bool, const RES: bool, const A: i64>(
+    unsafe fn by_act<const CLAMP: bool, const RES: bool>(act: Act, q: impl Quick) {
+        // SAFETY: forwarded.
+        unsafe {
+            match act {
+                Act::Identity => q.run::<CLAMP, RES, 0>(),
+                Act::Sigmoid => q.run::<CLAMP, RES, 1>(),
+                Act::Tanh => q.run::<CLAMP, RES, 2>(),
+                Act::Gelu => q.run::<CLAMP, RES, 3>(),
+                Act::Silu => q.run::<CLAMP, RES, 4>(),
+                Act::HardSwish => q.run::<CLAMP, RES, 5>(),
+                Act::HardSigmoid => q.run::<CLAMP, RES, 6>(),
+                Act::HardSwishRelu6 => q.run::<CLAMP, RES, 7>(),
+                Act::HardSwishRelu6Scaled => q.run::<CLAMP, RES, 8>(),
+            }
+        }
+    }
+
+    /// [`apply`] on `n` vectors `v(p)` of 16 outputs each, stored to `out` and read from the
+    /// residual `step` elements apart, for an epilogue [`Epilogue::quick_linear`] accepts
+    /// with the decisions `CLAMP`, `RES` and `A` ([`Quick`]), whose scale and shift for these
+    /// lanes are `s` and `t`: the same bits as [`apply`], every decision taken before.
+    ///
+    /// # Safety
+    /// AVX-512F available; the `n` vectors writable at `out` and readable at the residual.
+    #[inline(always)]
+    pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool, const A: i64>(
         e: &Epilogue,
         st: (Option<__m512>, Option<__m512>),
         (n, step): (usize, usize),
@@ -757,17 +793,30 @@ pub(super) mod avx2 {
         m: __m256i,
     ) -> (Option<__m256>, Option<__m256>) {
         // SAFETY: forwarded.
+        unsafe { (coef(e, e.scale, (i, j), m), coef(e, e.shift, (i, j), m)) }
+    }
+
+    /// [`super::avx512::coef`] for 8 lanes.
+    ///
+    /// # Safety
+    /// As [`coefs`].
+    #[inline(always)]
+    unsafe fn coef(
+        e: &Epilogue,
+        p: *const f32,
+        (i, j): (usize, usize),
+        m: __m256i,
+    ) -> Option<__m256> {
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: forwarded.
         unsafe {
-            let v = |p: *const f32| {
-                (!p.is_null()).then(|| {
-                    if e.cols {
-                        _mm256_maskload_ps(p.add(j), m)
-                    } else {
-                        _mm256_set1_ps(*p.add(i))
-                    }
-                })
-            };
-            (v(e.scale), v(e.shift))
+            Some(if e.cols {
+                _mm256_maskload_ps(p.add(j), m)
+            } else {
+                _mm256_set1_ps(*p.add(i))
+            })
         }
     }
 

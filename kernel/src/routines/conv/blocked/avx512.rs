@@ -2,6 +2,7 @@
 //! pixels summed over every tap and channel, depthwise tiles of 16 pixels of a channel block.
 
 use super::super::super::epilogue::avx512 as epi;
+use super::super::super::epilogue::Epilogue;
 use super::{Job, BLOCK};
 use std::arch::x86_64::*;
 
@@ -262,15 +263,76 @@ unsafe fn step<const B: usize, const R: usize, const C: usize>(
 unsafe fn store_tile<const B: usize, const R: usize, const C: usize>(
     j: &Job,
     ob: usize,
-    (oy, ox): (usize, usize),
+    at: (usize, usize),
     acc: &[[[__m512; C]; R]; B],
 ) {
-    for (b, acc) in acc.iter().enumerate() {
-        for (r, acc) in acc.iter().enumerate() {
+    // A copy escapes to the out-of-line store, not the sums (LLVM then kept those in
+    // memory through the tile's loop: twice as slow).
+    let copy = *acc;
+    // SAFETY: forwarded.
+    unsafe { stored_tile(j, ob, at, copy.as_flattened().as_flattened(), (B, R)) };
+}
+
+/// [`store_tile`] of a tile's `b`×`r` runs of vectors (block-major in `acc`), kept out of
+/// line as [`stored`], with the epilogue's decisions taken once for the tile: a call per run
+/// cost as much as half the stores themselves (a tile's 6 or 12 vectors a call).
+///
+/// # Safety
+/// As [`store_tile`].
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn stored_tile(
+    j: &Job,
+    ob: usize,
+    (oy, ox): (usize, usize),
+    acc: &[__m512],
+    (b, r): (usize, usize),
+) {
+    let c = acc.len() / (b * r);
+    let Some(clamp) = j.epi.quick_linear() else {
+        for (i, run) in acc.chunks_exact(c).enumerate() {
+            let at = j.output(ob + i / r, oy + i % r, ox);
             // SAFETY: forwarded.
-            unsafe { store(j, ob + b, (oy + r, ox), acc, BLOCK) };
+            unsafe { emit(j, ob + i / r, at, (c, BLOCK), |p| run[p]) };
+        }
+        return;
+    };
+    /// The tile's runs of vectors, each through the quick epilogue.
+    struct Runs<'a> {
+        j: &'a Job,
+        ob: usize,
+        at: (usize, usize),
+        acc: &'a [__m512],
+        r: usize,
+        c: usize,
+    }
+    impl epi::Quick for Runs<'_> {
+        #[inline(always)]
+        unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
+            for (i, run) in self.acc.chunks_exact(self.c).enumerate() {
+                let ob = self.ob + i / self.r;
+                let at = self.j.output(ob, self.at.0 + i % self.r, self.at.1);
+                let e = self.j.epi.from(0, ob * BLOCK, at);
+                let out = self.j.out.wrapping_add(at);
+                // SAFETY: the run's outputs (and residual) are inside their buffers; the
+                // CPU has AVX-512F.
+                unsafe {
+                    let coefs = epi::coefs(&e, 0, 0, !0);
+                    epi::quick::<CLAMP, RES, A>(&e, coefs, (self.c, BLOCK), |p| run[p], out);
+                }
+            }
         }
     }
+    let runs = Runs {
+        j,
+        ob,
+        at: (oy, ox),
+        acc,
+        r,
+        c,
+    };
+    // SAFETY: forwarded; the CPU has AVX-512F.
+    unsafe { epi::decide(&j.epi, clamp, runs) };
 }
 
 /// [`tile`] where every tap is inside: one loop over the window's taps and channels
@@ -550,15 +612,38 @@ pub(super) unsafe fn emit(
 ) {
     let e = j.epi.from(0, ob * BLOCK, at);
     let out = j.out.wrapping_add(at);
+    /// One run of vectors through the quick epilogue.
+    struct Run<'a, V> {
+        e: &'a Epilogue,
+        ns: (usize, usize),
+        v: V,
+        out: *mut f32,
+    }
+    impl<V: Fn(usize) -> __m512> epi::Quick for Run<'_, V> {
+        #[inline(always)]
+        unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
+            // SAFETY: the run's outputs (and residual) are inside their buffers; the CPU has
+            // AVX-512F.
+            unsafe {
+                let coefs = epi::coefs(self.e, 0, 0, !0);
+                epi::quick::<CLAMP, RES, A>(self.e, coefs, self.ns, self.v, self.out)
+            }
+        }
+    }
     // SAFETY: the outputs (and residual) are inside their buffers; the CPU has AVX-512F.
     unsafe {
-        let coefs = epi::coefs(&e, 0, 0, !0);
-        match (j.epi.quick_linear(), e.res.is_null()) {
-            (Some(false), true) => epi::quick::<false, false>(&e, coefs, (n, step), v, out),
-            (Some(false), false) => epi::quick::<false, true>(&e, coefs, (n, step), v, out),
-            (Some(true), true) => epi::quick::<true, false>(&e, coefs, (n, step), v, out),
-            (Some(true), false) => epi::quick::<true, true>(&e, coefs, (n, step), v, out),
-            (None, _) => {
+        match j.epi.quick_linear() {
+            Some(clamp) => {
+                let run = Run {
+                    e: &e,
+                    ns: (n, step),
+                    v,
+                    out,
+                };
+                epi::decide(&e, clamp, run)
+            }
+            None => {
+                let coefs = epi::coefs(&e, 0, 0, !0);
                 for p in 0..n {
                     let r = e.res.wrapping_add(p * step);
                     _mm512_storeu_ps(out.add(p * step), epi::apply(&e, v(p), coefs, r, !0));
