@@ -121,6 +121,8 @@ pub fn bench(a: BenchArgs) -> Result<(), Failure> {
     }
     let mut times = Vec::with_capacity(a.runs);
     let mut per_step: Vec<(String, Vec<f64>)> = Vec::new();
+    // Each profiled run's time and its steps' (the rest is the runtime's between them).
+    let mut profiled: Vec<(f64, f64)> = Vec::new();
     progress.set_message("timed runs");
     for _ in 0..a.runs {
         progress.inc();
@@ -136,9 +138,12 @@ pub fn bench(a: BenchArgs) -> Result<(), Failure> {
         progress.set_message("profiled runs");
         for _ in 0..a.runs {
             progress.inc();
+            let t = Instant::now();
             let (_, stats) = exe
                 .run_profiled(&ordered, &bindings)
                 .map_err(kiln::Error::from)?;
+            let steps: f64 = stats.steps.iter().map(|(_, s)| s * 1e3).sum();
+            profiled.push((t.elapsed().as_secs_f64() * 1e3, steps));
             if per_step.is_empty() {
                 per_step = stats
                     .steps
@@ -197,9 +202,16 @@ pub fn bench(a: BenchArgs) -> Result<(), Failure> {
                 println!("{s}")
             }
         };
+        // Means: a sum of medians is no median of sums.
+        let n = profiled.len().max(1) as f64;
+        let (run, steps) = profiled
+            .iter()
+            .fold((0.0, 0.0), |(r, s), (a, b)| (r + a / n, s + b / n));
         out(format!(
-            "profile   {sum:>10.4} ms in {} steps; the slowest:",
-            rows.len()
+            "profile   {sum:>10.4} ms in {} steps (medians); profiled runs {run:.4} ms, \
+             {:.4} ms of it between steps (means); the slowest:",
+            rows.len(),
+            run - steps
         ));
         for (l, ms) in rows.iter().take(top) {
             out(format!(
