@@ -187,7 +187,8 @@ pub(crate) unsafe fn product(
         return;
     }
     if m * n * k <= 256 {
-        // Too small to pay for packing (from 6×8×8 on, the packed tiles are faster).
+        // Too small to pay for packing (the packed tiles are faster from about 256
+        // multiply-adds: 6×8×8 0.18 → 0.13 µs, 5×5×5 0.09 → 0.14).
         for i in 0..m {
             for j in 0..n {
                 let mut acc = 0f32;

@@ -423,13 +423,24 @@ pub static ROUTINES: [Routine; 16] = [
         cost: |i| i[17] * 16.0 * i[19] * i[5] * i[0] / i[15].max(1.0) * i[6] * i[7],
         extent: |operand, i| {
             let n = |k: usize| i.get(k).cloned();
+            let div = |a, b| crate::Expr::index_op(ir::Op::Div, a, b);
+            // A blocked image's lanes: whole blocks of 16 (a dense conv's channels may leave
+            // the last one partly padding).
+            let lanes = || match n(14)? {
+                crate::Expr::Int(0, _) => n(0),
+                _ => Some(div(n(0)? + crate::Expr::i64(15), crate::Expr::i64(16)) * crate::Expr::i64(16)),
+            };
             match operand {
-                0 => Some(n(0)? * n(2)? * n(3)?),
-                1 | 2 => {
-                    let per = crate::Expr::index_op(ir::Op::Div, n(0)?, n(15)?);
-                    let filters = n(1)? * per * n(6)? * n(7)?;
-                    // The packed filters end with their flag.
-                    Some(if operand == 2 { filters + crate::Expr::i64(1) } else { filters })
+                0 => Some(lanes()? * n(2)? * n(3)?),
+                1 => Some(n(1)? * div(n(0)?, n(15)?) * n(6)? * n(7)?),
+                2 => {
+                    // Dense packed filters cover the lanes, then their flag and the
+                    // transforms' (a depthwise set, one flag).
+                    let (per, flags) = match n(15)? {
+                        crate::Expr::Int(1, _) => (lanes()?, 2),
+                        _ => (crate::Expr::i64(1), 1),
+                    };
+                    Some(n(1)? * per * n(6)? * n(7)? + crate::Expr::i64(flags))
                 }
                 4 | 5 => n(1),
                 _ => None,
@@ -967,20 +978,27 @@ fn conv_rows_bounds(operand: usize, i: &[i64]) -> Option<Range> {
 fn nchwc_bounds(operand: usize, i: &[i64]) -> Option<Range> {
     let (c, o, h, w, oh, ow, kh, kw) = (i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]);
     let (groups, ob0, obn, y0, rows) = (i[15], i[16], i[17], i[18], i[19]);
+    // A blocked image's lanes: whole blocks of 16 (see `extent`).
+    let lanes = if i[14] == 0 {
+        c
+    } else {
+        c.checked_add(15)? / 16 * 16
+    };
     match operand {
         0 => {
-            let len = c.checked_mul(h)?.checked_mul(w)?;
+            let len = lanes.checked_mul(h)?.checked_mul(w)?;
             (len > 0).then_some((0, len - 1))
         }
-        1 | 2 => {
+        1 => {
             let per = if groups == 1 { c } else { 1 };
             let len = o.checked_mul(per)?.checked_mul(kh)?.checked_mul(kw)?;
-            // The packed filters end with their flag.
-            let len = if operand == 2 {
-                len.checked_add(1)?
-            } else {
-                len
-            };
+            (len > 0).then_some((0, len - 1))
+        }
+        2 => {
+            // The packed filters (of every lane when dense) end with their flags.
+            let (per, flags) = if groups == 1 { (lanes, 2) } else { (1, 1) };
+            let len = o.checked_mul(per)?.checked_mul(kh)?.checked_mul(kw)?;
+            let len = len.checked_add(flags)?;
             (len > 0).then_some((0, len - 1))
         }
         4 | 5 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),

@@ -140,8 +140,8 @@ pub fn pack_depthwise(w: &[f32], c: usize, (kh, kw): (usize, usize)) -> Option<V
 /// packed from `wt` (`o×(c/groups)×kh×kw`).
 ///
 /// # Safety
-/// `x` readable for `c·h·w` elements (`⌈c/16⌉·16·h·w` blocked), `wt` (or `wp`) for
-/// `o·(c/groups)·kh·kw`, `out` (and a residual) for `o·oh·ow`, per-channel operands for `o`;
+/// `x` readable for `c·h·w` elements (`⌈c/16⌉·16·h·w` blocked), `wt` for
+/// `o·(c/groups)·kh·kw` (`wp` as [`pack_filters`] or [`pack_depthwise`] make it), `out` (and a residual) for `o·oh·ow`, per-channel operands for `o`;
 /// `o` a multiple of 16, `c` too when depthwise; the blocks and rows inside the output; strides and
 /// dilations positive.
 #[allow(clippy::too_many_arguments)]
@@ -254,7 +254,11 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
         exact,
         groups,
         gi,
-        last: cu - (groups - 1) * gi,
+        last: if depthwise {
+            gi
+        } else {
+            cu - (groups - 1) * gi
+        },
         gs,
         ps,
         cs,
@@ -315,7 +319,7 @@ struct Job {
     cs: usize,
     /// The input offsets of a window's taps and channels from its first tap (`kh·kw·gi`
     /// of them, in the order of the sums); the window of the job's geometry. Empty (and
-    /// never read) but for dense convs over a plain input.
+    /// never read) but for dense convs over a plain input (and Winograd's products).
     offs: *const usize,
     /// Whether a filter is infinite or NaN: pixels with taps outside the image then multiply
     /// them by zeros, one pixel at a time.

@@ -40,7 +40,7 @@ pub(super) unsafe fn narrow(
     bt.clear();
     bt.resize(n * k, 0.0);
     for l in 0..k {
-        // SAFETY: row l of B holds n elements.
+        // Row l of B (its elements `b.cs` apart).
         let row = b.rows_from(l).p;
         for (j, col) in bt.chunks_exact_mut(k).enumerate() {
             // SAFETY: (l, j) is inside B.
@@ -129,7 +129,16 @@ impl Part {
             if wide() {
                 avx512::dots::<R, N>(self, &mut out);
             } else if crate::avx2_fma() {
-                avx2::dots::<R, N>(self, &mut out);
+                // A row at a time: 2·N sums in 16 registers (R·2·N of them would spill).
+                for (r, row) in out.iter_mut().enumerate() {
+                    let one = Part {
+                        a: self.a.wrapping_offset(r as isize * self.lda),
+                        ..*self
+                    };
+                    let mut sums = [[0f32; N]; 1];
+                    avx2::dots::<1, N>(&one, &mut sums);
+                    *row = sums[0];
+                }
             } else {
                 self.portable::<R, N>(&mut out);
             }
@@ -147,7 +156,6 @@ impl Part {
     ///
     /// # Safety
     /// As [`Part::dots`].
-    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     unsafe fn portable<const R: usize, const N: usize>(&self, out: &mut [[f32; N]; R]) {
         for (r, row) in out.iter_mut().enumerate() {
             for (j, o) in row.iter_mut().enumerate() {

@@ -3,6 +3,7 @@
 //! the order of the 16-lane tiles, so results are the same.
 
 use super::super::super::epilogue::avx2 as epi;
+use super::super::super::epilogue::{decide, Quick};
 use super::{Job, BLOCK};
 use std::arch::x86_64::*;
 
@@ -153,27 +154,44 @@ pub(super) unsafe fn emit(
     n: usize,
     v: impl Fn(usize, usize) -> __m256,
 ) {
-    let (all, quick) = (_mm256_set1_epi32(-1), j.epi.quick_linear());
+    let all = _mm256_set1_epi32(-1);
+    /// The two halves' runs through the quick epilogue.
+    struct Halves<'a, V> {
+        j: &'a Job,
+        ob: usize,
+        at: usize,
+        n: usize,
+        v: V,
+    }
+    impl<V: Fn(usize, usize) -> __m256> Quick for Halves<'_, V> {
+        #[inline(always)]
+        unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
+            let Halves { j, ob, at, n, v } = self;
+            for h in 0..2 {
+                let e = j.epi.from(0, ob * BLOCK + 8 * h, at + 8 * h);
+                let out = j.out.wrapping_add(at + 8 * h);
+                // SAFETY: the outputs (and residual) are inside their buffers; AVX2
+                // available.
+                unsafe {
+                    let coefs = epi::coefs(&e, 0, 0, _mm256_set1_epi32(-1));
+                    epi::quick::<CLAMP, RES, A>(&e, coefs, (n, BLOCK), |p| v(p, h), out);
+                }
+            }
+        }
+    }
     // SAFETY: the outputs (and residual) are inside their buffers; AVX2 available.
     unsafe {
+        if let Some(clamp) = j.epi.quick_linear() {
+            return decide(&j.epi, clamp, Halves { j, ob, at, n, v });
+        }
         for h in 0..2 {
             let e = j.epi.from(0, ob * BLOCK + 8 * h, at + 8 * h);
             let coefs = epi::coefs(&e, 0, 0, all);
             let out = j.out.wrapping_add(at + 8 * h);
-            let v = |p| v(p, h);
-            let ns = (n, BLOCK);
-            match (quick, e.res.is_null()) {
-                (Some(false), true) => epi::quick::<false, false>(&e, coefs, ns, v, out),
-                (Some(false), false) => epi::quick::<false, true>(&e, coefs, ns, v, out),
-                (Some(true), true) => epi::quick::<true, false>(&e, coefs, ns, v, out),
-                (Some(true), false) => epi::quick::<true, true>(&e, coefs, ns, v, out),
-                (None, _) => {
-                    for p in 0..n {
-                        let r = e.res.wrapping_add(p * BLOCK);
-                        let x = epi::apply(&e, v(p), coefs, r, all);
-                        _mm256_storeu_ps(out.add(p * BLOCK), x);
-                    }
-                }
+            for p in 0..n {
+                let r = e.res.wrapping_add(p * BLOCK);
+                let x = epi::apply(&e, v(p, h), coefs, r, all);
+                _mm256_storeu_ps(out.add(p * BLOCK), x);
             }
         }
     }

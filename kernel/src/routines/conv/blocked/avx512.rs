@@ -2,7 +2,7 @@
 //! pixels summed over every tap and channel, depthwise tiles of 16 pixels of a channel block.
 
 use super::super::super::epilogue::avx512 as epi;
-use super::super::super::epilogue::Epilogue;
+use super::super::super::epilogue::{decide, Quick};
 use super::{Job, BLOCK};
 use std::arch::x86_64::*;
 
@@ -300,7 +300,7 @@ unsafe fn stored_tile(
         for (i, run) in acc.chunks_exact(c).enumerate() {
             let at = j.output(ob + i / r, oy + i % r, ox);
             // SAFETY: forwarded.
-            unsafe { emit(j, ob + i / r, at, (c, BLOCK), |p| run[p]) };
+            unsafe { general(j, ob + i / r, at, (c, BLOCK), |p| run[p]) };
         }
         return;
     };
@@ -313,20 +313,21 @@ unsafe fn stored_tile(
         r: usize,
         c: usize,
     }
-    impl epi::Quick for Runs<'_> {
+    impl Quick for Runs<'_> {
         #[inline(always)]
         unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
-            for (i, run) in self.acc.chunks_exact(self.c).enumerate() {
-                let ob = self.ob + i / self.r;
-                let at = self.j.output(ob, self.at.0 + i % self.r, self.at.1);
-                let e = self.j.epi.from(0, ob * BLOCK, at);
-                let out = self.j.out.wrapping_add(at);
-                // SAFETY: the run's outputs (and residual) are inside their buffers; the
-                // CPU has AVX-512F.
-                unsafe {
-                    let coefs = epi::coefs(&e, 0, 0, !0);
-                    epi::quick::<CLAMP, RES, A>(&e, coefs, (self.c, BLOCK), |p| run[p], out);
-                }
+            let Runs {
+                j,
+                ob,
+                at,
+                acc,
+                r,
+                c,
+            } = self;
+            for (i, run) in acc.chunks_exact(c).enumerate() {
+                let at = j.output(ob + i / r, at.0 + i % r, at.1);
+                // SAFETY: forwarded.
+                unsafe { quick::<CLAMP, RES, A>(j, ob + i / r, at, (c, BLOCK), |p| run[p]) };
             }
         }
     }
@@ -339,7 +340,7 @@ unsafe fn stored_tile(
         c,
     };
     // SAFETY: forwarded; the CPU has AVX-512F.
-    unsafe { epi::decide(&j.epi, clamp, runs) };
+    unsafe { decide(&j.epi, clamp, runs) };
 }
 
 /// [`tile`] where every tap is inside: one loop over the window's taps and channels
@@ -617,45 +618,80 @@ pub(super) unsafe fn emit(
     (n, step): (usize, usize),
     v: impl Fn(usize) -> __m512,
 ) {
-    let e = j.epi.from(0, ob * BLOCK, at);
-    let out = j.out.wrapping_add(at);
     /// One run of vectors through the quick epilogue.
     struct Run<'a, V> {
-        e: &'a Epilogue,
+        j: &'a Job,
+        ob: usize,
+        at: usize,
         ns: (usize, usize),
         v: V,
-        out: *mut f32,
     }
-    impl<V: Fn(usize) -> __m512> epi::Quick for Run<'_, V> {
+    impl<V: Fn(usize) -> __m512> Quick for Run<'_, V> {
         #[inline(always)]
         unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
-            // SAFETY: the run's outputs (and residual) are inside their buffers; the CPU has
-            // AVX-512F.
-            unsafe {
-                let coefs = epi::coefs(self.e, 0, 0, !0);
-                epi::quick::<CLAMP, RES, A>(self.e, coefs, self.ns, self.v, self.out)
-            }
+            // SAFETY: forwarded.
+            unsafe { quick::<CLAMP, RES, A>(self.j, self.ob, self.at, self.ns, self.v) }
         }
     }
-    // SAFETY: the outputs (and residual) are inside their buffers; the CPU has AVX-512F.
+    // SAFETY: forwarded; the CPU has AVX-512F.
     unsafe {
         match j.epi.quick_linear() {
-            Some(clamp) => {
-                let run = Run {
-                    e: &e,
+            Some(clamp) => decide(
+                &j.epi,
+                clamp,
+                Run {
+                    j,
+                    ob,
+                    at,
                     ns: (n, step),
                     v,
-                    out,
-                };
-                epi::decide(&e, clamp, run)
-            }
-            None => {
-                let coefs = epi::coefs(&e, 0, 0, !0);
-                for p in 0..n {
-                    let r = e.res.wrapping_add(p * step);
-                    _mm512_storeu_ps(out.add(p * step), epi::apply(&e, v(p), coefs, r, !0));
-                }
-            }
+                },
+            ),
+            None => general(j, ob, at, (n, step), v),
+        }
+    }
+}
+
+/// [`emit`]'s run through the quick epilogue, its decisions constants.
+///
+/// # Safety
+/// As [`emit`].
+#[inline(always)]
+unsafe fn quick<const CLAMP: bool, const RES: bool, const A: i64>(
+    j: &Job,
+    ob: usize,
+    at: usize,
+    ns: (usize, usize),
+    v: impl Fn(usize) -> __m512,
+) {
+    let e = j.epi.from(0, ob * BLOCK, at);
+    // SAFETY: the outputs (and residual) are inside their buffers; the CPU has AVX-512F.
+    unsafe {
+        let coefs = epi::coefs(&e, 0, 0, !0);
+        epi::quick::<CLAMP, RES, A>(&e, coefs, ns, v, j.out.wrapping_add(at));
+    }
+}
+
+/// [`emit`]'s run through the general epilogue (clamps the quick one does not take).
+///
+/// # Safety
+/// As [`emit`].
+#[inline(always)]
+unsafe fn general(
+    j: &Job,
+    ob: usize,
+    at: usize,
+    (n, step): (usize, usize),
+    v: impl Fn(usize) -> __m512,
+) {
+    let e = j.epi.from(0, ob * BLOCK, at);
+    let out = j.out.wrapping_add(at);
+    // SAFETY: the outputs (and residual) are inside their buffers; the CPU has AVX-512F.
+    unsafe {
+        let coefs = epi::coefs(&e, 0, 0, !0);
+        for p in 0..n {
+            let r = e.res.wrapping_add(p * step);
+            _mm512_storeu_ps(out.add(p * step), epi::apply(&e, v(p), coefs, r, !0));
         }
     }
 }

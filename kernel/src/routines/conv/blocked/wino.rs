@@ -99,6 +99,8 @@ thread_local! {
 /// # Safety
 /// As [`super::kiln_conv2d_nchwc`].
 pub(super) unsafe fn rows(j: &Job, (ob0, obn): (usize, usize), (y0, rows): (usize, usize)) {
+    // The transforms cover whole blocks of channels (`packs`).
+    debug_assert_eq!(j.last, BLOCK);
     let (oh, ow) = (j.g.oh as usize, j.g.ow as usize);
     let tw = ow.div_ceil(2);
     let (ty0, ty1) = (y0 / 2, (y0 + rows).div_ceil(2));
