@@ -533,6 +533,13 @@ impl Ptrs<'_> {
 /// work, a few times what handing half of it to a helper costs.
 const PARALLEL_MIN_COST: f64 = 32768.0;
 
+/// Bytes a kernel's buffers must hold together before its stages split over threads: below,
+/// the data sits in the calling core's cache, and a helper's half crosses to the other core
+/// (its inputs there, its results back) for longer than the half of the work takes — a small
+/// Whisper encoder's layer norms and attention products (16 to 48 KiB a kernel, costs above
+/// [`PARALLEL_MIN_COST`]) ran 1.3 to 1.9 times slower split, the model 0.083 -> 0.099 ms.
+const PARALLEL_MIN_BYTES: u64 = 64 << 10;
+
 /// How many times more a stage that only copies (every store's value a plain load) must cost
 /// to be split: its work is moving lines, and a helper's half moves them through the other
 /// core's cache (an LSTM's 64 KB output copy, cost 49K, took 16 µs split and 4 µs on one
@@ -599,6 +606,13 @@ fn resolve(
     }
     let empty =
         !out_shapes.is_empty() && out_shapes.iter().all(|s| s.iter().product::<usize>() == 0);
+    // Bytes of every buffer the kernel touches (operands, results, scratch, packed copies).
+    let data: u64 = k
+        .bufs
+        .iter()
+        .zip(&lens)
+        .map(|(b, &n)| b.dtype.storage_bytes(n as u64).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add);
     let mut parts = Vec::new();
     for s in stages {
         parts.push(match &s.parallel {
@@ -619,7 +633,7 @@ fn resolve(
                 // runs of rows, say), and the thread that wrote a range finds it in its own
                 // cache. (Four parts a thread, claimed in turn, scattered the ranges over the
                 // cores: a MobileNetV3's two-thread run took 1.21 ms, with these 1.14.)
-                let p = if threads > 1 && n > 1 && cost >= least {
+                let p = if threads > 1 && n > 1 && cost >= least && data >= PARALLEL_MIN_BYTES {
                     n.min(threads as i64)
                 } else {
                     1
@@ -806,6 +820,23 @@ mod tests {
         // A copy eight times larger splits.
         let big = copy.replace("16384", "131072").replace("0..32 ", "0..256 ");
         assert!(parts(&big, 131072)[0] > 1);
+    }
+
+    /// A kernel whose buffers hold less than PARALLEL_MIN_BYTES stays on one thread however
+    /// many operations its stages count (its data is the calling core's); four times the data
+    /// splits.
+    #[test]
+    fn little_data_stays_on_one_thread() {
+        let small = "kernel @k(in x: f32[4096], out y: f32[4096]) {
+  for v0 in 0..8 parallel {
+    for v1 in 0..512 vector(4) {
+      y[((v0 * 512) + v1)] = exp(x[((v0 * 512) + v1)])
+    }
+  }
+}";
+        assert_eq!(parts(small, 4096), vec![1]);
+        let large = small.replace("4096", "16384").replace("0..8 ", "0..32 ");
+        assert_eq!(parts(&large, 16384), vec![2]);
     }
 
     /// A stage worth splitting splits into one contiguous range of iterations a thread (two
