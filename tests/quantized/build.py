@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Rebuilds kiln's quantized model suite: models of ../shared/models quantized by onnxruntime's
+own tools, with inputs and onnxruntime's outputs (1 thread, graph optimizations off) as the
+reference.
+
+    python3 tests/quantized/build.py [--shared DIR] [--cache DIR] [--only NAME,...]
+
+Needs numpy, onnx, onnxruntime and onnx-ir (pip). Forms, as users make them:
+  - `dynamic`: `quantize_dynamic`, int8 weights (DynamicQuantizeLinear -> MatMulInteger /
+    ConvInteger -> Cast -> Mul, the activations quantized at run time);
+  - `qdq`: `quantize_static` in QDQ form, uint8 activations and int8 weights (per channel),
+    calibrated on the model's own inputs;
+  - `nbits32`, `nbits128`: `MatMulNBitsQuantizer`, 4-bit weights in blocks of 32 or 128
+    (com.microsoft MatMulNBits, asymmetric: packed zero points).
+Each goes to the cache (default ~/.cache/kiln-quantized/models/SOURCE_FORM/, or
+$KILN_QUANT_CACHE/models/...: model.onnx, inputs.npz, expected.npz, meta.json), not to the
+repository (they derive from ../shared, which CI always has); tests/quantized/manifest.json
+(committed) lists them with the tolerance tests/quantized.rs compares with, and reports each
+absent one as SKIPPED.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+
+# (source model, forms); MatMulNBits only quantizes MatMul nodes (not Gemm).
+PLAN = [
+    ("mlp", ["dynamic", "qdq"]),
+    ("cnn_dsc", ["dynamic", "qdq"]),
+    ("resnet_block", ["qdq"]),
+    ("bert_tiny", ["dynamic", "qdq", "nbits32"]),
+    ("vit_tiny", ["dynamic", "nbits32"]),
+    ("llama_tiny", ["dynamic", "nbits32", "nbits128"]),
+]
+
+
+ort.set_default_logger_severity(3)
+
+
+def reference(model: Path, inputs: dict) -> dict:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in s.get_outputs()]
+    return dict(zip(names, s.run(names, inputs)))
+
+
+class Reader:
+    """Calibration data: the model's own inputs, once."""
+
+    def __init__(self, inputs):
+        self.items = [inputs]
+
+    def get_next(self):
+        return self.items.pop() if self.items else None
+
+    def rewind(self):
+        pass
+
+
+def quantize(src: Path, form: str, inputs: dict, dst: Path):
+    from onnxruntime import quantization as q
+
+    if form == "dynamic":
+        q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QInt8)
+    elif form == "qdq":
+        q.quantize_static(
+            str(src),
+            str(dst),
+            Reader(inputs),
+            quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            per_channel=True,
+        )
+    elif form.startswith("nbits"):
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        block = int(form[len("nbits"):])
+        m = onnx.load(str(src))
+        quant = MatMulNBitsQuantizer(m, block_size=block, is_symmetric=False)
+        quant.process()
+        quant.model.save_model_to_file(str(dst), use_external_data_format=False)
+    else:
+        raise ValueError(form)
+
+
+def tolerance(src_meta: dict, expected: dict, form: str) -> dict:
+    # Quantized activations round at boundaries that ulp-level differences in a scale move:
+    # an output may then differ by a quantum's effect (llama_tiny's dynamic form: 4e-4 of
+    # its logits' range). The suite's float tolerance, its absolute part widened to 2e-3 of
+    # the outputs' range for the forms that quantize activations.
+    tol = dict(src_meta.get("suggested_tol", {"rtol": 1e-3, "atol": 1e-4}))
+    if form in ("dynamic", "qdq"):
+        span = max(float(np.ptp(v)) for v in expected.values() if v.dtype.kind == "f")
+        tol["atol"] = max(tol["atol"], 2e-3 * span)
+    return {k: float(f"{v:.3g}") for k, v in tol.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default=str(HERE.parent.parent.parent / "shared" / "models"))
+    default_cache = os.environ.get("KILN_QUANT_CACHE") or str(Path.home() / ".cache" / "kiln-quantized")
+    ap.add_argument("--cache", default=default_cache)
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    out = Path(a.cache) / "models"
+    only = set(filter(None, a.only.split(",")))
+    shared = Path(a.shared)
+    if not shared.is_dir():
+        # Without ../shared there is nothing to quantize: tests/quantized.rs then reports
+        # every model SKIPPED.
+        print(f"no shared models at {shared} (--shared DIR): nothing built", file=sys.stderr)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for name, forms in PLAN:
+        src = shared / name
+        inputs = dict(np.load(src / "inputs.npz"))
+        meta = json.loads((src / "meta.json").read_text())
+        for form in forms:
+            tag = f"{name}_{form}"
+            if only and tag not in only and name not in only:
+                continue
+            d = out / tag
+            with tempfile.TemporaryDirectory() as tmp:
+                model = Path(tmp) / "model.onnx"
+                quantize(src / "model.onnx", form, inputs, model)
+                expected = reference(model, inputs)
+                if d.exists():
+                    shutil.rmtree(d)
+                d.mkdir(parents=True)
+                shutil.copy(model, d / "model.onnx")
+            np.savez(d / "inputs.npz", **inputs)
+            np.savez(d / "expected.npz", **expected)
+            ops = sorted({n.op_type for n in onnx.load(str(d / "model.onnx")).graph.node})
+            info = {
+                "source": name,
+                "form": form,
+                "tolerance": tolerance(meta, expected, form),
+                "ops": ops,
+                "onnx_bytes": os.path.getsize(d / "model.onnx"),
+                "onnxruntime": ort.__version__,
+            }
+            (d / "meta.json").write_text(json.dumps(info, indent=1) + "\n")
+            manifest.append({"name": tag, **info["tolerance"]})
+            print(f"{tag}: {info['onnx_bytes']} bytes, {', '.join(ops)}")
+    if not only:
+        (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
