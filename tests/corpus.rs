@@ -13,11 +13,14 @@
 //! (`[SKIPPED: …]` without the wheel).
 
 mod common;
+#[path = "common/suite.rs"]
+mod suite;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::onnx::{mismatch, Tolerance};
+use kiln::onnx::Tolerance;
+use suite::{compare, kiln};
 
 /// Models known not to match yet, with the reason; each must still fail (so the list shrinks
 /// when one is fixed).
@@ -61,42 +64,6 @@ fn model_dir(name: &str) -> Option<PathBuf> {
     [committed, cached]
         .into_iter()
         .find(|d| d.join("model.onnx").is_file() && d.join("expected.npz").is_file())
-}
-
-fn kiln(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("run kiln");
-    let se = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!se.contains("panicked"), "kiln {args:?} panicked:\n{se}");
-    if out.status.success() {
-        Ok(se)
-    } else {
-        Err(se
-            .lines()
-            .find(|l| l.starts_with("error"))
-            .unwrap_or(&se)
-            .to_string())
-    }
-}
-
-fn compare(got: &Path, want: &Path, tol: Tolerance) -> Result<(), String> {
-    let read = |p: &Path| {
-        kiln::npz::read_npz(&std::fs::read(p).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())
-    };
-    let (got, want) = (read(got)?, read(want)?);
-    for (name, w) in &want {
-        let g = got
-            .iter()
-            .find(|(n, _)| n == name)
-            .ok_or_else(|| format!("no output {name}"))?;
-        if let Some(why) = mismatch(&g.1, w, tol) {
-            return Err(format!("output {name}: {why}"));
-        }
-    }
-    Ok(())
 }
 
 /// JIT then AOT; the first failure.
@@ -171,15 +138,7 @@ fn check_entry(e: &Entry, dir: &Path) {
         rtol: e.rtol,
         atol: e.atol,
     };
-    let known = KNOWN_FAILURES.iter().find(|(n, _)| *n == e.name);
-    match (check(dir, tmp.path(), tol), known) {
-        (Ok(()), None) => {}
-        (Ok(()), Some(_)) => panic!("{} now passes: take it off KNOWN_FAILURES", e.name),
-        (Err(why), Some((_, reason))) if why.contains(reason) => {
-            eprintln!("known failure {}: {why}", e.name)
-        }
-        (Err(why), _) => panic!("{}: {why}", e.name),
-    }
+    suite::verdict(&e.name, check(dir, tmp.path(), tol), KNOWN_FAILURES);
 }
 
 /// The `onnx/backend/test/data` folder of the ONNX wheel, if there is one.

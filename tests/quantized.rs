@@ -8,50 +8,17 @@
 //! `~/.cache/kiln-quantized`) lacks it.
 
 mod common;
+#[path = "common/suite.rs"]
+mod suite;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use kiln::onnx::{mismatch, Tolerance};
+use kiln::onnx::Tolerance;
+use suite::{compare, kiln};
 
 /// Models known not to match yet, with the reason; each must still fail so (the list shrinks
 /// as issue 17 lands).
 const KNOWN_FAILURES: &[(&str, &str)] = &[];
-
-fn kiln(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("run kiln");
-    let se = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!se.contains("panicked"), "kiln {args:?} panicked:\n{se}");
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(se
-            .lines()
-            .find(|l| l.starts_with("error"))
-            .unwrap_or(&se)
-            .to_string()),
-    }
-}
-
-fn compare(got: &Path, want: &Path, tol: Tolerance) -> Result<(), String> {
-    let read = |p: &Path| {
-        kiln::npz::read_npz(&std::fs::read(p).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())
-    };
-    let (got, want) = (read(got)?, read(want)?);
-    for (name, w) in &want {
-        let g = got
-            .iter()
-            .find(|(n, _)| n == name)
-            .ok_or_else(|| format!("no output {name}"))?;
-        if let Some(why) = mismatch(&g.1, w, tol) {
-            return Err(format!("output {name}: {why}"));
-        }
-    }
-    Ok(())
-}
 
 /// JIT, then AOT (an artifact specialized for the inputs); the first failure.
 fn check(dir: &Path, tol: Tolerance) -> Result<(), String> {
@@ -84,15 +51,7 @@ fn check(dir: &Path, tol: Tolerance) -> Result<(), String> {
 
 /// One model matches onnxruntime (JIT and AOT), or fails as KNOWN_FAILURES says.
 fn check_model(name: &str, tol: Tolerance, dir: PathBuf) {
-    let known = KNOWN_FAILURES.iter().find(|(n, _)| *n == name);
-    match (check(&dir, tol), known) {
-        (Ok(()), None) => {}
-        (Ok(()), Some(_)) => panic!("{name} now passes: take it off KNOWN_FAILURES"),
-        (Err(why), Some((_, reason))) if why.contains(reason) => {
-            eprintln!("known failure {name}: {why}")
-        }
-        (Err(why), _) => panic!("{name}: {why}"),
-    }
+    suite::verdict(name, check(&dir, tol), KNOWN_FAILURES);
 }
 
 fn cache() -> PathBuf {
