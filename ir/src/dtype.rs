@@ -175,6 +175,20 @@ impl DType {
         self == DType::Bool
     }
 
+    /// The least and greatest value of an integer type (as f64: exact up to 2^53, so the
+    /// 64-bit types' ends round outward-safe only approximately); `None` for the others.
+    pub fn int_range(self) -> Option<(f64, f64)> {
+        if !self.is_int() {
+            return None;
+        }
+        let bits = self.bits() as i32;
+        Some(if self.is_signed_int() {
+            (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
+        } else {
+            (0.0, 2f64.powi(bits) - 1.0)
+        })
+    }
+
     /// The class bit of this dtype, for matching against a [`DTypeSet`].
     fn class(self) -> DTypeSet {
         if self.is_float() {

@@ -1,7 +1,9 @@
 //! `fold`: constant folding. A node whose operands are all constants is evaluated (by the
 //! injected evaluator) and replaced by constants. Results larger than `fold_max_bytes` (except
 //! transposes and reshapes, which only relayout a constant), or that would be much larger than
-//! the operands they come from, stay in the graph; a result whose
+//! the operands they come from, stay in the graph — except a product's weight made from a
+//! narrower one (an int8 weight dequantized to f32: up to [`WEIGHT_GROWTH`] times its bytes,
+//! within `fold_max_bytes`), dequantized once at compile time; a result whose
 //! elements are all equal becomes a scalar constant and a `broadcast`, the normal form of
 //! splats. `dims` whose expressions are all constants fold without an evaluator.
 
@@ -15,6 +17,38 @@ use crate::rebuild::{rebuild, Settings, R};
 /// Results up to this size fold even when they are larger than their operands.
 const SMALL: u64 = 64 << 10;
 
+/// How much larger than its operands a product's weight may fold: an 8-bit weight's f32
+/// expansion. A 4-bit one (8×) stays packed and unpacks at run time.
+const WEIGHT_GROWTH: u64 = 4;
+
+/// The nodes whose results reach an operand of a `dot` or `conv` through elementwise math,
+/// casts and data movement only: a weight's dequantization. Identified by address, since a
+/// rewrite sees the node, not its id.
+fn weight_makers(g: &ir::Graph) -> HashSet<*const Node> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<ir::NodeId> = Vec::new();
+    for id in g.node_ids() {
+        if g.node(id).op().kind() == ir::OpKind::Contraction {
+            stack.extend(g.node(id).inputs().iter().map(|v| v.node));
+        }
+    }
+    while let Some(id) = stack.pop() {
+        let node = g.node(id);
+        let through = matches!(
+            node.op().kind(),
+            ir::OpKind::Unary
+                | ir::OpKind::Binary
+                | ir::OpKind::Ternary
+                | ir::OpKind::Cast
+                | ir::OpKind::Movement
+        );
+        if through && seen.insert(node as *const Node) {
+            stack.extend(node.inputs().iter().map(|v| v.node));
+        }
+    }
+    seen
+}
+
 pub(crate) fn run(g: &ir::Graph, opts: &Options) -> R<ir::Graph> {
     let mut names: HashSet<String> = HashSet::new();
     for id in g.node_ids() {
@@ -24,11 +58,13 @@ pub(crate) fn run(g: &ir::Graph, opts: &Options) -> R<ir::Graph> {
             }
         }
     }
+    let weights = weight_makers(g);
     rebuild(
         g,
         &Settings::STRICT,
         &mut |b: &mut Builder, node: &Node, inputs: &[Value]| {
-            fold_node(b, node, inputs, opts, &mut names)
+            let weight = weights.contains(&(node as *const Node));
+            fold_node(b, node, inputs, opts, weight, &mut names)
         },
     )
 }
@@ -45,6 +81,7 @@ fn fold_node(
     node: &Node,
     inputs: &[Value],
     opts: &Options,
+    weight: bool,
     names: &mut HashSet<String>,
 ) -> R<Option<Vec<Value>>> {
     match node.op() {
@@ -115,7 +152,8 @@ fn fold_node(
     } else {
         opts.fold_max_bytes
     };
-    if out_bytes > cap || (out_bytes > SMALL && out_bytes > in_bytes) {
+    let growth = if weight { WEIGHT_GROWTH } else { 1 };
+    if out_bytes > cap || (out_bytes > SMALL && out_bytes > in_bytes.saturating_mul(growth)) {
         return Ok(None);
     }
     // A folded weight is named after the weight it comes from.

@@ -206,6 +206,19 @@ impl Layout<'_> {
             {
                 self.elementwise(b, node, inputs, padded)
             }
+            // A conversion (a quantizer's round trip through u8) keeps the layout; padding
+            // lanes only when they hold 0, which every type converts to 0.
+            Op::Cast { .. } => {
+                let Some(&x) = self.blocked.get(&inputs[0]) else {
+                    return Ok(None);
+                };
+                let lanes = match (padded, self.lanes.get(&x)) {
+                    (false, _) => None,
+                    (true, Some(0.0)) => Some(0.0),
+                    (true, _) => return Ok(None),
+                };
+                Ok(Some((b.op1(op.clone(), &[x])?, lanes)))
+            }
             Op::ReduceWindow {
                 kind,
                 window,

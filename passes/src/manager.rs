@@ -101,6 +101,11 @@ pub static PASSES: &[Pass] = &[
         },
     },
     Pass {
+        name: "quantize",
+        summary: "e-graph: integer products as exact f32 products",
+        run: |g, o| saturate(g, o, &[&rules::QUANTIZE]),
+    },
+    Pass {
         name: "simplify",
         summary: "e-graph: algebraic identities, scalars through dot, layout (transposes into dot)",
         run: |g, o| saturate(g, o, &[&rules::SIMPLIFY]),
@@ -144,6 +149,7 @@ pub static PIPELINE: &[&str] = &[
     "canonicalize",
     "cse",
     "recognize",
+    "quantize",
     "simplify",
     "layout",
     "fold",

@@ -118,12 +118,12 @@ impl Target {
                     .iter()
                     .map(|&a| self.dim(lhs.shape.dim(a as usize)) as f64)
                     .product();
-                2.0 * out * k
+                2.0 * out * k * scalar_product(first)
             }
             Op::Conv { .. } | Op::ConvBlocked { .. } => {
                 let w = args[1];
                 let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;
-                2.0 * out * per
+                2.0 * out * per * scalar_product(first)
             }
             Op::ReduceWindow { window, .. } => out * window.iter().product::<i64>() as f64,
             Op::Resample { .. } => 2.0 * out * self.dim(args[1].shape.dim(1)) as f64,
@@ -143,5 +143,15 @@ impl Target {
             Op::Pow => 64.0 * out,
             _ => out,
         }
+    }
+}
+
+/// How much slower a product of this result type runs per flop than an f32 one: only f32
+/// products have vector library kernels; the others lower to scalar loops.
+fn scalar_product(ty: &TensorType) -> f64 {
+    if ty.dtype == ir::DType::F32 {
+        1.0
+    } else {
+        8.0
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! The analysis gives every e-class its types (by the verifier's own `Op::infer`, one
 //! implementation of typing), whether it depends only on constants, the value of all of its
-//! elements when they are known to be equal (a splat), and whether it is known positive.
+//! elements when they are known to be equal (a splat), whether it is known positive, and for
+//! integers the interval its elements lie in (what lets a product of quantized values run
+//! exactly in f32).
 
 use std::collections::HashMap;
 
@@ -63,6 +65,8 @@ pub struct Info {
     pub splat: Option<f64>,
     /// Every element is known to be > 0.
     pub positive: bool,
+    /// Integers: every element lies in `lo..=hi`.
+    pub range: Option<(f64, f64)>,
 }
 
 impl Info {
@@ -71,8 +75,13 @@ impl Info {
     }
 
     /// The facts beyond the types, comparable (NaN splats included).
-    fn facts(&self) -> (bool, Option<u64>, bool) {
-        (self.constant, self.splat.map(f64::to_bits), self.positive)
+    fn facts(&self) -> (bool, Option<u64>, bool, Option<(u64, u64)>) {
+        (
+            self.constant,
+            self.splat.map(f64::to_bits),
+            self.positive,
+            self.range.map(|(lo, hi)| (lo.to_bits(), hi.to_bits())),
+        )
     }
 }
 
@@ -169,6 +178,71 @@ fn positive_of(op: &Op, operands: &[&Info], splat: Option<f64>) -> bool {
     }
 }
 
+/// Constants up to this many elements have their interval computed (one pass over the data
+/// when the class is made).
+const RANGE_SCAN: usize = 1 << 24;
+
+/// The interval of an integer-typed node's elements, from its operands' intervals; `None`
+/// when unknown or when the arithmetic could leave the type's range (it would wrap).
+fn range_of(op: &Op, operands: &[&Info], ty: &TensorType) -> Option<(f64, f64)> {
+    let limits = ty.dtype.int_range()?;
+    let arg = |i: usize| operands.get(i).and_then(|a| a.range);
+    let r = match op {
+        Op::Constant { value } => {
+            let d = value.tensor.data();
+            if d.len() > RANGE_SCAN || !value.tensor.dtype().is_int() {
+                return Some(limits);
+            }
+            (0..d.len()).fold(None, |acc: Option<(f64, f64)>, i| {
+                let v = d.get_f64(i);
+                Some(acc.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
+            })?
+        }
+        Op::Broadcast { .. } | Op::Reshape { .. } | Op::Refine { .. } | Op::Transpose { .. } => {
+            arg(0)?
+        }
+        // A conversion keeps the values that fit; anything else lands somewhere in the type.
+        Op::Cast { .. } => match arg(0) {
+            Some((lo, hi)) if lo >= limits.0 && hi <= limits.1 => (lo, hi),
+            _ => limits,
+        },
+        Op::Add => {
+            let ((a, b), (c, d)) = (arg(0)?, arg(1)?);
+            (a + c, b + d)
+        }
+        Op::Sub => {
+            let ((a, b), (c, d)) = (arg(0)?, arg(1)?);
+            (a - d, b - c)
+        }
+        Op::Neg => {
+            let (a, b) = arg(0)?;
+            (-b, -a)
+        }
+        Op::Mul => {
+            let ((a, b), (c, d)) = (arg(0)?, arg(1)?);
+            let p = [a * c, a * d, b * c, b * d];
+            (
+                p.iter().copied().fold(f64::INFINITY, f64::min),
+                p.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            )
+        }
+        Op::Max => {
+            let ((a, b), (c, d)) = (arg(0)?, arg(1)?);
+            (a.max(c), b.max(d))
+        }
+        Op::Min => {
+            let ((a, b), (c, d)) = (arg(0)?, arg(1)?);
+            (a.min(c), b.min(d))
+        }
+        _ => return Some(limits),
+    };
+    // Beyond the type's range the result wraps: only the type's own interval is known.
+    if r.0 < limits.0 || r.1 > limits.1 {
+        return Some(limits);
+    }
+    Some(r)
+}
+
 impl egg::Analysis<ENode> for Analysis {
     type Data = Info;
 
@@ -180,7 +254,7 @@ impl egg::Analysis<ENode> for Analysis {
             debug_assert!(false, "ill-typed e-node {op:?}: {e}");
             vec![TensorType::new(ir::DType::F32, Shape::scalar())]
         });
-        let (constant, splat, positive) = match op {
+        let (constant, splat, positive, range) = match op {
             EOp::Ir(op) => {
                 let constant = match op {
                     Op::Param { .. } => false,
@@ -189,15 +263,20 @@ impl egg::Analysis<ENode> for Analysis {
                     _ => operands.iter().all(|i| i.constant),
                 };
                 let splat = splat_of(op, &operands);
-                (constant, splat, positive_of(op, &operands, splat))
+                let range = match types.as_slice() {
+                    [t] => range_of(op, &operands, t),
+                    _ => None,
+                };
+                (constant, splat, positive_of(op, &operands, splat), range)
             }
-            EOp::Proj(_) => (operands[0].constant, None, false),
+            EOp::Proj(_) => (operands[0].constant, None, false, None),
         };
         Info {
             types,
             constant,
             splat,
             positive,
+            range,
         }
     }
 
@@ -215,6 +294,11 @@ impl egg::Analysis<ENode> for Analysis {
         a.constant |= b.constant;
         a.splat = a.splat.or(b.splat);
         a.positive |= b.positive;
+        // Both intervals hold for the one value: their intersection does.
+        a.range = match (a.range, b.range) {
+            (Some((p, q)), Some((r, t))) => Some((p.max(r), q.min(t))),
+            (x, y) => x.or(y),
+        };
         DidMerge(a.facts() != before, a.facts() != b.facts())
     }
 }

@@ -48,18 +48,10 @@ fn broadcastable(b: &mut Builder, v: Value, shape: &Shape, ax: R<usize>, block: 
 }
 
 fn int_range(d: DType) -> R<(f64, f64)> {
-    Ok(match d {
-        DType::I4 => (-8.0, 7.0),
-        DType::U4 => (0.0, 15.0),
-        DType::I2 => (-2.0, 1.0),
-        DType::U2 => (0.0, 3.0),
-        DType::U8 => (0.0, 255.0),
-        DType::I8 => (-128.0, 127.0),
-        DType::U16 => (0.0, 65535.0),
-        DType::I16 => (-32768.0, 32767.0),
-        DType::I32 => (i32::MIN as f64, i32::MAX as f64),
-        other => return Err(format!("{other} is not a quantized type kiln supports").into()),
-    })
+    match d.int_range() {
+        Some(r) if d != DType::I64 && d != DType::U64 && d != DType::U32 => Ok(r),
+        _ => Err(format!("{d} is not a quantized type kiln supports").into()),
+    }
 }
 
 /// round(x) + zp, clamped to the range of `dtype` and converted; float outputs (float8,
@@ -342,16 +334,12 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
         let mut full = groups.to_vec();
         full.push(Dim::Const(per_byte));
         let x = b.broadcast_to(x, &Shape::new(full.clone()))?;
-        let shift = b.op1(
-            Op::Iota {
-                axis: full.len() as i64 - 1,
-                ty: ir::TensorType::new(DType::U8, Shape::new(full.clone())),
-            },
-            &[],
-        )?;
-        let four = b.scalar(bits as f64, DType::U8)?;
-        let four = b.broadcast_to(four, &Shape::new(full.clone()))?;
-        let shift = b.mul(shift, four)?;
+        // The shifts as a constant (not an iota), so that a constant weight unpacks at
+        // compile time.
+        let shifts: Vec<u8> = (0..per_byte).map(|i| (i * bits) as u8).collect();
+        let shift =
+            b.constant(ir::Tensor::new(vec![per_byte as usize], ir::Data::U8(shifts)).map_err(s)?)?;
+        let shift = b.broadcast_to(shift, &Shape::new(full.clone()))?;
         let x = b.op1(Op::Shr, &[x, shift])?;
         let mask = b.scalar(((1 << bits) - 1) as f64, DType::U8)?;
         let mask = b.broadcast_to(mask, &Shape::new(full.clone()))?;

@@ -3,6 +3,7 @@
 
 pub mod algebra;
 pub mod layout;
+pub mod quantize;
 pub mod recognize;
 
 use egg::Id;
@@ -35,6 +36,12 @@ pub static SIMPLIFY: Stage = Stage {
         layout::TRANSPOSE_INTO_DOT,
         layout::SINK_BROADCAST,
     ],
+};
+
+/// Quantized arithmetic toward the fast products.
+pub static QUANTIZE: Stage = Stage {
+    name: "quantize",
+    rules: &[quantize::INT_PRODUCT_F32, quantize::INT_DOT_EXACT],
 };
 
 /// Variants of norms, softmax and activations toward their canonical forms.

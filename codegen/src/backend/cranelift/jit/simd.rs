@@ -505,6 +505,9 @@ impl Lower<'_, '_> {
                 Ok((V::Lanes(ls), d))
             }
             Expr::Op { op, args, dtype } => {
+                if let Some(x) = self.narrow_round_trip(op, args, *dtype, cx, env)? {
+                    return Ok((V::Vec(x), *dtype));
+                }
                 let mut vals = Vec::with_capacity(args.len());
                 for a in args {
                     vals.push(self.vexpr(a, cx, env)?);
@@ -531,6 +534,61 @@ impl Lower<'_, '_> {
                 unreachable!("uniform")
             }
         }
+    }
+
+    /// An f32 converted to an 8- or 16-bit integer and straight on to f32, i32 or u32 (a
+    /// quantizer's rounding trip), in 32-bit lanes: the saturating conversion to i32 clamped
+    /// to the narrow type's range is the value the narrow cast holds (NaN still 0), which
+    /// the outer cast then widens. `None` for any other expression.
+    fn narrow_round_trip(
+        &mut self,
+        op: &Op,
+        args: &[Expr],
+        to: DType,
+        cx: &Cx,
+        env: &HashMap<VarId, (V, DType)>,
+    ) -> R<Option<Value>> {
+        let (Op::Cast { .. }, [inner]) = (op, args) else {
+            return Ok(None);
+        };
+        let Expr::Op {
+            op: Op::Cast { .. },
+            args: narrow_args,
+            dtype: narrow,
+        } = inner
+        else {
+            return Ok(None);
+        };
+        let (lo, hi) = match narrow {
+            DType::U8 => (0, 255),
+            DType::I8 => (-128, 127),
+            DType::U16 => (0, 65535),
+            DType::I16 => (-32768, 32767),
+            _ => return Ok(None),
+        };
+        let [x] = narrow_args.as_slice() else {
+            return Ok(None);
+        };
+        // Only f32 operands (known before anything is emitted).
+        let from_f32 = match x {
+            Expr::Op { dtype, .. } => *dtype == DType::F32,
+            Expr::Load { buf, .. } => self.buf_dtype(*buf)? == DType::F32,
+            _ => false,
+        };
+        if !from_f32 || !matches!(to, DType::F32 | DType::I32 | DType::U32) {
+            return Ok(None);
+        }
+        let (xv, xd) = self.vexpr(x, cx, env)?;
+        let xv = self.vec_of((xv, xd), xd);
+        let w = self.ins().fcvt_to_sint_sat(types::I32X4, xv);
+        let (lo, hi) = (self.splat_i32(lo), self.splat_i32(hi));
+        let w = self.ins().smax(w, lo);
+        let w = self.ins().smin(w, hi);
+        Ok(Some(if to == DType::F32 {
+            self.ins().fcvt_from_sint(types::F32X4, w)
+        } else {
+            w
+        }))
     }
 
     /// `x` as a native vector of `d` (which must have one).
