@@ -133,6 +133,19 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((op, vec![x.clone(), y.clone()]));
                 continue;
             }
+            "qdot" => {
+                // lhs of the dtype (u8 or i8), an i8 rhs, a zero point of lhs's type.
+                let op = Op::Qdot {
+                    lhs_batch: vec![],
+                    rhs_batch: vec![],
+                    lhs_contract: vec![1],
+                    rhs_contract: vec![0],
+                };
+                let w = rng.tensor(DType::I8, &[x.shape()[1], 2]);
+                let z = rng.tensor(dtype, &[]);
+                out.push((op, vec![x.clone(), w, z]));
+                continue;
+            }
             "conv" => {
                 let op = Op::Conv {
                     stride: vec![1],

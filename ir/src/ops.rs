@@ -423,6 +423,16 @@ ops! {
         lhs_contract: Vec<i64>,
         rhs_contract: Vec<i64>,
     } => rule_dot;
+    /// A quantized product: `dot`'s contraction of `(lhs - zero)` with `rhs`, summed in i32
+    /// (wrapping) and converted to f32 (rounded to nearest) — exactly `cast<f32>` of the
+    /// integer `dot` of the widened operands. lhs u8 or i8, rhs i8, `zero` a scalar of lhs's
+    /// dtype (its zero point).
+    Qdot = "qdot", Contraction, Exactly(3), {
+        lhs_batch: Vec<i64> = default(Vec::<i64>::new()),
+        rhs_batch: Vec<i64> = default(Vec::<i64>::new()),
+        lhs_contract: Vec<i64>,
+        rhs_contract: Vec<i64>,
+    } => rule_qdot;
     /// N-d convolution (cross-correlation) of input [N, C, ...] with weight [O, C/groups, ...].
     Conv = "conv", Contraction, Exactly(2), {
         stride: Vec<i64>,

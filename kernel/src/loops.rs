@@ -193,6 +193,38 @@ impl From<Gemm> for Call {
     }
 }
 
+impl Gemm {
+    /// The quantized product's call (`qgemm`): A u8 with rows `a_rs` apart (its columns
+    /// contiguous), B i8, `za` A's zero point.
+    pub fn quantized(self, za: (BufId, Expr)) -> Call {
+        let mut operands = vec![
+            Some((self.a, self.a_off)),
+            Some((self.b, self.b_off)),
+            self.b_packed.map(|p| (p, Expr::i64(0))),
+            Some(za),
+            Some((self.c, self.c_off)),
+        ];
+        operands.extend(self.epilogue.operands());
+        Call {
+            routine: "qgemm".into(),
+            operands,
+            ints: vec![
+                self.a_rs,
+                self.b_rs,
+                self.b_cs,
+                self.c_rs,
+                self.m,
+                self.n,
+                self.k,
+                Expr::i64(i64::from(self.epilogue.cols)),
+                Expr::i64(self.epilogue.act),
+            ],
+            scalars: self.epilogue.scalars(),
+            result: None,
+        }
+    }
+}
+
 impl From<Conv2d> for Call {
     fn from(c: Conv2d) -> Call {
         let g = c.geometry;

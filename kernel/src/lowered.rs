@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use ir::{DType, Dim, Graph, NodeId, Op, Shape, Tensor, Value};
+use ir::{Dim, Graph, NodeId, Op, Shape, Tensor, Value};
 
 use crate::loops::{Buf, BufId, BufKind, Call, Expr, Kernel, Stmt};
 
@@ -68,7 +68,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
                 if let Stmt::Call(c) = s {
                     if matches!(
                         c.routine.as_str(),
-                        "gemm" | "conv2d_wino" | "conv2d_nchwc" | "lstm" | "gru" | "rnn"
+                        "gemm" | "qgemm" | "conv2d_wino" | "conv2d_nchwc" | "lstm" | "gru" | "rnn"
                     ) && c.checked().is_ok()
                     {
                         f(c)
@@ -86,6 +86,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // A conv's filters (`w`: o·c·3·3 from its offset) become their Winograd transforms;
         // a product's B its packed panels. The key: the operand, its offset and sizes.
         let wino = g.routine == "conv2d_wino";
+        let qgemm = g.routine == "qgemm";
         let blocked = g.routine == "conv2d_nchwc";
         // A recurrence's gates by the passes that sum them (see `rnn::pack`): an LSTM's 4, a
         // GRU's 3 (2 then 1 when its reset gate applies before the product), a simple RNN's 1.
@@ -112,7 +113,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // What is packed: 0 a product's B, 1 Winograd transforms, 2 dense blocked filters
         // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones, 5 an
         // LSTM's recurrent weights, 6 a GRU's, 7 a simple RNN's, 8 a GRU's whose reset gate
-        // applies before the product.
+        // applies before the product, 9 a quantized product's int8 B.
         let (kind, sizes) = if gates > 0 {
             let h = c(g.int("hidden"));
             let cols = h.map(|h| gates * h);
@@ -140,7 +141,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
                 c(g.int("n")),
                 c(g.int("k")),
             );
-            (0, sizes)
+            (if qgemm { 9 } else { 0 }, sizes)
         };
         let (Some(off), (Some(rs), Some(cs), Some(n), Some(k))) = (c(Some(&b_off)), sizes) else {
             return;
@@ -160,18 +161,43 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             .flatten()
             .or_else(|| l.consts.iter().find(|(x, _)| *x == b).map(|(_, t)| t));
         let Some(t) = known else { return };
-        let (Some(data), Ok(off), Ok(n), Ok(k)) = (
-            t.as_slice::<f32>(),
-            usize::try_from(off),
-            usize::try_from(n),
-            usize::try_from(k),
-        ) else {
-            return;
+        let source = (t.data() as *const ir::Data as usize, key.1);
+        let mut install = |l: &mut Lowered, packed: Tensor| {
+            l.kernel.bufs.push(Buf {
+                name: format!("packed{}", l.kernel.bufs.len()),
+                dtype: packed.dtype(),
+                len: Dim::constant(packed.numel() as i64),
+                kind: BufKind::Input,
+            });
+            let p = l.kernel.bufs.len() - 1;
+            l.consts.push((p, packed));
+            g.operands[slot] = Some((p, Expr::i64(0)));
+            done.push((key, p));
         };
-        if k == 0 || n == 0 || off > data.len() {
+        // A quantized product's int8 B: its panels, with the columns' sums.
+        if qgemm {
+            let Some((data, off, n, k)) = sized(t.as_slice::<i8>(), off, n, k) else {
+                return;
+            };
+            let packed = match cache.packed.get(&source) {
+                Some((_, packed)) => packed.clone(),
+                None => {
+                    let Some(p) = crate::routines::qgemm::pack_b(&data[off..], rs, cs, k, n) else {
+                        return;
+                    };
+                    let Ok(p) = Tensor::new(vec![p.len()], ir::Data::I8(p)) else {
+                        return;
+                    };
+                    cache.packed.insert(source, (t.clone(), p.clone()));
+                    p
+                }
+            };
+            install(l, packed);
             return;
         }
-        let source = (t.data() as *const ir::Data as usize, key.1);
+        let Some((data, off, n, k)) = sized(t.as_slice::<f32>(), off, n, k) else {
+            return;
+        };
         let t = match cache.packed.get(&source) {
             Some((_, packed)) => packed.clone(),
             None => {
@@ -222,19 +248,17 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
                 packed
             }
         };
-        let len = t.numel();
-        l.kernel.bufs.push(Buf {
-            name: format!("packed{}", l.kernel.bufs.len()),
-            dtype: DType::F32,
-            len: Dim::constant(len as i64),
-            kind: BufKind::Input,
-        });
-        let p = l.kernel.bufs.len() - 1;
-        l.consts.push((p, t));
-        g.operands[slot] = Some((p, Expr::i64(0)));
-        done.push((key, p));
+        install(l, t);
     });
     l.kernel.body = body;
+}
+
+/// A constant operand's data with its offset and sizes, when they are usable: nonnegative,
+/// nonempty, the offset inside the data.
+fn sized<T>(data: Option<&[T]>, off: i64, n: i64, k: i64) -> Option<(&[T], usize, usize, usize)> {
+    let (data, off) = (data?, usize::try_from(off).ok()?);
+    let (n, k) = (usize::try_from(n).ok()?, usize::try_from(k).ok()?);
+    (k > 0 && n > 0 && off <= data.len()).then_some((data, off, n, k))
 }
 
 /// A graph holding node `id` of `g` alone, its operands as params: what lowering (`Backend::lower`) takes to

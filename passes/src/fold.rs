@@ -1,9 +1,10 @@
 //! `fold`: constant folding. A node whose operands are all constants is evaluated (by the
 //! injected evaluator) and replaced by constants. Results larger than `fold_max_bytes` (except
 //! transposes and reshapes, which only relayout a constant), or that would be much larger than
-//! the operands they come from, stay in the graph — except a product's weight made from a
-//! narrower one (an int8 weight dequantized to f32: up to [`WEIGHT_GROWTH`] times its bytes,
-//! within `fold_max_bytes`), dequantized once at compile time; a result whose
+//! the operands they come from, stay in the graph — except, in `dequantize`, a product's
+//! weight made from a narrower one (an int8 weight dequantized to f32: up to
+//! [`WEIGHT_GROWTH`] times its bytes, within `fold_max_bytes`), dequantized once at compile
+//! time; a result whose
 //! elements are all equal becomes a scalar constant and a `broadcast`, the normal form of
 //! splats. `dims` whose expressions are all constants fold without an evaluator.
 
@@ -50,6 +51,16 @@ fn weight_makers(g: &ir::Graph) -> HashSet<*const Node> {
 }
 
 pub(crate) fn run(g: &ir::Graph, opts: &Options) -> R<ir::Graph> {
+    fold(g, opts, false)
+}
+
+/// `dequantize`: `fold` that also dequantizes products' narrower weights once (see
+/// [`WEIGHT_GROWTH`]), after `quantize` has taken the integer products it could.
+pub(crate) fn dequantize(g: &ir::Graph, opts: &Options) -> R<ir::Graph> {
+    fold(g, opts, true)
+}
+
+fn fold(g: &ir::Graph, opts: &Options, weights: bool) -> R<ir::Graph> {
     let mut names: HashSet<String> = HashSet::new();
     for id in g.node_ids() {
         if let Op::Constant { value } = g.node(id).op() {
@@ -58,7 +69,11 @@ pub(crate) fn run(g: &ir::Graph, opts: &Options) -> R<ir::Graph> {
             }
         }
     }
-    let weights = weight_makers(g);
+    let weights = if weights {
+        weight_makers(g)
+    } else {
+        HashSet::new()
+    };
     rebuild(
         g,
         &Settings::STRICT,

@@ -102,8 +102,13 @@ pub static PASSES: &[Pass] = &[
     },
     Pass {
         name: "quantize",
-        summary: "e-graph: integer products as exact f32 products",
+        summary: "e-graph: integer and dequantized products as 8-bit products (qdot) or exact f32 ones",
         run: |g, o| saturate(g, o, &[&rules::QUANTIZE]),
+    },
+    Pass {
+        name: "dequantize",
+        summary: "fold, dequantizing products' narrower weights to f32 once (up to 4× their bytes)",
+        run: |g, o| crate::fold::dequantize(g, o).map(Done::from),
     },
     Pass {
         name: "simplify",
@@ -150,6 +155,7 @@ pub static PIPELINE: &[&str] = &[
     "cse",
     "recognize",
     "quantize",
+    "dequantize",
     "simplify",
     "layout",
     "fold",

@@ -49,7 +49,7 @@ fn contents(op: &Op) -> Contents {
             }
             c
         }
-        Op::Dot { .. } | Op::Conv { .. } | Op::ConvBlocked { .. } => Contents {
+        Op::Dot { .. } | Op::Qdot { .. } | Op::Conv { .. } | Op::ConvBlocked { .. } => Contents {
             heavy: true,
             reduce: false,
         },

@@ -18,9 +18,11 @@ impl Lowering<'_> {
         }
         self.materialized(lv)?;
         self.materialized(rv)?;
+        // A quantized product sums `(lhs - zero) · rhs` in i32 and stores the sum as f32.
+        let zero = self.quantized(v)?;
         let (ls, rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
         let ty = self.ty(v);
-        let dtype = ty.dtype;
+        let dtype = if zero.is_some() { DType::I32 } else { ty.dtype };
         let DotAxes {
             lb,
             rb,
@@ -52,8 +54,17 @@ impl Lowering<'_> {
                 ri[c] = Expr::Var(r);
                 loops.push((r, l.dim(ls.dim(a))));
             }
-            let x = l.expr(lv, &li)?;
-            let y = l.expr(rv, &ri)?;
+            let mut x = l.expr(lv, &li)?;
+            let mut y = l.expr(rv, &ri)?;
+            if let Some(z) = zero {
+                let z = l.expr(z, &[])?;
+                x = Expr::Op {
+                    op: Op::Sub,
+                    args: vec![widen(x), widen(z)],
+                    dtype,
+                };
+                y = widen(y);
+            }
             let update = Expr::Op {
                 op: Op::Add,
                 args: vec![
@@ -67,10 +78,21 @@ impl Lowering<'_> {
                 dtype,
             };
             let index = l.linear(idx, &ty.shape);
+            let value = match zero {
+                Some(_) => Expr::Op {
+                    op: Op::Cast {
+                        dtype: DType::F32,
+                        saturate: true,
+                    },
+                    args: vec![Expr::Var(acc)],
+                    dtype: DType::F32,
+                },
+                None => Expr::Var(acc),
+            };
             let store = Stmt::Store {
                 buf: b,
                 index,
-                value: Expr::Var(acc),
+                value,
             };
             Ok(accumulate(acc, constant(0.0, dtype), loops, update, store))
         })?;
@@ -183,6 +205,11 @@ impl Lowering<'_> {
         if ty.dtype != DType::F32 || axes.lc.len() != 1 {
             return Ok(false);
         }
+        // A quantized product: u8 rows (contiguous) by i8 B, its zero point a buffer.
+        let zero = self.quantized(v)?;
+        if zero.is_some() && self.ty(lv).dtype != DType::U8 {
+            return Ok(false);
+        }
         let (mut ls, mut rs) = (self.ty(lv).shape.clone(), self.ty(rv).shape.clone());
         let DotAxes {
             mut lb,
@@ -214,6 +241,16 @@ impl Lowering<'_> {
             return Ok(false);
         };
         let (a_cs, b_rs) = (lst[lc[0]].clone(), rst[rc[0]].clone());
+        if zero.is_some() && a_cs.as_const() != Some(1) {
+            return Ok(false);
+        }
+        let za = match zero {
+            Some(z) => {
+                self.materialized(z)?;
+                Some(self.as_strided(z)?.0)
+            }
+            None => None,
+        };
         let k = ls.dim(lc[0]).clone();
         let mn = m.mul(&n).map_err(|e| Unsupported(e.to_string()))?;
         let batch = Shape::new(lb.iter().map(|&a| ls.dim(a).clone()).collect());
@@ -245,9 +282,36 @@ impl Lowering<'_> {
                 b_packed: None,
                 epilogue,
             };
-            Ok(vec![Stmt::Call(Box::new(g.into()))])
+            let call = match za {
+                Some(z) => g.quantized((z, Expr::i64(0))),
+                None => g.into(),
+            };
+            Ok(vec![Stmt::Call(Box::new(call))])
         })?;
         Ok(true)
+    }
+}
+
+impl Lowering<'_> {
+    /// A `qdot`'s zero point (its third operand), `None` for a `dot`.
+    fn quantized(&self, v: Value) -> Result<Option<Value>> {
+        let node = self.g.node(v.node);
+        Ok(match node.op() {
+            Op::Qdot { .. } => Some(node.inputs()[2]),
+            _ => None,
+        })
+    }
+}
+
+/// An 8-bit operand widened to the i32 a quantized product sums in.
+fn widen(x: Expr) -> Expr {
+    Expr::Op {
+        op: Op::Cast {
+            dtype: DType::I32,
+            saturate: true,
+        },
+        args: vec![x],
+        dtype: DType::I32,
     }
 }
 
@@ -265,12 +329,18 @@ impl DotAxes {
     /// Dot `v`'s operands and axes (`None` if `v` is no dot).
     pub(super) fn of(g: &Graph, v: Value) -> Option<(Value, Value, DotAxes)> {
         let node = g.node(v.node);
-        let Op::Dot {
+        let (Op::Dot {
             lhs_batch,
             rhs_batch,
             lhs_contract,
             rhs_contract,
-        } = node.op()
+        }
+        | Op::Qdot {
+            lhs_batch,
+            rhs_batch,
+            lhs_contract,
+            rhs_contract,
+        }) = node.op()
         else {
             return None;
         };

@@ -268,7 +268,7 @@ impl<'g> Lowering<'g> {
                     let b = self.target(v, output_buf)?;
                     self.reduce(v, op, axes, b)?;
                 }
-                Op::Dot { .. } => {
+                Op::Dot { .. } | Op::Qdot { .. } => {
                     let chain = if self.gemm_columns(v) {
                         self.epilogue_chain(v, epilogue::Along::Columns)
                     } else {
@@ -460,7 +460,7 @@ impl<'g> Lowering<'g> {
         for (a, &(var, d)) in loops.iter().enumerate().rev() {
             let mark = if a == 0 && (n > 1 || !leaf) {
                 Mark::Parallel
-            } else if a + 1 == n && leaf && dtype == DType::F32 {
+            } else if a + 1 == n && leaf && matches!(dtype, DType::F32 | DType::U8 | DType::I8) {
                 Mark::Vector(self.machine.vector_lanes)
             } else {
                 Mark::Serial

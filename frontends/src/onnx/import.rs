@@ -16,7 +16,7 @@ use super::{interface, ImportError, ImportOptions};
 /// Results of the largest folded computation kept as constants, in elements.
 const FOLD_LIMIT: usize = 1 << 22;
 
-/// Ops that must not be folded even on constant inputs.
+/// Ops that must not be folded at import even on constant inputs.
 const NO_FOLD: &[&str] = &[
     "RandomNormal",
     "RandomUniform",
@@ -25,6 +25,9 @@ const NO_FOLD: &[&str] = &[
     "Bernoulli",
     "Multinomial",
     "Dropout",
+    // A quantized weight stays packed in the graph: the optimizer's `quantize` stage takes
+    // its integers into 8-bit products, and `dequantize` folds what is left.
+    "DequantizeLinear",
 ];
 
 /// One node being imported: the proto, its resolved opset version, and attribute access.

@@ -11,6 +11,7 @@ pub mod epilogue;
 pub mod gemm;
 pub mod math;
 pub mod pool;
+pub mod qgemm;
 pub mod resample;
 pub mod rnn;
 pub mod rows;
@@ -129,7 +130,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 16] = [
+pub static ROUTINES: [Routine; 17] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -196,6 +197,73 @@ pub static ROUTINES: [Routine; 16] = [
               l < k (f32; c_rs >= n), E the epilogue of row i (column j when cols is 1) at offset \
               i*c_rs + j; b_packed, \
               when given, is b packed by gemm::pack_b for this k and n, and b is then not read",
+    },
+    Routine {
+        name: "qgemm",
+        symbol: "kiln_qgemm",
+        operands: &[
+            ("a", Role::Read, ir::DType::U8),
+            ("b", Role::Read, ir::DType::I8),
+            ("b_packed", Role::Optional, ir::DType::I8),
+            ("za", Role::Read, ir::DType::U8),
+            ("c", Role::Write, ir::DType::F32),
+            ("scale", Role::Optional, ir::DType::F32),
+            ("shift", Role::Optional, ir::DType::F32),
+            ("res", Role::Optional, ir::DType::F32),
+        ],
+        replaces: Some((2, 1)),
+        in_place: true,
+        ints: &["a_rs", "b_rs", "b_cs", "c_rs", "m", "n", "k", "cols", "act"],
+        scalars: EPILOGUE,
+        result: None,
+        cost: |i| i[4] * i[5] * i[6] / 4.0,
+        extent: |_, _| None,
+        bounds: |operand, i| {
+            let (m, n, k) = (i[4], i[5], i[6]);
+            match operand {
+                0 => span(&[(m, i[0]), (k, 1)]),
+                1 => span(&[(k, i[1]), (n, i[2])]),
+                2 => (k > 0 && n > 0).then(|| {
+                    let len = qgemm::packed_len(k as usize, n as usize);
+                    (0, len as i64 - 1)
+                }),
+                3 => Some((0, 0)),
+                5 | 6 => {
+                    let len = if i[7] != 0 { n } else { m };
+                    (m > 0 && n > 0).then_some((0, len - 1))
+                }
+                _ => span(&[(m, i[3]), (n, 1)]),
+            }
+        },
+        address: || qgemm::kiln_qgemm as *const u8,
+        call: |p, i, s| unsafe {
+            qgemm::kiln_qgemm(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
+                p[6].cast(),
+                p[7].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                i[8],
+                s[0] as f32,
+                s[1] as f32,
+            );
+            0.0
+        },
+        doc: "c[i*c_rs + j] = E(f32(Σ_l (a[i*a_rs + l] − za[0]) · b[l*b_rs + j*b_cs])) for i < m, \
+              j < n, l < k: u8 A, i8 B, the sums in i32 (exact, wrapping), E the epilogue of row \
+              i (column j when cols is 1); b_packed, when given, is b packed by qgemm::pack_b \
+              for this k and n, and b is then not read",
     },
     Routine {
         name: "conv2d",

@@ -120,6 +120,15 @@ impl Target {
                     .product();
                 2.0 * out * k * scalar_product(first)
             }
+            // 8-bit products: four multiply-adds where f32 has one.
+            Op::Qdot { lhs_contract, .. } => {
+                let lhs = args[0];
+                let k: f64 = lhs_contract
+                    .iter()
+                    .map(|&a| self.dim(lhs.shape.dim(a as usize)) as f64)
+                    .product();
+                0.5 * out * k
+            }
             Op::Conv { .. } | Op::ConvBlocked { .. } => {
                 let w = args[1];
                 let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;

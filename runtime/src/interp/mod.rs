@@ -604,6 +604,12 @@ impl Interp<'_> {
                 rhs_batch,
                 lhs_contract,
                 rhs_contract,
+            }
+            | Op::Qdot {
+                lhs_batch,
+                rhs_batch,
+                lhs_contract,
+                rhs_contract,
             } => {
                 let dims = DotDims {
                     lhs_batch: &usizes(lhs_batch),
@@ -611,14 +617,31 @@ impl Interp<'_> {
                     lhs_contract: &usizes(lhs_contract),
                     rhs_contract: &usizes(rhs_contract),
                 };
+                let quantized = matches!(op, Op::Qdot { .. });
+                let lhs = match wide0() {
+                    // qdot: lhs less its zero point.
+                    wide::Wide::I(l) if quantized => {
+                        let z = arg(2).data().get_f64(0) as i128;
+                        wide::Wide::I(l.into_iter().map(|x| x - z).collect())
+                    }
+                    l => l,
+                };
                 let r = compute::dot(
-                    &wide0(),
+                    &lhs,
                     arg(0).shape(),
                     &widen(arg(1).data()),
                     arg(1).shape(),
                     &dims,
                 );
-                Ok(vec![narrow(&r, dtype0())])
+                if !quantized {
+                    return Ok(vec![narrow(&r, dtype0())]);
+                }
+                // The i32 sum (wrapping), rounded to f32.
+                let wide::Wide::I(sums) = r else {
+                    return Err("qdot's sums are not integers".into());
+                };
+                let sums: Vec<f64> = sums.iter().map(|&x| f64::from(x as i32)).collect();
+                Ok(vec![Data::from_f64s(ir::DType::F32, &sums)])
             }
             Op::Conv {
                 stride,

@@ -41,7 +41,13 @@ pub static SIMPLIFY: Stage = Stage {
 /// Quantized arithmetic toward the fast products.
 pub static QUANTIZE: Stage = Stage {
     name: "quantize",
-    rules: &[quantize::INT_PRODUCT_F32, quantize::INT_DOT_EXACT],
+    rules: &[
+        quantize::INT_PRODUCT_F32,
+        quantize::INT_DOT_EXACT,
+        quantize::INT8_DOT,
+        quantize::DEQUANTIZED_DOT,
+        quantize::SATURATED_CLAMP,
+    ],
 };
 
 /// Variants of norms, softmax and activations toward their canonical forms.

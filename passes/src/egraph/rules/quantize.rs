@@ -33,6 +33,406 @@ pub const INT_PRODUCT_F32: Rule = Rule {
     },
 };
 
+/// cast(dot(cast(x8, i32) - zero, w) : i32, f32) = qdot(x8, cast(w, i8), zero8) for 8-bit
+/// activations `x8` (u8 or i8) and a weight whose values fit i8 (an int8 weight, or a uint8
+/// one less its zero point): the integer product of the 8-bit values themselves.
+pub const INT8_DOT: Rule = Rule {
+    name: "int8-dot",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        for (op, args) in nodes(eg, id) {
+            let Op::Cast {
+                dtype: DType::F32, ..
+            } = op
+            else {
+                continue;
+            };
+            for (op, dargs) in nodes(eg, args[0]) {
+                let Op::Dot {
+                    lhs_batch,
+                    rhs_batch,
+                    lhs_contract,
+                    rhs_contract,
+                } = op
+                else {
+                    continue;
+                };
+                if info(eg, args[0]).ty().dtype != DType::I32 {
+                    continue;
+                }
+                let (l, r) = (dargs[0], dargs[1]);
+                if !info(eg, r)
+                    .range
+                    .is_some_and(|(lo, hi)| lo >= -128.0 && hi <= 127.0)
+                {
+                    continue;
+                }
+                let Some((x8, zero)) = activation(eg, l) else {
+                    continue;
+                };
+                let w8 = Expr::op(
+                    Op::Cast {
+                        dtype: DType::I8,
+                        saturate: true,
+                    },
+                    [r.into()],
+                );
+                let q = Op::Qdot {
+                    lhs_batch: lhs_batch.clone(),
+                    rhs_batch: rhs_batch.clone(),
+                    lhs_contract: lhs_contract.clone(),
+                    rhs_contract: rhs_contract.clone(),
+                };
+                out.push(Expr::op(q, [x8.into(), w8, zero]));
+            }
+        }
+        out
+    },
+};
+
+/// cast(min(max(y, lo), hi), int) = cast(y, int) for a float `y` when lo ≤ the type's least
+/// value and hi ≥ its greatest: the conversion saturates to the same bounds (and makes NaN
+/// 0 either way) — a quantizer's clamp, which its store already does.
+pub const SATURATED_CLAMP: Rule = Rule {
+    name: "saturated-clamp",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        for (op, args) in nodes(eg, id) {
+            let Op::Cast { dtype, saturate } = op else {
+                continue;
+            };
+            let Some((tlo, thi)) = dtype.int_range() else {
+                continue;
+            };
+            // Narrow types (int4, int2) convert through their bit patterns: not here.
+            if !info(eg, args[0]).ty().dtype.is_float() || dtype.bits() > 32 || dtype.is_narrow() {
+                continue;
+            }
+            // min(max(y, lo), hi) or max(min(y, hi), lo).
+            let bound = |c: Id, outer: &Op, inner: &Op| {
+                nodes(eg, c).find_map(|(o, a)| {
+                    if o != outer {
+                        return None;
+                    }
+                    let b1 = info(eg, a[1]).splat?;
+                    nodes(eg, a[0]).find_map(|(o, x)| {
+                        if o != inner {
+                            return None;
+                        }
+                        Some((x[0], b1, info(eg, x[1]).splat?))
+                    })
+                })
+            };
+            let clamped = bound(args[0], &Op::Min, &Op::Max)
+                .map(|(y, hi, lo)| (y, lo, hi))
+                .or_else(|| bound(args[0], &Op::Max, &Op::Min));
+            if let Some((y, lo, hi)) = clamped {
+                if lo <= tlo && hi >= thi {
+                    let op = Op::Cast {
+                        dtype: *dtype,
+                        saturate: *saturate,
+                    };
+                    out.push(Expr::op(op, [y.into()]));
+                }
+            }
+        }
+        out
+    },
+};
+
+/// dot(dequantize(x8), dequantize(w)) = qdot(x8, w − zw, zx)·(sx·sw): a product of a
+/// per-tensor dequantized activation (`(cast(x8) − zx)·sx`, x8 u8 or i8) and a weight
+/// dequantized per output column or per tensor (`(cast(w) − zw)·sw`, w − zw within i8) —
+/// the QDQ form's product, its scales applied after the integer sums (a reassociation of
+/// scalar factors, as `scale-out-of-dot`). Weights `[K, N]` or `[N, K]`, no batch axes.
+pub const DEQUANTIZED_DOT: Rule = Rule {
+    name: "dequantized-dot",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        for (op, args) in nodes(eg, id) {
+            let Op::Dot {
+                lhs_batch,
+                rhs_batch,
+                lhs_contract,
+                rhs_contract,
+            } = op
+            else {
+                continue;
+            };
+            let (x, w) = (args[0], args[1]);
+            let (xr, wr) = (
+                info(eg, x).ty().shape.rank() as i64,
+                info(eg, w).ty().shape.rank(),
+            );
+            let ok = lhs_batch.is_empty()
+                && rhs_batch.is_empty()
+                && *lhs_contract == [xr - 1]
+                && wr == 2
+                && matches!(rhs_contract.as_slice(), [0] | [1]);
+            if !ok || info(eg, id).ty().dtype != DType::F32 {
+                continue;
+            }
+            let Some((x8, zx, Scale::Tensor(sx))) = dequantized(eg, x, None) else {
+                continue;
+            };
+            // The weight as dequantized, or its transpose (Gemm's transB) read the other way.
+            let mut rc = rhs_contract[0];
+            let column = 1 - rc as usize;
+            let direct = dequantized(eg, w, Some(column));
+            let Some((w8, zw, sw)) = direct.or_else(|| {
+                let t = nodes(eg, w).find_map(|(op, a)| match op {
+                    Op::Transpose { perm } if *perm == [1, 0] => Some(a[0]),
+                    _ => None,
+                })?;
+                rc = 1 - rc;
+                dequantized(eg, t, Some(1 - column))
+            }) else {
+                continue;
+            };
+            let column = 1 - rc as usize;
+            let q = Op::Qdot {
+                lhs_batch: vec![],
+                rhs_batch: vec![],
+                lhs_contract: lhs_contract.clone(),
+                rhs_contract: vec![rc],
+            };
+            let Some(zx8) = zero_of(eg, zx, info(eg, x8).ty().dtype) else {
+                continue;
+            };
+            let Some(wq) = weight_bytes(eg, w8, zw, column) else {
+                continue;
+            };
+            let shape = info(eg, id).ty().shape.clone();
+            let rank = shape.rank() as i64;
+            let wide = |v: Expr, dims: Vec<i64>| {
+                Expr::op(
+                    Op::Broadcast {
+                        dims,
+                        shape: shape.clone(),
+                    },
+                    [v],
+                )
+            };
+            let scale = match sw {
+                Scale::Tensor(s) => {
+                    let s = Expr::op(Op::Mul, [sx.into(), s.into()]);
+                    wide(s, vec![])
+                }
+                Scale::Column(s) => {
+                    let n = ir::Shape::new(vec![shape.dim(shape.rank() - 1).clone()]);
+                    let s = Expr::op(Op::Reshape { shape: n.clone() }, [s.into()]);
+                    let sxn = Expr::op(
+                        Op::Broadcast {
+                            dims: vec![],
+                            shape: n,
+                        },
+                        [sx.into()],
+                    );
+                    wide(Expr::op(Op::Mul, [sxn, s]), vec![rank - 1])
+                }
+            };
+            let product = Expr::op(q, [x8.into(), wq, zx8]);
+            out.push(Expr::op(Op::Mul, [product, scale]));
+        }
+        out
+    },
+};
+
+/// A scale: one value (a scalar class), or one per output column (a class of N values, laid
+/// out as a vector or as the weight with extent 1 on the contracted axis).
+#[derive(Clone, Copy)]
+enum Scale {
+    Tensor(Id),
+    Column(Id),
+}
+
+/// Whether `broadcast(v) {dims}` to a rank-2 weight gives one value per entry of axis
+/// `column`: a vector along it, or `[N, 1]`/`[1, N]` laid out as the weight.
+fn per_column(eg: &EGraph, v: Id, dims: &[i64], column: usize) -> bool {
+    let shape = &info(eg, v).ty().shape;
+    match shape.rank() {
+        1 => dims == [column as i64],
+        2 => dims == [0, 1] && shape.dim(1 - column).as_const() == Some(1),
+        _ => false,
+    }
+}
+
+/// `(cast(q, f32) − zero)·scale` (or without the zero): the integer class `q`, the zero's f32
+/// class (if any) and the scale. For activations (`column` None) everything is per tensor
+/// and `q` 8-bit; for weights `column` is the free axis per-column parameters lie along.
+fn dequantized(eg: &EGraph, id: Id, column: Option<usize>) -> Option<(Id, Option<Id>, Scale)> {
+    let f32_scalar_under = |c: Id| -> Option<Scale> {
+        nodes(eg, c).find_map(|(op, a)| match op {
+            Op::Broadcast { dims, .. } if info(eg, a[0]).ty().dtype == DType::F32 => {
+                match (info(eg, a[0]).ty().shape.rank(), column) {
+                    (0, _) => Some(Scale::Tensor(a[0])),
+                    (_, Some(j)) if per_column(eg, a[0], dims, j) => Some(Scale::Column(a[0])),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+    };
+    nodes(eg, id).find_map(|(op, a)| {
+        if *op != Op::Mul {
+            return None;
+        }
+        let (body, scale) = match (f32_scalar_under(a[1]), f32_scalar_under(a[0])) {
+            (Some(s), _) => (a[0], s),
+            (None, Some(s)) => (a[1], s),
+            _ => return None,
+        };
+        if column.is_none() && !matches!(scale, Scale::Tensor(_)) {
+            return None;
+        }
+        let int = |c: Id| {
+            nodes(eg, c).find_map(|(op, b)| match op {
+                Op::Cast { .. } if info(eg, b[0]).ty().dtype.is_int() => Some(b[0]),
+                _ => None,
+            })
+        };
+        let eight =
+            |q: Id| column.is_some() || matches!(info(eg, q).ty().dtype, DType::U8 | DType::I8);
+        if let Some(q) = int(body).filter(|&q| eight(q)) {
+            return Some((q, None, scale));
+        }
+        nodes(eg, body).find_map(|(op, b)| {
+            if *op != Op::Sub {
+                return None;
+            }
+            let q = int(b[0]).filter(|&q| eight(q))?;
+            Some((q, Some(b[1]), scale))
+        })
+    })
+}
+
+/// The activation's zero point as a scalar of its type: from a splat, or a scalar converted
+/// from that type (seen through its broadcast).
+fn zero_of(eg: &EGraph, zero: Option<Id>, dtype: DType) -> Option<Expr> {
+    let scalar = |v: f64| super::splat_expr(v, dtype, &ir::Shape::scalar());
+    let Some(z) = zero else {
+        return scalar(0.0);
+    };
+    let (lo, hi) = dtype.int_range()?;
+    if let Some(v) = info(eg, z).splat {
+        return ((lo..=hi).contains(&v) && v.fract() == 0.0).then(|| scalar(v))?;
+    }
+    nodes(eg, z).find_map(|(op, a)| match op {
+        Op::Broadcast { .. } if info(eg, a[0]).ty().shape.rank() == 0 => {
+            nodes(eg, a[0]).find_map(|(op, b)| match op {
+                Op::Cast { .. } if info(eg, b[0]).ty().dtype == dtype => Some(b[0].into()),
+                _ => None,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// The weight less its zero point as i8, when every value fits: `w` alone, or `w − zero` for
+/// a splat zero or integers converted to f32 (per tensor, or per column along `column`).
+fn weight_bytes(eg: &EGraph, w: Id, zero: Option<Id>, column: usize) -> Option<Expr> {
+    let (lo, hi) = info(eg, w).range?;
+    let to_i8 = |e: Expr| {
+        Expr::op(
+            Op::Cast {
+                dtype: DType::I8,
+                saturate: true,
+            },
+            [e],
+        )
+    };
+    let i32s = |e: Expr| {
+        Expr::op(
+            Op::Cast {
+                dtype: DType::I32,
+                saturate: true,
+            },
+            [e],
+        )
+    };
+    let fits = |lo: f64, hi: f64| lo >= -128.0 && hi <= 127.0;
+    let Some(z) = zero else {
+        let bytes = info(eg, w).ty().dtype == DType::I8;
+        return fits(lo, hi).then(|| if bytes { w.into() } else { to_i8(w.into()) });
+    };
+    let shape = info(eg, w).ty().shape.clone();
+    if let Some(v) = info(eg, z).splat {
+        if v.fract() != 0.0 || !fits(lo - v, hi - v) {
+            return None;
+        }
+        let zi = super::splat_expr(v, DType::I32, &shape)?;
+        return Some(to_i8(Expr::op(Op::Sub, [i32s(w.into()), zi])));
+    }
+    // Integer zero points converted to f32, broadcast per tensor or per column.
+    nodes(eg, z).find_map(|(op, a)| {
+        let Op::Broadcast { dims, .. } = op else {
+            return None;
+        };
+        let per = match info(eg, a[0]).ty().shape.rank() {
+            0 => dims.is_empty(),
+            _ => per_column(eg, a[0], dims, column),
+        };
+        if !per {
+            return None;
+        }
+        let zi = nodes(eg, a[0]).find_map(|(op, b)| match op {
+            Op::Cast { .. } if info(eg, b[0]).ty().dtype.is_int() => Some(b[0]),
+            _ => None,
+        })?;
+        let (zlo, zhi) = info(eg, zi).range?;
+        if !fits(lo - zhi, hi - zlo) {
+            return None;
+        }
+        let zb = Expr::op(
+            Op::Broadcast {
+                dims: dims.clone(),
+                shape: shape.clone(),
+            },
+            [i32s(zi.into())],
+        );
+        Some(to_i8(Expr::op(Op::Sub, [i32s(w.into()), zb])))
+    })
+}
+
+/// An i32 class as 8-bit values less a scalar zero point: `(x8, zero8)` for
+/// `cast(x8, i32) - broadcast(cast(z8, i32))`, `cast(x8, i32) - splat` or `cast(x8, i32)`.
+fn activation(eg: &EGraph, id: Id) -> Option<(Id, Expr)> {
+    let widened = |c: Id| {
+        nodes(eg, c).find_map(|(op, a)| match op {
+            Op::Cast { .. } if matches!(info(eg, a[0]).ty().dtype, DType::U8 | DType::I8) => {
+                Some(a[0])
+            }
+            _ => None,
+        })
+    };
+    let scalar = |dtype: DType, v: f64| super::splat_expr(v, dtype, &ir::Shape::scalar());
+    if let Some(x8) = widened(id) {
+        return Some((x8, scalar(info(eg, x8).ty().dtype, 0.0)?));
+    }
+    nodes(eg, id).find_map(|(op, a)| {
+        if *op != Op::Sub {
+            return None;
+        }
+        let x8 = widened(a[0])?;
+        let dtype = info(eg, x8).ty().dtype;
+        let (lo, hi) = dtype.int_range()?;
+        if let Some(v) = info(eg, a[1]).splat {
+            if !(lo..=hi).contains(&v) {
+                return None;
+            }
+            return Some((x8, scalar(dtype, v)?));
+        }
+        // A broadcast scalar zero point of the activation's own type.
+        nodes(eg, a[1]).find_map(|(op, b)| match op {
+            Op::Broadcast { .. } if info(eg, b[0]).ty().shape.rank() == 0 => {
+                let z8 = widened(b[0])?;
+                (info(eg, z8).ty().dtype == dtype).then_some((x8, z8.into()))
+            }
+            _ => None,
+        })
+    })
+}
+
 /// dot(x, w) : int = cast(dot(cast(x, f32), cast(w, f32)), int) under the same bound (not
 /// `conv`: its Winograd form rounds, harmless before a float scale, not before a cast back).
 pub const INT_DOT_EXACT: Rule = Rule {

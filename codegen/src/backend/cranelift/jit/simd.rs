@@ -171,7 +171,11 @@ fn vector_body(k: &Kernel, var: VarId, body: &[Stmt]) -> Option<HashSet<VarId>> 
             }
             Stmt::Store { buf, index, value } => {
                 let d = k.bufs.get(*buf)?.dtype;
-                if !matches!(d.bits(), 32 | 64) || !read_ok(index, &set) || !read_ok(value, &set) {
+                let bytes = matches!(d, DType::U8 | DType::I8) && narrowed(value).is_some();
+                if !(matches!(d.bits(), 32 | 64) || bytes)
+                    || !read_ok(index, &set)
+                    || !read_ok(value, &set)
+                {
                     return None;
                 }
             }
@@ -179,6 +183,23 @@ fn vector_body(k: &Kernel, var: VarId, body: &[Stmt]) -> Option<HashSet<VarId>> 
         }
     }
     Some(temps)
+}
+
+/// The f32 operand of a conversion to u8 or i8 (a quantizer's store), if `value` is one.
+fn narrowed(value: &Expr) -> Option<&Expr> {
+    match value {
+        Expr::Op {
+            op: Op::Cast { .. },
+            args,
+            dtype: DType::U8 | DType::I8,
+        } => match args.as_slice() {
+            [x @ Expr::Op {
+                dtype: DType::F32, ..
+            }] => Some(x),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Little-endian lane order, for bitcasts between vector types.
@@ -420,6 +441,44 @@ impl Lower<'_, '_> {
                 }
                 Stmt::Store { buf, index, value } => {
                     let d = self.buf_dtype(*buf)?;
+                    if let (Some(x), DType::U8 | DType::I8) = (narrowed(value), d) {
+                        // An f32 converted to bytes: saturated to i32, clamped to the type's
+                        // range (NaN 0, as the scalar conversion), narrowed, stored as one i32.
+                        let (x, xd) = self.vexpr(x, cx, &env)?;
+                        let x = self.vec_of((x, xd), xd);
+                        let w = self.ins().fcvt_to_sint_sat(types::I32X4, x);
+                        let (lo, hi) = if d == DType::U8 {
+                            (0, 255)
+                        } else {
+                            (-128, 127)
+                        };
+                        let (lo, hi) = (self.splat_i32(lo), self.splat_i32(hi));
+                        let w = self.ins().smax(w, lo);
+                        let w = self.ins().smin(w, hi);
+                        let h = self.ins().snarrow(w, w);
+                        let q = if d == DType::U8 {
+                            self.ins().unarrow(h, h)
+                        } else {
+                            self.ins().snarrow(h, h)
+                        };
+                        let q = self.ins().bitcast(types::I32X4, le(), q);
+                        let q = self.ins().extractlane(q, 0);
+                        let flags = MemFlagsData::new().with_notrap();
+                        if cx.coeff(index) == Some(1) {
+                            let addr = self.address(*buf, index)?;
+                            self.b.ins().store(flags, q, addr, 0);
+                        } else {
+                            let i = self.vexpr(index, cx, &env)?;
+                            let is = self.index_lanes(i)?;
+                            for (l, &at) in is.iter().enumerate() {
+                                let addr = self.address_at(*buf, at)?;
+                                let byte = self.ins().ushr_imm_s(q, 8 * l as i64);
+                                let byte = self.ins().ireduce(types::I8, byte);
+                                self.b.ins().store(flags, byte, addr, 0);
+                            }
+                        }
+                        continue;
+                    }
                     let (x, xd) = self.vexpr(value, cx, &env)?;
                     if xd != d {
                         let name = &self.k.bufs[*buf].name;

@@ -1,0 +1,619 @@
+//! The quantized product, `qdot`'s routine: `c[i, j] = E(f32(Σ_l (a[i, l] − za)·b[l, j]))` for
+//! u8 A, i8 B and a u8 zero point, the sums in i32 (wrapping) — exact, so every ISA gives the
+//! same bits: AMX tiles where the CPU and the OS allow them, else AVX-512 VNNI, else portable
+//! code. The sums are `Σ a·b − za·Σ b`, the columns' sums of B made when it is packed.
+//!
+//! B is packed (ahead of time when it is constant, see [`pack_b`]): panels of [`NR`]
+//! columns, an even number of them; in a panel, each group of four steps of k holds the 16
+//! columns' four bytes in turn — a row of an AMX B tile, a VNNI vector — with k padded with
+//! zeros to a multiple of [`KB`]; after the panels, each column's sum of B as a little-endian
+//! i32. A's rows are copied per block of 32, padded the same way.
+
+use std::cell::RefCell;
+
+use super::epilogue::Epilogue;
+
+/// Columns per panel.
+pub const NR: usize = 16;
+/// Steps of k per AMX tile (16 rows of four bytes).
+pub const KB: usize = 64;
+/// Rows per block (two AMX tiles).
+const MB: usize = 32;
+
+/// k padded to whole tiles.
+fn kpad(k: usize) -> usize {
+    k.div_ceil(KB) * KB
+}
+
+/// Panels of B, rounded up to pairs (the kernels take two at a time).
+fn panels(n: usize) -> usize {
+    n.div_ceil(2 * NR) * 2
+}
+
+/// Bytes of B packed for a `k`×`n` product.
+pub fn packed_len(k: usize, n: usize) -> usize {
+    let cols = panels(n) * NR;
+    cols * kpad(k) + 4 * cols
+}
+
+/// Packs B (element (l, j) at `b[l * rs + j * cs]`, `l < k`, `j < n`) as the module says;
+/// `None` when an element would be outside `b` or the sizes overflow.
+pub fn pack_b(b: &[i8], rs: i64, cs: i64, k: usize, n: usize) -> Option<Vec<i8>> {
+    let last = (k.checked_sub(1)? as i64)
+        .checked_mul(rs)?
+        .checked_add((n.checked_sub(1)? as i64).checked_mul(cs)?)?;
+    if rs < 0 || cs < 0 || last >= b.len() as i64 {
+        return None;
+    }
+    let mut out = vec![0i8; packed_len(k, n)];
+    // SAFETY: every element read is inside `b` (checked above); `out` has the packed length.
+    unsafe { pack_into(b.as_ptr(), rs as isize, cs as isize, k, n, out.as_mut_ptr()) };
+    Some(out)
+}
+
+/// [`pack_b`] into `out` ([`packed_len`] bytes).
+///
+/// # Safety
+/// B's elements are readable; `out` is writable for [`packed_len`]`(k, n)` bytes.
+unsafe fn pack_into(b: *const i8, rs: isize, cs: isize, k: usize, n: usize, out: *mut i8) {
+    let kp = kpad(k);
+    let cols = panels(n) * NR;
+    // SAFETY: inside `out`.
+    unsafe { std::ptr::write_bytes(out, 0, packed_len(k, n)) };
+    let sums = out.wrapping_add(cols * kp);
+    for j in 0..n {
+        let (p, jj) = (j / NR, j % NR);
+        let mut sum = 0i32;
+        for l in 0..k {
+            // SAFETY: (l, j) is inside B; the slot is inside `out`.
+            unsafe {
+                let v = *b.offset(l as isize * rs + j as isize * cs);
+                *out.add(p * NR * kp + (l / 4) * 4 * NR + jj * 4 + l % 4) = v;
+                sum = sum.wrapping_add(i32::from(v));
+            }
+        }
+        // SAFETY: inside the sums.
+        unsafe { std::ptr::write_unaligned(sums.add(4 * j).cast::<i32>(), sum) };
+    }
+}
+
+thread_local! {
+    /// A block of A's rows, padded (per thread: products run on helpers too).
+    static ROWS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// B packed per call, when it was not packed ahead of time.
+    static PACKED: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `qgemm`: `c[i*ldc + j] = E(f32(Σ_l (a[i*a_rs + l] − za)·b[l*b_rs + j*b_cs]))` for
+/// `i < m`, `j < n`, `l < k`, E the epilogue of row i (column j when `cols` is 1); `bp`, when
+/// not null, is B packed by [`pack_b`] for this k and n (B is then not read).
+///
+/// # Safety
+/// The operands hold what those indices reach; `za` points at one byte; `c` does not
+/// overlap the others (except as the epilogue's residual allows).
+#[allow(clippy::too_many_arguments)]
+#[no_mangle]
+pub unsafe extern "C" fn kiln_qgemm(
+    a: *const u8,
+    b: *const i8,
+    bp: *const i8,
+    za: *const u8,
+    c: *mut f32,
+    scale: *const f32,
+    shift: *const f32,
+    res: *const f32,
+    a_rs: i64,
+    b_rs: i64,
+    b_cs: i64,
+    ldc: i64,
+    m: i64,
+    n: i64,
+    k: i64,
+    cols: i64,
+    act: i64,
+    lo: f32,
+    hi: f32,
+) {
+    let epi = Epilogue::new((scale, shift, res), lo, hi, cols, act);
+    let (m, n, k) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
+    let ldc = (ldc.max(0) as usize).max(n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: one byte.
+    let za = i32::from(unsafe { *za });
+    if bp.is_null() {
+        PACKED.with(|p| {
+            let mut p = p.borrow_mut();
+            p.clear();
+            p.resize(packed_len(k, n), 0);
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                pack_into(b, b_rs as isize, b_cs as isize, k, n, p.as_mut_ptr());
+                product(
+                    isa(),
+                    a,
+                    a_rs as usize,
+                    p.as_ptr(),
+                    za,
+                    c,
+                    ldc,
+                    m,
+                    n,
+                    k,
+                    &epi,
+                );
+            }
+        });
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { product(isa(), a, a_rs as usize, bp, za, c, ldc, m, n, k, &epi) }
+}
+
+/// The product against packed B, split by pairs of panels over the helper threads when big.
+///
+/// # Safety
+/// As [`kiln_qgemm`], `bp` packed.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    isa: Isa,
+    a: *const u8,
+    a_rs: usize,
+    bp: *const i8,
+    za: i32,
+    c: *mut f32,
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    epi: &Epilogue,
+) {
+    let pairs = panels(n) / 2;
+    // Integer products run about four times the f32 rate: split from 8M multiply-adds.
+    let t = if m * n * k >= 1 << 23 {
+        (crate::threads::helpers() + 1).min(pairs)
+    } else {
+        1
+    };
+    let op = Operands {
+        isa,
+        a: a as usize,
+        a_rs,
+        bp: bp as usize,
+        za,
+        c: c as usize,
+        ldc,
+        m,
+        n,
+        k,
+    };
+    if t <= 1 {
+        // SAFETY: forwarded.
+        unsafe { op.pairs(0, pairs, epi) };
+        return;
+    }
+    crate::threads::parallel_for(t, |w| {
+        // SAFETY: each task writes only the columns of its own panels.
+        unsafe { op.pairs(pairs * w / t, pairs * (w + 1) / t, epi) }
+    });
+}
+
+/// A product's operands (addresses as integers, so that tasks may share them).
+#[derive(Clone, Copy)]
+struct Operands {
+    isa: Isa,
+    a: usize,
+    a_rs: usize,
+    bp: usize,
+    za: i32,
+    c: usize,
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+impl Operands {
+    /// The columns of panel pairs `lo..hi`, every row.
+    ///
+    /// # Safety
+    /// As [`kiln_qgemm`].
+    unsafe fn pairs(&self, lo: usize, hi: usize, epi: &Epilogue) {
+        if lo >= hi {
+            return;
+        }
+        let kp = kpad(self.k);
+        ROWS.with(|rows| {
+            let mut rows = rows.borrow_mut();
+            rows.clear();
+            rows.resize(MB * kp, 0);
+            let isa = self.isa;
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Amx {
+                // SAFETY: AMX is enabled for this thread; the tiles configured are released
+                // before returning.
+                unsafe { amx::configure() };
+            }
+            let mut acc = [0i32; MB * 2 * NR];
+            for i0 in (0..self.m).step_by(MB) {
+                let r = MB.min(self.m - i0);
+                // A's rows i0.. padded with zeros (rows and steps).
+                for (i, row) in rows.chunks_exact_mut(kp).enumerate() {
+                    row.fill(0);
+                    if i < r {
+                        let src = (self.a as *const u8).wrapping_add((i0 + i) * self.a_rs);
+                        // SAFETY: row i0 + i of A holds k bytes.
+                        unsafe { std::ptr::copy_nonoverlapping(src, row.as_mut_ptr(), self.k) };
+                    }
+                }
+                for pair in lo..hi {
+                    let b = (self.bp as *const i8).wrapping_add(pair * 2 * NR * kp);
+                    // SAFETY: the rows and both panels are kp long; `acc` holds the block.
+                    unsafe { block(isa, rows.as_ptr(), b, kp, r, &mut acc) };
+                    // SAFETY: forwarded.
+                    unsafe { self.store(&acc, i0, r, pair * 2 * NR, epi) };
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Amx {
+                // SAFETY: configured above.
+                unsafe { amx::release() };
+            }
+        });
+    }
+
+    /// Stores the block of sums `acc` (32 rows of 32 columns) for rows `i0..i0 + r`, columns
+    /// from `j0`: corrected by the zero point, converted, then the epilogue.
+    ///
+    /// # Safety
+    /// As [`kiln_qgemm`].
+    unsafe fn store(&self, acc: &[i32], i0: usize, r: usize, j0: usize, epi: &Epilogue) {
+        if j0 >= self.n {
+            return;
+        }
+        let w = (2 * NR).min(self.n - j0);
+        let kp = kpad(self.k);
+        let sums = (self.bp as *const i8).wrapping_add(panels(self.n) * NR * kp);
+        let c = self.c as *mut f32;
+        let mut fix = [0i32; 2 * NR];
+        for (j, f) in fix.iter_mut().enumerate().take(w) {
+            // SAFETY: column j0 + j has a sum.
+            let s: i32 = unsafe { std::ptr::read_unaligned(sums.add(4 * (j0 + j)).cast()) };
+            *f = self.za.wrapping_mul(s);
+        }
+        for (i, sums) in acc.chunks_exact(2 * NR).take(r).enumerate() {
+            // SAFETY: row i0 + i of C holds columns j0..j0 + w.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add((i0 + i) * self.ldc + j0), w) };
+            for ((y, &x), &f) in row.iter_mut().zip(sums).zip(&fix) {
+                *y = x.wrapping_sub(f) as f32;
+            }
+        }
+        let at = i0 * self.ldc + j0;
+        // SAFETY: the block is inside C.
+        unsafe { epi.from(i0, j0, at).block(c.add(at), self.ldc, r, w) };
+    }
+}
+
+/// The instruction sets the kernels use.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Isa {
+    Amx,
+    Vnni,
+    Portable,
+}
+
+/// What this CPU (and OS) runs, decided once.
+pub fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if amx::available() {
+                return Isa::Amx;
+            }
+            if crate::avx512()
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Vnni;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// The sums of a block: 32 rows of A (`kp` bytes apart) by a pair of panels, into `acc`
+/// (row-major, 32 columns); rows past `r` are zeros.
+///
+/// # Safety
+/// The rows and the panels hold `kp` steps.
+unsafe fn block(isa: Isa, a: *const u8, b: *const i8, kp: usize, r: usize, acc: &mut [i32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded; AMX is configured.
+        Isa::Amx => unsafe { amx::block(a, b, kp, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded; the CPU has AVX-512 VNNI.
+        Isa::Vnni => unsafe { vnni::block(a, b, kp, r, acc) },
+        _ => {
+            for (i, row) in acc.chunks_exact_mut(2 * NR).enumerate() {
+                for (j, s) in row.iter_mut().enumerate() {
+                    let (p, jj) = (j / NR, j % NR);
+                    let mut sum = 0i32;
+                    for l in 0..kp {
+                        // SAFETY: inside the row and the panel.
+                        let (x, y) = unsafe {
+                            (
+                                *a.add(i * kp + l),
+                                *b.add(p * NR * kp + (l / 4) * 4 * NR + jj * 4 + l % 4),
+                            )
+                        };
+                        sum = sum.wrapping_add(i32::from(x) * i32::from(y));
+                    }
+                    *s = sum;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    //! AMX tiles: tmm0–3 the 2×2 blocks of sums, tmm4–5 A's two row halves, tmm6–7 the
+    //! panels.
+
+    use std::arch::asm;
+
+    use super::{KB, NR};
+
+    /// Whether the CPU has AMX-INT8 and the OS grants this process its tile data.
+    pub(super) fn available() -> bool {
+        // Leaf 7 is read only where leaf 0 reports it.
+        let max = std::arch::x86_64::__cpuid(0).eax;
+        let amx = max >= 7 && {
+            let r = std::arch::x86_64::__cpuid_count(7, 0);
+            r.edx & (1 << 24) != 0 && r.edx & (1 << 25) != 0
+        };
+        if !amx {
+            return false;
+        }
+        // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA (Linux 5.16 and later).
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: a request for a permission; no memory is passed.
+            let r = unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1023, 18) };
+            r == 0
+        }
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
+    /// The tile configuration: palette 1, eight tiles of 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    /// Loads the configuration.
+    ///
+    /// # Safety
+    /// AMX is available (see [`available`]); [`release`] follows on this thread.
+    pub(super) unsafe fn configure() {
+        let mut cfg = Config([0; 64]);
+        cfg.0[0] = 1;
+        for t in 0..8 {
+            cfg.0[16 + 2 * t] = 64;
+            cfg.0[48 + t] = 16;
+        }
+        // SAFETY: a valid configuration, 64 bytes.
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack)) };
+    }
+
+    /// Releases the tiles.
+    ///
+    /// # Safety
+    /// After [`configure`].
+    pub(super) unsafe fn release() {
+        // SAFETY: forwarded.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// 32 rows of A (`kp` bytes apart) by two panels into `acc`.
+    ///
+    /// # Safety
+    /// As `super::block`, tiles configured.
+    pub(super) unsafe fn block(a: *const u8, b: *const i8, kp: usize, acc: &mut [i32]) {
+        let b1 = b.wrapping_add(NR * kp);
+        let a1 = a.wrapping_add(16 * kp);
+        // SAFETY: the loads stay inside the rows and panels (kp is a multiple of 64); the
+        // stores inside `acc` (32 rows of 32 i32s, 128 bytes apart).
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            for kk in 0..kp / KB {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {kp}*1]",
+                    "tileloadd tmm5, [{a1} + {kp}*1]",
+                    "tileloadd tmm6, [{b0} + {s}*1]",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    a0 = in(reg) a.add(kk * KB),
+                    a1 = in(reg) a1.add(kk * KB),
+                    b0 = in(reg) b.add(kk * KB * NR),
+                    b1 = in(reg) b1.add(kk * KB * NR),
+                    kp = in(reg) kp,
+                    s = in(reg) 4 * NR,
+                    options(nostack, readonly)
+                );
+            }
+            let c = acc.as_mut_ptr();
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(NR),
+                c2 = in(reg) c.add(16 * 2 * NR),
+                c3 = in(reg) c.add(16 * 2 * NR + NR),
+                s = in(reg) 2 * NR * 4,
+                options(nostack)
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    //! AVX-512 VNNI: eight rows by two panels in sixteen registers, four steps of k per
+    //! `vpdpbusd`.
+
+    use std::arch::x86_64::*;
+
+    use super::NR;
+
+    /// 32 rows of A (`kp` bytes apart; the first `r` real) by two panels into `acc`.
+    ///
+    /// # Safety
+    /// As `super::block`; the CPU has AVX-512 BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn block(a: *const u8, b: *const i8, kp: usize, r: usize, acc: &mut [i32]) {
+        acc.fill(0);
+        let b1 = b.wrapping_add(NR * kp);
+        for i0 in (0..r).step_by(8) {
+            let mut s = [[_mm512_setzero_si512(); 2]; 8];
+            for g in 0..kp / 4 {
+                // SAFETY: group g of both panels, and of the eight rows (padded), is inside.
+                unsafe {
+                    let x = _mm512_loadu_si512(b.add(g * 4 * NR).cast());
+                    let y = _mm512_loadu_si512(b1.add(g * 4 * NR).cast());
+                    for (i, s) in s.iter_mut().enumerate() {
+                        let q = std::ptr::read_unaligned(a.add((i0 + i) * kp + 4 * g).cast());
+                        let q = _mm512_set1_epi32(q);
+                        s[0] = _mm512_dpbusd_epi32(s[0], q, x);
+                        s[1] = _mm512_dpbusd_epi32(s[1], q, y);
+                    }
+                }
+            }
+            for (i, s) in s.iter().enumerate() {
+                let row = &mut acc[(i0 + i) * 2 * NR..][..2 * NR];
+                // SAFETY: the row holds 32 i32s.
+                unsafe {
+                    _mm512_storeu_si512(row.as_mut_ptr().cast(), s[0]);
+                    _mm512_storeu_si512(row.as_mut_ptr().add(NR).cast(), s[1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel this CPU runs against the plain sums, on shapes with edges in every
+    /// dimension, with a zero point, an epilogue, and B packed ahead of time or per call.
+    #[test]
+    fn kernels_match_the_sums() {
+        let mut next = super::super::lcg(7);
+        let mut isas = vec![Isa::Portable];
+        if isa() != Isa::Portable {
+            isas.push(Isa::Vnni);
+        }
+        if isa() == Isa::Amx {
+            isas.push(Isa::Amx);
+        }
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 17, 5),
+            (33, 40, 70),
+            (64, 64, 128),
+            (5, 100, 300),
+        ] {
+            let a: Vec<u8> = (0..m * k).map(|_| (next() >> 56) as u8).collect();
+            let b: Vec<i8> = (0..k * n).map(|_| (next() >> 56) as i8).collect();
+            let za = (next() >> 56) as u8;
+            let shift: Vec<f32> = (0..n).map(|j| j as f32 - 3.0).collect();
+            let want: Vec<f32> = (0..m * n)
+                .map(|x| {
+                    let (i, j) = (x / n, x % n);
+                    let s: i32 = (0..k)
+                        .map(|l| {
+                            (i32::from(a[i * k + l]) - i32::from(za)) * i32::from(b[l * n + j])
+                        })
+                        .sum();
+                    (s as f32 + shift[j]).max(0.0)
+                })
+                .collect();
+            let epi = Epilogue::new(
+                (std::ptr::null(), shift.as_ptr(), std::ptr::null()),
+                0.0,
+                f32::INFINITY,
+                1,
+                0,
+            );
+            let bp = pack_b(&b, n as i64, 1, k, n).unwrap();
+            for &isa in &isas {
+                let mut c = vec![f32::NAN; m * n];
+                // SAFETY: the operands have the sizes given.
+                unsafe {
+                    product(
+                        isa,
+                        a.as_ptr(),
+                        k,
+                        bp.as_ptr(),
+                        i32::from(za),
+                        c.as_mut_ptr(),
+                        n,
+                        m,
+                        n,
+                        k,
+                        &epi,
+                    )
+                };
+                assert_eq!(c, want, "{isa:?} {m}x{n}x{k}");
+            }
+            // Through the entry point, B packed per call (B transposed: columns k apart).
+            let bt: Vec<i8> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+            let mut c = vec![f32::NAN; m * n];
+            // SAFETY: as above.
+            unsafe {
+                kiln_qgemm(
+                    a.as_ptr(),
+                    bt.as_ptr(),
+                    std::ptr::null(),
+                    &za,
+                    c.as_mut_ptr(),
+                    std::ptr::null(),
+                    shift.as_ptr(),
+                    std::ptr::null(),
+                    k as i64,
+                    1,
+                    k as i64,
+                    n as i64,
+                    m as i64,
+                    n as i64,
+                    k as i64,
+                    1,
+                    0,
+                    0.0,
+                    f32::INFINITY,
+                )
+            };
+            assert_eq!(c, want, "entry {m}x{n}x{k}");
+        }
+    }
+
+    #[test]
+    fn pack_b_checks_its_bounds() {
+        assert!(pack_b(&[1, 2, 3], 1, 2, 2, 2).is_none());
+        assert!(pack_b(&[1, 2, 3, 4], 2, 1, 2, 2).is_some());
+    }
+}
