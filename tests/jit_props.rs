@@ -1,8 +1,8 @@
 //! Differential fuzz of code generation: random well-typed graphs (every op family, fused
 //! kernels, awkward shapes, broadcasts, strides and values) compiled — each node alone, and
 //! after the default pipeline — compute what the reference interpreter computes; convs and
-//! products with random elementwise steps after them (fused into their routines or not); and
-//! recurrent layers.
+//! products with random elementwise steps after them (fused into their routines or not);
+//! quantized products; and recurrent layers.
 //! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`; `KILN_TRACE_SEED=1`
 //! with `--nocapture` prints each graph first (to find one that crashes the process).
 
@@ -126,6 +126,28 @@ proptest! {
     #[test]
     fn products_and_their_epilogues_match_the_interpreter(seed in any::<u64>()) {
         if let Some(g) = common::dot_graph(seed) {
+            check_graph(g, seed)?;
+        }
+    }
+
+    /// Quantized products as importers write them (MatMulInteger's and QDQ's forms), taken
+    /// into `qdot` and the `qgemm` routine by the optimizer, with steps after them.
+    #[test]
+    fn quantized_products_match_the_interpreter(seed in any::<u64>()) {
+        if let Some(g) = common::quantized_graph(seed) {
+            // MatMulInteger's form always becomes the 8-bit product, QDQ's when its weight is
+            // past 64 KiB as f32 (smaller ones are dequantized at compile time first).
+            let dynamic = kiln::params(&g).iter().any(|(_, t)| t.dtype == kiln::DType::U8);
+            let big = g.node_ids().into_iter().any(|id| match g.node(id).op() {
+                kiln::Op::Constant { value } => {
+                    value.tensor.dtype() == kiln::DType::I8 && value.tensor.numel() > 16384
+                }
+                _ => false,
+            });
+            let o = kiln::optimize(&g, None, &HashMap::new())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let text = kiln::print_graph(&o);
+            prop_assert!(!(dynamic || big) || text.contains("qdot"), "no qdot in\n{}", text);
             check_graph(g, seed)?;
         }
     }

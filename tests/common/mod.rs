@@ -863,6 +863,107 @@ pub fn dot_graph(seed: u64) -> Option<Graph> {
     b.finish().ok()
 }
 
+/// A quantized product as importers write it, with random elementwise steps after it: either
+/// MatMulInteger's form (u8 activations less a zero point, an int8 weight, i32 sums cast to
+/// f32 and scaled) or QDQ's (f32 activations quantized to u8 and dequantized, a weight
+/// dequantized per column or per tensor, stored `[k, n]` or `[n, k]`) — what the `quantize`
+/// stage turns into `qdot` and the `qgemm` routine computes.
+pub fn quantized_graph(seed: u64) -> Option<Graph> {
+    let mut rng = Rng::new(seed);
+    let rng = &mut rng;
+    let mut b = Builder::new(&format!("quant{}", seed % 1000));
+    let dynamic = below(rng, 2) == 0;
+    // QDQ weights past 64 KiB as f32 stay integers until `quantize` (smaller ones are
+    // dequantized at compile time first).
+    let (m, mut k, mut n) = (1 + below(rng, 40), 1 + below(rng, 100), 1 + below(rng, 50));
+    if !dynamic && below(rng, 2) == 0 {
+        (k, n) = (128 + below(rng, 64), 130 + below(rng, 30));
+    }
+    let batch = below(rng, 2);
+    let mut dims: Vec<usize> = (0..batch).map(|_| 1 + below(rng, 3)).collect();
+    dims.extend([m, k]);
+    let shape = |d: &[usize]| Shape::new(d.iter().map(|&d| Dim::Const(d as i64)).collect());
+    let scalar = |b: &mut Builder, v: f64, t: DType| b.scalar(v, t).ok();
+    let transposed = below(rng, 2) == 0;
+    let w_shape = if transposed { [n, k] } else { [k, n] };
+    let w = b.constant(random_tensor(rng, DType::I8, &w_shape)).ok()?;
+    let dot = Op::Dot {
+        lhs_batch: vec![],
+        rhs_batch: vec![],
+        lhs_contract: vec![batch as i64 + 1],
+        rhs_contract: vec![if transposed { 1 } else { 0 }],
+    };
+    let y = if dynamic {
+        // MatMulInteger: (x - zp) · w in i32, cast, scaled.
+        let x = b.param("x", DType::U8, shape(&dims)).ok()?;
+        let zp = match below(rng, 2) {
+            0 => b.param("zp", DType::U8, Shape::scalar()).ok()?,
+            _ => scalar(&mut b, below(rng, 256) as f64, DType::U8)?,
+        };
+        let xi = b.cast(x, DType::I32).ok()?;
+        let zi = b.cast(zp, DType::I32).ok()?;
+        let zi = b.broadcast_to(zi, &shape(&dims)).ok()?;
+        let a = b.sub(xi, zi).ok()?;
+        let wi = b.cast(w, DType::I32).ok()?;
+        let d = b.op1(dot, &[a, wi]).ok()?;
+        let f = b.cast(d, DType::F32).ok()?;
+        let s = scalar(&mut b, 0.001 + below(rng, 100) as f64 / 1000.0, DType::F32)?;
+        let fs = b.shape(f).clone();
+        let s = b.broadcast_to(s, &fs).ok()?;
+        b.mul(f, s).ok()?
+    } else {
+        // QDQ: x quantized to u8 and back (scale sx, zero point zx), w dequantized.
+        let x = b.param("x", DType::F32, shape(&dims)).ok()?;
+        let sx = scalar(&mut b, 0.01 + below(rng, 10) as f64 / 100.0, DType::F32)?;
+        let zx = scalar(&mut b, below(rng, 256) as f64, DType::F32)?;
+        let (sxb, zxb) = (
+            b.broadcast_to(sx, &shape(&dims)).ok()?,
+            b.broadcast_to(zx, &shape(&dims)).ok()?,
+        );
+        let q = b.div(x, sxb).ok()?;
+        let q = b.unary(Op::Round, q).ok()?;
+        let q = b.add(q, zxb).ok()?;
+        let lo = scalar(&mut b, 0.0, DType::F32)?;
+        let hi = scalar(&mut b, 255.0, DType::F32)?;
+        let (lo, hi) = (
+            b.broadcast_to(lo, &shape(&dims)).ok()?,
+            b.broadcast_to(hi, &shape(&dims)).ok()?,
+        );
+        let q = b.op1(Op::Max, &[q, lo]).ok()?;
+        let q = b.op1(Op::Min, &[q, hi]).ok()?;
+        let q = b.cast(q, DType::U8).ok()?;
+        let xd = b.cast(q, DType::F32).ok()?;
+        let xd = b.sub(xd, zxb).ok()?;
+        let xd = b.mul(xd, sxb).ok()?;
+        let wf = b.cast(w, DType::F32).ok()?;
+        let column = if transposed { 0 } else { 1 };
+        let sw = match below(rng, 2) {
+            0 => {
+                let v: Vec<f32> = (0..n).map(|j| 0.01 + (j % 7) as f32 / 50.0).collect();
+                let t = Tensor::from_vec(vec![n], v).ok()?;
+                let c = b.constant(t).ok()?;
+                b.op1(
+                    Op::Broadcast {
+                        dims: vec![column],
+                        shape: shape(&w_shape),
+                    },
+                    &[c],
+                )
+                .ok()?
+            }
+            _ => {
+                let c = scalar(&mut b, 0.02, DType::F32)?;
+                b.broadcast_to(c, &shape(&w_shape)).ok()?
+            }
+        };
+        let wd = b.mul(wf, sw).ok()?;
+        b.op1(dot, &[xd, wd]).ok()?
+    };
+    let end = epilogue_steps(&mut b, rng, y, &[n])?;
+    b.output("y", end).ok()?;
+    b.finish().ok()
+}
+
 /// A recurrent layer (`lstm`, `gru`, `rnn`) over a random input projection — sequences of 0 to 5
 /// steps (now and then of symbolic length), 1 to 6 rows, 1 to 160 hidden units (blocks of 16
 /// and tails; enough work at times for the routine to split the units over threads), either
