@@ -1,6 +1,7 @@
 //! Malformed ONNX input is an `ImportError` naming the node and op, never a panic: truncated
 //! and garbled protobuf, unknown data types, missing values, wrong attribute types, cycles,
-//! unsupported opsets; and the CLI reports them with a non-zero exit.
+//! unsupported opsets, unusable quantization parameters (scales, zero points, blocks, packed
+//! lengths); and the CLI reports them with a non-zero exit.
 
 use std::collections::HashMap;
 
@@ -254,4 +255,154 @@ fn compiled_kernel_errors_name_the_node_and_the_value() {
         e.contains("from node \"/tok/Gather\"") && e.contains("index 1000000 is out of range"),
         "{e}"
     );
+}
+
+/// A tensor initializer of `dtype` (an ONNX data type) from raw little-endian bytes.
+fn raw(name: &str, dtype: i32, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: dtype,
+        raw_data: bytes,
+        ..Default::default()
+    }
+}
+
+fn floats(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    raw(
+        name,
+        data_type::FLOAT,
+        dims,
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
+/// The import error of one quantization node over x (f32 or u8 [2, 32]) and initializers,
+/// with onnxruntime's contrib domain imported too.
+fn quantized_err(n: NodeProto, x: i32, inits: Vec<TensorProto>) -> String {
+    let mut m = ModelProto::decode(
+        &model(
+            vec![n],
+            vec![vi("x", x, &[2, 32])],
+            vec![vi("y", 0, &[])],
+            inits,
+            21,
+        )[..],
+    )
+    .unwrap();
+    m.opset_import.push(OperatorSetIdProto {
+        domain: "com.microsoft".into(),
+        version: 1,
+    });
+    import_err(&m.encode_to_vec())
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INT,
+        i: v,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn bad_quantization_parameters_name_the_node() {
+    // A quantizer dividing by a zero, negative or NaN scale.
+    for s in [0.0f32, -0.5, f32::NAN] {
+        let e = quantized_err(
+            node("QuantizeLinear", "q", &["x", "s"], &["y"], vec![]),
+            data_type::FLOAT,
+            vec![floats("s", &[], &[s])],
+        );
+        assert!(
+            e.starts_with(
+                "QuantizeLinear node \"q\": scale `s` must be positive and finite; element 0 is"
+            ),
+            "{e}"
+        );
+    }
+    // A dequantizer's negative scale; a zero point of another type than its input.
+    let e = quantized_err(
+        node("DequantizeLinear", "dq", &["x", "s"], &["y"], vec![]),
+        data_type::UINT8,
+        vec![floats("s", &[], &[-1.0])],
+    );
+    assert!(
+        e.contains("node \"dq\": scale `s` must be finite and not negative"),
+        "{e}"
+    );
+    let e = quantized_err(
+        node("DequantizeLinear", "dq", &["x", "s", "z"], &["y"], vec![]),
+        data_type::UINT8,
+        vec![
+            floats("s", &[], &[1.0]),
+            raw("z", data_type::INT8, &[], vec![0]),
+        ],
+    );
+    assert!(
+        e.contains("the zero point of the input is i8, but the input is u8"),
+        "{e}"
+    );
+    // Blocked scales that do not fit the blocks.
+    let e = quantized_err(
+        node(
+            "DequantizeLinear",
+            "dq",
+            &["x", "s"],
+            &["y"],
+            vec![int_attr("axis", 1), int_attr("block_size", 8)],
+        ),
+        data_type::UINT8,
+        vec![floats("s", &[2, 3], &[1.0; 6])],
+    );
+    assert!(
+        e.contains("a blocked parameter [2, 3] does not fit [2, 32] in blocks of 8 along axis 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_matmul_nbits_name_the_node() {
+    let nbits = |block: i64, packed: usize, zp: Option<TensorProto>| {
+        let mut inputs = vec!["x", "w", "s"];
+        let mut inits = vec![
+            raw("w", data_type::UINT8, &[packed as i64], vec![0x88; packed]),
+            floats("s", &[4], &[0.5; 4]),
+        ];
+        if let Some(z) = zp {
+            inputs.push("z");
+            inits.push(z);
+        }
+        let mut n = node(
+            "MatMulNBits",
+            "mm",
+            &inputs,
+            &["y"],
+            vec![
+                int_attr("K", 32),
+                int_attr("N", 4),
+                int_attr("bits", 4),
+                int_attr("block_size", block),
+            ],
+        );
+        n.domain = "com.microsoft".into();
+        quantized_err(n, data_type::FLOAT, inits)
+    };
+    // 4 rows of one block of 32 four-bit values: 64 bytes.
+    assert!(nbits(24, 64, None).contains("node \"mm\": block_size 24 is not a power of two"));
+    let e = nbits(32, 60, None);
+    assert!(
+        e.contains(
+            "the packed weight: 60 values, where N = 4, K = 32, 4 bits in blocks of 32 need 64"
+        ),
+        "{e}"
+    );
+    let e = nbits(32, 64, Some(floats("z", &[4], &[1.0, 2.0, 20.0, 3.0])));
+    assert!(
+        e.contains("zero point 2 is 20, outside 0..=15 for 4-bit weights"),
+        "{e}"
+    );
+    let e = nbits(32, 64, Some(raw("z", data_type::UINT8, &[3], vec![8; 3])));
+    assert!(e.contains("the packed zero points: 3 values, where"), "{e}");
 }

@@ -54,6 +54,77 @@ fn int_range(d: DType) -> R<(f64, f64)> {
     }
 }
 
+/// How a known scale is used: dividing (a quantizer's: positive and finite) or multiplying
+/// (a dequantizer's: finite and not negative — a block of zeros may have scale 0).
+#[derive(Clone, Copy, PartialEq)]
+enum Scaling {
+    Divides,
+    Multiplies,
+}
+
+/// Checks the scale named `name` when the import knows it (a weight's, a calibrated
+/// activation's): a zero, negative or NaN divisor would make infinities and NaNs of every value.
+fn check_scale(ctx: &Ctx, name: &str, how: Scaling) -> R<()> {
+    let Some(t) = ctx.try_static(name) else {
+        return Ok(());
+    };
+    if !t.dtype().is_float() {
+        return Err(format!("scale `{name}` is {}, not a float", t.dtype()).into());
+    }
+    let d = t.data();
+    for i in 0..d.len() {
+        let v = d.get_f64(i);
+        let ok = v.is_finite()
+            && match how {
+                Scaling::Divides => v > 0.0,
+                Scaling::Multiplies => v >= 0.0,
+            };
+        if !ok {
+            let want = match how {
+                Scaling::Divides => "positive and finite",
+                Scaling::Multiplies => "finite and not negative",
+            };
+            return Err(format!("scale `{name}` must be {want}; element {i} is {v}").into());
+        }
+    }
+    Ok(())
+}
+
+/// A zero point must have its quantized input's type (ONNX's rule: it says which integers the
+/// input holds).
+fn check_zero_point(b: &Builder, x: Value, zp: Option<Value>, what: &str) -> R<()> {
+    match zp {
+        Some(z) if b.dtype(z) != b.dtype(x) => Err(format!(
+            "the zero point of {what} is {}, but {what} is {}",
+            b.dtype(z),
+            b.dtype(x)
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// A blocked scale (or zero point) `p` for `x` along `ax`: x's shape with ⌈extent/block⌉
+/// along the axis.
+fn check_blocks(b: &Builder, x: Value, p: Value, ax: usize, block: i64) -> R<()> {
+    let (xs, ps) = (b.shape(x), b.shape(p));
+    let ok = ps.rank() == xs.rank()
+        && ax < xs.rank()
+        && (0..xs.rank()).all(|a| match (xs.dim(a).as_const(), ps.dim(a).as_const()) {
+            (Some(n), Some(m)) if a == ax => m == (n + block - 1) / block,
+            (Some(n), Some(m)) => m == n,
+            _ => true,
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "a blocked parameter {ps} does not fit {xs} in blocks of {block} along axis {ax}"
+        )
+        .into())
+    }
+}
+
 /// round(x) + zp, clamped to the range of `dtype` and converted; float outputs (float8,
 /// float4) convert with rounding to nearest, saturating unless told otherwise.
 fn saturate(b: &mut Builder, x: Value, zp: Option<Value>, dtype: DType) -> R<Value> {
@@ -102,10 +173,17 @@ pub fn quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
     let scale = ctx.ir(n.req(1)?)?;
     let zp = n.input(2).map(|z| ctx.ir(z)).transpose()?;
+    check_scale(ctx, n.req(1)?, Scaling::Divides)?;
     let b = &mut ctx.b;
     let shape = b.shape(x).clone();
     let ax = axis(n.int_or("axis", 1)?, shape.rank());
     let block = n.int_or("block_size", 0)?;
+    if block < 0 {
+        return Err(format!("block_size {block} is negative").into());
+    }
+    if block > 0 {
+        check_blocks(b, x, scale, ax.clone()?, block)?;
+    }
     let out = match (zp, n.int("output_dtype")?) {
         (Some(z), _) => b.dtype(z),
         (None, Some(t)) if t != 0 => require_dtype(t as i32)?,
@@ -135,10 +213,18 @@ pub fn dequantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
     let scale = ctx.ir(n.req(1)?)?;
     let zp = n.input(2).map(|z| ctx.ir(z)).transpose()?;
+    check_scale(ctx, n.req(1)?, Scaling::Multiplies)?;
     let b = &mut ctx.b;
+    check_zero_point(b, x, zp, "the input")?;
     let shape = b.shape(x).clone();
     let ax = axis(n.int_or("axis", 1)?, shape.rank());
     let block = n.int_or("block_size", 0)?;
+    if block < 0 {
+        return Err(format!("block_size {block} is negative").into());
+    }
+    if block > 0 {
+        check_blocks(b, x, scale, ax.clone()?, block)?;
+    }
     let out = match n.int("output_dtype")? {
         Some(t) if t != 0 => require_dtype(t as i32)?,
         _ => b.dtype(scale),
@@ -206,6 +292,8 @@ pub fn matmul_integer(ctx: &mut Ctx, n: &Node) -> Res {
     let azp = n.input(2).map(|z| ctx.ir(z)).transpose()?;
     let bzp = n.input(3).map(|z| ctx.ir(z)).transpose()?;
     let b = &mut ctx.b;
+    check_zero_point(b, a, azp, "A")?;
+    check_zero_point(b, bv, bzp, "B")?;
     let (ra, rb) = (b.rank(a), b.rank(bv));
     // A's zero point runs along its rows, B's along its columns.
     let a = minus_zero_point(b, a, azp, ra.saturating_sub(2))?;
@@ -220,6 +308,8 @@ pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
     let xzp = n.input(2).map(|z| ctx.ir(z)).transpose()?;
     let wzp = n.input(3).map(|z| ctx.ir(z)).transpose()?;
     let b = &mut ctx.b;
+    check_zero_point(b, x, xzp, "the input")?;
+    check_zero_point(b, w, wzp, "the weight")?;
     let (xs, ws) = (b.shape(x).dims().to_vec(), b.shape(w).dims().to_vec());
     let op = super::nn::conv_op(n, &xs, &ws)?;
     let x = minus_zero_point(b, x, xzp, 1)?;
@@ -246,12 +336,23 @@ fn requantize(
     saturate(b, d, y_zp, out)
 }
 
+/// QLinearMatMul's and QLinearConv's eight operands (a, a_scale, a_zero, b, b_scale, b_zero,
+/// y_scale, y_zero): zero points of their values' types, scales that are usable (y's divides).
+fn check_qlinear(ctx: &Ctx, names: &[&str], v: &[Value]) -> R<()> {
+    check_zero_point(&ctx.b, v[0], Some(v[2]), "the first input")?;
+    check_zero_point(&ctx.b, v[3], Some(v[5]), "the second input")?;
+    check_scale(ctx, names[1], Scaling::Multiplies)?;
+    check_scale(ctx, names[4], Scaling::Multiplies)?;
+    check_scale(ctx, names[6], Scaling::Divides)
+}
+
 pub fn qlinear_matmul(ctx: &mut Ctx, n: &Node) -> Res {
     let names: Vec<&str> = (0..8).map(|i| n.req(i)).collect::<R<_>>()?;
     let mut v = Vec::new();
     for nm in &names {
         v.push(ctx.ir(nm)?);
     }
+    check_qlinear(ctx, &names, &v)?;
     let b = &mut ctx.b;
     let out = b.dtype(v[7]);
     let (ra, rb) = (b.rank(v[0]), b.rank(v[3]));
@@ -273,6 +374,7 @@ pub fn qlinear_conv(ctx: &mut Ctx, n: &Node) -> Res {
         v.push(ctx.ir(nm)?);
     }
     let bias = n.input(8).map(|b| ctx.ir(b)).transpose()?;
+    check_qlinear(ctx, &names, &v)?;
     let b = &mut ctx.b;
     let out = b.dtype(v[7]);
     let (xs, ws) = (b.shape(v[0]).dims().to_vec(), b.shape(v[3]).dims().to_vec());
@@ -315,14 +417,54 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
     if !(1..=1 << 24).contains(&k) || !(1..=1 << 24).contains(&nn) {
         return Err(format!("K = {k} and N = {nn} must lie in 1..=2^24").into());
     }
-    if !(2..=1 << 16).contains(&block) || block % (8 / bits) != 0 {
-        return Err(format!("block_size {block} is not a usable block size").into());
+    // The contrib spec: a power of two, at least 16.
+    if !(16..=1 << 16).contains(&block) || block & (block - 1) != 0 {
+        return Err(format!("block_size {block} is not a power of two from 16 to 65536").into());
+    }
+    check_scale(ctx, n.req(2)?, Scaling::Multiplies)?;
+    // Zero points given as floats must be values the packed integers can take.
+    if let Some(t) = n.input(3).and_then(|z| ctx.try_static(z)) {
+        let top = ((1i64 << bits) - 1) as f64;
+        let d = t.data();
+        if let Some(i) = (0..d.len()).find(|&i| !(0.0..=top).contains(&d.get_f64(i))) {
+            if t.dtype().is_float() {
+                return Err(format!(
+                    "zero point {i} is {}, outside 0..={top} for {bits}-bit weights",
+                    d.get_f64(i)
+                )
+                .into());
+            }
+        }
     }
     let b = &mut ctx.b;
     let nb = (k + block - 1) / block;
     let per_byte = 8 / bits;
     let blob = block / per_byte;
     let dt = b.dtype(a);
+    // Every packed operand must hold exactly what K, N, bits and block_size say.
+    let count = |b: &Builder, v: Value| b.shape(v).numel().ok().and_then(|d| d.as_const());
+    let expect = |b: &Builder, v: Value, what: &str, want: i64| -> R<()> {
+        match count(b, v) {
+            Some(got) if got != want => Err(format!(
+                "{what}: {got} values, where N = {nn}, K = {k}, {bits} bits in blocks of {block} \
+                 need {want}"
+            )
+            .into()),
+            _ => Ok(()),
+        }
+    };
+    if b.dtype(packed) != DType::U8 {
+        return Err(format!("the packed weight is {}, not u8", b.dtype(packed)).into());
+    }
+    expect(b, packed, "the packed weight", nn * nb * blob)?;
+    expect(b, scales, "the scales", nn * nb)?;
+    match zps {
+        Some(z) if b.dtype(z) == DType::U8 => {
+            expect(b, z, "the packed zero points", nn * ((nb * bits + 7) / 8))?
+        }
+        Some(z) => expect(b, z, "the zero points", nn * nb)?,
+        None => {}
+    }
     // Unpack: [N, nb, blob] bytes -> [N, nb, blob, per_byte] values, low bits first.
     let unpack = |b: &mut Builder, bytes: Value, groups: &[Dim]| -> R<Value> {
         if bits == 8 {
