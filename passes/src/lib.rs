@@ -16,6 +16,7 @@ mod manager;
 mod rebuild;
 mod report;
 mod shapes;
+mod tables;
 
 pub use manager::{
     pass, pass_list, run, Done, Error, Evaluator, Options, Pass, PassRun, PASSES, PIPELINE,

@@ -121,6 +121,11 @@ pub static PASSES: &[Pass] = &[
         run: |g, o| crate::layout::run(g, o).map(Done::from),
     },
     Pass {
+        name: "tables",
+        summary: "elementwise chains of one 8-bit value as lookups in a 256-entry table evaluated at compile time",
+        run: |g, o| crate::tables::run(g, o).map(Done::from),
+    },
+    Pass {
         name: "fuse",
         summary: "fuse into kernels (elementwise chains, reductions with prologue/epilogue, dot/conv with epilogue), chosen by the cost model",
         run: crate::fuse::run,
@@ -158,6 +163,7 @@ pub static PIPELINE: &[&str] = &[
     "dequantize",
     "simplify",
     "layout",
+    "tables",
     "fold",
     "cse",
     "fuse",
