@@ -187,6 +187,13 @@ impl Lowering<'_> {
             while is_view(g.node(source.node).op()) {
                 source = g.node(source.node).inputs()[0];
             }
+            // A scalar computed in the kernel (a dynamic quantizer's scale) is one value for
+            // every channel: filled into a buffer before the call.
+            let computed = self.ty(source).shape.rank() == 0
+                && !matches!(
+                    g.node(source.node).op(),
+                    Op::Param { .. } | Op::Constant { .. }
+                );
             match g.node(source.node).op() {
                 Op::Param { .. } => {}
                 Op::Constant { .. } => {
@@ -194,11 +201,23 @@ impl Lowering<'_> {
                         break;
                     }
                 }
+                _ if computed => {}
                 _ => break,
             }
             let Ok(e) = self.expr(other, &idx) else {
                 break;
             };
+            let vars: Vec<VarId> = (idx.iter())
+                .filter_map(|i| match i {
+                    Expr::Var(v) => Some(*v),
+                    _ => None,
+                })
+                .collect();
+            let mut uniform = true;
+            e.walk(&mut |x| uniform &= !matches!(x, Expr::Var(v) if vars.contains(v)));
+            if computed && !(uniform && matches!(node.op(), Op::Mul | Op::Add)) {
+                break;
+            }
 
             let input = |b: &BufId| self.k.bufs[*b].kind == BufKind::Input;
             let per_channel = match &e {
@@ -216,6 +235,12 @@ impl Lowering<'_> {
                 Expr::Float(c, DType::F32) => Some(c),
                 _ => None,
             };
+            // Stands for the buffer filled below (made once the step is known to fit).
+            let per_channel = if computed {
+                Some(BufId::MAX)
+            } else {
+                per_channel
+            };
             let step = match (node.op(), per_channel, laid_out, constant) {
                 (Op::Mul, Some(_), _, _) | (Op::Mul, None, None, Some(_)) => Step::Scale,
                 (Op::Add, Some(_), _, _) | (Op::Add, None, None, Some(_)) => Step::Shift,
@@ -231,6 +256,12 @@ impl Lowering<'_> {
             // A scale or shift by one constant (a batch norm whose statistics are all alike):
             // per channel, every channel the same.
             let per_channel = match (per_channel, constant, step) {
+                (Some(_), _, _) if computed => {
+                    let Some(b) = self.filled_buffer(&e, &channels) else {
+                        break;
+                    };
+                    Some(b)
+                }
                 (None, Some(c), Step::Scale | Step::Shift) => {
                     let Some(b) = self.splat_buffer(c, &channels) else {
                         break;
@@ -252,6 +283,27 @@ impl Lowering<'_> {
             at = next;
         }
         (chain.end != v).then_some(chain)
+    }
+
+    /// A scratch f32 buffer of `n` elements, each the uniform `e`, filled by a loop now (before
+    /// the call that reads it).
+    fn filled_buffer(&mut self, e: &Expr, n: &Dim) -> Option<BufId> {
+        let ty = TensorType::new(DType::F32, Shape::new(vec![n.clone()]));
+        let name = format!("t{}", self.k.bufs.len());
+        let b = self.buf(name, &ty, BufKind::Scratch).ok()?;
+        let v = self.var(DType::I64);
+        let extent = self.dim(n);
+        self.k.body.push(Stmt::Loop {
+            var: v,
+            extent,
+            mark: Mark::Serial,
+            body: vec![Stmt::Store {
+                buf: b,
+                index: Expr::Var(v),
+                value: e.clone(),
+            }],
+        });
+        Some(b)
     }
 
     /// A constant f32 buffer of `n` elements, each `c`.
