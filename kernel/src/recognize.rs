@@ -2,8 +2,9 @@
 //! `acc = add(acc, cast<f64>(e))` for an f32 sum) and loops over contiguous f32 rows, and the
 //! `row-calls` transform that hands softmax's row passes to library routines
 //! ([`crate::routines::rows`]): a row's f32 maximum and its f64 sum (reductions over a
-//! contiguous row, any mark) and `dst = exp(src - s)` along a row (a vector loop) become
-//! `call row_max`, `call row_sum_f64` and `call row_exp_sub`; a row's sigmoid or tanh inside
+//! contiguous row, any mark; the minimum too, a dynamic quantizer's) and `dst = exp(src - s)`
+//! along a row (a vector loop) become `call row_max` (`row_min`), `call row_sum_f64` and
+//! `call row_exp_sub`; a row's sigmoid or tanh inside
 //! a vector loop is computed first by `call row_act`. A backend's own vector code reads the
 //! same [`reduction`].
 
@@ -141,6 +142,7 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
     if let Some(Reduction { acc, op, dtype, e }) = reduction(k, var, body) {
         let name = match (op, dtype) {
             (Op::Max, DType::F32) => "row_max",
+            (Op::Min, DType::F32) => "row_min",
             (Op::Add, DType::F64) => "row_sum_f64",
             _ => return None,
         };
@@ -160,6 +162,9 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
         return None;
     };
     let dst = *buf;
+    if k.bufs.get(dst)?.dtype == DType::U8 {
+        return quantize_call(k, var, extent, (dst, contiguous(index, var)?), value);
+    }
     if k.bufs.get(dst)?.dtype != DType::F32 {
         return None;
     }
@@ -205,6 +210,72 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
         s,
         None,
     ))
+}
+
+/// `dst[i] = cast<u8>(round(src[i] / s) [+ z])` along a row (a quantizer, its clamp taken
+/// by the saturating conversion) as `call row_quantize`.
+fn quantize_call(
+    k: &Kernel,
+    var: VarId,
+    extent: &Expr,
+    (dst, doff): (usize, Expr),
+    value: &Expr,
+) -> Option<Stmt> {
+    let Expr::Op {
+        op: Op::Cast { .. },
+        args,
+        dtype: DType::U8,
+    } = value
+    else {
+        return None;
+    };
+    let [inner] = args.as_slice() else {
+        return None;
+    };
+    let (rounded, z) = match inner {
+        Expr::Op {
+            op: Op::Add,
+            args,
+            dtype: DType::F32,
+        } if args.len() == 2 => (&args[0], args[1].clone()),
+        x => (x, Expr::Float(0.0, DType::F32)),
+    };
+    let Expr::Op {
+        op: Op::Round,
+        args,
+        dtype: DType::F32,
+    } = rounded
+    else {
+        return None;
+    };
+    let [Expr::Op {
+        op: Op::Div,
+        args,
+        dtype: DType::F32,
+    }] = args.as_slice()
+    else {
+        return None;
+    };
+    let [x, s] = args.as_slice() else {
+        return None;
+    };
+    let (src, soff) = row_load(k, x, var)?;
+    let uniform = |e: &Expr| {
+        well_formed(k, e)
+            && e.dtype(k) == DType::F32
+            && !mentions(e, &|w| w == var)
+            && !e.loads(dst)
+    };
+    if !uniform(s) || !uniform(&z) {
+        return None;
+    }
+    Some(Stmt::Call(Box::new(Call {
+        routine: "row_quantize".into(),
+        operands: vec![Some((src, soff)), Some((dst, doff))],
+        ints: vec![extent.clone()],
+        scalars: vec![s.clone(), z],
+        result: None,
+    })))
 }
 
 fn rewrite(k: &Kernel, body: &mut [Stmt]) {

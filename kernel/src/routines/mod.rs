@@ -130,7 +130,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 17] = [
+pub static ROUTINES: [Routine; 19] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -734,6 +734,47 @@ pub static ROUTINES: [Routine; 17] = [
         call: |p, i, s| unsafe { f64::from(rows::kiln_row_max(p[0].cast(), i[0], s[0] as f32)) },
         doc: "max(init, row[0], ..., row[n-1]) in f32: IEEE maximum (NaN if any is NaN, -0 < \
               +0), the loop `acc = max(acc, row[i])` over a contiguous row",
+    },
+    Routine {
+        name: "row_min",
+        symbol: "kiln_row_min",
+        operands: &[("row", Role::Read, ir::DType::F32)],
+        replaces: None,
+        in_place: true,
+        ints: &["n"],
+        scalars: &[("init", ir::DType::F32)],
+        result: Some(ir::DType::F32),
+        cost: |i| 4.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
+        address: || rows::kiln_row_min as *const u8,
+        call: |p, i, s| unsafe { f64::from(rows::kiln_row_min(p[0].cast(), i[0], s[0] as f32)) },
+        doc: "min(init, row[0], ..., row[n-1]) in f32: IEEE minimum (NaN if any is NaN, -0 < \
+              +0), the loop `acc = min(acc, row[i])` over a contiguous row",
+    },
+    Routine {
+        name: "row_quantize",
+        symbol: "kiln_row_quantize",
+        operands: &[
+            ("src", Role::Read, ir::DType::F32),
+            ("dst", Role::Write, ir::DType::U8),
+        ],
+        replaces: None,
+        in_place: false,
+        ints: &["n"],
+        scalars: &[("s", ir::DType::F32), ("z", ir::DType::F32)],
+        result: None,
+        cost: |i| 3.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
+        address: || rows::kiln_row_quantize as *const u8,
+        call: |p, i, s| unsafe {
+            rows::kiln_row_quantize(p[0].cast(), p[1].cast(), i[0], s[0] as f32, s[1] as f32);
+            0.0
+        },
+        doc: "dst[i] = u8(round(src[i] / s) + z) for i < n: the division and the sum rounded to \
+              f32, the rounding to nearest even, the conversion truncating and saturating to \
+              0..=255 (NaN 0) — a quantizer's loop `dst = cast<u8>(add(round(div(src, s)), z))`",
     },
     Routine {
         name: "row_sum_f64",

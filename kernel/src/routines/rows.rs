@@ -11,20 +11,76 @@
 /// # Safety
 /// `row` must be readable for `n` elements (`n >= 0`).
 pub unsafe extern "C" fn kiln_row_max(row: *const f32, n: i64, init: f32) -> f32 {
+    // SAFETY: forwarded.
+    unsafe { row_extreme::<false>(row, n, init) }
+}
+
+/// `min(init, row[0], …, row[n-1])`, NaN if any of them is NaN, -0 below +0.
+///
+/// # Safety
+/// `row` must be readable for `n` elements (`n >= 0`).
+pub unsafe extern "C" fn kiln_row_min(row: *const f32, n: i64, init: f32) -> f32 {
+    // SAFETY: forwarded.
+    unsafe { row_extreme::<true>(row, n, init) }
+}
+
+/// The row's IEEE minimum (`MIN`) or maximum.
+///
+/// # Safety
+/// As [`kiln_row_max`].
+unsafe fn row_extreme<const MIN: bool>(row: *const f32, n: i64, init: f32) -> f32 {
     let n = n.max(0) as usize;
     #[cfg(target_arch = "x86_64")]
     if crate::avx512() {
         // SAFETY: the host has AVX-512; forwarded.
-        return unsafe { avx512::max(row, n, init) };
+        return unsafe { avx512::extreme::<MIN>(row, n, init) };
     }
     #[cfg(target_arch = "x86_64")]
     if crate::avx2_fma() {
         // SAFETY: the host has AVX2; forwarded.
-        return unsafe { avx2::max(row, n, init) };
+        return unsafe { avx2::extreme::<MIN>(row, n, init) };
     }
     // SAFETY: forwarded.
     let xs = unsafe { std::slice::from_raw_parts(row, n) };
-    xs.iter().fold(init, |a, &x| maximum(a, x))
+    xs.iter().fold(init, |a, &x| extreme::<MIN>(a, x))
+}
+
+/// `dst[i] = u8(round(src[i] / s) + z)` for `i < n` (see the routine table's `row_quantize`).
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` elements.
+pub unsafe extern "C" fn kiln_row_quantize(src: *const f32, dst: *mut u8, n: i64, s: f32, z: f32) {
+    let n = n.max(0) as usize;
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512() {
+        // SAFETY: the host has AVX-512; forwarded.
+        i = unsafe { avx512::quantize(src, dst, n, s, z) };
+    }
+    for j in i..n {
+        // SAFETY: inside both rows.
+        unsafe { *dst.add(j) = quantize(*src.add(j), s, z) };
+    }
+}
+
+/// One element of [`kiln_row_quantize`], as the JIT's scalar code computes it.
+fn quantize(x: f32, s: f32, z: f32) -> u8 {
+    let y = (x / s).round_ties_even() + z;
+    // Truncating and saturating (NaN 0), as a conversion to u8.
+    if y.is_nan() {
+        0
+    } else {
+        y.clamp(0.0, 255.0) as u8
+    }
+}
+
+/// IEEE minimum (`MIN`) or maximum of two.
+fn extreme<const MIN: bool>(a: f32, b: f32) -> f32 {
+    if MIN {
+        minimum(a, b)
+    } else {
+        maximum(a, b)
+    }
 }
 
 /// `init + Σ row[i]` in f64.
@@ -185,20 +241,30 @@ pub(super) mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn max(row: *const f32, n: usize, init: f32) -> f32 {
+    pub(super) unsafe fn extreme<const MIN: bool>(row: *const f32, n: usize, init: f32) -> f32 {
         unsafe {
-            let mut k = [_mm256_set1_epi32(i32::MIN); 2];
+            // No number's key: i32::MIN below every one, i32::MAX above.
+            let none = if MIN { i32::MAX } else { i32::MIN };
+            let mut k = [_mm256_set1_epi32(none); 2];
             let mut nan = _mm256_setzero_ps();
             let mut i = 0;
             while i + 16 <= n {
                 for (h, kh) in k.iter_mut().enumerate() {
                     let x = _mm256_loadu_ps(row.add(i + 8 * h));
                     nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
-                    *kh = _mm256_max_epi32(*kh, key(x));
+                    *kh = if MIN {
+                        _mm256_min_epi32(*kh, key(x))
+                    } else {
+                        _mm256_max_epi32(*kh, key(x))
+                    };
                 }
                 i += 16;
             }
-            let k = _mm256_max_epi32(k[0], k[1]);
+            let k = if MIN {
+                _mm256_min_epi32(k[0], k[1])
+            } else {
+                _mm256_max_epi32(k[0], k[1])
+            };
             let mut lanes = [0i32; 8];
             _mm256_storeu_si256(lanes.as_mut_ptr().cast(), k);
             let any_nan = _mm256_movemask_ps(nan) != 0;
@@ -206,12 +272,12 @@ pub(super) mod avx2 {
             let mut m = init;
             for &l in &lanes {
                 let b = l ^ (((l >> 31) as u32) >> 1) as i32;
-                if l != i32::MIN {
-                    m = super::maximum(m, f32::from_bits(b as u32));
+                if l != none {
+                    m = super::extreme::<MIN>(m, f32::from_bits(b as u32));
                 }
             }
             while i < n {
-                m = super::maximum(m, *row.add(i));
+                m = super::extreme::<MIN>(m, *row.add(i));
                 i += 1;
             }
             if any_nan {
@@ -311,27 +377,39 @@ pub(super) mod avx512 {
     /// 32 elements a step, then 16, then a masked step; the lanes' keys reduced in a register
     /// and mapped back once (IEEE maximum is exact in any order: the same result).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn max(row: *const f32, n: usize, init: f32) -> f32 {
+    pub(super) unsafe fn extreme<const MIN: bool>(row: *const f32, n: usize, init: f32) -> f32 {
         unsafe {
-            let least = _mm512_set1_epi32(i32::MIN);
-            let mut k = [least; 2];
+            let none = if MIN { i32::MAX } else { i32::MIN };
+            let mut k = [_mm512_set1_epi32(none); 2];
             let mut nan: __mmask16 = 0;
             let mut i = 0;
             while i + 32 <= n {
                 for (h, kh) in k.iter_mut().enumerate() {
                     let x = _mm512_loadu_ps(row.add(i + 16 * h));
                     nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-                    *kh = _mm512_max_epi32(*kh, key(x));
+                    *kh = if MIN {
+                        _mm512_min_epi32(*kh, key(x))
+                    } else {
+                        _mm512_max_epi32(*kh, key(x))
+                    };
                 }
                 i += 32;
             }
-            let mut k = _mm512_max_epi32(k[0], k[1]);
+            let mut k = if MIN {
+                _mm512_min_epi32(k[0], k[1])
+            } else {
+                _mm512_max_epi32(k[0], k[1])
+            };
             if i < n {
                 // The last 1 to 31 elements: a whole vector, then a masked one.
                 let mut step = |m: __mmask16, at: usize| {
                     let x = _mm512_maskz_loadu_ps(m, row.add(at));
                     nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(m, x, x);
-                    k = _mm512_mask_max_epi32(k, m, k, key(x));
+                    k = if MIN {
+                        _mm512_mask_min_epi32(k, m, k, key(x))
+                    } else {
+                        _mm512_mask_max_epi32(k, m, k, key(x))
+                    };
                 };
                 if i + 16 <= n {
                     step(!0, i);
@@ -341,12 +419,16 @@ pub(super) mod avx512 {
                     step(((1u32 << (n - i)) - 1) as __mmask16, i);
                 }
             }
-            // Back from keys (the map is its own inverse); `i32::MIN` is no number's key.
-            let best = _mm512_reduce_max_epi32(k);
+            // Back from keys (the map is its own inverse); `none` is no number's key.
+            let best = if MIN {
+                _mm512_reduce_min_epi32(k)
+            } else {
+                _mm512_reduce_max_epi32(k)
+            };
             let mut m = init;
-            if best != i32::MIN {
+            if best != none {
                 let b = best ^ (((best >> 31) as u32) >> 1) as i32;
-                m = super::maximum(m, f32::from_bits(b as u32));
+                m = super::extreme::<MIN>(m, f32::from_bits(b as u32));
             }
             if nan != 0 {
                 f32::NAN
@@ -354,6 +436,37 @@ pub(super) mod avx512 {
                 m
             }
         }
+    }
+
+    /// Whole vectors of [`super::kiln_row_quantize`] (the rest left to the caller): the
+    /// clamp in floats first (where `max` makes NaN 0), so the truncating conversion never
+    /// overflows. Returns how many it did.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn quantize(
+        src: *const f32,
+        dst: *mut u8,
+        n: usize,
+        s: f32,
+        z: f32,
+    ) -> usize {
+        let (sv, zv) = (_mm512_set1_ps(s), _mm512_set1_ps(z));
+        let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: 16 elements of both rows from i.
+            unsafe {
+                let x = _mm512_loadu_ps(src.add(i));
+                let q = _mm512_div_ps(x, sv);
+                let q =
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
+                let q = _mm512_add_ps(q, zv);
+                let q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
+                let q = _mm512_cvttps_epi32(q);
+                _mm_storeu_si128(dst.add(i).cast(), _mm512_cvtepi32_epi8(q));
+            }
+            i += 16;
+        }
+        i
     }
 
     /// Sixteen lanes of the JIT's `exp`: [`super::avx2`]'s `exp8` operation for operation.
@@ -411,7 +524,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn row_max_is_ieee_maximum() {
+    fn row_max_and_min_are_ieee() {
         let rows: Vec<Vec<f32>> = vec![
             (0..37).map(|i| (i as f32 * 0.37).sin()).collect(),
             vec![-0.0; 20],
@@ -437,8 +550,40 @@ mod tests {
                 if want.is_nan() {
                     assert!(got.is_nan());
                 }
+                let want = row.iter().fold(-init, |a, &x| minimum(a, x));
+                // SAFETY: as above.
+                let got = unsafe { kiln_row_min(row.as_ptr(), row.len() as i64, -init) };
+                assert_eq!(got.to_bits(), want.to_bits(), "min {row:?} from {}", -init);
             }
         }
+    }
+
+    #[test]
+    fn row_quantize_matches_the_scalar_code() {
+        let mut src: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.37).collect();
+        src.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            2.5,
+            3.5,
+            -2.5,
+            1e30,
+        ]);
+        for (s, z) in [(0.5f32, 128.0f32), (1.0, 0.0), (3.0, 17.0)] {
+            let want: Vec<u8> = src.iter().map(|&x| quantize(x, s, z)).collect();
+            let mut got = vec![7u8; src.len()];
+            // SAFETY: both rows hold their elements.
+            unsafe { kiln_row_quantize(src.as_ptr(), got.as_mut_ptr(), src.len() as i64, s, z) };
+            assert_eq!(got, want, "s {s} z {z}");
+        }
+        // Ties to even, NaN 0, saturation both ways.
+        assert_eq!(quantize(2.5, 1.0, 0.0), 2);
+        assert_eq!(quantize(3.5, 1.0, 0.0), 4);
+        assert_eq!(quantize(f32::NAN, 1.0, 0.0), 0);
+        assert_eq!(quantize(1e30, 1.0, 0.0), 255);
+        assert_eq!(quantize(-1e30, 1.0, 0.0), 0);
     }
 
     #[test]
