@@ -34,7 +34,8 @@ pub(super) struct Chain {
     /// Whether scale and shift are per column (a product's last axis) rather than per row.
     cols: bool,
     /// The activation last: 0 none, 1 sigmoid, 2 tanh, 3 GELU, 4 SiLU, 5 HardSwish, 6
-    /// HardSigmoid, 7 and 8 HardSwish as `x·relu6(x + 3)` divided by 6 or times 1/6.
+    /// HardSigmoid, 7 and 8 HardSwish as `x·relu6(x + 3)` divided by 6 or times 1/6, 9 GELU
+    /// and its ½.
     act: i64,
 }
 
@@ -321,6 +322,13 @@ impl Lowering<'_> {
     /// SiLU as exporters write them): its code, its end and the values inside it.
     fn activation(&self, x: Value, outputs: &[Value]) -> Option<(i64, Value, Vec<Value>)> {
         if let Some((end, inner)) = self.gelu(x, outputs) {
+            // Its ½ too, when nothing before took it in (a quantizer follows).
+            let half = |op: &Op| matches!(op, Op::Mul);
+            if let Some(h) = self.step_after(end, x, outputs, half, 0.5) {
+                let mut inner = inner.to_vec();
+                inner.push(end);
+                return Some((9, h, inner));
+            }
             return Some((3, end, inner.to_vec()));
         }
         if let Some((end, inner)) = self.hardswish(x, outputs) {

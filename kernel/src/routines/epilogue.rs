@@ -28,6 +28,8 @@ pub enum Act {
     HardSwishRelu6 = 7,
     /// `x · min(max(x + 3, 0), 6) · (1/6)`: HardSwish as Keras writes it (1/6 rounded to f32).
     HardSwishRelu6Scaled = 8,
+    /// GELU then its ½: `x · (erf(x / √2) + 1) · 0.5` (where nothing after takes the ½ in).
+    GeluHalf = 9,
 }
 
 /// HardSwish's slope, 1/6 rounded to f32 as the importer's constant is.
@@ -35,7 +37,8 @@ pub const SIXTH: f32 = 0.166_666_67;
 
 impl Act {
     /// The activation of a routine's `act` argument (0 identity, 1 sigmoid, 2 tanh, 3 GELU,
-    /// 4 SiLU, 5 HardSwish, 6 HardSigmoid, 7 and 8 HardSwish's ReLU6 forms; others identity).
+    /// 4 SiLU, 5 HardSwish, 6 HardSigmoid, 7 and 8 HardSwish's ReLU6 forms, 9 GELU with its
+    /// ½; others identity).
     pub fn of(code: i64) -> Act {
         match code {
             1 => Act::Sigmoid,
@@ -46,6 +49,7 @@ impl Act {
             6 => Act::HardSigmoid,
             7 => Act::HardSwishRelu6,
             8 => Act::HardSwishRelu6Scaled,
+            9 => Act::GeluHalf,
             _ => Act::Identity,
         }
     }
@@ -76,6 +80,7 @@ impl Act {
                 }
             }
             Act::Gelu => x * (erf(x / SQRT2) + 1.0),
+            Act::GeluHalf => Act::Gelu.one(x) * 0.5,
             Act::Silu => x * Act::Sigmoid.one(x),
             Act::HardSwish => {
                 let t = super::rows::minimum(x * SIXTH + 0.5, 1.0);
@@ -391,6 +396,7 @@ unsafe fn by_act<const CLAMP: bool, const RES: bool>(act: Act, q: impl Quick) {
             Act::HardSigmoid => q.run::<CLAMP, RES, 6>(),
             Act::HardSwishRelu6 => q.run::<CLAMP, RES, 7>(),
             Act::HardSwishRelu6Scaled => q.run::<CLAMP, RES, 8>(),
+            Act::GeluHalf => q.run::<CLAMP, RES, 9>(),
         }
     }
 }
@@ -442,6 +448,7 @@ mod tests {
             Act::HardSigmoid,
             Act::HardSwishRelu6,
             Act::HardSwishRelu6Scaled,
+            Act::GeluHalf,
         ];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
             for parts in 0..16 {
@@ -485,9 +492,10 @@ mod tests {
                             Act::Identity => y as f64,
                             Act::Sigmoid => 1.0 / (1.0 + (-(y as f64)).exp()),
                             Act::Tanh => (y as f64).tanh(),
-                            Act::Gelu => {
+                            Act::Gelu | Act::GeluHalf => {
                                 let x = y as f64;
-                                x * (libm::erf(x / std::f64::consts::SQRT_2) + 1.0)
+                                let h = if act == Act::GeluHalf { 0.5 } else { 1.0 };
+                                h * x * (libm::erf(x / std::f64::consts::SQRT_2) + 1.0)
                             }
                             Act::Silu => y as f64 / (1.0 + (-(y as f64)).exp()),
                             Act::HardSwish => {
@@ -502,7 +510,7 @@ mod tests {
                         };
                         // (GELU within its erf's absolute error, scaled by x.)
                         let tol = match act {
-                            Act::Gelu => 4e-7 * (1.0 + (y as f64).abs()),
+                            Act::Gelu | Act::GeluHalf => 4e-7 * (1.0 + (y as f64).abs()),
                             Act::Silu => 6.0 * f32::EPSILON as f64 * exact.abs() + 1e-37,
                             // (Its clamp's argument rounds once before cancelling near -3.)
                             Act::HardSwish => {

@@ -1,5 +1,5 @@
-//! The library routines kernels call: f32 matrix products ([`gemm`]), convolutions
-//! ([`conv`]), max/min pooling ([`pool`]), softmax's row passes ([`rows`]), tree ensembles ([`trees`]), recurrent layers ([`rnn`]) and scalar math
+//! The library routines kernels call: f32 matrix products ([`gemm`]), quantized ones
+//! ([`qgemm`]), convolutions ([`conv`]), max/min pooling ([`pool`]), softmax's row passes ([`rows`]), tree ensembles ([`trees`]), recurrent layers ([`rnn`]) and scalar math
 //! ([`mod@math`]), each under the symbol compiled code refers to it by. Host code, with AVX2 and FMA paths chosen at run time.
 //!
 //! [`ROUTINES`] is the table of the routines a kernel calls as a statement (`Stmt::Call`):
@@ -1042,8 +1042,8 @@ pub static ROUTINES: [Routine; 19] = [
 /// The scalar arguments of a fused [`epilogue`] (after the optional operands `scale`, `shift`
 /// and `res`, and the integer `act`): `E(x) = act(min(max((x·scale[row] + shift[row]) +
 /// res[at], lo), hi))`, each part absent when its operand is (lo = -inf and hi = +inf for no
-/// clamp; `act` 0 identity, 1 sigmoid, 2 tanh, 3 GELU, 4 SiLU), each step rounded as the elementwise
-/// operations it stands for.
+/// clamp; `act` as [`epilogue::Act::of`]), each step rounded as the elementwise operations it
+/// stands for.
 const EPILOGUE: &[(&str, ir::DType)] = &[("lo", ir::DType::F32), ("hi", ir::DType::F32)];
 
 /// The lowest and highest offset of `Σ idx_d · stride_d` over `idx_d < size_d` (`None` when a

@@ -160,9 +160,16 @@ pub(in crate::routines) unsafe fn activate(act: Act, v: __m256) -> __m256 {
             Act::Identity => v,
             Act::Sigmoid => sigmoid(v),
             Act::Tanh => tanh(v),
-            Act::Gelu => {
+            // (Not through `activate` again: a recursive function is not inlined, and this
+            // one only has the vector ISA where it is.)
+            Act::Gelu | Act::GeluHalf => {
                 let d = _mm256_div_ps(v, _mm256_set1_ps(SQRT2));
-                _mm256_mul_ps(v, _mm256_add_ps(erf(d), _mm256_set1_ps(1.0)))
+                let g = _mm256_mul_ps(v, _mm256_add_ps(erf(d), _mm256_set1_ps(1.0)));
+                if act == Act::GeluHalf {
+                    _mm256_mul_ps(g, _mm256_set1_ps(0.5))
+                } else {
+                    g
+                }
             }
             Act::Silu => _mm256_mul_ps(v, sigmoid(v)),
             Act::HardSwish => {

@@ -78,9 +78,16 @@ pub(in crate::routines) unsafe fn activate(act: Act, v: __m512) -> __m512 {
             Act::Identity => v,
             Act::Sigmoid => sigmoid(v),
             Act::Tanh => tanh(v),
-            Act::Gelu => {
+            // (Not through `activate` again: a recursive function is not inlined, and this
+            // one only has the vector ISA where it is.)
+            Act::Gelu | Act::GeluHalf => {
                 let d = _mm512_div_ps(v, _mm512_set1_ps(SQRT2));
-                _mm512_mul_ps(v, _mm512_add_ps(erf(d), _mm512_set1_ps(1.0)))
+                let g = _mm512_mul_ps(v, _mm512_add_ps(erf(d), _mm512_set1_ps(1.0)));
+                if act == Act::GeluHalf {
+                    _mm512_mul_ps(g, _mm512_set1_ps(0.5))
+                } else {
+                    g
+                }
             }
             Act::Silu => _mm512_mul_ps(v, sigmoid(v)),
             Act::HardSwish => {
