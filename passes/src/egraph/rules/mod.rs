@@ -47,6 +47,7 @@ pub static QUANTIZE: Stage = Stage {
         quantize::INT8_DOT,
         quantize::DEQUANTIZED_DOT,
         quantize::SATURATED_CLAMP,
+        quantize::REQUANTIZE,
     ],
 };
 

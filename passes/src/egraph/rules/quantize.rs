@@ -140,6 +140,89 @@ pub const SATURATED_CLAMP: Rule = Rule {
     },
 };
 
+/// quantize(dequantize(q8)) = q8 with the same scale and an integer zero point: `(q − z)·s / s`
+/// rounds back to `q − z` (within 2^-15 of it for |q − z| ≤ 2^17 and a normal scale), so the
+/// round trip a QDQ model puts around every reshape and transpose is the identity.
+pub const REQUANTIZE: Rule = Rule {
+    name: "requantize",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        for (op, args) in nodes(eg, id) {
+            let Op::Cast { dtype, .. } = op else {
+                continue;
+            };
+            if !matches!(dtype, DType::U8 | DType::I8) {
+                continue;
+            }
+            if let Some(q) = requantized(eg, args[0], *dtype) {
+                out.push(q);
+            }
+        }
+        out
+    },
+};
+
+/// `q8` (seen through the reshapes and transposes between) when `id` is
+/// `round(view(dequantize(q8)) / s) [+ z]` with the dequantizer's own scale and zero point.
+fn requantized(eg: &EGraph, id: Id, dtype: DType) -> Option<Expr> {
+    let splat = |c: Id| info(eg, c).splat;
+    let bin =
+        |c: Id, want: Op| nodes(eg, c).find_map(move |(op, a)| (*op == want).then(|| (a[0], a[1])));
+    // [+ z]: the zero point, or none.
+    let (rounded, z) = match bin(id, Op::Add) {
+        Some((x, c)) if splat(c).is_some() => (x, splat(c)?),
+        Some((c, x)) if splat(c).is_some() => (x, splat(c)?),
+        _ => (id, 0.0),
+    };
+    // An integer zero point (as every integer type's): q − z is then an integer.
+    if z.fract() != 0.0 || z.abs() > 65536.0 {
+        return None;
+    }
+    let divided = nodes(eg, rounded).find_map(|(op, a)| (*op == Op::Round).then(|| a[0]))?;
+    let (y, s) = bin(divided, Op::Div)?;
+    let s = splat(s)?;
+    if !(s.is_finite() && s.abs() >= 1e-30) {
+        return None;
+    }
+    // y = view((cast(q8) − z)·s), or of cast(q8)·s when z is 0; the views outermost first.
+    let mut views: Vec<Op> = Vec::new();
+    let mut y = y;
+    let centred = loop {
+        match bin(y, Op::Mul) {
+            Some((x, c)) if splat(c) == Some(s) => break x,
+            Some((c, x)) if splat(c) == Some(s) => break x,
+            _ => {}
+        }
+        let (view, inner) = nodes(eg, y).find_map(|(op, a)| match op {
+            Op::Reshape { .. } | Op::Transpose { .. } => Some((op.clone(), a[0])),
+            _ => None,
+        })?;
+        if views.len() > 4 {
+            return None;
+        }
+        views.push(view);
+        y = inner;
+    };
+    let widened = match bin(centred, Op::Sub) {
+        Some((x, c)) if splat(c) == Some(z) => x,
+        _ if z == 0.0 => centred,
+        _ => return None,
+    };
+    let q8 = nodes(eg, widened).find_map(|(op, a)| match op {
+        Op::Cast {
+            dtype: DType::F32, ..
+        } if info(eg, a[0]).ty().dtype == dtype => Some(a[0]),
+        _ => None,
+    })?;
+    // The views again, innermost first, on the bytes.
+    Some(
+        views
+            .into_iter()
+            .rev()
+            .fold(Expr::from(q8), |e, view| Expr::op(view, [e])),
+    )
+}
+
 /// dot(dequantize(x8), dequantize(w)) = qdot(x8, w − zw, zx)·(sx·sw): a product of a
 /// per-tensor dequantized activation (`(cast(x8) − zx)·sx`, x8 u8 or i8) and a weight
 /// dequantized per output column or per tensor (`(cast(w) − zw)·sw`, w − zw within i8) —
