@@ -138,18 +138,14 @@ fn analyse(g: &Graph, order: &[NodeId]) -> HashMap<Value, Chain> {
     chains
 }
 
-/// The scalar a splat operand holds: a rank-0 constant, or a broadcast of one.
-fn splat_constant(g: &Graph, v: Value) -> Option<Tensor> {
-    let node = g.node(v.node);
+/// The scalar a splat operand holds: a one-element constant, or a broadcast of one.
+fn splat_constant(g: &Graph, v: Value) -> Option<&Tensor> {
+    let mut node = g.node(v.node);
+    if let Op::Broadcast { .. } = node.op() {
+        node = g.node(node.inputs()[0].node);
+    }
     match node.op() {
-        Op::Constant { value } if value.tensor.numel() == 1 => Some(value.tensor.clone()),
-        Op::Broadcast { .. } => {
-            let src = node.inputs()[0];
-            match g.node(src.node).op() {
-                Op::Constant { value } if value.tensor.numel() == 1 => Some(value.tensor.clone()),
-                _ => None,
-            }
-        }
+        Op::Constant { value } if value.tensor.numel() == 1 => Some(&value.tensor),
         _ => None,
     }
 }
@@ -201,7 +197,7 @@ fn table(
             let x = match map.get(&a) {
                 Some(&x) => x,
                 None => {
-                    let c = s.constant(splat_constant(g, a)?).ok()?;
+                    let c = s.constant(splat_constant(g, a)?.clone()).ok()?;
                     let c = s.reshape(c, Shape::scalar()).ok()?;
                     s.broadcast_to(c, &line).ok()?
                 }

@@ -190,34 +190,27 @@ impl Lowering<'_> {
             }
             // A scalar computed in the kernel (a dynamic quantizer's scale) is one value for
             // every channel: filled into a buffer before the call.
-            let computed = self.ty(source).shape.rank() == 0
-                && !matches!(
-                    g.node(source.node).op(),
-                    Op::Param { .. } | Op::Constant { .. }
-                );
-            match g.node(source.node).op() {
-                Op::Param { .. } => {}
+            let computed = match g.node(source.node).op() {
+                Op::Param { .. } => false,
                 Op::Constant { .. } => {
                     if self.constant(source.node).is_err() {
                         break;
                     }
+                    false
                 }
-                _ if computed => {}
+                _ if self.ty(source).shape.rank() == 0 => true,
                 _ => break,
-            }
+            };
             let Ok(e) = self.expr(other, &idx) else {
                 break;
             };
-            let vars: Vec<VarId> = (idx.iter())
-                .filter_map(|i| match i {
-                    Expr::Var(v) => Some(*v),
-                    _ => None,
-                })
-                .collect();
-            let mut uniform = true;
-            e.walk(&mut |x| uniform &= !matches!(x, Expr::Var(v) if vars.contains(v)));
-            if computed && !(uniform && matches!(node.op(), Op::Mul | Op::Add)) {
-                break;
+            if computed {
+                let varying = |w: VarId| idx.contains(&Expr::Var(w));
+                if kernel::recognize::mentions(&e, &varying)
+                    || !matches!(node.op(), Op::Mul | Op::Add)
+                {
+                    break;
+                }
             }
 
             let input = |b: &BufId| self.k.bufs[*b].kind == BufKind::Input;

@@ -70,13 +70,7 @@ pub const INT8_DOT: Rule = Rule {
                 let Some((x8, zero)) = activation(eg, l) else {
                     continue;
                 };
-                let w8 = Expr::op(
-                    Op::Cast {
-                        dtype: DType::I8,
-                        saturate: true,
-                    },
-                    [r.into()],
-                );
+                let w8 = converted(DType::I8, r.into());
                 let q = Op::Qdot {
                     lhs_batch: lhs_batch.clone(),
                     rhs_batch: rhs_batch.clone(),
@@ -415,24 +409,8 @@ fn zero_of(eg: &EGraph, zero: Option<Id>, dtype: DType) -> Option<Expr> {
 /// a splat zero or integers converted to f32 (per tensor, or per column along `column`).
 fn weight_bytes(eg: &EGraph, w: Id, zero: Option<Id>, column: usize) -> Option<Expr> {
     let (lo, hi) = info(eg, w).range?;
-    let to_i8 = |e: Expr| {
-        Expr::op(
-            Op::Cast {
-                dtype: DType::I8,
-                saturate: true,
-            },
-            [e],
-        )
-    };
-    let i32s = |e: Expr| {
-        Expr::op(
-            Op::Cast {
-                dtype: DType::I32,
-                saturate: true,
-            },
-            [e],
-        )
-    };
+    let to_i8 = |e: Expr| converted(DType::I8, e);
+    let i32s = |e: Expr| converted(DType::I32, e);
     let fits = |lo: f64, hi: f64| lo >= -128.0 && hi <= 127.0;
     let Some(z) = zero else {
         let bytes = info(eg, w).ty().dtype == DType::I8;
@@ -528,18 +506,21 @@ pub const INT_DOT_EXACT: Rule = Rule {
         f32_product(eg, id)
             .into_iter()
             .filter(|e| matches!(e, Expr::Node(Op::Dot { .. }, _)))
-            .map(|e| {
-                Expr::op(
-                    Op::Cast {
-                        dtype,
-                        saturate: true,
-                    },
-                    [e],
-                )
-            })
+            .map(|e| converted(dtype, e))
             .collect()
     },
 };
+
+/// `e` converted to `dtype`.
+fn converted(dtype: DType, e: Expr) -> Expr {
+    Expr::op(
+        Op::Cast {
+            dtype,
+            saturate: true,
+        },
+        [e],
+    )
+}
 
 /// The f32 product equal to the integer `dot` or `conv` of class `id`, when exact.
 fn f32_product(eg: &EGraph, id: Id) -> Vec<Expr> {
@@ -569,15 +550,7 @@ fn f32_product(eg: &EGraph, id: Id) -> Vec<Expr> {
             _ => None,
         };
         if bound.is_some_and(|b| b <= EXACT) {
-            let cast = |v: Id| {
-                Expr::op(
-                    Op::Cast {
-                        dtype: DType::F32,
-                        saturate: true,
-                    },
-                    [v.into()],
-                )
-            };
+            let cast = |v: Id| converted(DType::F32, v.into());
             out.push(Expr::op(op.clone(), [cast(x), cast(w)]));
         }
     }
