@@ -7,9 +7,12 @@
 //! the direct sum's operations: effective FLOP/s) and MobileNet's pointwise 64→128 and
 //! depthwise 3×3 at 56×56 and 112×112 (stride 2); a 100-tree forest of depth 8 over 256 rows
 //! (throughput in node steps); an LSTM layer of 128 units over 32 steps of 4 rows (the
-//! recurrence alone, weights packed; its products' FLOP/s, the cell's work on top).
+//! recurrence alone, weights packed; its products' FLOP/s, the cell's work on top); a
+//! 4096×4096 matrix-vector product with a 4-bit weight in blocks of 32 (`qgemm4` reading the
+//! nibbles) beside the same product on the f32 weight packed ahead of time (`int4_matvec`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kiln::kernel::routines::gemm::nbits;
 use kiln::kernel::routines::{conv, gemm, rnn, trees};
 use std::hint::black_box;
 
@@ -385,5 +388,95 @@ fn recurrence(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, peak, products, convolutions, forest, recurrence);
+/// One row by a 4096×4096 weight: 4-bit in blocks of 32 against f32 (packed ahead of time).
+fn four_bit(c: &mut Criterion) {
+    let (n, k, block) = (4096usize, 4096usize, 32usize);
+    let blocks = k / block;
+    let w: Vec<u8> = values(n * k / 2, 5)
+        .iter()
+        .map(|v| ((v + 0.5) * 256.0) as u8)
+        .collect();
+    let scale: Vec<f32> = values(n * blocks, 6)
+        .iter()
+        .map(|v| 0.01 + v.abs() / 50.0)
+        .collect();
+    let zero: Vec<f32> = values(n * blocks, 7)
+        .iter()
+        .map(|v| ((v + 0.5) * 16.0).floor())
+        .collect();
+    let bp = nbits::dequantized_b(&w, &scale, &zero, n, k, block).expect("sizes fit");
+    let a = values(k, 8);
+    let mut out = vec![0f32; n];
+    let null = std::ptr::null();
+    let (ninf, inf) = (f32::NEG_INFINITY, f32::INFINITY);
+    let mut group = c.benchmark_group("int4_matvec");
+    group.throughput(Throughput::Elements((2 * n * k) as u64));
+    group.bench_function("f32_packed_4096x4096", |bench| {
+        bench.iter(|| {
+            // SAFETY: A is 1×k, B packed for k×n, C 1×n; no epilogue.
+            unsafe {
+                gemm::kiln_sgemm_packed(
+                    a.as_ptr(),
+                    null,
+                    bp.as_ptr(),
+                    out.as_mut_ptr(),
+                    null,
+                    null,
+                    null,
+                    k as i64,
+                    1,
+                    n as i64,
+                    1,
+                    n as i64,
+                    1,
+                    n as i64,
+                    k as i64,
+                    0,
+                    0,
+                    ninf,
+                    inf,
+                )
+            }
+        })
+    });
+    group.bench_function("int4_block32_4096x4096", |bench| {
+        bench.iter(|| {
+            // SAFETY: A is 1×k; the weight, scales and zero points hold n rows; C 1×n.
+            unsafe {
+                nbits::kiln_qgemm4(
+                    a.as_ptr(),
+                    w.as_ptr(),
+                    scale.as_ptr(),
+                    zero.as_ptr(),
+                    null,
+                    out.as_mut_ptr(),
+                    null,
+                    null,
+                    null,
+                    k as i64,
+                    n as i64,
+                    1,
+                    n as i64,
+                    k as i64,
+                    block as i64,
+                    0,
+                    0,
+                    ninf,
+                    inf,
+                )
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    peak,
+    products,
+    convolutions,
+    forest,
+    recurrence,
+    four_bit
+);
 criterion_main!(benches);

@@ -243,3 +243,67 @@ func @resample {
         );
     }
 }
+
+/// A 4-bit product of a small constant weight runs on its f32 dequantization (made once),
+/// and its artifact keeps the nibbles: the dequantized copy is remade on loading, not stored.
+#[test]
+fn four_bit_weights_stay_packed_in_artifacts() {
+    let (n, k, block) = (96usize, 256usize, 32usize);
+    let nb = k / block;
+    let mut rng = kiln::Rng::new(7);
+    let ints = |t: Tensor| -> Vec<String> {
+        t.as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| ((v.abs() * 1000.0) as u32 % 256).to_string())
+            .collect()
+    };
+    let bytes = ints(rng.tensor(kiln::DType::F32, &[n * k / 2]));
+    let scales: Vec<String> = (0..n * nb)
+        .map(|i| format!("{}", 0.01 + (i % 7) as f32 / 64.0))
+        .collect();
+    let zeros: Vec<String> = (0..n * nb).map(|i| format!("{}", i % 16)).collect();
+    let rows = |v: &[String], w: usize| -> String {
+        let r: Vec<String> = v.chunks(w).map(|c| format!("[{}]", c.join(", "))).collect();
+        format!("[{}]", r.join(", "))
+    };
+    let text = format!(
+        r#"
+func @four_bit {{
+  %x = param {{name="x"}} : f32[16, {k}]
+  %w = constant {{value={}}} : u8[{n}, {}]
+  %s = constant {{value={}}} : f32[{n}, {nb}]
+  %z = constant {{value={}}} : f32[{n}, {nb}]
+  %y = qdot4 %x, %w, %s, %z {{block={block}}} : f32[16, {n}]
+  %r = tanh %y : f32[16, {n}]
+  return %r as "y"
+}}
+"#,
+        rows(&bytes, k / 2),
+        k / 2,
+        rows(&scales, nb),
+        rows(&zeros, nb),
+    );
+    let g = kiln::parse_graph(&text).unwrap();
+    let x = rng.tensor(kiln::DType::F32, &[16, k]);
+    let oracle = kiln::interpret(&g, &[("x".into(), x.clone())], &Default::default()).unwrap();
+    let o = kiln::optimize(&g, None, &Default::default()).unwrap();
+    let bytes = kiln::artifact::compile(&o, &Default::default(), "host").unwrap();
+    let a = kiln::runtime::artifact::read(&bytes).unwrap();
+    let weights = a.section("weights").unwrap().len();
+    // The nibbles (12 KiB) and scales; the f32 weight alone would be 96 KiB.
+    assert!(
+        weights < 24 * 1024,
+        "the artifact's weights are {weights} bytes"
+    );
+    let tol = kiln::onnx::Tolerance {
+        rtol: 1e-4,
+        atol: 1e-4,
+    };
+    let jit = kiln::compile(&o, &Default::default()).unwrap();
+    let loaded = kiln::artifact::load(&bytes, &Default::default()).unwrap();
+    for exe in [&jit, &loaded] {
+        let got = exe.run(std::slice::from_ref(&x)).unwrap();
+        assert!(kiln::onnx::mismatch(&got[0], &oracle[0].1, tol).is_none());
+    }
+}

@@ -146,6 +146,17 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((op, vec![x.clone(), w, z]));
                 continue;
             }
+            "qdot4" => {
+                // f32 rows of K = 3 by two rows of one block of 16 4-bit values (8 bytes).
+                let op = Op::Qdot4 { block: 16 };
+                let w = rng.tensor(DType::U8, &[2, 8]);
+                let (s, z) = (
+                    rng.tensor(DType::F32, &[2, 1]),
+                    rng.tensor(DType::F32, &[2, 1]),
+                );
+                out.push((op, vec![x.clone(), w, s, z]));
+                continue;
+            }
             "conv" => {
                 let op = Op::Conv {
                     stride: vec![1],

@@ -20,8 +20,9 @@ use suite::{compare, kiln};
 /// as issue 17 lands).
 const KNOWN_FAILURES: &[(&str, &str)] = &[];
 
-/// JIT, then AOT (an artifact specialized for the inputs); the first failure.
-fn check(dir: &Path, tol: Tolerance) -> Result<(), String> {
+/// JIT, then AOT (an artifact specialized for the inputs); the first failure. A 4-bit
+/// model's artifact (`nbits`) holds its weights packed: at most 1.25× the ONNX file.
+fn check(dir: &Path, tol: Tolerance, nbits: bool) -> Result<(), String> {
     let tmp = tempfile::tempdir().unwrap();
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let (model, inputs, expected) = (
@@ -43,6 +44,13 @@ fn check(dir: &Path, tol: Tolerance) -> Result<(), String> {
         &s(&inputs),
     ];
     kiln(&compile).map_err(|e| format!("compile: {e}"))?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let (a, o) = (size(&art), size(&model));
+    if nbits && a * 4 > o * 5 {
+        return Err(format!(
+            "the artifact is {a} bytes, the ONNX file {o}: 4-bit weights not kept packed"
+        ));
+    }
     let out = tmp.path().join("out_aot.npz");
     kiln(&["run", &s(&art), "--inputs", &s(&inputs), "-o", &s(&out)])
         .map_err(|e| format!("artifact: {e}"))?;
@@ -51,7 +59,8 @@ fn check(dir: &Path, tol: Tolerance) -> Result<(), String> {
 
 /// One model matches onnxruntime (JIT and AOT), or fails as KNOWN_FAILURES says.
 fn check_model(name: &str, tol: Tolerance, dir: PathBuf) {
-    suite::verdict(name, check(&dir, tol), KNOWN_FAILURES);
+    let nbits = name.contains("nbits");
+    suite::verdict(name, check(&dir, tol, nbits), KNOWN_FAILURES);
 }
 
 fn cache() -> PathBuf {

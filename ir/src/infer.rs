@@ -8,6 +8,9 @@ use crate::dtype::{DType, DTypeSet};
 use crate::region::Region;
 use crate::shape::{Shape, TensorType};
 
+mod quant;
+pub(crate) use quant::*;
+
 pub(crate) type Rule = Result<Vec<TensorType>, String>;
 
 fn dim_err(e: DimError) -> String {
@@ -477,37 +480,6 @@ pub(crate) fn rule_dot(
             .map(|a| r.shape.dim(a).clone()),
     );
     Ok(vec![TensorType::new(l.dtype, Shape::new(dims))])
-}
-
-pub(crate) fn rule_qdot(
-    ins: &[TensorType],
-    lhs_batch: &[i64],
-    rhs_batch: &[i64],
-    lhs_contract: &[i64],
-    rhs_contract: &[i64],
-) -> Rule {
-    let (l, r, z) = (&ins[0], &ins[1], &ins[2]);
-    if !matches!(l.dtype, DType::U8 | DType::I8) || r.dtype != DType::I8 {
-        return Err(format!(
-            "qdot takes u8 or i8 by i8 operands, got {} and {}",
-            l.dtype, r.dtype
-        ));
-    }
-    if z.dtype != l.dtype || z.rank() != 0 {
-        return Err(format!(
-            "qdot's zero point must be a {} scalar, got {z}",
-            l.dtype
-        ));
-    }
-    let widened = |t: &TensorType| TensorType::new(DType::I32, t.shape.clone());
-    let out = rule_dot(
-        &[widened(l), widened(r)],
-        lhs_batch,
-        rhs_batch,
-        lhs_contract,
-        rhs_contract,
-    )?;
-    Ok(vec![TensorType::new(DType::F32, out[0].shape.clone())])
 }
 
 fn check_same_dtype(l: &TensorType, r: &TensorType) -> Result<(), String> {

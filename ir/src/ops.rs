@@ -433,6 +433,12 @@ ops! {
         lhs_contract: Vec<i64>,
         rhs_contract: Vec<i64>,
     } => rule_qdot;
+    /// A product with a blocked 4-bit weight (com.microsoft MatMulNBits):
+    /// `y[..., n] = Σ_k x[..., k] · ((w[n, k] − zero[n, k/block]) · scale[n, k/block])`, the
+    /// weight's value `w[n, k]` the 4 bits of byte `k/2` of row n (the low ones for even k).
+    /// x f32 `[..., K]`, w u8 `[N, ceil(K/block)·block/2]`, scale and zero f32
+    /// `[N, ceil(K/block)]`; the result f32 `[..., N]`. block a power of two from 16.
+    Qdot4 = "qdot4", Contraction, Exactly(4), { block: i64 } => rule_qdot4;
     /// N-d convolution (cross-correlation) of input [N, C, ...] with weight [O, C/groups, ...].
     Conv = "conv", Contraction, Exactly(2), {
         stride: Vec<i64>,

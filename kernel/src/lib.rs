@@ -24,7 +24,7 @@ pub mod transforms;
 pub use abi::{Code, KernelFn};
 pub use backend::{Backend, Object, Target};
 pub use loops::*;
-pub use lowered::{prepack, single_node_graph, Lowered, PackCache, Unsupported};
+pub use lowered::{derive, derived, prepack, single_node_graph, Lowered, PackCache, Unsupported};
 pub use parse::{parse_kernel, parse_kernels};
 
 /// What can go wrong between compiling and running kernels.

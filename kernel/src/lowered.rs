@@ -52,7 +52,8 @@ impl Lowered {
 pub struct PackCache {
     /// By the source's data (kept alive here, so the address stays its own) and the
     /// operand's offset, strides and sizes: the source and its packed copy.
-    packed: std::collections::HashMap<(usize, [i64; 6]), (Tensor, Tensor)>,
+    /// (A 4-bit weight's key also holds its scales' and zero points' addresses.)
+    packed: std::collections::HashMap<(usize, [i64; 8]), (Tensor, Tensor)>,
 }
 
 /// Packs, once, the right operands of the kernel's products that are constant — kernel
@@ -68,7 +69,14 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
                 if let Stmt::Call(c) = s {
                     if matches!(
                         c.routine.as_str(),
-                        "gemm" | "qgemm" | "conv2d_wino" | "conv2d_nchwc" | "lstm" | "gru" | "rnn"
+                        "gemm"
+                            | "qgemm"
+                            | "qgemm4"
+                            | "conv2d_wino"
+                            | "conv2d_nchwc"
+                            | "lstm"
+                            | "gru"
+                            | "rnn"
                     ) && c.checked().is_ok()
                     {
                         f(c)
@@ -78,7 +86,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         }
     }
     let mut body = std::mem::take(&mut l.kernel.body);
-    let mut done: Vec<((BufId, [i64; 6]), BufId)> = Vec::new();
+    let mut done: Vec<((BufId, [i64; 8]), BufId)> = Vec::new();
     // The gemm's operands: a, b, b_packed, c; its integers: a_rs, a_cs, b_rs, b_cs, c_rs, m,
     // n, k (see `routines::ROUTINES`).
     walk(&mut body, &mut |g: &mut Call| {
@@ -87,6 +95,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // a product's B its packed panels. The key: the operand, its offset and sizes.
         let wino = g.routine == "conv2d_wino";
         let qgemm = g.routine == "qgemm";
+        let qgemm4 = g.routine == "qgemm4";
         let blocked = g.routine == "conv2d_nchwc";
         // A recurrence's gates by the passes that sum them (see `rnn::pack`): an LSTM's 4, a
         // GRU's 3 (2 then 1 when its reset gate applies before the product), a simple RNN's 1.
@@ -103,7 +112,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             return;
         }
         let name = match () {
-            _ if wino || blocked => "w",
+            _ if wino || blocked || qgemm4 => "w",
             _ if gates > 0 => "rt",
             _ => "b",
         };
@@ -113,7 +122,8 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // What is packed: 0 a product's B, 1 Winograd transforms, 2 dense blocked filters
         // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones, 5 an
         // LSTM's recurrent weights, 6 a GRU's, 7 a simple RNN's, 8 a GRU's whose reset gate
-        // applies before the product, 9 a quantized product's int8 B.
+        // applies before the product, 9 a quantized product's int8 B, 10 a small 4-bit
+        // weight dequantized.
         let (kind, sizes) = if gates > 0 {
             let h = c(g.int("hidden"));
             let cols = h.map(|h| gates * h);
@@ -134,6 +144,17 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             };
             let taps = (c(g.int("kh")), c(g.int("kw")));
             (kind, (taps.0, taps.1, c(g.int("o")), c(g.int("c"))))
+        } else if qgemm4 {
+            // Only small weights, and only where more rows than the streaming kernel's
+            // come (or may): larger ones, and matrix-vector products, read the nibbles.
+            let (m, n, k) = (c(g.int("m")), c(g.int("n")), c(g.int("k")));
+            let small = n
+                .zip(k)
+                .is_some_and(|(n, k)| n.saturating_mul(k) <= SMALL_4BIT);
+            if !small || m.is_some_and(|m| m <= crate::routines::gemm::nbits::THIN as i64) {
+                return;
+            }
+            (10, (c(g.int("block")), Some(0), n, k))
         } else {
             let sizes = (
                 c(g.int("b_rs")),
@@ -146,11 +167,34 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let (Some(off), (Some(rs), Some(cs), Some(n), Some(k))) = (c(Some(&b_off)), sizes) else {
             return;
         };
-        // Where the packed copy goes: the operand that replaces B.
-        let Some((slot, _)) = g.routine().and_then(|r| r.replaces) else {
+        // Where the packed copy goes: the operand that replaces B (a 4-bit weight's
+        // `b_packed`, which replaces nothing: its source stays, to remake it from).
+        let slot = g.routine().and_then(|r| match r.replaces {
+            Some((slot, _)) => Some(slot),
+            None => r.operands.iter().position(|o| o.0 == "b_packed"),
+        });
+        let Some(slot) = slot else {
             return;
         };
-        let key = (b, [kind, off, rs, cs, n, k]);
+        // A 4-bit weight's scales and zero points: their buffers and the tensors they hold.
+        let extra: Vec<Option<(BufId, i64, &Tensor)>> = ["w_scale", "w_zero"]
+            .iter()
+            .map(|&name| {
+                let (x, x_off) = g.operand(name)?.clone();
+                let t = operands
+                    .get(x)
+                    .copied()
+                    .flatten()
+                    .or_else(|| l.consts.iter().find(|(y, _)| *y == x).map(|(_, t)| t))?;
+                Some((x, c(Some(&x_off))?, t))
+            })
+            .collect();
+        let addr = |i: usize| {
+            extra[i].map_or(0, |(_, off, t)| {
+                (t.data() as *const ir::Data as i64) ^ (off << 48)
+            })
+        };
+        let key = (b, [kind, off, rs, cs, n, k, addr(0), addr(1)]);
         if let Some((_, p)) = done.iter().find(|(x, _)| *x == key) {
             g.operands[slot] = Some((*p, Expr::i64(0)));
             return;
@@ -162,6 +206,24 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             .or_else(|| l.consts.iter().find(|(x, _)| *x == b).map(|(_, t)| t));
         let Some(t) = known else { return };
         let source = (t.data() as *const ir::Data as usize, key.1);
+        let four_bit = match (qgemm4, cache.packed.get(&source)) {
+            (false, _) => None,
+            (true, Some((_, packed))) => Some(packed.clone()),
+            (true, None) => {
+                let known = |x: BufId| {
+                    operands
+                        .get(x)
+                        .copied()
+                        .flatten()
+                        .or_else(|| l.consts.iter().find(|(y, _)| *y == x).map(|(_, t)| t))
+                };
+                let Some(p) = dequantized_4bit(g, &known) else {
+                    return;
+                };
+                cache.packed.insert(source, (t.clone(), p.clone()));
+                Some(p)
+            }
+        };
         let mut install = |l: &mut Lowered, packed: Tensor| {
             l.kernel.bufs.push(Buf {
                 name: format!("packed{}", l.kernel.bufs.len()),
@@ -174,6 +236,11 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             g.operands[slot] = Some((p, Expr::i64(0)));
             done.push((key, p));
         };
+        // A small 4-bit weight: dequantized, as an f32 product's packed B.
+        if let Some(packed) = four_bit {
+            install(l, packed);
+            return;
+        }
         // A quantized product's int8 B: its panels, with the columns' sums.
         if qgemm {
             let Some((data, off, n, k)) = sized(t.as_slice::<i8>(), off, n, k) else {
@@ -252,6 +319,78 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
     });
     l.kernel.body = body;
 }
+
+/// A `qgemm4` call's weight dequantized as the B of an f32 product, packed (what its
+/// `b_packed` holds), from its weight, scales and zero points (`known` gives a buffer's
+/// tensor); `None` when one is not known or does not fit the call's sizes.
+fn dequantized_4bit<'t>(g: &Call, known: &dyn Fn(BufId) -> Option<&'t Tensor>) -> Option<Tensor> {
+    let c = |e: Option<&Expr>| e.and_then(|e| crate::stages::eval(e, &[]));
+    let operand = |name: &str| -> Option<(&'t Tensor, usize)> {
+        let (b, off) = g.operand(name)?;
+        let t = known(*b)?;
+        Some((t, usize::try_from(c(Some(off))?).ok()?))
+    };
+    let ((w, wo), (s, so), (z, zo)) = (operand("w")?, operand("w_scale")?, operand("w_zero")?);
+    let (w, s, z) = (
+        w.as_slice::<u8>()?,
+        s.as_slice::<f32>()?,
+        z.as_slice::<f32>()?,
+    );
+    let size = |name: &str| usize::try_from(c(g.int(name))?).ok();
+    let (n, k, block) = (size("n")?, size("k")?, size("block")?);
+    let p = crate::routines::gemm::nbits::dequantized_b(
+        w.get(wo..)?,
+        s.get(so..)?,
+        z.get(zo..)?,
+        n,
+        k,
+        block,
+    )?;
+    Tensor::new(vec![p.len()], ir::Data::F32(p)).ok()
+}
+
+/// The constant buffers of `kernel` that [`derive()`] remakes from its other constants: packed
+/// copies larger than what they are made from (a small 4-bit weight dequantized), which a
+/// saved plan leaves out.
+pub fn derived(kernel: &Kernel) -> Vec<BufId> {
+    let mut out = Vec::new();
+    for s in &kernel.body {
+        s.walk(&mut |s| {
+            if let Stmt::Call(c) = s {
+                if c.routine == "qgemm4" {
+                    out.extend(c.operand("b_packed").map(|(b, _)| *b));
+                }
+            }
+        });
+    }
+    out
+}
+
+/// Remakes buffer `buf` of `kernel` (one of [`derived`]'s) from the tensors `known` gives
+/// for its other buffers; `None` when it is not one, or they are not all known.
+pub fn derive<'t>(
+    kernel: &Kernel,
+    buf: BufId,
+    known: &dyn Fn(BufId) -> Option<&'t Tensor>,
+) -> Option<Tensor> {
+    let mut call = None;
+    for s in &kernel.body {
+        s.walk(&mut |s| match s {
+            Stmt::Call(c)
+                if c.routine == "qgemm4"
+                    && c.operand("b_packed").is_some_and(|(b, _)| *b == buf) =>
+            {
+                call = Some(c.clone())
+            }
+            _ => {}
+        });
+    }
+    dequantized_4bit(&*call?, known)
+}
+
+/// The most values (n·k) of a 4-bit weight dequantized ahead of time (1 MiB as f32): past it,
+/// products read the nibbles.
+const SMALL_4BIT: i64 = 1 << 18;
 
 /// A constant operand's data with its offset and sizes, when they are usable: nonnegative,
 /// nonempty, the offset inside the data.

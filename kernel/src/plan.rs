@@ -34,6 +34,9 @@ pub enum Step {
         kernel: Kernel,
         outputs: Vec<ir::Shape>,
         consts: Vec<(BufId, WeightRef)>,
+        /// Constant buffers remade on loading from the others (`crate::derive`): packed
+        /// copies larger than their source, which the weights leave out.
+        derived: Vec<BufId>,
     },
     /// The node's graph as `.kir` text (constants inline).
     Interp {

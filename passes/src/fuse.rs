@@ -57,7 +57,11 @@ fn class(g: &Graph, id: NodeId) -> Class {
         Op::Param { .. } | Op::Constant { .. } | Op::Dims { .. } | Op::Fused { .. } => {
             Class::Opaque
         }
-        Op::Dot { .. } | Op::Qdot { .. } | Op::Conv { .. } | Op::ConvBlocked { .. } => Class::Heavy,
+        Op::Dot { .. }
+        | Op::Qdot { .. }
+        | Op::Qdot4 { .. }
+        | Op::Conv { .. }
+        | Op::ConvBlocked { .. } => Class::Heavy,
         Op::Concat { axis } if in_place(g, id, *axis) => Class::Opaque,
         Op::ReduceSum { .. }
         | Op::ReduceMax { .. }
@@ -455,7 +459,7 @@ pub(crate) fn name_kernel(body: &Graph) -> String {
     let count = |f: &dyn Fn(&Op) -> bool| ops.iter().filter(|o| f(o)).count();
     let has = |f: &dyn Fn(&Op) -> bool| count(f) > 0;
     let sums = count(&|o| matches!(o, Op::ReduceSum { .. }));
-    if has(&|o| matches!(o, Op::Dot { .. } | Op::Qdot { .. })) {
+    if has(&|o| matches!(o, Op::Dot { .. } | Op::Qdot { .. } | Op::Qdot4 { .. })) {
         return if ops.iter().any(|o| o.is_elementwise()) {
             "matmul_epilogue".into()
         } else {

@@ -49,7 +49,11 @@ fn contents(op: &Op) -> Contents {
             }
             c
         }
-        Op::Dot { .. } | Op::Qdot { .. } | Op::Conv { .. } | Op::ConvBlocked { .. } => Contents {
+        Op::Dot { .. }
+        | Op::Qdot { .. }
+        | Op::Qdot4 { .. }
+        | Op::Conv { .. }
+        | Op::ConvBlocked { .. } => Contents {
             heavy: true,
             reduce: false,
         },

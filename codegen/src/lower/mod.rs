@@ -276,6 +276,10 @@ impl<'g> Lowering<'g> {
                     };
                     self.with_chain(v, output_buf, chain, Self::dot)?;
                 }
+                Op::Qdot4 { .. } => {
+                    let chain = self.epilogue_chain(v, epilogue::Along::Columns);
+                    self.with_chain(v, output_buf, chain, Self::qdot4)?;
+                }
                 Op::Gather { axis } => {
                     let b = self.target(v, output_buf)?;
                     self.gather(v, *axis as usize, b)?;

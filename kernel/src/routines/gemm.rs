@@ -8,6 +8,7 @@ use super::epilogue::{self, Epilogue};
 
 mod avx2;
 mod narrow;
+pub mod nbits;
 mod thin;
 pub(super) mod tile;
 use avx2::micro_avx2;

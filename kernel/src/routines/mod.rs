@@ -133,7 +133,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 19] = [
+pub static ROUTINES: [Routine; 20] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -267,6 +267,79 @@ pub static ROUTINES: [Routine; 19] = [
               j < n, l < k: u8 A, i8 B, the sums in i32 (exact, wrapping), E the epilogue of row \
               i (column j when cols is 1); b_packed, when given, is b packed by qgemm::pack_b \
               for this k and n, and b is then not read",
+    },
+    Routine {
+        name: "qgemm4",
+        symbol: "kiln_qgemm4",
+        operands: &[
+            ("a", Role::Read, ir::DType::F32),
+            ("w", Role::Read, ir::DType::U8),
+            ("w_scale", Role::Read, ir::DType::F32),
+            ("w_zero", Role::Read, ir::DType::F32),
+            ("b_packed", Role::Optional, ir::DType::F32),
+            ("c", Role::Write, ir::DType::F32),
+            ("scale", Role::Optional, ir::DType::F32),
+            ("shift", Role::Optional, ir::DType::F32),
+            ("res", Role::Optional, ir::DType::F32),
+        ],
+        // Not `Some((4, 1))`: a weight dequantized ahead of time is remade from it when a saved
+        // plan is loaded (`crate::derive`), so it stays with the weights.
+        replaces: None,
+        in_place: true,
+        ints: &["a_rs", "c_rs", "m", "n", "k", "block", "cols", "act"],
+        scalars: EPILOGUE,
+        result: None,
+        cost: |i| i[2] * i[3] * i[4],
+        extent: |_, _| None,
+        bounds: |operand, i| {
+            let (m, n, k, block) = (i[2], i[3], i[4], i[5]);
+            let blocks = if block > 0 { (k + block - 1) / block } else { 0 };
+            let last = |len: i64| (len > 0).then(|| (0, len - 1));
+            match operand {
+                0 => span(&[(m, i[0]), (k, 1)]),
+                1 => last(n.saturating_mul(blocks).saturating_mul(block / 2)),
+                2 | 3 => last(n.saturating_mul(blocks)),
+                4 => (k > 0 && n > 0).then(|| {
+                    let len = gemm::packed_len(k as usize, n as usize);
+                    (0, len as i64 - 1)
+                }),
+                6 | 7 => {
+                    let len = if i[6] != 0 { n } else { m };
+                    (m > 0 && n > 0).then_some((0, len - 1))
+                }
+                _ => span(&[(m, i[1]), (n, 1)]),
+            }
+        },
+        address: || gemm::nbits::kiln_qgemm4 as *const u8,
+        call: |p, i, s| unsafe {
+            gemm::nbits::kiln_qgemm4(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
+                p[6].cast(),
+                p[7].cast(),
+                p[8].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                s[0] as f32,
+                s[1] as f32,
+            );
+            0.0
+        },
+        doc: "c[i*c_rs + j] = E(Σ_l a[i*a_rs + l] · ((q(j, l) − w_zero[j*nb + l/block]) · \
+              w_scale[j*nb + l/block])) for i < m, j < n, l < k (nb = ceil(k/block)), q(j, l) \
+              the 4 bits of byte w[j*nb*block/2 + l/2] (low for even l), E the gemm's epilogue; \
+              b_packed, when given, is the dequantized weight as B (k×n) packed by gemm::pack_b, \
+              and the weight is then not read",
     },
     Routine {
         name: "conv2d",

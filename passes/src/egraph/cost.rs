@@ -129,6 +129,11 @@ impl Target {
                     .product();
                 0.5 * out * k
             }
+            // A 4-bit weight's product: f32 multiply-adds, each weight unpacked once a call.
+            Op::Qdot4 { .. } => {
+                let k = args[0].shape.dims().last().map_or(1, |d| self.dim(d)) as f64;
+                2.0 * out * k
+            }
             Op::Conv { .. } | Op::ConvBlocked { .. } => {
                 let w = args[1];
                 let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;

@@ -96,14 +96,19 @@ impl Executable {
                 Step::Constant(c) => SavedStep::Constant(constant(&mut w, c)?),
                 Step::Native {
                     lowered, consts, ..
-                } => SavedStep::Native {
-                    kernel: lowered.kernel.clone(),
-                    outputs: lowered.outputs.clone(),
-                    consts: consts
-                        .iter()
-                        .map(|(b, c)| Ok((*b, constant(&mut w, c)?)))
-                        .collect::<Result<_, ExecError>>()?,
-                },
+                } => {
+                    let derived = kernel::derived(&lowered.kernel);
+                    SavedStep::Native {
+                        kernel: lowered.kernel.clone(),
+                        outputs: lowered.outputs.clone(),
+                        consts: consts
+                            .iter()
+                            .filter(|(b, _)| !derived.contains(b))
+                            .map(|(b, c)| Ok((*b, constant(&mut w, c)?)))
+                            .collect::<Result<_, ExecError>>()?,
+                        derived,
+                    }
+                }
                 Step::Interp { graph, why } => SavedStep::Interp {
                     graph: ir::print_graph(graph),
                     why: why.clone(),
@@ -183,7 +188,15 @@ impl Executable {
                 .map(Const::Tensor)
                 .ok_or_else(|| bad("a constant's bytes do not fit its type".into()))
         };
-        let mut steps = Vec::with_capacity(saved.steps.len());
+        let mut steps: Vec<Step> = Vec::with_capacity(saved.steps.len());
+        // The step whose first result each slot is (constants come before their readers).
+        let by_slot: HashMap<usize, usize> = saved
+            .layout
+            .first_slot
+            .iter()
+            .enumerate()
+            .map(|(p, &s)| (s, p))
+            .collect();
         // Stage functions are numbered as compiling numbered them.
         let mut n_funcs = 0;
         for (pos, s) in saved.steps.into_iter().enumerate() {
@@ -200,6 +213,7 @@ impl Executable {
                     kernel,
                     outputs,
                     consts,
+                    derived,
                 } => {
                     kernel.check_ids().map_err(|e| fail(e.to_string()))?;
                     let n_bufs = kernel.bufs.len();
@@ -239,6 +253,40 @@ impl Executable {
                             return Err(fail("a constant does not fit its buffer".into()));
                         }
                         list.push((*b, constant(r)?));
+                    }
+                    // Derived constants, from the kernel's constants and constant operands
+                    // (copied out of the weights only for kernels that have some).
+                    if !derived.is_empty() {
+                        let operands: Vec<Option<Tensor>> = saved.layout.operand_slots[pos]
+                            .iter()
+                            .map(|&slot| match by_slot.get(&slot).map(|&p| &steps[p]) {
+                                Some(Step::Constant(c)) => c.tensor().ok(),
+                                _ => None,
+                            })
+                            .collect();
+                        let own: Vec<(BufId, Tensor)> = list
+                            .iter()
+                            .filter_map(|(b, c)| Some((*b, c.tensor().ok()?)))
+                            .collect();
+                        let known = |x: BufId| {
+                            operands
+                                .get(x)
+                                .and_then(Option::as_ref)
+                                .or_else(|| own.iter().find(|(y, _)| *y == x).map(|(_, t)| t))
+                        };
+                        for &b in &derived {
+                            let ok = kernel.bufs.get(b).is_some_and(|buf| {
+                                b >= n_args && buf.kind == BufKind::Input && buf.dtype == DType::F32
+                            });
+                            if !ok || std::mem::replace(&mut filled[b], true) {
+                                return Err(fail(
+                                    "a derived constant does not fit its buffer".into(),
+                                ));
+                            }
+                            let t = kernel::derive(&kernel, b, &known)
+                                .ok_or_else(|| fail("a derived constant cannot be made".into()))?;
+                            list.push((b, Const::Tensor(t)));
+                        }
                     }
                     let consts = list;
                     Step::Native {

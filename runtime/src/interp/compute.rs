@@ -362,6 +362,41 @@ fn acc_pair<'a>(a: &'a Wide, b: &'a Wide) -> Acc<'a> {
     }
 }
 
+/// `qdot4`: rows `x` (`k` each) by the blocked 4-bit weight `w` (`n` rows of `bytes`), each
+/// value dequantized in f32 as `(q − zero) · scale` (what the kernels use), summed in f64.
+pub fn qdot4(
+    x: &[f32],
+    k: usize,
+    n: usize,
+    w: &[u8],
+    sz: (&[f32], &[f32]),
+    block: usize,
+) -> Vec<f32> {
+    let (scale, zero) = sz;
+    let (bytes, blocks) = (w.len() / n.max(1), k.div_ceil(block));
+    let rows = x.len().checked_div(k).unwrap_or(0);
+    let mut out = vec![0f32; rows * n];
+    for j in 0..n {
+        let wj: Vec<f32> = (0..k)
+            .map(|l| {
+                let q = (w[j * bytes + l / 2] >> (4 * (l % 2))) & 15;
+                let b = j * blocks + l / block;
+                (f32::from(q) - zero[b]) * scale[b]
+            })
+            .collect();
+        for i in 0..rows {
+            let xi = &x[i * k..][..k];
+            let sum: f64 = xi
+                .iter()
+                .zip(&wj)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            out[i * n + j] = sum as f32;
+        }
+    }
+    out
+}
+
 pub struct DotDims<'a> {
     pub lhs_batch: &'a [usize],
     pub rhs_batch: &'a [usize],

@@ -643,6 +643,19 @@ impl Interp<'_> {
                 let sums: Vec<f64> = sums.iter().map(|&x| f64::from(x as i32)).collect();
                 Ok(vec![Data::from_f64s(ir::DType::F32, &sums)])
             }
+            Op::Qdot4 { block } => {
+                let f = |i: usize| arg(i).as_slice::<f32>().ok_or("qdot4 takes f32 operands");
+                let Some(w) = arg(1).as_slice::<u8>() else {
+                    return Err("qdot4's weight is not u8".into());
+                };
+                let k = *arg(0).shape().last().ok_or("qdot4's rows have no axis")?;
+                let n = *out_shape.last().ok_or("qdot4's result has no axis")?;
+                let rows: usize = out_shape[..out_shape.len() - 1].iter().product();
+                let mut y = compute::qdot4(f(0)?, k, n, w, (f(2)?, f(3)?), *block as usize);
+                // Rows of no elements (K = 0) sum to zero.
+                y.resize(rows * n, 0.0);
+                Ok(vec![Data::F32(y)])
+            }
             Op::Conv {
                 stride,
                 dilation,

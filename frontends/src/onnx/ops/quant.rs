@@ -490,17 +490,58 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
         merged.push(groups[groups.len() - 1].mul(&Dim::Const(per_byte))?);
         b.reshape(x, Shape::new(merged)).map_err(s)
     };
+    // Zero points packed like the weights, one value per block, rows padded to whole bytes:
+    // [N, nb] values.
+    let packed_zeros = |b: &mut Builder, z: Value| -> R<Value> {
+        let zb = (nb * bits + 7) / 8;
+        let z = b.reshape(z, Shape::from_consts(&[nn, zb]))?;
+        let z = unpack(b, z, &[Dim::Const(nn), Dim::Const(zb)])?;
+        super::slice_axis(b, z, 1, Dim::Const(0), Dim::Const(nb), 1).map_err(s)
+    };
+    if bits == 4 {
+        // 4-bit weights stay packed: one `qdot4` over f32 rows, scales and zero points.
+        let w = b.reshape(packed, Shape::from_consts(&[nn, nb * blob]))?;
+        let f32s = |b: &mut Builder, v: Value| -> R<Value> {
+            let v = b.reshape(v, Shape::from_consts(&[nn, nb]))?;
+            if b.dtype(v) == DType::F32 {
+                Ok(v)
+            } else {
+                b.cast(v, DType::F32).map_err(s)
+            }
+        };
+        let sc = f32s(b, scales)?;
+        let zp = match zps {
+            Some(z) if b.dtype(z) == DType::U8 => {
+                let z = packed_zeros(b, z)?;
+                f32s(b, z)?
+            }
+            Some(z) => f32s(b, z)?,
+            None => {
+                let eight = b.scalar(8.0, DType::F32)?;
+                b.broadcast_to(eight, &Shape::from_consts(&[nn, nb]))?
+            }
+        };
+        let x = if dt == DType::F32 {
+            a
+        } else {
+            b.cast(a, DType::F32)?
+        };
+        let mut y = b.op1(Op::Qdot4 { block }, &[x, w, sc, zp])?;
+        if dt != DType::F32 {
+            y = b.cast(y, dt)?;
+        }
+        if let Some(bias) = bias {
+            y = b.add(y, bias)?;
+        }
+        return one(ctx, y);
+    }
     let q = b.reshape(packed, Shape::from_consts(&[nn, nb, blob]))?;
     let q = unpack(b, q, &[Dim::Const(nn), Dim::Const(nb), Dim::Const(blob)])?;
     let qf = b.cast(q, dt)?;
     let scales = b.reshape(scales, Shape::from_consts(&[nn, nb, 1]))?;
     let zp = match zps {
         Some(z) if b.dtype(z) == DType::U8 => {
-            // Packed like the weights, one value per block, rows padded to whole bytes.
-            let zb = (nb * bits + 7) / 8;
-            let z = b.reshape(z, Shape::from_consts(&[nn, zb]))?;
-            let z = unpack(b, z, &[Dim::Const(nn), Dim::Const(zb)])?;
-            let z = super::slice_axis(b, z, 1, Dim::Const(0), Dim::Const(nb), 1)?;
+            let z = packed_zeros(b, z)?;
             let z = b.reshape(z, Shape::from_consts(&[nn, nb, 1]))?;
             b.cast(z, dt)?
         }

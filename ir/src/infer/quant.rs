@@ -1,0 +1,92 @@
+//! Type rules of the quantized products: `qdot` (8-bit operands summed in i32) and `qdot4`
+//! (f32 rows by a blocked 4-bit weight).
+
+use super::{rule_dot, Rule};
+use crate::dim::Dim;
+use crate::dtype::DType;
+use crate::shape::{Shape, TensorType};
+
+pub(crate) fn rule_qdot(
+    ins: &[TensorType],
+    lhs_batch: &[i64],
+    rhs_batch: &[i64],
+    lhs_contract: &[i64],
+    rhs_contract: &[i64],
+) -> Rule {
+    let (l, r, z) = (&ins[0], &ins[1], &ins[2]);
+    if !matches!(l.dtype, DType::U8 | DType::I8) || r.dtype != DType::I8 {
+        return Err(format!(
+            "qdot takes u8 or i8 by i8 operands, got {} and {}",
+            l.dtype, r.dtype
+        ));
+    }
+    if z.dtype != l.dtype || z.rank() != 0 {
+        return Err(format!(
+            "qdot's zero point must be a {} scalar, got {z}",
+            l.dtype
+        ));
+    }
+    let widened = |t: &TensorType| TensorType::new(DType::I32, t.shape.clone());
+    let out = rule_dot(
+        &[widened(l), widened(r)],
+        lhs_batch,
+        rhs_batch,
+        lhs_contract,
+        rhs_contract,
+    )?;
+    Ok(vec![TensorType::new(DType::F32, out[0].shape.clone())])
+}
+
+/// `qdot4 {block}(x, w, scale, zero)`: x f32 `[..., K]`; w u8 `[N, ceil(K/block)·block/2]`,
+/// two 4-bit values a byte (low first); scale and zero f32 `[N, ceil(K/block)]`; the result
+/// f32 `[..., N]`.
+pub(crate) fn rule_qdot4(ins: &[TensorType], block: &i64) -> Rule {
+    let block = *block;
+    let (x, w, s, z) = (&ins[0], &ins[1], &ins[2], &ins[3]);
+    if !(16..=1 << 16).contains(&block) || block & (block - 1) != 0 {
+        return Err(format!(
+            "qdot4's block is {block}, not a power of two from 16 to 65536"
+        ));
+    }
+    if x.dtype != DType::F32
+        || w.dtype != DType::U8
+        || s.dtype != DType::F32
+        || z.dtype != DType::F32
+    {
+        return Err(format!(
+            "qdot4 takes f32 rows, u8 packed weights and f32 scales and zero points, got {}, {}, {} and {}",
+            x.dtype, w.dtype, s.dtype, z.dtype
+        ));
+    }
+    if x.rank() == 0 || w.rank() != 2 || s.rank() != 2 || z.rank() != 2 {
+        return Err(format!(
+            "qdot4 takes rows [..., K] and a weight, scales and zero points of rank 2, got {x}, {w}, {s} and {z}"
+        ));
+    }
+    let n = w.shape.dim(0);
+    let k = x.shape.dim(x.rank() - 1);
+    // ceil(K / block) blocks of block/2 bytes.
+    let blocks = k
+        .add(&Dim::Const(block - 1))
+        .and_then(|d| d.floor_div(&Dim::Const(block)))
+        .map_err(|e| e.to_string())?;
+    let bytes = blocks
+        .mul(&Dim::Const(block / 2))
+        .map_err(|e| e.to_string())?;
+    let same = |a: &Dim, b: &Dim| a.as_const().zip(b.as_const()).is_none_or(|(a, b)| a == b);
+    if !same(w.shape.dim(1), &bytes) {
+        return Err(format!(
+            "qdot4's weight {w} needs {bytes} bytes a row for K = {k} in blocks of {block}"
+        ));
+    }
+    for (t, what) in [(s, "scales"), (z, "zero points")] {
+        if !same(t.shape.dim(0), n) || !same(t.shape.dim(1), &blocks) {
+            return Err(format!(
+                "qdot4's {what} {t} must be [{n}, {blocks}] for the weight {w}"
+            ));
+        }
+    }
+    let mut dims = x.shape.dims()[..x.rank() - 1].to_vec();
+    dims.push(n.clone());
+    Ok(vec![TensorType::new(DType::F32, Shape::new(dims))])
+}
