@@ -146,6 +146,21 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
                 out.push((op, vec![x.clone(), w, z]));
                 continue;
             }
+            "qconv" => {
+                // An image of the dtype (u8 or i8), i8 filters, a zero point of its type.
+                let op = Op::Qconv {
+                    stride: vec![1],
+                    dilation: vec![1],
+                    pad_low: vec![1],
+                    pad_high: vec![0],
+                    groups: 1,
+                };
+                let x = rng.tensor(dtype, &[1, 2, 4]);
+                let w = rng.tensor(DType::I8, &[3, 2, 2]);
+                let z = rng.tensor(dtype, &[]);
+                out.push((op, vec![x, w, z]));
+                continue;
+            }
             "qdot4" => {
                 // f32 rows of K = 3 by two rows of one block of 16 4-bit values (8 bytes).
                 let op = Op::Qdot4 { block: 16 };

@@ -447,6 +447,17 @@ ops! {
         pad_high: Vec<i64>,
         groups: i64 = default(1),
     } => rule_conv;
+    /// A quantized convolution: `conv` of `(x − zero)` with `w` (padding adds nothing),
+    /// summed in i32 (wrapping) and converted to f32 — exactly `cast<f32>` of the integer
+    /// `conv` of the widened operands with x's padding at its zero point. x u8 or i8, w i8,
+    /// `zero` a scalar of x's dtype.
+    Qconv = "qconv", Contraction, Exactly(3), {
+        stride: Vec<i64>,
+        dilation: Vec<i64>,
+        pad_low: Vec<i64>,
+        pad_high: Vec<i64>,
+        groups: i64 = default(1),
+    } => rule_qconv;
     /// A 2-D `conv` into a channel-blocked image (NCHWc): result `[N, O/block, OH, OW,
     /// block]` (channel `block·ob + j` of pixel (y, x) at `[n, ob, y, x, j]`), input blocked
     /// the same way (`[N, C/block, H, W, block]`) or plain (`[N, C, H, W]`), weight `[O,

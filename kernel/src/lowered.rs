@@ -72,6 +72,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
                         "gemm"
                             | "qgemm"
                             | "qgemm4"
+                            | "qconv2d"
                             | "conv2d_wino"
                             | "conv2d_nchwc"
                             | "lstm"
@@ -96,6 +97,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let wino = g.routine == "conv2d_wino";
         let qgemm = g.routine == "qgemm";
         let qgemm4 = g.routine == "qgemm4";
+        let qconv = g.routine == "qconv2d";
         let blocked = g.routine == "conv2d_nchwc";
         // A recurrence's gates by the passes that sum them (see `rnn::pack`): an LSTM's 4, a
         // GRU's 3 (2 then 1 when its reset gate applies before the product), a simple RNN's 1.
@@ -112,7 +114,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             return;
         }
         let name = match () {
-            _ if wino || blocked || qgemm4 => "w",
+            _ if wino || blocked || qgemm4 || qconv => "w",
             _ if gates > 0 => "rt",
             _ => "b",
         };
@@ -123,7 +125,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         // (from a blocked input), 3 dense ones from a plain input, 4 depthwise ones, 5 an
         // LSTM's recurrent weights, 6 a GRU's, 7 a simple RNN's, 8 a GRU's whose reset gate
         // applies before the product, 9 a quantized product's int8 B, 10 a small 4-bit
-        // weight dequantized.
+        // weight dequantized, 11 a quantized conv's filters.
         let (kind, sizes) = if gates > 0 {
             let h = c(g.int("hidden"));
             let cols = h.map(|h| gates * h);
@@ -144,6 +146,9 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             };
             let taps = (c(g.int("kh")), c(g.int("kw")));
             (kind, (taps.0, taps.1, c(g.int("o")), c(g.int("c"))))
+        } else if qconv {
+            let taps = (c(g.int("kh")), c(g.int("kw")));
+            (11, (taps.0, taps.1, c(g.int("o")), c(g.int("c"))))
         } else if qgemm4 {
             // Only small weights, and only where more rows than the streaming kernel's
             // come (or may): larger ones, and matrix-vector products, read the nibbles.
@@ -241,15 +246,24 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
             install(l, packed);
             return;
         }
-        // A quantized product's int8 B: its panels, with the columns' sums.
-        if qgemm {
+        // A quantized product's int8 B (or a quantized conv's filters, tap by tap): its
+        // panels, with the columns' sums.
+        if qgemm || qconv {
             let Some((data, off, n, k)) = sized(t.as_slice::<i8>(), off, n, k) else {
                 return;
             };
             let packed = match cache.packed.get(&source) {
                 Some((_, packed)) => packed.clone(),
                 None => {
-                    let Some(p) = crate::routines::qgemm::pack_b(&data[off..], rs, cs, k, n) else {
+                    let p = if qconv {
+                        let (Ok(kh), Ok(kw)) = (usize::try_from(rs), usize::try_from(cs)) else {
+                            return;
+                        };
+                        crate::routines::qconv::pack_filters(&data[off..], n, k, kh, kw)
+                    } else {
+                        crate::routines::qgemm::pack_b(&data[off..], rs, cs, k, n)
+                    };
+                    let Some(p) = p else {
                         return;
                     };
                     let Ok(p) = Tensor::new(vec![p.len()], ir::Data::I8(p)) else {

@@ -61,6 +61,7 @@ fn class(g: &Graph, id: NodeId) -> Class {
         | Op::Qdot { .. }
         | Op::Qdot4 { .. }
         | Op::Conv { .. }
+        | Op::Qconv { .. }
         | Op::ConvBlocked { .. } => Class::Heavy,
         Op::Concat { axis } if in_place(g, id, *axis) => Class::Opaque,
         Op::ReduceSum { .. }
@@ -466,7 +467,12 @@ pub(crate) fn name_kernel(body: &Graph) -> String {
             "matmul".into()
         };
     }
-    if has(&|o| matches!(o, Op::Conv { .. } | Op::ConvBlocked { .. })) {
+    if has(&|o| {
+        matches!(
+            o,
+            Op::Conv { .. } | Op::Qconv { .. } | Op::ConvBlocked { .. }
+        )
+    }) {
         return "conv_epilogue".into();
     }
     if has(&|o| matches!(o, Op::ReduceMax { .. })) && has(&|o| matches!(o, Op::Exp)) && sums >= 1 {

@@ -53,6 +53,7 @@ fn contents(op: &Op) -> Contents {
         | Op::Qdot { .. }
         | Op::Qdot4 { .. }
         | Op::Conv { .. }
+        | Op::Qconv { .. }
         | Op::ConvBlocked { .. } => Contents {
             heavy: true,
             reduce: false,

@@ -156,7 +156,11 @@ impl Lowering<'_> {
 
     /// A dense copy of `v` with its axes in `order` (axis `i` of the copy is `v`'s axis
     /// `order[i]`): the buffer, its shape and its strides.
-    fn permuted(&mut self, v: Value, order: &[usize]) -> Result<(BufId, Shape, Vec<Dim>)> {
+    pub(super) fn permuted(
+        &mut self,
+        v: Value,
+        order: &[usize],
+    ) -> Result<(BufId, Shape, Vec<Dim>)> {
         let ty = self.ty(v).clone();
         let shape = Shape::new(order.iter().map(|&a| ty.shape.dim(a).clone()).collect());
         let copy = ir::TensorType {

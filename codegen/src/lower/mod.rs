@@ -22,6 +22,7 @@ mod conv;
 mod epilogue;
 mod gather;
 mod index;
+mod qconv;
 mod recurrent;
 mod reduce;
 mod resample;
@@ -275,6 +276,14 @@ impl<'g> Lowering<'g> {
                         None
                     };
                     self.with_chain(v, output_buf, chain, Self::dot)?;
+                }
+                Op::Qconv { .. } => {
+                    let chain = if self.qconv_calls(v) {
+                        self.epilogue_chain(v, epilogue::Along::Channels)
+                    } else {
+                        None
+                    };
+                    self.with_chain(v, output_buf, chain, Self::qconv)?;
                 }
                 Op::Qdot4 { .. } => {
                     let chain = self.epilogue_chain(v, epilogue::Along::Columns);

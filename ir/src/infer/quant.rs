@@ -1,7 +1,7 @@
-//! Type rules of the quantized products: `qdot` (8-bit operands summed in i32) and `qdot4`
-//! (f32 rows by a blocked 4-bit weight).
+//! Type rules of the quantized products: `qdot` and `qconv` (8-bit operands summed in i32)
+//! and `qdot4` (f32 rows by a blocked 4-bit weight).
 
-use super::{rule_dot, Rule};
+use super::{rule_conv, rule_dot, Rule};
 use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::shape::{Shape, TensorType};
@@ -33,6 +33,41 @@ pub(crate) fn rule_qdot(
         rhs_batch,
         lhs_contract,
         rhs_contract,
+    )?;
+    Ok(vec![TensorType::new(DType::F32, out[0].shape.clone())])
+}
+
+/// `qconv`: conv's rule on the widened operands (x u8 or i8, w i8, a scalar zero point of
+/// x's type); the result f32.
+pub(crate) fn rule_qconv(
+    ins: &[TensorType],
+    stride: &[i64],
+    dilation: &[i64],
+    pad_low: &[i64],
+    pad_high: &[i64],
+    groups: &i64,
+) -> Rule {
+    let (x, w, z) = (&ins[0], &ins[1], &ins[2]);
+    if !matches!(x.dtype, DType::U8 | DType::I8) || w.dtype != DType::I8 {
+        return Err(format!(
+            "qconv takes u8 or i8 by i8 operands, got {} and {}",
+            x.dtype, w.dtype
+        ));
+    }
+    if z.dtype != x.dtype || z.rank() != 0 {
+        return Err(format!(
+            "qconv's zero point must be a {} scalar, got {z}",
+            x.dtype
+        ));
+    }
+    let widened = |t: &TensorType| TensorType::new(DType::I32, t.shape.clone());
+    let out = rule_conv(
+        &[widened(x), widened(w)],
+        stride,
+        dilation,
+        pad_low,
+        pad_high,
+        groups,
     )?;
     Ok(vec![TensorType::new(DType::F32, out[0].shape.clone())])
 }

@@ -12,6 +12,7 @@ mod extents;
 pub mod gemm;
 pub mod math;
 pub mod pool;
+pub mod qconv;
 pub mod qgemm;
 pub mod resample;
 pub mod rnn;
@@ -133,7 +134,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 20] = [
+pub static ROUTINES: [Routine; 21] = [
     Routine {
         name: "gemm",
         symbol: "kiln_sgemm_packed",
@@ -267,6 +268,79 @@ pub static ROUTINES: [Routine; 20] = [
               j < n, l < k: u8 A, i8 B, the sums in i32 (exact, wrapping), E the epilogue of row \
               i (column j when cols is 1); b_packed, when given, is b packed by qgemm::pack_b \
               for this k and n, and b is then not read",
+    },
+    Routine {
+        name: "qconv2d",
+        symbol: "kiln_qconv2d",
+        operands: &[
+            ("x", Role::Read, ir::DType::U8),
+            ("w", Role::Read, ir::DType::I8),
+            ("w_packed", Role::Optional, ir::DType::I8),
+            ("za", Role::Read, ir::DType::U8),
+            ("c", Role::Write, ir::DType::F32),
+            ("scale", Role::Optional, ir::DType::F32),
+            ("shift", Role::Optional, ir::DType::F32),
+            ("res", Role::Optional, ir::DType::F32),
+        ],
+        replaces: Some((2, 1)),
+        in_place: true,
+        ints: &[
+            "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "act",
+        ],
+        scalars: EPILOGUE,
+        result: None,
+        cost: |i| i[0] * i[1] * i[4] * i[5] * i[6] * i[7] / 4.0,
+        extent: |_, _| None,
+        bounds: |operand, i| {
+            let [c, o, h, w, oh, ow, kh, kw] = [i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]];
+            let k = c.saturating_mul(kh).saturating_mul(kw);
+            let last = |len: i64| (len > 0).then(|| (0, len - 1));
+            match operand {
+                0 => last(c.saturating_mul(h).saturating_mul(w)),
+                1 => last(o.saturating_mul(k)),
+                2 => (k > 0 && o > 0)
+                    .then(|| (0, qgemm::packed_len(k as usize, o as usize) as i64 - 1)),
+                3 => Some((0, 0)),
+                5 | 6 => last(o),
+                _ => last(o.saturating_mul(oh).saturating_mul(ow)),
+            }
+        },
+        address: || qconv::kiln_qconv2d as *const u8,
+        call: |p, i, s| unsafe {
+            qconv::kiln_qconv2d(
+                p[0].cast(),
+                p[1].cast(),
+                p[2].cast(),
+                p[3].cast(),
+                p[4].cast(),
+                p[5].cast(),
+                p[6].cast(),
+                p[7].cast(),
+                i[0],
+                i[1],
+                i[2],
+                i[3],
+                i[4],
+                i[5],
+                i[6],
+                i[7],
+                i[8],
+                i[9],
+                i[10],
+                i[11],
+                i[12],
+                i[13],
+                i[14],
+                s[0] as f32,
+                s[1] as f32,
+            );
+            0.0
+        },
+        doc: "c[f*oh*ow + oy*ow + ox] = E(f32(Σ (x[ci*h*w + iy*w + ix] − za[0]) · \
+              w[((f*c + ci)*kh + ky)*kw + kx])) over ci < c, ky < kh, kx < kw with iy = oy*sh − \
+              ph + ky*dh, ix = ox*sw − pw + kx*dw (terms outside the image 0): one image's \
+              quantized 2-D conv, u8 by i8 summed exactly in i32, E the epilogue of channel f; \
+              w_packed, when given, is w packed by qconv::pack_filters, and w is then not read",
     },
     Routine {
         name: "qgemm4",

@@ -156,7 +156,7 @@ pub unsafe extern "C" fn kiln_qgemm(
 /// # Safety
 /// As [`kiln_qgemm`], `bp` packed.
 #[allow(clippy::too_many_arguments)]
-unsafe fn product(
+pub(crate) unsafe fn product(
     isa: Isa,
     a: *const u8,
     a_rs: usize,

@@ -134,6 +134,12 @@ impl Target {
                 let k = args[0].shape.dims().last().map_or(1, |d| self.dim(d)) as f64;
                 2.0 * out * k
             }
+            // 8-bit convs: four multiply-adds where f32 has one, as `qdot`.
+            Op::Qconv { .. } => {
+                let w = args[1];
+                let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;
+                0.5 * out * per
+            }
             Op::Conv { .. } | Op::ConvBlocked { .. } => {
                 let w = args[1];
                 let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;

@@ -669,6 +669,13 @@ impl Interp<'_> {
                 pad_low,
                 groups,
                 ..
+            }
+            | Op::Qconv {
+                stride,
+                dilation,
+                pad_low,
+                groups,
+                ..
             } => {
                 let win = Window {
                     stride,
@@ -676,11 +683,20 @@ impl Interp<'_> {
                     pad_low,
                 };
                 let conv = match op {
-                    Op::Conv { .. } => compute::conv,
+                    Op::Conv { .. } | Op::Qconv { .. } => compute::conv,
                     _ => compute::conv_blocked,
                 };
+                let quantized = matches!(op, Op::Qconv { .. });
+                let lhs = match wide0() {
+                    // qconv: x less its zero point (padding then adds nothing).
+                    wide::Wide::I(l) if quantized => {
+                        let z = arg(2).data().get_f64(0) as i128;
+                        wide::Wide::I(l.into_iter().map(|x| x - z).collect())
+                    }
+                    l => l,
+                };
                 let r = conv(
-                    &wide0(),
+                    &lhs,
                     arg(0).shape(),
                     &widen(arg(1).data()),
                     arg(1).shape(),
@@ -688,6 +704,14 @@ impl Interp<'_> {
                     *groups as usize,
                     out_shape,
                 );
+                if quantized {
+                    // The i32 sum (wrapping), rounded to f32.
+                    let wide::Wide::I(sums) = r else {
+                        return Err("qconv's sums are not integers".into());
+                    };
+                    let sums: Vec<f64> = sums.iter().map(|&x| f64::from(x as i32)).collect();
+                    return Ok(vec![Data::from_f64s(ir::DType::F32, &sums)]);
+                }
                 Ok(vec![narrow(&r, dtype0())])
             }
             Op::ReduceWindow {

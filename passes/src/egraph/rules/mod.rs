@@ -46,6 +46,7 @@ pub static QUANTIZE: Stage = Stage {
         quantize::INT_DOT_EXACT,
         quantize::INT8_DOT,
         quantize::DEQUANTIZED_DOT,
+        quantize::DEQUANTIZED_CONV,
         quantize::SATURATED_CLAMP,
         quantize::REQUANTIZE,
     ],

@@ -280,40 +280,42 @@ pub const DEQUANTIZED_DOT: Rule = Rule {
                 continue;
             };
             let shape = info(eg, id).ty().shape.clone();
-            let rank = shape.rank() as i64;
-            let wide = |v: Expr, dims: Vec<i64>| {
-                Expr::op(
-                    Op::Broadcast {
-                        dims,
-                        shape: shape.clone(),
-                    },
-                    [v],
-                )
-            };
-            let scale = match sw {
-                Scale::Tensor(s) => {
-                    let s = Expr::op(Op::Mul, [sx.into(), s.into()]);
-                    wide(s, vec![])
-                }
-                Scale::Column(s) => {
-                    let n = ir::Shape::new(vec![shape.dim(shape.rank() - 1).clone()]);
-                    let s = Expr::op(Op::Reshape { shape: n.clone() }, [s.into()]);
-                    let sxn = Expr::op(
-                        Op::Broadcast {
-                            dims: vec![],
-                            shape: n,
-                        },
-                        [sx.into()],
-                    );
-                    wide(Expr::op(Op::Mul, [sxn, s]), vec![rank - 1])
-                }
-            };
+            let scale = rescale(sx, sw, &shape, shape.rank() - 1);
             let product = Expr::op(q, [x8.into(), wq, zx8]);
             out.push(Expr::op(Op::Mul, [product, scale]));
         }
         out
     },
 };
+
+/// The activation's scale `sx` times the weight's `sw`, broadcast to the product's `shape`
+/// (a weight's per-column scales along its `axis`).
+fn rescale(sx: Id, sw: Scale, shape: &ir::Shape, axis: usize) -> Expr {
+    let wide = |v: Expr, dims: Vec<i64>| {
+        Expr::op(
+            Op::Broadcast {
+                dims,
+                shape: shape.clone(),
+            },
+            [v],
+        )
+    };
+    match sw {
+        Scale::Tensor(s) => wide(Expr::op(Op::Mul, [sx.into(), s.into()]), vec![]),
+        Scale::Column(s) => {
+            let n = ir::Shape::new(vec![shape.dim(axis).clone()]);
+            let s = Expr::op(Op::Reshape { shape: n.clone() }, [s.into()]);
+            let sxn = Expr::op(
+                Op::Broadcast {
+                    dims: vec![],
+                    shape: n,
+                },
+                [sx.into()],
+            );
+            wide(Expr::op(Op::Mul, [sxn, s]), vec![axis as i64])
+        }
+    }
+}
 
 /// A scale: one value (a scalar class), or one per output column (a class of N values, laid
 /// out as a vector or as the weight with extent 1 on the contracted axis).
@@ -323,16 +325,72 @@ enum Scale {
     Column(Id),
 }
 
-/// Whether `broadcast(v) {dims}` to a rank-2 weight gives one value per entry of axis
-/// `column`: a vector along it, or `[N, 1]`/`[1, N]` laid out as the weight.
+/// Whether `broadcast(v) {dims}` to a weight gives one value per entry of axis `column`: a
+/// vector along it, or laid out as the weight with every other axis of extent 1 (`[N, 1]`,
+/// `[O, 1, 1, 1]`).
 fn per_column(eg: &EGraph, v: Id, dims: &[i64], column: usize) -> bool {
     let shape = &info(eg, v).ty().shape;
     match shape.rank() {
+        0 => false,
         1 => dims == [column as i64],
-        2 => dims == [0, 1] && shape.dim(1 - column).as_const() == Some(1),
-        _ => false,
+        r => {
+            dims.iter().copied().eq(0..r as i64)
+                && (0..r).all(|a| a == column || shape.dim(a).as_const() == Some(1))
+        }
     }
 }
+
+/// conv(dequantize(x8), dequantize(w)) = qconv(x8, w − zw, zx)·(sx·sw): a 2-D conv of one
+/// group of a per-tensor dequantized u8 image by filters dequantized per tensor or per output
+/// channel (`w − zw` within i8) — the QDQ form's conv, its scales applied per channel after
+/// the integer sums.
+pub const DEQUANTIZED_CONV: Rule = Rule {
+    name: "dequantized-conv",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        for (op, args) in nodes(eg, id) {
+            let Op::Conv {
+                stride,
+                dilation,
+                pad_low,
+                pad_high,
+                groups,
+            } = op
+            else {
+                continue;
+            };
+            let shape = info(eg, id).ty().shape.clone();
+            if *groups != 1 || shape.rank() != 4 || info(eg, id).ty().dtype != DType::F32 {
+                continue;
+            }
+            let (x, w) = (args[0], args[1]);
+            let Some((x8, zx, Scale::Tensor(sx))) = dequantized(eg, x, None) else {
+                continue;
+            };
+            if info(eg, x8).ty().dtype != DType::U8 {
+                continue;
+            }
+            let Some((w8, zw, sw)) = dequantized(eg, w, Some(0)) else {
+                continue;
+            };
+            let (Some(zx8), Some(wq)) = (zero_of(eg, zx, DType::U8), weight_bytes(eg, w8, zw, 0))
+            else {
+                continue;
+            };
+            let scale = rescale(sx, sw, &shape, 1);
+            let q = Op::Qconv {
+                stride: stride.clone(),
+                dilation: dilation.clone(),
+                pad_low: pad_low.clone(),
+                pad_high: pad_high.clone(),
+                groups: 1,
+            };
+            let product = Expr::op(q, [x8.into(), wq, zx8]);
+            out.push(Expr::op(Op::Mul, [product, scale]));
+        }
+        out
+    },
+};
 
 /// `(cast(q, f32) − zero)·scale` (or without the zero): the integer class `q`, the zero's f32
 /// class (if any) and the scale. For activations (`column` None) everything is per tensor

@@ -1,0 +1,118 @@
+//! Quantized convolutions: a 2-D `qconv` (u8 images, one group) as one `qconv2d` call an
+//! image, its epilogue per output channel.
+
+use super::epilogue::Chain;
+use super::*;
+
+impl Lowering<'_> {
+    /// Whether `qconv` `v` becomes `qconv2d` calls (so that an epilogue may apply).
+    pub(super) fn qconv_calls(&self, v: Value) -> bool {
+        let node = self.g.node(v.node);
+        let Op::Qconv { groups, .. } = node.op() else {
+            return false;
+        };
+        *groups == 1
+            && self.ty(node.inputs()[0]).dtype == DType::U8
+            && self.ty(node.inputs()[0]).shape.rank() == 4
+    }
+
+    /// `qconv` `v` into `out`, applying `chain` (only where [`Lowering::qconv_calls`]).
+    pub(super) fn qconv(&mut self, v: Value, out: BufId, chain: Option<&Chain>) -> Result<()> {
+        if !self.qconv_calls(v) {
+            return unsupported("a quantized conv other than 2-D, u8 and of one group");
+        }
+        let node = self.g.node(v.node);
+        let Op::Qconv {
+            stride,
+            dilation,
+            pad_low,
+            ..
+        } = node.op().clone()
+        else {
+            return unsupported("called on a qconv");
+        };
+        let ins = node.inputs().to_vec();
+        let mut bufs = Vec::new();
+        for &x in &ins {
+            self.materialized(x)?;
+            let shape = self.ty(x).shape.clone();
+            let (b, st) = self.as_strided(x)?;
+            let dense = (0..shape.rank())
+                .rev()
+                .try_fold(Dim::constant(1), |step, a| {
+                    (st[a] == step || shape.dim(a).as_const() == Some(1))
+                        .then(|| step.mul(shape.dim(a)).ok())
+                        .flatten()
+                });
+            let b = match dense {
+                Some(_) => b,
+                None => {
+                    let order: Vec<usize> = (0..shape.rank()).collect();
+                    self.permuted(x, &order)?.0
+                }
+            };
+            bufs.push(b);
+        }
+        let (xs, ws, ys) = (
+            self.ty(ins[0]).shape.clone(),
+            self.ty(ins[1]).shape.clone(),
+            self.ty(v).shape.clone(),
+        );
+        let batch = Shape::new(vec![xs.dim(0).clone()]);
+        let image = |s: &Shape| -> Result<Dim> {
+            s.dim(1)
+                .mul(s.dim(2))
+                .and_then(|d| d.mul(s.dim(3)))
+                .map_err(|e| Unsupported(e.to_string()))
+        };
+        let (xi, yi) = (image(&xs)?, image(&ys)?);
+        self.nest(&batch, DType::I64, |l, idx| {
+            let n = idx[0].clone();
+            let (x_off, c_off) = (n.clone() * l.dim(&xi), n * l.dim(&yi));
+            let epilogue = Chain::of(chain, &Expr::i64(0), &c_off);
+            let mut operands = vec![
+                Some((bufs[0], x_off)),
+                Some((bufs[1], Expr::i64(0))),
+                None,
+                Some((bufs[2], Expr::i64(0))),
+                Some((out, c_off)),
+            ];
+            operands.extend(epilogue.operands());
+            let mut ints: Vec<Expr> = [
+                xs.dim(1),
+                ws.dim(0),
+                xs.dim(2),
+                xs.dim(3),
+                ys.dim(2),
+                ys.dim(3),
+                ws.dim(2),
+                ws.dim(3),
+            ]
+            .iter()
+            .map(|d| l.dim(d))
+            .collect();
+            ints.extend(
+                [
+                    stride[0],
+                    stride[1],
+                    dilation[0],
+                    dilation[1],
+                    pad_low[0],
+                    pad_low[1],
+                ]
+                .map(Expr::i64),
+            );
+            ints.push(Expr::i64(epilogue.act));
+            let call = kernel::Call {
+                routine: "qconv2d".into(),
+                operands,
+                ints,
+                scalars: epilogue.scalars(),
+                result: None,
+            };
+            Ok(vec![Stmt::Call(Box::new(call))])
+        })?;
+        self.bufs.insert(v, out);
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! Quantized 2-D convolutions (`qconv2d`, `qconv`'s kernel): one image's u8 pixels, less
+//! their zero point, by i8 filters, summed exactly in i32 by the quantized product
+//! ([`super::qgemm`]) over the image's patches. The image is first laid out channels-last
+//! with a border of its zero point (so the padding adds nothing), each output pixel's patch
+//! is then a few contiguous runs of channels (one a filter tap), and the product's rows are
+//! the pixels, its columns the filters — the sums come out pixel-major and are stored
+//! channel-major through the epilogue (per output channel).
+
+use super::epilogue::Epilogue;
+use super::qgemm;
+
+/// The filters `w` (`o × c × kh × kw`) as the quantized product's packed B: K ordered tap by
+/// tap, channels within a tap (`(ky·kw + kx)·c + ci`), as the patches are laid out.
+pub fn pack_filters(w: &[i8], o: usize, c: usize, kh: usize, kw: usize) -> Option<Vec<i8>> {
+    let taps = kh.checked_mul(kw)?;
+    let k = c.checked_mul(taps)?;
+    let w = w.get(..o.checked_mul(k)?)?;
+    let mut b = vec![0i8; o * k];
+    for f in 0..o {
+        for ci in 0..c {
+            for t in 0..taps {
+                b[f * k + t * c + ci] = w[f * k + ci * taps + t];
+            }
+        }
+    }
+    // B[l, f] = b[f·k + l]: rows 1 apart, columns k.
+    qgemm::pack_b(&b, 1, k as i64, k, o)
+}
+
+thread_local! {
+    /// The padded channels-last image.
+    static IMAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A part's patches and pixel-major sums.
+    static PATCHES: std::cell::RefCell<(Vec<u8>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Filters packed per call (when they were not packed ahead of time).
+    static FILTERS: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `c[f, oy, ox] = E(f32(Σ (x[ci, iy, ix] − za) · w[f, ci, ky, kx]))` over the window (iy =
+/// oy·sh − ph + ky·dh, likewise ix; outside the image the term is 0), one image: `x` is
+/// `ci × h × w` u8, `w` `o × ci × kh × kw` i8 (or `bp`, unless null, those filters packed by
+/// [`pack_filters`]), `c` `o × oh × ow`, E the epilogue of output channel `f` (its row).
+///
+/// # Safety
+/// The operands hold what the sizes say; `c` does not overlap them; the epilogue's operands
+/// as a conv's.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_qconv2d(
+    x: *const u8,
+    w: *const i8,
+    bp: *const i8,
+    za: *const u8,
+    c: *mut f32,
+    scale: *const f32,
+    shift: *const f32,
+    res: *const f32,
+    ci: i64,
+    o: i64,
+    h: i64,
+    wd: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+    act: i64,
+    lo: f32,
+    hi: f32,
+) {
+    let g = [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw];
+    let [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = g.map(|v| v.max(0) as usize);
+    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
+    // SAFETY: one byte.
+    let za = unsafe { *za };
+    let (p, k) = (oh * ow, ci * kh * kw);
+    if p == 0 || o == 0 {
+        return;
+    }
+    if k == 0 {
+        // SAFETY: c holds o·p elements.
+        unsafe {
+            std::ptr::write_bytes(c, 0, o * p);
+            epi.block(c, p, o, p);
+        }
+        return;
+    }
+    let filters = if bp.is_null() {
+        // SAFETY: w holds o·k filter values.
+        let w = unsafe { std::slice::from_raw_parts(w, o * k) };
+        let Some(packed) = pack_filters(w, o, ci, kh, kw) else {
+            return;
+        };
+        FILTERS.with(|f| *f.borrow_mut() = packed);
+        None
+    } else {
+        Some(bp)
+    };
+    IMAGE.with(|img| {
+        let img = &mut *img.borrow_mut();
+        // The image channels-last, with a border of the zero point wide enough for every
+        // window (ph, pw before; what the last windows reach after).
+        let hp = ((oh - 1) * sh + (kh - 1) * dh + 1).max(h + ph);
+        let wp = ((ow - 1) * sw + (kw - 1) * dw + 1).max(wd + pw);
+        img.clear();
+        img.resize(hp * wp * ci, za);
+        // SAFETY: x holds ci·h·w bytes.
+        let planes = unsafe { std::slice::from_raw_parts(x, ci * h * wd) };
+        for y in 0..h {
+            // Row y of every plane transposed (channels × pixels).
+            let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
+            transpose(planes, y * wd, h * wd, dst, ci, ci, wd);
+        }
+        let b = match filters {
+            Some(b) => b,
+            None => FILTERS.with(|f| f.borrow().as_ptr()),
+        };
+        // Pixels split over the threads from 2M multiply-adds, each part its own patches,
+        // product and columns of the result.
+        let t = if p * o * k >= 1 << 21 {
+            crate::threads::helpers() + 1
+        } else {
+            1
+        };
+        let parts = t.min(p.div_ceil(16)).max(1);
+        let (img, c, b) = (&*img, c as usize, b as usize);
+        crate::threads::parallel_for(parts, |part| {
+            let (p0, p1) = (p * part / parts, p * (part + 1) / parts);
+            let n = p1 - p0;
+            PATCHES.with(|bufs| {
+                let (patches, sums) = &mut *bufs.borrow_mut();
+                // Every element of the patches and the sums is written before it is read.
+                if patches.len() < n * k {
+                    patches.resize(n * k, 0);
+                }
+                if sums.len() < n * o {
+                    sums.resize(n * o, 0.0);
+                }
+                for q in p0..p1 {
+                    let (oy, ox) = (q / ow, q % ow);
+                    let dst = &mut patches[(q - p0) * k..][..k];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let at = ((oy * sh + ky * dh) * wp + ox * sw + kx * dw) * ci;
+                            let t = ky * kw + kx;
+                            copy(&img[at..][..ci], &mut dst[t * ci..][..ci]);
+                        }
+                    }
+                }
+                // SAFETY: the patches are n rows of k; B holds the packed filters; sums
+                // n × o; this part writes columns p0..p1 of c's o rows of p.
+                unsafe {
+                    qgemm::product(
+                        qgemm::isa(),
+                        patches.as_ptr(),
+                        k,
+                        b as *const i8,
+                        i32::from(za),
+                        sums.as_mut_ptr(),
+                        o,
+                        n,
+                        o,
+                        k,
+                        &Epilogue::NONE,
+                    );
+                    let c = c as *mut f32;
+                    let out = std::slice::from_raw_parts_mut(c.add(p0), (o - 1) * p + n);
+                    transpose(sums, 0, o, out, p, n, o);
+                    epi.from(0, p0, p0).block(c.add(p0), p, o, n);
+                }
+            });
+        });
+    });
+}
+
+/// `dst[j·ld + i] = src[at + i·stride + j]` for `i < rows`, `j < cols`: a strided matrix
+/// transposed, in 8×8 tiles of eight runs of eight in and out.
+#[allow(clippy::needless_range_loop)] // a tile's column j is read across its rows
+fn transpose<T: Copy>(
+    src: &[T],
+    at: usize,
+    stride: usize,
+    dst: &mut [T],
+    ld: usize,
+    rows: usize,
+    cols: usize,
+) {
+    const T8: usize = 8;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(at + (rows - 1) * stride + cols <= src.len() && (cols - 1) * ld + rows <= dst.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for i0 in (0..rows).step_by(T8) {
+        for j0 in (0..cols).step_by(T8) {
+            // SAFETY: i < rows and j < cols stay inside both (asserted above).
+            unsafe {
+                if i0 + T8 <= rows && j0 + T8 <= cols {
+                    let tile: [[T; T8]; T8] = std::array::from_fn(|i| {
+                        std::ptr::read_unaligned(s.add(at + (i0 + i) * stride + j0).cast())
+                    });
+                    for j in 0..T8 {
+                        let col: [T; T8] = std::array::from_fn(|i| tile[i][j]);
+                        std::ptr::write_unaligned(d.add((j0 + j) * ld + i0).cast(), col);
+                    }
+                } else {
+                    for i in i0..(i0 + T8).min(rows) {
+                        let row = s.add(at + i * stride);
+                        for j in j0..(j0 + T8).min(cols) {
+                            *d.add(j * ld + i) = *row.add(j);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst = src` (equal lengths), eight bytes at a time: a patch's runs are short, where a
+/// `memcpy` call costs more than the copy.
+#[inline(always)]
+fn copy(src: &[u8], dst: &mut [u8]) {
+    let mut s = src.chunks_exact(8);
+    let mut d = dst.chunks_exact_mut(8);
+    for (a, b) in (&mut s).zip(&mut d) {
+        b.copy_from_slice(a);
+    }
+    d.into_remainder().copy_from_slice(s.remainder());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the definition, on odd geometries (strides, dilations, uneven padding, one
+    /// channel, 3 channels as an image's first conv), with and without packed filters.
+    #[test]
+    fn qconv2d_matches_the_definition() {
+        for &(ci, o, h, wd, kh, kw, s, d, ph, pw) in &[
+            (
+                1usize, 1usize, 3usize, 3usize, 1usize, 1usize, 1usize, 1usize, 0usize, 0usize,
+            ),
+            (3, 16, 9, 7, 3, 3, 2, 1, 1, 1),
+            (8, 5, 6, 6, 3, 2, 1, 2, 2, 0),
+            (64, 64, 8, 8, 3, 3, 1, 1, 1, 1),
+        ] {
+            let oh = (h + 2 * ph - (kh - 1) * d - 1) / s + 1;
+            let ow = (wd + 2 * pw - (kw - 1) * d - 1) / s + 1;
+            let x: Vec<u8> = (0..ci * h * wd).map(|i| (i * 37 % 251) as u8).collect();
+            let w: Vec<i8> = (0..o * ci * kh * kw)
+                .map(|i| ((i * 53 % 255) as i32 - 128) as i8)
+                .collect();
+            let za = 7u8;
+            let mut want = vec![0f32; o * oh * ow];
+            for f in 0..o {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut sum = 0i32;
+                        for c in 0..ci {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * s + ky * d) as i64 - ph as i64;
+                                    let ix = (ox * s + kx * d) as i64 - pw as i64;
+                                    if iy < 0 || ix < 0 || iy >= h as i64 || ix >= wd as i64 {
+                                        continue;
+                                    }
+                                    let xv = x[(c * h + iy as usize) * wd + ix as usize];
+                                    let wv = w[((f * ci + c) * kh + ky) * kw + kx];
+                                    sum += (i32::from(xv) - i32::from(za)) * i32::from(wv);
+                                }
+                            }
+                        }
+                        want[(f * oh + oy) * ow + ox] = sum as f32;
+                    }
+                }
+            }
+            let packed = pack_filters(&w, o, ci, kh, kw).unwrap();
+            for bp in [std::ptr::null(), packed.as_ptr()] {
+                let mut c = vec![f32::NAN; o * oh * ow];
+                let [ci, o, h, wd, oh, ow, kh, kw, s, d, ph, pw] =
+                    [ci, o, h, wd, oh, ow, kh, kw, s, d, ph, pw].map(|v| v as i64);
+                let null = std::ptr::null();
+                // SAFETY: the operands hold what the geometry says.
+                unsafe {
+                    kiln_qconv2d(
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        bp,
+                        &za,
+                        c.as_mut_ptr(),
+                        null,
+                        null,
+                        null,
+                        ci,
+                        o,
+                        h,
+                        wd,
+                        oh,
+                        ow,
+                        kh,
+                        kw,
+                        s,
+                        s,
+                        d,
+                        d,
+                        ph,
+                        pw,
+                        0,
+                        f32::NEG_INFINITY,
+                        f32::INFINITY,
+                    )
+                };
+                assert_eq!(c, want, "{ci}→{o} {h}×{wd} {kh}×{kw} s{s} d{d} p{ph},{pw}");
+            }
+        }
+    }
+}
