@@ -2,7 +2,7 @@
 //! kernels, awkward shapes, broadcasts, strides and values) compiled — each node alone, and
 //! after the default pipeline — compute what the reference interpreter computes; convs and
 //! products with random elementwise steps after them (fused into their routines or not);
-//! quantized products; and recurrent layers.
+//! quantized products and convs; and recurrent layers.
 //! Long run: `PROPTEST_CASES=100000 cargo test --release --test jit_props`; `KILN_TRACE_SEED=1`
 //! with `--nocapture` prints each graph first (to find one that crashes the process).
 
@@ -148,6 +148,19 @@ proptest! {
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let text = kiln::print_graph(&o);
             prop_assert!(!(dynamic || big) || text.contains("qdot"), "no qdot in\n{}", text);
+            check_graph(g, seed)?;
+        }
+    }
+
+    /// QDQ convs, taken into `qconv` and the `qconv2d` routine by the optimizer (every
+    /// generated one has filters past 64 KiB as f32 and one group), with steps after them.
+    #[test]
+    fn quantized_convs_match_the_interpreter(seed in any::<u64>()) {
+        if let Some(g) = common::quantized_conv_graph(seed) {
+            let o = kiln::optimize(&g, None, &HashMap::new())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let text = kiln::print_graph(&o);
+            prop_assert!(text.contains("qconv"), "no qconv in\n{}", text);
             check_graph(g, seed)?;
         }
     }

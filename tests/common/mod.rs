@@ -964,6 +964,69 @@ pub fn quantized_graph(seed: u64) -> Option<Graph> {
     b.finish().ok()
 }
 
+/// QDQ's conv as exporters write it: a u8 image dequantized (scale, zero point),
+/// filters of 16K values and more (past 64 KiB as f32, so they stay integers until
+/// `quantize`: 3×3 or 5×3 taps of 24 to 48 channels into 80 to 96 filters) dequantized per
+/// output channel or per tensor, strides, dilations and padding at random, then steps after.
+pub fn quantized_conv_graph(seed: u64) -> Option<Graph> {
+    let mut rng = Rng::new(seed);
+    let rng = &mut rng;
+    let mut b = Builder::new(&format!("qconv{}", seed % 1000));
+    let (n, c, o) = (1 + below(rng, 2), 24 + below(rng, 25), 80 + below(rng, 17));
+    let (kh, kw) = if below(rng, 3) == 0 { (5, 3) } else { (3, 3) };
+    let (h, w) = (1 + below(rng, 9), 2 + below(rng, 11));
+    let dims = [n, c, h, w];
+    let shape = |d: &[usize]| Shape::new(d.iter().map(|&d| Dim::Const(d as i64)).collect());
+    let scalar = |b: &mut Builder, v: f64, t: DType| b.scalar(v, t).ok();
+    // The image as its quantizer left it (u8: a quantizer's rounding would make the outputs
+    // too unstable to compare), dequantized.
+    let q = b.param("x", DType::U8, shape(&dims)).ok()?;
+    let sx = scalar(&mut b, 0.01 + below(rng, 10) as f64 / 100.0, DType::F32)?;
+    let zx = scalar(&mut b, below(rng, 256) as f64, DType::F32)?;
+    let (sxb, zxb) = (
+        b.broadcast_to(sx, &shape(&dims)).ok()?,
+        b.broadcast_to(zx, &shape(&dims)).ok()?,
+    );
+    let xd = b.cast(q, DType::F32).ok()?;
+    let xd = b.sub(xd, zxb).ok()?;
+    let xd = b.mul(xd, sxb).ok()?;
+    let w_shape = [o, c, kh, kw];
+    let wq = b.constant(random_tensor(rng, DType::I8, &w_shape)).ok()?;
+    let wf = b.cast(wq, DType::F32).ok()?;
+    let sw = match below(rng, 2) {
+        0 => {
+            let v: Vec<f32> = (0..o).map(|j| 0.001 + (j % 7) as f32 / 500.0).collect();
+            let t = Tensor::from_vec(vec![o, 1, 1, 1], v).ok()?;
+            let c = b.constant(t).ok()?;
+            b.op1(
+                Op::Broadcast {
+                    dims: vec![0, 1, 2, 3],
+                    shape: shape(&w_shape),
+                },
+                &[c],
+            )
+            .ok()?
+        }
+        _ => {
+            let c = scalar(&mut b, 0.002, DType::F32)?;
+            b.broadcast_to(c, &shape(&w_shape)).ok()?
+        }
+    };
+    let wd = b.mul(wf, sw).ok()?;
+    let r = |rng: &mut Rng, n: usize| below(rng, n) as i64;
+    let conv = Op::Conv {
+        stride: vec![1 + r(rng, 2), 1 + r(rng, 2)],
+        dilation: vec![1 + r(rng, 2), 1],
+        pad_low: vec![r(rng, 2), r(rng, 2)],
+        pad_high: vec![r(rng, 2), r(rng, 2)],
+        groups: 1,
+    };
+    let y = b.op1(conv, &[xd, wd]).ok()?;
+    let end = epilogue_steps(&mut b, rng, y, &[1, o, 1, 1])?;
+    b.output("y", end).ok()?;
+    b.finish().ok()
+}
+
 /// A recurrent layer (`lstm`, `gru`, `rnn`) over a random input projection — sequences of 0 to 5
 /// steps (now and then of symbolic length), 1 to 6 rows, 1 to 160 hidden units (blocks of 16
 /// and tails; enough work at times for the routine to split the units over threads), either
