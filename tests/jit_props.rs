@@ -137,7 +137,10 @@ proptest! {
         if let Some(g) = common::quantized_graph(seed) {
             // MatMulInteger's form always becomes the 8-bit product, QDQ's when its weight is
             // past 64 KiB as f32 (smaller ones are dequantized at compile time first).
-            let dynamic = kiln::params(&g).iter().any(|(_, t)| t.dtype == kiln::DType::U8);
+            let dynamic = g
+                .node_ids()
+                .into_iter()
+                .any(|id| g.node(id).types().iter().any(|t| t.dtype == kiln::DType::I32));
             let big = g.node_ids().into_iter().any(|id| match g.node(id).op() {
                 kiln::Op::Constant { value } => {
                     value.tensor.dtype() == kiln::DType::I8 && value.tensor.numel() > 16384
