@@ -1,5 +1,6 @@
 //! Robustness of loading `.kiln` artifacts: byte-level mutations of real artifacts (the MLP
-//! example and the shipped classifier), with the checksum recomputed half of the time so the
+//! example, the shipped classifier, and a 4-bit product whose dequantized weight loading
+//! remakes), with the checksum recomputed half of the time so the
 //! checks behind it — header, saved plan, weights, object file — see the damage. Loading
 //! must fail with an error or succeed; it must never panic or crash. (Mutated code is never
 //! run: an artifact's checksum guards its code, and this test forges checksums.) Long run:
@@ -16,7 +17,7 @@ fn corpus() -> &'static [Vec<u8>] {
                 .unwrap();
         let onnx = std::fs::read(root.join("examples/classifier.onnx")).unwrap();
         let classifier = kiln::onnx::import(&onnx, Default::default(), Default::default()).unwrap();
-        [mlp, classifier]
+        [mlp, classifier, four_bit()]
             .iter()
             .map(|g| {
                 let o = kiln::optimize(g, None, &Default::default()).unwrap();
@@ -24,6 +25,36 @@ fn corpus() -> &'static [Vec<u8>] {
             })
             .collect()
     })
+}
+
+/// A 4-bit product of a small constant weight: its artifact remakes the dequantized weight
+/// on loading (a derived constant) from the nibbles it stores.
+fn four_bit() -> kiln::Graph {
+    let (n, k) = (24, 64);
+    let rows = |v: Vec<String>, w: usize| -> String {
+        let r: Vec<String> = v.chunks(w).map(|c| format!("[{}]", c.join(", "))).collect();
+        format!("[{}]", r.join(", "))
+    };
+    let w = rows(
+        (0..n * k / 2).map(|i| (i * 37 % 256).to_string()).collect(),
+        k / 2,
+    );
+    let s = rows((0..n * 2).map(|i| format!("0.{}", 1 + i % 9)).collect(), 2);
+    let z = rows((0..n * 2).map(|i| (i % 16).to_string()).collect(), 2);
+    let text = format!(
+        r#"
+func @four_bit {{
+  %x = param {{name="x"}} : f32[8, {k}]
+  %w = constant {{value={w}}} : u8[{n}, {}]
+  %s = constant {{value={s}}} : f32[{n}, 2]
+  %z = constant {{value={z}}} : f32[{n}, 2]
+  %y = qdot4 %x, %w, %s, %z {{block=32}} : f32[8, {n}]
+  return %y
+}}
+"#,
+        k / 2
+    );
+    kiln::parse_graph(&text).unwrap()
 }
 
 #[derive(Debug, Clone)]
