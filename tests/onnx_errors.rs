@@ -405,4 +405,27 @@ fn bad_matmul_nbits_name_the_node() {
     );
     let e = nbits(32, 64, Some(raw("z", data_type::UINT8, &[3], vec![8; 3])));
     assert!(e.contains("the packed zero points: 3 values, where"), "{e}");
+    // Rows of 32 where K says 64 (weights, scales sized for K = 64).
+    let mut n = node(
+        "MatMulNBits",
+        "mm",
+        &["x", "w", "s"],
+        &["y"],
+        vec![
+            int_attr("K", 64),
+            int_attr("N", 4),
+            int_attr("bits", 4),
+            int_attr("block_size", 32),
+        ],
+    );
+    n.domain = "com.microsoft".into();
+    let inits = vec![
+        raw("w", data_type::UINT8, &[128], vec![0x88; 128]),
+        floats("s", &[8], &[0.5; 8]),
+    ];
+    let e = quantized_err(n, data_type::FLOAT, inits);
+    assert!(
+        e.contains("node \"mm\"") && e.contains("A's rows have 32 values, where K is 64"),
+        "{e}"
+    );
 }

@@ -377,6 +377,9 @@ pub fn derived(kernel: &Kernel) -> Vec<BufId> {
             }
         });
     }
+    // Calls sharing a weight share its packed copy.
+    out.sort_unstable();
+    out.dedup();
     out
 }
 

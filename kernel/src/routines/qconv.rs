@@ -114,7 +114,8 @@ pub unsafe extern "C" fn kiln_qconv2d(
         for y in 0..h {
             // Row y of every plane transposed (channels × pixels).
             let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
-            transpose(planes, y * wd, h * wd, dst, ci, ci, wd);
+            // SAFETY: the row holds wd pixels of ci channels.
+            unsafe { transpose(planes, y * wd, h * wd, dst.as_mut_ptr(), ci, ci, wd) };
         }
         let b = match filters {
             Some(b) => b,
@@ -169,8 +170,7 @@ pub unsafe extern "C" fn kiln_qconv2d(
                         &Epilogue::NONE,
                     );
                     let c = c as *mut f32;
-                    let out = std::slice::from_raw_parts_mut(c.add(p0), (o - 1) * p + n);
-                    transpose(sums, 0, o, out, p, n, o);
+                    transpose(sums, 0, o, c.add(p0), p, n, o);
                     epi.from(0, p0, p0).block(c.add(p0), p, o, n);
                 }
             });
@@ -179,13 +179,17 @@ pub unsafe extern "C" fn kiln_qconv2d(
 }
 
 /// `dst[j·ld + i] = src[at + i·stride + j]` for `i < rows`, `j < cols`: a strided matrix
-/// transposed, in 8×8 tiles of eight runs of eight in and out.
+/// transposed, in 8×8 tiles of eight runs of eight in and out. `dst` is a pointer, not a
+/// slice: the threads' parts of one result write disjoint columns of the same rows.
+///
+/// # Safety
+/// `dst` is valid for writes at every `j·ld + i`, and no one else reads or writes those.
 #[allow(clippy::needless_range_loop)] // a tile's column j is read across its rows
-fn transpose<T: Copy>(
+unsafe fn transpose<T: Copy>(
     src: &[T],
     at: usize,
     stride: usize,
-    dst: &mut [T],
+    dst: *mut T,
     ld: usize,
     rows: usize,
     cols: usize,
@@ -194,11 +198,12 @@ fn transpose<T: Copy>(
     if rows == 0 || cols == 0 {
         return;
     }
-    assert!(at + (rows - 1) * stride + cols <= src.len() && (cols - 1) * ld + rows <= dst.len());
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    assert!(at + (rows - 1) * stride + cols <= src.len());
+    let (s, d) = (src.as_ptr(), dst);
     for i0 in (0..rows).step_by(T8) {
         for j0 in (0..cols).step_by(T8) {
-            // SAFETY: i < rows and j < cols stay inside both (asserted above).
+            // SAFETY: i < rows and j < cols stay inside the source (asserted above) and
+            // the destination (the caller's).
             unsafe {
                 if i0 + T8 <= rows && j0 + T8 <= cols {
                     let tile: [[T; T8]; T8] = std::array::from_fn(|i| {

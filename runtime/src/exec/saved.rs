@@ -259,9 +259,15 @@ impl Executable {
                     if !derived.is_empty() {
                         let operands: Vec<Option<Tensor>> = saved.layout.operand_slots[pos]
                             .iter()
-                            .map(|&slot| match by_slot.get(&slot).map(|&p| &steps[p]) {
-                                Some(Step::Constant(c)) => c.tensor().ok(),
-                                _ => None,
+                            .map(|&slot| {
+                                match by_slot
+                                    .get(&slot)
+                                    .filter(|&&p| p < pos)
+                                    .and_then(|&p| steps.get(p))
+                                {
+                                    Some(Step::Constant(c)) => c.tensor().ok(),
+                                    _ => None,
+                                }
                             })
                             .collect();
                         let own: Vec<(BufId, Tensor)> = list

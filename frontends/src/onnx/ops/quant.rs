@@ -526,6 +526,18 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
         } else {
             b.cast(a, DType::F32)?
         };
+        // A's rows are K long: said so (checked at run time when A's last dim is symbolic).
+        let mut dims = b.shape(x).dims().to_vec();
+        match dims.last() {
+            None => return Err("A is a scalar; MatMulNBits needs rows of K".into()),
+            Some(Dim::Const(d)) if *d != k => {
+                return Err(format!("A's rows have {d} values, where K is {k}").into())
+            }
+            Some(_) => {}
+        }
+        let last = dims.len() - 1;
+        dims[last] = Dim::Const(k);
+        let x = b.refine(x, Shape::new(dims))?;
         let mut y = b.op1(Op::Qdot4 { block }, &[x, w, sc, zp])?;
         if dt != DType::F32 {
             y = b.cast(y, dt)?;

@@ -140,8 +140,15 @@ pub unsafe extern "C" fn kiln_qgemm4(
     unsafe { product(isa(), a, w, (scale, zero), c, dims, &epi) }
 }
 
+/// Whether `block` is one `qdot4` admits (a power of two from 16): the kernels read rows of
+/// whole 8-byte halves of chunks.
+pub fn valid_block(block: usize) -> bool {
+    (16..=1 << 16).contains(&block) && block.is_power_of_two()
+}
+
 /// The weight (`n` rows, `k` values, in blocks of `block`) dequantized as the B of an f32
-/// product (`k × n`), packed by [`super::pack_b`]; `None` when an operand is too short.
+/// product (`k × n`), packed by [`super::pack_b`]; `None` when an operand is too short or
+/// the block not one `qdot4` admits.
 pub fn dequantized_b(
     w: &[u8],
     scale: &[f32],
@@ -150,9 +157,16 @@ pub fn dequantized_b(
     k: usize,
     block: usize,
 ) -> Option<Vec<f32>> {
-    let blocks = k.div_ceil(block.max(1));
-    let bytes = blocks * block / 2;
-    if block == 0 || w.len() < n * bytes || scale.len() < n * blocks || zero.len() < n * blocks {
+    if !valid_block(block) {
+        return None;
+    }
+    let blocks = k.div_ceil(block);
+    let bytes = blocks.checked_mul(block / 2)?;
+    let values = n.checked_mul(k)?;
+    if w.len() < n.checked_mul(bytes)?
+        || scale.len() < n.checked_mul(blocks)?
+        || zero.len() < n * blocks
+    {
         return None;
     }
     let wt = Weight {
@@ -163,7 +177,7 @@ pub fn dequantized_b(
         blocks,
         block,
     };
-    let mut b = vec![0f32; n * k];
+    let mut b = vec![0f32; values];
     for j in 0..n {
         for l in 0..k {
             // SAFETY: row j and value l are inside the weight (checked above).
@@ -190,7 +204,15 @@ pub(crate) unsafe fn product(
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 || block == 0 {
+    if !valid_block(block) {
+        // Not a block `qdot4` admits (a damaged kernel): NaN rather than reading outside.
+        for i in 0..m {
+            // SAFETY: row i of c holds n elements.
+            unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(f32::NAN) };
+        }
+        return;
+    }
+    if k == 0 {
         for i in 0..m {
             // SAFETY: row i of c holds n elements.
             unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
@@ -808,6 +830,30 @@ mod tests {
             v.push(Isa::Avx512);
         }
         v
+    }
+
+    /// A block `qdot4` does not admit (a damaged kernel) stores NaN, reading nothing.
+    #[test]
+    fn qgemm4_refuses_other_blocks() {
+        let (w, s, z) = ([0u8; 4], [1f32; 1], [0f32; 1]);
+        let x = [1f32; 8];
+        for block in [0usize, 8, 24] {
+            let mut c = [0f32; 1];
+            // SAFETY: nothing is read for such a block.
+            unsafe {
+                product(
+                    isa(),
+                    x.as_ptr(),
+                    w.as_ptr(),
+                    (s.as_ptr(), z.as_ptr()),
+                    c.as_mut_ptr(),
+                    [8, 1, 1, 1, 8, block],
+                    &Epilogue::NONE,
+                )
+            };
+            assert!(c[0].is_nan(), "block {block}");
+        }
+        assert!(dequantized_b(&w, &s, &z, 1, 8, 8).is_none());
     }
 
     /// Every path against f64 sums of the dequantized weight, and the same bits on every

@@ -13,6 +13,10 @@ use crate::egraph::{Expr, Rule};
 /// Integers up to this magnitude are exact in f32.
 const EXACT: f64 = (1u64 << 24) as f64;
 
+/// The most terms a quantized product may sum without its i32 wrapping: each is at most
+/// 255·128 in magnitude (an 8-bit activation less its zero point by an i8 weight).
+const MOST_TERMS: i64 = (i32::MAX as i64) / (255 * 128);
+
 /// cast(dot(x, w) : int, f32) = dot(cast(x, f32), cast(w, f32)), and likewise for `conv`,
 /// when |x|·Σ|w| over each output's terms stays within 2^24: every partial sum, in any
 /// order, is then an exactly represented integer.
@@ -249,6 +253,11 @@ pub const DEQUANTIZED_DOT: Rule = Rule {
             if !ok || info(eg, id).ty().dtype != DType::F32 {
                 continue;
             }
+            // The f32 product does not wrap; the i32 sums must not either.
+            let k = info(eg, x).ty().shape.dim(xr as usize - 1).as_const();
+            if k.is_none_or(|k| k > MOST_TERMS) {
+                continue;
+            }
             let Some((x8, zx, Scale::Tensor(sx))) = dequantized(eg, x, None) else {
                 continue;
             };
@@ -328,13 +337,14 @@ enum Scale {
 /// Whether `broadcast(v) {dims}` to a weight gives one value per entry of axis `column`: a
 /// vector along it, or laid out as the weight with every other axis of extent 1 (`[N, 1]`,
 /// `[O, 1, 1, 1]`).
-fn per_column(eg: &EGraph, v: Id, dims: &[i64], column: usize) -> bool {
+fn per_column(eg: &EGraph, v: Id, dims: &[i64], column: usize, extent: &ir::Dim) -> bool {
     let shape = &info(eg, v).ty().shape;
     match shape.rank() {
         0 => false,
-        1 => dims == [column as i64],
+        1 => dims == [column as i64] && shape.dim(0) == extent,
         r => {
             dims.iter().copied().eq(0..r as i64)
+                && shape.dim(column) == extent
                 && (0..r).all(|a| a == column || shape.dim(a).as_const() == Some(1))
         }
     }
@@ -364,6 +374,13 @@ pub const DEQUANTIZED_CONV: Rule = Rule {
                 continue;
             }
             let (x, w) = (args[0], args[1]);
+            // The f32 conv does not wrap; the i32 sums must not either.
+            let terms = info(eg, w).ty().shape.dims()[1..]
+                .iter()
+                .try_fold(1i64, |acc, d| acc.checked_mul(d.as_const()?));
+            if terms.is_none_or(|t| t > MOST_TERMS) {
+                continue;
+            }
             let Some((x8, zx, Scale::Tensor(sx))) = dequantized(eg, x, None) else {
                 continue;
             };
@@ -401,7 +418,11 @@ fn dequantized(eg: &EGraph, id: Id, column: Option<usize>) -> Option<(Id, Option
             Op::Broadcast { dims, .. } if info(eg, a[0]).ty().dtype == DType::F32 => {
                 match (info(eg, a[0]).ty().shape.rank(), column) {
                     (0, _) => Some(Scale::Tensor(a[0])),
-                    (_, Some(j)) if per_column(eg, a[0], dims, j) => Some(Scale::Column(a[0])),
+                    (_, Some(j))
+                        if per_column(eg, a[0], dims, j, info(eg, id).ty().shape.dim(j)) =>
+                    {
+                        Some(Scale::Column(a[0]))
+                    }
                     _ => None,
                 }
             }
@@ -489,7 +510,7 @@ fn weight_bytes(eg: &EGraph, w: Id, zero: Option<Id>, column: usize) -> Option<E
         };
         let per = match info(eg, a[0]).ty().shape.rank() {
             0 => dims.is_empty(),
-            _ => per_column(eg, a[0], dims, column),
+            _ => per_column(eg, a[0], dims, column, shape.dim(column)),
         };
         if !per {
             return None;
