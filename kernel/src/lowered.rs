@@ -181,47 +181,33 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let Some(slot) = slot else {
             return;
         };
-        // A 4-bit weight's scales and zero points: their buffers and the tensors they hold.
-        let extra: Vec<Option<(BufId, i64, &Tensor)>> = ["w_scale", "w_zero"]
-            .iter()
-            .map(|&name| {
-                let (x, x_off) = g.operand(name)?.clone();
-                let t = operands
-                    .get(x)
-                    .copied()
-                    .flatten()
-                    .or_else(|| l.consts.iter().find(|(y, _)| *y == x).map(|(_, t)| t))?;
-                Some((x, c(Some(&x_off))?, t))
-            })
-            .collect();
-        let addr = |i: usize| {
-            extra[i].map_or(0, |(_, off, t)| {
-                (t.data() as *const ir::Data as i64) ^ (off << 48)
-            })
+        // The tensor a buffer holds, when known: an operand the caller knows, or a constant.
+        let known = |x: BufId| {
+            operands
+                .get(x)
+                .copied()
+                .flatten()
+                .or_else(|| l.consts.iter().find(|(y, _)| *y == x).map(|(_, t)| t))
         };
-        let key = (b, [kind, off, rs, cs, n, k, addr(0), addr(1)]);
+        // A 4-bit weight's scales and zero points are part of what its packed copy is made
+        // of: their tensors' addresses (and offsets) join the key.
+        let addr = |name: &str| {
+            let (x, x_off) = g.operand(name).cloned()?;
+            let t = known(x)?;
+            Some((t.data() as *const ir::Data as i64) ^ (c(Some(&x_off))? << 48))
+        };
+        let (sa, za) = (addr("w_scale").unwrap_or(0), addr("w_zero").unwrap_or(0));
+        let key = (b, [kind, off, rs, cs, n, k, sa, za]);
         if let Some((_, p)) = done.iter().find(|(x, _)| *x == key) {
             g.operands[slot] = Some((*p, Expr::i64(0)));
             return;
         }
-        let known = operands
-            .get(b)
-            .copied()
-            .flatten()
-            .or_else(|| l.consts.iter().find(|(x, _)| *x == b).map(|(_, t)| t));
-        let Some(t) = known else { return };
+        let Some(t) = known(b) else { return };
         let source = (t.data() as *const ir::Data as usize, key.1);
         let four_bit = match (qgemm4, cache.packed.get(&source)) {
             (false, _) => None,
             (true, Some((_, packed))) => Some(packed.clone()),
             (true, None) => {
-                let known = |x: BufId| {
-                    operands
-                        .get(x)
-                        .copied()
-                        .flatten()
-                        .or_else(|| l.consts.iter().find(|(y, _)| *y == x).map(|(_, t)| t))
-                };
                 let Some(p) = dequantized_4bit(g, &known) else {
                     return;
                 };

@@ -306,53 +306,49 @@ impl Lowering<'_> {
             return unsupported("called on a qdot4");
         };
         let ins = node.inputs().to_vec();
-        let mut dense = Vec::new();
-        for &x in &ins {
-            self.materialized(x)?;
-            let shape = self.ty(x).shape.clone();
-            let (b, st) = self.as_strided(x)?;
-            let rank = shape.rank();
-            let lead: Vec<usize> = (0..rank.saturating_sub(1)).collect();
-            let rows = merged(&lead, &shape, &st);
-            let ok = rank > 0 && st[rank - 1].as_const() == Some(1) && rows.is_some();
-            let (b, rows) = if ok && (x == ins[0] || Some(st.clone()) == dense_strides(&shape)) {
-                (b, rows)
-            } else {
-                let order: Vec<usize> = (0..rank).collect();
-                let (b, shape, st) = self.permuted(x, &order)?;
-                (b, merged(&lead, &shape, &st))
-            };
-            let (m, rs) = rows.ok_or_else(|| Unsupported("qdot4's rows do not merge".into()))?;
-            dense.push((b, m, rs));
+        // The rows: K adjacent elements each, the leading axes merged into one (else a copy).
+        let x = ins[0];
+        self.materialized(x)?;
+        let shape = self.ty(x).shape.clone();
+        let (mut xb, st) = self.as_strided(x)?;
+        let rank = shape.rank();
+        let lead: Vec<usize> = (0..rank.saturating_sub(1)).collect();
+        let mut rows = merged(&lead, &shape, &st);
+        if rank == 0 || st[rank - 1].as_const() != Some(1) || rows.is_none() {
+            let order: Vec<usize> = (0..rank).collect();
+            let (b, shape, st) = self.permuted(x, &order)?;
+            (xb, rows) = (b, merged(&lead, &shape, &st));
+        }
+        let (m, a_rs) = rows.ok_or_else(|| Unsupported("qdot4's rows do not merge".into()))?;
+        let mut bufs = vec![xb];
+        for &v in &ins[1..] {
+            bufs.push(self.dense(v)?);
         }
         let (xs, ws) = (self.ty(ins[0]).shape.clone(), self.ty(ins[1]).shape.clone());
         let (k, n) = (xs.dim(xs.rank() - 1).clone(), ws.dim(0).clone());
-        let (m, a_rs) = (dense[0].1.clone(), dense[0].2.clone());
-        self.nest(&Shape::new(vec![]), DType::I64, |l, _| {
-            let epilogue = Chain::of(chain, &Expr::i64(0), &Expr::i64(0));
-            let mut operands: Vec<_> = dense.iter().map(|d| Some((d.0, Expr::i64(0)))).collect();
-            // b_packed: made by `prepack` for a small constant weight.
-            operands.push(None);
-            operands.push(Some((out, Expr::i64(0))));
-            operands.extend(epilogue.operands());
-            let call = kernel::Call {
-                routine: "qgemm4".into(),
-                operands,
-                ints: vec![
-                    l.dim(&a_rs),
-                    l.dim(&n),
-                    l.dim(&m),
-                    l.dim(&n),
-                    l.dim(&k),
-                    Expr::i64(block),
-                    Expr::i64(i64::from(epilogue.cols)),
-                    Expr::i64(epilogue.act),
-                ],
-                scalars: epilogue.scalars(),
-                result: None,
-            };
-            Ok(vec![Stmt::Call(Box::new(call))])
-        })?;
+        let epilogue = Chain::of(chain, &Expr::i64(0), &Expr::i64(0));
+        let mut operands: Vec<_> = bufs.iter().map(|&b| Some((b, Expr::i64(0)))).collect();
+        // b_packed: made by `prepack` for a small constant weight.
+        operands.push(None);
+        operands.push(Some((out, Expr::i64(0))));
+        operands.extend(epilogue.operands());
+        let ints = vec![
+            self.dim(&a_rs),
+            self.dim(&n),
+            self.dim(&m),
+            self.dim(&n),
+            self.dim(&k),
+            Expr::i64(block),
+            Expr::i64(i64::from(epilogue.cols)),
+            Expr::i64(epilogue.act),
+        ];
+        self.k.body.push(Stmt::Call(Box::new(kernel::Call {
+            routine: "qgemm4".into(),
+            operands,
+            ints,
+            scalars: epilogue.scalars(),
+            result: None,
+        })));
         self.bufs.insert(v, out);
         Ok(())
     }

@@ -415,11 +415,26 @@ impl<'g> Lowering<'g> {
         self.target(v, output)
     }
 
-    /// The buffer holding `v` densely in row-major order: its own, or scratch it is computed
-    /// into (a view, a constant scalar, an elementwise value) — what routines read.
-    fn dense(&mut self, v: Value) -> Result<BufId> {
+    /// The buffer holding `v` densely in row-major order: its own, the one a view of it reads
+    /// when that view is laid out so (a reshape; axes of extent 1 at any stride), or scratch
+    /// it is computed into (another view, a constant scalar, an elementwise value) — what
+    /// routines read.
+    pub(super) fn dense(&mut self, v: Value) -> Result<BufId> {
         if let Some(&b) = self.bufs.get(&v) {
             return Ok(b);
+        }
+        if let Some((b, st)) = self.strided(v) {
+            let shape = &self.ty(v).shape;
+            let laid_out = (0..shape.rank())
+                .rev()
+                .try_fold(Dim::constant(1), |step, a| {
+                    (st[a] == step || shape.dim(a).as_const() == Some(1))
+                        .then(|| step.mul(shape.dim(a)).ok())
+                        .flatten()
+                });
+            if laid_out.is_some() {
+                return Ok(b);
+            }
         }
         let n = self.k.bufs.len();
         let b = self.buf(format!("t{n}"), self.ty(v), BufKind::Scratch)?;

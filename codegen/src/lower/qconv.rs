@@ -34,24 +34,7 @@ impl Lowering<'_> {
         let ins = node.inputs().to_vec();
         let mut bufs = Vec::new();
         for &x in &ins {
-            self.materialized(x)?;
-            let shape = self.ty(x).shape.clone();
-            let (b, st) = self.as_strided(x)?;
-            let dense = (0..shape.rank())
-                .rev()
-                .try_fold(Dim::constant(1), |step, a| {
-                    (st[a] == step || shape.dim(a).as_const() == Some(1))
-                        .then(|| step.mul(shape.dim(a)).ok())
-                        .flatten()
-                });
-            let b = match dense {
-                Some(_) => b,
-                None => {
-                    let order: Vec<usize> = (0..shape.rank()).collect();
-                    self.permuted(x, &order)?.0
-                }
-            };
-            bufs.push(b);
+            bufs.push(self.dense(x)?);
         }
         let (xs, ws, ys) = (
             self.ty(ins[0]).shape.clone(),

@@ -6,6 +6,8 @@ use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::shape::{Shape, TensorType};
 
+/// `qdot`: dot's rule on the widened operands (lhs u8 or i8, rhs i8, a scalar zero point of
+/// lhs's type); the result f32.
 pub(crate) fn rule_qdot(
     ins: &[TensorType],
     lhs_batch: &[i64],
@@ -13,22 +15,8 @@ pub(crate) fn rule_qdot(
     lhs_contract: &[i64],
     rhs_contract: &[i64],
 ) -> Rule {
-    let (l, r, z) = (&ins[0], &ins[1], &ins[2]);
-    if !matches!(l.dtype, DType::U8 | DType::I8) || r.dtype != DType::I8 {
-        return Err(format!(
-            "qdot takes u8 or i8 by i8 operands, got {} and {}",
-            l.dtype, r.dtype
-        ));
-    }
-    if z.dtype != l.dtype || z.rank() != 0 {
-        return Err(format!(
-            "qdot's zero point must be a {} scalar, got {z}",
-            l.dtype
-        ));
-    }
-    let widened = |t: &TensorType| TensorType::new(DType::I32, t.shape.clone());
     let out = rule_dot(
-        &[widened(l), widened(r)],
+        &widened("qdot", ins)?,
         lhs_batch,
         rhs_batch,
         lhs_contract,
@@ -47,22 +35,8 @@ pub(crate) fn rule_qconv(
     pad_high: &[i64],
     groups: &i64,
 ) -> Rule {
-    let (x, w, z) = (&ins[0], &ins[1], &ins[2]);
-    if !matches!(x.dtype, DType::U8 | DType::I8) || w.dtype != DType::I8 {
-        return Err(format!(
-            "qconv takes u8 or i8 by i8 operands, got {} and {}",
-            x.dtype, w.dtype
-        ));
-    }
-    if z.dtype != x.dtype || z.rank() != 0 {
-        return Err(format!(
-            "qconv's zero point must be a {} scalar, got {z}",
-            x.dtype
-        ));
-    }
-    let widened = |t: &TensorType| TensorType::new(DType::I32, t.shape.clone());
     let out = rule_conv(
-        &[widened(x), widened(w)],
+        &widened("qconv", ins)?,
         stride,
         dilation,
         pad_low,
@@ -70,6 +44,25 @@ pub(crate) fn rule_qconv(
         groups,
     )?;
     Ok(vec![TensorType::new(DType::F32, out[0].shape.clone())])
+}
+
+/// An 8-bit product's operands (u8 or i8 by i8, a scalar zero point of the first's dtype)
+/// as the i32 values it sums.
+fn widened(op: &str, ins: &[TensorType]) -> Result<[TensorType; 2], String> {
+    let (l, r, z) = (&ins[0], &ins[1], &ins[2]);
+    if !matches!(l.dtype, DType::U8 | DType::I8) || r.dtype != DType::I8 {
+        return Err(format!(
+            "{op} takes u8 or i8 by i8 operands, got {} and {}",
+            l.dtype, r.dtype
+        ));
+    }
+    if z.dtype != l.dtype || z.rank() != 0 {
+        return Err(format!(
+            "{op}'s zero point must be a {} scalar, got {z}",
+            l.dtype
+        ));
+    }
+    Ok([l, r].map(|t| TensorType::new(DType::I32, t.shape.clone())))
 }
 
 /// `qdot4 {block}(x, w, scale, zero)`: x f32 `[..., K]`; w u8 `[N, ceil(K/block)·block/2]`,

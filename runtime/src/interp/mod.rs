@@ -618,13 +618,10 @@ impl Interp<'_> {
                     rhs_contract: &usizes(rhs_contract),
                 };
                 let quantized = matches!(op, Op::Qdot { .. });
-                let lhs = match wide0() {
-                    // qdot: lhs less its zero point.
-                    wide::Wide::I(l) if quantized => {
-                        let z = arg(2).data().get_f64(0) as i128;
-                        wide::Wide::I(l.into_iter().map(|x| x - z).collect())
-                    }
-                    l => l,
+                // qdot: lhs less its zero point.
+                let lhs = match quantized {
+                    true => wide::less_zero(wide0(), arg(2).data().get_i128(0)),
+                    false => wide0(),
                 };
                 let r = compute::dot(
                     &lhs,
@@ -633,15 +630,10 @@ impl Interp<'_> {
                     arg(1).shape(),
                     &dims,
                 );
-                if !quantized {
-                    return Ok(vec![narrow(&r, dtype0())]);
+                match quantized {
+                    true => Ok(vec![wide::i32_sums_as_f32(&r)?]),
+                    false => Ok(vec![narrow(&r, dtype0())]),
                 }
-                // The i32 sum (wrapping), rounded to f32.
-                let wide::Wide::I(sums) = r else {
-                    return Err("qdot's sums are not integers".into());
-                };
-                let sums: Vec<f64> = sums.iter().map(|&x| f64::from(x as i32)).collect();
-                Ok(vec![Data::from_f64s(ir::DType::F32, &sums)])
             }
             Op::Qdot4 { block } => {
                 let f = |i: usize| arg(i).as_slice::<f32>().ok_or("qdot4 takes f32 operands");
@@ -687,13 +679,10 @@ impl Interp<'_> {
                     _ => compute::conv_blocked,
                 };
                 let quantized = matches!(op, Op::Qconv { .. });
-                let lhs = match wide0() {
-                    // qconv: x less its zero point (padding then adds nothing).
-                    wide::Wide::I(l) if quantized => {
-                        let z = arg(2).data().get_f64(0) as i128;
-                        wide::Wide::I(l.into_iter().map(|x| x - z).collect())
-                    }
-                    l => l,
+                // qconv: x less its zero point (padding then adds nothing).
+                let lhs = match quantized {
+                    true => wide::less_zero(wide0(), arg(2).data().get_i128(0)),
+                    false => wide0(),
                 };
                 let r = conv(
                     &lhs,
@@ -704,15 +693,10 @@ impl Interp<'_> {
                     *groups as usize,
                     out_shape,
                 );
-                if quantized {
-                    // The i32 sum (wrapping), rounded to f32.
-                    let wide::Wide::I(sums) = r else {
-                        return Err("qconv's sums are not integers".into());
-                    };
-                    let sums: Vec<f64> = sums.iter().map(|&x| f64::from(x as i32)).collect();
-                    return Ok(vec![Data::from_f64s(ir::DType::F32, &sums)]);
+                match quantized {
+                    true => Ok(vec![wide::i32_sums_as_f32(&r)?]),
+                    false => Ok(vec![narrow(&r, dtype0())]),
                 }
-                Ok(vec![narrow(&r, dtype0())])
             }
             Op::ReduceWindow {
                 kind,

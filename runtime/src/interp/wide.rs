@@ -48,6 +48,23 @@ pub fn narrow(w: &Wide, dtype: DType) -> Data {
     }
 }
 
+/// An 8-bit product's left operand (`qdot`, `qconv`) less its zero point `z`.
+pub fn less_zero(l: Wide, z: i128) -> Wide {
+    match l {
+        Wide::I(l) => Wide::I(l.into_iter().map(|x| x - z).collect()),
+        l => l,
+    }
+}
+
+/// An 8-bit product's integer sums as its result: wrapped to i32, rounded to f32.
+pub fn i32_sums_as_f32(r: &Wide) -> Result<Data, String> {
+    let Wide::I(sums) = r else {
+        return Err("a quantized product's sums are not integers".into());
+    };
+    let sums: Vec<f64> = sums.iter().map(|&x| f64::from(x as i32)).collect();
+    Ok(Data::from_f64s(DType::F32, &sums))
+}
+
 /// The smallest and largest value of an integer dtype.
 pub fn int_range(dtype: DType) -> (i128, i128) {
     match dtype {
