@@ -122,6 +122,14 @@ fn products(c: &mut Criterion) {
                         0,
                         f32::NEG_INFINITY,
                         f32::INFINITY,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
                     )
                 }
             })
@@ -191,6 +199,14 @@ fn convolutions(c: &mut Criterion) {
                         0,
                         ninf,
                         inf,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
                     )
                 };
                 y0 += n;
@@ -260,6 +276,14 @@ fn convolutions(c: &mut Criterion) {
                         0,
                         ninf,
                         inf,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
                     )
                 }
             })
@@ -277,7 +301,8 @@ fn convolutions(c: &mut Criterion) {
                             let op = out.as_mut_ptr().add((ch * os * os) as usize);
                             conv::kiln_conv2d_plane(
                                 xp, wp, op, null, null, null, side, side, os, os, win, win, stride,
-                                stride, 1, 1, pad, pad, 0, ninf, inf,
+                                stride, 1, 1, pad, pad, 0, ninf, inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                0.0, 0.0,
                             )
                         }
                     }
@@ -435,6 +460,14 @@ fn four_bit(c: &mut Criterion) {
                     0,
                     ninf,
                     inf,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
                 )
             }
         })
@@ -463,6 +496,14 @@ fn four_bit(c: &mut Criterion) {
                     0,
                     ninf,
                     inf,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
                 )
             }
         })

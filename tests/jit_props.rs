@@ -112,6 +112,43 @@ fn check_graph(g: kiln::Graph, seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `g` compiled by the default pipeline computes the interpreter's bits (NaNs alike) on every
+/// output, stable or not, and its kernels keep no rounding where a product became a `gemm`
+/// call (its QDQ pairs are that call's epilogue).
+fn check_exact(g: kiln::Graph, seed: u64) -> Result<(), TestCaseError> {
+    let Ok(r) = kiln::random_inputs(&g, &HashMap::new(), seed) else {
+        return Ok(());
+    };
+    let inputs: Vec<Tensor> = r.inputs.iter().map(|(_, t)| t.clone()).collect();
+    let v = kiln::ir::verify(&g).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let want = kiln::interp::run(&v, &inputs).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let o = kiln::optimize(&g, None, &HashMap::new())
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", kiln::print_graph(&g))))?;
+    let exe = kiln::executable(&o, &Default::default())
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let got = exe
+        .run_with(&inputs, &HashMap::new())
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    // (A conv's pairs may stay in a loop: where its blocked result goes back to the plain
+    // layout first.)
+    let text = exe.kernels_text();
+    let called = text.contains("call gemm") && !text.contains("call conv2d");
+    let (before, after) = (kiln::print_graph(&g), kiln::print_graph(&o));
+    prop_assert!(
+        !called || !text.contains("round("),
+        "a pair left to a loop:\n{before}\n{after}\n{text}"
+    );
+    for (w, x) in want.iter().zip(&got) {
+        let (w, x) = (w.to_f64_vec(), x.to_f64_vec());
+        let same = w.len() == x.len()
+            && w.iter()
+                .zip(&x)
+                .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+        prop_assert!(same, "{:?}\nvs the interpreter's\n{:?}\n{}", x, w, text);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(common::cases(200)))]
 
@@ -165,6 +202,15 @@ proptest! {
             let text = kiln::print_graph(&o);
             prop_assert!(text.contains("qconv"), "no qconv in\n{}", text);
             check_graph(g, seed)?;
+        }
+    }
+
+    /// QDQ pairs around exact integer sums (a product's, a convolution's), a batch norm
+    /// between them at times: fused into the routines' epilogues, the interpreter's bits.
+    #[test]
+    fn qdq_pairs_in_epilogues_match_the_interpreter(seed in any::<u64>()) {
+        if let Some(g) = common::qdq_pair_graph(seed) {
+            check_exact(g, seed)?;
         }
     }
 

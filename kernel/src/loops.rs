@@ -261,9 +261,9 @@ impl From<Conv2d> for Call {
 }
 
 /// What a product or convolution call applies to each output as it stores it (see
-/// [`crate::routines::epilogue`]): `act(min(max((x·scale + shift) + res[at], lo), hi))`,
-/// each operand at its offset (the per-row or per-column ones at the call's first row or
-/// column, the residual at the output's offset), absent parts skipped.
+/// [`crate::routines::epilogue`]): `post(act(min(max((pre(x)·scale + shift) + res[at], lo),
+/// hi)))`, each operand at its offset (the per-row or per-column ones at the call's first row
+/// or column, the residual at the output's offset), absent parts skipped.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Epilogue {
     pub scale: Option<(BufId, Expr)>,
@@ -273,8 +273,13 @@ pub struct Epilogue {
     pub hi: f64,
     /// Whether scale and shift are per column (products only).
     pub cols: bool,
-    /// The activation last: 0 none, 1 sigmoid, 2 tanh.
+    /// The activation: 0 none, 1 sigmoid, 2 tanh, ... (as `routines::epilogue::Act::of`).
     pub act: i64,
+    /// A quantize-dequantize pair first: scale, zero point and the quantized type's range
+    /// (`routines::epilogue::Quant`).
+    pub pre: Option<[f64; 4]>,
+    /// A quantize-dequantize pair last.
+    pub post: Option<[f64; 4]>,
 }
 
 impl Default for Epilogue {
@@ -287,6 +292,8 @@ impl Default for Epilogue {
             hi: f64::INFINITY,
             cols: false,
             act: 0,
+            pre: None,
+            post: None,
         }
     }
 }
@@ -297,12 +304,13 @@ impl Epilogue {
         [self.scale.clone(), self.shift.clone(), self.res.clone()]
     }
 
-    /// The call's scalar arguments `lo` and `hi`.
+    /// The call's scalar arguments `lo` and `hi`, then its pairs' (zeros for none).
     pub fn scalars(&self) -> Vec<Expr> {
-        vec![
-            Expr::Float(self.lo, DType::F32),
-            Expr::Float(self.hi, DType::F32),
-        ]
+        let mut s = vec![self.lo, self.hi];
+        for q in [self.pre, self.post] {
+            s.extend(q.unwrap_or([0.0; 4]));
+        }
+        s.into_iter().map(|v| Expr::Float(v, DType::F32)).collect()
     }
 }
 

@@ -44,6 +44,9 @@ pub(crate) fn run(g: &Graph, opts: &Options) -> R<Graph> {
         if c.ops < MIN_OPS || g.value_type(v).shape != g.value_type(c.source).shape {
             continue;
         }
+        if quantizes_product(g, c.source) {
+            continue;
+        }
         let users = g.users(v);
         let inside = |u: &(NodeId, usize)| {
             chains.get(&Value::new(u.0, 0)).is_some_and(|d| {
@@ -148,6 +151,46 @@ fn splat_constant(g: &Graph, v: Value) -> Option<&Tensor> {
         Op::Constant { value } if value.tensor.numel() == 1 => Some(&value.tensor),
         _ => None,
     }
+}
+
+/// Whether 8-bit `q` is a QuantizeLinear of a product's or convolution's result that nothing
+/// else reads (`cast(round(p / s) [+ z])`): the lowering applies that quantizer's pair with
+/// its dequantizer, and the elementwise steps after (a batch norm, an activation, the next
+/// pair), as the routine's epilogue, in its registers — cheaper than a lookup in a loop after.
+fn quantizes_product(g: &Graph, q: Value) -> bool {
+    let node = g.node(q.node);
+    let Op::Cast { .. } = node.op() else {
+        return false;
+    };
+    let mut v = node.inputs()[0];
+    if let (Op::Add, &[a, b]) = (g.node(v.node).op(), g.node(v.node).inputs()) {
+        v = match (splat_constant(g, a), splat_constant(g, b)) {
+            (None, Some(_)) => a,
+            (Some(_), None) => b,
+            _ => return false,
+        };
+    }
+    let Op::Round = g.node(v.node).op() else {
+        return false;
+    };
+    // `p / s`, or `p · 2^-e` (a division by a power of two as the simplifier leaves it).
+    let d = g.node(v.node).inputs()[0];
+    let (p, s) = match (g.node(d.node).op(), g.node(d.node).inputs()) {
+        (Op::Div, &[p, s]) => (p, s),
+        (Op::Mul, &[a, b]) if splat_constant(g, b).is_some() => (a, b),
+        (Op::Mul, &[a, b]) if splat_constant(g, a).is_some() => (b, a),
+        _ => return false,
+    };
+    let product = matches!(
+        g.node(p.node).op(),
+        Op::Dot { .. }
+            | Op::Qdot { .. }
+            | Op::Qdot4 { .. }
+            | Op::Conv { .. }
+            | Op::ConvBlocked { .. }
+            | Op::Qconv { .. }
+    );
+    product && splat_constant(g, s).is_some() && g.users(p).len() == 1
 }
 
 /// The chain ending at `end` evaluated on all 256 values of `source` (i8 from -128), or

@@ -1033,6 +1033,113 @@ pub fn quantized_conv_graph(seed: u64) -> Option<Graph> {
     b.finish().ok()
 }
 
+/// Integer sums through QDQ pairs, as a QDQ model's chain between its operators: a u8 matrix
+/// or image as f32 by i8 weights or filters as f32 (every sum exact, in any order), then
+/// a quantize-dequantize pair (u8 or i8, zero point and scale at random, often saturating),
+/// at times a scale and shift per channel (a batch norm) and a second pair — which the
+/// product's or convolution's epilogue applies, to the interpreter's bits.
+pub fn qdq_pair_graph(seed: u64) -> Option<Graph> {
+    let mut rng = Rng::new(seed);
+    let rng = &mut rng;
+    let mut b = Builder::new(&format!("qdqpair{}", seed % 1000));
+    let shape = |d: &[usize]| Shape::new(d.iter().map(|&d| Dim::Const(d as i64)).collect());
+    // Integer weights as f32, given (an i8 parameter) or constant: a constant divisor after
+    // would fold into constant weights, rounding them.
+    let weights = |b: &mut Builder, rng: &mut Rng, dims: &[usize]| -> Option<Value> {
+        let w = if below(rng, 2) == 0 {
+            b.param("w", DType::I8, shape(dims)).ok()?
+        } else {
+            b.constant(random_tensor(rng, DType::I8, dims)).ok()?
+        };
+        b.cast(w, DType::F32).ok()
+    };
+    let (y, per) = if below(rng, 2) == 0 {
+        let (c, o, k) = (1 + below(rng, 24), 1 + below(rng, 40), pick(rng, &[1, 3]));
+        let (h, w) = (1 + below(rng, 12), 1 + below(rng, 12));
+        let x = b.param("x", DType::U8, shape(&[1, c, h, w])).ok()?;
+        let xf = b.cast(x, DType::F32).ok()?;
+        let wv = weights(&mut b, rng, &[o, c, k, k])?;
+        let p = (k / 2) as i64;
+        let conv = Op::Conv {
+            stride: vec![1, 1],
+            dilation: vec![1, 1],
+            pad_low: vec![p, p],
+            pad_high: vec![p, p],
+            groups: 1,
+        };
+        (b.op1(conv, &[xf, wv]).ok()?, vec![1, o, 1, 1])
+    } else {
+        let (m, k, n) = (1 + below(rng, 20), 1 + below(rng, 40), 1 + below(rng, 40));
+        let x = b.param("x", DType::U8, shape(&[m, k])).ok()?;
+        let xf = b.cast(x, DType::F32).ok()?;
+        let wv = weights(&mut b, rng, &[k, n])?;
+        let dot = Op::Dot {
+            lhs_batch: vec![],
+            rhs_batch: vec![],
+            lhs_contract: vec![1],
+            rhs_contract: vec![0],
+        };
+        (b.op1(dot, &[xf, wv]).ok()?, vec![n])
+    };
+    let mut y = qdq_pair(&mut b, rng, y)?;
+    if below(rng, 2) == 0 {
+        let n: usize = per.iter().product();
+        let ty = b.ty(y).shape.clone();
+        let by = |b: &mut Builder, v: Vec<f32>| -> Option<Value> {
+            let c = b.constant(Tensor::from_vec(per.clone(), v).ok()?).ok()?;
+            b.broadcast_to(c, &ty).ok()
+        };
+        let s = by(
+            &mut b,
+            (0..n)
+                .map(|_| 0.5 + below(rng, 100) as f32 / 64.0)
+                .collect(),
+        )?;
+        let t = by(
+            &mut b,
+            (0..n)
+                .map(|_| below(rng, 100) as f32 / 32.0 - 1.5)
+                .collect(),
+        )?;
+        y = b.mul(y, s).ok()?;
+        y = b.add(y, t).ok()?;
+    }
+    if below(rng, 3) != 0 {
+        y = qdq_pair(&mut b, rng, y)?;
+    }
+    b.output("y", y).ok()?;
+    b.finish().ok()
+}
+
+/// `y` through QuantizeLinear then DequantizeLinear as the importer writes them (u8 or i8,
+/// a zero point of 0 without its add and subtraction).
+fn qdq_pair(b: &mut Builder, rng: &mut Rng, y: Value) -> Option<Value> {
+    let signed = below(rng, 3) == 0;
+    let lo = if signed { -128.0 } else { 0.0 };
+    let z = if below(rng, 3) == 0 {
+        0.0
+    } else {
+        lo + below(rng, 256) as f64
+    };
+    // (Not powers of two, which the simplifier multiplies into the steps around: as
+    // quantizers' scales, computed from ranges, almost never are.)
+    let s = b
+        .scalar_like(pick(rng, &[0.37, 11.0, 97.0, 300.0, 1000.0]), y)
+        .ok()?;
+    let zv = b.scalar_like(z, y).ok()?;
+    let q = b.div(y, s).ok()?;
+    let mut q = b.unary(Op::Round, q).ok()?;
+    if z != 0.0 {
+        q = b.add(q, zv).ok()?;
+    }
+    let q = b.cast(q, if signed { DType::I8 } else { DType::U8 }).ok()?;
+    let mut d = b.cast(q, DType::F32).ok()?;
+    if z != 0.0 {
+        d = b.sub(d, zv).ok()?;
+    }
+    b.mul(d, s).ok()
+}
+
 /// A recurrent layer (`lstm`, `gru`, `rnn`) over a random input projection — sequences of 0 to 5
 /// steps (now and then of symbolic length), 1 to 6 rows, 1 to 160 hidden units (blocks of 16
 /// and tails; enough work at times for the routine to split the units over threads), either

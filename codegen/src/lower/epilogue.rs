@@ -1,5 +1,6 @@
 //! Fused epilogues: the elementwise steps after a convolution that its routine applies as it
-//! stores each output (a folded batch norm, a bias, a residual add, ReLU or Clip), so that
+//! stores each output (a folded batch norm, a bias, a residual add, ReLU or Clip, a QDQ
+//! model's quantize-dequantize pairs before and after those), so that
 //! the convolution writes the last step's value, once, instead of a buffer that a vector
 //! loop then reads back.
 
@@ -7,7 +8,7 @@ use super::*;
 
 /// The steps of an epilogue, in the only order a routine applies them: `x·scale`, `+ shift`,
 /// `+ res`, `max(·, lo)`, `min(·, hi)`, then a sigmoid, tanh, GELU, SiLU, HardSwish or
-/// HardSigmoid.
+/// HardSigmoid (and a quantize-dequantize pair before them all and after them all).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Scale,
@@ -37,6 +38,9 @@ pub(super) struct Chain {
     /// HardSigmoid, 7 and 8 HardSwish as `x·relu6(x + 3)` divided by 6 or times 1/6, 9 GELU
     /// and its ½.
     act: i64,
+    /// A quantize-dequantize pair first and last: scale, zero point, the type's range.
+    pre: Option<[f64; 4]>,
+    post: Option<[f64; 4]>,
 }
 
 /// Which axis of the result the per-channel operands of an epilogue run along.
@@ -62,6 +66,8 @@ impl Chain {
             hi: self.hi,
             cols: self.cols,
             act: self.act,
+            pre: self.pre,
+            post: self.post,
         }
     }
 
@@ -133,10 +139,22 @@ impl Lowering<'_> {
             hi: f64::INFINITY,
             cols: !matches!(along, Along::Channels),
             act: 0,
+            pre: None,
+            post: None,
         };
         let mut last: Option<Step> = None;
         let mut at = v;
+        if let Some((q, end, inner)) = self.fake_quant(v, &outputs) {
+            chain.pre = Some(q);
+            chain.inner.extend(inner);
+            chain.end = end;
+            at = end;
+        }
         loop {
+            // A pair is the last step (not a scale by its quantizer's power-of-two factor).
+            if self.fake_quant(at, &outputs).is_some() {
+                break;
+            }
             if let Some((act, end, inner)) = self.activation(at, &outputs) {
                 chain.act = act;
                 chain.end = end;
@@ -276,7 +294,107 @@ impl Lowering<'_> {
             chain.end = next;
             at = next;
         }
+        if let Some((q, end, inner)) = self.fake_quant(chain.end, &outputs) {
+            chain.post = Some(q);
+            chain.inner.extend(inner);
+            chain.end = end;
+        }
         (chain.end != v).then_some(chain)
+    }
+
+    /// The quantize-dequantize pair after `x` (an f32 value) as the importer writes ONNX's
+    /// QuantizeLinear then DequantizeLinear of one scale and zero point: `x / s` (or
+    /// `x · (1/s)` where `s` is a power of two), `round`,
+    /// `+ z` (absent for 0), a conversion to u8 or i8 and back, `− z` (absent for 0), `· s`,
+    /// each value read once, by the next, and no output. Its scale, zero point and the
+    /// type's range (see `kernel::routines::epilogue::Quant`), its end and the values in it.
+    fn fake_quant(&self, x: Value, outputs: &[Value]) -> Option<([f64; 4], Value, Vec<Value>)> {
+        let g = self.g;
+        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
+        let shape = &self.ty(x).shape;
+        let like = |v: Value, d: DType| self.ty(v).shape == *shape && self.ty(v).dtype == d;
+        // The one reader of `v`, when `v` is read once and is no output, and its value.
+        let reader = |v: Value| -> Option<(NodeId, Value)> {
+            if !once(v) {
+                return None;
+            }
+            let [n] = self.readers(v)[..] else {
+                return None;
+            };
+            Some((n, Value::new(n, 0)))
+        };
+        if !like(x, DType::F32) {
+            return None;
+        }
+        // `x / s`, or `x · 2^-e` (what the simplifier makes of a division by 2^e: the same
+        // bits).
+        let (div, divided) = reader(x)?;
+        let &[num, den] = g.node(div).inputs() else {
+            return None;
+        };
+        let s = match g.node(div).op() {
+            Op::Div if num == x && den != x => scalar_value(g, den)?,
+            Op::Mul => {
+                let r = scalar_value(g, other_operand(g, div, x)?)?;
+                let s = 1.0 / r;
+                // A power of two (of an f32's exponent range) has an exact reciprocal.
+                let two = r > 0.0 && r.is_finite() && (r.log2().fract() == 0.0);
+                if !two || (s as f32).is_infinite() || s as f32 == 0.0 {
+                    return None;
+                }
+                s
+            }
+            _ => return None,
+        };
+        if !(s > 0.0 && s.is_finite() && f64::from(s as f32) == s) {
+            return None;
+        }
+        let (round, rounded) = reader(divided)?;
+        if !matches!(g.node(round).op(), Op::Round) || !like(rounded, DType::F32) {
+            return None;
+        }
+        let mut inner = vec![x, divided, rounded];
+        // `+ z`, where the zero point is not 0.
+        let (mut next, mut shifted) = reader(rounded)?;
+        let mut z = 0.0;
+        if matches!(g.node(next).op(), Op::Add) && like(shifted, DType::F32) {
+            z = scalar_value(g, other_operand(g, next, rounded)?)?;
+            inner.push(shifted);
+            (next, shifted) = reader(shifted)?;
+        }
+        let narrow = g.node(next).types()[0].dtype;
+        let (lo, hi) = match narrow {
+            DType::U8 => (0.0, 255.0),
+            DType::I8 => (-128.0, 127.0),
+            _ => return None,
+        };
+        let point = z.fract() == 0.0 && (lo..=hi).contains(&z);
+        if !matches!(g.node(next).op(), Op::Cast { .. }) || !like(shifted, narrow) || !point {
+            return None;
+        }
+        inner.push(shifted);
+        let (back, wide) = reader(shifted)?;
+        if !matches!(g.node(back).op(), Op::Cast { .. }) || !like(wide, DType::F32) {
+            return None;
+        }
+        inner.push(wide);
+        // `− z`: the zero point second.
+        let (mut next, mut end) = reader(wide)?;
+        if matches!(g.node(next).op(), Op::Sub) {
+            let &[p, q] = g.node(next).inputs() else {
+                return None;
+            };
+            if p != wide || q == wide || scalar_value(g, q)? != z || !like(end, DType::F32) {
+                return None;
+            }
+            inner.push(end);
+            (next, end) = reader(end)?;
+        } else if z != 0.0 {
+            return None;
+        }
+        let product = matches!(g.node(next).op(), Op::Mul) && like(end, DType::F32);
+        let by = other_operand(g, next, *inner.last()?)?;
+        (product && scalar_value(g, by)? == s).then_some(([s, z, lo, hi], end, inner))
     }
 
     /// A scratch f32 buffer of `n` elements, each the uniform `e`, filled by a loop now (before

@@ -93,9 +93,25 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
     act: i64,
     lo: f32,
     hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
 ) {
     let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
-    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
+    let epi = Epilogue::new(
+        (scale, shift, res),
+        (lo, hi),
+        0,
+        act,
+        [
+            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+        ],
+    );
     // SAFETY: forwarded.
     unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512(), &epi) }
 }
@@ -134,9 +150,25 @@ pub unsafe extern "C" fn kiln_conv2d_wino(
     act: i64,
     lo: f32,
     hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
 ) {
     let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
-    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
+    let epi = Epilogue::new(
+        (scale, shift, res),
+        (lo, hi),
+        0,
+        act,
+        [
+            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+        ],
+    );
     if u.is_null() || !winograd::applies(g, c, o) || y0 < 0 || rows <= 0 || y0 + rows > oh {
         // SAFETY: forwarded.
         return unsafe { rows_block(x, wt, out, c, o, g, y0, rows, crate::avx512(), &epi) };

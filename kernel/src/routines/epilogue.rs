@@ -1,8 +1,9 @@
 //! What products and convolutions apply to each output as they store it (a fused epilogue):
-//! `y = act(clamp((x·scale + shift) + res[at], lo, hi))` with `scale` and `shift` per row (a
-//! convolution's output channel) or per column (a product's bias), every part optional — a
-//! folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh, GELU, SiLU,
-//! HardSwish (as ONNX, Paddle or Keras write it) or HardSigmoid — without a second pass over
+//! `y = post(act(clamp((pre(x)·scale + shift) + res[at], lo, hi)))` with `scale` and `shift`
+//! per row (a convolution's output channel) or per column (a product's bias), every part
+//! optional — a folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh,
+//! GELU, SiLU, HardSwish (as ONNX, Paddle or Keras write it) or HardSigmoid, and `pre` and
+//! `post` a QDQ model's quantize-dequantize pairs ([`Quant`]) — without a second pass over
 //! the output. Operation for operation what the
 //! elementwise loops it replaces compute (a multiply, then adds, each rounded; IEEE maximum and
 //! minimum; the vector loops' `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
@@ -30,6 +31,48 @@ pub enum Act {
     HardSwishRelu6Scaled = 8,
     /// GELU then its ½: `x · (erf(x / √2) + 1) · 0.5` (where nothing after takes the ½ in).
     GeluHalf = 9,
+}
+
+/// A quantize-dequantize pair as a QDQ model writes it between its operators:
+/// `(sat(round(y / s) + z) − z) · s`, `round` half to even, `sat` the conversion to the
+/// quantized type (clamped to `lo..=hi`, NaN to 0) — ONNX's QuantizeLinear then
+/// DequantizeLinear, each operation rounded as the elementwise ops compute it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quant {
+    /// The scale (positive and finite).
+    pub s: f32,
+    /// The zero point (an integer inside `lo..=hi`).
+    pub z: f32,
+    /// The quantized type's least value (0 for u8, −128 for i8).
+    pub lo: f32,
+    /// The quantized type's greatest value.
+    pub hi: f32,
+}
+
+impl Quant {
+    /// The pair of a routine's four scalars `[s, z, lo, hi]`, none where `s` is 0. (The
+    /// lowering passes only pairs that [`Quant::one`] computes as the elementwise ops do: a
+    /// positive finite scale, integer bounds around an integer zero point.)
+    pub fn of([s, z, lo, hi]: [f32; 4]) -> Option<Quant> {
+        (s != 0.0).then_some(Quant { s, z, lo, hi })
+    }
+
+    /// The routine scalars that stand for `q` (`[0; 4]` for none).
+    pub fn scalars(q: Option<Quant>) -> [f32; 4] {
+        q.map_or([0.0; 4], |q| [q.s, q.z, q.lo, q.hi])
+    }
+
+    /// One value through the pair.
+    pub fn one(&self, y: f32) -> f32 {
+        let t = (y / self.s).round_ties_even() + self.z;
+        // (No `clamp`, which panics on bounds out of order.)
+        let q = if t.is_nan() {
+            0.0
+        } else {
+            t.max(self.lo).min(self.hi)
+        };
+        (q - self.z) * self.s
+    }
 }
 
 /// HardSwish's slope, 1/6 rounded to f32 as the importer's constant is.
@@ -172,8 +215,12 @@ pub struct Epilogue {
     pub hi: f32,
     /// Whether `scale` and `shift` are per column.
     pub cols: bool,
-    /// The activation last.
+    /// The activation.
     pub act: Act,
+    /// A quantize-dequantize pair first, before the scale.
+    pub pre: Option<Quant>,
+    /// A quantize-dequantize pair last, after the activation.
+    pub post: Option<Quant>,
 }
 
 // SAFETY: the operands are only read, and the caller keeps them alive for the call.
@@ -190,17 +237,21 @@ impl Epilogue {
         hi: f32::INFINITY,
         cols: false,
         act: Act::Identity,
+        pre: None,
+        post: None,
     };
 
     /// The epilogue of a routine's arguments (`cols` nonzero for per-column operands, `act`
-    /// as [`Act::of`]).
+    /// as [`Act::of`], `quant` the pairs' scalars `pre_s, pre_z, pre_lo, pre_hi, post_s, ...`
+    /// as [`Quant::of`]).
     pub fn new(
         (scale, shift, res): (*const f32, *const f32, *const f32),
-        lo: f32,
-        hi: f32,
+        (lo, hi): (f32, f32),
         cols: i64,
         act: i64,
+        quant: [f32; 8],
     ) -> Self {
+        let [a, b, c, d, e, f, g, h] = quant;
         Epilogue {
             scale,
             shift,
@@ -209,7 +260,20 @@ impl Epilogue {
             hi,
             cols: cols != 0,
             act: Act::of(act),
+            pre: Quant::of([a, b, c, d]),
+            post: Quant::of([e, f, g, h]),
         }
+    }
+
+    /// The routine scalars of its pairs (the eight after `lo` and `hi`).
+    pub fn quant_scalars(&self) -> [f32; 8] {
+        let ([a, b, c, d], [e, f, g, h]) = (Quant::scalars(self.pre), Quant::scalars(self.post));
+        [a, b, c, d, e, f, g, h]
+    }
+
+    /// Whether it ends with its clamps: no activation and no quantize-dequantize pair after.
+    pub fn linear_end(&self) -> bool {
+        self.act == Act::Identity && self.post.is_none()
     }
 
     /// Whether it changes nothing.
@@ -220,6 +284,8 @@ impl Epilogue {
             && self.lo == f32::NEG_INFINITY
             && self.hi == f32::INFINITY
             && self.act == Act::Identity
+            && self.pre.is_none()
+            && self.post.is_none()
     }
 
     /// Whether the vector code may run it by `avx512::quick_one` (and its AVX2 twin) alone:
@@ -235,6 +301,9 @@ impl Epilogue {
     /// [`Epilogue::quick`] whatever the activation: for the blocked conv's stores, whose
     /// quick epilogues apply the activation after (`avx512::quick`, `avx2::quick`).
     pub fn quick_linear(&self) -> Option<bool> {
+        if self.pre.is_some() || self.post.is_some() {
+            return None;
+        }
         if self.lo == f32::NEG_INFINITY && self.hi == f32::INFINITY {
             return Some(false);
         }
@@ -283,6 +352,9 @@ impl Epilogue {
         r: Option<f32>,
     ) -> f32 {
         let mut y = x;
+        if let Some(q) = &self.pre {
+            y = q.one(y);
+        }
         if let Some(s) = s {
             y *= s;
         }
@@ -298,7 +370,11 @@ impl Epilogue {
         if self.hi != f32::INFINITY {
             y = super::rows::minimum(y, self.hi);
         }
-        self.act.one(y)
+        let y = self.act.one(y);
+        match &self.post {
+            Some(q) => q.one(y),
+            None => y,
+        }
     }
 
     /// Applies it in place to a `rows`×`cols` block of the output at `c`, rows `ld` apart
@@ -425,6 +501,50 @@ mod tests {
             .collect()
     }
 
+    /// `Quant::one` is QuantizeLinear then DequantizeLinear as the elementwise ops compute
+    /// them: a division, rounding half to even, the zero point added, the saturating
+    /// conversion (NaN to 0) and back, the zero point taken away, the scale multiplied.
+    #[test]
+    fn a_pair_is_the_elementwise_ops() {
+        let xs = values(4000);
+        let edge = [
+            0.5f32 * 0.37,
+            1.5 * 0.37,
+            2.5 * 0.37,
+            -0.5 * 0.37,
+            1e-45,
+            f32::INFINITY,
+        ];
+        for (s, z, signed) in [
+            (0.37f32, 3.0f32, false),
+            (0.0021, 0.0, false),
+            (0.11, -5.0, true),
+        ] {
+            let (lo, hi) = if signed {
+                (-128.0, 127.0)
+            } else {
+                (0.0, 255.0)
+            };
+            let q = Quant::of([s, z, lo, hi]).unwrap();
+            for &x in xs.iter().chain(&edge).chain(&[f32::NEG_INFINITY]) {
+                let t = (x / s).round_ties_even() + z;
+                let c = if signed {
+                    t as i8 as f32
+                } else {
+                    t as u8 as f32
+                };
+                let want = (c - z) * s;
+                let got = q.one(x);
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{x} by {s}, {z}: {got} vs {want}"
+                );
+            }
+        }
+        assert!(Quant::of([0.0, 1.0, 0.0, 255.0]).is_none());
+    }
+
     #[test]
     fn every_width_matches_the_elementwise_definition() {
         let (rows, cols, ld) = (5, 37, 41);
@@ -451,8 +571,11 @@ mod tests {
             Act::GeluHalf,
         ];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
-            for parts in 0..16 {
+            for parts in 0..64 {
                 let by_col = parts & 8 != 0;
+                // QDQ pairs: u8 before, i8 after (its NaNs to 0, not to the range's end).
+                let pre = Quant::of([0.37, 3.0, 0.0, 255.0]).filter(|_| parts & 16 != 0);
+                let post = Quant::of([0.11, -5.0, -128.0, 127.0]).filter(|_| parts & 32 != 0);
                 let given = |bit: usize, p: *const f32| {
                     if parts & bit != 0 {
                         p
@@ -468,12 +591,17 @@ mod tests {
                     hi,
                     cols: by_col,
                     act,
+                    pre,
+                    post,
                 };
                 let mut want = x.clone();
                 for i in 0..rows {
                     for j in 0..cols {
                         let n = if by_col { j } else { i };
                         let mut y = x[i * ld + j];
+                        if let Some(q) = &pre {
+                            y = q.one(y);
+                        }
                         if parts & 1 != 0 {
                             y *= scale[n];
                         }
@@ -534,7 +662,7 @@ mod tests {
                             (z as f64 - exact).abs() <= tol || (z.is_nan() && exact.is_nan()),
                             "{act:?}({y}) = {z}, not {exact}"
                         );
-                        want[i * ld + j] = z;
+                        want[i * ld + j] = post.map_or(z, |q| q.one(z));
                     }
                 }
                 let mut got = Vec::new();

@@ -122,8 +122,24 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     act: i64,
     lo: f32,
     hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
 ) {
-    let epi = Epilogue::new((scale, shift, res), lo, hi, cols, act);
+    let epi = Epilogue::new(
+        (scale, shift, res),
+        (lo, hi),
+        cols,
+        act,
+        [
+            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+        ],
+    );
     // SAFETY: forwarded.
     unsafe { product(a, b, bp, c, a_rs, a_cs, b_rs, b_cs, ldc, m, n, k, &epi) }
 }
@@ -1032,7 +1048,7 @@ pub(super) struct Out {
 
 #[cfg(test)]
 mod tests {
-    use super::epilogue::Act;
+    use super::epilogue::{Act, Quant};
     use super::*;
 
     fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, bt: bool) -> Vec<f32> {
@@ -1203,6 +1219,8 @@ mod tests {
                         hi: 0.2,
                         cols: t >= 3,
                         act: if t == 3 { Act::Sigmoid } else { Act::Identity },
+                        pre: None,
+                        post: None,
                     }
                 } else {
                     Epilogue::NONE
@@ -1244,6 +1262,14 @@ mod tests {
                         epi.act as i64,
                         epi.lo,
                         epi.hi,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
                     )
                 });
                 let mut want = naive(&a, &b, m, n, k, bt);
@@ -1319,7 +1345,11 @@ mod tests {
                 } else {
                     Act::Identity
                 },
+                // QDQ pairs before and after for some shapes (u8, then i8).
+                pre: Quant::of([0.031, 7.0, 0.0, 255.0]).filter(|_| k % 3 == 0),
+                post: Quant::of([0.0027, -3.0, -128.0, 127.0]).filter(|_| n % 2 == 1),
             };
+            let q = epi.quant_scalars();
             let run = |narrow: bool, packed: bool| {
                 AVX2_ONLY.with(|c| c.set(narrow));
                 let mut c = vec![f32::NAN; m * n];
@@ -1335,7 +1365,8 @@ mod tests {
                     let (cols, act) = (i64::from(e.cols), e.act as i64);
                     kiln_sgemm_packed(
                         a, b, bp, c, e.scale, e.shift, e.res, k as i64, 1, n as i64, 1, n as i64,
-                        m as i64, n as i64, k as i64, cols, act, e.lo, e.hi,
+                        m as i64, n as i64, k as i64, cols, act, e.lo, e.hi, q[0], q[1], q[2],
+                        q[3], q[4], q[5], q[6], q[7],
                     )
                 };
                 AVX2_ONLY.with(|c| c.set(false));

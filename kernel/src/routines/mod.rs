@@ -205,6 +205,14 @@ pub static ROUTINES: [Routine; 21] = [
                 i[12],
                 s[0] as f32,
                 s[1] as f32,
+                s[2] as f32,
+                s[3] as f32,
+                s[4] as f32,
+                s[5] as f32,
+                s[6] as f32,
+                s[7] as f32,
+                s[8] as f32,
+                s[9] as f32,
             );
             0.0
         },
@@ -262,6 +270,14 @@ pub static ROUTINES: [Routine; 21] = [
                 i[16],
                 s[0] as f32,
                 s[1] as f32,
+                s[2] as f32,
+                s[3] as f32,
+                s[4] as f32,
+                s[5] as f32,
+                s[6] as f32,
+                s[7] as f32,
+                s[8] as f32,
+                s[9] as f32,
             );
             0.0
         },
@@ -334,6 +350,14 @@ pub static ROUTINES: [Routine; 21] = [
                 i[16],
                 s[0] as f32,
                 s[1] as f32,
+                s[2] as f32,
+                s[3] as f32,
+                s[4] as f32,
+                s[5] as f32,
+                s[6] as f32,
+                s[7] as f32,
+                s[8] as f32,
+                s[9] as f32,
             );
             0.0
         },
@@ -424,6 +448,14 @@ pub static ROUTINES: [Routine; 21] = [
                 i[20],
                 s[0] as f32,
                 s[1] as f32,
+                s[2] as f32,
+                s[3] as f32,
+                s[4] as f32,
+                s[5] as f32,
+                s[6] as f32,
+                s[7] as f32,
+                s[8] as f32,
+                s[9] as f32,
             );
             0.0
         },
@@ -916,11 +948,24 @@ pub static ROUTINES: [Routine; 21] = [
 ];
 
 /// The scalar arguments of a fused [`epilogue`] (after the optional operands `scale`, `shift`
-/// and `res`, and the integer `act`): `E(x) = act(min(max((x·scale[row] + shift[row]) +
-/// res[at], lo), hi))`, each part absent when its operand is (lo = -inf and hi = +inf for no
-/// clamp; `act` as [`epilogue::Act::of`]), each step rounded as the elementwise operations it
-/// stands for.
-const EPILOGUE: &[(&str, ir::DType)] = &[("lo", ir::DType::F32), ("hi", ir::DType::F32)];
+/// and `res`, and the integer `act`): `E(x) = post(act(min(max((pre(x)·scale[row] +
+/// shift[row]) + res[at], lo), hi)))`, each part absent when its operand is (lo = -inf and hi =
+/// +inf for no clamp; `act` as [`epilogue::Act::of`]; `pre` and `post` quantize-dequantize
+/// pairs `(sat(round(y / s) + z) − z)·s` of scale `*_s`, zero point `*_z` and range `*_lo`
+/// to `*_hi`, absent where the scale is 0: [`epilogue::Quant`]), each step rounded as the
+/// elementwise operations it stands for.
+const EPILOGUE: &[(&str, ir::DType)] = &[
+    ("lo", ir::DType::F32),
+    ("hi", ir::DType::F32),
+    ("pre_s", ir::DType::F32),
+    ("pre_z", ir::DType::F32),
+    ("pre_lo", ir::DType::F32),
+    ("pre_hi", ir::DType::F32),
+    ("post_s", ir::DType::F32),
+    ("post_z", ir::DType::F32),
+    ("post_lo", ir::DType::F32),
+    ("post_hi", ir::DType::F32),
+];
 
 /// The routine named `name`.
 pub fn routine(name: &str) -> Option<&'static Routine> {

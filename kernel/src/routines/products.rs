@@ -63,6 +63,14 @@ pub(super) const GEMM: Routine = Routine {
             i[9],
             s[0] as f32,
             s[1] as f32,
+            s[2] as f32,
+            s[3] as f32,
+            s[4] as f32,
+            s[5] as f32,
+            s[6] as f32,
+            s[7] as f32,
+            s[8] as f32,
+            s[9] as f32,
         );
         0.0
     },
@@ -132,6 +140,14 @@ pub(super) const QGEMM: Routine = Routine {
             i[8],
             s[0] as f32,
             s[1] as f32,
+            s[2] as f32,
+            s[3] as f32,
+            s[4] as f32,
+            s[5] as f32,
+            s[6] as f32,
+            s[7] as f32,
+            s[8] as f32,
+            s[9] as f32,
         );
         0.0
     },
@@ -207,6 +223,14 @@ pub(super) const QCONV2D: Routine = Routine {
             i[14],
             s[0] as f32,
             s[1] as f32,
+            s[2] as f32,
+            s[3] as f32,
+            s[4] as f32,
+            s[5] as f32,
+            s[6] as f32,
+            s[7] as f32,
+            s[8] as f32,
+            s[9] as f32,
         );
         0.0
     },
@@ -286,6 +310,14 @@ pub(super) const QGEMM4: Routine = Routine {
             i[7],
             s[0] as f32,
             s[1] as f32,
+            s[2] as f32,
+            s[3] as f32,
+            s[4] as f32,
+            s[5] as f32,
+            s[6] as f32,
+            s[7] as f32,
+            s[8] as f32,
+            s[9] as f32,
         );
         0.0
     },

@@ -72,10 +72,26 @@ pub unsafe extern "C" fn kiln_qconv2d(
     act: i64,
     lo: f32,
     hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
 ) {
     let g = [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw];
     let [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = g.map(|v| v.max(0) as usize);
-    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
+    let epi = Epilogue::new(
+        (scale, shift, res),
+        (lo, hi),
+        0,
+        act,
+        [
+            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+        ],
+    );
     // SAFETY: one byte.
     let za = unsafe { *za };
     let (p, k) = (oh * ow, ci * kh * kw);
@@ -318,6 +334,14 @@ mod tests {
                         0,
                         f32::NEG_INFINITY,
                         f32::INFINITY,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
                     )
                 };
                 assert_eq!(c, want, "{ci}→{o} {h}×{wd} {kh}×{kw} s{s} d{d} p{ph},{pw}");

@@ -113,8 +113,24 @@ pub unsafe extern "C" fn kiln_qgemm(
     act: i64,
     lo: f32,
     hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
 ) {
-    let epi = Epilogue::new((scale, shift, res), lo, hi, cols, act);
+    let epi = Epilogue::new(
+        (scale, shift, res),
+        (lo, hi),
+        cols,
+        act,
+        [
+            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+        ],
+    );
     let (m, n, k) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
     let ldc = (ldc.max(0) as usize).max(n);
     if m == 0 || n == 0 {
@@ -614,10 +630,10 @@ mod tests {
                 .collect();
             let epi = Epilogue::new(
                 (std::ptr::null(), shift.as_ptr(), std::ptr::null()),
-                0.0,
-                f32::INFINITY,
+                (0.0, f32::INFINITY),
                 1,
                 0,
+                [0.0; 8],
             );
             let bp = pack_b(&b, n as i64, 1, k, n).unwrap();
             for &isa in &isas {
@@ -665,6 +681,14 @@ mod tests {
                     0,
                     0.0,
                     f32::INFINITY,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
                 )
             };
             assert_eq!(c, want, "entry {m}x{n}x{k}");

@@ -246,7 +246,7 @@ mod tests {
     v1: f64 = add(v1, cast<f64>(x[v0]))
   }
   s[0] = v1
-  call gemm(a: x[0], b: x[1], b_packed: -, c: c[0], scale: -, shift: -, res: -; a_rs=1 a_cs=1 b_rs=1 b_cs=1 c_rs=1 m=1 n=1 k=2 cols=0 act=0 lo=-inf:f32 hi=inf:f32)
+  call gemm(a: x[0], b: x[1], b_packed: -, c: c[0], scale: -, shift: -, res: -; a_rs=1 a_cs=1 b_rs=1 b_cs=1 c_rs=1 m=1 n=1 k=2 cols=0 act=0 lo=-inf:f32 hi=inf:f32 pre_s=0.01:f32 pre_z=3.0:f32 pre_lo=0.0:f32 pre_hi=255.0:f32 post_s=0.0:f32 post_z=0.0:f32 post_lo=0.0:f32 post_hi=0.0:f32)
   check lt({n}, 3) else 7
   y[0] = 0.0:f32
 }",
@@ -262,7 +262,8 @@ mod tests {
         let f = |d: &Data| (0..d.len()).map(|i| d.get_f64(i)).collect::<Vec<_>>();
         assert_eq!(f(&bufs[1]), [2.0, 4.0, 6.0]);
         assert_eq!(f(&bufs[2]), [6.0]);
-        assert_eq!(f(&bufs[3]), [1.0 * 2.0 + 2.0 * 3.0]);
+        // The product through its quantize-dequantize pair: 8 / 0.01 + 3 saturates at 255.
+        assert_eq!(f(&bufs[3]), [((255.0f32 - 3.0) * 0.01) as f64]);
         // Out of bounds is an error, not a panic.
         let e = run(&k, &mut bufs, &[4]).unwrap_err();
         assert!(e.contains("index 3 out of `y` (3 elements)"), "{e}");
@@ -286,7 +287,9 @@ mod tests {
         );
         let wide = calls(
             "call gemm(a: x[0], b: x[0], b_packed: -, c: y[0], scale: -, shift: -, res: -; a_rs=2 a_cs=1 \
-             b_rs=2 b_cs=1 c_rs=2 m=2 n=2 k=3 cols=0 act=0 lo=-inf:f32 hi=inf:f32)",
+             b_rs=2 b_cs=1 c_rs=2 m=2 n=2 k=3 cols=0 act=0 lo=-inf:f32 hi=inf:f32 pre_s=0.0:f32 \
+             pre_z=0.0:f32 pre_lo=0.0:f32 pre_hi=0.0:f32 post_s=0.0:f32 post_z=0.0:f32 \
+             post_lo=0.0:f32 post_hi=0.0:f32)",
         )
         .unwrap_err();
         assert!(wide.contains("operand `a` of `gemm`"), "{wide}");

@@ -176,9 +176,25 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
     act: i64,
     lo: f32,
     hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
-    let epi = Epilogue::new((scale, shift, res), lo, hi, 1, act);
+    let epi = Epilogue::new(
+        (scale, shift, res),
+        (lo, hi),
+        1,
+        act,
+        [
+            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+        ],
+    );
     let (cu, ou, taps) = (c as usize, o as usize, (kh as usize, kw as usize));
     if obn <= 0 || rows <= 0 || ow <= 0 || c <= 0 {
         return;
@@ -802,6 +818,14 @@ mod tests {
                 0,
                 f32::NEG_INFINITY,
                 f32::INFINITY,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
             )
         }
     }
@@ -1148,7 +1172,7 @@ mod tests {
     }
 
     /// Fused epilogues — shift, residual, clamps, every activation after quick operands and
-    /// clamps, and the general path's forms (a −0 clamp) — give every instruction set the
+    /// clamps, and the general path's forms (a −0 clamp, QDQ pairs) — give every instruction set the
     /// scalar epilogue's bits on the sums, NaN and zeros of either sign among them.
     #[test]
     fn epilogues_agree_on_every_isa() {
@@ -1218,8 +1242,17 @@ mod tests {
             ];
             let sums = each_isa((&x, &wp), (c, o), &g, form, false, Epilogue::NONE);
             let sums = &sums[0].1;
-            for (ops, lo, hi, act) in epilogues {
-                let e = Epilogue::new(ops, lo, hi, 1, act);
+            // Each also with QDQ pairs (before, after or both: the general path).
+            let pairs = [
+                [0.0; 8],
+                [0.013, 120.0, 0.0, 255.0, 0.0, 0.0, 0.0, 0.0],
+                [0.0, 0.0, 0.0, 0.0, 0.007, -4.0, -128.0, 127.0],
+                [0.021, 0.0, 0.0, 255.0, 0.009, 11.0, 0.0, 255.0],
+            ];
+            let epilogues = (epilogues.iter().enumerate())
+                .flat_map(|(n, &e)| [(e, pairs[0]), (e, pairs[1 + n % 3])]);
+            for ((ops, lo, hi, act), quant) in epilogues {
+                let e = Epilogue::new(ops, (lo, hi), 1, act, quant);
                 let want: Vec<u32> = (0..size)
                     .map(|i| {
                         let ch = i / ((oh * ow) as usize * BLOCK) * BLOCK + i % BLOCK;

@@ -315,10 +315,11 @@ unsafe fn product(
                 p: a.p.wrapping_add(pc * a.step),
                 ..a
             };
-            // With one block of steps and no activation: where the tile's two vectors go in
-            // each output plane, when each is at most two runs of outputs (a whole vector, or
-            // one across a row's end) — every tile but those of images narrower than a vector.
-            let whole = (kc == k && vectors.len() == 2 && place.epi.act == epilogue::Act::Identity)
+            // With one block of steps, no activation and no QDQ pair after: where the tile's
+            // two vectors go in each output plane, when each is at most two runs of outputs (a
+            // whole vector, or one across a row's end) — every tile but those of images
+            // narrower than a vector.
+            let whole = (kc == k && vectors.len() == 2 && place.epi.linear_end())
                 .then(|| v.map(|v0| place.runs(v0)))
                 .filter(|runs| runs.iter().all(|r| r.1 <= 2))
                 .map(|runs| runs.map(|(r, n)| [r[0], if n > 1 { r[1] } else { (0, 0) }]));

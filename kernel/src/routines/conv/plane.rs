@@ -40,9 +40,25 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
     act: i64,
     lo: f32,
     hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
-    let epi = Epilogue::new((scale, shift, res), lo, hi, 0, act);
+    let epi = Epilogue::new(
+        (scale, shift, res),
+        (lo, hi),
+        0,
+        act,
+        [
+            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+        ],
+    );
     // SAFETY: forwarded.
     unsafe { plane(x, k, out, &g, lanes(), &epi) }
 }

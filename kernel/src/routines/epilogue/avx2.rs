@@ -1,7 +1,7 @@
 //! The epilogue in 8-lane AVX2 registers, the same bits as the AVX-512 code and the scalar
 //! `Epilogue::one`.
 
-use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
+use super::{Act, Epilogue, Quant, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
 use crate::routines::rows::avx2::{exp8, key};
 use std::arch::x86_64::*;
 
@@ -129,6 +129,9 @@ pub(in crate::routines) unsafe fn apply(
 ) -> __m256 {
     // SAFETY: the CPU has AVX2; the residual's lanes are readable.
     unsafe {
+        if let Some(q) = &e.pre {
+            v = quant(q, v);
+        }
         if let Some(s) = s {
             v = _mm256_mul_ps(v, s);
         }
@@ -144,7 +147,31 @@ pub(in crate::routines) unsafe fn apply(
         if e.hi != f32::INFINITY {
             v = extreme(v, e.hi, true);
         }
-        activate(e.act, v)
+        let v = activate(e.act, v);
+        match &e.post {
+            Some(q) => quant(q, v),
+            None => v,
+        }
+    }
+}
+
+/// [`super::avx512::quant`] for 8 lanes.
+#[inline(always)]
+fn quant(q: &Quant, v: __m256) -> __m256 {
+    // SAFETY: only called from AVX2 code.
+    unsafe {
+        let t = _mm256_div_ps(v, _mm256_set1_ps(q.s));
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let t = _mm256_add_ps(t, _mm256_set1_ps(q.z));
+        let c = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(q.lo)), _mm256_set1_ps(q.hi));
+        let c = if q.lo == 0.0 {
+            c
+        } else {
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(t, t);
+            _mm256_blendv_ps(c, _mm256_setzero_ps(), nan)
+        };
+        let z = _mm256_set1_ps(q.z);
+        _mm256_mul_ps(_mm256_sub_ps(c, z), _mm256_set1_ps(q.s))
     }
 }
 

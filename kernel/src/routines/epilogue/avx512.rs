@@ -1,7 +1,7 @@
 //! The epilogue in 16-lane AVX-512 registers: scale, shift, residual, clamps and activations of
 //! a run of outputs, the same bits as the scalar `Epilogue::one`.
 
-use super::{Act, Epilogue, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
+use super::{Act, Epilogue, Quant, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
 use crate::routines::rows::avx512::{exp16, key};
 use std::arch::x86_64::*;
 
@@ -63,7 +63,33 @@ pub(in crate::routines) unsafe fn apply(
     // SAFETY: forwarded.
     let v = unsafe { linear(e, v, (s, t), r, m) };
     // SAFETY: the CPU has AVX-512F.
-    unsafe { activate(e.act, v) }
+    let v = unsafe { activate(e.act, v) };
+    match &e.post {
+        Some(q) => quant(q, v),
+        None => v,
+    }
+}
+
+/// A quantize-dequantize pair on 16 lanes: the same bits as [`Quant::one`].
+#[inline(always)]
+pub(in crate::routines) fn quant(q: &Quant, v: __m512) -> __m512 {
+    // SAFETY: only called from AVX-512 code.
+    unsafe {
+        let t = _mm512_div_ps(v, _mm512_set1_ps(q.s));
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let t = _mm512_add_ps(t, _mm512_set1_ps(q.z));
+        // The hardware's maximum answers its second operand, `lo`, for a NaN: made 0 after
+        // (already so where `lo` is 0).
+        let c = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(q.lo)), _mm512_set1_ps(q.hi));
+        let c = if q.lo == 0.0 {
+            c
+        } else {
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t, t);
+            _mm512_mask_mov_ps(c, nan, _mm512_setzero_ps())
+        };
+        let z = _mm512_set1_ps(q.z);
+        _mm512_mul_ps(_mm512_sub_ps(c, z), _mm512_set1_ps(q.s))
+    }
 }
 
 /// Activation `act` of 16 lanes (the last step of [`apply`]).
@@ -201,7 +227,8 @@ pub(in crate::routines) unsafe fn quick_one<const CLAMP: bool, const RES: bool>(
     }
 }
 
-/// [`apply`] but for the activation: scale, shift, residual and clamps.
+/// [`apply`] but for the activation and the pair after it: the pair before, scale, shift,
+/// residual and clamps.
 ///
 /// # Safety
 /// As [`apply`].
@@ -215,6 +242,9 @@ pub(in crate::routines) unsafe fn linear(
 ) -> __m512 {
     // SAFETY: the CPU has AVX-512F; the residual's lanes are readable.
     unsafe {
+        if let Some(q) = &e.pre {
+            v = quant(q, v);
+        }
         if let Some(s) = s {
             v = _mm512_mul_ps(v, s);
         }

@@ -127,8 +127,24 @@ pub unsafe extern "C" fn kiln_qgemm4(
     act: i64,
     lo: f32,
     hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
 ) {
-    let epi = Epilogue::new((e_scale, e_shift, e_res), lo, hi, cols, act);
+    let epi = Epilogue::new(
+        (e_scale, e_shift, e_res),
+        (lo, hi),
+        cols,
+        act,
+        [
+            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+        ],
+    );
     if !bp.is_null() {
         // Dequantized ahead of time (a small weight): the f32 product.
         // SAFETY: forwarded; B is never read when packed.

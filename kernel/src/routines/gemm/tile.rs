@@ -217,8 +217,8 @@ pub(in crate::routines) unsafe fn k_loop8(
 
 /// Where [`k_loop_store`] puts a tile: row r's vector q as up to two runs of lanes `(base,
 /// lanes)` (lane `l` of the run to `out + r·row + base + l`; no lanes for none), through the
-/// epilogue `epi` without an activation (per-row operands from the tile's first row on; its
-/// residual laid out as the output, from `res`).
+/// epilogue `epi` without an activation or a QDQ pair after it (per-row operands from the
+/// tile's first row on; its residual laid out as the output, from `res`).
 #[cfg(target_arch = "x86_64")]
 pub(in crate::routines) struct TileOut<'a> {
     pub(in crate::routines) out: *mut f32,
