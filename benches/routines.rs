@@ -130,6 +130,9 @@ fn products(c: &mut Criterion) {
                         0.0,
                         0.0,
                         0.0,
+                        0.0,
+                        0.0,
+                        0.0,
                     )
                 }
             })
@@ -199,6 +202,9 @@ fn convolutions(c: &mut Criterion) {
                         0,
                         ninf,
                         inf,
+                        0.0,
+                        0.0,
+                        0.0,
                         0.0,
                         0.0,
                         0.0,
@@ -284,6 +290,9 @@ fn convolutions(c: &mut Criterion) {
                         0.0,
                         0.0,
                         0.0,
+                        0.0,
+                        0.0,
+                        0.0,
                     )
                 }
             })
@@ -302,7 +311,7 @@ fn convolutions(c: &mut Criterion) {
                             conv::kiln_conv2d_plane(
                                 xp, wp, op, null, null, null, side, side, os, os, win, win, stride,
                                 stride, 1, 1, pad, pad, 0, ninf, inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                                0.0, 0.0,
+                                0.0, 0.0, 0.0, 0.0, 0.0,
                             )
                         }
                     }
@@ -468,6 +477,9 @@ fn four_bit(c: &mut Criterion) {
                     0.0,
                     0.0,
                     0.0,
+                    0.0,
+                    0.0,
+                    0.0,
                 )
             }
         })
@@ -496,6 +508,9 @@ fn four_bit(c: &mut Criterion) {
                     0,
                     ninf,
                     inf,
+                    0.0,
+                    0.0,
+                    0.0,
                     0.0,
                     0.0,
                     0.0,

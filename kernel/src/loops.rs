@@ -275,11 +275,13 @@ pub struct Epilogue {
     pub cols: bool,
     /// The activation: 0 none, 1 sigmoid, 2 tanh, ... (as `routines::epilogue::Act::of`).
     pub act: i64,
-    /// A quantize-dequantize pair first: scale, zero point and the quantized type's range
-    /// (`routines::epilogue::Quant`).
-    pub pre: Option<[f64; 4]>,
+    /// A quantize-dequantize pair first: scale, zero point, the quantized type's range and
+    /// the dequantizer's scale (`routines::epilogue::Quant`).
+    pub pre: Option<[f64; 5]>,
+    /// Whether `pre` comes after the scale (a quantized product's dequantization).
+    pub pre_after_scale: bool,
     /// A quantize-dequantize pair last.
-    pub post: Option<[f64; 4]>,
+    pub post: Option<[f64; 5]>,
 }
 
 impl Default for Epilogue {
@@ -293,6 +295,7 @@ impl Default for Epilogue {
             cols: false,
             act: 0,
             pre: None,
+            pre_after_scale: false,
             post: None,
         }
     }
@@ -304,12 +307,13 @@ impl Epilogue {
         [self.scale.clone(), self.shift.clone(), self.res.clone()]
     }
 
-    /// The call's scalar arguments `lo` and `hi`, then its pairs' (zeros for none).
+    /// The call's scalar arguments `lo` and `hi`, then its pairs' (zeros for none) with
+    /// `pre`'s place.
     pub fn scalars(&self) -> Vec<Expr> {
         let mut s = vec![self.lo, self.hi];
-        for q in [self.pre, self.post] {
-            s.extend(q.unwrap_or([0.0; 4]));
-        }
+        s.extend(self.pre.unwrap_or([0.0; 5]));
+        s.push(if self.pre_after_scale { 1.0 } else { 0.0 });
+        s.extend(self.post.unwrap_or([0.0; 5]));
         s.into_iter().map(|v| Expr::Float(v, DType::F32)).collect()
     }
 }

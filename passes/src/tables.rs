@@ -153,8 +153,9 @@ fn splat_constant(g: &Graph, v: Value) -> Option<&Tensor> {
     }
 }
 
-/// Whether 8-bit `q` is a QuantizeLinear of a product's or convolution's result that nothing
-/// else reads (`cast(round(p / s) [+ z])`): the lowering applies that quantizer's pair with
+/// Whether 8-bit `q` is a QuantizeLinear of a product's or convolution's result (or of that
+/// times constants) that nothing else reads (`cast(round(p / s) [+ z])`): the lowering
+/// applies that quantizer's pair with
 /// its dequantizer, and the elementwise steps after (a batch norm, an activation, the next
 /// pair), as the routine's epilogue, in its registers — cheaper than a lookup in a loop after.
 fn quantizes_product(g: &Graph, q: Value) -> bool {
@@ -181,16 +182,33 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
         (Op::Mul, &[a, b]) if splat_constant(g, a).is_some() => (b, a),
         _ => return false,
     };
-    let product = matches!(
-        g.node(p.node).op(),
-        Op::Dot { .. }
-            | Op::Qdot { .. }
-            | Op::Qdot4 { .. }
-            | Op::Conv { .. }
-            | Op::ConvBlocked { .. }
-            | Op::Qconv { .. }
-    );
-    product && splat_constant(g, s).is_some() && g.users(p).len() == 1
+    let product = |p: Value| {
+        let once = g.users(p).len() == 1;
+        once && matches!(
+            g.node(p.node).op(),
+            Op::Dot { .. }
+                | Op::Qdot { .. }
+                | Op::Qdot4 { .. }
+                | Op::Conv { .. }
+                | Op::ConvBlocked { .. }
+                | Op::Qconv { .. }
+        )
+    };
+    // The product itself, or scaled by constants (a quantized product's dequantization).
+    let scaled = match (g.node(p.node).op(), g.node(p.node).inputs()) {
+        (Op::Mul, &[a, b]) => {
+            let constant = |v: Value| {
+                let mut n = g.node(v.node);
+                if let Op::Broadcast { .. } = n.op() {
+                    n = g.node(n.inputs()[0].node);
+                }
+                matches!(n.op(), Op::Constant { .. })
+            };
+            (constant(b) && product(a) || constant(a) && product(b)) && g.users(p).len() == 1
+        }
+        _ => false,
+    };
+    (product(p) || scaled) && splat_constant(g, s).is_some()
 }
 
 /// The chain ending at `end` evaluated on all 256 values of `source` (i8 from -128), or

@@ -1035,10 +1035,13 @@ pub fn quantized_conv_graph(seed: u64) -> Option<Graph> {
 
 /// Integer sums through QDQ pairs, as a QDQ model's chain between its operators: a u8 matrix
 /// or image as f32 by i8 weights or filters as f32 (every sum exact, in any order), then
-/// a quantize-dequantize pair (u8 or i8, zero point and scale at random, often saturating),
-/// at times a scale and shift per channel (a batch norm) and a second pair — which the
-/// product's or convolution's epilogue applies, to the interpreter's bits.
-pub fn qdq_pair_graph(seed: u64) -> Option<Graph> {
+/// at times a scale per channel (a quantized product's dequantization), a quantize-dequantize
+/// pair (u8 or i8, zero point and scale at random, often saturating, the dequantizer's scale
+/// at times another or none), at times a scale and shift per channel (a batch norm) and a
+/// second pair — which the product's or convolution's epilogue applies, to the interpreter's
+/// bits. Whether the epilogue can take every step (not a scale both before and after the
+/// first pair) comes with it.
+pub fn qdq_pair_graph(seed: u64) -> Option<(Graph, bool)> {
     let mut rng = Rng::new(seed);
     let rng = &mut rng;
     let mut b = Builder::new(&format!("qdqpair{}", seed % 1000));
@@ -1081,14 +1084,27 @@ pub fn qdq_pair_graph(seed: u64) -> Option<Graph> {
         };
         (b.op1(dot, &[xf, wv]).ok()?, vec![n])
     };
-    let mut y = qdq_pair(&mut b, rng, y)?;
-    if below(rng, 2) == 0 {
-        let n: usize = per.iter().product();
-        let ty = b.ty(y).shape.clone();
-        let by = |b: &mut Builder, v: Vec<f32>| -> Option<Value> {
-            let c = b.constant(Tensor::from_vec(per.clone(), v).ok()?).ok()?;
-            b.broadcast_to(c, &ty).ok()
-        };
+    let n: usize = per.iter().product();
+    let ty = b.ty(y).shape.clone();
+    let by = |b: &mut Builder, v: Vec<f32>| -> Option<Value> {
+        let c = b.constant(Tensor::from_vec(per.clone(), v).ok()?).ok()?;
+        b.broadcast_to(c, &ty).ok()
+    };
+    let mut y = y;
+    let first = below(rng, 3) == 0;
+    if first {
+        // A scale per channel first (a quantized product's dequantization).
+        let s = by(
+            &mut b,
+            (0..n)
+                .map(|_| 0.25 + below(rng, 100) as f32 / 32.0)
+                .collect(),
+        )?;
+        y = b.mul(y, s).ok()?;
+    }
+    y = qdq_pair(&mut b, rng, y)?;
+    let norm = below(rng, 2) == 0;
+    if norm {
         let s = by(
             &mut b,
             (0..n)
@@ -1108,7 +1124,7 @@ pub fn qdq_pair_graph(seed: u64) -> Option<Graph> {
         y = qdq_pair(&mut b, rng, y)?;
     }
     b.output("y", y).ok()?;
-    b.finish().ok()
+    Some((b.finish().ok()?, !(first && norm)))
 }
 
 /// `y` through QuantizeLinear then DequantizeLinear as the importer writes them (u8 or i8,
@@ -1137,7 +1153,16 @@ fn qdq_pair(b: &mut Builder, rng: &mut Rng, y: Value) -> Option<Value> {
     if z != 0.0 {
         d = b.sub(d, zv).ok()?;
     }
-    b.mul(d, s).ok()
+    // The dequantizer's scale: the quantizer's, another, or none (moved into the weights
+    // after).
+    match below(rng, 4) {
+        0 => Some(d),
+        1 => {
+            let other = b.scalar_like(0.7, d).ok()?;
+            b.mul(d, other).ok()
+        }
+        _ => b.mul(d, s).ok(),
+    }
 }
 
 /// A recurrent layer (`lstm`, `gru`, `rnn`) over a random input projection — sequences of 0 to 5

@@ -38,9 +38,11 @@ pub(super) struct Chain {
     /// HardSigmoid, 7 and 8 HardSwish as `x·relu6(x + 3)` divided by 6 or times 1/6, 9 GELU
     /// and its ½.
     act: i64,
-    /// A quantize-dequantize pair first and last: scale, zero point, the type's range.
-    pre: Option<[f64; 4]>,
-    post: Option<[f64; 4]>,
+    /// A quantize-dequantize pair first (or right after the scale) and last: scale, zero
+    /// point, the type's range, the dequantizer's scale.
+    pre: Option<[f64; 5]>,
+    pre_after_scale: bool,
+    post: Option<[f64; 5]>,
 }
 
 /// Which axis of the result the per-channel operands of an epilogue run along.
@@ -67,6 +69,7 @@ impl Chain {
             cols: self.cols,
             act: self.act,
             pre: self.pre,
+            pre_after_scale: self.pre_after_scale,
             post: self.post,
         }
     }
@@ -140,20 +143,24 @@ impl Lowering<'_> {
             cols: !matches!(along, Along::Channels),
             act: 0,
             pre: None,
+            pre_after_scale: false,
             post: None,
         };
         let mut last: Option<Step> = None;
         let mut at = v;
-        if let Some((q, end, inner)) = self.fake_quant(v, &outputs) {
-            chain.pre = Some(q);
-            chain.inner.extend(inner);
-            chain.end = end;
-            at = end;
-        }
         loop {
-            // A pair is the last step (not a scale by its quantizer's power-of-two factor).
-            if self.fake_quant(at, &outputs).is_some() {
-                break;
+            // A pair first or right after the scale is `pre`; any other is the last step (not
+            // a scale by its quantizer's power-of-two factor).
+            if let Some((q, end, inner)) = self.fake_quant(at, &outputs) {
+                if chain.pre.is_some() || !matches!(last, None | Some(Step::Scale)) {
+                    break;
+                }
+                chain.pre = Some(q);
+                chain.pre_after_scale = last.is_some();
+                chain.inner.extend(inner);
+                chain.end = end;
+                at = end;
+                continue;
             }
             if let Some((act, end, inner)) = self.activation(at, &outputs) {
                 chain.act = act;
@@ -303,12 +310,13 @@ impl Lowering<'_> {
     }
 
     /// The quantize-dequantize pair after `x` (an f32 value) as the importer writes ONNX's
-    /// QuantizeLinear then DequantizeLinear of one scale and zero point: `x / s` (or
-    /// `x · (1/s)` where `s` is a power of two), `round`,
-    /// `+ z` (absent for 0), a conversion to u8 or i8 and back, `− z` (absent for 0), `· s`,
-    /// each value read once, by the next, and no output. Its scale, zero point and the
-    /// type's range (see `kernel::routines::epilogue::Quant`), its end and the values in it.
-    fn fake_quant(&self, x: Value, outputs: &[Value]) -> Option<([f64; 4], Value, Vec<Value>)> {
+    /// QuantizeLinear then DequantizeLinear of one zero point: `x / s` (or `x · (1/s)` where
+    /// `s` is a power of two), `round`, `+ z` (absent for 0), a conversion to u8 or i8 and
+    /// back, `− z` (absent for 0), `· d` (absent where the optimizer moved it into the next
+    /// product's weights), each value read once, by the next, and no output. Its scale, zero
+    /// point, the type's range and the dequantizer's scale (see
+    /// `kernel::routines::epilogue::Quant`), its end and the values in it.
+    fn fake_quant(&self, x: Value, outputs: &[Value]) -> Option<([f64; 5], Value, Vec<Value>)> {
         let g = self.g;
         let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
         let shape = &self.ty(x).shape;
@@ -377,24 +385,34 @@ impl Lowering<'_> {
         if !matches!(g.node(back).op(), Op::Cast { .. }) || !like(wide, DType::F32) {
             return None;
         }
-        inner.push(wide);
-        // `− z`: the zero point second.
-        let (mut next, mut end) = reader(wide)?;
-        if matches!(g.node(next).op(), Op::Sub) {
-            let &[p, q] = g.node(next).inputs() else {
+        let mut end = wide;
+        // `− z` (the zero point second), where it is not 0.
+        if z != 0.0 {
+            let (sub, less) = reader(end)?;
+            let &[p, q] = g.node(sub).inputs() else {
                 return None;
             };
-            if p != wide || q == wide || scalar_value(g, q)? != z || !like(end, DType::F32) {
+            let fits = matches!(g.node(sub).op(), Op::Sub) && p == end && q != end;
+            if !fits || scalar_value(g, q)? != z || !like(less, DType::F32) {
                 return None;
             }
             inner.push(end);
-            (next, end) = reader(end)?;
-        } else if z != 0.0 {
-            return None;
+            end = less;
         }
-        let product = matches!(g.node(next).op(), Op::Mul) && like(end, DType::F32);
-        let by = other_operand(g, next, *inner.last()?)?;
-        (product && scalar_value(g, by)? == s).then_some(([s, z, lo, hi], end, inner))
+        // `· d`, the dequantizer's scale (1 where the optimizer moved it into the next
+        // product's weights).
+        let mut d = 1.0;
+        if let Some((mul, product)) = reader(end) {
+            let by = other_operand(g, mul, end).and_then(|c| scalar_value(g, c));
+            if let (Op::Mul, Some(c)) = (g.node(mul).op(), by) {
+                if c.is_finite() && f64::from(c as f32) == c && like(product, DType::F32) {
+                    d = c;
+                    inner.push(end);
+                    end = product;
+                }
+            }
+        }
+        Some(([s, z, lo, hi, d], end, inner))
     }
 
     /// A scratch f32 buffer of `n` elements, each the uniform `e`, filled by a loop now (before

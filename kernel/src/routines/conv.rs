@@ -97,10 +97,13 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
     pre_z: f32,
     pre_lo: f32,
     pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
     post_s: f32,
     post_z: f32,
     post_lo: f32,
     post_hi: f32,
+    post_d: f32,
 ) {
     let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     let epi = Epilogue::new(
@@ -109,7 +112,7 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
         0,
         act,
         [
-            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+            pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
     // SAFETY: forwarded.
@@ -154,10 +157,13 @@ pub unsafe extern "C" fn kiln_conv2d_wino(
     pre_z: f32,
     pre_lo: f32,
     pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
     post_s: f32,
     post_z: f32,
     post_lo: f32,
     post_hi: f32,
+    post_d: f32,
 ) {
     let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     let epi = Epilogue::new(
@@ -166,7 +172,7 @@ pub unsafe extern "C" fn kiln_conv2d_wino(
         0,
         act,
         [
-            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+            pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
     if u.is_null() || !winograd::applies(g, c, o) || y0 < 0 || rows <= 0 || y0 + rows > oh {

@@ -3,8 +3,9 @@
 //! per row (a convolution's output channel) or per column (a product's bias), every part
 //! optional — a folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh,
 //! GELU, SiLU, HardSwish (as ONNX, Paddle or Keras write it) or HardSigmoid, and `pre` and
-//! `post` a QDQ model's quantize-dequantize pairs ([`Quant`]) — without a second pass over
-//! the output. Operation for operation what the
+//! `post` a QDQ model's quantize-dequantize pairs ([`Quant`]; `pre` after the scale instead,
+//! where that is a quantized product's dequantization) — without a second pass over the
+//! output. Operation for operation what the
 //! elementwise loops it replaces compute (a multiply, then adds, each rounded; IEEE maximum and
 //! minimum; the vector loops' `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
 
@@ -34,9 +35,11 @@ pub enum Act {
 }
 
 /// A quantize-dequantize pair as a QDQ model writes it between its operators:
-/// `(sat(round(y / s) + z) − z) · s`, `round` half to even, `sat` the conversion to the
+/// `(sat(round(y / s) + z) − z) · d`, `round` half to even, `sat` the conversion to the
 /// quantized type (clamped to `lo..=hi`, NaN to 0) — ONNX's QuantizeLinear then
-/// DequantizeLinear, each operation rounded as the elementwise ops compute it.
+/// DequantizeLinear, each operation rounded as the elementwise ops compute it. The
+/// dequantizer's scale `d` is the quantizer's `s` as models write them; 1 where the optimizer
+/// has moved it into the weights of the product after.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quant {
     /// The scale (positive and finite).
@@ -47,19 +50,21 @@ pub struct Quant {
     pub lo: f32,
     /// The quantized type's greatest value.
     pub hi: f32,
+    /// The dequantizer's scale.
+    pub d: f32,
 }
 
 impl Quant {
-    /// The pair of a routine's four scalars `[s, z, lo, hi]`, none where `s` is 0. (The
+    /// The pair of a routine's five scalars `[s, z, lo, hi, d]`, none where `s` is 0. (The
     /// lowering passes only pairs that [`Quant::one`] computes as the elementwise ops do: a
     /// positive finite scale, integer bounds around an integer zero point.)
-    pub fn of([s, z, lo, hi]: [f32; 4]) -> Option<Quant> {
-        (s != 0.0).then_some(Quant { s, z, lo, hi })
+    pub fn of([s, z, lo, hi, d]: [f32; 5]) -> Option<Quant> {
+        (s != 0.0).then_some(Quant { s, z, lo, hi, d })
     }
 
-    /// The routine scalars that stand for `q` (`[0; 4]` for none).
-    pub fn scalars(q: Option<Quant>) -> [f32; 4] {
-        q.map_or([0.0; 4], |q| [q.s, q.z, q.lo, q.hi])
+    /// The routine scalars that stand for `q` (`[0; 5]` for none).
+    pub fn scalars(q: Option<Quant>) -> [f32; 5] {
+        q.map_or([0.0; 5], |q| [q.s, q.z, q.lo, q.hi, q.d])
     }
 
     /// One value through the pair.
@@ -71,7 +76,7 @@ impl Quant {
         } else {
             t.max(self.lo).min(self.hi)
         };
-        (q - self.z) * self.s
+        (q - self.z) * self.d
     }
 }
 
@@ -217,8 +222,11 @@ pub struct Epilogue {
     pub cols: bool,
     /// The activation.
     pub act: Act,
-    /// A quantize-dequantize pair first, before the scale.
+    /// A quantize-dequantize pair first, before the scale (after it with `pre_after_scale`).
     pub pre: Option<Quant>,
+    /// Whether `pre` comes after the scale (a quantized product's dequantization) rather than
+    /// before.
+    pub pre_after_scale: bool,
     /// A quantize-dequantize pair last, after the activation.
     pub post: Option<Quant>,
 }
@@ -238,20 +246,21 @@ impl Epilogue {
         cols: false,
         act: Act::Identity,
         pre: None,
+        pre_after_scale: false,
         post: None,
     };
 
     /// The epilogue of a routine's arguments (`cols` nonzero for per-column operands, `act`
-    /// as [`Act::of`], `quant` the pairs' scalars `pre_s, pre_z, pre_lo, pre_hi, post_s, ...`
-    /// as [`Quant::of`]).
+    /// as [`Act::of`], `quant` the pairs' scalars: `pre`'s five as [`Quant::of`], whether it
+    /// comes after the scale (nonzero), `post`'s five).
     pub fn new(
         (scale, shift, res): (*const f32, *const f32, *const f32),
         (lo, hi): (f32, f32),
         cols: i64,
         act: i64,
-        quant: [f32; 8],
+        quant: [f32; 11],
     ) -> Self {
-        let [a, b, c, d, e, f, g, h] = quant;
+        let [a, b, c, d, e, at, f, g, h, i, j] = quant;
         Epilogue {
             scale,
             shift,
@@ -260,15 +269,28 @@ impl Epilogue {
             hi,
             cols: cols != 0,
             act: Act::of(act),
-            pre: Quant::of([a, b, c, d]),
-            post: Quant::of([e, f, g, h]),
+            pre: Quant::of([a, b, c, d, e]),
+            pre_after_scale: at != 0.0,
+            post: Quant::of([f, g, h, i, j]),
         }
     }
 
-    /// The routine scalars of its pairs (the eight after `lo` and `hi`).
-    pub fn quant_scalars(&self) -> [f32; 8] {
-        let ([a, b, c, d], [e, f, g, h]) = (Quant::scalars(self.pre), Quant::scalars(self.post));
-        [a, b, c, d, e, f, g, h]
+    /// The routine scalars of its pairs (the eleven after `lo` and `hi`).
+    pub fn quant_scalars(&self) -> [f32; 11] {
+        let ([a, b, c, d, e], [f, g, h, i, j]) =
+            (Quant::scalars(self.pre), Quant::scalars(self.post));
+        let at = if self.pre_after_scale { 1.0 } else { 0.0 };
+        [a, b, c, d, e, at, f, g, h, i, j]
+    }
+
+    /// `pre` as the pair before the scale and the pair after it (one of them, or none).
+    #[inline(always)]
+    pub(in crate::routines) fn pre_pairs(&self) -> (Option<&Quant>, Option<&Quant>) {
+        match (&self.pre, self.pre_after_scale) {
+            (Some(q), false) => (Some(q), None),
+            (Some(q), true) => (None, Some(q)),
+            (None, _) => (None, None),
+        }
     }
 
     /// Whether it ends with its clamps: no activation and no quantize-dequantize pair after.
@@ -352,11 +374,15 @@ impl Epilogue {
         r: Option<f32>,
     ) -> f32 {
         let mut y = x;
-        if let Some(q) = &self.pre {
+        let (first, second) = self.pre_pairs();
+        if let Some(q) = first {
             y = q.one(y);
         }
         if let Some(s) = s {
             y *= s;
+        }
+        if let Some(q) = second {
+            y = q.one(y);
         }
         if let Some(t) = t {
             y += t;
@@ -515,17 +541,17 @@ mod tests {
             1e-45,
             f32::INFINITY,
         ];
-        for (s, z, signed) in [
-            (0.37f32, 3.0f32, false),
-            (0.0021, 0.0, false),
-            (0.11, -5.0, true),
+        for (s, z, signed, d) in [
+            (0.37f32, 3.0f32, false, 0.37f32),
+            (0.0021, 0.0, false, 1.0),
+            (0.11, -5.0, true, 0.11),
         ] {
             let (lo, hi) = if signed {
                 (-128.0, 127.0)
             } else {
                 (0.0, 255.0)
             };
-            let q = Quant::of([s, z, lo, hi]).unwrap();
+            let q = Quant::of([s, z, lo, hi, d]).unwrap();
             for &x in xs.iter().chain(&edge).chain(&[f32::NEG_INFINITY]) {
                 let t = (x / s).round_ties_even() + z;
                 let c = if signed {
@@ -533,7 +559,7 @@ mod tests {
                 } else {
                     t as u8 as f32
                 };
-                let want = (c - z) * s;
+                let want = (c - z) * d;
                 let got = q.one(x);
                 assert_eq!(
                     got.to_bits(),
@@ -542,7 +568,7 @@ mod tests {
                 );
             }
         }
-        assert!(Quant::of([0.0, 1.0, 0.0, 255.0]).is_none());
+        assert!(Quant::of([0.0, 1.0, 0.0, 255.0, 1.0]).is_none());
     }
 
     #[test]
@@ -573,9 +599,10 @@ mod tests {
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
             for parts in 0..64 {
                 let by_col = parts & 8 != 0;
-                // QDQ pairs: u8 before, i8 after (its NaNs to 0, not to the range's end).
-                let pre = Quant::of([0.37, 3.0, 0.0, 255.0]).filter(|_| parts & 16 != 0);
-                let post = Quant::of([0.11, -5.0, -128.0, 127.0]).filter(|_| parts & 32 != 0);
+                // QDQ pairs: u8 before the scale (after it with a scale per column), i8 after
+                // (its NaNs to 0, not to the range's end) without its dequantizer's scale.
+                let pre = Quant::of([0.37, 3.0, 0.0, 255.0, 0.37]).filter(|_| parts & 16 != 0);
+                let post = Quant::of([0.11, -5.0, -128.0, 127.0, 1.0]).filter(|_| parts & 32 != 0);
                 let given = |bit: usize, p: *const f32| {
                     if parts & bit != 0 {
                         p
@@ -592,6 +619,7 @@ mod tests {
                     cols: by_col,
                     act,
                     pre,
+                    pre_after_scale: by_col,
                     post,
                 };
                 let mut want = x.clone();
@@ -599,11 +627,14 @@ mod tests {
                     for j in 0..cols {
                         let n = if by_col { j } else { i };
                         let mut y = x[i * ld + j];
-                        if let Some(q) = &pre {
+                        if let Some(q) = pre.filter(|_| !by_col) {
                             y = q.one(y);
                         }
                         if parts & 1 != 0 {
                             y *= scale[n];
+                        }
+                        if let Some(q) = pre.filter(|_| by_col) {
+                            y = q.one(y);
                         }
                         if parts & 2 != 0 {
                             y += shift[n];

@@ -126,10 +126,13 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     pre_z: f32,
     pre_lo: f32,
     pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
     post_s: f32,
     post_z: f32,
     post_lo: f32,
     post_hi: f32,
+    post_d: f32,
 ) {
     let epi = Epilogue::new(
         (scale, shift, res),
@@ -137,7 +140,7 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
         cols,
         act,
         [
-            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+            pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
     // SAFETY: forwarded.
@@ -1220,6 +1223,7 @@ mod tests {
                         cols: t >= 3,
                         act: if t == 3 { Act::Sigmoid } else { Act::Identity },
                         pre: None,
+                        pre_after_scale: false,
                         post: None,
                     }
                 } else {
@@ -1262,6 +1266,9 @@ mod tests {
                         epi.act as i64,
                         epi.lo,
                         epi.hi,
+                        0.0,
+                        0.0,
+                        0.0,
                         0.0,
                         0.0,
                         0.0,
@@ -1346,8 +1353,9 @@ mod tests {
                     Act::Identity
                 },
                 // QDQ pairs before and after for some shapes (u8, then i8).
-                pre: Quant::of([0.031, 7.0, 0.0, 255.0]).filter(|_| k % 3 == 0),
-                post: Quant::of([0.0027, -3.0, -128.0, 127.0]).filter(|_| n % 2 == 1),
+                pre: Quant::of([0.031, 7.0, 0.0, 255.0, 0.031]).filter(|_| k % 3 == 0),
+                pre_after_scale: k % 2 == 0,
+                post: Quant::of([0.0027, -3.0, -128.0, 127.0, 1.0]).filter(|_| n % 2 == 1),
             };
             let q = epi.quant_scalars();
             let run = |narrow: bool, packed: bool| {
@@ -1366,7 +1374,7 @@ mod tests {
                     kiln_sgemm_packed(
                         a, b, bp, c, e.scale, e.shift, e.res, k as i64, 1, n as i64, 1, n as i64,
                         m as i64, n as i64, k as i64, cols, act, e.lo, e.hi, q[0], q[1], q[2],
-                        q[3], q[4], q[5], q[6], q[7],
+                        q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10],
                     )
                 };
                 AVX2_ONLY.with(|c| c.set(false));

@@ -213,6 +213,9 @@ pub static ROUTINES: [Routine; 21] = [
                 s[7] as f32,
                 s[8] as f32,
                 s[9] as f32,
+                s[10] as f32,
+                s[11] as f32,
+                s[12] as f32,
             );
             0.0
         },
@@ -278,6 +281,9 @@ pub static ROUTINES: [Routine; 21] = [
                 s[7] as f32,
                 s[8] as f32,
                 s[9] as f32,
+                s[10] as f32,
+                s[11] as f32,
+                s[12] as f32,
             );
             0.0
         },
@@ -358,6 +364,9 @@ pub static ROUTINES: [Routine; 21] = [
                 s[7] as f32,
                 s[8] as f32,
                 s[9] as f32,
+                s[10] as f32,
+                s[11] as f32,
+                s[12] as f32,
             );
             0.0
         },
@@ -456,6 +465,9 @@ pub static ROUTINES: [Routine; 21] = [
                 s[7] as f32,
                 s[8] as f32,
                 s[9] as f32,
+                s[10] as f32,
+                s[11] as f32,
+                s[12] as f32,
             );
             0.0
         },
@@ -951,9 +963,10 @@ pub static ROUTINES: [Routine; 21] = [
 /// and `res`, and the integer `act`): `E(x) = post(act(min(max((pre(x)·scale[row] +
 /// shift[row]) + res[at], lo), hi)))`, each part absent when its operand is (lo = -inf and hi =
 /// +inf for no clamp; `act` as [`epilogue::Act::of`]; `pre` and `post` quantize-dequantize
-/// pairs `(sat(round(y / s) + z) − z)·s` of scale `*_s`, zero point `*_z` and range `*_lo`
-/// to `*_hi`, absent where the scale is 0: [`epilogue::Quant`]), each step rounded as the
-/// elementwise operations it stands for.
+/// pairs `(sat(round(y / s) + z) − z)·d` of scale `*_s`, zero point `*_z`, range `*_lo` to
+/// `*_hi` and dequantizer's scale `*_d`, absent where the scale is 0: [`epilogue::Quant`];
+/// `pre` after the scale where `pre_at` is nonzero), each step rounded as the elementwise
+/// operations it stands for.
 const EPILOGUE: &[(&str, ir::DType)] = &[
     ("lo", ir::DType::F32),
     ("hi", ir::DType::F32),
@@ -961,10 +974,13 @@ const EPILOGUE: &[(&str, ir::DType)] = &[
     ("pre_z", ir::DType::F32),
     ("pre_lo", ir::DType::F32),
     ("pre_hi", ir::DType::F32),
+    ("pre_d", ir::DType::F32),
+    ("pre_at", ir::DType::F32),
     ("post_s", ir::DType::F32),
     ("post_z", ir::DType::F32),
     ("post_lo", ir::DType::F32),
     ("post_hi", ir::DType::F32),
+    ("post_d", ir::DType::F32),
 ];
 
 /// The routine named `name`.

@@ -71,6 +71,9 @@ pub(super) const GEMM: Routine = Routine {
             s[7] as f32,
             s[8] as f32,
             s[9] as f32,
+            s[10] as f32,
+            s[11] as f32,
+            s[12] as f32,
         );
         0.0
     },
@@ -148,6 +151,9 @@ pub(super) const QGEMM: Routine = Routine {
             s[7] as f32,
             s[8] as f32,
             s[9] as f32,
+            s[10] as f32,
+            s[11] as f32,
+            s[12] as f32,
         );
         0.0
     },
@@ -231,6 +237,9 @@ pub(super) const QCONV2D: Routine = Routine {
             s[7] as f32,
             s[8] as f32,
             s[9] as f32,
+            s[10] as f32,
+            s[11] as f32,
+            s[12] as f32,
         );
         0.0
     },
@@ -318,6 +327,9 @@ pub(super) const QGEMM4: Routine = Routine {
             s[7] as f32,
             s[8] as f32,
             s[9] as f32,
+            s[10] as f32,
+            s[11] as f32,
+            s[12] as f32,
         );
         0.0
     },

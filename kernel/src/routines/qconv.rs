@@ -76,10 +76,13 @@ pub unsafe extern "C" fn kiln_qconv2d(
     pre_z: f32,
     pre_lo: f32,
     pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
     post_s: f32,
     post_z: f32,
     post_lo: f32,
     post_hi: f32,
+    post_d: f32,
 ) {
     let g = [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw];
     let [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = g.map(|v| v.max(0) as usize);
@@ -89,7 +92,7 @@ pub unsafe extern "C" fn kiln_qconv2d(
         0,
         act,
         [
-            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+            pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
     // SAFETY: one byte.
@@ -334,6 +337,9 @@ mod tests {
                         0,
                         f32::NEG_INFINITY,
                         f32::INFINITY,
+                        0.0,
+                        0.0,
+                        0.0,
                         0.0,
                         0.0,
                         0.0,

@@ -117,10 +117,13 @@ pub unsafe extern "C" fn kiln_qgemm(
     pre_z: f32,
     pre_lo: f32,
     pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
     post_s: f32,
     post_z: f32,
     post_lo: f32,
     post_hi: f32,
+    post_d: f32,
 ) {
     let epi = Epilogue::new(
         (scale, shift, res),
@@ -128,7 +131,7 @@ pub unsafe extern "C" fn kiln_qgemm(
         cols,
         act,
         [
-            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+            pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
     let (m, n, k) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
@@ -633,7 +636,7 @@ mod tests {
                 (0.0, f32::INFINITY),
                 1,
                 0,
-                [0.0; 8],
+                [0.0; 11],
             );
             let bp = pack_b(&b, n as i64, 1, k, n).unwrap();
             for &isa in &isas {
@@ -681,6 +684,9 @@ mod tests {
                     0,
                     0.0,
                     f32::INFINITY,
+                    0.0,
+                    0.0,
+                    0.0,
                     0.0,
                     0.0,
                     0.0,

@@ -180,10 +180,13 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
     pre_z: f32,
     pre_lo: f32,
     pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
     post_s: f32,
     post_z: f32,
     post_lo: f32,
     post_hi: f32,
+    post_d: f32,
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     let epi = Epilogue::new(
@@ -192,7 +195,7 @@ pub unsafe extern "C" fn kiln_conv2d_nchwc(
         1,
         act,
         [
-            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+            pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
     let (cu, ou, taps) = (c as usize, o as usize, (kh as usize, kw as usize));
@@ -826,6 +829,9 @@ mod tests {
                 0.0,
                 0.0,
                 0.0,
+                0.0,
+                0.0,
+                0.0,
             )
         }
     }
@@ -1244,10 +1250,16 @@ mod tests {
             let sums = &sums[0].1;
             // Each also with QDQ pairs (before, after or both: the general path).
             let pairs = [
-                [0.0; 8],
-                [0.013, 120.0, 0.0, 255.0, 0.0, 0.0, 0.0, 0.0],
-                [0.0, 0.0, 0.0, 0.0, 0.007, -4.0, -128.0, 127.0],
-                [0.021, 0.0, 0.0, 255.0, 0.009, 11.0, 0.0, 255.0],
+                [0.0; 11],
+                [
+                    0.013, 120.0, 0.0, 255.0, 0.013, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                ],
+                [
+                    0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.007, -4.0, -128.0, 127.0, 1.0,
+                ],
+                [
+                    0.021, 0.0, 0.0, 255.0, 0.5, 1.0, 0.009, 11.0, 0.0, 255.0, 0.009,
+                ],
             ];
             let epilogues = (epilogues.iter().enumerate())
                 .flat_map(|(n, &e)| [(e, pairs[0]), (e, pairs[1 + n % 3])]);

@@ -44,10 +44,13 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
     pre_z: f32,
     pre_lo: f32,
     pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
     post_s: f32,
     post_z: f32,
     post_lo: f32,
     post_hi: f32,
+    post_d: f32,
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     let epi = Epilogue::new(
@@ -56,7 +59,7 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
         0,
         act,
         [
-            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+            pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
     // SAFETY: forwarded.

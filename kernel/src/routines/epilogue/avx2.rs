@@ -129,11 +129,15 @@ pub(in crate::routines) unsafe fn apply(
 ) -> __m256 {
     // SAFETY: the CPU has AVX2; the residual's lanes are readable.
     unsafe {
-        if let Some(q) = &e.pre {
+        let (first, second) = e.pre_pairs();
+        if let Some(q) = first {
             v = quant(q, v);
         }
         if let Some(s) = s {
             v = _mm256_mul_ps(v, s);
+        }
+        if let Some(q) = second {
+            v = quant(q, v);
         }
         if let Some(t) = t {
             v = _mm256_add_ps(v, t);
@@ -171,7 +175,7 @@ fn quant(q: &Quant, v: __m256) -> __m256 {
             _mm256_blendv_ps(c, _mm256_setzero_ps(), nan)
         };
         let z = _mm256_set1_ps(q.z);
-        _mm256_mul_ps(_mm256_sub_ps(c, z), _mm256_set1_ps(q.s))
+        _mm256_mul_ps(_mm256_sub_ps(c, z), _mm256_set1_ps(q.d))
     }
 }
 

@@ -88,7 +88,7 @@ pub(in crate::routines) fn quant(q: &Quant, v: __m512) -> __m512 {
             _mm512_mask_mov_ps(c, nan, _mm512_setzero_ps())
         };
         let z = _mm512_set1_ps(q.z);
-        _mm512_mul_ps(_mm512_sub_ps(c, z), _mm512_set1_ps(q.s))
+        _mm512_mul_ps(_mm512_sub_ps(c, z), _mm512_set1_ps(q.d))
     }
 }
 
@@ -242,11 +242,15 @@ pub(in crate::routines) unsafe fn linear(
 ) -> __m512 {
     // SAFETY: the CPU has AVX-512F; the residual's lanes are readable.
     unsafe {
-        if let Some(q) = &e.pre {
+        let (first, second) = e.pre_pairs();
+        if let Some(q) = first {
             v = quant(q, v);
         }
         if let Some(s) = s {
             v = _mm512_mul_ps(v, s);
+        }
+        if let Some(q) = second {
+            v = quant(q, v);
         }
         if let Some(t) = t {
             v = _mm512_add_ps(v, t);

@@ -131,10 +131,13 @@ pub unsafe extern "C" fn kiln_qgemm4(
     pre_z: f32,
     pre_lo: f32,
     pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
     post_s: f32,
     post_z: f32,
     post_lo: f32,
     post_hi: f32,
+    post_d: f32,
 ) {
     let epi = Epilogue::new(
         (e_scale, e_shift, e_res),
@@ -142,7 +145,7 @@ pub unsafe extern "C" fn kiln_qgemm4(
         cols,
         act,
         [
-            pre_s, pre_z, pre_lo, pre_hi, post_s, post_z, post_lo, post_hi,
+            pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
     if !bp.is_null() {

@@ -184,13 +184,14 @@ pub(super) unsafe fn emit(
         if let Some(clamp) = j.epi.quick_linear() {
             return decide(&j.epi, clamp, Halves { j, ob, at, n, v });
         }
+        // The job's epilogue itself (see the AVX-512 `general`).
+        let e = &j.epi;
         for h in 0..2 {
-            let e = j.epi.from(0, ob * BLOCK + 8 * h, at + 8 * h);
-            let coefs = epi::coefs(&e, 0, 0, all);
+            let coefs = epi::coefs(e, 0, ob * BLOCK + 8 * h, all);
             let out = j.out.wrapping_add(at + 8 * h);
             for p in 0..n {
-                let r = e.res.wrapping_add(p * BLOCK);
-                let x = epi::apply(&e, v(p, h), coefs, r, all);
+                let r = e.res.wrapping_add(at + 8 * h + p * BLOCK);
+                let x = epi::apply(e, v(p, h), coefs, r, all);
                 _mm256_storeu_ps(out.add(p * BLOCK), x);
             }
         }

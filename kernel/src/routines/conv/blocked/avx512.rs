@@ -684,14 +684,16 @@ unsafe fn general(
     (n, step): (usize, usize),
     v: impl Fn(usize) -> __m512,
 ) {
-    let e = j.epi.from(0, ob * BLOCK, at);
+    // The job's epilogue itself at this block's channels and outputs, not a copy made here
+    // (whose pairs, read back at once, would stall on their stores).
+    let e = &j.epi;
     let out = j.out.wrapping_add(at);
     // SAFETY: the outputs (and residual) are inside their buffers; the CPU has AVX-512F.
     unsafe {
-        let coefs = epi::coefs(&e, 0, 0, !0);
+        let coefs = epi::coefs(e, 0, ob * BLOCK, !0);
         for p in 0..n {
-            let r = e.res.wrapping_add(p * step);
-            _mm512_storeu_ps(out.add(p * step), epi::apply(&e, v(p), coefs, r, !0));
+            let r = e.res.wrapping_add(at + p * step);
+            _mm512_storeu_ps(out.add(p * step), epi::apply(e, v(p), coefs, r, !0));
         }
     }
 }
