@@ -32,9 +32,14 @@ impl Lowering<'_> {
             return unsupported("called on a qconv");
         };
         let ins = node.inputs().to_vec();
+        // An image the layout pass left blocked is read as it is (no copy back to planes).
+        let blocked = self.blocked_image(ins[0]);
         let mut bufs = Vec::new();
-        for &x in &ins {
-            bufs.push(self.dense(x)?);
+        for (i, &x) in ins.iter().enumerate() {
+            bufs.push(match (i, blocked) {
+                (0, Some(b)) => self.dense(b)?,
+                _ => self.dense(x)?,
+            });
         }
         let (xs, ws, ys) = (
             self.ty(ins[0]).shape.clone(),
@@ -82,6 +87,7 @@ impl Lowering<'_> {
                     dilation[1],
                     pad_low[0],
                     pad_low[1],
+                    if blocked.is_some() { BLOCK } else { 0 },
                 ]
                 .map(Expr::i64),
             );
@@ -98,4 +104,32 @@ impl Lowering<'_> {
         self.bufs.insert(v, out);
         Ok(())
     }
+
+    /// The blocked image (`[n, c/16, h, w, 16]`, every lane a channel) that planar image `x`
+    /// (`[n, c, h, w]`) views, as the layout pass leaves it: `reshape(transpose(b, [0, 1, 4,
+    /// 2, 3]))`.
+    fn blocked_image(&self, x: Value) -> Option<Value> {
+        let g = self.g;
+        let Op::Reshape { .. } = g.node(x.node).op() else {
+            return None;
+        };
+        let t = g.node(x.node).inputs()[0];
+        let Op::Transpose { perm } = g.node(t.node).op() else {
+            return None;
+        };
+        let b = g.node(t.node).inputs()[0];
+        let (xs, bs) = (&self.ty(x).shape, &self.ty(b).shape);
+        let fits = perm[..] == [0, 1, 4, 2, 3]
+            && xs.rank() == 4
+            && bs.rank() == 5
+            && bs.dim(4).as_const() == Some(BLOCK)
+            && xs.dim(0) == bs.dim(0)
+            && xs.dim(2) == bs.dim(2)
+            && xs.dim(3) == bs.dim(3)
+            && bs.dim(1).mul(bs.dim(4)).ok().as_ref() == Some(xs.dim(1));
+        fits.then_some(b)
+    }
 }
+
+/// The blocked layout's channels a block.
+const BLOCK: i64 = 16;

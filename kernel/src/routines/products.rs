@@ -180,7 +180,7 @@ pub(super) const QCONV2D: Routine = Routine {
     replaces: Some((2, 1)),
     in_place: true,
     ints: &[
-        "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "act",
+        "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "xb", "act",
     ],
     scalars: EPILOGUE,
     result: None,
@@ -191,6 +191,11 @@ pub(super) const QCONV2D: Routine = Routine {
         let k = c.saturating_mul(kh).saturating_mul(kw);
         let last = |len: i64| (len > 0).then(|| (0, len - 1));
         match operand {
+            // A blocked image holds whole blocks of 16 channels.
+            0 if i[14] != 0 => {
+                let lanes = (c.max(0).saturating_add(15) / 16).saturating_mul(16);
+                last(lanes.saturating_mul(h).saturating_mul(w))
+            }
             0 => last(c.saturating_mul(h).saturating_mul(w)),
             1 => last(o.saturating_mul(k)),
             2 => {
@@ -227,6 +232,7 @@ pub(super) const QCONV2D: Routine = Routine {
             i[12],
             i[13],
             i[14],
+            i[15],
             s[0] as f32,
             s[1] as f32,
             s[2] as f32,
@@ -247,6 +253,7 @@ pub(super) const QCONV2D: Routine = Routine {
           w[((f*c + ci)*kh + ky)*kw + kx])) over ci < c, ky < kh, kx < kw with iy = oy*sh − \
           ph + ky*dh, ix = ox*sw − pw + kx*dw (terms outside the image 0): one image's \
           quantized 2-D conv, u8 by i8 summed exactly in i32, E the epilogue of channel f; \
+          with xb 16 the image is blocked, x[((ci/16)*h*w + iy*w + ix)*16 + ci%16]; \
           w_packed, when given, is w packed by qconv::pack_filters, and w is then not read",
 };
 

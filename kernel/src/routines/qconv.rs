@@ -39,8 +39,10 @@ thread_local! {
 
 /// `c[f, oy, ox] = E(f32(Σ (x[ci, iy, ix] − za) · w[f, ci, ky, kx]))` over the window (iy =
 /// oy·sh − ph + ky·dh, likewise ix; outside the image the term is 0), one image: `x` is
-/// `ci × h × w` u8, `w` `o × ci × kh × kw` i8 (or `bp`, unless null, those filters packed by
-/// [`pack_filters`]), `c` `o × oh × ow`, E the epilogue of output channel `f` (its row).
+/// `ci × h × w` u8 (with `xb` 16, blocked: `⌈ci/16⌉ × h × w × 16`, channel `ci` in block
+/// `ci/16`, lane `ci % 16`), `w` `o × ci × kh × kw` i8 (or `bp`, unless null, those filters
+/// packed by [`pack_filters`]), `c` `o × oh × ow`, E the epilogue of output channel `f` (its
+/// row).
 ///
 /// # Safety
 /// The operands hold what the sizes say; `c` does not overlap them; the epilogue's operands
@@ -69,6 +71,7 @@ pub unsafe extern "C" fn kiln_qconv2d(
     dw: i64,
     ph: i64,
     pw: i64,
+    xb: i64,
     act: i64,
     lo: f32,
     hi: f32,
@@ -128,13 +131,30 @@ pub unsafe extern "C" fn kiln_qconv2d(
         let wp = ((ow - 1) * sw + (kw - 1) * dw + 1).max(wd + pw);
         img.clear();
         img.resize(hp * wp * ci, za);
-        // SAFETY: x holds ci·h·w bytes.
-        let planes = unsafe { std::slice::from_raw_parts(x, ci * h * wd) };
-        for y in 0..h {
-            // Row y of every plane transposed (channels × pixels).
-            let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
-            // SAFETY: the row holds wd pixels of ci channels.
-            unsafe { transpose(planes, y * wd, h * wd, dst.as_mut_ptr(), ci, ci, wd) };
+        if xb == 16 {
+            // Blocked: each pixel's channels are runs of 16 already, one a block.
+            let blocks = ci.div_ceil(16);
+            // SAFETY: x holds blocks·h·w·16 bytes.
+            let x = unsafe { std::slice::from_raw_parts(x, blocks * h * wd * 16) };
+            for y in 0..h {
+                let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
+                for cb in 0..blocks {
+                    let lanes = (ci - cb * 16).min(16);
+                    let row = &x[(cb * h + y) * wd * 16..][..wd * 16];
+                    for (px, run) in row.chunks_exact(16).enumerate() {
+                        dst[px * ci + cb * 16..][..lanes].copy_from_slice(&run[..lanes]);
+                    }
+                }
+            }
+        } else {
+            // SAFETY: x holds ci·h·w bytes.
+            let planes = unsafe { std::slice::from_raw_parts(x, ci * h * wd) };
+            for y in 0..h {
+                // Row y of every plane transposed (channels × pixels).
+                let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
+                // SAFETY: the row holds wd pixels of ci channels.
+                unsafe { transpose(planes, y * wd, h * wd, dst.as_mut_ptr(), ci, ci, wd) };
+            }
         }
         let b = match filters {
             Some(b) => b,
@@ -262,7 +282,8 @@ mod tests {
     use super::*;
 
     /// Against the definition, on odd geometries (strides, dilations, uneven padding, one
-    /// channel, 3 channels as an image's first conv), with and without packed filters.
+    /// channel, 3 channels as an image's first conv), with and without packed filters, the
+    /// image planar or blocked.
     #[test]
     fn qconv2d_matches_the_definition() {
         for &(ci, o, h, wd, kh, kw, s, d, ph, pw) in &[
@@ -272,6 +293,7 @@ mod tests {
             (3, 16, 9, 7, 3, 3, 2, 1, 1, 1),
             (8, 5, 6, 6, 3, 2, 1, 2, 2, 0),
             (64, 64, 8, 8, 3, 3, 1, 1, 1, 1),
+            (40, 24, 5, 7, 3, 3, 1, 1, 1, 1),
         ] {
             let oh = (h + 2 * ph - (kh - 1) * d - 1) / s + 1;
             let ow = (wd + 2 * pw - (kw - 1) * d - 1) / s + 1;
@@ -304,7 +326,25 @@ mod tests {
                 }
             }
             let packed = pack_filters(&w, o, ci, kh, kw).unwrap();
-            for bp in [std::ptr::null(), packed.as_ptr()] {
+            // The image blocked too (its padding lanes never read: filled with noise).
+            let blocks = ci.div_ceil(16);
+            let xbk: Vec<u8> = (0..blocks * h * wd * 16)
+                .map(|i| {
+                    let (l, px, cb) = (i % 16, i / 16 % (h * wd), i / 16 / (h * wd));
+                    let c = cb * 16 + l;
+                    if c < ci {
+                        x[c * h * wd + px]
+                    } else {
+                        0xab
+                    }
+                })
+                .collect();
+            let forms = [
+                (std::ptr::null(), x.as_ptr(), 0),
+                (packed.as_ptr(), x.as_ptr(), 0),
+                (packed.as_ptr(), xbk.as_ptr(), 16),
+            ];
+            for (bp, xp, xb) in forms {
                 let mut c = vec![f32::NAN; o * oh * ow];
                 let [ci, o, h, wd, oh, ow, kh, kw, s, d, ph, pw] =
                     [ci, o, h, wd, oh, ow, kh, kw, s, d, ph, pw].map(|v| v as i64);
@@ -312,7 +352,7 @@ mod tests {
                 // SAFETY: the operands hold what the geometry says.
                 unsafe {
                     kiln_qconv2d(
-                        x.as_ptr(),
+                        xp,
                         w.as_ptr(),
                         bp,
                         &za,
@@ -334,6 +374,7 @@ mod tests {
                         d,
                         ph,
                         pw,
+                        xb,
                         0,
                         f32::NEG_INFINITY,
                         f32::INFINITY,
@@ -350,7 +391,10 @@ mod tests {
                         0.0,
                     )
                 };
-                assert_eq!(c, want, "{ci}→{o} {h}×{wd} {kh}×{kw} s{s} d{d} p{ph},{pw}");
+                assert_eq!(
+                    c, want,
+                    "{ci}→{o} {h}×{wd} {kh}×{kw} s{s} d{d} p{ph},{pw} xb{xb}"
+                );
             }
         }
     }
