@@ -74,6 +74,11 @@ impl Chain {
         }
     }
 
+    /// Whether it adds a residual.
+    pub(super) fn has_res(&self) -> bool {
+        self.res.is_some()
+    }
+
     /// The epilogue of `chain` at `ch` and `at`, or none.
     pub(super) fn of(chain: Option<&Chain>, ch: &Expr, at: &Expr) -> kernel::Epilogue {
         chain.map(|c| c.at(ch, at)).unwrap_or_default()

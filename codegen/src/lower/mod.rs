@@ -283,7 +283,14 @@ impl<'g> Lowering<'g> {
                     } else {
                         None
                     };
-                    self.with_chain(v, output_buf, chain, Self::qconv)?;
+                    // Stored blocked where the result (the chain's end) is only made
+                    // blocked after (and no residual is laid out as its planes).
+                    let end = chain.as_ref().map_or(v, |c| c.end);
+                    let planar_res = chain.as_ref().is_some_and(|c| c.has_res());
+                    match self.blocked_result(end).filter(|_| !planar_res) {
+                        Some(views) => self.qconv_blocked(v, chain.as_ref(), views)?,
+                        None => self.with_chain(v, output_buf, chain, Self::qconv)?,
+                    }
                 }
                 Op::Qdot4 { .. } => {
                     let chain = self.epilogue_chain(v, epilogue::Along::Columns);

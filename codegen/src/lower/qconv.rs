@@ -18,6 +18,34 @@ impl Lowering<'_> {
 
     /// `qconv` `v` into `out`, applying `chain` (only where [`Lowering::qconv_calls`]).
     pub(super) fn qconv(&mut self, v: Value, out: BufId, chain: Option<&Chain>) -> Result<()> {
+        self.qconv_into(v, out, chain, false)
+    }
+
+    /// `qconv` `v` (its chain's end) stored blocked: into the buffer of `views`' blocked
+    /// value, which the reshape and transpose it names (see [`Lowering::blocked_result`]) are
+    /// then computed as.
+    pub(super) fn qconv_blocked(
+        &mut self,
+        v: Value,
+        chain: Option<&Chain>,
+        (reshape, blocked): (Value, Value),
+    ) -> Result<()> {
+        let out =
+            (self.bufs.get(&blocked).copied()).filter(|&b| self.k.bufs[b].kind == BufKind::Output);
+        let b = self.target(blocked, out)?;
+        self.qconv_into(v, b, chain, true)?;
+        let end = chain.map_or(v, |c| c.end);
+        self.bufs.remove(&v);
+        self.bufs.insert(blocked, b);
+        self.fused.extend([end, reshape, blocked]);
+        if let Some(c) = chain {
+            self.fused.extend(c.inner.iter().copied());
+        }
+        Ok(())
+    }
+
+    /// `qconv` `v` into `out` (blocked with `yb`), applying `chain`.
+    fn qconv_into(&mut self, v: Value, out: BufId, chain: Option<&Chain>, yb: bool) -> Result<()> {
         if !self.qconv_calls(v) {
             return unsupported("a quantized conv other than 2-D, u8 and of one group");
         }
@@ -53,7 +81,19 @@ impl Lowering<'_> {
                 .and_then(|d| d.mul(s.dim(3)))
                 .map_err(|e| Unsupported(e.to_string()))
         };
-        let (xi, yi) = (image(&xs)?, image(&ys)?);
+        let (xi, mut yi) = (image(&xs)?, image(&ys)?);
+        if yb {
+            // Whole blocks of 16 channels.
+            let o = ys
+                .dim(1)
+                .as_const()
+                .ok_or(Unsupported("a blocked result's channels".into()))?;
+            let lanes = Dim::constant((o + BLOCK - 1) / BLOCK * BLOCK);
+            yi = lanes
+                .mul(ys.dim(2))
+                .and_then(|d| d.mul(ys.dim(3)))
+                .map_err(|e| Unsupported(e.to_string()))?;
+        }
         self.nest(&batch, DType::I64, |l, idx| {
             let n = idx[0].clone();
             let (x_off, c_off) = (n.clone() * l.dim(&xi), n * l.dim(&yi));
@@ -88,6 +128,7 @@ impl Lowering<'_> {
                     pad_low[0],
                     pad_low[1],
                     if blocked.is_some() { BLOCK } else { 0 },
+                    if yb { BLOCK } else { 0 },
                 ]
                 .map(Expr::i64),
             );
@@ -103,6 +144,45 @@ impl Lowering<'_> {
         })?;
         self.bufs.insert(v, out);
         Ok(())
+    }
+
+    /// The reshape and transpose that make planar result `y` (`[n, o, h, w]`, `o` a multiple
+    /// of 16) blocked (`[n, o/16, h, w, 16]`) as the layout pass writes them, when they are
+    /// all that read it (and it and the reshape are no outputs).
+    pub(super) fn blocked_result(&self, y: Value) -> Option<(Value, Value)> {
+        let g = self.g;
+        let outputs: Vec<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
+        let only = |v: Value| -> Option<NodeId> {
+            let once = !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
+            let users: Vec<NodeId> = (self.order.iter().copied())
+                .filter(|&id| g.node(id).inputs().contains(&v))
+                .collect();
+            match users[..] {
+                [n] if once => Some(n),
+                _ => None,
+            }
+        };
+        let r = only(y)?;
+        let Op::Reshape { .. } = g.node(r).op() else {
+            return None;
+        };
+        let rv = Value::new(r, 0);
+        let t = only(rv)?;
+        let Op::Transpose { perm } = g.node(t).op() else {
+            return None;
+        };
+        let tv = Value::new(t, 0);
+        let (ys, ts) = (&self.ty(y).shape, &self.ty(tv).shape);
+        let fits = perm[..] == [0, 1, 3, 4, 2]
+            && ys.rank() == 4
+            && ts.rank() == 5
+            && ts.dim(4).as_const() == Some(BLOCK)
+            && self.ty(rv).shape.dim(2).as_const() == Some(BLOCK)
+            && ys.dim(0) == ts.dim(0)
+            && ys.dim(2) == ts.dim(2)
+            && ys.dim(3) == ts.dim(3)
+            && ts.dim(1).mul(ts.dim(4)).ok().as_ref() == Some(ys.dim(1));
+        fits.then_some((rv, tv))
     }
 
     /// The blocked image (`[n, c/16, h, w, 16]`, every lane a channel) that planar image `x`

@@ -180,7 +180,8 @@ pub(super) const QCONV2D: Routine = Routine {
     replaces: Some((2, 1)),
     in_place: true,
     ints: &[
-        "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "xb", "act",
+        "c", "o", "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "xb", "yb",
+        "act",
     ],
     scalars: EPILOGUE,
     result: None,
@@ -203,6 +204,11 @@ pub(super) const QCONV2D: Routine = Routine {
             }
             3 => Some((0, 0)),
             5 | 6 => last(o),
+            // A blocked result holds whole blocks of 16 channels.
+            _ if i[15] != 0 => {
+                let lanes = (o.max(0).saturating_add(15) / 16).saturating_mul(16);
+                last(lanes.saturating_mul(oh).saturating_mul(ow))
+            }
             _ => last(o.saturating_mul(oh).saturating_mul(ow)),
         }
     },
@@ -233,6 +239,7 @@ pub(super) const QCONV2D: Routine = Routine {
             i[13],
             i[14],
             i[15],
+            i[16],
             s[0] as f32,
             s[1] as f32,
             s[2] as f32,
@@ -253,7 +260,9 @@ pub(super) const QCONV2D: Routine = Routine {
           w[((f*c + ci)*kh + ky)*kw + kx])) over ci < c, ky < kh, kx < kw with iy = oy*sh − \
           ph + ky*dh, ix = ox*sw − pw + kx*dw (terms outside the image 0): one image's \
           quantized 2-D conv, u8 by i8 summed exactly in i32, E the epilogue of channel f; \
-          with xb 16 the image is blocked, x[((ci/16)*h*w + iy*w + ix)*16 + ci%16]; \
+          with xb 16 the image is blocked, x[((ci/16)*h*w + iy*w + ix)*16 + ci%16]; with yb \
+          16 the result too, c[((f/16)*oh*ow + oy*ow + ox)*16 + f%16] (padding lanes 0; no \
+          res); \
           w_packed, when given, is w packed by qconv::pack_filters, and w is then not read",
 };
 

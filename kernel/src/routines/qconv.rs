@@ -41,8 +41,9 @@ thread_local! {
 /// oy·sh − ph + ky·dh, likewise ix; outside the image the term is 0), one image: `x` is
 /// `ci × h × w` u8 (with `xb` 16, blocked: `⌈ci/16⌉ × h × w × 16`, channel `ci` in block
 /// `ci/16`, lane `ci % 16`), `w` `o × ci × kh × kw` i8 (or `bp`, unless null, those filters
-/// packed by [`pack_filters`]), `c` `o × oh × ow`, E the epilogue of output channel `f` (its
-/// row).
+/// packed by [`pack_filters`]), `c` `o × oh × ow` (with `yb` 16, blocked: `⌈o/16⌉ × oh × ow ×
+/// 16`, its padding lanes 0), E the epilogue of output channel `f` (its row; with `yb` 16, its
+/// column of the pixel-major sums: no residual then).
 ///
 /// # Safety
 /// The operands hold what the sizes say; `c` does not overlap them; the epilogue's operands
@@ -72,6 +73,7 @@ pub unsafe extern "C" fn kiln_qconv2d(
     ph: i64,
     pw: i64,
     xb: i64,
+    yb: i64,
     act: i64,
     lo: f32,
     hi: f32,
@@ -89,10 +91,15 @@ pub unsafe extern "C" fn kiln_qconv2d(
 ) {
     let g = [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw];
     let [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = g.map(|v| v.max(0) as usize);
+    let blocked_out = yb == 16;
     let epi = Epilogue::new(
-        (scale, shift, res),
+        (
+            scale,
+            shift,
+            if blocked_out { std::ptr::null() } else { res },
+        ),
         (lo, hi),
-        0,
+        i64::from(blocked_out),
         act,
         [
             pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
@@ -104,11 +111,24 @@ pub unsafe extern "C" fn kiln_qconv2d(
     if p == 0 || o == 0 {
         return;
     }
+    if k == 0 || blocked_out {
+        // (A blocked result's padding lanes too.)
+        // SAFETY: c holds o·p elements, or ⌈o/16⌉·16·p blocked.
+        unsafe { std::ptr::write_bytes(c, 0, o.div_ceil(16) * 16 * p) };
+    }
     if k == 0 {
-        // SAFETY: c holds o·p elements.
-        unsafe {
-            std::ptr::write_bytes(c, 0, o * p);
-            epi.block(c, p, o, p);
+        if blocked_out {
+            let mut row = vec![0f32; o];
+            // SAFETY: one row of o, per column; c holds ⌈o/16⌉·16·p elements.
+            unsafe {
+                epi.block(row.as_mut_ptr(), o, 1, o);
+                for q in 0..p {
+                    store_blocked(&row, o, c, p, q);
+                }
+            }
+        } else {
+            // SAFETY: c holds o·p elements.
+            unsafe { epi.block(c, p, o, p) };
         }
         return;
     }
@@ -181,14 +201,16 @@ pub unsafe extern "C" fn kiln_qconv2d(
                 if sums.len() < n * o {
                     sums.resize(n * o, 0.0);
                 }
+                // Undilated rows of taps are one run of the image's channels-last row.
+                let (run, runs) = if dw == 1 { (kw * ci, 1) } else { (ci, kw) };
                 for q in p0..p1 {
                     let (oy, ox) = (q / ow, q % ow);
                     let dst = &mut patches[(q - p0) * k..][..k];
                     for ky in 0..kh {
-                        for kx in 0..kw {
+                        for kx in 0..runs {
                             let at = ((oy * sh + ky * dh) * wp + ox * sw + kx * dw) * ci;
                             let t = ky * kw + kx;
-                            copy(&img[at..][..ci], &mut dst[t * ci..][..ci]);
+                            copy(&img[at..][..run], &mut dst[t * ci..][..run]);
                         }
                     }
                 }
@@ -209,12 +231,35 @@ pub unsafe extern "C" fn kiln_qconv2d(
                         &Epilogue::NONE,
                     );
                     let c = c as *mut f32;
-                    transpose(sums, 0, o, c.add(p0), p, n, o);
-                    epi.from(0, p0, p0).block(c.add(p0), p, o, n);
+                    if blocked_out {
+                        // The epilogue on the pixel-major sums (per column), then runs of 16.
+                        epi.block(sums.as_mut_ptr(), o, n, o);
+                        for q in 0..n {
+                            store_blocked(&sums[q * o..][..o], o, c, p, p0 + q);
+                        }
+                    } else {
+                        transpose(sums, 0, o, c.add(p0), p, n, o);
+                        epi.from(0, p0, p0).block(c.add(p0), p, o, n);
+                    }
                 }
             });
         });
     });
+}
+
+/// Pixel `q`'s results (`o` channels) into blocked `c` (`p` pixels a block of 16 channels):
+/// runs of 16 lanes, the last block's padding left alone.
+///
+/// # Safety
+/// `c` holds `⌈o/16⌉·16·p` elements; no one else writes pixel `q`'s.
+unsafe fn store_blocked(row: &[f32], o: usize, c: *mut f32, p: usize, q: usize) {
+    for ob in 0..o.div_ceil(16) {
+        let lanes = (o - ob * 16).min(16);
+        // SAFETY: the run is inside c (the caller's).
+        unsafe {
+            std::ptr::copy_nonoverlapping(row[ob * 16..].as_ptr(), c.add((ob * p + q) * 16), lanes)
+        };
+    }
 }
 
 /// `dst[j·ld + i] = src[at + i·stride + j]` for `i < rows`, `j < cols`: a strided matrix
@@ -265,16 +310,30 @@ unsafe fn transpose<T: Copy>(
     }
 }
 
-/// `dst = src` (equal lengths), eight bytes at a time: a patch's runs are short, where a
-/// `memcpy` call costs more than the copy.
+/// `dst = src` (equal lengths), sixteen bytes at a time, then eight, then one: a patch's
+/// runs are short, where a `memcpy` call costs more than the copy.
 #[inline(always)]
 fn copy(src: &[u8], dst: &mut [u8]) {
-    let mut s = src.chunks_exact(8);
-    let mut d = dst.chunks_exact_mut(8);
-    for (a, b) in (&mut s).zip(&mut d) {
-        b.copy_from_slice(a);
+    let n = src.len().min(dst.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: every access is below n, inside both slices.
+    unsafe {
+        while i + 16 <= n {
+            let v = std::ptr::read_unaligned(s.add(i).cast::<u128>());
+            std::ptr::write_unaligned(d.add(i).cast::<u128>(), v);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let v = std::ptr::read_unaligned(s.add(i).cast::<u64>());
+            std::ptr::write_unaligned(d.add(i).cast::<u64>(), v);
+            i += 8;
+        }
+        while i < n {
+            *d.add(i) = *s.add(i);
+            i += 1;
+        }
     }
-    d.into_remainder().copy_from_slice(s.remainder());
 }
 
 #[cfg(test)]
@@ -340,12 +399,21 @@ mod tests {
                 })
                 .collect();
             let forms = [
-                (std::ptr::null(), x.as_ptr(), 0),
-                (packed.as_ptr(), x.as_ptr(), 0),
-                (packed.as_ptr(), xbk.as_ptr(), 16),
+                (std::ptr::null(), x.as_ptr(), 0, 0),
+                (packed.as_ptr(), x.as_ptr(), 0, 0),
+                (packed.as_ptr(), xbk.as_ptr(), 16, 0),
+                (packed.as_ptr(), xbk.as_ptr(), 16, 16),
             ];
-            for (bp, xp, xb) in forms {
-                let mut c = vec![f32::NAN; o * oh * ow];
+            // A shift per channel: the epilogue's per-channel operands (per column of a blocked
+            // result's sums).
+            let shift: Vec<f32> = (0..o).map(|f| f as f32 * 0.5 - 3.0).collect();
+            let want: Vec<f32> = (want.iter().enumerate())
+                .map(|(i, &v)| v + shift[i / (oh * ow)])
+                .collect();
+            for (bp, xp, xb, yb) in forms {
+                let blocks = o.div_ceil(16);
+                let mut c = vec![f32::NAN; blocks * 16 * oh * ow];
+                let (oc, ohw) = (o, oh * ow);
                 let [ci, o, h, wd, oh, ow, kh, kw, s, d, ph, pw] =
                     [ci, o, h, wd, oh, ow, kh, kw, s, d, ph, pw].map(|v| v as i64);
                 let null = std::ptr::null();
@@ -358,7 +426,7 @@ mod tests {
                         &za,
                         c.as_mut_ptr(),
                         null,
-                        null,
+                        shift.as_ptr(),
                         null,
                         ci,
                         o,
@@ -375,6 +443,7 @@ mod tests {
                         ph,
                         pw,
                         xb,
+                        yb,
                         0,
                         f32::NEG_INFINITY,
                         f32::INFINITY,
@@ -391,9 +460,20 @@ mod tests {
                         0.0,
                     )
                 };
+                // A blocked result back to planes, its padding lanes 0.
+                let c: Vec<f32> = if yb == 16 {
+                    for (i, v) in c.iter().enumerate() {
+                        assert!(i / ohw / 16 * 16 + i % 16 < oc || *v == 0.0, "lane {i}");
+                    }
+                    (0..oc * ohw)
+                        .map(|i| c[((i / ohw / 16) * ohw + i % ohw) * 16 + (i / ohw) % 16])
+                        .collect()
+                } else {
+                    c[..oc * ohw].to_vec()
+                };
                 assert_eq!(
                     c, want,
-                    "{ci}→{o} {h}×{wd} {kh}×{kw} s{s} d{d} p{ph},{pw} xb{xb}"
+                    "{ci}→{o} {h}×{wd} {kh}×{kw} s{s} d{d} p{ph},{pw} xb{xb} yb{yb}"
                 );
             }
         }
