@@ -54,6 +54,29 @@ impl Lowering<'_> {
     pub(super) fn gather(&mut self, v: Value, axis: usize, b: BufId) -> Result<()> {
         let node = self.g.node(v.node);
         let (x, ids) = (node.inputs()[0], node.inputs()[1]);
+        if let Some(routine) = self.lookup(x, ids, axis) {
+            // A 256-entry table by bytes: one routine call over every element.
+            let (table, src) = (self.dense(x)?, self.dense(ids)?);
+            let n = self
+                .ty(v)
+                .shape
+                .numel()
+                .map_err(|e| Unsupported(e.to_string()))?;
+            let n = self.dim(&n);
+            self.k.body.push(Stmt::Call(Box::new(kernel::Call {
+                routine: routine.into(),
+                operands: vec![
+                    Some((table, Expr::i64(0))),
+                    Some((src, Expr::i64(0))),
+                    Some((b, Expr::i64(0))),
+                ],
+                ints: vec![n],
+                scalars: Vec::new(),
+                result: None,
+            })));
+            self.bufs.insert(v, b);
+            return Ok(());
+        }
         let xs = self.ty(x).shape.clone();
         let irank = self.ty(ids).rank();
         let ty = self.ty(v);
@@ -75,6 +98,21 @@ impl Lowering<'_> {
         })?;
         self.bufs.insert(v, b);
         Ok(())
+    }
+
+    /// The lookup routine for a gather of `x` by `ids` along `axis`, where it is one: a
+    /// 256-entry u8 or f32 table by u8 indices (every one inside it).
+    fn lookup(&self, x: Value, ids: Value, axis: usize) -> Option<&'static str> {
+        let (xt, it) = (self.ty(x), self.ty(ids));
+        let table = axis == 0 && xt.rank() == 1 && xt.shape.dim(0).as_const() == Some(256);
+        if !table || it.dtype != DType::U8 {
+            return None;
+        }
+        match xt.dtype {
+            DType::U8 => Some("lookup_u8"),
+            DType::F32 => Some("lookup_f32"),
+            _ => None,
+        }
     }
 
     /// ONNX GatherND: the last axis of the indices addresses data axes `batch_dims..`; the

@@ -11,6 +11,7 @@ pub mod conv;
 pub mod epilogue;
 mod extents;
 pub mod gemm;
+pub mod lookup;
 pub mod math;
 pub mod pool;
 mod products;
@@ -136,11 +137,13 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 21] = [
+pub static ROUTINES: [Routine; 23] = [
     products::GEMM,
     products::QGEMM,
     products::QCONV2D,
     products::QGEMM4,
+    lookup::LOOKUP_U8,
+    lookup::LOOKUP_F32,
     Routine {
         name: "conv2d",
         symbol: "kiln_conv2d_plane",
