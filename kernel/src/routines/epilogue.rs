@@ -411,33 +411,59 @@ impl Epilogue {
     /// The block is inside the output (and, with the same offsets, the residual); its rows
     /// (columns) inside the per-row (per-column) operands.
     pub unsafe fn block(&self, c: *mut f32, ld: usize, rows: usize, cols: usize) {
+        // SAFETY: forwarded.
+        unsafe { self.block_at((0, 0, 0), c, ld, rows, cols) }
+    }
+
+    /// [`Epilogue::block`] for the block from row `r0`, column `c0` and element `a0` of the
+    /// output (`self.from(r0, c0, a0).block(...)`, without that copy: loads from a copy
+    /// written just before stall on its stores).
+    ///
+    /// # Safety
+    /// As [`Epilogue::block`], for that part of the output.
+    pub unsafe fn block_at(
+        &self,
+        (r0, c0, a0): (usize, usize, usize),
+        c: *mut f32,
+        ld: usize,
+        rows: usize,
+        cols: usize,
+    ) {
         if self.is_none() {
             return;
         }
+        let at = (r0, c0, a0);
         #[cfg(target_arch = "x86_64")]
         if crate::avx512() {
             // SAFETY: forwarded; the CPU has AVX-512.
-            return unsafe { avx512::block(self, c, ld, rows, cols) };
+            return unsafe { avx512::block(self, at, c, ld, rows, cols) };
         } else if crate::avx2_fma() {
             // SAFETY: forwarded; the CPU has AVX2.
-            return unsafe { avx2::block(self, c, ld, rows, cols) };
+            return unsafe { avx2::block(self, at, c, ld, rows, cols) };
         }
         // SAFETY: forwarded.
-        unsafe { self.scalar_block(c, ld, rows, cols) }
+        unsafe { self.scalar_block(at, c, ld, rows, cols) }
     }
 
     /// [`Epilogue::block`] in scalar code.
     ///
     /// # Safety
     /// As [`Epilogue::block`].
-    unsafe fn scalar_block(&self, c: *mut f32, ld: usize, rows: usize, cols: usize) {
+    unsafe fn scalar_block(
+        &self,
+        (r0, c0, a0): (usize, usize, usize),
+        c: *mut f32,
+        ld: usize,
+        rows: usize,
+        cols: usize,
+    ) {
         for i in 0..rows {
             for j in 0..cols {
                 let at = i * ld + j;
                 // SAFETY: (i, j) is inside the block.
                 unsafe {
-                    let r = (!self.res.is_null()).then(|| *self.res.add(at));
-                    *c.add(at) = self.one(*c.add(at), self.coefs(i, j), r);
+                    let r = (!self.res.is_null()).then(|| *self.res.add(a0 + at));
+                    *c.add(at) = self.one(*c.add(at), self.coefs(r0 + i, c0 + j), r);
                 }
             }
         }
@@ -571,6 +597,39 @@ mod tests {
         assert!(Quant::of([0.0, 1.0, 0.0, 255.0, 1.0]).is_none());
     }
 
+    /// A block from an offset is the block of the epilogue shifted there (per row and per
+    /// column, with a residual), on every instruction set.
+    #[test]
+    fn offsets_are_a_shifted_epilogue() {
+        let (ld, rows, cols) = (40, 4, 37);
+        let x = values(ld * (rows + 3));
+        let res = values(ld * (rows + 3) + 5);
+        let scale: Vec<f32> = (0..ld + 8).map(|i| 0.5 + (i % 7) as f32).collect();
+        let shift: Vec<f32> = (0..ld + 8).map(|i| (i % 5) as f32 - 2.0).collect();
+        for by_col in [false, true] {
+            let e = Epilogue::new(
+                (scale.as_ptr(), shift.as_ptr(), res.as_ptr()),
+                (-3.0, 4.0),
+                i64::from(by_col),
+                1,
+                [0.1, 2.0, 0.0, 255.0, 0.1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            );
+            let at = (2, 3, 2 * ld + 3);
+            let mut want = x.clone();
+            // SAFETY: the block from element at.2 is inside x and the operands.
+            unsafe {
+                let w = want.as_mut_ptr().add(at.2);
+                e.from(at.0, at.1, at.2)
+                    .scalar_block((0, 0, 0), w, ld, rows, cols);
+            }
+            let mut got = x.clone();
+            // SAFETY: as above.
+            unsafe { e.block_at(at, got.as_mut_ptr().add(at.2), ld, rows, cols) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "by column: {by_col}");
+        }
+    }
+
     #[test]
     fn every_width_matches_the_elementwise_definition() {
         let (rows, cols, ld) = (5, 37, 41);
@@ -699,20 +758,20 @@ mod tests {
                 let mut got = Vec::new();
                 let mut c = x.clone();
                 // SAFETY: the block is inside c, res and the per-row (per-column) operands.
-                unsafe { e.scalar_block(c.as_mut_ptr(), ld, rows, cols) };
+                unsafe { e.scalar_block((0, 0, 0), c.as_mut_ptr(), ld, rows, cols) };
                 got.push(c);
                 #[cfg(target_arch = "x86_64")]
                 {
                     if crate::avx2_fma() {
                         let mut c = x.clone();
                         // SAFETY: as above; the CPU has AVX2.
-                        unsafe { avx2::block(&e, c.as_mut_ptr(), ld, rows, cols) };
+                        unsafe { avx2::block(&e, (0, 0, 0), c.as_mut_ptr(), ld, rows, cols) };
                         got.push(c);
                     }
                     if crate::avx512() {
                         let mut c = x.clone();
                         // SAFETY: as above; the CPU has AVX-512.
-                        unsafe { avx512::block(&e, c.as_mut_ptr(), ld, rows, cols) };
+                        unsafe { avx512::block(&e, (0, 0, 0), c.as_mut_ptr(), ld, rows, cols) };
                         got.push(c);
                     }
                 }

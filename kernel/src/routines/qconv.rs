@@ -239,7 +239,7 @@ pub unsafe extern "C" fn kiln_qconv2d(
                         }
                     } else {
                         transpose(sums, 0, o, c.add(p0), p, n, o);
-                        epi.from(0, p0, p0).block(c.add(p0), p, o, n);
+                        epi.block_at((0, p0, p0), c.add(p0), p, o, n);
                     }
                 }
             });

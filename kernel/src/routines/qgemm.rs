@@ -301,6 +301,11 @@ impl Operands {
             let s: i32 = unsafe { std::ptr::read_unaligned(sums.add(4 * (j0 + j)).cast()) };
             *f = self.za.wrapping_mul(s);
         }
+        #[cfg(target_arch = "x86_64")]
+        if crate::avx512() {
+            // SAFETY: forwarded; the CPU has AVX-512.
+            return unsafe { avx512_store(acc, &fix, (c, self.ldc), (i0, r, j0, w), epi) };
+        }
         for (i, sums) in acc.chunks_exact(2 * NR).take(r).enumerate() {
             // SAFETY: row i0 + i of C holds columns j0..j0 + w.
             let row = unsafe { std::slice::from_raw_parts_mut(c.add((i0 + i) * self.ldc + j0), w) };
@@ -310,7 +315,46 @@ impl Operands {
         }
         let at = i0 * self.ldc + j0;
         // SAFETY: the block is inside C.
-        unsafe { epi.from(i0, j0, at).block(c.add(at), self.ldc, r, w) };
+        unsafe { epi.block_at((i0, j0, at), c.add(at), self.ldc, r, w) };
+    }
+}
+
+/// [`Operands::store`] in 16-lane registers: each vector of sums corrected, converted and
+/// put through the epilogue on its way out — not stored as floats and read back by the
+/// epilogue (whose wide loads of narrower stores just made would stall).
+///
+/// # Safety
+/// As [`Operands::store`]; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_store(
+    acc: &[i32],
+    fix: &[i32; 2 * NR],
+    (c, ldc): (*mut f32, usize),
+    (i0, r, j0, w): (usize, usize, usize, usize),
+    epi: &Epilogue,
+) {
+    use super::epilogue::avx512::{apply, coefs};
+    use std::arch::x86_64::*;
+    let none = epi.is_none();
+    for (i, sums) in acc.chunks_exact(2 * NR).take(r).enumerate() {
+        for h in (0..w).step_by(16) {
+            let lanes = (w - h).min(16);
+            let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+            let at = (i0 + i) * ldc + j0 + h;
+            // SAFETY: the row's sums and fixes hold 32; C's row i0 + i holds w columns
+            // from j0 (the caller's).
+            unsafe {
+                let x = _mm512_loadu_si512(sums[h..].as_ptr().cast());
+                let f = _mm512_loadu_si512(fix[h..].as_ptr().cast());
+                let mut v = _mm512_cvtepi32_ps(_mm512_sub_epi32(x, f));
+                if !none {
+                    let st = coefs(epi, i0 + i, j0 + h, m);
+                    v = apply(epi, v, st, epi.res.wrapping_add(at), m);
+                }
+                _mm512_mask_storeu_ps(c.add(at), m, v);
+            }
+        }
     }
 }
 

@@ -170,7 +170,7 @@ pub(in crate::routines) unsafe fn plane(
             unsafe { *row.add(ox) = acc };
         }
         // SAFETY: the row is inside `out` (and the residual, laid out alike).
-        unsafe { epi.from(0, 0, oy * ow).block(row, 0, 1, ow) };
+        unsafe { epi.block_at((0, 0, oy * ow), row, 0, 1, ow) };
     }
     give_padded(buf);
 }

@@ -534,7 +534,7 @@ unsafe fn outputs(m: &[f32], fs: std::ops::Range<usize>, th: usize, p: &Outputs)
                     unsafe {
                         let dst = p.out.add(off);
                         std::ptr::copy_nonoverlapping(ya.as_ptr(), dst, n);
-                        p.epi.from(f, 0, off).block(dst, 0, 1, n);
+                        p.epi.block_at((f, 0, off), dst, 0, 1, n);
                     }
                 }
             }

@@ -332,7 +332,14 @@ pub(in crate::routines) unsafe fn tanh(x: __m256) -> __m256 {
 /// # Safety
 /// As [`Epilogue::block`]; the CPU has AVX2.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn block(e: &Epilogue, c: *mut f32, ld: usize, rows: usize, cols: usize) {
+pub(super) unsafe fn block(
+    e: &Epilogue,
+    (r0, c0, a0): (usize, usize, usize),
+    c: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+) {
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for i in 0..rows {
         let mut j = 0;
@@ -343,7 +350,8 @@ pub(super) unsafe fn block(e: &Epilogue, c: *mut f32, ld: usize, rows: usize, co
             // SAFETY: (i, j..j + n) is inside the block and its operands.
             unsafe {
                 let v = _mm256_maskload_ps(c.add(at), m);
-                let v = apply(e, v, coefs(e, i, j, m), e.res.wrapping_add(at), m);
+                let st = coefs(e, r0 + i, c0 + j, m);
+                let v = apply(e, v, st, e.res.wrapping_add(a0 + at), m);
                 _mm256_maskstore_ps(c.add(at), m, v);
             }
             j += 8;

@@ -399,7 +399,14 @@ fn bits(v: __m512, m: __m512i, op: unsafe fn(__m512i, __m512i) -> __m512i) -> __
 /// # Safety
 /// As [`Epilogue::block`]; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn block(e: &Epilogue, c: *mut f32, ld: usize, rows: usize, cols: usize) {
+pub(super) unsafe fn block(
+    e: &Epilogue,
+    (r0, c0, a0): (usize, usize, usize),
+    c: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+) {
     for i in 0..rows {
         let mut j = 0;
         while j < cols {
@@ -409,7 +416,8 @@ pub(super) unsafe fn block(e: &Epilogue, c: *mut f32, ld: usize, rows: usize, co
             // SAFETY: (i, j..j + n) is inside the block and its operands.
             unsafe {
                 let v = _mm512_maskz_loadu_ps(m, c.add(at));
-                let v = apply(e, v, coefs(e, i, j, m), e.res.wrapping_add(at), m);
+                let st = coefs(e, r0 + i, c0 + j, m);
+                let v = apply(e, v, st, e.res.wrapping_add(a0 + at), m);
                 _mm512_mask_storeu_ps(c.add(at), m, v);
             }
             j += 16;

@@ -72,7 +72,7 @@ pub(super) unsafe fn narrow(
                 3 => part.rows::<3>(r1 - r0),
                 _ => part.rows::<4>(r1 - r0),
             }
-            epi.from(r0, 0, r0 * ldc).block(part.c, ldc, r1 - r0, n);
+            epi.block_at((r0, 0, r0 * ldc), part.c, ldc, r1 - r0, n);
         }
     });
     COLUMNS.with(|b| b.set(bt));

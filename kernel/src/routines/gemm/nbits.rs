@@ -343,7 +343,7 @@ unsafe fn thin(
                     }
                 }
             }
-            epi.from(0, j0, j0).block(c.add(j0), ldc, m, j1 - j0);
+            epi.block_at((0, j0, j0), c.add(j0), ldc, m, j1 - j0);
         }
     });
 }

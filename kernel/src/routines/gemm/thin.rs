@@ -121,7 +121,7 @@ pub(super) unsafe fn thin_packed(
                 let (j0, j1) = (p0 * NR, (p1 * NR).min(n));
                 let block = |e: &Epilogue| {
                     let c = (c_addr as *mut f32).wrapping_add(r0 * ldc + j0);
-                    e.from(0, j0, j0).block(c, ldc, (m - r0).min(4), j1 - j0)
+                    e.block_at((0, j0, j0), c, ldc, (m - r0).min(4), j1 - j0)
                 };
                 match ((m - r0).min(4), crate::avx2_fma()) {
                     (1, true) => thin_packed_avx::<1>(part, p0, p1),
