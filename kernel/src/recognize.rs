@@ -297,8 +297,87 @@ fn rewrite(k: &Kernel, body: &mut [Stmt]) {
         };
         match found {
             Some(c) => *s = c,
-            None => rewrite(k, s.body_mut()),
+            None => {
+                rewrite(k, s.body_mut());
+                if let Some(c) = whole_rows(s) {
+                    *s = c;
+                }
+            }
         }
+    }
+}
+
+/// Routines of elementwise rows that one call over consecutive rows computes as well as a
+/// call a row.
+const ROWWISE: &[&str] = &["row_quantize"];
+
+/// A serial loop of constant extent around one call of a [`ROWWISE`] routine whose rows
+/// follow each other in every operand (each offset `base + var·n`, `n` the row's constant
+/// length; scalars that do not read `var`): that call over all the rows at once. (A call per
+/// row of 32 — what a conv's planes of 32×32 outputs quantize as — costs more than its row.)
+fn whole_rows(s: &Stmt) -> Option<Stmt> {
+    let Stmt::Loop {
+        var,
+        extent: Expr::Int(rows, _),
+        mark: crate::Mark::Serial,
+        body,
+    } = s
+    else {
+        return None;
+    };
+    let [Stmt::Call(c)] = body.as_slice() else {
+        return None;
+    };
+    let [Expr::Int(n, _)] = c.ints.as_slice() else {
+        return None;
+    };
+    let reads = |e: &Expr| mentions(e, &|w| w == *var);
+    if !ROWWISE.contains(&c.routine.as_str()) || c.result.is_some() || c.scalars.iter().any(reads) {
+        return None;
+    }
+    let mut operands = Vec::new();
+    for o in &c.operands {
+        let Some((b, off)) = o else {
+            operands.push(None);
+            continue;
+        };
+        if linear_coefficient(off, *var)? != *n {
+            return None;
+        }
+        operands.push(Some((*b, replaced(off, &Expr::Var(*var), &Expr::i64(0)))));
+    }
+    Some(Stmt::Call(Box::new(Call {
+        routine: c.routine.clone(),
+        operands,
+        ints: vec![Expr::i64(n.checked_mul(*rows)?)],
+        scalars: c.scalars.clone(),
+        result: None,
+    })))
+}
+
+/// The constant `c` with `e = c·var + (terms without var)`, where `e` is such a sum of
+/// products by constants (`None` for anything else that reads `var`).
+fn linear_coefficient(e: &Expr, var: VarId) -> Option<i64> {
+    match e {
+        Expr::Var(v) => Some(i64::from(*v == var)),
+        Expr::Op {
+            op: Op::Add,
+            args,
+            dtype: DType::I64,
+        } => args
+            .iter()
+            .try_fold(0i64, |a, x| a.checked_add(linear_coefficient(x, var)?)),
+        Expr::Op {
+            op: Op::Mul,
+            args,
+            dtype: DType::I64,
+        } => match args.as_slice() {
+            [x, Expr::Int(c, _)] | [Expr::Int(c, _), x] => {
+                linear_coefficient(x, var)?.checked_mul(*c)
+            }
+            _ => (!mentions(e, &|w| w == var)).then_some(0),
+        },
+        e => (!mentions(e, &|w| w == var)).then_some(0),
     }
 }
 
@@ -411,10 +490,41 @@ fn hoist_acts(k: &Kernel, body: &mut Vec<Stmt>) {
 
 /// The `row-calls` transform: loops that are a row's maximum, its f64 sum or `exp(x - s)`
 /// along it become calls of the routines that compute them (8-lane AVX2 code where the host
-/// has it), and a row's sigmoid or tanh inside a vector loop is computed first by one.
+/// has it), a row's sigmoid or tanh inside a vector loop is computed first by one, and a
+/// serial loop over consecutive rows of a quantizer's calls becomes one call.
 pub fn row_calls(k: &mut Kernel) {
     let mut body = std::mem::take(&mut k.body);
     rewrite(k, &mut body);
     hoist_acts(k, &mut body);
     k.body = body;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Consecutive rows' quantizer calls in a serial loop become one call; rows that do not
+    /// follow each other (a stride past the row) stay calls a row.
+    #[test]
+    fn consecutive_rows_are_one_call() {
+        let text = |stride: i64| {
+            format!(
+                "kernel @k(in x: f32[240], out q: u8[240]) {{
+  for v0 in 0..3 parallel {{
+    for v1 in 0..2 {{
+      call row_quantize(src: x[((v0 * 80) + (v1 * {stride}))], dst: q[((v0 * 80) + (v1 * {stride}))]; n=20 s=0.05:f32 z=3.0:f32)
+    }}
+  }}
+}}"
+            )
+        };
+        let mut k = crate::parse_kernel(&text(20)).unwrap();
+        row_calls(&mut k);
+        let out = k.to_string();
+        assert!(out.contains("n=40") && !out.contains("for v1"), "{out}");
+        let mut k = crate::parse_kernel(&text(40)).unwrap();
+        row_calls(&mut k);
+        let out = k.to_string();
+        assert!(out.contains("n=20") && out.contains("for v1"), "{out}");
+    }
 }
