@@ -359,7 +359,7 @@ unsafe fn columns(
     // The epilogue of the tile at (i, j), on the last block of k only.
     let last = k.saturating_sub(1) / KC * KC;
     let tile_epi = |pc: usize, i: usize, j: usize| {
-        (pc == last && !epi.is_none()).then(|| epi.from(i, j, i * ldc + j))
+        (pc == last && !epi.is_none()).then_some((epi, (i, j, i * ldc + j)))
     };
     let avx = crate::avx2_fma();
     let wide = wide();
@@ -397,7 +397,7 @@ unsafe fn columns(
         a: [ARows; R],
         b: [*const f32; C],
         bs: [usize; C],
-        out: Out,
+        out: Out<'_>,
     ) {
         // SAFETY: forwarded.
         unsafe {
@@ -586,9 +586,9 @@ unsafe fn columns(
                             }
                         }
                     }
-                    if let Some(e) = tile_epi(pc, i, j) {
+                    if let Some((e, at)) = tile_epi(pc, i, j) {
                         // SAFETY: the tile is inside C.
-                        unsafe { e.block(c.add(i * ldc + j), ldc, mr, nr) };
+                        unsafe { e.block_at(at, c.add(i * ldc + j), ldc, mr, nr) };
                     }
                 }
             }
@@ -733,7 +733,7 @@ pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8
     b: [*const f32; C],
     bs: [usize; C],
     offs: *const usize,
-    out: Out,
+    out: Out<'_>,
 ) {
     // SAFETY: forwarded.
     unsafe {
@@ -860,17 +860,17 @@ unsafe fn k_loop<const R: usize, const C: usize, const STEP: u8>(
 #[inline]
 unsafe fn store_tile<const R: usize, const C: usize>(
     acc: &[std::arch::x86_64::__m512; 2 * MR * 2],
-    out: Out,
+    out: Out<'_>,
 ) {
     use std::arch::x86_64::*;
-    if let Some((e, Some(clamp))) = out.epi.as_ref().map(|e| (e, e.quick())) {
+    if let Some(((e, t), Some(clamp))) = out.epi.map(|(e, t)| ((e, t), e.quick())) {
         // SAFETY: forwarded.
         return unsafe {
             match (clamp, e.res.is_null()) {
-                (false, true) => store_quick::<R, C, false, false>(acc, &out, e),
-                (false, false) => store_quick::<R, C, false, true>(acc, &out, e),
-                (true, true) => store_quick::<R, C, true, false>(acc, &out, e),
-                (true, false) => store_quick::<R, C, true, true>(acc, &out, e),
+                (false, true) => store_quick::<R, C, false, false>(acc, &out, (e, t)),
+                (false, false) => store_quick::<R, C, false, true>(acc, &out, (e, t)),
+                (true, true) => store_quick::<R, C, true, false>(acc, &out, (e, t)),
+                (true, false) => store_quick::<R, C, true, true>(acc, &out, (e, t)),
             }
         };
     }
@@ -900,9 +900,9 @@ unsafe fn store_tile<const R: usize, const C: usize>(
                     if add {
                         v = _mm512_add_ps(v, _mm512_loadu_ps(d));
                     }
-                    if let Some(e) = &epi {
-                        let st = epilogue::avx512::coefs(e, i, q * panel, !0);
-                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), !0);
+                    if let Some((e, (r0, c0, a0))) = epi {
+                        let st = epilogue::avx512::coefs(e, r0 + i, c0 + q * panel, !0);
+                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(a0 + at), !0);
                     }
                     _mm512_storeu_ps(d, v);
                 } else {
@@ -910,9 +910,9 @@ unsafe fn store_tile<const R: usize, const C: usize>(
                     if add {
                         v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d));
                     }
-                    if let Some(e) = &epi {
-                        let st = epilogue::avx512::coefs(e, i, q * panel, m);
-                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(at), m);
+                    if let Some((e, (r0, c0, a0))) = epi {
+                        let st = epilogue::avx512::coefs(e, r0 + i, c0 + q * panel, m);
+                        v = epilogue::avx512::apply(e, v, st, e.res.wrapping_add(a0 + at), m);
                     }
                     _mm512_mask_storeu_ps(d, m, v);
                 }
@@ -932,8 +932,8 @@ unsafe fn store_tile<const R: usize, const C: usize>(
 #[inline]
 unsafe fn store_quick<const R: usize, const C: usize, const CLAMP: bool, const RES: bool>(
     acc: &[std::arch::x86_64::__m512; 2 * MR * 2],
-    out: &Out,
-    e: &Epilogue,
+    out: &Out<'_>,
+    (e, (r0, c0, a0)): (&Epilogue, Tile),
 ) {
     use epilogue::avx512::{coefs, quick_bounds, quick_coefs, quick_one};
     use std::arch::x86_64::*;
@@ -960,7 +960,7 @@ unsafe fn store_quick<const R: usize, const C: usize, const CLAMP: bool, const R
     // SAFETY: the tile's columns (the lanes in the mask) are inside the operands.
     let per_col: [(__m512, __m512); C] = std::array::from_fn(|q| unsafe {
         quick_coefs(match e.cols && mask(q) != 0 {
-            true => coefs(e, 0, q * panel, mask(q)),
+            true => coefs(e, r0, c0 + q * panel, mask(q)),
             false => none,
         })
     });
@@ -969,7 +969,7 @@ unsafe fn store_quick<const R: usize, const C: usize, const CLAMP: bool, const R
         let per_row = unsafe {
             quick_coefs(match e.cols {
                 true => none,
-                false => coefs(e, i, 0, !0),
+                false => coefs(e, r0 + i, c0, !0),
             })
         };
         for (q, &st) in per_col.iter().enumerate() {
@@ -987,7 +987,7 @@ unsafe fn store_quick<const R: usize, const C: usize, const CLAMP: bool, const R
                 if add {
                     v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d));
                 }
-                let r = e.res.wrapping_add(at);
+                let r = e.res.wrapping_add(a0 + at);
                 let v = quick_one::<CLAMP, RES>(v, st, bounds, r, m);
                 _mm512_mask_storeu_ps(d, m, v);
             }
@@ -1002,7 +1002,7 @@ pub(super) unsafe fn micro_avx512<const R: usize, const C: usize, const STEP: u8
     _: [*const f32; C],
     _: [usize; C],
     _: *const usize,
-    _: Out,
+    _: Out<'_>,
 ) {
     unreachable!("only called when the CPU has AVX-512")
 }
@@ -1039,15 +1039,20 @@ impl ARows {
 /// `epi` (from the tile's first row and element) when given. The AVX-512 kernel's B panel
 /// `q` holds columns `q·panel..` (at most `panel` of them; NR for products, a row of a
 /// narrow image for [`OFFSETS`] tiles of two output rows).
-pub(super) struct Out {
+pub(super) struct Out<'a> {
     pub(super) p: *mut f32,
     pub(super) ld: usize,
     pub(super) add: bool,
     pub(super) rows: usize,
     pub(super) cols: usize,
-    pub(super) epi: Option<Epilogue>,
+    /// The epilogue and the tile's first row, column and element in its terms (not a copy
+    /// shifted there: loads from a copy written just before stall on its stores).
+    pub(super) epi: Option<(&'a Epilogue, Tile)>,
     pub(super) panel: usize,
 }
+
+/// A tile's first row, column and element of the output.
+pub(super) type Tile = (usize, usize, usize);
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ pub(super) unsafe fn micro_avx2<const PACKED: bool>(
     a: ARows,
     b: *const f32,
     bs: usize,
-    out: Out,
+    out: Out<'_>,
 ) {
     use std::arch::x86_64::*;
     let bs = if PACKED { NR } else { bs };
@@ -38,11 +38,11 @@ pub(super) unsafe fn micro_avx2<const PACKED: bool>(
         epi,
         ..
     } = out;
-    if let (NR, Some((e, Some(clamp)))) = (cols, epi.as_ref().map(|e| (e, e.quick()))) {
+    if let (NR, Some((e, Some(clamp)))) = (cols, epi.map(|e| (e, e.0.quick()))) {
         let c = &c[..rows.min(MR)];
         // SAFETY: forwarded.
         return unsafe {
-            match (clamp, e.res.is_null()) {
+            match (clamp, e.0.res.is_null()) {
                 (false, true) => store_quick_avx2::<false, false>(c, (p, ld), add, e),
                 (false, false) => store_quick_avx2::<false, true>(c, (p, ld), add, e),
                 (true, true) => store_quick_avx2::<true, false>(c, (p, ld), add, e),
@@ -62,11 +62,11 @@ pub(super) unsafe fn micro_avx2<const PACKED: bool>(
                     r0 = _mm256_add_ps(r0, _mm256_loadu_ps(d));
                     r1 = _mm256_add_ps(r1, _mm256_loadu_ps(d.add(8)));
                 }
-                if let Some(e) = &epi {
-                    let r = e.res.wrapping_add(ii * ld);
-                    let st = epilogue::avx2::coefs(e, ii, 0, all);
+                if let Some((e, (i0, j0, a0))) = epi {
+                    let r = e.res.wrapping_add(a0 + ii * ld);
+                    let st = epilogue::avx2::coefs(e, i0 + ii, j0, all);
                     r0 = epilogue::avx2::apply(e, r0, st, r, all);
-                    let st = epilogue::avx2::coefs(e, ii, 8, all);
+                    let st = epilogue::avx2::coefs(e, i0 + ii, j0 + 8, all);
                     r1 = epilogue::avx2::apply(e, r1, st, r.wrapping_add(8), all);
                 }
                 _mm256_storeu_ps(d, r0);
@@ -93,9 +93,9 @@ pub(super) unsafe fn micro_avx2<const PACKED: bool>(
                 } else {
                     r
                 };
-                if let Some(e) = &epi {
-                    let st = epilogue::avx2::coefs(e, ii, 8 * h, m);
-                    r = epilogue::avx2::apply(e, r, st, e.res.wrapping_add(at), m);
+                if let Some((e, (i0, j0, a0))) = epi {
+                    let st = epilogue::avx2::coefs(e, i0 + ii, j0 + 8 * h, m);
+                    r = epilogue::avx2::apply(e, r, st, e.res.wrapping_add(a0 + at), m);
                 }
                 _mm256_maskstore_ps(d, m, r);
             }
@@ -116,7 +116,7 @@ unsafe fn store_quick_avx2<const CLAMP: bool, const RES: bool>(
     c: &[[std::arch::x86_64::__m256; 2]],
     (p, ld): (*mut f32, usize),
     add: bool,
-    e: &Epilogue,
+    (e, (i0, j0, a0)): (&Epilogue, super::Tile),
 ) {
     use epilogue::avx2::{coefs, quick_bounds, quick_coefs, quick_one};
     use std::arch::x86_64::*;
@@ -124,11 +124,21 @@ unsafe fn store_quick_avx2<const CLAMP: bool, const RES: bool>(
     unsafe {
         let (all, bounds, none) = (_mm256_set1_epi32(-1), quick_bounds(e), (None, None));
         // Per-column coefficients, a half's lanes (unused for per-row ones).
-        let per_col = [0, 8].map(|j| quick_coefs(if e.cols { coefs(e, 0, j, all) } else { none }));
+        let per_col = [0, 8].map(|j| {
+            quick_coefs(if e.cols {
+                coefs(e, i0, j0 + j, all)
+            } else {
+                none
+            })
+        });
         for (ii, row) in c.iter().enumerate() {
             let d = p.add(ii * ld);
-            let r = e.res.wrapping_add(ii * ld);
-            let per_row = quick_coefs(if e.cols { none } else { coefs(e, ii, 0, all) });
+            let r = e.res.wrapping_add(a0 + ii * ld);
+            let per_row = quick_coefs(if e.cols {
+                none
+            } else {
+                coefs(e, i0 + ii, j0, all)
+            });
             for (h, (&v, &st)) in row.iter().zip(&per_col).enumerate() {
                 let d = d.add(8 * h);
                 let v = if add {
@@ -150,7 +160,7 @@ pub(super) unsafe fn micro_avx2<const PACKED: bool>(
     _: ARows,
     _: *const f32,
     _: usize,
-    _: Out,
+    _: Out<'_>,
 ) {
     unreachable!("only called when the CPU has AVX2")
 }
