@@ -146,8 +146,8 @@ impl Lowering<'_> {
         Ok(())
     }
 
-    /// The reshape and transpose that make planar result `y` (`[n, o, h, w]`, `o` a multiple
-    /// of 16) blocked (`[n, o/16, h, w, 16]`) as the layout pass writes them, when they are
+    /// The reshape and transpose that make planar result `y` (`[n, o, h, w]`, `o` a constant
+    /// multiple of 16) blocked (`[n, o/16, h, w, 16]`) as the layout pass writes them, when they are
     /// all that read it (and it and the reshape are no outputs).
     pub(super) fn blocked_result(&self, y: Value) -> Option<(Value, Value)> {
         let g = self.g;
@@ -175,6 +175,7 @@ impl Lowering<'_> {
         let (ys, ts) = (&self.ty(y).shape, &self.ty(tv).shape);
         let fits = perm[..] == [0, 1, 3, 4, 2]
             && ys.rank() == 4
+            && ys.dim(1).as_const().is_some()
             && ts.rank() == 5
             && ts.dim(4).as_const() == Some(BLOCK)
             && self.ty(rv).shape.dim(2).as_const() == Some(BLOCK)

@@ -71,7 +71,7 @@ fn bounds(operand: usize, i: &[i64]) -> Option<(i64, i64)> {
     }
 }
 
-/// [`LOOKUP_U8`]'s function.
+/// The `lookup_u8` routine.
 ///
 /// # Safety
 /// `table` holds 256 bytes; `src` and `dst` `n` (`dst` may be `src`).
@@ -79,8 +79,11 @@ pub unsafe extern "C" fn kiln_lookup_u8(table: *const u8, src: *const u8, dst: *
     let n = n.max(0) as usize;
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::avx512() && std::arch::is_x86_feature_detected!("avx512vbmi") {
-        // SAFETY: forwarded; the CPU has AVX-512 VBMI.
+    if crate::avx512()
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+    {
+        // SAFETY: forwarded; the CPU has AVX-512 BW and VBMI.
         i = unsafe { x86::bytes(table, src, dst, n) };
     }
     for j in i..n {
@@ -89,7 +92,7 @@ pub unsafe extern "C" fn kiln_lookup_u8(table: *const u8, src: *const u8, dst: *
     }
 }
 
-/// [`LOOKUP_F32`]'s function.
+/// The `lookup_f32` routine.
 ///
 /// # Safety
 /// `table` holds 256 values; `src` `n` bytes, `dst` `n` values.

@@ -113,8 +113,13 @@ pub unsafe extern "C" fn kiln_qconv2d(
     }
     if k == 0 || blocked_out {
         // (A blocked result's padding lanes too.)
+        let len = if blocked_out {
+            o.div_ceil(16) * 16 * p
+        } else {
+            o * p
+        };
         // SAFETY: c holds o·p elements, or ⌈o/16⌉·16·p blocked.
-        unsafe { std::ptr::write_bytes(c, 0, o.div_ceil(16) * 16 * p) };
+        unsafe { std::ptr::write_bytes(c, 0, len) };
     }
     if k == 0 {
         if blocked_out {
@@ -339,6 +344,73 @@ fn copy(src: &[u8], dst: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No terms (no input channels): the epilogue of zero sums, written exactly over the
+    /// result — planar (3 channels: not whole blocks) or blocked — and nothing past it.
+    #[test]
+    fn qconv2d_without_terms_writes_only_its_result() {
+        let (o, p) = (3usize, 16usize);
+        let shift = [1.0f32, 2.0, 3.0];
+        for yb in [0i64, 16] {
+            let len = if yb == 16 { 16 * p } else { o * p };
+            let mut c = vec![f32::NAN; len + 64];
+            let za = 0u8;
+            let (none, weights) = (std::ptr::null(), std::ptr::null());
+            // SAFETY: no input is read (no channels); c holds the result and a guard after.
+            unsafe {
+                kiln_qconv2d(
+                    std::ptr::null(),
+                    weights,
+                    weights,
+                    &za,
+                    c.as_mut_ptr(),
+                    none,
+                    shift.as_ptr(),
+                    none,
+                    0,
+                    o as i64,
+                    4,
+                    4,
+                    4,
+                    4,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    0,
+                    0,
+                    0,
+                    yb,
+                    0,
+                    f32::NEG_INFINITY,
+                    f32::INFINITY,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                )
+            };
+            assert!(
+                c[len..].iter().all(|v| v.is_nan()),
+                "yb {yb}: wrote past the result"
+            );
+            for (f, &want) in shift.iter().enumerate() {
+                for q in 0..p {
+                    let at = if yb == 16 { q * 16 + f } else { f * p + q };
+                    assert_eq!(c[at], want, "yb {yb} channel {f} pixel {q}");
+                }
+            }
+        }
+    }
 
     /// Against the definition, on odd geometries (strides, dilations, uneven padding, one
     /// channel, 3 channels as an image's first conv), with and without packed filters, the
