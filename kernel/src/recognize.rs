@@ -341,7 +341,7 @@ fn whole_rows(s: &Stmt) -> Option<Stmt> {
             operands.push(None);
             continue;
         };
-        if linear_coefficient(off, *var)? != *n {
+        if crate::stages::coefficient(off, *var)? != *n {
             return None;
         }
         operands.push(Some((*b, replaced(off, &Expr::Var(*var), &Expr::i64(0)))));
@@ -353,32 +353,6 @@ fn whole_rows(s: &Stmt) -> Option<Stmt> {
         scalars: c.scalars.clone(),
         result: None,
     })))
-}
-
-/// The constant `c` with `e = c·var + (terms without var)`, where `e` is such a sum of
-/// products by constants (`None` for anything else that reads `var`).
-fn linear_coefficient(e: &Expr, var: VarId) -> Option<i64> {
-    match e {
-        Expr::Var(v) => Some(i64::from(*v == var)),
-        Expr::Op {
-            op: Op::Add,
-            args,
-            dtype: DType::I64,
-        } => args
-            .iter()
-            .try_fold(0i64, |a, x| a.checked_add(linear_coefficient(x, var)?)),
-        Expr::Op {
-            op: Op::Mul,
-            args,
-            dtype: DType::I64,
-        } => match args.as_slice() {
-            [x, Expr::Int(c, _)] | [Expr::Int(c, _), x] => {
-                linear_coefficient(x, var)?.checked_mul(*c)
-            }
-            _ => (!mentions(e, &|w| w == var)).then_some(0),
-        },
-        e => (!mentions(e, &|w| w == var)).then_some(0),
-    }
 }
 
 /// The activation (1 sigmoid, 2 tanh) of the first `sigmoid(src[off + var])` or

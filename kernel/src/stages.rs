@@ -134,6 +134,29 @@ fn affine(e: &Expr, loops: &HashMap<VarId, Poly>) -> Option<Affine> {
     }
 }
 
+/// The constant coefficient of variable `var` in i64 index expression `e` (`e = c·var + terms
+/// without it`), every variable in `e` taken as a loop's; `None` where `e` is not affine or the
+/// coefficient depends on dims.
+pub(crate) fn coefficient(e: &Expr, var: VarId) -> Option<i64> {
+    fn vars(e: &Expr, out: &mut HashMap<VarId, Poly>) {
+        match e {
+            Expr::Var(v) => {
+                out.insert(*v, Poly::default());
+            }
+            Expr::Op { args, .. } => args.iter().for_each(|a| vars(a, out)),
+            _ => {}
+        }
+    }
+    let mut loops = HashMap::new();
+    vars(e, &mut loops);
+    let c = affine(e, &loops)?.coeff(var);
+    match c.0.len() {
+        0 => Some(0),
+        1 => c.0.get(&Vec::new()).copied(),
+        _ => None,
+    }
+}
+
 /// A polynomial of an expression without variables (a loop extent).
 fn poly(e: &Expr) -> Option<Poly> {
     let a = affine(e, &HashMap::new())?;

@@ -479,7 +479,7 @@ impl Lowering<'_> {
     }
 
     /// The nodes reading `v`.
-    fn readers(&self, v: Value) -> Vec<NodeId> {
+    pub(super) fn readers(&self, v: Value) -> Vec<NodeId> {
         (self.order.iter())
             .copied()
             .filter(|&id| self.g.node(id).inputs().contains(&v))

@@ -396,18 +396,29 @@ impl<'g> Lowering<'g> {
             let b = self.target(v, output_buf)?;
             return lower(self, v, b, None);
         };
-        let end = chain.end;
-        let out = self
-            .bufs
-            .get(&end)
-            .copied()
-            .filter(|&b| self.k.bufs[b].kind == BufKind::Output);
-        let b = self.target(end, out)?;
-        lower(self, v, b, Some(&chain))?;
+        self.computed_as(v, chain.end, &chain.inner, |l, b| {
+            lower(l, v, b, Some(&chain))
+        })
+    }
+
+    /// `v`'s node lowered by `lower` into the buffer of `result` (its output buffer, or new
+    /// scratch), which then holds `result`; `result` and the values `inside` (computed on
+    /// the way) need no code of their own.
+    fn computed_as(
+        &mut self,
+        v: Value,
+        result: Value,
+        inside: &[Value],
+        lower: impl FnOnce(&mut Self, BufId) -> Result<()>,
+    ) -> Result<()> {
+        let out =
+            (self.bufs.get(&result).copied()).filter(|&b| self.k.bufs[b].kind == BufKind::Output);
+        let b = self.target(result, out)?;
+        lower(self, b)?;
         self.bufs.remove(&v);
-        self.bufs.insert(end, b);
-        self.fused.insert(end);
-        self.fused.extend(chain.inner.iter().copied());
+        self.bufs.insert(result, b);
+        self.fused.insert(result);
+        self.fused.extend(inside.iter().copied());
         Ok(())
     }
 

@@ -30,18 +30,10 @@ impl Lowering<'_> {
         chain: Option<&Chain>,
         (reshape, blocked): (Value, Value),
     ) -> Result<()> {
-        let out =
-            (self.bufs.get(&blocked).copied()).filter(|&b| self.k.bufs[b].kind == BufKind::Output);
-        let b = self.target(blocked, out)?;
-        self.qconv_into(v, b, chain, true)?;
         let end = chain.map_or(v, |c| c.end);
-        self.bufs.remove(&v);
-        self.bufs.insert(blocked, b);
-        self.fused.extend([end, reshape, blocked]);
-        if let Some(c) = chain {
-            self.fused.extend(c.inner.iter().copied());
-        }
-        Ok(())
+        let inner = chain.map_or(&[][..], |c| &c.inner[..]);
+        let inside: Vec<Value> = [end, reshape].iter().chain(inner).copied().collect();
+        self.computed_as(v, blocked, &inside, |l, b| l.qconv_into(v, b, chain, true))
     }
 
     /// `qconv` `v` into `out` (blocked with `yb`), applying `chain`.
@@ -154,10 +146,7 @@ impl Lowering<'_> {
         let outputs: Vec<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
         let only = |v: Value| -> Option<NodeId> {
             let once = !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
-            let users: Vec<NodeId> = (self.order.iter().copied())
-                .filter(|&id| g.node(id).inputs().contains(&v))
-                .collect();
-            match users[..] {
+            match self.readers(v)[..] {
                 [n] if once => Some(n),
                 _ => None,
             }
