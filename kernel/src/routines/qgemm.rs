@@ -84,6 +84,18 @@ thread_local! {
     static PACKED: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// `len` elements of `buf` from a 64-byte boundary (zeros where `buf` grew). AMX loads whole
+/// 64-byte tile rows: from a vector's own (16-byte) alignment every row spans two cache lines,
+/// which halved the product's speed.
+fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    let slack = 64 / std::mem::size_of::<T>();
+    if buf.len() < len + slack {
+        buf.resize(len + slack, T::default());
+    }
+    let at = buf.as_ptr().align_offset(64).min(slack);
+    &mut buf[at..at + len]
+}
+
 /// `qgemm`: `c[i*ldc + j] = E(f32(Σ_l (a[i*a_rs + l] − za)·b[l*b_rs + j*b_cs]))` for
 /// `i < m`, `j < n`, `l < k`, E the epilogue of row i (column j when `cols` is 1); `bp`, when
 /// not null, is B packed by [`pack_b`] for this k and n (B is then not read).
@@ -144,8 +156,7 @@ pub unsafe extern "C" fn kiln_qgemm(
     if bp.is_null() {
         PACKED.with(|p| {
             let mut p = p.borrow_mut();
-            p.clear();
-            p.resize(packed_len(k, n), 0);
+            let p = aligned(&mut p, packed_len(k, n));
             // SAFETY: forwarded from the caller.
             unsafe {
                 pack_into(b, b_rs as isize, b_cs as isize, k, n, p.as_mut_ptr());
@@ -245,8 +256,7 @@ impl Operands {
         let kp = kpad(self.k);
         ROWS.with(|rows| {
             let mut rows = rows.borrow_mut();
-            rows.clear();
-            rows.resize(MB * kp, 0);
+            let rows = aligned(&mut rows, MB * kp);
             let isa = self.isa;
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Amx {
@@ -254,7 +264,12 @@ impl Operands {
                 // before returning.
                 unsafe { amx::configure() };
             }
-            let mut acc = [0i32; MB * 2 * NR];
+            // Two blocks of sums: a block's epilogue runs while the next one's tiles multiply
+            // (AMX works beside the vector units; stored and read back at once, the store
+            // waited for the last product of its block every time).
+            let mut acc = [[0i32; MB * 2 * NR]; 2];
+            let mut slot = 0;
+            let mut pending = None;
             for i0 in (0..self.m).step_by(MB) {
                 let r = MB.min(self.m - i0);
                 // A's rows i0.. padded with zeros (rows and steps).
@@ -269,10 +284,18 @@ impl Operands {
                 for pair in lo..hi {
                     let b = (self.bp as *const i8).wrapping_add(pair * 2 * NR * kp);
                     // SAFETY: the rows and both panels are kp long; `acc` holds the block.
-                    unsafe { block(isa, rows.as_ptr(), b, kp, r, &mut acc) };
-                    // SAFETY: forwarded.
-                    unsafe { self.store(&acc, i0, r, pair * 2 * NR, epi) };
+                    unsafe { block(isa, rows.as_ptr(), b, kp, r, &mut acc[slot]) };
+                    if let Some((i0, r, j0)) = pending {
+                        // SAFETY: forwarded.
+                        unsafe { self.store(&acc[1 - slot], i0, r, j0, epi) };
+                    }
+                    pending = Some((i0, r, pair * 2 * NR));
+                    slot = 1 - slot;
                 }
+            }
+            if let Some((i0, r, j0)) = pending {
+                // SAFETY: forwarded.
+                unsafe { self.store(&acc[1 - slot], i0, r, j0, epi) };
             }
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Amx {
