@@ -311,10 +311,17 @@ fn rewrite(k: &Kernel, body: &mut [Stmt]) {
 /// call a row.
 const ROWWISE: &[&str] = &["row_quantize"];
 
+/// Routines folding a row into their result from an initial value (their one scalar) in an
+/// order that does not change it: a loop carrying the result from row to row folds the rows
+/// at once.
+const FOLDS: &[&str] = &["row_max", "row_min"];
+
 /// A serial loop of constant extent around one call of a [`ROWWISE`] routine whose rows
 /// follow each other in every operand (each offset `base + var·n`, `n` the row's constant
 /// length; scalars that do not read `var`): that call over all the rows at once. (A call per
 /// row of 32 — what a conv's planes of 32×32 outputs quantize as — costs more than its row.)
+/// Likewise a [`FOLDS`] routine whose result is its own initial value (a dynamic quantizer's
+/// minimum over a whole tensor, a row at a time).
 fn whole_rows(s: &Stmt) -> Option<Stmt> {
     let Stmt::Loop {
         var,
@@ -332,7 +339,11 @@ fn whole_rows(s: &Stmt) -> Option<Stmt> {
         return None;
     };
     let reads = |e: &Expr| mentions(e, &|w| w == *var);
-    if !ROWWISE.contains(&c.routine.as_str()) || c.result.is_some() || c.scalars.iter().any(reads) {
+    let fold = match c.result {
+        None => ROWWISE.contains(&c.routine.as_str()),
+        Some(r) => FOLDS.contains(&c.routine.as_str()) && c.scalars == [Expr::Var(r)],
+    };
+    if !fold || c.scalars.iter().any(reads) {
         return None;
     }
     let mut operands = Vec::new();
@@ -351,7 +362,7 @@ fn whole_rows(s: &Stmt) -> Option<Stmt> {
         operands,
         ints: vec![Expr::i64(n.checked_mul(*rows)?)],
         scalars: c.scalars.clone(),
-        result: None,
+        result: c.result,
     })))
 }
 
@@ -497,6 +508,30 @@ mod tests {
         let out = k.to_string();
         assert!(out.contains("n=40") && !out.contains("for v1"), "{out}");
         let mut k = crate::parse_kernel(&text(40)).unwrap();
+        row_calls(&mut k);
+        let out = k.to_string();
+        assert!(out.contains("n=20") && out.contains("for v1"), "{out}");
+    }
+
+    #[test]
+    fn a_minimum_carried_over_rows_is_one_call() {
+        let text = |init: &str| {
+            format!(
+                "kernel @k(in x: f32[240], out y: f32[1]) {{
+  v0: f32 = inf:f32
+  for v1 in 0..12 {{
+    v0: f32 = call row_min(row: x[(v1 * 20)]; n=20 init={init})
+  }}
+  y[0] = v0
+}}"
+            )
+        };
+        let mut k = crate::parse_kernel(&text("v0")).unwrap();
+        row_calls(&mut k);
+        let out = k.to_string();
+        assert!(out.contains("n=240") && !out.contains("for v1"), "{out}");
+        // Each row from the same start is not a fold of them all.
+        let mut k = crate::parse_kernel(&text("inf:f32")).unwrap();
         row_calls(&mut k);
         let out = k.to_string();
         assert!(out.contains("n=20") && out.contains("for v1"), "{out}");

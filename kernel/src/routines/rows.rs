@@ -33,16 +33,68 @@ unsafe fn row_extreme<const MIN: bool>(row: *const f32, n: i64, init: f32) -> f3
     #[cfg(target_arch = "x86_64")]
     if crate::avx512() {
         // SAFETY: the host has AVX-512; forwarded.
-        return unsafe { avx512::extreme::<MIN>(row, n, init) };
+        let b = unsafe { avx512::bounds(row, n) };
+        return b.extreme::<MIN>(init);
     }
     #[cfg(target_arch = "x86_64")]
     if crate::avx2_fma() {
         // SAFETY: the host has AVX2; forwarded.
-        return unsafe { avx2::extreme::<MIN>(row, n, init) };
+        let b = unsafe { avx2::bounds(row, n) };
+        return b.extreme::<MIN>(init);
     }
     // SAFETY: forwarded.
     let xs = unsafe { std::slice::from_raw_parts(row, n) };
     xs.iter().fold(init, |a, &x| extreme::<MIN>(a, x))
+}
+
+/// Three integer extremes of a row's float bits, from which both its IEEE minimum and
+/// maximum follow (and whether it holds a NaN) — one integer operation each per vector,
+/// where mapping every float to an ordered key took three more. Negative floats' bits are
+/// the unsigned numbers from 2^31 (larger magnitude, larger number); non-negative ones those
+/// below, in their order; positive NaNs lie above +∞, negative ones above -∞.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::routines) struct Bounds {
+    /// The largest bits as a signed number: the largest non-negative float (or a positive
+    /// NaN) if any; `i32::MIN` for none.
+    smax: i32,
+    /// The largest bits unsigned: the negative float of the largest magnitude (or a
+    /// negative NaN) if any; 0 for none.
+    umax: u32,
+    /// The smallest bits unsigned: the smallest non-negative float if any, else the
+    /// negative one of the smallest magnitude; `u32::MAX` for none.
+    umin: u32,
+}
+
+impl Bounds {
+    /// No elements.
+    pub(in crate::routines) const NONE: Bounds = Bounds {
+        smax: i32::MIN,
+        umax: 0,
+        umin: u32::MAX,
+    };
+
+    /// `init` and the elements' IEEE minimum (`MIN`) or maximum: NaN if any is NaN.
+    pub(in crate::routines) fn extreme<const MIN: bool>(self, init: f32) -> f32 {
+        // No elements: no unsigned number is below every other one (`u32::MAX` is a NaN's).
+        if self.umin == u32::MAX && self.umax == 0 && self.smax == i32::MIN {
+            return init;
+        }
+        if self.smax > 0x7f80_0000 || self.umax > 0xff80_0000 || init.is_nan() {
+            return f32::NAN;
+        }
+        let bits = if MIN {
+            if self.umax >= 0x8000_0000 {
+                self.umax
+            } else {
+                self.umin
+            }
+        } else if self.smax >= 0 {
+            self.smax as u32
+        } else {
+            self.umin
+        };
+        extreme::<MIN>(init, f32::from_bits(bits))
+    }
 }
 
 /// `dst[i] = u8(round(src[i] / s) + z)` for `i < n` (see the routine table's `row_quantize`).
@@ -56,12 +108,30 @@ pub unsafe extern "C" fn kiln_row_quantize(src: *const f32, dst: *mut u8, n: i64
     if crate::avx512() {
         // SAFETY: the host has AVX-512; forwarded.
         i = unsafe { avx512::quantize(src, dst, n, s, z) };
+    } else if crate::avx2_fma() {
+        // SAFETY: the host has AVX2; forwarded.
+        i = unsafe { avx2::quantize(src, dst, n, s, z) };
     }
     for j in i..n {
         // SAFETY: inside both rows.
         unsafe { *dst.add(j) = quantize(*src.add(j), s, z) };
     }
 }
+
+/// The reciprocal of a quantizer's scale `s` where the vector loops may round `x·(1/s)`
+/// instead of dividing — `s` and `1/s` normal and the zero point `z` finite — with how far
+/// (relative to it) such a product may be from the rounded quotient: 1.5 units in the last
+/// place, bounded here by 2^-21 of it. A product that far from a half-integer rounds as the
+/// quotient does (the same integer, ties to even included); one closer to a half-integer is
+/// divided. A division costs ten times a product's throughput.
+fn reciprocal(s: f32, z: f32) -> Option<f32> {
+    let r = 1.0 / s;
+    (s.is_normal() && r.is_normal() && z.is_finite()).then_some(r)
+}
+
+/// The margin of [`reciprocal`]: a product `q` nearer than `|q|·RECIP_MARGIN` to a
+/// half-integer is divided instead.
+const RECIP_MARGIN: f32 = 1.0 / (1u32 << 21) as f32;
 
 /// One element of [`kiln_row_quantize`], as the JIT's scalar code computes it.
 fn quantize(x: f32, s: f32, z: f32) -> u8 {
@@ -240,51 +310,39 @@ pub(super) mod avx2 {
         }
     }
 
+    /// The row's [`super::Bounds`]: 16 elements a step, the rest in scalar.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn extreme<const MIN: bool>(row: *const f32, n: usize, init: f32) -> f32 {
+    pub(super) unsafe fn bounds(row: *const f32, n: usize) -> super::Bounds {
         unsafe {
-            // No number's key: i32::MIN below every one, i32::MAX above.
-            let none = if MIN { i32::MAX } else { i32::MIN };
-            let mut k = [_mm256_set1_epi32(none); 2];
-            let mut nan = _mm256_setzero_ps();
+            let mut smax = _mm256_set1_epi32(i32::MIN);
+            let mut umax = _mm256_setzero_si256();
+            let mut umin = _mm256_set1_epi32(-1);
             let mut i = 0;
             while i + 16 <= n {
-                for (h, kh) in k.iter_mut().enumerate() {
-                    let x = _mm256_loadu_ps(row.add(i + 8 * h));
-                    nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
-                    *kh = if MIN {
-                        _mm256_min_epi32(*kh, key(x))
-                    } else {
-                        _mm256_max_epi32(*kh, key(x))
-                    };
+                for h in 0..2 {
+                    let x = _mm256_loadu_si256(row.add(i + 8 * h).cast());
+                    smax = _mm256_max_epi32(smax, x);
+                    umax = _mm256_max_epu32(umax, x);
+                    umin = _mm256_min_epu32(umin, x);
                 }
                 i += 16;
             }
-            let k = if MIN {
-                _mm256_min_epi32(k[0], k[1])
-            } else {
-                _mm256_max_epi32(k[0], k[1])
-            };
-            let mut lanes = [0i32; 8];
-            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), k);
-            let any_nan = _mm256_movemask_ps(nan) != 0;
-            // Back from keys (the map is its own inverse) and the rest, in scalar.
-            let mut m = init;
-            for &l in &lanes {
-                let b = l ^ (((l >> 31) as u32) >> 1) as i32;
-                if l != none {
-                    m = super::extreme::<MIN>(m, f32::from_bits(b as u32));
-                }
+            let mut lanes = [[0u32; 8]; 3];
+            for (l, v) in lanes.iter_mut().zip([smax, umax, umin]) {
+                _mm256_storeu_si256(l.as_mut_ptr().cast(), v);
             }
-            while i < n {
-                m = super::extreme::<MIN>(m, *row.add(i));
-                i += 1;
+            let mut b = super::Bounds::NONE;
+            let rest = std::slice::from_raw_parts(row.add(i).cast::<u32>(), n - i);
+            for &x in lanes[0].iter().chain(rest) {
+                b.smax = b.smax.max(x as i32);
             }
-            if any_nan {
-                f32::NAN
-            } else {
-                m
+            for &x in lanes[1].iter().chain(rest) {
+                b.umax = b.umax.max(x);
             }
+            for &x in lanes[2].iter().chain(rest) {
+                b.umin = b.umin.min(x);
+            }
+            b
         }
     }
 
@@ -309,6 +367,55 @@ pub(super) mod avx2 {
                 i += 1;
             }
             t
+        }
+    }
+
+    /// Whole vectors of [`super::kiln_row_quantize`] as [`super::avx512`]'s, 8 lanes a step.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize(
+        src: *const f32,
+        dst: *mut u8,
+        n: usize,
+        s: f32,
+        z: f32,
+    ) -> usize {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        unsafe {
+            let (sv, zv) = (_mm256_set1_ps(s), _mm256_set1_ps(z));
+            let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+            let recip = super::reciprocal(s, z);
+            let rv = _mm256_set1_ps(recip.unwrap_or(0.0));
+            let (margin, half) = (_mm256_set1_ps(super::RECIP_MARGIN), _mm256_set1_ps(0.5));
+            let sign = _mm256_set1_ps(-0.0);
+            // The low byte of each lane, lanes 0-3 and 4-7 gathered in the first 8 bytes.
+            let bytes = _mm256_setr_epi8(
+                0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1,
+                -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+            );
+            let mut i = 0;
+            while i + 8 <= n {
+                let x = _mm256_loadu_ps(src.add(i));
+                let mut q = None;
+                if recip.is_some() {
+                    let p = _mm256_mul_ps(x, rv);
+                    let r = _mm256_round_ps::<NEAREST>(p);
+                    let d = _mm256_andnot_ps(sign, _mm256_sub_ps(p, r));
+                    let near = _mm256_fnmadd_ps(_mm256_andnot_ps(sign, p), margin, half);
+                    if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(d, near)) == 0 {
+                        q = Some(r);
+                    }
+                }
+                let q = q.unwrap_or_else(|| _mm256_round_ps::<NEAREST>(_mm256_div_ps(x, sv)));
+                let q = _mm256_add_ps(q, zv);
+                // `max` answers its second operand, 0, for a NaN.
+                let q = _mm256_min_ps(_mm256_max_ps(q, lo), hi);
+                let b = _mm256_shuffle_epi8(_mm256_cvttps_epi32(q), bytes);
+                let lo4 = _mm256_castsi256_si128(b);
+                let hi4 = _mm256_extracti128_si256::<1>(b);
+                _mm_storel_epi64(dst.add(i).cast(), _mm_unpacklo_epi32(lo4, hi4));
+                i += 8;
+            }
+            i
         }
     }
 
@@ -373,74 +480,53 @@ pub(super) mod avx512 {
         _mm512_xor_si512(b, _mm512_srli_epi32::<1>(_mm512_srai_epi32::<31>(b)))
     }
 
-    /// The row's maximum as [`super::avx2`]'s: ordered integer keys (-0 below +0) and a NaN mask,
-    /// 32 elements a step, then 16, then a masked step; the lanes' keys reduced in a register
-    /// and mapped back once (IEEE maximum is exact in any order: the same result).
+    /// The row's [`super::Bounds`]: 32 elements a step, then 16, then a masked step.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn extreme<const MIN: bool>(row: *const f32, n: usize, init: f32) -> f32 {
+    pub(super) unsafe fn bounds(row: *const f32, n: usize) -> super::Bounds {
         unsafe {
-            let none = if MIN { i32::MAX } else { i32::MIN };
-            let mut k = [_mm512_set1_epi32(none); 2];
-            let mut nan: __mmask16 = 0;
+            let mut smax = [_mm512_set1_epi32(i32::MIN); 2];
+            let mut umax = [_mm512_setzero_si512(); 2];
+            let mut umin = [_mm512_set1_epi32(-1); 2];
             let mut i = 0;
             while i + 32 <= n {
-                for (h, kh) in k.iter_mut().enumerate() {
-                    let x = _mm512_loadu_ps(row.add(i + 16 * h));
-                    nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-                    *kh = if MIN {
-                        _mm512_min_epi32(*kh, key(x))
-                    } else {
-                        _mm512_max_epi32(*kh, key(x))
-                    };
+                for h in 0..2 {
+                    let x = _mm512_loadu_si512(row.add(i + 16 * h).cast());
+                    smax[h] = _mm512_max_epi32(smax[h], x);
+                    umax[h] = _mm512_max_epu32(umax[h], x);
+                    umin[h] = _mm512_min_epu32(umin[h], x);
                 }
                 i += 32;
             }
-            let mut k = if MIN {
-                _mm512_min_epi32(k[0], k[1])
-            } else {
-                _mm512_max_epi32(k[0], k[1])
-            };
-            if i < n {
+            let (mut smax, mut umax, mut umin) = (
+                _mm512_max_epi32(smax[0], smax[1]),
+                _mm512_max_epu32(umax[0], umax[1]),
+                _mm512_min_epu32(umin[0], umin[1]),
+            );
+            while i < n {
                 // The last 1 to 31 elements: a whole vector, then a masked one.
-                let mut step = |m: __mmask16, at: usize| {
-                    let x = _mm512_maskz_loadu_ps(m, row.add(at));
-                    nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(m, x, x);
-                    k = if MIN {
-                        _mm512_mask_min_epi32(k, m, k, key(x))
-                    } else {
-                        _mm512_mask_max_epi32(k, m, k, key(x))
-                    };
+                let m = if n - i >= 16 {
+                    !0
+                } else {
+                    ((1u32 << (n - i)) - 1) as __mmask16
                 };
-                if i + 16 <= n {
-                    step(!0, i);
-                    i += 16;
-                }
-                if i < n {
-                    step(((1u32 << (n - i)) - 1) as __mmask16, i);
-                }
+                let x = _mm512_maskz_loadu_epi32(m, row.add(i).cast());
+                smax = _mm512_mask_max_epi32(smax, m, smax, x);
+                umax = _mm512_mask_max_epu32(umax, m, umax, x);
+                umin = _mm512_mask_min_epu32(umin, m, umin, x);
+                i += 16;
             }
-            // Back from keys (the map is its own inverse); `none` is no number's key.
-            let best = if MIN {
-                _mm512_reduce_min_epi32(k)
-            } else {
-                _mm512_reduce_max_epi32(k)
-            };
-            let mut m = init;
-            if best != none {
-                let b = best ^ (((best >> 31) as u32) >> 1) as i32;
-                m = super::extreme::<MIN>(m, f32::from_bits(b as u32));
-            }
-            if nan != 0 {
-                f32::NAN
-            } else {
-                m
+            super::Bounds {
+                smax: _mm512_reduce_max_epi32(smax),
+                umax: _mm512_reduce_max_epu32(umax),
+                umin: _mm512_reduce_min_epu32(umin),
             }
         }
     }
 
     /// Whole vectors of [`super::kiln_row_quantize`] (the rest left to the caller): the
-    /// clamp in floats first (where `max` makes NaN 0), so the truncating conversion never
-    /// overflows. Returns how many it did.
+    /// quotients rounded by way of the reciprocal where [`super::reciprocal`] allows (a
+    /// vector with a lane near a half-integer divided), the clamp in floats (where `max`
+    /// makes NaN 0), so the truncating conversion never overflows. Returns how many it did.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn quantize(
         src: *const f32,
@@ -449,16 +535,28 @@ pub(super) mod avx512 {
         s: f32,
         z: f32,
     ) -> usize {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         let (sv, zv) = (_mm512_set1_ps(s), _mm512_set1_ps(z));
         let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+        let recip = super::reciprocal(s, z);
+        let rv = _mm512_set1_ps(recip.unwrap_or(0.0));
+        let (margin, half) = (_mm512_set1_ps(super::RECIP_MARGIN), _mm512_set1_ps(0.5));
         let mut i = 0;
         while i + 16 <= n {
             // SAFETY: 16 elements of both rows from i.
             unsafe {
                 let x = _mm512_loadu_ps(src.add(i));
-                let q = _mm512_div_ps(x, sv);
-                let q =
-                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(q);
+                let mut q = None;
+                if recip.is_some() {
+                    let p = _mm512_mul_ps(x, rv);
+                    let r = _mm512_roundscale_ps::<NEAREST>(p);
+                    let d = _mm512_abs_ps(_mm512_sub_ps(p, r));
+                    let near = _mm512_fnmadd_ps(_mm512_abs_ps(p), margin, half);
+                    if _mm512_cmp_ps_mask::<_CMP_GE_OQ>(d, near) == 0 {
+                        q = Some(r);
+                    }
+                }
+                let q = q.unwrap_or_else(|| _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(x, sv)));
                 let q = _mm512_add_ps(q, zv);
                 let q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
                 let q = _mm512_cvttps_epi32(q);
@@ -534,6 +632,10 @@ mod tests {
             // Long enough for whole vector steps: a NaN and signed zeros inside them.
             [vec![-2.0; 45], vec![f32::NAN], vec![1.0; 24]].concat(),
             [vec![-0.0; 40], vec![0.0], vec![-0.0; 30]].concat(),
+            // A NaN of either sign among numbers of both signs, in vector steps and after.
+            [vec![-1.0; 20], vec![-f32::NAN], vec![0.5; 20]].concat(),
+            [vec![-1.0; 20], vec![0.5; 20], vec![f32::NAN]].concat(),
+            [vec![f32::INFINITY; 33], vec![f32::NEG_INFINITY; 2]].concat(),
             (0..100).map(|i| -(i as f32)).collect(),
             vec![
                 -1e-40, -2e-40, 3e-41, -7.0, 1e30, -1e30, 0.5, 0.25, 0.125, 9.0, 1.0, 2.0, 3.0,
@@ -550,10 +652,34 @@ mod tests {
                 if want.is_nan() {
                     assert!(got.is_nan());
                 }
-                let want = row.iter().fold(-init, |a, &x| minimum(a, x));
+                let want_min = row.iter().fold(-init, |a, &x| minimum(a, x));
                 // SAFETY: as above.
                 let got = unsafe { kiln_row_min(row.as_ptr(), row.len() as i64, -init) };
-                assert_eq!(got.to_bits(), want.to_bits(), "min {row:?} from {}", -init);
+                assert_eq!(
+                    got.to_bits(),
+                    want_min.to_bits(),
+                    "min {row:?} from {}",
+                    -init
+                );
+                // Every instruction set's bounds give both.
+                #[cfg(target_arch = "x86_64")]
+                for b in [
+                    // SAFETY: each only where the host has its instructions; the row holds
+                    // its elements.
+                    crate::avx2_fma().then(|| unsafe { avx2::bounds(row.as_ptr(), row.len()) }),
+                    crate::avx512().then(|| unsafe { avx512::bounds(row.as_ptr(), row.len()) }),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    assert_eq!(
+                        b.extreme::<false>(init).to_bits(),
+                        want.to_bits(),
+                        "{row:?}"
+                    );
+                    let got = b.extreme::<true>(-init);
+                    assert_eq!(got.to_bits(), want_min.to_bits(), "{row:?}");
+                }
             }
         }
     }
@@ -571,12 +697,39 @@ mod tests {
             -2.5,
             1e30,
         ]);
-        for (s, z) in [(0.5f32, 128.0f32), (1.0, 0.0), (3.0, 17.0)] {
+        let scales = [
+            (0.5f32, 128.0f32),
+            (1.0, 0.0),
+            (3.0, 17.0),
+            (0.012_345_7, 131.0),
+            (7.3 / 255.0, 0.0),
+            (1e-3, 255.0),
+            (f32::MIN_POSITIVE / 4.0, 9.0),
+            (1e38, 3.0),
+            (0.25, f32::INFINITY),
+        ];
+        for (s, z) in scales {
+            let mut src = src.clone();
+            // Quotients at, just below and just above half-integers (where rounding by the
+            // reciprocal could go the other way), and huge ones.
+            for k in -300..300 {
+                let h = (k as f32 + 0.5) * s;
+                src.extend([h, h.next_up(), h.next_down(), (k as f32 + 0.5) / (1.0 / s)]);
+                src.extend([h.next_up().next_up(), h.next_down().next_down()]);
+            }
+            src.extend([3e5 * s, 1.5e6 * s + s / 2.0, -4e6 * s]);
             let want: Vec<u8> = src.iter().map(|&x| quantize(x, s, z)).collect();
             let mut got = vec![7u8; src.len()];
             // SAFETY: both rows hold their elements.
             unsafe { kiln_row_quantize(src.as_ptr(), got.as_mut_ptr(), src.len() as i64, s, z) };
             assert_eq!(got, want, "s {s} z {z}");
+            #[cfg(target_arch = "x86_64")]
+            if crate::avx2_fma() {
+                got.fill(7);
+                // SAFETY: the host has AVX2; both rows hold their elements.
+                let i = unsafe { avx2::quantize(src.as_ptr(), got.as_mut_ptr(), src.len(), s, z) };
+                assert_eq!(got[..i], want[..i], "avx2: s {s} z {z}");
+            }
         }
         // Ties to even, NaN 0, saturation both ways.
         assert_eq!(quantize(2.5, 1.0, 0.0), 2);
