@@ -158,7 +158,7 @@ impl Pool {
             pool.threads.push(
                 std::thread::Builder::new()
                     .name(format!("kiln-helper-{i}"))
-                    .spawn(move || helper(&s))?,
+                    .spawn(move || helper(&s, 0))?,
             );
         }
         Ok(pool)
@@ -217,9 +217,11 @@ impl Drop for Pool {
     }
 }
 
-fn helper(s: &Shared) {
+/// A helper's life: `seen` is the epoch the pool was made with, so that a job published
+/// before this thread first looks is still its to help with (a region whose part 0 waits
+/// for part 1 — a test's — hung when the helper started after it).
+fn helper(s: &Shared, mut seen: u64) {
     let epoch = |s: &Shared| s.slot.claim.load(Ordering::SeqCst) >> EPOCH;
-    let mut seen = epoch(s);
     loop {
         // Spin for a new epoch, then sleep until one comes.
         let start = Instant::now();
