@@ -154,8 +154,9 @@ pub unsafe extern "C" fn kiln_qconv2d(
         // window (ph, pw before; what the last windows reach after).
         let hp = ((oh - 1) * sh + (kh - 1) * dh + 1).max(h + ph);
         let wp = ((ow - 1) * sw + (kw - 1) * dw + 1).max(wd + pw);
-        img.clear();
-        img.resize(hp * wp * ci, za);
+        // 64-byte aligned, and 32 pixels over: what tiles of windows read (`Windows`).
+        let img = qgemm::aligned(img, hp * wp * ci + 32 * ci + 64);
+        img.fill(za);
         if xb == 16 {
             // Blocked: each pixel's channels are runs of 16 already, one a block.
             let blocks = ci.div_ceil(16);
@@ -192,25 +193,42 @@ pub unsafe extern "C" fn kiln_qconv2d(
         } else {
             1
         };
-        let parts = t.min(p.div_ceil(16)).max(1);
+        let windows = windows(img.as_ptr(), (ci, kh, kw), (sh, sw, dh, dw), (wp, ow));
+        // Whole rows of outputs a part where the windows are read in place.
+        let parts = match windows {
+            Some(_) => t.min(oh),
+            None => t.min(p.div_ceil(16)),
+        }
+        .max(1);
         let (img, c, b) = (&*img, c as usize, b as usize);
         crate::threads::parallel_for(parts, |part| {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(w) = &windows {
+                let rows = (oh * part / parts, oh * (part + 1) / parts);
+                let (c, b) = (c as *mut f32, b as *const i8);
+                // SAFETY: AMX (`windows`); the filters packed; this part writes its rows.
+                unsafe { w.run(b, i32::from(za), o, rows, (c, p, blocked_out), &epi) };
+                return;
+            }
             let (p0, p1) = (p * part / parts, p * (part + 1) / parts);
             let n = p1 - p0;
             PATCHES.with(|bufs| {
                 let (patches, sums) = &mut *bufs.borrow_mut();
+                // On AMX the patches are windows in place for `Windows` (rows of whole
+                // 64-byte steps, their padding 0, 64-byte aligned, 32 rows at a time).
+                let amx = qgemm::isa() == qgemm::Isa::Amx;
+                let ld = if amx {
+                    k.next_multiple_of(qgemm::KB)
+                } else {
+                    k
+                };
                 // Every element of the patches and the sums is written before it is read.
-                if patches.len() < n * k {
-                    patches.resize(n * k, 0);
-                }
-                if sums.len() < n * o {
-                    sums.resize(n * o, 0.0);
-                }
+                let patches = qgemm::aligned(patches, n.next_multiple_of(32) * ld);
                 // Undilated rows of taps are one run of the image's channels-last row.
                 let (run, runs) = if dw == 1 { (kw * ci, 1) } else { (ci, kw) };
                 for q in p0..p1 {
                     let (oy, ox) = (q / ow, q % ow);
-                    let dst = &mut patches[(q - p0) * k..][..k];
+                    let dst = &mut patches[(q - p0) * ld..][..ld];
                     for ky in 0..kh {
                         for kx in 0..runs {
                             let at = ((oy * sh + ky * dh) * wp + ox * sw + kx * dw) * ci;
@@ -218,6 +236,26 @@ pub unsafe extern "C" fn kiln_qconv2d(
                             copy(&img[at..][..run], &mut dst[t * ci..][..run]);
                         }
                     }
+                    dst[k..].fill(0);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if amx {
+                    let w = qgemm::Windows {
+                        img: patches.as_ptr(),
+                        ci: ld,
+                        wp: n,
+                        ow: n,
+                        steps: (0..ld / qgemm::KB).map(|s| s * qgemm::KB).collect(),
+                        first: p0,
+                    };
+                    let (c, b) = (c as *mut f32, b as *const i8);
+                    // SAFETY: AMX; the patches are windows as `Windows` reads them; the
+                    // filters packed; this part writes pixels p0..p1.
+                    unsafe { w.run(b, i32::from(za), o, (0, 1), (c, p, blocked_out), &epi) };
+                    return;
+                }
+                if sums.len() < n * o {
+                    sums.resize(n * o, 0.0);
                 }
                 // SAFETY: the patches are n rows of k; B holds the packed filters; sums
                 // n × o; this part writes columns p0..p1 of c's o rows of p.
@@ -250,6 +288,42 @@ pub unsafe extern "C" fn kiln_qconv2d(
             });
         });
     });
+}
+
+/// The windows of a stride-1 conv read in place from its padded channels-last image `img`
+/// (rows `wp` pixels), where AMX runs the product and k's 64-byte steps each lie in one row
+/// of taps (undilated, `kw·ci` a multiple of 64) or one tap (`ci` a multiple of 64).
+fn windows(
+    img: *const u8,
+    (ci, kh, kw): (usize, usize, usize),
+    (sh, sw, dh, dw): (usize, usize, usize, usize),
+    (wp, ow): (usize, usize),
+) -> Option<qgemm::Windows> {
+    let k = ci * kh * kw;
+    let row = kw * ci;
+    let fits = (dw == 1 && row % 64 == 0) || ci % 64 == 0;
+    if qgemm::isa() != qgemm::Isa::Amx || sh != 1 || sw != 1 || k == 0 || k % 64 != 0 || !fits {
+        return None;
+    }
+    let steps = (0..k / 64)
+        .map(|s| {
+            let (ky, at) = (64 * s / row, 64 * s % row);
+            let at = if dw == 1 {
+                at
+            } else {
+                (at / ci) * dw * ci + at % ci
+            };
+            ky * dh * wp * ci + at
+        })
+        .collect();
+    Some(qgemm::Windows {
+        img,
+        ci,
+        wp,
+        ow,
+        steps,
+        first: 0,
+    })
 }
 
 /// Pixel `q`'s results (`o` channels) into blocked `c` (`p` pixels a block of 16 channels):
@@ -425,6 +499,13 @@ mod tests {
             (8, 5, 6, 6, 3, 2, 1, 2, 2, 0),
             (64, 64, 8, 8, 3, 3, 1, 1, 1, 1),
             (40, 24, 5, 7, 3, 3, 1, 1, 1, 1),
+            // Windows read in place (on AMX): a dilated tap a step, a row of taps over two
+            // steps, rows not a multiple of 16 windows long, a 1×1 conv, channels not a
+            // multiple of 32.
+            (64, 48, 7, 9, 3, 3, 1, 2, 2, 1),
+            (32, 32, 6, 10, 1, 2, 1, 1, 0, 0),
+            (64, 96, 20, 19, 3, 3, 1, 1, 1, 1),
+            (128, 40, 5, 5, 1, 1, 1, 1, 0, 0),
         ] {
             let oh = (h + 2 * ph - (kh - 1) * d - 1) / s + 1;
             let ow = (wd + 2 * pw - (kw - 1) * d - 1) / s + 1;
@@ -479,10 +560,19 @@ mod tests {
             // A shift per channel: the epilogue's per-channel operands (per column of a blocked
             // result's sums).
             let shift: Vec<f32> = (0..o).map(|f| f as f32 * 0.5 - 3.0).collect();
+            // And a scale per channel, a residual (planar results): powers of two and
+            // halves, every result exact in any order of operations.
+            let scale: Vec<f32> = (0..o).map(|f| [0.5, 2.0, 0.25][f % 3]).collect();
+            let res: Vec<f32> = (0..o * oh * ow).map(|i| (i % 13) as f32 * 0.25).collect();
             let want: Vec<f32> = (want.iter().enumerate())
-                .map(|(i, &v)| v + shift[i / (oh * ow)])
+                .map(|(i, &v)| v * scale[i / (oh * ow)] + shift[i / (oh * ow)])
                 .collect();
             for (bp, xp, xb, yb) in forms {
+                let want: Vec<f32> = if yb == 16 {
+                    want.clone()
+                } else {
+                    want.iter().zip(&res).map(|(w, r)| w + r).collect()
+                };
                 let blocks = o.div_ceil(16);
                 let mut c = vec![f32::NAN; blocks * 16 * oh * ow];
                 let (oc, ohw) = (o, oh * ow);
@@ -497,9 +587,9 @@ mod tests {
                         bp,
                         &za,
                         c.as_mut_ptr(),
-                        null,
+                        scale.as_ptr(),
                         shift.as_ptr(),
-                        null,
+                        if yb == 16 { null } else { res.as_ptr() },
                         ci,
                         o,
                         h,

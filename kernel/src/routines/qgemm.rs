@@ -87,7 +87,7 @@ thread_local! {
 /// `len` elements of `buf` from a 64-byte boundary (zeros where `buf` grew). AMX loads whole
 /// 64-byte tile rows: from a vector's own (16-byte) alignment every row spans two cache lines,
 /// which halved the product's speed.
-fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+pub(crate) fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     let slack = 64 / std::mem::size_of::<T>();
     if buf.len() < len + slack {
         buf.resize(len + slack, T::default());
@@ -227,6 +227,260 @@ pub(crate) unsafe fn product(
         // SAFETY: each task writes only the columns of its own panels.
         unsafe { op.pairs(pairs * w / t, pairs * (w + 1) / t, epi) }
     });
+}
+
+/// A stride-1 convolution's sums read straight from its image, on AMX: no patch matrix.
+/// Pixel `q` of the image (channels-last, `ci` bytes a pixel, rows `wp` pixels long) starts
+/// window `q` — the output at row `q / wp`, column `q % wp` — and the 64-byte step `s` of a
+/// window's k bytes lies `steps[s]` bytes after it; so 16 consecutive windows' bytes of a
+/// step are one tile, rows `ci` apart, and a block of 32 windows is any 32 consecutive
+/// pixels. Windows past a row's `ow` outputs (over the border) are computed and dropped.
+pub(crate) struct Windows {
+    /// The image, 64-byte aligned, readable for 32 pixels and the largest step past the
+    /// last window of the last row.
+    pub img: *const u8,
+    pub ci: usize,
+    pub wp: usize,
+    pub ow: usize,
+    /// Byte offsets of k's 64-byte steps (k is a multiple of 64).
+    pub steps: Vec<usize>,
+    /// The output pixel of window 0 (a part's patches start at its first pixel).
+    pub first: usize,
+}
+
+// SAFETY: the image is only read, by every thread of a product alike.
+unsafe impl Sync for Windows {}
+
+impl Windows {
+    /// Output rows `oy0..oy1` of the conv into `c` — planes of `p` pixels (`blocked`:
+    /// blocks of 16 channels, each `p` pixels of 16 lanes, the padding lanes left alone) —
+    /// through `epi` (per channel: its rows when planar, its columns when blocked), from B
+    /// packed for k = `64·steps.len()` and `o` channels. Each block of sums is stored as it
+    /// comes (transposed in registers for planes): no pixel-major sums to transpose after.
+    ///
+    /// # Safety
+    /// AMX is available ([`isa`]); `bp` holds packed B; `c` holds the `o` channels' `p`
+    /// pixels (rounded up to 16 channels blocked), this call alone writing rows `oy0..oy1`;
+    /// the epilogue's operands as a conv's.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn run(
+        &self,
+        bp: *const i8,
+        za: i32,
+        o: usize,
+        (oy0, oy1): (usize, usize),
+        (c, p, blocked): (*mut f32, usize, bool),
+        epi: &Epilogue,
+    ) {
+        if oy0 >= oy1 || self.ow == 0 || o == 0 {
+            return;
+        }
+        let k = KB * self.steps.len();
+        let pairs = panels(o) / 2;
+        let sums = bp.wrapping_add(panels(o) * NR * k);
+        let (start, end) = (oy0 * self.wp, (oy1 - 1) * self.wp + self.ow);
+        // The block at window q0's sums stored: its runs of windows that are outputs (lane,
+        // count, output pixel).
+        let store = |acc: &[i32; MB * 2 * NR], q0: usize, pair: usize| {
+            let mut runs = [(0, 0, 0); MB];
+            let (mut n, mut i) = (0, 0);
+            while i < MB && q0 + i < end {
+                let (oy, ox) = ((q0 + i) / self.wp, (q0 + i) % self.wp);
+                if ox >= self.ow {
+                    // Over the border: up to the next row.
+                    i += self.wp - ox;
+                    continue;
+                }
+                let r = (self.ow - ox).min(MB - i).min(end - q0 - i);
+                runs[n] = (i, r, self.first + oy * self.ow + ox);
+                n += 1;
+                i += r;
+            }
+            let j0 = pair * 2 * NR;
+            let w = (2 * NR).min(o - j0);
+            let mut fix = [0i32; 2 * NR];
+            for (j, f) in fix.iter_mut().enumerate().take(w) {
+                // SAFETY: column j0 + j has a sum.
+                let s: i32 = unsafe { std::ptr::read_unaligned(sums.add(4 * (j0 + j)).cast()) };
+                *f = za.wrapping_mul(s);
+            }
+            // SAFETY: the runs' outputs are this call's (the caller's); AMX implies AVX-512.
+            unsafe {
+                if blocked {
+                    store_blocked(acc, &fix, &runs[..n], (c, p, j0, w), epi);
+                } else {
+                    store_planes(acc, &fix, &runs[..n], (c, p, j0, w), epi);
+                }
+            }
+        };
+        // SAFETY: AMX is available; released below.
+        unsafe { amx::configure() };
+        let mut acc = [[0i32; MB * 2 * NR]; 2];
+        let mut slot = 0;
+        let mut pending = None;
+        for q0 in (start..end).step_by(MB) {
+            let a = self.img.wrapping_add(q0 * self.ci);
+            for pair in 0..pairs {
+                let b = bp.wrapping_add(pair * 2 * NR * k);
+                // SAFETY: the windows' steps are inside the image (the caller's), the
+                // panels hold k steps.
+                unsafe { amx::windows(a, self.ci, &self.steps, b, k, &mut acc[slot]) };
+                if let Some((q, pair)) = pending {
+                    store(&acc[1 - slot], q, pair);
+                }
+                pending = Some((q0, pair));
+                slot = 1 - slot;
+            }
+        }
+        if let Some((q, pair)) = pending {
+            store(&acc[1 - slot], q, pair);
+        }
+        // SAFETY: configured above.
+        unsafe { amx::release() };
+    }
+}
+
+/// A block of sums (32 windows by 32 channels from `j0`, `w` of them real) into blocked
+/// `c`: each run's windows, 16 channels a vector, corrected, converted and through the
+/// epilogue (per column).
+///
+/// # Safety
+/// AVX-512F; `c` holds blocked outputs for every run's pixels and channel `j0 + w − 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_blocked(
+    acc: &[i32; MB * 2 * NR],
+    fix: &[i32; 2 * NR],
+    runs: &[(usize, usize, usize)],
+    (c, p, j0, w): (*mut f32, usize, usize, usize),
+    epi: &Epilogue,
+) {
+    use super::epilogue::avx512::{apply, coefs};
+    use std::arch::x86_64::*;
+    let none = epi.is_none();
+    for &(i0, r, q0) in runs {
+        for i in 0..r {
+            for g in (0..w).step_by(16) {
+                let lanes = (w - g).min(16);
+                let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+                let at = (((j0 + g) / 16 * p) + q0 + i) * 16;
+                // SAFETY: the row's sums and fixes hold 32; the run's pixel holds 16 lanes
+                // of this block of channels (the caller's).
+                unsafe {
+                    let x = _mm512_loadu_si512(acc[(i0 + i) * 2 * NR + g..].as_ptr().cast());
+                    let f = _mm512_loadu_si512(fix[g..].as_ptr().cast());
+                    let mut v = _mm512_cvtepi32_ps(_mm512_sub_epi32(x, f));
+                    if !none {
+                        let st = coefs(epi, q0 + i, j0 + g, m);
+                        v = apply(epi, v, st, std::ptr::null(), m);
+                    }
+                    _mm512_mask_storeu_ps(c.add(at), m, v);
+                }
+            }
+        }
+    }
+}
+
+/// A block of sums (32 windows by 32 channels from `j0`, `w` of them real) into planes
+/// `c` (`p` pixels each): 16×16 quarters transposed in registers, then each channel's
+/// windows corrected, converted, through the epilogue (per row) and stored, a masked
+/// vector per run.
+///
+/// # Safety
+/// AVX-512F; `c` holds planes of every run's pixels for channels up to `j0 + w`; the
+/// epilogue's residual too.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_planes(
+    acc: &[i32; MB * 2 * NR],
+    fix: &[i32; 2 * NR],
+    runs: &[(usize, usize, usize)],
+    (c, p, j0, w): (*mut f32, usize, usize, usize),
+    epi: &Epilogue,
+) {
+    use super::epilogue::avx512::{apply, coefs};
+    use std::arch::x86_64::*;
+    let none = epi.is_none();
+    for h in 0..2 {
+        // The runs' parts in windows 16h..16h + 16: (first lane, mask, output pixel of lane 0).
+        let mut parts = [(0u16, 0usize); 16];
+        let mut n = 0;
+        for &(i0, r, q0) in runs {
+            let (a, b) = (i0.max(16 * h), (i0 + r).min(16 * h + 16));
+            if a < b {
+                let m = (((1u32 << (b - 16 * h)) - 1) & !((1u32 << (a - 16 * h)) - 1)) as u16;
+                parts[n] = (m, (q0 + a - i0).wrapping_sub(a - 16 * h));
+                n += 1;
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        for g in (0..w).step_by(16) {
+            // SAFETY: rows 16h.. of the block hold 32 sums each.
+            let cols = unsafe {
+                transpose16(std::array::from_fn(|t| {
+                    _mm512_loadu_si512(acc[(16 * h + t) * 2 * NR + g..].as_ptr().cast())
+                }))
+            };
+            for (u, col) in cols.iter().enumerate().take((w - g).min(16)) {
+                let j = j0 + g + u;
+                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(*col, _mm512_set1_epi32(fix[g + u])));
+                for &(m, q) in &parts[..n] {
+                    let at = (j * p).wrapping_add(q);
+                    // SAFETY: the lanes in m are the run's pixels of channel j (the caller's).
+                    unsafe {
+                        let v = if none {
+                            v
+                        } else {
+                            let st = coefs(epi, j, 0, m);
+                            apply(epi, v, st, epi.res.wrapping_add(at), m)
+                        };
+                        _mm512_mask_storeu_ps(c.wrapping_add(at), m, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sixteen rows of sixteen i32s transposed: pairs interleaved, then quads, then the four
+/// 128-bit lanes of every fourth result gathered.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    let t: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    // u[4i + c]: column 4L + c of rows 4i..4i + 4 in lane L.
+    let u: [__m512i; 16] = std::array::from_fn(|x| {
+        let (i, c) = (x / 4, x % 4);
+        let (a, b) = (t[4 * i + c / 2], t[4 * i + 2 + c / 2]);
+        if c % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_i32x4::<0x88>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_i32x4::<0xdd>(u[c], u[4 + c]);
+        let v2 = _mm512_shuffle_i32x4::<0x88>(u[8 + c], u[12 + c]);
+        let v3 = _mm512_shuffle_i32x4::<0xdd>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_i32x4::<0x88>(v0, v2);
+        out[8 + c] = _mm512_shuffle_i32x4::<0xdd>(v0, v2);
+        out[4 + c] = _mm512_shuffle_i32x4::<0x88>(v1, v3);
+        out[12 + c] = _mm512_shuffle_i32x4::<0xdd>(v1, v3);
+    }
+    out
 }
 
 /// A product's operands (addresses as integers, so that tasks may share them).
@@ -547,7 +801,66 @@ mod amx {
                     options(nostack, readonly)
                 );
             }
-            let c = acc.as_mut_ptr();
+            store(acc);
+        }
+    }
+
+    /// 32 windows from `a` (`ci` bytes apart; step `s` of each `steps[s]` bytes on) by two
+    /// panels into `acc`: [`block`] with A's tiles read where the windows are.
+    ///
+    /// # Safety
+    /// As [`block`], every window's steps readable; `kp` is 64 a step.
+    pub(super) unsafe fn windows(
+        a: *const u8,
+        ci: usize,
+        steps: &[usize],
+        b: *const i8,
+        kp: usize,
+        acc: &mut [i32],
+    ) {
+        let b1 = b.wrapping_add(NR * kp);
+        let a1 = a.wrapping_add(16 * ci);
+        // SAFETY: the loads stay inside the windows (the caller's) and the panels; the
+        // stores inside `acc`.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            for (kk, &at) in steps.iter().enumerate() {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {ci}*1]",
+                    "tileloadd tmm5, [{a1} + {ci}*1]",
+                    "tileloadd tmm6, [{b0} + {s}*1]",
+                    "tileloadd tmm7, [{b1} + {s}*1]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    a0 = in(reg) a.add(at),
+                    a1 = in(reg) a1.add(at),
+                    b0 = in(reg) b.add(kk * KB * NR),
+                    b1 = in(reg) b1.add(kk * KB * NR),
+                    ci = in(reg) ci,
+                    s = in(reg) 4 * NR,
+                    options(nostack, readonly)
+                );
+            }
+            store(acc);
+        }
+    }
+
+    /// The four tiles of sums into `acc` (32 rows of 32 i32s).
+    ///
+    /// # Safety
+    /// Tiles configured and computed.
+    unsafe fn store(acc: &mut [i32]) {
+        let c = acc.as_mut_ptr();
+        // SAFETY: inside `acc`.
+        unsafe {
             asm!(
                 "tilestored [{c0} + {s}*1], tmm0",
                 "tilestored [{c1} + {s}*1], tmm1",
