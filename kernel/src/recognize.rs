@@ -169,6 +169,9 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
         return None;
     }
     let doff = contiguous(index, var)?;
+    if let Some(c) = dequantize_call(k, var, extent, (dst, &doff), value) {
+        return Some(c);
+    }
     let Expr::Op {
         op: Op::Exp,
         args,
@@ -259,7 +262,6 @@ fn quantize_call(
     let [x, s] = args.as_slice() else {
         return None;
     };
-    let (src, soff) = row_load(k, x, var)?;
     let uniform = |e: &Expr| {
         well_formed(k, e)
             && e.dtype(k) == DType::F32
@@ -269,13 +271,111 @@ fn quantize_call(
     if !uniform(s) || !uniform(&z) {
         return None;
     }
+    if let Some((src, soff)) = row_load(k, x, var) {
+        return Some(Stmt::Call(Box::new(Call {
+            routine: "row_quantize".into(),
+            operands: vec![Some((src, soff)), Some((dst, doff))],
+            ints: vec![extent.clone()],
+            scalars: vec![s.clone(), z],
+            result: None,
+        })));
+    }
+    // A sum with a dequantized u8 residual (either order).
+    let Expr::Op {
+        op: Op::Add,
+        args,
+        dtype: DType::F32,
+    } = x
+    else {
+        return None;
+    };
+    let [a, b] = args.as_slice() else {
+        return None;
+    };
+    let ((src, soff), (res, rz, rs)) = match (row_load(k, a, var), row_load(k, b, var)) {
+        (Some(row), _) => (row, dequantized(k, b, var, dst)?),
+        (_, Some(row)) => (row, dequantized(k, a, var, dst)?),
+        _ => return None,
+    };
     Some(Stmt::Call(Box::new(Call {
-        routine: "row_quantize".into(),
-        operands: vec![Some((src, soff)), Some((dst, doff))],
+        routine: "row_quantize_res".into(),
+        operands: vec![Some((src, soff)), Some(res), Some((dst, doff))],
         ints: vec![extent.clone()],
-        scalars: vec![s.clone(), z],
+        scalars: vec![s.clone(), z, rz, rs],
         result: None,
     })))
+}
+
+/// `dst[i] = mul(sub(cast<f32>(src[i]), z), s)` (or without the subtraction; either order
+/// of the product) along a row of u8 `src` as `call row_dequantize`.
+fn dequantize_call(
+    k: &Kernel,
+    var: VarId,
+    extent: &Expr,
+    (dst, doff): (usize, &Expr),
+    value: &Expr,
+) -> Option<Stmt> {
+    let ((src, soff), z, s) = dequantized(k, value, var, dst)?;
+    Some(Stmt::Call(Box::new(Call {
+        routine: "row_dequantize".into(),
+        operands: vec![Some((src, soff)), Some((dst, doff.clone()))],
+        ints: vec![extent.clone()],
+        scalars: vec![z, s],
+        result: None,
+    })))
+}
+
+/// The u8 row (buffer, offset along `var`), zero point and scale of `e` =
+/// `mul(sub(cast<f32>(row[i]), z), s)` (or without the subtraction; either order of the
+/// product), `z` and `s` uniform f32 values that do not read `dst`.
+fn dequantized(
+    k: &Kernel,
+    e: &Expr,
+    var: VarId,
+    dst: usize,
+) -> Option<((usize, Expr), Expr, Expr)> {
+    let Expr::Op {
+        op: Op::Mul,
+        args,
+        dtype: DType::F32,
+    } = e
+    else {
+        return None;
+    };
+    let uniform = |e: &Expr| {
+        well_formed(k, e)
+            && e.dtype(k) == DType::F32
+            && !mentions(e, &|w| w == var)
+            && !e.loads(dst)
+    };
+    let (x, s) = match args.as_slice() {
+        [x, s] if uniform(s) => (x, s),
+        [s, x] if uniform(s) => (x, s),
+        _ => return None,
+    };
+    let (cast, z) = match x {
+        Expr::Op {
+            op: Op::Sub,
+            args,
+            dtype: DType::F32,
+        } if args.len() == 2 && uniform(&args[1]) => (&args[0], args[1].clone()),
+        x => (x, Expr::Float(0.0, DType::F32)),
+    };
+    let Expr::Op {
+        op: Op::Cast { .. },
+        args,
+        dtype: DType::F32,
+    } = cast
+    else {
+        return None;
+    };
+    let [Expr::Load { buf, index }] = args.as_slice() else {
+        return None;
+    };
+    if k.bufs.get(*buf)?.dtype != DType::U8 {
+        return None;
+    }
+    Some(((*buf, contiguous(index, var)?), z, s.clone()))
 }
 
 fn rewrite(k: &Kernel, body: &mut [Stmt]) {
@@ -309,7 +409,7 @@ fn rewrite(k: &Kernel, body: &mut [Stmt]) {
 
 /// Routines of elementwise rows that one call over consecutive rows computes as well as a
 /// call a row.
-const ROWWISE: &[&str] = &["row_quantize"];
+const ROWWISE: &[&str] = &["row_quantize", "row_quantize_res", "row_dequantize"];
 
 /// Routines folding a row into their result from an initial value (their one scalar) in an
 /// order that does not change it: a loop carrying the result from row to row folds the rows
@@ -355,7 +455,10 @@ fn whole_rows(s: &Stmt) -> Option<Stmt> {
         if crate::stages::coefficient(off, *var)? != *n {
             return None;
         }
-        operands.push(Some((*b, replaced(off, &Expr::Var(*var), &Expr::i64(0)))));
+        operands.push(Some((
+            *b,
+            folded(&replaced(off, &Expr::Var(*var), &Expr::i64(0))),
+        )));
     }
     Some(Stmt::Call(Box::new(Call {
         routine: c.routine.clone(),
@@ -389,6 +492,42 @@ fn row_act(k: &Kernel, e: &Expr, var: VarId) -> Option<(i64, Expr, usize, Expr)>
         }
     });
     found
+}
+
+/// An index with its products and sums of constants folded (`x·0`, `x + 0` too): what is
+/// left of a row's offset once its variable is 0.
+fn folded(e: &Expr) -> Expr {
+    let Expr::Op {
+        op: op @ (Op::Add | Op::Mul),
+        args,
+        dtype: DType::I64,
+    } = e
+    else {
+        return e.clone();
+    };
+    let args: Vec<Expr> = args.iter().map(folded).collect();
+    let (add, int) = (*op == Op::Add, |e: &Expr| match e {
+        Expr::Int(v, DType::I64) => Some(*v),
+        _ => None,
+    });
+    match (args.as_slice(), add) {
+        ([a, b], _) if int(a).is_some() && int(b).is_some() => {
+            let (a, b) = (int(a).unwrap_or(0), int(b).unwrap_or(0));
+            let v = if add {
+                a.checked_add(b)
+            } else {
+                a.checked_mul(b)
+            };
+            v.map_or_else(|| e.clone(), Expr::i64)
+        }
+        ([x, z] | [z, x], true) if int(z) == Some(0) => x.clone(),
+        ([_, z] | [z, _], false) if int(z) == Some(0) => Expr::i64(0),
+        _ => Expr::Op {
+            op: op.clone(),
+            args,
+            dtype: DType::I64,
+        },
+    }
 }
 
 /// `e` with every `from` replaced by `to`.
@@ -511,6 +650,46 @@ mod tests {
         row_calls(&mut k);
         let out = k.to_string();
         assert!(out.contains("n=20") && out.contains("for v1"), "{out}");
+    }
+
+    #[test]
+    fn dequantizers_and_residual_quantizers_are_calls() {
+        let text = |dtype: &str, value: &str| {
+            format!(
+                "kernel @k(in x: {dtype}[64], in y: f32[64], out o: f32[64], out q: u8[64]) {{
+  for v0 in 0..4 {{
+    for v1 in 0..16 vector(4) {{
+      {value}
+    }}
+  }}
+}}"
+            )
+        };
+        let dq = "o[((v0 * 16) + v1)] = mul(sub(cast<f32>(x[((v0 * 16) + v1)]), 3.0:f32), 0.5:f32)";
+        let mut k = crate::parse_kernel(&text("u8", dq)).unwrap();
+        row_calls(&mut k);
+        let out = k.to_string();
+        assert!(
+            out.contains("call row_dequantize") && out.contains("n=64"),
+            "{out}"
+        );
+        assert!(out.contains("z=3.0:f32 s=0.5:f32"), "{out}");
+        // Signed bytes are not the routine's.
+        let mut k = crate::parse_kernel(&text("i8", dq)).unwrap();
+        row_calls(&mut k);
+        assert!(!k.to_string().contains("call"), "{k}");
+        let q = "q[((v0 * 16) + v1)] = cast<u8>(add(round(div(add(mul(cast<f32>(x[((v0 * 16) + v1)]), 0.25:f32), y[((v0 * 16) + v1)]), 0.5:f32)), 7.0:f32))";
+        let mut k = crate::parse_kernel(&text("u8", q)).unwrap();
+        row_calls(&mut k);
+        let out = k.to_string();
+        assert!(
+            out.contains("call row_quantize_res(src: y[0], res: x[0]"),
+            "{out}"
+        );
+        assert!(
+            out.contains("s=0.5:f32 z=7.0:f32 rz=0.0:f32 rs=0.25:f32"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 23] = [
+pub static ROUTINES: [Routine; 25] = [
     products::GEMM,
     products::QGEMM,
     products::QCONV2D,
@@ -698,6 +698,61 @@ pub static ROUTINES: [Routine; 23] = [
         doc: "dst[i] = u8(round(src[i] / s) + z) for i < n: the division and the sum rounded to \
               f32, the rounding to nearest even, the conversion truncating and saturating to \
               0..=255 (NaN 0) — a quantizer's loop `dst = cast<u8>(add(round(div(src, s)), z))`",
+    },
+    Routine {
+        name: "row_quantize_res",
+        symbol: "kiln_row_quantize_res",
+        operands: &[
+            ("src", Role::Read, ir::DType::F32),
+            ("res", Role::Read, ir::DType::U8),
+            ("dst", Role::Write, ir::DType::U8),
+        ],
+        replaces: None,
+        in_place: false,
+        ints: &["n"],
+        scalars: &[
+            ("s", ir::DType::F32),
+            ("z", ir::DType::F32),
+            ("rz", ir::DType::F32),
+            ("rs", ir::DType::F32),
+        ],
+        result: None,
+        cost: |i| 4.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
+        address: || rows::kiln_row_quantize_res as *const u8,
+        call: |p, i, s| unsafe {
+            let [s, z, rz, rs] = [s[0], s[1], s[2], s[3]].map(|v| v as f32);
+            rows::kiln_row_quantize_res(p[0].cast(), p[1].cast(), p[2].cast(), i[0], s, z, rz, rs);
+            0.0
+        },
+        doc: "dst[i] = u8(round((src[i] + (f32(res[i]) - rz) * rs) / s) + z) for i < n, every \
+              step rounded to f32 as `row_quantize`'s: a quantizer of a sum with a dequantized \
+              u8 residual (QDQ models' residual adds), rz 0 without its subtraction",
+    },
+    Routine {
+        name: "row_dequantize",
+        symbol: "kiln_row_dequantize",
+        operands: &[
+            ("src", Role::Read, ir::DType::U8),
+            ("dst", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        in_place: false,
+        ints: &["n"],
+        scalars: &[("z", ir::DType::F32), ("s", ir::DType::F32)],
+        result: None,
+        cost: |i| i[0],
+        extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
+        address: || rows::kiln_row_dequantize as *const u8,
+        call: |p, i, s| unsafe {
+            rows::kiln_row_dequantize(p[0].cast(), p[1].cast(), i[0], s[0] as f32, s[1] as f32);
+            0.0
+        },
+        doc: "dst[i] = (f32(src[i]) - z) * s for i < n, each step rounded to f32 — a \
+              dequantizer's loop `dst = mul(sub(cast<f32>(src), z), s)` (z 0 without the \
+              subtraction)",
     },
     Routine {
         name: "row_sum_f64",

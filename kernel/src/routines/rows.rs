@@ -102,19 +102,100 @@ impl Bounds {
 /// # Safety
 /// `src` readable and `dst` writable for `n` elements.
 pub unsafe extern "C" fn kiln_row_quantize(src: *const f32, dst: *mut u8, n: i64, s: f32, z: f32) {
+    // SAFETY: forwarded.
+    unsafe { row_quantize(src, None, dst, n, (s, z)) }
+}
+
+/// `dst[i] = u8(round((src[i] + (f32(res[i]) - rz)·rs) / s) + z)` for `i < n`: a quantizer
+/// of a sum with a dequantized u8 residual (see the routine table's `row_quantize_res`).
+///
+/// # Safety
+/// `src` and `res` readable and `dst` writable for `n` elements.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_row_quantize_res(
+    src: *const f32,
+    res: *const u8,
+    dst: *mut u8,
+    n: i64,
+    s: f32,
+    z: f32,
+    rz: f32,
+    rs: f32,
+) {
+    let r = Residual {
+        row: res,
+        z: rz,
+        s: rs,
+    };
+    // SAFETY: forwarded.
+    unsafe { row_quantize(src, Some(r), dst, n, (s, z)) }
+}
+
+/// A u8 row dequantized as `(f32(row[i]) - z)·s` and added before a quantizer.
+#[derive(Clone, Copy)]
+pub(super) struct Residual {
+    row: *const u8,
+    z: f32,
+    s: f32,
+}
+
+/// [`kiln_row_quantize`], with a residual or without.
+///
+/// # Safety
+/// The rows hold `n` elements.
+unsafe fn row_quantize(
+    src: *const f32,
+    res: Option<Residual>,
+    dst: *mut u8,
+    n: i64,
+    sz: (f32, f32),
+) {
     let n = n.max(0) as usize;
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if crate::avx512() {
         // SAFETY: the host has AVX-512; forwarded.
-        i = unsafe { avx512::quantize(src, dst, n, s, z) };
+        i = unsafe { avx512::quantize(src, res, dst, n, sz) };
     } else if crate::avx2_fma() {
         // SAFETY: the host has AVX2; forwarded.
-        i = unsafe { avx2::quantize(src, dst, n, s, z) };
+        i = unsafe { avx2::quantize(src, res, dst, n, sz) };
+    }
+    for j in i..n {
+        // SAFETY: inside the rows.
+        unsafe {
+            let mut x = *src.add(j);
+            if let Some(r) = res {
+                x += (f32::from(*r.row.add(j)) - r.z) * r.s;
+            }
+            *dst.add(j) = quantize(x, sz.0, sz.1);
+        }
+    }
+}
+
+/// `dst[i] = (f32(src[i]) - z) * s` for `i < n` (see the routine table's `row_dequantize`).
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` elements.
+pub unsafe extern "C" fn kiln_row_dequantize(
+    src: *const u8,
+    dst: *mut f32,
+    n: i64,
+    z: f32,
+    s: f32,
+) {
+    let n = n.max(0) as usize;
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512() {
+        // SAFETY: the host has AVX-512; forwarded.
+        i = unsafe { avx512::dequantize(src, dst, n, z, s) };
+    } else if crate::avx2_fma() {
+        // SAFETY: the host has AVX2; forwarded.
+        i = unsafe { avx2::dequantize(src, dst, n, z, s) };
     }
     for j in i..n {
         // SAFETY: inside both rows.
-        unsafe { *dst.add(j) = quantize(*src.add(j), s, z) };
+        unsafe { *dst.add(j) = (f32::from(*src.add(j)) - z) * s };
     }
 }
 
@@ -374,14 +455,16 @@ pub(super) mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn quantize(
         src: *const f32,
+        res: Option<super::Residual>,
         dst: *mut u8,
         n: usize,
-        s: f32,
-        z: f32,
+        (s, z): (f32, f32),
     ) -> usize {
         const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         unsafe {
             let (sv, zv) = (_mm256_set1_ps(s), _mm256_set1_ps(z));
+            let (rz, rs) = res.map_or((0.0, 0.0), |r| (r.z, r.s));
+            let (rzv, rsv) = (_mm256_set1_ps(rz), _mm256_set1_ps(rs));
             let (lo, hi) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
             let recip = super::reciprocal(s, z);
             let rv = _mm256_set1_ps(recip.unwrap_or(0.0));
@@ -394,7 +477,12 @@ pub(super) mod avx2 {
             );
             let mut i = 0;
             while i + 8 <= n {
-                let x = _mm256_loadu_ps(src.add(i));
+                let mut x = _mm256_loadu_ps(src.add(i));
+                if let Some(r) = res {
+                    let b = _mm_loadl_epi64(r.row.add(i).cast());
+                    let d = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+                    x = _mm256_add_ps(x, _mm256_mul_ps(_mm256_sub_ps(d, rzv), rsv));
+                }
                 let mut q = None;
                 if recip.is_some() {
                     let p = _mm256_mul_ps(x, rv);
@@ -413,6 +501,28 @@ pub(super) mod avx2 {
                 let lo4 = _mm256_castsi256_si128(b);
                 let hi4 = _mm256_extracti128_si256::<1>(b);
                 _mm_storel_epi64(dst.add(i).cast(), _mm_unpacklo_epi32(lo4, hi4));
+                i += 8;
+            }
+            i
+        }
+    }
+
+    /// Whole vectors of [`super::kiln_row_dequantize`], 8 lanes a step.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dequantize(
+        src: *const u8,
+        dst: *mut f32,
+        n: usize,
+        z: f32,
+        s: f32,
+    ) -> usize {
+        unsafe {
+            let (zv, sv) = (_mm256_set1_ps(z), _mm256_set1_ps(s));
+            let mut i = 0;
+            while i + 8 <= n {
+                let b = _mm_loadl_epi64(src.add(i).cast());
+                let x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+                _mm256_storeu_ps(dst.add(i), _mm256_mul_ps(_mm256_sub_ps(x, zv), sv));
                 i += 8;
             }
             i
@@ -530,13 +640,15 @@ pub(super) mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn quantize(
         src: *const f32,
+        res: Option<super::Residual>,
         dst: *mut u8,
         n: usize,
-        s: f32,
-        z: f32,
+        (s, z): (f32, f32),
     ) -> usize {
         const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         let (sv, zv) = (_mm512_set1_ps(s), _mm512_set1_ps(z));
+        let (rz, rs) = res.map_or((0.0, 0.0), |r| (r.z, r.s));
+        let (rzv, rsv) = (_mm512_set1_ps(rz), _mm512_set1_ps(rs));
         let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
         let recip = super::reciprocal(s, z);
         let rv = _mm512_set1_ps(recip.unwrap_or(0.0));
@@ -545,7 +657,12 @@ pub(super) mod avx512 {
         while i + 16 <= n {
             // SAFETY: 16 elements of both rows from i.
             unsafe {
-                let x = _mm512_loadu_ps(src.add(i));
+                let mut x = _mm512_loadu_ps(src.add(i));
+                if let Some(r) = res {
+                    let b = _mm_loadu_si128(r.row.add(i).cast());
+                    let d = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
+                    x = _mm512_add_ps(x, _mm512_mul_ps(_mm512_sub_ps(d, rzv), rsv));
+                }
                 let mut q = None;
                 if recip.is_some() {
                     let p = _mm512_mul_ps(x, rv);
@@ -561,6 +678,29 @@ pub(super) mod avx512 {
                 let q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
                 let q = _mm512_cvttps_epi32(q);
                 _mm_storeu_si128(dst.add(i).cast(), _mm512_cvtepi32_epi8(q));
+            }
+            i += 16;
+        }
+        i
+    }
+
+    /// Whole vectors of [`super::kiln_row_dequantize`]; returns how many it did.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dequantize(
+        src: *const u8,
+        dst: *mut f32,
+        n: usize,
+        z: f32,
+        s: f32,
+    ) -> usize {
+        let (zv, sv) = (_mm512_set1_ps(z), _mm512_set1_ps(s));
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: 16 elements of both rows from i.
+            unsafe {
+                let b = _mm_loadu_si128(src.add(i).cast());
+                let x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
+                _mm512_storeu_ps(dst.add(i), _mm512_mul_ps(_mm512_sub_ps(x, zv), sv));
             }
             i += 16;
         }
@@ -727,7 +867,9 @@ mod tests {
             if crate::avx2_fma() {
                 got.fill(7);
                 // SAFETY: the host has AVX2; both rows hold their elements.
-                let i = unsafe { avx2::quantize(src.as_ptr(), got.as_mut_ptr(), src.len(), s, z) };
+                let i = unsafe {
+                    avx2::quantize(src.as_ptr(), None, got.as_mut_ptr(), src.len(), (s, z))
+                };
                 assert_eq!(got[..i], want[..i], "avx2: s {s} z {z}");
             }
         }
@@ -737,6 +879,80 @@ mod tests {
         assert_eq!(quantize(f32::NAN, 1.0, 0.0), 0);
         assert_eq!(quantize(1e30, 1.0, 0.0), 255);
         assert_eq!(quantize(-1e30, 1.0, 0.0), 0);
+    }
+
+    #[test]
+    fn a_residual_is_dequantized_and_added_first() {
+        let src: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        let res: Vec<u8> = (0..1000).map(|i| (i * 53 % 256) as u8).collect();
+        for (s, z, rz, rs) in [
+            (0.05f32, 3.0f32, 0.0f32, 0.016f32),
+            (0.012, 111.0, 128.0, 0.5),
+        ] {
+            let want: Vec<u8> = (src.iter().zip(&res))
+                .map(|(&x, &r)| quantize(x + (f32::from(r) - rz) * rs, s, z))
+                .collect();
+            for n in [src.len(), 9, 23] {
+                let mut got = vec![7u8; n];
+                // SAFETY: the rows hold n elements.
+                unsafe {
+                    kiln_row_quantize_res(
+                        src.as_ptr(),
+                        res.as_ptr(),
+                        got.as_mut_ptr(),
+                        n as i64,
+                        s,
+                        z,
+                        rz,
+                        rs,
+                    )
+                };
+                assert_eq!(got, want[..n], "s {s} z {z} n {n}");
+                #[cfg(target_arch = "x86_64")]
+                if crate::avx2_fma() {
+                    let r = Some(Residual {
+                        row: res.as_ptr(),
+                        z: rz,
+                        s: rs,
+                    });
+                    let mut got = vec![7u8; n];
+                    // SAFETY: the host has AVX2; the rows hold n elements.
+                    let i = unsafe { avx2::quantize(src.as_ptr(), r, got.as_mut_ptr(), n, (s, z)) };
+                    assert_eq!(got[..i], want[..i], "avx2: s {s} z {z}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_dequantize_is_the_elementwise_ops() {
+        let src: Vec<u8> = (0..1000).map(|i| (i * 37 % 256) as u8).collect();
+        for (z, s) in [
+            (0.0f32, 0.018_375_764f32),
+            (128.0, 0.5),
+            (3.0, -1e-3),
+            (0.5, 7.0),
+        ] {
+            let want: Vec<u32> = src
+                .iter()
+                .map(|&x| ((f32::from(x) - z) * s).to_bits())
+                .collect();
+            for n in [src.len(), 7, 17] {
+                let mut got = vec![f32::NAN; n];
+                // SAFETY: both rows hold n elements.
+                unsafe { kiln_row_dequantize(src.as_ptr(), got.as_mut_ptr(), n as i64, z, s) };
+                let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want[..n], "z {z} s {s}");
+                #[cfg(target_arch = "x86_64")]
+                if crate::avx2_fma() {
+                    let mut got = vec![f32::NAN; n];
+                    // SAFETY: the host has AVX2; both rows hold n elements.
+                    let i = unsafe { avx2::dequantize(src.as_ptr(), got.as_mut_ptr(), n, z, s) };
+                    let got: Vec<u32> = got[..i].iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want[..i], "avx2: z {z} s {s}");
+                }
+            }
+        }
     }
 
     #[test]
