@@ -146,6 +146,17 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
             (Op::Add, DType::F64) => "row_sum_f64",
             _ => return None,
         };
+        // A sum of squares: `cast<f64>(mul(x, x))`.
+        let (name, e) = match e {
+            Expr::Op {
+                op: Op::Mul,
+                args,
+                dtype: DType::F32,
+            } if name == "row_sum_f64" && args.len() == 2 && args[0] == args[1] => {
+                ("row_sumsq_f64", &args[0])
+            }
+            e => (name, e),
+        };
         let (buf, off) = row_load(k, e, var)?;
         if mentions(&off, &|w| w == acc) {
             return None;
@@ -650,6 +661,29 @@ mod tests {
         row_calls(&mut k);
         let out = k.to_string();
         assert!(out.contains("n=20") && out.contains("for v1"), "{out}");
+    }
+
+    #[test]
+    fn a_sum_of_squares_is_a_call() {
+        let text = |b: &str| {
+            format!(
+                "kernel @k(in x: f32[64], in y: f32[64], out o: f32[1]) {{
+  v0: f64 = 0.0:f64
+  for v1 in 0..64 {{
+    v0: f64 = add(v0, cast<f64>(mul(x[v1], {b}[v1])))
+  }}
+  o[0] = cast<f32>(v0)
+}}"
+            )
+        };
+        let mut k = crate::parse_kernel(&text("x")).unwrap();
+        row_calls(&mut k);
+        let out = k.to_string();
+        assert!(out.contains("call row_sumsq_f64(row: x[0]; n=64 init=v0)"), "{out}");
+        // A product of two rows is not a square.
+        let mut k = crate::parse_kernel(&text("y")).unwrap();
+        row_calls(&mut k);
+        assert!(!k.to_string().contains("call"), "{k}");
     }
 
     #[test]

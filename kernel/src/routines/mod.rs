@@ -137,7 +137,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 25] = [
+pub static ROUTINES: [Routine; 26] = [
     products::GEMM,
     products::QGEMM,
     products::QCONV2D,
@@ -770,6 +770,24 @@ pub static ROUTINES: [Routine; 25] = [
         call: |p, i, s| unsafe { rows::kiln_row_sum_f64(p[0].cast(), i[0], s[0]) },
         doc: "init + Σ row[i] for i < n in f64 (reassociated: within rounding of the \
               sequential sum), the loop `acc = add(acc, cast<f64>(row[i]))`",
+    },
+    Routine {
+        name: "row_sumsq_f64",
+        symbol: "kiln_row_sumsq_f64",
+        operands: &[("row", Role::Read, ir::DType::F32)],
+        replaces: None,
+        in_place: true,
+        ints: &["n"],
+        scalars: &[("init", ir::DType::F64)],
+        result: Some(ir::DType::F64),
+        cost: |i| 6.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
+        address: || rows::kiln_row_sumsq_f64 as *const u8,
+        call: |p, i, s| unsafe { rows::kiln_row_sumsq_f64(p[0].cast(), i[0], s[0]) },
+        doc: "init + Σ f64(row[i]·row[i]) for i < n, each square rounded to f32 (reassociated \
+              as row_sum_f64's), the loop `acc = add(acc, cast<f64>(mul(row[i], row[i])))`: a \
+              variance's or RMS norm's sum",
     },
     Routine {
         name: "row_exp_sub",

@@ -239,15 +239,34 @@ fn extreme<const MIN: bool>(a: f32, b: f32) -> f32 {
 /// # Safety
 /// `row` must be readable for `n` elements (`n >= 0`).
 pub unsafe extern "C" fn kiln_row_sum_f64(row: *const f32, n: i64, init: f64) -> f64 {
+    // SAFETY: forwarded.
+    unsafe { row_sum::<false>(row, n, init) }
+}
+
+/// `init + Σ f64(row[i]·row[i])` (each square rounded to f32): a variance's sum.
+///
+/// # Safety
+/// `row` must be readable for `n` elements (`n >= 0`).
+pub unsafe extern "C" fn kiln_row_sumsq_f64(row: *const f32, n: i64, init: f64) -> f64 {
+    // SAFETY: forwarded.
+    unsafe { row_sum::<true>(row, n, init) }
+}
+
+/// [`kiln_row_sum_f64`] of the elements or (`SQ`) their squares.
+///
+/// # Safety
+/// As [`kiln_row_sum_f64`].
+unsafe fn row_sum<const SQ: bool>(row: *const f32, n: i64, init: f64) -> f64 {
     let n = n.max(0) as usize;
     #[cfg(target_arch = "x86_64")]
     if crate::avx2_fma() {
         // SAFETY: the host has AVX2; forwarded.
-        return unsafe { avx2::sum(row, n, init) };
+        return unsafe { avx2::sum::<SQ>(row, n, init) };
     }
     // SAFETY: forwarded.
     let xs = unsafe { std::slice::from_raw_parts(row, n) };
-    xs.iter().fold(init, |a, &x| a + f64::from(x))
+    xs.iter()
+        .fold(init, |a, &x| a + f64::from(if SQ { x * x } else { x }))
 }
 
 /// `dst[i] = exp(src[i] - s)` for `i < n` (`dst` may be `src`).
@@ -427,14 +446,18 @@ pub(super) mod avx2 {
         }
     }
 
+    /// The row's sum in f64, of its squares (`SQ`, each rounded to f32 first) or itself.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn sum(row: *const f32, n: usize, init: f64) -> f64 {
+    pub(super) unsafe fn sum<const SQ: bool>(row: *const f32, n: usize, init: f64) -> f64 {
         unsafe {
             let mut acc = [_mm256_setzero_pd(); 4];
             let mut i = 0;
             while i + 16 <= n {
                 for (q, a) in acc.iter_mut().enumerate() {
-                    let x = _mm_loadu_ps(row.add(i + 4 * q));
+                    let mut x = _mm_loadu_ps(row.add(i + 4 * q));
+                    if SQ {
+                        x = _mm_mul_ps(x, x);
+                    }
                     *a = _mm256_add_pd(*a, _mm256_cvtps_pd(x));
                 }
                 i += 16;
@@ -444,7 +467,8 @@ pub(super) mod avx2 {
             _mm256_storeu_pd(lanes.as_mut_ptr(), s);
             let mut t = init + ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]));
             while i < n {
-                t += f64::from(*row.add(i));
+                let x = *row.add(i);
+                t += f64::from(if SQ { x * x } else { x });
                 i += 1;
             }
             t
@@ -965,6 +989,17 @@ mod tests {
             (got - want).abs() <= 1e-9 * want.abs().max(1.0),
             "{got} vs {want}"
         );
+        // The squares, each rounded to f32 before it is added.
+        let want: f64 = row.iter().map(|&x| f64::from(x * x)).sum::<f64>() + 0.5;
+        // SAFETY: the row holds its elements.
+        let got = unsafe { kiln_row_sumsq_f64(row.as_ptr(), row.len() as i64, 0.5) };
+        assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+        let wide: f64 = row
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            + 0.5;
+        assert!(wide != want && (got - wide).abs() > 1e-9 * wide.abs().min(1.0));
     }
 
     #[test]
