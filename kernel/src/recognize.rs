@@ -92,10 +92,13 @@ fn contiguous(index: &Expr, var: VarId) -> Option<Expr> {
         return None;
     };
     let off = match args.as_slice() {
-        [Expr::Var(v), off] | [off, Expr::Var(v)] if *v == var => off,
+        [Expr::Var(v), off] | [off, Expr::Var(v)] if *v == var => off.clone(),
+        // `a + (b + var)`: the offset a + b.
+        [a, b] if !mentions(a, &|w| w == var) => a.clone() + contiguous(b, var)?,
+        [b, a] if !mentions(a, &|w| w == var) => a.clone() + contiguous(b, var)?,
         _ => return None,
     };
-    (!mentions(off, &|w| w == var)).then(|| off.clone())
+    (!mentions(&off, &|w| w == var)).then_some(off)
 }
 
 /// The f32 buffer and offset of a load along the row of loop `var`.
@@ -181,6 +184,9 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
     }
     let doff = contiguous(index, var)?;
     if let Some(c) = dequantize_call(k, var, extent, (dst, &doff), value) {
+        return Some(c);
+    }
+    if let Some(c) = qdq_call(k, var, extent, (dst, &doff), value) {
         return Some(c);
     }
     let Expr::Op {
@@ -317,6 +323,126 @@ fn quantize_call(
     })))
 }
 
+/// `dst[i] = mul(sub(cast<f32>(cast<u8|i8>(add(round(div(src[i], s)), z))), z), d)` along a
+/// row — a quantize-dequantize pair of constants (without `+ z` and `− z` for a zero point
+/// of 0, without `· d` for 1; a division by 2^e as the product by 2^-e it was simplified to)
+/// — as `call row_qdq`. Only pairs the routine computes as these ops do: a positive finite
+/// scale, an integer zero point in the type's range, a finite `d`.
+fn qdq_call(
+    k: &Kernel,
+    var: VarId,
+    extent: &Expr,
+    (dst, doff): (usize, &Expr),
+    value: &Expr,
+) -> Option<Stmt> {
+    let op2 = |e: &'_ Expr, want: Op| -> Option<(Expr, Expr)> {
+        match e {
+            Expr::Op {
+                op,
+                args,
+                dtype: DType::F32,
+            } if *op == want && args.len() == 2 => Some((args[0].clone(), args[1].clone())),
+            _ => None,
+        }
+    };
+    let constant = |e: &Expr| match e {
+        Expr::Float(c, DType::F32) => Some(*c as f32),
+        _ => None,
+    };
+    let (e, d) = match op2(value, Op::Mul) {
+        Some((e, d)) => (e, constant(&d)?),
+        None => (value.clone(), 1.0),
+    };
+    let (e, z_out) = match op2(&e, Op::Sub) {
+        Some((e, z)) => (e, constant(&z)?),
+        None => (e, 0.0),
+    };
+    let Expr::Op {
+        op: Op::Cast { .. },
+        args,
+        dtype: DType::F32,
+    } = &e
+    else {
+        return None;
+    };
+    let [Expr::Op {
+        op: Op::Cast { .. },
+        args,
+        dtype: q @ (DType::U8 | DType::I8),
+    }] = args.as_slice()
+    else {
+        return None;
+    };
+    let (lo, hi) = if *q == DType::U8 {
+        (0.0, 255.0)
+    } else {
+        (-128.0, 127.0)
+    };
+    let [e] = args.as_slice() else {
+        return None;
+    };
+    let (e, z) = match op2(e, Op::Add) {
+        Some((e, z)) => (e, constant(&z)?),
+        None => (e.clone(), 0.0),
+    };
+    let Expr::Op {
+        op: Op::Round,
+        args,
+        dtype: DType::F32,
+    } = &e
+    else {
+        return None;
+    };
+    let [e] = args.as_slice() else {
+        return None;
+    };
+    let (x, s) = match (op2(e, Op::Div), op2(e, Op::Mul)) {
+        (Some((x, s)), _) => (x, constant(&s)?),
+        // x·2^-e is x / 2^e exactly.
+        (_, Some((x, c))) => {
+            let c = constant(&c)?;
+            let s = 1.0 / c;
+            (c.is_normal() && s.is_normal() && (s.to_bits() & 0x007f_ffff) == 0)
+                .then_some((x, s))?
+        }
+        _ => return None,
+    };
+    let fits = s > 0.0
+        && s.is_finite()
+        && z == z_out
+        && z.fract() == 0.0
+        && (lo..=hi).contains(&z)
+        && d.is_finite();
+    if !fits {
+        return None;
+    }
+    let f = |v: f32| Expr::Float(f64::from(v), DType::F32);
+    // The row, or the row scaled by one value (softmax's `e · recip(sum)`).
+    let uniform = |e: &Expr| {
+        well_formed(k, e)
+            && e.dtype(k) == DType::F32
+            && !mentions(e, &|w| w == var)
+            && !e.loads(dst)
+    };
+    let ((src, soff), m) = match (row_load(k, &x, var), op2(&x, Op::Mul)) {
+        (Some(row), _) => (row, f(1.0)),
+        (None, Some((a, m))) if uniform(&m) => (row_load(k, &a, var)?, m),
+        (None, Some((m, a))) if uniform(&m) => (row_load(k, &a, var)?, m),
+        _ => return None,
+    };
+    // In place, or apart (distinct buffers never overlap).
+    if src == dst && soff != *doff {
+        return None;
+    }
+    Some(Stmt::Call(Box::new(Call {
+        routine: "row_qdq".into(),
+        operands: vec![Some((src, soff)), Some((dst, doff.clone()))],
+        ints: vec![extent.clone()],
+        scalars: vec![m, f(s), f(z), f(lo), f(hi), f(d)],
+        result: None,
+    })))
+}
+
 /// `dst[i] = mul(sub(cast<f32>(src[i]), z), s)` (or without the subtraction; either order
 /// of the product) along a row of u8 `src` as `call row_dequantize`.
 fn dequantize_call(
@@ -420,7 +546,12 @@ fn rewrite(k: &Kernel, body: &mut [Stmt]) {
 
 /// Routines of elementwise rows that one call over consecutive rows computes as well as a
 /// call a row.
-const ROWWISE: &[&str] = &["row_quantize", "row_quantize_res", "row_dequantize"];
+const ROWWISE: &[&str] = &[
+    "row_quantize",
+    "row_quantize_res",
+    "row_dequantize",
+    "row_qdq",
+];
 
 /// Routines folding a row into their result from an initial value (their one scalar) in an
 /// order that does not change it: a loop carrying the result from row to row folds the rows
@@ -663,6 +794,64 @@ mod tests {
         assert!(out.contains("n=20") && out.contains("for v1"), "{out}");
     }
 
+    /// The kernel `text` after `row-calls`, printed.
+    fn row_calls_of(text: &str) -> String {
+        let mut k = crate::parse_kernel(text).unwrap();
+        row_calls(&mut k);
+        k.to_string()
+    }
+
+    #[test]
+    fn a_quantize_dequantize_pair_is_a_call() {
+        let text = |value: &str| {
+            format!(
+                "kernel @k(in x: f32[256], out o: f32[256]) {{
+  for v0 in 0..2 parallel {{
+    for v1 in 0..2 {{
+      for v2 in 0..64 vector(4) {{
+        o[((((v0 * 2) + v1) * 64) + v2)] = {value}
+      }}
+    }}
+  }}
+}}"
+            )
+        };
+        let x = "x[((((v0 * 64) + 0) * 2) + ((v1 * 64) + v2))]";
+        let pair = format!("mul(sub(cast<f32>(cast<u8>(add(round(div({x}, 0.5:f32)), 138.0:f32))), 138.0:f32), 0.5:f32)");
+        let out = row_calls_of(&text(&pair));
+        // Both rows of 64 consecutive in source and destination: one call each v0.
+        assert!(
+            out.contains("call row_qdq(") && out.contains("n=128"),
+            "{out}"
+        );
+        assert!(
+            out.contains("m=1.0:f32 s=0.5:f32 z=138.0:f32 lo=0.0:f32 hi=255.0:f32 d=0.5:f32"),
+            "{out}"
+        );
+        // Signed, no zero point, no dequantizer scale, a division by 4 as a product.
+        let pair = format!("cast<f32>(cast<i8>(round(mul({x}, 0.25:f32))))");
+        let out = row_calls_of(&text(&pair));
+        assert!(
+            out.contains("s=4.0:f32 z=0.0:f32 lo=-128.0:f32 hi=127.0:f32 d=1.0:f32"),
+            "{out}"
+        );
+        // Of the row scaled by a value of the outer loops.
+        let pair = format!("cast<f32>(cast<u8>(round(div(mul({x}, recip(x[v0])), 0.5:f32))))");
+        let out = row_calls_of(&text(&pair));
+        assert!(
+            out.contains("call row_qdq(") && out.contains("m=recip(x[v0])"),
+            "{out}"
+        );
+        // Zero points that differ, a product by 3 (no exact division), are not pairs.
+        for value in [
+            format!("sub(cast<f32>(cast<u8>(add(round(div({x}, 0.5:f32)), 3.0:f32))), 4.0:f32)"),
+            format!("cast<f32>(cast<u8>(round(mul({x}, 3.0:f32))))"),
+        ] {
+            let out = row_calls_of(&text(&value));
+            assert!(!out.contains("call"), "{out}");
+        }
+    }
+
     #[test]
     fn a_sum_of_squares_is_a_call() {
         let text = |b: &str| {
@@ -679,7 +868,10 @@ mod tests {
         let mut k = crate::parse_kernel(&text("x")).unwrap();
         row_calls(&mut k);
         let out = k.to_string();
-        assert!(out.contains("call row_sumsq_f64(row: x[0]; n=64 init=v0)"), "{out}");
+        assert!(
+            out.contains("call row_sumsq_f64(row: x[0]; n=64 init=v0)"),
+            "{out}"
+        );
         // A product of two rows is not a square.
         let mut k = crate::parse_kernel(&text("y")).unwrap();
         row_calls(&mut k);

@@ -7,7 +7,11 @@
 //! - `transpose-transpose`, `reshape-reshape`, `broadcast-broadcast`: a chain becomes one op;
 //! - `sink-broadcast`: an elementwise op whose operands are all broadcast the same way from
 //!   operands of one type computes on the small operands and broadcasts the result
-//!   (`exp(broadcast(x))` → `broadcast(exp(x))`), so broadcasts sit just before their uses.
+//!   (`exp(broadcast(x))` → `broadcast(exp(x))`), so broadcasts sit just before their uses;
+//! - `hoist-splat-math`: an elementwise op of a transpose or reshape whose other operands are
+//!   scalars broadcast computes before the movement (`q(transpose(x))` → `transpose(q(x))`),
+//!   so per-tensor math — a QDQ pair after attention's head split — meets the product that
+//!   made `x` and fuses into its epilogue.
 
 use ir::{Builder, Node, Op, Value};
 
@@ -23,6 +27,7 @@ pub(crate) const RULES: &[(&str, Rule)] = &[
     ("reshape-reshape", reshape_reshape),
     ("broadcast-broadcast", broadcast_broadcast),
     ("sink-broadcast", sink_broadcast),
+    ("hoist-splat-math", hoist_splat_math),
 ];
 
 pub(crate) fn run(g: &ir::Graph, _: &Options) -> R<ir::Graph> {
@@ -177,4 +182,39 @@ fn sink_broadcast(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Option<Va
     let small = b.op1(node.op().clone(), &srcs).map_err(err)?;
     let op = Op::Broadcast { dims, shape };
     b.op1(op, &[small]).map(Some).map_err(err)
+}
+
+fn hoist_splat_math(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Option<Value>> {
+    if !node.op().is_elementwise() || inputs.is_empty() {
+        return Ok(None);
+    }
+    let movement = producer(b, inputs[0]).clone();
+    if !matches!(movement, Op::Transpose { .. } | Op::Reshape { .. }) {
+        return Ok(None);
+    }
+    let x = operand(b, inputs[0]);
+    let shape = b.ty(x).shape.clone();
+    let mut args = vec![x];
+    for &v in &inputs[1..] {
+        // A scalar broadcast, broadcast again to the operand's shape.
+        let Op::Broadcast { dims, .. } = producer(b, v) else {
+            return Ok(None);
+        };
+        if !dims.is_empty() {
+            return Ok(None);
+        }
+        let scalar = operand(b, v);
+        let op = Op::Broadcast {
+            dims: vec![],
+            shape: shape.clone(),
+        };
+        args.push(b.op1(op, &[scalar]).map_err(err)?);
+    }
+    let mut moved = b.op1(node.op().clone(), &args).map_err(err)?;
+    // On up through a chain of movements (a head split's reshape before its transpose).
+    let new = b.graph().node(moved.node).clone();
+    if let Some(higher) = hoist_splat_math(b, &new, new.inputs())? {
+        moved = higher;
+    }
+    b.op1(movement, &[moved]).map(Some).map_err(err)
 }

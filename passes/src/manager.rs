@@ -86,7 +86,8 @@ pub static PASSES: &[Pass] = &[
     },
     Pass {
         name: "canonicalize",
-        summary: "identities, transpose/reshape/broadcast chains, broadcasts sunk below math",
+        summary: "identities, transpose/reshape/broadcast chains, broadcasts sunk below math, \
+                  math by scalars hoisted above transposes and reshapes",
         run: |g, o| crate::canon::run(g, o).map(Done::from),
     },
     Pass {

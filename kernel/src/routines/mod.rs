@@ -137,7 +137,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 26] = [
+pub static ROUTINES: [Routine; 27] = [
     products::GEMM,
     products::QGEMM,
     products::QCONV2D,
@@ -729,6 +729,39 @@ pub static ROUTINES: [Routine; 26] = [
         doc: "dst[i] = u8(round((src[i] + (f32(res[i]) - rz) * rs) / s) + z) for i < n, every \
               step rounded to f32 as `row_quantize`'s: a quantizer of a sum with a dequantized \
               u8 residual (QDQ models' residual adds), rz 0 without its subtraction",
+    },
+    Routine {
+        name: "row_qdq",
+        symbol: "kiln_row_qdq",
+        operands: &[
+            ("src", Role::Read, ir::DType::F32),
+            ("dst", Role::Write, ir::DType::F32),
+        ],
+        replaces: None,
+        in_place: true,
+        ints: &["n"],
+        scalars: &[
+            ("m", ir::DType::F32),
+            ("s", ir::DType::F32),
+            ("z", ir::DType::F32),
+            ("lo", ir::DType::F32),
+            ("hi", ir::DType::F32),
+            ("d", ir::DType::F32),
+        ],
+        result: None,
+        cost: |i| 3.0 * i[0],
+        extent: |_, i| i.first().cloned(),
+        bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
+        address: || rows::kiln_row_qdq as *const u8,
+        call: |p, i, s| unsafe {
+            let [m, s, z, lo, hi, d] = [s[0], s[1], s[2], s[3], s[4], s[5]].map(|v| v as f32);
+            rows::kiln_row_qdq(p[0].cast(), p[1].cast(), i[0], m, s, z, lo, hi, d);
+            0.0
+        },
+        doc: "dst[i] = (sat(round(src[i] * m / s) + z) - z) * d for i < n, saturating to \
+              lo..=hi (NaN 0), every step rounded to f32 (dst may be src): a \
+              quantize-dequantize pair's loop (of a row scaled by m: softmax's last pass), the \
+              epilogues' scale and pair",
     },
     Routine {
         name: "row_dequantize",

@@ -298,6 +298,19 @@ pub unsafe extern "C" fn kiln_row_exp_sub(src: *const f32, dst: *mut f32, n: i64
 /// # Safety
 /// `src` readable and `dst` writable for `n` elements; they are the same or do not overlap.
 pub unsafe extern "C" fn kiln_row_act(src: *const f32, dst: *mut f32, n: i64, act: i64) {
+    let e = super::epilogue::Epilogue {
+        act: super::epilogue::Act::of(act),
+        ..super::epilogue::Epilogue::NONE
+    };
+    // SAFETY: forwarded; no per-row or per-column operands.
+    unsafe { epilogue_row(src, dst, n, &e) };
+}
+
+/// `dst = e(src)` along one row of `n`: copied (unless in place), then the epilogue.
+///
+/// # Safety
+/// As [`kiln_row_act`]; `e`'s operands hold one row's (a scale: one value).
+unsafe fn epilogue_row(src: *const f32, dst: *mut f32, n: i64, e: &super::epilogue::Epilogue) {
     let n = n.max(0) as usize;
     if n == 0 {
         return;
@@ -306,12 +319,35 @@ pub unsafe extern "C" fn kiln_row_act(src: *const f32, dst: *mut f32, n: i64, ac
         // SAFETY: forwarded; distinct rows do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
     }
+    // SAFETY: one row of n elements at dst.
+    unsafe { e.block(dst, n, 1, n) };
+}
+
+/// `dst[i] = (sat(round(src[i]·m / s) + z) − z)·d` for `i < n`: a quantize-dequantize pair
+/// (`lo..=hi` the quantized type's range, NaN 0) of the row scaled by `m`, computed as the
+/// epilogues' scale and pairs are — the elementwise ops' bits — 16 or 8 lanes at a time.
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` elements; they are the same or do not overlap.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_row_qdq(
+    src: *const f32,
+    dst: *mut f32,
+    n: i64,
+    m: f32,
+    s: f32,
+    z: f32,
+    lo: f32,
+    hi: f32,
+    d: f32,
+) {
     let e = super::epilogue::Epilogue {
-        act: super::epilogue::Act::of(act),
+        scale: &m,
+        post: super::epilogue::Quant::of([s, z, lo, hi, d]),
         ..super::epilogue::Epilogue::NONE
     };
-    // SAFETY: one row of n elements at dst, no per-row or per-column operands.
-    unsafe { e.block(dst, n, 1, n) };
+    // SAFETY: forwarded; the row's scale is `m`.
+    unsafe { epilogue_row(src, dst, n, &e) };
 }
 
 /// IEEE `maximum`: NaN if either is NaN, +0 above -0.
@@ -945,6 +981,54 @@ mod tests {
                     assert_eq!(got[..i], want[..i], "avx2: s {s} z {z}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn row_qdq_is_the_elementwise_ops() {
+        let mut src: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.0137).collect();
+        src.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            1e30,
+            0.0125,
+        ]);
+        for (s, z, lo, hi, d) in [
+            (0.0125f32, 136.0f32, 0.0f32, 255.0f32, 0.0125f32),
+            (0.05, 0.0, -128.0, 127.0, 1.0),
+        ] {
+            let want: Vec<u32> = src
+                .iter()
+                .map(|&x| {
+                    // cast<u8|i8> truncates and saturates (NaN 0), as the JIT's conversion.
+                    let q = (x * 0.75 / s).round_ties_even() + z;
+                    let q = if q.is_nan() {
+                        0.0
+                    } else {
+                        q.clamp(lo, hi).trunc()
+                    };
+                    ((q - z) * d).to_bits()
+                })
+                .collect();
+            let mut got = vec![f32::NAN; src.len()];
+            // SAFETY: both rows hold their elements.
+            unsafe {
+                kiln_row_qdq(
+                    src.as_ptr(),
+                    got.as_mut_ptr(),
+                    src.len() as i64,
+                    0.75,
+                    s,
+                    z,
+                    lo,
+                    hi,
+                    d,
+                )
+            };
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "s {s} z {z}");
         }
     }
 
