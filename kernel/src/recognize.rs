@@ -323,11 +323,12 @@ fn quantize_call(
     })))
 }
 
-/// `dst[i] = mul(sub(cast<f32>(cast<u8|i8>(add(round(div(src[i], s)), z))), z), d)` along a
-/// row — a quantize-dequantize pair of constants (without `+ z` and `− z` for a zero point
-/// of 0, without `· d` for 1; a division by 2^e as the product by 2^-e it was simplified to)
-/// — as `call row_qdq`. Only pairs the routine computes as these ops do: a positive finite
-/// scale, an integer zero point in the type's range, a finite `d`.
+/// `dst[i] = mul(sub(cast<f32>(cast<u8|i8>(add(round(div(src[i], s)), z))), zo), d)` along
+/// a row — a quantize-dequantize pair (without `+ z`, `− zo` or `· d` where they are 0, 0
+/// and 1; a division by 2^e as the product by 2^-e it was simplified to; the zero point taken
+/// off in integers, `cast<f32>(sub(cast<i32>(q), cast<i32>(cast<u8|i8>(zo))))`, as a dynamic
+/// quantizer's feeding an exact f32 product) of the row or the row scaled by one value — as
+/// `call row_qdq`, which computes every such pair as these ops do.
 fn qdq_call(
     k: &Kernel,
     var: VarId,
@@ -335,96 +336,94 @@ fn qdq_call(
     (dst, doff): (usize, &Expr),
     value: &Expr,
 ) -> Option<Stmt> {
-    let op2 = |e: &'_ Expr, want: Op| -> Option<(Expr, Expr)> {
+    let op2 = |e: &'_ Expr, want: Op, dtype: DType| -> Option<(Expr, Expr)> {
         match e {
-            Expr::Op {
-                op,
-                args,
-                dtype: DType::F32,
-            } if *op == want && args.len() == 2 => Some((args[0].clone(), args[1].clone())),
+            Expr::Op { op, args, dtype: t } if *op == want && *t == dtype && args.len() == 2 => {
+                Some((args[0].clone(), args[1].clone()))
+            }
             _ => None,
         }
     };
-    let constant = |e: &Expr| match e {
-        Expr::Float(c, DType::F32) => Some(*c as f32),
-        _ => None,
-    };
-    let (e, d) = match op2(value, Op::Mul) {
-        Some((e, d)) => (e, constant(&d)?),
-        None => (value.clone(), 1.0),
-    };
-    let (e, z_out) = match op2(&e, Op::Sub) {
-        Some((e, z)) => (e, constant(&z)?),
-        None => (e, 0.0),
-    };
-    let Expr::Op {
-        op: Op::Cast { .. },
-        args,
-        dtype: DType::F32,
-    } = &e
-    else {
-        return None;
-    };
-    let [Expr::Op {
-        op: Op::Cast { .. },
-        args,
-        dtype: q @ (DType::U8 | DType::I8),
-    }] = args.as_slice()
-    else {
-        return None;
-    };
-    let (lo, hi) = if *q == DType::U8 {
-        (0.0, 255.0)
-    } else {
-        (-128.0, 127.0)
-    };
-    let [e] = args.as_slice() else {
-        return None;
-    };
-    let (e, z) = match op2(e, Op::Add) {
-        Some((e, z)) => (e, constant(&z)?),
-        None => (e.clone(), 0.0),
-    };
-    let Expr::Op {
-        op: Op::Round,
-        args,
-        dtype: DType::F32,
-    } = &e
-    else {
-        return None;
-    };
-    let [e] = args.as_slice() else {
-        return None;
-    };
-    let (x, s) = match (op2(e, Op::Div), op2(e, Op::Mul)) {
-        (Some((x, s)), _) => (x, constant(&s)?),
-        // x·2^-e is x / 2^e exactly.
-        (_, Some((x, c))) => {
-            let c = constant(&c)?;
-            let s = 1.0 / c;
-            (c.is_normal() && s.is_normal() && (s.to_bits() & 0x007f_ffff) == 0)
-                .then_some((x, s))?
+    let cast_of = |e: &Expr, dtype: DType| -> Option<Expr> {
+        match e {
+            Expr::Op {
+                op: Op::Cast { .. },
+                args,
+                dtype: t,
+            } if *t == dtype && args.len() == 1 => Some(args[0].clone()),
+            _ => None,
         }
-        _ => return None,
     };
-    let fits = s > 0.0
-        && s.is_finite()
-        && z == z_out
-        && z.fract() == 0.0
-        && (lo..=hi).contains(&z)
-        && d.is_finite();
-    if !fits {
-        return None;
-    }
-    let f = |v: f32| Expr::Float(f64::from(v), DType::F32);
-    // The row, or the row scaled by one value (softmax's `e · recip(sum)`).
     let uniform = |e: &Expr| {
         well_formed(k, e)
             && e.dtype(k) == DType::F32
             && !mentions(e, &|w| w == var)
             && !e.loads(dst)
     };
-    let ((src, soff), m) = match (row_load(k, &x, var), op2(&x, Op::Mul)) {
+    let f = |v: f32| Expr::Float(f64::from(v), DType::F32);
+    let (e, d) = match op2(value, Op::Mul, DType::F32) {
+        Some((e, d)) if uniform(&d) => (e, d),
+        _ => (value.clone(), f(1.0)),
+    };
+    let (e, zo) = match op2(&e, Op::Sub, DType::F32) {
+        Some((e, zo)) if uniform(&zo) => (e, Some(zo)),
+        _ => (e, None),
+    };
+    let inner = cast_of(&e, DType::F32)?;
+    // The quantized value q = cast<u8|i8>(a), and what is taken off it.
+    let (q, zo) = match (op2(&inner, Op::Sub, DType::I32), zo) {
+        (Some((q, z2)), None) => {
+            let q = cast_of(&q, DType::I32)?;
+            let z2 = cast_of(&z2, DType::I32)?;
+            let dtype = z2.dtype(k);
+            if !uniform(&cast_of(&z2, dtype)?) || !matches!(dtype, DType::U8 | DType::I8) {
+                return None;
+            }
+            // cast<f32>(z2) as the outer conversion converts (u8/i8 to f32: exact).
+            let Expr::Op { op, .. } = &e else {
+                return None;
+            };
+            let back = Expr::Op {
+                op: op.clone(),
+                args: vec![z2],
+                dtype: DType::F32,
+            };
+            (q, back)
+        }
+        (_, zo) => (inner, zo.unwrap_or(f(0.0))),
+    };
+    let (a, (lo, hi)) = match (cast_of(&q, DType::U8), cast_of(&q, DType::I8)) {
+        (Some(a), _) => (a, (0.0, 255.0)),
+        (_, Some(a)) => (a, (-128.0, 127.0)),
+        _ => return None,
+    };
+    let (r, z) = match op2(&a, Op::Add, DType::F32) {
+        Some((r, z)) if uniform(&z) => (r, z),
+        _ => (a, f(0.0)),
+    };
+    let Expr::Op {
+        op: Op::Round,
+        args,
+        dtype: DType::F32,
+    } = &r
+    else {
+        return None;
+    };
+    let [e] = args.as_slice() else {
+        return None;
+    };
+    let (x, s) = match (op2(e, Op::Div, DType::F32), op2(e, Op::Mul, DType::F32)) {
+        (Some((x, s)), _) if uniform(&s) => (x, s),
+        // x·2^-e is x / 2^e exactly.
+        (_, Some((x, Expr::Float(c, DType::F32)))) => {
+            let s = 1.0 / c as f32;
+            let exact = (c as f32).is_normal() && s.is_normal() && s.to_bits() & 0x007f_ffff == 0;
+            exact.then_some((x, f(s)))?
+        }
+        _ => return None,
+    };
+    // The row, or the row scaled by one value (softmax's `e · recip(sum)`).
+    let ((src, soff), m) = match (row_load(k, &x, var), op2(&x, Op::Mul, DType::F32)) {
         (Some(row), _) => (row, f(1.0)),
         (None, Some((a, m))) if uniform(&m) => (row_load(k, &a, var)?, m),
         (None, Some((m, a))) if uniform(&m) => (row_load(k, &a, var)?, m),
@@ -438,7 +437,7 @@ fn qdq_call(
         routine: "row_qdq".into(),
         operands: vec![Some((src, soff)), Some((dst, doff.clone()))],
         ints: vec![extent.clone()],
-        scalars: vec![m, f(s), f(z), f(lo), f(hi), f(d)],
+        scalars: vec![m, s, z, zo, f(lo), f(hi), d],
         result: None,
     })))
 }
@@ -825,14 +824,16 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("m=1.0:f32 s=0.5:f32 z=138.0:f32 lo=0.0:f32 hi=255.0:f32 d=0.5:f32"),
+            out.contains(
+                "m=1.0:f32 s=0.5:f32 z=138.0:f32 zo=138.0:f32 lo=0.0:f32 hi=255.0:f32 d=0.5:f32"
+            ),
             "{out}"
         );
         // Signed, no zero point, no dequantizer scale, a division by 4 as a product.
         let pair = format!("cast<f32>(cast<i8>(round(mul({x}, 0.25:f32))))");
         let out = row_calls_of(&text(&pair));
         assert!(
-            out.contains("s=4.0:f32 z=0.0:f32 lo=-128.0:f32 hi=127.0:f32 d=1.0:f32"),
+            out.contains("s=4.0:f32 z=0.0:f32 zo=0.0:f32 lo=-128.0:f32 hi=127.0:f32 d=1.0:f32"),
             "{out}"
         );
         // Of the row scaled by a value of the outer loops.
@@ -842,14 +843,22 @@ mod tests {
             out.contains("call row_qdq(") && out.contains("m=recip(x[v0])"),
             "{out}"
         );
-        // Zero points that differ, a product by 3 (no exact division), are not pairs.
-        for value in [
-            format!("sub(cast<f32>(cast<u8>(add(round(div({x}, 0.5:f32)), 3.0:f32))), 4.0:f32)"),
-            format!("cast<f32>(cast<u8>(round(mul({x}, 3.0:f32))))"),
-        ] {
-            let out = row_calls_of(&text(&value));
-            assert!(!out.contains("call"), "{out}");
-        }
+        // Zero points that differ (the routine takes both); the zero point taken off in
+        // integers, as a dynamic quantizer's before an exact f32 product.
+        let pair =
+            format!("sub(cast<f32>(cast<u8>(add(round(div({x}, 0.5:f32)), 3.0:f32))), 4.0:f32)");
+        let out = row_calls_of(&text(&pair));
+        assert!(out.contains("z=3.0:f32 zo=4.0:f32"), "{out}");
+        let pair = format!("cast<f32>(sub(cast<i32>(cast<u8>(add(round(div({x}, x[v0])), x[1]))), cast<i32>(cast<u8>(x[1]))))");
+        let out = row_calls_of(&text(&pair));
+        assert!(
+            out.contains("s=x[v0] z=x[1] zo=cast<f32>(cast<u8>(x[1]))"),
+            "{out}"
+        );
+        // A product by 3 is no exact division.
+        let value = format!("cast<f32>(cast<u8>(round(mul({x}, 3.0:f32))))");
+        let out = row_calls_of(&text(&value));
+        assert!(!out.contains("call"), "{out}");
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! - `hoist-splat-math`: an elementwise op of a transpose or reshape whose other operands are
 //!   scalars broadcast computes before the movement (`q(transpose(x))` → `transpose(q(x))`),
 //!   so per-tensor math — a QDQ pair after attention's head split — meets the product that
-//!   made `x` and fuses into its epilogue.
+//!   made `x` and fuses into its epilogue;
+//! - `extreme-of-all`: the minimum or maximum of every element of a transpose or reshape is
+//!   that of its operand's elements, read in their own order (a dynamic quantizer's range
+//!   of attention's merged heads).
 
 use ir::{Builder, Node, Op, Value};
 
@@ -28,6 +31,7 @@ pub(crate) const RULES: &[(&str, Rule)] = &[
     ("broadcast-broadcast", broadcast_broadcast),
     ("sink-broadcast", sink_broadcast),
     ("hoist-splat-math", hoist_splat_math),
+    ("extreme-of-all", extreme_of_all),
 ];
 
 pub(crate) fn run(g: &ir::Graph, _: &Options) -> R<ir::Graph> {
@@ -217,4 +221,31 @@ fn hoist_splat_math(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Option<
         moved = higher;
     }
     b.op1(movement, &[moved]).map(Some).map_err(err)
+}
+
+fn extreme_of_all(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Option<Value>> {
+    let (Op::ReduceMin { axes } | Op::ReduceMax { axes }) = node.op() else {
+        return Ok(None);
+    };
+    let [x] = inputs else {
+        return Ok(None);
+    };
+    let rank = b.ty(*x).shape.rank() as i64;
+    let mut sorted = axes.clone();
+    sorted.sort_unstable();
+    let every = sorted == (0..rank).collect::<Vec<i64>>();
+    if !every || !matches!(producer(b, *x), Op::Transpose { .. } | Op::Reshape { .. }) {
+        return Ok(None);
+    }
+    // Down through every movement (min and max are exact in any order).
+    let mut src = operand(b, *x);
+    while matches!(producer(b, src), Op::Transpose { .. } | Op::Reshape { .. }) {
+        src = operand(b, src);
+    }
+    let all: Vec<i64> = (0..b.ty(src).shape.rank() as i64).collect();
+    let op = match node.op() {
+        Op::ReduceMin { .. } => Op::ReduceMin { axes: all },
+        _ => Op::ReduceMax { axes: all },
+    };
+    b.op1(op, &[src]).map(Some).map_err(err)
 }

@@ -744,6 +744,7 @@ pub static ROUTINES: [Routine; 27] = [
             ("m", ir::DType::F32),
             ("s", ir::DType::F32),
             ("z", ir::DType::F32),
+            ("zo", ir::DType::F32),
             ("lo", ir::DType::F32),
             ("hi", ir::DType::F32),
             ("d", ir::DType::F32),
@@ -754,14 +755,16 @@ pub static ROUTINES: [Routine; 27] = [
         bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
         address: || rows::kiln_row_qdq as *const u8,
         call: |p, i, s| unsafe {
-            let [m, s, z, lo, hi, d] = [s[0], s[1], s[2], s[3], s[4], s[5]].map(|v| v as f32);
-            rows::kiln_row_qdq(p[0].cast(), p[1].cast(), i[0], m, s, z, lo, hi, d);
+            let [m, s, z, zo, lo, hi, d] =
+                [s[0], s[1], s[2], s[3], s[4], s[5], s[6]].map(|v| v as f32);
+            rows::kiln_row_qdq(p[0].cast(), p[1].cast(), i[0], m, s, z, zo, lo, hi, d);
             0.0
         },
-        doc: "dst[i] = (sat(round(src[i] * m / s) + z) - z) * d for i < n, saturating to \
-              lo..=hi (NaN 0), every step rounded to f32 (dst may be src): a \
-              quantize-dequantize pair's loop (of a row scaled by m: softmax's last pass), the \
-              epilogues' scale and pair",
+        doc: "dst[i] = (q(round(src[i] * m / s) + z) - zo) * d for i < n, q the conversion to \
+              the integers lo..=hi and back as the JIT converts (NaN 0, saturating, \
+              truncating), every step rounded to f32 (dst may be src): a quantize-dequantize \
+              pair's loop of any scale and zero points, of a row scaled by m (softmax's last \
+              pass)",
     },
     Routine {
         name: "row_dequantize",

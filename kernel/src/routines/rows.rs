@@ -323,9 +323,11 @@ unsafe fn epilogue_row(src: *const f32, dst: *mut f32, n: i64, e: &super::epilog
     unsafe { e.block(dst, n, 1, n) };
 }
 
-/// `dst[i] = (sat(round(src[i]·m / s) + z) − z)·d` for `i < n`: a quantize-dequantize pair
-/// (`lo..=hi` the quantized type's range, NaN 0) of the row scaled by `m`, computed as the
-/// epilogues' scale and pairs are — the elementwise ops' bits — 16 or 8 lanes at a time.
+/// `dst[i] = (q(round(src[i]·m / s) + z) − zo)·d` for `i < n`, `q` a conversion to the
+/// integers `lo..=hi` as the JIT converts (NaN 0, saturating, truncating toward zero) and
+/// back: a quantize-dequantize pair of any scale and zero points (`zo` the one subtracted:
+/// a dequantizer's, or a dynamic quantizer's zero point taken off in integers), of the row
+/// scaled by `m` — each step rounded to f32 as the loop's ops are, 16 or 8 lanes at a time.
 ///
 /// # Safety
 /// `src` readable and `dst` writable for `n` elements; they are the same or do not overlap.
@@ -337,17 +339,59 @@ pub unsafe extern "C" fn kiln_row_qdq(
     m: f32,
     s: f32,
     z: f32,
+    zo: f32,
     lo: f32,
     hi: f32,
     d: f32,
 ) {
-    let e = super::epilogue::Epilogue {
-        scale: &m,
-        post: super::epilogue::Quant::of([s, z, lo, hi, d]),
-        ..super::epilogue::Epilogue::NONE
+    let n = n.max(0) as usize;
+    let p = Pair {
+        m,
+        s,
+        z,
+        zo,
+        lo,
+        hi,
+        d,
     };
-    // SAFETY: forwarded; the row's scale is `m`.
-    unsafe { epilogue_row(src, dst, n, &e) };
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512() {
+        // SAFETY: the host has AVX-512; forwarded.
+        i = unsafe { avx512::qdq(src, dst, n, &p) };
+    } else if crate::avx2_fma() {
+        // SAFETY: the host has AVX2; forwarded.
+        i = unsafe { avx2::qdq(src, dst, n, &p) };
+    }
+    for j in i..n {
+        // SAFETY: inside both rows (an element is read before it is written).
+        unsafe { *dst.add(j) = p.one(*src.add(j)) };
+    }
+}
+
+/// The operands of [`kiln_row_qdq`].
+pub(super) struct Pair {
+    m: f32,
+    s: f32,
+    z: f32,
+    zo: f32,
+    lo: f32,
+    hi: f32,
+    d: f32,
+}
+
+impl Pair {
+    /// One element.
+    fn one(&self, x: f32) -> f32 {
+        let t = (x * self.m / self.s).round_ties_even() + self.z;
+        // The conversion's integer back as f32: +0 for NaN and for (−1, 0).
+        let c = if t.is_nan() {
+            0.0
+        } else {
+            t.clamp(self.lo, self.hi).trunc() + 0.0
+        };
+        (c - self.zo) * self.d
+    }
 }
 
 /// IEEE `maximum`: NaN if either is NaN, +0 above -0.
@@ -567,6 +611,32 @@ pub(super) mod avx2 {
         }
     }
 
+    /// Whole vectors of [`super::kiln_row_qdq`], 8 lanes a step.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn qdq(src: *const f32, dst: *mut f32, n: usize, p: &super::Pair) -> usize {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        const TO_ZERO: i32 = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+        unsafe {
+            let [m, s, z, zo, lo, hi, d] =
+                [p.m, p.s, p.z, p.zo, p.lo, p.hi, p.d].map(|v| _mm256_set1_ps(v));
+            let zero = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 8 <= n {
+                let x = _mm256_mul_ps(_mm256_loadu_ps(src.add(i)), m);
+                let t = _mm256_round_ps::<NEAREST>(_mm256_div_ps(x, s));
+                let t = _mm256_add_ps(t, z);
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(t, t);
+                // `max` answers its second operand for a NaN: zeroed after.
+                let c = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+                let c = _mm256_add_ps(_mm256_round_ps::<TO_ZERO>(c), zero);
+                let c = _mm256_andnot_ps(nan, c);
+                _mm256_storeu_ps(dst.add(i), _mm256_mul_ps(_mm256_sub_ps(c, zo), d));
+                i += 8;
+            }
+            i
+        }
+    }
+
     /// Whole vectors of [`super::kiln_row_dequantize`], 8 lanes a step.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dequantize(
@@ -738,6 +808,32 @@ pub(super) mod avx512 {
                 let q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
                 let q = _mm512_cvttps_epi32(q);
                 _mm_storeu_si128(dst.add(i).cast(), _mm512_cvtepi32_epi8(q));
+            }
+            i += 16;
+        }
+        i
+    }
+
+    /// Whole vectors of [`super::kiln_row_qdq`]; returns how many it did.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn qdq(src: *const f32, dst: *mut f32, n: usize, p: &super::Pair) -> usize {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        const TO_ZERO: i32 = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+        let [m, s, z, zo, lo, hi, d] =
+            [p.m, p.s, p.z, p.zo, p.lo, p.hi, p.d].map(|v| _mm512_set1_ps(v));
+        let zero = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: 16 elements of both rows from i.
+            unsafe {
+                let x = _mm512_mul_ps(_mm512_loadu_ps(src.add(i)), m);
+                let t = _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(x, s));
+                let t = _mm512_add_ps(t, z);
+                let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t, t);
+                let c = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+                let c = _mm512_add_ps(_mm512_roundscale_ps::<TO_ZERO>(c), zero);
+                let c = _mm512_mask_mov_ps(c, nan, zero);
+                _mm512_storeu_ps(dst.add(i), _mm512_mul_ps(_mm512_sub_ps(c, zo), d));
             }
             i += 16;
         }
@@ -994,41 +1090,55 @@ mod tests {
             -0.0,
             1e30,
             0.0125,
+            -0.004,
         ]);
-        for (s, z, lo, hi, d) in [
-            (0.0125f32, 136.0f32, 0.0f32, 255.0f32, 0.0125f32),
-            (0.05, 0.0, -128.0, 127.0, 1.0),
+        // (s, z, zo, lo, hi, d): a u8 pair, an i8 pair without a dequantizer scale, a zero
+        // point that is not an integer, one taken off apart, a scale of 0.
+        for (s, z, zo, lo, hi, d) in [
+            (0.0125f32, 136.0f32, 136.0f32, 0.0f32, 255.0f32, 0.0125f32),
+            (0.05, 0.0, 0.0, -128.0, 127.0, 1.0),
+            (0.05, 3.5, 3.5, 0.0, 255.0, 0.5),
+            (0.02, 7.0, 6.0, -128.0, 127.0, 1.0),
+            (0.0, 1.0, 1.0, 0.0, 255.0, 1.0),
         ] {
             let want: Vec<u32> = src
                 .iter()
                 .map(|&x| {
-                    // cast<u8|i8> truncates and saturates (NaN 0), as the JIT's conversion.
-                    let q = (x * 0.75 / s).round_ties_even() + z;
-                    let q = if q.is_nan() {
-                        0.0
+                    // The loop's ops: cast<u8|i8> truncates and saturates (NaN 0), and back.
+                    let t = (x * 0.75 / s).round_ties_even() + z;
+                    let q = if t.is_nan() {
+                        0
                     } else {
-                        q.clamp(lo, hi).trunc()
+                        t.clamp(lo, hi) as i32
                     };
-                    ((q - z) * d).to_bits()
+                    ((q as f32 - zo) * d).to_bits()
                 })
                 .collect();
             let mut got = vec![f32::NAN; src.len()];
             // SAFETY: both rows hold their elements.
             unsafe {
-                kiln_row_qdq(
-                    src.as_ptr(),
-                    got.as_mut_ptr(),
-                    src.len() as i64,
-                    0.75,
+                let n = src.len() as i64;
+                kiln_row_qdq(src.as_ptr(), got.as_mut_ptr(), n, 0.75, s, z, zo, lo, hi, d)
+            };
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "s {s} z {z} zo {zo}");
+            #[cfg(target_arch = "x86_64")]
+            if crate::avx2_fma() {
+                let p = Pair {
+                    m: 0.75,
                     s,
                     z,
+                    zo,
                     lo,
                     hi,
                     d,
-                )
-            };
-            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(got, want, "s {s} z {z}");
+                };
+                let mut got = vec![f32::NAN; src.len()];
+                // SAFETY: the host has AVX2; both rows hold their elements.
+                let i = unsafe { avx2::qdq(src.as_ptr(), got.as_mut_ptr(), src.len(), &p) };
+                let got: Vec<u32> = got[..i].iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want[..i], "avx2: s {s} z {z} zo {zo}");
+            }
         }
     }
 
