@@ -514,7 +514,7 @@ fn dequantized(
     Some(((*buf, contiguous(index, var)?), z, s.clone()))
 }
 
-fn rewrite(k: &Kernel, body: &mut [Stmt]) {
+fn rewrite(k: &mut Kernel, body: &mut [Stmt]) {
     for s in body.iter_mut() {
         let found = match s {
             Stmt::Loop {
@@ -531,8 +531,9 @@ fn rewrite(k: &Kernel, body: &mut [Stmt]) {
             ),
             _ => None,
         };
+        let found = found.or_else(|| split_rows(k, s));
         match found {
-            Some(c) => *s = c,
+            Some(c) => *s = whole_rows(&c).unwrap_or(c),
             None => {
                 rewrite(k, s.body_mut());
                 if let Some(c) = whole_rows(s) {
@@ -540,6 +541,93 @@ fn rewrite(k: &Kernel, body: &mut [Stmt]) {
                 }
             }
         }
+    }
+}
+
+/// A vector loop `for v in 0..n` that reads `v` through `div(v, c)` and `rem(v, c)` (one
+/// constant `c` dividing `n`: a reshape's split of the axis, attention's merged heads) as
+/// `for a in 0..n/c { for b in 0..c { … } }` — `div(v, c)` is `a`, `rem(v, c)` is `b`, `v`
+/// is `a·c + b` — where the inner loop then is a routine call along its rows of `c`;
+/// otherwise nothing changes.
+fn split_rows(k: &mut Kernel, s: &Stmt) -> Option<Stmt> {
+    let Stmt::Loop {
+        var,
+        extent: Expr::Int(n, DType::I64),
+        mark: crate::Mark::Vector(_),
+        body,
+    } = s
+    else {
+        return None;
+    };
+    let var = *var;
+    // The divisor: the first `div(v, c)` or `rem(v, c)`.
+    let mut c = None;
+    for st in body {
+        st.walk(&mut |st| {
+            for e in st.exprs() {
+                e.walk(&mut |e| {
+                    if let Expr::Op {
+                        op: Op::Div | Op::Rem,
+                        args,
+                        dtype: DType::I64,
+                    } = e
+                    {
+                        if let [Expr::Var(v), Expr::Int(d, DType::I64)] = args.as_slice() {
+                            if *v == var && c.is_none() {
+                                c = Some(*d);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let c = c?;
+    if c < SHORT_ROW || *n % c != 0 || *n == c {
+        return None;
+    }
+    let vars = k.vars.len();
+    let (a, b) = (vars, vars + 1);
+    k.vars.extend([DType::I64, DType::I64]);
+    let split = |e: &mut Expr| *e = split_index(e, var, c, (a, b));
+    let mut inner = body.clone();
+    for st in &mut inner {
+        st.walk_mut(&mut |st| st.exprs_mut().into_iter().for_each(split));
+    }
+    let call = row_call(k, b, &Expr::i64(c), &inner, true);
+    let Some(call) = call else {
+        k.vars.truncate(vars);
+        return None;
+    };
+    Some(Stmt::Loop {
+        var: a,
+        extent: Expr::i64(n / c),
+        mark: crate::Mark::Serial,
+        body: vec![call],
+    })
+}
+
+/// `e` with `div(v, c)` as `a`, `rem(v, c)` as `b` and any other `v` as `a·c + b`.
+fn split_index(e: &Expr, v: VarId, c: i64, (a, b): (VarId, VarId)) -> Expr {
+    match e {
+        Expr::Var(w) if *w == v => Expr::Var(a) * Expr::i64(c) + Expr::Var(b),
+        Expr::Op {
+            op: op @ (Op::Div | Op::Rem),
+            args,
+            dtype: DType::I64,
+        } if args.as_slice() == [Expr::Var(v), Expr::i64(c)] => {
+            Expr::Var(if *op == Op::Div { a } else { b })
+        }
+        Expr::Op { op, args, dtype } => Expr::Op {
+            op: op.clone(),
+            args: args.iter().map(|x| split_index(x, v, c, (a, b))).collect(),
+            dtype: *dtype,
+        },
+        Expr::Load { buf, index } => Expr::Load {
+            buf: *buf,
+            index: Box::new(split_index(index, v, c, (a, b))),
+        },
+        e => e.clone(),
     }
 }
 
@@ -859,6 +947,33 @@ mod tests {
         let value = format!("cast<f32>(cast<u8>(round(mul({x}, 3.0:f32))))");
         let out = row_calls_of(&text(&value));
         assert!(!out.contains("call"), "{out}");
+    }
+
+    #[test]
+    fn rows_inside_a_divided_index_are_calls() {
+        // Attention's merged heads: the source's rows of 32 lie 65·32 apart.
+        let text = |c: i64| {
+            format!(
+                "kernel @k(in x: f32[66560], out o: f32[66560]) {{
+  for v0 in 0..8 parallel {{
+    for v1 in 0..65 {{
+      for v2 in 0..128 vector(4) {{
+        o[((((v0 * 65) + v1) * 128) + v2)] = cast<f32>(cast<u8>(round(div(x[((((((v0 * 4) + div(v2, {c})) * 65) + v1) * 32) + rem(v2, {c}))], 0.5:f32))))
+      }}
+    }}
+  }}
+}}"
+            )
+        };
+        let out = row_calls_of(&text(32));
+        assert!(
+            out.contains("for v3 in 0..4 {") && out.contains("call row_qdq("),
+            "{out}"
+        );
+        assert!(out.contains("n=32") && !out.contains("vector"), "{out}");
+        // Rows shorter than a vector are left to the loop.
+        let out = row_calls_of(&text(8));
+        assert!(!out.contains("call") && out.contains("div(v2, 8)"), "{out}");
     }
 
     #[test]
