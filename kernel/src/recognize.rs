@@ -186,8 +186,18 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
     if let Some(c) = dequantize_call(k, var, extent, (dst, &doff), value) {
         return Some(c);
     }
-    if let Some(c) = qdq_call(k, var, extent, (dst, &doff), value) {
-        return Some(c);
+    if let Some(mut calls) = qdq_calls(k, var, extent, (dst, &doff), value) {
+        // Nested pairs: their calls in order, in a loop of one step (the row's variable no
+        // longer read).
+        return Some(match calls.len() {
+            1 => calls.remove(0),
+            _ => Stmt::Loop {
+                var,
+                extent: Expr::i64(1),
+                mark: crate::Mark::Serial,
+                body: calls,
+            },
+        });
     }
     let Expr::Op {
         op: Op::Exp,
@@ -328,14 +338,16 @@ fn quantize_call(
 /// and 1; a division by 2^e as the product by 2^-e it was simplified to; the zero point taken
 /// off in integers, `cast<f32>(sub(cast<i32>(q), cast<i32>(cast<u8|i8>(zo))))`, as a dynamic
 /// quantizer's feeding an exact f32 product) of the row or the row scaled by one value — as
-/// `call row_qdq`, which computes every such pair as these ops do.
-fn qdq_call(
+/// `call row_qdq`, which computes every such pair as these ops do. A pair of another pair
+/// plus a row (an embedding's token, position and type rows summed between pairs) is that
+/// pair's calls into `dst`, then this one's from `dst` with the row added.
+fn qdq_calls(
     k: &Kernel,
     var: VarId,
     extent: &Expr,
     (dst, doff): (usize, &Expr),
     value: &Expr,
-) -> Option<Stmt> {
+) -> Option<Vec<Stmt>> {
     let op2 = |e: &'_ Expr, want: Op, dtype: DType| -> Option<(Expr, Expr)> {
         match e {
             Expr::Op { op, args, dtype: t } if *op == want && *t == dtype && args.len() == 2 => {
@@ -422,24 +434,44 @@ fn qdq_call(
         }
         _ => return None,
     };
-    // The row, or the row scaled by one value (softmax's `e · recip(sum)`).
+    // A row added last (not `dst`: calls before write it), to the row or another pair.
+    let added = |a: &Expr, r: &Expr| match row_load(k, r, var) {
+        Some((rb, roff)) if rb != dst => Some((a.clone(), Some((rb, roff)))),
+        _ => None,
+    };
+    let (x, r) = match op2(&x, Op::Add, DType::F32) {
+        Some((a, b)) => added(&a, &b).or_else(|| added(&b, &a))?,
+        None => (x, None),
+    };
+    // The row, the row scaled by one value (softmax's `e · recip(sum)`), or a pair's calls
+    // into `dst` first.
+    let mut calls = Vec::new();
     let ((src, soff), m) = match (row_load(k, &x, var), op2(&x, Op::Mul, DType::F32)) {
         (Some(row), _) => (row, f(1.0)),
-        (None, Some((a, m))) if uniform(&m) => (row_load(k, &a, var)?, m),
-        (None, Some((m, a))) if uniform(&m) => (row_load(k, &a, var)?, m),
+        (None, Some((a, m))) if uniform(&m) && row_load(k, &a, var).is_some() => {
+            (row_load(k, &a, var)?, m)
+        }
+        (None, Some((m, a))) if uniform(&m) && row_load(k, &a, var).is_some() => {
+            (row_load(k, &a, var)?, m)
+        }
+        _ if r.is_some() && !x.loads(dst) => {
+            calls = qdq_calls(k, var, extent, (dst, doff), &x)?;
+            ((dst, doff.clone()), f(1.0))
+        }
         _ => return None,
     };
     // In place, or apart (distinct buffers never overlap).
     if src == dst && soff != *doff {
         return None;
     }
-    Some(Stmt::Call(Box::new(Call {
+    calls.push(Stmt::Call(Box::new(Call {
         routine: "row_qdq".into(),
-        operands: vec![Some((src, soff)), Some((dst, doff.clone()))],
+        operands: vec![Some((src, soff)), r, Some((dst, doff.clone()))],
         ints: vec![extent.clone()],
         scalars: vec![m, s, z, zo, f(lo), f(hi), d],
         result: None,
-    })))
+    })));
+    Some(calls)
 }
 
 /// `dst[i] = mul(sub(cast<f32>(src[i]), z), s)` (or without the subtraction; either order
@@ -941,6 +973,20 @@ mod tests {
         let out = row_calls_of(&text(&pair));
         assert!(
             out.contains("s=x[v0] z=x[1] zo=cast<f32>(cast<u8>(x[1]))"),
+            "{out}"
+        );
+        // Pairs of pairs plus rows: one call each, in order, the inner ones into `o`.
+        let p1 = format!("mul(sub(cast<f32>(cast<u8>(add(round(div({x}, 0.5:f32)), 9.0:f32))), 9.0:f32), 0.5:f32)");
+        let p2 = format!("cast<f32>(cast<u8>(round(div(add({p1}, x[v2]), 0.25:f32))))");
+        let p3 = format!("cast<f32>(cast<i8>(round(div(add(x[(v2 + 64)], {p2}), 2.0:f32))))");
+        let out = row_calls_of(&text(&p3));
+        assert_eq!(out.matches("call row_qdq(").count(), 3, "{out}");
+        assert!(
+            out.contains("r: -, dst: o[") && out.contains("r: x[0], dst: o["),
+            "{out}"
+        );
+        assert!(
+            out.contains("r: x[64], dst: o[") && out.contains("s=2.0:f32"),
             "{out}"
         );
         // A product by 3 is no exact division.

@@ -735,6 +735,7 @@ pub static ROUTINES: [Routine; 27] = [
         symbol: "kiln_row_qdq",
         operands: &[
             ("src", Role::Read, ir::DType::F32),
+            ("r", Role::Optional, ir::DType::F32),
             ("dst", Role::Write, ir::DType::F32),
         ],
         replaces: None,
@@ -757,10 +758,10 @@ pub static ROUTINES: [Routine; 27] = [
         call: |p, i, s| unsafe {
             let [m, s, z, zo, lo, hi, d] =
                 [s[0], s[1], s[2], s[3], s[4], s[5], s[6]].map(|v| v as f32);
-            rows::kiln_row_qdq(p[0].cast(), p[1].cast(), i[0], m, s, z, zo, lo, hi, d);
+            rows::kiln_row_qdq(p[0].cast(), p[1].cast(), p[2].cast(), i[0], m, s, z, zo, lo, hi, d);
             0.0
         },
-        doc: "dst[i] = (q(round(src[i] * m / s) + z) - zo) * d for i < n, q the conversion to \
+        doc: "dst[i] = (q(round((src[i] * m [+ r[i]]) / s) + z) - zo) * d for i < n, q the conversion to \
               the integers lo..=hi and back as the JIT converts (NaN 0, saturating, \
               truncating), every step rounded to f32 (dst may be src): a quantize-dequantize \
               pair's loop of any scale and zero points, of a row scaled by m (softmax's last \

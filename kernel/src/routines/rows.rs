@@ -323,17 +323,20 @@ unsafe fn epilogue_row(src: *const f32, dst: *mut f32, n: i64, e: &super::epilog
     unsafe { e.block(dst, n, 1, n) };
 }
 
-/// `dst[i] = (q(round(src[i]·m / s) + z) − zo)·d` for `i < n`, `q` a conversion to the
+/// `dst[i] = (q(round((src[i]·m + r[i]) / s) + z) − zo)·d` for `i < n` (`r` null: no row
+/// added), `q` a conversion to the
 /// integers `lo..=hi` as the JIT converts (NaN 0, saturating, truncating toward zero) and
 /// back: a quantize-dequantize pair of any scale and zero points (`zo` the one subtracted:
 /// a dequantizer's, or a dynamic quantizer's zero point taken off in integers), of the row
 /// scaled by `m` — each step rounded to f32 as the loop's ops are, 16 or 8 lanes at a time.
 ///
 /// # Safety
-/// `src` readable and `dst` writable for `n` elements; they are the same or do not overlap.
+/// `src` (and `r` unless null) readable and `dst` writable for `n` elements; `src` and `dst`
+/// are the same or do not overlap, `r` does not overlap `dst`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kiln_row_qdq(
     src: *const f32,
+    r: *const f32,
     dst: *mut f32,
     n: i64,
     m: f32,
@@ -346,6 +349,7 @@ pub unsafe extern "C" fn kiln_row_qdq(
 ) {
     let n = n.max(0) as usize;
     let p = Pair {
+        r,
         m,
         s,
         z,
@@ -364,13 +368,15 @@ pub unsafe extern "C" fn kiln_row_qdq(
         i = unsafe { avx2::qdq(src, dst, n, &p) };
     }
     for j in i..n {
-        // SAFETY: inside both rows (an element is read before it is written).
-        unsafe { *dst.add(j) = p.one(*src.add(j)) };
+        // SAFETY: inside the rows (an element is read before it is written).
+        unsafe { *dst.add(j) = p.one(*src.add(j), j) };
     }
 }
 
 /// The operands of [`kiln_row_qdq`].
 pub(super) struct Pair {
+    /// A row added after the scale (null for none).
+    r: *const f32,
     m: f32,
     s: f32,
     z: f32,
@@ -381,9 +387,17 @@ pub(super) struct Pair {
 }
 
 impl Pair {
-    /// One element.
-    fn one(&self, x: f32) -> f32 {
-        let t = (x * self.m / self.s).round_ties_even() + self.z;
+    /// Element `j`, `x` its source.
+    ///
+    /// # Safety
+    /// `r`, unless null, holds element `j`.
+    unsafe fn one(&self, x: f32, j: usize) -> f32 {
+        let mut x = x * self.m;
+        if !self.r.is_null() {
+            // SAFETY: the caller's.
+            x += unsafe { *self.r.add(j) };
+        }
+        let t = (x / self.s).round_ties_even() + self.z;
         // The conversion's integer back as f32: +0 for NaN and for (−1, 0).
         let c = if t.is_nan() {
             0.0
@@ -622,7 +636,10 @@ pub(super) mod avx2 {
             let zero = _mm256_setzero_ps();
             let mut i = 0;
             while i + 8 <= n {
-                let x = _mm256_mul_ps(_mm256_loadu_ps(src.add(i)), m);
+                let mut x = _mm256_mul_ps(_mm256_loadu_ps(src.add(i)), m);
+                if !p.r.is_null() {
+                    x = _mm256_add_ps(x, _mm256_loadu_ps(p.r.add(i)));
+                }
                 let t = _mm256_round_ps::<NEAREST>(_mm256_div_ps(x, s));
                 let t = _mm256_add_ps(t, z);
                 let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(t, t);
@@ -826,7 +843,10 @@ pub(super) mod avx512 {
         while i + 16 <= n {
             // SAFETY: 16 elements of both rows from i.
             unsafe {
-                let x = _mm512_mul_ps(_mm512_loadu_ps(src.add(i)), m);
+                let mut x = _mm512_mul_ps(_mm512_loadu_ps(src.add(i)), m);
+                if !p.r.is_null() {
+                    x = _mm512_add_ps(x, _mm512_loadu_ps(p.r.add(i)));
+                }
                 let t = _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(x, s));
                 let t = _mm512_add_ps(t, z);
                 let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t, t);
@@ -1083,6 +1103,7 @@ mod tests {
     #[test]
     fn row_qdq_is_the_elementwise_ops() {
         let mut src: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.0137).collect();
+        // (A row added after the scale: `quarter`, below.)
         src.extend([
             f32::NAN,
             f32::INFINITY,
@@ -1094,6 +1115,7 @@ mod tests {
         ]);
         // (s, z, zo, lo, hi, d): a u8 pair, an i8 pair without a dequantizer scale, a zero
         // point that is not an integer, one taken off apart, a scale of 0.
+        let quarter = vec![0.25f32; src.len()];
         for (s, z, zo, lo, hi, d) in [
             (0.0125f32, 136.0f32, 136.0f32, 0.0f32, 255.0f32, 0.0125f32),
             (0.05, 0.0, 0.0, -128.0, 127.0, 1.0),
@@ -1105,7 +1127,7 @@ mod tests {
                 .iter()
                 .map(|&x| {
                     // The loop's ops: cast<u8|i8> truncates and saturates (NaN 0), and back.
-                    let t = (x * 0.75 / s).round_ties_even() + z;
+                    let t = ((x * 0.75 + 0.25) / s).round_ties_even() + z;
                     let q = if t.is_nan() {
                         0
                     } else {
@@ -1118,13 +1140,27 @@ mod tests {
             // SAFETY: both rows hold their elements.
             unsafe {
                 let n = src.len() as i64;
-                kiln_row_qdq(src.as_ptr(), got.as_mut_ptr(), n, 0.75, s, z, zo, lo, hi, d)
+                let r = quarter.as_ptr();
+                kiln_row_qdq(
+                    src.as_ptr(),
+                    r,
+                    got.as_mut_ptr(),
+                    n,
+                    0.75,
+                    s,
+                    z,
+                    zo,
+                    lo,
+                    hi,
+                    d,
+                )
             };
             let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
             assert_eq!(got, want, "s {s} z {z} zo {zo}");
             #[cfg(target_arch = "x86_64")]
             if crate::avx2_fma() {
                 let p = Pair {
+                    r: quarter.as_ptr(),
                     m: 0.75,
                     s,
                     z,
