@@ -111,20 +111,27 @@ fn row_load(k: &Kernel, e: &Expr, var: VarId) -> Option<(usize, Expr)> {
     }
 }
 
+/// A call of row routine `routine` over `n` elements.
 fn call(
     routine: &str,
-    operands: Vec<(usize, Expr)>,
+    operands: Vec<Option<(usize, Expr)>>,
     n: &Expr,
-    s: Expr,
+    scalars: Vec<Expr>,
     result: Option<VarId>,
 ) -> Stmt {
     Stmt::Call(Box::new(Call {
         routine: routine.into(),
-        operands: operands.into_iter().map(Some).collect(),
+        operands,
         ints: vec![n.clone()],
-        scalars: vec![s],
+        scalars,
         result,
     }))
+}
+
+/// Whether `e` is one f32 value for the whole row of loop `var` that does not read `dst`
+/// (which the row's call writes): a scale, a zero point, an initial value.
+fn uniform(k: &Kernel, e: &Expr, var: VarId, dst: usize) -> bool {
+    well_formed(k, e) && e.dtype(k) == DType::F32 && !mentions(e, &|w| w == var) && !e.loads(dst)
 }
 
 /// Rows of fewer elements than this (a constant extent) are left to the backend's loops.
@@ -166,9 +173,9 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
         }
         return Some(call(
             name,
-            vec![(buf, off)],
+            vec![Some((buf, off))],
             extent,
-            Expr::Var(acc),
+            vec![Expr::Var(acc)],
             Some(acc),
         ));
     }
@@ -224,20 +231,14 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
         return None;
     }
     let s = match s {
-        Some(s) => {
-            let ok = well_formed(k, s)
-                && s.dtype(k) == DType::F32
-                && !mentions(s, &|w| w == var)
-                && !s.loads(dst);
-            ok.then(|| s.clone())?
-        }
+        Some(s) => uniform(k, s, var, dst).then(|| s.clone())?,
         None => Expr::Float(0.0, DType::F32),
     };
     Some(call(
         "row_exp_sub",
-        vec![(src, soff), (dst, doff)],
+        vec![Some((src, soff)), Some((dst, doff))],
         extent,
-        s,
+        vec![s],
         None,
     ))
 }
@@ -289,23 +290,18 @@ fn quantize_call(
     let [x, s] = args.as_slice() else {
         return None;
     };
-    let uniform = |e: &Expr| {
-        well_formed(k, e)
-            && e.dtype(k) == DType::F32
-            && !mentions(e, &|w| w == var)
-            && !e.loads(dst)
-    };
+    let uniform = |e: &Expr| uniform(k, e, var, dst);
     if !uniform(s) || !uniform(&z) {
         return None;
     }
     if let Some((src, soff)) = row_load(k, x, var) {
-        return Some(Stmt::Call(Box::new(Call {
-            routine: "row_quantize".into(),
-            operands: vec![Some((src, soff)), Some((dst, doff))],
-            ints: vec![extent.clone()],
-            scalars: vec![s.clone(), z],
-            result: None,
-        })));
+        return Some(call(
+            "row_quantize",
+            vec![Some((src, soff)), Some((dst, doff))],
+            extent,
+            vec![s.clone(), z],
+            None,
+        ));
     }
     // A sum with a dequantized u8 residual (either order).
     let Expr::Op {
@@ -324,13 +320,13 @@ fn quantize_call(
         (_, Some(row)) => (row, dequantized(k, a, var, dst)?),
         _ => return None,
     };
-    Some(Stmt::Call(Box::new(Call {
-        routine: "row_quantize_res".into(),
-        operands: vec![Some((src, soff)), Some(res), Some((dst, doff))],
-        ints: vec![extent.clone()],
-        scalars: vec![s.clone(), z, rz, rs],
-        result: None,
-    })))
+    Some(call(
+        "row_quantize_res",
+        vec![Some((src, soff)), Some(res), Some((dst, doff))],
+        extent,
+        vec![s.clone(), z, rz, rs],
+        None,
+    ))
 }
 
 /// `dst[i] = mul(sub(cast<f32>(cast<u8|i8>(add(round(div(src[i], s)), z))), zo), d)` along
@@ -366,12 +362,7 @@ fn qdq_calls(
             _ => None,
         }
     };
-    let uniform = |e: &Expr| {
-        well_formed(k, e)
-            && e.dtype(k) == DType::F32
-            && !mentions(e, &|w| w == var)
-            && !e.loads(dst)
-    };
+    let uniform = |e: &Expr| uniform(k, e, var, dst);
     let f = |v: f32| Expr::Float(f64::from(v), DType::F32);
     let (e, d) = match op2(value, Op::Mul, DType::F32) {
         Some((e, d)) if uniform(&d) => (e, d),
@@ -464,13 +455,13 @@ fn qdq_calls(
     if src == dst && soff != *doff {
         return None;
     }
-    calls.push(Stmt::Call(Box::new(Call {
-        routine: "row_qdq".into(),
-        operands: vec![Some((src, soff)), r, Some((dst, doff.clone()))],
-        ints: vec![extent.clone()],
-        scalars: vec![m, s, z, zo, f(lo), f(hi), d],
-        result: None,
-    })));
+    calls.push(call(
+        "row_qdq",
+        vec![Some((src, soff)), r, Some((dst, doff.clone()))],
+        extent,
+        vec![m, s, z, zo, f(lo), f(hi), d],
+        None,
+    ));
     Some(calls)
 }
 
@@ -484,13 +475,13 @@ fn dequantize_call(
     value: &Expr,
 ) -> Option<Stmt> {
     let ((src, soff), z, s) = dequantized(k, value, var, dst)?;
-    Some(Stmt::Call(Box::new(Call {
-        routine: "row_dequantize".into(),
-        operands: vec![Some((src, soff)), Some((dst, doff.clone()))],
-        ints: vec![extent.clone()],
-        scalars: vec![z, s],
-        result: None,
-    })))
+    Some(call(
+        "row_dequantize",
+        vec![Some((src, soff)), Some((dst, doff.clone()))],
+        extent,
+        vec![z, s],
+        None,
+    ))
 }
 
 /// The u8 row (buffer, offset along `var`), zero point and scale of `e` =
@@ -510,12 +501,7 @@ fn dequantized(
     else {
         return None;
     };
-    let uniform = |e: &Expr| {
-        well_formed(k, e)
-            && e.dtype(k) == DType::F32
-            && !mentions(e, &|w| w == var)
-            && !e.loads(dst)
-    };
+    let uniform = |e: &Expr| uniform(k, e, var, dst);
     let (x, s) = match args.as_slice() {
         [x, s] if uniform(s) => (x, s),
         [s, x] if uniform(s) => (x, s),

@@ -230,10 +230,9 @@ fn extreme_of_all(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Option<Va
     let [x] = inputs else {
         return Ok(None);
     };
+    // (Axes are strictly increasing: every axis is 0..rank.)
     let rank = b.ty(*x).shape.rank() as i64;
-    let mut sorted = axes.clone();
-    sorted.sort_unstable();
-    let every = sorted == (0..rank).collect::<Vec<i64>>();
+    let every = axes.iter().copied().eq(0..rank);
     if !every || !matches!(producer(b, *x), Op::Transpose { .. } | Op::Reshape { .. }) {
         return Ok(None);
     }

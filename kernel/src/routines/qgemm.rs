@@ -278,11 +278,10 @@ impl Windows {
         }
         let k = KB * self.steps.len();
         let pairs = panels(o) / 2;
-        let sums = bp.wrapping_add(panels(o) * NR * k);
         let (start, end) = (oy0 * self.wp, (oy1 - 1) * self.wp + self.ow);
         // The block at window q0's sums stored: its runs of windows that are outputs (lane,
         // count, output pixel).
-        let store = |acc: &[i32; MB * 2 * NR], q0: usize, pair: usize| {
+        let put = |acc: &Sums, q0: usize, pair: usize| {
             let mut runs = [(0, 0, 0); MB];
             let (mut n, mut i) = (0, 0);
             while i < MB && q0 + i < end {
@@ -299,12 +298,8 @@ impl Windows {
             }
             let j0 = pair * 2 * NR;
             let w = (2 * NR).min(o - j0);
-            let mut fix = [0i32; 2 * NR];
-            for (j, f) in fix.iter_mut().enumerate().take(w) {
-                // SAFETY: column j0 + j has a sum.
-                let s: i32 = unsafe { std::ptr::read_unaligned(sums.add(4 * (j0 + j)).cast()) };
-                *f = za.wrapping_mul(s);
-            }
+            // SAFETY: B is packed for k and o.
+            let fix = unsafe { fixes(bp, (k, o), za, j0, w) };
             // SAFETY: the runs' outputs are this call's (the caller's); AMX implies AVX-512.
             unsafe {
                 if blocked {
@@ -314,28 +309,23 @@ impl Windows {
                 }
             }
         };
+        let mut store = |acc: &Sums, (q0, pair)| put(acc, q0, pair);
         // SAFETY: AMX is available; released below.
         unsafe { amx::configure() };
-        let mut acc = [[0i32; MB * 2 * NR]; 2];
-        let mut slot = 0;
-        let mut pending = None;
+        let mut blocks = Blocks::new();
         for q0 in (start..end).step_by(MB) {
             let a = self.img.wrapping_add(q0 * self.ci);
             for pair in 0..pairs {
                 let b = bp.wrapping_add(pair * 2 * NR * k);
+                let steps = self.steps.iter().copied();
                 // SAFETY: the windows' steps are inside the image (the caller's), the
                 // panels hold k steps.
-                unsafe { amx::windows(a, self.ci, &self.steps, b, k, &mut acc[slot]) };
-                if let Some((q, pair)) = pending {
-                    store(&acc[1 - slot], q, pair);
-                }
-                pending = Some((q0, pair));
-                slot = 1 - slot;
+                let compute =
+                    |acc: &mut Sums| unsafe { amx::windows(a, self.ci, steps, b, k, acc) };
+                blocks.next((q0, pair), compute, &mut store);
             }
         }
-        if let Some((q, pair)) = pending {
-            store(&acc[1 - slot], q, pair);
-        }
+        blocks.finish(&mut store);
         // SAFETY: configured above.
         unsafe { amx::release() };
     }
@@ -350,7 +340,7 @@ impl Windows {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn store_blocked(
-    acc: &[i32; MB * 2 * NR],
+    acc: &Sums,
     fix: &[i32; 2 * NR],
     runs: &[(usize, usize, usize)],
     (c, p, j0, w): (*mut f32, usize, usize, usize),
@@ -393,7 +383,7 @@ unsafe fn store_blocked(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn store_planes(
-    acc: &[i32; MB * 2 * NR],
+    acc: &Sums,
     fix: &[i32; 2 * NR],
     runs: &[(usize, usize, usize)],
     (c, p, j0, w): (*mut f32, usize, usize, usize),
@@ -483,6 +473,69 @@ fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m51
     out
 }
 
+/// What the zero point `za` of A adds to the sums of columns `j0..j0 + w` (`w` at most 32)
+/// of B packed for `kp` steps and `n` columns: `za` times each column's sum (stored after the
+/// panels), to take off.
+///
+/// # Safety
+/// `bp` holds B packed so.
+unsafe fn fixes(
+    bp: *const i8,
+    (kp, n): (usize, usize),
+    za: i32,
+    j0: usize,
+    w: usize,
+) -> [i32; 2 * NR] {
+    let sums = bp.wrapping_add(panels(n) * NR * kp);
+    let mut fix = [0i32; 2 * NR];
+    for (j, f) in fix.iter_mut().enumerate().take(w) {
+        // SAFETY: column j0 + j has a sum.
+        let s: i32 = unsafe { std::ptr::read_unaligned(sums.add(4 * (j0 + j)).cast()) };
+        *f = za.wrapping_mul(s);
+    }
+    fix
+}
+
+/// One block of sums (32 rows by 32 columns, row-major).
+type Sums = [i32; MB * 2 * NR];
+
+/// Two blocks of sums, so that a block's epilogue runs while the next one's tiles multiply
+/// (AMX works beside the vector units; a block stored and read back at once waited for the
+/// last product of its block every time): each block is computed into one, then the block
+/// before it, in the other, is stored.
+struct Blocks<T> {
+    acc: [Sums; 2],
+    slot: usize,
+    /// What the block last computed is (its store's arguments).
+    pending: Option<T>,
+}
+
+impl<T> Blocks<T> {
+    fn new() -> Blocks<T> {
+        Blocks {
+            acc: [[0; MB * 2 * NR]; 2],
+            slot: 0,
+            pending: None,
+        }
+    }
+
+    /// Block `at` computed by `compute`, then the one before stored by `store`.
+    fn next(&mut self, at: T, compute: impl FnOnce(&mut Sums), store: &mut impl FnMut(&Sums, T)) {
+        compute(&mut self.acc[self.slot]);
+        if let Some(before) = self.pending.replace(at) {
+            store(&self.acc[1 - self.slot], before);
+        }
+        self.slot = 1 - self.slot;
+    }
+
+    /// The last block stored.
+    fn finish(mut self, store: &mut impl FnMut(&Sums, T)) {
+        if let Some(last) = self.pending.take() {
+            store(&self.acc[1 - self.slot], last);
+        }
+    }
+}
+
 /// A product's operands (addresses as integers, so that tasks may share them).
 #[derive(Clone, Copy)]
 struct Operands {
@@ -518,12 +571,9 @@ impl Operands {
                 // before returning.
                 unsafe { amx::configure() };
             }
-            // Two blocks of sums: a block's epilogue runs while the next one's tiles multiply
-            // (AMX works beside the vector units; stored and read back at once, the store
-            // waited for the last product of its block every time).
-            let mut acc = [[0i32; MB * 2 * NR]; 2];
-            let mut slot = 0;
-            let mut pending = None;
+            // SAFETY: forwarded.
+            let mut store = |acc: &Sums, (i0, r, j0)| unsafe { self.store(acc, i0, r, j0, epi) };
+            let mut blocks = Blocks::new();
             for i0 in (0..self.m).step_by(MB) {
                 let r = MB.min(self.m - i0);
                 // A's rows i0.. padded with zeros (rows and steps).
@@ -537,20 +587,13 @@ impl Operands {
                 }
                 for pair in lo..hi {
                     let b = (self.bp as *const i8).wrapping_add(pair * 2 * NR * kp);
+                    let rows = rows.as_ptr();
                     // SAFETY: the rows and both panels are kp long; `acc` holds the block.
-                    unsafe { block(isa, rows.as_ptr(), b, kp, r, &mut acc[slot]) };
-                    if let Some((i0, r, j0)) = pending {
-                        // SAFETY: forwarded.
-                        unsafe { self.store(&acc[1 - slot], i0, r, j0, epi) };
-                    }
-                    pending = Some((i0, r, pair * 2 * NR));
-                    slot = 1 - slot;
+                    let compute = |acc: &mut Sums| unsafe { block(isa, rows, b, kp, r, acc) };
+                    blocks.next((i0, r, pair * 2 * NR), compute, &mut store);
                 }
             }
-            if let Some((i0, r, j0)) = pending {
-                // SAFETY: forwarded.
-                unsafe { self.store(&acc[1 - slot], i0, r, j0, epi) };
-            }
+            blocks.finish(&mut store);
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Amx {
                 // SAFETY: configured above.
@@ -569,15 +612,9 @@ impl Operands {
             return;
         }
         let w = (2 * NR).min(self.n - j0);
-        let kp = kpad(self.k);
-        let sums = (self.bp as *const i8).wrapping_add(panels(self.n) * NR * kp);
         let c = self.c as *mut f32;
-        let mut fix = [0i32; 2 * NR];
-        for (j, f) in fix.iter_mut().enumerate().take(w) {
-            // SAFETY: column j0 + j has a sum.
-            let s: i32 = unsafe { std::ptr::read_unaligned(sums.add(4 * (j0 + j)).cast()) };
-            *f = self.za.wrapping_mul(s);
-        }
+        // SAFETY: B is packed for k and n.
+        let fix = unsafe { fixes(self.bp as *const i8, (kpad(self.k), self.n), self.za, j0, w) };
         #[cfg(target_arch = "x86_64")]
         if crate::avx512() {
             // SAFETY: forwarded; the CPU has AVX-512.
@@ -765,55 +802,26 @@ mod amx {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// 32 rows of A (`kp` bytes apart) by two panels into `acc`.
+    /// 32 rows of A (`kp` bytes apart) by two panels into `acc`: [`windows`] whose steps
+    /// follow each other along the rows.
     ///
     /// # Safety
     /// As `super::block`, tiles configured.
     pub(super) unsafe fn block(a: *const u8, b: *const i8, kp: usize, acc: &mut [i32]) {
-        let b1 = b.wrapping_add(NR * kp);
-        let a1 = a.wrapping_add(16 * kp);
-        // SAFETY: the loads stay inside the rows and panels (kp is a multiple of 64); the
-        // stores inside `acc` (32 rows of 32 i32s, 128 bytes apart).
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
-            for kk in 0..kp / KB {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {kp}*1]",
-                    "tileloadd tmm5, [{a1} + {kp}*1]",
-                    "tileloadd tmm6, [{b0} + {s}*1]",
-                    "tileloadd tmm7, [{b1} + {s}*1]",
-                    "tdpbusd tmm0, tmm4, tmm6",
-                    "tdpbusd tmm1, tmm4, tmm7",
-                    "tdpbusd tmm2, tmm5, tmm6",
-                    "tdpbusd tmm3, tmm5, tmm7",
-                    a0 = in(reg) a.add(kk * KB),
-                    a1 = in(reg) a1.add(kk * KB),
-                    b0 = in(reg) b.add(kk * KB * NR),
-                    b1 = in(reg) b1.add(kk * KB * NR),
-                    kp = in(reg) kp,
-                    s = in(reg) 4 * NR,
-                    options(nostack, readonly)
-                );
-            }
-            store(acc);
-        }
+        // SAFETY: the rows hold kp bytes (kp is a multiple of 64), 32 of them.
+        unsafe { windows(a, kp, (0..kp / KB).map(|kk| kk * KB), b, kp, acc) }
     }
 
     /// 32 windows from `a` (`ci` bytes apart; step `s` of each `steps[s]` bytes on) by two
-    /// panels into `acc`: [`block`] with A's tiles read where the windows are.
+    /// panels into `acc`.
     ///
     /// # Safety
-    /// As [`block`], every window's steps readable; `kp` is 64 a step.
+    /// Tiles configured; every window's steps readable (64 bytes each), the panels `kp`
+    /// long, one 64-byte step a step; `acc` holds 32 rows of 32 i32s.
     pub(super) unsafe fn windows(
         a: *const u8,
         ci: usize,
-        steps: &[usize],
+        steps: impl Iterator<Item = usize>,
         b: *const i8,
         kp: usize,
         acc: &mut [i32],
@@ -830,7 +838,7 @@ mod amx {
                 "tilezero tmm3",
                 options(nostack, nomem)
             );
-            for (kk, &at) in steps.iter().enumerate() {
+            for (kk, at) in steps.enumerate() {
                 asm!(
                     "tileloadd tmm4, [{a0} + {ci}*1]",
                     "tileloadd tmm5, [{a1} + {ci}*1]",
