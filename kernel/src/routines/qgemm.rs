@@ -7,7 +7,8 @@
 //! columns, an even number of them; in a panel, each group of four steps of k holds the 16
 //! columns' four bytes in turn — a row of an AMX B tile, a VNNI vector — with k padded with
 //! zeros to a multiple of [`KB`]; after the panels, each column's sum of B as a little-endian
-//! i32. A's rows are copied per block of 32, padded the same way.
+//! i32. A's rows are copied per block of 32, padded the same way — except that AMX reads a
+//! whole block's rows where they are, copying only their last part step of k.
 
 use std::cell::RefCell;
 
@@ -321,7 +322,7 @@ impl Windows {
                 // SAFETY: the windows' steps are inside the image (the caller's), the
                 // panels hold k steps.
                 let compute =
-                    |acc: &mut Sums| unsafe { amx::windows(a, self.ci, steps, b, k, acc) };
+                    |acc: &mut Sums| unsafe { amx::windows(a, self.ci, steps, b, k, acc, false) };
                 blocks.next((q0, pair), compute, &mut store);
             }
         }
@@ -346,28 +347,21 @@ unsafe fn store_blocked(
     (c, p, j0, w): (*mut f32, usize, usize, usize),
     epi: &Epilogue,
 ) {
-    use super::epilogue::avx512::{apply, coefs};
     use std::arch::x86_64::*;
-    let none = epi.is_none();
     for &(i0, r, q0) in runs {
-        for i in 0..r {
-            for g in (0..w).step_by(16) {
-                let lanes = (w - g).min(16);
-                let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
-                let at = (((j0 + g) / 16 * p) + q0 + i) * 16;
-                // SAFETY: the row's sums and fixes hold 32; the run's pixel holds 16 lanes
-                // of this block of channels (the caller's).
-                unsafe {
-                    let x = _mm512_loadu_si512(acc[(i0 + i) * 2 * NR + g..].as_ptr().cast());
-                    let f = _mm512_loadu_si512(fix[g..].as_ptr().cast());
-                    let mut v = _mm512_cvtepi32_ps(_mm512_sub_epi32(x, f));
-                    if !none {
-                        let st = coefs(epi, q0 + i, j0 + g, m);
-                        v = apply(epi, v, st, std::ptr::null(), m);
-                    }
-                    _mm512_mask_storeu_ps(c.add(at), m, v);
-                }
-            }
+        for g in (0..w).step_by(16) {
+            let lanes = (w - g).min(16);
+            let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+            let f = _mm512_loadu_si512(fix[g..].as_ptr().cast());
+            // SAFETY: the rows' sums hold 32 each.
+            let v = |i: usize| unsafe {
+                let x = _mm512_loadu_si512(acc[(i0 + i) * 2 * NR + g..].as_ptr().cast());
+                _mm512_cvtepi32_ps(_mm512_sub_epi32(x, f))
+            };
+            let at = ((j0 + g) / 16 * p + q0) * 16;
+            // SAFETY: the run's pixels hold 16 lanes of this block of channels (the
+            // caller's); blocked outputs have no residual here.
+            unsafe { columns(epi, (q0, j0 + g, at), (r, 16), m, v, c, false) };
         }
     }
 }
@@ -574,22 +568,41 @@ impl Operands {
             // SAFETY: forwarded.
             let mut store = |acc: &Sums, (i0, r, j0)| unsafe { self.store(acc, i0, r, j0, epi) };
             let mut blocks = Blocks::new();
+            // B streamed past L1 where it does not fit there.
+            let stream = (hi - lo) * 2 * NR * kp > 32 << 10;
             for i0 in (0..self.m).step_by(MB) {
                 let r = MB.min(self.m - i0);
-                // A's rows i0.. padded with zeros (rows and steps).
-                for (i, row) in rows.chunks_exact_mut(kp).enumerate() {
+                let a = (self.a as *const u8).wrapping_add(i0 * self.a_rs);
+                // AMX reads a whole block's rows in place (their last part step copied);
+                // other blocks are copied, padded with zeros (rows and steps).
+                let in_place = isa == Isa::Amx && r == MB;
+                let (len, whole) = if in_place {
+                    (self.k % KB, self.k / KB * KB)
+                } else {
+                    (self.k, 0)
+                };
+                let width = if in_place { KB } else { kp };
+                for (i, row) in rows.chunks_exact_mut(width).take(MB).enumerate() {
                     row.fill(0);
                     if i < r {
-                        let src = (self.a as *const u8).wrapping_add((i0 + i) * self.a_rs);
+                        let src = a.wrapping_add(i * self.a_rs + whole);
                         // SAFETY: row i0 + i of A holds k bytes.
-                        unsafe { std::ptr::copy_nonoverlapping(src, row.as_mut_ptr(), self.k) };
+                        unsafe { std::ptr::copy_nonoverlapping(src, row.as_mut_ptr(), len) };
                     }
                 }
                 for pair in lo..hi {
                     let b = (self.bp as *const i8).wrapping_add(pair * 2 * NR * kp);
                     let rows = rows.as_ptr();
-                    // SAFETY: the rows and both panels are kp long; `acc` holds the block.
-                    let compute = |acc: &mut Sums| unsafe { block(isa, rows, b, kp, r, acc) };
+                    let a = (a, self.a_rs, self.k);
+                    // SAFETY: the rows (A's in place or the copies) and both panels are
+                    // kp long; `acc` holds the block.
+                    let compute = |acc: &mut Sums| unsafe {
+                        #[cfg(target_arch = "x86_64")]
+                        if in_place {
+                            return amx::rows(a, rows, b, acc, stream);
+                        }
+                        block(isa, rows, b, kp, r, acc)
+                    };
                     blocks.next((i0, r, pair * 2 * NR), compute, &mut store);
                 }
             }
@@ -648,25 +661,99 @@ unsafe fn avx512_store(
     (i0, r, j0, w): (usize, usize, usize, usize),
     epi: &Epilogue,
 ) {
-    use super::epilogue::avx512::{apply, coefs};
     use std::arch::x86_64::*;
-    let none = epi.is_none();
-    for (i, sums) in acc.chunks_exact(2 * NR).take(r).enumerate() {
-        for h in (0..w).step_by(16) {
-            let lanes = (w - h).min(16);
-            let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
-            let at = (i0 + i) * ldc + j0 + h;
-            // SAFETY: the row's sums and fixes hold 32; C's row i0 + i holds w columns
-            // from j0 (the caller's).
+    for h in (0..w).step_by(16) {
+        let lanes = (w - h).min(16);
+        let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+        let f = _mm512_loadu_si512(fix[h..].as_ptr().cast());
+        // SAFETY: the block's rows hold 32 sums each.
+        let v = |i: usize| unsafe {
+            let x = _mm512_loadu_si512(acc[i * 2 * NR + h..].as_ptr().cast());
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(x, f))
+        };
+        let at = i0 * ldc + j0 + h;
+        // SAFETY: C's rows i0.. hold these columns (the caller's).
+        unsafe { columns(epi, (i0, j0 + h, at), (r, ldc), m, v, c, true) };
+    }
+}
+
+/// `n` vectors `v(p)` of outputs of columns `j..j + 16` (lanes in `m`), rows `i..i + n`,
+/// stored `step` apart from element `at` of `c` through the epilogue (its residual laid
+/// out as `c` where `res`): where it is per column and quick ([`Epilogue::quick_linear`]),
+/// with every decision taken once for the run; otherwise vector by vector.
+///
+/// # Safety
+/// AVX-512F; the outputs (and residual) inside their buffers; the per-row or per-column
+/// operands hold these rows or columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn columns(
+    epi: &Epilogue,
+    (i, j, at): (usize, usize, usize),
+    (n, step): (usize, usize),
+    m: std::arch::x86_64::__mmask16,
+    v: impl Fn(usize) -> std::arch::x86_64::__m512,
+    c: *mut f32,
+    res: bool,
+) {
+    use super::epilogue::avx512 as vec;
+    use super::epilogue::{decide, Quick};
+    use std::arch::x86_64::*;
+    /// A run of vectors through the quick epilogue.
+    struct Run<V> {
+        e: Epilogue,
+        ns: (usize, usize),
+        v: V,
+        out: *mut f32,
+    }
+    impl<V: Fn(usize) -> __m512> Quick for Run<V> {
+        #[inline(always)]
+        unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
+            // SAFETY: forwarded; the CPU has AVX-512F.
             unsafe {
-                let x = _mm512_loadu_si512(sums[h..].as_ptr().cast());
-                let f = _mm512_loadu_si512(fix[h..].as_ptr().cast());
-                let mut v = _mm512_cvtepi32_ps(_mm512_sub_epi32(x, f));
-                if !none {
-                    let st = coefs(epi, i0 + i, j0 + h, m);
-                    v = apply(epi, v, st, epi.res.wrapping_add(at), m);
-                }
-                _mm512_mask_storeu_ps(c.add(at), m, v);
+                let coefs = vec::coefs(&self.e, 0, 0, !0);
+                vec::quick::<CLAMP, RES, A>(&self.e, coefs, self.ns, self.v, self.out);
+            }
+        }
+    }
+    let per_row = !(epi.cols || epi.scale.is_null() && epi.shift.is_null());
+    if epi.is_none() {
+        for p in 0..n {
+            // SAFETY: inside C (the caller's).
+            unsafe { _mm512_mask_storeu_ps(c.add(at + p * step), m, v(p)) };
+        }
+    } else if let (Some(clamp), u16::MAX, false) = (epi.quick_linear(), m, per_row) {
+        let mut e = epi.from(i, j, at);
+        if !res {
+            e.res = std::ptr::null();
+        }
+        let out = c.wrapping_add(at);
+        // SAFETY: forwarded.
+        unsafe {
+            decide(
+                &e,
+                clamp,
+                Run {
+                    e,
+                    ns: (n, step),
+                    v,
+                    out,
+                },
+            )
+        };
+    } else {
+        for p in 0..n {
+            let o = at + p * step;
+            let r = if res {
+                epi.res.wrapping_add(o)
+            } else {
+                std::ptr::null()
+            };
+            // SAFETY: forwarded.
+            unsafe {
+                let st = vec::coefs(epi, i + p, j, m);
+                let x = vec::apply(epi, v(p), st, r, m);
+                _mm512_mask_storeu_ps(c.add(o), m, x);
             }
         }
     }
@@ -808,12 +895,41 @@ mod amx {
     /// # Safety
     /// As `super::block`, tiles configured.
     pub(super) unsafe fn block(a: *const u8, b: *const i8, kp: usize, acc: &mut [i32]) {
+        let steps = (0..kp / KB).map(|kk| kk * KB);
         // SAFETY: the rows hold kp bytes (kp is a multiple of 64), 32 of them.
-        unsafe { windows(a, kp, (0..kp / KB).map(|kk| kk * KB), b, kp, acc) }
+        unsafe { windows(a, kp, steps, b, kp, acc, false) }
+    }
+
+    /// 32 rows of A read where they are (`rs` bytes apart, `k` bytes each) by two panels
+    /// into `acc`: every whole step of k in place, the part step left (when `k` is not a
+    /// multiple of 64) from `tail`, the rows' last bytes copied, 64 bytes apart with zeros
+    /// after (the panels' padded steps are zeros: any byte there would do, but past A's
+    /// last row none is readable). B streamed past L1 where `stream`.
+    ///
+    /// # Safety
+    /// Tiles configured; the 32 rows readable for `k` bytes, `tail` for 32 × 64 when `k`
+    /// is not a multiple of 64; the panels `kpad(k)` long; `acc` holds 32 rows of 32 i32s.
+    pub(super) unsafe fn rows(
+        (a, rs, k): (*const u8, usize, usize),
+        tail: *const u8,
+        b: *const i8,
+        acc: &mut [i32],
+        stream: bool,
+    ) {
+        let (whole, kp) = (k / KB, k.div_ceil(KB) * KB);
+        // SAFETY: forwarded.
+        unsafe {
+            zero();
+            run(a, rs, (0..whole).map(|kk| kk * KB), (b, kp, 0), stream);
+            if whole * KB < k {
+                run(tail, KB, std::iter::once(0), (b, kp, whole), stream);
+            }
+            store(acc);
+        }
     }
 
     /// 32 windows from `a` (`ci` bytes apart; step `s` of each `steps[s]` bytes on) by two
-    /// panels into `acc`.
+    /// panels into `acc`, B streamed past L1 where `stream`.
     ///
     /// # Safety
     /// Tiles configured; every window's steps readable (64 bytes each), the panels `kp`
@@ -825,11 +941,22 @@ mod amx {
         b: *const i8,
         kp: usize,
         acc: &mut [i32],
+        stream: bool,
     ) {
-        let b1 = b.wrapping_add(NR * kp);
-        let a1 = a.wrapping_add(16 * ci);
-        // SAFETY: the loads stay inside the windows (the caller's) and the panels; the
-        // stores inside `acc`.
+        // SAFETY: forwarded.
+        unsafe {
+            zero();
+            run(a, ci, steps, (b, kp, 0), stream);
+            store(acc);
+        }
+    }
+
+    /// Zeros the four tiles of sums.
+    ///
+    /// # Safety
+    /// Tiles configured.
+    unsafe fn zero() {
+        // SAFETY: tiles configured (the caller's).
         unsafe {
             asm!(
                 "tilezero tmm0",
@@ -837,27 +964,56 @@ mod amx {
                 "tilezero tmm2",
                 "tilezero tmm3",
                 options(nostack, nomem)
-            );
+            )
+        };
+    }
+
+    /// Adds 32 windows from `a` (`ci` bytes apart, steps at `steps`) by two panels `kp`
+    /// long from their step `first` on to the tiles of sums; B's tiles loaded with the
+    /// hint that they are not read again (`tileloaddt1`) where `stream`.
+    ///
+    /// # Safety
+    /// As [`windows`], for these steps of the panels.
+    unsafe fn run(
+        a: *const u8,
+        ci: usize,
+        steps: impl Iterator<Item = usize>,
+        (b, kp, first): (*const i8, usize, usize),
+        stream: bool,
+    ) {
+        let b0 = b.wrapping_add(first * KB * NR);
+        let b1 = b0.wrapping_add(NR * kp);
+        let a1 = a.wrapping_add(16 * ci);
+        // SAFETY: the loads stay inside the windows (the caller's) and the panels.
+        unsafe {
             for (kk, at) in steps.enumerate() {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {ci}*1]",
-                    "tileloadd tmm5, [{a1} + {ci}*1]",
-                    "tileloadd tmm6, [{b0} + {s}*1]",
-                    "tileloadd tmm7, [{b1} + {s}*1]",
-                    "tdpbusd tmm0, tmm4, tmm6",
-                    "tdpbusd tmm1, tmm4, tmm7",
-                    "tdpbusd tmm2, tmm5, tmm6",
-                    "tdpbusd tmm3, tmm5, tmm7",
-                    a0 = in(reg) a.add(at),
-                    a1 = in(reg) a1.add(at),
-                    b0 = in(reg) b.add(kk * KB * NR),
-                    b1 = in(reg) b1.add(kk * KB * NR),
-                    ci = in(reg) ci,
-                    s = in(reg) 4 * NR,
-                    options(nostack, readonly)
-                );
+                macro_rules! step {
+                    ($load_b:literal) => {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {ci}*1]",
+                            "tileloadd tmm5, [{a1} + {ci}*1]",
+                            concat!($load_b, " tmm6, [{b0} + {s}*1]"),
+                            concat!($load_b, " tmm7, [{b1} + {s}*1]"),
+                            "tdpbusd tmm0, tmm4, tmm6",
+                            "tdpbusd tmm1, tmm4, tmm7",
+                            "tdpbusd tmm2, tmm5, tmm6",
+                            "tdpbusd tmm3, tmm5, tmm7",
+                            a0 = in(reg) a.add(at),
+                            a1 = in(reg) a1.add(at),
+                            b0 = in(reg) b0.add(kk * KB * NR),
+                            b1 = in(reg) b1.add(kk * KB * NR),
+                            ci = in(reg) ci,
+                            s = in(reg) 4 * NR,
+                            options(nostack, readonly)
+                        )
+                    };
+                }
+                if stream {
+                    step!("tileloaddt1");
+                } else {
+                    step!("tileloadd");
+                }
             }
-            store(acc);
         }
     }
 
@@ -1003,12 +1159,14 @@ mod tests {
             (33, 40, 70),
             (64, 64, 128),
             (5, 100, 300),
+            // A whole block of rows read in place with a part step, B streamed.
+            (40, 300, 200),
         ] {
             let a: Vec<u8> = (0..m * k).map(|_| (next() >> 56) as u8).collect();
             let b: Vec<i8> = (0..k * n).map(|_| (next() >> 56) as i8).collect();
             let za = (next() >> 56) as u8;
             let shift: Vec<f32> = (0..n).map(|j| j as f32 - 3.0).collect();
-            let want: Vec<f32> = (0..m * n)
+            let sums: Vec<f32> = (0..m * n)
                 .map(|x| {
                     let (i, j) = (x / n, x % n);
                     let s: i32 = (0..k)
@@ -1016,8 +1174,11 @@ mod tests {
                             (i32::from(a[i * k + l]) - i32::from(za)) * i32::from(b[l * n + j])
                         })
                         .sum();
-                    (s as f32 + shift[j]).max(0.0)
+                    s as f32
                 })
+                .collect();
+            let want: Vec<f32> = (0..m * n)
+                .map(|x| (sums[x] + shift[x % n]).max(0.0))
                 .collect();
             let epi = Epilogue::new(
                 (std::ptr::null(), shift.as_ptr(), std::ptr::null()),
@@ -1026,26 +1187,86 @@ mod tests {
                 0,
                 [0.0; 11],
             );
-            let bp = pack_b(&b, n as i64, 1, k, n).unwrap();
-            for &isa in &isas {
-                let mut c = vec![f32::NAN; m * n];
-                // SAFETY: the operands have the sizes given.
-                unsafe {
-                    product(
-                        isa,
-                        a.as_ptr(),
-                        k,
-                        bp.as_ptr(),
-                        i32::from(za),
-                        c.as_mut_ptr(),
-                        n,
-                        m,
-                        n,
-                        k,
-                        &epi,
-                    )
-                };
-                assert_eq!(c, want, "{isa:?} {m}x{n}x{k}");
+            // Per-column and per-row operands, a residual, activations and a pair: stores
+            // through the quick epilogue and the general one.
+            let rows = m.max(n);
+            let scale: Vec<f32> = (0..rows).map(|j| 0.01 + j as f32 * 1e-3).collect();
+            let res: Vec<f32> = (0..m * n).map(|x| (x % 7) as f32 - 3.0).collect();
+            let null = std::ptr::null();
+            let pair = [0.5, 3.0, 0.0, 255.0, 0.25, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+            let epis = [
+                (epi, "shift, clamp"),
+                (
+                    Epilogue::new(
+                        (null, null, null),
+                        (f32::NEG_INFINITY, f32::INFINITY),
+                        1,
+                        0,
+                        [0.0; 11],
+                    ),
+                    "none",
+                ),
+                (
+                    Epilogue::new(
+                        (scale.as_ptr(), shift.as_ptr(), res.as_ptr()),
+                        (f32::NEG_INFINITY, f32::INFINITY),
+                        1,
+                        4,
+                        [0.0; 11],
+                    ),
+                    "columns, residual, silu",
+                ),
+                (
+                    Epilogue::new(
+                        (scale.as_ptr(), shift.as_ptr(), null),
+                        (-1.0, 1.0),
+                        0,
+                        3,
+                        [0.0; 11],
+                    ),
+                    "rows, clamps, gelu",
+                ),
+                (
+                    Epilogue::new(
+                        (scale.as_ptr(), null, res.as_ptr()),
+                        (f32::NEG_INFINITY, f32::INFINITY),
+                        1,
+                        0,
+                        pair,
+                    ),
+                    "columns, residual, pair",
+                ),
+            ];
+            for (e, what) in &epis {
+                let want: Vec<f32> = (0..m * n)
+                    .map(|x| {
+                        let r = (!e.res.is_null()).then(|| res[x]);
+                        // SAFETY: the operands hold every row and column.
+                        e.one(sums[x], unsafe { e.coefs(x / n, x % n) }, r)
+                    })
+                    .collect();
+                let bp = pack_b(&b, n as i64, 1, k, n).unwrap();
+                for &isa in &isas {
+                    let mut c = vec![f32::NAN; m * n];
+                    // SAFETY: the operands have the sizes given.
+                    unsafe {
+                        product(
+                            isa,
+                            a.as_ptr(),
+                            k,
+                            bp.as_ptr(),
+                            i32::from(za),
+                            c.as_mut_ptr(),
+                            n,
+                            m,
+                            n,
+                            k,
+                            e,
+                        )
+                    };
+                    let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{isa:?} {m}x{n}x{k} {what}");
+                }
             }
             // Through the entry point, B packed per call (B transposed: columns k apart).
             let bt: Vec<i8> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
