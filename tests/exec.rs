@@ -307,3 +307,127 @@ func @four_bit {{
         assert!(kiln::onnx::mismatch(&got[0], &oracle[0].1, tol).is_none());
     }
 }
+
+/// `dynamic_quantize` (ONNX DynamicQuantizeLinear as one op) is the ops it is defined by —
+/// the interpreter's and the compiled routine's results, at one thread and two, are the
+/// definition's bits: numbers of either sign or one, all zeros, one element, NaN,
+/// infinities, halves that round to even, and more elements than one thread's part.
+#[test]
+fn dynamic_quantize_is_the_ops_it_is_defined_by() {
+    use kiln::{Builder, DType, Op, Shape};
+    /// DynamicQuantizeLinear in elementwise ops and reductions (as importers once wrote it).
+    fn definition(b: &mut Builder, x: kiln::Value) -> kiln::Result<[kiln::Value; 3]> {
+        let all: Vec<i64> = (0..b.rank(x) as i64).collect();
+        let zero = b.scalar(0.0, DType::F32)?;
+        let hi = b.reduce_max(x, &all, false)?;
+        let hi = b.max(hi, zero)?;
+        let lo = b.reduce(|axes| Op::ReduceMin { axes }, x, &all, false)?;
+        let lo = b.min(lo, zero)?;
+        let range = b.sub(hi, lo)?;
+        let same = b.op1(Op::Eq, &[hi, lo])?;
+        let one = b.scalar(1.0, DType::F32)?;
+        let range = b.op1(Op::Select, &[same, one, range])?;
+        let top = b.scalar(255.0, DType::F32)?;
+        let s = b.div(range, top)?;
+        let z = b.div(lo, s)?;
+        let z = b.sub(zero, z)?;
+        let z = b.max(z, zero)?;
+        let z = b.min(z, top)?;
+        let z = b.unary(Op::Round, z)?;
+        let q = b.div(x, s)?;
+        let q = b.unary(Op::Round, q)?;
+        let q = b.add(q, z)?;
+        let q = b.max(q, zero)?;
+        let q = b.min(q, top)?;
+        let q = b.cast(q, DType::U8)?;
+        let z8 = b.cast(z, DType::U8)?;
+        Ok([q, s, z8])
+    }
+    let graph = |n: usize, op: bool| {
+        let mut b = Builder::new("dq");
+        let x = b
+            .param("x", DType::F32, Shape::from_consts(&[n as i64]))
+            .unwrap();
+        let outs = if op {
+            let o = b.op(Op::DynamicQuantize, &[x]).unwrap();
+            [o[0], o[1], o[2]]
+        } else {
+            definition(&mut b, x).unwrap()
+        };
+        for (name, v) in ["q", "s", "z"].iter().zip(outs) {
+            b.output(name, v).unwrap();
+        }
+        b.finish().unwrap()
+    };
+    let mut rng = kiln::Rng::new(5);
+    let big: Vec<f32> = (0..40_000)
+        .map(|i| (i % 1000) as f32 * 0.37 - 100.0)
+        .collect();
+    let cases: Vec<Vec<f32>> = vec![
+        (0..100).map(|_| rng.range(-3.0, 5.0) as f32).collect(),
+        vec![0.0; 7],
+        vec![-0.0, 0.0],
+        vec![3.0],
+        vec![-2.0, -5.0, -1.0],
+        vec![1.0, 2.0, 255.0, 0.5, 1.5, 2.5],
+        // A scale of 1/128 and a zero point of exactly 2.5 (even: 2), values 2.5 and 3.5.
+        vec![-0.019_531_25, 1.972_656_3, 0.019_531_25, 0.027_343_75],
+        vec![-1.0, f32::NAN, 2.0],
+        vec![-1.0, f32::INFINITY, 2.0],
+        vec![f32::NEG_INFINITY, 1.0],
+        (0..300).map(|i| i as f32 - 100.5).collect(),
+        big,
+    ];
+    let bits = |t: &Tensor| -> Vec<u64> {
+        match t.as_slice::<f32>() {
+            Some(v) => v
+                .iter()
+                .map(|x| {
+                    if x.is_nan() {
+                        1 << 40
+                    } else {
+                        u64::from(x.to_bits())
+                    }
+                })
+                .collect(),
+            None => t
+                .as_slice::<u8>()
+                .unwrap()
+                .iter()
+                .map(|&x| u64::from(x))
+                .collect(),
+        }
+    };
+    for x in cases {
+        let n = x.len();
+        let input = vec![(
+            "x".to_string(),
+            Tensor::from_vec(vec![n], x.clone()).unwrap(),
+        )];
+        let none = std::collections::HashMap::new();
+        let want: Vec<Vec<u64>> = kiln::interpret(&graph(n, false), &input, &none)
+            .unwrap()
+            .iter()
+            .map(|(_, t)| bits(t))
+            .collect();
+        let g = graph(n, true);
+        let got: Vec<Vec<u64>> = kiln::interpret(&g, &input, &none)
+            .unwrap()
+            .iter()
+            .map(|(_, t)| bits(t))
+            .collect();
+        assert_eq!(got, want, "interpreted, {:?}", &x[..n.min(8)]);
+        let text = kiln::print_graph(&kiln::optimize(&g, None, &none).unwrap());
+        assert!(text.contains("dynamic_quantize"), "{text}");
+        for threads in [1, 2] {
+            let (outs, _) = run_at(&g, &input[0].1, threads);
+            let got: Vec<Vec<u64>> = outs.iter().map(bits).collect();
+            assert_eq!(
+                got,
+                want,
+                "compiled, {threads} threads, {:?}",
+                &x[..n.min(8)]
+            );
+        }
+    }
+}

@@ -714,6 +714,18 @@ pub(crate) fn rule_reduce_window(
     Ok(vec![TensorType::new(x.dtype, Shape::new(dims))])
 }
 
+pub(crate) fn rule_dynamic_quantize(ins: &[TensorType]) -> Rule {
+    let x = &ins[0];
+    if x.dtype != DType::F32 {
+        return Err(format!("x must be f32, got {}", x.dtype));
+    }
+    Ok(vec![
+        TensorType::new(DType::U8, x.shape.clone()),
+        TensorType::new(DType::F32, Shape::new(Vec::new())),
+        TensorType::new(DType::U8, Shape::new(Vec::new())),
+    ])
+}
+
 pub(crate) fn rule_topk(ins: &[TensorType], k: &i64, ax: &i64, _largest: &bool) -> Rule {
     let x = &ins[0];
     check_dtype(DTypeSet::NUM, x, "operand")?;

@@ -414,6 +414,13 @@ ops! {
     /// Index (i64) of the first minimum along `axis`, or of the last with `last=true`.
     ArgMin = "argmin", Reduce, Exactly(1), { axis: i64, last: bool = default(false) }
         => rule_arg_reduce;
+    /// ONNX DynamicQuantizeLinear of an f32 tensor x, as these ops compute it: with
+    /// `lo = min(reduce_min(x), 0)` and `hi = max(reduce_max(x), 0)` (every axis), the scale
+    /// `s = select(hi == lo, 1, hi − lo) / 255` and the zero point
+    /// `z = round(min(max(0 − lo / s, 0), 255))`; results `cast<u8>(round(x / s) + z)` (x's
+    /// shape), `s` (f32 `[]`) and `cast<u8>(z)` (u8 `[]`). One pass for both extremes, where
+    /// the ops take one each.
+    DynamicQuantize = "dynamic_quantize", Reduce, Exactly(1) => rule_dynamic_quantize;
 
     /// General contraction: result axes are the batch axes, then the remaining lhs axes, then
     /// the remaining rhs axes; contracted axes are summed over.

@@ -242,6 +242,12 @@ impl<'g> Lowering<'g> {
                     let bi = self.result(Value::new(id, 1))?;
                     self.topk(v, *k, *axis as usize, *largest, bv, bi)?;
                 }
+                Op::DynamicQuantize => {
+                    let q = self.target(v, output_buf)?;
+                    let s = self.result(Value::new(id, 1))?;
+                    let z = self.result(Value::new(id, 2))?;
+                    self.dynamic_quantize(v, [q, s, z])?;
+                }
                 Op::Lstm { reverse } | Op::Gru { reverse, .. } | Op::Rnn { reverse } => {
                     let mut outs = vec![self.target(v, output_buf)?];
                     for i in 1..node.types().len() as u32 {

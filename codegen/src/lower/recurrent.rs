@@ -1,5 +1,6 @@
-//! Recurrent layers: `lstm`, `gru` and `rnn` become one call of their routine over dense operands
-//! (the whole sequence in one call; the routine splits the hidden units over threads itself).
+//! Recurrent layers — `lstm`, `gru` and `rnn` — and `dynamic_quantize` become one call of their
+//! routine over dense operands (the whole sequence, the whole tensor, in one call; the
+//! routines split their work over threads themselves).
 
 use super::*;
 
@@ -39,6 +40,27 @@ impl Lowering<'_> {
             routine: routine.into(),
             operands,
             ints,
+            scalars: Vec::new(),
+            result: None,
+        })));
+        for (i, &b) in outs.iter().enumerate() {
+            self.bufs.insert(Value::new(v.node, i as u32), b);
+        }
+        Ok(())
+    }
+
+    /// `dynamic_quantize` of `v`'s operand into `outs` (the values, the scale, the zero
+    /// point): one call over the whole tensor.
+    pub(super) fn dynamic_quantize(&mut self, v: Value, outs: [BufId; 3]) -> Result<()> {
+        let x = self.g.node(v.node).inputs()[0];
+        let shape = self.ty(x).shape.clone();
+        let n = (shape.dims().iter()).fold(Expr::i64(1), |n, d| n * self.dim(d));
+        let mut operands = vec![Some((self.dense(x)?, Expr::i64(0)))];
+        operands.extend(outs.iter().map(|&b| Some((b, Expr::i64(0)))));
+        self.k.body.push(Stmt::Call(Box::new(kernel::Call {
+            routine: "dynamic_quantize".into(),
+            operands,
+            ints: vec![n],
             scalars: Vec::new(),
             result: None,
         })));

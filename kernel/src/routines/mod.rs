@@ -137,7 +137,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 27] = [
+pub static ROUTINES: [Routine; 28] = [
     products::GEMM,
     products::QGEMM,
     products::QCONV2D,
@@ -674,6 +674,38 @@ pub static ROUTINES: [Routine; 27] = [
         call: |p, i, s| unsafe { f64::from(rows::kiln_row_min(p[0].cast(), i[0], s[0] as f32)) },
         doc: "min(init, row[0], ..., row[n-1]) in f32: IEEE minimum (NaN if any is NaN, -0 < \
               +0), the loop `acc = min(acc, row[i])` over a contiguous row",
+    },
+    Routine {
+        name: "dynamic_quantize",
+        symbol: "kiln_dynamic_quantize",
+        operands: &[
+            ("x", Role::Read, ir::DType::F32),
+            ("q", Role::Write, ir::DType::U8),
+            ("s", Role::Write, ir::DType::F32),
+            ("z", Role::Write, ir::DType::U8),
+        ],
+        replaces: None,
+        in_place: false,
+        ints: &["n"],
+        scalars: &[],
+        result: None,
+        cost: |i| 5.0 * i[0],
+        extent: |operand, i| match operand {
+            0 | 1 => i.first().cloned(),
+            _ => Some(crate::Expr::i64(1)),
+        },
+        bounds: |operand, i| match operand {
+            0 | 1 => (i[0] > 0).then(|| (0, i[0] - 1)),
+            _ => Some((0, 0)),
+        },
+        address: || rows::kiln_dynamic_quantize as *const u8,
+        call: |p, i, _| unsafe {
+            rows::kiln_dynamic_quantize(p[0].cast(), p[1].cast(), p[2].cast(), p[3].cast(), i[0]);
+            0.0
+        },
+        doc: "the dynamic_quantize op on x's n f32s: lo and hi its IEEE minimum and maximum \
+              widened to 0, s = (hi == lo ? 1 : hi - lo) / 255, z = round(min(max(0 - lo / s, \
+              0), 255)); q[i] = u8(round(x[i] / s) + z) as row_quantize, then s and u8(z)",
     },
     Routine {
         name: "row_quantize",

@@ -97,6 +97,78 @@ impl Bounds {
     }
 }
 
+/// ONNX DynamicQuantizeLinear of `n` f32s (see the routine table's `dynamic_quantize`): both
+/// extremes in one pass, the scale and zero point as the op's scalar arithmetic computes
+/// them, then the elements quantized as [`kiln_row_quantize`] does (in parts over the helper
+/// threads where there are enough of them).
+///
+/// # Safety
+/// `x` readable and `q` writable for `n` elements; `s` and `z` writable.
+pub unsafe extern "C" fn kiln_dynamic_quantize(
+    x: *const f32,
+    q: *mut u8,
+    s: *mut f32,
+    z: *mut u8,
+    n: i64,
+) {
+    let n = n.max(0) as usize;
+    // SAFETY: forwarded.
+    let (lo, hi) = unsafe { row_bounds(x, n) };
+    let (lo, hi) = (minimum(lo, 0.0), maximum(hi, 0.0));
+    let range = if hi == lo { 1.0 } else { hi - lo };
+    let scale = range / 255.0;
+    let zero = minimum(maximum(0.0 - lo / scale, 0.0), 255.0).round_ties_even();
+    const PART: usize = 1 << 14;
+    let parts = (n / PART).clamp(1, crate::threads::helpers() + 1);
+    let (x, q) = (x as usize, q as usize);
+    crate::threads::parallel_for(parts, |p| {
+        let (from, to) = (n * p / parts, n * (p + 1) / parts);
+        let (x, q) = (
+            (x as *const f32).wrapping_add(from),
+            (q as *mut u8).wrapping_add(from),
+        );
+        // SAFETY: part p of both rows.
+        unsafe { row_quantize(x, None, q, (to - from) as i64, (scale, zero)) };
+    });
+    // SAFETY: the scalars are writable.
+    unsafe {
+        *s = scale;
+        // The conversion to u8 of a number in 0..=255 or NaN (0).
+        *z = if zero.is_nan() { 0 } else { zero as u8 };
+    }
+}
+
+/// The IEEE minimum and maximum of `n` f32s (+inf and -inf for none).
+///
+/// # Safety
+/// `row` readable for `n` elements.
+unsafe fn row_bounds(row: *const f32, n: usize) -> (f32, f32) {
+    let both = |b: Bounds| {
+        (
+            b.extreme::<true>(f32::INFINITY),
+            b.extreme::<false>(f32::NEG_INFINITY),
+        )
+    };
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512() {
+        // SAFETY: the host has AVX-512; forwarded.
+        return both(unsafe { avx512::bounds(row, n) });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2_fma() {
+        // SAFETY: the host has AVX2; forwarded.
+        return both(unsafe { avx2::bounds(row, n) });
+    }
+    // SAFETY: forwarded.
+    let xs = unsafe { std::slice::from_raw_parts(row, n) };
+    let lo = xs.iter().fold(f32::INFINITY, |a, &x| extreme::<true>(a, x));
+    (
+        lo,
+        xs.iter()
+            .fold(f32::NEG_INFINITY, |a, &x| extreme::<false>(a, x)),
+    )
+}
+
 /// `dst[i] = u8(round(src[i] / s) + z)` for `i < n` (see the routine table's `row_quantize`).
 ///
 /// # Safety
@@ -153,8 +225,8 @@ unsafe fn row_quantize(
     let n = n.max(0) as usize;
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::avx512() {
-        // SAFETY: the host has AVX-512; forwarded.
+    if crate::avx512() && std::arch::is_x86_feature_detected!("avx512dq") {
+        // SAFETY: the host has AVX-512 F and DQ; forwarded.
         i = unsafe { avx512::quantize(src, res, dst, n, sz) };
     } else if crate::avx2_fma() {
         // SAFETY: the host has AVX2; forwarded.
@@ -199,7 +271,7 @@ pub unsafe extern "C" fn kiln_row_dequantize(
     }
 }
 
-/// The reciprocal of a quantizer's scale `s` where the vector loops may round `x·(1/s)`
+/// The reciprocal of a quantizer's scale `s` where the AVX2 loop may round `x·(1/s)`
 /// instead of dividing — `s` and `1/s` normal and the zero point `z` finite — with how far
 /// (relative to it) such a product may be from the rounded quotient: 1.5 units in the last
 /// place, bounded here by 2^-21 of it. A product that far from a half-integer rounds as the
@@ -213,6 +285,22 @@ fn reciprocal(s: f32, z: f32) -> Option<f32> {
 /// The margin of [`reciprocal`]: a product `q` nearer than `|q|·RECIP_MARGIN` to a
 /// half-integer is divided instead.
 const RECIP_MARGIN: f32 = 1.0 / (1u32 << 21) as f32;
+
+/// Two multipliers bracketing division by a quantizer's scale `s`, and a bound on the
+/// dividends (the AVX-512 loop's; the AVX2 one rounds by [`reciprocal`]): for `|x|` at most
+/// the bound (larger ones clamped to it) the products `x·below` and `x·above` lie on either
+/// side of the rounded quotient `x / s` (each within 2^-20 of it relatively, the roundings
+/// of `1/s`, of the multipliers and of the products being under 2^-23 together), so where
+/// both round to the same integer the quotient does too — ties to even included, as
+/// rounding is monotone — and the bound's quotients (2^22) saturate as larger ones do. `None` (divide) unless `s` and `1/s` are normal and
+/// the zero point `z` is an integer under 2^16 (added in integers).
+fn bracket(s: f32, z: f32) -> Option<(f32, f32, f32)> {
+    let r = 1.0 / s;
+    let ok = s.is_normal() && r.is_normal() && z.fract() == 0.0 && z.abs() <= 65536.0;
+    let e = 1.0 / (1u32 << 20) as f32;
+    let most = (s.abs() * (1u32 << 22) as f32).min(f32::MAX);
+    ok.then_some((r * (1.0 - e), r * (1.0 + e), most))
+}
 
 /// One element of [`kiln_row_quantize`], as the JIT's scalar code computes it.
 fn quantize(x: f32, s: f32, z: f32) -> u8 {
@@ -780,11 +868,12 @@ pub(super) mod avx512 {
         }
     }
 
-    /// Whole vectors of [`super::kiln_row_quantize`] (the rest left to the caller): the
-    /// quotients rounded by way of the reciprocal where [`super::reciprocal`] allows (a
-    /// vector with a lane near a half-integer divided), the clamp in floats (where `max`
+    /// Whole vectors of [`super::kiln_row_quantize`] (the rest left to the caller): where
+    /// [`super::bracket`] allows, each quotient rounded to an integer by way of two products
+    /// that bracket it (a vector where they round apart divided), the zero point added and
+    /// the clamp taken in integers; otherwise divided, the clamp in floats (where `max`
     /// makes NaN 0), so the truncating conversion never overflows. Returns how many it did.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512dq")]
     pub(super) unsafe fn quantize(
         src: *const f32,
         res: Option<super::Residual>,
@@ -797,9 +886,10 @@ pub(super) mod avx512 {
         let (rz, rs) = res.map_or((0.0, 0.0), |r| (r.z, r.s));
         let (rzv, rsv) = (_mm512_set1_ps(rz), _mm512_set1_ps(rs));
         let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
-        let recip = super::reciprocal(s, z);
-        let rv = _mm512_set1_ps(recip.unwrap_or(0.0));
-        let (margin, half) = (_mm512_set1_ps(super::RECIP_MARGIN), _mm512_set1_ps(0.5));
+        let b = super::bracket(s, z);
+        let (below, above, most) = b.unwrap_or_default();
+        let (below, above) = (_mm512_set1_ps(below), _mm512_set1_ps(above));
+        let (most, zi) = (_mm512_set1_ps(most), _mm512_set1_epi32(z as i32));
         let mut i = 0;
         while i + 16 <= n {
             // SAFETY: 16 elements of both rows from i.
@@ -810,21 +900,27 @@ pub(super) mod avx512 {
                     let d = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
                     x = _mm512_add_ps(x, _mm512_mul_ps(_mm512_sub_ps(d, rzv), rsv));
                 }
-                let mut q = None;
-                if recip.is_some() {
-                    let p = _mm512_mul_ps(x, rv);
-                    let r = _mm512_roundscale_ps::<NEAREST>(p);
-                    let d = _mm512_abs_ps(_mm512_sub_ps(p, r));
-                    let near = _mm512_fnmadd_ps(_mm512_abs_ps(p), margin, half);
-                    if _mm512_cmp_ps_mask::<_CMP_GE_OQ>(d, near) == 0 {
-                        q = Some(r);
+                let mut done = false;
+                if b.is_some() {
+                    // |x| at most the bound, its sign kept (`vrangeps`); a NaN stays one, and
+                    // converts to i32::MIN: quantized to 0, as NaN is.
+                    let c = _mm512_range_ps::<0b0010>(x, most);
+                    let q0 = _mm512_cvt_roundps_epi32::<NEAREST>(_mm512_mul_ps(c, below));
+                    let q1 = _mm512_cvt_roundps_epi32::<NEAREST>(_mm512_mul_ps(c, above));
+                    if _mm512_cmpneq_epi32_mask(q0, q1) == 0 {
+                        // Non-negative, saturated to 255 by the unsigned narrowing.
+                        let q = _mm512_max_epi32(_mm512_add_epi32(q0, zi), _mm512_setzero_si512());
+                        _mm_storeu_si128(dst.add(i).cast(), _mm512_cvtusepi32_epi8(q));
+                        done = true;
                     }
                 }
-                let q = q.unwrap_or_else(|| _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(x, sv)));
-                let q = _mm512_add_ps(q, zv);
-                let q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
-                let q = _mm512_cvttps_epi32(q);
-                _mm_storeu_si128(dst.add(i).cast(), _mm512_cvtepi32_epi8(q));
+                if !done {
+                    let q = _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(x, sv));
+                    let q = _mm512_add_ps(q, zv);
+                    let q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
+                    let q = _mm512_cvttps_epi32(q);
+                    _mm_storeu_si128(dst.add(i).cast(), _mm512_cvtepi32_epi8(q));
+                }
             }
             i += 16;
         }
@@ -1023,6 +1119,9 @@ mod tests {
             (f32::MIN_POSITIVE / 4.0, 9.0),
             (1e38, 3.0),
             (0.25, f32::INFINITY),
+            (-0.37, 100.0),
+            (0.1, 0.5),
+            (1.0 / 3.0, 70000.0),
         ];
         for (s, z) in scales {
             let mut src = src.clone();
@@ -1034,6 +1133,9 @@ mod tests {
                 src.extend([h.next_up().next_up(), h.next_down().next_down()]);
             }
             src.extend([3e5 * s, 1.5e6 * s + s / 2.0, -4e6 * s]);
+            // And numbers of every size.
+            let mut next = super::super::lcg(s.to_bits().into());
+            src.extend((0..4000).map(|_| f32::from_bits((next() >> 32) as u32)));
             let want: Vec<u8> = src.iter().map(|&x| quantize(x, s, z)).collect();
             let mut got = vec![7u8; src.len()];
             // SAFETY: both rows hold their elements.

@@ -269,7 +269,11 @@ impl egg::Analysis<ENode> for Analysis {
                 };
                 (constant, splat, positive_of(op, &operands, splat), range)
             }
-            EOp::Proj(_) => (operands[0].constant, None, false, None),
+            // A result of an integer type lies in its range, as a parameter's does.
+            EOp::Proj(_) => {
+                let range = types.first().and_then(|t| t.dtype.int_range());
+                (operands[0].constant, None, false, range)
+            }
         };
         Info {
             types,

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use ir::{DType, Data, ReduceKind, ScatterReduction};
 
 use super::index::{for_each_index, numel, strides, transpose};
-use super::wide::{fmax, fmin, int_range, Wide};
+use super::wide::{fmax, fmin, int_range, narrow, Wide};
 
 /// Neumaier-compensated running sum. It starts from its first element (not from +0), so the
 /// sum of one element is that element, -0 included; an empty sum is +0.
@@ -98,6 +98,35 @@ pub fn reduce(kind: ReduceKind, x: &Wide, shape: &[usize], axes: &[usize], dtype
         }
         Wide::B(_) => unreachable!("the verifier admits no bool reductions"),
     }
+}
+
+/// `dynamic_quantize` of f32 `x` (any shape): the quantized values, the scale and the zero
+/// point, each step as the op's definition writes it in ops (reductions over every axis,
+/// then scalar f32 arithmetic, NaN-propagating extremes, the casts of [`narrow`]).
+pub fn dynamic_quantize(x: &Wide, shape: &[usize]) -> [Data; 3] {
+    let all: Vec<usize> = (0..shape.len()).collect();
+    let extreme = |kind| match reduce(kind, x, shape, &all, DType::F32) {
+        Wide::F(v) => v[0] as f32,
+        _ => unreachable!("an f32 reduction"),
+    };
+    let f = |v: f64| v as f32;
+    let hi = f(fmax(f64::from(extreme(ReduceKind::Max)), 0.0));
+    let lo = f(fmin(f64::from(extreme(ReduceKind::Min)), 0.0));
+    let range = if hi == lo { 1.0 } else { hi - lo };
+    let s = range / 255.0;
+    let z = f(fmin(fmax(f64::from(0.0 - lo / s), 0.0), 255.0)).round_ties_even();
+    let q: Vec<f64> = match x {
+        Wide::F(v) => v
+            .iter()
+            .map(|&x| f64::from(((x as f32) / s).round_ties_even() + z))
+            .collect(),
+        _ => unreachable!("f32 operand"),
+    };
+    [
+        narrow(&Wide::F(q), DType::U8),
+        Data::F32(vec![s]),
+        narrow(&Wide::F(vec![f64::from(z)]), DType::U8),
+    ]
 }
 
 /// NaN-aware ordering: NaN sorts above everything.

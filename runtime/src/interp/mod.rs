@@ -577,6 +577,7 @@ impl Interp<'_> {
                 let idx = compute::arg_reduce(&wide0(), arg(0).shape(), *axis as usize, max, *last);
                 Ok(vec![Data::I64(idx)])
             }
+            Op::DynamicQuantize => Ok(compute::dynamic_quantize(&wide0(), arg(0).shape()).to_vec()),
             Op::TreeWalk => Ok(vec![Data::I64(compute::tree_walk(args)?)]),
             Op::Resample { axis } => Ok(vec![compute::resample(
                 args,

@@ -251,29 +251,11 @@ pub fn dynamic_quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
     let x = ctx.ir(n.req(0)?)?;
     let b = &mut ctx.b;
     let dt = b.dtype(x);
-    let all: Vec<i64> = (0..b.rank(x) as i64).collect();
     let x32 = b.cast(x, DType::F32)?;
-    let zero = b.scalar(0.0, DType::F32)?;
-    let mx = b.reduce_max(x32, &all, false)?;
-    let mx = b.max(mx, zero)?;
-    let mn = b.reduce(|axes| Op::ReduceMin { axes }, x32, &all, false)?;
-    let mn = b.min(mn, zero)?;
-    let range = b.sub(mx, mn)?;
-    let same = b.op1(Op::Eq, &[mx, mn])?;
-    let onev = b.scalar(1.0, DType::F32)?;
-    let range = b.op1(Op::Select, &[same, onev, range])?;
-    let q = b.scalar(255.0, DType::F32)?;
-    let scale = b.div(range, q)?;
-    let mz = b.div(mn, scale)?;
-    let zp = b.sub(zero, mz)?;
-    let zp = b.max(zp, zero)?;
-    let zp = b.min(zp, q)?;
-    let zpr = b.unary(Op::Round, zp)?;
-    let xs = b.div(x32, scale)?;
-    let y = saturate(b, xs, Some(zpr), DType::U8)?;
-    let zp_u8 = b.cast(zpr, DType::U8)?;
-    let scale_out = b.cast(scale, dt)?;
-    Ok(vec![ctx.v(y), ctx.v(scale_out), ctx.v(zp_u8)])
+    // One op (the ops it is defined by take a pass over x each for its two extremes).
+    let out = b.op(Op::DynamicQuantize, &[x32]).map_err(s)?;
+    let scale_out = b.cast(out[1], dt)?;
+    Ok(vec![ctx.v(out[0]), ctx.v(scale_out), ctx.v(out[2])])
 }
 
 /// `v - zp` in i32, with `zp` broadcast along `zp_axis` of `v` when it is a vector.
