@@ -111,8 +111,8 @@ pub unsafe extern "C" fn kiln_qconv2d(
     if p == 0 || o == 0 {
         return;
     }
-    if k == 0 || blocked_out {
-        // (A blocked result's padding lanes too.)
+    if k == 0 || blocked_out && o % 16 != 0 {
+        // (A blocked result's padding lanes too: the stores write every real lane.)
         let len = if blocked_out {
             o.div_ceil(16) * 16 * p
         } else {
@@ -156,42 +156,54 @@ pub unsafe extern "C" fn kiln_qconv2d(
         let wp = ((ow - 1) * sw + (kw - 1) * dw + 1).max(wd + pw);
         // 64-byte aligned, and 32 pixels over: what tiles of windows read (`Windows`).
         let img = qgemm::aligned(img, hp * wp * ci + 32 * ci + 64);
-        img.fill(za);
-        if xb == 16 {
-            // Blocked: each pixel's channels are runs of 16 already, one a block.
-            let blocks = ci.div_ceil(16);
-            // SAFETY: x holds blocks·h·w·16 bytes.
-            let x = unsafe { std::slice::from_raw_parts(x, blocks * h * wd * 16) };
-            for y in 0..h {
-                let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
-                for cb in 0..blocks {
-                    let lanes = (ci - cb * 16).min(16);
-                    let row = &x[(cb * h + y) * wd * 16..][..wd * 16];
-                    for (px, run) in row.chunks_exact(16).enumerate() {
-                        dst[px * ci + cb * 16..][..lanes].copy_from_slice(&run[..lanes]);
-                    }
-                }
-            }
-        } else {
-            // SAFETY: x holds ci·h·w bytes.
-            let planes = unsafe { std::slice::from_raw_parts(x, ci * h * wd) };
-            for y in 0..h {
-                // Row y of every plane transposed (channels × pixels).
-                let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
-                // SAFETY: the row holds wd pixels of ci channels.
-                unsafe { transpose(planes, y * wd, h * wd, dst.as_mut_ptr(), ci, ci, wd) };
-            }
-        }
-        let b = match filters {
-            Some(b) => b,
-            None => FILTERS.with(|f| f.borrow().as_ptr()),
-        };
         // Pixels split over the threads from 2M multiply-adds, each part its own patches,
-        // product and columns of the result.
+        // product and columns of the result — and its rows of the image's copy first.
         let t = if p * o * k >= 1 << 21 {
             crate::threads::helpers() + 1
         } else {
             1
+        };
+        let rows_of = |part: usize, parts: usize| (hp * part / parts, hp * (part + 1) / parts);
+        let (at, len, x) = (img.as_mut_ptr() as usize, img.len(), x as usize);
+        let layout_parts = t.min(hp).max(1);
+        crate::threads::parallel_for(layout_parts, |part| {
+            // SAFETY: each part writes its own rows of the copy (the last part its tail).
+            let img = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
+            let (y0, y1) = rows_of(part, layout_parts);
+            let end = if part + 1 == layout_parts {
+                len
+            } else {
+                y1 * wp * ci
+            };
+            img[y0 * wp * ci..end].fill(za);
+            let x = x as *const u8;
+            for y in y0.saturating_sub(ph).min(h)..y1.saturating_sub(ph).min(h) {
+                let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
+                if xb == 16 {
+                    // Blocked: each pixel's channels are runs of 16 already, one a block.
+                    let blocks = ci.div_ceil(16);
+                    for cb in 0..blocks {
+                        let lanes = (ci - cb * 16).min(16);
+                        // SAFETY: x holds blocks·h·w·16 bytes.
+                        let row = unsafe {
+                            std::slice::from_raw_parts(x.add((cb * h + y) * wd * 16), wd * 16)
+                        };
+                        for (px, run) in row.chunks_exact(16).enumerate() {
+                            dst[px * ci + cb * 16..][..lanes].copy_from_slice(&run[..lanes]);
+                        }
+                    }
+                } else {
+                    // SAFETY: x holds ci·h·w bytes.
+                    let planes = unsafe { std::slice::from_raw_parts(x, ci * h * wd) };
+                    // Row y of every plane transposed (channels × pixels); the row holds wd
+                    // pixels of ci channels.
+                    unsafe { transpose(planes, y * wd, h * wd, dst.as_mut_ptr(), ci, ci, wd) };
+                }
+            }
+        });
+        let b = match filters {
+            Some(b) => b,
+            None => FILTERS.with(|f| f.borrow().as_ptr()),
         };
         let windows = windows(img.as_ptr(), (ci, kh, kw), (sh, sw, dh, dw), (wp, ow));
         // Whole rows of outputs a part where the windows are read in place.
@@ -567,7 +579,12 @@ mod tests {
             let want: Vec<f32> = (want.iter().enumerate())
                 .map(|(i, &v)| v * scale[i / (oh * ow)] + shift[i / (oh * ow)])
                 .collect();
-            for (bp, xp, xb, yb) in forms {
+            // At two threads too (the larger shapes split the image's copy and the pixels).
+            let pool = std::sync::Arc::new(crate::threads::Pool::new(1).unwrap());
+            for ((bp, xp, xb, yb), pool) in forms
+                .into_iter()
+                .flat_map(|f| [(f, None), (f, Some(pool.clone()))])
+            {
                 let want: Vec<f32> = if yb == 16 {
                     want.clone()
                 } else {
@@ -580,7 +597,7 @@ mod tests {
                     [ci, o, h, wd, oh, ow, kh, kw, s, d, ph, pw].map(|v| v as i64);
                 let null = std::ptr::null();
                 // SAFETY: the operands hold what the geometry says.
-                unsafe {
+                crate::threads::with_helpers(pool, || unsafe {
                     kiln_qconv2d(
                         xp,
                         w.as_ptr(),
@@ -621,7 +638,7 @@ mod tests {
                         0.0,
                         0.0,
                     )
-                };
+                });
                 // A blocked result back to planes, its padding lanes 0.
                 let c: Vec<f32> = if yb == 16 {
                     for (i, v) in c.iter().enumerate() {
