@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use egg::Id;
 use ir::{Builder, Graph, NodeId, Op, OpKind, Region, Value};
 
-use crate::egraph::{self, extract, lang::EOp};
+use crate::egraph::{self, cost::Target, extract, lang::EOp};
 use crate::manager::{Done, Options};
 use crate::rebuild::R;
 
@@ -536,7 +536,12 @@ pub(crate) fn run(g: &Graph, opts: &Options) -> R<Done> {
         added += 1;
     }
     loaded.egraph.rebuild();
-    let graph = extract::extract(&loaded, g, &opts.target)?;
+    // Fold has run: values of constants alone left here run every time.
+    let target = Target {
+        folds: false,
+        ..opts.target.clone()
+    };
+    let graph = extract::extract(&loaded, g, &target)?;
     let kernels = graph
         .node_ids()
         .into_iter()

@@ -1,6 +1,7 @@
 //! The cost model: the time a node would take on a target, as bytes moved over the target's
 //! bandwidth plus flops over its peak plus a fixed cost per kernel launch. Values that depend
-//! only on constants cost nothing (they fold); sources and reshapes (views) cost nothing.
+//! only on constants cost nothing (they fold, unless fold has run: [`Target::folds`]);
+//! sources and reshapes (views) cost nothing.
 //! Symbolic dims count as [`Target::symbol_size`].
 
 use ir::{Dim, Op, TensorType};
@@ -21,6 +22,10 @@ pub struct Target {
     pub symbol_size: i64,
     /// Channels per block of the blocked image layout (`layout`) convs take; 0 for none.
     pub block: i64,
+    /// Whether values of constants alone cost nothing (`fold` computes them later); not so
+    /// after it has run, when those left are ones it refused (a weight's dequantization past
+    /// its size limits), which then run every time.
+    pub folds: bool,
 }
 
 impl Default for Target {
@@ -33,6 +38,7 @@ impl Default for Target {
             launch: 200.0,
             symbol_size: 16,
             block: 0,
+            folds: true,
         }
     }
 }
@@ -68,7 +74,7 @@ impl Target {
             EOp::Ir(op) => op,
         };
         // Constant values fold away, when their shapes are known.
-        if info.constant && info.types.iter().all(|t| t.shape.is_static()) {
+        if self.folds && info.constant && info.types.iter().all(|t| t.shape.is_static()) {
             return 0.0;
         }
         match op {

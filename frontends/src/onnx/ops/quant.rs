@@ -390,8 +390,8 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
     let block = n
         .int("block_size")?
         .ok_or("missing attribute `block_size`")?;
-    if bits != 4 && bits != 8 {
-        return Err(format!("{bits}-bit weights are not supported (4 or 8)").into());
+    if ![2, 4, 8].contains(&bits) {
+        return Err(format!("{bits}-bit weights are not supported (2, 4 or 8)").into());
     }
     if n.input(4).is_some() {
         return Err("g_idx is not supported".into());

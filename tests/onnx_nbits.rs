@@ -1,0 +1,201 @@
+//! com.microsoft MatMulNBits of every bit width onnxruntime takes (2, 4, 8): weights packed
+//! low bits first, blocks with a padded last one, zero points packed or left to their default
+//! 2^(bits−1), a bias — each run as imported against the definition computed here.
+
+mod common;
+
+use common::onnx::{model, node, vi};
+use kiln::frontends::onnx::proto::*;
+use kiln::{Model, Tensor};
+use prost::Message;
+
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INT,
+        i,
+        ..Default::default()
+    }
+}
+
+fn raw(name: &str, dtype: i32, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: dtype,
+        raw_data: bytes,
+        ..Default::default()
+    }
+}
+
+fn floats(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    raw(name, data_type::FLOAT, dims, bytes)
+}
+
+/// `values` of `bits` bits packed low bits first, `per` a byte, rows of `len` values each
+/// padded to whole bytes.
+fn pack(values: &[u8], bits: usize, len: usize) -> Vec<u8> {
+    let per = 8 / bits;
+    values
+        .chunks(len)
+        .flat_map(|row| {
+            row.chunks(per).map(|c| {
+                c.iter()
+                    .enumerate()
+                    .fold(0u8, |b, (i, &v)| b | v << (i * bits))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_bit_width_is_its_definition() {
+    let (k, n, block, rows) = (40usize, 3usize, 16usize, 2usize);
+    let nb = k.div_ceil(block);
+    let mut seed = 11u64;
+    let mut next = |m: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % m
+    };
+    let x: Vec<f32> = (0..rows * k)
+        .map(|_| next(17) as f32 * 0.25 - 2.0)
+        .collect();
+    let scales: Vec<f32> = (0..n * nb).map(|_| 0.125 * (1 + next(6)) as f32).collect();
+    let bias: Vec<f32> = (0..n).map(|j| j as f32 - 1.0).collect();
+    for bits in [2usize, 4, 8] {
+        for zero_points in [true, false] {
+            let top = 1u64 << bits;
+            // The last block's padding (values past K) is random too: never read.
+            let q: Vec<u8> = (0..n * nb * block).map(|_| next(top) as u8).collect();
+            let z: Vec<u8> = (0..n * nb).map(|_| next(top) as u8).collect();
+            let zero = |j: usize, b: usize| match zero_points {
+                true => f32::from(z[j * nb + b]),
+                false => (1 << (bits - 1)) as f32,
+            };
+            let want: Vec<f32> = (0..rows * n)
+                .map(|e| {
+                    let (i, j) = (e / n, e % n);
+                    let dot: f32 = (0..k)
+                        .map(|l| {
+                            let w = (f32::from(q[j * nb * block + l]) - zero(j, l / block))
+                                * scales[j * nb + l / block];
+                            x[i * k + l] * w
+                        })
+                        .sum();
+                    dot + bias[j]
+                })
+                .collect();
+            let mut inputs = vec!["x", "w", "s", if zero_points { "z" } else { "" }, "", "b"];
+            let mut inits = vec![
+                raw(
+                    "w",
+                    data_type::UINT8,
+                    &[n as i64, nb as i64, (block * bits / 8) as i64],
+                    pack(&q, bits, nb * block),
+                ),
+                floats("s", &[(n * nb) as i64], &scales),
+                floats("b", &[n as i64], &bias),
+            ];
+            if zero_points {
+                let zb = (nb * bits).div_ceil(8);
+                inits.push(raw(
+                    "z",
+                    data_type::UINT8,
+                    &[(n * zb) as i64],
+                    pack(&z, bits, nb),
+                ));
+            } else {
+                inputs[3] = "";
+            }
+            let mut mm = node(
+                "MatMulNBits",
+                "mm",
+                &inputs,
+                &["y"],
+                vec![
+                    int_attr("K", k as i64),
+                    int_attr("N", n as i64),
+                    int_attr("bits", bits as i64),
+                    int_attr("block_size", block as i64),
+                ],
+            );
+            mm.domain = "com.microsoft".into();
+            let bytes = model(
+                vec![mm],
+                vec![vi("x", data_type::FLOAT, &[rows as i64, k as i64])],
+                vec![vi("y", data_type::FLOAT, &[rows as i64, n as i64])],
+                inits,
+                21,
+            );
+            let mut m = ModelProto::decode(&bytes[..]).unwrap();
+            m.opset_import.push(OperatorSetIdProto {
+                domain: "com.microsoft".into(),
+                version: 1,
+            });
+            let what = format!("{bits} bits, zero points given: {zero_points}");
+            let model =
+                Model::from_onnx(&m.encode_to_vec(), Default::default(), Default::default())
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let xt = Tensor::from_vec(vec![rows, k], x.clone()).unwrap();
+            let out = model.run(&[("x".into(), xt)]).unwrap();
+            let got = out[0].1.as_slice::<f32>().unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{what}: {got:?} vs {want:?}"
+                );
+            }
+        }
+    }
+}
+
+/// An 8-bit weight too large to dequantize at compile time (past `fold`'s 16 MiB) is
+/// dequantized at run time in one kernel, not one kernel per operation each writing the
+/// whole f32 weight: values of constants that fold refused cost what they take.
+#[test]
+fn a_weight_left_unfolded_is_dequantized_in_one_kernel() {
+    let (k, n, block) = (2560i64, 2560i64, 32i64);
+    let nb = k / block;
+    let w: Vec<u8> = (0..n * k).map(|i| (i * 7 % 251) as u8).collect();
+    let s: Vec<f32> = (0..n * nb).map(|i| 0.01 + (i % 5) as f32 * 0.001).collect();
+    let mut mm = node(
+        "MatMulNBits",
+        "mm",
+        &["x", "w", "s"],
+        &["y"],
+        vec![
+            int_attr("K", k),
+            int_attr("N", n),
+            int_attr("bits", 8),
+            int_attr("block_size", block),
+        ],
+    );
+    mm.domain = "com.microsoft".into();
+    let bytes = model(
+        vec![mm],
+        vec![vi("x", data_type::FLOAT, &[1, k])],
+        vec![vi("y", data_type::FLOAT, &[1, n])],
+        vec![
+            raw("w", data_type::UINT8, &[n, nb, block], w),
+            floats("s", &[n * nb], &s),
+        ],
+        21,
+    );
+    let mut m = ModelProto::decode(&bytes[..]).unwrap();
+    m.opset_import.push(OperatorSetIdProto {
+        domain: "com.microsoft".into(),
+        version: 1,
+    });
+    let g = kiln::onnx::import(&m.encode_to_vec(), Default::default(), Default::default()).unwrap();
+    let o = kiln::optimize(&g, None, &Default::default()).unwrap();
+    let steps: Vec<String> = o
+        .node_ids()
+        .into_iter()
+        .map(|id| o.node(id).op().mnemonic().to_string())
+        .filter(|op| !matches!(op.as_str(), "param" | "constant"))
+        .collect();
+    assert!(steps.len() <= 2, "steps {steps:?}");
+}
