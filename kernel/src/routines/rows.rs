@@ -97,52 +97,11 @@ impl Bounds {
     }
 }
 
-/// ONNX DynamicQuantizeLinear of `n` f32s (see the routine table's `dynamic_quantize`): both
-/// extremes in one pass, the scale and zero point as the op's scalar arithmetic computes
-/// them, then the elements quantized as [`kiln_row_quantize`] does (in parts over the helper
-/// threads where there are enough of them).
-///
-/// # Safety
-/// `x` readable and `q` writable for `n` elements; `s` and `z` writable.
-pub unsafe extern "C" fn kiln_dynamic_quantize(
-    x: *const f32,
-    q: *mut u8,
-    s: *mut f32,
-    z: *mut u8,
-    n: i64,
-) {
-    let n = n.max(0) as usize;
-    // SAFETY: forwarded.
-    let (lo, hi) = unsafe { row_bounds(x, n) };
-    let (lo, hi) = (minimum(lo, 0.0), maximum(hi, 0.0));
-    let range = if hi == lo { 1.0 } else { hi - lo };
-    let scale = range / 255.0;
-    let zero = minimum(maximum(0.0 - lo / scale, 0.0), 255.0).round_ties_even();
-    const PART: usize = 1 << 14;
-    let parts = (n / PART).clamp(1, crate::threads::helpers() + 1);
-    let (x, q) = (x as usize, q as usize);
-    crate::threads::parallel_for(parts, |p| {
-        let (from, to) = (n * p / parts, n * (p + 1) / parts);
-        let (x, q) = (
-            (x as *const f32).wrapping_add(from),
-            (q as *mut u8).wrapping_add(from),
-        );
-        // SAFETY: part p of both rows.
-        unsafe { row_quantize(x, None, q, (to - from) as i64, (scale, zero)) };
-    });
-    // SAFETY: the scalars are writable.
-    unsafe {
-        *s = scale;
-        // The conversion to u8 of a number in 0..=255 or NaN (0).
-        *z = if zero.is_nan() { 0 } else { zero as u8 };
-    }
-}
-
 /// The IEEE minimum and maximum of `n` f32s (+inf and -inf for none).
 ///
 /// # Safety
 /// `row` readable for `n` elements.
-unsafe fn row_bounds(row: *const f32, n: usize) -> (f32, f32) {
+pub(super) unsafe fn row_bounds(row: *const f32, n: usize) -> (f32, f32) {
     let both = |b: Bounds| {
         (
             b.extreme::<true>(f32::INFINITY),
@@ -215,7 +174,7 @@ pub(super) struct Residual {
 ///
 /// # Safety
 /// The rows hold `n` elements.
-unsafe fn row_quantize(
+pub(super) unsafe fn row_quantize(
     src: *const f32,
     res: Option<Residual>,
     dst: *mut u8,
