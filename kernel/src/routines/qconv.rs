@@ -167,18 +167,20 @@ pub unsafe extern "C" fn kiln_qconv2d(
         let (at, len, x) = (img.as_mut_ptr() as usize, img.len(), x as usize);
         let layout_parts = t.min(hp).max(1);
         crate::threads::parallel_for(layout_parts, |part| {
-            // SAFETY: each part writes its own rows of the copy (the last part its tail).
-            let img = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
             let (y0, y1) = rows_of(part, layout_parts);
+            let from = y0 * wp * ci;
             let end = if part + 1 == layout_parts {
                 len
             } else {
                 y1 * wp * ci
             };
-            img[y0 * wp * ci..end].fill(za);
+            // SAFETY: this part's own rows of the copy (the last part's with the tail).
+            let rows =
+                unsafe { std::slice::from_raw_parts_mut((at as *mut u8).add(from), end - from) };
+            rows.fill(za);
             let x = x as *const u8;
             for y in y0.saturating_sub(ph).min(h)..y1.saturating_sub(ph).min(h) {
-                let dst = &mut img[((y + ph) * wp + pw) * ci..][..wd * ci];
+                let dst = &mut rows[((y + ph) * wp + pw) * ci - from..][..wd * ci];
                 if xb == 16 {
                     // Blocked: each pixel's channels are runs of 16 already, one a block.
                     let blocks = ci.div_ceil(16);

@@ -594,8 +594,9 @@ impl Operands {
                     let b = (self.bp as *const i8).wrapping_add(pair * 2 * NR * kp);
                     let rows = rows.as_ptr();
                     let a = (a, self.a_rs, self.k);
-                    // SAFETY: the rows (A's in place or the copies) and both panels are
-                    // kp long; `acc` holds the block.
+                    // SAFETY: A's 32 rows hold k bytes (read in place: whole steps only, the
+                    // part step from `rows`), the copies and both panels kp; `acc` holds the
+                    // block.
                     let compute = |acc: &mut Sums| unsafe {
                         #[cfg(target_arch = "x86_64")]
                         if in_place {

@@ -246,13 +246,16 @@ fn reciprocal(s: f32, z: f32) -> Option<f32> {
 const RECIP_MARGIN: f32 = 1.0 / (1u32 << 21) as f32;
 
 /// Two multipliers bracketing division by a quantizer's scale `s`, and a bound on the
-/// dividends (the AVX-512 loop's; the AVX2 one rounds by [`reciprocal`]): for `|x|` at most
-/// the bound (larger ones clamped to it) the products `x·below` and `x·above` lie on either
-/// side of the rounded quotient `x / s` (each within 2^-20 of it relatively, the roundings
-/// of `1/s`, of the multipliers and of the products being under 2^-23 together), so where
-/// both round to the same integer the quotient does too — ties to even included, as
-/// rounding is monotone — and the bound's quotients (2^22) saturate as larger ones do. `None` (divide) unless `s` and `1/s` are normal and
-/// the zero point `z` is an integer under 2^16 (added in integers).
+/// dividends (the AVX-512 loop's; the AVX2 one rounds by [`reciprocal`]). The products
+/// `x·below` and `x·above` lie on either side of the rounded quotient `x / s` (each within
+/// 2^-20 of it relatively, the roundings of `1/s`, of the multipliers and of the products
+/// being under 2^-23 together), so where both round to the same integer the quotient does
+/// too — ties to even included, as rounding is monotone. They lie about 2^-19·|x/s| apart:
+/// past |x/s| of 2^19 they never round alike and the vector is divided. The bound (|x/s|
+/// of 2^22) is what keeps larger dividends, infinities and NaN from converting to
+/// i32::MIN on both sides (alike): clamped to it, they divide too. `None` (divide) unless
+/// `s` and `1/s` are normal and the zero point `z` is an integer within 2^16 (added in
+/// integers).
 fn bracket(s: f32, z: f32) -> Option<(f32, f32, f32)> {
     let r = 1.0 / s;
     let ok = s.is_normal() && r.is_normal() && z.fract() == 0.0 && z.abs() <= 65536.0;
@@ -861,8 +864,8 @@ pub(super) mod avx512 {
                 }
                 let mut done = false;
                 if b.is_some() {
-                    // |x| at most the bound, its sign kept (`vrangeps`); a NaN stays one, and
-                    // converts to i32::MIN: quantized to 0, as NaN is.
+                    // |x| at most the bound, its sign kept (`vrangeps`, which answers the
+                    // bound for a NaN): lanes clamped round apart, and their vector divides.
                     let c = _mm512_range_ps::<0b0010>(x, most);
                     let q0 = _mm512_cvt_roundps_epi32::<NEAREST>(_mm512_mul_ps(c, below));
                     let q1 = _mm512_cvt_roundps_epi32::<NEAREST>(_mm512_mul_ps(c, above));
@@ -1081,6 +1084,7 @@ mod tests {
             (-0.37, 100.0),
             (0.1, 0.5),
             (1.0 / 3.0, 70000.0),
+            (0.5, -3.0),
         ];
         for (s, z) in scales {
             let mut src = src.clone();
@@ -1092,6 +1096,8 @@ mod tests {
                 src.extend([h.next_up().next_up(), h.next_down().next_down()]);
             }
             src.extend([3e5 * s, 1.5e6 * s + s / 2.0, -4e6 * s]);
+            // A NaN among small numbers (a whole vector of them, whatever the alignment).
+            src.extend([1.0; 15].iter().chain(&[f32::NAN]).chain(&[1.0; 15]));
             // And numbers of every size.
             let mut next = super::super::lcg(s.to_bits().into());
             src.extend((0..4000).map(|_| f32::from_bits((next() >> 32) as u32)));

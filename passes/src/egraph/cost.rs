@@ -23,8 +23,9 @@ pub struct Target {
     /// Channels per block of the blocked image layout (`layout`) convs take; 0 for none.
     pub block: i64,
     /// Whether values of constants alone cost nothing (`fold` computes them later); not so
-    /// after it has run, when those left are ones it refused (a weight's dequantization past
-    /// its size limits), which then run every time.
+    /// once it has run: those left are ones it does not fold — refused past its size limits
+    /// (a weight's dequantization), built on `iota`, or with no evaluator — and run every
+    /// time.
     pub folds: bool,
 }
 

@@ -41,19 +41,14 @@ pub(super) struct Line([u8; 64]);
 pub(super) struct LineCache(HashMap<usize, (Tensor, Const)>);
 
 impl LineCache {
-    /// Kernel constant `t`: numbers of a byte or more (their encoding is their memory on a
-    /// little-endian host) filling a cache line or more in lines of their own, whatever their
-    /// address (so that the same graph saves the same bytes); others as they are. (A packed
-    /// int8 weight at the heap's 16-byte alignment split each AMX tile row over two lines:
-    /// 23 against 9 µs for a 32×512×784 product.)
+    /// Kernel constant `t`: numbers whose encoding is their memory (the types a loaded plan
+    /// reads in place, `saved::in_place`) filling a cache line or more, in lines of their
+    /// own, whatever their address (so that the same graph saves the same bytes); others as
+    /// they are. (A packed int8 weight at the heap's 16-byte alignment split each AMX tile
+    /// row over two lines: 23 against 9 µs for a 32×512×784 product.)
     pub(super) fn of(&mut self, t: Tensor) -> Const {
-        use DType::*;
-        let memory = matches!(
-            t.dtype(),
-            F16 | BF16 | F32 | F64 | I8 | I16 | I32 | I64 | U8 | U16 | U32 | U64
-        ) && cfg!(target_endian = "little");
         let bytes = t.numel() as u64 * u64::from(t.dtype().bits()) / 8;
-        if !memory || bytes < 64 {
+        if !super::saved::in_place(t.dtype()) || bytes < 64 {
             return Const::Tensor(t);
         }
         let key = t.data() as *const Data as usize;

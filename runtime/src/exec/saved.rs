@@ -73,7 +73,7 @@ fn loaded_shape(shape: &[u64]) -> Option<Vec<usize>> {
 
 /// Dtypes kernels read in place as the saved bytes are laid out (others are decoded; so is
 /// `bool`, whose bytes must be 0 or 1 before a `Vec<bool>` may hold them).
-fn in_place(d: DType) -> bool {
+pub(super) fn in_place(d: DType) -> bool {
     use DType::*;
     matches!(d, F32 | F64 | I8 | I16 | I32 | I64 | U8 | U16 | U32 | U64)
         && cfg!(target_endian = "little")
