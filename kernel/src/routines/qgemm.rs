@@ -698,25 +698,7 @@ unsafe fn columns(
     res: bool,
 ) {
     use super::epilogue::avx512 as vec;
-    use super::epilogue::{decide, Quick};
     use std::arch::x86_64::*;
-    /// A run of vectors through the quick epilogue.
-    struct Run<V> {
-        e: Epilogue,
-        ns: (usize, usize),
-        v: V,
-        out: *mut f32,
-    }
-    impl<V: Fn(usize) -> __m512> Quick for Run<V> {
-        #[inline(always)]
-        unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
-            // SAFETY: forwarded; the CPU has AVX-512F.
-            unsafe {
-                let coefs = vec::coefs(&self.e, 0, 0, !0);
-                vec::quick::<CLAMP, RES, A>(&self.e, coefs, self.ns, self.v, self.out);
-            }
-        }
-    }
     let per_row = !(epi.cols || epi.scale.is_null() && epi.shift.is_null());
     if epi.is_none() {
         for p in 0..n {
@@ -728,20 +710,8 @@ unsafe fn columns(
         if !res {
             e.res = std::ptr::null();
         }
-        let out = c.wrapping_add(at);
         // SAFETY: forwarded.
-        unsafe {
-            decide(
-                &e,
-                clamp,
-                Run {
-                    e,
-                    ns: (n, step),
-                    v,
-                    out,
-                },
-            )
-        };
+        unsafe { vec::quick_run(&e, clamp, (n, step), v, c.wrapping_add(at)) };
     } else {
         for p in 0..n {
             let o = at + p * step;

@@ -30,21 +30,31 @@ pub unsafe extern "C" fn kiln_row_min(row: *const f32, n: i64, init: f32) -> f32
 /// As [`kiln_row_max`].
 unsafe fn row_extreme<const MIN: bool>(row: *const f32, n: i64, init: f32) -> f32 {
     let n = n.max(0) as usize;
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx512() {
-        // SAFETY: the host has AVX-512; forwarded.
-        let b = unsafe { avx512::bounds(row, n) };
-        return b.extreme::<MIN>(init);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2_fma() {
-        // SAFETY: the host has AVX2; forwarded.
-        let b = unsafe { avx2::bounds(row, n) };
+    // SAFETY: forwarded.
+    if let Some(b) = unsafe { vector_bounds(row, n) } {
         return b.extreme::<MIN>(init);
     }
     // SAFETY: forwarded.
     let xs = unsafe { std::slice::from_raw_parts(row, n) };
     xs.iter().fold(init, |a, &x| extreme::<MIN>(a, x))
+}
+
+/// The row's [`Bounds`] in vector code, where the CPU has it (`None`: fold in scalar code).
+///
+/// # Safety
+/// `row` readable for `n` elements.
+unsafe fn vector_bounds(row: *const f32, n: usize) -> Option<Bounds> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512() {
+        // SAFETY: the host has AVX-512; forwarded.
+        return Some(unsafe { avx512::bounds(row, n) });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2_fma() {
+        // SAFETY: the host has AVX2; forwarded.
+        return Some(unsafe { avx2::bounds(row, n) });
+    }
+    None
 }
 
 /// Three integer extremes of a row's float bits, from which both its IEEE minimum and
@@ -102,30 +112,20 @@ impl Bounds {
 /// # Safety
 /// `row` readable for `n` elements.
 pub(super) unsafe fn row_bounds(row: *const f32, n: usize) -> (f32, f32) {
-    let both = |b: Bounds| {
-        (
-            b.extreme::<true>(f32::INFINITY),
-            b.extreme::<false>(f32::NEG_INFINITY),
-        )
-    };
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx512() {
-        // SAFETY: the host has AVX-512; forwarded.
-        return both(unsafe { avx512::bounds(row, n) });
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::avx2_fma() {
-        // SAFETY: the host has AVX2; forwarded.
-        return both(unsafe { avx2::bounds(row, n) });
-    }
+    let (lo, hi) = (f32::INFINITY, f32::NEG_INFINITY);
     // SAFETY: forwarded.
-    let xs = unsafe { std::slice::from_raw_parts(row, n) };
-    let lo = xs.iter().fold(f32::INFINITY, |a, &x| extreme::<true>(a, x));
-    (
-        lo,
-        xs.iter()
-            .fold(f32::NEG_INFINITY, |a, &x| extreme::<false>(a, x)),
-    )
+    match unsafe { vector_bounds(row, n) } {
+        // Both from one pass.
+        Some(b) => (b.extreme::<true>(lo), b.extreme::<false>(hi)),
+        // SAFETY: forwarded (scalar code: a fold each).
+        None => unsafe {
+            let n = n as i64;
+            (
+                row_extreme::<true>(row, n, lo),
+                row_extreme::<false>(row, n, hi),
+            )
+        },
+    }
 }
 
 /// `dst[i] = u8(round(src[i] / s) + z)` for `i < n` (see the routine table's `row_quantize`).

@@ -170,6 +170,42 @@ pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool, cons
     }
 }
 
+/// [`quick`] for the `n` vectors `v(p)` of one run (`step` apart from `out`), epilogue `e`
+/// being this run's (see `Epilogue::from`: its per-column operands and residual start at
+/// these outputs) and `clamp` [`Epilogue::quick_linear`]'s answer: every decision taken once
+/// for the run (`super::decide`).
+///
+/// # Safety
+/// As [`quick`].
+#[inline(always)]
+pub(in crate::routines) unsafe fn quick_run(
+    e: &Epilogue,
+    clamp: bool,
+    ns: (usize, usize),
+    v: impl Fn(usize) -> __m512,
+    out: *mut f32,
+) {
+    /// The run, for `decide`.
+    struct Run<'a, V> {
+        e: &'a Epilogue,
+        ns: (usize, usize),
+        v: V,
+        out: *mut f32,
+    }
+    impl<V: Fn(usize) -> __m512> super::Quick for Run<'_, V> {
+        #[inline(always)]
+        unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
+            // SAFETY: forwarded; the CPU has AVX-512F.
+            unsafe {
+                let coefs = coefs(self.e, 0, 0, !0);
+                quick::<CLAMP, RES, A>(self.e, coefs, self.ns, self.v, self.out);
+            }
+        }
+    }
+    // SAFETY: forwarded.
+    unsafe { super::decide(e, clamp, Run { e, ns, v, out }) };
+}
+
 /// A quick epilogue's scale and shift: multiplying by 1 and adding −0 change no number,
 /// so absent operands are those.
 ///

@@ -606,7 +606,7 @@ unsafe fn stored(j: &Job, ob: usize, at: usize, acc: &[__m512], step: usize) {
 }
 
 /// Stores `n` vectors `v(p)` of output block `ob` from element `at`, `step` apart, through
-/// the epilogue: [`epi::quick`] where it takes the job's, which decides once for them.
+/// the epilogue: [`epi::quick_run`] where it takes the job's, which decides once for them.
 ///
 /// # Safety
 /// As [`tiles`], for these outputs; the CPU has AVX-512F.
@@ -618,41 +618,19 @@ pub(super) unsafe fn emit(
     (n, step): (usize, usize),
     v: impl Fn(usize) -> __m512,
 ) {
-    /// One run of vectors through the quick epilogue.
-    struct Run<'a, V> {
-        j: &'a Job,
-        ob: usize,
-        at: usize,
-        ns: (usize, usize),
-        v: V,
-    }
-    impl<V: Fn(usize) -> __m512> Quick for Run<'_, V> {
-        #[inline(always)]
-        unsafe fn run<const CLAMP: bool, const RES: bool, const A: i64>(self) {
-            // SAFETY: forwarded.
-            unsafe { quick::<CLAMP, RES, A>(self.j, self.ob, self.at, self.ns, self.v) }
-        }
-    }
     // SAFETY: forwarded; the CPU has AVX-512F.
     unsafe {
         match j.epi.quick_linear() {
-            Some(clamp) => decide(
-                &j.epi,
-                clamp,
-                Run {
-                    j,
-                    ob,
-                    at,
-                    ns: (n, step),
-                    v,
-                },
-            ),
+            Some(clamp) => {
+                let e = j.epi.from(0, ob * BLOCK, at);
+                epi::quick_run(&e, clamp, (n, step), v, j.out.wrapping_add(at));
+            }
             None => general(j, ob, at, (n, step), v),
         }
     }
 }
 
-/// [`emit`]'s run through the quick epilogue, its decisions constants.
+/// A run of `Runs` through the quick epilogue, its decisions constants.
 ///
 /// # Safety
 /// As [`emit`].
