@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::onnx::{model, node};
+use common::onnx::{int_attr, model, node};
 use kiln::frontends::onnx::proto::*;
 use kiln::{Model, ModelOptions, Shape, Tensor};
 
@@ -69,15 +69,6 @@ fn upsample_linear() -> Vec<u8> {
         string_attr("coordinate_transformation_mode", "asymmetric"),
         int_attr("antialias", 1),
     ])
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INT,
-        i: v,
-        ..Default::default()
-    }
 }
 
 /// Resize of `x` (height and width open) by `scales`, or to the height and width of a second

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 mod common;
 
-use common::onnx::{ints_attr, model, node, vi};
+use common::onnx::{floats, int_attr, ints_attr, model, node, raw, vi};
 use kiln::frontends::onnx::proto::*;
 use prost::Message;
 
@@ -257,26 +257,6 @@ fn compiled_kernel_errors_name_the_node_and_the_value() {
     );
 }
 
-/// A tensor initializer of `dtype` (an ONNX data type) from raw little-endian bytes.
-fn raw(name: &str, dtype: i32, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: dtype,
-        raw_data: bytes,
-        ..Default::default()
-    }
-}
-
-fn floats(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
-    raw(
-        name,
-        data_type::FLOAT,
-        dims,
-        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    )
-}
-
 /// The import error of one quantization node over x (f32 or u8 [2, 32]) and initializers,
 /// with onnxruntime's contrib domain imported too.
 fn quantized_err(n: NodeProto, x: i32, inits: Vec<TensorProto>) -> String {
@@ -295,15 +275,6 @@ fn quantized_err(n: NodeProto, x: i32, inits: Vec<TensorProto>) -> String {
         version: 1,
     });
     import_err(&m.encode_to_vec())
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INT,
-        i: v,
-        ..Default::default()
-    }
 }
 
 #[test]

@@ -4,34 +4,10 @@
 
 mod common;
 
-use common::onnx::{model, node, vi};
+use common::onnx::{floats, int_attr, model, node, raw, vi};
 use kiln::frontends::onnx::proto::*;
 use kiln::{Model, Tensor};
 use prost::Message;
-
-fn int_attr(name: &str, i: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INT,
-        i,
-        ..Default::default()
-    }
-}
-
-fn raw(name: &str, dtype: i32, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: dtype,
-        raw_data: bytes,
-        ..Default::default()
-    }
-}
-
-fn floats(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
-    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    raw(name, data_type::FLOAT, dims, bytes)
-}
 
 /// `values` of `bits` bits packed low bits first, `per` a byte, rows of `len` values each
 /// padded to whole bytes.

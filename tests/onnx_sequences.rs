@@ -5,20 +5,11 @@
 
 mod common;
 
-use common::onnx::{model, node, vi};
+use common::onnx::{int_attr, model, node, vi};
 use kiln::frontends::onnx::proto::*;
 use kiln::frontends::onnx::{decode_value, Kind};
 use kiln::{Model, Tensor};
 use prost::Message;
-
-fn int_attr(name: &str, i: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INT,
-        i,
-        ..Default::default()
-    }
-}
 
 fn run(bytes: &[u8], x: Tensor) -> Vec<(String, Tensor)> {
     let m = Model::from_onnx(bytes, Default::default(), Default::default()).unwrap();

@@ -51,6 +51,32 @@ pub fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
+pub fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INT,
+        i: v,
+        ..Default::default()
+    }
+}
+
+/// A tensor initializer of `dtype` (an ONNX data type) from raw little-endian bytes.
+pub fn raw(name: &str, dtype: i32, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: dtype,
+        raw_data: bytes,
+        ..Default::default()
+    }
+}
+
+/// An f32 initializer, its values as raw little-endian bytes.
+pub fn floats(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    raw(name, data_type::FLOAT, dims, bytes)
+}
+
 pub fn model(
     nodes: Vec<NodeProto>,
     inputs: Vec<ValueInfoProto>,
