@@ -597,6 +597,90 @@ mod tests {
         assert!(Quant::of([0.0, 1.0, 0.0, 255.0, 1.0]).is_none());
     }
 
+    /// The vector pairs (clamped before rounding, by the integer conversion) give
+    /// `Quant::one`'s bits for every input: random bit patterns, halves of the scale either
+    /// side of the bounds (ties), signed zeros, NaNs and infinities, with zero points inside
+    /// and at the ends of u8 and i8, and a negative dequantizer's scale (whose zeros keep
+    /// their sign only if the rounding's −0 does not leak).
+    #[test]
+    fn vector_pairs_are_the_scalar_pair() {
+        let mut bits = 0x2545_f491_u32;
+        let mut xs: Vec<f32> = (0..60_000)
+            .map(|_| {
+                bits ^= bits << 13;
+                bits ^= bits >> 17;
+                bits ^= bits << 5;
+                f32::from_bits(bits)
+            })
+            .collect();
+        let quants = [
+            [0.37f32, 3.0, 0.0, 255.0, 0.37],
+            [0.0021, 0.0, 0.0, 255.0, 1.0],
+            [0.011, 255.0, 0.0, 255.0, -0.5],
+            [0.11, -5.0, -128.0, 127.0, 0.11],
+            [3.0e-5, -128.0, -128.0, 127.0, -1.0],
+            [7.5, 0.0, -128.0, 127.0, 7.5],
+        ];
+        for q in quants {
+            let s = q[0];
+            xs.extend((-600..600).map(|k| (k as f32 + 0.5) * s));
+            xs.extend((-600..600).map(|k| k as f32 * s * 0.25));
+        }
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        xs.extend([
+            1e-45,
+            -1e-45,
+            f32::MAX,
+            f32::MIN,
+            16_777_216.0,
+            -8_388_609.0,
+        ]);
+        let n = xs.len() / 16 * 16;
+        for q in quants.map(|q| Quant::of(q).unwrap()) {
+            let want: Vec<u32> = xs[..n].iter().map(|&x| q.one(x).to_bits()).collect();
+            #[cfg(target_arch = "x86_64")]
+            {
+                let check = |isa: &str, got: &[f32]| {
+                    for (i, (g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(g.to_bits(), w, "{isa} {q:?}: {} -> {g}", xs[i]);
+                    }
+                };
+                if crate::avx512() {
+                    use std::arch::x86_64::*;
+                    let mut got = vec![0.0f32; n];
+                    for (x, y) in xs[..n].chunks_exact(16).zip(got.chunks_exact_mut(16)) {
+                        // SAFETY: AVX-512F available; 16 lanes each side.
+                        unsafe {
+                            let v = avx512::quant(&q, _mm512_loadu_ps(x.as_ptr()));
+                            _mm512_storeu_ps(y.as_mut_ptr(), v);
+                        }
+                    }
+                    check("AVX-512", &got);
+                }
+                if crate::avx2_fma() {
+                    use std::arch::x86_64::*;
+                    let mut got = vec![0.0f32; n];
+                    for (x, y) in xs[..n].chunks_exact(8).zip(got.chunks_exact_mut(8)) {
+                        // SAFETY: AVX2 available; 8 lanes each side.
+                        unsafe {
+                            let v = avx2::quant(&q, _mm256_loadu_ps(x.as_ptr()));
+                            _mm256_storeu_ps(y.as_mut_ptr(), v);
+                        }
+                    }
+                    check("AVX2", &got);
+                }
+            }
+            let _ = &want;
+        }
+    }
+
     /// A block from an offset is the block of the epilogue shifted there (per row and per
     /// column, with a residual), on every instruction set.
     #[test]

@@ -161,21 +161,22 @@ pub(in crate::routines) unsafe fn apply(
 
 /// [`super::avx512::quant`] for 8 lanes.
 #[inline(always)]
-fn quant(q: &Quant, v: __m256) -> __m256 {
+pub(super) fn quant(q: &Quant, v: __m256) -> __m256 {
+    // As the AVX-512 `quant` (the conversion rounds as the MXCSR says: half to even, as
+    // everywhere in kiln).
     // SAFETY: only called from AVX2 code.
     unsafe {
         let t = _mm256_div_ps(v, _mm256_set1_ps(q.s));
-        let t = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-        let t = _mm256_add_ps(t, _mm256_set1_ps(q.z));
-        let c = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(q.lo)), _mm256_set1_ps(q.hi));
-        let c = if q.lo == 0.0 {
-            c
+        let (lo, hi) = (_mm256_set1_ps(q.lo - q.z), _mm256_set1_ps(q.hi - q.z));
+        let c = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        let n = _mm256_cvtepi32_ps(_mm256_cvtps_epi32(c));
+        let n = if q.lo == 0.0 {
+            n
         } else {
             let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(t, t);
-            _mm256_blendv_ps(c, _mm256_setzero_ps(), nan)
+            _mm256_blendv_ps(n, _mm256_set1_ps(0.0 - q.z), nan)
         };
-        let z = _mm256_set1_ps(q.z);
-        _mm256_mul_ps(_mm256_sub_ps(c, z), _mm256_set1_ps(q.d))
+        _mm256_mul_ps(n, _mm256_set1_ps(q.d))
     }
 }
 

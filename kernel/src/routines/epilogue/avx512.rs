@@ -73,22 +73,28 @@ pub(in crate::routines) unsafe fn apply(
 /// A quantize-dequantize pair on 16 lanes: the same bits as [`Quant::one`].
 #[inline(always)]
 pub(in crate::routines) fn quant(q: &Quant, v: __m512) -> __m512 {
+    // `x/s` clamped to `lo − z ..= hi − z`, rounded half to even by the integer conversion,
+    // times `d`: the same bits as rounding, adding `z`, clamping to `lo..=hi` and taking `z`
+    // away (the bounds and `z` integers within 2^16: clamping commutes with rounding to an
+    // integer, and `c − z` is exact; a zero is +0 both ways, the conversion's and `z − z`'s)
+    // in two fewer instructions. A QDQ conv's two pairs a vector are much of its stores'
+    // work: cnn_dsc_qdq 2.18 → 2.04 ms at one thread.
     // SAFETY: only called from AVX-512 code.
     unsafe {
         let t = _mm512_div_ps(v, _mm512_set1_ps(q.s));
-        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-        let t = _mm512_add_ps(t, _mm512_set1_ps(q.z));
-        // The hardware's maximum answers its second operand, `lo`, for a NaN: made 0 after
-        // (already so where `lo` is 0).
-        let c = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(q.lo)), _mm512_set1_ps(q.hi));
-        let c = if q.lo == 0.0 {
-            c
+        // The hardware's maximum answers its second operand, `lo − z`, for a NaN: made
+        // `0 − z` after (already so where `lo` is 0).
+        let (lo, hi) = (_mm512_set1_ps(q.lo - q.z), _mm512_set1_ps(q.hi - q.z));
+        let c = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+        let n = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(c);
+        let n = _mm512_cvtepi32_ps(n);
+        let n = if q.lo == 0.0 {
+            n
         } else {
             let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t, t);
-            _mm512_mask_mov_ps(c, nan, _mm512_setzero_ps())
+            _mm512_mask_mov_ps(n, nan, _mm512_set1_ps(0.0 - q.z))
         };
-        let z = _mm512_set1_ps(q.z);
-        _mm512_mul_ps(_mm512_sub_ps(c, z), _mm512_set1_ps(q.d))
+        _mm512_mul_ps(n, _mm512_set1_ps(q.d))
     }
 }
 
