@@ -192,6 +192,20 @@ proptest! {
         }
     }
 
+    /// 4-bit weights dequantized in blocks (DequantizeLinear's QDQ form), taken into the
+    /// packed `qdot4` and the `qgemm4` routine by the optimizer (every generated weight
+    /// is past 64 KiB as f32, its scales constant over blocks of 16 at least).
+    #[test]
+    fn int4_weights_match_the_interpreter(seed in any::<u64>()) {
+        if let Some(g) = common::int4_graph(seed) {
+            let o = kiln::optimize(&g, None, &HashMap::new())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let text = kiln::print_graph(&o);
+            prop_assert!(text.contains("qdot4"), "no qdot4 in\n{}", text);
+            check_graph(g, seed)?;
+        }
+    }
+
     /// QDQ convs, taken into `qconv` and the `qconv2d` routine by the optimizer (every
     /// generated one has filters past 64 KiB as f32 and one group), with steps after them.
     #[test]

@@ -293,16 +293,17 @@ fn bad_quantization_parameters_name_the_node() {
             "{e}"
         );
     }
-    // A dequantizer's negative scale; a zero point of another type than its input.
-    let e = quantized_err(
-        node("DequantizeLinear", "dq", &["x", "s"], &["y"], vec![]),
-        data_type::UINT8,
-        vec![floats("s", &[], &[-1.0])],
-    );
-    assert!(
-        e.contains("node \"dq\": scale `s` must be finite and not negative"),
-        "{e}"
-    );
+    // A dequantizer's infinite or NaN scale (a negative one multiplies as well as any:
+    // onnxruntime's symmetric 4-bit quantizer writes them); a zero point of another type
+    // than its input.
+    for s in [f32::INFINITY, f32::NAN] {
+        let e = quantized_err(
+            node("DequantizeLinear", "dq", &["x", "s"], &["y"], vec![]),
+            data_type::UINT8,
+            vec![floats("s", &[], &[s])],
+        );
+        assert!(e.contains("node \"dq\": scale `s` must be finite;"), "{e}");
+    }
     let e = quantized_err(
         node("DequantizeLinear", "dq", &["x", "s", "z"], &["y"], vec![]),
         data_type::UINT8,

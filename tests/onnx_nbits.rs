@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::onnx::{floats, int_attr, model, node, raw, vi};
+use common::onnx::{floats, int_attr, ints_attr, model, node, raw, vi};
 use kiln::frontends::onnx::proto::*;
 use kiln::{Model, Tensor};
 use prost::Message;
@@ -174,4 +174,130 @@ fn a_weight_left_unfolded_is_dequantized_in_one_kernel() {
         .filter(|op| !matches!(op.as_str(), "param" | "constant"))
         .collect();
     assert!(steps.len() <= 2, "steps {steps:?}");
+}
+
+/// The QDQ form of 4-bit weights (opset 21 DequantizeLinear with `block_size` on int4 or
+/// uint4, as onnxruntime's quantizer writes it with `quant_format=QDQ`) before a MatMul runs
+/// as the packed `qdot4`: uint4 weights with zero points in blocks of 32 along K (a partial
+/// last block), and symmetric int4 ones without, laid out `[N, K]` behind a Transpose, with
+/// negative scales (onnxruntime's symmetric quantizer writes them) — compiled, at 1 and 2
+/// threads, and interpreted, against the definition.
+#[test]
+fn blocked_int4_dequantize_linear_is_qdot4() {
+    // Past 64 KiB as f32, which `fold` would dequantize at compile time (small weights run
+    // faster as f32).
+    let (k, n, block, rows) = (208usize, 96usize, 32usize, 3usize);
+    let nb = k.div_ceil(block);
+    let mut seed = 5u64;
+    let mut next = |m: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % m
+    };
+    let x: Vec<f32> = (0..rows * k)
+        .map(|_| next(17) as f32 * 0.25 - 2.0)
+        .collect();
+    let nibbles = |v: &[u8]| pack(v, 4, v.len());
+    for signed in [false, true] {
+        // Values as stored (two's complement nibbles when signed) and as numbers.
+        let q: Vec<u8> = (0..k * n).map(|_| next(16) as u8).collect();
+        let value = |b: u8| {
+            if signed {
+                ((b ^ 8) as i32 - 8) as f32
+            } else {
+                b as f32
+            }
+        };
+        let z: Vec<u8> = (0..nb * n).map(|_| next(16) as u8).collect();
+        let s: Vec<f32> = (0..nb * n)
+            .map(|_| 0.125 * (1 + next(6)) as f32 * if next(2) == 0 { 1.0 } else { -1.0 })
+            .collect();
+        // Weight (l, j) of K × N: unsigned as [K, N] blocked along axis 0, signed as [N, K]
+        // along axis 1.
+        let at = |l: usize, j: usize| if signed { j * k + l } else { l * n + j };
+        let param = |l: usize, j: usize| {
+            if signed {
+                j * nb + l / block
+            } else {
+                (l / block) * n + j
+            }
+        };
+        let want: Vec<f32> = (0..rows * n)
+            .map(|e| {
+                let (i, j) = (e / n, e % n);
+                (0..k)
+                    .map(|l| {
+                        let zero = if signed { 0.0 } else { z[param(l, j)] as f32 };
+                        let w = (value(q[at(l, j)]) - zero) * s[param(l, j)];
+                        f64::from(x[i * k + l]) * f64::from(w)
+                    })
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        let (dt, wdims, pdims, axis) = if signed {
+            (data_type::INT4, [n, k], [n, nb], 1)
+        } else {
+            (data_type::UINT4, [k, n], [nb, n], 0)
+        };
+        let (wdims, pdims) = (wdims.map(|d| d as i64), pdims.map(|d| d as i64));
+        let mut inits = vec![raw("w", dt, &wdims, nibbles(&q)), floats("s", &pdims, &s)];
+        let mut dq_in = vec!["w", "s"];
+        if !signed {
+            inits.push(raw("z", dt, &pdims, nibbles(&z)));
+            dq_in.push("z");
+        }
+        let attrs = vec![int_attr("axis", axis), int_attr("block_size", block as i64)];
+        let mut nodes = vec![node("DequantizeLinear", "dq", &dq_in, &["wf"], attrs)];
+        let b = if signed {
+            let perm = ints_attr("perm", &[1, 0]);
+            nodes.push(node("Transpose", "t", &["wf"], &["wt"], vec![perm]));
+            "wt"
+        } else {
+            "wf"
+        };
+        nodes.push(node("MatMul", "mm", &["x", b], &["y"], vec![]));
+        let bytes = model(
+            nodes,
+            vec![vi("x", data_type::FLOAT, &[rows as i64, k as i64])],
+            vec![vi("y", data_type::FLOAT, &[rows as i64, n as i64])],
+            inits,
+            21,
+        );
+        let what = format!("signed: {signed}");
+        let g = kiln::onnx::import(&bytes, Default::default(), Default::default()).unwrap();
+        let o = kiln::optimize(&g, None, &Default::default()).unwrap();
+        let ops: Vec<&str> = o
+            .node_ids()
+            .into_iter()
+            .map(|id| o.node(id).op().mnemonic())
+            .collect();
+        assert!(
+            ops.contains(&"qdot4") && !ops.contains(&"dot"),
+            "{what}: {ops:?}"
+        );
+        let xt = Tensor::from_vec(vec![rows, k], x.clone()).unwrap();
+        let inputs = [("x".to_string(), xt)];
+        let close = |got: &[f32], how: &str| {
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{what}, {how}: {got:?} vs {want:?}"
+                );
+            }
+        };
+        for threads in [1, 2] {
+            let mut opts = kiln::ModelOptions::default();
+            opts.compile.threads = Some(threads);
+            let m = Model::from_onnx(&bytes, Default::default(), opts).unwrap();
+            let out = m.run(&inputs).unwrap();
+            close(
+                out[0].1.as_slice::<f32>().unwrap(),
+                &format!("{threads} threads"),
+            );
+        }
+        let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
+        let out = m.interpret(&inputs).unwrap();
+        close(out[0].1.as_slice::<f32>().unwrap(), "interpreted");
+    }
 }

@@ -970,6 +970,114 @@ pub fn quantized_graph(seed: u64) -> Option<Graph> {
     b.finish().ok()
 }
 
+/// DequantizeLinear's blocked form on 4-bit weights (uint4 or int4, `[K, N]` or `[N, K]`,
+/// past 64 KiB as f32 so that `fold` leaves them packed) before a product, as the importer
+/// writes it: scales (some negative) and zero points in blocks of 16, 32, 48, 64 or 128 along
+/// K — a partial last one sliced off —, per column or per tensor; rows f32, maybe batched.
+pub fn int4_graph(seed: u64) -> Option<Graph> {
+    let mut rng = Rng::new(seed);
+    let rng = &mut rng;
+    let mut b = Builder::new(&format!("int4_{}", seed % 1000));
+    let (m, k, n) = (
+        1 + below(rng, 9),
+        128 + below(rng, 200),
+        130 + below(rng, 40),
+    );
+    let batch = below(rng, 2);
+    let mut dims: Vec<usize> = (0..batch).map(|_| 1 + below(rng, 3)).collect();
+    dims.extend([m, k]);
+    let shape = |d: &[usize]| Shape::new(d.iter().map(|&d| Dim::Const(d as i64)).collect());
+    let signed = below(rng, 2) == 0;
+    let dt = if signed { DType::I4 } else { DType::U4 };
+    // K along axis 0 of the weight, or axis 1.
+    let kaxis = below(rng, 2);
+    let w_shape = if kaxis == 0 { [k, n] } else { [n, k] };
+    let w = b.constant(random_tensor(rng, dt, &w_shape)).ok()?;
+    // A parameter of `values` per block of `block` along K and column (of dtype `t`), as the
+    // importer widens DequantizeLinear's: reshape, broadcast, reshape, slice to K.
+    let blocked = |b: &mut Builder, rng: &mut Rng, t: DType, block: usize| -> Option<Value> {
+        let nb = k.div_ceil(block);
+        let (small, unit, wide) = if kaxis == 0 {
+            ([nb, n], [nb, 1, n], [nb, block, n])
+        } else {
+            ([n, nb], [n, nb, 1], [n, nb, block])
+        };
+        let c = if t == DType::F32 {
+            let v: Vec<f32> = (0..nb * n)
+                .map(|_| {
+                    (1 + below(rng, 40)) as f32 / 256.0
+                        * if below(rng, 4) == 0 { -1.0 } else { 1.0 }
+                })
+                .collect();
+            Tensor::from_vec(small.to_vec(), v).ok()?
+        } else {
+            random_tensor(rng, t, &small)
+        };
+        let c = b.constant(c).ok()?;
+        let c = b.reshape(c, shape(&unit)).ok()?;
+        let c = b.broadcast_to(c, &shape(&wide)).ok()?;
+        let merged = if kaxis == 0 {
+            [nb * block, n]
+        } else {
+            [n, nb * block]
+        };
+        let c = b.reshape(c, shape(&merged)).ok()?;
+        let c = if nb * block == k {
+            c
+        } else {
+            b.op1(
+                Op::Slice {
+                    start: vec![Dim::Const(0); 2],
+                    limit: w_shape.iter().map(|&d| Dim::Const(d as i64)).collect(),
+                    stride: vec![1, 1],
+                },
+                &[c],
+            )
+            .ok()?
+        };
+        if t == DType::F32 {
+            Some(c)
+        } else {
+            b.cast(c, DType::F32).ok()
+        }
+    };
+    let wf = b.cast(w, DType::F32).ok()?;
+    let wd = match below(rng, 4) {
+        // Per tensor.
+        0 => {
+            let s = b.scalar(0.03, DType::F32).ok()?;
+            let s = b.broadcast_to(s, &shape(&w_shape)).ok()?;
+            b.mul(wf, s).ok()?
+        }
+        // Per column (a block of all K).
+        1 => {
+            let s = blocked(&mut b, rng, DType::F32, k)?;
+            b.mul(wf, s).ok()?
+        }
+        _ => {
+            let block = pick(rng, &[16usize, 32, 48, 64, 128]);
+            let s = blocked(&mut b, rng, DType::F32, block)?;
+            let d = if below(rng, 2) == 0 {
+                let z = blocked(&mut b, rng, dt, block)?;
+                b.sub(wf, z).ok()?
+            } else {
+                wf
+            };
+            b.mul(d, s).ok()?
+        }
+    };
+    let x = b.param("x", DType::F32, shape(&dims)).ok()?;
+    let dot = Op::Dot {
+        lhs_batch: vec![],
+        rhs_batch: vec![],
+        lhs_contract: vec![batch as i64 + 1],
+        rhs_contract: vec![kaxis as i64],
+    };
+    let y = b.op1(dot, &[x, wd]).ok()?;
+    b.output("y", y).ok()?;
+    b.finish().ok()
+}
+
 /// QDQ's conv as exporters write it: a u8 image dequantized (scale, zero point),
 /// filters of 16K values and more (past 64 KiB as f32, so they stay integers until
 /// `quantize`: 3×3 or 5×3 taps of 24 to 48 channels into 80 to 96 filters) dequantized per

@@ -11,7 +11,10 @@ Needs numpy, onnx, onnxruntime and onnx-ir (pip). Forms, as users make them:
   - `qdq`: `quantize_static` in QDQ form, uint8 activations and int8 weights (per channel),
     calibrated on the model's own inputs;
   - `nbits32`, `nbits128`: `MatMulNBitsQuantizer`, 4-bit weights in blocks of 32 or 128
-    (com.microsoft MatMulNBits, asymmetric: packed zero points).
+    (com.microsoft MatMulNBits, asymmetric: packed zero points);
+  - `int4qdq32`, `int4qdq128sym`: the same quantizer's QDQ form (opset 21 DequantizeLinear
+    with `block_size` on uint4 weights and zero points, or symmetric int4 without them,
+    before a MatMul), the model first converted to opset 21.
 Each goes to the cache (default ~/.cache/kiln-quantized/models/SOURCE_FORM/, or
 $KILN_QUANT_CACHE/models/...: model.onnx, inputs.npz, expected.npz, meta.json), not to the
 repository (they derive from ../shared, which CI always has); tests/quantized/manifest.json
@@ -38,9 +41,9 @@ PLAN = [
     ("mlp", ["dynamic", "qdq"]),
     ("cnn_dsc", ["dynamic", "qdq"]),
     ("resnet_block", ["qdq"]),
-    ("bert_tiny", ["dynamic", "qdq", "nbits32"]),
+    ("bert_tiny", ["dynamic", "qdq", "nbits32", "int4qdq128sym"]),
     ("vit_tiny", ["dynamic", "nbits32"]),
-    ("llama_tiny", ["dynamic", "nbits32", "nbits128"]),
+    ("llama_tiny", ["dynamic", "nbits32", "nbits128", "int4qdq32"]),
 ]
 
 
@@ -90,6 +93,20 @@ def quantize(src: Path, form: str, inputs: dict, dst: Path):
         block = int(form[len("nbits"):])
         m = onnx.load(str(src))
         quant = MatMulNBitsQuantizer(m, block_size=block, is_symmetric=False)
+        quant.process()
+        quant.model.save_model_to_file(str(dst), use_external_data_format=False)
+    elif form.startswith("int4qdq"):
+        from onnx import version_converter
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        sym = form.endswith("sym")
+        block = int(form[len("int4qdq"):].removesuffix("sym"))
+        # The QDQ form needs opset 21 (int4 DequantizeLinear with block_size); the quantizer
+        # only stamps the version, so the model's other ops are converted first.
+        m = version_converter.convert_version(onnx.load(str(src)), 21)
+        quant = MatMulNBitsQuantizer(
+            m, block_size=block, is_symmetric=sym, quant_format=q.QuantFormat.QDQ
+        )
         quant.process()
         quant.model.save_model_to_file(str(dst), use_external_data_format=False)
     else:

@@ -55,7 +55,8 @@ fn int_range(d: DType) -> R<(f64, f64)> {
 }
 
 /// How a known scale is used: dividing (a quantizer's: positive and finite) or multiplying
-/// (a dequantizer's: finite and not negative — a block of zeros may have scale 0).
+/// (a dequantizer's: finite — a block of zeros may have scale 0, and onnxruntime's symmetric
+/// 4-bit quantizer writes negative scales, mapping each block's extreme to −8).
 #[derive(Clone, Copy, PartialEq)]
 enum Scaling {
     Divides,
@@ -77,12 +78,12 @@ fn check_scale(ctx: &Ctx, name: &str, how: Scaling) -> R<()> {
         let ok = v.is_finite()
             && match how {
                 Scaling::Divides => v > 0.0,
-                Scaling::Multiplies => v >= 0.0,
+                Scaling::Multiplies => true,
             };
         if !ok {
             let want = match how {
                 Scaling::Divides => "positive and finite",
-                Scaling::Multiplies => "finite and not negative",
+                Scaling::Multiplies => "finite",
             };
             return Err(format!("scale `{name}` must be {want}; element {i} is {v}").into());
         }

@@ -2,6 +2,7 @@
 //! module holds the matching helpers the rules share and the stages the passes run.
 
 pub mod algebra;
+pub mod int4;
 pub mod layout;
 pub mod quantize;
 pub mod recognize;
@@ -46,6 +47,7 @@ pub static QUANTIZE: Stage = Stage {
         quantize::INT_DOT_EXACT,
         quantize::INT8_DOT,
         quantize::DEQUANTIZED_DOT,
+        int4::DEQUANTIZED_DOT4,
         quantize::DEQUANTIZED_CONV,
         quantize::SATURATED_CLAMP,
         quantize::REQUANTIZE,
