@@ -10,8 +10,9 @@ Needs numpy, onnx, onnxruntime and onnx-ir (pip). Forms, as users make them:
     ConvInteger -> Cast -> Mul, the activations quantized at run time);
   - `qdq`: `quantize_static` in QDQ form, uint8 activations and int8 weights (per channel),
     calibrated on the model's own inputs;
-  - `nbits32`, `nbits128`: `MatMulNBitsQuantizer`, 4-bit weights in blocks of 32 or 128
-    (com.microsoft MatMulNBits, asymmetric: packed zero points);
+  - `nbits32`, `nbits128`, `nbits64sym`: `MatMulNBitsQuantizer`, 4-bit weights in blocks of
+    32, 128 or 64 (com.microsoft MatMulNBits, asymmetric: packed zero points; symmetric:
+    none, and negative scales);
   - `int4qdq32`, `int4qdq128sym`: the same quantizer's QDQ form (opset 21 DequantizeLinear
     with `block_size` on uint4 weights and zero points, or symmetric int4 without them,
     before a MatMul), the model first converted to opset 21.
@@ -42,7 +43,7 @@ PLAN = [
     ("cnn_dsc", ["dynamic", "qdq"]),
     ("resnet_block", ["qdq"]),
     ("bert_tiny", ["dynamic", "qdq", "nbits32", "int4qdq128sym"]),
-    ("vit_tiny", ["dynamic", "nbits32"]),
+    ("vit_tiny", ["dynamic", "nbits32", "nbits64sym"]),
     ("llama_tiny", ["dynamic", "nbits32", "nbits128", "int4qdq32"]),
 ]
 
@@ -90,9 +91,10 @@ def quantize(src: Path, form: str, inputs: dict, dst: Path):
     elif form.startswith("nbits"):
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        block = int(form[len("nbits"):])
+        sym = form.endswith("sym")
+        block = int(form[len("nbits"):].removesuffix("sym"))
         m = onnx.load(str(src))
-        quant = MatMulNBitsQuantizer(m, block_size=block, is_symmetric=False)
+        quant = MatMulNBitsQuantizer(m, block_size=block, is_symmetric=sym)
         quant.process()
         quant.model.save_model_to_file(str(dst), use_external_data_format=False)
     elif form.startswith("int4qdq"):
