@@ -679,7 +679,7 @@ fn other_operand(g: &Graph, n: NodeId, v: Value) -> Option<Value> {
 }
 
 /// The value of `v` when it is a one-element constant (seen through views).
-fn scalar_value(g: &Graph, mut v: Value) -> Option<f64> {
+pub(super) fn scalar_value(g: &Graph, mut v: Value) -> Option<f64> {
     while is_view(g.node(v.node).op()) {
         v = g.node(v.node).inputs()[0];
     }
