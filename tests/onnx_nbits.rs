@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::onnx::{floats, int_attr, ints_attr, model, node, raw, vi};
+use common::onnx::{floats, importing_ms, int_attr, ints_attr, model, node, raw, vi};
 use kiln::frontends::onnx::proto::*;
 use kiln::{Model, Tensor};
-use prost::Message;
 
 /// `values` of `bits` bits packed low bits first, `per` a byte, rows of `len` values each
 /// padded to whole bytes.
@@ -106,15 +105,13 @@ fn every_bit_width_is_its_definition() {
                 inits,
                 21,
             );
-            let mut m = ModelProto::decode(&bytes[..]).unwrap();
-            m.opset_import.push(OperatorSetIdProto {
-                domain: "com.microsoft".into(),
-                version: 1,
-            });
             let what = format!("{bits} bits, zero points given: {zero_points}");
-            let model =
-                Model::from_onnx(&m.encode_to_vec(), Default::default(), Default::default())
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let model = Model::from_onnx(
+                &importing_ms(&bytes),
+                Default::default(),
+                Default::default(),
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
             let xt = Tensor::from_vec(vec![rows, k], x.clone()).unwrap();
             let out = model.run(&[("x".into(), xt)]).unwrap();
             let got = out[0].1.as_slice::<f32>().unwrap();
@@ -160,12 +157,12 @@ fn a_weight_left_unfolded_is_dequantized_in_one_kernel() {
         ],
         21,
     );
-    let mut m = ModelProto::decode(&bytes[..]).unwrap();
-    m.opset_import.push(OperatorSetIdProto {
-        domain: "com.microsoft".into(),
-        version: 1,
-    });
-    let g = kiln::onnx::import(&m.encode_to_vec(), Default::default(), Default::default()).unwrap();
+    let g = kiln::onnx::import(
+        &importing_ms(&bytes),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
     let o = kiln::optimize(&g, None, &Default::default()).unwrap();
     let steps: Vec<String> = o
         .node_ids()

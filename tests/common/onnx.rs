@@ -102,3 +102,13 @@ pub fn model(
     }
     .encode_to_vec()
 }
+
+/// `bytes`, a model, importing com.microsoft's opset 1 as well (its contrib ops).
+pub fn importing_ms(bytes: &[u8]) -> Vec<u8> {
+    let mut m = ModelProto::decode(bytes).unwrap();
+    m.opset_import.push(OperatorSetIdProto {
+        domain: "com.microsoft".into(),
+        version: 1,
+    });
+    m.encode_to_vec()
+}

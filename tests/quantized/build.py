@@ -10,6 +10,9 @@ Needs numpy, onnx, onnxruntime and onnx-ir (pip). Forms, as users make them:
     ConvInteger -> Cast -> Mul, the activations quantized at run time);
   - `qdq`: `quantize_static` in QDQ form, uint8 activations and int8 weights (per channel),
     calibrated on the model's own inputs;
+  - `qop`: the same in QOperator form (QLinearConv, QLinearMatMul and com.microsoft's
+    QGemm, QLinearAdd, QLinearMul, QLinearSigmoid, QLinearSoftmax, QLinearConcat,
+    QLinearGlobalAveragePool), the form of the ONNX model zoo's int8 models;
   - `nbits32`, `nbits128`, `nbits64sym`: `MatMulNBitsQuantizer`, 4-bit weights in blocks of
     32, 128 or 64 (com.microsoft MatMulNBits, asymmetric: packed zero points; symmetric:
     none, and negative scales);
@@ -39,12 +42,12 @@ HERE = Path(__file__).resolve().parent
 
 # (source model, forms); MatMulNBits only quantizes MatMul nodes (not Gemm).
 PLAN = [
-    ("mlp", ["dynamic", "qdq"]),
-    ("cnn_dsc", ["dynamic", "qdq"]),
-    ("resnet_block", ["qdq"]),
-    ("bert_tiny", ["dynamic", "qdq", "nbits32", "int4qdq128sym"]),
-    ("vit_tiny", ["dynamic", "nbits32", "nbits64sym"]),
-    ("llama_tiny", ["dynamic", "nbits32", "nbits128", "int4qdq32"]),
+    ("mlp", ["dynamic", "qdq", "qop"]),
+    ("cnn_dsc", ["dynamic", "qdq", "qop"]),
+    ("resnet_block", ["qdq", "qop"]),
+    ("bert_tiny", ["dynamic", "qdq", "qop", "nbits32", "int4qdq128sym"]),
+    ("vit_tiny", ["dynamic", "qop", "nbits32", "nbits64sym"]),
+    ("llama_tiny", ["dynamic", "qop", "nbits32", "nbits128", "int4qdq32"]),
 ]
 
 
@@ -78,12 +81,12 @@ def quantize(src: Path, form: str, inputs: dict, dst: Path):
 
     if form == "dynamic":
         q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QInt8)
-    elif form == "qdq":
+    elif form in ("qdq", "qop"):
         q.quantize_static(
             str(src),
             str(dst),
             Reader(inputs),
-            quant_format=q.QuantFormat.QDQ,
+            quant_format=q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator,
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
             per_channel=True,
@@ -121,9 +124,13 @@ def tolerance(src_meta: dict, expected: dict, form: str) -> dict:
     # its logits' range). The suite's float tolerance, its absolute part widened to 2e-3 of
     # the outputs' range for the forms that quantize activations.
     tol = dict(src_meta.get("suggested_tol", {"rtol": 1e-3, "atol": 1e-4}))
-    if form in ("dynamic", "qdq"):
+    if form in ("dynamic", "qdq", "qop"):
         span = max(float(np.ptp(v)) for v in expected.values() if v.dtype.kind == "f")
-        tol["atol"] = max(tol["atol"], 2e-3 * span)
+        # onnxruntime computes QLinearSoftmax by a lookup table and integer sums, its own
+        # approximation of the op (kiln computes the definition: dequantize, softmax,
+        # quantize): outputs move by a few quanta (vit_tiny's logits by 4 of 0.0078).
+        widen = 2e-2 if form == "qop" else 2e-3
+        tol["atol"] = max(tol["atol"], widen * span)
     return {k: float(f"{v:.3g}") for k, v in tol.items()}
 
 

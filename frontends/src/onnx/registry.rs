@@ -6,8 +6,8 @@ use crate::onnx::OpError;
 
 use super::import::{Ctx, Node};
 use super::ops::{
-    attention, control, dynamic, ew, misc, ml, nn, quant, reduce, resize, rnn, sample, seq, shape,
-    spectral, stateful,
+    attention, control, dynamic, ew, misc, ml, nn, qlinear, quant, reduce, resize, rnn, sample,
+    seq, shape, spectral, stateful,
 };
 use super::value::V;
 
@@ -117,6 +117,12 @@ table! {
     }
     "com.microsoft" {
         "MatMulNBits" 1 => quant::matmul_nbits,
+        "QGemm" 1 => qlinear::qgemm,
+        "QLinearAdd" 1 => qlinear::qlinear, "QLinearMul" 1 => qlinear::qlinear,
+        "QLinearSigmoid" 1 => qlinear::qlinear, "QLinearLeakyRelu" 1 => qlinear::qlinear,
+        "QLinearSoftmax" 1 => qlinear::qlinear, "QLinearConcat" 1 => qlinear::qlinear,
+        "QLinearGlobalAveragePool" 1 => qlinear::qlinear,
+        "QLinearAveragePool" 1 => qlinear::qlinear, "QLinearReduceMean" 1 => qlinear::qlinear,
         "DynamicQuantizeLSTM" 1 => rnn::dynamic_quantize_lstm,
     }
     "ai.onnx.ml" {

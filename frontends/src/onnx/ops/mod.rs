@@ -10,6 +10,7 @@ pub mod ew;
 pub mod misc;
 pub mod ml;
 pub mod nn;
+pub mod qlinear;
 pub mod quant;
 pub mod reduce;
 pub mod resize;

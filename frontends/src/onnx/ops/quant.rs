@@ -13,7 +13,13 @@ type R<T> = Result<T, OpError>;
 
 /// Makes a scale or zero point broadcastable against `shape`: scalars stay scalars, vectors
 /// lie along `axis`, blocked parameters repeat `block` times along it.
-fn broadcastable(b: &mut Builder, v: Value, shape: &Shape, ax: R<usize>, block: i64) -> R<Value> {
+pub(super) fn broadcastable(
+    b: &mut Builder,
+    v: Value,
+    shape: &Shape,
+    ax: R<usize>,
+    block: i64,
+) -> R<Value> {
     let vs = b.shape(v).clone();
     let one_element = vs.numel().ok().and_then(|d| d.as_const()) == Some(1);
     if vs.rank() == 0 || one_element {
@@ -58,14 +64,16 @@ fn int_range(d: DType) -> R<(f64, f64)> {
 /// (a dequantizer's: finite — a block of zeros may have scale 0, and onnxruntime's symmetric
 /// 4-bit quantizer writes negative scales, mapping each block's extreme to −8).
 #[derive(Clone, Copy, PartialEq)]
-enum Scaling {
+pub(super) enum Scaling {
     Divides,
     Multiplies,
 }
 
 /// Checks the scale named `name` when the import knows it (a weight's, a calibrated
 /// activation's): a zero, negative or NaN divisor would make infinities and NaNs of every value.
-fn check_scale(ctx: &Ctx, name: &str, how: Scaling) -> R<()> {
+/// An infinite one is IEEE arithmetic like any other: onnxruntime's calibrator writes one for
+/// a constant holding −inf (an attention mask's), and onnxruntime runs the model.
+pub(super) fn check_scale(ctx: &Ctx, name: &str, how: Scaling) -> R<()> {
     let Some(t) = ctx.try_static(name) else {
         return Ok(());
     };
@@ -75,15 +83,14 @@ fn check_scale(ctx: &Ctx, name: &str, how: Scaling) -> R<()> {
     let d = t.data();
     for i in 0..d.len() {
         let v = d.get_f64(i);
-        let ok = v.is_finite()
-            && match how {
-                Scaling::Divides => v > 0.0,
-                Scaling::Multiplies => true,
-            };
+        let ok = match how {
+            Scaling::Divides => v > 0.0,
+            Scaling::Multiplies => !v.is_nan(),
+        };
         if !ok {
             let want = match how {
-                Scaling::Divides => "positive and finite",
-                Scaling::Multiplies => "finite",
+                Scaling::Divides => "positive",
+                Scaling::Multiplies => "a number",
             };
             return Err(format!("scale `{name}` must be {want}; element {i} is {v}").into());
         }
@@ -93,7 +100,7 @@ fn check_scale(ctx: &Ctx, name: &str, how: Scaling) -> R<()> {
 
 /// A zero point must have its quantized input's type (ONNX's rule: it says which integers the
 /// input holds).
-fn check_zero_point(b: &Builder, x: Value, zp: Option<Value>, what: &str) -> R<()> {
+pub(super) fn check_zero_point(b: &Builder, x: Value, zp: Option<Value>, what: &str) -> R<()> {
     match zp {
         Some(z) if b.dtype(z) != b.dtype(x) => Err(format!(
             "the zero point of {what} is {}, but {what} is {}",
@@ -128,7 +135,7 @@ fn check_blocks(b: &Builder, x: Value, p: Value, ax: usize, block: i64) -> R<()>
 
 /// round(x) + zp, clamped to the range of `dtype` and converted; float outputs (float8,
 /// float4) convert with rounding to nearest, saturating unless told otherwise.
-fn saturate(b: &mut Builder, x: Value, zp: Option<Value>, dtype: DType) -> R<Value> {
+pub(super) fn saturate(b: &mut Builder, x: Value, zp: Option<Value>, dtype: DType) -> R<Value> {
     saturate_with(b, x, zp, dtype, true)
 }
 
@@ -260,7 +267,12 @@ pub fn dynamic_quantize_linear(ctx: &mut Ctx, n: &Node) -> Res {
 }
 
 /// `v - zp` in i32, with `zp` broadcast along `zp_axis` of `v` when it is a vector.
-fn minus_zero_point(b: &mut Builder, v: Value, zp: Option<Value>, zp_axis: usize) -> R<Value> {
+pub(super) fn minus_zero_point(
+    b: &mut Builder,
+    v: Value,
+    zp: Option<Value>,
+    zp_axis: usize,
+) -> R<Value> {
     let vi = b.cast(v, DType::I32)?;
     let Some(zp) = zp else { return Ok(vi) };
     let shape = b.shape(vi).clone();
@@ -301,17 +313,25 @@ pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
     one(ctx, y)
 }
 
-/// Requantizes an i32 accumulator: round(acc * a_scale * b_scale / y_scale) + y_zp, saturated.
+/// Requantizes an i32 accumulator and an i32 bias: round((acc + bias) * a_scale * b_scale /
+/// y_scale) + y_zp, saturated. The bias is added after the sums' conversion to f32 (the same
+/// number whenever |acc| < 2^24, which quantized products' sums stay far below): the
+/// conversion of the bare sums is what the 8-bit products (`qdot`, `qconv`) compute, so the
+/// bias becomes their epilogue's shift.
 fn requantize(
     b: &mut Builder,
-    acc: Value,
+    (acc, bias): (Value, Option<Value>),
     a_scale: Value,
     b_scale: Value,
     y_scale: Value,
     y_zp: Option<Value>,
     out: DType,
 ) -> R<Value> {
-    let accf = b.cast(acc, DType::F32)?;
+    let mut accf = b.cast(acc, DType::F32)?;
+    if let Some(bias) = bias {
+        let bias = b.cast(bias, DType::F32)?;
+        accf = b.add(accf, bias)?;
+    }
     let ab = b.mul(a_scale, b_scale)?;
     let m = b.div(ab, y_scale)?;
     let m = b.cast(m, DType::F32)?;
@@ -346,7 +366,7 @@ pub fn qlinear_matmul(ctx: &mut Ctx, n: &Node) -> Res {
     let r = shape.rank();
     let a_scale = broadcastable(b, v[1], &shape, Ok(r.saturating_sub(2)), 0)?;
     let b_scale = broadcastable(b, v[4], &shape, Ok(r.saturating_sub(1)), 0)?;
-    let y = requantize(b, acc, a_scale, b_scale, v[6], Some(v[7]), out)?;
+    let y = requantize(b, (acc, None), a_scale, b_scale, v[6], Some(v[7]), out)?;
     one(ctx, y)
 }
 
@@ -364,16 +384,19 @@ pub fn qlinear_conv(ctx: &mut Ctx, n: &Node) -> Res {
     let op = super::nn::conv_op(n, &xs, &ws)?;
     let x = minus_zero_point(b, v[0], Some(v[2]), 1)?;
     let w = minus_zero_point(b, v[3], Some(v[5]), 0)?;
-    let mut acc = b.op1(op, &[x, w])?;
+    let acc = b.op1(op, &[x, w])?;
     let shape = b.shape(acc).clone();
-    if let Some(bias) = bias {
-        let bias = broadcastable(b, bias, &shape, Ok(1), 0)?;
-        let bias = b.cast(bias, DType::I32)?;
-        acc = b.add(acc, bias)?;
-    }
+    let bias = match bias {
+        Some(bias) => {
+            let bias = broadcastable(b, bias, &shape, Ok(1), 0)?;
+            let bias = b.cast(bias, DType::I32)?;
+            Some(b.broadcast_to(bias, &shape)?)
+        }
+        None => None,
+    };
     let x_scale = broadcastable(b, v[1], &shape, Ok(1), 0)?;
     let w_scale = broadcastable(b, v[4], &shape, Ok(1), 0)?;
-    let y = requantize(b, acc, x_scale, w_scale, v[6], Some(v[7]), out)?;
+    let y = requantize(b, (acc, bias), x_scale, w_scale, v[6], Some(v[7]), out)?;
     one(ctx, y)
 }
 

@@ -46,6 +46,7 @@ pub static QUANTIZE: Stage = Stage {
         quantize::INT_PRODUCT_F32,
         quantize::INT_DOT_EXACT,
         quantize::INT8_DOT,
+        quantize::INT8_CONV,
         quantize::DEQUANTIZED_DOT,
         int4::DEQUANTIZED_DOT4,
         quantize::DEQUANTIZED_CONV,

@@ -23,17 +23,9 @@ const MOST_TERMS: i64 = (i32::MAX as i64) / (255 * 128);
 pub const INT_PRODUCT_F32: Rule = Rule {
     name: "int-product-f32",
     search: |eg, id| {
-        let mut out = Vec::new();
-        for (op, args) in nodes(eg, id) {
-            let Op::Cast {
-                dtype: DType::F32, ..
-            } = op
-            else {
-                continue;
-            };
-            out.extend(f32_product(eg, args[0]));
-        }
-        out
+        cast_to_f32(eg, id)
+            .flat_map(|p| f32_product(eg, p))
+            .collect()
     },
 };
 
@@ -44,14 +36,8 @@ pub const INT8_DOT: Rule = Rule {
     name: "int8-dot",
     search: |eg, id| {
         let mut out = Vec::new();
-        for (op, args) in nodes(eg, id) {
-            let Op::Cast {
-                dtype: DType::F32, ..
-            } = op
-            else {
-                continue;
-            };
-            for (op, dargs) in nodes(eg, args[0]) {
+        for p in cast_to_f32(eg, id) {
+            for (op, dargs) in nodes(eg, p) {
                 let Op::Dot {
                     lhs_batch,
                     rhs_batch,
@@ -61,14 +47,11 @@ pub const INT8_DOT: Rule = Rule {
                 else {
                     continue;
                 };
-                if info(eg, args[0]).ty().dtype != DType::I32 {
+                if info(eg, p).ty().dtype != DType::I32 {
                     continue;
                 }
                 let (l, r) = (dargs[0], dargs[1]);
-                if !info(eg, r)
-                    .range
-                    .is_some_and(|(lo, hi)| lo >= -128.0 && hi <= 127.0)
-                {
+                if !fits_i8(eg, r) {
                     continue;
                 }
                 let Some((x8, zero)) = activation(eg, l) else {
@@ -573,13 +556,39 @@ fn activation(eg: &EGraph, id: Id) -> Option<(Id, Expr)> {
     })
 }
 
-/// dot(x, w) : int = cast(dot(cast(x, f32), cast(w, f32)), int) under the same bound (not
-/// `conv`: its Winograd form rounds, harmless before a float scale, not before a cast back).
+/// dot(x, w) : int = cast(dot(cast(x, f32), cast(w, f32)), int) under the same bound, where
+/// the result type holds every sum (a u8 product of u8 values wraps where the conversion
+/// back would saturate: the differential fuzz found one) — not `conv`: its Winograd form
+/// rounds, harmless before a float scale, not before a cast back.
 pub const INT_DOT_EXACT: Rule = Rule {
     name: "int-dot-exact",
     search: |eg, id| {
         let dtype = info(eg, id).ty().dtype;
         if !dtype.is_int() || info(eg, id).types.len() != 1 {
+            return Vec::new();
+        }
+        // The exact sum must be one the result type holds (an integer product wraps; the
+        // conversion back saturates): within its range, and not negative for an unsigned one.
+        let Some((lo, hi)) = dtype.int_range() else {
+            return Vec::new();
+        };
+        let fits = |x: Id, w: Id, lc: &[i64], rc: &[i64]| {
+            let nonnegative = |v: Id| info(eg, v).range.is_some_and(|(l, _)| l >= 0.0);
+            dot_bound(eg, x, w, lc, rc)
+                .is_some_and(|b| b <= hi && (lo < 0.0 || nonnegative(x) && nonnegative(w)))
+        };
+        let holds = nodes(eg, id).any(|(op, args)| match (op, args) {
+            (
+                Op::Dot {
+                    lhs_contract,
+                    rhs_contract,
+                    ..
+                },
+                &[x, w],
+            ) => fits(x, w, lhs_contract, rhs_contract),
+            _ => false,
+        });
+        if !holds {
             return Vec::new();
         }
         f32_product(eg, id)
@@ -615,8 +624,9 @@ fn f32_product(eg: &EGraph, id: Id) -> Vec<Expr> {
                 rhs_contract,
                 ..
             } => dot_bound(eg, x, w, lhs_contract, rhs_contract),
-            // Winograd's transforms divide by 2 and 4: 3×3 stride-1 filters stay integer.
-            Op::Conv { stride, .. } if !winograd_shaped(eg, w, stride) => {
+            // Winograd's transforms divide by 2 and 4: 3×3 stride-1 filters stay integer —
+            // dense ones (grouped and depthwise convs never run by Winograd).
+            Op::Conv { stride, groups, .. } if *groups != 1 || !winograd_shaped(eg, w, stride) => {
                 let rank = info(eg, w).ty().shape.rank();
                 let taps: Vec<i64> = (1..rank as i64).collect();
                 let by_ranges =
@@ -663,6 +673,72 @@ fn terms(eg: &EGraph, id: Id, axes: &[i64]) -> Option<f64> {
     axes.iter()
         .map(|&a| Some(shape.dims().get(a as usize)?.as_const()? as f64))
         .product()
+}
+
+/// cast(conv(cast(x8, i32) − zero, w) : i32, f32) = qconv(x8, cast(w, i8), zero8): the
+/// integer form of ConvInteger and QLinearConv as the 8-bit conv, for a 2-D conv of one group
+/// over a u8 image (what `qconv2d` runs) whose weight fits i8 — summed in i32 either way.
+pub const INT8_CONV: Rule = Rule {
+    name: "int8-conv",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        for p in cast_to_f32(eg, id) {
+            if info(eg, p).ty().dtype != DType::I32 {
+                continue;
+            }
+            for (op, cargs) in nodes(eg, p) {
+                let Op::Conv {
+                    stride,
+                    dilation,
+                    pad_low,
+                    pad_high,
+                    groups: 1,
+                } = op
+                else {
+                    continue;
+                };
+                let (x, w) = (cargs[0], cargs[1]);
+                if info(eg, id).ty().shape.rank() != 4 || !fits_i8(eg, w) {
+                    continue;
+                }
+                let Some((x8, zero)) = activation(eg, x) else {
+                    continue;
+                };
+                if info(eg, x8).ty().dtype != DType::U8 {
+                    continue;
+                }
+                let q = Op::Qconv {
+                    stride: stride.clone(),
+                    dilation: dilation.clone(),
+                    pad_low: pad_low.clone(),
+                    pad_high: pad_high.clone(),
+                    groups: 1,
+                };
+                out.push(Expr::op(
+                    q,
+                    [x8.into(), converted(DType::I8, w.into()), zero],
+                ));
+            }
+        }
+        out
+    },
+};
+
+/// The classes that class `id` converts to f32 (its `cast(·, f32)` nodes' operands).
+fn cast_to_f32(eg: &EGraph, id: Id) -> impl Iterator<Item = Id> + '_ {
+    nodes(eg, id).filter_map(|(op, args)| match op {
+        Op::Cast {
+            dtype: DType::F32, ..
+        } => Some(args[0]),
+        _ => None,
+    })
+}
+
+/// Whether every value of class `id` fits i8.
+fn fits_i8(eg: &EGraph, id: Id) -> bool {
+    info(eg, id)
+        .range
+        .is_some_and(|(lo, hi)| lo >= -128.0 && hi <= 127.0)
 }
 
 /// The integer constant class `id` holds: a constant, or a conversion of one that keeps
