@@ -381,3 +381,89 @@ fn qgemm_is_the_integer_product_requantized() {
     }
     assert_eq!(got.len(), m * n);
 }
+
+/// MatMulIntegerToFloat and DynamicQuantizeMatMul (onnxruntime's fusions, in the models it
+/// saves optimized): `(A − a_zero)·(B − b_zero)·a_scale·b_scale + bias`, B's scale and zero
+/// point per column; A quantized as DynamicQuantizeLinear defines it for the second.
+#[test]
+fn fused_dynamic_products_are_the_ops_they_fuse() {
+    let (m, k, n) = (3usize, 6usize, 4usize);
+    let af: Vec<f32> = (0..m * k)
+        .map(|i| (i as f32 * 0.37).sin() * 2.0 - 0.3)
+        .collect();
+    let bq: Vec<u8> = bytes(k * n, 9);
+    let sb: Vec<f32> = (0..n).map(|j| 0.02 * (j + 1) as f32).collect();
+    let zb: Vec<u8> = vec![128, 120, 130, 127];
+    let bias: Vec<f32> = vec![0.5, -1.0, 0.25, 0.0];
+    // DynamicQuantizeLinear of A.
+    let lo = af.iter().copied().fold(0.0f32, f32::min);
+    let hi = af.iter().copied().fold(0.0f32, f32::max);
+    let sa = (hi - lo) / 255.0;
+    let za = (-lo / sa).round_ties_even().clamp(0.0, 255.0) as u8;
+    let aq: Vec<u8> = af.iter().map(|&x| quant(x, (sa, za))).collect();
+    let want: Vec<f32> = (0..m * n)
+        .map(|e| {
+            let (i, j) = (e / n, e % n);
+            let acc: i32 = (0..k)
+                .map(|l| {
+                    (i32::from(aq[i * k + l]) - i32::from(za))
+                        * (i32::from(bq[l * n + j]) - i32::from(zb[j]))
+                })
+                .sum();
+            acc as f32 * (sa * sb[j]) + bias[j]
+        })
+        .collect();
+    let b_inits = || {
+        vec![
+            raw("b", data_type::UINT8, &[k as i64, n as i64], bq.clone()),
+            floats("bs", &[n as i64], &sb),
+            raw("bz", data_type::UINT8, &[n as i64], zb.clone()),
+            floats("bias", &[n as i64], &bias),
+        ]
+    };
+    let run = |op: &str, ins: &[&str], x: (i32, Tensor), inits: Vec<TensorProto>| {
+        let mut q = node(op, "q", ins, &["y"], vec![]);
+        q.domain = "com.microsoft".into();
+        let dims = x.1.shape().iter().map(|&d| d as i64).collect::<Vec<_>>();
+        let bytes = model(
+            vec![q],
+            vec![vi("x0", x.0, &dims)],
+            vec![vi("y", data_type::FLOAT, &[m as i64, n as i64])],
+            inits,
+            13,
+        );
+        let model = Model::from_onnx(
+            &importing_ms(&bytes),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{op}: {e}"));
+        let feeds = [("x0".to_string(), x.1)];
+        for out in [model.run(&feeds).unwrap(), model.interpret(&feeds).unwrap()] {
+            let got = out[0].1.as_slice::<f32>().unwrap();
+            assert_eq!(got.len(), want.len());
+            for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{op} {e}: {g} vs {w}"
+                );
+            }
+        }
+    };
+    let mut inits = b_inits();
+    inits.extend([floats("as", &[], &[sa]), byte("az", za)]);
+    let aqt = Tensor::from_vec(vec![m, k], aq.clone()).unwrap();
+    run(
+        "MatMulIntegerToFloat",
+        &["x0", "b", "as", "bs", "az", "bz", "bias"],
+        (data_type::UINT8, aqt),
+        inits,
+    );
+    let aft = Tensor::from_vec(vec![m, k], af.clone()).unwrap();
+    run(
+        "DynamicQuantizeMatMul",
+        &["x0", "b", "bs", "bz", "bias"],
+        (data_type::FLOAT, aft),
+        b_inits(),
+    );
+}

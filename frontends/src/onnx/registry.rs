@@ -118,6 +118,8 @@ table! {
     "com.microsoft" {
         "MatMulNBits" 1 => quant::matmul_nbits,
         "QGemm" 1 => qlinear::qgemm,
+        "MatMulIntegerToFloat" 1 => qlinear::matmul_integer_to_float,
+        "DynamicQuantizeMatMul" 1 => qlinear::dynamic_quantize_matmul,
         "QLinearAdd" 1 => qlinear::qlinear, "QLinearMul" 1 => qlinear::qlinear,
         "QLinearSigmoid" 1 => qlinear::qlinear, "QLinearLeakyRelu" 1 => qlinear::qlinear,
         "QLinearSoftmax" 1 => qlinear::qlinear, "QLinearConcat" 1 => qlinear::qlinear,

@@ -3,7 +3,9 @@
 //! zoo's int8 models carry: each is its float op between dequantized inputs and a quantized
 //! output, imported as exactly that (DequantizeLinear, the float op, QuantizeLinear through
 //! their own importers), so the QDQ form's rewrites take them from there. QGemm is the
-//! integer product QLinearMatMul is, with Gemm's transposes, `alpha` and an i32 bias.
+//! integer product QLinearMatMul is, with Gemm's transposes, `alpha` and an i32 bias; and
+//! MatMulIntegerToFloat and DynamicQuantizeMatMul, onnxruntime's fusions of a dynamically
+//! quantized product in the models it saves optimized, are the ops they fuse.
 
 use ir::{DType, Value};
 
@@ -266,4 +268,72 @@ fn last_to_first(ctx: &mut Ctx, v: Value, to_first: bool) -> R<Value> {
             .collect()
     };
     Ok(b.transpose(v, &perm)?)
+}
+
+/// com.microsoft MatMulIntegerToFloat (onnxruntime's fusion of a dynamically quantized
+/// product, in the models it saves optimized): `(A − a_zero)·(B − b_zero)` summed in i32,
+/// times `a_scale·b_scale` (B's per tensor or per column), plus the optional bias.
+pub fn matmul_integer_to_float(ctx: &mut Ctx, n: &Node) -> Res {
+    let a = ctx.ir(n.req(0)?)?;
+    let bm = ctx.ir(n.req(1)?)?;
+    let sa = ctx.ir(n.req(2)?)?;
+    let sb = ctx.ir(n.req(3)?)?;
+    let za = n.input(4).map(|z| ctx.ir(z)).transpose()?;
+    let zb = n.input(5).map(|z| ctx.ir(z)).transpose()?;
+    let bias = n.input(6).map(|z| ctx.ir(z)).transpose()?;
+    check_scale(ctx, n.req(2)?, super::quant::Scaling::Multiplies)?;
+    check_scale(ctx, n.req(3)?, super::quant::Scaling::Multiplies)?;
+    let y = integer_to_float(&mut ctx.b, (a, za, sa), (bm, zb, sb), bias)?;
+    one(ctx, y)
+}
+
+/// com.microsoft DynamicQuantizeMatMul: A (f32) quantized to u8 as DynamicQuantizeLinear
+/// does, then [`matmul_integer_to_float`] with B (its scale and zero point per tensor or per
+/// column) and the optional bias.
+pub fn dynamic_quantize_matmul(ctx: &mut Ctx, n: &Node) -> Res {
+    let a = ctx.ir(n.req(0)?)?;
+    let bm = ctx.ir(n.req(1)?)?;
+    let sb = ctx.ir(n.req(2)?)?;
+    let zb = n.input(3).map(|z| ctx.ir(z)).transpose()?;
+    let bias = n.input(4).map(|z| ctx.ir(z)).transpose()?;
+    check_scale(ctx, n.req(2)?, super::quant::Scaling::Multiplies)?;
+    let b = &mut ctx.b;
+    let a = b.cast(a, DType::F32)?;
+    let q = b.op(ir::Op::DynamicQuantize, &[a])?;
+    let y = integer_to_float(b, (q[0], Some(q[2]), q[1]), (bm, zb, sb), bias)?;
+    one(ctx, y)
+}
+
+/// The product of two quantized operands (each a value, its zero point and its scale) in
+/// i32, converted, scaled by the scales' product and shifted by `bias` — the form
+/// onnxruntime's dynamic quantizer writes, which the optimizer makes one 8-bit product.
+fn integer_to_float(
+    b: &mut ir::Builder,
+    (a, za, sa): (Value, Option<Value>, Value),
+    (bm, zb, sb): (Value, Option<Value>, Value),
+    bias: Option<Value>,
+) -> R<Value> {
+    check_zero_point(b, a, za, "A")?;
+    check_zero_point(b, bm, zb, "B")?;
+    let (ra, rb) = (b.rank(a), b.rank(bm));
+    if ra == 0 || rb < 2 {
+        return Err(format!("A {} and B {} do not multiply", b.shape(a), b.shape(bm)).into());
+    }
+    // A's zero point runs along its rows, B's along its columns.
+    let a = minus_zero_point(b, a, za, ra.saturating_sub(2))?;
+    let bm = minus_zero_point(b, bm, zb, rb - 1)?;
+    let acc = b.matmul(a, bm)?;
+    let shape = b.shape(acc).clone();
+    let r = shape.rank();
+    let sa = broadcastable(b, sa, &shape, Ok(r.saturating_sub(2)), 0)?;
+    let sb = broadcastable(b, sb, &shape, Ok(r - 1), 0)?;
+    let m = b.mul(sa, sb)?;
+    let m = b.broadcast_to(m, &shape)?;
+    let accf = b.cast(acc, DType::F32)?;
+    let mut y = b.mul(accf, m)?;
+    if let Some(bias) = bias {
+        let bias = b.broadcast_to(bias, &shape)?;
+        y = b.add(y, bias)?;
+    }
+    Ok(y)
 }
