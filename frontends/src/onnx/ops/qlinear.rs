@@ -166,7 +166,7 @@ pub fn qgemm(ctx: &mut Ctx, n: &Node) -> Res {
         m = b.div(m, ys)?;
     }
     // The bias after the sums' conversion (as `requantize` adds it: the same number for
-    // sums within 2^24).
+    // sums and bias within 2^24).
     let mut accf = b.cast(acc, DType::F32)?;
     if let Some(c) = c {
         if b.dtype(c) != DType::I32 {
@@ -177,12 +177,13 @@ pub fn qgemm(ctx: &mut Ctx, n: &Node) -> Res {
         accf = b.add(accf, c)?;
     }
     let y = b.mul(accf, m)?;
-    let y = match y_zero {
-        Some(z) => {
+    let y = match (y_scale, y_zero) {
+        (Some(_), Some(z)) => {
             let out = b.dtype(z);
             saturate(b, y, Some(z), out)?
         }
-        None => y,
+        (None, Some(_)) => return Err("QGemm's y_zero_point needs y_scale".into()),
+        _ => y,
     };
     one(ctx, y)
 }

@@ -60,8 +60,8 @@ fn int_range(d: DType) -> R<(f64, f64)> {
     }
 }
 
-/// How a known scale is used: dividing (a quantizer's: positive and finite) or multiplying
-/// (a dequantizer's: finite — a block of zeros may have scale 0, and onnxruntime's symmetric
+/// How a known scale is used: dividing (a quantizer's: positive) or multiplying (a
+/// dequantizer's: any number — a block of zeros may have scale 0, and onnxruntime's symmetric
 /// 4-bit quantizer writes negative scales, mapping each block's extreme to −8).
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Scaling {
@@ -315,7 +315,7 @@ pub fn conv_integer(ctx: &mut Ctx, n: &Node) -> Res {
 
 /// Requantizes an i32 accumulator and an i32 bias: round((acc + bias) * a_scale * b_scale /
 /// y_scale) + y_zp, saturated. The bias is added after the sums' conversion to f32 (the same
-/// number whenever |acc| < 2^24, which quantized products' sums stay far below): the
+/// number whenever |acc| and |bias| < 2^24, which quantized products stay far below): the
 /// conversion of the bare sums is what the 8-bit products (`qdot`, `qconv`) compute, so the
 /// bias becomes their epilogue's shift.
 fn requantize(
@@ -387,6 +387,9 @@ pub fn qlinear_conv(ctx: &mut Ctx, n: &Node) -> Res {
     let acc = b.op1(op, &[x, w])?;
     let shape = b.shape(acc).clone();
     let bias = match bias {
+        Some(bias) if b.dtype(bias) != DType::I32 => {
+            return Err(format!("QLinearConv's bias is {}, not i32", b.dtype(bias)).into());
+        }
         Some(bias) => {
             let bias = broadcastable(b, bias, &shape, Ok(1), 0)?;
             let bias = b.cast(bias, DType::I32)?;

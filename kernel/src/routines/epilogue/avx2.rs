@@ -162,8 +162,9 @@ pub(in crate::routines) unsafe fn apply(
 /// [`super::avx512::quant`] for 8 lanes.
 #[inline(always)]
 pub(super) fn quant(q: &Quant, v: __m256) -> __m256 {
-    // As the AVX-512 `quant` (the conversion rounds as the MXCSR says: half to even, as
-    // everywhere in kiln).
+    // As the AVX-512 `quant`. The conversion rounds as the MXCSR says: half to even, the
+    // default, which kiln's vector code assumes throughout (the AVX2 row quantizers too); a
+    // host that changes the rounding mode changes these bits.
     // SAFETY: only called from AVX2 code.
     unsafe {
         let t = _mm256_div_ps(v, _mm256_set1_ps(q.s));

@@ -151,9 +151,10 @@ fn constant(eg: &EGraph, id: Id) -> Option<&Tensor> {
     })
 }
 
-/// Whether a conversion from `dt` keeps every value (to f32).
+/// Whether a conversion from `dt` to f32 keeps every value (integers of 16 bits or fewer,
+/// 16-bit floats).
 fn exact(dt: DType) -> bool {
-    dt.is_int() || matches!(dt, DType::F16 | DType::BF16 | DType::F32)
+    (dt.is_int() && dt.bits() <= 16) || matches!(dt, DType::F16 | DType::BF16 | DType::F32)
 }
 
 /// Class `id`'s static dims.
@@ -230,16 +231,21 @@ fn blocks(eg: &EGraph, id: Id, kaxis: usize, merged: bool, depth: usize) -> Opti
         }
         Op::Broadcast { dims: along, .. } if !merged && *along == [0, 1, 2] => {
             let wide = dims(eg, id)?;
+            // The constant, through a few exact conversions (bounded: a class may hold a
+            // conversion of itself).
             let mut c = a[0];
-            let t = loop {
-                if let Some(t) = constant(eg, c) {
-                    break t;
+            let mut t = constant(eg, c);
+            for _ in 0..depth {
+                if t.is_some() {
+                    break;
                 }
                 c = nodes(eg, c).find_map(|(op, b)| match op {
                     Op::Cast { .. } if exact(info(eg, b[0]).ty().dtype) => Some(b[0]),
                     _ => None,
                 })?;
-            };
+                t = constant(eg, c);
+            }
+            let t = t?;
             let (unit, block) = if kaxis == 0 {
                 ([wide[0], 1, wide[2]], wide[1])
             } else {
@@ -322,9 +328,11 @@ fn packed(eg: &EGraph, w: Id, kaxis: usize) -> Option<Packed> {
             .map(|(j, b)| (p.at(b * block, j, kaxis) + add) as f32)
             .collect()
     };
-    // A zero point or scale that is not a finite f32 leaves the f32 weight (and its error).
+    // A zero point or scale that is not a finite f32 leaves the f32 weight (and its error);
+    // so does a signed weight's zero point that is no integer (moved by 8, it would round).
     let (scales, zeros) = (per_block(&s, 0.0), per_block(&z, shift));
-    if !scales.iter().chain(&zeros).all(|v| v.is_finite()) {
+    let whole = !signed || zeros.iter().all(|v| v.fract() == 0.0 && v.abs() < 65536.0);
+    if !whole || !scales.iter().chain(&zeros).all(|v| v.is_finite()) {
         return None;
     }
     let konst = |shape: Vec<usize>, data: Data| -> Option<Expr> {

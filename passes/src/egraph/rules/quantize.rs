@@ -398,7 +398,11 @@ pub const DEQUANTIZED_CONV: Rule = Rule {
 fn dequantized(eg: &EGraph, id: Id, column: Option<usize>) -> Option<(Id, Option<Id>, Scale)> {
     let f32_scalar_under = |c: Id| -> Option<Scale> {
         nodes(eg, c).find_map(|(op, a)| match op {
-            Op::Broadcast { dims, .. } if info(eg, a[0]).ty().dtype == DType::F32 => {
+            // Factoring the scale out of the sums is exact for finite scales only (an
+            // infinite one makes 0·inf a NaN inside the sum, not outside).
+            Op::Broadcast { dims, .. }
+                if info(eg, a[0]).ty().dtype == DType::F32 && finite(eg, a[0]) =>
+            {
                 match (info(eg, a[0]).ty().shape.rank(), column) {
                     (0, _) => Some(Scale::Tensor(a[0])),
                     (_, Some(j))
@@ -443,6 +447,24 @@ fn dequantized(eg: &EGraph, id: Id, column: Option<usize>) -> Option<(Id, Option
             Some((q, Some(b[1]), scale))
         })
     })
+}
+
+/// Whether class `id`'s values are known finite where it is a constant or a splat (a value
+/// computed at run time passes: only import knows such scales).
+fn finite(eg: &EGraph, id: Id) -> bool {
+    if let Some(v) = info(eg, id).splat {
+        return v.is_finite();
+    }
+    eg[id]
+        .nodes
+        .iter()
+        .find_map(|n| match eg.analysis.op(n.op) {
+            crate::egraph::EOp::Ir(Op::Constant { value }) => {
+                Some(value.tensor.to_f64_vec().iter().all(|v| v.is_finite()))
+            }
+            _ => None,
+        })
+        .unwrap_or(true)
 }
 
 /// The activation's zero point as a scalar of its type: from a splat, or a scalar converted
@@ -577,23 +599,20 @@ pub const INT_DOT_EXACT: Rule = Rule {
             dot_bound(eg, x, w, lc, rc)
                 .is_some_and(|b| b <= hi && (lo < 0.0 || nonnegative(x) && nonnegative(w)))
         };
-        let holds = nodes(eg, id).any(|(op, args)| match (op, args) {
-            (
-                Op::Dot {
-                    lhs_contract,
-                    rhs_contract,
-                    ..
-                },
-                &[x, w],
-            ) => fits(x, w, lhs_contract, rhs_contract),
-            _ => false,
-        });
-        if !holds {
-            return Vec::new();
-        }
-        f32_product(eg, id)
-            .into_iter()
-            .filter(|e| matches!(e, Expr::Node(Op::Dot { .. }, _)))
+        // Each node as itself: the bound that makes its f32 form exact must be its own.
+        nodes(eg, id)
+            .filter(|(op, args)| match (op, args) {
+                (
+                    Op::Dot {
+                        lhs_contract,
+                        rhs_contract,
+                        ..
+                    },
+                    &[x, w],
+                ) => fits(*x, *w, lhs_contract, rhs_contract),
+                _ => false,
+            })
+            .filter_map(|(op, args)| f32_node(eg, op, args))
             .map(|e| converted(dtype, e))
             .collect()
     },
@@ -612,38 +631,40 @@ fn converted(dtype: DType, e: Expr) -> Expr {
 
 /// The f32 product equal to the integer `dot` or `conv` of class `id`, when exact.
 fn f32_product(eg: &EGraph, id: Id) -> Vec<Expr> {
-    let mut out = Vec::new();
     if !info(eg, id).ty().dtype.is_int() {
-        return out;
+        return Vec::new();
     }
-    for (op, args) in nodes(eg, id) {
-        let &[x, w] = args else { continue };
-        let bound = match op {
-            Op::Dot {
-                lhs_contract,
-                rhs_contract,
-                ..
-            } => dot_bound(eg, x, w, lhs_contract, rhs_contract),
-            // Winograd's transforms divide by 2 and 4: 3×3 stride-1 filters stay integer —
-            // dense ones (grouped and depthwise convs never run by Winograd).
-            Op::Conv { stride, groups, .. } if *groups != 1 || !winograd_shaped(eg, w, stride) => {
-                let rank = info(eg, w).ty().shape.rank();
-                let taps: Vec<i64> = (1..rank as i64).collect();
-                let by_ranges =
-                    || Some(terms(eg, w, &taps)? * magnitude(eg, x)? * magnitude(eg, w)?);
-                [bound_with_weight(eg, x, w, &taps), by_ranges()]
-                    .into_iter()
-                    .flatten()
-                    .reduce(f64::min)
-            }
-            _ => None,
-        };
-        if bound.is_some_and(|b| b <= EXACT) {
-            let cast = |v: Id| converted(DType::F32, v.into());
-            out.push(Expr::op(op.clone(), [cast(x), cast(w)]));
+    nodes(eg, id)
+        .filter_map(|(op, args)| f32_node(eg, op, args))
+        .collect()
+}
+
+/// [`f32_product`] of one node, `op` of `args`.
+fn f32_node(eg: &EGraph, op: &Op, args: &[Id]) -> Option<Expr> {
+    let &[x, w] = args else { return None };
+    let bound = match op {
+        Op::Dot {
+            lhs_contract,
+            rhs_contract,
+            ..
+        } => dot_bound(eg, x, w, lhs_contract, rhs_contract),
+        // Winograd's transforms divide by 2 and 4: 3×3 stride-1 filters stay integer —
+        // dense ones (grouped and depthwise convs never run by Winograd).
+        Op::Conv { stride, groups, .. } if *groups != 1 || !winograd_shaped(eg, w, stride) => {
+            let rank = info(eg, w).ty().shape.rank();
+            let taps: Vec<i64> = (1..rank as i64).collect();
+            let by_ranges = || Some(terms(eg, w, &taps)? * magnitude(eg, x)? * magnitude(eg, w)?);
+            [bound_with_weight(eg, x, w, &taps), by_ranges()]
+                .into_iter()
+                .flatten()
+                .reduce(f64::min)
         }
-    }
-    out
+        _ => None,
+    };
+    let cast = |v: Id| converted(DType::F32, v.into());
+    bound
+        .is_some_and(|b| b <= EXACT)
+        .then(|| Expr::op(op.clone(), [cast(x), cast(w)]))
 }
 
 /// Whether a conv with weight `w` could take the Winograd path (3×3 taps, stride 1).
