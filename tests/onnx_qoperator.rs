@@ -467,3 +467,43 @@ fn fused_dynamic_products_are_the_ops_they_fuse() {
         b_inits(),
     );
 }
+
+/// onnxruntime's own QuantizeLinear and DequantizeLinear (com.microsoft: its 16-bit QDQ
+/// models before opset 21) are ONNX's: u16 values quantized and dequantized per tensor.
+#[test]
+fn contrib_quantizers_are_onnx_quantizers() {
+    let x: Vec<f32> = (0..12).map(|i| i as f32 * 0.73 - 3.0).collect();
+    let (s, z) = (0.001f32, 3000u16);
+    let mut q = node("QuantizeLinear", "q", &["x0", "s", "z"], &["q"], vec![]);
+    let mut d = node("DequantizeLinear", "d", &["q", "s", "z"], &["y"], vec![]);
+    q.domain = "com.microsoft".into();
+    d.domain = "com.microsoft".into();
+    let bytes = model(
+        vec![q, d],
+        vec![vi("x0", data_type::FLOAT, &[12])],
+        vec![vi("y", data_type::FLOAT, &[12])],
+        vec![
+            floats("s", &[], &[s]),
+            raw("z", data_type::UINT16, &[], z.to_le_bytes().to_vec()),
+        ],
+        13,
+    );
+    let model = Model::from_onnx(
+        &importing_ms(&bytes),
+        Default::default(),
+        Default::default(),
+    )
+    .unwrap();
+    let feeds = [(
+        "x0".to_string(),
+        Tensor::from_vec(vec![12], x.clone()).unwrap(),
+    )];
+    for out in [model.run(&feeds).unwrap(), model.interpret(&feeds).unwrap()] {
+        let got = out[0].1.as_slice::<f32>().unwrap();
+        for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+            let q = ((v / s).round_ties_even() + f32::from(z)).clamp(0.0, 65535.0);
+            let want = (q - f32::from(z)) * s;
+            assert_eq!(g.to_bits(), want.to_bits(), "{i}: {g} vs {want}");
+        }
+    }
+}

@@ -118,6 +118,10 @@ table! {
     "com.microsoft" {
         "MatMulNBits" 1 => quant::matmul_nbits,
         "QGemm" 1 => qlinear::qgemm,
+        // onnxruntime's own Q/DQ (16-bit and 4-bit types before opset 21, or asked for):
+        // ONNX's semantics.
+        "QuantizeLinear" 1 => quant::quantize_linear,
+        "DequantizeLinear" 1 => quant::dequantize_linear,
         "MatMulIntegerToFloat" 1 => qlinear::matmul_integer_to_float,
         "DynamicQuantizeMatMul" 1 => qlinear::dynamic_quantize_matmul,
         "QLinearAdd" 1 => qlinear::qlinear, "QLinearMul" 1 => qlinear::qlinear,
