@@ -10,6 +10,8 @@ Needs numpy, onnx, onnxruntime and onnx-ir (pip). Forms, as users make them:
     ConvInteger -> Cast -> Mul, the activations quantized at run time);
   - `qdq`: `quantize_static` in QDQ form, uint8 activations and int8 weights (per channel),
     calibrated on the model's own inputs;
+  - `s8`: `quantize_static` in QDQ form with symmetric int8 activations and weights (the
+    TensorRT-style form);
   - `q16`: `quantize_static` in QDQ form with uint16 activations, which onnxruntime writes
     with its own com.microsoft QuantizeLinear and DequantizeLinear;
   - `qop`: the same in QOperator form (QLinearConv, QLinearMatMul and com.microsoft's
@@ -44,10 +46,10 @@ HERE = Path(__file__).resolve().parent
 
 # (source model, forms); MatMulNBits only quantizes MatMul nodes (not Gemm).
 PLAN = [
-    ("mlp", ["dynamic", "qdq", "qop", "q16"]),
+    ("mlp", ["dynamic", "qdq", "qop", "q16", "s8"]),
     ("cnn_dsc", ["dynamic", "qdq", "qop", "q16"]),
-    ("resnet_block", ["qdq", "qop"]),
-    ("bert_tiny", ["dynamic", "qdq", "qop", "nbits32", "int4qdq128sym"]),
+    ("resnet_block", ["qdq", "qop", "s8"]),
+    ("bert_tiny", ["dynamic", "qdq", "qop", "s8", "nbits32", "int4qdq128sym"]),
     ("vit_tiny", ["dynamic", "qop", "nbits32", "nbits64sym"]),
     ("llama_tiny", ["dynamic", "qop", "nbits32", "nbits128", "int4qdq32"]),
 ]
@@ -83,16 +85,21 @@ def quantize(src: Path, form: str, inputs: dict, dst: Path):
 
     if form == "dynamic":
         q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QInt8)
-    elif form in ("qdq", "qop", "q16"):
+    elif form in ("qdq", "qop", "q16", "s8"):
+        activations = {"q16": q.QuantType.QUInt16, "s8": q.QuantType.QInt8}
+        extra = {
+            "q16": {"UseQDQContribOps": True},
+            "s8": {"ActivationSymmetric": True, "WeightSymmetric": True},
+        }
         q.quantize_static(
             str(src),
             str(dst),
             Reader(inputs),
             quant_format=q.QuantFormat.QOperator if form == "qop" else q.QuantFormat.QDQ,
-            activation_type=q.QuantType.QUInt16 if form == "q16" else q.QuantType.QUInt8,
+            activation_type=activations.get(form, q.QuantType.QUInt8),
             weight_type=q.QuantType.QInt8,
             per_channel=True,
-            extra_options={"UseQDQContribOps": True} if form == "q16" else {},
+            extra_options=extra.get(form, {}),
         )
     elif form.startswith("nbits"):
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -127,7 +134,7 @@ def tolerance(src_meta: dict, expected: dict, form: str) -> dict:
     # its logits' range). The suite's float tolerance, its absolute part widened to 2e-3 of
     # the outputs' range for the forms that quantize activations.
     tol = dict(src_meta.get("suggested_tol", {"rtol": 1e-3, "atol": 1e-4}))
-    if form in ("dynamic", "qdq", "qop", "q16"):
+    if form in ("dynamic", "qdq", "qop", "q16", "s8"):
         span = max(float(np.ptp(v)) for v in expected.values() if v.dtype.kind == "f")
         # onnxruntime computes QLinearSoftmax by a lookup table and integer sums, its own
         # approximation of the op (kiln computes the definition: dequantize, softmax,

@@ -127,14 +127,15 @@ impl Target {
                     .product();
                 2.0 * out * k * scalar_product(first)
             }
-            // 8-bit products: four multiply-adds where f32 has one.
+            // 8-bit products: four multiply-adds where f32 has one (u8 activations: the
+            // routines'; signed ones run as scalar loops).
             Op::Qdot { lhs_contract, .. } => {
                 let lhs = args[0];
                 let k: f64 = lhs_contract
                     .iter()
                     .map(|&a| self.dim(lhs.shape.dim(a as usize)) as f64)
                     .product();
-                0.5 * out * k
+                0.5 * out * k * unsigned(lhs)
             }
             // A 4-bit weight's product: f32 multiply-adds, each weight unpacked once a call.
             Op::Qdot4 { .. } => {
@@ -145,7 +146,7 @@ impl Target {
             Op::Qconv { .. } => {
                 let w = args[1];
                 let per = self.numel(w) / self.dim(w.shape.dim(0)).max(1) as f64;
-                0.5 * out * per
+                0.5 * out * per * unsigned(args[0])
             }
             Op::Conv { .. } | Op::ConvBlocked { .. } => {
                 let w = args[1];
@@ -170,6 +171,16 @@ impl Target {
             Op::Pow => 64.0 * out,
             _ => out,
         }
+    }
+}
+
+/// How much slower an 8-bit product runs per flop with activations of this type: u8 ones are
+/// the routines', others scalar loops.
+fn unsigned(x: &TensorType) -> f64 {
+    if x.dtype == ir::DType::U8 {
+        1.0
+    } else {
+        16.0
     }
 }
 

@@ -47,6 +47,7 @@ pub static QUANTIZE: Stage = Stage {
         quantize::INT_DOT_EXACT,
         quantize::INT8_DOT,
         quantize::INT8_CONV,
+        quantize::UNSIGNED_ACTIVATIONS,
         quantize::DEQUANTIZED_DOT,
         int4::DEQUANTIZED_DOT4,
         quantize::DEQUANTIZED_CONV,

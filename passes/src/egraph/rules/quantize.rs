@@ -745,6 +745,37 @@ pub const INT8_CONV: Rule = Rule {
     },
 };
 
+/// qdot(x8, w, z8) = qdot(u8(x8 + 128), w, u8(z8 + 128)) for i8 activations, and `qconv`
+/// likewise: the same differences x − z (padding adds nothing either way), on the unsigned
+/// operand the 8-bit routines take — symmetric int8 activations (onnxruntime's
+/// `ActivationSymmetric`, TensorRT-style QDQ) otherwise ran as scalar loops.
+pub const UNSIGNED_ACTIVATIONS: Rule = Rule {
+    name: "unsigned-activations",
+    search: |eg, id| {
+        let mut out = Vec::new();
+        for (op, args) in nodes(eg, id) {
+            if !matches!(op, Op::Qdot { .. } | Op::Qconv { .. }) {
+                continue;
+            }
+            let (x, w, z) = (args[0], args[1], args[2]);
+            if info(eg, x).ty().dtype != DType::I8 {
+                continue;
+            }
+            let shift = |v: Id| -> Option<Expr> {
+                let shape = info(eg, v).ty().shape.clone();
+                let c = super::splat_expr(128.0, DType::I32, &shape)?;
+                let wide = converted(DType::I32, v.into());
+                Some(converted(DType::U8, Expr::op(Op::Add, [wide, c])))
+            };
+            let (Some(xu), Some(zu)) = (shift(x), shift(z)) else {
+                continue;
+            };
+            out.push(Expr::op(op.clone(), [xu, w.into(), zu]));
+        }
+        out
+    },
+};
+
 /// The classes that class `id` converts to f32 (its `cast(·, f32)` nodes' operands).
 fn cast_to_f32(eg: &EGraph, id: Id) -> impl Iterator<Item = Id> + '_ {
     nodes(eg, id).filter_map(|(op, args)| match op {
