@@ -136,6 +136,28 @@ fn elementwise_ops_are_their_float_ops_between_quantizers() {
             (&[2, 3, 4], want),
         );
     }
+    // Where: a condition (a constant here) picks X or Y, each dequantized its own way.
+    let cond = [true, false, false, true];
+    let want = (0..24)
+        .map(|i| {
+            let v = if cond[i % 4] {
+                dq(a[i], qa)
+            } else {
+                dq(b[i % 4], qb)
+            };
+            quant(v, qy)
+        })
+        .collect();
+    let mut inits = scales(qy);
+    inits.push(raw("c", data_type::BOOL, &[4], cond.map(u8::from).to_vec()));
+    check(
+        "QLinearWhere",
+        &["c", "x0", "as", "az", "x1", "bs", "bz", "ys", "yz"],
+        vec![],
+        &[(&[2, 3, 4], a.clone()), (&[4], b.clone())],
+        inits,
+        (&[2, 3, 4], want),
+    );
     // Sigmoid, LeakyRelu (its alpha), over one input.
     let one = |ys: (f32, u8)| {
         vec![

@@ -129,6 +129,7 @@ table! {
         "QLinearSoftmax" 1 => qlinear::qlinear, "QLinearConcat" 1 => qlinear::qlinear,
         "QLinearGlobalAveragePool" 1 => qlinear::qlinear,
         "QLinearAveragePool" 1 => qlinear::qlinear, "QLinearReduceMean" 1 => qlinear::qlinear,
+        "QLinearWhere" 1 => qlinear::qlinear,
         "DynamicQuantizeLSTM" 1 => rnn::dynamic_quantize_lstm,
     }
     "ai.onnx.ml" {

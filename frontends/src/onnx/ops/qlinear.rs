@@ -2,10 +2,11 @@
 //! `quant_format=QOperator` around QLinearConv and QLinearMatMul, and what the ONNX model
 //! zoo's int8 models carry: each is its float op between dequantized inputs and a quantized
 //! output, imported as exactly that (DequantizeLinear, the float op, QuantizeLinear through
-//! their own importers), so the QDQ form's rewrites take them from there. QGemm is the
-//! integer product QLinearMatMul is, with Gemm's transposes, `alpha` and an i32 bias; and
-//! MatMulIntegerToFloat and DynamicQuantizeMatMul, onnxruntime's fusions of a dynamically
-//! quantized product in the models it saves optimized, are the ops they fuse.
+//! their own importers; QLinearWhere passes its condition through), so the QDQ form's
+//! rewrites take them from there. QGemm is the integer product QLinearMatMul is, with Gemm's
+//! transposes, `alpha` and an i32 bias; and MatMulIntegerToFloat and DynamicQuantizeMatMul,
+//! onnxruntime's fusions of a dynamically quantized product in the models it saves
+//! optimized, are the ops they fuse.
 
 use ir::{DType, Value};
 
@@ -22,6 +23,8 @@ type R<T> = Result<T, OpError>;
 /// value, its scale and its zero point), of its output's scale and zero point, and the
 /// float op (and its opset version) between them.
 struct Form<'a> {
+    /// An input passed to the float op first, as it is (QLinearWhere's condition).
+    lead: Option<usize>,
     operands: Vec<usize>,
     out: usize,
     float: &'a str,
@@ -32,6 +35,7 @@ struct Form<'a> {
 pub fn qlinear(ctx: &mut Ctx, n: &Node) -> Res {
     let form = match n.op() {
         "QLinearAdd" | "QLinearMul" => Form {
+            lead: None,
             operands: vec![0, 3],
             out: 6,
             float: if n.op() == "QLinearAdd" { "Add" } else { "Mul" },
@@ -43,6 +47,7 @@ pub fn qlinear(ctx: &mut Ctx, n: &Node) -> Res {
         | "QLinearGlobalAveragePool"
         | "QLinearAveragePool"
         | "QLinearReduceMean" => Form {
+            lead: None,
             operands: vec![0],
             out: 3,
             float: &n.op()["QLinear".len()..],
@@ -64,17 +69,32 @@ pub fn qlinear(ctx: &mut Ctx, n: &Node) -> Res {
                 .into());
             }
             Form {
+                lead: None,
                 operands: (2..count).step_by(3).collect(),
                 out: 0,
                 float: "Concat",
                 version: 13,
             }
         }
+        // The condition, then X's and Y's triples, then Z's scale and zero point.
+        "QLinearWhere" => Form {
+            lead: Some(0),
+            operands: vec![1, 4],
+            out: 7,
+            float: "Where",
+            version: 16,
+        },
         other => return Err(format!("`{other}` is not a QOperator op kiln knows").into()),
     };
     // A channels-last image (NHWC) pools as NCHW between two transposes.
     let channels_last = n.int_or("channels_last", 0)? != 0;
-    let mut inputs = Vec::new();
+    let mut inputs: Vec<String> = form
+        .lead
+        .map(|i| n.req(i))
+        .transpose()?
+        .into_iter()
+        .map(String::from)
+        .collect();
     for (i, &at) in form.operands.iter().enumerate() {
         let x = n.req(at)?;
         let zero = zero_point(ctx, n, at + 2, x)?;
