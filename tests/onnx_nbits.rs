@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::onnx::{floats, importing_ms, int_attr, ints_attr, model, node, raw, vi};
+use common::onnx::{floats, importing_ms, int_attr, ints_attr, model, node, raw, runs, vi};
 use kiln::frontends::onnx::proto::*;
 use kiln::{Model, Tensor};
 
@@ -24,17 +24,21 @@ fn pack(values: &[u8], bits: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn every_bit_width_is_its_definition() {
-    let (k, n, block, rows) = (40usize, 3usize, 16usize, 2usize);
-    let nb = k.div_ceil(block);
-    let mut seed = 11u64;
-    let mut next = |m: u64| {
+/// Pseudo-random draws below their argument, from `seed`.
+fn draws(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |m| {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         (seed >> 33) % m
-    };
+    }
+}
+
+#[test]
+fn every_bit_width_is_its_definition() {
+    let (k, n, block, rows) = (40usize, 3usize, 16usize, 2usize);
+    let nb = k.div_ceil(block);
+    let mut next = draws(11);
     let x: Vec<f32> = (0..rows * k)
         .map(|_| next(17) as f32 * 0.25 - 2.0)
         .collect();
@@ -185,13 +189,7 @@ fn blocked_int4_dequantize_linear_is_qdot4() {
     // faster as f32).
     let (k, n, block, rows) = (208usize, 96usize, 32usize, 3usize);
     let nb = k.div_ceil(block);
-    let mut seed = 5u64;
-    let mut next = |m: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % m
-    };
+    let mut next = draws(5);
     let x: Vec<f32> = (0..rows * k)
         .map(|_| next(17) as f32 * 0.25 - 2.0)
         .collect();
@@ -283,18 +281,8 @@ fn blocked_int4_dequantize_linear_is_qdot4() {
                 );
             }
         };
-        for threads in [1, 2] {
-            let mut opts = kiln::ModelOptions::default();
-            opts.compile.threads = Some(threads);
-            let m = Model::from_onnx(&bytes, Default::default(), opts).unwrap();
-            let out = m.run(&inputs).unwrap();
-            close(
-                out[0].1.as_slice::<f32>().unwrap(),
-                &format!("{threads} threads"),
-            );
+        for (how, out) in runs(&bytes, &inputs) {
+            close(out[0].1.as_slice::<f32>().unwrap(), &how);
         }
-        let m = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
-        let out = m.interpret(&inputs).unwrap();
-        close(out[0].1.as_slice::<f32>().unwrap(), "interpreted");
     }
 }

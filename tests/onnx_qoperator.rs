@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::onnx::{floats, importing_ms, int_attr, ints_attr, model, node, raw, vi};
+use common::onnx::{floats, importing_ms, int_attr, ints_attr, model, node, raw, runs, vi};
 use kiln::frontends::onnx::proto::*;
 use kiln::{Model, Tensor};
 
@@ -73,20 +73,9 @@ fn check(
             );
         }
     };
-    for threads in [1, 2] {
-        let mut opts = kiln::ModelOptions::default();
-        opts.compile.threads = Some(threads);
-        let model = Model::from_onnx(&bytes, Default::default(), opts)
-            .unwrap_or_else(|e| panic!("{op}: {e}"));
-        let out = model.run(&feeds).unwrap();
-        same(
-            out[0].1.as_slice::<u8>().unwrap(),
-            &format!("{threads} threads"),
-        );
+    for (how, out) in runs(&bytes, &feeds) {
+        same(out[0].1.as_slice::<u8>().unwrap(), &how);
     }
-    let model = Model::from_onnx(&bytes, Default::default(), Default::default()).unwrap();
-    let out = model.interpret(&feeds).unwrap();
-    same(out[0].1.as_slice::<u8>().unwrap(), "interpreted");
 }
 
 /// `n` pseudo-random bytes.
@@ -454,14 +443,8 @@ fn fused_dynamic_products_are_the_ops_they_fuse() {
             inits,
             13,
         );
-        let model = Model::from_onnx(
-            &importing_ms(&bytes),
-            Default::default(),
-            Default::default(),
-        )
-        .unwrap_or_else(|e| panic!("{op}: {e}"));
         let feeds = [("x0".to_string(), x.1)];
-        for out in [model.run(&feeds).unwrap(), model.interpret(&feeds).unwrap()] {
+        for (_, out) in runs(&importing_ms(&bytes), &feeds) {
             let got = out[0].1.as_slice::<f32>().unwrap();
             assert_eq!(got.len(), want.len());
             for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
@@ -510,17 +493,11 @@ fn contrib_quantizers_are_onnx_quantizers() {
         ],
         13,
     );
-    let model = Model::from_onnx(
-        &importing_ms(&bytes),
-        Default::default(),
-        Default::default(),
-    )
-    .unwrap();
     let feeds = [(
         "x0".to_string(),
         Tensor::from_vec(vec![12], x.clone()).unwrap(),
     )];
-    for out in [model.run(&feeds).unwrap(), model.interpret(&feeds).unwrap()] {
+    for (_, out) in runs(&importing_ms(&bytes), &feeds) {
         let got = out[0].1.as_slice::<f32>().unwrap();
         for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
             let q = ((v / s).round_ties_even() + f32::from(z)).clamp(0.0, 65535.0);

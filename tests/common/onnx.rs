@@ -112,3 +112,22 @@ pub fn importing_ms(bytes: &[u8]) -> Vec<u8> {
     });
     m.encode_to_vec()
 }
+
+/// The ONNX model `bytes` run on `feeds` compiled at 1 and 2 threads, then interpreted: each
+/// run's label and outputs.
+pub fn runs(
+    bytes: &[u8],
+    feeds: &[(String, kiln::Tensor)],
+) -> Vec<(String, Vec<(String, kiln::Tensor)>)> {
+    let mut out = Vec::new();
+    for threads in [1, 2] {
+        let mut opts = kiln::ModelOptions::default();
+        opts.compile.threads = Some(threads);
+        let m = kiln::Model::from_onnx(bytes, Default::default(), opts)
+            .unwrap_or_else(|e| panic!("{e}"));
+        out.push((format!("{threads} threads"), m.run(feeds).unwrap()));
+    }
+    let m = kiln::Model::from_onnx(bytes, Default::default(), Default::default()).unwrap();
+    out.push(("interpreted".into(), m.interpret(feeds).unwrap()));
+    out
+}

@@ -6,7 +6,7 @@
 use egg::Id;
 use ir::{ConstValue, DType, Data, Op, Tensor};
 
-use super::{info, nodes};
+use super::{either_layout, info, nodes, rows_by_matrix};
 use crate::egraph::lang::{EGraph, EOp};
 use crate::egraph::{Expr, Rule};
 
@@ -25,37 +25,14 @@ pub const DEQUANTIZED_DOT4: Rule = Rule {
             return out;
         }
         for (op, args) in nodes(eg, id) {
-            let Op::Dot {
-                lhs_batch,
-                rhs_batch,
-                lhs_contract,
-                rhs_contract,
-            } = op
-            else {
+            let Some((x, w, kaxis)) = rows_by_matrix(eg, op, args) else {
                 continue;
             };
-            let (x, w) = (args[0], args[1]);
-            let xr = info(eg, x).ty().shape.rank() as i64;
-            let ok = lhs_batch.is_empty()
-                && rhs_batch.is_empty()
-                && *lhs_contract == [xr - 1]
-                && info(eg, w).ty().shape.rank() == 2
-                && matches!(rhs_contract.as_slice(), [0] | [1])
-                && info(eg, x).ty().dtype == DType::F32
-                && info(eg, id).ty().dtype == DType::F32;
-            if !ok {
+            if info(eg, x).ty().dtype != DType::F32 || info(eg, id).ty().dtype != DType::F32 {
                 continue;
             }
-            // The weight as dequantized, or its transpose (MatMul of a Transpose, Gemm's
-            // transB) read the other way.
-            let kaxis = rhs_contract[0] as usize;
-            let transposed = || {
-                nodes(eg, w).find_map(|(op, a)| match op {
-                    Op::Transpose { perm } if *perm == [1, 0] => packed(eg, a[0], 1 - kaxis),
-                    _ => None,
-                })
-            };
-            let Some(p) = packed(eg, w, kaxis).or_else(transposed) else {
+            let read = |w: Id, k: usize| packed(eg, w, k);
+            let Some((p, _)) = either_layout(eg, w, kaxis, read) else {
                 continue;
             };
             let q = Op::Qdot4 { block: p.block };

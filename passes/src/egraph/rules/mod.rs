@@ -86,6 +86,48 @@ pub fn info(eg: &EGraph, id: Id) -> &Info {
     &eg[id].data
 }
 
+/// A product of rows by a matrix: `dot(x, w)` without batch axes, contracting x's last axis
+/// and axis 0 or 1 of a 2-D `w` — `(x, w, w's contracted axis)`.
+pub fn rows_by_matrix(eg: &EGraph, op: &Op, args: &[Id]) -> Option<(Id, Id, usize)> {
+    let Op::Dot {
+        lhs_batch,
+        rhs_batch,
+        lhs_contract,
+        rhs_contract,
+    } = op
+    else {
+        return None;
+    };
+    let &[x, w] = args else { return None };
+    let xr = info(eg, x).ty().shape.rank() as i64;
+    let plain = lhs_batch.is_empty()
+        && rhs_batch.is_empty()
+        && *lhs_contract == [xr - 1]
+        && info(eg, w).ty().shape.rank() == 2;
+    match rhs_contract.as_slice() {
+        &[k @ (0 | 1)] if plain => Some((x, w, k as usize)),
+        _ => None,
+    }
+}
+
+/// `f` of matrix class `w` contracted on `axis`, or else of `t` on the other axis where `w`
+/// is `t` transposed (MatMul of a Transpose, Gemm's transB): its answer and the axis it
+/// read.
+pub fn either_layout<T>(
+    eg: &EGraph,
+    w: Id,
+    axis: usize,
+    mut f: impl FnMut(Id, usize) -> Option<T>,
+) -> Option<(T, usize)> {
+    if let Some(v) = f(w, axis) {
+        return Some((v, axis));
+    }
+    nodes(eg, w).find_map(|(op, a)| match op {
+        Op::Transpose { perm } if *perm == [1, 0] => Some((f(a[0], 1 - axis)?, 1 - axis)),
+        _ => None,
+    })
+}
+
 /// Whether class `id` holds real numbers wide enough for real-arithmetic identities (f32 and
 /// f64): in 16-bit floats one rounding more or less is already a relative 1e-3, the tolerance
 /// models are held to, and 8- or 4-bit floats change by much more than that.

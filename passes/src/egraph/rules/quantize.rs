@@ -214,56 +214,32 @@ pub const DEQUANTIZED_DOT: Rule = Rule {
     search: |eg, id| {
         let mut out = Vec::new();
         for (op, args) in nodes(eg, id) {
-            let Op::Dot {
-                lhs_batch,
-                rhs_batch,
-                lhs_contract,
-                rhs_contract,
-            } = op
-            else {
+            let Some((x, w, kaxis)) = super::rows_by_matrix(eg, op, args) else {
                 continue;
             };
-            let (x, w) = (args[0], args[1]);
-            let (xr, wr) = (
-                info(eg, x).ty().shape.rank() as i64,
-                info(eg, w).ty().shape.rank(),
-            );
-            let ok = lhs_batch.is_empty()
-                && rhs_batch.is_empty()
-                && *lhs_contract == [xr - 1]
-                && wr == 2
-                && matches!(rhs_contract.as_slice(), [0] | [1]);
-            if !ok || info(eg, id).ty().dtype != DType::F32 {
+            if info(eg, id).ty().dtype != DType::F32 {
                 continue;
             }
             // The f32 product does not wrap; the i32 sums must not either.
-            let k = info(eg, x).ty().shape.dim(xr as usize - 1).as_const();
+            let xr = info(eg, x).ty().shape.rank();
+            let k = info(eg, x).ty().shape.dim(xr - 1).as_const();
             if k.is_none_or(|k| k > MOST_TERMS) {
                 continue;
             }
             let Some((x8, zx, Scale::Tensor(sx))) = dequantized(eg, x, None) else {
                 continue;
             };
-            // The weight as dequantized, or its transpose (Gemm's transB) read the other way.
-            let mut rc = rhs_contract[0];
-            let column = 1 - rc as usize;
-            let direct = dequantized(eg, w, Some(column));
-            let Some((w8, zw, sw)) = direct.or_else(|| {
-                let t = nodes(eg, w).find_map(|(op, a)| match op {
-                    Op::Transpose { perm } if *perm == [1, 0] => Some(a[0]),
-                    _ => None,
-                })?;
-                rc = 1 - rc;
-                dequantized(eg, t, Some(1 - column))
-            }) else {
+            // The weight as dequantized, per column (the free axis), in either layout.
+            let read = |w: Id, k: usize| dequantized(eg, w, Some(1 - k));
+            let Some(((w8, zw, sw), rc)) = super::either_layout(eg, w, kaxis, read) else {
                 continue;
             };
-            let column = 1 - rc as usize;
+            let column = 1 - rc;
             let q = Op::Qdot {
                 lhs_batch: vec![],
                 rhs_batch: vec![],
-                lhs_contract: lhs_contract.clone(),
-                rhs_contract: vec![rc],
+                lhs_contract: vec![xr as i64 - 1],
+                rhs_contract: vec![rc as i64],
             };
             let Some(zx8) = zero_of(eg, zx, info(eg, x8).ty().dtype) else {
                 continue;
