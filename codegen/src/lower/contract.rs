@@ -370,17 +370,11 @@ impl Lowering<'_> {
         }
         let c = super::epilogue::scalar_value(self.g, v)?;
         let ty = self.ty(v).clone();
-        let dims: Vec<usize> = (ty.shape.dims().iter())
-            .map(|d| usize::try_from(d.as_const()?).ok())
-            .collect::<Option<_>>()?;
-        let n: usize = dims.iter().product();
+        let n = ty.shape.numel().ok().and_then(|d| d.as_const())?;
         if ty.dtype != DType::F32 || n > 1 << 20 {
             return None;
         }
-        let t = ir::Tensor::new(dims, ir::Data::F32(vec![c as f32; n])).ok()?;
-        let name = format!("c{}", self.consts.len());
-        let b = self.buf(name, &ty, BufKind::Input).ok()?;
-        self.consts.push((b, t));
+        let b = self.splat_buffer(c, ty.shape.dims())?;
         self.bufs.insert(v, b);
         Some(b)
     }

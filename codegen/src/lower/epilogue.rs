@@ -287,7 +287,7 @@ impl Lowering<'_> {
                     Some(b)
                 }
                 (None, Some(c), Step::Scale | Step::Shift) => {
-                    let Some(b) = self.splat_buffer(c, &channels) else {
+                    let Some(b) = self.splat_buffer(c, std::slice::from_ref(&channels)) else {
                         break;
                     };
                     Some(b)
@@ -441,11 +441,14 @@ impl Lowering<'_> {
         Some(b)
     }
 
-    /// A constant f32 buffer of `n` elements, each `c`.
-    fn splat_buffer(&mut self, c: f64, n: &Dim) -> Option<BufId> {
-        let n = usize::try_from(n.as_const()?).ok()?;
-        let t = ir::Tensor::new(vec![n], ir::Data::F32(vec![c as f32; n])).ok()?;
-        let ty = TensorType::new(DType::F32, Shape::new(vec![Dim::constant(n as i64)]));
+    /// A constant f32 buffer of static `dims`, each element `c`.
+    pub(super) fn splat_buffer(&mut self, c: f64, dims: &[Dim]) -> Option<BufId> {
+        let sizes: Vec<usize> = (dims.iter())
+            .map(|d| usize::try_from(d.as_const()?).ok())
+            .collect::<Option<_>>()?;
+        let n = sizes.iter().product();
+        let t = ir::Tensor::new(sizes, ir::Data::F32(vec![c as f32; n])).ok()?;
+        let ty = TensorType::new(DType::F32, Shape::new(dims.to_vec()));
         let name = format!("c{}", self.consts.len());
         let b = self.buf(name, &ty, BufKind::Input).ok()?;
         self.consts.push((b, t));
