@@ -190,6 +190,27 @@ impl Lowering<'_> {
             };
             return self.pool_calls(v, calls, (xb, out), ints, &step);
         }
+        let bytes = matches!(dtype, DType::U8 | DType::I8) && xs.is_static() && os.is_static();
+        if bytes && matches!(step, Op::Max | Op::Min) && pad_low.iter().all(|&p| p >= 0) {
+            // A quantized image's max or min pool, on its bytes: one call per plane.
+            let w = [window, stride, dilation, pad_low].map(|v| v.as_slice());
+            if let Some(view) = PlaneView::of(&static_dims(&xs), &static_dims(&os), w) {
+                let ints = view.ints.to_vec();
+                let sizes = (ints[0] * ints[1], ints[2] * ints[3]);
+                let planes = Shape::new(os.dims()[..view.lead].to_vec());
+                let calls = Calls {
+                    routine: if dtype == DType::U8 {
+                        "pool2d_u8"
+                    } else {
+                        "pool2d_i8"
+                    },
+                    planes: &planes,
+                    sizes,
+                    blocks: None,
+                };
+                return self.pool_calls(v, calls, (xb, out), ints, &step);
+            }
+        }
         // Sums only where output rows are a few wide (a global pool's one output per plane
         // runs faster as the loops below; rows narrower than a vector take a masked one).
         let rows_fill = view.as_ref().is_some_and(|v| v.ints[3] >= 4);

@@ -140,13 +140,15 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 28] = [
+pub static ROUTINES: [Routine; 30] = [
     products::GEMM,
     products::QGEMM,
     products::QCONV2D,
     products::QGEMM4,
     lookup::LOOKUP_U8,
     lookup::LOOKUP_F32,
+    pool::POOL2D_U8,
+    pool::POOL2D_I8,
     Routine {
         name: "conv2d",
         symbol: "kiln_conv2d_plane",

@@ -10,6 +10,11 @@
 //! loops sum a window; a padding tap adds +0, which changes no sum. Every path gives the same
 //! result.
 
+mod bytes;
+
+pub use bytes::{kiln_pool2d_i8, kiln_pool2d_u8};
+pub(super) use bytes::{POOL2D_I8, POOL2D_U8};
+
 use super::conv::blocked::Isa;
 use super::conv::{give_padded, lanes, padded, take_padded, Geometry};
 

@@ -1,0 +1,304 @@
+//! Max and min pooling of one plane of bytes, for the `pool2d_u8` and `pool2d_i8` routines:
+//! a quantized image's pools, which ONNX (and onnxruntime's QOperator models) take on the
+//! quantized values themselves. The plane is copied into a per-thread buffer padded with
+//! the identity, as ordered unsigned keys (an i8 byte with its sign bit flipped) and each
+//! row's columns grouped by stride phase, so that one tap of a row of outputs is one run of
+//! consecutive bytes: an output row is the elementwise maximum (minimum) of its taps' runs,
+//! 16 or 32 bytes an instruction as the compiler vectorizes the loop. Exact in any order.
+
+use super::super::conv::Geometry;
+use super::super::{Role, Routine};
+
+/// `out[oy·ow + ox]` = the maximum (`kind` 0) or minimum (1) of `x[iy·w + ix]` over the taps
+/// inside the plane (as [`super::kiln_pool2d_plane`]), or 0 (255 for the minimum) where no
+/// tap is.
+///
+/// # Safety
+/// `x` must be readable for `h·w` bytes, `out` writable for `oh·ow` and not overlapping it;
+/// every extent nonnegative and strides and dilations positive.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_pool2d_u8(
+    x: *const u8,
+    out: *mut u8,
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+    kind: i64,
+) {
+    let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
+    // SAFETY: forwarded.
+    unsafe { plane(x, out, &g, kind == 1, 0) }
+}
+
+/// [`kiln_pool2d_u8`] of i8 bytes: −128 (127 for the minimum) where no tap is.
+///
+/// # Safety
+/// As [`kiln_pool2d_u8`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_pool2d_i8(
+    x: *const i8,
+    out: *mut i8,
+    h: i64,
+    w: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+    kind: i64,
+) {
+    let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
+    // SAFETY: forwarded (i8 and u8 have one layout).
+    unsafe { plane(x.cast(), out.cast(), &g, kind == 1, 0x80) }
+}
+
+thread_local! {
+    /// Each thread's padded copy, kept between calls.
+    static PADDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One plane: bytes XORed with `flip` (0x80 for i8) are ordered as unsigned keys.
+///
+/// # Safety
+/// As [`kiln_pool2d_u8`].
+unsafe fn plane(x: *const u8, out: *mut u8, g: &Geometry, min: bool, flip: u8) {
+    if g.oh <= 0 || g.ow <= 0 {
+        return;
+    }
+    let [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = [
+        g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.ph, g.pw,
+    ]
+    .map(|v| v.max(0) as usize);
+    let (sh, sw) = (sh.max(1), sw.max(1));
+    // The padded plane's rows and columns every window reads, and each stride phase's run.
+    let rows = (oh - 1) * sh + kh.saturating_sub(1) * dh + 1;
+    let cols = (ow - 1) * sw + kw.saturating_sub(1) * dw + 1;
+    let run = cols.div_ceil(sw);
+    let row = run * sw;
+    let fill = if min { u8::MAX } else { 0 };
+    PADDED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.resize(rows * row, fill);
+        for r in 0..rows {
+            let Some(iy) = r.checked_sub(ph).filter(|&iy| iy < h) else {
+                continue;
+            };
+            // SAFETY: row iy is inside the plane.
+            let src = unsafe { std::slice::from_raw_parts(x.add(iy * w), w) };
+            let dst = &mut buf[r * row..(r + 1) * row];
+            // Phase p's run holds columns p, p + sw, ...: input columns from p − pw on.
+            for (p, run) in dst.chunks_exact_mut(run).enumerate() {
+                // The first of the phase's columns inside the plane, and its input column.
+                let j0 = pw.saturating_sub(p).div_ceil(sw);
+                let Some(ix0) = (j0 * sw + p).checked_sub(pw).filter(|&ix| ix < w) else {
+                    continue;
+                };
+                let taken = run.iter_mut().skip(j0);
+                if sw == 1 {
+                    taken.zip(&src[ix0..]).for_each(|(d, &v)| *d = v ^ flip);
+                } else {
+                    let from = src[ix0..].iter().step_by(sw);
+                    taken.zip(from).for_each(|(d, &v)| *d = v ^ flip);
+                }
+            }
+        }
+        // SAFETY: `out` holds oh·ow bytes.
+        let out = unsafe { std::slice::from_raw_parts_mut(out, oh * ow) };
+        for (oy, o) in out.chunks_exact_mut(ow).enumerate() {
+            o.fill(fill);
+            for ky in 0..kh {
+                let base = (oy * sh + ky * dh) * row;
+                for kx in 0..kw {
+                    let at = base + (kx * dw % sw) * run + kx * dw / sw;
+                    let taps = &buf[at..at + ow];
+                    if min {
+                        o.iter_mut().zip(taps).for_each(|(o, &t)| *o = (*o).min(t));
+                    } else {
+                        o.iter_mut().zip(taps).for_each(|(o, &t)| *o = (*o).max(t));
+                    }
+                }
+            }
+            if flip != 0 {
+                o.iter_mut().for_each(|o| *o ^= flip);
+            }
+        }
+    });
+}
+
+/// The bounds of `pool2d_u8`'s and `pool2d_i8`'s operands: a plane in, a plane out.
+fn bounds(operand: usize, i: &[i64]) -> Option<super::super::Range> {
+    let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
+    let len = i[a].checked_mul(i[b])?;
+    (len > 0).then_some((0, len - 1))
+}
+
+/// The elements of a plane in and out.
+fn extent(operand: usize, i: &[crate::Expr]) -> Option<crate::Expr> {
+    let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
+    Some(i.get(a)?.clone() * i.get(b)?.clone())
+}
+
+/// The geometry and kind, as `pool2d`'s.
+const INTS: &[&str] = &[
+    "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
+];
+
+/// Max and min pooling of a u8 plane.
+pub(in crate::routines) const POOL2D_U8: Routine = Routine {
+    name: "pool2d_u8",
+    symbol: "kiln_pool2d_u8",
+    operands: &[
+        ("x", Role::Read, ir::DType::U8),
+        ("out", Role::Write, ir::DType::U8),
+    ],
+    replaces: None,
+    in_place: false,
+    ints: INTS,
+    scalars: &[],
+    result: None,
+    cost: |i| i[2] * i[3] * i[4] * i[5] / 16.0,
+    extent,
+    bounds,
+    address: || kiln_pool2d_u8 as *const u8,
+    call: |p, i, _| unsafe {
+        kiln_pool2d_u8(
+            p[0].cast(),
+            p[1].cast(),
+            i[0],
+            i[1],
+            i[2],
+            i[3],
+            i[4],
+            i[5],
+            i[6],
+            i[7],
+            i[8],
+            i[9],
+            i[10],
+            i[11],
+            i[12],
+        );
+        0.0
+    },
+    doc: "out[oy·ow + ox] = the maximum (kind = 0) or minimum (1) of x[iy·w + ix] over the \
+          taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), 0 (255) \
+          where none is: one plane of a max or min pool (u8)",
+};
+
+/// Max and min pooling of an i8 plane.
+pub(in crate::routines) const POOL2D_I8: Routine = Routine {
+    name: "pool2d_i8",
+    symbol: "kiln_pool2d_i8",
+    operands: &[
+        ("x", Role::Read, ir::DType::I8),
+        ("out", Role::Write, ir::DType::I8),
+    ],
+    address: || kiln_pool2d_i8 as *const u8,
+    call: |p, i, _| unsafe {
+        kiln_pool2d_i8(
+            p[0].cast(),
+            p[1].cast(),
+            i[0],
+            i[1],
+            i[2],
+            i[3],
+            i[4],
+            i[5],
+            i[6],
+            i[7],
+            i[8],
+            i[9],
+            i[10],
+            i[11],
+            i[12],
+        );
+        0.0
+    },
+    doc: "out[oy·ow + ox] = the maximum (kind = 0) or minimum (1) of x[iy·w + ix] over the \
+          taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), -128 \
+          (127) where none is: one plane of a max or min pool (i8)",
+    ..POOL2D_U8
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: every tap inside the plane, in order.
+    fn reference(x: &[u8], g: &Geometry, min: bool, signed: bool) -> Vec<u8> {
+        let key = |v: u8| if signed { v ^ 0x80 } else { v };
+        let mut out = Vec::new();
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let mut acc: Option<u8> = None;
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let iy = oy * g.sh + ky * g.dh - g.ph;
+                        let ix = ox * g.sw + kx * g.dw - g.pw;
+                        if (0..g.h).contains(&iy) && (0..g.w).contains(&ix) {
+                            let v = key(x[(iy * g.w + ix) as usize]);
+                            acc = Some(match acc {
+                                None => v,
+                                Some(a) if min => a.min(v),
+                                Some(a) => a.max(v),
+                            });
+                        }
+                    }
+                }
+                out.push(key(acc.unwrap_or(if min { 255 } else { 0 })));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn byte_pools_are_the_definition() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: i64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as i64
+        };
+        for case in 0..400 {
+            let (h, w) = (1 + next(12), 1 + next(40));
+            let (kh, kw) = (1 + next(4), 1 + next(4));
+            let (sh, sw, dh, dw) = (1 + next(3), 1 + next(3), 1 + next(2), 1 + next(2));
+            let (ph, pw) = (next(kh.min(3)), next(kw.min(3)));
+            let oh = (h + 2 * ph - dh * (kh - 1) - 1).div_euclid(sh) + 1;
+            let ow = (w + 2 * pw - dw * (kw - 1) - 1).div_euclid(sw) + 1;
+            if oh <= 0 || ow <= 0 {
+                continue;
+            }
+            let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
+            let x: Vec<u8> = (0..h * w).map(|_| next(256) as u8).collect();
+            for kind in [0, 1] {
+                for signed in [false, true] {
+                    let mut out = vec![7u8; (oh * ow) as usize];
+                    let args = [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, kind];
+                    let r = if signed { &POOL2D_I8 } else { &POOL2D_U8 };
+                    let p = [x.as_ptr() as *mut u8, out.as_mut_ptr()];
+                    // SAFETY: a plane of h·w in, oh·ow out.
+                    unsafe { (r.call)(&p, &args, &[]) };
+                    let want = reference(&x, &g, kind == 1, signed);
+                    assert_eq!(out, want, "case {case}: {g:?} kind {kind} signed {signed}");
+                }
+            }
+        }
+    }
+}
