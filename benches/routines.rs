@@ -484,44 +484,48 @@ fn four_bit(c: &mut Criterion) {
             }
         })
     });
-    group.bench_function("int4_block32_4096x4096", |bench| {
-        bench.iter(|| {
-            // SAFETY: A is 1×k; the weight, scales and zero points hold n rows; C 1×n.
-            unsafe {
-                nbits::kiln_qgemm4(
-                    a.as_ptr(),
-                    w.as_ptr(),
-                    scale.as_ptr(),
-                    zero.as_ptr(),
-                    null,
-                    out.as_mut_ptr(),
-                    null,
-                    null,
-                    null,
-                    k as i64,
-                    n as i64,
-                    1,
-                    n as i64,
-                    k as i64,
-                    block as i64,
-                    0,
-                    0,
-                    ninf,
-                    inf,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                )
-            }
-        })
+    // One row by the packed weight, its rows quantized to int8 first when `xq` is 1.
+    let mut qgemm4 = |xq: i64| {
+        // SAFETY: A is 1×k; the weight, scales and zero points hold n rows; C 1×n.
+        unsafe {
+            nbits::kiln_qgemm4(
+                a.as_ptr(),
+                w.as_ptr(),
+                scale.as_ptr(),
+                zero.as_ptr(),
+                null,
+                out.as_mut_ptr(),
+                null,
+                null,
+                null,
+                k as i64,
+                n as i64,
+                1,
+                n as i64,
+                k as i64,
+                block as i64,
+                0,
+                0,
+                xq,
+                ninf,
+                inf,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+            )
+        }
+    };
+    group.bench_function("int4_block32_4096x4096", |bench| bench.iter(|| qgemm4(0)));
+    group.bench_function("int4_block32_int8_rows_4096x4096", |bench| {
+        bench.iter(|| qgemm4(1))
     });
     group.finish();
 }

@@ -163,7 +163,10 @@ fn instances(dtype: DType) -> Vec<(Op, Vec<Tensor>)> {
             }
             "qdot4" => {
                 // f32 rows of K = 3 by two rows of one block of 16 4-bit values (8 bytes).
-                let op = Op::Qdot4 { block: 16 };
+                let op = Op::Qdot4 {
+                    block: 16,
+                    quantize_x: false,
+                };
                 let w = rng.tensor(DType::U8, &[2, 8]);
                 let (s, z) = (
                     rng.tensor(DType::F32, &[2, 1]),

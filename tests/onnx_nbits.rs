@@ -24,6 +24,21 @@ fn pack(values: &[u8], bits: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A com.microsoft MatMulNBits node `mm` reading `inputs` into `y`, with K, N, bits and
+/// block_size (and an accuracy_level when given).
+fn matmul_nbits(inputs: &[&str], [k, n, bits, block]: [i64; 4], level: Option<i64>) -> NodeProto {
+    let mut attrs = vec![
+        int_attr("K", k),
+        int_attr("N", n),
+        int_attr("bits", bits),
+        int_attr("block_size", block),
+    ];
+    attrs.extend(level.map(|l| int_attr("accuracy_level", l)));
+    let mut mm = node("MatMulNBits", "mm", inputs, &["y"], attrs);
+    mm.domain = "com.microsoft".into();
+    mm
+}
+
 /// Pseudo-random draws below their argument, from `seed`.
 fn draws(mut seed: u64) -> impl FnMut(u64) -> u64 {
     move |m| {
@@ -89,19 +104,8 @@ fn every_bit_width_is_its_definition() {
             } else {
                 inputs[3] = "";
             }
-            let mut mm = node(
-                "MatMulNBits",
-                "mm",
-                &inputs,
-                &["y"],
-                vec![
-                    int_attr("K", k as i64),
-                    int_attr("N", n as i64),
-                    int_attr("bits", bits as i64),
-                    int_attr("block_size", block as i64),
-                ],
-            );
-            mm.domain = "com.microsoft".into();
+            let dims = [k, n, bits, block].map(|d| d as i64);
+            let mm = matmul_nbits(&inputs, dims, None);
             let bytes = model(
                 vec![mm],
                 vec![vi("x", data_type::FLOAT, &[rows as i64, k as i64])],
@@ -138,19 +142,7 @@ fn a_weight_left_unfolded_is_dequantized_in_one_kernel() {
     let nb = k / block;
     let w: Vec<u8> = (0..n * k).map(|i| (i * 7 % 251) as u8).collect();
     let s: Vec<f32> = (0..n * nb).map(|i| 0.01 + (i % 5) as f32 * 0.001).collect();
-    let mut mm = node(
-        "MatMulNBits",
-        "mm",
-        &["x", "w", "s"],
-        &["y"],
-        vec![
-            int_attr("K", k),
-            int_attr("N", n),
-            int_attr("bits", 8),
-            int_attr("block_size", block),
-        ],
-    );
-    mm.domain = "com.microsoft".into();
+    let mm = matmul_nbits(&["x", "w", "s"], [k, n, 8, block], None);
     let bytes = model(
         vec![mm],
         vec![vi("x", data_type::FLOAT, &[1, k])],
@@ -285,4 +277,122 @@ fn blocked_int4_dequantize_linear_is_qdot4() {
             close(out[0].1.as_slice::<f32>().unwrap(), &how);
         }
     }
+}
+
+/// MatMulNBits at `accuracy_level` 4 reads each block of A's rows as it quantizes to int8
+/// (onnxruntime's int8 compute: `s = max|x| / 127`, `q = round(x · 127 / max|x|)` half to
+/// even), compiled at 1 and 2 threads — few rows by the integer kernel, many by panels, a
+/// weight small enough to dequantize once — and interpreted; lower levels keep f32 rows;
+/// levels past 4 are errors naming the value.
+#[test]
+fn accuracy_level_4_quantizes_rows_to_int8() {
+    let mut next = draws(23);
+    for &(k, n, block, rows) in &[
+        (200usize, 40usize, 32usize, 1usize),
+        (96, 24, 16, 3),
+        (300, 70, 128, 13),
+        (64, 8, 32, 2),
+    ] {
+        let nb = k.div_ceil(block);
+        let mut x: Vec<f32> = (0..rows * k)
+            .map(|_| (next(2001) as f32 - 1000.0) / 317.0)
+            .collect();
+        // A block of zeros.
+        x[..block.min(k)].fill(0.0);
+        let q: Vec<u8> = (0..n * nb * block).map(|_| next(16) as u8).collect();
+        let z: Vec<u8> = (0..n * nb).map(|_| next(16) as u8).collect();
+        let scales: Vec<f32> = (0..n * nb).map(|_| 0.01 * (1 + next(9)) as f32).collect();
+        // The rows as they quantize.
+        let xq: Vec<f64> = x
+            .chunks(k)
+            .flat_map(|row| {
+                row.chunks(block).flat_map(|b| {
+                    let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    let s = amax / 127.0;
+                    b.iter()
+                        .map(move |&v| f64::from((v * inv).round_ties_even() * s))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let weight = |j: usize, l: usize| {
+            let b = j * nb + l / block;
+            (f64::from(q[j * nb * block + l]) - f64::from(z[b])) * f64::from(scales[b])
+        };
+        let product = |xs: &dyn Fn(usize) -> f64| -> Vec<f64> {
+            (0..rows * n)
+                .map(|e| {
+                    let (i, j) = (e / n, e % n);
+                    (0..k).map(|l| xs(i * k + l) * weight(j, l)).sum()
+                })
+                .collect()
+        };
+        let (int8, exact) = (product(&|e| xq[e]), product(&|e| f64::from(x[e])));
+        // The two differ: the test tells them apart.
+        assert!(int8
+            .iter()
+            .zip(&exact)
+            .any(|(a, b)| (a - b).abs() > 1e-3 * b.abs().max(1.0)));
+        for level in [0i64, 4] {
+            let want = if level == 4 { &int8 } else { &exact };
+            let dims = [k as i64, n as i64, 4, block as i64];
+            let mm = matmul_nbits(&["x", "w", "s", "z"], dims, Some(level));
+            let inits = vec![
+                raw(
+                    "w",
+                    data_type::UINT8,
+                    &[n as i64, nb as i64, (block / 2) as i64],
+                    pack(&q, 4, nb * block),
+                ),
+                floats("s", &[(n * nb) as i64], &scales),
+                raw(
+                    "z",
+                    data_type::UINT8,
+                    &[(n * nb.div_ceil(2)) as i64],
+                    pack(&z, 4, nb),
+                ),
+            ];
+            let bytes = model(
+                vec![mm],
+                vec![vi("x", data_type::FLOAT, &[rows as i64, k as i64])],
+                vec![vi("y", data_type::FLOAT, &[rows as i64, n as i64])],
+                inits,
+                21,
+            );
+            let bytes = importing_ms(&bytes);
+            let xt = Tensor::from_vec(vec![rows, k], x.clone()).unwrap();
+            let what = format!("{rows}×{k} by {n}, block {block}, level {level}");
+            for (label, out) in runs(&bytes, &[("x".into(), xt)]) {
+                let got = out[0].1.as_slice::<f32>().unwrap();
+                for (e, (&g, &w)) in got.iter().zip(want).enumerate() {
+                    let close = (f64::from(g) - w).abs() <= 1e-4 * w.abs().max(1.0);
+                    assert!(close, "{what}, {label}: element {e} is {g} not {w}");
+                }
+            }
+        }
+    }
+    // Past 4: an error naming the level.
+    let mm = matmul_nbits(&["x", "w", "s"], [32, 1, 4, 32], Some(5));
+    let bytes = model(
+        vec![mm],
+        vec![vi("x", data_type::FLOAT, &[1, 32])],
+        vec![vi("y", data_type::FLOAT, &[1, 1])],
+        vec![
+            raw("w", data_type::UINT8, &[1, 1, 16], vec![0x21; 16]),
+            floats("s", &[1], &[0.5]),
+        ],
+        21,
+    );
+    let x = Tensor::from_vec(vec![1, 32], vec![1f32; 32]).unwrap();
+    let err = Model::from_onnx(
+        &importing_ms(&bytes),
+        Default::default(),
+        Default::default(),
+    )
+    .and_then(|m| m.run(&[("x".into(), x)]))
+    .map(|_| ())
+    .expect_err("accuracy_level 5 refused")
+    .to_string();
+    assert!(err.contains("accuracy_level is 5"), "{err}");
 }

@@ -444,8 +444,15 @@ ops! {
     /// `y[..., n] = Σ_k x[..., k] · ((w[n, k] − zero[n, k/block]) · scale[n, k/block])`, the
     /// weight's value `w[n, k]` the 4 bits of byte `k/2` of row n (the low ones for even k).
     /// x f32 `[..., K]`, w u8 `[N, ceil(K/block)·block/2]`, scale and zero f32
-    /// `[N, ceil(K/block)]`; the result f32 `[..., N]`. block a power of two from 16.
-    Qdot4 = "qdot4", Contraction, Exactly(4), { block: i64 } => rule_qdot4;
+    /// `[N, ceil(K/block)]`; the result f32 `[..., N]`. block a power of two from 16. With
+    /// `quantize_x` (MatMulNBits' `accuracy_level` 4), each block of x's rows is first
+    /// quantized to int8 and read back: `x[k] = q[k] · s`, `s = max|x| / 127` over the block,
+    /// `q = round(x · (127 / max|x|))` half to even (0 for a block of zeros; NaN counts for
+    /// nothing in the maximum and quantizes to 0).
+    Qdot4 = "qdot4", Contraction, Exactly(4), {
+        block: i64,
+        quantize_x: bool = default(false),
+    } => rule_qdot4;
     /// N-d convolution (cross-correlation) of input [N, C, ...] with weight [O, C/groups, ...].
     Conv = "conv", Contraction, Exactly(2), {
         stride: Vec<i64>,

@@ -72,3 +72,18 @@ pub fn avx512() -> bool {
         false
     }
 }
+
+/// Whether this CPU runs the AVX-512 byte products (BW and VNNI's `vpdpbusd`) besides
+/// [`avx512`]: the integer products' fastest code short of AMX.
+pub fn avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512()
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -302,7 +302,7 @@ impl Lowering<'_> {
     /// scales and zero points dense.
     pub(super) fn qdot4(&mut self, v: Value, out: BufId, chain: Option<&Chain>) -> Result<()> {
         let node = self.g.node(v.node);
-        let Op::Qdot4 { block } = *node.op() else {
+        let Op::Qdot4 { block, quantize_x } = *node.op() else {
             return unsupported("called on a qdot4");
         };
         let ins = node.inputs().to_vec();
@@ -345,6 +345,7 @@ impl Lowering<'_> {
             Expr::i64(block),
             Expr::i64(i64::from(epilogue.cols)),
             Expr::i64(epilogue.act),
+            Expr::i64(i64::from(quantize_x)),
         ];
         self.k.body.push(Stmt::Call(Box::new(kernel::Call {
             routine: "qgemm4".into(),

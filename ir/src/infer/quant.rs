@@ -68,7 +68,7 @@ fn widened(op: &str, ins: &[TensorType]) -> Result<[TensorType; 2], String> {
 /// `qdot4 {block}(x, w, scale, zero)`: x f32 `[..., K]`; w u8 `[N, ceil(K/block)·block/2]`,
 /// two 4-bit values a byte (low first); scale and zero f32 `[N, ceil(K/block)]`; the result
 /// f32 `[..., N]`.
-pub(crate) fn rule_qdot4(ins: &[TensorType], block: &i64) -> Rule {
+pub(crate) fn rule_qdot4(ins: &[TensorType], block: &i64, _quantize_x: &bool) -> Rule {
     let block = *block;
     let (x, w, s, z) = (&ins[0], &ins[1], &ins[2], &ins[3]);
     if !(16..=1 << 16).contains(&block) || block & (block - 1) != 0 {

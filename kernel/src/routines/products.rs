@@ -285,7 +285,7 @@ pub(super) const QGEMM4: Routine = Routine {
     // plan is loaded (`crate::derive`), so it stays with the weights.
     replaces: None,
     in_place: true,
-    ints: &["a_rs", "c_rs", "m", "n", "k", "block", "cols", "act"],
+    ints: &["a_rs", "c_rs", "m", "n", "k", "block", "cols", "act", "xq"],
     scalars: EPILOGUE,
     result: None,
     cost: |i| i[2] * i[3] * i[4],
@@ -333,6 +333,7 @@ pub(super) const QGEMM4: Routine = Routine {
             i[5],
             i[6],
             i[7],
+            i[8],
             s[0] as f32,
             s[1] as f32,
             s[2] as f32,
@@ -352,6 +353,8 @@ pub(super) const QGEMM4: Routine = Routine {
     doc: "c[i*c_rs + j] = E(Σ_l a[i*a_rs + l] · ((q(j, l) − w_zero[j*nb + l/block]) · \
           w_scale[j*nb + l/block])) for i < m, j < n, l < k (nb = ceil(k/block)), q(j, l) \
           the 4 bits of byte w[j*nb*block/2 + l/2] (low for even l), E the gemm's epilogue; \
+          with xq = 1 each block of a row of a first quantized to int8 \
+          (gemm::nbits::quantize_block: s = max|a|/127) and a[l] read as q[l]·s; \
           b_packed, when given, is the dequantized weight as B (k×n) packed by gemm::pack_b, \
           and the weight is then not read",
 };

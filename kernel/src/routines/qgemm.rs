@@ -749,10 +749,7 @@ pub fn isa() -> Isa {
             if amx::available() {
                 return Isa::Amx;
             }
-            if crate::avx512()
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
+            if crate::avx512_vnni() {
                 return Isa::Vnni;
             }
             if crate::avx2_fma() {

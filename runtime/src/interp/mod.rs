@@ -636,7 +636,7 @@ impl Interp<'_> {
                     false => Ok(vec![narrow(&r, dtype0())]),
                 }
             }
-            Op::Qdot4 { block } => {
+            Op::Qdot4 { block, quantize_x } => {
                 let f = |i: usize| arg(i).as_slice::<f32>().ok_or("qdot4 takes f32 operands");
                 let Some(w) = arg(1).as_slice::<u8>() else {
                     return Err("qdot4's weight is not u8".into());
@@ -644,7 +644,18 @@ impl Interp<'_> {
                 let k = *arg(0).shape().last().ok_or("qdot4's rows have no axis")?;
                 let n = *out_shape.last().ok_or("qdot4's result has no axis")?;
                 let rows: usize = out_shape[..out_shape.len() - 1].iter().product();
-                let mut y = compute::qdot4(f(0)?, k, n, w, (f(2)?, f(3)?), *block as usize);
+                let block = *block as usize;
+                let quantized: Vec<f32>;
+                let x = if *quantize_x && k > 0 {
+                    // Each block of each row as it quantizes to int8.
+                    quantized = (f(0)?.chunks(k))
+                        .flat_map(|row| kernel::routines::gemm::nbits::dequantized_row(row, block))
+                        .collect();
+                    &quantized[..]
+                } else {
+                    f(0)?
+                };
+                let mut y = compute::qdot4(x, k, n, w, (f(2)?, f(3)?), block);
                 // Rows of no elements (K = 0) sum to zero.
                 y.resize(rows * n, 0.0);
                 Ok(vec![Data::F32(y)])

@@ -414,6 +414,10 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
     let k = n.int("K")?.ok_or("missing attribute `K`")?;
     let nn = n.int("N")?.ok_or("missing attribute `N`")?;
     let bits = n.int_or("bits", 4)?;
+    let level = n.int_or("accuracy_level", 0)?;
+    if !(0..=4).contains(&level) {
+        return Err(format!("accuracy_level is {level}, not one of 0 to 4").into());
+    }
     let block = n
         .int("block_size")?
         .ok_or("missing attribute `block_size`")?;
@@ -547,7 +551,10 @@ pub fn matmul_nbits(ctx: &mut Ctx, n: &Node) -> Res {
         let last = dims.len() - 1;
         dims[last] = Dim::Const(k);
         let x = b.refine(x, Shape::new(dims))?;
-        let mut y = b.op1(Op::Qdot4 { block }, &[x, w, sc, zp])?;
+        // accuracy_level 4 allows int8 rows (what onnxruntime then computes): kiln quantizes
+        // them as it does. Lower levels (and none) ask for at least f32's accuracy.
+        let quantize_x = level == 4;
+        let mut y = b.op1(Op::Qdot4 { block, quantize_x }, &[x, w, sc, zp])?;
         if dt != DType::F32 {
             y = b.cast(y, dt)?;
         }

@@ -15,6 +15,10 @@
 use super::super::epilogue::Epilogue;
 use super::{columns, packed_len, Mat, Panels, KC, NR};
 
+mod q8;
+
+pub use q8::{dequantized_row, quantize_block};
+
 /// Rows at most this many take the streaming matrix-vector kernel.
 pub const THIN: usize = 4;
 
@@ -125,6 +129,7 @@ pub unsafe extern "C" fn kiln_qgemm4(
     block: i64,
     cols: i64,
     act: i64,
+    xq: i64,
     lo: f32,
     hi: f32,
     pre_s: f32,
@@ -148,15 +153,34 @@ pub unsafe extern "C" fn kiln_qgemm4(
             pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d,
         ],
     );
+    let dims = [a_rs, c_rs, m, n, k, block].map(|x| x.max(0) as usize);
+    if xq != 0 && !bp.is_null() {
+        // Int8 rows and a weight dequantized ahead of time: the rows as they quantize, by
+        // the f32 product.
+        let [a_rs, _, m, _, k, block] = dims;
+        let mut rows = vec![0f32; m * k];
+        for (i, out) in rows.chunks_mut(k.max(1)).enumerate() {
+            // SAFETY: row i of a holds k elements.
+            let row = unsafe { std::slice::from_raw_parts(a.add(i * a_rs), k) };
+            q8::dequantize_row_into(row, block.max(1), out);
+        }
+        let a = rows.as_ptr();
+        // SAFETY: forwarded; the copy holds m rows of k.
+        unsafe {
+            super::product(
+                a, bp, bp, c, k as i64, 1, 0, 0, c_rs, m as i64, n, k as i64, &epi,
+            )
+        };
+        return;
+    }
     if !bp.is_null() {
         // Dequantized ahead of time (a small weight): the f32 product.
         // SAFETY: forwarded; B is never read when packed.
         unsafe { super::product(a, bp, bp, c, a_rs, 1, 0, 0, c_rs, m, n, k, &epi) };
         return;
     }
-    let dims = [a_rs, c_rs, m, n, k, block].map(|x| x.max(0) as usize);
     // SAFETY: forwarded.
-    unsafe { product(isa(), a, w, (scale, zero), c, dims, &epi) }
+    unsafe { product(isa(), a, w, (scale, zero), c, dims, xq != 0, &epi) }
 }
 
 /// Whether `block` is one `qdot4` admits (a power of two from 16): the kernels read rows of
@@ -210,6 +234,7 @@ pub fn dequantized_b(
 ///
 /// # Safety
 /// As [`kiln_qgemm4`]; the CPU runs `isa`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn product(
     isa: Isa,
     a: *const f32,
@@ -217,6 +242,7 @@ pub(crate) unsafe fn product(
     (scale, zero): (*const f32, *const f32),
     c: *mut f32,
     [a_rs, c_rs, m, n, k, block]: [usize; 6],
+    xq: bool,
     epi: &Epilogue,
 ) {
     let ldc = c_rs.max(n);
@@ -248,6 +274,26 @@ pub(crate) unsafe fn product(
         bytes: blocks * block / 2,
         blocks,
         block,
+    };
+    let quantized: Vec<f32>;
+    let (a, a_rs) = match xq {
+        // Up to 12 int8 rows: their bytes by the nibbles, summed in integers.
+        true if m <= 3 * THIN => {
+            // SAFETY: forwarded.
+            return unsafe { q8::product(q8::isa(), a, a_rs, m, k, &wt, c, ldc, n, epi) };
+        }
+        // More: the rows as they quantize, by the dequantized panels.
+        true => {
+            let mut rows = vec![0f32; m * k];
+            for (i, out) in rows.chunks_mut(k).enumerate() {
+                // SAFETY: row i of a holds k elements.
+                let row = unsafe { std::slice::from_raw_parts(a.add(i * a_rs), k) };
+                q8::dequantize_row_into(row, block, out);
+            }
+            quantized = rows;
+            (quantized.as_ptr(), k)
+        }
+        false => (a, a_rs),
     };
     let c_addr = c as usize;
     if m <= 3 * THIN {
@@ -313,13 +359,7 @@ unsafe fn thin(
             dst[ch * 32 + (r % 2) * 16 + r / 2] = x;
         }
     }
-    // Streaming is bound by memory: split once the weight is past about 128 KiB.
-    let t = if n * k >= 1 << 18 {
-        crate::threads::helpers() + 1
-    } else {
-        1
-    };
-    let parts = t.min(n.div_ceil(16)).max(1);
+    let parts = streaming_parts(n, k);
     let xp = &xp;
     crate::threads::parallel_for(parts, |p| {
         let (j0, j1) = (n * p / parts, n * (p + 1) / parts);
@@ -346,6 +386,17 @@ unsafe fn thin(
             epi.block_at((0, j0, j0), c.add(j0), ldc, m, j1 - j0);
         }
     });
+}
+
+/// The parts (of at least 16 columns) that `n` columns of `k` values stream in: one a
+/// thread once the weight is past about 128 KiB (streaming is bound by memory), else one.
+fn streaming_parts(n: usize, k: usize) -> usize {
+    let t = if n * k >= 1 << 18 {
+        crate::threads::helpers() + 1
+    } else {
+        1
+    };
+    t.min(n.div_ceil(16)).max(1)
 }
 
 /// The sum of 16 lanes in the one order every path uses: lane i with i+8, then i+4, i+2, i+1.
@@ -867,12 +918,90 @@ mod tests {
                     (s.as_ptr(), z.as_ptr()),
                     c.as_mut_ptr(),
                     [8, 1, 1, 1, 8, block],
+                    false,
                     &Epilogue::NONE,
                 )
             };
             assert!(c[0].is_nan(), "block {block}");
         }
         assert!(dequantized_b(&w, &s, &z, 1, 8, 8).is_none());
+    }
+
+    /// A case's weight, its rows and the `Weight` over them.
+    struct Case {
+        w: Vec<u8>,
+        scale: Vec<f32>,
+        zero: Vec<f32>,
+        x: Vec<f32>,
+        dims: (usize, usize, usize, usize),
+    }
+
+    impl Case {
+        fn new((m, n, k, block): (usize, usize, usize, usize), seed: u32, x: Vec<f32>) -> Case {
+            let (w, scale, zero) = weight(n, k, block, seed);
+            Case {
+                w,
+                scale,
+                zero,
+                x,
+                dims: (m, n, k, block),
+            }
+        }
+
+        fn weight(&self) -> Weight {
+            let (_, _, k, block) = self.dims;
+            Weight {
+                w: self.w.as_ptr(),
+                scale: self.scale.as_ptr(),
+                zero: self.zero.as_ptr(),
+                bytes: k.div_ceil(block) * block / 2,
+                blocks: k.div_ceil(block),
+                block,
+            }
+        }
+
+        /// Each path's result (`run` gives it, `None` where the CPU lacks the path) against
+        /// f64 sums of the rows `xs` by the dequantized weight, and the same bits from every
+        /// path as from the first.
+        fn check<I: std::fmt::Debug>(
+            &self,
+            xs: &[f32],
+            paths: &[I],
+            run: impl Fn(&I, &mut [f32]) -> bool,
+        ) {
+            let (m, n, k, block) = self.dims;
+            let wt = self.weight();
+            let mut first: Option<Vec<f32>> = None;
+            for path in paths {
+                let mut c = vec![f32::NAN; m * n];
+                if !run(path, &mut c) {
+                    continue;
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut sum, mut abs) = (0f64, 0f64);
+                        for l in 0..k {
+                            // SAFETY: inside the weight.
+                            let v = f64::from(unsafe { wt.value(j, l) }) * f64::from(xs[i * k + l]);
+                            sum += v;
+                            abs += v.abs();
+                        }
+                        let got = c[i * n + j];
+                        assert!(
+                            (f64::from(got) - sum).abs() <= 1e-5 * abs + 1e-6,
+                            "{path:?} {m}×{n}×{k} block {block}: ({i}, {j}) is {got} not {sum}"
+                        );
+                    }
+                }
+                match &first {
+                    None => first = Some(c),
+                    Some(f) => assert!(
+                        f.iter().zip(&c).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{path:?} {m}×{n}×{k} block {block}: bits differ from the first path"
+                    ),
+                }
+            }
+        }
     }
 
     /// Every path against f64 sums of the dequantized weight, and the same bits on every
@@ -891,65 +1020,68 @@ mod tests {
             (13, 70, 520, 128),
             (1, 300, 1024, 32),
         ] {
-            let (w, scale, zero) = weight(n, k, block, (m * 31 + n * 7 + k) as u32);
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
-            let wt = Weight {
-                w: w.as_ptr(),
-                scale: scale.as_ptr(),
-                zero: zero.as_ptr(),
-                bytes: k.div_ceil(block) * block / 2,
-                blocks: k.div_ceil(block),
-                block,
-            };
-            let mut want = vec![0f32; m * n];
-            let mut mag = vec![0f64; m * n];
-            for i in 0..m {
-                for j in 0..n {
-                    let (mut sum, mut abs) = (0f64, 0f64);
-                    for l in 0..k {
-                        // SAFETY: inside the weight.
-                        let v = f64::from(unsafe { wt.value(j, l) }) * f64::from(x[i * k + l]);
-                        sum += v;
-                        abs += v.abs();
-                    }
-                    want[i * n + j] = sum as f32;
-                    mag[i * n + j] = abs;
-                }
-            }
-            let mut first: Option<Vec<f32>> = None;
-            for isa in isas() {
-                let mut c = vec![f32::NAN; m * n];
+            let case = Case::new((m, n, k, block), (m * 31 + n * 7 + k) as u32, x);
+            case.check(&case.x, &isas(), |&isa, c| {
                 // SAFETY: the operands hold what the dims say.
                 unsafe {
                     product(
                         isa,
-                        x.as_ptr(),
-                        w.as_ptr(),
-                        (scale.as_ptr(), zero.as_ptr()),
+                        case.x.as_ptr(),
+                        case.w.as_ptr(),
+                        (case.scale.as_ptr(), case.zero.as_ptr()),
                         c.as_mut_ptr(),
                         [k, n, m, n, k, block],
+                        false,
                         &Epilogue::NONE,
                     )
                 };
-                for i in 0..m * n {
-                    let err = f64::from((c[i] - want[i]).abs());
-                    assert!(
-                        err <= 1e-5 * mag[i] + 1e-6,
-                        "{isa:?} {m}×{n}×{k} block {block}: element {i} is {} not {}",
-                        c[i],
-                        want[i]
-                    );
+                true
+            });
+        }
+    }
+
+    /// Int8 rows (`quantize_x`): every ISA against f64 sums of the rows as they quantize by
+    /// the dequantized weight, with the same bits on every ISA; blocks of 16 to 256, K not a
+    /// multiple of the block nor of a unit, one to six rows.
+    #[test]
+    fn int8_rows_match_sums_on_every_isa() {
+        for &(m, n, k, block) in &[
+            (1, 7, 16, 16),
+            (1, 33, 100, 32),
+            (2, 17, 48, 16),
+            (3, 9, 200, 64),
+            (4, 21, 256, 128),
+            (6, 19, 300, 32),
+            (1, 40, 520, 256),
+            (5, 70, 1000, 16),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 19.0)
+                .collect();
+            let case = Case::new((m, n, k, block), (m * 13 + n * 5 + k) as u32, x);
+            let xq: Vec<f32> = (case.x.chunks(k))
+                .flat_map(|r| dequantized_row(r, block))
+                .collect();
+            let wt = case.weight();
+            let paths = [q8::Isa::Portable, q8::Isa::Avx2, q8::Isa::Vnni];
+            case.check(&xq, &paths, |&isa, c| {
+                let runs = match isa {
+                    q8::Isa::Portable => true,
+                    q8::Isa::Avx2 => crate::avx2_fma(),
+                    q8::Isa::Vnni => crate::avx512_vnni(),
+                };
+                // SAFETY: the operands hold what the dims say.
+                let ptrs = (case.x.as_ptr(), c.as_mut_ptr());
+                if runs {
+                    unsafe {
+                        q8::product(isa, ptrs.0, k, m, k, &wt, ptrs.1, n, n, &Epilogue::NONE)
+                    };
                 }
-                match &first {
-                    None => first = Some(c),
-                    Some(f) => assert!(
-                        f.iter().zip(&c).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{isa:?} {m}×{n}×{k} block {block}: bits differ from the portable path"
-                    ),
-                }
-            }
+                runs
+            });
         }
     }
 }

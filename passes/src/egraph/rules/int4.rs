@@ -35,7 +35,10 @@ pub const DEQUANTIZED_DOT4: Rule = Rule {
             let Some((p, _)) = either_layout(eg, w, kaxis, read) else {
                 continue;
             };
-            let q = Op::Qdot4 { block: p.block };
+            let q = Op::Qdot4 {
+                block: p.block,
+                quantize_x: false,
+            };
             out.push(Expr::op(q, [x.into(), p.bytes, p.scales, p.zeros]));
             break;
         }
