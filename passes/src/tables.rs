@@ -22,6 +22,8 @@ const MIN_OPS: usize = 4;
 struct Chain {
     source: Value,
     ops: usize,
+    /// Roundings on the way (the quantizers inside the chain).
+    rounds: usize,
 }
 
 pub(crate) fn run(g: &Graph, opts: &Options) -> R<Graph> {
@@ -44,7 +46,10 @@ pub(crate) fn run(g: &Graph, opts: &Options) -> R<Graph> {
         if c.ops < MIN_OPS || g.value_type(v).shape != g.value_type(c.source).shape {
             continue;
         }
-        if quantizes_product(g, c.source) {
+        // A product's quantizer, with what follows up to one more quantizer, is the
+        // routine's epilogue; a chain of more (QOperator's quantized activations, each op
+        // requantized) is only a table.
+        if quantizes_product(g, c.source) && c.rounds <= 1 {
             continue;
         }
         let users = g.users(v);
@@ -107,7 +112,7 @@ fn analyse(g: &Graph, order: &[NodeId]) -> HashMap<Value, Chain> {
         let op = node.op();
         if op.is_elementwise() && !node.inputs().is_empty() {
             let mut source: Option<Value> = None;
-            let mut ops = 0;
+            let (mut ops, mut rounds) = (0, 0);
             let mut ok = true;
             for &a in node.inputs() {
                 if splat(a) {
@@ -117,16 +122,29 @@ fn analyse(g: &Graph, order: &[NodeId]) -> HashMap<Value, Chain> {
                     Some(c) if source.is_none_or(|s| s == c.source) => {
                         source = Some(c.source);
                         ops = ops.max(c.ops);
+                        rounds = rounds.max(c.rounds);
                     }
                     _ => ok = false,
                 }
             }
             if let (true, Some(source)) = (ok, source) {
+                // A conversion between integers that keeps every value (u8 or i8 widened) is
+                // no work a table saves: the 8-bit value read as i32 before its conversion to
+                // f32, as QLinearConv's requantized results are.
+                let (from, to) = (g.value_type(node.inputs()[0]).dtype, node.types()[0].dtype);
+                let widening = matches!(op, Op::Cast { .. })
+                    && from.is_int()
+                    && to.is_int()
+                    && to.bits() > from.bits()
+                    && (from.is_unsigned_int() || to.is_signed_int());
+                let ops = if widening { ops } else { ops + 1 };
+                let rounds = rounds + usize::from(matches!(op, Op::Round));
                 chains.insert(
                     v,
                     Chain {
                         source,
-                        ops: ops + 1,
+                        ops,
+                        rounds,
                     },
                 );
                 continue;
@@ -135,7 +153,14 @@ fn analyse(g: &Graph, order: &[NodeId]) -> HashMap<Value, Chain> {
         // A varying 8-bit value starts a chain.
         let ty = &node.types()[0];
         if matches!(ty.dtype, DType::U8 | DType::I8) && !matches!(op, Op::Constant { .. }) {
-            chains.insert(v, Chain { source: v, ops: 0 });
+            chains.insert(
+                v,
+                Chain {
+                    source: v,
+                    ops: 0,
+                    rounds: 0,
+                },
+            );
         }
     }
     chains
@@ -154,7 +179,8 @@ fn splat_constant(g: &Graph, v: Value) -> Option<&Tensor> {
 }
 
 /// Whether 8-bit `q` is a QuantizeLinear of a product's or convolution's result (or of that
-/// times constants) that nothing else reads (`cast(round(p / s) [+ z])`): the lowering
+/// times constants) that nothing else reads (`cast(round(p / s) [+ z])`, or `cast(round(p)
+/// [+ z])` for QOperator's requantizer, whose scale multiplied p): the lowering
 /// applies that quantizer's pair with
 /// its dequantizer, and the elementwise steps after (a batch norm, an activation, the next
 /// pair), as the routine's epilogue, in its registers — cheaper than a lookup in a loop after.
@@ -174,14 +200,7 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
     let Op::Round = g.node(v.node).op() else {
         return false;
     };
-    // `p / s`, or `p · 2^-e` (a division by a power of two as the simplifier leaves it).
     let d = g.node(v.node).inputs()[0];
-    let (p, s) = match (g.node(d.node).op(), g.node(d.node).inputs()) {
-        (Op::Div, &[p, s]) => (p, s),
-        (Op::Mul, &[a, b]) if splat_constant(g, b).is_some() => (a, b),
-        (Op::Mul, &[a, b]) if splat_constant(g, a).is_some() => (b, a),
-        _ => return false,
-    };
     let product = |p: Value| {
         let once = g.users(p).len() == 1;
         once && matches!(
@@ -194,8 +213,8 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
                 | Op::Qconv { .. }
         )
     };
-    // The product itself, or scaled by constants (a quantized product's dequantization).
-    let scaled = match (g.node(p.node).op(), g.node(p.node).inputs()) {
+    // The product scaled by constants (a quantized product's dequantization).
+    let scaled = |p: Value| match (g.node(p.node).op(), g.node(p.node).inputs()) {
         (Op::Mul, &[a, b]) => {
             let constant = |v: Value| {
                 let mut n = g.node(v.node);
@@ -208,7 +227,18 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
         }
         _ => false,
     };
-    (product(p) || scaled) && splat_constant(g, s).is_some()
+    // A QOperator requantizer's `round(p · m)`: the product scaled, no division.
+    if product(d) || scaled(d) {
+        return true;
+    }
+    // `p / s`, or `p · 2^-e` (a division by a power of two as the simplifier leaves it).
+    let (p, s) = match (g.node(d.node).op(), g.node(d.node).inputs()) {
+        (Op::Div, &[p, s]) => (p, s),
+        (Op::Mul, &[a, b]) if splat_constant(g, b).is_some() => (a, b),
+        (Op::Mul, &[a, b]) if splat_constant(g, a).is_some() => (b, a),
+        _ => return false,
+    };
+    (product(p) || scaled(p)) && splat_constant(g, s).is_some()
 }
 
 /// The chain ending at `end` evaluated on all 256 values of `source` (i8 from -128), or

@@ -1251,12 +1251,21 @@ fn qdq_pair(b: &mut Builder, rng: &mut Rng, y: Value) -> Option<Value> {
         .scalar_like(pick(rng, &[0.37, 11.0, 97.0, 300.0, 1000.0]), y)
         .ok()?;
     let zv = b.scalar_like(z, y).ok()?;
-    let q = b.div(y, s).ok()?;
+    // At times no division: a QOperator requantizer's `round(y · m)`, its product by m
+    // before.
+    let q = match below(rng, 4) {
+        0 => y,
+        _ => b.div(y, s).ok()?,
+    };
     let mut q = b.unary(Op::Round, q).ok()?;
     if z != 0.0 {
         q = b.add(q, zv).ok()?;
     }
-    let q = b.cast(q, if signed { DType::I8 } else { DType::U8 }).ok()?;
+    let mut q = b.cast(q, if signed { DType::I8 } else { DType::U8 }).ok()?;
+    if below(rng, 4) == 0 {
+        // Widened through i32 first (QLinearConv's requantized result read as integers).
+        q = b.cast(q, DType::I32).ok()?;
+    }
     let mut d = b.cast(q, DType::F32).ok()?;
     if z != 0.0 {
         d = b.sub(d, zv).ok()?;

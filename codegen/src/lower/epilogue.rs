@@ -340,10 +340,11 @@ impl Lowering<'_> {
             return None;
         }
         // `x / s`, or `x · 2^-e` (what the simplifier makes of a division by 2^e: the same
-        // bits).
+        // bits), or neither where the scale came before (a QOperator requantization's
+        // `round(x · m)` after its product's `· m`: a division by 1).
         let (div, divided) = reader(x)?;
         let &[num, den] = g.node(div).inputs() else {
-            return None;
+            return self.fake_quant_rounded(x, 1.0, outputs);
         };
         let s = match g.node(div).op() {
             Op::Div if num == x && den != x => scalar_value(g, den)?,
@@ -362,11 +363,40 @@ impl Lowering<'_> {
         if !(s > 0.0 && s.is_finite() && f64::from(s as f32) == s) {
             return None;
         }
+        let (q, end, mut inner) = self.fake_quant_rounded(divided, s, outputs)?;
+        inner.insert(0, x);
+        Some((q, end, inner))
+    }
+
+    /// [`Lowering::fake_quant`] from `divided`, `x / s` (or `x` itself, `s` 1): the rest of
+    /// the pair, from its `round`.
+    fn fake_quant_rounded(
+        &self,
+        divided: Value,
+        s: f64,
+        outputs: &[Value],
+    ) -> Option<([f64; 5], Value, Vec<Value>)> {
+        let g = self.g;
+        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
+        let shape = &self.ty(divided).shape;
+        let like = |v: Value, d: DType| self.ty(v).shape == *shape && self.ty(v).dtype == d;
+        let reader = |v: Value| -> Option<(NodeId, Value)> {
+            if !once(v) {
+                return None;
+            }
+            let [n] = self.readers(v)[..] else {
+                return None;
+            };
+            Some((n, Value::new(n, 0)))
+        };
+        if !like(divided, DType::F32) {
+            return None;
+        }
         let (round, rounded) = reader(divided)?;
         if !matches!(g.node(round).op(), Op::Round) || !like(rounded, DType::F32) {
             return None;
         }
-        let mut inner = vec![x, divided, rounded];
+        let mut inner = vec![divided, rounded];
         // `+ z`, where the zero point is not 0.
         let (mut next, mut shifted) = reader(rounded)?;
         let mut z = 0.0;
@@ -386,7 +416,14 @@ impl Lowering<'_> {
             return None;
         }
         inner.push(shifted);
-        let (back, wide) = reader(shifted)?;
+        let (mut back, mut wide) = reader(shifted)?;
+        // Through a wider integer first (i16 or i32: exact).
+        if matches!(g.node(back).op(), Op::Cast { .. })
+            && (like(wide, DType::I32) || like(wide, DType::I16))
+        {
+            inner.push(wide);
+            (back, wide) = reader(wide)?;
+        }
         if !matches!(g.node(back).op(), Op::Cast { .. }) || !like(wide, DType::F32) {
             return None;
         }
