@@ -280,6 +280,8 @@ pub struct Epilogue {
     pub pre: Option<[f64; 5]>,
     /// Whether `pre` comes after the scale (a quantized product's dequantization).
     pub pre_after_scale: bool,
+    /// Whether the shift comes first (an integer bias before a requantizer's scale).
+    pub shift_first: bool,
     /// A quantize-dequantize pair last.
     pub post: Option<[f64; 5]>,
 }
@@ -296,6 +298,7 @@ impl Default for Epilogue {
             act: 0,
             pre: None,
             pre_after_scale: false,
+            shift_first: false,
             post: None,
         }
     }
@@ -312,7 +315,10 @@ impl Epilogue {
     pub fn scalars(&self) -> Vec<Expr> {
         let mut s = vec![self.lo, self.hi];
         s.extend(self.pre.unwrap_or([0.0; 5]));
-        s.push(if self.pre_after_scale { 1.0 } else { 0.0 });
+        // `pre`'s place: 1 after the scale, plus 2 with the shift first.
+        s.push(f64::from(
+            u8::from(self.pre_after_scale) + 2 * u8::from(self.shift_first),
+        ));
         s.extend(self.post.unwrap_or([0.0; 5]));
         s.into_iter().map(|v| Expr::Float(v, DType::F32)).collect()
     }

@@ -244,7 +244,7 @@ fn row_call(k: &Kernel, var: VarId, extent: &Expr, body: &[Stmt], vector: bool) 
 }
 
 /// `dst[i] = cast<u8>(round(src[i] / s) [+ z])` along a row (a quantizer, its clamp taken
-/// by the saturating conversion) as `call row_quantize`.
+/// by the saturating conversion; `s` 1 without the division) as `call row_quantize`.
 fn quantize_call(
     k: &Kernel,
     var: VarId,
@@ -279,16 +279,22 @@ fn quantize_call(
     else {
         return None;
     };
-    let [Expr::Op {
-        op: Op::Div,
-        args,
-        dtype: DType::F32,
-    }] = args.as_slice()
-    else {
+    let [arg] = args.as_slice() else {
         return None;
     };
-    let [x, s] = args.as_slice() else {
-        return None;
+    // `src / s`, or `src` itself (a QOperator requantizer whose scale came before: a
+    // division by 1, the same bits).
+    let one = Expr::Float(1.0, DType::F32);
+    let (x, s) = match arg {
+        Expr::Op {
+            op: Op::Div,
+            args,
+            dtype: DType::F32,
+        } => match args.as_slice() {
+            [x, s] => (x, s),
+            _ => return None,
+        },
+        x => (x, &one),
     };
     let uniform = |e: &Expr| uniform(k, e, var, dst);
     if !uniform(s) || !uniform(&z) {

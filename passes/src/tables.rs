@@ -213,22 +213,23 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
                 | Op::Qconv { .. }
         )
     };
-    // The product scaled by constants (a quantized product's dequantization).
+    let constant = |v: Value| computed_from_constants(g, v, 4);
+    // The product plus constants (QLinearConv's and QGemm's bias, before their scale).
+    let biased = |p: Value| match (g.node(p.node).op(), g.node(p.node).inputs()) {
+        (Op::Add, &[a, b]) => {
+            (constant(b) && product(a) || constant(a) && product(b)) && g.users(p).len() == 1
+        }
+        _ => product(p),
+    };
+    // The product (or biased) scaled by constants (a quantized product's dequantization).
     let scaled = |p: Value| match (g.node(p.node).op(), g.node(p.node).inputs()) {
         (Op::Mul, &[a, b]) => {
-            let constant = |v: Value| {
-                let mut n = g.node(v.node);
-                if let Op::Broadcast { .. } = n.op() {
-                    n = g.node(n.inputs()[0].node);
-                }
-                matches!(n.op(), Op::Constant { .. })
-            };
-            (constant(b) && product(a) || constant(a) && product(b)) && g.users(p).len() == 1
+            (constant(b) && biased(a) || constant(a) && biased(b)) && g.users(p).len() == 1
         }
         _ => false,
     };
     // A QOperator requantizer's `round(p · m)`: the product scaled, no division.
-    if product(d) || scaled(d) {
+    if biased(d) || scaled(d) {
         return true;
     }
     // `p / s`, or `p · 2^-e` (a division by a power of two as the simplifier leaves it).
@@ -238,7 +239,21 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
         (Op::Mul, &[a, b]) if splat_constant(g, a).is_some() => (b, a),
         _ => return false,
     };
-    (product(p) || scaled(p)) && splat_constant(g, s).is_some()
+    (biased(p) || scaled(p)) && splat_constant(g, s).is_some()
+}
+
+/// Whether `v` is a constant, or a broadcast or elementwise op of such (up to `depth` ops
+/// deep): a value `fold` makes a constant later (a bias the simplifier scaled).
+fn computed_from_constants(g: &Graph, v: Value, depth: usize) -> bool {
+    let n = g.node(v.node);
+    match n.op() {
+        Op::Constant { .. } => true,
+        op if depth > 0 && (op.is_elementwise() || matches!(op, Op::Broadcast { .. })) => {
+            !n.inputs().is_empty()
+                && (n.inputs().iter()).all(|&a| computed_from_constants(g, a, depth - 1))
+        }
+        _ => false,
+    }
 }
 
 /// The chain ending at `end` evaluated on all 256 values of `source` (i8 from -128), or

@@ -1201,6 +1201,15 @@ pub fn qdq_pair_graph(seed: u64) -> Option<(Graph, bool)> {
     let mut y = y;
     let first = below(rng, 3) == 0;
     if first {
+        if below(rng, 2) == 0 {
+            // An integer bias before it (QLinearConv's and QGemm's, before their
+            // requantizer's scale).
+            let t = by(
+                &mut b,
+                (0..n).map(|_| below(rng, 2001) as f32 - 1000.0).collect(),
+            )?;
+            y = b.add(y, t).ok()?;
+        }
         // A scale per channel first (a quantized product's dequantization).
         let s = by(
             &mut b,

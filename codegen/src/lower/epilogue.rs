@@ -42,6 +42,9 @@ pub(super) struct Chain {
     /// point, the type's range, the dequantizer's scale.
     pre: Option<[f64; 5]>,
     pre_after_scale: bool,
+    /// Whether the shift came first, before the scale (QLinearConv's and QGemm's integer
+    /// bias before the requantizer's scale).
+    shift_first: bool,
     post: Option<[f64; 5]>,
 }
 
@@ -70,6 +73,7 @@ impl Chain {
             act: self.act,
             pre: self.pre,
             pre_after_scale: self.pre_after_scale,
+            shift_first: self.shift_first,
             post: self.post,
         }
     }
@@ -149,6 +153,7 @@ impl Lowering<'_> {
             act: 0,
             pre: None,
             pre_after_scale: false,
+            shift_first: false,
             post: None,
         };
         let mut last: Option<Step> = None;
@@ -157,11 +162,20 @@ impl Lowering<'_> {
             // A pair first or right after the scale is `pre`; any other is the last step (not
             // a scale by its quantizer's power-of-two factor).
             if let Some((q, end, inner)) = self.fake_quant(at, &outputs) {
-                if chain.pre.is_some() || !matches!(last, None | Some(Step::Scale)) {
+                // Right after a first shift (a bias before a requantizer whose scale went
+                // into the weights): the shift first, the pair before the scale.
+                let first_shift =
+                    last == Some(Step::Shift) && chain.inner.len() == 1 && !chain.shift_first;
+                let placed = matches!(last, None | Some(Step::Scale)) || first_shift;
+                if chain.pre.is_some() || !placed {
                     break;
                 }
                 chain.pre = Some(q);
-                chain.pre_after_scale = last.is_some();
+                chain.pre_after_scale = last == Some(Step::Scale);
+                if first_shift {
+                    chain.shift_first = true;
+                    last = None;
+                }
                 chain.inner.extend(inner);
                 chain.end = end;
                 at = end;
@@ -273,7 +287,14 @@ impl Lowering<'_> {
                 (Op::Min, _, _, Some(_)) => Step::Hi,
                 _ => break,
             };
-            if last >= Some(step) {
+            // A scale right after a first shift (nothing before it): the shift goes first.
+            let shift_first = step == Step::Scale
+                && last == Some(Step::Shift)
+                && chain.inner.len() == 1
+                && chain.pre.is_none();
+            if shift_first {
+                chain.shift_first = true;
+            } else if last >= Some(step) || chain.shift_first && step == Step::Shift {
                 // Out of the order the routine applies them in.
                 break;
             }

@@ -227,6 +227,9 @@ pub struct Epilogue {
     /// Whether `pre` comes after the scale (a quantized product's dequantization) rather than
     /// before.
     pub pre_after_scale: bool,
+    /// Whether the shift comes first, before everything (QLinearConv's and QGemm's integer
+    /// bias, added before their requantizer's scale).
+    pub shift_first: bool,
     /// A quantize-dequantize pair last, after the activation.
     pub post: Option<Quant>,
 }
@@ -247,12 +250,13 @@ impl Epilogue {
         act: Act::Identity,
         pre: None,
         pre_after_scale: false,
+        shift_first: false,
         post: None,
     };
 
     /// The epilogue of a routine's arguments (`cols` nonzero for per-column operands, `act`
-    /// as [`Act::of`], `quant` the pairs' scalars: `pre`'s five as [`Quant::of`], whether it
-    /// comes after the scale (nonzero), `post`'s five).
+    /// as [`Act::of`], `quant` the pairs' scalars: `pre`'s five as [`Quant::of`], its place
+    /// — 1 when it comes after the scale, plus 2 when the shift comes first —, `post`'s five).
     pub fn new(
         (scale, shift, res): (*const f32, *const f32, *const f32),
         (lo, hi): (f32, f32),
@@ -270,7 +274,8 @@ impl Epilogue {
             cols: cols != 0,
             act: Act::of(act),
             pre: Quant::of([a, b, c, d, e]),
-            pre_after_scale: at != 0.0,
+            pre_after_scale: at == 1.0 || at == 3.0,
+            shift_first: at == 2.0 || at == 3.0,
             post: Quant::of([f, g, h, i, j]),
         }
     }
@@ -279,7 +284,7 @@ impl Epilogue {
     pub fn quant_scalars(&self) -> [f32; 11] {
         let ([a, b, c, d, e], [f, g, h, i, j]) =
             (Quant::scalars(self.pre), Quant::scalars(self.post));
-        let at = if self.pre_after_scale { 1.0 } else { 0.0 };
+        let at = f32::from(u8::from(self.pre_after_scale) + 2 * u8::from(self.shift_first));
         [a, b, c, d, e, at, f, g, h, i, j]
     }
 
@@ -323,7 +328,7 @@ impl Epilogue {
     /// [`Epilogue::quick`] whatever the activation: for the blocked conv's stores, whose
     /// quick epilogues apply the activation after (`avx512::quick`, `avx2::quick`).
     pub fn quick_linear(&self) -> Option<bool> {
-        if self.pre.is_some() || self.post.is_some() {
+        if self.pre.is_some() || self.post.is_some() || self.shift_first {
             return None;
         }
         if self.lo == f32::NEG_INFINITY && self.hi == f32::INFINITY {
@@ -375,6 +380,9 @@ impl Epilogue {
     ) -> f32 {
         let mut y = x;
         let (first, second) = self.pre_pairs();
+        if let (true, Some(t)) = (self.shift_first, t) {
+            y += t;
+        }
         if let Some(q) = first {
             y = q.one(y);
         }
@@ -384,7 +392,7 @@ impl Epilogue {
         if let Some(q) = second {
             y = q.one(y);
         }
-        if let Some(t) = t {
+        if let (false, Some(t)) = (self.shift_first, t) {
             y += t;
         }
         if let Some(r) = r {
@@ -740,11 +748,15 @@ mod tests {
             Act::GeluHalf,
         ];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
-            for parts in 0..64 {
+            for parts in 0..128 {
                 let by_col = parts & 8 != 0;
+                // With 64, QOperator's form: the shift (an integer bias) first, the pair a
+                // requantizer (no division).
+                let shift_first = parts & 64 != 0;
+                let s = if shift_first { 1.0 } else { 0.37 };
                 // QDQ pairs: u8 before the scale (after it with a scale per column), i8 after
                 // (its NaNs to 0, not to the range's end) without its dequantizer's scale.
-                let pre = Quant::of([0.37, 3.0, 0.0, 255.0, 0.37]).filter(|_| parts & 16 != 0);
+                let pre = Quant::of([s, 3.0, 0.0, 255.0, 0.37]).filter(|_| parts & 16 != 0);
                 let post = Quant::of([0.11, -5.0, -128.0, 127.0, 1.0]).filter(|_| parts & 32 != 0);
                 let given = |bit: usize, p: *const f32| {
                     if parts & bit != 0 {
@@ -763,6 +775,7 @@ mod tests {
                     act,
                     pre,
                     pre_after_scale: by_col,
+                    shift_first,
                     post,
                 };
                 let mut want = x.clone();
@@ -770,6 +783,9 @@ mod tests {
                     for j in 0..cols {
                         let n = if by_col { j } else { i };
                         let mut y = x[i * ld + j];
+                        if shift_first && parts & 2 != 0 {
+                            y += shift[n];
+                        }
                         if let Some(q) = pre.filter(|_| !by_col) {
                             y = q.one(y);
                         }
@@ -779,7 +795,7 @@ mod tests {
                         if let Some(q) = pre.filter(|_| by_col) {
                             y = q.one(y);
                         }
-                        if parts & 2 != 0 {
+                        if !shift_first && parts & 2 != 0 {
                             y += shift[n];
                         }
                         if parts & 4 != 0 {

@@ -1229,6 +1229,7 @@ mod tests {
                         act: if t == 3 { Act::Sigmoid } else { Act::Identity },
                         pre: None,
                         pre_after_scale: false,
+                        shift_first: false,
                         post: None,
                     }
                 } else {
@@ -1360,6 +1361,7 @@ mod tests {
                 // QDQ pairs before and after for some shapes (u8, then i8).
                 pre: Quant::of([0.031, 7.0, 0.0, 255.0, 0.031]).filter(|_| k % 3 == 0),
                 pre_after_scale: k % 2 == 0,
+                shift_first: k % 4 == 1,
                 post: Quant::of([0.0027, -3.0, -128.0, 127.0, 1.0]).filter(|_| n % 2 == 1),
             };
             let q = epi.quant_scalars();

@@ -130,6 +130,9 @@ pub(in crate::routines) unsafe fn apply(
     // SAFETY: the CPU has AVX2; the residual's lanes are readable.
     unsafe {
         let (first, second) = e.pre_pairs();
+        if let (true, Some(t)) = (e.shift_first, t) {
+            v = _mm256_add_ps(v, t);
+        }
         if let Some(q) = first {
             v = quant(q, v);
         }
@@ -139,7 +142,7 @@ pub(in crate::routines) unsafe fn apply(
         if let Some(q) = second {
             v = quant(q, v);
         }
-        if let Some(t) = t {
+        if let (false, Some(t)) = (e.shift_first, t) {
             v = _mm256_add_ps(v, t);
         }
         if !e.res.is_null() {
@@ -167,7 +170,11 @@ pub(super) fn quant(q: &Quant, v: __m256) -> __m256 {
     // host that changes the rounding mode changes these bits.
     // SAFETY: only called from AVX2 code.
     unsafe {
-        let t = _mm256_div_ps(v, _mm256_set1_ps(q.s));
+        let t = if q.s == 1.0 {
+            v
+        } else {
+            _mm256_div_ps(v, _mm256_set1_ps(q.s))
+        };
         let (lo, hi) = (_mm256_set1_ps(q.lo - q.z), _mm256_set1_ps(q.hi - q.z));
         let c = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
         let n = _mm256_cvtepi32_ps(_mm256_cvtps_epi32(c));
