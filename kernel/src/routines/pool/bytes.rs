@@ -1,10 +1,9 @@
 //! Max and min pooling of one plane of bytes, for the `pool2d_u8` and `pool2d_i8` routines:
 //! a quantized image's pools, which ONNX (and onnxruntime's QOperator models) take on the
-//! quantized values themselves. The plane is copied into a per-thread buffer padded with
-//! the identity, as ordered unsigned keys (an i8 byte with its sign bit flipped) and each
-//! row's columns grouped by stride phase, so that one tap of a row of outputs is one run of
-//! consecutive bytes: an output row is the elementwise maximum (minimum) of its taps' runs,
-//! 16 or 32 bytes an instruction as the compiler vectorizes the loop. Exact in any order.
+//! quantized values themselves. Bytes compare as ordered unsigned keys (an i8 byte with its
+//! sign bit flipped); a window's extreme is taken by rows then by columns (separable, exact
+//! in any order), each step over runs of consecutive bytes that the compiler vectorizes, 16
+//! or 32 an instruction.
 
 use super::super::conv::Geometry;
 use super::super::{Role, Routine};
@@ -67,15 +66,36 @@ pub unsafe extern "C" fn kiln_pool2d_i8(
 }
 
 thread_local! {
-    /// Each thread's padded copy, kept between calls.
-    static PADDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's row buffers, kept between calls.
+    static ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One plane: bytes XORed with `flip` (0x80 for i8) are ordered as unsigned keys.
+/// One plane: bytes XORed with `flip` (0x80 for i8) are ordered as unsigned keys. A window's
+/// extreme is the extreme of its rows' extremes, so each output row first takes its window
+/// rows' extreme column by column (one run of bytes a tap row), laid out padded with the
+/// identity; then each padded column the extreme of its `kw` columns to the right (runs
+/// again); then every `sw`-th of those is an output.
 ///
 /// # Safety
 /// As [`kiln_pool2d_u8`].
 unsafe fn plane(x: *const u8, out: *mut u8, g: &Geometry, min: bool, flip: u8) {
+    // SAFETY: forwarded.
+    unsafe {
+        match (min, flip) {
+            (false, 0) => extremes::<false, 0>(x, out, g),
+            (true, 0) => extremes::<true, 0>(x, out, g),
+            (false, _) => extremes::<false, 0x80>(x, out, g),
+            (true, _) => extremes::<true, 0x80>(x, out, g),
+        }
+    }
+}
+
+/// [`plane`] with its choices constants of the code (so that its loops vectorize).
+///
+/// # Safety
+/// As [`kiln_pool2d_u8`].
+unsafe fn extremes<const MIN: bool, const FLIP: u8>(x: *const u8, out: *mut u8, g: &Geometry) {
+    let (min, flip) = (MIN, FLIP);
     if g.oh <= 0 || g.ow <= 0 {
         return;
     }
@@ -84,57 +104,49 @@ unsafe fn plane(x: *const u8, out: *mut u8, g: &Geometry, min: bool, flip: u8) {
     ]
     .map(|v| v.max(0) as usize);
     let (sh, sw) = (sh.max(1), sw.max(1));
-    // The padded plane's rows and columns every window reads, and each stride phase's run.
-    let rows = (oh - 1) * sh + kh.saturating_sub(1) * dh + 1;
-    let cols = (ow - 1) * sw + kw.saturating_sub(1) * dw + 1;
-    let run = cols.div_ceil(sw);
-    let row = run * sw;
+    // The padded columns the windows read, and the window starts' span.
+    let span = (ow - 1) * sw + 1;
+    let cols = span + kw.saturating_sub(1) * dw;
     let fill = if min { u8::MAX } else { 0 };
-    PADDED.with(|buf| {
+    #[inline(always)]
+    fn pick<const MIN: bool>(a: u8, b: u8) -> u8 {
+        if MIN {
+            a.min(b)
+        } else {
+            a.max(b)
+        }
+    }
+    ROWS.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.clear();
-        buf.resize(rows * row, fill);
-        for r in 0..rows {
-            let Some(iy) = r.checked_sub(ph).filter(|&iy| iy < h) else {
-                continue;
-            };
-            // SAFETY: row iy is inside the plane.
-            let src = unsafe { std::slice::from_raw_parts(x.add(iy * w), w) };
-            let dst = &mut buf[r * row..(r + 1) * row];
-            // Phase p's run holds columns p, p + sw, ...: input columns from p − pw on.
-            for (p, run) in dst.chunks_exact_mut(run).enumerate() {
-                // The first of the phase's columns inside the plane, and its input column.
-                let j0 = pw.saturating_sub(p).div_ceil(sw);
-                let Some(ix0) = (j0 * sw + p).checked_sub(pw).filter(|&ix| ix < w) else {
-                    continue;
-                };
-                let taken = run.iter_mut().skip(j0);
-                if sw == 1 {
-                    taken.zip(&src[ix0..]).for_each(|(d, &v)| *d = v ^ flip);
-                } else {
-                    let from = src[ix0..].iter().step_by(sw);
-                    taken.zip(from).for_each(|(d, &v)| *d = v ^ flip);
-                }
-            }
-        }
+        buf.resize(cols.max(w + pw) + span, fill);
+        let (v, hrow) = buf.split_at_mut(cols.max(w + pw));
         // SAFETY: `out` holds oh·ow bytes.
         let out = unsafe { std::slice::from_raw_parts_mut(out, oh * ow) };
         for (oy, o) in out.chunks_exact_mut(ow).enumerate() {
-            o.fill(fill);
+            // The window rows' extreme, columns from −pw (the identity outside the plane).
+            v.fill(fill);
+            let inside = &mut v[pw..pw + w];
             for ky in 0..kh {
-                let base = (oy * sh + ky * dh) * row;
-                for kx in 0..kw {
-                    let at = base + (kx * dw % sw) * run + kx * dw / sw;
-                    let taps = &buf[at..at + ow];
-                    if min {
-                        o.iter_mut().zip(taps).for_each(|(o, &t)| *o = (*o).min(t));
-                    } else {
-                        o.iter_mut().zip(taps).for_each(|(o, &t)| *o = (*o).max(t));
-                    }
+                let Some(iy) = (oy * sh + ky * dh).checked_sub(ph).filter(|&iy| iy < h) else {
+                    continue;
+                };
+                // SAFETY: row iy is inside the plane.
+                let src = unsafe { std::slice::from_raw_parts(x.add(iy * w), w) };
+                for (d, &b) in inside.iter_mut().zip(src) {
+                    *d = pick::<MIN>(*d, b ^ flip);
                 }
             }
-            if flip != 0 {
-                o.iter_mut().for_each(|o| *o ^= flip);
+            // Each window start's extreme over its kw columns.
+            let hs = &mut hrow[..span];
+            hs.copy_from_slice(&v[..span]);
+            for kx in 1..kw {
+                for (d, &b) in hs.iter_mut().zip(&v[kx * dw..kx * dw + span]) {
+                    *d = pick::<MIN>(*d, b);
+                }
+            }
+            for (ox, o) in o.iter_mut().enumerate() {
+                *o = hs[ox * sw] ^ flip;
             }
         }
     });
