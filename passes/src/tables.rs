@@ -242,13 +242,19 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
     (biased(p) || scaled(p)) && splat_constant(g, s).is_some()
 }
 
-/// Whether `v` is a constant, or a broadcast or elementwise op of such (up to `depth` ops
-/// deep): a value `fold` makes a constant later (a bias the simplifier scaled).
+/// Whether `v` is a constant, or a view (broadcast, reshape, transpose) or elementwise op of
+/// such (up to `depth` ops deep): a value `fold` makes a constant later (a bias the simplifier scaled).
 fn computed_from_constants(g: &Graph, v: Value, depth: usize) -> bool {
     let n = g.node(v.node);
     match n.op() {
         Op::Constant { .. } => true,
-        op if depth > 0 && (op.is_elementwise() || matches!(op, Op::Broadcast { .. })) => {
+        op if depth > 0
+            && (op.is_elementwise()
+                || matches!(
+                    op,
+                    Op::Broadcast { .. } | Op::Reshape { .. } | Op::Transpose { .. }
+                )) =>
+        {
             !n.inputs().is_empty()
                 && (n.inputs().iter()).all(|&a| computed_from_constants(g, a, depth - 1))
         }

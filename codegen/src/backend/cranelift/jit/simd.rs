@@ -185,7 +185,8 @@ fn vector_body(k: &Kernel, var: VarId, body: &[Stmt]) -> Option<HashSet<VarId>> 
     Some(temps)
 }
 
-/// The f32 operand of a conversion to u8 or i8 (a quantizer's store), if `value` is one.
+/// The f32 or i32 operand of a conversion to u8 or i8 (a quantizer's store; an i8
+/// quantizer's value shifted into u8 in i32), if `value` is one.
 fn narrowed(value: &Expr) -> Option<&Expr> {
     match value {
         Expr::Op {
@@ -194,7 +195,8 @@ fn narrowed(value: &Expr) -> Option<&Expr> {
             dtype: DType::U8 | DType::I8,
         } => match args.as_slice() {
             [x @ Expr::Op {
-                dtype: DType::F32, ..
+                dtype: DType::F32 | DType::I32,
+                ..
             }] => Some(x),
             _ => None,
         },
@@ -446,15 +448,30 @@ impl Lower<'_, '_> {
                         // range (NaN 0, as the scalar conversion), narrowed, stored as one i32.
                         let (x, xd) = self.vexpr(x, cx, &env)?;
                         let x = self.vec_of((x, xd), xd);
-                        let w = self.ins().fcvt_to_sint_sat(types::I32X4, x);
-                        let (lo, hi) = if d == DType::U8 {
-                            (0, 255)
+                        let w = if xd == DType::I32 {
+                            // An integer's conversion keeps its low byte: that byte, in
+                            // 0..=255 (the narrowing below then keeps it as it is).
+                            let byte = self.splat_i32(0xff);
+                            let w = self.ins().band(x, byte);
+                            if d == DType::I8 {
+                                // (As i8: the same byte, from its signed value.)
+                                let sh = self.ins().iconst(types::I32, 24);
+                                let up = self.ins().ishl(w, sh);
+                                self.ins().sshr(up, sh)
+                            } else {
+                                w
+                            }
                         } else {
-                            (-128, 127)
+                            let w = self.ins().fcvt_to_sint_sat(types::I32X4, x);
+                            let (lo, hi) = if d == DType::U8 {
+                                (0, 255)
+                            } else {
+                                (-128, 127)
+                            };
+                            let (lo, hi) = (self.splat_i32(lo), self.splat_i32(hi));
+                            let w = self.ins().smax(w, lo);
+                            self.ins().smin(w, hi)
                         };
-                        let (lo, hi) = (self.splat_i32(lo), self.splat_i32(hi));
-                        let w = self.ins().smax(w, lo);
-                        let w = self.ins().smin(w, hi);
                         let h = self.ins().snarrow(w, w);
                         let q = if d == DType::U8 {
                             self.ins().unarrow(h, h)
