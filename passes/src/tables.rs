@@ -213,23 +213,11 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
                 | Op::Qconv { .. }
         )
     };
-    let constant = |v: Value| computed_from_constants(g, v, 4);
-    // The product plus constants (QLinearConv's and QGemm's bias, before their scale).
-    let biased = |p: Value| match (g.node(p.node).op(), g.node(p.node).inputs()) {
-        (Op::Add, &[a, b]) => {
-            (constant(b) && product(a) || constant(a) && product(b)) && g.users(p).len() == 1
-        }
-        _ => product(p),
-    };
-    // The product (or biased) scaled by constants (a quantized product's dequantization).
-    let scaled = |p: Value| match (g.node(p.node).op(), g.node(p.node).inputs()) {
-        (Op::Mul, &[a, b]) => {
-            (constant(b) && biased(a) || constant(a) && biased(b)) && g.users(p).len() == 1
-        }
-        _ => false,
-    };
-    // A QOperator requantizer's `round(p · m)`: the product scaled, no division.
-    if biased(d) || scaled(d) {
+    // The product through a few additions and products by constants (a quantized
+    // product's dequantization, a bias before or after it).
+    let affine = |p: Value| through_constants(g, p, 3, &product);
+    // A QOperator requantizer's `round(p · m)`: no division.
+    if affine(d) {
         return true;
     }
     // `p / s`, or `p · 2^-e` (a division by a power of two as the simplifier leaves it).
@@ -239,7 +227,25 @@ fn quantizes_product(g: &Graph, q: Value) -> bool {
         (Op::Mul, &[a, b]) if splat_constant(g, a).is_some() => (b, a),
         _ => return false,
     };
-    (biased(p) || scaled(p)) && splat_constant(g, s).is_some()
+    affine(p) && splat_constant(g, s).is_some()
+}
+
+/// Whether `p` is what `product` accepts, or it plus or times constants (up to `depth` such
+/// steps), each step read only by the next.
+fn through_constants(g: &Graph, p: Value, depth: usize, product: &dyn Fn(Value) -> bool) -> bool {
+    if product(p) {
+        return true;
+    }
+    let (Op::Add | Op::Mul, &[a, b]) = (g.node(p.node).op(), g.node(p.node).inputs()) else {
+        return false;
+    };
+    let constant = |v: Value| computed_from_constants(g, v, 4);
+    let other = match (constant(a), constant(b)) {
+        (false, true) => a,
+        (true, false) => b,
+        _ => return false,
+    };
+    depth > 0 && g.users(p).len() == 1 && through_constants(g, other, depth - 1, product)
 }
 
 /// Whether `v` is a constant, or a view (broadcast, reshape, transpose) or elementwise op of
