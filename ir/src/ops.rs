@@ -448,7 +448,8 @@ ops! {
     /// `quantize_x` (MatMulNBits' `accuracy_level` 4), each block of x's rows is first
     /// quantized to int8 and read back: `x[k] = q[k] · s`, `s = max|x| / 127` over the block,
     /// `q = round(x · (127 / max|x|))` half to even (0 for a block of zeros; NaN counts for
-    /// nothing in the maximum and quantizes to 0).
+    /// nothing in the maximum and quantizes to 0; an infinite element makes `s` infinite and
+    /// every value of its block NaN, 0·∞).
     Qdot4 = "qdot4", Contraction, Exactly(4), {
         block: i64,
         quantize_x: bool = default(false),

@@ -136,6 +136,13 @@ impl Call {
                 return Err(format!("`{}` without its operand `{name}`", r.name));
             }
         }
+        // An epilogue's pair placement is one of its four codes.
+        let at = r.scalars.iter().position(|(n, _)| *n == "pre_at");
+        if let Some(Expr::Float(v, _)) = at.and_then(|i| self.scalars.get(i)) {
+            if ![0.0, 1.0, 2.0, 3.0].contains(v) {
+                return Err(format!("`{}` with pre_at {v}, not 0, 1, 2 or 3", r.name));
+            }
+        }
         Ok(r)
     }
 
@@ -262,7 +269,8 @@ impl From<Conv2d> for Call {
 
 /// What a product or convolution call applies to each output as it stores it (see
 /// [`crate::routines::epilogue`]): `post(act(min(max((pre(x)·scale + shift) + res[at], lo),
-/// hi)))`, each operand at its offset (the per-row or per-column ones at the call's first row
+/// hi)))` (`pre` after the scale with `pre_after_scale`, the shift before everything with
+/// `shift_first`), each operand at its offset (the per-row or per-column ones at the call's first row
 /// or column, the residual at the output's offset), absent parts skipped.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Epilogue {
@@ -980,6 +988,34 @@ impl fmt::Display for Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An epilogue's `pre_at` is one of its four codes: 3 (a pair after the scale, the shift
+    /// first) passes, 5 is refused with the routine's name.
+    #[test]
+    fn calls_refuse_an_unknown_pair_place() {
+        let epilogue = Epilogue {
+            pre_after_scale: true,
+            shift_first: true,
+            ..Epilogue::default()
+        };
+        let at = |v: f64| {
+            let mut c = Call {
+                routine: "qgemm4".into(),
+                operands: vec![Some((0, Expr::i64(0))); 9],
+                ints: vec![Expr::i64(1); 9],
+                scalars: epilogue.scalars(),
+                result: None,
+            };
+            let i = crate::routines::routine("qgemm4")
+                .and_then(|r| r.scalars.iter().position(|(n, _)| *n == "pre_at"))
+                .expect("qgemm4 has pre_at");
+            c.scalars[i] = Expr::Float(v, DType::F32);
+            c.checked().map(|r| r.name)
+        };
+        assert_eq!(at(3.0), Ok("qgemm4"));
+        let err = at(5.0).expect_err("pre_at 5 refused");
+        assert!(err.contains("qgemm4") && err.contains("pre_at 5"), "{err}");
+    }
 
     #[test]
     fn an_axis_split_and_joined_again_is_the_index_itself() {

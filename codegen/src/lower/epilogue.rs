@@ -6,9 +6,10 @@
 
 use super::*;
 
-/// The steps of an epilogue, in the only order a routine applies them: `x·scale`, `+ shift`,
+/// The steps of an epilogue, in the order a routine applies them: `x·scale`, `+ shift`,
 /// `+ res`, `max(·, lo)`, `min(·, hi)`, then a sigmoid, tanh, GELU, SiLU, HardSwish or
-/// HardSigmoid (and a quantize-dequantize pair before them all and after them all).
+/// HardSigmoid (and a quantize-dequantize pair before them all, or after the scale, and
+/// after them all) — or the shift first of all (`Chain::shift_first`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Scale,
@@ -159,8 +160,8 @@ impl Lowering<'_> {
         let mut last: Option<Step> = None;
         let mut at = v;
         loop {
-            // A pair first or right after the scale is `pre`; any other is the last step (not
-            // a scale by its quantizer's power-of-two factor).
+            // A pair first, right after the scale or right after a first shift is `pre`; any
+            // other is the last step (not a scale by its quantizer's power-of-two factor).
             if let Some((q, end, inner)) = self.fake_quant(at, &outputs) {
                 // Right after a first shift (a bias before a requantizer whose scale went
                 // into the weights): the shift first, the pair before the scale.
@@ -292,9 +293,7 @@ impl Lowering<'_> {
                 && last == Some(Step::Shift)
                 && chain.inner.len() == 1
                 && chain.pre.is_none();
-            if shift_first {
-                chain.shift_first = true;
-            } else if last >= Some(step) || chain.shift_first && step == Step::Shift {
+            if !shift_first && (last >= Some(step) || chain.shift_first && step == Step::Shift) {
                 // Out of the order the routine applies them in.
                 break;
             }
@@ -316,7 +315,10 @@ impl Lowering<'_> {
                 (p, ..) => p,
             };
             match step {
-                Step::Scale => chain.scale = per_channel,
+                Step::Scale => {
+                    chain.scale = per_channel;
+                    chain.shift_first |= shift_first;
+                }
                 Step::Shift => chain.shift = per_channel,
                 Step::Res => chain.res = laid_out,
                 Step::Lo => chain.lo = constant.unwrap_or(f64::NEG_INFINITY),

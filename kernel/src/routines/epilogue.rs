@@ -4,8 +4,9 @@
 //! optional — a folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh,
 //! GELU, SiLU, HardSwish (as ONNX, Paddle or Keras write it) or HardSigmoid, and `pre` and
 //! `post` a QDQ model's quantize-dequantize pairs ([`Quant`]; `pre` after the scale instead,
-//! where that is a quantized product's dequantization) — without a second pass over the
-//! output. Operation for operation what the
+//! where that is a quantized product's dequantization; a QOperator requantizer is a pair
+//! whose divisor is 1), and with `shift_first` the shift added before everything (an integer
+//! bias before a requantizer's scale) — without a second pass over the output. Operation for operation what the
 //! elementwise loops it replaces compute (a multiply, then adds, each rounded; IEEE maximum and
 //! minimum; the vector loops' `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
 
@@ -274,6 +275,7 @@ impl Epilogue {
             cols: cols != 0,
             act: Act::of(act),
             pre: Quant::of([a, b, c, d, e]),
+            // 0, 1, 2 or 3 (what `quant_scalars` writes; `Call::checked` refuses others).
             pre_after_scale: at == 1.0 || at == 3.0,
             shift_first: at == 2.0 || at == 3.0,
             post: Quant::of([f, g, h, i, j]),

@@ -500,21 +500,12 @@ pub static ROUTINES: [Routine; 30] = [
         ],
         replaces: None,
         in_place: true,
-        ints: &[
-            "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
-        ],
+        ints: pool::PLANE_INTS,
         scalars: &[],
         result: None,
         cost: |i| i[2] * i[3] * i[4] * i[5],
-        extent: |operand, i| {
-            let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
-            Some(i.get(a)?.clone() * i.get(b)?.clone())
-        },
-        bounds: |operand, i| {
-            let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
-            let len = i[a].checked_mul(i[b])?;
-            (len > 0).then_some((0, len - 1))
-        },
+        extent: pool::plane_extent,
+        bounds: pool::plane_bounds,
         address: || pool::kiln_pool2d_plane as *const u8,
         call: |p, i, _| unsafe {
             pool::kiln_pool2d_plane(
@@ -862,8 +853,9 @@ pub static ROUTINES: [Routine; 30] = [
 /// +inf for no clamp; `act` as [`epilogue::Act::of`]; `pre` and `post` quantize-dequantize
 /// pairs `(sat(round(y / s) + z) − z)·d` of scale `*_s`, zero point `*_z`, range `*_lo` to
 /// `*_hi` and dequantizer's scale `*_d`, absent where the scale is 0: [`epilogue::Quant`];
-/// `pre` after the scale where `pre_at` is nonzero), each step rounded as the elementwise
-/// operations it stands for.
+/// `pre_at` places them: 0 as written, 1 `pre` after the scale, 2 the shift first —
+/// `pre(x + shift[row])·scale[row]` —, 3 both — `pre((x + shift[row])·scale[row])`), each
+/// step rounded as the elementwise operations it stands for.
 const EPILOGUE: &[(&str, ir::DType)] = &[
     ("lo", ir::DType::F32),
     ("hi", ir::DType::F32),

@@ -53,6 +53,24 @@ pub unsafe extern "C" fn kiln_pool2d_plane(
     unsafe { plane(x, out, &g, kind, lanes()) }
 }
 
+/// The plane routines' integer arguments: the geometry and the kind.
+pub(super) const PLANE_INTS: &[&str] = &[
+    "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
+];
+
+/// The elements of a plane in (operand 0) and out (operand 1).
+pub(super) fn plane_extent(operand: usize, i: &[crate::Expr]) -> Option<crate::Expr> {
+    let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
+    Some(i.get(a)?.clone() * i.get(b)?.clone())
+}
+
+/// The elements a plane routine touches: a plane in, a plane out.
+pub(super) fn plane_bounds(operand: usize, i: &[i64]) -> Option<super::Range> {
+    let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
+    let len = i[a].checked_mul(i[b])?;
+    (len > 0).then_some((0, len - 1))
+}
+
 /// What a window computes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {

@@ -38,14 +38,15 @@ pub unsafe extern "C" fn kiln_pool2d_u8(
     unsafe { plane(x, out, &g, kind == 1, 0) }
 }
 
-/// [`kiln_pool2d_u8`] of i8 bytes: −128 (127 for the minimum) where no tap is.
+/// [`kiln_pool2d_u8`] of i8 bytes (`x` and `out` hold i8 values): −128 (127 for the
+/// minimum) where no tap is.
 ///
 /// # Safety
 /// As [`kiln_pool2d_u8`].
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn kiln_pool2d_i8(
-    x: *const i8,
-    out: *mut i8,
+    x: *const u8,
+    out: *mut u8,
     h: i64,
     w: i64,
     oh: i64,
@@ -62,7 +63,7 @@ pub unsafe extern "C" fn kiln_pool2d_i8(
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     // SAFETY: forwarded (i8 and u8 have one layout).
-    unsafe { plane(x.cast(), out.cast(), &g, kind == 1, 0x80) }
+    unsafe { plane(x, out, &g, kind == 1, 0x80) }
 }
 
 thread_local! {
@@ -152,23 +153,40 @@ unsafe fn extremes<const MIN: bool, const FLIP: u8>(x: *const u8, out: *mut u8, 
     });
 }
 
-/// The bounds of `pool2d_u8`'s and `pool2d_i8`'s operands: a plane in, a plane out.
-fn bounds(operand: usize, i: &[i64]) -> Option<super::super::Range> {
-    let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
-    let len = i[a].checked_mul(i[b])?;
-    (len > 0).then_some((0, len - 1))
+/// Calls host function `f` (either byte type's) with a call's operands and integers.
+///
+/// # Safety
+/// As `f`'s, for these operands and integers.
+unsafe fn call(f: BytePool, p: &[*mut u8], i: &[i64]) -> f64 {
+    let g: [i64; 13] = std::array::from_fn(|k| i[k]);
+    let [h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, kind] = g;
+    // SAFETY: forwarded.
+    unsafe {
+        f(
+            p[0], p[1], h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, kind,
+        )
+    };
+    0.0
 }
 
-/// The elements of a plane in and out.
-fn extent(operand: usize, i: &[crate::Expr]) -> Option<crate::Expr> {
-    let (a, b) = [(0, 1), (2, 3)].get(operand).copied()?;
-    Some(i.get(a)?.clone() * i.get(b)?.clone())
-}
-
-/// The geometry and kind, as `pool2d`'s.
-const INTS: &[&str] = &[
-    "h", "w", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "ph", "pw", "kind",
-];
+/// The host functions' type (bytes of either type).
+type BytePool = unsafe extern "C" fn(
+    *const u8,
+    *mut u8,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
 
 /// Max and min pooling of a u8 plane.
 pub(in crate::routines) const POOL2D_U8: Routine = Routine {
@@ -180,33 +198,14 @@ pub(in crate::routines) const POOL2D_U8: Routine = Routine {
     ],
     replaces: None,
     in_place: false,
-    ints: INTS,
+    ints: super::PLANE_INTS,
     scalars: &[],
     result: None,
     cost: |i| i[2] * i[3] * i[4] * i[5] / 16.0,
-    extent,
-    bounds,
+    extent: super::plane_extent,
+    bounds: super::plane_bounds,
     address: || kiln_pool2d_u8 as *const u8,
-    call: |p, i, _| unsafe {
-        kiln_pool2d_u8(
-            p[0].cast(),
-            p[1].cast(),
-            i[0],
-            i[1],
-            i[2],
-            i[3],
-            i[4],
-            i[5],
-            i[6],
-            i[7],
-            i[8],
-            i[9],
-            i[10],
-            i[11],
-            i[12],
-        );
-        0.0
-    },
+    call: |p, i, _| unsafe { call(kiln_pool2d_u8, p, i) },
     doc: "out[oy·ow + ox] = the maximum (kind = 0) or minimum (1) of x[iy·w + ix] over the \
           taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), 0 (255) \
           where none is: one plane of a max or min pool (u8)",
@@ -221,26 +220,7 @@ pub(in crate::routines) const POOL2D_I8: Routine = Routine {
         ("out", Role::Write, ir::DType::I8),
     ],
     address: || kiln_pool2d_i8 as *const u8,
-    call: |p, i, _| unsafe {
-        kiln_pool2d_i8(
-            p[0].cast(),
-            p[1].cast(),
-            i[0],
-            i[1],
-            i[2],
-            i[3],
-            i[4],
-            i[5],
-            i[6],
-            i[7],
-            i[8],
-            i[9],
-            i[10],
-            i[11],
-            i[12],
-        );
-        0.0
-    },
+    call: |p, i, _| unsafe { call(kiln_pool2d_i8, p, i) },
     doc: "out[oy·ow + ox] = the maximum (kind = 0) or minimum (1) of x[iy·w + ix] over the \
           taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), -128 \
           (127) where none is: one plane of a max or min pool (i8)",
