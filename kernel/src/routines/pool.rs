@@ -12,7 +12,7 @@
 
 mod bytes;
 
-pub use bytes::{kiln_pool2d_i8, kiln_pool2d_u8};
+pub use bytes::kiln_pool2d_bytes;
 pub(super) use bytes::{POOL2D_I8, POOL2D_U8};
 
 use super::conv::blocked::Isa;

@@ -9,14 +9,15 @@ use super::super::conv::Geometry;
 use super::super::{Role, Routine};
 
 /// `out[oy·ow + ox]` = the maximum (`kind` 0) or minimum (1) of `x[iy·w + ix]` over the taps
-/// inside the plane (as [`super::kiln_pool2d_plane`]), or 0 (255 for the minimum) where no
-/// tap is.
+/// inside the plane (as [`super::kiln_pool2d_plane`]), or the type's least (greatest for the
+/// minimum) where no tap is: u8 bytes with `FLIP` 0 (`kiln_pool2d_u8`: 0 and 255), i8 with
+/// 0x80 (`kiln_pool2d_i8`: −128 and 127; i8 and u8 have one layout).
 ///
 /// # Safety
 /// `x` must be readable for `h·w` bytes, `out` writable for `oh·ow` and not overlapping it;
 /// every extent nonnegative and strides and dilations positive.
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn kiln_pool2d_u8(
+pub unsafe extern "C" fn kiln_pool2d_bytes<const FLIP: u8>(
     x: *const u8,
     out: *mut u8,
     h: i64,
@@ -35,35 +36,12 @@ pub unsafe extern "C" fn kiln_pool2d_u8(
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     // SAFETY: forwarded.
-    unsafe { plane(x, out, &g, kind == 1, 0) }
-}
-
-/// [`kiln_pool2d_u8`] of i8 bytes (`x` and `out` hold i8 values): −128 (127 for the
-/// minimum) where no tap is.
-///
-/// # Safety
-/// As [`kiln_pool2d_u8`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn kiln_pool2d_i8(
-    x: *const u8,
-    out: *mut u8,
-    h: i64,
-    w: i64,
-    oh: i64,
-    ow: i64,
-    kh: i64,
-    kw: i64,
-    sh: i64,
-    sw: i64,
-    dh: i64,
-    dw: i64,
-    ph: i64,
-    pw: i64,
-    kind: i64,
-) {
-    let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
-    // SAFETY: forwarded (i8 and u8 have one layout).
-    unsafe { plane(x, out, &g, kind == 1, 0x80) }
+    unsafe {
+        match kind {
+            1 => extremes::<true, FLIP>(x, out, &g),
+            _ => extremes::<false, FLIP>(x, out, &g),
+        }
+    }
 }
 
 thread_local! {
@@ -71,30 +49,15 @@ thread_local! {
     static ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One plane: bytes XORed with `flip` (0x80 for i8) are ordered as unsigned keys. A window's
-/// extreme is the extreme of its rows' extremes, so each output row first takes its window
-/// rows' extreme column by column (one run of bytes a tap row), laid out padded with the
-/// identity; then each padded column the extreme of its `kw` columns to the right (runs
-/// again); then every `sw`-th of those is an output.
+/// One plane, its choices constants of the code (so that its loops vectorize): bytes XORed
+/// with `FLIP` (0x80 for i8) are ordered as unsigned keys. A window's extreme is the extreme
+/// of its rows' extremes, so each output row first takes its window rows' extreme column by
+/// column (one run of bytes a tap row), laid out padded with the identity; then each padded
+/// column the extreme of its `kw` columns to the right (runs again); then every `sw`-th of
+/// those is an output.
 ///
 /// # Safety
-/// As [`kiln_pool2d_u8`].
-unsafe fn plane(x: *const u8, out: *mut u8, g: &Geometry, min: bool, flip: u8) {
-    // SAFETY: forwarded.
-    unsafe {
-        match (min, flip) {
-            (false, 0) => extremes::<false, 0>(x, out, g),
-            (true, 0) => extremes::<true, 0>(x, out, g),
-            (false, _) => extremes::<false, 0x80>(x, out, g),
-            (true, _) => extremes::<true, 0x80>(x, out, g),
-        }
-    }
-}
-
-/// [`plane`] with its choices constants of the code (so that its loops vectorize).
-///
-/// # Safety
-/// As [`kiln_pool2d_u8`].
+/// As [`kiln_pool2d_bytes`].
 unsafe fn extremes<const MIN: bool, const FLIP: u8>(x: *const u8, out: *mut u8, g: &Geometry) {
     let (min, flip) = (MIN, FLIP);
     if g.oh <= 0 || g.ow <= 0 {
@@ -153,7 +116,7 @@ unsafe fn extremes<const MIN: bool, const FLIP: u8>(x: *const u8, out: *mut u8, 
     });
 }
 
-/// Calls host function `f` (either byte type's) with a call's operands and integers.
+/// Calls host function `f` (either byte type's instance) with a call's operands and integers.
 ///
 /// # Safety
 /// As `f`'s, for these operands and integers.
@@ -204,8 +167,8 @@ pub(in crate::routines) const POOL2D_U8: Routine = Routine {
     cost: |i| i[2] * i[3] * i[4] * i[5] / 16.0,
     extent: super::plane_extent,
     bounds: super::plane_bounds,
-    address: || kiln_pool2d_u8 as *const u8,
-    call: |p, i, _| unsafe { call(kiln_pool2d_u8, p, i) },
+    address: || kiln_pool2d_bytes::<0> as *const u8,
+    call: |p, i, _| unsafe { call(kiln_pool2d_bytes::<0>, p, i) },
     doc: "out[oy·ow + ox] = the maximum (kind = 0) or minimum (1) of x[iy·w + ix] over the \
           taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), 0 (255) \
           where none is: one plane of a max or min pool (u8)",
@@ -219,8 +182,8 @@ pub(in crate::routines) const POOL2D_I8: Routine = Routine {
         ("x", Role::Read, ir::DType::I8),
         ("out", Role::Write, ir::DType::I8),
     ],
-    address: || kiln_pool2d_i8 as *const u8,
-    call: |p, i, _| unsafe { call(kiln_pool2d_i8, p, i) },
+    address: || kiln_pool2d_bytes::<0x80> as *const u8,
+    call: |p, i, _| unsafe { call(kiln_pool2d_bytes::<0x80>, p, i) },
     doc: "out[oy·ow + ox] = the maximum (kind = 0) or minimum (1) of x[iy·w + ix] over the \
           taps inside the plane (iy = oy·sh + ky·dh - ph, ix = ox·sw + kx·dw - pw), -128 \
           (127) where none is: one plane of a max or min pool (i8)",
