@@ -346,26 +346,13 @@ impl Lowering<'_> {
     /// `kernel::routines::epilogue::Quant`), its end and the values in it.
     fn fake_quant(&self, x: Value, outputs: &[Value]) -> Option<([f64; 5], Value, Vec<Value>)> {
         let g = self.g;
-        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
-        let shape = &self.ty(x).shape;
-        let like = |v: Value, d: DType| self.ty(v).shape == *shape && self.ty(v).dtype == d;
-        // The one reader of `v`, when `v` is read once and is no output, and its value.
-        let reader = |v: Value| -> Option<(NodeId, Value)> {
-            if !once(v) {
-                return None;
-            }
-            let [n] = self.readers(v)[..] else {
-                return None;
-            };
-            Some((n, Value::new(n, 0)))
-        };
-        if !like(x, DType::F32) {
+        if self.ty(x).dtype != DType::F32 {
             return None;
         }
         // `x / s`, or `x · 2^-e` (what the simplifier makes of a division by 2^e: the same
         // bits), or neither where the scale came before (a QOperator requantization's
         // `round(x · m)` after its product's `· m`: a division by 1).
-        let (div, divided) = reader(x)?;
+        let (div, divided) = self.sole_reader(x, outputs)?;
         let &[num, den] = g.node(div).inputs() else {
             return self.fake_quant_rounded(x, 1.0, outputs);
         };
@@ -400,18 +387,9 @@ impl Lowering<'_> {
         outputs: &[Value],
     ) -> Option<([f64; 5], Value, Vec<Value>)> {
         let g = self.g;
-        let once = |v: Value| !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
         let shape = &self.ty(divided).shape;
         let like = |v: Value, d: DType| self.ty(v).shape == *shape && self.ty(v).dtype == d;
-        let reader = |v: Value| -> Option<(NodeId, Value)> {
-            if !once(v) {
-                return None;
-            }
-            let [n] = self.readers(v)[..] else {
-                return None;
-            };
-            Some((n, Value::new(n, 0)))
-        };
+        let reader = |v: Value| self.sole_reader(v, outputs);
         if !like(divided, DType::F32) {
             return None;
         }
@@ -549,6 +527,17 @@ impl Lowering<'_> {
             .collect()
     }
 
+    /// The one node reading `v` and its value, when `v` is read once and is no output.
+    fn sole_reader(&self, v: Value, outputs: &[Value]) -> Option<(NodeId, Value)> {
+        if outputs.contains(&v) || self.reads.get(&v) != Some(&1) {
+            return None;
+        }
+        let [n] = self.readers(v)[..] else {
+            return None;
+        };
+        Some((n, Value::new(n, 0)))
+    }
+
     /// The one node reading `v` — which is read once, is no output and has the type of `like`
     /// — when it is an `op` of `v` and the constant `c`.
     fn step_after(
@@ -560,15 +549,12 @@ impl Lowering<'_> {
         c: f64,
     ) -> Option<Value> {
         let g = self.g;
-        let once = !outputs.contains(&v) && self.reads.get(&v) == Some(&1);
-        if !once || self.ty(v) != self.ty(like) {
+        if self.ty(v) != self.ty(like) {
             return None;
         }
-        let [n] = self.readers(v)[..] else {
-            return None;
-        };
+        let (n, next) = self.sole_reader(v, outputs)?;
         let fits = op(g.node(n).op()) && scalar_value(g, other_operand(g, n, v)?) == Some(c);
-        fits.then_some(Value::new(n, 0))
+        fits.then_some(next)
     }
 
     /// The two nodes reading `x`, when it is read exactly twice and is no output.
