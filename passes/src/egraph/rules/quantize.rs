@@ -318,18 +318,11 @@ pub const DEQUANTIZED_CONV: Rule = Rule {
     search: |eg, id| {
         let mut out = Vec::new();
         for (op, args) in nodes(eg, id) {
-            let Op::Conv {
-                stride,
-                dilation,
-                pad_low,
-                pad_high,
-                groups,
-            } = op
-            else {
+            let Some(q) = qconv_of(op) else {
                 continue;
             };
             let shape = info(eg, id).ty().shape.clone();
-            if *groups != 1 || shape.rank() != 4 || info(eg, id).ty().dtype != DType::F32 {
+            if shape.rank() != 4 || info(eg, id).ty().dtype != DType::F32 {
                 continue;
             }
             let (x, w) = (args[0], args[1]);
@@ -354,13 +347,6 @@ pub const DEQUANTIZED_CONV: Rule = Rule {
                 continue;
             };
             let scale = rescale(sx, sw, &shape, 1);
-            let q = Op::Qconv {
-                stride: stride.clone(),
-                dilation: dilation.clone(),
-                pad_low: pad_low.clone(),
-                pad_high: pad_high.clone(),
-                groups: 1,
-            };
             let product = Expr::op(q, [x8.into(), wq, zx8]);
             out.push(Expr::op(Op::Mul, [product, scale]));
         }
@@ -672,6 +658,28 @@ fn terms(eg: &EGraph, id: Id, axes: &[i64]) -> Option<f64> {
         .product()
 }
 
+/// The 8-bit conv of `conv`'s geometry, when it is a conv of one group (what `qconv2d`
+/// runs).
+fn qconv_of(conv: &Op) -> Option<Op> {
+    let Op::Conv {
+        stride,
+        dilation,
+        pad_low,
+        pad_high,
+        groups: 1,
+    } = conv
+    else {
+        return None;
+    };
+    Some(Op::Qconv {
+        stride: stride.clone(),
+        dilation: dilation.clone(),
+        pad_low: pad_low.clone(),
+        pad_high: pad_high.clone(),
+        groups: 1,
+    })
+}
+
 /// cast(conv(cast(x8, i32) − zero, w) : i32, f32) = qconv(x8, cast(w, i8), zero8): the
 /// integer form of ConvInteger and QLinearConv as the 8-bit conv, for a 2-D conv of one group
 /// over a u8 image (what `qconv2d` runs) whose weight fits i8 — summed in i32 either way.
@@ -684,14 +692,7 @@ pub const INT8_CONV: Rule = Rule {
                 continue;
             }
             for (op, cargs) in nodes(eg, p) {
-                let Op::Conv {
-                    stride,
-                    dilation,
-                    pad_low,
-                    pad_high,
-                    groups: 1,
-                } = op
-                else {
+                let Some(q) = qconv_of(op) else {
                     continue;
                 };
                 let (x, w) = (cargs[0], cargs[1]);
@@ -704,13 +705,6 @@ pub const INT8_CONV: Rule = Rule {
                 if info(eg, x8).ty().dtype != DType::U8 {
                     continue;
                 }
-                let q = Op::Qconv {
-                    stride: stride.clone(),
-                    dilation: dilation.clone(),
-                    pad_low: pad_low.clone(),
-                    pad_high: pad_high.clone(),
-                    groups: 1,
-                };
                 out.push(Expr::op(
                     q,
                     [x8.into(), converted(DType::I8, w.into()), zero],
