@@ -171,7 +171,7 @@ proptest! {
     /// into `qdot` and the `qgemm` routine by the optimizer, with steps after them.
     #[test]
     fn quantized_products_match_the_interpreter(seed in any::<u64>()) {
-        if let Some(g) = common::quantized_graph(seed) {
+        if let Some(g) = common::quantized::quantized_graph(seed) {
             // MatMulInteger's form always becomes the 8-bit product, QDQ's when its weight is
             // past 64 KiB as f32 (smaller ones are dequantized at compile time first).
             let dynamic = g
@@ -197,7 +197,7 @@ proptest! {
     /// is past 64 KiB as f32, its scales constant over blocks of 16 at least).
     #[test]
     fn int4_weights_match_the_interpreter(seed in any::<u64>()) {
-        if let Some(g) = common::int4_graph(seed) {
+        if let Some(g) = common::quantized::int4_graph(seed) {
             let o = kiln::optimize(&g, None, &HashMap::new())
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let text = kiln::print_graph(&o);
@@ -210,7 +210,7 @@ proptest! {
     /// generated one has filters past 64 KiB as f32 and one group), with steps after them.
     #[test]
     fn quantized_convs_match_the_interpreter(seed in any::<u64>()) {
-        if let Some(g) = common::quantized_conv_graph(seed) {
+        if let Some(g) = common::quantized::quantized_conv_graph(seed) {
             let o = kiln::optimize(&g, None, &HashMap::new())
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let text = kiln::print_graph(&o);
@@ -223,7 +223,7 @@ proptest! {
     /// between them at times: fused into the routines' epilogues, the interpreter's bits.
     #[test]
     fn qdq_pairs_in_epilogues_match_the_interpreter(seed in any::<u64>()) {
-        if let Some((g, fusable)) = common::qdq_pair_graph(seed) {
+        if let Some((g, fusable)) = common::quantized::qdq_pair_graph(seed) {
             check_exact(g, fusable, seed)?;
         }
     }
