@@ -110,6 +110,7 @@ fn products(c: &mut Criterion) {
                         null,
                         null,
                         null,
+                        null,
                         k as i64,
                         1,
                         n as i64,
@@ -180,6 +181,7 @@ fn convolutions(c: &mut Criterion) {
                         w.as_ptr(),
                         u,
                         out.as_mut_ptr(),
+                        null,
                         null,
                         null,
                         null,
@@ -259,6 +261,7 @@ fn convolutions(c: &mut Criterion) {
                         null,
                         null,
                         null,
+                        null,
                         ci,
                         co,
                         side,
@@ -309,9 +312,9 @@ fn convolutions(c: &mut Criterion) {
                             );
                             let op = out.as_mut_ptr().add((ch * os * os) as usize);
                             conv::kiln_conv2d_plane(
-                                xp, wp, op, null, null, null, side, side, os, os, win, win, stride,
-                                stride, 1, 1, pad, pad, 0, ninf, inf, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                                0.0, 0.0, 0.0, 0.0, 0.0,
+                                xp, wp, op, null, null, null, null, side, side, os, os, win, win,
+                                stride, stride, 1, 1, pad, pad, 0, ninf, inf, 0.0, 0.0, 0.0, 0.0,
+                                0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
                             )
                         }
                     }
@@ -457,6 +460,7 @@ fn four_bit(c: &mut Criterion) {
                     null,
                     null,
                     null,
+                    null,
                     k as i64,
                     1,
                     n as i64,
@@ -495,6 +499,7 @@ fn four_bit(c: &mut Criterion) {
                 zero.as_ptr(),
                 null,
                 out.as_mut_ptr(),
+                null,
                 null,
                 null,
                 null,

@@ -268,15 +268,18 @@ impl From<Conv2d> for Call {
 }
 
 /// What a product or convolution call applies to each output as it stores it (see
-/// [`crate::routines::epilogue`]): `post(act(min(max((pre(x)·scale + shift) + res[at], lo),
-/// hi)))` (`pre` after the scale with `pre_after_scale`, the shift before everything with
-/// `shift_first`), each operand at its offset (the per-row or per-column ones at the call's first row
+/// [`crate::routines::epilogue`]): `post(act(min(max((pre(x)·scale·scale2 + shift) + res[at],
+/// lo), hi)))` (`pre` after the scale with `pre_after_scale`, `scale2` after that, the shift
+/// before everything with `shift_first`), each operand at its offset (the per-row or per-column ones at the call's first row
 /// or column, the residual at the output's offset), absent parts skipped.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Epilogue {
     pub scale: Option<(BufId, Expr)>,
     pub shift: Option<(BufId, Expr)>,
     pub res: Option<(BufId, Expr)>,
+    /// A second scale, per row or column as `scale`, after `scale` and the pair after it (a
+    /// batch norm between a requantizer and the next quantizer).
+    pub scale2: Option<(BufId, Expr)>,
     pub lo: f64,
     pub hi: f64,
     /// Whether scale and shift are per column (products only).
@@ -300,6 +303,7 @@ impl Default for Epilogue {
             scale: None,
             shift: None,
             res: None,
+            scale2: None,
             lo: f64::NEG_INFINITY,
             hi: f64::INFINITY,
             cols: false,
@@ -313,9 +317,14 @@ impl Default for Epilogue {
 }
 
 impl Epilogue {
-    /// The call's optional operands `scale`, `shift` and `res`.
-    pub fn operands(&self) -> [Option<(BufId, Expr)>; 3] {
-        [self.scale.clone(), self.shift.clone(), self.res.clone()]
+    /// The call's optional operands `scale`, `shift`, `res` and `scale2`.
+    pub fn operands(&self) -> [Option<(BufId, Expr)>; 4] {
+        [
+            self.scale.clone(),
+            self.shift.clone(),
+            self.res.clone(),
+            self.scale2.clone(),
+        ]
     }
 
     /// The call's scalar arguments `lo` and `hi`, then its pairs' (zeros for none) with
@@ -1001,7 +1010,7 @@ mod tests {
         let at = |v: f64| {
             let mut c = Call {
                 routine: "qgemm4".into(),
-                operands: vec![Some((0, Expr::i64(0))); 9],
+                operands: vec![Some((0, Expr::i64(0))); 10],
                 ints: vec![Expr::i64(1); 9],
                 scalars: epilogue.scalars(),
                 result: None,

@@ -807,7 +807,7 @@ kernel @k0(in in0: f32[8*n], in in1: f32[8], out out0: f32[8*n], scratch s0: f64
   s0[0] = v2
   check lt(1, {n}) else 1
   out0[0] = select(gt(v2, -inf:f64), cast<f32>{saturate=false}(v2), NaN:f32)
-  call gemm(a: in0[0], b: in1[0], b_packed: -, c: out0[8], scale: -, shift: in1[0], res: -; a_rs=1 a_cs=1 b_rs=1 b_cs=1 c_rs=1 m=1 n=1 k=1 cols=0 act=0 lo=0.0:f32 hi=inf:f32 pre_s=0.0:f32 pre_z=0.0:f32 pre_lo=0.0:f32 pre_hi=0.0:f32 pre_d=0.0:f32 pre_at=0.0:f32 post_s=0.0:f32 post_z=0.0:f32 post_lo=0.0:f32 post_hi=0.0:f32 post_d=0.0:f32)
+  call gemm(a: in0[0], b: in1[0], b_packed: -, c: out0[8], scale: -, shift: in1[0], res: -, scale2: -; a_rs=1 a_cs=1 b_rs=1 b_cs=1 c_rs=1 m=1 n=1 k=1 cols=0 act=0 lo=0.0:f32 hi=inf:f32 pre_s=0.0:f32 pre_z=0.0:f32 pre_lo=0.0:f32 pre_hi=0.0:f32 pre_d=0.0:f32 pre_at=0.0:f32 post_s=0.0:f32 post_z=0.0:f32 post_lo=0.0:f32 post_hi=0.0:f32 post_d=0.0:f32)
 }";
 
     #[test]
@@ -850,7 +850,7 @@ kernel @k0(in in0: f32[8*n], in in1: f32[8], out out0: f32[8*n], scratch s0: f64
         );
         assert_eq!(
             e("kernel @k(out y: f32[n]) {\n  call gemm(y[0]; m=1)\n}"),
-            "2:8: `gemm` takes 7 operands, not 1"
+            "2:8: `gemm` takes 8 operands, not 1"
         );
         assert!(e("kernel @k() {\n}\nkernel @k() {\n}").contains("defined twice"));
         // What the interpreter and backends would read differently is refused.

@@ -290,8 +290,8 @@ pub fn quantized_conv_graph(seed: u64) -> Option<Graph> {
 /// pair (u8 or i8, zero point and scale at random, often saturating, the dequantizer's scale
 /// at times another or none), at times a scale and shift per channel (a batch norm) and a
 /// second pair — which the product's or convolution's epilogue applies, to the interpreter's
-/// bits. Whether the epilogue can take every step (not a scale both before and after the
-/// first pair) comes with it.
+/// bits. Whether the epilogue can take every step (not an integer bias first and a batch
+/// norm's shift after the pair: one shift) comes with it.
 pub fn qdq_pair_graph(seed: u64) -> Option<(Graph, bool)> {
     let mut rng = Rng::new(seed);
     let rng = &mut rng;
@@ -343,8 +343,9 @@ pub fn qdq_pair_graph(seed: u64) -> Option<(Graph, bool)> {
     };
     let mut y = y;
     let first = below(rng, 3) == 0;
+    let biased = first && below(rng, 2) == 0;
     if first {
-        if below(rng, 2) == 0 {
+        if biased {
             // An integer bias before it (QLinearConv's and QGemm's, before their
             // requantizer's scale).
             let t = by(
@@ -384,7 +385,7 @@ pub fn qdq_pair_graph(seed: u64) -> Option<(Graph, bool)> {
         y = qdq_pair(&mut b, rng, y)?;
     }
     b.output("y", y).ok()?;
-    Some((b.finish().ok()?, !(first && norm)))
+    Some((b.finish().ok()?, !(biased && norm)))
 }
 
 /// `y` through QuantizeLinear then DequantizeLinear as the importer writes them (u8 or i8,

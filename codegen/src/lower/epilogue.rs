@@ -6,13 +6,15 @@
 
 use super::*;
 
-/// The steps of an epilogue, in the order a routine applies them: `x·scale`, `+ shift`,
-/// `+ res`, `max(·, lo)`, `min(·, hi)`, then a sigmoid, tanh, GELU, SiLU, HardSwish or
-/// HardSigmoid (and a quantize-dequantize pair before them all, or after the scale, and
-/// after them all) — or the shift first of all (`Chain::shift_first`).
+/// The steps of an epilogue, in the order a routine applies them: `x·scale`, `·scale2` (only
+/// after a pair that follows the scale), `+ shift`, `+ res`, `max(·, lo)`, `min(·, hi)`, then
+/// a sigmoid, tanh, GELU, SiLU, HardSwish or HardSigmoid (and a quantize-dequantize pair
+/// before them all, or after the scale, and after them all) — or the shift first of all
+/// (`Chain::shift_first`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Scale,
+    Scale2,
     Shift,
     Res,
     Lo,
@@ -31,6 +33,9 @@ pub(super) struct Chain {
     shift: Option<BufId>,
     /// The residual and the offset of its element 0 from the result's.
     res: Option<(BufId, i64)>,
+    /// A second scale, after the pair that follows the scale (a batch norm between a
+    /// QOperator requantizer and the next quantizer).
+    scale2: Option<BufId>,
     lo: f64,
     hi: f64,
     /// Whether scale and shift are per column (a product's last axis) rather than per row.
@@ -68,6 +73,7 @@ impl Chain {
             scale: self.scale.map(|b| (b, ch.clone())),
             shift: self.shift.map(|b| (b, ch.clone())),
             res: self.res.map(|(b, off)| (b, at.clone() + Expr::i64(off))),
+            scale2: self.scale2.map(|b| (b, ch.clone())),
             lo: self.lo,
             hi: self.hi,
             cols: self.cols,
@@ -148,6 +154,7 @@ impl Lowering<'_> {
             scale: None,
             shift: None,
             res: None,
+            scale2: None,
             lo: f64::NEG_INFINITY,
             hi: f64::INFINITY,
             cols: !matches!(along, Along::Channels),
@@ -280,7 +287,12 @@ impl Lowering<'_> {
             } else {
                 per_channel
             };
+            // A scale right after the pair that follows the scale: the second scale.
+            let after_pair = last == Some(Step::Scale) && chain.pre_after_scale;
             let step = match (node.op(), per_channel, laid_out, constant) {
+                (Op::Mul, Some(_), _, _) | (Op::Mul, None, None, Some(_)) if after_pair => {
+                    Step::Scale2
+                }
                 (Op::Mul, Some(_), _, _) | (Op::Mul, None, None, Some(_)) => Step::Scale,
                 (Op::Add, Some(_), _, _) | (Op::Add, None, None, Some(_)) => Step::Shift,
                 (Op::Add, _, Some(_), _) => Step::Res,
@@ -306,7 +318,7 @@ impl Lowering<'_> {
                     };
                     Some(b)
                 }
-                (None, Some(c), Step::Scale | Step::Shift) => {
+                (None, Some(c), Step::Scale | Step::Scale2 | Step::Shift) => {
                     let Some(b) = self.splat_buffer(c, std::slice::from_ref(&channels)) else {
                         break;
                     };
@@ -319,6 +331,7 @@ impl Lowering<'_> {
                     chain.scale = per_channel;
                     chain.shift_first |= shift_first;
                 }
+                Step::Scale2 => chain.scale2 = per_channel,
                 Step::Shift => chain.shift = per_channel,
                 Step::Res => chain.res = laid_out,
                 Step::Lo => chain.lo = constant.unwrap_or(f64::NEG_INFINITY),

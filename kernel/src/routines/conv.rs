@@ -74,6 +74,7 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
     scale: *const f32,
     shift: *const f32,
     res: *const f32,
+    scale2: *const f32,
     c: i64,
     o: i64,
     h: i64,
@@ -107,7 +108,7 @@ pub unsafe extern "C" fn kiln_conv2d_rows(
 ) {
     let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     let epi = Epilogue::new(
-        (scale, shift, res),
+        (scale, shift, res, scale2),
         (lo, hi),
         0,
         act,
@@ -134,6 +135,7 @@ pub unsafe extern "C" fn kiln_conv2d_wino(
     scale: *const f32,
     shift: *const f32,
     res: *const f32,
+    scale2: *const f32,
     c: i64,
     o: i64,
     h: i64,
@@ -167,7 +169,7 @@ pub unsafe extern "C" fn kiln_conv2d_wino(
 ) {
     let g = &Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     let epi = Epilogue::new(
-        (scale, shift, res),
+        (scale, shift, res, scale2),
         (lo, hi),
         0,
         act,

@@ -1,11 +1,12 @@
 //! What products and convolutions apply to each output as they store it (a fused epilogue):
-//! `y = post(act(clamp((pre(x)·scale + shift) + res[at], lo, hi)))` with `scale` and `shift`
-//! per row (a convolution's output channel) or per column (a product's bias), every part
+//! `y = post(act(clamp((pre(x)·scale·scale2 + shift) + res[at], lo, hi)))` with `scale`,
+//! `scale2` and `shift` per row (a convolution's output channel) or per column (a product's bias), every part
 //! optional — a folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh,
 //! GELU, SiLU, HardSwish (as ONNX, Paddle or Keras write it) or HardSigmoid, and `pre` and
 //! `post` a QDQ model's quantize-dequantize pairs ([`Quant`]; `pre` after the scale instead,
 //! where that is a quantized product's dequantization; a QOperator requantizer is a pair
-//! whose divisor is 1), and with `shift_first` the shift added before everything (an integer
+//! whose divisor is 1; `scale2` after that pair, a batch norm between a requantizer and the
+//! next quantizer), and with `shift_first` the shift added before everything (an integer
 //! bias before a requantizer's scale) — without a second pass over the output. Operation for operation what the
 //! elementwise loops it replaces compute (a multiply, then adds, each rounded; IEEE maximum and
 //! minimum; the vector loops' `sigmoid` and `tanh`, built on their `exp`), in 16 or 8 lanes.
@@ -204,6 +205,10 @@ pub const TANH: [f32; 5] = [
     -3.333_328e-1,
 ];
 
+/// An output's scale, shift and second scale (see [`Epilogue`]), each absent where its
+/// operand is: one value for the scalar code, a vector's lanes for the vector code.
+pub(in crate::routines) type Coefs<V> = (Option<V>, Option<V>, Option<V>);
+
 /// A fused epilogue. `row` and `col` place an output in the routine's result (a product's
 /// row and column of C; a convolution's output channel as its row); `at` is its element
 /// offset, at which the residual is read too.
@@ -215,6 +220,9 @@ pub struct Epilogue {
     pub shift: *const f32,
     /// Laid out as the output, or null for none.
     pub res: *const f32,
+    /// Per row (or per column with `cols`), or null for none: a second scale, after `scale`
+    /// and the pair that follows it.
+    pub scale2: *const f32,
     /// The lower clamp (-inf for none).
     pub lo: f32,
     /// The upper clamp (+inf for none).
@@ -245,6 +253,7 @@ impl Epilogue {
         scale: std::ptr::null(),
         shift: std::ptr::null(),
         res: std::ptr::null(),
+        scale2: std::ptr::null(),
         lo: f32::NEG_INFINITY,
         hi: f32::INFINITY,
         cols: false,
@@ -259,7 +268,7 @@ impl Epilogue {
     /// as [`Act::of`], `quant` the pairs' scalars: `pre`'s five as [`Quant::of`], its place
     /// — 1 when it comes after the scale, plus 2 when the shift comes first —, `post`'s five).
     pub fn new(
-        (scale, shift, res): (*const f32, *const f32, *const f32),
+        (scale, shift, res, scale2): (*const f32, *const f32, *const f32, *const f32),
         (lo, hi): (f32, f32),
         cols: i64,
         act: i64,
@@ -270,6 +279,7 @@ impl Epilogue {
             scale,
             shift,
             res,
+            scale2,
             lo,
             hi,
             cols: cols != 0,
@@ -310,6 +320,7 @@ impl Epilogue {
         self.scale.is_null()
             && self.shift.is_null()
             && self.res.is_null()
+            && self.scale2.is_null()
             && self.lo == f32::NEG_INFINITY
             && self.hi == f32::INFINITY
             && self.act == Act::Identity
@@ -330,7 +341,7 @@ impl Epilogue {
     /// [`Epilogue::quick`] whatever the activation: for the blocked conv's stores, whose
     /// quick epilogues apply the activation after (`avx512::quick`, `avx2::quick`).
     pub fn quick_linear(&self) -> Option<bool> {
-        if self.pre.is_some() || self.post.is_some() || self.shift_first {
+        if self.pre.is_some() || self.post.is_some() || self.shift_first || !self.scale2.is_null() {
             return None;
         }
         if self.lo == f32::NEG_INFINITY && self.hi == f32::INFINITY {
@@ -348,38 +359,27 @@ impl Epilogue {
             scale: by(self.scale, n),
             shift: by(self.shift, n),
             res: by(self.res, at),
+            scale2: by(self.scale2, n),
             ..*self
         }
     }
 
-    /// The scale and shift of the output at row `i`, column `j` (`None` for absent ones).
+    /// The scale, shift and second scale of the output at row `i`, column `j` (`None` for
+    /// absent ones).
     ///
     /// # Safety
     /// Row `i` (column `j` with `cols`) is inside the per-row (per-column) operands.
     #[inline(always)]
-    pub(in crate::routines) unsafe fn coefs(
-        &self,
-        i: usize,
-        j: usize,
-    ) -> (Option<f32>, Option<f32>) {
+    pub(in crate::routines) unsafe fn coefs(&self, i: usize, j: usize) -> Coefs<f32> {
         let n = if self.cols { j } else { i };
-        // SAFETY: forwarded.
-        unsafe {
-            (
-                (!self.scale.is_null()).then(|| *self.scale.add(n)),
-                (!self.shift.is_null()).then(|| *self.shift.add(n)),
-            )
-        }
+        // SAFETY: forwarded (row or column `n` of each operand given).
+        let at = |p: *const f32| (!p.is_null()).then(|| unsafe { *p.add(n) });
+        (at(self.scale), at(self.shift), at(self.scale2))
     }
 
-    /// One output `x` with scale and shift `(s, t)`, its residual `r`.
+    /// One output `x` with scale, shift and second scale `(s, t, s2)`, its residual `r`.
     #[inline(always)]
-    pub(in crate::routines) fn one(
-        &self,
-        x: f32,
-        (s, t): (Option<f32>, Option<f32>),
-        r: Option<f32>,
-    ) -> f32 {
+    pub(in crate::routines) fn one(&self, x: f32, (s, t, s2): Coefs<f32>, r: Option<f32>) -> f32 {
         let mut y = x;
         let (first, second) = self.pre_pairs();
         if let (true, Some(t)) = (self.shift_first, t) {
@@ -393,6 +393,9 @@ impl Epilogue {
         }
         if let Some(q) = second {
             y = q.one(y);
+        }
+        if let Some(s2) = s2 {
+            y *= s2;
         }
         if let (false, Some(t)) = (self.shift_first, t) {
             y += t;
@@ -700,9 +703,15 @@ mod tests {
         let res = values(ld * (rows + 3) + 5);
         let scale: Vec<f32> = (0..ld + 8).map(|i| 0.5 + (i % 7) as f32).collect();
         let shift: Vec<f32> = (0..ld + 8).map(|i| (i % 5) as f32 - 2.0).collect();
+        let scale2: Vec<f32> = (0..ld + 8).map(|i| 1.5 - (i % 3) as f32).collect();
         for by_col in [false, true] {
             let e = Epilogue::new(
-                (scale.as_ptr(), shift.as_ptr(), res.as_ptr()),
+                (
+                    scale.as_ptr(),
+                    shift.as_ptr(),
+                    res.as_ptr(),
+                    scale2.as_ptr(),
+                ),
                 (-3.0, 4.0),
                 i64::from(by_col),
                 1,
@@ -731,6 +740,7 @@ mod tests {
         let res = values(rows * ld + 3);
         let scale: Vec<f32> = (0..ld).map(|i| 0.5 + (i % 7) as f32).collect();
         let shift: Vec<f32> = (0..ld).map(|i| (i % 5) as f32 - 2.0).collect();
+        let scale2: Vec<f32> = (0..ld).map(|i| 1.5 - (i % 3) as f32 * 0.7).collect();
         let clamps = [
             (0.0, 6.0),
             (-0.0, f32::INFINITY),
@@ -750,7 +760,7 @@ mod tests {
             Act::GeluHalf,
         ];
         for ((lo, hi), act) in clamps.into_iter().flat_map(|c| acts.map(|a| (c, a))) {
-            for parts in 0..128 {
+            for parts in 0..256 {
                 let by_col = parts & 8 != 0;
                 // With 64, QOperator's form: the shift (an integer bias) first, the pair a
                 // requantizer (no division).
@@ -771,6 +781,8 @@ mod tests {
                     scale: given(1, scale.as_ptr()),
                     shift: given(2, shift.as_ptr()),
                     res: given(4, res.as_ptr()),
+                    // With 128 a second scale (after the pair after the scale, if any).
+                    scale2: given(128, scale2.as_ptr()),
                     lo,
                     hi,
                     cols: by_col,
@@ -796,6 +808,9 @@ mod tests {
                         }
                         if let Some(q) = pre.filter(|_| by_col) {
                             y = q.one(y);
+                        }
+                        if parts & 128 != 0 {
+                            y *= scale2[n];
                         }
                         if !shift_first && parts & 2 != 0 {
                             y += shift[n];

@@ -4,20 +4,22 @@
 use super::Range;
 
 /// `conv2d_wino`'s operands as `conv2d_rows` numbers them (`u`, its own, has none).
-pub(super) const WINO_AS_ROWS: [usize; 7] = [0, 1, usize::MAX, 2, 3, 4, 5];
+pub(super) const WINO_AS_ROWS: [usize; 8] = [0, 1, usize::MAX, 2, 3, 4, 5, 6];
 
-/// `conv2d_rows`'s operand extents: the image, the filters, the per-filter scale and shift.
+/// `conv2d_rows`'s operand extents: the image, the filters, the per-filter scale, shift and
+/// second scale.
 pub(super) fn conv_rows_extent(operand: usize, i: &[crate::Expr]) -> Option<crate::Expr> {
     let n = |k: usize| i.get(k).cloned();
     match operand {
         0 => Some(n(0)? * n(2)? * n(3)?),
         1 => Some(n(1)? * n(0)? * n(6)? * n(7)?),
-        3 | 4 => n(1),
+        3 | 4 | 6 => n(1),
         _ => None,
     }
 }
 
-/// `conv2d_rows`'s operand bounds: the image, the filters, the per-filter scale and shift,
+/// `conv2d_rows`'s operand bounds: the image, the filters, the per-filter scale, shift and
+/// second scale,
 /// the block's outputs (and residual) of every filter.
 pub(super) fn conv_rows_bounds(operand: usize, i: &[i64]) -> Option<Range> {
     let (c, o, h, w, oh, ow, kh, kw) = (i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]);
@@ -31,14 +33,14 @@ pub(super) fn conv_rows_bounds(operand: usize, i: &[i64]) -> Option<Range> {
             let len = o.checked_mul(c)?.checked_mul(kh)?.checked_mul(kw)?;
             (len > 0).then_some((0, len - 1))
         }
-        3 | 4 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
+        3 | 4 | 6 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
         _ => span(&[(o, oh.checked_mul(ow)?), (rows.checked_mul(ow)?, 1)])
             .map(|(lo, hi)| (lo + y0 * ow, hi + y0 * ow)),
     }
 }
 
 /// `conv2d_nchwc`'s operand bounds: the image, the filters (either form), the per-channel
-/// scale and shift, the call's blocks and rows of the output (and residual).
+/// scale, shift and second scale, the call's blocks and rows of the output (and residual).
 pub(super) fn nchwc_bounds(operand: usize, i: &[i64]) -> Option<Range> {
     let (c, o, h, w, oh, ow, kh, kw) = (i[0], i[1], i[2], i[3], i[4], i[5], i[6], i[7]);
     let (groups, ob0, obn, y0, rows) = (i[15], i[16], i[17], i[18], i[19]);
@@ -65,7 +67,7 @@ pub(super) fn nchwc_bounds(operand: usize, i: &[i64]) -> Option<Range> {
             let len = len.checked_add(flags)?;
             (len > 0).then_some((0, len - 1))
         }
-        4 | 5 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
+        4 | 5 | 7 => (o > 0 && rows > 0 && ow > 0).then_some((0, o - 1)),
         _ => {
             let plane = oh.checked_mul(ow)?.checked_mul(16)?;
             let (lo, hi) = span(&[(obn, plane), (rows.checked_mul(ow)?.checked_mul(16)?, 1)])?;

@@ -110,6 +110,7 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     scale: *const f32,
     shift: *const f32,
     res: *const f32,
+    scale2: *const f32,
     a_rs: i64,
     a_cs: i64,
     b_rs: i64,
@@ -135,7 +136,7 @@ pub unsafe extern "C" fn kiln_sgemm_packed(
     post_d: f32,
 ) {
     let epi = Epilogue::new(
-        (scale, shift, res),
+        (scale, shift, res, scale2),
         (lo, hi),
         cols,
         act,
@@ -955,7 +956,7 @@ unsafe fn store_quick<const R: usize, const C: usize, const CLAMP: bool, const R
         }
     };
     // SAFETY: the CPU has AVX-512F.
-    let (bounds, none) = (unsafe { quick_bounds(e) }, (None, None));
+    let (bounds, none) = (unsafe { quick_bounds(e) }, (None, None, None));
     // Per-column coefficients, a panel's lanes (unused for per-row ones).
     // SAFETY: the tile's columns (the lanes in the mask) are inside the operands.
     let per_col: [(__m512, __m512); C] = std::array::from_fn(|q| unsafe {
@@ -1223,6 +1224,7 @@ mod tests {
                         scale: scale.as_ptr(),
                         shift: shift.as_ptr(),
                         res: res.as_ptr(),
+                        scale2: std::ptr::null(),
                         lo: -0.3,
                         hi: 0.2,
                         cols: t >= 3,
@@ -1260,6 +1262,7 @@ mod tests {
                         epi.scale,
                         epi.shift,
                         epi.res,
+                        epi.scale2,
                         k as i64,
                         1,
                         rs,
@@ -1346,10 +1349,17 @@ mod tests {
             let shift: Vec<f32> = (0..m.max(n)).map(|_| rnd()).collect();
             let res: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
             let by_col = m % 2 == 1;
+            // A second scale where the pair comes after the scale.
+            let after = k % 6 == 0;
             let epi = Epilogue {
                 scale: scale.as_ptr(),
                 shift: shift.as_ptr(),
                 res: res.as_ptr(),
+                scale2: if after {
+                    shift.as_ptr()
+                } else {
+                    std::ptr::null()
+                },
                 lo: -0.3,
                 hi: 0.2,
                 cols: by_col,
@@ -1379,9 +1389,9 @@ mod tests {
                     let e = &epi;
                     let (cols, act) = (i64::from(e.cols), e.act as i64);
                     kiln_sgemm_packed(
-                        a, b, bp, c, e.scale, e.shift, e.res, k as i64, 1, n as i64, 1, n as i64,
-                        m as i64, n as i64, k as i64, cols, act, e.lo, e.hi, q[0], q[1], q[2],
-                        q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10],
+                        a, b, bp, c, e.scale, e.shift, e.res, e.scale2, k as i64, 1, n as i64, 1,
+                        n as i64, m as i64, n as i64, k as i64, cols, act, e.lo, e.hi, q[0], q[1],
+                        q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10],
                     )
                 };
                 AVX2_ONLY.with(|c| c.set(false));

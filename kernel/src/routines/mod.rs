@@ -159,6 +159,7 @@ pub static ROUTINES: [Routine; 30] = [
             ("scale", Role::Optional, ir::DType::F32),
             ("shift", Role::Optional, ir::DType::F32),
             ("res", Role::Optional, ir::DType::F32),
+            ("scale2", Role::Optional, ir::DType::F32),
         ],
         replaces: None,
         in_place: true,
@@ -169,20 +170,20 @@ pub static ROUTINES: [Routine; 30] = [
         result: None,
         cost: |i| i[2] * i[3] * i[4] * i[5],
         extent: |operand, i| {
-            if matches!(operand, 3 | 4) {
+            if matches!(operand, 3 | 4 | 6) {
                 return Some(crate::Expr::i64(1));
             }
-            let (a, b) = [(0, 1), (4, 5), (2, 3), (2, 3), (2, 3), (2, 3)]
+            let (a, b) = [(0, 1), (4, 5), (2, 3), (2, 3), (2, 3), (2, 3), (2, 3)]
                 .get(operand)
                 .copied()?;
             Some(i.get(a)?.clone() * i.get(b)?.clone())
         },
         bounds: |operand, i| {
-            let (a, b) = [(0, 1), (4, 5), (2, 3), (2, 3), (2, 3), (2, 3)]
+            let (a, b) = [(0, 1), (4, 5), (2, 3), (2, 3), (2, 3), (2, 3), (2, 3)]
                 .get(operand)
                 .copied()?;
             let len = i[a].checked_mul(i[b])?;
-            let len = if matches!(operand, 3 | 4) {
+            let len = if matches!(operand, 3 | 4 | 6) {
                 len.min(1)
             } else {
                 len
@@ -198,6 +199,7 @@ pub static ROUTINES: [Routine; 30] = [
                 p[3].cast(),
                 p[4].cast(),
                 p[5].cast(),
+                p[6].cast(),
                 i[0],
                 i[1],
                 i[2],
@@ -241,6 +243,7 @@ pub static ROUTINES: [Routine; 30] = [
             ("scale", Role::Optional, ir::DType::F32),
             ("shift", Role::Optional, ir::DType::F32),
             ("res", Role::Optional, ir::DType::F32),
+            ("scale2", Role::Optional, ir::DType::F32),
         ],
         replaces: None,
         in_place: true,
@@ -262,6 +265,7 @@ pub static ROUTINES: [Routine; 30] = [
                 p[3].cast(),
                 p[4].cast(),
                 p[5].cast(),
+                p[6].cast(),
                 i[0],
                 i[1],
                 i[2],
@@ -312,6 +316,7 @@ pub static ROUTINES: [Routine; 30] = [
             ("scale", Role::Optional, ir::DType::F32),
             ("shift", Role::Optional, ir::DType::F32),
             ("res", Role::Optional, ir::DType::F32),
+            ("scale2", Role::Optional, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
         in_place: true,
@@ -345,6 +350,7 @@ pub static ROUTINES: [Routine; 30] = [
                 p[4].cast(),
                 p[5].cast(),
                 p[6].cast(),
+                p[7].cast(),
                 i[0],
                 i[1],
                 i[2],
@@ -396,6 +402,7 @@ pub static ROUTINES: [Routine; 30] = [
             ("scale", Role::Optional, ir::DType::F32),
             ("shift", Role::Optional, ir::DType::F32),
             ("res", Role::Optional, ir::DType::F32),
+            ("scale2", Role::Optional, ir::DType::F32),
         ],
         replaces: Some((2, 1)),
         in_place: true,
@@ -427,7 +434,7 @@ pub static ROUTINES: [Routine; 30] = [
                     };
                     Some(n(1)? * per * n(6)? * n(7)? + crate::Expr::i64(flags))
                 }
-                4 | 5 => n(1),
+                4 | 5 | 7 => n(1),
                 _ => None,
             }
         },
@@ -442,6 +449,7 @@ pub static ROUTINES: [Routine; 30] = [
                 p[4].cast(),
                 p[5].cast(),
                 p[6].cast(),
+                p[7].cast(),
                 i[0],
                 i[1],
                 i[2],

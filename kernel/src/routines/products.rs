@@ -15,6 +15,7 @@ pub(super) const GEMM: Routine = Routine {
         ("scale", Role::Optional, ir::DType::F32),
         ("shift", Role::Optional, ir::DType::F32),
         ("res", Role::Optional, ir::DType::F32),
+        ("scale2", Role::Optional, ir::DType::F32),
     ],
     replaces: Some((2, 1)),
     in_place: true,
@@ -34,7 +35,7 @@ pub(super) const GEMM: Routine = Routine {
                 let len = gemm::packed_len(k as usize, n as usize);
                 (0, len as i64 - 1)
             }),
-            4 | 5 => {
+            4 | 5 | 7 => {
                 let len = if i[8] != 0 { n } else { m };
                 (m > 0 && n > 0).then_some((0, len - 1))
             }
@@ -51,6 +52,7 @@ pub(super) const GEMM: Routine = Routine {
             p[4].cast(),
             p[5].cast(),
             p[6].cast(),
+            p[7].cast(),
             i[0],
             i[1],
             i[2],
@@ -96,6 +98,7 @@ pub(super) const QGEMM: Routine = Routine {
         ("scale", Role::Optional, ir::DType::F32),
         ("shift", Role::Optional, ir::DType::F32),
         ("res", Role::Optional, ir::DType::F32),
+        ("scale2", Role::Optional, ir::DType::F32),
     ],
     replaces: Some((2, 1)),
     in_place: true,
@@ -114,7 +117,7 @@ pub(super) const QGEMM: Routine = Routine {
                 (0, len as i64 - 1)
             }),
             3 => Some((0, 0)),
-            5 | 6 => {
+            5 | 6 | 8 => {
                 let len = if i[7] != 0 { n } else { m };
                 (m > 0 && n > 0).then_some((0, len - 1))
             }
@@ -132,6 +135,7 @@ pub(super) const QGEMM: Routine = Routine {
             p[5].cast(),
             p[6].cast(),
             p[7].cast(),
+            p[8].cast(),
             i[0],
             i[1],
             i[2],
@@ -176,6 +180,7 @@ pub(super) const QCONV2D: Routine = Routine {
         ("scale", Role::Optional, ir::DType::F32),
         ("shift", Role::Optional, ir::DType::F32),
         ("res", Role::Optional, ir::DType::F32),
+        ("scale2", Role::Optional, ir::DType::F32),
     ],
     replaces: Some((2, 1)),
     in_place: true,
@@ -203,7 +208,7 @@ pub(super) const QCONV2D: Routine = Routine {
                 (k > 0 && o > 0).then(|| (0, qgemm::packed_len(k as usize, o as usize) as i64 - 1))
             }
             3 => Some((0, 0)),
-            5 | 6 => last(o),
+            5 | 6 | 8 => last(o),
             // A blocked result holds whole blocks of 16 channels.
             _ if i[15] != 0 => {
                 let lanes = (o.max(0).saturating_add(15) / 16).saturating_mul(16);
@@ -223,6 +228,7 @@ pub(super) const QCONV2D: Routine = Routine {
             p[5].cast(),
             p[6].cast(),
             p[7].cast(),
+            p[8].cast(),
             i[0],
             i[1],
             i[2],
@@ -280,6 +286,7 @@ pub(super) const QGEMM4: Routine = Routine {
         ("scale", Role::Optional, ir::DType::F32),
         ("shift", Role::Optional, ir::DType::F32),
         ("res", Role::Optional, ir::DType::F32),
+        ("scale2", Role::Optional, ir::DType::F32),
     ],
     // Not `Some((4, 1))`: a weight dequantized ahead of time is remade from it when a saved
     // plan is loaded (`crate::derive`), so it stays with the weights.
@@ -306,7 +313,7 @@ pub(super) const QGEMM4: Routine = Routine {
                 let len = gemm::packed_len(k as usize, n as usize);
                 (0, len as i64 - 1)
             }),
-            6 | 7 => {
+            6 | 7 | 9 => {
                 let len = if i[6] != 0 { n } else { m };
                 (m > 0 && n > 0).then_some((0, len - 1))
             }
@@ -325,6 +332,7 @@ pub(super) const QGEMM4: Routine = Routine {
             p[6].cast(),
             p[7].cast(),
             p[8].cast(),
+            p[9].cast(),
             i[0],
             i[1],
             i[2],

@@ -115,6 +115,7 @@ pub unsafe extern "C" fn kiln_qgemm(
     scale: *const f32,
     shift: *const f32,
     res: *const f32,
+    scale2: *const f32,
     a_rs: i64,
     b_rs: i64,
     b_cs: i64,
@@ -139,7 +140,7 @@ pub unsafe extern "C" fn kiln_qgemm(
     post_d: f32,
 ) {
     let epi = Epilogue::new(
-        (scale, shift, res),
+        (scale, shift, res, scale2),
         (lo, hi),
         cols,
         act,
@@ -854,7 +855,12 @@ mod tests {
                 .map(|x| (sums[x] + shift[x % n]).max(0.0))
                 .collect();
             let epi = Epilogue::new(
-                (std::ptr::null(), shift.as_ptr(), std::ptr::null()),
+                (
+                    std::ptr::null(),
+                    shift.as_ptr(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                ),
                 (0.0, f32::INFINITY),
                 1,
                 0,
@@ -871,7 +877,7 @@ mod tests {
                 (epi, "shift, clamp"),
                 (
                     Epilogue::new(
-                        (null, null, null),
+                        (null, null, null, null),
                         (f32::NEG_INFINITY, f32::INFINITY),
                         1,
                         0,
@@ -881,7 +887,7 @@ mod tests {
                 ),
                 (
                     Epilogue::new(
-                        (scale.as_ptr(), shift.as_ptr(), res.as_ptr()),
+                        (scale.as_ptr(), shift.as_ptr(), res.as_ptr(), null),
                         (f32::NEG_INFINITY, f32::INFINITY),
                         1,
                         4,
@@ -891,7 +897,7 @@ mod tests {
                 ),
                 (
                     Epilogue::new(
-                        (scale.as_ptr(), shift.as_ptr(), null),
+                        (scale.as_ptr(), shift.as_ptr(), null, null),
                         (-1.0, 1.0),
                         0,
                         3,
@@ -901,13 +907,23 @@ mod tests {
                 ),
                 (
                     Epilogue::new(
-                        (scale.as_ptr(), null, res.as_ptr()),
+                        (scale.as_ptr(), null, res.as_ptr(), null),
                         (f32::NEG_INFINITY, f32::INFINITY),
                         1,
                         0,
                         pair,
                     ),
                     "columns, residual, pair",
+                ),
+                (
+                    Epilogue::new(
+                        (scale.as_ptr(), shift.as_ptr(), null, res.as_ptr()),
+                        (0.0, 6.0),
+                        0,
+                        0,
+                        pair,
+                    ),
+                    "rows, pair, second scale, shift, clamps",
                 ),
             ];
             for (e, what) in &epis {
@@ -954,6 +970,7 @@ mod tests {
                     c.as_mut_ptr(),
                     std::ptr::null(),
                     shift.as_ptr(),
+                    std::ptr::null(),
                     std::ptr::null(),
                     k as i64,
                     1,

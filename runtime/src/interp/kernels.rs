@@ -246,7 +246,7 @@ mod tests {
     v1: f64 = add(v1, cast<f64>(x[v0]))
   }
   s[0] = v1
-  call gemm(a: x[0], b: x[1], b_packed: -, c: c[0], scale: -, shift: -, res: -; a_rs=1 a_cs=1 b_rs=1 b_cs=1 c_rs=1 m=1 n=1 k=2 cols=0 act=0 lo=-inf:f32 hi=inf:f32 pre_s=0.01:f32 pre_z=3.0:f32 pre_lo=0.0:f32 pre_hi=255.0:f32 pre_d=0.01:f32 pre_at=0.0:f32 post_s=0.0:f32 post_z=0.0:f32 post_lo=0.0:f32 post_hi=0.0:f32 post_d=0.0:f32)
+  call gemm(a: x[0], b: x[1], b_packed: -, c: c[0], scale: -, shift: -, res: -, scale2: -; a_rs=1 a_cs=1 b_rs=1 b_cs=1 c_rs=1 m=1 n=1 k=2 cols=0 act=0 lo=-inf:f32 hi=inf:f32 pre_s=0.01:f32 pre_z=3.0:f32 pre_lo=0.0:f32 pre_hi=255.0:f32 pre_d=0.01:f32 pre_at=0.0:f32 post_s=0.0:f32 post_z=0.0:f32 post_lo=0.0:f32 post_hi=0.0:f32 post_d=0.0:f32)
   check lt({n}, 3) else 7
   y[0] = 0.0:f32
 }",
@@ -286,7 +286,7 @@ mod tests {
             "{far}"
         );
         let wide = calls(
-            "call gemm(a: x[0], b: x[0], b_packed: -, c: y[0], scale: -, shift: -, res: -; a_rs=2 a_cs=1 \
+            "call gemm(a: x[0], b: x[0], b_packed: -, c: y[0], scale: -, shift: -, res: -, scale2: -; a_rs=2 a_cs=1 \
              b_rs=2 b_cs=1 c_rs=2 m=2 n=2 k=3 cols=0 act=0 lo=-inf:f32 hi=inf:f32 pre_s=0.0:f32 \
              pre_z=0.0:f32 pre_lo=0.0:f32 pre_hi=0.0:f32 pre_d=0.0:f32 pre_at=0.0:f32 \
              post_s=0.0:f32 post_z=0.0:f32 post_lo=0.0:f32 post_hi=0.0:f32 post_d=0.0:f32)",

@@ -531,10 +531,7 @@ impl Place<'_> {
 #[inline(always)]
 unsafe fn quick_row<const CLAMP: bool, const RES: bool>(
     e: &Epilogue,
-    st: (
-        Option<std::arch::x86_64::__m512>,
-        Option<std::arch::x86_64::__m512>,
-    ),
+    st: epilogue::Coefs<std::arch::x86_64::__m512>,
     d: *mut f32,
     ats: &[usize],
     v: impl Fn(usize) -> std::arch::x86_64::__m512,

@@ -25,6 +25,7 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
     scale: *const f32,
     shift: *const f32,
     res: *const f32,
+    scale2: *const f32,
     h: i64,
     w: i64,
     oh: i64,
@@ -54,7 +55,7 @@ pub unsafe extern "C" fn kiln_conv2d_plane(
 ) {
     let g = Geometry::of([h, w, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw]);
     let epi = Epilogue::new(
-        (scale, shift, res),
+        (scale, shift, res, scale2),
         (lo, hi),
         0,
         act,

@@ -1,7 +1,7 @@
 //! The epilogue in 8-lane AVX2 registers, the same bits as the AVX-512 code and the scalar
 //! `Epilogue::one`.
 
-use super::{Act, Epilogue, Quant, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
+use super::{Act, Coefs, Epilogue, Quant, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
 use crate::routines::rows::avx2::{exp8, key};
 use std::arch::x86_64::*;
 
@@ -15,9 +15,15 @@ pub(in crate::routines) unsafe fn coefs(
     i: usize,
     j: usize,
     m: __m256i,
-) -> (Option<__m256>, Option<__m256>) {
+) -> Coefs<__m256> {
     // SAFETY: forwarded.
-    unsafe { (coef(e, e.scale, (i, j), m), coef(e, e.shift, (i, j), m)) }
+    unsafe {
+        (
+            coef(e, e.scale, (i, j), m),
+            coef(e, e.shift, (i, j), m),
+            coef(e, e.scale2, (i, j), m),
+        )
+    }
 }
 
 /// [`super::avx512::coef`] for 8 lanes.
@@ -46,7 +52,7 @@ unsafe fn coef(e: &Epilogue, p: *const f32, (i, j): (usize, usize), m: __m256i) 
 #[inline(always)]
 pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool, const A: i64>(
     e: &Epilogue,
-    st: (Option<__m256>, Option<__m256>),
+    st: Coefs<__m256>,
     (n, step): (usize, usize),
     v: impl Fn(usize) -> __m256,
     out: *mut f32,
@@ -67,9 +73,7 @@ pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool, cons
 /// # Safety
 /// AVX2 available.
 #[inline(always)]
-pub(in crate::routines) unsafe fn quick_coefs(
-    (s, t): (Option<__m256>, Option<__m256>),
-) -> (__m256, __m256) {
+pub(in crate::routines) unsafe fn quick_coefs((s, t, _): Coefs<__m256>) -> (__m256, __m256) {
     // SAFETY: only called from AVX2 code.
     unsafe {
         (
@@ -123,7 +127,7 @@ pub(in crate::routines) unsafe fn quick_one<const CLAMP: bool, const RES: bool>(
 pub(in crate::routines) unsafe fn apply(
     e: &Epilogue,
     mut v: __m256,
-    (s, t): (Option<__m256>, Option<__m256>),
+    (s, t, s2): Coefs<__m256>,
     r: *const f32,
     m: __m256i,
 ) -> __m256 {
@@ -141,6 +145,9 @@ pub(in crate::routines) unsafe fn apply(
         }
         if let Some(q) = second {
             v = quant(q, v);
+        }
+        if let Some(s2) = s2 {
+            v = _mm256_mul_ps(v, s2);
         }
         if let (false, Some(t)) = (e.shift_first, t) {
             v = _mm256_add_ps(v, t);

@@ -1,7 +1,7 @@
 //! The epilogue in 16-lane AVX-512 registers: scale, shift, residual, clamps and activations of
 //! a run of outputs, the same bits as the scalar `Epilogue::one`.
 
-use super::{Act, Epilogue, Quant, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
+use super::{Act, Coefs, Epilogue, Quant, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH};
 use crate::routines::rows::avx512::{exp16, key};
 use std::arch::x86_64::*;
 
@@ -16,9 +16,15 @@ pub(in crate::routines) unsafe fn coefs(
     i: usize,
     j: usize,
     m: __mmask16,
-) -> (Option<__m512>, Option<__m512>) {
+) -> Coefs<__m512> {
     // SAFETY: forwarded.
-    unsafe { (coef(e, e.scale, (i, j), m), coef(e, e.shift, (i, j), m)) }
+    unsafe {
+        (
+            coef(e, e.scale, (i, j), m),
+            coef(e, e.shift, (i, j), m),
+            coef(e, e.scale2, (i, j), m),
+        )
+    }
 }
 
 /// One of [`coefs`]: per-row or per-column operand `p` at row `i`, column `j`. A function
@@ -56,12 +62,12 @@ unsafe fn coef(
 pub(in crate::routines) unsafe fn apply(
     e: &Epilogue,
     v: __m512,
-    (s, t): (Option<__m512>, Option<__m512>),
+    (s, t, s2): Coefs<__m512>,
     r: *const f32,
     m: __mmask16,
 ) -> __m512 {
     // SAFETY: forwarded.
-    let v = unsafe { linear(e, v, (s, t), r, m) };
+    let v = unsafe { linear(e, v, (s, t, s2), r, m) };
     // SAFETY: the CPU has AVX-512F.
     let v = unsafe { activate(e.act, v) };
     match &e.post {
@@ -166,7 +172,7 @@ pub(in crate::routines) unsafe fn activate(act: Act, v: __m512) -> __m512 {
 #[inline(always)]
 pub(in crate::routines) unsafe fn quick<const CLAMP: bool, const RES: bool, const A: i64>(
     e: &Epilogue,
-    st: (Option<__m512>, Option<__m512>),
+    st: Coefs<__m512>,
     (n, step): (usize, usize),
     v: impl Fn(usize) -> __m512,
     out: *mut f32,
@@ -224,9 +230,7 @@ pub(in crate::routines) unsafe fn quick_run(
 /// # Safety
 /// AVX-512F available.
 #[inline(always)]
-pub(in crate::routines) unsafe fn quick_coefs(
-    (s, t): (Option<__m512>, Option<__m512>),
-) -> (__m512, __m512) {
+pub(in crate::routines) unsafe fn quick_coefs((s, t, _): Coefs<__m512>) -> (__m512, __m512) {
     // SAFETY: the CPU has AVX-512F.
     unsafe {
         (
@@ -284,7 +288,7 @@ pub(in crate::routines) unsafe fn quick_one<const CLAMP: bool, const RES: bool>(
 pub(in crate::routines) unsafe fn linear(
     e: &Epilogue,
     mut v: __m512,
-    (s, t): (Option<__m512>, Option<__m512>),
+    (s, t, s2): Coefs<__m512>,
     r: *const f32,
     m: __mmask16,
 ) -> __m512 {
@@ -302,6 +306,9 @@ pub(in crate::routines) unsafe fn linear(
         }
         if let Some(q) = second {
             v = quant(q, v);
+        }
+        if let Some(s2) = s2 {
+            v = _mm512_mul_ps(v, s2);
         }
         if let (false, Some(t)) = (e.shift_first, t) {
             v = _mm512_add_ps(v, t);

@@ -122,7 +122,7 @@ unsafe fn store_quick_avx2<const CLAMP: bool, const RES: bool>(
     use std::arch::x86_64::*;
     // SAFETY: the CPU has AVX2; the rows are inside C, the residual and the operands.
     unsafe {
-        let (all, bounds, none) = (_mm256_set1_epi32(-1), quick_bounds(e), (None, None));
+        let (all, bounds, none) = (_mm256_set1_epi32(-1), quick_bounds(e), (None, None, None));
         // Per-column coefficients, a half's lanes (unused for per-row ones).
         let per_col = [0, 8].map(|j| {
             quick_coefs(if e.cols {

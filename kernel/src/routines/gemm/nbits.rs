@@ -121,6 +121,7 @@ pub unsafe extern "C" fn kiln_qgemm4(
     e_scale: *const f32,
     e_shift: *const f32,
     e_res: *const f32,
+    e_scale2: *const f32,
     a_rs: i64,
     c_rs: i64,
     m: i64,
@@ -145,7 +146,7 @@ pub unsafe extern "C" fn kiln_qgemm4(
     post_d: f32,
 ) {
     let epi = Epilogue::new(
-        (e_scale, e_shift, e_res),
+        (e_scale, e_shift, e_res, e_scale2),
         (lo, hi),
         cols,
         act,
