@@ -201,7 +201,9 @@ pub unsafe extern "C" fn kiln_qconv2d(
                     let planes = unsafe { std::slice::from_raw_parts(x, ci * h * wd) };
                     // Row y of every plane transposed (channels × pixels); the row holds wd
                     // pixels of ci channels.
-                    unsafe { transpose(planes, y * wd, h * wd, dst.as_mut_ptr(), ci, ci, wd) };
+                    unsafe {
+                        transpose_bytes(planes, y * wd, h * wd, dst.as_mut_ptr(), ci, ci, wd)
+                    };
                 }
             }
         });
@@ -357,6 +359,80 @@ unsafe fn store_blocked(row: &[f32], o: usize, c: *mut f32, p: usize, q: usize) 
     }
 }
 
+/// [`transpose`] of bytes: 16×16 tiles in SSE2 registers (x86-64's baseline), each byte
+/// interleaved with the byte eight rows down four times over (which turns row `r`, column
+/// `c` into row `c`, column `r`); tiles cut by the edges go through a copy.
+///
+/// # Safety
+/// As [`transpose`].
+unsafe fn transpose_bytes(
+    src: &[u8],
+    at: usize,
+    stride: usize,
+    dst: *mut u8,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        const T: usize = 16;
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        assert!(at + (rows - 1) * stride + cols <= src.len());
+        let s = src.as_ptr();
+        for i0 in (0..rows).step_by(T) {
+            for j0 in (0..cols).step_by(T) {
+                let (nr, nc) = ((rows - i0).min(T), (cols - j0).min(T));
+                // SAFETY: rows i0..i0 + nr and columns j0..j0 + nc are inside the source
+                // (asserted above) and their transposes inside the destination (the
+                // caller's); SSE2 is x86-64's.
+                unsafe {
+                    let mut a: [__m128i; T] = std::array::from_fn(|i| {
+                        let row = s.add(at + (i0 + i) * stride + j0);
+                        if i >= nr {
+                            _mm_setzero_si128()
+                        } else if nc == T {
+                            _mm_loadu_si128(row.cast())
+                        } else {
+                            let mut b = [0u8; T];
+                            std::ptr::copy_nonoverlapping(row, b.as_mut_ptr(), nc);
+                            _mm_loadu_si128(b.as_ptr().cast())
+                        }
+                    });
+                    for _ in 0..4 {
+                        a = std::array::from_fn(|x| {
+                            let (p, q) = (a[x / 2], a[x / 2 + 8]);
+                            if x % 2 == 0 {
+                                _mm_unpacklo_epi8(p, q)
+                            } else {
+                                _mm_unpackhi_epi8(p, q)
+                            }
+                        });
+                    }
+                    for (j, v) in a.iter().enumerate().take(nc) {
+                        let out = dst.add((j0 + j) * ld + i0);
+                        if nr == T {
+                            _mm_storeu_si128(out.cast(), *v);
+                        } else {
+                            let mut b = [0u8; T];
+                            _mm_storeu_si128(b.as_mut_ptr().cast(), *v);
+                            std::ptr::copy_nonoverlapping(b.as_ptr(), out, nr);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: forwarded.
+    unsafe {
+        transpose(src, at, stride, dst, ld, rows, cols)
+    }
+}
+
 /// `dst[j·ld + i] = src[at + i·stride + j]` for `i < rows`, `j < cols`: a strided matrix
 /// transposed, in 8×8 tiles of eight runs of eight in and out. `dst` is a pointer, not a
 /// slice: the threads' parts of one result write disjoint columns of the same rows.
@@ -434,6 +510,44 @@ fn copy(src: &[u8], dst: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte transpose's tiles and edges are the generic transpose's, for shapes around
+    /// whole tiles, strides past the columns and destinations with a wider `ld`.
+    #[test]
+    fn byte_transposes_are_transposes() {
+        let mut rnd = super::super::lcg(7);
+        for (rows, cols) in [
+            (16, 16),
+            (3, 224),
+            (16, 112),
+            (32, 56),
+            (17, 33),
+            (64, 14),
+            (5, 5),
+        ] {
+            for (pad, wide) in [(0, 0), (9, 3)] {
+                let stride = cols + pad;
+                let at = 5;
+                let src: Vec<u8> = (0..at + rows * stride)
+                    .map(|_| (rnd() >> 56) as u8)
+                    .collect();
+                let ld = rows + wide;
+                let mut want = vec![0xAAu8; cols * ld];
+                let mut got = want.clone();
+                // SAFETY: dst holds cols rows of ld ≥ rows.
+                unsafe {
+                    transpose(&src, at, stride, want.as_mut_ptr(), ld, rows, cols);
+                    transpose_bytes(&src, at, stride, got.as_mut_ptr(), ld, rows, cols);
+                }
+                assert_eq!(got, want, "{rows}×{cols}, stride {stride}, ld {ld}");
+                for j in 0..cols {
+                    for i in 0..rows {
+                        assert_eq!(want[j * ld + i], src[at + i * stride + j]);
+                    }
+                }
+            }
+        }
+    }
 
     /// No terms (no input channels): the epilogue of zero sums, written exactly over the
     /// result — planar (3 channels: not whole blocks) or blocked — and nothing past it.
