@@ -11,7 +11,8 @@
 //! - reductions bring their prologue and epilogue (softmax, layer norm and RMS norm are one
 //!   kernel each);
 //! - a kernel holds at most one `dot` or `conv`, which takes no reduction in the same kernel,
-//!   only movement ops on its operands, and elementwise work after it (bias, activation,
+//!   only movement ops on its operands (not the blocking of a quantized conv's result, which
+//!   that conv's kernel stores blocked), and elementwise work after it (bias, activation,
 //!   residual);
 //! - a kernel holds no elementwise work that continues another heavy op's epilogue (see
 //!   [`owners`]): where several products meet (an LSTM's gates, a ResNet block's two branches),
@@ -337,8 +338,9 @@ fn absorb(
     let ok = match c {
         Class::Opaque => false,
         Class::SmallConstant => true,
-        // Only indexing on the way into a dot or conv.
-        Class::Movement => true,
+        // Only indexing on the way into a dot or conv — but a quantized conv's result made
+        // channel-blocked stays with that conv, whose routine stores it blocked.
+        Class::Movement => grp.heavy.is_none() || !blocks_qconv(g, p),
         // Work continuing a product's epilogue stays for the product's kernel, which applies
         // it as it stores, rather than a reduction's loops after it (a conv's batch norm and
         // clip before a global average pool ran as scalar loops in the pool's kernel).
@@ -363,6 +365,40 @@ fn absorb(
         _ => {}
     }
     true
+}
+
+/// Whether `p` makes a 2-D quantized conv's result — through elementwise steps of one image
+/// each, the rest small operands — channel-blocked as the layout pass writes it (a reshape
+/// splitting the channels, then the transpose putting them last), or is that reshape.
+fn blocks_qconv(g: &Graph, p: NodeId) -> bool {
+    let n = g.node(p);
+    let reshape = match n.op() {
+        Op::Transpose { perm } if perm[..] == [0, 1, 3, 4, 2] => n.inputs()[0].node,
+        Op::Reshape { .. } => p,
+        _ => return false,
+    };
+    let r = g.node(reshape);
+    if !matches!(r.op(), Op::Reshape { .. }) || r.types()[0].shape.rank() != 5 {
+        return false;
+    }
+    let mut at = r.inputs()[0];
+    loop {
+        let node = g.node(at.node);
+        match node.op() {
+            Op::Qconv { groups: 1, .. } => return true,
+            op if op.is_elementwise() => {
+                let image = &node.types()[0].shape;
+                let mut big = node.inputs().iter().filter(|v| {
+                    g.value_type(**v).shape == *image && class(g, v.node) != Class::Movement
+                });
+                match (big.next(), big.next()) {
+                    (Some(&v), None) => at = v,
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        }
+    }
 }
 
 /// The kernel node for a group: its operands (values from outside) and its op.

@@ -1,7 +1,8 @@
 //! The channel-blocked image layout (NCHWc): 2-D f32 convs with constant filters become
 //! `conv_blocked`, whose results are `[N, ⌈C/16⌉, H, W, 16]` values — dense ones from a
 //! blocked input where there is one (from the plain image otherwise: a first conv's three
-//! channels), depthwise ones from blocked inputs — and the work between such convs follows
+//! channels), depthwise ones from blocked inputs or a quantized conv's result (blocked for
+//! them: `qconv2d` stores blocks as cheaply as planes) — and the work between such convs follows
 //! them into the blocked layout: elementwise ops (with per-channel or scalar broadcast
 //! operands, or a plain image beside a blocked one, a residual), pooling windows, channel
 //! concats, and global reductions over the image (whose `[N, ⌈C/16⌉, 1, 1, 16]` result is
@@ -309,9 +310,15 @@ impl Layout<'_> {
         let c = channels(&xt.shape);
         let xb = self.blocked.get(&x).copied();
         let (input, filters, groups) = if *groups > 1 && cg == 1 && o == *groups && c == o {
-            // Depthwise convs vectorize over a blocked input's channels.
-            let Some(xb) = xb else {
-                return Ok(None);
+            // Depthwise convs vectorize over a blocked input's channels: one there is, or a
+            // quantized conv's result (through elementwise steps), which its routine stores
+            // blocked as cheaply as planar (the lowering's `qconv_blocked`).
+            let xb = match xb {
+                Some(xb) => xb,
+                None if c % self.block == 0 && from_qconv(b.graph(), x) => {
+                    to_blocked(b, x, self.block)?
+                }
+                None => return Ok(None),
             };
             (xb, [self.up(c), 1], self.up(c))
         } else if *groups == 1 {
@@ -558,6 +565,40 @@ fn blocked_conv(op: &Op, block: i64, groups: i64) -> Op {
         pad_high: pad_high.clone(),
         groups,
         block,
+    }
+}
+
+/// Whether image `x` is a 2-D quantized conv's result of one group, through elementwise
+/// steps of one image each (the rest constants or broadcasts: an epilogue's).
+fn from_qconv(g: &ir::Graph, mut x: Value) -> bool {
+    loop {
+        let node = g.node(x.node);
+        match node.op() {
+            Op::Qconv { groups: 1, .. } => return node.types()[0].shape.rank() == 4,
+            op if op.is_elementwise() => {
+                let image = &node.types()[0].shape;
+                let mut images = node
+                    .inputs()
+                    .iter()
+                    .filter(|v| g.value_type(**v).shape == *image && !constant(g, **v));
+                match (images.next(), images.next()) {
+                    (Some(&v), None) => x = v,
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Whether `v` is a constant, seen through broadcasts and reshapes.
+fn constant(g: &ir::Graph, mut v: Value) -> bool {
+    loop {
+        match g.node(v.node).op() {
+            Op::Constant { .. } => return true,
+            Op::Broadcast { .. } | Op::Reshape { .. } => v = g.node(v.node).inputs()[0],
+            _ => return false,
+        }
     }
 }
 
