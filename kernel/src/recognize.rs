@@ -339,7 +339,7 @@ fn quantize_call(
 /// a row — a quantize-dequantize pair (without `+ z`, `− zo` or `· d` where they are 0, 0
 /// and 1; a division by 2^e as the product by 2^-e it was simplified to; the zero point taken
 /// off in integers, `cast<f32>(sub(cast<i32>(q), cast<i32>(cast<u8|i8>(zo))))`, as a dynamic
-/// quantizer's feeding an exact f32 product) of the row or the row scaled by one value — as
+/// quantizer's feeding an exact f32 product; the byte widened to i32 before f32) of the row or the row scaled by one value — as
 /// `call row_qdq`, which computes every such pair as these ops do. A pair of another pair
 /// plus a row (an embedding's token, position and type rows summed between pairs) is that
 /// pair's calls into `dst`, then this one's from `dst` with the row added.
@@ -399,7 +399,11 @@ fn qdq_calls(
             };
             (q, back)
         }
-        (_, zo) => (inner, zo.unwrap_or(f(0.0))),
+        // (Through a widening to i32 first, exact: a QLinear op's integers read as f32.)
+        (_, zo) => match cast_of(&inner, DType::I32) {
+            Some(q) if matches!(q.dtype(k), DType::U8 | DType::I8) => (q, zo.unwrap_or(f(0.0))),
+            _ => (inner, zo.unwrap_or(f(0.0))),
+        },
     };
     let (a, (lo, hi)) = match (cast_of(&q, DType::U8), cast_of(&q, DType::I8)) {
         (Some(a), _) => (a, (0.0, 255.0)),
@@ -946,6 +950,13 @@ mod tests {
         let out = row_calls_of(&text(&pair));
         assert!(
             out.contains("s=4.0:f32 z=0.0:f32 zo=0.0:f32 lo=-128.0:f32 hi=127.0:f32 d=1.0:f32"),
+            "{out}"
+        );
+        // The byte widened to i32 first (QLinearSoftmax's output, times 2^8 for its 1/256).
+        let pair = format!("cast<f32>(cast<i32>(cast<u8>(round(mul({x}, 256.0:f32)))))");
+        let out = row_calls_of(&text(&pair));
+        assert!(
+            out.contains("s=0.00390625:f32 z=0.0:f32 zo=0.0:f32 lo=0.0:f32 hi=255.0:f32"),
             "{out}"
         );
         // Of the row scaled by a value of the outer loops.
