@@ -263,6 +263,9 @@ fn quantize_call(
     let [inner] = args.as_slice() else {
         return None;
     };
+    if let Some(c) = quantize_s8_call(k, var, extent, (dst, &doff), inner) {
+        return Some(c);
+    }
     let (rounded, z) = match inner {
         Expr::Op {
             op: Op::Add,
@@ -331,6 +334,64 @@ fn quantize_call(
         vec![Some((src, soff)), Some(res), Some((dst, doff))],
         extent,
         vec![s.clone(), z, rz, rs],
+        None,
+    ))
+}
+
+/// `dst[i] = cast<u8>(add(cast<i32>(cast<i8>(round(div(src[i], s)))), 128))` along a row
+/// (`inner` the sum: a symmetric int8 quantizer shifted to u8; `s` 1 without the division)
+/// as `call row_quantize_s8`.
+fn quantize_s8_call(
+    k: &Kernel,
+    var: VarId,
+    extent: &Expr,
+    (dst, doff): (usize, &Expr),
+    inner: &Expr,
+) -> Option<Stmt> {
+    let un = |e: &Expr, want: DType| -> Option<Expr> {
+        match e {
+            Expr::Op { op, args, dtype: t }
+                if *t == want && args.len() == 1 && matches!(op, Op::Cast { .. } | Op::Round) =>
+            {
+                Some(args[0].clone())
+            }
+            _ => None,
+        }
+    };
+    let Expr::Op {
+        op: Op::Add,
+        args,
+        dtype: DType::I32,
+    } = inner
+    else {
+        return None;
+    };
+    let [wide, Expr::Int(128, DType::I32)] = args.as_slice() else {
+        return None;
+    };
+    let narrow = un(wide, DType::I32)?;
+    let rounded = un(&narrow, DType::I8)?;
+    if !matches!(rounded, Expr::Op { op: Op::Round, .. }) {
+        return None;
+    }
+    let arg = un(&rounded, DType::F32)?;
+    let (x, s) = match &arg {
+        Expr::Op {
+            op: Op::Div,
+            args,
+            dtype: DType::F32,
+        } if args.len() == 2 => (args[0].clone(), args[1].clone()),
+        x => (x.clone(), Expr::Float(1.0, DType::F32)),
+    };
+    if !uniform(k, &s, var, dst) {
+        return None;
+    }
+    let (src, soff) = row_load(k, &x, var)?;
+    Some(call(
+        "row_quantize_s8",
+        vec![Some((src, soff)), Some((dst, doff.clone()))],
+        extent,
+        vec![s],
         None,
     ))
 }
@@ -914,6 +975,38 @@ mod tests {
         let mut k = crate::parse_kernel(text).unwrap();
         row_calls(&mut k);
         k.to_string()
+    }
+
+    #[test]
+    fn a_shifted_int8_quantizer_is_a_call() {
+        let x = "x[((v0 * 64) + v1)]";
+        for (arg, s) in [
+            (format!("div({x}, 0.25:f32)"), "0.25"),
+            (x.to_string(), "1.0"),
+        ] {
+            let q = format!("cast<u8>(add(cast<i32>(cast<i8>(round({arg}))), 128:i32))");
+            let text = format!(
+                "kernel @k(in x: f32[128], out o: u8[128]) {{
+  for v0 in 0..2 parallel {{
+    for v1 in 0..64 vector(4) {{
+      o[((v0 * 64) + v1)] = {q}
+    }}
+  }}
+}}"
+            );
+            let out = row_calls_of(&text);
+            assert!(
+                out.contains("call row_quantize_s8(") && out.contains(&format!("s={s}:f32")),
+                "{out}"
+            );
+        }
+        // Another shift is not this quantizer.
+        let text = "kernel @k(in x: f32[128], out o: u8[128]) {
+  for v1 in 0..128 vector(4) {
+    o[v1] = cast<u8>(add(cast<i32>(cast<i8>(round(x[v1]))), 127:i32))
+  }
+}";
+        assert!(!row_calls_of(text).contains("row_quantize_s8"));
     }
 
     #[test]

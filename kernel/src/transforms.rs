@@ -31,7 +31,7 @@ pub static TRANSFORMS: &[Transform] = &[
         summary: "loops that are a row's f32 maximum or minimum, its f64 sum (of squares), \
                   exp(x - s) along it, or a quantizer, dequantizer or quantize-dequantize \
                   pair of it become calls of the library routines (row_max, row_sum_f64, \
-                  row_sumsq_f64, row_exp_sub, row_quantize, row_dequantize, row_qdq, ...), \
+                  row_sumsq_f64, row_exp_sub, row_quantize, row_quantize_s8, row_dequantize, row_qdq, ...), \
                   a loop over div/rem of its variable split into rows first; a row's sigmoid \
                   or tanh in a vector loop is computed first (row_act)",
         run: crate::recognize::row_calls,

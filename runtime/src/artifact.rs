@@ -23,7 +23,8 @@ pub const MAGIC: &[u8; 8] = b"KILNART\0";
 /// `conv2d_nchwc` over a blocked input sums `c` channels, which may leave padding lanes of
 /// its last block unread); 14: `qgemm4`, and kernel constants derived on loading, not
 /// stored; 15: the epilogue's QDQ pairs, eight more scalars; 16: `qgemm4`'s `xq` (int8
-/// rows), the byte pools `pool2d_u8` and `pool2d_i8`; 17: the epilogue's `scale2` operand).
+/// rows), the byte pools `pool2d_u8` and `pool2d_i8`; 17: the epilogue's `scale2` operand,
+/// `row_quantize_s8`).
 pub const FORMAT_VERSION: u32 = 17;
 /// Sections start at multiples of this (a cache line; enough for any element type).
 pub const SECTION_ALIGN: usize = 64;

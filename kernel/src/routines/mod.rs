@@ -140,7 +140,7 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 30] = [
+pub static ROUTINES: [Routine; 31] = [
     products::GEMM,
     products::QGEMM,
     products::QCONV2D,
@@ -649,6 +649,7 @@ pub static ROUTINES: [Routine; 30] = [
     rows_table::ROW_MIN,
     rows_table::DYNAMIC_QUANTIZE,
     rows_table::ROW_QUANTIZE,
+    rows_table::ROW_QUANTIZE_S8,
     rows_table::ROW_QUANTIZE_RES,
     rows_table::ROW_QDQ,
     rows_table::ROW_DEQUANTIZE,

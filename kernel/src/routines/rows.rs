@@ -137,6 +137,25 @@ pub unsafe extern "C" fn kiln_row_quantize(src: *const f32, dst: *mut u8, n: i64
     unsafe { row_quantize(src, None, dst, n, (s, z)) }
 }
 
+/// `dst[i] = u8(i8(round(src[i] / s)) + 128)` for `i < n` (see the routine table's
+/// `row_quantize_s8`): the u8 quantizer of zero point 128, the same number for every input
+/// but NaN (i8's 0, so 128, where the u8 conversion gives 0) — patched after.
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n` elements.
+pub unsafe extern "C" fn kiln_row_quantize_s8(src: *const f32, dst: *mut u8, n: i64, s: f32) {
+    // SAFETY: forwarded.
+    unsafe { row_quantize(src, None, dst, n, (s, 128.0)) };
+    for i in 0..n.max(0) as usize {
+        // SAFETY: inside the rows.
+        unsafe {
+            if (*src.add(i)).is_nan() {
+                *dst.add(i) = 128;
+            }
+        }
+    }
+}
+
 /// `dst[i] = u8(round((src[i] + (f32(res[i]) - rz)·rs) / s) + z)` for `i < n`: a quantizer
 /// of a sum with a dequantized u8 residual (see the routine table's `row_quantize_res`).
 ///
@@ -1122,6 +1141,38 @@ mod tests {
         assert_eq!(quantize(f32::NAN, 1.0, 0.0), 0);
         assert_eq!(quantize(1e30, 1.0, 0.0), 255);
         assert_eq!(quantize(-1e30, 1.0, 0.0), 0);
+    }
+
+    /// The shifted int8 quantizer is its definition — the i8 conversion (saturating, NaN 0)
+    /// plus 128 — on halves, NaNs, infinities, zeros of both signs and numbers of every size.
+    #[test]
+    fn row_quantize_s8_is_the_shifted_int8_quantizer() {
+        let mut next = super::super::lcg(11);
+        for s in [0.007_872_998f32, 1.0, 0.5, 3.1, 1e-30] {
+            let mut src: Vec<f32> = (-400..400).map(|k| (k as f32 + 0.5) * s).collect();
+            src.extend([
+                f32::NAN,
+                -f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                0.0,
+                -0.0,
+            ]);
+            src.extend([127.5 * s, -128.5 * s, 127.49 * s, -128.51 * s, 1e30, -1e30]);
+            src.extend((0..3000).map(|_| f32::from_bits((next() >> 32) as u32)));
+            let want: Vec<u8> = src
+                .iter()
+                .map(|&x| {
+                    let r = (x / s).round_ties_even();
+                    // Rust's `as` saturates and takes NaN to 0, as kiln's conversions do.
+                    (i32::from(r as i8) + 128) as u8
+                })
+                .collect();
+            let mut got = vec![7u8; src.len()];
+            // SAFETY: both rows hold their elements.
+            unsafe { kiln_row_quantize_s8(src.as_ptr(), got.as_mut_ptr(), src.len() as i64, s) };
+            assert_eq!(got, want, "s {s}");
+        }
     }
 
     #[test]
