@@ -282,7 +282,7 @@ pub struct Epilogue {
     pub scale2: Option<(BufId, Expr)>,
     pub lo: f64,
     pub hi: f64,
-    /// Whether scale and shift are per column (products only).
+    /// Whether scale, shift and scale2 are per column (products only).
     pub cols: bool,
     /// The activation: 0 none, 1 sigmoid, 2 tanh, ... (as `routines::epilogue::Act::of`).
     pub act: i64,

@@ -367,14 +367,14 @@ fn absorb(
     true
 }
 
-/// Whether `p` makes a 2-D quantized conv's result — through elementwise steps of one image
-/// each, the rest small operands — channel-blocked as the layout pass writes it (a reshape
-/// splitting the channels, then the transpose putting them last), or is that reshape.
+/// Whether `p` is the transpose that makes a 2-D quantized conv's result — through
+/// elementwise steps of one image each (their other operands broadcasts or views) —
+/// channel-blocked as the layout pass writes it: a reshape splitting the channels, then the
+/// transpose putting them last.
 fn blocks_qconv(g: &Graph, p: NodeId) -> bool {
     let n = g.node(p);
     let reshape = match n.op() {
         Op::Transpose { perm } if perm[..] == [0, 1, 3, 4, 2] => n.inputs()[0].node,
-        Op::Reshape { .. } => p,
         _ => return false,
     };
     let r = g.node(reshape);

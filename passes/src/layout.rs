@@ -568,13 +568,17 @@ fn blocked_conv(op: &Op, block: i64, groups: i64) -> Op {
     }
 }
 
-/// Whether image `x` is a 2-D quantized conv's result of one group, through elementwise
-/// steps of one image each (the rest constants or broadcasts: an epilogue's).
+/// Whether image `x` is a 2-D quantized conv's result of one group over a u8 image (what
+/// `qconv2d` computes), through elementwise steps of one image each (their other operands
+/// constants seen through broadcasts and reshapes, or smaller: an epilogue's).
 fn from_qconv(g: &ir::Graph, mut x: Value) -> bool {
     loop {
         let node = g.node(x.node);
         match node.op() {
-            Op::Qconv { groups: 1, .. } => return node.types()[0].shape.rank() == 4,
+            Op::Qconv { groups: 1, .. } => {
+                let image = g.value_type(node.inputs()[0]);
+                return node.types()[0].shape.rank() == 4 && image.dtype == DType::U8;
+            }
             op if op.is_elementwise() => {
                 let image = &node.types()[0].shape;
                 let mut images = node

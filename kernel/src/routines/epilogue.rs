@@ -1,6 +1,6 @@
 //! What products and convolutions apply to each output as they store it (a fused epilogue):
-//! `y = post(act(clamp((pre(x)·scale·scale2 + shift) + res[at], lo, hi)))` with `scale`,
-//! `scale2` and `shift` per row (a convolution's output channel) or per column (a product's bias), every part
+//! `y = post(act(clamp((pre(x)·scale·scale2 + shift) + res[at], lo, hi)))` (or `pre(x·scale)`)
+//! with `scale`, `scale2` and `shift` per row (a convolution's output channel) or per column (a product's bias), every part
 //! optional — a folded batch norm, a bias, a residual add, ReLU/ReLU6/Clip, a sigmoid, tanh,
 //! GELU, SiLU, HardSwish (as ONNX, Paddle or Keras write it) or HardSigmoid, and `pre` and
 //! `post` a QDQ model's quantize-dequantize pairs ([`Quant`]; `pre` after the scale instead,
@@ -227,7 +227,7 @@ pub struct Epilogue {
     pub lo: f32,
     /// The upper clamp (+inf for none).
     pub hi: f32,
-    /// Whether `scale` and `shift` are per column.
+    /// Whether `scale`, `shift` and `scale2` are per column.
     pub cols: bool,
     /// The activation.
     pub act: Act,

@@ -359,9 +359,10 @@ unsafe fn store_blocked(row: &[f32], o: usize, c: *mut f32, p: usize, q: usize) 
     }
 }
 
-/// [`transpose`] of bytes: 16×16 tiles in SSE2 registers (x86-64's baseline), each byte
-/// interleaved with the byte eight rows down four times over (which turns row `r`, column
-/// `c` into row `c`, column `r`); tiles cut by the edges go through a copy.
+/// [`transpose`] of bytes: whole 16×16 tiles in SSE2 registers (x86-64's baseline), each
+/// byte interleaved with the byte eight rows down four times over (which turns row `r`,
+/// column `c` into row `c`, column `r`); the edges (and matrices of fewer than 16 rows, a
+/// first conv's three channels) by [`transpose`].
 ///
 /// # Safety
 /// As [`transpose`].
@@ -378,29 +379,18 @@ unsafe fn transpose_bytes(
     {
         use std::arch::x86_64::*;
         const T: usize = 16;
-        if rows == 0 || cols == 0 {
-            return;
+        let (r16, c16) = (rows / T * T, cols / T * T);
+        if r16 > 0 && c16 > 0 {
+            assert!(at + (r16 - 1) * stride + c16 <= src.len());
         }
-        assert!(at + (rows - 1) * stride + cols <= src.len());
         let s = src.as_ptr();
-        for i0 in (0..rows).step_by(T) {
-            for j0 in (0..cols).step_by(T) {
-                let (nr, nc) = ((rows - i0).min(T), (cols - j0).min(T));
-                // SAFETY: rows i0..i0 + nr and columns j0..j0 + nc are inside the source
-                // (asserted above) and their transposes inside the destination (the
-                // caller's); SSE2 is x86-64's.
+        for i0 in (0..r16).step_by(T) {
+            for j0 in (0..c16).step_by(T) {
+                // SAFETY: rows i0.. and columns j0.. of this whole tile are inside the source
+                // (asserted above) and the destination (the caller's); SSE2 is x86-64's.
                 unsafe {
                     let mut a: [__m128i; T] = std::array::from_fn(|i| {
-                        let row = s.add(at + (i0 + i) * stride + j0);
-                        if i >= nr {
-                            _mm_setzero_si128()
-                        } else if nc == T {
-                            _mm_loadu_si128(row.cast())
-                        } else {
-                            let mut b = [0u8; T];
-                            std::ptr::copy_nonoverlapping(row, b.as_mut_ptr(), nc);
-                            _mm_loadu_si128(b.as_ptr().cast())
-                        }
+                        _mm_loadu_si128(s.add(at + (i0 + i) * stride + j0).cast())
                     });
                     for _ in 0..4 {
                         a = std::array::from_fn(|x| {
@@ -412,17 +402,20 @@ unsafe fn transpose_bytes(
                             }
                         });
                     }
-                    for (j, v) in a.iter().enumerate().take(nc) {
-                        let out = dst.add((j0 + j) * ld + i0);
-                        if nr == T {
-                            _mm_storeu_si128(out.cast(), *v);
-                        } else {
-                            let mut b = [0u8; T];
-                            _mm_storeu_si128(b.as_mut_ptr().cast(), *v);
-                            std::ptr::copy_nonoverlapping(b.as_ptr(), out, nr);
-                        }
+                    for (j, v) in a.iter().enumerate() {
+                        _mm_storeu_si128(dst.add((j0 + j) * ld + i0).cast(), *v);
                     }
                 }
+            }
+        }
+        // SAFETY: the rest — columns past the whole tiles, then rows past them — inside both
+        // as above.
+        unsafe {
+            if c16 < cols {
+                transpose(src, at + c16, stride, dst.add(c16 * ld), ld, rows, cols - c16);
+            }
+            if r16 < rows && c16 > 0 {
+                transpose(src, at + r16 * stride, stride, dst.add(r16), ld, rows - r16, c16);
             }
         }
     }

@@ -138,8 +138,9 @@ pub unsafe extern "C" fn kiln_row_quantize(src: *const f32, dst: *mut u8, n: i64
 }
 
 /// `dst[i] = u8(i8(round(src[i] / s)) + 128)` for `i < n` (see the routine table's
-/// `row_quantize_s8`): the u8 quantizer of zero point 128, the same number for every input
-/// but NaN (i8's 0, so 128, where the u8 conversion gives 0) — patched after.
+/// `row_quantize_s8`): the u8 quantizer of zero point 128, the same number for every
+/// quotient but NaN (a NaN input or scale, 0/0, ∞/∞: i8's 0, so 128, where the u8
+/// conversion gives 0) — patched after.
 ///
 /// # Safety
 /// `src` readable and `dst` writable for `n` elements.
@@ -149,7 +150,7 @@ pub unsafe extern "C" fn kiln_row_quantize_s8(src: *const f32, dst: *mut u8, n: 
     for i in 0..n.max(0) as usize {
         // SAFETY: inside the rows.
         unsafe {
-            if (*src.add(i)).is_nan() {
+            if (*src.add(i) / s).is_nan() {
                 *dst.add(i) = 128;
             }
         }
@@ -1148,7 +1149,12 @@ mod tests {
     #[test]
     fn row_quantize_s8_is_the_shifted_int8_quantizer() {
         let mut next = super::super::lcg(11);
-        for s in [0.007_872_998f32, 1.0, 0.5, 3.1, 1e-30] {
+        // (A scale of 0, ∞ or NaN: quotients of NaN, 0/0 and ∞/∞ among the others.)
+        let odd = [0.0, -0.0, f32::INFINITY, f32::NAN, -0.5];
+        for s in [0.007_872_998f32, 1.0, 0.5, 3.1, 1e-30]
+            .into_iter()
+            .chain(odd)
+        {
             let mut src: Vec<f32> = (-400..400).map(|k| (k as f32 + 0.5) * s).collect();
             src.extend([
                 f32::NAN,

@@ -1266,10 +1266,10 @@ mod tests {
             let epilogues = (epilogues.iter().enumerate())
                 .flat_map(|(n, &e)| [(e, pairs[0]), (e, pairs[1 + n % 3])]);
             for ((ops, lo, hi, act), quant) in epilogues {
-                let (sc2, t, r) = ops;
+                let (s1, t, r) = ops;
                 // A second scale with the pair after the scale (QOperator's batch norm).
-                let s2 = if quant[5] == 1.0 { sc2 } else { null };
-                let e = Epilogue::new((sc2, t, r, s2), (lo, hi), 1, act, quant);
+                let s2 = if quant[5] == 1.0 { s1 } else { null };
+                let e = Epilogue::new((s1, t, r, s2), (lo, hi), 1, act, quant);
                 let want: Vec<u32> = (0..size)
                     .map(|i| {
                         let ch = i / ((oh * ow) as usize * BLOCK) * BLOCK + i % BLOCK;

@@ -5,7 +5,8 @@ use super::{Act, Coefs, Epilogue, Quant, ERF_BIG, ERF_SMALL, SIXTH, SQRT2, TANH}
 use crate::routines::rows::avx512::{exp16, key};
 use std::arch::x86_64::*;
 
-/// Scale and shift vectors for the 16 outputs of row `i` from column `j` (lanes in `m`).
+/// Scale, shift and second-scale vectors for the 16 outputs of row `i` from column `j`
+/// (lanes in `m`).
 ///
 /// # Safety
 /// AVX-512F available; row `i` (columns `j..` in `m`) inside the per-row (per-column)
