@@ -412,10 +412,26 @@ unsafe fn transpose_bytes(
         // as above.
         unsafe {
             if c16 < cols {
-                transpose(src, at + c16, stride, dst.add(c16 * ld), ld, rows, cols - c16);
+                transpose(
+                    src,
+                    at + c16,
+                    stride,
+                    dst.add(c16 * ld),
+                    ld,
+                    rows,
+                    cols - c16,
+                );
             }
             if r16 < rows && c16 > 0 {
-                transpose(src, at + r16 * stride, stride, dst.add(r16), ld, rows - r16, c16);
+                transpose(
+                    src,
+                    at + r16 * stride,
+                    stride,
+                    dst.add(r16),
+                    ld,
+                    rows - r16,
+                    c16,
+                );
             }
         }
     }
