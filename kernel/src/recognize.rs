@@ -339,8 +339,8 @@ fn quantize_call(
 }
 
 /// `dst[i] = cast<u8>(add(cast<i32>(cast<i8>(round(div(src[i], s)))), 128))` along a row
-/// (`inner` the sum: a symmetric int8 quantizer shifted to u8; `s` 1 without the division)
-/// as `call row_quantize_s8`.
+/// (`inner` the sum: a symmetric int8 quantizer shifted to u8; `s` 1 without the division;
+/// `src[i]` or `max(src[i], lo)`) as `call row_quantize_s8`.
 fn quantize_s8_call(
     k: &Kernel,
     var: VarId,
@@ -386,12 +386,27 @@ fn quantize_s8_call(
     if !uniform(k, &s, var, dst) {
         return None;
     }
-    let (src, soff) = row_load(k, &x, var)?;
+    // The row, or the row clamped below by one value (a ReLU before the quantizer).
+    let ((src, soff), lo) = match &x {
+        Expr::Op {
+            op: Op::Max,
+            args,
+            dtype: DType::F32,
+        } if args.len() == 2 => match (row_load(k, &args[0], var), row_load(k, &args[1], var)) {
+            (Some(row), _) if uniform(k, &args[1], var, dst) => (row, args[1].clone()),
+            (_, Some(row)) if uniform(k, &args[0], var, dst) => (row, args[0].clone()),
+            _ => return None,
+        },
+        x => (
+            row_load(k, x, var)?,
+            Expr::Float(f64::NEG_INFINITY, DType::F32),
+        ),
+    };
     Some(call(
         "row_quantize_s8",
         vec![Some((src, soff)), Some((dst, doff.clone()))],
         extent,
-        vec![s],
+        vec![s, lo],
         None,
     ))
 }
@@ -999,6 +1014,18 @@ mod tests {
                 out.contains("call row_quantize_s8(") && out.contains(&format!("s={s}:f32")),
                 "{out}"
             );
+        }
+        // After a ReLU (either order of the maximum's operands).
+        for relu in ["max(x[v1], 0.0:f32)", "max(0.0:f32, x[v1])"] {
+            let text = format!(
+                "kernel @k(in x: f32[128], out o: u8[128]) {{
+  for v1 in 0..128 vector(4) {{
+    o[v1] = cast<u8>(add(cast<i32>(cast<i8>(round(div({relu}, 0.5:f32)))), 128:i32))
+  }}
+}}"
+            );
+            let out = row_calls_of(&text);
+            assert!(out.contains("s=0.5:f32 lo=0.0:f32"), "{out}");
         }
         // Another shift is not this quantizer.
         let text = "kernel @k(in x: f32[128], out o: u8[128]) {

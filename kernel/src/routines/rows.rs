@@ -137,23 +137,69 @@ pub unsafe extern "C" fn kiln_row_quantize(src: *const f32, dst: *mut u8, n: i64
     unsafe { row_quantize(src, None, dst, n, (s, z)) }
 }
 
-/// `dst[i] = u8(i8(round(src[i] / s)) + 128)` for `i < n` (see the routine table's
-/// `row_quantize_s8`): the u8 quantizer of zero point 128, the same number for every
-/// quotient but NaN (a NaN input or scale, 0/0, ∞/∞: i8's 0, so 128, where the u8
-/// conversion gives 0) — patched after.
+/// `dst[i] = u8(i8(round(maximum(src[i], lo) / s)) + 128)` for `i < n` (see the routine
+/// table's `row_quantize_s8`): the u8 quantizer of zero point 128, the same number for
+/// every quotient but NaN (a NaN input or scale, 0/0, ∞/∞: i8's 0, so 128, where the u8
+/// conversion gives 0) — patched after —, of the row clamped below a chunk at a time.
 ///
 /// # Safety
 /// `src` readable and `dst` writable for `n` elements.
-pub unsafe extern "C" fn kiln_row_quantize_s8(src: *const f32, dst: *mut u8, n: i64, s: f32) {
+pub unsafe extern "C" fn kiln_row_quantize_s8(
+    src: *const f32,
+    dst: *mut u8,
+    n: i64,
+    s: f32,
+    lo: f32,
+) {
+    let n = n.max(0) as usize;
+    if lo == f32::NEG_INFINITY {
+        // SAFETY: forwarded.
+        return unsafe { quantize_s8(src, dst, n, s) };
+    }
+    let mut clamped = [0f32; 256];
+    for at in (0..n).step_by(clamped.len()) {
+        let m = (n - at).min(clamped.len());
+        for (j, c) in clamped[..m].iter_mut().enumerate() {
+            // SAFETY: inside the row.
+            let x = unsafe { *src.add(at + j) };
+            // IEEE maximum but for the sign of a zero, which no quantized value keeps (a
+            // select the compiler vectorizes).
+            *c = if lo.is_nan() || x < lo { lo } else { x };
+        }
+        // SAFETY: m elements each side.
+        unsafe { quantize_s8(clamped.as_ptr(), dst.add(at), m, s) };
+    }
+}
+
+/// [`kiln_row_quantize_s8`] without the clamp.
+///
+/// # Safety
+/// As [`kiln_row_quantize_s8`].
+unsafe fn quantize_s8(src: *const f32, dst: *mut u8, n: usize, s: f32) {
     // SAFETY: forwarded.
-    unsafe { row_quantize(src, None, dst, n, (s, 128.0)) };
-    for i in 0..n.max(0) as usize {
-        // SAFETY: inside the rows.
-        unsafe {
-            if (*src.add(i) / s).is_nan() {
-                *dst.add(i) = 128;
+    unsafe { row_quantize(src, None, dst, n as i64, (s, 128.0)) };
+    // A NaN quotient came out 0: only bytes of 0 (rare: −128 on the int8 scale) are looked
+    // at again, found eight at a time (a byte of 0 in a word: its borrow reaches bit 7).
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut i = 0;
+    while i < n {
+        if i + 8 <= n {
+            // SAFETY: eight bytes inside the row.
+            let w = unsafe { std::ptr::read_unaligned(dst.add(i).cast::<u64>()) };
+            if w.wrapping_sub(ONES) & !w & (ONES << 7) == 0 {
+                i += 8;
+                continue;
             }
         }
+        for j in i..(i + 8).min(n) {
+            // SAFETY: inside the rows.
+            unsafe {
+                if *dst.add(j) == 0 && (*src.add(j) / s).is_nan() {
+                    *dst.add(j) = 128;
+                }
+            }
+        }
+        i += 8;
     }
 }
 
@@ -1151,10 +1197,13 @@ mod tests {
         let mut next = super::super::lcg(11);
         // (A scale of 0, ∞ or NaN: quotients of NaN, 0/0 and ∞/∞ among the others.)
         let odd = [0.0, -0.0, f32::INFINITY, f32::NAN, -0.5];
-        for s in [0.007_872_998f32, 1.0, 0.5, 3.1, 1e-30]
+        let scales = [0.007_872_998f32, 1.0, 0.5, 3.1, 1e-30]
             .into_iter()
-            .chain(odd)
-        {
+            .chain(odd);
+        // Without a clamp, a ReLU's, others (NaN: every quotient NaN), over 3,000 elements
+        // (chunks of the clamped row).
+        let clamps = [f32::NEG_INFINITY, 0.0, -0.0, -3.5, 0.3, f32::NAN];
+        for (s, lo) in scales.flat_map(|s| clamps.map(|lo| (s, lo))) {
             let mut src: Vec<f32> = (-400..400).map(|k| (k as f32 + 0.5) * s).collect();
             src.extend([
                 f32::NAN,
@@ -1169,15 +1218,17 @@ mod tests {
             let want: Vec<u8> = src
                 .iter()
                 .map(|&x| {
-                    let r = (x / s).round_ties_even();
+                    let r = (maximum(x, lo) / s).round_ties_even();
                     // Rust's `as` saturates and takes NaN to 0, as kiln's conversions do.
                     (i32::from(r as i8) + 128) as u8
                 })
                 .collect();
             let mut got = vec![7u8; src.len()];
             // SAFETY: both rows hold their elements.
-            unsafe { kiln_row_quantize_s8(src.as_ptr(), got.as_mut_ptr(), src.len() as i64, s) };
-            assert_eq!(got, want, "s {s}");
+            unsafe {
+                kiln_row_quantize_s8(src.as_ptr(), got.as_mut_ptr(), src.len() as i64, s, lo)
+            };
+            assert_eq!(got, want, "s {s} lo {lo}");
         }
     }
 

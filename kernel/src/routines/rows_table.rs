@@ -108,20 +108,22 @@ pub const ROW_QUANTIZE_S8: Routine = Routine {
     replaces: None,
     in_place: false,
     ints: &["n"],
-    scalars: &[("s", ir::DType::F32)],
+    scalars: &[("s", ir::DType::F32), ("lo", ir::DType::F32)],
     result: None,
     cost: |i| 3.0 * i[0],
     extent: |_, i| i.first().cloned(),
     bounds: |_, i| (i[0] > 0).then(|| (0, i[0] - 1)),
     address: || rows::kiln_row_quantize_s8 as *const u8,
     call: |p, i, s| unsafe {
-        rows::kiln_row_quantize_s8(p[0].cast(), p[1].cast(), i[0], s[0] as f32);
+        rows::kiln_row_quantize_s8(p[0].cast(), p[1].cast(), i[0], s[0] as f32, s[1] as f32);
         0.0
     },
-    doc: "dst[i] = u8(i32(i8(round(src[i] / s))) + 128) for i < n: a symmetric int8 \
-          quantizer shifted to u8 (what `unsigned-activations` makes for 8-bit products), \
-          the conversion to i8 truncating and saturating (NaN 0, so 128 here) — the loop \
-          `dst = cast<u8>(add(cast<i32>(cast<i8>(round(div(src, s)))), 128))`",
+    doc: "dst[i] = u8(i32(i8(round(maximum(src[i], lo) / s))) + 128) for i < n: a symmetric \
+          int8 quantizer shifted to u8 (what `unsigned-activations` makes for 8-bit products) \
+          of the row clamped below by lo (IEEE maximum, NaN kept; -inf for none: a ReLU \
+          before the quantizer), the conversion to i8 truncating and saturating (NaN 0, so \
+          128 here) — the loop `dst = cast<u8>(add(cast<i32>(cast<i8>(round(div(max(src, \
+          lo), s)))), 128))`",
 };
 
 pub const ROW_QUANTIZE_RES: Routine = Routine {
