@@ -285,30 +285,17 @@ fn quantize_call(
     let [arg] = args.as_slice() else {
         return None;
     };
-    // `src / s`, or `src` itself (a QOperator requantizer whose scale came before: a
-    // division by 1, the same bits).
-    let one = Expr::Float(1.0, DType::F32);
-    let (x, s) = match arg {
-        Expr::Op {
-            op: Op::Div,
-            args,
-            dtype: DType::F32,
-        } => match args.as_slice() {
-            [x, s] => (x, s),
-            _ => return None,
-        },
-        x => (x, &one),
-    };
+    let (x, s) = quotient(arg)?;
     let uniform = |e: &Expr| uniform(k, e, var, dst);
-    if !uniform(s) || !uniform(&z) {
+    if !uniform(&s) || !uniform(&z) {
         return None;
     }
-    if let Some((src, soff)) = row_load(k, x, var) {
+    if let Some((src, soff)) = row_load(k, &x, var) {
         return Some(call(
             "row_quantize",
             vec![Some((src, soff)), Some((dst, doff))],
             extent,
-            vec![s.clone(), z],
+            vec![s, z],
             None,
         ));
     }
@@ -317,7 +304,7 @@ fn quantize_call(
         op: Op::Add,
         args,
         dtype: DType::F32,
-    } = x
+    } = &x
     else {
         return None;
     };
@@ -333,9 +320,25 @@ fn quantize_call(
         "row_quantize_res",
         vec![Some((src, soff)), Some(res), Some((dst, doff))],
         extent,
-        vec![s.clone(), z, rz, rs],
+        vec![s, z, rz, rs],
         None,
     ))
+}
+
+/// A quantizer's rounded argument as `(x, s)`: `x / s`, or `x` itself with `s` 1 (a
+/// QOperator requantizer whose scale came before: a division by 1, the same bits).
+fn quotient(e: &Expr) -> Option<(Expr, Expr)> {
+    match e {
+        Expr::Op {
+            op: Op::Div,
+            args,
+            dtype: DType::F32,
+        } => match args.as_slice() {
+            [x, s] => Some((x.clone(), s.clone())),
+            _ => None,
+        },
+        x => Some((x.clone(), Expr::Float(1.0, DType::F32))),
+    }
 }
 
 /// `dst[i] = cast<u8>(add(cast<i32>(cast<i8>(round(div(src[i], s)))), 128))` along a row
@@ -374,15 +377,7 @@ fn quantize_s8_call(
     if !matches!(rounded, Expr::Op { op: Op::Round, .. }) {
         return None;
     }
-    let arg = un(&rounded, DType::F32)?;
-    let (x, s) = match &arg {
-        Expr::Op {
-            op: Op::Div,
-            args,
-            dtype: DType::F32,
-        } if args.len() == 2 => (args[0].clone(), args[1].clone()),
-        x => (x.clone(), Expr::Float(1.0, DType::F32)),
-    };
+    let (x, s) = quotient(&un(&rounded, DType::F32)?)?;
     if !uniform(k, &s, var, dst) {
         return None;
     }

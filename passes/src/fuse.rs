@@ -367,10 +367,9 @@ fn absorb(
     true
 }
 
-/// Whether `p` is the transpose that makes a 2-D quantized conv's result — through
-/// elementwise steps of one image each (their other operands broadcasts or views) —
-/// channel-blocked as the layout pass writes it: a reshape splitting the channels, then the
-/// transpose putting them last.
+/// Whether `p` is the transpose that makes a 2-D quantized conv's result channel-blocked as
+/// the layout pass writes it for a depthwise conv (a reshape splitting the channels, then the
+/// transpose putting them last, of what `layout::from_qconv` accepts).
 fn blocks_qconv(g: &Graph, p: NodeId) -> bool {
     let n = g.node(p);
     let reshape = match n.op() {
@@ -378,27 +377,9 @@ fn blocks_qconv(g: &Graph, p: NodeId) -> bool {
         _ => return false,
     };
     let r = g.node(reshape);
-    if !matches!(r.op(), Op::Reshape { .. }) || r.types()[0].shape.rank() != 5 {
-        return false;
-    }
-    let mut at = r.inputs()[0];
-    loop {
-        let node = g.node(at.node);
-        match node.op() {
-            Op::Qconv { groups: 1, .. } => return true,
-            op if op.is_elementwise() => {
-                let image = &node.types()[0].shape;
-                let mut big = node.inputs().iter().filter(|v| {
-                    g.value_type(**v).shape == *image && class(g, v.node) != Class::Movement
-                });
-                match (big.next(), big.next()) {
-                    (Some(&v), None) => at = v,
-                    _ => return false,
-                }
-            }
-            _ => return false,
-        }
-    }
+    matches!(r.op(), Op::Reshape { .. })
+        && r.types()[0].shape.rank() == 5
+        && crate::layout::from_qconv(g, r.inputs()[0])
 }
 
 /// The kernel node for a group: its operands (values from outside) and its op.

@@ -570,8 +570,9 @@ fn blocked_conv(op: &Op, block: i64, groups: i64) -> Op {
 
 /// Whether image `x` is a 2-D quantized conv's result of one group over a u8 image (what
 /// `qconv2d` computes), through elementwise steps of one image each (their other operands
-/// constants seen through broadcasts and reshapes, or smaller: an epilogue's).
-fn from_qconv(g: &ir::Graph, mut x: Value) -> bool {
+/// constants seen through broadcasts and reshapes, or smaller: an epilogue's). The fuse
+/// pass asks the same of what such a blocking reads, to leave it with the conv.
+pub(crate) fn from_qconv(g: &ir::Graph, mut x: Value) -> bool {
     loop {
         let node = g.node(x.node);
         match node.op() {
