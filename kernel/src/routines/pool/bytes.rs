@@ -80,16 +80,23 @@ unsafe fn extremes<const MIN: bool, const FLIP: u8>(x: *const u8, out: *mut u8, 
             a.max(b)
         }
     }
+    // Stride 2 of undilated windows takes each output's columns as even bytes (below): v
+    // readable 32 bytes past the last group of 16 windows' last tap.
+    let pairs = cfg!(target_arch = "x86_64") && sw == 2 && dw == 1;
+    let vlen = cols
+        .max(w + pw)
+        .max(if pairs { 2 * ow + kw + 32 } else { 0 });
     ROWS.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.clear();
-        buf.resize(cols.max(w + pw) + span, fill);
-        let (v, hrow) = buf.split_at_mut(cols.max(w + pw));
-        // SAFETY: `out` holds oh·ow bytes.
-        let out = unsafe { std::slice::from_raw_parts_mut(out, oh * ow) };
-        for (oy, o) in out.chunks_exact_mut(ow).enumerate() {
+        // Every output row's window rows' extremes first, then the columns of them all: the
+        // second pass reads bytes the first stored long before (a load straddling two
+        // stores still in flight waits for both — reading each row right after writing it
+        // cost more than the pool's own work).
+        buf.resize(oh * vlen + span, fill);
+        let (vs, hrow) = buf.split_at_mut(oh * vlen);
+        for (oy, v) in vs.chunks_exact_mut(vlen).enumerate() {
             // The window rows' extreme, columns from −pw (the identity outside the plane).
-            v.fill(fill);
             let inside = &mut v[pw..pw + w];
             for ky in 0..kh {
                 let Some(iy) = (oy * sh + ky * dh).checked_sub(ph).filter(|&iy| iy < h) else {
@@ -100,6 +107,16 @@ unsafe fn extremes<const MIN: bool, const FLIP: u8>(x: *const u8, out: *mut u8, 
                 for (d, &b) in inside.iter_mut().zip(src) {
                     *d = pick::<MIN>(*d, b ^ flip);
                 }
+            }
+        }
+        // SAFETY: `out` holds oh·ow bytes.
+        let out = unsafe { std::slice::from_raw_parts_mut(out, oh * ow) };
+        for (v, o) in vs.chunks_exact(vlen).zip(out.chunks_exact_mut(ow)) {
+            #[cfg(target_arch = "x86_64")]
+            if pairs {
+                // SAFETY: v holds 2·ow + kw + 32 bytes.
+                unsafe { stride2::<MIN>(v, kw, o, flip) };
+                continue;
             }
             // Each window start's extreme over its kw columns.
             let hs = &mut hrow[..span];
@@ -114,6 +131,51 @@ unsafe fn extremes<const MIN: bool, const FLIP: u8>(x: *const u8, out: *mut u8, 
             }
         }
     });
+}
+
+/// Output row `o` of a stride-2 pool of undilated windows `kw` wide from its window rows'
+/// extremes `v` (keys, padded, column 0 the first window's first): output `ox` is the
+/// extreme of `v[2·ox + kx]` over `kx < kw`, 16 outputs a step as the even bytes of 32
+/// from `2·ox + kx` (SSE2: masked to words and packed back, which keeps each even byte).
+///
+/// # Safety
+/// `v` holds at least `2·o.len() + kw + 32` bytes.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stride2<const MIN: bool>(v: &[u8], kw: usize, o: &mut [u8], flip: u8) {
+    use std::arch::x86_64::*;
+    let ow = o.len();
+    debug_assert!(v.len() >= 2 * ow + kw + 32);
+    // SAFETY: SSE2 is baseline on x86-64; every load is inside v (the caller's length:
+    // the last group's 2·ox + kx + 32 ≤ 2·(ow − 1) + kw + 31).
+    unsafe {
+        let low = _mm_set1_epi16(0x00ff);
+        let even = |at: usize| {
+            let a = _mm_loadu_si128(v.as_ptr().add(at).cast());
+            let b = _mm_loadu_si128(v.as_ptr().add(at + 16).cast());
+            _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low))
+        };
+        let flip = _mm_set1_epi8(flip as i8);
+        for g in (0..ow).step_by(16) {
+            let mut acc = even(2 * g);
+            for kx in 1..kw {
+                let e = even(2 * g + kx);
+                acc = if MIN {
+                    _mm_min_epu8(acc, e)
+                } else {
+                    _mm_max_epu8(acc, e)
+                };
+            }
+            let acc = _mm_xor_si128(acc, flip);
+            let n = (ow - g).min(16);
+            if n == 16 {
+                _mm_storeu_si128(o.as_mut_ptr().add(g).cast(), acc);
+            } else {
+                let mut t = [0u8; 16];
+                _mm_storeu_si128(t.as_mut_ptr().cast(), acc);
+                o[g..].copy_from_slice(&t[..n]);
+            }
+        }
+    }
 }
 
 /// Calls host function `f` (either byte type's instance) with a call's operands and integers.
