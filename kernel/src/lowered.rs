@@ -73,6 +73,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
                             | "qgemm"
                             | "qgemm4"
                             | "qconv2d"
+                            | "qconv2d_u8"
                             | "conv2d_wino"
                             | "conv2d_nchwc"
                             | "lstm"
@@ -97,7 +98,7 @@ pub fn prepack(l: &mut Lowered, operands: &[Option<&Tensor>], cache: &mut PackCa
         let wino = g.routine == "conv2d_wino";
         let qgemm = g.routine == "qgemm";
         let qgemm4 = g.routine == "qgemm4";
-        let qconv = g.routine == "qconv2d";
+        let qconv = matches!(g.routine.as_str(), "qconv2d" | "qconv2d_u8");
         let blocked = g.routine == "conv2d_nchwc";
         // A recurrence's gates by the passes that sum them (see `rnn::pack`): an LSTM's 4, a
         // GRU's 3 (2 then 1 when its reset gate applies before the product), a simple RNN's 1.

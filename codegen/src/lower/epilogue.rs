@@ -532,6 +532,45 @@ impl Lowering<'_> {
         Some((4, end, inner.to_vec()))
     }
 
+    /// The quantizer storing `end` (a quantized conv's chain's end) as bytes, when that is
+    /// how `end` is read: `cast<u8>(round(end) + z)` (the sum optional, `z` a constant), clamps
+    /// between them that the conversion's saturation makes no-ops (a maximum with at most 0, a
+    /// minimum with at least 255; NaN goes to 0 either way), every value read once, by the
+    /// next, and no output but the last. The byte value, the values on the way (`end` first),
+    /// and `z`.
+    pub(super) fn byte_tail(&self, end: Value) -> Option<(Value, Vec<Value>, f64)> {
+        let g = self.g;
+        let outputs: Vec<Value> = g.outputs().iter().map(|(_, v)| *v).collect();
+        let (ty, shape) = (self.ty(end).dtype, self.ty(end).shape.clone());
+        let (n, rounded) = self.sole_reader(end, &outputs)?;
+        if ty != DType::F32 || !matches!(g.node(n).op(), Op::Round) {
+            return None;
+        }
+        let (mut inner, mut at, mut z) = (vec![end, rounded], rounded, None);
+        loop {
+            let (n, next) = self.sole_reader(at, &outputs)?;
+            let node = g.node(n);
+            if node.types().len() != 1 || self.ty(next).shape != shape {
+                return None;
+            }
+            let c = || scalar_value(g, other_operand(g, n, at)?);
+            match node.op() {
+                Op::Cast { .. } if self.ty(next).dtype == DType::U8 => {
+                    return Some((next, inner, z.unwrap_or(0.0)));
+                }
+                Op::Add if z.is_none() && inner.len() == 2 => z = Some(c()?),
+                Op::Max if c()? <= 0.0 => {}
+                Op::Min if c()? >= 255.0 => {}
+                _ => return None,
+            }
+            if self.ty(next).dtype != DType::F32 {
+                return None;
+            }
+            inner.push(next);
+            at = next;
+        }
+    }
+
     /// The nodes reading `v`.
     pub(super) fn readers(&self, v: Value) -> Vec<NodeId> {
         (self.order.iter())

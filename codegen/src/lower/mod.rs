@@ -289,13 +289,22 @@ impl<'g> Lowering<'g> {
                     } else {
                         None
                     };
-                    // Stored blocked where the result (the chain's end) is only made
-                    // blocked after (and no residual is laid out as its planes).
+                    // Stored as bytes where its quantizer follows the chain (the kernel's
+                    // result, or what is made blocked after); stored blocked where the result
+                    // is only made blocked after (and no residual is laid out as its planes).
                     let end = chain.as_ref().map_or(v, |c| c.end);
                     let planar_res = chain.as_ref().is_some_and(|c| c.has_res());
-                    match self.blocked_result(end).filter(|_| !planar_res) {
-                        Some(views) => self.qconv_blocked(v, chain.as_ref(), views)?,
-                        None => self.with_chain(v, output_buf, chain, Self::qconv)?,
+                    let tail = self.qconv_calls(v).then(|| self.byte_tail(end)).flatten();
+                    let (last, tail) = match tail {
+                        Some((bytes, inner, z)) => (bytes, Some((inner, z))),
+                        None => (end, None),
+                    };
+                    match (self.blocked_result(last).filter(|_| !planar_res), tail) {
+                        (Some(views), tail) => {
+                            self.qconv_blocked(v, chain.as_ref(), views, tail)?
+                        }
+                        (None, Some(tail)) => self.qconv_bytes(v, chain.as_ref(), last, tail)?,
+                        (None, None) => self.with_chain(v, output_buf, chain, Self::qconv)?,
                     }
                 }
                 Op::Qdot4 { .. } => {

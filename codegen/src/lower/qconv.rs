@@ -18,26 +18,63 @@ impl Lowering<'_> {
 
     /// `qconv` `v` into `out`, applying `chain` (only where [`Lowering::qconv_calls`]).
     pub(super) fn qconv(&mut self, v: Value, out: BufId, chain: Option<&Chain>) -> Result<()> {
-        self.qconv_into(v, out, chain, false)
+        self.qconv_into(v, out, chain, false, None)
     }
 
     /// `qconv` `v` (its chain's end) stored blocked: into the buffer of `views`' blocked
     /// value, which the reshape and transpose it names (see [`Lowering::blocked_result`]) are
-    /// then computed as.
+    /// then computed as — as bytes with `tail` (the values from the chain's end to the
+    /// quantizer's bytes, and its zero point: [`Lowering::byte_tail`]).
     pub(super) fn qconv_blocked(
         &mut self,
         v: Value,
         chain: Option<&Chain>,
         (reshape, blocked): (Value, Value),
+        tail: Option<(Vec<Value>, f64)>,
     ) -> Result<()> {
         let end = chain.map_or(v, |c| c.end);
         let inner = chain.map_or(&[][..], |c| &c.inner[..]);
-        let inside: Vec<Value> = [end, reshape].iter().chain(inner).copied().collect();
-        self.computed_as(v, blocked, &inside, |l, b| l.qconv_into(v, b, chain, true))
+        let (tail, z) = match tail {
+            Some((tail, z)) => (tail, Some(z)),
+            None => (Vec::new(), None),
+        };
+        let inside: Vec<Value> = [end, reshape]
+            .iter()
+            .chain(inner)
+            .chain(&tail)
+            .copied()
+            .collect();
+        self.computed_as(v, blocked, &inside, |l, b| {
+            l.qconv_into(v, b, chain, true, z)
+        })
     }
 
-    /// `qconv` `v` into `out` (blocked with `yb`), applying `chain`.
-    fn qconv_into(&mut self, v: Value, out: BufId, chain: Option<&Chain>, yb: bool) -> Result<()> {
+    /// `qconv` `v` stored as the bytes `bytes` its quantizer makes of the chain's end (`tail`:
+    /// the values on the way and the zero point, [`Lowering::byte_tail`]): `qconv2d_u8`.
+    pub(super) fn qconv_bytes(
+        &mut self,
+        v: Value,
+        chain: Option<&Chain>,
+        bytes: Value,
+        (tail, z): (Vec<Value>, f64),
+    ) -> Result<()> {
+        let inner = chain.map_or(&[][..], |c| &c.inner[..]);
+        let inside: Vec<Value> = inner.iter().chain(&tail).copied().collect();
+        self.computed_as(v, bytes, &inside, |l, b| {
+            l.qconv_into(v, b, chain, false, Some(z))
+        })
+    }
+
+    /// `qconv` `v` into `out` (blocked with `yb`), applying `chain`; as bytes with zero point
+    /// `z` where given (`qconv2d_u8`).
+    fn qconv_into(
+        &mut self,
+        v: Value,
+        out: BufId,
+        chain: Option<&Chain>,
+        yb: bool,
+        z: Option<f64>,
+    ) -> Result<()> {
         if !self.qconv_calls(v) {
             return unsupported("a quantized conv other than 2-D, u8 and of one group");
         }
@@ -125,11 +162,19 @@ impl Lowering<'_> {
                 .map(Expr::i64),
             );
             ints.push(Expr::i64(epilogue.act));
+            let mut scalars = epilogue.scalars();
+            let routine = match z {
+                Some(z) => {
+                    scalars.push(Expr::Float(z, DType::F32));
+                    "qconv2d_u8"
+                }
+                None => "qconv2d",
+            };
             let call = kernel::Call {
-                routine: "qconv2d".into(),
+                routine: routine.into(),
                 operands,
                 ints,
-                scalars: epilogue.scalars(),
+                scalars,
                 result: None,
             };
             Ok(vec![Stmt::Call(Box::new(call))])

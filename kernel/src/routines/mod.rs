@@ -140,10 +140,11 @@ pub struct Routine {
 }
 
 /// The library routines kernels call as statements.
-pub static ROUTINES: [Routine; 31] = [
+pub static ROUTINES: [Routine; 32] = [
     products::GEMM,
     products::QGEMM,
     products::QCONV2D,
+    products::QCONV2D_U8,
     products::QGEMM4,
     lookup::LOOKUP_U8,
     lookup::LOOKUP_F32,

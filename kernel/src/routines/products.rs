@@ -218,50 +218,8 @@ pub(super) const QCONV2D: Routine = Routine {
         }
     },
     address: || qconv::kiln_qconv2d as *const u8,
-    call: |p, i, s| unsafe {
-        qconv::kiln_qconv2d(
-            p[0].cast(),
-            p[1].cast(),
-            p[2].cast(),
-            p[3].cast(),
-            p[4].cast(),
-            p[5].cast(),
-            p[6].cast(),
-            p[7].cast(),
-            p[8].cast(),
-            i[0],
-            i[1],
-            i[2],
-            i[3],
-            i[4],
-            i[5],
-            i[6],
-            i[7],
-            i[8],
-            i[9],
-            i[10],
-            i[11],
-            i[12],
-            i[13],
-            i[14],
-            i[15],
-            i[16],
-            s[0] as f32,
-            s[1] as f32,
-            s[2] as f32,
-            s[3] as f32,
-            s[4] as f32,
-            s[5] as f32,
-            s[6] as f32,
-            s[7] as f32,
-            s[8] as f32,
-            s[9] as f32,
-            s[10] as f32,
-            s[11] as f32,
-            s[12] as f32,
-        );
-        0.0
-    },
+    // SAFETY: the caller's (the operands, integers and scalars the table lists).
+    call: |p, i, s| unsafe { qconv::call(p, i, s, false) },
     doc: "c[f*oh*ow + oy*ow + ox] = E(f32(Σ (x[ci*h*w + iy*w + ix] − za[0]) · \
           w[((f*c + ci)*kh + ky)*kw + kx])) over ci < c, ky < kh, kx < kw with iy = oy*sh − \
           ph + ky*dh, ix = ox*sw − pw + kx*dw (terms outside the image 0): one image's \
@@ -270,6 +228,42 @@ pub(super) const QCONV2D: Routine = Routine {
           16 the result too, c[((f/16)*oh*ow + oy*ow + ox)*16 + f%16] (padding lanes 0; no \
           res); \
           w_packed, when given, is w packed by qconv::pack_filters, and w is then not read",
+};
+
+/// [`EPILOGUE`] and the zero point a byte result adds (`qconv2d_u8`'s `z`).
+const EPILOGUE_Z: [(&str, ir::DType); 14] = {
+    let mut all = [("z", ir::DType::F32); 14];
+    let mut i = 0;
+    while i < EPILOGUE.len() {
+        all[i] = EPILOGUE[i];
+        i += 1;
+    }
+    all
+};
+
+/// The quantized 2-D conv storing bytes (`qconv2d_u8`).
+pub(super) const QCONV2D_U8: Routine = Routine {
+    name: "qconv2d_u8",
+    symbol: "kiln_qconv2d_u8",
+    operands: &[
+        ("x", Role::Read, ir::DType::U8),
+        ("w", Role::Read, ir::DType::I8),
+        ("w_packed", Role::Optional, ir::DType::I8),
+        ("za", Role::Read, ir::DType::U8),
+        ("c", Role::Write, ir::DType::U8),
+        ("scale", Role::Optional, ir::DType::F32),
+        ("shift", Role::Optional, ir::DType::F32),
+        ("res", Role::Optional, ir::DType::F32),
+        ("scale2", Role::Optional, ir::DType::F32),
+    ],
+    scalars: &EPILOGUE_Z,
+    address: || qconv::kiln_qconv2d_u8 as *const u8,
+    // SAFETY: as `qconv2d`'s.
+    call: |p, i, s| unsafe { qconv::call(p, i, s, true) },
+    doc: "qconv2d's result as bytes: c[…] = u8(round(E(…)) + z) (rounded to even, z added \
+          in f32, truncated and saturated to 0..=255, NaN 0) for the same sums, epilogue and \
+          layouts — a quantized conv stored as its quantizer stores it",
+    ..QCONV2D
 };
 
 /// f32 rows by a blocked 4-bit weight (`qgemm4`).

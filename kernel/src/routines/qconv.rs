@@ -7,7 +7,7 @@
 //! channel-major through the epilogue (per output channel).
 
 use super::epilogue::Epilogue;
-use super::qgemm;
+use super::qgemm::{self, Out};
 
 /// The filters `w` (`o × c × kh × kw`) as the quantized product's packed B: K ordered tap by
 /// tap, channels within a tap (`(ky·kw + kx)·c + ci`), as the patches are laid out.
@@ -33,6 +33,8 @@ thread_local! {
     /// A part's patches and pixel-major sums.
     static PATCHES: std::cell::RefCell<(Vec<u8>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// A result converted to bytes after (`qconv2d_u8` off AMX).
+    static STAGED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Filters packed per call (when they were not packed ahead of time).
     static FILTERS: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -90,8 +92,197 @@ pub unsafe extern "C" fn kiln_qconv2d(
     post_hi: f32,
     post_d: f32,
 ) {
+    let g = [
+        ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, xb, yb, act,
+    ];
+    let e = [
+        lo, hi, pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi,
+        post_d,
+    ];
+    // SAFETY: forwarded.
+    unsafe {
+        conv(
+            x,
+            (w, bp),
+            za,
+            Out::F32(c),
+            [scale, shift, res, scale2],
+            g,
+            e,
+        )
+    }
+}
+
+/// [`kiln_qconv2d`] storing bytes (`qconv2d_u8`): `c[…] = u8(round(E(…)) + z)`, rounded to
+/// even, `z` added in f32, truncated and saturated to 0..=255 (NaN 0) — a quantized conv's
+/// result as its quantizer stores it, without the f32 result and a quantizing pass after.
+/// AMX stores the bytes as the epilogue makes them; other instruction sets convert the f32
+/// result, made in a buffer of this thread's.
+///
+/// # Safety
+/// As [`kiln_qconv2d`], `c` holding as many bytes.
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_qconv2d_u8(
+    x: *const u8,
+    w: *const i8,
+    bp: *const i8,
+    za: *const u8,
+    c: *mut u8,
+    scale: *const f32,
+    shift: *const f32,
+    res: *const f32,
+    scale2: *const f32,
+    ci: i64,
+    o: i64,
+    h: i64,
+    wd: i64,
+    oh: i64,
+    ow: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    dh: i64,
+    dw: i64,
+    ph: i64,
+    pw: i64,
+    xb: i64,
+    yb: i64,
+    act: i64,
+    lo: f32,
+    hi: f32,
+    pre_s: f32,
+    pre_z: f32,
+    pre_lo: f32,
+    pre_hi: f32,
+    pre_d: f32,
+    pre_at: f32,
+    post_s: f32,
+    post_z: f32,
+    post_lo: f32,
+    post_hi: f32,
+    post_d: f32,
+    z: f32,
+) {
+    let g = [
+        ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, xb, yb, act,
+    ];
+    let e = [
+        lo, hi, pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi,
+        post_d,
+    ];
+    let amx = qgemm::isa() == qgemm::Isa::Amx;
+    // SAFETY: forwarded.
+    unsafe {
+        bytes(
+            x,
+            (w, bp),
+            za,
+            (c, z),
+            [scale, shift, res, scale2],
+            g,
+            e,
+            amx,
+        )
+    }
+}
+
+/// The routine table's call of `qconv2d` or (`bytes`) `qconv2d_u8`: operands, integers and
+/// scalars in the order the table lists them.
+///
+/// # Safety
+/// As [`kiln_qconv2d`]'s (or [`kiln_qconv2d_u8`]'s) for those arguments.
+pub(super) unsafe fn call(p: &[*mut u8], i: &[i64], s: &[f64], bytes: bool) -> f64 {
+    let g: [i64; 17] = std::array::from_fn(|k| i[k]);
+    let e: [f32; 13] = std::array::from_fn(|k| s[k] as f32);
+    let ops = [p[5], p[6], p[7], p[8]].map(|q| q.cast_const().cast::<f32>());
+    let (x, w, bp, za) = (
+        p[0].cast_const(),
+        p[1].cast_const(),
+        p[2].cast_const(),
+        p[3],
+    );
+    let (w, bp, za) = (w.cast::<i8>(), bp.cast::<i8>(), za.cast_const());
+    // SAFETY: forwarded.
+    unsafe {
+        if bytes {
+            let amx = qgemm::isa() == qgemm::Isa::Amx;
+            self::bytes(x, (w, bp), za, (p[4], s[13] as f32), ops, g, e, amx);
+        } else {
+            conv(x, (w, bp), za, Out::F32(p[4].cast()), ops, g, e);
+        }
+    }
+    0.0
+}
+
+/// [`kiln_qconv2d_u8`]: stored by AMX's code where `amx` (and the conv has terms and whole
+/// blocks of a blocked result: its padding lanes, never written, zeroed); else the f32
+/// result made in this thread's buffer, then converted.
+///
+/// # Safety
+/// As [`kiln_qconv2d_u8`]; AMX available where `amx`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn bytes(
+    x: *const u8,
+    (w, bp): (*const i8, *const i8),
+    za: *const u8,
+    (c, z): (*mut u8, f32),
+    ops: [*const f32; 4],
+    g: [i64; 17],
+    e: [f32; 13],
+    amx: bool,
+) {
+    let [ci, o, oh, ow, kh, kw, yb] = [0, 1, 4, 5, 6, 7, 15].map(|i| g[i].max(0) as usize);
+    if amx && ci * kh * kw > 0 && (yb != 16 || o % 16 == 0) {
+        // SAFETY: forwarded.
+        unsafe { conv(x, (w, bp), za, Out::Bytes(c, z), ops, g, e) };
+        return;
+    }
+    let len = if yb == 16 {
+        o.div_ceil(16) * 16 * oh * ow
+    } else {
+        o * oh * ow
+    };
+    STAGED.with(|t| {
+        let t = &mut *t.borrow_mut();
+        t.clear();
+        t.resize(len, 0.0);
+        // SAFETY: forwarded, into this thread's buffer of the result's length; c holds len
+        // bytes.
+        unsafe {
+            conv(x, (w, bp), za, Out::F32(t.as_mut_ptr()), ops, g, e);
+            let c = std::slice::from_raw_parts_mut(c, len);
+            for (b, &v) in c.iter_mut().zip(t.iter()) {
+                *b = qgemm::byte(v, z);
+            }
+        }
+    });
+}
+
+/// [`kiln_qconv2d`] into `out`.
+///
+/// # Safety
+/// As [`kiln_qconv2d`], `out` holding the result's elements.
+unsafe fn conv(
+    x: *const u8,
+    (w, bp): (*const i8, *const i8),
+    za: *const u8,
+    out: Out,
+    [scale, shift, res, scale2]: [*const f32; 4],
+    g: [i64; 17],
+    e: [f32; 13],
+) {
+    let [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw, xb, yb, act] = g;
+    let [lo, hi, pre_s, pre_z, pre_lo, pre_hi, pre_d, pre_at, post_s, post_z, post_lo, post_hi, post_d] =
+        e;
     let g = [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw];
     let [ci, o, h, wd, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw] = g.map(|v| v.max(0) as usize);
+    // Bytes only from AMX's stores ([`kiln_qconv2d_u8`] stages the rest): the f32 paths
+    // below never see them.
+    let c = match out {
+        Out::F32(c) => c,
+        Out::Bytes(..) => std::ptr::null_mut(),
+    };
     let blocked_out = yb == 16;
     let epi = Epilogue::new(
         (
@@ -223,9 +414,9 @@ pub unsafe extern "C" fn kiln_qconv2d(
             #[cfg(target_arch = "x86_64")]
             if let Some(w) = &windows {
                 let rows = (oh * part / parts, oh * (part + 1) / parts);
-                let (c, b) = (c as *mut f32, b as *const i8);
+                let b = b as *const i8;
                 // SAFETY: AMX (`windows`); the filters packed; this part writes its rows.
-                unsafe { w.run(b, i32::from(za), o, rows, (c, p, blocked_out), &epi) };
+                unsafe { w.run(b, i32::from(za), o, rows, (out, p, blocked_out), &epi) };
                 return;
             }
             let (p0, p1) = (p * part / parts, p * (part + 1) / parts);
@@ -266,10 +457,10 @@ pub unsafe extern "C" fn kiln_qconv2d(
                         steps: (0..ld / qgemm::KB).map(|s| s * qgemm::KB).collect(),
                         first: p0,
                     };
-                    let (c, b) = (c as *mut f32, b as *const i8);
+                    let b = b as *const i8;
                     // SAFETY: AMX; the patches are windows as `Windows` reads them; the
                     // filters packed; this part writes pixels p0..p1.
-                    unsafe { w.run(b, i32::from(za), o, (0, 1), (c, p, blocked_out), &epi) };
+                    unsafe { w.run(b, i32::from(za), o, (0, 1), (out, p, blocked_out), &epi) };
                     return;
                 }
                 if sums.len() < n * o {
@@ -784,6 +975,148 @@ mod tests {
                     "{ci}→{o} {h}×{wd} {kh}×{kw} s{s} d{d} p{ph},{pw} xb{xb} yb{yb}"
                 );
             }
+        }
+    }
+
+    /// `qconv2d_u8` stores the bytes `row_quantize` makes of `qconv2d`'s result — NaN, ±∞
+    /// and values past both ends of the range among them (a residual of those), fractional
+    /// zero points too — whether AMX stores them (where the CPU has it) or the f32 result is
+    /// converted, planar and blocked, at one and two threads.
+    #[test]
+    fn qconv2d_u8_is_the_quantized_result() {
+        let amx = qgemm::isa() == qgemm::Isa::Amx;
+        let pool = std::sync::Arc::new(crate::threads::Pool::new(1).unwrap());
+        for &(ci, o, h, wd, k, s) in &[
+            (3usize, 16usize, 9usize, 7usize, 3usize, 1usize),
+            (8, 5, 6, 6, 3, 2),
+            (64, 64, 8, 8, 3, 1),
+            (32, 32, 6, 10, 1, 1),
+            (16, 48, 12, 12, 1, 1),
+        ] {
+            let (oh, ow) = ((h - 1) / s + 1, (wd - 1) / s + 1);
+            let pad = (k / 2) as i64;
+            let x: Vec<u8> = (0..ci * h * wd).map(|i| (i * 37 % 251) as u8).collect();
+            let w: Vec<i8> = (0..o * ci * k * k)
+                .map(|i| ((i * 53 % 255) as i32 - 128) as i8)
+                .collect();
+            let packed = pack_filters(&w, o, ci, k, k).unwrap();
+            let za = 7u8;
+            // Sums of thousands scaled to about −300..300, then shifted.
+            let scale: Vec<f32> = (0..o).map(|f| 0.01 * (1 + f % 5) as f32).collect();
+            let shift: Vec<f32> = (0..o).map(|f| f as f32 * 6.5 - 40.0).collect();
+            let special = [
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                1e9,
+                -1e9,
+                0.5,
+                2.5,
+            ];
+            let res: Vec<f32> = (0..o * oh * ow)
+                .map(|i| if i % 7 == 0 { special[i / 7 % 7] } else { 0.0 })
+                .collect();
+            let null = std::ptr::null();
+            for (yb, z, threads) in [
+                (0, 0.0, false),
+                (0, 7.5, true),
+                (16, 3.0, false),
+                (16, 0.0, true),
+            ] {
+                if yb == 16 && o % 16 != 0 {
+                    continue;
+                }
+                let len = if yb == 16 {
+                    o.div_ceil(16) * 16 * oh * ow
+                } else {
+                    o * oh * ow
+                };
+                let r = if yb == 16 { null } else { res.as_ptr() };
+                let g = [ci, o, h, wd, oh, ow, k, k, s, s, 1, 1]
+                    .map(|v| v as i64)
+                    .into_iter()
+                    .chain([pad, pad, 0, yb, 0])
+                    .collect::<Vec<_>>()
+                    .try_into()
+                    .unwrap();
+                let e = [
+                    f32::NEG_INFINITY,
+                    f32::INFINITY,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                ];
+                let ops = [scale.as_ptr(), shift.as_ptr(), r, null];
+                let helpers = threads.then(|| pool.clone());
+                let mut f = vec![0f32; len];
+                // SAFETY: the operands hold what the geometry says.
+                crate::threads::with_helpers(helpers.clone(), || unsafe {
+                    conv(
+                        x.as_ptr(),
+                        (w.as_ptr(), packed.as_ptr()),
+                        &za,
+                        Out::F32(f.as_mut_ptr()),
+                        ops,
+                        g,
+                        e,
+                    )
+                });
+                let want: Vec<u8> = f.iter().map(|&v| qgemm::byte(v, z)).collect();
+                assert!(
+                    want.contains(&0) && want.contains(&255),
+                    "{ci}→{o}: both ends"
+                );
+                for direct in [false, amx] {
+                    let mut got = vec![0xa5u8; len];
+                    // SAFETY: as above; AMX only where the CPU has it.
+                    crate::threads::with_helpers(helpers.clone(), || unsafe {
+                        bytes(
+                            x.as_ptr(),
+                            (w.as_ptr(), packed.as_ptr()),
+                            &za,
+                            (got.as_mut_ptr(), z),
+                            ops,
+                            g,
+                            e,
+                            direct,
+                        )
+                    });
+                    assert_eq!(
+                        got, want,
+                        "{ci}→{o} {h}×{wd} k{k} s{s} yb{yb} z{z} amx {direct}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The bytes rule: ties to even, the zero point added, then truncated and saturated, NaN 0.
+    #[test]
+    fn bytes_round_then_saturate() {
+        for (v, z, want) in [
+            (2.5f32, 0.0f32, 2u8),
+            (3.5, 0.0, 4),
+            (-0.5, 0.0, 0),
+            (-0.6, 0.0, 0),
+            (254.5, 0.0, 254),
+            (255.5, 0.0, 255),
+            (1e20, 0.0, 255),
+            (f32::NAN, 3.0, 0),
+            (f32::INFINITY, 0.0, 255),
+            (f32::NEG_INFINITY, 200.0, 0),
+            (1.0, 7.5, 8),
+            (-3.0, 2.0, 0),
+            (100.4, 124.0, 224),
+        ] {
+            assert_eq!(qgemm::byte(v, z), want, "{v} + {z}");
         }
     }
 }
