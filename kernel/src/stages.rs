@@ -137,7 +137,7 @@ fn affine(e: &Expr, loops: &HashMap<VarId, Poly>) -> Option<Affine> {
 /// The constant coefficient of variable `var` in i64 index expression `e` (`e = c·var + terms
 /// without it`), every variable in `e` taken as a loop's; `None` where `e` is not affine or the
 /// coefficient depends on dims.
-pub(crate) fn coefficient(e: &Expr, var: VarId) -> Option<i64> {
+pub fn coefficient(e: &Expr, var: VarId) -> Option<i64> {
     fn vars(e: &Expr, out: &mut HashMap<VarId, Poly>) {
         match e {
             Expr::Var(v) => {

@@ -506,7 +506,7 @@ impl<'g> Lowering<'g> {
             .map(|v| v.map_or(Expr::i64(0), Expr::Var))
             .collect();
         let mut body = f(self, &idx)?;
-        let loops: Vec<(VarId, &Dim)> = vars
+        let mut loops: Vec<(VarId, &Dim)> = vars
             .iter()
             .zip(shape.dims())
             .filter_map(|(v, d)| v.map(|v| (v, d)))
@@ -517,6 +517,10 @@ impl<'g> Lowering<'g> {
                 Stmt::Store { .. } | Stmt::Set { .. } | Stmt::Check { .. }
             )
         });
+        if let Some(i) = innermost(&body, &loops) {
+            let l = loops.remove(i);
+            loops.push(l);
+        }
         let n = loops.len();
         for (a, &(var, d)) in loops.iter().enumerate().rev() {
             let mark = if a == 0 && (n > 1 || !leaf) {
@@ -671,6 +675,52 @@ fn cast(e: Expr, dtype: DType) -> Expr {
         args: vec![e],
         dtype,
     }
+}
+
+/// The loop of a nest (`loops`, outermost first, around an elementwise `body` of stores and
+/// temporaries) to run innermost instead of the last, when more of the body's accesses walk
+/// its variable contiguously: an elementwise kernel that transposes (a QOperator RoPE's
+/// rotated heads) reads its operands along another axis than it writes, and vector loops
+/// read strided operands lane by lane. Only where no load reads a buffer the body stores
+/// (its iterations independent in any order) and the loop has at least two vectors' worth of
+/// iterations.
+fn innermost(body: &[Stmt], loops: &[(VarId, &Dim)]) -> Option<usize> {
+    let (mut stores, mut indices) = (Vec::new(), Vec::new());
+    let mut loads = Vec::new();
+    for s in body {
+        match s {
+            Stmt::Store { buf, index, value } => {
+                stores.push(*buf);
+                indices.push(index);
+                loads.push(value);
+            }
+            Stmt::Set { value, .. } => loads.push(value),
+            _ => return None,
+        }
+    }
+    let mut reads = Vec::new();
+    for e in &loads {
+        e.walk(&mut |e| {
+            if let Expr::Load { buf, index } = e {
+                reads.push((*buf, (**index).clone()));
+            }
+        });
+    }
+    if reads.iter().any(|(b, _)| stores.contains(b)) {
+        return None;
+    }
+    let last = loops.len().checked_sub(1)?;
+    let walks = |var: VarId| {
+        let unit = |e: &Expr| kernel::stages::coefficient(e, var) == Some(1);
+        let read = reads.iter().filter(|(_, i)| unit(i)).count();
+        read + indices.iter().filter(|i| unit(i)).count()
+    };
+    let now = walks(loops[last].0);
+    let (best, score) = (0..last)
+        .filter(|&i| loops[i].1.as_const().is_none_or(|e| e >= 8))
+        .map(|i| (i, walks(loops[i].0)))
+        .max_by_key(|&(i, score)| (score, i))?;
+    (score > now).then_some(best)
 }
 
 fn constant(v: f64, dtype: DType) -> Expr {
