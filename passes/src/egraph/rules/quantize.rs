@@ -54,7 +54,7 @@ pub const INT8_DOT: Rule = Rule {
                 if !fits_i8(eg, r) {
                     continue;
                 }
-                let Some((x8, zero)) = activation(eg, l) else {
+                let Some((x8, zero, _)) = activation(eg, l) else {
                     continue;
                 };
                 let w8 = converted(DType::I8, r.into());
@@ -64,7 +64,7 @@ pub const INT8_DOT: Rule = Rule {
                     lhs_contract: lhs_contract.clone(),
                     rhs_contract: rhs_contract.clone(),
                 };
-                out.push(Expr::op(q, [x8.into(), w8, zero]));
+                out.push(Expr::op(q, [x8, w8, zero]));
             }
         }
         out
@@ -501,9 +501,34 @@ fn weight_bytes(eg: &EGraph, w: Id, zero: Option<Id>, column: usize) -> Option<E
     })
 }
 
-/// An i32 class as 8-bit values less a scalar zero point: `(x8, zero8)` for
-/// `cast(x8, i32) - broadcast(cast(z8, i32))`, `cast(x8, i32) - splat` or `cast(x8, i32)`.
-fn activation(eg: &EGraph, id: Id) -> Option<(Id, Expr)> {
+/// An i32 class as 8-bit values less a scalar zero point, seen through reshapes and
+/// transposes (a QOperator attention's heads merged before the output projection): `(x8,
+/// zero8, x8's type)` for `cast(x8, i32) - broadcast(cast(z8, i32))`, `cast(x8, i32) - splat`
+/// or `cast(x8, i32)`, `x8` the views of those bytes.
+fn activation(eg: &EGraph, id: Id) -> Option<(Expr, Expr, DType)> {
+    let mut views: Vec<Op> = Vec::new();
+    let mut at = id;
+    loop {
+        if let Some((x8, zero)) = centred(eg, at) {
+            let dtype = info(eg, x8).ty().dtype;
+            // The views again, innermost first, on the bytes.
+            let x8 = (views.into_iter().rev()).fold(Expr::from(x8), |e, v| Expr::op(v, [e]));
+            return Some((x8, zero, dtype));
+        }
+        let (view, inner) = nodes(eg, at).find_map(|(op, a)| match op {
+            Op::Reshape { .. } | Op::Transpose { .. } => Some((op.clone(), a[0])),
+            _ => None,
+        })?;
+        if views.len() > 4 {
+            return None;
+        }
+        views.push(view);
+        at = inner;
+    }
+}
+
+/// [`activation`] without views: `(x8, zero8)`.
+fn centred(eg: &EGraph, id: Id) -> Option<(Id, Expr)> {
     let widened = |c: Id| {
         nodes(eg, c).find_map(|(op, a)| match op {
             Op::Cast { .. } if matches!(info(eg, a[0]).ty().dtype, DType::U8 | DType::I8) => {
@@ -699,16 +724,10 @@ pub const INT8_CONV: Rule = Rule {
                 if info(eg, id).ty().shape.rank() != 4 || !fits_i8(eg, w) {
                     continue;
                 }
-                let Some((x8, zero)) = activation(eg, x) else {
+                let Some((x8, zero, DType::U8)) = activation(eg, x) else {
                     continue;
                 };
-                if info(eg, x8).ty().dtype != DType::U8 {
-                    continue;
-                }
-                out.push(Expr::op(
-                    q,
-                    [x8.into(), converted(DType::I8, w.into()), zero],
-                ));
+                out.push(Expr::op(q, [x8, converted(DType::I8, w.into()), zero]));
             }
         }
         out
