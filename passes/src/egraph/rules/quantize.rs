@@ -165,16 +165,41 @@ fn requantized(eg: &EGraph, id: Id, dtype: DType) -> Option<Expr> {
     if !(s.is_finite() && s.abs() >= 1e-30) {
         return None;
     }
-    // y = view((cast(q8) − z)·s), or of cast(q8)·s when z is 0; the views outermost first.
+    // y = view((cast(q8) − z)·s), or of cast(q8)·s when z is 0.
+    let (views, q8) = through_views(eg, y, |y| {
+        let centred = match bin(y, Op::Mul) {
+            Some((x, c)) if splat(c) == Some(s) => x,
+            Some((c, x)) if splat(c) == Some(s) => x,
+            _ => return None,
+        };
+        let widened = match bin(centred, Op::Sub) {
+            Some((x, c)) if splat(c) == Some(z) => x,
+            _ if z == 0.0 => centred,
+            _ => return None,
+        };
+        nodes(eg, widened).find_map(|(op, a)| match op {
+            Op::Cast {
+                dtype: DType::F32, ..
+            } if info(eg, a[0]).ty().dtype == dtype => Some(a[0]),
+            _ => None,
+        })
+    })?;
+    Some(viewed(views, q8))
+}
+
+/// What `found` finds of class `id` or of what up to five reshapes and transposes of it view
+/// (outermost first), with those views.
+fn through_views<T>(
+    eg: &EGraph,
+    mut id: Id,
+    found: impl Fn(Id) -> Option<T>,
+) -> Option<(Vec<Op>, T)> {
     let mut views: Vec<Op> = Vec::new();
-    let mut y = y;
-    let centred = loop {
-        match bin(y, Op::Mul) {
-            Some((x, c)) if splat(c) == Some(s) => break x,
-            Some((c, x)) if splat(c) == Some(s) => break x,
-            _ => {}
+    loop {
+        if let Some(t) = found(id) {
+            return Some((views, t));
         }
-        let (view, inner) = nodes(eg, y).find_map(|(op, a)| match op {
+        let (view, inner) = nodes(eg, id).find_map(|(op, a)| match op {
             Op::Reshape { .. } | Op::Transpose { .. } => Some((op.clone(), a[0])),
             _ => None,
         })?;
@@ -182,26 +207,13 @@ fn requantized(eg: &EGraph, id: Id, dtype: DType) -> Option<Expr> {
             return None;
         }
         views.push(view);
-        y = inner;
-    };
-    let widened = match bin(centred, Op::Sub) {
-        Some((x, c)) if splat(c) == Some(z) => x,
-        _ if z == 0.0 => centred,
-        _ => return None,
-    };
-    let q8 = nodes(eg, widened).find_map(|(op, a)| match op {
-        Op::Cast {
-            dtype: DType::F32, ..
-        } if info(eg, a[0]).ty().dtype == dtype => Some(a[0]),
-        _ => None,
-    })?;
-    // The views again, innermost first, on the bytes.
-    Some(
-        views
-            .into_iter()
-            .rev()
-            .fold(Expr::from(q8), |e, view| Expr::op(view, [e])),
-    )
+        id = inner;
+    }
+}
+
+/// Class `x` through `views` (outermost first, as [`through_views`] gives them).
+fn viewed(views: Vec<Op>, x: Id) -> Expr {
+    (views.into_iter().rev()).fold(Expr::from(x), |e, view| Expr::op(view, [e]))
 }
 
 /// dot(dequantize(x8), dequantize(w)) = qdot(x8, w − zw, zx)·(sx·sw): a product of a
@@ -506,25 +518,9 @@ fn weight_bytes(eg: &EGraph, w: Id, zero: Option<Id>, column: usize) -> Option<E
 /// zero8, x8's type)` for `cast(x8, i32) - broadcast(cast(z8, i32))`, `cast(x8, i32) - splat`
 /// or `cast(x8, i32)`, `x8` the views of those bytes.
 fn activation(eg: &EGraph, id: Id) -> Option<(Expr, Expr, DType)> {
-    let mut views: Vec<Op> = Vec::new();
-    let mut at = id;
-    loop {
-        if let Some((x8, zero)) = centred(eg, at) {
-            let dtype = info(eg, x8).ty().dtype;
-            // The views again, innermost first, on the bytes.
-            let x8 = (views.into_iter().rev()).fold(Expr::from(x8), |e, v| Expr::op(v, [e]));
-            return Some((x8, zero, dtype));
-        }
-        let (view, inner) = nodes(eg, at).find_map(|(op, a)| match op {
-            Op::Reshape { .. } | Op::Transpose { .. } => Some((op.clone(), a[0])),
-            _ => None,
-        })?;
-        if views.len() > 4 {
-            return None;
-        }
-        views.push(view);
-        at = inner;
-    }
+    let (views, (x8, zero)) = through_views(eg, id, |c| centred(eg, c))?;
+    let dtype = info(eg, x8).ty().dtype;
+    Some((viewed(views, x8), zero, dtype))
 }
 
 /// [`activation`] without views: `(x8, zero8)`.
