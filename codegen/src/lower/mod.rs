@@ -682,8 +682,7 @@ fn cast(e: Expr, dtype: DType) -> Expr {
 /// its variable contiguously: an elementwise kernel that transposes (a QOperator RoPE's
 /// rotated heads) reads its operands along another axis than it writes, and vector loops
 /// read strided operands lane by lane. Only where no load reads a buffer the body stores
-/// (its iterations independent in any order) and the loop has at least two vectors' worth of
-/// iterations.
+/// (its iterations independent in any order) and the loop has at least 8 iterations.
 fn innermost(body: &[Stmt], loops: &[(VarId, &Dim)]) -> Option<usize> {
     let (mut stores, mut indices) = (Vec::new(), Vec::new());
     let mut loads = Vec::new();

@@ -262,7 +262,8 @@ pub(super) const QCONV2D_U8: Routine = Routine {
     call: |p, i, s| unsafe { qconv::call(p, i, s, true) },
     doc: "qconv2d's result as bytes: c[…] = u8(round(E(…)) + z) (rounded to even, z added \
           in f32, truncated and saturated to 0..=255, NaN 0) for the same sums, epilogue and \
-          layouts — a quantized conv stored as its quantizer stores it",
+          layouts (a blocked result's padding lanes u8(z)) — a quantized conv stored as its \
+          quantizer stores it",
     ..QCONV2D
 };
 

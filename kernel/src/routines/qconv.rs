@@ -216,8 +216,9 @@ pub(super) unsafe fn call(p: &[*mut u8], i: &[i64], s: &[f64], bytes: bool) -> f
 }
 
 /// [`kiln_qconv2d_u8`]: stored by AMX's code where `amx` (and the conv has terms and whole
-/// blocks of a blocked result: its padding lanes, never written, zeroed); else the f32
-/// result made in this thread's buffer, then converted.
+/// blocks of a blocked result, whose stores write every lane); else the f32 result made in
+/// this thread's buffer, then converted (a blocked result's padding lanes, 0 there, become
+/// `u8(z)`, as a quantizer after the f32 conv makes them).
 ///
 /// # Safety
 /// As [`kiln_qconv2d_u8`]; AMX available where `amx`.
@@ -245,16 +246,15 @@ unsafe fn bytes(
     };
     STAGED.with(|t| {
         let t = &mut *t.borrow_mut();
-        t.clear();
-        t.resize(len, 0.0);
-        // SAFETY: forwarded, into this thread's buffer of the result's length; c holds len
-        // bytes.
+        if t.len() < len {
+            t.resize(len, 0.0);
+        }
+        // SAFETY: forwarded, into this thread's buffer of at least the result's length (the
+        // conv writes every element of it, padding lanes too); c holds len bytes. The bytes
+        // are `row_quantize`'s of the f32 result with a divisor of 1 (its vector code).
         unsafe {
             conv(x, (w, bp), za, Out::F32(t.as_mut_ptr()), ops, g, e);
-            let c = std::slice::from_raw_parts_mut(c, len);
-            for (b, &v) in c.iter_mut().zip(t.iter()) {
-                *b = qgemm::byte(v, z);
-            }
+            super::rows::row_quantize(t.as_ptr(), None, c, len as i64, (1.0, z));
         }
     });
 }
@@ -1023,9 +1023,6 @@ mod tests {
                 (16, 3.0, false),
                 (16, 0.0, true),
             ] {
-                if yb == 16 && o % 16 != 0 {
-                    continue;
-                }
                 let len = if yb == 16 {
                     o.div_ceil(16) * 16 * oh * ow
                 } else {
@@ -1069,12 +1066,13 @@ mod tests {
                         e,
                     )
                 });
-                let want: Vec<u8> = f.iter().map(|&v| qgemm::byte(v, z)).collect();
+                let want: Vec<u8> = f.iter().map(|&v| byte(v, z)).collect();
                 assert!(
                     want.contains(&0) && want.contains(&255),
                     "{ci}→{o}: both ends"
                 );
-                for direct in [false, amx] {
+                // (AMX stores only whole blocks: a padded blocked result is converted.)
+                for direct in [false, amx && (yb != 16 || o % 16 == 0)] {
                     let mut got = vec![0xa5u8; len];
                     // SAFETY: as above; AMX only where the CPU has it.
                     crate::threads::with_helpers(helpers.clone(), || unsafe {
@@ -1098,7 +1096,14 @@ mod tests {
         }
     }
 
-    /// The bytes rule: ties to even, the zero point added, then truncated and saturated, NaN 0.
+    /// `row_quantize`'s bytes rule on one value (`Out::Bytes`'): Rust's conversion truncates
+    /// and saturates, NaN 0.
+    fn byte(v: f32, z: f32) -> u8 {
+        (v.round_ties_even() + z) as u8
+    }
+
+    /// The bytes rule: ties to even, the zero point added, then truncated and saturated, NaN
+    /// 0 — the reference's and `row_quantize`'s.
     #[test]
     fn bytes_round_then_saturate() {
         for (v, z, want) in [
@@ -1116,7 +1121,16 @@ mod tests {
             (-3.0, 2.0, 0),
             (100.4, 124.0, 224),
         ] {
-            assert_eq!(qgemm::byte(v, z), want, "{v} + {z}");
+            assert_eq!(byte(v, z), want, "{v} + {z}");
+            // And `row_quantize` with a divisor of 1 (the converted path's), in a row of 40
+            // (its vector code and the scalar rest).
+            let row = [v; 40];
+            let mut out = [7u8; 40];
+            // SAFETY: rows of 40.
+            unsafe {
+                super::super::rows::row_quantize(row.as_ptr(), None, out.as_mut_ptr(), 40, (1.0, z))
+            };
+            assert_eq!(out, [want; 40], "row_quantize of {v} + {z}");
         }
     }
 }

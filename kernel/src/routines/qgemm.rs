@@ -515,12 +515,6 @@ unsafe fn store_bytes(
     unsafe { _mm512_mask_cvtepi32_storeu_epi8(c.cast(), m, _mm512_cvttps_epi32(t)) };
 }
 
-/// `row_quantize`'s bytes rule on one value ([`Out::Bytes`]): Rust's conversion truncates
-/// and saturates, NaN 0.
-pub(crate) fn byte(v: f32, z: f32) -> u8 {
-    (v.round_ties_even() + z) as u8
-}
-
 /// Sixteen rows of sixteen i32s transposed: pairs interleaved, then quads, then the four
 /// 128-bit lanes of every fourth result gathered.
 #[cfg(target_arch = "x86_64")]
