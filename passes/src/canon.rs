@@ -6,8 +6,9 @@
 //!   no axes are their operand;
 //! - `transpose-transpose`, `reshape-reshape`, `broadcast-broadcast`: a chain becomes one op;
 //! - `sink-broadcast`: an elementwise op whose operands are all broadcast the same way from
-//!   operands of one type computes on the small operands and broadcasts the result
-//!   (`exp(broadcast(x))` → `broadcast(exp(x))`), so broadcasts sit just before their uses;
+//!   operands of one type (or are scalars broadcast) computes on the small operands and
+//!   broadcasts the result (`exp(broadcast(x))` → `broadcast(exp(x))`), so broadcasts sit
+//!   just before their uses and constant math folds at its own size;
 //! - `hoist-splat-math`: an elementwise op of a transpose or reshape whose other operands are
 //!   scalars broadcast computes before the movement (`q(transpose(x))` → `transpose(q(x))`),
 //!   so per-tensor math — a QDQ pair after attention's head split — meets the product that
@@ -162,23 +163,41 @@ fn broadcast_broadcast(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Opti
     b.op1(op, &[src]).map(Some).map_err(err)
 }
 
-fn sink_broadcast(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Option<Value>> {
+pub(crate) fn sink_broadcast(b: &mut Builder, node: &Node, inputs: &[Value]) -> R<Option<Value>> {
     if !node.op().is_elementwise() || inputs.is_empty() {
         return Ok(None);
     }
-    let Op::Broadcast { dims, shape } = producer(b, inputs[0]).clone() else {
+    // The way every operand is broadcast: the first that is not a scalar's (else the first).
+    let broadcast = |b: &Builder, v: Value| match producer(b, v) {
+        Op::Broadcast { dims, shape } => Some((dims.clone(), shape.clone())),
+        _ => None,
+    };
+    let lead = (inputs.iter())
+        .find(|&&v| broadcast(b, v).is_some_and(|(d, _)| !d.is_empty()))
+        .unwrap_or(&inputs[0]);
+    let Some((dims, shape)) = broadcast(b, *lead) else {
         return Ok(None);
     };
-    let src_ty = b.ty(operand(b, inputs[0])).shape.clone();
+    let src_ty = b.ty(operand(b, *lead)).shape.clone();
     let mut srcs = Vec::with_capacity(inputs.len());
     for &v in inputs {
-        match producer(b, v) {
-            Op::Broadcast { dims: d, shape: s } if *d == dims && *s == shape => {
+        match broadcast(b, v) {
+            Some((d, s)) if d == dims && s == shape => {
                 let src = operand(b, v);
                 if b.ty(src).shape != src_ty {
                     return Ok(None);
                 }
                 srcs.push(src);
+            }
+            // A scalar broadcast beside them: broadcast to the small operands' shape instead
+            // (QGemm's per-tensor scales times its per-column one: the scale folds as a row,
+            // not as the whole result).
+            Some((d, s)) if d.is_empty() && s == shape => {
+                let op = Op::Broadcast {
+                    dims: vec![],
+                    shape: src_ty.clone(),
+                };
+                srcs.push(b.op1(op, &[operand(b, v)]).map_err(err)?);
             }
             _ => return Ok(None),
         }

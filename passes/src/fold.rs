@@ -142,6 +142,33 @@ fn fold_node(
             _ => return Ok(None),
         }
     }
+    // Constant math on broadcasts (QGemm's scales, per tensor and per column, broadcast to
+    // the whole result before they are multiplied) folds at the broadcasts' own size and is
+    // broadcast after: a broadcast stays a view that epilogues read per column, where the
+    // folded whole would be a tensor of the result's size read element by element.
+    let grows = consts.iter().any(|(c, op)| {
+        matches!(op, Some(Op::Broadcast { dims, .. }) if !dims.is_empty())
+            && c.tensor.numel()
+                < node.types()[0]
+                    .shape
+                    .as_consts()
+                    .map_or(0, |d| d.iter().product::<i64>() as usize)
+    });
+    if node.op().is_elementwise() && grows {
+        if let Some(sunk) = crate::canon::sink_broadcast(b, node, inputs)? {
+            let small = b.graph().node(sunk.node).inputs()[0];
+            let small_node = b.graph().node(small.node).clone();
+            let folded = fold_node(b, &small_node, small_node.inputs(), opts, weight, names)?;
+            let Some([c]) = folded.as_deref() else {
+                return Ok(Some(vec![sunk]));
+            };
+            let op = b.graph().node(sunk.node).op().clone();
+            return b
+                .op1(op, &[*c])
+                .map(|v| Some(vec![v]))
+                .map_err(|e| e.to_string());
+        }
+    }
     let mut out_bytes = 0u64;
     for ty in node.types() {
         let Some(dims) = ty.shape.as_consts() else {
