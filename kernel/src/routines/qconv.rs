@@ -1096,10 +1096,9 @@ mod tests {
         }
     }
 
-    /// `row_quantize`'s bytes rule on one value (`Out::Bytes`'): Rust's conversion truncates
-    /// and saturates, NaN 0.
+    /// `row_quantize`'s bytes rule on one value (`Out::Bytes`'), as its scalar code has it.
     fn byte(v: f32, z: f32) -> u8 {
-        (v.round_ties_even() + z) as u8
+        super::super::rows::quantize(v, 1.0, z)
     }
 
     /// The bytes rule: ties to even, the zero point added, then truncated and saturated, NaN

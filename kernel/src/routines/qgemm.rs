@@ -493,9 +493,8 @@ unsafe fn columns_bytes(
     }
 }
 
-/// The lanes in `m` of `v` as bytes `u8(round(v) + z)` at `c` ([`Out::Bytes`]' rule):
-/// rounded to even, `z` added, clamped to 0..=255 (the maximum answering its second operand,
-/// 0, for a NaN) and truncated.
+/// The lanes in `m` of `v` as bytes `u8(round(v) + z)` at `c` ([`Out::Bytes`]' rule, as
+/// `row_quantize` makes them: [`super::rows::avx512::bytes_of`]).
 ///
 /// # Safety
 /// AVX-512F; the lanes in `m` writable from `c`.
@@ -508,11 +507,9 @@ unsafe fn store_bytes(
     z: f32,
 ) {
     use std::arch::x86_64::*;
-    let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-    let t = _mm512_add_ps(r, _mm512_set1_ps(z));
-    let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+    let q = super::rows::avx512::bytes_of(v, _mm512_set1_ps(z));
     // SAFETY: the lanes in m are writable (the caller's).
-    unsafe { _mm512_mask_cvtepi32_storeu_epi8(c.cast(), m, _mm512_cvttps_epi32(t)) };
+    unsafe { _mm512_mask_cvtepi32_storeu_epi8(c.cast(), m, q) };
 }
 
 /// Sixteen rows of sixteen i32s transposed: pairs interleaved, then quads, then the four

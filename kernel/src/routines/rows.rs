@@ -331,7 +331,7 @@ fn bracket(s: f32, z: f32) -> Option<(f32, f32, f32)> {
 }
 
 /// One element of [`kiln_row_quantize`], as the JIT's scalar code computes it.
-fn quantize(x: f32, s: f32, z: f32) -> u8 {
+pub(super) fn quantize(x: f32, s: f32, z: f32) -> u8 {
     let y = (x / s).round_ties_even() + z;
     // Truncating and saturating (NaN 0), as a conversion to u8.
     if y.is_nan() {
@@ -896,6 +896,18 @@ pub(super) mod avx512 {
         }
     }
 
+    /// Quotients `q` as the bytes a quantizer stores, in i32 lanes: rounded to even, `z`
+    /// added, clamped to 0..=255 in floats (the maximum answers its second operand, 0, for a
+    /// NaN) so that the truncating conversion never overflows. `qconv2d_u8`'s stores too.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(in crate::routines) fn bytes_of(q: __m512, z: __m512) -> __m512i {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let q = _mm512_add_ps(_mm512_roundscale_ps::<NEAREST>(q), z);
+        let q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+        _mm512_cvttps_epi32(q)
+    }
+
     /// Whole vectors of [`super::kiln_row_quantize`] (the rest left to the caller): where
     /// [`super::bracket`] allows, each quotient rounded to an integer by way of two products
     /// that bracket it (a vector where they round apart divided), the zero point added and
@@ -913,7 +925,6 @@ pub(super) mod avx512 {
         let (sv, zv) = (_mm512_set1_ps(s), _mm512_set1_ps(z));
         let (rz, rs) = res.map_or((0.0, 0.0), |r| (r.z, r.s));
         let (rzv, rsv) = (_mm512_set1_ps(rz), _mm512_set1_ps(rs));
-        let (lo, hi) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
         let b = super::bracket(s, z);
         let (below, above, most) = b.unwrap_or_default();
         let (below, above) = (_mm512_set1_ps(below), _mm512_set1_ps(above));
@@ -943,10 +954,7 @@ pub(super) mod avx512 {
                     }
                 }
                 if !done {
-                    let q = _mm512_roundscale_ps::<NEAREST>(_mm512_div_ps(x, sv));
-                    let q = _mm512_add_ps(q, zv);
-                    let q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
-                    let q = _mm512_cvttps_epi32(q);
+                    let q = bytes_of(_mm512_div_ps(x, sv), zv);
                     _mm_storeu_si128(dst.add(i).cast(), _mm512_cvtepi32_epi8(q));
                 }
             }
