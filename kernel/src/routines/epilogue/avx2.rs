@@ -343,6 +343,23 @@ pub(in crate::routines) unsafe fn tanh(x: __m256) -> __m256 {
     }
 }
 
+/// Stores the lanes of `v` in `m` at `p`: a plain store when `full` (AMD's masked stores are
+/// microcoded, many times slower: they had the epilogue's pass at 12% of a conv model).
+///
+/// # Safety
+/// AVX2 available; the lanes in `m` (all with `full`) writable at `p`.
+#[inline(always)]
+pub(in crate::routines) unsafe fn store(p: *mut f32, m: __m256i, full: bool, v: __m256) {
+    // SAFETY: forwarded.
+    unsafe {
+        if full {
+            _mm256_storeu_ps(p, v);
+        } else {
+            _mm256_maskstore_ps(p, m, v);
+        }
+    }
+}
+
 /// [`Epilogue::block`] in 8-lane registers.
 ///
 /// # Safety
@@ -365,10 +382,15 @@ pub(super) unsafe fn block(
             let at = i * ld + j;
             // SAFETY: (i, j..j + n) is inside the block and its operands.
             unsafe {
-                let v = _mm256_maskload_ps(c.add(at), m);
+                let p = c.add(at);
+                let v = if n == 8 {
+                    _mm256_loadu_ps(p)
+                } else {
+                    _mm256_maskload_ps(p, m)
+                };
                 let st = coefs(e, r0 + i, c0 + j, m);
                 let v = apply(e, v, st, e.res.wrapping_add(a0 + at), m);
-                _mm256_maskstore_ps(c.add(at), m, v);
+                store(p, m, n == 8, v);
             }
             j += 8;
         }

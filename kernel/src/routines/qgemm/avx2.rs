@@ -6,18 +6,26 @@ use std::arch::x86_64::*;
 
 use super::NR;
 
-/// 32 rows of A (`kp` bytes apart; the first `r` real) by two panels into `acc`.
+/// 32 rows of A (`kp` bytes apart; the first `r` real) by two panels into `acc`, over the
+/// first `groups` groups of four steps of k (the rest are zeros).
 ///
 /// # Safety
 /// As `super::block`; the CPU has AVX2.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn block(a: *const u8, b: *const i8, kp: usize, r: usize, acc: &mut [i32]) {
+pub(super) unsafe fn block(
+    a: *const u8,
+    b: *const i8,
+    kp: usize,
+    groups: usize,
+    r: usize,
+    acc: &mut [i32],
+) {
     acc.fill(0);
     // Each panel's 16 columns as four quads of four columns.
     let quads = 2 * NR / 4;
     for i in 0..r {
         let mut s = [_mm256_setzero_si256(); 8];
-        for g in 0..kp / 4 {
+        for g in 0..groups {
             // SAFETY: group g of row i and of both panels is inside.
             unsafe {
                 let q = std::ptr::read_unaligned(a.add(i * kp + 4 * g).cast::<u32>());

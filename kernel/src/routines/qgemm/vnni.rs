@@ -5,17 +5,25 @@ use std::arch::x86_64::*;
 
 use super::NR;
 
-/// 32 rows of A (`kp` bytes apart; the first `r` real) by two panels into `acc`.
+/// 32 rows of A (`kp` bytes apart; the first `r` real) by two panels into `acc`, over the
+/// first `groups` groups of four steps of k (the rest are zeros).
 ///
 /// # Safety
 /// As `super::block`; the CPU has AVX-512 BW and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn block(a: *const u8, b: *const i8, kp: usize, r: usize, acc: &mut [i32]) {
+pub(super) unsafe fn block(
+    a: *const u8,
+    b: *const i8,
+    kp: usize,
+    groups: usize,
+    r: usize,
+    acc: &mut [i32],
+) {
     acc.fill(0);
     let b1 = b.wrapping_add(NR * kp);
     for i0 in (0..r).step_by(8) {
         let mut s = [[_mm512_setzero_si512(); 2]; 8];
-        for g in 0..kp / 4 {
+        for g in 0..groups {
             // SAFETY: group g of both panels, and of the eight rows (padded), is inside.
             unsafe {
                 let x = _mm512_loadu_si512(b.add(g * 4 * NR).cast());
