@@ -419,8 +419,7 @@ unsafe fn conv(
                 unsafe { w.run(b, i32::from(za), o, rows, (out, p, blocked_out), &epi) };
                 return;
             }
-            let (p0, p1) = (p * part / parts, p * (part + 1) / parts);
-            let n = p1 - p0;
+            let (p_lo, p_hi) = (p * part / parts, p * (part + 1) / parts);
             PATCHES.with(|bufs| {
                 let (patches, sums) = &mut *bufs.borrow_mut();
                 // On AMX the patches are windows in place for `Windows` (rows of whole
@@ -431,72 +430,187 @@ unsafe fn conv(
                 } else {
                     k
                 };
-                // Every element of the patches and the sums is written before it is read.
-                let patches = qgemm::aligned(patches, n.next_multiple_of(32) * ld);
-                // Undilated rows of taps are one run of the image's channels-last row.
-                let (run, runs) = if dw == 1 { (kw * ci, 1) } else { (ci, kw) };
-                for q in p0..p1 {
-                    let (oy, ox) = (q / ow, q % ow);
-                    let dst = &mut patches[(q - p0) * ld..][..ld];
-                    for ky in 0..kh {
-                        for kx in 0..runs {
-                            let at = ((oy * sh + ky * dh) * wp + ox * sw + kx * dw) * ci;
-                            let t = ky * kw + kx;
-                            copy(&img[at..][..run], &mut dst[t * ci..][..run]);
+                // Elsewhere the part goes by chunks of pixels whose sums (16K of them) stay in
+                // cache through the product, the transpose and the epilogue: a 64×64 image's
+                // sums (1 MiB at once) went to memory and back twice.
+                let chunk = if amx {
+                    p_hi - p_lo
+                } else {
+                    (16384 / o).next_multiple_of(32).max(32)
+                };
+                for p0 in (p_lo..p_hi).step_by(chunk.max(1)) {
+                    let p1 = (p0 + chunk).min(p_hi);
+                    let n = p1 - p0;
+                    // Every element of the patches and the sums is written before it is read.
+                    let patches = qgemm::aligned(patches, n.next_multiple_of(32) * ld);
+                    // Undilated rows of taps are one run of the image's channels-last row.
+                    let (run, runs) = if dw == 1 { (kw * ci, 1) } else { (ci, kw) };
+                    for q in p0..p1 {
+                        let (oy, ox) = (q / ow, q % ow);
+                        let dst = &mut patches[(q - p0) * ld..][..ld];
+                        for ky in 0..kh {
+                            for kx in 0..runs {
+                                let at = ((oy * sh + ky * dh) * wp + ox * sw + kx * dw) * ci;
+                                let t = ky * kw + kx;
+                                copy(&img[at..][..run], &mut dst[t * ci..][..run]);
+                            }
                         }
+                        dst[k..].fill(0);
                     }
-                    dst[k..].fill(0);
-                }
-                #[cfg(target_arch = "x86_64")]
-                if amx {
-                    let w = qgemm::Windows {
-                        img: patches.as_ptr(),
-                        ci: ld,
-                        wp: n,
-                        ow: n,
-                        steps: (0..ld / qgemm::KB).map(|s| s * qgemm::KB).collect(),
-                        first: p0,
-                    };
-                    let b = b as *const i8;
-                    // SAFETY: AMX; the patches are windows as `Windows` reads them; the
-                    // filters packed; this part writes pixels p0..p1.
-                    unsafe { w.run(b, i32::from(za), o, (0, 1), (out, p, blocked_out), &epi) };
-                    return;
-                }
-                if sums.len() < n * o {
-                    sums.resize(n * o, 0.0);
-                }
-                // SAFETY: the patches are n rows of k; B holds the packed filters; sums
-                // n × o; this part writes columns p0..p1 of c's o rows of p.
-                unsafe {
-                    qgemm::product(
-                        qgemm::isa(),
-                        patches.as_ptr(),
-                        k,
-                        b as *const i8,
-                        i32::from(za),
-                        sums.as_mut_ptr(),
-                        o,
-                        n,
-                        o,
-                        k,
-                        &Epilogue::NONE,
-                    );
-                    let c = c as *mut f32;
-                    if blocked_out {
-                        // The epilogue on the pixel-major sums (per column), then runs of 16.
-                        epi.block(sums.as_mut_ptr(), o, n, o);
-                        for q in 0..n {
-                            store_blocked(&sums[q * o..][..o], o, c, p, p0 + q);
+                    #[cfg(target_arch = "x86_64")]
+                    if amx {
+                        let w = qgemm::Windows {
+                            img: patches.as_ptr(),
+                            ci: ld,
+                            wp: n,
+                            ow: n,
+                            steps: (0..ld / qgemm::KB).map(|s| s * qgemm::KB).collect(),
+                            first: p0,
+                        };
+                        let b = b as *const i8;
+                        // SAFETY: AMX; the patches are windows as `Windows` reads them; the
+                        // filters packed; this part writes pixels p0..p1.
+                        unsafe { w.run(b, i32::from(za), o, (0, 1), (out, p, blocked_out), &epi) };
+                        return;
+                    }
+                    if sums.len() < n * o {
+                        sums.resize(n * o, 0.0);
+                    }
+                    // SAFETY: the patches are n rows of k; B holds the packed filters; sums
+                    // n × o; this part writes columns p0..p1 of c's o rows of p.
+                    unsafe {
+                        qgemm::product(
+                            qgemm::isa(),
+                            patches.as_ptr(),
+                            k,
+                            b as *const i8,
+                            i32::from(za),
+                            sums.as_mut_ptr(),
+                            o,
+                            n,
+                            o,
+                            k,
+                            &Epilogue::NONE,
+                        );
+                        let c = c as *mut f32;
+                        if blocked_out {
+                            // The epilogue on the pixel-major sums (per column), then runs of 16.
+                            epi.block(sums.as_mut_ptr(), o, n, o);
+                            for q in 0..n {
+                                store_blocked(&sums[q * o..][..o], o, c, p, p0 + q);
+                            }
+                        } else {
+                            planes(sums, o, n, (c, p, p0), &epi);
                         }
-                    } else {
-                        transpose(sums, 0, o, c.add(p0), p, n, o);
-                        epi.block_at((0, p0, p0), c.add(p0), p, o, n);
                     }
                 }
             });
         });
     });
+}
+
+/// Pixel-major sums (`n` pixels of `o` channels) into planes of `p` pixels from pixel `p0`
+/// of `c`, through the epilogue (per channel: its rows): on AVX2, whole 8×8 tiles are
+/// transposed in registers and each channel's vector goes through the epilogue as it is
+/// stored, one pass (the transpose and the epilogue's own pass over the planes were 18% of
+/// resnet_block_qop's time); the edges, and other CPUs, transpose then run the epilogue.
+///
+/// # Safety
+/// `c` holds `o` planes of `p`, pixels `p0..p0 + n` this call's alone; the epilogue's
+/// operands (and residual, laid out as `c`) hold them.
+unsafe fn planes(
+    sums: &[f32],
+    o: usize,
+    n: usize,
+    (c, p, p0): (*mut f32, usize, usize),
+    epi: &Epilogue,
+) {
+    let (n8, o8) = (n / 8 * 8, o / 8 * 8);
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2_fma() && n8 > 0 && o8 > 0 {
+        // SAFETY: forwarded; the CPU has AVX2 and FMA.
+        unsafe {
+            planes_avx2(sums, o, (n8, o8), (c, p, p0), epi);
+            // The edges: the last pixels of every channel, the last channels of the rest.
+            transpose(sums, n8 * o, o, c.add(p0 + n8), p, n - n8, o);
+            epi.block_at((0, p0 + n8, p0 + n8), c.add(p0 + n8), p, o, n - n8);
+            let edge = c.add(o8 * p + p0);
+            transpose(sums, o8, o, edge, p, n8, o - o8);
+            epi.block_at((o8, p0, o8 * p + p0), edge, p, o - o8, n8);
+        }
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe {
+        transpose(sums, 0, o, c.add(p0), p, n, o);
+        epi.block_at((0, p0, p0), c.add(p0), p, o, n);
+    }
+}
+
+/// [`planes`]' whole tiles: pixels `0..n8` by channels `0..o8`.
+///
+/// # Safety
+/// As [`planes`]; AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn planes_avx2(
+    sums: &[f32],
+    o: usize,
+    (n8, o8): (usize, usize),
+    (c, p, p0): (*mut f32, usize, usize),
+    epi: &Epilogue,
+) {
+    use super::epilogue::avx2 as vec;
+    use std::arch::x86_64::*;
+    assert!(n8 == 0 || (n8 - 1) * o + o8 <= sums.len());
+    let all = _mm256_set1_epi32(-1);
+    for j0 in (0..o8).step_by(8) {
+        for i0 in (0..n8).step_by(8) {
+            // SAFETY: rows i0..i0 + 8 hold channels j0..j0 + 8 (asserted above); the planes'
+            // pixels and the epilogue's operands are the caller's.
+            unsafe {
+                let r: [__m256; 8] =
+                    std::array::from_fn(|i| _mm256_loadu_ps(sums.as_ptr().add((i0 + i) * o + j0)));
+                // 8×8 transpose: pairs, then quads, then halves.
+                let a0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let a1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let a2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let a3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let a4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let a5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let a6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let a7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let b0 = _mm256_shuffle_ps::<0x44>(a0, a2);
+                let b1 = _mm256_shuffle_ps::<0xEE>(a0, a2);
+                let b2 = _mm256_shuffle_ps::<0x44>(a1, a3);
+                let b3 = _mm256_shuffle_ps::<0xEE>(a1, a3);
+                let b4 = _mm256_shuffle_ps::<0x44>(a4, a6);
+                let b5 = _mm256_shuffle_ps::<0xEE>(a4, a6);
+                let b6 = _mm256_shuffle_ps::<0x44>(a5, a7);
+                let b7 = _mm256_shuffle_ps::<0xEE>(a5, a7);
+                let t = [
+                    _mm256_permute2f128_ps::<0x20>(b0, b4),
+                    _mm256_permute2f128_ps::<0x20>(b1, b5),
+                    _mm256_permute2f128_ps::<0x20>(b2, b6),
+                    _mm256_permute2f128_ps::<0x20>(b3, b7),
+                    _mm256_permute2f128_ps::<0x31>(b0, b4),
+                    _mm256_permute2f128_ps::<0x31>(b1, b5),
+                    _mm256_permute2f128_ps::<0x31>(b2, b6),
+                    _mm256_permute2f128_ps::<0x31>(b3, b7),
+                ];
+                for (j, &v) in t.iter().enumerate() {
+                    let at = (j0 + j) * p + p0 + i0;
+                    let v = if epi.is_none() {
+                        v
+                    } else {
+                        let st = vec::coefs(epi, j0 + j, p0 + i0, all);
+                        vec::apply(epi, v, st, epi.res.wrapping_add(at), all)
+                    };
+                    _mm256_storeu_ps(c.add(at), v);
+                }
+            }
+        }
+    }
 }
 
 /// The windows of a stride-1 conv read in place from its padded channels-last image `img`
