@@ -18,9 +18,7 @@ import os
 import shutil
 import sys
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location(
@@ -33,7 +31,7 @@ def dequantized_weights(m: onnx.ModelProto) -> None:
     """QDQ weights: int8 initializers read only by a DequantizeLinear before products."""
     g = m.graph
     inits = {t.name: t for t in g.initializer}
-    consumers, producer = {}, {}
+    consumers, producer, converted = {}, {}, set()
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
@@ -48,6 +46,7 @@ def dequantized_weights(m: onnx.ModelProto) -> None:
             return False
         z = inits.get(dq.input[2])
         return z is not None and z.data_type == onnx.TensorProto.UINT8
+
     for n in g.node:
         if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
             continue
@@ -62,15 +61,7 @@ def dequantized_weights(m: onnx.ModelProto) -> None:
         z = n.input[2] if len(n.input) > 2 else ""
         if z and (z not in inits or len(consumers[z]) != 1):
             continue
-        u = (numpy_helper.to_array(w).astype(np.int16) + 128).astype(np.uint8)
-        w.CopyFrom(numpy_helper.from_array(u, w.name))
-        zs = numpy_helper.to_array(inits[z]) if z else np.zeros((), np.int8)
-        zt = numpy_helper.from_array((zs.astype(np.int16) + 128).astype(np.uint8),
-                                     (z or w.name) + "_as_uint8")
-        g.initializer.append(zt)
-        while len(n.input) < 3:
-            n.input.append("")
-        n.input[2] = zt.name
+        build.as_uint8(g, inits, n, (0, 2), converted)
 
 
 def main():

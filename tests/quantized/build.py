@@ -72,6 +72,30 @@ PRODUCTS = {
 }
 
 
+def as_uint8(g: onnx.GraphProto, inits: dict, node: onnx.NodeProto, at: tuple, converted: set):
+    """Input `at[0]` of `node`, an int8 initializer, stored as uint8 plus 128 (once, however
+    many nodes read it: `converted`), and its zero point, input `at[1]` (absent: 0), read
+    from a uint8 initializer plus 128 beside it: w + 128 - (z + 128) is w - z."""
+    from onnx import numpy_helper
+
+    wi, zi = at
+    w = node.input[wi]
+    z = node.input[zi] if len(node.input) > zi else ""
+    if w not in converted:
+        u = (numpy_helper.to_array(inits[w]).astype(np.int16) + 128).astype(np.uint8)
+        inits[w].CopyFrom(numpy_helper.from_array(u, w))
+        converted.add(w)
+    zname = (z or w) + "_as_uint8"
+    if zname not in inits:
+        zs = numpy_helper.to_array(inits[z]) if z else np.zeros((), np.int8)
+        t = numpy_helper.from_array((zs.astype(np.int16) + 128).astype(np.uint8), zname)
+        g.initializer.append(t)
+        inits[zname] = t
+    while len(node.input) <= zi:
+        node.input.append("")
+    node.input[zi] = zname
+
+
 def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every int8 weight of a product of uint8 activations stored as uint8, and
     its zero point with it (w + 128 - (z + 128) is w - z): the products' definitions compute
@@ -79,8 +103,6 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     saturating int16 (vpmaddubsw), so on CPUs without VNNI or AMX its results are not the
     ops' (bert_tiny_qop's outputs moved by 0.24); its uint8 x uint8 kernel widens to int16
     first and is exact everywhere."""
-    from onnx import numpy_helper
-
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     # Activations' types where no zero point says: DynamicQuantizeLinear makes uint8.
@@ -106,19 +128,7 @@ def exact_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         if (z and z not in inits) or any(c not in PRODUCTS for c in consumers[w]):
             continue
-        if w not in converted:
-            u = (numpy_helper.to_array(inits[w]).astype(np.int16) + 128).astype(np.uint8)
-            inits[w].CopyFrom(numpy_helper.from_array(u, w))
-            converted.add(w)
-        zs = numpy_helper.to_array(inits[z]) if z else np.zeros((), np.int8)
-        zname = (z or w) + "_as_uint8"
-        if zname not in inits:
-            t = numpy_helper.from_array((zs.astype(np.int16) + 128).astype(np.uint8), zname)
-            g.initializer.append(t)
-            inits[zname] = t
-        while len(n.input) <= zi:
-            n.input.append("")
-        n.input[zi] = zname
+        as_uint8(g, inits, n, (wi, zi), converted)
     return model
 
 
