@@ -571,33 +571,7 @@ unsafe fn planes_avx2(
             unsafe {
                 let r: [__m256; 8] =
                     std::array::from_fn(|i| _mm256_loadu_ps(sums.as_ptr().add((i0 + i) * o + j0)));
-                // 8×8 transpose: pairs, then quads, then halves.
-                let a0 = _mm256_unpacklo_ps(r[0], r[1]);
-                let a1 = _mm256_unpackhi_ps(r[0], r[1]);
-                let a2 = _mm256_unpacklo_ps(r[2], r[3]);
-                let a3 = _mm256_unpackhi_ps(r[2], r[3]);
-                let a4 = _mm256_unpacklo_ps(r[4], r[5]);
-                let a5 = _mm256_unpackhi_ps(r[4], r[5]);
-                let a6 = _mm256_unpacklo_ps(r[6], r[7]);
-                let a7 = _mm256_unpackhi_ps(r[6], r[7]);
-                let b0 = _mm256_shuffle_ps::<0x44>(a0, a2);
-                let b1 = _mm256_shuffle_ps::<0xEE>(a0, a2);
-                let b2 = _mm256_shuffle_ps::<0x44>(a1, a3);
-                let b3 = _mm256_shuffle_ps::<0xEE>(a1, a3);
-                let b4 = _mm256_shuffle_ps::<0x44>(a4, a6);
-                let b5 = _mm256_shuffle_ps::<0xEE>(a4, a6);
-                let b6 = _mm256_shuffle_ps::<0x44>(a5, a7);
-                let b7 = _mm256_shuffle_ps::<0xEE>(a5, a7);
-                let t = [
-                    _mm256_permute2f128_ps::<0x20>(b0, b4),
-                    _mm256_permute2f128_ps::<0x20>(b1, b5),
-                    _mm256_permute2f128_ps::<0x20>(b2, b6),
-                    _mm256_permute2f128_ps::<0x20>(b3, b7),
-                    _mm256_permute2f128_ps::<0x31>(b0, b4),
-                    _mm256_permute2f128_ps::<0x31>(b1, b5),
-                    _mm256_permute2f128_ps::<0x31>(b2, b6),
-                    _mm256_permute2f128_ps::<0x31>(b3, b7),
-                ];
+                let t = transpose8(r);
                 for (j, &v) in t.iter().enumerate() {
                     let at = (j0 + j) * p + p0 + i0;
                     let v = if epi.is_none() {
@@ -611,6 +585,39 @@ unsafe fn planes_avx2(
             }
         }
     }
+}
+
+/// Eight vectors of eight as their transpose: pairs interleaved, then quads, then halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let a0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let a1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let a2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let a3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let a4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let a5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let a6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let a7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let b0 = _mm256_shuffle_ps::<0x44>(a0, a2);
+    let b1 = _mm256_shuffle_ps::<0xEE>(a0, a2);
+    let b2 = _mm256_shuffle_ps::<0x44>(a1, a3);
+    let b3 = _mm256_shuffle_ps::<0xEE>(a1, a3);
+    let b4 = _mm256_shuffle_ps::<0x44>(a4, a6);
+    let b5 = _mm256_shuffle_ps::<0xEE>(a4, a6);
+    let b6 = _mm256_shuffle_ps::<0x44>(a5, a7);
+    let b7 = _mm256_shuffle_ps::<0xEE>(a5, a7);
+    [
+        _mm256_permute2f128_ps::<0x20>(b0, b4),
+        _mm256_permute2f128_ps::<0x20>(b1, b5),
+        _mm256_permute2f128_ps::<0x20>(b2, b6),
+        _mm256_permute2f128_ps::<0x20>(b3, b7),
+        _mm256_permute2f128_ps::<0x31>(b0, b4),
+        _mm256_permute2f128_ps::<0x31>(b1, b5),
+        _mm256_permute2f128_ps::<0x31>(b2, b6),
+        _mm256_permute2f128_ps::<0x31>(b3, b7),
+    ]
 }
 
 /// The windows of a stride-1 conv read in place from its padded channels-last image `img`
