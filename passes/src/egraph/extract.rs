@@ -65,7 +65,25 @@ pub fn load(g: &Graph) -> R<Loaded> {
 
 fn node_cost(eg: &EGraph, target: &Target, class: Id, n: &ENode) -> f64 {
     let args: Vec<&Info> = n.children.iter().map(|&c| &eg[c].data).collect();
-    target.node_cost(eg.analysis.op(n.op), &eg[class].data, &args)
+    let op = eg.analysis.op(n.op);
+    // An 8-bit product's scales and shifts run in its epilogue (`fuse` puts them there):
+    // only their arithmetic counts, not a pass over memory — else the scale the rewrite to
+    // the product adds outweighs the product's savings on a small one (a first conv's 27
+    // terms). Its f32 form's `conv` then `mul` cost as a pass each either way.
+    let quantized = |c: &Id| {
+        eg[*c].nodes.iter().any(|m| {
+            matches!(
+                eg.analysis.op(m.op),
+                EOp::Ir(ir::Op::Qdot { .. } | ir::Op::Qconv { .. })
+            )
+        })
+    };
+    if matches!(op, EOp::Ir(ir::Op::Mul | ir::Op::Add | ir::Op::Sub))
+        && n.children.iter().any(quantized)
+    {
+        return target.in_kernel().node_cost(op, &eg[class].data, &args);
+    }
+    target.node_cost(op, &eg[class].data, &args)
 }
 
 /// Per class, the node of least tree cost.

@@ -410,6 +410,10 @@ fn dequantized(eg: &EGraph, id: Id, column: Option<usize>) -> Option<(Id, Option
         };
         let eight =
             |q: Id| column.is_some() || matches!(info(eg, q).ty().dtype, DType::U8 | DType::I8);
+        // A weight's integers: converted at run time, or already converted by `fold` (a
+        // small weight's f32 integers).
+        let int =
+            |c: Id| int(c).or_else(|| (column.is_some() && integral(eg, c).is_some()).then_some(c));
         if let Some(q) = int(body).filter(|&q| eight(q)) {
             return Some((q, None, scale));
         }
@@ -466,7 +470,7 @@ fn zero_of(eg: &EGraph, zero: Option<Id>, dtype: DType) -> Option<Expr> {
 /// The weight less its zero point as i8, when every value fits: `w` alone, or `w − zero` for
 /// a splat zero or integers converted to f32 (per tensor, or per column along `column`).
 fn weight_bytes(eg: &EGraph, w: Id, zero: Option<Id>, column: usize) -> Option<Expr> {
-    let (lo, hi) = info(eg, w).range?;
+    let (lo, hi) = integral(eg, w)?;
     let to_i8 = |e: Expr| converted(DType::I8, e);
     let i32s = |e: Expr| converted(DType::I32, e);
     let fits = |lo: f64, hi: f64| lo >= -128.0 && hi <= 127.0;
@@ -769,6 +773,31 @@ fn cast_to_f32(eg: &EGraph, id: Id) -> impl Iterator<Item = Id> + '_ {
         } => Some(args[0]),
         _ => None,
     })
+}
+
+/// The interval of an integer class, or of an f32 constant whose values are all integers
+/// (a small weight's conversion, evaluated by `fold`).
+fn integral(eg: &EGraph, id: Id) -> Option<(f64, f64)> {
+    if let Some(r) = info(eg, id).range {
+        return Some(r);
+    }
+    eg[id]
+        .nodes
+        .iter()
+        .find_map(|n| match eg.analysis.op(n.op) {
+            crate::egraph::EOp::Ir(Op::Constant { value })
+                if value.tensor.dtype() == DType::F32 =>
+            {
+                // Stops at the first fraction: a float model's weights cost one element.
+                let d = value.tensor.data();
+                (0..d.len()).try_fold(None, |acc: Option<(f64, f64)>, i| {
+                    let x = d.get_f64(i);
+                    (x.fract() == 0.0 && x.abs() <= EXACT)
+                        .then(|| Some(acc.map_or((x, x), |(lo, hi)| (lo.min(x), hi.max(x)))))
+                })?
+            }
+            _ => None,
+        })
 }
 
 /// Whether every value of class `id` fits i8.
