@@ -341,6 +341,20 @@ unsafe fn conv(
     } else {
         Some(bp)
     };
+    // A 1×1, stride-1 conv without padding off AMX: its patches are the pixels' channels,
+    // so the product reads them in place — from a blocked image of one block as it is
+    // (16 bytes a pixel), else from the channels-last copy (no border) — with no patch
+    // matrix (a depthwise-separable CNN's every other conv).
+    let pointwise = kh == 1
+        && kw == 1
+        && sh == 1
+        && sw == 1
+        && ph == 0
+        && pw == 0
+        && oh == h
+        && ow == wd
+        && qgemm::isa() != qgemm::Isa::Amx;
+    let as_is = pointwise && xb == 16 && ci <= 16;
     IMAGE.with(|img| {
         let img = &mut *img.borrow_mut();
         // The image channels-last, with a border of the zero point wide enough for every
@@ -358,7 +372,7 @@ unsafe fn conv(
         };
         let rows_of = |part: usize, parts: usize| (hp * part / parts, hp * (part + 1) / parts);
         let (at, len, x) = (img.as_mut_ptr() as usize, img.len(), x as usize);
-        let layout_parts = t.min(hp).max(1);
+        let layout_parts = if as_is { 0 } else { t.min(hp).max(1) };
         crate::threads::parallel_for(layout_parts, |part| {
             let (y0, y1) = rows_of(part, layout_parts);
             let from = y0 * wp * ci;
@@ -370,7 +384,10 @@ unsafe fn conv(
             // SAFETY: this part's own rows of the copy (the last part's with the tail).
             let rows =
                 unsafe { std::slice::from_raw_parts_mut((at as *mut u8).add(from), end - from) };
-            rows.fill(za);
+            // (Without a border every pixel is written below; nothing reads the tail.)
+            if !pointwise {
+                rows.fill(za);
+            }
             let x = x as *const u8;
             for y in y0.saturating_sub(ph).min(h)..y1.saturating_sub(ph).min(h) {
                 let dst = &mut rows[((y + ph) * wp + pw) * ci - from..][..wd * ci];
@@ -441,26 +458,34 @@ unsafe fn conv(
                 for p0 in (p_lo..p_hi).step_by(chunk.max(1)) {
                     let p1 = (p0 + chunk).min(p_hi);
                     let n = p1 - p0;
-                    // Every element of the patches and the sums is written before it is read.
-                    let patches = qgemm::aligned(patches, n.next_multiple_of(32) * ld);
-                    // Undilated rows of taps are one run of the image's channels-last row.
-                    let (run, runs) = if dw == 1 { (kw * ci, 1) } else { (ci, kw) };
-                    for q in p0..p1 {
-                        let (oy, ox) = (q / ow, q % ow);
-                        let dst = &mut patches[(q - p0) * ld..][..ld];
-                        for ky in 0..kh {
-                            for kx in 0..runs {
-                                let at = ((oy * sh + ky * dh) * wp + ox * sw + kx * dw) * ci;
-                                let t = ky * kw + kx;
-                                copy(&img[at..][..run], &mut dst[t * ci..][..run]);
+                    // The product's rows: pixels p0..p1 in place, or their patches.
+                    let (rows, stride) = if as_is {
+                        ((x as *const u8).wrapping_add(p0 * 16), 16)
+                    } else if pointwise {
+                        (img[p0 * ci..].as_ptr(), ci)
+                    } else {
+                        // Every element of the patches is written before it is read.
+                        let patches = qgemm::aligned(patches, n.next_multiple_of(32) * ld);
+                        // Undilated rows of taps are one run of the image's channels-last row.
+                        let (run, runs) = if dw == 1 { (kw * ci, 1) } else { (ci, kw) };
+                        for q in p0..p1 {
+                            let (oy, ox) = (q / ow, q % ow);
+                            let dst = &mut patches[(q - p0) * ld..][..ld];
+                            for ky in 0..kh {
+                                for kx in 0..runs {
+                                    let at = ((oy * sh + ky * dh) * wp + ox * sw + kx * dw) * ci;
+                                    let t = ky * kw + kx;
+                                    copy(&img[at..][..run], &mut dst[t * ci..][..run]);
+                                }
                             }
+                            dst[k..].fill(0);
                         }
-                        dst[k..].fill(0);
-                    }
+                        (patches.as_ptr(), ld)
+                    };
                     #[cfg(target_arch = "x86_64")]
                     if amx {
                         let w = qgemm::Windows {
-                            img: patches.as_ptr(),
+                            img: rows,
                             ci: ld,
                             wp: n,
                             ow: n,
@@ -476,13 +501,13 @@ unsafe fn conv(
                     if sums.len() < n * o {
                         sums.resize(n * o, 0.0);
                     }
-                    // SAFETY: the patches are n rows of k; B holds the packed filters; sums
+                    // SAFETY: the rows are n of k bytes, `stride` apart; B holds the packed filters; sums
                     // n × o; this part writes columns p0..p1 of c's o rows of p.
                     unsafe {
                         qgemm::product(
                             qgemm::isa(),
-                            patches.as_ptr(),
-                            k,
+                            rows,
+                            stride,
                             b as *const i8,
                             i32::from(za),
                             sums.as_mut_ptr(),
@@ -958,6 +983,12 @@ mod tests {
             (32, 32, 6, 10, 1, 2, 1, 1, 0, 0),
             (64, 96, 20, 19, 3, 3, 1, 1, 1, 1),
             (128, 40, 5, 5, 1, 1, 1, 1, 0, 0),
+            // 1×1 convs read in place (off AMX): one block of channels (whole, part) over
+            // several chunks of pixels, and the ones that are not pointwise (padded, strided).
+            (16, 16, 40, 41, 1, 1, 1, 1, 0, 0),
+            (12, 40, 9, 7, 1, 1, 1, 1, 0, 0),
+            (16, 8, 5, 5, 1, 1, 1, 1, 1, 1),
+            (20, 8, 9, 9, 1, 1, 2, 1, 0, 0),
         ] {
             let oh = (h + 2 * ph - (kh - 1) * d - 1) / s + 1;
             let ow = (wd + 2 * pw - (kw - 1) * d - 1) / s + 1;
