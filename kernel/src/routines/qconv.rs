@@ -498,35 +498,27 @@ unsafe fn conv(
                         unsafe { w.run(b, i32::from(za), o, (0, 1), (out, p, blocked_out), &epi) };
                         return;
                     }
+                    let (c, b, za) = (c as *mut f32, b as *const i8, i32::from(za));
+                    if blocked_out {
+                        // SAFETY: the rows are n of k bytes, `stride` apart; B holds the
+                        // packed filters; this part writes pixels p0..p1 of every block of
+                        // c (16 lanes a pixel, blocks p pixels apart).
+                        unsafe {
+                            let c = (c.add(p0 * 16), 16, p * 16);
+                            qgemm::product(qgemm::isa(), rows, stride, b, za, c, n, o, k, &epi);
+                        }
+                        continue;
+                    }
                     if sums.len() < n * o {
                         sums.resize(n * o, 0.0);
                     }
-                    // SAFETY: the rows are n of k bytes, `stride` apart; B holds the packed filters; sums
-                    // n × o; this part writes columns p0..p1 of c's o rows of p.
+                    // SAFETY: the rows are n of k bytes, `stride` apart; B holds the packed
+                    // filters; sums n × o; this part writes columns p0..p1 of c's o rows of p.
                     unsafe {
-                        qgemm::product(
-                            qgemm::isa(),
-                            rows,
-                            stride,
-                            b as *const i8,
-                            i32::from(za),
-                            sums.as_mut_ptr(),
-                            o,
-                            n,
-                            o,
-                            k,
-                            &Epilogue::NONE,
-                        );
-                        let c = c as *mut f32;
-                        if blocked_out {
-                            // The epilogue on the pixel-major sums (per column), then runs of 16.
-                            epi.block(sums.as_mut_ptr(), o, n, o);
-                            for q in 0..n {
-                                store_blocked(&sums[q * o..][..o], o, c, p, p0 + q);
-                            }
-                        } else {
-                            planes(sums, o, n, (c, p, p0), &epi);
-                        }
+                        let sums_c = (sums.as_mut_ptr(), o, qgemm::NR);
+                        let none = &Epilogue::NONE;
+                        qgemm::product(qgemm::isa(), rows, stride, b, za, sums_c, n, o, k, none);
+                        planes(sums, o, n, (c, p, p0), &epi);
                     }
                 }
             });

@@ -168,8 +168,7 @@ pub unsafe extern "C" fn kiln_qgemm(
                     a_rs as usize,
                     p.as_ptr(),
                     za,
-                    c,
-                    ldc,
+                    (c, ldc, NR),
                     m,
                     n,
                     k,
@@ -180,13 +179,17 @@ pub unsafe extern "C" fn kiln_qgemm(
         return;
     }
     // SAFETY: forwarded from the caller.
-    unsafe { product(isa(), a, a_rs as usize, bp, za, c, ldc, m, n, k, &epi) }
+    unsafe { product(isa(), a, a_rs as usize, bp, za, (c, ldc, NR), m, n, k, &epi) }
 }
 
 /// The product against packed B, split by pairs of panels over the helper threads when big.
+/// C is `(c, ldc, cbs)`: element (i, j) at `i·ldc + (j / 16)·cbs + j % 16` — row-major where
+/// `cbs` is 16, a channel-blocked image's 16-channel blocks of pixels where `ldc` is 16
+/// (a conv's results stored blocked as they come, its epilogue per column).
 ///
 /// # Safety
-/// As [`kiln_qgemm`], `bp` packed.
+/// As [`kiln_qgemm`], `bp` packed; C as laid out holds every (i, j), no two the same
+/// element.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn product(
     isa: Isa,
@@ -194,8 +197,7 @@ pub(crate) unsafe fn product(
     a_rs: usize,
     bp: *const i8,
     za: i32,
-    c: *mut f32,
-    ldc: usize,
+    (c, ldc, cbs): (*mut f32, usize, usize),
     m: usize,
     n: usize,
     k: usize,
@@ -216,6 +218,7 @@ pub(crate) unsafe fn product(
         za,
         c: c as usize,
         ldc,
+        cbs,
         m,
         n,
         k,
@@ -623,12 +626,19 @@ struct Operands {
     za: i32,
     c: usize,
     ldc: usize,
+    /// How far apart C's runs of 16 columns lie ([`product`]).
+    cbs: usize,
     m: usize,
     n: usize,
     k: usize,
 }
 
 impl Operands {
+    /// Where column `j` of a row of C starts, from the row's first element.
+    fn col(&self, j: usize) -> usize {
+        j / NR * self.cbs + j % NR
+    }
+
     /// The columns of panel pairs `lo..hi`, every row.
     ///
     /// # Safety
@@ -712,26 +722,33 @@ impl Operands {
         let c = self.c as *mut f32;
         // SAFETY: B is packed for k and n.
         let fix = unsafe { fixes(self.bp as *const i8, (kpad(self.k), self.n), self.za, j0, w) };
+        // The block's two runs of 16 columns (j0 is a multiple of 32), each where C keeps it.
+        let runs = [(0, self.col(j0)), (NR, self.col(j0 + NR))];
         #[cfg(target_arch = "x86_64")]
         if crate::avx512() {
             // SAFETY: forwarded; the CPU has AVX-512.
-            return unsafe { avx512_store(acc, &fix, (c, self.ldc), (i0, r, j0, w), epi) };
+            return unsafe { avx512_store(acc, &fix, (c, self.ldc, runs), (i0, r, j0, w), epi) };
         }
         #[cfg(target_arch = "x86_64")]
         if crate::avx2_fma() {
             // SAFETY: forwarded; the CPU has AVX2 and FMA.
-            return unsafe { avx2_store(acc, &fix, (c, self.ldc), (i0, r, j0, w), epi) };
+            return unsafe { avx2_store(acc, &fix, (c, self.ldc, runs), (i0, r, j0, w), epi) };
         }
-        for (i, sums) in acc.chunks_exact(2 * NR).take(r).enumerate() {
-            // SAFETY: row i0 + i of C holds columns j0..j0 + w.
-            let row = unsafe { std::slice::from_raw_parts_mut(c.add((i0 + i) * self.ldc + j0), w) };
-            for ((y, &x), &f) in row.iter_mut().zip(sums).zip(&fix) {
-                *y = x.wrapping_sub(f) as f32;
+        for (h, col) in runs.into_iter().filter(|&(h, _)| h < w) {
+            let lanes = (w - h).min(NR);
+            for (i, sums) in acc.chunks_exact(2 * NR).take(r).enumerate() {
+                // SAFETY: row i0 + i of C holds the run's columns.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(c.add((i0 + i) * self.ldc + col), lanes)
+                };
+                for ((y, &x), &f) in row.iter_mut().zip(&sums[h..]).zip(&fix[h..]) {
+                    *y = x.wrapping_sub(f) as f32;
+                }
             }
+            let at = i0 * self.ldc + col;
+            // SAFETY: the run is inside C.
+            unsafe { epi.block_at((i0, j0 + h, at), c.add(at), self.ldc, r, lanes) };
         }
-        let at = i0 * self.ldc + j0;
-        // SAFETY: the block is inside C.
-        unsafe { epi.block_at((i0, j0, at), c.add(at), self.ldc, r, w) };
     }
 }
 
@@ -746,12 +763,12 @@ impl Operands {
 unsafe fn avx512_store(
     acc: &[i32],
     fix: &[i32; 2 * NR],
-    (c, ldc): (*mut f32, usize),
+    (c, ldc, runs): (*mut f32, usize, [(usize, usize); 2]),
     (i0, r, j0, w): (usize, usize, usize, usize),
     epi: &Epilogue,
 ) {
     use std::arch::x86_64::*;
-    for h in (0..w).step_by(16) {
+    for (h, col) in runs.into_iter().filter(|&(h, _)| h < w) {
         let lanes = (w - h).min(16);
         let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
         let f = _mm512_loadu_si512(fix[h..].as_ptr().cast());
@@ -760,7 +777,7 @@ unsafe fn avx512_store(
             let x = _mm512_loadu_si512(acc[i * 2 * NR + h..].as_ptr().cast());
             _mm512_cvtepi32_ps(_mm512_sub_epi32(x, f))
         };
-        let at = i0 * ldc + j0 + h;
+        let at = i0 * ldc + col;
         // SAFETY: C's rows i0.. hold these columns (the caller's).
         unsafe { columns(epi, (i0, j0 + h, at), (r, ldc), m, v, c, true) };
     }
@@ -777,7 +794,7 @@ unsafe fn avx512_store(
 unsafe fn avx2_store(
     acc: &[i32],
     fix: &[i32; 2 * NR],
-    (c, ldc): (*mut f32, usize),
+    (c, ldc, runs): (*mut f32, usize, [(usize, usize); 2]),
     (i0, r, j0, w): (usize, usize, usize, usize),
     epi: &Epilogue,
 ) {
@@ -789,8 +806,10 @@ unsafe fn avx2_store(
         let full = w - h >= 8;
         let m = _mm256_cmpgt_epi32(_mm256_set1_epi32((w - h).min(8) as i32), lane);
         let f = _mm256_loadu_si256(fix[h..].as_ptr().cast());
+        // Column j0 + h's place in its row of C (h a multiple of 8: inside one run).
+        let col = runs[h / NR].1 + h % NR;
         for i in 0..r {
-            let at = (i0 + i) * ldc + j0 + h;
+            let at = (i0 + i) * ldc + col;
             // SAFETY: the block's rows hold 32 sums; C's row i0 + i holds these columns, and
             // the epilogue's operands them (the caller's).
             unsafe {
@@ -1082,8 +1101,7 @@ mod tests {
                             k,
                             bp.as_ptr(),
                             i32::from(za),
-                            c.as_mut_ptr(),
-                            n,
+                            (c.as_mut_ptr(), n, NR),
                             m,
                             n,
                             k,
@@ -1092,6 +1110,36 @@ mod tests {
                     };
                     let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
                     assert!(same, "{isa:?} {m}x{n}x{k} {what}");
+                    if !e.res.is_null() {
+                        continue;
+                    }
+                    // C blocked as a conv's channels: runs of 16 columns, m rows of 16 apart.
+                    let mut cb = vec![f32::NAN; n.div_ceil(NR) * NR * m];
+                    // SAFETY: as above; cb holds every run.
+                    unsafe {
+                        let c = (cb.as_mut_ptr(), NR, m * NR);
+                        product(
+                            isa,
+                            a.as_ptr(),
+                            k,
+                            bp.as_ptr(),
+                            i32::from(za),
+                            c,
+                            m,
+                            n,
+                            k,
+                            e,
+                        )
+                    };
+                    for (x, w) in want.iter().enumerate() {
+                        let (i, j) = (x / n, x % n);
+                        let got = cb[(j / NR * m + i) * NR + j % NR];
+                        assert_eq!(
+                            got.to_bits(),
+                            w.to_bits(),
+                            "{isa:?} blocked ({i}, {j}) {what}"
+                        );
+                    }
                 }
             }
             // Through the entry point, B packed per call (B transposed: columns k apart).
