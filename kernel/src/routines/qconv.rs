@@ -4,7 +4,9 @@
 //! with a border of its zero point (so the padding adds nothing), each output pixel's patch
 //! is then a few contiguous runs of channels (one a filter tap), and the product's rows are
 //! the pixels, its columns the filters — the sums come out pixel-major and are stored
-//! channel-major through the epilogue (per output channel).
+//! channel-major through the epilogue (per output channel), or, for a channel-blocked
+//! result, stored in its blocks by the product itself. A 1×1 conv's patches are its pixels,
+//! read in place.
 
 use super::epilogue::Epilogue;
 use super::qgemm::{self, Out};
@@ -475,7 +477,7 @@ unsafe fn conv(
                                 for kx in 0..runs {
                                     let at = ((oy * sh + ky * dh) * wp + ox * sw + kx * dw) * ci;
                                     let t = ky * kw + kx;
-                                    copy(&img[at..][..run], &mut dst[t * ci..][..run]);
+                                    qgemm::copy(&img[at..][..run], &mut dst[t * ci..][..run]);
                                 }
                             }
                             dst[k..].fill(0);
@@ -815,32 +817,6 @@ unsafe fn transpose<T: Copy>(
                     }
                 }
             }
-        }
-    }
-}
-
-/// `dst = src` (equal lengths), sixteen bytes at a time, then eight, then one: a patch's
-/// runs are short, where a `memcpy` call costs more than the copy.
-#[inline(always)]
-fn copy(src: &[u8], dst: &mut [u8]) {
-    let n = src.len().min(dst.len());
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    let mut i = 0;
-    // SAFETY: every access is below n, inside both slices.
-    unsafe {
-        while i + 16 <= n {
-            let v = std::ptr::read_unaligned(s.add(i).cast::<u128>());
-            std::ptr::write_unaligned(d.add(i).cast::<u128>(), v);
-            i += 16;
-        }
-        if i + 8 <= n {
-            let v = std::ptr::read_unaligned(s.add(i).cast::<u64>());
-            std::ptr::write_unaligned(d.add(i).cast::<u64>(), v);
-            i += 8;
-        }
-        while i < n {
-            *d.add(i) = *s.add(i);
-            i += 1;
         }
     }
 }

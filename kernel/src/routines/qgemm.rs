@@ -663,6 +663,7 @@ impl Operands {
             let mut blocks = Blocks::new();
             // B streamed past L1 where it does not fit there.
             let stream = (hi - lo) * 2 * NR * kp > 32 << 10;
+            let mut filled = None;
             for i0 in (0..self.m).step_by(MB) {
                 let r = MB.min(self.m - i0);
                 let a = (self.a as *const u8).wrapping_add(i0 * self.a_rs);
@@ -675,12 +676,23 @@ impl Operands {
                     (self.k, 0)
                 };
                 let width = if in_place { KB } else { kp };
+                // Each row's padding past `len` stays zero from a fill at the first block of
+                // this width (the copies write `len` bytes); a last block's missing rows are
+                // zeroed. (A per-row fill and copy were calls of memset and memcpy: a quarter
+                // of a first conv's time, whose k is 27.)
+                if filled != Some(width) {
+                    rows.fill(0);
+                    filled = Some(width);
+                }
                 for (i, row) in rows.chunks_exact_mut(width).take(MB).enumerate() {
-                    row.fill(0);
                     if i < r {
-                        let src = a.wrapping_add(i * self.a_rs + whole);
                         // SAFETY: row i0 + i of A holds k bytes.
-                        unsafe { std::ptr::copy_nonoverlapping(src, row.as_mut_ptr(), len) };
+                        let src = unsafe {
+                            std::slice::from_raw_parts(a.wrapping_add(i * self.a_rs + whole), len)
+                        };
+                        copy(src, &mut row[..len]);
+                    } else {
+                        row.fill(0);
                     }
                 }
                 for pair in lo..hi {
@@ -808,6 +820,9 @@ unsafe fn avx2_store(
         let f = _mm256_loadu_si256(fix[h..].as_ptr().cast());
         // Column j0 + h's place in its row of C (h a multiple of 8: inside one run).
         let col = runs[h / NR].1 + h % NR;
+        // Per-column coefficients are the same for every row: loaded once.
+        // SAFETY: the epilogue's operands hold these columns (the caller's).
+        let cols = (!none && epi.cols).then(|| unsafe { vec::coefs(epi, i0, j0 + h, m) });
         for i in 0..r {
             let at = (i0 + i) * ldc + col;
             // SAFETY: the block's rows hold 32 sums; C's row i0 + i holds these columns, and
@@ -816,7 +831,7 @@ unsafe fn avx2_store(
                 let x = _mm256_loadu_si256(acc[i * 2 * NR + h..].as_ptr().cast());
                 let mut v = _mm256_cvtepi32_ps(_mm256_sub_epi32(x, f));
                 if !none {
-                    let st = vec::coefs(epi, i0 + i, j0 + h, m);
+                    let st = cols.unwrap_or_else(|| vec::coefs(epi, i0 + i, j0 + h, m));
                     v = vec::apply(epi, v, st, epi.res.wrapping_add(at), m);
                 }
                 vec::store(c.add(at), m, full, v);
@@ -873,6 +888,32 @@ unsafe fn columns(
                 let x = vec::apply(epi, v(p), st, r, m);
                 _mm512_mask_storeu_ps(c.add(o), m, x);
             }
+        }
+    }
+}
+
+/// `dst = src` (equal lengths), sixteen bytes at a time, then eight, then one: a patch's
+/// runs and a small k's rows of A are short, where a `memcpy` call costs more than the copy.
+#[inline(always)]
+pub(crate) fn copy(src: &[u8], dst: &mut [u8]) {
+    let n = src.len().min(dst.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: every access is below n, inside both slices.
+    unsafe {
+        while i + 16 <= n {
+            let v = std::ptr::read_unaligned(s.add(i).cast::<u128>());
+            std::ptr::write_unaligned(d.add(i).cast::<u128>(), v);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let v = std::ptr::read_unaligned(s.add(i).cast::<u64>());
+            std::ptr::write_unaligned(d.add(i).cast::<u64>(), v);
+            i += 8;
+        }
+        while i < n {
+            *d.add(i) = *s.add(i);
+            i += 1;
         }
     }
 }
