@@ -823,6 +823,22 @@ unsafe fn avx2_store(
         // Per-column coefficients are the same for every row: loaded once.
         // SAFETY: the epilogue's operands hold these columns (the caller's).
         let cols = (!none && epi.cols).then(|| unsafe { vec::coefs(epi, i0, j0 + h, m) });
+        if let (Some(st), true) = (cols, epi.res.is_null()) {
+            // The run's vectors through the epilogue a step at a time, then stored.
+            let mut vs = [_mm256_setzero_ps(); MB];
+            for (i, v) in vs.iter_mut().enumerate().take(r) {
+                // SAFETY: the block's rows hold 32 sums.
+                let x = unsafe { _mm256_loadu_si256(acc[i * 2 * NR + h..].as_ptr().cast()) };
+                *v = _mm256_cvtepi32_ps(_mm256_sub_epi32(x, f));
+            }
+            // SAFETY: the CPU has AVX2 and FMA; no residual.
+            unsafe { vec::apply_run(epi, st, &mut vs[..r]) };
+            for (i, v) in vs.iter().enumerate().take(r) {
+                // SAFETY: C's row i0 + i holds these columns.
+                unsafe { vec::store(c.add((i0 + i) * ldc + col), m, full, *v) };
+            }
+            continue;
+        }
         for i in 0..r {
             let at = (i0 + i) * ldc + col;
             // SAFETY: the block's rows hold 32 sums; C's row i0 + i holds these columns, and
@@ -1121,6 +1137,16 @@ mod tests {
                         pair,
                     ),
                     "rows, pair, second scale, shift, clamps",
+                ),
+                (
+                    Epilogue::new(
+                        (scale.as_ptr(), shift.as_ptr(), null, res.as_ptr()),
+                        (-2.0, 5.0),
+                        1,
+                        4,
+                        pair,
+                    ),
+                    "columns, pair, second scale, shift, clamps, silu (a run a step at a time)",
                 ),
             ];
             for (e, what) in &epis {

@@ -169,6 +169,61 @@ pub(in crate::routines) unsafe fn apply(
     }
 }
 
+/// [`apply`] to a run of vectors without a residual (`vs`, their coefficients the same:
+/// per column), a step at a time over the whole run: each loop one operation, with nothing
+/// decided inside it, where vector by vector every step's test and the spills between them
+/// were most of a per-column epilogue's time (a QDQ conv's results on AVX2).
+///
+/// # Safety
+/// AVX2 and FMA available; `e` has no residual.
+#[inline(always)]
+pub(in crate::routines) unsafe fn apply_run(
+    e: &Epilogue,
+    (s, t, s2): Coefs<__m256>,
+    vs: &mut [__m256],
+) {
+    debug_assert!(e.res.is_null());
+    let each = |vs: &mut [__m256], f: &dyn Fn(__m256) -> __m256| {
+        for v in vs.iter_mut() {
+            *v = f(*v);
+        }
+    };
+    // SAFETY: the CPU has AVX2 and FMA.
+    unsafe {
+        let (first, second) = e.pre_pairs();
+        if let (true, Some(t)) = (e.shift_first, t) {
+            each(vs, &|v| _mm256_add_ps(v, t));
+        }
+        if let Some(q) = first {
+            each(vs, &|v| quant(q, v));
+        }
+        if let Some(s) = s {
+            each(vs, &|v| _mm256_mul_ps(v, s));
+        }
+        if let Some(q) = second {
+            each(vs, &|v| quant(q, v));
+        }
+        if let Some(s2) = s2 {
+            each(vs, &|v| _mm256_mul_ps(v, s2));
+        }
+        if let (false, Some(t)) = (e.shift_first, t) {
+            each(vs, &|v| _mm256_add_ps(v, t));
+        }
+        if e.lo != f32::NEG_INFINITY {
+            each(vs, &|v| extreme(v, e.lo, false));
+        }
+        if e.hi != f32::INFINITY {
+            each(vs, &|v| extreme(v, e.hi, true));
+        }
+        if e.act != Act::Identity {
+            each(vs, &|v| activate(e.act, v));
+        }
+        if let Some(q) = &e.post {
+            each(vs, &|v| quant(q, v));
+        }
+    }
+}
+
 /// [`super::avx512::quant`] for 8 lanes.
 #[inline(always)]
 pub(super) fn quant(q: &Quant, v: __m256) -> __m256 {
